@@ -1,0 +1,296 @@
+"""Array backends: NumPy (CPU) and CuPy (CUDA).
+
+This is the only module that imports CuPy. Detection is lazy (first use of the ``cupy`` or
+``auto`` backend), cached together with the reason CuPy is unusable, and silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "backend_name",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+]
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend that was asked for cannot work on this machine.
+
+    The message names why: CuPy not installed, no CUDA driver, no device, or a driver error.
+    """
+
+
+# --------------------------------------------------------------------------- erf for NumPy
+# NumPy has no erf. W. J. Cody's rational Chebyshev approximations (Math. Comp. 1969) give
+# float64 accuracy on three ranges; written here over arrays so gelu stays vectorized.
+_ERF_A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
+          3.20937758913846947e03, 1.85777706184603153e-1)
+_ERF_B = (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
+          2.84423683343917062e03)
+_ERF_C = (5.64188496988670089e-1, 8.88314979438837594e00, 6.61191906371416295e01,
+          2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
+          2.05107837782607147e03, 1.23033935479799725e03, 2.15311535474403846e-8)
+_ERF_D = (1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
+          1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03,
+          3.43936767414372164e03, 1.23033935480374942e03)
+_ERF_P = (3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
+          1.60837851487422766e-2, 6.58749161529837803e-4, 1.63153871373020978e-2)
+_ERF_Q = (2.56852019228982242e00, 1.87295284992346725e00, 5.27905102951428412e-1,
+          6.05183413124413191e-2, 2.33520497626869185e-3)
+
+
+def _numpy_erf(x: Any, out: Any = None) -> Any:
+    x = np.asarray(x)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    v = x.astype(np.float64)
+    a = np.abs(v)
+    res = np.empty_like(v)
+    small = a <= 0.5
+    mid = (a > 0.5) & (a <= 4.0)
+    big = a > 4.0
+    if small.any():
+        z = v[small]
+        y = z * z
+        num = _ERF_A[4] * y
+        den = y
+        for i in range(3):
+            num = (num + _ERF_A[i]) * y
+            den = (den + _ERF_B[i]) * y
+        res[small] = z * (num + _ERF_A[3]) / (den + _ERF_B[3])
+    if mid.any():
+        z = a[mid]
+        num = _ERF_C[8] * z
+        den = z
+        for i in range(7):
+            num = (num + _ERF_C[i]) * z
+            den = (den + _ERF_D[i]) * z
+        erfc = (num + _ERF_C[7]) / (den + _ERF_D[7])
+        zz = np.trunc(z * 16.0) / 16.0
+        erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
+        res[mid] = np.copysign(1.0 - erfc, v[mid])
+    if big.any():
+        z = a[big]
+        zi = 1.0 / (z * z)
+        num = _ERF_P[5] * zi
+        den = zi
+        for i in range(4):
+            num = (num + _ERF_P[i]) * zi
+            den = (den + _ERF_Q[i]) * zi
+        erfc = zi * (num + _ERF_P[4]) / (den + _ERF_Q[4])
+        erfc = (1.0 / math.sqrt(math.pi) - erfc) / z
+        zz = np.trunc(z * 16.0) / 16.0
+        erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
+        res[big] = np.copysign(1.0 - np.nan_to_num(erfc), v[big])
+    res[np.isnan(v)] = np.nan
+    res = res.astype(dtype, copy=False)
+    if out is not None:
+        out[...] = res
+        return out
+    return res if res.ndim else res[()]
+
+
+# --------------------------------------------------------------------------- backends
+class Backend:
+    """One array library: its module ``xp`` and the few functions it spells differently.
+
+    Attributes:
+        name: ``"numpy"`` or ``"cupy"``.
+        xp: the array module.
+        erf: elementwise error function on ``xp`` arrays.
+        ndarray: the array type of this backend.
+    """
+
+    __slots__ = ("name", "xp", "erf", "ndarray", "scalar_types")
+
+    def __init__(self, name: str, xp: Any, erf: Any, ndarray: type, scalar_types: tuple) -> None:
+        self.name = name
+        self.xp = xp
+        self.erf = erf
+        self.ndarray = ndarray
+        self.scalar_types = scalar_types
+
+    def owns(self, array: Any) -> bool:
+        """True when ``array`` is an array (or NumPy scalar) of this backend."""
+        return isinstance(array, self.ndarray) or isinstance(array, self.scalar_types)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """Return ``array`` as a host ``numpy.ndarray``."""
+        if self.name == "numpy":
+            return np.asarray(array)
+        return self.xp.asnumpy(array)
+
+    def __repr__(self) -> str:
+        return f"<gradtape backend {self.name}>"
+
+
+NUMPY = Backend("numpy", np, _numpy_erf, np.ndarray, (np.generic,))
+
+_cupy_lock = threading.Lock()
+_cupy_backend: Backend | None = None
+_cupy_reason: str | None = None
+
+
+def _probe_cupy() -> tuple[Backend | None, str | None]:
+    """Import CuPy and check a device is usable; cached. Returns (backend, reason)."""
+    global _cupy_backend, _cupy_reason
+    with _cupy_lock:
+        if _cupy_backend is not None or _cupy_reason is not None:
+            return _cupy_backend, _cupy_reason
+        try:
+            import cupy  # the only CuPy import in gradtape
+        except Exception as exc:  # ImportError, or a broken install
+            _cupy_reason = f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc})"
+            return None, _cupy_reason
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:
+            _cupy_reason = (f"CuPy is installed but no CUDA driver is usable "
+                            f"({type(exc).__name__}: {exc})")
+            return None, _cupy_reason
+        if count < 1:
+            _cupy_reason = "CuPy is installed but no CUDA device is present"
+            return None, _cupy_reason
+        try:
+            cupy.zeros(1).sum().item()
+        except Exception as exc:
+            _cupy_reason = f"the CUDA device failed a first operation ({type(exc).__name__}: {exc})"
+            return None, _cupy_reason
+        try:
+            from cupyx.scipy.special import erf as cupy_erf
+        except Exception:  # older CuPy: fall back to an elementwise kernel
+            cupy_erf = cupy.ElementwiseKernel("T x", "T y", "y = erf(x)", "gradtape_erf")
+        _cupy_backend = Backend("cupy", cupy, cupy_erf, cupy.ndarray, (np.generic,))
+        return _cupy_backend, None
+
+
+def cupy_module() -> Any:
+    """The ``cupy`` module when the CuPy backend is usable, else ``None`` (no import attempted
+    twice)."""
+    backend, _ = _probe_cupy()
+    return None if backend is None else backend.xp
+
+
+def cupy_unavailable_reason() -> str | None:
+    """Why the CuPy backend cannot be used here, or ``None`` when it can."""
+    return _probe_cupy()[1]
+
+
+def _resolve(name: str) -> Backend:
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str ('numpy', 'cupy' or 'auto'), got {type(name).__name__}")
+    key = name.strip().lower()
+    if key == "numpy":
+        return NUMPY
+    if key == "cupy":
+        backend, reason = _probe_cupy()
+        if backend is None:
+            raise BackendUnavailableError(f"backend 'cupy' is unavailable: {reason}")
+        return backend
+    if key == "auto":
+        backend, _ = _probe_cupy()
+        return backend if backend is not None else NUMPY
+    raise ValueError(f"backend must be 'numpy', 'cupy' or 'auto', got {name!r}")
+
+
+class _Selection:
+    """The process-wide backend choice, resolved lazily at first use."""
+
+    requested: str = os.environ.get("GRADTAPE_BACKEND", "auto") or "auto"
+    resolved: Backend | None = None
+
+
+def get_backend() -> Backend:
+    """Return the active :class:`Backend`, resolving ``auto`` on first call.
+
+    Example:
+        >>> get_backend().name in ("numpy", "cupy")
+        True
+    """
+    backend = _Selection.resolved
+    if backend is None:
+        backend = _Selection.resolved = _resolve(_Selection.requested)
+    return backend
+
+
+def backend_by_name(name: str) -> Backend:
+    """Return the :class:`Backend` called ``name`` (``"numpy"``, ``"cupy"`` or ``"auto"``)."""
+    return _resolve(name)
+
+
+def backend_of(array: Any) -> Backend:
+    """The backend an array belongs to (NumPy for host arrays and Python scalars)."""
+    if isinstance(array, (np.ndarray, np.generic)):
+        return NUMPY
+    if _cupy_backend is not None and isinstance(array, _cupy_backend.ndarray):
+        return _cupy_backend
+    mod = type(array).__module__
+    if mod.startswith("cupy"):
+        backend, reason = _probe_cupy()
+        if backend is None:
+            raise BackendUnavailableError(f"got a CuPy array but the CuPy backend is unusable: {reason}")
+        return backend
+    return NUMPY
+
+
+def set_backend(name: str) -> None:
+    """Select the default backend for new tensors: ``"numpy"``, ``"cupy"`` or ``"auto"``.
+
+    ``"cupy"`` raises :class:`BackendUnavailableError` naming why when CuPy cannot work here.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.set_backend("numpy"); gt.backend_name()
+        'numpy'
+    """
+    backend = _resolve(name)
+    _Selection.requested = name
+    _Selection.resolved = backend
+
+
+def backend_name() -> str:
+    """Name of the active backend: ``"numpy"`` or ``"cupy"``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.backend_name() in ("numpy", "cupy")
+        True
+    """
+    return get_backend().name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Context manager form of :func:`set_backend`; restores the previous choice on exit.
+
+    Example:
+        >>> import gradtape as gt
+        >>> with gt.use_backend("numpy"):
+        ...     gt.tensor([1.0, 2.0]).backend
+        'numpy'
+    """
+    previous = (_Selection.requested, _Selection.resolved)
+    set_backend(name)
+    try:
+        yield get_backend()
+    finally:
+        _Selection.requested, _Selection.resolved = previous
+
+
+def erf_for(xp: Any) -> Any:
+    """The erf function matching array module ``xp`` (NumPy has none of its own)."""
+    if xp is np:
+        return _numpy_erf
+    backend, _ = _probe_cupy()
+    return backend.erf

@@ -1,0 +1,66 @@
+"""Process-wide switches (``gt.config``), each also set by an environment variable at import."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["config", "HOOKS"]
+
+
+class _Hooks:
+    """Whether ``bind`` must leave its fast path: any tape or watcher active in any thread,
+    or numerics checking on. One attribute read per op when nothing is active."""
+
+    on = False
+    count = 0  # recording + paused tapes + variable watchers, all threads
+    numerics = False
+
+    @classmethod
+    def refresh(cls) -> None:
+        cls.on = cls.count > 0 or cls.numerics
+
+
+HOOKS = _Hooks
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+class Config:
+    """Process-wide switches.
+
+    Attributes:
+        fusion: use fused backward kernels for first-order gradients (``GRADTAPE_FUSION=0``
+            turns them off, for debugging and for measuring what fusion buys).
+        check_numerics: the first op whose forward or backward produces NaN or inf raises
+            ``FloatingPointError`` naming the primitive, the shapes and the user line
+            (``GRADTAPE_CHECK_NUMERICS=1``).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.config.fusion in (True, False)
+        True
+    """
+
+    def __init__(self) -> None:
+        self.fusion = _flag("GRADTAPE_FUSION", True)
+        self.check_numerics = _flag("GRADTAPE_CHECK_NUMERICS", False)
+
+    @property
+    def check_numerics(self) -> bool:
+        return HOOKS.numerics
+
+    @check_numerics.setter
+    def check_numerics(self, value: bool) -> None:
+        HOOKS.numerics = bool(value)
+        HOOKS.refresh()
+
+    def __repr__(self) -> str:
+        return f"Config(fusion={self.fusion}, check_numerics={self.check_numerics})"
+
+
+config = Config()

@@ -1,0 +1,454 @@
+"""Tensor and Variable: a backend array plus the few fields the tape needs.
+
+Operators and methods call the differentiable ops in :mod:`gradtape.ops`; the module is
+imported lazily (``_ops``) because ops are built on top of this class.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from ._backend import NUMPY, Backend, backend_of, get_backend
+
+__all__ = ["Tensor", "Variable", "tensor", "from_dlpack"]
+
+_next_id = itertools.count(1).__next__
+_ops: Any = None  # gradtape.ops, bound at the end of package import
+
+
+def _is_float(dtype: Any) -> bool:
+    return dtype.kind in "fc"
+
+
+class Tensor:
+    """An immutable array on a backend that gradient tapes can follow.
+
+    Create one with :func:`gradtape.tensor`. ``data`` is the backend array (``numpy.ndarray``
+    or ``cupy.ndarray``); ``_id`` is 0 until a tape watches the tensor or records the op that
+    made it.
+
+    Example:
+        >>> import gradtape as gt
+        >>> t = gt.tensor([[1.0, 2.0], [3.0, 4.0]])   # shape (2, 2), float32
+        >>> (t * 2).sum().numpy()
+        array(20., dtype=float32)
+    """
+
+    __slots__ = ("data", "_backend", "_id", "_origin", "__weakref__")
+    _is_variable = False
+    __array_priority__ = 1000  # NumPy defers binary operators to us
+
+    def __init__(self, data: Any, dtype: Any = None) -> None:
+        arr, backend = _to_array(data, dtype)
+        self.data = arr
+        self._backend = backend
+        self._id = 0
+        self._origin = None
+
+    # --- attributes -----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape, a tuple of ints."""
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The NumPy dtype of the elements."""
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return self.data.size
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend holding the data: ``"numpy"`` or ``"cupy"``."""
+        return self._backend.name
+
+    @property
+    def T(self) -> Tensor:
+        """The transpose (all axes reversed)."""
+        return _ops.transpose(self)
+
+    # --- conversion ----------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """Return the values as a host ``numpy.ndarray`` (a copy for CuPy tensors).
+
+        The result carries no gradient: a tape that was following this tensor notes that the
+        value left it, so a later missing gradient can be explained.
+        """
+        if self._id:
+            _note_escape(self)
+        return self._backend.to_host(self.data)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self._backend.name != "numpy":
+            raise TypeError(
+                "np.asarray() of a CuPy-backed gradtape tensor would copy from the GPU "
+                "implicitly; call t.numpy() or t.to('numpy') instead")
+        if self._id:
+            _note_escape(self)
+        arr = np.asarray(self.data)
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        data = self.data
+        if isinstance(data, np.generic):
+            data = np.asarray(data)
+        return data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        data = self.data
+        if isinstance(data, np.generic):
+            data = np.asarray(data)
+        return data.__dlpack_device__()
+
+    def to(self, backend: str) -> Tensor:
+        """Return a tensor with the same values on ``backend`` (``"numpy"`` or ``"cupy"``).
+
+        The move is not differentiable (like ``numpy()``); it is a no-op when already there.
+
+        Example:
+            >>> import gradtape as gt
+            >>> gt.tensor([1.0]).to("numpy").backend
+            'numpy'
+        """
+        from ._backend import backend_by_name
+
+        target = backend_by_name(backend)
+        if target is self._backend:
+            return self
+        host = self.numpy()
+        return _wrap(target.xp.asarray(host), target)
+
+    def item(self) -> Any:
+        """The single element as a Python scalar."""
+        return self.data.item()
+
+    def __float__(self) -> float:
+        return float(self.data)
+
+    def __int__(self) -> int:
+        return int(self.data)
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iub":
+            raise TypeError(f"only integer tensors can be used as an index, got dtype {self.dtype}")
+        return int(self.data)
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(
+                f"the truth value of a tensor with {self.size} elements is ambiguous; "
+                "use .any() / .all() on the data or reduce first")
+        return bool(self.data)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self) -> Any:
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __repr__(self) -> str:
+        body = np.array2string(self._backend.to_host(self.data), separator=", ", prefix="tensor(")
+        extra = "" if self.backend == "numpy" else ", backend='cupy'"
+        return f"tensor({body}, dtype={self.dtype}{extra})"
+
+    __hash__ = object.__hash__
+
+    # --- operators (differentiable) -------------------------------------------------------
+    def __add__(self, other: Any) -> Tensor:
+        return _ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops.div(other, self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _ops.pow(self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _ops.pow(other, self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(other, self)
+
+    def __neg__(self) -> Tensor:
+        return _ops.neg(self)
+
+    def __pos__(self) -> Tensor:
+        return self
+
+    def __abs__(self) -> Tensor:
+        return _ops.abs(self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return _ops.getitem(self, index)
+
+    # comparisons: not differentiable, return bool tensors
+    def __lt__(self, other: Any) -> Tensor:
+        return _ops.less(self, other)
+
+    def __le__(self, other: Any) -> Tensor:
+        return _ops.less_equal(self, other)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return _ops.greater(self, other)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return _ops.greater_equal(self, other)
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.equal(self, other)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.not_equal(self, other)
+
+    def __and__(self, other: Any) -> Tensor:
+        return _ops.logical_and(self, other)
+
+    def __or__(self, other: Any) -> Tensor:
+        return _ops.logical_or(self, other)
+
+    def __invert__(self) -> Tensor:
+        return _ops.logical_not(self)
+
+    # --- methods ------------------------------------------------------------------------
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Sum over ``axis`` (None: all). See :func:`gradtape.sum`."""
+        return _ops.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Mean over ``axis`` (None: all). See :func:`gradtape.mean`."""
+        return _ops.mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Maximum over ``axis``; ties share the gradient. See :func:`gradtape.max`."""
+        return _ops.max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Minimum over ``axis``; ties share the gradient. See :func:`gradtape.min`."""
+        return _ops.min(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        """Reshape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``). See :func:`gradtape.reshape`."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.reshape(self, shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        """Permute axes (reversed when none are given). See :func:`gradtape.transpose`."""
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+            axes = axes[0]
+        return _ops.transpose(self, axes or None)
+
+    def astype(self, dtype: Any) -> Tensor:
+        """Cast to ``dtype``; differentiable between float dtypes. See :func:`gradtape.astype`."""
+        return _ops.astype(self, dtype)
+
+
+class Variable(Tensor):
+    """Mutable, trainable state (TF's ``tf.Variable``).
+
+    ``assign``, ``assign_add`` and ``assign_sub`` write into ``data`` in place and are never
+    recorded on a tape. Trainable Variables used in an op inside a tape's context are watched
+    automatically.
+
+    Example:
+        >>> import gradtape as gt
+        >>> w = gt.Variable([1.0, 2.0], name="w")     # shape (2,), float32
+        >>> w.assign_sub([0.5, 0.5]).numpy()
+        array([0.5, 1.5], dtype=float32)
+    """
+
+    __slots__ = ("name", "trainable")
+    _is_variable = True
+
+    def __init__(self, initial: Any, dtype: Any = None, name: str | None = None,
+                 trainable: bool = True) -> None:
+        if isinstance(initial, Tensor):
+            initial = initial.data
+        arr, backend = _to_array(initial, dtype, copy=True)
+        if isinstance(arr, backend.scalar_types) or not isinstance(arr, backend.ndarray):
+            arr = backend.xp.asarray(arr)
+        self.data = arr
+        self._backend = backend
+        self._id = _next_id()  # fixed for life: also the creation order
+        self._origin = None
+        self.name = name
+        self.trainable = bool(trainable)
+
+    def _value_for(self, value: Any, what: str) -> Any:
+        if isinstance(value, Tensor):
+            if value._backend is not self._backend:
+                raise ValueError(f"{what}: value is on backend {value.backend!r}, "
+                                 f"variable {self.name or ''} on {self.backend!r}")
+            value = value.data
+        arr = self._backend.xp.asarray(value)
+        if arr.shape != self.shape:
+            try:
+                np.broadcast_shapes(arr.shape, self.shape)
+                ok = np.broadcast_shapes(arr.shape, self.shape) == self.shape
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{what}: value has shape {arr.shape}, expected the variable's "
+                                 f"shape {self.shape}")
+        return arr
+
+    def assign(self, value: Any) -> Variable:
+        """Write ``value`` into the variable in place (same shape; cast to its dtype)."""
+        arr = self._value_for(value, "Variable.assign")
+        self._backend.xp.copyto(self.data, arr, casting="unsafe")
+        return self
+
+    def assign_add(self, delta: Any) -> Variable:
+        """Add ``delta`` in place: ``v += delta``."""
+        arr = self._value_for(delta, "Variable.assign_add")
+        self._backend.xp.add(self.data, arr, out=self.data, casting="unsafe")
+        return self
+
+    def assign_sub(self, delta: Any) -> Variable:
+        """Subtract ``delta`` in place: ``v -= delta``."""
+        arr = self._value_for(delta, "Variable.assign_sub")
+        self._backend.xp.subtract(self.data, arr, out=self.data, casting="unsafe")
+        return self
+
+    def value(self) -> Tensor:
+        """A Tensor holding a snapshot copy of the current value (not tracked)."""
+        return _wrap(self.data.copy(), self._backend)
+
+    def __repr__(self) -> str:
+        body = np.array2string(self._backend.to_host(self.data), separator=", ", prefix="Variable(")
+        name = f"name={self.name!r}, " if self.name else ""
+        return f"Variable({name}{body}, dtype={self.dtype}, trainable={self.trainable})"
+
+
+def _wrap(array: Any, backend: Backend) -> Tensor:
+    """Make a Tensor around a backend array without validation (the hot path)."""
+    t = Tensor.__new__(Tensor)
+    t.data = array
+    t._backend = backend
+    t._id = 0
+    t._origin = None
+    return t
+
+
+_FLOAT_DEFAULT = np.dtype(np.float32)
+
+
+def _to_array(data: Any, dtype: Any = None, copy: bool = False) -> tuple[Any, Backend]:
+    """Convert user data to a backend array, following API.md's dtype rules."""
+    if isinstance(data, Tensor):
+        backend = data._backend
+        arr = data.data
+        if dtype is not None:
+            arr = arr.astype(dtype, copy=copy)
+        elif copy:
+            arr = arr.copy()
+        return arr, backend
+    if isinstance(data, (np.ndarray, np.generic)):
+        backend = NUMPY  # host arrays stay on the host
+        arr = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype=dtype)
+        return arr, backend
+    mod = type(data).__module__
+    if mod.startswith("cupy"):
+        backend = backend_of(data)
+        arr = backend.xp.array(data, dtype=dtype, copy=copy) if copy else backend.xp.asarray(data, dtype=dtype)
+        return arr, backend
+    backend = get_backend()
+    if hasattr(data, "__dlpack__") and not isinstance(data, (list, tuple, int, float, bool, complex)):
+        arr = backend.xp.from_dlpack(data)
+        if dtype is not None:
+            arr = arr.astype(dtype, copy=False)
+        return (arr.copy() if copy else arr), backend
+    if isinstance(data, (str, bytes)) or data is None:
+        raise TypeError(f"gt.tensor: data must be a number, a (nested) list, or an array, "
+                        f"got {type(data).__name__}")
+    try:
+        host = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"gt.tensor: cannot convert {type(data).__name__} to an array: {exc}") from None
+    if host.dtype.kind == "O":
+        raise TypeError("gt.tensor: data is ragged or holds objects; expected a rectangular "
+                        "nested list of numbers")
+    if dtype is None and host.dtype.kind == "f":
+        host = host.astype(_FLOAT_DEFAULT)  # Python floats become float32
+    arr = host if backend.name == "numpy" else backend.xp.asarray(host)
+    return arr, backend
+
+
+def tensor(data: Any, dtype: Any = None) -> Tensor:
+    """Create a constant tensor.
+
+    Args:
+        data: a Python scalar or (nested) list, a NumPy or CuPy array, another Tensor, or any
+            object with ``__dlpack__``.
+        dtype: optional dtype. Python floats default to float32; an array keeps its dtype.
+
+    Returns:
+        A Tensor of the same shape as ``data``, on the active backend (host arrays stay on
+        NumPy, CuPy arrays on CuPy).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.tensor([1.0, 2.0]).dtype
+        dtype('float32')
+    """
+    return Tensor(data, dtype)
+
+
+def from_dlpack(obj: Any) -> Tensor:
+    """Wrap any ``__dlpack__`` producer (a NumPy/CuPy/PyTorch array) without copying.
+
+    Example:
+        >>> import numpy as np, gradtape as gt
+        >>> gt.from_dlpack(np.arange(3.0)).shape
+        (3,)
+    """
+    if not hasattr(obj, "__dlpack__"):
+        raise TypeError(f"from_dlpack: expected an object with __dlpack__, got {type(obj).__name__}")
+    device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
+    from ._backend import backend_by_name
+
+    backend = NUMPY if device in (1, 3) else backend_by_name("cupy")  # 1: CPU, 3: pinned host
+    return _wrap(backend.xp.from_dlpack(obj), backend)
+
+
+def _note_escape(t: Tensor) -> None:
+    from ._tape import note_cut
+
+    note_cut(t, "its value left the tape through a NumPy/CuPy array (.numpy() or np.asarray)")

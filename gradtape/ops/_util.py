@@ -1,0 +1,44 @@
+"""Argument handling shared by the op families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._primitive import as_tensor
+from .._tensor import Tensor
+
+__all__ = ["pair", "one", "normalize_axis"]
+
+
+def one(x: Any) -> Tensor:
+    """Convert a single op argument to a Tensor."""
+    return x if isinstance(x, Tensor) else as_tensor(x)
+
+
+def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    """Convert two operands; a Python scalar takes NumPy's weak-scalar dtype next to the other."""
+    if isinstance(a, Tensor):
+        if not isinstance(b, Tensor):
+            b = as_tensor(b, a)
+    elif isinstance(b, Tensor):
+        a = as_tensor(a, b)
+    else:
+        a = as_tensor(a)
+        b = as_tensor(b, a)
+    return a, b
+
+
+def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
+    """Return ``axis`` as a sorted tuple of non-negative ints (None stays None)."""
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, (int,)) or hasattr(axis, "__index__") and not isinstance(axis, (tuple, list)) else tuple(axis)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+            raise ValueError(f"{what}: axis {a} is out of range for a tensor of rank {ndim}")
+        out.append(a % ndim if ndim else 0)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}: repeated axis in {axis}")
+    return tuple(sorted(out))

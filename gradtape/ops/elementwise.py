@@ -1,0 +1,309 @@
+"""Elementwise primitives: each one line, with its local derivative as an expression.
+
+Names in a derivative: the inputs (``x``, or ``a``/``b``), ``y`` the output, and keyword-only
+parameters. ``safe=True`` marks derivatives that can be infinite (``0 * inf`` is then 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._backend import erf_for
+from .._primitive import Domain, bind, elementwise, primitive
+from .._tensor import Tensor
+from ._util import one, pair
+
+__all__ = [
+    "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
+    "square", "abs", "sign", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
+    "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf",
+    "maximum", "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater",
+    "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
+]
+
+_POS = Domain(0.2, 3.0)
+_KINK = Domain(-2.0, 2.0, avoid=(0.0,))
+_UNIT = Domain(-0.9, 0.9)
+
+P_ADD = elementwise("add", lambda xp, a, b: a + b, d=("1", "1"))
+P_SUB = elementwise("sub", lambda xp, a, b: a - b, d=("1", "-1"))
+P_MUL = elementwise("mul", lambda xp, a, b: a * b, d=("b", "a"))
+P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=True,
+                    domain=(Domain(-2, 2), Domain(0.5, 3)))
+P_NEG = elementwise("neg", lambda xp, x: -x, d="-1")
+P_POW = elementwise("pow", lambda xp, a, b: a ** b,
+                    d=("where(b == 0, 0, b * a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
+                    safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
+P_EXP = elementwise("exp", lambda xp, x: xp.exp(x), d="y")
+P_LOG = elementwise("log", lambda xp, x: xp.log(x), d="1 / x", safe=True, domain=_POS)
+P_LOG1P = elementwise("log1p", lambda xp, x: xp.log1p(x), d="1 / (1 + x)", safe=True,
+                      domain=Domain(-0.5, 2))
+P_EXPM1 = elementwise("expm1", lambda xp, x: xp.expm1(x), d="y + 1")
+P_SQRT = elementwise("sqrt", lambda xp, x: xp.sqrt(x), d="0.5 / y", safe=True, domain=_POS)
+P_RSQRT = elementwise("rsqrt", lambda xp, x: 1 / xp.sqrt(x), d="-0.5 * y / x", safe=True,
+                      domain=_POS)
+P_SQUARE = elementwise("square", lambda xp, x: x * x, d="2 * x")
+P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK)
+P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK)
+P_SIN = elementwise("sin", lambda xp, x: xp.sin(x), d="cos(x)")
+P_COS = elementwise("cos", lambda xp, x: xp.cos(x), d="-sin(x)")
+P_TAN = elementwise("tan", lambda xp, x: xp.tan(x), d="1 + y * y", domain=Domain(-1.2, 1.2))
+P_TANH = elementwise("tanh", lambda xp, x: xp.tanh(x), d="1 - y * y")
+P_SINH = elementwise("sinh", lambda xp, x: xp.sinh(x), d="cosh(x)")
+P_COSH = elementwise("cosh", lambda xp, x: xp.cosh(x), d="sinh(x)")
+P_ARCSIN = elementwise("arcsin", lambda xp, x: xp.arcsin(x), d="rsqrt(1 - x * x)", safe=True,
+                       domain=_UNIT)
+P_ARCCOS = elementwise("arccos", lambda xp, x: xp.arccos(x), d="-rsqrt(1 - x * x)", safe=True,
+                       domain=_UNIT)
+P_ARCTAN = elementwise("arctan", lambda xp, x: xp.arctan(x), d="1 / (1 + x * x)")
+P_SIGMOID = elementwise("sigmoid", lambda xp, x: xp.exp(-xp.logaddexp(0, -x)),
+                        d="y * (1 - y)", domain=Domain(-4, 4))
+P_RELU = elementwise("relu", lambda xp, x: xp.maximum(x, 0), d="x > 0", domain=_KINK)
+P_LEAKY_RELU = elementwise(
+    "leaky_relu", lambda xp, x, *, negative_slope: xp.where(x > 0, x, x * negative_slope),
+    d="where(x > 0, 1, negative_slope)", domain=_KINK)
+P_ELU = elementwise(
+    "elu", lambda xp, x, *, alpha: xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
+    d="where(x > 0, 1, y + alpha)", domain=_KINK)
+P_GELU = elementwise(
+    "gelu", lambda xp, x: 0.5 * x * (1 + erf_for(xp)(x * 0.7071067811865476)),
+    d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327")
+P_GELU_TANH = elementwise(
+    "gelu_tanh",
+    lambda xp, x: 0.5 * x * (1 + xp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))),
+    d="0.5 * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) + 0.5 * x * "
+      "(1 - tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)) ** 2) * "
+      "0.7978845608028654 * (1 + 0.134145 * x * x)")
+P_SOFTPLUS = elementwise("softplus", lambda xp, x: xp.logaddexp(0, x), d="sigmoid(x)")
+P_SILU = elementwise("silu", lambda xp, x: x * xp.exp(-xp.logaddexp(0, -x)),
+                     d="sigmoid(x) * (1 + x * (1 - sigmoid(x)))")
+P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x), d="1.1283791670955126 * exp(-x * x)")
+P_MAXIMUM = elementwise("maximum", lambda xp, a, b: xp.maximum(a, b),
+                        d=("where(a > b, 1, where(a == b, 0.5, 0))",
+                           "where(b > a, 1, where(a == b, 0.5, 0))"))
+P_MINIMUM = elementwise("minimum", lambda xp, a, b: xp.minimum(a, b),
+                        d=("where(a < b, 1, where(a == b, 0.5, 0))",
+                           "where(b < a, 1, where(a == b, 0.5, 0))"))
+P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo), hi),
+                     d=("(x >= lo) & (x <= hi)", "x < lo", "x > hi"),
+                     domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)))
+P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "c", "~c"),
+                      domain=(Domain(kind="bool"), Domain(), Domain()))
+P_SAFE_MUL = elementwise("safe_mul", lambda xp, a, b: xp.where(a == 0, 0, a * b), d=("b", "a"),
+                         safe=True)
+
+# comparisons and logic: no gradient, bool results
+P_LESS = primitive("less", lambda xp, a, b: a < b, nondiff=True)
+P_LESS_EQUAL = primitive("less_equal", lambda xp, a, b: a <= b, nondiff=True)
+P_GREATER = primitive("greater", lambda xp, a, b: a > b, nondiff=True)
+P_GREATER_EQUAL = primitive("greater_equal", lambda xp, a, b: a >= b, nondiff=True)
+P_EQUAL = primitive("equal", lambda xp, a, b: a == b, nondiff=True)
+P_NOT_EQUAL = primitive("not_equal", lambda xp, a, b: a != b, nondiff=True)
+P_LOGICAL_AND = primitive("logical_and", lambda xp, a, b: xp.logical_and(a, b), nondiff=True)
+P_LOGICAL_OR = primitive("logical_or", lambda xp, a, b: xp.logical_or(a, b), nondiff=True)
+P_LOGICAL_NOT = primitive("logical_not", lambda xp, x: xp.logical_not(x), nondiff=True)
+
+
+def add(a: Any, b: Any) -> Tensor:
+    """``a + b`` with NumPy broadcasting; each gradient is summed back to its operand's shape.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.add(gt.tensor([1.0, 2.0]), 1).numpy()
+        array([2., 3.], dtype=float32)
+    """
+    return bind(P_ADD, *pair(a, b))
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    """``a - b`` (broadcasting). Example: ``gt.sub(x, 1.0)``."""
+    return bind(P_SUB, *pair(a, b))
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    """``a * b`` (broadcasting). Example: ``gt.mul(x, w)``."""
+    return bind(P_MUL, *pair(a, b))
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """``a / b`` (broadcasting). Example: ``gt.div(x, 2.0)``."""
+    return bind(P_DIV, *pair(a, b))
+
+
+def neg(x: Any) -> Tensor:
+    """``-x``. Example: ``gt.neg(x)``."""
+    return bind(P_NEG, one(x))
+
+
+def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - NumPy's name
+    """``a ** b`` (broadcasting). ``d/da a**0 = 0``; ``d/db`` is 0 where ``a == 0``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.pow(gt.tensor([2.0]), 3).numpy()
+        array([8.], dtype=float32)
+    """
+    return bind(P_POW, *pair(a, b))
+
+
+def _unary(prim: Any, doc: str) -> Any:
+    def op(x: Any) -> Tensor:
+        return bind(prim, x if isinstance(x, Tensor) else one(x))
+
+    op.__name__ = op.__qualname__ = prim.name
+    op.__doc__ = (f"{doc}, elementwise; same shape as ``x``.\n\n    Example:\n"
+                  f"        >>> import gradtape as gt\n"
+                  f"        >>> gt.{prim.name}(gt.tensor([0.5])).shape\n        (1,)\n")
+    return op
+
+
+exp = _unary(P_EXP, "e to the power ``x``")
+log = _unary(P_LOG, "Natural logarithm")
+log1p = _unary(P_LOG1P, "``log(1 + x)``, accurate near 0")
+expm1 = _unary(P_EXPM1, "``exp(x) - 1``, accurate near 0")
+sqrt = _unary(P_SQRT, "Square root (``sqrt'(0) = +inf``)")
+rsqrt = _unary(P_RSQRT, "``1 / sqrt(x)``")
+square = _unary(P_SQUARE, "``x * x``")
+abs = _unary(P_ABS, "Absolute value (``abs'(0) = 0``)")  # noqa: A001 - NumPy's name
+sign = _unary(P_SIGN, "Sign, -1/0/1; its gradient is 0")
+sin = _unary(P_SIN, "Sine")
+cos = _unary(P_COS, "Cosine")
+tan = _unary(P_TAN, "Tangent")
+tanh = _unary(P_TANH, "Hyperbolic tangent")
+sinh = _unary(P_SINH, "Hyperbolic sine")
+cosh = _unary(P_COSH, "Hyperbolic cosine")
+arcsin = _unary(P_ARCSIN, "Inverse sine")
+arccos = _unary(P_ARCCOS, "Inverse cosine")
+arctan = _unary(P_ARCTAN, "Inverse tangent")
+sigmoid = _unary(P_SIGMOID, "Logistic function ``1 / (1 + exp(-x))``, overflow-free")
+relu = _unary(P_RELU, "``max(x, 0)`` (``relu'(0) = 0``)")
+softplus = _unary(P_SOFTPLUS, "``log(1 + exp(x))``, overflow-free")
+silu = _unary(P_SILU, "``x * sigmoid(x)`` (swish)")
+erf = _unary(P_ERF, "Error function")
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
+    """``x`` where ``x > 0``, else ``negative_slope * x``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.leaky_relu(gt.tensor([-1.0, 2.0]), 0.1).numpy()
+        array([-0.1,  2. ], dtype=float32)
+    """
+    return bind(P_LEAKY_RELU, one(x), negative_slope=float(negative_slope))
+
+
+def elu(x: Any, alpha: float = 1.0) -> Tensor:
+    """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.elu(gt.tensor([1.0])).numpy()
+        array([1.], dtype=float32)
+    """
+    return bind(P_ELU, one(x), alpha=float(alpha))
+
+
+def gelu(x: Any, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit: exact (erf) by default, ``approximate="tanh"`` for the tanh
+    approximation.
+
+    Example:
+        >>> import gradtape as gt
+        >>> round(float(gt.gelu(gt.tensor(1.0))), 4)
+        0.8413
+    """
+    if approximate == "none":
+        return bind(P_GELU, one(x))
+    if approximate == "tanh":
+        return bind(P_GELU_TANH, one(x))
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; ties split the gradient 0.5/0.5 (as PyTorch and JAX).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.maximum(gt.tensor([1.0, 3.0]), 2.0).numpy()
+        array([2., 3.], dtype=float32)
+    """
+    return bind(P_MAXIMUM, *pair(a, b))
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum; ties split the gradient 0.5/0.5. Example: ``gt.minimum(x, 0.0)``."""
+    return bind(P_MINIMUM, *pair(a, b))
+
+
+def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
+    """Clamp ``x`` to ``[lo, hi]`` (None: unbounded). The gradient passes where
+    ``lo <= x <= hi`` (bounds inclusive).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.clip(gt.tensor([-2.0, 0.5, 2.0]), -1, 1).numpy()
+        array([-1. ,  0.5,  1. ], dtype=float32)
+    """
+    x = one(x)
+    if lo is None and hi is None:
+        raise ValueError("clip: at least one of lo and hi must be given")
+    lo = x.dtype.type(-float("inf")) if lo is None else lo
+    hi = x.dtype.type(float("inf")) if hi is None else hi
+    x, lo_t = pair(x, lo)
+    x, hi_t = pair(x, hi)
+    return bind(P_CLIP, x, lo_t, hi_t)
+
+
+def where(condition: Any, a: Any, b: Any) -> Tensor:
+    """Select ``a`` where ``condition`` holds, else ``b`` (broadcasting). The gradient goes to
+    the selected branch only; a zero gradient never turns into NaN through the other branch.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor([-1.0, 4.0])
+        >>> gt.where(x > 0, gt.sqrt(gt.maximum(x, 0.0)), 0.0).numpy()
+        array([0., 2.], dtype=float32)
+    """
+    c = one(condition)
+    if c.dtype.kind != "b":
+        c = bind(P_NOT_EQUAL, c, pair(c, 0)[1])
+    a, b = pair(a, b)
+    return bind(P_WHERE, c, a, b)
+
+
+def safe_mul(a: Any, b: Any) -> Tensor:
+    """``a * b`` that is 0 wherever ``a`` is 0, even if ``b`` is infinite or NaN.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.safe_mul(gt.tensor([0.0]), gt.tensor([float("inf")])).numpy()
+        array([0.], dtype=float32)
+    """
+    return bind(P_SAFE_MUL, *pair(a, b))
+
+
+def _compare(prim: Any, symbol: str) -> Any:
+    def op(a: Any, b: Any) -> Tensor:
+        return bind(prim, *pair(a, b))
+
+    op.__name__ = op.__qualname__ = prim.name
+    op.__doc__ = (f"``a {symbol} b`` elementwise; a bool tensor, not differentiable.\n\n"
+                  f"    Example:\n        >>> import gradtape as gt\n"
+                  f"        >>> gt.{prim.name}(gt.tensor([1.0]), 1.0).dtype\n        dtype('bool')\n")
+    return op
+
+
+less = _compare(P_LESS, "<")
+less_equal = _compare(P_LESS_EQUAL, "<=")
+greater = _compare(P_GREATER, ">")
+greater_equal = _compare(P_GREATER_EQUAL, ">=")
+equal = _compare(P_EQUAL, "==")
+not_equal = _compare(P_NOT_EQUAL, "!=")
+logical_and = _compare(P_LOGICAL_AND, "&")
+logical_or = _compare(P_LOGICAL_OR, "|")
+
+
+def logical_not(x: Any) -> Tensor:
+    """``~x`` for bool tensors; not differentiable. Example: ``gt.logical_not(x > 0)``."""
+    return bind(P_LOGICAL_NOT, one(x))

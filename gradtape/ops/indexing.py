@@ -1,0 +1,120 @@
+"""Indexing: ``t[index]`` (basic and advanced), take, gather. Gradients scatter back and
+accumulate repeated indices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._primitive import bind, primitive
+from .._tensor import Tensor
+from ._util import one
+
+__all__ = ["getitem", "take", "gather"]
+
+
+def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
+    """Replace Tensors/lists in an index by backend arrays; report whether it is advanced."""
+    items = index if isinstance(index, tuple) else (index,)
+    out = []
+    advanced = False
+    for it in items:
+        if isinstance(it, Tensor):
+            if it.dtype.kind not in "iub":
+                raise IndexError(f"index tensors must be integer or bool, got dtype {it.dtype}")
+            it = it.data
+            advanced = True
+        elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy"):
+            it = xp.asarray(it)
+            if it.dtype.kind not in "iub":
+                if it.size == 0:
+                    it = it.astype(np.intp)
+                else:
+                    raise IndexError(f"index arrays must be integer or bool, got dtype {it.dtype}")
+            advanced = True
+        elif isinstance(it, (bool, np.bool_)):
+            advanced = True
+        elif not (it is None or it is Ellipsis or isinstance(it, (slice, int, np.integer))):
+            raise IndexError(f"unsupported index item of type {type(it).__name__}; use ints, "
+                             "slices, None, Ellipsis, or integer/bool arrays")
+        out.append(it)
+    return (tuple(out) if isinstance(index, tuple) else out[0]), advanced
+
+
+def _scatter_impl(xp: Any, g: Any, *, index: Any, shape: tuple, advanced: bool) -> Any:
+    z = xp.zeros(shape, dtype=g.dtype)
+    if advanced:
+        xp.add.at(z, index, g)
+    else:
+        z[index] = g
+    return z
+
+
+P_SCATTER = primitive(
+    "scatter_add", _scatter_impl,
+    lambda rec, g: (bind(P_GETITEM, g, index=rec.params["index"],
+                         advanced=rec.params["advanced"]),),
+    saves_inputs=False)
+
+
+def _getitem_vjp(rec: Any, g: Tensor) -> tuple:
+    return (bind(P_SCATTER, g, index=rec.params["index"], shape=rec.in_shapes[0],
+                 advanced=rec.params["advanced"]),)
+
+
+P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], _getitem_vjp,
+                      saves_inputs=False)
+
+
+def getitem(x: Any, index: Any) -> Tensor:
+    """``x[index]`` with NumPy's basic and advanced indexing. The gradient scatters back into
+    the indexed positions; repeated indices accumulate.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor([1.0, 2.0, 3.0])
+        >>> x[gt.tensor([0, 0, 2])].numpy()
+        array([1., 1., 3.], dtype=float32)
+    """
+    x = one(x)
+    idx, advanced = _convert_index(index, x._backend.xp)
+    try:
+        return bind(P_GETITEM, x, index=idx, advanced=advanced)
+    except IndexError as exc:
+        raise IndexError(f"indexing a tensor of shape {x.shape}: {exc}") from None
+
+
+def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
+    """Take elements along ``axis`` (flattened when None), as ``np.take``.
+
+    Shapes: ``x.shape[:axis] + indices.shape + x.shape[axis+1:]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.take(gt.tensor([[1.0, 2.0], [3.0, 4.0]]), [1], axis=1).numpy()
+        array([[2.],
+               [4.]], dtype=float32)
+    """
+    from .shape import reshape
+
+    x = one(x)
+    if axis is None:
+        return getitem(reshape(x, (-1,)), indices if not isinstance(indices, list) else np.asarray(indices))
+    if not -x.ndim <= int(axis) < x.ndim:
+        raise ValueError(f"take: axis {axis} is out of range for a tensor of rank {x.ndim}")
+    axis = int(axis) % x.ndim
+    if isinstance(indices, list):
+        indices = np.asarray(indices)
+    return getitem(x, (slice(None),) * axis + (indices,))
+
+
+def gather(x: Any, indices: Any, axis: int = 0) -> Tensor:
+    """TF's name for :func:`take` along ``axis`` (default 0).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.gather(gt.tensor([1.0, 2.0, 3.0]), [2, 0]).numpy()
+        array([3., 1.], dtype=float32)
+    """
+    return take(x, indices, axis=axis)
