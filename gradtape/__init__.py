@@ -10,11 +10,11 @@ Example:
 """
 
 from . import _tensor
+from . import ops as _ops_module
 from ._backend import BackendUnavailableError, backend_name, set_backend, use_backend
 from ._config import config
 from ._tape import GradientTape, UnconnectedGradientError
 from ._tensor import Tensor, Variable, from_dlpack, tensor
-from . import ops as _ops_module
 from .ops import *  # noqa: F403
 from .ops import __all__ as _ops_all
 

@@ -32,7 +32,7 @@ def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
     """Return ``axis`` as a sorted tuple of non-negative ints (None stays None)."""
     if axis is None:
         return None
-    axes = (axis,) if isinstance(axis, (int,)) or hasattr(axis, "__index__") and not isinstance(axis, (tuple, list)) else tuple(axis)
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in axes:
         a = int(a)

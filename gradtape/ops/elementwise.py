@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import erf_for
+from .._config import HOOKS
 from .._primitive import Domain, bind, elementwise, primitive
+from .._tape import record_op
 from .._tensor import Tensor
 from ._util import one, pair
 
@@ -21,6 +23,8 @@ __all__ = [
     "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
 ]
 
+_new_tensor = object.__new__
+_NO_PARAMS: dict = {}
 _POS = Domain(0.2, 3.0)
 _KINK = Domain(-2.0, 2.0, avoid=(0.0,))
 _UNIT = Domain(-0.9, 0.9)
@@ -147,8 +151,20 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - NumPy's name
 
 
 def _unary(prim: Any, doc: str) -> Any:
+    impl = prim.impl
+
     def op(x: Any) -> Tensor:
-        return bind(prim, x if isinstance(x, Tensor) else one(x))
+        if x.__class__ is not Tensor:  # Variables and non-tensors take the general path
+            return bind(prim, one(x))
+        backend = x._backend  # bind() inlined for the common one-tensor call: per-op overhead
+        out = _new_tensor(Tensor)
+        out.data = impl(backend.xp, x.data)
+        out._backend = backend
+        out._id = 0
+        out._origin = None
+        if HOOKS.on:
+            record_op(prim, (x,), out, _NO_PARAMS)
+        return out
 
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"{doc}, elementwise; same shape as ``x``.\n\n    Example:\n"
