@@ -13,6 +13,7 @@ from . import _tensor
 from . import ops as _ops_module
 from ._backend import BackendUnavailableError, backend_name, set_backend, use_backend
 from ._config import config
+from ._custom import custom_gradient
 from ._tape import GradientTape, UnconnectedGradientError
 from ._tensor import Tensor, Variable, from_dlpack, tensor
 from .ops import *  # noqa: F403
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "GradientTape", "Tensor", "UnconnectedGradientError", "Variable",
-    "backend_name", "config", "from_dlpack", "set_backend", "tensor", "use_backend",
+    "backend_name", "config", "custom_gradient", "from_dlpack", "set_backend", "tensor", "use_backend",
     *_ops_all,
 ]
