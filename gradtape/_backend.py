@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,37 +143,79 @@ _cupy_backend: Backend | None = None
 _cupy_reason: str | None = None
 
 
+# CUDA runtime status codes that name the reason better than "driver error".
+_NO_DRIVER_STATUS = {34: "the CUDA driver library is a stub", 35: "the CUDA driver is missing or "
+                     "older than this CuPy's CUDA runtime"}
+_NO_DEVICE_STATUS = 100  # cudaErrorNoDevice
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _probe_cupy() -> tuple[Backend | None, str | None]:
-    """Import CuPy and check a device is usable; cached. Returns (backend, reason)."""
+    """Import CuPy and check a device is usable; cached. Returns (backend, reason).
+
+    Silent: warnings raised while importing CuPy are kept out of the user's output (and quoted
+    in the reason when CuPy turns out unusable).
+    """
     global _cupy_backend, _cupy_reason
+    if _cupy_backend is not None or _cupy_reason is not None:  # fast path, no lock
+        return _cupy_backend, _cupy_reason
     with _cupy_lock:
         if _cupy_backend is not None or _cupy_reason is not None:
             return _cupy_backend, _cupy_reason
-        try:
-            import cupy  # the only CuPy import in gradtape
-        except Exception as exc:  # ImportError, or a broken install
-            _cupy_reason = f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc})"
-            return None, _cupy_reason
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except Exception as exc:
-            _cupy_reason = (f"CuPy is installed but no CUDA driver is usable "
-                            f"({type(exc).__name__}: {exc})")
-            return None, _cupy_reason
-        if count < 1:
-            _cupy_reason = "CuPy is installed but no CUDA device is present"
-            return None, _cupy_reason
-        try:
-            cupy.zeros(1).sum().item()
-        except Exception as exc:
-            _cupy_reason = f"the CUDA device failed a first operation ({type(exc).__name__}: {exc})"
-            return None, _cupy_reason
-        try:
-            from cupyx.scipy.special import erf as cupy_erf
-        except Exception:  # older CuPy: fall back to an elementwise kernel
-            cupy_erf = cupy.ElementwiseKernel("T x", "T y", "y = erf(x)", "gradtape_erf")
-        _cupy_backend = Backend("cupy", cupy, cupy_erf, cupy.ndarray, (np.generic,))
-        return _cupy_backend, None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend, reason = _probe_cupy_uncached()
+        if backend is None:
+            if caught:
+                reason += f" (CuPy warned: {str(caught[0].message).strip()[:300]})"
+            _cupy_reason = reason
+        else:
+            for w in caught:  # a working CuPy that warns (e.g. two CuPy packages) should say so
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            _cupy_backend = backend
+        return _cupy_backend, _cupy_reason
+
+
+def _probe_cupy_uncached() -> tuple[Backend | None, str]:
+    try:
+        import cupy  # the only CuPy import in gradtape
+    except ModuleNotFoundError as exc:
+        if exc.name == "cupy":
+            return None, "CuPy is not installed (pip install 'gradtape[cuda12]' or 'gradtape[cuda13]')"
+        return None, f"CuPy is installed but failed to import ({_describe(exc)})"
+    except Exception as exc:  # ImportError from a broken install, missing CUDA libraries, ...
+        return None, f"CuPy is installed but failed to import ({_describe(exc)})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if status == _NO_DEVICE_STATUS or "NoDevice" in str(exc):
+            return None, f"CuPy is installed but no CUDA device is present ({_describe(exc)})"
+        why = _NO_DRIVER_STATUS.get(status, "no CUDA driver is usable")
+        return None, f"CuPy is installed but {why} ({_describe(exc)})"
+    if count < 1:
+        return None, "CuPy is installed but no CUDA device is present (device count is 0)"
+    try:
+        cupy.zeros(1).sum().item()
+    except Exception as exc:
+        return None, f"CUDA driver error: the device failed a first operation ({_describe(exc)})"
+    try:
+        from cupyx.scipy.special import erf as cupy_erf
+    except Exception:  # older CuPy: fall back to an elementwise kernel
+        cupy_erf = cupy.ElementwiseKernel("T x", "T y", "y = erf(x)", "gradtape_erf")
+    return Backend("cupy", cupy, cupy_erf, cupy.ndarray, (np.generic,)), ""
+
+
+def _reset_cupy_probe() -> None:
+    """Forget the cached CuPy probe (tests only); the active selection is re-resolved too."""
+    global _cupy_backend, _cupy_reason
+    with _cupy_lock:
+        _cupy_backend = None
+        _cupy_reason = None
+    _Selection.resolved = None
 
 
 def cupy_module() -> Any:
@@ -205,9 +248,14 @@ def _resolve(name: str) -> Backend:
 
 
 class _Selection:
-    """The process-wide backend choice, resolved lazily at first use."""
+    """The process-wide backend choice, resolved lazily at first use.
 
-    requested: str = os.environ.get("GRADTAPE_BACKEND", "auto") or "auto"
+    ``from_env`` is True while the choice still comes from ``GRADTAPE_BACKEND`` (read once, at
+    import), so an error at first use can name the variable.
+    """
+
+    requested: str = os.environ.get("GRADTAPE_BACKEND", "").strip() or "auto"
+    from_env: bool = bool(os.environ.get("GRADTAPE_BACKEND", "").strip())
     resolved: Backend | None = None
 
 
@@ -220,7 +268,14 @@ def get_backend() -> Backend:
     """
     backend = _Selection.resolved
     if backend is None:
-        backend = _Selection.resolved = _resolve(_Selection.requested)
+        try:
+            backend = _resolve(_Selection.requested)
+        except (ValueError, TypeError, BackendUnavailableError) as exc:
+            if not _Selection.from_env:
+                raise
+            raise type(exc)(f"environment variable GRADTAPE_BACKEND={_Selection.requested!r}: "
+                            f"{exc}") from None
+        _Selection.resolved = backend
     return backend
 
 
@@ -256,6 +311,7 @@ def set_backend(name: str) -> None:
     """
     backend = _resolve(name)
     _Selection.requested = name
+    _Selection.from_env = False
     _Selection.resolved = backend
 
 
@@ -280,12 +336,12 @@ def use_backend(name: str) -> Iterator[Backend]:
         ...     gt.tensor([1.0, 2.0]).backend
         'numpy'
     """
-    previous = (_Selection.requested, _Selection.resolved)
+    previous = (_Selection.requested, _Selection.from_env, _Selection.resolved)
     set_backend(name)
     try:
         yield get_backend()
     finally:
-        _Selection.requested, _Selection.resolved = previous
+        _Selection.requested, _Selection.from_env, _Selection.resolved = previous
 
 
 def erf_for(xp: Any) -> Any:

@@ -39,10 +39,14 @@ class Tensor:
 
     __slots__ = ("data", "_backend", "_id", "_origin", "__weakref__")
     _is_variable = False
-    __array_priority__ = 1000  # NumPy defers binary operators to us
+    # ``ndarray OP tensor`` gives a Tensor: NumPy (and CuPy) defer every binary operator to our
+    # reflected method, and a NumPy ufunc called directly on a tensor (np.exp(t)) raises
+    # TypeError instead of silently returning an ndarray that left the tape.
+    __array_priority__ = 1000
+    __array_ufunc__ = None
 
     def __init__(self, data: Any, dtype: Any = None) -> None:
-        arr, backend = _to_array(data, dtype)
+        arr, backend = _to_array(data, dtype, copy=True, to_active=True)
         self.data = arr
         self._backend = backend
         self._id = 0
@@ -81,14 +85,21 @@ class Tensor:
 
     # --- conversion ----------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
-        """Return the values as a host ``numpy.ndarray`` (a copy for CuPy tensors).
+        """Return the values as a host ``numpy.ndarray``.
 
-        The result carries no gradient: a tape that was following this tensor notes that the
-        value left it, so a later missing gradient can be explained.
+        On NumPy it is a read-only view (no copy; tensors are immutable, and a tape may hold
+        the same buffer for the backward); on CuPy a copy. The result carries no gradient: a
+        tape that was following this tensor notes that the value left it, so a later missing
+        gradient can be explained.
+
+        Example:
+            >>> import gradtape as gt
+            >>> gt.tensor([1.0, 2.0]).numpy()
+            array([1., 2.], dtype=float32)
         """
         if self._id:
             _note_escape(self)
-        return self._backend.to_host(self.data)
+        return _host_view(self)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if self._backend.name != "numpy":
@@ -97,8 +108,15 @@ class Tensor:
                 "implicitly; call t.numpy() or t.to('numpy') instead")
         if self._id:
             _note_escape(self)
-        arr = np.asarray(self.data)
-        return arr if dtype is None else arr.astype(dtype, copy=False)
+        if copy:
+            return np.array(self.data, dtype=dtype, copy=True)
+        arr = _host_view(self)
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            if copy is False:
+                raise ValueError(f"np.asarray(tensor, dtype={np.dtype(dtype)}, copy=False): the "
+                                 f"tensor's dtype is {arr.dtype}, a cast needs a copy")
+            return arr.astype(dtype)
+        return arr
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
         data = self.data
@@ -135,15 +153,22 @@ class Tensor:
         return self.data.item()
 
     def __float__(self) -> float:
-        return float(self.data)
+        if self.size != 1:
+            raise TypeError(f"float(): only a tensor with one element converts to a Python "
+                            f"float, got shape {self.shape}")
+        return float(self.data.item())
 
     def __int__(self) -> int:
-        return int(self.data)
+        if self.size != 1:
+            raise TypeError(f"int(): only a tensor with one element converts to a Python "
+                            f"int, got shape {self.shape}")
+        return int(self.data.item())
 
     def __index__(self) -> int:
-        if self.dtype.kind not in "iub":
-            raise TypeError(f"only integer tensors can be used as an index, got dtype {self.dtype}")
-        return int(self.data)
+        if self.dtype.kind not in "iub" or self.ndim != 0:
+            raise TypeError(f"only 0-d integer tensors can be used as an index, got dtype "
+                            f"{self.dtype} and shape {self.shape}")
+        return int(self.data.item())
 
     def __bool__(self) -> bool:
         if self.size != 1:
@@ -299,11 +324,9 @@ class Variable(Tensor):
 
     def __init__(self, initial: Any, dtype: Any = None, name: str | None = None,
                  trainable: bool = True) -> None:
-        if isinstance(initial, Tensor):
-            initial = initial.data
-        arr, backend = _to_array(initial, dtype, copy=True)
+        arr, backend = _to_array(initial, dtype, copy=True, to_active=True)
         if isinstance(arr, backend.scalar_types) or not isinstance(arr, backend.ndarray):
-            arr = backend.xp.asarray(arr)
+            arr = backend.xp.array(arr)  # a writable 0-d buffer, never a NumPy scalar
         self.data = arr
         self._backend = backend
         self._id = _next_id()  # fixed for life: also the creation order
@@ -351,10 +374,23 @@ class Variable(Tensor):
         """A Tensor holding a snapshot copy of the current value (not tracked)."""
         return _wrap(self.data.copy(), self._backend)
 
+    def numpy(self) -> np.ndarray:
+        """A host ``numpy.ndarray`` copy of the current value (later ``assign`` calls do not
+        change it).
+
+        Example:
+            >>> import gradtape as gt
+            >>> gt.Variable([1.0, 2.0]).numpy()
+            array([1., 2.], dtype=float32)
+        """
+        if self._backend.name == "numpy":
+            return np.array(self.data, copy=True)
+        return self._backend.to_host(self.data)
+
     def __repr__(self) -> str:
         body = np.array2string(self._backend.to_host(self.data), separator=", ", prefix="Variable(")
-        name = f"name={self.name!r}, " if self.name else ""
-        return f"Variable({name}{body}, dtype={self.dtype}, trainable={self.trainable})"
+        name = f", name={self.name!r}" if self.name else ""
+        return f"Variable({body}, dtype={self.dtype}{name}, trainable={self.trainable})"
 
 
 def _wrap(array: Any, backend: Backend) -> Tensor:
@@ -370,41 +406,77 @@ def _wrap(array: Any, backend: Backend) -> Tensor:
 _FLOAT_DEFAULT = np.dtype(np.float32)
 
 
-def _to_array(data: Any, dtype: Any = None, copy: bool = False) -> tuple[Any, Backend]:
-    """Convert user data to a backend array, following API.md's dtype rules."""
+def _host_view(t: Tensor) -> np.ndarray:
+    """``t``'s values as a host array: a read-only view on NumPy, a copy from CuPy."""
+    if t._backend.name != "numpy":
+        return t._backend.to_host(t.data)
+    view = np.asarray(t.data).view()
+    view.flags.writeable = False
+    return view
+
+
+_NUMERIC_KINDS = "biufc"
+
+
+def _check_numeric(arr: Any, what: Any) -> None:
+    if arr.dtype.kind not in _NUMERIC_KINDS:
+        raise TypeError(f"gt.tensor: data must be numeric (bool, int, float or complex), got "
+                        f"{type(what).__name__} of dtype {arr.dtype}")
+
+
+def _to_array(data: Any, dtype: Any = None, copy: bool = False,
+              to_active: bool = False) -> tuple[Any, Backend]:
+    """Convert user data to a backend array, following API.md's dtype rules.
+
+    ``copy``: the result never shares memory with a user's array or a Variable (constructors
+    use it: tensors are immutable and a tape may keep them for the backward). ``to_active``:
+    host (NumPy) arrays move to the active backend (constructors); op operands keep theirs, so
+    an op never copies between host and device behind the user's back.
+    """
     if isinstance(data, Tensor):
         backend = data._backend
         arr = data.data
         if dtype is not None:
-            arr = arr.astype(dtype, copy=copy)
-        elif copy:
+            arr = arr.astype(dtype, copy=copy or data._is_variable)
+        elif copy and data._is_variable:  # a snapshot, not the Variable's live buffer
             arr = arr.copy()
         return arr, backend
     if isinstance(data, (np.ndarray, np.generic)):
-        backend = NUMPY  # host arrays stay on the host
-        arr = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype=dtype)
+        backend = get_backend() if to_active else NUMPY
+        if backend is NUMPY:
+            arr = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype=dtype)
+        else:  # host data for the device: one copy, made by the device library
+            arr = backend.xp.asarray(np.asarray(data, dtype=dtype))
+        _check_numeric(arr, data)
         return arr, backend
     mod = type(data).__module__
     if mod.startswith("cupy"):
         backend = backend_of(data)
-        arr = backend.xp.array(data, dtype=dtype, copy=copy) if copy else backend.xp.asarray(data, dtype=dtype)
+        arr = backend.xp.array(data, dtype=dtype, copy=True) if copy else backend.xp.asarray(data, dtype=dtype)
         return arr, backend
-    backend = get_backend()
-    if hasattr(data, "__dlpack__") and not isinstance(data, (list, tuple, int, float, bool, complex)):
-        arr = backend.xp.from_dlpack(data)
-        if dtype is not None:
-            arr = arr.astype(dtype, copy=False)
-        return (arr.copy() if copy else arr), backend
     if isinstance(data, (str, bytes)) or data is None:
         raise TypeError(f"gt.tensor: data must be a number, a (nested) list, or an array, "
                         f"got {type(data).__name__}")
+    backend = get_backend()
+    if hasattr(data, "__dlpack__") and not isinstance(data, (list, tuple, int, float, bool, complex)):
+        device = data.__dlpack_device__()[0] if hasattr(data, "__dlpack_device__") else 1
+        if device in (1, 3) and backend is not NUMPY:  # host memory: through NumPy, then copy
+            arr = backend.xp.asarray(np.from_dlpack(data))
+        else:
+            arr = backend.xp.from_dlpack(data)
+            arr = arr.copy() if copy and dtype is None else arr
+        if dtype is not None:
+            arr = arr.astype(dtype, copy=False)
+        _check_numeric(arr, data)
+        return arr, backend
     try:
         host = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"gt.tensor: cannot convert {type(data).__name__} to an array: {exc}") from None
     if host.dtype.kind == "O":
-        raise TypeError("gt.tensor: data is ragged or holds objects; expected a rectangular "
-                        "nested list of numbers")
+        raise TypeError("gt.tensor: data is ragged or holds non-numeric objects; expected a "
+                        "number or a rectangular nested list of numbers")
+    _check_numeric(host, data)
     if dtype is None and host.dtype.kind == "f":
         host = host.astype(_FLOAT_DEFAULT)  # Python floats become float32
     arr = host if backend.name == "numpy" else backend.xp.asarray(host)
@@ -420,8 +492,12 @@ def tensor(data: Any, dtype: Any = None) -> Tensor:
         dtype: optional dtype. Python floats default to float32; an array keeps its dtype.
 
     Returns:
-        A Tensor of the same shape as ``data``, on the active backend (host arrays stay on
-        NumPy, CuPy arrays on CuPy).
+        A Tensor of the same shape as ``data``: a copy (tensors are immutable; use
+        :func:`from_dlpack` to share memory), on the active backend (host data moves there;
+        CuPy arrays and tensors keep their backend).
+
+    Raises:
+        TypeError: ``data`` is ragged, holds strings or other non-numbers.
 
     Example:
         >>> import gradtape as gt
