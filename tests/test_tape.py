@@ -12,7 +12,8 @@ from gradtape._tape import STATE
 
 
 def f64(v):
-    return gt.tensor(np.asarray(v, dtype=np.float64))
+    """A float64 tensor on the active backend."""
+    return gt.tensor(np.asarray(v, dtype=np.float64).tolist(), dtype="float64")
 
 
 # --------------------------------------------------------------------------- watching
