@@ -51,11 +51,21 @@ def _scatter_impl(xp: Any, g: Any, *, index: Any, shape: tuple, advanced: bool) 
     return z
 
 
+def _scatter_examples(rng: Any) -> list:
+    def scatter(g: Tensor, index: Any, shape: tuple) -> Tensor:
+        idx, advanced = _convert_index(index, g._backend.xp)
+        return bind(P_SCATTER, one(g), index=idx, shape=shape, advanced=advanced)
+
+    return [(scatter, (rng.standard_normal(4),), {"index": np.array([0, 2, 0, 1]), "shape": (3,)}),
+            (scatter, (rng.standard_normal((2, 2)),), {"index": (slice(None), slice(1, None, 2)),
+                                                       "shape": (2, 4)})]
+
+
 P_SCATTER = primitive(
     "scatter_add", _scatter_impl,
     lambda rec, g: (bind(P_GETITEM, g, index=rec.params["index"],
                          advanced=rec.params["advanced"]),),
-    saves_inputs=False)
+    saves_inputs=False, examples=_scatter_examples)
 
 
 def _getitem_vjp(rec: Any, g: Tensor) -> tuple:
@@ -63,8 +73,21 @@ def _getitem_vjp(rec: Any, g: Tensor) -> tuple:
                  advanced=rec.params["advanced"]),)
 
 
+def _getitem_examples(rng: Any) -> list:
+    x = rng.standard_normal((3, 4))
+    return [
+        (getitem, (x,), {"index": (1, slice(None, None, -2))}),
+        (getitem, (x,), {"index": np.array([2, 0, 2, -1])}),
+        (getitem, (x,), {"index": (Ellipsis, None, np.array([1, 1, 3]))}),
+        (getitem, (x,), {"index": x > 0}),
+        (getitem, (rng.standard_normal(()),), {"index": ()}),
+        (take, (x, np.array([[0, 3], [3, 3]])), {"axis": -1}),
+        (gather, (x, np.array([2, 2, 0])), {}),
+    ]
+
+
 P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], _getitem_vjp,
-                      saves_inputs=False)
+                      saves_inputs=False, examples=_getitem_examples)
 
 
 def getitem(x: Any, index: Any) -> Tensor:

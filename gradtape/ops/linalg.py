@@ -1,16 +1,35 @@
-"""Linear algebra: matmul, dot, einsum, outer."""
+"""Linear algebra: matmul, dot, einsum, outer.
+
+``einsum`` is the general rule: its VJP for an operand is another einsum (the output gradient
+contracted with the other operands), so every order of derivative is einsum again. ``dot``
+reuses that rule with subscripts computed from the shapes.
+"""
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
+import numpy as np
+
 from .._primitive import bind, primitive
-from .._tensor import Tensor
-from ._util import pair
+from .._tensor import Tensor, _wrap
+from ._util import one, pair
 
-__all__ = ["matmul"]
+__all__ = ["matmul", "dot", "einsum", "outer"]
 
 
+def _cast(g: Tensor, dtype: Any) -> Tensor:
+    from .shape import astype
+
+    return astype(g, dtype) if g.dtype != dtype else g
+
+
+def _rand(rng: Any, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+# --------------------------------------------------------------------------- matmul
 def _swap_last(t: Tensor) -> Tensor:
     from .shape import transpose
 
@@ -24,7 +43,8 @@ def _matmul_vjp(rec: Any, g: Tensor) -> tuple:
 
     a, b = rec.inputs
     if a.ndim == 1 and b.ndim == 1:
-        return (g * b if rec.needs[0] else None, g * a if rec.needs[1] else None)
+        return (_cast(g * b, a.dtype) if rec.needs[0] else None,
+                _cast(g * a, b.dtype) if rec.needs[1] else None)
     A = reshape(a, (1, a.shape[0])) if a.ndim == 1 else a
     B = reshape(b, (b.shape[0], 1)) if b.ndim == 1 else b
     G = g
@@ -37,20 +57,33 @@ def _matmul_vjp(rec: Any, g: Tensor) -> tuple:
         ga = matmul(G, _swap_last(B))
         if a.ndim == 1:
             ga = reshape(ga, ga.shape[:-2] + ga.shape[-1:])
+        ga = _cast(ga, a.dtype)
     if rec.needs[1]:
         gb = matmul(_swap_last(A), G)
         if b.ndim == 1:
             gb = reshape(gb, gb.shape[:-1])
+        gb = _cast(gb, b.dtype)
     return ga, gb
 
 
-P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), _matmul_vjp)
+def _matmul_examples(rng: Any) -> list:
+    return [(matmul, (_rand(rng, 2, 3), _rand(rng, 3, 4)), {}),
+            (matmul, (_rand(rng, 3), _rand(rng, 3)), {}),
+            (matmul, (_rand(rng, 3), _rand(rng, 2, 3, 4)), {}),
+            (matmul, (_rand(rng, 2, 1, 2, 3), _rand(rng, 4, 3)), {}),
+            (matmul, (_rand(rng, 5, 2, 3), _rand(rng, 1, 3, 2)), {})]
+
+
+P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), _matmul_vjp,
+                     examples=_matmul_examples)
 
 
 def matmul(a: Any, b: Any) -> Tensor:
-    """Matrix product with NumPy's ``matmul`` rules (batch dims broadcast, 1-D promoted).
+    """Matrix product with NumPy's ``matmul`` rules (batch dims broadcast, a 1-D operand is
+    promoted to a matrix and its axis removed again).
 
-    Shapes: ``[..., n, k] @ [..., k, m] -> [..., n, m]``.
+    Shapes: ``[..., n, k] @ [..., k, m] -> [..., n, m]``; ``[k] @ [..., k, m] -> [..., m]``;
+    ``[..., n, k] @ [k] -> [..., n]``; ``[k] @ [k] -> []``.
 
     Example:
         >>> import gradtape as gt
@@ -59,10 +92,273 @@ def matmul(a: Any, b: Any) -> Tensor:
     """
     a, b = pair(a, b)
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: operands must be at least 1-D, got shapes {a.shape} and {b.shape}")
+        raise ValueError(f"matmul: operands must be at least 1-D, got shapes {a.shape} and "
+                         f"{b.shape} (use mul for scalars)")
     ka = a.shape[-1]
     kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
     if ka != kb:
         raise ValueError(f"matmul: contracted dimensions differ: a has shape {a.shape}, b has "
                          f"shape {b.shape} ({ka} != {kb})")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions do not broadcast: a has shape {a.shape}, "
+                         f"b has shape {b.shape}") from None
     return bind(P_MATMUL, a, b)
+
+
+# --------------------------------------------------------------------------- einsum
+def _einsum_impl(xp: Any, *arrays: Any, inputs: tuple, output: str) -> Any:
+    spec = ",".join(inputs) + "->" + output
+    return xp.einsum(spec, *arrays, optimize=len(arrays) > 2)
+
+
+def _einsum_vjp(rec: Any, g: Tensor) -> tuple:
+    """Gradient of operand k: the output gradient contracted with the other operands, onto
+    the labels of k; labels only k has (summed away in the forward) are broadcast back."""
+    from .shape import broadcast_to, reshape
+
+    subs = rec.params["inputs"]
+    out = rec.params["output"]
+    ops = rec.inputs
+    grads: list = []
+    for k, need in enumerate(rec.needs):
+        if not need:
+            grads.append(None)
+            continue
+        others = [j for j in range(len(subs)) if j != k]
+        avail = set(out).union(*(subs[j] for j in others))
+        target = "".join(c for c in subs[k] if c in avail)
+        gk = bind(P_EINSUM, g, *(ops[j] for j in others),
+                  inputs=(out, *(subs[j] for j in others)), output=target)
+        if target != subs[k]:
+            shape = rec.in_shapes[k]
+            kept = tuple(s if c in avail else 1 for c, s in zip(subs[k], shape))
+            gk = broadcast_to(reshape(gk, kept), shape)
+        grads.append(_cast(gk, rec.in_dtypes[k]))
+    return tuple(grads)
+
+
+def _einsum_examples(rng: Any) -> list:
+    return [(lambda a, b: einsum("ij,jk->ik", a, b), (_rand(rng, 2, 3), _rand(rng, 3, 4)), {}),
+            (lambda a, b: einsum("bij,bjk", a, b), (_rand(rng, 2, 2, 3), _rand(rng, 2, 3, 2)), {}),
+            (lambda a: einsum("ij->", a), (_rand(rng, 2, 3),), {}),
+            (lambda a: einsum("ii->i", a), (_rand(rng, 3, 3),), {}),
+            (lambda a, b, c: einsum("i,ij,j->", a, b, c),
+             (_rand(rng, 2), _rand(rng, 2, 3), _rand(rng, 3)), {}),
+            (lambda a, b: einsum("...ij,...j->...i", a, b),
+             (_rand(rng, 4, 2, 3), _rand(rng, 1, 3)), {})]
+
+
+P_EINSUM = primitive("einsum", _einsum_impl, _einsum_vjp, examples=_einsum_examples)
+
+_LABELS = string.ascii_letters
+
+
+def _parse_einsum(subscripts: str, shapes: list) -> tuple[list[str], str]:
+    """Expand ``...`` into letters and fill in an implicit output (NumPy's rules)."""
+    s = subscripts.replace(" ", "")
+    bad = set(s) - set(_LABELS) - set(".,->")
+    if bad:
+        raise ValueError(f"einsum: invalid character(s) {sorted(bad)} in subscripts {subscripts!r}")
+    if s.count("->") > 1 or (s.count("-") != s.count("->")) or s.count(">") != s.count("->"):
+        raise ValueError(f"einsum: subscripts {subscripts!r} must contain at most one '->'")
+    explicit = "->" in s
+    lhs, out = s.split("->") if explicit else (s, None)
+    ins = lhs.split(",")
+    if len(ins) != len(shapes):
+        raise ValueError(f"einsum: subscripts {subscripts!r} name {len(ins)} operand(s) but "
+                         f"{len(shapes)} were given")
+    free = [c for c in _LABELS if c not in s]
+    ell_dims = []
+    for i, (sub, shape) in enumerate(zip(ins, shapes)):
+        if "." in sub.replace("...", "", 1) or sub.count("...") > 1:
+            raise ValueError(f"einsum: operand {i} subscript {sub!r}: '.' may only appear as "
+                             "one '...'")
+        named = len(sub.replace("...", ""))
+        if "..." in sub:
+            if len(shape) < named:
+                raise ValueError(f"einsum: operand {i} has shape {shape} (rank {len(shape)}) but "
+                                 f"its subscript {sub!r} names {named} axes")
+            ell_dims.append(len(shape) - named)
+        else:
+            if len(shape) != named:
+                raise ValueError(f"einsum: operand {i} has shape {shape} (rank {len(shape)}) but "
+                                 f"its subscript {sub!r} names {named} axes")
+            ell_dims.append(0)
+    n_ell = max(ell_dims, default=0)
+    ell = "".join(free[:n_ell])
+    ins = [sub.replace("...", ell[n_ell - k:]) for sub, k in zip(ins, ell_dims)]
+    if out is None:
+        counts: dict[str, int] = {}
+        for sub in ins:
+            for c in sub:
+                counts[c] = counts.get(c, 0) + 1
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    else:
+        if "." in out.replace("...", "", 1) or out.count("...") > 1:
+            raise ValueError(f"einsum: output subscript {out!r}: '.' may only appear as one '...'")
+        if "..." in out:
+            out = out.replace("...", ell)
+        elif n_ell:
+            raise ValueError(f"einsum: the operands have {n_ell} axes matched by '...' but the "
+                             f"output {out!r} has no '...' to hold them")
+        if len(set(out)) != len(out):
+            raise ValueError(f"einsum: output subscript {out!r} repeats a label")
+        missing = set(out) - set("".join(ins))
+        if missing:
+            raise ValueError(f"einsum: output label(s) {sorted(missing)} appear in no operand "
+                             f"of {subscripts!r}")
+    return ins, out
+
+
+def einsum(subscripts: str, *operands: Any) -> Tensor:
+    """Einstein summation, as ``np.einsum``: explicit (``"ij,jk->ik"``) or implicit output
+    (labels used once, in alphabetical order), ``...`` for broadcast axes, size-1 axes
+    broadcast, and labels repeated within one operand (``"ii->i"`` is the diagonal,
+    ``"ii"`` the trace). Differentiable in every operand, to any order.
+
+    Shapes: each label has one size across operands (or 1, which broadcasts).
+
+    Example:
+        >>> import gradtape as gt
+        >>> a = gt.tensor([[1.0, 2.0], [3.0, 4.0]])
+        >>> gt.einsum("ij,j->i", a, gt.tensor([1.0, 1.0])).numpy()
+        array([3., 7.], dtype=float32)
+        >>> float(gt.einsum("ii", a))
+        5.0
+    """
+    from .shape import reshape
+
+    if not isinstance(subscripts, str):
+        raise TypeError(f"einsum: the first argument must be the subscripts string, got "
+                        f"{type(subscripts).__name__}")
+    if not operands:
+        raise ValueError("einsum: need at least one operand")
+    ops = [one(o) for o in operands]
+    backend = ops[0]._backend
+    ins, out = _parse_einsum(subscripts, [o.shape for o in ops])
+    # every label has one size; a size-1 axis facing a larger size broadcasts (as NumPy)
+    size: dict[str, int] = {}
+    for i, (sub, o) in enumerate(zip(ins, ops)):
+        for c, n in zip(sub, o.shape):
+            if c in size and n != size[c] and 1 not in (n, size[c]):
+                raise ValueError(f"einsum: label {c!r} has size {size[c]} in one operand but {n} "
+                                 f"in operand {i} (shape {o.shape}), subscripts {subscripts!r}")
+            size[c] = n if c not in size or size[c] == 1 else size[c]
+    for i, (sub, o) in enumerate(zip(ins, ops)):
+        dup = {c for c in sub if sub.count(c) > 1}
+        for c in dup:
+            if len({n for d, n in zip(sub, o.shape) if d == c}) > 1:
+                raise ValueError(f"einsum: label {c!r} is repeated in operand {i} (subscript "
+                                 f"{sub!r}) over axes of different sizes, shape {o.shape}")
+        drop = [j for j, (c, n) in enumerate(zip(sub, o.shape)) if n == 1 and size[c] != 1]
+        if drop:
+            ops[i] = reshape(o, tuple(n for j, n in enumerate(o.shape) if j not in drop))
+            ins[i] = "".join(c for j, c in enumerate(sub) if j not in drop)
+    # a label repeated within one operand (a diagonal) becomes distinct labels tied by an
+    # identity matrix, so the VJP of every operand is again a plain einsum
+    spare = [c for c in _LABELS if c not in "".join(ins) + out]
+    dtype = np.result_type(*[o.dtype for o in ops])
+    extra_ops: list = []
+    extra_subs: list = []
+    for i, sub in enumerate(ins):
+        if len(set(sub)) == len(sub):
+            continue
+        seen: set = set()
+        new = []
+        for c in sub:
+            if c in seen:
+                if not spare:
+                    raise ValueError(f"einsum: too many labels in {subscripts!r} to handle a "
+                                     "repeated label")
+                f = spare.pop(0)
+                eye = _wrap(backend.xp.eye(size[c], dtype=dtype), backend)
+                extra_ops.append(eye)
+                extra_subs.append(c + f)
+                new.append(f)
+            else:
+                seen.add(c)
+                new.append(c)
+        ins[i] = "".join(new)
+    return bind(P_EINSUM, *ops, *extra_ops, inputs=(*ins, *extra_subs), output=out)
+
+
+# --------------------------------------------------------------------------- dot
+def _dot_examples(rng: Any) -> list:
+    return [(dot, (_rand(rng, 3), _rand(rng, 3)), {}),
+            (dot, (_rand(rng, 2, 3), _rand(rng, 3, 4)), {}),
+            (dot, (_rand(rng, 2, 3), _rand(rng, 3)), {}),
+            (dot, (_rand(rng, 3), _rand(rng, 3, 2)), {}),
+            (dot, (_rand(rng, 2, 2, 3), _rand(rng, 2, 3, 2)), {}),
+            (dot, (_rand(rng), _rand(rng, 2)), {})]
+
+
+P_DOT = primitive("dot", lambda xp, a, b, *, inputs, output: xp.dot(a, b), _einsum_vjp,
+                  examples=_dot_examples)
+
+
+def dot(a: Any, b: Any) -> Tensor:
+    """Dot product with ``np.dot`` semantics: inner product of 1-D tensors, matrix product of
+    2-D ones, ``a * b`` if either is 0-d, and for N-D a sum over the last axis of ``a`` and
+    the second-to-last of ``b`` (the last if ``b`` is 1-D).
+
+    Shapes: ``dot(a[..., k], b[..., k, m]) -> a.shape[:-1] + b.shape[:-2] + (m,)`` (no
+    broadcasting of batch axes, unlike :func:`matmul`).
+
+    Example:
+        >>> import gradtape as gt
+        >>> float(gt.dot(gt.tensor([1.0, 2.0]), gt.tensor([3.0, 4.0])))
+        11.0
+    """
+    from .elementwise import mul
+
+    a, b = pair(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        return mul(a, b)
+    kb = 0 if b.ndim == 1 else b.ndim - 2
+    if a.shape[-1] != b.shape[kb]:
+        raise ValueError(f"dot: shapes {a.shape} and {b.shape} are not aligned: the last axis of "
+                         f"a ({a.shape[-1]}) must match axis {kb} of b ({b.shape[kb]})")
+    sa = _LABELS[:a.ndim]
+    rest = iter(_LABELS[a.ndim:])
+    sb = "".join(sa[-1] if j == kb else next(rest) for j in range(b.ndim))
+    out = sa[:-1] + sb[:kb] + sb[kb + 1:]
+    return bind(P_DOT, a, b, inputs=(sa, sb), output=out)
+
+
+# --------------------------------------------------------------------------- outer
+def _outer_vjp(rec: Any, g: Tensor) -> tuple:
+    from .shape import reshape
+
+    a, b = rec.inputs
+    ga = gb = None
+    if rec.needs[0]:
+        ga = _cast(reshape(matmul(g, reshape(b, (-1,))), rec.in_shapes[0]), a.dtype)
+    if rec.needs[1]:
+        gb = _cast(reshape(matmul(reshape(a, (-1,)), g), rec.in_shapes[1]), b.dtype)
+    return ga, gb
+
+
+def _outer_examples(rng: Any) -> list:
+    return [(outer, (_rand(rng, 3), _rand(rng, 4)), {}),
+            (outer, (_rand(rng, 2, 2), _rand(rng, 3)), {}),
+            (outer, (_rand(rng), _rand(rng, 2)), {})]
+
+
+P_OUTER = primitive("outer", lambda xp, a, b: xp.outer(a, b), _outer_vjp,
+                    examples=_outer_examples)
+
+
+def outer(a: Any, b: Any) -> Tensor:
+    """Outer product of the flattened inputs, as ``np.outer``: ``out[i, j] = a[i] * b[j]``.
+
+    Shapes: ``(a.size, b.size)``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.outer(gt.tensor([1.0, 2.0]), gt.tensor([1.0, 10.0, 100.0])).shape
+        (2, 3)
+    """
+    a, b = pair(a, b)
+    return bind(P_OUTER, a, b)

@@ -1,32 +1,113 @@
-"""Reductions: sum, mean, prod, max, min, logsumexp, var, std, norm, argmax."""
+"""Reductions: sum, mean, prod, max, min, logsumexp, var, std, norm, argmax, argmin.
+
+Every reduction takes NumPy's ``axis`` (None, int or tuple, negative allowed) and ``keepdims``.
+The VJPs are written in gradtape ops, so they can themselves be differentiated (nested tapes).
+A 0-d tensor accepts ``axis=0``/``-1`` and is returned unreduced (as NumPy's ``sum`` does).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 from .._primitive import Domain, bind, primitive
 from .._tensor import Tensor
 from ._util import normalize_axis, one
+from .elementwise import exp, where
 
-__all__ = ["sum"]
+__all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
+           "argmin"]
+
+
+# --------------------------------------------------------------------------- helpers
+def _axes(x: Tensor, axis: Any, what: str) -> tuple[int, ...] | None:
+    axes = normalize_axis(axis, x.ndim, what)
+    if x.ndim == 0 and axes is not None:
+        return ()
+    return axes
+
+
+def _kept_shape(in_shape: tuple, axes: tuple | None) -> tuple:
+    return tuple(1 if (axes is None or i in axes) else s for i, s in enumerate(in_shape))
+
+
+def _count(in_shape: tuple, axes: tuple | None) -> int:
+    if axes is None:
+        return math.prod(in_shape)
+    return math.prod(in_shape[i] for i in axes)
+
+
+def _kept(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Tensor:
+    """The reduced gradient reshaped to the keepdims shape (broadcasts against the input)."""
+    from .shape import reshape
+
+    if keepdims:
+        return g
+    return reshape(g, _kept_shape(in_shape, axes))
 
 
 def _expand_back(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Tensor:
     """Broadcast a reduced gradient back to the input's shape (gradtape ops)."""
-    from .shape import broadcast_to, reshape
+    from .shape import broadcast_to
 
-    if not keepdims:
-        kept = tuple(1 if (axes is None or i in axes) else s for i, s in enumerate(in_shape))
-        g = reshape(g, kept)
-    return broadcast_to(g, in_shape)
+    return broadcast_to(_kept(g, in_shape, axes, keepdims), in_shape)
 
 
+def _squeeze_axes(xp: Any, a: Any, axes: tuple | None, keepdims: bool) -> Any:
+    """Drop the reduced axes of a keepdims result unless ``keepdims``."""
+    if keepdims:
+        return a
+    if axes is None:
+        return a.reshape(())
+    return a.reshape(tuple(s for i, s in enumerate(a.shape) if i not in axes))
+
+
+def _rec_kept(rec: Any, g: Tensor) -> Tensor:
+    p = rec.params
+    return _kept(g, rec.in_shapes[0], p["axis"], p["keepdims"])
+
+
+def _rec_count(rec: Any) -> int:
+    return _count(rec.in_shapes[0], rec.params["axis"])
+
+
+def _float_input(xp: Any, x: Any) -> Any:
+    return x if x.dtype.kind in "fc" else x.astype(np.float64)
+
+
+def _rand(rng: Any, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+def _distinct(rng: Any, *shape: int) -> np.ndarray:
+    """Values without ties (for max/min finite differences)."""
+    n = math.prod(shape)
+    return (rng.permutation(n).astype(np.float64) * 0.3 + rng.uniform(0, 0.1, n)).reshape(shape) - 0.15 * n
+
+
+# --------------------------------------------------------------------------- sum
 def _sum_vjp(rec: Any, g: Tensor) -> tuple:
     return (_expand_back(g, rec.in_shapes[0], rec.params["axis"], rec.params["keepdims"]),)
 
 
+def _axis_examples(fn: Any, make: Any) -> Any:
+    def examples(rng: Any) -> list:
+        return [
+            (fn, (make(rng, 3, 4),), {}),
+            (fn, (make(rng, 3, 4),), {"axis": -1}),
+            (fn, (make(rng, 2, 3, 4),), {"axis": (0, 2), "keepdims": True}),
+            (fn, (make(rng, 2, 3),), {"axis": 0}),
+            (fn, (make(rng),), {}),
+        ]
+
+    return examples
+
+
 P_SUM = primitive("sum", lambda xp, x, *, axis, keepdims: xp.sum(x, axis=axis, keepdims=keepdims),
-                  _sum_vjp, saves_inputs=False, domains=(Domain(),))
+                  _sum_vjp, saves_inputs=False, domains=(Domain(),),
+                  examples=_axis_examples(lambda *a, **k: sum(*a, **k), _rand))
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -40,4 +121,352 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A0
         array([4., 6.], dtype=float32)
     """
     x = one(x)
-    return bind(P_SUM, x, axis=normalize_axis(axis, x.ndim, "sum"), keepdims=bool(keepdims))
+    return bind(P_SUM, x, axis=_axes(x, axis, "sum"), keepdims=bool(keepdims))
+
+
+# --------------------------------------------------------------------------- mean
+def _mean_vjp(rec: Any, g: Tensor) -> tuple:
+    n = _rec_count(rec)
+    gx = _expand_back(g, rec.in_shapes[0], rec.params["axis"], rec.params["keepdims"])
+    return (gx * (1.0 / n) if n else gx,)
+
+
+P_MEAN = primitive("mean", lambda xp, x, *, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
+                   _mean_vjp, saves_inputs=False,
+                   examples=_axis_examples(lambda *a, **k: mean(*a, **k), _rand))
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Arithmetic mean over ``axis`` (NumPy semantics: integer inputs give float64; an empty
+    reduction gives NaN with NumPy's warning).
+
+    Shapes: as :func:`sum`.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.mean(gt.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=-1).numpy()
+        array([1.5, 3.5], dtype=float32)
+    """
+    x = one(x)
+    return bind(P_MEAN, x, axis=_axes(x, axis, "mean"), keepdims=bool(keepdims))
+
+
+# --------------------------------------------------------------------------- prod
+def _prod_vjp(rec: Any, g: Tensor) -> tuple:
+    # d prod / d x_i = product of the others, without dividing by zero:
+    #   no zero in the slice:   y / x_i
+    #   exactly one zero:       at the zero, the product of the non-zeros; elsewhere y / x_i = 0
+    #   two or more zeros:      0 everywhere (every "product of the others" holds a zero)
+    # y / x_i keeps the dependence on the zero entry, so the second derivative is exact with
+    # up to one zero per slice too.
+    x = rec.inputs[0]
+    axes = rec.params["axis"]
+    y = _rec_kept(rec, rec.output)
+    is_zero = x == 0
+    x_safe = where(is_zero, 1, x)
+    nonzero_prod = prod(x_safe, axis=axes, keepdims=True)
+    zeros = sum(is_zero.astype(x.dtype), axis=axes, keepdims=True)
+    at_zero = where(zeros == 1, nonzero_prod, 0)
+    d = where(is_zero, at_zero, y / x_safe)
+    return (_rec_kept(rec, g) * d,)
+
+
+def _prod_examples(rng: Any) -> list:
+    def make(*shape: int) -> np.ndarray:
+        return rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+
+    return [
+        (prod, (make(3, 4),), {}),
+        (prod, (make(3, 4),), {"axis": -1}),
+        (prod, (make(2, 3, 4),), {"axis": (0, 2), "keepdims": True}),
+        (prod, (np.array([0.0, 1.5, -2.0, 0.7]),), {}),
+        (prod, (make(),), {}),
+    ]
+
+
+P_PROD = primitive("prod", lambda xp, x, *, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
+                   _prod_vjp, saves_output=True, examples=_prod_examples)
+
+
+def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Product over ``axis``. The gradient is exact with zeros in the input (the product of
+    the other elements, never ``y / 0``).
+
+    Shapes: as :func:`sum`.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.prod(gt.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=0).numpy()
+        array([3., 8.], dtype=float32)
+    """
+    x = one(x)
+    return bind(P_PROD, x, axis=_axes(x, axis, "prod"), keepdims=bool(keepdims))
+
+
+# --------------------------------------------------------------------------- max / min
+def _extreme_vjp(rec: Any, g: Tensor) -> tuple:
+    # The gradient is split evenly among the elements equal to the extreme value.
+    x = rec.inputs[0]
+    y = _rec_kept(rec, rec.output)
+    mask = (x == y).astype(g.dtype)
+    count = sum(mask, axis=rec.params["axis"], keepdims=True)
+    return (_rec_kept(rec, g) * mask / count,)
+
+
+def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
+    if x.size == 0 and (axes is None or _count(x.shape, axes) == 0):
+        raise ValueError(f"{what}: cannot reduce an empty tensor of shape {x.shape} over axis "
+                         f"{axes} (the result has no identity)")
+
+
+P_MAX = primitive("max", lambda xp, x, *, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
+                  _extreme_vjp, saves_output=True,
+                  examples=_axis_examples(lambda *a, **k: max(*a, **k), _distinct))
+P_MIN = primitive("min", lambda xp, x, *, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
+                  _extreme_vjp, saves_output=True,
+                  examples=_axis_examples(lambda *a, **k: min(*a, **k), _distinct))
+
+
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Maximum over ``axis``. Tied maxima share the gradient evenly.
+
+    Shapes: as :func:`sum`. An empty reduction raises ``ValueError``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.max(gt.tensor([[1.0, 5.0], [3.0, 4.0]]), axis=1).numpy()
+        array([5., 4.], dtype=float32)
+    """
+    x = one(x)
+    axes = _axes(x, axis, "max")
+    _check_nonempty(x, axes, "max")
+    return bind(P_MAX, x, axis=axes, keepdims=bool(keepdims))
+
+
+def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Minimum over ``axis``. Tied minima share the gradient evenly.
+
+    Shapes: as :func:`sum`. An empty reduction raises ``ValueError``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.min(gt.tensor([[1.0, 5.0], [3.0, 4.0]]), axis=1).numpy()
+        array([1., 3.], dtype=float32)
+    """
+    x = one(x)
+    axes = _axes(x, axis, "min")
+    _check_nonempty(x, axes, "min")
+    return bind(P_MIN, x, axis=axes, keepdims=bool(keepdims))
+
+
+# --------------------------------------------------------------------------- logsumexp
+def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
+    x = _float_input(xp, x)
+    if _count(x.shape, axis) == 0:
+        shape = _kept_shape(x.shape, axis)
+        return _squeeze_axes(xp, xp.full(shape, -np.inf, dtype=x.dtype), axis, keepdims)
+    m = xp.max(x, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros((), dtype=m.dtype))
+    with np.errstate(divide="ignore"):
+        out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    return _squeeze_axes(xp, out, axis, keepdims)
+
+
+def _logsumexp_vjp(rec: Any, g: Tensor) -> tuple:
+    x = rec.inputs[0]
+    return (_rec_kept(rec, g) * exp(x - _rec_kept(rec, rec.output)),)
+
+
+P_LOGSUMEXP = primitive("logsumexp", _logsumexp_impl, _logsumexp_vjp, saves_output=True,
+                        examples=_axis_examples(lambda *a, **k: logsumexp(*a, **k), _rand))
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` over ``axis``, computed stably (the maximum is subtracted first,
+    so large inputs do not overflow). Its gradient is ``softmax(x)`` along ``axis``.
+
+    Shapes: as :func:`sum`. An empty reduction gives ``-inf``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> round(float(gt.logsumexp(gt.tensor([1000.0, 1000.0]))), 3)
+        1000.693
+    """
+    x = one(x)
+    return bind(P_LOGSUMEXP, x, axis=_axes(x, axis, "logsumexp"), keepdims=bool(keepdims))
+
+
+# --------------------------------------------------------------------------- var / std
+def _var_vjp(rec: Any, g: Tensor) -> tuple:
+    x = rec.inputs[0]
+    axes = rec.params["axis"]
+    dof = _rec_count(rec) - rec.params["ddof"]
+    scale = 2.0 / dof if dof > 0 else float("nan")
+    return (_rec_kept(rec, g) * (x - mean(x, axis=axes, keepdims=True)) * scale,)
+
+
+def _std_vjp(rec: Any, g: Tensor) -> tuple:
+    # d std = (x - mean) / ((n - ddof) * std); 0 where std == 0 (as norm at 0), not NaN.
+    x = rec.inputs[0]
+    axes = rec.params["axis"]
+    dof = _rec_count(rec) - rec.params["ddof"]
+    scale = 1.0 / dof if dof > 0 else float("nan")
+    y = _rec_kept(rec, rec.output)
+    is_zero = y == 0
+    d = where(is_zero, 0, (x - mean(x, axis=axes, keepdims=True)) / where(is_zero, 1, y))
+    return (_rec_kept(rec, g) * d * scale,)
+
+
+def _var_examples(fn: Any) -> Any:
+    def examples(rng: Any) -> list:
+        return [
+            (fn, (rng.standard_normal((3, 4)),), {}),
+            (fn, (rng.standard_normal((3, 4)),), {"axis": -1}),
+            (fn, (rng.standard_normal((2, 3, 4)),), {"axis": (0, 2), "keepdims": True}),
+            (fn, (rng.standard_normal((4, 5)),), {"axis": 0, "ddof": 1}),
+        ]
+
+    return examples
+
+
+def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
+    return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
+
+
+def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
+    return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
+
+
+P_VAR = primitive("var", _var_impl, _var_vjp, examples=_var_examples(lambda *a, **k: var(*a, **k)))
+P_STD = primitive("std", _std_impl, _std_vjp, saves_output=True,
+                  examples=_var_examples(lambda *a, **k: std(*a, **k)))
+
+
+def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """Variance over ``axis``: ``sum((x - mean)**2) / (n - ddof)`` (``ddof=0``: population).
+
+    Shapes: as :func:`sum`.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.var(gt.tensor([1.0, 2.0, 3.0, 4.0])).numpy()
+        array(1.25, dtype=float32)
+    """
+    x = one(x)
+    return bind(P_VAR, x, axis=_axes(x, axis, "var"), keepdims=bool(keepdims), ddof=int(ddof))
+
+
+def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """Standard deviation ``sqrt(var(x, axis, ddof=ddof))``. Its gradient is 0 (not NaN)
+    where the standard deviation is 0.
+
+    Shapes: as :func:`sum`.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.std(gt.tensor([1.0, 3.0])).numpy()
+        array(1., dtype=float32)
+    """
+    x = one(x)
+    return bind(P_STD, x, axis=_axes(x, axis, "std"), keepdims=bool(keepdims), ddof=int(ddof))
+
+
+# --------------------------------------------------------------------------- norm
+def _norm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
+    x = _float_input(xp, x)
+    return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
+
+
+def _norm_vjp(rec: Any, g: Tensor) -> tuple:
+    x = rec.inputs[0]
+    y = _rec_kept(rec, rec.output)
+    is_zero = y == 0
+    return (_rec_kept(rec, g) * where(is_zero, 0, x / where(is_zero, 1, y)),)
+
+
+def _norm_examples(rng: Any) -> list:
+    return [
+        (norm, (rng.standard_normal((3, 4)),), {}),
+        (norm, (rng.standard_normal((3, 4)),), {"axis": -1}),
+        (norm, (rng.standard_normal((2, 3, 4)),), {"axis": (0, 2), "keepdims": True}),
+        (norm, (rng.standard_normal(()),), {}),
+    ]
+
+
+P_NORM = primitive("norm", _norm_impl, _norm_vjp, saves_output=True, examples=_norm_examples)
+
+
+def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A002
+    """The 2-norm ``sqrt(sum(x**2))`` over ``axis``: the Frobenius norm over all elements by
+    default (``np.linalg.norm`` with ``ord=None``). The gradient is ``x / norm``, and 0 where
+    the norm is 0 (not NaN).
+
+    Only ``ord=None``, ``"fro"`` and (over one axis or a 1-D input) ``2`` are supported.
+    Shapes: as :func:`sum`. Integer inputs give float64.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.norm(gt.tensor([[3.0, 4.0], [0.0, 0.0]]), axis=1).numpy()
+        array([5., 0.], dtype=float32)
+    """
+    x = one(x)
+    axes = _axes(x, axis, "norm")
+    n_axes = x.ndim if axes is None else len(axes)
+    if not (ord is None or (isinstance(ord, str) and ord == "fro" and n_axes in (1, 2))
+            or (not isinstance(ord, str) and ord == 2 and n_axes == 1)):
+        raise NotImplementedError(f"norm: ord={ord!r} over {n_axes} axes is not supported; "
+                                  "gradtape's norm is the 2-norm (ord=None, 'fro', or 2 over one "
+                                  "axis)")
+    return bind(P_NORM, x, axis=axes, keepdims=bool(keepdims))
+
+
+# --------------------------------------------------------------------------- argmax / argmin
+def _arg_axis(x: Tensor, axis: Any, what: str) -> int | None:
+    if axis is None:
+        if x.size == 0:
+            raise ValueError(f"{what}: cannot take the {what} of an empty tensor of shape {x.shape}")
+        return None
+    if isinstance(axis, (tuple, list)):
+        raise TypeError(f"{what}: axis must be None or an int (as NumPy), got {axis!r}")
+    ax = normalize_axis(axis, x.ndim if x.ndim else 1, what)[0]
+    if x.ndim == 0:
+        return None
+    if x.shape[ax] == 0:
+        raise ValueError(f"{what}: axis {axis} of the tensor of shape {x.shape} is empty")
+    return ax
+
+
+P_ARGMAX = primitive("argmax",
+                     lambda xp, x, *, axis, keepdims: xp.argmax(x, axis=axis, keepdims=keepdims),
+                     nondiff=True)
+P_ARGMIN = primitive("argmin",
+                     lambda xp, x, *, axis, keepdims: xp.argmin(x, axis=axis, keepdims=keepdims),
+                     nondiff=True)
+
+
+def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Index of the (first) maximum along ``axis`` (None: of the flattened tensor). Returns an
+    integer tensor; not differentiable.
+
+    Shapes: ``x.shape`` without ``axis`` (kept as 1 with ``keepdims``); 0-d when ``axis`` is None.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.argmax(gt.tensor([[1.0, 5.0], [7.0, 4.0]]), axis=1).numpy()
+        array([1, 0])
+    """
+    x = one(x)
+    return bind(P_ARGMAX, x, axis=_arg_axis(x, axis, "argmax"), keepdims=bool(keepdims))
+
+
+def argmin(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Index of the (first) minimum along ``axis``; an integer tensor, not differentiable.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.argmin(gt.tensor([3.0, 1.0, 2.0])).numpy()
+        array(1)
+    """
+    x = one(x)
+    return bind(P_ARGMIN, x, axis=_arg_axis(x, axis, "argmin"), keepdims=bool(keepdims))
+

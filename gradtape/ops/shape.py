@@ -1,4 +1,6 @@
-"""Shape primitives: reshape, transpose, broadcast_to, moveaxis, stack, concat, astype, ..."""
+"""Shape primitives: reshape, transpose, broadcast_to, concat, stack, pad, flip, tile, repeat,
+astype, stop_gradient, and the views built from them (swapaxes, moveaxis, expand_dims, squeeze,
+split)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,38 @@ import numpy as np
 
 from .._primitive import bind, primitive
 from .._tensor import Tensor
-from ._util import one
+from ._util import normalize_axis, one
 
-__all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "stack", "astype", "stop_gradient"]
+__all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expand_dims",
+           "squeeze", "stack", "concat", "split", "pad", "flip", "tile", "repeat", "astype",
+           "stop_gradient"]
+
+
+def _axis(axis: Any, ndim: int, what: str, name: str = "axis") -> int:
+    """One axis in ``[-ndim, ndim)`` as a non-negative int, or a ValueError naming it."""
+    try:
+        a = int(axis)
+    except TypeError:
+        raise TypeError(f"{what}: {name} must be an int, got {type(axis).__name__}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{what}: {name} {a} is out of range for a tensor of rank {ndim}")
+    return a % ndim
+
+
+def _rand(rng: Any, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+# --------------------------------------------------------------------------- reshape
+def _reshape_examples(rng: Any) -> list:
+    return [(reshape, (_rand(rng, 2, 6),), {"shape": (3, 4)}),
+            (reshape, (_rand(rng, 2, 3, 4),), {"shape": (-1, 4)}),
+            (reshape, (_rand(rng),), {"shape": (1, 1)})]
 
 
 P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: xp.reshape(x, shape),
-                      lambda rec, g: (reshape(g, rec.in_shapes[0]),), saves_inputs=False)
+                      lambda rec, g: (reshape(g, rec.in_shapes[0]),), saves_inputs=False,
+                      examples=_reshape_examples)
 
 
 def reshape(x: Any, shape: Any) -> Tensor:
@@ -31,7 +58,8 @@ def reshape(x: Any, shape: Any) -> Tensor:
         target = np.empty(x.shape, dtype=np.bool_).reshape(shape).shape if -1 in shape else shape
     except ValueError:
         target = None
-    if target is None or int(np.prod(target, dtype=np.int64)) != x.size:
+    if (target is None or any(s < 0 for s in target)
+            or int(np.prod(target, dtype=np.int64)) != x.size):
         raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
                          f"into shape {shape}")
     if tuple(target) == x.shape:
@@ -39,13 +67,19 @@ def reshape(x: Any, shape: Any) -> Tensor:
     return bind(P_RESHAPE, x, shape=tuple(target))
 
 
+# --------------------------------------------------------------------------- transpose
 def _transpose_vjp(rec: Any, g: Tensor) -> tuple:
     axes = rec.params["axes"]
     return (transpose(g, tuple(int(i) for i in np.argsort(axes))),)
 
 
+def _transpose_examples(rng: Any) -> list:
+    return [(transpose, (_rand(rng, 2, 3),), {}),
+            (transpose, (_rand(rng, 2, 3, 4),), {"axes": (1, -1, 0)})]
+
+
 P_TRANSPOSE = primitive("transpose", lambda xp, x, *, axes: xp.transpose(x, axes),
-                        _transpose_vjp, saves_inputs=False)
+                        _transpose_vjp, saves_inputs=False, examples=_transpose_examples)
 
 
 def transpose(x: Any, axes: Any = None) -> Tensor:
@@ -60,17 +94,109 @@ def transpose(x: Any, axes: Any = None) -> Tensor:
     if axes is None:
         axes = tuple(range(x.ndim - 1, -1, -1))
     else:
-        axes = tuple(int(a) % max(x.ndim, 1) for a in axes)
+        given = tuple(axes)
+        if len(given) != x.ndim or any(not -x.ndim <= int(a) < x.ndim for a in given):
+            raise ValueError(f"transpose: axes {given} is not a permutation of the {x.ndim} axes "
+                             f"of a tensor of shape {x.shape}")
+        axes = tuple(int(a) % x.ndim for a in given)
         if sorted(axes) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {axes} is not a permutation of the {x.ndim} axes "
+            raise ValueError(f"transpose: axes {given} is not a permutation of the {x.ndim} axes "
                              f"of a tensor of shape {x.shape}")
     if axes == tuple(range(x.ndim)):
         return x
     return bind(P_TRANSPOSE, x, axes=axes)
 
 
+def swapaxes(x: Any, axis1: int, axis2: int) -> Tensor:
+    """Swap two axes, as ``np.swapaxes``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.swapaxes(gt.reshape(gt.tensor(list(range(6))), (1, 2, 3)), 0, -1).shape
+        (3, 2, 1)
+    """
+    x = one(x)
+    a = _axis(axis1, x.ndim, "swapaxes", "axis1")
+    b = _axis(axis2, x.ndim, "swapaxes", "axis2")
+    order = list(range(x.ndim))
+    order[a], order[b] = order[b], order[a]
+    return transpose(x, tuple(order))
+
+
+def moveaxis(x: Any, source: Any, destination: Any) -> Tensor:
+    """Move axes to new positions, as ``np.moveaxis`` (ints or sequences of ints).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.moveaxis(gt.reshape(gt.tensor(list(range(6))), (1, 2, 3)), 0, -1).shape
+        (2, 3, 1)
+    """
+    x = one(x)
+    src = [source] if isinstance(source, (int, np.integer)) else list(source)
+    dst = [destination] if isinstance(destination, (int, np.integer)) else list(destination)
+    if len(src) != len(dst):
+        raise ValueError(f"moveaxis: source {source} and destination {destination} must have "
+                         "the same number of elements")
+    src = [_axis(a, x.ndim, "moveaxis", "source") for a in src]
+    dst = [_axis(a, x.ndim, "moveaxis", "destination") for a in dst]
+    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
+        raise ValueError(f"moveaxis: repeated axis in source {source} or destination {destination}")
+    order = [i for i in range(x.ndim) if i not in src]
+    for d, s in sorted(zip(dst, src)):
+        order.insert(d, s)
+    return transpose(x, tuple(order))
+
+
+def expand_dims(x: Any, axis: Any) -> Tensor:
+    """Insert size-1 axes at ``axis`` (int or tuple, positions in the result), as
+    ``np.expand_dims``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.expand_dims(gt.tensor([1.0, 2.0]), -1).shape
+        (2, 1)
+    """
+    x = one(x)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out_ndim = x.ndim + len(axes)
+    pos = normalize_axis(axes, out_ndim, "expand_dims")
+    dims = iter(x.shape)
+    shape = tuple(1 if i in pos else next(dims) for i in range(out_ndim))
+    return reshape(x, shape)
+
+
+def squeeze(x: Any, axis: Any = None) -> Tensor:
+    """Remove size-1 axes (all of them when ``axis`` is None), as ``np.squeeze``. Asking to
+    squeeze an axis whose size is not 1 raises ``ValueError`` naming it.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.squeeze(gt.tensor([[1.0], [2.0]]), axis=1).shape
+        (2,)
+    """
+    x = one(x)
+    if axis is None:
+        axes = tuple(i for i, s in enumerate(x.shape) if s == 1)
+    else:
+        axes = normalize_axis(axis, x.ndim, "squeeze")
+        if x.ndim == 0:
+            axes = ()
+        for a in axes:
+            if x.shape[a] != 1:
+                raise ValueError(f"squeeze: cannot squeeze axis {a} of a tensor of shape "
+                                 f"{x.shape}: its size is {x.shape[a]}, not 1")
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes))
+
+
+# --------------------------------------------------------------------------- broadcast_to
+def _broadcast_examples(rng: Any) -> list:
+    return [(broadcast_to, (_rand(rng, 3),), {"shape": (2, 3)}),
+            (broadcast_to, (_rand(rng, 2, 1),), {"shape": (4, 2, 3)}),
+            (broadcast_to, (_rand(rng),), {"shape": (2,)})]
+
+
 P_BROADCAST_TO = primitive("broadcast_to", lambda xp, x, *, shape: xp.broadcast_to(x, shape),
-                           lambda rec, g: (g,), saves_inputs=False)
+                           lambda rec, g: (g,), saves_inputs=False, examples=_broadcast_examples)
 
 
 def broadcast_to(x: Any, shape: Any) -> Tensor:
@@ -82,7 +208,7 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
         (3, 2)
     """
     x = one(x)
-    shape = tuple(int(s) for s in shape)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
     try:
         ok = np.broadcast_shapes(x.shape, shape) == shape
     except ValueError:
@@ -94,12 +220,11 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
     return bind(P_BROADCAST_TO, x, shape=shape)
 
 
-def moveaxis(x: Any, source: int, destination: int) -> Tensor:
-    """Move one axis to a new position, as ``np.moveaxis``. Example: ``gt.moveaxis(x, 0, -1)``."""
-    x = one(x)
-    order = [i for i in range(x.ndim) if i != source % x.ndim]
-    order.insert(destination % x.ndim, source % x.ndim)
-    return transpose(x, tuple(order))
+# --------------------------------------------------------------------------- stack / concat
+def _promote(ts: list) -> list:
+    """Cast tensors to their common NumPy dtype (concatenate/stack promote)."""
+    dt = np.result_type(*[t.dtype for t in ts])
+    return [astype(t, dt) for t in ts]
 
 
 def _stack_impl(xp: Any, *xs: Any, axis: int) -> Any:
@@ -107,17 +232,26 @@ def _stack_impl(xp: Any, *xs: Any, axis: int) -> Any:
 
 
 def _stack_vjp(rec: Any, g: Tensor) -> tuple:
-    from .indexing import take
+    from .indexing import getitem
 
     axis = rec.params["axis"]
-    return tuple(take(g, i, axis=axis) if need else None for i, need in enumerate(rec.needs))
+    return tuple(getitem(g, (slice(None),) * axis + (i,)) if need else None
+                 for i, need in enumerate(rec.needs))
 
 
-P_STACK = primitive("stack", _stack_impl, _stack_vjp, saves_inputs=False)
+def _stack_examples(rng: Any) -> list:
+    return [(lambda a, b: stack([a, b]), (_rand(rng, 2, 3), _rand(rng, 2, 3)), {}),
+            (lambda a, b, c: stack([a, b, c], axis=-1),
+             (_rand(rng, 2), _rand(rng, 2), _rand(rng, 2)), {}),
+            (lambda a, b: stack([a, b]), (_rand(rng), _rand(rng)), {})]
+
+
+P_STACK = primitive("stack", _stack_impl, _stack_vjp, saves_inputs=False,
+                    examples=_stack_examples)
 
 
 def stack(tensors: Any, axis: int = 0) -> Tensor:
-    """Stack tensors of equal shape along a new axis.
+    """Stack tensors of equal shape along a new axis (dtypes promote as NumPy).
 
     Shapes: n tensors of shape ``s`` -> ``s`` with ``n`` inserted at ``axis``.
 
@@ -126,22 +260,306 @@ def stack(tensors: Any, axis: int = 0) -> Tensor:
         >>> gt.stack([gt.tensor([1.0]), gt.tensor([2.0])], axis=0).shape
         (2, 1)
     """
+    if isinstance(tensors, Tensor):
+        tensors = list(tensors)
     ts = [one(t) for t in tensors]
     if not ts:
         raise ValueError("stack: need at least one tensor")
     for i, t in enumerate(ts):
         if t.shape != ts[0].shape:
-            raise ValueError(f"stack: tensors[{i}] has shape {t.shape}, tensors[0] has {ts[0].shape}")
-    axis = int(axis) % (ts[0].ndim + 1)
-    return bind(P_STACK, *ts, axis=axis)
+            raise ValueError(f"stack: all tensors must have the same shape; tensors[{i}] has "
+                             f"shape {t.shape}, tensors[0] has {ts[0].shape}")
+    axis = _axis(axis, ts[0].ndim + 1, "stack")
+    return bind(P_STACK, *_promote(ts), axis=axis)
 
 
+def _concat_impl(xp: Any, *xs: Any, axis: int) -> Any:
+    return xp.concatenate(xs, axis=axis)
+
+
+def _concat_vjp(rec: Any, g: Tensor) -> tuple:
+    from .indexing import getitem
+
+    axis = rec.params["axis"]
+    out = []
+    start = 0
+    for shape, need in zip(rec.in_shapes, rec.needs):
+        stop = start + shape[axis]
+        out.append(getitem(g, (slice(None),) * axis + (slice(start, stop),)) if need else None)
+        start = stop
+    return tuple(out)
+
+
+def _concat_examples(rng: Any) -> list:
+    return [(lambda a, b: concat([a, b]), (_rand(rng, 2, 3), _rand(rng, 4, 3)), {}),
+            (lambda a, b, c: concat([a, b, c], axis=-1),
+             (_rand(rng, 2, 1), _rand(rng, 2, 3), _rand(rng, 2, 2)), {}),
+            (lambda a, b: concat([a, b]), (_rand(rng, 0, 2), _rand(rng, 3, 2)), {})]
+
+
+P_CONCAT = primitive("concat", _concat_impl, _concat_vjp, saves_inputs=False,
+                     examples=_concat_examples)
+
+
+def concat(tensors: Any, axis: int = 0) -> Tensor:
+    """Join tensors along an existing axis (TF's name for ``np.concatenate``); all other
+    dimensions must agree. Dtypes promote as NumPy.
+
+    Shapes: ``[..., n_i, ...]`` for each input -> ``[..., sum(n_i), ...]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.concat([gt.tensor([[1.0]]), gt.tensor([[2.0], [3.0]])], axis=0).shape
+        (3, 1)
+    """
+    if isinstance(tensors, Tensor):
+        tensors = list(tensors)
+    ts = [one(t) for t in tensors]
+    if not ts:
+        raise ValueError("concat: need at least one tensor")
+    nd = ts[0].ndim
+    if nd == 0:
+        raise ValueError("concat: zero-dimensional tensors cannot be concatenated (use stack)")
+    ax = _axis(axis, nd, "concat")
+    for i, t in enumerate(ts):
+        if t.ndim != nd or any(s != s0 for j, (s, s0) in enumerate(zip(t.shape, ts[0].shape))
+                               if j != ax):
+            raise ValueError(f"concat: tensors[{i}] has shape {t.shape} and tensors[0] has shape "
+                             f"{ts[0].shape}; they must agree except along axis {axis}")
+    if len(ts) == 1:
+        return ts[0]
+    return bind(P_CONCAT, *_promote(ts), axis=ax)
+
+
+def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
+    """Split into a list of tensors along ``axis``, as ``np.split``: an int ``n`` gives ``n``
+    equal parts (``ValueError`` when the size does not divide), a sequence gives the split
+    points. Each piece is a slice, so gradients flow back into place.
+
+    Example:
+        >>> import gradtape as gt
+        >>> [p.shape for p in gt.split(gt.tensor([1.0, 2.0, 3.0, 4.0]), [1, 3])]
+        [(1,), (2,), (1,)]
+    """
+    from .indexing import getitem
+
+    x = one(x)
+    if x.ndim == 0:
+        raise ValueError("split: cannot split a 0-d tensor")
+    ax = _axis(axis, x.ndim, "split")
+    n = x.shape[ax]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        k = int(indices_or_sections)
+        if k <= 0:
+            raise ValueError(f"split: the number of sections must be positive, got {k}")
+        if n % k:
+            raise ValueError(f"split: axis {axis} of size {n} (shape {x.shape}) does not divide "
+                             f"into {k} equal sections")
+        points = [i * (n // k) for i in range(1, k)]
+    else:
+        points = [int(p) for p in indices_or_sections]
+    bounds = [0, *points, n]
+    pre = (slice(None),) * ax
+    return [getitem(x, pre + (slice(a, b),)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# --------------------------------------------------------------------------- pad
+def _pad_impl(xp: Any, x: Any, *, pad_width: tuple, constant_values: Any) -> Any:
+    return xp.pad(x, pad_width, mode="constant", constant_values=constant_values)
+
+
+def _pad_vjp(rec: Any, g: Tensor) -> tuple:
+    from .indexing import getitem
+
+    index = tuple(slice(b, b + s) for (b, _), s in zip(rec.params["pad_width"], rec.in_shapes[0]))
+    return (getitem(g, index),)
+
+
+def _pad_examples(rng: Any) -> list:
+    return [(pad, (_rand(rng, 2, 3),), {"pad_width": 1}),
+            (pad, (_rand(rng, 2, 3),), {"pad_width": ((0, 2), (1, 0)), "constant_values": 1.5}),
+            (pad, (_rand(rng, 3),), {"pad_width": (2, 1)})]
+
+
+P_PAD = primitive("pad", _pad_impl, _pad_vjp, saves_inputs=False, examples=_pad_examples)
+
+
+def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
+    """Pad with a constant, as ``np.pad(x, pad_width, mode="constant")``: ``pad_width`` is an
+    int, a ``(before, after)`` pair, or one pair per axis. ``constant_values`` is a scalar
+    (not differentiated).
+
+    Shapes: each axis grows by ``before + after``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.pad(gt.tensor([[1.0, 2.0]]), ((0, 0), (1, 2))).numpy()
+        array([[0., 1., 2., 0., 0.]], dtype=float32)
+    """
+    x = one(x)
+    try:
+        pw = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim, 2))
+    except (ValueError, TypeError):
+        raise ValueError(f"pad: pad_width {pad_width!r} does not fit a tensor of shape {x.shape}: "
+                         "give an int, a (before, after) pair, or one pair per axis") from None
+    if (pw < 0).any():
+        raise ValueError(f"pad: pad_width must be non-negative, got {pad_width!r}")
+    if not np.isscalar(constant_values) and np.ndim(constant_values) != 0:
+        raise ValueError(f"pad: constant_values must be a scalar, got {constant_values!r}")
+    cv = constant_values.item() if hasattr(constant_values, "item") else constant_values
+    pw_t = tuple((int(a), int(b)) for a, b in pw)
+    if not any(a or b for a, b in pw_t):
+        return x
+    return bind(P_PAD, x, pad_width=pw_t, constant_values=cv)
+
+
+# --------------------------------------------------------------------------- flip
+def _flip_examples(rng: Any) -> list:
+    return [(flip, (_rand(rng, 2, 3),), {}),
+            (flip, (_rand(rng, 2, 3, 4),), {"axis": -1}),
+            (flip, (_rand(rng, 2, 3, 4),), {"axis": (0, 2)})]
+
+
+P_FLIP = primitive("flip", lambda xp, x, *, axis: xp.flip(x, axis=axis),
+                   lambda rec, g: (bind(P_FLIP, g, axis=rec.params["axis"]),),
+                   saves_inputs=False, examples=_flip_examples)
+
+
+def flip(x: Any, axis: Any = None) -> Tensor:
+    """Reverse the order of elements along ``axis`` (all axes when None), as ``np.flip``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.flip(gt.tensor([1.0, 2.0, 3.0])).numpy()
+        array([3., 2., 1.], dtype=float32)
+    """
+    x = one(x)
+    axes = normalize_axis(axis, x.ndim, "flip")
+    if axes is None:
+        axes = tuple(range(x.ndim))
+    if x.ndim == 0 or not axes:
+        return x
+    return bind(P_FLIP, x, axis=axes)
+
+
+# --------------------------------------------------------------------------- tile
+def _tile_vjp(rec: Any, g: Tensor) -> tuple:
+    from .reductions import sum as _sum
+
+    shape = rec.in_shapes[0]
+    reps = rec.params["reps"]
+    d = len(reps)
+    shape_d = (1,) * (d - len(shape)) + tuple(shape)
+    interleaved = tuple(v for r, s in zip(reps, shape_d) for v in (r, s))
+    gi = _sum(reshape(g, interleaved), axis=tuple(range(0, 2 * d, 2)))
+    return (reshape(gi, shape),)
+
+
+def _tile_examples(rng: Any) -> list:
+    return [(tile, (_rand(rng, 2, 3),), {"reps": (2, 1)}),
+            (tile, (_rand(rng, 3),), {"reps": (2, 2)}),
+            (tile, (_rand(rng, 2, 3),), {"reps": 3})]
+
+
+P_TILE = primitive("tile", lambda xp, x, *, reps: xp.tile(x, reps), _tile_vjp,
+                   saves_inputs=False, examples=_tile_examples)
+
+
+def tile(x: Any, reps: Any) -> Tensor:
+    """Repeat the whole tensor ``reps`` times along each axis, as ``np.tile`` (``reps`` shorter
+    than the rank is padded with 1s in front; longer promotes ``x`` with leading axes).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.tile(gt.tensor([1.0, 2.0]), (2, 2)).shape
+        (2, 4)
+    """
+    x = one(x)
+    r = (int(reps),) if isinstance(reps, (int, np.integer)) else tuple(int(v) for v in reps)
+    if any(v < 0 for v in r):
+        raise ValueError(f"tile: reps must be non-negative, got {reps!r}")
+    d = max(len(r), x.ndim)
+    r = (1,) * (d - len(r)) + r
+    return bind(P_TILE, x, reps=r)
+
+
+# --------------------------------------------------------------------------- repeat
+def _repeat_vjp(rec: Any, g: Tensor) -> tuple:
+    from .indexing import P_SCATTER
+    from .reductions import sum as _sum
+
+    shape = rec.in_shapes[0]
+    reps = rec.params["repeats"]
+    axis = rec.params["axis"]
+    n = shape[axis]
+    if isinstance(reps, int):
+        parts = reshape(g, shape[:axis] + (n, reps) + shape[axis + 1:])
+        return (_sum(parts, axis=axis + 1),)
+    xp = g._backend.xp
+    idx = xp.asarray(np.repeat(np.arange(n), np.asarray(reps)))
+    index = (slice(None),) * axis + (idx,)
+    return (bind(P_SCATTER, g, index=index, shape=shape, advanced=True),)
+
+
+def _repeat_impl(xp: Any, x: Any, *, repeats: Any, axis: int) -> Any:
+    return xp.repeat(x, repeats if isinstance(repeats, int) else list(repeats), axis=axis)
+
+
+def _repeat_examples(rng: Any) -> list:
+    return [(repeat, (_rand(rng, 2, 3),), {"repeats": 2}),
+            (repeat, (_rand(rng, 2, 3),), {"repeats": [1, 0, 3], "axis": -1}),
+            (repeat, (_rand(rng, 2, 3),), {"repeats": 2, "axis": 0}),
+            (repeat, (_rand(rng),), {"repeats": 3})]
+
+
+P_REPEAT = primitive("repeat", _repeat_impl, _repeat_vjp, saves_inputs=False,
+                     examples=_repeat_examples)
+
+
+def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
+    """Repeat each element, as ``np.repeat``: ``repeats`` is an int or one count per element
+    along ``axis``; ``axis=None`` works on the flattened tensor.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.repeat(gt.tensor([1.0, 2.0]), [1, 2]).numpy()
+        array([1., 2., 2.], dtype=float32)
+    """
+    x = one(x)
+    if axis is None:
+        x = reshape(x, (-1,))
+        ax = 0
+    else:
+        ax = _axis(axis, x.ndim, "repeat")
+    n = x.shape[ax]
+    r = np.asarray(repeats.numpy() if isinstance(repeats, Tensor) else repeats)
+    if r.dtype.kind not in "iu" or r.ndim > 1:
+        raise ValueError(f"repeat: repeats must be an int or a 1-D sequence of ints, got {repeats!r}")
+    if (r < 0).any():
+        raise ValueError(f"repeat: repeats must be non-negative, got {repeats!r}")
+    if r.ndim == 1 and r.size == 1:
+        r = r.reshape(())
+    if r.ndim == 0:
+        reps: Any = int(r)
+    else:
+        if r.size != n:
+            raise ValueError(f"repeat: {r.size} repeat counts given for axis {ax} of size {n} "
+                             f"(tensor shape {x.shape})")
+        reps = tuple(int(v) for v in r)
+    return bind(P_REPEAT, x, repeats=reps, axis=ax)
+
+
+# --------------------------------------------------------------------------- dtype and gradient
 def _astype_vjp(rec: Any, g: Tensor) -> tuple:
     return (astype(g, rec.in_dtypes[0]),)
 
 
+def _astype_examples(rng: Any) -> list:
+    return [(astype, (_rand(rng, 2, 3),), {"dtype": "float64"})]
+
+
 P_ASTYPE = primitive("astype", lambda xp, x, *, dtype: x.astype(dtype), _astype_vjp,
-                     saves_inputs=False)
+                     saves_inputs=False, examples=_astype_examples)
 
 
 def astype(x: Any, dtype: Any) -> Tensor:
@@ -176,3 +594,4 @@ def stop_gradient(x: Any) -> Tensor:
         2.0
     """
     return bind(P_STOP_GRADIENT, one(x))
+
