@@ -70,7 +70,7 @@ def _matmul_examples(rng: Any) -> list:
     return [(matmul, (_rand(rng, 2, 3), _rand(rng, 3, 4)), {}),
             (matmul, (_rand(rng, 3), _rand(rng, 3)), {}),
             (matmul, (_rand(rng, 3), _rand(rng, 2, 3, 4)), {}),
-            (matmul, (_rand(rng, 2, 1, 2, 3), _rand(rng, 4, 3)), {}),
+            (matmul, (_rand(rng, 2, 1, 2, 3), _rand(rng, 3, 4)), {}),
             (matmul, (_rand(rng, 5, 2, 3), _rand(rng, 1, 3, 2)), {})]
 
 

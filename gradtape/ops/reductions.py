@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._primitive import Domain, bind, primitive
-from .._tensor import Tensor
+from .._tensor import Tensor, _wrap
 from ._util import normalize_axis, one
 from .elementwise import exp, where
 
@@ -273,8 +273,19 @@ def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
 
 
 def _logsumexp_vjp(rec: Any, g: Tensor) -> tuple:
+    # softmax(x) along the axes, shifted by the (constant) maximum: exp(x - y) would lose
+    # digits to the rounding of a large y (float32 at 1000 keeps ~1e-4).
     x = rec.inputs[0]
-    return (_rec_kept(rec, g) * exp(x - _rec_kept(rec, rec.output)),)
+    axes = rec.params["axis"]
+    xp = x._backend.xp
+    if x.size:
+        m = xp.max(x.data, axis=axes, keepdims=True)
+        m = _wrap(xp.where(xp.isfinite(m), m, xp.zeros((), dtype=m.dtype)), x._backend)
+        e = exp(x - m)
+        p = e / sum(e, axis=axes, keepdims=True)
+    else:
+        p = x
+    return (_rec_kept(rec, g) * p,)
 
 
 P_LOGSUMEXP = primitive("logsumexp", _logsumexp_impl, _logsumexp_vjp, saves_output=True,

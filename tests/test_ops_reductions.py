@@ -1,0 +1,250 @@
+"""Reductions: forward against NumPy, gradients against finite differences, the conventions
+(tie splitting, prod with zeros, norm at 0), second derivatives, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape._primitive import REGISTRY
+from gradtape.testing import check_grads
+
+REDUCTIONS = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm"]
+
+
+def _grad(fn, x, **kw):
+    x = gt.tensor(x)
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x, **kw)
+    return tape.gradient(y, x)
+
+
+AXES = [None, 0, -1, (0, 2), (-1, 0), ()]
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_forward_matches_numpy(name, dtype, axis, keepdims, rng):
+    x = rng.uniform(0.5, 1.5, (2, 3, 4)).astype(dtype)
+    fn = getattr(gt, name)
+    if name == "norm":
+        expected = np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims))
+    elif name == "logsumexp":
+        expected = np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims))
+    else:
+        expected = getattr(np, name)(x, axis=axis, keepdims=keepdims)
+    out = fn(gt.tensor(x), axis=axis, keepdims=keepdims)
+    assert out.dtype == dtype
+    assert out.shape == np.shape(expected)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_zero_d_input(name):
+    x = np.array(1.5)
+    out = getattr(gt, name)(gt.tensor(x))
+    assert out.shape == ()
+    expected = {"var": 0.0, "std": 0.0, "norm": 1.5}.get(name, 1.5)
+    np.testing.assert_allclose(out.numpy(), expected)
+    assert getattr(gt, name)(gt.tensor(x), axis=0).shape == ()
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_registry_examples_gradients(name):
+    prim = REGISTRY[name]
+    assert prim.examples is not None
+    for fn, args, kwargs in prim.examples(np.random.default_rng(1)):
+        check_grads(fn, args, kwargs, order=2)
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "prod", "logsumexp", "var", "std", "norm"])
+def test_gradients_negative_and_tuple_axes(name, rng):
+    x = rng.uniform(0.5, 1.5, (2, 3, 4)) * rng.choice([-1.0, 1.0], (2, 3, 4))
+    check_grads(getattr(gt, name), (x,), {"axis": (-1, 0), "keepdims": False}, order=2)
+    check_grads(getattr(gt, name), (x,), {"axis": -2, "keepdims": True}, order=1)
+
+
+def test_reductions_keep_gradient_dtype():
+    x = np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3)
+    for name in REDUCTIONS:
+        g = _grad(getattr(gt, name), x, axis=1)
+        assert g.dtype == np.float32 and g.shape == (2, 3), name
+
+
+def test_empty_reductions():
+    e = np.zeros((0, 3))
+    assert gt.sum(gt.tensor(e), axis=0).shape == (3,)
+    np.testing.assert_array_equal(gt.prod(gt.tensor(e), axis=0).numpy(), np.ones(3))
+    np.testing.assert_array_equal(gt.logsumexp(gt.tensor(e), axis=0).numpy(), np.full(3, -np.inf))
+    assert gt.max(gt.tensor(e), axis=1).shape == (0,)
+    np.testing.assert_array_equal(gt.norm(gt.tensor(e), axis=0).numpy(), np.zeros(3))
+    g = _grad(gt.sum, e, axis=0)
+    assert g.shape == (0, 3)
+    g = _grad(gt.mean, e, axis=1)
+    assert g.shape == (0, 3)
+    with pytest.raises(ValueError, match=r"max: cannot reduce an empty tensor of shape \(0, 3\)"):
+        gt.max(gt.tensor(e), axis=0)
+    with pytest.raises(ValueError, match="min: cannot reduce an empty"):
+        gt.min(gt.tensor(e))
+
+
+def test_mean_of_integers_is_float64():
+    out = gt.mean(gt.tensor(np.array([1, 2, 4])))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out.numpy(), 7 / 3)
+
+
+# --------------------------------------------------------------------------- max / min ties
+def test_max_ties_split_gradient_evenly():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    g = _grad(gt.max, x, axis=1).numpy()
+    np.testing.assert_allclose(g, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    g = _grad(gt.max, x).numpy()  # global max 3 is tied twice
+    np.testing.assert_allclose(g, [[0, 0.5, 0.5], [0, 0, 0]])
+
+
+def test_min_ties_split_gradient_evenly():
+    x = np.array([[1.0, 1.0, 3.0], [0.0, 2.0, 5.0]])
+    g = _grad(gt.min, x, axis=-1, keepdims=True).numpy()
+    np.testing.assert_allclose(g, [[0.5, 0.5, 0], [1, 0, 0]])
+    assert gt.min(gt.tensor(x), axis=-1, keepdims=True).shape == (2, 1)
+
+
+def test_tensor_max_min_methods():
+    x = gt.tensor(np.array([[1.0, 4.0], [3.0, 2.0]]))
+    np.testing.assert_array_equal(x.max(axis=0).numpy(), [3.0, 4.0])
+    np.testing.assert_array_equal(x.min(axis=1).numpy(), [1.0, 2.0])
+    np.testing.assert_allclose(x.mean().numpy(), 2.5)
+
+
+# --------------------------------------------------------------------------- prod with zeros
+def test_prod_gradient_with_one_zero_is_exact():
+    x = np.array([2.0, 0.0, 3.0, -1.5])
+    g = _grad(gt.prod, x).numpy()
+    np.testing.assert_allclose(g, [0.0, 2.0 * 3.0 * -1.5, 0.0, 0.0])
+    assert np.all(np.isfinite(g))
+
+
+def test_prod_gradient_with_two_zeros_is_zero():
+    x = np.array([[0.0, 2.0, 0.0], [1.0, 2.0, 3.0]])
+    g = _grad(gt.prod, x, axis=1).numpy()
+    np.testing.assert_allclose(g, [[0, 0, 0], [6, 3, 2]])
+
+
+def test_prod_one_zero_against_finite_differences():
+    check_grads(gt.prod, (np.array([[0.0, 1.2, -0.7], [0.9, 1.1, 1.3]]),), {"axis": 1}, order=2)
+
+
+def test_prod_second_derivative_at_a_zero():
+    # d2/dx0 dx1 of x0*x1*x2 at x1 = 0 is x2; d2/dx1^2 is 0
+    x = gt.tensor(np.array([2.0, 0.0, 3.0]))
+    with gt.GradientTape() as outer:
+        outer.watch(x)
+        with gt.GradientTape() as inner:
+            inner.watch(x)
+            y = gt.prod(x)
+        g = inner.gradient(y, x)
+        g1 = g[1]
+    h = outer.gradient(g1, x).numpy()
+    np.testing.assert_allclose(h, [3.0, 0.0, 2.0])
+
+
+# --------------------------------------------------------------------------- norm, std at 0
+def test_norm_gradient_at_zero_is_zero_not_nan():
+    g = _grad(gt.norm, np.zeros((2, 3))).numpy()
+    np.testing.assert_array_equal(g, np.zeros((2, 3)))
+    g = _grad(gt.norm, np.array([[0.0, 0.0], [3.0, 4.0]]), axis=1).numpy()
+    np.testing.assert_allclose(g, [[0, 0], [0.6, 0.8]])
+
+
+def test_norm_matches_numpy_linalg():
+    x = np.arange(12.0).reshape(3, 4) - 5
+    np.testing.assert_allclose(gt.norm(gt.tensor(x)).numpy(), np.linalg.norm(x))
+    np.testing.assert_allclose(gt.norm(gt.tensor(x), axis=0).numpy(), np.linalg.norm(x, axis=0))
+    np.testing.assert_allclose(gt.norm(gt.tensor(x), "fro").numpy(), np.linalg.norm(x, "fro"))
+    assert gt.norm(gt.tensor(np.array([3, 4]))).dtype == np.float64
+    with pytest.raises(NotImplementedError, match="norm: ord=1"):
+        gt.norm(gt.tensor(x), 1)
+
+
+def test_std_gradient_of_constant_is_zero():
+    g = _grad(gt.std, np.full((3,), 2.0)).numpy()
+    np.testing.assert_array_equal(g, np.zeros(3))
+
+
+def test_var_std_ddof():
+    x = np.array([[1.0, 2.0, 4.0], [3.0, 3.5, 0.5]])
+    for ddof in (0, 1):
+        np.testing.assert_allclose(gt.var(gt.tensor(x), axis=1, ddof=ddof).numpy(),
+                                   np.var(x, axis=1, ddof=ddof))
+        np.testing.assert_allclose(gt.std(gt.tensor(x), ddof=ddof).numpy(), np.std(x, ddof=ddof))
+        check_grads(gt.var, (x,), {"axis": 1, "ddof": ddof})
+        check_grads(gt.std, (x,), {"axis": 0, "ddof": ddof})
+
+
+# --------------------------------------------------------------------------- logsumexp
+def test_logsumexp_is_stable():
+    x = np.array([[1000.0, 1000.0], [-1000.0, -1000.0]], dtype=np.float32)
+    out = gt.logsumexp(gt.tensor(x), axis=1).numpy()
+    np.testing.assert_allclose(out, [1000 + np.log(2), -1000 + np.log(2)], rtol=1e-6)
+    g = _grad(gt.logsumexp, x, axis=1).numpy()
+    np.testing.assert_allclose(g, np.full((2, 2), 0.5))
+    out = gt.logsumexp(gt.tensor(np.array([-np.inf, -np.inf]))).numpy()
+    assert out == -np.inf
+
+
+# --------------------------------------------------------------------------- second order
+@pytest.mark.parametrize("name", ["sum", "mean", "logsumexp", "prod", "var", "std", "norm"])
+def test_second_derivative_nested_tapes(name, rng):
+    x = rng.uniform(0.5, 1.5, (3, 4))
+    check_grads(lambda t: getattr(gt, name)(t * t * t, axis=1), (x,), order=2)
+    check_grads(lambda t: getattr(gt, name)(gt.sin(t)), (x,), order=3)
+
+
+def test_logsumexp_hessian_is_softmax_jacobian():
+    x = gt.tensor(np.array([0.1, 0.5, -0.3]))
+    with gt.GradientTape() as outer:
+        outer.watch(x)
+        with gt.GradientTape() as inner:
+            inner.watch(x)
+            y = gt.logsumexp(x)
+        p = inner.gradient(y, x)
+    h = outer.jacobian(p, x).numpy()
+    s = np.exp(x.numpy()) / np.exp(x.numpy()).sum()
+    np.testing.assert_allclose(h, np.diag(s) - np.outer(s, s), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- argmax / argmin
+def test_argmax_argmin():
+    x = np.array([[1.0, 5.0, 5.0], [7.0, -4.0, 0.0]])
+    t = gt.tensor(x)
+    np.testing.assert_array_equal(gt.argmax(t, axis=1).numpy(), np.argmax(x, axis=1))
+    np.testing.assert_array_equal(gt.argmin(t, axis=-2).numpy(), np.argmin(x, axis=0))
+    assert gt.argmax(t).numpy() == np.argmax(x)
+    assert gt.argmax(t, axis=1, keepdims=True).shape == (2, 1)
+    assert gt.argmax(t).dtype.kind == "i"
+    with gt.GradientTape() as tape:
+        tape.watch(t)
+        i = gt.argmax(t, axis=1)
+    assert i.dtype.kind == "i"
+    assert tape.gradient(gt.sum(i.astype("float64")), t) is None
+    with pytest.raises(ValueError, match="argmax: axis 2 is out of range"):
+        gt.argmax(t, axis=2)
+    with pytest.raises(TypeError, match="argmin: axis must be None or an int"):
+        gt.argmin(t, axis=(0, 1))
+    with pytest.raises(ValueError, match="argmax: cannot take the argmax of an empty"):
+        gt.argmax(gt.tensor(np.zeros((0,))))
+
+
+def test_axis_errors_name_the_op():
+    x = gt.tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="sum: axis 2 is out of range for a tensor of rank 2"):
+        gt.sum(x, axis=2)
+    with pytest.raises(ValueError, match="mean: axis -3 is out of range"):
+        gt.mean(x, axis=-3)
+    with pytest.raises(ValueError, match="var: repeated axis"):
+        gt.var(x, axis=(1, -1))
