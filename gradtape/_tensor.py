@@ -7,6 +7,7 @@ imported lazily (``_ops``) because ops are built on top of this class.
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,9 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data: Any, dtype: Any = None) -> None:
-        arr, backend = _to_array(data, dtype, copy=True, to_active=True)
+        # a copy of user arrays and Variables; another Tensor's buffer is immutable, shared
+        copy = not isinstance(data, Tensor) or data._is_variable
+        arr, backend = _to_array(data, dtype, copy=copy, to_active=True)
         self.data = arr
         self._backend = backend
         self._id = 0
@@ -319,7 +322,7 @@ class Variable(Tensor):
         array([0.5, 1.5], dtype=float32)
     """
 
-    __slots__ = ("name", "trainable")
+    __slots__ = ("name", "trainable", "_snapshots")
     _is_variable = True
 
     def __init__(self, initial: Any, dtype: Any = None, name: str | None = None,
@@ -333,6 +336,32 @@ class Variable(Tensor):
         self._origin = None
         self.name = name
         self.trainable = bool(trainable)
+        self._snapshots: list | None = None
+
+    def _snapshot(self) -> Tensor:
+        """A Tensor sharing the current buffer, for a tape to save: the next ``assign*`` first
+        copies the old values into every live snapshot (copy-on-write), so a VJP sees the value
+        its op read. No copy at all when no saved snapshot is alive at the write."""
+        t = _wrap(self.data, self._backend)
+        snaps = self._snapshots
+        if snaps is None:
+            snaps = self._snapshots = []
+        elif len(snaps) >= 64:
+            snaps[:] = [r for r in snaps if r() is not None]
+        snaps.append(weakref.ref(t))
+        return t
+
+    def _before_write(self) -> None:
+        snaps = self._snapshots
+        if snaps:
+            old = None
+            for ref in snaps:
+                t = ref()
+                if t is not None:
+                    if old is None:
+                        old = self.data.copy()
+                    t.data = old
+            snaps.clear()
 
     def _value_for(self, value: Any, what: str) -> Any:
         if isinstance(value, Tensor):
@@ -355,18 +384,21 @@ class Variable(Tensor):
     def assign(self, value: Any) -> Variable:
         """Write ``value`` into the variable in place (same shape; cast to its dtype)."""
         arr = self._value_for(value, "Variable.assign")
+        self._before_write()
         self._backend.xp.copyto(self.data, arr, casting="unsafe")
         return self
 
     def assign_add(self, delta: Any) -> Variable:
         """Add ``delta`` in place: ``v += delta``."""
         arr = self._value_for(delta, "Variable.assign_add")
+        self._before_write()
         self._backend.xp.add(self.data, arr, out=self.data, casting="unsafe")
         return self
 
     def assign_sub(self, delta: Any) -> Variable:
         """Subtract ``delta`` in place: ``v -= delta``."""
         arr = self._value_for(delta, "Variable.assign_sub")
+        self._before_write()
         self._backend.xp.subtract(self.data, arr, out=self.data, casting="unsafe")
         return self
 
@@ -428,8 +460,8 @@ def _to_array(data: Any, dtype: Any = None, copy: bool = False,
               to_active: bool = False) -> tuple[Any, Backend]:
     """Convert user data to a backend array, following API.md's dtype rules.
 
-    ``copy``: the result never shares memory with a user's array or a Variable (constructors
-    use it: tensors are immutable and a tape may keep them for the backward). ``to_active``:
+    ``copy``: the result never shares memory with ``data`` (constructors use it: tensors are
+    immutable, a tape may keep them for the backward, and a Variable writes in place). ``to_active``:
     host (NumPy) arrays move to the active backend (constructors); op operands keep theirs, so
     an op never copies between host and device behind the user's back.
     """
@@ -437,8 +469,8 @@ def _to_array(data: Any, dtype: Any = None, copy: bool = False,
         backend = data._backend
         arr = data.data
         if dtype is not None:
-            arr = arr.astype(dtype, copy=copy or data._is_variable)
-        elif copy and data._is_variable:  # a snapshot, not the Variable's live buffer
+            arr = arr.astype(dtype, copy=copy)
+        elif copy:
             arr = arr.copy()
         return arr, backend
     if isinstance(data, (np.ndarray, np.generic)):

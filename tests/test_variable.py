@@ -1,0 +1,181 @@
+"""Variable: in-place assign/assign_add/assign_sub on the same buffer, never recorded, shape
+and backend checks, dtype casts, name/trainable, copies on creation, snapshots for tapes."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+
+def test_variable_basics(backend):
+    v = gt.Variable([1.0, 2.0], name="w")
+    assert isinstance(v, gt.Tensor)
+    assert v.name == "w" and v.trainable is True
+    assert v.dtype == np.float32 and v.shape == (2,) and v.backend == backend
+    assert gt.Variable([1.0], trainable=False).trainable is False
+    assert gt.Variable([1.0]).name is None
+    assert gt.Variable(np.ones(3)).dtype == np.float64  # an array keeps its dtype
+    assert gt.Variable(np.ones(3), dtype=np.float32).dtype == np.float32
+    assert gt.Variable([1, 2]).dtype == np.int64
+
+
+@pytest.mark.parametrize("method, value, expect", [
+    ("assign", [5.0, 6.0], [5.0, 6.0]),
+    ("assign_add", [5.0, 6.0], [6.0, 8.0]),
+    ("assign_sub", [5.0, 6.0], [-4.0, -4.0]),
+    ("assign", 0.0, [0.0, 0.0]),               # a scalar broadcasts to the variable's shape
+    ("assign_add", np.array([1.0]), [2.0, 3.0]),
+])
+def test_assign_is_in_place(backend, method, value, expect):
+    v = gt.Variable([1.0, 2.0])
+    old = v.data
+    out = getattr(v, method)(value)
+    assert out is v  # chainable, like TF
+    assert v.data is old  # the same buffer object
+    np.testing.assert_allclose(v.numpy(), expect)
+    assert v.dtype == np.float32
+
+
+def test_assign_shares_memory_with_the_original_buffer():
+    v = gt.Variable(np.zeros(4))
+    old = v.data
+    v.assign(gt.tensor(np.arange(4.0)))
+    v.assign_add(gt.tensor(1.0))
+    v.assign_sub(np.full(4, 0.5))
+    assert np.shares_memory(v.data, old)
+    np.testing.assert_array_equal(old, np.arange(4.0) + 0.5)
+
+
+def test_zero_d_variable_is_a_writable_buffer():
+    v = gt.Variable(1.0)
+    assert isinstance(v.data, np.ndarray) and v.shape == ()
+    old = v.data
+    v.assign(3.0)
+    v.assign_add(1.0)
+    assert v.data is old and float(v) == 4.0
+
+
+def test_assign_casts_to_the_variable_dtype():
+    v = gt.Variable(np.zeros(2, dtype=np.float32))
+    v.assign(np.array([1.5, 2.5], dtype=np.float64))
+    assert v.dtype == np.float32
+    np.testing.assert_array_equal(v.numpy(), [1.5, 2.5])
+    v.assign_add(gt.tensor(np.array([1.0, 1.0], dtype=np.float64)))
+    assert v.dtype == np.float32
+    w = gt.Variable([0, 0])
+    w.assign([1.7, -2.2])
+    assert w.dtype == np.int64
+    np.testing.assert_array_equal(w.numpy(), [1, -2])
+
+
+@pytest.mark.parametrize("method", ["assign", "assign_add", "assign_sub"])
+def test_shape_mismatch_names_both_shapes(method):
+    v = gt.Variable(np.zeros((2, 3)))
+    before = v.numpy()
+    for bad in (np.zeros((3, 2)), np.zeros((2, 3, 1)), gt.tensor(np.zeros(4)), np.zeros((4, 3))):
+        with pytest.raises(ValueError) as info:
+            getattr(v, method)(bad)
+        msg = str(info.value)
+        assert f"Variable.{method}" in msg
+        assert str(tuple(bad.shape)) in msg and "(2, 3)" in msg
+    np.testing.assert_array_equal(v.numpy(), before)  # nothing was written
+
+
+def test_assign_is_never_recorded_on_a_tape():
+    x = gt.tensor([1.0, 2.0])
+    w = gt.Variable([0.0, 0.0])
+    with gt.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        w.assign(x * 3.0)
+        w.assign_add(x)
+        w.assign_sub(gt.sum(x))
+        n_records = len(tape._records)
+    assert n_records == 2  # only x * 3 and sum(x), not the assigns
+    assert tape.gradient(w, x) is None  # the variable's value is not a function of x
+    np.testing.assert_allclose(w.numpy(), [1.0, 5.0])
+
+
+def test_trainable_variables_are_watched_and_others_not():
+    v = gt.Variable([2.0], name="v")
+    u = gt.Variable([3.0], name="u", trainable=False)
+    with gt.GradientTape(persistent=True) as tape:
+        y = gt.sum(v * u)
+    assert tape.watched_variables() == (v,)
+    np.testing.assert_allclose(tape.gradient(y, v).numpy(), [3.0])
+    assert tape.gradient(y, u) is None
+
+
+def test_variable_from_tensor_or_array_copies():
+    a = np.array([1.0, 2.0])
+    v = gt.Variable(a)
+    v.assign_add([1.0, 1.0])
+    np.testing.assert_array_equal(a, [1.0, 2.0])
+    a[0] = 100.0
+    np.testing.assert_array_equal(v.numpy(), [2.0, 3.0])
+    t = gt.tensor([1.0, 2.0])
+    w = gt.Variable(t)
+    assert not np.shares_memory(w.data, t.data)
+    w.assign([9.0, 9.0])
+    np.testing.assert_array_equal(t.numpy(), [1.0, 2.0])
+    u = gt.Variable(w, name="copy")
+    u.assign_add(1.0)
+    np.testing.assert_array_equal(w.numpy(), [9.0, 9.0])
+    assert u.dtype == w.dtype and u.name == "copy"
+    assert gt.Variable(t, dtype=np.float64).dtype == np.float64
+
+
+def test_numpy_and_value_are_snapshots():
+    v = gt.Variable([1.0, 2.0])
+    a = v.numpy()
+    snap = v.value()
+    assert type(snap) is gt.Tensor
+    v.assign([5.0, 5.0])
+    np.testing.assert_array_equal(a, [1.0, 2.0])
+    np.testing.assert_array_equal(snap.numpy(), [1.0, 2.0])
+    a[0] = -1.0  # a private copy, writable
+    np.testing.assert_array_equal(v.numpy(), [5.0, 5.0])
+
+
+def test_assign_from_another_backend_is_refused():
+    from gradtape._backend import Backend
+    from gradtape._tensor import _wrap
+
+    other = Backend("other", np, None, np.ndarray, (np.generic,))
+    v = gt.Variable([1.0, 2.0], name="w")
+    with pytest.raises(ValueError, match="'other'.*'numpy'"):
+        v.assign_add(_wrap(np.ones(2), other))
+
+
+def test_snapshot_is_copy_on_write():
+    v = gt.Variable([1.0, 2.0])
+    snap = v._snapshot()
+    assert snap.data is v.data  # no copy while nothing writes
+    old = v.data
+    v.assign([7.0, 8.0])
+    assert v.data is old  # the variable still writes in place
+    np.testing.assert_array_equal(snap.numpy(), [1.0, 2.0])  # the snapshot kept what it saw
+    np.testing.assert_array_equal(v.numpy(), [7.0, 8.0])
+    v.assign_add(1.0)
+    np.testing.assert_array_equal(snap.numpy(), [1.0, 2.0])
+
+
+def test_no_copy_when_snapshots_are_gone():
+    v = gt.Variable([1.0, 2.0])
+    snap = v._snapshot()
+    del snap
+    gc.collect()
+    v.assign([3.0, 4.0])  # nothing alive to protect: just the in-place write
+    assert v._snapshots == []
+    for _ in range(200):  # dead references are pruned, the list stays small
+        v._snapshot()
+    assert len(v._snapshots) <= 65
+
+
+def test_repr():
+    r = repr(gt.Variable([1.0, 2.0], name="w"))
+    assert r == "Variable([1., 2.], dtype=float32, name='w', trainable=True)"
+    assert repr(gt.Variable(3.0, trainable=False)) == "Variable(3., dtype=float32, trainable=False)"
