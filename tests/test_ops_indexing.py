@@ -1,0 +1,110 @@
+"""Indexing: getitem (basic and advanced), take, gather; gradients scatter back and accumulate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape._primitive import REGISTRY
+from gradtape.testing import check_grads
+
+
+@pytest.mark.parametrize("name", ["getitem", "scatter_add"])
+def test_registry_examples_gradients(name):
+    prim = REGISTRY[name]
+    assert prim.examples is not None
+    for fn, args, kwargs in prim.examples(np.random.default_rng(4)):
+        check_grads(fn, args, kwargs, order=2)
+
+
+X = np.arange(24.0).reshape(2, 3, 4)
+INDICES = [
+    1, -1, (0, 2), (slice(None), -1), (slice(None, None, -1),), (Ellipsis, slice(1, None, 2)),
+    (None, 0, Ellipsis, None), (1, slice(3, 0, -2), slice(None)), np.array([1, 1, 0]),
+    (slice(None), np.array([2, -1, 2])), (np.array([0, 1, 1]), np.array([2, 2, 2])),
+    (np.array([[0], [1]]), slice(None), np.array([3, 3, 0])), X > 10, (1, X[0] > 4),
+    (0, np.array([True, False, True])), (Ellipsis, [3, 3, 3]), (), Ellipsis,
+    (slice(0, 0),), np.array([], dtype=np.intp), (0, 1, 2),
+]
+
+
+def _expected_grad(index, shape):
+    z = np.zeros(shape)
+    idx = tuple(np.asarray(i) if isinstance(i, list) else i for i in index) \
+        if isinstance(index, tuple) else index
+    np.add.at(z, idx, 1.0)
+    return z
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index", INDICES, ids=[str(i)[:40] for i in range(len(INDICES))])
+def test_getitem_forward_and_gradient(index, dtype):
+    x = gt.tensor(X.astype(dtype))
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = x[index]
+    expected = X.astype(dtype)[index]
+    assert y.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_array_equal(y.numpy(), expected)
+    g = tape.gradient(y, x)
+    assert g.dtype == dtype and g.shape == X.shape
+    np.testing.assert_array_equal(g.numpy(), _expected_grad(index, X.shape))
+
+
+def test_repeated_indices_accumulate():
+    x = gt.tensor(np.array([1.0, 2.0, 3.0]))
+    w = gt.tensor(np.array([1.0, 10.0, 100.0, 1000.0]))
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = gt.sum(x[np.array([0, 2, 0, 0])] * w)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [1101.0, 0.0, 10.0])
+
+
+def test_index_with_integer_tensor_and_list():
+    x = gt.tensor(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    idx = gt.tensor(np.array([1, 1, 0]))
+    np.testing.assert_array_equal(x[idx].numpy(), x.numpy()[[1, 1, 0]])
+    np.testing.assert_array_equal(x[[0, 0]].numpy(), x.numpy()[[0, 0]])
+    np.testing.assert_array_equal(x[x > 2].numpy(), [3.0, 4.0])
+
+
+def test_getitem_second_order(rng):
+    x = rng.standard_normal((3, 4))
+    check_grads(lambda t: gt.square(t[np.array([0, 0, 2]), 1:]), (x,), order=2)
+    check_grads(lambda t: t[::-1, None, ::2] * t[0, ::2], (x,), order=2)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+def test_take_matches_numpy(axis, rng):
+    x = rng.standard_normal((3, 4))
+    idx = np.array([[2, 0], [-1, 2]])
+    out = gt.take(gt.tensor(x), idx, axis=axis)
+    np.testing.assert_array_equal(out.numpy(), np.take(x, idx, axis=axis))
+    check_grads(gt.take, (x, idx), {"axis": axis}, order=2)
+    assert gt.take(gt.tensor(x.astype(np.float32)), [0], axis=axis).dtype == np.float32
+
+
+def test_gather_is_take_along_axis_0(rng):
+    x = rng.standard_normal((3, 4))
+    np.testing.assert_array_equal(gt.gather(gt.tensor(x), [2, 2, 0]).numpy(), x[[2, 2, 0]])
+    np.testing.assert_array_equal(gt.gather(gt.tensor(x), [3, 1], axis=-1).numpy(), x[:, [3, 1]])
+    x_t = gt.tensor(x)
+    with gt.GradientTape() as tape:
+        tape.watch(x_t)
+        y = gt.gather(x_t, [1, 1, 1])
+    np.testing.assert_array_equal(tape.gradient(y, x_t).numpy()[1], np.full(4, 3.0))
+
+
+def test_indexing_errors():
+    x = gt.tensor(np.ones((2, 3)))
+    with pytest.raises(IndexError, match=r"indexing a tensor of shape \(2, 3\)"):
+        x[5]
+    with pytest.raises(IndexError, match="index arrays must be integer or bool, got dtype float64"):
+        x[np.array([0.5])]
+    with pytest.raises(IndexError, match="index tensors must be integer or bool"):
+        x[gt.tensor([0.0])]
+    with pytest.raises(IndexError, match="unsupported index item of type str"):
+        x["a"]
+    with pytest.raises(ValueError, match="take: axis 2 is out of range for a tensor of rank 2"):
+        gt.take(x, [0], axis=2)
