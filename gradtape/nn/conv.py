@@ -1,0 +1,284 @@
+"""Convolution and pooling over NCHW images, built on two linear primitives that are each
+other's adjoint: ``im2col`` (gather every kernel-offset view of the padded input) and
+``col2im`` (scatter-add them back). ``conv2d`` is ``im2col`` followed by one batched matmul
+with the weights, so its gradients, and their gradients, come from the ops it is made of.
+
+Only loops over kernel offsets (``kh * kw`` slice copies) run in Python; every copy is a
+vectorized array operation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from .._primitive import bind, primitive
+from .._tensor import Tensor, _wrap
+from ..ops._util import one
+
+__all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
+
+
+# --------------------------------------------------------------------------- arguments
+def _pair(v: Any, what: str, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    try:
+        a, b = (int(t) for t in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{what}: {name} must be >= {minimum}, got {v!r}")
+    return a, b
+
+
+def _padding(padding: Any, kernel: tuple, dilation: tuple, what: str) -> tuple:
+    """Normalize to ``((top, bottom), (left, right))``."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding == "same":
+            out = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                out.append((total // 2, total - total // 2))
+            return tuple(out)
+        raise ValueError(f"{what}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
+            isinstance(p, (tuple, list)) for p in padding):
+        (pt, pb), (pl, pr) = ((int(a), int(b)) for a, b in padding)
+    else:
+        ph, pw = _pair(padding, what, "padding", 0)
+        pt, pb, pl, pr = ph, ph, pw, pw
+    if min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"{what}: padding must be >= 0, got {padding!r}")
+    return ((pt, pb), (pl, pr))
+
+
+def _out_size(n: int, k: int, s: int, p: tuple, d: int) -> int:
+    return (n + p[0] + p[1] - d * (k - 1) - 1) // s + 1
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+def _offset_slices(i: int, j: int, geo: dict, oh: int, ow: int) -> tuple:
+    (sh, sw), (dh, dw) = geo["stride"], geo["dilation"]
+    h0, w0 = i * dh, j * dw
+    return (slice(None), slice(None), slice(h0, h0 + sh * (oh - 1) + 1, sh),
+            slice(w0, w0 + sw * (ow - 1) + 1, sw))
+
+
+def _im2col_impl(xp: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple, pad_value: float) -> Any:
+    N, C, H, W = x.shape
+    kh, kw = kernel
+    (pt, pb), (pl, pr) = padding
+    if pt or pb or pl or pr:
+        x = xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    oh = _out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = _out_size(W, kw, stride[1], padding[1], dilation[1])
+    geo = {"stride": stride, "dilation": dilation}
+    cols = xp.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[_offset_slices(i, j, geo, oh, ow)]
+    return cols
+
+
+def _col2im_impl(xp: Any, cols: Any, *, in_shape: tuple, kernel: tuple, stride: tuple,
+                 padding: tuple, dilation: tuple) -> Any:
+    N, C, H, W = in_shape
+    kh, kw = kernel
+    (pt, pb), (pl, pr) = padding
+    oh, ow = cols.shape[-2:]
+    geo = {"stride": stride, "dilation": dilation}
+    out = xp.zeros((N, C, H + pt + pb, W + pl + pr), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[_offset_slices(i, j, geo, oh, ow)] += cols[:, :, i, j]
+    if pt or pb or pl or pr:
+        out = xp.ascontiguousarray(out[:, :, pt:pt + H, pl:pl + W])
+    return out
+
+
+def _geometry(params: dict) -> dict:
+    return {k: params[k] for k in ("kernel", "stride", "padding", "dilation")}
+
+
+def _im2col_vjp(rec: Any, g: Tensor) -> tuple:
+    return (bind(P_COL2IM, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
+
+
+def _col2im_vjp(rec: Any, g: Tensor) -> tuple:
+    return (bind(P_IM2COL, g, pad_value=0.0, **_geometry(rec.params)),)
+
+
+def _conv_examples(rng: np.random.Generator) -> list:
+    x = rng.normal(size=(2, 4, 5, 6))
+    return [
+        (conv2d, (x, rng.normal(size=(3, 4, 3, 3)), rng.normal(size=3)), {"padding": 1}),
+        (conv2d, (x, rng.normal(size=(4, 2, 2, 3))),
+         {"stride": (2, 1), "padding": ((1, 0), (2, 1)), "dilation": (1, 2), "groups": 2}),
+    ]
+
+
+def _pool_examples(rng: np.random.Generator) -> list:
+    # distinct values spaced apart so finite differences never cross a tie
+    x = rng.permutation(2 * 3 * 5 * 5).reshape(2, 3, 5, 5) * 0.1
+    return [(max_pool2d, (x,), {"kernel_size": 2}),
+            (max_pool2d, (x,), {"kernel_size": 3, "stride": 2, "padding": 1}),
+            (avg_pool2d, (rng.normal(size=(2, 3, 5, 5)),), {"kernel_size": 2, "padding": 1})]
+
+
+P_IM2COL = primitive("im2col", _im2col_impl, _im2col_vjp, saves_inputs=False,
+                     examples=_conv_examples)
+P_COL2IM = primitive("col2im", _col2im_impl, _col2im_vjp, saves_inputs=False,
+                     examples=_conv_examples)
+
+
+def _window_max_impl(xp: Any, x: Any, *, axis: int) -> Any:
+    return x.max(axis=axis)
+
+
+def _window_max_vjp(rec: Any, g: Tensor) -> tuple:
+    # The gradient goes to the first maximum of each window (as PyTorch's max_pool2d).
+    x = rec.inputs[0]
+    axis = rec.params["axis"]
+    xp = x._backend.xp
+    first = xp.expand_dims(x.data.argmax(axis=axis), axis)
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    mask = (xp.arange(x.shape[axis]).reshape(shape) == first).astype(g.dtype)
+    return (ops.reshape(g, g.shape[:axis] + (1,) + g.shape[axis:]) * _wrap(mask, x._backend),)
+
+
+P_WINDOW_MAX = primitive("window_max", _window_max_impl, _window_max_vjp, examples=_pool_examples)
+
+
+def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+            pad_value: float, what: str) -> Tensor:
+    N, C, H, W = x.shape
+    oh = _out_size(H, kernel[0], stride[0], padding[0], dilation[0])
+    ow = _out_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{what}: the (padded) input of spatial size {(H, W)} is smaller than the "
+                         f"dilated kernel {kernel} (dilation {dilation}, padding {padding})")
+    return bind(P_IM2COL, x, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                pad_value=float(pad_value))
+
+
+def _check_image(x: Tensor, what: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{what}: x must be a 4-D NCHW tensor [batch, channels, height, width], "
+                         f"got shape {x.shape}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{what}: x must be a float tensor, got dtype {x.dtype}")
+
+
+# --------------------------------------------------------------------------- public ops
+def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           groups: int = 1) -> Tensor:
+    """2-D convolution (cross-correlation, as PyTorch/TF) of NCHW images with OIHW weights.
+
+    Args:
+        x: input ``[N, C, H, W]``.
+        w: weights ``[O, C // groups, kh, kw]``.
+        b: optional bias ``[O]``.
+        stride: int or ``(sh, sw)``.
+        padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``"valid"`` or
+            ``"same"`` (zero padding).
+        dilation: int or ``(dh, dw)``.
+        groups: ``C`` and ``O`` split into this many groups, each convolved separately.
+
+    Shapes: ``[N, C, H, W] -> [N, O, OH, OW]`` with
+    ``OH = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1`` (same for ``OW``).
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])   # [1, 1, 2, 2]
+        >>> gt.nn.conv2d(x, gt.tensor([[[[1.0]]]]) * 2).numpy().ravel()
+        array([2., 4., 6., 8.], dtype=float32)
+    """
+    what = "conv2d"
+    x, w = one(x), one(w)
+    _check_image(x, what)
+    if w.ndim != 4:
+        raise ValueError(f"conv2d: w must be 4-D [out_channels, in_channels // groups, kh, kw], "
+                         f"got shape {w.shape}")
+    groups = int(groups)
+    N, C, H, W = x.shape
+    n_out, Cg, kh, kw = w.shape
+    if groups < 1 or C % groups or n_out % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({C}) and "
+                         f"the output channels ({n_out})")
+    if Cg * groups != C:
+        raise ValueError(f"conv2d: w of shape {w.shape} expects {Cg * groups} input channels "
+                         f"(groups={groups}), x of shape {x.shape} has {C}")
+    stride = _pair(stride, what, "stride", 1)
+    dilation = _pair(dilation, what, "dilation", 1)
+    pad = _padding(padding, (kh, kw), dilation, what)
+    cols = _im2col(x, (kh, kw), stride, pad, dilation, 0.0, what)  # [N, C, kh, kw, OH, OW]
+    oh, ow = cols.shape[-2:]
+    K = Cg * kh * kw
+    if groups == 1:
+        out = ops.matmul(ops.reshape(w, (n_out, K)), ops.reshape(cols, (N, K, oh * ow)))
+    else:
+        out = ops.matmul(ops.reshape(w, (groups, n_out // groups, K)),
+                         ops.reshape(cols, (N, groups, K, oh * ow)))
+    out = ops.reshape(out, (N, n_out, oh, ow))
+    if b is not None:
+        b = one(b)
+        if b.shape != (n_out,):
+            raise ValueError(f"conv2d: bias must have shape ({n_out},), got {b.shape}")
+        out = out + ops.reshape(b, (1, n_out, 1, 1))
+    return out
+
+
+def _pool_args(x: Any, kernel_size: Any, stride: Any, padding: Any, what: str) -> tuple:
+    x = one(x)
+    _check_image(x, what)
+    kernel = _pair(kernel_size, what, "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, what, "stride", 1)
+    pad = _padding(padding, kernel, (1, 1), what)
+    if any(p > k // 2 for p, k in zip((max(pad[0]), max(pad[1])), kernel)):
+        raise ValueError(f"{what}: padding {padding!r} must be at most half the kernel size {kernel}")
+    return x, kernel, stride, pad
+
+
+def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    """Maximum over each ``kernel_size`` window of NCHW images. Padding counts as ``-inf``. The
+    gradient goes to the first maximum of each window (PyTorch's choice).
+
+    Shapes: ``[N, C, H, W] -> [N, C, OH, OW]``, ``OH = (H + 2 ph - kh) // sh + 1``;
+    ``stride`` defaults to ``kernel_size``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.reshape(gt.tensor([1.0, 5.0, 3.0, 2.0]), (1, 1, 2, 2))
+        >>> gt.nn.max_pool2d(x, 2).numpy().ravel()
+        array([5.], dtype=float32)
+    """
+    what = "max_pool2d"
+    x, kernel, stride, pad = _pool_args(x, kernel_size, stride, padding, what)
+    cols = _im2col(x, kernel, stride, pad, (1, 1), -np.inf, what)
+    N, C, kh, kw, oh, ow = cols.shape
+    return bind(P_WINDOW_MAX, ops.reshape(cols, (N, C, kh * kw, oh, ow)), axis=2)
+
+
+def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    """Mean over each ``kernel_size`` window of NCHW images. Padding counts as zeros in the
+    mean (PyTorch's default ``count_include_pad=True``).
+
+    Shapes: ``[N, C, H, W] -> [N, C, OH, OW]``; ``stride`` defaults to ``kernel_size``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.reshape(gt.tensor([1.0, 5.0, 3.0, 3.0]), (1, 1, 2, 2))
+        >>> gt.nn.avg_pool2d(x, 2).numpy().ravel()
+        array([3.], dtype=float32)
+    """
+    what = "avg_pool2d"
+    x, kernel, stride, pad = _pool_args(x, kernel_size, stride, padding, what)
+    cols = _im2col(x, kernel, stride, pad, (1, 1), 0.0, what)
+    return ops.sum(cols, axis=(2, 3)) * (1.0 / (kernel[0] * kernel[1]))

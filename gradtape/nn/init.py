@@ -1,0 +1,131 @@
+"""Weight initializers, seeded: each returns a float array of ``shape`` on the active backend.
+
+``fan_in``/``fan_out`` follow Keras/PyTorch: for a dense kernel ``[in, out]`` they are
+``in``/``out``; for a conv kernel ``[O, I, kh, kw]`` they are ``I * kh * kw`` / ``O * kh * kw``.
+
+Example:
+    >>> from gradtape.nn import init
+    >>> init.glorot_uniform((3, 4), seed=0).shape
+    (3, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._backend import get_backend
+
+__all__ = ["fans", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones",
+           "get"]
+
+
+def fans(shape: tuple, kind: str = "dense") -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a kernel: ``kind="dense"`` for ``[in, out]`` (any leading
+    dims), ``"conv"`` for OIHW ``[O, I, kh, kw]``."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if kind == "conv":
+        receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        return shape[1] * receptive, shape[0] * receptive
+    return int(np.prod(shape[:-1])), shape[-1]
+
+
+def _rng(seed: Any) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def _on_backend(arr: np.ndarray, dtype: Any) -> Any:
+    xp = get_backend().xp
+    return xp.asarray(arr.astype(dtype, copy=False))
+
+
+def glorot_uniform(shape: tuple, seed: Any = None, dtype: Any = np.float32,
+                   kind: str = "dense") -> Any:
+    """Uniform in ``[-a, a]``, ``a = sqrt(6 / (fan_in + fan_out))`` (Glorot & Bengio; Keras's
+    default). ``seed``: an int or a ``numpy.random.Generator``.
+
+    Example:
+        >>> from gradtape.nn import init
+        >>> float(abs(init.glorot_uniform((2, 2), seed=0)).max()) <= 6 ** 0.5 / 2
+        True
+    """
+    fi, fo = fans(shape, kind)
+    a = math.sqrt(6.0 / (fi + fo))
+    return _on_backend(_rng(seed).uniform(-a, a, size=shape), dtype)
+
+
+def glorot_normal(shape: tuple, seed: Any = None, dtype: Any = np.float32,
+                  kind: str = "dense") -> Any:
+    """Normal with std ``sqrt(2 / (fan_in + fan_out))``.
+
+    Example:
+        >>> from gradtape.nn import init
+        >>> init.glorot_normal((4, 4), seed=0).dtype
+        dtype('float32')
+    """
+    fi, fo = fans(shape, kind)
+    return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / (fi + fo)), size=shape), dtype)
+
+
+def he_uniform(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+    """Uniform in ``[-a, a]``, ``a = sqrt(6 / fan_in)`` (He et al., for ReLU layers).
+
+    Example:
+        >>> from gradtape.nn import init
+        >>> init.he_uniform((3, 2), seed=1).shape
+        (3, 2)
+    """
+    fi, _ = fans(shape, kind)
+    a = math.sqrt(6.0 / fi)
+    return _on_backend(_rng(seed).uniform(-a, a, size=shape), dtype)
+
+
+def he_normal(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+    """Normal with std ``sqrt(2 / fan_in)`` (He et al., for ReLU layers).
+
+    Example:
+        >>> from gradtape.nn import init
+        >>> init.he_normal((3, 2), seed=1).shape
+        (3, 2)
+    """
+    fi, _ = fans(shape, kind)
+    return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / fi), size=shape), dtype)
+
+
+def zeros(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+    """Zeros (``seed`` ignored). Example: ``init.zeros((3,))``."""
+    return get_backend().xp.zeros(shape, dtype=dtype)
+
+
+def ones(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+    """Ones (``seed`` ignored). Example: ``init.ones((3,))``."""
+    return get_backend().xp.ones(shape, dtype=dtype)
+
+
+_BY_NAME = {"glorot_uniform": glorot_uniform, "glorot_normal": glorot_normal,
+            "he_uniform": he_uniform, "he_normal": he_normal, "zeros": zeros, "ones": ones,
+            "xavier_uniform": glorot_uniform, "xavier_normal": glorot_normal,
+            "kaiming_uniform": he_uniform, "kaiming_normal": he_normal}
+
+
+def get(initializer: Any) -> Any:
+    """An initializer by name (``"glorot_uniform"``, ``"he_normal"`` ...) or the callable itself.
+
+    Example:
+        >>> from gradtape.nn import init
+        >>> init.get("he_normal") is init.he_normal
+        True
+    """
+    if callable(initializer):
+        return initializer
+    try:
+        return _BY_NAME[initializer]
+    except KeyError:
+        raise ValueError(f"unknown initializer {initializer!r}; expected one of "
+                         f"{sorted(_BY_NAME)} or a callable(shape, seed, dtype)") from None

@@ -1,0 +1,335 @@
+"""gt.nn ops: values against hand-written NumPy references, gradients with check_grads
+(second order), stability, and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape.testing import check_grads
+
+
+# --------------------------------------------------------------------------- references
+def np_log_softmax(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def np_conv2d(x, w, b=None, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1):
+    """Naive loops over every output position: the definition of cross-correlation."""
+    N, C, H, W = x.shape
+    n_out, Cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), padding[0], padding[1]))
+    sh, sw = stride
+    dh, dw = dilation
+    OH = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    OW = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    Og = n_out // groups
+    out = np.zeros((N, n_out, OH, OW))
+    for n in range(N):
+        for o in range(n_out):
+            g = o // Og
+            for i in range(OH):
+                for j in range(OW):
+                    acc = 0.0
+                    for c in range(Cg):
+                        for a in range(kh):
+                            for bb in range(kw):
+                                acc += (xp[n, g * Cg + c, i * sh + a * dh, j * sw + bb * dw]
+                                        * w[o, c, a, bb])
+                    out[n, o, i, j] = acc + (0.0 if b is None else b[o])
+    return out
+
+
+def np_pool(x, k, s, p, op):
+    N, C, H, W = x.shape
+    fill = -np.inf if op == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
+    OH = (H + 2 * p - k) // s + 1
+    OW = (W + 2 * p - k) // s + 1
+    out = np.zeros((N, C, OH, OW))
+    for i in range(OH):
+        for j in range(OW):
+            win = xp[:, :, i * s:i * s + k, j * s:j * s + k]
+            out[:, :, i, j] = win.max(axis=(2, 3)) if op == "max" else win.mean(axis=(2, 3))
+    return out
+
+
+# --------------------------------------------------------------------------- softmax family
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_and_log_softmax_values(rng, axis):
+    x = rng.normal(size=(3, 4, 5))
+    ref = np_log_softmax(x, axis)
+    np.testing.assert_allclose(gt.nn.log_softmax(x, axis=axis).numpy(), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gt.nn.softmax(x, axis=axis).numpy(), np.exp(ref), rtol=1e-12)
+    y32 = gt.nn.softmax(gt.tensor(x.astype(np.float32)), axis=axis)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32.numpy(), np.exp(ref), rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_softmax_gradients(rng, axis):
+    x = rng.normal(size=(3, 4, 2))
+    check_grads(lambda t: gt.nn.softmax(t, axis=axis), (x,))
+    check_grads(lambda t: gt.nn.log_softmax(t, axis=axis), (x,))
+
+
+def test_softmax_large_logits_are_stable():
+    x = gt.tensor([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4]])
+    y = gt.nn.softmax(x).numpy()
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], atol=1e-6)
+    np.testing.assert_allclose(gt.nn.log_softmax(x).numpy()[0], [0, -1e4, -2e4], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_integer_labels_matches_numpy(rng, reduction):
+    logits = rng.normal(size=(6, 5))
+    labels = rng.integers(0, 5, size=6)
+    per = -np_log_softmax(logits)[np.arange(6), labels]
+    ref = {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
+    out = gt.nn.cross_entropy(logits, labels, reduction=reduction)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12)
+    check_grads(lambda t: gt.nn.cross_entropy(t, labels, reduction=reduction), (logits,))
+
+
+def test_cross_entropy_leading_batch_dims_and_label_types(rng):
+    logits = rng.normal(size=(2, 3, 4))
+    labels = rng.integers(0, 4, size=(2, 3))
+    ref = -np.take_along_axis(np_log_softmax(logits), labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(gt.nn.cross_entropy(logits, labels, reduction="none").numpy(), ref)
+    for lab in (labels.tolist(), gt.tensor(labels), labels.astype(np.int32)):
+        np.testing.assert_allclose(gt.nn.cross_entropy(logits, lab).numpy(), ref.mean())
+
+
+def test_cross_entropy_probability_targets(rng):
+    logits = rng.normal(size=(4, 3))
+    targets = rng.dirichlet(np.ones(3), size=4)
+    ref = -(targets * np_log_softmax(logits)).sum(-1)
+    np.testing.assert_allclose(gt.nn.cross_entropy(logits, targets, reduction="none").numpy(), ref)
+    np.testing.assert_allclose(gt.nn.cross_entropy(logits, targets).numpy(), ref.mean())
+    # one-hot targets give the integer-label loss; targets are differentiable too
+    labels = np.array([0, 2, 1, 1])
+    onehot = np.eye(3)[labels]
+    np.testing.assert_allclose(gt.nn.cross_entropy(logits, onehot).numpy(),
+                               gt.nn.cross_entropy(logits, labels).numpy(), rtol=1e-12)
+    check_grads(lambda a, t: gt.nn.cross_entropy(a, t), (logits, targets))
+
+
+def test_cross_entropy_gradient_is_softmax_minus_onehot(rng):
+    logits = rng.normal(size=(5, 4))
+    labels = rng.integers(0, 4, size=5)
+    x = gt.tensor(logits)
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        loss = gt.nn.cross_entropy(x, labels)
+    p = np.exp(np_log_softmax(logits))
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), (p - np.eye(4)[labels]) / 5, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_stable_at_1e4(dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 5e3], [3e3, 3e3, -1e4]], dtype=dtype)
+    labels = np.array([1, 1, 0])
+    x = gt.tensor(logits)
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        loss = gt.nn.cross_entropy(x, labels, reduction="none")
+    g = tape.gradient(loss, x).numpy()
+    np.testing.assert_allclose(loss.numpy(), [2e4, 0.0, np.log(2)], rtol=1e-6)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, [[1, -1, 0], [0, 0, 0], [-0.5, 0.5, 0]], atol=1e-6)
+    soft = gt.nn.cross_entropy(x, np.eye(3, dtype=dtype)[labels], reduction="none")
+    np.testing.assert_allclose(soft.numpy(), loss.numpy(), rtol=1e-6)
+
+
+def test_cross_entropy_errors():
+    logits = gt.tensor(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\)"):
+        gt.nn.cross_entropy(logits, [0, 4, 1])
+    with pytest.raises(ValueError, match="shape"):
+        gt.nn.cross_entropy(logits, [0, 1])
+    with pytest.raises(ValueError, match="probability targets"):
+        gt.nn.cross_entropy(logits, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="reduction"):
+        gt.nn.cross_entropy(logits, [0, 1, 2], reduction="avg")
+    with pytest.raises(TypeError, match="logits must be a float"):
+        gt.nn.cross_entropy(gt.tensor([[1, 2]]), [0])
+
+
+# --------------------------------------------------------------------------- mse, bce
+def test_mse_and_binary_cross_entropy(rng):
+    p, t = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    np.testing.assert_allclose(gt.nn.mse(p, t).numpy(), ((p - t) ** 2).mean())
+    np.testing.assert_allclose(gt.nn.mse(p, t, reduction="sum").numpy(), ((p - t) ** 2).sum())
+    check_grads(gt.nn.mse, (p, t))
+    x, y = rng.normal(size=(5,)) * 3, rng.uniform(size=5)
+    sig = 1 / (1 + np.exp(-x))
+    ref = -(y * np.log(sig) + (1 - y) * np.log(1 - sig))
+    np.testing.assert_allclose(gt.nn.binary_cross_entropy(x, y, reduction="none").numpy(), ref,
+                               rtol=1e-10)
+    check_grads(gt.nn.binary_cross_entropy, (x, y))
+    big = gt.tensor(np.array([1e4, -1e4, 1e4], np.float32))
+    with gt.GradientTape() as tape:
+        tape.watch(big)
+        loss = gt.nn.binary_cross_entropy(big, gt.tensor([1.0, 0.0, 0.0]), reduction="none")
+    np.testing.assert_allclose(loss.numpy(), [0, 0, 1e4])
+    np.testing.assert_allclose(tape.gradient(loss, big).numpy(), [0, 0, 1])
+    with pytest.raises(ValueError, match="do not broadcast"):
+        gt.nn.mse(np.zeros(3), np.zeros(4))
+
+
+# --------------------------------------------------------------------------- conv2d
+CONV_CASES = [
+    dict(),
+    dict(stride=2, padding=1),
+    dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2)),
+    dict(padding=2, dilation=2),
+    dict(groups=2, padding=1),
+    dict(groups=4, stride=2),
+]
+
+
+@pytest.mark.parametrize("kw", CONV_CASES)
+def test_conv2d_matches_naive_loops(rng, kw):
+    groups = kw.get("groups", 1)
+    x = rng.normal(size=(2, 4, 6, 7))
+    w = rng.normal(size=(4, 4 // groups, 3, 2))
+    b = rng.normal(size=4)
+    out = gt.nn.conv2d(x, w, b, **kw).numpy()
+
+    def norm2(v):
+        return (v, v) if isinstance(v, int) else v
+
+    pad = kw.get("padding", 0)
+    pad = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
+    ref = np_conv2d(x, w, b, stride=norm2(kw.get("stride", 1)), padding=pad,
+                    dilation=norm2(kw.get("dilation", 1)), groups=groups)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [CONV_CASES[2], CONV_CASES[4]])
+def test_conv2d_gradients(rng, kw):
+    groups = kw.get("groups", 1)
+    x = rng.normal(size=(2, 4, 5, 5))
+    w = rng.normal(size=(2 * groups, 4 // groups, 3, 2))
+    b = rng.normal(size=2 * groups)
+    check_grads(lambda a, c, d: gt.nn.conv2d(a, c, d, **kw), (x, w, b))
+
+
+def test_conv2d_same_padding_and_float32(rng):
+    x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    w = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)
+    y = gt.nn.conv2d(x, w, padding="same")
+    assert y.shape == (1, 3, 5, 5) and y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), np_conv2d(x.astype(float), w.astype(float),
+                                                    padding=((1, 1), (1, 1))), rtol=1e-4, atol=1e-5)
+    assert gt.nn.conv2d(x, w, padding="valid").shape == (1, 3, 3, 3)
+
+
+def test_conv2d_errors(rng):
+    x = np.zeros((1, 4, 5, 5))
+    with pytest.raises(ValueError, match="4-D NCHW"):
+        gt.nn.conv2d(np.zeros((4, 5, 5)), np.zeros((2, 4, 3, 3)))
+    with pytest.raises(ValueError, match="expects 2 input channels"):
+        gt.nn.conv2d(x, np.zeros((2, 2, 3, 3)))
+    with pytest.raises(ValueError, match="groups=3"):
+        gt.nn.conv2d(x, np.zeros((3, 1, 3, 3)), groups=3)
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        gt.nn.conv2d(x, np.zeros((2, 4, 3, 3)), dilation=3)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        gt.nn.conv2d(x, np.zeros((2, 4, 3, 3)), np.zeros(3))
+
+
+# --------------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (2, 1, 0), (3, 3, 1)])
+def test_pools_match_reference(rng, k, s, p):
+    x = rng.normal(size=(2, 3, 7, 6))
+    np.testing.assert_allclose(gt.nn.max_pool2d(x, k, s, p).numpy(), np_pool(x, k, s, p, "max"))
+    np.testing.assert_allclose(gt.nn.avg_pool2d(x, k, s, p).numpy(), np_pool(x, k, s, p, "avg"),
+                               rtol=1e-12)
+
+
+def test_pool_gradients(rng):
+    x = rng.permutation(2 * 2 * 6 * 6).reshape(2, 2, 6, 6) * 0.1  # no ties
+    check_grads(lambda t: gt.nn.max_pool2d(t, 3, 2, 1), (x,))
+    check_grads(lambda t: gt.nn.avg_pool2d(t, 2, 1, 1), (rng.normal(size=(1, 2, 4, 5)),))
+
+
+def test_max_pool_gradient_goes_to_first_maximum():
+    x = gt.tensor(np.ones((1, 1, 2, 2)))
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = gt.nn.max_pool2d(x, 2)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy()[0, 0], [[1, 0], [0, 0]])
+    with pytest.raises(ValueError, match="at most half"):
+        gt.nn.max_pool2d(x, 2, padding=2)
+
+
+# --------------------------------------------------------------------------- dropout
+def test_dropout_masks_scales_and_is_reproducible():
+    x = gt.tensor(np.ones((200, 50)))
+    y1 = gt.nn.dropout(x, 0.3, seed=7).numpy()
+    y2 = gt.nn.dropout(x, 0.3, seed=7).numpy()
+    np.testing.assert_array_equal(y1, y2)
+    assert set(np.unique(y1)) <= {0.0, 1 / 0.7}
+    assert abs((y1 == 0).mean() - 0.3) < 0.02
+    assert gt.nn.dropout(x, 0.3, training=False) is x
+    assert gt.nn.dropout(x, 0.0) is x
+    gen = np.random.default_rng(1)
+    a, b = gt.nn.dropout(x, 0.5, generator=gen).numpy(), gt.nn.dropout(x, 0.5, generator=gen).numpy()
+    assert not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="rate"):
+        gt.nn.dropout(x, 1.0)
+
+
+def test_dropout_gradient_uses_the_mask():
+    x = gt.Variable(np.arange(1.0, 41.0))
+    with gt.GradientTape() as tape:
+        y = gt.nn.dropout(x, 0.5, seed=3)
+    g = tape.gradient(y, x).numpy()
+    np.testing.assert_array_equal(g, (y.numpy() != 0) * 2.0)
+
+
+# --------------------------------------------------------------------------- layer norm
+def test_layer_norm_matches_numpy(rng):
+    x = rng.normal(size=(3, 4, 5))
+    gamma, beta = rng.normal(size=5), rng.normal(size=5)
+    mu = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    ref = (x - mu) / np.sqrt(var + 1e-5) * gamma + beta
+    np.testing.assert_allclose(gt.nn.layer_norm(x, gamma, beta).numpy(), ref, rtol=1e-10)
+    ref2 = (x - x.mean((1, 2), keepdims=True)) / np.sqrt(x.var((1, 2), keepdims=True) + 1e-3)
+    np.testing.assert_allclose(gt.nn.layer_norm(x, axis=(1, 2), eps=1e-3).numpy(), ref2, rtol=1e-10)
+    check_grads(lambda a, g, b: gt.nn.layer_norm(a, g, b), (x, gamma, beta))
+
+
+# --------------------------------------------------------------------------- embedding
+def test_embedding_values_and_repeated_ids_accumulate(rng):
+    table_np = rng.normal(size=(5, 3))
+    ids = np.array([[1, 3, 1], [1, 0, 4]])
+    table = gt.Variable(table_np)
+    with gt.GradientTape() as tape:
+        out = gt.nn.embedding(ids, table)
+        loss = gt.sum(out * np.arange(1.0, 4.0))
+    np.testing.assert_array_equal(out.numpy(), table_np[ids])
+    g = tape.gradient(loss, table).numpy()
+    counts = np.bincount(ids.ravel(), minlength=5)
+    np.testing.assert_array_equal(g, counts[:, None] * np.arange(1.0, 4.0))
+    assert counts[1] == 3 and g[2].sum() == 0
+    check_grads(lambda t: gt.nn.embedding(ids, t), (table_np,))
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 5\)"):
+        gt.nn.embedding([5], table)
+    with pytest.raises(TypeError, match="integers"):
+        gt.nn.embedding([0.5], table)
+
+
+def test_new_primitives_declare_examples():
+    from gradtape._primitive import REGISTRY
+
+    for name in ("softmax", "log_softmax", "softmax_cross_entropy", "im2col", "col2im", "window_max"):
+        ex = REGISTRY[name].examples
+        assert ex is not None and ex(np.random.default_rng(0)), name
