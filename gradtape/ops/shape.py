@@ -240,10 +240,9 @@ def _stack_vjp(rec: Any, g: Tensor) -> tuple:
 
 
 def _stack_examples(rng: Any) -> list:
-    return [(lambda a, b: stack([a, b]), (_rand(rng, 2, 3), _rand(rng, 2, 3)), {}),
-            (lambda a, b, c: stack([a, b, c], axis=-1),
-             (_rand(rng, 2), _rand(rng, 2), _rand(rng, 2)), {}),
-            (lambda a, b: stack([a, b]), (_rand(rng), _rand(rng)), {})]
+    return [(stack, ([_rand(rng, 2, 3), _rand(rng, 2, 3)],), {}),
+            (stack, ([_rand(rng, 2), _rand(rng, 2), _rand(rng, 2)],), {"axis": -1}),
+            (stack, ([_rand(rng), _rand(rng)],), {})]
 
 
 P_STACK = primitive("stack", _stack_impl, _stack_vjp, saves_inputs=False,
@@ -291,10 +290,9 @@ def _concat_vjp(rec: Any, g: Tensor) -> tuple:
 
 
 def _concat_examples(rng: Any) -> list:
-    return [(lambda a, b: concat([a, b]), (_rand(rng, 2, 3), _rand(rng, 4, 3)), {}),
-            (lambda a, b, c: concat([a, b, c], axis=-1),
-             (_rand(rng, 2, 1), _rand(rng, 2, 3), _rand(rng, 2, 2)), {}),
-            (lambda a, b: concat([a, b]), (_rand(rng, 0, 2), _rand(rng, 3, 2)), {})]
+    return [(concat, ([_rand(rng, 2, 3), _rand(rng, 4, 3)],), {}),
+            (concat, ([_rand(rng, 2, 1), _rand(rng, 2, 3), _rand(rng, 2, 2)],), {"axis": -1}),
+            (concat, ([_rand(rng, 0, 2), _rand(rng, 3, 2)],), {})]
 
 
 P_CONCAT = primitive("concat", _concat_impl, _concat_vjp, saves_inputs=False,
