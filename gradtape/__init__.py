@@ -21,10 +21,13 @@ from .ops import __all__ as _ops_all
 
 _tensor._ops = _ops_module
 
+from . import nn, optimizers  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "GradientTape", "Tensor", "UnconnectedGradientError", "Variable",
-    "backend_name", "config", "custom_gradient", "from_dlpack", "set_backend", "tensor", "use_backend",
+    "backend_name", "config", "custom_gradient", "from_dlpack", "nn", "optimizers", "set_backend", "tensor",
+    "use_backend",
     *_ops_all,
 ]
