@@ -30,10 +30,13 @@ from gradtape import _kernels, _nest
 from gradtape._primitive import REGISTRY, Domain, Primitive
 from gradtape.testing import check_grads
 
-# Import every gradtape module so that all primitives are registered (nn, transforms, ...).
-# A module that fails to import is reported by a test instead of breaking collection.
+# Import every gradtape module so that all primitives are registered (nn, transforms, ...);
+# the runnable examples declare none and pull in heavy dependencies. A module that fails to
+# import is reported by a test instead of breaking collection.
 IMPORT_ERRORS: dict[str, str] = {}
 for _mod in pkgutil.walk_packages(gt.__path__, "gradtape."):
+    if _mod.name.startswith("gradtape.examples") or _mod.name.endswith("__main__"):
+        continue
     try:
         importlib.import_module(_mod.name)
     except Exception as exc:  # noqa: BLE001 - reported by test_every_module_imports
@@ -246,6 +249,65 @@ def test_elementwise_float32_matches_float64(name, label, shapes):
         scale = 1 + float(np.max(np.abs(b.numpy()), initial=0))
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=f"{name} float32 gradient ({label})")
+
+
+def _gradients(fn, xs: list, u: np.ndarray, fusion: bool) -> list:
+    saved = gt.config.fusion
+    gt.config.fusion = fusion
+    try:
+        ts = _as_tensors(xs)
+        srcs = [t for t in ts if t.dtype.kind == "f"]
+        with gt.GradientTape() as tape:
+            tape.watch(srcs)
+            y = fn(*ts)
+        return [g.numpy() for g in tape.gradient(y, srcs, output_gradients=gt.tensor(u),
+                                                 unconnected_gradients="zero")]
+    finally:
+        gt.config.fusion = saved
+
+
+FUSION_CASES = [c for c in ELEMENTWISE_CASES if c.values[1] in ("same", "row", "outer", "0d")]
+
+
+@pytest.mark.parametrize(("name", "label", "shapes"), FUSION_CASES)
+def test_elementwise_fused_equals_unfused(name, label, shapes):
+    """The primitive inside a chain of elementwise ops (a pre-op on each input, fan-out after),
+    so that a fused backward has something to fuse: same gradients with fusion on and off."""
+    prim = PRIMS[name]
+    params = REFERENCES.get(name, (None, {}))[1]
+
+    def chain(*ts):
+        pre = [t * 1.0 if t.dtype.kind == "f" else t for t in ts]
+        out = prim(*pre, **params)
+        return out * out + gt.sin(out)
+
+    rng = np.random.default_rng(_seed(name, label, "fusion"))
+    xs = _inputs(name, shapes, rng)
+    u = rng.standard_normal(np.broadcast_shapes(*shapes))
+    fused = _gradients(chain, xs, u, True)
+    plain = _gradients(chain, xs, u, False)
+    for k, (a, b) in enumerate(zip(fused, plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14,
+                                   err_msg=f"{name} ({label}): input {k}, fused vs unfused")
+
+
+@pytest.mark.parametrize("case", ["standardize", "softplus_mix", "shared_input"])
+def test_mixed_chains_fused_equals_unfused(case):
+    """Elementwise runs interleaved with reductions and broadcasting."""
+    chains = {
+        "standardize": lambda x: (x - gt.mean(x, axis=-1, keepdims=True))
+        / gt.sqrt(gt.var(x, axis=-1, keepdims=True) + 1e-5),
+        "softplus_mix": lambda x: gt.softplus(x) * gt.sum(gt.tanh(x) ** 2.0, axis=0) - x / 3.0,
+        "shared_input": lambda x: gt.exp(-x * x) + gt.sigmoid(x) * x + gt.relu(x - 0.1),
+    }
+    rng = np.random.default_rng(_seed(case))
+    x = rng.standard_normal((3, 5))
+    fn = chains[case]
+    u = rng.standard_normal((3, 5))
+    (a,) = _gradients(fn, [x], u, True)
+    (b,) = _gradients(fn, [x], u, False)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=f"{case}: fused vs unfused")
+    check_grads(fn, (x,), order=1)
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
