@@ -1,0 +1,136 @@
+"""Modules: Variable tracking, layers, initializers, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape.nn import init
+
+
+class Block(gt.nn.Module):
+    def __init__(self):
+        self.w = gt.Variable(np.ones((2, 2)), name="w")
+        self.frozen = gt.Variable(np.zeros(2), trainable=False)
+        self.heads = [gt.nn.Dense(2, 3, seed=0), gt.nn.Dense(2, 1, seed=1)]
+        self.extra = {"scale": gt.Variable([2.0]), "inner": gt.nn.Dense(1, 1, seed=2)}
+        self.constant = gt.tensor([1.0])  # a plain tensor is not a Variable
+        self.shared = self.w  # reported once
+
+    def forward(self, x):
+        h = x @ self.w
+        return [head(h) for head in self.heads]
+
+
+def test_module_tracks_attributes_lists_dicts_and_nested_modules():
+    m = Block()
+    names = [n for n, _ in m.named_variables()]
+    assert names == ["w", "frozen", "heads.0.kernel", "heads.0.bias", "heads.1.kernel",
+                     "heads.1.bias", "extra.scale", "extra.inner.kernel", "extra.inner.bias"]
+    assert len(m.variables) == 9
+    assert all(v is not m.frozen for v in m.trainable_variables) and len(m.trainable_variables) == 8
+    assert len(m.non_trainable_variables) == 1 and m.non_trainable_variables[0] is m.frozen
+    assert names == [n for n, _ in Block().named_variables()]  # deterministic
+    assert len(m.submodules()) == 3
+    assert m.num_parameters() == 4 + (6 + 3) + (2 + 1) + 1 + 2
+
+
+def test_module_gradients_flow_to_every_trainable_variable():
+    m = Block()
+    with gt.GradientTape() as tape:
+        outs = m(gt.tensor([[1.0, 2.0]]))
+        loss = gt.sum(outs[0]) + gt.sum(outs[1])
+    grads = tape.gradient(loss, m.trainable_variables)
+    assert [g is not None for g in grads] == [True, True, True, True, True, False, False, False]
+    with pytest.raises(NotImplementedError, match="forward"):
+        gt.nn.Module()(1)
+
+
+def test_dense_and_linear():
+    assert gt.nn.Linear is gt.nn.Dense
+    d = gt.nn.Dense(3, 2, activation="relu", seed=0)
+    x = np.array([[1.0, -2.0, 0.5]], np.float32)
+    ref = np.maximum(x @ d.kernel.numpy() + d.bias.numpy(), 0)
+    np.testing.assert_allclose(d(gt.tensor(x)).numpy(), ref, rtol=1e-6)
+    assert d.kernel.shape == (3, 2) and d.kernel.dtype == np.float32
+    assert gt.nn.Dense(3, 2, use_bias=False).bias is None
+    with pytest.raises(ValueError, match=r"expected input \[\.\.\., 3\]"):
+        d(gt.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="unknown activation"):
+        gt.nn.Dense(3, 2, activation="relux")
+
+
+def test_conv2d_layer_sequential_pooling_flatten():
+    model = gt.nn.Sequential(
+        gt.nn.Conv2D(1, 4, 3, padding=1, activation="relu", seed=0),
+        gt.nn.MaxPool2D(2),
+        gt.nn.AvgPool2D(2),
+        gt.nn.Flatten(),
+        gt.nn.Dense(4 * 2 * 2, 3, seed=1),
+    )
+    x = gt.tensor(np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32))
+    assert model(x).shape == (2, 3)
+    assert [n for n, _ in model.named_variables()] == [
+        "layers.0.kernel", "layers.0.bias", "layers.4.kernel", "layers.4.bias"]
+    assert model[0].kernel.shape == (4, 1, 3, 3) and len(model) == 5
+    grouped = gt.nn.Conv2D(4, 6, (3, 2), groups=2, seed=0)
+    assert grouped.kernel.shape == (6, 2, 3, 2)
+    assert grouped(gt.tensor(np.zeros((1, 4, 5, 5), np.float32))).shape == (1, 6, 3, 4)
+    with pytest.raises(TypeError, match="not callable"):
+        gt.nn.Sequential([gt.nn.Dense(2, 2), 3])
+
+
+def test_dropout_layer_train_eval_and_layer_norm_embedding():
+    model = gt.nn.Sequential([gt.nn.Dropout(0.5, seed=0), gt.nn.LayerNorm(4)])
+    x = gt.tensor(np.arange(8.0, dtype=np.float32).reshape(2, 4))
+    model.eval()
+    assert not model[0].training
+    ref = gt.nn.layer_norm(x).numpy()
+    np.testing.assert_allclose(model(x).numpy(), ref, rtol=1e-6)
+    model.train()
+    assert model[0].training and not np.allclose(model(x).numpy(), ref)
+    emb = gt.nn.Embedding(10, 3, seed=0)
+    assert emb([[1, 2], [3, 4]]).shape == (2, 2, 3)
+
+
+def test_initializers_are_seeded_and_scaled():
+    a = init.glorot_uniform((50, 30), seed=0)
+    np.testing.assert_array_equal(a, init.glorot_uniform((50, 30), seed=0))
+    assert not np.array_equal(a, init.glorot_uniform((50, 30), seed=1))
+    assert np.abs(a).max() <= np.sqrt(6 / 80) and a.dtype == np.float32
+    h = init.he_normal((400, 300), seed=0)
+    assert h.std() == pytest.approx(np.sqrt(2 / 400), rel=0.05)
+    c = init.he_uniform((8, 4, 3, 3), seed=0, kind="conv")
+    assert np.abs(c).max() <= np.sqrt(6 / 36)
+    assert init.fans((8, 4, 3, 3), "conv") == (36, 72)
+    assert init.get("kaiming_normal") is init.he_normal
+    with pytest.raises(ValueError, match="unknown initializer"):
+        init.get("nope")
+    d1, d2 = gt.nn.Dense(4, 4, seed=5), gt.nn.Dense(4, 4, seed=5)
+    np.testing.assert_array_equal(d1.kernel.numpy(), d2.kernel.numpy())
+
+
+def test_save_load_round_trip_and_mismatches(tmp_path):
+    m1 = Block()
+    for v in m1.variables:
+        v.assign(np.random.default_rng(v._id).normal(size=v.shape))
+    path = m1.save(tmp_path / "ckpt")
+    assert path.endswith(".npz")
+    m2 = Block()
+    m2.load(path)
+    for (n1, v1), (n2, v2) in zip(m1.named_variables(), m2.named_variables()):
+        assert n1 == n2
+        np.testing.assert_array_equal(v1.numpy(), v2.numpy())
+    before = m2.w.data
+    gt.nn.load(path, m2)
+    assert m2.w.data is before  # restored in place
+    with pytest.raises(ValueError, match="missing .*unexpected"):
+        gt.nn.Dense(2, 2).load(path)
+    wrong = Block()
+    wrong.w = gt.Variable(np.ones((3, 2)))
+    wrong.shared = wrong.w
+    with pytest.raises(ValueError, match=r"'w' has shape \(3, 2\)"):
+        wrong.load(path)
+    with pytest.raises(ValueError, match="no optimizer state"):
+        m2.load(path, optimizer=gt.optimizers.Adam())
