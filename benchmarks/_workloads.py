@@ -1,0 +1,937 @@
+"""Benchmark workloads, written once per framework.
+
+Shared by the pytest-benchmark files (``bench_*.py``) and by ``compare.py``. Each workload
+builder returns a :class:`Cell`: a zero-argument ``run`` (or ``prepare`` + ``run(state)`` when
+only part of a step is timed), optional ``enter``/``exit`` hooks around a timed block (e.g. to
+switch ``gt.config.fusion``), a ``sync`` for asynchronous devices, and ``grads`` that turns one
+``run`` result into NumPy arrays so frameworks can be checked against each other.
+
+Frameworks: ``gradtape``, ``numpy`` (hand-written forward + manual backward), ``torch``
+(PyTorch eager), ``tf`` (TensorFlow eager ``GradientTape``), ``jax`` (``jax.jit`` of the whole
+gradient/step function), ``autograd`` (HIPS autograd). Peers are imported lazily; a missing one
+raises :class:`Unavailable` with the reason, and the caller skips it.
+
+Everything is float32.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FRAMEWORKS = ("gradtape", "numpy", "torch", "tf", "jax", "autograd")
+
+OVERHEAD_OPS = 200
+OVERHEAD_SHAPE = (16,)
+FUSED_N = 4_194_304
+MLP_LARGE = dict(sizes=(784, 512, 512, 10), batch=256)
+MLP_SMALL = dict(sizes=(32, 64, 64, 10), batch=16)
+CONV = dict(batch=32, hw=28, c1=8, c2=16, classes=10)
+ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7)
+
+
+class Unavailable(Exception):
+    """A framework, device or op that this workload needs is not usable here."""
+
+
+@dataclass
+class Cell:
+    """One (workload, framework) pair, ready to time."""
+
+    run: Callable[..., Any]
+    prepare: Callable[[], Any] | None = None
+    enter: Callable[[], None] = field(default=lambda: None)
+    exit: Callable[[], None] = field(default=lambda: None)
+    sync: Callable[[], None] = field(default=lambda: None)
+    grads: Callable[[Any], list[np.ndarray]] | None = None
+
+    def once(self) -> Any:
+        """Run one untimed step (with enter/exit) and return its result."""
+        self.enter()
+        try:
+            state = self.prepare() if self.prepare is not None else None
+            out = self.run(state) if self.prepare is not None else self.run()
+            self.sync()
+            return out
+        finally:
+            self.exit()
+
+
+# --------------------------------------------------------------------------- framework loading
+_MODULES: dict[str, Any] = {}
+
+
+def load(fw: str) -> Any:
+    """Import a framework's main module, or raise :class:`Unavailable` with the reason."""
+    if fw in _MODULES:
+        return _MODULES[fw]
+    name = {"gradtape": "gradtape", "numpy": "numpy", "torch": "torch", "tf": "tensorflow",
+            "jax": "jax", "autograd": "autograd", "cupy": "cupy"}[fw]
+    if fw == "jax":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    try:
+        mod = importlib.import_module(name)
+    except Exception as exc:  # ImportError, or a broken install raising anything
+        raise Unavailable(f"{name} not importable: {type(exc).__name__}: {exc}") from None
+    if fw == "jax":
+        importlib.import_module("jax.numpy")
+    _MODULES[fw] = mod
+    return mod
+
+
+def version(fw: str) -> str | None:
+    """The framework's version string, or None when it does not import."""
+    try:
+        mod = load(fw)
+    except Unavailable:
+        return None
+    if hasattr(mod, "__version__"):
+        return str(mod.__version__)
+    try:
+        return importlib.metadata.version(mod.__name__)
+    except Exception:
+        return "?"
+
+
+def _tfm() -> Any:
+    """TensorFlow's math functions under the NumPy names the workloads use."""
+    tf = load("tf")
+    names = ("tanh", "sin", "cos", "exp", "square")
+    return SimpleNamespace(**{n: getattr(tf.math, n) for n in names}, sum=tf.reduce_sum)
+
+
+def _np(a: Any) -> np.ndarray:
+    """Any framework's array as a host NumPy array."""
+    if hasattr(a, "numpy") and not isinstance(a, np.ndarray):
+        if type(a).__module__.startswith("torch"):
+            return a.detach().cpu().numpy()
+        return np.asarray(a.numpy())
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):  # CuPy
+        return a.get()
+    return np.asarray(a)
+
+
+class _GT:
+    """gradtape set up for one cell: its backend ("numpy" for device "cpu", else "cupy") and
+    ``gt.config.fusion`` are switched on around every timed block (``enter``/``exit``) and
+    while the cell's tensors are created (``with g:``), so cells on different backends and
+    fusion settings can be interleaved in one process."""
+
+    def __init__(self, fusion: bool | None, device: str) -> None:
+        self.gt = gt = load("gradtape")
+        self.backend = "numpy" if device == "cpu" else "cupy"
+        self.fusion = fusion
+        self.sync: Callable[[], None] = _cupy_sync if self.backend == "cupy" else (lambda: None)
+        self._stack: list[tuple[Any, bool]] = []
+        if self.backend == "cupy":
+            _cupy()
+        try:
+            with gt.use_backend(self.backend):
+                pass
+        except gt.BackendUnavailableError as exc:
+            raise Unavailable(f"gradtape backend {self.backend!r}: {exc}") from None
+
+    def enter(self) -> None:
+        cm = self.gt.use_backend(self.backend)
+        cm.__enter__()
+        self._stack.append((cm, self.gt.config.fusion))
+        if self.fusion is not None:
+            self.gt.config.fusion = self.fusion
+
+    def exit(self) -> None:
+        cm, fusion = self._stack.pop()
+        self.gt.config.fusion = fusion
+        cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Any:
+        self.enter()
+        return self.gt
+
+    def __exit__(self, *exc: object) -> None:
+        self.exit()
+
+    def cell(self, run: Callable[..., Any], **kw: Any) -> Cell:
+        return Cell(run, enter=self.enter, exit=self.exit, sync=self.sync, **kw)
+
+
+def _torch_device(device: str) -> Any:
+    torch = load("torch")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise Unavailable(f"torch {torch.__version__} has no usable CUDA device")
+    return torch.device("cuda")
+
+
+def _torch_sync(device: str) -> Callable[[], None]:
+    if device == "cpu":
+        return lambda: None
+    torch = load("torch")
+    return torch.cuda.synchronize
+
+
+def _cupy() -> Any:
+    cp = load("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            raise Unavailable("CuPy sees no CUDA device")
+    except Unavailable:
+        raise
+    except Exception as exc:
+        raise Unavailable(f"CuPy has no usable device: {type(exc).__name__}: {exc}") from None
+    return cp
+
+
+def _cupy_sync() -> None:
+    _cupy().cuda.Device().synchronize()
+
+
+def _only_cpu(fw: str, device: str) -> None:
+    if device != "cpu":
+        raise Unavailable(f"{fw} is measured on the CPU only here")
+
+
+# --------------------------------------------------------------------------- elementwise chains
+def _overhead_fns(m: Any) -> list[Callable[[Any], Any]]:
+    """The 200-op chain: tanh, sin, exp, cos cycling (values stay in about [-1, 2.7])."""
+    cyc = [m.tanh, m.sin, m.exp, m.cos]
+    return [cyc[i % 4] for i in range(OVERHEAD_OPS)]
+
+
+def _fused_chain(m: Any, x: Any) -> Any:
+    """The 8-op chain: square(tanh(2 * cos(exp(0.5 * sin(x)) + 1)))."""
+    return m.square(m.tanh(m.cos(m.exp(m.sin(x) * 0.5) + 1.0) * 2.0))
+
+
+def overhead_input() -> np.ndarray:
+    return np.linspace(-1.0, 1.0, int(np.prod(OVERHEAD_SHAPE)), dtype=np.float32).reshape(
+        OVERHEAD_SHAPE)
+
+
+def fused_input(n: int = FUSED_N) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+
+
+# hand-written NumPy for the chains: forward keeping what the backward needs, manual backward
+_NP_D = {
+    "tanh": lambda x, y: 1.0 - y * y,
+    "sin": lambda x, y: np.cos(x),
+    "exp": lambda x, y: y,
+    "cos": lambda x, y: -np.sin(x),
+}
+
+
+def _np_chain_overhead(x: np.ndarray) -> np.ndarray:
+    fns = [np.tanh, np.sin, np.exp, np.cos]
+    names = ["tanh", "sin", "exp", "cos"]
+    saved = []
+    v = x
+    for i in range(OVERHEAD_OPS):
+        y = fns[i % 4](v)
+        saved.append((names[i % 4], v, y))
+        v = y
+    g = np.ones_like(v)
+    for name, xin, y in reversed(saved):
+        g = g * _NP_D[name](xin, y)
+    return g
+
+
+def _np_fused_forward(xp: Any, x: Any) -> tuple:
+    a = xp.sin(x)
+    b = a * np.float32(0.5)
+    c = xp.exp(b)
+    d = c + np.float32(1.0)
+    e = xp.cos(d)
+    f = e * np.float32(2.0)
+    h = xp.tanh(f)
+    y = xp.square(h)
+    s = y.sum()
+    return (x, c, d, h), s
+
+
+def _np_fused_backward(xp: Any, saved: tuple) -> Any:
+    x, c, d, h = saved
+    dh = np.float32(2.0) * h  # d sum(h^2) / dh
+    df = dh * (np.float32(1.0) - h * h)
+    de = df * np.float32(2.0)
+    dd = de * -xp.sin(d)
+    db = dd * c
+    da = db * np.float32(0.5)
+    return da * xp.cos(x)
+
+
+def build_overhead(fw: str, fusion: bool | None = None, device: str = "cpu") -> Cell:
+    """200 elementwise ops on shape (16,) float32, forward under the tape + backward to x."""
+    x0 = overhead_input()
+    if fw == "gradtape":
+        G = _GT(fusion, device)
+        with G as gt:
+            x = gt.tensor(x0)
+        fns = _overhead_fns(gt)
+
+        def run() -> Any:
+            with gt.GradientTape() as tape:
+                tape.watch(x)
+                v = x
+                for f in fns:
+                    v = f(v)
+                y = gt.sum(v)
+            return tape.gradient(y, x)
+
+        return G.cell(run, grads=lambda g: [_np(g.numpy())])
+    _only_cpu(fw, device)
+    if fw == "numpy":
+        return Cell(lambda: _np_chain_overhead(x0), grads=lambda g: [g])
+    if fw == "torch":
+        torch = load("torch")
+        x = torch.tensor(x0, requires_grad=True)
+        fns = _overhead_fns(torch)
+
+        def run() -> Any:
+            v = x
+            for f in fns:
+                v = f(v)
+            return torch.autograd.grad(v.sum(), x)[0]
+
+        return Cell(run, grads=lambda g: [_np(g)])
+    if fw == "tf":
+        tf = load("tf")
+        x = tf.constant(x0)
+        fns = _overhead_fns(_tfm())
+
+        def run() -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                v = x
+                for f in fns:
+                    v = f(v)
+                y = tf.reduce_sum(v)
+            return tape.gradient(y, x)
+
+        return Cell(run, grads=lambda g: [_np(g)])
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        fns = _overhead_fns(jnp)
+
+        def loss(v: Any) -> Any:
+            for f in fns:
+                v = f(v)
+            return jnp.sum(v)
+
+        g = jax.jit(jax.grad(loss))
+        x = jnp.asarray(x0)
+        return Cell(lambda: g(x).block_until_ready(), grads=lambda r: [_np(r)])
+    if fw == "autograd":
+        ag = load("autograd")
+        anp = importlib.import_module("autograd.numpy")
+        fns = _overhead_fns(anp)
+
+        def loss(v: Any) -> Any:
+            for f in fns:
+                v = f(v)
+            return anp.sum(v)
+
+        g = ag.grad(loss)
+        return Cell(lambda: g(x0), grads=lambda r: [_np(r)])
+    raise Unavailable(f"unknown framework {fw!r}")
+
+
+def build_fused(fw: str, part: str = "fwd+bwd", fusion: bool | None = None, device: str = "cpu",
+                n: int = FUSED_N) -> Cell:
+    """y = sum(f(x)), f the 8-op chain, on ``n`` float32; ``part`` "fwd+bwd" or "bwd" (the
+    backward alone, the forward done untimed in ``prepare``)."""
+    if part not in ("fwd+bwd", "bwd"):
+        raise ValueError(f"part must be 'fwd+bwd' or 'bwd', got {part!r}")
+    x0 = fused_input(n)
+    if fw == "gradtape":
+        G = _GT(fusion, device)
+        with G as gt:
+            x = gt.tensor(x0)
+
+        def forward() -> Any:
+            tape = gt.GradientTape()
+            with tape:
+                tape.watch(x)
+                y = gt.sum(_fused_chain(gt, x))
+            return tape, y
+
+        grads = lambda g: [_np(g.numpy())]  # noqa: E731
+        if part == "bwd":
+            return G.cell(lambda s: s[0].gradient(s[1], x), prepare=forward, grads=grads)
+
+        def run() -> Any:
+            tape, y = forward()
+            return tape.gradient(y, x)
+
+        return G.cell(run, grads=grads)
+    if fw in ("numpy", "cupy"):
+        if fw == "cupy" or device != "cpu":
+            xp = _cupy()
+            x, sync = xp.asarray(x0), _cupy_sync
+        else:
+            xp, x, sync = np, x0, (lambda: None)
+        if part == "bwd":
+            return Cell(lambda s: _np_fused_backward(xp, s), sync=sync,
+                        prepare=lambda: _np_fused_forward(xp, x)[0], grads=lambda g: [_np(g)])
+        return Cell(lambda: _np_fused_backward(xp, _np_fused_forward(xp, x)[0]), sync=sync,
+                    grads=lambda g: [_np(g)])
+    if fw == "torch":
+        torch = load("torch")
+        dev = _torch_device(device)
+        x = torch.tensor(x0, device=dev, requires_grad=True)
+        sync = _torch_sync(device)
+
+        def fwd() -> Any:
+            return _fused_chain(torch, x).sum()
+
+        if part == "bwd":
+            return Cell(lambda y: torch.autograd.grad(y, x)[0], prepare=fwd, sync=sync,
+                        grads=lambda g: [_np(g)])
+        return Cell(lambda: torch.autograd.grad(fwd(), x)[0], sync=sync, grads=lambda g: [_np(g)])
+    _only_cpu(fw, device)
+    if fw == "tf":
+        tf = load("tf")
+        x = tf.constant(x0)
+
+        def fwd_tf() -> Any:
+            tape = tf.GradientTape()
+            with tape:
+                tape.watch(x)
+                y = tf.reduce_sum(_fused_chain(_tfm(), x))
+            return tape, y
+
+        if part == "bwd":
+            return Cell(lambda s: s[0].gradient(s[1], x), prepare=fwd_tf, grads=lambda g: [_np(g)])
+
+        def run_tf() -> Any:
+            tape, y = fwd_tf()
+            return tape.gradient(y, x)
+
+        return Cell(run_tf, grads=lambda g: [_np(g)])
+    if part == "bwd":
+        raise Unavailable(f"{fw}: backward-only timing not separable")
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        g = jax.jit(jax.grad(lambda v: jnp.sum(_fused_chain(jnp, v))))
+        x = jnp.asarray(x0)
+        return Cell(lambda: g(x).block_until_ready(), grads=lambda r: [_np(r)])
+    if fw == "autograd":
+        ag = load("autograd")
+        anp = importlib.import_module("autograd.numpy")
+        g = ag.grad(lambda v: anp.sum(_fused_chain(anp, v)))
+        return Cell(lambda: g(x0), grads=lambda r: [_np(r)])
+    raise Unavailable(f"unknown framework {fw!r}")
+
+
+def build_copy(device: str = "cpu", n: int = FUSED_N) -> Cell:
+    """A copy of the fused workload's array into a preallocated buffer (bandwidth reference)."""
+    x0 = fused_input(n)
+    if device == "cpu":
+        out = np.empty_like(x0)
+        return Cell(lambda: np.copyto(out, x0))
+    cp = _cupy()
+    x = cp.asarray(x0)
+    out = cp.empty_like(x)
+    return Cell(lambda: cp.copyto(out, x), sync=_cupy_sync)
+
+
+# --------------------------------------------------------------------------- MLPs
+def mlp_data(sizes: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Inputs X (batch, in), targets T (batch, out) and params [W1, b1, W2, b2, ...]."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+    T = rng.standard_normal((batch, sizes[-1]), dtype=np.float32)
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        lim = np.sqrt(6.0 / (fan_in + fan_out))
+        params.append(rng.uniform(-lim, lim, (fan_in, fan_out)).astype(np.float32))
+        params.append(np.zeros(fan_out, np.float32))
+    return X, T, params
+
+
+def _mlp_loss(m: Any, matmul: Callable, params: list, X: Any, T: Any, batch: int) -> Any:
+    """tanh MLP, loss = 0.5 * sum((out - T)^2) / batch (the same in every framework)."""
+    h = X
+    nl = len(params) // 2
+    for i in range(nl):
+        h = matmul(h, params[2 * i]) + params[2 * i + 1]
+        if i < nl - 1:
+            h = m.tanh(h)
+    d = h - T
+    return m.sum(d * d) * (0.5 / batch)
+
+
+def _np_mlp_grads(params: list[np.ndarray], X: np.ndarray, T: np.ndarray,
+                  batch: int) -> list[np.ndarray]:
+    """Hand-written forward and backward of :func:`_mlp_loss`."""
+    nl = len(params) // 2
+    acts = [X]
+    h = X
+    for i in range(nl):
+        h = h @ params[2 * i] + params[2 * i + 1]
+        if i < nl - 1:
+            h = np.tanh(h)
+        acts.append(h)
+    g = (h - T) * np.float32(1.0 / batch)
+    grads: list[np.ndarray] = [None] * len(params)  # type: ignore[list-item]
+    for i in reversed(range(nl)):
+        if i < nl - 1:
+            a = acts[i + 1]
+            g = g * (np.float32(1.0) - a * a)
+        grads[2 * i] = acts[i].T @ g
+        grads[2 * i + 1] = g.sum(axis=0)
+        if i > 0:
+            g = g @ params[2 * i].T
+    return grads
+
+
+class _NpAdam:
+    """Hand-written Adam (Keras formulation, in place) used by numpy and autograd cells."""
+
+    def __init__(self, params: list[np.ndarray], lr: float = ADAM["lr"], beta1: float = ADAM["beta1"],
+                 beta2: float = ADAM["beta2"], eps: float = ADAM["eps"]) -> None:
+        self.lr, self.b1, self.b2, self.eps = lr, beta1, beta2, eps
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        self.t += 1
+        b1, b2 = self.b1, self.b2
+        alpha = np.float32(self.lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t))
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= np.float32(b1)
+            m += np.float32(1 - b1) * g
+            v *= np.float32(b2)
+            v += np.float32(1 - b2) * (g * g)
+            p -= alpha * m / (np.sqrt(v) + np.float32(self.eps))
+
+
+def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
+              fusion: bool | None = None, device: str = "cpu") -> Cell:
+    """Forward + backward of a tanh MLP (gradients w.r.t. all parameters); with ``train`` a
+    whole training step including an Adam update."""
+    X0, T0, P0 = mlp_data(sizes, batch)
+    if fw == "gradtape":
+        G = _GT(fusion, device)
+        gt = G.gt
+        if train and not hasattr(getattr(gt, "optimizers", None), "Adam"):
+            raise Unavailable("gradtape.optimizers.Adam not available yet")
+        with G:
+            params = [gt.Variable(p) for p in P0]
+            X, T = gt.tensor(X0), gt.tensor(T0)
+            opt = gt.optimizers.Adam(ADAM["lr"], epsilon=ADAM["eps"]) if train else None
+
+        def run() -> Any:
+            with gt.GradientTape() as tape:
+                loss = _mlp_loss(gt, gt.matmul, params, X, T, batch)
+            grads = tape.gradient(loss, params)
+            if opt is not None:
+                opt.apply_gradients(zip(grads, params))
+            return grads
+
+        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+    if fw == "torch":
+        torch = load("torch")
+        dev = _torch_device(device)
+        params = [torch.tensor(p, device=dev, requires_grad=True) for p in P0]
+        X, T = torch.tensor(X0, device=dev), torch.tensor(T0, device=dev)
+        opt = torch.optim.Adam(params, lr=ADAM["lr"], eps=ADAM["eps"]) if train else None
+        sync = _torch_sync(device)
+
+        def run_t() -> Any:
+            loss = _mlp_loss(torch, torch.matmul, params, X, T, batch)
+            if opt is None:
+                return torch.autograd.grad(loss, params)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return [p.grad for p in params]
+
+        return Cell(run_t, sync=sync, grads=lambda gs: [_np(g) for g in gs])
+    _only_cpu(fw, device)
+    if fw == "numpy":
+        params = [p.copy() for p in P0]
+        opt = _NpAdam(params) if train else None
+
+        def run_np() -> Any:
+            grads = _np_mlp_grads(params, X0, T0, batch)
+            if opt is not None:
+                opt.step(params, grads)
+            return grads
+
+        return Cell(run_np, grads=lambda gs: list(gs))
+    if fw == "tf":
+        tf = load("tf")
+        params = [tf.Variable(p) for p in P0]
+        X, T = tf.constant(X0), tf.constant(T0)
+        opt = None
+        if train:
+            opt = tf.keras.optimizers.Adam(learning_rate=ADAM["lr"], epsilon=ADAM["eps"])
+
+        def run_tf() -> Any:
+            with tf.GradientTape() as tape:
+                loss = _mlp_loss(_tfm(), tf.matmul, params, X, T, batch)
+            grads = tape.gradient(loss, params)
+            if opt is not None:
+                opt.apply_gradients(zip(grads, params))
+            return grads
+
+        return Cell(run_tf, grads=lambda gs: [_np(g) for g in gs])
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        X, T = jnp.asarray(X0), jnp.asarray(T0)
+
+        def loss_j(ps: list) -> Any:
+            return _mlp_loss(jnp, jnp.matmul, ps, X, T, batch)
+
+        if not train:
+            g = jax.jit(jax.grad(loss_j))
+            ps = [jnp.asarray(p) for p in P0]
+            return Cell(lambda: jax.block_until_ready(g(ps)), grads=lambda gs: [_np(a) for a in gs])
+        b1, b2, eps, lr = ADAM["beta1"], ADAM["beta2"], ADAM["eps"], ADAM["lr"]
+
+        @jax.jit
+        def step(ps: list, ms: list, vs: list, t: Any) -> tuple:
+            grads = jax.grad(loss_j)(ps)
+            t = t + 1
+            alpha = lr * jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            ms = [b1 * m + (1 - b1) * g for m, g in zip(ms, grads)]
+            vs = [b2 * v + (1 - b2) * g * g for v, g in zip(vs, grads)]
+            ps = [p - alpha * m / (jnp.sqrt(v) + eps) for p, m, v in zip(ps, ms, vs)]
+            return ps, ms, vs, t, grads
+
+        state = {"ps": [jnp.asarray(p) for p in P0], "ms": [jnp.zeros_like(p) for p in P0],
+                 "vs": [jnp.zeros_like(p) for p in P0], "t": jnp.float32(0)}
+
+        def run_j() -> Any:
+            ps, ms, vs, t, grads = step(state["ps"], state["ms"], state["vs"], state["t"])
+            state.update(ps=ps, ms=ms, vs=vs, t=t)
+            return jax.block_until_ready(grads)
+
+        return Cell(run_j, grads=lambda gs: [_np(a) for a in gs])
+    if fw == "autograd":
+        ag = load("autograd")
+        anp = importlib.import_module("autograd.numpy")
+        params = [p.copy() for p in P0]
+        g = ag.grad(lambda ps: _mlp_loss(anp, anp.matmul, ps, X0, T0, batch))
+        opt = _NpAdam(params) if train else None
+
+        def run_a() -> Any:
+            grads = g(params)
+            if opt is not None:
+                opt.step(params, grads)
+            return grads
+
+        return Cell(run_a, grads=lambda gs: [_np(a) for a in gs])
+    raise Unavailable(f"unknown framework {fw!r}")
+
+
+# --------------------------------------------------------------------------- small conv net
+def conv_data() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """X (B, 1, H, W), integer labels (B,), params [K1 (c1,1,3,3), b1, K2 (c2,c1,3,3), b2,
+    W (c2*(H/4)*(W/4), classes), b]."""
+    B, hw, c1, c2, k = CONV["batch"], CONV["hw"], CONV["c1"], CONV["c2"], CONV["classes"]
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((B, 1, hw, hw), dtype=np.float32)
+    y = rng.integers(0, k, B)
+    flat = c2 * (hw // 4) * (hw // 4)
+
+    def he(shape: tuple, fan_in: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    params = [he((c1, 1, 3, 3), 9), np.zeros(c1, np.float32),
+              he((c2, c1, 3, 3), 9 * c1), np.zeros(c2, np.float32),
+              he((flat, k), flat), np.zeros(k, np.float32)]
+    return X, y, params
+
+
+def build_conv(fw: str, device: str = "cpu") -> Cell:
+    """One training step (forward, backward, Adam) of conv3x3(1->8)-relu-maxpool2-conv3x3(8->16)-
+    relu-maxpool2-dense(784->10), cross-entropy on integer labels, batch 32 of 1x28x28."""
+    X0, y0, P0 = conv_data()
+    B = CONV["batch"]
+    if fw == "gradtape":
+        G = _GT(None, device)
+        gt = G.gt
+        nn = getattr(gt, "nn", None)
+        missing = [name for name in ("conv2d", "max_pool2d", "cross_entropy")
+                   if not hasattr(nn, name)]
+        if not hasattr(gt, "relu"):
+            missing.append("relu")
+        if not hasattr(getattr(gt, "optimizers", None), "Adam"):
+            missing.append("optimizers.Adam")
+        if missing:
+            raise Unavailable("gradtape lacks " + ", ".join(missing))
+        with G:
+            params = [gt.Variable(p) for p in P0]
+            X = gt.tensor(X0)
+            y = y0 if device == "cpu" else gt.tensor(y0)
+            opt = gt.optimizers.Adam(ADAM["lr"], epsilon=ADAM["eps"])
+
+        def run() -> Any:
+            K1, b1, K2, b2, W, b = params
+            with gt.GradientTape() as tape:
+                h = gt.relu(nn.conv2d(X, K1, padding=1) + gt.reshape(b1, (1, -1, 1, 1)))
+                h = nn.max_pool2d(h, 2)
+                h = gt.relu(nn.conv2d(h, K2, padding=1) + gt.reshape(b2, (1, -1, 1, 1)))
+                h = nn.max_pool2d(h, 2)
+                logits = gt.matmul(gt.reshape(h, (B, -1)), W) + b
+                loss = nn.cross_entropy(logits, y)
+            grads = tape.gradient(loss, params)
+            opt.apply_gradients(zip(grads, params))
+            return grads
+
+        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+    if fw == "torch":
+        torch = load("torch")
+        F = importlib.import_module("torch.nn.functional")
+        dev = _torch_device(device)
+        params = [torch.tensor(p, device=dev, requires_grad=True) for p in P0]
+        X, y = torch.tensor(X0, device=dev), torch.tensor(y0, device=dev)
+        opt = torch.optim.Adam(params, lr=ADAM["lr"], eps=ADAM["eps"])
+
+        def run_t() -> Any:
+            K1, b1, K2, b2, W, b = params
+            h = F.max_pool2d(F.relu(F.conv2d(X, K1, b1, padding=1)), 2)
+            h = F.max_pool2d(F.relu(F.conv2d(h, K2, b2, padding=1)), 2)
+            loss = F.cross_entropy(h.reshape(B, -1) @ W + b, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return [p.grad for p in params]
+
+        return Cell(run_t, sync=_torch_sync(device), grads=lambda gs: [_np(g) for g in gs])
+    _only_cpu(fw, device)
+    if fw == "tf":
+        tf = load("tf")
+        # TF's CPU conv needs NHWC / HWIO: same maths, its native layout.
+        X = tf.constant(X0.transpose(0, 2, 3, 1))
+        y = tf.constant(y0)
+        K1, b1, K2, b2, W, b = P0
+        # flatten order differs (NHWC), so permute W's rows to match the NCHW flatten
+        c2, s = CONV["c2"], CONV["hw"] // 4
+        Wn = W.reshape(c2, s, s, -1).transpose(1, 2, 0, 3).reshape(c2 * s * s, -1)
+        params = [tf.Variable(v) for v in (K1.transpose(2, 3, 1, 0), b1, K2.transpose(2, 3, 1, 0),
+                                           b2, Wn, b)]
+        opt = tf.keras.optimizers.Adam(learning_rate=ADAM["lr"], epsilon=ADAM["eps"])
+
+        def run_tf() -> Any:
+            k1, c1b, k2, c2b, w, bb = params
+            with tf.GradientTape() as tape:
+                h = tf.nn.relu(tf.nn.conv2d(X, k1, 1, "SAME") + c1b)
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+                h = tf.nn.relu(tf.nn.conv2d(h, k2, 1, "SAME") + c2b)
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+                logits = tf.reshape(h, (B, -1)) @ w + bb
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            grads = tape.gradient(loss, params)
+            opt.apply_gradients(zip(grads, params))
+            return grads
+
+        def back_to_nchw(gs: list) -> list[np.ndarray]:
+            g = [_np(a) for a in gs]
+            gw = g[4].reshape(s, s, c2, -1).transpose(2, 0, 1, 3).reshape(c2 * s * s, -1)
+            return [g[0].transpose(3, 2, 0, 1), g[1], g[2].transpose(3, 2, 0, 1), g[3], gw, g[5]]
+
+        return Cell(run_tf, grads=back_to_nchw)
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        lax = jax.lax
+        X, y = jnp.asarray(X0), jnp.asarray(y0)
+        dn = ("NCHW", "OIHW", "NCHW")
+
+        def pool(h: Any) -> Any:
+            return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+        def loss_j(ps: list) -> Any:
+            K1, b1, K2, b2, W, b = ps
+            h = lax.conv_general_dilated(X, K1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+            h = pool(jax.nn.relu(h + b1[None, :, None, None]))
+            h = lax.conv_general_dilated(h, K2, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+            h = pool(jax.nn.relu(h + b2[None, :, None, None]))
+            logits = h.reshape(B, -1) @ W + b
+            lp = jax.nn.log_softmax(logits)
+            return -jnp.mean(jnp.take_along_axis(lp, y[:, None], axis=1))
+
+        b1_, b2_, eps, lr = ADAM["beta1"], ADAM["beta2"], ADAM["eps"], ADAM["lr"]
+
+        @jax.jit
+        def step(ps: list, ms: list, vs: list, t: Any) -> tuple:
+            grads = jax.grad(loss_j)(ps)
+            t = t + 1
+            alpha = lr * jnp.sqrt(1 - b2_ ** t) / (1 - b1_ ** t)
+            ms = [b1_ * m + (1 - b1_) * g for m, g in zip(ms, grads)]
+            vs = [b2_ * v + (1 - b2_) * g * g for v, g in zip(vs, grads)]
+            ps = [p - alpha * m / (jnp.sqrt(v) + eps) for p, m, v in zip(ps, ms, vs)]
+            return ps, ms, vs, t, grads
+
+        state = {"ps": [jnp.asarray(p) for p in P0], "ms": [jnp.zeros_like(p) for p in P0],
+                 "vs": [jnp.zeros_like(p) for p in P0], "t": jnp.float32(0)}
+
+        def run_j() -> Any:
+            ps, ms, vs, t, grads = step(state["ps"], state["ms"], state["vs"], state["t"])
+            state.update(ps=ps, ms=ms, vs=vs, t=t)
+            return jax.block_until_ready(grads)
+
+        return Cell(run_j, grads=lambda gs: [_np(a) for a in gs])
+    if fw == "numpy":
+        return _np_conv_cell(X0, y0, P0)
+    raise Unavailable(f"{fw}: no conv net written for it")
+
+
+def _im2col(x: np.ndarray) -> np.ndarray:
+    """3x3, stride 1, padding 1: (B, C, H, W) -> (B*H*W, C*9)."""
+    B, C, H, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    s = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))  # B,C,H,W,3,3
+    return s.transpose(0, 2, 3, 1, 4, 5).reshape(B * H * W, C * 9)
+
+
+def _col2im(cols: np.ndarray, shape: tuple) -> np.ndarray:
+    B, C, H, W = shape
+    c = cols.reshape(B, H, W, C, 3, 3)
+    out = np.zeros((B, C, H + 2, W + 2), cols.dtype)
+    for i in range(3):
+        for j in range(3):
+            out[:, :, i:i + H, j:j + W] += c[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return out[:, :, 1:-1, 1:-1]
+
+
+def _np_conv_cell(X0: np.ndarray, y0: np.ndarray, P0: list[np.ndarray]) -> Cell:
+    """Hand-written NumPy conv net (im2col + matmul) with manual backward and Adam."""
+    params = [p.copy() for p in P0]
+    opt = _NpAdam(params)
+    B = X0.shape[0]
+
+    def conv_fwd(x: np.ndarray, K: np.ndarray, b: np.ndarray) -> tuple:
+        Bn, C, H, W = x.shape
+        cols = _im2col(x)
+        out = cols @ K.reshape(K.shape[0], -1).T + b  # (B*H*W, O)
+        return out.reshape(Bn, H, W, -1).transpose(0, 3, 1, 2), cols
+
+    def conv_bwd(g: np.ndarray, cols: np.ndarray, K: np.ndarray, xshape: tuple,
+                 need_dx: bool) -> tuple:
+        n_out = K.shape[0]
+        g2 = g.transpose(0, 2, 3, 1).reshape(-1, n_out)
+        dK = (g2.T @ cols).reshape(K.shape)
+        db = g2.sum(axis=0)
+        dx = _col2im(g2 @ K.reshape(n_out, -1), xshape) if need_dx else None
+        return dx, dK, db
+
+    def pool_fwd(h: np.ndarray) -> tuple:
+        Bn, C, H, W = h.shape
+        r = h.reshape(Bn, C, H // 2, 2, W // 2, 2)
+        m = r.max(axis=(3, 5))
+        mask = r == m[:, :, :, None, :, None]
+        mask = mask / mask.sum(axis=(3, 5), keepdims=True)  # ties split evenly
+        return m, mask.astype(h.dtype)
+
+    def pool_bwd(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        Bn, C, H2, _, W2, _ = mask.shape
+        return (mask * g[:, :, :, None, :, None]).reshape(Bn, C, H2 * 2, W2 * 2)
+
+    def run() -> list[np.ndarray]:
+        K1, b1, K2, b2, W, b = params
+        z1, cols1 = conv_fwd(X0, K1, b1)
+        a1 = np.maximum(z1, 0)
+        p1, m1 = pool_fwd(a1)
+        z2, cols2 = conv_fwd(p1, K2, b2)
+        a2 = np.maximum(z2, 0)
+        p2, m2 = pool_fwd(a2)
+        flat = p2.reshape(B, -1)
+        logits = flat @ W + b
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        prob = e / e.sum(axis=1, keepdims=True)
+        gl = prob
+        gl[np.arange(B), y0] -= 1
+        gl *= np.float32(1.0 / B)
+        dW = flat.T @ gl
+        dbb = gl.sum(axis=0)
+        g = (gl @ W.T).reshape(p2.shape)
+        g = pool_bwd(g, m2) * (z2 > 0)
+        g, dK2, db2 = conv_bwd(g, cols2, K2, p1.shape, True)
+        g = pool_bwd(g, m1) * (z1 > 0)
+        _, dK1, db1 = conv_bwd(g, cols1, K1, X0.shape, False)
+        grads = [dK1, db1, dK2, db2, dW, dbb]
+        opt.step(params, grads)
+        return grads
+
+    return Cell(run, grads=lambda gs: list(gs))
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Spec:
+    """A row of the comparison: a workload, what part of it is timed, and how to report it."""
+
+    key: str
+    title: str
+    build: Callable[..., Cell]
+    frameworks: tuple[str, ...]
+    per: int = 1  # report time / per (ops in the overhead chain)
+    unit: str = "ms"
+
+
+def specs(device: str = "cpu") -> list[Spec]:
+    """Every row of the comparison for ``device`` ("cpu" or "cuda")."""
+    all_fw = FRAMEWORKS
+    if device != "cpu":
+        return [
+            Spec("gpu_copy", "device-to-device copy of 2^22 float32", lambda fw: build_copy("cuda"),
+                 ("cupy",)),
+            Spec("gpu_fused", "fused chain fwd+bwd, 2^22 float32",
+                 lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "fwd+bwd", fu, "cuda")),
+                 ("gradtape", "gradtape[nofusion]", "cupy", "torch")),
+            Spec("gpu_fused_bwd", "fused chain backward only, 2^22 float32",
+                 lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "bwd", fu, "cuda")),
+                 ("gradtape", "gradtape[nofusion]", "cupy", "torch")),
+            Spec("gpu_mlp_large", "MLP 784-512-512-10 tanh, batch 256, fwd+bwd",
+                 lambda fw: build_mlp(fw, device="cuda", **MLP_LARGE), ("gradtape", "torch")),
+        ]
+    return [
+        Spec("overhead", f"{OVERHEAD_OPS} elementwise ops on (16,), fwd+bwd",
+             lambda fw: _fw_variant(fw, lambda f, fu: build_overhead(f, fu)),
+             ("gradtape", "gradtape[nofusion]") + all_fw[1:], per=OVERHEAD_OPS, unit="us/op"),
+        Spec("fused", "8-op chain on 2^22 float32, fwd+bwd",
+             lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "fwd+bwd", fu)),
+             ("gradtape", "gradtape[nofusion]") + all_fw[1:]),
+        Spec("fused_bwd", "8-op chain on 2^22 float32, backward only",
+             lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "bwd", fu)),
+             ("gradtape", "gradtape[nofusion]", "numpy", "torch", "tf")),
+        Spec("copy", "NumPy copy of 2^22 float32 (bandwidth reference)", lambda fw: build_copy(),
+             ("numpy",)),
+        Spec("mlp_large", "MLP 784-512-512-10 tanh, batch 256, fwd+bwd",
+             lambda fw: build_mlp(fw, **MLP_LARGE), all_fw),
+        Spec("mlp_small", "MLP 32-64-64-10 tanh, batch 16, fwd+bwd",
+             lambda fw: build_mlp(fw, **MLP_SMALL), all_fw),
+        Spec("adam_small", "train step MLP 32-64-64-10, batch 16, Adam",
+             lambda fw: build_mlp(fw, train=True, **MLP_SMALL), all_fw),
+        Spec("adam_large", "train step MLP 784-512-512-10, batch 256, Adam",
+             lambda fw: build_mlp(fw, train=True, **MLP_LARGE), all_fw),
+        Spec("conv", "conv net train step (2 conv3x3, 2 maxpool, dense), batch 32 1x28x28, Adam",
+             build_conv, ("gradtape", "numpy", "torch", "tf", "jax")),
+    ]
+
+
+def _fw_variant(fw: str, build: Callable[[str, bool | None], Cell]) -> Cell:
+    """``gradtape[nofusion]`` is gradtape with ``gt.config.fusion = False``; ``gradtape`` forces
+    fusion on; other names pass through."""
+    if fw == "gradtape":
+        return build("gradtape", True)
+    if fw == "gradtape[nofusion]":
+        return build("gradtape", False)
+    return build(fw, None)

@@ -1,0 +1,376 @@
+"""Side-by-side comparison of gradtape with its peers on the same workloads.
+
+Runs every workload in gradtape, hand-written NumPy (forward + manual backward), PyTorch eager,
+TensorFlow eager ``GradientTape``, ``jax.jit`` and HIPS autograd, each skipped with its reason
+when it does not import. Repeats are interleaved (repeat 1 of every cell, then repeat 2, ...)
+because this machine kind is noisy: a single cell can vary 2x from one minute to the next.
+Each repeat times a block of calls lasting about ``--block`` seconds; a cell's figure is the
+median over repeats. Gradients are checked against hand-written NumPy before timing.
+
+With a CUDA device (CuPy installed and a device usable) the GPU rows run too: the fused chain
+on CuPy through gradtape, against a device-to-device copy measured in the same run and against
+PyTorch CUDA eager; without one they are skipped with the reason.
+
+Usage::
+
+    python benchmarks/compare.py                       # everything, 5 repeats
+    python benchmarks/compare.py -w overhead fused -r 7
+    python benchmarks/compare.py -f gradtape torch --block 0.2 --json out.json
+    python benchmarks/compare.py --list
+
+Writes ``benchmarks/results.json`` (machine, versions, every repeat, medians, target checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _workloads as W  # noqa: E402
+
+
+# --------------------------------------------------------------------------- timing
+def time_block(cell: W.Cell, n: int) -> float:
+    """Seconds per call over a block of ``n`` calls (only ``run`` is timed when the cell has a
+    ``prepare``)."""
+    pc = time.perf_counter
+    cell.enter()
+    try:
+        if cell.prepare is None:
+            run = cell.run
+            cell.sync()
+            t0 = pc()
+            for _ in range(n):
+                run()
+            cell.sync()
+            return (pc() - t0) / n
+        total = 0.0
+        for _ in range(n):
+            state = cell.prepare()
+            cell.sync()
+            t0 = pc()
+            cell.run(state)
+            cell.sync()
+            total += pc() - t0
+            del state
+        return total / n
+    finally:
+        cell.exit()
+
+
+def calibrate(cell: W.Cell, block: float, warmup: int) -> int:
+    """Warm up, then pick the number of calls that makes one block last about ``block`` s."""
+    for _ in range(warmup):
+        cell.once()
+    t = time_block(cell, 1)
+    if t < block / 20:  # one call is short: measure a few for a steadier estimate
+        t = time_block(cell, max(1, int(block / 20 / max(t, 1e-9))))
+    return max(1, int(round(block / max(t, 1e-9))))
+
+
+def check_grads(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """Largest relative difference (max |a-b| / max(|b|, tiny)) over the gradient arrays."""
+    if len(got) != len(ref):
+        return math.inf
+    worst = 0.0
+    for a, b in zip(got, ref):
+        a = np.asarray(a, np.float64)
+        b = np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            return math.inf
+        scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
+        worst = max(worst, float(np.max(np.abs(a - b))) / scale if a.size else 0.0)
+    return worst
+
+
+# --------------------------------------------------------------------------- machine facts
+def machine_info() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        info["gradtape_commit"] = subprocess.run(
+            ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+            text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        info["gradtape_tree_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {fw: W.version(fw) for fw in W.FRAMEWORKS}
+    info["versions"] = versions
+    threads: dict[str, Any] = {}
+    if versions.get("torch"):
+        threads["torch"] = W.load("torch").get_num_threads()
+    try:
+        from threadpoolctl import threadpool_info  # optional
+
+        threads["blas"] = [(d.get("internal_api"), d.get("num_threads")) for d in threadpool_info()]
+    except Exception:
+        pass
+    info["threads"] = threads
+    return info
+
+
+def gpu_info() -> tuple[str | None, str]:
+    """(device name, "") when CuPy has a usable device, else (None, reason)."""
+    try:
+        cp = W._cupy()
+    except W.Unavailable as exc:
+        return None, str(exc)
+    try:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception as exc:  # a name is nice to have, not essential
+        name = f"CUDA device ({type(exc).__name__})"
+    return name, ""
+
+
+# --------------------------------------------------------------------------- targets
+def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]:
+    """The performance targets of the issues, evaluated on the medians of this run."""
+    out: list[dict[str, Any]] = []
+
+    def get(row: str, fw: str) -> float | None:
+        return med.get(row, {}).get(fw)
+
+    def add(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        out.append({"target": name, "value": value, "goal": goal,
+                    "met": None if value is None else ok})
+
+    us = get("overhead", "gradtape")
+    add("overhead gradtape us/op", us, "<= 5 (aim 3)", us is not None and us <= 5.0)
+    t = get("overhead", "torch")
+    r = t / us if (t and us) else None
+    add("overhead torch / gradtape", r, ">= 1.4", r is not None and r >= 1.4)
+    on, off = get("fused_bwd", "gradtape"), get("fused_bwd", "gradtape[nofusion]")
+    r = off / on if (on and off) else None
+    add("fused bwd: fusion off / on", r, ">= 2", r is not None and r >= 2.0)
+    g, t = get("fused", "gradtape"), get("fused", "torch")
+    r = t / g if (g and t) else None
+    add("fused fwd+bwd: torch / gradtape", r, "> 1", r is not None and r > 1.0)
+    j = get("fused", "jax")
+    r = g / j if (g and j) else None
+    add("fused fwd+bwd: gradtape / jax.jit", r, "<= 1.3 (aim)", r is not None and r <= 1.3)
+    g, n = get("mlp_large", "gradtape"), get("mlp_large", "numpy")
+    r = g / n if (g and n) else None
+    add("mlp_large: gradtape / numpy", r, "<= 1.1", r is not None and r <= 1.1)
+    g, t = get("mlp_small", "gradtape"), get("mlp_small", "torch")
+    r = t / g if (g and t) else None
+    add("mlp_small: torch / gradtape", r, "> 1", r is not None and r > 1.0)
+    if gpu:
+        c, b = get("gpu_copy", "cupy"), get("gpu_fused_bwd", "gradtape")
+        r = c / b if (c and b) else None
+        add("gpu fused bwd bandwidth / copy bandwidth (bytes: read x + write dx)", r, ">= 0.7",
+            r is not None and r >= 0.7)
+        g, t = get("gpu_fused", "gradtape"), get("gpu_fused", "torch")
+        r = t / g if (g and t) else None
+        add("gpu fused fwd+bwd: torch cuda / gradtape", r, "> 1", r is not None and r > 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "us/op":
+        return f"{v:.2f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    cpu_specs = {s.key: s for s in W.specs("cpu")}
+    gpu_specs = {s.key: s for s in W.specs("cuda")}
+    all_fw = sorted({f for s in [*cpu_specs.values(), *gpu_specs.values()] for f in s.frameworks})
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-w", "--workloads", nargs="+", metavar="W",
+                   help=f"rows to run (default: all): {', '.join([*cpu_specs, *gpu_specs])}")
+    p.add_argument("-f", "--frameworks", nargs="+", metavar="F",
+                   help=f"columns to run (default: all): {', '.join(all_fw)}")
+    p.add_argument("-r", "--repeats", type=int, default=5, help="interleaved repeats (default 5)")
+    p.add_argument("--block", type=float, default=0.15,
+                   help="seconds per timed block (default 0.15)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per cell (default 2)")
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU rows")
+    p.add_argument("--json", type=Path, default=HERE / "results.json",
+                   help="where to write the results (default benchmarks/results.json)")
+    p.add_argument("--list", action="store_true", help="list the rows and exit")
+    args = p.parse_args(argv)
+
+    if args.list:
+        for s in [*cpu_specs.values(), *gpu_specs.values()]:
+            print(f"{s.key:14s} {s.title}  [{', '.join(s.frameworks)}]")
+        return 0
+    known = {**cpu_specs, **gpu_specs}
+    for w in args.workloads or []:
+        if w not in known:
+            p.error(f"unknown workload {w!r}; known: {', '.join(known)}")
+    for f in args.frameworks or []:
+        if f not in all_fw:
+            p.error(f"unknown framework {f!r}; known: {', '.join(all_fw)}")
+
+    gpu_name, gpu_reason = (None, "--no-gpu given") if args.no_gpu else gpu_info()
+    rows = [s for s in cpu_specs.values() if not args.workloads or s.key in args.workloads]
+    gpu_rows = [s for s in gpu_specs.values() if not args.workloads or s.key in args.workloads]
+    if gpu_name is None:
+        if gpu_rows and (args.workloads and any(w in gpu_specs for w in args.workloads)):
+            print(f"GPU rows skipped: {gpu_reason}")
+        gpu_rows = []
+    rows += gpu_rows
+
+    info = machine_info()
+    info["gpu"] = gpu_name or f"none ({gpu_reason})"
+    print(f"# {info['date']}  {info['cpu']} x{info['cores']}  python {info['python']}  "
+          f"gpu: {info['gpu']}")
+    print("# " + "  ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    missing = [k for k, v in info["versions"].items() if not v]
+    if missing:
+        print("# not importable (skipped): " + ", ".join(missing))
+
+    # build, check and calibrate every cell
+    cells: dict[tuple[str, str], tuple[W.Cell, int]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    for spec in rows:
+        ref: list[np.ndarray] | None = None
+        ref_fw = {"copy": None, "gpu_copy": None, "gpu_mlp_large": None}.get(
+            spec.key, "cupy" if spec.key.startswith("gpu") else "numpy")
+        fws = [f for f in spec.frameworks if not args.frameworks or f in args.frameworks]
+        if ref_fw and ref_fw not in fws and ref_fw in spec.frameworks:
+            try:
+                ref_cell = spec.build(ref_fw)
+                ref = ref_cell.grads(ref_cell.once())  # type: ignore[misc]
+            except W.Unavailable:
+                ref = None
+        for fw in sorted(fws, key=lambda f: f != ref_fw):
+            try:
+                cell = spec.build(fw)
+                first = cell.once()
+            except W.Unavailable as exc:
+                skipped.setdefault(spec.key, {})[fw] = str(exc)
+                continue
+            except Exception as exc:  # a broken cell must not stop the comparison
+                skipped.setdefault(spec.key, {})[fw] = f"error: {type(exc).__name__}: {exc}"
+                continue
+            if cell.grads is not None:
+                got = cell.grads(first)
+                if fw == ref_fw:
+                    ref = got
+                elif ref is not None:
+                    errors.setdefault(spec.key, {})[fw] = check_grads(got, ref)
+            del first
+            cells[(spec.key, fw)] = (cell, calibrate(cell, args.block, args.warmup))
+            gc.collect()
+    for key, fws in skipped.items():
+        for fw, why in fws.items():
+            print(f"skip {key}/{fw}: {why}")
+
+    # interleaved repeats
+    times: dict[str, dict[str, list[float]]] = {}
+    order = list(cells)
+    t_start = time.perf_counter()
+    for rep in range(args.repeats):
+        # rotate the order each repeat so no cell always runs right after the same neighbour
+        k = rep % max(1, len(order))
+        for key, fw in order[k:] + order[:k]:
+            cell, n = cells[(key, fw)]
+            times.setdefault(key, {}).setdefault(fw, []).append(time_block(cell, n))
+        print(f"  repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t_start:.0f} s)",
+              file=sys.stderr)
+
+    # medians, in the spec's unit
+    med: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, tuple[float, float]]] = {}
+    for spec in rows:
+        scale = (1e6 if spec.unit == "us/op" else 1e3) / spec.per
+        for fw, ts in times.get(spec.key, {}).items():
+            med.setdefault(spec.key, {})[fw] = statistics.median(ts) * scale
+            spread.setdefault(spec.key, {})[fw] = (min(ts) * scale, max(ts) * scale)
+
+    # table
+    cols = [f for f in all_fw if any(f in med.get(s.key, {}) for s in rows)]
+    first_col = ["gradtape", "gradtape[nofusion]", "numpy", "cupy", "torch", "jax", "tf",
+                 "autograd"]
+    cols.sort(key=lambda f: first_col.index(f) if f in first_col else 99)
+    head = f"{'workload':16s} {'unit':6s}" + "".join(f"{c:>20s}" for c in cols)
+    print()
+    print(head)
+    print("-" * len(head))
+    for spec in rows:
+        line = f"{spec.key:16s} {spec.unit:6s}"
+        for c in cols:
+            v = med.get(spec.key, {}).get(c)
+            if v is None:
+                line += f"{'-':>20s}"
+            else:
+                lo, hi = spread[spec.key][c]
+                line += f"{fmt(v, spec.unit) + ' (' + format(hi / lo if lo else 0, '.2f') + ')':>20s}"
+        print(line)
+    print("(median over repeats; in brackets max/min over repeats)")
+    bad = {k: {f: e for f, e in v.items() if not e <= 2e-3} for k, v in errors.items()}
+    bad = {k: v for k, v in bad.items() if v}
+    print("gradient check vs hand-written NumPy: " +
+          ("all within 2e-3 relative" if not bad else f"MISMATCH {bad}"))
+
+    tg = targets(med, bool(gpu_rows))
+    print()
+    for t in tg:
+        mark = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
+        val = "-" if t["value"] is None else f"{t['value']:.3g}"
+        print(f"  {t['target']:58s} {val:>8s}  goal {t['goal']:14s} {mark}")
+
+    result = {
+        "machine": info,
+        "settings": {"repeats": args.repeats, "block_s": args.block, "warmup": args.warmup},
+        "rows": {s.key: {"title": s.title, "unit": s.unit, "per": s.per} for s in rows},
+        "median": med,
+        "repeats_s": times,
+        "calls_per_block": {f"{k}/{f}": n for (k, f), (_, n) in cells.items()},
+        "skipped": skipped,
+        "grad_max_rel_err_vs_numpy": errors,
+        "targets": tg,
+    }
+    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
