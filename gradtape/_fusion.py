@@ -1,16 +1,251 @@
-"""Chain fusion of elementwise backward records (see the fused-kernels issue).
+"""Chain fusion of elementwise backward records.
 
-``plan(records, reach)`` returns ``{record index: fn(record, g) -> input gradients}`` for the
-records whose backward runs fused, or None when nothing is fused.
+At ``gradient()`` time (first order only: no outer tape recording, no transform active, and
+``gt.config.fusion`` on) :func:`plan` groups the elementwise records into *runs*: maximal sets
+whose intermediates are read only inside the run, all of the run's output shape and dtype.
+Each run has one *sink* (the record producing its output); when the reverse pass reaches the
+sink, the whole run's backward executes as one kernel:
+
+* NumPy: one straight-line ufunc program over the run (:class:`gradtape._kernels.NumpyProgram`),
+  block by block with reused scratch buffers;
+* CuPy: one generated ``ElementwiseKernel`` (:func:`gradtape._kernels.cupy_kernel`).
+
+Each kernel writes the gradient of each input of the run that is not produced inside it:
+into a fresh buffer on its first contribution (no zero fill), or accumulating in place into a
+gradient buffer the engine allocated and owns. Interior gradients never reach memory. Kernels
+are cached by signature (op sequence, which saved array feeds which slot, dtypes, gradient
+targets, output modes); broadcast inputs are read broadcast and their gradients summed back
+by the engine after the kernel. Fused kernels are never differentiated: higher-order passes
+take the differentiable route in :mod:`gradtape._tape`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["plan"]
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["plan", "Run", "STATS", "MAX_RUN"]
+
+MAX_RUN = 256  # members per run: bounds the generated program and its compile time
+STATS = {"runs": 0, "records": 0}  # fused kernel launches and the records they covered
 
 
-def plan(records: list, reach: set) -> dict[int, Any] | None:
-    """No fusion planned yet: every record runs its own VJP."""
-    return None
+def _out_shape(rec: Any) -> tuple:
+    shapes = rec.in_shapes
+    s0 = shapes[0]
+    for s in shapes[1:]:
+        if s != s0:
+            return tuple(np.broadcast_shapes(*shapes))
+    return s0
+
+
+def _out_dtype(rec: Any) -> Any:
+    dts = rec.in_dtypes
+    d0 = dts[0]
+    for d in dts[1:]:
+        if d != d0:
+            return np.result_type(*dts)
+    return d0
+
+
+def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
+    """Group the elementwise records of a reverse pass into runs.
+
+    Args:
+        records: the tape's records in execution order.
+        reach: ids reachable from the requested sources.
+        keep: ids whose gradient must be materialized (sources, targets with a seed).
+
+    Returns:
+        ``{sink record index: Run}``, or None when no record is elementwise. Members other
+        than the sink receive no gradient of their own, so the engine skips them.
+    """
+    consumers: dict[int, list] = {}
+    any_elementwise = False
+    for idx, rec in enumerate(records):
+        if rec.out_id not in reach:
+            continue
+        if rec.prim.derivatives is not None:
+            any_elementwise = True
+        for slot, iid in enumerate(rec.in_ids):
+            if iid and iid in reach:
+                lst = consumers.get(iid)
+                if lst is None:
+                    consumers[iid] = [(idx, slot)]
+                else:
+                    lst.append((idx, slot))
+    if not any_elementwise:
+        return None
+    group_of: dict[int, int] = {}
+    groups: dict[int, list[int]] = {}
+    shape_of: dict[int, tuple] = {}
+    dtype_of: dict[int, Any] = {}
+    for idx in range(len(records) - 1, -1, -1):
+        rec = records[idx]
+        if rec.out_id not in reach or rec.prim.derivatives is None or rec.extra_outs is not None:
+            continue
+        o = rec.out_id
+        cons = consumers.get(o)
+        target = None
+        if cons and o not in keep:
+            g0 = group_of.get(cons[0][0])
+            if g0 is not None and len(groups[g0]) < MAX_RUN:
+                shape, dtype = shape_of[g0], dtype_of[g0]
+                target = g0
+                for c, slot in cons:
+                    crec = records[c]
+                    if group_of.get(c) != g0 or crec.in_shapes[slot] != shape \
+                            or crec.in_dtypes[slot] != dtype:
+                        target = None
+                        break
+        if target is None:
+            dtype = _out_dtype(rec)
+            if dtype.kind != "f":
+                continue
+            group_of[idx] = idx
+            groups[idx] = [idx]
+            shape_of[idx] = _out_shape(rec)
+            dtype_of[idx] = dtype
+        else:
+            group_of[idx] = target
+            groups[target].append(idx)
+    if not groups:
+        return None
+    return {sink: Run(records, members[::-1], shape_of[sink], dtype_of[sink])
+            for sink, members in groups.items()}
+
+
+class Run:
+    """The fused backward of one run of elementwise records (members in execution order)."""
+
+    __slots__ = ("records", "members", "shape", "dtype")
+
+    def __init__(self, records: list, members: list[int], shape: tuple, dtype: Any) -> None:
+        self.records = records
+        self.members = members
+        self.shape = shape
+        self.dtype = dtype
+
+    def __call__(self, g: Any, grads: dict, owned: set, reach: set, accumulate: Any) -> None:
+        """Run the kernel for upstream gradient ``g`` and add each external input's gradient
+        into ``grads`` through ``accumulate(iid, gi, shape, dtype, prim, fresh)``."""
+        records = self.records
+        shape, dtype = self.shape, self.dtype
+        if isinstance(g, np.generic):
+            g = np.asarray(g)
+        is_numpy = isinstance(g, np.ndarray)
+        if is_numpy:
+            xp = np
+        else:
+            from ._backend import backend_of
+
+            xp = backend_of(g).xp
+        if g.dtype != dtype:
+            g = g.astype(dtype)
+        if g.shape != shape:
+            g = xp.broadcast_to(g, shape)
+        leaves: list = [g]
+        leaf_index: dict[int, int] = {id(g): 0}
+        params: list = []
+        parts: list = []
+        specs: list = []
+        interior: dict[int, int] = {}
+        out_ids: list[int] = []
+        out_info: list[tuple] = []
+        out_index: dict[int, int] = {}
+        for j, idx in enumerate(self.members):
+            rec = records[idx]
+            prim = rec.prim
+            values = []
+            for t in rec.inputs:
+                if t is None:
+                    values.append(None)
+                    continue
+                a = t.data
+                k = leaf_index.get(id(a))
+                if k is None:
+                    k = leaf_index[id(a)] = len(leaves)
+                    leaves.append(a)
+                values.append(k)
+            y_leaf = None
+            if rec.output is not None:
+                a = rec.output.data
+                y_leaf = leaf_index.get(id(a))
+                if y_leaf is None:
+                    y_leaf = leaf_index[id(a)] = len(leaves)
+                    leaves.append(a)
+            pslots = ()
+            if prim.param_names:
+                pslots = tuple(range(len(params), len(params) + len(prim.param_names)))
+                params.extend(rec.params[n] for n in prim.param_names)
+            targets = []
+            for i, iid in enumerate(rec.in_ids):
+                if not iid or iid not in reach:
+                    targets.append(None)
+                    continue
+                m = interior.get(iid)
+                if m is not None:
+                    targets.append(("m", m))
+                    continue
+                k = out_index.get(iid)
+                if k is None:
+                    k = out_index[iid] = len(out_ids)
+                    out_ids.append(iid)
+                    out_info.append((rec.in_shapes[i], rec.in_dtypes[i], prim))
+                targets.append(("o", k))
+            interior[rec.out_id] = j
+            values_t, targets_t = tuple(values), tuple(targets)
+            parts.append((prim.name, values_t, y_leaf, targets_t))
+            specs.append((prim, values_t, y_leaf, pslots, targets_t))
+        if not out_ids:
+            return
+        leaf_dtypes = tuple([a.dtype for a in leaves])
+        key = (dtype, tuple(parts), leaf_dtypes)
+        n_out = len(out_ids)
+
+        def build() -> _kernels.Graph:
+            kinds = tuple("b" if d.kind == "b" else "f" for d in leaf_dtypes)
+            return _kernels.backward_graph(specs, kinds, len(params), n_out)
+
+        acc = []
+        outs: list = []
+        for iid in out_ids:
+            prev = grads.get(iid)
+            if prev is not None and iid in owned and prev.shape == shape and prev.dtype == dtype \
+                    and prev.flags.c_contiguous:
+                acc.append(True)
+                outs.append(prev)
+            else:
+                acc.append(False)
+                outs.append(None)
+        acc_t = tuple(acc)
+        if is_numpy:
+            prog = _kernels.numpy_program(key, build, acc_t)
+            alias = prog.alias
+        else:
+            spec, kernel = _kernels.cupy_kernel(key, build, tuple(d.name for d in leaf_dtypes),
+                                                dtype.name, acc_t)
+            alias = spec.alias
+        for k in range(n_out):
+            if outs[k] is None and alias[k] is None:
+                outs[k] = xp.empty(shape, dtype)
+        if is_numpy:
+            ls = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in leaves]
+            _kernels.run_numpy(prog, ls, params, outs, shape, dtype)
+        else:
+            args = [leaves[i] for i in spec.leaves] + [params[i] for i in spec.params]
+            args += [outs[k] for k in spec.outputs]
+            kernel(*args)
+        STATS["runs"] += 1
+        STATS["records"] += len(self.members)
+        for k, iid in enumerate(out_ids):
+            if acc_t[k]:
+                continue
+            in_shape, in_dtype, prim = out_info[k]
+            if alias[k] is not None:
+                accumulate(iid, leaves[alias[k]], in_shape, in_dtype, prim, False)
+            else:
+                accumulate(iid, outs[k], in_shape, in_dtype, prim, True)

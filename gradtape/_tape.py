@@ -716,9 +716,44 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
     if not grads:
         return {}
     numerics = HOOKS.numerics
-    from . import _fusion
+    # ids whose gradient array was allocated by this pass and is referenced nowhere else, so
+    # later contributions may be added into it in place (a VJP may pass its upstream
+    # gradient through, as add does: such arrays are never written)
+    owned: set[int] = set()
 
-    fused = None if diff or not config.fusion else _fusion.plan(records, reach)
+    def accumulate(iid: int, gi: Any, shape: tuple, dt: Any, prim: Any, fresh: bool) -> None:
+        # fresh: gi was allocated for this contribution alone and may be written
+        if gi.shape != shape:
+            size = gi.size
+            gi = _unbroadcast_array(gi, shape, prim)
+            fresh = fresh or gi.size != size  # a sum made a new array; a reshape is a view
+        if gi.dtype != dt:
+            gi = gi.astype(dt)
+            fresh = True
+        if isinstance(gi, np.generic):
+            fresh = False
+        prev = grads.get(iid)
+        if prev is None:
+            grads[iid] = gi
+            if fresh:
+                owned.add(iid)
+        elif iid in owned and type(prev) is type(gi) and prev.shape == gi.shape:
+            prev += gi
+        elif fresh and type(prev) is type(gi) and prev.shape == gi.shape:
+            gi += prev
+            grads[iid] = gi
+            owned.add(iid)
+        else:
+            gi = prev + gi
+            grads[iid] = gi
+            if not isinstance(gi, np.generic):
+                owned.add(iid)
+
+    fused = None
+    if not diff and not numerics and config.fusion:
+        from . import _fusion
+
+        fused = _fusion.plan(records, reach, source_ids | set(grads))
     for idx in range(len(records) - 1, -1, -1):
         rec = records[idx]
         out_id = rec.out_id
@@ -732,9 +767,15 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
             g = _gather_outputs(rec, grads, source_ids, diff)
             if g is None:
                 continue
-        if fused is not None and idx in fused:
-            in_grads = fused[idx](rec, g)
-        elif diff:
+        if fused is not None:
+            run = fused.get(idx)
+            if run is not None:
+                run(g, grads, owned, reach, accumulate)
+                if release:  # the run's members are done too
+                    for m in run.members:
+                        records[m].release()
+                continue
+        if diff:
             in_grads = rec.prim.vjp(rec, g)
         else:
             in_grads = _vjp_arrays(rec, g)
@@ -751,14 +792,15 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
                     gi = _wrap(gi, _backend_of_array(gi))
                 if gi.shape != shape:
                     gi = _unbroadcast_tensor(gi, shape, rec.prim)
+                if gi.dtype != rec.in_dtypes[i]:
+                    from . import ops
+
+                    gi = ops.astype(gi, rec.in_dtypes[i])
             else:
-                if gi.shape != shape:
-                    gi = _unbroadcast_array(gi, shape, rec.prim)
-                dt = rec.in_dtypes[i]
-                if gi.dtype != dt:
-                    gi = gi.astype(dt)
                 if numerics:
                     _check_finite(rec.prim, (), gi, "backward", rec.where)
+                accumulate(iid, gi, shape, rec.in_dtypes[i], rec.prim, False)
+                continue
             prev = grads.get(iid)
             grads[iid] = gi if prev is None else prev + gi
         if release:
