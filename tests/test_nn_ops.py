@@ -333,3 +333,30 @@ def test_new_primitives_declare_examples():
     for name in ("softmax", "log_softmax", "softmax_cross_entropy", "im2col", "col2im", "window_max"):
         ex = REGISTRY[name].examples
         assert ex is not None and ex(np.random.default_rng(0)), name
+
+
+def test_batching_rules_equal_a_loop_over_examples(rng):
+    """The vmap rules of the nn primitives, called directly: batched result == stacked loop."""
+    from gradtape._primitive import REGISTRY
+
+    B = 3
+    xs = rng.normal(size=(4, B, 5))  # batch on axis 1
+    for name in ("softmax", "log_softmax"):
+        out, d = REGISTRY[name].batch((gt.tensor(xs),), (1,), axis=1)
+        ref = np.stack([getattr(gt.nn, name)(xs[:, b], axis=1).numpy() for b in range(B)])
+        assert d == 0
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12)
+    labels = rng.integers(0, 5, size=4)
+    out, _ = REGISTRY["softmax_cross_entropy"].batch((gt.tensor(xs), gt.tensor(labels)), (1, None))
+    ref = np.stack([gt.nn.cross_entropy(xs[:, b], labels, reduction="none").numpy() for b in range(B)])
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12)
+    imgs = rng.normal(size=(B, 2, 3, 5, 5))
+    geo = dict(kernel=(2, 3), stride=(1, 2), padding=((1, 0), (0, 1)), dilation=(2, 1))
+    cols, _ = REGISTRY["im2col"].batch((gt.tensor(imgs),), (0,), pad_value=0.0, **geo)
+    ref = np.stack([REGISTRY["im2col"].impl(np, imgs[b], pad_value=0.0, **geo) for b in range(B)])
+    np.testing.assert_array_equal(cols.numpy(), ref)
+    back, _ = REGISTRY["col2im"].batch((cols,), (0,), in_shape=(2, 3, 5, 5), **geo)
+    ref = np.stack([REGISTRY["col2im"].impl(np, ref[b], in_shape=(2, 3, 5, 5), **geo) for b in range(B)])
+    np.testing.assert_allclose(back.numpy(), ref, rtol=1e-12)
+    out, _ = REGISTRY["window_max"].batch((gt.tensor(xs),), (1,), axis=1)
+    np.testing.assert_array_equal(out.numpy(), np.moveaxis(xs, 1, 0).max(axis=2))

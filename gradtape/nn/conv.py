@@ -131,10 +131,30 @@ def _pool_examples(rng: np.random.Generator) -> list:
             (avg_pool2d, (rng.normal(size=(2, 3, 5, 5)),), {"kernel_size": 2, "padding": 1})]
 
 
+def _front(t: Tensor, d: int) -> Tensor:
+    return t if d == 0 else ops.moveaxis(t, d, 0)
+
+
+def _im2col_batch(args: tuple, dims: tuple, **params: Any) -> tuple:
+    # vmap rule: fold the vmapped axis into the image batch axis N.
+    x = _front(args[0], dims[0])
+    B, N = x.shape[:2]
+    cols = bind(P_IM2COL, ops.reshape(x, (B * N,) + x.shape[2:]), **params)
+    return ops.reshape(cols, (B, N) + cols.shape[1:]), 0
+
+
+def _col2im_batch(args: tuple, dims: tuple, *, in_shape: tuple, **params: Any) -> tuple:
+    cols = _front(args[0], dims[0])
+    B, N = cols.shape[:2]
+    x = bind(P_COL2IM, ops.reshape(cols, (B * N,) + cols.shape[2:]),
+             in_shape=(B * N,) + tuple(in_shape[1:]), **params)
+    return ops.reshape(x, (B, N) + x.shape[1:]), 0
+
+
 P_IM2COL = primitive("im2col", _im2col_impl, _im2col_vjp, saves_inputs=False,
-                     examples=_conv_examples)
+                     examples=_conv_examples, batch=_im2col_batch)
 P_COL2IM = primitive("col2im", _col2im_impl, _col2im_vjp, saves_inputs=False,
-                     examples=_conv_examples)
+                     examples=_conv_examples, batch=_col2im_batch)
 
 
 def _window_max_impl(xp: Any, x: Any, *, axis: int) -> Any:
@@ -153,7 +173,12 @@ def _window_max_vjp(rec: Any, g: Tensor) -> tuple:
     return (ops.reshape(g, g.shape[:axis] + (1,) + g.shape[axis:]) * _wrap(mask, x._backend),)
 
 
-P_WINDOW_MAX = primitive("window_max", _window_max_impl, _window_max_vjp, examples=_pool_examples)
+def _window_max_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
+    return bind(P_WINDOW_MAX, _front(args[0], dims[0]), axis=axis + 1), 0
+
+
+P_WINDOW_MAX = primitive("window_max", _window_max_impl, _window_max_vjp, examples=_pool_examples,
+                         batch=_window_max_batch)
 
 
 def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,

@@ -86,10 +86,30 @@ def _log_softmax_examples(rng: np.random.Generator) -> list:
             (log_softmax, (rng.normal(size=(2, 3, 4)),), {"axis": 1})]
 
 
+def _to_front(t: Tensor, d: int | None, size: int) -> Tensor:
+    """Batching helper: the batch axis ``d`` of ``t`` moved to the front (broadcast there
+    when ``t`` is unbatched)."""
+    if d is None:
+        return ops.broadcast_to(ops.reshape(t, (1,) + t.shape), (size,) + t.shape)
+    return t if d == 0 else ops.moveaxis(t, d, 0)
+
+
+def _axis_batch(prim_name: str) -> Any:
+    # vmap rule for ops with one input and an ``axis`` parameter: shift the axis by one.
+    def rule(args: tuple, dims: tuple, *, axis: int) -> tuple:
+        from .._primitive import REGISTRY
+
+        x = _to_front(args[0], dims[0], 0)
+        return bind(REGISTRY[prim_name], x, axis=axis + 1), 0
+
+    return rule
+
+
 P_SOFTMAX = primitive("softmax", _softmax_impl, _softmax_vjp, saves_inputs=False,
-                      saves_output=True, examples=_softmax_examples)
+                      saves_output=True, examples=_softmax_examples, batch=_axis_batch("softmax"))
 P_LOG_SOFTMAX = primitive("log_softmax", _log_softmax_impl, _log_softmax_vjp, saves_inputs=False,
-                          saves_output=True, examples=_log_softmax_examples)
+                          saves_output=True, examples=_log_softmax_examples,
+                          batch=_axis_batch("log_softmax"))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -142,8 +162,14 @@ def _sce_examples(rng: np.random.Generator) -> list:
              {"reduction": "sum"})]
 
 
+def _sce_batch(args: tuple, dims: tuple) -> tuple:
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    logits, labels = (_to_front(a, d, size) for a, d in zip(args, dims))
+    return bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels), 0
+
+
 P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, _sce_vjp,
-                                    examples=_sce_examples)
+                                    examples=_sce_examples, batch=_sce_batch)
 
 
 def _as_labels(labels: Any, like: Tensor) -> Tensor:
