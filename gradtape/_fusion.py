@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["plan", "Run", "STATS", "MAX_RUN"]
+__all__ = ["plan", "Run", "Gathered", "STATS", "MAX_RUN"]
 
 MAX_RUN = 256  # members per run: bounds the generated program and its compile time
 STATS = {"runs": 0, "records": 0}  # fused kernel launches and the records they covered
@@ -129,24 +129,17 @@ class Run:
         self.shape = shape
         self.dtype = dtype
 
-    def __call__(self, g: Any, grads: dict, owned: set, reach: set, accumulate: Any) -> None:
-        """Run the kernel for upstream gradient ``g`` and add each external input's gradient
-        into ``grads`` through ``accumulate(iid, gi, shape, dtype, prim, fresh)``."""
+    def gather(self, g: Any, reach: set) -> Gathered | None:
+        """Collect what the kernel reads (deduplicated saved arrays, parameters) and where
+        each gradient goes, and the cache key of the kernel; None when no input needs one."""
         records = self.records
         shape, dtype = self.shape, self.dtype
         if isinstance(g, np.generic):
             g = np.asarray(g)
-        is_numpy = isinstance(g, np.ndarray)
-        if is_numpy:
-            xp = np
-        else:
-            from ._backend import backend_of
-
-            xp = backend_of(g).xp
         if g.dtype != dtype:
             g = g.astype(dtype)
         if g.shape != shape:
-            g = xp.broadcast_to(g, shape)
+            g = _xp_of(g).broadcast_to(g, shape)
         leaves: list = [g]
         leaf_index: dict[int, int] = {id(g): 0}
         params: list = []
@@ -201,15 +194,21 @@ class Run:
             parts.append((prim.name, values_t, y_leaf, targets_t))
             specs.append((prim, values_t, y_leaf, pslots, targets_t))
         if not out_ids:
-            return
+            return None
         leaf_dtypes = tuple([a.dtype for a in leaves])
         key = (dtype, tuple(parts), leaf_dtypes)
-        n_out = len(out_ids)
+        return Gathered(key, specs, leaves, leaf_dtypes, params, out_ids, out_info)
 
-        def build() -> _kernels.Graph:
-            kinds = tuple("b" if d.kind == "b" else "f" for d in leaf_dtypes)
-            return _kernels.backward_graph(specs, kinds, len(params), n_out)
-
+    def __call__(self, g: Any, grads: dict, owned: set, reach: set, accumulate: Any) -> None:
+        """Run the kernel for upstream gradient ``g`` and add each external input's gradient
+        into ``grads`` through ``accumulate(iid, gi, shape, dtype, prim, fresh)``: in place into
+        the buffers listed in ``owned``, else into fresh buffers (first contribution)."""
+        ga = self.gather(g, reach)
+        if ga is None:
+            return
+        shape, dtype = self.shape, self.dtype
+        leaves, out_ids = ga.leaves, ga.out_ids
+        is_numpy = isinstance(leaves[0], np.ndarray)
         acc = []
         outs: list = []
         for iid in out_ids:
@@ -223,20 +222,22 @@ class Run:
                 outs.append(None)
         acc_t = tuple(acc)
         if is_numpy:
-            prog = _kernels.numpy_program(key, build, acc_t)
+            prog = _kernels.numpy_program(ga.key, ga.graph, acc_t)
             alias = prog.alias
+            xp: Any = np
         else:
-            spec, kernel = _kernels.cupy_kernel(key, build, tuple(d.name for d in leaf_dtypes),
-                                                dtype.name, acc_t)
+            spec, kernel = _kernels.cupy_kernel(ga.key, ga.graph, ga.dtype_names(), dtype.name,
+                                                acc_t)
             alias = spec.alias
-        for k in range(n_out):
+            xp = _xp_of(leaves[0])
+        for k in range(len(out_ids)):
             if outs[k] is None and alias[k] is None:
                 outs[k] = xp.empty(shape, dtype)
         if is_numpy:
             ls = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in leaves]
-            _kernels.run_numpy(prog, ls, params, outs, shape, dtype)
+            _kernels.run_numpy(prog, ls, ga.params, outs, shape, dtype)
         else:
-            args = [leaves[i] for i in spec.leaves] + [params[i] for i in spec.params]
+            args = [leaves[i] for i in spec.leaves] + [ga.params[i] for i in spec.params]
             args += [outs[k] for k in spec.outputs]
             kernel(*args)
         STATS["runs"] += 1
@@ -244,8 +245,48 @@ class Run:
         for k, iid in enumerate(out_ids):
             if acc_t[k]:
                 continue
-            in_shape, in_dtype, prim = out_info[k]
+            in_shape, in_dtype, prim = ga.out_info[k]
             if alias[k] is not None:
                 accumulate(iid, leaves[alias[k]], in_shape, in_dtype, prim, False)
             else:
                 accumulate(iid, outs[k], in_shape, in_dtype, prim, True)
+
+
+class Gathered:
+    """What one execution of a run reads and writes.
+
+    Attributes:
+        key: the kernel cache key (op sequence, saved-array wiring, dtypes, targets).
+        leaves: arrays the kernel may read; ``leaves[0]`` is the upstream gradient.
+        params: scalar parameters (leaky_relu's slope, ...).
+        out_ids: tape ids of the run's inputs that receive a gradient, one per output.
+        out_info: ``(input shape, input dtype, primitive)`` per output, for the engine.
+    """
+
+    __slots__ = ("key", "specs", "leaves", "leaf_dtypes", "params", "out_ids", "out_info")
+
+    def __init__(self, key: tuple, specs: list, leaves: list, leaf_dtypes: tuple, params: list,
+                 out_ids: list, out_info: list) -> None:
+        self.key = key
+        self.specs = specs
+        self.leaves = leaves
+        self.leaf_dtypes = leaf_dtypes
+        self.params = params
+        self.out_ids = out_ids
+        self.out_info = out_info
+
+    def graph(self) -> _kernels.Graph:
+        """The backward DAG (built only on a kernel-cache miss)."""
+        kinds = tuple("b" if d.kind == "b" else "f" for d in self.leaf_dtypes)
+        return _kernels.backward_graph(self.specs, kinds, len(self.params), len(self.out_ids))
+
+    def dtype_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.leaf_dtypes)
+
+
+def _xp_of(a: Any) -> Any:
+    if isinstance(a, (np.ndarray, np.generic)):
+        return np
+    from ._backend import backend_of
+
+    return backend_of(a).xp
