@@ -29,7 +29,7 @@ class _CustomCall:
     """
 
     __slots__ = ("name", "grad", "arg_names", "n_args", "variables", "out_shapes", "out_dtypes",
-                 "backend", "multi")
+                 "backend", "multi", "__weakref__")
 
     derivatives = None
     saves_inputs = False
