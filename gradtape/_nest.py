@@ -27,7 +27,9 @@ def flatten(structure: Any) -> tuple[list[Any], Any]:
         leaves.append(node)
         return None
 
-    return leaves, walk(structure)
+    spec = walk(structure)
+    del walk  # break the walk <-> closure-cell cycle: the leaves are freed without the GC
+    return leaves, spec
 
 
 def unflatten(spec: Any, leaves: list[Any]) -> Any:
@@ -47,4 +49,6 @@ def unflatten(spec: Any, leaves: list[Any]) -> Any:
             return typ(*values)
         return typ(values)
 
-    return build(spec)
+    result = build(spec)
+    del build  # break the build <-> closure-cell cycle (it holds the leaves)
+    return result
