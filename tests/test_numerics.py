@@ -1,0 +1,118 @@
+"""gt.config.check_numerics: the first op whose forward or backward produces NaN/inf raises
+FloatingPointError naming the primitive, the shapes and the user's file:line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+THIS_FILE = os.path.basename(__file__)
+
+
+@pytest.fixture
+def numerics():
+    old = gt.config.check_numerics
+    gt.config.check_numerics = True
+    try:
+        with np.errstate(all="ignore"):
+            yield
+    finally:
+        gt.config.check_numerics = old
+
+
+def _line_of(marker: str) -> int:
+    with open(__file__) as fh:
+        for n, line in enumerate(fh, 1):
+            if marker in line and "_line_of" not in line:
+                return n
+    raise AssertionError(marker)
+
+
+def test_off_by_default_gives_nan_silently():
+    assert gt.config.check_numerics is False
+    with np.errstate(all="ignore"):
+        y = gt.log(gt.tensor([-1.0, 1.0]))
+    assert np.isnan(y.numpy()[0])
+
+
+def test_forward_nan_names_primitive_shapes_and_line(numerics):
+    x = gt.tensor([[1.0, -1.0, 2.0]])
+    with pytest.raises(FloatingPointError) as info:
+        gt.log(x)  # MARK-forward
+    msg = str(info.value)
+    assert "forward of 'log'" in msg and "(1, 3)" in msg
+    assert f"{THIS_FILE}:{_line_of('MARK-forward')}" in msg
+
+
+def test_forward_checked_without_any_tape(numerics):
+    with pytest.raises(FloatingPointError, match="'div'"):
+        gt.tensor([1.0]) / gt.tensor([0.0])
+
+
+def test_backward_inf_names_primitive_and_recording_line(numerics):
+    x = gt.tensor([0.0, 4.0])
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = gt.sqrt(x)  # MARK-backward: finite forward, sqrt'(0) = inf
+        s = gt.sum(y)
+    with pytest.raises(FloatingPointError) as info:
+        tape.gradient(s, x)
+    msg = str(info.value)
+    assert "backward of 'sqrt'" in msg and "(2,)" in msg
+    assert f"{THIS_FILE}:{_line_of('MARK-backward')}" in msg
+
+
+def test_zero_upstream_gradient_through_infinite_derivative_is_fine(numerics):
+    x = gt.tensor([0.0, 4.0])
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = gt.sqrt(x)
+    g = tape.gradient(y, x, output_gradients=gt.tensor([0.0, 1.0]))
+    np.testing.assert_allclose(g.numpy(), [0.0, 0.25])
+
+
+def test_backward_inside_outer_tape_checked(numerics):
+    x = gt.tensor([0.0, 4.0])
+    with gt.GradientTape() as outer:
+        outer.watch(x)
+        with gt.GradientTape() as inner:
+            inner.watch(x)
+            s = gt.sum(gt.sqrt(x))
+        with pytest.raises(FloatingPointError) as info:
+            inner.gradient(s, x)  # MARK-diff: the recorded backward's ops are checked too
+    assert f"{THIS_FILE}:{_line_of('MARK-diff')}" in str(info.value)
+
+
+def test_custom_gradient_forward_checked(numerics):
+    @gt.custom_gradient
+    def bad(x):
+        def grad(dy):
+            return dy
+
+        return x * np.inf, grad
+
+    with pytest.raises(FloatingPointError, match="mul"):
+        bad(gt.tensor([1.0]))
+
+
+def test_setting_restored_and_fast_path_back():
+    from gradtape._config import HOOKS
+
+    assert gt.config.check_numerics is False
+    assert HOOKS.on is False
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("", False)])
+def test_environment_variable(value, expected):
+    env = dict(os.environ, GRADTAPE_CHECK_NUMERICS=value)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", "import gradtape as gt; print(gt.config.check_numerics)"],
+                         env=env, capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == str(expected)
