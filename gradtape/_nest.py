@@ -17,38 +17,35 @@ def flatten(structure: Any) -> tuple[list[Any], Any]:
         [1, 3, 2]
     """
     leaves: list[Any] = []
+    return leaves, _walk(structure, leaves)
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            keys = sorted(node)
-            return (dict, type(node), keys, [walk(node[k]) for k in keys])
-        if isinstance(node, (list, tuple)):
-            return (list, type(node), None, [walk(v) for v in node])
-        leaves.append(node)
-        return None
 
-    spec = walk(structure)
-    del walk  # break the walk <-> closure-cell cycle: the leaves are freed without the GC
-    return leaves, spec
+def _walk(node: Any, leaves: list) -> Any:
+    # module-level, not a recursive closure: a closure that calls itself is a reference cycle
+    # that would keep the leaves (tensors) alive until the garbage collector runs
+    if isinstance(node, dict):
+        keys = sorted(node)
+        return (dict, type(node), keys, [_walk(node[k], leaves) for k in keys])
+    if isinstance(node, (list, tuple)):
+        return (list, type(node), None, [_walk(v, leaves) for v in node])
+    leaves.append(node)
+    return None
 
 
 def unflatten(spec: Any, leaves: list[Any]) -> Any:
     """Rebuild a structure from :func:`flatten`'s spec and a list of new leaves."""
-    it = iter(leaves)
+    return _build(spec, iter(leaves))
 
-    def build(node: Any) -> Any:
-        if node is None:
-            return next(it)
-        kind, typ, keys, children = node
-        if kind is dict:
-            return typ((k, build(c)) for k, c in zip(keys, children))
-        values = [build(c) for c in children]
-        if typ is list:
-            return values
-        if hasattr(typ, "_fields"):  # namedtuple
-            return typ(*values)
-        return typ(values)
 
-    result = build(spec)
-    del build  # break the build <-> closure-cell cycle (it holds the leaves)
-    return result
+def _build(node: Any, it: Any) -> Any:
+    if node is None:
+        return next(it)
+    kind, typ, keys, children = node
+    if kind is dict:
+        return typ((k, _build(c, it)) for k, c in zip(keys, children))
+    values = [_build(c, it) for c in children]
+    if typ is list:
+        return values
+    if hasattr(typ, "_fields"):  # namedtuple
+        return typ(*values)
+    return typ(values)

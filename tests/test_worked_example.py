@@ -25,7 +25,7 @@ def _forward(w, x, b, y):
 def test_forward_values(backend):
     x, y = gt.tensor(-2.0), gt.tensor(2.0)
     w, b = gt.Variable(2.0, name="w"), gt.Variable(8.0, name="b")
-    with gt.GradientTape(persistent=True) as tape:
+    with gt.GradientTape(persistent=True):
         c, a, d, J = _forward(w, x, b, y)
     assert [float(t) for t in (c, a, d, J)] == [-4.0, 4.0, 2.0, 2.0]
 
