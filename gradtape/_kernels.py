@@ -474,7 +474,7 @@ class NumpyProgram:
 
     __slots__ = ("fn", "source", "n_float", "n_bool", "leaves", "params", "outputs", "alias")
 
-    def __init__(self, graph: Graph, acc: tuple[bool, ...]) -> None:
+    def __init__(self, graph: Graph, acc: tuple[bool, ...], dtype: Any = None) -> None:
         from ._backend import NUMPY
 
         order, uses = _schedule(graph)
@@ -494,6 +494,7 @@ class NumpyProgram:
             if direct.get(root) != k:
                 remaining[root] = remaining.get(root, 0) + 1
         where: dict[int, str] = {}  # node -> the name holding its value
+        consts: dict[float, str] = {}  # typed 0-d arrays: a ufunc converts a Python float slower
         free: dict[str, list[str]] = {"f": [], "b": []}
         count = {"f": 0, "b": 0}
         lines: list[str] = []
@@ -505,7 +506,12 @@ class NumpyProgram:
             if node[0] == "param":
                 return f"p{node[1]}"
             if node[0] == "const":
-                return repr(node[1])
+                if dtype is None:
+                    return repr(node[1])
+                name = consts.get(node[1])
+                if name is None:
+                    name = consts[node[1]] = f"_k{len(consts)}"
+                return name
             return where[n]
 
         def alloc(kind: str) -> str:
@@ -552,6 +558,9 @@ class NumpyProgram:
         ns: dict[str, Any] = {f"_{v}": getattr(np, v) for v in set(_NP_UFUNC.values())}
         ns.update(_copyto=np.copyto, _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt,
                   _true_divide=np.true_divide, _tanh=np.tanh, _multiply=np.multiply)
+        ns.update({name: np.array(v, dtype) for v, name in consts.items()})
+        ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0,
+                  _half=np.array(0.5, dtype) if dtype is not None else 0.5)
         exec(compile(self.source, "<gradtape backward>", "exec"), ns)  # noqa: S102 - generated
         self.fn = ns["_block"]
 
@@ -564,10 +573,10 @@ def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
     if op == "float":
         return [f"_copyto({dest}, {ins[0]})"]
     if op == "rsqrt":
-        return [f"_sqrt({ins[0]}, out={dest})", f"_true_divide(1.0, {dest}, out={dest})"]
+        return [f"_sqrt({ins[0]}, out={dest})", f"_true_divide(_one, {dest}, out={dest})"]
     if op == "sigmoid":  # overflow-free logistic: (tanh(v / 2) + 1) / 2
-        return [f"_multiply({ins[0]}, 0.5, out={dest})", f"_tanh({dest}, out={dest})",
-                f"_multiply({dest}, 0.5, out={dest})", f"_add({dest}, 0.5, out={dest})"]
+        return [f"_multiply({ins[0]}, _half, out={dest})", f"_tanh({dest}, out={dest})",
+                f"_multiply({dest}, _half, out={dest})", f"_add({dest}, _half, out={dest})"]
     if op == "erf":
         return [f"_erf({ins[0]}, out={dest})"]
     return [f"_{_NP_UFUNC[op]}({', '.join(ins)}, out={dest})"]
@@ -576,12 +585,14 @@ def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
 _numpy_programs: dict[tuple, NumpyProgram] = {}
 
 
-def numpy_program(key: tuple, build: Callable[[], Graph], acc: tuple[bool, ...]) -> NumpyProgram:
-    """The cached :class:`NumpyProgram` for ``key`` (``build()`` makes its graph on a miss)."""
+def numpy_program(key: tuple, build: Callable[[], Graph], acc: tuple[bool, ...],
+                  dtype: Any = None) -> NumpyProgram:
+    """The cached :class:`NumpyProgram` for ``key`` (``build()`` makes its graph on a miss);
+    ``dtype`` types its constants (part of ``key``)."""
     k = (key, acc)
     prog = _numpy_programs.get(k)
     if prog is None:
-        prog = _numpy_programs[k] = NumpyProgram(build(), acc)
+        prog = _numpy_programs[k] = NumpyProgram(build(), acc, dtype)
     return prog
 
 
@@ -607,14 +618,17 @@ def run_numpy(prog: NumpyProgram, leaves: list, params: list, outs: list, shape:
     """
     fn = prog.fn
     ls = [leaves[i] for i in prog.leaves]
-    ps = [params[i] for i in prog.params]
     os_ = [outs[k] for k in prog.outputs]
-    n = math.prod(shape)
-    if n <= BLOCK or not shape:
-        scratch = [np.empty(shape, dtype) for _ in range(prog.n_float)]
-        scratch += [np.empty(shape, np.bool_) for _ in range(prog.n_bool)]
-        fn(*ls, *ps, *os_, *scratch)
+    ps = [params[i] for i in prog.params] if prog.params else []
+    if not shape or math.prod(shape) <= BLOCK:  # one call, minimal overhead
+        empty = np.empty
+        for _ in range(prog.n_float):
+            os_.append(empty(shape, dtype))
+        for _ in range(prog.n_bool):
+            os_.append(empty(shape, np.bool_))
+        fn(*ls, *ps, *os_)
         return
+    n = math.prod(shape)
     flat = True
     fl: list = []
     for a in (*ls, *os_):
