@@ -138,6 +138,10 @@ def machine_info() -> dict[str, Any]:
     except Exception:
         pass
     info["threads"] = threads
+    try:
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
     return info
 
 
@@ -260,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {info['date']}  {info['cpu']} x{info['cores']}  python {info['python']}  "
           f"gpu: {info['gpu']}")
     print("# " + "  ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    load1 = info.get("loadavg_at_start", (0.0,))[0]
+    if load1 > 0.5:
+        print(f"# WARNING: load average {load1:.2f} at start: other processes share the cores, "
+              "expect slower and noisier figures (PyTorch's threads suffer most)")
     missing = [k for k, v in info["versions"].items() if not v]
     if missing:
         print("# not importable (skipped): " + ", ".join(missing))
@@ -367,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         "grad_max_rel_err_vs_numpy": errors,
         "targets": tg,
     }
+    try:
+        info["loadavg_at_end"] = os.getloadavg()
+    except OSError:
+        pass
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"\nwrote {args.json}")
     return 0
