@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-r", "--repeats", type=int, default=5, help="interleaved repeats (default 5)")
     p.add_argument("--block", type=float, default=0.15,
                    help="seconds per timed block (default 0.15)")
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="idle seconds before each timed block, so the previous framework's "
+                        "spinning worker threads go to sleep (default 0.3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per cell (default 2)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU rows")
     p.add_argument("--json", type=Path, default=HERE / "results.json",
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif ref is not None:
                     errors.setdefault(spec.key, {})[fw] = check_grads(got, ref)
             del first
+            time.sleep(args.settle)
             cells[(spec.key, fw)] = (cell, calibrate(cell, args.block, args.warmup))
             gc.collect()
     for key, fws in skipped.items():
@@ -319,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         k = rep % max(1, len(order))
         for key, fw in order[k:] + order[:k]:
             cell, n = cells[(key, fw)]
+            if args.settle > 0:
+                time.sleep(args.settle)
             times.setdefault(key, {}).setdefault(fw, []).append(time_block(cell, n))
         print(f"  repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t_start:.0f} s)",
               file=sys.stderr)
@@ -366,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "machine": info,
-        "settings": {"repeats": args.repeats, "block_s": args.block, "warmup": args.warmup},
+        "settings": {"repeats": args.repeats, "block_s": args.block, "warmup": args.warmup,
+                     "settle_s": args.settle},
         "rows": {s.key: {"title": s.title, "unit": s.unit, "per": s.per} for s in rows},
         "median": med,
         "repeats_s": times,
