@@ -69,6 +69,7 @@ def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
     # later on the tape, so they are seen first): the sink of the one run all readers belong
     # to, with the run's shape and dtype at every read, or -1.
     tag: dict[int, int] = {}
+    tag_get, tag_set = tag.get, tag.setdefault
     groups: dict[int, list[int]] = {}
     shape_of: dict[int, tuple] = {}
     dtype_of: dict[int, Any] = {}
@@ -77,31 +78,31 @@ def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
         o = rec.out_id
         if o not in reach:
             continue
+        in_ids = rec.in_ids
         if rec.prim.derivatives is None or rec.extra_outs is not None:
-            for iid in rec.in_ids:
+            for iid in in_ids:
                 if iid:
                     tag[iid] = -1
             continue
-        sink = tag.get(o, -1)
+        sink = tag_get(o, -1)
         if sink >= 0 and o not in keep and len(groups[sink]) < MAX_RUN:
             groups[sink].append(idx)
+            shape, dtype = shape_of[sink], dtype_of[sink]
         else:
             dtype = _out_dtype(rec)
             if dtype.kind != "f":
-                for iid in rec.in_ids:
+                for iid in in_ids:
                     if iid:
                         tag[iid] = -1
                 continue
             sink = idx
             groups[idx] = [idx]
-            shape_of[idx] = _out_shape(rec)
+            shape = shape_of[idx] = _out_shape(rec)
             dtype_of[idx] = dtype
-        shape, dtype = shape_of[sink], dtype_of[sink]
-        for slot, iid in enumerate(rec.in_ids):
+        in_shapes, in_dtypes = rec.in_shapes, rec.in_dtypes
+        for slot, iid in enumerate(in_ids):
             if iid:
-                if rec.in_shapes[slot] != shape or rec.in_dtypes[slot] != dtype:
-                    tag[iid] = -1
-                elif tag.setdefault(iid, sink) != sink:
+                if in_shapes[slot] != shape or in_dtypes[slot] != dtype or tag_set(iid, sink) != sink:
                     tag[iid] = -1
     # Small arrays: a kernel costs ~8 us of Python per run against ~4.5 us per record on the
     # plain array-VJP route, so short runs stay there (measured on 16-element arrays).

@@ -9,7 +9,12 @@ the calls in :data:`FUNCTIONS` (``where(c, a, b)`` included). A string is parsed
 * :func:`array_vjp` - a Python function on backend arrays computing ``gy * d``, the unfused
   first-order route;
 * :func:`tensor_vjp` - the same expression evaluated with gradtape ops, used whenever the
-  backward pass is itself recorded (higher order) so that it stays differentiable.
+  backward pass is itself recorded (higher order) so that it stays differentiable;
+* :func:`backward_graph` - the backward of one record or of a fused run of them as a DAG,
+  rendered by :class:`NumpyProgram` (straight-line ufunc calls with ``out=`` into reused
+  scratch buffers, run block by block by :func:`run_numpy`) and by :func:`render_cuda` (the
+  body of a CuPy ``ElementwiseKernel`` doing ``gx += gy * d`` in place, built and cached by
+  :func:`cupy_kernel`). :mod:`gradtape._fusion` decides what runs fused.
 
 "0 times anything is 0": when a primitive is declared ``safe``, the product ``gy * d`` is
 taken as 0 wherever ``gy`` is 0 even if ``d`` is infinite, so a zero upstream gradient never
@@ -28,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Expr", "parse", "FUNCTIONS", "array_vjp", "tensor_vjp", "ExpressionError"]
+__all__ = ["Expr", "parse", "FUNCTIONS", "array_vjp", "tensor_vjp", "ExpressionError", "Graph",
+           "backward_graph", "NumpyProgram", "numpy_program", "run_numpy", "CudaKernel",
+           "render_cuda", "cupy_kernel", "kernels_dir", "cuda_preamble"]
 
 
 class ExpressionError(ValueError):

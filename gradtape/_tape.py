@@ -737,8 +737,10 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
             grads[iid] = gi
             if fresh:
                 owned.add(iid)
+            else:
+                owned.discard(iid)
         elif iid in owned and type(prev) is type(gi) and prev.shape == gi.shape:
-            prev += gi
+            prev += gi  # owned: an array, allocated by this pass, referenced nowhere else
         elif fresh and type(prev) is type(gi) and prev.shape == gi.shape:
             gi += prev
             grads[iid] = gi
@@ -746,7 +748,9 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
         else:
             gi = prev + gi
             grads[iid] = gi
-            if not isinstance(gi, np.generic):
+            if isinstance(gi, np.generic):  # 0-d sums come back as immutable scalars
+                owned.discard(iid)
+            else:
                 owned.add(iid)
 
     fused = None

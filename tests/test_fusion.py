@@ -147,6 +147,30 @@ def test_random_dags_fused_equals_unfused(backend, seed, dtype):
     assert_fused_matches(random_dag(seed), [x, b], [0, 1], dtype)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_dags_on_scalars(backend, seed):
+    """0-d gradients come back from NumPy as immutable scalars: accumulation must not try to
+    add into them in place (a regression: contributions were lost)."""
+    rng = np.random.default_rng(200 + seed)
+    x, b = rng.uniform(-1, 1), rng.uniform(0.5, 1.5)
+    assert_fused_matches(random_dag(seed, n_ops=14), [np.float64(x), np.float64(b)], [0, 1],
+                         "float64", expect_fused=False)
+
+
+def test_mixed_partials_on_scalars():
+    want = np.cos(0.3 * -1.2) - 0.3 * -1.2 * np.sin(0.3 * -1.2) + 2 * 0.3
+    for on in (True, False):
+        with fusion(on):
+            x, y = gt.tensor(np.float64(0.3)), gt.tensor(np.float64(-1.2))
+            with gt.GradientTape() as outer:
+                outer.watch([x, y])
+                with gt.GradientTape() as inner:
+                    inner.watch([x, y])
+                    f = gt.sin(x * y) + x * x * y
+                gy = inner.gradient(f, y)
+            np.testing.assert_allclose(float(outer.gradient(gy, x)), want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_dags_with_non_contiguous_inputs(backend, seed):
     rng = np.random.default_rng(seed)
