@@ -908,14 +908,15 @@ def specs(device: str = "cpu") -> list[Spec]:
              ("gradtape", "gradtape[nofusion]") + all_fw[1:], per=OVERHEAD_OPS, unit="us/op"),
         Spec("fused", "8-op chain on 2^22 float32, fwd+bwd",
              lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "fwd+bwd", fu)),
-             ("gradtape", "gradtape[nofusion]") + all_fw[1:]),
+             ("gradtape", "gradtape[nofusion]") + all_fw[1:] + ("torch[1t]",)),
         Spec("fused_bwd", "8-op chain on 2^22 float32, backward only",
              lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "bwd", fu)),
-             ("gradtape", "gradtape[nofusion]", "numpy", "torch", "tf")),
+             ("gradtape", "gradtape[nofusion]", "numpy", "torch", "tf", "torch[1t]")),
         Spec("copy", "NumPy copy of 2^22 float32 (bandwidth reference)", lambda fw: build_copy(),
              ("numpy",)),
         Spec("mlp_large", "MLP 784-512-512-10 tanh, batch 256, fwd+bwd",
-             lambda fw: build_mlp(fw, **MLP_LARGE), all_fw),
+             lambda fw: _fw_variant(fw, lambda f, fu: build_mlp(f, fusion=fu, **MLP_LARGE)),
+             all_fw + ("torch[1t]",)),
         Spec("mlp_small", "MLP 32-64-64-10 tanh, batch 16, fwd+bwd",
              lambda fw: build_mlp(fw, **MLP_SMALL), all_fw),
         Spec("adam_small", "train step MLP 32-64-64-10, batch 16, Adam",
@@ -934,4 +935,26 @@ def _fw_variant(fw: str, build: Callable[[str, bool | None], Cell]) -> Cell:
         return build("gradtape", True)
     if fw == "gradtape[nofusion]":
         return build("gradtape", False)
+    if fw == "torch[1t]":
+        return torch_one_thread(build("torch", None))
     return build(fw, None)
+
+
+def torch_one_thread(cell: Cell) -> Cell:
+    """The same PyTorch cell run with ``torch.set_num_threads(1)`` (restored after each block):
+    on 2 shared cores PyTorch's 2-thread OpenMP ops stall whenever the other core is busy."""
+    torch = load("torch")
+    saved: list[int] = []
+    enter0, exit0 = cell.enter, cell.exit
+
+    def enter() -> None:
+        saved.append(torch.get_num_threads())
+        torch.set_num_threads(1)
+        enter0()
+
+    def exit_() -> None:
+        exit0()
+        torch.set_num_threads(saved.pop())
+
+    cell.enter, cell.exit = enter, exit_
+    return cell

@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # table
     cols = [f for f in all_fw if any(f in med.get(s.key, {}) for s in rows)]
-    first_col = ["gradtape", "gradtape[nofusion]", "numpy", "cupy", "torch", "jax", "tf",
-                 "autograd"]
+    first_col = ["gradtape", "gradtape[nofusion]", "numpy", "cupy", "torch", "torch[1t]", "jax",
+                 "tf", "autograd"]
     cols.sort(key=lambda f: first_col.index(f) if f in first_col else 99)
     head = f"{'workload':16s} {'unit':6s}" + "".join(f"{c:>20s}" for c in cols)
     print()
