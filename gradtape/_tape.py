@@ -56,10 +56,17 @@ def _hooks_add(n: int) -> None:
         HOOKS.refresh()
 
 
+def _internal_frame(frame: Any) -> bool:
+    name = frame.f_code.co_filename
+    if name.startswith("<"):  # code gradtape generated with eval/exec: no module globals
+        return "__name__" not in frame.f_globals
+    return os.path.abspath(name).startswith(_PKG_DIR)
+
+
 def user_line() -> str:
     """``file:line`` of the innermost stack frame outside the gradtape package."""
     frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PKG_DIR):
+    while frame is not None and _internal_frame(frame):
         frame = frame.f_back
     if frame is None:
         return "<unknown>"
@@ -74,23 +81,44 @@ class Record:
 
     def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
                  needs: tuple[bool, ...]) -> None:
+        # The hot path of recording: kept flat, with a branch for the common one-input op.
         self.prim = prim
-        if prim.derivatives is not None:  # elementwise: keep only what d reads
-            saves = prim.saved_names(needs)
-            n = len(args)
-            self.inputs = tuple(a if s else None for a, s in zip(args, saves))
-            self.output = out if saves[n] else None
-        else:
-            self.inputs = args if prim.saves_inputs else (None,) * len(args)
-            self.output = out if prim.saves_output else None
-        self.in_ids = tuple(a._id if need else 0 for a, need in zip(args, needs))
-        self.in_shapes = tuple(a.data.shape for a in args)
-        self.in_dtypes = tuple(a.data.dtype for a in args)
         self.params = params
         self.needs = needs
         self.out_id = out._id
         self.extra_outs = None
         self.where = user_line() if HOOKS.numerics else None
+        if len(args) == 1:
+            a = args[0]
+            data = a.data
+            self.in_ids = (a._id,)
+            self.in_shapes = (data.shape,)
+            self.in_dtypes = (data.dtype,)
+            if prim.derivatives is not None:  # elementwise: keep only what d reads
+                saves = prim._saves.get(needs) or prim.saved_names(needs)
+                keep = saves[0]
+                self.output = out if saves[1] else None
+            else:
+                keep = prim.saves_inputs
+                self.output = out if prim.saves_output else None
+            if not keep:
+                self.inputs = _NONE1
+            elif a._is_variable:  # copy-on-write view: a later assign() must not change the VJP
+                self.inputs = (a._snapshot(),)
+            else:
+                self.inputs = args
+            return
+        self.in_ids = tuple([a._id if need else 0 for a, need in zip(args, needs)])
+        self.in_shapes = tuple([a.data.shape for a in args])
+        self.in_dtypes = tuple([a.data.dtype for a in args])
+        if prim.derivatives is not None:
+            saves = prim._saves.get(needs) or prim.saved_names(needs)
+            self.output = out if saves[-1] else None
+        else:
+            saves = (prim.saves_inputs,) * len(args)
+            self.output = out if prim.saves_output else None
+        self.inputs = tuple([None if not keep else (a._snapshot() if a._is_variable else a)
+                             for a, keep in zip(args, saves)])
 
     def release(self) -> None:
         """Drop the saved arrays (a non-persistent tape, once the VJP has run)."""
@@ -105,6 +133,42 @@ class Record:
 
 def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
     """Called by ``bind`` when hooks are on: numerics check, variable watchers, recording."""
+    st = STATE
+    if HOOKS.numerics or st.watchers or st.paused:
+        _record_op_general(prim, args, out, params)
+        return
+    for tape in st.recording:
+        tracked = tape._tracked
+        if len(args) == 1:  # fast path: one input
+            a = args[0]
+            if a._id not in tracked:
+                if not (a._is_variable and tape._watch_accessed and a.trainable):
+                    continue
+                tape._watch_variable(a)
+            needs = _TRUE1
+        else:
+            if tape._watch_accessed:
+                for a in args:
+                    if a._is_variable and a.trainable and a._id not in tracked:
+                        tape._watch_variable(a)
+            needs = tuple([a._id in tracked for a in args])
+            if True not in needs:
+                continue
+        if prim.nondiff or out.data.dtype.kind not in "fc":
+            tape._cut(args, needs, f"on the way to the target it went through "
+                      f"'{prim.name}', whose output ({out.data.dtype}) carries no gradient")
+            continue
+        if not out._id:
+            out._id = _next_id()
+        tape._records.append(Record(prim, args, out, params, needs))
+        tracked.add(out._id)
+
+
+_TRUE1 = (True,)
+_NONE1 = (None,)
+
+
+def _record_op_general(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
     if HOOKS.numerics:
         _check_finite(prim, args, out.data, "forward")
     st = STATE
@@ -149,11 +213,14 @@ def note_cut(t: Tensor, reason: str) -> None:
 def _check_finite(prim: Any, args: tuple, array: Any, phase: str, where: str | None = None) -> None:
     xp = args[0]._backend.xp if args and isinstance(args[0], Tensor) else np
     if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
-        shapes = ", ".join(str(getattr(a, "shape", ())) for a in args)
+        if args:
+            shapes = ", ".join(str(getattr(a, "shape", ())) for a in args)
+            what = f"input shapes {shapes}; output shape {array.shape}"
+        else:  # the backward passes one input gradient
+            what = f"an input gradient of shape {array.shape}"
         raise FloatingPointError(
             f"check_numerics: the {phase} of '{prim.name}' produced NaN or inf "
-            f"(input shapes {shapes}; output shape {array.shape}), recorded at "
-            f"{where or user_line()}")
+            f"({what}), recorded at {where or user_line()}")
 
 
 # --------------------------------------------------------------------------- the tape
@@ -684,8 +751,11 @@ def _vjp_arrays(rec: Record, g: Any) -> tuple:
         from ._primitive import MissingRuleError
 
         raise MissingRuleError(f"primitive '{prim.name}' has no VJP rule; it cannot be differentiated")
-    backend = _backend_of_array(g)
-    res = prim.vjp(rec, _wrap(g, backend))
+    if isinstance(g, tuple):  # a multi-output record (Record.extra_outs): None entries stay
+        gw: Any = tuple(None if a is None else _wrap(a, _backend_of_array(a)) for a in g)
+    else:
+        gw = _wrap(g, _backend_of_array(g))
+    res = prim.vjp(rec, gw)
     return tuple(None if r is None else (r.data if isinstance(r, Tensor) else r) for r in res)
 
 

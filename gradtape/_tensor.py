@@ -343,6 +343,7 @@ class Variable(Tensor):
         copies the old values into every live snapshot (copy-on-write), so a VJP sees the value
         its op read. No copy at all when no saved snapshot is alive at the write."""
         t = _wrap(self.data, self._backend)
+        t._id = self._id  # the same node for every tape: higher order still reaches the Variable
         snaps = self._snapshots
         if snaps is None:
             snaps = self._snapshots = []
