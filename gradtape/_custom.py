@@ -15,7 +15,7 @@ from typing import Any
 
 from . import _nest
 from ._config import HOOKS
-from ._tape import STATE, Record, _check_finite, _hooks_add
+from ._tape import STATE, Record, RecordX, _check_finite, _hooks_add
 from ._tensor import Tensor, _next_id, _wrap
 
 __all__ = ["custom_gradient"]
@@ -171,8 +171,8 @@ def custom_gradient(f: Callable) -> Callable:
             result = f(*args, **kwargs)
         finally:
             st.watchers.remove(watcher)
-            _hooks_add(-1)
             st.recording = saved
+            _hooks_add(-1)
         if not isinstance(result, (tuple, list)) or len(result) != 2 or not callable(result[1]):
             raise TypeError(f"custom_gradient {fname}: the function must return (y, grad) with "
                             f"grad callable, got {_describe(result)}")
@@ -231,7 +231,7 @@ def custom_gradient(f: Callable) -> Callable:
                                        multi=len(outs) > 1)
                     for o in outs:
                         o._id = _next_id()
-                rec = Record(prim, all_in, outs[0], {}, needs)
+                rec = RecordX(prim, all_in, outs[0], {}, needs)
                 if len(outs) > 1:
                     rec.extra_outs = tuple(o._id for o in outs[1:])
                 tape._records.append(rec)

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN"]
+__all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN"]
 
 MAX_RUN = 256  # members per run: bounds the generated program and its compile time
 MIN_SMALL_RUN = 3  # fewest members worth a kernel when the run fits in one block
@@ -53,7 +53,7 @@ def _out_dtype(rec: Any) -> Any:
     return d0
 
 
-def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
+def plan(records: list, reach: set, keep: set) -> Plan | None:
     """Group the elementwise records of a reverse pass into runs.
 
     Args:
@@ -62,8 +62,10 @@ def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
         keep: ids whose gradient must be materialized (sources, targets with a seed).
 
     Returns:
-        ``{sink record index: Run}``, or None when no record is elementwise. Members other
-        than the sink receive no gradient of their own, so the engine skips them.
+        a :class:`Plan` (``runs``: ``{sink record index: Run}``; ``visit``: the record indices
+        the reverse pass must still visit, in reverse order), or None when no run forms.
+        Members other than the sink receive no gradient of their own, so the engine skips
+        them.
     """
     # One reverse sweep. tag[id] says who reads an id, as seen so far (all its readers come
     # later on the tape, so they are seen first): the sink of the one run all readers belong
@@ -73,6 +75,8 @@ def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
     groups: dict[int, list[int]] = {}
     shape_of: dict[int, tuple] = {}
     dtype_of: dict[int, Any] = {}
+    visit: list[int] = []
+    joined = 0
     for idx in range(len(records) - 1, -1, -1):
         rec = records[idx]
         o = rec.out_id
@@ -80,36 +84,71 @@ def plan(records: list, reach: set, keep: set) -> dict[int, Run] | None:
             continue
         in_ids = rec.in_ids
         if rec.prim.derivatives is None or rec.extra_outs is not None:
+            visit.append(idx)
             for iid in in_ids:
                 if iid:
                     tag[iid] = -1
             continue
         sink = tag_get(o, -1)
-        if sink >= 0 and o not in keep and len(groups[sink]) < MAX_RUN:
-            groups[sink].append(idx)
-            shape, dtype = shape_of[sink], dtype_of[sink]
-        else:
-            dtype = _out_dtype(rec)
-            if dtype.kind != "f":
-                for iid in in_ids:
-                    if iid:
+        if sink >= 0 and o not in keep:
+            group = groups[sink]
+            if len(group) < MAX_RUN:
+                group.append(idx)
+                joined += 1
+                shape, dtype = shape_of[sink], dtype_of[sink]
+                if len(in_ids) == 1:  # the common one-input member, kept flat
+                    iid = in_ids[0]
+                    if iid and (rec.in_shapes[0] != shape or rec.in_dtypes[0] != dtype
+                                or tag_set(iid, sink) != sink):
                         tag[iid] = -1
+                    continue
+                _tag_inputs(rec, in_ids, sink, shape, dtype, tag, tag_set)
                 continue
-            sink = idx
-            groups[idx] = [idx]
-            shape = shape_of[idx] = _out_shape(rec)
-            dtype_of[idx] = dtype
-        in_shapes, in_dtypes = rec.in_shapes, rec.in_dtypes
-        for slot, iid in enumerate(in_ids):
-            if iid:
-                if in_shapes[slot] != shape or in_dtypes[slot] != dtype or tag_set(iid, sink) != sink:
+        visit.append(idx)
+        dtype = _out_dtype(rec)
+        if dtype.kind != "f":
+            for iid in in_ids:
+                if iid:
                     tag[iid] = -1
+            continue
+        groups[idx] = [idx]
+        shape = shape_of[idx] = _out_shape(rec)
+        dtype_of[idx] = dtype
+        _tag_inputs(rec, in_ids, idx, shape, dtype, tag, tag_set)
     # Small arrays: a kernel costs ~8 us of Python per run against ~4.5 us per record on the
     # plain array-VJP route, so short runs stay there (measured on 16-element arrays).
-    runs = {sink: Run(records, members[::-1], shape_of[sink], dtype_of[sink])
-            for sink, members in groups.items()
-            if len(members) >= MIN_SMALL_RUN or math.prod(shape_of[sink]) > _kernels.BLOCK}
-    return runs or None
+    runs = {}
+    dropped = False
+    for sink, members in groups.items():
+        if len(members) >= MIN_SMALL_RUN or math.prod(shape_of[sink]) > _kernels.BLOCK:
+            runs[sink] = Run(records, members[::-1], shape_of[sink], dtype_of[sink])
+        elif len(members) > 1:  # its members are visited one by one after all
+            visit.extend(members[1:])
+            dropped = True
+    if not runs:
+        return None
+    if dropped:
+        visit.sort(reverse=True)
+    return Plan(runs, visit)
+
+
+def _tag_inputs(rec: Any, in_ids: tuple, sink: int, shape: tuple, dtype: Any, tag: dict,
+                tag_set: Any) -> None:
+    in_shapes, in_dtypes = rec.in_shapes, rec.in_dtypes
+    for slot, iid in enumerate(in_ids):
+        if iid:
+            if in_shapes[slot] != shape or in_dtypes[slot] != dtype or tag_set(iid, sink) != sink:
+                tag[iid] = -1
+
+
+class Plan:
+    """The runs of one reverse pass and the records it still visits one by one."""
+
+    __slots__ = ("runs", "visit")
+
+    def __init__(self, runs: dict[int, Run], visit: list[int]) -> None:
+        self.runs = runs
+        self.visit = visit
 
 
 class Run:
@@ -143,24 +182,40 @@ class Run:
         out_ids: list[int] = []
         out_info: list[tuple] = []
         out_index: dict[int, int] = {}
+        li_get = leaf_index.get
+        reach_has = reach.__contains__
         for j, idx in enumerate(self.members):
             rec = records[idx]
             prim = rec.prim
-            values = []
-            for t in rec.inputs:
+            inputs = rec.inputs
+            if len(inputs) == 1:  # the common one-input member, kept flat
+                t = inputs[0]
                 if t is None:
-                    values.append(None)
-                    continue
-                a = t.data
-                k = leaf_index.get(id(a))
-                if k is None:
-                    k = leaf_index[id(a)] = len(leaves)
-                    leaves.append(a)
-                values.append(k)
+                    values_t: tuple = _NONE1
+                else:
+                    a = t.data
+                    k = li_get(id(a))
+                    if k is None:
+                        k = leaf_index[id(a)] = len(leaves)
+                        leaves.append(a)
+                    values_t = (k,)
+            else:
+                values = []
+                for t in inputs:
+                    if t is None:
+                        values.append(None)
+                        continue
+                    a = t.data
+                    k = li_get(id(a))
+                    if k is None:
+                        k = leaf_index[id(a)] = len(leaves)
+                        leaves.append(a)
+                    values.append(k)
+                values_t = tuple(values)
             y_leaf = None
             if rec.output is not None:
                 a = rec.output.data
-                y_leaf = leaf_index.get(id(a))
+                y_leaf = li_get(id(a))
                 if y_leaf is None:
                     y_leaf = leaf_index[id(a)] = len(leaves)
                     leaves.append(a)
@@ -170,12 +225,12 @@ class Run:
                 params.extend(rec.params[n] for n in prim.param_names)
             targets = []
             for i, iid in enumerate(rec.in_ids):
-                if not iid or iid not in reach:
+                if not iid or not reach_has(iid):
                     targets.append(None)
                     continue
                 m = interior.get(iid)
                 if m is not None:
-                    targets.append(("m", m))
+                    targets.append(_INTERIOR[m] if m < len(_INTERIOR) else ("m", m))
                     continue
                 k = out_index.get(iid)
                 if k is None:
@@ -184,7 +239,7 @@ class Run:
                     out_info.append((rec.in_shapes[i], rec.in_dtypes[i], prim))
                 targets.append(("o", k))
             interior[rec.out_id] = j
-            values_t, targets_t = tuple(values), tuple(targets)
+            targets_t = tuple(targets)
             parts.append((prim.name, values_t, y_leaf, targets_t))
             specs.append((prim, values_t, y_leaf, pslots, targets_t))
         if not out_ids:
@@ -275,6 +330,10 @@ class Gathered:
 
     def dtype_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.leaf_dtypes)
+
+
+_NONE1 = (None,)
+_INTERIOR = tuple(("m", j) for j in range(MAX_RUN))  # shared target tuples
 
 
 def _xp_of(a: Any) -> Any:

@@ -45,6 +45,11 @@ class _State(threading.local):
         self.paused: list[GradientTape] = []
         self.watchers: list[dict] = []
         self.transforms = 0  # vmap / jvp levels active: backward passes must stay differentiable
+        self.fast: list | None = self.recording  # the recording tapes when nothing else is on
+
+    def sync(self) -> None:
+        """Refresh ``fast`` after a change to the stacks (one attribute read per recorded op)."""
+        self.fast = None if (self.watchers or self.paused) else self.recording
 
 
 STATE = _State()
@@ -54,6 +59,7 @@ def _hooks_add(n: int) -> None:
     with _HOOK_LOCK:
         HOOKS.count += n
         HOOKS.refresh()
+    STATE.sync()
 
 
 def _internal_frame(frame: Any) -> bool:
@@ -77,7 +83,9 @@ class Record:
     """One recorded op: what its VJP needs, and the ids that link it into the graph."""
 
     __slots__ = ("prim", "inputs", "output", "in_ids", "in_shapes", "in_dtypes", "params",
-                 "needs", "out_id", "extra_outs", "where")
+                 "needs", "out_id")
+    extra_outs: tuple | None = None  # ids of outputs 2.. of a multi-output op (RecordX)
+    where: str | None = None  # the user line, kept when check_numerics is on (RecordX)
 
     def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
                  needs: tuple[bool, ...]) -> None:
@@ -86,8 +94,6 @@ class Record:
         self.params = params
         self.needs = needs
         self.out_id = out._id
-        self.extra_outs = None
-        self.where = user_line() if HOOKS.numerics else None
         if len(args) == 1:
             a = args[0]
             data = a.data
@@ -131,13 +137,25 @@ class Record:
                 yield t.data
 
 
+class RecordX(Record):
+    """A record with the rarely used fields set: multi-output ops and numerics checking."""
+
+    __slots__ = ("extra_outs", "where")
+
+    def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
+                 needs: tuple[bool, ...]) -> None:
+        super().__init__(prim, args, out, params, needs)
+        self.extra_outs = None
+        self.where = user_line() if HOOKS.numerics else None
+
+
 def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
     """Called by ``bind`` when hooks are on: numerics check, variable watchers, recording."""
-    st = STATE
-    if HOOKS.numerics or st.watchers or st.paused:
+    tapes = STATE.fast
+    if tapes is None or HOOKS.numerics:
         _record_op_general(prim, args, out, params)
         return
-    for tape in st.recording:
+    for tape in tapes:
         tracked = tape._tracked
         if len(args) == 1:  # fast path: one input
             a = args[0]
@@ -194,7 +212,7 @@ def _record_op_general(prim: Any, args: tuple, out: Tensor, params: dict) -> Non
                 continue
             if not out._id:
                 out._id = _next_id()
-            tape._records.append(Record(prim, args, out, params, needs))
+            tape._records.append(RecordX(prim, args, out, params, needs))
             tracked.add(out._id)
     for tape in st.paused:
         needs = tuple(a._id in tape._tracked for a in args)
@@ -824,11 +842,14 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
                 owned.add(iid)
 
     fused = None
+    order: Any = range(len(records) - 1, -1, -1)
     if not diff and not numerics and config.fusion:
         from . import _fusion
 
-        fused = _fusion.plan(records, reach, source_ids | set(grads))
-    for idx in range(len(records) - 1, -1, -1):
+        fplan = _fusion.plan(records, reach, source_ids | set(grads))
+        if fplan is not None:
+            fused, order = fplan.runs, fplan.visit
+    for idx in order:
         rec = records[idx]
         out_id = rec.out_id
         if out_id not in reach:
@@ -847,7 +868,9 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
                 run(g, grads, owned, reach, accumulate)
                 if release:  # the run's members are done too
                     for m in run.members:
-                        records[m].release()
+                        r = records[m]
+                        r.inputs = _NONE1 if len(r.inputs) == 1 else (None,) * len(r.inputs)
+                        r.output = None
                 continue
         if diff:
             in_grads = rec.prim.vjp(rec, g)

@@ -132,7 +132,7 @@ def chain_programs(dtype: str) -> list[_kernels.CudaKernel]:
             tape.watch([x, b])
             y = fn(x, b)
         reach = _forward_reach(tape._records, {x._id, b._id})
-        runs = _fusion.plan(tape._records, reach, {x._id, b._id, y._id})
+        runs = _fusion.plan(tape._records, reach, {x._id, b._id, y._id}).runs
         g = np.ones(y.shape, y.dtype)
         for run in runs.values():
             ga = run.gather(g if run.shape == y.shape else np.ones(run.shape, run.dtype), reach)
