@@ -16,6 +16,13 @@ def flatten(structure: Any) -> tuple[list[Any], Any]:
         >>> flatten([1, {"b": 2, "a": 3}])[0]
         [1, 3, 2]
     """
+    typ = type(structure)
+    if typ is list or typ is tuple:  # the common flat list of tensors, without recursion
+        for v in structure:
+            if isinstance(v, (dict, list, tuple)):
+                break
+        else:
+            return list(structure), (list, typ, None, len(structure))
     leaves: list[Any] = []
     return leaves, _walk(structure, leaves)
 
@@ -34,6 +41,8 @@ def _walk(node: Any, leaves: list) -> Any:
 
 def unflatten(spec: Any, leaves: list[Any]) -> Any:
     """Rebuild a structure from :func:`flatten`'s spec and a list of new leaves."""
+    if spec is not None and type(spec[3]) is int:  # a flat list or tuple
+        return list(leaves) if spec[1] is list else spec[1](leaves)
     return _build(spec, iter(leaves))
 
 
@@ -41,6 +50,8 @@ def _build(node: Any, it: Any) -> Any:
     if node is None:
         return next(it)
     kind, typ, keys, children = node
+    if type(children) is int:
+        children = [None] * children
     if kind is dict:
         return typ((k, _build(c, it)) for k, c in zip(keys, children))
     values = [_build(c, it) for c in children]

@@ -56,6 +56,10 @@ class Primitive:
         vjp: ``vjp(record, g) -> tuple`` of one gradient (Tensor or None) per input, written in
             gradtape ops. ``record.inputs``/``record.output`` hold what was saved,
             ``record.in_shapes``/``record.params``/``record.needs`` the rest.
+        array_rule: optional ``array_rule(record, g, xp) -> tuple`` of one backend array (or
+            None) per input: the same VJP as ``vjp`` computed directly on arrays, used by
+            first-order passes only (no tape recording, no transform) to skip per-op dispatch.
+            ``vjp`` stays the definition; a registry test checks that both agree.
         batch: the batching rule for vmap, or None.
         jvp: the forward-mode rule, or None.
         nondiff: outputs carry no gradient (comparisons, argmax); never recorded.
@@ -65,12 +69,12 @@ class Primitive:
         domains: per-input :class:`Domain` for registry-driven tests.
     """
 
-    __slots__ = ("name", "impl", "vjp", "batch", "jvp", "nondiff", "saves_inputs",
+    __slots__ = ("name", "impl", "vjp", "array_rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
                  "_saves", "_array_vjps", "_tensor_vjps", "examples")
 
     def __init__(self, name: str, impl: Callable, vjp: Callable | None = None, *,
-                 batch: Callable | None = None, jvp: Callable | None = None,
+                 array_rule: Callable | None = None, batch: Callable | None = None, jvp: Callable | None = None,
                  nondiff: bool = False, saves_inputs: bool = True, saves_output: bool = False,
                  domains: tuple[Domain, ...] = (), examples: Callable | None = None) -> None:
         if name in REGISTRY:
@@ -78,6 +82,7 @@ class Primitive:
         self.name = name
         self.impl = impl
         self.vjp = vjp
+        self.array_rule = array_rule
         self.batch = batch
         self.jvp = jvp
         self.nondiff = nondiff
@@ -255,12 +260,20 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     """
     backend = args[0]._backend
     var = None
-    for a in args:
-        if a._backend is not backend:
+    if len(args) == 2:  # unrolled for binary ops (comprehensions are calls on Python 3.11)
+        a, b = args
+        if b._backend is not backend:
             _backend_mismatch(prim, args)
-        if a._is_variable:
-            var = a
-    out = _wrap(prim.impl(backend.xp, *[a.data for a in args], **params), backend)
+        if a._is_variable or b._is_variable:
+            var = a if a._is_variable else b
+        out = _wrap(prim.impl(backend.xp, a.data, b.data, **params), backend)
+    else:
+        for a in args:
+            if a._backend is not backend:
+                _backend_mismatch(prim, args)
+            if a._is_variable:
+                var = a
+        out = _wrap(prim.impl(backend.xp, *[a.data for a in args], **params), backend)
     if var is not None:  # lets an unconnected-gradient error spot `w = w - lr * g`
         out._origin = ("variable", var.name or "<unnamed>")
     if HOOKS.on:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _nest
+from ._backend import NUMPY as _NUMPY
 from ._config import HOOKS, config
 from ._tensor import Tensor, _next_id, _wrap
 
@@ -62,11 +63,17 @@ def _hooks_add(n: int) -> None:
     STATE.sync()
 
 
+_INTERNAL_FILES: dict[str, bool] = {}
+
+
 def _internal_frame(frame: Any) -> bool:
     name = frame.f_code.co_filename
     if name.startswith("<"):  # code gradtape generated with eval/exec: no module globals
         return "__name__" not in frame.f_globals
-    return os.path.abspath(name).startswith(_PKG_DIR)
+    inside = _INTERNAL_FILES.get(name)
+    if inside is None:
+        inside = _INTERNAL_FILES[name] = os.path.abspath(name).startswith(_PKG_DIR)
+    return inside
 
 
 def user_line() -> str:
@@ -114,15 +121,26 @@ class Record:
             else:
                 self.inputs = args
             return
-        self.in_ids = tuple([a._id if need else 0 for a, need in zip(args, needs)])
-        self.in_shapes = tuple([a.data.shape for a in args])
-        self.in_dtypes = tuple([a.data.dtype for a in args])
         if prim.derivatives is not None:
             saves = prim._saves.get(needs) or prim.saved_names(needs)
             self.output = out if saves[-1] else None
         else:
-            saves = (prim.saves_inputs,) * len(args)
+            saves = _ALL_SAVED if prim.saves_inputs else _NONE_SAVED
             self.output = out if prim.saves_output else None
+        if len(args) == 2:  # binary ops, unrolled (comprehensions are calls on Python 3.11)
+            a, b = args
+            da, db = a.data, b.data
+            self.in_ids = (a._id if needs[0] else 0, b._id if needs[1] else 0)
+            self.in_shapes = (da.shape, db.shape)
+            self.in_dtypes = (da.dtype, db.dtype)
+            self.inputs = (None if not saves[0] else (a._snapshot() if a._is_variable else a),
+                           None if not saves[1] else (b._snapshot() if b._is_variable else b))
+            return
+        self.in_ids = tuple([a._id if need else 0 for a, need in zip(args, needs)])
+        self.in_shapes = tuple([a.data.shape for a in args])
+        self.in_dtypes = tuple([a.data.dtype for a in args])
+        if prim.derivatives is None:
+            saves = (prim.saves_inputs,) * len(args)
         self.inputs = tuple([None if not keep else (a._snapshot() if a._is_variable else a)
                              for a, keep in zip(args, saves)])
 
@@ -169,7 +187,10 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
                 for a in args:
                     if a._is_variable and a.trainable and a._id not in tracked:
                         tape._watch_variable(a)
-            needs = tuple([a._id in tracked for a in args])
+            if len(args) == 2:
+                needs = (args[0]._id in tracked, args[1]._id in tracked)
+            else:
+                needs = tuple([a._id in tracked for a in args])
             if True not in needs:
                 continue
         if prim.nondiff or out.data.dtype.kind not in "fc":
@@ -184,6 +205,8 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
 
 _TRUE1 = (True,)
 _NONE1 = (None,)
+_ALL_SAVED = (True,) * 8  # general primitives save all inputs or none (indexed per input)
+_NONE_SAVED = (False,) * 8
 
 
 def _record_op_general(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
@@ -450,11 +473,12 @@ class GradientTape:
             raise TypeError(f"{what}: sources is None; pass a Tensor, Variable, or a list/dict of them")
         leaves, spec = _nest.flatten(sources)
         for i, s in enumerate(leaves):
-            where = f"sources[{i}]" if len(leaves) > 1 or isinstance(sources, (list, tuple, dict)) else "sources"
-            if not isinstance(s, Tensor):
-                raise TypeError(f"{what}: {where} must be a gradtape Tensor or Variable, got "
-                                f"{type(s).__name__}")
-            if s.data.dtype.kind not in "fc":
+            if not isinstance(s, Tensor) or s.data.dtype.kind not in "fc":
+                where = f"sources[{i}]" if len(leaves) > 1 or isinstance(sources, (list, tuple, dict)) \
+                    else "sources"
+                if not isinstance(s, Tensor):
+                    raise TypeError(f"{what}: {where} must be a gradtape Tensor or Variable, got "
+                                    f"{type(s).__name__}")
                 raise TypeError(f"{what}: {where} has dtype {s.dtype}; gradients exist only for "
                                 "floating-point sources (cast with .astype('float32'))")
         return leaves, spec
@@ -498,6 +522,7 @@ class GradientTape:
 
     def _finish(self, sources: list, grads: dict, targets: list, mode: str, diff: bool) -> list:
         out = []
+        origin = None
         for s in sources:
             g = grads.get(s._id) if s._id else None
             if g is None:
@@ -518,7 +543,9 @@ class GradientTape:
                 if g.dtype != s.dtype:
                     g = g.astype(s.dtype)
                 t = _wrap(g, s._backend)
-                t._origin = ("gradient", user_line())
+                if origin is None:
+                    origin = ("gradient", user_line())
+                t._origin = origin
                 out.append(t)
         return out
 
@@ -717,8 +744,11 @@ def _forward_reach(records: list, start: set) -> set:
 
 
 def _unbroadcast_array(g: Any, shape: tuple, prim: Any) -> Any:
-    if g.shape == shape:
+    gshape = g.shape
+    if gshape == shape:
         return g
+    if len(gshape) == len(shape) + 1 and gshape[1:] == shape:  # a bias: sum the leading axis
+        return g.sum(axis=0)
     lead = g.ndim - len(shape)
     if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, g.shape[lead:])):
         raise ValueError(f"internal error: the VJP of '{prim.name}' returned a gradient of shape "
@@ -748,23 +778,42 @@ def _unbroadcast_tensor(g: Tensor, shape: tuple, prim: Any) -> Tensor:
 
 def _vjp_arrays(rec: Record, g: Any) -> tuple:
     """First-order VJP on backend arrays: rendered derivative expressions for elementwise
-    primitives, the gradtape-op VJP (no tape recording) for the rest."""
+    primitives, the primitive's array rule where it has one, else the gradtape-op VJP (no tape
+    recording)."""
     prim = rec.prim
-    backend = None
     if prim.derivatives is not None:
         inputs = rec.inputs
+        backend = None
         for t in inputs:
             if t is not None:
                 backend = t._backend
                 break
         out = rec.output
         if backend is None:
-            backend = out._backend if out is not None else _backend_of_array(g)
-        args = [None if t is None else t.data for t in inputs]
-        args.append(None if out is None else out.data)
-        args.extend(rec.params.values())
-        return tuple(prim.array_vjp(i, backend)(g, *args) if need else None
-                     for i, need in enumerate(rec.needs))
+            backend = out._backend if out is not None else (
+                _NUMPY if type(g) is np.ndarray else _backend_of_array(g))
+        if len(inputs) == 1:
+            t = inputs[0]
+            args: tuple = (None if t is None else t.data, None if out is None else out.data)
+        elif len(inputs) == 2:
+            t, u = inputs
+            args = (None if t is None else t.data, None if u is None else u.data,
+                    None if out is None else out.data)
+        else:
+            args = (*[None if t is None else t.data for t in inputs],
+                    None if out is None else out.data)
+        if rec.params:
+            args += tuple(rec.params.values())
+        needs = rec.needs
+        if len(needs) == 1:
+            return (prim.array_vjp(0, backend)(g, *args),)
+        res = []
+        for i, need in enumerate(needs):
+            res.append(prim.array_vjp(i, backend)(g, *args) if need else None)
+        return tuple(res)
+    rule = prim.array_rule
+    if rule is not None and not isinstance(g, tuple):
+        return rule(rec, g, np if type(g) is np.ndarray else _backend_of_array(g).xp)
     if prim.vjp is None:
         from ._primitive import MissingRuleError
 
@@ -896,7 +945,11 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
             else:
                 if numerics:
                     _check_finite(rec.prim, (), gi, "backward", rec.where)
-                accumulate(iid, gi, shape, rec.in_dtypes[i], rec.prim, False)
+                dt = rec.in_dtypes[i]
+                if iid not in grads and gi.shape == shape and gi.dtype == dt:  # first, as is
+                    grads[iid] = gi  # not owned: the VJP may have passed its input through
+                    continue
+                accumulate(iid, gi, shape, dt, rec.prim, False)
                 continue
             prev = grads.get(iid)
             grads[iid] = gi if prev is None else prev + gi

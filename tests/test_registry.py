@@ -49,6 +49,7 @@ ELEMENTWISE = sorted(n for n, p in PRIMS.items() if p.is_elementwise)
 NONDIFF = sorted(n for n, p in PRIMS.items() if p.nondiff and not p.is_elementwise)
 WITH_EXAMPLES = sorted(n for n, p in PRIMS.items()
                        if p.examples is not None and not p.is_elementwise and not p.nondiff)
+WITH_ARRAY_RULE = sorted(n for n, p in PRIMS.items() if p.array_rule is not None)
 
 
 # --------------------------------------------------------------------------- references
@@ -376,6 +377,59 @@ def test_examples_gradients_float64(name):
             check_grads(fn, args, kwargs, order=2, seed=i)
         except AssertionError as exc:
             raise AssertionError(f"primitive {name!r}, example {_case_id(fn, i)}: {exc}") from None
+
+
+def test_array_rules_have_examples():
+    assert WITH_ARRAY_RULE, "no primitive declares an array rule"
+    missing = [n for n in WITH_ARRAY_RULE if PRIMS[n].examples is None]
+    assert not missing, f"primitives with an array_rule but no examples to test it on: {missing}"
+
+
+@pytest.mark.parametrize("name", WITH_ARRAY_RULE)
+def test_array_rule_matches_vjp(name):
+    """The first-order array rule equals the gradtape-op VJP (the definition) on every example,
+    for every combination of which inputs need a gradient."""
+    prim = PRIMS[name]
+    rng = np.random.default_rng(_seed(name, "array_rule"))
+    checked = 0
+    cases = [(i, fn, args, kwargs, dt) for i, (fn, args, kwargs) in enumerate(_examples(name))
+             for dt in (np.float64, np.float32)]  # float32 too: astype(float64) records there
+    for i, fn, args, kwargs, dt in cases:
+        a64 = _cast_args(args, dt)
+        tol = 1e-12 if dt == np.float64 else 1e-5
+        floats = [t for t in _nest.flatten(list(a64))[0]
+                  if isinstance(t, gt.Tensor) and t.dtype == dt]
+        for drop in [None, *range(len(floats))]:  # all watched, then one left out at a time
+            watched = [t for k, t in enumerate(floats) if k != drop]
+            if not watched:
+                continue
+            with gt.GradientTape(persistent=True) as tape:
+                tape.watch(watched)
+                fn(*a64, **(kwargs or {}))
+            for rec in [r for r in tape._records if r.prim is prim]:
+                zeros = [np.zeros(s, d) for s, d in zip(rec.in_shapes, rec.in_dtypes)]
+                out_shape = np.shape(prim.impl(np, *zeros, **rec.params))
+                g = rng.standard_normal(out_shape).astype(np.result_type(*rec.in_dtypes))
+                fast = prim.array_rule(rec, g, np)
+                slow = prim.vjp(rec, gt.tensor(g))
+                assert len(fast) == len(slow) == len(rec.in_ids)
+                for k, (f, sl) in enumerate(zip(fast, slow)):
+                    if not rec.needs[k]:
+                        continue
+                    where = f"primitive {name!r}, example {_case_id(fn, i)}, input {k}"
+                    assert f is not None and sl is not None, where
+                    shape = rec.in_shapes[k]
+                    f = np.asarray(f)
+                    f = f.sum(axis=tuple(range(f.ndim - len(shape)))) if f.ndim > len(shape) else f
+                    sl = sl.numpy()
+                    sl = sl.sum(axis=tuple(range(sl.ndim - len(shape)))) if sl.ndim > len(shape) else sl
+                    axes = tuple(j for j, n in enumerate(shape) if n == 1 and f.shape[j] != 1)
+                    f = f.sum(axis=axes, keepdims=True) if axes else f
+                    axes = tuple(j for j, n in enumerate(shape) if n == 1 and sl.shape[j] != 1)
+                    sl = sl.sum(axis=axes, keepdims=True) if axes else sl
+                    np.testing.assert_allclose(f, sl, rtol=tol, atol=tol, err_msg=where)
+                    checked += 1
+    assert checked, f"{name}: no example exercised the array rule"
 
 
 def _cast_args(args: tuple, dtype: type) -> tuple:

@@ -66,6 +66,31 @@ def _matmul_vjp(rec: Any, g: Tensor) -> tuple:
     return ga, gb
 
 
+def _matmul_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    """:func:`_matmul_vjp` on backend arrays (first order)."""
+    a, b = rec.inputs[0].data, rec.inputs[1].data
+    needs = rec.needs
+    if a.ndim == 1 and b.ndim == 1:
+        return (g * b if needs[0] else None, g * a if needs[1] else None)
+    A = a[None, :] if a.ndim == 1 else a
+    B = b[:, None] if b.ndim == 1 else b
+    G = g
+    if a.ndim == 1:
+        G = G[..., None, :]
+    if b.ndim == 1:
+        G = G[..., None]
+    ga = gb = None
+    if needs[0]:
+        ga = xp.matmul(G, B.T if B.ndim == 2 else xp.swapaxes(B, -1, -2))
+        if a.ndim == 1:
+            ga = ga[..., 0, :]
+    if needs[1]:
+        gb = xp.matmul(A.T if A.ndim == 2 else xp.swapaxes(A, -1, -2), G)
+        if b.ndim == 1:
+            gb = gb[..., 0]
+    return ga, gb
+
+
 def _matmul_examples(rng: Any) -> list:
     return [(matmul, (_rand(rng, 2, 3), _rand(rng, 3, 4)), {}),
             (matmul, (_rand(rng, 3), _rand(rng, 3)), {}),
@@ -75,7 +100,7 @@ def _matmul_examples(rng: Any) -> list:
 
 
 P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), _matmul_vjp,
-                     examples=_matmul_examples)
+                     array_rule=_matmul_array_rule, examples=_matmul_examples)
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -99,12 +124,18 @@ def matmul(a: Any, b: Any) -> Tensor:
     if ka != kb:
         raise ValueError(f"matmul: contracted dimensions differ: a has shape {a.shape}, b has "
                          f"shape {b.shape} ({ka} != {kb})")
-    try:
-        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
+    if (a.ndim > 2 or b.ndim > 2) and not _batch_ok(a.shape[:-2], b.shape[:-2]):
         raise ValueError(f"matmul: batch dimensions do not broadcast: a has shape {a.shape}, "
-                         f"b has shape {b.shape}") from None
+                         f"b has shape {b.shape}")
     return bind(P_MATMUL, a, b)
+
+
+def _batch_ok(sa: tuple, sb: tuple) -> bool:
+    try:
+        np.broadcast_shapes(sa, sb)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- einsum

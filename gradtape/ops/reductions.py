@@ -92,6 +92,13 @@ def _sum_vjp(rec: Any, g: Tensor) -> tuple:
     return (_expand_back(g, rec.in_shapes[0], rec.params["axis"], rec.params["keepdims"]),)
 
 
+def _sum_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    in_shape, p = rec.in_shapes[0], rec.params
+    if not p["keepdims"]:
+        g = g.reshape(_kept_shape(in_shape, p["axis"]))
+    return (xp.broadcast_to(g, in_shape),)
+
+
 def _axis_examples(name: str, make: Any) -> Any:
     def examples(rng: Any) -> list:
         fn = globals()[name]
@@ -107,7 +114,7 @@ def _axis_examples(name: str, make: Any) -> Any:
 
 
 P_SUM = primitive("sum", lambda xp, x, *, axis, keepdims: xp.sum(x, axis=axis, keepdims=keepdims),
-                  _sum_vjp, saves_inputs=False, domains=(Domain(),),
+                  _sum_vjp, array_rule=_sum_array_rule, saves_inputs=False, domains=(Domain(),),
                   examples=_axis_examples("sum", _rand))
 
 
@@ -132,8 +139,14 @@ def _mean_vjp(rec: Any, g: Tensor) -> tuple:
     return (gx * (1.0 / n) if n else gx,)
 
 
+def _mean_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    n = _rec_count(rec)
+    (gx,) = _sum_array_rule(rec, g, xp)
+    return (gx * (1.0 / n) if n else gx,)
+
+
 P_MEAN = primitive("mean", lambda xp, x, *, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
-                   _mean_vjp, saves_inputs=False,
+                   _mean_vjp, array_rule=_mean_array_rule, saves_inputs=False,
                    examples=_axis_examples("mean", _rand))
 
 

@@ -41,6 +41,7 @@ def _reshape_examples(rng: Any) -> list:
 
 P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: xp.reshape(x, shape),
                       lambda rec, g: (reshape(g, rec.in_shapes[0]),), saves_inputs=False,
+                      array_rule=lambda rec, g, xp: (g.reshape(rec.in_shapes[0]),),
                       examples=_reshape_examples)
 
 
@@ -79,7 +80,8 @@ def _transpose_examples(rng: Any) -> list:
 
 
 P_TRANSPOSE = primitive("transpose", lambda xp, x, *, axes: xp.transpose(x, axes),
-                        _transpose_vjp, saves_inputs=False, examples=_transpose_examples)
+                        _transpose_vjp, saves_inputs=False, examples=_transpose_examples,
+                        array_rule=lambda rec, g, xp: (xp.transpose(g, np.argsort(rec.params["axes"])),))
 
 
 def transpose(x: Any, axes: Any = None) -> Tensor:
@@ -196,7 +198,8 @@ def _broadcast_examples(rng: Any) -> list:
 
 
 P_BROADCAST_TO = primitive("broadcast_to", lambda xp, x, *, shape: xp.broadcast_to(x, shape),
-                           lambda rec, g: (g,), saves_inputs=False, examples=_broadcast_examples)
+                           lambda rec, g: (g,), saves_inputs=False, examples=_broadcast_examples,
+                           array_rule=lambda rec, g, xp: (g,))
 
 
 def broadcast_to(x: Any, shape: Any) -> Tensor:
@@ -557,7 +560,8 @@ def _astype_examples(rng: Any) -> list:
 
 
 P_ASTYPE = primitive("astype", lambda xp, x, *, dtype: x.astype(dtype), _astype_vjp,
-                     saves_inputs=False, examples=_astype_examples)
+                     saves_inputs=False, examples=_astype_examples,
+                     array_rule=lambda rec, g, xp: (g.astype(rec.in_dtypes[0]),))
 
 
 def astype(x: Any, dtype: Any) -> Tensor:
