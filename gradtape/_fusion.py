@@ -28,10 +28,16 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN"]
+__all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN", "MIN_RUN_BY_SIZE"]
 
 MAX_RUN = 256  # members per run: bounds the generated program and its compile time
-MIN_SMALL_RUN = 3  # fewest members worth a kernel when the run fits in one block
+# Fewest members worth a kernel, by the run's element count. A kernel costs ~20 us of fixed
+# Python (plan, gather, program call) and then about what the per-record route costs per
+# member, so small arrays need long runs before it pays. Measured on the 2-core CPU machine,
+# fusion on vs off for chains of tanh/sin/cos/mul/add (benchmarks/RESULTS.md): break-even at
+# ~28 members on 16..1024 elements, ~16 on 4096, ~3 from 16384 on.
+MIN_RUN_BY_SIZE = ((1024, 28), (8192, 16), (16384, 6))
+MIN_SMALL_RUN = 3  # fewest members for larger runs
 STATS = {"runs": 0, "records": 0}  # fused kernel launches and the records they covered
 
 
@@ -115,12 +121,10 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
         shape = shape_of[idx] = _out_shape(rec)
         dtype_of[idx] = dtype
         _tag_inputs(rec, in_ids, idx, shape, dtype, tag, tag_set)
-    # Small arrays: a kernel costs ~8 us of Python per run against ~4.5 us per record on the
-    # plain array-VJP route, so short runs stay there (measured on 16-element arrays).
     runs = {}
     dropped = False
     for sink, members in groups.items():
-        if len(members) >= MIN_SMALL_RUN or math.prod(shape_of[sink]) > _kernels.BLOCK:
+        if len(members) >= _min_run(math.prod(shape_of[sink])):
             runs[sink] = Run(records, members[::-1], shape_of[sink], dtype_of[sink])
         elif len(members) > 1:  # its members are visited one by one after all
             visit.extend(members[1:])
@@ -130,6 +134,13 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
     if dropped:
         visit.sort(reverse=True)
     return Plan(runs, visit)
+
+
+def _min_run(size: int) -> int:
+    for limit, n in MIN_RUN_BY_SIZE:
+        if size <= limit:
+            return n
+    return MIN_SMALL_RUN
 
 
 def _tag_inputs(rec: Any, in_ids: tuple, sink: int, shape: tuple, dtype: Any, tag: dict,
@@ -163,8 +174,12 @@ class Run:
         self.dtype = dtype
 
     def gather(self, g: Any, reach: set) -> Gathered | None:
-        """Collect what the kernel reads (deduplicated saved arrays, parameters) and where
-        each gradient goes, and the cache key of the kernel; None when no input needs one."""
+        """Collect what the kernel reads (saved arrays, parameters) and where each gradient
+        goes, and the cache key of the kernel; None when no input needs one.
+
+        A saved input that is the saved output of the member producing it reuses that leaf
+        (the chain case); other saved arrays each take a leaf of their own.
+        """
         records = self.records
         shape, dtype = self.shape, self.dtype
         if isinstance(g, np.generic):
@@ -174,79 +189,83 @@ class Run:
         if g.shape != shape:
             g = _xp_of(g).broadcast_to(g, shape)
         leaves: list = [g]
-        leaf_index: dict[int, int] = {id(g): 0}
+        add_leaf = leaves.append
         params: list = []
         parts: list = []
-        specs: list = []
-        interior: dict[int, int] = {}
+        add_part = parts.append
+        interior: dict[int, int] = {}  # id produced inside the run -> member index
+        y_leaves: list = []  # member index -> leaf of its saved output (or None)
         out_ids: list[int] = []
         out_info: list[tuple] = []
         out_index: dict[int, int] = {}
-        li_get = leaf_index.get
-        reach_has = reach.__contains__
         for j, idx in enumerate(self.members):
             rec = records[idx]
             prim = rec.prim
             inputs = rec.inputs
+            in_ids = rec.in_ids
             if len(inputs) == 1:  # the common one-input member, kept flat
+                iid = in_ids[0]
+                m = interior.get(iid)
                 t = inputs[0]
                 if t is None:
                     values_t: tuple = _NONE1
+                elif m is not None and y_leaves[m] is not None:
+                    values_t = (y_leaves[m],)
                 else:
-                    a = t.data
-                    k = li_get(id(a))
+                    values_t = (len(leaves),)
+                    add_leaf(t.data)
+                if m is not None:
+                    targets_t: tuple = (_INTERIOR[m],)
+                elif not iid or iid not in reach:
+                    targets_t = _NONE1
+                else:
+                    k = out_index.get(iid)
                     if k is None:
-                        k = leaf_index[id(a)] = len(leaves)
-                        leaves.append(a)
-                    values_t = (k,)
+                        k = out_index[iid] = len(out_ids)
+                        out_ids.append(iid)
+                        out_info.append((rec.in_shapes[0], rec.in_dtypes[0], prim))
+                    targets_t = (("o", k),)
             else:
                 values = []
-                for t in inputs:
+                targets = []
+                for i, iid in enumerate(in_ids):
+                    m = interior.get(iid) if iid else None
+                    t = inputs[i]
                     if t is None:
                         values.append(None)
-                        continue
-                    a = t.data
-                    k = li_get(id(a))
-                    if k is None:
-                        k = leaf_index[id(a)] = len(leaves)
-                        leaves.append(a)
-                    values.append(k)
-                values_t = tuple(values)
+                    elif m is not None and y_leaves[m] is not None:
+                        values.append(y_leaves[m])
+                    else:
+                        values.append(len(leaves))
+                        add_leaf(t.data)
+                    if m is not None:
+                        targets.append(_INTERIOR[m])
+                    elif not iid or iid not in reach:
+                        targets.append(None)
+                    else:
+                        k = out_index.get(iid)
+                        if k is None:
+                            k = out_index[iid] = len(out_ids)
+                            out_ids.append(iid)
+                            out_info.append((rec.in_shapes[i], rec.in_dtypes[i], prim))
+                        targets.append(("o", k))
+                values_t, targets_t = tuple(values), tuple(targets)
             y_leaf = None
             if rec.output is not None:
-                a = rec.output.data
-                y_leaf = li_get(id(a))
-                if y_leaf is None:
-                    y_leaf = leaf_index[id(a)] = len(leaves)
-                    leaves.append(a)
+                y_leaf = len(leaves)
+                add_leaf(rec.output.data)
+            y_leaves.append(y_leaf)
             pslots = ()
             if prim.param_names:
                 pslots = tuple(range(len(params), len(params) + len(prim.param_names)))
                 params.extend(rec.params[n] for n in prim.param_names)
-            targets = []
-            for i, iid in enumerate(rec.in_ids):
-                if not iid or not reach_has(iid):
-                    targets.append(None)
-                    continue
-                m = interior.get(iid)
-                if m is not None:
-                    targets.append(_INTERIOR[m] if m < len(_INTERIOR) else ("m", m))
-                    continue
-                k = out_index.get(iid)
-                if k is None:
-                    k = out_index[iid] = len(out_ids)
-                    out_ids.append(iid)
-                    out_info.append((rec.in_shapes[i], rec.in_dtypes[i], prim))
-                targets.append(("o", k))
             interior[rec.out_id] = j
-            targets_t = tuple(targets)
-            parts.append((prim.name, values_t, y_leaf, targets_t))
-            specs.append((prim, values_t, y_leaf, pslots, targets_t))
+            add_part((prim, values_t, y_leaf, pslots, targets_t))
         if not out_ids:
             return None
         leaf_dtypes = tuple([a.dtype for a in leaves])
         key = (dtype, tuple(parts), leaf_dtypes)
-        return Gathered(key, specs, leaves, leaf_dtypes, params, out_ids, out_info)
+        return Gathered(key, parts, leaves, leaf_dtypes, params, out_ids, out_info)
 
     def __call__(self, g: Any, grads: dict, owned: set, reach: set, accumulate: Any) -> None:
         """Run the kernel for upstream gradient ``g`` and add each external input's gradient

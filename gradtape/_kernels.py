@@ -587,7 +587,7 @@ class NumpyProgram:
             if root in direct and direct[root] == k:
                 continue
             src = operand(root)
-            lines.append(f"_add(o{k}, {src}, out=o{k})" if acc[k] else f"_copyto(o{k}, {src})")
+            lines.append(f"_add(o{k}, {src}, o{k})" if acc[k] else f"_copyto(o{k}, {src})")
         self.n_float, self.n_bool = count["f"], count["b"]
         names = ([f"a{i}" for i in self.leaves] + [f"p{i}" for i in self.params]
                  + [f"o{k}" for k in self.outputs] + [f"r{i}" for i in range(self.n_float)]
@@ -611,14 +611,15 @@ def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
         return [*pre, f"_copyto({dest}, {a}, where={c})"]
     if op == "float":
         return [f"_copyto({dest}, {ins[0]})"]
+    # ufuncs take ``out`` positionally: ~10% cheaper per call than the keyword on small blocks
     if op == "rsqrt":
-        return [f"_sqrt({ins[0]}, out={dest})", f"_true_divide(_one, {dest}, out={dest})"]
+        return [f"_sqrt({ins[0]}, {dest})", f"_true_divide(_one, {dest}, {dest})"]
     if op == "sigmoid":  # overflow-free logistic: (tanh(v / 2) + 1) / 2
-        return [f"_multiply({ins[0]}, _half, out={dest})", f"_tanh({dest}, out={dest})",
-                f"_multiply({dest}, _half, out={dest})", f"_add({dest}, _half, out={dest})"]
-    if op == "erf":
+        return [f"_multiply({ins[0]}, _half, {dest})", f"_tanh({dest}, {dest})",
+                f"_multiply({dest}, _half, {dest})", f"_add({dest}, _half, {dest})"]
+    if op == "erf":  # a Python function on NumPy (Cody's rational approximations)
         return [f"_erf({ins[0]}, out={dest})"]
-    return [f"_{_NP_UFUNC[op]}({', '.join(ins)}, out={dest})"]
+    return [f"_{_NP_UFUNC[op]}({', '.join(ins)}, {dest})"]
 
 
 _numpy_programs: dict[tuple, NumpyProgram] = {}

@@ -34,6 +34,13 @@ C_TYPE = {"float16": "float16", "float32": "float", "float64": "double", "bool":
 ELEMENTWISE = sorted(name for name, p in REGISTRY.items() if p.is_elementwise)
 
 
+@pytest.fixture(autouse=True)
+def _fuse_short_runs(monkeypatch):
+    """These tests use small arrays; fuse runs of 3 or more members whatever their size (the
+    default size thresholds are tested in test_fusion.py::test_small_runs_stay_unfused)."""
+    monkeypatch.setattr(_fusion, "MIN_RUN_BY_SIZE", ())
+
+
 def harness(kernel: _kernels.CudaKernel) -> str:
     """A __global__ function binding ``kernel``'s parameters as CuPy's ElementwiseKernel does."""
     params, binds = [], []

@@ -27,6 +27,13 @@ UNARY = ["tanh", "exp", "sin", "cos", "sigmoid", "softplus", "arctan", "square",
          "silu", "gelu", "erf", "expm1", "sinh", "cosh", "neg", "sign"]
 
 
+@pytest.fixture(autouse=True)
+def _fuse_short_runs(monkeypatch):
+    """These tests use small arrays; fuse runs of 3 or more members whatever their size (the
+    default size thresholds are tested in test_fusion.py::test_small_runs_stay_unfused)."""
+    monkeypatch.setattr(_fusion, "MIN_RUN_BY_SIZE", ())
+
+
 @contextlib.contextmanager
 def fusion(on: bool):
     old = gt.config.fusion
@@ -375,3 +382,26 @@ def test_cuda_kernel_sources_for_the_cupy_route():
     k64 = _kernels.render_cuda(g, ("float64",) * 4, "float64", (False, False))
     assert "0.0f" not in k64.body and "double" in k64.body
     assert k.name != k64.name
+
+
+def test_small_runs_stay_unfused_by_default(monkeypatch):
+    """On small arrays a kernel costs more than the per-record route until the run is long:
+    short chains are not fused, long ones are, and large arrays fuse from 3 members."""
+    monkeypatch.undo()  # the default thresholds, not the autouse override
+
+    def runs_for(n: int, size: int) -> int:
+        x = gt.tensor(np.linspace(-1, 1, size, dtype=np.float32))
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            h = x
+            for i in range(n):
+                h = gt.tanh(h) if i % 2 else gt.sin(h)
+        before = _fusion.STATS["runs"]
+        tape.gradient(h, x)
+        return _fusion.STATS["runs"] - before
+
+    small = _fusion.MIN_RUN_BY_SIZE[0][1]
+    assert runs_for(small - 1, 16) == 0
+    assert runs_for(small, 16) == 1
+    assert runs_for(_fusion.MIN_SMALL_RUN, 1 << 15) == 1
+    assert runs_for(_fusion.MIN_SMALL_RUN - 1, 1 << 15) == 0
