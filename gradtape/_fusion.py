@@ -44,6 +44,18 @@ STATS = {"runs": 0, "records": 0}  # fused kernel launches and the records they 
 def _out_shape(rec: Any) -> tuple:
     shapes = rec.in_shapes
     s0 = shapes[0]
+    if len(shapes) == 2:
+        s1 = shapes[1]
+        if s1 == s0 or not s1:
+            return s0
+        if not s0:
+            return s1
+        n0, n1 = len(s0), len(s1)
+        if n0 > n1 and s0[n0 - n1:] == s1:  # x + bias
+            return s0
+        if n1 > n0 and s1[n1 - n0:] == s0:
+            return s1
+        return tuple(np.broadcast_shapes(*shapes))
     for s in shapes[1:]:
         if s != s0:
             return tuple(np.broadcast_shapes(*shapes))
@@ -73,6 +85,15 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
         Members other than the sink receive no gradient of their own, so the engine skips
         them.
     """
+    if MIN_RUN_BY_SIZE and len(records) < MIN_RUN_BY_SIZE[0][1]:
+        # too few records for a run of small arrays: unless some elementwise record is
+        # larger, nothing can fuse (a cheap pre-check that keeps small graphs cheap)
+        limit = MIN_RUN_BY_SIZE[0][0]
+        for rec in records:
+            if rec.prim.derivatives is not None and any(math.prod(s) > limit for s in rec.in_shapes):
+                break
+        else:
+            return None
     # One reverse sweep. tag[id] says who reads an id, as seen so far (all its readers come
     # later on the tape, so they are seen first): the sink of the one run all readers belong
     # to, with the run's shape and dtype at every read, or -1.

@@ -182,15 +182,21 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
                     continue
                 tape._watch_variable(a)
             needs = _TRUE1
+        elif len(args) == 2:  # binary ops, unrolled
+            a, b = args
+            if a._is_variable and a._id not in tracked and tape._watch_accessed and a.trainable:
+                tape._watch_variable(a)
+            if b._is_variable and b._id not in tracked and tape._watch_accessed and b.trainable:
+                tape._watch_variable(b)
+            needs = (a._id in tracked, b._id in tracked)
+            if needs == _FF:
+                continue
         else:
             if tape._watch_accessed:
                 for a in args:
                     if a._is_variable and a.trainable and a._id not in tracked:
                         tape._watch_variable(a)
-            if len(args) == 2:
-                needs = (args[0]._id in tracked, args[1]._id in tracked)
-            else:
-                needs = tuple([a._id in tracked for a in args])
+            needs = tuple([a._id in tracked for a in args])
             if True not in needs:
                 continue
         if prim.nondiff or out.data.dtype.kind not in "fc":
@@ -204,6 +210,7 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
 
 
 _TRUE1 = (True,)
+_FF = (False, False)
 _NONE1 = (None,)
 _ALL_SAVED = (True,) * 8  # general primitives save all inputs or none (indexed per input)
 _NONE_SAVED = (False,) * 8

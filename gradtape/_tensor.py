@@ -342,9 +342,13 @@ class Variable(Tensor):
         """A Tensor sharing the current buffer, for a tape to save: the next ``assign*`` first
         copies the old values into every live snapshot (copy-on-write), so a VJP sees the value
         its op read. No copy at all when no saved snapshot is alive at the write."""
+        snaps = self._snapshots
+        if snaps:  # unchanged since the last snapshot: share it (a weight used n times in a
+            t = snaps[-1]()  # forward then costs one snapshot, not n)
+            if t is not None and t.data is self.data:
+                return t
         t = _wrap(self.data, self._backend)
         t._id = self._id  # the same node for every tape: higher order still reaches the Variable
-        snaps = self._snapshots
         if snaps is None:
             snaps = self._snapshots = []
         elif len(snaps) >= 64:

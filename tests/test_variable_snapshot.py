@@ -43,3 +43,35 @@ def test_second_order_through_a_variable_still_connects():
     t = np.tanh(0.7)
     sech2 = 1 - t * t
     np.testing.assert_allclose(float(h), 2 * sech2 - 2 * 0.7 * t * sech2, rtol=1e-12)
+
+
+def test_uses_between_assigns_share_one_snapshot_and_keep_their_values(backend):
+    """A weight read several times shares one snapshot until it is assigned; reads before
+    and after an assign inside one forward each keep the value they saw."""
+    v = gt.Variable([1.0, 2.0], dtype="float64")
+    x = gt.tensor([3.0, 5.0], dtype="float64")
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y1 = v * x
+        y2 = v * x * 2.0
+        v.assign([10.0, 20.0])
+        y3 = v * x
+        total = gt.sum(y1 + y2 + y3)
+    recs = [r for r in tape._records if r.prim.name == "mul" and r.inputs[0] is not None
+            and r.inputs[0]._id == v._id]
+    assert recs[0].inputs[0] is recs[1].inputs[0]  # shared before the assign
+    assert recs[2].inputs[0] is not recs[0].inputs[0]
+    # d total / dx = v_old + 2 v_old + v_new
+    np.testing.assert_allclose(tape.gradient(total, x).numpy(), [1 + 2 + 10, 2 + 4 + 20])
+
+
+def test_many_reads_of_one_weight_keep_one_snapshot():
+    v = gt.Variable(np.ones(4))
+    x = gt.tensor(np.ones(4))
+    with gt.GradientTape() as tape:
+        h = x
+        for _ in range(500):
+            h = h * v
+        y = gt.sum(h)
+    assert len(v._snapshots) == 1
+    np.testing.assert_allclose(tape.gradient(y, v).numpy(), np.full(4, 500.0))
