@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _nest
+from . import _fusion, _nest
 from ._backend import NUMPY as _NUMPY
 from ._config import HOOKS, config
 from ._tensor import Tensor, _next_id, _wrap
@@ -844,8 +844,15 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
     """Reverse pass over ``tape``'s records. Returns ``{source id: gradient}`` (arrays, or
     Tensors when ``diff``: the pass is then made of recorded gradtape ops)."""
     records = list(tape._records)  # a persistent tape may record the pass itself
-    source_ids = {s._id for s in sources if s._id}
-    reach = _forward_reach(records, {i for i in source_ids if i in tape._tracked})
+    source_ids = set()
+    tracked = tape._tracked
+    start = set()
+    for s in sources:
+        if s._id:
+            source_ids.add(s._id)
+            if s._id in tracked:
+                start.add(s._id)
+    reach = _forward_reach(records, start)
     grads: dict[int, Any] = {}
     for t, seed in zip(targets, seeds):
         if not t._id or t._id not in reach:
@@ -899,9 +906,7 @@ def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff
 
     fused = None
     order: Any = range(len(records) - 1, -1, -1)
-    if not diff and not numerics and config.fusion:
-        from . import _fusion
-
+    if not diff and not numerics and config.fusion and len(records) > 1:
         fplan = _fusion.plan(records, reach, source_ids | set(grads))
         if fplan is not None:
             fused, order = fplan.runs, fplan.visit
