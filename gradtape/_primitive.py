@@ -241,7 +241,9 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
         return value
     if like is not None and isinstance(value, (int, float, bool)):
         backend = like._backend
-        dt = np.result_type(like.data.dtype, value)
+        dt = like.data.dtype
+        if dt.kind not in "fc":  # a float array keeps its dtype next to a weak scalar
+            dt = np.result_type(dt, value)
         return _wrap(backend.xp.asarray(value, dtype=dt), backend)
     arr, backend = _to_array(value)
     return _wrap(arr, backend)

@@ -115,16 +115,18 @@ def matmul(a: Any, b: Any) -> Tensor:
         >>> (gt.tensor([[1.0, 2.0]]) @ gt.tensor([[3.0], [4.0]])).numpy()
         array([[11.]], dtype=float32)
     """
-    a, b = pair(a, b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: operands must be at least 1-D, got shapes {a.shape} and "
-                         f"{b.shape} (use mul for scalars)")
-    ka = a.shape[-1]
-    kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+        a, b = pair(a, b)
+    sa, sb = a.data.shape, b.data.shape  # plain attribute reads: this is a hot path
+    if not sa or not sb:
+        raise ValueError(f"matmul: operands must be at least 1-D, got shapes {sa} and "
+                         f"{sb} (use mul for scalars)")
+    ka = sa[-1]
+    kb = sb[-2] if len(sb) > 1 else sb[0]
     if ka != kb:
-        raise ValueError(f"matmul: contracted dimensions differ: a has shape {a.shape}, b has "
-                         f"shape {b.shape} ({ka} != {kb})")
-    if (a.ndim > 2 or b.ndim > 2) and not _batch_ok(a.shape[:-2], b.shape[:-2]):
+        raise ValueError(f"matmul: contracted dimensions differ: a has shape {sa}, b has "
+                         f"shape {sb} ({ka} != {kb})")
+    if (len(sa) > 2 or len(sb) > 2) and not _batch_ok(sa[:-2], sb[:-2]):
         raise ValueError(f"matmul: batch dimensions do not broadcast: a has shape {a.shape}, "
                          f"b has shape {b.shape}")
     return bind(P_MATMUL, a, b)
