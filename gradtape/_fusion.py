@@ -89,10 +89,17 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
         # too few records for a run of small arrays: unless some elementwise record is
         # larger, nothing can fuse (a cheap pre-check that keeps small graphs cheap)
         limit = MIN_RUN_BY_SIZE[0][0]
+        prod = math.prod
+        big = False
         for rec in records:
-            if rec.prim.derivatives is not None and any(math.prod(s) > limit for s in rec.in_shapes):
-                break
-        else:
+            if rec.prim.derivatives is not None:
+                for s in rec.in_shapes:
+                    if prod(s) > limit:
+                        big = True
+                        break
+                if big:
+                    break
+        if not big:
             return None
     # One reverse sweep. tag[id] says who reads an id, as seen so far (all its readers come
     # later on the tape, so they are seen first): the sink of the one run all readers belong
