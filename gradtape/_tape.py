@@ -200,8 +200,7 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
             if True not in needs:
                 continue
         if prim.nondiff or out.data.dtype.kind not in "fc":
-            tape._cut(args, needs, f"on the way to the target it went through "
-                      f"'{prim.name}', whose output ({out.data.dtype}) carries no gradient")
+            _cut_no_gradient(tape, prim, args, needs, out)
             continue
         if not out._id:
             out._id = _next_id()
@@ -214,6 +213,11 @@ _FF = (False, False)
 _NONE1 = (None,)
 _ALL_SAVED = (True,) * 8  # general primitives save all inputs or none (indexed per input)
 _NONE_SAVED = (False,) * 8
+
+
+def _cut_no_gradient(tape: GradientTape, prim: Any, args: tuple, needs: tuple, out: Tensor) -> None:
+    tape._cut(args, needs, f"on the way to the target it went through '{prim.name}', whose "
+              f"output ({out.data.dtype}) carries no gradient")
 
 
 def _record_op_general(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
@@ -237,8 +241,7 @@ def _record_op_general(prim: Any, args: tuple, out: Tensor, params: dict) -> Non
             if True not in needs:
                 continue
             if prim.nondiff or not float_out:
-                tape._cut(args, needs, f"on the way to the target it went through "
-                          f"'{prim.name}', whose output ({out.data.dtype}) carries no gradient")
+                _cut_no_gradient(tape, prim, args, needs, out)
                 continue
             if not out._id:
                 out._id = _next_id()
