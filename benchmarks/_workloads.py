@@ -518,6 +518,31 @@ class _NpAdam:
             p -= alpha * m / (np.sqrt(v) + np.float32(self.eps))
 
 
+def _jax_adam_cell(jax: Any, jnp: Any, loss_j: Callable, P0: list) -> Cell:
+    """A jitted training step (gradients of ``loss_j`` + the Keras-formulation Adam update)."""
+    b1, b2, eps, lr = ADAM["beta1"], ADAM["beta2"], ADAM["eps"], ADAM["lr"]
+
+    @jax.jit
+    def step(ps: list, ms: list, vs: list, t: Any) -> tuple:
+        grads = jax.grad(loss_j)(ps)
+        t = t + 1
+        alpha = lr * jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        ms = [b1 * m + (1 - b1) * g for m, g in zip(ms, grads)]
+        vs = [b2 * v + (1 - b2) * g * g for v, g in zip(vs, grads)]
+        ps = [p - alpha * m / (jnp.sqrt(v) + eps) for p, m, v in zip(ps, ms, vs)]
+        return ps, ms, vs, t, grads
+
+    state = {"ps": [jnp.asarray(p) for p in P0], "ms": [jnp.zeros_like(p) for p in P0],
+             "vs": [jnp.zeros_like(p) for p in P0], "t": jnp.float32(0)}
+
+    def run_j() -> Any:
+        ps, ms, vs, t, grads = step(state["ps"], state["ms"], state["vs"], state["t"])
+        state.update(ps=ps, ms=ms, vs=vs, t=t)
+        return jax.block_until_ready(grads)
+
+    return Cell(run_j, grads=lambda gs: [_np(a) for a in gs])
+
+
 def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
               fusion: bool | None = None, device: str = "cpu") -> Cell:
     """Forward + backward of a tanh MLP (gradients w.r.t. all parameters); with ``train`` a
@@ -601,27 +626,7 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
             g = jax.jit(jax.grad(loss_j))
             ps = [jnp.asarray(p) for p in P0]
             return Cell(lambda: jax.block_until_ready(g(ps)), grads=lambda gs: [_np(a) for a in gs])
-        b1, b2, eps, lr = ADAM["beta1"], ADAM["beta2"], ADAM["eps"], ADAM["lr"]
-
-        @jax.jit
-        def step(ps: list, ms: list, vs: list, t: Any) -> tuple:
-            grads = jax.grad(loss_j)(ps)
-            t = t + 1
-            alpha = lr * jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-            ms = [b1 * m + (1 - b1) * g for m, g in zip(ms, grads)]
-            vs = [b2 * v + (1 - b2) * g * g for v, g in zip(vs, grads)]
-            ps = [p - alpha * m / (jnp.sqrt(v) + eps) for p, m, v in zip(ps, ms, vs)]
-            return ps, ms, vs, t, grads
-
-        state = {"ps": [jnp.asarray(p) for p in P0], "ms": [jnp.zeros_like(p) for p in P0],
-                 "vs": [jnp.zeros_like(p) for p in P0], "t": jnp.float32(0)}
-
-        def run_j() -> Any:
-            ps, ms, vs, t, grads = step(state["ps"], state["ms"], state["vs"], state["t"])
-            state.update(ps=ps, ms=ms, vs=vs, t=t)
-            return jax.block_until_ready(grads)
-
-        return Cell(run_j, grads=lambda gs: [_np(a) for a in gs])
+        return _jax_adam_cell(jax, jnp, loss_j, P0)
     if fw == "autograd":
         ag = load("autograd")
         anp = importlib.import_module("autograd.numpy")
@@ -767,27 +772,7 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
             lp = jax.nn.log_softmax(logits)
             return -jnp.mean(jnp.take_along_axis(lp, y[:, None], axis=1))
 
-        b1_, b2_, eps, lr = ADAM["beta1"], ADAM["beta2"], ADAM["eps"], ADAM["lr"]
-
-        @jax.jit
-        def step(ps: list, ms: list, vs: list, t: Any) -> tuple:
-            grads = jax.grad(loss_j)(ps)
-            t = t + 1
-            alpha = lr * jnp.sqrt(1 - b2_ ** t) / (1 - b1_ ** t)
-            ms = [b1_ * m + (1 - b1_) * g for m, g in zip(ms, grads)]
-            vs = [b2_ * v + (1 - b2_) * g * g for v, g in zip(vs, grads)]
-            ps = [p - alpha * m / (jnp.sqrt(v) + eps) for p, m, v in zip(ps, ms, vs)]
-            return ps, ms, vs, t, grads
-
-        state = {"ps": [jnp.asarray(p) for p in P0], "ms": [jnp.zeros_like(p) for p in P0],
-                 "vs": [jnp.zeros_like(p) for p in P0], "t": jnp.float32(0)}
-
-        def run_j() -> Any:
-            ps, ms, vs, t, grads = step(state["ps"], state["ms"], state["vs"], state["t"])
-            state.update(ps=ps, ms=ms, vs=vs, t=t)
-            return jax.block_until_ready(grads)
-
-        return Cell(run_j, grads=lambda gs: [_np(a) for a in gs])
+        return _jax_adam_cell(jax, jnp, loss_j, P0)
     if fw == "numpy":
         return _np_conv_cell(X0, y0, P0)
     raise Unavailable(f"{fw}: no conv net written for it")
