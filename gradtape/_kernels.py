@@ -24,6 +24,7 @@ becomes NaN (API.md, ``where``).
 from __future__ import annotations
 
 import ast
+import contextvars
 import math
 import os
 import threading
@@ -746,7 +747,9 @@ def run_numpy(prog: NumpyProgram, leaves: list, params: list, outs: list, shape:
         return
     pool = _thread_pool()
     per = -(-n_blocks // threads) * step
-    futures = [pool.submit(work, range(lo, min(lo + per, length), step))
+    # each worker runs in a copy of the caller's context: np.errstate (a context variable)
+    # set around the backward pass holds in the pool's threads too
+    futures = [pool.submit(contextvars.copy_context().run, work, range(lo, min(lo + per, length), step))
                for lo in range(per, length, per)]
     try:
         work(range(0, min(per, length), step))

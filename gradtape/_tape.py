@@ -845,7 +845,19 @@ def _backend_of_array(a: Any) -> Any:
 def backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff: bool,
              release: bool) -> dict:
     """Reverse pass over ``tape``'s records. Returns ``{source id: gradient}`` (arrays, or
-    Tensors when ``diff``: the pass is then made of recorded gradtape ops)."""
+    Tensors when ``diff``: the pass is then made of recorded gradtape ops).
+
+    NumPy's floating-point warnings are silenced for the pass: derivatives are infinite at
+    the documented singular points (``sqrt'(0)``, ``log'(0)`` behind a ``where``) and
+    ``gy * d`` is then cleaned up on purpose, so a warning would only be noise (PyTorch and
+    TF are silent too); ``check_numerics`` is the tool that reports NaN and inf.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _backward(tape, targets, seeds, sources, diff, release)
+
+
+def _backward(tape: GradientTape, targets: list, seeds: list, sources: list, diff: bool,
+              release: bool) -> dict:
     records = list(tape._records)  # a persistent tape may record the pass itself
     source_ids = set()
     tracked = tape._tracked
