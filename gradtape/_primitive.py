@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _parallel
 from ._backend import Backend
 from ._config import HOOKS
+from ._parallel import MIN_SIZE as _PARALLEL_MIN
 from ._tape import record_op
 from ._tensor import Tensor, _to_array, _wrap
 
@@ -268,14 +269,22 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             _backend_mismatch(prim, args)
         if a._is_variable or b._is_variable:
             var = a if a._is_variable else b
-        out = _wrap(prim.impl(backend.xp, a.data, b.data, **params), backend)
+        da, db = a.data, b.data
+        if da.size + db.size < _PARALLEL_MIN:
+            out = _wrap(prim.impl(backend.xp, da, db, **params), backend)
+        else:  # large: chunks on the thread pool (NumPy elementwise only; see _parallel.py)
+            out = _wrap(_parallel.forward(prim, backend.xp, (da, db), params), backend)
     else:
         for a in args:
             if a._backend is not backend:
                 _backend_mismatch(prim, args)
             if a._is_variable:
                 var = a
-        out = _wrap(prim.impl(backend.xp, *[a.data for a in args], **params), backend)
+        datas = [a.data for a in args]
+        if datas[0].size + datas[-1].size < _PARALLEL_MIN:
+            out = _wrap(prim.impl(backend.xp, *datas, **params), backend)
+        else:
+            out = _wrap(_parallel.forward(prim, backend.xp, tuple(datas), params), backend)
     if var is not None:  # lets an unconnected-gradient error spot `w = w - lr * g`
         out._origin = ("variable", var.name or "<unnamed>")
     if HOOKS.on:

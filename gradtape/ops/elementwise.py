@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _parallel
 from .._backend import erf_for
 from .._config import HOOKS
+from .._parallel import MIN_SIZE as _PARALLEL_MIN
 from .._primitive import Domain, bind, elementwise, primitive
 from .._tape import record_op
 from .._tensor import Tensor
@@ -158,7 +160,11 @@ def _unary(prim: Any, doc: str) -> Any:
             return bind(prim, one(x))
         backend = x._backend  # bind() inlined for the common one-tensor call: per-op overhead
         out = _new_tensor(Tensor)
-        out.data = impl(backend.xp, x.data)
+        data = x.data
+        if data.size < _PARALLEL_MIN:
+            out.data = impl(backend.xp, data)
+        else:  # large: chunks on the thread pool (NumPy only; see gradtape/_parallel.py)
+            out.data = _parallel.forward(prim, backend.xp, (data,), _NO_PARAMS)
         out._backend = backend
         out._id = 0
         out._origin = None
