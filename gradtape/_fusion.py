@@ -110,7 +110,6 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
     shape_of: dict[int, tuple] = {}
     dtype_of: dict[int, Any] = {}
     visit: list[int] = []
-    joined = 0
     for idx in range(len(records) - 1, -1, -1):
         rec = records[idx]
         o = rec.out_id
@@ -128,7 +127,6 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
             group = groups[sink]
             if len(group) < MAX_RUN:
                 group.append(idx)
-                joined += 1
                 shape, dtype = shape_of[sink], dtype_of[sink]
                 if len(in_ids) == 1:  # the common one-input member, kept flat
                     iid = in_ids[0]

@@ -208,6 +208,45 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
         tracked.add(out._id)
 
 
+def record_unary(prim: Any, a: Tensor, out: Tensor, params: dict) -> None:
+    """:func:`record_op` for a one-input elementwise op and a fresh ``out`` (the unary ops'
+    fast path): one recording tape, no watchers, the record built without the general
+    branches."""
+    tapes = STATE.fast
+    if tapes is None or len(tapes) != 1 or HOOKS.numerics:
+        record_op(prim, (a,), out, params)
+        return
+    tape = tapes[0]
+    tracked = tape._tracked
+    aid = a._id
+    if aid not in tracked:
+        if not (a._is_variable and tape._watch_accessed and a.trainable):
+            return
+        tape._watch_variable(a)
+    if prim.nondiff or out.data.dtype.kind not in "fc":
+        record_op(prim, (a,), out, params)  # the general path explains the cut
+        return
+    oid = out._id = _next_id()
+    rec = _new_record(Record)
+    rec.prim = prim
+    rec.params = params
+    rec.needs = _TRUE1
+    rec.out_id = oid
+    data = a.data
+    rec.in_ids = (aid,)
+    rec.in_shapes = (data.shape,)
+    rec.in_dtypes = (data.dtype,)
+    saves = prim._saves.get(_TRUE1) or prim.saved_names(_TRUE1)
+    rec.output = out if saves[1] else None
+    if not saves[0]:
+        rec.inputs = _NONE1
+    else:
+        rec.inputs = (a._snapshot(),) if a._is_variable else (a,)
+    tape._records.append(rec)
+    tracked.add(oid)
+
+
+_new_record = object.__new__
 _TRUE1 = (True,)
 _FF = (False, False)
 _NONE1 = (None,)

@@ -13,7 +13,7 @@ from .._backend import erf_for
 from .._config import HOOKS
 from .._parallel import MIN_SIZE as _PARALLEL_MIN
 from .._primitive import Domain, bind, elementwise, primitive
-from .._tape import record_op
+from .._tape import record_unary
 from .._tensor import Tensor
 from ._util import one, pair
 
@@ -169,7 +169,7 @@ def _unary(prim: Any, doc: str) -> Any:
         out._id = 0
         out._origin = None
         if HOOKS.on:
-            record_op(prim, (x,), out, _NO_PARAMS)
+            record_unary(prim, x, out, _NO_PARAMS)
         return out
 
     op.__name__ = op.__qualname__ = prim.name
