@@ -114,6 +114,10 @@ def _col2im_vjp(rec: Any, g: Tensor) -> tuple:
     return (bind(P_IM2COL, g, pad_value=0.0, **_geometry(rec.params)),)
 
 
+def _im2col_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    return (_col2im_impl(xp, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
+
+
 def _conv_examples(rng: np.random.Generator) -> list:
     x = rng.normal(size=(2, 4, 5, 6))
     return [
@@ -152,7 +156,7 @@ def _col2im_batch(args: tuple, dims: tuple, *, in_shape: tuple, **params: Any) -
 
 
 P_IM2COL = primitive("im2col", _im2col_impl, _im2col_vjp, saves_inputs=False,
-                     examples=_conv_examples, batch=_im2col_batch)
+                     examples=_conv_examples, batch=_im2col_batch, array_rule=_im2col_array_rule)
 P_COL2IM = primitive("col2im", _col2im_impl, _col2im_vjp, saves_inputs=False,
                      examples=_conv_examples, batch=_col2im_batch)
 
@@ -173,12 +177,22 @@ def _window_max_vjp(rec: Any, g: Tensor) -> tuple:
     return (ops.reshape(g, g.shape[:axis] + (1,) + g.shape[axis:]) * _wrap(mask, x._backend),)
 
 
+def _window_max_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    x = rec.inputs[0].data
+    axis = rec.params["axis"]
+    first = xp.expand_dims(x.argmax(axis=axis), axis)
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    mask = xp.arange(x.shape[axis]).reshape(shape) == first
+    return (xp.expand_dims(g, axis) * mask,)
+
+
 def _window_max_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
     return bind(P_WINDOW_MAX, _front(args[0], dims[0]), axis=axis + 1), 0
 
 
 P_WINDOW_MAX = primitive("window_max", _window_max_impl, _window_max_vjp, examples=_pool_examples,
-                         batch=_window_max_batch)
+                         batch=_window_max_batch, array_rule=_window_max_array_rule)
 
 
 def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,

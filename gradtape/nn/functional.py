@@ -80,6 +80,18 @@ def _softmax_examples(rng: np.random.Generator) -> list:
             (softmax, (rng.normal(size=(2, 3, 4)),), {"axis": 1})]
 
 
+def _softmax_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    y = rec.output.data
+    gy = g * y
+    gy -= y * gy.sum(axis=rec.params["axis"], keepdims=True)
+    return (gy,)
+
+
+def _log_softmax_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    y = rec.output.data
+    return (g - xp.exp(y) * g.sum(axis=rec.params["axis"], keepdims=True),)
+
+
 def _log_softmax_examples(rng: np.random.Generator) -> list:
     x = rng.normal(size=(3, 5))
     return [(log_softmax, (x,), {}), (log_softmax, (x,), {"axis": 0}),
@@ -106,10 +118,11 @@ def _axis_batch(prim_name: str) -> Any:
 
 
 P_SOFTMAX = primitive("softmax", _softmax_impl, _softmax_vjp, saves_inputs=False,
-                      saves_output=True, examples=_softmax_examples, batch=_axis_batch("softmax"))
+                      saves_output=True, examples=_softmax_examples, batch=_axis_batch("softmax"),
+                      array_rule=_softmax_array_rule)
 P_LOG_SOFTMAX = primitive("log_softmax", _log_softmax_impl, _log_softmax_vjp, saves_inputs=False,
                           saves_output=True, examples=_log_softmax_examples,
-                          batch=_axis_batch("log_softmax"))
+                          batch=_axis_batch("log_softmax"), array_rule=_log_softmax_array_rule)
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -154,6 +167,14 @@ def _sce_vjp(rec: Any, g: Tensor) -> tuple:
     return ((p - _wrap(onehot, logits._backend)) * ops.reshape(g, g.shape + (1,)), None)
 
 
+def _sce_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
+    logits, labels = rec.inputs[0].data, rec.inputs[1].data
+    p = _softmax_impl(xp, logits, axis=-1)  # a fresh array: the one-hot is subtracted in place
+    p -= xp.arange(logits.shape[-1]) == labels[..., None]
+    p *= g[..., None]
+    return (p, None)
+
+
 def _sce_examples(rng: np.random.Generator) -> list:
     return [(cross_entropy, (rng.normal(size=(4, 5)), rng.integers(0, 5, size=4)), {}),
             (cross_entropy, (rng.normal(size=(2, 3, 4)), rng.integers(0, 4, size=(2, 3))),
@@ -169,7 +190,8 @@ def _sce_batch(args: tuple, dims: tuple) -> tuple:
 
 
 P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, _sce_vjp,
-                                    examples=_sce_examples, batch=_sce_batch)
+                                    examples=_sce_examples, batch=_sce_batch,
+                                    array_rule=_sce_array_rule)
 
 
 def _as_labels(labels: Any, like: Tensor) -> Tensor:
