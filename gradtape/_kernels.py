@@ -503,7 +503,9 @@ class NumpyProgram:
 
     ``fn(*leaves, *params, *outputs, *float_scratch, *bool_scratch)`` runs one block; the
     scratch buffers are reused between instructions (and blocks). Outputs marked in ``acc``
-    are accumulated into (``o += ...``), the others written.
+    are accumulated into (``o += ...``), the others written. ``inplace[k]``, when given, is
+    the leaf whose array output ``k`` also is (an update in place, e.g. an optimizer step):
+    the program never overwrites such a leaf before its last read.
 
     Attributes:
         source: the generated Python text (for debugging).
@@ -514,7 +516,8 @@ class NumpyProgram:
 
     __slots__ = ("fn", "source", "n_float", "n_bool", "leaves", "params", "outputs", "alias")
 
-    def __init__(self, graph: Graph, acc: tuple[bool, ...], dtype: Any = None) -> None:
+    def __init__(self, graph: Graph, acc: tuple[bool, ...], dtype: Any = None,
+                 inplace: tuple[int | None, ...] | None = None) -> None:
         from ._backend import NUMPY
 
         order, uses = _schedule(graph)
@@ -524,11 +527,14 @@ class NumpyProgram:
         remaining = dict(uses)
         # an output root read by nothing else is computed straight into its output buffer
         direct: dict[int, int] = {}
-        for k in self.outputs:
-            root = graph.outputs[k]
-            if not acc[k] and uses.get(root, 0) == 0 and root not in direct \
-                    and graph.nodes[root][0] not in ("leaf", "param", "const"):
-                direct[root] = k
+        if inplace is None:
+            for k in self.outputs:
+                root = graph.outputs[k]
+                if not acc[k] and uses.get(root, 0) == 0 and root not in direct \
+                        and graph.nodes[root][0] not in ("leaf", "param", "const"):
+                    direct[root] = k
+        else:
+            direct = _inplace_direct(graph, order, uses, acc, self.outputs, inplace)
         for k in self.outputs:  # a root copied or added at the end must stay live until then
             root = graph.outputs[k]
             if direct.get(root) != k:
@@ -605,6 +611,44 @@ class NumpyProgram:
         self.fn = ns["_block"]
 
 
+def _inplace_direct(graph: Graph, order: list[int], uses: dict[int, int], acc: tuple[bool, ...],
+                    outputs: list[int], inplace: tuple[int | None, ...]) -> dict[int, int]:
+    """Which output roots :class:`NumpyProgram` computes straight into their output buffer
+    when output ``k``'s buffer is also leaf ``inplace[k]`` (an update in place).
+
+    Such a root is written early (later instructions then read the output buffer) only when
+    no instruction after it reads that leaf and its own multi-line rendering cannot read the
+    leaf after writing; otherwise it goes to scratch and is copied at the end. Outputs with no
+    leaf of their own keep the usual rule (written directly when nothing else reads them).
+    """
+    pos = {n: i for i, n in enumerate(order)}
+    last_read: dict[int, int] = {}  # leaf index -> position of the last instruction reading it
+    for n in order:
+        for a in graph.nodes[n][1:]:
+            if graph.nodes[a][0] == "leaf":
+                last_read[graph.nodes[a][1]] = pos[n]
+    for k in outputs:  # an output copied from a leaf at the end reads it after everything
+        node = graph.nodes[graph.outputs[k]]
+        if node[0] == "leaf":
+            last_read[node[1]] = len(order)
+    direct: dict[int, int] = {}
+    for k in outputs:
+        root = graph.outputs[k]
+        node = graph.nodes[root]
+        if acc[k] or root in direct or node[0] in ("leaf", "param", "const"):
+            continue
+        leaf = inplace[k]
+        if leaf is None:
+            if uses.get(root, 0) == 0:
+                direct[root] = k
+            continue
+        reads_leaf = any(graph.nodes[a] == ("leaf", leaf) for a in node[1:])
+        if last_read.get(leaf, -1) > pos[root] or (reads_leaf and node[0] in ("where", "erf")):
+            continue  # the leaf is still needed after the write: scratch, copied at the end
+        direct[root] = k
+    return direct
+
+
 def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
     if op == "where":
         c, a, b = ins
@@ -627,13 +671,14 @@ _numpy_programs: dict[tuple, NumpyProgram] = {}
 
 
 def numpy_program(key: tuple, build: Callable[[], Graph], acc: tuple[bool, ...],
-                  dtype: Any = None) -> NumpyProgram:
+                  dtype: Any = None, inplace: tuple[int | None, ...] | None = None) -> NumpyProgram:
     """The cached :class:`NumpyProgram` for ``key`` (``build()`` makes its graph on a miss);
-    ``dtype`` types its constants (part of ``key``)."""
-    k = (key, acc)
+    ``dtype`` types its constants (part of ``key``). ``inplace[k]``: the leaf whose buffer
+    output ``k`` also is (updates in place), or None."""
+    k = (key, acc) if inplace is None else (key, acc, inplace)
     prog = _numpy_programs.get(k)
     if prog is None:
-        prog = _numpy_programs[k] = NumpyProgram(build(), acc, dtype)
+        prog = _numpy_programs[k] = NumpyProgram(build(), acc, dtype, inplace)
     return prog
 
 
@@ -798,12 +843,17 @@ def _c_literal(v: float, ctype: str) -> str:
 
 
 def render_cuda(graph: Graph, leaf_dtypes: tuple[str, ...], dtype: str,
-                acc: tuple[bool, ...]) -> CudaKernel:
+                acc: tuple[bool, ...], inplace: tuple[int | None, ...] | None = None) -> CudaKernel:
     """Render ``graph`` as the body of an ElementwiseKernel whose outputs have ``dtype``
     (``"float16"``, ``"float32"``, ``"float64"``); ``leaf_dtypes`` names each leaf's dtype.
     Outputs marked in ``acc`` accumulate (``o += gy * d``), the others are written (no
     zero-fill pass). Every float literal is typed, so float16/float32 kernels use no double
     precision; float16 loads are widened to float and the result narrowed once at the store.
+
+    ``inplace[k]`` (optional): the leaf that output ``k`` updates in place (an optimizer
+    step). That leaf is then no input parameter: the body reads ``o{k}`` (a reference, read
+    before the store at the end), so one array is never passed as both input and output.
+    Such outputs must be written (not accumulated) and computed (not a plain leaf).
 
     Example:
         >>> from gradtape.ops.elementwise import P_TANH
@@ -821,11 +871,23 @@ def render_cuda(graph: Graph, leaf_dtypes: tuple[str, ...], dtype: str,
     outputs = tuple(k for k, a in enumerate(alias) if a is None)
     lines: list[str] = []
     names: dict[int, str] = {}
+    read_from: dict[int, int] = {}  # leaf -> the output whose reference it is read from
+    if inplace is not None:
+        for k, i in enumerate(inplace):
+            if i is None:
+                continue
+            if acc[k] or k not in outputs or leaf_dtypes[i] != dtype:
+                raise ValueError(f"render_cuda: output {k} updates leaf {i} in place, so it must "
+                                 f"be written, computed and of the leaf's dtype {leaf_dtypes[i]}")
+            read_from[i] = k
+        leaves = [i for i in leaves if i not in read_from]
 
     def operand(n: int) -> str:
         node = graph.nodes[n]
         if node[0] == "leaf":
             i = node[1]
+            if i in read_from:
+                return f"o{read_from[i]}" if dtype != "float16" else f"(({ctype})o{read_from[i]})"
             if leaf_dtypes[i] == "bool":
                 return f"a{i}"
             return f"a{i}" if CUDA_TYPES[leaf_dtypes[i]][1] == ctype and leaf_dtypes[i] != "float16" \
@@ -900,9 +962,11 @@ _cupy_kernels: dict[tuple, tuple[CudaKernel, Any]] = {}
 
 
 def cupy_kernel(key: tuple, build: Callable[[], Graph], leaf_dtypes: tuple[str, ...], dtype: str,
-                acc: tuple[bool, ...]) -> tuple[CudaKernel, Any]:
-    """The cached ``(CudaKernel, cupy.ElementwiseKernel)`` for ``key`` (needs CuPy)."""
-    k = (key, leaf_dtypes, dtype, acc)
+                acc: tuple[bool, ...], inplace: tuple[int | None, ...] | None = None
+                ) -> tuple[CudaKernel, Any]:
+    """The cached ``(CudaKernel, cupy.ElementwiseKernel)`` for ``key`` (needs CuPy);
+    ``inplace`` as in :func:`render_cuda`."""
+    k = (key, leaf_dtypes, dtype, acc) if inplace is None else (key, leaf_dtypes, dtype, acc, inplace)
     hit = _cupy_kernels.get(k)
     if hit is None:
         from ._backend import cupy_module
@@ -912,7 +976,7 @@ def cupy_kernel(key: tuple, build: Callable[[], Graph], leaf_dtypes: tuple[str, 
             from ._backend import cupy_unavailable_reason
 
             raise RuntimeError(f"CUDA kernels need CuPy: {cupy_unavailable_reason()}")
-        spec = render_cuda(build(), leaf_dtypes, dtype, acc)
+        spec = render_cuda(build(), leaf_dtypes, dtype, acc, inplace)
         ins, outs = spec.signature()
         kernel = cp.ElementwiseKernel(ins, outs, spec.body, spec.name, preamble=cuda_preamble())
         hit = _cupy_kernels[k] = (spec, kernel)

@@ -1,9 +1,19 @@
 """Optimizers: ``SGD``, ``Adam``, ``AdamW`` with Keras's ``apply_gradients(zip(grads, vars))``.
 
-Each optimizer's update is declared once, as a plain function of arrays for one variable
-(``sgd_update``, ``adam_update``): ``update(xp, param, grad, *slots, **scalars)`` writes the
-new parameter and state into their buffers in place (ufuncs with ``out=``), so a Variable's
-``data`` is never replaced or copied. The same body is what a fused GPU kernel renders.
+Each optimizer's update is declared once, as an :class:`UpdateRule`: ordered assignments in
+the derivative-expression subset of :mod:`gradtape._kernels` (``m = beta1 * m + ...``), where
+a later statement reads the new value of a name assigned earlier. The rule is lowered to one
+graph and run per variable as one fused program that updates the parameter and its state
+buffers in place, so a Variable's ``data`` is never replaced or copied:
+
+* NumPy: the blocked CPU program (:class:`gradtape._kernels.NumpyProgram`, straight-line
+  ufuncs with ``out=``, blocks of 2^16 elements on the kernel thread pool);
+* CuPy: one ``ElementwiseKernel`` per variable and step (:func:`gradtape._kernels.render_cuda`),
+  reading and writing the parameter and state through its output references.
+
+Scalars (learning rate, betas, bias-correction factors) are kernel parameters, so one compiled
+program serves every step; programs are cached per rule and dtype. ``sgd_update`` and
+``adam_update`` are the same formulas as plain array code, kept as the unfused reference.
 
 Example:
     >>> import gradtape as gt
@@ -18,19 +28,218 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from . import _kernels
 from ._tensor import Tensor, Variable, _wrap
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
-           "sgd_update", "adam_update"]
+           "UpdateRule", "sgd_rule", "adam_rule", "sgd_update", "adam_update"]
 
 
-# --------------------------------------------------------------------------- update bodies
+# --------------------------------------------------------------------------- update rules
+class UpdateRule:
+    """One optimizer update, declared once and run fused, in place, on either backend.
+
+    Args:
+        name: a label (part of the cache key and of error messages).
+        arrays: the names of the per-variable arrays, in the order :meth:`apply` takes them
+            (e.g. ``("p", "g", "m", "v")``); all have the parameter's shape (inputs such as the
+            gradient may broadcast to it).
+        scalars: the names of the per-step scalar parameters, in the order :meth:`apply` takes
+            their values.
+        statements: ``(target, expression)`` pairs run in order. An expression may read the
+            arrays, the scalars and names assigned before it, and always sees a name's latest
+            value. A target is an array (rebinding it) or a new local name.
+        outputs: the arrays written back in place, each with its final value (e.g.
+            ``("m", "v", "p")``); each must be assigned an expression, not a bare name.
+
+    Raises:
+        ValueError: a name is unknown, repeated, assigned to a scalar, or an output is never
+            computed.
+
+    Example:
+        >>> import numpy as np
+        >>> rule = UpdateRule("sgd", ("p", "g"), ("lr",), (("p", "p - lr * g"),), ("p",))
+        >>> p = np.ones(3)
+        >>> rule.apply([p, np.full(3, 2.0)], [0.25])
+        >>> p
+        array([0.5, 0.5, 0.5])
+    """
+
+    __slots__ = ("name", "arrays", "scalars", "statements", "outputs", "inplace", "key", "_parsed",
+                 "_programs")
+
+    def __init__(self, name: str, arrays: Sequence[str], scalars: Sequence[str],
+                 statements: Sequence[tuple[str, str]], outputs: Sequence[str]) -> None:
+        self.name = name
+        self.arrays = tuple(arrays)
+        self.scalars = tuple(scalars)
+        self.statements = tuple((str(t), str(e)) for t, e in statements)
+        self.outputs = tuple(outputs)
+        names = self.arrays + self.scalars
+        if len(set(names)) != len(names):
+            raise ValueError(f"UpdateRule {name!r}: array and scalar names must be distinct, "
+                             f"got arrays {self.arrays} and scalars {self.scalars}")
+        for o in self.outputs:
+            if o not in self.arrays:
+                raise ValueError(f"UpdateRule {name!r}: output {o!r} is not one of the arrays "
+                                 f"{self.arrays}")
+        known = list(names)
+        parsed = []
+        for target, source in self.statements:
+            if not target.isidentifier() or target in self.scalars:
+                raise ValueError(f"UpdateRule {name!r}: cannot assign to {target!r} (scalars "
+                                 "are read-only; targets are arrays or new local names)")
+            parsed.append((target, _kernels.parse(source, tuple(known))))
+            if target not in known:
+                known.append(target)
+        self._parsed = tuple(parsed)
+        self.inplace = tuple(self.arrays.index(o) for o in self.outputs)
+        self.key = ("update", name, self.arrays, self.scalars, self.statements, self.outputs)
+        self._programs: dict = {}  # dtype -> (NumpyProgram, whether it takes every operand)
+        graph = self.graph()  # validate once: every output is a computed value
+        for o, root in zip(self.outputs, graph.outputs):
+            if graph.nodes[root][0] in ("leaf", "param", "const"):
+                raise ValueError(f"UpdateRule {name!r}: output {o!r} must be assigned a "
+                                 "computed expression, not a bare name or number")
+
+    def graph(self) -> _kernels.Graph:
+        """The statements lowered to one :class:`gradtape._kernels.Graph`: leaf ``i`` is
+        ``arrays[i]``, parameter ``k`` is ``scalars[k]``, output ``k`` the final value of
+        ``outputs[k]``."""
+        g = _kernels.Graph(("f",) * len(self.arrays), len(self.scalars))
+        env = {n: g.add(("leaf", i)) for i, n in enumerate(self.arrays)}
+        env.update({n: g.add(("param", k)) for k, n in enumerate(self.scalars)})
+        for target, expr in self._parsed:
+            env[target] = g.lower(expr, env)
+        g.outputs = [env[o] for o in self.outputs]
+        return g
+
+    def apply(self, arrays: Sequence[Any], scalars: Sequence[float],
+              cache: dict | None = None) -> None:
+        """Run one update in place on backend arrays.
+
+        Args:
+            arrays: one array per name of ``arrays``; the outputs are full-shape arrays of
+                one floating dtype, updated in place; the others (the gradient) have that
+                dtype and broadcast to the shape (zero strides and non-contiguous are fine).
+            scalars: one float per name of ``scalars``.
+            cache: optional dict reused across calls of one step to keep the scalars
+                converted to each dtype.
+        """
+        outs = [arrays[i] for i in self.inplace]
+        out0 = outs[0]
+        dtype = out0.dtype
+        is_numpy = isinstance(out0, np.ndarray)
+        ckey = (is_numpy, dtype)
+        params = None if cache is None else cache.get(ckey)
+        if is_numpy:
+            if params is None:
+                params = [np.array(s, dtype) for s in scalars]
+            hit = self._programs.get(dtype)
+            if hit is None:
+                prog = _kernels.numpy_program((self.key, dtype.str), self.graph,
+                                              (False,) * len(outs), dtype, self.inplace)
+                whole = (prog.leaves == list(range(len(self.arrays))) and prog.n_bool == 0
+                         and prog.params == list(range(len(self.scalars)))
+                         and prog.outputs == list(range(len(outs))))
+                hit = self._programs[dtype] = (prog, whole)
+            prog, whole = hit
+            shape = out0.shape
+            if whole and out0.size <= _kernels.BLOCK:  # one call: run_numpy's small path, inlined
+                empty = np.empty
+                prog.fn(*arrays, *params, *outs, *[empty(shape, dtype) for _ in range(prog.n_float)])
+            else:
+                _kernels.run_numpy(prog, list(arrays), params, outs, shape, dtype)
+        else:
+            if params is None:
+                ptype = np.float64 if dtype == np.float64 else np.float32
+                params = [ptype(s) for s in scalars]
+            leaf_dtypes = tuple(a.dtype.name for a in arrays)
+            spec, kernel = _kernels.cupy_kernel(self.key, self.graph, leaf_dtypes, dtype.name,
+                                                (False,) * len(outs), self.inplace)
+            args = [arrays[i] for i in spec.leaves] + [params[i] for i in spec.params]
+            kernel(*args, *(outs[k] for k in spec.outputs))
+        if cache is not None:
+            cache[ckey] = params
+
+    def __repr__(self) -> str:
+        body = "; ".join(f"{t} = {e}" for t, e in self.statements)
+        return f"UpdateRule({self.name!r}: {body})"
+
+
+@functools.cache
+def sgd_rule(momentum: bool, nesterov: bool, weight_decay: bool) -> UpdateRule:
+    """The SGD update for one configuration (PyTorch's formulation, dampening 0), as run by
+    :class:`SGD`: ``g = g + weight_decay * p``; with momentum ``buf = momentum * buf + g``
+    and ``g = buf`` (or ``g + momentum * buf`` with Nesterov); ``p = p - lr * g``.
+
+    Arrays ``(p, g[, buf])``, scalars ``(lr[, momentum][, weight_decay])``, all arrays of the
+    parameter's shape.
+
+    Example:
+        >>> sgd_rule(True, True, False).outputs
+        ('buf', 'p')
+    """
+    arrays, scalars, stmts = ["p", "g"], ["lr"], []
+    if weight_decay:
+        scalars.append("weight_decay")
+        stmts.append(("g", "g + weight_decay * p"))
+    if momentum:
+        arrays.append("buf")
+        scalars.append("momentum")
+        stmts.append(("buf", "momentum * buf + g"))
+        stmts.append(("g", "g + momentum * buf" if nesterov else "buf"))
+    stmts.append(("p", "p - lr * g"))
+    name = "sgd" + ("_momentum" if momentum else "") + ("_nesterov" if nesterov else "") \
+        + ("_wd" if weight_decay else "")
+    return UpdateRule(name, arrays, scalars, stmts, (["buf"] if momentum else []) + ["p"])
+
+
+@functools.cache
+def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
+    """The Adam / AdamW update (bias-corrected, PyTorch's placement of ``eps``), as run by
+    :class:`Adam` and :class:`AdamW`. Per-step scalars come from Python: ``one_minus_beta1 =
+    1 - beta1``, ``step_size = lr / (1 - beta1^t)``, ``inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t)``,
+    and ``decay = 1 - lr * weight_decay`` (AdamW)::
+
+        g = g + weight_decay * p          # Adam with L2   (or p = p * decay: AdamW)
+        m = beta1 * m + one_minus_beta1 * g
+        v = beta2 * v + g * g * one_minus_beta2
+        p = p - m / (sqrt(v) * inv_sqrt_bc2 + eps) * step_size
+
+    Arrays ``(p, g, m, v)`` of the parameter's shape.
+
+    Example:
+        >>> adam_rule(True, True).statements[0]
+        ('p', 'p * decay')
+    """
+    scalars = ["beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size",
+               "inv_sqrt_bc2", "eps"]
+    stmts = []
+    if weight_decay:
+        if decoupled:
+            scalars.append("decay")
+            stmts.append(("p", "p * decay"))
+        else:
+            scalars.append("weight_decay")
+            stmts.append(("g", "g + weight_decay * p"))
+    stmts += [("m", "beta1 * m + one_minus_beta1 * g"),
+              ("v", "beta2 * v + g * g * one_minus_beta2"),
+              ("p", "p - m / (sqrt(v) * inv_sqrt_bc2 + eps) * step_size")]
+    name = "adam" + (("w" if decoupled else "_l2") if weight_decay else "")
+    return UpdateRule(name, ("p", "g", "m", "v"), scalars, stmts, ("m", "v", "p"))
+
+
+# --------------------------------------------------------------------------- references
+# The same updates as plain array code (several ufunc passes): the unfused reference the fused
+# rules above are tested against (bit for bit on NumPy).
 def sgd_update(xp: Any, p: Any, g: Any, buf: Any, *, lr: float, momentum: float,
                nesterov: bool, weight_decay: float) -> None:
     """One SGD step in place (PyTorch's formulation, dampening 0).
@@ -140,8 +349,9 @@ class Optimizer:
     """Base class: per-variable state, None gradients skipped, optional global-norm clipping,
     a learning rate that is a float or a schedule ``f(step) -> float`` (step counts from 0).
 
-    Subclasses set ``slot_names`` and ``update`` (a function of arrays, see module doc) and
-    return their scalar hyper-parameters from ``_scalars``.
+    Subclasses set ``slot_names``, return their hyper-parameters from ``_scalars``, their
+    :class:`UpdateRule` from ``_rule`` and its per-step scalar values from ``_rule_scalars``;
+    ``update`` is the unfused reference of the same formulas.
     """
 
     slot_names: tuple[str, ...] = ()
@@ -166,6 +376,12 @@ class Optimizer:
         return float(lr(self.iterations)) if callable(lr) else lr
 
     def _scalars(self) -> dict:
+        raise NotImplementedError
+
+    def _rule(self) -> UpdateRule:
+        raise NotImplementedError
+
+    def _rule_scalars(self, scalars: dict) -> dict[str, float]:
         raise NotImplementedError
 
     def _needs_slot(self, name: str) -> bool:
@@ -220,11 +436,14 @@ class Optimizer:
         if self.global_clipnorm is not None:
             clipped, _ = clip_by_global_norm([g for g, _ in pairs], self.global_clipnorm)
             pairs = list(zip(clipped, (v for _, v in pairs)))
-        scalars = self._scalars()
+        rule = self._rule()
+        values = self._rule_scalars(self._scalars())
+        values_list = [float(values[n]) for n in rule.scalars]
         self.iterations += 1
-        update = type(self).update
+        cache: dict = {}
         for g, v in pairs:
-            update(v._backend.xp, v.data, g, *self._slots(v), **scalars)
+            slots = [s for s in self._slots(v) if s is not None]
+            rule.apply([v.data, g, *slots], values_list, cache)
 
     # --- checkpoints ------------------------------------------------------------------------
     def state_dict(self, named_variables: Iterable[tuple[str, Variable]]) -> dict[str, np.ndarray]:
@@ -302,6 +521,12 @@ class SGD(Optimizer):
         return {"lr": self.current_learning_rate(), "momentum": self.momentum,
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
+    def _rule(self) -> UpdateRule:
+        return sgd_rule(self.momentum != 0.0, self.nesterov, self.weight_decay != 0.0)
+
+    def _rule_scalars(self, scalars: dict) -> dict[str, float]:
+        return scalars
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with bias correction. ``weight_decay`` here is L2 added to the
@@ -331,6 +556,17 @@ class Adam(Optimizer):
         return {"lr": self.current_learning_rate(), "beta1": self.beta1, "beta2": self.beta2,
                 "eps": self.epsilon, "step": self.iterations + 1,
                 "weight_decay": self.weight_decay, "decoupled": self._decoupled}
+
+    def _rule(self) -> UpdateRule:
+        return adam_rule(self.weight_decay != 0.0, self._decoupled)
+
+    def _rule_scalars(self, scalars: dict) -> dict[str, float]:
+        lr, b1, b2, t = scalars["lr"], scalars["beta1"], scalars["beta2"], scalars["step"]
+        return {"beta1": b1, "one_minus_beta1": 1.0 - b1, "beta2": b2,
+                "one_minus_beta2": 1.0 - b2, "step_size": lr / (1.0 - b1 ** t),
+                "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - b2 ** t), "eps": scalars["eps"],
+                "weight_decay": scalars["weight_decay"],
+                "decay": 1.0 - lr * scalars["weight_decay"]}
 
 
 class AdamW(Adam):
