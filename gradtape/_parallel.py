@@ -53,8 +53,13 @@ __all__ = ["forward", "MIN_SIZE", "CHEAP_MIN_SIZE", "CHUNK"]
 # float32, median of 9 timed blocks, other processes partly busy): sin at 2^16 elements 124 us
 # plain vs 158 us threaded, at 2^17 230 vs 172 us, at 2^18 482 vs 298 us; tanh at 2^16 174 vs
 # 185 us, at 2^17 346 vs 221 us; exp at 2^17 212 vs 157 us. Waking a pool thread costs ~25 us
-# here, so the op must take well over that: 2^17 for transcendental and composite impls.
-MIN_SIZE = 1 << 17
+# here, so the op must take well over that. Between matrix products the picture changes:
+# OpenBLAS's threads spin for a while after each GEMM, and a pool thread woken then competes
+# with them. In the MLP 784-512-512-10 benchmark (batch 256: tanh on 2^17 elements between
+# matmuls) threading that tanh made the whole step ~5% slower (ratio to hand-written NumPy 1.10
+# to 1.12 threaded vs 1.05 to 1.08 not, three interleaved runs of 25). So the threshold is 2^18:
+# the isolated gain at 2^17 (~60 us) is smaller than that loss, at 2^18 it is ~180 us per op.
+MIN_SIZE = 1 << 18
 # Single cheap ufuncs (add, mul, ...) are bound by memory and page faults: mul at 2^20 154 us
 # plain vs 263 us threaded, at 2^21 802 vs 562 us, at 2^22 2041 vs 1471 us; add and div break
 # even at 2^21. They thread from this size.
