@@ -39,6 +39,10 @@ class Config:
         check_numerics: the first op whose forward or backward produces NaN or inf raises
             ``FloatingPointError`` naming the primitive, the shapes and the user line
             (``GRADTAPE_CHECK_NUMERICS=1``).
+        host_memory_cache: let glibc keep freed host memory for reuse (set once, at the first
+            large NumPy op), so large eager arrays skip page faults; the process keeps its peak
+            resident size (``GRADTAPE_HOST_MEMORY_CACHE=0`` turns it off; see
+            ``gradtape/_hostmem.py``).
 
     Example:
         >>> import gradtape as gt
@@ -49,6 +53,7 @@ class Config:
     def __init__(self) -> None:
         self.fusion = _flag("GRADTAPE_FUSION", True)
         self.check_numerics = _flag("GRADTAPE_CHECK_NUMERICS", False)
+        self.host_memory_cache = _flag("GRADTAPE_HOST_MEMORY_CACHE", True)
 
     @property
     def check_numerics(self) -> bool:
@@ -60,7 +65,8 @@ class Config:
         HOOKS.refresh()
 
     def __repr__(self) -> str:
-        return f"Config(fusion={self.fusion}, check_numerics={self.check_numerics})"
+        return (f"Config(fusion={self.fusion}, check_numerics={self.check_numerics}, "
+                f"host_memory_cache={self.host_memory_cache})")
 
 
 config = Config()

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
+from . import _hostmem, _kernels
 
 __all__ = ["forward", "MIN_SIZE", "CHEAP_MIN_SIZE", "CHUNK"]
 
@@ -116,7 +116,11 @@ def forward(prim: Any, xp: Any, arrays: tuple, params: dict) -> Any:
         (dtype('float32'), (4,))
     """
     impl = prim.impl
-    if xp is not np or prim.derivatives is None or _kernels.THREADS < 2:
+    if xp is not np:
+        return impl(xp, *arrays, **params)
+    if not _hostmem.applied:
+        _hostmem.ensure()  # once: large outputs reuse freed memory instead of faulting pages in
+    if prim.derivatives is None or _kernels.THREADS < 2:
         return impl(xp, *arrays, **params)
     shape: tuple | None = None
     for a in arrays:
