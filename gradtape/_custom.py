@@ -32,7 +32,7 @@ class _CustomCall:
                  "backend", "multi", "__weakref__")
 
     derivatives = None
-    array_rule = None
+    rule = None
     saves_inputs = False
     saves_output = False
     nondiff = False

@@ -22,11 +22,12 @@ from . import _kernels, _parallel
 from ._backend import Backend
 from ._config import HOOKS
 from ._parallel import MIN_SIZE as _PARALLEL_MIN
+from ._rules import ON_NUMPY, ON_TENSORS, OnArrays, OnTensors, on_arrays
 from ._tape import record_op
 from ._tensor import Tensor, _to_array, _wrap
 
 __all__ = ["Primitive", "Domain", "REGISTRY", "elementwise", "primitive", "bind", "as_tensor",
-           "MissingRuleError"]
+           "MissingRuleError", "OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY", "on_arrays"]
 
 
 class MissingRuleError(NotImplementedError):
@@ -57,10 +58,11 @@ class Primitive:
         vjp: ``vjp(record, g) -> tuple`` of one gradient (Tensor or None) per input, written in
             gradtape ops. ``record.inputs``/``record.output`` hold what was saved,
             ``record.in_shapes``/``record.params``/``record.needs`` the rest.
-        array_rule: optional ``array_rule(record, g, xp) -> tuple`` of one backend array (or
-            None) per input: the same VJP as ``vjp`` computed directly on arrays, used by
-            first-order passes only (no tape recording, no transform) to skip per-op dispatch.
-            ``vjp`` stays the definition; a registry test checks that both agree.
+        rule: the VJP written once against a vocabulary ``m`` (``rule(m, record, g)``, see
+            :class:`OnTensors`), or None. With :data:`ON_TENSORS` it binds primitives (recorded
+            and differentiable): that is ``vjp``. With :func:`on_arrays` it calls their impls on
+            backend arrays: the first-order pass takes that route (no tape recording, no
+            transform) and skips per-op dispatch. One formula, two renderings.
         batch: the batching rule for vmap, or None.
         jvp: the forward-mode rule, or None.
         nondiff: outputs carry no gradient (comparisons, argmax); never recorded.
@@ -70,20 +72,24 @@ class Primitive:
         domains: per-input :class:`Domain` for registry-driven tests.
     """
 
-    __slots__ = ("name", "impl", "vjp", "array_rule", "batch", "jvp", "nondiff", "saves_inputs",
+    __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
                  "_saves", "_array_vjps", "_tensor_vjps", "examples")
 
     def __init__(self, name: str, impl: Callable, vjp: Callable | None = None, *,
-                 array_rule: Callable | None = None, batch: Callable | None = None, jvp: Callable | None = None,
+                 rule: Callable | None = None, batch: Callable | None = None, jvp: Callable | None = None,
                  nondiff: bool = False, saves_inputs: bool = True, saves_output: bool = False,
                  domains: tuple[Domain, ...] = (), examples: Callable | None = None) -> None:
         if name in REGISTRY:
             raise ValueError(f"primitive {name!r} is declared twice")
         self.name = name
         self.impl = impl
+        if rule is not None:
+            if vjp is not None:
+                raise ValueError(f"primitive {name!r}: give vjp= or rule=, not both")
+            vjp = _tensor_vjp_of(rule)
         self.vjp = vjp
-        self.array_rule = array_rule
+        self.rule = rule
         self.batch = batch
         self.jvp = jvp
         self.nondiff = nondiff
@@ -144,6 +150,15 @@ class Primitive:
                                      self.safe)
             self._tensor_vjps[i] = fn
         return fn
+
+
+# --------------------------------------------------------------------------- two-mode VJP rules
+def _tensor_vjp_of(rule: Callable) -> Callable:
+    def vjp(rec: Any, g: Tensor) -> tuple:
+        return rule(ON_TENSORS, rec, g)
+
+    vjp.__name__ = getattr(rule, "__name__", "rule")
+    return vjp
 
 
 def _elementwise_vjp(rec: Any, g: Tensor) -> tuple:

@@ -19,6 +19,7 @@ import numpy as np
 from . import _fusion, _nest
 from ._backend import NUMPY as _NUMPY
 from ._config import HOOKS, config
+from ._rules import ON_NUMPY, on_arrays
 from ._tensor import Tensor, _next_id, _wrap
 
 __all__ = ["GradientTape", "UnconnectedGradientError", "STATE", "record_op", "note_cut",
@@ -860,9 +861,9 @@ def _vjp_arrays(rec: Record, g: Any) -> tuple:
         for i, need in enumerate(needs):
             res.append(prim.array_vjp(i, backend)(g, *args) if need else None)
         return tuple(res)
-    rule = prim.array_rule
+    rule = prim.rule
     if rule is not None and not isinstance(g, tuple):
-        return rule(rec, g, np if type(g) is np.ndarray else _backend_of_array(g).xp)
+        return rule(ON_NUMPY if type(g) is np.ndarray else on_arrays(_backend_of_array(g).xp), rec, g)
     if prim.vjp is None:
         from ._primitive import MissingRuleError
 

@@ -28,6 +28,7 @@ import pytest
 import gradtape as gt
 from gradtape import _kernels, _nest
 from gradtape._primitive import REGISTRY, Domain, Primitive
+from gradtape._rules import ON_NUMPY
 from gradtape.testing import check_grads
 
 # Import every gradtape module so that all primitives are registered (nn, transforms, ...);
@@ -49,7 +50,7 @@ ELEMENTWISE = sorted(n for n, p in PRIMS.items() if p.is_elementwise)
 NONDIFF = sorted(n for n, p in PRIMS.items() if p.nondiff and not p.is_elementwise)
 WITH_EXAMPLES = sorted(n for n, p in PRIMS.items()
                        if p.examples is not None and not p.is_elementwise and not p.nondiff)
-WITH_ARRAY_RULE = sorted(n for n, p in PRIMS.items() if p.array_rule is not None)
+WITH_RULE = sorted(n for n, p in PRIMS.items() if p.rule is not None)
 
 
 # --------------------------------------------------------------------------- references
@@ -379,16 +380,17 @@ def test_examples_gradients_float64(name):
             raise AssertionError(f"primitive {name!r}, example {_case_id(fn, i)}: {exc}") from None
 
 
-def test_array_rules_have_examples():
-    assert WITH_ARRAY_RULE, "no primitive declares an array rule"
-    missing = [n for n in WITH_ARRAY_RULE if PRIMS[n].examples is None]
-    assert not missing, f"primitives with an array_rule but no examples to test it on: {missing}"
+def test_rules_have_examples():
+    assert WITH_RULE, "no primitive declares a two-rendering VJP rule"
+    missing = [n for n in WITH_RULE if PRIMS[n].examples is None]
+    assert not missing, f"primitives with a rule but no examples to test it on: {missing}"
 
 
-@pytest.mark.parametrize("name", WITH_ARRAY_RULE)
-def test_array_rule_matches_vjp(name):
-    """The first-order array rule equals the gradtape-op VJP (the definition) on every example,
-    for every combination of which inputs need a gradient."""
+@pytest.mark.parametrize("name", WITH_RULE)
+def test_rule_on_arrays_matches_rule_on_tensors(name):
+    """A VJP rule rendered on backend arrays (the first-order route) equals its gradtape-op
+    rendering (the differentiable one) on every example, for every combination of which
+    inputs need a gradient."""
     prim = PRIMS[name]
     rng = np.random.default_rng(_seed(name, "array_rule"))
     checked = 0
@@ -410,7 +412,7 @@ def test_array_rule_matches_vjp(name):
                 zeros = [np.zeros(s, d) for s, d in zip(rec.in_shapes, rec.in_dtypes)]
                 out_shape = np.shape(prim.impl(np, *zeros, **rec.params))
                 g = rng.standard_normal(out_shape).astype(np.result_type(*rec.in_dtypes))
-                fast = prim.array_rule(rec, g, np)
+                fast = prim.rule(ON_NUMPY, rec, g)
                 slow = prim.vjp(rec, gt.tensor(g))
                 assert len(fast) == len(slow) == len(rec.in_ids)
                 for k, (f, sl) in enumerate(zip(fast, slow)):

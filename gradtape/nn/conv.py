@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import ops
 from .._primitive import bind, primitive
-from .._tensor import Tensor, _wrap
+from .._tensor import Tensor
 from ..ops._util import one
+from ..ops.shape import P_RESHAPE
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
 
@@ -106,16 +107,12 @@ def _geometry(params: dict) -> dict:
     return {k: params[k] for k in ("kernel", "stride", "padding", "dilation")}
 
 
-def _im2col_vjp(rec: Any, g: Tensor) -> tuple:
-    return (bind(P_COL2IM, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
+def _im2col_rule(m: Any, rec: Any, g: Any) -> tuple:
+    return (m.apply(P_COL2IM, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
 
 
 def _col2im_vjp(rec: Any, g: Tensor) -> tuple:
     return (bind(P_IM2COL, g, pad_value=0.0, **_geometry(rec.params)),)
-
-
-def _im2col_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    return (_col2im_impl(xp, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
 
 
 def _conv_examples(rng: np.random.Generator) -> list:
@@ -155,8 +152,8 @@ def _col2im_batch(args: tuple, dims: tuple, *, in_shape: tuple, **params: Any) -
     return ops.reshape(x, (B, N) + x.shape[1:]), 0
 
 
-P_IM2COL = primitive("im2col", _im2col_impl, _im2col_vjp, saves_inputs=False,
-                     examples=_conv_examples, batch=_im2col_batch, array_rule=_im2col_array_rule)
+P_IM2COL = primitive("im2col", _im2col_impl, rule=_im2col_rule, saves_inputs=False,
+                     examples=_conv_examples, batch=_im2col_batch)
 P_COL2IM = primitive("col2im", _col2im_impl, _col2im_vjp, saves_inputs=False,
                      examples=_conv_examples, batch=_col2im_batch)
 
@@ -165,34 +162,25 @@ def _window_max_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return x.max(axis=axis)
 
 
-def _window_max_vjp(rec: Any, g: Tensor) -> tuple:
+def _window_max_rule(m: Any, rec: Any, g: Any) -> tuple:
     # The gradient goes to the first maximum of each window (as PyTorch's max_pool2d).
-    x = rec.inputs[0]
-    axis = rec.params["axis"]
-    xp = x._backend.xp
-    first = xp.expand_dims(x.data.argmax(axis=axis), axis)
-    shape = [1] * x.ndim
-    shape[axis] = x.shape[axis]
-    mask = (xp.arange(x.shape[axis]).reshape(shape) == first).astype(g.dtype)
-    return (ops.reshape(g, g.shape[:axis] + (1,) + g.shape[axis:]) * _wrap(mask, x._backend),)
-
-
-def _window_max_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    x = rec.inputs[0].data
+    saved = rec.inputs[0]
+    x, xp = saved.data, saved._backend.xp
     axis = rec.params["axis"]
     first = xp.expand_dims(x.argmax(axis=axis), axis)
     shape = [1] * x.ndim
     shape[axis] = x.shape[axis]
-    mask = xp.arange(x.shape[axis]).reshape(shape) == first
-    return (xp.expand_dims(g, axis) * mask,)
+    mask = (xp.arange(x.shape[axis]).reshape(shape) == first).astype(g.dtype)
+    gk = m.apply(P_RESHAPE, g, shape=g.shape[:axis] + (1,) + g.shape[axis:])
+    return (gk * m.const(mask, gk),)
 
 
 def _window_max_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
     return bind(P_WINDOW_MAX, _front(args[0], dims[0]), axis=axis + 1), 0
 
 
-P_WINDOW_MAX = primitive("window_max", _window_max_impl, _window_max_vjp, examples=_pool_examples,
-                         batch=_window_max_batch, array_rule=_window_max_array_rule)
+P_WINDOW_MAX = primitive("window_max", _window_max_impl, rule=_window_max_rule,
+                         examples=_pool_examples, batch=_window_max_batch)
 
 
 def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,

@@ -16,6 +16,9 @@ from .. import ops
 from .._primitive import bind, primitive
 from .._tensor import Tensor, _wrap
 from ..ops._util import one
+from ..ops.elementwise import P_EXP
+from ..ops.reductions import P_SUM
+from ..ops.shape import P_RESHAPE
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "mse", "binary_cross_entropy", "dropout",
            "layer_norm", "embedding"]
@@ -57,10 +60,10 @@ def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return e
 
 
-def _softmax_vjp(rec: Any, g: Tensor) -> tuple:
-    y = rec.output
+def _softmax_rule(m: Any, rec: Any, g: Any) -> tuple:
+    y = m.val(rec.output)
     gy = g * y
-    return (gy - y * ops.sum(gy, axis=rec.params["axis"], keepdims=True),)
+    return (gy - y * m.apply(P_SUM, gy, axis=(rec.params["axis"],), keepdims=True),)
 
 
 def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
@@ -69,27 +72,15 @@ def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return s
 
 
-def _log_softmax_vjp(rec: Any, g: Tensor) -> tuple:
-    y = rec.output
-    return (g - ops.exp(y) * ops.sum(g, axis=rec.params["axis"], keepdims=True),)
+def _log_softmax_rule(m: Any, rec: Any, g: Any) -> tuple:
+    y = m.val(rec.output)
+    return (g - m.apply(P_EXP, y) * m.apply(P_SUM, g, axis=(rec.params["axis"],), keepdims=True),)
 
 
 def _softmax_examples(rng: np.random.Generator) -> list:
     x = rng.normal(size=(3, 5))
     return [(softmax, (x,), {}), (softmax, (x,), {"axis": 0}),
             (softmax, (rng.normal(size=(2, 3, 4)),), {"axis": 1})]
-
-
-def _softmax_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    y = rec.output.data
-    gy = g * y
-    gy -= y * gy.sum(axis=rec.params["axis"], keepdims=True)
-    return (gy,)
-
-
-def _log_softmax_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    y = rec.output.data
-    return (g - xp.exp(y) * g.sum(axis=rec.params["axis"], keepdims=True),)
 
 
 def _log_softmax_examples(rng: np.random.Generator) -> list:
@@ -117,12 +108,11 @@ def _axis_batch(prim_name: str) -> Any:
     return rule
 
 
-P_SOFTMAX = primitive("softmax", _softmax_impl, _softmax_vjp, saves_inputs=False,
-                      saves_output=True, examples=_softmax_examples, batch=_axis_batch("softmax"),
-                      array_rule=_softmax_array_rule)
-P_LOG_SOFTMAX = primitive("log_softmax", _log_softmax_impl, _log_softmax_vjp, saves_inputs=False,
-                          saves_output=True, examples=_log_softmax_examples,
-                          batch=_axis_batch("log_softmax"), array_rule=_log_softmax_array_rule)
+P_SOFTMAX = primitive("softmax", _softmax_impl, rule=_softmax_rule, saves_inputs=False,
+                      saves_output=True, examples=_softmax_examples, batch=_axis_batch("softmax"))
+P_LOG_SOFTMAX = primitive("log_softmax", _log_softmax_impl, rule=_log_softmax_rule,
+                          saves_inputs=False, saves_output=True, examples=_log_softmax_examples,
+                          batch=_axis_batch("log_softmax"))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -159,20 +149,13 @@ def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     return -xp.take_along_axis(lsm, labels[..., None].astype(np.intp, copy=False), axis=-1)[..., 0]
 
 
-def _sce_vjp(rec: Any, g: Tensor) -> tuple:
-    logits, labels = rec.inputs
-    xp = logits._backend.xp
+def _sce_rule(m: Any, rec: Any, g: Any) -> tuple:
+    saved_logits, labels = rec.inputs
+    xp = saved_logits._backend.xp
+    logits = m.val(saved_logits)
     onehot = (xp.arange(logits.shape[-1]) == labels.data[..., None]).astype(logits.dtype)
-    p = softmax(logits)
-    return ((p - _wrap(onehot, logits._backend)) * ops.reshape(g, g.shape + (1,)), None)
-
-
-def _sce_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    logits, labels = rec.inputs[0].data, rec.inputs[1].data
-    p = _softmax_impl(xp, logits, axis=-1)  # a fresh array: the one-hot is subtracted in place
-    p -= xp.arange(logits.shape[-1]) == labels[..., None]
-    p *= g[..., None]
-    return (p, None)
+    p = m.apply(P_SOFTMAX, logits, axis=len(logits.shape) - 1)
+    return ((p - m.const(onehot, logits)) * m.apply(P_RESHAPE, g, shape=g.shape + (1,)), None)
 
 
 def _sce_examples(rng: np.random.Generator) -> list:
@@ -189,9 +172,8 @@ def _sce_batch(args: tuple, dims: tuple) -> tuple:
     return bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels), 0
 
 
-P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, _sce_vjp,
-                                    examples=_sce_examples, batch=_sce_batch,
-                                    array_rule=_sce_array_rule)
+P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, rule=_sce_rule,
+                                    examples=_sce_examples, batch=_sce_batch)
 
 
 def _as_labels(labels: Any, like: Tensor) -> Tensor:

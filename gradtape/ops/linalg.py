@@ -15,6 +15,7 @@ import numpy as np
 from .._primitive import bind, primitive
 from .._tensor import Tensor, _wrap
 from ._util import one, pair
+from .shape import P_RESHAPE, P_TRANSPOSE
 
 __all__ = ["matmul", "dot", "einsum", "outer"]
 
@@ -30,64 +31,38 @@ def _rand(rng: Any, *shape: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- matmul
-def _swap_last(t: Tensor) -> Tensor:
-    from .shape import transpose
-
-    axes = list(range(t.ndim))
-    axes[-1], axes[-2] = axes[-2], axes[-1]
-    return transpose(t, tuple(axes))
+def _swap_last(m: Any, t: Any) -> Any:
+    n = len(t.shape)
+    return m.apply(P_TRANSPOSE, t, axes=_SWAP2 if n == 2 else (*range(n - 2), n - 1, n - 2))
 
 
-def _matmul_vjp(rec: Any, g: Tensor) -> tuple:
-    from .shape import reshape
-
-    a, b = rec.inputs
-    if a.ndim == 1 and b.ndim == 1:
-        return (_cast(g * b, a.dtype) if rec.needs[0] else None,
-                _cast(g * a, b.dtype) if rec.needs[1] else None)
-    A = reshape(a, (1, a.shape[0])) if a.ndim == 1 else a
-    B = reshape(b, (b.shape[0], 1)) if b.ndim == 1 else b
-    G = g
-    if a.ndim == 1:
-        G = reshape(G, G.shape[:-1] + (1,) + G.shape[-1:])
-    if b.ndim == 1:
-        G = reshape(G, G.shape + (1,))
-    ga = gb = None
-    if rec.needs[0]:
-        ga = matmul(G, _swap_last(B))
-        if a.ndim == 1:
-            ga = reshape(ga, ga.shape[:-2] + ga.shape[-1:])
-        ga = _cast(ga, a.dtype)
-    if rec.needs[1]:
-        gb = matmul(_swap_last(A), G)
-        if b.ndim == 1:
-            gb = reshape(gb, gb.shape[:-1])
-        gb = _cast(gb, b.dtype)
-    return ga, gb
+_SWAP2 = (1, 0)
 
 
-def _matmul_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    """:func:`_matmul_vjp` on backend arrays (first order)."""
-    a, b = rec.inputs[0].data, rec.inputs[1].data
+def _matmul_rule(m: Any, rec: Any, g: Any) -> tuple:
+    """The matmul VJP, once for both renderings (see :mod:`gradtape._rules`); the engine casts
+    each gradient to its input's dtype."""
+    a, b = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    na, nb = len(rec.in_shapes[0]), len(rec.in_shapes[1])
     needs = rec.needs
-    if a.ndim == 1 and b.ndim == 1:
+    if na == 1 and nb == 1:
         return (g * b if needs[0] else None, g * a if needs[1] else None)
-    A = a[None, :] if a.ndim == 1 else a
-    B = b[:, None] if b.ndim == 1 else b
+    A = m.apply(P_RESHAPE, a, shape=(1,) + a.shape) if na == 1 else a
+    B = m.apply(P_RESHAPE, b, shape=b.shape + (1,)) if nb == 1 else b
     G = g
-    if a.ndim == 1:
-        G = G[..., None, :]
-    if b.ndim == 1:
-        G = G[..., None]
+    if na == 1:
+        G = m.apply(P_RESHAPE, G, shape=G.shape[:-1] + (1,) + G.shape[-1:])
+    if nb == 1:
+        G = m.apply(P_RESHAPE, G, shape=G.shape + (1,))
     ga = gb = None
     if needs[0]:
-        ga = xp.matmul(G, B.T if B.ndim == 2 else xp.swapaxes(B, -1, -2))
-        if a.ndim == 1:
-            ga = ga[..., 0, :]
+        ga = m.apply(P_MATMUL, G, _swap_last(m, B))
+        if na == 1:
+            ga = m.apply(P_RESHAPE, ga, shape=ga.shape[:-2] + ga.shape[-1:])
     if needs[1]:
-        gb = xp.matmul(A.T if A.ndim == 2 else xp.swapaxes(A, -1, -2), G)
-        if b.ndim == 1:
-            gb = gb[..., 0]
+        gb = m.apply(P_MATMUL, _swap_last(m, A), G)
+        if nb == 1:
+            gb = m.apply(P_RESHAPE, gb, shape=gb.shape[:-1])
     return ga, gb
 
 
@@ -99,8 +74,8 @@ def _matmul_examples(rng: Any) -> list:
             (matmul, (_rand(rng, 5, 2, 3), _rand(rng, 1, 3, 2)), {})]
 
 
-P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), _matmul_vjp,
-                     array_rule=_matmul_array_rule, examples=_matmul_examples)
+P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), rule=_matmul_rule,
+                     examples=_matmul_examples)
 
 
 def matmul(a: Any, b: Any) -> Tensor:

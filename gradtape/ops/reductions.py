@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from .._primitive import Domain, bind, primitive
+from .._rules import ON_TENSORS
 from .._tensor import Tensor, _wrap
 from ._util import normalize_axis, one
 from .elementwise import exp, where
+from .shape import P_BROADCAST_TO, P_RESHAPE
 
 __all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
            "argmin"]
@@ -48,11 +50,16 @@ def _kept(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Ten
     return reshape(g, _kept_shape(in_shape, axes))
 
 
+def _expand(m: Any, g: Any, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Any:
+    """Broadcast a reduced gradient back to the input's shape, in rendering ``m``."""
+    if not keepdims:
+        g = m.apply(P_RESHAPE, g, shape=_kept_shape(in_shape, axes))
+    return m.apply(P_BROADCAST_TO, g, shape=in_shape)
+
+
 def _expand_back(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Tensor:
     """Broadcast a reduced gradient back to the input's shape (gradtape ops)."""
-    from .shape import broadcast_to
-
-    return broadcast_to(_kept(g, in_shape, axes, keepdims), in_shape)
+    return _expand(ON_TENSORS, g, in_shape, axes, keepdims)
 
 
 def _squeeze_axes(xp: Any, a: Any, axes: tuple | None, keepdims: bool) -> Any:
@@ -88,20 +95,9 @@ def _distinct(rng: Any, *shape: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sum
-def _sum_vjp(rec: Any, g: Tensor) -> tuple:
-    return (_expand_back(g, rec.in_shapes[0], rec.params["axis"], rec.params["keepdims"]),)
-
-
-def _sum_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    in_shape, p = rec.in_shapes[0], rec.params
-    if xp is np and np.ndim(g) == 0:  # the loss: a read-only zero-stride view, ~8x cheaper
-        g = np.asarray(g)  # than np.broadcast_to's Python wrapper on small arrays
-        view = np.ndarray(in_shape, g.dtype, g, 0, (0,) * len(in_shape))
-        view.flags.writeable = False
-        return (view,)
-    if not p["keepdims"]:
-        g = g.reshape(_kept_shape(in_shape, p["axis"]))
-    return (xp.broadcast_to(g, in_shape),)
+def _sum_rule(m: Any, rec: Any, g: Any) -> tuple:
+    p = rec.params
+    return (_expand(m, g, rec.in_shapes[0], p["axis"], p["keepdims"]),)
 
 
 def _axis_examples(name: str, make: Any) -> Any:
@@ -119,7 +115,7 @@ def _axis_examples(name: str, make: Any) -> Any:
 
 
 P_SUM = primitive("sum", lambda xp, x, *, axis, keepdims: x.sum(axis=axis, keepdims=keepdims),
-                  _sum_vjp, array_rule=_sum_array_rule, saves_inputs=False, domains=(Domain(),),
+                  rule=_sum_rule, saves_inputs=False, domains=(Domain(),),
                   examples=_axis_examples("sum", _rand))
 
 
@@ -138,20 +134,14 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A0
 
 
 # --------------------------------------------------------------------------- mean
-def _mean_vjp(rec: Any, g: Tensor) -> tuple:
+def _mean_rule(m: Any, rec: Any, g: Any) -> tuple:
     n = _rec_count(rec)
-    gx = _expand_back(g, rec.in_shapes[0], rec.params["axis"], rec.params["keepdims"])
-    return (gx * (1.0 / n) if n else gx,)
-
-
-def _mean_array_rule(rec: Any, g: Any, xp: Any) -> tuple:
-    n = _rec_count(rec)
-    (gx,) = _sum_array_rule(rec, g, xp)
+    (gx,) = _sum_rule(m, rec, g)
     return (gx * (1.0 / n) if n else gx,)
 
 
 P_MEAN = primitive("mean", lambda xp, x, *, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
-                   _mean_vjp, array_rule=_mean_array_rule, saves_inputs=False,
+                   rule=_mean_rule, saves_inputs=False,
                    examples=_axis_examples("mean", _rand))
 
 

@@ -39,10 +39,9 @@ def _reshape_examples(rng: Any) -> list:
             (reshape, (_rand(rng),), {"shape": (1, 1)})]
 
 
-P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: xp.reshape(x, shape),
-                      lambda rec, g: (reshape(g, rec.in_shapes[0]),), saves_inputs=False,
-                      array_rule=lambda rec, g, xp: (g.reshape(rec.in_shapes[0]),),
-                      examples=_reshape_examples)
+P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape),
+                      rule=lambda m, rec, g: (m.apply(P_RESHAPE, g, shape=rec.in_shapes[0]),),
+                      saves_inputs=False, examples=_reshape_examples)
 
 
 def reshape(x: Any, shape: Any) -> Tensor:
@@ -69,9 +68,9 @@ def reshape(x: Any, shape: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- transpose
-def _transpose_vjp(rec: Any, g: Tensor) -> tuple:
-    axes = rec.params["axes"]
-    return (transpose(g, tuple(int(i) for i in np.argsort(axes))),)
+def _transpose_rule(m: Any, rec: Any, g: Any) -> tuple:
+    inverse = tuple(int(i) for i in np.argsort(rec.params["axes"]))
+    return (m.apply(P_TRANSPOSE, g, axes=inverse),)
 
 
 def _transpose_examples(rng: Any) -> list:
@@ -79,9 +78,8 @@ def _transpose_examples(rng: Any) -> list:
             (transpose, (_rand(rng, 2, 3, 4),), {"axes": (1, -1, 0)})]
 
 
-P_TRANSPOSE = primitive("transpose", lambda xp, x, *, axes: xp.transpose(x, axes),
-                        _transpose_vjp, saves_inputs=False, examples=_transpose_examples,
-                        array_rule=lambda rec, g, xp: (xp.transpose(g, np.argsort(rec.params["axes"])),))
+P_TRANSPOSE = primitive("transpose", lambda xp, x, *, axes: x.transpose(axes),
+                        rule=_transpose_rule, saves_inputs=False, examples=_transpose_examples)
 
 
 def transpose(x: Any, axes: Any = None) -> Tensor:
@@ -198,8 +196,8 @@ def _broadcast_examples(rng: Any) -> list:
 
 
 P_BROADCAST_TO = primitive("broadcast_to", lambda xp, x, *, shape: xp.broadcast_to(x, shape),
-                           lambda rec, g: (g,), saves_inputs=False, examples=_broadcast_examples,
-                           array_rule=lambda rec, g, xp: (g,))
+                           rule=lambda m, rec, g: (g,), saves_inputs=False,
+                           examples=_broadcast_examples)
 
 
 def broadcast_to(x: Any, shape: Any) -> Tensor:
@@ -551,17 +549,16 @@ def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- dtype and gradient
-def _astype_vjp(rec: Any, g: Tensor) -> tuple:
-    return (astype(g, rec.in_dtypes[0]),)
+def _astype_rule(m: Any, rec: Any, g: Any) -> tuple:
+    return (m.apply(P_ASTYPE, g, dtype=rec.in_dtypes[0]),)
 
 
 def _astype_examples(rng: Any) -> list:
     return [(astype, (_rand(rng, 2, 3),), {"dtype": "float64"})]
 
 
-P_ASTYPE = primitive("astype", lambda xp, x, *, dtype: x.astype(dtype), _astype_vjp,
-                     saves_inputs=False, examples=_astype_examples,
-                     array_rule=lambda rec, g, xp: (g.astype(rec.in_dtypes[0]),))
+P_ASTYPE = primitive("astype", lambda xp, x, *, dtype: x.astype(dtype), rule=_astype_rule,
+                     saves_inputs=False, examples=_astype_examples)
 
 
 def astype(x: Any, dtype: Any) -> Tensor:
