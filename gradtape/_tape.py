@@ -212,7 +212,9 @@ def record_op(prim: Any, args: tuple, out: Tensor, params: dict) -> None:
 def record_unary(prim: Any, a: Tensor, out: Tensor, params: dict) -> None:
     """:func:`record_op` for a one-input elementwise op and a fresh ``out`` (the unary ops'
     fast path): one recording tape, no watchers, the record built without the general
-    branches."""
+    branches. It fills the same fields as ``Record.__init__``'s one-input branch, inlined on
+    purpose: calling the constructor costs ~0.2 us per op (measured on the overhead chain,
+    2.20 vs 2.02 us/op forward), and per-op overhead is a product target."""
     tapes = STATE.fast
     if tapes is None or len(tapes) != 1 or HOOKS.numerics:
         record_op(prim, (a,), out, params)
