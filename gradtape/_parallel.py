@@ -4,7 +4,8 @@ The eager forward runs one NumPy call per op, on one core. NumPy ufuncs release 
 large elementwise op can be cut into contiguous flat chunks computed at the same time on the
 thread pool the fused backward already uses (:func:`gradtape._kernels._thread_pool`, sized by
 :data:`gradtape._kernels.THREADS`); on the 2-core machine this nearly halves the forward of
-large arrays (the 2^22-element ``fused`` benchmark chain: forward ~41 ms to ~22 ms).
+large arrays (the 2^22-element ``fused`` benchmark chain, forward under a tape: ~52-67 ms
+to ~37-43 ms in interleaved runs on a loaded host).
 
 :func:`forward` applies when all of these hold, and otherwise makes the plain call
 ``prim.impl(xp, *arrays, **params)``:

@@ -12,8 +12,7 @@ buffers in place, so a Variable's ``data`` is never replaced or copied:
   reading and writing the parameter and state through its output references.
 
 Scalars (learning rate, betas, bias-correction factors) are kernel parameters, so one compiled
-program serves every step; programs are cached per rule and dtype. ``sgd_update`` and
-``adam_update`` are the same formulas as plain array code, kept as the unfused reference.
+program serves every step; programs are cached per rule and dtype.
 
 Example:
     >>> import gradtape as gt
@@ -39,7 +38,7 @@ from . import _kernels
 from ._tensor import Tensor, Variable, _wrap
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
-           "UpdateRule", "sgd_rule", "adam_rule", "sgd_update", "adam_update"]
+           "UpdateRule", "sgd_rule", "adam_rule"]
 
 
 # --------------------------------------------------------------------------- update rules
@@ -237,64 +236,6 @@ def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
     return UpdateRule(name, ("p", "g", "m", "v"), scalars, stmts, ("m", "v", "p"))
 
 
-# --------------------------------------------------------------------------- references
-# The same updates as plain array code (several ufunc passes): the unfused reference the fused
-# rules above are tested against (bit for bit on NumPy).
-def sgd_update(xp: Any, p: Any, g: Any, buf: Any, *, lr: float, momentum: float,
-               nesterov: bool, weight_decay: float) -> None:
-    """One SGD step in place (PyTorch's formulation, dampening 0).
-
-    ``d = g + weight_decay * p``; with momentum ``buf = momentum * buf + d`` and
-    ``d = buf`` (or ``d + momentum * buf`` with Nesterov); then ``p -= lr * d``.
-    ``buf`` is None without momentum. Shapes: all arrays have the parameter's shape.
-    """
-    d = g
-    if weight_decay:
-        d = p * weight_decay
-        d += g
-    if momentum:
-        buf *= momentum
-        buf += d
-        if nesterov:
-            d = d + momentum * buf
-        else:
-            d = buf
-    if lr == 1.0:
-        p -= d
-    else:
-        xp.subtract(p, d * lr, out=p)
-
-
-def adam_update(xp: Any, p: Any, g: Any, m: Any, v: Any, *, lr: float, beta1: float,
-                beta2: float, eps: float, step: int, weight_decay: float, decoupled: bool) -> None:
-    """One Adam/AdamW step in place (Kingma & Ba with bias correction; PyTorch's placement of
-    ``eps``): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
-    ``p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
-
-    ``weight_decay`` is decoupled (AdamW: ``p *= 1 - lr * wd`` first) or, for Adam, added to
-    the gradient (L2). Shapes: all arrays have the parameter's shape.
-    """
-    if weight_decay:
-        if decoupled:
-            p *= 1.0 - lr * weight_decay
-        else:
-            g = g + weight_decay * p
-    m *= beta1
-    m += (1.0 - beta1) * g
-    v *= beta2
-    gg = g * g
-    gg *= 1.0 - beta2
-    v += gg
-    bc1 = 1.0 - beta1 ** step
-    bc2 = 1.0 - beta2 ** step
-    denom = xp.sqrt(v, out=gg)  # reuse the scratch buffer
-    denom *= 1.0 / math.sqrt(bc2)
-    denom += eps
-    xp.divide(m, denom, out=denom)
-    denom *= lr / bc1
-    p -= denom
-
-
 # --------------------------------------------------------------------------- clipping
 def global_norm(grads: Iterable[Any]) -> float:
     """The 2-norm of all gradients together (None entries skipped), as a float.
@@ -350,12 +291,10 @@ class Optimizer:
     a learning rate that is a float or a schedule ``f(step) -> float`` (step counts from 0).
 
     Subclasses set ``slot_names``, return their hyper-parameters from ``_scalars``, their
-    :class:`UpdateRule` from ``_rule`` and its per-step scalar values from ``_rule_scalars``;
-    ``update`` is the unfused reference of the same formulas.
+    :class:`UpdateRule` from ``_rule`` and its per-step scalar values from ``_rule_scalars``.
     """
 
     slot_names: tuple[str, ...] = ()
-    update: Callable[..., None]
 
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
@@ -500,7 +439,6 @@ class SGD(Optimizer):
     """
 
     slot_names = ("momentum",)
-    update = staticmethod(sgd_update)
 
     def __init__(self, learning_rate: float | Callable[[int], float] = 0.01, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0,
@@ -538,7 +476,6 @@ class Adam(Optimizer):
     """
 
     slot_names = ("m", "v")
-    update = staticmethod(adam_update)
     _decoupled = False
 
     def __init__(self, learning_rate: float | Callable[[int], float] = 1e-3, beta1: float = 0.9,

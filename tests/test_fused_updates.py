@@ -1,5 +1,5 @@
 """Optimizer updates declared once (UpdateRule) and run fused in place: equal to the unfused
-reference (``sgd_update`` / ``adam_update``) bit for bit on NumPy, for every configuration,
+reference (``sgd_update`` / ``adam_update``, plain array code kept here) bit for bit on NumPy, for every configuration,
 float16/32/64, small arrays and arrays of several blocks (threads), zero-stride and
 non-contiguous gradients; the in-place hazards of the block program; the rendered CUDA
 kernels compile with nvcc and use no double precision in float16/float32.
@@ -10,7 +10,9 @@ NumPy reference within float tolerance); it skips without a device.
 
 from __future__ import annotations
 
+import math
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,13 +36,72 @@ CONFIGS = {
 LARGE = (400, 500)  # 200_000 elements: 4 blocks of 2^16, run on the thread pool
 
 
+# --------------------------------------------------------------------------- references
+# The same updates as plain array code (several ufunc passes, as the optimizers ran before the
+# fused rules): the unfused reference the rules are tested against, bit for bit on NumPy.
+def sgd_update(xp: Any, p: Any, g: Any, buf: Any, *, lr: float, momentum: float,
+               nesterov: bool, weight_decay: float) -> None:
+    """One SGD step in place (PyTorch's formulation, dampening 0).
+
+    ``d = g + weight_decay * p``; with momentum ``buf = momentum * buf + d`` and
+    ``d = buf`` (or ``d + momentum * buf`` with Nesterov); then ``p -= lr * d``.
+    ``buf`` is None without momentum. Shapes: all arrays have the parameter's shape.
+    """
+    d = g
+    if weight_decay:
+        d = p * weight_decay
+        d += g
+    if momentum:
+        buf *= momentum
+        buf += d
+        if nesterov:
+            d = d + momentum * buf
+        else:
+            d = buf
+    if lr == 1.0:
+        p -= d
+    else:
+        xp.subtract(p, d * lr, out=p)
+
+
+def adam_update(xp: Any, p: Any, g: Any, m: Any, v: Any, *, lr: float, beta1: float,
+                beta2: float, eps: float, step: int, weight_decay: float, decoupled: bool) -> None:
+    """One Adam/AdamW step in place (Kingma & Ba with bias correction; PyTorch's placement of
+    ``eps``): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+
+    ``weight_decay`` is decoupled (AdamW: ``p *= 1 - lr * wd`` first) or, for Adam, added to
+    the gradient (L2). Shapes: all arrays have the parameter's shape.
+    """
+    if weight_decay:
+        if decoupled:
+            p *= 1.0 - lr * weight_decay
+        else:
+            g = g + weight_decay * p
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    gg = g * g
+    gg *= 1.0 - beta2
+    v += gg
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    denom = xp.sqrt(v, out=gg)  # reuse the scratch buffer
+    denom *= 1.0 / math.sqrt(bc2)
+    denom += eps
+    xp.divide(m, denom, out=denom)
+    denom *= lr / bc1
+    p -= denom
+
+
 def reference(make, p0: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
     """The unfused reference: the optimizer's plain array update on NumPy copies."""
     opt = make()
+    update = sgd_update if isinstance(opt, gt.optimizers.SGD) else adam_update
     p = p0.copy()
     slots = [np.zeros_like(p) if opt._needs_slot(n) else None for n in opt.slot_names]
     for g in grads:
-        type(opt).update(np, p, np.ascontiguousarray(g), *slots, **opt._scalars())
+        update(np, p, np.ascontiguousarray(g), *slots, **opt._scalars())
         opt.iterations += 1
     return p
 
