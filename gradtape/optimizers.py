@@ -1,14 +1,14 @@
 """Optimizers: ``SGD``, ``Adam``, ``AdamW`` with Keras's ``apply_gradients(zip(grads, vars))``.
 
 Each optimizer's update is declared once, as an :class:`UpdateRule`: ordered assignments in
-the derivative-expression subset of :mod:`gradtape._kernels` (``m = beta1 * m + ...``), where
+the derivative-expression subset of :mod:`gradtape._src.codegen.expr` (``m = beta1 * m + ...``), where
 a later statement reads the new value of a name assigned earlier. The rule is lowered to one
 graph and run per variable as one fused program that updates the parameter and its state
 buffers in place, so a Variable's ``data`` is never replaced or copied:
 
-* NumPy: the blocked CPU program (:class:`gradtape._kernels.NumpyProgram`, straight-line
+* NumPy: the blocked CPU program (:class:`gradtape._src.codegen.numpy_program.NumpyProgram`, straight-line
   ufuncs with ``out=``, blocks of 2^16 elements on the kernel thread pool);
-* CuPy: one ``ElementwiseKernel`` per variable and step (:func:`gradtape._kernels.render_cuda`),
+* CuPy: one ``ElementwiseKernel`` per variable and step (:func:`gradtape._src.codegen.cuda.render_cuda`),
   reading and writing the parameter and state through its output references.
 
 Scalars (learning rate, betas, bias-correction factors) are kernel parameters, so one compiled
@@ -34,8 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
-from ._tensor import Tensor, Variable, _wrap
+from ._src.codegen.cuda import cupy_kernel
+from ._src.codegen.expr import parse
+from ._src.codegen.graph import Graph
+from ._src.codegen.numpy_program import BLOCK, numpy_program, run_numpy
+from ._src.tensor import Tensor, Variable, _wrap
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
            "UpdateRule", "sgd_rule", "adam_rule"]
@@ -95,7 +98,7 @@ class UpdateRule:
             if not target.isidentifier() or target in self.scalars:
                 raise ValueError(f"UpdateRule {name!r}: cannot assign to {target!r} (scalars "
                                  "are read-only; targets are arrays or new local names)")
-            parsed.append((target, _kernels.parse(source, tuple(known))))
+            parsed.append((target, parse(source, tuple(known))))
             if target not in known:
                 known.append(target)
         self._parsed = tuple(parsed)
@@ -108,11 +111,11 @@ class UpdateRule:
                 raise ValueError(f"UpdateRule {name!r}: output {o!r} must be assigned a "
                                  "computed expression, not a bare name or number")
 
-    def graph(self) -> _kernels.Graph:
-        """The statements lowered to one :class:`gradtape._kernels.Graph`: leaf ``i`` is
+    def graph(self) -> Graph:
+        """The statements lowered to one :class:`gradtape._src.codegen.graph.Graph`: leaf ``i`` is
         ``arrays[i]``, parameter ``k`` is ``scalars[k]``, output ``k`` the final value of
         ``outputs[k]``."""
-        g = _kernels.Graph(("f",) * len(self.arrays), len(self.scalars))
+        g = Graph(("f",) * len(self.arrays), len(self.scalars))
         env = {n: g.add(("leaf", i)) for i, n in enumerate(self.arrays)}
         env.update({n: g.add(("param", k)) for k, n in enumerate(self.scalars)})
         for target, expr in self._parsed:
@@ -143,7 +146,7 @@ class UpdateRule:
                 params = [np.array(s, dtype) for s in scalars]
             hit = self._programs.get(dtype)
             if hit is None:
-                prog = _kernels.numpy_program((self.key, dtype.str), self.graph,
+                prog = numpy_program((self.key, dtype.str), self.graph,
                                               (False,) * len(outs), dtype, self.inplace)
                 whole = (prog.leaves == list(range(len(self.arrays))) and prog.n_bool == 0
                          and prog.params == list(range(len(self.scalars)))
@@ -151,17 +154,17 @@ class UpdateRule:
                 hit = self._programs[dtype] = (prog, whole)
             prog, whole = hit
             shape = out0.shape
-            if whole and out0.size <= _kernels.BLOCK:  # one call: run_numpy's small path, inlined
+            if whole and out0.size <= BLOCK:  # one call: run_numpy's small path, inlined
                 empty = np.empty
                 prog.fn(*arrays, *params, *outs, *[empty(shape, dtype) for _ in range(prog.n_float)])
             else:
-                _kernels.run_numpy(prog, list(arrays), params, outs, shape, dtype)
+                run_numpy(prog, list(arrays), params, outs, shape, dtype)
         else:
             if params is None:
                 ptype = np.float64 if dtype == np.float64 else np.float32
                 params = [ptype(s) for s in scalars]
             leaf_dtypes = tuple(a.dtype.name for a in arrays)
-            spec, kernel = _kernels.cupy_kernel(self.key, self.graph, leaf_dtypes, dtype.name,
+            spec, kernel = cupy_kernel(self.key, self.graph, leaf_dtypes, dtype.name,
                                                 (False,) * len(outs), self.inplace)
             args = [arrays[i] for i in spec.leaves] + [params[i] for i in spec.params]
             kernel(*args, *(outs[k] for k in spec.outputs))

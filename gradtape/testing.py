@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _nest
-from ._backend import use_backend
-from ._tape import GradientTape
-from ._tensor import Tensor, tensor
+from ._src.backend import use_backend
+from ._src.frontend.tape import GradientTape
+from ._src.nest import flatten
+from ._src.tensor import Tensor, tensor
 
 __all__ = ["check_grads", "numerical_jacobian"]
 
@@ -87,7 +87,7 @@ def _split_args(args: Sequence) -> tuple[list, list[str], Callable[[list], tuple
 
 
 def _float_leaves(out: Any, name: str) -> list:
-    leaves, _ = _nest.flatten(out)
+    leaves, _ = flatten(out)
     for k, t in enumerate(leaves):
         if not isinstance(t, Tensor):
             raise TypeError(f"check_grads: {name} must return gradtape Tensors (or a list/tuple/"

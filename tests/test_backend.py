@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _backend
-from gradtape._backend import NUMPY, Backend, BackendUnavailableError
-from gradtape._tensor import _wrap
+from gradtape._src import backend as _backend
+from gradtape._src.backend import NUMPY, Backend, BackendUnavailableError
+from gradtape._src.tensor import _wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,7 +317,7 @@ def test_import_does_not_import_or_probe_cupy():
         "x = gt.Variable([1.0]); y = gt.tensor([2.0]) * 3\n"
         "assert 'cupy' not in sys.modules, 'cupy imported'\n"
         "assert tried == [], tried\n"
-        "import gradtape._backend as b\n"
+        "import gradtape._src.backend as b\n"
         "assert b._cupy_backend is None and b._cupy_reason is None\n"
         "print('ok')\n")
     res = run_python(code, env_backend="numpy")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._primitive import REGISTRY, bind, primitive
+from gradtape._src.primitive import REGISTRY, bind, primitive
 from gradtape.testing import check_grads, numerical_jacobian
 
 

@@ -21,9 +21,12 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _fusion, _kernels
-from gradtape._primitive import REGISTRY
-from gradtape._tape import _forward_reach
+from gradtape._src.autodiff import fusion as _fusion
+from gradtape._src.codegen import cuda as _codegen_cuda
+from gradtape._src.codegen import expr as _codegen_expr
+from gradtape._src.codegen import graph as _codegen_graph
+from gradtape._src.primitive import REGISTRY
+from gradtape._src.autodiff.engine import forward_reach as _forward_reach
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").is_file() else None)
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit absent)")
@@ -41,7 +44,7 @@ def _fuse_short_runs(monkeypatch):
     monkeypatch.setattr(_fusion, "MIN_RUN_BY_SIZE", ())
 
 
-def harness(kernel: _kernels.CudaKernel) -> str:
+def harness(kernel: _codegen_cuda.CudaKernel) -> str:
     """A __global__ function binding ``kernel``'s parameters as CuPy's ElementwiseKernel does."""
     params, binds = [], []
     for dtype, name in kernel.in_params:
@@ -63,7 +66,7 @@ def harness(kernel: _kernels.CudaKernel) -> str:
             f"{body}\n  }}\n}}\n")
 
 
-def translation_unit(kernels: list[_kernels.CudaKernel]) -> str:
+def translation_unit(kernels: list[_codegen_cuda.CudaKernel]) -> str:
     seen, parts = set(), []
     for k in kernels:
         if k.out_params and k.name not in seen:  # identical bodies share a name (content hash)
@@ -71,12 +74,12 @@ def translation_unit(kernels: list[_kernels.CudaKernel]) -> str:
             parts.append(harness(k))
     head = ("#include <cuda_fp16.h>\n"
             "typedef __half float16;  // CuPy's storage type name for float16\n"
-            f'#include "{_kernels.kernels_dir()}/preamble.cuh"\n')
+            f'#include "{_codegen_cuda.kernels_dir()}/preamble.cuh"\n')
     return head + "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- kernels to build
-def primitive_kernels(prim, dtype: str) -> list[_kernels.CudaKernel]:
+def primitive_kernels(prim, dtype: str) -> list[_codegen_cuda.CudaKernel]:
     """The single-record backward of ``prim``: every float input differentiated; both the
     first-contribution (write) and the accumulate variants."""
     n = len(prim.arg_names)
@@ -98,12 +101,12 @@ def primitive_kernels(prim, dtype: str) -> list[_kernels.CudaKernel]:
               tuple(targets))
     out = []
     for acc in (False, True):
-        graph = _kernels.backward_graph([member], tuple(kinds), len(prim.param_names), k)
-        out.append(_kernels.render_cuda(graph, tuple(dtypes), dtype, (acc,) * k))
+        graph = _codegen_graph.backward_graph([member], tuple(kinds), len(prim.param_names), k)
+        out.append(_codegen_cuda.render_cuda(graph, tuple(dtypes), dtype, (acc,) * k))
     return out
 
 
-def chain_programs(dtype: str) -> list[_kernels.CudaKernel]:
+def chain_programs(dtype: str) -> list[_codegen_cuda.CudaKernel]:
     """Fused runs taken from real tapes: the benchmark chain, a broadcast/where/clip chain, and
     seeded random chains over the unary primitives."""
     rng = np.random.default_rng(3)
@@ -147,11 +150,11 @@ def chain_programs(dtype: str) -> list[_kernels.CudaKernel]:
                 continue
             n_out = len(ga.out_ids)
             for acc in ((False,) * n_out, (True,) * n_out):
-                kernels.append(_kernels.render_cuda(ga.graph(), ga.dtype_names(), dtype, acc))
+                kernels.append(_codegen_cuda.render_cuda(ga.graph(), ga.dtype_names(), dtype, acc))
     return kernels
 
 
-def all_kernels(dtypes: tuple[str, ...]) -> list[_kernels.CudaKernel]:
+def all_kernels(dtypes: tuple[str, ...]) -> list[_codegen_cuda.CudaKernel]:
     out = []
     for dtype in dtypes:
         for name in ELEMENTWISE:
@@ -193,7 +196,7 @@ def test_generated_kernels_and_sources_compile(tmp_path):
     assert len(kernels) > 3 * 2 * len(ELEMENTWISE)
     src = tmp_path / "generated.cu"
     src.write_text(translation_unit(kernels))
-    kdir = Path(_kernels.kernels_dir())
+    kdir = Path(_codegen_cuda.kernels_dir())
     headers = tmp_path / "headers.cu"
     headers.write_text("#include <cuda_fp16.h>\n" + "".join(
         f'#include "{p}"\n' for p in sorted(kdir.glob("*.cuh")))
@@ -230,10 +233,10 @@ def libdevice_baseline(tmp_path: Path) -> set[str]:
     """The f64 lines CUDA's own single-precision math brings (sinf/cosf/tanf's Payne-Hanek
     reduction for huge arguments multiplies in double on that rare path): every float helper
     of the preamble applied once."""
-    names = [n for n in _kernels.FUNCTIONS if n != "where"] + ["pow"]
+    names = [n for n in _codegen_expr.FUNCTIONS if n != "where"] + ["pow"]
     calls = " + ".join(f"gt_{n}(x, x)" if n == "pow" else f"gt_{n}(x)" for n in names)
     src = tmp_path / "baseline.cu"
-    src.write_text(f'#include "{_kernels.kernels_dir()}/preamble.cuh"\n'
+    src.write_text(f'#include "{_codegen_cuda.kernels_dir()}/preamble.cuh"\n'
                    'extern "C" __global__ void base(float* o) {\n'
                    f"  const float x = o[threadIdx.x];\n  o[threadIdx.x] = {calls};\n}}\n")
     res = nvcc(["--ptx", "-arch=sm_80", "-o", "baseline.ptx", str(src)], tmp_path)
@@ -268,7 +271,7 @@ def test_ptx_lint_catches_an_untyped_literal(tmp_path):
     """The lint itself: a float kernel with a bare double literal is flagged."""
     baseline = libdevice_baseline(tmp_path)
     src = tmp_path / "bad.cu"
-    src.write_text(f'#include "{_kernels.kernels_dir()}/preamble.cuh"\n'
+    src.write_text(f'#include "{_codegen_cuda.kernels_dir()}/preamble.cuh"\n'
                    'extern "C" __global__ void bad(float* o) { o[0] = gt_sin(o[0]) * 1.1; }\n')
     res = nvcc(["--ptx", "-arch=sm_80", "-o", "bad.ptx", str(src)], tmp_path)
     assert res.returncode == 0, res.stderr

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _kernels, ops
-from gradtape._backend import NUMPY
-from gradtape._kernels import FUNCTIONS, ExpressionError, parse
-from gradtape._primitive import REGISTRY, Domain, elementwise
+from gradtape import ops
+from gradtape._src.codegen import arrays as _codegen_arrays
+from gradtape._src import primitive as _primitive_mod
+from gradtape._src.backend import NUMPY
+from gradtape.extend import FUNCTIONS, ExpressionError, parse
+from gradtape._src.primitive import REGISTRY, Domain, elementwise
 
 ALLOWED = ("x", "y", "alpha")
 
@@ -81,7 +83,7 @@ def test_names_are_checked_against_the_primitive():
 
 
 def test_every_function_has_every_rendering():
-    ns = _kernels._array_namespace(NUMPY)
+    ns = _codegen_arrays._array_namespace(NUMPY)
     for name in FUNCTIONS:
         assert callable(ns[name]), f"array rendering lacks {name}"
         assert callable(getattr(ops, name, None)), f"tensor rendering lacks gradtape.ops.{name}"
@@ -94,9 +96,9 @@ def test_each_function_renders_the_same_both_ways(name):
     args = "x > 0.5, x, 1 - x" if name == "where" else "x"
     expr = parse(f"{name}({args})", ("x", "y"))
     gy = rng.standard_normal(5)
-    a = _kernels.array_vjp(expr, ("x", "y"), NUMPY, False)(gy, x, None)
-    t = _kernels.tensor_vjp(expr, ("x", "y"), False)(gt.tensor(gy), gt.tensor(x), None)
-    e = gy * _kernels.evaluate_numpy(expr, {"x": x})
+    a = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, False)(gy, x, None)
+    t = _primitive_mod._tensor_vjp(expr, ("x", "y"), False)(gt.tensor(gy), gt.tensor(x), None)
+    e = gy * _codegen_arrays.evaluate_numpy(expr, {"x": x})
     np.testing.assert_allclose(a, e, rtol=1e-13)
     np.testing.assert_allclose(t.numpy(), e, rtol=1e-13)
 
@@ -137,7 +139,7 @@ def test_array_and_tensor_renderings_agree(name):
             continue
         a = np.broadcast_to(prim.array_vjp(i, NUMPY)(gy, *args), (n,))
         t = np.broadcast_to(prim.tensor_vjp(i)(gt.tensor(gy), *targs).numpy(), (n,))
-        e = gy * np.broadcast_to(_kernels.evaluate_numpy(expr, values), (n,))
+        e = gy * np.broadcast_to(_codegen_arrays.evaluate_numpy(expr, values), (n,))
         where = f"{name}: d/d{prim.arg_names[i]} = {expr.source!r}"
         np.testing.assert_allclose(a, e, rtol=1e-13, atol=1e-300, err_msg=where)
         np.testing.assert_allclose(t, e, rtol=1e-13, atol=1e-300, err_msg=where)
@@ -149,9 +151,9 @@ def test_safe_product_zero_times_inf_is_zero():
     x = np.array([0.0, 0.0, 2.0, 0.0])
     gy = np.array([0.0, 3.0, 4.0, -0.0])
     with np.errstate(divide="ignore", invalid="ignore"):
-        safe = _kernels.array_vjp(expr, ("x", "y"), NUMPY, True)(gy, x, None)
-        unsafe = _kernels.array_vjp(expr, ("x", "y"), NUMPY, False)(gy, x, None)
-        tsafe = _kernels.tensor_vjp(expr, ("x", "y"), True)(gt.tensor(gy), gt.tensor(x), None)
+        safe = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, True)(gy, x, None)
+        unsafe = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, False)(gy, x, None)
+        tsafe = _primitive_mod._tensor_vjp(expr, ("x", "y"), True)(gt.tensor(gy), gt.tensor(x), None)
     np.testing.assert_array_equal(safe, [0.0, np.inf, 2.0, 0.0])  # a real inf stays inf
     np.testing.assert_array_equal(tsafe.numpy(), [0.0, np.inf, 2.0, 0.0])
     assert np.isnan(unsafe[0]) and np.isnan(unsafe[3])  # what "safe" exists to prevent
@@ -162,8 +164,8 @@ def test_safe_product_zero_times_nan_is_zero():
     x = np.array([-1.0, 4.0])
     gy = np.array([0.0, 1.0])
     with np.errstate(invalid="ignore"):
-        a = _kernels.array_vjp(expr, ("x", "y"), NUMPY, True)(gy, x, None)
-        t = _kernels.tensor_vjp(expr, ("x", "y"), True)(gt.tensor(gy), gt.tensor(x), None)
+        a = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, True)(gy, x, None)
+        t = _primitive_mod._tensor_vjp(expr, ("x", "y"), True)(gt.tensor(gy), gt.tensor(x), None)
     np.testing.assert_array_equal(a, [0.0, 2.0])
     np.testing.assert_array_equal(t.numpy(), [0.0, 2.0])
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _backend, _kernels
+from gradtape._src import backend as _backend
+from gradtape._src.codegen import cuda as _codegen_cuda
+from gradtape._src.codegen import numpy_program as _codegen_numpy_program
 from gradtape.optimizers import UpdateRule, adam_rule, sgd_rule
 
 CONFIGS = {
@@ -194,10 +196,10 @@ def test_one_program_serves_every_step():
     v = gt.Variable(np.ones(10))
     opt = gt.optimizers.Adam(lambda t: 0.1 / (t + 1))
     opt.apply_gradients([(np.ones(10), v)])
-    n = len(_kernels._numpy_programs)
+    n = len(_codegen_numpy_program._numpy_programs)
     for _ in range(4):
         opt.apply_gradients([(np.ones(10), v)])
-    assert len(_kernels._numpy_programs) == n
+    assert len(_codegen_numpy_program._numpy_programs) == n
 
 
 def test_rules_per_configuration():
@@ -237,15 +239,15 @@ def test_block_program_never_reads_an_overwritten_leaf(n):
 
 def test_inplace_direct_writes_only_when_safe():
     adam = adam_rule(False, False)
-    prog = _kernels.NumpyProgram(adam.graph(), (False,) * 3, np.dtype(np.float32), adam.inplace)
+    prog = _codegen_numpy_program.NumpyProgram(adam.graph(), (False,) * 3, np.dtype(np.float32), adam.inplace)
     assert "_copyto" not in prog.source  # m, v, p computed straight into their buffers
     hazard = UpdateRule("h", ("p", "g"), (), [("q", "p * 2"), ("p", "p - g"), ("p", "p + q")],
                         ("p",))
-    assert "_copyto" not in _kernels.NumpyProgram(hazard.graph(), (False,), None,
+    assert "_copyto" not in _codegen_numpy_program.NumpyProgram(hazard.graph(), (False,), None,
                                                   hazard.inplace).source
     late = UpdateRule("late", ("p", "g", "m"), (), [("q", "p * 2"), ("p", "p - g"), ("m", "m + q")],
                       ("p", "m"))
-    src = _kernels.NumpyProgram(late.graph(), (False, False), None, late.inplace).source
+    src = _codegen_numpy_program.NumpyProgram(late.graph(), (False, False), None, late.inplace).source
     assert "_copyto(o0" in src  # p's new value waits in scratch until m has read the old p
 
 
@@ -268,11 +270,11 @@ ALL_RULES = [sgd_rule(m, n, w) for m in (False, True) for n in ((False, True) if
                                                                     (True, True))]
 
 
-def rendered(dtypes: tuple[str, ...]) -> list[_kernels.CudaKernel]:
+def rendered(dtypes: tuple[str, ...]) -> list[_codegen_cuda.CudaKernel]:
     out = []
     for dtype in dtypes:
         for rule in ALL_RULES:
-            out.append(_kernels.render_cuda(rule.graph(), (dtype,) * len(rule.arrays), dtype,
+            out.append(_codegen_cuda.render_cuda(rule.graph(), (dtype,) * len(rule.arrays), dtype,
                                             (False,) * len(rule.outputs), rule.inplace))
     return out
 
@@ -289,7 +291,7 @@ def test_update_kernels_read_their_outputs():
     assert "((float)o0)" in k16.body and "o2 = (float16)(" in k16.body
     with pytest.raises(ValueError, match="in place"):
         rule = ALL_RULES[-1]
-        _kernels.render_cuda(rule.graph(), ("float32",) * 4, "float32", (True, False, False),
+        _codegen_cuda.render_cuda(rule.graph(), ("float32",) * 4, "float32", (True, False, False),
                              rule.inplace)
 
 
@@ -299,7 +301,7 @@ def test_update_kernels_compile_without_double(tmp_path):
     cc = pytest.importorskip("test_cuda_compile")
     if cc.NVCC is None:
         pytest.skip("nvcc is not installed (CUDA toolkit absent)")
-    kdir = _kernels.kernels_dir()
+    kdir = _codegen_cuda.kernels_dir()
     src = tmp_path / "updates.cu"
     src.write_text(cc.translation_unit(rendered(("float16", "float32", "float64"))))
     for arch in cc.ARCHS:

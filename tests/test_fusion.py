@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _fusion, _kernels
-from gradtape._primitive import REGISTRY, bind
+from gradtape._src.autodiff import fusion as _fusion
+from gradtape._src.codegen import cuda as _codegen_cuda
+from gradtape._src.codegen import graph as _codegen_graph
+from gradtape._src.codegen import numpy_program as _codegen_numpy_program
+from gradtape._src.primitive import REGISTRY, bind
 
 ROOT = Path(__file__).resolve().parents[1]
 ELEMENTWISE = sorted(name for name, p in REGISTRY.items() if p.is_elementwise)
@@ -191,7 +194,7 @@ def test_large_arrays_run_block_by_block(backend, case):
     """More elements than one block: flat blocks, leading-axis blocks for strided and
     broadcast operands, bool scratch and scalar parameters."""
     rng = np.random.default_rng(7)
-    n = _kernels.BLOCK * 3 + 123
+    n = _codegen_numpy_program.BLOCK * 3 + 123
     if case == "flat":
         arrays = [rng.uniform(-1, 1, n).astype("float32"), rng.uniform(0.5, 1, 1).astype("float32")]
     elif case == "transposed":
@@ -305,7 +308,7 @@ def test_second_derivatives_with_an_outer_tape_are_exact():
 
 
 def test_no_fusion_under_vmap_or_jvp_transforms():
-    from gradtape._tape import STATE
+    from gradtape._src.autodiff.state import STATE
 
     x = gt.tensor(np.linspace(-1, 1, 5))
     STATE.transforms += 1
@@ -344,13 +347,13 @@ def test_numpy_program_reuses_scratch_and_keeps_output_roots_alive():
         s = (a * a * a - c) * 0.7
         return s * a + s * (a * a)
     assert_fused_matches(fn, [a, c], [0, 1], "float64")
-    prog = next(p for p in _kernels._numpy_programs.values() if p.n_float)
+    prog = next(p for p in _codegen_numpy_program._numpy_programs.values() if p.n_float)
     assert prog.n_float <= 8
 
 
 def test_env_var_turns_fusion_off():
     code = ("import numpy as np, gradtape as gt\n"
-            "from gradtape import _fusion\n"
+            "from gradtape._src.autodiff import fusion as _fusion\n"
             "assert gt.config.fusion is False, gt.config\n"
             "x = gt.tensor(np.ones(4))\n"
             "with gt.GradientTape() as t:\n"
@@ -371,15 +374,15 @@ def test_cuda_kernel_sources_for_the_cupy_route():
     from gradtape.ops.elementwise import P_DIV
 
     member = (P_DIV, (1, 2), 3, (), (("o", 0), ("o", 1)))
-    g = _kernels.backward_graph([member], ("f", "f", "f", "f"), 0, 2)
-    k = _kernels.render_cuda(g, ("float16",) * 4, "float16", (False, True))
+    g = _codegen_graph.backward_graph([member], ("f", "f", "f", "f"), 0, 2)
+    k = _codegen_cuda.render_cuda(g, ("float16",) * 4, "float16", (False, True))
     ins, outs = k.signature()
     assert outs == "float16 o0, float16 o1"
     assert "o0 = (float16)(" in k.body and "o1 = (float16)(((float)o1) + " in k.body \
         or "o1 = (float16)((float)o1 + " in k.body
     assert "0.0f" in k.body and "?" in k.body          # safe: gy == 0 ? 0 : gy * d
     assert "double" not in k.body
-    k64 = _kernels.render_cuda(g, ("float64",) * 4, "float64", (False, False))
+    k64 = _codegen_cuda.render_cuda(g, ("float64",) * 4, "float64", (False, False))
     assert "0.0f" not in k64.body and "double" in k64.body
     assert k.name != k64.name
 

@@ -46,11 +46,11 @@ def cupy_imports(path: Path) -> list[int]:
 
 
 def test_only_the_backend_module_imports_cupy():
-    backend = PACKAGE / "_backend.py"
+    backend = PACKAGE / "_src" / "backend.py"
     offenders = [f"{p.relative_to(ROOT)}:{line}" for p in package_sources() if p != backend
                  for line in cupy_imports(p)]
-    assert offenders == [], f"CuPy imported outside gradtape/_backend.py: {offenders}"
-    assert cupy_imports(backend), "the check must see _backend.py's own import"
+    assert offenders == [], f"CuPy imported outside gradtape/_src/backend.py: {offenders}"
+    assert cupy_imports(backend), "the check must see backend.py's own import"
 
 
 def test_the_cupy_check_catches_every_spelling(tmp_path):

@@ -328,7 +328,7 @@ def test_embedding_values_and_repeated_ids_accumulate(rng):
 
 
 def test_new_primitives_declare_examples():
-    from gradtape._primitive import REGISTRY
+    from gradtape._src.primitive import REGISTRY
 
     for name in ("softmax", "log_softmax", "softmax_cross_entropy", "im2col", "col2im", "window_max"):
         ex = REGISTRY[name].examples
@@ -337,7 +337,7 @@ def test_new_primitives_declare_examples():
 
 def test_batching_rules_equal_a_loop_over_examples(rng):
     """The vmap rules of the nn primitives, called directly: batched result == stacked loop."""
-    from gradtape._primitive import REGISTRY
+    from gradtape._src.primitive import REGISTRY
 
     B = 3
     xs = rng.normal(size=(4, B, 5))  # batch on axis 1

@@ -102,7 +102,7 @@ def test_custom_gradient_forward_checked(numerics):
 
 
 def test_setting_restored_and_fast_path_back():
-    from gradtape._config import HOOKS
+    from gradtape._src.config import HOOKS
 
     assert gt.config.check_numerics is False
     assert HOOKS.on is False

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _kernels, _parallel
-from gradtape import _primitive as primitive_mod
-from gradtape._primitive import REGISTRY
+from gradtape._src.cpu import parallel as _parallel
+from gradtape._src import primitive as primitive_mod
+from gradtape._src.primitive import REGISTRY
 from gradtape.ops import elementwise as elementwise_mod
 
 ELEMENTWISE = sorted(name for name, p in REGISTRY.items() if p.is_elementwise)

@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape import _kernels, _nest
-from gradtape._primitive import REGISTRY, Domain, Primitive
-from gradtape._rules import ON_NUMPY
+from gradtape._src import nest as _nest
+from gradtape._src.codegen import arrays as _codegen_arrays
+from gradtape._src.primitive import REGISTRY, Domain, Primitive
+from gradtape._src.rules import ON_NUMPY
 from gradtape.testing import check_grads
 
 # Import every gradtape module so that all primitives are registered (nn, transforms, ...);
@@ -332,7 +333,7 @@ def test_derivative_expressions_match_forward_differences(name):
         plus[i] = xs[i] + h
         minus[i] = xs[i] - h
         numeric = (prim.impl(np, *plus, **params) - prim.impl(np, *minus, **params)) / (2 * h)
-        d = np.broadcast_to(_kernels.evaluate_numpy(expr, values), numeric.shape)
+        d = np.broadcast_to(_codegen_arrays.evaluate_numpy(expr, values), numeric.shape)
         np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-7,
                                    err_msg=f"{name}: d/d{arg} = {expr.source!r}")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._tape import STATE
+from gradtape._src.autodiff.state import STATE
 
 
 def f64(v):

@@ -141,8 +141,8 @@ def test_numpy_and_value_are_snapshots():
 
 
 def test_assign_from_another_backend_is_refused():
-    from gradtape._backend import Backend
-    from gradtape._tensor import _wrap
+    from gradtape._src.backend import Backend
+    from gradtape._src.tensor import _wrap
 
     other = Backend("other", np, None, np.ndarray, (np.generic,))
     v = gt.Variable([1.0, 2.0], name="w")

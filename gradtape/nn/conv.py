@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from .._primitive import bind, primitive
-from .._tensor import Tensor
+from .._src.primitive import bind, primitive
+from .._src.tensor import Tensor
 from ..ops._util import one
 from ..ops.shape import P_RESHAPE
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from .._primitive import bind, primitive
-from .._tensor import Tensor, _wrap
-from ..ops._util import one
+from .._src.primitive import REGISTRY, bind, primitive
+from .._src.tensor import Tensor, _wrap
+from ..ops._util import normalize_axis, one
 from ..ops.elementwise import P_EXP
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_RESHAPE
@@ -100,8 +100,6 @@ def _to_front(t: Tensor, d: int | None, size: int) -> Tensor:
 def _axis_batch(prim_name: str) -> Any:
     # vmap rule for ops with one input and an ``axis`` parameter: shift the axis by one.
     def rule(args: tuple, dims: tuple, *, axis: int) -> tuple:
-        from .._primitive import REGISTRY
-
         x = _to_front(args[0], dims[0], 0)
         return bind(REGISTRY[prim_name], x, axis=axis + 1), 0
 
@@ -340,8 +338,6 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
         >>> [round(v, 3) for v in y.numpy()[0].tolist()]
         [-1.0, 1.0]
     """
-    from ..ops._util import normalize_axis
-
     x = _float_input(x, "layer_norm")
     axes = normalize_axis(axis, x.ndim, "layer_norm")
     n = int(np.prod([x.shape[a] for a in axes]))

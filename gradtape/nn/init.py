@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import get_backend
+from .._src.backend import get_backend
 
 __all__ = ["fans", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones",
            "get"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from .._tensor import Tensor, Variable
+from .._src.tensor import Tensor, Variable
 from . import init as _init
 from .conv import avg_pool2d, conv2d, max_pool2d
 from .functional import dropout, embedding, layer_norm, softmax

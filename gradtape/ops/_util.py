@@ -4,28 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._primitive import as_tensor
-from .._tensor import Tensor
+from .._src.primitive import one, pair
 
 __all__ = ["pair", "one", "normalize_axis"]
-
-
-def one(x: Any) -> Tensor:
-    """Convert a single op argument to a Tensor."""
-    return x if isinstance(x, Tensor) else as_tensor(x)
-
-
-def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
-    """Convert two operands; a Python scalar takes NumPy's weak-scalar dtype next to the other."""
-    if isinstance(a, Tensor):
-        if not isinstance(b, Tensor):
-            b = as_tensor(b, a)
-    elif isinstance(b, Tensor):
-        a = as_tensor(a, b)
-    else:
-        a = as_tensor(a)
-        b = as_tensor(b, a)
-    return a, b
 
 
 def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:

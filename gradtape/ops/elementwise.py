@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _parallel
-from .._backend import erf_for
-from .._config import HOOKS
-from .._parallel import MIN_SIZE as _PARALLEL_MIN
-from .._primitive import Domain, bind, elementwise, primitive
-from .._tape import record_unary
-from .._tensor import Tensor
-from ._util import one, pair
+import numpy as np
+
+from .._src.backend import erf_for
+from .._src.primitive import Domain, bind, elementwise, one, pair, primitive
+from .._src.tensor import Tensor
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
@@ -25,46 +22,61 @@ __all__ = [
     "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
 ]
 
-_new_tensor = object.__new__
-_NO_PARAMS: dict = {}
+
+
+# Speed facts declared with each op (read by the threaded forward, gradtape/_src/cpu/parallel.py):
+# ``out_form(*arrays, out)`` makes exactly impl's NumPy call writing into ``out``; ``cheap``
+# marks one memory-bound ufunc, which pays for a thread only on larger arrays.
+def _square_out(x: Any, out: Any) -> Any:
+    return np.multiply(x, x, out)
+
+
+def _relu_out(x: Any, out: Any) -> Any:
+    return np.maximum(x, 0, out=out)
+
+
+def _softplus_out(x: Any, out: Any) -> Any:
+    return np.logaddexp(0, x, out)
+
+
 _POS = Domain(0.2, 3.0)
 _KINK = Domain(-2.0, 2.0, avoid=(0.0,))
 _UNIT = Domain(-0.9, 0.9)
 
-P_ADD = elementwise("add", lambda xp, a, b: a + b, d=("1", "1"))
-P_SUB = elementwise("sub", lambda xp, a, b: a - b, d=("1", "-1"))
-P_MUL = elementwise("mul", lambda xp, a, b: a * b, d=("b", "a"))
+P_ADD = elementwise("add", lambda xp, a, b: a + b, d=("1", "1"), out_form=np.add, cheap=True)
+P_SUB = elementwise("sub", lambda xp, a, b: a - b, d=("1", "-1"), out_form=np.subtract, cheap=True)
+P_MUL = elementwise("mul", lambda xp, a, b: a * b, d=("b", "a"), out_form=np.multiply, cheap=True)
 P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=True,
-                    domain=(Domain(-2, 2), Domain(0.5, 3)))
-P_NEG = elementwise("neg", lambda xp, x: -x, d="-1")
+                    domain=(Domain(-2, 2), Domain(0.5, 3)), out_form=np.true_divide, cheap=True)
+P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap=True)
 P_POW = elementwise("pow", lambda xp, a, b: a ** b,
                     d=("where(b == 0, 0, b * a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
                     safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
-P_EXP = elementwise("exp", lambda xp, x: xp.exp(x), d="y")
-P_LOG = elementwise("log", lambda xp, x: xp.log(x), d="1 / x", safe=True, domain=_POS)
+P_EXP = elementwise("exp", lambda xp, x: xp.exp(x), d="y", out_form=np.exp)
+P_LOG = elementwise("log", lambda xp, x: xp.log(x), d="1 / x", safe=True, domain=_POS, out_form=np.log)
 P_LOG1P = elementwise("log1p", lambda xp, x: xp.log1p(x), d="1 / (1 + x)", safe=True,
-                      domain=Domain(-0.5, 2))
-P_EXPM1 = elementwise("expm1", lambda xp, x: xp.expm1(x), d="y + 1")
-P_SQRT = elementwise("sqrt", lambda xp, x: xp.sqrt(x), d="0.5 / y", safe=True, domain=_POS)
+                      domain=Domain(-0.5, 2), out_form=np.log1p)
+P_EXPM1 = elementwise("expm1", lambda xp, x: xp.expm1(x), d="y + 1", out_form=np.expm1)
+P_SQRT = elementwise("sqrt", lambda xp, x: xp.sqrt(x), d="0.5 / y", safe=True, domain=_POS, out_form=np.sqrt)
 P_RSQRT = elementwise("rsqrt", lambda xp, x: 1 / xp.sqrt(x), d="-0.5 * y / x", safe=True,
                       domain=_POS)
-P_SQUARE = elementwise("square", lambda xp, x: x * x, d="2 * x")
-P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK)
-P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK)
-P_SIN = elementwise("sin", lambda xp, x: xp.sin(x), d="cos(x)")
-P_COS = elementwise("cos", lambda xp, x: xp.cos(x), d="-sin(x)")
-P_TAN = elementwise("tan", lambda xp, x: xp.tan(x), d="1 + y * y", domain=Domain(-1.2, 1.2))
-P_TANH = elementwise("tanh", lambda xp, x: xp.tanh(x), d="1 - y * y")
-P_SINH = elementwise("sinh", lambda xp, x: xp.sinh(x), d="cosh(x)")
-P_COSH = elementwise("cosh", lambda xp, x: xp.cosh(x), d="sinh(x)")
+P_SQUARE = elementwise("square", lambda xp, x: x * x, d="2 * x", out_form=_square_out, cheap=True)
+P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK, out_form=np.absolute, cheap=True)
+P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK, out_form=np.sign, cheap=True)
+P_SIN = elementwise("sin", lambda xp, x: xp.sin(x), d="cos(x)", out_form=np.sin)
+P_COS = elementwise("cos", lambda xp, x: xp.cos(x), d="-sin(x)", out_form=np.cos)
+P_TAN = elementwise("tan", lambda xp, x: xp.tan(x), d="1 + y * y", domain=Domain(-1.2, 1.2), out_form=np.tan)
+P_TANH = elementwise("tanh", lambda xp, x: xp.tanh(x), d="1 - y * y", out_form=np.tanh)
+P_SINH = elementwise("sinh", lambda xp, x: xp.sinh(x), d="cosh(x)", out_form=np.sinh)
+P_COSH = elementwise("cosh", lambda xp, x: xp.cosh(x), d="sinh(x)", out_form=np.cosh)
 P_ARCSIN = elementwise("arcsin", lambda xp, x: xp.arcsin(x), d="rsqrt(1 - x * x)", safe=True,
-                       domain=_UNIT)
+                       domain=_UNIT, out_form=np.arcsin)
 P_ARCCOS = elementwise("arccos", lambda xp, x: xp.arccos(x), d="-rsqrt(1 - x * x)", safe=True,
-                       domain=_UNIT)
-P_ARCTAN = elementwise("arctan", lambda xp, x: xp.arctan(x), d="1 / (1 + x * x)")
+                       domain=_UNIT, out_form=np.arccos)
+P_ARCTAN = elementwise("arctan", lambda xp, x: xp.arctan(x), d="1 / (1 + x * x)", out_form=np.arctan)
 P_SIGMOID = elementwise("sigmoid", lambda xp, x: xp.exp(-xp.logaddexp(0, -x)),
                         d="y * (1 - y)", domain=Domain(-4, 4))
-P_RELU = elementwise("relu", lambda xp, x: xp.maximum(x, 0), d="x > 0", domain=_KINK)
+P_RELU = elementwise("relu", lambda xp, x: xp.maximum(x, 0), d="x > 0", domain=_KINK, out_form=_relu_out, cheap=True)
 P_LEAKY_RELU = elementwise(
     "leaky_relu", lambda xp, x, *, negative_slope: xp.where(x > 0, x, x * negative_slope),
     d="where(x > 0, 1, negative_slope)", domain=_KINK)
@@ -80,16 +92,16 @@ P_GELU_TANH = elementwise(
     d="0.5 * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) + 0.5 * x * "
       "(1 - tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)) ** 2) * "
       "0.7978845608028654 * (1 + 0.134145 * x * x)")
-P_SOFTPLUS = elementwise("softplus", lambda xp, x: xp.logaddexp(0, x), d="sigmoid(x)")
+P_SOFTPLUS = elementwise("softplus", lambda xp, x: xp.logaddexp(0, x), d="sigmoid(x)", out_form=_softplus_out)
 P_SILU = elementwise("silu", lambda xp, x: x * xp.exp(-xp.logaddexp(0, -x)),
                      d="sigmoid(x) * (1 + x * (1 - sigmoid(x)))")
 P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x), d="1.1283791670955126 * exp(-x * x)")
 P_MAXIMUM = elementwise("maximum", lambda xp, a, b: xp.maximum(a, b),
                         d=("where(a > b, 1, where(a == b, 0.5, 0))",
-                           "where(b > a, 1, where(a == b, 0.5, 0))"))
+                           "where(b > a, 1, where(a == b, 0.5, 0))"), out_form=np.maximum, cheap=True)
 P_MINIMUM = elementwise("minimum", lambda xp, a, b: xp.minimum(a, b),
                         d=("where(a < b, 1, where(a == b, 0.5, 0))",
-                           "where(b < a, 1, where(a == b, 0.5, 0))"))
+                           "where(b < a, 1, where(a == b, 0.5, 0))"), out_form=np.minimum, cheap=True)
 P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo), hi),
                      d=("(x >= lo) & (x <= hi)", "x < lo", "x > hi"),
                      domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)))
@@ -153,24 +165,8 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - NumPy's name
 
 
 def _unary(prim: Any, doc: str) -> Any:
-    impl = prim.impl
-
     def op(x: Any) -> Tensor:
-        if x.__class__ is not Tensor:  # Variables and non-tensors take the general path
-            return bind(prim, one(x))
-        backend = x._backend  # bind() inlined for the common one-tensor call: per-op overhead
-        out = _new_tensor(Tensor)
-        data = x.data
-        if data.size < _PARALLEL_MIN:
-            out.data = impl(backend.xp, data)
-        else:  # large: chunks on the thread pool (NumPy only; see gradtape/_parallel.py)
-            out.data = _parallel.forward(prim, backend.xp, (data,), _NO_PARAMS)
-        out._backend = backend
-        out._id = 0
-        out._origin = None
-        if HOOKS.on:
-            record_unary(prim, x, out, _NO_PARAMS)
-        return out
+        return bind(prim, x if isinstance(x, Tensor) else one(x))
 
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"{doc}, elementwise; same shape as ``x``.\n\n    Example:\n"

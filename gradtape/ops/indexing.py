@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .._primitive import bind, primitive
-from .._tensor import Tensor
+from .._src.primitive import bind, primitive
+from .._src.tensor import Tensor
 from ._util import one
 
 __all__ = ["getitem", "take", "gather"]
@@ -119,11 +119,9 @@ def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
         array([[2.],
                [4.]], dtype=float32)
     """
-    from .shape import reshape
-
     x = one(x)
     if axis is None:
-        return getitem(reshape(x, (-1,)), indices if not isinstance(indices, list) else np.asarray(indices))
+        return getitem(x.reshape((-1,)), indices if not isinstance(indices, list) else np.asarray(indices))
     if not -x.ndim <= int(axis) < x.ndim:
         raise ValueError(f"take: axis {axis} is out of range for a tensor of rank {x.ndim}")
     axis = int(axis) % x.ndim

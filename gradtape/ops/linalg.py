@@ -12,17 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from .._primitive import bind, primitive
-from .._tensor import Tensor, _wrap
+from .._src.primitive import bind, primitive
+from .._src.tensor import Tensor, _wrap
 from ._util import one, pair
-from .shape import P_RESHAPE, P_TRANSPOSE
+from .elementwise import mul
+from .shape import P_RESHAPE, P_TRANSPOSE, astype, broadcast_to, reshape
 
 __all__ = ["matmul", "dot", "einsum", "outer"]
 
 
 def _cast(g: Tensor, dtype: Any) -> Tensor:
-    from .shape import astype
-
     return astype(g, dtype) if g.dtype != dtype else g
 
 
@@ -124,8 +123,6 @@ def _einsum_impl(xp: Any, *arrays: Any, inputs: tuple, output: str) -> Any:
 def _einsum_vjp(rec: Any, g: Tensor) -> tuple:
     """Gradient of operand k: the output gradient contracted with the other operands, onto
     the labels of k; labels only k has (summed away in the forward) are broadcast back."""
-    from .shape import broadcast_to, reshape
-
     subs = rec.params["inputs"]
     out = rec.params["output"]
     ops = rec.inputs
@@ -234,8 +231,6 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
         >>> float(gt.einsum("ii", a))
         5.0
     """
-    from .shape import reshape
-
     if not isinstance(subscripts, str):
         raise TypeError(f"einsum: the first argument must be the subscripts string, got "
                         f"{type(subscripts).__name__}")
@@ -317,8 +312,6 @@ def dot(a: Any, b: Any) -> Tensor:
         >>> float(gt.dot(gt.tensor([1.0, 2.0]), gt.tensor([3.0, 4.0])))
         11.0
     """
-    from .elementwise import mul
-
     a, b = pair(a, b)
     if a.ndim == 0 or b.ndim == 0:
         return mul(a, b)
@@ -335,8 +328,6 @@ def dot(a: Any, b: Any) -> Tensor:
 
 # --------------------------------------------------------------------------- outer
 def _outer_vjp(rec: Any, g: Tensor) -> tuple:
-    from .shape import reshape
-
     a, b = rec.inputs
     ga = gb = None
     if rec.needs[0]:

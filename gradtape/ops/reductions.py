@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .._primitive import Domain, bind, primitive
-from .._rules import ON_TENSORS
-from .._tensor import Tensor, _wrap
+from .._src.primitive import Domain, bind, primitive
+from .._src.rules import ON_TENSORS
+from .._src.tensor import Tensor, _wrap
 from ._util import normalize_axis, one
 from .elementwise import exp, where
-from .shape import P_BROADCAST_TO, P_RESHAPE
+from .shape import P_BROADCAST_TO, P_RESHAPE, reshape
 
 __all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
            "argmin"]
@@ -43,8 +43,6 @@ def _count(in_shape: tuple, axes: tuple | None) -> int:
 
 def _kept(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Tensor:
     """The reduced gradient reshaped to the keepdims shape (broadcasts against the input)."""
-    from .shape import reshape
-
     if keepdims:
         return g
     return reshape(g, _kept_shape(in_shape, axes))

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .._primitive import bind, primitive
-from .._tensor import Tensor
+from .._src.primitive import bind, primitive
+from .._src.tensor import Tensor
 from ._util import normalize_axis, one
+from .indexing import P_SCATTER, getitem
 
 __all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expand_dims",
            "squeeze", "stack", "concat", "split", "pad", "flip", "tile", "repeat", "astype",
@@ -233,8 +234,6 @@ def _stack_impl(xp: Any, *xs: Any, axis: int) -> Any:
 
 
 def _stack_vjp(rec: Any, g: Tensor) -> tuple:
-    from .indexing import getitem
-
     axis = rec.params["axis"]
     return tuple(getitem(g, (slice(None),) * axis + (i,)) if need else None
                  for i, need in enumerate(rec.needs))
@@ -278,8 +277,6 @@ def _concat_impl(xp: Any, *xs: Any, axis: int) -> Any:
 
 
 def _concat_vjp(rec: Any, g: Tensor) -> tuple:
-    from .indexing import getitem
-
     axis = rec.params["axis"]
     out = []
     start = 0
@@ -340,8 +337,6 @@ def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
         >>> [p.shape for p in gt.split(gt.tensor([1.0, 2.0, 3.0, 4.0]), [1, 3])]
         [(1,), (2,), (1,)]
     """
-    from .indexing import getitem
-
     x = one(x)
     if x.ndim == 0:
         raise ValueError("split: cannot split a 0-d tensor")
@@ -368,8 +363,6 @@ def _pad_impl(xp: Any, x: Any, *, pad_width: tuple, constant_values: Any) -> Any
 
 
 def _pad_vjp(rec: Any, g: Tensor) -> tuple:
-    from .indexing import getitem
-
     index = tuple(slice(b, b + s) for (b, _), s in zip(rec.params["pad_width"], rec.in_shapes[0]))
     return (getitem(g, index),)
 
@@ -443,14 +436,12 @@ def flip(x: Any, axis: Any = None) -> Tensor:
 
 # --------------------------------------------------------------------------- tile
 def _tile_vjp(rec: Any, g: Tensor) -> tuple:
-    from .reductions import sum as _sum
-
     shape = rec.in_shapes[0]
     reps = rec.params["reps"]
     d = len(reps)
     shape_d = (1,) * (d - len(shape)) + tuple(shape)
     interleaved = tuple(v for r, s in zip(reps, shape_d) for v in (r, s))
-    gi = _sum(reshape(g, interleaved), axis=tuple(range(0, 2 * d, 2)))
+    gi = reshape(g, interleaved).sum(axis=tuple(range(0, 2 * d, 2)))
     return (reshape(gi, shape),)
 
 
@@ -484,16 +475,13 @@ def tile(x: Any, reps: Any) -> Tensor:
 
 # --------------------------------------------------------------------------- repeat
 def _repeat_vjp(rec: Any, g: Tensor) -> tuple:
-    from .indexing import P_SCATTER
-    from .reductions import sum as _sum
-
     shape = rec.in_shapes[0]
     reps = rec.params["repeats"]
     axis = rec.params["axis"]
     n = shape[axis]
     if isinstance(reps, int):
         parts = reshape(g, shape[:axis] + (n, reps) + shape[axis + 1:])
-        return (_sum(parts, axis=axis + 1),)
+        return (parts.sum(axis=axis + 1),)
     xp = g._backend.xp
     idx = xp.asarray(np.repeat(np.arange(n), np.asarray(reps)))
     index = (slice(None),) * axis + (idx,)

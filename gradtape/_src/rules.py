@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._tensor import _wrap
+from .tensor import _wrap
 
 __all__ = ["OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY", "on_arrays"]
 
@@ -28,8 +28,8 @@ class OnTensors:
 
     Example:
         >>> import gradtape as gt
-        >>> from gradtape.ops.shape import P_RESHAPE
-        >>> ON_TENSORS.apply(P_RESHAPE, gt.tensor([1.0, 2.0]), shape=(2, 1)).shape
+        >>> from gradtape.extend import REGISTRY
+        >>> ON_TENSORS.apply(REGISTRY["reshape"], gt.tensor([1.0, 2.0]), shape=(2, 1)).shape
         (2, 1)
     """
 
@@ -49,9 +49,7 @@ class OnTensors:
 
     def apply(self, prim: Any, *args: Any, **params: Any) -> Any:
         """Run ``prim`` (its inputs are valid by construction: no op-level checks)."""
-        from ._primitive import bind  # not at import: _primitive imports this module
-
-        return bind(prim, *args, **params)
+        return prim(*args, **params)  # Primitive.__call__ binds
 
 
 class OnArrays(OnTensors):

@@ -7,13 +7,13 @@ first write to fresh pages costs the kernel a page fault and a zeroing per page:
 memory back to the OS when it is freed (``munmap``, or trimming the heap top above
 ``M_TRIM_THRESHOLD``), so each training step faults the same pages in again.
 
-:func:`ensure` raises two glibc tunables once, the first time gradtape makes a large array on
-NumPy (:mod:`gradtape._parallel`): blocks below 64 MiB come from the heap
+:func:`apply` sets two glibc tunables: blocks below 64 MiB come from the heap
 (``M_MMAP_THRESHOLD``) and up to 512 MiB of free heap is kept (``M_TRIM_THRESHOLD``). Memory a
 step freed is then reused by the next step without faults, as a framework's caching allocator
 would; the price is that the process's resident size stays near its peak. This is
-process-wide (glibc has one allocator), so it is a setting: ``gt.config.host_memory_cache`` or
-``GRADTAPE_HOST_MEMORY_CACHE=0`` turns it off before the first large op. Elsewhere than
+process-wide (glibc has one allocator), so it is a setting with one call site: assigning
+``gt.config.host_memory_cache`` (done once at import from ``GRADTAPE_HOST_MEMORY_CACHE``,
+default on) calls :func:`apply`; ``False`` restores glibc's defaults. Elsewhere than
 glibc/Linux it does nothing.
 """
 
@@ -22,32 +22,29 @@ from __future__ import annotations
 import ctypes
 import sys
 
-from ._config import config
-
-__all__ = ["ensure", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["apply", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 MMAP_THRESHOLD = 64 << 20
 TRIM_THRESHOLD = 512 << 20
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
-applied = False  # the tunables were set in this process
-_tried = False
+# glibc's own defaults (malloc(3)): what ``apply(False)`` restores
+_DEFAULT_MMAP_THRESHOLD = 128 * 1024
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+
+applied = False  # the tunables are in effect in this process
 
 
-def ensure() -> bool:
-    """Apply the tunables once if ``gt.config.host_memory_cache`` is on; returns whether they
-    are in effect.
+def apply(enabled: bool) -> bool:
+    """Set (``enabled``) or restore glibc's defaults for the two tunables; returns whether the
+    cache is in effect (False where glibc's ``mallopt`` is missing).
 
     Example:
-        >>> from gradtape import _hostmem
-        >>> _hostmem.ensure() in (True, False)
+        >>> apply(True) in (True, False)
         True
     """
-    global applied, _tried
-    if _tried or not config.host_memory_cache:
-        return applied
-    _tried = True
+    global applied
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -56,7 +53,9 @@ def ensure() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
+    mmap, trim = (MMAP_THRESHOLD, TRIM_THRESHOLD) if enabled else (_DEFAULT_MMAP_THRESHOLD,
+                                                                  _DEFAULT_TRIM_THRESHOLD)
     # musl and other libcs may lack mallopt or return 0 (not applied)
-    applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
+    applied = ok and enabled
     return applied

@@ -5,12 +5,13 @@ that tapes can record it), a batching-rule slot, a JVP slot, and, for elementwis
 local derivative expressions from which fused kernels are generated. Factories
 (:func:`elementwise`, :func:`primitive`) derive the repetitive parts.
 
-The engine (:mod:`gradtape._tape`) does the chores once: unbroadcasting, skipping inputs that
-need no gradient, accumulating fan-out, dtype of the gradient.
+The engine (:mod:`gradtape._src.autodiff.engine`) does the chores once: unbroadcasting,
+skipping inputs that need no gradient, accumulating fan-out, dtype of the gradient.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,20 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels, _parallel
-from ._backend import Backend
-from ._config import HOOKS
-from ._parallel import MIN_SIZE as _PARALLEL_MIN
-from ._rules import ON_NUMPY, ON_TENSORS, OnArrays, OnTensors, on_arrays
-from ._tape import record_op
-from ._tensor import Tensor, _to_array, _wrap
+from .autodiff.record import record
+from .backend import Backend
+from .codegen.arrays import array_vjp
+from .codegen.expr import CONSTANTS, FUNCTIONS, Expr, parse
+from .config import HOOKS
+from .cpu.parallel import forward as parallel_forward
+from .cpu import pool
+from .errors import MissingRuleError
+from .rules import ON_NUMPY, ON_TENSORS, OnArrays, OnTensors, on_arrays
+from .tensor import Tensor, _to_array, _wrap
 
 __all__ = ["Primitive", "Domain", "REGISTRY", "elementwise", "primitive", "bind", "as_tensor",
-           "MissingRuleError", "OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY", "on_arrays"]
-
-
-class MissingRuleError(NotImplementedError):
-    """A transform needs a rule that a primitive does not declare."""
+           "one", "pair", "MissingRuleError", "OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY",
+           "on_arrays"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,17 @@ class Primitive:
         jvp: the forward-mode rule, or None.
         nondiff: outputs carry no gradient (comparisons, argmax); never recorded.
         saves_inputs / saves_output: what the VJP reads, so the tape keeps only that alive.
-        derivatives: for elementwise ops, one parsed :class:`~gradtape._kernels.Expr` per input.
+        derivatives: for elementwise ops, one parsed :class:`~gradtape.Expr` per input.
         safe: ``gy * d`` is 0 where ``gy`` is 0 even if ``d`` is infinite.
+        out_form: for elementwise ops whose NumPy impl is one ufunc call, ``f(*arrays, out)``
+            making that call into ``out`` (the threaded forward writes chunks in place).
+        cheap: one memory-bound ufunc (``add``, ``mul``): threading pays only on larger arrays.
         domains: per-input :class:`Domain` for registry-driven tests.
     """
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
-                 "_saves", "_array_vjps", "_tensor_vjps", "examples")
+                 "out_form", "cheap", "_saves", "_array_vjps", "_tensor_vjps", "examples")
 
     def __init__(self, name: str, impl: Callable, vjp: Callable | None = None, *,
                  rule: Callable | None = None, batch: Callable | None = None, jvp: Callable | None = None,
@@ -95,10 +99,12 @@ class Primitive:
         self.nondiff = nondiff
         self.saves_inputs = saves_inputs
         self.saves_output = saves_output
-        self.derivatives: tuple[_kernels.Expr, ...] | None = None
+        self.derivatives: tuple[Expr, ...] | None = None
         self.arg_names: tuple[str, ...] = ()
         self.param_names: tuple[str, ...] = ()
         self.safe = False
+        self.out_form: Callable | None = None
+        self.cheap = False
         self.domains = domains
         self.examples = examples
         self._saves: dict = {}
@@ -137,7 +143,7 @@ class Primitive:
         key = (i, backend.name)
         fn = self._array_vjps.get(key)
         if fn is None:
-            fn = _kernels.array_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
+            fn = array_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
                                     backend, self.safe)
             self._array_vjps[key] = fn
         return fn
@@ -146,10 +152,50 @@ class Primitive:
         """``f(gy, *inputs, y, *params) -> gy * d_i`` in gradtape ops (cached)."""
         fn = self._tensor_vjps.get(i)
         if fn is None:
-            fn = _kernels.tensor_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
+            fn = _tensor_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
                                      self.safe)
             self._tensor_vjps[i] = fn
         return fn
+
+
+# --------------------------------------------------------------------------- differentiable rendering
+_tensor_cache: dict[tuple, Callable] = {}
+
+
+def _tensor_vjp(expr: Expr, arg_names: tuple[str, ...], safe: bool) -> Callable:
+    """Render ``gy * (expr)`` by binding the registered primitive of each function name, so
+    an outer tape can differentiate it (looked up at the first render, when every op is
+    declared)."""
+    key = (expr.source, arg_names, safe)
+    fn = _tensor_cache.get(key)
+    if fn is not None:
+        return fn
+    ns: dict[str, Any] = {name: _bound(REGISTRY[name]) for name in FUNCTIONS}
+    ns.update(CONSTANTS)
+    ns["__builtins__"] = {}
+    body = ast.unparse(expr.tree)
+    if expr.constant == 1.0:
+        code = "gy"
+    elif expr.constant == -1.0:
+        code = "-gy"
+    elif safe:
+        ns["_safe"] = _bound(REGISTRY["safe_mul"])
+        code = f"_safe(gy, ({body}))"
+    else:
+        code = f"gy * ({body})"
+    fn = eval(f"lambda gy, {', '.join(arg_names)}: {code}", ns)  # noqa: S307 - whitelisted AST
+    _tensor_cache[key] = fn
+    return fn
+
+
+
+def _bound(prim: Primitive) -> Callable:
+    """``prim`` as a function of Tensors or Python scalars (weak scalars, as the ops take them)."""
+    if len(prim.arg_names) == 3:  # where(c, a, b): c is a comparison
+        return lambda c, a, b: bind(prim, one(c), *pair(a, b))
+    if len(prim.arg_names) == 2:
+        return lambda a, b: bind(prim, *pair(a, b))
+    return lambda x: bind(prim, one(x))
 
 
 # --------------------------------------------------------------------------- two-mode VJP rules
@@ -173,18 +219,17 @@ def _elementwise_batch(prim: Primitive) -> Callable:
     def rule(args: tuple, dims: tuple, **params: Any) -> tuple:
         # Elementwise ops commute with batching: move every batch axis to the front, align
         # ranks, apply the op once.
-        from .ops import moveaxis, reshape
-
         nd = max(a.ndim - (d is not None) for a, d in zip(args, dims))
         moved = []
         for a, d in zip(args, dims):
             if d is None:
                 moved.append(a)
             else:
-                a = moveaxis(a, d, 0)
+                if d:
+                    a = a.transpose((d, *[i for i in range(a.ndim) if i != d]))
                 extra = nd - (a.ndim - 1)
                 if extra:
-                    a = reshape(a, (a.shape[0],) + (1,) * extra + a.shape[1:])
+                    a = a.reshape((a.shape[0],) + (1,) * extra + a.shape[1:])
                 moved.append(a)
         return bind(prim, *moved, **params), 0
 
@@ -193,7 +238,8 @@ def _elementwise_batch(prim: Primitive) -> Callable:
 
 def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bool = False,
                 domain: Domain | tuple[Domain, ...] | None = None,
-                nondiff: bool = False) -> Primitive:
+                nondiff: bool = False, out_form: Callable | None = None,
+                cheap: bool = False) -> Primitive:
     """Declare an elementwise primitive in one line.
 
     Args:
@@ -202,8 +248,11 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
             parameters (``lambda xp, x, *, negative_slope: ...``).
         d: the local derivative of the output with respect to each input, as an expression
             string reading the inputs, ``y`` (the output) and the parameters.
-        safe: the derivative can be infinite: treat ``0 * inf`` as 0 (see API.md, ``where``).
+        safe: the derivative can be infinite: treat ``0 * inf`` as 0 (see ``where``).
         domain: input domain(s) for generated tests.
+        out_form: ``f(*arrays, out)`` making impl's one NumPy ufunc call into ``out`` (speed:
+            the threaded forward then writes each chunk in place); None otherwise.
+        cheap: impl is one memory-bound ufunc, threaded only from a larger size.
 
     Returns:
         The registered :class:`Primitive`.
@@ -220,7 +269,7 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
         raise ValueError(f"elementwise {name!r}: {len(arg_names)} inputs {arg_names} but "
                          f"{len(ds)} derivative expression(s)")
     allowed = arg_names + ("y",) + param_names
-    exprs = tuple(_kernels.parse(s, allowed) for s in ds)
+    exprs = tuple(parse(s, allowed) for s in ds)
     if domain is None:
         domains = tuple(Domain() for _ in arg_names)
     elif isinstance(domain, Domain):
@@ -232,6 +281,8 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
     prim.arg_names = arg_names
     prim.param_names = param_names
     prim.safe = safe
+    prim.out_form = out_form
+    prim.cheap = cheap
     prim.batch = _elementwise_batch(prim)
     return prim
 
@@ -271,37 +322,95 @@ def _backend_mismatch(prim: Primitive, args: tuple) -> None:
                      "move data with t.to('numpy') or t.to('cupy')")
 
 
+def one(x: Any) -> Tensor:
+    """Convert a single op argument to a Tensor.
+
+    Example:
+        >>> one(2.0).dtype
+        dtype('float32')
+    """
+    return x if isinstance(x, Tensor) else as_tensor(x)
+
+
+def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    """Convert two operands; a Python scalar takes NumPy's weak-scalar dtype next to the other.
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = pair(Tensor(np.ones(2, np.float16)), 2.0)
+        >>> b.dtype
+        dtype('float16')
+    """
+    if isinstance(a, Tensor):
+        if not isinstance(b, Tensor):
+            b = as_tensor(b, a)
+    elif isinstance(b, Tensor):
+        a = as_tensor(a, b)
+    else:
+        a = as_tensor(a)
+        b = as_tensor(b, a)
+    return a, b
+
+
+_new_tensor = object.__new__
+
+
 def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     """Run ``prim`` on Tensors: forward on the arrays, then record on the active tapes.
 
-    Every argument must already be a Tensor (ops convert scalars with :func:`as_tensor`).
+    Every argument must already be a Tensor (ops convert scalars with :func:`as_tensor`). The
+    one place every primitive runs: arrays of at least ``pool.MIN_SIZE`` elements go to the
+    threaded forward, and :func:`~gradtape._src.autodiff.record.record` runs when a tape,
+    watcher or numerics check is active. One- and two-input calls are unrolled (per-op
+    overhead is a product target).
+
+    Example:
+        >>> import gradtape as gt
+        >>> from gradtape.extend import REGISTRY
+        >>> bind(REGISTRY["mul"], gt.tensor([2.0]), gt.tensor([3.0])).numpy()
+        array([6.], dtype=float32)
     """
-    backend = args[0]._backend
+    a = args[0]
+    backend = a._backend
     var = None
-    if len(args) == 2:  # unrolled for binary ops (comprehensions are calls on Python 3.11)
-        a, b = args
+    n = len(args)
+    if n == 1:
+        if a._is_variable:
+            var = a
+        da = a.data
+        if da.size < pool.MIN_SIZE:
+            data = prim.impl(backend.xp, da, **params)
+        else:  # large: chunks on the thread pool (NumPy elementwise only)
+            data = parallel_forward(prim, backend.xp, (da,), params)
+    elif n == 2:
+        b = args[1]
         if b._backend is not backend:
             _backend_mismatch(prim, args)
         if a._is_variable or b._is_variable:
             var = a if a._is_variable else b
         da, db = a.data, b.data
-        if da.size + db.size < _PARALLEL_MIN:
-            out = _wrap(prim.impl(backend.xp, da, db, **params), backend)
-        else:  # large: chunks on the thread pool (NumPy elementwise only; see _parallel.py)
-            out = _wrap(_parallel.forward(prim, backend.xp, (da, db), params), backend)
-    else:
-        for a in args:
-            if a._backend is not backend:
-                _backend_mismatch(prim, args)
-            if a._is_variable:
-                var = a
-        datas = [a.data for a in args]
-        if datas[0].size + datas[-1].size < _PARALLEL_MIN:
-            out = _wrap(prim.impl(backend.xp, *datas, **params), backend)
+        if da.size + db.size < pool.MIN_SIZE:
+            data = prim.impl(backend.xp, da, db, **params)
         else:
-            out = _wrap(_parallel.forward(prim, backend.xp, tuple(datas), params), backend)
+            data = parallel_forward(prim, backend.xp, (da, db), params)
+    else:
+        for t in args:
+            if t._backend is not backend:
+                _backend_mismatch(prim, args)
+            if t._is_variable:
+                var = t
+        datas = [t.data for t in args]
+        if datas[0].size + datas[-1].size < pool.MIN_SIZE:
+            data = prim.impl(backend.xp, *datas, **params)
+        else:
+            data = parallel_forward(prim, backend.xp, tuple(datas), params)
+    out = _new_tensor(Tensor)
+    out.data = data
+    out._backend = backend
+    out._id = 0
+    out._origin = None
     if var is not None:  # lets an unconnected-gradient error spot `w = w - lr * g`
         out._origin = ("variable", var.name or "<unnamed>")
     if HOOKS.on:
-        record_op(prim, args, out, params)
+        record(prim, args, out, params)
     return out

@@ -6,9 +6,10 @@ whose intermediates are read only inside the run, all of the run's output shape 
 Each run has one *sink* (the record producing its output); when the reverse pass reaches the
 sink, the whole run's backward executes as one kernel:
 
-* NumPy: one straight-line ufunc program over the run (:class:`gradtape._kernels.NumpyProgram`),
-  block by block with reused scratch buffers;
-* CuPy: one generated ``ElementwiseKernel`` (:func:`gradtape._kernels.cupy_kernel`).
+* NumPy: one straight-line ufunc program over the run
+  (:class:`gradtape._src.codegen.numpy_program.NumpyProgram`), block by block with reused
+  scratch buffers;
+* CuPy: one generated ``ElementwiseKernel`` (:func:`gradtape._src.codegen.cuda.cupy_kernel`).
 
 Each kernel writes the gradient of each input of the run that is not produced inside it:
 into a fresh buffer on its first contribution (no zero fill), or accumulating in place into a
@@ -16,7 +17,7 @@ gradient buffer the engine allocated and owns. Interior gradients never reach me
 are cached by signature (op sequence, which saved array feeds which slot, dtypes, gradient
 targets, output modes); broadcast inputs are read broadcast and their gradients summed back
 by the engine after the kernel. Fused kernels are never differentiated: higher-order passes
-take the differentiable route in :mod:`gradtape._tape`.
+take the differentiable route in :mod:`.engine`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
+from ..backend import backend_of
+from ..codegen.cuda import cupy_kernel
+from ..codegen.graph import Graph, backward_graph
+from ..codegen.numpy_program import numpy_program, run_numpy
 
 __all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN", "MIN_RUN_BY_SIZE"]
 
@@ -293,34 +297,35 @@ class Run:
         key = (dtype, tuple(parts), leaf_dtypes)
         return Gathered(key, parts, leaves, leaf_dtypes, params, out_ids, out_info)
 
-    def __call__(self, g: Any, grads: dict, owned: set, reach: set, accumulate: Any) -> None:
+    def __call__(self, g: Any, acc: Any, reach: set) -> None:
         """Run the kernel for upstream gradient ``g`` and add each external input's gradient
-        into ``grads`` through ``accumulate(iid, gi, shape, dtype, prim, fresh)``: in place into
-        the buffers listed in ``owned``, else into fresh buffers (first contribution)."""
+        through the pass's :class:`~gradtape._src.autodiff.engine.Accumulator` ``acc``: in
+        place into the buffers it owns, else into fresh buffers (first contribution)."""
         ga = self.gather(g, reach)
         if ga is None:
             return
+        grads, owned = acc.grads, acc.owned
         shape, dtype = self.shape, self.dtype
         leaves, out_ids = ga.leaves, ga.out_ids
         is_numpy = isinstance(leaves[0], np.ndarray)
-        acc = []
+        modes = []
         outs: list = []
         for iid in out_ids:
             prev = grads.get(iid)
             if prev is not None and iid in owned and prev.shape == shape and prev.dtype == dtype \
                     and prev.flags.c_contiguous:
-                acc.append(True)
+                modes.append(True)
                 outs.append(prev)
             else:
-                acc.append(False)
+                modes.append(False)
                 outs.append(None)
-        acc_t = tuple(acc)
+        acc_t = tuple(modes)
         if is_numpy:
-            prog = _kernels.numpy_program(ga.key, ga.graph, acc_t, dtype)
+            prog = numpy_program(ga.key, ga.graph, acc_t, dtype)
             alias = prog.alias
             xp: Any = np
         else:
-            spec, kernel = _kernels.cupy_kernel(ga.key, ga.graph, ga.dtype_names(), dtype.name,
+            spec, kernel = cupy_kernel(ga.key, ga.graph, ga.dtype_names(), dtype.name,
                                                 acc_t)
             alias = spec.alias
             xp = _xp_of(leaves[0])
@@ -328,7 +333,7 @@ class Run:
             if outs[k] is None and alias[k] is None:
                 outs[k] = xp.empty(shape, dtype)
         if is_numpy:
-            _kernels.run_numpy(prog, leaves, ga.params, outs, shape, dtype)
+            run_numpy(prog, leaves, ga.params, outs, shape, dtype)
         else:
             args = [leaves[i] for i in spec.leaves] + [ga.params[i] for i in spec.params]
             args += [outs[k] for k in spec.outputs]
@@ -340,9 +345,9 @@ class Run:
                 continue
             in_shape, in_dtype, prim = ga.out_info[k]
             if alias[k] is not None:
-                accumulate(iid, leaves[alias[k]], in_shape, in_dtype, prim, False)
+                acc.add(iid, leaves[alias[k]], in_shape, in_dtype, prim, False)
             else:
-                accumulate(iid, outs[k], in_shape, in_dtype, prim, True)
+                acc.add(iid, outs[k], in_shape, in_dtype, prim, True)
 
 
 class Gathered:
@@ -368,10 +373,10 @@ class Gathered:
         self.out_ids = out_ids
         self.out_info = out_info
 
-    def graph(self) -> _kernels.Graph:
+    def graph(self) -> Graph:
         """The backward DAG (built only on a kernel-cache miss)."""
         kinds = tuple("b" if d.kind == "b" else "f" for d in self.leaf_dtypes)
-        return _kernels.backward_graph(self.specs, kinds, len(self.params), len(self.out_ids))
+        return backward_graph(self.specs, kinds, len(self.params), len(self.out_ids))
 
     def dtype_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.leaf_dtypes)
@@ -384,6 +389,4 @@ _INTERIOR = tuple(("m", j) for j in range(MAX_RUN))  # shared target tuples
 def _xp_of(a: Any) -> Any:
     if isinstance(a, (np.ndarray, np.generic)):
         return np
-    from ._backend import backend_of
-
     return backend_of(a).xp

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .cpu import hostmem
+
 __all__ = ["config", "HOOKS"]
 
 
@@ -41,8 +43,8 @@ class Config:
             (``GRADTAPE_CHECK_NUMERICS=1``).
         host_memory_cache: let glibc keep freed host memory for reuse (set once, at the first
             large NumPy op), so large eager arrays skip page faults; the process keeps its peak
-            resident size (``GRADTAPE_HOST_MEMORY_CACHE=0`` turns it off; see
-            ``gradtape/_hostmem.py``).
+            resident size (``GRADTAPE_HOST_MEMORY_CACHE=0`` turns it off; setting it applies or
+            reverts the allocator setting at once; see ``gradtape/_src/cpu/hostmem.py``).
 
     Example:
         >>> import gradtape as gt
@@ -54,6 +56,17 @@ class Config:
         self.fusion = _flag("GRADTAPE_FUSION", True)
         self.check_numerics = _flag("GRADTAPE_CHECK_NUMERICS", False)
         self.host_memory_cache = _flag("GRADTAPE_HOST_MEMORY_CACHE", True)
+
+    @property
+    def host_memory_cache(self) -> bool:
+        return self._host_memory_cache
+
+    @host_memory_cache.setter
+    def host_memory_cache(self, value: bool) -> None:
+        # the one call site of the process-wide allocator setting
+        self._host_memory_cache = bool(value)
+        if self._host_memory_cache or hostmem.applied:  # never touch glibc's defaults unasked
+            hostmem.apply(self._host_memory_cache)
 
     @property
     def check_numerics(self) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import BackendUnavailableError
+
 __all__ = [
     "Backend",
     "BackendUnavailableError",
@@ -24,13 +26,6 @@ __all__ = [
     "set_backend",
     "use_backend",
 ]
-
-
-class BackendUnavailableError(RuntimeError):
-    """Raised when a backend that was asked for cannot work on this machine.
-
-    The message names why: CuPy not installed, no CUDA driver, no device, or a driver error.
-    """
 
 
 # --------------------------------------------------------------------------- erf for NumPy

@@ -13,10 +13,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from . import _nest
-from ._config import HOOKS
-from ._tape import STATE, Record, RecordX, _check_finite, _hooks_add
-from ._tensor import Tensor, _next_id, _wrap
+from ..autodiff.record import Record, record
+from ..config import HOOKS
+from ..autodiff.state import paused_recording
+from ..nest import flatten, unflatten
+from ..primitive import as_tensor
+from ..tensor import Tensor, _wrap
 
 __all__ = ["custom_gradient"]
 
@@ -80,17 +82,13 @@ class _CustomCall:
                 out.append(None)
                 continue
             if not isinstance(gi, Tensor):
-                from ._primitive import as_tensor
-
                 gi = as_tensor(gi)
             shape = rec.in_shapes[i]
             if gi.shape != shape:
                 raise ValueError(f"custom_gradient {self.name}: the gradient for {names[i]} has "
                                  f"shape {gi.shape}, expected that input's shape {shape}")
             if gi.dtype != rec.in_dtypes[i]:
-                from . import ops
-
-                gi = ops.astype(gi, rec.in_dtypes[i])
+                gi = gi.astype(rec.in_dtypes[i])
             out.append(gi)
         return tuple(out)
 
@@ -162,18 +160,9 @@ def custom_gradient(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        st = STATE
-        saved = st.recording
         watcher: dict = {}
-        st.recording = []  # pause every recording tape of this thread while f runs
-        st.watchers.append(watcher)
-        _hooks_add(1)
-        try:
+        with paused_recording(watcher):  # f's own ops are not recorded
             result = f(*args, **kwargs)
-        finally:
-            st.watchers.remove(watcher)
-            st.recording = saved
-            _hooks_add(-1)
         if not isinstance(result, (tuple, list)) or len(result) != 2 or not callable(result[1]):
             raise TypeError(f"custom_gradient {fname}: the function must return (y, grad) with "
                             f"grad callable, got {_describe(result)}")
@@ -196,14 +185,12 @@ def custom_gradient(f: Callable) -> Callable:
                             "'variables' (grad(*dys, variables=None)) and return (input_gradients, "
                             "variable_gradients)")
 
-        leaves, spec = _nest.flatten(y)
+        leaves, spec = flatten(y)
         if not leaves:
             raise TypeError(f"custom_gradient {fname}: y holds no tensor")
         outs = []
         for i, leaf in enumerate(leaves):
             if not isinstance(leaf, Tensor):
-                from ._primitive import as_tensor
-
                 try:
                     leaf = as_tensor(leaf)
                 except TypeError:
@@ -211,42 +198,11 @@ def custom_gradient(f: Callable) -> Callable:
                                     f"{type(leaf).__name__}, expected a Tensor") from None
             # a fresh Tensor: y may be an input itself, or a Variable
             outs.append(_wrap(leaf.data, leaf._backend))
-        if HOOKS.numerics:
-            for o in outs:
-                _check_finite(_NamedOnly(f"custom_gradient {fname}"), tuple(inputs), o.data, "forward")
-
         all_in = tuple(inputs) + tuple(variables)
-        if saved and all_in:
-            prim = None
-            for tape in saved:
-                tracked = tape._tracked
-                if tape._watch_accessed:
-                    for v in all_in:
-                        if v._is_variable and v.trainable and v._id not in tracked:
-                            tape._watch_variable(v)
-                needs = tuple(a._id in tracked and a.data.dtype.kind in "fc" for a in all_in)
-                if True not in needs:
-                    continue
-                if prim is None:
-                    prim = _CustomCall(fname, grad, arg_names, len(inputs), variables, outs,
-                                       multi=len(outs) > 1)
-                    for o in outs:
-                        o._id = _next_id()
-                rec = RecordX(prim, all_in, outs[0], {}, needs)
-                if len(outs) > 1:
-                    rec.extra_outs = tuple(o._id for o in outs[1:])
-                tape._records.append(rec)
-                for o in outs:
-                    if o.data.dtype.kind in "fc":
-                        tracked.add(o._id)
-        return _nest.unflatten(spec, outs)
+        if all_in and HOOKS.on:  # HOOKS.on: some tape, watcher or numerics check is active
+            prim = _CustomCall(fname, grad, arg_names, len(inputs), variables, outs,
+                               multi=len(outs) > 1)
+            record(prim, all_in, outs[0], {}, tuple(outs[1:]))
+        return unflatten(spec, outs)
 
     return wrapper
-
-
-class _NamedOnly:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-

@@ -1,23 +1,24 @@
 """Tensor and Variable: a backend array plus the few fields the tape needs.
 
-Operators and methods call the differentiable ops in :mod:`gradtape.ops`; the module is
-imported lazily (``_ops``) because ops are built on top of this class.
+This layer sits below the primitives and ops: the differentiable operators and methods
+(``+``, ``@``, ``.sum()``, ...) are installed on :class:`Tensor` by ``gradtape/ops/_methods.py``
+and declared here for type checkers only.
 """
 
 from __future__ import annotations
 
 import itertools
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._backend import NUMPY, Backend, backend_of, get_backend
+from .autodiff.state import note_cut
+from .backend import NUMPY, Backend, backend_by_name, backend_of, get_backend
 
 __all__ = ["Tensor", "Variable", "tensor", "from_dlpack"]
 
 _next_id = itertools.count(1).__next__
-_ops: Any = None  # gradtape.ops, bound at the end of package import
 
 
 def _is_float(dtype: Any) -> bool:
@@ -81,12 +82,6 @@ class Tensor:
         """Name of the backend holding the data: ``"numpy"`` or ``"cupy"``."""
         return self._backend.name
 
-    @property
-    def T(self) -> Tensor:
-        """The transpose (all axes reversed)."""
-        return _ops.transpose(self)
-
-    # --- conversion ----------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """Return the values as a host ``numpy.ndarray``.
 
@@ -143,8 +138,6 @@ class Tensor:
             >>> gt.tensor([1.0]).to("numpy").backend
             'numpy'
         """
-        from ._backend import backend_by_name
-
         target = backend_by_name(backend)
         if target is self._backend:
             return self
@@ -197,115 +190,44 @@ class Tensor:
 
     __hash__ = object.__hash__
 
-    # --- operators (differentiable) -------------------------------------------------------
-    def __add__(self, other: Any) -> Tensor:
-        return _ops.add(self, other)
-
-    def __radd__(self, other: Any) -> Tensor:
-        return _ops.add(other, self)
-
-    def __sub__(self, other: Any) -> Tensor:
-        return _ops.sub(self, other)
-
-    def __rsub__(self, other: Any) -> Tensor:
-        return _ops.sub(other, self)
-
-    def __mul__(self, other: Any) -> Tensor:
-        return _ops.mul(self, other)
-
-    def __rmul__(self, other: Any) -> Tensor:
-        return _ops.mul(other, self)
-
-    def __truediv__(self, other: Any) -> Tensor:
-        return _ops.div(self, other)
-
-    def __rtruediv__(self, other: Any) -> Tensor:
-        return _ops.div(other, self)
-
-    def __pow__(self, other: Any) -> Tensor:
-        return _ops.pow(self, other)
-
-    def __rpow__(self, other: Any) -> Tensor:
-        return _ops.pow(other, self)
-
-    def __matmul__(self, other: Any) -> Tensor:
-        return _ops.matmul(self, other)
-
-    def __rmatmul__(self, other: Any) -> Tensor:
-        return _ops.matmul(other, self)
-
-    def __neg__(self) -> Tensor:
-        return _ops.neg(self)
-
-    def __pos__(self) -> Tensor:
-        return self
-
-    def __abs__(self) -> Tensor:
-        return _ops.abs(self)
-
-    def __getitem__(self, index: Any) -> Tensor:
-        return _ops.getitem(self, index)
-
-    # comparisons: not differentiable, return bool tensors
-    def __lt__(self, other: Any) -> Tensor:
-        return _ops.less(self, other)
-
-    def __le__(self, other: Any) -> Tensor:
-        return _ops.less_equal(self, other)
-
-    def __gt__(self, other: Any) -> Tensor:
-        return _ops.greater(self, other)
-
-    def __ge__(self, other: Any) -> Tensor:
-        return _ops.greater_equal(self, other)
-
-    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return _ops.equal(self, other)
-
-    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return _ops.not_equal(self, other)
-
-    def __and__(self, other: Any) -> Tensor:
-        return _ops.logical_and(self, other)
-
-    def __or__(self, other: Any) -> Tensor:
-        return _ops.logical_or(self, other)
-
-    def __invert__(self) -> Tensor:
-        return _ops.logical_not(self)
-
-    # --- methods ------------------------------------------------------------------------
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Sum over ``axis`` (None: all). See :func:`gradtape.sum`."""
-        return _ops.sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Mean over ``axis`` (None: all). See :func:`gradtape.mean`."""
-        return _ops.mean(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Maximum over ``axis``; ties share the gradient. See :func:`gradtape.max`."""
-        return _ops.max(self, axis=axis, keepdims=keepdims)
-
-    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Minimum over ``axis``; ties share the gradient. See :func:`gradtape.min`."""
-        return _ops.min(self, axis=axis, keepdims=keepdims)
-
-    def reshape(self, *shape: Any) -> Tensor:
-        """Reshape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``). See :func:`gradtape.reshape`."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _ops.reshape(self, shape)
-
-    def transpose(self, *axes: Any) -> Tensor:
-        """Permute axes (reversed when none are given). See :func:`gradtape.transpose`."""
-        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
-            axes = axes[0]
-        return _ops.transpose(self, axes or None)
-
-    def astype(self, dtype: Any) -> Tensor:
-        """Cast to ``dtype``; differentiable between float dtypes. See :func:`gradtape.astype`."""
-        return _ops.astype(self, dtype)
+    # --- operators and methods (differentiable) ------------------------------------------
+    # Defined by the ops layer, which sits above this class (gradtape/ops/_methods.py installs
+    # them when gradtape.ops is imported). Declared here for type checkers.
+    if TYPE_CHECKING:
+        @property
+        def T(self) -> Tensor: ...  # noqa: N802 - NumPy's name
+        def __add__(self, other: Any) -> Tensor: ...
+        def __radd__(self, other: Any) -> Tensor: ...
+        def __sub__(self, other: Any) -> Tensor: ...
+        def __rsub__(self, other: Any) -> Tensor: ...
+        def __mul__(self, other: Any) -> Tensor: ...
+        def __rmul__(self, other: Any) -> Tensor: ...
+        def __truediv__(self, other: Any) -> Tensor: ...
+        def __rtruediv__(self, other: Any) -> Tensor: ...
+        def __pow__(self, other: Any) -> Tensor: ...
+        def __rpow__(self, other: Any) -> Tensor: ...
+        def __matmul__(self, other: Any) -> Tensor: ...
+        def __rmatmul__(self, other: Any) -> Tensor: ...
+        def __neg__(self) -> Tensor: ...
+        def __pos__(self) -> Tensor: ...
+        def __abs__(self) -> Tensor: ...
+        def __getitem__(self, index: Any) -> Tensor: ...
+        def __lt__(self, other: Any) -> Tensor: ...
+        def __le__(self, other: Any) -> Tensor: ...
+        def __gt__(self, other: Any) -> Tensor: ...
+        def __ge__(self, other: Any) -> Tensor: ...
+        def __eq__(self, other: Any) -> Tensor: ...  # type: ignore[override]
+        def __ne__(self, other: Any) -> Tensor: ...  # type: ignore[override]
+        def __and__(self, other: Any) -> Tensor: ...
+        def __or__(self, other: Any) -> Tensor: ...
+        def __invert__(self) -> Tensor: ...
+        def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
+        def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
+        def max(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
+        def min(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
+        def reshape(self, *shape: Any) -> Tensor: ...
+        def transpose(self, *axes: Any) -> Tensor: ...
+        def astype(self, dtype: Any) -> Tensor: ...
 
 
 class Variable(Tensor):
@@ -555,13 +477,9 @@ def from_dlpack(obj: Any) -> Tensor:
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: expected an object with __dlpack__, got {type(obj).__name__}")
     device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
-    from ._backend import backend_by_name
-
     backend = NUMPY if device in (1, 3) else backend_by_name("cupy")  # 1: CPU, 3: pinned host
     return _wrap(backend.xp.from_dlpack(obj), backend)
 
 
 def _note_escape(t: Tensor) -> None:
-    from ._tape import note_cut
-
     note_cut(t, "its value left the tape through a NumPy/CuPy array (.numpy() or np.asarray)")

@@ -1,0 +1,271 @@
+"""The reverse pass: walk a tape's records backwards, call each VJP, accumulate gradients.
+
+Each tape's records are in execution order, so reverse order is a topological order. The
+engine does the chores once for every rule: skipping inputs that need no gradient, summing a
+broadcast operand's gradient back to its shape (:func:`unbroadcast`), casting to the input's
+dtype, accumulating fan-out (:class:`Accumulator`). First-order passes run on backend arrays
+(rendered derivative expressions, two-rendering rules, fused runs from :mod:`.fusion`); a pass
+that an outer tape or a transform must see runs in recorded gradtape ops (``diff=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import NUMPY, backend_of
+from ..config import HOOKS, config
+from ..errors import MissingRuleError
+from ..rules import ON_NUMPY, on_arrays
+from ..tensor import Tensor, _wrap
+from . import fusion
+from .record import Record, Recorder, check_finite
+
+__all__ = ["backward", "forward_reach", "unbroadcast", "Accumulator"]
+
+_NONE1 = (None,)
+
+
+def forward_reach(records: list, start: set) -> set:
+    reach = set(start)
+    for rec in records:
+        for i in rec.in_ids:
+            if i and i in reach:
+                reach.add(rec.out_id)
+                if rec.extra_outs:
+                    reach.update(rec.extra_outs)
+                break
+    return reach
+
+
+def unbroadcast(g: Any, shape: tuple, prim: Any) -> Any:
+    """Sum gradient ``g`` back to an input's ``shape`` (the input was broadcast in the
+    forward). Written once for both renderings: backend arrays and Tensors share ``.sum`` and
+    ``.reshape`` (on Tensors they are recorded ops, so the result stays differentiable)."""
+    gshape = g.shape
+    if gshape == shape:
+        return g
+    if len(gshape) == len(shape) + 1 and gshape[1:] == shape:  # a bias: sum the leading axis
+        return g.sum(axis=0)
+    lead = g.ndim - len(shape)
+    if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, gshape[lead:])):
+        raise ValueError(f"internal error: the VJP of '{prim.name}' returned a gradient of shape "
+                         f"{gshape} for an input of shape {shape}")
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
+                                      if s == 1 and gshape[lead + i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+class Accumulator:
+    """The gradients of one reverse pass, ``grads`` (id -> array), and the chore of adding a
+    contribution: summed back to the input's shape, cast to its dtype, added in place where the
+    pass owns the buffer. Fused runs (:mod:`.fusion`) add through the same object.
+
+    ``owned`` holds the ids whose gradient array this pass allocated and nothing else
+    references, so later contributions may be added into it in place (a VJP may pass its
+    upstream gradient through, as ``add`` does: such arrays are never written).
+    """
+
+    __slots__ = ("grads", "owned")
+
+    def __init__(self, grads: dict[int, Any]) -> None:
+        self.grads = grads
+        self.owned: set[int] = set()
+
+    def add(self, iid: int, gi: Any, shape: tuple, dt: Any, prim: Any, fresh: bool) -> None:
+        """Add array ``gi`` to the gradient of ``iid`` (an input of ``shape`` and dtype ``dt``);
+        ``fresh``: ``gi`` was allocated for this contribution alone and may be written."""
+        grads, owned = self.grads, self.owned
+        if gi.shape != shape:
+            size = gi.size
+            gi = unbroadcast(gi, shape, prim)
+            fresh = fresh or gi.size != size  # a sum made a new array; a reshape is a view
+        if gi.dtype != dt:
+            gi = gi.astype(dt)
+            fresh = True
+        if isinstance(gi, np.generic):
+            fresh = False
+        prev = grads.get(iid)
+        if prev is None:
+            grads[iid] = gi
+            if fresh:
+                owned.add(iid)
+            else:
+                owned.discard(iid)
+        elif iid in owned and type(prev) is type(gi) and prev.shape == gi.shape:
+            prev += gi  # owned: an array, allocated by this pass, referenced nowhere else
+        elif fresh and type(prev) is type(gi) and prev.shape == gi.shape:
+            gi += prev
+            grads[iid] = gi
+            owned.add(iid)
+        else:
+            gi = prev + gi
+            grads[iid] = gi
+            if isinstance(gi, np.generic):  # 0-d sums come back as immutable scalars
+                owned.discard(iid)
+            else:
+                owned.add(iid)
+
+
+def _vjp_arrays(rec: Record, g: Any) -> tuple:
+    """First-order VJP on backend arrays: rendered derivative expressions for elementwise
+    primitives, the primitive's array rule where it has one, else the gradtape-op VJP (no tape
+    recording)."""
+    prim = rec.prim
+    if prim.derivatives is not None:
+        inputs = rec.inputs
+        backend = None
+        for t in inputs:
+            if t is not None:
+                backend = t._backend
+                break
+        out = rec.output
+        if backend is None:
+            backend = out._backend if out is not None else (
+                NUMPY if type(g) is np.ndarray else backend_of(g))
+        if len(inputs) == 1:
+            t = inputs[0]
+            args: tuple = (None if t is None else t.data, None if out is None else out.data)
+        elif len(inputs) == 2:
+            t, u = inputs
+            args = (None if t is None else t.data, None if u is None else u.data,
+                    None if out is None else out.data)
+        else:
+            args = (*[None if t is None else t.data for t in inputs],
+                    None if out is None else out.data)
+        if rec.params:
+            args += tuple(rec.params.values())
+        needs = rec.needs
+        if len(needs) == 1:
+            return (prim.array_vjp(0, backend)(g, *args),)
+        res = []
+        for i, need in enumerate(needs):
+            res.append(prim.array_vjp(i, backend)(g, *args) if need else None)
+        return tuple(res)
+    rule = prim.rule
+    if rule is not None and not isinstance(g, tuple):
+        return rule(ON_NUMPY if type(g) is np.ndarray else on_arrays(backend_of(g).xp), rec, g)
+    if prim.vjp is None:
+        raise MissingRuleError(f"primitive '{prim.name}' has no VJP rule; it cannot be differentiated")
+    if isinstance(g, tuple):  # a multi-output record (Record.extra_outs): None entries stay
+        gw: Any = tuple(None if a is None else _wrap(a, backend_of(a)) for a in g)
+    else:
+        gw = _wrap(g, backend_of(g))
+    res = prim.vjp(rec, gw)
+    return tuple(None if r is None else (r.data if isinstance(r, Tensor) else r) for r in res)
+
+
+def backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: bool,
+             release: bool) -> dict:
+    """Reverse pass over ``tape``'s records. Returns ``{source id: gradient}`` (arrays, or
+    Tensors when ``diff``: the pass is then made of recorded gradtape ops).
+
+    NumPy's floating-point warnings are silenced for the pass: derivatives are infinite at
+    the documented singular points (``sqrt'(0)``, ``log'(0)`` behind a ``where``) and
+    ``gy * d`` is then cleaned up on purpose, so a warning would only be noise (PyTorch and
+    TF are silent too); ``check_numerics`` is the tool that reports NaN and inf.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _backward(tape, targets, seeds, sources, diff, release)
+
+
+def _backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: bool,
+              release: bool) -> dict:
+    records = list(tape._records)  # a persistent tape may record the pass itself
+    source_ids = set()
+    tracked = tape._tracked
+    start = set()
+    for s in sources:
+        if s._id:
+            source_ids.add(s._id)
+            if s._id in tracked:
+                start.add(s._id)
+    reach = forward_reach(records, start)
+    grads: dict[int, Any] = {}
+    for t, seed in zip(targets, seeds):
+        if not t._id or t._id not in reach:
+            continue
+        if seed is None:
+            g = t._backend.xp.ones(t.shape, t.dtype)
+            g = _wrap(g, t._backend) if diff else g
+        else:
+            g = seed if diff else seed.data
+        prev = grads.get(t._id)
+        grads[t._id] = g if prev is None else prev + g
+    if not grads:
+        return {}
+    numerics = HOOKS.numerics
+    acc = Accumulator(grads)
+    fused = None
+    order: Any = range(len(records) - 1, -1, -1)
+    if not diff and not numerics and config.fusion and len(records) > 1:
+        fplan = fusion.plan(records, reach, source_ids | set(grads))
+        if fplan is not None:
+            fused, order = fplan.runs, fplan.visit
+    for idx in order:
+        rec = records[idx]
+        out_id = rec.out_id
+        if out_id not in reach:
+            continue
+        if rec.extra_outs is None:
+            g = grads.get(out_id) if out_id in source_ids else grads.pop(out_id, None)
+            if g is None:
+                continue
+        else:
+            g = _gather_outputs(rec, grads, source_ids, diff)
+            if g is None:
+                continue
+        if fused is not None:
+            run = fused.get(idx)
+            if run is not None:
+                run(g, acc, reach)
+                if release:  # the run's members are done too
+                    for m in run.members:
+                        r = records[m]
+                        r.inputs = _NONE1 if len(r.inputs) == 1 else (None,) * len(r.inputs)
+                        r.output = None
+                continue
+        if diff:
+            in_grads = rec.prim.vjp(rec, g)
+        else:
+            in_grads = _vjp_arrays(rec, g)
+        if len(in_grads) != len(rec.in_ids):
+            raise ValueError(f"internal error: the VJP of '{rec.prim.name}' returned "
+                             f"{len(in_grads)} gradients for {len(rec.in_ids)} inputs")
+        for i, gi in enumerate(in_grads):
+            iid = rec.in_ids[i]
+            if gi is None or not iid or iid not in reach:
+                continue
+            shape = rec.in_shapes[i]
+            if diff:
+                if not isinstance(gi, Tensor):
+                    gi = _wrap(gi, backend_of(gi))
+                if gi.shape != shape:
+                    gi = unbroadcast(gi, shape, rec.prim)
+                if gi.dtype != rec.in_dtypes[i]:
+                    gi = gi.astype(rec.in_dtypes[i])
+            else:
+                if numerics:
+                    check_finite(rec.prim, (), gi, "backward", rec.where)
+                dt = rec.in_dtypes[i]
+                if iid not in grads and gi.shape == shape and gi.dtype == dt:  # first, as is
+                    grads[iid] = gi  # not owned: the VJP may have passed its input through
+                    continue
+                acc.add(iid, gi, shape, dt, rec.prim, False)
+                continue
+            prev = grads.get(iid)
+            grads[iid] = gi if prev is None else prev + gi
+        if release:
+            rec.release()
+    return {i: grads[i] for i in source_ids if i in grads}
+
+
+def _gather_outputs(rec: Record, grads: dict, source_ids: set, diff: bool) -> Any:
+    ids = (rec.out_id, *rec.extra_outs)
+    gs = [grads.get(i) if i in source_ids else grads.pop(i, None) for i in ids]
+    if all(g is None for g in gs):
+        return None
+    return tuple(gs)

@@ -1,0 +1,238 @@
+"""Recording: the one path by which an op, a custom gradient or a Variable read enters a tape.
+
+:func:`record` is called by ``bind`` (every primitive) and by ``custom_gradient`` after the
+forward has run, whenever some tape or watcher is active (``HOOKS.on``). For each recording
+tape of this thread that follows one of the inputs it appends one :class:`Record`: what the
+VJP needs (saved inputs/output, shapes, dtypes, params) and the ids linking it into the graph.
+Trainable Variables read inside a tape's context are watched on the way.
+
+:class:`Recorder` is the part of a tape this layer owns: its records, the ids it tracks, the
+Variables it watches and why a tracked value left it (for the unconnected-gradient message).
+``GradientTape`` (in :mod:`.tape`, above the ops) adds the public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..config import HOOKS
+from ..tensor import Tensor, _next_id
+from .state import STATE, user_line
+
+__all__ = ["Recorder", "Record", "RecordX", "record", "check_finite"]
+
+
+class Recorder:
+    """What a tape records: ``_records`` in execution order, ``_tracked`` ids, the watched
+    ``_variables`` (id -> Variable) and ``_cuts`` (id -> why its value left the tape)."""
+
+    __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed")
+
+    def __init__(self, watch_accessed_variables: bool) -> None:
+        self._watch_accessed = bool(watch_accessed_variables)
+        self._records: list[Record] = []
+        self._tracked: set[int] = set()
+        self._variables: dict[int, Any] = {}
+        self._cuts: dict[int, str] = {}
+
+    def _watch_variable(self, v: Any) -> None:
+        self._tracked.add(v._id)
+        self._variables[v._id] = v
+
+    def _watch_tensor(self, t: Tensor) -> None:
+        if t._is_variable:
+            self._watch_variable(t)
+        else:
+            if not t._id:
+                t._id = _next_id()
+            self._tracked.add(t._id)
+
+    def _cut(self, args: tuple, needs: tuple, reason: str) -> None:
+        line = user_line()
+        for a, need in zip(args, needs):
+            if need and a._id not in self._cuts:
+                self._cuts[a._id] = f"{reason} (at {line})"
+
+    def _clear(self) -> None:
+        self._records = []
+        self._tracked = set()
+        self._cuts = {}
+
+
+class Record:
+    """One recorded op: what its VJP needs, and the ids that link it into the graph."""
+
+    __slots__ = ("prim", "inputs", "output", "in_ids", "in_shapes", "in_dtypes", "params",
+                 "needs", "out_id")
+    extra_outs: tuple | None = None  # ids of outputs 2.. of a multi-output op (RecordX)
+    where: str | None = None  # the user line, kept when check_numerics is on (RecordX)
+
+    def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
+                 needs: tuple[bool, ...]) -> None:
+        # The hot path of recording: kept flat, with a branch for the common one-input op.
+        self.prim = prim
+        self.params = params
+        self.needs = needs
+        self.out_id = out._id
+        if len(args) == 1:
+            a = args[0]
+            data = a.data
+            self.in_ids = (a._id,)
+            self.in_shapes = (data.shape,)
+            self.in_dtypes = (data.dtype,)
+            if prim.derivatives is not None:  # elementwise: keep only what d reads
+                saves = prim._saves.get(needs) or prim.saved_names(needs)
+                keep = saves[0]
+                self.output = out if saves[1] else None
+            else:
+                keep = prim.saves_inputs
+                self.output = out if prim.saves_output else None
+            if not keep:
+                self.inputs = _NONE1
+            elif a._is_variable:  # copy-on-write view: a later assign() must not change the VJP
+                self.inputs = (a._snapshot(),)
+            else:
+                self.inputs = args
+            return
+        if prim.derivatives is not None:
+            saves = prim._saves.get(needs) or prim.saved_names(needs)
+            self.output = out if saves[-1] else None
+        else:
+            saves = _ALL_SAVED if prim.saves_inputs else _NONE_SAVED
+            self.output = out if prim.saves_output else None
+        if len(args) == 2:  # binary ops, unrolled (comprehensions are calls on Python 3.11)
+            a, b = args
+            da, db = a.data, b.data
+            self.in_ids = (a._id if needs[0] else 0, b._id if needs[1] else 0)
+            self.in_shapes = (da.shape, db.shape)
+            self.in_dtypes = (da.dtype, db.dtype)
+            self.inputs = (None if not saves[0] else (a._snapshot() if a._is_variable else a),
+                           None if not saves[1] else (b._snapshot() if b._is_variable else b))
+            return
+        self.in_ids = tuple([a._id if need else 0 for a, need in zip(args, needs)])
+        self.in_shapes = tuple([a.data.shape for a in args])
+        self.in_dtypes = tuple([a.data.dtype for a in args])
+        if prim.derivatives is None:
+            saves = (prim.saves_inputs,) * len(args)
+        self.inputs = tuple([None if not keep else (a._snapshot() if a._is_variable else a)
+                             for a, keep in zip(args, saves)])
+
+    def release(self) -> None:
+        """Drop the saved arrays (a non-persistent tape, once the VJP has run)."""
+        self.inputs = (None,) * len(self.inputs)
+        self.output = None
+
+    def saved_arrays(self) -> Iterator[Any]:
+        for t in (*self.inputs, self.output):
+            if t is not None:
+                yield t.data
+
+
+class RecordX(Record):
+    """A record with the rarely used fields set: multi-output ops and numerics checking."""
+
+    __slots__ = ("extra_outs", "where")
+
+    def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
+                 needs: tuple[bool, ...]) -> None:
+        super().__init__(prim, args, out, params, needs)
+        self.extra_outs = None
+        self.where = user_line() if HOOKS.numerics else None
+
+
+_TRUE1 = (True,)
+_FF = (False, False)
+_NONE1 = (None,)
+_ALL_SAVED = (True,) * 8  # general primitives save all inputs or none (indexed per input)
+_NONE_SAVED = (False,) * 8
+
+
+def record(prim: Any, args: tuple, out: Tensor, params: dict, extra_outs: tuple = ()) -> None:
+    """Record ``out = prim(*args, **params)`` on every recording tape of this thread that
+    follows one of ``args`` (``extra_outs``: outputs 2.. of a multi-output call).
+
+    The common case (only recording tapes active, no numerics check) skips the general
+    chores: the numerics check, collecting Variable reads for ``custom_gradient``, and
+    explaining cuts to paused tapes; the one- and two-input ``needs`` are unrolled because
+    this runs once per op under a tape and per-op overhead is a product target.
+    """
+    st = STATE
+    tapes = st.fast
+    general = tapes is None or HOOKS.numerics
+    if general:
+        if HOOKS.numerics:
+            for o in (out, *extra_outs):
+                check_finite(prim, args, o.data, "forward")
+        for w in st.watchers:
+            for a in args:
+                if a._is_variable:
+                    w.setdefault(a._id, a)
+        tapes = st.recording
+    n_args = len(args)
+    for tape in tapes:
+        tracked = tape._tracked
+        watch = tape._watch_accessed
+        if n_args == 1:
+            a = args[0]
+            if a._id not in tracked:
+                if not (a._is_variable and watch and a.trainable):
+                    continue
+                tape._watch_variable(a)
+            needs = _TRUE1
+        elif n_args == 2:
+            a, b = args
+            if watch:
+                if a._is_variable and a.trainable and a._id not in tracked:
+                    tape._watch_variable(a)
+                if b._is_variable and b.trainable and b._id not in tracked:
+                    tape._watch_variable(b)
+            needs = (a._id in tracked, b._id in tracked)
+            if needs == _FF:
+                continue
+        else:
+            if watch:
+                for a in args:
+                    if a._is_variable and a.trainable and a._id not in tracked:
+                        tape._watch_variable(a)
+            needs = tuple([a._id in tracked for a in args])
+            if True not in needs:
+                continue
+        if prim.nondiff or out.data.dtype.kind not in "fc":
+            tape._cut(args, needs, f"on the way to the target it went through '{prim.name}', "
+                      f"whose output ({out.data.dtype}) carries no gradient")
+            continue
+        if not out._id:
+            out._id = _next_id()
+            for o in extra_outs:
+                o._id = _next_id()
+        if general or extra_outs:
+            rec: Record = RecordX(prim, args, out, params, needs)
+            if extra_outs:
+                rec.extra_outs = tuple(o._id for o in extra_outs)
+                tracked.update(o._id for o in extra_outs if o.data.dtype.kind in "fc")
+        else:
+            rec = Record(prim, args, out, params, needs)
+        tape._records.append(rec)
+        tracked.add(out._id)
+    if general:
+        for tape in st.paused:
+            needs = tuple(a._id in tape._tracked for a in args)
+            if True in needs:
+                tape._cut(args, needs, "it was used inside tape.stop_recording(), so the op "
+                          f"'{prim.name}' was not recorded")
+
+
+def check_finite(prim: Any, args: tuple, array: Any, phase: str, where: str | None = None) -> None:
+    xp = args[0]._backend.xp if args and isinstance(args[0], Tensor) else np
+    if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
+        if args:
+            shapes = ", ".join(str(getattr(a, "shape", ())) for a in args)
+            what = f"input shapes {shapes}; output shape {array.shape}"
+        else:  # the backward passes one input gradient
+            what = f"an input gradient of shape {array.shape}"
+        raise FloatingPointError(
+            f"check_numerics: the {phase} of '{prim.name}' produced NaN or inf "
+            f"({what}), recorded at {where or user_line()}")

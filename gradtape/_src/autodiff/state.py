@@ -1,0 +1,96 @@
+"""Per-thread tape state: which tapes record, which are paused, who watches Variable reads.
+
+The bottom of the autodiff layers: it imports nothing of gradtape's but the configuration, so
+the Tensor class can tell the active tapes that a value left them (:func:`note_cut`). Tapes are
+seen through the few methods :class:`gradtape._src.autodiff.record.Recorder` defines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..config import HOOKS
+
+__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording"]
+
+_HOOK_LOCK = threading.Lock()
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gradtape/
+
+
+class _State(threading.local):
+    """Per-thread tape stacks: a tape records only the ops of the thread that entered it."""
+
+    def __init__(self) -> None:
+        self.recording: list[Any] = []  # Recorders, innermost last
+        self.paused: list[Any] = []  # Recorders inside their stop_recording()
+        self.watchers: list[dict] = []  # custom_gradient: {id: Variable} read while it runs
+        self.transforms = 0  # vmap / jvp levels active: backward passes must stay differentiable
+        self.fast: list | None = self.recording  # the recording tapes when nothing else is on
+
+    def sync(self) -> None:
+        """Refresh ``fast`` after a change to the stacks (one attribute read per recorded op)."""
+        self.fast = None if (self.watchers or self.paused) else self.recording
+
+
+STATE = _State()
+
+
+def hooks_add(n: int) -> None:
+    """Count ``n`` more (or fewer) active tapes/watchers, process-wide, and refresh the fast
+    path flags of this thread."""
+    with _HOOK_LOCK:
+        HOOKS.count += n
+        HOOKS.refresh()
+    STATE.sync()
+
+
+@contextmanager
+def paused_recording(watcher: dict) -> Iterator[list]:
+    """Pause every recording tape of this thread and collect the Variables read meanwhile into
+    ``watcher`` (``{id: Variable}``); yields the paused tapes (custom_gradient's forward)."""
+    st = STATE
+    saved = st.recording
+    st.recording = []
+    st.watchers.append(watcher)
+    hooks_add(1)
+    try:
+        yield saved
+    finally:
+        st.watchers.remove(watcher)
+        st.recording = saved
+        hooks_add(-1)
+
+
+_INTERNAL_FILES: dict[str, bool] = {}
+
+
+def _internal_frame(frame: Any) -> bool:
+    name = frame.f_code.co_filename
+    if name.startswith("<"):  # code gradtape generated with eval/exec: no module globals
+        return "__name__" not in frame.f_globals
+    inside = _INTERNAL_FILES.get(name)
+    if inside is None:
+        inside = _INTERNAL_FILES[name] = os.path.abspath(name).startswith(_PKG_DIR)
+    return inside
+
+
+def user_line() -> str:
+    """``file:line`` of the innermost stack frame outside the gradtape package."""
+    frame: Any = sys._getframe(1)
+    while frame is not None and _internal_frame(frame):
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def note_cut(t: Any, reason: str) -> None:
+    """Tell every active tape tracking tensor ``t`` that its value left the graph, and why."""
+    for tape in (*STATE.recording, *STATE.paused):
+        if t._id in tape._tracked:
+            tape._cut((t,), (True,), reason)

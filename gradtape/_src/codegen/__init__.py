@@ -1,0 +1,1 @@
+"""Derivative expressions and their renderings (arrays, NumPy block programs, CUDA kernels)."""

@@ -1,0 +1,121 @@
+"""Derivative expressions as data: the language, parsed once against a whitelist.
+
+Each elementwise primitive declares its local derivatives as strings in a small language
+shared by Python and CUDA C: numbers, the primitive's input names (``x`` or ``a, b``), its
+output ``y``, its scalar parameters, ``+ - * / **``, comparisons, ``&``, ``|``, ``~``, and
+the calls in :data:`FUNCTIONS` (``where(c, a, b)`` included). :func:`parse` validates a string
+with :mod:`ast`; the renderings live beside this module:
+
+* :mod:`.arrays` - ``gy * d`` as a Python function on backend arrays (the unfused route);
+* :mod:`.graph` - the backward of one record or of a fused run as a DAG;
+* :mod:`.numpy_program` - that DAG as straight-line NumPy ufunc calls run block by block;
+* :mod:`.cuda` - that DAG as the body of a CuPy ``ElementwiseKernel``;
+* the differentiable rendering in gradtape ops is made by the primitive layer
+  (:meth:`gradtape._src.primitive.Primitive.tensor_vjp`).
+
+"0 times anything is 0": when a primitive is declared ``safe``, the product ``gy * d`` is
+taken as 0 wherever ``gy`` is 0 even if ``d`` is infinite, so a zero upstream gradient never
+becomes NaN (see ``where`` in the API reference).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+
+from ..errors import ExpressionError
+
+__all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError"]
+
+
+
+# name -> number of arguments. Every renderer must define each of these.
+FUNCTIONS: dict[str, int] = {
+    "exp": 1, "log": 1, "log1p": 1, "expm1": 1, "sqrt": 1, "rsqrt": 1, "sin": 1, "cos": 1,
+    "tan": 1, "tanh": 1, "sinh": 1, "cosh": 1, "arcsin": 1, "arccos": 1, "arctan": 1,
+    "erf": 1, "abs": 1, "sign": 1, "sigmoid": 1, "square": 1, "where": 3,
+}
+CONSTANTS = {"pi": math.pi}
+
+_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.BitAnd, ast.BitOr)
+_CMPOPS = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
+_UNARY = (ast.USub, ast.UAdd, ast.Invert)
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A parsed derivative expression.
+
+    Attributes:
+        source: the text as declared.
+        tree: the validated :class:`ast.Expression`.
+        names: the variable names it reads (inputs, ``y``, parameters), sorted.
+        constant: the value when the expression is a plain number (``"1"``), else None.
+    """
+
+    source: str
+    tree: ast.Expression
+    names: tuple[str, ...]
+    constant: float | None
+
+
+def parse(source: str, allowed: tuple[str, ...]) -> Expr:
+    """Parse ``source`` against the whitelist; ``allowed`` lists the variable names it may read.
+
+    Example:
+        >>> parse("1 - y * y", ("x", "y")).names
+        ('y',)
+    """
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"derivative expression {source!r} is not valid: {exc.msg}") from None
+    names: set[str] = set()
+
+    def check(node: ast.AST) -> None:
+        if isinstance(node, ast.Expression):
+            check(node.body)
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                raise ExpressionError(f"{source!r}: only numeric constants are allowed, got {node.value!r}")
+        elif isinstance(node, ast.Name):
+            if node.id in CONSTANTS:
+                return
+            if node.id not in allowed:
+                raise ExpressionError(f"{source!r}: unknown name {node.id!r}; allowed: {sorted(allowed)}")
+            names.add(node.id)
+        elif isinstance(node, ast.BinOp):
+            if not isinstance(node.op, _BINOPS):
+                raise ExpressionError(f"{source!r}: operator {type(node.op).__name__} is not allowed")
+            check(node.left)
+            check(node.right)
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, _UNARY):
+                raise ExpressionError(f"{source!r}: operator {type(node.op).__name__} is not allowed")
+            check(node.operand)
+        elif isinstance(node, ast.Compare):
+            if len(node.ops) != 1 or not isinstance(node.ops[0], _CMPOPS):
+                raise ExpressionError(f"{source!r}: use one comparison at a time, combined with & or |")
+            check(node.left)
+            check(node.comparators[0])
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+                raise ExpressionError(f"{source!r}: unknown function {ast.unparse(node.func)!r}; "
+                                      f"allowed: {sorted(FUNCTIONS)}")
+            if node.keywords or len(node.args) != FUNCTIONS[node.func.id]:
+                raise ExpressionError(f"{source!r}: {node.func.id} takes {FUNCTIONS[node.func.id]} "
+                                      "positional argument(s)")
+            for arg in node.args:
+                check(arg)
+        else:
+            raise ExpressionError(f"{source!r}: {type(node).__name__} is not allowed in a derivative expression")
+
+    check(tree)
+    constant = None
+    if isinstance(tree.body, ast.Constant):
+        constant = float(tree.body.value)
+    elif (isinstance(tree.body, ast.UnaryOp) and isinstance(tree.body.op, ast.USub)
+          and isinstance(tree.body.operand, ast.Constant)):
+        constant = -float(tree.body.operand.value)
+    return Expr(source, tree, tuple(sorted(names)), constant)

@@ -1,0 +1,1 @@
+"""The user-facing autodiff API on top of the ops: GradientTape, custom_gradient, and the\nexplanations of missing gradients."""

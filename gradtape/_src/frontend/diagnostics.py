@@ -1,0 +1,48 @@
+"""Explanations of missing gradients: each cause of an unconnected source gets its own message
+(``unconnected_gradients="raise"``). No other library explains a missing gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..autodiff.engine import forward_reach
+from ..tensor import Tensor
+
+__all__ = ["explain"]
+
+
+def explain(tape: Any, s: Tensor, targets: list) -> str:
+    """Why source ``s`` got no gradient from ``targets`` on ``tape``: the message of
+    :class:`UnconnectedGradientError`."""
+    label = f"source {s.name!r}" if s._is_variable and s.name else "the source"
+    shape = f"(shape {s.shape}, dtype {s.dtype})"
+    if not s._id or s._id not in tape._tracked:
+        if s._origin and s._origin[0] == "variable":
+            return (f"{label} {shape} is a plain Tensor computed from Variable "
+                    f"{s._origin[1]!r} (e.g. `w = w - lr * g`): the Variable was replaced by "
+                    "a tensor, which is never watched. Update variables in place with "
+                    "w.assign_sub(...), or tape.watch() the tensor.")
+        if s._is_variable and not s.trainable:
+            return (f"{label} {shape} is a non-trainable Variable, which is never watched "
+                    "automatically; call tape.watch(v)")
+        if s._is_variable and not tape._watch_accessed:
+            return (f"{label} {shape} was never watched: the tape has "
+                    "watch_accessed_variables=False, so call tape.watch(v)")
+        if s._is_variable:
+            return (f"{label} {shape} was never read inside the tape's context, so the "
+                    "target does not depend on it")
+        return (f"{label} {shape} was never watched: call tape.watch(x) inside the tape's "
+                "context before using it, or make it a gt.Variable")
+    reach = forward_reach(tape._records, {s._id})
+    reasons = [r for i, r in tape._cuts.items() if i in reach]
+    if reasons:
+        return f"{label} {shape} is not connected to the target: " + "; ".join(dict.fromkeys(reasons))
+    for t in targets:
+        if t._origin and t._origin[0] == "gradient" and t._id not in tape._tracked:
+            return (f"the target was computed by tape.gradient() at {t._origin[1]} while this "
+                    "tape was not recording: for higher-order derivatives call the inner "
+                    "tape's gradient() inside the outer tape's `with` block")
+    if all(not t._id or t._id not in tape._tracked for t in targets):
+        return (f"the target does not depend on any tensor this tape watched, so {label} "
+                f"{shape} is unconnected (was the target computed outside the tape's context?)")
+    return f"the target does not depend on {label} {shape}"

@@ -1,0 +1,437 @@
+"""GradientTape: the public tape API (TF semantics), on top of the recording machinery.
+
+Recording itself is :func:`gradtape._src.autodiff.record.record`; the reverse pass is
+:func:`gradtape._src.autodiff.engine.backward`; why a gradient is missing is explained by
+:mod:`.diagnostics`. This module adds the context protocol, watching, argument checks, and
+the jacobians (which stack rows with gradtape ops, hence its place above the ops).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ... import ops
+from ..autodiff.engine import backward
+from ..autodiff.record import Recorder
+from ..autodiff.state import STATE, hooks_add, user_line
+from ..errors import UnconnectedGradientError
+from ..nest import flatten, unflatten
+from ..tensor import Tensor, _wrap
+from .diagnostics import explain
+
+__all__ = ["GradientTape", "UnconnectedGradientError"]
+
+_UNCONNECTED = ("none", "zero", "raise")
+
+
+class GradientTape(Recorder):
+    """Records operations on watched tensors so that gradients can be computed.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor(3.0)
+        >>> with gt.GradientTape() as tape:
+        ...     tape.watch(x)
+        ...     y = x * x
+        >>> float(tape.gradient(y, x))
+        6.0
+    """
+
+    __slots__ = ("_persistent", "_recording", "_entered", "_used", "__weakref__")
+
+    def __init__(self, persistent: bool = False, watch_accessed_variables: bool = True) -> None:
+        super().__init__(watch_accessed_variables)
+        self._persistent = bool(persistent)
+        self._recording = False
+        self._entered = False
+        self._used = False
+
+    # --- context ----------------------------------------------------------------------------
+    def __enter__(self) -> GradientTape:
+        if self._recording:
+            raise ValueError("this GradientTape is already recording; a tape cannot be entered "
+                             "twice at once (use a new tape, or nest two tapes)")
+        self._push()
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._recording:
+            self._pop()
+
+    def _push(self) -> None:
+        STATE.recording.append(self)
+        self._recording = True
+        hooks_add(1)
+
+    def _pop(self) -> None:
+        STATE.recording.remove(self)
+        self._recording = False
+        hooks_add(-1)
+
+    @contextlib.contextmanager
+    def stop_recording(self) -> Iterator[None]:
+        """Pause recording inside the block; ops there are not recorded on this tape.
+
+        Example:
+            >>> import gradtape as gt
+            >>> x = gt.tensor(2.0)
+            >>> with gt.GradientTape() as tape:
+            ...     tape.watch(x)
+            ...     with tape.stop_recording():
+            ...         z = x * 3          # not recorded
+            >>> tape.gradient(z, x) is None
+            True
+        """
+        if not self._entered:
+            raise RuntimeError("stop_recording() needs a tape that was entered with `with "
+                               "GradientTape() as tape:`; this tape never was")
+        if not self._recording:
+            raise ValueError("stop_recording(): the tape is not recording (call it inside the "
+                             "tape's `with` block, not nested in another stop_recording)")
+        self._pop()
+        STATE.paused.append(self)
+        hooks_add(1)
+        try:
+            yield
+        finally:
+            STATE.paused.remove(self)
+            hooks_add(-1)
+            self._push()
+
+    def reset(self) -> None:
+        """Forget everything recorded and watched; the tape keeps recording.
+
+        Example:
+            >>> import gradtape as gt
+            >>> with gt.GradientTape() as tape:
+            ...     tape.reset()
+        """
+        if not self._recording:
+            raise ValueError("reset(): the tape is not recording; reset() is only valid inside "
+                             "the tape's `with` block")
+        self._records = []
+        self._tracked = set()
+        self._variables = {}
+        self._cuts = {}
+        self._used = False
+
+    # --- watching ---------------------------------------------------------------------------
+    def watch(self, tensor: Any) -> None:
+        """Follow ``tensor`` (or a list/tuple/dict of tensors) so gradients can flow to it.
+
+        Integer and boolean tensors cannot carry gradients and are not followed (asking for
+        their gradient raises ``TypeError``).
+        """
+        leaves, _ = flatten(tensor)
+        for i, t in enumerate(leaves):
+            if not isinstance(t, Tensor):
+                where = f" (item {i})" if len(leaves) > 1 else ""
+                raise TypeError(f"tape.watch(): expected a gradtape Tensor or Variable{where}, got "
+                                f"{type(t).__name__}; wrap arrays with gt.tensor(...)")
+            if t.data.dtype.kind not in "fc":
+                continue
+            self._watch_tensor(t)
+
+    def watched_variables(self) -> tuple:
+        """The Variables this tape watches, in creation order.
+
+        Example:
+            >>> import gradtape as gt
+            >>> w = gt.Variable(1.0)
+            >>> with gt.GradientTape() as tape:
+            ...     y = w * 2
+            >>> tape.watched_variables() == (w,)
+            True
+        """
+        return tuple(self._variables[k] for k in sorted(self._variables))
+
+    def saved_bytes(self) -> int:
+        """Bytes of the arrays this tape keeps alive for its backward pass (each counted once).
+
+        Example:
+            >>> import gradtape as gt
+            >>> gt.GradientTape().saved_bytes()
+            0
+        """
+        seen: dict[int, int] = {}
+        for rec in self._records:
+            for arr in rec.saved_arrays():
+                seen[id(arr)] = arr.nbytes
+        return sum(seen.values())
+
+    # --- gradients --------------------------------------------------------------------------
+    def _start_call(self, what: str) -> None:
+        if self._used and not self._persistent:
+            raise RuntimeError(f"{what}: a non-persistent GradientTape can compute gradients only "
+                               "once; use GradientTape(persistent=True) to call it several times")
+        if self._recording and not self._persistent:
+            self._pop()  # TF semantics: a non-persistent tape stops recording here
+        self._used = True
+
+    def gradient(self, target: Any, sources: Any, output_gradients: Any = None,
+                 unconnected_gradients: str = "none") -> Any:
+        """Gradient of ``target`` with respect to ``sources``.
+
+        Args:
+            target: a Tensor or a nested list/dict of Tensors (their gradients are summed). A
+                non-scalar target means the gradient of its sum.
+            sources: a Tensor/Variable or a nested list/tuple/dict of them.
+            output_gradients: upstream gradients, one per target (same shape and dtype), or None.
+            unconnected_gradients: ``"none"`` (None for unconnected sources), ``"zero"``, or
+                ``"raise"`` (:class:`UnconnectedGradientError` explaining why).
+
+        Returns:
+            Gradients with the structure of ``sources``; each has its source's shape and dtype.
+
+        Example:
+            >>> import gradtape as gt
+            >>> w = gt.Variable([1.0, 2.0])
+            >>> with gt.GradientTape() as tape:
+            ...     loss = (w * w).sum()
+            >>> tape.gradient(loss, w).numpy()
+            array([2., 4.], dtype=float32)
+        """
+        _check_unconnected(unconnected_gradients)
+        if target is None:
+            raise TypeError("gradient(): target is None; pass the Tensor to differentiate")
+        self._start_call("gradient()")
+        flat_sources, spec = self._flatten_sources(sources, "gradient()")
+        targets, seeds = self._targets_and_seeds(target, output_gradients)
+        diff = bool(STATE.recording) or STATE.transforms > 0
+        grads = backward(self, targets, seeds, flat_sources, diff, release=not self._persistent)
+        results = self._finish(flat_sources, grads, targets, unconnected_gradients, diff)
+        if not self._persistent:
+            self._drop()
+        return unflatten(spec, results)
+
+    def _drop(self) -> None:
+        self._clear()
+
+    def _flatten_sources(self, sources: Any, what: str) -> tuple[list, Any]:
+        if sources is None:
+            raise TypeError(f"{what}: sources is None; pass a Tensor, Variable, or a list/dict of them")
+        leaves, spec = flatten(sources)
+        for i, s in enumerate(leaves):
+            if not isinstance(s, Tensor) or s.data.dtype.kind not in "fc":
+                where = f"sources[{i}]" if len(leaves) > 1 or isinstance(sources, (list, tuple, dict)) \
+                    else "sources"
+                if not isinstance(s, Tensor):
+                    raise TypeError(f"{what}: {where} must be a gradtape Tensor or Variable, got "
+                                    f"{type(s).__name__}")
+                raise TypeError(f"{what}: {where} has dtype {s.dtype}; gradients exist only for "
+                                "floating-point sources (cast with .astype('float32'))")
+        return leaves, spec
+
+    def _targets_and_seeds(self, target: Any, output_gradients: Any) -> tuple[list, list]:
+        targets, tspec = flatten(target)
+        for i, t in enumerate(targets):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"gradient(): target{'' if len(targets) == 1 else f'[{i}]'} must be "
+                                f"a gradtape Tensor, got {type(t).__name__}")
+        if output_gradients is None:
+            return targets, [None] * len(targets)
+        if isinstance(target, Tensor) and isinstance(output_gradients, (list, tuple)) \
+                and len(output_gradients) == 1:
+            output_gradients = output_gradients[0]
+        ograds, _ = flatten(output_gradients)
+        if len(ograds) != len(targets):
+            raise ValueError(f"gradient(): output_gradients has {len(ograds)} entries, expected "
+                             f"one per target ({len(targets)})")
+        seeds = []
+        for i, (t, og) in enumerate(zip(targets, ograds)):
+            if og is None:
+                seeds.append(None)
+                continue
+            if not isinstance(og, Tensor):
+                og = Tensor(t._backend.xp.asarray(og, dtype=t.dtype) if not isinstance(og, np.ndarray)
+                            else og)
+            name = f"output_gradients[{i}]" if len(targets) > 1 else "output_gradients"
+            if og.shape != t.shape:
+                raise ValueError(f"gradient(): {name} has shape {og.shape}, expected the target's "
+                                 f"shape {t.shape}")
+            if og.dtype != t.dtype:
+                raise TypeError(f"gradient(): {name} has dtype {og.dtype}, expected the target's "
+                                f"dtype {t.dtype}")
+            if og._backend is not t._backend:
+                raise ValueError(f"gradient(): {name} is on backend {og.backend!r}, the target on "
+                                 f"{t.backend!r}")
+            seeds.append(og)
+        del tspec
+        return targets, seeds
+
+    def _finish(self, sources: list, grads: dict, targets: list, mode: str, diff: bool) -> list:
+        out = []
+        origin = None
+        for s in sources:
+            g = grads.get(s._id) if s._id else None
+            if g is None:
+                if mode == "raise":
+                    raise UnconnectedGradientError(explain(self, s, targets))
+                if mode == "zero":
+                    g = s._backend.xp.zeros(s.shape, s.dtype)
+                    out.append(_wrap(g, s._backend))
+                else:
+                    out.append(None)
+                continue
+            if diff:
+                if g.dtype != s.dtype:
+                    g = g.astype(s.dtype)
+                out.append(g)
+            else:
+                if g.dtype != s.dtype:
+                    g = g.astype(s.dtype)
+                t = _wrap(g, s._backend)
+                if origin is None:
+                    origin = ("gradient", user_line())
+                t._origin = origin
+                out.append(t)
+        return out
+
+    # --- jacobians --------------------------------------------------------------------------
+    def jacobian(self, target: Tensor, sources: Any, unconnected_gradients: str = "none",
+                 parallel_iterations: Any = None, experimental_use_pfor: bool = True) -> Any:
+        """Jacobian of ``target`` with respect to each source: shape
+        ``target.shape + source.shape``.
+
+        Example:
+            >>> import gradtape as gt
+            >>> x = gt.tensor([1.0, 2.0])
+            >>> with gt.GradientTape() as tape:
+            ...     tape.watch(x)
+            ...     y = x * x
+            >>> tape.jacobian(y, x).numpy()
+            array([[2., 0.],
+                   [0., 4.]], dtype=float32)
+        """
+        _check_unconnected(unconnected_gradients)
+        if target is None:
+            raise TypeError("jacobian(): target is None")
+        if not isinstance(target, Tensor):
+            raise TypeError(f"jacobian(): target must be a gradtape Tensor, got {type(target).__name__}")
+        if not experimental_use_pfor and not self._persistent:
+            raise RuntimeError("jacobian(experimental_use_pfor=False) loops over gradient calls "
+                               "and needs GradientTape(persistent=True)")
+        self._start_call("jacobian()")
+        flat_sources, spec = self._flatten_sources(sources, "jacobian()")
+        diff = bool(STATE.recording) or STATE.transforms > 0
+        rows = _jacobian_rows(self, target, flat_sources, diff, batch=False)
+        results = []
+        for k, s in enumerate(flat_sources):
+            r = rows[k]
+            if r is None:
+                if unconnected_gradients == "raise":
+                    raise UnconnectedGradientError(explain(self, s, [target]))
+                if unconnected_gradients == "zero":
+                    r = _wrap(s._backend.xp.zeros(target.shape + s.shape, s.dtype), s._backend)
+                results.append(r)
+                continue
+            results.append(r)
+        if not self._persistent:
+            self._drop()
+        return unflatten(spec, results)
+
+    def batch_jacobian(self, target: Tensor, source: Tensor, unconnected_gradients: str = "none",
+                       parallel_iterations: Any = None, experimental_use_pfor: bool = True) -> Tensor:
+        """Per-example Jacobian for ``target[B, ...]`` and ``source[B, ...]`` whose examples
+        are independent: shape ``[B, *target.shape[1:], *source.shape[1:]]``.
+
+        An unconnected source gives zeros (TF semantics).
+
+        Example:
+            >>> import gradtape as gt
+            >>> x = gt.tensor([[1.0, 2.0], [3.0, 4.0]])
+            >>> with gt.GradientTape() as tape:
+            ...     tape.watch(x)
+            ...     y = x * x
+            >>> tape.batch_jacobian(y, x).shape
+            (2, 2, 2)
+        """
+        _check_unconnected(unconnected_gradients)
+        if not isinstance(target, Tensor):
+            raise TypeError(f"batch_jacobian(): target must be a gradtape Tensor, got {type(target).__name__}")
+        if not isinstance(source, Tensor):
+            raise TypeError(f"batch_jacobian(): source must be a gradtape Tensor, got {type(source).__name__}")
+        if target.ndim < 2 or source.ndim < 2:
+            raise ValueError(f"batch_jacobian(): target and source need rank >= 2 ([batch, ...]); "
+                             f"got target shape {target.shape}, source shape {source.shape}")
+        if target.shape[0] != source.shape[0]:
+            raise ValueError(f"batch_jacobian(): batch sizes differ: target {target.shape[0]} "
+                             f"(shape {target.shape}), source {source.shape[0]} (shape {source.shape})")
+        if not experimental_use_pfor and not self._persistent:
+            raise RuntimeError("batch_jacobian(experimental_use_pfor=False) needs "
+                               "GradientTape(persistent=True)")
+        self._start_call("batch_jacobian()")
+        flat, _ = self._flatten_sources(source, "batch_jacobian()")
+        diff = bool(STATE.recording) or STATE.transforms > 0
+        r = _jacobian_rows(self, target, flat, diff, batch=True)[0]
+        if r is None:
+            if unconnected_gradients == "raise":
+                raise UnconnectedGradientError(explain(self, source, [target]))
+            r = _wrap(source._backend.xp.zeros(target.shape + source.shape[1:], source.dtype),
+                      source._backend)
+        if not self._persistent:
+            self._drop()
+        return r
+
+
+def _check_unconnected(value: Any) -> None:
+    if value not in _UNCONNECTED:
+        raise ValueError(f"unconnected_gradients must be 'none', 'zero' or 'raise', got {value!r}")
+
+
+def _jacobian_rows(tape: GradientTape, target: Tensor, sources: list, diff: bool,
+                   batch: bool) -> list:
+    """Loop over target elements (per example when ``batch``), one reverse pass each."""
+    xp = target._backend.xp
+    n_rows = int(np.prod(target.shape[1:] if batch else target.shape, dtype=np.int64))
+    per_source: list[list] = [[] for _ in sources]
+    connected = [False] * len(sources)
+    for j in range(n_rows):
+        seed = xp.zeros(target.shape, target.dtype)
+        if batch:
+            seed.reshape(target.shape[0], -1)[:, j] = 1
+        else:
+            seed.reshape(-1)[j] = 1
+        grads = backward(tape, [target], [_wrap(seed, target._backend)], sources, diff, release=False)
+        for k, s in enumerate(sources):
+            g = grads.get(s._id) if s._id else None
+            if g is not None:
+                connected[k] = True
+            per_source[k].append(g)
+    out: list = []
+    for k, s in enumerate(sources):
+        if not connected[k]:
+            out.append(None)
+            continue
+        shape_each = s.shape if not batch else s.shape  # each row has the source's shape
+        rows = []
+        for g in per_source[k]:
+            if g is None:
+                g = xp.zeros(shape_each, s.dtype)
+            if diff and not isinstance(g, Tensor):
+                g = _wrap(g, s._backend)
+            if not diff and g.dtype != s.dtype:
+                g = g.astype(s.dtype)
+            rows.append(g)
+        if diff:
+            rows = [ops.astype(r, s.dtype) if r.dtype != s.dtype else r for r in rows]
+            if batch:
+                stacked = ops.stack(rows, axis=1) if rows else None
+                res = ops.reshape(stacked, target.shape + s.shape[1:])
+            else:
+                stacked = ops.stack(rows, axis=0)
+                res = ops.reshape(stacked, target.shape + s.shape)
+        else:
+            if batch:
+                arr = xp.stack(rows, axis=1) if rows else xp.zeros((s.shape[0], 0) + s.shape[1:], s.dtype)
+                res = _wrap(arr.reshape(target.shape + s.shape[1:]), s._backend)
+            else:
+                arr = xp.stack(rows, axis=0) if rows else xp.zeros((0,) + s.shape, s.dtype)
+                res = _wrap(arr.reshape(target.shape + s.shape), s._backend)
+        out.append(res)
+    return out

@@ -1,0 +1,204 @@
+"""Tensor's differentiable operators and methods, installed by the ops layer.
+
+:class:`~gradtape._src.tensor.Tensor` sits below the primitives and ops, so it cannot import
+them; this module (imported by ``gradtape.ops``) gives it ``+ - * / ** @``, comparisons,
+indexing, ``.sum()``, ``.reshape()`` and the rest, as JAX's array methods are set on its array
+class. The class declares their signatures for type checkers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._src.tensor import Tensor
+from . import elementwise as _e
+from . import indexing as _i
+from . import linalg as _l
+from . import reductions as _r
+from . import shape as _s
+
+__all__: list[str] = []
+
+
+def _T(self: Tensor) -> Tensor:
+    """The transpose (all axes reversed)."""
+    return _s.transpose(self)
+
+
+def _m_add(self: Tensor, other: Any) -> Tensor:
+    return _e.add(self, other)
+
+
+def _m_radd(self: Tensor, other: Any) -> Tensor:
+    return _e.add(other, self)
+
+
+def _m_sub(self: Tensor, other: Any) -> Tensor:
+    return _e.sub(self, other)
+
+
+def _m_rsub(self: Tensor, other: Any) -> Tensor:
+    return _e.sub(other, self)
+
+
+def _m_mul(self: Tensor, other: Any) -> Tensor:
+    return _e.mul(self, other)
+
+
+def _m_rmul(self: Tensor, other: Any) -> Tensor:
+    return _e.mul(other, self)
+
+
+def _m_truediv(self: Tensor, other: Any) -> Tensor:
+    return _e.div(self, other)
+
+
+def _m_rtruediv(self: Tensor, other: Any) -> Tensor:
+    return _e.div(other, self)
+
+
+def _m_pow(self: Tensor, other: Any) -> Tensor:
+    return _e.pow(self, other)
+
+
+def _m_rpow(self: Tensor, other: Any) -> Tensor:
+    return _e.pow(other, self)
+
+
+def _m_matmul(self: Tensor, other: Any) -> Tensor:
+    return _l.matmul(self, other)
+
+
+def _m_rmatmul(self: Tensor, other: Any) -> Tensor:
+    return _l.matmul(other, self)
+
+
+def _m_neg(self: Tensor) -> Tensor:
+    return _e.neg(self)
+
+
+def _m_pos(self: Tensor) -> Tensor:
+    return self
+
+
+def _m_abs(self: Tensor) -> Tensor:
+    return _e.abs(self)
+
+
+def _m_getitem(self: Tensor, index: Any) -> Tensor:
+    return _i.getitem(self, index)
+
+
+def _m_lt(self: Tensor, other: Any) -> Tensor:
+    return _e.less(self, other)
+
+
+def _m_le(self: Tensor, other: Any) -> Tensor:
+    return _e.less_equal(self, other)
+
+
+def _m_gt(self: Tensor, other: Any) -> Tensor:
+    return _e.greater(self, other)
+
+
+def _m_ge(self: Tensor, other: Any) -> Tensor:
+    return _e.greater_equal(self, other)
+
+
+def _m_eq(self: Tensor, other: Any) -> Tensor:  # type: ignore[override]
+    return _e.equal(self, other)
+
+
+def _m_ne(self: Tensor, other: Any) -> Tensor:  # type: ignore[override]
+    return _e.not_equal(self, other)
+
+
+def _m_and(self: Tensor, other: Any) -> Tensor:
+    return _e.logical_and(self, other)
+
+
+def _m_or(self: Tensor, other: Any) -> Tensor:
+    return _e.logical_or(self, other)
+
+
+def _m_invert(self: Tensor) -> Tensor:
+    return _e.logical_not(self)
+
+
+def _m_sum(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Sum over ``axis`` (None: all). See :func:`gradtape.sum`."""
+    return _r.sum(self, axis=axis, keepdims=keepdims)
+
+
+def _m_mean(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Mean over ``axis`` (None: all). See :func:`gradtape.mean`."""
+    return _r.mean(self, axis=axis, keepdims=keepdims)
+
+
+def _m_max(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Maximum over ``axis``; ties share the gradient. See :func:`gradtape.max`."""
+    return _r.max(self, axis=axis, keepdims=keepdims)
+
+
+def _m_min(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Minimum over ``axis``; ties share the gradient. See :func:`gradtape.min`."""
+    return _r.min(self, axis=axis, keepdims=keepdims)
+
+
+def _m_reshape(self: Tensor, *shape: Any) -> Tensor:
+    """Reshape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``). See :func:`gradtape.reshape`."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return _s.reshape(self, shape)
+
+
+def _m_transpose(self: Tensor, *axes: Any) -> Tensor:
+    """Permute axes (reversed when none are given). See :func:`gradtape.transpose`."""
+    if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        axes = axes[0]
+    return _s.transpose(self, axes or None)
+
+
+def _m_astype(self: Tensor, dtype: Any) -> Tensor:
+    """Cast to ``dtype``; differentiable between float dtypes. See :func:`gradtape.astype`."""
+    return _s.astype(self, dtype)
+
+
+def install() -> None:
+    """Set the operators and methods on Tensor (Variable inherits them)."""
+    Tensor.T = property(_T)  # type: ignore[method-assign,assignment]
+    Tensor.__add__ = _m_add  # type: ignore[method-assign]
+    Tensor.__radd__ = _m_radd  # type: ignore[method-assign]
+    Tensor.__sub__ = _m_sub  # type: ignore[method-assign]
+    Tensor.__rsub__ = _m_rsub  # type: ignore[method-assign]
+    Tensor.__mul__ = _m_mul  # type: ignore[method-assign]
+    Tensor.__rmul__ = _m_rmul  # type: ignore[method-assign]
+    Tensor.__truediv__ = _m_truediv  # type: ignore[method-assign]
+    Tensor.__rtruediv__ = _m_rtruediv  # type: ignore[method-assign]
+    Tensor.__pow__ = _m_pow  # type: ignore[method-assign]
+    Tensor.__rpow__ = _m_rpow  # type: ignore[method-assign]
+    Tensor.__matmul__ = _m_matmul  # type: ignore[method-assign]
+    Tensor.__rmatmul__ = _m_rmatmul  # type: ignore[method-assign]
+    Tensor.__neg__ = _m_neg  # type: ignore[method-assign]
+    Tensor.__pos__ = _m_pos  # type: ignore[method-assign]
+    Tensor.__abs__ = _m_abs  # type: ignore[method-assign]
+    Tensor.__getitem__ = _m_getitem  # type: ignore[method-assign]
+    Tensor.__lt__ = _m_lt  # type: ignore[method-assign]
+    Tensor.__le__ = _m_le  # type: ignore[method-assign]
+    Tensor.__gt__ = _m_gt  # type: ignore[method-assign]
+    Tensor.__ge__ = _m_ge  # type: ignore[method-assign]
+    Tensor.__eq__ = _m_eq  # type: ignore[method-assign]
+    Tensor.__ne__ = _m_ne  # type: ignore[method-assign]
+    Tensor.__and__ = _m_and  # type: ignore[method-assign]
+    Tensor.__or__ = _m_or  # type: ignore[method-assign]
+    Tensor.__invert__ = _m_invert  # type: ignore[method-assign]
+    Tensor.sum = _m_sum  # type: ignore[method-assign]
+    Tensor.mean = _m_mean  # type: ignore[method-assign]
+    Tensor.max = _m_max  # type: ignore[method-assign]
+    Tensor.min = _m_min  # type: ignore[method-assign]
+    Tensor.reshape = _m_reshape  # type: ignore[method-assign]
+    Tensor.transpose = _m_transpose  # type: ignore[method-assign]
+    Tensor.astype = _m_astype  # type: ignore[method-assign]
+
+
+install()
