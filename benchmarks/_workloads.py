@@ -32,6 +32,9 @@ FRAMEWORKS = ("gradtape", "numpy", "torch", "tf", "jax", "autograd")
 
 OVERHEAD_OPS = 200
 OVERHEAD_SHAPE = (16,)
+MIXED_STEPS = 50
+MIXED_OPS = 5 * MIXED_STEPS + 1  # tanh, *c, +w, *, -c per step, then the final sum
+MIXED_SCALE, MIXED_SHIFT = 1.25, 0.5  # keep the chain's gradients in [1e-6, 1] (see below)
 FUSED_N = 4_194_304
 MLP_LARGE = dict(sizes=(784, 512, 512, 10), batch=256)
 MLP_SMALL = dict(sizes=(32, 64, 64, 10), batch=16)
@@ -346,6 +349,110 @@ def build_overhead(fw: str, fusion: bool | None = None, device: str = "cpu") -> 
     raise Unavailable(f"unknown framework {fw!r}")
 
 
+# --------------------------------------------------------------------------- mixed per-op chain
+def _mixed_chain(m: Any, x: Any, w: Any) -> Any:
+    """``MIXED_STEPS`` steps of ``a = tanh(y) * 1.25; b = a + w; y = b * a - 0.5`` from
+    ``y = x``, then ``sum(y)``: unary, binary and Python-scalar ops with fan-out (``a`` used
+    twice) and a second trainable input ``w``, as real programs have. ``MIXED_OPS`` = 251 ops.
+
+    The constants matter: with e.g. ``* 0.5`` and ``- 0.1`` the chain contracts so fast that
+    the gradient to ``x`` underflows into float32 denormals (~1e-146 in float64), which would
+    time denormal arithmetic instead of overhead; these keep it within about [1e-6, 1]."""
+    y = x
+    for _ in range(MIXED_STEPS):
+        a = m.tanh(y) * MIXED_SCALE
+        b = a + w
+        y = b * a - MIXED_SHIFT
+    return m.sum(y)
+
+
+def mixed_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """x (the watched input) and w (the trainable parameter), both float32 of OVERHEAD_SHAPE."""
+    n = int(np.prod(OVERHEAD_SHAPE))
+    w = np.linspace(0.2, -0.2, n, dtype=np.float32).reshape(OVERHEAD_SHAPE)
+    return overhead_input(), w
+
+
+def _np_mixed(x: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    """Hand-written forward (keeping tanh, a, b per step) and manual backward of
+    :func:`_mixed_chain`; returns [dx, dw]."""
+    c, k, one = np.float32(MIXED_SCALE), np.float32(MIXED_SHIFT), np.float32(1.0)
+    saved = []
+    y = x
+    for _ in range(MIXED_STEPS):
+        t = np.tanh(y)
+        a = t * c
+        b = a + w
+        y = b * a - k
+        saved.append((t, a, b))
+    y.sum()  # the loss value, as every other framework computes it
+    gy = np.ones_like(y)
+    gw = np.zeros_like(w)
+    for t, a, b in reversed(saved):
+        gb = gy * a  # y = b * a
+        ga = gy * b + gb  # a feeds y directly and through b = a + w
+        gw += gb
+        gy = ga * c * (one - t * t)
+    return [gy, gw]
+
+
+def build_overhead_mixed(fw: str, fusion: bool | None = None, device: str = "cpu") -> Cell:
+    """:func:`_mixed_chain` on float32 (16,), forward under the tape + backward to x (watched)
+    and w (a trainable variable / parameter). ``MIXED_OPS`` ops per call."""
+    x0, w0 = mixed_inputs()
+    if fw == "gradtape":
+        G = _GT(fusion, device)
+        with G as gt:
+            x = gt.tensor(x0)
+            w = gt.Variable(w0)
+
+        def run() -> Any:
+            with gt.GradientTape() as tape:
+                tape.watch(x)
+                y = _mixed_chain(gt, x, w)
+            return tape.gradient(y, [x, w])
+
+        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+    if fw == "torch":
+        torch = load("torch")
+        dev = _torch_device(device)
+        x = torch.tensor(x0, device=dev, requires_grad=True)
+        w = torch.tensor(w0, device=dev, requires_grad=True)
+
+        def run_t() -> Any:
+            return torch.autograd.grad(_mixed_chain(torch, x, w), (x, w))
+
+        return Cell(run_t, sync=_torch_sync(device), grads=lambda gs: [_np(g) for g in gs])
+    _only_cpu(fw, device)
+    if fw == "numpy":
+        return Cell(lambda: _np_mixed(x0, w0), grads=lambda gs: list(gs))
+    if fw == "tf":
+        tf = load("tf")
+        x = tf.constant(x0)
+        w = tf.Variable(w0)
+        m = _tfm()
+
+        def run_tf() -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = _mixed_chain(m, x, w)
+            return tape.gradient(y, [x, w])
+
+        return Cell(run_tf, grads=lambda gs: [_np(g) for g in gs])
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        g = jax.jit(jax.grad(lambda a, b: _mixed_chain(jnp, a, b), argnums=(0, 1)))
+        x, w = jnp.asarray(x0), jnp.asarray(w0)
+        return Cell(lambda: jax.block_until_ready(g(x, w)), grads=lambda gs: [_np(a) for a in gs])
+    if fw == "autograd":
+        ag = load("autograd")
+        anp = importlib.import_module("autograd.numpy")
+        g = ag.grad(lambda xw: _mixed_chain(anp, xw[0], xw[1]))
+        return Cell(lambda: g([x0, w0]), grads=lambda gs: [_np(a) for a in gs])
+    raise Unavailable(f"unknown framework {fw!r}")
+
+
 def build_fused(fw: str, part: str = "fwd+bwd", fusion: bool | None = None, device: str = "cpu",
                 n: int = FUSED_N) -> Cell:
     """y = sum(f(x)), f the 8-op chain, on ``n`` float32; ``part`` "fwd+bwd" or "bwd" (the
@@ -460,6 +567,29 @@ def mlp_data(sizes: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray
     return X, T, params
 
 
+def mlp_labels(sizes: tuple[int, ...], batch: int) -> np.ndarray:
+    """Integer class labels (batch,) in [0, sizes[-1]) for the cross-entropy MLP rows (int64)."""
+    return np.random.default_rng(3).integers(0, sizes[-1], batch)
+
+
+def _mlp_logits(m: Any, matmul: Callable, params: list, X: Any) -> Any:
+    """The tanh MLP's output layer (no activation on the last layer)."""
+    h = X
+    nl = len(params) // 2
+    for i in range(nl):
+        h = matmul(h, params[2 * i]) + params[2 * i + 1]
+        if i < nl - 1:
+            h = m.tanh(h)
+    return h
+
+
+def _anp_cross_entropy(anp: Any, logits: Any, labels: np.ndarray) -> Any:
+    """Mean softmax cross-entropy on integer labels for HIPS autograd (stable log-softmax)."""
+    z = logits - anp.max(logits, axis=1, keepdims=True)
+    lp = z - anp.log(anp.sum(anp.exp(z), axis=1, keepdims=True))
+    return -anp.mean(lp[np.arange(labels.shape[0]), labels])
+
+
 def _mlp_loss(m: Any, matmul: Callable, params: list, X: Any, T: Any, batch: int) -> Any:
     """tanh MLP, loss = 0.5 * sum((out - T)^2) / batch (the same in every framework)."""
     h = X
@@ -473,8 +603,10 @@ def _mlp_loss(m: Any, matmul: Callable, params: list, X: Any, T: Any, batch: int
 
 
 def _np_mlp_grads(params: list[np.ndarray], X: np.ndarray, T: np.ndarray,
-                  batch: int) -> list[np.ndarray]:
-    """Hand-written forward and backward of :func:`_mlp_loss`."""
+                  batch: int, loss: str = "mse") -> list[np.ndarray]:
+    """Hand-written forward and backward of :func:`_mlp_loss` (``loss="mse"``), or of the mean
+    softmax cross-entropy on integer labels ``T`` (``loss="ce"``; the loss value is computed
+    too, as every other framework computes it)."""
     nl = len(params) // 2
     acts = [X]
     h = X
@@ -483,7 +615,17 @@ def _np_mlp_grads(params: list[np.ndarray], X: np.ndarray, T: np.ndarray,
         if i < nl - 1:
             h = np.tanh(h)
         acts.append(h)
-    g = (h - T) * np.float32(1.0 / batch)
+    if loss == "ce":
+        rows = np.arange(batch)
+        z = h - h.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        np.mean(np.log(s[:, 0]) - z[rows, T])  # the loss value
+        g = e / s
+        g[rows, T] -= np.float32(1.0)
+        g *= np.float32(1.0 / batch)
+    else:
+        g = (h - T) * np.float32(1.0 / batch)
     grads: list[np.ndarray] = [None] * len(params)  # type: ignore[list-item]
     for i in reversed(range(nl)):
         if i < nl - 1:
@@ -544,31 +686,53 @@ def _jax_adam_cell(jax: Any, jnp: Any, loss_j: Callable, P0: list) -> Cell:
 
 
 def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
-              fusion: bool | None = None, device: str = "cpu") -> Cell:
+              fusion: bool | None = None, device: str = "cpu", loss: str = "mse") -> Cell:
     """Forward + backward of a tanh MLP (gradients w.r.t. all parameters); with ``train`` a
-    whole training step including an Adam update."""
+    whole training step including an Adam update. ``loss`` is "mse" (``0.5 * sum((out -
+    T)^2) / batch``, :func:`_mlp_loss`) or "ce" (softmax cross-entropy on integer labels
+    :func:`mlp_labels`, mean over the batch, each framework's own op for it)."""
+    if loss not in ("mse", "ce"):
+        raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
+    ce = loss == "ce"
     X0, T0, P0 = mlp_data(sizes, batch)
+    if ce:
+        T0 = mlp_labels(sizes, batch)
     if fw == "gradtape":
         G = _GT(fusion, device)
         gt = G.gt
         if train and not hasattr(getattr(gt, "optimizers", None), "Adam"):
             raise Unavailable("gradtape.optimizers.Adam not available yet")
+        nn = getattr(gt, "nn", None)
+        if ce and not hasattr(nn, "cross_entropy"):
+            raise Unavailable("gradtape lacks nn.cross_entropy")
         with G:
             params = [gt.Variable(p) for p in P0]
-            X, T = gt.tensor(X0), gt.tensor(T0)
+            X = gt.tensor(X0)
+            # integer labels go in as the NumPy array a program would have (as in build_conv)
+            T = (T0 if device == "cpu" else gt.tensor(T0)) if ce else gt.tensor(T0)
             opt = gt.optimizers.Adam(ADAM["lr"], epsilon=ADAM["eps"]) if train else None
 
-        def run() -> Any:
-            with gt.GradientTape() as tape:
-                loss = _mlp_loss(gt, gt.matmul, params, X, T, batch)
-            grads = tape.gradient(loss, params)
-            if opt is not None:
-                opt.apply_gradients(zip(grads, params))
-            return grads
+        if ce:
+            def run() -> Any:
+                with gt.GradientTape() as tape:
+                    loss = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), T)
+                grads = tape.gradient(loss, params)
+                if opt is not None:
+                    opt.apply_gradients(zip(grads, params))
+                return grads
+        else:
+            def run() -> Any:
+                with gt.GradientTape() as tape:
+                    loss = _mlp_loss(gt, gt.matmul, params, X, T, batch)
+                grads = tape.gradient(loss, params)
+                if opt is not None:
+                    opt.apply_gradients(zip(grads, params))
+                return grads
 
         return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
     if fw == "torch":
         torch = load("torch")
+        F = importlib.import_module("torch.nn.functional")
         dev = _torch_device(device)
         params = [torch.tensor(p, device=dev, requires_grad=True) for p in P0]
         X, T = torch.tensor(X0, device=dev), torch.tensor(T0, device=dev)
@@ -576,7 +740,10 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
         sync = _torch_sync(device)
 
         def run_t() -> Any:
-            loss = _mlp_loss(torch, torch.matmul, params, X, T, batch)
+            if ce:
+                loss = F.cross_entropy(_mlp_logits(torch, torch.matmul, params, X), T)
+            else:
+                loss = _mlp_loss(torch, torch.matmul, params, X, T, batch)
             if opt is None:
                 return torch.autograd.grad(loss, params)
             opt.zero_grad(set_to_none=True)
@@ -591,7 +758,7 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
         opt = _NpAdam(params) if train else None
 
         def run_np() -> Any:
-            grads = _np_mlp_grads(params, X0, T0, batch)
+            grads = _np_mlp_grads(params, X0, T0, batch, loss)
             if opt is not None:
                 opt.step(params, grads)
             return grads
@@ -604,10 +771,16 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
         opt = None
         if train:
             opt = tf.keras.optimizers.Adam(learning_rate=ADAM["lr"], epsilon=ADAM["eps"])
+        tfm = _tfm()
 
         def run_tf() -> Any:
             with tf.GradientTape() as tape:
-                loss = _mlp_loss(_tfm(), tf.matmul, params, X, T, batch)
+                if ce:
+                    logits = _mlp_logits(tfm, tf.matmul, params, X)
+                    loss = tf.reduce_mean(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=T, logits=logits))
+                else:
+                    loss = _mlp_loss(_tfm(), tf.matmul, params, X, T, batch)
             grads = tape.gradient(loss, params)
             if opt is not None:
                 opt.apply_gradients(zip(grads, params))
@@ -620,6 +793,9 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
         X, T = jnp.asarray(X0), jnp.asarray(T0)
 
         def loss_j(ps: list) -> Any:
+            if ce:
+                lp = jax.nn.log_softmax(_mlp_logits(jnp, jnp.matmul, ps, X))
+                return -jnp.mean(jnp.take_along_axis(lp, T[:, None], axis=1))
             return _mlp_loss(jnp, jnp.matmul, ps, X, T, batch)
 
         if not train:
@@ -631,7 +807,11 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
         ag = load("autograd")
         anp = importlib.import_module("autograd.numpy")
         params = [p.copy() for p in P0]
-        g = ag.grad(lambda ps: _mlp_loss(anp, anp.matmul, ps, X0, T0, batch))
+        if ce:
+            g = ag.grad(lambda ps: _anp_cross_entropy(anp, _mlp_logits(anp, anp.matmul, ps, X0),
+                                                      T0))
+        else:
+            g = ag.grad(lambda ps: _mlp_loss(anp, anp.matmul, ps, X0, T0, batch))
         opt = _NpAdam(params) if train else None
 
         def run_a() -> Any:
@@ -891,6 +1071,11 @@ def specs(device: str = "cpu") -> list[Spec]:
         Spec("overhead", f"{OVERHEAD_OPS} elementwise ops on (16,), fwd+bwd",
              lambda fw: _fw_variant(fw, lambda f, fu: build_overhead(f, fu)),
              ("gradtape", "gradtape[nofusion]") + all_fw[1:], per=OVERHEAD_OPS, unit="us/op"),
+        Spec("overhead_mixed",
+             f"{MIXED_STEPS} x (a=tanh(y)*{MIXED_SCALE}, b=a+w, y=b*a-{MIXED_SHIFT}) + sum on "
+             f"(16,), fwd+bwd to x, w",
+             lambda fw: _fw_variant(fw, lambda f, fu: build_overhead_mixed(f, fu)),
+             ("gradtape", "gradtape[nofusion]") + all_fw[1:], per=MIXED_OPS, unit="us/op"),
         Spec("fused", "8-op chain on 2^22 float32, fwd+bwd",
              lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "fwd+bwd", fu)),
              ("gradtape", "gradtape[nofusion]") + all_fw[1:] + ("torch[1t]",)),
@@ -908,6 +1093,14 @@ def specs(device: str = "cpu") -> list[Spec]:
              lambda fw: build_mlp(fw, train=True, **MLP_SMALL), all_fw),
         Spec("adam_large", "train step MLP 784-512-512-10, batch 256, Adam",
              lambda fw: build_mlp(fw, train=True, **MLP_LARGE), all_fw),
+        Spec("mlp_large_ce", "MLP 784-512-512-10 tanh, batch 256, softmax CE, fwd+bwd",
+             lambda fw: _fw_variant(fw, lambda f, fu: build_mlp(f, fusion=fu, loss="ce",
+                                                                **MLP_LARGE)),
+             all_fw + ("torch[1t]",)),
+        Spec("mlp_small_ce", "MLP 32-64-64-10 tanh, batch 16, softmax CE, fwd+bwd",
+             lambda fw: build_mlp(fw, loss="ce", **MLP_SMALL), all_fw),
+        Spec("adam_small_ce", "train step MLP 32-64-64-10, batch 16, softmax CE, Adam",
+             lambda fw: build_mlp(fw, train=True, loss="ce", **MLP_SMALL), all_fw),
         Spec("conv", "conv net train step (2 conv3x3, 2 maxpool, dense), batch 32 1x28x28, Adam",
              build_conv, ("gradtape", "numpy", "torch", "tf", "jax")),
     ]

@@ -47,3 +47,21 @@ def bench_adam_large(measure, fw):
 @pytest.mark.parametrize("fw", ("gradtape", "numpy", "torch", "tf", "jax"))
 def bench_conv_step(measure, fw):
     measure(cell_or_skip(lambda: W.build_conv(fw)))
+
+
+@pytest.mark.benchmark(group="MLP 784-512-512-10 batch 256, softmax CE: fwd+bwd")
+@pytest.mark.parametrize("fw", FW)
+def bench_mlp_large_ce(measure, fw):
+    measure(cell_or_skip(lambda: W.build_mlp(fw, loss="ce", **W.MLP_LARGE)))
+
+
+@pytest.mark.benchmark(group="MLP 32-64-64-10 batch 16, softmax CE: fwd+bwd")
+@pytest.mark.parametrize("fw", FW)
+def bench_mlp_small_ce(measure, fw):
+    measure(cell_or_skip(lambda: W.build_mlp(fw, loss="ce", **W.MLP_SMALL)))
+
+
+@pytest.mark.benchmark(group="train step with Adam, MLP 32-64-64-10 batch 16, softmax CE")
+@pytest.mark.parametrize("fw", FW)
+def bench_adam_small_ce(measure, fw):
+    measure(cell_or_skip(lambda: W.build_mlp(fw, train=True, loss="ce", **W.MLP_SMALL)))

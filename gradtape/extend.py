@@ -42,12 +42,16 @@ engine sums broadcast gradients back to each input's shape and casts to its dtyp
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ._src.autodiff import fusion as _fusion
 from ._src.autodiff.fusion import STATS as _FUSION_STATS
 from ._src.codegen.expr import FUNCTIONS as FUNCTIONS
 from ._src.codegen.expr import Expr as Expr
 from ._src.codegen.expr import parse as parse
+from ._src.cpu import pool as _pool
 from ._src.errors import ExpressionError as ExpressionError
 from ._src.errors import MissingRuleError as MissingRuleError
 from ._src.primitive import REGISTRY as REGISTRY
@@ -65,8 +69,8 @@ from ._src.rules import on_arrays as on_arrays
 
 __all__ = [
     "REGISTRY", "Domain", "Expr", "ExpressionError", "FUNCTIONS", "MissingRuleError", "ON_NUMPY",
-    "ON_TENSORS", "OnArrays", "OnTensors", "Primitive", "as_tensor", "bind", "elementwise",
-    "fusion_stats", "get", "on_arrays", "parse", "primitive",
+    "ON_TENSORS", "OnArrays", "OnTensors", "Primitive", "as_tensor", "bind", "cpu_thresholds",
+    "elementwise", "fusion_stats", "fusion_thresholds", "get", "on_arrays", "parse", "primitive",
 ]
 
 
@@ -98,3 +102,152 @@ def fusion_stats(reset: bool = False) -> dict[str, Any]:
         for k in _FUSION_STATS:
             _FUSION_STATS[k] = 0
     return out
+
+
+# keyword of cpu_thresholds -> the attribute of the CPU pool module that holds it
+_THRESHOLDS = {"threads": "THREADS", "chunk": "CHUNK", "min_size": "MIN_SIZE",
+               "cheap_min_size": "CHEAP_MIN_SIZE"}
+
+
+@contextlib.contextmanager
+def cpu_thresholds(*, threads: int | None = None, chunk: int | None = None,
+                   min_size: int | None = None, cheap_min_size: int | None = None
+                   ) -> Iterator[dict[str, int]]:
+    """Set the sizes that decide when NumPy work is split over the CPU thread pool, for the
+    ``with`` block; the previous values come back on exit (also on an error).
+
+    On the NumPy backend an elementwise primitive's forward whose output has at least
+    ``min_size`` elements (``cheap_min_size`` for primitives declared ``cheap``, single
+    memory-bound ufuncs such as ``add``) and more than one ``chunk`` is computed in chunks of
+    ``chunk`` elements on up to ``threads`` threads (the calling thread is one of them), with
+    a result bit-identical to the single call. ``threads`` also bounds the threads of a fused
+    backward kernel. ``threads=1`` turns threading off. The defaults suit the machine (see
+    ``benchmarks/RESULTS.md``); lower them to exercise the threaded path on small arrays (an
+    extension's tests), raise ``min_size`` to keep a forward on one thread.
+
+    The setting is process-wide (every thread sees it), not per thread: change it where no
+    other thread is computing. The pool's size is fixed when it is first used (one worker fewer
+    than ``threads`` was then, at least one); a larger ``threads`` later shares those workers.
+
+    Args:
+        threads: threads a large operation is split over, >= 1.
+        chunk: elements per chunk of the threaded forward, >= 1.
+        min_size: output elements from which an elementwise forward is threaded, >= 1.
+        cheap_min_size: the same, for primitives declared ``cheap``, >= 1.
+
+    Yields:
+        The values in effect inside the block: ``{"threads", "chunk", "min_size",
+        "cheap_min_size"}`` (arguments left at None keep their current value), and ``"block"``,
+        the elements per block of a fused backward kernel (fixed: not set here).
+
+    Raises:
+        TypeError: a value is not an int.
+        ValueError: a value is below 1.
+
+    Example:
+        >>> import numpy as np
+        >>> import gradtape as gt
+        >>> from gradtape import extend
+        >>> with extend.cpu_thresholds(threads=2, chunk=1000, min_size=4096) as t:
+        ...     y = gt.sin(gt.tensor(np.zeros(5000)))   # computed in 5 chunks on 2 threads
+        ...     t["min_size"]
+        4096
+    """
+    given = {"threads": threads, "chunk": chunk, "min_size": min_size,
+             "cheap_min_size": cheap_min_size}
+    for key, value in given.items():
+        if value is not None:
+            _check_count(f"cpu_thresholds: {key}", value, 1)
+    saved = {key: getattr(_pool, attr) for key, attr in _THRESHOLDS.items()}
+    try:
+        for key, value in given.items():
+            if value is not None:
+                setattr(_pool, _THRESHOLDS[key], int(value))
+        yield {**{key: getattr(_pool, attr) for key, attr in _THRESHOLDS.items()},
+               "block": _pool.BLOCK}
+    finally:
+        for key, attr in _THRESHOLDS.items():
+            setattr(_pool, attr, saved[key])
+
+
+@contextlib.contextmanager
+def fusion_thresholds(*, min_run: int | None = None,
+                      min_run_by_size: Sequence[tuple[int, int]] | None = None
+                      ) -> Iterator[dict[str, Any]]:
+    """Set how many elementwise records a run must have before the first-order backward fuses
+    it into one generated kernel, for the ``with`` block; the previous values come back on
+    exit (also on an error).
+
+    A fused kernel has a fixed cost (planning, gathering its operands, the call), so on small
+    arrays only long runs pay for it. A run whose arrays have ``size`` elements is fused when
+    it has at least ``n`` records, for the first ``(limit, n)`` of ``min_run_by_size`` with
+    ``size <= limit``, else at least ``min_run`` records. ``min_run_by_size=()`` fuses every
+    run of ``min_run`` or more records whatever its size: what a test of an extension's
+    elementwise primitive inside fused kernels wants on small arrays. ``gt.config.fusion``
+    still switches fusion off altogether; :func:`fusion_stats` counts the kernels that ran.
+
+    The setting is process-wide (every thread sees it), not per thread.
+
+    Args:
+        min_run: fewest records of a fused run on arrays larger than every limit, >= 1.
+        min_run_by_size: ``(limit, n)`` pairs with increasing limits (>= 0) and n >= 1.
+
+    Yields:
+        The values in effect inside the block: ``{"min_run": int, "min_run_by_size": tuple}``
+        (arguments left at None keep their current value).
+
+    Raises:
+        TypeError: a value is not an int, or ``min_run_by_size`` is not a sequence of pairs.
+        ValueError: a value is out of range, or the limits do not increase.
+
+    Example:
+        >>> import numpy as np
+        >>> import gradtape as gt
+        >>> from gradtape import extend
+        >>> x = gt.tensor(np.linspace(-1.0, 1.0, 8))
+        >>> with extend.fusion_thresholds(min_run=3, min_run_by_size=()) as t:
+        ...     with gt.GradientTape() as tape:
+        ...         tape.watch(x)
+        ...         y = gt.sin(gt.tanh(gt.exp(x)))
+        ...     before = extend.fusion_stats()["runs"]
+        ...     g = tape.gradient(y, x)
+        ...     extend.fusion_stats()["runs"] - before, t["min_run"]
+        (1, 3)
+    """
+    if min_run is not None:
+        _check_count("fusion_thresholds: min_run", min_run, 1)
+    pairs: tuple[tuple[int, int], ...] | None = None
+    if min_run_by_size is not None:
+        if isinstance(min_run_by_size, (str, bytes)) or not isinstance(min_run_by_size, Sequence):
+            raise TypeError("fusion_thresholds: min_run_by_size must be a sequence of "
+                            f"(limit, n) pairs, got {type(min_run_by_size).__name__}")
+        checked: list[tuple[int, int]] = []
+        for i, pair in enumerate(min_run_by_size):
+            if not isinstance(pair, Sequence) or isinstance(pair, (str, bytes)) or len(pair) != 2:
+                raise TypeError(f"fusion_thresholds: min_run_by_size[{i}] must be a "
+                                f"(limit, n) pair, got {pair!r}")
+            limit = _check_count(f"fusion_thresholds: min_run_by_size[{i}] limit", pair[0], 0)
+            n = _check_count(f"fusion_thresholds: min_run_by_size[{i}] n", pair[1], 1)
+            if checked and limit <= checked[-1][0]:
+                raise ValueError("fusion_thresholds: the limits of min_run_by_size must increase, "
+                                 f"got {limit} after {checked[-1][0]}")
+            checked.append((limit, n))
+        pairs = tuple(checked)
+    saved = (_fusion.MIN_SMALL_RUN, _fusion.MIN_RUN_BY_SIZE)
+    try:
+        if min_run is not None:
+            _fusion.MIN_SMALL_RUN = int(min_run)
+        if pairs is not None:
+            fusion_module: Any = _fusion  # its constant is typed by its default's length
+            fusion_module.MIN_RUN_BY_SIZE = pairs
+        yield {"min_run": _fusion.MIN_SMALL_RUN, "min_run_by_size": _fusion.MIN_RUN_BY_SIZE}
+    finally:
+        _fusion.MIN_SMALL_RUN, _fusion.MIN_RUN_BY_SIZE = saved
+
+
+def _check_count(what: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{what} must be >= {low}, got {value}")
+    return int(value)

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ._src.backend import Array
 from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
 from ._src.codegen.graph import Graph
@@ -123,7 +125,7 @@ class UpdateRule:
         g.outputs = [env[o] for o in self.outputs]
         return g
 
-    def apply(self, arrays: Sequence[Any], scalars: Sequence[float],
+    def apply(self, arrays: Sequence[Array], scalars: Sequence[float],
               cache: dict | None = None) -> None:
         """Run one update in place on backend arrays.
 
@@ -240,7 +242,7 @@ def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
 
 
 # --------------------------------------------------------------------------- clipping
-def global_norm(grads: Iterable[Any]) -> float:
+def global_norm(grads: Iterable[Tensor | Array | None]) -> float:
     """The 2-norm of all gradients together (None entries skipped), as a float.
 
     Example:
@@ -257,7 +259,8 @@ def global_norm(grads: Iterable[Any]) -> float:
     return math.sqrt(total)
 
 
-def clip_by_global_norm(grads: Iterable[Any], clip_norm: float) -> tuple[list, float]:
+def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
+                        clip_norm: float) -> tuple[list[Tensor | Array | None], float]:
     """Scale all gradients by ``clip_norm / max(global_norm, clip_norm)`` (TF semantics).
 
     Returns ``(clipped, norm)``: a list with None entries kept, and the norm before clipping.
@@ -277,7 +280,7 @@ def clip_by_global_norm(grads: Iterable[Any], clip_norm: float) -> tuple[list, f
     scale = clip_norm / max(norm, clip_norm)
     if scale == 1.0:
         return grads, norm
-    out = []
+    out: list[Tensor | Array | None] = []
     for g in grads:
         if g is None:
             out.append(None)
@@ -286,6 +289,49 @@ def clip_by_global_norm(grads: Iterable[Any], clip_norm: float) -> tuple[list, f
         else:
             out.append(g * g.dtype.type(scale))
     return out, norm
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _checkpoint_dtype_error(entry: str, expected: Any, found: Any) -> str | None:
+    """Whether a checkpoint array of dtype ``found`` may be loaded into state of dtype
+    ``expected``: ``None`` when it may, else the reason (naming ``entry`` and both dtypes).
+
+    The rule (for Variables and optimizer state alike): the exact dtype (in either byte
+    order), or, between floating-point dtypes (float16/32/64), a cast, rounding to the nearest
+    value when narrowing as ``astype`` does. Everything else is refused: strings, bytes,
+    objects, structured records, complex into real, integers or bools into floats, floats
+    into integers, and any other change of kind or width.
+
+    Example:
+        >>> _checkpoint_dtype_error("var/w", np.float32, np.float64) is None
+        True
+        >>> _checkpoint_dtype_error("var/w", np.float32, np.complex64)
+        'var/w: expected dtype float32 (or another float dtype, cast), the checkpoint holds complex64'
+    """
+    expected, found = np.dtype(expected), np.dtype(found)
+    numeric = expected.kind in "biufc" and found.kind in "biufc" and not found.fields
+    if numeric and (np.can_cast(found, expected, "equiv") or (found.kind == expected.kind == "f")):
+        return None
+    also = " (or another float dtype, cast)" if expected.kind == "f" else ""
+    return f"{entry}: expected dtype {expected}{also}, the checkpoint holds {found}"
+
+
+def _check_iterations(who: str, value: Any) -> int:
+    """``value`` as the step count: a non-negative integer scalar, else TypeError/ValueError."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if isinstance(value, bool) or not (hasattr(value, "dtype") and hasattr(value, "shape")):
+        value = np.asarray(value, dtype=object if isinstance(value, bool) else None)
+    if tuple(value.shape) != ():
+        raise ValueError(f"{who}: 'iterations' must be a non-negative integer scalar, got an "
+                         f"array of shape {tuple(value.shape)}")
+    if value.dtype.kind not in "iu":
+        raise TypeError(f"{who}: 'iterations' must be a non-negative integer scalar, got dtype "
+                        f"{value.dtype}")
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"{who}: 'iterations' must be a non-negative integer scalar, got {n}")
+    return n
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -302,6 +348,10 @@ class Optimizer:
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
         if not callable(learning_rate):
+            if isinstance(learning_rate, (str, bytes, bool)) or not isinstance(
+                    learning_rate, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{type(self).__name__}: learning_rate must be a number or a "
+                                f"callable schedule(step) -> float, got {learning_rate!r}")
             learning_rate = float(learning_rate)
             if not learning_rate >= 0:
                 raise ValueError(f"{type(self).__name__}: learning_rate must be >= 0, got {learning_rate}")
@@ -311,6 +361,9 @@ class Optimizer:
         self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
         self.iterations = 0
         self._state: dict[int, tuple] = {}  # Variable._id -> slot arrays (fixed for life)
+        # Variable._id -> the Variable (weakly): copying and pickling re-key the state by the
+        # copied Variables, so ``copy.deepcopy((model, opt))`` updates the copied model
+        self._variables: dict[int, weakref.ref] = {}
 
     def current_learning_rate(self) -> float:
         """The learning rate the next step uses."""
@@ -336,9 +389,36 @@ class Optimizer:
             st = tuple(xp.zeros_like(v.data) if self._needs_slot(n) else None
                        for n in self.slot_names)
             self._state[v._id] = st
+            self._variables[v._id] = weakref.ref(v)
         return st
 
-    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Variable]]) -> None:
+    # --- copying and pickling ---------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        # the per-variable state travels with its Variables (pickle's and deepcopy's memo then
+        # map it onto the copies of the model's Variables); state of dead Variables is dropped
+        # (ids are never reused, so it can never be used again)
+        state = self.__dict__.copy()
+        refs = state.pop("_variables", {})
+        pairs = []
+        for key, slots in self._state.items():
+            ref = refs.get(key)
+            v = ref() if ref is not None else None
+            if v is not None:
+                pairs.append((v, slots))
+        state["_state"] = pairs
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        pairs = state.pop("_state", [])
+        self.__dict__.update(state)
+        self._state = {}
+        self._variables = {}
+        for v, slots in pairs:
+            self._state[v._id] = tuple(slots)
+            self._variables[v._id] = weakref.ref(v)
+
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient; a None gradient leaves that
         Variable (and its state) untouched.
 
@@ -357,8 +437,17 @@ class Optimizer:
             if not isinstance(v, Variable):
                 raise TypeError(f"{type(self).__name__}.apply_gradients: expected (gradient, "
                                 f"Variable) pairs, got a {type(v).__name__} as variable")
+            if v.dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}.apply_gradients: variable "
+                                f"{v.name or '<unnamed>'} has dtype {v.dtype}; only floating-point "
+                                "variables can be trained")
             if g is None:
                 continue
+            if not isinstance(g, Tensor) and not (hasattr(g, "shape") and hasattr(g, "dtype")
+                                                  and not isinstance(g, np.generic)):
+                raise TypeError(f"{type(self).__name__}.apply_gradients: the gradient for variable "
+                                f"{v.name or '<unnamed>'} must be a Tensor or a backend array, got "
+                                f"{type(g).__name__}")
             if isinstance(g, Tensor):
                 if g._backend is not v._backend:
                     raise TypeError(f"{type(self).__name__}.apply_gradients: gradient on backend "
@@ -385,6 +474,7 @@ class Optimizer:
         cache: dict = {}
         for g, v in pairs:
             slots = [s for s in self._slots(v) if s is not None]
+            v._before_write()  # copy-on-write: a live tape keeps the values it read
             rule.apply([v.data, g, *slots], values_list, cache)
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -401,29 +491,95 @@ class Optimizer:
                     out[f"{name}/{slot}"] = v._backend.to_host(arr)
         return out
 
-    def load_state_dict(self, state: dict, named_variables: Iterable[tuple[str, Variable]]) -> None:
-        """Restore :meth:`state_dict` output for the given (name, variable) pairs."""
+    def load_state_dict(self, state: Mapping[str, Any],
+                        named_variables: Iterable[tuple[str, Variable]]) -> None:
+        """Restore :meth:`state_dict` output for the given (name, variable) pairs.
+
+        Everything is checked before anything changes (on an error the optimizer is as it
+        was): ``"iterations"`` is a non-negative integer scalar; every other key is
+        ``"<name>/<slot>"`` for one of the names and one of the slots this optimizer keeps
+        (``slot_names``; none for ``SGD`` without momentum); a variable has all of its slots or
+        none (then its state is reset, as for a variable never updated); each slot array has
+        the variable's shape and dtype (or another float dtype, cast, rounding when narrowing;
+        strings, objects, records, complex into real, ints and bools are refused).
+
+        Raises:
+            ValueError: ``iterations`` missing, negative or not a scalar; an unexpected or a
+                missing key; a shape mismatch.
+            TypeError: ``state`` is not a mapping; an entry's dtype is refused.
+        """
+        self._commit_state(self._check_state(state, named_variables))
+
+    def _check_state(self, state: Mapping[str, Any],
+                     named_variables: Iterable[tuple[str, Variable]]) -> tuple:
+        """Validate :meth:`load_state_dict`'s arguments; returns what :meth:`_commit_state`
+        installs (the slot arrays already on the variables' backends). Changes nothing."""
+        who = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{who}: state must be a mapping of name -> array, got "
+                            f"{type(state).__name__}")
         if "iterations" not in state:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: no 'iterations' entry")
-        new_state: dict[int, tuple] = {}
-        for name, v in named_variables:
-            present = [f"{name}/{s}" in state for s in self.slot_names]
-            if not any(present):
+            raise ValueError(f"{who}: no 'iterations' entry")
+        iterations = _check_iterations(who, state["iterations"])
+        named = list(named_variables)
+        variables = dict(named)
+        kept = [s for s in self.slot_names if self._needs_slot(s)]
+        grouped: dict[str, dict[str, Any]] = {}
+        unexpected = []
+        for key, arr in state.items():
+            if key == "iterations":
                 continue
-            slots = []
+            name, sep, slot = str(key).rpartition("/")
+            if not sep or name not in variables or slot not in kept:
+                unexpected.append(str(key))
+                continue
+            grouped.setdefault(name, {})[slot] = arr
+        if unexpected:
+            raise ValueError(f"{who}: unexpected entries {sorted(unexpected)}: expected "
+                             f"'<variable name>/<slot>' with a slot of {kept} (what this "
+                             f"{self!r} keeps) for one of the variables {sorted(variables)}")
+        new_state: dict[int, tuple] = {}
+        for name, v in named:
+            slots = grouped.get(name)
+            if not slots:
+                new_state[v._id] = (v, None)
+                continue
+            missing = [f"{name}/{s}" for s in kept if s not in slots]
+            if missing:
+                raise ValueError(f"{who}: missing entries {missing}: a variable's state is all of "
+                                 f"{kept} or none")
+            arrays: list[Any] = []
             for slot in self.slot_names:
-                key = f"{name}/{slot}"
-                if key not in state:
-                    slots.append(v._backend.xp.zeros_like(v.data) if self._needs_slot(slot) else None)
+                if slot not in kept:
+                    arrays.append(None)
                     continue
-                arr = state[key]
-                if arr.shape != v.shape:
-                    raise ValueError(f"{type(self).__name__}.load_state_dict: {key} has shape "
-                                     f"{arr.shape}, the variable {v.shape}")
-                slots.append(v._backend.xp.asarray(arr, dtype=v.dtype).copy())
-            new_state[v._id] = tuple(slots)
-        self._state.update(new_state)
-        self.iterations = int(state["iterations"])
+                key = f"{name}/{slot}"
+                arr = slots[slot]
+                if isinstance(arr, Tensor):
+                    arr = arr.data
+                if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
+                    arr = np.asarray(arr)
+                if tuple(arr.shape) != v.shape:
+                    raise ValueError(f"{who}: {key} has shape {tuple(arr.shape)}, the variable "
+                                     f"{v.shape}")
+                problem = _checkpoint_dtype_error(key, v.dtype, arr.dtype)
+                if problem:
+                    raise TypeError(f"{who}: {problem}")
+                arrays.append(v._backend.xp.array(arr, dtype=v.dtype, copy=True))
+            new_state[v._id] = (v, tuple(arrays))
+        return iterations, new_state
+
+    def _commit_state(self, checked: tuple) -> None:
+        """Install what :meth:`_check_state` returned (cannot fail)."""
+        iterations, new_state = checked
+        for key, (v, slots) in new_state.items():
+            if slots is None:
+                self._state.pop(key, None)
+                self._variables.pop(key, None)
+            else:
+                self._state[key] = slots
+                self._variables[key] = weakref.ref(v)
+        self.iterations = iterations
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(learning_rate={self.learning_rate!r}, {self._scalars_repr()})"

@@ -13,15 +13,16 @@ the outer tape records the inner gradient computation. All of it runs in float64
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._src.backend import use_backend
 from ._src.frontend.tape import GradientTape
 from ._src.nest import flatten
-from ._src.tensor import Tensor, tensor
+from ._src.tensor import Tensor, TensorTree, tensor
 
 __all__ = ["check_grads", "numerical_jacobian"]
 
@@ -29,10 +30,10 @@ _EPS_MACH = float(np.finfo(np.float64).eps)
 
 # A function of the differentiated inputs (a list of float64 Tensors) returning a flat list of
 # float Tensors; what each level of the check differentiates.
-_Flat = Callable[[list], list]
+_Flat = Callable[[list[Tensor]], list[Tensor]]
 
 
-def _is_float_value(a: Any) -> bool:
+def _is_float_value(a: object) -> bool:
     if isinstance(a, Tensor):
         return a.dtype.kind == "f"
     if isinstance(a, (np.ndarray, np.floating)):
@@ -40,13 +41,14 @@ def _is_float_value(a: Any) -> bool:
     return False
 
 
-def _host64(a: Any) -> np.ndarray:
+def _host64(a: Tensor | npt.ArrayLike) -> np.ndarray:
     if isinstance(a, Tensor):
         a = a.numpy()
     return np.array(a, dtype=np.float64)
 
 
-def _split_args(args: Sequence) -> tuple[list, list[str], Callable[[list], tuple]]:
+def _split_args(args: Sequence[Any]) -> tuple[list[np.ndarray], list[str],
+                                               Callable[[list[Tensor]], tuple[Any, ...]]]:
     """Find the differentiated inputs. Returns (float64 arrays, labels, rebuild(xs) -> args).
 
     A float array (or float Tensor) in ``args`` is differentiated; so is every item of a
@@ -71,7 +73,7 @@ def _split_args(args: Sequence) -> tuple[list, list[str], Callable[[list], tuple
         else:
             layout.append(None)
 
-    def rebuild(xs: list) -> tuple:
+    def rebuild(xs: list[Tensor]) -> tuple[Any, ...]:
         out = []
         for a, lay in zip(args, layout):
             if lay is None:
@@ -86,7 +88,7 @@ def _split_args(args: Sequence) -> tuple[list, list[str], Callable[[list], tuple
     return values, labels, rebuild
 
 
-def _float_leaves(out: Any, name: str) -> list:
+def _float_leaves(out: object, name: str) -> list[Tensor]:
     leaves, _ = flatten(out)
     for k, t in enumerate(leaves):
         if not isinstance(t, Tensor):
@@ -95,18 +97,18 @@ def _float_leaves(out: Any, name: str) -> list:
     return [t for t in leaves if t.dtype.kind == "f"]
 
 
-def _tensors(values: list) -> list:
+def _tensors(values: list[np.ndarray]) -> list[Tensor]:
     return [tensor(v) for v in values]
 
 
-def _dot(a: Any, b: np.ndarray) -> float:
+def _dot(a: npt.ArrayLike, b: np.ndarray) -> float:
     return float(np.sum(np.asarray(a, dtype=np.float64) * b))
 
 
-def _gradient_function(f: _Flat, cotangents: list) -> _Flat:
+def _gradient_function(f: _Flat, cotangents: list[np.ndarray]) -> _Flat:
     """``x -> J_f(x)^T u``, computed with a tape so that an enclosing tape can differentiate it."""
 
-    def g(xs: list) -> list:
+    def g(xs: list[Tensor]) -> list[Tensor]:
         with GradientTape() as tape:
             tape.watch(xs)
             outs = f(xs)
@@ -117,8 +119,8 @@ def _gradient_function(f: _Flat, cotangents: list) -> _Flat:
     return g
 
 
-def _check_level(f: _Flat, x0: list, labels: list[str], order: int, name: str,
-                 rng: np.random.Generator, eps: float, rtol: float, atol: float) -> list:
+def _check_level(f: _Flat, x0: list[np.ndarray], labels: list[str], order: int, name: str,
+                 rng: np.random.Generator, eps: float, rtol: float, atol: float) -> list[np.ndarray]:
     """One dot-product test of ``f`` at ``x0`` for every input; returns the cotangents used."""
     what = name if order == 1 else f"the order-{order - 1} gradient of {name}"
     outs0 = [t.numpy() for t in f(_tensors(x0))]
@@ -182,7 +184,7 @@ def _check_level(f: _Flat, x0: list, labels: list[str], order: int, name: str,
     return u
 
 
-def check_grads(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None = None,
+def check_grads(fn: Callable[..., TensorTree], args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 order: int = 2, eps: float | None = None, rtol: float | None = None,
                 atol: float | None = None, seed: int = 0) -> None:
     """Check the gradients of ``fn`` against central differences (float64, NumPy backend).
@@ -234,7 +236,7 @@ def check_grads(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
             raise ValueError(f"check_grads: no float array among the arguments of {name}; "
                              "nothing to differentiate")
 
-        def f1(xs: list) -> list:
+        def f1(xs: list[Tensor]) -> list[Tensor]:
             return _float_leaves(fn(*rebuild(xs), **kwargs), name)
 
         f: _Flat = f1
@@ -244,7 +246,8 @@ def check_grads(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
                 f = _gradient_function(f, u)
 
 
-def numerical_jacobian(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None = None,
+def numerical_jacobian(fn: Callable[..., TensorTree], args: Sequence[Any],
+                       kwargs: Mapping[str, Any] | None = None,
                        eps: float = 1e-6) -> list[np.ndarray]:
     """Central-difference Jacobian of ``fn(*args, **kwargs)`` (one Tensor output) in float64.
 
@@ -265,7 +268,7 @@ def numerical_jacobian(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict
     with use_backend("numpy"):
         x0, _, rebuild = _split_args(tuple(args))
 
-        def f(xs: list) -> np.ndarray:
+        def f(xs: list[np.ndarray]) -> np.ndarray:
             outs = _float_leaves(fn(*rebuild(_tensors(xs)), **kwargs), name)
             if len(outs) != 1:
                 raise ValueError(f"numerical_jacobian: {name} must return one float Tensor, got "

@@ -1,6 +1,6 @@
 // gradtape device helpers: prepended (as the `preamble`) to every generated backward kernel.
 //
-// Every function of the derivative-expression vocabulary (gradtape/_kernels.py, FUNCTIONS)
+// Every function of the derivative-expression vocabulary (gradtape/_src/codegen/expr.py, FUNCTIONS)
 // plus pow has an overload for float and for double, named gt_<name>. float overloads call
 // the single-precision CUDA intrinsics (expf, tanhf, ...) so float32 kernels contain no
 // double-precision instruction; literals inside are float (1.0f). __half overloads compute

@@ -7,18 +7,19 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._src.primitive import REGISTRY, bind, primitive
+from gradtape.extend import REGISTRY, bind, primitive
 from gradtape.testing import check_grads, numerical_jacobian
 
 
 @pytest.fixture
 def make_primitive():
-    """Declare throw-away primitives, removed from the registry afterwards (so the registry
-    completeness tests only see the library's own primitives)."""
+    """Declare throw-away primitives (``rule(m, rec, g)`` VJPs, see gradtape.extend), removed
+    from the registry afterwards (so the registry completeness tests only see the library's
+    own primitives)."""
     made = []
 
-    def make(name, impl, vjp, **kw):
-        p = primitive(name, impl, vjp, **kw)
+    def make(name, impl, rule, **kw):
+        p = primitive(name, impl, rule=rule, **kw)
         made.append(name)
         return p
 
@@ -36,7 +37,8 @@ def test_accepts_correct_gradients(rng):
 
 
 def test_first_order_error_names_argument_order_and_numbers(make_primitive):
-    p = make_primitive("_cg_bad_square", lambda xp, x: x * x, lambda rec, g: (g * rec.inputs[0],))
+    p = make_primitive("_cg_bad_square", lambda xp, x: x * x,
+                       lambda m, rec, g: (g * m.val(rec.inputs[0]),))
     with pytest.raises(AssertionError) as info:
         check_grads(lambda a, b: bind(p, a) + b, (np.ones(3), np.array([1.0, 2.0, 3.0])))
     msg = str(info.value)
@@ -46,15 +48,18 @@ def test_first_order_error_names_argument_order_and_numbers(make_primitive):
 
 def test_wrong_argument_is_the_one_named(make_primitive):
     p = make_primitive("_cg_bad_mul", lambda xp, a, b: a * b,
-                       lambda rec, g: (g * rec.inputs[1], g * 2 * rec.inputs[0]))
+                       lambda m, rec, g: (g * m.val(rec.inputs[1]), g * 2 * m.val(rec.inputs[0])))
     with pytest.raises(AssertionError, match=r"respect to args\[1\]"):
         check_grads(lambda a, b: bind(p, a, b), (np.array([0.5, 1.5]), np.array([1.0, -2.0])))
 
 
 def test_second_order_error_is_caught(make_primitive):
-    # Right first derivative, but the VJP is not differentiable (stop_gradient inside it).
-    p = make_primitive("_cg_cube", lambda xp, x: x * x * x,
-                       lambda rec, g: (g * 3 * gt.stop_gradient(rec.inputs[0] * rec.inputs[0]),))
+    # Right first derivative, but the VJP is not differentiable (x * x enters as a constant).
+    def rule(m, rec, g):
+        x = m.data(m.val(rec.inputs[0]))
+        return (g * 3 * m.const(x * x, g),)
+
+    p = make_primitive("_cg_cube", lambda xp, x: x * x * x, rule)
     x = np.array([1.0, -2.0, 0.5])
     check_grads(lambda x: bind(p, x), (x,), order=1)
     with pytest.raises(AssertionError, match="order-2") as info:
@@ -94,7 +99,7 @@ def test_list_argument_items_are_differentiated():
 
 
 def test_multiple_outputs_are_all_checked(make_primitive):
-    p = make_primitive("_cg_bad_exp", lambda xp, x: np.exp(x), lambda rec, g: (g,))
+    p = make_primitive("_cg_bad_exp", lambda xp, x: np.exp(x), lambda m, rec, g: (g,))
     check_grads(lambda x: (gt.sin(x), gt.cos(x)), (np.array([0.3, 0.4]),))
     with pytest.raises(AssertionError):
         check_grads(lambda x: (gt.sin(x), bind(p, x)), (np.array([0.3, 0.4]),), order=1)

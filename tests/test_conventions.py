@@ -1,4 +1,4 @@
-"""API.md "Conventions at non-differentiable points", dtype promotion and broadcasting.
+"""docs/api.md "Conventions at non-differentiable points", dtype promotion and broadcasting.
 
 Each test runs on every backend (the CuPy case skips cleanly without a device)."""
 

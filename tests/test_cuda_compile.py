@@ -21,12 +21,15 @@ import numpy as np
 import pytest
 
 import gradtape as gt
+from gradtape import extend
+
+# The generated CUDA text has no public face: the kernels are rendered here from the backward
+# graphs of single records and of fused runs planned on real tapes (the engine's own steps).
 from gradtape._src.autodiff import fusion as _fusion
-from gradtape._src.codegen import cuda as _codegen_cuda
-from gradtape._src.codegen import expr as _codegen_expr
-from gradtape._src.codegen import graph as _codegen_graph
-from gradtape._src.primitive import REGISTRY
 from gradtape._src.autodiff.engine import forward_reach as _forward_reach
+from gradtape._src.codegen import cuda as _codegen_cuda
+from gradtape._src.codegen import graph as _codegen_graph
+from gradtape.extend import REGISTRY
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").is_file() else None)
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit absent)")
@@ -38,10 +41,11 @@ ELEMENTWISE = sorted(name for name, p in REGISTRY.items() if p.is_elementwise)
 
 
 @pytest.fixture(autouse=True)
-def _fuse_short_runs(monkeypatch):
+def _fuse_short_runs():
     """These tests use small arrays; fuse runs of 3 or more members whatever their size (the
     default size thresholds are tested in test_fusion.py::test_small_runs_stay_unfused)."""
-    monkeypatch.setattr(_fusion, "MIN_RUN_BY_SIZE", ())
+    with extend.fusion_thresholds(min_run_by_size=()):
+        yield
 
 
 def harness(kernel: _codegen_cuda.CudaKernel) -> str:
@@ -141,6 +145,7 @@ def chain_programs(dtype: str) -> list[_codegen_cuda.CudaKernel]:
         with gt.GradientTape() as tape:
             tape.watch([x, b])
             y = fn(x, b)
+        # the engine's planning step on the tape's records and tensor ids (no public face)
         reach = _forward_reach(tape._records, {x._id, b._id})
         runs = _fusion.plan(tape._records, reach, {x._id, b._id, y._id}).runs
         g = np.ones(y.shape, y.dtype)
@@ -233,7 +238,7 @@ def libdevice_baseline(tmp_path: Path) -> set[str]:
     """The f64 lines CUDA's own single-precision math brings (sinf/cosf/tanf's Payne-Hanek
     reduction for huge arguments multiplies in double on that rare path): every float helper
     of the preamble applied once."""
-    names = [n for n in _codegen_expr.FUNCTIONS if n != "where"] + ["pow"]
+    names = [n for n in extend.FUNCTIONS if n != "where"] + ["pow"]
     calls = " + ".join(f"gt_{n}(x, x)" if n == "pow" else f"gt_{n}(x)" for n in names)
     src = tmp_path / "baseline.cu"
     src.write_text(f'#include "{_codegen_cuda.kernels_dir()}/preamble.cuh"\n'

@@ -1,19 +1,66 @@
-"""Derivative expressions: the whitelist parser, agreement of the renderings, ``safe`` products."""
+"""Derivative expressions: the whitelist parser, agreement of the renderings, ``safe`` products.
+
+The renderings are reached through the extension API: an expression is declared as the
+derivative of a probe primitive (``extend.elementwise``), whose ``array_vjp`` (NumPy arrays)
+and ``tensor_vjp`` (gradtape ops) are compared with an independent NumPy evaluation."""
 
 from __future__ import annotations
+
+import itertools
+import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 import gradtape as gt
 from gradtape import ops
-from gradtape._src.codegen import arrays as _codegen_arrays
-from gradtape._src import primitive as _primitive_mod
-from gradtape._src.backend import NUMPY
-from gradtape.extend import FUNCTIONS, ExpressionError, parse
-from gradtape._src.primitive import REGISTRY, Domain, elementwise
+from gradtape.extend import (
+    FUNCTIONS,
+    REGISTRY,
+    Domain,
+    ExpressionError,
+    elementwise,
+    parse,
+)
 
 ALLOWED = ("x", "y", "alpha")
+
+with gt.use_backend("numpy") as NUMPY:  # the NumPy Backend object that array_vjp renders for
+    pass
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+# An independent NumPy meaning of every function of the expression language.
+REFERENCE = {
+    "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1, "sqrt": np.sqrt,
+    "rsqrt": lambda v: 1.0 / np.sqrt(v), "sin": np.sin, "cos": np.cos, "tan": np.tan,
+    "tanh": np.tanh, "sinh": np.sinh, "cosh": np.cosh, "arcsin": np.arcsin,
+    "arccos": np.arccos, "arctan": np.arctan, "erf": lambda v: _erf(np.asarray(v)),
+    "abs": np.abs, "sign": np.sign, "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "square": np.square, "where": np.where,
+}
+
+
+def evaluate(expr, values):
+    """``expr`` (an :class:`~gradtape.extend.Expr`) evaluated with :data:`REFERENCE`."""
+    ns = {**REFERENCE, "pi": math.pi, "__builtins__": {}, **values}
+    return eval(compile(expr.tree, "<derivative>", "eval"), ns)  # noqa: S307 - parsed, whitelisted
+
+
+_probe_ids = itertools.count()
+
+
+@contextmanager
+def probe(d, safe=False):
+    """A one-input elementwise primitive (identity forward) with derivative ``d``, removed from
+    the registry afterwards: its ``array_vjp``/``tensor_vjp`` are the renderings of ``d``."""
+    name = f"_expr_probe_{next(_probe_ids)}"
+    prim = elementwise(name, lambda xp, x: x, d=d, safe=safe)
+    try:
+        yield prim
+    finally:
+        del REGISTRY[name]
 
 
 # --------------------------------------------------------------------------- the parser
@@ -83,9 +130,15 @@ def test_names_are_checked_against_the_primitive():
 
 
 def test_every_function_has_every_rendering():
-    ns = _codegen_arrays._array_namespace(NUMPY)
+    assert set(REFERENCE) == set(FUNCTIONS), "update REFERENCE in this file"
+    x = np.array([0.25, 0.75])
     for name in FUNCTIONS:
-        assert callable(ns[name]), f"array rendering lacks {name}"
+        args = "x > 0.5, x, 1 - x" if name == "where" else "x"
+        with probe(f"{name}({args})") as prim:
+            a = prim.array_vjp(0, NUMPY)(np.ones(2), x, x)
+            assert np.shape(a) == (2,), f"array rendering of {name}"
+            t = prim.tensor_vjp(0)(gt.tensor(np.ones(2)), gt.tensor(x), gt.tensor(x))
+            assert t.shape == (2,), f"tensor rendering of {name}"
         assert callable(getattr(ops, name, None)), f"tensor rendering lacks gradtape.ops.{name}"
 
 
@@ -96,9 +149,10 @@ def test_each_function_renders_the_same_both_ways(name):
     args = "x > 0.5, x, 1 - x" if name == "where" else "x"
     expr = parse(f"{name}({args})", ("x", "y"))
     gy = rng.standard_normal(5)
-    a = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, False)(gy, x, None)
-    t = _primitive_mod._tensor_vjp(expr, ("x", "y"), False)(gt.tensor(gy), gt.tensor(x), None)
-    e = gy * _codegen_arrays.evaluate_numpy(expr, {"x": x})
+    with probe(expr.source) as prim:
+        a = prim.array_vjp(0, NUMPY)(gy, x, None)
+        t = prim.tensor_vjp(0)(gt.tensor(gy), gt.tensor(x), None)
+    e = gy * evaluate(expr, {"x": x})
     np.testing.assert_allclose(a, e, rtol=1e-13)
     np.testing.assert_allclose(t.numpy(), e, rtol=1e-13)
 
@@ -120,8 +174,8 @@ def _sample(dom: Domain, n: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_array_and_tensor_renderings_agree(name):
     """For every elementwise primitive and input: the array VJP (unfused first order), the
-    tensor VJP (recorded, higher order) and ``gy * evaluate_numpy(d)`` give the same numbers,
-    including where the upstream gradient is 0."""
+    tensor VJP (recorded, higher order) and ``gy * d`` (``d`` evaluated with the NumPy
+    reference) give the same numbers, including where the upstream gradient is 0."""
     prim = REGISTRY[name]
     params = PARAMS.get(name, {})
     assert set(params) == set(prim.param_names), f"{name}: update PARAMS in this file"
@@ -139,7 +193,7 @@ def test_array_and_tensor_renderings_agree(name):
             continue
         a = np.broadcast_to(prim.array_vjp(i, NUMPY)(gy, *args), (n,))
         t = np.broadcast_to(prim.tensor_vjp(i)(gt.tensor(gy), *targs).numpy(), (n,))
-        e = gy * np.broadcast_to(_codegen_arrays.evaluate_numpy(expr, values), (n,))
+        e = gy * np.broadcast_to(evaluate(expr, values), (n,))
         where = f"{name}: d/d{prim.arg_names[i]} = {expr.source!r}"
         np.testing.assert_allclose(a, e, rtol=1e-13, atol=1e-300, err_msg=where)
         np.testing.assert_allclose(t, e, rtol=1e-13, atol=1e-300, err_msg=where)
@@ -150,10 +204,11 @@ def test_safe_product_zero_times_inf_is_zero():
     expr = parse("1 / x", ("x", "y"))
     x = np.array([0.0, 0.0, 2.0, 0.0])
     gy = np.array([0.0, 3.0, 4.0, -0.0])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        safe = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, True)(gy, x, None)
-        unsafe = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, False)(gy, x, None)
-        tsafe = _primitive_mod._tensor_vjp(expr, ("x", "y"), True)(gt.tensor(gy), gt.tensor(x), None)
+    with np.errstate(divide="ignore", invalid="ignore"), probe(expr.source, safe=True) as ps, \
+            probe(expr.source) as pu:
+        safe = ps.array_vjp(0, NUMPY)(gy, x, None)
+        unsafe = pu.array_vjp(0, NUMPY)(gy, x, None)
+        tsafe = ps.tensor_vjp(0)(gt.tensor(gy), gt.tensor(x), None)
     np.testing.assert_array_equal(safe, [0.0, np.inf, 2.0, 0.0])  # a real inf stays inf
     np.testing.assert_array_equal(tsafe.numpy(), [0.0, np.inf, 2.0, 0.0])
     assert np.isnan(unsafe[0]) and np.isnan(unsafe[3])  # what "safe" exists to prevent
@@ -163,9 +218,9 @@ def test_safe_product_zero_times_nan_is_zero():
     expr = parse("log(x) * 0 + sqrt(x)", ("x", "y"))  # NaN for x < 0
     x = np.array([-1.0, 4.0])
     gy = np.array([0.0, 1.0])
-    with np.errstate(invalid="ignore"):
-        a = _codegen_arrays.array_vjp(expr, ("x", "y"), NUMPY, True)(gy, x, None)
-        t = _primitive_mod._tensor_vjp(expr, ("x", "y"), True)(gt.tensor(gy), gt.tensor(x), None)
+    with np.errstate(invalid="ignore"), probe(expr.source, safe=True) as prim:
+        a = prim.array_vjp(0, NUMPY)(gy, x, None)
+        t = prim.tensor_vjp(0)(gt.tensor(gy), gt.tensor(x), None)
     np.testing.assert_array_equal(a, [0.0, 2.0])
     np.testing.assert_array_equal(t.numpy(), [0.0, 2.0])
 

@@ -10,7 +10,10 @@ NumPy reference within float tolerance); it skips without a device.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
+import tracemalloc
 import zlib
 from typing import Any
 
@@ -18,7 +21,8 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._src import backend as _backend
+
+# The generated programs (NumPy block programs, CUDA kernel text) have no public face
 from gradtape._src.codegen import cuda as _codegen_cuda
 from gradtape._src.codegen import numpy_program as _codegen_numpy_program
 from gradtape.optimizers import UpdateRule, adam_rule, sgd_rule
@@ -97,15 +101,32 @@ def adam_update(xp: Any, p: Any, g: Any, m: Any, v: Any, *, lr: float, beta1: fl
 
 
 def reference(make, p0: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
-    """The unfused reference: the optimizer's plain array update on NumPy copies."""
+    """The unfused reference: the optimizer's plain array update on NumPy copies, with its
+    hyper-parameters (public attributes) and learning rate of each step."""
     opt = make()
-    update = sgd_update if isinstance(opt, gt.optimizers.SGD) else adam_update
     p = p0.copy()
-    slots = [np.zeros_like(p) if opt._needs_slot(n) else None for n in opt.slot_names]
+    if isinstance(opt, gt.optimizers.SGD):
+        slots = [np.zeros_like(p) if opt.momentum else None]
+    else:
+        slots = [np.zeros_like(p), np.zeros_like(p)]
     for g in grads:
-        update(np, p, np.ascontiguousarray(g), *slots, **opt._scalars())
+        if isinstance(opt, gt.optimizers.SGD):
+            sgd_update(np, p, np.ascontiguousarray(g), *slots, lr=opt.current_learning_rate(),
+                       momentum=opt.momentum, nesterov=opt.nesterov,
+                       weight_decay=opt.weight_decay)
+        else:
+            adam_update(np, p, np.ascontiguousarray(g), *slots, lr=opt.current_learning_rate(),
+                        beta1=opt.beta1, beta2=opt.beta2, eps=opt.epsilon,
+                        step=opt.iterations + 1, weight_decay=opt.weight_decay,
+                        decoupled=isinstance(opt, gt.optimizers.AdamW))
         opt.iterations += 1
     return p
+
+
+def array_module(backend: str) -> Any:
+    """NumPy or CuPy: the array module of backend ``backend``."""
+    with gt.use_backend(backend) as b:
+        return b.xp
 
 
 def run_fused(make, p0: np.ndarray, grads: list) -> tuple[np.ndarray, gt.Variable, object]:
@@ -160,7 +181,7 @@ def test_zero_stride_gradient(backend, name, shape):
     rng = np.random.default_rng(2)
     p0 = rng.normal(size=shape).astype(np.float32)
     grads = [np.broadcast_to(np.float32(c), shape) for c in (0.3, -0.2, 0.5, 0.1, -0.4)]
-    xp = _backend.get_backend().xp if backend != "numpy" else np
+    xp = array_module(backend)
     got, _, _ = run_fused(CONFIGS[name], p0, [xp.broadcast_to(xp.asarray(g[(0,) * g.ndim]), shape)
                                               for g in grads])
     check(backend, got, reference(CONFIGS[name], p0, grads))
@@ -175,31 +196,57 @@ def test_non_contiguous_gradient(backend, name, shape):
     bigs = [rng.normal(size=shape[:-1] + (2 * shape[-1],)).astype(np.float32) for _ in range(5)]
     grads = [b[..., ::2] for b in bigs]
     assert not grads[0].flags.c_contiguous
-    xp = _backend.get_backend().xp if backend != "numpy" else np
+    xp = array_module(backend)
     got, _, _ = run_fused(CONFIGS[name], p0, [xp.asarray(b)[..., ::2] for b in bigs])
     check(backend, got, reference(CONFIGS[name], p0, grads))
 
 
 def test_state_buffers_updated_in_place(backend):
+    """A shallow copy of the optimizer shares its state buffers: it sees every later step of
+    the original only because those steps write into the same buffers."""
     v = gt.Variable(np.ones(LARGE, np.float32))
     opt = gt.optimizers.Adam(0.1)
     opt.apply_gradients([(gt.tensor(np.ones(LARGE, np.float32)), v)])
-    m, s = opt._state[v._id]
+    twin = copy.copy(opt)
+    first = {k: np.array(a) for k, a in twin.state_dict([("v", v)]).items()}  # copies
     for _ in range(2):
         opt.apply_gradients([(gt.tensor(np.ones(LARGE, np.float32)), v)])
-        assert opt._state[v._id][0] is m and opt._state[v._id][1] is s
-    assert float(m[0, 0]) == pytest.approx(1 - 0.9 ** 3, rel=1e-6)
+        seen, own = twin.state_dict([("v", v)]), opt.state_dict([("v", v)])
+        for slot in ("v/m", "v/v"):
+            np.testing.assert_array_equal(seen[slot], own[slot])
+            assert not np.array_equal(seen[slot], first[slot])  # the step changed it
+        first = {k: np.array(a) for k, a in seen.items()}
+    assert twin.iterations == 1 and opt.iterations == 3  # the copy itself took no step
+    assert float(seen["v/m"][0, 0]) == pytest.approx(1 - 0.9 ** 3, rel=1e-6)
+    assert float(seen["v/v"][0, 0]) == pytest.approx(1 - 0.999 ** 3, rel=1e-5)
+
+
+_fresh_rules = itertools.count()
 
 
 def test_one_program_serves_every_step():
-    """Scalars are parameters: changing learning rates and bias corrections reuse the program."""
+    """Scalars are parameters: changing learning rates and bias corrections reuse the program.
+    A new program stays cached (several kilobytes, seen by tracemalloc); the later steps leave
+    nothing behind."""
     v = gt.Variable(np.ones(10))
     opt = gt.optimizers.Adam(lambda t: 0.1 / (t + 1))
     opt.apply_gradients([(np.ones(10), v)])
-    n = len(_codegen_numpy_program._numpy_programs)
-    for _ in range(4):
-        opt.apply_gradients([(np.ones(10), v)])
-    assert len(_codegen_numpy_program._numpy_programs) == n
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(4):
+            opt.apply_gradients([(np.ones(10), v)])
+        steps = tracemalloc.get_traced_memory()[0] - base
+        # what one new program costs: a rule never run before, compiled on first use
+        fresh = UpdateRule(f"fresh{next(_fresh_rules)}", ("p", "g"), ("lr",),
+                           [("p", "p - lr * g")], ("p",))
+        base = tracemalloc.get_traced_memory()[0]
+        fresh.apply([np.ones(10), np.ones(10)], [0.1])
+        compiled = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert compiled > 2000, compiled
+    assert steps < compiled // 2, (steps, compiled)
 
 
 def test_rules_per_configuration():

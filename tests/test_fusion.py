@@ -1,7 +1,10 @@
 """Fused backward kernels: fused equals unfused (``gt.config.fusion = False``) for every
 elementwise primitive and for seeded random chains and DAGs of them, in float16/32/64, with
 broadcasting, non-contiguous inputs and arrays large enough to be processed block by block;
-higher-order gradients never go through fused kernels; ``GRADTAPE_FUSION=0`` is honored."""
+higher-order gradients never go through fused kernels; ``GRADTAPE_FUSION=0`` is honored.
+
+Kernels that ran are counted with ``extend.fusion_stats()``; ``extend.fusion_thresholds`` lets
+runs of small arrays fuse."""
 
 from __future__ import annotations
 
@@ -15,11 +18,16 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._src.autodiff import fusion as _fusion
+from gradtape import extend
+
+# vmap/jvp transforms are not public yet: their counter lives in the autodiff state
+from gradtape._src.autodiff.state import STATE
+
+# kernel rendering (the backward graph, NumPy programs, CUDA text) has no public face
 from gradtape._src.codegen import cuda as _codegen_cuda
 from gradtape._src.codegen import graph as _codegen_graph
 from gradtape._src.codegen import numpy_program as _codegen_numpy_program
-from gradtape._src.primitive import REGISTRY, bind
+from gradtape.extend import REGISTRY, bind
 
 ROOT = Path(__file__).resolve().parents[1]
 ELEMENTWISE = sorted(name for name, p in REGISTRY.items() if p.is_elementwise)
@@ -31,10 +39,15 @@ UNARY = ["tanh", "exp", "sin", "cos", "sigmoid", "softplus", "arctan", "square",
 
 
 @pytest.fixture(autouse=True)
-def _fuse_short_runs(monkeypatch):
+def default_thresholds():
     """These tests use small arrays; fuse runs of 3 or more members whatever their size (the
-    default size thresholds are tested in test_fusion.py::test_small_runs_stay_unfused)."""
-    monkeypatch.setattr(_fusion, "MIN_RUN_BY_SIZE", ())
+    default size thresholds, yielded, are tested in test_small_runs_stay_unfused_by_default)."""
+    with extend.fusion_thresholds() as defaults, extend.fusion_thresholds(min_run_by_size=()):
+        yield defaults
+
+
+def fused_runs() -> int:
+    return extend.fusion_stats()["runs"]
 
 
 @contextlib.contextmanager
@@ -61,11 +74,11 @@ def gradients(fn, arrays, watch, on: bool, seed_shape_rng=None):
 
 
 def assert_fused_matches(fn, arrays, watch, dtype, expect_fused=True):
-    before = _fusion.STATS["runs"]
+    before = fused_runs()
     fused = gradients(fn, arrays, watch, True)
-    used = _fusion.STATS["runs"] - before
+    used = fused_runs() - before
     plain = gradients(fn, arrays, watch, False)
-    assert _fusion.STATS["runs"] - before == used, "fusion ran although gt.config.fusion is False"
+    assert fused_runs() - before == used, "fusion ran although gt.config.fusion is False"
     if expect_fused:
         assert used > 0, "no fused kernel ran"
     for k, (a, b) in enumerate(zip(fused, plain)):
@@ -194,7 +207,8 @@ def test_large_arrays_run_block_by_block(backend, case):
     """More elements than one block: flat blocks, leading-axis blocks for strided and
     broadcast operands, bool scratch and scalar parameters."""
     rng = np.random.default_rng(7)
-    n = _codegen_numpy_program.BLOCK * 3 + 123
+    with extend.cpu_thresholds() as cpu:
+        n = cpu["block"] * 3 + 123
     if case == "flat":
         arrays = [rng.uniform(-1, 1, n).astype("float32"), rng.uniform(0.5, 1, 1).astype("float32")]
     elif case == "transposed":
@@ -221,10 +235,11 @@ def test_fused_run_is_one_kernel_for_the_benchmark_chain():
         h = gt.cos(gt.sin(gt.exp(gt.tanh(x))))
         h = (h * x + 1.0)
         y = gt.sum(h * h * 0.5)
-    before = dict(_fusion.STATS)
+    before = extend.fusion_stats()
     tape.gradient(y, x)
-    assert _fusion.STATS["runs"] - before["runs"] == 1
-    assert _fusion.STATS["records"] - before["records"] == 8
+    after = extend.fusion_stats()
+    assert after["runs"] - before["runs"] == 1
+    assert after["records"] - before["records"] == 8
 
 
 def test_intermediate_targets_and_sources_are_materialized():
@@ -297,9 +312,9 @@ def test_second_derivatives_with_an_outer_tape_are_exact():
                 with gt.GradientTape() as inner:
                     inner.watch(x)
                     y = gt.sum(gt.tanh(x) * x)
-                before = _fusion.STATS["runs"]
+                before = fused_runs()
                 g = inner.gradient(y, x)          # recorded by outer: differentiable route
-                assert _fusion.STATS["runs"] == before, "a recorded backward went through a kernel"
+                assert fused_runs() == before, "a recorded backward went through a kernel"
             h = outer.gradient(g, x)              # first order over the recorded backward
             t = np.tanh(xs)
             np.testing.assert_allclose(g.numpy(), t + xs * (1 - t * t), rtol=1e-14)
@@ -308,17 +323,15 @@ def test_second_derivatives_with_an_outer_tape_are_exact():
 
 
 def test_no_fusion_under_vmap_or_jvp_transforms():
-    from gradtape._src.autodiff.state import STATE
-
     x = gt.tensor(np.linspace(-1, 1, 5))
     STATE.transforms += 1
     try:
         with gt.GradientTape() as tape:
             tape.watch(x)
             y = gt.sum(gt.sin(gt.tanh(x)))
-        before = _fusion.STATS["runs"]
+        before = fused_runs()
         g = tape.gradient(y, x)
-        assert _fusion.STATS["runs"] == before
+        assert fused_runs() == before
         assert isinstance(g, gt.Tensor)
     finally:
         STATE.transforms -= 1
@@ -347,20 +360,41 @@ def test_numpy_program_reuses_scratch_and_keeps_output_roots_alive():
         s = (a * a * a - c) * 0.7
         return s * a + s * (a * a)
     assert_fused_matches(fn, [a, c], [0, 1], "float64")
-    prog = next(p for p in _codegen_numpy_program._numpy_programs.values() if p.n_float)
-    assert prog.n_float <= 8
+    # The run's program, built from its members: leaves 0 gy, 1 a, 2 a*a, 3 the 0.7, 4 s,
+    # 5 a*a (the second), 6 w (the loss weights); outputs 0 (a's gradient), 1 (c's).
+    mul, sub, add = extend.get("mul"), extend.get("sub"), extend.get("add")
+    members = [(mul, (1, 1), None, (), (("o", 0), ("o", 0))),     # t1 = a * a
+               (mul, (2, 1), None, (), (("m", 0), ("o", 0))),     # t2 = t1 * a
+               (sub, (None, None), None, (), (("m", 1), ("o", 1))),  # t3 = t2 - c
+               (mul, (None, 3), None, (), (("m", 2), None)),      # s = t3 * 0.7
+               (mul, (4, 1), None, (), (("m", 3), ("o", 0))),     # t4 = s * a
+               (mul, (1, 1), None, (), (("o", 0), ("o", 0))),     # t5 = a * a
+               (mul, (4, 5), None, (), (("m", 3), ("m", 5))),     # t6 = s * t5
+               (add, (None, None), None, (), (("m", 4), ("m", 6))),  # out = t4 + t6
+               (mul, (None, 6), None, (), (("m", 7), None))]      # out * w
+    graph = _codegen_graph.backward_graph(members, ("f",) * 7, 0, 2)
+    prog = _codegen_numpy_program.NumpyProgram(graph, (False, False), np.dtype(np.float64))
+    assert 0 < prog.n_float <= 8
+    w = np.linspace(-1.5, 1.0, a.size).reshape(a.shape)
+    s = (a * a * a - c) * 0.7
+    leaves = [np.ones_like(a), a, a * a, np.asarray(0.7), s, a * a, w]
+    outs = [np.empty_like(a), np.empty_like(a)]
+    _codegen_numpy_program.run_numpy(prog, leaves, [], outs, a.shape, np.dtype(np.float64))
+    ds = 2.1 * a * a
+    np.testing.assert_allclose(outs[0], w * (s + a * ds + 2 * a * s + a * a * ds), rtol=1e-12)
+    np.testing.assert_allclose(outs[1], w * -0.7 * (a + a * a), rtol=1e-12)
 
 
 def test_env_var_turns_fusion_off():
     code = ("import numpy as np, gradtape as gt\n"
-            "from gradtape._src.autodiff import fusion as _fusion\n"
+            "from gradtape import extend\n"
             "assert gt.config.fusion is False, gt.config\n"
             "x = gt.tensor(np.ones(4))\n"
             "with gt.GradientTape() as t:\n"
             "    t.watch(x)\n"
             "    y = gt.sum(gt.tanh(gt.exp(x)))\n"
             "t.gradient(y, x)\n"
-            "assert _fusion.STATS['runs'] == 0, _fusion.STATS\n"
+            "assert extend.fusion_stats()['runs'] == 0, extend.fusion_stats()\n"
             "print('ok')\n")
     env = dict(os.environ, GRADTAPE_FUSION="0", PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -371,9 +405,7 @@ def test_env_var_turns_fusion_off():
 def test_cuda_kernel_sources_for_the_cupy_route():
     """What the CuPy route would build, checked without a device: write and accumulate
     variants, typed float literals, float16 widened and narrowed, safe products."""
-    from gradtape.ops.elementwise import P_DIV
-
-    member = (P_DIV, (1, 2), 3, (), (("o", 0), ("o", 1)))
+    member = (extend.get("div"), (1, 2), 3, (), (("o", 0), ("o", 1)))
     g = _codegen_graph.backward_graph([member], ("f", "f", "f", "f"), 0, 2)
     k = _codegen_cuda.render_cuda(g, ("float16",) * 4, "float16", (False, True))
     ins, outs = k.signature()
@@ -387,10 +419,9 @@ def test_cuda_kernel_sources_for_the_cupy_route():
     assert k.name != k64.name
 
 
-def test_small_runs_stay_unfused_by_default(monkeypatch):
+def test_small_runs_stay_unfused_by_default(default_thresholds):
     """On small arrays a kernel costs more than the per-record route until the run is long:
     short chains are not fused, long ones are, and large arrays fuse from 3 members."""
-    monkeypatch.undo()  # the default thresholds, not the autouse override
 
     def runs_for(n: int, size: int) -> int:
         x = gt.tensor(np.linspace(-1, 1, size, dtype=np.float32))
@@ -399,12 +430,45 @@ def test_small_runs_stay_unfused_by_default(monkeypatch):
             h = x
             for i in range(n):
                 h = gt.tanh(h) if i % 2 else gt.sin(h)
-        before = _fusion.STATS["runs"]
+        before = fused_runs()
         tape.gradient(h, x)
-        return _fusion.STATS["runs"] - before
+        return fused_runs() - before
 
-    small = _fusion.MIN_RUN_BY_SIZE[0][1]
-    assert runs_for(small - 1, 16) == 0
-    assert runs_for(small, 16) == 1
-    assert runs_for(_fusion.MIN_SMALL_RUN, 1 << 15) == 1
-    assert runs_for(_fusion.MIN_SMALL_RUN - 1, 1 << 15) == 0
+    min_run, by_size = default_thresholds["min_run"], default_thresholds["min_run_by_size"]
+    assert by_size, "no size thresholds by default"
+    with extend.fusion_thresholds(**default_thresholds):
+        small = by_size[0][1]
+        assert runs_for(small - 1, 16) == 0
+        assert runs_for(small, 16) == 1
+        assert runs_for(min_run, 1 << 15) == 1
+        assert runs_for(min_run - 1, 1 << 15) == 0
+
+
+# --------------------------------------------------------------------------- fusion_thresholds
+def test_fusion_thresholds_set_and_restore(default_thresholds):
+    with extend.fusion_thresholds() as now:  # the autouse fixture's setting
+        assert now == {"min_run": default_thresholds["min_run"], "min_run_by_size": ()}
+    with extend.fusion_thresholds(min_run=5, min_run_by_size=[(10, 7), (100, 6)]) as inner:
+        assert inner == {"min_run": 5, "min_run_by_size": ((10, 7), (100, 6))}
+    with pytest.raises(RuntimeError, match="inside"), extend.fusion_thresholds(min_run=9):
+        raise RuntimeError("inside")
+    with extend.fusion_thresholds() as after:  # restored on exit, also after an error
+        assert after == now
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"min_run": 0}, ValueError, "min_run must be >= 1"),
+    ({"min_run": 2.0}, TypeError, "min_run must be an int"),
+    ({"min_run_by_size": 5}, TypeError, "sequence of"),
+    ({"min_run_by_size": [(10,)]}, TypeError, r"min_run_by_size\[0\] must be a \(limit, n\)"),
+    ({"min_run_by_size": [(10, 0)]}, ValueError, r"min_run_by_size\[0\] n must be >= 1"),
+    ({"min_run_by_size": [(-1, 3)]}, ValueError, r"limit must be >= 0"),
+    ({"min_run_by_size": [(10, 5), (10, 3)]}, ValueError, "must increase"),
+])
+def test_fusion_thresholds_reject_bad_values(kwargs, error, match):
+    with extend.fusion_thresholds() as before:
+        pass
+    with pytest.raises(error, match=match), extend.fusion_thresholds(**kwargs):
+        pytest.fail("the block must not run")  # pragma: no cover
+    with extend.fusion_thresholds() as now:
+        assert now == before  # nothing was changed

@@ -77,6 +77,10 @@ def imports_of(mod: str, path: Path) -> list[tuple[str, int, bool, str]]:
 
     def walk(node: ast.AST, in_func: bool) -> None:
         for ch in ast.iter_child_nodes(node):
+            if _type_checking_block(ch):  # imports for annotations only: no runtime edge
+                for other in ch.orelse:
+                    walk(ast.Module(body=[other], type_ignores=[]), in_func)
+                continue
             inner = in_func or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             targets: list[str] = []
             if isinstance(ch, ast.ImportFrom):
@@ -91,6 +95,15 @@ def imports_of(mod: str, path: Path) -> list[tuple[str, int, bool, str]]:
 
     walk(ast.parse(text), False)
     return out
+
+
+def _type_checking_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): its imports never run."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 EDGES = {m: imports_of(m, p) for m, p in MODULES.items()}
@@ -164,6 +177,16 @@ def test_the_checks_see_a_violation(tmp_path, monkeypatch):
     edges = imports_of("gradtape._src.errors", fake / "errors.py")
     assert [(t, inner) for t, _, inner, _ in edges] == [("gradtape.ops", False), ("gradtape.nn", True)]
     assert layer_of("gradtape.ops") > layer_of("gradtape._src.errors")
+
+
+def test_imports_for_type_checking_only_are_no_edges(tmp_path):
+    """``if TYPE_CHECKING:`` imports never run, so they may name a higher layer (annotations)."""
+    fake = tmp_path / "gradtape" / "_src"
+    fake.mkdir(parents=True)
+    (fake / "errors.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                                    "    from ..ops import add\nelse:\n    from .. import nn\n")
+    edges = imports_of("gradtape._src.errors", fake / "errors.py")
+    assert [t for t, *_ in edges] == ["gradtape.nn"]
 
 
 @pytest.mark.parametrize("name", ["ARCHITECTURE.md"])

@@ -1,11 +1,14 @@
 """What a tape keeps alive: only ops touching watched tensors are recorded, each record keeps
 only what its VJP reads, a non-persistent tape frees as its backward pass goes, and a dropped
 or reset tape frees everything by reference counting alone (no cycles: checked with the
-garbage collector disabled)."""
+garbage collector disabled). Checked through the public API: ``tape.recorded_ops()``,
+``tape.saved_bytes()``, weak references to the arrays, and ``tracemalloc`` (which traces
+NumPy's buffers) where the kept arrays are the backward pass's own intermediates."""
 
 from __future__ import annotations
 
 import gc
+import tracemalloc
 import weakref
 from contextlib import contextmanager
 
@@ -34,6 +37,18 @@ def gc_disabled():
             gc.enable()
 
 
+@contextmanager
+def traced_bytes():
+    """``held()`` gives the bytes allocated inside the block and still alive (NumPy buffers
+    included: NumPy reports them to tracemalloc)."""
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        yield lambda: tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.fixture(params=[True, False], ids=["fusion", "nofusion"])
 def fusion(request):
     old = gt.config.fusion
@@ -47,7 +62,7 @@ def test_ops_on_unwatched_tensors_are_not_recorded():
     with gt.GradientTape() as tape:
         y = gt.tanh(a) * b + gt.exp(b)
         z = gt.sum(y)
-    assert tape._records == []
+    assert tape.recorded_ops() == ()
     assert tape.saved_bytes() == 0
     assert tape.gradient(z, a) is None
 
@@ -57,9 +72,12 @@ def test_tanh_saves_only_its_output():
     with gt.GradientTape() as tape:
         tape.watch(x)
         y = gt.tanh(x)
-    rec, = tape._records
-    assert rec.inputs == (None,) and rec.output is y
+    assert tape.recorded_ops() == ("tanh",)
     assert tape.saved_bytes() == y.data.nbytes == N * 8
+    # the one saved array is the output: it outlives the user's y, the input does not
+    refs = {"x": weakref.ref(x.data), "y": weakref.ref(y.data)}
+    del x, y
+    assert [name for name, r in refs.items() if r() is not None] == ["y"]
 
 
 def test_add_saves_nothing():
@@ -68,7 +86,7 @@ def test_add_saves_nothing():
         tape.watch(x)
         x + c
         x + 1.0
-    assert len(tape._records) == 2
+    assert tape.recorded_ops() == ("add", "add")
     assert tape.saved_bytes() == 0
 
 
@@ -77,10 +95,12 @@ def test_mul_saves_only_the_other_operand():
     with gt.GradientTape() as tape:
         tape.watch(x)
         y = x * c   # d/dx needs c only
-    rec, = tape._records
-    assert rec.inputs[0] is None and rec.inputs[1] is c and rec.output is None
+    assert tape.recorded_ops() == ("mul",)
     assert tape.saved_bytes() == c.data.nbytes
-    del y
+    # the one saved array is c: neither x nor the output outlives the user's references
+    refs = {"x": weakref.ref(x.data), "c": weakref.ref(c.data), "y": weakref.ref(y.data)}
+    del x, c, y
+    assert [name for name, r in refs.items() if r() is not None] == ["c"]
 
 
 def test_saved_arrays_counted_once():
@@ -131,7 +151,7 @@ def test_non_persistent_tape_releases_during_backward(fusion):
     g = tape.gradient(loss, x)
     assert seen["alive_during_backward"] == []
     assert all(r() is None for r in refs.values())
-    assert tape._records == [] and tape.saved_bytes() == 0
+    assert tape.recorded_ops() == () and tape.saved_bytes() == 0
     s = np.sin(np.tanh(0.5))
     np.testing.assert_allclose(g.numpy(), np.exp(s) * np.cos(np.tanh(0.5)) * (1 - np.tanh(0.5) ** 2))
 
@@ -146,42 +166,47 @@ def test_persistent_tape_keeps_records_after_gradient():
     assert before == N * 8 and tape.saved_bytes() == before
 
 
-def _record_refs(tape, keep=()):
-    """Weak references to what the records keep: saved arrays (but the user's own ``keep``
-    tensors), custom-gradient closures."""
-    kept = {id(t.data) for t in keep}
-    refs = [weakref.ref(arr) for r in tape._records for arr in r.saved_arrays() if id(arr) not in kept]
-    refs += [weakref.ref(r.prim) for r in tape._records if r.prim.name == "sq"]
-    assert refs
-    return refs
+def _saved_refs(tape, saved):
+    """Weak references to the arrays of ``saved``, the tensors whose arrays the tape's records
+    keep: checked to be all of them against ``tape.saved_bytes()``."""
+    arrays = list({id(t.data): t.data for t in saved}.values())
+    assert arrays and tape.saved_bytes() == sum(a.nbytes for a in arrays)
+    return [weakref.ref(a) for a in arrays]
 
 
 def _build(tape, x):
+    """Record ``sum(sin(sq(tanh(x))) * tanh(x))`` on ``tape`` (``sq`` has a custom gradient).
+    Returns the tensors whose arrays the records keep (tanh's output, sin's input, mul's
+    operands: ``a, b, s``), the loss, and a weak reference to ``sq``'s gradient closure."""
+    closures = []
+
     @gt.custom_gradient
     def sq(v):
         def grad(dy):
             return dy * 2.0 * v
 
+        closures.append(weakref.ref(grad))
         return v * v, grad
 
     with tape:
         tape.watch(x)
         a = gt.tanh(x)
         b = sq(a)
-        loss = gt.sum(gt.sin(b) * a)
-    return a, b, loss
+        s = gt.sin(b)
+        loss = gt.sum(s * a)
+    assert tape.recorded_ops() == ("tanh", "sq", "sin", "mul", "sum")
+    return (a, b, s), loss, closures[0]
 
 
 def test_dropped_persistent_tape_frees_everything_without_gc(fusion):
     x = vec()
     with gc_disabled():
         tape = gt.GradientTape(persistent=True)
-        a, b, loss = _build(tape, x)
+        (a, b, s), loss, grad_ref = _build(tape, x)
         tape.gradient(loss, x)
         tape.gradient(loss, [x, a])
-        refs = [weakref.ref(tape), weakref.ref(a.data), weakref.ref(b.data), weakref.ref(a),
-                *_record_refs(tape, keep=[x])]
-        del a, b, loss
+        refs = [weakref.ref(tape), weakref.ref(a), grad_ref, *_saved_refs(tape, [a, b, s])]
+        del a, b, s, loss
         assert all(r() is not None for r in refs)
         del tape
         alive = [i for i, r in enumerate(refs) if r() is not None]
@@ -189,17 +214,31 @@ def test_dropped_persistent_tape_frees_everything_without_gc(fusion):
 
 
 def test_dropped_persistent_tape_with_recorded_backward_frees_without_gc():
-    x = gt.tensor(np.full(4, 0.5))
-    with gc_disabled():
-        tape = gt.GradientTape(persistent=True)
+    """The records of the recorded backward keep its own intermediates, which the user never
+    sees: that they are freed is measured with tracemalloc."""
+    x = gt.tensor(np.full(1 << 14, 0.5))
+    nbytes = x.data.nbytes
+
+    def run(tape):
         with tape:
             tape.watch(x)
             y = gt.sum(gt.tanh(x) * x)
             g = tape.gradient(y, x)   # recorded: the backward's ops are on the tape too
         tape.gradient(g, x)
-        refs = [weakref.ref(tape), weakref.ref(g), *_record_refs(tape, keep=[x])]
+        return y, g
+
+    run(gt.GradientTape(persistent=True))  # warm up: caches filled before measuring
+    with gc_disabled(), traced_bytes() as held:
+        tape = gt.GradientTape(persistent=True)
+        y, g = run(tape)
+        ops = tape.recorded_ops()
+        assert ops[:3] == ("tanh", "mul", "sum") and len(ops) > 3  # the backward's ops too
+        saved = tape.saved_bytes()
+        assert saved >= 3 * nbytes and held() >= saved - nbytes  # all but x allocated here
+        refs = [weakref.ref(tape), weakref.ref(g)]
         del tape, y, g
         assert [i for i, r in enumerate(refs) if r() is not None] == []
+        assert held() < nbytes // 2  # not one of the saved arrays is left
 
 
 def test_reset_frees_records_without_gc():
@@ -209,11 +248,12 @@ def test_reset_frees_records_without_gc():
             tape.watch(x)
             a = gt.tanh(x)
             b = gt.sin(a)
-            refs = [weakref.ref(a.data), *_record_refs(tape, keep=[x])]
+            assert tape.recorded_ops() == ("tanh", "sin")
+            refs = _saved_refs(tape, [a])  # tanh's output is sin's input
             del a, b
             assert all(r() is not None for r in refs)
             tape.reset()
-            assert tape._records == [] and tape.saved_bytes() == 0
+            assert tape.recorded_ops() == () and tape.saved_bytes() == 0
             assert [i for i, r in enumerate(refs) if r() is not None] == []
 
 
@@ -221,9 +261,10 @@ def test_non_persistent_tape_frees_without_gc():
     x = vec()
     with gc_disabled():
         tape = gt.GradientTape()
-        a, b, loss = _build(tape, x)
-        refs = [weakref.ref(a.data), weakref.ref(b.data), *_record_refs(tape, keep=[x])]
-        del a, b
+        (a, b, s), loss, grad_ref = _build(tape, x)
+        refs = [grad_ref, *_saved_refs(tape, [a, b, s])]
+        del a, b, s
+        assert all(r() is not None for r in refs)  # the tape keeps them until its backward
         tape.gradient(loss, x)
         assert [i for i, r in enumerate(refs) if r() is not None] == []
         ref_tape = weakref.ref(tape)

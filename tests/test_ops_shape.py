@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._src.primitive import REGISTRY
+from gradtape.extend import REGISTRY
 from gradtape.testing import check_grads
 
 DTYPES = [np.float32, np.float64]

@@ -1,4 +1,4 @@
-"""Registry-driven tests: every primitive in ``gradtape._primitive.REGISTRY`` is checked.
+"""Registry-driven tests: every primitive in ``gradtape.extend.REGISTRY`` is checked.
 
 * elementwise primitives: inputs from their declared ``domains`` over several shapes
   (broadcasting pairs, 0-d, empty); forward against a NumPy float64 reference; gradients with
@@ -9,8 +9,10 @@
   float32 forward/dtype check.
 * non-differentiable primitives: gradients through them are None (unconnected), and the
   "raise" explanation names them.
-* completeness: every op of API.md's "Operations" section is a public ``gt.<name>`` function
-  covered by one of the above; every registry primitive is covered by some test.
+* completeness: the "Operations" section of docs/api.md lists exactly the public ops, each a
+  ``gt.<name>`` function covered by one of the above; every registry primitive is covered by
+  some test; every public name of ``gradtape``, ``gradtape.nn``, ``gradtape.optimizers``,
+  ``gradtape.testing`` has its entry in docs/api.md.
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._src import nest as _nest
-from gradtape._src.codegen import arrays as _codegen_arrays
-from gradtape._src.primitive import REGISTRY, Domain, Primitive
-from gradtape._src.rules import ON_NUMPY
+from gradtape.extend import REGISTRY, Domain, Primitive
 from gradtape.testing import check_grads
+
+ROOT = Path(__file__).resolve().parents[1]
+API_DOC = ROOT / "docs" / "api.md"
+
+with gt.use_backend("numpy") as NUMPY:  # the NumPy Backend object, for Primitive.array_vjp
+    pass
+
+
+def _leaves(tree) -> list:
+    """The leaves of nested lists, tuples and dicts, in order."""
+    if isinstance(tree, (list, tuple)):
+        return [leaf for item in tree for leaf in _leaves(item)]
+    if isinstance(tree, dict):
+        return [leaf for key in tree for leaf in _leaves(tree[key])]
+    return [tree]
 
 # Import every gradtape module so that all primitives are registered (nn, transforms, ...);
 # the runnable examples declare none and pull in heavy dependencies. A module that fails to
@@ -315,7 +329,8 @@ def test_mixed_chains_fused_equals_unfused(case):
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_derivative_expressions_match_forward_differences(name):
-    """Each ``d=`` expression, evaluated on its own, against central differences of ``impl``."""
+    """Each ``d=`` expression, rendered on NumPy arrays (``array_vjp`` with a unit upstream
+    gradient), against central differences of ``impl``."""
     prim = PRIMS[name]
     if name not in REFERENCES:
         pytest.fail(f"no reference for {name!r}")
@@ -323,7 +338,6 @@ def test_derivative_expressions_match_forward_differences(name):
     rng = np.random.default_rng(_seed(name, "expr"))
     xs = _inputs(name, [(7,)] * len(prim.arg_names), rng)
     y = prim.impl(np, *xs, **params)
-    values = dict(zip(prim.arg_names, xs), y=y, **params)
     h = 1e-6
     for i, (arg, expr) in enumerate(zip(prim.arg_names, prim.derivatives)):
         if xs[i].dtype.kind != "f":
@@ -333,7 +347,9 @@ def test_derivative_expressions_match_forward_differences(name):
         plus[i] = xs[i] + h
         minus[i] = xs[i] - h
         numeric = (prim.impl(np, *plus, **params) - prim.impl(np, *minus, **params)) / (2 * h)
-        d = np.broadcast_to(_codegen_arrays.evaluate_numpy(expr, values), numeric.shape)
+        d = prim.array_vjp(i, NUMPY)(np.ones(numeric.shape), *xs, y,
+                                     *[params[k] for k in prim.param_names])
+        d = np.broadcast_to(d, numeric.shape)
         np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-7,
                                    err_msg=f"{name}: d/d{arg} = {expr.source!r}")
 
@@ -391,7 +407,9 @@ def test_rules_have_examples():
 def test_rule_on_arrays_matches_rule_on_tensors(name):
     """A VJP rule rendered on backend arrays (the first-order route) equals its gradtape-op
     rendering (the differentiable one) on every example, for every combination of which
-    inputs need a gradient."""
+    inputs need a gradient. One persistent tape is differentiated twice with the same upstream
+    gradients: plainly (first order: the array rendering) and inside a recording tape (the
+    backward is then recorded: the gradtape-op rendering)."""
     prim = PRIMS[name]
     rng = np.random.default_rng(_seed(name, "array_rule"))
     checked = 0
@@ -400,38 +418,29 @@ def test_rule_on_arrays_matches_rule_on_tensors(name):
     for i, fn, args, kwargs, dt in cases:
         a64 = _cast_args(args, dt)
         tol = 1e-12 if dt == np.float64 else 1e-5
-        floats = [t for t in _nest.flatten(list(a64))[0]
-                  if isinstance(t, gt.Tensor) and t.dtype == dt]
+        floats = [t for t in _leaves(list(a64)) if isinstance(t, gt.Tensor) and t.dtype == dt]
         for drop in [None, *range(len(floats))]:  # all watched, then one left out at a time
             watched = [t for k, t in enumerate(floats) if k != drop]
             if not watched:
                 continue
             with gt.GradientTape(persistent=True) as tape:
                 tape.watch(watched)
-                fn(*a64, **(kwargs or {}))
-            for rec in [r for r in tape._records if r.prim is prim]:
-                zeros = [np.zeros(s, d) for s, d in zip(rec.in_shapes, rec.in_dtypes)]
-                out_shape = np.shape(prim.impl(np, *zeros, **rec.params))
-                g = rng.standard_normal(out_shape).astype(np.result_type(*rec.in_dtypes))
-                fast = prim.rule(ON_NUMPY, rec, g)
-                slow = prim.vjp(rec, gt.tensor(g))
-                assert len(fast) == len(slow) == len(rec.in_ids)
-                for k, (f, sl) in enumerate(zip(fast, slow)):
-                    if not rec.needs[k]:
-                        continue
-                    where = f"primitive {name!r}, example {_case_id(fn, i)}, input {k}"
-                    assert f is not None and sl is not None, where
-                    shape = rec.in_shapes[k]
-                    f = np.asarray(f)
-                    f = f.sum(axis=tuple(range(f.ndim - len(shape)))) if f.ndim > len(shape) else f
-                    sl = sl.numpy()
-                    sl = sl.sum(axis=tuple(range(sl.ndim - len(shape)))) if sl.ndim > len(shape) else sl
-                    axes = tuple(j for j, n in enumerate(shape) if n == 1 and f.shape[j] != 1)
-                    f = f.sum(axis=axes, keepdims=True) if axes else f
-                    axes = tuple(j for j, n in enumerate(shape) if n == 1 and sl.shape[j] != 1)
-                    sl = sl.sum(axis=axes, keepdims=True) if axes else sl
-                    np.testing.assert_allclose(f, sl, rtol=tol, atol=tol, err_msg=where)
-                    checked += 1
+                outs = _float_outputs(fn(*a64, **(kwargs or {})))
+            if prim.name not in tape.recorded_ops() or not outs:
+                continue
+            us = [gt.tensor(rng.standard_normal(o.shape).astype(o.dtype)) for o in outs]
+            fast = tape.gradient(outs, watched, output_gradients=us)
+            with gt.GradientTape():  # a recording tape: the backward runs in gradtape ops
+                slow = tape.gradient(outs, watched, output_gradients=us)
+            for k, (f, sl) in enumerate(zip(fast, slow)):
+                where = (f"primitive {name!r}, example {_case_id(fn, i)}, {np.dtype(dt)}, "
+                         f"watched source {k}")
+                assert (f is None) == (sl is None), where
+                if f is None:
+                    continue
+                assert f.dtype == sl.dtype and f.shape == sl.shape, where
+                np.testing.assert_allclose(f.numpy(), sl.numpy(), rtol=tol, atol=tol, err_msg=where)
+                checked += 1
     assert checked, f"{name}: no example exercised the array rule"
 
 
@@ -446,7 +455,7 @@ def _cast_args(args: tuple, dtype: type) -> tuple:
 
 
 def _float_outputs(out) -> list:
-    leaves, _ = _nest.flatten(out)
+    leaves = _leaves(out)
     return [t for t in leaves if isinstance(t, gt.Tensor) and t.dtype.kind == "f"]
 
 
@@ -457,7 +466,7 @@ def test_examples_float32_forward_and_dtype(name):
         a64 = _cast_args(args, np.float64)
         a32 = _cast_args(args, np.float32)
         outs64 = _float_outputs(fn(*a64, **(kwargs or {})))
-        srcs = [t for t in _nest.flatten(list(a32))[0]
+        srcs = [t for t in _leaves(list(a32))
                 if isinstance(t, gt.Tensor) and t.dtype == np.float32]
         with gt.GradientTape() as tape:
             tape.watch(srcs)
@@ -550,25 +559,15 @@ def test_safe_mul_zero_times_inf_is_zero():
 
 
 # --------------------------------------------------------------------------- completeness
-# The op names of API.md's "Operations" section (elementwise, reductions, linear algebra, shape),
-# "(nd)" stripped. Kept identical to the file when it is present (asserted below), so the test
-# still runs where /work/shared is not beside the clone.
-API_OPS_EMBEDDED = {
-    "elementwise": "add sub mul div neg pow exp log log1p expm1 sqrt rsqrt square abs sign sin "
-                   "cos tan tanh sinh cosh arcsin arccos arctan sigmoid relu leaky_relu elu gelu "
-                   "softplus silu erf maximum minimum clip where",
-    "reductions": "sum mean prod max min logsumexp var std norm argmax",
-    "linear algebra": "matmul dot einsum outer",
-    "shape": "reshape transpose swapaxes expand_dims squeeze broadcast_to concat stack split pad "
-             "flip tile repeat take gather",
-}
-API_PATH = Path(__file__).resolve().parents[2] / "shared" / "API.md"
+# Public ops documented in docs/api.md outside its "Operations" section (name -> section).
+DOCUMENTED_ELSEWHERE = {"stop_gradient": "Control over gradients"}
 
-# Public functions of API.md that are not primitives themselves but are built from others
+# Public ops of docs/api.md that are not primitives themselves but are built from others
 # (API name -> the primitive it reduces to). Each gets its own check_grads cases and a NumPy
 # forward reference in _wrapper_cases.
 WRAPPERS = {"gather": "getitem", "take": "getitem", "split": "getitem",
-            "swapaxes": "transpose", "expand_dims": "reshape", "squeeze": "reshape"}
+            "swapaxes": "transpose", "moveaxis": "transpose", "expand_dims": "reshape",
+            "squeeze": "reshape"}
 
 
 def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
@@ -588,6 +587,8 @@ def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
                   (gt.split, (x, [1, 2]), {"axis": 1}, lambda x, n: np.split(x, n, axis=1))],
         "swapaxes": [(gt.swapaxes, (y, 0, 2), {}, np.swapaxes),
                      (gt.swapaxes, (y, -1, 1), {}, np.swapaxes)],
+        "moveaxis": [(gt.moveaxis, (y, 0, -1), {}, np.moveaxis),
+                     (gt.moveaxis, (y, [0, 2], [1, 0]), {}, np.moveaxis)],
         "expand_dims": [(gt.expand_dims, (x, 1), {}, np.expand_dims),
                         (gt.expand_dims, (x, (0, -1)), {}, np.expand_dims)],
         "squeeze": [(gt.squeeze, (y,), {}, np.squeeze),
@@ -603,31 +604,93 @@ ALLOWED_WITHOUT_EXAMPLES = {
 }
 
 
-def _parse_api_ops(text: str) -> dict[str, list[str]]:
-    m = re.search(r"^## Operations.*?$(.*?)^## ", text, re.S | re.M)
-    assert m, "API.md has no '## Operations' section"
-    section = m.group(1)
-    out = {}
-    for family in API_OPS_EMBEDDED:
-        f = re.search(rf"^{family}: `([^`]*)`", section, re.M)
-        assert f, f"API.md's Operations section has no '{family}:' line"
-        out[family] = [w.replace("(nd)", "") for w in f.group(1).split()]
-    return out
+def _api_doc() -> str:
+    assert API_DOC.is_file(), f"{API_DOC} is missing: the API reference lives in the repository"
+    return API_DOC.read_text(encoding="utf-8")
+
+
+def _section(text: str, title: str) -> str:
+    """The body of docs/api.md's ``## <title>`` section (up to the next ``## `` heading)."""
+    m = re.search(rf"^## {re.escape(title)}[ \t]*$(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert m, f"docs/api.md has no '## {title}' section"
+    return m.group(1)
+
+
+def _entries(text: str) -> set[str]:
+    """Names that have their own entry: a heading ``### `name``` (``####`` for fields)."""
+    return set(re.findall(r"^#{3,4} `([A-Za-z_]\w*)`[ \t]*$", text, re.M))
 
 
 def _api_ops() -> dict[str, list[str]]:
-    embedded = {k: v.split() for k, v in API_OPS_EMBEDDED.items()}
-    if API_PATH.exists():
-        parsed = _parse_api_ops(API_PATH.read_text())
-        assert parsed == embedded, ("tests/test_registry.py's API_OPS_EMBEDDED differs from "
-                                    f"{API_PATH}; update it: {parsed}")
-    return embedded
+    """The "Operations" section of docs/api.md: family heading (``### Reductions``) -> the
+    names of the ``### `name``` entries under it."""
+    families: dict[str, list[str]] = {}
+    family = None
+    for line in _section(_api_doc(), "Operations").splitlines():
+        entry = re.match(r"^### `([A-Za-z_]\w*)`[ \t]*$", line)
+        if entry:
+            assert family is not None, f"docs/api.md: op {entry.group(1)} before any family heading"
+            families[family].append(entry.group(1))
+        elif line.startswith("### "):
+            family = line[4:].strip()
+            families[family] = []
+    assert families, "docs/api.md's Operations section lists no family of ops"
+    empty = [f for f, names in families.items() if not names]
+    assert not empty, f"docs/api.md: Operations families with no op: {empty}"
+    return families
 
 
-def test_embedded_api_list_matches_api_md():
-    if not API_PATH.exists():
-        pytest.skip(f"{API_PATH} not present; the embedded list is used")
-    _api_ops()
+def _public_ops() -> set[str]:
+    """The names of ``gt.__all__`` that are operations (functions of ``gradtape.ops``)."""
+    return {n for n in gt.__all__
+            if getattr(getattr(gt, n), "__module__", "").startswith("gradtape.ops")}
+
+
+def test_api_doc_operations_are_exactly_the_public_ops():
+    documented = [op for names in _api_ops().values() for op in names]
+    twice = sorted({op for op in documented if documented.count(op) > 1})
+    assert not twice, f"docs/api.md lists these ops twice: {twice}"
+    expected = _public_ops() - set(DOCUMENTED_ELSEWHERE)
+    assert set(documented) == expected, (
+        f"docs/api.md's Operations section differs from the public ops: not documented there "
+        f"{sorted(expected - set(documented))}; documented but not public ops "
+        f"{sorted(set(documented) - expected)}")
+    for op, title in DOCUMENTED_ELSEWHERE.items():
+        assert op in _public_ops(), f"{op} is no longer a public op"
+        assert op in _entries(_section(_api_doc(), title)), f"docs/api.md: no entry for {op} in {title}"
+
+
+def _reexported(module, name: str) -> bool:
+    return getattr(gt, name, None) is getattr(module, name)
+
+
+def test_every_public_name_has_an_entry_in_api_doc():
+    """Each public name of gradtape (``__all__``), gradtape.nn (``__all__``; re-exported ``gt``
+    functions may be named in the section's text instead), gradtape.optimizers (``__all__``
+    and every public class) and gradtape.testing has its entry in docs/api.md, in its
+    module's section."""
+    from gradtape import nn, optimizers, testing
+
+    text = _api_doc()
+    top = text[:text.index("\n## gradtape.nn")] if "\n## gradtape.nn" in text else text
+    classes = {n for n, o in vars(optimizers).items()
+               if inspect.isclass(o) and not n.startswith("_") and o.__module__ == optimizers.__name__}
+    missing = {}
+    for label, names, body, mentioned_ok in (
+            ("gradtape", gt.__all__, top, lambda n: False),
+            ("gradtape.nn", nn.__all__, _section(text, "gradtape.nn"),
+             lambda n: _reexported(nn, n)),
+            ("gradtape.optimizers", sorted(set(optimizers.__all__) | classes),
+             _section(text, "gradtape.optimizers"), lambda n: False),
+            ("gradtape.testing", testing.__all__, _section(text, "gradtape.testing"),
+             lambda n: False)):
+        entries = _entries(body)
+        absent = [n for n in names if n not in entries
+                  and not (mentioned_ok(n) and f"`{n}`" in body)]
+        if absent:
+            missing[label] = absent
+    assert classes, "gradtape.optimizers defines no public class"
+    assert not missing, f"public names without an entry in docs/api.md: {missing}"
 
 
 def _covered_public_functions() -> set[int]:
@@ -653,7 +716,7 @@ def test_every_api_op_is_public_and_covered():
             continue
         uncovered.append(op)
     assert not missing and not uncovered, (
-        f"API.md ops that are not public gt functions: {missing}; public but covered by no "
+        f"docs/api.md ops that are not public gt functions: {missing}; public but covered by no "
         f"registry test (no elementwise entry, no examples= case using gt.<name>, no wrapper "
         f"case): {uncovered}")
 

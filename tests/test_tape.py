@@ -1,4 +1,4 @@
-"""GradientTape semantics (TF's tf.GradientTape, as API.md 'The tape' states them)."""
+"""GradientTape semantics (TF's tf.GradientTape, as docs/api.md 'The tape' states them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape._src.autodiff.state import STATE
 
 
 def f64(v):
@@ -47,7 +46,7 @@ def test_unwatched_tensor_gives_none():
     with gt.GradientTape() as tape:
         y = x * x
     assert tape.gradient(y, x) is None
-    assert tape._records == []
+    assert tape.recorded_ops() == ()
 
 
 def test_trainable_variables_watched_automatically_in_creation_order():
@@ -106,7 +105,7 @@ def test_variable_assign_is_not_recorded_and_reads_live_value():
         w.assign([3.0, 4.0])
         y = (w * w).sum()
     np.testing.assert_allclose(tape.gradient(y, w).numpy(), [6.0, 8.0])
-    assert len(tape._records) == 0  # dropped after the single call
+    assert tape.recorded_ops() == ()  # dropped after the single call
 
 
 # --------------------------------------------------------------------------- persistence
@@ -150,11 +149,15 @@ def test_non_persistent_gradient_inside_context_stops_recording():
         tape.watch(x)
         y = x * x
         g = tape.gradient(y, x)
-        assert tape not in STATE.recording
+        with pytest.raises(ValueError, match="not recording"):
+            with tape.stop_recording():
+                pass
         z = x * 5.0  # not recorded any more
-        assert tape._records == []
+        assert tape.recorded_ops() == ()
     assert float(g) == 4.0
-    assert tape not in STATE.recording
+    with pytest.raises(ValueError, match="not recording"):  # nor after the block
+        with tape.stop_recording():
+            pass
     del z
 
 
@@ -215,9 +218,10 @@ def test_stop_recording_pauses_and_resumes():
         tape.watch(x)
         with tape.stop_recording():
             z = x * 3.0
-        n_paused = len(tape._records)
+        n_paused = len(tape.recorded_ops())
         y = x * x
     assert n_paused == 0
+    assert tape.recorded_ops() == ("mul",)  # recording resumed after the block
     assert tape.gradient(z, x) is None
     assert float(tape.gradient(y, x)) == 4.0
 
@@ -240,9 +244,9 @@ def test_reset_inside_context_clears_records():
     with gt.GradientTape() as tape:
         tape.watch(x)
         y = x * x * w
-        assert len(tape._records) > 0
+        assert tape.recorded_ops() == ("mul", "mul")
         tape.reset()
-        assert tape._records == [] and tape.saved_bytes() == 0
+        assert tape.recorded_ops() == () and tape.saved_bytes() == 0
         assert tape.watched_variables() == ()
         assert tape.gradient(y, x) is None
     x2 = gt.tensor(3.0)
@@ -446,16 +450,21 @@ def test_tape_records_only_its_own_thread():
 
         def work():
             out["y"] = x * 3.0
-            out["recording_here"] = list(STATE.recording)
+            # no tape records this thread's ops: a tape entered here records, the main one not
+            with gt.GradientTape() as own:
+                own.watch(x)
+                out["own"] = x * 5.0
+            out["own_ops"] = own.recorded_ops()
 
         th = threading.Thread(target=work)
         th.start()
         th.join()
         z = x * 4.0
-    assert out["recording_here"] == []
+    assert out["own_ops"] == ("mul",)
     assert tape.gradient(out["y"], x) is None
+    assert tape.gradient(out["own"], x) is None
     assert float(tape.gradient(z, x)) == 4.0
-    assert len(tape._records) == 1
+    assert tape.recorded_ops() == ("mul",)
 
 
 def test_tape_in_other_thread_does_not_record_main_thread_ops():
@@ -470,7 +479,7 @@ def test_tape_in_other_thread_does_not_record_main_thread_ops():
             entered.set()
             release.wait(5)
             y = x * x
-        result["records"] = len(tape._records)
+        result["records"] = len(tape.recorded_ops())
         result["g"] = float(tape.gradient(y, x))
 
     th = threading.Thread(target=work)

@@ -96,8 +96,8 @@ def test_attributes(t, backend):
     assert t.shape == (2, 3) and t.ndim == 2 and t.size == 6
     assert t.dtype == np.float64
     assert t.backend == backend
-    xp = t._backend.xp
-    assert isinstance(t.data, xp.ndarray)
+    with gt.use_backend(t.backend) as tensor_backend:
+        assert isinstance(t.data, tensor_backend.xp.ndarray)
     np.testing.assert_array_equal(t.T.numpy(), A.T)
     assert t.T.shape == (3, 2)
 

@@ -4,11 +4,13 @@ and backend checks, dtype casts, name/trainable, copies on creation, snapshots f
 from __future__ import annotations
 
 import gc
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import gradtape as gt
+from gradtape import extend
 
 
 def test_variable_basics(backend):
@@ -93,8 +95,8 @@ def test_assign_is_never_recorded_on_a_tape():
         w.assign(x * 3.0)
         w.assign_add(x)
         w.assign_sub(gt.sum(x))
-        n_records = len(tape._records)
-    assert n_records == 2  # only x * 3 and sum(x), not the assigns
+        ops = tape.recorded_ops()
+    assert ops == ("mul", "sum")  # only x * 3 and sum(x), not the assigns
     assert tape.gradient(w, x) is None  # the variable's value is not a function of x
     np.testing.assert_allclose(w.numpy(), [1.0, 5.0])
 
@@ -140,39 +142,62 @@ def test_numpy_and_value_are_snapshots():
     np.testing.assert_array_equal(v.numpy(), [5.0, 5.0])
 
 
-def test_assign_from_another_backend_is_refused():
-    from gradtape._src.backend import Backend
-    from gradtape._src.tensor import _wrap
-
-    other = Backend("other", np, None, np.ndarray, (np.generic,))
-    v = gt.Variable([1.0, 2.0], name="w")
-    with pytest.raises(ValueError, match="'other'.*'numpy'"):
-        v.assign_add(_wrap(np.ones(2), other))
+# (An assign from another backend is refused: tests/test_backend.py, which can simulate one.)
 
 
-def test_snapshot_is_copy_on_write():
+@pytest.fixture
+def seen_by_vjp():
+    """``(prim, seen)``: ``extend.bind(prim, x)`` is ``x * x``; its VJP rule appends the array
+    it computes with (the record's saved input) to ``seen``. Removed from the registry after."""
+    seen = []
+
+    def rule(m, rec, g):
+        x = m.val(rec.inputs[0])
+        seen.append(x)
+        return (2 * g * x,)
+
+    prim = extend.primitive("_variable_square_probe", lambda xp, x: x * x, rule=rule)
+    yield prim, seen
+    extend.REGISTRY.pop("_variable_square_probe", None)
+
+
+def test_snapshot_is_copy_on_write(seen_by_vjp):
+    prim, seen = seen_by_vjp
     v = gt.Variable([1.0, 2.0])
-    snap = v._snapshot()
-    assert snap.data is v.data  # no copy while nothing writes
+    with gt.GradientTape() as tape:
+        y = extend.bind(prim, v)
+    tape.gradient(y, v)
+    assert seen.pop() is v.data  # no copy while nothing writes
+    with gt.GradientTape() as tape:
+        y = extend.bind(prim, v)
     old = v.data
     v.assign([7.0, 8.0])
     assert v.data is old  # the variable still writes in place
-    np.testing.assert_array_equal(snap.numpy(), [1.0, 2.0])  # the snapshot kept what it saw
     np.testing.assert_array_equal(v.numpy(), [7.0, 8.0])
     v.assign_add(1.0)
-    np.testing.assert_array_equal(snap.numpy(), [1.0, 2.0])
+    g = tape.gradient(y, v)
+    kept = seen.pop()
+    assert kept is not v.data
+    np.testing.assert_array_equal(kept, [1.0, 2.0])  # the record kept what the op saw
+    np.testing.assert_array_equal(g.numpy(), [2.0, 4.0])
 
 
 def test_no_copy_when_snapshots_are_gone():
-    v = gt.Variable([1.0, 2.0])
-    snap = v._snapshot()
-    del snap
+    v = gt.Variable(np.ones(1 << 15))  # float64: 256 KB
+    with gt.GradientTape() as tape:
+        y = v * v
+    del tape, y
     gc.collect()
-    v.assign([3.0, 4.0])  # nothing alive to protect: just the in-place write
-    assert v._snapshots == []
-    for _ in range(200):  # dead references are pruned, the list stays small
-        v._snapshot()
-    assert len(v._snapshots) <= 65
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        v.assign(np.zeros(1 << 15))  # nothing alive to protect: just the in-place write
+        copied = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert copied < v.data.nbytes // 2
+    # dead references are pruned: tests/test_variable_snapshot.py
+    # (test_snapshots_of_released_records_do_not_accumulate)
 
 
 def test_repr():

@@ -11,7 +11,8 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ import numpy as np
 from .errors import BackendUnavailableError
 
 __all__ = [
+    "Array",
+    "ArrayModule",
     "Backend",
     "BackendUnavailableError",
     "backend_name",
@@ -26,6 +29,12 @@ __all__ = [
     "set_backend",
     "use_backend",
 ]
+
+#: A backend array: a ``numpy.ndarray`` (or NumPy scalar) or a ``cupy.ndarray``. CuPy is optional
+#: and untyped, so the two cannot be named in one static type; ``Any`` it is, under this name.
+Array = Any
+#: The array module of a backend: ``numpy`` or ``cupy``.
+ArrayModule = ModuleType
 
 
 # --------------------------------------------------------------------------- erf for NumPy
@@ -47,7 +56,7 @@ _ERF_Q = (2.56852019228982242e00, 1.87295284992346725e00, 5.27905102951428412e-1
           6.05183413124413191e-2, 2.33520497626869185e-3)
 
 
-def _numpy_erf(x: Any, out: Any = None) -> Any:
+def _numpy_erf(x: Array, out: Array | None = None) -> Array:
     x = np.asarray(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     v = x.astype(np.float64)
@@ -110,18 +119,19 @@ class Backend:
 
     __slots__ = ("name", "xp", "erf", "ndarray", "scalar_types")
 
-    def __init__(self, name: str, xp: Any, erf: Any, ndarray: type, scalar_types: tuple) -> None:
+    def __init__(self, name: str, xp: ArrayModule, erf: Callable[..., Array], ndarray: type[Any],
+                 scalar_types: tuple[type, ...]) -> None:
         self.name = name
         self.xp = xp
         self.erf = erf
         self.ndarray = ndarray
         self.scalar_types = scalar_types
 
-    def owns(self, array: Any) -> bool:
+    def owns(self, array: object) -> bool:
         """True when ``array`` is an array (or NumPy scalar) of this backend."""
         return isinstance(array, self.ndarray) or isinstance(array, self.scalar_types)
 
-    def to_host(self, array: Any) -> np.ndarray:
+    def to_host(self, array: Array) -> np.ndarray:
         """Return ``array`` as a host ``numpy.ndarray``."""
         if self.name == "numpy":
             return np.asarray(array)
@@ -129,6 +139,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<gradtape backend {self.name}>"
+
+    def __reduce__(self) -> tuple:
+        # by name: a Backend holds its array module, which cannot be pickled; copy.copy and
+        # copy.deepcopy give the same (singleton) Backend back
+        return (backend_by_name, (self.name,))
 
 
 NUMPY = Backend("numpy", np, _numpy_erf, np.ndarray, (np.generic,))
@@ -189,7 +204,8 @@ def _probe_cupy_uncached() -> tuple[Backend | None, str]:
         status = getattr(exc, "status", None)
         if status == _NO_DEVICE_STATUS or "NoDevice" in str(exc):
             return None, f"CuPy is installed but no CUDA device is present ({_describe(exc)})"
-        why = _NO_DRIVER_STATUS.get(status, "no CUDA driver is usable")
+        why = _NO_DRIVER_STATUS.get(status, "no CUDA driver is usable") if isinstance(status, int) \
+            else "no CUDA driver is usable"
         return None, f"CuPy is installed but {why} ({_describe(exc)})"
     if count < 1:
         return None, "CuPy is installed but no CUDA device is present (device count is 0)"
@@ -213,7 +229,7 @@ def _reset_cupy_probe() -> None:
     _Selection.resolved = None
 
 
-def cupy_module() -> Any:
+def cupy_module() -> ArrayModule | None:
     """The ``cupy`` module when the CuPy backend is usable, else ``None`` (no import attempted
     twice)."""
     backend, _ = _probe_cupy()
@@ -279,7 +295,7 @@ def backend_by_name(name: str) -> Backend:
     return _resolve(name)
 
 
-def backend_of(array: Any) -> Backend:
+def backend_of(array: object) -> Backend:
     """The backend an array belongs to (NumPy for host arrays and Python scalars)."""
     if isinstance(array, (np.ndarray, np.generic)):
         return NUMPY
@@ -339,9 +355,11 @@ def use_backend(name: str) -> Iterator[Backend]:
         _Selection.requested, _Selection.from_env, _Selection.resolved = previous
 
 
-def erf_for(xp: Any) -> Any:
+def erf_for(xp: ArrayModule) -> Callable[..., Array]:
     """The erf function matching array module ``xp`` (NumPy has none of its own)."""
     if xp is np:
         return _numpy_erf
-    backend, _ = _probe_cupy()
+    backend, reason = _probe_cupy()
+    if backend is None:
+        raise BackendUnavailableError(f"erf on {getattr(xp, '__name__', xp)!r}: {reason}")
     return backend.erf

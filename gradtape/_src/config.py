@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .cpu import hostmem
 
 __all__ = ["config", "HOOKS"]
@@ -25,11 +27,42 @@ class _Hooks:
 HOOKS = _Hooks
 
 
-def _flag(name: str, default: bool) -> bool:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_SPELLINGS = "1/true/yes/on or 0/false/no/off (case-insensitive)"
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """The switch set by environment variable ``name``: one of ``1/true/yes/on`` or
+    ``0/false/no/off`` (case-insensitive, surrounding whitespace ignored); unset or empty gives
+    ``default``. Anything else raises ValueError naming the variable (at ``import gradtape``)."""
     value = os.environ.get(name)
     if value is None or value.strip() == "":
         return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
+    key = value.strip().lower()
+    if key in _TRUE:
+        return True
+    if key in _FALSE:
+        return False
+    raise ValueError(f"environment variable {name}={value!r}: expected {_SPELLINGS}, or empty "
+                     f"for the default ({'on' if default else 'off'})")
+
+
+def _setting(attr: str, value: object) -> bool:
+    """``value`` assigned to ``gt.config.<attr>`` as a bool: a bool, the ints 0 and 1, or a
+    string spelled as for the environment variables; anything else raises ValueError."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in _TRUE:
+            return True
+        if key in _FALSE:
+            return False
+    raise ValueError(f"gt.config.{attr}: expected a bool, 0 or 1, or a string {_SPELLINGS}; "
+                     f"got {value!r}")
 
 
 class Config:
@@ -41,10 +74,16 @@ class Config:
         check_numerics: the first op whose forward or backward produces NaN or inf raises
             ``FloatingPointError`` naming the primitive, the shapes and the user line
             (``GRADTAPE_CHECK_NUMERICS=1``).
-        host_memory_cache: let glibc keep freed host memory for reuse (set once, at the first
-            large NumPy op), so large eager arrays skip page faults; the process keeps its peak
+        host_memory_cache: let glibc keep freed host memory for reuse (applied at import when
+            on, and whenever it is assigned), so large eager arrays skip page faults; the process keeps its peak
             resident size (``GRADTAPE_HOST_MEMORY_CACHE=0`` turns it off; setting it applies or
             reverts the allocator setting at once; see ``gradtape/_src/cpu/hostmem.py``).
+
+    Spellings: an environment variable is ``1``, ``true``, ``yes``, ``on`` or ``0``, ``false``,
+    ``no``, ``off`` (case-insensitive, surrounding whitespace ignored; unset or empty means the
+    default); anything else makes ``import gradtape`` raise ``ValueError`` naming the variable.
+    Assigning an attribute takes a bool, the ints 0 and 1, or one of those strings (stored as
+    a bool); anything else raises ``ValueError`` naming ``gt.config.<name>``.
 
     Example:
         >>> import gradtape as gt
@@ -53,9 +92,17 @@ class Config:
     """
 
     def __init__(self) -> None:
-        self.fusion = _flag("GRADTAPE_FUSION", True)
-        self.check_numerics = _flag("GRADTAPE_CHECK_NUMERICS", False)
-        self.host_memory_cache = _flag("GRADTAPE_HOST_MEMORY_CACHE", True)
+        self.fusion = _env_flag("GRADTAPE_FUSION", True)
+        self.check_numerics = _env_flag("GRADTAPE_CHECK_NUMERICS", False)
+        self.host_memory_cache = _env_flag("GRADTAPE_HOST_MEMORY_CACHE", True)
+
+    @property
+    def fusion(self) -> bool:
+        return self._fusion
+
+    @fusion.setter
+    def fusion(self, value: bool) -> None:
+        self._fusion = _setting("fusion", value)
 
     @property
     def host_memory_cache(self) -> bool:
@@ -64,7 +111,7 @@ class Config:
     @host_memory_cache.setter
     def host_memory_cache(self, value: bool) -> None:
         # the one call site of the process-wide allocator setting
-        self._host_memory_cache = bool(value)
+        self._host_memory_cache = _setting("host_memory_cache", value)
         if self._host_memory_cache or hostmem.applied:  # never touch glibc's defaults unasked
             hostmem.apply(self._host_memory_cache)
 
@@ -74,7 +121,7 @@ class Config:
 
     @check_numerics.setter
     def check_numerics(self, value: bool) -> None:
-        HOOKS.numerics = bool(value)
+        HOOKS.numerics = _setting("check_numerics", value)
         HOOKS.refresh()
 
     def __repr__(self) -> str:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["flatten", "unflatten"]
+__all__ = ["flatten", "unflatten", "Spec"]
+
+#: How :func:`flatten` took a structure apart, for :func:`unflatten`: None for a leaf, else
+#: ``(kind, type, sorted dict keys or None, child specs or the length of a flat list)``.
+Spec = Any
 
 
-def flatten(structure: Any) -> tuple[list[Any], Any]:
+def flatten(structure: Any) -> tuple[list[Any], Spec]:
     """Return (leaves in order, a spec to rebuild the structure with :func:`unflatten`).
 
     Dicts are walked in sorted-key order, as TF does.
@@ -27,11 +32,16 @@ def flatten(structure: Any) -> tuple[list[Any], Any]:
     return leaves, _walk(structure, leaves)
 
 
-def _walk(node: Any, leaves: list) -> Any:
+def _walk(node: object, leaves: list[Any]) -> Spec:
     # module-level, not a recursive closure: a closure that calls itself is a reference cycle
     # that would keep the leaves (tensors) alive until the garbage collector runs
     if isinstance(node, dict):
-        keys = sorted(node)
+        try:
+            keys = sorted(node)
+        except TypeError:
+            kinds = sorted({type(k).__name__ for k in node})
+            raise TypeError(f"a dict of tensors needs keys that sort together (all str, or all "
+                            f"int), got keys of types {kinds}: {list(node)}") from None
         return (dict, type(node), keys, [_walk(node[k], leaves) for k in keys])
     if isinstance(node, (list, tuple)):
         return (list, type(node), None, [_walk(v, leaves) for v in node])
@@ -39,14 +49,14 @@ def _walk(node: Any, leaves: list) -> Any:
     return None
 
 
-def unflatten(spec: Any, leaves: list[Any]) -> Any:
+def unflatten(spec: Spec, leaves: list[Any]) -> Any:
     """Rebuild a structure from :func:`flatten`'s spec and a list of new leaves."""
     if spec is not None and type(spec[3]) is int:  # a flat list or tuple
         return list(leaves) if spec[1] is list else spec[1](leaves)
     return _build(spec, iter(leaves))
 
 
-def _build(node: Any, it: Any) -> Any:
+def _build(node: Spec, it: Iterator[Any]) -> Any:
     if node is None:
         return next(it)
     kind, typ, keys, children = node

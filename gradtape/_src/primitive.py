@@ -1,9 +1,11 @@
 """Primitives: one declaration per op holding every rule, and the dispatch that runs them.
 
-A :class:`Primitive` holds the forward (on backend arrays), the VJP (written in gradtape ops so
-that tapes can record it), a batching-rule slot, a JVP slot, and, for elementwise ops, the
-local derivative expressions from which fused kernels are generated. Factories
-(:func:`elementwise`, :func:`primitive`) derive the repetitive parts.
+A :class:`Primitive` holds the forward (on backend arrays), the VJP, a batching-rule slot, a
+JVP slot, and, for elementwise ops, the local derivative expressions from which fused kernels
+are generated. The VJP of an elementwise op is derived from its derivative expressions; every
+other differentiable op declares it once as a rule written against a vocabulary
+(:mod:`.rules`), rendered on backend arrays (first order) and on Tensors (recorded, so
+differentiable). Factories (:func:`elementwise`, :func:`primitive`) derive the repetitive parts.
 
 The engine (:mod:`gradtape._src.autodiff.engine`) does the chores once: unbroadcasting,
 skipping inputs that need no gradient, accumulating fan-out, dtype of the gradient.
@@ -19,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .autodiff.record import record
+from .autodiff.record import Record, record
 from .backend import Backend
 from .codegen.arrays import array_vjp
 from .codegen.expr import CONSTANTS, FUNCTIONS, Expr, parse
 from .config import HOOKS
-from .cpu.parallel import forward as parallel_forward
 from .cpu import pool
+from .cpu.parallel import forward as parallel_forward
 from .errors import MissingRuleError
 from .rules import ON_NUMPY, ON_TENSORS, OnArrays, OnTensors, on_arrays
 from .tensor import Tensor, _to_array, _wrap
@@ -56,20 +58,30 @@ class Primitive:
     Attributes:
         name: unique name (the registry key).
         impl: ``impl(xp, *arrays, **params) -> array``, the forward on backend arrays.
-        vjp: ``vjp(record, g) -> tuple`` of one gradient (Tensor or None) per input, written in
-            gradtape ops. ``record.inputs``/``record.output`` hold what was saved,
-            ``record.in_shapes``/``record.params``/``record.needs`` the rest.
-        rule: the VJP written once against a vocabulary ``m`` (``rule(m, record, g)``, see
-            :class:`OnTensors`), or None. With :data:`ON_TENSORS` it binds primitives (recorded
-            and differentiable): that is ``vjp``. With :func:`on_arrays` it calls their impls on
+        rule: the VJP of a non-elementwise op, written once against a vocabulary ``m``
+            (``rule(m, record, g) -> tuple`` of one gradient or None per input, see
+            :class:`OnTensors`), or None. ``record.inputs``/``record.output`` hold what was
+            saved, ``record.in_shapes``/``record.in_dtypes``/``record.params``/``record.needs``
+            the rest. With :func:`on_arrays` it calls the impls of the primitives it applies on
             backend arrays: the first-order pass takes that route (no tape recording, no
-            transform) and skips per-op dispatch. One formula, two renderings.
+            transform, no per-op dispatch). With :data:`ON_TENSORS` it binds them (recorded and
+            differentiable): that is ``vjp``. One formula, two renderings.
+        vjp: ``vjp(record, g) -> tuple`` of one gradient (Tensor or None) per input, in gradtape
+            ops (the differentiable rendering, which the engine calls for higher order):
+            ``rule`` rendered with :data:`ON_TENSORS`, or for elementwise ops the derivative
+            expressions rendered in gradtape ops. A primitive with neither cannot be
+            differentiated: its ``vjp`` (and the first-order pass) raise
+            :class:`MissingRuleError` naming it.
         batch: the batching rule for vmap, or None.
         jvp: the forward-mode rule, or None.
         nondiff: outputs carry no gradient (comparisons, argmax); never recorded.
         saves_inputs / saves_output: what the VJP reads, so the tape keeps only that alive.
-        derivatives: for elementwise ops, one parsed :class:`~gradtape.Expr` per input.
+        derivatives: for elementwise ops, one parsed :class:`~gradtape.extend.Expr` per input.
         safe: ``gy * d`` is 0 where ``gy`` is 0 even if ``d`` is infinite.
+        masks: the VJP selects (``where``, ``relu``, ``max``, indexing): it can send a zero
+            gradient where the upstream one is not zero. Every record upstream of such a record
+            then takes its elementwise VJP with "0 times anything is 0" (``safe``) semantics,
+            so an unselected branch that overflowed to inf never turns the zero into NaN.
         out_form: for elementwise ops whose NumPy impl is one ufunc call, ``f(*arrays, out)``
             making that call into ``out`` (the threaded forward writes chunks in place).
         cheap: one memory-bound ufunc (``add``, ``mul``): threading pays only on larger arrays.
@@ -78,21 +90,18 @@ class Primitive:
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
-                 "out_form", "cheap", "_saves", "_array_vjps", "_tensor_vjps", "examples")
+                 "out_form", "cheap", "masks", "_saves", "_array_vjps", "_tensor_vjps", "examples")
 
-    def __init__(self, name: str, impl: Callable, vjp: Callable | None = None, *,
-                 rule: Callable | None = None, batch: Callable | None = None, jvp: Callable | None = None,
+    def __init__(self, name: str, impl: Callable, *, rule: Callable | None = None,
+                 batch: Callable | None = None, jvp: Callable | None = None,
                  nondiff: bool = False, saves_inputs: bool = True, saves_output: bool = False,
-                 domains: tuple[Domain, ...] = (), examples: Callable | None = None) -> None:
+                 masks: bool = False, domains: tuple[Domain, ...] = (),
+                 examples: Callable | None = None) -> None:
         if name in REGISTRY:
             raise ValueError(f"primitive {name!r} is declared twice")
         self.name = name
         self.impl = impl
-        if rule is not None:
-            if vjp is not None:
-                raise ValueError(f"primitive {name!r}: give vjp= or rule=, not both")
-            vjp = _tensor_vjp_of(rule)
-        self.vjp = vjp
+        self.vjp: Callable = _missing_rule if rule is None else _tensor_vjp_of(rule)
         self.rule = rule
         self.batch = batch
         self.jvp = jvp
@@ -105,6 +114,7 @@ class Primitive:
         self.safe = False
         self.out_form: Callable | None = None
         self.cheap = False
+        self.masks = masks
         self.domains = domains
         self.examples = examples
         self._saves: dict = {}
@@ -131,6 +141,7 @@ class Primitive:
         saves = self._saves.get(needs)
         if saves is None:
             used: set[str] = set()
+            assert self.derivatives is not None  # elementwise only
             for need, expr in zip(needs, self.derivatives):
                 if need:
                     used.update(expr.names)
@@ -138,23 +149,27 @@ class Primitive:
             self._saves[needs] = saves
         return saves
 
-    def array_vjp(self, i: int, backend: Backend) -> Callable:
-        """``f(gy, *inputs, y, *params) -> gy * d_i`` on backend arrays (cached)."""
-        key = (i, backend.name)
+    def array_vjp(self, i: int, backend: Backend, safe: bool = False) -> Callable:
+        """``f(gy, *inputs, y, *params) -> gy * d_i`` on backend arrays (cached); ``safe``: 0
+        where ``gy`` is 0 even if the primitive is not declared ``safe``."""
+        key = (i, backend.name, safe)
         fn = self._array_vjps.get(key)
         if fn is None:
+            assert self.derivatives is not None  # elementwise only
             fn = array_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
-                                    backend, self.safe)
+                           backend, self.safe or safe)
             self._array_vjps[key] = fn
         return fn
 
-    def tensor_vjp(self, i: int) -> Callable:
+    def tensor_vjp(self, i: int, safe: bool = False) -> Callable:
         """``f(gy, *inputs, y, *params) -> gy * d_i`` in gradtape ops (cached)."""
-        fn = self._tensor_vjps.get(i)
+        key = (i, safe)
+        fn = self._tensor_vjps.get(key)
         if fn is None:
+            assert self.derivatives is not None  # elementwise only
             fn = _tensor_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
-                                     self.safe)
-            self._tensor_vjps[i] = fn
+                             self.safe or safe)
+            self._tensor_vjps[key] = fn
         return fn
 
 
@@ -200,18 +215,24 @@ def _bound(prim: Primitive) -> Callable:
 
 # --------------------------------------------------------------------------- two-mode VJP rules
 def _tensor_vjp_of(rule: Callable) -> Callable:
-    def vjp(rec: Any, g: Tensor) -> tuple:
+    """``rule`` rendered in gradtape ops: the differentiable ``vjp(record, g)``."""
+    def vjp(rec: Record, g: Tensor) -> tuple:
         return rule(ON_TENSORS, rec, g)
 
     vjp.__name__ = getattr(rule, "__name__", "rule")
     return vjp
 
 
-def _elementwise_vjp(rec: Any, g: Tensor) -> tuple:
+def _missing_rule(rec: Record, g: Tensor) -> tuple:
+    """The ``vjp`` of a primitive declared without a rule: differentiating it fails loudly."""
+    raise MissingRuleError(f"primitive '{rec.prim.name}' has no VJP rule; it cannot be differentiated")
+
+
+def _elementwise_vjp(rec: Record, g: Tensor, safe: bool = False) -> tuple:
     prim = rec.prim
     inputs = rec.inputs
     args = (*inputs, rec.output, *rec.params.values())
-    return tuple(prim.tensor_vjp(i)(g, *args) if need else None
+    return tuple(prim.tensor_vjp(i, safe)(g, *args) if need else None
                  for i, need in enumerate(rec.needs))
 
 
@@ -239,7 +260,7 @@ def _elementwise_batch(prim: Primitive) -> Callable:
 def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bool = False,
                 domain: Domain | tuple[Domain, ...] | None = None,
                 nondiff: bool = False, out_form: Callable | None = None,
-                cheap: bool = False) -> Primitive:
+                cheap: bool = False, masks: bool = False) -> Primitive:
     """Declare an elementwise primitive in one line.
 
     Args:
@@ -253,6 +274,8 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
         out_form: ``f(*arrays, out)`` making impl's one NumPy ufunc call into ``out`` (speed:
             the threaded forward then writes each chunk in place); None otherwise.
         cheap: impl is one memory-bound ufunc, threaded only from a larger size.
+        masks: a derivative can be 0 where the op still passes values (``relu``'s ``x > 0``,
+            ``where``'s ``c``): records upstream then use safe products (see :class:`Primitive`).
 
     Returns:
         The registered :class:`Primitive`.
@@ -276,7 +299,8 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
         domains = (domain,) * len(arg_names)
     else:
         domains = tuple(domain)
-    prim = Primitive(name, impl, _elementwise_vjp, nondiff=nondiff, domains=domains)
+    prim = Primitive(name, impl, nondiff=nondiff, masks=masks, domains=domains)
+    prim.vjp = _elementwise_vjp  # the derivative expressions, rendered in gradtape ops
     prim.derivatives = exprs
     prim.arg_names = arg_names
     prim.param_names = param_names
@@ -287,17 +311,25 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
     return prim
 
 
-def primitive(name: str, impl: Callable, vjp: Callable | None = None, **kwargs: Any) -> Primitive:
+def primitive(name: str, impl: Callable, *args: Any, **kwargs: Any) -> Primitive:
     """Declare a general primitive (reductions, shape, linear algebra).
 
-    ``impl(xp, *arrays, **params)`` computes the forward; ``vjp(record, g)`` returns one
-    gradient per input in gradtape ops. See :class:`Primitive` for the keyword options.
+    ``impl(xp, *arrays, **params)`` computes the forward; ``rule=rule(m, record, g)`` returns
+    one gradient (or None) per input, written once against the vocabulary ``m``
+    (:class:`OnTensors`: ``m.apply(primitive, ...)``, ``m.val``, ``m.data``, ``m.const``,
+    ``m.scalar``, ``m.xp_of``, Python operators) and rendered both on backend arrays (first
+    order) and on Tensors (differentiable). A primitive with no rule (and not ``nondiff=True``)
+    raises :class:`MissingRuleError` when differentiated. See :class:`Primitive` for the other
+    keyword options.
 
     Example:
         >>> p = primitive("my_double", lambda xp, x: 2 * x,
-        ...               lambda rec, g: (2 * g,), saves_inputs=False)  # doctest: +SKIP
+        ...               rule=lambda m, rec, g: (2 * g,), saves_inputs=False)  # doctest: +SKIP
     """
-    return Primitive(name, impl, vjp, **kwargs)
+    if args or "vjp" in kwargs:
+        raise TypeError(f"primitive {name!r}: a VJP is declared as rule=rule(m, rec, g), written "
+                        "against the vocabulary m (see gradtape.extend), not as vjp(rec, g)")
+    return Primitive(name, impl, **kwargs)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -372,7 +404,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     """
     a = args[0]
     backend = a._backend
-    var = None
+    var: Any = None  # a Variable input (it has a name)
     n = len(args)
     if n == 1:
         if a._is_variable:

@@ -2,8 +2,10 @@
 
 A primitive may declare its VJP once, as ``rule(m, record, g)`` written against a small
 vocabulary ``m``: ``m.val`` (a saved Tensor as this rendering computes with it), ``m.data``,
-``m.const`` and ``m.apply(primitive, *operands, **params)``, plus Python operators, which
-Tensors and backend arrays both support. :data:`ON_TENSORS` renders it in gradtape ops (bound,
+``m.const``, ``m.scalar``, ``m.xp_of`` and ``m.apply(primitive, *operands, **params)``, plus
+Python operators and the methods Tensors and backend arrays share (``.shape``, ``.ndim``,
+``.dtype``, ``.sum(axis=, keepdims=)``, ``.reshape``, ``.astype``, ``.transpose``, basic
+slicing). :data:`ON_TENSORS` renders it in gradtape ops (bound,
 recorded when a tape records, so differentiable: this is the primitive's ``vjp``);
 :func:`on_arrays` renders it on backend arrays by calling each primitive's ``impl`` (the
 first-order pass, no dispatch). As with the derivative expressions of elementwise ops, the
@@ -47,6 +49,17 @@ class OnTensors:
         """A backend array as a non-differentiable operand next to ``like``."""
         return _wrap(array, like._backend)
 
+    def scalar(self, value: Any, like: Any) -> Any:
+        """``value`` as a 0-d non-differentiable operand of ``like``'s dtype (as a weak Python
+        scalar next to ``like`` in an op), e.g. a branch of ``where``."""
+        backend = like._backend
+        return _wrap(backend.xp.asarray(value, dtype=like.dtype), backend)
+
+    def xp_of(self, x: Any) -> Any:
+        """The array module (NumPy or CuPy) of ``x``, a value of this rendering: for building
+        constants (masks, index arrays) on the right backend."""
+        return x._backend.xp
+
     def apply(self, prim: Any, *args: Any, **params: Any) -> Any:
         """Run ``prim`` (its inputs are valid by construction: no op-level checks)."""
         return prim(*args, **params)  # Primitive.__call__ binds
@@ -69,6 +82,12 @@ class OnArrays(OnTensors):
 
     def const(self, array: Any, like: Any) -> Any:
         return array
+
+    def scalar(self, value: Any, like: Any) -> Any:
+        return self.xp.asarray(value, dtype=like.dtype)
+
+    def xp_of(self, x: Any) -> Any:
+        return self.xp
 
     def apply(self, prim: Any, *args: Any, **params: Any) -> Any:
         return prim.impl(self.xp, *args, **params)

@@ -9,19 +9,45 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from types import EllipsisType
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union
 
 import numpy as np
 
 from .autodiff.state import note_cut
-from .backend import NUMPY, Backend, backend_by_name, backend_of, get_backend
+from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, get_backend
 
-__all__ = ["Tensor", "Variable", "tensor", "from_dlpack"]
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+    from typing_extensions import CapsuleType
+
+__all__ = ["Tensor", "Variable", "tensor", "from_dlpack", "TensorLike", "TensorTree", "Axis",
+           "IndexLike", "SupportsDLPack"]
 
 _next_id = itertools.count(1).__next__
 
 
-def _is_float(dtype: Any) -> bool:
+class SupportsDLPack(Protocol):
+    """An object exporting its memory through DLPack (a NumPy/CuPy/PyTorch array)."""
+
+    def __dlpack__(self, /, *, stream: None = None) -> CapsuleType: ...
+
+
+#: What an op accepts where it takes a tensor: a Tensor (or Variable), a Python number, a
+#: (nested) sequence of numbers, or a NumPy array or scalar. A CuPy array is accepted too (CuPy
+#: is untyped, so its arrays type-check as ``Any``).
+TensorLike = Union["Tensor", bool, int, float, complex, np.ndarray, np.generic, Sequence[Any]]
+#: A Tensor, or a (nested) list, tuple or dict of them: what tapes watch and differentiate.
+TensorTree: TypeAlias = Union["Tensor", Sequence["TensorTree"], Mapping[Any, "TensorTree"]]
+#: An axis argument: one axis, several, or None (all axes).
+Axis = int | Sequence[int] | None
+#: What ``tensor[index]`` accepts: ints, slices, None, ``...``, integer or bool arrays/tensors,
+#: or a tuple of those.
+IndexLike = Union[int, np.integer, slice, None, EllipsisType, "Tensor", np.ndarray, Sequence[Any]]
+
+
+def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind in "fc"
 
 
@@ -40,6 +66,12 @@ class Tensor:
     """
 
     __slots__ = ("data", "_backend", "_id", "_origin", "__weakref__")
+    data: Array
+    _backend: Backend
+    _id: int
+    # ("variable", name): computed from a Variable (diagnostics); ("gradient", line): made by
+    # tape.gradient() at that user line
+    _origin: tuple[str, str] | None
     _is_variable = False
     # ``ndarray OP tensor`` gives a Tensor: NumPy (and CuPy) defer every binary operator to our
     # reflected method, and a NumPy ufunc called directly on a tensor (np.exp(t)) raises
@@ -47,7 +79,7 @@ class Tensor:
     __array_priority__ = 1000
     __array_ufunc__ = None
 
-    def __init__(self, data: Any, dtype: Any = None) -> None:
+    def __init__(self, data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None) -> None:
         # a copy of user arrays and Variables; another Tensor's buffer is immutable, shared
         copy = not isinstance(data, Tensor) or data._is_variable
         arr, backend = _to_array(data, dtype, copy=copy, to_active=True)
@@ -99,7 +131,7 @@ class Tensor:
             _note_escape(self)
         return _host_view(self)
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         if self._backend.name != "numpy":
             raise TypeError(
                 "np.asarray() of a CuPy-backed gradtape tensor would copy from the GPU "
@@ -116,13 +148,13 @@ class Tensor:
             return arr.astype(dtype)
         return arr
 
-    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+    def __dlpack__(self, *args: object, **kwargs: object) -> Any:
         data = self.data
         if isinstance(data, np.generic):
             data = np.asarray(data)
         return data.__dlpack__(*args, **kwargs)
 
-    def __dlpack_device__(self) -> Any:
+    def __dlpack_device__(self) -> tuple[int, int]:
         data = self.data
         if isinstance(data, np.generic):
             data = np.asarray(data)
@@ -145,19 +177,26 @@ class Tensor:
         return _wrap(target.xp.asarray(host), target)
 
     def item(self) -> Any:
-        """The single element as a Python scalar."""
+        """The single element as a Python scalar (carries no gradient: a tape following this
+        tensor notes that the value left it)."""
+        if self._id:
+            note_cut(self, "its value left the tape as a Python number (.item())")
         return self.data.item()
 
     def __float__(self) -> float:
         if self.size != 1:
             raise TypeError(f"float(): only a tensor with one element converts to a Python "
                             f"float, got shape {self.shape}")
+        if self._id:
+            note_cut(self, "its value left the tape as a Python number (float())")
         return float(self.data.item())
 
     def __int__(self) -> int:
         if self.size != 1:
             raise TypeError(f"int(): only a tensor with one element converts to a Python "
                             f"int, got shape {self.shape}")
+        if self._id:
+            note_cut(self, "its value left the tape as a Python number (int())")
         return int(self.data.item())
 
     def __index__(self) -> int:
@@ -178,7 +217,7 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Tensor]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
@@ -190,44 +229,57 @@ class Tensor:
 
     __hash__ = object.__hash__
 
+    # --- copying and pickling: the values, never the tape ---------------------------------
+    def __reduce__(self) -> tuple:
+        # the host array (with its dtype) and the backend's name: a Backend holds its array
+        # module, which cannot be pickled; the copy is followed by no tape
+        return (_rebuild_tensor, (type(self), self._backend.to_host(self.data), self._backend.name))
+
+    def __copy__(self) -> Tensor:
+        return _rebuild_tensor(type(self), self.data.copy(), self._backend.name)
+
+    def __deepcopy__(self, memo: dict) -> Tensor:
+        return self.__copy__()
+
     # --- operators and methods (differentiable) ------------------------------------------
     # Defined by the ops layer, which sits above this class (gradtape/ops/_methods.py installs
     # them when gradtape.ops is imported). Declared here for type checkers.
     if TYPE_CHECKING:
         @property
         def T(self) -> Tensor: ...  # noqa: N802 - NumPy's name
-        def __add__(self, other: Any) -> Tensor: ...
-        def __radd__(self, other: Any) -> Tensor: ...
-        def __sub__(self, other: Any) -> Tensor: ...
-        def __rsub__(self, other: Any) -> Tensor: ...
-        def __mul__(self, other: Any) -> Tensor: ...
-        def __rmul__(self, other: Any) -> Tensor: ...
-        def __truediv__(self, other: Any) -> Tensor: ...
-        def __rtruediv__(self, other: Any) -> Tensor: ...
-        def __pow__(self, other: Any) -> Tensor: ...
-        def __rpow__(self, other: Any) -> Tensor: ...
-        def __matmul__(self, other: Any) -> Tensor: ...
-        def __rmatmul__(self, other: Any) -> Tensor: ...
+        def __add__(self, other: TensorLike) -> Tensor: ...
+        def __radd__(self, other: TensorLike) -> Tensor: ...
+        def __sub__(self, other: TensorLike) -> Tensor: ...
+        def __rsub__(self, other: TensorLike) -> Tensor: ...
+        def __mul__(self, other: TensorLike) -> Tensor: ...
+        def __rmul__(self, other: TensorLike) -> Tensor: ...
+        def __truediv__(self, other: TensorLike) -> Tensor: ...
+        def __rtruediv__(self, other: TensorLike) -> Tensor: ...
+        def __pow__(self, other: TensorLike) -> Tensor: ...
+        def __rpow__(self, other: TensorLike) -> Tensor: ...
+        def __matmul__(self, other: TensorLike) -> Tensor: ...
+        def __rmatmul__(self, other: TensorLike) -> Tensor: ...
         def __neg__(self) -> Tensor: ...
         def __pos__(self) -> Tensor: ...
         def __abs__(self) -> Tensor: ...
-        def __getitem__(self, index: Any) -> Tensor: ...
-        def __lt__(self, other: Any) -> Tensor: ...
-        def __le__(self, other: Any) -> Tensor: ...
-        def __gt__(self, other: Any) -> Tensor: ...
-        def __ge__(self, other: Any) -> Tensor: ...
-        def __eq__(self, other: Any) -> Tensor: ...  # type: ignore[override]
-        def __ne__(self, other: Any) -> Tensor: ...  # type: ignore[override]
-        def __and__(self, other: Any) -> Tensor: ...
-        def __or__(self, other: Any) -> Tensor: ...
+        def __getitem__(self, index: IndexLike) -> Tensor: ...
+        def __lt__(self, other: TensorLike) -> Tensor: ...
+        def __le__(self, other: TensorLike) -> Tensor: ...
+        def __gt__(self, other: TensorLike) -> Tensor: ...
+        def __ge__(self, other: TensorLike) -> Tensor: ...
+        # elementwise, as NumPy's: a Tensor, not object's bool (hence the override)
+        def __eq__(self, other: TensorLike) -> Tensor: ...  # type: ignore[override]
+        def __ne__(self, other: TensorLike) -> Tensor: ...  # type: ignore[override]
+        def __and__(self, other: TensorLike) -> Tensor: ...
+        def __or__(self, other: TensorLike) -> Tensor: ...
         def __invert__(self) -> Tensor: ...
-        def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
-        def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
-        def max(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
-        def min(self, axis: Any = None, keepdims: bool = False) -> Tensor: ...
-        def reshape(self, *shape: Any) -> Tensor: ...
-        def transpose(self, *axes: Any) -> Tensor: ...
-        def astype(self, dtype: Any) -> Tensor: ...
+        def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor: ...
+        def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor: ...
+        def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor: ...
+        def min(self, axis: Axis = None, keepdims: bool = False) -> Tensor: ...
+        def reshape(self, *shape: int | Sequence[int]) -> Tensor: ...
+        def transpose(self, *axes: int | Sequence[int] | None) -> Tensor: ...
+        def astype(self, dtype: DTypeLike) -> Tensor: ...
 
 
 class Variable(Tensor):
@@ -245,11 +297,17 @@ class Variable(Tensor):
     """
 
     __slots__ = ("name", "trainable", "_snapshots")
+    name: str | None
+    trainable: bool
+    _snapshots: list[weakref.ref[Tensor]] | None
     _is_variable = True
 
-    def __init__(self, initial: Any, dtype: Any = None, name: str | None = None,
-                 trainable: bool = True) -> None:
+    def __init__(self, initial: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None,
+                 name: str | None = None, trainable: bool = True) -> None:
         arr, backend = _to_array(initial, dtype, copy=True, to_active=True)
+        if arr.dtype.kind == "c":
+            raise TypeError(f"Variable: complex values are not supported (got dtype {arr.dtype}); "
+                            "keep the real and imaginary parts in two float Variables")
         if isinstance(arr, backend.scalar_types) or not isinstance(arr, backend.ndarray):
             arr = backend.xp.array(arr)  # a writable 0-d buffer, never a NumPy scalar
         self.data = arr
@@ -258,7 +316,7 @@ class Variable(Tensor):
         self._origin = None
         self.name = name
         self.trainable = bool(trainable)
-        self._snapshots: list | None = None
+        self._snapshots = None
 
     def _snapshot(self) -> Tensor:
         """A Tensor sharing the current buffer, for a tape to save: the next ``assign*`` first
@@ -290,13 +348,25 @@ class Variable(Tensor):
                     t.data = old
             snaps.clear()
 
-    def _value_for(self, value: Any, what: str) -> Any:
+    def _value_for(self, value: TensorLike, what: str) -> Array:
         if isinstance(value, Tensor):
             if value._backend is not self._backend:
                 raise ValueError(f"{what}: value is on backend {value.backend!r}, "
                                  f"variable {self.name or ''} on {self.backend!r}")
             value = value.data
-        arr = self._backend.xp.asarray(value)
+        try:
+            arr = self._backend.xp.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what}: value must be numeric, array-like of the variable's shape "
+                            f"{self.shape}, got {type(value).__name__} ({exc})") from None
+        kind = arr.dtype.kind
+        if kind not in "biuf":
+            what_kind = "complex" if kind == "c" else f"non-numeric ({arr.dtype})"
+            raise TypeError(f"{what}: value is {what_kind}; the variable {self.name or '<unnamed>'} "
+                            f"holds {self.dtype}")
+        if self.dtype.kind in "iub" and kind == "f" and not bool(self._backend.xp.isfinite(arr).all()):
+            raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
+                             f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
         if arr.shape != self.shape:
             try:
                 np.broadcast_shapes(arr.shape, self.shape)
@@ -308,21 +378,21 @@ class Variable(Tensor):
                                  f"shape {self.shape}")
         return arr
 
-    def assign(self, value: Any) -> Variable:
+    def assign(self, value: TensorLike) -> Variable:
         """Write ``value`` into the variable in place (same shape; cast to its dtype)."""
         arr = self._value_for(value, "Variable.assign")
         self._before_write()
         self._backend.xp.copyto(self.data, arr, casting="unsafe")
         return self
 
-    def assign_add(self, delta: Any) -> Variable:
+    def assign_add(self, delta: TensorLike) -> Variable:
         """Add ``delta`` in place: ``v += delta``."""
         arr = self._value_for(delta, "Variable.assign_add")
         self._before_write()
         self._backend.xp.add(self.data, arr, out=self.data, casting="unsafe")
         return self
 
-    def assign_sub(self, delta: Any) -> Variable:
+    def assign_sub(self, delta: TensorLike) -> Variable:
         """Subtract ``delta`` in place: ``v -= delta``."""
         arr = self._value_for(delta, "Variable.assign_sub")
         self._before_write()
@@ -351,8 +421,49 @@ class Variable(Tensor):
         name = f", name={self.name!r}" if self.name else ""
         return f"Variable({body}, dtype={self.dtype}{name}, trainable={self.trainable})"
 
+    # --- copying and pickling: a NEW Variable (fresh identity, watched by no tape) with the
+    # same value, backend, name and trainable flag
+    def __reduce__(self) -> tuple:
+        return (_rebuild_variable, (type(self), self._backend.to_host(self.data), self._backend.name,
+                                    self.name, self.trainable))
 
-def _wrap(array: Any, backend: Backend) -> Tensor:
+    def __copy__(self) -> Variable:
+        return _rebuild_variable(type(self), self.data.copy(), self._backend.name, self.name,
+                                 self.trainable)
+
+    def __deepcopy__(self, memo: dict) -> Variable:
+        return self.__copy__()
+
+
+def _rebuild_tensor(cls: type[Tensor], array: Array, backend: str) -> Tensor:
+    """Unpickle / copy a Tensor: ``array`` (host or already on ``backend``) on that backend."""
+    b = backend_by_name(backend)
+    t = cls.__new__(cls)
+    t.data = array if b.owns(array) else b.xp.asarray(array)
+    t._backend = b
+    t._id = 0
+    t._origin = None
+    return t
+
+
+def _rebuild_variable(cls: type[Variable], array: Array, backend: str, name: str | None,
+                      trainable: bool) -> Variable:
+    """Unpickle / copy a Variable: a new one (fresh id) holding ``array`` on ``backend``."""
+    b = backend_by_name(backend)
+    if not (isinstance(array, b.ndarray) and getattr(array.flags, "writeable", True)):
+        array = b.xp.array(array)  # a writable buffer of its own, never a NumPy scalar
+    v = cls.__new__(cls)
+    v.data = array
+    v._backend = b
+    v._id = _next_id()
+    v._origin = None
+    v.name = name
+    v.trainable = bool(trainable)
+    v._snapshots = None
+    return v
+
+
+def _wrap(array: Array, backend: Backend) -> Tensor:
     """Make a Tensor around a backend array without validation (the hot path)."""
     t = Tensor.__new__(Tensor)
     t.data = array
@@ -377,21 +488,23 @@ def _host_view(t: Tensor) -> np.ndarray:
 _NUMERIC_KINDS = "biufc"
 
 
-def _check_numeric(arr: Any, what: Any) -> None:
+def _check_numeric(arr: Array, what: object) -> None:
     if arr.dtype.kind not in _NUMERIC_KINDS:
         raise TypeError(f"gt.tensor: data must be numeric (bool, int, float or complex), got "
                         f"{type(what).__name__} of dtype {arr.dtype}")
 
 
-def _to_array(data: Any, dtype: Any = None, copy: bool = False,
-              to_active: bool = False) -> tuple[Any, Backend]:
-    """Convert user data to a backend array, following API.md's dtype rules.
+def _to_array(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None, copy: bool = False,
+              to_active: bool = False) -> tuple[Array, Backend]:
+    """Convert user data to a backend array, following the dtype rules of docs/api.md.
 
     ``copy``: the result never shares memory with ``data`` (constructors use it: tensors are
     immutable, a tape may keep them for the backward, and a Variable writes in place). ``to_active``:
     host (NumPy) arrays move to the active backend (constructors); op operands keep theirs, so
     an op never copies between host and device behind the user's back.
     """
+    if dtype is not None:
+        dtype = check_dtype(dtype, "dtype")
     if isinstance(data, Tensor):
         backend = data._backend
         arr = data.data
@@ -433,6 +546,9 @@ def _to_array(data: Any, dtype: Any = None, copy: bool = False,
     except (ValueError, TypeError) as exc:
         raise TypeError(f"gt.tensor: cannot convert {type(data).__name__} to an array: {exc}") from None
     if host.dtype.kind == "O":
+        if _only_ints(data):
+            raise OverflowError("gt.tensor: an integer in data does not fit in int64; pass floats "
+                                "(e.g. 2.0 ** 70) or dtype='float64'")
         raise TypeError("gt.tensor: data is ragged or holds non-numeric objects; expected a "
                         "number or a rectangular nested list of numbers")
     _check_numeric(host, data)
@@ -442,7 +558,31 @@ def _to_array(data: Any, dtype: Any = None, copy: bool = False,
     return arr, backend
 
 
-def tensor(data: Any, dtype: Any = None) -> Tensor:
+def _only_ints(data: object) -> bool:
+    if isinstance(data, (list, tuple)):
+        return all(_only_ints(d) for d in data)
+    return isinstance(data, int) and not isinstance(data, bool)
+
+
+def check_dtype(dtype: DTypeLike, what: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype of a kind gradtape computes with (bool, int, uint, float,
+    complex); ``TypeError`` naming ``what`` otherwise.
+
+    Example:
+        >>> check_dtype("float32", "dtype")
+        dtype('float32')
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{what} must be a NumPy dtype (e.g. 'float32'), got {dtype!r}") from None
+    if dt.kind not in _NUMERIC_KINDS:
+        raise TypeError(f"{what} must be a bool, integer, float or complex dtype, got {dt} "
+                        f"(from {dtype!r})")
+    return dt
+
+
+def tensor(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None) -> Tensor:
     """Create a constant tensor.
 
     Args:
@@ -466,7 +606,7 @@ def tensor(data: Any, dtype: Any = None) -> Tensor:
     return Tensor(data, dtype)
 
 
-def from_dlpack(obj: Any) -> Tensor:
+def from_dlpack(obj: SupportsDLPack) -> Tensor:
     """Wrap any ``__dlpack__`` producer (a NumPy/CuPy/PyTorch array) without copying.
 
     Example:

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def build_mlp(seed: int = 0, hidden: int = 128) -> gt.nn.Module:
 
 
 class _ToImage(gt.nn.Module):
-    def forward(self, x: Any) -> gt.Tensor:
+    def forward(self, x: gt.Tensor) -> gt.Tensor:
         return gt.reshape(x, (x.shape[0], 1, 8, 8))
 
 
@@ -83,7 +83,8 @@ class _Progress:
     """A one-line text progress bar on stderr (redrawn in place on a terminal; one line per
     epoch otherwise)."""
 
-    def __init__(self, label: str, epoch: int, epochs: int, total: int, stream: Any = None) -> None:
+    def __init__(self, label: str, epoch: int, epochs: int, total: int,
+                 stream: TextIO | None = None) -> None:
         self.label, self.epoch, self.epochs, self.total = label, epoch, epochs, total
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -121,8 +122,9 @@ def _evaluate(model: gt.nn.Module, x: gt.Tensor, y: gt.Tensor, batch: int = 512)
     return loss_sum / n, correct / n
 
 
-def train(model: gt.nn.Module, optimizer: Any, data: tuple, epochs: int, batch_size: int,
-          seed: int, label: str, stream: Any = None) -> dict:
+def train(model: gt.nn.Module, optimizer: gt.optimizers.Optimizer, data: tuple[np.ndarray, ...],
+          epochs: int, batch_size: int, seed: int, label: str,
+          stream: TextIO | None = None) -> dict[str, list[float]]:
     """Minibatch training with cross-entropy; returns per-epoch history
     (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``)."""
     x_tr, y_tr, x_te, y_te = (gt.tensor(a) for a in data)  # moved to the active backend
@@ -130,7 +132,7 @@ def train(model: gt.nn.Module, optimizer: Any, data: tuple, epochs: int, batch_s
     n = x_tr.shape[0]
     steps = (n + batch_size - 1) // batch_size
     rng = np.random.default_rng(seed)
-    hist: dict[str, list] = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": [],
+    hist: dict[str, list[float]] = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": [],
                              "seconds": []}
     params = model.trainable_variables
     start = time.perf_counter()

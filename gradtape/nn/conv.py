@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
+from .._src.rules import OnTensors
 from .._src.tensor import Tensor
 from ..ops._util import one
 from ..ops.shape import P_RESHAPE
@@ -107,12 +109,12 @@ def _geometry(params: dict) -> dict:
     return {k: params[k] for k in ("kernel", "stride", "padding", "dilation")}
 
 
-def _im2col_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _im2col_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (m.apply(P_COL2IM, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
 
 
-def _col2im_vjp(rec: Any, g: Tensor) -> tuple:
-    return (bind(P_IM2COL, g, pad_value=0.0, **_geometry(rec.params)),)
+def _col2im_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    return (m.apply(P_IM2COL, g, pad_value=0.0, **_geometry(rec.params)),)
 
 
 def _conv_examples(rng: np.random.Generator) -> list:
@@ -122,6 +124,25 @@ def _conv_examples(rng: np.random.Generator) -> list:
         (conv2d, (x, rng.normal(size=(4, 2, 2, 3))),
          {"stride": (2, 1), "padding": ((1, 0), (2, 1)), "dilation": (1, 2), "groups": 2}),
     ]
+
+
+def _col2im_examples(rng: np.random.Generator) -> list:
+    # col2im bound directly (in conv2d it only appears in im2col's backward)
+    def col2im(cols: Tensor, in_shape: tuple, kernel: tuple, stride: tuple, padding: tuple,
+               dilation: tuple) -> Tensor:
+        return bind(P_COL2IM, one(cols), in_shape=in_shape, kernel=kernel, stride=stride,
+                    padding=padding, dilation=dilation)
+
+    geos = [((2, 3, 5, 6), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+            ((2, 2, 5, 6), (2, 3), (2, 1), ((1, 0), (2, 1)), (1, 2))]
+    cases = []
+    for shape, k, s, p, d in geos:
+        oh = _out_size(shape[2], k[0], s[0], p[0], d[0])
+        ow = _out_size(shape[3], k[1], s[1], p[1], d[1])
+        cols = rng.normal(size=shape[:2] + k + (oh, ow))
+        cases.append((col2im, (cols,), {"in_shape": shape, "kernel": k, "stride": s,
+                                        "padding": p, "dilation": d}))
+    return cases
 
 
 def _pool_examples(rng: np.random.Generator) -> list:
@@ -154,18 +175,18 @@ def _col2im_batch(args: tuple, dims: tuple, *, in_shape: tuple, **params: Any) -
 
 P_IM2COL = primitive("im2col", _im2col_impl, rule=_im2col_rule, saves_inputs=False,
                      examples=_conv_examples, batch=_im2col_batch)
-P_COL2IM = primitive("col2im", _col2im_impl, _col2im_vjp, saves_inputs=False,
-                     examples=_conv_examples, batch=_col2im_batch)
+P_COL2IM = primitive("col2im", _col2im_impl, rule=_col2im_rule, saves_inputs=False,
+                     examples=_col2im_examples, batch=_col2im_batch)
 
 
 def _window_max_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return x.max(axis=axis)
 
 
-def _window_max_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _window_max_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # The gradient goes to the first maximum of each window (as PyTorch's max_pool2d).
-    saved = rec.inputs[0]
-    x, xp = saved.data, saved._backend.xp
+    x = m.data(m.val(rec.inputs[0]))
+    xp = m.xp_of(g)
     axis = rec.params["axis"]
     first = xp.expand_dims(x.argmax(axis=axis), axis)
     shape = [1] * x.ndim
@@ -179,7 +200,7 @@ def _window_max_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
     return bind(P_WINDOW_MAX, _front(args[0], dims[0]), axis=axis + 1), 0
 
 
-P_WINDOW_MAX = primitive("window_max", _window_max_impl, rule=_window_max_rule,
+P_WINDOW_MAX = primitive("window_max", _window_max_impl, rule=_window_max_rule, masks=True,
                          examples=_pool_examples, batch=_window_max_batch)
 
 
@@ -240,8 +261,10 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
         raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({C}) and "
                          f"the output channels ({n_out})")
     if Cg * groups != C:
+        hint = (" (x must be NCHW, [batch, channels, height, width]; for NHWC input use "
+                "gt.transpose(x, (0, 3, 1, 2)))" if x.shape[-1] == Cg * groups else "")
         raise ValueError(f"conv2d: w of shape {w.shape} expects {Cg * groups} input channels "
-                         f"(groups={groups}), x of shape {x.shape} has {C}")
+                         f"(groups={groups}), x of shape {x.shape} has {C}{hint}")
     stride = _pair(stride, what, "stride", 1)
     dilation = _pair(dilation, what, "dilation", 1)
     pad = _padding(padding, (kh, kw), dilation, what)

@@ -1,9 +1,9 @@
 """Neural-network ops on tensors: activations with a class axis, losses, dropout, layer norm,
 embedding.
 
-Softmax, log-softmax and integer-label cross-entropy are primitives with their own VJPs (they
-read the saved output or the saved logits, and are written in gradtape ops so higher orders
-compose); the rest are compositions of core ops.
+Softmax, log-softmax and integer-label cross-entropy are primitives with their own VJP rules
+(they read the saved output or the saved logits; each rule is rendered on arrays for first
+order and in gradtape ops, so higher orders compose); the rest are compositions of core ops.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from .._src.autodiff.record import Record
 from .._src.primitive import REGISTRY, bind, primitive
+from .._src.rules import OnTensors
 from .._src.tensor import Tensor, _wrap
 from ..ops._util import normalize_axis, one
 from ..ops.elementwise import P_EXP
@@ -60,7 +62,7 @@ def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return e
 
 
-def _softmax_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     y = m.val(rec.output)
     gy = g * y
     return (gy - y * m.apply(P_SUM, gy, axis=(rec.params["axis"],), keepdims=True),)
@@ -72,7 +74,7 @@ def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return s
 
 
-def _log_softmax_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _log_softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     y = m.val(rec.output)
     return (g - m.apply(P_EXP, y) * m.apply(P_SUM, g, axis=(rec.params["axis"],), keepdims=True),)
 
@@ -147,11 +149,11 @@ def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     return -xp.take_along_axis(lsm, labels[..., None].astype(np.intp, copy=False), axis=-1)[..., 0]
 
 
-def _sce_rule(m: Any, rec: Any, g: Any) -> tuple:
-    saved_logits, labels = rec.inputs
-    xp = saved_logits._backend.xp
-    logits = m.val(saved_logits)
-    onehot = (xp.arange(logits.shape[-1]) == labels.data[..., None]).astype(logits.dtype)
+def _sce_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    logits = m.val(rec.inputs[0])
+    labels = m.data(m.val(rec.inputs[1]))
+    xp = m.xp_of(logits)
+    onehot = (xp.arange(logits.shape[-1]) == labels[..., None]).astype(logits.dtype)
     p = m.apply(P_SOFTMAX, logits, axis=len(logits.shape) - 1)
     return ((p - m.const(onehot, logits)) * m.apply(P_RESHAPE, g, shape=g.shape + (1,)), None)
 
@@ -231,11 +233,21 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
     return _reduce(loss, reduction, "cross_entropy")
 
 
+def _same_shape(p: Tensor, t: Tensor, raw_targets: Any, what: str, name: str) -> None:
+    """A loss compares elements one to one: a target of another shape would broadcast into a
+    silently wrong loss ((4, 1) against (4,) gives a (4, 4) table), so it is refused. A Python
+    number as target is a constant for every element."""
+    if p.shape != t.shape and not isinstance(raw_targets, (int, float)):
+        raise ValueError(f"{what}: {name} of shape {p.shape} and targets of shape {t.shape} differ; "
+                         "reshape one of them (e.g. targets.reshape(predictions.shape))")
+
+
 def mse(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
     """Mean squared error ``(predictions - targets) ** 2``, reduced over all elements.
 
-    Shapes: ``predictions`` and ``targets`` broadcast together; ``reduction="none"`` returns
-    the elementwise squared error of the broadcast shape.
+    Shapes: ``predictions`` and ``targets`` have the same shape (``ValueError`` naming both
+    otherwise; a Python number as target is allowed); ``reduction="none"`` returns the
+    elementwise squared error.
 
     Example:
         >>> import gradtape as gt
@@ -243,11 +255,7 @@ def mse(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
         5.0
     """
     p, t = ops._util.pair(predictions, targets)
-    try:
-        np.broadcast_shapes(p.shape, t.shape)
-    except ValueError:
-        raise ValueError(f"mse: predictions of shape {p.shape} and targets of shape {t.shape} "
-                         "do not broadcast") from None
+    _same_shape(p, t, targets, "mse", "predictions")
     return _reduce(ops.square(p - t), reduction, "mse")
 
 
@@ -255,8 +263,8 @@ def binary_cross_entropy(logits: Any, targets: Any, reduction: str = "mean") -> 
     """Binary cross-entropy from logits: ``softplus(x) - x * t``, the stable form of
     ``-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))``.
 
-    Shapes: ``logits`` and ``targets`` (probabilities in [0, 1]) broadcast together; the mean
-    is over all elements.
+    Shapes: ``logits`` and ``targets`` (probabilities in [0, 1]) have the same shape
+    (``ValueError`` naming both otherwise); the mean is over all elements.
 
     Example:
         >>> import gradtape as gt
@@ -267,11 +275,7 @@ def binary_cross_entropy(logits: Any, targets: Any, reduction: str = "mean") -> 
     x, t = ops._util.pair(x, targets)
     if t.dtype.kind != "f":
         t = ops.astype(t, x.dtype)
-    try:
-        np.broadcast_shapes(x.shape, t.shape)
-    except ValueError:
-        raise ValueError(f"binary_cross_entropy: logits of shape {x.shape} and targets of shape "
-                         f"{t.shape} do not broadcast") from None
+    _same_shape(x, t, targets, "binary_cross_entropy", "logits")
     return _reduce(ops.softplus(x) - x * t, reduction, "binary_cross_entropy")
 
 
@@ -339,7 +343,13 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
         [-1.0, 1.0]
     """
     x = _float_input(x, "layer_norm")
+    if isinstance(eps, (str, bytes, bool)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not float(eps) > 0:
+        raise ValueError(f"layer_norm: eps must be a positive number (it keeps sqrt(var + eps) "
+                         f"away from 0), got {eps!r}")
     axes = normalize_axis(axis, x.ndim, "layer_norm")
+    if axes is None:  # all axes, as the reductions
+        axes = tuple(range(x.ndim))
     n = int(np.prod([x.shape[a] for a in axes]))
     mu = ops.sum(x, axis=axes, keepdims=True) * (1.0 / n)
     xc = x - mu

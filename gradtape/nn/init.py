@@ -12,17 +12,26 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._src.backend import get_backend
+from .._src.backend import Array, get_backend
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 __all__ = ["fans", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones",
-           "get"]
+           "get", "Initializer", "Seed"]
+
+#: A seed for an initializer: an int, a ``numpy.random.Generator`` (shared, advancing), or None.
+Seed = int | np.random.Generator | None
+#: An initializer: ``f(shape, seed=None, dtype=np.float32, kind="dense") -> backend array``.
+Initializer = Callable[..., Array]
 
 
-def fans(shape: tuple, kind: str = "dense") -> tuple[int, int]:
+def fans(shape: tuple[int, ...], kind: str = "dense") -> tuple[int, int]:
     """``(fan_in, fan_out)`` of a kernel: ``kind="dense"`` for ``[in, out]`` (any leading
     dims), ``"conv"`` for OIHW ``[O, I, kh, kw]``."""
     shape = tuple(int(s) for s in shape)
@@ -36,17 +45,17 @@ def fans(shape: tuple, kind: str = "dense") -> tuple[int, int]:
     return int(np.prod(shape[:-1])), shape[-1]
 
 
-def _rng(seed: Any) -> np.random.Generator:
+def _rng(seed: Seed) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-def _on_backend(arr: np.ndarray, dtype: Any) -> Any:
+def _on_backend(arr: np.ndarray, dtype: DTypeLike) -> Array:
     xp = get_backend().xp
     return xp.asarray(arr.astype(dtype, copy=False))
 
 
-def glorot_uniform(shape: tuple, seed: Any = None, dtype: Any = np.float32,
-                   kind: str = "dense") -> Any:
+def glorot_uniform(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+                   kind: str = "dense") -> Array:
     """Uniform in ``[-a, a]``, ``a = sqrt(6 / (fan_in + fan_out))`` (Glorot & Bengio; Keras's
     default). ``seed``: an int or a ``numpy.random.Generator``.
 
@@ -60,8 +69,8 @@ def glorot_uniform(shape: tuple, seed: Any = None, dtype: Any = np.float32,
     return _on_backend(_rng(seed).uniform(-a, a, size=shape), dtype)
 
 
-def glorot_normal(shape: tuple, seed: Any = None, dtype: Any = np.float32,
-                  kind: str = "dense") -> Any:
+def glorot_normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+                  kind: str = "dense") -> Array:
     """Normal with std ``sqrt(2 / (fan_in + fan_out))``.
 
     Example:
@@ -73,7 +82,8 @@ def glorot_normal(shape: tuple, seed: Any = None, dtype: Any = np.float32,
     return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / (fi + fo)), size=shape), dtype)
 
 
-def he_uniform(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+def he_uniform(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+               kind: str = "dense") -> Array:
     """Uniform in ``[-a, a]``, ``a = sqrt(6 / fan_in)`` (He et al., for ReLU layers).
 
     Example:
@@ -86,7 +96,8 @@ def he_uniform(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: st
     return _on_backend(_rng(seed).uniform(-a, a, size=shape), dtype)
 
 
-def he_normal(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+def he_normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+              kind: str = "dense") -> Array:
     """Normal with std ``sqrt(2 / fan_in)`` (He et al., for ReLU layers).
 
     Example:
@@ -98,12 +109,14 @@ def he_normal(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str
     return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / fi), size=shape), dtype)
 
 
-def zeros(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+def zeros(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+          kind: str = "dense") -> Array:
     """Zeros (``seed`` ignored). Example: ``init.zeros((3,))``."""
     return get_backend().xp.zeros(shape, dtype=dtype)
 
 
-def ones(shape: tuple, seed: Any = None, dtype: Any = np.float32, kind: str = "dense") -> Any:
+def ones(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+         kind: str = "dense") -> Array:
     """Ones (``seed`` ignored). Example: ``init.ones((3,))``."""
     return get_backend().xp.ones(shape, dtype=dtype)
 
@@ -114,7 +127,7 @@ _BY_NAME = {"glorot_uniform": glorot_uniform, "glorot_normal": glorot_normal,
             "kaiming_uniform": he_uniform, "kaiming_normal": he_normal}
 
 
-def get(initializer: Any) -> Any:
+def get(initializer: str | Initializer) -> Initializer:
     """An initializer by name (``"glorot_uniform"``, ``"he_normal"`` ...) or the callable itself.
 
     Example:

@@ -8,7 +8,13 @@ dict insertion order); each Variable is reported once under its first path
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import stat
+import struct
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +22,7 @@ import numpy as np
 
 from .. import ops
 from .._src.tensor import Tensor, Variable
+from ..optimizers import _checkpoint_dtype_error
 from . import init as _init
 from .conv import avg_pool2d, conv2d, max_pool2d
 from .functional import dropout, embedding, layer_norm, softmax
@@ -23,10 +30,16 @@ from .functional import dropout, embedding, layer_norm, softmax
 __all__ = ["Module", "Dense", "Linear", "Conv2D", "Sequential", "Flatten", "Dropout", "MaxPool2D",
            "AvgPool2D", "LayerNorm", "Embedding", "save", "load"]
 
+
+def _identity(x: Any) -> Any:
+    """The ``"linear"`` activation (a named function, so layers using it pickle)."""
+    return x
+
+
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "gelu": ops.gelu,
     "silu": ops.silu, "swish": ops.silu, "softplus": ops.softplus, "elu": ops.elu,
-    "leaky_relu": ops.leaky_relu, "softmax": softmax, "linear": lambda x: x,
+    "leaky_relu": ops.leaky_relu, "softmax": softmax, "linear": _identity,
 }
 
 
@@ -157,6 +170,16 @@ def _strip(path: str) -> str:
 
 
 # --------------------------------------------------------------------------- layers
+def _size(value: Any, layer: str, name: str) -> int:
+    """A layer size: a positive int (a float such as 2.5 is refused, never truncated)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{layer}: {name} must be a positive int, got {value!r}")
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {n}")
+    return n
+
+
 class Dense(Module):
     """Fully connected layer ``activation(x @ kernel + bias)`` (Keras layout).
 
@@ -180,7 +203,8 @@ class Dense(Module):
     def __init__(self, in_features: int, out_features: int, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _size(in_features, "Dense", "in_features")
+        self.out_features = _size(out_features, "Dense", "out_features")
         self.activation = _activation(activation)
         self.kernel = Variable(_init.get(kernel_init)((self.in_features, self.out_features),
                                                       seed=seed, dtype=dtype), name="kernel")
@@ -232,7 +256,8 @@ class Conv2D(Module):
                              f"out_channels={out_channels}")
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _activation(activation)
-        shape = (int(out_channels), int(in_channels) // groups, int(kh), int(kw))
+        shape = (_size(out_channels, "Conv2D", "out_channels"), _size(in_channels, "Conv2D", "in_channels") // groups,
+                 _size(kh, "Conv2D", "kernel_size"), _size(kw, "Conv2D", "kernel_size"))
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((shape[0],), seed=seed, dtype=dtype),
@@ -315,9 +340,11 @@ class Dropout(Module):
     def forward(self, x: Any) -> Tensor:
         x = ops._util.one(x)
         xp = x._backend.xp
-        gen = self._generators.get(id(xp))
+        # keyed by the array module's name (not its id), so a copied or unpickled layer
+        # continues its random stream
+        gen = self._generators.get(xp.__name__)
         if gen is None:
-            gen = self._generators[id(xp)] = xp.random.default_rng(self.seed)
+            gen = self._generators[xp.__name__] = xp.random.default_rng(self.seed)
         return dropout(x, self.rate, training=self.training, generator=gen)
 
 
@@ -347,8 +374,8 @@ class LayerNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, dtype: Any = np.float32) -> None:
         self.eps = float(eps)
-        self.gamma = Variable(_init.ones((int(dim),), dtype=dtype), name="gamma")
-        self.beta = Variable(_init.zeros((int(dim),), dtype=dtype), name="beta")
+        self.gamma = Variable(_init.ones((_size(dim, "LayerNorm", "dim"),), dtype=dtype), name="gamma")
+        self.beta = Variable(_init.zeros((_size(dim, "LayerNorm", "dim"),), dtype=dtype), name="beta")
 
     def forward(self, x: Any) -> Tensor:
         return layer_norm(x, self.gamma, self.beta, axis=-1, eps=self.eps)
@@ -363,16 +390,244 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, dim: int, seed: Any = None,
                  dtype: Any = np.float32) -> None:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        self.table = Variable(_init._on_backend(rng.normal(size=(int(num_embeddings), int(dim))),
-                                                dtype), name="table")
+        shape = (_size(num_embeddings, "Embedding", "num_embeddings"), _size(dim, "Embedding", "dim"))
+        self.table = Variable(_init._on_backend(rng.normal(size=shape), dtype), name="table")
 
     def forward(self, ids: Any) -> Tensor:
         return embedding(ids, self.table)
 
 
 # --------------------------------------------------------------------------- checkpoints
+# Format: an uncompressed ``.npz`` (a zip of ``.npy`` entries, what ``numpy.savez`` writes): NumPy
+# stays the only dependency, the files open with ``numpy.load``, and the zip's central
+# directory lets :func:`load` list the entries, read each ``.npy`` header and check every
+# declared size before decompressing a byte (never unpickling).
 _VAR = "var/"
 _OPT = "opt/"
+_NPY = ".npy"
+_MAX_HEADER = 10000  # bytes: NumPy's own limit for an .npy header
+_ITERATIONS_MAX_ITEMSIZE = 16
+_READ_PIECE = 1 << 20  # bytes decompressed at a time
+_TMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+              | getattr(os, "O_CLOEXEC", 0))
+
+
+def _display_paths(module: Module) -> dict[int, str]:
+    """id(Variable) -> where it lives, spelled so that dict keys keep their type
+    (``d[1]`` vs ``d['1']``), following the traversal of :meth:`Module.named_variables`."""
+    out: dict[int, str] = {}
+    seen: set[int] = set()
+
+    def visit(value: Any, where: str) -> None:
+        if isinstance(value, Variable):
+            out.setdefault(id(value), where)
+        elif isinstance(value, Module):
+            if id(value) in seen:
+                return
+            seen.add(id(value))
+            for key, item in vars(value).items():
+                if key != "training":
+                    visit(item, f"{where}.{key}" if where else key)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for k, item in value.items():
+                visit(item, f"{where}[{k!r}]")
+
+    visit(module, "")
+    return out
+
+
+def _checkpoint_names(module: Module, who: str) -> list[tuple[str, Variable]]:
+    """``module``'s ``(checkpoint name, Variable)`` pairs. Distinct Variables whose paths
+    coincide (dict keys ``1`` and ``"1"`` both give ``d.1``) raise ValueError naming both."""
+    named = [(_strip(n), v) for n, v in module.named_variables()]
+    first: dict[str, Variable] = {}
+    clashes = []
+    for name, v in named:
+        if name in first:
+            clashes.append((name, first[name], v))
+        else:
+            first[name] = v
+    if clashes:
+        where = _display_paths(module)
+        desc = "; ".join(f"{where.get(id(a), name)} and {where.get(id(b), name)} would both be "
+                         f"saved as {name!r}" for name, a, b in clashes)
+        raise ValueError(f"{who}: {desc}; give every Variable its own path (rename the attribute "
+                         "or dict key)")
+    return named
+
+
+def _new_file_mode(path: str) -> int:
+    """Permissions for the checkpoint: the replaced file's, else what ``open()`` would give
+    (0o666 less the umask; ``mkstemp``'s temporary is 0o600)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    umask = 0o022
+    try:
+        with open("/proc/self/status") as f:  # reading the umask without changing it (Linux)
+            for line in f:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o666 & ~umask
+
+
+def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` at ``path``: a unique temporary in the same folder,
+    flushed and fsynced, then ``os.replace``d over ``path``. Concurrent saves to one path (threads
+    or processes) each write their own temporary, so ``path`` always holds one complete
+    checkpoint; on any failure, KeyboardInterrupt included, the temporary is removed and the old
+    file is left as it was (a process killed outright can leave its temporary,
+    ``.<name>.<random>.tmp``, but never a partial ``path``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    pending: str | None = None
+    try:
+        # what tempfile.mkstemp does (a new random name, O_EXCL, mode 0o600), but with the name
+        # known before the file exists: a KeyboardInterrupt right after its creation still
+        # finds it in ``pending`` and removes it
+        while True:
+            pending = os.path.join(folder, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
+            try:
+                fd = os.open(pending, _TMP_FLAGS, 0o600)
+                break
+            except FileExistsError:
+                pending = None  # another writer's file: never ours to remove
+        tmp = pending
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for key, arr in arrays.items():
+                    with zf.open(key + _NPY, "w", force_zip64=True) as entry:
+                        np.lib.format.write_array(entry, np.asanyarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))
+        os.replace(tmp, path)
+        pending = None
+    finally:
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(pending)
+    with contextlib.suppress(OSError):  # make the rename itself durable (not on Windows)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class _Header:
+    """One ``.npy`` entry as declared by its header: shape, dtype, order, data offset."""
+
+    __slots__ = ("key", "info", "shape", "dtype", "fortran", "offset")
+
+    def __init__(self, key: str, info: zipfile.ZipInfo, shape: tuple[int, ...], dtype: np.dtype,
+                 fortran: bool, offset: int) -> None:
+        self.key, self.info, self.shape, self.dtype = key, info, shape, dtype
+        self.fortran, self.offset = fortran, offset
+
+
+_READ_ERRORS = (ValueError, TypeError, EOFError, OSError, RuntimeError, NotImplementedError,
+                OverflowError, struct.error, zlib.error, zipfile.BadZipFile)
+
+
+class _CheckpointReader:
+    """The entries of a checkpoint file, read lazily: names from the zip's directory, then one
+    header at a time, then only the data asked for (never unpickling)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:  # FileNotFoundError / IsADirectoryError as they are
+            magic = f.read(6)
+        try:
+            self.zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OverflowError,
+                struct.error, NotImplementedError) as exc:
+            what = ("a single .npy array" if magic == b"\x93NUMPY" else f"not a zip archive ({exc})")
+            raise ValueError(f"load: {path!r} is not a gradtape checkpoint: it is {what}; a "
+                             "checkpoint is the .npz file that gt.nn.save writes") from None
+        try:
+            self.entries: dict[str, zipfile.ZipInfo] = {}
+            odd = []
+            for info in self.zf.infolist():
+                if not info.filename.endswith(_NPY) or info.is_dir():
+                    odd.append(info.filename)
+                    continue
+                key = info.filename[:-len(_NPY)]
+                if key in self.entries:
+                    raise ValueError(f"load: {path!r} is not a gradtape checkpoint: entry "
+                                     f"{info.filename!r} appears twice")
+                self.entries[key] = info
+            if odd:
+                raise ValueError(f"load: {path!r} is not a gradtape checkpoint: unknown entries "
+                                 f"{sorted(odd)} (a checkpoint holds only .npy arrays)")
+        except BaseException:
+            self.zf.close()
+            raise
+
+    def __enter__(self) -> _CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.zf.close()
+
+    def _bad(self, key: str, why: object) -> ValueError:
+        return ValueError(f"load: checkpoint {self.path!r}: entry {key!r} is not a readable .npy "
+                          f"array ({why})")
+
+    def _read_header(self, f: Any, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=_MAX_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=_MAX_HEADER)
+        else:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        if any(int(d) < 0 for d in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
+
+    def header(self, key: str) -> _Header:
+        """Read ``key``'s header only (a few hundred bytes, whatever the entry's size)."""
+        info = self.entries[key]
+        try:
+            with self.zf.open(info) as f:
+                shape, fortran, dtype = self._read_header(f, key)
+                offset = f.tell()
+        except _READ_ERRORS as exc:
+            raise self._bad(key, exc) from None
+        return _Header(key, info, shape, dtype, fortran, offset)
+
+    def read(self, h: _Header) -> np.ndarray:
+        """Read the data of an entry whose header was checked (its shape and dtype against
+        what it should be): first the declared sizes must agree, then exactly that many bytes
+        are decompressed."""
+        nbytes = math.prod(h.shape) * h.dtype.itemsize
+        if h.dtype.hasobject or h.info.file_size != h.offset + nbytes:
+            raise self._bad(h.key, f"its header declares {h.shape} {h.dtype} ({nbytes} bytes), the "
+                                   f"zip entry holds {h.info.file_size - h.offset} bytes of data")
+        buf = np.empty(nbytes, np.uint8)  # filled piece by piece: the entry's size, once
+        try:
+            with self.zf.open(h.info) as f:
+                self._read_header(f, h.key)
+                done = 0
+                while done < nbytes:
+                    piece = f.read(min(nbytes - done, _READ_PIECE))
+                    if not piece:
+                        break
+                    buf[done:done + len(piece)] = np.frombuffer(piece, np.uint8)
+                    done += len(piece)
+                if done != nbytes or f.read(1):
+                    raise ValueError(f"{done} bytes of data, expected {nbytes}")
+        except _READ_ERRORS as exc:
+            raise self._bad(h.key, exc) from None
+        arr = buf.view(h.dtype)
+        return arr.reshape(h.shape[::-1]).transpose() if h.fortran else arr.reshape(h.shape)
 
 
 def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
@@ -382,6 +637,15 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     Loading both back with :func:`load` makes training resume exactly where it stopped.
     Returns the path written (``.npz`` appended when missing, as ``numpy.savez`` does).
 
+    The file is an uncompressed ``.npz`` (``numpy.load`` opens it; no pickled objects). It is
+    written to a unique temporary file in the same folder, fsynced, then renamed over
+    ``path``: concurrent saves to one path (threads or processes) leave one complete
+    checkpoint, and an interrupted save leaves the previous file intact and no temporary.
+
+    Raises:
+        ValueError: two Variables would be saved under one name (dict keys ``1`` and ``"1"``
+            both give ``d.1``); the message names both.
+
     Example:
         >>> import gradtape as gt, tempfile, os
         >>> m = gt.nn.Dense(2, 2, seed=0)
@@ -389,26 +653,43 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
         >>> gt.nn.Dense(2, 2, seed=1).load(p).kernel.numpy().tolist() == m.kernel.numpy().tolist()
         True
     """
-    named = [(_strip(n), v) for n, v in module.named_variables()]
+    named = _checkpoint_names(module, "save")
     arrays: dict[str, np.ndarray] = {}
     for name, v in named:
         arrays[_VAR + name] = v._backend.to_host(v.data)
     if optimizer is not None:
         for key, arr in optimizer.state_dict(named).items():
-            arrays[_OPT + key] = arr
-    path = os.fspath(path)
+            arrays[_OPT + key] = np.asarray(arr)
+    path = os.fsdecode(os.fspath(path))
     if not path.endswith(".npz"):
         path += ".npz"
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+    _write_atomically(path, arrays)
     return path
 
 
 def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None:
     """Restore what :func:`save` wrote into ``module``'s Variables in place (and into
-    ``optimizer``'s state when given). Missing or unexpected entries and shape mismatches
-    raise ``ValueError`` naming them.
+    ``optimizer``'s state when given).
+
+    Everything is checked before anything changes; on any error the module and the
+    optimizer are left exactly as they were. Only the entries needed are read (optimizer
+    state only when ``optimizer`` is given), and each entry's declared shape, dtype and size
+    are checked before its data is decompressed, so memory stays near the model's size
+    whatever the file claims. Nothing is ever unpickled.
+
+    Dtypes: an entry must have its Variable's dtype, except that a float entry loads into a
+    Variable of another float dtype (cast, rounding when narrowing: float64 -> float32 works).
+    Strings, bytes, objects, records, complex into real, ints and bools are refused.
+
+    Raises:
+        ValueError: ``path`` is not a gradtape checkpoint (a ``.npy``, a non-zip file, random
+            bytes, entries that are not ``.npy`` arrays or not under ``var/``/``opt/``);
+            variables missing or unexpected; a shape mismatch; a truncated or inconsistent
+            entry; no optimizer state although ``optimizer`` was given, or optimizer entries
+            that do not fit it (see :meth:`gradtape.optimizers.Optimizer.load_state_dict`);
+            two Variables of ``module`` share one name.
+        TypeError: an entry's dtype is refused (the message names the entry, the expected
+            and the found dtype).
 
     Example:
         >>> import gradtape as gt, tempfile, os
@@ -416,25 +697,84 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
         >>> p = m.save(os.path.join(tempfile.mkdtemp(), "ckpt"))
         >>> gt.nn.load(p, m)
     """
-    named = [(_strip(n), v) for n, v in module.named_variables()]
-    with np.load(os.fspath(path), allow_pickle=False) as f:
-        data = {k: f[k] for k in f.files}
-    stored = {k[len(_VAR):] for k in data if k.startswith(_VAR)}
-    wanted = {n for n, _ in named}
-    if stored != wanted:
-        missing, extra = sorted(wanted - stored), sorted(stored - wanted)
-        raise ValueError(f"load: checkpoint {os.fspath(path)!r} does not match the module: "
-                         f"missing {missing}, unexpected {extra}")
-    for name, v in named:
-        arr = data[_VAR + name]
-        if arr.shape != v.shape:
-            raise ValueError(f"load: variable {name!r} has shape {v.shape}, the checkpoint holds "
-                             f"{arr.shape}")
-    for name, v in named:
-        v.assign(data[_VAR + name])
+    path = os.fsdecode(os.fspath(path))
+    named = _checkpoint_names(module, "load")
+    variables = dict(named)
+    where = f"load: checkpoint {path!r}"
+    with _CheckpointReader(path) as ckpt:
+        # 1. names only (the zip's directory): unknown, missing and unexpected entries
+        unknown = sorted(k + _NPY for k in ckpt.entries if not k.startswith((_VAR, _OPT)))
+        if unknown:
+            raise ValueError(f"load: {path!r} is not a gradtape checkpoint: unknown entries "
+                             f"{unknown} (a checkpoint holds 'var/...' and 'opt/...' entries)")
+        stored = {k[len(_VAR):] for k in ckpt.entries if k.startswith(_VAR)}
+        if stored != set(variables):
+            missing, extra = sorted(set(variables) - stored), sorted(stored - set(variables))
+            raise ValueError(f"{where} does not match the module: missing {missing}, "
+                             f"unexpected {extra}")
+        opt_keys = [k for k in ckpt.entries if k.startswith(_OPT)]
+        if optimizer is not None:
+            if not opt_keys:
+                raise ValueError(f"{where} holds no optimizer state (it was saved without "
+                                 "optimizer=)")
+            slot_names = getattr(optimizer, "slot_names", None)
+            odd = []
+            for k in opt_keys:
+                key = k[len(_OPT):]
+                name, sep, slot = key.rpartition("/")
+                if key != "iterations" and (not sep or name not in variables or
+                                            (slot_names is not None and slot not in slot_names)):
+                    odd.append(key)
+            if odd:
+                raise ValueError(f"{where}: unexpected optimizer entries {sorted(odd)} for "
+                                 f"{optimizer!r} (slots {list(slot_names or ())}) and the "
+                                 "module's variables")
+        # 2. headers: shapes and dtypes against the module, before reading any data
+        headers: list[tuple[str, _Header]] = []
+        for name, v in named:
+            h = ckpt.header(_VAR + name)
+            if h.shape != v.shape:
+                raise ValueError(f"load: variable {name!r} has shape {v.shape}, the checkpoint "
+                                 f"holds {h.shape}")
+            problem = _checkpoint_dtype_error(_VAR + name, v.dtype, h.dtype)
+            if problem:
+                raise TypeError(f"{where}: {problem}")
+            headers.append((name, h))
+        opt_headers: list[tuple[str, _Header]] = []
+        if optimizer is not None:
+            for k in opt_keys:
+                key = k[len(_OPT):]
+                h = ckpt.header(k)
+                if key == "iterations":  # the value itself is checked by the optimizer
+                    if h.shape != ():
+                        raise ValueError(f"{where}: 'iterations' must be a non-negative integer "
+                                         f"scalar, got an array of shape {h.shape}")
+                    if h.dtype.kind not in "iu" or h.dtype.itemsize > _ITERATIONS_MAX_ITEMSIZE:
+                        raise TypeError(f"{where}: 'iterations' must be a non-negative integer "
+                                        f"scalar, got dtype {h.dtype}")
+                else:
+                    v = variables[key.rpartition("/")[0]]
+                    if h.shape != v.shape:
+                        raise ValueError(f"{where}: {k} has shape {h.shape}, the variable "
+                                         f"{v.shape}")
+                    problem = _checkpoint_dtype_error(k, v.dtype, h.dtype)
+                    if problem:
+                        raise TypeError(f"{where}: {problem}")
+                opt_headers.append((key, h))
+        # 3. the data: declared sizes checked, then exactly those bytes read
+        values = [(variables[name], ckpt.read(h)) for name, h in headers]
+        opt_state = {key: ckpt.read(h) for key, h in opt_headers}
+    # 4. on the variables' backends; the optimizer's state checked and staged
+    staged = [(v, v._backend.xp.asarray(arr, dtype=v.dtype)) for v, arr in values]
+    check = getattr(optimizer, "_check_state", None)
+    checked = None
     if optimizer is not None:
-        opt_state = {k[len(_OPT):]: a for k, a in data.items() if k.startswith(_OPT)}
-        if not opt_state:
-            raise ValueError(f"load: checkpoint {os.fspath(path)!r} holds no optimizer state "
-                             "(it was saved without optimizer=)")
-        optimizer.load_state_dict(opt_state, named)
+        if check is not None:
+            checked = check(opt_state, named)
+        else:  # another optimizer type: its own load_state_dict, before any variable changes
+            optimizer.load_state_dict(opt_state, named)
+    # 5. nothing can fail from here on
+    for v, arr in staged:
+        v.assign(arr)
+    if checked is not None:
+        optimizer._commit_state(checked)

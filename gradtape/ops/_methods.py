@@ -8,14 +8,18 @@ class. The class declares their signatures for type checkers.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .._src.tensor import Tensor
+from .._src.tensor import Axis, IndexLike, Tensor, TensorLike
 from . import elementwise as _e
 from . import indexing as _i
 from . import linalg as _l
 from . import reductions as _r
 from . import shape as _s
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 __all__: list[str] = []
 
@@ -25,51 +29,51 @@ def _T(self: Tensor) -> Tensor:
     return _s.transpose(self)
 
 
-def _m_add(self: Tensor, other: Any) -> Tensor:
+def _m_add(self: Tensor, other: TensorLike) -> Tensor:
     return _e.add(self, other)
 
 
-def _m_radd(self: Tensor, other: Any) -> Tensor:
+def _m_radd(self: Tensor, other: TensorLike) -> Tensor:
     return _e.add(other, self)
 
 
-def _m_sub(self: Tensor, other: Any) -> Tensor:
+def _m_sub(self: Tensor, other: TensorLike) -> Tensor:
     return _e.sub(self, other)
 
 
-def _m_rsub(self: Tensor, other: Any) -> Tensor:
+def _m_rsub(self: Tensor, other: TensorLike) -> Tensor:
     return _e.sub(other, self)
 
 
-def _m_mul(self: Tensor, other: Any) -> Tensor:
+def _m_mul(self: Tensor, other: TensorLike) -> Tensor:
     return _e.mul(self, other)
 
 
-def _m_rmul(self: Tensor, other: Any) -> Tensor:
+def _m_rmul(self: Tensor, other: TensorLike) -> Tensor:
     return _e.mul(other, self)
 
 
-def _m_truediv(self: Tensor, other: Any) -> Tensor:
+def _m_truediv(self: Tensor, other: TensorLike) -> Tensor:
     return _e.div(self, other)
 
 
-def _m_rtruediv(self: Tensor, other: Any) -> Tensor:
+def _m_rtruediv(self: Tensor, other: TensorLike) -> Tensor:
     return _e.div(other, self)
 
 
-def _m_pow(self: Tensor, other: Any) -> Tensor:
+def _m_pow(self: Tensor, other: TensorLike) -> Tensor:
     return _e.pow(self, other)
 
 
-def _m_rpow(self: Tensor, other: Any) -> Tensor:
+def _m_rpow(self: Tensor, other: TensorLike) -> Tensor:
     return _e.pow(other, self)
 
 
-def _m_matmul(self: Tensor, other: Any) -> Tensor:
+def _m_matmul(self: Tensor, other: TensorLike) -> Tensor:
     return _l.matmul(self, other)
 
 
-def _m_rmatmul(self: Tensor, other: Any) -> Tensor:
+def _m_rmatmul(self: Tensor, other: TensorLike) -> Tensor:
     return _l.matmul(other, self)
 
 
@@ -85,39 +89,39 @@ def _m_abs(self: Tensor) -> Tensor:
     return _e.abs(self)
 
 
-def _m_getitem(self: Tensor, index: Any) -> Tensor:
+def _m_getitem(self: Tensor, index: IndexLike) -> Tensor:
     return _i.getitem(self, index)
 
 
-def _m_lt(self: Tensor, other: Any) -> Tensor:
+def _m_lt(self: Tensor, other: TensorLike) -> Tensor:
     return _e.less(self, other)
 
 
-def _m_le(self: Tensor, other: Any) -> Tensor:
+def _m_le(self: Tensor, other: TensorLike) -> Tensor:
     return _e.less_equal(self, other)
 
 
-def _m_gt(self: Tensor, other: Any) -> Tensor:
+def _m_gt(self: Tensor, other: TensorLike) -> Tensor:
     return _e.greater(self, other)
 
 
-def _m_ge(self: Tensor, other: Any) -> Tensor:
+def _m_ge(self: Tensor, other: TensorLike) -> Tensor:
     return _e.greater_equal(self, other)
 
 
-def _m_eq(self: Tensor, other: Any) -> Tensor:  # type: ignore[override]
+def _m_eq(self: Tensor, other: TensorLike) -> Tensor:
     return _e.equal(self, other)
 
 
-def _m_ne(self: Tensor, other: Any) -> Tensor:  # type: ignore[override]
+def _m_ne(self: Tensor, other: TensorLike) -> Tensor:
     return _e.not_equal(self, other)
 
 
-def _m_and(self: Tensor, other: Any) -> Tensor:
+def _m_and(self: Tensor, other: TensorLike) -> Tensor:
     return _e.logical_and(self, other)
 
 
-def _m_or(self: Tensor, other: Any) -> Tensor:
+def _m_or(self: Tensor, other: TensorLike) -> Tensor:
     return _e.logical_or(self, other)
 
 
@@ -125,47 +129,51 @@ def _m_invert(self: Tensor) -> Tensor:
     return _e.logical_not(self)
 
 
-def _m_sum(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+def _m_sum(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
     """Sum over ``axis`` (None: all). See :func:`gradtape.sum`."""
     return _r.sum(self, axis=axis, keepdims=keepdims)
 
 
-def _m_mean(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+def _m_mean(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis`` (None: all). See :func:`gradtape.mean`."""
     return _r.mean(self, axis=axis, keepdims=keepdims)
 
 
-def _m_max(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+def _m_max(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
     """Maximum over ``axis``; ties share the gradient. See :func:`gradtape.max`."""
     return _r.max(self, axis=axis, keepdims=keepdims)
 
 
-def _m_min(self: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+def _m_min(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
     """Minimum over ``axis``; ties share the gradient. See :func:`gradtape.min`."""
     return _r.min(self, axis=axis, keepdims=keepdims)
 
 
-def _m_reshape(self: Tensor, *shape: Any) -> Tensor:
+def _m_reshape(self: Tensor, *shape: int | Sequence[int]) -> Tensor:
     """Reshape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``). See :func:`gradtape.reshape`."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     return _s.reshape(self, shape)
 
 
-def _m_transpose(self: Tensor, *axes: Any) -> Tensor:
+def _m_transpose(self: Tensor, *axes: int | Sequence[int] | None) -> Tensor:
     """Permute axes (reversed when none are given). See :func:`gradtape.transpose`."""
     if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
-        axes = axes[0]
+        return _s.transpose(self, axes[0] or None)
     return _s.transpose(self, axes or None)
 
 
-def _m_astype(self: Tensor, dtype: Any) -> Tensor:
+def _m_astype(self: Tensor, dtype: DTypeLike) -> Tensor:
     """Cast to ``dtype``; differentiable between float dtypes. See :func:`gradtape.astype`."""
     return _s.astype(self, dtype)
 
 
 def install() -> None:
-    """Set the operators and methods on Tensor (Variable inherits them)."""
+    """Set the operators and methods on Tensor (Variable inherits them).
+
+    Tensor declares each of them for type checkers (its ``if TYPE_CHECKING:`` block); assigning
+    a method to a class is what mypy's ``method-assign`` code flags, deliberately done here.
+    """
     Tensor.T = property(_T)  # type: ignore[method-assign,assignment]
     Tensor.__add__ = _m_add  # type: ignore[method-assign]
     Tensor.__radd__ = _m_radd  # type: ignore[method-assign]

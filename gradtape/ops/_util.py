@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from .._src.primitive import one, pair
@@ -16,7 +17,9 @@ def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in axes:
-        a = int(a)
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            raise TypeError(f"{what}: axis must be None, an int or a tuple of ints, got {axis!r}")
+        a = operator.index(a)
         if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
             raise ValueError(f"{what}: axis {a} is out of range for a tensor of rank {ndim}")
         out.append(a % ndim if ndim else 0)

@@ -35,6 +35,14 @@ def _relu_out(x: Any, out: Any) -> Any:
     return np.maximum(x, 0, out=out)
 
 
+def _maximum_out(a: Any, b: Any, out: Any) -> Any:
+    return np.maximum(a, b, out=out)
+
+
+def _minimum_out(a: Any, b: Any, out: Any) -> Any:
+    return np.minimum(a, b, out=out)
+
+
 def _softplus_out(x: Any, out: Any) -> Any:
     return np.logaddexp(0, x, out)
 
@@ -61,8 +69,9 @@ P_SQRT = elementwise("sqrt", lambda xp, x: xp.sqrt(x), d="0.5 / y", safe=True, d
 P_RSQRT = elementwise("rsqrt", lambda xp, x: 1 / xp.sqrt(x), d="-0.5 * y / x", safe=True,
                       domain=_POS)
 P_SQUARE = elementwise("square", lambda xp, x: x * x, d="2 * x", out_form=_square_out, cheap=True)
-P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK, out_form=np.absolute, cheap=True)
-P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK, out_form=np.sign, cheap=True)
+P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK, out_form=np.absolute,
+                    cheap=True, masks=True)
+P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK, out_form=np.sign, cheap=True, masks=True)
 P_SIN = elementwise("sin", lambda xp, x: xp.sin(x), d="cos(x)", out_form=np.sin)
 P_COS = elementwise("cos", lambda xp, x: xp.cos(x), d="-sin(x)", out_form=np.cos)
 P_TAN = elementwise("tan", lambda xp, x: xp.tan(x), d="1 + y * y", domain=Domain(-1.2, 1.2), out_form=np.tan)
@@ -76,7 +85,8 @@ P_ARCCOS = elementwise("arccos", lambda xp, x: xp.arccos(x), d="-rsqrt(1 - x * x
 P_ARCTAN = elementwise("arctan", lambda xp, x: xp.arctan(x), d="1 / (1 + x * x)", out_form=np.arctan)
 P_SIGMOID = elementwise("sigmoid", lambda xp, x: xp.exp(-xp.logaddexp(0, -x)),
                         d="y * (1 - y)", domain=Domain(-4, 4))
-P_RELU = elementwise("relu", lambda xp, x: xp.maximum(x, 0), d="x > 0", domain=_KINK, out_form=_relu_out, cheap=True)
+P_RELU = elementwise("relu", lambda xp, x: xp.maximum(x, 0), d="x > 0", domain=_KINK, out_form=_relu_out,
+                     cheap=True, masks=True)
 P_LEAKY_RELU = elementwise(
     "leaky_relu", lambda xp, x, *, negative_slope: xp.where(x > 0, x, x * negative_slope),
     d="where(x > 0, 1, negative_slope)", domain=_KINK)
@@ -98,17 +108,17 @@ P_SILU = elementwise("silu", lambda xp, x: x * xp.exp(-xp.logaddexp(0, -x)),
 P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x), d="1.1283791670955126 * exp(-x * x)")
 P_MAXIMUM = elementwise("maximum", lambda xp, a, b: xp.maximum(a, b),
                         d=("where(a > b, 1, where(a == b, 0.5, 0))",
-                           "where(b > a, 1, where(a == b, 0.5, 0))"), out_form=np.maximum, cheap=True)
+                           "where(b > a, 1, where(a == b, 0.5, 0))"), out_form=_maximum_out, cheap=True, masks=True)
 P_MINIMUM = elementwise("minimum", lambda xp, a, b: xp.minimum(a, b),
                         d=("where(a < b, 1, where(a == b, 0.5, 0))",
-                           "where(b < a, 1, where(a == b, 0.5, 0))"), out_form=np.minimum, cheap=True)
+                           "where(b < a, 1, where(a == b, 0.5, 0))"), out_form=_minimum_out, cheap=True, masks=True)
 P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo), hi),
                      d=("(x >= lo) & (x <= hi)", "x < lo", "x > hi"),
-                     domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)))
+                     domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)), masks=True)
 P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "c", "~c"),
-                      domain=(Domain(kind="bool"), Domain(), Domain()))
+                      domain=(Domain(kind="bool"), Domain(), Domain()), masks=True)
 P_SAFE_MUL = elementwise("safe_mul", lambda xp, a, b: xp.where(a == 0, 0, a * b), d=("b", "a"),
-                         safe=True)
+                         safe=True, masks=True)
 
 # comparisons and logic: no gradient, bool results
 P_LESS = primitive("less", lambda xp, a, b: a < b, nondiff=True)
@@ -200,6 +210,16 @@ silu = _unary(P_SILU, "``x * sigmoid(x)`` (swish)")
 erf = _unary(P_ERF, "Error function")
 
 
+def _real(value: Any, what: str, name: str) -> float:
+    """A scalar parameter: a finite real number (a string or NaN would give silent NaNs)."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: {name} must be a real number, got {value!r}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{what}: {name} must be finite, got {v}")
+    return v
+
+
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     """``x`` where ``x > 0``, else ``negative_slope * x``.
 
@@ -208,7 +228,7 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
         >>> gt.leaky_relu(gt.tensor([-1.0, 2.0]), 0.1).numpy()
         array([-0.1,  2. ], dtype=float32)
     """
-    return bind(P_LEAKY_RELU, one(x), negative_slope=float(negative_slope))
+    return bind(P_LEAKY_RELU, one(x), negative_slope=_real(negative_slope, "leaky_relu", "negative_slope"))
 
 
 def elu(x: Any, alpha: float = 1.0) -> Tensor:
@@ -219,7 +239,7 @@ def elu(x: Any, alpha: float = 1.0) -> Tensor:
         >>> gt.elu(gt.tensor([1.0])).numpy()
         array([1.], dtype=float32)
     """
-    return bind(P_ELU, one(x), alpha=float(alpha))
+    return bind(P_ELU, one(x), alpha=_real(alpha, "elu", "alpha"))
 
 
 def gelu(x: Any, approximate: str = "none") -> Tensor:

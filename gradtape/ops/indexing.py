@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
+from .._src.rules import OnTensors
 from .._src.tensor import Tensor
 from ._util import one
 
@@ -61,16 +63,19 @@ def _scatter_examples(rng: Any) -> list:
                                                        "shape": (2, 4)})]
 
 
-P_SCATTER = primitive(
-    "scatter_add", _scatter_impl,
-    lambda rec, g: (bind(P_GETITEM, g, index=rec.params["index"],
-                         advanced=rec.params["advanced"]),),
-    saves_inputs=False, examples=_scatter_examples)
+def _scatter_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    p = rec.params
+    return (m.apply(P_GETITEM, g, index=p["index"], advanced=p["advanced"]),)
 
 
-def _getitem_vjp(rec: Any, g: Tensor) -> tuple:
-    return (bind(P_SCATTER, g, index=rec.params["index"], shape=rec.in_shapes[0],
-                 advanced=rec.params["advanced"]),)
+P_SCATTER = primitive("scatter_add", _scatter_impl, rule=_scatter_rule, saves_inputs=False,
+                      examples=_scatter_examples)
+
+
+def _getitem_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    p = rec.params
+    return (m.apply(P_SCATTER, g, index=p["index"], shape=rec.in_shapes[0],
+                    advanced=p["advanced"]),)
 
 
 def _getitem_examples(rng: Any) -> list:
@@ -86,8 +91,8 @@ def _getitem_examples(rng: Any) -> list:
     ]
 
 
-P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], _getitem_vjp,
-                      saves_inputs=False, examples=_getitem_examples)
+P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], rule=_getitem_rule,
+                      saves_inputs=False, masks=True, examples=_getitem_examples)
 
 
 def getitem(x: Any, index: Any) -> Tensor:

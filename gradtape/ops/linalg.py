@@ -7,22 +7,25 @@ reuses that rule with subscripts computed from the shapes.
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Any
 
 import numpy as np
 
+from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
+from .._src.rules import OnTensors
 from .._src.tensor import Tensor, _wrap
 from ._util import one, pair
 from .elementwise import mul
-from .shape import P_RESHAPE, P_TRANSPOSE, astype, broadcast_to, reshape
+from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_TRANSPOSE, reshape
 
 __all__ = ["matmul", "dot", "einsum", "outer"]
 
 
-def _cast(g: Tensor, dtype: Any) -> Tensor:
-    return astype(g, dtype) if g.dtype != dtype else g
+def _cast(m: OnTensors, g: Tensor, dtype: Any) -> Tensor:
+    return m.apply(P_ASTYPE, g, dtype=dtype) if g.dtype != dtype else g
 
 
 def _rand(rng: Any, *shape: int) -> np.ndarray:
@@ -30,7 +33,7 @@ def _rand(rng: Any, *shape: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- matmul
-def _swap_last(m: Any, t: Any) -> Any:
+def _swap_last(m: OnTensors, t: Tensor) -> Tensor:
     n = len(t.shape)
     return m.apply(P_TRANSPOSE, t, axes=_SWAP2 if n == 2 else (*range(n - 2), n - 1, n - 2))
 
@@ -38,8 +41,8 @@ def _swap_last(m: Any, t: Any) -> Any:
 _SWAP2 = (1, 0)
 
 
-def _matmul_rule(m: Any, rec: Any, g: Any) -> tuple:
-    """The matmul VJP, once for both renderings (see :mod:`gradtape._rules`); the engine casts
+def _matmul_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """The matmul VJP, once for both renderings (see :mod:`gradtape._src.rules`); the engine casts
     each gradient to its input's dtype."""
     a, b = m.val(rec.inputs[0]), m.val(rec.inputs[1])
     na, nb = len(rec.in_shapes[0]), len(rec.in_shapes[1])
@@ -120,7 +123,7 @@ def _einsum_impl(xp: Any, *arrays: Any, inputs: tuple, output: str) -> Any:
     return xp.einsum(spec, *arrays, optimize=len(arrays) > 2)
 
 
-def _einsum_vjp(rec: Any, g: Tensor) -> tuple:
+def _einsum_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     """Gradient of operand k: the output gradient contracted with the other operands, onto
     the labels of k; labels only k has (summed away in the forward) are broadcast back."""
     subs = rec.params["inputs"]
@@ -134,13 +137,16 @@ def _einsum_vjp(rec: Any, g: Tensor) -> tuple:
         others = [j for j in range(len(subs)) if j != k]
         avail = set(out).union(*(subs[j] for j in others))
         target = "".join(c for c in subs[k] if c in avail)
-        gk = bind(P_EINSUM, g, *(ops[j] for j in others),
-                  inputs=(out, *(subs[j] for j in others)), output=target)
+        gk = m.apply(P_EINSUM, g, *(m.val(ops[j]) for j in others),
+                     inputs=(out, *(subs[j] for j in others)), output=target)
         if target != subs[k]:
             shape = rec.in_shapes[k]
             kept = tuple(s if c in avail else 1 for c, s in zip(subs[k], shape))
-            gk = broadcast_to(reshape(gk, kept), shape)
-        grads.append(_cast(gk, rec.in_dtypes[k]))
+            if gk.shape != kept:
+                gk = m.apply(P_RESHAPE, gk, shape=kept)
+            if kept != shape:
+                gk = m.apply(P_BROADCAST_TO, gk, shape=shape)
+        grads.append(_cast(m, gk, rec.in_dtypes[k]))
     return tuple(grads)
 
 
@@ -153,7 +159,7 @@ def _einsum_examples(rng: Any) -> list:
             (einsum, ("...ij,...j->...i", _rand(rng, 4, 2, 3), _rand(rng, 1, 3)), {})]
 
 
-P_EINSUM = primitive("einsum", _einsum_impl, _einsum_vjp, examples=_einsum_examples)
+P_EINSUM = primitive("einsum", _einsum_impl, rule=_einsum_rule, examples=_einsum_examples)
 
 _LABELS = string.ascii_letters
 
@@ -295,7 +301,7 @@ def _dot_examples(rng: Any) -> list:
             (dot, (_rand(rng), _rand(rng, 2)), {})]
 
 
-P_DOT = primitive("dot", lambda xp, a, b, *, inputs, output: xp.dot(a, b), _einsum_vjp,
+P_DOT = primitive("dot", lambda xp, a, b, *, inputs, output: xp.dot(a, b), rule=_einsum_rule,
                   examples=_dot_examples)
 
 
@@ -327,13 +333,20 @@ def dot(a: Any, b: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- outer
-def _outer_vjp(rec: Any, g: Tensor) -> tuple:
-    a, b = rec.inputs
+def _reshaped(m: OnTensors, t: Tensor, shape: tuple) -> Tensor:
+    return t if t.shape == shape else m.apply(P_RESHAPE, t, shape=shape)
+
+
+def _outer_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    a, b = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    sa, sb = rec.in_shapes
     ga = gb = None
     if rec.needs[0]:
-        ga = _cast(reshape(matmul(g, reshape(b, (-1,))), rec.in_shapes[0]), a.dtype)
+        gf = m.apply(P_MATMUL, g, _reshaped(m, b, (math.prod(sb),)))
+        ga = _cast(m, _reshaped(m, gf, sa), rec.in_dtypes[0])
     if rec.needs[1]:
-        gb = _cast(reshape(matmul(reshape(a, (-1,)), g), rec.in_shapes[1]), b.dtype)
+        gf = m.apply(P_MATMUL, _reshaped(m, a, (math.prod(sa),)), g)
+        gb = _cast(m, _reshaped(m, gf, sb), rec.in_dtypes[1])
     return ga, gb
 
 
@@ -343,7 +356,7 @@ def _outer_examples(rng: Any) -> list:
             (outer, (_rand(rng), _rand(rng, 2)), {})]
 
 
-P_OUTER = primitive("outer", lambda xp, a, b: xp.outer(a, b), _outer_vjp,
+P_OUTER = primitive("outer", lambda xp, a, b: xp.outer(a, b), rule=_outer_rule,
                     examples=_outer_examples)
 
 

@@ -1,7 +1,9 @@
 """Reductions: sum, mean, prod, max, min, logsumexp, var, std, norm, argmax, argmin.
 
 Every reduction takes NumPy's ``axis`` (None, int or tuple, negative allowed) and ``keepdims``.
-The VJPs are written in gradtape ops, so they can themselves be differentiated (nested tapes).
+Each VJP is a rule (``rule(m, rec, g)``, see :mod:`gradtape._src.rules`): rendered on backend
+arrays for first-order passes and in gradtape ops, so it can itself be differentiated (nested
+tapes).
 A 0-d tensor accepts ``axis=0``/``-1`` and is returned unreduced (as NumPy's ``sum`` does).
 """
 
@@ -12,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from .._src.autodiff.record import Record
 from .._src.primitive import Domain, bind, primitive
-from .._src.rules import ON_TENSORS
-from .._src.tensor import Tensor, _wrap
+from .._src.rules import OnTensors
+from .._src.tensor import Tensor
 from ._util import normalize_axis, one
-from .elementwise import exp, where
-from .shape import P_BROADCAST_TO, P_RESHAPE, reshape
+from .elementwise import P_EXP, P_WHERE
+from .shape import P_BROADCAST_TO, P_RESHAPE
 
 __all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
            "argmin"]
@@ -41,23 +44,22 @@ def _count(in_shape: tuple, axes: tuple | None) -> int:
     return math.prod(in_shape[i] for i in axes)
 
 
-def _kept(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Tensor:
-    """The reduced gradient reshaped to the keepdims shape (broadcasts against the input)."""
+def _kept(m: OnTensors, g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool
+          ) -> Tensor:
+    """The reduced gradient reshaped to the keepdims shape (broadcasts against the input), in
+    rendering ``m``."""
     if keepdims:
         return g
-    return reshape(g, _kept_shape(in_shape, axes))
+    shape = _kept_shape(in_shape, axes)
+    return g if g.shape == shape else m.apply(P_RESHAPE, g, shape=shape)
 
 
-def _expand(m: Any, g: Any, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Any:
+def _expand(m: OnTensors, g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool
+            ) -> Tensor:
     """Broadcast a reduced gradient back to the input's shape, in rendering ``m``."""
     if not keepdims:
         g = m.apply(P_RESHAPE, g, shape=_kept_shape(in_shape, axes))
     return m.apply(P_BROADCAST_TO, g, shape=in_shape)
-
-
-def _expand_back(g: Tensor, in_shape: tuple, axes: tuple | None, keepdims: bool) -> Tensor:
-    """Broadcast a reduced gradient back to the input's shape (gradtape ops)."""
-    return _expand(ON_TENSORS, g, in_shape, axes, keepdims)
 
 
 def _squeeze_axes(xp: Any, a: Any, axes: tuple | None, keepdims: bool) -> Any:
@@ -69,12 +71,17 @@ def _squeeze_axes(xp: Any, a: Any, axes: tuple | None, keepdims: bool) -> Any:
     return a.reshape(tuple(s for i, s in enumerate(a.shape) if i not in axes))
 
 
-def _rec_kept(rec: Any, g: Tensor) -> Tensor:
+def _rec_kept(m: OnTensors, rec: Record, g: Tensor) -> Tensor:
     p = rec.params
-    return _kept(g, rec.in_shapes[0], p["axis"], p["keepdims"])
+    return _kept(m, g, rec.in_shapes[0], p["axis"], p["keepdims"])
 
 
-def _rec_count(rec: Any) -> int:
+def _zero_mask(m: OnTensors, y: Tensor) -> Tensor:
+    """Where ``y`` is 0, as a constant bool operand next to ``y``."""
+    return m.const(m.data(y) == 0, y)
+
+
+def _rec_count(rec: Record) -> int:
     return _count(rec.in_shapes[0], rec.params["axis"])
 
 
@@ -93,7 +100,7 @@ def _distinct(rng: Any, *shape: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sum
-def _sum_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _sum_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     p = rec.params
     return (_expand(m, g, rec.in_shapes[0], p["axis"], p["keepdims"]),)
 
@@ -132,7 +139,7 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A0
 
 
 # --------------------------------------------------------------------------- mean
-def _mean_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _mean_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     n = _rec_count(rec)
     (gx,) = _sum_rule(m, rec, g)
     return (gx * (1.0 / n) if n else gx,)
@@ -159,23 +166,24 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 # --------------------------------------------------------------------------- prod
-def _prod_vjp(rec: Any, g: Tensor) -> tuple:
+def _prod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # d prod / d x_i = product of the others, without dividing by zero:
     #   no zero in the slice:   y / x_i
     #   exactly one zero:       at the zero, the product of the non-zeros; elsewhere y / x_i = 0
     #   two or more zeros:      0 everywhere (every "product of the others" holds a zero)
     # y / x_i keeps the dependence on the zero entry, so the second derivative is exact with
     # up to one zero per slice too.
-    x = rec.inputs[0]
+    x = m.val(rec.inputs[0])
     axes = rec.params["axis"]
-    y = _rec_kept(rec, rec.output)
-    is_zero = x == 0
-    x_safe = where(is_zero, 1, x)
-    nonzero_prod = prod(x_safe, axis=axes, keepdims=True)
-    zeros = sum(is_zero.astype(x.dtype), axis=axes, keepdims=True)
-    at_zero = where(zeros == 1, nonzero_prod, 0)
-    d = where(is_zero, at_zero, y / x_safe)
-    return (_rec_kept(rec, g) * d,)
+    y = _rec_kept(m, rec, m.val(rec.output))
+    zero = m.data(x) == 0
+    is_zero = m.const(zero, x)
+    x_safe = m.apply(P_WHERE, is_zero, m.scalar(1, x), x)
+    nonzero_prod = m.apply(P_PROD, x_safe, axis=axes, keepdims=True)
+    one_zero = m.const(zero.astype(x.dtype).sum(axis=axes, keepdims=True) == 1, x)
+    at_zero = m.apply(P_WHERE, one_zero, nonzero_prod, m.scalar(0, nonzero_prod))
+    d = m.apply(P_WHERE, is_zero, at_zero, y / x_safe)
+    return (_rec_kept(m, rec, g) * d,)
 
 
 def _prod_examples(rng: Any) -> list:
@@ -192,7 +200,7 @@ def _prod_examples(rng: Any) -> list:
 
 
 P_PROD = primitive("prod", lambda xp, x, *, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
-                   _prod_vjp, saves_output=True, examples=_prod_examples)
+                   rule=_prod_rule, saves_output=True, examples=_prod_examples)
 
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
@@ -211,13 +219,14 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 # --------------------------------------------------------------------------- max / min
-def _extreme_vjp(rec: Any, g: Tensor) -> tuple:
+def _extreme_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # The gradient is split evenly among the elements equal to the extreme value.
-    x = rec.inputs[0]
-    y = _rec_kept(rec, rec.output)
+    x = m.data(m.val(rec.inputs[0]))
+    y = m.data(m.val(rec.output)).reshape(_kept_shape(rec.in_shapes[0], rec.params["axis"]))
     mask = (x == y).astype(g.dtype)
-    count = sum(mask, axis=rec.params["axis"], keepdims=True)
-    return (_rec_kept(rec, g) * mask / count,)
+    count = mask.sum(axis=rec.params["axis"], keepdims=True)
+    gk = _rec_kept(m, rec, g)
+    return (gk * m.const(mask, gk) / m.const(count, gk),)
 
 
 def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
@@ -227,10 +236,10 @@ def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
 
 
 P_MAX = primitive("max", lambda xp, x, *, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
-                  _extreme_vjp, saves_output=True,
+                  rule=_extreme_rule, saves_output=True, masks=True,
                   examples=_axis_examples("max", _distinct))
 P_MIN = primitive("min", lambda xp, x, *, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
-                  _extreme_vjp, saves_output=True,
+                  rule=_extreme_rule, saves_output=True, masks=True,
                   examples=_axis_examples("min", _distinct))
 
 
@@ -279,23 +288,24 @@ def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     return _squeeze_axes(xp, out, axis, keepdims)
 
 
-def _logsumexp_vjp(rec: Any, g: Tensor) -> tuple:
+def _logsumexp_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # softmax(x) along the axes, shifted by the (constant) maximum: exp(x - y) would lose
     # digits to the rounding of a large y (float32 at 1000 keeps ~1e-4).
-    x = rec.inputs[0]
+    x = m.val(rec.inputs[0])
     axes = rec.params["axis"]
-    xp = x._backend.xp
-    if x.size:
-        m = xp.max(x.data, axis=axes, keepdims=True)
-        m = _wrap(xp.where(xp.isfinite(m), m, xp.zeros((), dtype=m.dtype)), x._backend)
-        e = exp(x - m)
-        p = e / sum(e, axis=axes, keepdims=True)
+    xd = m.data(x)
+    if xd.size:
+        xp = m.xp_of(x)
+        mx = xp.max(xd, axis=axes, keepdims=True)
+        mx = xp.where(xp.isfinite(mx), mx, xp.zeros((), dtype=mx.dtype))
+        e = m.apply(P_EXP, x - m.const(mx, x))
+        p = e / m.apply(P_SUM, e, axis=axes, keepdims=True)
     else:
         p = x
-    return (_rec_kept(rec, g) * p,)
+    return (_rec_kept(m, rec, g) * p,)
 
 
-P_LOGSUMEXP = primitive("logsumexp", _logsumexp_impl, _logsumexp_vjp, saves_output=True,
+P_LOGSUMEXP = primitive("logsumexp", _logsumexp_impl, rule=_logsumexp_rule, saves_output=True,
                         examples=_axis_examples("logsumexp", _rand))
 
 
@@ -315,24 +325,27 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 # --------------------------------------------------------------------------- var / std
-def _var_vjp(rec: Any, g: Tensor) -> tuple:
-    x = rec.inputs[0]
+def _var_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    x = m.val(rec.inputs[0])
     axes = rec.params["axis"]
     dof = _rec_count(rec) - rec.params["ddof"]
     scale = 2.0 / dof if dof > 0 else float("nan")
-    return (_rec_kept(rec, g) * (x - mean(x, axis=axes, keepdims=True)) * scale,)
+    centered = x - m.apply(P_MEAN, x, axis=axes, keepdims=True)
+    return (_rec_kept(m, rec, g) * centered * scale,)
 
 
-def _std_vjp(rec: Any, g: Tensor) -> tuple:
+def _std_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # d std = (x - mean) / ((n - ddof) * std); 0 where std == 0 (as norm at 0), not NaN.
-    x = rec.inputs[0]
+    x = m.val(rec.inputs[0])
     axes = rec.params["axis"]
     dof = _rec_count(rec) - rec.params["ddof"]
     scale = 1.0 / dof if dof > 0 else float("nan")
-    y = _rec_kept(rec, rec.output)
-    is_zero = y == 0
-    d = where(is_zero, 0, (x - mean(x, axis=axes, keepdims=True)) / where(is_zero, 1, y))
-    return (_rec_kept(rec, g) * d * scale,)
+    y = _rec_kept(m, rec, m.val(rec.output))
+    is_zero = _zero_mask(m, y)
+    centered = x - m.apply(P_MEAN, x, axis=axes, keepdims=True)
+    q = centered / m.apply(P_WHERE, is_zero, m.scalar(1, y), y)
+    d = m.apply(P_WHERE, is_zero, m.scalar(0, q), q)
+    return (_rec_kept(m, rec, g) * d * scale,)
 
 
 def _var_examples(name: str) -> Any:
@@ -356,8 +369,8 @@ def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
-P_VAR = primitive("var", _var_impl, _var_vjp, examples=_var_examples("var"))
-P_STD = primitive("std", _std_impl, _std_vjp, saves_output=True,
+P_VAR = primitive("var", _var_impl, rule=_var_rule, examples=_var_examples("var"))
+P_STD = primitive("std", _std_impl, rule=_std_rule, saves_output=True,
                   examples=_var_examples("std"))
 
 
@@ -396,11 +409,12 @@ def _norm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
 
 
-def _norm_vjp(rec: Any, g: Tensor) -> tuple:
-    x = rec.inputs[0]
-    y = _rec_kept(rec, rec.output)
-    is_zero = y == 0
-    return (_rec_kept(rec, g) * where(is_zero, 0, x / where(is_zero, 1, y)),)
+def _norm_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    x = m.val(rec.inputs[0])
+    y = _rec_kept(m, rec, m.val(rec.output))
+    is_zero = _zero_mask(m, y)
+    q = x / m.apply(P_WHERE, is_zero, m.scalar(1, y), y)
+    return (_rec_kept(m, rec, g) * m.apply(P_WHERE, is_zero, m.scalar(0, q), q),)
 
 
 def _norm_examples(rng: Any) -> list:
@@ -412,7 +426,7 @@ def _norm_examples(rng: Any) -> list:
     ]
 
 
-P_NORM = primitive("norm", _norm_impl, _norm_vjp, saves_output=True, examples=_norm_examples)
+P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, saves_output=True, examples=_norm_examples)
 
 
 def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A002
@@ -447,7 +461,9 @@ def _arg_axis(x: Tensor, axis: Any, what: str) -> int | None:
         return None
     if isinstance(axis, (tuple, list)):
         raise TypeError(f"{what}: axis must be None or an int (as NumPy), got {axis!r}")
-    ax = normalize_axis(axis, x.ndim if x.ndim else 1, what)[0]
+    axes = normalize_axis(axis, x.ndim if x.ndim else 1, what)
+    assert axes is not None  # axis is not None here
+    ax = axes[0]
     if x.ndim == 0:
         return None
     if x.shape[ax] == 0:

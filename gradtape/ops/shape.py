@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
-from .._src.tensor import Tensor
+from .._src.rules import OnTensors
+from .._src.tensor import Tensor, check_dtype
 from ._util import normalize_axis, one
 from .indexing import P_SCATTER, getitem
 
@@ -40,8 +42,11 @@ def _reshape_examples(rng: Any) -> list:
             (reshape, (_rand(rng),), {"shape": (1, 1)})]
 
 
-P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape),
-                      rule=lambda m, rec, g: (m.apply(P_RESHAPE, g, shape=rec.in_shapes[0]),),
+def _reshape_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    return (m.apply(P_RESHAPE, g, shape=rec.in_shapes[0]),)
+
+
+P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape), rule=_reshape_rule,
                       saves_inputs=False, examples=_reshape_examples)
 
 
@@ -69,7 +74,7 @@ def reshape(x: Any, shape: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- transpose
-def _transpose_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _transpose_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     inverse = tuple(int(i) for i in np.argsort(rec.params["axes"]))
     return (m.apply(P_TRANSPOSE, g, axes=inverse),)
 
@@ -133,8 +138,8 @@ def moveaxis(x: Any, source: Any, destination: Any) -> Tensor:
         (2, 3, 1)
     """
     x = one(x)
-    src = [source] if isinstance(source, (int, np.integer)) else list(source)
-    dst = [destination] if isinstance(destination, (int, np.integer)) else list(destination)
+    src: list[Any] = [source] if isinstance(source, (int, np.integer)) else list(source)
+    dst: list[Any] = [destination] if isinstance(destination, (int, np.integer)) else list(destination)
     if len(src) != len(dst):
         raise ValueError(f"moveaxis: source {source} and destination {destination} must have "
                          "the same number of elements")
@@ -160,7 +165,7 @@ def expand_dims(x: Any, axis: Any) -> Tensor:
     x = one(x)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out_ndim = x.ndim + len(axes)
-    pos = normalize_axis(axes, out_ndim, "expand_dims")
+    pos = normalize_axis(axes, out_ndim, "expand_dims") or ()
     dims = iter(x.shape)
     shape = tuple(1 if i in pos else next(dims) for i in range(out_ndim))
     return reshape(x, shape)
@@ -179,7 +184,7 @@ def squeeze(x: Any, axis: Any = None) -> Tensor:
     if axis is None:
         axes = tuple(i for i, s in enumerate(x.shape) if s == 1)
     else:
-        axes = normalize_axis(axis, x.ndim, "squeeze")
+        axes = normalize_axis(axis, x.ndim, "squeeze") or ()
         if x.ndim == 0:
             axes = ()
         for a in axes:
@@ -196,8 +201,12 @@ def _broadcast_examples(rng: Any) -> list:
             (broadcast_to, (_rand(rng),), {"shape": (2,)})]
 
 
+def _broadcast_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    return (g,)  # the engine sums the gradient back to the input's shape
+
+
 P_BROADCAST_TO = primitive("broadcast_to", lambda xp, x, *, shape: xp.broadcast_to(x, shape),
-                           rule=lambda m, rec, g: (g,), saves_inputs=False,
+                           rule=_broadcast_rule, saves_inputs=False,
                            examples=_broadcast_examples)
 
 
@@ -233,10 +242,9 @@ def _stack_impl(xp: Any, *xs: Any, axis: int) -> Any:
     return xp.stack(xs, axis=axis)
 
 
-def _stack_vjp(rec: Any, g: Tensor) -> tuple:
-    axis = rec.params["axis"]
-    return tuple(getitem(g, (slice(None),) * axis + (i,)) if need else None
-                 for i, need in enumerate(rec.needs))
+def _stack_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    pre = (slice(None),) * rec.params["axis"]
+    return tuple(g[pre + (i,)] if need else None for i, need in enumerate(rec.needs))
 
 
 def _stack_examples(rng: Any) -> list:
@@ -245,7 +253,7 @@ def _stack_examples(rng: Any) -> list:
             (stack, ([_rand(rng), _rand(rng)],), {})]
 
 
-P_STACK = primitive("stack", _stack_impl, _stack_vjp, saves_inputs=False,
+P_STACK = primitive("stack", _stack_impl, rule=_stack_rule, saves_inputs=False,
                     examples=_stack_examples)
 
 
@@ -276,13 +284,14 @@ def _concat_impl(xp: Any, *xs: Any, axis: int) -> Any:
     return xp.concatenate(xs, axis=axis)
 
 
-def _concat_vjp(rec: Any, g: Tensor) -> tuple:
+def _concat_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     axis = rec.params["axis"]
+    pre = (slice(None),) * axis
     out = []
     start = 0
     for shape, need in zip(rec.in_shapes, rec.needs):
         stop = start + shape[axis]
-        out.append(getitem(g, (slice(None),) * axis + (slice(start, stop),)) if need else None)
+        out.append(g[pre + (slice(start, stop),)] if need else None)
         start = stop
     return tuple(out)
 
@@ -293,7 +302,7 @@ def _concat_examples(rng: Any) -> list:
             (concat, ([_rand(rng, 0, 2), _rand(rng, 3, 2)],), {})]
 
 
-P_CONCAT = primitive("concat", _concat_impl, _concat_vjp, saves_inputs=False,
+P_CONCAT = primitive("concat", _concat_impl, rule=_concat_rule, saves_inputs=False,
                      examples=_concat_examples)
 
 
@@ -362,9 +371,9 @@ def _pad_impl(xp: Any, x: Any, *, pad_width: tuple, constant_values: Any) -> Any
     return xp.pad(x, pad_width, mode="constant", constant_values=constant_values)
 
 
-def _pad_vjp(rec: Any, g: Tensor) -> tuple:
+def _pad_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     index = tuple(slice(b, b + s) for (b, _), s in zip(rec.params["pad_width"], rec.in_shapes[0]))
-    return (getitem(g, index),)
+    return (g[index],)
 
 
 def _pad_examples(rng: Any) -> list:
@@ -373,7 +382,7 @@ def _pad_examples(rng: Any) -> list:
             (pad, (_rand(rng, 3),), {"pad_width": (2, 1)})]
 
 
-P_PAD = primitive("pad", _pad_impl, _pad_vjp, saves_inputs=False, examples=_pad_examples)
+P_PAD = primitive("pad", _pad_impl, rule=_pad_rule, saves_inputs=False, examples=_pad_examples)
 
 
 def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
@@ -412,8 +421,11 @@ def _flip_examples(rng: Any) -> list:
             (flip, (_rand(rng, 2, 3, 4),), {"axis": (0, 2)})]
 
 
-P_FLIP = primitive("flip", lambda xp, x, *, axis: xp.flip(x, axis=axis),
-                   lambda rec, g: (bind(P_FLIP, g, axis=rec.params["axis"]),),
+def _flip_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    return (m.apply(P_FLIP, g, axis=rec.params["axis"]),)
+
+
+P_FLIP = primitive("flip", lambda xp, x, *, axis: xp.flip(x, axis=axis), rule=_flip_rule,
                    saves_inputs=False, examples=_flip_examples)
 
 
@@ -435,14 +447,14 @@ def flip(x: Any, axis: Any = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- tile
-def _tile_vjp(rec: Any, g: Tensor) -> tuple:
+def _tile_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     shape = rec.in_shapes[0]
     reps = rec.params["reps"]
     d = len(reps)
     shape_d = (1,) * (d - len(shape)) + tuple(shape)
     interleaved = tuple(v for r, s in zip(reps, shape_d) for v in (r, s))
-    gi = reshape(g, interleaved).sum(axis=tuple(range(0, 2 * d, 2)))
-    return (reshape(gi, shape),)
+    gi = m.apply(P_RESHAPE, g, shape=interleaved).sum(axis=tuple(range(0, 2 * d, 2)))
+    return (gi if gi.shape == shape else m.apply(P_RESHAPE, gi, shape=shape),)
 
 
 def _tile_examples(rng: Any) -> list:
@@ -451,7 +463,7 @@ def _tile_examples(rng: Any) -> list:
             (tile, (_rand(rng, 2, 3),), {"reps": 3})]
 
 
-P_TILE = primitive("tile", lambda xp, x, *, reps: xp.tile(x, reps), _tile_vjp,
+P_TILE = primitive("tile", lambda xp, x, *, reps: xp.tile(x, reps), rule=_tile_rule,
                    saves_inputs=False, examples=_tile_examples)
 
 
@@ -474,18 +486,17 @@ def tile(x: Any, reps: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- repeat
-def _repeat_vjp(rec: Any, g: Tensor) -> tuple:
+def _repeat_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     shape = rec.in_shapes[0]
     reps = rec.params["repeats"]
     axis = rec.params["axis"]
     n = shape[axis]
     if isinstance(reps, int):
-        parts = reshape(g, shape[:axis] + (n, reps) + shape[axis + 1:])
+        parts = m.apply(P_RESHAPE, g, shape=shape[:axis] + (n, reps) + shape[axis + 1:])
         return (parts.sum(axis=axis + 1),)
-    xp = g._backend.xp
-    idx = xp.asarray(np.repeat(np.arange(n), np.asarray(reps)))
+    idx = m.xp_of(g).asarray(np.repeat(np.arange(n), np.asarray(reps)))
     index = (slice(None),) * axis + (idx,)
-    return (bind(P_SCATTER, g, index=index, shape=shape, advanced=True),)
+    return (m.apply(P_SCATTER, g, index=index, shape=shape, advanced=True),)
 
 
 def _repeat_impl(xp: Any, x: Any, *, repeats: Any, axis: int) -> Any:
@@ -499,7 +510,7 @@ def _repeat_examples(rng: Any) -> list:
             (repeat, (_rand(rng),), {"repeats": 3})]
 
 
-P_REPEAT = primitive("repeat", _repeat_impl, _repeat_vjp, saves_inputs=False,
+P_REPEAT = primitive("repeat", _repeat_impl, rule=_repeat_rule, saves_inputs=False,
                      examples=_repeat_examples)
 
 
@@ -537,7 +548,7 @@ def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- dtype and gradient
-def _astype_rule(m: Any, rec: Any, g: Any) -> tuple:
+def _astype_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (m.apply(P_ASTYPE, g, dtype=rec.in_dtypes[0]),)
 
 
@@ -559,7 +570,7 @@ def astype(x: Any, dtype: Any) -> Tensor:
         dtype('float64')
     """
     x = one(x)
-    dtype = np.dtype(dtype)
+    dtype = check_dtype(dtype, "astype: dtype")
     if dtype == x.dtype:
         return x
     return bind(P_ASTYPE, x, dtype=dtype)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import NUMPY, backend_of
+from ..backend import NUMPY, Array, backend_of
 from ..config import HOOKS, config
 from ..errors import MissingRuleError
+from ..primitive import Primitive
 from ..rules import ON_NUMPY, on_arrays
 from ..tensor import Tensor, _wrap
 from . import fusion
@@ -27,7 +28,7 @@ __all__ = ["backward", "forward_reach", "unbroadcast", "Accumulator"]
 _NONE1 = (None,)
 
 
-def forward_reach(records: list, start: set) -> set:
+def forward_reach(records: list[Record], start: set[int]) -> set[int]:
     reach = set(start)
     for rec in records:
         for i in rec.in_ids:
@@ -39,7 +40,7 @@ def forward_reach(records: list, start: set) -> set:
     return reach
 
 
-def unbroadcast(g: Any, shape: tuple, prim: Any) -> Any:
+def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> Tensor | Array:
     """Sum gradient ``g`` back to an input's ``shape`` (the input was broadcast in the
     forward). Written once for both renderings: backend arrays and Tensors share ``.sum`` and
     ``.reshape`` (on Tensors they are recorded ops, so the result stays differentiable)."""
@@ -71,11 +72,12 @@ class Accumulator:
 
     __slots__ = ("grads", "owned")
 
-    def __init__(self, grads: dict[int, Any]) -> None:
+    def __init__(self, grads: dict[int, Array]) -> None:
         self.grads = grads
         self.owned: set[int] = set()
 
-    def add(self, iid: int, gi: Any, shape: tuple, dt: Any, prim: Any, fresh: bool) -> None:
+    def add(self, iid: int, gi: Array, shape: tuple[int, ...], dt: np.dtype, prim: Primitive,
+            fresh: bool) -> None:
         """Add array ``gi`` to the gradient of ``iid`` (an input of ``shape`` and dtype ``dt``);
         ``fresh``: ``gi`` was allocated for this contribution alone and may be written."""
         grads, owned = self.grads, self.owned
@@ -110,10 +112,12 @@ class Accumulator:
                 owned.add(iid)
 
 
-def _vjp_arrays(rec: Record, g: Any) -> tuple:
+def _vjp_arrays(rec: Record, g: Any, safe: bool = False) -> tuple:
     """First-order VJP on backend arrays: rendered derivative expressions for elementwise
-    primitives, the primitive's array rule where it has one, else the gradtape-op VJP (no tape
-    recording)."""
+    primitives, the primitive's rule rendered on arrays for every other one. Only a
+    custom-gradient call (whose ``grad`` is written in gradtape ops) or a multi-output record
+    takes its gradtape-op ``vjp`` (no tape recording); a primitive with no rule raises
+    :class:`MissingRuleError` naming it."""
     prim = rec.prim
     if prim.derivatives is not None:
         inputs = rec.inputs
@@ -140,10 +144,10 @@ def _vjp_arrays(rec: Record, g: Any) -> tuple:
             args += tuple(rec.params.values())
         needs = rec.needs
         if len(needs) == 1:
-            return (prim.array_vjp(0, backend)(g, *args),)
+            return (prim.array_vjp(0, backend, safe)(g, *args),)
         res = []
         for i, need in enumerate(needs):
-            res.append(prim.array_vjp(i, backend)(g, *args) if need else None)
+            res.append(prim.array_vjp(i, backend, safe)(g, *args) if need else None)
         return tuple(res)
     rule = prim.rule
     if rule is not None and not isinstance(g, tuple):
@@ -158,8 +162,8 @@ def _vjp_arrays(rec: Record, g: Any) -> tuple:
     return tuple(None if r is None else (r.data if isinstance(r, Tensor) else r) for r in res)
 
 
-def backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: bool,
-             release: bool) -> dict:
+def backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
+             sources: list[Tensor], diff: bool, release: bool) -> dict[int, Tensor | Array]:
     """Reverse pass over ``tape``'s records. Returns ``{source id: gradient}`` (arrays, or
     Tensors when ``diff``: the pass is then made of recorded gradtape ops).
 
@@ -172,8 +176,8 @@ def backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: bo
         return _backward(tape, targets, seeds, sources, diff, release)
 
 
-def _backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: bool,
-              release: bool) -> dict:
+def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
+              sources: list[Tensor], diff: bool, release: bool) -> dict[int, Tensor | Array]:
     records = list(tape._records)  # a persistent tape may record the pass itself
     source_ids = set()
     tracked = tape._tracked
@@ -200,6 +204,7 @@ def _backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: b
     numerics = HOOKS.numerics
     acc = Accumulator(grads)
     fused = None
+    masked: set[int] | None = None
     order: Any = range(len(records) - 1, -1, -1)
     if not diff and not numerics and config.fusion and len(records) > 1:
         fplan = fusion.plan(records, reach, source_ids | set(grads))
@@ -215,23 +220,37 @@ def _backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: b
             if g is None:
                 continue
         else:
-            g = _gather_outputs(rec, grads, source_ids, diff)
+            g = _gather_outputs((out_id, *rec.extra_outs), grads, source_ids)
             if g is None:
                 continue
+        # "0 times anything is 0" upstream of a selecting VJP (Primitive.masks): ids whose
+        # gradient may hold zeros that a where/relu/max/indexing made, so an unselected value
+        # that overflowed to inf cannot turn them into NaN; set on the way down (every consumer
+        # of an id comes later on the tape, so it is complete when its producer is reached)
+        safe = masked is not None and out_id in masked
         if fused is not None:
             run = fused.get(idx)
             if run is not None:
-                run(g, acc, reach)
+                passed = run(g, acc, reach, safe)
+                if passed:
+                    if masked is None:
+                        masked = set()
+                    masked.update(passed)
                 if release:  # the run's members are done too
                     for m in run.members:
                         r = records[m]
                         r.inputs = _NONE1 if len(r.inputs) == 1 else (None,) * len(r.inputs)
                         r.output = None
                 continue
+        prim = rec.prim
         if diff:
-            in_grads = rec.prim.vjp(rec, g)
+            in_grads = prim.vjp(rec, g, True) if safe and prim.derivatives is not None else prim.vjp(rec, g)
         else:
-            in_grads = _vjp_arrays(rec, g)
+            in_grads = _vjp_arrays(rec, g, safe)
+        if safe or prim.masks:
+            if masked is None:
+                masked = set()
+            masked.update(rec.in_ids)
         if len(in_grads) != len(rec.in_ids):
             raise ValueError(f"internal error: the VJP of '{rec.prim.name}' returned "
                              f"{len(in_grads)} gradients for {len(rec.in_ids)} inputs")
@@ -263,8 +282,10 @@ def _backward(tape: Recorder, targets: list, seeds: list, sources: list, diff: b
     return {i: grads[i] for i in source_ids if i in grads}
 
 
-def _gather_outputs(rec: Record, grads: dict, source_ids: set, diff: bool) -> Any:
-    ids = (rec.out_id, *rec.extra_outs)
+def _gather_outputs(ids: tuple[int, ...], grads: dict[int, Tensor | Array],
+                    source_ids: set[int]) -> tuple[Tensor | Array | None, ...] | None:
+    """The upstream gradients of a multi-output record's outputs ``ids`` (None: none of them
+    has one)."""
     gs = [grads.get(i) if i in source_ids else grads.pop(i, None) for i in ids]
     if all(g is None for g in gs):
         return None

@@ -23,29 +23,35 @@ take the differentiable route in :mod:`.engine`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backend import backend_of
+from ..backend import Array, ArrayModule, backend_of
 from ..codegen.cuda import cupy_kernel
 from ..codegen.graph import Graph, backward_graph
 from ..codegen.numpy_program import numpy_program, run_numpy
+from ..primitive import Primitive
+from .record import Record
+
+if TYPE_CHECKING:  # the engine imports this module
+    from .engine import Accumulator
 
 __all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN", "MIN_RUN_BY_SIZE"]
 
 MAX_RUN = 256  # members per run: bounds the generated program and its compile time
-# Fewest members worth a kernel, by the run's element count. A kernel costs ~20 us of fixed
-# Python (plan, gather, program call) and then about what the per-record route costs per
-# member, so small arrays need long runs before it pays. Measured on the 2-core CPU machine,
-# fusion on vs off for chains of tanh/sin/cos/mul/add (benchmarks/RESULTS.md): break-even at
-# ~28 members on 16..1024 elements, ~16 on 4096, ~3 from 16384 on.
+# Fewest members worth a kernel, by the run's element count: a kernel has a fixed Python cost
+# (plan, gather, program call) of about the per-record cost of a few dozen small records, so
+# small arrays need long runs before it pays, and large ones fuse from a few members. The
+# break-even points (fusion on vs off for chains of tanh/sin/cos/mul/add) are recorded in
+# benchmarks/RESULTS.md.
 MIN_RUN_BY_SIZE = ((1024, 28), (8192, 16), (16384, 6))
 MIN_SMALL_RUN = 3  # fewest members for larger runs
 STATS = {"runs": 0, "records": 0}  # fused kernel launches and the records they covered
 
 
-def _out_shape(rec: Any) -> tuple:
+def _out_shape(rec: Record) -> tuple[int, ...]:
     shapes = rec.in_shapes
     s0 = shapes[0]
     if len(shapes) == 2:
@@ -66,7 +72,7 @@ def _out_shape(rec: Any) -> tuple:
     return s0
 
 
-def _out_dtype(rec: Any) -> Any:
+def _out_dtype(rec: Record) -> np.dtype:
     dts = rec.in_dtypes
     d0 = dts[0]
     for d in dts[1:]:
@@ -75,7 +81,7 @@ def _out_dtype(rec: Any) -> Any:
     return d0
 
 
-def plan(records: list, reach: set, keep: set) -> Plan | None:
+def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
     """Group the elementwise records of a reverse pass into runs.
 
     Args:
@@ -111,8 +117,8 @@ def plan(records: list, reach: set, keep: set) -> Plan | None:
     tag: dict[int, int] = {}
     tag_get, tag_set = tag.get, tag.setdefault
     groups: dict[int, list[int]] = {}
-    shape_of: dict[int, tuple] = {}
-    dtype_of: dict[int, Any] = {}
+    shape_of: dict[int, tuple[int, ...]] = {}
+    dtype_of: dict[int, np.dtype] = {}
     visit: list[int] = []
     for idx in range(len(records) - 1, -1, -1):
         rec = records[idx]
@@ -173,8 +179,8 @@ def _min_run(size: int) -> int:
     return MIN_SMALL_RUN
 
 
-def _tag_inputs(rec: Any, in_ids: tuple, sink: int, shape: tuple, dtype: Any, tag: dict,
-                tag_set: Any) -> None:
+def _tag_inputs(rec: Record, in_ids: tuple[int, ...], sink: int, shape: tuple[int, ...],
+                dtype: np.dtype, tag: dict[int, int], tag_set: Callable[[int, int], int]) -> None:
     in_shapes, in_dtypes = rec.in_shapes, rec.in_dtypes
     for slot, iid in enumerate(in_ids):
         if iid:
@@ -195,20 +201,31 @@ class Plan:
 class Run:
     """The fused backward of one run of elementwise records (members in execution order)."""
 
-    __slots__ = ("records", "members", "shape", "dtype")
+    __slots__ = ("records", "members", "shape", "dtype", "masked_after", "masks")
 
-    def __init__(self, records: list, members: list[int], shape: tuple, dtype: Any) -> None:
+    def __init__(self, records: list[Record], members: list[int], shape: tuple[int, ...],
+                 dtype: np.dtype) -> None:
         self.records = records
         self.members = members
         self.shape = shape
         self.dtype = dtype
+        # masked_after[j]: a member after j selects (Primitive.masks), so member j's incoming
+        # gradient may hold zeros it made and j takes the safe product
+        after = False
+        flags = []
+        for idx in reversed(members):
+            flags.append(after)
+            after = after or records[idx].prim.masks
+        self.masked_after = flags[::-1]
+        self.masks = after
 
-    def gather(self, g: Any, reach: set) -> Gathered | None:
+    def gather(self, g: Array, reach: set[int], safe: bool = False) -> Gathered | None:
         """Collect what the kernel reads (saved arrays, parameters) and where each gradient
         goes, and the cache key of the kernel; None when no input needs one.
 
         A saved input that is the saved output of the member producing it reuses that leaf
-        (the chain case); other saved arrays each take a leaf of their own.
+        (the chain case); other saved arrays each take a leaf of their own. ``safe``: ``g`` may
+        hold zeros a selecting VJP made downstream, so every member takes the safe product.
         """
         records = self.records
         shape, dtype = self.shape, self.dtype
@@ -218,15 +235,15 @@ class Run:
             g = g.astype(dtype)
         if g.shape != shape:
             g = _xp_of(g).broadcast_to(g, shape)
-        leaves: list = [g]
+        leaves: list[Array] = [g]
         add_leaf = leaves.append
-        params: list = []
-        parts: list = []
+        params: list[Any] = []  # scalar parameters, as the primitives take them
+        parts: list[tuple] = []
         add_part = parts.append
         interior: dict[int, int] = {}  # id produced inside the run -> member index
-        y_leaves: list = []  # member index -> leaf of its saved output (or None)
+        y_leaves: list[int | None] = []  # member index -> leaf of its saved output (or None)
         out_ids: list[int] = []
-        out_info: list[tuple] = []
+        out_info: list[tuple[tuple[int, ...], np.dtype, Primitive]] = []
         out_index: dict[int, int] = {}
         for j, idx in enumerate(self.members):
             rec = records[idx]
@@ -256,8 +273,8 @@ class Run:
                         out_info.append((rec.in_shapes[0], rec.in_dtypes[0], prim))
                     targets_t = (("o", k),)
             else:
-                values = []
-                targets = []
+                values: list[int | None] = []
+                targets: list[tuple[str, int] | None] = []
                 for i, iid in enumerate(in_ids):
                     m = interior.get(iid) if iid else None
                     t = inputs[i]
@@ -285,31 +302,35 @@ class Run:
                 y_leaf = len(leaves)
                 add_leaf(rec.output.data)
             y_leaves.append(y_leaf)
-            pslots = ()
+            pslots: tuple[int, ...] = ()
             if prim.param_names:
                 pslots = tuple(range(len(params), len(params) + len(prim.param_names)))
                 params.extend(rec.params[n] for n in prim.param_names)
             interior[rec.out_id] = j
-            add_part((prim, values_t, y_leaf, pslots, targets_t))
+            add_part((prim, values_t, y_leaf, pslots, targets_t, safe or self.masked_after[j]))
         if not out_ids:
             return None
         leaf_dtypes = tuple([a.dtype for a in leaves])
         key = (dtype, tuple(parts), leaf_dtypes)
         return Gathered(key, parts, leaves, leaf_dtypes, params, out_ids, out_info)
 
-    def __call__(self, g: Any, acc: Any, reach: set) -> None:
+    def __call__(self, g: Array, acc: Accumulator, reach: set[int],
+                 safe: bool = False) -> list[int] | None:
         """Run the kernel for upstream gradient ``g`` and add each external input's gradient
         through the pass's :class:`~gradtape._src.autodiff.engine.Accumulator` ``acc``: in
-        place into the buffers it owns, else into fresh buffers (first contribution)."""
-        ga = self.gather(g, reach)
+        place into the buffers it owns, else into fresh buffers (first contribution).
+
+        Returns the ids that received a gradient which may hold selection zeros (``safe``, or
+        a member selects), for the engine to treat their producers as safe; else None."""
+        ga = self.gather(g, reach, safe)
         if ga is None:
-            return
+            return None
         grads, owned = acc.grads, acc.owned
         shape, dtype = self.shape, self.dtype
         leaves, out_ids = ga.leaves, ga.out_ids
         is_numpy = isinstance(leaves[0], np.ndarray)
         modes = []
-        outs: list = []
+        outs: list[Array] = []  # None until allocated, and where the output is an aliased leaf
         for iid in out_ids:
             prev = grads.get(iid)
             if prev is not None and iid in owned and prev.shape == shape and prev.dtype == dtype \
@@ -344,10 +365,12 @@ class Run:
             if acc_t[k]:
                 continue
             in_shape, in_dtype, prim = ga.out_info[k]
-            if alias[k] is not None:
-                acc.add(iid, leaves[alias[k]], in_shape, in_dtype, prim, False)
+            leaf = alias[k]
+            if leaf is not None:
+                acc.add(iid, leaves[leaf], in_shape, in_dtype, prim, False)
             else:
                 acc.add(iid, outs[k], in_shape, in_dtype, prim, True)
+        return out_ids if (safe or self.masks) else None
 
 
 class Gathered:
@@ -363,8 +386,9 @@ class Gathered:
 
     __slots__ = ("key", "specs", "leaves", "leaf_dtypes", "params", "out_ids", "out_info")
 
-    def __init__(self, key: tuple, specs: list, leaves: list, leaf_dtypes: tuple, params: list,
-                 out_ids: list, out_info: list) -> None:
+    def __init__(self, key: tuple, specs: list[tuple], leaves: list[Array],
+                 leaf_dtypes: tuple[np.dtype, ...], params: list[Any], out_ids: list[int],
+                 out_info: list[tuple[tuple[int, ...], np.dtype, Primitive]]) -> None:
         self.key = key
         self.specs = specs
         self.leaves = leaves
@@ -386,7 +410,7 @@ _NONE1 = (None,)
 _INTERIOR = tuple(("m", j) for j in range(MAX_RUN))  # shared target tuples
 
 
-def _xp_of(a: Any) -> Any:
+def _xp_of(a: Array) -> ArrayModule:
     if isinstance(a, (np.ndarray, np.generic)):
         return np
     return backend_of(a).xp

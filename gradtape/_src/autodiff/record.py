@@ -14,13 +14,21 @@ Variables it watches and why a tracked value left it (for the unconnected-gradie
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..backend import Array
 from ..config import HOOKS
-from ..tensor import Tensor, _next_id
+from ..tensor import Tensor, Variable, _next_id
 from .state import STATE, user_line
+
+if TYPE_CHECKING:  # the layer above, named in annotations only
+    from ..primitive import Primitive
+
+# On the recording path ``t._is_variable`` stands for ``isinstance(t, Variable)`` (one attribute
+# read per operand). A type checker cannot narrow on it, so the lines that then use a Variable's
+# fields (``trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
 
 __all__ = ["Recorder", "Record", "RecordX", "record", "check_finite"]
 
@@ -35,22 +43,22 @@ class Recorder:
         self._watch_accessed = bool(watch_accessed_variables)
         self._records: list[Record] = []
         self._tracked: set[int] = set()
-        self._variables: dict[int, Any] = {}
+        self._variables: dict[int, Variable] = {}
         self._cuts: dict[int, str] = {}
 
-    def _watch_variable(self, v: Any) -> None:
+    def _watch_variable(self, v: Variable) -> None:
         self._tracked.add(v._id)
         self._variables[v._id] = v
 
     def _watch_tensor(self, t: Tensor) -> None:
         if t._is_variable:
-            self._watch_variable(t)
+            self._watch_variable(t)  # type: ignore[arg-type]  # _is_variable: a Variable
         else:
             if not t._id:
                 t._id = _next_id()
             self._tracked.add(t._id)
 
-    def _cut(self, args: tuple, needs: tuple, reason: str) -> None:
+    def _cut(self, args: tuple[Tensor, ...], needs: tuple[bool, ...], reason: str) -> None:
         line = user_line()
         for a, need in zip(args, needs):
             if need and a._id not in self._cuts:
@@ -67,10 +75,19 @@ class Record:
 
     __slots__ = ("prim", "inputs", "output", "in_ids", "in_shapes", "in_dtypes", "params",
                  "needs", "out_id")
-    extra_outs: tuple | None = None  # ids of outputs 2.. of a multi-output op (RecordX)
+    prim: Primitive
+    inputs: tuple[Tensor | None, ...]  # saved inputs (None: not saved)
+    output: Tensor | None  # the saved output
+    in_ids: tuple[int, ...]  # 0: the input needs no gradient
+    in_shapes: tuple[tuple[int, ...], ...]
+    in_dtypes: tuple[np.dtype, ...]
+    params: dict[str, Any]
+    needs: tuple[bool, ...]
+    out_id: int
+    extra_outs: tuple[int, ...] | None = None  # ids of outputs 2.. of a multi-output op (RecordX)
     where: str | None = None  # the user line, kept when check_numerics is on (RecordX)
 
-    def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
+    def __init__(self, prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[str, Any],
                  needs: tuple[bool, ...]) -> None:
         # The hot path of recording: kept flat, with a branch for the common one-input op.
         self.prim = prim
@@ -93,7 +110,7 @@ class Record:
             if not keep:
                 self.inputs = _NONE1
             elif a._is_variable:  # copy-on-write view: a later assign() must not change the VJP
-                self.inputs = (a._snapshot(),)
+                self.inputs = (a._snapshot(),)  # type: ignore[attr-defined]  # _is_variable: a Variable
             else:
                 self.inputs = args
             return
@@ -109,15 +126,16 @@ class Record:
             self.in_ids = (a._id if needs[0] else 0, b._id if needs[1] else 0)
             self.in_shapes = (da.shape, db.shape)
             self.in_dtypes = (da.dtype, db.dtype)
-            self.inputs = (None if not saves[0] else (a._snapshot() if a._is_variable else a),
-                           None if not saves[1] else (b._snapshot() if b._is_variable else b))
+            # (_is_variable: a Variable, with _snapshot)
+            self.inputs = (None if not saves[0] else (a._snapshot() if a._is_variable else a),  # type: ignore[attr-defined]
+                           None if not saves[1] else (b._snapshot() if b._is_variable else b))  # type: ignore[attr-defined]
             return
         self.in_ids = tuple([a._id if need else 0 for a, need in zip(args, needs)])
         self.in_shapes = tuple([a.data.shape for a in args])
         self.in_dtypes = tuple([a.data.dtype for a in args])
         if prim.derivatives is None:
             saves = (prim.saves_inputs,) * len(args)
-        self.inputs = tuple([None if not keep else (a._snapshot() if a._is_variable else a)
+        self.inputs = tuple([None if not keep else (a._snapshot() if a._is_variable else a)  # type: ignore[attr-defined]
                              for a, keep in zip(args, saves)])
 
     def release(self) -> None:
@@ -125,7 +143,7 @@ class Record:
         self.inputs = (None,) * len(self.inputs)
         self.output = None
 
-    def saved_arrays(self) -> Iterator[Any]:
+    def saved_arrays(self) -> Iterator[Array]:
         for t in (*self.inputs, self.output):
             if t is not None:
                 yield t.data
@@ -136,7 +154,7 @@ class RecordX(Record):
 
     __slots__ = ("extra_outs", "where")
 
-    def __init__(self, prim: Any, args: tuple, out: Tensor, params: dict,
+    def __init__(self, prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[str, Any],
                  needs: tuple[bool, ...]) -> None:
         super().__init__(prim, args, out, params, needs)
         self.extra_outs = None
@@ -150,7 +168,8 @@ _ALL_SAVED = (True,) * 8  # general primitives save all inputs or none (indexed 
 _NONE_SAVED = (False,) * 8
 
 
-def record(prim: Any, args: tuple, out: Tensor, params: dict, extra_outs: tuple = ()) -> None:
+def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[str, Any],
+           extra_outs: tuple[Tensor, ...] = ()) -> None:
     """Record ``out = prim(*args, **params)`` on every recording tape of this thread that
     follows one of ``args`` (``extra_outs``: outputs 2.. of a multi-output call).
 
@@ -161,46 +180,50 @@ def record(prim: Any, args: tuple, out: Tensor, params: dict, extra_outs: tuple 
     """
     st = STATE
     tapes = st.fast
-    general = tapes is None or HOOKS.numerics
-    if general:
+    if tapes is None or HOOKS.numerics:
+        general = True
         if HOOKS.numerics:
             for o in (out, *extra_outs):
                 check_finite(prim, args, o.data, "forward")
         for w in st.watchers:
             for a in args:
                 if a._is_variable:
-                    w.setdefault(a._id, a)
+                    w.setdefault(a._id, a)  # type: ignore[arg-type]  # _is_variable: a Variable
         tapes = st.recording
+    else:
+        general = False
     n_args = len(args)
+    needs: tuple[bool, ...]
+    rec: Record
     for tape in tapes:
         tracked = tape._tracked
         watch = tape._watch_accessed
         if n_args == 1:
             a = args[0]
             if a._id not in tracked:
-                if not (a._is_variable and watch and a.trainable):
+                if not (a._is_variable and watch and a.trainable):  # type: ignore[attr-defined]
                     continue
-                tape._watch_variable(a)
+                tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
             needs = _TRUE1
         elif n_args == 2:
             a, b = args
             if watch:
-                if a._is_variable and a.trainable and a._id not in tracked:
-                    tape._watch_variable(a)
-                if b._is_variable and b.trainable and b._id not in tracked:
-                    tape._watch_variable(b)
+                if a._is_variable and a.trainable and a._id not in tracked:  # type: ignore[attr-defined]
+                    tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
+                if b._is_variable and b.trainable and b._id not in tracked:  # type: ignore[attr-defined]
+                    tape._watch_variable(b)  # type: ignore[arg-type]
             needs = (a._id in tracked, b._id in tracked)
             if needs == _FF:
                 continue
         else:
             if watch:
                 for a in args:
-                    if a._is_variable and a.trainable and a._id not in tracked:
-                        tape._watch_variable(a)
+                    if a._is_variable and a.trainable and a._id not in tracked:  # type: ignore[attr-defined]
+                        tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
             needs = tuple([a._id in tracked for a in args])
             if True not in needs:
                 continue
-        if prim.nondiff or out.data.dtype.kind not in "fc":
+        if prim.nondiff or out.data.dtype.kind != "f":  # integer, bool, complex: no gradient
             tape._cut(args, needs, f"on the way to the target it went through '{prim.name}', "
                       f"whose output ({out.data.dtype}) carries no gradient")
             continue
@@ -209,23 +232,26 @@ def record(prim: Any, args: tuple, out: Tensor, params: dict, extra_outs: tuple 
             for o in extra_outs:
                 o._id = _next_id()
         if general or extra_outs:
-            rec: Record = RecordX(prim, args, out, params, needs)
+            rec = RecordX(prim, args, out, params, needs)
             if extra_outs:
                 rec.extra_outs = tuple(o._id for o in extra_outs)
-                tracked.update(o._id for o in extra_outs if o.data.dtype.kind in "fc")
+                tracked.update(o._id for o in extra_outs if o.data.dtype.kind == "f")
         else:
             rec = Record(prim, args, out, params, needs)
         tape._records.append(rec)
         tracked.add(out._id)
     if general:
         for tape in st.paused:
-            needs = tuple(a._id in tape._tracked for a in args)
+            tracked = tape._tracked
+            needs = tuple(a._id in tracked or (a._is_variable and a.trainable and tape._watch_accessed  # type: ignore[attr-defined]
+                                               and a._id not in tape._variables) for a in args)
             if True in needs:
                 tape._cut(args, needs, "it was used inside tape.stop_recording(), so the op "
                           f"'{prim.name}' was not recorded")
 
 
-def check_finite(prim: Any, args: tuple, array: Any, phase: str, where: str | None = None) -> None:
+def check_finite(prim: Primitive, args: tuple[Tensor, ...], array: Array, phase: str,
+                 where: str | None = None) -> None:
     xp = args[0]._backend.xp if args and isinstance(args[0], Tensor) else np
     if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
         if args:

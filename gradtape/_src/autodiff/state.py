@@ -12,9 +12,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from ..config import HOOKS
+
+if TYPE_CHECKING:  # the layers above, named in annotations only
+    from ..tensor import Tensor, Variable
+    from .record import Recorder
 
 __all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording"]
 
@@ -26,11 +31,11 @@ class _State(threading.local):
     """Per-thread tape stacks: a tape records only the ops of the thread that entered it."""
 
     def __init__(self) -> None:
-        self.recording: list[Any] = []  # Recorders, innermost last
-        self.paused: list[Any] = []  # Recorders inside their stop_recording()
-        self.watchers: list[dict] = []  # custom_gradient: {id: Variable} read while it runs
+        self.recording: list[Recorder] = []  # innermost last
+        self.paused: list[Recorder] = []  # tapes inside their stop_recording()
+        self.watchers: list[dict[int, Variable]] = []  # custom_gradient: Variables read while it runs
         self.transforms = 0  # vmap / jvp levels active: backward passes must stay differentiable
-        self.fast: list | None = self.recording  # the recording tapes when nothing else is on
+        self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
 
     def sync(self) -> None:
         """Refresh ``fast`` after a change to the stacks (one attribute read per recorded op)."""
@@ -50,7 +55,7 @@ def hooks_add(n: int) -> None:
 
 
 @contextmanager
-def paused_recording(watcher: dict) -> Iterator[list]:
+def paused_recording(watcher: dict[int, Variable]) -> Iterator[list[Recorder]]:
     """Pause every recording tape of this thread and collect the Variables read meanwhile into
     ``watcher`` (``{id: Variable}``); yields the paused tapes (custom_gradient's forward)."""
     st = STATE
@@ -69,7 +74,7 @@ def paused_recording(watcher: dict) -> Iterator[list]:
 _INTERNAL_FILES: dict[str, bool] = {}
 
 
-def _internal_frame(frame: Any) -> bool:
+def _internal_frame(frame: FrameType) -> bool:
     name = frame.f_code.co_filename
     if name.startswith("<"):  # code gradtape generated with eval/exec: no module globals
         return "__name__" not in frame.f_globals
@@ -81,7 +86,7 @@ def _internal_frame(frame: Any) -> bool:
 
 def user_line() -> str:
     """``file:line`` of the innermost stack frame outside the gradtape package."""
-    frame: Any = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and _internal_frame(frame):
         frame = frame.f_back
     if frame is None:
@@ -89,7 +94,7 @@ def user_line() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
-def note_cut(t: Any, reason: str) -> None:
+def note_cut(t: Tensor, reason: str) -> None:
     """Tell every active tape tracking tensor ``t`` that its value left the graph, and why."""
     for tape in (*STATE.recording, *STATE.paused):
         if t._id in tape._tracked:

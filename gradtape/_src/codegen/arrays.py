@@ -10,19 +10,19 @@ import ast
 from collections.abc import Callable
 from typing import Any
 
-from ..backend import NUMPY, Backend
+from ..backend import NUMPY, Array, Backend
 from .expr import CONSTANTS, FUNCTIONS, Expr
 
 __all__ = ["array_vjp", "evaluate_numpy"]
 
 
-def _array_namespace(backend: Any) -> dict[str, Any]:
+def _array_namespace(backend: Backend) -> dict[str, Any]:
     xp = backend.xp
 
-    def sigmoid(v: Any) -> Any:
+    def sigmoid(v: Array) -> Array:
         return 0.5 * (xp.tanh(0.5 * v) + 1)  # overflow-free logistic
 
-    def rsqrt(v: Any) -> Any:
+    def rsqrt(v: Array) -> Array:
         return 1 / xp.sqrt(v)
 
     ns = {
@@ -40,7 +40,7 @@ def _array_namespace(backend: Any) -> dict[str, Any]:
 _array_cache: dict[tuple, Callable] = {}
 
 
-def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Any, safe: bool) -> Callable:
+def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bool) -> Callable[..., Array]:
     """Render ``gy * (expr)`` as a function ``f(gy, *args)`` on backend arrays (cached).
 
     ``arg_names`` fixes the positional order (inputs, then ``y``, then parameters).
@@ -67,7 +67,7 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Any, safe: bool) 
         code = f"_safe(gy, ({body}))"
         xp = backend.xp
 
-        def _safe(gy: Any, d: Any) -> Any:
+        def _safe(gy: Array, d: Array) -> Array:
             prod = gy * d
             bad = (gy == 0) & ~xp.isfinite(prod)
             return xp.where(bad, xp.zeros((), prod.dtype), prod) if bad.any() else prod
@@ -80,7 +80,7 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Any, safe: bool) 
     return fn
 
 
-def evaluate_numpy(expr: Expr, values: dict[str, Any]) -> Any:
+def evaluate_numpy(expr: Expr, values: dict[str, Array]) -> Array:
     """Evaluate ``expr`` itself (not multiplied by ``gy``) on NumPy arrays; for tests."""
     ns = _array_namespace(NUMPY)
     ns.update(values)

@@ -113,9 +113,10 @@ def parse(source: str, allowed: tuple[str, ...]) -> Expr:
 
     check(tree)
     constant = None
-    if isinstance(tree.body, ast.Constant):
-        constant = float(tree.body.value)
-    elif (isinstance(tree.body, ast.UnaryOp) and isinstance(tree.body.op, ast.USub)
-          and isinstance(tree.body.operand, ast.Constant)):
-        constant = -float(tree.body.operand.value)
+    body = tree.body  # its constants are numbers: check() let nothing else through
+    if isinstance(body, ast.Constant) and isinstance(body.value, (int, float)):
+        constant = float(body.value)
+    elif (isinstance(body, ast.UnaryOp) and isinstance(body.op, ast.USub)
+          and isinstance(body.operand, ast.Constant) and isinstance(body.operand.value, (int, float))):
+        constant = -float(body.operand.value)
     return Expr(source, tree, tuple(sorted(names)), constant)

@@ -7,7 +7,7 @@ Shared by the renderers: the NumPy block program (:mod:`.numpy_program`) and the
 from __future__ import annotations
 
 import ast
-from typing import Any
+from collections.abc import Callable
 
 from .expr import CONSTANTS, Expr
 
@@ -24,8 +24,9 @@ _BIN = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow
 _CMP = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
 _SIGN_OPS = frozenset(("neg", "mul", "add", "sub"))
 _BOOL_OPS = frozenset(("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not"))
-_FOLD = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-         "neg": lambda a: -a}
+_FOLD: dict[str, Callable[..., float]] = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "neg": lambda a: -a}
 
 
 class Graph:
@@ -110,7 +111,7 @@ class Graph:
         return self._lower(expr.tree.body, env)
 
     def _lower(self, node: ast.AST, env: dict[str, int]) -> int:
-        if isinstance(node, ast.Constant):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):  # parse() checked
             return self.const(node.value)
         if isinstance(node, ast.Name):
             return self.const(CONSTANTS[node.id]) if node.id in CONSTANTS else env[node.id]
@@ -134,7 +135,7 @@ class Graph:
         if isinstance(node, ast.Compare):
             a, b = self._lower(node.left, env), self._lower(node.comparators[0], env)
             return self.add((_CMP[type(node.ops[0])], self.num(a), self.num(b)))
-        assert isinstance(node, ast.Call)
+        assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)  # parse() checked
         args = [self._lower(a, env) for a in node.args]
         if node.func.id == "where":
             return self.add(("where", args[0], self.num(args[1]), self.num(args[2])))
@@ -158,10 +159,11 @@ def backward_graph(members: list[tuple], leaf_kinds: tuple[str, ...], n_params: 
     """Build the backward of a run of elementwise records.
 
     ``members`` in execution order (the last one produces the run's output), each
-    ``(prim, value_leaves, y_leaf, param_slots, targets)``: the leaf index of each input's
-    saved value (or None), of the output's, the parameter slot of each of ``prim.param_names``,
-    and where each input's gradient goes: None, ``("m", j)`` (member ``j``'s output, inside the
-    run) or ``("o", k)`` (output ``k``).
+    ``(prim, value_leaves, y_leaf, param_slots, targets[, safe])``: the leaf index of each
+    input's saved value (or None), of the output's, the parameter slot of each of
+    ``prim.param_names``, where each input's gradient goes: None, ``("m", j)`` (member ``j``'s
+    output, inside the run) or ``("o", k)`` (output ``k``), and optionally whether this member
+    takes the safe product ("0 times anything is 0") even if ``prim.safe`` is False.
 
     Example:
         >>> from gradtape.ops.elementwise import P_TANH
@@ -174,7 +176,8 @@ def backward_graph(members: list[tuple], leaf_kinds: tuple[str, ...], n_params: 
     grad[-1] = g.add(("leaf", 0))
     outs: list[int | None] = [None] * n_outputs
     for j in range(len(members) - 1, -1, -1):
-        prim, values, y_leaf, param_slots, targets = members[j]
+        prim, values, y_leaf, param_slots, targets = members[j][:5]
+        safe = prim.safe or (len(members[j]) > 5 and members[j][5])
         gy = grad[j]
         if gy is None:
             continue
@@ -189,7 +192,7 @@ def backward_graph(members: list[tuple], leaf_kinds: tuple[str, ...], n_params: 
         for i, target in enumerate(targets):
             if target is None:
                 continue
-            c = g.contribution(gy, prim.derivatives[i], env, prim.safe)
+            c = g.contribution(gy, prim.derivatives[i], env, safe)
             where, k = target
             acc = grad if where == "m" else outs
             acc[k] = c if acc[k] is None else g.add(("add", acc[k], c))

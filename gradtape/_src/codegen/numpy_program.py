@@ -49,7 +49,7 @@ class NumpyProgram:
 
     __slots__ = ("fn", "source", "n_float", "n_bool", "leaves", "params", "outputs", "alias")
 
-    def __init__(self, graph: Graph, acc: tuple[bool, ...], dtype: Any = None,
+    def __init__(self, graph: Graph, acc: tuple[bool, ...], dtype: np.dtype | None = None,
                  inplace: tuple[int | None, ...] | None = None) -> None:
         order, uses = schedule(graph)
         self.alias = alias_outputs(graph, acc)
@@ -187,7 +187,7 @@ def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
         return [*pre, f"_copyto({dest}, {a}, where={c})"]
     if op == "float":
         return [f"_copyto({dest}, {ins[0]})"]
-    # ufuncs take ``out`` positionally: ~10% cheaper per call than the keyword on small blocks
+    # ufuncs take ``out`` positionally: the keyword form costs more per call on small blocks
     if op == "rsqrt":
         return [f"_sqrt({ins[0]}, {dest})", f"_true_divide(_one, {dest}, {dest})"]
     if op == "sigmoid":  # overflow-free logistic: (tanh(v / 2) + 1) / 2
@@ -202,7 +202,8 @@ _numpy_programs: dict[tuple, NumpyProgram] = {}
 
 
 def numpy_program(key: tuple, build: Callable[[], Graph], acc: tuple[bool, ...],
-                  dtype: Any = None, inplace: tuple[int | None, ...] | None = None) -> NumpyProgram:
+                  dtype: np.dtype | None = None, inplace: tuple[int | None, ...] | None = None
+                  ) -> NumpyProgram:
     """The cached :class:`NumpyProgram` for ``key`` (``build()`` makes its graph on a miss);
     ``dtype`` types its constants (part of ``key``). ``inplace[k]``: the leaf whose buffer
     output ``k`` also is (updates in place), or None."""
@@ -213,7 +214,7 @@ def numpy_program(key: tuple, build: Callable[[], Graph], acc: tuple[bool, ...],
     return prog
 
 
-def _flat_view(a: Any) -> Any:
+def _flat_view(a: np.ndarray) -> np.ndarray | None:
     """``a`` as a 1-D view, or None when that would need a copy."""
     if a.ndim == 1:
         return a
@@ -223,8 +224,8 @@ def _flat_view(a: Any) -> Any:
         return None
 
 
-def run_numpy(prog: NumpyProgram, leaves: list, params: list, outs: list, shape: tuple,
-              dtype: Any) -> None:
+def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
+              outs: list[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Run ``prog`` over arrays of the full ``shape`` (``leaves`` may broadcast to it;
     ``outs`` have exactly that shape), block by block when large.
 

@@ -1,9 +1,8 @@
 """Keep freed host memory for reuse (glibc's ``malloc``), so large eager arrays skip page faults.
 
 Every eager op allocates its output. For a large array (a 2^22-element float32 is 16 MB) the
-first write to fresh pages costs the kernel a page fault and a zeroing per page: on the
-2-core machine about 2.5 ms per 16 MB array, which is ~30% of an 8-op chain's forward
-(hand-written NumPy: 64 ms with fresh arrays vs 45 ms into reused ones). glibc gives such
+first write to fresh pages costs the kernel a page fault and a zeroing per page, a sizeable
+part of an elementwise op's cost (benchmarks/RESULTS.md has the figures). glibc gives such
 memory back to the OS when it is freed (``munmap``, or trimming the heap top above
 ``M_TRIM_THRESHOLD``), so each training step faults the same pages in again.
 

@@ -2,8 +2,8 @@
 
 The eager forward runs one NumPy call per op, on one core. NumPy ufuncs release the GIL, so a
 large elementwise op can be cut into contiguous flat chunks computed at the same time on the
-thread pool the fused backward already uses (:mod:`.pool`); on a 2-core machine this nearly
-halves the forward of large arrays (figures in ``benchmarks/RESULTS.md``).
+thread pool the fused backward already uses (:mod:`.pool`), so the forward of a large array
+runs on every core.
 
 :func:`forward` applies when all of these hold, and otherwise makes the plain call
 ``prim.impl(xp, *arrays, **params)``:
@@ -38,23 +38,27 @@ from __future__ import annotations
 
 import contextvars
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..backend import Array, ArrayModule
 from . import pool
+
+if TYPE_CHECKING:  # the primitive layer, above this one
+    from ..primitive import Primitive
 
 __all__ = ["forward"]
 
 _ndarray = np.ndarray
 
 
-def forward(prim: Any, xp: Any, arrays: tuple, params: dict) -> Any:
+def forward(prim: Primitive, xp: ArrayModule, arrays: tuple[Array, ...], params: dict[str, Any]) -> Array:
     """``prim.impl(xp, *arrays, **params)``, computed over contiguous ranges on the thread
     pool when the conditions in the module docstring hold.
 
     Args:
-        prim: the :class:`~gradtape._primitive.Primitive` (elementwise ones are threaded).
+        prim: the :class:`~gradtape.extend.Primitive` (elementwise ones are threaded).
         xp: the backend array module (only ``numpy`` is threaded).
         arrays: the operand arrays, as ``impl`` takes them.
         params: the keyword parameters of ``impl``.
@@ -74,7 +78,7 @@ def forward(prim: Any, xp: Any, arrays: tuple, params: dict) -> Any:
         return impl(xp, *arrays, **params)
     if prim.derivatives is None or pool.THREADS < 2:
         return impl(xp, *arrays, **params)
-    shape: tuple | None = None
+    shape: tuple[int, ...] | None = None
     for a in arrays:
         if type(a) is not _ndarray:  # subclasses, Python scalars: plain call
             return impl(xp, *arrays, **params)
@@ -97,7 +101,8 @@ def forward(prim: Any, xp: Any, arrays: tuple, params: dict) -> Any:
     return _run(prim, arrays, params, shape, n)
 
 
-def _run(prim: Any, arrays: tuple, params: dict, shape: tuple, n: int) -> Any:
+def _run(prim: Primitive, arrays: tuple[np.ndarray, ...], params: dict[str, Any], shape: tuple[int, ...],
+         n: int) -> np.ndarray:
     impl = prim.impl
     # (flat view, sliced) per operand: full-shape operands are sliced, scalars passed as 0-d
     ops = [(a.reshape(-1), True) if a.size != 1 else (a.reshape(()), False) for a in arrays]
@@ -137,9 +142,9 @@ def _run(prim: Any, arrays: tuple, params: dict, shape: tuple, n: int) -> Any:
     for f in futures:
         if f.cancel():  # never started: every chunk is done, no need to wait for a wake-up
             continue
-        e = f.exception()  # waits for the chunk it holds
-        if e is not None and error is None:
-            error = e
+        exc = f.exception()  # waits for the chunk it holds
+        if exc is not None and error is None:
+            error = exc
     if error is not None:
         raise error
     return out

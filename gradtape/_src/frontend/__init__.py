@@ -1,1 +1,2 @@
-"""The user-facing autodiff API on top of the ops: GradientTape, custom_gradient, and the\nexplanations of missing gradients."""
+"""The user-facing autodiff API on top of the ops: GradientTape, custom_gradient, and the
+explanations of missing gradients."""

@@ -11,14 +11,17 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from ..autodiff.record import Record, record
-from ..config import HOOKS
 from ..autodiff.state import paused_recording
+from ..config import HOOKS
 from ..nest import flatten, unflatten
-from ..primitive import as_tensor
-from ..tensor import Tensor, _wrap
+from ..primitive import Primitive, as_tensor
+from ..tensor import Tensor, Variable, _wrap
+
+_P = ParamSpec("_P")
+_Y = TypeVar("_Y")
 
 __all__ = ["custom_gradient"]
 
@@ -41,9 +44,10 @@ class _CustomCall:
     batch = None
     jvp = None
     is_elementwise = False
+    masks = False  # a user's grad is trusted as written
 
-    def __init__(self, name: str, grad: Callable, arg_names: list[str], n_args: int,
-                 variables: list, outs: list, multi: bool) -> None:
+    def __init__(self, name: str, grad: Callable[..., Any], arg_names: list[str], n_args: int,
+                 variables: list[Variable], outs: list[Tensor], multi: bool) -> None:
         self.name = name
         self.grad = grad
         self.arg_names = arg_names
@@ -57,7 +61,7 @@ class _CustomCall:
     def __repr__(self) -> str:
         return f"<custom_gradient {self.name}>"
 
-    def vjp(self, rec: Record, g: Any) -> tuple:
+    def vjp(self, rec: Record, g: Tensor | tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
         """Call the user's ``grad`` with one upstream gradient per output, check its results."""
         if isinstance(g, tuple):
             dys = [self._zeros(i) if gi is None else gi for i, gi in enumerate(g)]
@@ -76,13 +80,18 @@ class _CustomCall:
             in_grads = self._as_list(self.grad(*dys), self.n_args, "gradient")
             var_grads = []
         names = list(self.arg_names) + [f"variable {v.name or '<unnamed>'!r}" for v in self.variables]
-        out = []
+        out: list[Tensor | None] = []
         for i, gi in enumerate(in_grads + var_grads):
             if gi is None or not rec.needs[i]:
                 out.append(None)
                 continue
             if not isinstance(gi, Tensor):
-                gi = as_tensor(gi)
+                try:
+                    gi = as_tensor(gi)
+                except TypeError:
+                    raise TypeError(f"custom_gradient {self.name}: the gradient for {names[i]} is "
+                                    f"a {type(gi).__name__}, expected a Tensor (or array) of shape "
+                                    f"{rec.in_shapes[i]}") from None
             shape = rec.in_shapes[i]
             if gi.shape != shape:
                 raise ValueError(f"custom_gradient {self.name}: the gradient for {names[i]} has "
@@ -96,7 +105,7 @@ class _CustomCall:
         xp = self.backend.xp
         return _wrap(xp.zeros(self.out_shapes[i], self.out_dtypes[i]), self.backend)
 
-    def _as_list(self, res: Any, n: int, what: str) -> list:
+    def _as_list(self, res: object, n: int, what: str) -> list[Any]:
         items = list(res) if isinstance(res, (tuple, list)) else [res]
         if len(items) != n:
             per = "variable read inside the function" if "variable" in what else "tensor argument"
@@ -105,13 +114,13 @@ class _CustomCall:
         return items
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)} item(s)"
     return type(value).__name__
 
 
-def _accepts_variables(grad: Callable) -> bool:
+def _accepts_variables(grad: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(grad).parameters.values()
     except (TypeError, ValueError):
@@ -119,7 +128,7 @@ def _accepts_variables(grad: Callable) -> bool:
     return any(p.name == "variables" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def custom_gradient(f: Callable) -> Callable:
+def custom_gradient(f: Callable[_P, tuple[_Y, Callable[..., Any]]]) -> Callable[_P, _Y]:
     """Decorate ``f`` whose gradient you define yourself (TF's ``tf.custom_gradient``).
 
     ``f(*args, **kwargs)`` must return ``(y, grad)``: ``y`` a Tensor (or a list/tuple of
@@ -159,8 +168,8 @@ def custom_gradient(f: Callable) -> Callable:
     fname = getattr(f, "__name__", "function")
 
     @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        watcher: dict = {}
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _Y:
+        watcher: dict[int, Variable] = {}
         with paused_recording(watcher):  # f's own ops are not recorded
             result = f(*args, **kwargs)
         if not isinstance(result, (tuple, list)) or len(result) != 2 or not callable(result[1]):
@@ -188,7 +197,7 @@ def custom_gradient(f: Callable) -> Callable:
         leaves, spec = flatten(y)
         if not leaves:
             raise TypeError(f"custom_gradient {fname}: y holds no tensor")
-        outs = []
+        outs: list[Tensor] = []
         for i, leaf in enumerate(leaves):
             if not isinstance(leaf, Tensor):
                 try:
@@ -202,7 +211,8 @@ def custom_gradient(f: Callable) -> Callable:
         if all_in and HOOKS.on:  # HOOKS.on: some tape, watcher or numerics check is active
             prim = _CustomCall(fname, grad, arg_names, len(inputs), variables, outs,
                                multi=len(outs) > 1)
-            record(prim, all_in, outs[0], {}, tuple(outs[1:]))
+            # duck-typed: to the engine, a non-elementwise primitive whose VJP saves nothing
+            record(cast(Primitive, prim), all_in, outs[0], {}, tuple(outs[1:]))
         return unflatten(spec, outs)
 
     return wrapper

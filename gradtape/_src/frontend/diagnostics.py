@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..autodiff.engine import forward_reach
-from ..tensor import Tensor
+from ..autodiff.record import Recorder
+from ..tensor import Tensor, Variable
 
 __all__ = ["explain"]
 
 
-def explain(tape: Any, s: Tensor, targets: list) -> str:
+def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
     """Why source ``s`` got no gradient from ``targets`` on ``tape``: the message of
     :class:`UnconnectedGradientError`."""
-    label = f"source {s.name!r}" if s._is_variable and s.name else "the source"
+    label = f"source {s.name!r}" if isinstance(s, Variable) and s.name else "the source"
     shape = f"(shape {s.shape}, dtype {s.dtype})"
     if not s._id or s._id not in tape._tracked:
         if s._origin and s._origin[0] == "variable":
@@ -22,13 +21,15 @@ def explain(tape: Any, s: Tensor, targets: list) -> str:
                     f"{s._origin[1]!r} (e.g. `w = w - lr * g`): the Variable was replaced by "
                     "a tensor, which is never watched. Update variables in place with "
                     "w.assign_sub(...), or tape.watch() the tensor.")
-        if s._is_variable and not s.trainable:
+        if isinstance(s, Variable) and not s.trainable:
             return (f"{label} {shape} is a non-trainable Variable, which is never watched "
                     "automatically; call tape.watch(v)")
         if s._is_variable and not tape._watch_accessed:
             return (f"{label} {shape} was never watched: the tape has "
                     "watch_accessed_variables=False, so call tape.watch(v)")
         if s._is_variable:
+            if s._id in tape._cuts:  # e.g. read only inside stop_recording()
+                return f"{label} {shape} is not connected to the target: {tape._cuts[s._id]}"
             return (f"{label} {shape} was never read inside the tape's context, so the "
                     "target does not depend on it")
         return (f"{label} {shape} was never watched: call tape.watch(x) inside the tape's "
@@ -44,5 +45,7 @@ def explain(tape: Any, s: Tensor, targets: list) -> str:
                     "tape's gradient() inside the outer tape's `with` block")
     if all(not t._id or t._id not in tape._tracked for t in targets):
         return (f"the target does not depend on any tensor this tape watched, so {label} "
-                f"{shape} is unconnected (was the target computed outside the tape's context?)")
+                f"{shape} is unconnected: either the target was computed outside the tape's "
+                "context, or from a raw backend array taken out of a watched tensor (`.data`), "
+                "which carries no gradient")
     return f"the target does not depend on {label} {shape}"

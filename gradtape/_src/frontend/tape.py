@@ -9,7 +9,7 @@ the jacobians (which stack rows with gradtape ops, hence its place above the ops
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,9 +18,10 @@ from ... import ops
 from ..autodiff.engine import backward
 from ..autodiff.record import Recorder
 from ..autodiff.state import STATE, hooks_add, user_line
+from ..backend import Array
 from ..errors import UnconnectedGradientError
 from ..nest import flatten, unflatten
-from ..tensor import Tensor, _wrap
+from ..tensor import Tensor, TensorLike, TensorTree, Variable, _wrap
 from .diagnostics import explain
 
 __all__ = ["GradientTape", "UnconnectedGradientError"]
@@ -41,12 +42,15 @@ class GradientTape(Recorder):
         6.0
     """
 
-    __slots__ = ("_persistent", "_recording", "_entered", "_used", "__weakref__")
+    __slots__ = ("_persistent", "_recording", "_entered", "_used", "_stack", "_exited",
+                 "__weakref__")
 
     def __init__(self, persistent: bool = False, watch_accessed_variables: bool = True) -> None:
         super().__init__(watch_accessed_variables)
         self._persistent = bool(persistent)
         self._recording = False
+        self._stack: list[Recorder] | None = None  # the recording stack of the thread that entered it
+        self._exited = False
         self._entered = False
         self._used = False
 
@@ -55,21 +59,29 @@ class GradientTape(Recorder):
         if self._recording:
             raise ValueError("this GradientTape is already recording; a tape cannot be entered "
                              "twice at once (use a new tape, or nest two tapes)")
+        self._exited = False
         self._push()
         self._entered = True
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
+        # inside its own stop_recording() the tape is paused, not recording: the block's end
+        # must then not resume it (_exited), or it would record every later op of the thread
+        self._exited = True
         if self._recording:
             self._pop()
 
     def _push(self) -> None:
-        STATE.recording.append(self)
+        stack = self._stack = STATE.recording
+        stack.append(self)
         self._recording = True
         hooks_add(1)
 
     def _pop(self) -> None:
-        STATE.recording.remove(self)
+        # the entering thread's stack, also when another thread exits the tape
+        stack = self._stack if self._stack is not None else STATE.recording
+        if self in stack:
+            stack.remove(self)
         self._recording = False
         hooks_add(-1)
 
@@ -101,7 +113,8 @@ class GradientTape(Recorder):
         finally:
             STATE.paused.remove(self)
             hooks_add(-1)
-            self._push()
+            if not self._exited:
+                self._push()
 
     def reset(self) -> None:
         """Forget everything recorded and watched; the tape keeps recording.
@@ -121,7 +134,7 @@ class GradientTape(Recorder):
         self._used = False
 
     # --- watching ---------------------------------------------------------------------------
-    def watch(self, tensor: Any) -> None:
+    def watch(self, tensor: TensorTree) -> None:
         """Follow ``tensor`` (or a list/tuple/dict of tensors) so gradients can flow to it.
 
         Integer and boolean tensors cannot carry gradients and are not followed (asking for
@@ -133,11 +146,15 @@ class GradientTape(Recorder):
                 where = f" (item {i})" if len(leaves) > 1 else ""
                 raise TypeError(f"tape.watch(): expected a gradtape Tensor or Variable{where}, got "
                                 f"{type(t).__name__}; wrap arrays with gt.tensor(...)")
-            if t.data.dtype.kind not in "fc":
+            if t.data.dtype.kind == "c":
+                raise TypeError(f"tape.watch(): complex tensors are not differentiable in "
+                                f"gradtape (got dtype {t.dtype}); differentiate the real and "
+                                "imaginary parts as separate float tensors")
+            if t.data.dtype.kind != "f":
                 continue
             self._watch_tensor(t)
 
-    def watched_variables(self) -> tuple:
+    def watched_variables(self) -> tuple[Variable, ...]:
         """The Variables this tape watches, in creation order.
 
         Example:
@@ -164,16 +181,39 @@ class GradientTape(Recorder):
                 seen[id(arr)] = arr.nbytes
         return sum(seen.values())
 
+    def recorded_ops(self) -> tuple[str, ...]:
+        """Names of the primitives this tape holds records of, in recording order: what its
+        backward pass would differentiate (only ops that touch a watched tensor are recorded;
+        a non-persistent tape drops its records once a gradient has been computed).
+
+        Example:
+            >>> import gradtape as gt
+            >>> x = gt.tensor([1.0, 2.0])
+            >>> with gt.GradientTape() as tape:
+            ...     tape.watch(x)
+            ...     y = gt.sum(gt.sin(x) * 2.0)
+            ...     z = gt.cos(gt.tensor(1.0))   # touches no watched tensor: not recorded
+            >>> tape.recorded_ops()
+            ('sin', 'mul', 'sum')
+        """
+        return tuple(rec.prim.name for rec in self._records)
+
     # --- gradients --------------------------------------------------------------------------
-    def _start_call(self, what: str) -> None:
+    def _check_usable(self, what: str) -> None:
         if self._used and not self._persistent:
             raise RuntimeError(f"{what}: a non-persistent GradientTape can compute gradients only "
                                "once; use GradientTape(persistent=True) to call it several times")
+
+    def _start_call(self, what: str) -> None:
+        """The arguments are valid: the backward starts and uses a non-persistent tape up
+        (TF's rule: only a call that reaches the backward counts)."""
+        self._check_usable(what)
         if self._recording and not self._persistent:
             self._pop()  # TF semantics: a non-persistent tape stops recording here
         self._used = True
 
-    def gradient(self, target: Any, sources: Any, output_gradients: Any = None,
+    def gradient(self, target: TensorTree, sources: TensorTree,
+                 output_gradients: TensorLike | Mapping[Any, TensorLike | None] | None = None,
                  unconnected_gradients: str = "none") -> Any:
         """Gradient of ``target`` with respect to ``sources``.
 
@@ -199,9 +239,10 @@ class GradientTape(Recorder):
         _check_unconnected(unconnected_gradients)
         if target is None:
             raise TypeError("gradient(): target is None; pass the Tensor to differentiate")
-        self._start_call("gradient()")
+        self._check_usable("gradient()")
         flat_sources, spec = self._flatten_sources(sources, "gradient()")
         targets, seeds = self._targets_and_seeds(target, output_gradients)
+        self._start_call("gradient()")  # after validation: a rejected call leaves the tape usable
         diff = bool(STATE.recording) or STATE.transforms > 0
         grads = backward(self, targets, seeds, flat_sources, diff, release=not self._persistent)
         results = self._finish(flat_sources, grads, targets, unconnected_gradients, diff)
@@ -212,22 +253,28 @@ class GradientTape(Recorder):
     def _drop(self) -> None:
         self._clear()
 
-    def _flatten_sources(self, sources: Any, what: str) -> tuple[list, Any]:
+    def _flatten_sources(self, sources: TensorTree, what: str) -> tuple[list[Tensor], Any]:
         if sources is None:
             raise TypeError(f"{what}: sources is None; pass a Tensor, Variable, or a list/dict of them")
         leaves, spec = flatten(sources)
         for i, s in enumerate(leaves):
-            if not isinstance(s, Tensor) or s.data.dtype.kind not in "fc":
+            if not isinstance(s, Tensor) or s.data.dtype.kind != "f":
                 where = f"sources[{i}]" if len(leaves) > 1 or isinstance(sources, (list, tuple, dict)) \
                     else "sources"
                 if not isinstance(s, Tensor):
                     raise TypeError(f"{what}: {where} must be a gradtape Tensor or Variable, got "
                                     f"{type(s).__name__}")
+                if s.data.dtype.kind == "c":
+                    raise TypeError(f"{what}: {where} has dtype {s.dtype}; complex gradients are "
+                                    "not supported (differentiate the real and imaginary parts as "
+                                    "separate float tensors)")
                 raise TypeError(f"{what}: {where} has dtype {s.dtype}; gradients exist only for "
                                 "floating-point sources (cast with .astype('float32'))")
         return leaves, spec
 
-    def _targets_and_seeds(self, target: Any, output_gradients: Any) -> tuple[list, list]:
+    def _targets_and_seeds(self, target: TensorTree,
+                           output_gradients: TensorLike | Mapping[Any, TensorLike | None] | None
+                           ) -> tuple[list[Tensor], list[Tensor | None]]:
         targets, tspec = flatten(target)
         for i, t in enumerate(targets):
             if not isinstance(t, Tensor):
@@ -242,15 +289,22 @@ class GradientTape(Recorder):
         if len(ograds) != len(targets):
             raise ValueError(f"gradient(): output_gradients has {len(ograds)} entries, expected "
                              f"one per target ({len(targets)})")
-        seeds = []
+        seeds: list[Tensor | None] = []
         for i, (t, og) in enumerate(zip(targets, ograds)):
             if og is None:
                 seeds.append(None)
                 continue
-            if not isinstance(og, Tensor):
-                og = Tensor(t._backend.xp.asarray(og, dtype=t.dtype) if not isinstance(og, np.ndarray)
-                            else og)
             name = f"output_gradients[{i}]" if len(targets) > 1 else "output_gradients"
+            if not isinstance(og, Tensor):
+                if isinstance(og, (str, bytes)):
+                    raise TypeError(f"gradient(): {name} must be a Tensor or array of the target's "
+                                    f"shape {t.shape}, got {type(og).__name__}")
+                try:
+                    og = Tensor(t._backend.xp.asarray(og, dtype=t.dtype) if not isinstance(og, np.ndarray)
+                                else og)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(f"gradient(): {name} must be a Tensor or array of the target's "
+                                    f"shape {t.shape}, got {type(og).__name__} ({exc})") from None
             if og.shape != t.shape:
                 raise ValueError(f"gradient(): {name} has shape {og.shape}, expected the target's "
                                  f"shape {t.shape}")
@@ -264,9 +318,10 @@ class GradientTape(Recorder):
         del tspec
         return targets, seeds
 
-    def _finish(self, sources: list, grads: dict, targets: list, mode: str, diff: bool) -> list:
-        out = []
-        origin = None
+    def _finish(self, sources: list[Tensor], grads: dict[int, Tensor | Array], targets: list[Tensor],
+                mode: str, diff: bool) -> list[Tensor | None]:
+        out: list[Tensor | None] = []
+        origin: tuple[str, str] | None = None
         for s in sources:
             g = grads.get(s._id) if s._id else None
             if g is None:
@@ -293,8 +348,8 @@ class GradientTape(Recorder):
         return out
 
     # --- jacobians --------------------------------------------------------------------------
-    def jacobian(self, target: Tensor, sources: Any, unconnected_gradients: str = "none",
-                 parallel_iterations: Any = None, experimental_use_pfor: bool = True) -> Any:
+    def jacobian(self, target: Tensor, sources: TensorTree, unconnected_gradients: str = "none",
+                 parallel_iterations: int | None = None, experimental_use_pfor: bool = True) -> Any:
         """Jacobian of ``target`` with respect to each source: shape
         ``target.shape + source.shape``.
 
@@ -316,13 +371,16 @@ class GradientTape(Recorder):
         if not experimental_use_pfor and not self._persistent:
             raise RuntimeError("jacobian(experimental_use_pfor=False) loops over gradient calls "
                                "and needs GradientTape(persistent=True)")
-        self._start_call("jacobian()")
+        self._check_usable("jacobian()")
         flat_sources, spec = self._flatten_sources(sources, "jacobian()")
+        self._start_call("jacobian()")
         diff = bool(STATE.recording) or STATE.transforms > 0
         rows = _jacobian_rows(self, target, flat_sources, diff, batch=False)
         results = []
         for k, s in enumerate(flat_sources):
             r = rows[k]
+            if r is None and (target.size == 0 or s.size == 0):  # an empty Jacobian is all zeros
+                r = _wrap(s._backend.xp.zeros(target.shape + s.shape, s.dtype), s._backend)
             if r is None:
                 if unconnected_gradients == "raise":
                     raise UnconnectedGradientError(explain(self, s, [target]))
@@ -336,7 +394,7 @@ class GradientTape(Recorder):
         return unflatten(spec, results)
 
     def batch_jacobian(self, target: Tensor, source: Tensor, unconnected_gradients: str = "none",
-                       parallel_iterations: Any = None, experimental_use_pfor: bool = True) -> Tensor:
+                       parallel_iterations: int | None = None, experimental_use_pfor: bool = True) -> Tensor:
         """Per-example Jacobian for ``target[B, ...]`` and ``source[B, ...]`` whose examples
         are independent: shape ``[B, *target.shape[1:], *source.shape[1:]]``.
 
@@ -365,12 +423,16 @@ class GradientTape(Recorder):
         if not experimental_use_pfor and not self._persistent:
             raise RuntimeError("batch_jacobian(experimental_use_pfor=False) needs "
                                "GradientTape(persistent=True)")
-        self._start_call("batch_jacobian()")
+        self._check_usable("batch_jacobian()")
         flat, _ = self._flatten_sources(source, "batch_jacobian()")
+        self._start_call("batch_jacobian()")
         diff = bool(STATE.recording) or STATE.transforms > 0
-        r = _jacobian_rows(self, target, flat, diff, batch=True)[0]
+        if target.size == 0 or source.size == 0:  # an empty Jacobian is all zeros
+            r = None
+        else:
+            r = _jacobian_rows(self, target, flat, diff, batch=True)[0]
         if r is None:
-            if unconnected_gradients == "raise":
+            if unconnected_gradients == "raise" and target.size and source.size:
                 raise UnconnectedGradientError(explain(self, source, [target]))
             r = _wrap(source._backend.xp.zeros(target.shape + source.shape[1:], source.dtype),
                       source._backend)
@@ -379,17 +441,17 @@ class GradientTape(Recorder):
         return r
 
 
-def _check_unconnected(value: Any) -> None:
+def _check_unconnected(value: str) -> None:
     if value not in _UNCONNECTED:
         raise ValueError(f"unconnected_gradients must be 'none', 'zero' or 'raise', got {value!r}")
 
 
-def _jacobian_rows(tape: GradientTape, target: Tensor, sources: list, diff: bool,
-                   batch: bool) -> list:
+def _jacobian_rows(tape: GradientTape, target: Tensor, sources: list[Tensor], diff: bool,
+                   batch: bool) -> list[Tensor | None]:
     """Loop over target elements (per example when ``batch``), one reverse pass each."""
     xp = target._backend.xp
     n_rows = int(np.prod(target.shape[1:] if batch else target.shape, dtype=np.int64))
-    per_source: list[list] = [[] for _ in sources]
+    per_source: list[list[Tensor | Array | None]] = [[] for _ in sources]
     connected = [False] * len(sources)
     for j in range(n_rows):
         seed = xp.zeros(target.shape, target.dtype)
@@ -403,7 +465,7 @@ def _jacobian_rows(tape: GradientTape, target: Tensor, sources: list, diff: bool
             if g is not None:
                 connected[k] = True
             per_source[k].append(g)
-    out: list = []
+    out: list[Tensor | None] = []
     for k, s in enumerate(sources):
         if not connected[k]:
             out.append(None)

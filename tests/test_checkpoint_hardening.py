@@ -1,0 +1,526 @@
+"""Checkpoints (``gt.nn.save`` / ``gt.nn.load``, ``Module.save`` / ``Module.load``) under stress:
+concurrent and interrupted saves, loads that fail half-way, files that lie about their sizes,
+colliding names, dtypes, optimizer state, and files that are not checkpoints at all."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1 << 20
+
+
+class Net(gt.nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        self.l1 = gt.nn.Dense(3, 4, seed=seed)
+        self.l2 = gt.nn.Dense(4, 2, seed=seed + 1)
+
+    def forward(self, x):
+        return self.l2(gt.relu(self.l1(x)))
+
+
+def values(model: gt.nn.Module) -> dict[str, np.ndarray]:
+    return {n: v.numpy() for n, v in model.named_variables()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def train(model: gt.nn.Module, opt, steps: int = 2, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        x = gt.tensor(rng.normal(size=(5, 3)).astype(np.float32))
+        with gt.GradientTape() as tape:
+            loss = gt.sum(model(x) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+
+
+def entries(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def rewrite(path, src, **changes) -> str:
+    """A copy of checkpoint ``src`` at ``path`` with entries replaced (None removes one)."""
+    data = entries(src)
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k)
+        else:
+            data[k] = v
+    np.savez(path, **data)
+    return str(path)
+
+
+def others(folder: Path, keep: str = "ckpt.npz") -> list[str]:
+    return sorted(p for p in os.listdir(folder) if p != keep)
+
+
+# --------------------------------------------------------------------------- 6: concurrent saves
+def test_concurrent_thread_saves_leave_one_loadable_checkpoint_and_no_temporaries(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    models = [Net(seed=10 * i) for i in range(6)]
+    errors: list[BaseException] = []
+
+    def work(m):
+        try:
+            for _ in range(15):
+                m.save(path)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    loaded = Net(seed=99).load(path)
+    assert any(all(np.array_equal(values(loaded)[k], values(m)[k]) for k in values(m)) for m in models)
+    assert others(tmp_path) == []
+
+
+SAVER = """
+import sys, time, numpy as np, gradtape as gt
+sys.path.insert(0, {tests!r})
+from test_checkpoint_hardening import Net
+m = Net(seed=int(sys.argv[1]))
+m.l1.kernel = gt.Variable(np.full((3, 1 << 16), float(sys.argv[1]), np.float32))  # 768 KB
+start = float(sys.argv[3])
+while time.time() < start:  # both processes save during the same second
+    time.sleep(0.001)
+n = 0
+while time.time() < start + 1.0 or n < 20:
+    m.save(sys.argv[2])
+    n += 1
+print("done")
+"""
+
+
+def test_concurrent_process_saves_leave_one_loadable_checkpoint_and_no_temporaries(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    code = SAVER.format(tests=str(ROOT / "tests"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = str(time.time() + 3.0)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(seed), str(path), start], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (1, 2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "done", err
+    loaded = Net(seed=99)
+    loaded.l1.kernel = gt.Variable(np.zeros((3, 1 << 16), np.float32))
+    loaded.load(path)
+    k = loaded.l1.kernel.numpy()
+    assert k.min() == k.max() and k[0, 0] in (1.0, 2.0)
+    assert others(tmp_path) == []
+
+
+INTERRUPTED = """
+import signal, sys, numpy as np, gradtape as gt
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+m = gt.nn.Dense(2048, 2048, seed=0)
+print("ready", flush=True)
+while True:
+    m.save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="SIGINT to a child needs POSIX")
+def test_interrupted_save_keeps_the_old_checkpoint_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    old = gt.nn.Dense(2048, 2048, seed=1)
+    old.save(path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not others(tmp_path) and time.monotonic() < deadline:  # a save is under way
+            time.sleep(0.0005)
+        assert others(tmp_path), "never saw a save in progress"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in err
+    assert others(tmp_path) == []
+    loaded = gt.nn.Dense(2048, 2048, seed=5).load(path)  # complete: the old file or a new one
+    assert loaded.kernel.shape == (2048, 2048)
+
+
+def test_save_gives_the_file_the_usual_permissions(tmp_path):
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    path = Net().save(tmp_path / "ckpt.npz")
+    assert os.stat(path).st_mode & 0o777 == os.stat(probe).st_mode & 0o777
+    os.chmod(path, 0o640)
+    Net(seed=3).save(path)  # replacing a file keeps its permissions
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+# --------------------------------------------------------------------------- 7: all or nothing
+def test_load_with_a_bad_last_variable_changes_nothing(tmp_path):
+    src = Net(seed=1).save(tmp_path / "src.npz")
+    last = [n for n, _ in Net().named_variables()][-1]
+    bad = rewrite(tmp_path / "bad.npz", src, **{f"var/{last}": np.full((2,), "x")})
+    model = Net(seed=2)
+    before = values(model)
+    with pytest.raises(TypeError, match=f"var/{last}"):
+        model.load(bad)
+    assert_same(values(model), before)
+
+
+def test_load_with_a_bad_optimizer_entry_changes_neither_model_nor_optimizer(tmp_path):
+    model, opt = Net(seed=1), gt.optimizers.Adam(0.01)
+    train(model, opt, steps=2)
+    src = model.save(tmp_path / "src.npz", optimizer=opt)
+    last = [n for n, _ in model.named_variables()][-1]
+    bad = rewrite(tmp_path / "bad.npz", src, **{f"opt/{last}/v": np.zeros((7,), np.float32)})
+    train(model, opt, steps=1, seed=1)
+    before, state_before = values(model), opt.state_dict(model.named_variables())
+    with pytest.raises(ValueError, match=rf"{last}/v has shape \(7,\)"):
+        model.load(bad, optimizer=opt)
+    assert_same(values(model), before)
+    assert_same(opt.state_dict(model.named_variables()), state_before)
+    assert opt.iterations == 3
+
+
+def test_load_restores_model_and_optimizer_exactly(tmp_path):
+    model, opt = Net(seed=1), gt.optimizers.Adam(0.01)
+    train(model, opt, steps=2)
+    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    fresh, fresh_opt = Net(seed=7), gt.optimizers.Adam(0.01)
+    train(fresh, fresh_opt, steps=3)  # state that the load must replace
+    fresh.load(path, optimizer=fresh_opt)
+    train(model, opt, steps=2, seed=4)
+    train(fresh, fresh_opt, steps=2, seed=4)
+    assert_same(values(fresh), values(model))
+    assert fresh_opt.iterations == opt.iterations == 4
+
+
+# --------------------------------------------------------------------------- 8: lazy, size-checked reads
+def _zip_with(path, entries_: dict, compress: bool = True) -> str:
+    """Write ``{name: (header array, payload bytes)}``: an .npy header taken from the array,
+    then the payload streamed in 1 MB pieces (so the test never holds it)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method, compresslevel=1) as zf:
+        for name, (arr, payload) in entries_.items():
+            with zf.open(name, "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+                chunk = bytes(min(payload, MB))
+                left = payload
+                while left > 0:
+                    f.write(chunk[:min(left, MB)])
+                    left -= MB
+    return str(path)
+
+
+class Small(gt.nn.Module):
+    def __init__(self) -> None:
+        self.w = gt.Variable(np.zeros((2, 2), np.float32))
+
+
+def _peak_during(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_load_rejects_an_unknown_entry_without_reading_it(tmp_path):
+    big = 64 * MB  # compresses to ~64 KB
+    path = _zip_with(tmp_path / "ckpt.npz", {
+        "var/w.npy": (np.zeros((2, 2), np.float32), 16),
+        "extra.npy": (np.zeros(big, np.uint8), big),
+    })
+    assert os.path.getsize(path) < 2 * MB
+
+    def go():
+        with pytest.raises(ValueError, match=r"unknown entries \['extra.npy'\]"):
+            Small().load(path)
+
+    assert _peak_during(go) < 8 * MB
+
+
+def test_load_checks_declared_sizes_before_decompressing(tmp_path):
+    big = 64 * MB
+    path = _zip_with(tmp_path / "ckpt.npz", {"var/w.npy": (np.zeros((2, 2), np.float32), big)})
+
+    def go():
+        with pytest.raises(ValueError, match=r"'var/w'.*16 bytes"):
+            Small().load(path)
+
+    assert _peak_during(go) < 8 * MB
+
+
+def test_load_refuses_a_truncated_entry(tmp_path):
+    path = _zip_with(tmp_path / "ckpt.npz", {"var/w.npy": (np.zeros((2, 2), np.float32), 8)})
+    with pytest.raises(ValueError, match=r"'var/w'.*16 bytes"):
+        Small().load(path)
+
+
+class Wide(gt.nn.Module):
+    def __init__(self) -> None:
+        self.w = gt.Variable(np.zeros(2 * MB, np.float32))  # 8 MB
+
+
+def test_load_without_optimizer_reads_no_optimizer_state(tmp_path):
+    model, opt = Wide(), gt.optimizers.Adam(0.01)
+    opt.apply_gradients([(gt.tensor(np.ones(2 * MB, np.float32)), model.w)])
+    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)  # 8 MB of weights, 16 MB of moments
+    target = Wide()
+    peak = _peak_during(lambda: target.load(path))
+    assert peak < 14 * MB
+    np.testing.assert_array_equal(target.w.numpy(), model.w.numpy())
+
+
+# --------------------------------------------------------------------------- 9: colliding names
+class Clash(gt.nn.Module):
+    def __init__(self) -> None:
+        self.d = {1: gt.Variable([1.0]), "1": gt.Variable([2.0])}
+
+
+def test_save_refuses_colliding_names_naming_both_paths(tmp_path):
+    with pytest.raises(ValueError, match=r"d\[1\] and d\['1'\] would both be saved as 'd.1'"):
+        Clash().save(tmp_path / "ckpt.npz")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_refuses_a_module_with_colliding_names(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"var/d.1": np.array([5.0], np.float32)})
+    m = Clash()
+    with pytest.raises(ValueError, match=r"d\[1\] and d\['1'\]"):
+        m.load(path)
+    assert [v.numpy().tolist() for v in m.variables] == [[1.0], [2.0]]
+
+
+# --------------------------------------------------------------------------- 10: dtypes
+class Boom:
+    """Unpickling this touches a file: a loader that unpickles would leave it behind."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("bad", [
+    np.array([["1.5", "2"], ["3", "4"]]),                      # numeric strings
+    np.array([[b"1", b"2"], [b"3", b"4"]]),                    # bytes
+    np.array([[1 + 2j, 0], [0, 0]], np.complex64),             # complex into real
+    np.array([[1, 2], [3, 4]], np.int32),                      # ints
+    np.array([[True, False], [False, True]]),                  # bools
+    np.zeros((2, 2), [("a", np.float32)]),                     # structured
+    np.zeros((2, 2), [("a", np.float32), ("b", np.float32)]),  # structured, wider
+], ids=["str", "bytes", "complex", "int", "bool", "record", "record2"])
+def test_load_refuses_a_dtype_other_than_the_variables(tmp_path, bad):
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"var/w": bad})
+    m = Small()
+    with pytest.raises(TypeError, match=rf"var/w: expected dtype float32.*holds {re.escape(str(bad.dtype))}"):
+        m.load(path)
+    assert m.w.numpy().tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_load_never_unpickles_an_object_entry(tmp_path):
+    marker = tmp_path / "unpickled"
+    bad = np.empty((2, 2), object)
+    bad[...] = Boom(str(marker))
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"var/w": bad})  # allow_pickle=True by default: the entry is a pickle
+    with pytest.raises(TypeError, match="var/w: expected dtype float32.*holds object"):
+        Small().load(path)
+    assert not marker.exists()
+
+
+def test_a_float_checkpoint_loads_into_another_float_dtype(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"var/w": np.array([[1.5, 2.0], [3.0, 1e-3]], np.float64)})
+    m = Small()
+    m.load(path)
+    assert m.w.dtype == np.float32
+    np.testing.assert_allclose(m.w.numpy(), [[1.5, 2.0], [3.0, 1e-3]], rtol=1e-6)
+    np.savez(path, **{"var/w": np.ones((2, 2), ">f4")})  # the other byte order is the same dtype
+    m.load(path)
+    assert m.w.numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+class Counter(gt.nn.Module):
+    def __init__(self) -> None:
+        self.n = gt.Variable(np.array(3, np.int64), trainable=False)
+
+
+def test_an_integer_variable_takes_only_its_own_dtype(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"var/n": np.array(7.9)})
+    with pytest.raises(TypeError, match="var/n: expected dtype int64, the checkpoint holds float64"):
+        Counter().load(path)
+    np.savez(path, **{"var/n": np.array(7, np.int64)})
+    assert int(Counter().load(path).n) == 7
+
+
+# --------------------------------------------------------------------------- 11: optimizer state
+@pytest.fixture
+def trained(tmp_path):
+    model, opt = Net(seed=1), gt.optimizers.Adam(0.01)
+    train(model, opt, steps=2)
+    return model, opt, model.save(tmp_path / "src.npz", optimizer=opt)
+
+
+@pytest.mark.parametrize("iterations, error, match", [
+    (np.array(-1), ValueError, "non-negative integer scalar, got -1"),
+    (np.array([1, 2, 3]), ValueError, r"non-negative integer scalar, got .*\(3,\)"),
+    (np.array(2.0), TypeError, "non-negative integer scalar, got dtype float64"),
+    (np.array(True), TypeError, "non-negative integer scalar, got dtype bool"),
+], ids=["negative", "shape3", "float", "bool"])
+def test_load_validates_the_optimizer_step_count(tmp_path, trained, iterations, error, match):
+    model, opt, src = trained
+    bad = rewrite(tmp_path / "bad.npz", src, **{"opt/iterations": iterations})
+    fresh, fresh_opt = Net(seed=5), gt.optimizers.Adam(0.01)
+    before = values(fresh)
+    with pytest.raises(error, match=f"'iterations' must be a {match}"):
+        fresh.load(bad, optimizer=fresh_opt)
+    assert_same(values(fresh), before)
+    assert fresh_opt.iterations == 0
+    state = opt.state_dict(model.named_variables())
+    state["iterations"] = iterations
+    with pytest.raises(error, match=f"'iterations' must be a {match}"):
+        fresh_opt.load_state_dict(state, model.named_variables())
+
+
+def test_load_validates_each_optimizer_slot(tmp_path, trained):
+    model, opt, src = trained
+    name = [n for n, _ in model.named_variables()][0]
+    shape = dict(model.named_variables())[name].shape
+    cases = [
+        ({f"opt/{name}/m": np.zeros(shape, np.int32)}, TypeError,
+         f"opt/{name}/m: expected dtype float32.*holds int32"),
+        ({f"opt/{name}/m": np.zeros(shape + (1,), np.float32)}, ValueError,
+         rf"opt/{name}/m has shape"),
+        ({f"opt/{name}/v": None}, ValueError, rf"missing entries \['{name}/v'\]"),
+        ({f"opt/{name}/velocity": np.zeros(shape, np.float32)}, ValueError,
+         rf"unexpected optimizer entries \['{name}/velocity'\]"),
+        ({"opt/nope/m": np.zeros(shape, np.float32)}, ValueError,
+         r"unexpected optimizer entries \['nope/m'\]"),
+    ]
+    for i, (changes, error, match) in enumerate(cases):
+        bad = rewrite(tmp_path / f"bad{i}.npz", src, **changes)
+        fresh, fresh_opt = Net(seed=5), gt.optimizers.Adam(0.01)
+        before = values(fresh)
+        with pytest.raises(error, match=match):
+            fresh.load(bad, optimizer=fresh_opt)
+        assert_same(values(fresh), before)
+        assert fresh_opt.iterations == 0
+
+
+def test_load_state_dict_validates_before_changing_anything(trained):
+    model, opt, _ = trained
+    state = opt.state_dict(model.named_variables())
+    last = [n for n, _ in model.named_variables()][-1]
+    state[f"{last}/v"] = np.full(dict(model.named_variables())[last].shape, "x")
+    other = gt.optimizers.Adam(0.01)
+    train(model, other, steps=1)
+    before = other.state_dict(model.named_variables())
+    with pytest.raises(TypeError, match=f"{last}/v: expected dtype float32"):
+        other.load_state_dict(state, model.named_variables())
+    assert_same(other.state_dict(model.named_variables()), before)
+    assert other.iterations == 1
+
+
+def test_an_sgd_without_momentum_refuses_momentum_state(tmp_path):
+    model, opt = Net(seed=1), gt.optimizers.SGD(0.1, momentum=0.9)
+    train(model, opt, steps=1)
+    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    with pytest.raises(ValueError, match="unexpected entries"):
+        Net().load(path, optimizer=gt.optimizers.SGD(0.1))
+
+
+# --------------------------------------------------------------------------- 12: the format
+def test_a_npy_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "w.npy"
+    np.save(path, np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match=rf"{path.name}.* is not a gradtape checkpoint: it is a single .npy"):
+        Small().load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, world\n", bytes(np.random.default_rng(0).integers(
+    0, 256, 4096, dtype=np.uint8))], ids=["empty", "text", "random"])
+def test_a_non_zip_file_is_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "ckpt.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"'{path}' is not a gradtape checkpoint"):
+        Small().load(path)
+
+
+def test_a_foreign_npz_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, a=np.zeros(3), b=np.ones(2))
+    with pytest.raises(ValueError, match=r"not a gradtape checkpoint: unknown entries \['a.npy', 'b.npy'\]"):
+        Small().load(path)
+
+
+def test_a_zip_of_other_files_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("var/w.npy", np.lib.format.magic(1, 0) + b"garbage")
+        zf.writestr("notes.txt", "hi")
+    with pytest.raises(ValueError, match=r"unknown entries \['notes.txt'\]"):
+        Small().load(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("var/w.npy", np.lib.format.magic(1, 0) + b"garbage")
+    with pytest.raises(ValueError, match="'var/w' is not a readable .npy array"):
+        Small().load(path)
+
+
+@pytest.mark.parametrize("writer", [np.savez, np.savez_compressed], ids=["savez", "compressed"])
+def test_files_in_the_previous_layout_still_load(tmp_path, writer):
+    model, opt = Net(seed=1), gt.optimizers.Adam(0.01)
+    train(model, opt, steps=2)
+    named = [(n, v) for n, v in model.named_variables()]
+    arrays = {f"var/{n}": v.numpy() for n, v in named}
+    arrays.update({f"opt/{k}": a for k, a in opt.state_dict(named).items()})
+    path = tmp_path / "old.npz"
+    writer(path, **arrays)  # what the previous gt.nn.save wrote (numpy.savez)
+    fresh, fresh_opt = Net(seed=3), gt.optimizers.Adam(0.01)
+    fresh.load(path, optimizer=fresh_opt)
+    assert_same(values(fresh), values(model))
+    assert fresh_opt.iterations == 2
+
+
+def test_a_checkpoint_opens_with_numpy_without_pickle(tmp_path):
+    model, opt = Net(seed=1), gt.optimizers.Adam(0.01)
+    train(model, opt, steps=1)
+    path = model.save(tmp_path / "ckpt", optimizer=opt)
+    assert path.endswith("ckpt.npz")
+    data = entries(path)
+    assert data["opt/iterations"] == 1
+    for n, v in model.named_variables():
+        np.testing.assert_array_equal(data[f"var/{n}"], v.numpy())
