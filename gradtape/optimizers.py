@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -432,6 +433,7 @@ class Optimizer:
         """
         pairs = []
         n_seen = 0
+        no_grad: list[str] = []
         for g, v in grads_and_vars:
             n_seen += 1
             if not isinstance(v, Variable):
@@ -442,6 +444,7 @@ class Optimizer:
                                 f"{v.name or '<unnamed>'} has dtype {v.dtype}; only floating-point "
                                 "variables can be trained")
             if g is None:
+                no_grad.append(v.name or "<unnamed>")
                 continue
             if not isinstance(g, Tensor) and not (hasattr(g, "shape") and hasattr(g, "dtype")
                                                   and not isinstance(g, np.generic)):
@@ -459,6 +462,10 @@ class Optimizer:
             if g.dtype != v.dtype:
                 g = g.astype(v.dtype)
             pairs.append((g, v))
+        if no_grad:  # Keras's warning: usually a variable the loss does not use
+            warnings.warn(f"{type(self).__name__}.apply_gradients: no gradient for variable(s) "
+                          f"{', '.join(no_grad)}; they are left unchanged (does the loss use them?)",
+                          stacklevel=2)
         if not pairs:
             if n_seen:
                 return  # every gradient None: nothing to do (no step counted)

@@ -91,15 +91,17 @@ def test_updates_in_place_on_the_variable_buffer():
     assert not np.allclose(v.numpy(), 1.0)
 
 
-def test_none_gradients_are_skipped():
-    a, b = gt.Variable([1.0, 2.0]), gt.Variable([3.0])
+def test_none_gradients_are_skipped_with_a_warning_naming_the_variable():
+    a, b = gt.Variable([1.0, 2.0], name="a"), gt.Variable([3.0], name="b")
     opt = gt.optimizers.Adam(0.1)
-    opt.apply_gradients(zip([None, gt.tensor([1.0])], [a, b]))
+    with pytest.warns(UserWarning, match="no gradient for variable.*a"):
+        opt.apply_gradients(zip([None, gt.tensor([1.0])], [a, b]))
     np.testing.assert_array_equal(a.numpy(), [1.0, 2.0])
     assert b.numpy()[0] != 3.0
     state = opt.state_dict([("a", a), ("b", b)])  # slots exist for b only
     assert {key.split("/")[0] for key in state if key != "iterations"} == {"b"}
-    opt.apply_gradients(zip([None, None], [a, b]))  # nothing to do: no step counted
+    with pytest.warns(UserWarning, match="a, b"):
+        opt.apply_gradients(zip([None, None], [a, b]))  # nothing to do: no step counted
     assert opt.iterations == 1
 
 

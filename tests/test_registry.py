@@ -667,9 +667,9 @@ def _reexported(module, name: str) -> bool:
 def test_every_public_name_has_an_entry_in_api_doc():
     """Each public name of gradtape (``__all__``), gradtape.nn (``__all__``; re-exported ``gt``
     functions may be named in the section's text instead), gradtape.optimizers (``__all__``
-    and every public class) and gradtape.testing has its entry in docs/api.md, in its
+    and every public class), gradtape.testing and gradtape.extend has its entry in docs/api.md, in its
     module's section."""
-    from gradtape import nn, optimizers, testing
+    from gradtape import extend, nn, optimizers, testing
 
     text = _api_doc()
     top = text[:text.index("\n## gradtape.nn")] if "\n## gradtape.nn" in text else text
@@ -683,6 +683,8 @@ def test_every_public_name_has_an_entry_in_api_doc():
             ("gradtape.optimizers", sorted(set(optimizers.__all__) | classes),
              _section(text, "gradtape.optimizers"), lambda n: False),
             ("gradtape.testing", testing.__all__, _section(text, "gradtape.testing"),
+             lambda n: False),
+            ("gradtape.extend", extend.__all__, _section(text, "gradtape.extend"),
              lambda n: False)):
         entries = _entries(body)
         absent = [n for n in names if n not in entries

@@ -13,7 +13,6 @@ skipping inputs that need no gradient, accumulating fan-out, dtype of the gradie
 
 from __future__ import annotations
 
-import ast
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from .autodiff.record import Record, record
 from .backend import Backend
 from .codegen.arrays import array_vjp
-from .codegen.expr import CONSTANTS, FUNCTIONS, Expr, parse
+from .codegen.expr import FUNCTIONS, Expr, parse, vjp_function
 from .config import HOOKS
 from .cpu import pool
 from .cpu.parallel import forward as parallel_forward
@@ -90,7 +89,8 @@ class Primitive:
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
-                 "out_form", "cheap", "masks", "_saves", "_array_vjps", "_tensor_vjps", "examples")
+                 "out_form", "cheap", "masks", "call1", "_saves", "_array_vjps", "_tensor_vjps",
+                 "examples")
 
     def __init__(self, name: str, impl: Callable, *, rule: Callable | None = None,
                  batch: Callable | None = None, jvp: Callable | None = None,
@@ -120,6 +120,7 @@ class Primitive:
         self._saves: dict = {}
         self._array_vjps: dict = {}
         self._tensor_vjps: dict = {}
+        self.call1 = _one_input_call(self)  # bind() of one input (see bind)
         REGISTRY[name] = self
 
     def __repr__(self) -> str:
@@ -186,19 +187,9 @@ def _tensor_vjp(expr: Expr, arg_names: tuple[str, ...], safe: bool) -> Callable:
     if fn is not None:
         return fn
     ns: dict[str, Any] = {name: _bound(REGISTRY[name]) for name in FUNCTIONS}
-    ns.update(CONSTANTS)
-    ns["__builtins__"] = {}
-    body = ast.unparse(expr.tree)
-    if expr.constant == 1.0:
-        code = "gy"
-    elif expr.constant == -1.0:
-        code = "-gy"
-    elif safe:
+    if safe:
         ns["_safe"] = _bound(REGISTRY["safe_mul"])
-        code = f"_safe(gy, ({body}))"
-    else:
-        code = f"gy * ({body})"
-    fn = eval(f"lambda gy, {', '.join(arg_names)}: {code}", ns)  # noqa: S307 - whitelisted AST
+    fn = vjp_function(expr, arg_names, safe, ns)
     _tensor_cache[key] = fn
     return fn
 
@@ -387,6 +378,47 @@ def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
 _new_tensor = object.__new__
 
 
+_NO_PARAMS: dict[str, Any] = {}
+
+
+def bind1(prim: Primitive, x: Tensor, params: dict[str, Any] = _NO_PARAMS) -> Tensor:
+    """:func:`bind` for a one-input primitive (``prim.call1``: the same steps, without packing
+    arguments).
+
+    Example:
+        >>> import gradtape as gt
+        >>> from gradtape.extend import REGISTRY
+        >>> bind1(REGISTRY["neg"], gt.tensor([2.0])).numpy()
+        array([-2.], dtype=float32)
+    """
+    return prim.call1(x, params)
+
+
+def _one_input_call(prim: Primitive) -> Callable[..., Tensor]:
+    """The one-input dispatch of ``prim``, made once per primitive: ``bind(prim, x)`` and the
+    unary ops run it. A closure, so the primitive is a local: per-op overhead is a product
+    target, and the unary ops are the most frequent."""
+
+    def call1(x: Tensor, params: dict[str, Any] = _NO_PARAMS) -> Tensor:
+        backend = x._backend
+        da = x.data
+        out = _new_tensor(Tensor)
+        if da.size < pool.MIN_SIZE:
+            impl = prim.impl
+            out.data = impl(backend.xp, da, **params) if params else impl(backend.xp, da)
+        else:  # large: chunks on the thread pool (NumPy elementwise only)
+            out.data = parallel_forward(prim, backend.xp, (da,), params)
+        out._backend = backend
+        out._id = 0
+        # a Variable input: lets an unconnected-gradient error spot `w = w - lr * g`
+        out._origin = ("variable", x.name or "<unnamed>") if x._is_variable else None  # type: ignore[attr-defined]
+        if HOOKS.on:
+            record(prim, (x,), out, params)
+        return out
+
+    return call1
+
+
 def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     """Run ``prim`` on Tensors: forward on the arrays, then record on the active tapes.
 
@@ -407,14 +439,8 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     var: Any = None  # a Variable input (it has a name)
     n = len(args)
     if n == 1:
-        if a._is_variable:
-            var = a
-        da = a.data
-        if da.size < pool.MIN_SIZE:
-            data = prim.impl(backend.xp, da, **params)
-        else:  # large: chunks on the thread pool (NumPy elementwise only)
-            data = parallel_forward(prim, backend.xp, (da,), params)
-    elif n == 2:
+        return prim.call1(a, params)
+    if n == 2:
         b = args[1]
         if b._backend is not backend:
             _backend_mismatch(prim, args)

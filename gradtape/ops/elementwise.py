@@ -6,13 +6,14 @@ parameters. ``safe=True`` marks derivatives that can be infinite (``0 * inf`` is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .._src.backend import erf_for
-from .._src.primitive import Domain, bind, elementwise, one, pair, primitive
-from .._src.tensor import Tensor
+from .._src.primitive import Domain, Primitive, bind, elementwise, one, pair, primitive
+from .._src.tensor import Tensor, TensorLike
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
@@ -174,9 +175,11 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - NumPy's name
     return bind(P_POW, *pair(a, b))
 
 
-def _unary(prim: Any, doc: str) -> Any:
-    def op(x: Any) -> Tensor:
-        return bind(prim, x if isinstance(x, Tensor) else one(x))
+def _unary(prim: Primitive, doc: str) -> Callable[[TensorLike], Tensor]:
+    call1 = prim.call1
+
+    def op(x: TensorLike) -> Tensor:
+        return call1(x if isinstance(x, Tensor) else one(x))
 
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"{doc}, elementwise; same shape as ``x``.\n\n    Example:\n"

@@ -6,12 +6,11 @@ This is the unfused first-order route for one elementwise record (fusion, in
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from typing import Any
 
 from ..backend import NUMPY, Array, Backend
-from .expr import CONSTANTS, FUNCTIONS, Expr
+from .expr import CONSTANTS, FUNCTIONS, Expr, vjp_function
 
 __all__ = ["array_vjp", "evaluate_numpy"]
 
@@ -58,13 +57,7 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
     if fn is not None:
         return fn
     ns = _array_namespace(backend)
-    body = ast.unparse(expr.tree)
-    if expr.constant == 1.0:
-        code = "gy"
-    elif expr.constant == -1.0:
-        code = "-gy"
-    elif safe:
-        code = f"_safe(gy, ({body}))"
+    if safe:
         xp = backend.xp
 
         def _safe(gy: Array, d: Array) -> Array:
@@ -73,9 +66,7 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
             return xp.where(bad, xp.zeros((), prod.dtype), prod) if bad.any() else prod
 
         ns["_safe"] = _safe
-    else:
-        code = f"gy * ({body})"
-    fn = eval(f"lambda gy, {', '.join(arg_names)}: {code}", ns)  # noqa: S307 - whitelisted AST
+    fn = vjp_function(expr, arg_names, safe, ns)
     _array_cache[key] = fn
     return fn
 

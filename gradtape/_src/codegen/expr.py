@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ExpressionError
 
-__all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError"]
+__all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError", "vjp_function"]
 
 
 
@@ -120,3 +122,28 @@ def parse(source: str, allowed: tuple[str, ...]) -> Expr:
           and isinstance(body.operand, ast.Constant) and isinstance(body.operand.value, (int, float))):
         constant = -float(body.operand.value)
     return Expr(source, tree, tuple(sorted(names)), constant)
+
+
+def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[str, Any]) -> Callable:
+    """``lambda gy, *arg_names: gy * (expr)`` evaluated in namespace ``ns`` (a rendering's
+    functions; ``ns["_safe"]`` its safe product when ``safe``): the one place that turns a
+    derivative into a VJP, for every rendering that runs Python (arrays, gradtape ops).
+
+    Example:
+        >>> f = vjp_function(parse("2 * x", ("x", "y")), ("x", "y"), False, {})
+        >>> f(3.0, 5.0, None)
+        30.0
+    """
+    body = ast.unparse(expr.tree)
+    if expr.constant == 1.0:
+        code = "gy"
+    elif expr.constant == -1.0:
+        code = "-gy"
+    elif safe:
+        code = f"_safe(gy, ({body}))"
+    else:
+        code = f"gy * ({body})"
+    ns.setdefault("__builtins__", {})
+    ns.update(CONSTANTS)
+    fn: Callable = eval(f"lambda gy, {', '.join(arg_names)}: {code}", ns)  # noqa: S307 - whitelisted AST
+    return fn
