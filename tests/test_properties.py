@@ -1,7 +1,8 @@
 """Property-based tests (hypothesis), through the public and extension APIs only.
 
 1. Every differentiable elementwise primitive of ``gradtape.extend.REGISTRY``, on random
-   broadcastable shapes and random values inside its declared domains, passes ``check_grads``.
+   broadcastable shapes and random values inside its declared domains, passes ``check_grads``
+   (first order; second order on about one example in six).
 2. Reductions over random shapes, axes (None, ints, negative ints, tuples) and ``keepdims``
    match NumPy and pass ``check_grads``.
 3. Random small programs (3-8 ops mixing elementwise math, constants, reductions broadcast
@@ -9,13 +10,18 @@
 4. Fused equals unfused: random elementwise chains on vectors of up to 70000 elements give the
    same gradients with ``gt.config.fusion`` on and off (float32 and float64).
 5. Garbage arguments: every public function (``gt.__all__``, ``gt.nn``) either succeeds or
-   raises a documented exception type, within a time limit. Known violations are listed in
-   ``KNOWN_BUGS`` and pinned by strict xfail tests (``test_known_garbage_bug``).
+   raises a documented exception type, within a time limit. Calls it found raising
+   undocumented errors are kept as cases (``test_found_garbage_raises_a_documented_error``);
+   calls that crashed or hung the interpreter run in a subprocess (``test_known_crash``).
 6. Checkpoints: ``Sequential`` models of random ``Dense`` layers with an optimizer that has
    stepped round-trip through ``save``/``load`` exactly (variables, optimizer state, next step).
 
+A bug these properties find is first pinned by a strict xfail (with an entry in KNOWN_BUGS,
+SECOND_ORDER_KNOWN_BAD or CRASHING_WITH_HUGE_INTS that keeps the property off it); once fixed,
+it becomes a plain regression case. All bugs found so far are fixed.
+
 Profiles live in ``tests/_hypothesis_profiles.py`` (``HYPOTHESIS_PROFILE=ci`` by default,
-derandomized; ``HYPOTHESIS_PROFILE=dev`` for a longer randomized search).
+derandomized; ``HYPOTHESIS_PROFILE=dev`` for a ten times longer randomized search).
 """
 
 from __future__ import annotations
@@ -92,9 +98,10 @@ def broadcast_shapes(draw: Any, n: int) -> list[tuple]:
 # =========================================================================== 1. elementwise
 ELEMENTWISE = sorted(n for n, p in REGISTRY.items() if p.is_elementwise and not p.nondiff)
 SEPARATED = {"maximum", "minimum"}  # kinked where the inputs are equal: disjoint value grids
-# Points where a known bug makes the second-order check fail (pinned by its own strict xfail
-# test); the property keeps second-order examples off them: name -> {input: points}.
-SECOND_ORDER_KNOWN_BAD = {"pow": {1: (0.0,)}}  # test_pow_mixed_second_derivative_at_zero_exponent
+# Points where a known bug would make the second-order check fail, kept off by the property:
+# name -> {input: points}. Empty: pow's mixed derivative at b == 0 was the last one
+# (test_pow_mixed_second_derivative_at_zero_exponent).
+SECOND_ORDER_KNOWN_BAD: dict[str, dict[int, tuple[float, ...]]] = {}
 
 
 def test_registry_has_elementwise_primitives():
@@ -133,11 +140,8 @@ def test_elementwise_primitive_gradients(name, data):
     check_grads(fn, arrays, order=order)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: pow's derivative d/da = where(b == 0, 0, b * a ** (b - 1)) has "
-                          "the wrong derivative in b at b == 0 (0 instead of a ** -1), so the "
-                          "second-order gradient d2(a**b)/(da db) is 0 at b == 0")
 def test_pow_mixed_second_derivative_at_zero_exponent():
+    """Found by the elementwise property: d2(a**b)/(da db) at b == 0 is a ** -1 (it was 0)."""
     a, b = gt.tensor(np.array([2.0, 1.0])), gt.tensor(np.array([0.0, 0.0]))
     with gt.GradientTape() as outer:
         outer.watch(b)
@@ -171,7 +175,7 @@ def axis_args(draw: Any, ndim: int) -> Any:
     kind = draw(st.sampled_from(["none", "int", "tuple"]))
     if kind == "none":
         return None
-    if ndim == 0:  # NumPy takes no axis of a 0-d array but None and (); see the xfail below
+    if ndim == 0:  # NumPy takes no axis of a 0-d array but None and (); see the 0-d test below
         return ()
     if kind == "int":
         return draw(st.integers(-ndim, ndim - 1))
@@ -223,11 +227,8 @@ def test_reduction_gradients(name, data):
     check_grads(fn, (x,), kwargs, order=order)
 
 
-@pytest.mark.xfail(strict=True, reason="inconsistency: on a 0-d tensor the reductions take axis=0 "
-                   "(and (0,)) but refuse axis=-1 (ValueError 'axis -1 is out of range for a "
-                   "tensor of rank 0'), although normalize_axis means to treat 0 and -1 alike; "
-                   "NumPy refuses both")
 def test_zero_d_reductions_treat_axis_0_and_minus_1_alike():
+    """Found by the reduction property: a 0-d tensor took axis=0 but refused axis=-1."""
     x = gt.tensor(np.array(1.5))
     for name in REDUCTIONS:
         results = []
@@ -256,8 +257,12 @@ def _clip_bounds(vals: np.ndarray, c: float) -> tuple[float, float]:
     return _away(-abs(c) - 0.3, vals, -_GAP), _away(abs(c) + 0.3, vals, _GAP)
 
 
-def _too_large_to_square(vals: np.ndarray, c: float) -> bool:
-    return bool(np.max(np.abs(vals), initial=0.0) > 3.0)
+def _rescale(vals: np.ndarray, c: float) -> float:
+    """A constant factor bringing the values back to ``|h| <= 2`` when they exceed 3 (so tanh
+    never saturates: its derivative ``1 - y**2`` would cancel and make the second-order finite
+    differences noisy), else 1."""
+    top = float(np.max(np.abs(vals), initial=0.0))
+    return 2.0 / top if top > 3.0 else 1.0
 
 
 def _where_threshold(vals: np.ndarray, c: float) -> float:
@@ -279,7 +284,7 @@ def _other(x: gt.Tensor, shape: tuple) -> gt.Tensor:
 
 def _run_program(steps: list, xs: list, plan: list | None) -> tuple[gt.Tensor, list]:
     """Interpret ``steps`` on inputs ``xs``. Value-dependent choices (clip bounds, where
-    thresholds, a tanh before a square) are made on the first run (``plan=None``, at the base
+    thresholds, rescaling after a step) are made on the first run (``plan=None``, at the base
     point) and replayed after, so finite differences never cross a kink."""
     planning = plan is None
     plan = [] if planning else list(plan)
@@ -315,8 +320,6 @@ def _run_program(steps: list, xs: list, plan: list | None) -> tuple[gt.Tensor, l
             lo, hi = decide(_clip_bounds, vals, c)
             h = gt.exp(gt.clip(h, lo, hi))
         elif op == "square":
-            if decide(_too_large_to_square, vals, c):
-                h = gt.tanh(h)
             h = gt.square(h)
         elif op == "sum_back":
             if h.ndim:
@@ -340,6 +343,9 @@ def _run_program(steps: list, xs: list, plan: list | None) -> tuple[gt.Tensor, l
             h = gt.where(h > t, h * (1.0 + c), gt.sin(h))
         else:  # pragma: no cover - PROGRAM_OPS and this interpreter are kept in step
             raise AssertionError(op)
+        scale = decide(_rescale, h.numpy().ravel() if planning else None, c)
+        if scale != 1.0:
+            h = h * scale
     return h, plan
 
 
@@ -529,29 +535,14 @@ def time_limit(seconds: float):
 
 
 # Known violations: (function, exception type, message pattern, reason). The property test
-# accepts these; each is pinned by a strict xfail case in KNOWN_BUG_CASES (test_known_garbage_bug):
-# when one is fixed that case XPASSes and fails, and its entries here and there should go.
-KNOWN_BUGS: list[tuple[str, type, str, str]] = [
-    ("nn.save", AttributeError, r"has no attribute 'named_variables'",
-     "nn.save with a module that is not a gt.nn.Module raises AttributeError"),
-    ("nn.load", AttributeError, r"has no attribute 'named_variables'",
-     "nn.load with a module that is not a gt.nn.Module raises AttributeError"),
-    ("nn.save", AttributeError, r"has no attribute 'state_dict'",
-     "nn.save with an optimizer= that is not an Optimizer raises AttributeError"),
-    ("nn.load", AttributeError, r"has no attribute 'load_state_dict'",
-     "nn.load with an optimizer= that is not an Optimizer raises AttributeError"),
-    ("nn.layer_norm", ZeroDivisionError, r"division by zero",
-     "nn.layer_norm over an empty axis raises ZeroDivisionError"),
-    ("nn.dropout", AttributeError, r"has no attribute 'random'",
-     "nn.dropout with a generator= that is not a Generator raises AttributeError"),
-    ("from_dlpack", BufferError, r"DLPack",
-     "from_dlpack of an array whose dtype DLPack cannot carry (strings) raises BufferError"),
-]
+# accepts these while each is pinned by a strict xfail case; when fixed, the case moves to
+# FOUND_CASES as a plain regression test.
+KNOWN_BUGS: dict[str, tuple[str, type, str, str]] = {}  # none left: see FOUND_CASES below
 # Calls that crash the interpreter (SIGSEGV inside NumPy: np.repeat's size overflows) or hang
 # (split of an empty axis into 2**62 sections), so the property test cannot make them
 # in-process: it skips these functions with huge integer arguments, and test_known_crash runs
 # them in a subprocess.
-CRASHING_WITH_HUGE_INTS = {"tile", "repeat", "split"}
+CRASHING_WITH_HUGE_INTS: set[str] = set()  # none left: see CRASH_CASES below
 HUGE_INT = 2**40
 
 
@@ -567,7 +558,7 @@ def _contains_huge_int(value: Any) -> bool:
 
 def _known(name: str, exc: BaseException) -> bool:
     return any(name == n and isinstance(exc, t) and re.search(p, str(exc)) is not None
-               for n, t, p, _ in KNOWN_BUGS)
+               for n, t, p, _ in KNOWN_BUGS.values())
 
 
 CHECKPOINT = "ckpt.npz"  # in the scratch directory of file functions: Dense(2, 2) + Adam state
@@ -696,7 +687,8 @@ def garbage_calls(draw: Any, name: str) -> tuple[tuple, dict]:
     slots = st.one_of(garbage, plausible)
     args = tuple(draw(st.lists(slots, min_size=n, max_size=n), label="args"))
     kwargs = {}
-    free = [k for k in keyword if k not in [*inspect.signature(PUBLIC_FUNCTIONS[name]).parameters][:n]]
+    taken = list(inspect.signature(PUBLIC_FUNCTIONS[name]).parameters)[:n]
+    free = [k for k in keyword if k not in taken]
     if free and draw(st.booleans()):
         key = draw(st.sampled_from(free), label="keyword")
         kwargs[key] = draw(slots, label="keyword value")
@@ -719,61 +711,49 @@ def test_public_function_list_is_complete():
         assert name in PUBLIC_FUNCTIONS
 
 
-def _bug(name: str, make_args: Callable[[], tuple], reason: str, id: str) -> Any:  # noqa: A002
-    return pytest.param(name, make_args, id=id, marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason=f"bug: {reason}"))
+def _found(name: str, make_args: Callable[[], tuple], variant: str) -> Any:
+    return pytest.param(name, make_args, id=f"{name}:{variant}")
 
 
 def _t(shape: tuple) -> gt.Tensor:
     return gt.tensor(np.ones(shape))
 
 
-# One case per KNOWN_BUGS entry (the smallest input found), plus variants.
-KNOWN_BUG_CASES = [
-    _bug("nn.save", lambda: ((CHECKPOINT, None), {}), KNOWN_BUGS[0][3], "save-module-None"),
-    _bug("nn.save", lambda: (("x.npz", _t((2,))), {}), KNOWN_BUGS[0][3], "save-module-tensor"),
-    _bug("nn.load", lambda: ((CHECKPOINT, None), {}), KNOWN_BUGS[1][3], "load-module-None"),
-    _bug("nn.load", lambda: ((CHECKPOINT, "abc"), {}), KNOWN_BUGS[1][3], "load-module-str"),
-    _bug("nn.save", lambda: (("x.npz", _checkpoint_model(), 42), {}), KNOWN_BUGS[2][3],
-         "save-optimizer-int"),
-    _bug("nn.load", lambda: ((CHECKPOINT, _checkpoint_model()), {"optimizer": "adam"}),
-         KNOWN_BUGS[3][3], "load-optimizer-str"),
-    _bug("nn.layer_norm", lambda: ((_t((0,)),), {}), KNOWN_BUGS[4][3], "layer_norm-empty-1d"),
-    _bug("nn.layer_norm", lambda: ((_t((2, 0)),), {}), KNOWN_BUGS[4][3], "layer_norm-empty-last-axis"),
-    _bug("nn.layer_norm", lambda: ((_t((0, 3)),), {"axis": 0}), KNOWN_BUGS[4][3],
-         "layer_norm-empty-axis-0"),
-    _bug("nn.dropout", lambda: ((_t((3,)), 0.5), {"generator": -1}), KNOWN_BUGS[5][3],
-         "dropout-generator-int"),
-    _bug("nn.dropout", lambda: ((_t((3,)), 0.5, True, None, "abc"), {}), KNOWN_BUGS[5][3],
-         "dropout-generator-str"),
-    _bug("from_dlpack", lambda: ((np.array(["a", "b"]),), {}), KNOWN_BUGS[6][3],
-         "from_dlpack-str-array"),
+# Calls the garbage property found raising undocumented errors (AttributeError,
+# ZeroDivisionError, BufferError), now fixed: each must raise a documented type. File functions
+# run where CHECKPOINT is a valid checkpoint of _checkpoint_model() with Adam state.
+FOUND_CASES = [
+    _found("nn.save", lambda: ((CHECKPOINT, None), {}), "module-None"),
+    _found("nn.save", lambda: (("x.npz", _t((2,))), {}), "module-tensor"),
+    _found("nn.load", lambda: ((CHECKPOINT, None), {}), "module-None"),
+    _found("nn.load", lambda: ((CHECKPOINT, "abc"), {}), "module-str"),
+    _found("nn.save", lambda: (("x.npz", _checkpoint_model(), 42), {}), "optimizer-int"),
+    _found("nn.load", lambda: ((CHECKPOINT, _checkpoint_model()), {"optimizer": "adam"}), "optimizer-str"),
+    _found("nn.layer_norm", lambda: ((_t((0,)),), {}), "empty-1d"),
+    _found("nn.layer_norm", lambda: ((_t((2, 0)),), {}), "empty-last-axis"),
+    _found("nn.layer_norm", lambda: ((_t((0, 3)),), {"axis": 0}), "empty-axis-0"),
+    _found("nn.dropout", lambda: ((_t((3,)), 0.5), {"generator": -1}), "generator-int"),
+    _found("nn.dropout", lambda: ((_t((3,)), 0.5, True, None, "abc"), {}), "generator-str"),
+    _found("from_dlpack", lambda: ((np.array(["a", "b"]),), {}), "str-array"),
 ]
 
 
-@pytest.mark.parametrize("name, make_args", KNOWN_BUG_CASES)
-def test_known_garbage_bug(name, make_args):
+@pytest.mark.parametrize("name, make_args", FOUND_CASES)
+def test_found_garbage_raises_a_documented_error(name, make_args):
     args, kwargs = make_args()
     assert_documented(name, args, kwargs, allow_known=False)
 
 
-def test_every_known_bug_has_a_case():
-    reasons = {case.marks[0].kwargs["reason"] for case in KNOWN_BUG_CASES}
-    for name, _, _, reason in KNOWN_BUGS:
-        assert f"bug: {reason}" in reasons, name
-
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_HUGE_COUNTS = ("bug: gt.tile / gt.repeat pass huge counts to np.tile / np.repeat without "
-                "checking the output size; NumPy's size computation overflows and the process "
-                "dies with SIGSEGV (a documented ValueError expected)")
-_SPLIT_HANG = ("bug: gt.split of an empty axis into a huge number of sections builds that many "
-               "pieces: it never returns (memory grows) instead of refusing the count")
+# Found by the garbage property: tile/repeat handed huge counts to NumPy, whose size computation
+# overflowed (SIGSEGV); split of an empty axis into 2**62 sections never returned. Both now
+# refuse the size with a ValueError; they run in a subprocess in case a crash comes back.
+_HUGE_COUNTS = "tile / repeat with a huge count"
+_SPLIT_HANG = "split into a huge number of sections"
 
 
 def _crash(expr: str, reason: str) -> Any:
-    return pytest.param(expr, id=expr.replace(" ", ""),
-                        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+    return pytest.param(expr, id=expr.replace(" ", ""))
 
 
 CRASH_CASES = [

@@ -29,7 +29,7 @@ from .cpu import pool
 from .cpu.parallel import forward as parallel_forward
 from .errors import MissingRuleError
 from .rules import ON_NUMPY, ON_TENSORS, OnArrays, OnTensors, on_arrays
-from .tensor import Tensor, _to_array, _wrap
+from .tensor import Tensor, TensorLike, _to_array, _wrap
 
 __all__ = ["Primitive", "Domain", "REGISTRY", "elementwise", "primitive", "bind", "as_tensor",
            "one", "pair", "MissingRuleError", "OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY",
@@ -381,39 +381,27 @@ _new_tensor = object.__new__
 _NO_PARAMS: dict[str, Any] = {}
 
 
-def bind1(prim: Primitive, x: Tensor, params: dict[str, Any] = _NO_PARAMS) -> Tensor:
-    """:func:`bind` for a one-input primitive (``prim.call1``: the same steps, without packing
-    arguments).
+def _one_input_call(prim: Primitive) -> Callable[[TensorLike], Tensor]:
+    """``bind(prim, x)`` for one input and no parameters, made once per primitive: the unary
+    ops (``gt.tanh`` ...) are these functions, and :func:`bind` calls them. A closure, so the
+    primitive is a local and no arguments are packed: per-op overhead is a product target, and
+    unary ops are the most frequent."""
 
-    Example:
-        >>> import gradtape as gt
-        >>> from gradtape.extend import REGISTRY
-        >>> bind1(REGISTRY["neg"], gt.tensor([2.0])).numpy()
-        array([-2.], dtype=float32)
-    """
-    return prim.call1(x, params)
-
-
-def _one_input_call(prim: Primitive) -> Callable[..., Tensor]:
-    """The one-input dispatch of ``prim``, made once per primitive: ``bind(prim, x)`` and the
-    unary ops run it. A closure, so the primitive is a local: per-op overhead is a product
-    target, and the unary ops are the most frequent."""
-
-    def call1(x: Tensor, params: dict[str, Any] = _NO_PARAMS) -> Tensor:
-        backend = x._backend
-        da = x.data
+    def call1(x: TensorLike) -> Tensor:
+        t: Tensor = x if x.__class__ is Tensor or isinstance(x, Tensor) else one(x)
+        backend = t._backend
+        da = t.data
         out = _new_tensor(Tensor)
         if da.size < pool.MIN_SIZE:
-            impl = prim.impl
-            out.data = impl(backend.xp, da, **params) if params else impl(backend.xp, da)
+            out.data = prim.impl(backend.xp, da)
         else:  # large: chunks on the thread pool (NumPy elementwise only)
-            out.data = parallel_forward(prim, backend.xp, (da,), params)
+            out.data = parallel_forward(prim, backend.xp, (da,), _NO_PARAMS)
         out._backend = backend
         out._id = 0
         # a Variable input: lets an unconnected-gradient error spot `w = w - lr * g`
-        out._origin = ("variable", x.name or "<unnamed>") if x._is_variable else None  # type: ignore[attr-defined]
+        out._origin = ("variable", t.name or "<unnamed>") if t._is_variable else None  # type: ignore[attr-defined]
         if HOOKS.on:
-            record(prim, (x,), out, params)
+            record(prim, (t,), out, _NO_PARAMS)
         return out
 
     return call1
@@ -435,11 +423,11 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         array([6.], dtype=float32)
     """
     a = args[0]
+    n = len(args)
+    if n == 1 and not params:
+        return prim.call1(a)
     backend = a._backend
     var: Any = None  # a Variable input (it has a name)
-    n = len(args)
-    if n == 1:
-        return prim.call1(a, params)
     if n == 2:
         b = args[1]
         if b._backend is not backend:
@@ -458,7 +446,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             if t._is_variable:
                 var = t
         datas = [t.data for t in args]
-        if datas[0].size + datas[-1].size < pool.MIN_SIZE:
+        if datas[0].size + (datas[-1].size if n > 1 else 0) < pool.MIN_SIZE:
             data = prim.impl(backend.xp, *datas, **params)
         else:
             data = parallel_forward(prim, backend.xp, tuple(datas), params)

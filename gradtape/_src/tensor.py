@@ -618,7 +618,13 @@ def from_dlpack(obj: SupportsDLPack) -> Tensor:
         raise TypeError(f"from_dlpack: expected an object with __dlpack__, got {type(obj).__name__}")
     device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
     backend = NUMPY if device in (1, 3) else backend_by_name("cupy")  # 1: CPU, 3: pinned host
-    return _wrap(backend.xp.from_dlpack(obj), backend)
+    try:
+        arr = backend.xp.from_dlpack(obj)
+    except BufferError as exc:  # e.g. a string array: DLPack carries numbers only
+        raise TypeError(f"from_dlpack: {type(obj).__name__} cannot be shared through DLPack "
+                        f"({exc}); expected a numeric array") from None
+    _check_numeric(arr, obj)
+    return _wrap(arr, backend)
 
 
 def _note_escape(t: Tensor) -> None:

@@ -285,6 +285,9 @@ _default_generators: dict = {}
 
 def _generator_for(xp: Any, seed: Any, generator: Any) -> Any:
     if generator is not None:
+        if not callable(getattr(generator, "random", None)):
+            raise TypeError(f"dropout: generator must be a numpy.random.Generator (or "
+                            f"cupy.random.Generator), got {type(generator).__name__}")
         return generator
     if seed is not None:
         return xp.random.default_rng(seed)
@@ -351,6 +354,9 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
     if axes is None:  # all axes, as the reductions
         axes = tuple(range(x.ndim))
     n = int(np.prod([x.shape[a] for a in axes]))
+    if n == 0:
+        raise ValueError(f"layer_norm: the normalized axes {axes} of shape {x.shape} hold no "
+                         "element (mean and variance are undefined)")
     mu = ops.sum(x, axis=axes, keepdims=True) * (1.0 / n)
     xc = x - mu
     var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)

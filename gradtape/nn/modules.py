@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import ops
 from .._src.tensor import Tensor, Variable
-from ..optimizers import _checkpoint_dtype_error
+from ..optimizers import Optimizer, _checkpoint_dtype_error
 from . import init as _init
 from .conv import avg_pool2d, conv2d, max_pool2d
 from .functional import dropout, embedding, layer_norm, softmax
@@ -439,9 +439,17 @@ def _display_paths(module: Module) -> dict[int, str]:
     return out
 
 
+def _check_optimizer(optimizer: Any, who: str) -> None:
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{who}: optimizer must be a gradtape.optimizers.Optimizer or None, got "
+                        f"{type(optimizer).__name__}")
+
+
 def _checkpoint_names(module: Module, who: str) -> list[tuple[str, Variable]]:
     """``module``'s ``(checkpoint name, Variable)`` pairs. Distinct Variables whose paths
     coincide (dict keys ``1`` and ``"1"`` both give ``d.1``) raise ValueError naming both."""
+    if not isinstance(module, Module):
+        raise TypeError(f"{who}: module must be a gradtape.nn.Module, got {type(module).__name__}")
     named = [(_strip(n), v) for n, v in module.named_variables()]
     first: dict[str, Variable] = {}
     clashes = []
@@ -654,6 +662,7 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
         True
     """
     named = _checkpoint_names(module, "save")
+    _check_optimizer(optimizer, "save")
     arrays: dict[str, np.ndarray] = {}
     for name, v in named:
         arrays[_VAR + name] = v._backend.to_host(v.data)
@@ -699,6 +708,7 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
     """
     path = os.fsdecode(os.fspath(path))
     named = _checkpoint_names(module, "load")
+    _check_optimizer(optimizer, "load")
     variables = dict(named)
     where = f"load: checkpoint {path!r}"
     with _CheckpointReader(path) as ckpt:

@@ -20,7 +20,7 @@ def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
         if isinstance(a, bool) or not hasattr(a, "__index__"):
             raise TypeError(f"{what}: axis must be None, an int or a tuple of ints, got {axis!r}")
         a = operator.index(a)
-        if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+        if not -max(ndim, 1) <= a < max(ndim, 1):  # a 0-d tensor takes axis 0 or -1
             raise ValueError(f"{what}: axis {a} is out of range for a tensor of rank {ndim}")
         out.append(a % ndim if ndim else 0)
     if len(set(out)) != len(out):

@@ -59,7 +59,7 @@ P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=T
                     domain=(Domain(-2, 2), Domain(0.5, 3)), out_form=np.true_divide, cheap=True)
 P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap=True)
 P_POW = elementwise("pow", lambda xp, a, b: a ** b,
-                    d=("where(b == 0, 0, b * a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
+                    d=("b * where((a == 0) & (b == 0), 0, a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
                     safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
 P_EXP = elementwise("exp", lambda xp, x: xp.exp(x), d="y", out_form=np.exp)
 P_LOG = elementwise("log", lambda xp, x: xp.log(x), d="1 / x", safe=True, domain=_POS, out_form=np.log)
@@ -176,11 +176,8 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - NumPy's name
 
 
 def _unary(prim: Primitive, doc: str) -> Callable[[TensorLike], Tensor]:
-    call1 = prim.call1
-
-    def op(x: TensorLike) -> Tensor:
-        return call1(x if isinstance(x, Tensor) else one(x))
-
+    op = prim.call1  # the primitive's one-input dispatch is the public function itself
+    op.__module__ = __name__
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"{doc}, elementwise; same shape as ``x``.\n\n    Example:\n"
                   f"        >>> import gradtape as gt\n"

@@ -353,8 +353,9 @@ def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
     n = x.shape[ax]
     if isinstance(indices_or_sections, (int, np.integer)):
         k = int(indices_or_sections)
-        if k <= 0:
-            raise ValueError(f"split: the number of sections must be positive, got {k}")
+        if k <= 0 or k > max(n, 1):
+            raise ValueError(f"split: the number of sections must be between 1 and the axis "
+                             f"length {max(n, 1)} (axis {axis}, shape {x.shape}), got {k}")
         if n % k:
             raise ValueError(f"split: axis {axis} of size {n} (shape {x.shape}) does not divide "
                              f"into {k} equal sections")
@@ -467,6 +468,17 @@ P_TILE = primitive("tile", lambda xp, x, *, reps: xp.tile(x, reps), rule=_tile_r
                    saves_inputs=False, examples=_tile_examples)
 
 
+def _check_size(what: str, shape: list[int], itemsize: int) -> None:
+    """Refuse a result too large to address before NumPy computes its size (which overflows
+    and can crash the interpreter for counts near 2**63)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    if n * itemsize >= 2 ** 62:
+        raise ValueError(f"{what}: the result would have shape {tuple(shape)}, {n} elements: too "
+                         "large to allocate")
+
+
 def tile(x: Any, reps: Any) -> Tensor:
     """Repeat the whole tensor ``reps`` times along each axis, as ``np.tile`` (``reps`` shorter
     than the rank is padded with 1s in front; longer promotes ``x`` with leading axes).
@@ -482,6 +494,8 @@ def tile(x: Any, reps: Any) -> Tensor:
         raise ValueError(f"tile: reps must be non-negative, got {reps!r}")
     d = max(len(r), x.ndim)
     r = (1,) * (d - len(r)) + r
+    shape_d = (1,) * (d - x.ndim) + x.shape
+    _check_size("tile", [s * v for s, v in zip(shape_d, r)], x.dtype.itemsize)
     return bind(P_TILE, x, reps=r)
 
 
@@ -544,6 +558,8 @@ def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
             raise ValueError(f"repeat: {r.size} repeat counts given for axis {ax} of size {n} "
                              f"(tensor shape {x.shape})")
         reps = tuple(int(v) for v in r)
+    total = n * reps if isinstance(reps, int) else sum(reps)
+    _check_size("repeat", [*x.shape[:ax], total, *x.shape[ax + 1:]], x.dtype.itemsize)
     return bind(P_REPEAT, x, repeats=reps, axis=ax)
 
 

@@ -120,13 +120,15 @@ def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
     shape_of: dict[int, tuple[int, ...]] = {}
     dtype_of: dict[int, np.dtype] = {}
     visit: list[int] = []
+    masking: set[int] = set()  # sinks of runs with a selecting member (Primitive.masks)
     for idx in range(len(records) - 1, -1, -1):
         rec = records[idx]
         o = rec.out_id
         if o not in reach:
             continue
         in_ids = rec.in_ids
-        if rec.prim.derivatives is None or rec.extra_outs is not None:
+        prim = rec.prim
+        if prim.derivatives is None or rec.extra_outs is not None:
             visit.append(idx)
             for iid in in_ids:
                 if iid:
@@ -137,6 +139,8 @@ def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
             group = groups[sink]
             if len(group) < MAX_RUN:
                 group.append(idx)
+                if prim.masks:
+                    masking.add(sink)
                 shape, dtype = shape_of[sink], dtype_of[sink]
                 if len(in_ids) == 1:  # the common one-input member, kept flat
                     iid = in_ids[0]
@@ -154,6 +158,8 @@ def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
                     tag[iid] = -1
             continue
         groups[idx] = [idx]
+        if prim.masks:
+            masking.add(idx)
         shape = shape_of[idx] = _out_shape(rec)
         dtype_of[idx] = dtype
         _tag_inputs(rec, in_ids, idx, shape, dtype, tag, tag_set)
@@ -161,7 +167,8 @@ def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
     dropped = False
     for sink, members in groups.items():
         if len(members) >= _min_run(math.prod(shape_of[sink])):
-            runs[sink] = Run(records, members[::-1], shape_of[sink], dtype_of[sink])
+            runs[sink] = Run(records, members[::-1], shape_of[sink], dtype_of[sink],
+                             sink in masking)
         elif len(members) > 1:  # its members are visited one by one after all
             visit.extend(members[1:])
             dropped = True
@@ -204,20 +211,22 @@ class Run:
     __slots__ = ("records", "members", "shape", "dtype", "masked_after", "masks")
 
     def __init__(self, records: list[Record], members: list[int], shape: tuple[int, ...],
-                 dtype: np.dtype) -> None:
+                 dtype: np.dtype, masks: bool = False) -> None:
         self.records = records
         self.members = members
         self.shape = shape
         self.dtype = dtype
-        # masked_after[j]: a member after j selects (Primitive.masks), so member j's incoming
-        # gradient may hold zeros it made and j takes the safe product
-        after = False
-        flags = []
-        for idx in reversed(members):
-            flags.append(after)
-            after = after or records[idx].prim.masks
-        self.masked_after = flags[::-1]
-        self.masks = after
+        self.masks = masks  # a member selects (Primitive.masks)
+        # masked_after[j]: a member after j selects, so member j's incoming gradient may hold
+        # zeros it made and j takes the safe product (None: no member selects)
+        self.masked_after: list[bool] | None = None
+        if masks:
+            after = False
+            flags = []
+            for idx in reversed(members):
+                flags.append(after)
+                after = after or records[idx].prim.masks
+            self.masked_after = flags[::-1]
 
     def gather(self, g: Array, reach: set[int], safe: bool = False) -> Gathered | None:
         """Collect what the kernel reads (saved arrays, parameters) and where each gradient
@@ -229,6 +238,7 @@ class Run:
         """
         records = self.records
         shape, dtype = self.shape, self.dtype
+        masked_after = self.masked_after
         if isinstance(g, np.generic):
             g = np.asarray(g)
         if g.dtype != dtype:
@@ -307,7 +317,8 @@ class Run:
                 pslots = tuple(range(len(params), len(params) + len(prim.param_names)))
                 params.extend(rec.params[n] for n in prim.param_names)
             interior[rec.out_id] = j
-            add_part((prim, values_t, y_leaf, pslots, targets_t, safe or self.masked_after[j]))
+            add_part((prim, values_t, y_leaf, pslots, targets_t,
+                      safe or (masked_after is not None and masked_after[j])))
         if not out_ids:
             return None
         leaf_dtypes = tuple([a.dtype for a in leaves])
