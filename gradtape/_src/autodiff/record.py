@@ -179,8 +179,45 @@ def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[
     explaining cuts to paused tapes; the one- and two-input ``needs`` are unrolled because
     this runs once per op under a tape and per-op overhead is a product target.
     """
+    tapes = STATE.fast
+    if tapes is not None and len(args) == 1 and len(tapes) == 1 and not HOOKS.numerics:
+        # The one fast path: a one-input elementwise op (the most frequent kind) followed by
+        # the only recording tape, nothing else active. Its record is filled in place, the
+        # fields of Record.__init__'s one-input branch, without the constructor call and the
+        # general loop: about a tenth of such an op's recorded cost (per-op overhead is a
+        # product target). Anything else falls through to the general path below.
+        tape = tapes[0]
+        a = args[0]
+        tracked = tape._tracked
+        if a._id in tracked and prim.derivatives is not None and not prim.nondiff \
+                and out.data.dtype.kind == "f" and not extra_outs:
+            oid = out._id = _next_id()
+            rec: Record = _new_record(Record)
+            rec.prim = prim
+            rec.params = params
+            rec.needs = _TRUE1
+            rec.out_id = oid
+            data = a.data
+            rec.in_ids = (a._id,)
+            rec.in_shapes = (data.shape,)
+            rec.in_dtypes = (data.dtype,)
+            saves = prim._saves.get(_TRUE1) or prim.saved_names(_TRUE1)
+            rec.output = out if saves[1] else None
+            if not saves[0]:
+                rec.inputs = _NONE1
+            else:
+                rec.inputs = (a._snapshot(),) if a._is_variable else args  # type: ignore[attr-defined]
+            tape._records.append(rec)
+            tracked.add(oid)
+            return
+    _record_general(prim, args, out, params, extra_outs, tapes)
+
+
+def _record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[str, Any],
+                    extra_outs: tuple[Tensor, ...], tapes: list[Recorder] | None) -> None:
+    """:func:`record` for everything but its fast path (a function of its own so that the
+    fast path's frame stays small)."""
     st = STATE
-    tapes = st.fast
     if tapes is None or HOOKS.numerics:
         general = True
         if HOOKS.numerics:
@@ -204,31 +241,6 @@ def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[
                 if not (a._is_variable and watch and a.trainable):  # type: ignore[attr-defined]
                     continue
                 tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
-            if not general and prim.derivatives is not None and not prim.nondiff \
-                    and out.data.dtype.kind == "f":
-                # The one fast path: a one-input elementwise op (the most frequent kind) gets
-                # its record filled in place, the fields of Record.__init__'s one-input branch,
-                # without the constructor call and its general branches: about a tenth of such
-                # an op's recorded cost, and per-op overhead is a product target.
-                oid = out._id = out._id or _next_id()
-                rec = _new_record(Record)
-                rec.prim = prim
-                rec.params = params
-                rec.needs = _TRUE1
-                rec.out_id = oid
-                data = a.data
-                rec.in_ids = (a._id,)
-                rec.in_shapes = (data.shape,)
-                rec.in_dtypes = (data.dtype,)
-                saves = prim._saves.get(_TRUE1) or prim.saved_names(_TRUE1)
-                rec.output = out if saves[1] else None
-                if not saves[0]:
-                    rec.inputs = _NONE1
-                else:
-                    rec.inputs = (a._snapshot(),) if a._is_variable else args  # type: ignore[attr-defined]
-                tape._records.append(rec)
-                tracked.add(oid)
-                continue
             needs = _TRUE1
         elif n_args == 2:
             a, b = args
@@ -256,6 +268,7 @@ def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[
             out._id = _next_id()
             for o in extra_outs:
                 o._id = _next_id()
+        rec: Record
         if general or extra_outs:
             rec = RecordX(prim, args, out, params, needs)
             if extra_outs:
