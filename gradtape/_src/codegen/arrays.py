@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..backend import NUMPY, Array, Backend
+from ..backend import Array, Backend
 from .expr import CONSTANTS, FUNCTIONS, Expr, vjp_function
 
-__all__ = ["array_vjp", "evaluate_numpy"]
+__all__ = ["array_vjp"]
 
 
 def _array_namespace(backend: Backend) -> dict[str, Any]:
@@ -69,10 +69,3 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
     fn = vjp_function(expr, arg_names, safe, ns)
     _array_cache[key] = fn
     return fn
-
-
-def evaluate_numpy(expr: Expr, values: dict[str, Array]) -> Array:
-    """Evaluate ``expr`` itself (not multiplied by ``gy``) on NumPy arrays; for tests."""
-    ns = _array_namespace(NUMPY)
-    ns.update(values)
-    return eval(compile(expr.tree, "<derivative>", "eval"), ns)  # noqa: S307
