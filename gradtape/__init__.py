@@ -19,7 +19,17 @@ from ._src.config import config as config
 from ._src.errors import BackendUnavailableError as BackendUnavailableError
 from ._src.errors import UnconnectedGradientError as UnconnectedGradientError
 from ._src.frontend.custom_gradient import custom_gradient as custom_gradient
+from ._src.frontend.forward import ForwardAccumulator as ForwardAccumulator
+from ._src.frontend.forward import jvp as jvp
 from ._src.frontend.tape import GradientTape as GradientTape
+from ._src.frontend.transforms import grad as grad
+from ._src.frontend.transforms import hessian as hessian
+from ._src.frontend.transforms import hvp as hvp
+from ._src.frontend.transforms import jacfwd as jacfwd
+from ._src.frontend.transforms import jacrev as jacrev
+from ._src.frontend.transforms import value_and_grad as value_and_grad
+from ._src.frontend.transforms import vjp as vjp
+from ._src.frontend.vmap import vmap as vmap
 from ._src.tensor import Tensor as Tensor
 from ._src.tensor import TensorLike as TensorLike  # for annotations (a type alias: not in __all__)
 from ._src.tensor import Variable as Variable
@@ -121,9 +131,11 @@ from .ops.shape import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailableError", "GradientTape", "Tensor", "UnconnectedGradientError", "Variable",
+    "BackendUnavailableError", "ForwardAccumulator", "GradientTape", "Tensor",
+    "UnconnectedGradientError", "Variable",
     "backend_name", "config", "custom_gradient", "from_dlpack", "nn", "optimizers", "set_backend",
-    "tensor", "use_backend",
+    "tensor", "use_backend", "jvp",
+    "vmap", "grad", "value_and_grad", "vjp", "jacrev", "jacfwd", "hessian", "hvp",
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
     "square", "abs", "sign", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
     "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf", "maximum",

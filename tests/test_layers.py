@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("codegen", ("gradtape._src.codegen.*",)),
     ("tape state", ("gradtape._src.autodiff.state",)),
     ("tensor", ("gradtape._src.tensor",)),
+    ("batched", ("gradtape._src.autodiff.batched",)),
     ("recording", ("gradtape._src.autodiff.record",)),
     ("rules", ("gradtape._src.rules",)),
     ("primitive", ("gradtape._src.primitive",)),

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .autodiff.batched import BatchedTensor
 from .autodiff.record import Record, record
+from .autodiff.state import STATE
 from .backend import Backend
 from .codegen.arrays import array_vjp
 from .codegen.expr import FUNCTIONS, Expr, parse, vjp_function
@@ -33,7 +35,7 @@ from .tensor import Tensor, TensorLike, _to_array, _wrap
 
 __all__ = ["Primitive", "Domain", "REGISTRY", "elementwise", "primitive", "bind", "as_tensor",
            "one", "pair", "MissingRuleError", "OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY",
-           "on_arrays"]
+           "on_arrays", "bind_batched"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,14 @@ class Primitive:
             differentiated: its ``vjp`` (and the first-order pass) raise
             :class:`MissingRuleError` naming it.
         batch: the batching rule for vmap, or None.
-        jvp: the forward-mode rule, or None.
+        jvp: the forward-mode rule, ``jvp(m, primals, tangents, out, **params) -> Tensor``:
+            the tangent of ``out = prim(*primals, **params)`` given one tangent per input
+            (``None``: that input does not move, a zero tangent; at least one is not None),
+            written against the vocabulary ``m`` as rules are and called with
+            :data:`ON_TENSORS`, so the tangent is made of recorded, differentiable gradtape ops
+            (tapes and outer forward accumulators see it). It returns the output's shape (the
+            accumulator casts to its dtype). Elementwise ops derive it from their derivative
+            expressions; None for an op with no forward mode (``nondiff`` ops need none).
         nondiff: outputs carry no gradient (comparisons, argmax); never recorded.
         saves_inputs / saves_output: what the VJP reads, so the tape keeps only that alive.
         derivatives: for elementwise ops, one parsed :class:`~gradtape.extend.Expr` per input.
@@ -227,23 +236,55 @@ def _elementwise_vjp(rec: Record, g: Tensor, safe: bool = False) -> tuple:
                  for i, need in enumerate(rec.needs))
 
 
-def _elementwise_batch(prim: Primitive) -> Callable:
+def _elementwise_jvp(prim: Primitive) -> Callable:
+    """The forward-mode rule of an elementwise op, from its derivative expressions:
+    ``y' = sum_i d_i * x_i'``. ``tensor_vjp(i)`` renders ``gy * d_i`` in gradtape ops (bound,
+    so recorded and differentiable), so with ``gy := x_i'`` it gives ``d_i * x_i'``; the sum is
+    broadcast to the output's shape. (It binds the rendered expression directly: ``m`` is
+    always :data:`ON_TENSORS` here.) An op that selects (``masks``: ``where``, ``relu``,
+    ``maximum`` ...) takes ``safe_mul(d_i, x_i')`` instead, 0 wherever ``d_i`` is 0: an
+    unselected input whose tangent is inf or NaN (``sqrt'`` at 0) does not make the tangent
+    NaN, as the reverse pass guarantees for gradients."""
+    def jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **params: Any) -> Any:
+        args = (*primals, out, *[params[n] for n in prim.param_names])
+        total = None
+        for i, t in enumerate(tangents):
+            if t is not None:
+                if prim.masks:
+                    d = prim.tensor_vjp(i)(m.scalar(1, t), *args)  # d_i, in t's dtype
+                    term = _bound(REGISTRY["safe_mul"])(d, t)
+                else:
+                    term = prim.tensor_vjp(i)(t, *args)
+                total = term if total is None else total + term
+        if total is not None and total.shape != out.shape:  # an input was broadcast
+            total = m.apply(REGISTRY["broadcast_to"], total, shape=out.shape)
+        return total
+
+    jvp.__name__ = f"{prim.name}_jvp"
+    return jvp
+
+
+def _elementwise_batch(prim: Primitive | str) -> Callable:
+    """The batching rule of an elementwise (broadcasting) op: ``prim``, or the name of a
+    primitive declared with it (comparisons and logical ops, looked up when the rule runs)."""
     def rule(args: tuple, dims: tuple, **params: Any) -> tuple:
         # Elementwise ops commute with batching: move every batch axis to the front, align
         # ranks, apply the op once.
+        p = REGISTRY[prim] if isinstance(prim, str) else prim
         nd = max(a.ndim - (d is not None) for a, d in zip(args, dims))
         moved = []
         for a, d in zip(args, dims):
             if d is None:
                 moved.append(a)
             else:
+                d %= a.ndim
                 if d:
                     a = a.transpose((d, *[i for i in range(a.ndim) if i != d]))
                 extra = nd - (a.ndim - 1)
                 if extra:
                     a = a.reshape((a.shape[0],) + (1,) * extra + a.shape[1:])
                 moved.append(a)
-        return bind(prim, *moved, **params), 0
+        return bind(p, *moved, **params), 0
 
     return rule
 
@@ -299,6 +340,7 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
     prim.out_form = out_form
     prim.cheap = cheap
     prim.batch = _elementwise_batch(prim)
+    prim.jvp = _elementwise_jvp(prim)
     return prim
 
 
@@ -310,8 +352,10 @@ def primitive(name: str, impl: Callable, *args: Any, **kwargs: Any) -> Primitive
     (:class:`OnTensors`: ``m.apply(primitive, ...)``, ``m.val``, ``m.data``, ``m.const``,
     ``m.scalar``, ``m.xp_of``, Python operators) and rendered both on backend arrays (first
     order) and on Tensors (differentiable). A primitive with no rule (and not ``nondiff=True``)
-    raises :class:`MissingRuleError` when differentiated. See :class:`Primitive` for the other
-    keyword options.
+    raises :class:`MissingRuleError` when differentiated. ``jvp=jvp(m, primals, tangents, out,
+    **params)`` is its forward-mode rule, in the same vocabulary (without one, forward mode
+    derives the tangent from ``rule`` by transposing it, at the cost of a reverse pass). See
+    :class:`Primitive` for the other keyword options.
 
     Example:
         >>> p = primitive("my_double", lambda xp, x: 2 * x,
@@ -388,7 +432,15 @@ def _one_input_call(prim: Primitive) -> Callable[[TensorLike], Tensor]:
     unary ops are the most frequent."""
 
     def call1(x: TensorLike) -> Tensor:
-        t: Tensor = x if x.__class__ is Tensor or isinstance(x, Tensor) else one(x)
+        t: Tensor
+        if x.__class__ is Tensor:
+            t = x
+        elif isinstance(x, Tensor):
+            if x._level:  # inside gt.vmap
+                return bind_batched(prim, (x,), _NO_PARAMS)
+            t = x
+        else:
+            t = one(x)
         backend = t._backend
         da = t.data
         out = _new_tensor(Tensor)
@@ -430,6 +482,8 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     var: Any = None  # a Variable input (it has a name)
     if n == 2:
         b = args[1]
+        if a._level or b._level:  # inside gt.vmap
+            return bind_batched(prim, args, params)
         if b._backend is not backend:
             _backend_mismatch(prim, args)
         if a._is_variable or b._is_variable:
@@ -441,6 +495,8 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             data = parallel_forward(prim, backend.xp, (da, db), params)
     else:
         for t in args:
+            if t._level:  # inside gt.vmap
+                return bind_batched(prim, args, params)
             if t._backend is not backend:
                 _backend_mismatch(prim, args)
             if t._is_variable:
@@ -460,3 +516,44 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     if HOOKS.on:
         record(prim, args, out, params)
     return out
+
+
+def bind_batched(prim: Primitive, args: tuple[Tensor, ...], params: dict[str, Any]) -> Tensor:
+    """``bind`` when an argument is a :class:`BatchedTensor` (inside ``gt.vmap``): run the
+    primitive's batching rule once on the physical tensors of the innermost level, wrap the
+    result, and record the per-example op on the tapes entered inside that vmap.
+
+    Tapes entered inside the vmap (``_vlevel >= level``) see only the per-example op; the ones
+    outside see the physical ops the rule applies (so ``grad(vmap(f))`` and ``vmap(grad(f))``
+    both differentiate the right program)."""
+    level = max(a._level for a in args)
+    rule = prim.batch
+    if rule is None:
+        raise MissingRuleError(f"gt.vmap: primitive '{prim.name}' has no batching rule, so it "
+                               "cannot run inside vmap (declare one with batch= in "
+                               "gradtape.extend.primitive)")
+    values = []
+    dims: list[int | None] = []
+    for a in args:
+        if a._level == level:
+            values.append(a._value)  # type: ignore[attr-defined]  # _level: a BatchedTensor
+            dims.append(a._bdim)  # type: ignore[attr-defined]
+        else:
+            values.append(a)
+            dims.append(None)
+    st = STATE
+    recording = st.recording
+    inner = [t for t in recording if t._vlevel >= level] if recording else None
+    if inner:  # hide the physical ops from tapes entered inside this vmap
+        st.recording = [t for t in recording if t._vlevel < level]
+        st.sync()
+    try:
+        out, out_dim = rule(tuple(values), tuple(dims), **params)
+    finally:
+        if inner:
+            st.recording = recording
+            st.sync()
+    result: Tensor = out if out_dim is None else BatchedTensor(out, out_dim, level)
+    if HOOKS.on:
+        record(prim, args, result, params)
+    return result

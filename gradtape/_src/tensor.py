@@ -73,6 +73,7 @@ class Tensor:
     # tape.gradient() at that user line
     _origin: tuple[str, str] | None
     _is_variable = False
+    _level = 0  # the vmap level of a BatchedTensor; 0: an ordinary tensor
     # ``ndarray OP tensor`` gives a Tensor: NumPy (and CuPy) defer every binary operator to our
     # reflected method, and a NumPy ufunc called directly on a tensor (np.exp(t)) raises
     # TypeError instead of silently returning an ndarray that left the tape.

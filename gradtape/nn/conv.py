@@ -19,7 +19,9 @@ from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
 from ..ops._util import one
-from ..ops.shape import P_RESHAPE
+from ..ops.elementwise import P_EQUAL, P_SAFE_MUL
+from ..ops.reductions import P_ARGMAX, P_SUM
+from ..ops.shape import P_ASTYPE, P_RESHAPE
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
 
@@ -109,6 +111,15 @@ def _geometry(params: dict) -> dict:
     return {k: params[k] for k in ("kernel", "stride", "padding", "dilation")}
 
 
+def _im2col_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    # linear in x, but the padding is a constant: the tangent is padded with zeros
+    return m.apply(P_IM2COL, tangents[0], **{**p, "pad_value": 0.0})
+
+
+def _col2im_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_COL2IM, tangents[0], **p)
+
+
 def _im2col_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (m.apply(P_COL2IM, g, in_shape=rec.in_shapes[0], **_geometry(rec.params)),)
 
@@ -159,23 +170,24 @@ def _front(t: Tensor, d: int) -> Tensor:
 
 def _im2col_batch(args: tuple, dims: tuple, **params: Any) -> tuple:
     # vmap rule: fold the vmapped axis into the image batch axis N.
-    x = _front(args[0], dims[0])
+    x = _front(args[0], dims[0] % args[0].ndim)
     B, N = x.shape[:2]
     cols = bind(P_IM2COL, ops.reshape(x, (B * N,) + x.shape[2:]), **params)
     return ops.reshape(cols, (B, N) + cols.shape[1:]), 0
 
 
 def _col2im_batch(args: tuple, dims: tuple, *, in_shape: tuple, **params: Any) -> tuple:
-    cols = _front(args[0], dims[0])
+    # vmap rule: fold the vmapped axis into the image batch axis N (as im2col).
+    cols = _front(args[0], dims[0] % args[0].ndim)
     B, N = cols.shape[:2]
     x = bind(P_COL2IM, ops.reshape(cols, (B * N,) + cols.shape[2:]),
              in_shape=(B * N,) + tuple(in_shape[1:]), **params)
     return ops.reshape(x, (B, N) + x.shape[1:]), 0
 
 
-P_IM2COL = primitive("im2col", _im2col_impl, rule=_im2col_rule, saves_inputs=False,
+P_IM2COL = primitive("im2col", _im2col_impl, rule=_im2col_rule, jvp=_im2col_jvp, saves_inputs=False,
                      examples=_conv_examples, batch=_im2col_batch)
-P_COL2IM = primitive("col2im", _col2im_impl, rule=_col2im_rule, saves_inputs=False,
+P_COL2IM = primitive("col2im", _col2im_impl, rule=_col2im_rule, jvp=_col2im_jvp, saves_inputs=False,
                      examples=_col2im_examples, batch=_col2im_batch)
 
 
@@ -185,22 +197,36 @@ def _window_max_impl(xp: Any, x: Any, *, axis: int) -> Any:
 
 def _window_max_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # The gradient goes to the first maximum of each window (as PyTorch's max_pool2d).
-    x = m.data(m.val(rec.inputs[0]))
-    xp = m.xp_of(g)
     axis = rec.params["axis"]
-    first = xp.expand_dims(x.argmax(axis=axis), axis)
-    shape = [1] * x.ndim
-    shape[axis] = x.shape[axis]
-    mask = (xp.arange(x.shape[axis]).reshape(shape) == first).astype(g.dtype)
+    mask = _first_max(m, m.val(rec.inputs[0]), axis, g.dtype)
     gk = m.apply(P_RESHAPE, g, shape=g.shape[:axis] + (1,) + g.shape[axis:])
-    return (gk * m.const(mask, gk),)
+    return (gk * mask,)
+
+
+def _first_max(m: OnTensors, x: Tensor, axis: int, dtype: Any) -> Any:
+    """1 at the first maximum of ``x`` along ``axis``, else 0, in ``dtype`` (computed with
+    non-differentiable primitives, so the rule also runs on batched values inside gt.vmap)."""
+    first = m.apply(P_ARGMAX, x, axis=axis, keepdims=True)
+    shape = [1] * len(x.shape)
+    shape[axis] = x.shape[axis]
+    positions = m.const(m.xp_of(x).arange(x.shape[axis]).reshape(shape), x)
+    return m.apply(P_ASTYPE, m.apply(P_EQUAL, positions, first), dtype=dtype)
+
+
+def _window_max_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: int
+                    ) -> Tensor:
+    t = tangents[0]  # a safe product: an inf or NaN tangent elsewhere does not leak in
+    mask = _first_max(m, primals[0], axis, t.dtype)
+    return m.apply(P_SUM, m.apply(P_SAFE_MUL, mask, t), axis=(axis,), keepdims=False)
 
 
 def _window_max_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
-    return bind(P_WINDOW_MAX, _front(args[0], dims[0]), axis=axis + 1), 0
+    # vmap rule: the batch axis to the front, the window axis shifted by one.
+    x = _front(args[0], dims[0] % args[0].ndim)
+    return bind(P_WINDOW_MAX, x, axis=axis % (x.ndim - 1) + 1), 0
 
 
-P_WINDOW_MAX = primitive("window_max", _window_max_impl, rule=_window_max_rule, masks=True,
+P_WINDOW_MAX = primitive("window_max", _window_max_impl, rule=_window_max_rule, jvp=_window_max_jvp, masks=True,
                          examples=_pool_examples, batch=_window_max_batch)
 
 

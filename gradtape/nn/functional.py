@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, _wrap
 from ..ops._util import normalize_axis, one
-from ..ops.elementwise import P_EXP
+from ..ops.elementwise import P_EQUAL, P_EXP
 from ..ops.reductions import P_SUM
-from ..ops.shape import P_RESHAPE
+from ..ops.shape import P_ASTYPE, P_RESHAPE
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "mse", "binary_cross_entropy", "dropout",
            "layer_norm", "embedding"]
@@ -62,6 +63,12 @@ def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return e
 
 
+def _softmax_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: int
+                 ) -> Tensor:
+    ty = tangents[0] * out  # y' = y * (x' - sum(y * x'))
+    return ty - out * m.apply(P_SUM, ty, axis=(axis,), keepdims=True)
+
+
 def _softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     y = m.val(rec.output)
     gy = g * y
@@ -72,6 +79,12 @@ def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     s = x - x.max(axis=axis, keepdims=True)
     s -= xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
     return s
+
+
+def _log_softmax_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: int
+                     ) -> Tensor:
+    t = tangents[0]  # y' = x' - sum(softmax(x) * x')
+    return t - m.apply(P_SUM, m.apply(P_EXP, out) * t, axis=(axis,), keepdims=True)
 
 
 def _log_softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -102,15 +115,16 @@ def _to_front(t: Tensor, d: int | None, size: int) -> Tensor:
 def _axis_batch(prim_name: str) -> Any:
     # vmap rule for ops with one input and an ``axis`` parameter: shift the axis by one.
     def rule(args: tuple, dims: tuple, *, axis: int) -> tuple:
-        x = _to_front(args[0], dims[0], 0)
-        return bind(REGISTRY[prim_name], x, axis=axis + 1), 0
+        x = _to_front(args[0], dims[0] % args[0].ndim, 0)
+        return bind(REGISTRY[prim_name], x, axis=axis % (x.ndim - 1) + 1), 0
 
     return rule
 
 
-P_SOFTMAX = primitive("softmax", _softmax_impl, rule=_softmax_rule, saves_inputs=False,
+P_SOFTMAX = primitive("softmax", _softmax_impl, rule=_softmax_rule, jvp=_softmax_jvp, saves_inputs=False,
                       saves_output=True, examples=_softmax_examples, batch=_axis_batch("softmax"))
 P_LOG_SOFTMAX = primitive("log_softmax", _log_softmax_impl, rule=_log_softmax_rule,
+                          jvp=_log_softmax_jvp,
                           saves_inputs=False, saves_output=True, examples=_log_softmax_examples,
                           batch=_axis_batch("log_softmax"))
 
@@ -149,13 +163,27 @@ def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     return -xp.take_along_axis(lsm, labels[..., None].astype(np.intp, copy=False), axis=-1)[..., 0]
 
 
+def _sce_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    # d loss / d logits = softmax(logits) - onehot(labels); integer labels have no tangent
+    logits, labels = primals
+    t = tangents[0]
+    d = m.apply(P_SOFTMAX, logits, axis=logits.ndim - 1) - _onehot(m, labels, logits)
+    return m.apply(P_SUM, d * t, axis=(logits.ndim - 1,), keepdims=False)
+
+
 def _sce_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     logits = m.val(rec.inputs[0])
-    labels = m.data(m.val(rec.inputs[1]))
-    xp = m.xp_of(logits)
-    onehot = (xp.arange(logits.shape[-1]) == labels[..., None]).astype(logits.dtype)
+    onehot = _onehot(m, m.val(rec.inputs[1]), logits)
     p = m.apply(P_SOFTMAX, logits, axis=len(logits.shape) - 1)
-    return ((p - m.const(onehot, logits)) * m.apply(P_RESHAPE, g, shape=g.shape + (1,)), None)
+    return ((p - onehot) * m.apply(P_RESHAPE, g, shape=g.shape + (1,)), None)
+
+
+def _onehot(m: OnTensors, labels: Any, like: Any) -> Any:
+    # onehot(labels) in like's dtype, built with primitives (not from the label array), so the
+    # rule also runs on batched labels inside gt.vmap
+    classes = m.const(m.xp_of(like).arange(like.shape[-1]), like)
+    hit = m.apply(P_EQUAL, classes, m.apply(P_RESHAPE, labels, shape=tuple(labels.shape) + (1,)))
+    return m.apply(P_ASTYPE, hit, dtype=like.dtype)
 
 
 def _sce_examples(rng: np.random.Generator) -> list:
@@ -167,12 +195,14 @@ def _sce_examples(rng: np.random.Generator) -> list:
 
 
 def _sce_batch(args: tuple, dims: tuple) -> tuple:
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    logits, labels = (_to_front(a, d, size) for a, d in zip(args, dims))
+    # softmax_cross_entropy: batch axes to the front; an unbatched operand gets a size-1 axis
+    # there, which the label lookup broadcasts (it is not copied B times).
+    logits, labels = (ops.reshape(a, (1,) + a.shape) if d is None else _to_front(a, d % a.ndim, 0)
+                      for a, d in zip(args, dims))
     return bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels), 0
 
 
-P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, rule=_sce_rule,
+P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, rule=_sce_rule, jvp=_sce_jvp,
                                     examples=_sce_examples, batch=_sce_batch)
 
 
@@ -216,8 +246,9 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
         if labels.shape != logits.shape[:-1]:
             raise ValueError(f"cross_entropy: integer labels must have shape logits.shape[:-1] = "
                              f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})")
-        if labels.size and bool(((labels.data < 0) | (labels.data >= C)).any()):
-            lo, hi = int(labels.data.min()), int(labels.data.max())
+        lab = physical_data(labels)  # every example's labels, also inside gt.vmap
+        if labels.size and bool(((lab < 0) | (lab >= C)).any()):
+            lo, hi = int(lab.min()), int(lab.max())
             raise ValueError(f"cross_entropy: labels must be class indices in [0, {C}), got values "
                              f"in [{lo}, {hi}]")
         loss = bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels)

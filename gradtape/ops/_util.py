@@ -6,8 +6,10 @@ import operator
 from typing import Any
 
 from .._src.primitive import one, pair
+from .._src.tensor import Tensor
 
-__all__ = ["pair", "one", "normalize_axis"]
+__all__ = ["pair", "one", "normalize_axis", "batch_size", "move_axis", "phys_axis",
+           "logical_axes"]
 
 
 def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
@@ -26,3 +28,40 @@ def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
     if len(set(out)) != len(out):
         raise ValueError(f"{what}: repeated axis in {axis}")
     return tuple(sorted(out))
+
+
+# --------------------------------------------------------------------------- batching helpers
+# Shared by the vmap batching rules (``rule(args, dims, **params) -> (out, out_dim)``): they
+# read shapes only and move axes with gradtape ops (Tensor.transpose / Tensor.reshape, the
+# runtime link to the shape ops), never array values.
+def batch_size(args: tuple, dims: tuple) -> int:
+    """The size of the vmapped axis: that of the first batched argument."""
+    return next(int(a.shape[d]) for a, d in zip(args, dims) if d is not None)
+
+
+def move_axis(t: Tensor, src: int, dst: int) -> Tensor:
+    """``t`` with axis ``src`` moved to position ``dst`` (negative counts from the end): one
+    transpose, none when it is already there."""
+    nd = t.ndim
+    src, dst = src % nd, dst % nd
+    if src == dst:
+        return t
+    order = [i for i in range(nd) if i != src]
+    order.insert(dst, src)
+    return t.transpose(tuple(order))
+
+
+def phys_axis(axis: int, d: int) -> int:
+    """The physical position of a logical (non-negative) axis next to a batch axis at ``d``."""
+    return axis if axis < d else axis + 1
+
+
+def logical_axes(axis: Any, nd: int) -> tuple[int, ...]:
+    """A reduction's ``axis`` parameter (None, an int or a tuple, negative allowed) as the
+    sorted non-negative logical axes of a rank-``nd`` example (None: all of them)."""
+    if axis is None:
+        return tuple(range(nd))
+    if not nd:  # a 0-d example is returned unreduced (as the reductions do)
+        return ()
+    axes = (axis,) if hasattr(axis, "__index__") else tuple(axis)
+    return tuple(sorted({operator.index(a) % nd for a in axes}))

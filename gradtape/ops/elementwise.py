@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._src.backend import erf_for
-from .._src.primitive import Domain, Primitive, bind, elementwise, one, pair, primitive
+from .._src.primitive import Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -121,16 +121,25 @@ P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "c
 P_SAFE_MUL = elementwise("safe_mul", lambda xp, a, b: xp.where(a == 0, 0, a * b), d=("b", "a"),
                          safe=True, masks=True)
 
-# comparisons and logic: no gradient, bool results
-P_LESS = primitive("less", lambda xp, a, b: a < b, nondiff=True)
-P_LESS_EQUAL = primitive("less_equal", lambda xp, a, b: a <= b, nondiff=True)
-P_GREATER = primitive("greater", lambda xp, a, b: a > b, nondiff=True)
-P_GREATER_EQUAL = primitive("greater_equal", lambda xp, a, b: a >= b, nondiff=True)
-P_EQUAL = primitive("equal", lambda xp, a, b: a == b, nondiff=True)
-P_NOT_EQUAL = primitive("not_equal", lambda xp, a, b: a != b, nondiff=True)
-P_LOGICAL_AND = primitive("logical_and", lambda xp, a, b: xp.logical_and(a, b), nondiff=True)
-P_LOGICAL_OR = primitive("logical_or", lambda xp, a, b: xp.logical_or(a, b), nondiff=True)
-P_LOGICAL_NOT = primitive("logical_not", lambda xp, x: xp.logical_not(x), nondiff=True)
+# comparisons and logic: no gradient, bool results; they batch as the elementwise ops do
+P_LESS = primitive("less", lambda xp, a, b: a < b, nondiff=True,
+                   batch=_elementwise_batch("less"))
+P_LESS_EQUAL = primitive("less_equal", lambda xp, a, b: a <= b, nondiff=True,
+                         batch=_elementwise_batch("less_equal"))
+P_GREATER = primitive("greater", lambda xp, a, b: a > b, nondiff=True,
+                      batch=_elementwise_batch("greater"))
+P_GREATER_EQUAL = primitive("greater_equal", lambda xp, a, b: a >= b, nondiff=True,
+                            batch=_elementwise_batch("greater_equal"))
+P_EQUAL = primitive("equal", lambda xp, a, b: a == b, nondiff=True,
+                    batch=_elementwise_batch("equal"))
+P_NOT_EQUAL = primitive("not_equal", lambda xp, a, b: a != b, nondiff=True,
+                        batch=_elementwise_batch("not_equal"))
+P_LOGICAL_AND = primitive("logical_and", lambda xp, a, b: xp.logical_and(a, b), nondiff=True,
+                          batch=_elementwise_batch("logical_and"))
+P_LOGICAL_OR = primitive("logical_or", lambda xp, a, b: xp.logical_or(a, b), nondiff=True,
+                         batch=_elementwise_batch("logical_or"))
+P_LOGICAL_NOT = primitive("logical_not", lambda xp, x: xp.logical_not(x), nondiff=True,
+                          batch=_elementwise_batch("logical_not"))
 
 
 def add(a: Any, b: Any) -> Tensor:

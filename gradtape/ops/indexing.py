@@ -11,7 +11,7 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ._util import one
+from ._util import move_axis, one
 
 __all__ = ["getitem", "take", "gather"]
 
@@ -25,6 +25,11 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
         if isinstance(it, Tensor):
             if it.dtype.kind not in "iub":
                 raise IndexError(f"index tensors must be integer or bool, got dtype {it.dtype}")
+            if it._level:  # a batched index inside gt.vmap: the index is a constant parameter
+                raise NotImplementedError(
+                    "indexing with a batched index tensor (one index per example) inside gt.vmap "
+                    "is not supported: getitem's index is a constant, not an operand; pass the "
+                    "index unbatched (in_axes=None) or select with gt.where / a one-hot product")
             it = it.data
             advanced = True
         elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy"):
@@ -63,13 +68,82 @@ def _scatter_examples(rng: Any) -> list:
                                                        "shape": (2, 4)})]
 
 
+# --------------------------------------------------------------------------- batching
+def _adv_ndim(it: Any) -> int | None:
+    """The number of result dimensions an advanced index item spans (a bool mask: one, the
+    count of its True entries), or None for a basic item (slice, None, Ellipsis, int)."""
+    if it is None or it is Ellipsis or isinstance(it, slice):
+        return None
+    if isinstance(it, (bool, np.bool_)):
+        return 1
+    if isinstance(it, (int, np.integer)):
+        return None
+    arr = it if hasattr(it, "dtype") else np.asarray(it)
+    return 1 if arr.dtype.kind == "b" else int(arr.ndim)
+
+
+def _batch_index(index: Any, ndim: int) -> tuple[tuple, int, int]:
+    """A per-example ``index`` made to index a batch in front (a full slice prepended), the
+    position of the batch axis in the result, and the rank of one example's result (``ndim``:
+    the rank of one indexed example). NumPy puts the dimensions of advanced indices that are
+    separated by a slice, None or Ellipsis (ints count as advanced next to an array) first:
+    the batch axis then follows them."""
+    items = index if isinstance(index, tuple) else (index,)
+    adv = [_adv_ndim(it) for it in items]
+    if any(a is not None for a in adv):
+        at = [i for i, (it, a) in enumerate(zip(items, adv))
+              if a is not None or (isinstance(it, (int, np.integer)) and not isinstance(it, bool))]
+        adv_ndim = max(a for a in adv if a is not None)
+    else:
+        at, adv_ndim = [], 0
+    separated = bool(at) and at[-1] - at[0] + 1 != len(at)
+    consumed = 0  # axes of the example the index reads
+    kept = 0  # result axes from slices, None and the Ellipsis
+    for it in items:
+        if it is None:
+            kept += 1
+        elif isinstance(it, slice):
+            consumed += 1
+            kept += 1
+        elif isinstance(it, (bool, np.bool_)) or it is Ellipsis:
+            pass
+        elif isinstance(it, (int, np.integer)):
+            consumed += 1
+        else:
+            arr = it if hasattr(it, "dtype") else np.asarray(it)
+            consumed += int(arr.ndim) if arr.dtype.kind == "b" else 1
+    kept += ndim - consumed  # the Ellipsis, or the trailing axes
+    return (slice(None), *items), (adv_ndim if separated else 0), kept + adv_ndim
+
+
+def _scatter_batch(args: tuple, dims: tuple, *, index: Any, shape: tuple,
+                   advanced: bool) -> tuple:
+    # scatter_add (getitem's adjoint): the batch axis of g goes where batched getitem puts it,
+    # a full slice before the index and the batch size before shape.
+    g = args[0]
+    idx, at, res_ndim = _batch_index(index, len(shape))
+    g = move_axis(g, dims[0], 0)
+    if g.ndim - 1 < res_ndim:  # g broadcasts against the indexed positions
+        g = g.reshape((g.shape[0],) + (1,) * (res_ndim - g.ndim + 1) + g.shape[1:])
+    g = move_axis(g, 0, at)
+    return bind(P_SCATTER, g, index=idx, shape=(g.shape[at], *shape), advanced=advanced), 0
+
+
+def _scatter_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_SCATTER, tangents[0], **p)
+
+
 def _scatter_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     p = rec.params
     return (m.apply(P_GETITEM, g, index=p["index"], advanced=p["advanced"]),)
 
 
-P_SCATTER = primitive("scatter_add", _scatter_impl, rule=_scatter_rule, saves_inputs=False,
-                      examples=_scatter_examples)
+P_SCATTER = primitive("scatter_add", _scatter_impl, rule=_scatter_rule, jvp=_scatter_jvp, saves_inputs=False,
+                      examples=_scatter_examples, batch=_scatter_batch)
+
+
+def _getitem_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_GETITEM, tangents[0], **p)
 
 
 def _getitem_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -91,8 +165,18 @@ def _getitem_examples(rng: Any) -> list:
     ]
 
 
+def _getitem_batch(args: tuple, dims: tuple, *, index: Any, advanced: bool) -> tuple:
+    # getitem: the batch axis to the front and a full slice before the index (the index is a
+    # parameter: its arrays are constants, never batched).
+    x = move_axis(args[0], dims[0], 0)
+    idx, at, _ = _batch_index(index, x.ndim - 1)
+    return bind(P_GETITEM, x, index=idx, advanced=advanced), at
+
+
 P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], rule=_getitem_rule,
-                      saves_inputs=False, masks=True, examples=_getitem_examples)
+                      jvp=_getitem_jvp,
+                      saves_inputs=False, masks=True, examples=_getitem_examples,
+                      batch=_getitem_batch)
 
 
 def getitem(x: Any, index: Any) -> Tensor:

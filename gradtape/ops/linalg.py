@@ -17,8 +17,8 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, _wrap
-from ._util import one, pair
-from .elementwise import mul
+from ._util import move_axis, one, pair
+from .elementwise import P_MUL, mul
 from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_TRANSPOSE, reshape
 
 __all__ = ["matmul", "dot", "einsum", "outer"]
@@ -39,6 +39,23 @@ def _swap_last(m: OnTensors, t: Tensor) -> Tensor:
 
 
 _SWAP2 = (1, 0)
+
+
+def _product_jvp(m: OnTensors, prim: Any, primals: tuple, tangents: tuple, params: dict
+                 ) -> Tensor:
+    """The JVP of an op linear in each operand (the product rule): the sum, over the operands
+    that move, of the op with that operand replaced by its tangent (``a' @ b + a @ b'``)."""
+    total = None
+    for k, t in enumerate(tangents):
+        if t is not None:
+            term = m.apply(prim, *primals[:k], t, *primals[k + 1:], **params)
+            total = term if total is None else total + term
+    assert total is not None  # called when some operand moves
+    return total
+
+
+def _matmul_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _product_jvp(m, P_MATMUL, primals, tangents, p)
 
 
 def _matmul_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -76,8 +93,59 @@ def _matmul_examples(rng: Any) -> list:
             (matmul, (_rand(rng, 5, 2, 3), _rand(rng, 1, 3, 2)), {})]
 
 
-P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), rule=_matmul_rule,
-                     examples=_matmul_examples)
+def _matmul_batch(args: tuple, dims: tuple) -> tuple:
+    # matmul: one matmul in every case. Batched a only: the batch joins a's rows (a vector, or
+    # with a matrix b the leading axes folded into one matrix) or, with stacked b, a's
+    # leading axes. Batched b only: the batch axis next to b's columns, one wider matrix.
+    # Both: batch axes first, ranks aligned, one stacked matmul.
+    a, b = args
+    da, db = dims
+    if db is None:
+        return _matmul_batch_a(a, da % a.ndim, b)
+    db %= b.ndim
+    if da is None:
+        if b.ndim == 2:  # b one vector per example: the columns of one matrix [k, B]
+            out = bind(P_MATMUL, a, move_axis(b, db, 1))
+            return out, out.ndim - 1
+        b = move_axis(b, db, b.ndim - 2)  # [..., k, B, m] -> [..., k, B * m]
+        size, m = b.shape[-2:]
+        out = bind(P_MATMUL, a, reshape(b, b.shape[:-2] + (size * m,)))
+        return reshape(out, out.shape[:-1] + (size, m)), out.ndim - 1
+    a, b = move_axis(a, da % a.ndim, 0), move_axis(b, db, 0)
+    size = a.shape[0]
+    sa = a.shape[1:] if a.ndim > 2 else (1,) + a.shape[1:]
+    sb = b.shape[1:] if b.ndim > 2 else b.shape[1:] + (1,)
+    rank = max(len(sa), len(sb))
+    a = reshape(a, (size,) + (1,) * (rank - len(sa)) + sa)
+    b = reshape(b, (size,) + (1,) * (rank - len(sb)) + sb)
+    out = bind(P_MATMUL, a, b)
+    if args[0].ndim == 2 or args[1].ndim == 2:  # drop the axes of the promoted vectors
+        out = reshape(out, out.shape[:-2] + (() if args[0].ndim == 2 else out.shape[-2:-1])
+                      + (() if args[1].ndim == 2 else out.shape[-1:]))
+    return out, 0
+
+
+def _matmul_batch_a(a: Tensor, da: int, b: Tensor) -> tuple:
+    """matmul with the left operand batched (at ``da``) and the right one not."""
+    if a.ndim == 2:  # a one vector per example: the rows of one matrix [B, k]
+        out = bind(P_MATMUL, move_axis(a, da, 0), b)
+        return out, (0 if b.ndim == 1 else out.ndim - 2)
+    if b.ndim <= 2:  # b one matrix (or vector): the batch rides along a's leading axes
+        if da == a.ndim - 1:
+            a, da = move_axis(a, da, 0), 0
+        if b.ndim == 1:
+            return bind(P_MATMUL, a, b), da
+        lead, k = a.shape[:-1], a.shape[-1]
+        out = bind(P_MATMUL, reshape(a, (math.prod(lead), k)), b)  # one matrix product
+        return reshape(out, lead + out.shape[-1:]), da
+    # b stacked: the batch axis first, in front of every broadcast axis
+    a = move_axis(a, da, 0)
+    a = reshape(a, a.shape[:1] + (1,) * max(b.ndim - a.ndim + 1, 0) + a.shape[1:])
+    return bind(P_MATMUL, a, b), 0
+
+
+P_MATMUL = primitive("matmul", lambda xp, a, b: xp.matmul(a, b), rule=_matmul_rule, jvp=_matmul_jvp,
+                     examples=_matmul_examples, batch=_matmul_batch)
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -123,6 +191,14 @@ def _einsum_impl(xp: Any, *arrays: Any, inputs: tuple, output: str) -> Any:
     return xp.einsum(spec, *arrays, optimize=len(arrays) > 2)
 
 
+def _einsum_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _product_jvp(m, P_EINSUM, primals, tangents, p)
+
+
+def _dot_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _product_jvp(m, P_DOT, primals, tangents, p)
+
+
 def _einsum_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     """Gradient of operand k: the output gradient contracted with the other operands, onto
     the labels of k; labels only k has (summed away in the forward) are broadcast back."""
@@ -159,7 +235,27 @@ def _einsum_examples(rng: Any) -> list:
             (einsum, ("...ij,...j->...i", _rand(rng, 4, 2, 3), _rand(rng, 1, 3)), {})]
 
 
-P_EINSUM = primitive("einsum", _einsum_impl, rule=_einsum_rule, examples=_einsum_examples)
+def _einsum_batch(args: tuple, dims: tuple, *, inputs: tuple, output: str) -> tuple:
+    # einsum: a fresh label for the batch axis, at its place in each batched operand's
+    # subscript and first in the output; unbatched operands are left as they are.
+    inputs = tuple(inputs)
+    if any("..." in sub for sub in (*inputs, output)):
+        shapes = [a.shape[:d % a.ndim] + a.shape[d % a.ndim + 1:] if d is not None else a.shape
+                  for a, d in zip(args, dims)]
+        ins, output = _parse_einsum(",".join(inputs) + "->" + output, shapes)
+        inputs = tuple(ins)
+    free = [c for c in _LABELS if c not in "".join(inputs) + output]
+    if not free:
+        raise ValueError(f"einsum: every one of the {len(_LABELS)} labels is used by "
+                         f"{','.join(inputs)}->{output}; none is left to batch it")
+    z = free[0]
+    subs = tuple(sub if d is None else sub[:d % a.ndim] + z + sub[d % a.ndim:]
+                 for sub, a, d in zip(inputs, args, dims))
+    return bind(P_EINSUM, *args, inputs=subs, output=z + output), 0
+
+
+P_EINSUM = primitive("einsum", _einsum_impl, rule=_einsum_rule, jvp=_einsum_jvp, examples=_einsum_examples,
+                     batch=_einsum_batch)
 
 _LABELS = string.ascii_letters
 
@@ -301,8 +397,42 @@ def _dot_examples(rng: Any) -> list:
             (dot, (_rand(rng), _rand(rng, 2)), {})]
 
 
+def _dot_subscripts(na: int, nb: int) -> tuple[tuple[str, str], str]:
+    """``np.dot`` of operands of ranks ``na``, ``nb`` (both >= 1) as einsum subscripts: the
+    last axis of ``a`` against the second-to-last of ``b`` (its only one if 1-D)."""
+    kb = 0 if nb == 1 else nb - 2
+    sa = _LABELS[:na]
+    rest = iter(_LABELS[na:])
+    sb = "".join(sa[-1] if j == kb else next(rest) for j in range(nb))
+    return (sa, sb), sa[:-1] + sb[:kb] + sb[kb + 1:]
+
+
+def _dot_batch(args: tuple, dims: tuple, *, inputs: tuple, output: str) -> tuple:
+    # dot: one batched operand stays one dot, its batch axis among the leading (uncontracted)
+    # axes (a 1-D b: its columns); both batched: einsum with a batch label.
+    a, b = args
+    da, db = dims
+    if db is None:
+        da %= a.ndim
+        if da == a.ndim - 1:
+            a, da = move_axis(a, da, 0), 0
+        at = da
+    elif da is None:
+        db %= b.ndim
+        if b.ndim == 2:  # b one vector per example: the columns of one matrix [k, B]
+            b, db = move_axis(b, db, 1), 0
+        elif db >= b.ndim - 2:
+            b, db = move_axis(b, db, 0), 0
+        at = a.ndim - 1 + db
+    else:
+        return _einsum_batch(args, dims, inputs=inputs, output=output)
+    ins, out = _dot_subscripts(a.ndim, b.ndim)
+    return bind(P_DOT, a, b, inputs=ins, output=out), at
+
+
 P_DOT = primitive("dot", lambda xp, a, b, *, inputs, output: xp.dot(a, b), rule=_einsum_rule,
-                  examples=_dot_examples)
+                  jvp=_dot_jvp,
+                  examples=_dot_examples, batch=_dot_batch)
 
 
 def dot(a: Any, b: Any) -> Tensor:
@@ -325,16 +455,17 @@ def dot(a: Any, b: Any) -> Tensor:
     if a.shape[-1] != b.shape[kb]:
         raise ValueError(f"dot: shapes {a.shape} and {b.shape} are not aligned: the last axis of "
                          f"a ({a.shape[-1]}) must match axis {kb} of b ({b.shape[kb]})")
-    sa = _LABELS[:a.ndim]
-    rest = iter(_LABELS[a.ndim:])
-    sb = "".join(sa[-1] if j == kb else next(rest) for j in range(b.ndim))
-    out = sa[:-1] + sb[:kb] + sb[kb + 1:]
-    return bind(P_DOT, a, b, inputs=(sa, sb), output=out)
+    inputs, out = _dot_subscripts(a.ndim, b.ndim)
+    return bind(P_DOT, a, b, inputs=inputs, output=out)
 
 
 # --------------------------------------------------------------------------- outer
 def _reshaped(m: OnTensors, t: Tensor, shape: tuple) -> Tensor:
     return t if t.shape == shape else m.apply(P_RESHAPE, t, shape=shape)
+
+
+def _outer_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _product_jvp(m, P_OUTER, primals, tangents, p)
 
 
 def _outer_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -356,8 +487,28 @@ def _outer_examples(rng: Any) -> list:
             (outer, (_rand(rng), _rand(rng, 2)), {})]
 
 
-P_OUTER = primitive("outer", lambda xp, a, b: xp.outer(a, b), rule=_outer_rule,
-                    examples=_outer_examples)
+def _outer_batch(args: tuple, dims: tuple) -> tuple:
+    # outer (of flattened inputs): one batched operand: one outer product with the batch
+    # flattened in, reshaped; both: the broadcast product [B, n, 1] * [B, 1, m].
+    a, b = args
+    da, db = dims
+    if da is not None:
+        a = move_axis(a, da, 0)
+    if db is not None:
+        b = move_axis(b, db, 0)
+    if db is None:
+        out = bind(P_OUTER, a, b)
+        return reshape(out, (a.shape[0], math.prod(a.shape[1:]), out.shape[1])), 0
+    if da is None:
+        out = bind(P_OUTER, a, b)
+        return reshape(out, (out.shape[0], b.shape[0], math.prod(b.shape[1:]))), 1
+    size = a.shape[0]
+    return bind(P_MUL, reshape(a, (size, math.prod(a.shape[1:]), 1)),
+                reshape(b, (size, 1, math.prod(b.shape[1:])))), 0
+
+
+P_OUTER = primitive("outer", lambda xp, a, b: xp.outer(a, b), rule=_outer_rule, jvp=_outer_jvp,
+                    examples=_outer_examples, batch=_outer_batch)
 
 
 def outer(a: Any, b: Any) -> Tensor:

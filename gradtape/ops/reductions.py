@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
-from .._src.primitive import Domain, bind, primitive
+from .._src.primitive import REGISTRY, Domain, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ._util import normalize_axis, one
-from .elementwise import P_EXP, P_WHERE
-from .shape import P_BROADCAST_TO, P_RESHAPE
+from ._util import logical_axes, move_axis, normalize_axis, one, phys_axis
+from .elementwise import P_ABS, P_EQUAL, P_EXP, P_LESS, P_SAFE_MUL, P_WHERE
+from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_STOP_GRADIENT
 
 __all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
            "argmin"]
@@ -77,8 +77,10 @@ def _rec_kept(m: OnTensors, rec: Record, g: Tensor) -> Tensor:
 
 
 def _zero_mask(m: OnTensors, y: Tensor) -> Tensor:
-    """Where ``y`` is 0, as a constant bool operand next to ``y``."""
-    return m.const(m.data(y) == 0, y)
+    """Where ``y`` is 0, a bool operand next to ``y``. Masks in rules are computed with
+    (non-differentiable) primitives rather than from ``m.data``: the rule then also runs on
+    batched values inside ``gt.vmap`` (vmap of a VJP, batched Jacobians)."""
+    return m.apply(P_EQUAL, y, m.scalar(0, y))
 
 
 def _rec_count(rec: Record) -> int:
@@ -91,6 +93,22 @@ def _float_input(xp: Any, x: Any) -> Any:
 
 def _rand(rng: Any, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape)
+
+
+def _reduction_batch(name: str) -> Any:
+    """The batching rule of the reduction ``name`` (``axis``, ``keepdims``, and ``ddof`` for
+    var/std passed on)."""
+    def rule(args: tuple, dims: tuple, *, axis: Any, keepdims: bool, **params: Any) -> tuple:
+        # reductions: the reduced axes shifted past the batch axis (None: every axis but it);
+        # the batch axis moves left by the reduced axes before it unless keepdims.
+        x = args[0]
+        d = dims[0] % x.ndim
+        axes = logical_axes(axis, x.ndim - 1)
+        out = bind(REGISTRY[name], x, axis=tuple(phys_axis(a, d) for a in axes),
+                   keepdims=keepdims, **params)
+        return out, (d if keepdims else d - len([a for a in axes if a < d]))
+
+    return rule
 
 
 def _distinct(rng: Any, *shape: int) -> np.ndarray:
@@ -119,9 +137,13 @@ def _axis_examples(name: str, make: Any) -> Any:
     return examples
 
 
+def _sum_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_SUM, tangents[0], **p)
+
+
 P_SUM = primitive("sum", lambda xp, x, *, axis, keepdims: x.sum(axis=axis, keepdims=keepdims),
-                  rule=_sum_rule, saves_inputs=False, domains=(Domain(),),
-                  examples=_axis_examples("sum", _rand))
+                  rule=_sum_rule, jvp=_sum_jvp, saves_inputs=False, domains=(Domain(),),
+                  examples=_axis_examples("sum", _rand), batch=_reduction_batch("sum"))
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -145,9 +167,13 @@ def _mean_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (gx * (1.0 / n) if n else gx,)
 
 
+def _mean_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_MEAN, tangents[0], **p)
+
+
 P_MEAN = primitive("mean", lambda xp, x, *, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
-                   rule=_mean_rule, saves_inputs=False,
-                   examples=_axis_examples("mean", _rand))
+                   rule=_mean_rule, jvp=_mean_jvp, saves_inputs=False,
+                   examples=_axis_examples("mean", _rand), batch=_reduction_batch("mean"))
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
@@ -174,16 +200,26 @@ def _prod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # y / x_i keeps the dependence on the zero entry, so the second derivative is exact with
     # up to one zero per slice too.
     x = m.val(rec.inputs[0])
-    axes = rec.params["axis"]
     y = _rec_kept(m, rec, m.val(rec.output))
-    zero = m.data(x) == 0
-    is_zero = m.const(zero, x)
+    return (_rec_kept(m, rec, g) * _prod_partials(m, x, y, rec.params["axis"]),)
+
+
+def _prod_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None) -> Tensor:
+    """``d prod / d x_i`` (``y``: the product in the keepdims shape), exact with zeros."""
+    is_zero = _zero_mask(m, x)
     x_safe = m.apply(P_WHERE, is_zero, m.scalar(1, x), x)
     nonzero_prod = m.apply(P_PROD, x_safe, axis=axes, keepdims=True)
-    one_zero = m.const(zero.astype(x.dtype).sum(axis=axes, keepdims=True) == 1, x)
+    n_zero = m.apply(P_SUM, m.apply(P_ASTYPE, is_zero, dtype=x.dtype), axis=axes, keepdims=True)
+    one_zero = m.apply(P_EQUAL, n_zero, m.scalar(1, n_zero))
     at_zero = m.apply(P_WHERE, one_zero, nonzero_prod, m.scalar(0, nonzero_prod))
-    d = m.apply(P_WHERE, is_zero, at_zero, y / x_safe)
-    return (_rec_kept(m, rec, g) * d,)
+    return m.apply(P_WHERE, is_zero, at_zero, y / x_safe)
+
+
+def _prod_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+              keepdims: bool) -> Tensor:
+    x = primals[0]
+    d = _prod_partials(m, x, _kept(m, out, x.shape, axis, keepdims), axis)
+    return m.apply(P_SUM, tangents[0] * d, axis=axis, keepdims=keepdims)
 
 
 def _prod_examples(rng: Any) -> list:
@@ -200,7 +236,8 @@ def _prod_examples(rng: Any) -> list:
 
 
 P_PROD = primitive("prod", lambda xp, x, *, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
-                   rule=_prod_rule, saves_output=True, examples=_prod_examples)
+                   rule=_prod_rule, jvp=_prod_jvp, saves_output=True, examples=_prod_examples,
+                   batch=_reduction_batch("prod"))
 
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
@@ -221,12 +258,26 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 # --------------------------------------------------------------------------- max / min
 def _extreme_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # The gradient is split evenly among the elements equal to the extreme value.
-    x = m.data(m.val(rec.inputs[0]))
-    y = m.data(m.val(rec.output)).reshape(_kept_shape(rec.in_shapes[0], rec.params["axis"]))
-    mask = (x == y).astype(g.dtype)
-    count = mask.sum(axis=rec.params["axis"], keepdims=True)
-    gk = _rec_kept(m, rec, g)
-    return (gk * m.const(mask, gk) / m.const(count, gk),)
+    axis = rec.params["axis"]
+    mask = _extreme_mask(m, m.val(rec.inputs[0]), m.val(rec.output), axis, g.dtype)
+    count = m.apply(P_SUM, mask, axis=axis, keepdims=True)
+    return (_rec_kept(m, rec, g) * mask / count,)
+
+
+def _extreme_mask(m: OnTensors, x: Tensor, y: Tensor, axis: Any, dtype: Any) -> Tensor:
+    """1 where ``x`` equals its extreme ``y`` (reduced over ``axis``), else 0, in ``dtype``."""
+    yk = m.apply(P_RESHAPE, y, shape=_kept_shape(tuple(x.shape), axis))
+    return m.apply(P_ASTYPE, m.apply(P_EQUAL, x, yk), dtype=dtype)
+
+
+def _extreme_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+                 keepdims: bool) -> Tensor:
+    # the mean of the tangents at the elements equal to the extreme value (the VJP's split);
+    # a safe product: an inf or NaN tangent elsewhere does not leak in
+    t = tangents[0]
+    mask = _extreme_mask(m, primals[0], out, axis, t.dtype)
+    weights = mask / m.apply(P_SUM, mask, axis=axis, keepdims=True)
+    return m.apply(P_SUM, m.apply(P_SAFE_MUL, weights, t), axis=axis, keepdims=keepdims)
 
 
 def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
@@ -236,11 +287,11 @@ def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
 
 
 P_MAX = primitive("max", lambda xp, x, *, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
-                  rule=_extreme_rule, saves_output=True, masks=True,
-                  examples=_axis_examples("max", _distinct))
+                  rule=_extreme_rule, jvp=_extreme_jvp, saves_output=True, masks=True,
+                  examples=_axis_examples("max", _distinct), batch=_reduction_batch("max"))
 P_MIN = primitive("min", lambda xp, x, *, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
-                  rule=_extreme_rule, saves_output=True, masks=True,
-                  examples=_axis_examples("min", _distinct))
+                  rule=_extreme_rule, jvp=_extreme_jvp, saves_output=True, masks=True,
+                  examples=_axis_examples("min", _distinct), batch=_reduction_batch("min"))
 
 
 def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -291,22 +342,31 @@ def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
 def _logsumexp_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # softmax(x) along the axes, shifted by the (constant) maximum: exp(x - y) would lose
     # digits to the rounding of a large y (float32 at 1000 keeps ~1e-4).
-    x = m.val(rec.inputs[0])
-    axes = rec.params["axis"]
-    xd = m.data(x)
-    if xd.size:
-        xp = m.xp_of(x)
-        mx = xp.max(xd, axis=axes, keepdims=True)
-        mx = xp.where(xp.isfinite(mx), mx, xp.zeros((), dtype=mx.dtype))
-        e = m.apply(P_EXP, x - m.const(mx, x))
-        p = e / m.apply(P_SUM, e, axis=axes, keepdims=True)
-    else:
-        p = x
-    return (_rec_kept(m, rec, g) * p,)
+    return (_rec_kept(m, rec, g) * _softmax_over(m, m.val(rec.inputs[0]), rec.params["axis"]),)
 
 
-P_LOGSUMEXP = primitive("logsumexp", _logsumexp_impl, rule=_logsumexp_rule, saves_output=True,
-                        examples=_axis_examples("logsumexp", _rand))
+def _softmax_over(m: OnTensors, x: Tensor, axes: tuple | None) -> Tensor:
+    """``softmax(x)`` over ``axes``: the derivative of ``logsumexp``."""
+    if not math.prod(x.shape):
+        return x
+    # the shift: the maximum where finite, else 0 (a constant: no gradient flows through it)
+    mx = m.apply(P_STOP_GRADIENT, m.apply(REGISTRY["max"], x, axis=axes, keepdims=True))
+    finite = m.apply(P_LESS, m.apply(P_ABS, mx), m.scalar(np.inf, mx))
+    mx = m.apply(P_WHERE, finite, mx, m.scalar(0, mx))
+    e = m.apply(P_EXP, x - mx)
+    return e / m.apply(P_SUM, e, axis=axes, keepdims=True)
+
+
+def _logsumexp_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+                   keepdims: bool) -> Tensor:
+    p = _softmax_over(m, primals[0], axis)
+    return m.apply(P_SUM, tangents[0] * p, axis=axis, keepdims=keepdims)
+
+
+P_LOGSUMEXP = primitive("logsumexp", _logsumexp_impl, rule=_logsumexp_rule, jvp=_logsumexp_jvp,
+                        saves_output=True,
+                        examples=_axis_examples("logsumexp", _rand),
+                        batch=_reduction_batch("logsumexp"))
 
 
 def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
@@ -335,17 +395,37 @@ def _var_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 
 
 def _std_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
-    # d std = (x - mean) / ((n - ddof) * std); 0 where std == 0 (as norm at 0), not NaN.
     x = m.val(rec.inputs[0])
-    axes = rec.params["axis"]
-    dof = _rec_count(rec) - rec.params["ddof"]
-    scale = 1.0 / dof if dof > 0 else float("nan")
     y = _rec_kept(m, rec, m.val(rec.output))
+    d = _std_partials(m, x, y, rec.params["axis"], _rec_count(rec) - rec.params["ddof"])
+    return (_rec_kept(m, rec, g) * d,)
+
+
+def _std_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None, dof: int) -> Tensor:
+    """``d std / d x = (x - mean) / ((n - ddof) * std)`` (``y``: std in the keepdims shape);
+    0 where std == 0 (as norm at 0), not NaN."""
+    scale = 1.0 / dof if dof > 0 else float("nan")
     is_zero = _zero_mask(m, y)
     centered = x - m.apply(P_MEAN, x, axis=axes, keepdims=True)
     q = centered / m.apply(P_WHERE, is_zero, m.scalar(1, y), y)
-    d = m.apply(P_WHERE, is_zero, m.scalar(0, q), q)
-    return (_rec_kept(m, rec, g) * d * scale,)
+    return m.apply(P_WHERE, is_zero, m.scalar(0, q), q) * scale
+
+
+def _var_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+             keepdims: bool, ddof: int) -> Tensor:
+    x = primals[0]
+    dof = _count(x.shape, axis) - ddof
+    centered = x - m.apply(P_MEAN, x, axis=axis, keepdims=True)
+    dot = m.apply(P_SUM, tangents[0] * centered, axis=axis, keepdims=keepdims)
+    return dot * (2.0 / dof if dof > 0 else float("nan"))
+
+
+def _std_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+             keepdims: bool, ddof: int) -> Tensor:
+    x = primals[0]
+    d = _std_partials(m, x, _kept(m, out, x.shape, axis, keepdims), axis,
+                      _count(x.shape, axis) - ddof)
+    return m.apply(P_SUM, tangents[0] * d, axis=axis, keepdims=keepdims)
 
 
 def _var_examples(name: str) -> Any:
@@ -369,9 +449,10 @@ def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
-P_VAR = primitive("var", _var_impl, rule=_var_rule, examples=_var_examples("var"))
-P_STD = primitive("std", _std_impl, rule=_std_rule, saves_output=True,
-                  examples=_var_examples("std"))
+P_VAR = primitive("var", _var_impl, rule=_var_rule, jvp=_var_jvp, examples=_var_examples("var"),
+                  batch=_reduction_batch("var"))
+P_STD = primitive("std", _std_impl, rule=_std_rule, jvp=_std_jvp, saves_output=True,
+                  examples=_var_examples("std"), batch=_reduction_batch("std"))
 
 
 def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
@@ -410,11 +491,22 @@ def _norm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
 
 
 def _norm_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
-    x = m.val(rec.inputs[0])
     y = _rec_kept(m, rec, m.val(rec.output))
+    return (_rec_kept(m, rec, g) * _norm_partials(m, m.val(rec.inputs[0]), y),)
+
+
+def _norm_partials(m: OnTensors, x: Tensor, y: Tensor) -> Tensor:
+    """``d norm / d x = x / norm`` (``y``: the norm in the keepdims shape); 0 where it is 0."""
     is_zero = _zero_mask(m, y)
     q = x / m.apply(P_WHERE, is_zero, m.scalar(1, y), y)
-    return (_rec_kept(m, rec, g) * m.apply(P_WHERE, is_zero, m.scalar(0, q), q),)
+    return m.apply(P_WHERE, is_zero, m.scalar(0, q), q)
+
+
+def _norm_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+              keepdims: bool) -> Tensor:
+    x = primals[0]
+    d = _norm_partials(m, x, _kept(m, out, x.shape, axis, keepdims))
+    return m.apply(P_SUM, tangents[0] * d, axis=axis, keepdims=keepdims)
 
 
 def _norm_examples(rng: Any) -> list:
@@ -426,7 +518,9 @@ def _norm_examples(rng: Any) -> list:
     ]
 
 
-P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, saves_output=True, examples=_norm_examples)
+P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, jvp=_norm_jvp,
+                   saves_output=True, examples=_norm_examples,
+                   batch=_reduction_batch("norm"))
 
 
 def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A002
@@ -471,12 +565,32 @@ def _arg_axis(x: Tensor, axis: Any, what: str) -> int | None:
     return ax
 
 
+def _arg_batch(name: str) -> Any:
+    """The batching rule of ``argmax`` / ``argmin``."""
+    def rule(args: tuple, dims: tuple, *, axis: int | None, keepdims: bool) -> tuple:
+        # argmax/argmin: the axis shifted past the batch axis; axis None: each example
+        # flattened behind the batch axis (the index is into the flattened example).
+        x = args[0]
+        d, nd = dims[0] % x.ndim, x.ndim - 1
+        if axis is None:
+            x = move_axis(x, d, 0)
+            size = x.shape[0]
+            flat = x.reshape((size, math.prod(x.shape[1:])))
+            out = bind(REGISTRY[name], flat, axis=1, keepdims=False)
+            return (out.reshape((size,) + (1,) * nd) if keepdims and nd else out), 0
+        a = phys_axis(int(axis) % nd, d)
+        out = bind(REGISTRY[name], x, axis=a, keepdims=keepdims)
+        return out, (d if keepdims or a > d else d - 1)
+
+    return rule
+
+
 P_ARGMAX = primitive("argmax",
                      lambda xp, x, *, axis, keepdims: xp.argmax(x, axis=axis, keepdims=keepdims),
-                     nondiff=True)
+                     nondiff=True, batch=_arg_batch("argmax"))
 P_ARGMIN = primitive("argmin",
                      lambda xp, x, *, axis, keepdims: xp.argmin(x, axis=axis, keepdims=keepdims),
-                     nondiff=True)
+                     nondiff=True, batch=_arg_batch("argmin"))
 
 
 def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:

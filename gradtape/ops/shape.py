@@ -12,7 +12,7 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, check_dtype
-from ._util import normalize_axis, one
+from ._util import batch_size, logical_axes, move_axis, normalize_axis, one, phys_axis
 from .indexing import P_SCATTER, getitem
 
 __all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expand_dims",
@@ -42,12 +42,23 @@ def _reshape_examples(rng: Any) -> list:
             (reshape, (_rand(rng),), {"shape": (1, 1)})]
 
 
+def _reshape_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_RESHAPE, tangents[0], **p)
+
+
 def _reshape_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (m.apply(P_RESHAPE, g, shape=rec.in_shapes[0]),)
 
 
-P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape), rule=_reshape_rule,
-                      saves_inputs=False, examples=_reshape_examples)
+def _reshape_batch(args: tuple, dims: tuple, *, shape: tuple) -> tuple:
+    # reshape: the batch axis to the front, the batch size before the shape.
+    x = move_axis(args[0], dims[0], 0)
+    return bind(P_RESHAPE, x, shape=(x.shape[0], *shape)), 0
+
+
+P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape),
+                      rule=_reshape_rule, jvp=_reshape_jvp,
+                      saves_inputs=False, examples=_reshape_examples, batch=_reshape_batch)
 
 
 def reshape(x: Any, shape: Any) -> Tensor:
@@ -74,6 +85,10 @@ def reshape(x: Any, shape: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- transpose
+def _transpose_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_TRANSPOSE, tangents[0], **p)
+
+
 def _transpose_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     inverse = tuple(int(i) for i in np.argsort(rec.params["axes"]))
     return (m.apply(P_TRANSPOSE, g, axes=inverse),)
@@ -84,8 +99,17 @@ def _transpose_examples(rng: Any) -> list:
             (transpose, (_rand(rng, 2, 3, 4),), {"axes": (1, -1, 0)})]
 
 
+def _transpose_batch(args: tuple, dims: tuple, *, axes: tuple) -> tuple:
+    # transpose: the batch axis first, then the permuted axes, each shifted past it.
+    x = args[0]
+    d, nd = dims[0] % x.ndim, x.ndim - 1
+    return transpose(x, (d, *(phys_axis(int(a) % nd, d) for a in axes))), 0
+
+
 P_TRANSPOSE = primitive("transpose", lambda xp, x, *, axes: x.transpose(axes),
-                        rule=_transpose_rule, saves_inputs=False, examples=_transpose_examples)
+                        rule=_transpose_rule, jvp=_transpose_jvp,
+                        saves_inputs=False, examples=_transpose_examples,
+                        batch=_transpose_batch)
 
 
 def transpose(x: Any, axes: Any = None) -> Tensor:
@@ -201,13 +225,26 @@ def _broadcast_examples(rng: Any) -> list:
             (broadcast_to, (_rand(rng),), {"shape": (2,)})]
 
 
+def _broadcast_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_BROADCAST_TO, tangents[0], **p)
+
+
 def _broadcast_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (g,)  # the engine sums the gradient back to the input's shape
 
 
+def _broadcast_batch(args: tuple, dims: tuple, *, shape: tuple) -> tuple:
+    # broadcast_to: axes align at the right, so the batch axis keeps its place among the
+    # example's axes (the new leading axes go in front of it).
+    x = args[0]
+    d = dims[0] % x.ndim
+    at = len(shape) - (x.ndim - 1) + d
+    return bind(P_BROADCAST_TO, x, shape=(*shape[:at], x.shape[d], *shape[at:])), at
+
+
 P_BROADCAST_TO = primitive("broadcast_to", lambda xp, x, *, shape: xp.broadcast_to(x, shape),
-                           rule=_broadcast_rule, saves_inputs=False,
-                           examples=_broadcast_examples)
+                           rule=_broadcast_rule, jvp=_broadcast_jvp, saves_inputs=False,
+                           examples=_broadcast_examples, batch=_broadcast_batch)
 
 
 def broadcast_to(x: Any, shape: Any) -> Tensor:
@@ -242,6 +279,16 @@ def _stack_impl(xp: Any, *xs: Any, axis: int) -> Any:
     return xp.stack(xs, axis=axis)
 
 
+def _filled(m: OnTensors, primals: tuple, tangents: tuple) -> list:
+    """The tangents, zeros for the inputs that do not move (ops joining several inputs)."""
+    return [m.const(m.xp_of(x).zeros(x.shape, x.dtype), x) if t is None else t
+            for x, t in zip(primals, tangents)]
+
+
+def _stack_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_STACK, *_filled(m, primals, tangents), **p)
+
+
 def _stack_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     pre = (slice(None),) * rec.params["axis"]
     return tuple(g[pre + (i,)] if need else None for i, need in enumerate(rec.needs))
@@ -253,8 +300,34 @@ def _stack_examples(rng: Any) -> list:
             (stack, ([_rand(rng), _rand(rng)],), {})]
 
 
-P_STACK = primitive("stack", _stack_impl, rule=_stack_rule, saves_inputs=False,
-                    examples=_stack_examples)
+def _aligned(args: tuple, dims: tuple) -> tuple[list, int]:
+    """Batching helper for stack and concat: every operand with its batch axis where the first
+    batched one has it; an unbatched operand is broadcast along it (the op needs every
+    operand to carry the batch)."""
+    d0 = next(d % a.ndim for a, d in zip(args, dims) if d is not None)
+    size = batch_size(args, dims)
+    out = []
+    for a, d in zip(args, dims):
+        if d is None:
+            a = reshape(a, a.shape[:d0] + (1,) + a.shape[d0:])
+            a = broadcast_to(a, a.shape[:d0] + (size,) + a.shape[d0 + 1:])
+        else:
+            a = move_axis(a, d, d0)
+        out.append(a)
+    return out, d0
+
+
+def _stack_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
+    # stack: operands aligned on one batch axis; the new axis goes before or after it.
+    xs, d = _aligned(args, dims)
+    ax = axis % xs[0].ndim  # the example's result has the operands' physical rank
+    if ax <= d:
+        return bind(P_STACK, *xs, axis=ax), d + 1
+    return bind(P_STACK, *xs, axis=ax + 1), d
+
+
+P_STACK = primitive("stack", _stack_impl, rule=_stack_rule, jvp=_stack_jvp, saves_inputs=False,
+                    examples=_stack_examples, batch=_stack_batch)
 
 
 def stack(tensors: Any, axis: int = 0) -> Tensor:
@@ -284,6 +357,10 @@ def _concat_impl(xp: Any, *xs: Any, axis: int) -> Any:
     return xp.concatenate(xs, axis=axis)
 
 
+def _concat_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_CONCAT, *_filled(m, primals, tangents), **p)
+
+
 def _concat_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     axis = rec.params["axis"]
     pre = (slice(None),) * axis
@@ -302,8 +379,14 @@ def _concat_examples(rng: Any) -> list:
             (concat, ([_rand(rng, 0, 2), _rand(rng, 3, 2)],), {})]
 
 
-P_CONCAT = primitive("concat", _concat_impl, rule=_concat_rule, saves_inputs=False,
-                     examples=_concat_examples)
+def _concat_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
+    # concat: operands aligned on one batch axis, joined along the shifted axis.
+    xs, d = _aligned(args, dims)
+    return bind(P_CONCAT, *xs, axis=phys_axis(axis % (xs[0].ndim - 1), d)), d
+
+
+P_CONCAT = primitive("concat", _concat_impl, rule=_concat_rule, jvp=_concat_jvp, saves_inputs=False,
+                     examples=_concat_examples, batch=_concat_batch)
 
 
 def concat(tensors: Any, axis: int = 0) -> Tensor:
@@ -372,6 +455,11 @@ def _pad_impl(xp: Any, x: Any, *, pad_width: tuple, constant_values: Any) -> Any
     return xp.pad(x, pad_width, mode="constant", constant_values=constant_values)
 
 
+def _pad_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, pad_width: tuple,
+             constant_values: Any) -> Tensor:
+    return m.apply(P_PAD, tangents[0], pad_width=pad_width, constant_values=0)  # a constant
+
+
 def _pad_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     index = tuple(slice(b, b + s) for (b, _), s in zip(rec.params["pad_width"], rec.in_shapes[0]))
     return (g[index],)
@@ -383,7 +471,19 @@ def _pad_examples(rng: Any) -> list:
             (pad, (_rand(rng, 3),), {"pad_width": (2, 1)})]
 
 
-P_PAD = primitive("pad", _pad_impl, rule=_pad_rule, saves_inputs=False, examples=_pad_examples)
+def _pad_batch(args: tuple, dims: tuple, *, pad_width: Any, constant_values: Any) -> tuple:
+    # pad: no padding along the batch axis, which keeps its place.
+    x = args[0]
+    d = dims[0] % x.ndim
+    pw = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim - 1, 2))
+    pairs = tuple((int(a), int(b)) for a, b in pw)
+    return bind(P_PAD, x, pad_width=(*pairs[:d], (0, 0), *pairs[d:]),
+                constant_values=constant_values), d
+
+
+P_PAD = primitive("pad", _pad_impl, rule=_pad_rule, jvp=_pad_jvp,
+                  saves_inputs=False, examples=_pad_examples,
+                  batch=_pad_batch)
 
 
 def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
@@ -422,12 +522,25 @@ def _flip_examples(rng: Any) -> list:
             (flip, (_rand(rng, 2, 3, 4),), {"axis": (0, 2)})]
 
 
+def _flip_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_FLIP, tangents[0], **p)
+
+
 def _flip_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (m.apply(P_FLIP, g, axis=rec.params["axis"]),)
 
 
-P_FLIP = primitive("flip", lambda xp, x, *, axis: xp.flip(x, axis=axis), rule=_flip_rule,
-                   saves_inputs=False, examples=_flip_examples)
+def _flip_batch(args: tuple, dims: tuple, *, axis: Any) -> tuple:
+    # flip: the flipped axes shifted past the batch axis, which keeps its place.
+    x = args[0]
+    d = dims[0] % x.ndim
+    axes = tuple(phys_axis(a, d) for a in logical_axes(axis, x.ndim - 1))
+    return bind(P_FLIP, x, axis=axes), d
+
+
+P_FLIP = primitive("flip", lambda xp, x, *, axis: xp.flip(x, axis=axis),
+                   rule=_flip_rule, jvp=_flip_jvp,
+                   saves_inputs=False, examples=_flip_examples, batch=_flip_batch)
 
 
 def flip(x: Any, axis: Any = None) -> Tensor:
@@ -448,6 +561,10 @@ def flip(x: Any, axis: Any = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- tile
+def _tile_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_TILE, tangents[0], **p)
+
+
 def _tile_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     shape = rec.in_shapes[0]
     reps = rec.params["reps"]
@@ -464,8 +581,23 @@ def _tile_examples(rng: Any) -> list:
             (tile, (_rand(rng, 2, 3),), {"reps": 3})]
 
 
-P_TILE = primitive("tile", lambda xp, x, *, reps: xp.tile(x, reps), rule=_tile_rule,
-                   saves_inputs=False, examples=_tile_examples)
+def _tile_batch(args: tuple, dims: tuple, *, reps: Any) -> tuple:
+    # tile: each example promoted to the result's rank with leading 1s (as np.tile does), the
+    # batch axis, in place behind them, tiled once.
+    x = args[0]
+    d = dims[0] % x.ndim
+    r = (int(reps),) if isinstance(reps, (int, np.integer)) else tuple(int(v) for v in reps)
+    rank = max(len(r), x.ndim - 1)
+    r = (1,) * (rank - len(r)) + r
+    lead = rank - (x.ndim - 1)
+    if lead:
+        x = reshape(x, (1,) * lead + x.shape)
+    at = lead + d
+    return bind(P_TILE, x, reps=(*r[:at], 1, *r[at:])), at
+
+
+P_TILE = primitive("tile", lambda xp, x, *, reps: xp.tile(x, reps), rule=_tile_rule, jvp=_tile_jvp,
+                   saves_inputs=False, examples=_tile_examples, batch=_tile_batch)
 
 
 def _check_size(what: str, shape: list[int], itemsize: int) -> None:
@@ -500,6 +632,10 @@ def tile(x: Any, reps: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- repeat
+def _repeat_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_REPEAT, tangents[0], **p)
+
+
 def _repeat_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     shape = rec.in_shapes[0]
     reps = rec.params["repeats"]
@@ -524,8 +660,20 @@ def _repeat_examples(rng: Any) -> list:
             (repeat, (_rand(rng),), {"repeats": 3})]
 
 
-P_REPEAT = primitive("repeat", _repeat_impl, rule=_repeat_rule, saves_inputs=False,
-                     examples=_repeat_examples)
+def _repeat_batch(args: tuple, dims: tuple, *, repeats: Any, axis: int | None) -> tuple:
+    # repeat: along the axis shifted past the batch axis, which keeps its place (axis None:
+    # each example flattened first, behind the batch axis).
+    x = args[0]
+    d = dims[0] % x.ndim
+    if axis is None:
+        x = move_axis(x, d, 0)
+        x = reshape(x, (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))))
+        return bind(P_REPEAT, x, repeats=repeats, axis=1), 0
+    return bind(P_REPEAT, x, repeats=repeats, axis=phys_axis(axis % (x.ndim - 1), d)), d
+
+
+P_REPEAT = primitive("repeat", _repeat_impl, rule=_repeat_rule, jvp=_repeat_jvp, saves_inputs=False,
+                     examples=_repeat_examples, batch=_repeat_batch)
 
 
 def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
@@ -564,6 +712,10 @@ def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- dtype and gradient
+def _astype_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_ASTYPE, tangents[0], **p)
+
+
 def _astype_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (m.apply(P_ASTYPE, g, dtype=rec.in_dtypes[0]),)
 
@@ -572,8 +724,14 @@ def _astype_examples(rng: Any) -> list:
     return [(astype, (_rand(rng, 2, 3),), {"dtype": "float64"})]
 
 
-P_ASTYPE = primitive("astype", lambda xp, x, *, dtype: x.astype(dtype), rule=_astype_rule,
-                     saves_inputs=False, examples=_astype_examples)
+def _astype_batch(args: tuple, dims: tuple, *, dtype: Any) -> tuple:
+    # astype: elementwise, the batch axis keeps its place.
+    return bind(P_ASTYPE, args[0], dtype=dtype), dims[0] % args[0].ndim
+
+
+P_ASTYPE = primitive("astype", lambda xp, x, *, dtype: x.astype(dtype),
+                     rule=_astype_rule, jvp=_astype_jvp,
+                     saves_inputs=False, examples=_astype_examples, batch=_astype_batch)
 
 
 def astype(x: Any, dtype: Any) -> Tensor:
@@ -592,7 +750,13 @@ def astype(x: Any, dtype: Any) -> Tensor:
     return bind(P_ASTYPE, x, dtype=dtype)
 
 
-P_STOP_GRADIENT = primitive("stop_gradient", lambda xp, x: x, nondiff=True)
+def _stop_gradient_batch(args: tuple, dims: tuple) -> tuple:
+    # stop_gradient: the identity on values, the batch axis keeps its place.
+    return bind(P_STOP_GRADIENT, args[0]), dims[0] % args[0].ndim
+
+
+P_STOP_GRADIENT = primitive("stop_gradient", lambda xp, x: x, nondiff=True,
+                            batch=_stop_gradient_batch)
 
 
 def stop_gradient(x: Any) -> Tensor:

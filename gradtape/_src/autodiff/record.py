@@ -4,7 +4,8 @@
 forward has run, whenever some tape or watcher is active (``HOOKS.on``). For each recording
 tape of this thread that follows one of the inputs it appends one :class:`Record`: what the
 VJP needs (saved inputs/output, shapes, dtypes, params) and the ids linking it into the graph.
-Trainable Variables read inside a tape's context are watched on the way.
+Trainable Variables read inside a tape's context are watched on the way. Then each active
+forward accumulator (``STATE.forward``) computes the output's tangent (:class:`ForwardRecorder`).
 
 :class:`Recorder` is the part of a tape this layer owns: its records, the ids it tracks, the
 Variables it watches and why a tracked value left it (for the unconnected-gradient message).
@@ -30,17 +31,18 @@ if TYPE_CHECKING:  # the layer above, named in annotations only
 # read per operand). A type checker cannot narrow on it, so the lines that then use a Variable's
 # fields (``trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
 
-__all__ = ["Recorder", "Record", "RecordX", "record", "check_finite"]
+__all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "check_finite"]
 
 
 class Recorder:
     """What a tape records: ``_records`` in execution order, ``_tracked`` ids, the watched
     ``_variables`` (id -> Variable) and ``_cuts`` (id -> why its value left the tape)."""
 
-    __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed")
+    __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed", "_vlevel")
 
     def __init__(self, watch_accessed_variables: bool) -> None:
         self._watch_accessed = bool(watch_accessed_variables)
+        self._vlevel = 0  # the vmap level it was entered at (STATE.vmap_level): see batched.py
         self._records: list[Record] = []
         self._tracked: set[int] = set()
         self._variables: dict[int, Variable] = {}
@@ -68,6 +70,19 @@ class Recorder:
         self._records = []
         self._tracked = set()
         self._cuts = {}
+
+
+class ForwardRecorder:
+    """What a forward accumulator is to the recording path: while it is on ``STATE.forward``,
+    :func:`record` calls its ``_accumulate`` after every op (``level``: its index on the
+    stack, outermost first), which computes and stores the output's tangent. The rules it needs
+    live above this layer (``gradtape/_src/frontend/forward.py``)."""
+
+    __slots__ = ()
+
+    def _accumulate(self, prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
+                    params: dict[str, Any], extra_outs: tuple[Tensor, ...], level: int) -> None:
+        raise NotImplementedError
 
 
 class Record:
@@ -172,12 +187,14 @@ _NONE_SAVED = (False,) * 8
 def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[str, Any],
            extra_outs: tuple[Tensor, ...] = ()) -> None:
     """Record ``out = prim(*args, **params)`` on every recording tape of this thread that
-    follows one of ``args`` (``extra_outs``: outputs 2.. of a multi-output call).
+    follows one of ``args`` (``extra_outs``: outputs 2.. of a multi-output call), then give
+    every active forward accumulator the op.
 
-    The common case (only recording tapes active, no numerics check) skips the general
-    chores: the numerics check, collecting Variable reads for ``custom_gradient``, and
-    explaining cuts to paused tapes; the one- and two-input ``needs`` are unrolled because
-    this runs once per op under a tape and per-op overhead is a product target.
+    The common case (only recording tapes active, no numerics check, no forward accumulator)
+    skips the general chores: the numerics check, collecting Variable reads for
+    ``custom_gradient``, explaining cuts to paused tapes, forward mode; the one- and two-input
+    ``needs`` are unrolled because this runs once per op under a tape and per-op overhead is a
+    product target.
     """
     tapes = STATE.fast
     if tapes is not None and len(args) == 1 and len(tapes) == 1 and not HOOKS.numerics:
@@ -286,6 +303,11 @@ def _record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, para
             if True in needs:
                 tape._cut(args, needs, "it was used inside tape.stop_recording(), so the op "
                           f"'{prim.name}' was not recorded")
+    forward = st.forward
+    if forward:  # forward accumulators, outermost first: an outer one's tangent of `out` is
+        # then known when an inner one computes its own with ops the outer one sees
+        for level, acc in enumerate(forward):
+            acc._accumulate(prim, args, out, params, extra_outs, level)
 
 
 def check_finite(prim: Primitive, args: tuple[Tensor, ...], array: Array, phase: str,

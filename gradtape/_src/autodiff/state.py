@@ -19,7 +19,7 @@ from ..config import HOOKS
 
 if TYPE_CHECKING:  # the layers above, named in annotations only
     from ..tensor import Tensor, Variable
-    from .record import Recorder
+    from .record import ForwardRecorder, Recorder
 
 __all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording"]
 
@@ -34,12 +34,16 @@ class _State(threading.local):
         self.recording: list[Recorder] = []  # innermost last
         self.paused: list[Recorder] = []  # tapes inside their stop_recording()
         self.watchers: list[dict[int, Variable]] = []  # custom_gradient: Variables read while it runs
+        # active forward accumulators, outermost first (while one computes its tangents, the
+        # stack is cut to the ones outside it: see ForwardAccumulator._accumulate)
+        self.forward: list[ForwardRecorder] = []
         self.transforms = 0  # vmap / jvp levels active: backward passes must stay differentiable
+        self.vmap_level = 0  # nested gt.vmap calls active (BatchedTensor._level of the innermost)
         self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
 
     def sync(self) -> None:
         """Refresh ``fast`` after a change to the stacks (one attribute read per recorded op)."""
-        self.fast = None if (self.watchers or self.paused) else self.recording
+        self.fast = None if (self.watchers or self.paused or self.forward) else self.recording
 
 
 STATE = _State()
@@ -56,11 +60,14 @@ def hooks_add(n: int) -> None:
 
 @contextmanager
 def paused_recording(watcher: dict[int, Variable]) -> Iterator[list[Recorder]]:
-    """Pause every recording tape of this thread and collect the Variables read meanwhile into
-    ``watcher`` (``{id: Variable}``); yields the paused tapes (custom_gradient's forward)."""
+    """Pause every recording tape and forward accumulator of this thread and collect the
+    Variables read meanwhile into ``watcher`` (``{id: Variable}``); yields the paused tapes
+    (custom_gradient's forward)."""
     st = STATE
     saved = st.recording
+    saved_forward = st.forward
     st.recording = []
+    st.forward = []
     st.watchers.append(watcher)
     hooks_add(1)
     try:
@@ -68,6 +75,7 @@ def paused_recording(watcher: dict[int, Variable]) -> Iterator[list[Recorder]]:
     finally:
         st.watchers.remove(watcher)
         st.recording = saved
+        st.forward = saved_forward
         hooks_add(-1)
 
 

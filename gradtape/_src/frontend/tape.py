@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ... import ops
+from ..autodiff.batched import BatchedTensor
 from ..autodiff.engine import backward
 from ..autodiff.record import Recorder
 from ..autodiff.state import STATE, hooks_add, user_line
@@ -22,6 +23,7 @@ from ..backend import Array
 from ..errors import UnconnectedGradientError
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, TensorLike, TensorTree, Variable, _wrap
+from . import per_example
 from .diagnostics import explain
 
 __all__ = ["GradientTape", "UnconnectedGradientError"]
@@ -73,6 +75,7 @@ class GradientTape(Recorder):
 
     def _push(self) -> None:
         stack = self._stack = STATE.recording
+        self._vlevel = STATE.vmap_level
         stack.append(self)
         self._recording = True
         hooks_add(1)
@@ -250,6 +253,65 @@ class GradientTape(Recorder):
             self._drop()
         return unflatten(spec, results)
 
+    def per_example_gradients(self, target: Tensor, sources: TensorTree, *,
+                              max_norm: float | None = None, reduce: str | None = None,
+                              return_norms: bool = False,
+                              unconnected_gradients: str = "none") -> Any:
+        """Gradient of each example's loss alone, in one reverse pass; optionally clipped per
+        example (DP-SGD) and summed over the batch.
+
+        Args:
+            target: the per-example loss ``[B]``, or ``[B, ...]`` (summed within each example).
+            sources: shared parameters (Variables or watched tensors without a batch axis), a
+                Tensor or a nested list/tuple/dict of them.
+            max_norm: clip each example's gradient to norm ``C``: scale it by
+                ``min(1, C / ||g_b||)``, the norm taken over all sources jointly (a zero norm
+                gives scale 1).
+            reduce: None for per-example gradients ``[B, *source.shape]``; ``"sum"`` for their
+                sum over the batch, ``source.shape``, formed without per-example gradients where
+                the layer allows (dense and conv matmuls, embeddings: "ghost" norms).
+            return_norms: also return the unclipped per-example norms ``[B]``.
+            unconnected_gradients: ``"none"``, ``"zero"`` (zeros of the result's shape) or
+                ``"raise"``, as :meth:`gradient`.
+
+        Returns:
+            Gradients with the structure of ``sources``, each of its source's dtype; with
+            ``return_norms``, the pair ``(gradients, norms)``.
+
+        It counts as a gradient call (a non-persistent tape allows one) and is first order:
+        outer tapes do not record it. It assumes that the examples do not interact (no batch
+        statistics) and that every per-example tensor has the batch axis first: an input that
+        is not differentiated counts as per-example data when its shape is ``[B, ...]`` and as
+        a constant otherwise (a Variable that is not a source is always a constant). Layers
+        without a per-example rule where a parameter meets per-example data raise
+        ``NotImplementedError``; use ``gt.vmap(gt.grad(...))`` over the examples there.
+
+        Example:
+            >>> import gradtape as gt
+            >>> w = gt.Variable([1.0, -1.0])
+            >>> x = gt.tensor([[1.0, 2.0], [3.0, 0.0]])        # B = 2 examples
+            >>> with gt.GradientTape() as tape:
+            ...     loss = gt.sum(x * w, axis=1) ** 2          # [B]
+            >>> tape.per_example_gradients(loss, w).numpy()   # d loss_b / d w = 2 (x_b . w) x_b
+            array([[-2., -4.],
+                   [18.,  0.]], dtype=float32)
+        """
+        what = per_example.WHAT
+        _check_unconnected(unconnected_gradients)
+        opts = per_example.check_options(target, max_norm, reduce, return_norms, unconnected_gradients)
+        self._check_usable(what)
+        flat_sources, spec = self._flatten_sources(sources, what)
+        needs_norms = opts.max_norm is not None or opts.return_norms
+        plan = per_example.analyse(self, target, flat_sources, rules=opts.reduce is None or needs_norms,
+                                   ghost=opts.reduce == "sum" and needs_norms)
+        self._start_call(what)  # after validation: a rejected call leaves the tape usable
+        results, norms = per_example.per_example_gradients(self, target, flat_sources, plan, opts,
+                                                           release=not self._persistent)
+        if not self._persistent:
+            self._drop()
+        grads = unflatten(spec, results)
+        return (grads, norms) if opts.return_norms else grads
+
     def _drop(self) -> None:
         self._clear()
 
@@ -375,7 +437,10 @@ class GradientTape(Recorder):
         flat_sources, spec = self._flatten_sources(sources, "jacobian()")
         self._start_call("jacobian()")
         diff = bool(STATE.recording) or STATE.transforms > 0
-        rows = _jacobian_rows(self, target, flat_sources, diff, batch=False)
+        if experimental_use_pfor and target.size and all(s.size for s in flat_sources):
+            rows = _jacobian_vectorized(self, target, flat_sources, batch=False)
+        else:
+            rows = _jacobian_rows(self, target, flat_sources, diff, batch=False)
         results = []
         for k, s in enumerate(flat_sources):
             r = rows[k]
@@ -429,6 +494,8 @@ class GradientTape(Recorder):
         diff = bool(STATE.recording) or STATE.transforms > 0
         if target.size == 0 or source.size == 0:  # an empty Jacobian is all zeros
             r = None
+        elif experimental_use_pfor:
+            r = _jacobian_vectorized(self, target, flat, batch=True)[0]
         else:
             r = _jacobian_rows(self, target, flat, diff, batch=True)[0]
         if r is None:
@@ -444,6 +511,51 @@ class GradientTape(Recorder):
 def _check_unconnected(value: str) -> None:
     if value not in _UNCONNECTED:
         raise ValueError(f"unconnected_gradients must be 'none', 'zero' or 'raise', got {value!r}")
+
+
+def _jacobian_vectorized(tape: GradientTape, target: Tensor, sources: list[Tensor],
+                         batch: bool) -> list[Tensor | None]:
+    """One reverse pass over a batch of basis cotangents (TF's pfor path): the seed is a
+    BatchedTensor holding ``eye(n)`` reshaped to ``[n, *target.shape]`` (per example when
+    ``batch``), so every VJP on the way runs batched (vmap of the VJP; see batched.py)."""
+    xp = target._backend.xp
+    tshape = target.shape
+    if batch:
+        m = int(np.prod(tshape[1:], dtype=np.int64))
+        eye = xp.eye(m, dtype=target.dtype).reshape((m, 1) + tshape[1:])
+        seed_arr = xp.ascontiguousarray(xp.broadcast_to(eye, (m,) + tshape))
+    else:
+        m = int(np.prod(tshape, dtype=np.int64))
+        seed_arr = xp.eye(m, dtype=target.dtype).reshape((m,) + tshape)
+    st = STATE
+    level = st.vmap_level + 1
+    seed = BatchedTensor(_wrap(seed_arr, target._backend), 0, level)
+    st.vmap_level = level
+    st.transforms += 1
+    try:
+        grads = backward(tape, [target], [seed], sources, True, release=False)
+    finally:
+        st.vmap_level = level - 1
+        st.transforms -= 1
+    out: list[Tensor | None] = []
+    for s in sources:
+        g = grads.get(s._id) if s._id else None
+        if g is None:
+            out.append(None)
+            continue
+        if isinstance(g, BatchedTensor) and g._level == level:
+            phys = ops.moveaxis(g._value, g._bdim, 0) if g._bdim else g._value
+        else:  # the same for every cotangent (cannot depend on it): broadcast
+            gt_ = g if isinstance(g, Tensor) else _wrap(g, s._backend)
+            phys = ops.broadcast_to(ops.expand_dims(gt_, 0), (m,) + gt_.shape)
+        if phys.dtype != s.dtype:
+            phys = ops.astype(phys, s.dtype)
+        if batch:  # [m, B, *s1] -> [B, m, *s1] -> [B, *t1, *s1]
+            phys = ops.moveaxis(phys, 0, 1)
+            out.append(ops.reshape(phys, tshape + s.shape[1:]))
+        else:
+            out.append(ops.reshape(phys, tshape + s.shape))
+    return out
 
 
 def _jacobian_rows(tape: GradientTape, target: Tensor, sources: list[Tensor], diff: bool,

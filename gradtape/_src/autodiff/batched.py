@@ -1,0 +1,166 @@
+"""Batched tensors: the values a function sees inside ``gt.vmap``.
+
+A :class:`BatchedTensor` stands for one example of a batch. It holds the whole batch as an
+ordinary (physical) tensor ``_value`` whose axis ``_bdim`` is the batch axis, and presents the
+per-example (logical) shape: ``x.shape``, ``x.dtype``, ``x.ndim`` describe one example, and
+``x.data`` is an :class:`Abstract` (shape and dtype only). Every primitive applied to a batched
+tensor runs its batching rule instead of its forward (see ``bind`` in
+:mod:`gradtape._src.primitive`): the rule applies primitives once to the physical tensors, and
+the result is wrapped again. Nothing loops over the batch.
+
+``_level`` numbers nested vmaps (1 outermost): a rule at level L unwraps only the level-L
+operands, and the physical values it works on may themselves be batched at a lower level.
+Tapes and forward accumulators note the level at which they were entered: one entered inside
+a vmap records the logical (per-example) ops, one entered outside records the physical ones.
+
+Values inside vmap are not available (as in JAX and ``torch.func``): ``bool(x)``, ``float(x)``,
+``x.numpy()`` raise, so Python control flow on a batched value fails loudly instead of taking
+one example's branch for all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import numpy as np
+
+from ..tensor import Tensor
+from .state import STATE
+
+__all__ = ["BatchedTensor", "Abstract", "value_error", "physical_data"]
+
+
+def value_error(what: str) -> NoReturn:
+    raise TypeError(
+        f"{what} of a batched tensor inside gt.vmap: its value differs per example, so it cannot "
+        "be a single Python value or array. Keep the computation in gradtape ops (use gt.where "
+        "instead of `if`), or move it outside the vmapped function")
+
+
+class Abstract:
+    """What ``.data`` of a batched tensor gives: the per-example shape and dtype, no values.
+
+    Enough for code that inspects metadata (``x.data.shape``, ``x.data.dtype.kind``); reading
+    values (``np.asarray``, ``.item()``, arithmetic) raises a clear error."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape = shape
+        self.dtype = dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value_error(f"reading .{name}")
+
+    def __array__(self, *args: object, **kwargs: object) -> NoReturn:
+        value_error("converting to a NumPy array")
+
+    def __bool__(self) -> bool:
+        value_error("the truth value")
+
+    def __float__(self) -> float:
+        value_error("float()")
+
+    def __int__(self) -> int:
+        value_error("int()")
+
+    def __index__(self) -> int:
+        value_error("using as an index")
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+
+class BatchedTensor(Tensor):
+    """One example of a batch, inside ``gt.vmap`` (see the module docstring).
+
+    Example:
+        >>> import gradtape as gt, numpy as np
+        >>> seen = []
+        >>> _ = gt.vmap(lambda x: seen.append(x.shape) or x * 2)(gt.tensor(np.ones((5, 3))))
+        >>> seen
+        [(3,)]
+    """
+
+    __slots__ = ("_value", "_bdim", "_level", "_abstract")
+
+    @property  # per-example metadata instead of the array
+    def data(self) -> Abstract:
+        return self._abstract
+
+    def __init__(self, value: Tensor, bdim: int, level: int) -> None:
+        self._value = value
+        self._bdim = bdim
+        self._level = level
+        shape = value.shape
+        self._abstract = Abstract(shape[:bdim] + shape[bdim + 1:], value.dtype)
+        self._backend = value._backend
+        self._id = 0
+        self._origin = None
+
+    @property
+    def batch_size(self) -> int:
+        """The number of examples in the batch."""
+        return self._value.shape[self._bdim]
+
+    def numpy(self) -> np.ndarray:
+        value_error("numpy()")
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        value_error("np.asarray()")
+
+    def item(self) -> Any:
+        value_error(".item()")
+
+    def __float__(self) -> float:
+        value_error("float()")
+
+    def __int__(self) -> int:
+        value_error("int()")
+
+    def __index__(self) -> int:
+        value_error("using as an index")
+
+    def __bool__(self) -> bool:
+        value_error("the truth value (an `if` or `while` on it)")
+
+    def to(self, backend: str) -> Tensor:
+        value_error(".to()")
+
+    def __repr__(self) -> str:
+        return (f"BatchedTensor(shape={self.shape}, dtype={self.dtype}, one of "
+                f"{self.batch_size} examples, vmap level {self._level})")
+
+    def __reduce__(self) -> tuple:
+        value_error("pickling")
+
+    def __copy__(self) -> Tensor:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Tensor:
+        return self
+
+
+def physical_data(t: Tensor) -> Any:
+    """The backend array holding every example of ``t`` (all vmap levels): for checks that
+    hold for the whole batch at once, such as labels in range. Not for computing values."""
+    while isinstance(t, BatchedTensor):
+        t = t._value
+    return t.data
+
+
+def current_level() -> int:
+    """The number of vmaps active on this thread (0 outside any)."""
+    return STATE.vmap_level

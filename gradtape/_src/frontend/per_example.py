@@ -1,0 +1,702 @@
+"""Per-example gradients and DP-SGD clipping in one reverse pass: the engine of
+:meth:`GradientTape.per_example_gradients <gradtape.GradientTape.per_example_gradients>`.
+
+The method is the "book-keeping" of BackPACK and Opacus, on the tape's records and the
+first-order array route of the engine (:func:`~gradtape._src.autodiff.engine._vjp_arrays`):
+
+* **Classification.** Every tensor on a path from the sources to the target is
+  *param-only* (a source, or the output of a record whose differentiated inputs are all
+  param-only and whose other inputs are constants) or *per-example* (batch axis first, size
+  ``B`` = ``target.shape[0]``). An input that is not differentiated (untracked, or tracked but
+  not reached from the sources) counts as per-example data when its shape is ``[B, ...]`` and
+  as a constant otherwise; a Variable that is not a source is always a constant. A ``getitem``
+  of a param-only table with an integer index array ``[B, ...]`` (an embedding lookup) is
+  per-example too.
+* **One reverse pass** from the target, seeded with ones. A record whose output is
+  per-example sends its ordinary VJP to its per-example inputs (rows stay per example because
+  examples do not interact). A *boundary* record (a param-only input feeding a per-example
+  output: ``x @ W``, ``h + b``, ``W_conv @ cols``, ``table[ids]``) gives that input a
+  per-example cotangent ``[B, *input.shape]`` (:func:`_boundary`). A param-only record reached
+  by a per-example cotangent (``reshape(W)`` before a conv matmul, ``W.T``, ``astype``) applies
+  its VJP with the batch axis kept (:func:`_param_vjp`). Fan-out is summed per example.
+* **Ghost norms** (``reduce="sum"`` with ``max_norm`` or ``return_norms``): a source that
+  reaches exactly one boundary matmul or embedding lookup through reshape/transpose/astype
+  records alone never gets a per-example gradient. For ``a[B, T, d]`` and the output
+  cotangent ``g[B, T, p]``, ``||a_b^T g_b||^2`` is ``||a_b||^2 ||g_b||^2`` when ``T = 1`` and
+  ``<a_b a_b^T, g_b g_b^T>_F`` otherwise (the per-example gradient is materialized instead
+  when ``T^2 > d p``); the clipped sum ``sum_b c_b a_b^T g_b`` is one contraction with the
+  cotangents scaled per example, mapped back through the param-only records with their
+  ordinary (linear) VJPs. Memory stays ``O(B + P)`` beyond the activations the tape keeps.
+
+Primitives without a per-example rule where a parameter meets per-example data raise
+:class:`NotImplementedError` from :func:`_unsupported`, the one place where a general
+fallback (``gt.vmap`` of a gradient) can be plugged in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..autodiff.engine import Accumulator, _vjp_arrays, backward, forward_reach
+from ..autodiff.record import Record, Recorder, check_finite
+from ..autodiff.state import STATE, user_line
+from ..backend import Array, backend_of
+from ..config import HOOKS
+from ..errors import UnconnectedGradientError
+from ..tensor import Tensor, _wrap
+from .diagnostics import explain
+
+__all__ = ["check_options", "per_example_gradients"]
+
+WHAT = "per_example_gradients()"
+
+_CONST, _EXAMPLE, _PARAM = 0, 1, 2
+
+# param-only records that map a per-example cotangent without changing its norm: a source
+# reaching its boundary through these alone can take the ghost-norm route
+_NORM_PRESERVING = frozenset({"reshape", "transpose", "astype"})
+# param-only records with a batched VJP rule here (besides every elementwise primitive)
+_PARAM_RULES = frozenset({"reshape", "transpose", "astype", "broadcast_to", "sum", "mean", "getitem"})
+
+
+@dataclass(frozen=True)
+class Options:
+    """The checked keyword arguments of one call."""
+
+    max_norm: float | None
+    reduce: str | None
+    return_norms: bool
+    unconnected: str
+
+
+def check_options(target: Any, max_norm: Any, reduce: Any, return_norms: Any,
+                  unconnected: str) -> Options:
+    """Validate the arguments that need no tape: raise ``TypeError``/``ValueError`` naming the
+    argument, what was expected and what came."""
+    if target is None:
+        raise TypeError(f"{WHAT}: target is None; pass the per-example loss, a Tensor of shape "
+                        "[B] or [B, ...]")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"{WHAT}: target must be one gradtape Tensor of shape [B] or [B, ...] "
+                        f"(batch axis first), got {type(target).__name__}")
+    if target.ndim == 0:
+        raise ValueError(f"{WHAT}: target must have the batch axis first (shape [B] or [B, ...], "
+                         f"one loss per example), got a scalar (shape {target.shape}); compute the "
+                         "loss per example, e.g. gt.nn.cross_entropy(logits, labels, "
+                         "reduction='none'), not its mean or sum")
+    if max_norm is not None:
+        if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, numbers.Real):
+            raise TypeError(f"{WHAT}: max_norm must be None or a positive number (the clipping "
+                            f"bound C), got {type(max_norm).__name__} {max_norm!r}")
+        if not float(max_norm) > 0:  # also NaN
+            raise ValueError(f"{WHAT}: max_norm must be a positive number (the clipping bound C), "
+                             f"got {max_norm!r}")
+        max_norm = float(max_norm)
+    if reduce is not None and not (isinstance(reduce, str) and reduce == "sum"):
+        raise ValueError(f"{WHAT}: reduce must be None (per-example gradients, shape "
+                         f"[B, *source.shape]) or 'sum' (their sum over the batch, shape "
+                         f"source.shape), got {reduce!r}")
+    if not isinstance(return_norms, (bool, np.bool_)):
+        raise TypeError(f"{WHAT}: return_norms must be True or False, got "
+                        f"{type(return_norms).__name__} {return_norms!r}")
+    return Options(max_norm, reduce, bool(return_norms), unconnected)
+
+
+# --------------------------------------------------------------------------- analysis
+@dataclass
+class _Ghost:
+    """A source whose per-example gradient is never materialized: it reaches the boundary
+    record ``idx`` (as input ``i``) through the param-only records ``chain`` alone."""
+
+    source: int
+    idx: int
+    i: int
+    chain: list[int]
+    kind: str  # "matmul" or "embedding"
+
+
+@dataclass
+class _Plan:
+    B: int
+    target: Tensor
+    records: list[Record]
+    reach: set[int]
+    source_ids: set[int]
+    live: list[int] = field(default_factory=list)  # record indices on a path to the target
+    kind: dict[int, int] = field(default_factory=dict)  # id -> _EXAMPLE / _PARAM (reached ids)
+    ghosts: dict[tuple[int, int], _Ghost] = field(default_factory=dict)
+
+
+def _unsupported(rec: Record, where: str) -> NotImplementedError:
+    """The one place a record without a per-example rule ends up (a general fallback, e.g.
+    ``gt.vmap`` of a gradient over the examples, would be called from here)."""
+    return NotImplementedError(
+        f"{WHAT}: no per-example rule for primitive '{rec.prim.name}' {where}. Per-example "
+        "rules exist for elementwise ops, matmul (dense and conv layers) and embedding lookups "
+        "(getitem of a table with per-example ids); for other layers compute the gradients per "
+        "example with gt.vmap(gt.grad(...)) over the batch, or a loop of tape.gradient calls on "
+        "one example each")
+
+
+def _batch_index(rec: Record, B: int) -> Any:
+    """The integer index array ``[B, ...]`` of an embedding-like ``getitem`` (None if not)."""
+    if rec.prim.name != "getitem" or not rec.params.get("advanced"):
+        return None
+    idx: Any = rec.params.get("index")
+    if isinstance(idx, tuple):
+        if len(idx) != 1:
+            return None
+        idx = idx[0]
+    dt = getattr(idx, "dtype", None)
+    if dt is None or dt.kind not in "iu" or idx.ndim < 1 or idx.shape[0] != B:
+        return None
+    return idx
+
+
+def _matmul_boundary_ok(rec: Record, i: int) -> bool:
+    ps, xs = rec.in_shapes[i], rec.in_shapes[1 - i]
+    p2 = max(len(ps), 2)
+    if len(xs) < 2:
+        return False
+    if len(xs) == 2:  # x[B, d] @ W: the batch axis is the row axis (W @ x[B, n] contracts it)
+        return i == 1 and len(ps) <= 2
+    return len(xs) >= p2  # the output's axis 0 is x's batch axis
+
+
+def _ghost_kind(rec: Record, i: int, B: int) -> str | None:
+    """Whether boundary input ``i`` of ``rec`` can take the ghost-norm route, and which."""
+    name = rec.prim.name
+    if name == "matmul":
+        ps, xs = rec.in_shapes[i], rec.in_shapes[1 - i]
+        if len(ps) != 2 or not _matmul_boundary_ok(rec, i):
+            return None
+        if i == 1:  # x[B, ..., d] @ W[d, p]
+            T = math.prod(xs[1:-1])
+        else:  # W[O, K] @ x[B, ..., K, T']
+            T = math.prod(xs[1:-2]) * xs[-1]
+        return "matmul" if T == 1 or T * T <= ps[0] * ps[1] else None
+    if name == "getitem":
+        idx = _batch_index(rec, B)
+        if idx is None:
+            return None
+        L = math.prod(idx.shape[1:])
+        return "embedding" if L == 1 or L * L <= math.prod(rec.in_shapes[0]) else None
+    return None
+
+
+def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
+            ghost: bool) -> _Plan:
+    """Classify the tensors between the sources and the target, check that every record on
+    the way has a per-example rule (``rules``) and pick the ghost-norm sources (``ghost``).
+    Raises before anything is computed, so a rejected call leaves the tape usable."""
+    records = list(tape._records)
+    tracked = tape._tracked
+    B = int(target.shape[0])
+    src = {s._id for s in sources if s._id and s._id in tracked}
+    reach = forward_reach(records, src)
+    plan = _Plan(B, target, records, reach, src)
+    if not target._id or target._id not in reach:
+        return plan
+    # records on a path from a source to the target (the others get no cotangent)
+    live_ids = {target._id}
+    live: list[int] = []
+    for idx in range(len(records) - 1, -1, -1):
+        rec = records[idx]
+        if rec.out_id not in reach:
+            continue
+        if rec.out_id in live_ids or (rec.extra_outs and any(o in live_ids for o in rec.extra_outs)):
+            live.append(idx)
+            live_ids.update(i for i in rec.in_ids if i and i in reach)
+    live.reverse()
+    plan.live = live
+    kind = plan.kind
+    for i in src:
+        kind[i] = _PARAM
+    variables = tape._variables
+    for idx in live:
+        rec = records[idx]
+        ex = False
+        for i, iid in enumerate(rec.in_ids):
+            shape = rec.in_shapes[i]
+            if iid and iid in reach:
+                k = kind[iid]
+                if k == _EXAMPLE and not (shape and shape[0] == B):
+                    raise ValueError(
+                        f"{WHAT}: the op '{rec.prim.name}' (input {i}) receives a per-example "
+                        f"tensor of shape {shape} without the batch axis first (B = {B}, from "
+                        f"target.shape {target.shape}): somewhere on the way an op mixes the "
+                        "examples (a batch mean or sum, batch statistics, a transpose of the "
+                        "batch axis). Per-example gradients need examples that do not interact, "
+                        "the batch axis first in every per-example tensor")
+            elif iid and iid in variables:
+                k = _CONST  # a Variable that is not a source: a parameter held fixed
+            else:
+                k = _EXAMPLE if shape and shape[0] == B else _CONST
+            if k == _EXAMPLE:
+                ex = True
+        if not ex and _batch_index(rec, B) is not None:
+            ex = True  # an embedding lookup: per-example rows of a param-only table
+        k_out = _EXAMPLE if ex else _PARAM
+        outs = (rec.out_id, *(rec.extra_outs or ()))
+        for o in outs:
+            if o in src:
+                if k_out == _EXAMPLE:
+                    raise ValueError(
+                        f"{WHAT}: a source is computed (by '{rec.prim.name}') from per-example "
+                        "data; per_example_gradients differentiates with respect to shared "
+                        "parameters (tensors without a batch axis). For gradients with respect "
+                        "to per-example inputs use tape.gradient: its rows are already per example")
+                continue
+            kind[o] = k_out
+    if kind.get(target._id) != _EXAMPLE:
+        raise ValueError(
+            f"{WHAT}: the target (shape {target.shape}) is computed from the sources alone: no "
+            f"per-example input with the batch axis first (size B = {B}) was found on the way. "
+            "Pass the shared parameters as sources (not the batch input) and a target of one "
+            "loss per example computed from the batch")
+    if rules:
+        for idx in live:
+            rec = records[idx]
+            par = [i for i, iid in enumerate(rec.in_ids) if iid and iid in reach and kind[iid] == _PARAM]
+            if not par:
+                continue
+            if kind[rec.out_id] == _EXAMPLE:
+                if rec.extra_outs:
+                    raise _unsupported(rec, "with several outputs, where a parameter meets "
+                                       "per-example data")
+                for i in par:
+                    _check_boundary(rec, i, B)
+            elif rec.extra_outs or (rec.prim.derivatives is None and rec.prim.name not in _PARAM_RULES):
+                raise _unsupported(rec, "applied to a parameter before it meets per-example data")
+    if ghost:
+        consumers: dict[int, list[tuple[int, int]]] = {}
+        for idx in live:
+            rec = records[idx]
+            for i, iid in enumerate(rec.in_ids):
+                if iid and iid in reach and kind[iid] == _PARAM:
+                    consumers.setdefault(iid, []).append((idx, i))
+        for sid in src:
+            cur, chain = sid, []
+            while True:
+                cons = consumers.get(cur, ())
+                if len(cons) != 1:
+                    break
+                idx, i = cons[0]
+                rec = records[idx]
+                if kind.get(rec.out_id) == _PARAM:
+                    if rec.prim.name in _NORM_PRESERVING and rec.out_id not in src and not rec.extra_outs:
+                        chain.append(idx)
+                        cur = rec.out_id
+                        continue
+                    break
+                gk = _ghost_kind(rec, i, B)
+                if gk is not None:
+                    plan.ghosts[(idx, i)] = _Ghost(sid, idx, i, chain, gk)
+                break
+    return plan
+
+
+def _check_boundary(rec: Record, i: int, B: int) -> None:
+    prim = rec.prim
+    if prim.derivatives is not None:
+        return
+    if prim.name == "matmul":
+        if not _matmul_boundary_ok(rec, i):
+            raise _unsupported(rec, f"with a parameter of shape {rec.in_shapes[i]} and per-example "
+                               f"data of shape {rec.in_shapes[1 - i]} (supported: x[B, ..., d] @ "
+                               "W and W @ x[B, ..., k, n], where x keeps the batch axis first)")
+        return
+    if prim.name == "getitem" and _batch_index(rec, B) is not None:
+        return
+    raise _unsupported(rec, "where a parameter meets per-example data")
+
+
+# --------------------------------------------------------------------------- per-example rules
+def _reduce_to(gd: Array, shape: tuple[int, ...], rec: Record) -> Array:
+    """Sum ``gd[B, *rest]`` to ``[B, *shape]``, ``shape`` aligned with the trailing axes of
+    ``rest`` (NumPy broadcasting, the batch axis kept)."""
+    rest = gd.shape[1:]
+    lead = len(rest) - len(shape)
+    if lead < 0 or any(s != 1 and s != r for s, r in zip(shape, rest[lead:])):
+        raise ValueError(f"internal error: {WHAT} got a per-example gradient of shape {gd.shape} "
+                         f"for an input of shape {shape} of '{rec.prim.name}'")
+    axes = tuple(range(1, 1 + lead)) + tuple(1 + lead + j for j, s in enumerate(shape)
+                                             if s == 1 and rest[lead + j] != 1)
+    if axes:
+        gd = gd.sum(axis=axes, keepdims=True)
+    return gd.reshape((gd.shape[0],) + tuple(shape))
+
+
+def _per_example_sum(gd: Array, shape: tuple[int, ...], rec: Record, batch_in_out: bool) -> Array:
+    """``gd`` (a product ``g * d`` broadcast over a parameter of ``shape``) summed to the
+    parameter's per-example gradient ``[B, *shape]``. ``batch_in_out``: axis 0 of ``gd`` is
+    the batch axis of the op's output itself, so a parameter of ``gd``'s rank has its axis 0
+    against the batch axis (of size 1, or B: then row b belongs to example b alone)."""
+    B = gd.shape[0]
+    if batch_in_out and len(shape) == gd.ndim:
+        body = tuple(shape[1:])
+        r = _reduce_to(gd, body, rec)
+        if shape[0] == 1:
+            return r.reshape((B, 1) + body)
+        xp = backend_of(gd).xp
+        z = xp.zeros((B, B) + body, dtype=r.dtype)
+        ar = xp.arange(B)
+        z[ar, ar] = r
+        return z
+    return _reduce_to(gd, shape, rec)
+
+
+def _elementwise_args(rec: Record) -> tuple:
+    args = tuple(None if t is None else t.data for t in rec.inputs)
+    args += (None if rec.output is None else rec.output.data,)
+    if rec.params:
+        args += tuple(rec.params.values())
+    return args
+
+
+def _exclusive(gd: Array, g: Array) -> bool:
+    """``gd`` was allocated by the VJP (not ``g`` passed through, not a view)."""
+    return gd is not g and getattr(gd, "base", None) is None
+
+
+def _swap(a: Array) -> Array:
+    return a.swapaxes(-1, -2)
+
+
+def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array, bool]:
+    """Per-example gradient ``[B, *in_shape]`` of param-only input ``i`` of ``rec``, whose
+    output is per-example with cotangent ``g``; and whether it is exclusively ours."""
+    prim = rec.prim
+    shape = rec.in_shapes[i]
+    if prim.derivatives is not None:
+        gd = prim.array_vjp(i, backend_of(g), safe)(g, *_elementwise_args(rec))
+        return _per_example_sum(gd, shape, rec, True), _exclusive(gd, g)
+    xp = backend_of(g).xp
+    if prim.name == "matmul":
+        X = rec.inputs[1 - i].data  # type: ignore[union-attr]  # matmul saves its inputs
+        if len(shape) == 1:  # a vector parameter: promoted to a matrix, as matmul does
+            g2 = g[..., None] if i == 1 else g[..., None, :]
+            pshape: tuple[int, ...] = (shape[0], 1) if i == 1 else (1, shape[0])
+        else:
+            g2, pshape = g, shape
+        if X.ndim == 2:  # x[B, d] @ W[d, p]: one outer product per example
+            gi = xp.einsum("bi,bj->bij", X, g2)
+        elif i == 1:
+            gi = _per_example_sum(xp.matmul(_swap(X), g2), pshape, rec, True)
+        else:
+            gi = _per_example_sum(xp.matmul(g2, _swap(X)), pshape, rec, True)
+        return gi.reshape((B,) + shape), True
+    idx = _batch_index(rec, B)  # the embedding lookup (checked by analyse)
+    V = shape[0]
+    z = xp.zeros((B * V,) + shape[1:], dtype=g.dtype)
+    rows = idx + xp.arange(B, dtype=idx.dtype).reshape((B,) + (1,) * (idx.ndim - 1)) * V
+    xp.add.at(z, xp.where(idx < 0, rows + V, rows), g)
+    return z.reshape((B,) + shape), True
+
+
+def _param_vjp(rec: Record, g: Array, reach: set[int], safe: bool) -> list[tuple[Array, bool] | None]:
+    """The VJP of a param-only record for a per-example cotangent ``g[B, *out_shape]``: the
+    same linear map for every example, applied with the batch axis kept."""
+    prim = rec.prim
+    B = g.shape[0]
+    xp = backend_of(g).xp
+    n = len(rec.in_ids)
+    res: list[tuple[Array, bool] | None] = [None] * n
+    if prim.derivatives is not None:
+        args = _elementwise_args(rec)
+        backend = backend_of(g)
+        for i, iid in enumerate(rec.in_ids):
+            if iid and iid in reach:
+                gd = prim.array_vjp(i, backend, safe)(g, *args)
+                res[i] = (_per_example_sum(gd, rec.in_shapes[i], rec, False), _exclusive(gd, g))
+        return res
+    shape = rec.in_shapes[0]
+    name = prim.name
+    p = rec.params
+    if name == "reshape":
+        res[0] = (g.reshape((B,) + shape), False)
+    elif name == "transpose":
+        inverse = np.argsort(p["axes"])
+        res[0] = (g.transpose((0, *(int(a) + 1 for a in inverse))), False)
+    elif name == "astype":
+        res[0] = (g.astype(rec.in_dtypes[0]), True)
+    elif name == "broadcast_to":
+        res[0] = (_per_example_sum(g, shape, rec, False), False)
+    elif name in ("sum", "mean"):
+        axes = p["axis"]
+        kept = tuple(1 if (axes is None or j in axes) else s for j, s in enumerate(shape))
+        gi = xp.broadcast_to(g.reshape((B,) + kept), (B,) + shape)
+        count = math.prod(shape) if axes is None else math.prod(shape[j] for j in axes)
+        if name == "mean" and count:
+            res[0] = (gi * (1.0 / count), True)
+        else:
+            res[0] = (xp.ascontiguousarray(gi), True)
+    elif name == "getitem":
+        index = p["index"]
+        where = (slice(None),) + (index if isinstance(index, tuple) else (index,))
+        z = xp.zeros((B,) + shape, dtype=g.dtype)
+        if z[where].shape != g.shape:
+            raise _unsupported(rec, f"with index {index!r} applied to a parameter (its per-example "
+                               "form does not keep the batch axis first)")
+        if p["advanced"]:
+            xp.add.at(z, where, g)
+        else:
+            z[where] = g
+        res[0] = (z, True)
+    else:  # analyse() let nothing else through
+        raise _unsupported(rec, "applied to a parameter before it meets per-example data")
+    return res
+
+
+def _with_needs(rec: Record, needs: tuple[bool, ...]) -> Record:
+    """A shallow copy of ``rec`` asking the VJP for the inputs ``needs`` only."""
+    r = copy.copy(rec)
+    r.needs = needs
+    return r
+
+
+# --------------------------------------------------------------------------- the pass
+def _reverse_pass(plan: _Plan, release: bool
+                  ) -> tuple[dict[int, Array], dict[tuple[int, int], Array], set[int]]:
+    """One reverse pass: per-example cotangents ``[B, *shape]`` of the param-only ids (the
+    sources among them are returned), the output cotangent of every ghost boundary, and the
+    source ids whose array the pass owns (it may be scaled in place)."""
+    records, reach, kind, B = plan.records, plan.reach, plan.kind, plan.B
+    src = plan.source_ids
+    t = plan.target
+    grads: dict[int, Array] = {t._id: t._backend.xp.ones(t.shape, t.dtype)}
+    acc = Accumulator(grads)
+    ghost_g: dict[tuple[int, int], Array] = {}
+    masked: set[int] | None = None
+    numerics = HOOKS.numerics
+    for idx in reversed(plan.live):
+        rec = records[idx]
+        out_id = rec.out_id
+        g: Any
+        if rec.extra_outs is None:
+            g = grads.get(out_id) if out_id in src else grads.pop(out_id, None)
+            if g is None:
+                continue
+        else:
+            gs = tuple(grads.get(o) if o in src else grads.pop(o, None) for o in (out_id, *rec.extra_outs))
+            if all(x is None for x in gs):
+                continue
+            g = gs
+        safe = masked is not None and out_id in masked
+        n = len(rec.in_ids)
+        contrib: list[tuple[Array, bool] | None] = [None] * n
+        keep = False
+        if kind[out_id] == _EXAMPLE:
+            ex = tuple(bool(iid) and iid in reach and kind[iid] == _EXAMPLE for iid in rec.in_ids)
+            if True in ex:
+                r = rec if ex == rec.needs else _with_needs(rec, ex)
+                res = _vjp_arrays(r, g, safe)
+                for i in range(n):
+                    if ex[i] and res[i] is not None:
+                        contrib[i] = (res[i], False)
+            for i, iid in enumerate(rec.in_ids):
+                if iid and iid in reach and kind[iid] == _PARAM:
+                    if (idx, i) in plan.ghosts:
+                        ghost_g[(idx, i)] = g
+                        keep = True
+                    else:
+                        contrib[i] = _boundary(rec, i, g, B, safe)
+        else:
+            contrib = _param_vjp(rec, g, reach, safe)
+        for i, item in enumerate(contrib):
+            iid = rec.in_ids[i]
+            if item is None or not iid or iid not in reach:
+                continue
+            gi, fresh = item
+            if numerics:
+                check_finite(rec.prim, (), gi, "backward", rec.where)
+            shape = rec.in_shapes[i]
+            if kind[iid] == _PARAM:
+                shape = (B,) + shape
+            acc.add(iid, gi, shape, rec.in_dtypes[i], rec.prim, fresh)
+        if safe or rec.prim.masks:
+            if masked is None:
+                masked = set()
+            masked.update(rec.in_ids)
+        if release and not keep:
+            rec.release()
+    return {i: grads[i] for i in src if i in grads}, ghost_g, acc.owned & src
+
+
+# --------------------------------------------------------------------------- ghost norms
+def _ghost_sq_norms(plan: _Plan, gh: _Ghost, g: Array) -> Array:
+    """``||G_b||^2`` of the per-example gradient at the boundary, without forming ``G_b``."""
+    rec = plan.records[gh.idx]
+    B = plan.B
+    xp = backend_of(g).xp
+    if gh.kind == "embedding":
+        idx = _batch_index(rec, B)
+        L = math.prod(idx.shape[1:])
+        G = g.reshape(B, L, -1)
+        if L == 1:
+            return xp.einsum("bli,bli->b", G, G)
+        V = rec.in_shapes[0][0]
+        ids = idx.reshape(B, L)
+        ids = xp.where(ids < 0, ids + V, ids)
+        same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)
+        return xp.einsum("bij,bij->b", xp.matmul(G, _swap(G)), same)
+    X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]  # matmul saves its inputs
+    if gh.i == 1:  # x[B, ..., d] @ W[d, p]
+        A = X.reshape(B, -1, X.shape[-1])
+        Gy = g.reshape(B, -1, g.shape[-1])
+    else:  # W[O, K] @ x[B, ..., K, T']: rows of the Gram matrices are (inner batch, t) pairs
+        K, Tp = X.shape[-2:]
+        X4 = X.reshape(B, -1, K, Tp)
+        G4 = g.reshape(B, -1, g.shape[-2], Tp)
+        if X4.shape[1] == 1:
+            A, Gy = _swap(X4[:, 0]), _swap(G4[:, 0])
+        else:
+            A = X4.transpose(0, 1, 3, 2).reshape(B, -1, K)
+            Gy = G4.transpose(0, 1, 3, 2).reshape(B, -1, G4.shape[2])
+    if A.shape[1] == 1:
+        return xp.einsum("bti,bti->b", A, A) * xp.einsum("bti,bti->b", Gy, Gy)
+    return xp.einsum("bij,bij->b", xp.matmul(A, _swap(A)), xp.matmul(Gy, _swap(Gy)))
+
+
+def _ghost_sum(plan: _Plan, gh: _Ghost, g: Array, c: Array | None) -> Array:
+    """``sum_b c_b G_b`` at the boundary input (``c`` None: all ones), one contraction."""
+    rec = plan.records[gh.idx]
+    B = plan.B
+    xp = backend_of(g).xp
+    if c is not None:
+        g = g * c.astype(g.dtype, copy=False).reshape((B,) + (1,) * (g.ndim - 1))
+    if gh.kind == "embedding":
+        idx = _batch_index(rec, B)
+        shape = rec.in_shapes[0]
+        z = xp.zeros(shape, dtype=g.dtype)
+        xp.add.at(z, idx, g)
+        return z
+    X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]
+    if gh.i == 1:
+        return xp.tensordot(X.reshape(B, -1, X.shape[-1]), g.reshape(B, -1, g.shape[-1]),
+                            axes=([0, 1], [0, 1]))
+    K, Tp = X.shape[-2:]
+    return xp.tensordot(g.reshape(B, -1, g.shape[-2], Tp), X.reshape(B, -1, K, Tp),
+                        axes=([0, 1, 3], [0, 1, 3]))
+
+
+def _through_chain(plan: _Plan, gh: _Ghost, s: Array) -> Array:
+    """Map a summed gradient back from the boundary input to the source with the chain's
+    ordinary (linear) VJPs."""
+    for idx in reversed(gh.chain):
+        rec = plan.records[idx]
+        (s,) = _vjp_arrays(rec, s)
+        if s.dtype != rec.in_dtypes[0]:
+            s = s.astype(rec.in_dtypes[0])
+    return s
+
+
+# --------------------------------------------------------------------------- entry point
+def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan, opts: Options,
+             release: bool) -> tuple[dict[int, Array], dict[int, Array], Array | None]:
+    """The per-example gradients (``reduce=None``) or sums (``"sum"``) of the sources by id, and
+    the unclipped norms when asked for."""
+    B = plan.B
+    xp = target._backend.xp
+    need_norms = opts.max_norm is not None or opts.return_norms
+    per: dict[int, Array] = {}  # source id -> [B, *shape] (materialized)
+    summed: dict[int, Array] = {}  # source id -> shape (reduce="sum")
+    norms = None
+    if opts.reduce == "sum" and not need_norms:
+        # the plain sum over examples is the batch gradient: the engine's own pass
+        summed = backward(tape, [target], [None], sources, False, release)
+    elif plan.live and B == 0:  # no examples: empty per-example gradients, zero sums
+        used = {i for idx in plan.live for i in plan.records[idx].in_ids if i in plan.source_ids}
+        for s in sources:
+            if s._id in used:
+                per[s._id] = xp.zeros((0,) + s.shape, s.dtype)
+                summed[s._id] = xp.zeros(s.shape, s.dtype)
+    elif plan.live:
+        per, ghost_g, owned = _reverse_pass(plan, release)
+        ghosts = [(plan.ghosts[k], g) for k, g in ghost_g.items()]
+        c = None
+        if need_norms:
+            sq = xp.zeros(B, dtype=np.float64)
+            for G in per.values():
+                Gf = G.reshape(B, -1)
+                sq += xp.einsum("bi,bi->b", Gf, Gf)
+            for gh, g in ghosts:
+                sq += _ghost_sq_norms(plan, gh, g)
+            norms = xp.sqrt(sq)
+            if opts.max_norm is not None:
+                C = opts.max_norm
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    c = xp.where(norms > C, C / norms, 1.0)
+        if opts.reduce == "sum":
+            for sid, G in per.items():
+                summed[sid] = G.sum(axis=0) if c is None else xp.tensordot(c.astype(G.dtype), G, axes=(0, 0))
+            per = {}
+            for gh, g in ghosts:
+                s = _through_chain(plan, gh, _ghost_sum(plan, gh, g, c))
+                prev = summed.get(gh.source)
+                summed[gh.source] = s if prev is None else prev + s
+        elif c is not None:
+            for sid, G in per.items():
+                cb = c.astype(G.dtype).reshape((B,) + (1,) * (G.ndim - 1))
+                if sid in owned:  # allocated by the pass, referenced nowhere else
+                    G *= cb
+                else:
+                    per[sid] = G * cb
+    if need_norms and norms is None:
+        norms = xp.zeros(B, dtype=np.float64)
+    return per, summed, norms
+
+
+@contextlib.contextmanager
+def _unrecorded() -> Iterator[None]:
+    """No tape of this thread records inside the block: the pass computes on arrays, and a
+    custom gradient's ``grad`` (gradtape ops) must not leave records on a recording tape."""
+    st = STATE
+    saved = st.recording
+    st.recording = []
+    st.sync()
+    try:
+        yield
+    finally:
+        st.recording = saved
+        st.sync()
+
+
+def per_example_gradients(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
+                          opts: Options, release: bool) -> tuple[list[Tensor | None], Tensor | None]:
+    """Run the pass for ``plan`` (from :func:`analyse`) and finish the results: one Tensor (or
+    None) per source, and the norms ``[B]`` when ``opts.return_norms``."""
+    B = plan.B
+    xp = target._backend.xp
+    with _unrecorded():
+        per, summed, norms = _compute(tape, target, sources, plan, opts, release)
+    results: list[Tensor | None] = []
+    origin = ("gradient", user_line())
+    for s in sources:
+        arr = (summed if opts.reduce == "sum" else per).get(s._id) if s._id else None
+        shape = s.shape if opts.reduce == "sum" else (B,) + s.shape
+        if arr is None:
+            if opts.unconnected == "raise":
+                raise UnconnectedGradientError(explain(tape, s, [target]))
+            if opts.unconnected == "zero":
+                results.append(_wrap(s._backend.xp.zeros(shape, s.dtype), s._backend))
+            else:
+                results.append(None)
+            continue
+        arr = xp.ascontiguousarray(arr.astype(s.dtype, copy=False))
+        t = _wrap(arr, s._backend)
+        t._origin = origin
+        results.append(t)
+    norm_t = None
+    if norms is not None:
+        dts = [s.dtype for s in sources] or [target.dtype]
+        norm_t = _wrap(norms.astype(np.result_type(*dts)), target._backend)
+    return results, norm_t

@@ -1,0 +1,395 @@
+"""The functional transforms, built on the tape: ``grad``, ``value_and_grad``, ``vjp``,
+``jacrev``, ``hessian`` (and ``jacfwd``/``hvp`` with forward mode, in :mod:`.forward`).
+
+Each opens a :class:`~gradtape.GradientTape`, watches the differentiated arguments, runs the
+function and calls the tape. They compose with each other, with ``gt.vmap`` (a tape entered
+inside a vmap records per-example ops) and with tapes around them (an outer tape records the
+backward pass, so derivatives of derivatives work).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ... import ops
+from ..nest import flatten, unflatten
+from ..tensor import Tensor, _wrap, tensor
+from .forward import jvp
+from .tape import GradientTape
+from .vmap import vmap
+
+__all__ = ["grad", "value_and_grad", "vjp", "jacrev", "jacfwd", "hessian", "hvp", "basis"]
+
+
+def _argnums(argnums: int | Sequence[int], n: int, fname: str) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, (int, np.integer)) else tuple(argnums)
+    if not nums:
+        raise ValueError(f"{fname}: argnums is empty; name at least one argument to differentiate")
+    out = []
+    for a in nums:
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+            raise TypeError(f"{fname}: argnums must be ints, got {a!r}")
+        if not -n <= a < n:
+            raise ValueError(f"{fname}: argnums {a} is out of range for a call with {n} "
+                             "positional arguments")
+        out.append(int(a) % n)
+    return tuple(out)
+
+
+def _as_sources(arg: Any, fname: str, i: int) -> Any:
+    """Tensors for the leaves of argument ``i`` (arrays and Python floats are converted)."""
+    leaves, spec = flatten(arg)
+    conv = []
+    for leaf in leaves:
+        if isinstance(leaf, Tensor):
+            conv.append(leaf)
+            continue
+        if isinstance(leaf, (bool, int, np.integer)) or (
+                isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
+            raise TypeError(f"{fname}: argument {i} is differentiated but holds an integer or "
+                            f"boolean value ({leaf!r:.60}); pass floats (gradients exist only for "
+                            "floating-point inputs) or leave it out of argnums")
+        try:
+            conv.append(tensor(leaf))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{fname}: argument {i} is differentiated, so its leaves must be "
+                            f"Tensors or float arrays, got {type(leaf).__name__} ({exc})") from None
+    return unflatten(spec, conv)
+
+
+def _scalar_value(out: Any, fname: str, has_aux: bool) -> tuple[Tensor, Any]:
+    aux = None
+    if has_aux:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(f"{fname}(has_aux=True): the function must return a pair (value, "
+                            f"aux), got {type(out).__name__}")
+        out, aux = out
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{fname}: the function must return a scalar Tensor, got "
+                        f"{type(out).__name__}")
+    if out.shape != ():
+        raise TypeError(f"{fname}: the function must return a scalar (shape ()), got shape "
+                        f"{out.shape}; reduce it (e.g. .sum() or .mean()), or use gt.jacrev / "
+                        "gt.vjp for non-scalar outputs")
+    if out.dtype.kind != "f":
+        raise TypeError(f"{fname}: the function's output has dtype {out.dtype}; gradients need a "
+                        "floating-point output")
+    return out, aux
+
+
+def value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0,
+                   has_aux: bool = False) -> Callable[..., Any]:
+    """``f``'s value and its gradient with respect to the arguments ``argnums``.
+
+    Args:
+        f: returns a scalar Tensor (shape ``()``), or ``(scalar, aux)`` with ``has_aux``.
+        argnums: the positional argument(s) to differentiate: an int, or a tuple of ints. Each
+            may be a Tensor or a nested tuple/list/dict of them (a parameter tree).
+        has_aux: ``f`` returns ``(value, aux)``; aux is passed through, not differentiated.
+
+    Returns:
+        A function returning ``(value, grads)`` (``((value, aux), grads)`` with ``has_aux``):
+        ``grads`` has the structure of the differentiated argument (a tuple of them for a tuple
+        ``argnums``), each leaf the shape and dtype of its argument; an argument ``f`` does not
+        use gets zeros (as JAX).
+
+    Example:
+        >>> import gradtape as gt
+        >>> v, g = gt.value_and_grad(lambda x: (x * x).sum())(gt.tensor([1.0, 2.0]))
+        >>> float(v), g.numpy()
+        (5.0, array([2., 4.], dtype=float32))
+    """
+    if not callable(f):
+        raise TypeError(f"gt.value_and_grad: f must be callable, got {type(f).__name__}")
+    fname = f"gt.value_and_grad({getattr(f, '__name__', 'f')})"
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        nums = _argnums(argnums, len(args), fname)
+        args_l = list(args)
+        for i in nums:
+            args_l[i] = _as_sources(args_l[i], fname, i)
+        with GradientTape() as tape:
+            for i in nums:
+                tape.watch(args_l[i])
+            out = f(*args_l, **kwargs)
+        value, aux = _scalar_value(out, fname, has_aux)
+        sources = [args_l[i] for i in nums]
+        grads = tape.gradient(value, sources, unconnected_gradients="zero")
+        g = grads[0] if isinstance(argnums, (int, np.integer)) else tuple(grads)
+        return ((value, aux), g) if has_aux else (value, g)
+
+    return wrapped
+
+
+def grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0,
+         has_aux: bool = False) -> Callable[..., Any]:
+    """The gradient of scalar-valued ``f`` with respect to the arguments ``argnums`` (JAX's
+    ``grad``); see :func:`value_and_grad` for the arguments.
+
+    Returns:
+        A function returning the gradients (``(grads, aux)`` with ``has_aux``), with the
+        structure, shapes and dtypes of the differentiated arguments.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.grad(lambda x: (x ** 3).sum())(gt.tensor([1.0, 2.0])).numpy()
+        array([ 3., 12.], dtype=float32)
+        >>> gt.grad(gt.grad(lambda x: x ** 3))(gt.tensor(2.0)).numpy()   # second derivative
+        array(12., dtype=float32)
+    """
+    vg = value_and_grad(f, argnums, has_aux)
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if has_aux:
+            (_, aux), g = vg(*args, **kwargs)
+            return g, aux
+        return vg(*args, **kwargs)[1]
+
+    return wrapped
+
+
+def vjp(f: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
+    """Run ``f(*primals)`` and return ``(out, vjp_fn)``; ``vjp_fn(cotangents)`` returns one
+    gradient per primal: ``Σ cotangent · ∂out/∂primal``.
+
+    ``cotangents`` has ``out``'s structure, shapes and dtypes. ``vjp_fn`` may be called many
+    times, and under ``gt.vmap`` with a batch of cotangents (one backward pass for the batch:
+    that is how :func:`jacrev` works). With ``has_aux``, ``f`` returns ``(out, aux)`` and the
+    result is ``(out, vjp_fn, aux)``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> out, vjp_fn = gt.vjp(lambda x: x * x, gt.tensor([1.0, 3.0]))
+        >>> vjp_fn(gt.tensor([1.0, 1.0]))[0].numpy()
+        array([2., 6.], dtype=float32)
+    """
+    if not callable(f):
+        raise TypeError(f"gt.vjp: f must be callable, got {type(f).__name__}")
+    fname = f"gt.vjp({getattr(f, '__name__', 'f')})"
+    prims = [_as_sources(p, fname, i) for i, p in enumerate(primals)]
+    with GradientTape(persistent=True) as tape:
+        for p in prims:
+            tape.watch(p)
+        out = f(*prims)
+    aux = None
+    if has_aux:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(f"{fname}(has_aux=True): the function must return (out, aux)")
+        out, aux = out
+    out_leaves, out_spec = flatten(out)
+    for j, o in enumerate(out_leaves):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"{fname}: output leaf {j} is a {type(o).__name__}, not a Tensor")
+
+    def vjp_fn(cotangents: Any) -> tuple[Any, ...]:
+        cts, ct_spec = flatten(cotangents)
+        if len(cts) != len(out_leaves):
+            raise ValueError(f"{fname} vjp_fn: cotangents have {len(cts)} leaves, the output has "
+                             f"{len(out_leaves)}; pass one cotangent per output, same structure")
+        targets, seeds = [], []
+        for j, (o, c) in enumerate(zip(out_leaves, cts)):
+            if not isinstance(c, Tensor):
+                c = tensor(np.asarray(c, dtype=o.dtype))
+            if c.shape != o.shape:
+                raise ValueError(f"{fname} vjp_fn: cotangent {j} has shape {c.shape}, the output "
+                                 f"has shape {o.shape}")
+            targets.append(o)
+            seeds.append(c if c.dtype == o.dtype else ops.astype(c, o.dtype))
+        grads = tape.gradient(targets, list(prims), output_gradients=seeds,
+                              unconnected_gradients="zero")
+        return tuple(grads)
+
+    return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
+
+
+def basis(n: int, dtype: np.dtype, like: Tensor) -> Tensor:
+    """The identity matrix ``[n, n]`` on ``like``'s backend: the cotangents (rows) or tangents
+    (columns) a Jacobian is computed from in one vectorized pass."""
+    return _wrap(like._backend.xp.eye(n, dtype=dtype), like._backend)
+
+
+def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Jacobian of ``f`` by reverse mode: one backward pass over a batch of basis cotangents
+    (vmap of the VJP), not a loop over output elements.
+
+    Returns:
+        A function returning, for an output ``y`` and argument ``x``, a Tensor of shape
+        ``y.shape + x.shape`` (a tuple of them for a tuple ``argnums``; for a tuple/list/dict
+        output, the same structure of such results).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.jacrev(lambda x: x * x)(gt.tensor([1.0, 2.0])).numpy()
+        array([[2., 0.],
+               [0., 4.]], dtype=float32)
+    """
+    if not callable(f):
+        raise TypeError(f"gt.jacrev: f must be callable, got {type(f).__name__}")
+    fname = f"gt.jacrev({getattr(f, '__name__', 'f')})"
+
+    @functools.wraps(f)
+    def jac(*args: Any) -> Any:
+        nums = _argnums(argnums, len(args), fname)
+
+        def partial(*diff_args: Any) -> Any:
+            full = list(args)
+            for i, a in zip(nums, diff_args):
+                full[i] = a
+            return f(*full)
+
+        out, vjp_fn = vjp(partial, *[args[i] for i in nums])
+        out_leaves, out_spec = flatten(out)
+        results = []  # per output leaf: one Jacobian per differentiated argument
+        for j, o in enumerate(out_leaves):
+            n = o.size
+            seeds_j = ops.reshape(basis(n, o.dtype, o), (n,) + o.shape)
+
+            def pull(ct: Tensor, j: int = j) -> tuple[Any, ...]:
+                cts = [ct if k == j else _zeros(ol) for k, ol in enumerate(out_leaves)]
+                return vjp_fn(unflatten(out_spec, cts))
+
+            rows = vmap(pull)(seeds_j) if n else None
+            per_arg = []
+            for k, i in enumerate(nums):
+                a_leaves, a_spec = flatten(args[i]) if not isinstance(args[i], Tensor) else ([args[i]], None)
+                if rows is None:  # an empty output: an empty Jacobian
+                    g_leaves = [_wrap(o._backend.xp.zeros(o.shape + a.shape, a.dtype), o._backend)
+                                for a in a_leaves]
+                else:
+                    gk = rows[k]
+                    g_flat = flatten(gk)[0] if a_spec is not None else [gk]
+                    g_leaves = [ops.reshape(g, o.shape + g.shape[1:]) for g in g_flat]
+                per_arg.append(g_leaves[0] if a_spec is None else unflatten(a_spec, g_leaves))
+            results.append(per_arg[0] if isinstance(argnums, (int, np.integer)) else tuple(per_arg))
+        return unflatten(out_spec, results)
+
+    return jac
+
+
+def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Jacobian of ``f`` by forward mode: ``gt.jvp`` vmapped over the basis tangents of each
+    differentiated argument (one batched forward pass per argument, not a loop).
+
+    Returns:
+        For an output ``y`` and argument ``x``, a Tensor of shape ``y.shape + x.shape`` (a tuple
+        of them for a tuple ``argnums``; an output tree gives the same tree of results). Cheaper
+        than :func:`jacrev` when ``x`` has fewer elements than ``y``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.jacfwd(lambda x: x * x)(gt.tensor([1.0, 2.0])).numpy()
+        array([[2., 0.],
+               [0., 4.]], dtype=float32)
+    """
+    if not callable(f):
+        raise TypeError(f"gt.jacfwd: f must be callable, got {type(f).__name__}")
+    fname = f"gt.jacfwd({getattr(f, '__name__', 'f')})"
+
+    @functools.wraps(f)
+    def jac(*args: Any) -> Any:
+        nums = _argnums(argnums, len(args), fname)
+        primals = [_as_sources(args[i], fname, i) for i in nums]
+
+        def partial(*diff_args: Any) -> Any:
+            full = list(args)
+            for i, a in zip(nums, diff_args):
+                full[i] = a
+            return f(*full)
+
+        per_arg = []  # for each differentiated argument: the output tree of Jacobians
+        out_spec = None
+        for i in range(len(nums)):
+            a_leaves, a_spec = flatten(primals[i])
+            cols_per_leaf = []
+            for j, leaf in enumerate(a_leaves):
+                n = leaf.size
+
+                def push(v: Tensor, i: int = i, j: int = j, leaves: list = a_leaves,
+                         spec: Any = a_spec) -> Any:
+                    tangent_leaves = [v if k == j else _zeros(lf) for k, lf in enumerate(leaves)]
+                    tangents = [_zeros_tree(p) for p in primals]
+                    tangents[i] = unflatten(spec, tangent_leaves)
+                    return jvp(partial, tuple(primals), tuple(tangents))[1]
+
+                if n:
+                    seeds = ops.reshape(basis(n, leaf.dtype, leaf), (n,) + leaf.shape)
+                    cols = vmap(push)(seeds)  # output tree of [n, *out.shape]
+                else:
+                    cols = None
+                cols_per_leaf.append((leaf, cols))
+            outs = None
+            for leaf, cols in cols_per_leaf:
+                if cols is not None:
+                    outs, out_spec = flatten(cols)
+                    break
+            if outs is None:  # every leaf empty: evaluate f for the output shapes
+                out_leaves, out_spec = flatten(partial(*primals))
+                shapes = [o.shape for o in out_leaves]
+            else:
+                shapes = [o.shape[1:] for o in outs]
+            jac_leaves = []  # per output leaf: the tree of Jacobians wrt this argument
+            for k, oshape in enumerate(shapes):
+                parts = []
+                for leaf, cols in cols_per_leaf:
+                    if cols is None:
+                        parts.append(_wrap(leaf._backend.xp.zeros(oshape + leaf.shape, leaf.dtype),
+                                           leaf._backend))
+                        continue
+                    c = flatten(cols)[0][k]  # [n, *oshape]
+                    c = ops.moveaxis(c, 0, -1) if c.ndim > 1 else c
+                    parts.append(ops.reshape(c, oshape + leaf.shape))
+                jac_leaves.append(unflatten(a_spec, parts))
+            per_arg.append(jac_leaves)
+        results = []
+        for k in range(len(per_arg[0])):
+            items = [pa[k] for pa in per_arg]
+            results.append(items[0] if isinstance(argnums, (int, np.integer)) else tuple(items))
+        return unflatten(out_spec, results)
+
+    return jac
+
+
+def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Hessian of scalar-valued ``f``: forward over reverse, ``jacfwd(grad(f))`` (one reverse
+    pass carrying a batch of tangents), shape ``x.shape + x.shape``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.hessian(lambda x: (x ** 3).sum())(gt.tensor([1.0, 2.0])).numpy()
+        array([[ 6.,  0.],
+               [ 0., 12.]], dtype=float32)
+    """
+    return jacfwd(grad(f, argnums), argnums)
+
+
+def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+    """Hessian-vector product of scalar-valued ``f`` at ``primals`` along ``tangents``, forward
+    over reverse: ``jvp(grad(f, all args), primals, tangents)`` (one forward pass carrying
+    tangents through ``f`` and its backward). Returns the products with the structure of
+    ``primals`` (a tuple, one per argument).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.hvp(lambda x: (x ** 3).sum(), (gt.tensor([1.0, 2.0]),),
+        ...        (gt.tensor([1.0, 0.0]),))[0].numpy()
+        array([6., 0.], dtype=float32)
+    """
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        raise TypeError("gt.hvp: primals and tangents must be tuples, one entry per argument of f")
+    nums = tuple(range(len(primals)))
+    return jvp(grad(f, nums), tuple(primals), tuple(tangents))[1]
+
+
+def _zeros(t: Tensor) -> Tensor:
+    return _wrap(t._backend.xp.zeros(t.shape, t.dtype), t._backend)
+
+
+def _zeros_tree(tree: Any) -> Any:
+    leaves, spec = flatten(tree)
+    return unflatten(spec, [_zeros(t) for t in leaves])

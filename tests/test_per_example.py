@@ -1,0 +1,445 @@
+"""tape.per_example_gradients: per-example gradients, DP-SGD clipping and their sum in one
+reverse pass, against a loop of ordinary tape.gradient calls on one example each."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+# --------------------------------------------------------------------------- helpers
+
+
+def loop_grads(fn, params, *batch):
+    """The reference: one tape.gradient per example (its loss summed), stacked: [B, *shape]."""
+    rows = []
+    for b in range(len(batch[0])):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(fn(*[a[b:b + 1] for a in batch]))
+        rows.append([g.numpy() for g in tape.gradient(loss, params)])
+    return [np.stack([r[k] for r in rows]) for k in range(len(params))]
+
+
+def batch_grads(fn, params, *batch):
+    with gt.GradientTape() as tape:
+        loss = gt.sum(fn(*batch))
+    return [g.numpy() for g in tape.gradient(loss, params)]
+
+
+def per_example(fn, params, *batch, **kw):
+    with gt.GradientTape() as tape:
+        loss = fn(*batch)
+    return tape.per_example_gradients(loss, params, **kw)
+
+
+def clip_reference(ref, max_norm):
+    """The DP-SGD formula on per-example gradients: (clipped per example, norms, factors)."""
+    B = ref[0].shape[0]
+    norms = np.sqrt(sum((r.reshape(B, -1).astype(np.float64) ** 2).sum(1) for r in ref))
+    c = np.minimum(1.0, max_norm / norms)
+    return [r * c.reshape((B,) + (1,) * (r.ndim - 1)) for r in ref], norms, c
+
+
+def assert_close(got, want, tol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g.numpy(), w, rtol=tol, atol=tol)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def mlp(dtype=np.float32):
+    l1 = gt.nn.Dense(6, 9, activation="tanh", seed=0, dtype=dtype)
+    l2 = gt.nn.Dense(9, 4, seed=1, dtype=dtype)
+
+    def fn(x, y):
+        return gt.nn.cross_entropy(l2(l1(gt.tensor(x))), y, reduction="none")
+
+    return fn, [l1.kernel, l1.bias, l2.kernel, l2.bias]
+
+
+def mlp_data(B=8, dtype=np.float32):
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(B, 6)).astype(dtype), rng.integers(0, 4, size=B)
+
+
+def cnn():
+    # conv (padding 1) 1->3, relu, max pool 2, conv 3->4, relu, max pool 2, dense (float64)
+    c1 = gt.nn.Conv2D(1, 3, 3, padding=1, activation="relu", seed=0, dtype=np.float64)
+    c2 = gt.nn.Conv2D(3, 4, 3, activation="relu", seed=1, dtype=np.float64)
+    d = gt.nn.Dense(4, 3, seed=2, dtype=np.float64)
+
+    def fn(x, y):
+        h = gt.nn.max_pool2d(c1(gt.tensor(x)), 2)                 # [B, 3, 5, 5]
+        h = gt.nn.max_pool2d(c2(h), 2)                            # [B, 4, 1, 1]
+        return gt.nn.cross_entropy(d(gt.reshape(h, (h.shape[0], -1))), y, reduction="none")
+
+    return fn, [c1.kernel, c1.bias, c2.kernel, c2.bias, d.kernel, d.bias]
+
+
+def cnn_data(B=5):
+    rng = np.random.default_rng(2)
+    return rng.normal(size=(B, 1, 10, 10)), rng.integers(0, 3, size=B)
+
+
+def embed_model(V=11, D=4, H=8):
+    emb = gt.nn.Embedding(V, D, seed=0)
+    l1 = gt.nn.Dense(D, H, activation="tanh", seed=1)
+    l2 = gt.nn.Dense(H, 3, seed=2)
+
+    def fn(ids, y):
+        h = l1(emb(ids))                                          # [B, L, H]: a sequence
+        return gt.nn.cross_entropy(l2(gt.mean(h, axis=1)), y, reduction="none")
+
+    return fn, [emb.table, l1.kernel, l1.bias, l2.kernel, l2.bias]
+
+
+def embed_data(B=6, L=5, V=11):
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, V, size=(B, L))
+    ids[:, 1] = ids[:, 0]  # repeated ids within an example accumulate
+    return ids, rng.integers(0, 3, size=B)
+
+
+MODELS = {
+    "mlp": (mlp, mlp_data, 1e-5),
+    "cnn": (cnn, cnn_data, 1e-10),
+    "embedding": (embed_model, embed_data, 1e-5),
+}
+
+
+# --------------------------------------------------------------------------- per-example values
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_per_example_equals_single_example_gradients(backend, name):
+    make, data, tol = MODELS[name]
+    fn, params = make()
+    batch = data()
+    got = per_example(fn, params, *batch)
+    ref = loop_grads(fn, params, *batch)
+    assert_close(got, ref, tol)
+    for g, p in zip(got, params):
+        assert g.dtype == p.dtype
+    # and they sum to the batch gradient
+    for g, w in zip(got, batch_grads(fn, params, *batch)):
+        np.testing.assert_allclose(g.numpy().sum(0), w, rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_clipped_sum_equals_the_loop_formula(backend, name):
+    make, data, tol = MODELS[name]
+    fn, params = make()
+    batch = data()
+    ref = loop_grads(fn, params, *batch)
+    norms = clip_reference(ref, 1.0)[1]
+    C = float(np.median(norms))
+    clipped, norms, c = clip_reference(ref, C)
+    assert (c < 1).any() and (c == 1).any()  # some examples clipped, some not
+    got, got_norms = per_example(fn, params, *batch, max_norm=C, reduce="sum", return_norms=True)
+    assert_close(got, [r.sum(0) for r in clipped], tol * 10)
+    np.testing.assert_allclose(got_norms.numpy(), norms, rtol=tol * 10)
+    assert got_norms.shape == (len(batch[0]),) and got_norms.dtype == params[0].dtype
+    # per example (reduce=None) with clipping
+    got = per_example(fn, params, *batch, max_norm=C)
+    assert_close(got, clipped, tol)
+
+
+def test_sum_without_clipping_is_the_batch_gradient():
+    fn, params = mlp()
+    batch = mlp_data()
+    got = per_example(fn, params, *batch, reduce="sum")
+    assert_close(got, batch_grads(fn, params, *batch), 1e-5)
+    got, norms = per_example(fn, params, *batch, reduce="sum", return_norms=True)
+    assert_close(got, batch_grads(fn, params, *batch), 1e-5)
+    np.testing.assert_allclose(norms.numpy(), clip_reference(loop_grads(fn, params, *batch), 1.0)[1],
+                               rtol=1e-5)
+
+
+def test_return_norms_unclipped_per_example():
+    fn, params = mlp()
+    batch = mlp_data()
+    ref = loop_grads(fn, params, *batch)
+    want = clip_reference(ref, 1.0)[1]
+    grads, norms = per_example(fn, params, *batch, return_norms=True)
+    assert_close(grads, ref, 1e-5)
+    np.testing.assert_allclose(norms.numpy(), want, rtol=1e-5)
+    grads, norms = per_example(fn, params, *batch, max_norm=0.1, return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), want, rtol=1e-5)  # the norms before clipping
+    got_norms = np.sqrt(sum((g.numpy().reshape(len(want), -1) ** 2).sum(1) for g in grads))
+    np.testing.assert_allclose(got_norms, np.minimum(want, 0.1), rtol=1e-5)
+
+
+def test_target_with_several_values_per_example():
+    rng = np.random.default_rng(4)
+    w = gt.Variable(rng.normal(size=(5, 3)))
+    b = gt.Variable(rng.normal(size=3))
+    x = rng.normal(size=(7, 5))
+
+    def fn(xb):
+        return gt.tanh(gt.tensor(xb) @ w + b)  # [B, 3]: summed within each example
+
+    got = per_example(fn, [w, b], x)
+    assert_close(got, loop_grads(fn, [w, b], x), 1e-12)
+    clipped = clip_reference(loop_grads(fn, [w, b], x), 0.5)[0]
+    assert_close(per_example(fn, [w, b], x, max_norm=0.5, reduce="sum"), [r.sum(0) for r in clipped],
+                 1e-12)
+
+
+def test_parameters_through_param_only_ops_and_sharing(backend):
+    """W.T, reshape, astype, elementwise ops on parameters and a weight used twice."""
+    rng = np.random.default_rng(5)
+    w = gt.Variable(rng.normal(size=(4, 4)))
+    v = gt.Variable(rng.normal(size=(2, 4)))
+    s = gt.Variable(rng.normal(size=(4,)).astype(np.float32))
+    x = rng.normal(size=(6, 4))
+
+    def fn(xb):
+        h = gt.tanh(gt.tensor(xb) @ w.T)                          # transpose of a parameter
+        h = gt.tanh(h @ w)                                        # the same weight again
+        h = h * gt.exp(s.astype("float64"))                       # astype, elementwise on a param
+        h = h + gt.reshape(v, (8,))[:4]                           # reshape, getitem of a param
+        return gt.sum(h * h, axis=1)
+
+    params = [w, v, s]
+    ref = loop_grads(fn, params, x)
+    got = per_example(fn, params, x)
+    assert got[2].dtype == np.float32
+    assert_close(got, ref, 1e-5)
+    clipped = clip_reference(ref, 1.0)[0]
+    assert_close(per_example(fn, params, x, max_norm=1.0, reduce="sum"), [r.sum(0) for r in clipped], 1e-5)
+
+
+def test_nested_sources_keep_their_structure():
+    fn, params = mlp()
+    batch = mlp_data()
+    got = per_example(fn, {"w": params[0], "rest": (params[1], [params[2]])}, *batch)
+    assert set(got) == {"w", "rest"} and isinstance(got["rest"], tuple)
+    np.testing.assert_allclose(got["rest"][1][0].numpy(), loop_grads(fn, params, *batch)[2], atol=1e-5)
+
+
+def test_embedding_materialized_when_positions_outnumber_the_table():
+    # L * L > V * D: the embedding's per-example gradient is materialized instead of ghosted
+    fn, params = embed_model(V=3, D=2, H=4)
+    ids, y = embed_data(L=9, V=3)
+    ref = loop_grads(fn, params, ids, y)
+    C = float(np.median(clip_reference(ref, 1.0)[1]))
+    clipped = clip_reference(ref, C)[0]
+    assert_close(per_example(fn, params, ids, y, max_norm=C, reduce="sum"), [r.sum(0) for r in clipped], 1e-5)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_ghost_clipping_keeps_memory_O_of_batch_plus_parameters():
+    """d * p >> B: per-example gradients [B, d, p] dominate the materialized path's memory;
+    the ghost path keeps O(B + d * p) beyond the activations."""
+    B, d, p = 16, 384, 384
+    rng = np.random.default_rng(6)
+    w = gt.Variable((rng.normal(size=(d, p)) / np.sqrt(d)).astype(np.float32))
+    x = rng.normal(size=(B, d)).astype(np.float32)
+    y = rng.integers(0, p, size=B)
+
+    def run(reduce):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(gt.tensor(x) @ w, y, reduction="none")
+        out = tape.per_example_gradients(loss, w, max_norm=1.0, reduce=reduce)
+        return out
+
+    ghost = _peak(lambda: run("sum"))
+    materialized = _peak(lambda: run(None))
+    per_example_bytes = B * d * p * 4
+    assert materialized >= per_example_bytes
+    assert ghost < materialized / 6, (ghost, materialized)
+    assert ghost < 4 * d * p * 4  # a few parameter-sized buffers, no [B, d, p]
+    # same result as the loop formula
+    got = run("sum").numpy()
+    ref = loop_grads(lambda xb, yb: gt.nn.cross_entropy(gt.tensor(xb) @ w, yb, reduction="none"), [w], x, y)
+    np.testing.assert_allclose(got, clip_reference(ref, 1.0)[0][0].sum(0), rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- unconnected, tape use
+
+
+@pytest.mark.parametrize("reduce", [None, "sum"])
+def test_unconnected_sources(backend, reduce):
+    fn, params = mlp()
+    batch = mlp_data()
+    unused = gt.Variable(np.ones((2, 3), np.float32))
+    B = len(batch[0])
+    got = per_example(fn, [params[0], unused], *batch, reduce=reduce, max_norm=1.0)
+    assert got[1] is None
+    got = per_example(fn, [params[0], unused], *batch, reduce=reduce, max_norm=1.0,
+                      unconnected_gradients="zero")
+    want_shape = (2, 3) if reduce else (B, 2, 3)
+    assert got[1].shape == want_shape and not got[1].numpy().any() and got[1].dtype == np.float32
+    with pytest.raises(gt.UnconnectedGradientError):
+        per_example(fn, [params[0], unused], *batch, reduce=reduce, unconnected_gradients="raise")
+
+
+def test_target_not_depending_on_the_sources():
+    v = gt.Variable([1.0, 2.0])
+    w = gt.Variable([3.0])
+    with gt.GradientTape() as tape:
+        loss = gt.tensor(np.ones((4, 2), np.float32)) @ v
+    grads, norms = tape.per_example_gradients(loss, [w], return_norms=True, unconnected_gradients="zero")
+    assert grads[0].shape == (4, 1) and not grads[0].numpy().any()
+    assert norms.shape == (4,) and not norms.numpy().any()
+
+
+def test_non_persistent_tape_allows_one_call():
+    fn, params = mlp()
+    x, y = mlp_data()
+    with gt.GradientTape() as tape:
+        loss = fn(x, y)
+    tape.per_example_gradients(loss, params)
+    with pytest.raises(RuntimeError, match="non-persistent"):
+        tape.per_example_gradients(loss, params)
+    with gt.GradientTape() as tape:
+        loss = fn(x, y)
+    tape.per_example_gradients(loss, params)
+    with pytest.raises(RuntimeError, match="non-persistent"):
+        tape.gradient(gt.sum(loss), params)
+    with gt.GradientTape(persistent=True) as tape:
+        loss = fn(x, y)
+        total = gt.sum(loss)
+    a = tape.per_example_gradients(loss, params, max_norm=1.0, reduce="sum")
+    b = tape.per_example_gradients(loss, params, max_norm=1.0, reduce="sum")
+    assert_close(a, [t.numpy() for t in b], 0)
+    assert_close(tape.per_example_gradients(loss, params, reduce="sum"),
+                 [t.numpy() for t in tape.gradient(total, params)], 1e-6)
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"max_norm": 0.0}, ValueError, ["max_norm", "positive", "0.0"]),
+    ({"max_norm": -1}, ValueError, ["max_norm", "positive", "-1"]),
+    ({"max_norm": float("nan")}, ValueError, ["max_norm"]),
+    ({"max_norm": "1"}, TypeError, ["max_norm", "str"]),
+    ({"max_norm": True}, TypeError, ["max_norm", "bool"]),
+    ({"reduce": "mean"}, ValueError, ["reduce", "'sum'", "'mean'"]),
+    ({"return_norms": "yes"}, TypeError, ["return_norms", "str"]),
+    ({"unconnected_gradients": "zeros"}, ValueError, ["unconnected_gradients", "'zeros'"]),
+])
+def test_bad_arguments(kwargs, exc, words):
+    fn, params = mlp()
+    x, y = mlp_data()
+    with gt.GradientTape() as tape:
+        loss = fn(x, y)
+    with pytest.raises(exc) as info:
+        tape.per_example_gradients(loss, params, **kwargs)
+    for w in words:
+        assert w in str(info.value)
+    assert len(tape.per_example_gradients(loss, params)) == 4  # a rejected call leaves the tape usable
+
+
+def test_bad_targets_and_sources():
+    fn, params = mlp()
+    x, y = mlp_data()
+    with gt.GradientTape(persistent=True) as tape:
+        loss = fn(x, y)
+        mean = gt.mean(loss)
+        mixed = loss - gt.mean(loss)  # examples interact through the batch mean
+        own = gt.sum(params[0] * params[0], axis=1)  # no per-example data
+    with pytest.raises(ValueError, match=r"target must have the batch axis first.*reduction='none'"):
+        tape.per_example_gradients(mean, params)
+    with pytest.raises(TypeError, match="target must be one gradtape Tensor"):
+        tape.per_example_gradients([loss], params)
+    with pytest.raises(TypeError, match="target is None"):
+        tape.per_example_gradients(None, params)
+    with pytest.raises(ValueError, match="mixes the examples"):
+        tape.per_example_gradients(mixed, params)
+    with pytest.raises(ValueError, match="computed from the sources alone"):
+        tape.per_example_gradients(own, params[0])
+    with pytest.raises(TypeError, match="floating-point sources"):
+        tape.per_example_gradients(loss, gt.tensor([1, 2]))
+    with pytest.raises(TypeError, match=r"sources\[1\] must be a gradtape Tensor"):
+        tape.per_example_gradients(loss, [params[0], np.ones(2)])
+
+
+def test_unsupported_layer_raises_naming_the_primitive():
+    rng = np.random.default_rng(7)
+    w = gt.Variable(rng.normal(size=(3, 2)))
+    x = gt.tensor(rng.normal(size=(4, 3)))
+    with gt.GradientTape(persistent=True) as tape:
+        loss = gt.sum(gt.einsum("bi,ij->bj", x, w), axis=1)
+        total = gt.sum(loss)
+    with pytest.raises(NotImplementedError, match=r"'einsum'.*gt\.vmap\(gt\.grad"):
+        tape.per_example_gradients(loss, w)
+    # the plain sum needs no per-example rule: it is the batch gradient
+    np.testing.assert_allclose(tape.per_example_gradients(loss, w, reduce="sum").numpy(),
+                               tape.gradient(total, w).numpy())
+
+
+def test_edge_cases_empty_batch_leading_axes_watched_input():
+    rng = np.random.default_rng(8)
+    x = gt.tensor(rng.normal(size=(4, 3)))
+    b1 = gt.Variable(rng.normal(size=(1, 3)))  # a leading 1 against the batch axis
+    bB = gt.Variable(rng.normal(size=(4, 3)))  # a leading B: row b is example b's alone
+    with gt.GradientTape() as tape:
+        tape.watch(x)  # a watched per-example input that is not a source is data
+        loss = gt.sum(gt.tanh(x + b1 + bB), axis=1)
+    g1, gB = tape.per_example_gradients(loss, [b1, bB])
+    d = 1 - np.tanh(x.numpy() + b1.numpy() + bB.numpy()) ** 2
+    np.testing.assert_allclose(g1.numpy(), d[:, None, :], rtol=1e-12)
+    want = np.zeros((4, 4, 3))
+    want[np.arange(4), np.arange(4)] = d
+    np.testing.assert_allclose(gB.numpy(), want, rtol=1e-12)
+    dense = gt.nn.Dense(3, 2, seed=0)
+    for reduce, shapes in [(None, [(0, 3, 2), (0, 2)]), ("sum", [(3, 2), (2,)])]:
+        with gt.GradientTape() as tape:
+            loss = gt.sum(dense(gt.tensor(np.zeros((0, 3), np.float32))), axis=1)
+        grads, norms = tape.per_example_gradients(loss, [dense.kernel, dense.bias], max_norm=1.0,
+                                                  reduce=reduce, return_norms=True)
+        assert [g.shape for g in grads] == shapes and norms.shape == (0,)
+        assert not any(g.numpy().any() for g in grads)
+
+
+def test_custom_gradients_between_layers_and_no_records_left_on_a_recording_tape():
+    @gt.custom_gradient
+    def softsign(x):
+        def grad(dy):
+            return dy / (1 + gt.abs(x)) ** 2
+        return x / (1 + gt.abs(x)), grad
+
+    @gt.custom_gradient
+    def pair(x):  # two outputs
+        def grad(da, db):
+            return (0 if da is None else da) + (0 if db is None else 2 * db)
+        return (x * 1.0, x * 2.0), grad
+
+    dense = gt.nn.Dense(3, 4, seed=0, dtype=np.float64)
+    x = np.random.default_rng(9).normal(size=(5, 3))
+
+    def fn(xb):
+        a, b = pair(softsign(dense(gt.tensor(xb))))
+        return gt.sum(a * b, axis=1)
+
+    params = [dense.kernel, dense.bias]
+    ref = loop_grads(fn, params, x)
+    with gt.GradientTape(persistent=True) as tape:
+        loss = fn(x)
+        n = len(tape.recorded_ops())
+        got = tape.per_example_gradients(loss, params)
+        summed = tape.per_example_gradients(loss, params, max_norm=0.5, reduce="sum")
+        assert len(tape.recorded_ops()) == n  # first order: the pass itself is not recorded
+    assert_close(got, ref, 1e-12)
+    assert_close(summed, [r.sum(0) for r in clip_reference(ref, 0.5)[0]], 1e-12)

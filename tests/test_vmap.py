@@ -1,0 +1,403 @@
+"""gt.vmap and the functional transforms (grad, value_and_grad, vjp, jacrev, hessian), and the
+vectorized tape.jacobian / batch_jacobian, through the public API: every result is compared
+with a Python loop over examples or with the loop path (experimental_use_pfor=False)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape.extend import MissingRuleError, elementwise, primitive
+
+RNG = np.random.default_rng(0)
+
+
+def t(*shape: int, dtype: type = np.float64) -> gt.Tensor:
+    return gt.tensor(RNG.standard_normal(shape).astype(dtype))
+
+
+def close(a: gt.Tensor | np.ndarray, b: gt.Tensor | np.ndarray, tol: float = 1e-10) -> None:
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+def mlp_loss(params: dict, x: gt.Tensor, y: gt.Tensor) -> gt.Tensor:
+    h = gt.tanh(x @ params["W1"] + params["b1"])
+    logits = h @ params["W2"] + params["b2"]
+    return gt.nn.cross_entropy(logits, y)
+
+
+def mlp_params(d: int = 5, h: int = 7, k: int = 3, dtype: type = np.float64) -> dict:
+    return {"W1": t(d, h, dtype=dtype), "b1": t(h, dtype=dtype),
+            "W2": t(h, k, dtype=dtype), "b2": t(k, dtype=dtype)}
+
+
+# ------------------------------------------------------------------------------------ vmap
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vmap_matches_loop_mixed_axes(dtype: type) -> None:
+    def f(a: gt.Tensor, w: gt.Tensor, b: gt.Tensor) -> gt.Tensor:
+        return gt.sum(gt.tanh(a @ w) * b, axis=0)
+
+    A = t(3, 4, 5, dtype=dtype)   # batch on axis 1
+    W = t(5, 2, dtype=dtype)      # shared
+    Bv = t(2, 4, dtype=dtype)     # batch on axis 1 (last)
+    out = gt.vmap(f, in_axes=(1, None, -1))(A, W, Bv)
+    ref = np.stack([f(A[:, i], W, Bv[:, i]).numpy() for i in range(4)])
+    assert out.shape == (4, 2) and out.dtype == dtype
+    close(out, ref, 1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_vmap_out_axes_and_trees() -> None:
+    def f(d: dict, pair: tuple) -> dict:
+        return {"s": d["x"] * pair[0], "t": (d["y"] + pair[1], gt.tensor(2.0))}
+
+    X, Y, P0, P1 = t(3, 2), t(3, 4), t(2), t(3, 4)
+    out = gt.vmap(f, in_axes=({"x": 0, "y": 0}, (None, 0)),
+                  out_axes={"s": 1, "t": (0, None)})(dict(x=X, y=Y), (P0, P1))
+    close(out["s"], (X.numpy() * P0.numpy()).T)
+    close(out["t"][0], Y.numpy() + P1.numpy())
+    assert float(out["t"][1]) == 2.0
+
+
+def test_vmap_unbatched_output_is_broadcast() -> None:
+    out = gt.vmap(lambda x, w: w * 2.0, in_axes=(0, None))(t(4, 2), gt.tensor([1.0, 2.0]))
+    close(out, np.tile([2.0, 4.0], (4, 1)))
+
+
+def test_nested_vmap_outer_product() -> None:
+    a, b = t(3), t(4)
+    out = gt.vmap(gt.vmap(lambda x, y: x * y, in_axes=(None, 0)), in_axes=(0, None))(a, b)
+    close(out, np.outer(a.numpy(), b.numpy()))
+
+
+def test_nested_vmap_matmul_and_reduction() -> None:
+    X = t(2, 3, 4)
+    W = t(4, 5)
+    out = gt.vmap(gt.vmap(lambda x: gt.sum(gt.tanh(x @ W))))(X)
+    close(out, np.tanh(X.numpy() @ W.numpy()).sum(-1))
+
+
+def test_axis_size_and_chunk_size() -> None:
+    out = gt.vmap(lambda: gt.tensor([1.0, 2.0]), axis_size=3)()
+    assert out.shape == (3, 2)
+    X = t(10, 3)
+    full = gt.vmap(lambda x: gt.sum(x * x))(X)
+    chunked = gt.vmap(lambda x: gt.sum(x * x), chunk_size=3)(X)
+    close(full, chunked)
+    close(full, (X.numpy() ** 2).sum(1))
+
+
+def test_vmap_errors() -> None:
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        gt.vmap(lambda a, b: a + b)(t(3), t(4))
+    with pytest.raises(ValueError, match="axis_size"):
+        gt.vmap(lambda a: a, in_axes=None)(t(3))
+    with pytest.raises(ValueError, match="out of range"):
+        gt.vmap(lambda a: a, in_axes=2)(t(3, 2))
+    with pytest.raises(ValueError, match="in_axes has 2 entries"):
+        gt.vmap(lambda a: a, in_axes=(0, 0))(t(3))
+    with pytest.raises(ValueError, match="out_axes is None"):
+        gt.vmap(lambda a: a, out_axes=None)(t(3))
+    with pytest.raises(TypeError, match="truth value"):
+        gt.vmap(lambda a: a if a > 0 else -a)(t(3))
+    with pytest.raises(TypeError, match="numpy"):
+        gt.vmap(lambda a: a.numpy())(t(3))
+    with pytest.raises(ValueError, match="chunk_size"):
+        gt.vmap(lambda a: a, chunk_size=0)
+
+
+def test_missing_batching_rule_names_the_primitive() -> None:
+    p = primitive("test_vmap_no_rule", lambda xp, x: x * 3.0, rule=lambda m, rec, g: (g * 3.0,),
+                  saves_inputs=False)
+    assert gt.tensor([1.0]).shape == (1,)
+    with pytest.raises(MissingRuleError, match="test_vmap_no_rule"):
+        gt.vmap(lambda x: p(x))(t(3))
+
+
+def test_custom_elementwise_is_batched_by_the_factory() -> None:
+    cube = elementwise("test_vmap_cube", lambda xp, x: x * x * x, d="3 * x * x")
+    X = t(4, 3)
+    close(gt.vmap(lambda x: cube(x))(X), X.numpy() ** 3)
+
+
+def test_tape_inside_vmap_gives_per_example_gradients() -> None:
+    W = t(3, 2)
+    X = t(5, 3)
+
+    def per_example(x: gt.Tensor) -> gt.Tensor:
+        with gt.GradientTape() as tape:
+            tape.watch(W)
+            loss = gt.sum(gt.tanh(x @ W) ** 2)
+        return tape.gradient(loss, W)
+
+    out = gt.vmap(per_example)(X)
+    ref = np.stack([per_example(X[i]).numpy() for i in range(5)])
+    assert out.shape == (5, 3, 2)
+    close(out, ref)
+
+
+def test_tape_outside_vmap_differentiates_through_it() -> None:
+    W = t(3, 2)
+    X = t(5, 3)
+    with gt.GradientTape() as tape:
+        tape.watch(W)
+        per = gt.vmap(lambda x: gt.sum(gt.sin(x @ W)), in_axes=0)(X)
+        loss = gt.sum(per)
+    g = tape.gradient(loss, W)
+    with gt.GradientTape() as tape2:
+        tape2.watch(W)
+        ref_loss = gt.sum(gt.sin(X @ W))
+    close(g, tape2.gradient(ref_loss, W))
+
+
+# ---------------------------------------------------------------------- grad and friends
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vmap_grad_per_example_mlp(dtype: type) -> None:
+    params = mlp_params(dtype=dtype)
+    X = t(6, 5, dtype=dtype)
+    Y = gt.tensor(RNG.integers(0, 3, size=6))
+    per = gt.vmap(gt.grad(mlp_loss), in_axes=(None, 0, 0))(params, X, Y)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for i in range(6):
+        one = gt.grad(mlp_loss)(params, X[i:i + 1], Y[i:i + 1])
+        for k in params:
+            assert per[k].shape == (6,) + params[k].shape and per[k].dtype == dtype
+            close(per[k][i], one[k], tol)
+    batch = gt.grad(lambda p: gt.sum(gt.vmap(mlp_loss, in_axes=(None, 0, 0))(p, X[:, None], Y[:, None])))(params)
+    for k in params:
+        close(gt.sum(per[k], axis=0), batch[k], tol)
+
+
+def test_value_and_grad_argnums_aux() -> None:
+    def f(a: gt.Tensor, b: gt.Tensor) -> tuple:
+        return gt.sum(a * b * b), {"a2": a * 2}
+
+    a, b = t(3), t(3)
+    (v, aux), (ga, gb) = gt.value_and_grad(f, argnums=(0, 1), has_aux=True)(a, b)
+    close(v, (a.numpy() * b.numpy() ** 2).sum())
+    close(aux["a2"], a.numpy() * 2)
+    close(ga, b.numpy() ** 2)
+    close(gb, 2 * a.numpy() * b.numpy())
+    g, aux2 = gt.grad(f, has_aux=True)(a, b)
+    close(g, ga)
+
+
+def test_grad_unused_argument_gives_zeros_and_errors() -> None:
+    g = gt.grad(lambda a, b: gt.sum(a * 2.0), argnums=1)(t(2), t(3))
+    close(g, np.zeros(3))
+    with pytest.raises(TypeError, match="shape"):
+        gt.grad(lambda a: a * 2)(t(3))
+    with pytest.raises(TypeError, match="integer"):
+        gt.grad(lambda a: a * 2)(3)
+    with pytest.raises(ValueError, match="out of range"):
+        gt.grad(lambda a: a, argnums=2)(t(1))
+
+
+def test_grad_of_grad_and_vmap_of_grad_of_grad() -> None:
+    f = lambda x: gt.sum(gt.sin(x) * x)  # noqa: E731
+    x = t(4)
+    d2 = gt.grad(lambda x: gt.sum(gt.grad(f)(x)))(x)
+    xn = x.numpy()
+    close(d2, 2 * np.cos(xn) - xn * np.sin(xn))
+    X = t(3, 4)
+    per = gt.vmap(gt.grad(lambda x: gt.sum(gt.grad(f)(x))))(X)
+    close(per, 2 * np.cos(X.numpy()) - X.numpy() * np.sin(X.numpy()))
+
+
+def test_vjp_and_batched_vjp() -> None:
+    W = t(3, 4)
+    x = t(3)
+    out, vjp_fn = gt.vjp(lambda x, W: gt.tanh(x @ W), x, W)
+    ct = t(4)
+    gx, gW = vjp_fn(ct)
+    d = (1 - np.tanh(x.numpy() @ W.numpy()) ** 2) * ct.numpy()
+    close(gx, W.numpy() @ d)
+    close(gW, np.outer(x.numpy(), d))
+    cts = t(6, 4)
+    gxs, gWs = gt.vmap(vjp_fn)(cts)
+    for i in range(6):
+        gi = vjp_fn(cts[i])
+        close(gxs[i], gi[0])
+        close(gWs[i], gi[1])
+    with pytest.raises(ValueError, match="shape"):
+        vjp_fn(t(3))
+
+
+# ------------------------------------------------------------------------------ jacobians
+def _jac_cases() -> list:
+    W = t(5, 4)
+    return [
+        (lambda x: gt.tanh(W @ x), (4,)),
+        (lambda x: gt.nn.softmax(x * x, axis=-1), (2, 3)),
+        (lambda x: gt.sum(x * x, axis=0), (3, 2)),
+        (lambda x: gt.reshape(x, (6,))[1:4] * 2.0, (2, 3)),
+        (lambda x: gt.max(x, axis=1) + gt.mean(x), (3, 4)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_jacobian_vectorized_equals_loop(case: int) -> None:
+    f, shape = _jac_cases()[case]
+    x = t(*shape)
+    with gt.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = f(x)
+    jv = tape.jacobian(y, x)
+    jl = tape.jacobian(y, x, experimental_use_pfor=False)
+    assert jv.shape == y.shape + x.shape
+    close(jv, jl)
+    close(gt.jacrev(f)(x), jl)
+
+
+def test_jacobian_is_differentiable_under_an_outer_tape() -> None:
+    x = t(3)
+    with gt.GradientTape() as outer:
+        outer.watch(x)
+        with gt.GradientTape() as inner:
+            inner.watch(x)
+            y = gt.sin(x) * x
+        j = inner.jacobian(y, x)
+        s = gt.sum(j)
+    g = outer.gradient(s, x)
+    xn = x.numpy()
+    close(g, 2 * np.cos(xn) - xn * np.sin(xn))
+
+
+def test_batch_jacobian_vectorized_equals_loop() -> None:
+    W = t(4, 3)
+    X = t(5, 4)
+    with gt.GradientTape(persistent=True) as tape:
+        tape.watch(X)
+        Y = gt.tanh(X @ W)
+    bj = tape.batch_jacobian(Y, X)
+    assert bj.shape == (5, 3, 4)
+    close(bj, tape.batch_jacobian(Y, X, experimental_use_pfor=False))
+    for i in range(5):
+        d = 1 - np.tanh(X.numpy()[i] @ W.numpy()) ** 2
+        close(bj[i], d[:, None] * W.numpy().T)
+
+
+def test_jacobian_empty_and_unconnected() -> None:
+    x = t(3)
+    u = t(2)
+    with gt.GradientTape(persistent=True) as tape:
+        tape.watch([x, u])
+        y = x[:0] * 2.0
+        z = x * 2.0
+    assert tape.jacobian(y, x).shape == (0, 3)
+    assert tape.jacobian(z, u) is None
+    assert tape.jacobian(z, u, unconnected_gradients="zero").shape == (3, 2)
+
+
+def test_jacrev_argnums_and_hessian() -> None:
+    def f(a: gt.Tensor, b: gt.Tensor) -> gt.Tensor:
+        return gt.sum(a * a * b)
+
+    a, b = t(3), t(3)
+    ja, jb = gt.jacrev(f, argnums=(0, 1))(a, b)
+    close(ja, 2 * a.numpy() * b.numpy())
+    close(jb, a.numpy() ** 2)
+    H = gt.hessian(lambda x: gt.sum(gt.sin(x) * x[0]))(a)
+    an = a.numpy()
+    ref = np.diag(-np.sin(an) * an[0])
+    ref[0, :] += np.cos(an)
+    ref[:, 0] += np.cos(an)
+    close(H, ref)
+
+
+def test_hessian_of_mlp_loss_matches_nested_tapes() -> None:
+    params = mlp_params(d=3, h=4, k=2)
+    X = t(4, 3)
+    Y = gt.tensor(RNG.integers(0, 2, size=4))
+    W1 = params["W1"]
+
+    def loss(w: gt.Tensor) -> gt.Tensor:
+        return mlp_loss({**params, "W1": w}, X, Y)
+
+    H = gt.hessian(loss)(W1)
+    with gt.GradientTape(persistent=True) as outer:
+        outer.watch(W1)
+        with gt.GradientTape() as inner:
+            inner.watch(W1)
+            L = loss(W1)
+        g = inner.gradient(L, W1)
+    ref = outer.jacobian(g, W1, experimental_use_pfor=False)
+    assert H.shape == (3, 4, 3, 4)
+    close(H, ref, 1e-9)
+
+
+# ------------------------------------------------------------------ forward-mode compositions
+def test_jacfwd_equals_jacrev_and_argnums() -> None:
+    W = t(4, 3)
+
+    def f(x: gt.Tensor, w: gt.Tensor) -> gt.Tensor:
+        return gt.nn.softmax(gt.tanh(x @ w) * 2.0) + gt.sum(x * x)
+
+    x = t(4)
+    for argnums in (0, 1):
+        close(gt.jacfwd(f, argnums)(x, W), gt.jacrev(f, argnums)(x, W))
+    jx, jw = gt.jacfwd(f, argnums=(0, 1))(x, W)
+    assert jx.shape == (3, 4) and jw.shape == (3, 4, 3)
+
+
+def test_jacfwd_of_a_tree_argument_and_tree_output() -> None:
+    p = {"a": t(2), "b": t(3)}
+
+    def f(p: dict) -> tuple:
+        return gt.sum(p["a"]) * p["b"], gt.sin(p["a"])
+
+    fw = gt.jacfwd(f)(p)
+    rv = gt.jacrev(f)(p)
+    for k in ("a", "b"):
+        close(fw[0][k], rv[0][k])
+        close(fw[1][k], rv[1][k])
+
+
+def test_hvp_forward_over_reverse_equals_hessian_rows() -> None:
+    params = mlp_params(d=3, h=4, k=2)
+    X = t(5, 3)
+    Y = gt.tensor(RNG.integers(0, 2, size=5))
+
+    def loss(w: gt.Tensor) -> gt.Tensor:
+        return mlp_loss({**params, "W1": w}, X, Y)
+
+    W1 = params["W1"]
+    V = t(3, 4)
+    (hv,) = gt.hvp(loss, (W1,), (V,))
+    H = gt.hessian(loss)(W1).numpy().reshape(12, 12)
+    close(hv, (H @ V.numpy().reshape(12)).reshape(3, 4), 1e-9)
+    # the same by nested tapes (reverse over reverse)
+    with gt.GradientTape() as outer:
+        outer.watch(W1)
+        with gt.GradientTape() as inner:
+            inner.watch(W1)
+            L = loss(W1)
+        gv = gt.sum(inner.gradient(L, W1) * V)
+    close(outer.gradient(gv, W1), hv, 1e-9)
+
+
+def test_vmap_of_jvp_and_jvp_of_vmap() -> None:
+    x = t(3)
+    f = lambda x: gt.sin(x) * gt.sum(x * x)  # noqa: E731
+    V = t(5, 3)
+    cols = gt.vmap(lambda v: gt.jvp(f, (x,), (v,))[1])(V)
+    J = gt.jacrev(f)(x).numpy()
+    close(cols, V.numpy() @ J.T)
+    X = t(4, 3)
+    out, tan = gt.jvp(gt.vmap(f), (X,), (V[:4],))
+    for i in range(4):
+        close(tan[i], gt.jacrev(f)(X[i]).numpy() @ V.numpy()[i])
+
+
+def test_jvp_of_grad_inside_vmap_per_example_hvp() -> None:
+    W = t(3, 2)
+    X = t(4, 3)
+    V = t(3, 2)
+
+    def loss(w: gt.Tensor, x: gt.Tensor) -> gt.Tensor:
+        return gt.sum(gt.tanh(x @ w) ** 2)
+
+    per = gt.vmap(lambda x: gt.jvp(lambda w: gt.grad(loss)(w, x), (W,), (V,))[1])(X)
+    for i in range(4):
+        H = gt.hessian(loss)(W, X[i]).numpy().reshape(6, 6)
+        close(per[i], (H @ V.numpy().reshape(6)).reshape(3, 2), 1e-9)
