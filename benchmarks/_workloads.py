@@ -8,8 +8,10 @@ switch ``gt.config.fusion``), a ``sync`` for asynchronous devices, and ``grads``
 
 Frameworks: ``gradtape``, ``numpy`` (hand-written forward + manual backward), ``torch``
 (PyTorch eager), ``tf`` (TensorFlow eager ``GradientTape``), ``jax`` (``jax.jit`` of the whole
-gradient/step function), ``autograd`` (HIPS autograd). Peers are imported lazily; a missing one
-raises :class:`Unavailable` with the reason, and the caller skips it.
+gradient/step function), ``autograd`` (HIPS autograd); the batched-gradient rows add
+``opacus`` (per-sample hooks on PyTorch) and variants named ``fw[variant]`` (``gradtape[vmap]``,
+``torch[batch]``, ...; see :func:`build_per_example_mlp`). Peers are imported lazily; a missing
+one raises :class:`Unavailable` with the reason, and the caller skips it.
 
 Everything is float32.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -78,7 +81,7 @@ def load(fw: str) -> Any:
     if fw in _MODULES:
         return _MODULES[fw]
     name = {"gradtape": "gradtape", "numpy": "numpy", "torch": "torch", "tf": "tensorflow",
-            "jax": "jax", "autograd": "autograd", "cupy": "cupy"}[fw]
+            "jax": "jax", "autograd": "autograd", "cupy": "cupy", "opacus": "opacus"}[fw]
     if fw == "jax":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
@@ -843,6 +846,53 @@ def conv_data() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return X, y, params
 
 
+def _gt_conv_check(gt: Any, adam: bool = False) -> None:
+    """Raise :class:`Unavailable` naming what the conv net needs and gradtape lacks."""
+    nn = getattr(gt, "nn", None)
+    missing = [name for name in ("conv2d", "max_pool2d", "cross_entropy") if not hasattr(nn, name)]
+    if not hasattr(gt, "relu"):
+        missing.append("relu")
+    if adam and not hasattr(getattr(gt, "optimizers", None), "Adam"):
+        missing.append("optimizers.Adam")
+    if missing:
+        raise Unavailable("gradtape lacks " + ", ".join(missing))
+
+
+def _gt_conv_logits(gt: Any, ps: list, X: Any) -> Any:
+    """The conv net's logits in gradtape (X: (B, 1, H, W))."""
+    nn = gt.nn
+    K1, b1, K2, b2, W, b = ps
+    h = gt.relu(nn.conv2d(X, K1, padding=1) + gt.reshape(b1, (1, -1, 1, 1)))
+    h = nn.max_pool2d(h, 2)
+    h = gt.relu(nn.conv2d(h, K2, padding=1) + gt.reshape(b2, (1, -1, 1, 1)))
+    h = nn.max_pool2d(h, 2)
+    return gt.matmul(gt.reshape(h, (X.shape[0], -1)), W) + b
+
+
+def _torch_conv_logits(F: Any, ps: list, X: Any) -> Any:
+    """The conv net's logits in PyTorch (``F`` is ``torch.nn.functional``)."""
+    K1, b1, K2, b2, W, b = ps
+    h = F.max_pool2d(F.relu(F.conv2d(X, K1, b1, padding=1)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, K2, b2, padding=1)), 2)
+    return h.reshape(X.shape[0], -1) @ W + b
+
+
+def _jax_conv_logits(jax: Any, ps: list, X: Any) -> Any:
+    """The conv net's logits in JAX (NCHW / OIHW, as the other frameworks)."""
+    jnp, lax = jax.numpy, jax.lax
+    dn = ("NCHW", "OIHW", "NCHW")
+
+    def pool(h: Any) -> Any:
+        return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    K1, b1, K2, b2, W, b = ps
+    h = lax.conv_general_dilated(X, K1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    h = pool(jax.nn.relu(h + b1[None, :, None, None]))
+    h = lax.conv_general_dilated(h, K2, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    h = pool(jax.nn.relu(h + b2[None, :, None, None]))
+    return h.reshape(X.shape[0], -1) @ W + b
+
+
 def build_conv(fw: str, device: str = "cpu") -> Cell:
     """One training step (forward, backward, Adam) of conv3x3(1->8)-relu-maxpool2-conv3x3(8->16)-
     relu-maxpool2-dense(784->10), cross-entropy on integer labels, batch 32 of 1x28x28."""
@@ -851,15 +901,7 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
     if fw == "gradtape":
         G = _GT(None, device)
         gt = G.gt
-        nn = getattr(gt, "nn", None)
-        missing = [name for name in ("conv2d", "max_pool2d", "cross_entropy")
-                   if not hasattr(nn, name)]
-        if not hasattr(gt, "relu"):
-            missing.append("relu")
-        if not hasattr(getattr(gt, "optimizers", None), "Adam"):
-            missing.append("optimizers.Adam")
-        if missing:
-            raise Unavailable("gradtape lacks " + ", ".join(missing))
+        _gt_conv_check(gt, adam=True)
         with G:
             params = [gt.Variable(p) for p in P0]
             X = gt.tensor(X0)
@@ -867,14 +909,8 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
             opt = gt.optimizers.Adam(ADAM["lr"], epsilon=ADAM["eps"])
 
         def run() -> Any:
-            K1, b1, K2, b2, W, b = params
             with gt.GradientTape() as tape:
-                h = gt.relu(nn.conv2d(X, K1, padding=1) + gt.reshape(b1, (1, -1, 1, 1)))
-                h = nn.max_pool2d(h, 2)
-                h = gt.relu(nn.conv2d(h, K2, padding=1) + gt.reshape(b2, (1, -1, 1, 1)))
-                h = nn.max_pool2d(h, 2)
-                logits = gt.matmul(gt.reshape(h, (B, -1)), W) + b
-                loss = nn.cross_entropy(logits, y)
+                loss = gt.nn.cross_entropy(_gt_conv_logits(gt, params, X), y)
             grads = tape.gradient(loss, params)
             opt.apply_gradients(zip(grads, params))
             return grads
@@ -889,10 +925,7 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
         opt = torch.optim.Adam(params, lr=ADAM["lr"], eps=ADAM["eps"])
 
         def run_t() -> Any:
-            K1, b1, K2, b2, W, b = params
-            h = F.max_pool2d(F.relu(F.conv2d(X, K1, b1, padding=1)), 2)
-            h = F.max_pool2d(F.relu(F.conv2d(h, K2, b2, padding=1)), 2)
-            loss = F.cross_entropy(h.reshape(B, -1) @ W + b, y)
+            loss = F.cross_entropy(_torch_conv_logits(F, params, X), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -935,21 +968,10 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
     if fw == "jax":
         jax = load("jax")
         jnp = jax.numpy
-        lax = jax.lax
         X, y = jnp.asarray(X0), jnp.asarray(y0)
-        dn = ("NCHW", "OIHW", "NCHW")
-
-        def pool(h: Any) -> Any:
-            return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
 
         def loss_j(ps: list) -> Any:
-            K1, b1, K2, b2, W, b = ps
-            h = lax.conv_general_dilated(X, K1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
-            h = pool(jax.nn.relu(h + b1[None, :, None, None]))
-            h = lax.conv_general_dilated(h, K2, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
-            h = pool(jax.nn.relu(h + b2[None, :, None, None]))
-            logits = h.reshape(B, -1) @ W + b
-            lp = jax.nn.log_softmax(logits)
+            lp = jax.nn.log_softmax(_jax_conv_logits(jax, ps, X))
             return -jnp.mean(jnp.take_along_axis(lp, y[:, None], axis=1))
 
         return _jax_adam_cell(jax, jnp, loss_j, P0)
@@ -976,66 +998,659 @@ def _col2im(cols: np.ndarray, shape: tuple) -> np.ndarray:
     return out[:, :, 1:-1, 1:-1]
 
 
+def _np_conv_fwd(x: np.ndarray, K: np.ndarray, b: np.ndarray) -> tuple:
+    """3x3 conv, padding 1, by im2col + matmul: (output NCHW, the unfolded input)."""
+    Bn, C, H, W = x.shape
+    cols = _im2col(x)
+    out = cols @ K.reshape(K.shape[0], -1).T + b  # (B*H*W, O)
+    return out.reshape(Bn, H, W, -1).transpose(0, 3, 1, 2), cols
+
+
+def _np_conv_bwd(g: np.ndarray, cols: np.ndarray, K: np.ndarray, xshape: tuple, need_dx: bool,
+                 per_example: bool = False) -> tuple:
+    """(dx or None, dK, db); with ``per_example`` dK and db get a leading batch axis (example
+    b's kernel gradient is its own output cotangents times its own unfolded patches)."""
+    n_out = K.shape[0]
+    g2 = g.transpose(0, 2, 3, 1).reshape(-1, n_out)
+    if per_example:
+        Bn = g.shape[0]
+        g3 = g2.reshape(Bn, -1, n_out)  # (B, H*W, O)
+        dK = np.matmul(g3.transpose(0, 2, 1), cols.reshape(Bn, -1, cols.shape[1]))
+        dK = dK.reshape((Bn, *K.shape))
+        db = g3.sum(axis=1)
+    else:
+        dK = (g2.T @ cols).reshape(K.shape)
+        db = g2.sum(axis=0)
+    dx = _col2im(g2 @ K.reshape(n_out, -1), xshape) if need_dx else None
+    return dx, dK, db
+
+
+def _np_pool_fwd(h: np.ndarray) -> tuple:
+    """2x2 max pool: (output, the mask routing the gradient; ties split evenly)."""
+    Bn, C, H, W = h.shape
+    r = h.reshape(Bn, C, H // 2, 2, W // 2, 2)
+    m = r.max(axis=(3, 5))
+    mask = r == m[:, :, :, None, :, None]
+    mask = mask / mask.sum(axis=(3, 5), keepdims=True)  # ties split evenly
+    return m, mask.astype(h.dtype)
+
+
+def _np_pool_bwd(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    Bn, C, H2, _, W2, _ = mask.shape
+    return (mask * g[:, :, :, None, :, None]).reshape(Bn, C, H2 * 2, W2 * 2)
+
+
+def _np_conv_grads(params: list[np.ndarray], X: np.ndarray, y: np.ndarray,
+                   per_example: bool = False) -> list[np.ndarray]:
+    """Hand-written forward and backward of the conv net with softmax cross-entropy: the
+    gradients of the mean loss, or with ``per_example`` those of each example's own loss
+    (every gradient with a leading batch axis)."""
+    K1, b1, K2, b2, W, b = params
+    B = X.shape[0]
+    rows = np.arange(B)
+    z1, cols1 = _np_conv_fwd(X, K1, b1)
+    a1 = np.maximum(z1, 0)
+    p1, m1 = _np_pool_fwd(a1)
+    z2, cols2 = _np_conv_fwd(p1, K2, b2)
+    a2 = np.maximum(z2, 0)
+    p2, m2 = _np_pool_fwd(a2)
+    flat = p2.reshape(B, -1)
+    logits = flat @ W + b
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    np.log(s[:, 0]) - z[rows, y]  # the per-example losses, as every framework computes them
+    gl = e / s
+    gl[rows, y] -= 1
+    if per_example:
+        dW = flat[:, :, None] * gl[:, None, :]
+        dbb = gl
+    else:
+        gl *= np.float32(1.0 / B)
+        dW = flat.T @ gl
+        dbb = gl.sum(axis=0)
+    g = (gl @ W.T).reshape(p2.shape)
+    g = _np_pool_bwd(g, m2) * (z2 > 0)
+    g, dK2, db2 = _np_conv_bwd(g, cols2, K2, p1.shape, True, per_example)
+    g = _np_pool_bwd(g, m1) * (z1 > 0)
+    _, dK1, db1 = _np_conv_bwd(g, cols1, K1, X.shape, False, per_example)
+    return [dK1, db1, dK2, db2, dW, dbb]
+
+
 def _np_conv_cell(X0: np.ndarray, y0: np.ndarray, P0: list[np.ndarray]) -> Cell:
     """Hand-written NumPy conv net (im2col + matmul) with manual backward and Adam."""
     params = [p.copy() for p in P0]
     opt = _NpAdam(params)
-    B = X0.shape[0]
-
-    def conv_fwd(x: np.ndarray, K: np.ndarray, b: np.ndarray) -> tuple:
-        Bn, C, H, W = x.shape
-        cols = _im2col(x)
-        out = cols @ K.reshape(K.shape[0], -1).T + b  # (B*H*W, O)
-        return out.reshape(Bn, H, W, -1).transpose(0, 3, 1, 2), cols
-
-    def conv_bwd(g: np.ndarray, cols: np.ndarray, K: np.ndarray, xshape: tuple,
-                 need_dx: bool) -> tuple:
-        n_out = K.shape[0]
-        g2 = g.transpose(0, 2, 3, 1).reshape(-1, n_out)
-        dK = (g2.T @ cols).reshape(K.shape)
-        db = g2.sum(axis=0)
-        dx = _col2im(g2 @ K.reshape(n_out, -1), xshape) if need_dx else None
-        return dx, dK, db
-
-    def pool_fwd(h: np.ndarray) -> tuple:
-        Bn, C, H, W = h.shape
-        r = h.reshape(Bn, C, H // 2, 2, W // 2, 2)
-        m = r.max(axis=(3, 5))
-        mask = r == m[:, :, :, None, :, None]
-        mask = mask / mask.sum(axis=(3, 5), keepdims=True)  # ties split evenly
-        return m, mask.astype(h.dtype)
-
-    def pool_bwd(g: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        Bn, C, H2, _, W2, _ = mask.shape
-        return (mask * g[:, :, :, None, :, None]).reshape(Bn, C, H2 * 2, W2 * 2)
 
     def run() -> list[np.ndarray]:
-        K1, b1, K2, b2, W, b = params
-        z1, cols1 = conv_fwd(X0, K1, b1)
-        a1 = np.maximum(z1, 0)
-        p1, m1 = pool_fwd(a1)
-        z2, cols2 = conv_fwd(p1, K2, b2)
-        a2 = np.maximum(z2, 0)
-        p2, m2 = pool_fwd(a2)
-        flat = p2.reshape(B, -1)
-        logits = flat @ W + b
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        prob = e / e.sum(axis=1, keepdims=True)
-        gl = prob
-        gl[np.arange(B), y0] -= 1
-        gl *= np.float32(1.0 / B)
-        dW = flat.T @ gl
-        dbb = gl.sum(axis=0)
-        g = (gl @ W.T).reshape(p2.shape)
-        g = pool_bwd(g, m2) * (z2 > 0)
-        g, dK2, db2 = conv_bwd(g, cols2, K2, p1.shape, True)
-        g = pool_bwd(g, m1) * (z1 > 0)
-        _, dK1, db1 = conv_bwd(g, cols1, K1, X0.shape, False)
-        grads = [dK1, db1, dK2, db2, dW, dbb]
+        grads = _np_conv_grads(params, X0, y0)
         opt.step(params, grads)
         return grads
 
     return Cell(run, grads=lambda gs: list(gs))
+
+
+# --------------------------------------------------------------------------- batched gradients
+JACOBIAN_N = 256
+PEX_MLP = dict(sizes=(64, 128, 10), batch=128)
+DP_CLIP = 1.0  # DP-SGD clip norm C
+
+_PEX_MISSING = ("gradtape.GradientTape.per_example_gradients does not exist yet (being written in "
+                "gradtape/_src/frontend/per_example.py)")
+
+
+def _split(fw: str) -> tuple[str, str]:
+    """``"torch[batch]"`` -> ``("torch", "batch")``; ``"jax"`` -> ``("jax", "")``."""
+    base, _, rest = fw.partition("[")
+    return base, rest.rstrip("]")
+
+
+def _gt_per_example_api(gt: Any) -> None:
+    if not hasattr(gt.GradientTape, "per_example_gradients"):
+        raise Unavailable(_PEX_MISSING)
+
+
+def _gt_transforms(gt: Any, *names: str) -> None:
+    missing = [n for n in names if not hasattr(gt, n)]
+    if missing:
+        raise Unavailable("gradtape lacks " + ", ".join(f"gt.{n}" for n in missing))
+
+
+def _gt_clipped_sum(gt: Any, gs: list, B: int) -> list:
+    """DP-SGD clipped sum of materialized per-example gradients ``gs`` ([B, ...] each) in
+    gradtape ops: joint norm over all of them, ``c_b = min(1, C / n_b)``, then ``Σ_b c_b g_b``."""
+    n2 = None
+    for g in gs:
+        s = gt.sum(gt.reshape(g * g, (B, -1)), axis=1)
+        n2 = s if n2 is None else n2 + s
+    c = gt.reshape(gt.minimum(DP_CLIP / gt.sqrt(n2), 1.0), (1, B))
+    return [gt.reshape(gt.matmul(c, gt.reshape(g, (B, -1))), tuple(g.shape[1:])) for g in gs]
+
+
+def _torch_clipped_sum(torch: Any, gs: list) -> list:
+    n = torch.sqrt(sum((g.reshape(g.shape[0], -1) ** 2).sum(1) for g in gs))
+    c = torch.clamp(DP_CLIP / n, max=1.0)
+    return [torch.tensordot(c, g, dims=1) for g in gs]
+
+
+def _jax_clipped_sum(jnp: Any, gs: list) -> list:
+    n = jnp.sqrt(sum((g.reshape(g.shape[0], -1) ** 2).sum(1) for g in gs))
+    c = jnp.minimum(1.0, DP_CLIP / n)
+    return [jnp.tensordot(c, g, axes=1) for g in gs]
+
+
+# ---- Jacobian
+def jacobian_data(n: int = JACOBIAN_N) -> tuple[np.ndarray, np.ndarray]:
+    """W (n, n) with entries N(0, 1/n) (so W @ x stays O(1) and tanh does not saturate), x (n,)."""
+    rng = np.random.default_rng(4)
+    W = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    return W, rng.standard_normal(n, dtype=np.float32)
+
+
+def build_jacobian(fw: str) -> Cell:
+    """Jacobian of ``tanh(W @ x)`` with respect to x (shape (n, n)); each framework's
+    vectorized Jacobian (one batched backward / pfor / vmap of the VJP)."""
+    W0, x0 = jacobian_data()
+    if fw == "gradtape":
+        G = _GT(None, "cpu")
+        with G as gt:
+            W, x = gt.tensor(W0), gt.tensor(x0)
+
+        def run() -> Any:
+            with gt.GradientTape() as tape:
+                tape.watch(x)
+                y = gt.tanh(gt.matmul(W, x))
+            return tape.jacobian(y, x)
+
+        return G.cell(run, grads=lambda J: [_np(J.numpy())])
+    if fw == "numpy":
+        def run_np() -> np.ndarray:
+            y = np.tanh(W0 @ x0)
+            return (np.float32(1.0) - y * y)[:, None] * W0
+
+        return Cell(run_np, grads=lambda J: [J])
+    if fw == "torch":
+        torch = load("torch")
+        func = importlib.import_module("torch.func")
+        W, x = torch.tensor(W0), torch.tensor(x0)
+        jac = func.jacrev(lambda v: torch.tanh(W @ v))
+        return Cell(lambda: jac(x), grads=lambda J: [_np(J)])
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        jac_j = jax.jit(jax.jacrev(lambda w, v: jnp.tanh(w @ v), argnums=1))
+        W, x = jnp.asarray(W0), jnp.asarray(x0)
+        return Cell(lambda: jac_j(W, x).block_until_ready(), grads=lambda J: [_np(J)])
+    if fw == "tf":
+        tf = load("tf")
+
+        @tf.function
+        def jac_tf(w: Any, v: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = tf.tanh(tf.linalg.matvec(w, v))
+            return tape.jacobian(y, v)  # experimental_use_pfor=True (the default)
+
+        W, x = tf.constant(W0), tf.constant(x0)
+        return Cell(lambda: jac_tf(W, x), grads=lambda J: [_np(J)])
+    raise Unavailable(f"{fw}: no Jacobian written for it")
+
+
+# ---- per-example gradients and DP-SGD of a small cross-entropy MLP
+def _np_mlp_per_example(params: list[np.ndarray], X: np.ndarray, y: np.ndarray,
+                        mode: str = "per_example") -> list[np.ndarray]:
+    """Hand-written per-example gradients of the tanh MLP with softmax cross-entropy on integer
+    labels (example b's own loss ``logsumexp(z_b) - z_b[y_b]``). ``mode``:
+
+    - ``"per_example"``: every gradient with a leading batch axis, ``a_b g_bᵀ`` per dense layer;
+    - ``"clip"``: the DP-SGD clipped sum ``Σ_b c_b G_b``, ``c_b = min(1, C / n_b)`` with the joint
+      norm ``n_b`` over all parameters, from the materialized per-example gradients;
+    - ``"ghost"``: the same sum without materializing them: ``‖a_b g_bᵀ‖² = ‖a_b‖²‖g_b‖²``, bias
+      ``‖g_b‖²``, then one matmul per layer with the cotangents scaled by ``c``.
+    """
+    nl = len(params) // 2
+    B = X.shape[0]
+    rows = np.arange(B)
+    acts = [X]
+    h = X
+    for i in range(nl):
+        h = h @ params[2 * i] + params[2 * i + 1]
+        if i < nl - 1:
+            h = np.tanh(h)
+        acts.append(h)
+    z = h - h.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    np.log(s[:, 0]) - z[rows, y]  # the per-example losses, as every framework computes them
+    g = e / s
+    g[rows, y] -= np.float32(1.0)
+    cots: list[np.ndarray] = [g] * nl  # output cotangent of each dense layer, per example
+    for i in reversed(range(nl)):
+        if i < nl - 1:
+            a = acts[i + 1]
+            g = g * (np.float32(1.0) - a * a)
+        cots[i] = g
+        if i > 0:
+            g = g @ params[2 * i].T
+    if mode == "ghost":
+        n2 = np.zeros(B, np.float32)
+        for i in range(nl):
+            g2 = np.einsum("bp,bp->b", cots[i], cots[i])
+            n2 += np.einsum("bd,bd->b", acts[i], acts[i]) * g2 + g2
+        c = np.minimum(np.float32(1.0), np.float32(DP_CLIP) / np.sqrt(n2))
+        out = []
+        for i in range(nl):
+            gc = cots[i] * c[:, None]
+            out += [acts[i].T @ gc, gc.sum(axis=0)]
+        return out
+    pex = []
+    for i in range(nl):
+        pex += [acts[i][:, :, None] * cots[i][:, None, :], cots[i]]
+    if mode == "per_example":
+        return pex
+    n2 = sum(np.einsum("bk,bk->b", p.reshape(B, -1), p.reshape(B, -1)) for p in pex)
+    c = np.minimum(np.float32(1.0), np.float32(DP_CLIP) / np.sqrt(n2))
+    return [np.tensordot(c, p, axes=1) for p in pex]
+
+
+def _torch_mlp_module(torch: Any, P0: list[np.ndarray]) -> Any:
+    """The MLP as ``nn.Sequential`` of ``nn.Linear`` / ``nn.Tanh`` (what Opacus hooks), with the
+    parameters of ``P0`` (``nn.Linear`` keeps its weight transposed)."""
+    nn = torch.nn
+    layers: list[Any] = []
+    nl = len(P0) // 2
+    for i in range(nl):
+        W, b = P0[2 * i], P0[2 * i + 1]
+        lin = nn.Linear(*W.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(W.T))
+            lin.bias.copy_(torch.tensor(b))
+        layers.append(lin)
+        if i < nl - 1:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def _opacus_cell(module: Any, X: Any, y: Any, B: int, mode: str, to_ours: Callable) -> Cell:
+    """Opacus on ``module`` with the summed per-example cross-entropy: ``mode`` "per_example"
+    (``GradSampleModule``: ``p.grad_sample`` after one backward), "clip" (the same, then
+    ``DPOptimizer.clip_and_accumulate``: the clipped sum in ``p.summed_grad``) or "ghost"
+    (``GradSampleModuleFastGradientClipping`` with ghost clipping: norms from activations and
+    backprops, a second backward with the losses scaled by the clip factors; no noise).
+    ``to_ours`` maps Opacus's parameter layout to ours (untimed, in ``grads``)."""
+    torch = load("torch")
+    opacus = load("opacus")
+    # Opacus's hooks on a model whose input needs no gradient: expected, and said on every run
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+    F = importlib.import_module("torch.nn.functional")
+    sgd = lambda ps: torch.optim.SGD(ps, lr=0.0)  # noqa: E731 (never stepped)
+    if mode == "ghost":
+        gsc = importlib.import_module("opacus.grad_sample")
+        fgc = importlib.import_module("opacus.utils.fast_gradient_clipping_utils")
+        opt_mod = importlib.import_module("opacus.optimizers")
+        if not hasattr(gsc, "GradSampleModuleFastGradientClipping"):
+            raise Unavailable(f"opacus {opacus.__version__} has no ghost clipping")
+        gsm = gsc.GradSampleModuleFastGradientClipping(
+            module, max_grad_norm=DP_CLIP, use_ghost_clipping=True, loss_reduction="sum")
+        ps = list(gsm.parameters())
+        opt = opt_mod.DPOptimizerFastGradientClipping(
+            sgd(ps), noise_multiplier=0.0, max_grad_norm=DP_CLIP, expected_batch_size=B,
+            loss_reduction="sum")
+        crit = fgc.DPLossFastGradientClipping(
+            gsm, opt, torch.nn.CrossEntropyLoss(reduction="sum"), loss_reduction="sum")
+
+        def run_ghost() -> Any:
+            opt.zero_grad(set_to_none=True)
+            crit(gsm(X), y).backward()  # both backward passes
+            return [p.grad for p in ps]
+
+        return Cell(run_ghost, grads=lambda gs: to_ours([_np(g) for g in gs], False))
+    gsm = opacus.GradSampleModule(module, loss_reduction="sum")
+    ps = list(gsm.parameters())
+    opt = None
+    if mode == "clip":
+        opt = opacus.optimizers.DPOptimizer(sgd(ps), noise_multiplier=0.0, max_grad_norm=DP_CLIP,
+                                            expected_batch_size=B, loss_reduction="sum")
+
+    def run_o() -> Any:
+        if opt is None:
+            gsm.zero_grad(set_to_none=True)
+            F.cross_entropy(gsm(X), y, reduction="sum").backward()
+            return [p.grad_sample for p in ps]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(gsm(X), y, reduction="sum").backward()
+        opt.clip_and_accumulate()
+        return [p.summed_grad for p in ps]
+
+    return Cell(run_o, grads=lambda gs: to_ours([_np(g) for g in gs], mode == "per_example"))
+
+
+def _linear_to_ours(gs: list[np.ndarray], batched: bool) -> list[np.ndarray]:
+    """``nn.Linear`` weight gradients (out, in) back to our (in, out) layout."""
+    return [np.swapaxes(g, -1, -2) if g.ndim == 2 + batched else g for g in gs]
+
+
+def build_per_example_mlp(fw: str, clip: bool = False) -> Cell:
+    """Per-example gradients (``clip=False``) or the DP-SGD clipped sum (``clip=True``, C =
+    ``DP_CLIP``, joint norm over all parameters) of the 64-128-10 tanh MLP with softmax
+    cross-entropy on integer labels, batch 128, with respect to all parameters.
+
+    Variants: ``gradtape`` (``tape.per_example_gradients``), ``gradtape[vmap]``
+    (``gt.vmap(gt.grad(loss1))``, then clip and sum in gradtape ops), ``torch`` (``torch.func``
+    vmap of grad), ``opacus`` (per-sample hooks), ``opacus[ghost]`` (ghost clipping, ``clip``
+    only), ``jax`` (``jax.jit`` of vmap of grad), ``numpy`` (materialized), ``numpy[ghost]``
+    (ghost norms, ``clip`` only); ``*[batch]`` is each framework's plain gradient of the mean
+    loss of the same net and batch (the cost of one ordinary backward, for the ratio)."""
+    sizes, B = PEX_MLP["sizes"], PEX_MLP["batch"]
+    X0, _, P0 = mlp_data(sizes, B)
+    y0 = mlp_labels(sizes, B)
+    base, var = _split(fw)
+    if var == "ghost" and not clip:
+        raise Unavailable("ghost norms apply to the clipped sum only (dp_sgd)")
+    if base == "gradtape":
+        G = _GT(None, "cpu")
+        gt = G.gt
+        nn = gt.nn
+        with G:
+            params = [gt.Variable(p) for p in P0]
+            X = gt.tensor(X0)
+        if var == "batch":
+            def run_b() -> Any:
+                with gt.GradientTape() as tape:
+                    loss = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), y0)
+                return tape.gradient(loss, params)
+
+            return G.cell(run_b, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        if var == "vmap":
+            _gt_transforms(gt, "vmap", "grad")
+            with G:
+                Y = gt.tensor(y0)
+
+            def loss1(ps: list, x: Any, yb: Any) -> Any:
+                return nn.cross_entropy(_mlp_logits(gt, gt.matmul, ps, x), yb)
+
+            pex = gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))
+
+            def run_v() -> Any:
+                gs = pex(params, X, Y)
+                return _gt_clipped_sum(gt, gs, B) if clip else gs
+
+            return G.cell(run_v, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        _gt_per_example_api(gt)
+        kw: dict[str, Any] = dict(max_norm=DP_CLIP, reduce="sum") if clip else {}
+
+        def run() -> Any:
+            with gt.GradientTape() as tape:
+                losses = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), y0,
+                                          reduction="none")
+            return tape.per_example_gradients(losses, params, **kw)
+
+        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+    if base == "numpy":
+        if var == "batch":
+            return Cell(lambda: _np_mlp_grads(P0, X0, y0, B, "ce"), grads=lambda gs: list(gs))
+        mode = "ghost" if var == "ghost" else ("clip" if clip else "per_example")
+        return Cell(lambda: _np_mlp_per_example(P0, X0, y0, mode), grads=lambda gs: list(gs))
+    if base in ("torch", "opacus"):
+        torch = load("torch")
+        F = importlib.import_module("torch.nn.functional")
+        X, y = torch.tensor(X0), torch.tensor(y0)
+        if base == "opacus":
+            mode = "ghost" if var == "ghost" else ("clip" if clip else "per_example")
+            return _opacus_cell(_torch_mlp_module(torch, P0), X, y, B, mode, _linear_to_ours)
+        if var == "batch":
+            params = [torch.tensor(p, requires_grad=True) for p in P0]
+
+            def run_tb() -> Any:
+                loss = F.cross_entropy(_mlp_logits(torch, torch.matmul, params, X), y)
+                return torch.autograd.grad(loss, params)
+
+            return Cell(run_tb, grads=lambda gs: [_np(g) for g in gs])
+        func = importlib.import_module("torch.func")
+        params = [torch.tensor(p) for p in P0]
+
+        def loss1_t(ps: list, x: Any, yb: Any) -> Any:
+            return F.cross_entropy(_mlp_logits(torch, torch.matmul, ps, x[None]), yb[None])
+
+        pex_t = func.vmap(func.grad(loss1_t), in_dims=(None, 0, 0))
+
+        def run_t() -> Any:
+            gs = pex_t(params, X, y)
+            return _torch_clipped_sum(torch, gs) if clip else gs
+
+        return Cell(run_t, grads=lambda gs: [_np(g) for g in gs])
+    if base == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        X, y = jnp.asarray(X0), jnp.asarray(y0)
+        params = [jnp.asarray(p) for p in P0]
+        if var == "batch":
+            def loss_b(ps: list, xs: Any, ys: Any) -> Any:
+                lp = jax.nn.log_softmax(_mlp_logits(jnp, jnp.matmul, ps, xs))
+                return -jnp.mean(jnp.take_along_axis(lp, ys[:, None], axis=1))
+
+            f = jax.jit(jax.grad(loss_b))
+        else:
+            def loss1_j(ps: list, x: Any, yb: Any) -> Any:
+                return -jax.nn.log_softmax(_mlp_logits(jnp, jnp.matmul, ps, x))[yb]
+
+            pex_j = jax.vmap(jax.grad(loss1_j), in_axes=(None, 0, 0))
+            f = jax.jit(lambda ps, xs, ys: _jax_clipped_sum(jnp, pex_j(ps, xs, ys)) if clip
+                        else pex_j(ps, xs, ys))
+        return Cell(lambda: jax.block_until_ready(f(params, X, y)),
+                    grads=lambda gs: [_np(g) for g in gs])
+    raise Unavailable(f"{fw}: no per-example MLP written for it")
+
+
+# ---- per-example gradients of the small conv net
+def _torch_conv_module(torch: Any, P0: list[np.ndarray]) -> Any:
+    """The conv net as ``nn.Sequential`` (what Opacus hooks), parameters from ``P0``."""
+    nn = torch.nn
+    K1, b1, K2, b2, W, b = P0
+    m = nn.Sequential(nn.Conv2d(1, K1.shape[0], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(K1.shape[0], K2.shape[0], 3, padding=1), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(*W.shape))
+    with torch.no_grad():
+        for layer, (w, bias) in zip((m[0], m[3], m[7]), ((K1, b1), (K2, b2), (W.T, b))):
+            layer.weight.copy_(torch.tensor(np.ascontiguousarray(w)))
+            layer.bias.copy_(torch.tensor(bias))
+    return m
+
+
+def _conv_to_ours(gs: list[np.ndarray], batched: bool) -> list[np.ndarray]:
+    """Only the dense layer's weight (last but one) is stored transposed by ``nn.Linear``."""
+    gs = list(gs)
+    gs[4] = np.swapaxes(gs[4], -1, -2)
+    return gs
+
+
+def build_per_example_cnn(fw: str) -> Cell:
+    """Per-example gradients of the conv net of :func:`build_conv` (conv3x3 1->8, relu, max pool
+    2, conv3x3 8->16, relu, max pool 2, dense 784->10; softmax cross-entropy on integer labels;
+    batch 32 of 1x28x28) with respect to all parameters; ``*[batch]`` is the plain gradient of
+    the mean loss of the same net and batch. Variants as :func:`build_per_example_mlp`."""
+    X0, y0, P0 = conv_data()
+    B = CONV["batch"]
+    base, var = _split(fw)
+    if base == "gradtape":
+        G = _GT(None, "cpu")
+        gt = G.gt
+        _gt_conv_check(gt)
+        nn = gt.nn
+        with G:
+            params = [gt.Variable(p) for p in P0]
+            X = gt.tensor(X0)
+        if var == "batch":
+            def run_b() -> Any:
+                with gt.GradientTape() as tape:
+                    loss = nn.cross_entropy(_gt_conv_logits(gt, params, X), y0)
+                return tape.gradient(loss, params)
+
+            return G.cell(run_b, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        if var == "vmap":
+            _gt_transforms(gt, "vmap", "grad")
+            with G:
+                Y = gt.tensor(y0)
+            hw = CONV["hw"]
+
+            def loss1(ps: list, x: Any, yb: Any) -> Any:
+                logits = _gt_conv_logits(gt, ps, gt.reshape(x, (1, 1, hw, hw)))
+                return nn.cross_entropy(gt.reshape(logits, (-1,)), yb)
+
+            pex = gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))
+            return G.cell(lambda: pex(params, X, Y), grads=lambda gs: [_np(g.numpy()) for g in gs])
+        _gt_per_example_api(gt)
+
+        def run() -> Any:
+            with gt.GradientTape() as tape:
+                losses = nn.cross_entropy(_gt_conv_logits(gt, params, X), y0, reduction="none")
+            return tape.per_example_gradients(losses, params)
+
+        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+    if base == "numpy":
+        return Cell(lambda: _np_conv_grads(P0, X0, y0, per_example=var != "batch"),
+                    grads=lambda gs: list(gs))
+    if base in ("torch", "opacus"):
+        torch = load("torch")
+        F = importlib.import_module("torch.nn.functional")
+        X, y = torch.tensor(X0), torch.tensor(y0)
+        if base == "opacus":
+            return _opacus_cell(_torch_conv_module(torch, P0), X, y, B, "per_example",
+                                _conv_to_ours)
+        if var == "batch":
+            params = [torch.tensor(p, requires_grad=True) for p in P0]
+
+            def run_tb() -> Any:
+                loss = F.cross_entropy(_torch_conv_logits(F, params, X), y)
+                return torch.autograd.grad(loss, params)
+
+            return Cell(run_tb, grads=lambda gs: [_np(g) for g in gs])
+        func = importlib.import_module("torch.func")
+        params = [torch.tensor(p) for p in P0]
+
+        def loss1_t(ps: list, x: Any, yb: Any) -> Any:
+            return F.cross_entropy(_torch_conv_logits(F, ps, x[None]), yb[None])
+
+        pex_t = func.vmap(func.grad(loss1_t), in_dims=(None, 0, 0))
+        return Cell(lambda: pex_t(params, X, y), grads=lambda gs: [_np(g) for g in gs])
+    if base == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+        X, y = jnp.asarray(X0), jnp.asarray(y0)
+        params = [jnp.asarray(p) for p in P0]
+        if var == "batch":
+            def loss_b(ps: list, xs: Any, ys: Any) -> Any:
+                lp = jax.nn.log_softmax(_jax_conv_logits(jax, ps, xs))
+                return -jnp.mean(jnp.take_along_axis(lp, ys[:, None], axis=1))
+
+            f = jax.jit(jax.grad(loss_b))
+        else:
+            def loss1_j(ps: list, x: Any, yb: Any) -> Any:
+                return -jax.nn.log_softmax(_jax_conv_logits(jax, ps, x[None])[0])[yb]
+
+            f = jax.jit(jax.vmap(jax.grad(loss1_j), in_axes=(None, 0, 0)))
+        return Cell(lambda: jax.block_until_ready(f(params, X, y)),
+                    grads=lambda gs: [_np(g) for g in gs])
+    raise Unavailable(f"{fw}: no per-example conv net written for it")
+
+
+# ---- Hessian-vector product
+def hvp_direction() -> np.ndarray:
+    """The direction v (shape of W1 of ``MLP_LARGE``), N(0, 1)."""
+    sizes = MLP_LARGE["sizes"]
+    return np.random.default_rng(5).standard_normal((sizes[0], sizes[1]), dtype=np.float32)
+
+
+def _np_mlp_hvp_w1(params: list[np.ndarray], X: np.ndarray, T: np.ndarray,
+                   V: np.ndarray) -> np.ndarray:
+    """Hand-written Hessian-vector product ``H v`` of :func:`_mlp_loss` (two tanh hidden layers)
+    with respect to W1: the forward, the tangents of the forward along ``W1 + t V`` (R-op), and the
+    backward differentiated along the same direction (Pearlmutter)."""
+    W1, b1, W2, b2, W3, b3 = params
+    one, two = np.float32(1.0), np.float32(2.0)
+    inv = np.float32(1.0 / X.shape[0])
+    h1 = np.tanh(X @ W1 + b1)
+    h2 = np.tanh(h1 @ W2 + b2)
+    d = h2 @ W3 + b3 - T
+    np.sum(d * d) * np.float32(0.5) * inv  # the loss value
+    d1, d2 = one - h1 * h1, one - h2 * h2
+    t1 = d1 * (X @ V)  # tangent of h1
+    t2 = d2 * (t1 @ W2)  # tangent of h2
+    g_h2, tg_h2 = (d * inv) @ W3.T, ((t2 @ W3) * inv) @ W3.T  # cotangent of h2 and its tangent
+    g_z2 = g_h2 * d2
+    tg_z2 = tg_h2 * d2 - two * g_h2 * h2 * t2
+    g_h1, tg_h1 = g_z2 @ W2.T, tg_z2 @ W2.T
+    tg_z1 = tg_h1 * d1 - two * g_h1 * h1 * t1
+    return X.T @ tg_z1
+
+
+def build_hvp(fw: str) -> Cell:
+    """Hessian-vector product of the ``MLP_LARGE`` loss (784-512-512-10 tanh, batch 256,
+    ``0.5 * sum((out - T)^2) / batch``) with respect to W1 (the other parameters constants),
+    direction :func:`hvp_direction`. ``gradtape``: nested tapes (reverse over reverse);
+    ``gradtape[jvp]``: ``gt.jvp(gt.grad(loss_of_W1), (W1,), (v,))`` (forward over reverse);
+    ``torch``: double backward; ``jax``: ``jax.jit`` of ``jvp(grad)``."""
+    sizes, batch = MLP_LARGE["sizes"], MLP_LARGE["batch"]
+    X0, T0, P0 = mlp_data(sizes, batch)
+    V0 = hvp_direction()
+    base, var = _split(fw)
+    if base == "gradtape":
+        G = _GT(None, "cpu")
+        gt = G.gt
+        with G:
+            W1 = gt.Variable(P0[0])
+            rest = [gt.tensor(p) for p in P0[1:]]
+            X, T, V = gt.tensor(X0), gt.tensor(T0), gt.tensor(V0)
+        grads = lambda hv: [_np(hv.numpy())]  # noqa: E731
+        if var == "jvp":
+            _gt_transforms(gt, "jvp", "grad")
+            with G:
+                w1 = gt.tensor(P0[0])
+
+            def loss_of_w1(w: Any) -> Any:
+                return _mlp_loss(gt, gt.matmul, [w, *rest], X, T, batch)
+
+            g_fn = gt.grad(loss_of_w1)
+            return G.cell(lambda: gt.jvp(g_fn, (w1,), (V,))[1], grads=grads)
+
+        def run() -> Any:
+            with gt.GradientTape() as outer:
+                with gt.GradientTape() as inner:
+                    loss = _mlp_loss(gt, gt.matmul, [W1, *rest], X, T, batch)
+                g = inner.gradient(loss, W1)
+                gv = gt.sum(g * V)
+            return outer.gradient(gv, W1)
+
+        return G.cell(run, grads=grads)
+    if fw == "numpy":
+        return Cell(lambda: _np_mlp_hvp_w1(P0, X0, T0, V0), grads=lambda hv: [hv])
+    if fw == "torch":
+        torch = load("torch")
+        W1 = torch.tensor(P0[0], requires_grad=True)
+        rest = [torch.tensor(p) for p in P0[1:]]
+        X, T, V = torch.tensor(X0), torch.tensor(T0), torch.tensor(V0)
+
+        def run_t() -> Any:
+            loss = _mlp_loss(torch, torch.matmul, [W1, *rest], X, T, batch)
+            (g,) = torch.autograd.grad(loss, W1, create_graph=True)
+            return torch.autograd.grad((g * V).sum(), W1)[0]
+
+        return Cell(run_t, grads=lambda hv: [_np(hv)])
+    if fw == "jax":
+        jax = load("jax")
+        jnp = jax.numpy
+
+        def loss_j(w: Any, rest: list, xs: Any, ts: Any) -> Any:
+            return _mlp_loss(jnp, jnp.matmul, [w, *rest], xs, ts, batch)
+
+        @jax.jit
+        def hvp_j(w: Any, v: Any, rest: list, xs: Any, ts: Any) -> Any:
+            return jax.jvp(lambda u: jax.grad(loss_j)(u, rest, xs, ts), (w,), (v,))[1]
+
+        args = [jnp.asarray(P0[0]), jnp.asarray(V0), [jnp.asarray(p) for p in P0[1:]],
+                jnp.asarray(X0), jnp.asarray(T0)]
+        return Cell(lambda: hvp_j(*args).block_until_ready(), grads=lambda hv: [_np(hv)])
+    raise Unavailable(f"{fw}: no Hessian-vector product written for it")
 
 
 # --------------------------------------------------------------------------- registry
@@ -1103,6 +1718,24 @@ def specs(device: str = "cpu") -> list[Spec]:
              lambda fw: build_mlp(fw, train=True, loss="ce", **MLP_SMALL), all_fw),
         Spec("conv", "conv net train step (2 conv3x3, 2 maxpool, dense), batch 32 1x28x28, Adam",
              build_conv, ("gradtape", "numpy", "torch", "tf", "jax")),
+        Spec("jacobian", f"Jacobian of tanh(W @ x) w.r.t. x, W {JACOBIAN_N}x{JACOBIAN_N}",
+             lambda fw: _fw_variant(fw, lambda f, _: build_jacobian(f)),
+             ("gradtape", "numpy", "torch", "jax", "tf", "torch[1t]")),
+        Spec("per_example_mlp", "per-example grads, MLP 64-128-10 tanh, softmax CE, batch 128",
+             lambda fw: _fw_variant(fw, lambda f, _: build_per_example_mlp(f)),
+             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "numpy", "numpy[batch]", "torch",
+              "torch[batch]", "opacus", "jax", "jax[batch]", "torch[1t]")),
+        Spec("dp_sgd", f"DP-SGD clipped sum (C={DP_CLIP:g}, joint norm), same MLP and batch",
+             lambda fw: _fw_variant(fw, lambda f, _: build_per_example_mlp(f, clip=True)),
+             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "numpy", "numpy[ghost]",
+              "numpy[batch]", "torch", "opacus", "opacus[ghost]", "jax", "torch[1t]")),
+        Spec("per_example_cnn", "per-example grads, conv net of `conv`, batch 32 1x28x28",
+             lambda fw: _fw_variant(fw, lambda f, _: build_per_example_cnn(f)),
+             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "numpy", "numpy[batch]", "torch",
+              "torch[batch]", "opacus", "jax", "jax[batch]", "torch[1t]")),
+        Spec("hvp", "Hessian-vector product w.r.t. W1, MLP 784-512-512-10, batch 256",
+             lambda fw: _fw_variant(fw, lambda f, _: build_hvp(f)),
+             ("gradtape", "gradtape[jvp]", "numpy", "torch", "jax", "torch[1t]")),
     ]
 
 

@@ -16,6 +16,7 @@ Usage::
     python benchmarks/compare.py                       # everything, 5 repeats
     python benchmarks/compare.py -w overhead fused -r 7
     python benchmarks/compare.py -f gradtape torch --block 0.2 --json out.json
+    python benchmarks/compare.py --isolate --rounds 2 -r 3    # each framework in its own process
     python benchmarks/compare.py --list
 
 Writes ``benchmarks/results.json`` (machine, versions, every repeat, medians, target checks).
@@ -33,6 +34,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -99,8 +101,22 @@ def check_grads(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
     return worst
 
 
+def reference(spec: W.Spec, fw: str) -> str | None:
+    """The column whose gradients ``fw``'s are checked against (None: no check): hand-written
+    NumPy (CuPy on the GPU rows); for a ``*[batch]`` variant (a plain batch gradient next to
+    per-example ones), the hand-written ``numpy[batch]`` of the same row."""
+    ref = {"copy": None, "gpu_copy": None, "gpu_mlp_large": None}.get(
+        spec.key, "cupy" if spec.key.startswith("gpu") else "numpy")
+    if ref and fw.endswith("[batch]") and f"{ref}[batch]" in spec.frameworks:
+        return f"{ref}[batch]"
+    return ref
+
+
 # --------------------------------------------------------------------------- machine facts
-def machine_info() -> dict[str, Any]:
+def machine_info(frameworks: list[str] | None = None) -> dict[str, Any]:
+    """Machine, software and thread facts. Versions of every framework, or (``frameworks``
+    given) only of those columns' frameworks and NumPy: a framework imported only to read its
+    version would still start its thread pools in this process."""
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -126,7 +142,9 @@ def machine_info() -> dict[str, Any]:
         info["gradtape_tree_dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         pass
-    versions = {fw: W.version(fw) for fw in W.FRAMEWORKS}
+    names = (*W.FRAMEWORKS, "opacus") if frameworks is None else sorted(
+        {"numpy", *(f.partition("[")[0] for f in frameworks)})
+    versions = {fw: W.version(fw) for fw in names}
     info["versions"] = versions
     threads: dict[str, Any] = {}
     if versions.get("torch"):
@@ -199,6 +217,45 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     g, t = get("mlp_small", "gradtape"), get("mlp_small", "torch")
     r = t / g if (g and t) else None
     add("mlp_small: torch / gradtape", r, "> 1", r is not None and r > 1.0)
+
+    # batched gradients: every value is (row, a) / (row, b) of this run
+    names: dict[Any, str] = {
+        "torch": "torch.func", "jax": "jax.jit", "opacus[ghost]": "opacus ghost",
+        "gradtape[batch]": "gradtape batch grad", "torch[batch]": "torch batch grad",
+        "jax[batch]": "jax.jit batch grad", "gradtape[jvp]": "gradtape jvp(grad)",
+        "gradtape[vmap]": "gradtape vmap(grad)", ("hvp", "torch"): "torch double backward",
+        ("hvp", "gradtape"): "gradtape nested tapes"}
+
+    def ratio(row: str, a: str, b: str, goal: str, limit: float | None,
+              faster: bool = False) -> None:
+        """``a / b`` at most ``limit``; with ``faster`` the target is ``a / b > limit``."""
+        x, y = get(row, a), get(row, b)
+        r = x / y if (x and y) else None
+        ok = None if limit is None or r is None else (r > limit if faster else r <= limit)
+        na, nb = names.get((row, a), names.get(a, a)), names.get((row, b), names.get(b, b))
+        add(f"{row}: {na} / {nb}", r, goal, ok, info=limit is None)
+
+    ratio("jacobian", "torch", "gradtape", "> 1", 1.0, faster=True)
+    ratio("jacobian", "gradtape", "jax", "<= 1.2 (aim)", 1.2)
+    ratio("per_example_mlp", "gradtape", "torch", "<= 0.8", 0.8)
+    ratio("per_example_mlp", "gradtape", "jax", "<= 1", 1.0)
+    ratio("per_example_mlp", "gradtape", "gradtape[batch]", "<= 3", 3.0)
+    ratio("per_example_mlp", "gradtape[vmap]", "torch", "-", None)
+    ratio("per_example_mlp", "torch", "torch[batch]", "-", None)
+    ratio("per_example_mlp", "jax", "jax[batch]", "-", None)
+    for peer in ("torch", "opacus", "opacus[ghost]", "jax"):
+        ratio("dp_sgd", peer, "gradtape", "> 1", 1.0, faster=True)
+    ratio("dp_sgd", "gradtape", "gradtape[batch]", "<= 1.5", 1.5)
+    ratio("dp_sgd", "numpy[ghost]", "numpy[batch]", "-", None)
+    ratio("per_example_cnn", "torch", "gradtape", "> 1", 1.0, faster=True)
+    ratio("per_example_cnn", "opacus", "gradtape", "> 1", 1.0, faster=True)
+    ratio("per_example_cnn", "gradtape", "gradtape[batch]", "<= 1.5", 1.5)
+    ratio("per_example_cnn", "torch", "torch[batch]", "-", None)
+    ratio("per_example_cnn", "jax", "jax[batch]", "-", None)
+    ratio("hvp", "gradtape", "torch", "<= 1", 1.0)
+    ratio("hvp", "gradtape", "jax", "<= 1.1 (aim)", 1.1)
+    ratio("hvp", "gradtape[jvp]", "torch", "-", None)
+    ratio("hvp", "gradtape[jvp]", "jax", "-", None)
     if gpu:
         c, b = get("gpu_copy", "cupy"), get("gpu_fused_bwd", "gradtape")
         r = c / b if (c and b) else None
@@ -208,6 +265,75 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
         r = t / g if (g and t) else None
         add("gpu fused fwd+bwd: torch cuda / gradtape", r, "> 1", r is not None and r > 1.0)
     return out
+
+
+# --------------------------------------------------------------------------- one process per framework
+Times = dict[str, dict[str, list[float]]]
+
+
+def run_isolated(rows: list[W.Spec], fws: list[str], args: argparse.Namespace) -> tuple[
+        Times, dict[str, dict[str, str]], dict[str, dict[str, float]], dict[str, int],
+        dict[str, str]]:
+    """Time each framework in a process of its own (its ``[variant]`` columns with it): this
+    script with ``-f <those columns>``, ``--rounds`` times in a rotating order. Thread pools
+    (OpenMP, OpenBLAS, Eigen), allocator settings, JIT caches and gradtape's host memory cache
+    then never leak from one framework into another's figures. Each process checks its
+    gradients against the hand-written NumPy ones itself. Returns the merged repeats, skips,
+    gradient errors, calls per block and versions."""
+    groups: dict[str, list[str]] = {}
+    for f in fws:
+        groups.setdefault(f.partition("[")[0], []).append(f)
+    order = list(groups)
+    times: Times = {}
+    skipped: dict[str, dict[str, str]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    calls: dict[str, int] = {}
+    versions: dict[str, str] = {}
+    t_start = time.perf_counter()
+    for rnd in range(args.rounds):
+        k = rnd % max(1, len(order))
+        for base in order[k:] + order[:k]:
+            cols = groups[base]
+            keys = [s.key for s in rows if any(f in s.frameworks for f in cols)]
+            if not keys:
+                continue
+            out = Path(tempfile.mkstemp(prefix=f"compare-{base}-", suffix=".json")[1])
+            cmd = [sys.executable, str(Path(__file__).resolve()), "-w", *keys, "-f", *cols,
+                   "-r", str(args.repeats), "--block", str(args.block), "--settle",
+                   str(args.settle), "--warmup", str(args.warmup), "--json", str(out)]
+            if args.no_gpu:
+                cmd.append("--no-gpu")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                res = json.loads(out.read_text()) if proc.returncode == 0 else None
+            finally:
+                out.unlink(missing_ok=True)
+            if res is None:
+                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+                print(f"  process for {base} failed (rc {proc.returncode}):\n{tail}")
+                for key in keys:
+                    for f in cols:
+                        skipped.setdefault(key, {}).setdefault(
+                            f, f"error: its process exited with rc {proc.returncode}")
+                continue
+            for key, by_fw in res["repeats_s"].items():
+                for f, ts in by_fw.items():
+                    times.setdefault(key, {}).setdefault(f, []).extend(ts)
+            for key, by_fw in res["skipped"].items():
+                for f, why in by_fw.items():
+                    skipped.setdefault(key, {}).setdefault(f, why)
+            for key, by_fw in res["grad_max_rel_err_vs_numpy"].items():
+                for f, e in by_fw.items():
+                    prev = errors.setdefault(key, {}).get(f, 0.0)
+                    errors[key][f] = e if not e <= prev else prev  # the worst; inf and nan stay
+            calls.update(res["calls_per_block"])
+            versions.update({n: v for n, v in res["machine"]["versions"].items() if v})
+            print(f"  round {rnd + 1}/{args.rounds}: {base} ({', '.join(cols)}) done "
+                  f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+    for key in times:  # a column timed in some round was not skipped
+        for f in times[key]:
+            skipped.get(key, {}).pop(f, None)
+    return times, {k: v for k, v in skipped.items() if v}, errors, calls, versions
 
 
 # --------------------------------------------------------------------------- main
@@ -245,12 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU rows")
     p.add_argument("--json", type=Path, default=HERE / "results.json",
                    help="where to write the results (default benchmarks/results.json)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each framework (with its [variant] columns) in a process of its "
+                        "own, so thread pools, allocator settings and JIT caches do not leak "
+                        "between frameworks; the table and targets merge the processes")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --isolate: how many times to run the per-framework processes, "
+                        "in a rotating order, each doing --repeats (default 1)")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
     args = p.parse_args(argv)
 
     if args.list:
         for s in [*cpu_specs.values(), *gpu_specs.values()]:
-            print(f"{s.key:14s} {s.title}  [{', '.join(s.frameworks)}]")
+            print(f"{s.key:16s} {s.title}  [{', '.join(s.frameworks)}]")
         return 0
     known = {**cpu_specs, **gpu_specs}
     for w in args.workloads or []:
@@ -269,35 +402,59 @@ def main(argv: list[str] | None = None) -> int:
         gpu_rows = []
     rows += gpu_rows
 
-    info = machine_info()
+    fws_run = [f for f in all_fw if (not args.frameworks or f in args.frameworks)
+               and any(f in s.frameworks for s in rows)]
+    info = machine_info([] if args.isolate else args.frameworks)
     info["gpu"] = gpu_name or f"none ({gpu_reason})"
     print(f"# {info['date']}  {info['cpu']} x{info['cores']}  python {info['python']}  "
           f"gpu: {info['gpu']}")
-    print("# " + "  ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    if not args.isolate:
+        print("# " + "  ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     load1 = info.get("loadavg_at_start", (0.0,))[0]
     if load1 > 0.5:
         print(f"# WARNING: load average {load1:.2f} at start: other processes share the cores, "
               "expect slower and noisier figures (PyTorch's threads suffer most)")
     missing = [k for k, v in info["versions"].items() if not v]
-    if missing:
+    if missing and not args.isolate:
         print("# not importable (skipped): " + ", ".join(missing))
 
+    if args.isolate:
+        times, skipped, errors, calls, versions = run_isolated(rows, fws_run, args)
+        info["versions"] = versions
+        info["isolated"] = True
+        print("# " + "  ".join(f"{k} {v}" for k, v in versions.items()) +
+              "  (each framework in its own process)")
+        for key, by_fw in skipped.items():
+            for fw, why in by_fw.items():
+                print(f"skip {key}/{fw}: {why}")
+    else:
+        times, skipped, errors, calls = measure(rows, args)
+    report(rows, all_fw, times, skipped, errors, calls, info, args)
+    return 0
+
+
+def measure(rows: list[W.Spec], args: argparse.Namespace) -> tuple[
+        Times, dict[str, dict[str, str]], dict[str, dict[str, float]], dict[str, int]]:
+    """Build, check and calibrate every cell of ``rows`` in this process, then time them in
+    interleaved repeats. Returns the repeats (seconds per call), skips, gradient errors and
+    calls per block."""
     # build, check and calibrate every cell
     cells: dict[tuple[str, str], tuple[W.Cell, int]] = {}
     skipped: dict[str, dict[str, str]] = {}
     errors: dict[str, dict[str, float]] = {}
     for spec in rows:
-        ref: list[np.ndarray] | None = None
-        ref_fw = {"copy": None, "gpu_copy": None, "gpu_mlp_large": None}.get(
-            spec.key, "cupy" if spec.key.startswith("gpu") else "numpy")
         fws = [f for f in spec.frameworks if not args.frameworks or f in args.frameworks]
-        if ref_fw and ref_fw not in fws and ref_fw in spec.frameworks:
-            try:
-                ref_cell = spec.build(ref_fw)
-                ref = ref_cell.grads(ref_cell.once())  # type: ignore[misc]
-            except W.Unavailable:
-                ref = None
-        for fw in sorted(fws, key=lambda f: f != ref_fw):
+        ref_fws = {reference(spec, f) for f in fws} - {None}
+        refs: dict[str, list[np.ndarray] | None] = {}
+        for r in sorted(ref_fws):  # references not timed in this run: gradients only
+            if r not in fws and r in spec.frameworks:
+                try:
+                    ref_cell = spec.build(r)
+                    refs[r] = ref_cell.grads(ref_cell.once())  # type: ignore[misc]
+                except W.Unavailable:
+                    pass
+        for fw in sorted(fws, key=lambda f: f not in ref_fws):
+            ref_fw = reference(spec, fw)
             try:
                 cell = spec.build(fw)
                 first = cell.once()
@@ -310,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
             if cell.grads is not None:
                 got = cell.grads(first)
                 if fw == ref_fw:
-                    ref = got
-                elif ref is not None:
-                    errors.setdefault(spec.key, {})[fw] = check_grads(got, ref)
+                    refs[fw] = got
+                elif ref_fw is not None and refs.get(ref_fw) is not None:
+                    errors.setdefault(spec.key, {})[fw] = check_grads(got, refs[ref_fw])
             del first
             time.sleep(args.settle)
             cells[(spec.key, fw)] = (cell, calibrate(cell, args.block, args.warmup))
@@ -322,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {key}/{fw}: {why}")
 
     # interleaved repeats
-    times: dict[str, dict[str, list[float]]] = {}
+    times: Times = {}
     order = list(cells)
     t_start = time.perf_counter()
     for rep in range(args.repeats):
@@ -335,7 +492,13 @@ def main(argv: list[str] | None = None) -> int:
             times.setdefault(key, {}).setdefault(fw, []).append(time_block(cell, n))
         print(f"  repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t_start:.0f} s)",
               file=sys.stderr)
+    return times, skipped, errors, {f"{k}/{f}": n for (k, f), (_, n) in cells.items()}
 
+
+def report(rows: list[W.Spec], all_fw: list[str], times: Times,
+           skipped: dict[str, dict[str, str]], errors: dict[str, dict[str, float]],
+           calls: dict[str, int], info: dict[str, Any], args: argparse.Namespace) -> None:
+    """Medians, the table, the gradient check, the targets; writes ``args.json``."""
     # medians, in the spec's unit
     med: dict[str, dict[str, float]] = {}
     spread: dict[str, dict[str, tuple[float, float]]] = {}
@@ -347,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # table
     cols = [f for f in all_fw if any(f in med.get(s.key, {}) for s in rows)]
-    first_col = ["gradtape", "gradtape[nofusion]", "numpy", "cupy", "torch", "torch[1t]", "jax",
+    first_col = ["gradtape", "gradtape[nofusion]", "gradtape[vmap]", "gradtape[jvp]",
+                 "gradtape[batch]", "numpy", "numpy[ghost]", "numpy[batch]", "cupy", "torch",
+                 "torch[1t]", "torch[batch]", "opacus", "opacus[ghost]", "jax", "jax[batch]",
                  "tf", "autograd"]
     cols.sort(key=lambda f: first_col.index(f) if f in first_col else 99)
     head = f"{'workload':16s} {'unit':6s}" + "".join(f"{c:>20s}" for c in cols)
@@ -370,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     print("gradient check vs hand-written NumPy: " +
           ("all within 2e-3 relative" if not bad else f"MISMATCH {bad}"))
 
-    tg = targets(med, bool(gpu_rows))
+    tg = targets(med, any(s.key.startswith("gpu") for s in rows))
     print()
     for t in tg:
         mark = "(info)" if t.get("info") else {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
@@ -380,11 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": info,
         "settings": {"repeats": args.repeats, "block_s": args.block, "warmup": args.warmup,
-                     "settle_s": args.settle},
+                     "settle_s": args.settle, "isolate": args.isolate,
+                     "rounds": args.rounds if args.isolate else None},
         "rows": {s.key: {"title": s.title, "unit": s.unit, "per": s.per} for s in rows},
         "median": med,
         "repeats_s": times,
-        "calls_per_block": {f"{k}/{f}": n for (k, f), (_, n) in cells.items()},
+        "calls_per_block": calls,
         "skipped": skipped,
         "grad_max_rel_err_vs_numpy": errors,
         "targets": tg,
@@ -395,7 +561,6 @@ def main(argv: list[str] | None = None) -> int:
         pass
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"\nwrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":
