@@ -317,6 +317,8 @@ _add("im2col", _normal((2, 3, 5, 6)), [dict(_GEO1, pad_value=0.0),
 _add("col2im", _normal((2, 3, 3, 3, 5, 6)), dict(_GEO1, in_shape=(2, 3, 5, 6)))
 _add("col2im", _normal((2, 2, 2, 3, 3, 5)), dict(_GEO2, in_shape=(2, 2, 5, 6)))
 _add("window_max", _distinct(2, 3, 4, 2, 2), [{"axis": 2}, {"axis": -3}])
+_add("first_max_mask", _ints((2, 4, 3)), [{"axis": 1, "dtype": np.dtype(np.float32)},
+                                           {"axis": 2, "dtype": np.dtype(np.float64)}])
 
 
 # elementwise primitives, from their declarations (arity, domains, parameters)

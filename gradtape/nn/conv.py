@@ -18,10 +18,10 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ..ops._util import one
-from ..ops.elementwise import P_EQUAL, P_SAFE_MUL
-from ..ops.reductions import P_ARGMAX, P_SUM
-from ..ops.shape import P_ASTYPE, P_RESHAPE
+from ..ops._util import one, phys_axis
+from ..ops.elementwise import P_SAFE_MUL
+from ..ops.reductions import P_SUM
+from ..ops.shape import P_RESHAPE
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
 
@@ -74,6 +74,13 @@ def _offset_slices(i: int, j: int, geo: dict, oh: int, ow: int) -> tuple:
             slice(w0, w0 + sw * (ow - 1) + 1, sw))
 
 
+def _tiles(kernel: tuple, stride: tuple, dilation: tuple, oh: int, ow: int, shape: tuple) -> bool:
+    """Non-overlapping windows (stride = kernel, no dilation) inside the (padded) image: the
+    windows are a reshape of the image (max pooling's usual case)."""
+    return tuple(kernel) == tuple(stride) and tuple(dilation) == (1, 1) and oh > 0 and ow > 0 \
+        and oh * kernel[0] <= shape[2] and ow * kernel[1] <= shape[3]
+
+
 def _im2col_impl(xp: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tuple,
                  dilation: tuple, pad_value: float) -> Any:
     N, C, H, W = x.shape
@@ -83,6 +90,9 @@ def _im2col_impl(xp: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tupl
         x = xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
     oh = _out_size(H, kh, stride[0], padding[0], dilation[0])
     ow = _out_size(W, kw, stride[1], padding[1], dilation[1])
+    if _tiles(kernel, stride, dilation, oh, ow, x.shape):  # windows tile the image: one copy
+        tiles = x[:, :, :oh * kh, :ow * kw].reshape(N, C, oh, kh, ow, kw)
+        return xp.ascontiguousarray(tiles.transpose(0, 1, 3, 5, 2, 4))
     geo = {"stride": stride, "dilation": dilation}
     cols = xp.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
@@ -97,6 +107,13 @@ def _col2im_impl(xp: Any, cols: Any, *, in_shape: tuple, kernel: tuple, stride: 
     kh, kw = kernel
     (pt, pb), (pl, pr) = padding
     oh, ow = cols.shape[-2:]
+    if not (pt or pb or pl or pr) and _tiles(kernel, stride, dilation, oh, ow, (N, C, H, W)) \
+            and oh * kh == H and ow * kw == W:  # the windows tile the image: one copy back
+        out = xp.empty((N, C, oh, kh, ow, kw), dtype=cols.dtype)  # each pixel written once
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, :, i, :, j] = cols[:, :, i, j]
+        return out.reshape(N, C, H, W)
     geo = {"stride": stride, "dilation": dilation}
     out = xp.zeros((N, C, H + pt + pb, W + pl + pr), dtype=cols.dtype)
     for i in range(kh):
@@ -204,13 +221,47 @@ def _window_max_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 
 
 def _first_max(m: OnTensors, x: Tensor, axis: int, dtype: Any) -> Any:
-    """1 at the first maximum of ``x`` along ``axis``, else 0, in ``dtype`` (computed with
-    non-differentiable primitives, so the rule also runs on batched values inside gt.vmap)."""
-    first = m.apply(P_ARGMAX, x, axis=axis, keepdims=True)
-    shape = [1] * len(x.shape)
-    shape[axis] = x.shape[axis]
-    positions = m.const(m.xp_of(x).arange(x.shape[axis]).reshape(shape), x)
-    return m.apply(P_ASTYPE, m.apply(P_EQUAL, positions, first), dtype=dtype)
+    """1 at the first maximum of ``x`` along ``axis``, else 0, in ``dtype`` (a primitive, so
+    the rule also runs on batched values inside gt.vmap)."""
+    return m.apply(P_FIRST_MAX_MASK, x, axis=axis, dtype=np.dtype(dtype))
+
+
+# A window axis up to this long is scanned one slice at a time (contiguous slices, two cheap
+# ufuncs each); argmax along a middle axis of a small size walks strided memory and is several
+# times slower. Longer axes take argmax.
+_UNROLL_FIRST_MAX = 16
+
+
+def _first_max_impl(xp: Any, x: Any, *, axis: int = 0, dtype: Any = np.float32) -> Any:
+    n = x.shape[axis]
+    if n > _UNROLL_FIRST_MAX or n == 0:
+        first = xp.expand_dims(x.argmax(axis=axis), axis) if n else None
+        shape = [1] * x.ndim
+        shape[axis] = n
+        if first is None:
+            return xp.zeros(x.shape, dtype)
+        return (xp.arange(n).reshape(shape) == first).astype(dtype)
+    top = x.max(axis=axis)
+    out = xp.empty(x.shape, dtype)
+    taken = xp.zeros(top.shape, bool)
+    index: list = [slice(None)] * x.ndim
+    for i in range(n):
+        index[axis] = i
+        hit = x[tuple(index)] == top
+        hit &= ~taken
+        taken |= hit
+        out[tuple(index)] = hit
+    return out
+
+
+def _first_max_batch(args: tuple, dims: tuple, *, axis: int = 0, dtype: Any = np.float32) -> tuple:
+    # vmap rule: the window axis shifted past the batch axis
+    d = dims[0] % args[0].ndim
+    return bind(P_FIRST_MAX_MASK, args[0], axis=phys_axis(axis, d), dtype=dtype), d
+
+
+P_FIRST_MAX_MASK = primitive("first_max_mask", _first_max_impl, nondiff=True,
+                             batch=_first_max_batch)
 
 
 def _window_max_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: int

@@ -324,7 +324,7 @@ def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
                     cols = None
                 cols_per_leaf.append((leaf, cols))
             outs = None
-            for leaf, cols in cols_per_leaf:
+            for _leaf, cols in cols_per_leaf:
                 if cols is not None:
                     outs, out_spec = flatten(cols)
                     break
