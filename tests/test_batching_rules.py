@@ -317,6 +317,19 @@ _add("im2col", _normal((2, 3, 5, 6)), [dict(_GEO1, pad_value=0.0),
 _add("col2im", _normal((2, 3, 3, 3, 5, 6)), dict(_GEO1, in_shape=(2, 3, 5, 6)))
 _add("col2im", _normal((2, 2, 2, 3, 3, 5)), dict(_GEO2, in_shape=(2, 2, 5, 6)))
 _add("window_max", _distinct(2, 3, 4, 2, 2), [{"axis": 2}, {"axis": -3}])
+def _with_index(shape: tuple, n: int, idx_shape: tuple) -> Callable:
+    """A float operand and an integer index operand (values in [-n, n), negatives included)."""
+    return lambda rng, dt: [rng.standard_normal(shape).astype(dt),
+                            rng.integers(-n, n, size=idx_shape)]
+
+
+# the index operand differs per example (a batched index) or not, in every combination
+_add("index_take", _with_index((3, 4), 3, (5,)), {"axis": 0})
+_add("index_take", _with_index((3, 4), 4, (2, 2)), {"axis": 1})
+_add("index_take", _with_index((2, 3, 4), 3, (2,)), {"axis": 1})
+_add("index_put_add", _with_index((5, 4), 3, (5,)), {"axis": 0, "shape": (3, 4)})
+_add("index_put_add", _with_index((3, 2, 2), 4, (2, 2)), {"axis": 1, "shape": (3, 4)})
+_add("index_put_add", _with_index((2, 2, 4), 3, (2,)), {"axis": 1, "shape": (2, 3, 4)})
 _add("first_max_mask", _ints((2, 4, 3)), [{"axis": 1, "dtype": np.dtype(np.float32)},
                                            {"axis": 2, "dtype": np.dtype(np.float64)}])
 
@@ -671,14 +684,27 @@ def test_nested_vmap_of_public_op_matches_the_loop(fn, args, kwargs, axis):
 
 
 @pytest.mark.skipif(not hasattr(gt, "vmap"), reason="gradtape.vmap is not there yet")
-def test_batched_index_tensor_is_refused_with_a_clear_error():
-    """getitem's index is a parameter (a constant), so one index per example cannot be
-    batched: the error says so instead of failing inside NumPy."""
+def test_per_example_index_tensor_inside_vmap():
+    """An index that differs per example (take, gather, x[i], embedding) runs as one batched
+    take through the index-operand primitives, forward and backward; index forms they do not
+    cover (a bool mask per example) are refused with a clear error."""
     x = gt.tensor(np.arange(12.0).reshape(3, 4))
-    idx = gt.tensor(np.array([[0, 1], [2, 3]]))
-    with pytest.raises(NotImplementedError, match="batched index tensor"):
-        gt.vmap(lambda i: gt.take(x, i, axis=1))(idx)
-    with pytest.raises(NotImplementedError, match="batched index tensor"):
+    idx = gt.tensor(np.array([[0, 1], [2, -1]]))
+    out = gt.vmap(lambda i: gt.take(x, i, axis=1))(idx)
+    np.testing.assert_array_equal(out.numpy(), np.stack([x.numpy()[:, [0, 1]], x.numpy()[:, [2, -1]]]))
+    rows = gt.vmap(lambda r, i: r[i])(x, gt.tensor(np.array([[3, 3], [0, 1], [2, 0]])))
+    np.testing.assert_array_equal(rows.numpy(), [[3.0, 3.0], [4.0, 5.0], [10.0, 8.0]])
+    table = gt.tensor(np.arange(10.0).reshape(5, 2))
+    ids = gt.tensor(np.array([[1, 1, 4], [0, 2, 2]]))
+
+    def loss(t: gt.Tensor, i: gt.Tensor) -> gt.Tensor:
+        return gt.sum(gt.nn.embedding(i, t) ** 2)
+
+    per = gt.vmap(gt.grad(loss), in_axes=(None, 0))(table, ids)
+    for b in range(2):
+        ref = gt.grad(loss)(table, ids[b])
+        np.testing.assert_allclose(per[b].numpy(), ref.numpy())
+    with pytest.raises(NotImplementedError, match="differs per example"):
         gt.vmap(lambda t: t[t > 0])(x)
     # an unbatched index is fine
     out = gt.vmap(lambda r: gt.take(r, idx[0]), in_axes=0)(x)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .autodiff.batched import BatchedTensor
-from .autodiff.record import Record, record
+from .autodiff.record import Record, record, record_general, record_one
 from .autodiff.state import STATE
 from .backend import Backend
 from .codegen.arrays import array_vjp
@@ -98,7 +98,8 @@ class Primitive:
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
-                 "out_form", "cheap", "masks", "call1", "_saves", "_array_vjps", "_tensor_vjps",
+                 "out_form", "cheap", "masks", "call1", "record1", "_saves", "_array_vjps",
+                 "_tensor_vjps",
                  "examples")
 
     def __init__(self, name: str, impl: Callable, *, rule: Callable | None = None,
@@ -130,6 +131,7 @@ class Primitive:
         self._array_vjps: dict = {}
         self._tensor_vjps: dict = {}
         self.call1 = _one_input_call(self)  # bind() of one input (see bind)
+        self.record1 = False  # recording takes the one-input fast path (elementwise, differentiable)
         REGISTRY[name] = self
 
     def __repr__(self) -> str:
@@ -341,6 +343,7 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
     prim.cheap = cheap
     prim.batch = _elementwise_batch(prim)
     prim.jvp = _elementwise_jvp(prim)
+    prim.record1 = not nondiff
     return prim
 
 
@@ -432,17 +435,10 @@ def _one_input_call(prim: Primitive) -> Callable[[TensorLike], Tensor]:
     unary ops are the most frequent."""
 
     def call1(x: TensorLike) -> Tensor:
-        t: Tensor
-        if x.__class__ is Tensor:
-            t = x
-        elif isinstance(x, Tensor):
-            if x._level:  # inside gt.vmap
-                return bind_batched(prim, (x,), _NO_PARAMS)
-            t = x
-        else:
-            t = one(x)
-        backend = t._backend
-        da = t.data
+        if x.__class__ is not Tensor:  # Variables, batched tensors, Python values
+            return _call1_general(prim, x)
+        backend = x._backend
+        da = x.data
         out = _new_tensor(Tensor)
         if da.size < pool.MIN_SIZE:
             out.data = prim.impl(backend.xp, da)
@@ -450,13 +446,35 @@ def _one_input_call(prim: Primitive) -> Callable[[TensorLike], Tensor]:
             out.data = parallel_forward(prim, backend.xp, (da,), _NO_PARAMS)
         out._backend = backend
         out._id = 0
-        # a Variable input: lets an unconnected-gradient error spot `w = w - lr * g`
-        out._origin = ("variable", t.name or "<unnamed>") if t._is_variable else None  # type: ignore[attr-defined]
+        out._origin = None
         if HOOKS.on:
-            record(prim, (t,), out, _NO_PARAMS)
+            record_one(prim, x, out, _NO_PARAMS)
         return out
 
     return call1
+
+
+def _call1_general(prim: Primitive, x: Any) -> Tensor:
+    """``call1`` for anything but a plain Tensor: a Variable (the result remembers it, so an
+    unconnected-gradient error can spot ``w = w - lr * g``), a batched tensor (inside
+    ``gt.vmap``), or a value to convert."""
+    if not isinstance(x, Tensor):
+        return prim.call1(one(x))
+    if x._level:
+        return bind_batched(prim, (x,), _NO_PARAMS)
+    backend = x._backend
+    da = x.data
+    out = _new_tensor(Tensor)
+    if da.size < pool.MIN_SIZE:
+        out.data = prim.impl(backend.xp, da)
+    else:
+        out.data = parallel_forward(prim, backend.xp, (da,), _NO_PARAMS)
+    out._backend = backend
+    out._id = 0
+    out._origin = ("variable", x.name or "<unnamed>") if x._is_variable else None  # type: ignore[attr-defined]
+    if HOOKS.on:
+        record_one(prim, x, out, _NO_PARAMS)
+    return out
 
 
 def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
@@ -480,14 +498,11 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         return prim.call1(a)
     backend = a._backend
     var: Any = None  # a Variable input (it has a name)
-    if n == 2:
+    if n == 2 and a.__class__ is Tensor and args[1].__class__ is Tensor:
+        # two plain tensors (Variables and batched tensors take the loop below)
         b = args[1]
-        if a._level or b._level:  # inside gt.vmap
-            return bind_batched(prim, args, params)
         if b._backend is not backend:
             _backend_mismatch(prim, args)
-        if a._is_variable or b._is_variable:
-            var = a if a._is_variable else b
         da, db = a.data, b.data
         if da.size + db.size < pool.MIN_SIZE:
             data = prim.impl(backend.xp, da, db, **params)
@@ -499,7 +514,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
                 return bind_batched(prim, args, params)
             if t._backend is not backend:
                 _backend_mismatch(prim, args)
-            if t._is_variable:
+            if t._is_variable and var is None:
                 var = t
         datas = [t.data for t in args]
         if datas[0].size + (datas[-1].size if n > 1 else 0) < pool.MIN_SIZE:
@@ -514,7 +529,10 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     if var is not None:  # lets an unconnected-gradient error spot `w = w - lr * g`
         out._origin = ("variable", var.name or "<unnamed>")
     if HOOKS.on:
-        record(prim, args, out, params)
+        if n == 1:
+            record_one(prim, a, out, params)
+        else:
+            record_general(prim, args, out, params)
     return out
 
 

@@ -417,6 +417,14 @@ def embedding(ids: Any, table: Any) -> Tensor:
     table = one(table)
     if table.ndim < 1:
         raise ValueError(f"embedding: table must have rank >= 1, got shape {table.shape}")
+    if isinstance(ids, Tensor) and ids._level:  # ids that differ per example, inside gt.vmap
+        idx = physical_data(ids)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"embedding: ids must be integers, got dtype {idx.dtype}")
+        if idx.size and bool(((idx < 0) | (idx >= table.shape[0])).any()):
+            raise ValueError(f"embedding: ids must be in [0, {table.shape[0]}), got values in "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        return ops.take(table, ids, axis=0)
     if isinstance(ids, Tensor):
         idx = ids.data
     else:

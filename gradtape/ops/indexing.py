@@ -10,8 +10,9 @@ import numpy as np
 from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
-from .._src.tensor import Tensor
-from ._util import move_axis, one
+from .._src.tensor import Tensor, _wrap
+from ._util import move_axis, one, phys_axis
+from .elementwise import P_LESS, P_WHERE
 
 __all__ = ["getitem", "take", "gather"]
 
@@ -27,9 +28,10 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
                 raise IndexError(f"index tensors must be integer or bool, got dtype {it.dtype}")
             if it._level:  # a batched index inside gt.vmap: the index is a constant parameter
                 raise NotImplementedError(
-                    "indexing with a batched index tensor (one index per example) inside gt.vmap "
-                    "is not supported: getitem's index is a constant, not an operand; pass the "
-                    "index unbatched (in_axes=None) or select with gt.where / a one-hot product")
+                    "inside gt.vmap, an index that differs per example is supported as full "
+                    "slices followed by one integer index tensor (x[idx], x[:, idx], gt.take, "
+                    "gt.gather, embedding lookups); this index mixes it with other items or is a "
+                    "bool mask: pass it unbatched (in_axes=None) or select with gt.where")
             it = it.data
             advanced = True
         elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy"):
@@ -179,6 +181,148 @@ P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], rul
                       batch=_getitem_batch)
 
 
+# --------------------------------------------------------------------------- an index per example
+# Inside gt.vmap an index tensor can differ per example. getitem's index is a parameter (a
+# constant), so such an index takes two primitives whose index is an operand: a take along one
+# axis and its adjoint, an add-scatter along that axis. Their batching rules offset each
+# example's indices into the flattened batch, so the batch still runs as one take / one add.at.
+def _index_take_impl(xp: Any, x: Any, idx: Any, *, axis: int) -> Any:
+    return xp.take(x, idx, axis=axis)
+
+
+def _index_put_impl(xp: Any, g: Any, idx: Any, *, axis: int, shape: tuple) -> Any:
+    z = xp.zeros(shape, dtype=g.dtype)
+    xp.add.at(z, (slice(None),) * axis + (idx,), g)
+    return z
+
+
+def _index_take_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    idx = m.val(rec.inputs[1])
+    return (m.apply(P_INDEX_PUT, g, idx, axis=rec.params["axis"], shape=rec.in_shapes[0]), None)
+
+
+def _index_put_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    idx = m.val(rec.inputs[1])
+    return (m.apply(P_INDEX_TAKE, g, idx, axis=rec.params["axis"]), None)
+
+
+def _index_take_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *,
+                    axis: int) -> Tensor:
+    return m.apply(P_INDEX_TAKE, tangents[0], primals[1], axis=axis)
+
+
+def _index_put_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: int,
+                   shape: tuple) -> Tensor:
+    return m.apply(P_INDEX_PUT, tangents[0], primals[1], axis=axis, shape=shape)
+
+
+def _flat_batch_index(idx: Tensor, n: int) -> Tensor:
+    """Per-example indices ``idx[B, ...]`` into axes of length ``n`` as indices into the batch
+    flattened to ``B * n`` rows (negative indices count from each example's end)."""
+    size = idx.shape[0]
+    idx = bind(P_WHERE, bind(P_LESS, idx, _int_const(0, idx)), idx + n, idx)
+    offsets = idx._backend.xp.arange(size, dtype=idx.dtype).reshape((size,) + (1,) * (idx.ndim - 1)) * n
+    return idx + _int_const(offsets, idx)
+
+
+def _int_const(value: Any, like: Tensor) -> Tensor:
+    backend = like._backend
+    return _wrap(backend.xp.asarray(value, dtype=like.dtype), backend)
+
+
+def _index_take_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
+    x, idx = args
+    dx, di = dims
+    if di is None:  # the same indices for every example: take along the shifted axis
+        dx %= x.ndim
+        ap = phys_axis(axis, dx)
+        out = bind(P_INDEX_TAKE, x, idx, axis=ap)
+        return out, (dx if dx < ap else dx + idx.ndim - 1)
+    idx = move_axis(idx, di, 0)
+    if dx is None:  # one table, indices per example: the batch lands where the indices go
+        return bind(P_INDEX_TAKE, x, idx, axis=axis), axis
+    size = idx.shape[0]
+    x = move_axis(move_axis(x, dx, 0), axis + 1, 1)  # [B, n, *pre, *post]
+    n = x.shape[1]
+    rest = x.shape[2:]
+    flat = x.reshape((size * n,) + rest)
+    out = bind(P_INDEX_TAKE, flat, _flat_batch_index(idx, n), axis=0)  # [B, *is, *pre, *post]
+    ni = idx.ndim - 1
+    order = (0, *range(1 + ni, 1 + ni + axis), *range(1, 1 + ni), *range(1 + ni + axis, out.ndim))
+    return out.transpose(order), 0
+
+
+def _index_put_batch(args: tuple, dims: tuple, *, axis: int, shape: tuple) -> tuple:
+    g, idx = args
+    dg, di = dims
+    if di is None:  # the same indices for every example
+        g = move_axis(g, dg, 0)
+        return bind(P_INDEX_PUT, g, idx, axis=axis + 1, shape=(g.shape[0],) + tuple(shape)), 0
+    idx = move_axis(idx, di, 0)
+    size = idx.shape[0]
+    ni = idx.ndim - 1
+    if dg is None:  # the same g for every example: add.at broadcasts it over the batch
+        g = g.transpose((*range(axis, axis + ni), *range(axis), *range(axis + ni, g.ndim)))
+    else:
+        g = move_axis(g, dg, 0)
+        order = (0, *range(1 + axis, 1 + axis + ni), *range(1, 1 + axis),
+                 *range(1 + axis + ni, g.ndim))
+        g = g.transpose(order)  # [B, *is, *pre, *post]
+    n = shape[axis]
+    pre, post = tuple(shape[:axis]), tuple(shape[axis + 1:])
+    out = bind(P_INDEX_PUT, g, _flat_batch_index(idx, n), axis=0, shape=(size * n,) + pre + post)
+    out = out.reshape((size, n) + pre + post)
+    return move_axis(out, 1, 1 + axis), 0
+
+
+def _index_operand(idx: Any, like: Tensor) -> Tensor:
+    return idx if isinstance(idx, Tensor) else _wrap(like._backend.xp.asarray(idx), like._backend)
+
+
+def _index_examples(rng: Any) -> list:
+    x = rng.standard_normal((3, 4))
+
+    def take_op(x: Tensor, idx: Any, axis: int) -> Tensor:
+        t = one(x)
+        return bind(P_INDEX_TAKE, t, _index_operand(idx, t), axis=axis)
+
+    return [(take_op, (x, np.array([2, 0, 2, -1])), {"axis": 0}),
+            (take_op, (x, np.array([[1, 1], [3, 0]])), {"axis": 1})]
+
+
+def _index_put_examples(rng: Any) -> list:
+    def put_op(g: Tensor, idx: Any, axis: int, shape: tuple) -> Tensor:
+        t = one(g)
+        return bind(P_INDEX_PUT, t, _index_operand(idx, t), axis=axis, shape=shape)
+
+    return [(put_op, (rng.standard_normal((4, 3)), np.array([0, 2, 0, 1])),
+             {"axis": 0, "shape": (3, 3)}),
+            (put_op, (rng.standard_normal((2, 2, 2)), np.array([[1, 1], [3, 0]])),
+             {"axis": 1, "shape": (2, 4)})]
+
+
+P_INDEX_TAKE = primitive("index_take", _index_take_impl, rule=_index_take_rule,
+                         jvp=_index_take_jvp, masks=True, examples=_index_examples,
+                         batch=_index_take_batch)
+P_INDEX_PUT = primitive("index_put_add", _index_put_impl, rule=_index_put_rule,
+                        jvp=_index_put_jvp, examples=_index_put_examples,
+                        batch=_index_put_batch)
+
+
+def _batched_take(x: Tensor, index: Any) -> Tensor | None:
+    """``x[index]`` through :data:`P_INDEX_TAKE` when ``index`` is full slices followed by one
+    integer index tensor that differs per example (inside gt.vmap); None otherwise."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not items or not isinstance(items[-1], Tensor) or not items[-1]._level:
+        return None
+    idx = items[-1]
+    axis = len(items) - 1
+    if idx.dtype.kind not in "iu" or axis >= x.ndim or \
+            any(not (isinstance(it, slice) and it == slice(None)) for it in items[:-1]):
+        return None
+    return bind(P_INDEX_TAKE, x, idx, axis=axis)
+
+
 def getitem(x: Any, index: Any) -> Tensor:
     """``x[index]`` with NumPy's basic and advanced indexing. The gradient scatters back into
     the indexed positions; repeated indices accumulate.
@@ -190,6 +334,9 @@ def getitem(x: Any, index: Any) -> Tensor:
         array([1., 1., 3.], dtype=float32)
     """
     x = one(x)
+    per_example = _batched_take(x, index)
+    if per_example is not None:
+        return per_example
     idx, advanced = _convert_index(index, x._backend.xp)
     try:
         return bind(P_GETITEM, x, index=idx, advanced=advanced)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # the layer above, named in annotations only
 # read per operand). A type checker cannot narrow on it, so the lines that then use a Variable's
 # fields (``trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
 
-__all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "check_finite"]
+__all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "record_one", "record_general",
+           "check_finite"]
 
 
 class Recorder:
@@ -194,20 +195,29 @@ def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[
     skips the general chores: the numerics check, collecting Variable reads for
     ``custom_gradient``, explaining cuts to paused tapes, forward mode; the one- and two-input
     ``needs`` are unrolled because this runs once per op under a tape and per-op overhead is a
-    product target.
+    product target. A one-output, one-input op goes through :func:`record_one`.
+    """
+    if len(args) == 1 and not extra_outs:
+        record_one(prim, args[0], out, params)
+        return
+    record_general(prim, args, out, params, extra_outs)
+
+
+def record_one(prim: Primitive, a: Tensor, out: Tensor, params: dict[str, Any]) -> None:
+    """:func:`record` of ``out = prim(a, **params)``: what every unary op calls (one input,
+    one output, so no argument tuple is packed).
+
+    The one fast path: a one-input elementwise op (``prim.record1``, the most frequent kind)
+    followed by the only recording tape, nothing else active. Its record is filled in place,
+    the fields of Record.__init__'s one-input branch, without the constructor call and the
+    general loop: about a tenth of such an op's recorded cost (per-op overhead is a product
+    target). Anything else falls through to the general path.
     """
     tapes = STATE.fast
-    if tapes is not None and len(args) == 1 and len(tapes) == 1 and not HOOKS.numerics:
-        # The one fast path: a one-input elementwise op (the most frequent kind) followed by
-        # the only recording tape, nothing else active. Its record is filled in place, the
-        # fields of Record.__init__'s one-input branch, without the constructor call and the
-        # general loop: about a tenth of such an op's recorded cost (per-op overhead is a
-        # product target). Anything else falls through to the general path below.
+    if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics:
         tape = tapes[0]
-        a = args[0]
         tracked = tape._tracked
-        if a._id in tracked and prim.derivatives is not None and not prim.nondiff \
-                and out.data.dtype.kind == "f" and not extra_outs:
+        if a._id in tracked and out.data.dtype.kind == "f":
             oid = out._id = _next_id()
             rec: Record = _new_record(Record)
             rec.prim = prim
@@ -223,18 +233,20 @@ def record(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[
             if not saves[0]:
                 rec.inputs = _NONE1
             else:
-                rec.inputs = (a._snapshot(),) if a._is_variable else args  # type: ignore[attr-defined]
+                rec.inputs = ((a._snapshot(),) if a._is_variable  # type: ignore[attr-defined]
+                              else (a,))
             tape._records.append(rec)
             tracked.add(oid)
             return
-    _record_general(prim, args, out, params, extra_outs, tapes)
+    record_general(prim, (a,), out, params)
 
 
-def _record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, params: dict[str, Any],
-                    extra_outs: tuple[Tensor, ...], tapes: list[Recorder] | None) -> None:
-    """:func:`record` for everything but its fast path (a function of its own so that the
-    fast path's frame stays small)."""
+def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
+                   params: dict[str, Any], extra_outs: tuple[Tensor, ...] = ()) -> None:
+    """:func:`record` for everything but :func:`record_one`'s fast path; ``bind`` calls it
+    directly for ops of several inputs (one call less per op)."""
     st = STATE
+    tapes = st.fast
     if tapes is None or HOOKS.numerics:
         general = True
         if HOOKS.numerics:
@@ -303,11 +315,11 @@ def _record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor, para
             if True in needs:
                 tape._cut(args, needs, "it was used inside tape.stop_recording(), so the op "
                           f"'{prim.name}' was not recorded")
-    forward = st.forward
-    if forward:  # forward accumulators, outermost first: an outer one's tangent of `out` is
-        # then known when an inner one computes its own with ops the outer one sees
-        for level, acc in enumerate(forward):
-            acc._accumulate(prim, args, out, params, extra_outs, level)
+        forward = st.forward  # (accumulators make `fast` None: only on the general path)
+        if forward:  # forward accumulators, outermost first: an outer one's tangent of `out`
+            # is then known when an inner one computes its own with ops the outer one sees
+            for level, acc in enumerate(forward):
+                acc._accumulate(prim, args, out, params, extra_outs, level)
 
 
 def check_finite(prim: Primitive, args: tuple[Tensor, ...], array: Array, phase: str,

@@ -41,6 +41,7 @@ class _CustomCall:
     saves_inputs = False
     saves_output = False
     nondiff = False
+    record1 = False  # recording takes the general path
     batch = None
     jvp = None
     is_elementwise = False
