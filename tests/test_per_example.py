@@ -443,3 +443,33 @@ def test_custom_gradients_between_layers_and_no_records_left_on_a_recording_tape
         assert len(tape.recorded_ops()) == n  # first order: the pass itself is not recorded
     assert_close(got, ref, 1e-12)
     assert_close(summed, [r.sum(0) for r in clip_reference(ref, 0.5)[0]], 1e-12)
+
+
+def test_per_example_gradients_equal_vmap_of_grad():
+    """The one-pass per-example gradients and the general route give the same result:
+    ``gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))(params, X, Y)``, for an MLP and a CNN."""
+    rng = np.random.default_rng(5)
+    X = gt.tensor(rng.standard_normal((6, 1, 6, 6)))
+    Y = gt.tensor(rng.integers(0, 3, size=6))
+    params = {"K": gt.tensor(rng.standard_normal((2, 1, 3, 3)) * 0.5),
+              "b": gt.tensor(rng.standard_normal(2) * 0.1),
+              "W": gt.tensor(rng.standard_normal((2 * 3 * 3, 3)) * 0.3),
+              "c": gt.tensor(np.zeros(3))}
+
+    def logits(p: dict, x: gt.Tensor) -> gt.Tensor:  # x: [N, 1, 6, 6]
+        h = gt.tanh(gt.nn.conv2d(x, p["K"], padding=1) + gt.reshape(p["b"], (1, -1, 1, 1)))
+        h = gt.nn.max_pool2d(h, 2)
+        return gt.reshape(h, (x.shape[0], -1)) @ p["W"] + p["c"]
+
+    def loss1(p: dict, x: gt.Tensor, y: gt.Tensor) -> gt.Tensor:  # one example
+        return gt.nn.cross_entropy(logits(p, gt.reshape(x, (1,) + x.shape)),
+                                   gt.reshape(y, (1,)))
+
+    names = sorted(params)
+    with gt.GradientTape() as tape:
+        tape.watch([params[k] for k in names])
+        losses = gt.nn.cross_entropy(logits(params, X), Y, reduction="none")
+    one_pass = tape.per_example_gradients(losses, [params[k] for k in names])
+    via_vmap = gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))(params, X, Y)
+    for k, g in zip(names, one_pass):
+        np.testing.assert_allclose(g.numpy(), via_vmap[k].numpy(), rtol=1e-9, atol=1e-12)
