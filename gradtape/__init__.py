@@ -12,6 +12,7 @@ Example:
 from . import nn as nn
 from . import ops as ops
 from . import optimizers as optimizers
+from . import random as random
 from ._src.backend import backend_name as backend_name
 from ._src.backend import set_backend as set_backend
 from ._src.backend import use_backend as use_backend
@@ -36,6 +37,24 @@ from ._src.tensor import Variable as Variable
 from ._src.tensor import from_dlpack as from_dlpack
 from ._src.tensor import tensor as tensor
 
+# softmax and log_softmax: gradtape.nn's functions, also at the top level
+from .nn.functional import log_softmax as log_softmax
+from .nn.functional import softmax as softmax
+
+# creating tensors (constants: not differentiable primitives)
+from .ops.creation import (
+    arange,
+    eye,
+    full,
+    full_like,
+    linspace,
+    one_hot,
+    ones,
+    ones_like,
+    zeros,
+    zeros_like,
+)
+
 # the ops, exported by __all__ (NumPy's names: gt.sum, gt.max ... shadow builtins on purpose)
 from .ops.elementwise import (
     abs,
@@ -43,6 +62,8 @@ from .ops.elementwise import (
     arccos,
     arcsin,
     arctan,
+    arctan2,
+    ceil,
     clip,
     cos,
     cosh,
@@ -50,11 +71,14 @@ from .ops.elementwise import (
     elu,
     equal,
     erf,
+    erfc,
     exp,
     expm1,
+    floor,
     gelu,
     greater,
     greater_equal,
+    hypot,
     leaky_relu,
     less,
     less_equal,
@@ -70,6 +94,7 @@ from .ops.elementwise import (
     not_equal,
     pow,
     relu,
+    round,
     rsqrt,
     safe_mul,
     sigmoid,
@@ -83,18 +108,31 @@ from .ops.elementwise import (
     sub,
     tan,
     tanh,
+    trunc,
     where,
 )
 from .ops.indexing import (
     gather,
     getitem,
+    index_add,
+    segment_sum,
     take,
+    take_along_axis,
 )
 from .ops.linalg import (
+    cholesky,
+    det,
+    diag,
     dot,
     einsum,
+    inv,
     matmul,
     outer,
+    slogdet,
+    solve,
+    trace,
+    tril,
+    triu,
 )
 from .ops.reductions import (
     argmax,
@@ -109,16 +147,25 @@ from .ops.reductions import (
     sum,
     var,
 )
+from .ops.scan import (
+    argsort,
+    cumprod,
+    cumsum,
+    sort,
+    topk,
+)
 from .ops.shape import (
     astype,
     broadcast_to,
     concat,
     expand_dims,
     flip,
+    meshgrid,
     moveaxis,
     pad,
     repeat,
     reshape,
+    roll,
     split,
     squeeze,
     stack,
@@ -135,14 +182,20 @@ __all__ = [
     "UnconnectedGradientError", "Variable",
     "backend_name", "config", "custom_gradient", "from_dlpack", "nn", "optimizers", "set_backend",
     "tensor", "use_backend", "jvp",
+    "random", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "arange", "linspace",
+    "eye", "one_hot",
     "vmap", "grad", "value_and_grad", "vjp", "jacrev", "jacfwd", "hessian", "hvp",
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
     "square", "abs", "sign", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
     "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf", "maximum",
     "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater", "greater_equal",
     "equal", "not_equal", "logical_and", "logical_or", "logical_not", "getitem", "take", "gather",
-    "matmul", "dot", "einsum", "outer", "sum", "mean", "prod", "max", "min", "logsumexp", "var",
+    "matmul", "dot", "einsum", "outer", "solve", "inv", "det", "slogdet", "cholesky",
+    "sum", "mean", "prod", "max", "min", "logsumexp", "var",
     "std", "norm", "argmax", "argmin", "reshape", "transpose", "broadcast_to", "moveaxis",
     "swapaxes", "expand_dims", "squeeze", "stack", "concat", "split", "pad", "flip", "tile",
     "repeat", "astype", "stop_gradient",
+    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "hypot", "take_along_axis", "index_add",
+    "segment_sum", "roll", "meshgrid", "diag", "trace", "triu", "tril", "cumsum", "cumprod",
+    "argsort", "sort", "topk", "softmax", "log_softmax",
 ]

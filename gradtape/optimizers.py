@@ -41,6 +41,7 @@ from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
 from ._src.codegen.graph import Graph
 from ._src.codegen.numpy_program import BLOCK, numpy_program, run_numpy
+from ._src.frontend.tape import GradientTape
 from ._src.tensor import Tensor, Variable, _wrap
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
@@ -336,12 +337,24 @@ def _check_iterations(who: str, value: Any) -> int:
 
 
 # --------------------------------------------------------------------------- optimizers
+def _label(v: Variable, i: int) -> str:
+    """How messages name the ``i``-th variable of a call: its name, or ``#i`` unnamed."""
+    return v.name if v.name else f"#{i}"
+
+
 class Optimizer:
-    """Base class: per-variable state, None gradients skipped, optional global-norm clipping,
-    a learning rate that is a float or a schedule ``f(step) -> float`` (step counts from 0).
+    """Base class: per-variable state, None gradients skipped with a warning, optional
+    global-norm clipping, a learning rate that is a float or a schedule ``f(step) -> float``
+    (step counts from 0).
 
     Subclasses set ``slot_names``, return their hyper-parameters from ``_scalars``, their
     :class:`UpdateRule` from ``_rule`` and its per-step scalar values from ``_rule_scalars``.
+
+    Args:
+        learning_rate: a float >= 0, or a schedule: a callable ``f(step) -> float`` of the
+            step count :attr:`iterations` (from 0).
+        global_clipnorm: if given, scale all gradients of a step together so their joint
+            2-norm is at most this value (:func:`clip_by_global_norm`).
     """
 
     slot_names: tuple[str, ...] = ()
@@ -366,8 +379,16 @@ class Optimizer:
         # copied Variables, so ``copy.deepcopy((model, opt))`` updates the copied model
         self._variables: dict[int, weakref.ref] = {}
 
+    @property
     def current_learning_rate(self) -> float:
-        """The learning rate the next step uses."""
+        """The learning rate the next step uses (the schedule evaluated at :attr:`iterations`
+        when ``learning_rate`` is callable).
+
+        Example:
+            >>> import gradtape as gt
+            >>> gt.optimizers.SGD(lambda step: 0.1 / (1 + step)).current_learning_rate
+            0.1
+        """
         lr = self.learning_rate
         return float(lr(self.iterations)) if callable(lr) else lr
 
@@ -393,8 +414,10 @@ class Optimizer:
             self._variables[v._id] = weakref.ref(v)
         return st
 
-    # --- copying and pickling ---------------------------------------------------------------
     def __getstate__(self) -> dict:
+        """The state to pickle or deep-copy: the hyper-parameters, the step count, and each
+        living Variable's slot arrays, keyed by the Variable itself (the copy's memo maps
+        them onto the copied model's Variables)."""
         # the per-variable state travels with its Variables (pickle's and deepcopy's memo then
         # map it onto the copies of the model's Variables); state of dead Variables is dropped
         # (ids are never reused, so it can never be used again)
@@ -420,8 +443,9 @@ class Optimizer:
             self._variables[v._id] = weakref.ref(v)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
-        """Update each Variable in place from its gradient; a None gradient leaves that
-        Variable (and its state) untouched.
+        """Update each Variable in place from its gradient (Keras's convention). A None
+        gradient leaves that Variable (and its state) untouched and warns, once per call,
+        naming every such variable (as TF does: usually a variable the loss does not use).
 
         Args:
             grads_and_vars: pairs ``(gradient, variable)``, e.g. ``zip(grads, model.variables)``;
@@ -429,48 +453,60 @@ class Optimizer:
 
         Raises:
             TypeError: an entry is not a Variable, or a gradient is on another backend.
-            ValueError: a gradient's shape differs from its variable's, or every gradient is None.
+            ValueError: a gradient's shape differs from its variable's (naming the variable, or
+                ``#i``, its position, when it has no name), or no pair is given.
+
+        Example:
+            >>> import gradtape as gt
+            >>> w = gt.Variable([1.0, 2.0], name="w")
+            >>> gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor([1.0, 1.0]), w)])
+            >>> w.numpy()
+            array([0.5, 1.5], dtype=float32)
         """
+        self._apply(grads_and_vars, "apply_gradients")
+
+    def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
+               stacklevel: int = 3) -> None:
+        """:meth:`apply_gradients`; ``what`` names the public method in messages and
+        ``stacklevel`` points the None-gradient warning at the user's line."""
+        who = f"{type(self).__name__}.{what}"
         pairs = []
         n_seen = 0
         no_grad: list[str] = []
-        for g, v in grads_and_vars:
+        for i, (g, v) in enumerate(grads_and_vars):
             n_seen += 1
             if not isinstance(v, Variable):
-                raise TypeError(f"{type(self).__name__}.apply_gradients: expected (gradient, "
-                                f"Variable) pairs, got a {type(v).__name__} as variable")
+                raise TypeError(f"{who}: expected (gradient, Variable) pairs, got a "
+                                f"{type(v).__name__} as variable #{i}")
             if v.dtype.kind != "f":
-                raise TypeError(f"{type(self).__name__}.apply_gradients: variable "
-                                f"{v.name or '<unnamed>'} has dtype {v.dtype}; only floating-point "
-                                "variables can be trained")
+                raise TypeError(f"{who}: variable {_label(v, i)} has dtype {v.dtype}; only "
+                                'floating-point variables can be trained (create it as '
+                                'gt.Variable(..., dtype="float32"))')
             if g is None:
-                no_grad.append(v.name or "<unnamed>")
+                no_grad.append(_label(v, i))
                 continue
             if not isinstance(g, Tensor) and not (hasattr(g, "shape") and hasattr(g, "dtype")
                                                   and not isinstance(g, np.generic)):
-                raise TypeError(f"{type(self).__name__}.apply_gradients: the gradient for variable "
-                                f"{v.name or '<unnamed>'} must be a Tensor or a backend array, got "
-                                f"{type(g).__name__}")
+                raise TypeError(f"{who}: the gradient for variable {_label(v, i)} must be a Tensor "
+                                f"or a backend array, got {type(g).__name__}")
             if isinstance(g, Tensor):
                 if g._backend is not v._backend:
-                    raise TypeError(f"{type(self).__name__}.apply_gradients: gradient on backend "
-                                    f"{g.backend!r} for variable {v.name or ''} on {v.backend!r}")
+                    raise TypeError(f"{who}: gradient on backend {g.backend!r} for variable "
+                                    f"{_label(v, i)} on {v.backend!r}")
                 g = g.data
             if g.shape != v.shape:
-                raise ValueError(f"{type(self).__name__}.apply_gradients: gradient of shape "
-                                 f"{g.shape} for variable {v.name or ''} of shape {v.shape}")
+                raise ValueError(f"{who}: gradient of shape {g.shape} for variable {_label(v, i)} "
+                                 f"of shape {v.shape}")
             if g.dtype != v.dtype:
                 g = g.astype(v.dtype)
             pairs.append((g, v))
-        if no_grad:  # Keras's warning: usually a variable the loss does not use
-            warnings.warn(f"{type(self).__name__}.apply_gradients: no gradient for variable(s) "
-                          f"{', '.join(no_grad)}; they are left unchanged (does the loss use them?)",
-                          stacklevel=2)
+        if no_grad:  # TF's and Keras's warning: usually a variable the loss does not use
+            warnings.warn(f"{who}: no gradient for variable(s) {', '.join(no_grad)}; they are left "
+                          "unchanged (does the loss use them?)", stacklevel=stacklevel)
         if not pairs:
             if n_seen:
                 return  # every gradient None: nothing to do (no step counted)
-            raise ValueError(f"{type(self).__name__}.apply_gradients: no (gradient, variable) "
-                             "pairs given")
+            raise ValueError(f"{who}: no (gradient, variable) pairs given")
         if self.global_clipnorm is not None:
             clipped, _ = clip_by_global_norm([g for g, _ in pairs], self.global_clipnorm)
             pairs = list(zip(clipped, (v for _, v in pairs)))
@@ -484,12 +520,108 @@ class Optimizer:
             v._before_write()  # copy-on-write: a live tape keeps the values it read
             rule.apply([v.data, g, *slots], values_list, cache)
 
+    def minimize(self, loss_fn: Callable[[], Tensor],
+                 var_list: Sequence[Variable] | Callable[[], Sequence[Variable]]) -> Tensor:
+        """One step on ``loss_fn`` (Keras's ``minimize``): compute the loss on a
+        :class:`~gradtape.GradientTape`, its gradient with respect to ``var_list``, and
+        :meth:`apply_gradients`.
+
+        Args:
+            loss_fn: a callable of no arguments returning the loss (a Tensor; a non-scalar loss
+                is summed, as ``tape.gradient`` does). It is called inside the tape, so it must
+                compute the loss, not return one computed before.
+            var_list: the Variables to update (e.g. ``model.trainable_variables``), or a callable
+                of no arguments returning them, called after ``loss_fn`` (for Variables created
+                lazily by it). Listed Variables are watched even when not trainable.
+
+        Returns:
+            The loss ``loss_fn`` returned (computed before the update).
+
+        Raises:
+            TypeError: ``loss_fn`` is not callable (e.g. a loss Tensor) or does not return a
+                Tensor; an entry of ``var_list`` is not a Variable.
+
+        Example:
+            >>> import gradtape as gt
+            >>> w = gt.Variable([3.0], name="w")
+            >>> opt = gt.optimizers.SGD(0.25)
+            >>> for _ in range(2):
+            ...     loss = opt.minimize(lambda: gt.sum(w * w), [w])
+            >>> w.numpy(), float(loss)
+            (array([0.75], dtype=float32), 2.25)
+        """
+        who = f"{type(self).__name__}.minimize"
+        if not callable(loss_fn):
+            raise TypeError(f"{who}: loss_fn must be a callable of no arguments that computes the "
+                            f"loss (e.g. lambda: gt.nn.mse(model(x), y)), got "
+                            f"{type(loss_fn).__name__}; a loss computed before the call was not "
+                            "recorded by minimize's tape")
+        if hasattr(var_list, "trainable_variables"):  # a Module is callable too: not a var_list
+            raise TypeError(f"{who}: var_list must be a list of Variables; pass "
+                            "model.trainable_variables rather than the model")
+        variables = None if callable(var_list) else self._var_list(var_list, who)
+        with GradientTape() as tape:
+            if variables is not None:
+                tape.watch(variables)
+            loss = loss_fn()
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"{who}: loss_fn must return the loss as a Tensor, got "
+                            f"{type(loss).__name__}")
+        if variables is None:
+            variables = self._var_list(var_list(), who)  # type: ignore[operator]
+        grads = tape.gradient(loss, variables)
+        self._apply(zip(grads, variables), "minimize")
+        return loss
+
+    @staticmethod
+    def _var_list(var_list: Any, who: str) -> list[Variable]:
+        if isinstance(var_list, Tensor) or not isinstance(var_list, Iterable):
+            raise TypeError(f"{who}: var_list must be a list of Variables (e.g. "
+                            f"model.trainable_variables), got {type(var_list).__name__}")
+        out = list(var_list)
+        for i, v in enumerate(out):
+            if not isinstance(v, Variable):
+                raise TypeError(f"{who}: var_list[{i}] must be a gt.Variable, got {type(v).__name__}")
+        return out
+
     # --- checkpoints ------------------------------------------------------------------------
-    def state_dict(self, named_variables: Iterable[tuple[str, Variable]]) -> dict[str, np.ndarray]:
+    def _named(self, named_variables: Iterable[tuple[str, Variable]] | None
+               ) -> list[tuple[str, Variable]]:
+        """``named_variables`` as a list; None: the living Variables this optimizer has state
+        for, in creation order, each named by its ``name`` when that is unique among them and
+        by ``"<name or 'variable'>#<k>"`` (``k`` its position in that order) otherwise."""
+        if named_variables is not None:
+            return list(named_variables)
+        alive = [(key, ref()) for key, ref in sorted(self._variables.items())]
+        tracked: list[Variable] = [v for _, v in alive if v is not None]
+        counts: dict[str | None, int] = {}
+        for v in tracked:
+            counts[v.name] = counts.get(v.name, 0) + 1
+        return [(v.name if v.name and counts[v.name] == 1 else f"{v.name or 'variable'}#{k}", v)
+                for k, v in enumerate(tracked)]
+
+    def state_dict(self, named_variables: Iterable[tuple[str, Variable]] | None = None
+                   ) -> dict[str, np.ndarray]:
         """Host arrays of the state: ``"<variable name>/<slot>"`` for each variable that has
-        state, plus ``"iterations"``."""
+        state, plus ``"iterations"``.
+
+        Args:
+            named_variables: ``(name, variable)`` pairs naming the entries, e.g.
+                ``model.named_variables()`` (what :meth:`gradtape.nn.Module.save` passes). None
+                (the default): every Variable this optimizer has updated and that is still
+                alive, in creation order, under its ``name`` (``"<name>#<k>"``, with ``k`` its
+                position in that order, when it has none or shares it).
+
+        Example:
+            >>> import gradtape as gt
+            >>> w = gt.Variable([1.0], name="w")
+            >>> opt = gt.optimizers.Adam(0.1)
+            >>> opt.apply_gradients([(gt.tensor([1.0]), w)])
+            >>> sorted(opt.state_dict())
+            ['iterations', 'w/m', 'w/v']
+        """
         out = {"iterations": np.asarray(self.iterations, dtype=np.int64)}
-        for name, v in named_variables:
+        for name, v in self._named(named_variables):
             st = self._state.get(v._id)
             if st is None:
                 continue
@@ -499,8 +631,11 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state: Mapping[str, Any],
-                        named_variables: Iterable[tuple[str, Variable]]) -> None:
-        """Restore :meth:`state_dict` output for the given (name, variable) pairs.
+                        named_variables: Iterable[tuple[str, Variable]] | None = None) -> None:
+        """Restore :meth:`state_dict` output for the given (name, variable) pairs (None: the
+        Variables this optimizer has state for, named as :meth:`state_dict` names them; an
+        optimizer that has not updated them yet needs the pairs, e.g.
+        ``model.named_variables()``).
 
         Everything is checked before anything changes (on an error the optimizer is as it
         was): ``"iterations"`` is a non-negative integer scalar; every other key is
@@ -518,7 +653,7 @@ class Optimizer:
         self._commit_state(self._check_state(state, named_variables))
 
     def _check_state(self, state: Mapping[str, Any],
-                     named_variables: Iterable[tuple[str, Variable]]) -> tuple:
+                     named_variables: Iterable[tuple[str, Variable]] | None) -> tuple:
         """Validate :meth:`load_state_dict`'s arguments; returns what :meth:`_commit_state`
         installs (the slot arrays already on the variables' backends). Changes nothing."""
         who = f"{type(self).__name__}.load_state_dict"
@@ -528,7 +663,7 @@ class Optimizer:
         if "iterations" not in state:
             raise ValueError(f"{who}: no 'iterations' entry")
         iterations = _check_iterations(who, state["iterations"])
-        named = list(named_variables)
+        named = self._named(named_variables)
         variables = dict(named)
         kept = [s for s in self.slot_names if self._needs_slot(s)]
         grouped: dict[str, dict[str, Any]] = {}
@@ -542,9 +677,11 @@ class Optimizer:
                 continue
             grouped.setdefault(name, {})[slot] = arr
         if unexpected:
+            hint = ("; without named_variables only the variables this optimizer has updated are "
+                    "known: pass them, e.g. model.named_variables()" if named_variables is None else "")
             raise ValueError(f"{who}: unexpected entries {sorted(unexpected)}: expected "
                              f"'<variable name>/<slot>' with a slot of {kept} (what this "
-                             f"{self!r} keeps) for one of the variables {sorted(variables)}")
+                             f"{self!r} keeps) for one of the variables {sorted(variables)}{hint}")
         new_state: dict[int, tuple] = {}
         for name, v in named:
             slots = grouped.get(name)
@@ -599,6 +736,13 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight
     decay (PyTorch's formulation; equal to Keras's for a constant learning rate).
 
+    Args:
+        learning_rate: a float >= 0 or a schedule ``f(step) -> float`` (default 0.01).
+        momentum: in ``[0, 1]``; 0 (the default) keeps no state.
+        nesterov: Nesterov momentum (needs ``momentum > 0``).
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``).
+        global_clipnorm: clip all gradients of a step to this joint 2-norm (None: no clipping).
+
     Example:
         >>> import gradtape as gt
         >>> opt = gt.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
@@ -622,7 +766,7 @@ class SGD(Optimizer):
         return self.momentum != 0.0
 
     def _scalars(self) -> dict:
-        return {"lr": self.current_learning_rate(), "momentum": self.momentum,
+        return {"lr": self.current_learning_rate, "momentum": self.momentum,
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
     def _rule(self) -> UpdateRule:
@@ -635,6 +779,13 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with bias correction. ``weight_decay`` here is L2 added to the
     gradient; use :class:`AdamW` for decoupled decay.
+
+    Args:
+        learning_rate: a float >= 0 or a schedule ``f(step) -> float`` (default 1e-3).
+        beta1, beta2: decay rates of the first and second moment estimates, in ``[0, 1)``.
+        epsilon: added to the denominator ``sqrt(v_hat)`` (PyTorch's placement).
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``).
+        global_clipnorm: clip all gradients of a step to this joint 2-norm (None: no clipping).
 
     Example:
         >>> import gradtape as gt
@@ -656,7 +807,7 @@ class Adam(Optimizer):
         self.weight_decay = float(weight_decay)
 
     def _scalars(self) -> dict:
-        return {"lr": self.current_learning_rate(), "beta1": self.beta1, "beta2": self.beta2,
+        return {"lr": self.current_learning_rate, "beta1": self.beta1, "beta2": self.beta2,
                 "eps": self.epsilon, "step": self.iterations + 1,
                 "weight_decay": self.weight_decay, "decoupled": self._decoupled}
 
@@ -675,6 +826,10 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter): ``p *= 1 - lr * weight_decay``
     before the Adam step. Default ``weight_decay=0.01`` (PyTorch).
+
+    Args:
+        learning_rate, beta1, beta2, epsilon, global_clipnorm: as :class:`Adam`.
+        weight_decay: the decoupled decay rate (default 0.01).
 
     Example:
         >>> import gradtape as gt

@@ -231,6 +231,9 @@ _add("pad", _normal((2, 3)), [{"pad_width": ((1, 1), (1, 1)), "constant_values":
 _add("pad", _normal((3,)), {"pad_width": ((2, 1),), "constant_values": 0})
 _add("flip", _normal((2, 3)), [{"axis": (0, 1)}, {"axis": (1,)}, {"axis": None}])
 _add("flip", _normal((2, 3, 4)), [{"axis": (2,)}, {"axis": (0, 2)}, {"axis": -1}])
+_add("roll", _normal((2, 3, 4)), [{"shift": (1,), "axis": (0,)}, {"shift": (2, -1), "axis": (2, 1)},
+                                  {"shift": (1,), "axis": (-1,)}])
+_add("roll", _normal((5,)), {"shift": (3,), "axis": (0,)})
 _add("tile", _normal((2, 3)), [{"reps": (2, 1)}, {"reps": (1, 3)}, {"reps": (2, 1, 2)},
                                {"reps": (3,)}])
 _add("tile", _normal((3,)), {"reps": (2, 2)})
@@ -270,6 +273,29 @@ for _sa, _sb in [((3,), (3,)), ((2, 3), (3, 4)), ((2, 3), (3,)), ((3,), (3, 2)),
 for _sa, _sb in [((3,), (4,)), ((2, 2), (3,)), ((), (2,))]:
     _add("outer", _normal(_sa, _sb))
 
+
+def _matrices(*shapes: tuple, spd: bool = False) -> Callable:
+    """Well-conditioned square matrices ``M + n I`` (``spd``: ``M M^T + n I``), then plain
+    normal operands for the remaining shapes (right-hand sides)."""
+    def make(rng: Any, dt: Any) -> list:
+        n = shapes[0][-1]
+        m = rng.standard_normal(shapes[0])
+        a = m @ np.swapaxes(m, -1, -2) + n * np.eye(n) if spd else m + n * np.eye(n)
+        return [a.astype(dt)] + [rng.standard_normal(s).astype(dt) for s in shapes[1:]]
+
+    return make
+
+
+# matrix functions (the packed SVD: singular values well apart, for stable singular vectors)
+for _sa, _sb in [((3, 3), (3, 2)), ((3, 3), (2, 3, 1)), ((2, 3, 3), (3, 2)), ((2, 3, 3), (2, 3, 1))]:
+    _add("solve", _matrices(_sa, _sb))
+for _s in [(3, 3), (2, 3, 3)]:
+    for _n in ("inv", "det", "slogdet"):
+        _add(_n, _matrices(_s))
+    _add("cholesky", _matrices(_s, spd=True))
+for _s in [(3, 3), (3, 2), (2, 3), (2, 4, 3)]:
+    _add("svd", _normal(_s))
+
 # reductions
 _REDUCE_PARAMS = [{"axis": None, "keepdims": False}, {"axis": (1,), "keepdims": False},
                   {"axis": (0,), "keepdims": True}, {"axis": (0, 2), "keepdims": True},
@@ -280,6 +306,8 @@ _NEGATIVE = [{"axis": (-1,), "keepdims": False}, {"axis": (-3, 1), "keepdims": F
 for _n in ("sum", "mean", "prod", "logsumexp", "norm"):
     _add(_n, _normal((2, 3, 4)), _REDUCE_PARAMS + (_NEGATIVE if _n != "logsumexp" else []))
     _add(_n, _normal(()), [{"axis": (), "keepdims": False}, {"axis": None, "keepdims": False}])
+_add("pnorm", _normal((2, 3, 4)), [dict(p, ord=3.0) for p in _REDUCE_PARAMS + _NEGATIVE])
+_add("pnorm", _normal((3,)), {"axis": (0,), "keepdims": False, "ord": 0.5})
 for _n in ("max", "min"):
     _add(_n, _distinct(2, 3, 4), _REDUCE_PARAMS + _NEGATIVE)
     _add(_n, _normal(()), {"axis": (), "keepdims": False})
@@ -292,6 +320,17 @@ for _n in ("argmax", "argmin"):
                                   {"axis": 0, "keepdims": False}, {"axis": 1, "keepdims": True},
                                   {"axis": 2, "keepdims": False}, {"axis": -1, "keepdims": False}])
     _add(_n, _normal(()), {"axis": None, "keepdims": False})
+
+# scans and sorting (argsort on small integers: ties keep their order, batched or not)
+for _n in ("cumsum", "cumprod"):
+    _add(_n, _normal((2, 3, 4)), [{"axis": 0}, {"axis": 1}, {"axis": 2}, {"axis": -1}])
+    _add(_n, _normal((3,)), {"axis": 0})
+_add("argsort", _ints((2, 3, 4)), [{"axis": a, "descending": d} for a in (0, 2, -1)
+                                   for d in (False, True)])
+_add("argsort", _ints((4,)), {"axis": 0, "descending": True})
+_add("sort", _normal((2, 3, 4)), [{"axis": a, "descending": d} for a in (0, 2, -1)
+                                  for d in (False, True)])
+_add("sort", _normal((4,)), {"axis": 0, "descending": False})
 
 # nn
 for _n in ("softmax", "log_softmax"):
@@ -630,11 +669,17 @@ def test_vmap_of_public_op_matches_the_loop(fn, args, kwargs, axis):
     def f(*xs: Any) -> Any:
         return fn(*xs, **kwargs)
 
-    got = gt.vmap(f, in_axes=in_axes)(*batched)
-    want = np.stack([f(*(_example_b(v, ax, b) for v, ax in zip(batched, in_axes))).numpy()
-                     for b in range(B)])
-    assert got.shape == want.shape and got.dtype == want.dtype
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
+    got = _outputs(gt.vmap(f, in_axes=in_axes)(*batched))
+    loop = [_outputs(f(*(_example_b(v, ax, b) for v, ax in zip(batched, in_axes))))
+            for b in range(B)]
+    for k, out in enumerate(got):  # an op with several outputs (slogdet) maps each
+        want = np.stack([outs[k].numpy() for outs in loop])
+        assert out.shape == want.shape and out.dtype == want.dtype
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-10, atol=1e-10)
+
+
+def _outputs(out: Any) -> list:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 def _batch_leaf2(a: Any, fn: Any, rng: Any) -> tuple[Any, Any]:
@@ -676,11 +721,13 @@ def test_nested_vmap_of_public_op_matches_the_loop(fn, args, kwargs, axis):
     def f(*xs: Any) -> Any:
         return fn(*xs, **kwargs)
 
-    got = gt.vmap(gt.vmap(f, in_axes=in_axes), in_axes=in_axes)(*batched)
-    want = np.stack([np.stack([f(*(_example_ab(v, ax, i, b) for v, ax in zip(batched, in_axes)))
-                               .numpy() for b in range(B)]) for i in range(2)])
-    assert got.shape == want.shape and got.dtype == want.dtype
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
+    got = _outputs(gt.vmap(gt.vmap(f, in_axes=in_axes), in_axes=in_axes)(*batched))
+    loop = [[_outputs(f(*(_example_ab(v, ax, i, b) for v, ax in zip(batched, in_axes))))
+             for b in range(B)] for i in range(2)]
+    for k, out in enumerate(got):
+        want = np.stack([np.stack([outs[k].numpy() for outs in row]) for row in loop])
+        assert out.shape == want.shape and out.dtype == want.dtype
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.skipif(not hasattr(gt, "vmap"), reason="gradtape.vmap is not there yet")

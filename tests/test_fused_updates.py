@@ -111,11 +111,11 @@ def reference(make, p0: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
         slots = [np.zeros_like(p), np.zeros_like(p)]
     for g in grads:
         if isinstance(opt, gt.optimizers.SGD):
-            sgd_update(np, p, np.ascontiguousarray(g), *slots, lr=opt.current_learning_rate(),
+            sgd_update(np, p, np.ascontiguousarray(g), *slots, lr=opt.current_learning_rate,
                        momentum=opt.momentum, nesterov=opt.nesterov,
                        weight_decay=opt.weight_decay)
         else:
-            adam_update(np, p, np.ascontiguousarray(g), *slots, lr=opt.current_learning_rate(),
+            adam_update(np, p, np.ascontiguousarray(g), *slots, lr=opt.current_learning_rate,
                         beta1=opt.beta1, beta2=opt.beta2, eps=opt.epsilon,
                         step=opt.iterations + 1, weight_decay=opt.weight_decay,
                         decoupled=isinstance(opt, gt.optimizers.AdamW))

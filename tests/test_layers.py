@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ops", ("gradtape.ops", "gradtape.ops.*")),
     ("frontend", ("gradtape._src.frontend.*",)),
     ("library", ("gradtape.nn", "gradtape.nn.*", "gradtape.optimizers", "gradtape.testing",
-                 "gradtape.extend")),
+                 "gradtape.extend", "gradtape.random")),
     ("top", ("gradtape", "gradtape.examples", "gradtape.examples.*")),
 ]
 

@@ -168,20 +168,24 @@ def test_mse_and_binary_cross_entropy(rng):
     x, y = rng.normal(size=(5,)) * 3, rng.uniform(size=5)
     sig = 1 / (1 + np.exp(-x))
     ref = -(y * np.log(sig) + (1 - y) * np.log(1 - sig))
-    np.testing.assert_allclose(gt.nn.binary_cross_entropy(x, y, reduction="none").numpy(), ref,
+    np.testing.assert_allclose(gt.nn.binary_cross_entropy_with_logits(x, y, reduction="none").numpy(),
+                               ref, rtol=1e-10)
+    check_grads(gt.nn.binary_cross_entropy_with_logits, (x, y))
+    np.testing.assert_allclose(gt.nn.binary_cross_entropy(sig, y, reduction="none").numpy(), ref,
                                rtol=1e-10)
-    check_grads(gt.nn.binary_cross_entropy, (x, y))
+    check_grads(gt.nn.binary_cross_entropy, (sig, y))
     big = gt.tensor(np.array([1e4, -1e4, 1e4], np.float32))
     with gt.GradientTape() as tape:
         tape.watch(big)
-        loss = gt.nn.binary_cross_entropy(big, gt.tensor([1.0, 0.0, 0.0]), reduction="none")
+        loss = gt.nn.binary_cross_entropy_with_logits(big, gt.tensor([1.0, 0.0, 0.0]), reduction="none")
     np.testing.assert_allclose(loss.numpy(), [0, 0, 1e4])
     np.testing.assert_allclose(tape.gradient(loss, big).numpy(), [0, 0, 1])
     with pytest.raises(ValueError, match=r"\(3,\).*\(4,\) differ"):
         gt.nn.mse(np.zeros(3), np.zeros(4))
 
 
-@pytest.mark.parametrize("loss", [gt.nn.mse, gt.nn.binary_cross_entropy])
+@pytest.mark.parametrize("loss", [gt.nn.mse, gt.nn.binary_cross_entropy,
+                                  gt.nn.binary_cross_entropy_with_logits])
 def test_a_loss_refuses_targets_of_another_shape_instead_of_broadcasting(loss):
     p = gt.tensor(np.zeros((4, 1), np.float32))
     with pytest.raises(ValueError, match=r"\(4, 1\).*\(4,\)"):

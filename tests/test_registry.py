@@ -12,7 +12,8 @@
 * completeness: the "Operations" section of docs/api.md lists exactly the public ops, each a
   ``gt.<name>`` function covered by one of the above; every registry primitive is covered by
   some test; every public name of ``gradtape``, ``gradtape.nn``, ``gradtape.optimizers``,
-  ``gradtape.testing`` has its entry in docs/api.md.
+  ``gradtape.random``, ``gradtape.testing`` has its entry in docs/api.md (the creation
+  functions ``gt.zeros`` ... in its "Creating tensors" section).
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ REFERENCES: dict[str, tuple] = {
     "clip": (lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), {}),
     "where": (np.where, {}),
     "safe_mul": (lambda a, b: a * b, {}),
+    "erfc": (lambda x: np.vectorize(math.erfc, otypes=[np.float64])(x), {}),
+    "floor": (np.floor, {}),
+    "ceil": (np.ceil, {}),
+    "round": (np.round, {}),
+    "trunc": (np.trunc, {}),
+    "arctan2": (np.arctan2, {}),
+    "hypot": (lambda a, b: np.sqrt(a * a + b * b), {}),
 }
 
 # Binary ops with a kink where the inputs are equal: their inputs are drawn from disjoint grids.
@@ -560,14 +568,22 @@ def test_safe_mul_zero_times_inf_is_zero():
 
 # --------------------------------------------------------------------------- completeness
 # Public ops documented in docs/api.md outside its "Operations" section (name -> section).
-DOCUMENTED_ELSEWHERE = {"stop_gradient": "Control over gradients"}
+DOCUMENTED_ELSEWHERE = {"stop_gradient": "Control over gradients",
+                        # creation functions make constants: no primitive, no gradient
+                        **dict.fromkeys(["zeros", "ones", "full", "zeros_like", "ones_like",
+                                         "full_like", "arange", "linspace", "eye", "one_hot"],
+                                        "Creating tensors")}
 
 # Public ops of docs/api.md that are not primitives themselves but are built from others
 # (API name -> the primitive it reduces to). Each gets its own check_grads cases and a NumPy
 # forward reference in _wrapper_cases.
 WRAPPERS = {"gather": "getitem", "take": "getitem", "split": "getitem",
             "swapaxes": "transpose", "moveaxis": "transpose", "expand_dims": "reshape",
-            "squeeze": "reshape"}
+            "squeeze": "reshape",
+            # topk gathers with argsort's permutation (take_along_axis: index_take); its vmap
+            # and jvp cases are among sort's examples
+            "topk": "index_take", "triu": "where", "tril": "where",
+            "diag": "getitem", "trace": "getitem", "meshgrid": "broadcast_to"}
 
 
 def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
@@ -576,6 +592,7 @@ def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
     y = rng.standard_normal((2, 1, 3))
     i1 = np.array([3, 0, 3])
     i2 = np.array([[2, 1], [0, 2]])
+    d = rng.permutation(12).reshape(4, 3) * 0.5  # no ties: topk's finite differences stay put
     return {
         "gather": [(gt.gather, (x, i1), {"axis": 0}, lambda x, i: np.take(x, i, axis=0)),
                    (gt.gather, (x, i2), {"axis": 1}, lambda x, i: np.take(x, i, axis=1))],
@@ -593,6 +610,22 @@ def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
                         (gt.expand_dims, (x, (0, -1)), {}, np.expand_dims)],
         "squeeze": [(gt.squeeze, (y,), {}, np.squeeze),
                     (gt.squeeze, (y, 1), {}, np.squeeze)],
+        "topk": [(gt.topk, (d, 2), {}, lambda x, k: (np.sort(x)[:, ::-1][:, :k],
+                                                    np.argsort(-x, kind="stable")[:, :k])),
+                 (gt.topk, (d, 4), {"axis": 0}, lambda x, k: (np.sort(x, 0)[::-1],
+                                                             np.argsort(-x, 0, kind="stable")))],
+        "triu": [(gt.triu, (x,), {}, np.triu), (gt.triu, (x, 1), {}, np.triu),
+                 (gt.triu, (y,), {"k": -1}, lambda y: np.triu(y, -1))],
+        "tril": [(gt.tril, (x,), {}, np.tril), (gt.tril, (x, -1), {}, np.tril),
+                 (gt.tril, (x[0],), {}, np.tril)],  # 1-D: a square matrix, as NumPy
+        "diag": [(gt.diag, (x,), {}, np.diag), (gt.diag, (x, -1), {}, np.diag),
+                 (gt.diag, (x[:, 0], 1), {}, np.diag)],
+        "trace": [(gt.trace, (x,), {}, np.trace),
+                  (gt.trace, (y,), {"offset": 1, "axis1": 2, "axis2": 0},
+                   lambda y: np.trace(y, 1, 2, 0))],
+        "meshgrid": [(gt.meshgrid, (x[:, 0], x[0]), {}, lambda *a: list(np.meshgrid(*a))),
+                     (gt.meshgrid, (x[:, 0], x[0], y[0, 0]), {"indexing": "ij"},
+                      lambda *a: list(np.meshgrid(*a, indexing="ij")))],  # NumPy 2: a tuple
     }
 
 
@@ -640,10 +673,19 @@ def _api_ops() -> dict[str, list[str]]:
     return families
 
 
+# Functions of gradtape.nn also exported at the top level: documented with the ops (and in the
+# gradtape.nn section), covered by the registry as their primitives are.
+REEXPORTED_FROM_NN = {"softmax", "log_softmax"}
+
+
 def _public_ops() -> set[str]:
-    """The names of ``gt.__all__`` that are operations (functions of ``gradtape.ops``)."""
+    """The names of ``gt.__all__`` that are operations (functions of ``gradtape.ops``, and the
+    gradtape.nn functions re-exported at the top level)."""
+    for n in REEXPORTED_FROM_NN:
+        assert getattr(gt, n) is getattr(gt.nn, n), f"gt.{n} is not gt.nn.{n}"
     return {n for n in gt.__all__
-            if getattr(getattr(gt, n), "__module__", "").startswith("gradtape.ops")}
+            if getattr(getattr(gt, n), "__module__", "").startswith("gradtape.ops")
+            or n in REEXPORTED_FROM_NN}
 
 
 def test_api_doc_operations_are_exactly_the_public_ops():
@@ -669,7 +711,7 @@ def test_every_public_name_has_an_entry_in_api_doc():
     functions may be named in the section's text instead), gradtape.optimizers (``__all__``
     and every public class), gradtape.testing and gradtape.extend has its entry in docs/api.md, in its
     module's section."""
-    from gradtape import extend, nn, optimizers, testing
+    from gradtape import extend, nn, optimizers, random, testing
 
     text = _api_doc()
     top = text[:text.index("\n## gradtape.nn")] if "\n## gradtape.nn" in text else text
@@ -683,6 +725,8 @@ def test_every_public_name_has_an_entry_in_api_doc():
             ("gradtape.optimizers", sorted(set(optimizers.__all__) | classes),
              _section(text, "gradtape.optimizers"), lambda n: False),
             ("gradtape.testing", testing.__all__, _section(text, "gradtape.testing"),
+             lambda n: False),
+            ("gradtape.random", random.__all__, _section(text, "gradtape.random"),
              lambda n: False),
             ("gradtape.extend", extend.__all__, _section(text, "gradtape.extend"),
              lambda n: False)):
@@ -729,12 +773,13 @@ def test_wrapper_forward_and_gradients(op):
     for i, (fn, args, kwargs, ref) in enumerate(_wrapper_cases(np.random.default_rng(1))[op]):
         out = fn(*_cast_args(args, np.float64), **kwargs)
         expected = ref(*args)
-        if isinstance(expected, list):
-            assert isinstance(out, list) and len(out) == len(expected)
+        if isinstance(expected, (list, tuple)):  # split, meshgrid: a list; topk: a tuple
+            assert isinstance(out, type(expected)) and len(out) == len(expected)
         else:
             out, expected = [out], [expected]
         for o, e in zip(out, expected):
-            assert o.dtype == np.float64 and o.shape == e.shape
+            assert o.dtype == e.dtype == (np.float64 if e.dtype.kind == "f" else np.int64)
+            assert o.shape == e.shape
             np.testing.assert_array_equal(o.numpy(), e)
         check_grads(fn, args, kwargs, seed=i)
 

@@ -57,6 +57,16 @@ _ERF_Q = (2.56852019228982242e00, 1.87295284992346725e00, 5.27905102951428412e-1
 
 
 def _numpy_erf(x: Array, out: Array | None = None) -> Array:
+    return _cody(x, out, complement=False)
+
+
+def _numpy_erfc(x: Array, out: Array | None = None) -> Array:
+    return _cody(x, out, complement=True)
+
+
+def _cody(x: Array, out: Array | None, complement: bool) -> Array:
+    """erf, or with ``complement`` erfc = 1 - erf computed without the cancellation (Cody
+    evaluates erfc directly for |x| > 0.5, so erfc keeps full relative accuracy in the tail)."""
     x = np.asarray(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     v = x.astype(np.float64)
@@ -73,7 +83,8 @@ def _numpy_erf(x: Array, out: Array | None = None) -> Array:
         for i in range(3):
             num = (num + _ERF_A[i]) * y
             den = (den + _ERF_B[i]) * y
-        res[small] = z * (num + _ERF_A[3]) / (den + _ERF_B[3])
+        e = z * (num + _ERF_A[3]) / (den + _ERF_B[3])
+        res[small] = 1.0 - e if complement else e
     if mid.any():
         z = a[mid]
         num = _ERF_C[8] * z
@@ -84,7 +95,8 @@ def _numpy_erf(x: Array, out: Array | None = None) -> Array:
         erfc = (num + _ERF_C[7]) / (den + _ERF_D[7])
         zz = np.trunc(z * 16.0) / 16.0
         erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
-        res[mid] = np.copysign(1.0 - erfc, v[mid])
+        res[mid] = (np.where(v[mid] > 0, erfc, 2.0 - erfc) if complement
+                    else np.copysign(1.0 - erfc, v[mid]))
     if big.any():
         z = a[big]
         zi = 1.0 / (z * z)
@@ -96,8 +108,10 @@ def _numpy_erf(x: Array, out: Array | None = None) -> Array:
         erfc = zi * (num + _ERF_P[4]) / (den + _ERF_Q[4])
         erfc = (1.0 / math.sqrt(math.pi) - erfc) / z
         zz = np.trunc(z * 16.0) / 16.0
-        erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
-        res[big] = np.copysign(1.0 - np.nan_to_num(erfc), v[big])
+        with np.errstate(invalid="ignore"):  # |x| = inf: inf - inf, then nan_to_num gives 0
+            erfc = np.nan_to_num(np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc)
+        res[big] = (np.where(v[big] > 0, erfc, 2.0 - erfc) if complement
+                    else np.copysign(1.0 - erfc, v[big]))
     res[np.isnan(v)] = np.nan
     res = res.astype(dtype, copy=False)
     if out is not None:
@@ -363,3 +377,24 @@ def erf_for(xp: ArrayModule) -> Callable[..., Array]:
     if backend is None:
         raise BackendUnavailableError(f"erf on {getattr(xp, '__name__', xp)!r}: {reason}")
     return backend.erf
+
+
+_cupy_erfc: Callable[..., Array] | None = None
+
+
+def erfc_for(xp: ArrayModule) -> Callable[..., Array]:
+    """The erfc function matching array module ``xp``: ``1 - erf`` evaluated directly, so it
+    keeps its relative accuracy where erf rounds to 1 (``erfc(6)`` is about 2e-17)."""
+    global _cupy_erfc
+    if xp is np:
+        return _numpy_erfc
+    backend, reason = _probe_cupy()
+    if backend is None:
+        raise BackendUnavailableError(f"erfc on {getattr(xp, '__name__', xp)!r}: {reason}")
+    if _cupy_erfc is None:
+        try:
+            from cupyx.scipy.special import erfc as cupy_erfc
+        except Exception:  # older CuPy: an elementwise kernel of CUDA's erfc
+            cupy_erfc = backend.xp.ElementwiseKernel("T x", "T y", "y = erfc(x)", "gradtape_erfc")
+        _cupy_erfc = cupy_erfc
+    return _cupy_erfc

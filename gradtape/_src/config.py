@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
 from .cpu import hostmem
 
-__all__ = ["config", "HOOKS"]
+__all__ = ["config", "HOOKS", "QUIET_MODULES"]
 
 
 class _Hooks:
@@ -79,6 +80,19 @@ class Config:
             resident size (``GRADTAPE_HOST_MEMORY_CACHE=0`` turns it off; setting it applies or
             reverts the allocator setting at once; see ``gradtape/_src/cpu/hostmem.py``).
 
+    NumPy's floating-point RuntimeWarnings (``invalid value encountered in log``, ``divide by
+    zero``, ``overflow``) are not shown for gradtape's own code: an op returns NaN or inf
+    silently, as in PyTorch and JAX, and ``check_numerics`` finds the op and the line that
+    made it. ``import gradtape`` adds one warnings filter for that, ignoring ``RuntimeWarning``
+    attributed to gradtape's modules only (:data:`QUIET_MODULES`; your code's and other
+    libraries' warnings are untouched). To see them again::
+
+        warnings.filterwarnings("default", category=RuntimeWarning, module="gradtape")
+
+    Code that restores the warning filters after ``import gradtape`` (``warnings.catch_warnings``
+    around the import; pytest when the import happens while collecting tests) drops the filter
+    too; pytest users add ``ignore::RuntimeWarning:gradtape`` to ``filterwarnings``.
+
     Spellings: an environment variable is ``1``, ``true``, ``yes``, ``on`` or ``0``, ``false``,
     ``no``, ``off`` (case-insensitive, surrounding whitespace ignored; unset or empty means the
     default); anything else makes ``import gradtape`` raise ``ValueError`` naming the variable.
@@ -130,3 +144,11 @@ class Config:
 
 
 config = Config()
+
+#: The modules whose RuntimeWarnings ``import gradtape`` ignores (a regular expression matched
+#: against the module a warning is attributed to): gradtape and its submodules. A forward op
+#: that computes NaN or inf is silent, as in PyTorch and JAX; ``gt.config.check_numerics``
+#: finds it. A filter rather than ``np.errstate`` around each op: entering ``errstate`` costs
+#: more than a small op's whole dispatch, and per-op overhead is a product target.
+QUIET_MODULES = r"gradtape(\.|\Z)"
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=QUIET_MODULES)

@@ -41,7 +41,18 @@ __all__ = ["Primitive", "Domain", "REGISTRY", "elementwise", "primitive", "bind"
 @dataclass(frozen=True)
 class Domain:
     """Where a primitive's input is valid and smooth, for generated tests: ``[low, high]``,
-    excluding ``avoid`` points (e.g. kinks) by ``margin``."""
+    excluding ``avoid`` points (e.g. kinks) by ``margin``.
+
+    Args:
+        low, high: the interval inputs are drawn from.
+        avoid: points to keep away from (kinks, poles).
+        margin: the distance kept from each ``avoid`` point.
+        kind: ``"float"``, or ``"bool"`` for masks such as ``where``'s condition.
+
+    Example:
+        >>> Domain(0.2, 3.0).low
+        0.2
+    """
 
     low: float = -2.0
     high: float = 2.0
@@ -94,6 +105,8 @@ class Primitive:
             making that call into ``out`` (the threaded forward writes chunks in place).
         cheap: one memory-bound ufunc (``add``, ``mul``): threading pays only on larger arrays.
         domains: per-input :class:`Domain` for registry-driven tests.
+        examples: ``examples(rng) -> [(fn, args, kwargs), ...]``, calls of the public function
+            that the registry-driven tests check (gradients to second order, vmap, jvp).
     """
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
@@ -372,18 +385,26 @@ def primitive(name: str, impl: Callable, *args: Any, **kwargs: Any) -> Primitive
 
 # --------------------------------------------------------------------------- dispatch
 def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
-    """Convert an op argument to a Tensor. Python scalars take the dtype NumPy's promotion
-    gives them next to ``like`` (weak scalars: ``float32_tensor * 2.0`` stays float32)."""
+    """Convert an op argument to a Tensor. A Python scalar next to ``like`` is weakly typed
+    (PyTorch's and JAX's rule): it takes ``like``'s dtype when that is a float or complex dtype
+    (``float32_tensor * 2.0`` stays float32, a float16 or float64 tensor keeps its dtype); next
+    to an integer or bool tensor a Python float becomes float32 (never float64) and a Python int
+    takes NumPy's weak-scalar dtype (the tensor's own, int64 next to bool). :func:`pair` also
+    casts such an integer tensor to float32, so the op computes in float32."""
     if isinstance(value, Tensor):
         return value
     if like is not None and isinstance(value, (int, float, bool)):
         backend = like._backend
         dt = like.data.dtype
-        if dt.kind not in "fc":  # a float array keeps its dtype next to a weak scalar
-            dt = np.result_type(dt, value)
+        if dt.kind not in "fc":  # the integer path: float32 for a float, NumPy's rule for an int
+            dt = _F32 if isinstance(value, float) else np.result_type(dt, value)
         return _wrap(backend.xp.asarray(value, dtype=dt), backend)
     arr, backend = _to_array(value)
     return _wrap(arr, backend)
+
+
+_F32 = np.dtype(np.float32)
+_SCALARS = (int, float, bool)
 
 
 def _backend_mismatch(prim: Primitive, args: tuple) -> None:
@@ -403,23 +424,55 @@ def one(x: Any) -> Tensor:
 
 
 def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
-    """Convert two operands; a Python scalar takes NumPy's weak-scalar dtype next to the other.
+    """Convert two operands; a Python scalar is weakly typed next to the other (see
+    :func:`as_tensor`). An integer or bool tensor next to a Python float is cast to float32
+    (unrecorded: it carries no gradient), so ``int_tensor * 0.5`` is float32, never float64.
 
     Example:
         >>> import numpy as np
         >>> a, b = pair(Tensor(np.ones(2, np.float16)), 2.0)
         >>> b.dtype
         dtype('float16')
+        >>> [t.dtype for t in pair(Tensor(np.arange(2)), 0.5)]
+        [dtype('float32'), dtype('float32')]
     """
+    # per-op overhead is a product target: a float tensor next to a Python scalar (the common
+    # case) is converted inline; every other case takes _pair_general
     if isinstance(a, Tensor):
         if not isinstance(b, Tensor):
-            b = as_tensor(b, a)
+            dt = a.data.dtype
+            if dt.kind in "fc" and isinstance(b, _SCALARS):
+                backend = a._backend
+                return a, _wrap(backend.xp.asarray(b, dtype=dt), backend)
+            b, a = _pair_general(b, a)
     elif isinstance(b, Tensor):
-        a = as_tensor(a, b)
-    else:
+        dt = b.data.dtype
+        if dt.kind in "fc" and isinstance(a, _SCALARS):
+            backend = b._backend
+            return _wrap(backend.xp.asarray(a, dtype=dt), backend), b
+        a, b = _pair_general(a, b)
+    elif isinstance(a, _SCALARS) and isinstance(b, _SCALARS):
+        # two Python numbers: NumPy's promotion between them (a derivative expression's
+        # ``where(c, 1, slope)`` keeps the slope's float64 digits for a float64 computation)
         a = as_tensor(a)
-        b = as_tensor(b, a)
+        b = _wrap(a._backend.xp.asarray(b, dtype=np.result_type(a.data.dtype, b)), a._backend)
+    elif isinstance(a, _SCALARS):  # a number next to data (a list, an array): weak
+        a, b = _pair_general(a, as_tensor(b))
+    else:
+        b, a = _pair_general(b, as_tensor(a))
     return a, b
+
+
+def _pair_general(value: Any, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(value as a Tensor, like)`` for :func:`pair` off its inline path: ``value`` is a
+    Python scalar next to an integer or bool tensor (a float casts ``like`` to float32), or
+    anything else (converted as it is)."""
+    if isinstance(value, Tensor):
+        return value, like
+    if isinstance(value, float) and like.data.dtype.kind in "biu":
+        # P_ASTYPE is declared by the ops layer, above this one: looked up when first needed
+        like = bind(REGISTRY["astype"], like, dtype=_F32)
+    return as_tensor(value, like), like
 
 
 _new_tensor = object.__new__

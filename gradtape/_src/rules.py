@@ -67,7 +67,11 @@ class OnTensors:
 
 class OnArrays(OnTensors):
     """The same vocabulary on backend arrays of module ``xp``: each primitive's ``impl`` is
-    called directly (first-order passes only; nothing is recorded)."""
+    called directly (first-order passes only; nothing is recorded).
+
+    Args:
+        xp: the array module (``numpy`` or ``cupy``); :func:`on_arrays` caches one per module.
+    """
 
     __slots__ = ("xp",)
 

@@ -11,7 +11,7 @@ import itertools
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, cast
 
 import numpy as np
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing_extensions import CapsuleType
 
 __all__ = ["Tensor", "Variable", "tensor", "from_dlpack", "TensorLike", "TensorTree", "Axis",
-           "IndexLike", "SupportsDLPack"]
+           "IndexLike", "SupportsDLPack", "SupportsArray"]
 
 _next_id = itertools.count(1).__next__
 
@@ -32,6 +32,13 @@ class SupportsDLPack(Protocol):
     """An object exporting its memory through DLPack (a NumPy/CuPy/PyTorch array)."""
 
     def __dlpack__(self, /, *, stream: None = None) -> CapsuleType: ...
+
+
+class SupportsArray(Protocol):
+    """An object NumPy converts through ``__array__`` (``np.asarray(obj)``), e.g. a PyTorch
+    tensor or a pandas Series."""
+
+    def __array__(self) -> np.ndarray: ...
 
 
 #: What an op accepts where it takes a tensor: a Tensor (or Variable), a Python number, a
@@ -58,6 +65,15 @@ class Tensor:
     or ``cupy.ndarray``); ``_id`` is 0 until a tape watches the tensor or records the op that
     made it.
 
+    Being immutable, a Tensor has no in-place operators: ``t += 1`` rebinds the name ``t`` to
+    a new Tensor ``t + 1`` (Python's fallback; other references keep the old value). Mutable
+    state is a :class:`Variable`, whose ``+=``, ``-=``, ``*=``, ``/=`` write in place.
+
+    Args:
+        data: a Python number or (nested) list, a NumPy or CuPy array, another Tensor, or any
+            object with ``__dlpack__`` or ``__array__`` (copied; see :func:`gradtape.tensor`).
+        dtype: optional dtype; Python floats default to float32, arrays keep theirs.
+
     Example:
         >>> import gradtape as gt
         >>> t = gt.tensor([[1.0, 2.0], [3.0, 4.0]])   # shape (2, 2), float32
@@ -80,7 +96,7 @@ class Tensor:
     __array_priority__ = 1000
     __array_ufunc__ = None
 
-    def __init__(self, data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None) -> None:
+    def __init__(self, data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None) -> None:
         # a copy of user arrays and Variables; another Tensor's buffer is immutable, shared
         copy = not isinstance(data, Tensor) or data._is_variable
         arr, backend = _to_array(data, dtype, copy=copy, to_active=True)
@@ -230,8 +246,9 @@ class Tensor:
 
     __hash__ = object.__hash__
 
-    # --- copying and pickling: the values, never the tape ---------------------------------
     def __reduce__(self) -> tuple:
+        """Pickle the values (a host array, its dtype and the backend's name), never the
+        tape: the copy is followed by no tape."""
         # the host array (with its dtype) and the backend's name: a Backend holds its array
         # module, which cannot be pickled; the copy is followed by no tape
         return (_rebuild_tensor, (type(self), self._backend.to_host(self.data), self._backend.name))
@@ -286,15 +303,30 @@ class Tensor:
 class Variable(Tensor):
     """Mutable, trainable state (TF's ``tf.Variable``).
 
-    ``assign``, ``assign_add`` and ``assign_sub`` write into ``data`` in place and are never
-    recorded on a tape. Trainable Variables used in an op inside a tape's context are watched
-    automatically.
+    ``assign``, ``assign_add`` and ``assign_sub``, and the augmented assignments ``+=``,
+    ``-=``, ``*=``, ``/=`` (PyTorch's habit: ``w -= lr * g`` keeps ``w`` the same Variable),
+    write into ``data`` in place and are never recorded on a tape; a tape that already read
+    the Variable keeps the value it read (copy-on-write). Trainable Variables used in an op
+    inside a tape's context are watched automatically.
+
+    Args:
+        initial: the initial value: a Python number or (nested) list, a NumPy or CuPy array, a
+            Tensor, or anything with ``__dlpack__`` or ``__array__`` (copied; complex values
+            are refused).
+        dtype: optional dtype; Python floats default to float32. Only float Variables get
+            gradients: make a trainable one with ``dtype="float32"``, not with ``.astype``
+            (that returns a plain Tensor, which no optimizer can update).
+        name: optional name, shown in error messages, checkpoints and diagnostics.
+        trainable: whether tapes watch it automatically (default True).
 
     Example:
         >>> import gradtape as gt
         >>> w = gt.Variable([1.0, 2.0], name="w")     # shape (2,), float32
         >>> w.assign_sub([0.5, 0.5]).numpy()
         array([0.5, 1.5], dtype=float32)
+        >>> w -= 0.5                                   # in place: still the same Variable
+        >>> w
+        Variable([0., 1.], dtype=float32, name='w', trainable=True)
     """
 
     __slots__ = ("name", "trainable", "_snapshots")
@@ -303,7 +335,7 @@ class Variable(Tensor):
     _snapshots: list[weakref.ref[Tensor]] | None
     _is_variable = True
 
-    def __init__(self, initial: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None,
+    def __init__(self, initial: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None,
                  name: str | None = None, trainable: bool = True) -> None:
         arr, backend = _to_array(initial, dtype, copy=True, to_active=True)
         if arr.dtype.kind == "c":
@@ -400,6 +432,39 @@ class Variable(Tensor):
         self._backend.xp.subtract(self.data, arr, out=self.data, casting="unsafe")
         return self
 
+    # --- augmented assignment: in place, as PyTorch's ``w -= lr * g`` -----------------------
+    # A Tensor has no __iadd__ (it is immutable: Python falls back to ``t = t + 1``); on a
+    # Variable these write into ``data`` like ``assign_add``, never recorded, copy-on-write
+    # (a live tape keeps the value its ops read), and return the Variable itself, so the name
+    # stays bound to it (``w = w - lr * g`` instead would rebind ``w`` to a plain Tensor).
+    def __iadd__(self, other: TensorLike) -> Variable:
+        """``v += other``: :meth:`assign_add` (in place, never recorded; returns ``v``)."""
+        return self.assign_add(other)
+
+    def __isub__(self, other: TensorLike) -> Variable:
+        """``v -= other``: :meth:`assign_sub` (in place, never recorded; returns ``v``)."""
+        return self.assign_sub(other)
+
+    def __imul__(self, other: TensorLike) -> Variable:
+        """``v *= other``: multiply in place (cast to ``v``'s dtype, never recorded; returns
+        ``v``)."""
+        arr = self._value_for(other, "Variable *=")
+        self._before_write()
+        self._backend.xp.multiply(self.data, arr, out=self.data, casting="unsafe")
+        return self
+
+    def __itruediv__(self, other: TensorLike) -> Variable:
+        """``v /= other``: divide in place (never recorded; returns ``v``). A float Variable
+        only: true division of an integer Variable would be truncated (``TypeError``)."""
+        if self.dtype.kind not in "f":
+            raise TypeError(f"Variable /=: the variable {self.name or '<unnamed>'} has dtype "
+                            f"{self.dtype}, and true division in place would truncate; create it "
+                            "as a float Variable (gt.Variable(..., dtype=\"float32\"))")
+        arr = self._value_for(other, "Variable /=")
+        self._before_write()
+        self._backend.xp.true_divide(self.data, arr, out=self.data, casting="unsafe")
+        return self
+
     def value(self) -> Tensor:
         """A Tensor holding a snapshot copy of the current value (not tracked)."""
         return _wrap(self.data.copy(), self._backend)
@@ -422,9 +487,9 @@ class Variable(Tensor):
         name = f", name={self.name!r}" if self.name else ""
         return f"Variable({body}, dtype={self.dtype}{name}, trainable={self.trainable})"
 
-    # --- copying and pickling: a NEW Variable (fresh identity, watched by no tape) with the
-    # same value, backend, name and trainable flag
     def __reduce__(self) -> tuple:
+        """Pickle as a NEW Variable (fresh identity, watched by no tape) with the same value,
+        backend, name and trainable flag; ``copy.copy`` and ``copy.deepcopy`` do the same."""
         return (_rebuild_variable, (type(self), self._backend.to_host(self.data), self._backend.name,
                                     self.name, self.trainable))
 
@@ -495,7 +560,7 @@ def _check_numeric(arr: Array, what: object) -> None:
                         f"{type(what).__name__} of dtype {arr.dtype}")
 
 
-def _to_array(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None, copy: bool = False,
+def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None, copy: bool = False,
               to_active: bool = False) -> tuple[Array, Backend]:
     """Convert user data to a backend array, following the dtype rules of docs/api.md.
 
@@ -533,13 +598,20 @@ def _to_array(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None,
     backend = get_backend()
     if hasattr(data, "__dlpack__") and not isinstance(data, (list, tuple, int, float, bool, complex)):
         device = data.__dlpack_device__()[0] if hasattr(data, "__dlpack_device__") else 1
-        if device in (1, 3) and backend is not NUMPY:  # host memory: through NumPy, then copy
-            arr = backend.xp.asarray(np.from_dlpack(data))
-        else:
-            arr = backend.xp.from_dlpack(data)
-            arr = arr.copy() if copy and dtype is None else arr
+        shared = not (device in (1, 3) and backend is not NUMPY)
+        producer = cast(SupportsDLPack, data)
+        try:
+            if shared:
+                arr = backend.xp.from_dlpack(producer)
+            else:  # host memory for the device: through NumPy, then one copy to the device
+                arr = backend.xp.asarray(np.from_dlpack(producer))
+        except BufferError as exc:  # e.g. a PyTorch tensor that requires grad
+            raise TypeError(f"gt.tensor: {type(data).__name__} cannot be read through DLPack "
+                            f"({exc}); expected a numeric array") from None
         if dtype is not None:
-            arr = arr.astype(dtype, copy=False)
+            arr = arr.astype(dtype, copy=copy and shared)
+        elif copy and shared:  # the producer's memory: a constructor never keeps it
+            arr = arr.copy()
         _check_numeric(arr, data)
         return arr, backend
     try:
@@ -553,8 +625,11 @@ def _to_array(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None,
         raise TypeError("gt.tensor: data is ragged or holds non-numeric objects; expected a "
                         "number or a rectangular nested list of numbers")
     _check_numeric(host, data)
-    if dtype is None and host.dtype.kind == "f":
-        host = host.astype(_FLOAT_DEFAULT)  # Python floats become float32
+    python_data = isinstance(data, (list, tuple, int, float, bool, complex))
+    if dtype is None and host.dtype.kind == "f" and python_data:
+        host = host.astype(_FLOAT_DEFAULT)  # Python floats become float32; an array keeps its dtype
+    elif copy and not python_data and backend.name == "numpy":  # an __array__ object may
+        host = host.copy()                                       # hand out its own buffer
     arr = host if backend.name == "numpy" else backend.xp.asarray(host)
     return arr, backend
 
@@ -583,13 +658,15 @@ def check_dtype(dtype: DTypeLike, what: str) -> np.dtype:
     return dt
 
 
-def tensor(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None) -> Tensor:
+def tensor(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None) -> Tensor:
     """Create a constant tensor.
 
     Args:
         data: a Python scalar or (nested) list, a NumPy or CuPy array, another Tensor, or any
-            object with ``__dlpack__``.
-        dtype: optional dtype. Python floats default to float32; an array keeps its dtype.
+            object with ``__dlpack__`` (a PyTorch or JAX array; read through DLPack when it has
+            both) or ``__array__`` (read through ``np.asarray``).
+        dtype: optional dtype. Python floats default to float32; an array (anything with
+            ``__dlpack__`` or ``__array__``) keeps its dtype.
 
     Returns:
         A Tensor of the same shape as ``data``: a copy (tensors are immutable; use
@@ -597,23 +674,51 @@ def tensor(data: TensorLike | SupportsDLPack, dtype: DTypeLike | None = None) ->
         CuPy arrays and tensors keep their backend).
 
     Raises:
-        TypeError: ``data`` is ragged, holds strings or other non-numbers.
+        TypeError: ``data`` is ragged, holds strings or other non-numbers, or cannot be
+            exported through DLPack (a PyTorch tensor that requires grad: ``.detach()`` it).
 
     Example:
-        >>> import gradtape as gt
+        >>> import numpy as np, gradtape as gt
         >>> gt.tensor([1.0, 2.0]).dtype
         dtype('float32')
+        >>> class Wrapped:                      # anything NumPy can convert
+        ...     def __array__(self, dtype=None, copy=None):
+        ...         return np.arange(3.0)
+        >>> gt.tensor(Wrapped())                # a copy, float64 kept
+        tensor([0., 1., 2.], dtype=float64)
     """
     return Tensor(data, dtype)
 
 
 def from_dlpack(obj: SupportsDLPack) -> Tensor:
-    """Wrap any ``__dlpack__`` producer (a NumPy/CuPy/PyTorch array) without copying.
+    """Wrap any ``__dlpack__`` producer (a NumPy, CuPy, PyTorch or JAX array) without copying.
+
+    The Tensor shares the producer's memory, so the producer's later writes show through it.
+    Host memory goes to the NumPy backend, CUDA memory to CuPy. The other way,
+    ``np.from_dlpack(t)``, ``torch.from_dlpack(t)`` and ``jnp.from_dlpack(t)`` read a
+    gradtape tensor without copying too (JAX on the CPU shares only 64-byte-aligned buffers and
+    copies others). A tape saves the arrays its backward reads, not copies: do not write to a
+    shared buffer between an op and the ``gradient()`` call that differentiates it.
+
+    Args:
+        obj: an object with ``__dlpack__`` (and, for device memory, ``__dlpack_device__``).
+
+    Returns:
+        A Tensor with ``obj``'s shape and dtype, sharing its memory.
+
+    Raises:
+        TypeError: ``obj`` has no ``__dlpack__``, or cannot export through it (a non-numeric
+            array; a PyTorch tensor that requires grad: ``.detach()`` it).
 
     Example:
         >>> import numpy as np, gradtape as gt
-        >>> gt.from_dlpack(np.arange(3.0)).shape
-        (3,)
+        >>> a = np.arange(3.0)
+        >>> t = gt.from_dlpack(a)               # shape (3,), float64: a's memory
+        >>> a[0] = 5.0
+        >>> t
+        tensor([5., 1., 2.], dtype=float64)
+        >>> np.shares_memory(np.from_dlpack(t), a)   # and back, still no copy
+        True
     """
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: expected an object with __dlpack__, got {type(obj).__name__}")

@@ -14,8 +14,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any, TextIO
 
@@ -183,7 +185,7 @@ def _plot(histories: dict, path: str) -> str:
         ax_acc.plot(ep, h["train_acc"], color=line.get_color(), label=f"{name} train")
         ax_acc.plot(ep, h["test_acc"], "--", color=line.get_color(), label=f"{name} test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0.8, 1.0))
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=_accuracy_ylim(histories))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -192,6 +194,15 @@ def _plot(histories: dict, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _accuracy_ylim(histories: dict) -> tuple[float, float]:
+    """The accuracy axis's limits: from the lowest accuracy of any curve (rounded down to a
+    multiple of 0.05; at most 0.8, so a good run still shows a useful scale) to just above 1,
+    so every point, the first epochs' included, is inside the plot."""
+    values = [a for h in histories.values() for key in ("train_acc", "test_acc") for a in h[key]]
+    low = min(values, default=0.8)
+    return max(0.0, min(0.8, math.floor(low / 0.05) * 0.05)), 1.005
 
 
 def _blas_limits(threads: int) -> Any:
@@ -204,19 +215,80 @@ def _blas_limits(threads: int) -> Any:
     return threadpool_limits(limits=threads, user_api="blas")
 
 
+# argparse types: a bad value becomes argparse's one-line usage error naming the flag
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def _output_dir_problem(path: str) -> str | None:
+    """Why ``--out`` cannot hold the results (None when it can): the directory is created if
+    missing and a scratch file is written and removed, so a read-only or impossible path fails
+    before any training rather than after it."""
+    if not path:
+        return "expected a directory path, got an empty string"
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} exists and is not a directory"
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"cannot write to {path}: {exc.strerror or exc}"
+    return None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where it is None (the help text says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gradtape-demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per model (default: 30 for the MLP, 15 for the CNN)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--model", choices=("mlp", "cnn", "both"), default="both")
-    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    p.add_argument("--out", default="runs", help="directory for the plot and the checkpoints")
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs per model, >= 1 (default: 30 for the MLP, 15 for the CNN)")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="examples per training step, >= 1")
+    p.add_argument("--model", choices=("mlp", "cnn", "both"), default="both",
+                   help="which model(s) to train")
+    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                   help="array backend; auto picks CuPy when a CUDA device works")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data split, the initial weights and the batch order")
+    p.add_argument("--lr", type=_learning_rate, default=2e-3,
+                   help="Adam learning rate, a positive finite number")
+    p.add_argument("--out", default="runs",
+                   help="directory for the plot and the checkpoints (created if missing; must be writable)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    p.add_argument("--blas-threads", type=int, default=1,
+    p.add_argument("--blas-threads", type=_non_negative_int, default=1,
                    help="BLAS threads on the CPU backend (0: leave the library default); these "
                         "matrices are small, so one thread avoids synchronization cost")
     return p
@@ -233,7 +305,8 @@ def _run(args: argparse.Namespace, wall0: float) -> None:
         model = build_mlp(args.seed) if name == "mlp" else build_cnn(args.seed)
         epochs = args.epochs or (30 if name == "mlp" else 15)
         opt = gt.optimizers.Adam(args.lr)
-        print(f"{name}: {model.num_parameters()} parameters, Adam lr {args.lr}, {epochs} epochs")
+        print(f"{name}: {model.num_parameters()} parameters, Adam lr {args.lr}, {epochs} "
+              f"epoch{'' if epochs == 1 else 's'}")
         t0 = time.perf_counter()
         hist = train(model, opt, data, epochs, args.batch_size, args.seed, name)
         seconds = time.perf_counter() - t0
@@ -251,11 +324,11 @@ def _run(args: argparse.Namespace, wall0: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``gradtape-demo``); returns the exit status."""
-    args = _parser().parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        raise SystemExit("--epochs must be >= 1")
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be >= 1")
+    parser = _parser()
+    args = parser.parse_args(argv)  # bad values exit with argparse's one-line error
+    problem = _output_dir_problem(args.out)
+    if problem:
+        parser.error(f"argument --out: {problem}")
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> float:
     a = p.parse_args(argv)
     acc = train_dp(a.epochs, a.batch_size, a.max_norm, a.noise, a.lr, a.seed)
     print(f"DP-SGD digits MLP: test accuracy {acc:.2%} (C={a.max_norm}, sigma={a.noise}, "
-          f"batch {a.batch_size}, {a.epochs} epochs)")
+          f"batch {a.batch_size}, {a.epochs} epoch{'' if a.epochs == 1 else 's'})")
     return acc
 
 

@@ -1,7 +1,9 @@
 """Convolution and pooling over NCHW images, built on two linear primitives that are each
 other's adjoint: ``im2col`` (gather every kernel-offset view of the padded input) and
 ``col2im`` (scatter-add them back). ``conv2d`` is ``im2col`` followed by one batched matmul
-with the weights, so its gradients, and their gradients, come from the ops it is made of.
+with the weights, so its gradients, and their gradients, come from the ops it is made of;
+``conv_transpose2d``, its adjoint, is the matmul with the transposed weights followed by
+``col2im``; ``conv1d`` is ``conv2d`` on images of height 1.
 
 Only loops over kernel offsets (``kh * kw`` slice copies) run in Python; every copy is a
 vectorized array operation.
@@ -23,7 +25,7 @@ from ..ops.elementwise import P_SAFE_MUL
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_RESHAPE
 
-__all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
+__all__ = ["conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
 
 # --------------------------------------------------------------------------- arguments
@@ -409,3 +411,212 @@ def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -
     x, kernel, stride, pad = _pool_args(x, kernel_size, stride, padding, what)
     cols = _im2col(x, kernel, stride, pad, (1, 1), 0.0, what)
     return ops.sum(cols, axis=(2, 3)) * (1.0 / (kernel[0] * kernel[1]))
+
+
+# --------------------------------------------------------------------------- 1-D convolution
+def _single(v: Any, what: str, name: str, minimum: int) -> int:
+    """An int argument of a 1-D op (a 1-tuple is accepted, as PyTorch does)."""
+    if isinstance(v, (tuple, list)) and len(v) == 1:
+        v = v[0]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{what}: {name} must be an int, got {v!r}")
+    if int(v) < minimum:
+        raise ValueError(f"{what}: {name} must be >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _padding1(padding: Any, k: int, d: int, what: str) -> tuple[int, int]:
+    """Normalize a 1-D padding to ``(left, right)``."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            total = d * (k - 1)
+            return (total // 2, total - total // 2)
+        raise ValueError(f"{what}: padding must be an int, a pair (left, right), 'valid' or 'same', "
+                         f"got {padding!r}")
+    if isinstance(padding, (tuple, list)) and len(padding) == 2:
+        try:
+            left, right = (int(p) for p in padding)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: padding must be an int, a pair (left, right), 'valid' or "
+                             f"'same', got {padding!r}") from None
+    else:
+        left = right = _single(padding, what, "padding", 0)
+    if min(left, right) < 0:
+        raise ValueError(f"{what}: padding must be >= 0, got {padding!r}")
+    return (left, right)
+
+
+def conv1d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           groups: int = 1) -> Tensor:
+    """1-D convolution (cross-correlation) of NCL signals with OIK weights: :func:`conv2d` on
+    images of height 1, so it shares conv2d's gradients (any order), forward mode and vmap.
+
+    Args:
+        x: input ``[N, C, L]``.
+        w: weights ``[O, C // groups, k]``.
+        b: optional bias ``[O]``.
+        stride, dilation: ints.
+        padding: an int, ``(left, right)``, ``"valid"`` or ``"same"`` (zero padding).
+        groups: ``C`` and ``O`` split into this many groups, each convolved separately.
+
+    Shapes: ``[N, C, L] -> [N, O, OL]`` with ``OL = (L + left + right - d * (k - 1) - 1) // s + 1``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor([[[1.0, 2.0, 3.0, 4.0]]])          # [1, 1, 4]
+        >>> gt.nn.conv1d(x, gt.tensor([[[1.0, -1.0]]])).numpy()
+        array([[[-1., -1., -1.]]], dtype=float32)
+    """
+    what = "conv1d"
+    x, w = one(x), one(w)
+    if x.ndim != 3:
+        raise ValueError(f"conv1d: x must be a 3-D NCL tensor [batch, channels, length], got shape "
+                         f"{x.shape}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"conv1d: x must be a float tensor, got dtype {x.dtype}")
+    if w.ndim != 3:
+        raise ValueError(f"conv1d: w must be 3-D [out_channels, in_channels // groups, k], got "
+                         f"shape {w.shape}")
+    N, C, L = x.shape
+    n_out, Cg, k = w.shape
+    groups = _single(groups, what, "groups", 1)
+    if C % groups or n_out % groups:
+        raise ValueError(f"conv1d: groups={groups} must divide both the input channels ({C}) and "
+                         f"the output channels ({n_out})")
+    if Cg * groups != C:
+        hint = (" (x must be NCL, [batch, channels, length]; for NLC input use "
+                "gt.transpose(x, (0, 2, 1)))" if x.shape[-1] == Cg * groups else "")
+        raise ValueError(f"conv1d: w of shape {w.shape} expects {Cg * groups} input channels "
+                         f"(groups={groups}), x of shape {x.shape} has {C}{hint}")
+    if b is not None:
+        b = one(b)
+        if b.shape != (n_out,):
+            raise ValueError(f"conv1d: bias must have shape ({n_out},), got {b.shape}")
+    s = _single(stride, what, "stride", 1)
+    d = _single(dilation, what, "dilation", 1)
+    pad = _padding1(padding, k, d, what)
+    if _out_size(L, k, s, pad, d) < 1:
+        raise ValueError(f"conv1d: the (padded) input of length {L} is shorter than the dilated "
+                         f"kernel {k} (dilation {d}, padding {pad})")
+    y = conv2d(ops.reshape(x, (N, C, 1, L)), ops.reshape(w, (n_out, Cg, 1, k)), b, stride=(1, s),
+               padding=((0, 0), pad), dilation=(1, d), groups=groups)
+    return ops.reshape(y, (N, n_out, y.shape[-1]))
+
+
+# --------------------------------------------------------------------------- transposed conv
+def conv_transpose2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0,
+                     output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> Tensor:
+    """2-D transposed convolution ("deconvolution", PyTorch's ``conv_transpose2d``) of NCHW
+    images with weights ``[in_channels, out_channels // groups, kh, kw]``.
+
+    It is the adjoint of :func:`conv2d` with the same weights, stride, padding and dilation:
+    ``<conv2d(z, w), x> == <z, conv_transpose2d(x, w)>``; computed as one matmul with the
+    transposed weights followed by ``col2im`` (the scatter-add that is im2col's adjoint), so
+    gradients of any order, forward mode and vmap come from those primitives.
+
+    Args:
+        x: input ``[N, C_in, H, W]``.
+        w: weights ``[C_in, C_out // groups, kh, kw]``.
+        b: optional bias ``[C_out]``.
+        stride, dilation: int or ``(sh, sw)`` / ``(dh, dw)``.
+        padding: int, ``(ph, pw)`` or ``((top, bottom), (left, right))``: rows and columns
+            removed from each side of the full output (``"same"``/``"valid"`` are refused).
+        output_padding: int or pair, added to the bottom/right of the output to pick one of the
+            sizes that a strided conv2d maps to ``H``; must be smaller than ``stride``.
+        groups: ``C_in`` and ``C_out`` split into this many groups.
+
+    Shapes: ``[N, C_in, H, W] -> [N, C_out, OH, OW]`` with
+    ``OH = (H - 1) * sh - pt - pb + dh * (kh - 1) + output_padding_h + 1`` (same for ``OW``).
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor([[[[1.0, 2.0]]]])                   # [1, 1, 1, 2]
+        >>> gt.nn.conv_transpose2d(x, gt.tensor([[[[1.0, 1.0]]]]), stride=2).numpy()
+        array([[[[1., 1., 2., 2.]]]], dtype=float32)
+    """
+    what = "conv_transpose2d"
+    x, w = one(x), one(w)
+    _check_image(x, what)
+    if w.ndim != 4:
+        raise ValueError(f"conv_transpose2d: w must be 4-D [in_channels, out_channels // groups, kh, "
+                         f"kw], got shape {w.shape}")
+    N, C, H, W = x.shape
+    Cw, Og, kh, kw = w.shape
+    groups = _single(groups, what, "groups", 1)
+    if Cw % groups:
+        raise ValueError(f"conv_transpose2d: groups={groups} must divide the input channels ({Cw})")
+    if Cw != C:
+        hint = (" (x must be NCHW, [batch, channels, height, width]; for NHWC input use "
+                "gt.transpose(x, (0, 3, 1, 2)))" if x.shape[-1] == Cw else "")
+        raise ValueError(f"conv_transpose2d: w of shape {w.shape} expects {Cw} input channels, x of "
+                         f"shape {x.shape} has {C}{hint}")
+    n_out = Og * groups
+    if b is not None:
+        b = one(b)
+        if b.shape != (n_out,):
+            raise ValueError(f"conv_transpose2d: bias must have shape ({n_out},), got {b.shape}")
+    stride = _pair(stride, what, "stride", 1)
+    dilation = _pair(dilation, what, "dilation", 1)
+    if isinstance(padding, str):
+        raise ValueError(f"conv_transpose2d: padding must be an int, a pair or ((top, bottom), "
+                         f"(left, right)), got {padding!r}")
+    pad = _padding(padding, (kh, kw), dilation, what)
+    op = _pair(output_padding, what, "output_padding", 0)
+    if op[0] >= stride[0] or op[1] >= stride[1]:
+        raise ValueError(f"conv_transpose2d: output_padding {op} must be smaller than the stride "
+                         f"{stride} in each dimension")
+    oh = (H - 1) * stride[0] - sum(pad[0]) + dilation[0] * (kh - 1) + op[0] + 1
+    ow = (W - 1) * stride[1] - sum(pad[1]) + dilation[1] * (kw - 1) + op[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv_transpose2d: padding {padding!r} leaves an empty output "
+                         f"({oh}, {ow}) for an input of spatial size {(H, W)} and kernel {(kh, kw)}")
+    K = Og * kh * kw
+    if groups == 1:  # [K, C] @ [N, C, H*W]
+        cols = ops.matmul(ops.swapaxes(ops.reshape(w, (C, K)), 0, 1), ops.reshape(x, (N, C, H * W)))
+    else:  # per group: [g, K, C/g] @ [N, g, C/g, H*W]
+        cols = ops.matmul(ops.swapaxes(ops.reshape(w, (groups, C // groups, K)), 1, 2),
+                          ops.reshape(x, (N, groups, C // groups, H * W)))
+    cols = ops.reshape(cols, (N, n_out, kh, kw, H, W))
+    out = bind(P_COL2IM, cols, in_shape=(N, n_out, oh, ow), kernel=(kh, kw), stride=stride,
+               padding=pad, dilation=dilation)
+    if b is not None:
+        out = out + ops.reshape(b, (1, n_out, 1, 1))
+    return out
+
+
+# --------------------------------------------------------------------------- adaptive pooling
+def adaptive_avg_pool2d(x: Any, output_size: Any) -> Tensor:
+    """Average pooling to a fixed spatial size (PyTorch's ``adaptive_avg_pool2d``) for sizes
+    that divide the input's: windows of ``(H // oh, W // ow)``, stride equal to the window.
+    ``output_size=1`` is global average pooling (the mean over ``H`` and ``W``).
+
+    Args:
+        x: input ``[N, C, H, W]``.
+        output_size: int or ``(oh, ow)``; ``oh`` must divide ``H`` and ``ow`` divide ``W``
+            (``ValueError`` otherwise: windows of unequal size are not supported).
+
+    Shapes: ``[N, C, H, W] -> [N, C, oh, ow]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.reshape(gt.tensor([float(i) for i in range(16)]), (1, 1, 4, 4))
+        >>> gt.nn.adaptive_avg_pool2d(x, 2).numpy()
+        array([[[[ 2.5,  4.5],
+                 [10.5, 12.5]]]], dtype=float32)
+    """
+    what = "adaptive_avg_pool2d"
+    x = one(x)
+    _check_image(x, what)
+    oh, ow = _pair(output_size, what, "output_size", 1)
+    H, W = x.shape[2:]
+    if H % oh or W % ow:
+        raise ValueError(f"adaptive_avg_pool2d: output_size {(oh, ow)} must divide the input's "
+                         f"spatial size {(H, W)} (x of shape {x.shape}); windows of unequal size "
+                         "are not supported")
+    if (oh, ow) == (1, 1):
+        return ops.mean(x, axis=(2, 3), keepdims=True)
+    if (oh, ow) == (H, W):
+        return x
+    return avg_pool2d(x, (H // oh, W // ow))

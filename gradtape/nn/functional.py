@@ -17,14 +17,16 @@ from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
-from .._src.tensor import Tensor, _wrap
+from .._src.tensor import Tensor, Variable, _wrap
 from ..ops._util import normalize_axis, one
 from ..ops.elementwise import P_EQUAL, P_EXP
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_ASTYPE, P_RESHAPE
+from ..random import Generator, _numpy_generator
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "mse", "binary_cross_entropy", "dropout",
-           "layer_norm", "embedding"]
+__all__ = ["softmax", "log_softmax", "cross_entropy", "mse", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits", "dropout",
+           "layer_norm", "batch_norm", "embedding"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -290,45 +292,103 @@ def mse(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
     return _reduce(ops.square(p - t), reduction, "mse")
 
 
-def binary_cross_entropy(logits: Any, targets: Any, reduction: str = "mean") -> Tensor:
-    """Binary cross-entropy from logits: ``softplus(x) - x * t``, the stable form of
-    ``-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))``.
-
-    Shapes: ``logits`` and ``targets`` (probabilities in [0, 1]) have the same shape
-    (``ValueError`` naming both otherwise); the mean is over all elements.
-
-    Example:
-        >>> import gradtape as gt
-        >>> round(float(gt.nn.binary_cross_entropy(gt.tensor([0.0]), gt.tensor([1.0]))), 4)
-        0.6931
-    """
-    x = _float_input(logits, "binary_cross_entropy", "logits")
+def _bce_operands(x: Any, targets: Any, what: str, name: str) -> tuple[Tensor, Tensor]:
+    """The float predictions and targets of a binary cross-entropy, of one shape, the targets
+    in the predictions' dtype."""
+    x = _float_input(x, what, name)
     x, t = ops._util.pair(x, targets)
     if t.dtype.kind != "f":
         t = ops.astype(t, x.dtype)
-    _same_shape(x, t, targets, "binary_cross_entropy", "logits")
-    return _reduce(ops.softplus(x) - x * t, reduction, "binary_cross_entropy")
+    _same_shape(x, t, targets, what, name)
+    return x, t
+
+
+def binary_cross_entropy(probs: Any, targets: Any, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of probabilities: ``-(t log p + (1 - t) log(1 - p))``, as PyTorch's
+    ``binary_cross_entropy`` and Keras's default (``from_logits=False``). For logits (a
+    network's raw output) use :func:`binary_cross_entropy_with_logits`, which is stabler than
+    ``binary_cross_entropy(sigmoid(x), t)``.
+
+    ``p`` is clipped to ``[eps, 1 - eps]`` inside the logs (``eps`` the dtype's machine
+    epsilon, 1.2e-7 for float32, as Keras's 1e-7), so ``p`` of exactly 0 or 1 gives a finite
+    loss, at most about 16 per element in float32 (PyTorch clamps each log at -100 instead);
+    the gradient there is 0.
+
+    Shapes: ``probs`` and ``targets`` (in [0, 1]; integer 0/1 labels are cast) have the same
+    shape (``ValueError`` naming both otherwise; a Python number as target is allowed);
+    ``reduction="mean"`` averages over all elements, ``"sum"`` adds them, ``"none"`` returns
+    the elementwise loss.
+
+    Raises:
+        ValueError: a probability lies outside [0, 1] or is NaN (logits passed by mistake).
+        TypeError: ``probs`` is not a float tensor.
+
+    Example:
+        >>> import gradtape as gt
+        >>> round(float(gt.nn.binary_cross_entropy(gt.tensor([0.5, 0.9]), gt.tensor([1.0, 1.0]))), 4)
+        0.3993
+    """
+    p, t = _bce_operands(probs, targets, "binary_cross_entropy", "probs")
+    values = physical_data(p)  # every example's values, also inside gt.vmap
+    if values.size and not bool(((values >= 0) & (values <= 1)).all()):
+        xp = p._backend.xp
+        if bool(xp.isnan(values).any()):
+            raise ValueError("binary_cross_entropy: probs hold NaN (gt.config.check_numerics = "
+                             "True finds the op that made it)")
+        raise ValueError(f"binary_cross_entropy: probs must be probabilities in [0, 1], got values "
+                         f"in [{float(values.min()):g}, {float(values.max()):g}]; for logits (raw "
+                         "scores) use gt.nn.binary_cross_entropy_with_logits")
+    eps = float(np.finfo(p.dtype).eps)
+    pc = ops.clip(p, eps, 1.0 - eps)
+    loss = -(t * ops.log(pc) + (1.0 - t) * ops.log1p(-pc))
+    return _reduce(loss, reduction, "binary_cross_entropy")
+
+
+def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy from logits: ``softplus(x) - x * t``, the stable form of
+    ``-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))`` (PyTorch's
+    ``binary_cross_entropy_with_logits``, Keras's ``from_logits=True``): no overflow for logits
+    of any magnitude, and the gradient is ``sigmoid(x) - t``.
+
+    Shapes: ``logits`` and ``targets`` (probabilities in [0, 1]; integer 0/1 labels are cast)
+    have the same shape (``ValueError`` naming both otherwise; a Python number as target is
+    allowed); ``reduction`` as in :func:`binary_cross_entropy`.
+
+    Example:
+        >>> import gradtape as gt
+        >>> round(float(gt.nn.binary_cross_entropy_with_logits(gt.tensor([0.0]), gt.tensor([1.0]))), 4)
+        0.6931
+    """
+    x, t = _bce_operands(logits, targets, "binary_cross_entropy_with_logits", "logits")
+    return _reduce(ops.softplus(x) - x * t, reduction, "binary_cross_entropy_with_logits")
 
 
 # --------------------------------------------------------------------------- dropout
 _default_generators: dict = {}
 
 
-def _generator_for(xp: Any, seed: Any, generator: Any) -> Any:
+def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool) -> Any:
+    if generator is None and isinstance(seed, Generator):  # a gt.random.Generator as seed=
+        generator = seed
+    if isinstance(generator, Generator):  # drawn on the host: the same masks on every backend
+        return _numpy_generator(generator, "dropout")
     if generator is not None:
         if not callable(getattr(generator, "random", None)):
-            raise TypeError(f"dropout: generator must be a numpy.random.Generator (or "
-                            f"cupy.random.Generator), got {type(generator).__name__}")
+            raise TypeError(f"dropout: generator must be a gt.random.Generator, a "
+                            f"numpy.random.Generator or a cupy.random.Generator, got "
+                            f"{type(generator).__name__}")
         return generator
     if seed is not None:
         return xp.random.default_rng(seed)
-    gen = _default_generators.get(id(xp))
+    if on_host:  # gt.random's default generator: gt.random.seed(s) makes the masks reproducible
+        return _numpy_generator(None, "dropout")
+    gen = _default_generators.get(id(xp))  # on the device: no host draw and copy per call
     if gen is None:
         gen = _default_generators[id(xp)] = xp.random.default_rng()
     return gen
 
 
-def dropout(x: Any, rate: float, training: bool = True, seed: int | None = None,
+def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | None = None,
             generator: Any = None) -> Tensor:
     """Zero each element with probability ``rate`` and scale the rest by ``1 / (1 - rate)``
     (inverted dropout), only when ``training``; otherwise return ``x`` unchanged.
@@ -337,9 +397,15 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | None = None,
         x: float tensor of any shape.
         rate: drop probability in ``[0, 1)``.
         training: apply dropout (True) or pass ``x`` through (False).
-        seed: seed for a fresh generator (reproducible masks).
-        generator: a ``numpy.random.Generator`` (or ``cupy.random.Generator``) to draw from;
-            takes precedence over ``seed``. Without either, a process-wide generator is used.
+        seed: an int, seeding a fresh generator of ``x``'s array library (reproducible masks),
+            or a ``gt.random.Generator`` (as ``generator=``).
+        generator: a ``gt.random.Generator``, a ``numpy.random.Generator`` or a
+            ``cupy.random.Generator`` to draw from (shared: each call advances it); takes
+            precedence over ``seed``. A ``gt.random.Generator`` draws on the host, so it gives
+            the same masks on NumPy and CuPy (at the cost of a host-to-device copy of the mask
+            on CuPy). Without either: on NumPy, ``gt.random``'s default generator
+            (``gt.random.seed`` makes it reproducible); on CuPy, a process-wide CuPy generator
+            drawing on the device.
 
     Shapes: same as ``x``.
 
@@ -356,12 +422,20 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | None = None,
     if not training or rate == 0.0:
         return x
     xp = x._backend.xp
-    u = _generator_for(xp, seed, generator).random(x.shape)
+    u = _generator_for(xp, seed, generator, x._backend.name == "numpy").random(x.shape)
     mask = xp.asarray(u >= rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
     return x * _wrap(mask, x._backend)
 
 
 # --------------------------------------------------------------------------- layer norm
+def _check_eps(eps: Any, what: str) -> float:
+    if isinstance(eps, (str, bytes, bool)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not float(eps) > 0:
+        raise ValueError(f"{what}: eps must be a positive number (it keeps sqrt(var + eps) "
+                         f"away from 0), got {eps!r}")
+    return float(eps)
+
+
 def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
                eps: float = 1e-5) -> Tensor:
     """Normalize over ``axis`` to zero mean and unit variance, then scale by ``gamma`` and
@@ -377,10 +451,7 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
         [-1.0, 1.0]
     """
     x = _float_input(x, "layer_norm")
-    if isinstance(eps, (str, bytes, bool)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
-            or not float(eps) > 0:
-        raise ValueError(f"layer_norm: eps must be a positive number (it keeps sqrt(var + eps) "
-                         f"away from 0), got {eps!r}")
+    eps = _check_eps(eps, "layer_norm")
     axes = normalize_axis(axis, x.ndim, "layer_norm")
     if axes is None:  # all axes, as the reductions
         axes = tuple(range(x.ndim))
@@ -396,6 +467,114 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
         y = y * gamma
     if beta is not None:
         y = y + beta
+    return y
+
+
+# --------------------------------------------------------------------------- batch norm
+def _channel_vector(v: Any, name: str, C: int, x: Tensor) -> Tensor:
+    t = one(v)
+    if t.shape != (C,):
+        raise ValueError(f"batch_norm: {name} must have shape ({C},) (one value per channel of x "
+                         f"of shape {x.shape}), got {t.shape}")
+    return t
+
+
+def _update_running(v: Variable, batch: Any, momentum: float) -> None:
+    """``v = (1 - momentum) * v + momentum * batch`` in place, on arrays (``batch`` is one):
+    never recorded."""
+    new = batch.reshape(v.shape).astype(v.dtype, copy=False)
+    v.assign((1.0 - momentum) * v.data + momentum * new)
+
+
+def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma: Any = None,
+               beta: Any = None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+               axis: int = 1) -> Tensor:
+    """Batch normalization over every axis but the channel ``axis`` (channels-first by
+    default: ``[N, C]``, ``[N, C, L]``, ``[N, C, H, W]``): ``(x - mean) / sqrt(var + eps) *
+    gamma + beta``.
+
+    In training (``training=True``) ``mean`` and ``var`` are the batch's (biased variance),
+    and the gradient flows through them; ``running_mean`` / ``running_var``, when given, must
+    be Variables and are updated in place, unrecorded, as PyTorch does:
+    ``running = (1 - momentum) * running + momentum * batch_stat``, with the *unbiased*
+    batch variance for ``running_var``. In eval (``training=False``) the running statistics
+    are used instead (and are required).
+
+    Args:
+        x: float tensor of rank >= 2.
+        running_mean, running_var: ``[C]`` (Variables to update in training).
+        gamma, beta: optional scale and shift ``[C]``.
+        training: batch statistics (True) or running statistics (False).
+        momentum: in ``[0, 1]``, the weight of the new batch statistic.
+        eps: positive, added to the variance.
+        axis: the channel axis (1; ``-1`` for channels-last).
+
+    Shapes: ``x[N, C, ...]`` -> same shape; every vector ``[C]``.
+
+    Raises:
+        ValueError: a vector of another shape, eval without running statistics, a single
+            value per channel in training (its variance is undefined).
+
+    Example:
+        >>> import gradtape as gt
+        >>> rm, rv = gt.Variable([0.0], trainable=False), gt.Variable([1.0], trainable=False)
+        >>> y = gt.nn.batch_norm(gt.tensor([[1.0], [3.0]]), rm, rv, training=True)
+        >>> [round(v, 3) for v in y.numpy().ravel().tolist()], rm.numpy(), rv.numpy()
+        ([-1.0, 1.0], array([0.2], dtype=float32), array([1.1], dtype=float32))
+    """
+    what = "batch_norm"
+    x = _float_input(x, what)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: x must have a batch axis and a channel axis (rank >= 2), got "
+                         f"shape {x.shape}")
+    a = _axis1(axis, x.ndim, what)
+    eps = _check_eps(eps, what)
+    if isinstance(momentum, (str, bytes, bool)) or not isinstance(
+            momentum, (int, float, np.integer, np.floating)) or not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
+    momentum = float(momentum)
+    C = x.shape[a]
+    bshape = tuple(C if i == a else 1 for i in range(x.ndim))
+    axes = tuple(i for i in range(x.ndim) if i != a)
+    n = int(np.prod([x.shape[i] for i in axes]))
+    vectors = {}
+    for name, v in (("running_mean", running_mean), ("running_var", running_var),
+                    ("gamma", gamma), ("beta", beta)):
+        vectors[name] = None if v is None else _channel_vector(v, name, C, x)
+    if training:
+        if n < 2:
+            raise ValueError(f"batch_norm: training needs more than one value per channel to "
+                             f"estimate a variance, x of shape {x.shape} has {n} (channel axis {a})")
+        mu = ops.sum(x, axis=axes, keepdims=True) * (1.0 / n)
+        xc = x - mu
+        var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)
+        running = [(name, v) for name, v in (("running_mean", running_mean),
+                                             ("running_var", running_var)) if v is not None]
+        for name, v in running:  # both checked before either changes
+            if not isinstance(v, Variable):
+                raise TypeError(f"batch_norm: {name} must be a gt.Variable to be updated in "
+                                f"training, got {type(v).__name__}")
+            if v._backend is not x._backend:
+                raise ValueError(f"batch_norm: {name} is on backend {v.backend!r}, x on "
+                                 f"{x.backend!r}; move one with .to()")
+        if running and x._level:
+            raise ValueError("batch_norm: running statistics cannot be updated inside gt.vmap "
+                             "(each example would be its own batch); pass None for them")
+        for name, v in running:  # the running variance takes the unbiased one, as PyTorch
+            _update_running(v, mu.data if name == "running_mean" else var.data * (n / (n - 1.0)),
+                            momentum)
+        inv = ops.rsqrt(var + eps)
+    else:
+        rm, rv = vectors["running_mean"], vectors["running_var"]
+        if rm is None or rv is None:
+            raise ValueError("batch_norm: eval (training=False) normalizes with running_mean and "
+                             "running_var; pass both, or training=True for batch statistics")
+        xc = x - ops.reshape(rm, bshape)
+        inv = ops.rsqrt(ops.reshape(rv, bshape) + eps)
+    g, b = vectors["gamma"], vectors["beta"]
+    y = xc * (inv if g is None else inv * ops.reshape(g, bshape))
+    if b is not None:
+        y = y + ops.reshape(b, bshape)
     return y
 
 

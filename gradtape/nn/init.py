@@ -1,5 +1,11 @@
 """Weight initializers, seeded: each returns a float array of ``shape`` on the active backend.
 
+``seed`` is an int (a fresh ``numpy.random.default_rng(seed)``), a :class:`gradtape.random.Generator`
+or a ``numpy.random.Generator`` (shared: each call advances it), or None: the default generator
+of :mod:`gradtape.random` (``gt.random.seed(s)`` makes unseeded initialization reproducible).
+Values are drawn on the host and copied to the backend, so a seed gives the same weights on
+NumPy and CuPy.
+
 ``fan_in``/``fan_out`` follow Keras/PyTorch: for a dense kernel ``[in, out]`` they are
 ``in``/``out``; for a conv kernel ``[O, I, kh, kw]`` they are ``I * kh * kw`` / ``O * kh * kw``.
 
@@ -18,15 +24,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._src.backend import Array, get_backend
+from ..random import Generator, _numpy_generator
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-__all__ = ["fans", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones",
+__all__ = ["fans", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "normal", "zeros", "ones",
            "get", "Initializer", "Seed"]
 
-#: A seed for an initializer: an int, a ``numpy.random.Generator`` (shared, advancing), or None.
-Seed = int | np.random.Generator | None
+#: A seed for an initializer: an int, a ``gt.random.Generator`` or ``numpy.random.Generator``
+#: (shared, advancing), or None (``gt.random``'s default generator).
+Seed = int | Generator | np.random.Generator | None
 #: An initializer: ``f(shape, seed=None, dtype=np.float32, kind="dense") -> backend array``.
 Initializer = Callable[..., Array]
 
@@ -46,7 +54,7 @@ def fans(shape: tuple[int, ...], kind: str = "dense") -> tuple[int, int]:
 
 
 def _rng(seed: Seed) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return _numpy_generator(seed, "initializer")
 
 
 def _on_backend(arr: np.ndarray, dtype: DTypeLike) -> Array:
@@ -57,7 +65,8 @@ def _on_backend(arr: np.ndarray, dtype: DTypeLike) -> Array:
 def glorot_uniform(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
                    kind: str = "dense") -> Array:
     """Uniform in ``[-a, a]``, ``a = sqrt(6 / (fan_in + fan_out))`` (Glorot & Bengio; Keras's
-    default). ``seed``: an int or a ``numpy.random.Generator``.
+    default). ``seed``: an int, a ``gt.random.Generator``, a ``numpy.random.Generator`` or None
+    (see the module docstring).
 
     Example:
         >>> from gradtape.nn import init
@@ -109,6 +118,18 @@ def he_normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.f
     return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / fi), size=shape), dtype)
 
 
+def normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
+           kind: str = "dense", stddev: float = 1.0) -> Array:
+    """Normal with mean 0 and std ``stddev`` (1 by default: PyTorch's ``Embedding`` init).
+
+    Example:
+        >>> from gradtape.nn import init
+        >>> init.normal((2, 3), seed=0).shape
+        (2, 3)
+    """
+    return _on_backend(_rng(seed).normal(0.0, float(stddev), size=shape), dtype)
+
+
 def zeros(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
           kind: str = "dense") -> Array:
     """Zeros (``seed`` ignored). Example: ``init.zeros((3,))``."""
@@ -122,7 +143,8 @@ def ones(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float3
 
 
 _BY_NAME = {"glorot_uniform": glorot_uniform, "glorot_normal": glorot_normal,
-            "he_uniform": he_uniform, "he_normal": he_normal, "zeros": zeros, "ones": ones,
+            "he_uniform": he_uniform, "he_normal": he_normal, "normal": normal, "zeros": zeros,
+            "ones": ones,
             "xavier_uniform": glorot_uniform, "xavier_normal": glorot_normal,
             "kaiming_uniform": he_uniform, "kaiming_normal": he_normal}
 

@@ -23,12 +23,14 @@ import numpy as np
 from .. import ops
 from .._src.tensor import Tensor, Variable
 from ..optimizers import Optimizer, _checkpoint_dtype_error
+from ..random import Generator
 from . import init as _init
-from .conv import avg_pool2d, conv2d, max_pool2d
-from .functional import dropout, embedding, layer_norm, softmax
+from .conv import adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, conv_transpose2d, max_pool2d
+from .functional import batch_norm, dropout, embedding, layer_norm, softmax
 
-__all__ = ["Module", "Dense", "Linear", "Conv2D", "Sequential", "Flatten", "Dropout", "MaxPool2D",
-           "AvgPool2D", "LayerNorm", "Embedding", "save", "load"]
+__all__ = ["Module", "Dense", "Linear", "Conv1D", "Conv2D", "Conv2DTranspose", "Sequential", "Flatten",
+           "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAveragePooling2D", "LayerNorm", "BatchNorm",
+           "Embedding", "save", "load"]
 
 
 def _identity(x: Any) -> Any:
@@ -58,8 +60,10 @@ class Module:
     attributes (directly or inside lists/tuples/dicts) and define ``forward``.
 
     Attributes:
-        training: True by default; :meth:`train`/:meth:`eval` set it on every sub-module
-            (used by :class:`Dropout`).
+        training: True by default; :meth:`train`/:meth:`eval` set it on this module and every
+            sub-module, however deeply nested (:class:`Dropout` drops only while training,
+            :class:`BatchNorm` uses batch statistics while training and its running
+            statistics in eval). It is not a Variable and is not saved in checkpoints.
 
     Example:
         >>> import gradtape as gt
@@ -77,7 +81,8 @@ class Module:
     training: bool = True
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The computation; subclasses override it."""
+        """Apply the module to its input(s): ``module(x)`` calls this. Each layer overrides
+        it; its class docstring gives the shapes."""
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -124,13 +129,21 @@ class Module:
         return [m for p, m in self._walk("", set()) if isinstance(m, Module) and m is not self]
 
     def train(self, mode: bool = True) -> Module:
-        """Set ``training`` on this module and every sub-module; returns ``self``."""
+        """Set ``training = mode`` on this module and every sub-module (recursively: through
+        attributes, lists, tuples, dicts and nested modules); returns ``self``.
+
+        Example:
+            >>> import gradtape as gt
+            >>> m = gt.nn.Sequential([gt.nn.Sequential([gt.nn.BatchNorm(2)]), gt.nn.Dropout(0.5)])
+            >>> m.eval()[0][0].training, m.train()[0][0].training
+            (False, True)
+        """
         for m in [self, *self.submodules()]:
             m.training = bool(mode)
         return self
 
     def eval(self) -> Module:
-        """``train(False)``: dropout off."""
+        """``train(False)``: dropout off, batch norm on its running statistics; returns ``self``."""
         return self.train(False)
 
     def num_parameters(self) -> int:
@@ -189,7 +202,9 @@ class Dense(Module):
         activation: None, a name (``"relu"``, ``"tanh"``, ...) or a callable.
         use_bias: add a bias.
         kernel_init / bias_init: initializer name or callable ``(shape, seed, dtype)``.
-        seed: int or ``numpy.random.Generator`` for the initializer.
+        seed: for the initializers: an int, a ``gt.random.Generator`` or a
+            ``numpy.random.Generator`` (shared, advancing), or None (``gt.random``'s default
+            generator).
         dtype: Variable dtype (float32 by default).
 
     Shapes: ``[..., in_features] -> [..., out_features]``; ``kernel[in, out]``, ``bias[out]``.
@@ -273,6 +288,127 @@ class Conv2D(Module):
         return f"Conv2D({n_in * self.groups}, {n_out}, ({kh}, {kw}))"
 
 
+def _kernel_pair(kernel_size: Any, layer: str) -> tuple[int, int]:
+    if isinstance(kernel_size, (tuple, list)):
+        if len(kernel_size) != 2:
+            raise ValueError(f"{layer}: kernel_size must be an int or a pair (kh, kw), got {kernel_size!r}")
+        kh, kw = kernel_size
+    else:
+        kh = kw = kernel_size
+    return _size(kh, layer, "kernel_size"), _size(kw, layer, "kernel_size")
+
+
+def _groups(groups: Any, in_channels: int, out_channels: int, layer: str) -> int:
+    g = _size(groups, layer, "groups")
+    if in_channels % g or out_channels % g:
+        raise ValueError(f"{layer}: groups={g} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+    return g
+
+
+class Conv1D(Module):
+    """1-D convolution layer over NCL signals (see :func:`gradtape.nn.conv1d`).
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: int.
+        stride, padding, dilation, groups: as :func:`gradtape.nn.conv1d` (``padding``: an int,
+            ``(left, right)``, ``"valid"`` or ``"same"``).
+        activation, use_bias, kernel_init, bias_init, seed, dtype: as :class:`Dense`
+            (``kernel_init`` gets ``kind="conv"``: fans ``I * k`` / ``O * k``).
+
+    Shapes: ``[N, in_channels, L] -> [N, out_channels, OL]``; ``kernel[O, I/groups, k]``,
+    ``bias[O]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> conv = gt.nn.Conv1D(2, 4, 3, padding="same", seed=0)
+        >>> conv(gt.tensor([[[0.0] * 10] * 2] * 5)).shape
+        (5, 4, 10)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, activation: Any = None,
+                 use_bias: bool = True, kernel_init: Any = "glorot_uniform",
+                 bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
+        n_in = _size(in_channels, "Conv1D", "in_channels")
+        n_out = _size(out_channels, "Conv1D", "out_channels")
+        if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 1:
+            kernel_size = kernel_size[0]
+        k = _size(kernel_size, "Conv1D", "kernel_size")
+        self.groups = _groups(groups, n_in, n_out, "Conv1D")
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.activation = _activation(activation)
+        shape = (n_out, n_in // self.groups, k)
+        self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
+                               name="kernel")
+        self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
+                     if use_bias else None)
+
+    def forward(self, x: Any) -> Tensor:
+        y = conv1d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
+                   dilation=self.dilation, groups=self.groups)
+        return self.activation(y) if self.activation is not None else y
+
+    def __repr__(self) -> str:
+        n_out, n_in, k = self.kernel.shape
+        return f"Conv1D({n_in * self.groups}, {n_out}, {k})"
+
+
+class Conv2DTranspose(Module):
+    """2-D transposed convolution layer over NCHW images (see
+    :func:`gradtape.nn.conv_transpose2d`): the adjoint of a :class:`Conv2D` with the same
+    geometry, e.g. to upsample by ``stride`` in a decoder.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: int or ``(kh, kw)``.
+        stride, padding, output_padding, dilation, groups: as
+            :func:`gradtape.nn.conv_transpose2d` (``output_padding < stride``).
+        activation, use_bias, kernel_init, bias_init, seed, dtype: as :class:`Dense`
+            (``kernel_init`` gets ``kind="conv"``; for the ``[I, O/groups, kh, kw]`` layout
+            that gives PyTorch's fans, ``fan_in = O/groups * kh * kw``).
+
+    Shapes: ``[N, in_channels, H, W] -> [N, out_channels, OH, OW]``,
+    ``OH = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding + 1``;
+    ``kernel[I, O/groups, kh, kw]`` (PyTorch's layout), ``bias[O]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> up = gt.nn.Conv2DTranspose(3, 2, 4, stride=2, padding=1, seed=0)
+        >>> up(gt.tensor([[[[0.0] * 5] * 5] * 3])).shape
+        (1, 2, 10, 10)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, output_padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                 activation: Any = None, use_bias: bool = True,
+                 kernel_init: Any = "glorot_uniform", bias_init: Any = "zeros", seed: Any = None,
+                 dtype: Any = np.float32) -> None:
+        n_in = _size(in_channels, "Conv2DTranspose", "in_channels")
+        n_out = _size(out_channels, "Conv2DTranspose", "out_channels")
+        kh, kw = _kernel_pair(kernel_size, "Conv2DTranspose")
+        self.groups = _groups(groups, n_in, n_out, "Conv2DTranspose")
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+        self.dilation = dilation
+        self.activation = _activation(activation)
+        shape = (n_in, n_out // self.groups, kh, kw)
+        self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
+                               name="kernel")
+        self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
+                     if use_bias else None)
+
+    def forward(self, x: Any) -> Tensor:
+        y = conv_transpose2d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
+                             output_padding=self.output_padding, groups=self.groups,
+                             dilation=self.dilation)
+        return self.activation(y) if self.activation is not None else y
+
+    def __repr__(self) -> str:
+        n_in, n_out, kh, kw = self.kernel.shape
+        return f"Conv2DTranspose({n_in}, {n_out * self.groups}, ({kh}, {kw}))"
+
+
 class Sequential(Module):
     """Apply layers in order. Layers are Modules or any callables (``gt.relu``).
 
@@ -309,21 +445,56 @@ class Sequential(Module):
 
 
 class Flatten(Module):
-    """Flatten all axes after the first: ``[N, ...] -> [N, prod(...)]``.
+    """Flatten the axes ``start_axis .. end_axis`` (inclusive, negative allowed) into one; by
+    default every axis after the first: ``[N, ...] -> [N, prod(...)]``.
+
+    Args:
+        start_axis: first axis flattened (1: keep the batch axis).
+        end_axis: last axis flattened (-1: the last).
+
+    Shapes: ``[d0, ..., dn] -> [d0, .., d(start-1), prod(d_start .. d_end), d(end+1), ..]``;
+    ``ValueError`` when the axes are out of range for the input's rank or ``start`` comes after
+    ``end``.
 
     Example:
         >>> import gradtape as gt
         >>> gt.nn.Flatten()(gt.tensor([[[1.0, 2.0]], [[3.0, 4.0]]])).shape
         (2, 2)
+        >>> gt.nn.Flatten(0)(gt.tensor([[1.0, 2.0], [3.0, 4.0]])).shape
+        (4,)
     """
+
+    def __init__(self, start_axis: int = 1, end_axis: int = -1) -> None:
+        for name, a in (("start_axis", start_axis), ("end_axis", end_axis)):
+            if isinstance(a, bool) or not hasattr(a, "__index__"):
+                raise TypeError(f"Flatten: {name} must be an int, got {a!r}")
+        self.start_axis, self.end_axis = int(start_axis), int(end_axis)
 
     def forward(self, x: Any) -> Tensor:
         x = ops._util.one(x)
-        return ops.reshape(x, (x.shape[0], -1))
+        nd = x.ndim
+        start = self.start_axis + nd if self.start_axis < 0 else self.start_axis
+        end = self.end_axis + nd if self.end_axis < 0 else self.end_axis
+        if not (0 <= start < nd and 0 <= end < nd and start <= end):
+            raise ValueError(f"Flatten: start_axis={self.start_axis}, end_axis={self.end_axis} do not "
+                             f"select a run of axes of x of shape {x.shape} (rank {nd})")
+        merged = math.prod(x.shape[start:end + 1])
+        return ops.reshape(x, x.shape[:start] + (merged,) + x.shape[end + 1:])
+
+    def __repr__(self) -> str:
+        return f"Flatten({self.start_axis}, {self.end_axis})"
 
 
 class Dropout(Module):
     """Inverted dropout while ``training`` (see :func:`gradtape.nn.dropout`); identity in eval.
+
+    Args:
+        rate: drop probability in ``[0, 1)``.
+        seed: an int (the layer keeps its own generator, seeded with it, per array library), a
+            ``gt.random.Generator`` (drawn from on every call: the same masks on NumPy and
+            CuPy), a ``numpy.random.Generator``, or None (as ``gt.nn.dropout`` without a seed).
+
+    Shapes: any; the output has the input's shape.
 
     Example:
         >>> import gradtape as gt
@@ -339,6 +510,8 @@ class Dropout(Module):
 
     def forward(self, x: Any) -> Tensor:
         x = ops._util.one(x)
+        if self.seed is None or isinstance(self.seed, Generator):
+            return dropout(x, self.rate, training=self.training, generator=self.seed)
         xp = x._backend.xp
         # keyed by the array module's name (not its id), so a copied or unpickled layer
         # continues its random stream
@@ -349,7 +522,20 @@ class Dropout(Module):
 
 
 class MaxPool2D(Module):
-    """Max pooling layer (see :func:`gradtape.nn.max_pool2d`). Example: ``gt.nn.MaxPool2D(2)``."""
+    """Max pooling layer over NCHW images (see :func:`gradtape.nn.max_pool2d`).
+
+    Args:
+        kernel_size: int or ``(kh, kw)``.
+        stride: int or pair; None (the default) is ``kernel_size`` (non-overlapping windows).
+        padding: as :func:`gradtape.nn.max_pool2d` (padding counts as ``-inf``).
+
+    Shapes: ``[N, C, H, W] -> [N, C, OH, OW]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.nn.MaxPool2D(2)(gt.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])).numpy()
+        array([[[[4.]]]], dtype=float32)
+    """
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
@@ -359,7 +545,20 @@ class MaxPool2D(Module):
 
 
 class AvgPool2D(Module):
-    """Average pooling layer (see :func:`gradtape.nn.avg_pool2d`). Example: ``gt.nn.AvgPool2D(2)``."""
+    """Average pooling layer over NCHW images (see :func:`gradtape.nn.avg_pool2d`).
+
+    Args:
+        kernel_size: int or ``(kh, kw)``.
+        stride: int or pair; None (the default) is ``kernel_size`` (non-overlapping windows).
+        padding: as :func:`gradtape.nn.avg_pool2d` (padding counts as zeros in the mean).
+
+    Shapes: ``[N, C, H, W] -> [N, C, OH, OW]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.nn.AvgPool2D(2)(gt.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])).numpy()
+        array([[[[2.5]]]], dtype=float32)
+    """
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
@@ -368,30 +567,185 @@ class AvgPool2D(Module):
         return avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
-class LayerNorm(Module):
-    """Layer normalization over the last axis with learned ``gamma`` (ones) and ``beta``
-    (zeros). Shapes: ``[..., dim] -> [..., dim]``. Example: ``gt.nn.LayerNorm(64)``."""
+class GlobalAveragePooling2D(Module):
+    """Mean over the spatial axes of NCHW images (Keras's layer; PyTorch's
+    ``AdaptiveAvgPool2d(1)`` followed by a flatten).
 
-    def __init__(self, dim: int, eps: float = 1e-5, dtype: Any = np.float32) -> None:
-        self.eps = float(eps)
-        self.gamma = Variable(_init.ones((_size(dim, "LayerNorm", "dim"),), dtype=dtype), name="gamma")
-        self.beta = Variable(_init.zeros((_size(dim, "LayerNorm", "dim"),), dtype=dtype), name="beta")
+    Args:
+        keepdims: keep the two spatial axes (size 1) instead of dropping them.
+
+    Shapes: ``[N, C, H, W] -> [N, C]`` (``[N, C, 1, 1]`` with ``keepdims=True``).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.nn.GlobalAveragePooling2D()(gt.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])).numpy()
+        array([[3.]], dtype=float32)
+    """
+
+    def __init__(self, keepdims: bool = False) -> None:
+        self.keepdims = bool(keepdims)
 
     def forward(self, x: Any) -> Tensor:
-        return layer_norm(x, self.gamma, self.beta, axis=-1, eps=self.eps)
+        y = adaptive_avg_pool2d(x, 1)
+        return y if self.keepdims else ops.reshape(y, y.shape[:2])
+
+
+def _positive(value: Any, layer: str, name: str) -> float:
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value) > 0:
+        raise ValueError(f"{layer}: {name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class LayerNorm(Module):
+    """Layer normalization over the trailing axes given by ``normalized_shape``, with a learned
+    elementwise scale ``gamma`` (ones) and shift ``beta`` (zeros), as PyTorch's ``LayerNorm``
+    (see :func:`gradtape.nn.layer_norm`; biased variance).
+
+    Args:
+        normalized_shape: int or tuple: the shape of the trailing axes normalized together.
+        eps: positive, added to the variance.
+        elementwise_affine: learn ``gamma`` and ``beta`` of shape ``normalized_shape``
+            (False: no Variables).
+        dtype: Variable dtype.
+
+    Shapes: ``[..., *normalized_shape] -> same``; ``ValueError`` naming both shapes when the
+    input's trailing axes differ.
+
+    Example:
+        >>> import gradtape as gt
+        >>> ln = gt.nn.LayerNorm(2)
+        >>> [round(v, 3) for v in ln(gt.tensor([[1.0, 3.0]])).numpy().ravel().tolist()]
+        [-1.0, 1.0]
+        >>> gt.nn.LayerNorm((2, 3), elementwise_affine=False)(gt.tensor([[[0.0] * 3] * 2] * 4)).shape
+        (4, 2, 3)
+    """
+
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True,
+                 dtype: Any = np.float32) -> None:
+        dims = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+        if not dims:
+            raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
+        self.normalized_shape = tuple(_size(d, "LayerNorm", "normalized_shape") for d in dims)
+        self.eps = _positive(eps, "LayerNorm", "eps")
+        self.elementwise_affine = bool(elementwise_affine)
+        self.gamma = (Variable(_init.ones(self.normalized_shape, dtype=dtype), name="gamma")
+                      if self.elementwise_affine else None)
+        self.beta = (Variable(_init.zeros(self.normalized_shape, dtype=dtype), name="beta")
+                     if self.elementwise_affine else None)
+
+    def forward(self, x: Any) -> Tensor:
+        x = ops._util.one(x)
+        k = len(self.normalized_shape)
+        if x.ndim < k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
+            raise ValueError(f"LayerNorm: expected input [..., {', '.join(map(str, self.normalized_shape))}] "
+                             f"(trailing axes {self.normalized_shape}), got shape {x.shape}")
+        return layer_norm(x, self.gamma, self.beta, axis=tuple(range(-k, 0)), eps=self.eps)
+
+    def __repr__(self) -> str:
+        return f"LayerNorm({self.normalized_shape})"
+
+
+class BatchNorm(Module):
+    """Batch normalization over every axis but the channel axis (PyTorch's ``BatchNorm1d`` and
+    ``BatchNorm2d`` in one class, channels-first: ``[N, C]``, ``[N, C, L]``, ``[N, C, H, W]``;
+    see :func:`gradtape.nn.batch_norm`).
+
+    While ``training`` (the default; :meth:`Module.train`) it normalizes with the batch's mean
+    and biased variance, the gradient flowing through them, and updates the running
+    statistics in place, unrecorded: ``running = (1 - momentum) * running + momentum *
+    batch_stat`` (the unbiased batch variance for ``running_var``, as PyTorch). In eval
+    (:meth:`Module.eval`) it normalizes with the running statistics.
+
+    Args:
+        num_features: the number of channels ``C``.
+        axis: the channel axis (1; ``-1`` for channels-last inputs).
+        momentum: in ``[0, 1]``, the weight of each new batch in the running statistics
+            (PyTorch's convention; Keras's ``momentum`` is ``1 -`` this).
+        eps: positive, added to the variance.
+        affine: learn a per-channel scale ``gamma`` (ones) and shift ``beta`` (zeros).
+        dtype: Variable dtype.
+
+    Variables: ``gamma[C]``, ``beta[C]`` (trainable, when ``affine``); ``running_mean[C]``
+    (zeros) and ``running_var[C]`` (ones), non-trainable: not in ``trainable_variables`` (the
+    optimizer leaves them alone), but in ``variables`` and saved and restored by
+    :meth:`Module.save` / :meth:`Module.load`.
+
+    Shapes: ``[N, C, ...] -> same``. ``ValueError`` for a rank below 2, another channel count,
+    or one value per channel in training.
+
+    Example:
+        >>> import gradtape as gt
+        >>> bn = gt.nn.BatchNorm(2)
+        >>> y = bn(gt.tensor([[1.0, 10.0], [3.0, 30.0]]))       # training: batch statistics
+        >>> [round(v, 3) for v in y.numpy().ravel().tolist()]
+        [-1.0, -1.0, 1.0, 1.0]
+        >>> bn.running_mean.numpy(), bn.running_var.numpy()
+        (array([0.2, 2. ], dtype=float32), array([ 1.1, 20.9], dtype=float32))
+        >>> bn.eval()(gt.tensor([[0.2, 2.0]])).numpy()                # eval: running statistics
+        array([[0., 0.]], dtype=float32)
+    """
+
+    def __init__(self, num_features: int, axis: int = 1, momentum: float = 0.1, eps: float = 1e-5,
+                 affine: bool = True, dtype: Any = np.float32) -> None:
+        C = _size(num_features, "BatchNorm", "num_features")
+        if isinstance(axis, bool) or not hasattr(axis, "__index__"):
+            raise TypeError(f"BatchNorm: axis must be an int, got {axis!r}")
+        if isinstance(momentum, (str, bytes, bool)) or not isinstance(
+                momentum, (int, float, np.integer, np.floating)) or not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
+        self.num_features, self.axis, self.momentum = C, int(axis), float(momentum)
+        self.eps = _positive(eps, "BatchNorm", "eps")
+        self.affine = bool(affine)
+        self.gamma = Variable(_init.ones((C,), dtype=dtype), name="gamma") if self.affine else None
+        self.beta = Variable(_init.zeros((C,), dtype=dtype), name="beta") if self.affine else None
+        self.running_mean = Variable(_init.zeros((C,), dtype=dtype), name="running_mean",
+                                     trainable=False)
+        self.running_var = Variable(_init.ones((C,), dtype=dtype), name="running_var",
+                                    trainable=False)
+
+    def forward(self, x: Any) -> Tensor:
+        x = ops._util.one(x)
+        C = self.num_features
+        if x.ndim < 2:
+            raise ValueError(f"BatchNorm: expected input [N, {C}, ...] (rank >= 2), got shape {x.shape}")
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"BatchNorm: channel axis {self.axis} is out of range for x of shape "
+                             f"{x.shape}")
+        if x.shape[self.axis] != C:
+            hint = (" (channels-first expected; for channels-last input use BatchNorm(C, axis=-1))"
+                    if x.shape[-1] == C else "")
+            raise ValueError(f"BatchNorm: expected {C} channels on axis {self.axis}, x of shape "
+                             f"{x.shape} has {x.shape[self.axis]}{hint}")
+        return batch_norm(x, self.running_mean, self.running_var, self.gamma, self.beta,
+                          training=self.training, momentum=self.momentum, eps=self.eps, axis=self.axis)
+
+    def __repr__(self) -> str:
+        return f"BatchNorm({self.num_features}, axis={self.axis})"
 
 
 class Embedding(Module):
-    """Lookup table ``[num_embeddings, dim]`` initialized N(0, 1) (PyTorch's default).
+    """Lookup table ``[num_embeddings, dim]`` (see :func:`gradtape.nn.embedding`), initialized
+    N(0, 1) by default (PyTorch's default).
 
-    Shapes: integer ids ``[...]`` -> ``[..., dim]``. Example: ``gt.nn.Embedding(100, 16, seed=0)``.
+    Args:
+        num_embeddings: the number of rows (ids ``0 .. num_embeddings - 1``).
+        dim: the size of each row.
+        seed, dtype: as :class:`Dense`.
+        table_init: initializer name or callable ``(shape, seed, dtype)``; ``"normal"``.
+
+    Shapes: integer ids ``[...]`` -> ``[..., dim]``; ``table[num_embeddings, dim]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.nn.Embedding(100, 16, seed=0)([[1, 2, 3]]).shape
+        (1, 3, 16)
     """
 
     def __init__(self, num_embeddings: int, dim: int, seed: Any = None,
-                 dtype: Any = np.float32) -> None:
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+                 dtype: Any = np.float32, table_init: Any = "normal") -> None:
         shape = (_size(num_embeddings, "Embedding", "num_embeddings"), _size(dim, "Embedding", "dim"))
-        self.table = Variable(_init._on_backend(rng.normal(size=shape), dtype), name="table")
+        self.table = Variable(_init.get(table_init)(shape, seed=seed, dtype=dtype), name="table")
 
     def forward(self, ids: Any) -> Tensor:
         return embedding(ids, self.table)

@@ -30,102 +30,127 @@ def _T(self: Tensor) -> Tensor:
 
 
 def _m_add(self: Tensor, other: TensorLike) -> Tensor:
+    """``self + other`` (see :func:`gradtape.add`)."""
     return _e.add(self, other)
 
 
 def _m_radd(self: Tensor, other: TensorLike) -> Tensor:
+    """``other + self`` (see :func:`gradtape.add`)."""
     return _e.add(other, self)
 
 
 def _m_sub(self: Tensor, other: TensorLike) -> Tensor:
+    """``self - other`` (see :func:`gradtape.sub`)."""
     return _e.sub(self, other)
 
 
 def _m_rsub(self: Tensor, other: TensorLike) -> Tensor:
+    """``other - self`` (see :func:`gradtape.sub`)."""
     return _e.sub(other, self)
 
 
 def _m_mul(self: Tensor, other: TensorLike) -> Tensor:
+    """``self * other`` (see :func:`gradtape.mul`)."""
     return _e.mul(self, other)
 
 
 def _m_rmul(self: Tensor, other: TensorLike) -> Tensor:
+    """``other * self`` (see :func:`gradtape.mul`)."""
     return _e.mul(other, self)
 
 
 def _m_truediv(self: Tensor, other: TensorLike) -> Tensor:
+    """``self / other`` (see :func:`gradtape.div`)."""
     return _e.div(self, other)
 
 
 def _m_rtruediv(self: Tensor, other: TensorLike) -> Tensor:
+    """``other / self`` (see :func:`gradtape.div`)."""
     return _e.div(other, self)
 
 
 def _m_pow(self: Tensor, other: TensorLike) -> Tensor:
+    """``self ** other`` (see :func:`gradtape.pow`)."""
     return _e.pow(self, other)
 
 
 def _m_rpow(self: Tensor, other: TensorLike) -> Tensor:
+    """``other ** self`` (see :func:`gradtape.pow`)."""
     return _e.pow(other, self)
 
 
 def _m_matmul(self: Tensor, other: TensorLike) -> Tensor:
+    """``self @ other`` (see :func:`gradtape.matmul`)."""
     return _l.matmul(self, other)
 
 
 def _m_rmatmul(self: Tensor, other: TensorLike) -> Tensor:
+    """``other @ self`` (see :func:`gradtape.matmul`)."""
     return _l.matmul(other, self)
 
 
 def _m_neg(self: Tensor) -> Tensor:
+    """``-self`` (see :func:`gradtape.neg`)."""
     return _e.neg(self)
 
 
 def _m_pos(self: Tensor) -> Tensor:
+    """``+self``: the tensor itself."""
     return self
 
 
 def _m_abs(self: Tensor) -> Tensor:
+    """``abs(self)`` (see :func:`gradtape.abs`)."""
     return _e.abs(self)
 
 
 def _m_getitem(self: Tensor, index: IndexLike) -> Tensor:
+    """``self[index]``: basic and advanced indexing (see :func:`gradtape.getitem`)."""
     return _i.getitem(self, index)
 
 
 def _m_lt(self: Tensor, other: TensorLike) -> Tensor:
+    """``self < other``, elementwise (a bool tensor, no gradient)."""
     return _e.less(self, other)
 
 
 def _m_le(self: Tensor, other: TensorLike) -> Tensor:
+    """``self <= other``, elementwise (a bool tensor, no gradient)."""
     return _e.less_equal(self, other)
 
 
 def _m_gt(self: Tensor, other: TensorLike) -> Tensor:
+    """``self > other``, elementwise (a bool tensor, no gradient)."""
     return _e.greater(self, other)
 
 
 def _m_ge(self: Tensor, other: TensorLike) -> Tensor:
+    """``self >= other``, elementwise (a bool tensor, no gradient)."""
     return _e.greater_equal(self, other)
 
 
 def _m_eq(self: Tensor, other: TensorLike) -> Tensor:
+    """``self == other``, elementwise as NumPy's (a bool tensor, no gradient)."""
     return _e.equal(self, other)
 
 
 def _m_ne(self: Tensor, other: TensorLike) -> Tensor:
+    """``self != other``, elementwise as NumPy's (a bool tensor, no gradient)."""
     return _e.not_equal(self, other)
 
 
 def _m_and(self: Tensor, other: TensorLike) -> Tensor:
+    """``self & other``: elementwise logical and (see :func:`gradtape.logical_and`)."""
     return _e.logical_and(self, other)
 
 
 def _m_or(self: Tensor, other: TensorLike) -> Tensor:
+    """``self | other``: elementwise logical or (see :func:`gradtape.logical_or`)."""
     return _e.logical_or(self, other)
 
 
 def _m_invert(self: Tensor) -> Tensor:
+    """``~self``: elementwise logical not (see :func:`gradtape.logical_not`)."""
     return _e.logical_not(self)
 
 

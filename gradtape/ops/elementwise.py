@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._src.backend import erf_for
+from .._src.backend import erf_for, erfc_for
 from .._src.primitive import Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
 
@@ -19,6 +19,7 @@ __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
     "square", "abs", "sign", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
     "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf",
+    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "hypot",
     "maximum", "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater",
     "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
 ]
@@ -107,6 +108,30 @@ P_SOFTPLUS = elementwise("softplus", lambda xp, x: xp.logaddexp(0, x), d="sigmoi
 P_SILU = elementwise("silu", lambda xp, x: x * xp.exp(-xp.logaddexp(0, -x)),
                      d="sigmoid(x) * (1 + x * (1 - sigmoid(x)))")
 P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x), d="1.1283791670955126 * exp(-x * x)")
+P_ERFC = elementwise("erfc", lambda xp, x: erfc_for(xp)(x), d="-1.1283791670955126 * exp(-x * x)")
+# Rounding: piecewise constant, so the derivative is 0 everywhere (PyTorch's choice, not "no
+# gradient": a loss through floor(x) is connected to x, its gradient is zeros). Tests sample
+# away from the jumps (integers; half-integers for round).
+_STEPS = Domain(-1.9, 1.9, avoid=(-1.0, 0.0, 1.0))
+P_FLOOR = elementwise("floor", lambda xp, x: xp.floor(x), d="0", domain=_STEPS, out_form=np.floor,
+                      cheap=True, masks=True)
+P_CEIL = elementwise("ceil", lambda xp, x: xp.ceil(x), d="0", domain=_STEPS, out_form=np.ceil,
+                     cheap=True, masks=True)
+P_ROUND = elementwise("round", lambda xp, x: xp.rint(x), d="0", out_form=np.rint, cheap=True,
+                      masks=True, domain=Domain(-1.9, 1.9, avoid=(-1.5, -0.5, 0.5, 1.5)))
+P_TRUNC = elementwise("trunc", lambda xp, x: xp.trunc(x), d="0", domain=_STEPS, out_form=np.trunc,
+                      cheap=True, masks=True)
+# arctan2(a, b) is the angle of the point (b, a); a jump across a == 0 for b < 0 (tests keep a
+# away from 0). Both partials are 0 at the origin (as abs'(0) = 0), never 0/0.
+P_ARCTAN2 = elementwise("arctan2", lambda xp, a, b: xp.arctan2(a, b),
+                        d=("where((a == 0) & (b == 0), 0, b / (a * a + b * b))",
+                           "where((a == 0) & (b == 0), 0, -a / (a * a + b * b))"),
+                        domain=(Domain(-2, 2, avoid=(0.0,), margin=0.3), Domain()),
+                        out_form=np.arctan2, masks=True)
+P_HYPOT = elementwise("hypot", lambda xp, a, b: xp.hypot(a, b),
+                      d=("where(y == 0, 0, a / y)", "where(y == 0, 0, b / y)"),
+                      domain=(Domain(-2, 2, avoid=(0.0,)), Domain()),  # tests: off the origin
+                      out_form=np.hypot, masks=True)
 P_MAXIMUM = elementwise("maximum", lambda xp, a, b: xp.maximum(a, b),
                         d=("where(a > b, 1, where(a == b, 0.5, 0))",
                            "where(b > a, 1, where(a == b, 0.5, 0))"), out_form=_maximum_out, cheap=True, masks=True)
@@ -217,6 +242,11 @@ relu = _unary(P_RELU, "``max(x, 0)`` (``relu'(0) = 0``)")
 softplus = _unary(P_SOFTPLUS, "``log(1 + exp(x))``, overflow-free")
 silu = _unary(P_SILU, "``x * sigmoid(x)`` (swish)")
 erf = _unary(P_ERF, "Error function")
+erfc = _unary(P_ERFC, "Complementary error function ``1 - erf(x)``, accurate where erf rounds to 1")
+floor = _unary(P_FLOOR, "Largest integer <= ``x`` (as floats); its gradient is 0")
+ceil = _unary(P_CEIL, "Smallest integer >= ``x`` (as floats); its gradient is 0")
+round = _unary(P_ROUND, "Nearest integer, halves to even as NumPy (``round(2.5) = 2``); its gradient is 0")  # noqa: A001
+trunc = _unary(P_TRUNC, "Integer part, rounded toward 0; its gradient is 0")
 
 
 def _real(value: Any, what: str, name: str) -> float:
@@ -257,7 +287,7 @@ def gelu(x: Any, approximate: str = "none") -> Tensor:
 
     Example:
         >>> import gradtape as gt
-        >>> round(float(gt.gelu(gt.tensor(1.0))), 4)
+        >>> print(f"{float(gt.gelu(gt.tensor(1.0))):.4f}")  # (this module's round is gt.round)
         0.8413
     """
     if approximate == "none":
@@ -276,6 +306,35 @@ def maximum(a: Any, b: Any) -> Tensor:
         array([2., 3.], dtype=float32)
     """
     return bind(P_MAXIMUM, *pair(a, b))
+
+
+def arctan2(y: Any, x: Any) -> Tensor:
+    """The angle of the point ``(x, y)`` in radians, in ``[-pi, pi]``, elementwise with
+    broadcasting, as ``np.arctan2(y, x)``. The gradient is ``(x, -y) / (x**2 + y**2)`` for
+    ``(y, x)``, and 0 at the origin.
+
+    Shapes: ``y`` and ``x`` broadcast; the result has the broadcast shape.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.arctan2(gt.tensor([1.0, -1.0]), gt.tensor([0.0, -1.0])).numpy()
+        array([ 1.5707964, -2.3561945], dtype=float32)
+    """
+    return bind(P_ARCTAN2, *pair(y, x))
+
+
+def hypot(a: Any, b: Any) -> Tensor:
+    """``sqrt(a**2 + b**2)`` elementwise with broadcasting, without overflow or underflow in the
+    squares, as ``np.hypot``. The gradient is ``(a, b) / hypot(a, b)``, and 0 at the origin.
+
+    Shapes: ``a`` and ``b`` broadcast; the result has the broadcast shape.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.hypot(gt.tensor([3.0, 3e30]), gt.tensor([4.0, 4e30])).numpy()
+        array([5.e+00, 5.e+30], dtype=float32)
+    """
+    return bind(P_HYPOT, *pair(a, b))
 
 
 def minimum(a: Any, b: Any) -> Tensor:

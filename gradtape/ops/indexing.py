@@ -1,20 +1,23 @@
-"""Indexing: ``t[index]`` (basic and advanced), take, gather. Gradients scatter back and
-accumulate repeated indices."""
+"""Indexing: ``t[index]`` (basic and advanced), take, gather, take_along_axis, index_add,
+segment_sum. Gradients scatter back and accumulate repeated indices."""
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any
 
 import numpy as np
 
+from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
-from .._src.primitive import bind, primitive
-from .._src.rules import OnTensors
+from .._src.primitive import REGISTRY, as_tensor, bind, primitive
+from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap
-from ._util import move_axis, one, phys_axis
+from ._util import move_axis, normalize_axis, one, phys_axis
 from .elementwise import P_LESS, P_WHERE
 
-__all__ = ["getitem", "take", "gather"]
+__all__ = ["getitem", "take", "gather", "take_along_axis", "index_add", "segment_sum"]
 
 
 def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
@@ -287,7 +290,11 @@ def _index_examples(rng: Any) -> list:
         return bind(P_INDEX_TAKE, t, _index_operand(idx, t), axis=axis)
 
     return [(take_op, (x, np.array([2, 0, 2, -1])), {"axis": 0}),
-            (take_op, (x, np.array([[1, 1], [3, 0]])), {"axis": 1})]
+            (take_op, (x, np.array([[1, 1], [3, 0]])), {"axis": 1}),
+            (take_along_axis, (x, np.array([[2, 0, 2, 1], [0, 0, 1, 2]])), {"axis": 0}),
+            (take_along_axis, (x, np.array([[3, -1], [0, 0], [1, 2]])), {"axis": 1}),
+            (take_along_axis, (x, np.array([[3, 0, 0]])), {"axis": -1}),  # broadcasts over rows
+            (take_along_axis, (x, np.array([11, 0, -12, 5])), {"axis": None})]
 
 
 def _index_put_examples(rng: Any) -> list:
@@ -298,7 +305,15 @@ def _index_put_examples(rng: Any) -> list:
     return [(put_op, (rng.standard_normal((4, 3)), np.array([0, 2, 0, 1])),
              {"axis": 0, "shape": (3, 3)}),
             (put_op, (rng.standard_normal((2, 2, 2)), np.array([[1, 1], [3, 0]])),
-             {"axis": 1, "shape": (2, 4)})]
+             {"axis": 1, "shape": (2, 4)}),
+            (index_add, (rng.standard_normal((3, 4)), 1, np.array([0, 3, 0, -1, 2]),
+                         rng.standard_normal((3, 5))), {}),
+            (index_add, (rng.standard_normal((4, 2)), 0, np.array([[1, 1], [2, 0]]),
+                         rng.standard_normal((2, 2, 2))), {}),
+            (segment_sum, (rng.standard_normal((5, 3)), np.array([0, 2, 0, 3, 2])),
+             {"num_segments": 4}),
+            (segment_sum, (rng.standard_normal((2, 3, 2)), np.array([[1, -1, 0], [1, 1, -1]])),
+             {"num_segments": 2})]  # negative ids are dropped
 
 
 P_INDEX_TAKE = primitive("index_take", _index_take_impl, rule=_index_take_rule,
@@ -375,3 +390,193 @@ def gather(x: Any, indices: Any, axis: int = 0) -> Tensor:
         array([3., 1.], dtype=float32)
     """
     return take(x, indices, axis=axis)
+
+
+# --------------------------------------------------------------------------- along an axis
+# take_along_axis, index_add and segment_sum are compositions of the index-operand primitives
+# above (index_take / index_put_add), so they batch with an index per example, differentiate to
+# any order and have forward mode as those do.
+def _int_operand(indices: Any, like: Tensor, what: str, name: str) -> Tensor:
+    """An integer index operand on ``like``'s backend (a Tensor, list or array)."""
+    if isinstance(indices, Tensor):
+        t = indices
+        if t._backend is not like._backend:
+            raise ValueError(f"{what}: {name} is on {t.backend!r} but the tensor is on "
+                             f"{like.backend!r}; move it with .to()")
+    else:
+        arr = like._backend.xp.asarray(indices)
+        if arr.size == 0 and arr.dtype.kind not in "iu":  # [] is float64 to NumPy
+            arr = arr.astype(np.intp)
+        t = _wrap(arr, like._backend)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{what}: {name} must hold integers, got dtype {t.dtype}")
+    return t
+
+
+def _index_range(idx: Tensor, n: int, what: str, name: str) -> int:
+    """Check that every index (of every example, inside gt.vmap) lies in ``[-n, n)`` and return
+    the smallest one (0 when there is none)."""
+    data = physical_data(idx)
+    if not data.size:
+        return 0
+    lo, hi = int(data.min()), int(data.max())
+    if lo < -n or hi >= n:
+        bad = lo if lo < -n else hi
+        raise IndexError(f"{what}: {name} holds the index {bad}, out of range for an axis of size "
+                         f"{n} (valid: {-n} to {n - 1})")
+    return lo
+
+
+def _one_axis(axis: Any, ndim: int, what: str) -> int:
+    if axis is None or isinstance(axis, (tuple, list)):
+        raise TypeError(f"{what}: axis must be an int, got {axis!r}")
+    axes = normalize_axis(axis, ndim, what)
+    assert axes is not None  # axis is an int here
+    return axes[0]
+
+
+def _flat_positions(m: OnTensors, idx: Any, shape: tuple, axis: int) -> Any:
+    """Where the elements that ``idx`` picks along ``axis`` of an array of ``shape`` sit in
+    its flattened form, written against ``m``: ``idx * stride`` plus a constant offset per
+    position. ``idx`` holds valid non-negative indices and has the rank of ``shape``; its other
+    axes broadcast against ``shape`` (a length-1 axis of the array gets offset 0)."""
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    xp = m.xp_of(idx)
+    offsets = None
+    for d, (size, stride) in enumerate(zip(shape, strides)):
+        if d == axis or size == 1:
+            continue
+        ar = xp.arange(size, dtype=np.int64).reshape((1,) * d + (size,) + (1,) * (len(shape) - d - 1))
+        offsets = ar * stride if offsets is None else offsets + ar * stride
+    flat = idx if idx.dtype == np.int64 else idx.astype(np.int64)
+    if strides[axis] != 1:
+        flat = flat * strides[axis]
+    if offsets is not None:
+        flat = flat + m.const(offsets, flat)
+    return flat
+
+
+def _take_along(x: Tensor, idx: Tensor, axis: int) -> Tensor:
+    """``take_along_axis`` for valid non-negative indices of the rank of ``x``: one
+    :data:`P_INDEX_TAKE` of the flattened ``x`` at the flat positions of the indices."""
+    return bind(P_INDEX_TAKE, x.reshape((-1,)), _flat_positions(ON_TENSORS, idx, x.shape, axis),
+                axis=0)
+
+
+def take_along_axis(x: Any, indices: Any, axis: int | None) -> Tensor:
+    """Pick values along ``axis`` at ``indices``, as ``np.take_along_axis``: ``out[..., j, ...] =
+    x[..., indices[..., j, ...], ...]``. ``indices`` holds integers (negative ones count from
+    the end) and has the rank of ``x``; its other axes broadcast against those of ``x``.
+    ``axis=None`` works on the flattened ``x`` (then ``indices`` is 1-D). The gradient
+    scatter-adds back into ``x``: repeated indices accumulate. An index out of range raises
+    ``IndexError``.
+
+    Shapes: ``x[..., n, ...]``, ``indices[..., k, ...]`` -> ``[..., k, ...]`` (the other axes
+    broadcast).
+
+    Example:
+        >>> import gradtape as gt
+        >>> x = gt.tensor([[10.0, 30.0, 20.0], [60.0, 40.0, 50.0]])
+        >>> gt.take_along_axis(x, gt.argsort(x, axis=1)[:, :1], axis=1).numpy()
+        array([[10.],
+               [40.]], dtype=float32)
+    """
+    x = one(x)
+    idx = _int_operand(indices, x, "take_along_axis", "indices")
+    if axis is None:
+        if idx.ndim != 1:
+            raise ValueError(f"take_along_axis: with axis=None the indices index the flattened x "
+                             f"and must be 1-D, got shape {idx.shape}")
+        x = x.reshape((-1,))
+        ax = 0
+    else:
+        if x.ndim == 0:
+            raise ValueError("take_along_axis: x is 0-d; give it an axis to index along, or pass "
+                             "axis=None")
+        ax = _one_axis(axis, x.ndim, "take_along_axis")
+    if idx.ndim != x.ndim:
+        raise ValueError(f"take_along_axis: indices must have the rank of x ({x.ndim}), got indices "
+                         f"of shape {idx.shape} for x of shape {x.shape}")
+    for d, (s, i) in enumerate(zip(x.shape, idx.shape)):
+        if d != ax and s != i and s != 1 and i != 1:
+            raise ValueError(f"take_along_axis: indices of shape {idx.shape} do not broadcast "
+                             f"against x of shape {x.shape} (axis {d}; axis {ax} is indexed)")
+    if _index_range(idx, x.shape[ax], "take_along_axis", "indices") < 0:
+        idx = bind(P_WHERE, bind(P_LESS, idx, _int_const(0, idx)), idx + x.shape[ax], idx)
+    return _take_along(x, idx, ax)
+
+
+def index_add(x: Any, axis: int, indices: Any, values: Any) -> Tensor:
+    """``x`` with ``values`` added at ``indices`` along ``axis`` (PyTorch's ``index_add(dim,
+    index, source)`` with NumPy's names; out of place): for each position ``j`` of ``indices``,
+    ``out[..., indices[j], ...] += values[..., j, ...]``, repeated indices accumulating (as
+    ``np.add.at``). Negative indices count from the end; one out of range raises
+    ``IndexError``. ``values`` broadcasts to its expected shape; the result has the promoted
+    dtype of ``x`` and ``values``. Differentiable in ``x`` (gradient: the output's) and in
+    ``values`` (the output's gradient gathered at ``indices``).
+
+    Shapes: ``x[*pre, n, *post]``, ``indices[*k]``, ``values[*pre, *k, *post]`` ->
+    ``[*pre, n, *post]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.index_add(gt.tensor([0.0, 0.0, 0.0]), 0, [0, 2, 0], gt.tensor([1.0, 2.0, 3.0])).numpy()
+        array([4., 0., 2.], dtype=float32)
+    """
+    x = one(x)
+    if x.ndim == 0:
+        raise ValueError("index_add: x must have at least one axis, got a 0-d tensor")
+    ax = _one_axis(axis, x.ndim, "index_add")
+    idx = _int_operand(indices, x, "index_add", "indices")
+    _index_range(idx, x.shape[ax], "index_add", "indices")
+    want = x.shape[:ax] + idx.shape + x.shape[ax + 1:]
+    v = as_tensor(values, x)
+    if v.shape != want:
+        try:
+            ok = np.broadcast_shapes(v.shape, want) == want
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"index_add: values must have shape {want} (x's shape {x.shape} with "
+                             f"the indices' shape {idx.shape} in place of axis {ax}), got "
+                             f"{v.shape}")
+        v = bind(REGISTRY["broadcast_to"], v, shape=want)
+    return x + bind(P_INDEX_PUT, v, idx, axis=ax, shape=x.shape)
+
+
+def segment_sum(data: Any, segment_ids: Any, num_segments: int) -> Tensor:
+    """Sum the entries of ``data`` that share a segment id, as TensorFlow's
+    ``unsorted_segment_sum``: ``out[s] = sum of data[i...] over every position i... where
+    segment_ids[i...] == s``. The ids need not be sorted; a segment without entries is 0; an
+    entry with a negative id is dropped; an id ``>= num_segments`` raises ``ValueError``. The
+    gradient of an entry is the output gradient of its segment (0 when dropped).
+
+    Shapes: ``data[*ids_shape, *rest]``, ``segment_ids[*ids_shape]`` (a prefix of ``data``'s
+    shape) -> ``[num_segments, *rest]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.segment_sum(gt.tensor([1.0, 2.0, 3.0, 4.0]), [0, 2, 0, -1], 3).numpy()
+        array([4., 0., 2.], dtype=float32)
+    """
+    data = one(data)
+    ids = _int_operand(segment_ids, data, "segment_sum", "segment_ids")
+    if isinstance(num_segments, (bool, np.bool_)) or not hasattr(num_segments, "__index__"):
+        raise TypeError(f"segment_sum: num_segments must be an int, got {num_segments!r}")
+    n = operator.index(num_segments)
+    if n < 0:
+        raise ValueError(f"segment_sum: num_segments must be >= 0, got {n}")
+    if data.shape[:ids.ndim] != ids.shape:
+        raise ValueError(f"segment_sum: the shape of segment_ids {ids.shape} must be a prefix of "
+                         f"data's shape {data.shape}")
+    rest = data.shape[ids.ndim:]
+    phys = physical_data(ids)
+    lo = int(phys.min()) if phys.size else 0
+    hi = int(phys.max()) if phys.size else -1
+    if hi >= n:
+        raise ValueError(f"segment_sum: segment_ids holds {hi}, not below num_segments={n}")
+    if lo >= 0:
+        return bind(P_INDEX_PUT, data, ids, axis=0, shape=(n, *rest))
+    # negative ids: summed into an extra segment n, cut off again (TF drops them)
+    ids = bind(P_WHERE, bind(P_LESS, ids, _int_const(0, ids)), _int_const(n, ids), ids)
+    return bind(P_INDEX_PUT, data, ids, axis=0, shape=(n + 1, *rest))[:n]

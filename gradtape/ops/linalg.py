@@ -1,4 +1,5 @@
-"""Linear algebra: matmul, dot, einsum, outer.
+"""Linear algebra: matmul, dot, einsum, outer; solve, inv, det, slogdet, cholesky (and the
+internal packed SVD behind the matrix norms).
 
 ``einsum`` is the general rule: its VJP for an operand is another einsum (the output gradient
 contracted with the other operands), so every order of derivative is einsum again. ``dot``
@@ -14,14 +15,16 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
-from .._src.primitive import bind, primitive
-from .._src.rules import OnTensors
+from .._src.primitive import REGISTRY, bind, primitive
+from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap
 from ._util import move_axis, one, pair
-from .elementwise import P_MUL, mul
-from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_TRANSPOSE, reshape
+from .elementwise import P_EQUAL, P_MUL, P_SAFE_MUL, P_WHERE, mul
+from .indexing import P_SCATTER, getitem
+from .shape import P_ASTYPE, P_BROADCAST_TO, P_CONCAT, P_RESHAPE, P_TRANSPOSE, reshape, stop_gradient
 
-__all__ = ["matmul", "dot", "einsum", "outer"]
+__all__ = ["matmul", "dot", "einsum", "outer", "solve", "inv", "det", "slogdet", "cholesky",
+           "diag", "trace", "triu", "tril"]
 
 
 def _cast(m: OnTensors, g: Tensor, dtype: Any) -> Tensor:
@@ -523,3 +526,640 @@ def outer(a: Any, b: Any) -> Tensor:
     """
     a, b = pair(a, b)
     return bind(P_OUTER, a, b)
+
+
+# --------------------------------------------------------------------------- matrix functions
+# solve, inv, det, slogdet, cholesky and the (internal) packed SVD act on the trailing two axes;
+# leading axes are a stack of matrices (native to np.linalg), so each batching rule moves the
+# batch axis to the front and binds the primitive once. A LAPACK failure (a singular matrix,
+# a matrix that is not positive definite, an SVD that does not converge) raises
+# np.linalg.LinAlgError (a ValueError) naming the op and the shape, from the forward (CuPy's
+# solvers return NaN instead of raising).
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _lapack(what: str, problem: str, fn: Any, a: Any, *rest: Any) -> Any:
+    """``fn(a, *rest)``, a LinAlgError re-raised with the op, the problem and the shape."""
+    try:
+        return fn(a, *rest)
+    except np.linalg.LinAlgError as exc:
+        stack = " (in a stack of matrices, at least one)" if a.ndim > 2 else ""
+        raise np.linalg.LinAlgError(f"{what}: {problem}{stack}: input of shape {tuple(a.shape)} "
+                                    f"({exc})") from None
+
+
+def _float_operand(t: Tensor, what: str, name: str) -> Tensor:
+    """``t`` as float32 or float64: integers and bools become float32 (the PyTorch/JAX rule of
+    the package), float16 too (LAPACK has no half precision)."""
+    dt = t.dtype
+    if dt in _FLOATS:
+        return t
+    if dt.kind in "biu" or dt == np.float16:
+        return bind(P_ASTYPE, t, dtype=np.dtype(np.float32))
+    raise TypeError(f"{what}: {name} must hold real numbers (float32 or float64; integers, bools "
+                    f"and float16 are computed in float32), got dtype {dt}")
+
+
+def _square(x: Any, what: str, name: str = "a") -> Tensor:
+    """``x`` as a float Tensor of shape [..., n, n], or a ValueError naming ``what``."""
+    t = _float_operand(one(x), what, name)
+    if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"{what}: {name} must be a square matrix or a stack of them, shape "
+                         f"[..., n, n]; got shape {t.shape}")
+    return t
+
+
+def _to_front(t: Tensor, d: int) -> Tensor:
+    return move_axis(t, d % t.ndim, 0)
+
+
+def _front_batch(name: str) -> Any:
+    """The batching rule of the one-operand matrix function ``name``: the batch axis in front."""
+    def rule(args: tuple, dims: tuple) -> tuple:
+        # a stack of matrices is native: the batch axis joins the leading axes, one call.
+        return bind(REGISTRY[name], _to_front(args[0], dims[0])), 0
+
+    return rule
+
+
+def _col(m: OnTensors, v: Tensor) -> Tensor:
+    """``v`` of shape [..., k] as [..., k, 1]."""
+    return m.apply(P_RESHAPE, v, shape=v.shape + (1,))
+
+
+def _row(m: OnTensors, v: Tensor) -> Tensor:
+    """``v`` of shape [..., k] as [..., 1, k]."""
+    return m.apply(P_RESHAPE, v, shape=v.shape[:-1] + (1,) + v.shape[-1:])
+
+
+def _scalar_to_matrix(m: OnTensors, v: Tensor) -> Tensor:
+    """``v`` of shape [...] as [..., 1, 1] (broadcasts against matrices)."""
+    return m.apply(P_RESHAPE, v, shape=v.shape + (1, 1))
+
+
+def _eye(m: OnTensors, n: int, like: Tensor) -> Tensor:
+    return m.const(m.xp_of(like).eye(n, dtype=like.dtype), like)
+
+
+def _mm(m: OnTensors, a: Tensor, b: Tensor) -> Tensor:
+    return m.apply(P_MATMUL, a, b)
+
+
+def _trace_of_product(m: OnTensors, inv_t: Tensor, t: Tensor) -> Tensor:
+    """``tr(A^-1 T)`` per matrix, from ``inv_t = A^-T`` (an elementwise product summed)."""
+    n = len(t.shape)
+    return (inv_t * t).sum(axis=(n - 2, n - 1))
+
+
+def _rand_matrix(rng: Any, *shape: int, spd: bool = False, flip: bool = False) -> np.ndarray:
+    """A well-conditioned matrix (stack): ``M + n I`` (``spd``: ``M M^T + n I``); ``flip``:
+    the first row negated (a negative determinant)."""
+    n = shape[-1]
+    a = rng.standard_normal(shape)
+    a = a @ np.swapaxes(a, -1, -2) + n * np.eye(n) if spd else a + n * np.eye(n)
+    if flip:
+        a[..., 0, :] *= -1
+    return a
+
+
+# --------------------------------------------------------------------------- solve
+def _solve_impl(xp: Any, a: Any, b: Any) -> Any:
+    # b is always a stack of matrices [..., n, k] here (solve() makes a vector a column);
+    # batch axes broadcast explicitly, so NumPy 1.x and 2.x read b alike
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if a.shape[:-2] != batch:
+        a = xp.broadcast_to(a, batch + a.shape[-2:])
+    if b.shape[:-2] != batch:
+        b = xp.broadcast_to(b, batch + b.shape[-2:])
+    return _lapack("solve", "the matrix a is singular", xp.linalg.solve, a, b)
+
+
+def _solve_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``x = a^-1 b``: ``gb = a^-T g``, ``ga = -gb x^T`` (the engine sums broadcast batch axes)."""
+    a, x = m.val(rec.inputs[0]), m.val(rec.output)
+    gb = m.apply(P_SOLVE, _swap_last(m, a), g)
+    ga = -_mm(m, gb, _swap_last(m, x)) if rec.needs[0] else None
+    return ga, (gb if rec.needs[1] else None)
+
+
+def _solve_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``dx = a^-1 (db - da x)``."""
+    da, db = tangents
+    rhs = db
+    if da is not None:
+        t = -_mm(m, da, out)
+        rhs = t if rhs is None else rhs + t
+    return m.apply(P_SOLVE, primals[0], rhs)
+
+
+def _solve_examples(rng: Any) -> list:
+    return [(solve, (_rand_matrix(rng, 3, 3), _rand(rng, 3)), {}),
+            (solve, (_rand_matrix(rng, 3, 3, flip=True), _rand(rng, 3, 2)), {}),
+            (solve, (_rand_matrix(rng, 2, 3, 3), _rand(rng, 2, 3, 2)), {}),
+            (solve, (_rand_matrix(rng, 3, 3), _rand(rng, 2, 3, 1)), {}),
+            (solve, (_rand_matrix(rng, 2, 3, 3), _rand(rng, 3)), {})]
+
+
+def _solve_batch(args: tuple, dims: tuple) -> tuple:
+    # solve: an unbatched matrix a: every example's right-hand sides become columns of one b
+    # (one factorization); otherwise the batch axes in front, ranks aligned, one stacked solve.
+    a, b = args
+    da, db = dims
+    if da is None and a.ndim == 2:
+        b = move_axis(b, db % b.ndim, b.ndim - 1)  # [..., n, k, B]
+        shape = b.shape
+        out = bind(P_SOLVE, a, reshape(b, shape[:-2] + (shape[-2] * shape[-1],)))
+        return reshape(out, out.shape[:-1] + shape[-2:]), out.ndim
+    ra, rb = a.ndim - (da is not None), b.ndim - (db is not None)  # per-example ranks
+    lead = max(ra, rb) - 2
+
+    def front(t: Tensor, d: int | None, r: int) -> Tensor:
+        if d is None:
+            return t
+        t = _to_front(t, d)
+        return t if r - 2 == lead else reshape(t, t.shape[:1] + (1,) * (lead - r + 2) + t.shape[1:])
+
+    return bind(P_SOLVE, front(a, da, ra), front(b, db, rb)), 0
+
+
+P_SOLVE = primitive("solve", _solve_impl, rule=_solve_rule, jvp=_solve_jvp, saves_output=True,
+                    examples=_solve_examples, batch=_solve_batch)
+
+
+def solve(a: Any, b: Any) -> Tensor:
+    """The solution ``x`` of ``a @ x = b``, as ``np.linalg.solve`` (NumPy 2 semantics): ``b`` is
+    one vector when it is 1-D, otherwise a stack of matrices whose columns are right-hand
+    sides; batch axes broadcast.
+
+    Shapes: ``solve(a[..., n, n], b[n]) -> [..., n]``; ``solve(a[..., n, n], b[..., n, k]) ->
+    [..., n, k]``. Gradients: ``gb = a^-T g``, ``ga = -gb x^T``.
+
+    Raises:
+        ValueError: ``a`` is not square, ``b`` does not match it, or batch axes do not
+            broadcast; ``np.linalg.LinAlgError`` (a ValueError) if ``a`` is singular.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.solve(gt.tensor([[2.0, 0.0], [0.0, 4.0]]), gt.tensor([2.0, 2.0])).numpy()
+        array([1. , 0.5], dtype=float32)
+    """
+    a, b = pair(a, b)
+    a = _square(a, "solve")
+    b = _float_operand(b, "solve", "b")
+    if a.dtype != b.dtype:
+        dt = np.promote_types(a.dtype, b.dtype)
+        a, b = (t if t.dtype == dt else bind(P_ASTYPE, t, dtype=dt) for t in (a, b))
+    n = a.shape[-1]
+    if b.ndim == 1:
+        if b.shape[0] != n:
+            raise ValueError(f"solve: b of shape {b.shape} does not match a of shape {a.shape} "
+                             f"(b needs {n} entries)")
+        out = bind(P_SOLVE, a, reshape(b, (n, 1)))
+        return reshape(out, out.shape[:-1])
+    if b.ndim == 0 or b.shape[-2] != n:
+        raise ValueError(f"solve: b must be a vector [{n}] or a stack of matrices [..., {n}, k] "
+                         f"for a of shape {a.shape}; got shape {b.shape}")
+    if not _batch_ok(a.shape[:-2], b.shape[:-2]):
+        raise ValueError(f"solve: batch dimensions do not broadcast: a has shape {a.shape}, b has "
+                         f"shape {b.shape}")
+    return bind(P_SOLVE, a, b)
+
+
+# --------------------------------------------------------------------------- inv
+def _inv_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``y = a^-1``: ``ga = -y^T g y^T``."""
+    yt = _swap_last(m, m.val(rec.output))
+    return (-_mm(m, _mm(m, yt, g), yt),)
+
+
+def _inv_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    return -_mm(m, _mm(m, out, tangents[0]), out)
+
+
+def _inv_examples(rng: Any) -> list:
+    return [(inv, (_rand_matrix(rng, 3, 3),), {}),
+            (inv, (_rand_matrix(rng, 2, 3, 3, flip=True),), {}),
+            (inv, (_rand_matrix(rng, 1, 1),), {})]
+
+
+P_INV = primitive("inv", lambda xp, a: _lapack("inv", "the matrix is singular", xp.linalg.inv, a),
+                  rule=_inv_rule, jvp=_inv_jvp, saves_inputs=False, saves_output=True,
+                  examples=_inv_examples, batch=_front_batch("inv"))
+
+
+def inv(a: Any) -> Tensor:
+    """The inverse of a square matrix (or of each matrix of a stack), as ``np.linalg.inv``.
+
+    Shapes: ``[..., n, n] -> [..., n, n]``. Gradient: ``-a^-T g a^-T``.
+
+    Raises:
+        ValueError: ``a`` is not square; ``np.linalg.LinAlgError`` (a ValueError) if it is
+            singular.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.inv(gt.tensor([[2.0, 0.0], [0.0, 4.0]])).numpy()
+        array([[0.5 , 0.  ],
+               [0.  , 0.25]], dtype=float32)
+    """
+    return bind(P_INV, _square(a, "inv"))
+
+
+# --------------------------------------------------------------------------- det
+def _det_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``d = det(a)``: ``ga = g d a^-T`` (needs ``a`` invertible)."""
+    a, d = m.val(rec.inputs[0]), m.val(rec.output)
+    return (_scalar_to_matrix(m, g * d) * _swap_last(m, m.apply(P_INV, a)),)
+
+
+def _det_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``dd = d tr(a^-1 da)``."""
+    return out * _trace_of_product(m, _swap_last(m, m.apply(P_INV, primals[0])), tangents[0])
+
+
+def _det_examples(rng: Any) -> list:
+    return [(det, (_rand_matrix(rng, 3, 3),), {}),
+            (det, (_rand_matrix(rng, 3, 3, flip=True),), {}),
+            (det, (_rand_matrix(rng, 2, 3, 3),), {}),
+            (det, (_rand_matrix(rng, 1, 1),), {})]
+
+
+P_DET = primitive("det", lambda xp, a: xp.linalg.det(a), rule=_det_rule, jvp=_det_jvp,
+                  saves_output=True, examples=_det_examples, batch=_front_batch("det"))
+
+
+def det(a: Any) -> Tensor:
+    """The determinant of a square matrix (or of each matrix of a stack), as
+    ``np.linalg.det``.
+
+    Shapes: ``[..., n, n] -> [...]``. Gradient: ``g det(a) a^-T``; it needs ``a`` invertible
+    (at an exactly singular matrix the backward raises ``np.linalg.LinAlgError``). For large
+    or badly scaled matrices prefer :func:`slogdet`.
+
+    Example:
+        >>> import gradtape as gt
+        >>> float(gt.det(gt.tensor([[2.0, 1.0], [1.0, 3.0]])))
+        5.0
+    """
+    return bind(P_DET, _square(a, "det"))
+
+
+# --------------------------------------------------------------------------- slogdet
+# One primitive with one output: sign and log|det| packed along a last axis of size 2 (one
+# LAPACK call; a primitive has one output). The sign is piecewise constant: its part of the
+# output gradient is ignored, and slogdet() returns it through stop_gradient.
+def _slogdet_impl(xp: Any, a: Any) -> Any:
+    sign, logabs = xp.linalg.slogdet(a)
+    return xp.stack([sign, logabs], axis=-1)
+
+
+def _slogdet_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``log|det a|``: ``ga = g a^-T``."""
+    a = m.val(rec.inputs[0])
+    return (_scalar_to_matrix(m, g[..., 1]) * _swap_last(m, m.apply(P_INV, a)),)
+
+
+def _slogdet_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``(0, tr(a^-1 da))``, packed as the output."""
+    t = _trace_of_product(m, _swap_last(m, m.apply(P_INV, primals[0])), tangents[0])
+    unit = m.const(m.xp_of(out).asarray([0.0, 1.0], dtype=out.dtype), out)
+    return m.apply(P_RESHAPE, t, shape=t.shape + (1,)) * unit
+
+
+def _slogdet_examples(rng: Any) -> list:
+    return [(slogdet, (_rand_matrix(rng, 3, 3),), {}),
+            (slogdet, (_rand_matrix(rng, 3, 3, flip=True),), {}),
+            (slogdet, (_rand_matrix(rng, 2, 3, 3),), {})]
+
+
+P_SLOGDET = primitive("slogdet", _slogdet_impl, rule=_slogdet_rule, jvp=_slogdet_jvp,
+                      examples=_slogdet_examples, batch=_front_batch("slogdet"))
+
+
+def slogdet(a: Any) -> tuple[Tensor, Tensor]:
+    """Sign and natural log of the absolute determinant, as ``np.linalg.slogdet``:
+    ``det(a) = sign * exp(logabsdet)``, without overflow or underflow for large matrices.
+
+    Shapes: ``[..., n, n] -> ([...], [...])``. ``sign`` (1, -1, or 0 for a singular matrix)
+    carries no gradient (it is piecewise constant; ``stop_gradient``); the gradient of
+    ``logabsdet`` is ``g a^-T`` and needs ``a`` invertible.
+
+    Example:
+        >>> import gradtape as gt
+        >>> sign, logabsdet = gt.slogdet(gt.tensor([[-2.0, 0.0], [0.0, 3.0]]))
+        >>> float(sign), round(float(logabsdet), 4)
+        (-1.0, 1.7918)
+    """
+    packed = bind(P_SLOGDET, _square(a, "slogdet"))
+    return stop_gradient(packed[..., 0]), packed[..., 1]
+
+
+# --------------------------------------------------------------------------- cholesky
+def _cholesky_impl(xp: Any, a: Any) -> Any:
+    # the symmetric part (as JAX): the result and its derivative depend on (a + a^T) / 2 only
+    sym = (a + xp.swapaxes(a, -1, -2)) * a.dtype.type(0.5)
+    return _lapack("cholesky", "the matrix is not positive definite", xp.linalg.cholesky, sym)
+
+
+def _phi(m: OnTensors, t: Tensor) -> Tensor:
+    """The lower triangle of ``t`` with the diagonal halved."""
+    n = t.shape[-1]
+    xp = m.xp_of(t)
+    mask = xp.tril(xp.ones((n, n), dtype=t.dtype)) - xp.eye(n, dtype=t.dtype) * 0.5
+    return t * m.const(mask, t)
+
+
+def _cholesky_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``a = L L^T`` (Murray 2016): ``P = Phi(L^T g)``, ``ga = L^-T sym(P) L^-1`` with
+    ``sym(P) = (P + P^T) / 2``, by two solves with ``L^T``."""
+    lower = m.val(rec.output)
+    lt = _swap_last(m, lower)
+    p = _phi(m, _mm(m, lt, g))
+    w = (p + _swap_last(m, p)) * 0.5
+    y = m.apply(P_SOLVE, lt, w)  # L^-T W
+    return (m.apply(P_SOLVE, lt, _swap_last(m, y)),)  # L^-T W L^-1 (symmetric)
+
+
+def _cholesky_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``dL = L Phi(L^-1 sym(da) L^-T)``."""
+    da = tangents[0]
+    sym = (da + _swap_last(m, da)) * 0.5
+    x = m.apply(P_SOLVE, out, _swap_last(m, m.apply(P_SOLVE, out, sym)))
+    return _mm(m, out, _phi(m, x))
+
+
+def _cholesky_examples(rng: Any) -> list:
+    return [(cholesky, (_rand_matrix(rng, 3, 3, spd=True),), {}),
+            (cholesky, (_rand_matrix(rng, 2, 3, 3, spd=True),), {}),
+            (cholesky, (_rand_matrix(rng, 1, 1, spd=True),), {})]
+
+
+P_CHOLESKY = primitive("cholesky", _cholesky_impl, rule=_cholesky_rule, jvp=_cholesky_jvp,
+                       saves_inputs=False, saves_output=True, examples=_cholesky_examples,
+                       batch=_front_batch("cholesky"))
+
+
+def cholesky(a: Any) -> Tensor:
+    """The lower Cholesky factor ``L`` of a symmetric positive definite matrix (or of each of a
+    stack): ``a = L @ L^T``, as ``np.linalg.cholesky``.
+
+    ``a`` is read through its symmetric part ``(a + a^T) / 2`` (for a symmetric ``a`` the same
+    factor), so the gradient is symmetric and agrees with finite differences in any direction:
+    ``ga = L^-T sym(Phi(L^T g)) L^-1``, ``Phi`` the lower triangle with a halved diagonal.
+
+    Shapes: ``[..., n, n] -> [..., n, n]``.
+
+    Raises:
+        ValueError: ``a`` is not square; ``np.linalg.LinAlgError`` (a ValueError) if it is not
+            positive definite.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.cholesky(gt.tensor([[4.0, 2.0], [2.0, 5.0]])).numpy()
+        array([[2., 0.],
+               [1., 2.]], dtype=float32)
+    """
+    return bind(P_CHOLESKY, _square(a, "cholesky"))
+
+
+# --------------------------------------------------------------------------- svd (internal)
+# The thin SVD a = U diag(s) V^T of a [..., m, n] matrix, k = min(m, n), packed into one output
+# [..., m + 1 + n, k]: rows :m are U, row m is s (descending), rows m+1: are V (a primitive has
+# one output). The matrix norms 'nuc', 2 and -2 reduce s. Its VJP and JVP are the standard
+# ones (Townsend 2016; JAX's svd_jvp_rule): they hold where the singular values are distinct and
+# nonzero. F[i, j] = 1 / (s_j^2 - s_i^2) is infinite for a repeated value; it multiplies with
+# "0 times anything is 0" (safe_mul), so a cotangent that does not move U or V (a function of
+# s alone, such as a norm) still gets its well-defined gradient, U diag(gs) V^T.
+def _svd_impl(xp: Any, a: Any) -> Any:
+    u, s, vh = _lapack("svd", "the SVD did not converge", xp.linalg.svd, a, False)
+    return xp.concatenate([u, s[..., None, :], xp.swapaxes(vh, -1, -2)], axis=-2)
+
+
+def _svd_parts(p: Tensor, rows: int) -> tuple:
+    """``(U, s, V)`` from a packed SVD (or its cotangent/tangent) of a matrix with ``rows`` rows."""
+    return p[..., :rows, :], p[..., rows, :], p[..., rows + 1:, :]
+
+
+def _svd_f(m: OnTensors, s: Tensor, eye: Tensor) -> Tensor:
+    """``F[i, j] = 1 / (s_j^2 - s_i^2)``, 0 on the diagonal."""
+    sq = s * s
+    return 1.0 / (_row(m, sq) - _col(m, sq) + eye) - eye
+
+
+def _svd_inv(m: OnTensors, s: Tensor) -> Tensor:
+    """``1 / s``, 0 where ``s`` is 0."""
+    zero = m.apply(P_EQUAL, s, m.scalar(0, s))
+    return m.apply(P_WHERE, zero, m.scalar(0, s), 1.0 / m.apply(P_WHERE, zero, m.scalar(1, s), s))
+
+
+def _svd_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``ga = U (diag(gs) + (J + J^T) S + S (K + K^T)) V^T`` with ``J = F * (U^T gU)``,
+    ``K = F * (V^T gV)``, plus for a tall matrix ``(I - U U^T) gU S^-1 V^T`` and for a wide one
+    ``U S^-1 gV^T (I - V V^T)``."""
+    rows, cols = rec.in_shapes[0][-2:]
+    k = min(rows, cols)
+    u, s, v = _svd_parts(m.val(rec.output), rows)
+    gu, gs, gv = _svd_parts(g, rows)
+    ut, vt = _swap_last(m, u), _swap_last(m, v)
+    eye = _eye(m, k, s)
+    f = _svd_f(m, s, eye)
+    j = m.apply(P_SAFE_MUL, _mm(m, ut, gu), f)
+    kk = m.apply(P_SAFE_MUL, _mm(m, vt, gv), f)
+    core = (_row(m, gs) * eye + (j + _swap_last(m, j)) * _row(m, s)
+            + _col(m, s) * (kk + _swap_last(m, kk)))
+    ga = _mm(m, _mm(m, u, core), vt)
+    if rows > k:
+        rest = gu - _mm(m, u, _mm(m, ut, gu))
+        ga = ga + _mm(m, rest * _row(m, _svd_inv(m, s)), vt)
+    if cols > k:
+        rest = gv - _mm(m, v, _mm(m, vt, gv))
+        ga = ga + _mm(m, u * _row(m, _svd_inv(m, s)), _swap_last(m, rest))
+    return (ga,)
+
+
+def _svd_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``dS = U^T da V``: ``ds = diag(dS)``, ``dU = U (F * (dS S + S dS^T))`` (+ for a tall
+    matrix ``(I - U U^T) da V S^-1``), ``dV = V (F * (S dS + dS^T S))`` (+ for a wide one
+    ``(I - V V^T) da^T U S^-1``)."""
+    da = tangents[0]
+    rows, cols = primals[0].shape[-2:]
+    k = min(rows, cols)
+    u, s, v = _svd_parts(out, rows)
+    ut, vt = _swap_last(m, u), _swap_last(m, v)
+    eye = _eye(m, k, s)
+    f = _svd_f(m, s, eye)
+    ds_mat = _mm(m, _mm(m, ut, da), v)
+    srow, scol = _row(m, s), _col(m, s)
+    ds = (ds_mat * eye).sum(axis=len(ds_mat.shape) - 1)
+    du = _mm(m, u, m.apply(P_SAFE_MUL, ds_mat * srow + scol * _swap_last(m, ds_mat), f))
+    dv = _mm(m, v, m.apply(P_SAFE_MUL, scol * ds_mat + _swap_last(m, ds_mat) * srow, f))
+    if rows > k:
+        dav = _mm(m, da, v)
+        du = du + (dav - _mm(m, u, _mm(m, ut, dav))) * _row(m, _svd_inv(m, s))
+    if cols > k:
+        dau = _mm(m, _swap_last(m, da), u)
+        dv = dv + (dau - _mm(m, v, _mm(m, vt, dau))) * _row(m, _svd_inv(m, s))
+    axis = len(du.shape) - 2
+    return m.apply(P_CONCAT, du, _row(m, ds), dv, axis=axis)
+
+
+def orthogonal(rng: Any, n: int) -> np.ndarray:
+    """A random orthogonal ``n x n`` matrix (for examples)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def with_singular_values(rng: Any, rows: int, cols: int, s: tuple) -> np.ndarray:
+    """A ``rows x cols`` matrix with the given singular values (for examples: distinct ones)."""
+    k = min(rows, cols)
+    return (orthogonal(rng, rows)[:, :k] * np.asarray(s[:k])) @ orthogonal(rng, cols)[:, :k].T
+
+
+def _svd_invariants(a: Any) -> list[Tensor]:
+    """Functions of the packed SVD that do not depend on the signs LAPACK picks for the
+    singular vectors: ``U diag(s) V^T`` (``a`` again), ``U U^T``, ``V V^T`` and ``s``."""
+    a = one(a)
+    p = bind(P_SVD, a)
+    u, s, v = _svd_parts(p, a.shape[-2])
+    return [matmul(u * _row(ON_TENSORS, s), _swap_last(ON_TENSORS, v)),
+            matmul(u, _swap_last(ON_TENSORS, u)), matmul(v, _swap_last(ON_TENSORS, v)), s]
+
+
+def _svd_examples(rng: Any) -> list:
+    sv = (3.0, 2.0, 1.0)
+    return [(_svd_invariants, (with_singular_values(rng, 3, 3, sv),), {}),
+            (_svd_invariants, (with_singular_values(rng, 3, 2, sv),), {}),
+            (_svd_invariants, (with_singular_values(rng, 2, 3, sv),), {}),
+            (_svd_invariants, (np.stack([with_singular_values(rng, 3, 2, sv),
+                                         with_singular_values(rng, 3, 2, (1.5, 0.5))]),), {})]
+
+
+P_SVD = primitive("svd", _svd_impl, rule=_svd_rule, jvp=_svd_jvp, saves_inputs=False,
+                  saves_output=True, examples=_svd_examples, batch=_front_batch("svd"))
+
+
+def singular_values(a: Tensor) -> Tensor:
+    """The singular values of ``a`` [..., m, n] (a float Tensor, m, n >= 1), descending, shape
+    [..., min(m, n)]; differentiable through the packed SVD (used by ``norm``)."""
+    return bind(P_SVD, a)[..., a.shape[-2], :]
+
+
+# --------------------------------------------------------------------------- diagonals and triangles
+# Compositions of existing primitives: diag and trace index the diagonal (getitem, whose VJP
+# scatters back; building a diagonal matrix is that scatter), triu and tril select with a
+# constant mask (where). So they batch, differentiate to any order and have forward mode.
+def _int_param(value: Any, what: str, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what}: {name} must be an int, got {value!r}")
+    return int(value)
+
+
+def _diagonal_index(xp: Any, rows: int, cols: int, k: int) -> tuple[Any, Any]:
+    """Row and column indices of the ``k``-th diagonal of a ``rows x cols`` matrix."""
+    n = max(0, min(rows + min(k, 0), cols - max(k, 0)))
+    return xp.arange(n) + max(-k, 0), xp.arange(n) + max(k, 0)
+
+
+def diag(x: Any, k: int = 0) -> Tensor:
+    """The ``k``-th diagonal, as ``np.diag``: a 1-D ``x`` becomes the ``k``-th diagonal of an
+    otherwise zero square matrix; a 2-D ``x`` gives its ``k``-th diagonal (``k > 0`` above the
+    main one, ``k < 0`` below). Differentiable both ways (the gradient reads, or scatters into,
+    the diagonal).
+
+    Shapes: ``[n]`` -> ``[n + |k|, n + |k|]``; ``[r, c]`` -> ``[max(0, min(r + min(k, 0),
+    c - max(k, 0)))]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.diag(gt.tensor([1.0, 2.0])).numpy()
+        array([[1., 0.],
+               [0., 2.]], dtype=float32)
+        >>> gt.diag(gt.tensor([[1.0, 2.0], [3.0, 4.0]]), k=1).numpy()
+        array([2.], dtype=float32)
+    """
+    x = one(x)
+    k = _int_param(k, "diag", "k")
+    xp = x._backend.xp
+    if x.ndim == 1:
+        size = x.shape[0] + abs(k)
+        index = _diagonal_index(xp, size, size, k)
+        return bind(P_SCATTER, x, index=index, shape=(size, size), advanced=True)
+    if x.ndim == 2:
+        return getitem(x, _diagonal_index(xp, x.shape[0], x.shape[1], k))
+    raise ValueError(f"diag: x must be 1-D (a diagonal to place) or 2-D (a matrix to read), got "
+                     f"shape {x.shape}")
+
+
+def trace(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
+    """Sum along a diagonal, as ``np.trace``: of the matrices in axes ``axis1`` and ``axis2``,
+    along the ``offset``-th diagonal (an empty diagonal sums to 0). The gradient is the output
+    gradient on that diagonal, 0 elsewhere.
+
+    Shapes: ``x`` (at least 2-D) -> ``x.shape`` without ``axis1`` and ``axis2`` (0-d for a
+    matrix).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.trace(gt.tensor([[1.0, 2.0], [3.0, 4.0]])).numpy()
+        array(5., dtype=float32)
+    """
+    x = one(x)
+    offset = _int_param(offset, "trace", "offset")
+    if x.ndim < 2:
+        raise ValueError(f"trace: x must have at least 2 axes, got shape {x.shape}")
+    a1 = _int_param(axis1, "trace", "axis1")
+    a2 = _int_param(axis2, "trace", "axis2")
+    for name, a in (("axis1", a1), ("axis2", a2)):
+        if not -x.ndim <= a < x.ndim:
+            raise ValueError(f"trace: {name} {a} is out of range for a tensor of rank {x.ndim}")
+    a1, a2 = a1 % x.ndim, a2 % x.ndim
+    if a1 == a2:
+        raise ValueError(f"trace: axis1 and axis2 must differ, both are {a1}")
+    order = tuple(i for i in range(x.ndim) if i not in (a1, a2)) + (a1, a2)
+    x = x.transpose(order)
+    rows, cols = _diagonal_index(x._backend.xp, x.shape[-2], x.shape[-1], offset)
+    return getitem(x, (Ellipsis, rows, cols)).sum(axis=-1)
+
+
+def _triangle(x: Any, k: Any, upper: bool, what: str) -> Tensor:
+    x = one(x)
+    k = _int_param(k, what, "k")
+    if x.ndim == 0:
+        raise ValueError(f"{what}: x must have at least one axis, got a 0-d tensor")
+    xp = x._backend.xp
+    # NumPy's masks, on the last two axes (a 1-D x is a row broadcast to a square matrix)
+    lower = xp.tri(*x.shape[-2:], k=k - 1 if upper else k, dtype=bool)
+    keep = _wrap(~lower if upper else lower, x._backend)
+    return bind(P_WHERE, keep, x, _wrap(xp.zeros((), dtype=x.dtype), x._backend))
+
+
+def triu(x: Any, k: int = 0) -> Tensor:
+    """The upper triangle: the elements on and above the ``k``-th diagonal of the last two
+    axes (``k > 0``: above the main one), zeros below, as ``np.triu``. The gradient passes
+    where the values do.
+
+    Shapes: ``x[..., r, c]`` -> ``[..., r, c]``; a 1-D ``x[n]`` gives ``[n, n]`` (NumPy).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.triu(gt.tensor([[1.0, 2.0], [3.0, 4.0]])).numpy()
+        array([[1., 2.],
+               [0., 4.]], dtype=float32)
+    """
+    return _triangle(x, k, True, "triu")
+
+
+def tril(x: Any, k: int = 0) -> Tensor:
+    """The lower triangle: the elements on and below the ``k``-th diagonal of the last two
+    axes (``k < 0``: below the main one), zeros above, as ``np.tril``. The gradient passes
+    where the values do.
+
+    Shapes: ``x[..., r, c]`` -> ``[..., r, c]``; a 1-D ``x[n]`` gives ``[n, n]`` (NumPy).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.tril(gt.tensor([[1.0, 2.0], [3.0, 4.0]]), k=-1).numpy()
+        array([[0., 0.],
+               [3., 0.]], dtype=float32)
+    """
+    return _triangle(x, k, False, "tril")

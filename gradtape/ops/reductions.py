@@ -19,8 +19,9 @@ from .._src.primitive import REGISTRY, Domain, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
 from ._util import logical_axes, move_axis, normalize_axis, one, phys_axis
-from .elementwise import P_ABS, P_EQUAL, P_EXP, P_LESS, P_SAFE_MUL, P_WHERE
-from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_STOP_GRADIENT
+from .elementwise import P_ABS, P_EQUAL, P_EXP, P_LESS, P_SAFE_MUL, P_SIGN, P_WHERE
+from .linalg import singular_values, with_singular_values
+from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_STOP_GRADIENT, moveaxis
 
 __all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
            "argmin"]
@@ -88,7 +89,20 @@ def _rec_count(rec: Record) -> int:
 
 
 def _float_input(xp: Any, x: Any) -> Any:
-    return x if x.dtype.kind in "fc" else x.astype(np.float64)
+    # integer and bool inputs compute in float32 (PyTorch's and JAX's rule), never float64
+    return x if x.dtype.kind in "fc" else x.astype(np.float32)
+
+
+# Integer and bool inputs of mean, var and std give float32 (PyTorch's and JAX's rule, not
+# NumPy's float64), accumulated in float64 so a long sum of large integers keeps its digits:
+# each impl re-enters itself on the float64 copy and casts the result (float inputs never take
+# that branch).
+def _no_dof(xp: Any, x: Any, axis: tuple | None, keepdims: bool) -> Any:
+    """What mean, var and std give with no degree of freedom left (an empty reduction, or
+    ``ddof`` >= the count): NaN, without NumPy's "empty slice" / "degrees of freedom"
+    RuntimeWarning (the forward is silent; ``gt.config.check_numerics`` finds such a NaN)."""
+    out = xp.full(_kept_shape(x.shape, axis), np.nan, dtype=x.dtype)
+    return _squeeze_axes(xp, out, axis, keepdims)
 
 
 def _rand(rng: Any, *shape: int) -> np.ndarray:
@@ -171,14 +185,23 @@ def _mean_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: A
     return m.apply(P_MEAN, tangents[0], **p)
 
 
-P_MEAN = primitive("mean", lambda xp, x, *, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
+def _mean_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
+    if x.dtype.kind not in "fc":  # integers and bools: float32 (see _no_dof)
+        return _mean_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims).astype(np.float32)
+    if not x.size and not _count(x.shape, axis):
+        return _no_dof(xp, x, axis, keepdims)
+    return xp.mean(x, axis=axis, keepdims=keepdims)
+
+
+P_MEAN = primitive("mean", _mean_impl,
                    rule=_mean_rule, jvp=_mean_jvp, saves_inputs=False,
                    examples=_axis_examples("mean", _rand), batch=_reduction_batch("mean"))
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Arithmetic mean over ``axis`` (NumPy semantics: integer inputs give float64; an empty
-    reduction gives NaN with NumPy's warning).
+    """Arithmetic mean over ``axis``. Integer and bool inputs give float32 (PyTorch's and
+    JAX's rule, not NumPy's float64; a float64 input stays float64); an empty reduction gives
+    NaN without a warning.
 
     Shapes: as :func:`sum`.
 
@@ -442,10 +465,18 @@ def _var_examples(name: str) -> Any:
 
 
 def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
+    if x.dtype.kind not in "fc":  # integers and bools: float32 (see _no_dof)
+        return _var_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
+    if _count(x.shape, axis) <= ddof:
+        return _no_dof(xp, x, axis, keepdims)
     return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
 def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
+    if x.dtype.kind not in "fc":
+        return _std_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
+    if _count(x.shape, axis) <= ddof:
+        return _no_dof(xp, x, axis, keepdims)
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
@@ -458,7 +489,8 @@ P_STD = primitive("std", _std_impl, rule=_std_rule, jvp=_std_jvp, saves_output=T
 def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     """Variance over ``axis``: ``sum((x - mean)**2) / (n - ddof)`` (``ddof=0``: population).
 
-    Shapes: as :func:`sum`.
+    Shapes: as :func:`sum`. Integer and bool inputs give float32; with no degree of freedom
+    left (``n <= ddof``) the result is NaN, without a warning.
 
     Example:
         >>> import gradtape as gt
@@ -473,7 +505,7 @@ def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tens
     """Standard deviation ``sqrt(var(x, axis, ddof=ddof))``. Its gradient is 0 (not NaN)
     where the standard deviation is 0.
 
-    Shapes: as :func:`sum`.
+    Shapes: as :func:`sum`. Integer and bool inputs give float32; NaN when ``n <= ddof``.
 
     Example:
         >>> import gradtape as gt
@@ -515,6 +547,15 @@ def _norm_examples(rng: Any) -> list:
         (norm, (rng.standard_normal((3, 4)),), {"axis": -1}),
         (norm, (rng.standard_normal((2, 3, 4)),), {"axis": (0, 2), "keepdims": True}),
         (norm, (rng.standard_normal(()),), {}),
+        # the public norm's other matrix routes: the SVD (singular values well apart), and
+        # sums and extremes of |x| (entries and column/row sums away from ties and 0)
+        (norm, (with_singular_values(rng, 3, 3, (3.0, 2.0, 1.0)),), {"ord": "nuc"}),
+        (norm, (with_singular_values(rng, 2, 3, (3.0, 2.0)),), {"ord": 2}),
+        (norm, (np.stack([with_singular_values(rng, 3, 2, (2.0, 1.0)),
+                          with_singular_values(rng, 3, 2, (1.5, 0.5))], axis=1),),
+         {"ord": -2, "axis": (2, 0), "keepdims": True}),
+        (norm, (np.array([[1.0, -2.5, 0.5], [-0.75, 0.25, 3.0]]),), {"ord": 1}),
+        (norm, (np.array([[1.0, -2.5, 0.5], [-0.75, 0.25, 3.0]]),), {"ord": -np.inf, "axis": (1, 0)}),
     ]
 
 
@@ -523,28 +564,154 @@ P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, jvp=_norm_jvp,
                    batch=_reduction_batch("norm"))
 
 
-def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A002
-    """The 2-norm ``sqrt(sum(x**2))`` over ``axis``: the Frobenius norm over all elements by
-    default (``np.linalg.norm`` with ``ord=None``). The gradient is ``x / norm``, and 0 where
-    the norm is 0 (not NaN).
+# --------------------------------------------------------------------------- pnorm
+def _pnorm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ord: float) -> Any:  # noqa: A002
+    x = _float_input(xp, x)
+    return xp.sum(xp.abs(x) ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
 
-    Only ``ord=None``, ``"fro"`` and (over one axis or a 1-D input) ``2`` are supported.
-    Shapes: as :func:`sum`. Integer inputs give float64.
+
+def _pnorm_partials(m: OnTensors, x: Tensor, y: Tensor, p: float) -> Tensor:
+    """``d/dx (sum |x|^p)^(1/p) = sign(x) (|x| / norm)^(p - 1)`` (``y``: the norm in the
+    keepdims shape); 0 where ``x`` is 0 (for ``p < 1`` the derivative is infinite there), so 0
+    where the norm is 0."""
+    y1 = m.apply(P_WHERE, _zero_mask(m, y), m.scalar(1, y), y)
+    d = m.apply(P_SIGN, x) * (m.apply(P_ABS, x) / y1) ** (p - 1)
+    return m.apply(P_WHERE, _zero_mask(m, x), m.scalar(0, d), d)
+
+
+def _pnorm_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    y = _rec_kept(m, rec, m.val(rec.output))
+    d = _pnorm_partials(m, m.val(rec.inputs[0]), y, rec.params["ord"])
+    return (_rec_kept(m, rec, g) * d,)
+
+
+def _pnorm_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
+               keepdims: bool, ord: float) -> Tensor:  # noqa: A002
+    x = primals[0]
+    d = _pnorm_partials(m, x, _kept(m, out, x.shape, axis, keepdims), ord)
+    return m.apply(P_SUM, tangents[0] * d, axis=axis, keepdims=keepdims)
+
+
+def _pnorm_examples(rng: Any) -> list:
+    def away(*shape: int) -> np.ndarray:  # entries away from 0, where |x|^p is not smooth
+        return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.3, 2.0, shape)
+
+    return [
+        (norm, (away(4),), {"ord": 3}),
+        (norm, (away(3, 4),), {"ord": 1.5, "axis": -1}),
+        (norm, (away(2, 3, 4),), {"ord": 0.5, "axis": 1, "keepdims": True}),
+        (norm, (away(5),), {"ord": 4.0}),
+    ]
+
+
+# the vector p-norm (sum |x|^p)^(1/p) for a finite p > 0 other than 1 and 2 (those are sum(abs)
+# and the 2-norm primitive)
+P_PNORM = primitive("pnorm", _pnorm_impl, rule=_pnorm_rule, jvp=_pnorm_jvp, saves_output=True,
+                    examples=_pnorm_examples, batch=_reduction_batch("pnorm"))
+
+
+_VECTOR_ORDS = "None, 2, 1, inf, -inf or a finite p > 0"
+_MATRIX_ORDS = "None, 'fro', 'nuc', 2, -2, 1, -1, inf or -inf"
+
+
+def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A002
+    """Vector and matrix norms, as ``np.linalg.norm``.
+
+    ``ord=None`` is the 2-norm ``sqrt(sum(x**2))`` over ``axis`` (all elements by default, any
+    rank: the Frobenius norm of a matrix); its gradient is ``x / norm``, 0 where the norm is 0.
+    Otherwise ``axis`` (or a 1-D / 2-D input) selects:
+
+    - a vector norm over one axis: ``2``, ``1`` (``sum |x|``), ``inf`` / ``-inf`` (largest /
+      smallest ``|x|``; tied elements share the gradient), or a finite ``p > 0``
+      (``(sum |x|^p)^(1/p)``; gradient ``sign(x) (|x| / norm)^(p-1)``, 0 at ``x = 0``);
+    - a matrix norm over two axes ``(rows, cols)``: ``'fro'``, ``'nuc'`` (sum of the singular
+      values; gradient ``U V^T``), ``2`` / ``-2`` (largest / smallest singular value; gradient
+      ``u_1 v_1^T``), ``1`` / ``-1`` (largest / smallest column sum of ``|x|``), ``inf`` /
+      ``-inf`` (row sums). The SVD-based gradients are unique only where the singular values
+      involved are distinct (tied extreme values share the gradient evenly, one valid choice
+      among many), and their second derivatives need distinct singular values.
+
+    Shapes: ``x`` without the reduced axes (kept as 1 with ``keepdims``). Integer and bool
+    inputs give float32.
+
+    Raises:
+        NotImplementedError: an ``ord`` with no gradient or not supported (vector ``0`` or
+            ``p < 0``).
+        ValueError: an ``ord`` that does not fit the number of axes, or a non-None ``ord``
+            with ``axis=None`` on an input that is not 1-D or 2-D (as NumPy).
 
     Example:
         >>> import gradtape as gt
         >>> gt.norm(gt.tensor([[3.0, 4.0], [0.0, 0.0]]), axis=1).numpy()
         array([5., 0.], dtype=float32)
+        >>> float(gt.norm(gt.tensor([3.0, -4.0]), ord=1))
+        7.0
+        >>> float(gt.norm(gt.tensor([[2.0, 0.0], [0.0, 1.0]]), ord="nuc"))
+        3.0
     """
     x = one(x)
+    keepdims = bool(keepdims)
     axes = _axes(x, axis, "norm")
     n_axes = x.ndim if axes is None else len(axes)
-    if not (ord is None or (isinstance(ord, str) and ord == "fro" and n_axes in (1, 2))
-            or (not isinstance(ord, str) and ord == 2 and n_axes == 1)):
-        raise NotImplementedError(f"norm: ord={ord!r} over {n_axes} axes is not supported; "
-                                  "gradtape's norm is the 2-norm (ord=None, 'fro', or 2 over one "
-                                  "axis)")
-    return bind(P_NORM, x, axis=axes, keepdims=bool(keepdims))
+    is_str = isinstance(ord, str)
+    if ord is None or (is_str and ord == "fro" and n_axes in (1, 2)) or (
+            not is_str and n_axes == 1 and _is_number(ord) and ord == 2):
+        return bind(P_NORM, x, axis=axes, keepdims=keepdims)
+    if axis is None and x.ndim not in (1, 2):
+        raise ValueError(f"norm: ord={ord!r} needs a 1-D or 2-D input or an explicit axis (as "
+                         f"np.linalg.norm); got shape {x.shape}")
+    if not is_str and not _is_number(ord):
+        raise TypeError(f"norm: ord must be None, a number or a string, got {ord!r}")
+    if x.dtype.kind not in "f":
+        x = bind(P_ASTYPE, x, dtype=np.dtype(np.float32))
+    if n_axes == 1:
+        return _vector_norm(x, ord, 0 if axes is None else axes[0], keepdims)
+    if n_axes == 2:
+        rows, cols = (0, 1) if axis is None else (int(a) % x.ndim for a in axis)
+        return _matrix_norm(x, ord, rows, cols, keepdims)
+    raise ValueError(f"norm: ord={ord!r} needs one axis (a vector norm) or two (a matrix norm); "
+                     f"got axis={axis!r} for a tensor of shape {x.shape}")
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+
+
+def _vector_norm(x: Tensor, ord: Any, ax: int, keepdims: bool) -> Tensor:  # noqa: A002
+    if isinstance(ord, str):
+        raise ValueError(f"norm: ord={ord!r} is a matrix norm; over one axis ord is "
+                         f"{_VECTOR_ORDS}")
+    p = float(ord)
+    if p == math.inf:
+        return max(bind(P_ABS, x), axis=ax, keepdims=keepdims)
+    if p == -math.inf:
+        return min(bind(P_ABS, x), axis=ax, keepdims=keepdims)
+    if p == 1:
+        return sum(bind(P_ABS, x), axis=ax, keepdims=keepdims)
+    if p > 0 and math.isfinite(p):
+        return bind(P_PNORM, x, axis=(ax,), keepdims=keepdims, ord=p)
+    raise NotImplementedError(f"norm: vector ord={ord!r} is not supported (ord=0 counts "
+                              f"nonzeros and has no gradient); ord is {_VECTOR_ORDS}")
+
+
+def _matrix_norm(x: Tensor, ord: Any, rows: int, cols: int, keepdims: bool) -> Tensor:  # noqa: A002
+    kept = tuple(1 if i in (rows, cols) else n for i, n in enumerate(x.shape))
+    if (isinstance(ord, str) and ord == "nuc") or (not isinstance(ord, str) and ord in (2, -2)):
+        if not x.shape[rows] or not x.shape[cols]:
+            raise ValueError(f"norm: ord={ord!r} of an empty matrix: shape {x.shape}")
+        s = singular_values(moveaxis(x, (rows, cols), (-2, -1)))
+        out = (sum(s, axis=-1) if ord == "nuc" else
+               max(s, axis=-1) if ord == 2 else min(s, axis=-1))
+        return bind(P_RESHAPE, out, shape=kept) if keepdims else out
+    if isinstance(ord, str) or ord not in (1, -1, math.inf, -math.inf):
+        raise ValueError(f"norm: ord={ord!r} is not a matrix norm; over two axes ord is "
+                         f"{_MATRIX_ORDS}")
+    inner, outer = (rows, cols) if ord in (1, -1) else (cols, rows)  # 1: sums over the rows
+    t = sum(bind(P_ABS, x), axis=inner, keepdims=True)
+    out = max(t, axis=outer, keepdims=True) if ord > 0 else min(t, axis=outer, keepdims=True)
+    if keepdims:
+        return out
+    return bind(P_RESHAPE, out, shape=tuple(n for i, n in enumerate(kept) if i not in (rows, cols)))
 
 
 # --------------------------------------------------------------------------- argmax / argmin

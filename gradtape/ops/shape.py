@@ -1,6 +1,6 @@
-"""Shape primitives: reshape, transpose, broadcast_to, concat, stack, pad, flip, tile, repeat,
-astype, stop_gradient, and the views built from them (swapaxes, moveaxis, expand_dims, squeeze,
-split)."""
+"""Shape primitives: reshape, transpose, broadcast_to, concat, stack, pad, flip, roll, tile,
+repeat, astype, stop_gradient, and the views built from them (swapaxes, moveaxis, expand_dims,
+squeeze, split, meshgrid)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .indexing import P_SCATTER, getitem
 
 __all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expand_dims",
            "squeeze", "stack", "concat", "split", "pad", "flip", "tile", "repeat", "astype",
-           "stop_gradient"]
+           "stop_gradient", "roll", "meshgrid"]
 
 
 def _axis(axis: Any, ndim: int, what: str, name: str = "axis") -> int:
@@ -266,6 +266,40 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
     if shape == x.shape:
         return x
     return bind(P_BROADCAST_TO, x, shape=shape)
+
+
+def meshgrid(*xs: Any, indexing: str = "xy") -> list[Tensor]:
+    """Coordinate grids from 1-D coordinate vectors, as ``np.meshgrid``: output ``i`` holds
+    ``xs[i]`` (flattened) repeated along the other axes. ``indexing="xy"`` (Cartesian, the
+    default) swaps the first two axes of the grids; ``"ij"`` (matrix) keeps the inputs' order.
+    Each grid is a broadcast of its input, so its gradient sums back over the repeats.
+
+    Shapes: inputs of sizes ``n1, n2, n3, ...`` -> grids ``[n2, n1, n3, ...]`` (``"xy"``) or
+    ``[n1, n2, n3, ...]`` (``"ij"``); no input gives an empty list.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gx, gy = gt.meshgrid(gt.tensor([1.0, 2.0, 3.0]), gt.tensor([10.0, 20.0]))
+        >>> gx.numpy()
+        array([[1., 2., 3.],
+               [1., 2., 3.]], dtype=float32)
+        >>> gy.shape
+        (2, 3)
+    """
+    if indexing not in ("xy", "ij"):
+        raise ValueError(f"meshgrid: indexing must be 'xy' or 'ij', got {indexing!r}")
+    ts = [reshape(one(x), (-1,)) for x in xs]
+    sizes = [t.shape[0] for t in ts]
+    at = list(range(len(ts)))
+    if indexing == "xy" and len(ts) > 1:
+        at[0], at[1] = 1, 0
+        sizes[0], sizes[1] = sizes[1], sizes[0]
+    grids = []
+    for t, a in zip(ts, at):
+        shape = [1] * len(ts)
+        shape[a] = t.shape[0]
+        grids.append(broadcast_to(reshape(t, tuple(shape)), tuple(sizes)))
+    return grids
 
 
 # --------------------------------------------------------------------------- stack / concat
@@ -558,6 +592,78 @@ def flip(x: Any, axis: Any = None) -> Tensor:
     if x.ndim == 0 or not axes:
         return x
     return bind(P_FLIP, x, axis=axes)
+
+
+# --------------------------------------------------------------------------- roll
+def _roll_examples(rng: Any) -> list:
+    return [(roll, (_rand(rng, 2, 3),), {"shift": 1}),
+            (roll, (_rand(rng, 2, 3, 4),), {"shift": -1, "axis": -1}),
+            (roll, (_rand(rng, 2, 3, 4),), {"shift": (1, 2), "axis": (0, 2)}),
+            (roll, (_rand(rng, 5),), {"shift": 7, "axis": 0})]
+
+
+def _roll_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_ROLL, tangents[0], **p)
+
+
+def _roll_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    p = rec.params
+    return (m.apply(P_ROLL, g, shift=tuple(-s for s in p["shift"]), axis=p["axis"]),)
+
+
+def _roll_batch(args: tuple, dims: tuple, *, shift: tuple, axis: tuple) -> tuple:
+    # roll: the rolled axes shifted past the batch axis, which keeps its place.
+    x = args[0]
+    d, nd = dims[0] % x.ndim, x.ndim - 1
+    return bind(P_ROLL, x, shift=shift, axis=tuple(phys_axis(a % nd, d) for a in axis)), d
+
+
+P_ROLL = primitive("roll", lambda xp, x, *, shift, axis: xp.roll(x, shift, axis=axis),
+                   rule=_roll_rule, jvp=_roll_jvp, saves_inputs=False, examples=_roll_examples,
+                   batch=_roll_batch)
+
+
+def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
+    """An int or a sequence of ints as a tuple (bools refused)."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, (bool, np.bool_)) or not hasattr(v, "__index__") for v in items):
+        raise TypeError(f"{what}: {name} must be an int or a sequence of ints, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
+    """Shift elements cyclically along ``axis``, as ``np.roll``: ``shift`` and ``axis`` are
+    ints or sequences (one shift per axis, or one for all); ``axis=None`` rolls the flattened
+    tensor and restores the shape. The gradient rolls back.
+
+    Shapes: ``x`` -> ``x.shape``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.roll(gt.tensor([1.0, 2.0, 3.0, 4.0]), 1).numpy()
+        array([4., 1., 2., 3.], dtype=float32)
+    """
+    x = one(x)
+    shifts = _ints(shift, "roll", "shift")
+    if axis is None:
+        if not x.size or sum(shifts) % x.size == 0:
+            return x
+        flat = bind(P_ROLL, reshape(x, (-1,)), shift=(sum(shifts) % x.size,), axis=(0,))
+        return reshape(flat, x.shape)
+    axes = [_axis(a, max(x.ndim, 1), "roll") for a in _ints(axis, "roll", "axis")]
+    if len(shifts) != len(axes) and 1 not in (len(shifts), len(axes)):
+        raise ValueError(f"roll: {len(shifts)} shifts for {len(axes)} axes; give one shift per "
+                         "axis, or one for all")
+    if x.ndim == 0:  # a 0-d tensor (axis 0 or -1) has nothing to roll
+        return x
+    total = dict.fromkeys(axes, 0)
+    for s, a in zip(shifts * (len(axes) if len(shifts) == 1 else 1),
+                    axes * (len(shifts) if len(axes) == 1 else 1)):
+        total[a] += s
+    moved = {a: s % x.shape[a] for a, s in total.items() if x.shape[a] and s % x.shape[a]}
+    if not moved:
+        return x
+    return bind(P_ROLL, x, shift=tuple(moved.values()), axis=tuple(moved))
 
 
 # --------------------------------------------------------------------------- tile

@@ -70,6 +70,7 @@ def render_cuda(graph: Graph, leaf_dtypes: tuple[str, ...], dtype: str,
     Such outputs must be written (not accumulated) and computed (not a plain leaf).
 
     Example:
+        >>> from gradtape._src.codegen.graph import backward_graph
         >>> from gradtape.ops.elementwise import P_TANH
         >>> g = backward_graph([(P_TANH, (None,), 1, (), (("o", 0),))], ("f", "f"), 0, 1)
         >>> k = render_cuda(g, ("float32", "float32"), "float32", (True,))

@@ -7,7 +7,17 @@ from ..autodiff.engine import forward_reach
 from ..autodiff.record import Recorder
 from ..tensor import Tensor, Variable
 
-__all__ = ["explain"]
+__all__ = ["explain", "float_hint"]
+
+
+def float_hint(t: Tensor) -> str:
+    """How to get a float version of integer or bool ``t`` that can carry a gradient: for a
+    Variable, create it as a float Variable (``.astype`` would return a plain Tensor, not
+    trainable, whose gradient an optimizer never sees); for a Tensor, cast it before use."""
+    if isinstance(t, Variable):
+        return ('create the Variable as a float one: gt.Variable(..., dtype="float32"); '
+                "v.astype('float32') returns a plain Tensor, not a trainable Variable")
+    return "cast it first: x = x.astype('float32'), or create it with gt.tensor(..., dtype=\"float32\")"
 
 
 def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
@@ -20,7 +30,7 @@ def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
             return (f"{label} {shape} is a plain Tensor computed from Variable "
                     f"{s._origin[1]!r} (e.g. `w = w - lr * g`): the Variable was replaced by "
                     "a tensor, which is never watched. Update variables in place with "
-                    "w.assign_sub(...), or tape.watch() the tensor.")
+                    "w -= lr * g (or w.assign_sub(...)), or tape.watch() the tensor.")
         if isinstance(s, Variable) and not s.trainable:
             return (f"{label} {shape} is a non-trainable Variable, which is never watched "
                     "automatically; call tape.watch(v)")

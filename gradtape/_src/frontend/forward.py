@@ -31,6 +31,7 @@ from ..primitive import Primitive
 from ..rules import ON_TENSORS
 from ..tensor import Tensor, TensorTree, _next_id, _wrap, tensor
 from .custom_gradient import _CustomCall
+from .diagnostics import float_hint
 from .tape import GradientTape
 
 __all__ = ["ForwardAccumulator", "jvp"]
@@ -61,6 +62,10 @@ class ForwardAccumulator(ForwardRecorder):
     gets its tangent by transposing its VJP.
 
     Shapes: ``acc.jvp(y)`` has ``y``'s shape and dtype.
+
+    Args:
+        primals: the tensors that move: a Tensor/Variable or a nested list/tuple/dict of them.
+        tangents: their directions, with ``primals``' structure, shapes and dtypes.
 
     Example:
         >>> import gradtape as gt
@@ -107,8 +112,9 @@ class ForwardAccumulator(ForwardRecorder):
             # the same tensor twice: its tangents add up (as TF's accumulator does)
             self._store(p, t if prev is None else prev + t)
 
-    # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> ForwardAccumulator:
+        """Start computing tangents of the ops run in the context; returns the accumulator.
+        ``ValueError`` when it is already active."""
         if self._active:
             raise ValueError("this ForwardAccumulator is already active; an accumulator cannot be "
                              "entered twice at once (nest two accumulators instead)")
@@ -290,7 +296,7 @@ def _checked_pairs(primals: Any, tangents: Any, what: str) -> list[tuple[Tensor,
                             f"{type(p).__name__}; wrap arrays with gt.tensor(...)")
         if p.data.dtype.kind != "f":
             raise TypeError(f"{what}: {pname} has dtype {p.dtype}; forward-mode derivatives exist "
-                            "only for floating-point primals (cast with .astype('float32'))")
+                            f"only for floating-point primals ({float_hint(p)})")
         if not isinstance(t, Tensor):
             if isinstance(t, (str, bytes)) or t is None:
                 raise TypeError(f"{what}: {tname} must be a Tensor or array of {pname}'s shape "

@@ -24,7 +24,7 @@ from ..errors import UnconnectedGradientError
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, TensorLike, TensorTree, Variable, _wrap
 from . import per_example
-from .diagnostics import explain
+from .diagnostics import explain, float_hint
 
 __all__ = ["GradientTape", "UnconnectedGradientError"]
 
@@ -32,7 +32,14 @@ _UNCONNECTED = ("none", "zero", "raise")
 
 
 class GradientTape(Recorder):
-    """Records operations on watched tensors so that gradients can be computed.
+    """Records operations on watched tensors so that gradients can be computed (TF's
+    ``tf.GradientTape``): use it as a context manager, then call :meth:`gradient`.
+
+    Args:
+        persistent: allow several :meth:`gradient` (and ``jacobian``) calls; a non-persistent
+            tape answers one call and then frees what it saved.
+        watch_accessed_variables: watch trainable Variables automatically when an op inside
+            the context reads them (default True); with False only :meth:`watch` decides.
 
     Example:
         >>> import gradtape as gt
@@ -56,8 +63,9 @@ class GradientTape(Recorder):
         self._entered = False
         self._used = False
 
-    # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> GradientTape:
+        """Start recording on this thread (``with gt.GradientTape() as tape:``); returns the
+        tape. ``ValueError`` when it is already recording."""
         if self._recording:
             raise ValueError("this GradientTape is already recording; a tape cannot be entered "
                              "twice at once (use a new tape, or nest two tapes)")
@@ -331,7 +339,7 @@ class GradientTape(Recorder):
                                     "not supported (differentiate the real and imaginary parts as "
                                     "separate float tensors)")
                 raise TypeError(f"{what}: {where} has dtype {s.dtype}; gradients exist only for "
-                                "floating-point sources (cast with .astype('float32'))")
+                                f"floating-point sources ({float_hint(s)})")
         return leaves, spec
 
     def _targets_and_seeds(self, target: TensorTree,

@@ -1,0 +1,436 @@
+"""Creating tensors: zeros, ones, full, the ``*_like`` forms, ranges, identity, one-hot.
+
+These are not differentiable primitives: each returns an ordinary constant Tensor (no tape
+records it; a tape watching nothing is unaffected). Float results are float32 unless ``dtype``
+says otherwise. ``zeros``, ``ones``, ``full``, ``arange``, ``linspace`` and ``eye`` create on the
+active backend (:func:`gradtape.use_backend`); the ``*_like`` forms and ``one_hot`` follow their
+tensor argument's backend (host data given instead goes to the active backend, as
+:func:`gradtape.tensor` does).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._src.autodiff.batched import physical_data
+from .._src.backend import Backend, get_backend
+from .._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
+from .elementwise import equal
+from .shape import _check_size, astype, reshape
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+__all__ = ["zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "arange", "linspace",
+           "eye", "one_hot", "normalize_shape", "float_dtype"]
+
+#: What a shape argument accepts: one size or a sequence of sizes.
+ShapeLike = int | Sequence[int]
+
+_FLOAT32 = np.dtype(np.float32)
+_INT64 = np.dtype(np.int64)
+
+
+# --------------------------------------------------------------------------- argument checks
+def _size(value: Any, what: str, arg: str) -> int:
+    """A non-negative int (a Python or NumPy integer, or anything with ``__index__``)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what}: {arg} must be a non-negative int, got {value!r} "
+                        f"({type(value).__name__})")
+    n = operator.index(value)
+    if n < 0:
+        raise ValueError(f"{what}: {arg} must be >= 0, got {n}")
+    return n
+
+
+def normalize_shape(shape: ShapeLike, what: str) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints, each >= 0) as a tuple of ints; ``TypeError`` or
+    ``ValueError`` naming ``what`` and the bad entry otherwise.
+
+    Example:
+        >>> normalize_shape([2, 3], "zeros")
+        (2, 3)
+    """
+    if isinstance(shape, (str, bytes)) or not (hasattr(shape, "__index__") or isinstance(shape, Sequence)):
+        raise TypeError(f"{what}: shape must be an int or a sequence of ints, got {shape!r} "
+                        f"({type(shape).__name__})")
+    if not isinstance(shape, Sequence):
+        return (_size(shape, what, "shape"),)
+    out = []
+    for i, s in enumerate(shape):
+        if isinstance(s, bool) or not hasattr(s, "__index__"):
+            raise TypeError(f"{what}: shape must hold ints, got {s!r} ({type(s).__name__}) at "
+                            f"position {i} of {tuple(shape)!r}")
+        n = operator.index(s)
+        if n < 0:
+            raise ValueError(f"{what}: shape entries must be >= 0, got {n} at position {i} of "
+                             f"{tuple(shape)!r}")
+        out.append(n)
+    return tuple(out)
+
+
+def float_dtype(dtype: DTypeLike | None, what: str) -> np.dtype:
+    """``dtype`` as a floating-point NumPy dtype (float32 when None); ``TypeError`` otherwise.
+
+    Example:
+        >>> float_dtype(None, "normal")
+        dtype('float32')
+    """
+    if dtype is None:
+        return _FLOAT32
+    dt = check_dtype(dtype, f"{what}: dtype")
+    if dt.kind != "f":
+        raise TypeError(f"{what}: dtype must be a floating-point dtype (float16, float32, "
+                        f"float64), got {dt}")
+    return dt
+
+
+def _dtype(dtype: DTypeLike | None, what: str, default: np.dtype) -> np.dtype:
+    return default if dtype is None else check_dtype(dtype, f"{what}: dtype")
+
+
+def _real(value: Any, what: str, arg: str) -> int | float:
+    """A finite real number (int or float, not bool) as a Python int or float."""
+    if isinstance(value, Tensor) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: {arg} must be a real number (int or float), got {value!r} "
+                        f"({type(value).__name__})")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: {arg} must be finite, got {value}")
+    return float(value)
+
+
+def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
+    """``value`` (a scalar) converted to ``dtype`` on the host (a NumPy scalar), with a clear
+    error."""
+    try:
+        return np.array(value, dtype=dtype)[()]
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise ValueError(f"{what}: fill_value {value!r} cannot be represented as {dtype} "
+                         f"({exc})") from None
+
+
+def _scalar(fill_value: Any, what: str) -> tuple[Any, np.dtype]:
+    """A fill value and the dtype it gives by itself (the rules of :func:`gradtape.tensor`:
+    a Python float is float32, an int int64, a bool bool; a NumPy scalar or 0-d tensor keeps its
+    dtype)."""
+    if isinstance(fill_value, (np.ndarray, np.generic, Tensor)):  # np.float64 is a float too
+        host = (fill_value._backend.to_host(fill_value.data) if isinstance(fill_value, Tensor)
+                else np.asarray(fill_value))
+        if host.ndim != 0:
+            raise ValueError(f"{what}: fill_value must be a scalar, got an array of shape {host.shape}")
+        if host.dtype.kind not in "biufc":
+            raise TypeError(f"{what}: fill_value must be numeric, got dtype {host.dtype}")
+        return host[()], host.dtype
+    if isinstance(fill_value, bool):
+        return fill_value, np.dtype(np.bool_)
+    if isinstance(fill_value, int):
+        return fill_value, _INT64
+    if isinstance(fill_value, float):
+        return fill_value, _FLOAT32
+    if isinstance(fill_value, complex):
+        return fill_value, np.dtype(np.complex128)
+    raise TypeError(f"{what}: fill_value must be a number (bool, int, float, complex), a NumPy "
+                    f"scalar or a 0-d tensor, got {type(fill_value).__name__}")
+
+
+def _meta(x: Any, what: str) -> tuple[tuple[int, ...], np.dtype, Backend]:
+    """Shape, dtype and backend of a ``*_like`` argument (a Tensor's own; other data as
+    :func:`gradtape.tensor` would make it). Per-example inside ``gt.vmap``."""
+    if isinstance(x, Tensor):
+        return tuple(x.shape), x.dtype, x._backend
+    try:
+        arr, backend = _to_array(x, to_active=True)
+    except TypeError as exc:
+        raise TypeError(f"{what}: x must be a tensor or array-like, got {type(x).__name__} "
+                        f"({exc})") from None
+    return tuple(arr.shape), arr.dtype, backend
+
+
+# --------------------------------------------------------------------------- constants
+def zeros(shape: ShapeLike, dtype: DTypeLike | None = None) -> Tensor:
+    """A tensor of zeros on the active backend.
+
+    Args:
+        shape: an int or a sequence of ints (each >= 0).
+        dtype: float32 by default.
+
+    Shapes: ``shape``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.zeros((2, 3)).numpy()
+        array([[0., 0., 0.],
+               [0., 0., 0.]], dtype=float32)
+    """
+    shape = normalize_shape(shape, "zeros")
+    dt = _dtype(dtype, "zeros", _FLOAT32)
+    _check_size("zeros", list(shape), dt.itemsize)
+    backend = get_backend()
+    return _wrap(backend.xp.zeros(shape, dtype=dt), backend)
+
+
+def ones(shape: ShapeLike, dtype: DTypeLike | None = None) -> Tensor:
+    """A tensor of ones on the active backend (``dtype`` float32 by default).
+
+    Shapes: ``shape`` (an int or a sequence of ints, each >= 0).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.ones(3, dtype="int32").numpy()
+        array([1, 1, 1], dtype=int32)
+    """
+    shape = normalize_shape(shape, "ones")
+    dt = _dtype(dtype, "ones", _FLOAT32)
+    _check_size("ones", list(shape), dt.itemsize)
+    backend = get_backend()
+    return _wrap(backend.xp.ones(shape, dtype=dt), backend)
+
+
+def full(shape: ShapeLike, fill_value: Any, dtype: DTypeLike | None = None) -> Tensor:
+    """A tensor of ``shape`` filled with ``fill_value``, on the active backend.
+
+    Args:
+        shape: an int or a sequence of ints (each >= 0).
+        fill_value: a scalar: a Python number, a NumPy scalar or a 0-d tensor.
+        dtype: by default the fill value's own, as :func:`gradtape.tensor` gives it: a Python
+            float is float32, an int int64, a bool bool; a NumPy scalar keeps its dtype.
+
+    Raises:
+        ValueError: ``fill_value`` cannot be represented in ``dtype`` (300 as uint8, NaN as an
+            integer).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.full((2,), 7.5).numpy()
+        array([7.5, 7.5], dtype=float32)
+    """
+    shape = normalize_shape(shape, "full")
+    value, own = _scalar(fill_value, "full")
+    dt = _dtype(dtype, "full", own)
+    _check_size("full", list(shape), dt.itemsize)
+    backend = get_backend()
+    return _wrap(backend.xp.full(shape, _fill(value, dt, "full"), dtype=dt), backend)
+
+
+def zeros_like(x: TensorLike, dtype: DTypeLike | None = None) -> Tensor:
+    """Zeros with ``x``'s shape, on ``x``'s backend, in ``x``'s dtype unless ``dtype`` is given.
+
+    Inside ``gt.vmap`` the shape is one example's (the result is the same for every example).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.zeros_like(gt.tensor([[1, 2]])).numpy()
+        array([[0, 0]])
+    """
+    shape, own, backend = _meta(x, "zeros_like")
+    return _wrap(backend.xp.zeros(shape, dtype=_dtype(dtype, "zeros_like", own)), backend)
+
+
+def ones_like(x: TensorLike, dtype: DTypeLike | None = None) -> Tensor:
+    """Ones with ``x``'s shape, on ``x``'s backend, in ``x``'s dtype unless ``dtype`` is given.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.ones_like(gt.tensor([1.0, 2.0])).numpy()
+        array([1., 1.], dtype=float32)
+    """
+    shape, own, backend = _meta(x, "ones_like")
+    return _wrap(backend.xp.ones(shape, dtype=_dtype(dtype, "ones_like", own)), backend)
+
+
+def full_like(x: TensorLike, fill_value: Any, dtype: DTypeLike | None = None) -> Tensor:
+    """``fill_value`` everywhere, with ``x``'s shape, on ``x``'s backend, in ``x``'s dtype unless
+    ``dtype`` is given (a fill value that the dtype cannot represent raises ``ValueError``).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.full_like(gt.tensor([1, 2, 3]), 9).numpy()
+        array([9, 9, 9])
+    """
+    shape, own, backend = _meta(x, "full_like")
+    value, _ = _scalar(fill_value, "full_like")
+    dt = _dtype(dtype, "full_like", own)
+    return _wrap(backend.xp.full(shape, _fill(value, dt, "full_like"), dtype=dt), backend)
+
+
+# --------------------------------------------------------------------------- ranges
+def arange(start: float, stop: float | None = None, step: float = 1,
+           dtype: DTypeLike | None = None) -> Tensor:
+    """Evenly spaced values in ``[start, stop)`` by ``step`` (``arange(n)``: ``0 .. n-1``), as
+    ``numpy.arange``, on the active backend.
+
+    Args:
+        start, stop, step: finite real numbers; ``step`` is not 0.
+        dtype: int64 when ``start``, ``stop`` and ``step`` are all ints (NumPy's and PyTorch's
+            rule), float32 when any is a float. Float values are computed in float64 and then
+            cast, so a float32 range is the float64 one rounded.
+
+    Shapes: ``[ceil((stop - start) / step)]`` (empty when the range is).
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.arange(4).numpy()
+        array([0, 1, 2, 3])
+        >>> gt.arange(0.0, 1.0, 0.25).numpy()
+        array([0.  , 0.25, 0.5 , 0.75], dtype=float32)
+    """
+    if stop is None:
+        start, stop = 0, start
+    a = _real(start, "arange", "start")
+    b = _real(stop, "arange", "stop")
+    s = _real(step, "arange", "step")
+    if s == 0:
+        raise ValueError("arange: step must not be 0")
+    ints = all(isinstance(v, int) for v in (a, b, s))
+    dt = _dtype(dtype, "arange", _INT64 if ints else _FLOAT32)
+    if ints:
+        n = max(0, -int((a - b) // s))  # ceil((b - a) / s), exact for ints of any size
+    else:
+        q = (b - a) / s  # may overflow to +-inf: a range too long, or an empty one
+        n = 0 if not q > 0 else math.ceil(q) if q < 2.0 ** 62 else 2 ** 62
+    _check_size("arange", [n], max(dt.itemsize, 8))
+    if ints and dt.kind in "iu" and n:
+        info, last = np.iinfo(dt), a + (n - 1) * s
+        if not (info.min <= min(a, last) and max(a, last) <= info.max):
+            raise OverflowError(f"arange: the values from {a} to {last} do not fit {dt}")
+    backend = get_backend()
+    xp = backend.xp
+    try:
+        if n == 0:
+            arr = xp.zeros((0,), dtype=dt)
+        elif ints and dt.kind in "iu":
+            arr = xp.arange(a, b, s, dtype=dt)
+        else:
+            arr = xp.arange(a, b, s, dtype=np.float64).astype(dt)
+    except OverflowError:
+        raise OverflowError(f"arange: start={a}, stop={b}, step={s} do not fit "
+                            f"{dt if ints else 'float64'}") from None
+    return _wrap(arr, backend)
+
+
+def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True,
+             dtype: DTypeLike | None = None) -> Tensor:
+    """``num`` evenly spaced values from ``start`` to ``stop`` (included when ``endpoint``), as
+    ``numpy.linspace``, on the active backend.
+
+    Args:
+        start, stop: finite real numbers.
+        num: how many values (an int >= 0).
+        endpoint: include ``stop`` as the last value.
+        dtype: float32 by default; computed in float64 and cast (an integer dtype takes the
+            floor).
+
+    Shapes: ``[num]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.linspace(0, 1, 5).numpy()
+        array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+    """
+    a = _real(start, "linspace", "start")
+    b = _real(stop, "linspace", "stop")
+    n = _size(num, "linspace", "num")
+    if not isinstance(endpoint, (bool, np.bool_)):
+        raise TypeError(f"linspace: endpoint must be a bool, got {endpoint!r}")
+    dt = _dtype(dtype, "linspace", _FLOAT32)
+    _check_size("linspace", [n], 8)
+    backend = get_backend()
+    xp = backend.xp
+    arr = xp.linspace(a, b, n, endpoint=bool(endpoint), dtype=np.float64)
+    if dt.kind in "iub":
+        arr = xp.floor(arr)
+    return _wrap(arr.astype(dt), backend)
+
+
+def eye(n: int, m: int | None = None, k: int = 0, dtype: DTypeLike | None = None) -> Tensor:
+    """A 2-D tensor with ones on diagonal ``k`` and zeros elsewhere, on the active backend.
+
+    Args:
+        n: number of rows (>= 0).
+        m: number of columns (>= 0); ``n`` by default.
+        k: the diagonal: 0 the main one, > 0 above it, < 0 below it.
+        dtype: float32 by default.
+
+    Shapes: ``[n, m]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.eye(2, 3, k=1).numpy()
+        array([[0., 1., 0.],
+               [0., 0., 1.]], dtype=float32)
+    """
+    rows = _size(n, "eye", "n")
+    cols = rows if m is None else _size(m, "eye", "m")
+    if isinstance(k, bool) or not hasattr(k, "__index__"):
+        raise TypeError(f"eye: k must be an int, got {k!r} ({type(k).__name__})")
+    dt = _dtype(dtype, "eye", _FLOAT32)
+    _check_size("eye", [rows, cols], dt.itemsize)
+    diag = max(-rows, min(cols, operator.index(k)))  # beyond the matrix: all zeros, as NumPy
+    backend = get_backend()
+    return _wrap(backend.xp.eye(rows, cols, diag, dtype=dt), backend)
+
+
+def one_hot(indices: TensorLike, depth: int, dtype: DTypeLike | None = None) -> Tensor:
+    """One-hot encoding: ``out[..., c] = 1`` where ``indices[...] == c``, else 0.
+
+    Args:
+        indices: integer tensor or array-like of class ids in ``[0, depth)``.
+        depth: number of classes (an int >= 1).
+        dtype: float32 by default.
+
+    Shapes: ``indices[...]`` -> ``[..., depth]``.
+
+    Raises:
+        TypeError: ``indices`` are not integers.
+        ValueError: an id is negative or ``>= depth`` (PyTorch's choice, not TensorFlow's
+            all-zero row: a wrong label fails loudly; mask padding ids explicitly with
+            ``gt.where``).
+
+    Works inside ``gt.vmap`` (built from primitives); on CuPy the range check reads one bool
+    back from the device.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.one_hot([2, 0], 3).numpy()
+        array([[0., 0., 1.],
+               [1., 0., 0.]], dtype=float32)
+    """
+    if isinstance(indices, Tensor):
+        ind = indices
+    else:
+        try:
+            arr, backend = _to_array(indices, to_active=True)
+        except TypeError as exc:
+            raise TypeError(f"one_hot: indices must be an integer tensor or array-like, got "
+                            f"{type(indices).__name__} ({exc})") from None
+        if arr.size == 0 and isinstance(indices, (list, tuple)):  # [] is float32 to gt.tensor
+            arr = arr.astype(np.int64)
+        ind = _wrap(arr, backend)
+    if ind.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: indices must have an integer dtype, got {ind.dtype}")
+    if isinstance(depth, bool) or not hasattr(depth, "__index__"):
+        raise TypeError(f"one_hot: depth must be an int >= 1, got {depth!r} ({type(depth).__name__})")
+    d = operator.index(depth)
+    if d < 1:
+        raise ValueError(f"one_hot: depth must be >= 1, got {d}")
+    dt = _dtype(dtype, "one_hot", _FLOAT32)
+    if d >= 2 ** 59:
+        raise ValueError(f"one_hot: depth {d} is too large to allocate")
+    _check_size("one_hot", [*ind.shape, d], dt.itemsize)
+    ids = physical_data(ind)  # every example's ids, also inside gt.vmap
+    if ids.size and bool(((ids < 0) | (ids >= d)).any()):
+        raise ValueError(f"one_hot: indices must be in [0, {d}), got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    backend = ind._backend
+    classes = _wrap(backend.xp.arange(d, dtype=np.int64), backend)
+    hit = equal(reshape(ind, tuple(ind.shape) + (1,)), classes)
+    return astype(hit, dt)

@@ -1,0 +1,414 @@
+"""Random numbers: seeded, reproducible generators (``gt.random``).
+
+A :class:`Generator` wraps a NumPy ``numpy.random.Generator`` on the PCG64 bit generator. It
+draws on the host and copies the result to the active backend, so **the same seed gives the
+same numbers on NumPy and on CuPy**: a model initialized or a batch shuffled on the GPU matches
+the CPU run value for value. The price on CuPy is one host-to-device copy per draw (as
+``gt.tensor(numpy_array)`` makes); draw large amounts once rather than per step where that
+matters. ``Generator(seed)`` draws the stream ``numpy.random.default_rng(seed)`` draws.
+
+The module-level functions (``gt.random.normal(...)``, ...) use a process-wide default
+generator, seeded from the operating system at import; ``gt.random.seed(s)`` reseeds it (as
+``torch.manual_seed``). Initializers (``gt.nn.init``), ``gt.nn.dropout`` and the layers that
+take ``seed=`` accept a :class:`Generator`, and draw from the default one when given no seed.
+
+Example:
+    >>> import gradtape as gt
+    >>> g = gt.random.Generator(0)
+    >>> g.normal((2, 3)).shape
+    (2, 3)
+    >>> bool((gt.random.Generator(0).uniform(4) == gt.random.Generator(0).uniform(4)).numpy().all())
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._src.backend import get_backend
+from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
+from .ops.creation import ShapeLike, float_dtype, normalize_shape
+from .ops.indexing import take
+from .ops.shape import _check_size
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+__all__ = ["Generator", "seed", "normal", "uniform", "integers", "permutation", "bernoulli"]
+
+
+def _check_seed(seed: Any, what: str) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(f"{what}: seed must be an int >= 0 or None, got {seed!r} "
+                        f"({type(seed).__name__})")
+    s = operator.index(seed)
+    if s < 0:
+        raise ValueError(f"{what}: seed must be >= 0, got {s}")
+    return s
+
+
+def _number(value: Any, what: str, arg: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: {arg} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{what}: {arg} must be finite, got {v}")
+    return v
+
+
+def _int(value: Any, what: str, arg: str) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what}: {arg} must be an int, got {value!r} ({type(value).__name__})")
+    return operator.index(value)
+
+
+def _to_active(host: np.ndarray) -> Tensor:
+    """A host array as a Tensor on the active backend (one copy on CuPy, none on NumPy)."""
+    backend = get_backend()
+    return _wrap(host if backend.name == "numpy" else backend.xp.asarray(host), backend)
+
+
+class Generator:
+    """A seeded random-number generator: NumPy's PCG64 drawn on the host, results on the
+    active backend (the same numbers on NumPy and CuPy; see the module docstring).
+
+    Args:
+        seed: an int >= 0, or None for fresh entropy from the operating system.
+
+    Each call advances the generator; two generators made with one seed give the same
+    sequence of results. ``copy.deepcopy`` snapshots the state and pickling keeps it.
+
+    Example:
+        >>> import gradtape as gt
+        >>> g = gt.random.Generator(42)
+        >>> x = g.normal((3,), std=0.1)          # float32, N(0, 0.1^2)
+        >>> k = g.integers(0, 10, shape=(4,))    # int64 in [0, 10)
+        >>> x.dtype, k.dtype
+        (dtype('float32'), dtype('int64'))
+    """
+
+    __slots__ = ("_seq", "_rng")
+    _seq: np.random.SeedSequence
+    _rng: np.random.Generator
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._reseed(_check_seed(seed, "gt.random.Generator"))
+
+    def _reseed(self, seed: int | None) -> None:
+        self._seq = np.random.SeedSequence(seed)
+        self._rng = np.random.Generator(np.random.PCG64(self._seq))
+
+    @classmethod
+    def _from_seq(cls, seq: np.random.SeedSequence) -> Generator:
+        g = cls.__new__(cls)
+        g._seq = seq
+        g._rng = np.random.Generator(np.random.PCG64(seq))
+        return g
+
+    def __repr__(self) -> str:
+        return f"gt.random.Generator(entropy={self._seq.entropy}, spawn_key={self._seq.spawn_key})"
+
+    # --- draws ---------------------------------------------------------------------------
+    def normal(self, shape: ShapeLike, mean: float = 0.0, std: float = 1.0,
+               dtype: DTypeLike | None = None) -> Tensor:
+        """Samples of the normal distribution N(``mean``, ``std``²).
+
+        Args:
+            shape: an int or a sequence of ints.
+            mean, std: finite numbers, ``std >= 0``.
+            dtype: a float dtype, float32 by default (float32 and float64 are drawn directly
+                in that precision; float16 is drawn as float32 and rounded).
+
+        Shapes: ``shape``.
+
+        Example:
+            >>> import gradtape as gt
+            >>> gt.random.Generator(0).normal((2, 2), mean=1.0).shape
+            (2, 2)
+        """
+        shape = normalize_shape(shape, "normal")
+        _check_size("normal", list(shape), 8)
+        m = _number(mean, "normal", "mean")
+        s = _number(std, "normal", "std")
+        if s < 0:
+            raise ValueError(f"normal: std must be >= 0, got {s}")
+        dt = float_dtype(dtype, "normal")
+        draw = dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
+        z = self._rng.standard_normal(shape, dtype=draw)
+        if s != 1.0:
+            z *= draw.type(s)
+        if m != 0.0:
+            z += draw.type(m)
+        return _to_active(z.astype(dt, copy=False))
+
+    def uniform(self, shape: ShapeLike, low: float = 0.0, high: float = 1.0,
+                dtype: DTypeLike | None = None) -> Tensor:
+        """Samples of the uniform distribution on ``[low, high)``.
+
+        Args:
+            shape: an int or a sequence of ints.
+            low, high: finite numbers, ``low <= high``.
+            dtype: a float dtype, float32 by default. With the default bounds the values are
+                in ``[0, 1)`` exactly; other bounds scale them in that precision, so rounding
+                can, rarely, give ``high`` itself (as ``numpy.random.uniform`` notes).
+
+        Shapes: ``shape``.
+
+        Example:
+            >>> import gradtape as gt
+            >>> u = gt.random.Generator(0).uniform((1000,), -1.0, 1.0)
+            >>> bool(((u >= -1) & (u < 1)).numpy().all())
+            True
+        """
+        shape = normalize_shape(shape, "uniform")
+        _check_size("uniform", list(shape), 8)
+        lo = _number(low, "uniform", "low")
+        hi = _number(high, "uniform", "high")
+        if hi < lo:
+            raise ValueError(f"uniform: low must be <= high, got low={lo}, high={hi}")
+        dt = float_dtype(dtype, "uniform")
+        draw = dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
+        u = self._rng.random(shape, dtype=draw)
+        if (lo, hi) != (0.0, 1.0):
+            u *= draw.type(hi - lo)
+            u += draw.type(lo)
+        return _to_active(u.astype(dt, copy=False))
+
+    def integers(self, low: int, high: int | None = None, shape: ShapeLike = (),
+                 dtype: DTypeLike | None = None) -> Tensor:
+        """Uniform random integers in ``[low, high)`` (``[0, low)`` when ``high`` is None), as
+        ``numpy.random.Generator.integers``.
+
+        Args:
+            low, high: ints, ``low < high``, both within ``dtype``'s range.
+            shape: an int or a sequence of ints; ``()`` (default) gives a 0-d tensor.
+            dtype: an integer dtype, int64 by default.
+
+        Shapes: ``shape``.
+
+        Example:
+            >>> import gradtape as gt
+            >>> k = gt.random.Generator(0).integers(5, shape=(100,))
+            >>> int(k.numpy().min()) >= 0 and int(k.numpy().max()) < 5
+            True
+        """
+        shape = normalize_shape(shape, "integers")
+        _check_size("integers", list(shape), 8)
+        lo = _int(low, "integers", "low")
+        if high is None:
+            lo, hi = 0, lo
+        else:
+            hi = _int(high, "integers", "high")
+        if lo >= hi:
+            raise ValueError(f"integers: the range [low, high) is empty: low={lo}, high={hi}")
+        dt = np.dtype(np.int64) if dtype is None else check_dtype(dtype, "integers: dtype")
+        if dt.kind not in "iu":
+            raise TypeError(f"integers: dtype must be an integer dtype, got {dt}")
+        info = np.iinfo(dt)
+        if lo < info.min or hi - 1 > info.max:
+            raise ValueError(f"integers: [{lo}, {hi}) does not fit {dt} ([{info.min}, {info.max}])")
+        return _to_active(self._rng.integers(lo, hi, size=shape, dtype=dt))
+
+    def permutation(self, n_or_tensor: int | TensorLike) -> Tensor:
+        """A random permutation of ``range(n)`` (int64), or ``x`` with its first axis shuffled.
+
+        Args:
+            n_or_tensor: an int ``n >= 0``, or a tensor (or array-like) of rank >= 1.
+
+        Shapes: ``[n]``; for a tensor, its own shape. Shuffling a tensor is ``gt.take(x, perm,
+        axis=0)``, so it is differentiable and stays on ``x``'s backend.
+
+        Example:
+            >>> import gradtape as gt
+            >>> sorted(gt.random.Generator(0).permutation(5).numpy().tolist())
+            [0, 1, 2, 3, 4]
+        """
+        if isinstance(n_or_tensor, (int, np.integer)) and not isinstance(n_or_tensor, (bool, np.bool_)):
+            n = int(n_or_tensor)
+            if n < 0:
+                raise ValueError(f"permutation: n must be >= 0, got {n}")
+            _check_size("permutation", [n], 8)
+            return _to_active(self._rng.permutation(n))
+        if isinstance(n_or_tensor, Tensor):
+            x = n_or_tensor
+        else:
+            try:
+                arr, backend = _to_array(n_or_tensor, to_active=True)
+            except TypeError as exc:
+                raise TypeError(f"permutation: expected an int or a tensor, got "
+                                f"{type(n_or_tensor).__name__} ({exc})") from None
+            x = _wrap(arr, backend)
+        if x.ndim == 0:
+            raise ValueError("permutation: a tensor argument must have rank >= 1 (its first axis is "
+                             "shuffled), got a 0-d tensor; pass an int n for a permutation of range(n)")
+        perm = self._rng.permutation(x.shape[0])
+        backend = x._backend
+        return take(x, _wrap(perm if backend.name == "numpy" else backend.xp.asarray(perm), backend),
+                    axis=0)
+
+    def bernoulli(self, p: TensorLike, shape: ShapeLike | None = None) -> Tensor:
+        """Bool samples that are True with probability ``p``.
+
+        Args:
+            p: a probability in ``[0, 1]``, or a tensor (array-like) of them.
+            shape: the result's shape; ``p`` must broadcast to it. By default ``p``'s shape.
+
+        Shapes: ``shape`` (default ``p.shape``). A scalar ``p`` gives a tensor on the active
+        backend; a tensor ``p`` one on its own backend.
+
+        Example:
+            >>> import gradtape as gt
+            >>> m = gt.random.Generator(0).bernoulli(0.25, shape=(8,))
+            >>> m.dtype, m.shape
+            (dtype('bool'), (8,))
+        """
+        if isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, (bool, np.bool_)):
+            prob = float(p)
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"bernoulli: p must be in [0, 1], got {prob}")
+            out_shape = () if shape is None else normalize_shape(shape, "bernoulli")
+            _check_size("bernoulli", list(out_shape), 8)
+            return _to_active(self._rng.random(out_shape) < prob)
+        if isinstance(p, Tensor):
+            pt = p
+        else:
+            try:
+                arr, backend = _to_array(p, to_active=True)
+            except TypeError as exc:
+                raise TypeError(f"bernoulli: p must be a probability or a tensor of them, got "
+                                f"{type(p).__name__} ({exc})") from None
+            pt = _wrap(arr, backend)
+        if pt.dtype.kind not in "iuf":
+            raise TypeError(f"bernoulli: p must hold real probabilities, got dtype {pt.dtype}")
+        out_shape = tuple(pt.shape) if shape is None else normalize_shape(shape, "bernoulli")
+        _check_size("bernoulli", list(out_shape), 8)
+        try:
+            ok = np.broadcast_shapes(tuple(pt.shape), out_shape) == out_shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"bernoulli: p of shape {tuple(pt.shape)} does not broadcast to shape "
+                             f"{out_shape}")
+        xp = pt._backend.xp
+        pd = pt.data
+        if pt.size and bool(((pd < 0) | (pd > 1) | xp.isnan(pd)).any()):
+            raise ValueError("bernoulli: p must hold probabilities in [0, 1] (found values outside, "
+                             "or NaN)")
+        u = self._rng.random(out_shape)
+        u_b = u if pt._backend.name == "numpy" else xp.asarray(u)
+        return _wrap(xp.asarray(u_b < pd), pt._backend)
+
+    # --- independent streams ---------------------------------------------------------------
+    def spawn(self, n: int) -> list[Generator]:
+        """``n`` new generators, statistically independent of this one and of each other
+        (NumPy's ``SeedSequence.spawn``; TensorFlow calls this ``split``). This generator's own
+        stream does not move; the next ``spawn`` gives different children.
+
+        Example:
+            >>> import gradtape as gt
+            >>> workers = gt.random.Generator(0).spawn(4)   # e.g. one per data-loader worker
+            >>> len(workers)
+            4
+        """
+        count = _int(n, "spawn", "n")
+        if count < 0:
+            raise ValueError(f"spawn: n must be >= 0, got {count}")
+        _check_size("spawn", [count], 1024)  # each child holds a seed sequence and a PCG64
+        return [Generator._from_seq(s) for s in self._seq.spawn(count)]
+
+
+# --------------------------------------------------------------------------- default generator
+_DEFAULT = Generator()
+
+
+def seed(s: int | None) -> None:
+    """Reseed the default generator that the module-level functions, unseeded initializers
+    and unseeded dropout on the NumPy backend draw from (``torch.manual_seed``); None reseeds
+    from the operating system.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.random.seed(0); a = gt.random.normal((3,))
+        >>> gt.random.seed(0); b = gt.random.normal((3,))
+        >>> bool((a == b).numpy().all())
+        True
+    """
+    _DEFAULT._reseed(_check_seed(s, "gt.random.seed"))
+
+
+def normal(shape: ShapeLike, mean: float = 0.0, std: float = 1.0, dtype: DTypeLike | None = None) -> Tensor:
+    """:meth:`Generator.normal` on the default generator.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.random.normal((2, 3)).dtype
+        dtype('float32')
+    """
+    return _DEFAULT.normal(shape, mean, std, dtype)
+
+
+def uniform(shape: ShapeLike, low: float = 0.0, high: float = 1.0, dtype: DTypeLike | None = None) -> Tensor:
+    """:meth:`Generator.uniform` on the default generator.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.random.uniform(4).shape
+        (4,)
+    """
+    return _DEFAULT.uniform(shape, low, high, dtype)
+
+
+def integers(low: int, high: int | None = None, shape: ShapeLike = (), dtype: DTypeLike | None = None) -> Tensor:
+    """:meth:`Generator.integers` on the default generator.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.random.integers(0, 3, shape=(5,)).shape
+        (5,)
+    """
+    return _DEFAULT.integers(low, high, shape, dtype)
+
+
+def permutation(n_or_tensor: int | TensorLike) -> Tensor:
+    """:meth:`Generator.permutation` on the default generator.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.random.permutation(3).shape
+        (3,)
+    """
+    return _DEFAULT.permutation(n_or_tensor)
+
+
+def bernoulli(p: TensorLike, shape: ShapeLike | None = None) -> Tensor:
+    """:meth:`Generator.bernoulli` on the default generator.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.random.bernoulli(0.5, shape=(2,)).dtype
+        dtype('bool')
+    """
+    return _DEFAULT.bernoulli(p, shape)
+
+
+# --------------------------------------------------------------------------- for gradtape.nn
+def _numpy_generator(seed: Any, what: str) -> np.random.Generator:
+    """The NumPy generator a ``seed=`` argument stands for: a :class:`Generator`'s own (shared,
+    advancing), a ``numpy.random.Generator`` itself, a fresh ``default_rng(seed)`` for an int,
+    and the default generator's for None."""
+    if isinstance(seed, Generator):
+        return seed._rng
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:
+        return _DEFAULT._rng
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(f"{what}: seed must be an int, a gt.random.Generator, a "
+                        f"numpy.random.Generator or None, got {type(seed).__name__}")
+    return np.random.default_rng(_check_seed(seed, what))
