@@ -574,3 +574,18 @@ def test_demo_says_one_epoch(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "1 epoch\n" in out and "1 epochs" not in out
     assert os.path.exists(tmp_path / "new" / "dir" / "digits_mlp.npz")
+
+
+def test_integer_tensor_next_to_a_float_tensor_and_true_division_stay_float32():
+    i = gt.tensor(np.array([1, 2, 3]))
+    f32 = gt.tensor(np.array([0.5, 1.5, 2.5], np.float32))
+    f64 = gt.tensor(np.array([0.5, 1.5, 2.5]))
+    assert (i * f32).dtype == np.float32 and (f32 - i).dtype == np.float32
+    assert (i + f64).dtype == np.float64
+    assert (i / 2).dtype == np.float32 and (i / i).dtype == np.float32
+    np.testing.assert_allclose((i / 2).numpy(), [0.5, 1.0, 1.5])
+    assert (i + 1).dtype == np.int64  # integers with integers stay integers
+    with gt.GradientTape() as tape:  # the float operand still gets its gradient
+        tape.watch(f32)
+        y = gt.sum(f32 * i)
+    np.testing.assert_allclose(tape.gradient(y, f32).numpy(), [1.0, 2.0, 3.0])

@@ -445,6 +445,8 @@ def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
                 backend = a._backend
                 return a, _wrap(backend.xp.asarray(b, dtype=dt), backend)
             b, a = _pair_general(b, a)
+        elif a.data.dtype is not b.data.dtype:
+            a, b = _promote_mixed(a, b)
     elif isinstance(b, Tensor):
         dt = b.data.dtype
         if dt.kind in "fc" and isinstance(a, _SCALARS):
@@ -460,6 +462,18 @@ def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
         a, b = _pair_general(a, as_tensor(b))
     else:
         b, a = _pair_general(b, as_tensor(a))
+    return a, b
+
+
+def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Two tensors of different dtypes: an integer or bool tensor next to a float one takes the
+    float one's dtype (PyTorch's and JAX's rule: ``int64 * float32`` is float32, never
+    float64); other mixes keep NumPy's promotion."""
+    ka, kb = a.data.dtype.kind, b.data.dtype.kind
+    if ka in "biu" and kb in "fc":
+        a = bind(REGISTRY["astype"], a, dtype=b.data.dtype)
+    elif kb in "biu" and ka in "fc":
+        b = bind(REGISTRY["astype"], b, dtype=a.data.dtype)
     return a, b
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._src.backend import erf_for, erfc_for
-from .._src.primitive import Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
+from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -189,8 +189,13 @@ def mul(a: Any, b: Any) -> Tensor:
 
 
 def div(a: Any, b: Any) -> Tensor:
-    """``a / b`` (broadcasting). Example: ``gt.div(x, 2.0)``."""
-    return bind(P_DIV, *pair(a, b))
+    """``a / b`` (broadcasting); true division, so integers give float32 (PyTorch and JAX),
+    never float64. Example: ``gt.div(x, 2.0)``."""
+    a, b = pair(a, b)
+    if a.data.dtype.kind in "biu" and b.data.dtype.kind in "biu":
+        a = bind(REGISTRY["astype"], a, dtype=np.dtype(np.float32))
+        b = bind(REGISTRY["astype"], b, dtype=np.dtype(np.float32))
+    return bind(P_DIV, a, b)
 
 
 def neg(x: Any) -> Tensor:
