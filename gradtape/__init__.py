@@ -63,6 +63,7 @@ from .ops.elementwise import (
     arcsin,
     arctan,
     arctan2,
+    atan2,
     ceil,
     clip,
     cos,
@@ -195,7 +196,7 @@ __all__ = [
     "std", "norm", "argmax", "argmin", "reshape", "transpose", "broadcast_to", "moveaxis",
     "swapaxes", "expand_dims", "squeeze", "stack", "concat", "split", "pad", "flip", "tile",
     "repeat", "astype", "stop_gradient",
-    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "hypot", "take_along_axis", "index_add",
+    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "atan2", "hypot", "take_along_axis", "index_add",
     "segment_sum", "roll", "meshgrid", "diag", "trace", "triu", "tril", "cumsum", "cumprod",
     "argsort", "sort", "topk", "softmax", "log_softmax",
 ]

@@ -583,7 +583,8 @@ WRAPPERS = {"gather": "getitem", "take": "getitem", "split": "getitem",
             # topk gathers with argsort's permutation (take_along_axis: index_take); its vmap
             # and jvp cases are among sort's examples
             "topk": "index_take", "triu": "where", "tril": "where",
-            "diag": "getitem", "trace": "getitem", "meshgrid": "broadcast_to"}
+            "diag": "getitem", "trace": "getitem", "meshgrid": "broadcast_to",
+            "atan2": "arctan2"}
 
 
 def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
@@ -594,6 +595,7 @@ def _wrapper_cases(rng: np.random.Generator) -> dict[str, list]:
     i2 = np.array([[2, 1], [0, 2]])
     d = rng.permutation(12).reshape(4, 3) * 0.5  # no ties: topk's finite differences stay put
     return {
+        "atan2": [(gt.atan2, (x, y[0] + 2.0), {}, np.arctan2)],
         "gather": [(gt.gather, (x, i1), {"axis": 0}, lambda x, i: np.take(x, i, axis=0)),
                    (gt.gather, (x, i2), {"axis": 1}, lambda x, i: np.take(x, i, axis=1))],
         "take": [(gt.take, (x, i2), {}, lambda x, i: np.take(x, i)),

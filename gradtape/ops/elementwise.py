@@ -19,7 +19,7 @@ __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
     "square", "abs", "sign", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
     "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf",
-    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "hypot",
+    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "atan2", "hypot",
     "maximum", "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater",
     "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
 ]
@@ -327,6 +327,17 @@ def arctan2(y: Any, x: Any) -> Tensor:
     """
     return bind(P_ARCTAN2, *pair(y, x))
 
+
+
+def atan2(y: Any, x: Any) -> Tensor:
+    """PyTorch's name for :func:`arctan2`: the angle of the point ``(x, y)`` in ``[-pi, pi]``.
+
+    Example:
+        >>> import gradtape as gt
+        >>> round(float(gt.atan2(gt.tensor(1.0), gt.tensor(1.0))), 4)
+        0.7854
+    """
+    return arctan2(y, x)
 
 def hypot(a: Any, b: Any) -> Tensor:
     """``sqrt(a**2 + b**2)`` elementwise with broadcasting, without overflow or underflow in the
