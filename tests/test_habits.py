@@ -589,3 +589,13 @@ def test_integer_tensor_next_to_a_float_tensor_and_true_division_stay_float32():
         tape.watch(f32)
         y = gt.sum(f32 * i)
     np.testing.assert_allclose(tape.gradient(y, f32).numpy(), [1.0, 2.0, 3.0])
+
+
+def test_integer_tensor_in_products_takes_the_float_dtype():
+    i = gt.tensor(np.arange(4).reshape(2, 2))
+    f = gt.tensor(np.ones((2, 2), np.float32))
+    for out in (i @ f, f @ i, gt.dot(i[0], f[0]), gt.outer(i[0], f[0]),
+                gt.einsum("ij,jk->ik", i, f)):
+        assert out.dtype == np.float32
+    assert gt.einsum("ij,jk->ik", i, i).dtype == np.int64
+    np.testing.assert_allclose((i @ f).numpy(), np.arange(4).reshape(2, 2) @ np.ones((2, 2)))

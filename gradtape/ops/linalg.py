@@ -163,8 +163,7 @@ def matmul(a: Any, b: Any) -> Tensor:
         >>> (gt.tensor([[1.0, 2.0]]) @ gt.tensor([[3.0], [4.0]])).numpy()
         array([[11.]], dtype=float32)
     """
-    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
-        a, b = pair(a, b)
+    a, b = pair(a, b)  # two tensors pass through (an integer one next to a float one is cast)
     sa, sb = a.data.shape, b.data.shape  # plain attribute reads: this is a hot path
     if not sa or not sb:
         raise ValueError(f"matmul: operands must be at least 1-D, got shapes {sa} and "
@@ -342,6 +341,10 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     if not operands:
         raise ValueError("einsum: need at least one operand")
     ops = [one(o) for o in operands]
+    floats = [o.dtype for o in ops if o.dtype.kind in "fc"]
+    if floats and any(o.dtype.kind in "biu" for o in ops):  # integers take the float dtype
+        ft = np.result_type(*floats)
+        ops = [o.astype(ft) if o.dtype.kind in "biu" else o for o in ops]
     backend = ops[0]._backend
     ins, out = _parse_einsum(subscripts, [o.shape for o in ops])
     # every label has one size; a size-1 axis facing a larger size broadcasts (as NumPy)
