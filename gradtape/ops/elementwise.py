@@ -143,7 +143,14 @@ P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo),
                      domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)), masks=True)
 P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "c", "~c"),
                       domain=(Domain(kind="bool"), Domain(), Domain()), masks=True)
-P_SAFE_MUL = elementwise("safe_mul", lambda xp, a, b: xp.where(a == 0, 0, a * b), d=("b", "a"),
+def _safe_mul_impl(xp: Any, a: Any, b: Any) -> Any:
+    # b is replaced by 1 where a is 0 before the product, so 0 * inf never runs (no NaN and no
+    # RuntimeWarning); the where then puts the 0 there
+    zero = a == 0
+    return xp.where(zero, 0, a * xp.where(zero, 1, b))
+
+
+P_SAFE_MUL = elementwise("safe_mul", _safe_mul_impl, d=("b", "a"),
                          safe=True, masks=True)
 
 # comparisons and logic: no gradient, bool results; they batch as the elementwise ops do
