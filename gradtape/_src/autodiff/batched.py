@@ -20,6 +20,8 @@ one example's branch for all.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import numpy as np
@@ -27,7 +29,7 @@ import numpy as np
 from ..tensor import Tensor
 from .state import STATE
 
-__all__ = ["BatchedTensor", "Abstract", "value_error", "physical_data"]
+__all__ = ["BatchedTensor", "Abstract", "value_error", "physical_data", "batch_level"]
 
 
 def value_error(what: str) -> NoReturn:
@@ -37,7 +39,28 @@ def value_error(what: str) -> NoReturn:
         "instead of `if`), or move it outside the vmapped function")
 
 
-class Abstract:
+class _NoValue:
+    """What both a batched tensor and its ``.data`` refuse: becoming one Python value or array."""
+
+    __slots__ = ()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> NoReturn:
+        value_error("np.asarray()")
+
+    def __bool__(self) -> bool:
+        value_error("the truth value (an `if` or `while` on it)")
+
+    def __float__(self) -> float:
+        value_error("float()")
+
+    def __int__(self) -> int:
+        value_error("int()")
+
+    def __index__(self) -> int:
+        value_error("using as an index")
+
+
+class Abstract(_NoValue):
     """What ``.data`` of a batched tensor gives: the per-example shape and dtype, no values.
 
     Enough for code that inspects metadata (``x.data.shape``, ``x.data.dtype.kind``); reading
@@ -62,28 +85,13 @@ class Abstract:
             raise AttributeError(name)
         value_error(f"reading .{name}")
 
-    def __array__(self, *args: object, **kwargs: object) -> NoReturn:
-        value_error("converting to a NumPy array")
-
-    def __bool__(self) -> bool:
-        value_error("the truth value")
-
-    def __float__(self) -> float:
-        value_error("float()")
-
-    def __int__(self) -> int:
-        value_error("int()")
-
-    def __index__(self) -> int:
-        value_error("using as an index")
-
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
 
-class BatchedTensor(Tensor):
+class BatchedTensor(_NoValue, Tensor):  # _NoValue first: its refusals win over Tensor
     """One example of a batch, inside ``gt.vmap`` (see the module docstring).
 
     Example:
@@ -118,23 +126,8 @@ class BatchedTensor(Tensor):
     def numpy(self) -> np.ndarray:
         value_error("numpy()")
 
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        value_error("np.asarray()")
-
     def item(self) -> Any:
         value_error(".item()")
-
-    def __float__(self) -> float:
-        value_error("float()")
-
-    def __int__(self) -> int:
-        value_error("int()")
-
-    def __index__(self) -> int:
-        value_error("using as an index")
-
-    def __bool__(self) -> bool:
-        value_error("the truth value (an `if` or `while` on it)")
 
     def to(self, backend: str) -> Tensor:
         value_error(".to()")
@@ -161,6 +154,16 @@ def physical_data(t: Tensor) -> Any:
     return t.data
 
 
-def current_level() -> int:
-    """The number of vmaps active on this thread (0 outside any)."""
-    return STATE.vmap_level
+@contextmanager
+def batch_level() -> Iterator[int]:
+    """Enter one more vmap level on this thread (yields its number): batched values made for it
+    carry it, and backward passes inside run in recorded ops (``STATE.transforms``)."""
+    st = STATE
+    level = st.vmap_level + 1
+    st.vmap_level = level
+    st.transforms += 1
+    try:
+        yield level
+    finally:
+        st.vmap_level = level - 1
+        st.transforms -= 1

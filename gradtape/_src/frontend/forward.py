@@ -32,7 +32,7 @@ from ..rules import ON_TENSORS
 from ..tensor import Tensor, TensorTree, _next_id, _wrap, tensor
 from .custom_gradient import _CustomCall
 from .diagnostics import float_hint
-from .tape import GradientTape
+from .tape import GradientTape, value_like
 
 __all__ = ["ForwardAccumulator", "jvp"]
 
@@ -297,26 +297,7 @@ def _checked_pairs(primals: Any, tangents: Any, what: str) -> list[tuple[Tensor,
         if p.data.dtype.kind != "f":
             raise TypeError(f"{what}: {pname} has dtype {p.dtype}; forward-mode derivatives exist "
                             f"only for floating-point primals ({float_hint(p)})")
-        if not isinstance(t, Tensor):
-            if isinstance(t, (str, bytes)) or t is None:
-                raise TypeError(f"{what}: {tname} must be a Tensor or array of {pname}'s shape "
-                                f"{p.shape}, got {type(t).__name__}")
-            try:
-                arr = (p._backend.xp.asarray(t) if isinstance(t, np.ndarray)
-                       else p._backend.xp.asarray(t, dtype=p.dtype))
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"{what}: {tname} must be a Tensor or array of {pname}'s shape "
-                                f"{p.shape}, got {type(t).__name__} ({exc})") from None
-            t = _wrap(arr, p._backend)
-        if t.shape != p.shape:
-            raise ValueError(f"{what}: {tname} has shape {t.shape}, expected {pname}'s shape "
-                             f"{p.shape}")
-        if t.dtype != p.dtype:
-            raise TypeError(f"{what}: {tname} has dtype {t.dtype}, expected {pname}'s dtype "
-                            f"{p.dtype}")
-        if t._backend is not p._backend:
-            raise ValueError(f"{what}: {tname} is on backend {t.backend!r}, {pname} on "
-                             f"{p.backend!r}")
+        t = value_like(t, p, what, tname, f"{pname}'s")
         pairs.append((p, t))
     return pairs
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ... import ops
-from ..autodiff.batched import BatchedTensor
+from ..autodiff.batched import BatchedTensor, batch_level
 from ..autodiff.engine import backward
 from ..autodiff.record import Recorder
 from ..autodiff.state import STATE, hooks_add, user_line
@@ -365,25 +365,7 @@ class GradientTape(Recorder):
                 seeds.append(None)
                 continue
             name = f"output_gradients[{i}]" if len(targets) > 1 else "output_gradients"
-            if not isinstance(og, Tensor):
-                if isinstance(og, (str, bytes)):
-                    raise TypeError(f"gradient(): {name} must be a Tensor or array of the target's "
-                                    f"shape {t.shape}, got {type(og).__name__}")
-                try:
-                    og = Tensor(t._backend.xp.asarray(og, dtype=t.dtype) if not isinstance(og, np.ndarray)
-                                else og)
-                except (TypeError, ValueError) as exc:
-                    raise TypeError(f"gradient(): {name} must be a Tensor or array of the target's "
-                                    f"shape {t.shape}, got {type(og).__name__} ({exc})") from None
-            if og.shape != t.shape:
-                raise ValueError(f"gradient(): {name} has shape {og.shape}, expected the target's "
-                                 f"shape {t.shape}")
-            if og.dtype != t.dtype:
-                raise TypeError(f"gradient(): {name} has dtype {og.dtype}, expected the target's "
-                                f"dtype {t.dtype}")
-            if og._backend is not t._backend:
-                raise ValueError(f"gradient(): {name} is on backend {og.backend!r}, the target on "
-                                 f"{t.backend!r}")
+            og = value_like(og, t, "gradient()", name, "the target's")
             seeds.append(og)
         del tspec
         return targets, seeds
@@ -516,6 +498,33 @@ class GradientTape(Recorder):
         return r
 
 
+def value_like(value: Any, like: Tensor, what: str, name: str, owner: str) -> Tensor:
+    """``value`` (an upstream gradient or a tangent: a Tensor, an array or a number) as a Tensor
+    of ``like``'s shape, dtype and backend; anything else raises naming ``name`` (``owner``:
+    whose shape it must have, e.g. ``"the target's"``)."""
+    if not isinstance(value, Tensor):
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError(f"{what}: {name} must be a Tensor or array of {owner} shape "
+                            f"{like.shape}, got {type(value).__name__}")
+        try:
+            arr = (like._backend.xp.asarray(value) if isinstance(value, np.ndarray)
+                   else like._backend.xp.asarray(value, dtype=like.dtype))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what}: {name} must be a Tensor or array of {owner} shape "
+                            f"{like.shape}, got {type(value).__name__} ({exc})") from None
+        value = _wrap(arr, like._backend)
+    if value.shape != like.shape:
+        raise ValueError(f"{what}: {name} has shape {value.shape}, expected {owner} shape "
+                         f"{like.shape}")
+    if value.dtype != like.dtype:
+        raise TypeError(f"{what}: {name} has dtype {value.dtype}, expected {owner} dtype "
+                        f"{like.dtype}")
+    if value._backend is not like._backend:
+        raise ValueError(f"{what}: {name} is on backend {value.backend!r}, {owner[:-2]} on "
+                         f"{like.backend!r}")
+    return value
+
+
 def _check_unconnected(value: str) -> None:
     if value not in _UNCONNECTED:
         raise ValueError(f"unconnected_gradients must be 'none', 'zero' or 'raise', got {value!r}")
@@ -535,16 +544,9 @@ def _jacobian_vectorized(tape: GradientTape, target: Tensor, sources: list[Tenso
     else:
         m = int(np.prod(tshape, dtype=np.int64))
         seed_arr = xp.eye(m, dtype=target.dtype).reshape((m,) + tshape)
-    st = STATE
-    level = st.vmap_level + 1
-    seed = BatchedTensor(_wrap(seed_arr, target._backend), 0, level)
-    st.vmap_level = level
-    st.transforms += 1
-    try:
+    with batch_level() as level:
+        seed = BatchedTensor(_wrap(seed_arr, target._backend), 0, level)
         grads = backward(tape, [target], [seed], sources, True, release=False)
-    finally:
-        st.vmap_level = level - 1
-        st.transforms -= 1
     out: list[Tensor | None] = []
     for s in sources:
         g = grads.get(s._id) if s._id else None

@@ -237,11 +237,7 @@ def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     def jac(*args: Any) -> Any:
         nums = _argnums(argnums, len(args), fname)
 
-        def partial(*diff_args: Any) -> Any:
-            full = list(args)
-            for i, a in zip(nums, diff_args):
-                full[i] = a
-            return f(*full)
+        partial = _of_differentiated(f, args, nums)
 
         out, vjp_fn = vjp(partial, *[args[i] for i in nums])
         out_leaves, out_spec = flatten(out)
@@ -296,11 +292,7 @@ def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
         nums = _argnums(argnums, len(args), fname)
         primals = [_as_sources(args[i], fname, i) for i in nums]
 
-        def partial(*diff_args: Any) -> Any:
-            full = list(args)
-            for i, a in zip(nums, diff_args):
-                full[i] = a
-            return f(*full)
+        partial = _of_differentiated(f, args, nums)
 
         per_arg = []  # for each differentiated argument: the output tree of Jacobians
         out_spec = None
@@ -384,6 +376,17 @@ def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ..
         raise TypeError("gt.hvp: primals and tangents must be tuples, one entry per argument of f")
     nums = tuple(range(len(primals)))
     return jvp(grad(f, nums), tuple(primals), tuple(tangents))[1]
+
+
+def _of_differentiated(f: Callable[..., Any], args: tuple, nums: tuple[int, ...]) -> Callable[..., Any]:
+    """``f`` as a function of the arguments ``nums`` only, the others fixed to ``args``."""
+    def partial(*diff_args: Any) -> Any:
+        full = list(args)
+        for i, a in zip(nums, diff_args):
+            full[i] = a
+        return f(*full)
+
+    return partial
 
 
 def _zeros(t: Tensor) -> Tensor:

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from ... import ops
-from ..autodiff.batched import BatchedTensor
-from ..autodiff.state import STATE
+from ..autodiff.batched import BatchedTensor, batch_level
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, tensor
 
@@ -167,18 +166,10 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
         return _run(size, tensors, axes, tree)
 
     def _run(size: int, tensors: list[Any], axes: list[int | None], tree: Any) -> Any:
-        st = STATE
-        level = st.vmap_level + 1
-        wrapped = [t if ax is None else BatchedTensor(t, ax, level)
-                   for t, ax in zip(tensors, axes)]
-        call_args = unflatten(tree, wrapped)
-        st.vmap_level = level
-        st.transforms += 1
-        try:
-            out = f(*call_args)
-        finally:
-            st.vmap_level = level - 1
-            st.transforms -= 1
+        with batch_level() as level:
+            wrapped = [t if ax is None else BatchedTensor(t, ax, level)
+                       for t, ax in zip(tensors, axes)]
+            out = f(*unflatten(tree, wrapped))
         return _unwrap(out, level, size)
 
     def _chunked(size: int, chunk: int, tensors: list[Any], axes: list[int | None], tree: Any) -> Any:
