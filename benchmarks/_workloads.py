@@ -294,12 +294,9 @@ def build_overhead(fw: str, fusion: bool | None = None, device: str = "cpu") -> 
             return tape.gradient(y, x)
 
         return G.cell(run, grads=lambda g: [_np(g.numpy())])
-    _only_cpu(fw, device)
-    if fw == "numpy":
-        return Cell(lambda: _np_chain_overhead(x0), grads=lambda g: [g])
     if fw == "torch":
         torch = load("torch")
-        x = torch.tensor(x0, requires_grad=True)
+        x = torch.tensor(x0, device=_torch_device(device), requires_grad=True)
         fns = _overhead_fns(torch)
 
         def run() -> Any:
@@ -308,7 +305,10 @@ def build_overhead(fw: str, fusion: bool | None = None, device: str = "cpu") -> 
                 v = f(v)
             return torch.autograd.grad(v.sum(), x)[0]
 
-        return Cell(run, grads=lambda g: [_np(g)])
+        return Cell(run, sync=_torch_sync(device), grads=lambda g: [_np(g)])
+    _only_cpu(fw, device)
+    if fw == "numpy":
+        return Cell(lambda: _np_chain_overhead(x0), grads=lambda g: [g])
     if fw == "tf":
         tf = load("tf")
         x = tf.constant(x0)
@@ -403,19 +403,20 @@ def build_overhead_mixed(fw: str, fusion: bool | None = None, device: str = "cpu
     """:func:`_mixed_chain` on float32 (16,), forward under the tape + backward to x (watched)
     and w (a trainable variable / parameter). ``MIXED_OPS`` ops per call."""
     x0, w0 = mixed_inputs()
-    if fw == "gradtape":
+    if fw in ("gradtape", "gradtape[compiled]"):
         G = _GT(fusion, device)
         with G as gt:
             x = gt.tensor(x0)
             w = gt.Variable(w0)
 
-        def run() -> Any:
+        def body(x: Any) -> Any:
             with gt.GradientTape() as tape:
                 tape.watch(x)
                 y = _mixed_chain(gt, x, w)
             return tape.gradient(y, [x, w])
 
-        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        step = _maybe_compiled(gt, fw, body)
+        return G.cell(lambda: step(x), grads=lambda gs: [_np(g.numpy()) for g in gs])
     if fw == "torch":
         torch = load("torch")
         dev = _torch_device(device)
@@ -544,9 +545,16 @@ def build_fused(fw: str, part: str = "fwd+bwd", fusion: bool | None = None, devi
     raise Unavailable(f"unknown framework {fw!r}")
 
 
-def build_copy(device: str = "cpu", n: int = FUSED_N) -> Cell:
-    """A copy of the fused workload's array into a preallocated buffer (bandwidth reference)."""
+def build_copy(device: str = "cpu", n: int = FUSED_N, fw: str = "cupy") -> Cell:
+    """A copy of the fused workload's array into a preallocated buffer (bandwidth reference):
+    ``np.copyto`` on the CPU, ``cupy.copyto`` on a device; ``fw="torch"``: ``Tensor.copy_`` on
+    ``device``."""
     x0 = fused_input(n)
+    if fw == "torch":
+        torch = load("torch")
+        xt = torch.tensor(x0, device=_torch_device(device))
+        outt = torch.empty_like(xt)
+        return Cell(lambda: outt.copy_(xt), sync=_torch_sync(device))
     if device == "cpu":
         out = np.empty_like(x0)
         return Cell(lambda: np.copyto(out, x0))
@@ -700,7 +708,7 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
     X0, T0, P0 = mlp_data(sizes, batch)
     if ce:
         T0 = mlp_labels(sizes, batch)
-    if fw == "gradtape":
+    if fw in ("gradtape", "gradtape[compiled]"):
         G = _GT(fusion, device)
         gt = G.gt
         if train and not hasattr(getattr(gt, "optimizers", None), "Adam"):
@@ -716,7 +724,7 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
             opt = gt.optimizers.Adam(ADAM["lr"], epsilon=ADAM["eps"]) if train else None
 
         if ce:
-            def run() -> Any:
+            def body(X: Any, T: Any) -> Any:
                 with gt.GradientTape() as tape:
                     loss = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), T)
                 grads = tape.gradient(loss, params)
@@ -724,7 +732,7 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
                     opt.apply_gradients(zip(grads, params))
                 return grads
         else:
-            def run() -> Any:
+            def body(X: Any, T: Any) -> Any:
                 with gt.GradientTape() as tape:
                     loss = _mlp_loss(gt, gt.matmul, params, X, T, batch)
                 grads = tape.gradient(loss, params)
@@ -732,7 +740,8 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
                     opt.apply_gradients(zip(grads, params))
                 return grads
 
-        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        step = _maybe_compiled(gt, fw, body)
+        return G.cell(lambda: step(X, T), grads=lambda gs: [_np(g.numpy()) for g in gs])
     if fw == "torch":
         torch = load("torch")
         F = importlib.import_module("torch.nn.functional")
@@ -898,7 +907,7 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
     relu-maxpool2-dense(784->10), cross-entropy on integer labels, batch 32 of 1x28x28."""
     X0, y0, P0 = conv_data()
     B = CONV["batch"]
-    if fw == "gradtape":
+    if fw in ("gradtape", "gradtape[compiled]"):
         G = _GT(None, device)
         gt = G.gt
         _gt_conv_check(gt, adam=True)
@@ -908,14 +917,15 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
             y = y0 if device == "cpu" else gt.tensor(y0)
             opt = gt.optimizers.Adam(ADAM["lr"], epsilon=ADAM["eps"])
 
-        def run() -> Any:
+        def body(X: Any, y: Any) -> Any:
             with gt.GradientTape() as tape:
                 loss = gt.nn.cross_entropy(_gt_conv_logits(gt, params, X), y)
             grads = tape.gradient(loss, params)
             opt.apply_gradients(zip(grads, params))
             return grads
 
-        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        step = _maybe_compiled(gt, fw, body)
+        return G.cell(lambda: step(X, y), grads=lambda gs: [_np(g.numpy()) for g in gs])
     if fw == "torch":
         torch = load("torch")
         F = importlib.import_module("torch.nn.functional")
@@ -1147,12 +1157,13 @@ def jacobian_data(n: int = JACOBIAN_N) -> tuple[np.ndarray, np.ndarray]:
     return W, rng.standard_normal(n, dtype=np.float32)
 
 
-def build_jacobian(fw: str) -> Cell:
+def build_jacobian(fw: str, device: str = "cpu") -> Cell:
     """Jacobian of ``tanh(W @ x)`` with respect to x (shape (n, n)); each framework's
-    vectorized Jacobian (one batched backward / pfor / vmap of the VJP)."""
+    vectorized Jacobian (one batched backward / pfor / vmap of the VJP). ``device`` "cuda":
+    gradtape on CuPy and PyTorch on CUDA (the others are CPU only)."""
     W0, x0 = jacobian_data()
     if fw == "gradtape":
-        G = _GT(None, "cpu")
+        G = _GT(None, device)
         with G as gt:
             W, x = gt.tensor(W0), gt.tensor(x0)
 
@@ -1163,18 +1174,20 @@ def build_jacobian(fw: str) -> Cell:
             return tape.jacobian(y, x)
 
         return G.cell(run, grads=lambda J: [_np(J.numpy())])
+    if fw == "torch":
+        torch = load("torch")
+        func = importlib.import_module("torch.func")
+        dev = _torch_device(device)
+        W, x = torch.tensor(W0, device=dev), torch.tensor(x0, device=dev)
+        jac = func.jacrev(lambda v: torch.tanh(W @ v))
+        return Cell(lambda: jac(x), sync=_torch_sync(device), grads=lambda J: [_np(J)])
+    _only_cpu(fw, device)
     if fw == "numpy":
         def run_np() -> np.ndarray:
             y = np.tanh(W0 @ x0)
             return (np.float32(1.0) - y * y)[:, None] * W0
 
         return Cell(run_np, grads=lambda J: [J])
-    if fw == "torch":
-        torch = load("torch")
-        func = importlib.import_module("torch.func")
-        W, x = torch.tensor(W0), torch.tensor(x0)
-        jac = func.jacrev(lambda v: torch.tanh(W @ v))
-        return Cell(lambda: jac(x), grads=lambda J: [_np(J)])
     if fw == "jax":
         jax = load("jax")
         jnp = jax.numpy
@@ -1330,7 +1343,7 @@ def _linear_to_ours(gs: list[np.ndarray], batched: bool) -> list[np.ndarray]:
     return [np.swapaxes(g, -1, -2) if g.ndim == 2 + batched else g for g in gs]
 
 
-def build_per_example_mlp(fw: str, clip: bool = False) -> Cell:
+def build_per_example_mlp(fw: str, clip: bool = False, device: str = "cpu") -> Cell:
     """Per-example gradients (``clip=False``) or the DP-SGD clipped sum (``clip=True``, C =
     ``DP_CLIP``, joint norm over all parameters) of the 64-128-10 tanh MLP with softmax
     cross-entropy on integer labels, batch 128, with respect to all parameters.
@@ -1340,7 +1353,9 @@ def build_per_example_mlp(fw: str, clip: bool = False) -> Cell:
     vmap of grad), ``opacus`` (per-sample hooks), ``opacus[ghost]`` (ghost clipping, ``clip``
     only), ``jax`` (``jax.jit`` of vmap of grad), ``numpy`` (materialized), ``numpy[ghost]``
     (ghost norms, ``clip`` only); ``*[batch]`` is each framework's plain gradient of the mean
-    loss of the same net and batch (the cost of one ordinary backward, for the ratio)."""
+    loss of the same net and batch (the cost of one ordinary backward, for the ratio).
+    ``device`` "cuda": the gradtape and PyTorch (``torch.func``) columns on the GPU; the others
+    are CPU only."""
     sizes, B = PEX_MLP["sizes"], PEX_MLP["batch"]
     X0, _, P0 = mlp_data(sizes, B)
     y0 = mlp_labels(sizes, B)
@@ -1348,16 +1363,17 @@ def build_per_example_mlp(fw: str, clip: bool = False) -> Cell:
     if var == "ghost" and not clip:
         raise Unavailable("ghost norms apply to the clipped sum only (dp_sgd)")
     if base == "gradtape":
-        G = _GT(None, "cpu")
+        G = _GT(None, device)
         gt = G.gt
         nn = gt.nn
         with G:
             params = [gt.Variable(p) for p in P0]
             X = gt.tensor(X0)
+            labels = y0 if device == "cpu" else gt.tensor(y0)  # on the device: no copy per step
         if var == "batch":
             def run_b() -> Any:
                 with gt.GradientTape() as tape:
-                    loss = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), y0)
+                    loss = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), labels)
                 return tape.gradient(loss, params)
 
             return G.cell(run_b, grads=lambda gs: [_np(g.numpy()) for g in gs])
@@ -1381,33 +1397,31 @@ def build_per_example_mlp(fw: str, clip: bool = False) -> Cell:
 
         def run() -> Any:
             with gt.GradientTape() as tape:
-                losses = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), y0,
+                losses = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), labels,
                                           reduction="none")
             return tape.per_example_gradients(losses, params, **kw)
 
         return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
-    if base == "numpy":
-        if var == "batch":
-            return Cell(lambda: _np_mlp_grads(P0, X0, y0, B, "ce"), grads=lambda gs: list(gs))
-        mode = "ghost" if var == "ghost" else ("clip" if clip else "per_example")
-        return Cell(lambda: _np_mlp_per_example(P0, X0, y0, mode), grads=lambda gs: list(gs))
     if base in ("torch", "opacus"):
         torch = load("torch")
         F = importlib.import_module("torch.nn.functional")
-        X, y = torch.tensor(X0), torch.tensor(y0)
+        dev = _torch_device(device)
+        sync = _torch_sync(device)
+        X, y = torch.tensor(X0, device=dev), torch.tensor(y0, device=dev)
         if base == "opacus":
+            _only_cpu(fw, device)
             mode = "ghost" if var == "ghost" else ("clip" if clip else "per_example")
             return _opacus_cell(_torch_mlp_module(torch, P0), X, y, B, mode, _linear_to_ours)
         if var == "batch":
-            params = [torch.tensor(p, requires_grad=True) for p in P0]
+            params = [torch.tensor(p, device=dev, requires_grad=True) for p in P0]
 
             def run_tb() -> Any:
                 loss = F.cross_entropy(_mlp_logits(torch, torch.matmul, params, X), y)
                 return torch.autograd.grad(loss, params)
 
-            return Cell(run_tb, grads=lambda gs: [_np(g) for g in gs])
+            return Cell(run_tb, sync=sync, grads=lambda gs: [_np(g) for g in gs])
         func = importlib.import_module("torch.func")
-        params = [torch.tensor(p) for p in P0]
+        params = [torch.tensor(p, device=dev) for p in P0]
 
         def loss1_t(ps: list, x: Any, yb: Any) -> Any:
             return F.cross_entropy(_mlp_logits(torch, torch.matmul, ps, x[None]), yb[None])
@@ -1418,7 +1432,13 @@ def build_per_example_mlp(fw: str, clip: bool = False) -> Cell:
             gs = pex_t(params, X, y)
             return _torch_clipped_sum(torch, gs) if clip else gs
 
-        return Cell(run_t, grads=lambda gs: [_np(g) for g in gs])
+        return Cell(run_t, sync=sync, grads=lambda gs: [_np(g) for g in gs])
+    _only_cpu(fw, device)
+    if base == "numpy":
+        if var == "batch":
+            return Cell(lambda: _np_mlp_grads(P0, X0, y0, B, "ce"), grads=lambda gs: list(gs))
+        mode = "ghost" if var == "ghost" else ("clip" if clip else "per_example")
+        return Cell(lambda: _np_mlp_per_example(P0, X0, y0, mode), grads=lambda gs: list(gs))
     if base == "jax":
         jax = load("jax")
         jnp = jax.numpy
@@ -1690,7 +1710,8 @@ def specs(device: str = "cpu") -> list[Spec]:
              f"{MIXED_STEPS} x (a=tanh(y)*{MIXED_SCALE}, b=a+w, y=b*a-{MIXED_SHIFT}) + sum on "
              f"(16,), fwd+bwd to x, w",
              lambda fw: _fw_variant(fw, lambda f, fu: build_overhead_mixed(f, fu)),
-             ("gradtape", "gradtape[nofusion]") + all_fw[1:], per=MIXED_OPS, unit="us/op"),
+             ("gradtape", "gradtape[nofusion]", "gradtape[compiled]") + all_fw[1:], per=MIXED_OPS,
+             unit="us/op"),
         Spec("fused", "8-op chain on 2^22 float32, fwd+bwd",
              lambda fw: _fw_variant(fw, lambda f, fu: build_fused(f, "fwd+bwd", fu)),
              ("gradtape", "gradtape[nofusion]") + all_fw[1:] + ("torch[1t]",)),
@@ -1701,23 +1722,24 @@ def specs(device: str = "cpu") -> list[Spec]:
              ("numpy",)),
         Spec("mlp_large", "MLP 784-512-512-10 tanh, batch 256, fwd+bwd",
              lambda fw: _fw_variant(fw, lambda f, fu: build_mlp(f, fusion=fu, **MLP_LARGE)),
-             all_fw + ("torch[1t]",)),
+             all_fw + ("torch[1t]", "gradtape[compiled]")),
         Spec("mlp_small", "MLP 32-64-64-10 tanh, batch 16, fwd+bwd",
-             lambda fw: build_mlp(fw, **MLP_SMALL), all_fw),
+             lambda fw: build_mlp(fw, **MLP_SMALL), all_fw + ("gradtape[compiled]",)),
         Spec("adam_small", "train step MLP 32-64-64-10, batch 16, Adam",
-             lambda fw: build_mlp(fw, train=True, **MLP_SMALL), all_fw),
+             lambda fw: build_mlp(fw, train=True, **MLP_SMALL), all_fw + ("gradtape[compiled]",)),
         Spec("adam_large", "train step MLP 784-512-512-10, batch 256, Adam",
-             lambda fw: build_mlp(fw, train=True, **MLP_LARGE), all_fw),
+             lambda fw: build_mlp(fw, train=True, **MLP_LARGE), all_fw + ("gradtape[compiled]",)),
         Spec("mlp_large_ce", "MLP 784-512-512-10 tanh, batch 256, softmax CE, fwd+bwd",
              lambda fw: _fw_variant(fw, lambda f, fu: build_mlp(f, fusion=fu, loss="ce",
                                                                 **MLP_LARGE)),
-             all_fw + ("torch[1t]",)),
+             all_fw + ("torch[1t]", "gradtape[compiled]")),
         Spec("mlp_small_ce", "MLP 32-64-64-10 tanh, batch 16, softmax CE, fwd+bwd",
-             lambda fw: build_mlp(fw, loss="ce", **MLP_SMALL), all_fw),
+             lambda fw: build_mlp(fw, loss="ce", **MLP_SMALL), all_fw + ("gradtape[compiled]",)),
         Spec("adam_small_ce", "train step MLP 32-64-64-10, batch 16, softmax CE, Adam",
-             lambda fw: build_mlp(fw, train=True, loss="ce", **MLP_SMALL), all_fw),
+             lambda fw: build_mlp(fw, train=True, loss="ce", **MLP_SMALL),
+             all_fw + ("gradtape[compiled]",)),
         Spec("conv", "conv net train step (2 conv3x3, 2 maxpool, dense), batch 32 1x28x28, Adam",
-             build_conv, ("gradtape", "numpy", "torch", "tf", "jax")),
+             build_conv, ("gradtape", "gradtape[compiled]", "numpy", "torch", "tf", "jax")),
         Spec("jacobian", f"Jacobian of tanh(W @ x) w.r.t. x, W {JACOBIAN_N}x{JACOBIAN_N}",
              lambda fw: _fw_variant(fw, lambda f, _: build_jacobian(f)),
              ("gradtape", "numpy", "torch", "jax", "tf", "torch[1t]")),
@@ -1739,6 +1761,16 @@ def specs(device: str = "cpu") -> list[Spec]:
     ]
 
 
+def _maybe_compiled(gt: Any, fw: str, body: Callable[..., Any]) -> Callable[..., Any]:
+    """``body`` itself, or for ``gradtape[compiled]`` under ``gt.function`` (the inputs are
+    arguments, so the replay computes every op; calibration's warm-up calls trace it)."""
+    if fw != "gradtape[compiled]":
+        return body
+    if not hasattr(gt, "function"):
+        raise Unavailable("gradtape.function does not exist in this version")
+    return gt.function(body)
+
+
 def _fw_variant(fw: str, build: Callable[[str, bool | None], Cell]) -> Cell:
     """``gradtape[nofusion]`` is gradtape with ``gt.config.fusion = False``; ``gradtape`` forces
     fusion on; other names pass through."""
@@ -1746,6 +1778,8 @@ def _fw_variant(fw: str, build: Callable[[str, bool | None], Cell]) -> Cell:
         return build("gradtape", True)
     if fw == "gradtape[nofusion]":
         return build("gradtape", False)
+    if fw == "gradtape[compiled]":
+        return build(fw, True)
     if fw == "torch[1t]":
         return torch_one_thread(build("torch", None))
     return build(fw, None)

@@ -9,6 +9,7 @@ Example:
     array([2., 4.], dtype=float32)
 """
 
+from . import distributed as distributed
 from . import nn as nn
 from . import ops as ops
 from . import optimizers as optimizers
@@ -18,10 +19,13 @@ from ._src.backend import set_backend as set_backend
 from ._src.backend import use_backend as use_backend
 from ._src.config import config as config
 from ._src.errors import BackendUnavailableError as BackendUnavailableError
+from ._src.errors import TracingError as TracingError
 from ._src.errors import UnconnectedGradientError as UnconnectedGradientError
 from ._src.frontend.custom_gradient import custom_gradient as custom_gradient
 from ._src.frontend.forward import ForwardAccumulator as ForwardAccumulator
 from ._src.frontend.forward import jvp as jvp
+from ._src.frontend.function import Function as Function
+from ._src.frontend.function import function as function
 from ._src.frontend.tape import GradientTape as GradientTape
 from ._src.frontend.transforms import grad as grad
 from ._src.frontend.transforms import hessian as hessian
@@ -180,8 +184,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "ForwardAccumulator", "GradientTape", "Tensor",
-    "UnconnectedGradientError", "Variable",
-    "backend_name", "config", "custom_gradient", "from_dlpack", "nn", "optimizers", "set_backend",
+    "UnconnectedGradientError", "Variable", "TracingError", "function", "Function",
+    "backend_name", "config", "custom_gradient", "from_dlpack", "nn", "optimizers", "distributed", "set_backend",
     "tensor", "use_backend", "jvp",
     "random", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "arange", "linspace",
     "eye", "one_hot",

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ._src.backend import Array
+from ._src.autodiff.state import opaque, tracing
+from ._src.backend import Array, backend_of
 from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
 from ._src.codegen.graph import Graph
@@ -169,7 +170,7 @@ class UpdateRule:
                 params = [ptype(s) for s in scalars]
             leaf_dtypes = tuple(a.dtype.name for a in arrays)
             spec, kernel = cupy_kernel(self.key, self.graph, leaf_dtypes, dtype.name,
-                                                (False,) * len(outs), self.inplace)
+                                       (False,) * len(outs), self.inplace, backend_of(out0).xp)
             args = [arrays[i] for i in spec.leaves] + [params[i] for i in spec.params]
             kernel(*args, *(outs[k] for k in spec.outputs))
         if cache is not None:
@@ -291,6 +292,19 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
         else:
             out.append(g * g.dtype.type(scale))
     return out, norm
+
+
+def _clip_on_device(grads: list[Array], clip_norm: float, xp: Any) -> list[Array]:
+    """:func:`clip_by_global_norm` for device arrays of module ``xp``, without reading the norm
+    on the host: the sum of squares (in float64), the norm and the scale stay 0-d device arrays
+    and every gradient is multiplied by the scale (by exactly 1.0 when no clipping is needed,
+    so the values equal the host route's)."""
+    total = None
+    for a in grads:
+        sq = (a * a).sum(dtype=np.float64) if a.dtype != np.float64 else (a * a).sum()
+        total = sq if total is None else total + sq
+    scale = clip_norm / xp.maximum(xp.sqrt(total), clip_norm)
+    return [g * scale.astype(g.dtype) for g in grads]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -494,6 +508,10 @@ class Optimizer:
                     raise TypeError(f"{who}: gradient on backend {g.backend!r} for variable "
                                     f"{_label(v, i)} on {v.backend!r}")
                 g = g.data
+            elif not v._backend.owns(g):  # e.g. a host array for a device variable
+                raise TypeError(f"{who}: the gradient for variable {_label(v, i)} is a "
+                                f"{type(g).__module__}.{type(g).__name__}, not an array of the "
+                                f"variable's backend {v.backend!r}; pass a Tensor on it")
             if g.shape != v.shape:
                 raise ValueError(f"{who}: gradient of shape {g.shape} for variable {_label(v, i)} "
                                  f"of shape {v.shape}")
@@ -507,8 +525,26 @@ class Optimizer:
             if n_seen:
                 return  # every gradient None: nothing to do (no step counted)
             raise ValueError(f"{who}: no (gradient, variable) pairs given")
+        if tracing():  # inside gt.function: the update is one step, replayed with its state
+            variables = [v for _, v in pairs]
+
+            def update(*gs: Array) -> None:
+                self._update(list(zip(gs, variables)))
+
+            opaque(update, *[g for g, _ in pairs],
+                   key=("apply_gradients", id(self), tuple(id(v) for v in variables)))
+            return
+        self._update(pairs)
+
+    def _update(self, pairs: list[tuple[Array, Variable]]) -> None:
+        """The update of checked ``(gradient array, Variable)`` pairs: clipping, the step
+        count, the fused rule on each Variable."""
         if self.global_clipnorm is not None:
-            clipped, _ = clip_by_global_norm([g for g, _ in pairs], self.global_clipnorm)
+            gs = [g for g, _ in pairs]
+            if isinstance(gs[0], np.ndarray):
+                clipped, _ = clip_by_global_norm(gs, self.global_clipnorm)
+            else:  # a device: the norm stays on it (no host synchronisation inside the step)
+                clipped = _clip_on_device(gs, self.global_clipnorm, pairs[0][1]._backend.xp)
             pairs = list(zip(clipped, (v for _, v in pairs)))
         rule = self._rule()
         values = self._rule_scalars(self._scalars())

@@ -23,12 +23,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._src.autodiff.state import opaque, tracing
 from ._src.backend import get_backend
 from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
 from .ops.creation import ShapeLike, float_dtype, normalize_shape
@@ -74,6 +77,36 @@ def _to_active(host: np.ndarray) -> Tensor:
     return _wrap(host if backend.name == "numpy" else backend.xp.asarray(host), backend)
 
 
+def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A draw that a ``gt.function`` program replays as one step (a new draw at each call,
+    advancing the generator as in eager mode) instead of freezing the traced numbers."""
+
+    @functools.wraps(method)
+    def draw(self: Generator, *args: Any, **kwargs: Any) -> Tensor:
+        if not tracing():
+            return method(self, *args, **kwargs)
+        tens = [(i, a) for i, a in enumerate(args) if isinstance(a, Tensor)]
+        ktens = [(k, a) for k, a in kwargs.items() if isinstance(a, Tensor)]
+        backends = [t._backend for _, t in tens + ktens]
+
+        def run(*arrays: Any) -> Any:
+            a2 = list(args)
+            k2 = dict(kwargs)
+            for (i, t), arr in zip(tens, arrays):
+                a2[i] = _wrap(arr, t._backend)
+            for (k, t), arr in zip(ktens, arrays[len(tens):]):
+                k2[k] = _wrap(arr, t._backend)
+            return method(self, *a2, **k2).data
+
+        static = (tuple(a for a in args if not isinstance(a, Tensor)),
+                  tuple((k, v) for k, v in sorted(kwargs.items()) if not isinstance(v, Tensor)))
+        out = opaque(run, *[t.data for _, t in tens + ktens],
+                     key=(method.__name__, id(self), static))
+        return _wrap(out, backends[0] if backends else get_backend())
+
+    return draw
+
+
 class Generator:
     """A seeded random-number generator: NumPy's PCG64 drawn on the host, results on the
     active backend (the same numbers on NumPy and CuPy; see the module docstring).
@@ -115,6 +148,7 @@ class Generator:
         return f"gt.random.Generator(entropy={self._seq.entropy}, spawn_key={self._seq.spawn_key})"
 
     # --- draws ---------------------------------------------------------------------------
+    @_replayed
     def normal(self, shape: ShapeLike, mean: float = 0.0, std: float = 1.0,
                dtype: DTypeLike | None = None) -> Tensor:
         """Samples of the normal distribution N(``mean``, ``std``²).
@@ -147,6 +181,7 @@ class Generator:
             z += draw.type(m)
         return _to_active(z.astype(dt, copy=False))
 
+    @_replayed
     def uniform(self, shape: ShapeLike, low: float = 0.0, high: float = 1.0,
                 dtype: DTypeLike | None = None) -> Tensor:
         """Samples of the uniform distribution on ``[low, high)``.
@@ -180,6 +215,7 @@ class Generator:
             u += draw.type(lo)
         return _to_active(u.astype(dt, copy=False))
 
+    @_replayed
     def integers(self, low: int, high: int | None = None, shape: ShapeLike = (),
                  dtype: DTypeLike | None = None) -> Tensor:
         """Uniform random integers in ``[low, high)`` (``[0, low)`` when ``high`` is None), as
@@ -215,6 +251,7 @@ class Generator:
             raise ValueError(f"integers: [{lo}, {hi}) does not fit {dt} ([{info.min}, {info.max}])")
         return _to_active(self._rng.integers(lo, hi, size=shape, dtype=dt))
 
+    @_replayed
     def permutation(self, n_or_tensor: int | TensorLike) -> Tensor:
         """A random permutation of ``range(n)`` (int64), or ``x`` with its first axis shuffled.
 
@@ -252,6 +289,7 @@ class Generator:
         return take(x, _wrap(perm if backend.name == "numpy" else backend.xp.asarray(perm), backend),
                     axis=0)
 
+    @_replayed
     def bernoulli(self, p: TensorLike, shape: ShapeLike | None = None) -> Tensor:
         """Bool samples that are True with probability ``p``.
 

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ops", ("gradtape.ops", "gradtape.ops.*")),
     ("frontend", ("gradtape._src.frontend.*",)),
     ("library", ("gradtape.nn", "gradtape.nn.*", "gradtape.optimizers", "gradtape.testing",
-                 "gradtape.extend", "gradtape.random")),
+                 "gradtape.extend", "gradtape.random", "gradtape.distributed")),
     ("top", ("gradtape", "gradtape.examples", "gradtape.examples.*")),
 ]
 

@@ -713,7 +713,7 @@ def test_every_public_name_has_an_entry_in_api_doc():
     functions may be named in the section's text instead), gradtape.optimizers (``__all__``
     and every public class), gradtape.testing and gradtape.extend has its entry in docs/api.md, in its
     module's section."""
-    from gradtape import extend, nn, optimizers, random, testing
+    from gradtape import distributed, extend, nn, optimizers, random, testing
 
     text = _api_doc()
     top = text[:text.index("\n## gradtape.nn")] if "\n## gradtape.nn" in text else text
@@ -731,6 +731,8 @@ def test_every_public_name_has_an_entry_in_api_doc():
             ("gradtape.random", random.__all__, _section(text, "gradtape.random"),
              lambda n: False),
             ("gradtape.extend", extend.__all__, _section(text, "gradtape.extend"),
+             lambda n: False),
+            ("gradtape.distributed", distributed.__all__, _section(text, "gradtape.distributed"),
              lambda n: False)):
         entries = _entries(body)
         absent = [n for n in names if n not in entries

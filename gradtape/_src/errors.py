@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailableError", "UnconnectedGradientError", "MissingRuleError", "ExpressionError"]
+__all__ = ["BackendUnavailableError", "UnconnectedGradientError", "MissingRuleError", "ExpressionError",
+           "TracingError"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -27,3 +28,10 @@ class MissingRuleError(NotImplementedError):
 
 class ExpressionError(ValueError):
     """A derivative expression uses something outside the shared subset."""
+
+
+class TracingError(RuntimeError):
+    """A step traced by ``gt.function`` made Python depend on a tensor's value (``bool(t)``,
+    ``float(t)``, ``.numpy()``, ``.item()``, iterating a tensor): the replayed program could not
+    follow it. The message names the line and the ways out (``gt.where``, a Python argument,
+    ``fallback="eager"``)."""

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, cast
 
 import numpy as np
 
-from .autodiff.state import note_cut
-from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, get_backend
+from .autodiff.state import STATE, note_cut
+from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, get_backend, is_extra_array
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
@@ -146,6 +146,8 @@ class Tensor:
         """
         if self._id:
             _note_escape(self)
+        if getattr(self.data, "_gt_traced", False):  # gt.function: data-dependent
+            self.data._host(".numpy()")
         return _host_view(self)
 
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
@@ -206,6 +208,8 @@ class Tensor:
                             f"float, got shape {self.shape}")
         if self._id:
             note_cut(self, "its value left the tape as a Python number (float())")
+        if getattr(self.data, "_gt_traced", False):  # gt.function: data-dependent
+            return float(self.data._host("float()"))
         return float(self.data.item())
 
     def __int__(self) -> int:
@@ -214,6 +218,8 @@ class Tensor:
                             f"int, got shape {self.shape}")
         if self._id:
             note_cut(self, "its value left the tape as a Python number (int())")
+        if getattr(self.data, "_gt_traced", False):  # gt.function: data-dependent
+            return int(self.data._host("int()"))
         return int(self.data.item())
 
     def __index__(self) -> int:
@@ -237,11 +243,15 @@ class Tensor:
     def __iter__(self) -> Iterator[Tensor]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
+        if getattr(self.data, "_gt_traced", False):  # gt.function: data-dependent
+            self.data._host("iterating over a tensor")
         return (self[i] for i in range(self.shape[0]))
 
     def __repr__(self) -> str:
+        if getattr(self.data, "_gt_traced", False):  # inside a gt.function trace
+            return f"tensor(<traced>, shape={self.shape}, dtype={self.dtype})"
         body = np.array2string(self._backend.to_host(self.data), separator=", ", prefix="tensor(")
-        extra = "" if self.backend == "numpy" else ", backend='cupy'"
+        extra = "" if self.backend == "numpy" else f", backend={self.backend!r}"
         return f"tensor({body}, dtype={self.dtype}{extra})"
 
     __hash__ = object.__hash__
@@ -338,6 +348,11 @@ class Variable(Tensor):
     def __init__(self, initial: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None,
                  name: str | None = None, trainable: bool = True) -> None:
         arr, backend = _to_array(initial, dtype, copy=True, to_active=True)
+        tr = STATE.trace
+        if tr is not None:  # made while gt.function traces: the trace runs again to check
+            tr.created_variables = True
+            if getattr(arr, "_gt_traced", False):  # from a traced value: that call's value
+                arr = arr.a
         if arr.dtype.kind == "c":
             raise TypeError(f"Variable: complex values are not supported (got dtype {arr.dtype}); "
                             "keep the real and imaginary parts in two float Variables")
@@ -377,9 +392,21 @@ class Variable(Tensor):
                 t = ref()
                 if t is not None:
                     if old is None:
-                        old = self.data.copy()
+                        tr = STATE.trace  # gt.function: the copy is a step of the program
+                        old = self.data.copy() if tr is None else tr.call(np.copy, (self.data,), {})
                     t.data = old
             snaps.clear()
+
+    def _write(self, fn: Any, arr: Array, what: str) -> Variable:
+        """Run ``fn(self.data, arr)``, an in-place write, after copy-on-write; while a
+        ``gt.function`` step is traced, as one step of its program (replayed at each call)."""
+        self._before_write()
+        tr = STATE.trace
+        if tr is None or tr.suspended:
+            fn(self.data, arr)
+        else:
+            tr.opaque(lambda a, _v=self, _f=fn: _f(_v.data, a), [arr], key=(what, id(self), fn))
+        return self
 
     def _value_for(self, value: TensorLike, what: str) -> Array:
         if isinstance(value, Tensor):
@@ -414,23 +441,17 @@ class Variable(Tensor):
     def assign(self, value: TensorLike) -> Variable:
         """Write ``value`` into the variable in place (same shape; cast to its dtype)."""
         arr = self._value_for(value, "Variable.assign")
-        self._before_write()
-        self._backend.xp.copyto(self.data, arr, casting="unsafe")
-        return self
+        return self._write(_copyto, arr, "assign")
 
     def assign_add(self, delta: TensorLike) -> Variable:
         """Add ``delta`` in place: ``v += delta``."""
         arr = self._value_for(delta, "Variable.assign_add")
-        self._before_write()
-        self._backend.xp.add(self.data, arr, out=self.data, casting="unsafe")
-        return self
+        return self._write(_iadd, arr, "assign_add")
 
     def assign_sub(self, delta: TensorLike) -> Variable:
         """Subtract ``delta`` in place: ``v -= delta``."""
         arr = self._value_for(delta, "Variable.assign_sub")
-        self._before_write()
-        self._backend.xp.subtract(self.data, arr, out=self.data, casting="unsafe")
-        return self
+        return self._write(_isub, arr, "assign_sub")
 
     # --- augmented assignment: in place, as PyTorch's ``w -= lr * g`` -----------------------
     # A Tensor has no __iadd__ (it is immutable: Python falls back to ``t = t + 1``); on a
@@ -449,9 +470,7 @@ class Variable(Tensor):
         """``v *= other``: multiply in place (cast to ``v``'s dtype, never recorded; returns
         ``v``)."""
         arr = self._value_for(other, "Variable *=")
-        self._before_write()
-        self._backend.xp.multiply(self.data, arr, out=self.data, casting="unsafe")
-        return self
+        return self._write(_imul, arr, "imul")
 
     def __itruediv__(self, other: TensorLike) -> Variable:
         """``v /= other``: divide in place (never recorded; returns ``v``). A float Variable
@@ -461,12 +480,13 @@ class Variable(Tensor):
                             f"{self.dtype}, and true division in place would truncate; create it "
                             "as a float Variable (gt.Variable(..., dtype=\"float32\"))")
         arr = self._value_for(other, "Variable /=")
-        self._before_write()
-        self._backend.xp.true_divide(self.data, arr, out=self.data, casting="unsafe")
-        return self
+        return self._write(_idiv, arr, "idiv")
 
     def value(self) -> Tensor:
         """A Tensor holding a snapshot copy of the current value (not tracked)."""
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:  # gt.function: the copy is a program step
+            return _wrap(tr.call(np.copy, (self.data,), {}), self._backend)
         return _wrap(self.data.copy(), self._backend)
 
     def numpy(self) -> np.ndarray:
@@ -478,6 +498,9 @@ class Variable(Tensor):
             >>> gt.Variable([1.0, 2.0]).numpy()
             array([1., 2.], dtype=float32)
         """
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:  # gt.function: a host value of the state
+            tr.host_sync("Variable.numpy()")
         if self._backend.name == "numpy":
             return np.array(self.data, copy=True)
         return self._backend.to_host(self.data)
@@ -527,6 +550,26 @@ def _rebuild_variable(cls: type[Variable], array: Array, backend: str, name: str
     v.trainable = bool(trainable)
     v._snapshots = None
     return v
+
+
+def _copyto(buf: Any, arr: Any) -> None:
+    backend_of(buf).xp.copyto(buf, arr, casting="unsafe")
+
+
+def _iadd(buf: Any, arr: Any) -> None:
+    backend_of(buf).xp.add(buf, arr, out=buf, casting="unsafe")
+
+
+def _isub(buf: Any, arr: Any) -> None:
+    backend_of(buf).xp.subtract(buf, arr, out=buf, casting="unsafe")
+
+
+def _imul(buf: Any, arr: Any) -> None:
+    backend_of(buf).xp.multiply(buf, arr, out=buf, casting="unsafe")
+
+
+def _idiv(buf: Any, arr: Any) -> None:
+    backend_of(buf).xp.true_divide(buf, arr, out=buf, casting="unsafe")
 
 
 def _wrap(array: Array, backend: Backend) -> Tensor:
@@ -588,7 +631,7 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
         _check_numeric(arr, data)
         return arr, backend
     mod = type(data).__module__
-    if mod.startswith("cupy"):
+    if mod.startswith("cupy") or is_extra_array(data):  # a device array keeps its backend
         backend = backend_of(data)
         arr = backend.xp.array(data, dtype=dtype, copy=True) if copy else backend.xp.asarray(data, dtype=dtype)
         return arr, backend

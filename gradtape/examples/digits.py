@@ -14,11 +14,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
@@ -124,11 +127,65 @@ def _evaluate(model: gt.nn.Module, x: gt.Tensor, y: gt.Tensor, batch: int = 512)
     return loss_sum / n, correct / n
 
 
+def train_step(model: gt.nn.Module, optimizer: gt.optimizers.Optimizer, compiled: bool = True,
+               distributed: bool = False) -> Callable[..., tuple[gt.Tensor, gt.Tensor]]:
+    """One training step on a batch ``x`` (``[B, 64]``) with integer labels
+    ``y`` (``[B]``): cross-entropy, its gradient, the optimizer's update; returns
+    ``(loss, logits)``. ``compiled``: wrapped in ``gt.function`` (traced on the first calls of
+    each batch shape, then replayed as one array program). ``distributed``: the step takes a
+    third argument, the global batch size, and this rank's loss is its examples' share of the
+    global mean, with gradients summed over the ranks."""
+    params = model.trainable_variables
+
+    def step(x: gt.Tensor, y: gt.Tensor, m_global: int = 0) -> tuple[gt.Tensor, gt.Tensor]:
+        with gt.GradientTape() as tape:
+            logits = model(x)
+            if distributed:  # this rank's share of the global mean (the ranks' sum is it)
+                loss = gt.nn.cross_entropy(logits, y, reduction="sum") / m_global
+            else:
+                loss = gt.nn.cross_entropy(logits, y)
+        if distributed:
+            grads = gt.distributed.DistributedGradientTape(tape, op="sum").gradient(loss, params)
+        else:
+            grads = tape.gradient(loss, params)
+        optimizer.apply_gradients(zip(grads, params))
+        return loss, logits
+
+    return gt.function(step) if compiled else step
+
+
+def step_speedup(build: Callable[[], gt.nn.Module], x: np.ndarray, y: np.ndarray, lr: float,
+                 steps: int = 30) -> tuple[float, float]:
+    """Seconds per training step, eager and compiled, on one batch with fresh models (the
+    trained one is left alone): the median of ``steps`` calls each, after warm-up and the
+    compiled step's traces."""
+    times = []
+    xb, yb = gt.tensor(x), gt.tensor(y)
+    for compiled in (False, True):
+        step = train_step(build(), gt.optimizers.Adam(lr), compiled)
+        for _ in range(3):
+            step(xb, yb)
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step(xb, yb)[0].numpy()
+            ts.append(time.perf_counter() - t0)
+        times.append(float(np.median(ts)))
+    return times[0], times[1]
+
+
 def train(model: gt.nn.Module, optimizer: gt.optimizers.Optimizer, data: tuple[np.ndarray, ...],
           epochs: int, batch_size: int, seed: int, label: str,
-          stream: TextIO | None = None) -> dict[str, list[float]]:
+          stream: TextIO | None = None, distributed: bool = False,
+          compiled: bool = True) -> dict[str, list[float]]:
     """Minibatch training with cross-entropy; returns per-epoch history
-    (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``)."""
+    (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``). ``compiled``:
+    the step runs under ``gt.function`` (:func:`train_step`).
+
+    ``distributed`` (after ``gt.distributed.init()``): each rank takes its share of every
+    global batch of ``batch_size`` and the gradients are summed over the ranks, each rank's
+    loss being its examples' share of the global mean, so every step equals the one-process
+    step on the whole batch (up to float rounding); the epoch's statistics are global."""
     x_tr, y_tr, x_te, y_te = (gt.tensor(a) for a in data)  # moved to the active backend
     xp = x_tr._backend.xp
     n = x_tr.shape[0]
@@ -136,7 +193,8 @@ def train(model: gt.nn.Module, optimizer: gt.optimizers.Optimizer, data: tuple[n
     rng = np.random.default_rng(seed)
     hist: dict[str, list[float]] = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": [],
                              "seconds": []}
-    params = model.trainable_variables
+    step = train_step(model, optimizer, compiled, distributed)
+    me, ranks = (gt.distributed.rank(), gt.distributed.size()) if distributed else (0, 1)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         bar = _Progress(label, epoch, epochs, steps, stream)
@@ -147,18 +205,20 @@ def train(model: gt.nn.Module, optimizer: gt.optimizers.Optimizer, data: tuple[n
         redraw = max(1, steps // 10)
         for s in range(steps):
             idx = perm[s * batch_size:(s + 1) * batch_size]
+            if distributed:  # this rank's share of the global batch; gradients summed over ranks
+                m_global, idx = idx.shape[0], idx[me::ranks]
             xb, yb = x_tr[idx], y_tr[idx]
-            with gt.GradientTape() as tape:
-                logits = model(xb)
-                loss = gt.nn.cross_entropy(logits, yb)
-            grads = tape.gradient(loss, params)
-            optimizer.apply_gradients(zip(grads, params))
+            loss, logits = step(xb, yb, m_global) if distributed else step(xb, yb)
             m = idx.shape[0]
             seen += m
-            loss_sum += loss.data * m
+            loss_sum += loss.data * (m_global if distributed else m)
             correct += (logits.data.argmax(axis=-1) == yb.data).sum()
             if bar.tty and (s % redraw == 0 or s == steps - 1):
                 bar.update(s + 1, float(loss_sum) / seen, int(correct) / seen)
+        if distributed:  # the epoch's statistics over all ranks
+            totals = gt.distributed.allreduce([gt.tensor(loss_sum), gt.tensor(correct),
+                                               gt.tensor(np.int64(seen))], op="sum")
+            loss_sum, correct, seen = totals[0].data, totals[1].data, int(totals[2].data)
         tr_loss, tr_acc = float(loss_sum) / seen, int(correct) / seen
         te_loss, te_acc = _evaluate(model, x_te, y_te)
         hist["train_loss"].append(tr_loss)
@@ -288,6 +348,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs",
                    help="directory for the plot and the checkpoints (created if missing; must be writable)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the training step eagerly instead of under gt.function")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI job (mpirun -np N python -m "
+                        "gradtape.examples.digits --distributed): each global batch is split "
+                        "across the ranks; rank 0 alone prints and writes the files")
     p.add_argument("--blas-threads", type=_non_negative_int, default=1,
                    help="BLAS threads on the CPU backend (0: leave the library default); these "
                         "matrices are small, so one thread avoids synchronization cost")
@@ -295,7 +361,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, wall0: float) -> None:
+    lead = not args.distributed or gt.distributed.rank() == 0
+    if not lead:  # the other ranks train in silence: rank 0 reports
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _train_all(args, wall0, lead, quiet)
+    return _train_all(args, wall0, lead, None)
+
+
+def _train_all(args: argparse.Namespace, wall0: float, lead: bool, stream: TextIO | None) -> None:
     data = load_data(args.seed)
+    if args.distributed:
+        print(f"distributed: {gt.distributed.size()} ranks, global batch {args.batch_size}")
     print(f"gradtape {gt.__version__} on {gt.backend_name()}: digits {data[0].shape[0]} train / "
           f"{data[2].shape[0]} test images, batch {args.batch_size}, seed {args.seed}")
     os.makedirs(args.out, exist_ok=True)
@@ -307,16 +383,27 @@ def _run(args: argparse.Namespace, wall0: float) -> None:
         opt = gt.optimizers.Adam(args.lr)
         print(f"{name}: {model.num_parameters()} parameters, Adam lr {args.lr}, {epochs} "
               f"epoch{'' if epochs == 1 else 's'}")
+        if args.distributed:  # every rank starts from rank 0's weights
+            gt.distributed.broadcast_variables(model.variables, root=0)
         t0 = time.perf_counter()
-        hist = train(model, opt, data, epochs, args.batch_size, args.seed, name)
+        compiled = not args.no_compile
+        hist = train(model, opt, data, epochs, args.batch_size, args.seed, name, stream=stream,
+                     distributed=args.distributed, compiled=compiled)
+        if compiled and lead:
+            build = functools.partial(build_mlp if name == "mlp" else build_cnn, args.seed)
+            x0 = data[0][:args.batch_size]
+            eager_s, comp_s = step_speedup(build, x0, data[1][:args.batch_size], args.lr)
+            print(f"{name}: gt.function step {comp_s * 1e3:.2f} ms vs eager {eager_s * 1e3:.2f} ms "
+                  f"({eager_s / comp_s:.1f}x faster; --no-compile runs eagerly)")
         seconds = time.perf_counter() - t0
-        ckpt = model.save(os.path.join(args.out, f"digits_{name}.npz"), optimizer=opt)
+        path = os.path.join(args.out, f"digits_{name}.npz")
+        ckpt = model.save(path, optimizer=opt) if lead else path
         histories[name] = hist
         results.append((name, hist["test_acc"][-1], seconds, ckpt))
     print()
     for name, acc, seconds, ckpt in results:
         print(f"{name}: test accuracy {acc * 100:.2f}%  train time {seconds:.1f}s  checkpoint {ckpt}")
-    if not args.no_plot:
+    if not args.no_plot and lead:
         png = _plot(histories, os.path.join(args.out, f"digits_{args.model}.png"))
         print(f"plot: {png}")
     print(f"wall time {time.perf_counter() - wall0:.1f}s")
@@ -335,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             raise SystemExit(_MISSING.format(what="matplotlib")) from None
     wall0 = time.perf_counter()
+    if args.distributed:
+        gt.distributed.init()
     try:
         ctx = gt.use_backend(args.backend)
         ctx.__enter__()

@@ -8,6 +8,7 @@ order and in gradtape ops, so higher orders compose); the rest are compositions 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from .. import ops
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
+from .._src.autodiff.state import opaque
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap
@@ -218,6 +220,32 @@ def _as_labels(labels: Any, like: Tensor) -> Tensor:
     return _wrap(arr, like._backend)
 
 
+def _check_labels(lab: Any, C: int) -> None:
+    """Class labels in ``[0, C)`` (a host check; one step of a ``gt.function`` program)."""
+    if bool(((lab < 0) | (lab >= C)).any()):
+        lo, hi = int(lab.min()), int(lab.max())
+        raise ValueError(f"cross_entropy: labels must be class indices in [0, {C}), got values "
+                         f"in [{lo}, {hi}]")
+
+
+def _check_probs(values: Any) -> None:
+    """Probabilities in ``[0, 1]``, no NaN (a host check; one step of a ``gt.function``)."""
+    if not bool(((values >= 0) & (values <= 1)).all()):
+        if bool((values != values).any()):
+            raise ValueError("binary_cross_entropy: probs hold NaN (gt.config.check_numerics = "
+                             "True finds the op that made it)")
+        raise ValueError(f"binary_cross_entropy: probs must be probabilities in [0, 1], got values "
+                         f"in [{float(values.min()):g}, {float(values.max()):g}]; for logits (raw "
+                         "scores) use gt.nn.binary_cross_entropy_with_logits")
+
+
+def _check_ids(idx: Any, V: int) -> None:
+    """Embedding ids in ``[0, V)`` (a host check; one step of a ``gt.function`` program)."""
+    if bool(((idx < 0) | (idx >= V)).any()):
+        raise ValueError(f"embedding: ids must be in [0, {V}), got values in "
+                         f"[{int(idx.min())}, {int(idx.max())}]")
+
+
 def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
     """Softmax cross-entropy between ``logits`` and integer class labels or target
     probabilities, stable for logits of any magnitude.
@@ -248,11 +276,9 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
         if labels.shape != logits.shape[:-1]:
             raise ValueError(f"cross_entropy: integer labels must have shape logits.shape[:-1] = "
                              f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})")
-        lab = physical_data(labels)  # every example's labels, also inside gt.vmap
-        if labels.size and bool(((lab < 0) | (lab >= C)).any()):
-            lo, hi = int(lab.min()), int(lab.max())
-            raise ValueError(f"cross_entropy: labels must be class indices in [0, {C}), got values "
-                             f"in [{lo}, {hi}]")
+        if labels.size:  # every example's labels, also inside gt.vmap; a step of gt.function
+            opaque(functools.partial(_check_labels, C=C), physical_data(labels),
+                   key=("cross_entropy labels", C))
         loss = bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels)
     elif labels.dtype.kind == "f":
         if labels.shape != logits.shape:
@@ -329,15 +355,8 @@ def binary_cross_entropy(probs: Any, targets: Any, reduction: str = "mean") -> T
         0.3993
     """
     p, t = _bce_operands(probs, targets, "binary_cross_entropy", "probs")
-    values = physical_data(p)  # every example's values, also inside gt.vmap
-    if values.size and not bool(((values >= 0) & (values <= 1)).all()):
-        xp = p._backend.xp
-        if bool(xp.isnan(values).any()):
-            raise ValueError("binary_cross_entropy: probs hold NaN (gt.config.check_numerics = "
-                             "True finds the op that made it)")
-        raise ValueError(f"binary_cross_entropy: probs must be probabilities in [0, 1], got values "
-                         f"in [{float(values.min()):g}, {float(values.max()):g}]; for logits (raw "
-                         "scores) use gt.nn.binary_cross_entropy_with_logits")
+    if p.size:  # every example's values, also inside gt.vmap; a step of gt.function
+        opaque(_check_probs, physical_data(p))
     eps = float(np.finfo(p.dtype).eps)
     pc = ops.clip(p, eps, 1.0 - eps)
     loss = -(t * ops.log(pc) + (1.0 - t) * ops.log1p(-pc))
@@ -422,8 +441,15 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
     if not training or rate == 0.0:
         return x
     xp = x._backend.xp
-    u = _generator_for(xp, seed, generator, x._backend.name == "numpy").random(x.shape)
-    mask = xp.asarray(u >= rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
+    shape, dtype, on_host = x.shape, x.dtype, x._backend.name == "numpy"
+
+    def make_mask() -> Any:
+        u = _generator_for(xp, seed, generator, on_host).random(shape)
+        return xp.asarray(u >= rate).astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+    # inside gt.function the draw is one step of the program: a new mask at each call
+    mask = opaque(make_mask, key=("dropout", shape, dtype.str, rate,
+                                  seed if isinstance(seed, int) else id(seed), id(generator)))
     return x * _wrap(mask, x._backend)
 
 
@@ -600,9 +626,9 @@ def embedding(ids: Any, table: Any) -> Tensor:
         idx = physical_data(ids)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"embedding: ids must be integers, got dtype {idx.dtype}")
-        if idx.size and bool(((idx < 0) | (idx >= table.shape[0])).any()):
-            raise ValueError(f"embedding: ids must be in [0, {table.shape[0]}), got values in "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+        if idx.size:
+            opaque(functools.partial(_check_ids, V=table.shape[0]), idx,
+                   key=("embedding ids", table.shape[0]))
         return ops.take(table, ids, axis=0)
     if isinstance(ids, Tensor):
         idx = ids.data
@@ -611,7 +637,6 @@ def embedding(ids: Any, table: Any) -> Tensor:
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {idx.dtype}")
     V = table.shape[0]
-    if idx.size and bool(((idx < 0) | (idx >= V)).any()):
-        raise ValueError(f"embedding: ids must be in [0, {V}), got values in "
-                         f"[{int(idx.min())}, {int(idx.max())}]")
+    if idx.size:
+        opaque(functools.partial(_check_ids, V=V), idx, key=("embedding ids", V))
     return ops.getitem(table, _wrap(idx, table._backend))

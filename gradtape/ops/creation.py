@@ -10,6 +10,7 @@ tensor argument's backend (host data given instead goes to the active backend, a
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._src.autodiff.batched import physical_data
+from .._src.autodiff.state import opaque
 from .._src.backend import Backend, get_backend
 from .._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
 from .elementwise import equal
@@ -379,6 +381,12 @@ def eye(n: int, m: int | None = None, k: int = 0, dtype: DTypeLike | None = None
     return _wrap(backend.xp.eye(rows, cols, diag, dtype=dt), backend)
 
 
+def _check_ids(ids: Any, d: int) -> None:
+    if bool(((ids < 0) | (ids >= d)).any()):
+        raise ValueError(f"one_hot: indices must be in [0, {d}), got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+
+
 def one_hot(indices: TensorLike, depth: int, dtype: DTypeLike | None = None) -> Tensor:
     """One-hot encoding: ``out[..., c] = 1`` where ``indices[...] == c``, else 0.
 
@@ -426,10 +434,8 @@ def one_hot(indices: TensorLike, depth: int, dtype: DTypeLike | None = None) -> 
     if d >= 2 ** 59:
         raise ValueError(f"one_hot: depth {d} is too large to allocate")
     _check_size("one_hot", [*ind.shape, d], dt.itemsize)
-    ids = physical_data(ind)  # every example's ids, also inside gt.vmap
-    if ids.size and bool(((ids < 0) | (ids >= d)).any()):
-        raise ValueError(f"one_hot: indices must be in [0, {d}), got values in "
-                         f"[{int(ids.min())}, {int(ids.max())}]")
+    if ind.size:  # every example's ids, also inside gt.vmap; a step of a gt.function program
+        opaque(functools.partial(_check_ids, d=d), physical_data(ind), key=("one_hot", d))
     backend = ind._backend
     classes = _wrap(backend.xp.arange(d, dtype=np.int64), backend)
     hit = equal(reshape(ind, tuple(ind.shape) + (1,)), classes)

@@ -148,6 +148,17 @@ def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
                                 or tag_set(iid, sink) != sink):
                         tag[iid] = -1
                     continue
+                if len(in_ids) == 2:  # binary members, unrolled as the above
+                    in_shapes, in_dtypes = rec.in_shapes, rec.in_dtypes
+                    iid = in_ids[0]
+                    if iid and (in_shapes[0] != shape or in_dtypes[0] != dtype
+                                or tag_set(iid, sink) != sink):
+                        tag[iid] = -1
+                    iid = in_ids[1]
+                    if iid and (in_shapes[1] != shape or in_dtypes[1] != dtype
+                                or tag_set(iid, sink) != sink):
+                        tag[iid] = -1
+                    continue
                 _tag_inputs(rec, in_ids, sink, shape, dtype, tag, tag_set)
                 continue
         visit.append(idx)
@@ -282,6 +293,52 @@ class Run:
                         out_ids.append(iid)
                         out_info.append((rec.in_shapes[0], rec.in_dtypes[0], prim))
                     targets_t = (("o", k),)
+            elif len(inputs) == 2:  # binary members (x * 2.0, a + w), unrolled as the above
+                ia, ib = in_ids
+                ta, tb = inputs
+                ma = interior.get(ia)
+                mb = interior.get(ib)
+                va: int | None
+                vb: int | None
+                if ta is None:
+                    va = None
+                elif ma is not None and y_leaves[ma] is not None:
+                    va = y_leaves[ma]
+                else:
+                    va = len(leaves)
+                    add_leaf(ta.data)
+                if tb is None:
+                    vb = None
+                elif mb is not None and y_leaves[mb] is not None:
+                    vb = y_leaves[mb]
+                else:
+                    vb = len(leaves)
+                    add_leaf(tb.data)
+                tga: tuple[str, int] | None
+                tgb: tuple[str, int] | None
+                if ma is not None:
+                    tga = _INTERIOR[ma]
+                elif not ia or ia not in reach:
+                    tga = None
+                else:
+                    k = out_index.get(ia)
+                    if k is None:
+                        k = out_index[ia] = len(out_ids)
+                        out_ids.append(ia)
+                        out_info.append((rec.in_shapes[0], rec.in_dtypes[0], prim))
+                    tga = ("o", k)
+                if mb is not None:
+                    tgb = _INTERIOR[mb]
+                elif not ib or ib not in reach:
+                    tgb = None
+                else:
+                    k = out_index.get(ib)
+                    if k is None:
+                        k = out_index[ib] = len(out_ids)
+                        out_ids.append(ib)
+                        out_info.append((rec.in_shapes[1], rec.in_dtypes[1], prim))
+                    tgb = ("o", k)
+                values_t, targets_t = (va, vb), (tga, tgb)
             else:
                 values: list[int | None] = []
                 targets: list[tuple[str, int] | None] = []
@@ -339,7 +396,9 @@ class Run:
         grads, owned = acc.grads, acc.owned
         shape, dtype = self.shape, self.dtype
         leaves, out_ids = ga.leaves, ga.out_ids
-        is_numpy = isinstance(leaves[0], np.ndarray)
+        # a traced leaf, if any (gt.function): buffers made *_like it are seen by the trace
+        like = next((a for a in leaves if getattr(a, "_gt_traced", False)), leaves[0])
+        is_numpy = isinstance(like, np.ndarray) or getattr(like, "_gt_traced", False)
         modes = []
         outs: list[Array] = []  # None until allocated, and where the output is an aliased leaf
         for iid in out_ids:
@@ -357,13 +416,13 @@ class Run:
             alias = prog.alias
             xp: Any = np
         else:
-            spec, kernel = cupy_kernel(ga.key, ga.graph, ga.dtype_names(), dtype.name,
-                                                acc_t)
-            alias = spec.alias
             xp = _xp_of(leaves[0])
+            spec, kernel = cupy_kernel(ga.key, ga.graph, ga.dtype_names(), dtype.name,
+                                       acc_t, xp=xp)
+            alias = spec.alias
         for k in range(len(out_ids)):
             if outs[k] is None and alias[k] is None:
-                outs[k] = xp.empty(shape, dtype)
+                outs[k] = xp.empty_like(like, dtype, shape=shape)
         if is_numpy:
             run_numpy(prog, leaves, ga.params, outs, shape, dtype)
         else:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import HOOKS
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the layers above, named in annotations only
     from ..tensor import Tensor, Variable
     from .record import ForwardRecorder, Recorder
 
-__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording"]
+__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "tracing"]
 
 _HOOK_LOCK = threading.Lock()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gradtape/
@@ -39,11 +39,13 @@ class _State(threading.local):
         self.forward: list[ForwardRecorder] = []
         self.transforms = 0  # vmap / jvp levels active: backward passes must stay differentiable
         self.vmap_level = 0  # nested gt.vmap calls active (BatchedTensor._level of the innermost)
+        self.trace: Any = None  # the gt.function trace running in this thread, if any
         self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
 
     def sync(self) -> None:
         """Refresh ``fast`` after a change to the stacks (one attribute read per recorded op)."""
-        self.fast = None if (self.watchers or self.paused or self.forward) else self.recording
+        self.fast = None if (self.watchers or self.paused or self.forward or self.trace is not None) \
+            else self.recording
 
 
 STATE = _State()
@@ -107,3 +109,29 @@ def note_cut(t: Tensor, reason: str) -> None:
     for tape in (*STATE.recording, *STATE.paused):
         if t._id in tape._tracked:
             tape._cut((t,), (True,), reason)
+
+
+def tracing() -> bool:
+    """Whether this thread is tracing a ``gt.function`` step (and not inside an opaque
+    library call)."""
+    tr = STATE.trace
+    return tr is not None and not tr.suspended
+
+
+def opaque(fn: Callable[..., Any], *arrays: Any, key: Any = None) -> Any:
+    """Run ``fn(*arrays)`` and, while a ``gt.function`` step is traced, log it as one step of
+    the program (replayed as this call on that replay's arrays). For stateful library calls
+    whose host state must advance at each replay: optimizer updates, random draws, Variable
+    writes. ``fn`` receives and returns backend arrays (or None, or a tuple of arrays);
+    ``key`` (hashable, comparable) identifies the call when two traces are compared (by
+    default ``fn`` itself).
+
+    Example:
+        >>> import numpy as np
+        >>> opaque(np.negative, np.ones(2))
+        array([-1., -1.])
+    """
+    tr = STATE.trace
+    if tr is None or tr.suspended:
+        return fn(*arrays)
+    return tr.opaque(fn, list(arrays), fn if key is None else key)

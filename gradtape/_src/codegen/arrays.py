@@ -59,11 +59,17 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
     ns = _array_namespace(backend)
     if safe:
         xp = backend.xp
+        # On NumPy the select is skipped when nothing is bad; on a device, ``if bad.any()``
+        # would wait for the GPU (a host synchronisation), so the select always runs there.
+        on_host = backend.name == "numpy"
 
         def _safe(gy: Array, d: Array) -> Array:
             prod = gy * d
             bad = (gy == 0) & ~xp.isfinite(prod)
-            return xp.where(bad, xp.zeros((), prod.dtype), prod) if bad.any() else prod
+            # (while gt.function traces, the select is always recorded: no data-dependent branch)
+            if on_host and not getattr(bad, "_gt_traced", False) and not bad.any():
+                return prod
+            return xp.where(bad, xp.zeros((), prod.dtype), prod)
 
         ns["_safe"] = _safe
     fn = vjp_function(expr, arg_names, safe, ns)

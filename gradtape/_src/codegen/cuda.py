@@ -171,22 +171,34 @@ def cuda_preamble() -> str:
     return _preamble
 
 
+# Two levels, both for the life of the process: the signature key of a run or update rule ->
+# (spec, kernel), and the rendered source (``CudaKernel.name`` is a digest of the parameters and
+# body; the preamble is fixed) -> the one ``cupy.ElementwiseKernel`` object for it, so two
+# signatures rendering the same text share one kernel and CuPy compiles it (per argument dtypes
+# and dimensionality) once per process (later processes read CuPy's on-disk cache).
 _cupy_kernels: dict[tuple, tuple[CudaKernel, Any]] = {}
+_cupy_by_source: dict[tuple[str, Any], Any] = {}
 
 
 def cupy_kernel(key: tuple, build: Callable[[], Graph], leaf_dtypes: tuple[str, ...], dtype: str,
-                acc: tuple[bool, ...], inplace: tuple[int | None, ...] | None = None
-                ) -> tuple[CudaKernel, Any]:
+                acc: tuple[bool, ...], inplace: tuple[int | None, ...] | None = None,
+                xp: Any = None) -> tuple[CudaKernel, Any]:
     """The cached ``(CudaKernel, cupy.ElementwiseKernel)`` for ``key`` (needs CuPy);
-    ``inplace`` as in :func:`render_cuda`."""
-    k = (key, leaf_dtypes, dtype, acc) if inplace is None else (key, leaf_dtypes, dtype, acc, inplace)
+    ``inplace`` as in :func:`render_cuda`. ``xp``: the array module of the arguments, whose
+    ``ElementwiseKernel`` builds the kernel (None: CuPy; the device-strict test backend passes
+    its own, which compiles the same text for the host). A cache hit is two dict lookups: no
+    rendering, no compilation, no host synchronisation."""
+    k = (key, leaf_dtypes, dtype, acc, inplace, xp)
     hit = _cupy_kernels.get(k)
     if hit is None:
-        cp = cupy_module()
+        cp = xp if xp is not None else cupy_module()
         if cp is None:
             raise RuntimeError(f"CUDA kernels need CuPy: {cupy_unavailable_reason()}")
         spec = render_cuda(build(), leaf_dtypes, dtype, acc, inplace)
-        ins, outs = spec.signature()
-        kernel = cp.ElementwiseKernel(ins, outs, spec.body, spec.name, preamble=cuda_preamble())
+        kernel = _cupy_by_source.get((spec.name, cp))
+        if kernel is None:
+            ins, outs = spec.signature()
+            kernel = _cupy_by_source[(spec.name, cp)] = cp.ElementwiseKernel(
+                ins, outs, spec.body, spec.name, preamble=cuda_preamble())
         hit = _cupy_kernels[k] = (spec, kernel)
     return hit

@@ -276,15 +276,18 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
         length = shape[0]
         block_shape = (step, *shape[1:])
         if step >= length:
-            scratch = [np.empty(shape, dtype) for _ in range(prog.n_float)]
-            scratch += [np.empty(shape, np.bool_) for _ in range(prog.n_bool)]
+            like = os_[0] if os_ else ls[0]  # *_like: a gt.function trace sees the buffers
+            scratch = [np.empty_like(like, dtype, shape=shape) for _ in range(prog.n_float)]
+            scratch += [np.empty_like(like, np.bool_, shape=shape) for _ in range(prog.n_bool)]
             fn(*ls, *ps, *os_, *scratch)
             return
     n_ls = len(ls)
 
+    like = os_[0] if os_ else ls[0]
+
     def work(starts: range) -> None:
-        scratch = [np.empty(block_shape, dtype) for _ in range(prog.n_float)]
-        scratch += [np.empty(block_shape, np.bool_) for _ in range(prog.n_bool)]
+        scratch = [np.empty_like(like, dtype, shape=block_shape) for _ in range(prog.n_float)]
+        scratch += [np.empty_like(like, np.bool_, shape=block_shape) for _ in range(prog.n_bool)]
         for s in starts:
             e = min(s + step, length)
             sc = scratch if e - s == step else [b[:e - s] for b in scratch]

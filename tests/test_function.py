@@ -1,0 +1,382 @@
+"""gt.function: a traced and replayed step gives the eager step's results, and TF's tracing
+rules hold (retracing, side effects, data-dependent control flow, fallback)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+pytest.importorskip("sklearn")
+from gradtape.examples import digits  # noqa: E402
+
+N_STEPS = 6
+
+
+def _data(n_batches=N_STEPS, batch=32, seed=0):
+    x_tr, y_tr, _, _ = digits.load_data(seed=0)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_batches):
+        idx = rng.choice(len(x_tr), batch, replace=False)
+        out.append((x_tr[idx], y_tr[idx]))
+    return out
+
+
+def _train(build, make_opt, compiled, batches, image=False, **fkw):
+    model, opt = build(), make_opt()
+
+    def step(x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(model(x), y)
+        params = model.trainable_variables
+        opt.apply_gradients(zip(tape.gradient(loss, params), params))
+        return loss
+
+    f = gt.function(step, **fkw) if compiled else step
+    losses = []
+    for xb, yb in batches:
+        x = xb.reshape(-1, 1, 8, 8) if image else xb
+        losses.append(f(gt.tensor(x), gt.tensor(yb)).numpy().copy())
+    return np.array(losses), [v.numpy() for v in model.variables], opt, f
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["fusion-off", "fusion-on"])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_replayed_training_matches_eager(model, fusion):
+    """Many steps of the digits MLP and CNN with Adam: the compiled run (2 traces, then
+    replays) gives the eager run's losses and weights bit for bit, with fusion on (the replay
+    runs the fused backward's blocked programs) and off."""
+    batches = _data()
+    build = (lambda: digits.build_mlp(seed=1)) if model == "mlp" else (lambda: digits.build_cnn(seed=1))
+    image = model == "cnn"
+    with _fusion(fusion):
+        le, we, oe, _ = _train(build, lambda: gt.optimizers.Adam(2e-3), False, batches, image)
+        lc, wc, oc, f = _train(build, lambda: gt.optimizers.Adam(2e-3), True, batches, image)
+    assert f.trace_count == 2
+    assert oe.iterations == oc.iterations == N_STEPS
+    np.testing.assert_array_equal(lc, le)
+    for a, b in zip(wc, we):
+        np.testing.assert_array_equal(a, b)
+
+
+class _fusion:
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.saved = gt.config.fusion
+        gt.config.fusion = self.on
+
+    def __exit__(self, *exc):
+        gt.config.fusion = self.saved
+
+
+def test_sgd_momentum_and_schedule_advance_as_in_eager():
+    """A learning-rate schedule (a Python callable of the step count) and momentum state are
+    host state of the optimizer: each replay advances them as an eager step does."""
+    batches = _data(8)
+    sched = lambda it: 0.1 / (1 + it)  # noqa: E731
+    make = lambda: gt.optimizers.SGD(sched, momentum=0.9)  # noqa: E731
+    with _fusion(False):
+        le, we, _, _ = _train(lambda: digits.build_mlp(seed=2), make, False, batches)
+        lc, wc, _, _ = _train(lambda: digits.build_mlp(seed=2), make, True, batches)
+    np.testing.assert_array_equal(lc, le)
+    for a, b in zip(wc, we):
+        np.testing.assert_array_equal(a, b)
+
+
+def _compare(fn, args_list, **fkw):
+    """Run ``fn`` eagerly and compiled on the same argument list; return both result lists."""
+    f = gt.function(fn, **fkw)
+    eager = [fn(*a) for a in args_list]
+    comp = [f(*a) for a in args_list]
+    return eager, comp, f
+
+
+def _np(x):
+    if isinstance(x, (list, tuple)):
+        return [None if t is None else t.numpy() for t in x]
+    return x.numpy()
+
+
+def test_persistent_nested_tapes_custom_gradient_and_stop_recording():
+    w = gt.Variable([0.3, -0.2, 0.5], name="w")
+
+    @gt.custom_gradient
+    def clip_grad(x):
+        def grad(g):
+            return gt.clip(g, -0.1, 0.1)
+        return x * 1.0, grad
+
+    def fn(x):
+        with gt.GradientTape() as outer:
+            with gt.GradientTape(persistent=True) as inner:
+                y = gt.sum(gt.tanh(x * w) ** 2) + gt.sum(clip_grad(w) * 3.0)
+                with inner.stop_recording():
+                    z = gt.sum(w * 10.0)  # not differentiated
+                y2 = y + z
+            g = inner.gradient(y2, w)
+            g2 = inner.gradient(gt.sum(w * w), w)
+            gnorm = gt.sum(g * g)
+        hvp = outer.gradient(gnorm, w)
+        return g, g2, hvp, y2
+
+    rng = np.random.default_rng(0)
+    args = [(gt.tensor(rng.normal(size=3).astype(np.float32)),) for _ in range(5)]
+    eager, comp, f = _compare(fn, args)
+    assert f.trace_count == 2
+    for e, c in zip(eager, comp):
+        assert [a is None for a in e] == [b is None for b in c]
+        for a, b in zip(_np(e), _np(c)):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
+def test_per_example_gradients_and_vmap_inside_a_step():
+    W = gt.Variable(np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32), name="W")
+
+    def loss1(w, x, y):
+        return gt.nn.cross_entropy(gt.reshape(x, (1, 5)) @ w, gt.reshape(y, (1,)))
+
+    def fn(x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(x @ W, y, reduction="none")
+        per_ex = tape.per_example_gradients(loss, [W])
+        clipped = tape.per_example_gradients(loss, [W], max_norm=0.5, reduce="sum") \
+            if False else None  # one call per tape: the clipped sum is checked below
+        vm = gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))(W, x, y)
+        return per_ex[0], vm, clipped
+
+    def fn2(x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(x @ W, y, reduction="none")
+        return tape.per_example_gradients(loss, [W], max_norm=0.5, reduce="sum")[0]
+
+    rng = np.random.default_rng(2)
+    args = [(gt.tensor(rng.normal(size=(4, 5)).astype(np.float32)),
+             gt.tensor(rng.integers(0, 3, 4))) for _ in range(4)]
+    for func in (fn, fn2):
+        eager, comp, f = _compare(func, args)
+        assert f.trace_count == 2
+        for e, c in zip(eager, comp):
+            e = e if isinstance(e, tuple) else (e,)
+            c = c if isinstance(c, tuple) else (c,)
+            for a, b in zip(e, c):
+                if a is None:
+                    assert b is None
+                else:
+                    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_random_draws_and_dropout_advance_the_generator_as_eager():
+    def fn(x, g):
+        noise = g.normal(x.shape, std=0.1)
+        keep = gt.nn.dropout(x, 0.5, generator=g)
+        return x + noise, keep
+
+    x = gt.ones((3, 4))
+    g1, g2 = gt.random.Generator(7), gt.random.Generator(7)
+    eager = [fn(x, g1) for _ in range(5)]
+    f = gt.function(fn)
+    comp = [f(x, g2) for _ in range(5)]
+    for e, c in zip(eager, comp):
+        for a, b in zip(e, c):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(comp[3][0].numpy(), comp[4][0].numpy())  # new numbers per call
+
+
+def test_variable_assignments_inside_the_step():
+    counter = gt.Variable(0.0, name="counter")
+    acc = gt.Variable(np.zeros(3, np.float32), name="acc")
+
+    def fn(x):
+        counter.assign_add(1.0)
+        acc.assign(acc * 0.5 + x)
+        acc.assign_sub(0.25)
+        return acc * counter
+
+    xs = [gt.tensor(np.full(3, i, np.float32)) for i in range(6)]
+    eager = [fn(x).numpy() for x in xs]
+    state_e = (float(counter), acc.numpy())
+    counter.assign(0.0)
+    acc.assign(np.zeros(3, np.float32))
+    f = gt.function(fn)
+    comp = [f(x).numpy() for x in xs]
+    np.testing.assert_array_equal(np.array(comp), np.array(eager))
+    assert (float(counter), acc.numpy().tolist()) == (state_e[0], state_e[1].tolist())
+
+
+def test_replay_runs_no_python_of_the_step_and_retraces_on_new_signatures():
+    calls = []
+
+    @gt.function
+    def f(x, scale):
+        calls.append(scale)  # a Python side effect: runs while tracing only
+        return gt.tanh(x) * scale
+
+    x = gt.ones((2, 3))
+    for _ in range(4):
+        f(x, 2.0)
+    assert calls == [2.0, 2.0] and f.trace_count == 2  # trace, check trace, replays
+    f(x, 3.0)  # a new Python value: a new signature
+    f(gt.ones((4, 3)), 2.0)  # a new shape
+    f(gt.ones((2, 3), dtype="float64"), 2.0)  # a new dtype
+    assert f.trace_count == 5
+    np.testing.assert_allclose(f(x, 3.0).numpy(), np.tanh(1.0) * 3.0, rtol=1e-6)
+
+
+def test_warns_after_five_signatures_and_reduce_retracing():
+    f = gt.function(lambda x: x * 2.0)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for n in range(1, 8):
+            f(gt.ones((n,)))
+    msgs = [str(m.message) for m in w if "traced" in str(m.message)]
+    assert len(msgs) == 1 and "6 different input signatures" in msgs[0]
+    assert f.trace_count == 7
+
+    g = gt.function(lambda x: x * 2.0, reduce_retracing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n in range(1, 8):
+            np.testing.assert_array_equal(g(gt.ones((n,))).numpy(), np.full(n, 2.0, np.float32))
+    assert g.trace_count == 1  # the first signature only: the others ran once, eagerly
+
+
+@pytest.mark.parametrize("what, body", [
+    ("bool()", lambda x: x * 2.0 if gt.sum(x) > 0 else x),
+    ("float()", lambda x: x * float(gt.sum(x))),
+    (".numpy()", lambda x: x * x.numpy()[0]),
+    (".item()", lambda x: x * gt.sum(x).item()),
+    ("iterating", lambda x: gt.stack([r * 2.0 for r in x])),
+])
+def test_data_dependent_control_flow_raises_naming_the_line(what, body):
+    f = gt.function(body)
+    with pytest.raises(gt.TracingError) as info:
+        f(gt.ones((2, 2)))
+    msg = str(info.value)
+    assert what in msg and "test_function.py:" in msg and "gt.where" in msg
+    assert "fallback" in msg
+
+
+def test_fallback_eager_runs_eagerly_with_one_warning():
+    calls = []
+
+    def body(x):
+        calls.append(1)
+        return x * 2.0 if float(gt.sum(x)) > 0 else x * -1.0
+
+    f = gt.function(body, fallback="eager")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [f(gt.tensor([v, v])).numpy() for v in (1.0, -1.0, 2.0)]
+    assert [m for m in w if "runs eagerly" in str(m.message)].__len__() == 1
+    np.testing.assert_array_equal(np.array(outs), [[2, 2], [1, 1], [4, 4]])
+    assert len(calls) == 3  # eager every time
+
+
+def test_a_value_computed_outside_the_trace_is_never_replayed_stale():
+    """A host counter turned into a tensor changes between calls: the two traces differ, so
+    the step runs eagerly (warned) and gives eager results, never a frozen value."""
+    state = {"n": 0}
+
+    def fn(x):
+        state["n"] += 1
+        return x * gt.tensor(float(state["n"]))
+
+    f = gt.function(fn)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [float(f(gt.tensor(1.0))) for _ in range(5)]
+    assert outs == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert any("two traces of the step differ" in str(m.message) for m in w)
+
+
+def test_under_an_outer_tape_the_function_runs_as_python():
+    f = gt.function(lambda x: gt.sum(gt.tanh(x) ** 2))
+    x = gt.tensor([0.5, -1.0])
+    for _ in range(3):
+        f(x)
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = f(x)
+    g = tape.gradient(y, x).numpy()
+    t = np.tanh(x.numpy())
+    np.testing.assert_allclose(g, 2 * t * (1 - t * t), rtol=1e-6)
+
+
+def test_methods_numpy_inputs_and_nested_outputs():
+    class Model:
+        def __init__(self):
+            self.w = gt.Variable([1.0, 2.0], name="w")
+
+        @gt.function
+        def step(self, x):
+            return {"y": x * self.w, "n": 3, "pair": (x, gt.sum(x))}
+
+    m = Model()
+    for v in range(4):
+        out = m.step(np.array([v, v], np.float32))
+        assert out["n"] == 3 and isinstance(out["y"], gt.Tensor)
+        np.testing.assert_array_equal(out["y"].numpy(), [v, 2 * v])
+        assert float(out["pair"][1]) == 2 * v
+    assert Model.step.trace_count == 2
+
+
+def test_program_source_is_straight_line_numpy():
+    w = gt.Variable([1.0, 2.0])
+
+    @gt.function
+    def f(x):
+        with gt.GradientTape() as tape:
+            y = gt.sum(gt.exp(x * w))
+        return tape.gradient(y, w)
+
+    x = gt.tensor([0.1, 0.2])
+    f(x)
+    f(x)
+    src = f.program_source(x)
+    assert src.startswith("def replay(s0):") and "Tensor" not in src and "tape" not in src
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * np.exp(x.numpy() * w.numpy()), rtol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="expected a callable"):
+        gt.function(3)
+    with pytest.raises(ValueError, match="fallback must be"):
+        gt.function(lambda x: x, fallback="never")
+
+
+def test_large_elementwise_steps_replay_on_the_thread_pool_with_eager_values():
+    """Arrays above the threaded-forward size run chunked in the replay, as the eager forward
+    runs them: the same values."""
+    w = gt.Variable(np.linspace(-1, 1, 640 * 640, dtype=np.float32).reshape(640, 640))
+
+    def fn(x):
+        with gt.GradientTape() as tape:
+            y = gt.sum(gt.tanh(x * w) + gt.exp(-x) * w)
+        return y, tape.gradient(y, w)
+
+    xs = [gt.tensor(np.full((640, 640), v, np.float32)) for v in (0.1, 0.2, 0.3, 0.4)]
+    eager, comp, f = _compare(fn, xs and [(x,) for x in xs])
+    for e, c in zip(eager, comp):
+        for a, b in zip(e, c):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_transforms_of_a_compiled_function_see_its_ops():
+    f = gt.function(lambda x: gt.sum(gt.sin(x) * x))
+    x = gt.tensor([[0.1, 0.2], [0.3, 0.4]])
+    for _ in range(3):
+        f(x[0])
+    per_row = gt.vmap(f)(x)  # inside vmap: the Python function, batched
+    np.testing.assert_allclose(per_row.numpy(), (np.sin(x.numpy()) * x.numpy()).sum(1), rtol=1e-6)
+    g = gt.grad(f)(x[0])
+    xv = x[0].numpy()
+    np.testing.assert_allclose(g.numpy(), np.cos(xv) * xv + np.sin(xv), rtol=1e-6)
+    jv = gt.jvp(f, (x[0],), (gt.ones((2,)),))[1]
+    np.testing.assert_allclose(float(jv), float((np.cos(xv) * xv + np.sin(xv)).sum()), rtol=1e-6)

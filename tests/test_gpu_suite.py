@@ -1,0 +1,163 @@
+"""benchmarks/gpu_suite.py, the one command for a CUDA machine, checked on the CPU: its dry run
+builds and gradient-checks every cell of the table against NumPy and collects the ``gpu`` tests
+without claiming a figure, and its device timing calls the event APIs of CuPy and PyTorch in
+the right order (checked here against stand-ins of those modules)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import gradtape as gt
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "benchmarks" / "gpu_suite.py"
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """The suite's module (benchmarks/ is not a package: imported by path)."""
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        yield importlib.import_module("gpu_suite")
+    finally:
+        sys.path.remove(str(SUITE.parent))
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """One dry run (the gpu tests collected from one small file only, to stay fast)."""
+    out = tmp_path_factory.mktemp("gpu_suite") / "dry.json"
+    proc = subprocess.run([sys.executable, str(SUITE), "--dry-run", "--tests", "tests/test_copy.py",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_the_dry_run_passes_and_claims_no_figure(dry_run):
+    proc, res = dry_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DRY RUN" in proc.stdout and "SUITE OK" in proc.stdout
+    assert res["dry_run"] is True and res["ok"] is True
+    assert res["median"] is None and res["targets"] == []
+    assert res["tests"]["counts"].get("collected", 0) > 0  # pytest -m gpu found the gpu tests
+
+
+def test_the_dry_run_builds_and_checks_every_gradtape_cell(dry_run, suite):
+    _, res = dry_run
+    table = suite.rows(suite.DRY)
+    assert set(res["rows"]) == {r.key for r in table}
+    for row in table:
+        for col in row.columns:
+            if col.startswith("gradtape") or col == "cupy":  # torch: only where it imports
+                assert col in res["built"].get(row.key, []), (row.key, col, res["skipped"])
+                if row.ref is not None and col != "cupy":
+                    assert res["grad_max_rel_err_vs_numpy"][row.key][col] <= suite.GRAD_TOL
+
+
+def test_every_row_of_the_issue_is_in_the_table(suite):
+    keys = [r.key for r in suite.rows(suite.FULL)]
+    assert keys[:2] == ["copy", "chain_bwd"]  # the floor first, then the fraction of it
+    for key in ("chain", "mlp_256", "mlp_4096", "perop", "per_example", "jacobian"):
+        assert key in keys
+    full = {r.key: r for r in suite.rows(suite.FULL)}
+    assert suite.FULL.chain_n == 1 << 24 and suite.FULL.mlp_batches == (256, 4096)
+    for key, row in full.items():  # each against PyTorch CUDA eager in the same run
+        assert "torch" in row.columns, key
+        assert set(row.quick) <= set(row.columns), key
+
+
+class _Event:
+    """A stand-in for ``cupy.cuda.Event`` and ``torch.cuda.Event``: a record is a tick."""
+
+    log: list = []
+    made: list = []
+
+    def __init__(self, **kw):
+        _Event.made.append(kw)
+        self.t = None
+
+    def record(self):
+        _Event.log.append("record")
+        self.t = len(_Event.log)
+
+    def synchronize(self):
+        _Event.log.append("sync")
+
+    def elapsed_time(self, end):  # torch's spelling: milliseconds from self to end
+        return 1.0 * (end.t - self.t)
+
+
+@pytest.mark.parametrize("kind", ["cupy", "torch"])
+def test_device_timing_uses_the_event_apis(suite, monkeypatch, kind):
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(
+        Event=_Event, get_elapsed_time=lambda a, b: 1.0 * (b.t - a.t)))
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(Event=_Event))
+    monkeypatch.setitem(suite.W._MODULES, "cupy", fake_cupy)
+    monkeypatch.setitem(suite.W._MODULES, "torch", fake_torch)
+    timer = suite.timer_for("torch[x]" if kind == "torch" else "gradtape", dry=False)
+    assert timer.kind == kind
+    calls = []
+    cell = suite.W.Cell(lambda: (calls.append("run"), _Event.log.append("run")))
+    _Event.log = []
+    per_call = timer.block(cell, 4)
+    assert calls == ["run"] * 4
+    assert _Event.log == ["record"] + ["run"] * 4 + ["record", "sync"]
+    assert per_call == pytest.approx(5 / 1e3 / 4)  # 5 "ms" between the two records, per call
+    if kind == "torch":  # torch's events time only when asked to
+        assert _Event.made[-2:] == [{"enable_timing": True}] * 2
+    # a cell timing only part of a step: the untimed part is synchronized before each start
+    synced = []
+    cell = suite.W.Cell(lambda s: _Event.log.append("run"), prepare=lambda: "state",
+                        sync=lambda: synced.append(len(_Event.log)))
+    _Event.log = []
+    timer.block(cell, 2)
+    assert _Event.log == ["record", "run", "record", "sync"] * 2
+    assert len(synced) == 2
+
+
+def test_the_timed_path_end_to_end_on_host_clocks(suite, monkeypatch, tmp_path, capsys):
+    """The repeats, medians, targets and table of a real run, with host clocks standing in for
+    the device events and NumPy for CuPy (figures of this machine, asserted on nothing)."""
+    monkeypatch.setattr(suite, "timer_for", lambda col, dry: suite.Timer("host"))
+    args = argparse.Namespace(dry_run=False, quick=True, repeats=2, block=0.002, warmup=1,
+                              budget=60.0, json=tmp_path / "run.json")
+    table = [r for r in suite.rows(suite.DRY) if r.key in ("copy", "chain_bwd", "perop")]
+    res = suite.bench(table, lambda r: tuple(c for c in r.columns if c != "torch"), "cpu",
+                      suite.DRY, args, time.perf_counter() + 60)
+    nbytes = suite.chain_bwd_bytes("cpu", suite.DRY.chain_n)
+    full = 5 * 4 * suite.DRY.chain_n  # x and three saved values read, dx written
+    assert full <= nbytes <= full + 64  # (and a few scalars)
+    rc = suite.report(table, res, None, {"versions": {}}, nbytes, suite.DRY, args)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "chain bwd bandwidth / copy bandwidth" in out and "SUITE OK" in out
+    saved = json.loads(args.json.read_text())
+    assert all(len(ts) == 2 for by in saved["repeats_s"].values() for ts in by.values())
+    assert saved["median"]["chain_bwd"]["gradtape"] > 0
+    assert [t for t in saved["targets"] if t["goal"] == ">= 0.7"]
+
+
+def test_without_a_gpu_the_suite_says_so(suite, capsys):
+    try:
+        with gt.use_backend("cupy"):
+            pytest.skip("a CUDA device is usable here: the suite would run for real")
+    except gt.BackendUnavailableError:
+        pass
+    assert suite.main(["--no-tests", "-w", "copy"]) == 1
+    assert "no usable CUDA device" in capsys.readouterr().out
+
+
+def test_list_and_unknown_rows(suite, capsys):
+    assert suite.main(["--list"]) == 0
+    assert "chain_bwd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        suite.main(["--dry-run", "-w", "no_such_row"])
