@@ -200,8 +200,8 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     r = t / us if (t and us) else None
     add("overhead torch / gradtape", r, ">= 1.4", r is not None and r >= 1.4)
     g, t = get("overhead_mixed", "gradtape"), get("overhead_mixed", "torch")
-    r = t / g if (g and t) else None
-    add("overhead_mixed: torch / gradtape", r, "-", None, info=True)
+    r = g / t if (g and t) else None  # issue 12 item 6: eager, binary ops with constants, fan-out
+    add("overhead_mixed: gradtape / torch (eager, per op)", r, "<= 0.7", r is not None and r <= 0.7)
     on, off = get("fused_bwd", "gradtape"), get("fused_bwd", "gradtape[nofusion]")
     r = off / on if (on and off) else None
     add("fused bwd: fusion off / on", r, ">= 2", r is not None and r >= 2.0)

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from .autodiff.batched import BatchedTensor
-from .autodiff.record import Record, record, record_general, record_one
+from .autodiff.record import Record, record, record_general, record_one, record_two
 from .autodiff.state import STATE
-from .backend import Backend
+from .backend import NUMPY, Backend
 from .codegen.arrays import array_vjp
 from .codegen.expr import FUNCTIONS, Expr, parse, vjp_function
 from .config import HOOKS
@@ -31,7 +31,7 @@ from .cpu import pool
 from .cpu.parallel import forward as parallel_forward
 from .errors import MissingRuleError
 from .rules import ON_NUMPY, ON_TENSORS, OnArrays, OnTensors, on_arrays
-from .tensor import Tensor, TensorLike, _to_array, _wrap
+from .tensor import Tensor, TensorLike, Variable, _to_array, _wrap
 
 __all__ = ["Primitive", "Domain", "REGISTRY", "elementwise", "primitive", "bind", "as_tensor",
            "one", "pair", "MissingRuleError", "OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY",
@@ -111,7 +111,7 @@ class Primitive:
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
-                 "out_form", "cheap", "masks", "call1", "record1", "_saves", "_array_vjps",
+                 "out_form", "cheap", "masks", "call1", "call2", "record1", "_saves", "_array_vjps",
                  "_tensor_vjps",
                  "examples")
 
@@ -144,6 +144,7 @@ class Primitive:
         self._array_vjps: dict = {}
         self._tensor_vjps: dict = {}
         self.call1 = _one_input_call(self)  # bind() of one input (see bind)
+        self.call2 = _two_input_call(self)  # an op of two operands, converted (see pair)
         self.record1 = False  # recording takes the one-input fast path (elementwise, differentiable)
         REGISTRY[name] = self
 
@@ -442,16 +443,14 @@ def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
         if not isinstance(b, Tensor):
             dt = a.data.dtype
             if dt.kind in "fc" and isinstance(b, _SCALARS):
-                backend = a._backend
-                return a, _wrap(backend.xp.asarray(b, dtype=dt), backend)
+                return a, _const(b, dt, a._backend)
             b, a = _pair_general(b, a)
         elif a.data.dtype is not b.data.dtype:
             a, b = _promote_mixed(a, b)
     elif isinstance(b, Tensor):
         dt = b.data.dtype
         if dt.kind in "fc" and isinstance(a, _SCALARS):
-            backend = b._backend
-            return _wrap(backend.xp.asarray(a, dtype=dt), backend), b
+            return _const(a, dt, b._backend), b
         a, b = _pair_general(a, b)
     elif isinstance(a, _SCALARS) and isinstance(b, _SCALARS):
         # two Python numbers: NumPy's promotion between them (a derivative expression's
@@ -463,6 +462,80 @@ def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     else:
         b, a = _pair_general(b, as_tensor(a))
     return a, b
+
+
+_CONSTS: dict[Any, Tensor] = {}  # Python number -> its last NumPy constant (see _const)
+_MAX_CONSTS = 1024
+
+
+def _const(value: Any, dt: np.dtype, backend: Backend) -> Tensor:
+    """A Python number as a weakly typed constant of float or complex dtype ``dt`` (the inline
+    case of :func:`pair`). On NumPy the converted constant is kept per number, read-only, and
+    reused while the same number meets the same dtype (``x * 1.25`` in a loop converts once:
+    per-op overhead is a product target). Zeros (``-0.0`` equals ``0.0``) and NaN (unequal to
+    itself) are converted every time, so a cached constant always has the number's exact
+    value; equal numbers (``1``, ``1.0``, ``True``) convert to the same value."""
+    t = _CONSTS.get(value)
+    if t is not None and t.data.dtype is dt and t._backend is backend:
+        return t
+    t = _wrap(backend.xp.asarray(value, dtype=dt), backend)
+    if backend is NUMPY and value and value == value:
+        t.data.flags.writeable = False  # shared by every op that reads the number
+        if len(_CONSTS) >= _MAX_CONSTS:
+            _CONSTS.clear()
+        _CONSTS[value] = t
+    return t
+
+
+def _two_input_call(prim: Primitive) -> Callable[[Any, Any], Tensor]:
+    """``bind(prim, *pair(a, b))`` with the common cases inline, made once per primitive: two
+    tensors (or Variables) of one dtype and backend, or a tensor of float or complex dtype
+    next to a Python number (``x * 2.0``, ``0.5 - x``). The binary ops (``+``, ``*`` ...) are
+    these functions; every other case takes :func:`pair` and :func:`bind`, with the same
+    result. Per-op overhead is a product target, and binary ops are the second most frequent
+    kind."""
+
+    def call2(a: Any, b: Any) -> Tensor:
+        ca, cb = a.__class__, b.__class__
+        if ca is Tensor or ca is Variable:
+            da = a.data
+            backend = a._backend
+            if cb is Tensor or cb is Variable:
+                db = b.data
+                if db.dtype is not da.dtype or b._backend is not backend:
+                    return bind(prim, *pair(a, b))
+            elif (cb is float or cb is int) and da.dtype.kind in "fc":
+                b = _const(b, da.dtype, backend)
+                db = b.data
+            else:
+                return bind(prim, *pair(a, b))
+        elif (cb is Tensor or cb is Variable) and (ca is float or ca is int):
+            db = b.data
+            backend = b._backend
+            if db.dtype.kind not in "fc":
+                return bind(prim, *pair(a, b))
+            a = _const(a, db.dtype, backend)
+            da = a.data
+        else:
+            return bind(prim, *pair(a, b))
+        out = _new_tensor(Tensor)
+        if da.size + db.size < pool.MIN_SIZE:
+            out.data = prim.impl(backend.xp, da, db)
+        else:
+            out.data = parallel_forward(prim, backend.xp, (da, db), _NO_PARAMS)
+        out._backend = backend
+        out._id = 0
+        if a._is_variable:  # lets an unconnected-gradient error spot `w = w - lr * g`
+            out._origin = ("variable", a.name or "<unnamed>")
+        elif b._is_variable:
+            out._origin = ("variable", b.name or "<unnamed>")
+        else:
+            out._origin = None
+        if HOOKS.on:
+            record_two(prim, a, b, out, _NO_PARAMS)
+        return out
+
+    return call2
 
 
 def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

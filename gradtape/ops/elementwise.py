@@ -182,17 +182,17 @@ def add(a: Any, b: Any) -> Tensor:
         >>> gt.add(gt.tensor([1.0, 2.0]), 1).numpy()
         array([2., 3.], dtype=float32)
     """
-    return bind(P_ADD, *pair(a, b))
+    return P_ADD.call2(a, b)
 
 
 def sub(a: Any, b: Any) -> Tensor:
     """``a - b`` (broadcasting). Example: ``gt.sub(x, 1.0)``."""
-    return bind(P_SUB, *pair(a, b))
+    return P_SUB.call2(a, b)
 
 
 def mul(a: Any, b: Any) -> Tensor:
     """``a * b`` (broadcasting). Example: ``gt.mul(x, w)``."""
-    return bind(P_MUL, *pair(a, b))
+    return P_MUL.call2(a, b)
 
 
 def div(a: Any, b: Any) -> Tensor:
@@ -202,7 +202,7 @@ def div(a: Any, b: Any) -> Tensor:
     if a.data.dtype.kind in "biu" and b.data.dtype.kind in "biu":
         a = bind(REGISTRY["astype"], a, dtype=np.dtype(np.float32))
         b = bind(REGISTRY["astype"], b, dtype=np.dtype(np.float32))
-    return bind(P_DIV, a, b)
+    return P_DIV.call2(a, b)
 
 
 def neg(x: Any) -> Tensor:

@@ -10,6 +10,7 @@ that an outer tape or a transform must see runs in recorded gradtape ops (``diff
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -163,9 +164,16 @@ def _vjp_arrays(rec: Record, g: Any, safe: bool = False) -> tuple:
 
 
 def backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
-             sources: list[Tensor], diff: bool, release: bool) -> dict[int, Tensor | Array]:
+             sources: list[Tensor], diff: bool, release: bool,
+             ready: Callable[[int, Array], None] | None = None) -> dict[int, Tensor | Array]:
     """Reverse pass over ``tape``'s records. Returns ``{source id: gradient}`` (arrays, or
     Tensors when ``diff``: the pass is then made of recorded gradtape ops).
+
+    ``ready`` (first-order passes only; ignored when ``diff``): called as ``ready(source id,
+    gradient array)`` as soon as a source's gradient is final, i.e. once every record reading
+    the source has been visited, while the rest of the pass still runs (``gt.distributed``
+    starts the all-reduce of a full bucket then). The array is the one returned at the end
+    and is not written again by the pass; sources without a gradient are never announced.
 
     NumPy's floating-point warnings are silenced for the pass: derivatives are infinite at
     the documented singular points (``sqrt'(0)``, ``log'(0)`` behind a ``where``) and
@@ -173,11 +181,12 @@ def backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
     TF are silent too); ``check_numerics`` is the tool that reports NaN and inf.
     """
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _backward(tape, targets, seeds, sources, diff, release)
+        return _backward(tape, targets, seeds, sources, diff, release, ready)
 
 
 def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
-              sources: list[Tensor], diff: bool, release: bool) -> dict[int, Tensor | Array]:
+              sources: list[Tensor], diff: bool, release: bool,
+              ready: Callable[[int, Array], None] | None = None) -> dict[int, Tensor | Array]:
     records = list(tape._records)  # a persistent tape may record the pass itself
     source_ids = set()
     tracked = tape._tracked
@@ -210,6 +219,8 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
         fplan = fusion.plan(records, reach, source_ids | set(grads))
         if fplan is not None:
             fused, order = fplan.runs, fplan.visit
+    if ready is not None and not diff:  # the loop below is unchanged: the order announces
+        order = _announcing(order, records, fused, source_ids, grads, ready)
     for idx in order:
         rec = records[idx]
         out_id = rec.out_id
@@ -280,6 +291,39 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
         if release:
             rec.release()
     return {i: grads[i] for i in source_ids if i in grads}
+
+
+def _announcing(order: Iterable[int], records: list[Record], fused: dict[int, Any] | None,
+                source_ids: set[int], grads: dict[int, Any],
+                ready: Callable[[int, Array], None]) -> Iterator[int]:
+    """``order`` (record indices, descending), calling ``ready(sid, grads[sid])`` for each
+    source before the first index that comes after the last visit that can add to its
+    gradient: the smallest index of a record reading it, or, for a member of a fused run,
+    its run's sink (the whole run executes when the sink is visited)."""
+    visit_of: dict[int, int] = {}
+    if fused:
+        for sink, run in fused.items():
+            for m in run.members:
+                visit_of[m] = sink
+    last: dict[int, int] = {}  # source id -> the smallest visit position of a reader
+    for idx, rec in enumerate(records):
+        pos = visit_of.get(idx, idx)
+        for iid in rec.in_ids:
+            if iid in source_ids and pos < last.get(iid, len(records)):
+                last[iid] = pos
+    pending = sorted(((last.get(sid, len(records)), sid) for sid in source_ids), reverse=True)
+    k, n = 0, len(pending)
+    for idx in order:
+        while k < n and pending[k][0] > idx:
+            g = grads.get(pending[k][1])
+            if g is not None:
+                ready(pending[k][1], g)
+            k += 1
+        yield idx
+    for _, sid in pending[k:]:
+        g = grads.get(sid)
+        if g is not None:
+            ready(sid, g)
 
 
 def _gather_outputs(ids: tuple[int, ...], grads: dict[int, Tensor | Array],

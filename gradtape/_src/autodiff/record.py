@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # the layer above, named in annotations only
 # read per operand). A type checker cannot narrow on it, so the lines that then use a Variable's
 # fields (``trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
 
-__all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "record_one", "record_general",
-           "check_finite"]
+__all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "record_one", "record_two",
+           "record_general", "check_finite"]
 
 
 class Recorder:
@@ -180,6 +180,7 @@ class RecordX(Record):
 _new_record = object.__new__
 _TRUE1 = (True,)
 _FF = (False, False)
+_TT, _TF, _FT = (True, True), (True, False), (False, True)
 _NONE1 = (None,)
 _ALL_SAVED = (True,) * 8  # general primitives save all inputs or none (indexed per input)
 _NONE_SAVED = (False,) * 8
@@ -241,11 +242,57 @@ def record_one(prim: Primitive, a: Tensor, out: Tensor, params: dict[str, Any]) 
     record_general(prim, (a,), out, params)
 
 
+def record_two(prim: Primitive, a: Tensor, b: Tensor, out: Tensor, params: dict[str, Any]) -> None:
+    """:func:`record` of ``out = prim(a, b, **params)``, what the binary ops call: the fast path
+    of :func:`record_one` for a two-input elementwise op (``x * 2.0``, ``a + w``) followed by
+    the only recording tape, nothing else active. A trainable Variable read in the tape's
+    context is watched, the record's fields are filled in place as Record.__init__'s
+    two-input branch fills them. Anything else falls through to the general path."""
+    tapes = STATE.fast
+    if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics \
+            and out.data.dtype.kind == "f":
+        tape = tapes[0]
+        tracked = tape._tracked
+        if tape._watch_accessed:
+            if a._is_variable and a.trainable and a._id not in tracked:  # type: ignore[attr-defined]
+                tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
+            if b._is_variable and b.trainable and b._id not in tracked:  # type: ignore[attr-defined]
+                tape._watch_variable(b)  # type: ignore[arg-type]
+        ia, ib = a._id, b._id
+        if ia in tracked:
+            needs = _TT if ib in tracked else _TF
+        elif ib in tracked:
+            needs = _FT
+        else:  # neither input is followed
+            return
+        oid = out._id = _next_id()
+        rec: Record = _new_record(Record)
+        rec.prim = prim
+        rec.params = params
+        rec.needs = needs
+        rec.out_id = oid
+        da, db = a.data, b.data
+        rec.in_ids = (ia if needs[0] else 0, ib if needs[1] else 0)
+        rec.in_shapes = (da.shape, db.shape)
+        rec.in_dtypes = (da.dtype, db.dtype)
+        saves = prim._saves.get(needs) or prim.saved_names(needs)
+        rec.output = out if saves[2] else None
+        # (_is_variable: a Variable, with _snapshot)
+        rec.inputs = (None if not saves[0] else (a._snapshot() if a._is_variable else a),  # type: ignore[attr-defined]
+                      None if not saves[1] else (b._snapshot() if b._is_variable else b))  # type: ignore[attr-defined]
+        tape._records.append(rec)
+        tracked.add(oid)
+        return
+    record_general(prim, (a, b), out, params)
+
+
 def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
                    params: dict[str, Any], extra_outs: tuple[Tensor, ...] = ()) -> None:
     """:func:`record` for everything but :func:`record_one`'s fast path; ``bind`` calls it
     directly for ops of several inputs (one call less per op)."""
     st = STATE
+    if st.trace is not None:  # gt.function: an op on untraced arrays (a Variable's) is logged
+        st.trace.after_op(prim, args, out, params)
     tapes = st.fast
     if tapes is None or HOOKS.numerics:
         general = True
