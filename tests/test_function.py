@@ -380,3 +380,26 @@ def test_transforms_of_a_compiled_function_see_its_ops():
     np.testing.assert_allclose(g.numpy(), np.cos(xv) * xv + np.sin(xv), rtol=1e-6)
     jv = gt.jvp(f, (x[0],), (gt.ones((2,)),))[1]
     np.testing.assert_allclose(float(jv), float((np.cos(xv) * xv + np.sin(xv)).sum()), rtol=1e-6)
+
+
+def test_forward_mode_chain_runs_fused_in_the_replay_with_eager_values():
+    """gt.jvp of a chain of elementwise ops on large arrays: the compiled program runs the
+    primal and tangent chain as one blocked run (fewer program steps than array calls), with
+    the eager values bit for bit."""
+    def chain(x):
+        for _ in range(3):
+            x = gt.tanh(x * 1.5 + 0.1) * gt.exp(-x * x)
+        return x
+
+    def jv(x, t):
+        return gt.jvp(chain, (x,), (t,))
+
+    rng = np.random.default_rng(3)
+    args = [(gt.tensor(rng.normal(size=(300, 512)).astype(np.float32)),
+             gt.tensor(rng.normal(size=(300, 512)).astype(np.float32))) for _ in range(4)]
+    eager, comp, f = _compare(jv, args)
+    for e, c in zip(eager, comp):
+        for a, b in zip(e, c):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    src = f.program_source(*args[0])
+    assert src.count("\n") < 10  # one fused run instead of ~60 array calls

@@ -28,6 +28,7 @@ replaying a stale value.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import threading
 import warnings
@@ -649,7 +650,9 @@ class _Program:
     def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None],
                  out_consts: list[Any], name: str) -> None:
         steps = _dead_code(tr.steps, out_slots)
+        steps = _fuse_elementwise(steps, tr.arrays, out_slots)
         self.n_steps = len(steps)
+        self.n_fused = sum(1 for st in steps if type(st.fn) is _FusedRun)
         ns: dict[str, Any] = {}
         names: dict[int, str] = {}
 
@@ -782,6 +785,165 @@ def _threaded(st: _Step, arrays: list[Any]) -> Any:
     if any(arrays[a.n].shape != out.shape for a in st.args):
         return fn
     return _Chunked(fn)
+
+
+class _FusedRun:
+    """Consecutive elementwise ufunc steps of one output shape, run as one blocked program:
+    row blocks of about ``pool.BLOCK`` elements go through the whole chain while they are in
+    cache, intermediates live in block-sized scratch buffers, and only the values used after
+    the run are written to full arrays (the blocked NumPy programs of the fused backward do
+    the same). Each element goes through the same ufunc calls as unfused, so the values are
+    the same."""
+
+    def __init__(self, members: list[_Step], inputs: list[int], outputs: list[int],
+                 shape: tuple[int, ...], dtypes: dict[int, Any], full: set[int]) -> None:
+        self.__name__ = f"fused_{len(members)}"
+        rows = shape[0]
+        inner = math.prod(shape[1:])
+        step = max(1, pool.BLOCK // max(inner, 1))
+        ns: dict[str, Any] = {"np": np}
+        src = []
+        names: dict[int, str] = {n: f"i{k}" for k, n in enumerate(inputs)}
+        outs = {n: f"o{k}" for k, n in enumerate(outputs)}
+        params = ", ".join([names[n] for n in inputs] + list(outs.values()))
+        src.append(f"def blocks(lo, hi, {params}):")
+        temps = [st.outs[0] for st in members if st.outs[0] not in outs]
+        for n in temps:  # per call of blocks (per thread): its own scratch
+            ns[f"dt_t{n}"] = dtypes[n]
+            src.append(f"    t{n} = np.empty({(step,) + tuple(shape[1:])!r}, dt_t{n})")
+        src.append(f"    for r in range(lo, hi, {step}):")
+        src.append(f"        e = r + {step}")
+        src.append(f"        m = {step} if e <= {rows} else {rows} - r")
+        for n in inputs:  # full-shape inputs are sliced; broadcast ones are passed whole
+            if n in full:
+                src.append(f"        b{n} = {names[n]}[r:e]")
+        consts = 0
+        for k, st in enumerate(members):
+            args = []
+            for a in st.args:
+                if type(a) is _Slot:
+                    if a.n in names:
+                        args.append(f"b{a.n}" if a.n in full else names[a.n])
+                    else:  # made by an earlier member
+                        args.append(f"{outs[a.n]}[r:e]" if a.n in outs else f"t{a.n}[:m]")
+                else:
+                    value = a.value if type(a) is _Const else a
+                    ns[f"k{consts}"] = value
+                    full_const = np.shape(value) == tuple(shape)  # sliced like a full input
+                    args.append(f"k{consts}[r:e]" if full_const else f"k{consts}")
+                    consts += 1
+            ns[f"u{k}"] = st.fn
+            o = st.outs[0]
+            target = f"{outs[o]}[r:e]" if o in outs else f"t{o}[:m]"
+            src.append(f"        u{k}({', '.join(args)}, out={target})")
+        exec(compile("\n".join(src), f"<gt.function fused run of {len(members)}>", "exec"), ns)
+        self.blocks = ns["blocks"]
+        self.source = "\n".join(src)
+        self.shape = shape
+        self.rows = rows
+        self.step = step
+        self.out_dtypes = [dtypes[n] for n in outputs]
+
+    def __call__(self, *arrays: Any) -> Any:
+        outs = [np.empty(self.shape, dt) for dt in self.out_dtypes]
+        rows, step = self.rows, self.step
+        n_blocks = -(-rows // step)
+        threads = min(pool.THREADS, n_blocks // 2)
+        if threads < 2:
+            self.blocks(0, rows, *arrays, *outs)
+            return tuple(outs)
+        # row ranges of whole blocks on the thread pool, as the fused backward runs them
+        per = -(-n_blocks // threads) * step
+        futures = [pool.thread_pool().submit(self.blocks, lo, min(lo + per, rows), *arrays, *outs)
+                   for lo in range(per, rows, per)]
+        try:
+            self.blocks(0, min(per, rows), *arrays, *outs)
+        finally:
+            for f in futures:
+                f.result()
+        return tuple(outs)
+
+
+def _fusible(st: _Step, arrays: list[Any]) -> tuple[int, ...] | None:
+    """The output shape of an elementwise ufunc step the forward fusion may take (large,
+    floating, operands full-shape, broadcast along leading axes, or scalars), else None."""
+    fn = st.fn
+    if type(fn) is not np.ufunc or fn.nout != 1 or st.kwargs or st.out_kind != "one":
+        return None
+    out = arrays[st.outs[0]]
+    if type(out) is not np.ndarray or out.dtype.kind != "f" or out.size < 2 * pool.BLOCK \
+            or out.ndim == 0:
+        return None
+    for a in st.args:
+        if type(a) is _Slot:
+            v = arrays[a.n]
+            shp = np.shape(v)
+            if shp != out.shape and (len(shp) >= out.ndim or shp != out.shape[out.ndim - len(shp):]):
+                return None
+        elif type(a) is _Const:  # a Variable's buffer (read at each call) or a constant
+            shp = np.shape(a.value)
+            if shp != out.shape and (len(shp) >= out.ndim or shp != out.shape[out.ndim - len(shp):]):
+                return None
+        elif type(a) not in (float, int, bool):
+            return None
+    return out.shape
+
+
+def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int | None]) -> list[_Step]:
+    """Replace each run of 2 or more consecutive fusible steps of one shape whose results
+    are partly used only inside the run by one :class:`_FusedRun` step."""
+    uses: dict[int, list[int]] = {}
+    for i, st in enumerate(steps):
+        for n in _slots_of((st.args, st.kwargs)):
+            uses.setdefault(n, []).append(i)
+    final = {n for n in out_slots if n is not None}
+    result: list[_Step] = []
+    i = 0
+    while i < len(steps):
+        shape = _fusible(steps[i], arrays)
+        j = i + 1
+        if shape is not None:
+            while j < len(steps) and _fusible(steps[j], arrays) == shape:
+                j += 1
+        if j - i < 2:
+            result.append(steps[i])
+            i += 1
+            continue
+        members = steps[i:j]
+        made = {st.outs[0] for st in members}
+        if len(made) != len(members):  # a member rewrites a slot: keep them as they are
+            result.extend(members)
+            i = j
+            continue
+        outputs = [n for n in (st.outs[0] for st in members)
+                   if n in final or any(u >= j for u in uses.get(n, ()))]
+        inputs: list[int] = []
+        for st in members:
+            for a in st.args:
+                if type(a) is _Slot and a.n not in made and a.n not in inputs:
+                    inputs.append(a.n)
+        if len(outputs) == len(members):  # nothing stays in cache: no gain
+            result.extend(members)
+            i = j
+            continue
+        full = {n for n in inputs if np.shape(arrays[n]) == shape}
+        dtypes = {st.outs[0]: arrays[st.outs[0]].dtype for st in members}
+        run = _FusedRun(members, inputs, outputs, shape, dtypes, full)
+        result.append(_Step(run, tuple(_Slot(n) for n in inputs), {}, outputs, tuple, False))
+        i = j
+    return result
+
+
+def _slots_of(x: Any) -> Any:
+    t = type(x)
+    if t is _Slot:
+        yield x.n
+    elif t is tuple or t is list:
+        for v in x:
+            yield from _slots_of(v)
+    elif t is dict:
+        for v in x.values():
+            yield from _slots_of(v)
 
 
 def _dead_code(steps: list[_Step], out_slots: list[int | None]) -> list[_Step]:
