@@ -350,6 +350,19 @@ def _unwrap(x: Any) -> Any:
     return x
 
 
+def _unwrap_flat(args: tuple) -> list[Any]:
+    out = []
+    for x in args:
+        t = type(x)
+        if t is TracedArray:
+            out.append(x.a)
+        elif t is tuple or t is list or t is dict:
+            out.append(_unwrap(x))
+        else:
+            out.append(x)
+    return out
+
+
 def _is_array(x: Any) -> bool:
     return isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "__cuda_array_interface__")
 
@@ -479,6 +492,16 @@ class _Trace:
             return x
         return self._const(x)
 
+    def _template_flat(self, args: tuple) -> tuple:
+        out = []
+        promoted = self.promoted
+        for x in args:
+            if type(x) is TracedArray and x.tr is self and not promoted:
+                out.append(_Slot(x.slot))
+            else:
+                out.append(self._template(x))
+        return tuple(out)
+
     def _const(self, v: Any) -> _Const:
         c = self.consts.get(id(v))
         if c is None or c.value is not v:
@@ -486,9 +509,14 @@ class _Trace:
         return c
 
     def call(self, fn: Any, args: tuple, kwargs: dict) -> Any:
-        ua = _unwrap(args)
+        ua = _unwrap_flat(args)
         uk = _unwrap(kwargs) if kwargs else kwargs
-        for buf in _written(fn, args, kwargs):
+        try:
+            mutating = fn in _MUTATING
+        except TypeError:  # an unhashable callable
+            mutating = False
+        wr = _written(fn, args, kwargs) if (kwargs or mutating or getattr(fn, "__name__", "") == "at") else ()
+        for buf in wr:
             if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
                     and id(buf) not in self.promoted:
                 if buf.base is not None and self.unsafe is None:  # a view: its base is read
@@ -496,16 +524,16 @@ class _Trace:
                                    "made outside the trace")
                 self._promote(buf, _overwrites(fn, ua, uk, buf))
         res = fn(*ua, **uk)
-        targs = self._template(args)
+        targs = self._template_flat(args)
         tkw = self._template(kwargs) if kwargs else {}
-        written = _written(fn, targs, tkw)
+        written = bool(wr)
         if res is None:
             self.steps.append(_Step(fn, targs, tkw, [], None, False))
             return None
         if _is_array(res):
             wrapped = self._result(res, args, kwargs)
             self.steps.append(_Step(fn, targs, tkw, [wrapped.slot], "one",
-                                    not written and fn not in _MUTATING))
+                                    not written and not mutating))
             return wrapped
         if isinstance(res, (tuple, list)) and any(_is_array(r) for r in res):
             outs = []
@@ -571,6 +599,12 @@ class _Trace:
     def _result(self, res: Any, args: tuple, kwargs: dict) -> TracedArray:
         # a result that is one of the traced inputs (in-place ufunc, asarray of an array)
         # stays that program variable; anything else is a new one
+        if not kwargs:
+            for x in args:
+                if type(x) is TracedArray and x.a is res and x.tr is self:
+                    return x
+            if all(type(x) is not tuple and type(x) is not list for x in args):
+                return self.new(res)
         for x in _leaves(args, kwargs):
             if type(x) is TracedArray and x.a is res and x.tr is self:
                 return x
