@@ -4,22 +4,61 @@ marked ``gpu`` and skips with the reason when no usable device is present."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pytest
 
 import gradtape as gt
 
+# GRADTAPE_TEST_BACKEND=strict: the suite runs on the device-strict CPU backend (CuPy's rules on
+# host memory, fused kernels compiled from their CUDA text; gradtape/_src/strict.py), as the
+# default backend and the ``backend`` fixture's host case. tests/strict_exclusions.txt lists
+# the tests that run on NumPy only, each with the reason; they are skipped with it.
+STRICT = os.environ.get("GRADTAPE_TEST_BACKEND", "").strip().lower() == "strict"
+if STRICT:
+    from gradtape._src import strict as _strict  # test support, selected by the variable
+
+    _strict.install()
+    gt.set_backend("strict")
+
+
+def strict_exclusions() -> list[tuple[str, str]]:
+    """``(node id prefix, reason)`` per entry of tests/strict_exclusions.txt."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "strict_exclusions.txt")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                prefix, _, reason = line.partition(" | ")
+                out.append((prefix.strip(), reason.strip()))
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    if not STRICT:
+        return
+    rules = strict_exclusions()
+    for item in items:
+        for prefix, reason in rules:  # a file, a test (all its parameters) or one case
+            nodeid = item.nodeid
+            if nodeid == prefix or nodeid.startswith((prefix + "::", prefix + "[")):
+                item.add_marker(pytest.mark.skip(reason=f"left out of the strict run: {reason}"))
+                break
+
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def backend(request):
-    """Run the test once per backend; yields the backend name."""
+    """Run the test once per backend; yields the backend name (``"strict"`` for the host case
+    under GRADTAPE_TEST_BACKEND=strict)."""
+    name = "strict" if STRICT and request.param == "numpy" else request.param
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(gt.use_backend(request.param))
+            stack.enter_context(gt.use_backend(name))
         except gt.BackendUnavailableError as exc:  # the message names the reason
             pytest.skip(str(exc))
-        yield request.param
+        yield name
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("backend", ("gradtape._src.backend",)),
     ("cpu", ("gradtape._src.cpu.pool", "gradtape._src.cpu.parallel")),
     ("codegen", ("gradtape._src.codegen.*",)),
+    ("strict", ("gradtape._src.strict",)),
     ("tape state", ("gradtape._src.autodiff.state",)),
     ("tensor", ("gradtape._src.tensor",)),
     ("batched", ("gradtape._src.autodiff.batched",)),

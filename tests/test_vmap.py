@@ -18,7 +18,8 @@ def t(*shape: int, dtype: type = np.float64) -> gt.Tensor:
 
 
 def close(a: gt.Tensor | np.ndarray, b: gt.Tensor | np.ndarray, tol: float = 1e-10) -> None:
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+    host = [v.numpy() if isinstance(v, gt.Tensor) else np.asarray(v) for v in (a, b)]  # any backend
+    np.testing.assert_allclose(host[0], host[1], rtol=tol, atol=tol)
 
 
 def mlp_loss(params: dict, x: gt.Tensor, y: gt.Tensor) -> gt.Tensor:

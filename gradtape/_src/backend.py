@@ -255,6 +255,21 @@ def cupy_unavailable_reason() -> str | None:
     return _probe_cupy()[1]
 
 
+def nccl_module() -> tuple[Any | None, str]:
+    """``(cupy.cuda.nccl, "")`` when the CuPy backend works and CuPy was built with NCCL, else
+    ``(None, why not)``; for ``gt.distributed``'s NCCL transport (CuPy is imported only here)."""
+    backend, reason = _probe_cupy()
+    if backend is None:
+        return None, f"CuPy is unavailable: {reason}"
+    try:
+        from cupy.cuda import nccl  # CuPy's NCCL binding (optional part of CuPy)
+    except ImportError as exc:
+        return None, f"cupy.cuda.nccl cannot be imported: {_describe(exc)}"
+    if not getattr(nccl, "available", True):
+        return None, "this CuPy has no NCCL (install NCCL, e.g. pip install nvidia-nccl-cu12)"
+    return nccl, ""
+
+
 def _resolve(name: str) -> Backend:
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str ('numpy', 'cupy' or 'auto'), got {type(name).__name__}")
@@ -269,6 +284,8 @@ def _resolve(name: str) -> Backend:
     if key == "auto":
         backend, _ = _probe_cupy()
         return backend if backend is not None else NUMPY
+    if key in _extras:
+        return _extras[key]
     raise ValueError(f"backend must be 'numpy', 'cupy' or 'auto', got {name!r}")
 
 
@@ -321,7 +338,34 @@ def backend_of(array: object) -> Backend:
         if backend is None:
             raise BackendUnavailableError(f"got a CuPy array but the CuPy backend is unusable: {reason}")
         return backend
+    for extra in _extra_backends:
+        if isinstance(array, extra.ndarray):
+            return extra
     return NUMPY
+
+
+# Backends registered at run time by name (test support: the device-strict backend of
+# gradtape/_src/strict.py, which sits above this layer); with their erfc functions.
+_extras: dict[str, Backend] = {}
+_extra_backends: tuple[Backend, ...] = ()
+_extra_erfc: dict[str, Callable[..., Array]] = {}
+
+
+def register_backend(backend: Backend, erfc: Callable[..., Array]) -> None:
+    """Make ``backend`` selectable by its name (:func:`set_backend`, :func:`use_backend`) and
+    recognized by :func:`backend_of` (its arrays) and :func:`erf_for` / :func:`erfc_for` (its
+    array module). Idempotent; ``numpy``, ``cupy`` and ``auto`` cannot be replaced."""
+    global _extra_backends
+    if backend.name in ("numpy", "cupy", "auto"):
+        raise ValueError(f"register_backend: the name {backend.name!r} is taken")
+    _extras[backend.name] = backend
+    _extra_erfc[backend.name] = erfc
+    _extra_backends = tuple(_extras.values())
+
+
+def is_extra_array(array: object) -> bool:
+    """True when ``array`` belongs to a backend registered with :func:`register_backend`."""
+    return any(isinstance(array, b.ndarray) for b in _extra_backends)
 
 
 def set_backend(name: str) -> None:
@@ -373,6 +417,9 @@ def erf_for(xp: ArrayModule) -> Callable[..., Array]:
     """The erf function matching array module ``xp`` (NumPy has none of its own)."""
     if xp is np:
         return _numpy_erf
+    for extra in _extra_backends:
+        if xp is extra.xp:
+            return extra.erf
     backend, reason = _probe_cupy()
     if backend is None:
         raise BackendUnavailableError(f"erf on {getattr(xp, '__name__', xp)!r}: {reason}")
@@ -388,6 +435,9 @@ def erfc_for(xp: ArrayModule) -> Callable[..., Array]:
     global _cupy_erfc
     if xp is np:
         return _numpy_erfc
+    for extra in _extra_backends:
+        if xp is extra.xp:
+            return _extra_erfc[extra.name]
     backend, reason = _probe_cupy()
     if backend is None:
         raise BackendUnavailableError(f"erfc on {getattr(xp, '__name__', xp)!r}: {reason}")

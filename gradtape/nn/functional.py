@@ -164,7 +164,14 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
 # --------------------------------------------------------------------------- cross-entropy
 def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     lsm = _log_softmax_impl(xp, logits, axis=-1)
-    return -xp.take_along_axis(lsm, labels[..., None].astype(np.intp, copy=False), axis=-1)[..., 0]
+    idx = labels[..., None].astype(np.intp, copy=False)
+    if xp is np:
+        return -xp.take_along_axis(lsm, idx, axis=-1)[..., 0]
+    # a device: cross_entropy checks no label on the host (the answer would wait for the
+    # device), so an example whose label is outside [0, C) gets a NaN loss (as TF's)
+    C = logits.shape[-1]
+    out = -xp.take_along_axis(lsm, xp.clip(idx, 0, C - 1), axis=-1)[..., 0]
+    return xp.where((labels < 0) | (labels >= C), out.dtype.type(np.nan), out)
 
 
 def _sce_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
@@ -259,6 +266,10 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
     The gradient with respect to the logits is ``softmax(logits) - onehot(labels)`` (times the
     upstream gradient); probability targets are differentiable too.
 
+    Integer labels outside ``[0, C)`` raise ``ValueError`` on NumPy. On a GPU they are not
+    checked (reading the check back would make the host wait for the device at every step):
+    such an example's loss is NaN, as TensorFlow does on GPUs.
+
     Example:
         >>> import gradtape as gt
         >>> logits = gt.tensor([[2.0, 0.0], [0.0, 2.0]])
@@ -276,7 +287,9 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
         if labels.shape != logits.shape[:-1]:
             raise ValueError(f"cross_entropy: integer labels must have shape logits.shape[:-1] = "
                              f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})")
-        if labels.size:  # every example's labels, also inside gt.vmap; a step of gt.function
+        # every example's labels, also inside gt.vmap; a step of gt.function. On the host only:
+        # on a device, reading the check's answer would wait for it (_sce_impl gives NaN there)
+        if labels.size and labels._backend.name == "numpy":
             opaque(functools.partial(_check_labels, C=C), physical_data(labels),
                    key=("cross_entropy labels", C))
         loss = bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels)

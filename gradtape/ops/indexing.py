@@ -11,6 +11,7 @@ import numpy as np
 
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
+from .._src.backend import is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap
@@ -37,7 +38,8 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
                     "bool mask: pass it unbatched (in_axes=None) or select with gt.where")
             it = it.data
             advanced = True
-        elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy"):
+        elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy") \
+                or is_extra_array(it):
             it = xp.asarray(it)
             if it.dtype.kind not in "iub":
                 if it.size == 0:

@@ -1,0 +1,260 @@
+"""The device-strict backend (``gradtape._src.strict``): a CPU stand-in for CuPy that fails where
+CuPy fails and NumPy forgives, and counts host synchronisations.
+
+* its arrays refuse implicit conversion to NumPy, mixing with host arrays, ``__index__``, and
+  names CuPy's namespace lacks; NumPy functions dispatch to CuPy's names as CuPy's do;
+* it counts the host synchronisations (``.item()``, ``bool()``, ``float()``, ``.numpy()``,
+  boolean masks...) and can forbid them;
+* fused backward runs and optimizer updates go through ``ElementwiseKernel`` compiled from the
+  CUDA text on the host, and give the NumPy backend's results;
+* a training step of the digits MLP makes no host synchronisation; the training loop makes
+  only the ones its progress lines need, however many steps an epoch has;
+* every ``xp.<name>`` gradtape's source uses is in CuPy's namespace.
+
+The whole suite also runs on this backend (``GRADTAPE_TEST_BACKEND=strict``, see
+tests/strict_exclusions.txt for what it leaves out and why).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape import extend
+
+# the strict backend is test support, not public API
+from gradtape._src import strict
+from gradtape._src.codegen import hostcuda
+from gradtape.examples import digits
+
+needs_compiler = pytest.mark.skipif(hostcuda.compiler_unavailable_reason() is not None,
+                                    reason=f"no host compiler: {hostcuda.compiler_unavailable_reason()}")
+XP = strict.XP
+
+
+@pytest.fixture(autouse=True)
+def _strict_installed():
+    strict.install()
+    yield
+
+
+# --------------------------------------------------------------------------- CuPy's refusals
+def test_no_implicit_conversion_to_numpy():
+    a = XP.arange(3.0)
+    for convert in (np.asarray, np.array, lambda v: np.ascontiguousarray(v)):
+        with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+            convert(a)
+    with pytest.raises(TypeError):
+        range(XP.asarray(3))  # CuPy arrays have no __index__
+    assert not hasattr(a.flags, "writeable")
+    with pytest.raises(AttributeError):
+        a.tofile  # noqa: B018 - CuPy's ndarray has it, but it reads the device: not offered
+    with pytest.raises(BufferError):
+        np.from_dlpack(a)
+
+
+def test_host_arrays_are_refused_as_cupy_refuses_them():
+    a = XP.ones(3)
+    host = np.ones(3)
+    for bad in (lambda: a + host, lambda: host + a, lambda: XP.maximum(a, host), lambda: XP.stack([a, host]),
+                lambda: a * [1.0, 2.0, 3.0], lambda: XP.add(a, 1.0, out=host)):
+        with pytest.raises(TypeError, match="Unsupported type"):
+            bad()
+    with pytest.raises(TypeError, match="gh-2079"):
+        a[...] = host
+    b = XP.asarray(host)  # the creation functions take host data: a copy on the device
+    host[0] = 5.0
+    assert float(b[0]) == 1.0
+
+
+def test_numpy_functions_dispatch_to_cupy_names_only():
+    a = XP.arange(6.0).reshape(2, 3)
+    s = np.sum(a, axis=0)  # __array_function__: CuPy has sum
+    assert isinstance(s, strict.StrictArray)
+    assert isinstance(np.exp(a), strict.StrictArray)  # __array_ufunc__
+    e = np.linalg.norm(a)
+    assert isinstance(e, strict.StrictArray) and e.shape == ()  # 0-d arrays, never NumPy scalars
+    with pytest.raises(TypeError):
+        np.busday_count(a, a)  # no CuPy counterpart
+    for missing in ("errstate", "seterr", "asmatrix", "float128", "memmap"):
+        assert not hasattr(XP, missing), missing
+    assert XP.get_array_module(a) is XP and XP.get_array_module(np.ones(1)) is np
+
+
+# --------------------------------------------------------------------------- synchronisations
+def test_synchronisations_are_counted_where_they_happen():
+    a = XP.arange(4.0)
+    with strict.count_syncs() as log:
+        float(a[0])
+        bool(a[1] > 0)
+        a.item(2)
+        XP.asnumpy(a)
+        a[a > 1.0]  # boolean mask: the output shape is read from the device
+        XP.nonzero(a)
+        repr(a)
+        _ = a * 2 + 1  # device work: no synchronisation
+        XP.where(a > 1, a, 0.0)
+    assert log.kinds() == {"float": 1, "bool": 1, "item": 1, "asnumpy": 1,
+                           "data-dependent shape: boolean mask indexing": 1,
+                           "data-dependent shape: nonzero": 1, "repr": 1}
+    assert all("test_strict.py" in where for _, where in log.events)
+    with strict.forbid_syncs(), pytest.raises(strict.HostSyncError, match=r"\(item\) at .*test_strict.py"):
+        a.sum().item()
+
+
+def test_tensor_reads_synchronise_and_ops_do_not():
+    with gt.use_backend("strict"), strict.count_syncs() as log:
+        x = gt.tensor([1.0, -2.0, 3.0])
+        y = gt.nn.relu(x) * 2.0 + gt.exp(x).sum()
+        assert y.backend == "strict"
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            z = gt.sum(gt.tanh(x) * x)
+        g = tape.gradient(z, x)
+    assert log.count == 0, log
+    with strict.count_syncs() as log:
+        g.numpy()
+        float(z)
+    assert log.kinds() == {"asnumpy": 1, "item": 1}
+
+
+# --------------------------------------------------------------------------- kernels
+@needs_compiler
+def test_fused_backward_runs_the_cuda_text_and_matches_numpy():
+    """Runs fused on the strict backend go through ElementwiseKernel, compiled from the CUDA
+    text for the host; the gradients equal the NumPy backend's."""
+    rng = np.random.default_rng(0)
+    xv, bv = rng.uniform(0.2, 0.9, (40, 30)), rng.uniform(0.5, 1.5, (30,))
+
+    def grads(backend):
+        with gt.use_backend(backend), extend.fusion_thresholds(min_run_by_size=()):
+            x, b = gt.tensor(xv), gt.tensor(bv)
+            with gt.GradientTape() as tape:
+                tape.watch([x, b])
+                h = gt.cos(gt.sin(gt.exp(gt.tanh(x * b))))
+                h = gt.where(x > 0.5, gt.nn.gelu(h), gt.nn.leaky_relu(h - b, 0.1)) * gt.sigmoid(x)
+                y = gt.sum(gt.clip(h, -0.5, 0.8) + gt.maximum(h, b) * gt.pow(x, b))
+            before = extend.fusion_stats()["runs"]
+            gx, gb = tape.gradient(y, [x, b])
+            return gx.numpy(), gb.numpy(), extend.fusion_stats()["runs"] - before
+
+    gx, gb, runs = grads("strict")
+    gx0, gb0, _ = grads("numpy")
+    assert runs >= 1
+    np.testing.assert_allclose(gx, gx0, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(gb, gb0, rtol=1e-12, atol=1e-13)
+
+
+@needs_compiler
+@pytest.mark.parametrize("make", [lambda: gt.optimizers.Adam(0.01, global_clipnorm=0.5),
+                                  lambda: gt.optimizers.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                  lambda: gt.optimizers.AdamW(0.01, weight_decay=0.1)],
+                         ids=["adam-clipnorm", "sgd-nesterov-wd", "adamw"])
+def test_optimizer_kernels_match_numpy(make):
+    rng = np.random.default_rng(1)
+    p0 = rng.normal(size=(6, 5)).astype(np.float32)
+    gs = [rng.normal(size=(6, 5)).astype(np.float32) for _ in range(4)]
+    out = []
+    for backend in ("strict", "numpy"):
+        with gt.use_backend(backend):
+            v, opt = gt.Variable(p0), make()
+            with strict.forbid_syncs():
+                for g in gs:
+                    opt.apply_gradients([(gt.tensor(g), v)])
+            out.append(v.numpy())
+    np.testing.assert_allclose(out[0], out[1], rtol=2e-6, atol=1e-7)
+
+
+def test_elementwise_kernel_refuses_host_arrays():
+    k = XP.ElementwiseKernel("float64 x", "float64 y", "y = x + 1.0", "plus_one")
+    with pytest.raises(TypeError, match="Unsupported type"):
+        k(np.ones(2))
+    with pytest.raises(TypeError, match="Unsupported type"):
+        k(XP.ones(2), np.empty(2))  # a host output too (CuPy's message)
+    with pytest.raises(TypeError, match="Output arguments type"):
+        k(XP.ones(2), 1.0)
+
+
+def test_cross_entropy_labels_out_of_range():
+    """NumPy checks the labels on the host; a device does not wait for such a check: the
+    example's loss is NaN instead."""
+    logits = np.zeros((3, 4), np.float32)
+    with gt.use_backend("numpy"), pytest.raises(ValueError, match=r"class indices in \[0, 4\)"):
+        gt.nn.cross_entropy(gt.tensor(logits), gt.tensor([0, 4, 1]))
+    with gt.use_backend("strict"), strict.count_syncs() as log:
+        loss = gt.nn.cross_entropy(gt.tensor(logits), gt.tensor([0, 4, -1]), reduction="none")
+    assert log.count == 0
+    np.testing.assert_array_equal(np.isnan(loss.numpy()), [False, True, True])
+
+
+# --------------------------------------------------------------------------- the digits MLP
+def _batches(n: int, size: int):
+    x_tr, y_tr, _, _ = digits.load_data(0)
+    return [(gt.tensor(x_tr[i * size:(i + 1) * size]), gt.tensor(y_tr[i * size:(i + 1) * size]))
+            for i in range(n)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("build,make", [
+    (digits.build_mlp, lambda: gt.optimizers.Adam(2e-3)),
+    (digits.build_mlp, lambda: gt.optimizers.Adam(2e-3, global_clipnorm=1.0)),
+    (digits.build_mlp, lambda: gt.optimizers.SGD(0.05, momentum=0.9)),
+    (digits.build_cnn, lambda: gt.optimizers.Adam(1e-3))],
+    ids=["mlp-adam", "mlp-adam-clipnorm", "mlp-sgd-momentum", "cnn-adam"])
+def test_digits_training_step_never_synchronises(build, make):
+    """Forward, loss, gradient and update of the digits MLP (and CNN): no host
+    synchronisation (the device is never waited for inside a step); reading the loss to log
+    it is the one."""
+    with gt.use_backend("strict"), extend.fusion_thresholds(min_run_by_size=()):
+        model, opt = build(0), make()
+        params = model.trainable_variables
+        for xb, yb in _batches(3, 64):
+            with strict.forbid_syncs():
+                with gt.GradientTape() as tape:
+                    loss = gt.nn.cross_entropy(model(xb), yb)
+                grads = tape.gradient(loss, params)
+                opt.apply_gradients(zip(grads, params))
+            with strict.count_syncs() as log:
+                value = float(loss)
+            assert log.count == 1 and np.isfinite(value)
+
+
+@needs_compiler
+@pytest.mark.filterwarnings("ignore:gt.function")  # its compiled step runs eagerly on a device
+def test_digits_training_loop_synchronises_only_to_log():
+    """``digits.train`` reads values back only for its progress lines: the epoch's loss and
+    accuracy, and the test set's (per evaluation batch); the count does not grow with the
+    number of steps, and every read is on a logging line of the example."""
+    x_tr, y_tr, x_te, y_te = digits.load_data(0)
+    counts = []
+    for n_train in (96, 288):  # 3 and 9 steps per epoch
+        with gt.use_backend("strict"), strict.count_syncs() as log:
+            digits.train(digits.build_mlp(0), gt.optimizers.Adam(2e-3),
+                         (x_tr[:n_train], y_tr[:n_train], x_te[:100], y_te[:100]), 2, 32, 0, "mlp",
+                         stream=io.StringIO())
+        counts.append(log.count)
+        assert all("examples/digits.py" in where for _, where in log.events), log
+    assert counts[0] == counts[1] == 2 * (2 + 2), counts  # per epoch: train loss + acc, test loss + acc
+
+
+# --------------------------------------------------------------------------- the namespace
+def test_every_xp_name_in_the_source_is_in_cupys_namespace():
+    """Each ``xp.<name>`` in gradtape's source exists in CuPy (as read from CuPy's
+    ``__init__``), so the strict namespace, which offers only those, sees every call."""
+    root = Path(gt.__file__).parent
+    used: set[str] = set()
+    for path in root.rglob("*.py"):
+        used.update(re.findall(r"\bxp\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)", path.read_text(encoding="utf-8")))
+    missing = set()
+    for name in used:
+        head, _, tail = name.partition(".")
+        if head == "cuda" or name == "__name__":  # CuPy's device API (streams, NCCL): not emulated
+            continue
+        if not hasattr(XP, head) or (tail and not hasattr(getattr(XP, head), tail)):
+            missing.add(name)
+    assert not missing, f"xp names CuPy does not have: {sorted(missing)}"
