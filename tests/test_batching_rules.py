@@ -356,6 +356,35 @@ _add("im2col", _normal((2, 3, 5, 6)), [dict(_GEO1, pad_value=0.0),
 _add("col2im", _normal((2, 3, 3, 3, 5, 6)), dict(_GEO1, in_shape=(2, 3, 5, 6)))
 _add("col2im", _normal((2, 2, 2, 3, 3, 5)), dict(_GEO2, in_shape=(2, 2, 5, 6)))
 _add("window_max", _distinct(2, 3, 4, 2, 2), [{"axis": 2}, {"axis": -3}])
+# conv2d and its two adjoints (flat-grid layout: stride 1; exact grid: stride 2, groups 2),
+# the images and the weights batched in every combination (batched weights fold into groups)
+_CONV1 = {"stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 1}
+_CONV2 = {"stride": (2, 1), "padding": ((1, 0), (2, 1)), "dilation": (1, 2), "groups": 2}
+_add("conv2d", _normal((2, 4, 5, 6), (3, 4, 3, 3)), _CONV1)
+_add("conv2d", _normal((2, 4, 5, 6), (4, 2, 2, 3)), _CONV2)
+_add("conv_transpose2d", _normal((2, 3, 5, 6), (3, 4, 3, 3)), dict(_CONV1, size=(5, 6)))
+_add("conv_transpose2d", _normal((2, 4, 3, 5), (4, 2, 2, 3)), dict(_CONV2, size=(5, 6)))
+_add("conv2d_weight_grad", _normal((2, 4, 5, 6), (2, 3, 5, 6)), dict(_CONV1, kernel=(3, 3)))
+_add("conv2d_weight_grad", _normal((2, 4, 5, 6), (2, 4, 3, 5)), dict(_CONV2, kernel=(2, 3)))
+_POOL1 = {"kernel": (2, 2), "stride": (2, 2), "padding": ((0, 0), (0, 0))}
+_POOL2 = {"kernel": (3, 3), "stride": (2, 2), "padding": ((1, 1), (1, 1))}
+_add("max_pool2d", _distinct(2, 3, 5, 5), [_POOL1, _POOL2])
+
+
+def _pool_keyed(pool: dict, routed: bool) -> Callable:
+    """An image without ties, its pooled maxima and a third operand (route: of the pooled
+    shape, select: of the image's)."""
+    def make(rng: Any, dt: Any) -> list:
+        x = _distinct(2, 3, 5, 5)(rng, dt)[0]
+        top = REGISTRY["max_pool2d"].impl(np, x, **pool)
+        return [x, top, rng.standard_normal(top.shape if routed else x.shape).astype(dt)]
+
+    return make
+
+
+for _pool in (_POOL1, _POOL2):
+    _add("max_pool2d_route", _pool_keyed(_pool, True), _pool)
+    _add("max_pool2d_select", _pool_keyed(_pool, False), _pool)
 def _with_index(shape: tuple, n: int, idx_shape: tuple) -> Callable:
     """A float operand and an integer index operand (values in [-n, n), negatives included)."""
     return lambda rng, dt: [rng.standard_normal(shape).astype(dt),

@@ -1,9 +1,13 @@
-"""Convolution and pooling over NCHW images, built on two linear primitives that are each
-other's adjoint: ``im2col`` (gather every kernel-offset view of the padded input) and
-``col2im`` (scatter-add them back). ``conv2d`` is ``im2col`` followed by one batched matmul
-with the weights, so its gradients, and their gradients, come from the ops it is made of;
-``conv_transpose2d``, its adjoint, is the matmul with the transposed weights followed by
-``col2im``; ``conv1d`` is ``conv2d`` on images of height 1.
+"""Convolution and pooling over NCHW images.
+
+``conv2d`` is one primitive with its two adjoints, ``conv_transpose2d`` (its input gradient,
+also the public transposed convolution) and ``conv2d_weight_grad``; the VJP and JVP of each is
+made of the three, so gradients of any order, forward mode and vmap stay within them. Each
+runs as one unfold (im2col) or fold (col2im) and one matrix product over the whole batch.
+``max_pool2d`` is one primitive with ``max_pool2d_route`` (its VJP: each window's cotangent to
+its first maximum) and ``max_pool2d_select`` (the adjoint of that); they work on strided views
+of the image, one per kernel offset. ``avg_pool2d`` sums the windows that ``im2col`` gathers
+(its adjoint is ``col2im``). ``conv1d`` is ``conv2d`` on images of height 1.
 
 Only loops over kernel offsets (``kh * kw`` slice copies) run in Python; every copy is a
 vectorized array operation.
@@ -20,7 +24,7 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ..ops._util import one, phys_axis
+from ..ops._util import batch_size, move_axis, one, pair, phys_axis
 from ..ops.elementwise import P_SAFE_MUL
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_RESHAPE
@@ -96,7 +100,7 @@ def _im2col_impl(xp: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tupl
         tiles = x[:, :, :oh * kh, :ow * kw].reshape(N, C, oh, kh, ow, kw)
         return xp.ascontiguousarray(tiles.transpose(0, 1, 3, 5, 2, 4))
     geo = {"stride": stride, "dilation": dilation}
-    cols = xp.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    cols = xp.empty_like(x, shape=(N, C, kh, kw, oh, ow))  # *_like: traced by gt.function
     for i in range(kh):
         for j in range(kw):
             cols[:, :, i, j] = x[_offset_slices(i, j, geo, oh, ow)]
@@ -111,13 +115,13 @@ def _col2im_impl(xp: Any, cols: Any, *, in_shape: tuple, kernel: tuple, stride: 
     oh, ow = cols.shape[-2:]
     if not (pt or pb or pl or pr) and _tiles(kernel, stride, dilation, oh, ow, (N, C, H, W)) \
             and oh * kh == H and ow * kw == W:  # the windows tile the image: one copy back
-        out = xp.empty((N, C, oh, kh, ow, kw), dtype=cols.dtype)  # each pixel written once
+        out = xp.empty_like(cols, shape=(N, C, oh, kh, ow, kw))  # each pixel written once
         for i in range(kh):
             for j in range(kw):
                 out[:, :, :, i, :, j] = cols[:, :, i, j]
         return out.reshape(N, C, H, W)
     geo = {"stride": stride, "dilation": dilation}
-    out = xp.zeros((N, C, H + pt + pb, W + pl + pr), dtype=cols.dtype)
+    out = xp.zeros_like(cols, shape=(N, C, H + pt + pb, W + pl + pr))
     for i in range(kh):
         for j in range(kw):
             out[_offset_slices(i, j, geo, oh, ow)] += cols[:, :, i, j]
@@ -156,8 +160,23 @@ def _conv_examples(rng: np.random.Generator) -> list:
     ]
 
 
+def _im2col_examples(rng: np.random.Generator) -> list:
+    # im2col bound directly (conv2d has its own primitive) and through avg_pool2d
+    def im2col(x: Tensor, **p: Any) -> Tensor:
+        return bind(P_IM2COL, one(x), **p)
+
+    x = rng.normal(size=(2, 3, 5, 6))
+    return [
+        (im2col, (x,), {"kernel": (3, 3), "stride": (1, 1), "padding": ((1, 1), (1, 1)),
+                        "dilation": (1, 1), "pad_value": 0.0}),
+        (im2col, (x,), {"kernel": (2, 3), "stride": (2, 1), "padding": ((1, 0), (2, 1)),
+                        "dilation": (1, 2), "pad_value": 0.0}),
+        (avg_pool2d, (x,), {"kernel_size": 2, "padding": 1}),
+    ]
+
+
 def _col2im_examples(rng: np.random.Generator) -> list:
-    # col2im bound directly (in conv2d it only appears in im2col's backward)
+    # col2im bound directly (it only appears in im2col's backward: avg_pool2d's)
     def col2im(cols: Tensor, in_shape: tuple, kernel: tuple, stride: tuple, padding: tuple,
                dilation: tuple) -> Tensor:
         return bind(P_COL2IM, one(cols), in_shape=in_shape, kernel=kernel, stride=stride,
@@ -175,12 +194,14 @@ def _col2im_examples(rng: np.random.Generator) -> list:
     return cases
 
 
-def _pool_examples(rng: np.random.Generator) -> list:
-    # distinct values spaced apart so finite differences never cross a tie
-    x = rng.permutation(2 * 3 * 5 * 5).reshape(2, 3, 5, 5) * 0.1
-    return [(max_pool2d, (x,), {"kernel_size": 2}),
-            (max_pool2d, (x,), {"kernel_size": 3, "stride": 2, "padding": 1}),
-            (avg_pool2d, (rng.normal(size=(2, 3, 5, 5)),), {"kernel_size": 2, "padding": 1})]
+def _window_max_examples(rng: np.random.Generator) -> list:
+    # bound directly (max_pool2d has its own primitive); distinct values spaced apart so
+    # finite differences never cross a tie
+    def window_max(x: Tensor, axis: int) -> Tensor:
+        return bind(P_WINDOW_MAX, one(x), axis=axis)
+
+    x = rng.permutation(2 * 3 * 4 * 2 * 3).reshape(2, 3, 4, 2, 3) * 0.1
+    return [(window_max, (x,), {"axis": 2}), (window_max, (x,), {"axis": -1})]
 
 
 def _front(t: Tensor, d: int) -> Tensor:
@@ -205,18 +226,20 @@ def _col2im_batch(args: tuple, dims: tuple, *, in_shape: tuple, **params: Any) -
 
 
 P_IM2COL = primitive("im2col", _im2col_impl, rule=_im2col_rule, jvp=_im2col_jvp, saves_inputs=False,
-                     examples=_conv_examples, batch=_im2col_batch)
+                     examples=_im2col_examples, batch=_im2col_batch)
 P_COL2IM = primitive("col2im", _col2im_impl, rule=_col2im_rule, jvp=_col2im_jvp, saves_inputs=False,
                      examples=_col2im_examples, batch=_col2im_batch)
 
 
+# window_max: the maximum along one axis, its gradient to the first maximum (a building block
+# for extensions; max_pool2d has primitives of its own, below, that need no unfolded copy)
 def _window_max_impl(xp: Any, x: Any, *, axis: int) -> Any:
     return x.max(axis=axis)
 
 
 def _window_max_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # The gradient goes to the first maximum of each window (as PyTorch's max_pool2d).
-    axis = rec.params["axis"]
+    axis = rec.params["axis"] % len(rec.in_shapes[0])
     mask = _first_max(m, m.val(rec.inputs[0]), axis, g.dtype)
     gk = m.apply(P_RESHAPE, g, shape=g.shape[:axis] + (1,) + g.shape[axis:])
     return (gk * mask,)
@@ -244,8 +267,8 @@ def _first_max_impl(xp: Any, x: Any, *, axis: int = 0, dtype: Any = np.float32) 
             return xp.zeros(x.shape, dtype)
         return (xp.arange(n).reshape(shape) == first).astype(dtype)
     top = x.max(axis=axis)
-    out = xp.empty(x.shape, dtype)
-    taken = xp.zeros(top.shape, bool)
+    out = xp.empty_like(x, dtype=dtype)  # *_like: traced by gt.function
+    taken = xp.zeros_like(top, dtype=bool)
     index: list = [slice(None)] * x.ndim
     for i in range(n):
         index[axis] = i
@@ -280,17 +303,582 @@ def _window_max_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
 
 
 P_WINDOW_MAX = primitive("window_max", _window_max_impl, rule=_window_max_rule, jvp=_window_max_jvp, masks=True,
-                         examples=_pool_examples, batch=_window_max_batch)
+                         examples=_window_max_examples, batch=_window_max_batch)
 
 
-def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
-            pad_value: float, what: str) -> Tensor:
+# --------------------------------------------------------------------------- conv primitives
+# conv2d is one primitive, with its two adjoints: conv_transpose2d (the input gradient) and
+# conv2d_weight_grad (the weight gradient). Each one's VJP and JVP is made of the three, so
+# gradients of any order, forward mode and vmap stay in this closed set; each impl is one
+# unfold (im2col) or fold (col2im) and one matrix product for all images at once.
+#
+# Layout: the unfolded input is ``cols[C, kh, kw, N, L]``: one row per (channel, kernel
+# offset), one column per (image, output position), so ``w[O, C*kh*kw] @ cols`` is one GEMM
+# over the whole batch (a batched product per group). With stride 1 the output positions are
+# those of a "flat grid": rows of the padded width ``Wp`` (the last ``Wp - OW`` columns of
+# each row are junk), so that every kernel offset is one contiguous slice of the flattened
+# padded image, copied (unfold) or added (fold) with long rows instead of ``OW``-element
+# rows. Cotangents enter the grid with zeros in the junk columns, so junk never reaches a
+# gradient. Other strides use the exact grid (``L = OH * OW``, strided copies).
+
+def _conv_layout(hw: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple
+                 ) -> tuple:
+    """``(OH, OW, Hp, Wp, flat)`` of a convolution over images of spatial size ``hw``."""
+    H, W = hw
+    (pt, pb), (pl, pr) = padding
+    Hp, Wp = H + pt + pb, W + pl + pr
+    oh = _out_size(H, kernel[0], stride[0], padding[0], dilation[0])
+    ow = _out_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    # the flat grid computes Wp columns per output row: worth it unless most are junk
+    flat = tuple(stride) == (1, 1) and Wp <= 2 * ow
+    return oh, ow, Hp, Wp, flat
+
+
+def _padded(xp: Any, x: Any, lay: tuple, padding: tuple, rows: int) -> Any:
+    """``x[N, C, H, W]`` as ``[C, N, Hp + rows, Wp]``, zero padded (a transposed view of
+    ``x`` when nothing is added)."""
     N, C, H, W = x.shape
+    (pt, _), (pl, _) = padding
+    _, _, Hp, Wp, _ = lay
+    xt = x.transpose(1, 0, 2, 3)
+    if (Hp + rows, Wp) == (H, W):
+        return xt
+    out = xp.zeros_like(x, shape=(C, N, Hp + rows, Wp))
+    out[:, :, pt:pt + H, pl:pl + W] = xt
+    return out
+
+
+def _unfold(xp: Any, x: Any, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple
+            ) -> Any:
+    """``x[N, C, H, W]`` -> ``cols[C, kh, kw, N, L]`` (see the layout note above)."""
+    N, C = x.shape[:2]
+    kh, kw = kernel
+    (sh, sw), (dh, dw) = stride, dilation
+    lay = oh, ow, Hp, Wp, flat = _conv_layout(x.shape[2:], kernel, stride, padding, dilation)
+    if flat:
+        L = oh * Wp
+        # one spare row: the last offset's slice runs (kw - 1) * dw elements past Hp * Wp
+        xf = xp.ascontiguousarray(_padded(xp, x, lay, padding, 1)).reshape(C, N, (Hp + 1) * Wp)
+        cols = xp.empty_like(x, shape=(C, kh, kw, N, L))
+        for i in range(kh):
+            for j in range(kw):
+                o = i * dh * Wp + j * dw
+                cols[:, i, j] = xf[:, :, o:o + L]
+        return cols
+    xpad = _padded(xp, x, lay, padding, 0)
+    cols = xp.empty_like(x, shape=(C, kh, kw, N, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xpad[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                 j * dw:j * dw + sw * (ow - 1) + 1:sw]
+    return cols.reshape(C, kh, kw, N, oh * ow)
+
+
+def _fold(xp: Any, cols: Any, hw: tuple, kernel: tuple, stride: tuple, padding: tuple,
+          dilation: tuple) -> Any:
+    """The adjoint of :func:`_unfold`: ``cols[C, kh, kw, N, L]`` summed back into images
+    ``[N, C, H, W]``."""
+    C, kh, kw, N, L = cols.shape
+    H, W = hw
+    (sh, sw), (dh, dw) = stride, dilation
+    (pt, _), (pl, _) = padding
+    oh, ow, Hp, Wp, flat = _conv_layout(hw, kernel, stride, padding, dilation)
+    if flat:
+        out = xp.zeros_like(cols, shape=(C, N, (Hp + 1) * Wp))
+        for i in range(kh):
+            for j in range(kw):
+                o = i * dh * Wp + j * dw
+                out[:, :, o:o + L] += cols[:, i, j]
+        out = out.reshape(C, N, Hp + 1, Wp)
+    else:
+        out = xp.zeros_like(cols, shape=(C, N, Hp, Wp))
+        c6 = cols.reshape(C, kh, kw, N, oh, ow)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                    j * dw:j * dw + sw * (ow - 1) + 1:sw] += c6[:, i, j]
+    return xp.ascontiguousarray(out[:, :, pt:pt + H, pl:pl + W].transpose(1, 0, 2, 3))
+
+
+def _to_grid(xp: Any, g: Any, lay: tuple) -> Any:
+    """An output-shaped ``g[N, O, OH, OW]`` as ``[O, N, L]`` on the grid, junk columns 0."""
+    N, Co = g.shape[:2]
+    oh, ow, _, Wp, flat = lay
+    gt_ = g.transpose(1, 0, 2, 3)
+    if not flat:
+        return xp.ascontiguousarray(gt_).reshape(Co, N, oh * ow)
+    out = xp.empty_like(g, shape=(Co, N, oh, Wp))
+    out[..., :ow] = gt_
+    out[..., ow:] = 0
+    return out.reshape(Co, N, oh * Wp)
+
+
+def _from_grid(xp: Any, out: Any, N: int, lay: tuple) -> Any:
+    """``out[O, N, L]`` on the grid as the output ``[N, O, OH, OW]`` (contiguous)."""
+    oh, ow, _, Wp, flat = lay
+    Co = out.shape[0]
+    out = out.reshape(Co, N, oh, Wp)[..., :ow] if flat else out.reshape(Co, N, oh, ow)
+    return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
+
+
+def _conv_impl(xp: Any, x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple,
+               groups: int) -> Any:
+    N = x.shape[0]
+    Co = w.shape[0]
+    kernel = w.shape[2:]
+    cols = _unfold(xp, x, kernel, stride, padding, dilation)
+    C, kh, kw, _, L = cols.shape
+    Kg = C // groups * kh * kw
+    if groups == 1:
+        out = xp.matmul(w.reshape(Co, Kg), cols.reshape(Kg, N * L))
+    else:
+        out = xp.matmul(w.reshape(groups, Co // groups, Kg), cols.reshape(groups, Kg, N * L))
+    lay = _conv_layout(x.shape[2:], kernel, stride, padding, dilation)
+    return _from_grid(xp, out.reshape(Co, N, L), N, lay)
+
+
+def _conv_t_impl(xp: Any, g: Any, w: Any, *, size: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple, groups: int) -> Any:
+    N = g.shape[0]
+    Co, Cg, kh, kw = w.shape
+    lay = _conv_layout(size, (kh, kw), stride, padding, dilation)
+    gg = _to_grid(xp, g, lay)
+    L = gg.shape[-1]
+    Kg = Cg * kh * kw
+    if groups == 1:
+        cols = xp.matmul(w.reshape(Co, Kg).T, gg.reshape(Co, N * L))
+    else:
+        cols = xp.matmul(w.reshape(groups, Co // groups, Kg).transpose(0, 2, 1),
+                         gg.reshape(groups, Co // groups, N * L))
+    cols = cols.reshape(Cg * groups, kh, kw, N, L)
+    return _fold(xp, cols, size, (kh, kw), stride, padding, dilation)
+
+
+def _conv_w_impl(xp: Any, x: Any, g: Any, *, kernel: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple, groups: int) -> Any:
+    N, C = x.shape[:2]
+    Co = g.shape[1]
+    kh, kw = kernel
+    lay = _conv_layout(x.shape[2:], kernel, stride, padding, dilation)
+    cols = _unfold(xp, x, kernel, stride, padding, dilation)
+    gg = _to_grid(xp, g, lay)
+    L = gg.shape[-1]
+    Kg = C // groups * kh * kw
+    # cols @ gg.T (then the small transpose) is faster than gg @ cols.T with OpenBLAS
+    if groups == 1:
+        gw = xp.matmul(cols.reshape(Kg, N * L), gg.reshape(Co, N * L).T).T
+    else:
+        gw = xp.matmul(cols.reshape(groups, Kg, N * L),
+                       gg.reshape(groups, Co // groups, N * L).transpose(0, 2, 1))
+        gw = gw.transpose(0, 2, 1)
+    return xp.ascontiguousarray(gw).reshape(Co, C // groups, kh, kw)
+
+
+def _conv_params(p: dict) -> dict:
+    return {k: p[k] for k in ("stride", "padding", "dilation", "groups")}
+
+
+def _conv_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    x, w = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    p = _conv_params(rec.params)
+    gx = m.apply(P_CONV_T, g, w, size=rec.in_shapes[0][2:], **p) if rec.needs[0] else None
+    gw = m.apply(P_CONV_W, x, g, kernel=rec.in_shapes[1][2:], **p) if rec.needs[1] else None
+    return gx, gw
+
+
+def _conv_t_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    # <conv_t(y, w), u> = <y, conv(u, w)>: linear in y and in w
+    y, w = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    p = _conv_params(rec.params)
+    gy = m.apply(P_CONV2D, g, w, **p) if rec.needs[0] else None
+    gw = m.apply(P_CONV_W, g, y, kernel=rec.in_shapes[1][2:], **p) if rec.needs[1] else None
+    return gy, gw
+
+
+def _conv_w_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    # <conv_w(x, y), v> = <y, conv(x, v)>: linear in x and in y
+    x, y = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    p = _conv_params(rec.params)
+    gx = m.apply(P_CONV_T, y, g, size=rec.in_shapes[0][2:], **p) if rec.needs[0] else None
+    gy = m.apply(P_CONV2D, x, g, **p) if rec.needs[1] else None
+    return gx, gy
+
+
+def _bilinear_jvp(m: OnTensors, prim: Any, primals: tuple, tangents: tuple, p: dict) -> Tensor:
+    """The tangent of an op linear in each of its two operands: ``op(a', b) + op(a, b')``."""
+    (a, b), (ta, tb) = primals, tangents
+    terms = [m.apply(prim, ta, b, **p)] if ta is not None else []
+    if tb is not None:
+        terms.append(m.apply(prim, a, tb, **p))
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _conv_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _bilinear_jvp(m, P_CONV2D, primals, tangents, p)
+
+
+def _conv_t_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _bilinear_jvp(m, P_CONV_T, primals, tangents, p)
+
+
+def _conv_w_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _bilinear_jvp(m, P_CONV_W, primals, tangents, p)
+
+
+# vmap rules. A batch of images alone joins the image axis N. Otherwise the batch becomes
+# channels: both operands batched, B times the groups (each example convolved on its own);
+# one operand batched, its examples stacked as extra channels inside each group, (group,
+# example, channel) order, so the other operand is used as it is, never repeated.
+def _both_into_groups(t: Tensor, d: int) -> Tensor:
+    """Images ``[N, C, ...]`` batched at ``d`` as ``[N, B * C, ...]``, (example, channel)."""
+    t = move_axis(t, d, 1)
+    return ops.reshape(t, (t.shape[0], t.shape[1] * t.shape[2]) + t.shape[3:])
+
+
+def _stack_channels(t: Tensor, d: int, groups: int) -> Tensor:
+    """Images ``[N, C, H, W]`` batched at ``d`` as ``[N, B * C, H, W]``, channels in (group,
+    example, channel within the group) order."""
+    t = move_axis(t, d, 1)  # [N, B, C, H, W]
+    N, B, C = t.shape[:3]
+    if groups > 1:
+        t = move_axis(ops.reshape(t, (N, B, groups, C // groups) + t.shape[3:]), 2, 1)
+    return ops.reshape(t, (N, B * C) + t.shape[-2:])
+
+
+def _unstack_channels(t: Tensor, B: int, groups: int) -> Tensor:
+    """The inverse of :func:`_stack_channels`: ``[N, B * C, H, W]`` -> ``[N, B, C, H, W]``."""
+    N, C = t.shape[0], t.shape[1] // B
+    hw = t.shape[2:]
+    if groups > 1:
+        t = move_axis(ops.reshape(t, (N, groups, B, C // groups) + hw), 2, 1)
+    return ops.reshape(t, (N, B, C) + hw)
+
+
+def _stack_weights(w: Tensor, d: int, groups: int) -> Tensor:
+    """Weights ``[O, Cg, kh, kw]`` batched at ``d`` as ``[B * O, Cg, kh, kw]``, (group,
+    example, output channel within the group)."""
+    w = _front(w, d)
+    B, Co = w.shape[:2]
+    if groups > 1:
+        w = move_axis(ops.reshape(w, (B, groups, Co // groups) + w.shape[2:]), 1, 0)
+    return ops.reshape(w, (B * Co,) + w.shape[-3:])
+
+
+def _unstack_weights(w: Tensor, B: int, groups: int) -> Tensor:
+    """The inverse of :func:`_stack_weights`: ``[B * O, ...]`` -> ``[B, O, ...]``."""
+    Co = w.shape[0] // B
+    if groups > 1:
+        w = move_axis(ops.reshape(w, (groups, B, Co // groups) + w.shape[1:]), 1, 0)
+    return ops.reshape(w, (B, Co) + w.shape[-3:])
+
+
+def _conv_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
+    (x, w), (dx, dw) = args, dims
+    G = p["groups"]
+    if dw is None:
+        x = _front(x, dx % x.ndim)
+        B, N = x.shape[:2]
+        y = bind(P_CONV2D, ops.reshape(x, (B * N,) + x.shape[2:]), w, **p)
+        return ops.reshape(y, (B, N) + y.shape[1:]), 0
+    B = batch_size(args, dims)
+    if dx is None:  # the examples' weights stacked as output channels
+        y = bind(P_CONV2D, x, _stack_weights(w, dw % w.ndim, G), **p)
+        return _unstack_channels(y, B, G), 1
+    y = bind(P_CONV2D, _both_into_groups(x, dx % x.ndim),
+             _stack_weights(w, dw % w.ndim, 1), **{**p, "groups": B * G})
+    return ops.reshape(y, (y.shape[0], B, y.shape[1] // B) + y.shape[2:]), 1
+
+
+def _conv_t_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
+    (y, w), (dy, dw) = args, dims
+    G = p["groups"]
+    if dw is None:
+        y = _front(y, dy % y.ndim)
+        B, N = y.shape[:2]
+        x = bind(P_CONV_T, ops.reshape(y, (B * N,) + y.shape[2:]), w, **p)
+        return ops.reshape(x, (B, N) + x.shape[1:]), 0
+    B = batch_size(args, dims)
+    w = _front(w, dw % w.ndim)
+    if dy is None:  # the examples' weights stacked as output channels of each group
+        Co, Cg = w.shape[1:3]
+        w = ops.reshape(move_axis(w, 0, 1), (Co, B * Cg) + w.shape[3:])
+        return _unstack_channels(bind(P_CONV_T, y, w, **p), B, G), 1
+    x = bind(P_CONV_T, _both_into_groups(y, dy % y.ndim),
+             ops.reshape(w, (B * w.shape[1],) + w.shape[2:]), **{**p, "groups": B * G})
+    return ops.reshape(x, (x.shape[0], B, x.shape[1] // B) + x.shape[2:]), 1
+
+
+def _conv_w_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
+    # each example's weight gradient sums over its own images only: the batch never joins N
+    (x, y), (dx, dy) = args, dims
+    G = p["groups"]
+    B = batch_size(args, dims)
+    if dx is None:  # the examples' cotangents stacked as output channels
+        gw = bind(P_CONV_W, x, _stack_channels(y, dy % y.ndim, G), **p)
+        return _unstack_weights(gw, B, G), 0
+    if dy is None:  # the examples' images stacked as input channels
+        gw = bind(P_CONV_W, _stack_channels(x, dx % x.ndim, G), y, **p)
+        Co, BC = gw.shape[:2]
+        return move_axis(ops.reshape(gw, (Co, B, BC // B) + gw.shape[2:]), 1, 0), 0
+    gw = bind(P_CONV_W, _both_into_groups(x, dx % x.ndim), _both_into_groups(y, dy % y.ndim),
+              **{**p, "groups": B * G})
+    return ops.reshape(gw, (B, gw.shape[0] // B) + gw.shape[1:]), 0
+
+
+def _conv_t_examples(rng: np.random.Generator) -> list:
+    return [
+        (conv_transpose2d, (rng.normal(size=(2, 3, 4, 3)), rng.normal(size=(3, 2, 3, 3)),
+                            rng.normal(size=2)), {"stride": 2, "padding": 1, "output_padding": 1}),
+        (conv_transpose2d, (rng.normal(size=(2, 4, 3, 4)), rng.normal(size=(4, 1, 2, 3))),
+         {"stride": (1, 2), "padding": ((1, 0), (0, 1)), "dilation": (2, 1), "groups": 2}),
+        (conv_transpose2d, (rng.normal(size=(1, 2, 3, 3)), rng.normal(size=(2, 2, 3, 3))),
+         {"padding": 1}),
+    ]
+
+
+def _conv_w_examples(rng: np.random.Generator) -> list:
+    # bound directly (conv2d's VJP binds it)
+    def conv2d_weight_grad(x: Tensor, y: Tensor, **p: Any) -> Tensor:
+        return bind(P_CONV_W, one(x), one(y), **p)
+
+    geos: list[tuple[tuple, int, dict[str, Any]]] = [
+        ((2, 3, 5, 4), 2, {"kernel": (3, 3), "stride": (1, 1), "padding": ((1, 1), (1, 1)),
+                           "dilation": (1, 1), "groups": 1}),
+        ((2, 4, 5, 6), 4, {"kernel": (2, 3), "stride": (2, 1), "padding": ((1, 0), (2, 1)),
+                           "dilation": (1, 2), "groups": 2})]
+    cases = []
+    for shape, n_out, p in geos:
+        oh, ow = _conv_layout(shape[2:], p["kernel"], p["stride"], p["padding"], p["dilation"])[:2]
+        cases.append((conv2d_weight_grad, (rng.normal(size=shape),
+                                           rng.normal(size=(shape[0], n_out, oh, ow))), p))
+    return cases
+
+
+P_CONV2D = primitive("conv2d", _conv_impl, rule=_conv_rule, jvp=_conv_jvp,
+                     examples=_conv_examples, batch=_conv_batch)
+P_CONV_T = primitive("conv_transpose2d", _conv_t_impl, rule=_conv_t_rule, jvp=_conv_t_jvp,
+                     examples=_conv_t_examples, batch=_conv_t_batch)
+P_CONV_W = primitive("conv2d_weight_grad", _conv_w_impl, rule=_conv_w_rule, jvp=_conv_w_jvp,
+                     examples=_conv_w_examples, batch=_conv_w_batch)
+
+
+# --------------------------------------------------------------------------- max pooling
+# max_pool2d is one primitive; its VJP routes the cotangent to each window's first maximum
+# (max_pool2d_route(x, top, g), ``top`` the pooled output, saved by the forward) and the VJP
+# of that gathers from the first maxima (max_pool2d_select(x, top, v)), whose VJP routes
+# again: first order and beyond stay in these three. Each works on strided views of the
+# (padded) image, one per kernel offset, without unfolding it. Images may have any leading
+# axes before the two spatial ones (their vmap rules add one, in front), and route and select
+# broadcast their operands' leading axes.
+
+def _pool_views(xp: Any, x: Any, kernel: tuple, stride: tuple, padding: tuple, fill: float
+                ) -> tuple:
+    """``(padded x, [window view per kernel offset, row-major])``; each view is
+    ``[..., OH, OW]``."""
+    (pt, pb), (pl, pr) = padding
+    if pt or pb or pl or pr:
+        H, W = x.shape[-2:]
+        xpad = xp.full_like(x, fill, shape=x.shape[:-2] + (H + pt + pb, W + pl + pr))
+        xpad[..., pt:pt + H, pl:pl + W] = x
+    else:
+        xpad = x
+    H, W = xpad.shape[-2:]
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
+    views = [xpad[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+             for i in range(kh) for j in range(kw)]
+    return xpad, views
+
+
+def _window_top(xp: Any, views: list) -> Any:
+    if len(views) == 1:
+        return views[0].copy()
+    top = xp.maximum(views[0], views[1])
+    for v in views[2:]:
+        xp.maximum(top, v, out=top)
+    return top
+
+
+def _max_pool_impl(xp: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tuple) -> Any:
+    return _window_top(xp, _pool_views(xp, x, kernel, stride, padding, -np.inf)[1])
+
+
+def _route_impl(xp: Any, x: Any, top: Any, g: Any, *, kernel: tuple, stride: tuple,
+                padding: tuple) -> Any:
+    """``g[N, C, OH, OW]`` sent to the first maximum ``top`` (``max_pool2d(x)``) of each window
+    of ``x``, 0 elsewhere; a window without one (all NaN) sends it to its last element, where
+    select reads it."""
+    xpad, views = _pool_views(xp, x, kernel, stride, padding, -np.inf)
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = top.shape[-2:]
+    tiled = (sh, sw) == (kh, kw) and (oh * kh, ow * kw) == xpad.shape[-2:]  # each pixel once
+    shape = np.broadcast_shapes(x.shape[:-2], top.shape[:-2], g.shape[:-2]) + xpad.shape[-2:]
+    out = (xp.empty_like if tiled else xp.zeros_like)(g, shape=shape)
+    _, outs = _pool_views(xp, out, kernel, stride, ((0, 0), (0, 0)), 0.0)
+    overlap = sh < kh or sw < kw
+    taken = None
+    last = len(views) - 1
+    for k, (v, o) in enumerate(zip(views, outs)):
+        if k == last:
+            hit = xp.logical_not(taken) if taken is not None else None
+        else:
+            hit = v == top
+            if taken is None:
+                taken = hit
+            else:
+                xp.greater(hit, taken, out=hit)  # hit and not taken: the first maximum only
+                taken |= hit
+        if hit is None:
+            o[...] = g
+        elif overlap:
+            o += g * hit
+        else:
+            xp.multiply(g, hit, out=o)
+    (pt, pb), (pl, pr) = padding
+    if pt or pb or pl or pr:
+        H, W = x.shape[-2:]
+        out = xp.ascontiguousarray(out[..., pt:pt + H, pl:pl + W])
+    return out
+
+
+def _select_impl(xp: Any, x: Any, top: Any, v: Any, *, kernel: tuple, stride: tuple,
+                 padding: tuple) -> Any:
+    """``v``'s value (``v`` shaped as ``x``) at the first maximum ``top`` of each window of
+    ``x`` (the last element of a window without one)."""
+    _, views = _pool_views(xp, x, kernel, stride, padding, -np.inf)
+    _, vviews = _pool_views(xp, v, kernel, stride, padding, 0.0)
+    out = vviews[-1]
+    for k in range(len(views) - 2, -1, -1):  # backwards: the first maximum written last
+        out = xp.where(views[k] == top, vviews[k], out)
+    shape = np.broadcast_shapes(x.shape[:-2], top.shape[:-2], v.shape[:-2]) + top.shape[-2:]
+    return out if len(views) > 1 and out.shape == shape else \
+        xp.ascontiguousarray(xp.broadcast_to(out, shape))
+
+
+def _max_pool_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    x, top = m.val(rec.inputs[0]), m.val(rec.output)
+    return (m.apply(P_POOL_ROUTE, x, top, g, **rec.params),)
+
+
+def _route_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    # linear in the cotangent (the image and its maxima only pick the routes): the adjoint
+    # of routing is selecting
+    if not rec.needs[2]:
+        return None, None, None
+    x, top = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    return None, None, m.apply(P_POOL_SELECT, x, top, g, **rec.params)
+
+
+def _select_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    if not rec.needs[2]:
+        return None, None, None
+    x, top = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    return None, None, m.apply(P_POOL_ROUTE, x, top, g, **rec.params)
+
+
+def _max_pool_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return m.apply(P_POOL_SELECT, primals[0], out, tangents[0], **p)
+
+
+def _keyed_jvp(prim: Any, m: OnTensors, primals: tuple, tangents: tuple, out: Tensor,
+               p: dict) -> Tensor:
+    # the image and its maxima (the keys) only pick positions: their tangents move nothing
+    if tangents[2] is None:
+        return m.const(m.xp_of(out).zeros(out.shape, out.dtype), out)
+    return m.apply(prim, primals[0], primals[1], tangents[2], **p)
+
+
+def _route_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _keyed_jvp(P_POOL_ROUTE, m, primals, tangents, out, p)
+
+
+def _select_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
+    return _keyed_jvp(P_POOL_SELECT, m, primals, tangents, out, p)
+
+
+def _max_pool_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
+    # vmap rule: one more leading axis, the batch in front
+    return bind(P_MAX_POOL, _front(args[0], dims[0] % args[0].ndim), **p), 0
+
+
+def _keyed_batch(prim: Any, args: tuple, dims: tuple, p: dict) -> tuple:
+    """vmap rule of route/select: one more leading axis, the batch in front (of size 1 on an
+    unbatched operand: the impls broadcast the leading axes)."""
+    args = tuple(ops.reshape(a, (1,) + a.shape) if d is None else _front(a, d % a.ndim)
+                 for a, d in zip(args, dims))
+    return bind(prim, *args, **p), 0
+
+
+def _route_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
+    return _keyed_batch(P_POOL_ROUTE, args, dims, p)
+
+
+def _select_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
+    return _keyed_batch(P_POOL_SELECT, args, dims, p)
+
+
+def _distinct_image(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    # distinct values spaced apart: finite differences never cross a tie
+    return rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1
+
+
+def _pool_examples(rng: np.random.Generator) -> list:
+    x = _distinct_image(rng, (2, 3, 5, 5))
+    return [(max_pool2d, (x,), {"kernel_size": 2}),
+            (max_pool2d, (x,), {"kernel_size": 3, "stride": 2, "padding": 1}),
+            (max_pool2d, (_distinct_image(rng, (2, 2, 4, 6)),), {"kernel_size": (2, 3),
+                                                                 "stride": (1, 2)})]
+
+
+_POOL_GEOS = [((2, 2), (2, 2), ((0, 0), (0, 0))), ((3, 3), (2, 2), ((1, 1), (1, 1))),
+              ((2, 3), (1, 2), ((1, 0), (0, 1)))]
+
+
+def _keyed_examples(prim: Any, rng: np.random.Generator, routed: bool) -> list:
+    def keyed(x: Tensor, v: Tensor, **p: Any) -> Tensor:  # bound directly, top from x
+        x = one(x)
+        return bind(prim, x, bind(P_MAX_POOL, x, **p), one(v), **p)
+
+    keyed.__name__ = prim.name
+    cases = []
+    for kernel, stride, padding in _POOL_GEOS:
+        x = _distinct_image(rng, (2, 2, 5, 6))
+        y = _max_pool_impl(np, x, kernel=kernel, stride=stride, padding=padding)
+        v = rng.normal(size=y.shape if routed else x.shape)
+        cases.append((keyed, (x, v), {"kernel": kernel, "stride": stride, "padding": padding}))
+    return cases
+
+
+def _route_examples(rng: np.random.Generator) -> list:
+    return _keyed_examples(P_POOL_ROUTE, rng, True)
+
+
+def _select_examples(rng: np.random.Generator) -> list:
+    return _keyed_examples(P_POOL_SELECT, rng, False)
+
+
+P_MAX_POOL = primitive("max_pool2d", _max_pool_impl, rule=_max_pool_rule, jvp=_max_pool_jvp,
+                       saves_output=True, masks=True, examples=_pool_examples,
+                       batch=_max_pool_batch)
+P_POOL_ROUTE = primitive("max_pool2d_route", _route_impl, rule=_route_rule, jvp=_route_jvp,
+                         masks=True, examples=_route_examples, batch=_route_batch)
+P_POOL_SELECT = primitive("max_pool2d_select", _select_impl, rule=_select_rule, jvp=_select_jvp,
+                          masks=True, examples=_select_examples, batch=_select_batch)
+
+
+def _check_output(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+                  what: str) -> None:
+    H, W = x.shape[2:]
     oh = _out_size(H, kernel[0], stride[0], padding[0], dilation[0])
     ow = _out_size(W, kernel[1], stride[1], padding[1], dilation[1])
     if oh < 1 or ow < 1:
         raise ValueError(f"{what}: the (padded) input of spatial size {(H, W)} is smaller than the "
                          f"dilated kernel {kernel} (dilation {dilation}, padding {padding})")
+
+
+def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+            pad_value: float, what: str) -> Tensor:
+    _check_output(x, kernel, stride, padding, dilation, what)
     return bind(P_IM2COL, x, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
                 pad_value=float(pad_value))
 
@@ -328,7 +916,7 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
         array([2., 4., 6., 8.], dtype=float32)
     """
     what = "conv2d"
-    x, w = one(x), one(w)
+    x, w = pair(x, w)  # an integer operand takes the float one's dtype, as matmul
     _check_image(x, what)
     if w.ndim != 4:
         raise ValueError(f"conv2d: w must be 4-D [out_channels, in_channels // groups, kh, kw], "
@@ -347,15 +935,8 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
     stride = _pair(stride, what, "stride", 1)
     dilation = _pair(dilation, what, "dilation", 1)
     pad = _padding(padding, (kh, kw), dilation, what)
-    cols = _im2col(x, (kh, kw), stride, pad, dilation, 0.0, what)  # [N, C, kh, kw, OH, OW]
-    oh, ow = cols.shape[-2:]
-    K = Cg * kh * kw
-    if groups == 1:
-        out = ops.matmul(ops.reshape(w, (n_out, K)), ops.reshape(cols, (N, K, oh * ow)))
-    else:
-        out = ops.matmul(ops.reshape(w, (groups, n_out // groups, K)),
-                         ops.reshape(cols, (N, groups, K, oh * ow)))
-    out = ops.reshape(out, (N, n_out, oh, ow))
+    _check_output(x, (kh, kw), stride, pad, dilation, what)
+    out = bind(P_CONV2D, x, w, stride=stride, padding=pad, dilation=dilation, groups=groups)
     if b is not None:
         b = one(b)
         if b.shape != (n_out,):
@@ -390,9 +971,8 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -
     """
     what = "max_pool2d"
     x, kernel, stride, pad = _pool_args(x, kernel_size, stride, padding, what)
-    cols = _im2col(x, kernel, stride, pad, (1, 1), -np.inf, what)
-    N, C, kh, kw, oh, ow = cols.shape
-    return bind(P_WINDOW_MAX, ops.reshape(cols, (N, C, kh * kw, oh, ow)), axis=2)
+    _check_output(x, kernel, stride, pad, (1, 1), what)
+    return bind(P_MAX_POOL, x, kernel=kernel, stride=stride, padding=pad)
 
 
 def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
@@ -512,9 +1092,10 @@ def conv_transpose2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: An
     images with weights ``[in_channels, out_channels // groups, kh, kw]``.
 
     It is the adjoint of :func:`conv2d` with the same weights, stride, padding and dilation:
-    ``<conv2d(z, w), x> == <z, conv_transpose2d(x, w)>``; computed as one matmul with the
-    transposed weights followed by ``col2im`` (the scatter-add that is im2col's adjoint), so
-    gradients of any order, forward mode and vmap come from those primitives.
+    ``<conv2d(z, w), x> == <z, conv_transpose2d(x, w)>``: conv2d's input gradient, one
+    primitive computed as one matrix product with the transposed weights followed by a fold
+    (col2im, the scatter-add that is im2col's adjoint); its gradients of any order, forward
+    mode and vmap come from conv2d, itself and conv2d's weight gradient.
 
     Args:
         x: input ``[N, C_in, H, W]``.
@@ -537,7 +1118,7 @@ def conv_transpose2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: An
         array([[[[1., 1., 2., 2.]]]], dtype=float32)
     """
     what = "conv_transpose2d"
-    x, w = one(x), one(w)
+    x, w = pair(x, w)
     _check_image(x, what)
     if w.ndim != 4:
         raise ValueError(f"conv_transpose2d: w must be 4-D [in_channels, out_channels // groups, kh, "
@@ -572,15 +1153,8 @@ def conv_transpose2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: An
     if oh < 1 or ow < 1:
         raise ValueError(f"conv_transpose2d: padding {padding!r} leaves an empty output "
                          f"({oh}, {ow}) for an input of spatial size {(H, W)} and kernel {(kh, kw)}")
-    K = Og * kh * kw
-    if groups == 1:  # [K, C] @ [N, C, H*W]
-        cols = ops.matmul(ops.swapaxes(ops.reshape(w, (C, K)), 0, 1), ops.reshape(x, (N, C, H * W)))
-    else:  # per group: [g, K, C/g] @ [N, g, C/g, H*W]
-        cols = ops.matmul(ops.swapaxes(ops.reshape(w, (groups, C // groups, K)), 1, 2),
-                          ops.reshape(x, (N, groups, C // groups, H * W)))
-    cols = ops.reshape(cols, (N, n_out, kh, kw, H, W))
-    out = bind(P_COL2IM, cols, in_shape=(N, n_out, oh, ow), kernel=(kh, kw), stride=stride,
-               padding=pad, dilation=dilation)
+    out = bind(P_CONV_T, x, w, size=(oh, ow), stride=stride, padding=pad, dilation=dilation,
+               groups=groups)
     if b is not None:
         out = out + ops.reshape(b, (1, n_out, 1, 1))
     return out

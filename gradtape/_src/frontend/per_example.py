@@ -15,10 +15,10 @@ first-order array route of the engine (:func:`~gradtape._src.autodiff.engine._vj
 * **One reverse pass** from the target, seeded with ones. A record whose output is
   per-example sends its ordinary VJP to its per-example inputs (rows stay per example because
   examples do not interact). A *boundary* record (a param-only input feeding a per-example
-  output: ``x @ W``, ``h + b``, ``W_conv @ cols``, ``table[ids]``) gives that input a
+  output: ``x @ W``, ``h + b``, ``conv2d(x, W)``, ``table[ids]``) gives that input a
   per-example cotangent ``[B, *input.shape]`` (:func:`_boundary`). A param-only record reached
-  by a per-example cotangent (``reshape(W)`` before a conv matmul, ``W.T``, ``astype``) applies
-  its VJP with the batch axis kept (:func:`_param_vjp`). Fan-out is summed per example.
+  by a per-example cotangent (``reshape(W)``, ``W.T``, ``astype``) applies its VJP with the
+  batch axis kept (:func:`_param_vjp`). Fan-out is summed per example.
 * **Ghost norms** (``reduce="sum"`` with ``max_norm`` or ``return_norms``): a source that
   reaches exactly one boundary matmul or embedding lookup through reshape/transpose/astype
   records alone never gets a per-example gradient. For ``a[B, T, d]`` and the output
@@ -51,6 +51,7 @@ from ..autodiff.state import STATE, user_line
 from ..backend import Array, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
+from ..primitive import REGISTRY
 from ..tensor import Tensor, _wrap
 from .diagnostics import explain
 
@@ -63,6 +64,8 @@ _CONST, _EXAMPLE, _PARAM = 0, 1, 2
 # param-only records that map a per-example cotangent without changing its norm: a source
 # reaching its boundary through these alone can take the ghost-norm route
 _NORM_PRESERVING = frozenset({"reshape", "transpose", "astype"})
+# convolutions (gradtape.nn.conv) whose weights get per-example gradients: op(x[B, ...], W)
+_CONVS = frozenset({"conv2d", "conv_transpose2d"})
 # param-only records with a batched VJP rule here (besides every elementwise primitive)
 _PARAM_RULES = frozenset({"reshape", "transpose", "astype", "broadcast_to", "sum", "mean", "getitem"})
 
@@ -140,8 +143,9 @@ def _unsupported(rec: Record, where: str) -> NotImplementedError:
     ``gt.vmap`` of a gradient over the examples, would be called from here)."""
     return NotImplementedError(
         f"{WHAT}: no per-example rule for primitive '{rec.prim.name}' {where}. Per-example "
-        "rules exist for elementwise ops, matmul (dense and conv layers) and embedding lookups "
-        "(getitem of a table with per-example ids); for other layers compute the gradients per "
+        "rules exist for elementwise ops, matmul (dense layers), the weights of convolutions and "
+        "embedding lookups (getitem of a table with per-example ids); for other layers compute "
+        "the gradients per "
         "example with gt.vmap(gt.grad(...)) over the batch, or a loop of tape.gradient calls on "
         "one example each")
 
@@ -316,6 +320,12 @@ def _check_boundary(rec: Record, i: int, B: int) -> None:
         return
     if prim.name == "getitem" and _batch_index(rec, B) is not None:
         return
+    if prim.name in _CONVS:
+        if i != 1:
+            raise _unsupported(rec, f"with parameter images of shape {rec.in_shapes[0]} and "
+                               f"per-example weights of shape {rec.in_shapes[1]} (supported: "
+                               "per-example images x[B, C, H, W], parameter weights)")
+        return
     raise _unsupported(rec, "where a parameter meets per-example data")
 
 
@@ -393,6 +403,18 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
             gi = _per_example_sum(xp.matmul(_swap(X), g2), pshape, rec, True)
         else:
             gi = _per_example_sum(xp.matmul(g2, _swap(X)), pshape, rec, True)
+        return gi.reshape((B,) + shape), True
+    if prim.name in _CONVS:  # the weights (checked by analyse): each example its own groups
+        X = rec.inputs[0].data  # type: ignore[union-attr]  # convolutions save their inputs
+        if prim.name == "conv_transpose2d":  # its weight gradient: conv2d's, roles swapped
+            X, g = g, X
+        p = rec.params
+        # conv2d's weight gradient, looked up by name: it is declared in gradtape.nn.conv, a
+        # layer above this one (as the primitive layer looks up exp, where, ... at run time)
+        gi = REGISTRY["conv2d_weight_grad"].impl(
+            xp, X.reshape((1, B * X.shape[1]) + X.shape[2:]),
+            g.reshape((1, B * g.shape[1]) + g.shape[2:]), kernel=shape[2:], stride=p["stride"],
+            padding=p["padding"], dilation=p["dilation"], groups=B * p["groups"])
         return gi.reshape((B,) + shape), True
     idx = _batch_index(rec, B)  # the embedding lookup (checked by analyse)
     V = shape[0]
