@@ -124,6 +124,15 @@ def parse(source: str, allowed: tuple[str, ...]) -> Expr:
     return Expr(source, tree, tuple(sorted(names)), constant)
 
 
+def _finite_everywhere(expr: Expr) -> bool:
+    """Whether derivative ``expr`` is a comparison (or a boolean combination of them): 0 or 1
+    for every input, so ``gy * d`` is never ``0 * inf``."""
+    node = expr.tree.body
+    if isinstance(node, ast.BoolOp):
+        return all(isinstance(v, ast.Compare) for v in node.values)
+    return isinstance(node, ast.Compare)
+
+
 def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[str, Any]) -> Callable:
     """``lambda gy, *arg_names: gy * (expr)`` evaluated in namespace ``ns`` (a rendering's
     functions; ``ns["_safe"]`` its safe product when ``safe``): the one place that turns a
@@ -139,7 +148,8 @@ def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[st
         code = "gy"
     elif expr.constant == -1.0:
         code = "-gy"
-    elif safe:
+    elif safe and not _finite_everywhere(expr):
+        # (a derivative that is a comparison, 0 or 1, is finite: 0 * it is 0, nothing to guard)
         code = f"_safe(gy, ({body}))"
     else:
         code = f"gy * ({body})"
