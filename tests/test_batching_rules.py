@@ -402,6 +402,16 @@ _add("first_max_mask", _ints((2, 4, 3)), [{"axis": 1, "dtype": np.dtype(np.float
                                            {"axis": 2, "dtype": np.dtype(np.float64)}])
 
 
+def _dividend_divisor(shape_a: tuple, shape_b: tuple) -> Callable:
+    """remainder's operands: any dividend, a divisor of either sign away from 0."""
+    return lambda rng, dt: [rng.uniform(-3, 3, shape_a).astype(dt),
+                            (rng.uniform(0.5, 2, shape_b) * rng.choice([-1, 1], shape_b)).astype(dt)]
+
+
+for _shapes in [((2, 3), (2, 3)), ((2, 3), (3,)), ((3,), (2, 3)), ((), ())]:
+    _add("remainder", _dividend_divisor(*_shapes))
+
+
 # elementwise primitives, from their declarations (arity, domains, parameters)
 def _elementwise_make(prim: Primitive, shapes: tuple) -> Callable:
     def make(rng: Any, dt: Any) -> list:

@@ -401,5 +401,6 @@ def test_forward_mode_chain_runs_fused_in_the_replay_with_eager_values():
     for e, c in zip(eager, comp):
         for a, b in zip(e, c):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
-    src = f.program_source(*args[0])
-    assert src.count("\n") < 10  # one fused run instead of ~60 array calls
+    if gt.backend_name() == "numpy":  # (the blocked forward runs are NumPy programs)
+        src = f.program_source(*args[0])
+        assert src.count("\n") < 10  # one fused run instead of ~60 array calls

@@ -127,6 +127,7 @@ REFERENCES: dict[str, tuple] = {
     "trunc": (np.trunc, {}),
     "arctan2": (np.arctan2, {}),
     "hypot": (lambda a, b: np.sqrt(a * a + b * b), {}),
+    "floor_divide": (lambda a, b: np.floor(a / b), {}),
 }
 
 # Binary ops with a kink where the inputs are equal: their inputs are drawn from disjoint grids.

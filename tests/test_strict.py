@@ -225,21 +225,47 @@ def test_digits_training_step_never_synchronises(build, make):
 
 
 @needs_compiler
-@pytest.mark.filterwarnings("ignore:gt.function")  # its compiled step runs eagerly on a device
+@pytest.mark.parametrize("build", [digits.build_mlp, digits.build_cnn], ids=["mlp", "cnn"])
+def test_compiled_step_replays_without_synchronising_and_matches_eager(build):
+    """gt.function on a device backend: traced through the device namespace, the replayed
+    program makes no host synchronisation, and many steps give the eager run's losses and
+    weights bit for bit."""
+    with gt.use_backend("strict"):
+        batches = _batches(5, 32)
+        eager_model, compiled_model = build(1), build(1)
+        eager = digits.train_step(eager_model, gt.optimizers.Adam(2e-3), compiled=False)
+        compiled = digits.train_step(compiled_model, gt.optimizers.Adam(2e-3), compiled=True)
+        le = [eager(xb, yb)[0] for xb, yb in batches]
+        lc = [compiled(xb, yb)[0] for xb, yb in batches[:2]]  # the two traces
+        with strict.forbid_syncs():
+            lc += [compiled(xb, yb)[0] for xb, yb in batches[2:]]  # replays
+        assert compiled.trace_count == 2
+        for a, b in zip(le, lc):
+            assert a.numpy().tobytes() == b.numpy().tobytes()
+        for a, b in zip(eager_model.variables, compiled_model.variables):
+            assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+@needs_compiler
 def test_digits_training_loop_synchronises_only_to_log():
     """``digits.train`` reads values back only for its progress lines: the epoch's loss and
     accuracy, and the test set's (per evaluation batch); the count does not grow with the
     number of steps, and every read is on a logging line of the example."""
     x_tr, y_tr, x_te, y_te = digits.load_data(0)
-    counts = []
-    for n_train in (96, 288):  # 3 and 9 steps per epoch
-        with gt.use_backend("strict"), strict.count_syncs() as log:
-            digits.train(digits.build_mlp(0), gt.optimizers.Adam(2e-3),
-                         (x_tr[:n_train], y_tr[:n_train], x_te[:100], y_te[:100]), 2, 32, 0, "mlp",
-                         stream=io.StringIO())
-        counts.append(log.count)
-        assert all("examples/digits.py" in where for _, where in log.events), log
-    assert counts[0] == counts[1] == 2 * (2 + 2), counts  # per epoch: train loss + acc, test loss + acc
+    counts: dict[bool, list[int]] = {False: [], True: []}
+    for compiled in (False, True):
+        for n_train in (96, 288):  # 3 and 9 steps per epoch
+            with gt.use_backend("strict"), strict.count_syncs() as log:
+                digits.train(digits.build_mlp(0), gt.optimizers.Adam(2e-3),
+                             (x_tr[:n_train], y_tr[:n_train], x_te[:100], y_te[:100]), 2, 32, 0,
+                             "mlp", stream=io.StringIO(), compiled=compiled)
+            counts[compiled].append(log.count)
+            assert all("examples/digits.py" in where for _, where in log.events), log
+    # per epoch: train loss + acc, test loss + acc
+    assert counts[False][0] == counts[False][1] == 2 * (2 + 2), counts
+    # compiled: the same, plus the traces' one-off reads (comparing the constants of the two
+    # traces of a signature), the same whatever the number of steps
+    assert counts[True][0] == counts[True][1] >= counts[False][0], counts
 
 
 # --------------------------------------------------------------------------- the namespace

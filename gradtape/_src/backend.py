@@ -341,6 +341,8 @@ def backend_of(array: object) -> Backend:
     for extra in _extra_backends:
         if isinstance(array, extra.ndarray):
             return extra
+    if getattr(array, "_gt_traced", False):  # a gt.function trace's wrapper: its array's
+        return backend_of(array.a)  # type: ignore[attr-defined]
     return NUMPY
 
 
@@ -417,8 +419,12 @@ def erf_for(xp: ArrayModule) -> Callable[..., Array]:
     """The erf function matching array module ``xp`` (NumPy has none of its own)."""
     if xp is np:
         return _numpy_erf
+    real = getattr(xp, "_gt_real", None)
+    if real is not None:  # a gt.function trace's namespace: its calls are logged
+        traced: Any = xp
+        return traced._gt_wrap(erf_for(real))
     for extra in _extra_backends:
-        if xp is extra.xp:
+        if xp is extra.xp or xp is getattr(extra.xp, "_gt_real", None):
             return extra.erf
     backend, reason = _probe_cupy()
     if backend is None:
@@ -435,8 +441,12 @@ def erfc_for(xp: ArrayModule) -> Callable[..., Array]:
     global _cupy_erfc
     if xp is np:
         return _numpy_erfc
+    real = getattr(xp, "_gt_real", None)
+    if real is not None:  # a gt.function trace's namespace: its calls are logged
+        traced: Any = xp
+        return traced._gt_wrap(erfc_for(real))
     for extra in _extra_backends:
-        if xp is extra.xp:
+        if xp is extra.xp or xp is getattr(extra.xp, "_gt_real", None):
             return _extra_erfc[extra.name]
     backend, reason = _probe_cupy()
     if backend is None:

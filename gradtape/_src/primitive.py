@@ -391,20 +391,30 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     (``float32_tensor * 2.0`` stays float32, a float16 or float64 tensor keeps its dtype); next
     to an integer or bool tensor a Python float becomes float32 (never float64) and a Python int
     takes NumPy's weak-scalar dtype (the tensor's own, int64 next to bool). :func:`pair` also
-    casts such an integer tensor to float32, so the op computes in float32."""
+    casts such an integer tensor to float32, so the op computes in float32. A Python complex is
+    weak the same way: the complex dtype of ``like``'s precision (complex64 next to float32,
+    float16, integer and bool tensors; complex128 next to float64; a complex tensor's own)."""
     if isinstance(value, Tensor):
         return value
-    if like is not None and isinstance(value, (int, float, bool)):
-        backend = like._backend
-        dt = like.data.dtype
-        if dt.kind not in "fc":  # the integer path: float32 for a float, NumPy's rule for an int
-            dt = _F32 if isinstance(value, float) else np.result_type(dt, value)
-        return _wrap(backend.xp.asarray(value, dtype=dt), backend)
+    if like is not None:
+        if isinstance(value, (int, float, bool)):
+            backend = like._backend
+            dt = like.data.dtype
+            if dt.kind not in "fc":  # the integer path: float32 for a float, NumPy's rule for an int
+                dt = _F32 if isinstance(value, float) else np.result_type(dt, value)
+            return _wrap(backend.xp.asarray(value, dtype=dt), backend)
+        if isinstance(value, complex):
+            backend = like._backend
+            dt = like.data.dtype
+            if dt.kind != "c":
+                dt = np.result_type(dt, _C64) if dt.kind == "f" else _C64
+            return _wrap(backend.xp.asarray(value, dtype=dt), backend)
     arr, backend = _to_array(value)
     return _wrap(arr, backend)
 
 
 _F32 = np.dtype(np.float32)
+_C64 = np.dtype(np.complex64)
 _SCALARS = (int, float, bool)
 
 
@@ -552,14 +562,19 @@ def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 def _pair_general(value: Any, like: Tensor) -> tuple[Tensor, Tensor]:
     """``(value as a Tensor, like)`` for :func:`pair` off its inline path: ``value`` is a
-    Python scalar next to an integer or bool tensor (a float casts ``like`` to float32), or
-    anything else (converted as it is)."""
+    Python scalar next to an integer or bool tensor (a float or complex casts ``like`` to
+    float32), a Python complex (weak, see :func:`as_tensor`), or data (a list, an array:
+    converted as ``gt.tensor`` converts it, then the two-tensor rule of :func:`_promote_mixed`,
+    so ``int_tensor + [0.5, 1.5]`` is float32)."""
     if isinstance(value, Tensor):
         return value, like
-    if isinstance(value, float) and like.data.dtype.kind in "biu":
+    if isinstance(value, (float, complex)) and like.data.dtype.kind in "biu":
         # P_ASTYPE is declared by the ops layer, above this one: looked up when first needed
         like = bind(REGISTRY["astype"], like, dtype=_F32)
-    return as_tensor(value, like), like
+    v = as_tensor(value, like)
+    if v.data.dtype is not like.data.dtype and not isinstance(value, _SCALARS):
+        return _promote_mixed(v, like)
+    return v, like
 
 
 _new_tensor = object.__new__

@@ -283,6 +283,10 @@ class Tensor:
         def __rmul__(self, other: TensorLike) -> Tensor: ...
         def __truediv__(self, other: TensorLike) -> Tensor: ...
         def __rtruediv__(self, other: TensorLike) -> Tensor: ...
+        def __floordiv__(self, other: TensorLike) -> Tensor: ...
+        def __rfloordiv__(self, other: TensorLike) -> Tensor: ...
+        def __mod__(self, other: TensorLike) -> Tensor: ...
+        def __rmod__(self, other: TensorLike) -> Tensor: ...
         def __pow__(self, other: TensorLike) -> Tensor: ...
         def __rpow__(self, other: TensorLike) -> Tensor: ...
         def __matmul__(self, other: TensorLike) -> Tensor: ...
@@ -583,6 +587,7 @@ def _wrap(array: Array, backend: Backend) -> Tensor:
 
 
 _FLOAT_DEFAULT = np.dtype(np.float32)
+_COMPLEX_DEFAULT = np.dtype(np.complex64)
 
 
 def _host_view(t: Tensor) -> np.ndarray:
@@ -621,6 +626,11 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
             arr = arr.astype(dtype, copy=copy)
         elif copy:
             arr = arr.copy()
+        return arr, backend
+    if getattr(data, "_gt_traced", False):  # an array of a gt.function trace: its own backend
+        backend = backend_of(data)
+        traced: Any = data
+        arr = traced.astype(dtype, copy=copy) if dtype is not None else (traced.copy() if copy else traced)
         return arr, backend
     if isinstance(data, (np.ndarray, np.generic)):
         backend = get_backend() if to_active else NUMPY
@@ -669,8 +679,9 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
                         "number or a rectangular nested list of numbers")
     _check_numeric(host, data)
     python_data = isinstance(data, (list, tuple, int, float, bool, complex))
-    if dtype is None and host.dtype.kind == "f" and python_data:
-        host = host.astype(_FLOAT_DEFAULT)  # Python floats become float32; an array keeps its dtype
+    if dtype is None and host.dtype.kind in "fc" and python_data:
+        # Python floats become float32, Python complex numbers complex64; an array keeps its dtype
+        host = host.astype(_FLOAT_DEFAULT if host.dtype.kind == "f" else _COMPLEX_DEFAULT)
     elif copy and not python_data and backend.name == "numpy":  # an __array__ object may
         host = host.copy()                                       # hand out its own buffer
     arr = host if backend.name == "numpy" else backend.xp.asarray(host)

@@ -73,6 +73,26 @@ def _m_rtruediv(self: Tensor, other: TensorLike) -> Tensor:
     return _e.div(other, self)
 
 
+def _m_floordiv(self: Tensor, other: TensorLike) -> Tensor:
+    """``self // other`` (see :func:`gradtape.floor_divide`)."""
+    return _e.P_FLOOR_DIVIDE.call2(self, other)
+
+
+def _m_rfloordiv(self: Tensor, other: TensorLike) -> Tensor:
+    """``other // self`` (see :func:`gradtape.floor_divide`)."""
+    return _e.P_FLOOR_DIVIDE.call2(other, self)
+
+
+def _m_mod(self: Tensor, other: TensorLike) -> Tensor:
+    """``self % other`` (see :func:`gradtape.remainder`)."""
+    return _e.P_REMAINDER.call2(self, other)
+
+
+def _m_rmod(self: Tensor, other: TensorLike) -> Tensor:
+    """``other % self`` (see :func:`gradtape.remainder`)."""
+    return _e.P_REMAINDER.call2(other, self)
+
+
 def _m_pow(self: Tensor, other: TensorLike) -> Tensor:
     """``self ** other`` (see :func:`gradtape.pow`)."""
     return _e.pow(self, other)
@@ -212,6 +232,10 @@ def install() -> None:
     Tensor.__rmul__ = _m_rmul  # type: ignore[method-assign]
     Tensor.__truediv__ = _m_truediv  # type: ignore[method-assign]
     Tensor.__rtruediv__ = _m_rtruediv  # type: ignore[method-assign]
+    Tensor.__floordiv__ = _m_floordiv  # type: ignore[method-assign]
+    Tensor.__rfloordiv__ = _m_rfloordiv  # type: ignore[method-assign]
+    Tensor.__mod__ = _m_mod  # type: ignore[method-assign]
+    Tensor.__rmod__ = _m_rmod  # type: ignore[method-assign]
     Tensor.__pow__ = _m_pow  # type: ignore[method-assign]
     Tensor.__rpow__ = _m_rpow  # type: ignore[method-assign]
     Tensor.__matmul__ = _m_matmul  # type: ignore[method-assign]

@@ -122,8 +122,8 @@ def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
 
 def _scalar(fill_value: Any, what: str) -> tuple[Any, np.dtype]:
     """A fill value and the dtype it gives by itself (the rules of :func:`gradtape.tensor`:
-    a Python float is float32, an int int64, a bool bool; a NumPy scalar or 0-d tensor keeps its
-    dtype)."""
+    a Python float is float32, a complex complex64, an int int64, a bool bool; a NumPy scalar or
+    0-d tensor keeps its dtype)."""
     if isinstance(fill_value, (np.ndarray, np.generic, Tensor)):  # np.float64 is a float too
         host = (fill_value._backend.to_host(fill_value.data) if isinstance(fill_value, Tensor)
                 else np.asarray(fill_value))
@@ -139,7 +139,7 @@ def _scalar(fill_value: Any, what: str) -> tuple[Any, np.dtype]:
     if isinstance(fill_value, float):
         return fill_value, _FLOAT32
     if isinstance(fill_value, complex):
-        return fill_value, np.dtype(np.complex128)
+        return fill_value, np.dtype(np.complex64)
     raise TypeError(f"{what}: fill_value must be a number (bool, int, float, complex), a NumPy "
                     f"scalar or a 0-d tensor, got {type(fill_value).__name__}")
 

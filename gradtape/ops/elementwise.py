@@ -7,7 +7,7 @@ parameters. ``safe=True`` marks derivatives that can be infinite (``0 * inf`` is
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,11 +15,15 @@ from .._src.backend import erf_for, erfc_for
 from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
 
+if TYPE_CHECKING:
+    from .._src.autodiff.record import Record
+    from .._src.rules import OnTensors
+
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt",
     "square", "abs", "sign", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
     "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf",
-    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "atan2", "hypot",
+    "erfc", "floor", "ceil", "round", "trunc", "arctan2", "atan2", "hypot", "floor_divide", "remainder",
     "maximum", "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater",
     "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
 ]
@@ -49,6 +53,32 @@ def _softplus_out(x: Any, out: Any) -> Any:
     return np.logaddexp(0, x, out)
 
 
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+
+def _fp(x: Any) -> Any:
+    """``x`` as the input of a float function (``exp``, ``sqrt``, ``tanh`` ...): float and
+    complex arrays as they are, integer and bool arrays cast to float32, PyTorch's default
+    dtype and JAX's weak float (NumPy would compute in float64, or float16 for bool and int8).
+    The impls call it only for a dtype other than float32 and float64."""
+    return x if x.dtype.kind in "fc" else x.astype(_F32)
+
+
+def _guard(x: Any) -> Any:
+    """The guard as a call, for impls that read ``x`` several times (``silu``, ``gelu``),
+    where one call more is a small part of their cost."""
+    return x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)
+
+
+def _fp2(a: Any, b: Any) -> tuple[Any, Any]:
+    """:func:`_fp` of both operands of a binary float function (``arctan2``, ``hypot``)."""
+    da, db = a.dtype, b.dtype
+    if (da is _F32 or da is _F64) and (db is _F32 or db is _F64):
+        return a, b
+    return _fp(a), _fp(b)
+
+
 _POS = Domain(0.2, 3.0)
 _KINK = Domain(-2.0, 2.0, avoid=(0.0,))
 _UNIT = Domain(-0.9, 0.9)
@@ -62,53 +92,74 @@ P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap
 P_POW = elementwise("pow", lambda xp, a, b: a ** b,
                     d=("b * where((a == 0) & (b == 0), 0, a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
                     safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
-P_EXP = elementwise("exp", lambda xp, x: xp.exp(x), d="y", out_form=np.exp)
-P_LOG = elementwise("log", lambda xp, x: xp.log(x), d="1 / x", safe=True, domain=_POS, out_form=np.log)
-P_LOG1P = elementwise("log1p", lambda xp, x: xp.log1p(x), d="1 / (1 + x)", safe=True,
-                      domain=Domain(-0.5, 2), out_form=np.log1p)
-P_EXPM1 = elementwise("expm1", lambda xp, x: xp.expm1(x), d="y + 1", out_form=np.expm1)
-P_SQRT = elementwise("sqrt", lambda xp, x: xp.sqrt(x), d="0.5 / y", safe=True, domain=_POS, out_form=np.sqrt)
-P_RSQRT = elementwise("rsqrt", lambda xp, x: 1 / xp.sqrt(x), d="-0.5 * y / x", safe=True,
-                      domain=_POS)
+# Float functions (exp ... erfc, the smooth activations) take their input through the guard
+# ``x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)``: integer and bool arrays compute in
+# float32 (see _fp); a float32 or float64 array pays one attribute read and no call (per-op
+# overhead is a product target).
+P_EXP = elementwise("exp", lambda xp, x: xp.exp(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                    d="y", out_form=np.exp)
+P_LOG = elementwise("log", lambda xp, x: xp.log(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                    d="1 / x", safe=True, domain=_POS, out_form=np.log)
+P_LOG1P = elementwise("log1p", lambda xp, x: xp.log1p(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                      d="1 / (1 + x)", safe=True, domain=Domain(-0.5, 2), out_form=np.log1p)
+P_EXPM1 = elementwise("expm1", lambda xp, x: xp.expm1(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                      d="y + 1", out_form=np.expm1)
+P_SQRT = elementwise("sqrt", lambda xp, x: xp.sqrt(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                     d="0.5 / y", safe=True, domain=_POS, out_form=np.sqrt)
+P_RSQRT = elementwise("rsqrt", lambda xp, x: 1 / xp.sqrt(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                      d="-0.5 * y / x", safe=True, domain=_POS)
 P_SQUARE = elementwise("square", lambda xp, x: x * x, d="2 * x", out_form=_square_out, cheap=True)
 P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK, out_form=np.absolute,
                     cheap=True, masks=True)
 P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK, out_form=np.sign, cheap=True, masks=True)
-P_SIN = elementwise("sin", lambda xp, x: xp.sin(x), d="cos(x)", out_form=np.sin)
-P_COS = elementwise("cos", lambda xp, x: xp.cos(x), d="-sin(x)", out_form=np.cos)
-P_TAN = elementwise("tan", lambda xp, x: xp.tan(x), d="1 + y * y", domain=Domain(-1.2, 1.2), out_form=np.tan)
-P_TANH = elementwise("tanh", lambda xp, x: xp.tanh(x), d="1 - y * y", out_form=np.tanh)
-P_SINH = elementwise("sinh", lambda xp, x: xp.sinh(x), d="cosh(x)", out_form=np.sinh)
-P_COSH = elementwise("cosh", lambda xp, x: xp.cosh(x), d="sinh(x)", out_form=np.cosh)
-P_ARCSIN = elementwise("arcsin", lambda xp, x: xp.arcsin(x), d="rsqrt(1 - x * x)", safe=True,
-                       domain=_UNIT, out_form=np.arcsin)
-P_ARCCOS = elementwise("arccos", lambda xp, x: xp.arccos(x), d="-rsqrt(1 - x * x)", safe=True,
-                       domain=_UNIT, out_form=np.arccos)
-P_ARCTAN = elementwise("arctan", lambda xp, x: xp.arctan(x), d="1 / (1 + x * x)", out_form=np.arctan)
-P_SIGMOID = elementwise("sigmoid", lambda xp, x: xp.exp(-xp.logaddexp(0, -x)),
-                        d="y * (1 - y)", domain=Domain(-4, 4))
+P_SIN = elementwise("sin", lambda xp, x: xp.sin(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                    d="cos(x)", out_form=np.sin)
+P_COS = elementwise("cos", lambda xp, x: xp.cos(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                    d="-sin(x)", out_form=np.cos)
+P_TAN = elementwise("tan", lambda xp, x: xp.tan(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                    d="1 + y * y", domain=Domain(-1.2, 1.2), out_form=np.tan)
+P_TANH = elementwise("tanh", lambda xp, x: xp.tanh(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                     d="1 - y * y", out_form=np.tanh)
+P_SINH = elementwise("sinh", lambda xp, x: xp.sinh(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                     d="cosh(x)", out_form=np.sinh)
+P_COSH = elementwise("cosh", lambda xp, x: xp.cosh(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                     d="sinh(x)", out_form=np.cosh)
+P_ARCSIN = elementwise("arcsin", lambda xp, x: xp.arcsin(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                       d="rsqrt(1 - x * x)", safe=True, domain=_UNIT, out_form=np.arcsin)
+P_ARCCOS = elementwise("arccos", lambda xp, x: xp.arccos(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                       d="-rsqrt(1 - x * x)", safe=True, domain=_UNIT, out_form=np.arccos)
+P_ARCTAN = elementwise("arctan", lambda xp, x: xp.arctan(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                       d="1 / (1 + x * x)", out_form=np.arctan)
+P_SIGMOID = elementwise(
+    "sigmoid", lambda xp, x: xp.exp(-xp.logaddexp(0, -(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)))),
+    d="y * (1 - y)", domain=Domain(-4, 4))
 P_RELU = elementwise("relu", lambda xp, x: xp.maximum(x, 0), d="x > 0", domain=_KINK, out_form=_relu_out,
                      cheap=True, masks=True)
 P_LEAKY_RELU = elementwise(
-    "leaky_relu", lambda xp, x, *, negative_slope: xp.where(x > 0, x, x * negative_slope),
+    "leaky_relu",
+    lambda xp, x, *, negative_slope: xp.where((x := _guard(x)) > 0, x, x * negative_slope),
     d="where(x > 0, 1, negative_slope)", domain=_KINK)
 P_ELU = elementwise(
-    "elu", lambda xp, x, *, alpha: xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
+    "elu", lambda xp, x, *, alpha: xp.where((x := _guard(x)) > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
     d="where(x > 0, 1, y + alpha)", domain=_KINK)
 P_GELU = elementwise(
-    "gelu", lambda xp, x: 0.5 * x * (1 + erf_for(xp)(x * 0.7071067811865476)),
+    "gelu", lambda xp, x: 0.5 * (x := _guard(x)) * (1 + erf_for(xp)(x * 0.7071067811865476)),
     d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327")
 P_GELU_TANH = elementwise(
     "gelu_tanh",
-    lambda xp, x: 0.5 * x * (1 + xp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))),
+    lambda xp, x: 0.5 * (x := _guard(x)) * (1 + xp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))),
     d="0.5 * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) + 0.5 * x * "
       "(1 - tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)) ** 2) * "
       "0.7978845608028654 * (1 + 0.134145 * x * x)")
-P_SOFTPLUS = elementwise("softplus", lambda xp, x: xp.logaddexp(0, x), d="sigmoid(x)", out_form=_softplus_out)
-P_SILU = elementwise("silu", lambda xp, x: x * xp.exp(-xp.logaddexp(0, -x)),
+P_SOFTPLUS = elementwise(
+    "softplus", lambda xp, x: xp.logaddexp(0, x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+    d="sigmoid(x)", out_form=_softplus_out)
+P_SILU = elementwise("silu", lambda xp, x: (x := _guard(x)) * xp.exp(-xp.logaddexp(0, -x)),
                      d="sigmoid(x) * (1 + x * (1 - sigmoid(x)))")
-P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x), d="1.1283791670955126 * exp(-x * x)")
-P_ERFC = elementwise("erfc", lambda xp, x: erfc_for(xp)(x), d="-1.1283791670955126 * exp(-x * x)")
+P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                    d="1.1283791670955126 * exp(-x * x)")
+P_ERFC = elementwise("erfc", lambda xp, x: erfc_for(xp)(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
+                     d="-1.1283791670955126 * exp(-x * x)")
 # Rounding: piecewise constant, so the derivative is 0 everywhere (PyTorch's choice, not "no
 # gradient": a loss through floor(x) is connected to x, its gradient is zeros). Tests sample
 # away from the jumps (integers; half-integers for round).
@@ -123,15 +174,64 @@ P_TRUNC = elementwise("trunc", lambda xp, x: xp.trunc(x), d="0", domain=_STEPS, 
                       cheap=True, masks=True)
 # arctan2(a, b) is the angle of the point (b, a); a jump across a == 0 for b < 0 (tests keep a
 # away from 0). Both partials are 0 at the origin (as abs'(0) = 0), never 0/0.
-P_ARCTAN2 = elementwise("arctan2", lambda xp, a, b: xp.arctan2(a, b),
+P_ARCTAN2 = elementwise("arctan2", lambda xp, a, b: xp.arctan2(*_fp2(a, b)),
                         d=("where((a == 0) & (b == 0), 0, b / (a * a + b * b))",
                            "where((a == 0) & (b == 0), 0, -a / (a * a + b * b))"),
                         domain=(Domain(-2, 2, avoid=(0.0,), margin=0.3), Domain()),
                         out_form=np.arctan2, masks=True)
-P_HYPOT = elementwise("hypot", lambda xp, a, b: xp.hypot(a, b),
+P_HYPOT = elementwise("hypot", lambda xp, a, b: xp.hypot(*_fp2(a, b)),
                       d=("where(y == 0, 0, a / y)", "where(y == 0, 0, b / y)"),
                       domain=(Domain(-2, 2, avoid=(0.0,)), Domain()),  # tests: off the origin
                       out_form=np.hypot, masks=True)
+# Floor division and remainder, Python's // and % (NumPy's floor_divide and remainder: the
+# remainder takes the divisor's sign). floor_divide is piecewise constant, so its gradient is 0
+# (as floor's). remainder(a, b) = a - b * floor(a / b): d/da = 1 and d/db = -floor(a / b)
+# (PyTorch's rule), exact (its rule binds floor_divide; no derivative expression has floor).
+# Tests keep a / b away from the integers, where both jump: floor_divide's domain keeps a off
+# the integers and b within 2% above 1; remainder's examples build a from b.
+P_FLOOR_DIVIDE = elementwise("floor_divide", lambda xp, a, b: xp.floor_divide(a, b), d=("0", "0"),
+                             domain=(_STEPS, Domain(1.0, 1.02)), out_form=np.floor_divide,
+                             masks=True)
+
+
+def _remainder_rule(m: OnTensors, rec: Record, g: Any) -> tuple:
+    gb = None
+    if rec.needs[1]:
+        gb = -(g * m.apply(P_FLOOR_DIVIDE, m.val(rec.inputs[0]), m.val(rec.inputs[1])))
+    return (g if rec.needs[0] else None), gb
+
+
+def _remainder_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Any:
+    a, b = primals
+    ta, tb = tangents
+    t = ta
+    if tb is not None:  # safe_mul: 0 where floor(a / b) is 0 even for an infinite tangent
+        term = -m.apply(P_SAFE_MUL, m.apply(P_FLOOR_DIVIDE, a, b), tb)
+        t = term if t is None else t + term
+    if t.shape != out.shape:  # an operand was broadcast
+        t = m.apply(REGISTRY["broadcast_to"], t, shape=out.shape)
+    return t
+
+
+def _remainder_examples(rng: Any) -> list:
+    def operands(shape_a: tuple, shape_b: tuple) -> tuple:
+        # a / b = q + f with an integer q and f in [0.15, 0.85]: away from the jumps
+        b = rng.uniform(0.5, 2.0, shape_b) * rng.choice([-1.0, 1.0], shape_b)
+        shape = np.broadcast_shapes(shape_a, shape_b)
+        a = (rng.integers(-3, 3, shape) + rng.uniform(0.15, 0.85, shape)) * b
+        return a, b
+
+    return [(remainder, operands((3, 4), (3, 4)), {}),
+            (remainder, operands((2, 3), (3,)), {}),
+            (remainder, operands((2, 3), ()), {}),
+            (remainder, operands((), ()), {}),
+            # a broadcast: a / b in [2.27, 2.67] for every b
+            (remainder, (rng.uniform(0.75, 0.8, (3,)), rng.uniform(0.3, 0.33, (2, 3))), {})]
+
+
+P_REMAINDER = primitive("remainder", lambda xp, a, b: xp.remainder(a, b), rule=_remainder_rule,
+                        jvp=_remainder_jvp, masks=True, examples=_remainder_examples,
+                        batch=_elementwise_batch("remainder"))
 P_MAXIMUM = elementwise("maximum", lambda xp, a, b: xp.maximum(a, b),
                         d=("where(a > b, 1, where(a == b, 0.5, 0))",
                            "where(b > a, 1, where(a == b, 0.5, 0))"), out_form=_maximum_out, cheap=True, masks=True)
@@ -358,6 +458,40 @@ def hypot(a: Any, b: Any) -> Tensor:
         array([5.e+00, 5.e+30], dtype=float32)
     """
     return bind(P_HYPOT, *pair(a, b))
+
+
+def floor_divide(a: Any, b: Any) -> Tensor:
+    """``a // b``: ``floor(a / b)`` elementwise with broadcasting, as Python's ``//`` and
+    ``np.floor_divide`` (integers stay integers; an integer divided by 0 gives 0, as NumPy).
+    Piecewise constant: its gradient is 0, as ``floor``'s.
+
+    Shapes: ``a`` and ``b`` broadcast; the result has the broadcast shape.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.floor_divide(gt.tensor([7.0, -7.0]), 2.0).numpy()
+        array([ 3., -4.], dtype=float32)
+        >>> (gt.tensor([7, -7]) // 2).numpy()
+        array([ 3, -4])
+    """
+    return P_FLOOR_DIVIDE.call2(a, b)
+
+
+def remainder(a: Any, b: Any) -> Tensor:
+    """``a % b``: ``a - b * floor(a / b)`` elementwise with broadcasting, as Python's ``%`` and
+    ``np.remainder``: the result has the sign of ``b`` (``torch.remainder``; ``fmod`` would take
+    ``a``'s). Gradients: 1 for ``a``, ``-floor(a / b)`` for ``b`` (as PyTorch).
+
+    Shapes: ``a`` and ``b`` broadcast; the result has the broadcast shape.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.remainder(gt.tensor([7.0, -7.0]), 3.0).numpy()
+        array([1., 2.], dtype=float32)
+        >>> (gt.tensor([7, -7]) % -3).numpy()
+        array([-2, -1])
+    """
+    return P_REMAINDER.call2(a, b)
 
 
 def minimum(a: Any, b: Any) -> Tensor:

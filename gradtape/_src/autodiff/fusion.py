@@ -34,6 +34,7 @@ from ..codegen.graph import Graph, backward_graph
 from ..codegen.numpy_program import numpy_program, run_numpy
 from ..primitive import Primitive
 from .record import Record
+from .state import STATE
 
 if TYPE_CHECKING:  # the engine imports this module
     from .engine import Accumulator
@@ -398,7 +399,7 @@ class Run:
         leaves, out_ids = ga.leaves, ga.out_ids
         # a traced leaf, if any (gt.function): buffers made *_like it are seen by the trace
         like = next((a for a in leaves if getattr(a, "_gt_traced", False)), leaves[0])
-        is_numpy = isinstance(like, np.ndarray) or getattr(like, "_gt_traced", False)
+        is_numpy = isinstance(like.a if getattr(like, "_gt_traced", False) else like, np.ndarray)
         modes = []
         outs: list[Array] = []  # None until allocated, and where the output is an aliased leaf
         for iid in out_ids:
@@ -428,7 +429,11 @@ class Run:
         else:
             args = [leaves[i] for i in spec.leaves] + [ga.params[i] for i in spec.params]
             args += [outs[k] for k in spec.outputs]
-            kernel(*args)
+            tr = STATE.trace
+            if tr is not None and not tr.suspended:  # gt.function on a device: a program step
+                tr.call(kernel, tuple(args), {})
+            else:
+                kernel(*args)
         STATS["runs"] += 1
         STATS["records"] += len(self.members)
         for k, iid in enumerate(out_ids):

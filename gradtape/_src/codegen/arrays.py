@@ -58,12 +58,12 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
         return fn
     ns = _array_namespace(backend)
     if safe:
-        xp = backend.xp
         # On NumPy the select is skipped when nothing is bad; on a device, ``if bad.any()``
         # would wait for the GPU (a host synchronisation), so the select always runs there.
         on_host = backend.name == "numpy"
 
         def _safe(gy: Array, d: Array) -> Array:
+            xp = backend.xp  # (read per call: a gt.function trace swaps a device's module)
             prod = gy * d
             bad = (gy == 0) & ~xp.isfinite(prod)
             # (while gt.function traces, the select is always recorded: no data-dependent branch)

@@ -116,7 +116,10 @@ def _run(prim: Primitive, arrays: tuple[np.ndarray, ...], params: dict[str, Any]
     starts = iter(range(0, n, chunk))
 
     form = prim.out_form
-    if form is not None and not params:
+    # an operand of another dtype than the output (an integer input of a float function, which
+    # impl casts to float32 first) takes impl on each chunk: the ufunc into ``out`` would
+    # compute in NumPy's dtype for it (float64) and round, not bit-identical to impl
+    if form is not None and not params and all(a.dtype == probe.dtype for a in arrays):
 
         def work() -> None:
             for a in starts:

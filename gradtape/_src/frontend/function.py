@@ -38,12 +38,12 @@ from typing import Any, Generic, TypeVar, overload
 import numpy as np
 
 from ..autodiff.state import STATE, hooks_add, opaque, tracing, user_line
-from ..backend import NUMPY, get_backend
+from ..backend import NUMPY, backend_of, get_backend
 from ..config import config
 from ..cpu import pool
 from ..errors import TracingError
 from ..nest import flatten, unflatten
-from ..tensor import Tensor, _wrap
+from ..tensor import Tensor, _to_array, _wrap
 
 __all__ = ["function", "Function", "TracedArray", "opaque", "tracing"]
 
@@ -143,6 +143,9 @@ class TracedArray:
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         fn = ufunc if method == "__call__" else getattr(ufunc, method)
+        if not isinstance(self.a, np.ndarray):  # a device array: NumPy handed a Python or NumPy
+            # scalar operand over as a 0-d host array, which a device library refuses
+            inputs = tuple(x[()] if type(x) is np.ndarray and x.ndim == 0 else x for x in inputs)
         return _dispatch(fn, inputs, kwargs)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
@@ -267,30 +270,63 @@ _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.great
 _UNARY = {"neg": np.negative, "pos": np.positive, "abs": np.absolute, "invert": np.invert}
 
 
+def _reflected(pyop: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def rop(a: Any, b: Any) -> Any:
+        return pyop(b, a)
+
+    rop.__name__ = f"r{getattr(pyop, '__name__', 'op')}"
+    return rop
+
+
+_OPNAMES = {"and": "and_", "or": "or_"}  # the operator module's spellings
+_PYOPS: dict[str, Any] = {name: getattr(operator, _OPNAMES.get(name, name)) for name in _BINARY
+                          if name != "divmod"}
+_PYOPS["divmod"] = divmod
+_PYOPS.update({name: getattr(operator, name) for name in _COMPARE})
+_PYOPS.update({name: getattr(operator, name) for name in _UNARY})
+_RPYOPS = {name: _reflected(fn) for name, fn in _PYOPS.items()}
+_IPYOPS = {name: getattr(operator, f"i{name}") for name in _BINARY if name != "divmod"}
+
+
 def _add_operators() -> None:
-    def binary(uf: np.ufunc) -> tuple[Callable, Callable, Callable]:
+    # On NumPy arrays an operator is its ufunc; on a device array (CuPy's), the array's own
+    # operator (NumPy would turn a Python number operand into a host array first)
+    def binary(name: str, uf: np.ufunc) -> tuple[Callable, Callable, Callable]:
+        pyop, rpyop, ipyop = _PYOPS[name], _RPYOPS[name], _IPYOPS.get(name)
+
         def op(self: Any, other: Any) -> Any:
-            return uf(self, other)
+            if type(self.a) is np.ndarray or isinstance(self.a, np.generic):
+                return uf(self, other)
+            return _dispatch(pyop, (self, other), {})
 
         def rop(self: Any, other: Any) -> Any:
-            return uf(other, self)
+            if type(self.a) is np.ndarray or isinstance(self.a, np.generic):
+                return uf(other, self)
+            return _dispatch(rpyop, (self, other), {})
 
         def iop(self: Any, other: Any) -> Any:
-            uf(self, other, out=(self,))
+            if type(self.a) is np.ndarray:
+                uf(self, other, out=(self,))
+            else:
+                _dispatch(ipyop, (self, other), {})
             return self
 
         return op, rop, iop
 
     for name, uf in _BINARY.items():
-        op, rop, iop = binary(uf)
+        op, rop, iop = binary(name, uf)
         setattr(TracedArray, f"__{name}__", op)
         setattr(TracedArray, f"__r{name}__", rop)
         if name != "divmod":
             setattr(TracedArray, f"__i{name}__", iop)
     for name, uf in _COMPARE.items():
-        setattr(TracedArray, f"__{name}__", binary(uf)[0])
+        setattr(TracedArray, f"__{name}__", binary(name, uf)[0])
     for name, uf in _UNARY.items():
-        setattr(TracedArray, f"__{name}__", (lambda u: lambda self: u(self))(uf))
+        def unary(self: Any, _u: np.ufunc = uf, _p: Any = _PYOPS[name]) -> Any:
+            if type(self.a) is np.ndarray or isinstance(self.a, np.generic):
+                return _u(self)
+            return _dispatch(_p, (self,), {})
+        setattr(TracedArray, f"__{name}__", unary)
 
 
 _add_operators()
@@ -364,7 +400,12 @@ def _unwrap_flat(args: tuple) -> list[Any]:
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "__cuda_array_interface__")
+    """A NumPy array or scalar, or a device array (CuPy's, the strict test backend's)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return True
+    return hasattr(x, "__cuda_array_interface__") or (
+        hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "__array_ufunc__")
+        and not isinstance(x, (Tensor, TracedArray)))
 
 
 # NumPy's conversion functions do not dispatch on their argument (they call ``__array__``);
@@ -403,6 +444,53 @@ def _patch_converters(on: bool) -> None:
                 setattr(np, name, fn)
 
 
+class _TracingNamespace:
+    """A device backend's array module while a step is traced on it: its functions log calls
+    that involve traced arrays (CuPy's functions do not dispatch on foreign types the way
+    NumPy's do); kernels it builds (``ElementwiseKernel``) come back wrapped the same way.
+    Everything else (dtypes, classes, constants) is the module's own."""
+
+    def __init__(self, real: Any) -> None:
+        self._gt_real = real
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._gt_real, name)
+        if isinstance(attr, type) or not callable(attr):
+            if hasattr(attr, "__dict__") and type(attr).__name__ == "module":
+                attr = _TracingNamespace(attr)
+            self.__dict__[name] = attr
+            return attr
+        wrapped = _traced_callable(attr)
+        self.__dict__[name] = wrapped
+        return wrapped
+
+    def __repr__(self) -> str:
+        return f"<traced {self._gt_real!r}>"
+
+    @staticmethod
+    def _gt_wrap(fn: Any) -> Callable[..., Any]:
+        return _traced_callable(fn)
+
+
+def _traced_callable(fn: Any) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if _live_trace(args, kwargs) is not None:
+            return _dispatch(fn, args, kwargs)
+        res = fn(*args, **kwargs)
+        if callable(res) and not _is_array(res) and not isinstance(res, type):
+            return _traced_callable(res)  # a kernel object: its calls are logged too
+        return res
+
+    call.__name__ = getattr(fn, "__name__", "call")
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+def _real(module: Any) -> Any:
+    """The array module behind a tracing namespace (or ``module`` itself)."""
+    return module._gt_real if type(module) is _TracingNamespace else module
+
+
 # --------------------------------------------------------------------------- the trace
 
 
@@ -432,7 +520,7 @@ class _Step:
         self.pure = pure
 
 
-_MUTATING = {operator.setitem, _METHODS["fill"], _METHODS["put"], _METHODS["sort"],
+_MUTATING = {operator.setitem, *_IPYOPS.values(), _METHODS["fill"], _METHODS["put"], _METHODS["sort"],
              _METHODS["partition"], _METHODS["setflags"], np.copyto, np.put, np.place,
              np.putmask, np.fill_diagonal}
 
@@ -522,7 +610,7 @@ class _Trace:
                 if buf.base is not None and self.unsafe is None:  # a view: its base is read
                     self.unsafe = (f"{getattr(fn, '__name__', fn)} wrote into a view of an array "
                                    "made outside the trace")
-                self._promote(buf, _overwrites(fn, ua, uk, buf))
+                self._promote(buf, _overwrites(fn, tuple(ua), uk, buf))
         res = fn(*ua, **uk)
         targs = self._template_flat(args)
         tkw = self._template(kwargs) if kwargs else {}
@@ -590,8 +678,9 @@ class _Trace:
         w = self.new(buf)
         self.promoted[id(buf)] = w
         if whole:
-            self.steps.append(_Step(_fresh_empty, (buf.shape, self._const(buf.dtype)), {},
-                                    [w.slot], "one", True))
+            xp = np if isinstance(buf, np.ndarray) else _real(backend_of(buf).xp)
+            self.steps.append(_Step(_fresh_empty, (buf.shape, self._const(buf.dtype), self._const(xp)),
+                                    {}, [w.slot], "one", True))
         else:
             init = self._const(buf.copy())
             self.steps.append(_Step(_fresh_copy, (init,), {}, [w.slot], "one", True))
@@ -640,8 +729,8 @@ def _same(a: Any) -> Any:
     return a
 
 
-def _fresh_empty(shape: tuple[int, ...], dtype: Any) -> Any:
-    return np.empty(shape, dtype)
+def _fresh_empty(shape: tuple[int, ...], dtype: Any, xp: Any = np) -> Any:
+    return xp.empty(shape, dtype)
 
 
 def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
@@ -652,7 +741,7 @@ def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
         if a is buf or (isinstance(a, np.ndarray) and np.may_share_memory(a, buf)):
             return False
     try:
-        shape = np.broadcast_shapes(*(np.shape(a) for a in args[:fn.nin]))
+        shape = np.broadcast_shapes(*(getattr(a, "shape", ()) for a in args[:fn.nin]))
     except ValueError:
         return False
     return shape == buf.shape
@@ -962,6 +1051,7 @@ def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int
             continue
         full = {n for n in inputs if np.shape(arrays[n]) == shape}
         dtypes = {st.outs[0]: arrays[st.outs[0]].dtype for st in members}
+        assert shape is not None  # (a run has members)
         run = _FusedRun(members, inputs, outputs, shape, dtypes, full)
         result.append(_Step(run, tuple(_Slot(n) for n in inputs), {}, outputs, tuple, False))
         i = j
@@ -1028,6 +1118,13 @@ def _same_program(a: _Trace, b: _Trace) -> str | None:
     return None
 
 
+def _host(a: Any) -> np.ndarray:
+    """A constant's values on the host (a device array is copied: trace time only)."""
+    if isinstance(a, (np.ndarray, np.generic)):
+        return np.asarray(a)
+    return backend_of(a).to_host(a)
+
+
 def _same_template(x: Any, y: Any) -> str | None:
     tx, ty = type(x), type(y)
     if tx is not ty:
@@ -1041,10 +1138,11 @@ def _same_template(x: Any, y: Any) -> str | None:
         if _is_array(u) and _is_array(v):
             if u.shape != v.shape or u.dtype != v.dtype:
                 return "a constant of another shape or dtype"
+            hu, hv = _host(u), _host(v)
             try:
-                same = bool(np.array_equal(np.asarray(u), np.asarray(v), equal_nan=u.dtype.kind in "fc"))
+                same = bool(np.array_equal(hu, hv, equal_nan=hu.dtype.kind in "fc"))
             except TypeError:
-                same = bool(np.array_equal(np.asarray(u), np.asarray(v)))
+                same = bool(np.array_equal(hu, hv))
             return None if same else ("a constant array whose values changed between calls: "
                                       "it was computed from the inputs where the trace "
                                       "cannot see it")
@@ -1141,7 +1239,6 @@ class Function(Generic[R]):
         self._seen: set[Any] = set()
         self._signatures = 0
         self._warned_retrace = False
-        self._warned_device = False
         self._lock = threading.RLock()
         self._name = getattr(fn, "__name__", type(fn).__name__)
         functools.update_wrapper(self, fn)
@@ -1167,8 +1264,6 @@ class Function(Generic[R]):
     def _signature(self, args: tuple, kwargs: dict) -> tuple[Any, list[Any], Any]:
         leaves, spec = flatten((args, kwargs))
         backend = get_backend()
-        if backend is not NUMPY:
-            raise _Eager("tensors on CuPy")
         key: list[Any] = [_freeze(spec), backend.name, config.fusion]
         for x in leaves:
             if isinstance(x, Tensor):
@@ -1176,8 +1271,6 @@ class Function(Generic[R]):
                     key.append(("V", id(x)))
                 elif x._level:
                     raise _Eager("a batched tensor (called inside gt.vmap)")
-                elif x._backend is not NUMPY:
-                    raise _Eager("tensors on CuPy")
                 else:
                     key.append(("T", x.data.shape, x.data.dtype.str, x._backend.name))
             elif type(x) is np.ndarray:
@@ -1200,15 +1293,11 @@ class Function(Generic[R]):
             return self.python_function(*args, **kwargs)
         try:
             key, leaves, spec = self._signature(args, kwargs)
-        except _Eager as why:
-            if str(why) == "tensors on CuPy" and not self._warned_device:
-                self._warned_device = True
-                warnings.warn(f"gt.function {self._name!r}: steps on CuPy run eagerly (the "
-                              "traced replay is built and verified on NumPy only)", stacklevel=2)
+        except _Eager:
             return self.python_function(*args, **kwargs)
         if any(type(x) is np.ndarray for x in leaves):  # NumPy arrays are passed as tensors
-            leaves = [_wrap(x, NUMPY) if type(x) is np.ndarray else x for x in leaves]
-            args, kwargs = unflatten(spec, leaves)
+            leaves = [_as_input(x) if type(x) is np.ndarray else x for x in leaves]  # (gt.tensor's
+            args, kwargs = unflatten(spec, leaves)  # rule: on the active backend)
         with self._lock:
             entry = self._cache.get(key)
             if entry is None:
@@ -1266,11 +1355,18 @@ class Function(Generic[R]):
         pool.MIN_SIZE = 1 << 62  # no threaded forward or fused run while tracing: the trace
         pool.THREADS = 1  # follows its own thread (the replay threads large steps again)
         _patch_converters(True)
+        devices = {x._backend for x in leaves if isinstance(x, Tensor) and x._backend is not NUMPY}
+        devices.add(get_backend())
+        devices.discard(NUMPY)
+        for d in devices:  # device namespaces log calls on traced arrays (see _TracingNamespace)
+            d.xp = _TracingNamespace(d.xp)  # type: ignore[assignment]
         self.trace_count += 1
         entry.traces += 1
         try:
             result = self.python_function(*targs, **tkwargs)
         finally:
+            for d in devices:
+                d.xp = _real(d.xp)
             _patch_converters(False)
             st.trace = None
             hooks_add(-1)
@@ -1332,6 +1428,11 @@ class Function(Generic[R]):
             entry.last = None
             tr.arrays = []
         return unflatten(out_spec, final)
+
+
+def _as_input(x: np.ndarray) -> Tensor:
+    arr, backend = _to_array(x, to_active=True)
+    return _wrap(arr, backend)
 
 
 class _Eager(Exception):
