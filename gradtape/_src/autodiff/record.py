@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # the layer above, named in annotations only
 __all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "record_one", "record_two",
            "record_general", "check_finite"]
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # identity checks first (per-op cost)
+
 
 class Recorder:
     """What a tape records: ``_records`` in execution order, ``_tracked`` ids, the watched
@@ -218,7 +220,7 @@ def record_one(prim: Primitive, a: Tensor, out: Tensor, params: dict[str, Any]) 
     if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics:
         tape = tapes[0]
         tracked = tape._tracked
-        if a._id in tracked and out.data.dtype.kind == "f":
+        if a._id in tracked and ((d := out.data.dtype) is _F32 or d is _F64 or d.kind == "f"):
             oid = out._id = _next_id()
             rec: Record = _new_record(Record)
             rec.prim = prim
@@ -250,7 +252,7 @@ def record_two(prim: Primitive, a: Tensor, b: Tensor, out: Tensor, params: dict[
     two-input branch fills them. Anything else falls through to the general path."""
     tapes = STATE.fast
     if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics \
-            and out.data.dtype.kind == "f":
+            and ((d := out.data.dtype) is _F32 or d is _F64 or d.kind == "f"):
         tape = tapes[0]
         tracked = tape._tracked
         if tape._watch_accessed:
