@@ -24,8 +24,10 @@ The canonical loop::
         opt.apply_gradients(zip(grads, model.trainable_variables))
 
 What crosses the wire: :func:`allreduce` packs many small gradients into a few large buffers
-(*buckets*, at most ``bucket_bytes`` each; a tensor at least that large goes alone, without a
-copy) and reduces each with one MPI all-reduce (or one NCCL ``allReduce``).
+(*buckets*, at most ``bucket_bytes`` each; a tensor at least that large goes alone) and reduces
+each with one MPI all-reduce (or one NCCL ``allReduce``). On the host, the buffers are reused
+from call to call (a buffer is reused once no result still refers to it) and reduced in place;
+``op="mean"`` scales by ``1 / size`` while packing, so no pass over the result follows.
 :class:`DistributedGradientTape` starts a bucket's reduction during the reverse pass, as soon
 as the last gradient in it is final, so communication overlaps the rest of the backward.
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import os
 import sys
 import time
@@ -64,7 +67,7 @@ __all__ = ["init", "is_initialized", "rank", "size", "local_rank", "local_size",
            "DistributedOptimizer", "DistributedError", "BUCKET_BYTES"]
 
 #: Default bucket size in bytes: gradients are packed into buffers of at most this size (a
-#: tensor at least this large is reduced alone, without a copy). Large enough that a bucket
+#: tensor at least this large is reduced alone, in a buffer of its own). Large enough that a bucket
 #: runs at MPI's full bandwidth, small enough that a model's gradients form several buckets,
 #: whose reductions overlap the backward (PyTorch DDP uses 25 MB, Horovod 64 MB).
 BUCKET_BYTES = 4 << 20
@@ -301,11 +304,13 @@ def _hash(signature: object) -> int:
     return int.from_bytes(digest, "little") >> 2  # non-negative, negation fits in int64
 
 
-def _agree(world: _World, who: str, signature: object, failure: BaseException | None = None) -> None:
+def _agree(world: _World, who: str, signature: object, failure: BaseException | None = None,
+           digest: int | None = None) -> None:
     """One small collective on the control communicator: every rank learns whether all ranks
-    are well (``failure`` None) and about to do the same thing (equal ``signature``). If not,
-    the ranks exchange details and every rank raises :class:`DistributedError`."""
-    h = _hash(signature)
+    are well (``failure`` None) and about to do the same thing (equal ``signature``, or equal
+    ``digest`` where the caller has the signature's hash already). If not, the ranks exchange
+    details and every rank raises :class:`DistributedError`."""
+    h = _hash(signature) if digest is None else digest
     mine = np.array([0 if failure is None else 1, h, -h], np.int64)
     out = np.empty_like(mine)
     world.ctrl.Allreduce(mine, out, op=world.mpi.MAX)
@@ -335,39 +340,114 @@ def _describe(signature: object) -> str:
 
 
 def _spec(t: Tensor | None) -> tuple | None:
-    return None if t is None else (tuple(t.shape), t.dtype.str, t._backend.name)
+    return None if t is None else (tuple(t.data.shape), t.data.dtype, t._backend.name)
+
+
+def _kind(what: str, op: str, compression: str | None, bucket_bytes: int) -> str:
+    """The call's parameters that must agree across ranks (ranks with different bucket sizes
+    would pair up different buffers)."""
+    return f"{what}(op={op!r}, compression={compression!r}, bucket_bytes={bucket_bytes})"
 
 
 # --------------------------------------------------------------------------- buckets
 class _Bucket:
     """Members (indices into the tensors of one call) reduced together in one buffer: their
-    element counts and offsets in it, its dtype and backend; ``solo``: one tensor at least
-    ``bucket_bytes`` large, reduced from its own array without a copy."""
+    element counts, shapes and offsets in it, its dtype and backend; ``solo``: one tensor at
+    least ``bucket_bytes`` large; ``host``: reduced over MPI from a reused host buffer
+    (:class:`_HostPool`). After the last :meth:`add`, :meth:`seal` sets ``span``, the slice
+    of the call's list that holds the members where they are consecutive (else None),
+    ``runs``, the members as runs of equal shape (position of the first, count, elements each,
+    shape, slice of the call's list or None; a run unpacks with one reshape), and ``fused``:
+    few large members, so the mean's scaling goes into each member's copy (many small
+    members: one concatenation, then one pass over the buffer)."""
 
-    __slots__ = ("members", "sizes", "offsets", "total", "dtype", "backend", "solo")
+    __slots__ = ("members", "sizes", "shapes", "offsets", "total", "dtype", "backend", "solo",
+                 "host", "span", "runs", "fused")
 
     def __init__(self, dtype: np.dtype, backend: Backend, solo: bool) -> None:
         self.members: list[int] = []
         self.sizes: list[int] = []
+        self.shapes: list[tuple[int, ...]] = []
         self.offsets: list[int] = []
         self.total = 0
         self.dtype = dtype
         self.backend = backend
         self.solo = solo
+        self.host = _transport_of(backend.name) == "mpi"
+        self.span: slice | None = None
+        self.runs: list[tuple[int, int, int, tuple[int, ...], slice | None]] = []
+        self.fused = True
 
-    def add(self, i: int, n: int) -> None:
+    def add(self, i: int, n: int, shape: tuple[int, ...]) -> None:
         self.members.append(i)
         self.sizes.append(n)
+        self.shapes.append(shape)
         self.offsets.append(self.total)
         self.total += n
 
+    def seal(self) -> None:
+        runs: list[tuple[int, int, int, tuple[int, ...]]] = []
+        for j, (n, shape) in enumerate(zip(self.sizes, self.shapes)):
+            if runs and shape and runs[-1][3] == shape:
+                first, count, _, _ = runs[-1]
+                runs[-1] = (first, count + 1, n, shape)
+            else:
+                runs.append((j, 1, n, shape))
+        self.span = _span(self.members)
+        self.runs = [(j, count, n, shape, _span(self.members[j:j + count]))
+                     for j, count, n, shape in runs]
+        self.fused = self.total * self.dtype.itemsize >= _FUSE_BYTES * len(self.members)
+
+
+def _span(ids: list[int]) -> slice | None:
+    """The slice that selects ``ids`` (consecutive, ascending or descending) from a list."""
+    if not ids:
+        return None
+    first, last = ids[0], ids[-1]
+    if ids == list(range(first, last + 1)):
+        return slice(first, last + 1)
+    if ids == list(range(first, last - 1, -1)):
+        return slice(first, last - 1 if last else None, -1)
+    return None
+
+
+#: Average member size in bytes from which a bucket scales each member as it copies it in (one
+#: NumPy call per member, about a microsecond each) rather than concatenating all members
+#: (one call) and scaling the whole buffer after (a second pass over its bytes).
+_FUSE_BYTES = 32 << 10
+
+
+class _Plan:
+    """The buckets of one signature (see :func:`_plan`), member -> bucket index, and a digest
+    of the specs for the agreement check (hashing a long signature costs more than reducing
+    a small bucket, so it is done once per plan)."""
+
+    __slots__ = ("specs", "buckets", "where", "digest", "dtypes", "full", "host_bytes", "_signed")
+
+    def __init__(self, specs: tuple, buckets: list[_Bucket]) -> None:
+        self.specs = specs
+        self.buckets = buckets
+        self.where = {i: k for k, b in enumerate(buckets) for i in b.members}
+        self.digest = _hash(specs)
+        self.dtypes = {s[1] for s in specs if s is not None}
+        self.full = None not in specs
+        self.host_bytes = sum(b.total * b.dtype.itemsize for b in buckets if b.host)
+        self._signed: dict[str, int] = {}
+
+    def signed(self, kind: str) -> int:
+        """The agreement digest of a call of ``kind`` (see :func:`_kind`) with these specs."""
+        h = self._signed.get(kind)
+        if h is None:
+            h = self._signed[kind] = _hash((kind, self.digest))
+        return h
+
 
 def _plan(specs: Sequence[tuple | None], bucket_bytes: int, order: Iterable[int]) -> list[_Bucket]:
-    """Buckets for tensors of ``specs`` ((shape, dtype str, backend name); None: no tensor),
+    """Buckets for tensors of ``specs`` ((shape, dtype, backend name); None: no tensor),
     filled in ``order``: per backend and dtype, consecutive tensors up to ``bucket_bytes``;
     a tensor of at least ``bucket_bytes`` alone."""
     buckets: list[_Bucket] = []
-    open_: dict[tuple[str, str], _Bucket] = {}
+    open_: dict[tuple[str, np.dtype], _Bucket] = {}
     for i in order:
         spec = specs[i]
         if spec is None:
@@ -378,49 +458,144 @@ def _plan(specs: Sequence[tuple | None], bucket_bytes: int, order: Iterable[int]
         nbytes = n * dtype.itemsize
         if nbytes >= bucket_bytes:
             b = _Bucket(dtype, backend_by_name(bname), True)
-            b.add(i, n)
+            b.add(i, n, tuple(shape))
             buckets.append(b)
             continue
-        key = (bname, dt)
+        key = (bname, dtype)
         cur = open_.get(key)
         if cur is None or (cur.total + n) * dtype.itemsize > bucket_bytes:
             cur = open_[key] = _Bucket(dtype, backend_by_name(bname), False)
             buckets.append(cur)
-        cur.add(i, n)
+        cur.add(i, n, tuple(shape))
+    for b in buckets:
+        b.seal()
     return buckets
 
 
-_PLANS: dict[tuple, tuple[list[_Bucket], dict[int, int]]] = {}
+_PLANS: dict[tuple, _Plan] = {}
 
 
-def _cached_plan(specs: tuple, bucket_bytes: int, reverse: bool) -> tuple[list[_Bucket], dict[int, int]]:
-    """:func:`_plan` (in reverse order: a backward's order) and member -> bucket index, cached
-    per signature: a training loop plans once."""
+def _cached_plan(specs: tuple, bucket_bytes: int, reverse: bool) -> _Plan:
+    """:func:`_plan` (in reverse order: a backward's order), cached per signature: a training
+    loop plans once."""
     key = (specs, bucket_bytes, reverse)
     hit = _PLANS.get(key)
     if hit is None:
         order = range(len(specs) - 1, -1, -1) if reverse else range(len(specs))
-        buckets = _plan(specs, bucket_bytes, order)
-        where = {i: k for k, b in enumerate(buckets) for i in b.members}
         if len(_PLANS) > 64:
             _PLANS.clear()
-        hit = _PLANS[key] = (buckets, where)
+        hit = _PLANS[key] = _Plan(specs, _plan(specs, bucket_bytes, order))
     return hit
+
+
+_SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
+_ARRAY_PLANS: dict[tuple, _Plan] = {}
+
+
+def _array_plan(arrays: Sequence[Array], backend_name: str, bucket_bytes: int, reverse: bool) -> _Plan:
+    """:func:`_cached_plan` for ``arrays`` (none None, all of backend ``backend_name``),
+    looked up by their (shape, dtype) pairs: the cheapest key (a few microseconds for a
+    hundred arrays), as a training loop calls this every step."""
+    key = (tuple(map(_SHAPE_DTYPE, arrays)), backend_name, bucket_bytes, reverse)
+    hit = _ARRAY_PLANS.get(key)
+    if hit is None:
+        specs = tuple([(tuple(shape), dtype, backend_name) for shape, dtype in key[0]])
+        if len(_ARRAY_PLANS) > 64:
+            _ARRAY_PLANS.clear()
+        hit = _ARRAY_PLANS[key] = _cached_plan(specs, bucket_bytes, reverse)
+    return hit
+
+
+def _refcounts(bufs: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(b) for b in bufs]
+
+
+#: What :func:`_refcounts` says of a buffer that only its pool's list holds.
+_UNUSED = _refcounts([np.empty(0, np.float32)])[0]
+
+
+class _HostPool:
+    """Host buffers reused from one reduction to the next, by length and dtype: each bucket is
+    packed into a buffer of this pool and reduced there in place, so a step allocates nothing
+    and the bucket needs no second buffer (MPI is several times slower on memory freshly
+    mapped for each call: Open MPI on one machine, up to 5x for 1 MB).
+
+    The results handed out are views of these buffers; a buffer is taken again only once no
+    array refers to it any more (its reference count, which every view holds through its
+    ``base``, is back to the pool's own), so results kept across steps are never overwritten:
+    a loop that keeps the previous step's gradients while it reduces the next alternates
+    between two sets of buffers. Kept: per length and dtype, at most ``2 d + 1`` buffers where
+    one call has used ``d`` at once; in all, at most three times the largest call's bytes (at
+    least :data:`_POOL_MIN_BYTES`); beyond that, buffers are allocated and not kept."""
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[int, np.dtype], list[np.ndarray]] = {}
+        self.demand: dict[tuple[int, np.dtype], int] = {}
+        self.bytes = 0
+        self.limit = _POOL_MIN_BYTES
+
+    def expect(self, nbytes: int) -> None:
+        """A call is about to take buffers of ``nbytes`` bytes in all."""
+        if 3 * nbytes > self.limit:
+            self.limit = 3 * nbytes
+
+    def take(self, length: int, dtype: np.dtype, nth: int) -> np.ndarray:
+        """A 1-D buffer of ``length`` elements of ``dtype`` that nothing else refers to, the
+        ``nth`` of this length and dtype that the current call takes."""
+        key = (length, dtype)
+        bufs = self.kept.get(key)
+        if bufs is None:
+            bufs = self.kept[key] = []
+        else:
+            for buf, refs in zip(bufs, _refcounts(bufs)):
+                if refs <= _UNUSED:
+                    return buf
+        demand = self.demand[key] = max(self.demand.get(key, 0), nth)
+        nbytes = length * dtype.itemsize
+        if len(bufs) <= 2 * demand:
+            if self.bytes + nbytes > self.limit:
+                self._drop_unused()
+            if self.bytes + nbytes <= self.limit:
+                buf = np.empty(length, dtype)
+                self.kept.setdefault(key, bufs).append(buf)
+                self.bytes += nbytes
+                return buf
+        return np.empty(length, dtype)
+
+    def _drop_unused(self) -> None:
+        for key, bufs in list(self.kept.items()):
+            keep = [b for b, refs in zip(bufs, _refcounts(bufs)) if refs > _UNUSED]
+            self.bytes -= sum(b.nbytes for b in bufs) - sum(b.nbytes for b in keep)
+            if keep:
+                self.kept[key] = keep
+            else:
+                del self.kept[key]
+
+
+#: The pool may keep this many bytes whatever the calls' sizes.
+_POOL_MIN_BYTES = 64 << 20
+_POOL = _HostPool()
 
 
 class _Reducer:
     """The all-reduce of one call: its buckets, started one by one as their members become
-    available (:meth:`ready`, during a backward) or all at the end (:meth:`finish`)."""
+    available (:meth:`ready`, during a backward) or all at the end (:meth:`finish`).
 
-    __slots__ = ("world", "specs", "op", "compression", "buckets", "where", "arrays", "missing",
-                 "buffers", "started", "next")
+    ``op="mean"`` scales each member by ``1 / size`` as it is packed (exact for a power-of-two
+    number of ranks, barring subnormal values; the sum cannot overflow where the mean does not),
+    so the reduced buffer is the result and no pass over it follows."""
 
-    def __init__(self, world: _World, specs: tuple, op: str, compression: str | None,
-                 bucket_bytes: int, reverse: bool) -> None:
-        self.buckets, self.where = _cached_plan(specs, bucket_bytes, reverse)
-        self.world, self.specs, self.op, self.compression = world, specs, op, compression
-        self.arrays: list[Any] = [None] * len(specs)
-        self.missing = [len(b.members) for b in self.buckets]
+    __slots__ = ("world", "specs", "scale", "compression", "buckets", "where", "arrays",
+                 "missing", "buffers", "started", "next", "taken")
+
+    def __init__(self, world: _World, plan: _Plan, op: str, compression: str | None) -> None:
+        self.buckets, self.where, self.specs = plan.buckets, plan.where, plan.specs
+        self.taken: dict[tuple[int, np.dtype], int] = {}  # pool buffers taken, by kind
+        _POOL.expect(plan.host_bytes)
+        self.world, self.compression = world, compression
+        self.scale = 1.0 / world.size if op == "mean" else None
+        self.arrays: list[Any] | None = None  # set by the first ready()
+        self.missing: list[int] = []
         self.buffers: list[Any] = [None] * len(self.buckets)  # (send or None, recv, members)
         self.started: list[Any] = []  # MPI requests in flight
         # buckets start in plan order, the same on every rank (MPI matches collectives by
@@ -429,9 +604,13 @@ class _Reducer:
 
     def ready(self, i: int, array: Array) -> None:
         """Member ``i``'s final value: start its bucket when it is the last one missing."""
-        if self.arrays[i] is not None:
+        arrays = self.arrays
+        if arrays is None:
+            arrays = self.arrays = [None] * len(self.specs)
+            self.missing = [len(b.members) for b in self.buckets]
+        if arrays[i] is not None:
             return
-        self.arrays[i] = array
+        arrays[i] = array
         k = self.where.get(i)
         if k is None:
             return
@@ -439,81 +618,116 @@ class _Reducer:
         if self.missing[k] == 0 and k == self.next:
             missing, count = self.missing, len(self.buckets)
             while self.next < count and missing[self.next] == 0:
-                self._start(self.next, None, True)
+                b = self.buckets[self.next]
+                self._start(self.next, [arrays[i] for i in b.members], None, True)
                 self.next += 1
         elif self.started:  # MPI progresses non-blocking collectives inside MPI calls only
             self.world.mpi.Request.Testall(self.started)
 
-    def finish(self, arrays: Sequence[Array | None]) -> list[Array | None]:
+    def finish(self, arrays: Sequence[Array | None], complete: bool = False) -> list[Array | None]:
         """Start every bucket not started yet (members whose array is None are left out: the
-        ranks agreed they are None everywhere), wait for all, return the reduced arrays."""
-        mine = self.arrays
-        for i, a in enumerate(arrays):
-            if mine[i] is None:
-                mine[i] = a
+        ranks agreed they are None everywhere; ``complete``: the caller knows none is), wait
+        for all, return the reduced arrays (views of the buckets' buffers where the dtype on
+        the wire is the tensors')."""
+        mine: Sequence[Array | None] = arrays  # as they are when ready() announced nothing
+        known = self.arrays
+        if known is not None:
+            for i, a in enumerate(arrays):
+                if known[i] is None:
+                    known[i] = a
+            mine = known
         for k in range(self.next, len(self.buckets)):  # in plan order, blocking: the rest
             b = self.buckets[k]
-            present = [j for j, i in enumerate(b.members) if mine[i] is not None]
-            if present:
-                self._start(k, None if len(present) == len(b.members) else present, False)
+            srcs = list(mine[b.span]) if b.span is not None else [mine[i] for i in b.members]
+            present = None
+            if not complete and not all([a is not None for a in srcs]):
+                present = [j for j, a in enumerate(srcs) if a is not None]
+                srcs = [srcs[j] for j in present]
+            if srcs:
+                self._start(k, srcs, present, False)
         if self.started:
             self.world.mpi.Request.Waitall(self.started)
         out: list[Array | None] = [None] * len(self.specs)
-        size = self.world.size
-        mean = self.op == "mean"
         for k, b in enumerate(self.buckets):
             held = self.buffers[k]
             if held is None:
                 continue
             _, buf, present = held
-            if mean and buf.dtype == b.dtype:
-                buf /= size
-            if b.solo:
-                out[b.members[0]] = buf.reshape(self.specs[b.members[0]][0])
+            members = b.members
+            cast = buf.dtype != b.dtype
+            if present is None and not cast:
+                for j, count, n, shape, span in b.runs:
+                    off = b.offsets[j]
+                    if count == 1:
+                        view = buf[off:off + n]
+                        out[members[j]] = view if len(shape) == 1 else view.reshape(shape)
+                        continue
+                    # one reshape, then its rows: equal shapes side by side
+                    views = list(buf[off:off + count * n].reshape((count, *shape)))
+                    if span is not None:
+                        out[span] = views
+                    else:
+                        for i, view in zip(members[j:j + count], views):
+                            out[i] = view
                 continue
             off = 0
-            for j in present:
-                i, n = b.members[j], b.sizes[j]
+            for j in range(len(members)) if present is None else present:
+                i, n = members[j], b.sizes[j]
                 a = buf[off:off + n]
-                if a.dtype != b.dtype:
+                if cast:
                     a = a.astype(b.dtype)
-                out[i] = a.reshape(self.specs[i][0])
+                out[i] = a.reshape(b.shapes[j])
                 off += n
         return out
 
-    def _start(self, k: int, present: list[int] | None, nonblocking: bool) -> None:
-        """Pack bucket ``k`` (its members ``present``, positions in it; None: all) and reduce
-        it: start the reduction (``nonblocking``, during a backward), or run it (MPI's
-        blocking ``Allreduce`` is faster than its non-blocking one when nothing is left to
-        overlap)."""
+    def _start(self, k: int, srcs: list[Array], present: list[int] | None, nonblocking: bool) -> None:
+        """Pack bucket ``k`` (its members' arrays ``srcs``; ``present``: their positions in it
+        where some are missing, else None) and reduce it: start the reduction
+        (``nonblocking``, during a backward), or run it (MPI's blocking ``Allreduce`` is faster
+        than its non-blocking one when nothing is left to overlap)."""
         b = self.buckets[k]
-        xp = b.backend.xp
         wire = b.dtype
         if self.compression == "float16" and wire.kind == "f" and wire.itemsize > 2:
             wire = np.dtype(np.float16)
-        arrays = self.arrays
-        if present is None:
-            present = list(range(len(b.members)))
+        total = b.total if present is None else sum(b.sizes[j] for j in present)
+        scale: Any = self.scale
+        if scale is not None:  # a NumPy scalar: cheaper per call than a Python float
+            scale = (np.float64 if b.dtype.itemsize >= 8 else np.float32)(scale)
         send: Any = None
-        if b.solo and wire == b.dtype:
-            send = xp.ascontiguousarray(arrays[b.members[0]], dtype=b.dtype).reshape(-1)
-            buf = xp.empty_like(send)
+        if b.host:  # one reused buffer, reduced in place
+            key = (total, wire)
+            nth = self.taken[key] = self.taken.get(key, 0) + 1
+            buf = _POOL.take(total, wire, nth)
+            if scale is not None and (b.fused or wire != b.dtype):
+                # scaled as copied (float16 on the wire: scaled before the cast, no overflow)
+                off = 0
+                for a in srcs:
+                    n = a.size
+                    np.multiply(a, scale, out=buf[off:off + n].reshape(a.shape))
+                    off += n
+            else:
+                np.concatenate(srcs, axis=None, out=buf, casting="unsafe")
+                if scale is not None:
+                    np.multiply(buf, scale, out=buf)
         else:
-            prescale = wire != b.dtype and self.op == "mean"  # float16 on the wire: no overflow
-            total = b.total if len(present) == len(b.members) else sum(b.sizes[j] for j in present)
-            buf = xp.empty(total, wire)
-            off = 0
-            for j in present:
-                n = b.sizes[j]
-                a = xp.asarray(arrays[b.members[j]]).reshape(-1)
-                if prescale:
-                    xp.divide(a, self.world.size, out=buf[off:off + n])
-                else:
-                    buf[off:off + n] = a
-                off += n
+            xp = b.backend.xp
+            if b.solo and wire == b.dtype and scale is None:  # NCCL reads the array as it is
+                send = xp.ascontiguousarray(srcs[0], dtype=b.dtype).reshape(-1)
+                buf = xp.empty_like(send)
+            else:
+                buf = xp.empty(total, wire)
+                off = 0
+                for a in srcs:
+                    n = a.size
+                    view = buf[off:off + n].reshape(a.shape)
+                    if scale is not None:
+                        xp.multiply(a, scale, out=view)
+                    else:
+                        view[...] = a
+                    off += n
         self.buffers[k] = (send, buf, present)
-        if _transport_of(b.backend.name) == "nccl":
-            _nccl(self.world).allreduce(send, buf, xp)  # ordered on the current CUDA stream
+        if not b.host:
+            _nccl(self.world).allreduce(send, buf, b.backend.xp)  # ordered on the CUDA stream
             return
         world = self.world
         mpi = world.mpi
@@ -522,11 +736,10 @@ class _Reducer:
             dtype, op = mpi.UINT16_T, world.f16_sum()
         else:
             dtype, op = _mpi_type(mpi, wire), mpi.SUM
-        sendbuf = mpi.IN_PLACE if send is None else [send, dtype]
         if nonblocking:
-            self.started.append(world.comm.Iallreduce(sendbuf, [buf, dtype], op))
+            self.started.append(world.comm.Iallreduce(mpi.IN_PLACE, [buf, dtype], op))
         else:
-            world.comm.Allreduce(sendbuf, [buf, dtype], op)
+            world.comm.Allreduce(mpi.IN_PLACE, [buf, dtype], op)
 
 
 _MPI_TYPES = {"f": {4: "FLOAT", 8: "DOUBLE"}, "i": {1: "INT8_T", 2: "INT16_T", 4: "INT32_T", 8: "INT64_T"},
@@ -538,14 +751,13 @@ def _mpi_type(mpi: Any, dtype: np.dtype) -> Any:
     return getattr(mpi, _MPI_TYPES[dtype.kind][dtype.itemsize])
 
 
-def _check_dtype(t: Tensor, op: str, where: str, who: str) -> None:
-    dt = t.dtype
+def _dtype_error(dt: np.dtype, op: str) -> str | None:
+    """Why tensors of dtype ``dt`` cannot be reduced with ``op`` (None: they can)."""
     if not (dt.kind == "f" and dt.itemsize == 2) and dt.itemsize not in _MPI_TYPES.get(dt.kind, {}):
-        raise TypeError(f"gt.distributed.{who}: {where} has dtype {dt}, which cannot be "
-                        "reduced (floating, integer or complex tensors can)")
+        return f"has dtype {dt}, which cannot be reduced (floating, integer or complex tensors can)"
     if op == "mean" and dt.kind not in "fc":
-        raise TypeError(f"gt.distributed.{who}: {where} has dtype {dt}; op='mean' needs floating "
-                        "tensors (use op='sum' for integers)")
+        return f"has dtype {dt}; op='mean' needs floating tensors (use op='sum' for integers)"
+    return None
 
 
 # --------------------------------------------------------------------------- NCCL
@@ -591,16 +803,19 @@ def _nccl(world: _World) -> _Nccl:
 
 # --------------------------------------------------------------------------- all-reduce
 def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compression: str | None = None,
-                      bucket_bytes: int | None = None) -> list[Array | None]:
+                      bucket_bytes: int | None = None, plan: _Plan | None = None) -> list[Array | None]:
     """The one path by which arrays are reduced across ranks: bucketed, each bucket one
-    non-blocking reduction over MPI or NCCL, then a wait for all. ``None`` entries (agreed on
-    by the ranks beforehand) stay None; the result arrays are new (views of the buckets).
-    In a single process without MPI the arrays come back as they are."""
+    reduction over MPI or NCCL. ``None`` entries (agreed on by the ranks beforehand) stay
+    None; the result arrays are new (views of the buckets' buffers, which are reused only once
+    no result refers to them). ``plan``: the caller's plan for these arrays (else looked up
+    from their shapes and dtypes). In a single process without MPI the arrays come back as
+    they are."""
     world = _world("allreduce()")
     if world.comm is None:
         return list(arrays)
-    present = [i for i, a in enumerate(arrays) if a is not None]
-    if present and tracing():  # inside gt.function: one step of the program, run at each call
+    if tracing() and any(a is not None for a in arrays):  # inside gt.function: one step of
+        # the program, run at each call
+        present = [i for i, a in enumerate(arrays) if a is not None]
         def reduce(*arrs: Array) -> tuple:
             full: list[Array | None] = [None] * len(arrays)
             for i, a in zip(present, arrs):
@@ -615,11 +830,16 @@ def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compress
         for i, a in zip(present, res):
             out[i] = a
         return out
-    specs = tuple(None if a is None else (tuple(a.shape), a.dtype.str,
-                                          NUMPY.name if isinstance(a, (np.ndarray, np.generic))
-                                          else "cupy") for a in arrays)
-    red = _Reducer(world, specs, op, compression, bucket_bytes or BUCKET_BYTES, reverse=False)
-    return red.finish(list(arrays))
+    if plan is None:
+        kinds = {type(a) for a in arrays}
+        if len(kinds) == 1 and kinds.pop() is np.ndarray:  # the common case
+            plan = _array_plan(arrays, NUMPY.name, bucket_bytes or BUCKET_BYTES, False)
+        else:
+            specs = tuple([None if a is None else
+                           (tuple(a.shape), a.dtype, NUMPY.name if isinstance(a, (np.ndarray, np.generic))
+                            else "cupy") for a in arrays])
+            plan = _cached_plan(specs, bucket_bytes or BUCKET_BYTES, False)
+    return _Reducer(world, plan, op, compression).finish(arrays, complete=plan.full)
 
 
 def _check_op(op: str, compression: str | None, who: str) -> None:
@@ -670,32 +890,56 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
     _check_op(op, compression, who)
     _check_bucket(bucket_bytes, who)
     leaves, spec = flatten(tensors)
+    bucket = bucket_bytes or BUCKET_BYTES
     failure: BaseException | None = None
     try:
-        for i, t in enumerate(leaves):
-            where = f"tensors[{i}]" if len(leaves) > 1 or isinstance(tensors, (list, tuple, dict)) \
-                else "tensors"
-            if t is None:
-                continue
-            if not isinstance(t, Tensor):
-                raise TypeError(f"gt.distributed.{who}: {where} must be a gradtape Tensor or None, "
-                                f"got {type(t).__name__}")
-            _check_dtype(t, op, where, who)
+        plan, arrays, backend = _tensor_plan(leaves, op, who, bucket,
+                                             len(leaves) > 1 or isinstance(tensors, (list, tuple, dict)))
     except Exception as exc:
         failure = exc
     if world.comm is None:
         if failure is not None:
             raise failure
         return unflatten(spec, list(leaves))
-    signature = (f"allreduce(op={op!r}, compression={compression!r})",
-                 tuple(_spec(t) if isinstance(t, Tensor) or t is None else repr(type(t)) for t in leaves))
-    _agree(world, who, signature, failure)
+    kind = _kind("allreduce", op, compression, bucket)
     if failure is not None:
+        _agree(world, who, (kind, tuple(_spec(t) if isinstance(t, Tensor) or t is None
+                                        else repr(type(t)) for t in leaves)), failure)
         raise failure
-    out = _allreduce_arrays([None if t is None else t.data for t in leaves], op, compression,
-                            bucket_bytes)
+    _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
+    out = _allreduce_arrays(arrays, op, compression, bucket, plan)
+    if backend is not None:  # no None, one backend
+        return unflatten(spec, [_wrap(a, backend) for a in out])
     return unflatten(spec, [None if a is None else _wrap(a, t._backend)
                             for a, t in zip(out, leaves)])
+
+
+def _tensor_plan(leaves: list[Any], op: str, who: str, bucket_bytes: int, indexed: bool
+                 ) -> tuple[_Plan, list[Array | None], Backend | None]:
+    """The plan for ``leaves`` (Tensors or None), their arrays, and their backend where there
+    are no None and one backend; checked: a TypeError naming the first entry that is not a
+    Tensor or cannot be reduced with ``op`` (each type and dtype is checked once, not each
+    tensor)."""
+    kinds = {type(t) for t in leaves}
+    if not all(k is type(None) or issubclass(k, Tensor) for k in kinds):
+        i, t = next((i, t) for i, t in enumerate(leaves) if t is not None and not isinstance(t, Tensor))
+        where = f"tensors[{i}]" if indexed else "tensors"
+        raise TypeError(f"gt.distributed.{who}: {where} must be a gradtape Tensor or None, got "
+                        f"{type(t).__name__}")
+    backends = {t._backend for t in leaves} if type(None) not in kinds else set()
+    backend = backends.pop() if len(backends) == 1 else None
+    if backend is not None:
+        arrays: list[Array | None] = [t.data for t in leaves]
+        plan = _array_plan(arrays, backend.name, bucket_bytes, False)
+    else:
+        plan = _cached_plan(tuple([_spec(t) for t in leaves]), bucket_bytes, False)
+        arrays = [None if t is None else t.data for t in leaves]
+    bad = {dt for dt in plan.dtypes if _dtype_error(dt, op)}
+    if bad:
+        i, dt = next((i, s[1]) for i, s in enumerate(plan.specs) if s is not None and s[1] in bad)
+        where = f"tensors[{i}]" if indexed else "tensors"
+        raise TypeError(f"gt.distributed.{who}: {where} {_dtype_error(dt, op)}")
+    return plan, arrays, backend
 
 
 # --------------------------------------------------------------------------- broadcast
@@ -849,12 +1093,18 @@ class DistributedGradientTape:
                                     f"or Variable, got {type(s).__name__}")
         except Exception as exc:
             failure = exc
-        specs = tuple(_spec(s) if isinstance(s, Tensor) else None for s in leaves)
-        _agree(world, who, (f"gradient(op={self._op!r}, compression={self._compression!r})", specs),
-               failure)
+        kind = _kind("gradient", self._op, self._compression, self._bucket_bytes)
         if failure is not None:
+            _agree(world, who, (kind, tuple([_spec(s) if isinstance(s, Tensor) else None
+                                             for s in leaves])), failure)
             raise failure
-        red = _Reducer(world, specs, self._op, self._compression, self._bucket_bytes, reverse=True)
+        backends = {s._backend for s in leaves}
+        if len(backends) == 1:
+            plan = _array_plan([s.data for s in leaves], backends.pop().name, self._bucket_bytes, True)
+        else:
+            plan = _cached_plan(tuple([_spec(s) for s in leaves]), self._bucket_bytes, True)
+        _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
+        red = _Reducer(world, plan, self._op, self._compression)
         hook = None
         if self._overlap and not tracing():  # (a gt.function step reduces after the backward)
             positions: dict[int, list[int]] = {}

@@ -265,6 +265,29 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
     # None entries agreed on by both ranks stay None
     out = D.allreduce([None, gt.tensor([1.0 + r])], op="sum")
     assert out[0] is None and out[1].numpy().tolist() == [3.0]
+    # results are views of reused buffers: results kept (as tensors, as derived views) are
+    # never overwritten by later calls, and calls after they are dropped are still right
+    def pair(v):
+        return [gt.tensor(np.full(5, v + r, np.float32)), gt.tensor(np.full((2, 3), v, np.float32))]
+
+    kept = D.allreduce(pair(1.0), op="sum")
+    row = D.allreduce(pair(2.0), op="sum")[1].numpy()[0]
+    for step in range(4):
+        for big in (False, True):  # one bucket, then one bucket per tensor
+            again = D.allreduce(pair(10.0 * step), op="mean", bucket_bytes=8 if big else None)
+            assert again[0].numpy().tolist() == [10.0 * step + 0.5] * 5
+            assert np.all(again[1].numpy() == 10.0 * step)
+    assert kept[0].numpy().tolist() == [3.0] * 5 and np.all(kept[1].numpy() == 2.0)
+    assert row.tolist() == [4.0] * 3
+    # non-contiguous tensors, packed by one concatenation (small) or one scaled copy each
+    # (large members, op="mean")
+    for rows in (3, 300):
+        a = np.arange(rows * 100, dtype=np.float32).reshape(rows, 100) * (r + 1)
+        for op in ("sum", "mean"):
+            out = D.allreduce([gt.tensor(a.T), gt.tensor(a[:, ::2])], op=op)
+            k = (3.0 if op == "sum" else 1.5) / (r + 1)  # the ranks hold a0 and 2 a0
+            np.testing.assert_allclose(out[0].numpy(), a.T * k, err_msg=f"{rows} {op}")
+            np.testing.assert_allclose(out[1].numpy(), a[:, ::2] * k, err_msg=f"{rows} {op}")
 
     # broadcast: values and optimizer state from the root
     w = gt.Variable(np.full((3, 2), float(r), np.float32), name="w")
