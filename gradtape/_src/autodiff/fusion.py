@@ -418,8 +418,10 @@ class Run:
             xp: Any = np
         else:
             xp = _xp_of(leaves[0])
+            # (in a gt.function trace xp is the trace's namespace: the kernel is the module's
+            # own, cached as in eager mode, and the trace logs its call below)
             spec, kernel = cupy_kernel(ga.key, ga.graph, ga.dtype_names(), dtype.name,
-                                       acc_t, xp=xp)
+                                       acc_t, xp=getattr(xp, "_gt_real", xp))
             alias = spec.alias
         for k in range(len(out_ids)):
             if outs[k] is None and alias[k] is None:
