@@ -404,3 +404,16 @@ def test_forward_mode_chain_runs_fused_in_the_replay_with_eager_values():
     if gt.backend_name() == "numpy":  # (the blocked forward runs are NumPy programs)
         src = f.program_source(*args[0])
         assert src.count("\n") < 10  # one fused run instead of ~60 array calls
+
+
+def test_data_dependent_shapes_raise_or_run_eagerly():
+    """Boolean-mask indexing (and nonzero/unique) make a result whose shape depends on the
+    values: a replay could not follow it, so tracing raises (or falls back to eager)."""
+    f = gt.function(lambda x: gt.sum(x[x > 0]))
+    with pytest.raises(gt.TracingError, match="shape depends on the values"):
+        f(gt.tensor([1.0, -2.0, 3.0]))
+    g = gt.function(lambda x: gt.sum(x[x > 0]), fallback="eager")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        outs = [float(g(gt.tensor(v))) for v in ([1.0, -2.0, 3.0], [-1.0, -2.0, 3.0], [5.0, 1.0, 1.0])]
+    assert outs == [4.0, 3.0, 7.0]

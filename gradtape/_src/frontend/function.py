@@ -611,6 +611,8 @@ class _Trace:
                     self.unsafe = (f"{getattr(fn, '__name__', fn)} wrote into a view of an array "
                                    "made outside the trace")
                 self._promote(buf, _overwrites(fn, tuple(ua), uk, buf))
+        if fn in _DATA_SHAPED or (fn is operator.getitem and _bool_index(args[1])):
+            self.host_sync(f"{getattr(fn, '__name__', fn)} (its result's shape depends on the values)")
         res = fn(*ua, **uk)
         targs = self._template_flat(args)
         tkw = self._template(kwargs) if kwargs else {}
@@ -727,6 +729,21 @@ class _Trace:
 
 def _same(a: Any) -> Any:
     return a
+
+
+# Calls whose result's shape depends on the values: a replay could not keep its shapes.
+_DATA_SHAPED = {np.nonzero, np.flatnonzero, np.argwhere, np.unique, np.extract,
+                _METHODS["nonzero"], _METHODS["compress"], np.compress}
+
+
+def _bool_index(idx: Any) -> bool:
+    """Whether an index holds a boolean array (a mask: the result's shape depends on it)."""
+    items = idx if type(idx) is tuple else (idx,)
+    for it in items:
+        a = it.a if type(it) is TracedArray else it
+        if getattr(a, "dtype", None) is not None and a.dtype == np.bool_ and getattr(a, "ndim", 0) > 0:
+            return True
+    return False
 
 
 def _fresh_empty(shape: tuple[int, ...], dtype: Any, xp: Any = np) -> Any:
