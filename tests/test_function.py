@@ -417,3 +417,50 @@ def test_data_dependent_shapes_raise_or_run_eagerly():
         warnings.simplefilter("always")
         outs = [float(g(gt.tensor(v))) for v in ([1.0, -2.0, 3.0], [-1.0, -2.0, 3.0], [5.0, 1.0, 1.0])]
     assert outs == [4.0, 3.0, 7.0]
+
+
+def test_scatter_ops_slices_and_embeddings_replay_with_eager_values():
+    """Ops that add into a fresh buffer (segment_sum, index_add, the gradients of gather,
+    fancy indexing and embedding lookups) and gradients through basic slices replay with the
+    new values, not the trace's (found in review)."""
+    w = gt.Variable(np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32), name="w")
+    table = gt.Variable(np.random.default_rng(6).normal(size=(5, 3)).astype(np.float32))
+    seg = np.array([0, 2, 2, 1])
+
+    def fn(x, ids):
+        out = gt.segment_sum(x, seg, 3)
+        with gt.GradientTape() as tape:
+            h = gt.matmul(out, w)
+            gates = gt.tanh(h[:, :2]) * gt.sigmoid(h[:, 2:])
+            emb = gt.nn.embedding(ids, table)
+            loss = gt.sum(gates) + gt.sum(emb * emb) + gt.sum(w[[0, 2, 2]])
+        return (out, *tape.gradient(loss, [w, table]))
+
+    rng = np.random.default_rng(7)
+    args = [(gt.tensor(rng.normal(size=(4, 3)).astype(np.float32)),
+             gt.tensor(rng.integers(0, 5, size=(6,)))) for _ in range(5)]
+    eager, comp, f = _compare(fn, args)
+    assert f.trace_count == 2
+    for e, c in zip(eager, comp):
+        for a, b in zip(e, c):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_outputs_made_outside_the_trace_are_checked_and_float_arguments_by_spelling():
+    state = {"n": 0}
+
+    def fn(x):
+        state["n"] += 1
+        return x * 2.0, gt.tensor(float(state["n"]))  # a host counter as an output
+
+    f = gt.function(fn)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        counters = [float(f(gt.tensor(1.0))[1]) for _ in range(5)]
+    assert counters == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert any("made where the trace cannot see it" in str(m.message) for m in w)
+
+    g = gt.function(lambda x, s: x / s)
+    x = gt.tensor([1.0, -1.0])
+    for s in (0.0, 0.0, -0.0, -0.0):
+        np.testing.assert_array_equal(g(x, s).numpy(), x.numpy() / np.float32(s))

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
+from .._src.autodiff.state import STATE, read_for_trace
 from .._src.backend import is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
@@ -57,7 +58,7 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
 
 
 def _scatter_impl(xp: Any, g: Any, *, index: Any, shape: tuple, advanced: bool) -> Any:
-    z = xp.zeros(shape, dtype=g.dtype)
+    z = xp.zeros_like(g, shape=shape)  # *_like: a gt.function trace sees the buffer
     if advanced:
         xp.add.at(z, index, g)
     else:
@@ -180,7 +181,13 @@ def _getitem_batch(args: tuple, dims: tuple, *, index: Any, advanced: bool) -> t
     return bind(P_GETITEM, x, index=idx, advanced=advanced), at
 
 
-P_GETITEM = primitive("getitem", lambda xp, x, *, index, advanced: x[index], rule=_getitem_rule,
+def _getitem_impl(xp: Any, x: Any, *, index: Any, advanced: bool) -> Any:
+    if STATE.trace is not None:  # gt.function: an untraced array indexed by a traced index
+        x = read_for_trace(x, index)  # (NumPy would convert the index to the host)
+    return x[index]
+
+
+P_GETITEM = primitive("getitem", _getitem_impl, rule=_getitem_rule,
                       jvp=_getitem_jvp,
                       saves_inputs=False, masks=True, examples=_getitem_examples,
                       batch=_getitem_batch)
@@ -196,7 +203,7 @@ def _index_take_impl(xp: Any, x: Any, idx: Any, *, axis: int) -> Any:
 
 
 def _index_put_impl(xp: Any, g: Any, idx: Any, *, axis: int, shape: tuple) -> Any:
-    z = xp.zeros(shape, dtype=g.dtype)
+    z = xp.zeros_like(g, shape=shape)  # *_like: a gt.function trace sees the buffer
     xp.add.at(z, (slice(None),) * axis + (idx,), g)
     return z
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # the layers above, named in annotations only
     from ..tensor import Tensor, Variable
     from .record import ForwardRecorder, Recorder
 
-__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "tracing"]
+__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "tracing",
+           "read_for_trace"]
 
 _HOOK_LOCK = threading.Lock()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gradtape/
@@ -135,3 +136,20 @@ def opaque(fn: Callable[..., Any], *arrays: Any, key: Any = None) -> Any:
     if tr is None or tr.suspended:
         return fn(*arrays)
     return tr.opaque(fn, list(arrays), fn if key is None else key)
+
+
+def read_for_trace(x: Any, *others: Any) -> Any:
+    """``x`` as a value of the running ``gt.function`` trace when it is an untraced array (a
+    Variable's buffer, a constant) and one of ``others`` (possibly inside tuples) is traced:
+    NumPy's own indexing of ``x`` by a traced index would read the index on the host."""
+    tr = STATE.trace
+    if tr is None or tr.suspended or getattr(x, "_gt_traced", False):
+        return x
+    stack = list(others)
+    while stack:
+        o = stack.pop()
+        if getattr(o, "_gt_traced", False):
+            return tr.read(x)
+        if type(o) is tuple or type(o) is list:
+            stack.extend(o)
+    return x

@@ -541,6 +541,7 @@ class _Trace:
         self.promoted: dict[int, TracedArray] = {}  # scratch buffers the program allocates
         self.reads: dict[int, TracedArray] = {}  # Variable buffers read by traced ops
         self.unsafe: str | None = None  # why this trace cannot be replayed
+        self.out_consts: list[Any] = []  # outputs that are not program values, to compare
 
     # slots
     def new(self, a: Any) -> TracedArray:
@@ -652,6 +653,10 @@ class _Trace:
         and make its result traced."""
         if self.suspended or out.__class__ is not Tensor or type(out.data) is TracedArray:
             return  # (a batched result: the rule's physical ops came here one by one)
+        w = self.promoted.get(id(out.data))
+        if w is not None and self.arrays[w.slot] is out.data:  # a buffer a traced call wrote:
+            out.data = w  # the program's value (``zeros`` then ``add.at`` of a traced value)
+            return
         if not any(a._is_variable for a in args):
             return
         datas = [self.read(a.data) if a._is_variable else a.data for a in args]
@@ -1123,6 +1128,14 @@ def _same_program(a: _Trace, b: _Trace) -> str | None:
     written by the program) equal values. Else a description of the first difference."""
     if len(a.steps) != len(b.steps):
         return f"the two traces ran {len(a.steps)} and {len(b.steps)} array operations"
+    for k, (u, v) in enumerate(zip(a.out_consts, b.out_consts)):
+        if (u is None) != (v is None):
+            return f"output #{k} is computed in one trace only"
+        if u is not None:
+            why = _same_template((_Const(u[1]),), (_Const(v[1]),)) if _is_array(u[1]) \
+                else _same_template((u[1],), (v[1],))
+            if why is not None:
+                return f"output #{k}, made where the trace cannot see it: {why}"
     for i, (x, y) in enumerate(zip(a.steps, b.steps)):
         why = _same_template((x.key,), (y.key,))
         if why is None and x.outs != y.outs:
@@ -1292,7 +1305,9 @@ class Function(Generic[R]):
                     key.append(("T", x.data.shape, x.data.dtype.str, x._backend.name))
             elif type(x) is np.ndarray:
                 key.append(("T", x.shape, x.dtype.str, "numpy"))
-            elif x is None or isinstance(x, (bool, int, float, str, complex)):
+            elif isinstance(x, (float, complex)):  # by spelling: -0.0 is not 0.0, nan is nan
+                key.append(("P", type(x), repr(x)))
+            elif x is None or isinstance(x, (bool, int, str)):
                 key.append(("P", type(x), x))
             else:
                 try:
@@ -1410,6 +1425,8 @@ class Function(Generic[R]):
                 out_meta.append(("C", x))
                 out_consts.append(x)
                 final.append(x)
+        tr.out_consts = [(type(m[1]), _host(m[1].data) if isinstance(m[1], Tensor) else m[1])
+                         if type(m) is tuple and m[0] == "C" else None for m in out_meta]
         if tr.unsafe is not None:
             entry.state = "eager"
             entry.why = tr.unsafe
