@@ -140,3 +140,21 @@ def test_snapshots_of_released_records_do_not_accumulate():
 
     loop(100)  # warm up
     assert allocated_by(lambda: loop(2000)) < 20_000  # not one reference per tape
+
+
+def test_views_of_a_variable_do_not_change_when_it_is_assigned():
+    """A slice, reshape or stop_gradient of a Variable is a Tensor: immutable, so a later
+    assign (in place) must not show through it (found in review: they were views)."""
+    v = gt.Variable([1.0, 2.0, 3.0, 4.0])
+    a, b, c, d = v[1:3], gt.reshape(v, (2, 2)), gt.stop_gradient(v), gt.transpose(gt.reshape(v, (2, 2)))
+    v.assign([9.0, 9.0, 9.0, 9.0])
+    np.testing.assert_array_equal(a.numpy(), [2.0, 3.0])
+    np.testing.assert_array_equal(b.numpy(), [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(c.numpy(), [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(d.numpy(), [[1.0, 3.0], [2.0, 4.0]])
+    f = gt.function(lambda: (v[1:3], gt.stop_gradient(v)))
+    outs = [f() for _ in range(3)]  # trace, trace, replay
+    v.assign([5.0, 5.0, 5.0, 5.0])
+    for o in outs:
+        np.testing.assert_array_equal(o[0].numpy(), [9.0, 9.0])
+        np.testing.assert_array_equal(o[1].numpy(), [9.0, 9.0, 9.0, 9.0])

@@ -583,6 +583,18 @@ _new_tensor = object.__new__
 _NO_PARAMS: dict[str, Any] = {}
 
 
+def own_copy(data: Any, buf: Any) -> Any:
+    """``data``, or a copy of it when it is a view of Variable buffer ``buf`` (a reshape, a
+    slice, ``stop_gradient``): a Tensor is immutable, and the Variable's buffer changes in
+    place at its next ``assign``."""
+    if data is buf:
+        return data.copy()
+    base = getattr(data, "base", None)
+    if base is not None and (base is buf or base is getattr(buf, "base", 0)):
+        return data.copy()
+    return data
+
+
 def _one_input_call(prim: Primitive) -> Callable[[TensorLike], Tensor]:
     """``bind(prim, x)`` for one input and no parameters, made once per primitive: the unary
     ops (``gt.tanh`` ...) are these functions, and :func:`bind` calls them. A closure, so the
@@ -624,6 +636,8 @@ def _call1_general(prim: Primitive, x: Any) -> Tensor:
         out.data = prim.impl(backend.xp, da)
     else:
         out.data = parallel_forward(prim, backend.xp, (da,), _NO_PARAMS)
+    if x._is_variable:
+        out.data = own_copy(out.data, da)
     out._backend = backend
     out._id = 0
     out._origin = ("variable", x.name or "<unnamed>") if x._is_variable else None  # type: ignore[attr-defined]
@@ -676,6 +690,10 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             data = prim.impl(backend.xp, *datas, **params)
         else:
             data = parallel_forward(prim, backend.xp, tuple(datas), params)
+        if var is not None:
+            for t, d in zip(args, datas):
+                if t._is_variable:
+                    data = own_copy(data, d)
     out = _new_tensor(Tensor)
     out.data = data
     out._backend = backend

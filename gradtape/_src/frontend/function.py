@@ -43,6 +43,7 @@ from ..config import config
 from ..cpu import pool
 from ..errors import TracingError
 from ..nest import flatten, unflatten
+from ..primitive import own_copy
 from ..tensor import Tensor, _to_array, _wrap
 
 __all__ = ["function", "Function", "TracedArray", "opaque", "tracing"]
@@ -660,7 +661,9 @@ class _Trace:
         if not any(a._is_variable for a in args):
             return
         datas = [self.read(a.data) if a._is_variable else a.data for a in args]
-        fn = functools.partial(prim.impl, out._backend.xp)
+        # (as in eager mode, a result that is a view of a Variable's buffer is copied: own_copy)
+        fn = functools.partial(_owned, prim.impl, out._backend.xp,
+                               tuple(i for i, a in enumerate(args) if a._is_variable))
         w = self.new(out.data)
         self.steps.append(_Step(fn, self._template(tuple(datas)), self._template(dict(params)),
                                 [w.slot], "one", True, key=("op", prim.name)))
@@ -730,6 +733,13 @@ class _Trace:
             items.append(w)
         self.steps.append(_Step(fn, targs, {}, outs, type(res), False, key))
         return type(res)(items)
+
+
+def _owned(impl: Any, xp: Any, variables: tuple[int, ...], *arrays: Any, **params: Any) -> Any:
+    out = impl(xp, *arrays, **params)
+    for i in variables:
+        out = own_copy(out, arrays[i])
+    return out
 
 
 def _same(a: Any) -> Any:
