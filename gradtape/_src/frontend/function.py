@@ -461,7 +461,8 @@ class _TracingNamespace:
                 attr = _TracingNamespace(attr)
             self.__dict__[name] = attr
             return attr
-        wrapped = _traced_callable(attr)
+        wrapped: Any = _TracedUfunc(attr) if hasattr(attr, "at") and hasattr(attr, "reduce") \
+            else _traced_callable(attr)
         self.__dict__[name] = wrapped
         return wrapped
 
@@ -471,6 +472,22 @@ class _TracingNamespace:
     @staticmethod
     def _gt_wrap(fn: Any) -> Callable[..., Any]:
         return _traced_callable(fn)
+
+
+class _TracedUfunc:
+    """A device ufunc in a tracing namespace: calls and its methods (``add.at``,
+    ``maximum.reduce``) log calls on traced arrays."""
+
+    def __init__(self, uf: Any) -> None:
+        self._call = _traced_callable(uf)
+        self._uf = uf
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._uf, name)
+        return _traced_callable(attr) if callable(attr) else attr
 
 
 def _traced_callable(fn: Any) -> Callable[..., Any]:
