@@ -586,7 +586,7 @@ class _Reducer:
     so the reduced buffer is the result and no pass over it follows."""
 
     __slots__ = ("world", "specs", "scale", "compression", "buckets", "where", "arrays",
-                 "missing", "buffers", "started", "next", "taken")
+                 "missing", "buffers", "started", "next", "taken", "overlap")
 
     def __init__(self, world: _World, plan: _Plan, op: str, compression: str | None) -> None:
         self.buckets, self.where, self.specs = plan.buckets, plan.where, plan.specs
@@ -598,6 +598,10 @@ class _Reducer:
         self.missing: list[int] = []
         self.buffers: list[Any] = [None] * len(self.buckets)  # (send or None, recv, members)
         self.started: list[Any] = []  # MPI requests in flight
+        # overlap mode: every bucket is reduced with the non-blocking call, also the ones no
+        # gradient announced early, since MPI does not match a blocking collective on one rank
+        # with a non-blocking one on another (ranks whose backward differ would hang)
+        self.overlap = False
         # buckets start in plan order, the same on every rank (MPI matches collectives by
         # order): a bucket complete before an earlier one waits for it
         self.next = 0
@@ -644,7 +648,7 @@ class _Reducer:
                 present = [j for j, a in enumerate(srcs) if a is not None]
                 srcs = [srcs[j] for j in present]
             if srcs:
-                self._start(k, srcs, present, False)
+                self._start(k, srcs, present, self.overlap)
         if self.started:
             self.world.mpi.Request.Waitall(self.started)
         out: list[Array | None] = [None] * len(self.specs)
@@ -1107,6 +1111,7 @@ class DistributedGradientTape:
         red = _Reducer(world, plan, self._op, self._compression)
         hook = None
         if self._overlap and not tracing():  # (a gt.function step reduces after the backward)
+            red.overlap = True
             positions: dict[int, list[int]] = {}
             for i, s in enumerate(leaves):
                 positions.setdefault(s._id, []).append(i)
