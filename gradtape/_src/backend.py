@@ -415,17 +415,30 @@ def use_backend(name: str) -> Iterator[Backend]:
         _Selection.requested, _Selection.from_env, _Selection.resolved = previous
 
 
+def _special_for(xp: ArrayModule, fn_for: Callable[[ArrayModule], Callable[..., Array]]
+                 ) -> tuple[Callable[..., Array] | None, Backend | None]:
+    """What :func:`erf_for` and :func:`erfc_for` share: for a ``gt.function`` trace's namespace
+    (which logs calls on traced arrays) the function of the module behind it, wrapped by the
+    namespace; else the registered extra backend whose module ``xp`` is (or None)."""
+    real = getattr(xp, "_gt_real", None)
+    if real is not None:
+        traced: Any = xp
+        return traced._gt_wrap(fn_for(real)), None
+    for extra in _extra_backends:  # (during a trace extra.xp is the namespace)
+        if xp is extra.xp or xp is getattr(extra.xp, "_gt_real", None):
+            return None, extra
+    return None, None
+
+
 def erf_for(xp: ArrayModule) -> Callable[..., Array]:
     """The erf function matching array module ``xp`` (NumPy has none of its own)."""
     if xp is np:
         return _numpy_erf
-    real = getattr(xp, "_gt_real", None)
-    if real is not None:  # a gt.function trace's namespace: its calls are logged
-        traced: Any = xp
-        return traced._gt_wrap(erf_for(real))
-    for extra in _extra_backends:
-        if xp is extra.xp or xp is getattr(extra.xp, "_gt_real", None):
-            return extra.erf
+    traced, extra = _special_for(xp, erf_for)
+    if traced is not None:
+        return traced
+    if extra is not None:
+        return extra.erf
     backend, reason = _probe_cupy()
     if backend is None:
         raise BackendUnavailableError(f"erf on {getattr(xp, '__name__', xp)!r}: {reason}")
@@ -441,13 +454,11 @@ def erfc_for(xp: ArrayModule) -> Callable[..., Array]:
     global _cupy_erfc
     if xp is np:
         return _numpy_erfc
-    real = getattr(xp, "_gt_real", None)
-    if real is not None:  # a gt.function trace's namespace: its calls are logged
-        traced: Any = xp
-        return traced._gt_wrap(erfc_for(real))
-    for extra in _extra_backends:
-        if xp is extra.xp or xp is getattr(extra.xp, "_gt_real", None):
-            return _extra_erfc[extra.name]
+    traced, extra = _special_for(xp, erfc_for)
+    if traced is not None:
+        return traced
+    if extra is not None:
+        return _extra_erfc[extra.name]
     backend, reason = _probe_cupy()
     if backend is None:
         raise BackendUnavailableError(f"erfc on {getattr(xp, '__name__', xp)!r}: {reason}")

@@ -819,12 +819,9 @@ def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
 class _Program:
     """The replayable straight-line program of one trace."""
 
-    def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None],
-                 out_consts: list[Any], name: str) -> None:
+    def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None], name: str) -> None:
         steps = _dead_code(tr.steps, out_slots)
         steps = _fuse_elementwise(steps, tr.arrays, out_slots)
-        self.n_steps = len(steps)
-        self.n_fused = sum(1 for st in steps if type(st.fn) is _FusedRun)
         ns: dict[str, Any] = {}
         names: dict[int, str] = {}
 
@@ -1240,7 +1237,7 @@ def _same_template(x: Any, y: Any) -> str | None:
 class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
-    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "why")
+    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces")
 
     def __init__(self, keep: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
@@ -1250,7 +1247,6 @@ class _Entry:
         self.out_meta: list[Any] = []
         self.keep = keep  # objects the key names by identity
         self.traces = 0
-        self.why: str | None = None
 
 
 def _freeze(spec: Any) -> Any:
@@ -1433,36 +1429,30 @@ class Function(Generic[R]):
             tr.done = True
         out_leaves, out_spec = flatten(result)
         out_slots: list[int | None] = []
-        out_meta: list[Any] = []
-        out_consts: list[Any] = []
+        out_meta: list[Any] = []  # per output: ("T", backend), None (an array) or ("C", value)
         final = []
         for x in out_leaves:
             if isinstance(x, Tensor) and type(x.data) is TracedArray and x.data.tr is tr:
                 out_slots.append(x.data.slot)
                 out_meta.append(("T", x._backend))
-                out_consts.append(None)
                 final.append(_wrap(x.data.a, x._backend))
             elif type(x) is TracedArray and x.tr is tr:
                 out_slots.append(x.slot)
                 out_meta.append(None)
-                out_consts.append(None)
                 final.append(x.a)
             else:
                 out_slots.append(None)
                 out_meta.append(("C", x))
-                out_consts.append(x)
                 final.append(x)
         tr.out_consts = [(type(m[1]), _host(m[1].data) if isinstance(m[1], Tensor) else m[1])
                          if type(m) is tuple and m[0] == "C" else None for m in out_meta]
         if tr.unsafe is not None:
             entry.state = "eager"
-            entry.why = tr.unsafe
             warnings.warn(f"gt.function {self._name!r}: {tr.unsafe}, which the replay could not "
                           "follow; this step runs eagerly", stacklevel=3)
             return unflatten(out_spec, final)
         if tr.poisoned is not None:
             entry.state = "eager"
-            entry.why = tr.poisoned
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
@@ -1475,14 +1465,13 @@ class Function(Generic[R]):
             if why is not None:
                 if entry.traces >= 3:
                     entry.state = "eager"
-                    entry.why = why
                     warnings.warn(
                         f"gt.function {self._name!r}: two traces of the step differ ({why}); "
                         "it runs eagerly for this signature so no stale value is replayed",
                         stacklevel=3)
                     entry.last = None
                 return unflatten(out_spec, final)
-            entry.program = _Program(tr, n_in, out_slots, out_consts, self._name)
+            entry.program = _Program(tr, n_in, out_slots, self._name)
             entry.out_spec = out_spec
             entry.out_meta = out_meta
             entry.state = "ready"
