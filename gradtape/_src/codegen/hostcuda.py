@@ -329,17 +329,10 @@ class HostKernel:
                 raise TypeError("Output arguments type must be cupy.ndarray")
         # types, as CuPy's _decide_params_type_core: arrays match typed parameters exactly
         tdict: dict[str, np.dtype] = {}
-        for p, a in zip(self.out_params, outs):
-            if p.dtype is not None:
-                if a.dtype != p.dtype:
-                    raise TypeError(f"Type is mismatched. {p.name} {a.dtype} {p.dtype}")
-            elif p.ctype in tdict and tdict[p.ctype] != a.dtype:
-                raise TypeError(f"Type is mismatched. {p.name} {a.dtype} {tdict[p.ctype]} {p.ctype}")
-            else:
-                tdict[p.ctype] = a.dtype
-        for p, a in zip(self.in_params, ins):
-            if not isinstance(a, np.ndarray):
-                continue
+        # outputs first, then the array inputs (scalars take their parameter's type)
+        typed = [*zip(self.out_params, outs),
+                 *((p, a) for p, a in zip(self.in_params, ins) if isinstance(a, np.ndarray))]
+        for p, a in typed:
             if p.dtype is not None:
                 if a.dtype != p.dtype:
                     raise TypeError(f"Type is mismatched. {p.name} {a.dtype} {p.dtype}")
