@@ -232,6 +232,35 @@ def test_conv2d_gradients(rng, kw):
     check_grads(lambda a, c, d: gt.nn.conv2d(a, c, d, **kw), (x, w, b))
 
 
+def test_conv2d_weight_gradient_uses_the_values_the_forward_saw(rng):
+    """The weight gradient reuses the forward's unfolded input: it must be that of the values
+    the forward read, whatever happens to the input after (an assigned Variable, a second
+    gradient of a persistent tape, another convolution of the same tensor, other weights)."""
+    x0 = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    img = gt.Variable(x0)
+    w = gt.Variable(rng.normal(size=(4, 3, 3, 3)).astype(np.float32))
+
+    def reference(x, weights, **kw):
+        with gt.GradientTape() as t:
+            y = gt.sum(gt.nn.conv2d(gt.tensor(x.copy()), weights, **kw) ** 2)
+        return t.gradient(y, weights).numpy()
+
+    with gt.GradientTape(persistent=True) as tape:
+        y = gt.sum(gt.nn.conv2d(img, w, padding=1) ** 2)
+    img.assign(x0 * 3)
+    want = reference(x0, w, padding=1)
+    np.testing.assert_array_equal(tape.gradient(y, w).numpy(), want)
+    np.testing.assert_array_equal(tape.gradient(y, w).numpy(), want)
+    # one input, two convolutions of other geometries and weights, gradients after both
+    x = gt.tensor(x0)
+    w2 = gt.Variable(rng.normal(size=(5, 3, 2, 2)).astype(np.float32))
+    with gt.GradientTape() as tape:
+        y = gt.sum(gt.nn.conv2d(x, w, padding=1) ** 2) + gt.sum(gt.nn.conv2d(x, w2, stride=2) ** 2)
+    g, g2 = tape.gradient(y, [w, w2])
+    np.testing.assert_allclose(g.numpy(), reference(x0, w, padding=1), rtol=1e-6)
+    np.testing.assert_allclose(g2.numpy(), reference(x0, w2, stride=2), rtol=1e-6)
+
+
 def test_conv2d_same_padding_and_float32(rng):
     x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)
     w = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)

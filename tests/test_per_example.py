@@ -87,6 +87,30 @@ def cnn_data(B=5):
     return rng.normal(size=(B, 1, 10, 10)), rng.integers(0, 3, size=B)
 
 
+def conv_variety():
+    # grouped, strided, dilated and transposed convolutions whose weights get per-example
+    # gradients (float64): each has its own per-example weight-gradient layout
+    rng = np.random.default_rng(4)
+    w1 = gt.Variable(rng.normal(size=(4, 1, 3, 3)))           # 2 -> 4 channels, groups 2
+    w2 = gt.Variable(rng.normal(size=(4, 2, 2, 2)) * 0.5)     # stride 2, dilation 1, groups 2
+    w3 = gt.Variable(rng.normal(size=(3, 4, 3, 3)) * 0.3)     # dilation 2, padding 2
+    wt = gt.Variable(rng.normal(size=(3, 2, 3, 3)) * 0.3)     # conv_transpose2d 3 -> 2, stride 2
+
+    def fn(x, y):
+        h = gt.tanh(gt.nn.conv2d(gt.tensor(x), w1, padding=1, groups=2))      # [B, 4, 9, 9]
+        h = gt.tanh(gt.nn.conv2d(h, w2, stride=2, groups=2))                  # [B, 4, 4, 4]
+        h = gt.tanh(gt.nn.conv2d(h, w3, padding=2, dilation=2))               # [B, 3, 4, 4]
+        h = gt.nn.conv_transpose2d(h, wt, stride=2)                           # [B, 2, 9, 9]
+        return gt.sum(gt.reshape(h, (h.shape[0], -1)) ** 2, axis=1) * gt.tensor(y)
+
+    return fn, [w1, w2, w3, wt]
+
+
+def conv_variety_data(B=4):
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(B, 2, 9, 9)), rng.uniform(0.5, 1.5, size=B)
+
+
 def embed_model(V=11, D=4, H=8):
     emb = gt.nn.Embedding(V, D, seed=0)
     l1 = gt.nn.Dense(D, H, activation="tanh", seed=1)
@@ -109,6 +133,7 @@ def embed_data(B=6, L=5, V=11):
 MODELS = {
     "mlp": (mlp, mlp_data, 1e-5),
     "cnn": (cnn, cnn_data, 1e-10),
+    "conv_variety": (conv_variety, conv_variety_data, 1e-10),
     "embedding": (embed_model, embed_data, 1e-5),
 }
 

@@ -3,7 +3,9 @@
 ``conv2d`` is one primitive with its two adjoints, ``conv_transpose2d`` (its input gradient,
 also the public transposed convolution) and ``conv2d_weight_grad``; the VJP and JVP of each is
 made of the three, so gradients of any order, forward mode and vmap stay within them. Each
-runs as one unfold (im2col) or fold (col2im) and one matrix product over the whole batch.
+runs as one unfold (im2col) or fold (col2im) and one matrix product over the whole batch;
+the weight gradient reuses the unfold its forward made (kept, bounded, for the same input
+array) and per-example weight gradients are one batched product over views of it.
 ``max_pool2d`` is one primitive with ``max_pool2d_route`` (its VJP: each window's cotangent to
 its first maximum) and ``max_pool2d_select`` (the adjoint of that); they work on strided views
 of the image, one per kernel offset. ``avg_pool2d`` sums the windows that ``im2col`` gathers
@@ -15,12 +17,14 @@ vectorized array operation.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 
 from .. import ops
 from .._src.autodiff.record import Record
+from .._src.frontend.per_example import CONV_WEIGHT_GRADS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -348,6 +352,51 @@ def _padded(xp: Any, x: Any, lay: tuple, padding: tuple, rows: int) -> Any:
     return out
 
 
+# The weight gradient needs the forward's unfolded input again: conv2d keeps its columns here,
+# keyed by the input array's identity and the geometry, for conv2d_weight_grad of the same
+# array to reuse instead of unfolding again (an unfold costs as much as the memory-bound half of
+# a small conv). An entry holds the columns of the array as the last conv2d forward over it saw
+# it; gradtape never writes into an array a tape holds, and the forward always recomputes and
+# replaces, so an entry is never older than the values a recomputation would read. Entries die
+# with their input array (a weak reference), and all together hold at most _MEMO_BYTES: the
+# columns are kh*kw times the input, and past that bound recomputing costs less than the memory.
+_MEMO_BYTES = 64 << 20
+_memo: dict[tuple, tuple[Any, Any]] = {}  # key -> (weakref to x, cols), oldest first
+_memo_bytes = [0]
+
+
+def _memo_drop(key: tuple) -> None:
+    hit = _memo.pop(key, None)
+    if hit is not None:
+        _memo_bytes[0] -= hit[1].nbytes
+
+
+def _memo_put(x: Any, geo: tuple, cols: Any) -> None:
+    key = (id(x),) + geo
+    _memo_drop(key)
+    nbytes = cols.nbytes
+    if nbytes > _MEMO_BYTES:
+        return
+    def dead(_ref: Any, key: tuple = key) -> None:
+        _memo_drop(key)
+
+    try:
+        ref = weakref.ref(x, dead)
+    except TypeError:  # an array type without weak references: no memo
+        return
+    while _memo and _memo_bytes[0] + nbytes > _MEMO_BYTES:
+        _memo_drop(next(iter(_memo)))
+    _memo[key] = (ref, cols)
+    _memo_bytes[0] += nbytes
+
+
+def _memo_get(x: Any, geo: tuple) -> Any:
+    hit = _memo.get((id(x),) + geo)
+    if hit is None or hit[0]() is not x:
+        return None
+    return hit[1]
+
+
 def _unfold(xp: Any, x: Any, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple
             ) -> Any:
     """``x[N, C, H, W]`` -> ``cols[C, kh, kw, N, L]`` (see the layout note above)."""
@@ -414,7 +463,10 @@ def _to_grid(xp: Any, g: Any, lay: tuple) -> Any:
 
 
 def _from_grid(xp: Any, out: Any, N: int, lay: tuple) -> Any:
-    """``out[O, N, L]`` on the grid as the output ``[N, O, OH, OW]`` (contiguous)."""
+    """``out[O, N, L]`` on the grid as the output ``[N, O, OH, OW]``: a view, channel-major in
+    memory. Copying it to NCHW order would be one more pass over the output; elementwise ops
+    after it write their results in the same channel-major order, and the next convolution,
+    which reads its input channel-major, copies long rows from them."""
     oh, ow, _, Wp, flat = lay
     Co = out.shape[0]
     out = out.reshape(Co, N, oh, Wp)[..., :ow] if flat else out.reshape(Co, N, oh, ow)
@@ -427,6 +479,7 @@ def _conv_impl(xp: Any, x: Any, w: Any, *, stride: tuple, padding: tuple, dilati
     Co = w.shape[0]
     kernel = w.shape[2:]
     cols = _unfold(xp, x, kernel, stride, padding, dilation)
+    _memo_put(x, (tuple(kernel), stride, padding, dilation), cols)
     C, kh, kw, _, L = cols.shape
     Kg = C // groups * kh * kw
     if groups == 1:
@@ -460,7 +513,9 @@ def _conv_w_impl(xp: Any, x: Any, g: Any, *, kernel: tuple, stride: tuple, paddi
     Co = g.shape[1]
     kh, kw = kernel
     lay = _conv_layout(x.shape[2:], kernel, stride, padding, dilation)
-    cols = _unfold(xp, x, kernel, stride, padding, dilation)
+    cols = _memo_get(x, (tuple(kernel), stride, padding, dilation))
+    if cols is None:
+        cols = _unfold(xp, x, kernel, stride, padding, dilation)
     gg = _to_grid(xp, g, lay)
     L = gg.shape[-1]
     Kg = C // groups * kh * kw
@@ -472,6 +527,32 @@ def _conv_w_impl(xp: Any, x: Any, g: Any, *, kernel: tuple, stride: tuple, paddi
                        gg.reshape(groups, Co // groups, N * L).transpose(0, 2, 1))
         gw = gw.transpose(0, 2, 1)
     return xp.ascontiguousarray(gw).reshape(Co, C // groups, kh, kw)
+
+
+def _per_example_conv_w(xp: Any, x: Any, g: Any, w_shape: tuple, p: dict) -> Any:
+    """Per-example weight gradients ``[N, *w_shape]`` of ``conv2d(x[N, C, H, W], w)`` for the
+    cotangent ``g[N, O, OH, OW]``: each example's ``g_n @ cols_n.T`` per group, one batched
+    product over strided views of the forward's columns (kept by conv2d, else unfolded)."""
+    N, C = x.shape[:2]
+    Co = g.shape[1]
+    G = p["groups"]
+    kernel = tuple(w_shape[2:])
+    geo = (kernel, p["stride"], p["padding"], p["dilation"])
+    lay = _conv_layout(x.shape[2:], *geo)
+    cols = _memo_get(x, geo)
+    if cols is None:
+        cols = _unfold(xp, x, *geo)
+    gg = _to_grid(xp, g, lay)
+    L = gg.shape[-1]
+    Kg = C // G * kernel[0] * kernel[1]
+    a = gg.reshape(G, Co // G, N, L).transpose(2, 0, 1, 3)  # [N, G, O/G, L]
+    b = cols.reshape(G, Kg, N, L).transpose(2, 0, 3, 1)  # [N, G, L, Kg]
+    return xp.matmul(a, b).reshape((N,) + tuple(w_shape))
+
+
+def _per_example_conv_t_w(xp: Any, y: Any, g: Any, w_shape: tuple, p: dict) -> Any:
+    """Per-example weight gradients of ``conv_transpose2d(y, w)``: conv2d's, roles swapped."""
+    return _per_example_conv_w(xp, g, y, w_shape, p)
 
 
 def _conv_params(p: dict) -> dict:
@@ -660,6 +741,8 @@ P_CONV_T = primitive("conv_transpose2d", _conv_t_impl, rule=_conv_t_rule, jvp=_c
                      examples=_conv_t_examples, batch=_conv_t_batch)
 P_CONV_W = primitive("conv2d_weight_grad", _conv_w_impl, rule=_conv_w_rule, jvp=_conv_w_jvp,
                      examples=_conv_w_examples, batch=_conv_w_batch)
+CONV_WEIGHT_GRADS["conv2d"] = _per_example_conv_w
+CONV_WEIGHT_GRADS["conv_transpose2d"] = _per_example_conv_t_w
 
 
 # --------------------------------------------------------------------------- max pooling

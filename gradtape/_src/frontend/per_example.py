@@ -39,7 +39,7 @@ import contextlib
 import copy
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,6 @@ from ..autodiff.state import STATE, user_line
 from ..backend import Array, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
-from ..primitive import REGISTRY
 from ..tensor import Tensor, _wrap
 from .diagnostics import explain
 
@@ -64,8 +63,11 @@ _CONST, _EXAMPLE, _PARAM = 0, 1, 2
 # param-only records that map a per-example cotangent without changing its norm: a source
 # reaching its boundary through these alone can take the ghost-norm route
 _NORM_PRESERVING = frozenset({"reshape", "transpose", "astype"})
-# convolutions (gradtape.nn.conv) whose weights get per-example gradients: op(x[B, ...], W)
-_CONVS = frozenset({"conv2d", "conv_transpose2d"})
+# convolutions whose weights get per-example gradients, op(x[B, ...], W): name ->
+# fn(xp, x, g, w_shape, params) -> [B, *w_shape], the weight gradient of each example's image x
+# for its cotangent g. Declared with the convolutions (gradtape.nn.conv, a layer above this one,
+# fills it when it is imported).
+CONV_WEIGHT_GRADS: dict[str, Callable[..., Array]] = {}
 # param-only records with a batched VJP rule here (besides every elementwise primitive)
 _PARAM_RULES = frozenset({"reshape", "transpose", "astype", "broadcast_to", "sum", "mean", "getitem"})
 
@@ -320,7 +322,7 @@ def _check_boundary(rec: Record, i: int, B: int) -> None:
         return
     if prim.name == "getitem" and _batch_index(rec, B) is not None:
         return
-    if prim.name in _CONVS:
+    if prim.name in CONV_WEIGHT_GRADS:
         if i != 1:
             raise _unsupported(rec, f"with parameter images of shape {rec.in_shapes[0]} and "
                                f"per-example weights of shape {rec.in_shapes[1]} (supported: "
@@ -404,18 +406,10 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
         else:
             gi = _per_example_sum(xp.matmul(g2, _swap(X)), pshape, rec, True)
         return gi.reshape((B,) + shape), True
-    if prim.name in _CONVS:  # the weights (checked by analyse): each example its own groups
+    conv_w = CONV_WEIGHT_GRADS.get(prim.name)
+    if conv_w is not None:  # the weights (checked by analyse)
         X = rec.inputs[0].data  # type: ignore[union-attr]  # convolutions save their inputs
-        if prim.name == "conv_transpose2d":  # its weight gradient: conv2d's, roles swapped
-            X, g = g, X
-        p = rec.params
-        # conv2d's weight gradient, looked up by name: it is declared in gradtape.nn.conv, a
-        # layer above this one (as the primitive layer looks up exp, where, ... at run time)
-        gi = REGISTRY["conv2d_weight_grad"].impl(
-            xp, X.reshape((1, B * X.shape[1]) + X.shape[2:]),
-            g.reshape((1, B * g.shape[1]) + g.shape[2:]), kernel=shape[2:], stride=p["stride"],
-            padding=p["padding"], dilation=p["dilation"], groups=B * p["groups"])
-        return gi.reshape((B,) + shape), True
+        return conv_w(xp, X, g, shape, rec.params), True
     idx = _batch_index(rec, B)  # the embedding lookup (checked by analyse)
     V = shape[0]
     z = xp.zeros((B * V,) + shape[1:], dtype=g.dtype)
