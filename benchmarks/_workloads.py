@@ -1521,12 +1521,14 @@ def build_per_example_cnn(fw: str) -> Cell:
             return G.cell(lambda: pex(params, X, Y), grads=lambda gs: [_np(g.numpy()) for g in gs])
         _gt_per_example_api(gt)
 
-        def run() -> Any:
+        def run(X: Any, y: Any) -> Any:
             with gt.GradientTape() as tape:
-                losses = nn.cross_entropy(_gt_conv_logits(gt, params, X), y0, reduction="none")
+                losses = nn.cross_entropy(_gt_conv_logits(gt, params, X), y, reduction="none")
             return tape.per_example_gradients(losses, params)
 
-        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        # gradtape[compiled]: the same step under gt.function (the images passed as arguments)
+        step = _maybe_compiled(gt, fw, run)
+        return G.cell(lambda: step(X, y0), grads=lambda gs: [_np(g.numpy()) for g in gs])
     if base == "numpy":
         return Cell(lambda: _np_conv_grads(P0, X0, y0, per_example=var != "batch"),
                     grads=lambda gs: list(gs))
@@ -1753,8 +1755,8 @@ def specs(device: str = "cpu") -> list[Spec]:
               "numpy[batch]", "torch", "opacus", "opacus[ghost]", "jax", "torch[1t]")),
         Spec("per_example_cnn", "per-example grads, conv net of `conv`, batch 32 1x28x28",
              lambda fw: _fw_variant(fw, lambda f, _: build_per_example_cnn(f)),
-             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "numpy", "numpy[batch]", "torch",
-              "torch[batch]", "opacus", "jax", "jax[batch]", "torch[1t]")),
+             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "gradtape[compiled]", "numpy",
+              "numpy[batch]", "torch", "torch[batch]", "opacus", "jax", "jax[batch]", "torch[1t]")),
         Spec("hvp", "Hessian-vector product w.r.t. W1, MLP 784-512-512-10, batch 256",
              lambda fw: _fw_variant(fw, lambda f, _: build_hvp(f)),
              ("gradtape", "gradtape[jvp]", "numpy", "torch", "jax", "torch[1t]")),

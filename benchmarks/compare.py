@@ -249,6 +249,8 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     ratio("dp_sgd", "numpy[ghost]", "numpy[batch]", "-", None)
     ratio("per_example_cnn", "torch", "gradtape", "> 1", 1.0, faster=True)
     ratio("per_example_cnn", "opacus", "gradtape", "> 1", 1.0, faster=True)
+    ratio("per_example_cnn", "torch", "gradtape[compiled]", "> 1", 1.0, faster=True)
+    ratio("per_example_cnn", "opacus", "gradtape[compiled]", "> 1", 1.0, faster=True)
     ratio("per_example_cnn", "gradtape", "gradtape[batch]", "<= 1.5", 1.5)
     ratio("per_example_cnn", "torch", "torch[batch]", "-", None)
     ratio("per_example_cnn", "jax", "jax[batch]", "-", None)

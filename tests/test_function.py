@@ -97,6 +97,17 @@ def _compare(fn, args_list, **fkw):
     return eager, comp, f
 
 
+def _assert_replayed(got, want, terms=1):
+    """A replayed value against the eager one: bit for bit on NumPy (and with fused kernels
+    off); on a device backend a fused run is one CUDA kernel, whose values are within float
+    rounding of the separate kernels' (the documented contract): a sum of ``terms`` such
+    values within that many roundings."""
+    if gt.backend_name() != "numpy" and gt.config.fusion:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 + 1e-7 * terms)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
 def _np(x):
     if isinstance(x, (list, tuple)):
         return [None if t is None else t.numpy() for t in x]
@@ -133,7 +144,7 @@ def test_persistent_nested_tapes_custom_gradient_and_stop_recording():
         assert [a is None for a in e] == [b is None for b in c]
         for a, b in zip(_np(e), _np(c)):
             if a is not None:
-                np.testing.assert_array_equal(a, b)
+                _assert_replayed(a, b)
 
 
 def test_per_example_gradients_and_vmap_inside_a_step():
@@ -365,7 +376,7 @@ def test_large_elementwise_steps_replay_on_the_thread_pool_with_eager_values():
     eager, comp, f = _compare(fn, xs and [(x,) for x in xs])
     for e, c in zip(eager, comp):
         for a, b in zip(e, c):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            _assert_replayed(a.numpy(), b.numpy(), terms=640 * 640)
 
 
 def test_transforms_of_a_compiled_function_see_its_ops():
@@ -400,7 +411,7 @@ def test_forward_mode_chain_runs_fused_in_the_replay_with_eager_values():
     eager, comp, f = _compare(jv, args)
     for e, c in zip(eager, comp):
         for a, b in zip(e, c):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            _assert_replayed(a.numpy(), b.numpy())
     if gt.backend_name() == "numpy":  # (the blocked forward runs are NumPy programs)
         src = f.program_source(*args[0])
         assert src.count("\n") < 10  # one fused run instead of ~60 array calls
@@ -443,7 +454,7 @@ def test_scatter_ops_slices_and_embeddings_replay_with_eager_values():
     assert f.trace_count == 2
     for e, c in zip(eager, comp):
         for a, b in zip(e, c):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            _assert_replayed(a.numpy(), b.numpy())
 
 
 def test_outputs_made_outside_the_trace_are_checked_and_float_arguments_by_spelling():

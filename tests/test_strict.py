@@ -247,6 +247,57 @@ def test_compiled_step_replays_without_synchronising_and_matches_eager(build):
 
 
 @needs_compiler
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_compiled_forward_runs_are_one_device_kernel(dtype):
+    """gt.function on a device backend: a run of elementwise calls (operators with constants,
+    fan-out, maximum/minimum, a Variable read by reference) becomes one CUDA kernel in the
+    replay, with the eager values within float rounding (bit for bit with fused kernels off),
+    NaN propagated by maximum/minimum as NumPy does, and no host synchronisation."""
+    rng = np.random.default_rng(7)
+    with gt.use_backend("strict"):
+        w = gt.Variable(rng.normal(size=(6, 5)).astype(dtype))
+
+        def step(x):
+            h = gt.tanh(x * 1.5 + 0.25) * w          # constants, a Variable
+            h = gt.maximum(h, -0.5) - gt.exp(-h * h)  # fan-out of h
+            clipped = 2.0 - gt.maximum(gt.minimum(x, 1.0), -1.0)  # NaN passes both
+            return gt.minimum(h, 0.75) / (1.0 + gt.abs(x)), gt.sum(h), clipped
+
+        xs = [rng.normal(size=(6, 5)).astype(dtype) for _ in range(4)]
+        xs[3][1, 2] = np.nan
+        for fusion in (True, False):
+            saved = gt.config.fusion
+            gt.config.fusion = fusion
+            try:
+                f = gt.function(step)
+                eager = [[t.numpy() for t in step(gt.tensor(x))] for x in xs]
+                comp = [[t.numpy() for t in f(gt.tensor(x))] for x in xs[:2]]
+                with strict.forbid_syncs():
+                    outs = [f(gt.tensor(x)) for x in xs[2:]]
+                comp += [[t.numpy() for t in o] for o in outs]
+                w.assign(w * 2)  # read by reference: the next replay sees it
+                eager.append([t.numpy() for t in step(gt.tensor(xs[0]))])
+                comp.append([t.numpy() for t in f(gt.tensor(xs[0]))])
+                src = f.program_source(gt.tensor(xs[0]))
+            finally:
+                gt.config.fusion = saved
+                w.assign(w / 2)
+            assert ("device_fused_" in src) == fusion, src
+            if fusion:  # the ~13 elementwise calls: one kernel, fewer program lines
+                assert src.count("\n") < 12, src
+            tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+            for e, c in zip(eager, comp):
+                for a, b in zip(e, c):
+                    assert a.dtype == b.dtype == dtype
+                    if fusion:
+                        np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
+                    else:
+                        np.testing.assert_array_equal(b, a)
+            assert np.isnan(comp[3][0][1, 2]) and np.isnan(comp[3][1])
+            assert np.isnan(comp[3][2][1, 2]) and np.isnan(comp[3][2]).sum() == 1
+
+
+@needs_compiler
 def test_digits_training_loop_synchronises_only_to_log():
     """``digits.train`` reads values back only for its progress lines: the epoch's loss and
     accuracy, and the test set's (per evaluation batch); the count does not grow with the

@@ -39,6 +39,8 @@ import numpy as np
 
 from ..autodiff.state import STATE, hooks_add, opaque, tracing, user_line
 from ..backend import NUMPY, backend_of, get_backend
+from ..codegen.cuda import cupy_kernel
+from ..codegen.graph import Graph
 from ..config import config
 from ..cpu import pool
 from ..errors import TracingError
@@ -276,6 +278,7 @@ def _reflected(pyop: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         return pyop(b, a)
 
     rop.__name__ = f"r{getattr(pyop, '__name__', 'op')}"
+    rop._gt_reflects = pyop  # type: ignore[attr-defined]  # (the device fusion reads it)
     return rop
 
 
@@ -821,7 +824,7 @@ class _Program:
 
     def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None], name: str) -> None:
         steps = _dead_code(tr.steps, out_slots)
-        steps = _fuse_elementwise(steps, tr.arrays, out_slots)
+        steps = _fuse_elementwise(steps, tr.arrays, out_slots, device=config.fusion)
         ns: dict[str, Any] = {}
         names: dict[int, str] = {}
 
@@ -836,8 +839,9 @@ class _Program:
 
         def fn_name(f: Any) -> str:
             nm = fn_names.get(id(f))
-            if nm is None:
-                nm = fn_names[id(f)] = f"f{len(fn_names)}"
+            if nm is None:  # fused runs by their kind, for a reader of program_source
+                kind = f"{f.__name__}_" if isinstance(f, (_FusedRun, _DeviceRun)) else ""
+                nm = fn_names[id(f)] = f"{kind}f{len(fn_names)}"
                 ns[nm] = f
             return nm
 
@@ -1033,16 +1037,149 @@ class _FusedRun:
         return tuple(outs)
 
 
-def _fusible(st: _Step, arrays: list[Any]) -> tuple[int, ...] | None:
-    """The output shape of an elementwise ufunc step the forward fusion may take (large,
-    floating, operands full-shape, broadcast along leading axes, or scalars), else None."""
+class _DeviceRun:
+    """Consecutive elementwise ufunc steps on a device backend, run as one CUDA kernel: the
+    run's calls become the nodes of a :class:`~gradtape._src.codegen.graph.Graph` (leaves: the
+    arrays the run reads; Python numbers: constants), rendered by the renderer of the fused
+    backward (:func:`~gradtape._src.codegen.cuda.cupy_kernel`) and launched once, writing only
+    the values used after the run. The kernel computes each value as the separate ufunc
+    kernels would, in one thread per element, so results agree within float rounding (a
+    float16 run computes in float and rounds once, as the fused backward does)."""
+
+    def __init__(self, graph: Graph, leaves: list[Any], leaf_dtypes: tuple[str, ...],
+                 dtype: str, shape: tuple[int, ...], n_out: int, xp: Any) -> None:
+        key = ("gt.function", tuple(graph.nodes), tuple(graph.outputs))
+        self.spec, self.kernel = cupy_kernel(key, lambda: graph, leaf_dtypes, dtype,
+                                             (False,) * n_out, xp=xp)
+        self.__name__ = f"device_fused_{len(graph.nodes)}"
+        self.leaves = leaves  # per graph leaf: ("arg", k) an argument, ("const", value) read as is
+        self.shape, self.dtype, self.xp, self.n_out = shape, dtype, xp, n_out
+
+    def __call__(self, *arrays: Any) -> Any:
+        xp = self.xp
+        outs = [xp.empty(self.shape, self.dtype) for _ in range(self.n_out)]
+        ins = [arrays[v] if kind == "arg" else v
+               for kind, v in (self.leaves[i] for i in self.spec.leaves)]
+        self.kernel(*ins, *outs)
+        return tuple(outs)
+
+
+# device ufunc name (CuPy's without its "cupy_" prefix) -> how its call is a graph node
+_DEVICE_BINARY = {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
+                  "true_divide": "div", "power": "pow"}
+_DEVICE_UNARY = {"negative": "neg", "absolute": "abs", "fabs": "abs", **{
+    n: n for n in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sinh",
+                   "cosh", "arcsin", "arccos", "arctan", "sign", "square")}}
+
+
+# Python operators on device arrays (``a + b`` is logged as operator.add): their ufunc's name
+_DEVICE_OPERATORS = {operator.add: "add", operator.sub: "subtract", operator.mul: "multiply",
+                     operator.truediv: "divide", operator.pow: "power", operator.neg: "negative",
+                     operator.abs: "absolute"}
+
+
+def _device_op(fn: Any) -> str | None:
+    """The graph operation of a device ufunc (or operator) the forward fusion renders, else
+    None."""
+    if callable(fn):
+        op = _DEVICE_OPERATORS.get(getattr(fn, "_gt_reflects", fn))
+        if op is not None:
+            return op
+    if isinstance(fn, np.ufunc) or getattr(fn, "nout", None) != 1:
+        return None
+    name = getattr(fn, "__name__", "")
+    name = name[5:] if name.startswith("cupy_") else name
+    if name in _DEVICE_BINARY or name in _DEVICE_UNARY or name in ("maximum", "minimum"):
+        return name
+    return None
+
+
+def _device_node(g: Graph, name: str, ins: list[int]) -> int:
+    """Add the node(s) of device ufunc ``name`` on graph nodes ``ins``."""
+    if name in _DEVICE_BINARY:
+        return g.add((_DEVICE_BINARY[name], *ins))
+    if name in _DEVICE_UNARY:
+        return g.add((_DEVICE_UNARY[name], *ins))
+    a, b = ins  # maximum / minimum: NaN propagates from either side, as NumPy's and CuPy's
+    first = g.add(("or", g.add(("ne", a, a)), g.add(("gt" if name == "maximum" else "lt", a, b))))
+    return g.add(("where", first, a, b))
+
+
+def _device_run(members: list[_Step], inputs: list[int], outputs: list[int],
+                arrays: list[Any]) -> _DeviceRun | None:
+    """The one-kernel form of a run of device ufunc steps, or None where it cannot be one
+    (operands of several dtypes, an output that would be a plain input)."""
+    dtypes = {arrays[st.outs[0]].dtype for st in members}
+    if len(dtypes) != 1:
+        return None
+    dt = dtypes.pop()
+    if dt.name not in ("float16", "float32", "float64"):
+        return None
+    leaves: list[Any] = []
+    leaf_dtypes: list[str] = []
+    env: dict[int, int] = {}
+    g = Graph((), 0)
+    leaf_of: dict[Any, int] = {}
+
+    def leaf(kind: str, v: Any, a: Any) -> int | None:
+        ident = (kind, v if kind == "arg" else id(v))
+        k = leaf_of.get(ident)
+        if k is None:
+            if getattr(a, "dtype", None) != dt:  # one dtype in, as CuPy would not promote
+                return None
+            k = leaf_of[ident] = len(leaves)
+            leaves.append((kind, v))
+            leaf_dtypes.append(dt.name)
+            g.leaf_kinds = tuple(g.leaf_kinds) + ("f",)
+        return g.add(("leaf", k))
+
+    position = {n: k for k, n in enumerate(inputs)}
+    for st in members:
+        ins: list[int] = []
+        for a in st.args:
+            t = type(a)
+            if t is _Slot:
+                node = env[a.n] if a.n in env else leaf("arg", position[a.n], arrays[a.n])
+            elif t is _Const and not isinstance(a.value, (int, float, np.generic)):
+                node = leaf("const", a.value, a.value)
+            else:  # a number (_fusible let nothing else through); CUDA text has no inf/nan
+                v = float(a.value if t is _Const else a)
+                node = g.const(v) if math.isfinite(v) else None
+            if node is None:
+                return None
+            ins.append(node)
+        name = _device_op(st.fn)
+        assert name is not None  # _fusible checked
+        if hasattr(st.fn, "_gt_reflects"):  # ``1.0 + x`` is logged as radd(x, 1.0)
+            ins.reverse()
+        env[st.outs[0]] = _device_node(g, name, ins)
+    g.outputs = [env[n] for n in outputs]
+    if any(g.nodes[n][0] in ("leaf", "const") for n in g.outputs):
+        return None
+    out = arrays[members[-1].outs[0]]
+    xp = _real(backend_of(out).xp)
+    return _DeviceRun(g, leaves, tuple(leaf_dtypes), dt.name, tuple(out.shape), len(outputs), xp)
+
+
+def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
+    """The key of an elementwise ufunc step the forward fusion may take, else None: its output
+    shape for a NumPy step (large, floating, operands full-shape, broadcast along leading axes,
+    or scalars), ``("device", shape)`` for a device ufunc the CUDA renderer knows (any size:
+    each launch saved pays) when ``device`` (fused kernels are on, ``gt.config.fusion``)."""
     fn = st.fn
-    if type(fn) is not np.ufunc or fn.nout != 1 or st.kwargs or st.out_kind != "one":
+    if st.kwargs or st.out_kind != "one":
         return None
     out = arrays[st.outs[0]]
-    if type(out) is not np.ndarray or out.dtype.kind != "f" or out.size < 2 * pool.BLOCK \
-            or out.ndim == 0:
-        return None
+    if type(fn) is not np.ufunc:
+        if not device or _device_op(fn) is None or isinstance(out, np.ndarray) \
+                or getattr(out, "dtype", np.dtype(object)).kind != "f" or out.ndim == 0:
+            return None
+        key: Any = ("device", tuple(out.shape))
+    else:
+        if fn.nout != 1 or type(out) is not np.ndarray or out.dtype.kind != "f" \
+                or out.size < 2 * pool.BLOCK or out.ndim == 0:
+            return None
+        key = out.shape
     for a in st.args:
         if type(a) is _Slot:
             v = arrays[a.n]
@@ -1055,12 +1192,14 @@ def _fusible(st: _Step, arrays: list[Any]) -> tuple[int, ...] | None:
                 return None
         elif type(a) not in (float, int, bool):
             return None
-    return out.shape
+    return key
 
 
-def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int | None]) -> list[_Step]:
+def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int | None],
+                      device: bool = False) -> list[_Step]:
     """Replace each run of 2 or more consecutive fusible steps of one shape whose results
-    are partly used only inside the run by one :class:`_FusedRun` step."""
+    are partly used only inside the run by one :class:`_FusedRun` step (NumPy), or by one
+    :class:`_DeviceRun` kernel (a device backend, when ``device``)."""
     uses: dict[int, list[int]] = {}
     for i, st in enumerate(steps):
         for n in _slots_of((st.args, st.kwargs)):
@@ -1069,10 +1208,10 @@ def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int
     result: list[_Step] = []
     i = 0
     while i < len(steps):
-        shape = _fusible(steps[i], arrays)
+        shape = _fusible(steps[i], arrays, device)
         j = i + 1
         if shape is not None:
-            while j < len(steps) and _fusible(steps[j], arrays) == shape:
+            while j < len(steps) and _fusible(steps[j], arrays, device) == shape:
                 j += 1
         if j - i < 2:
             result.append(steps[i])
@@ -1091,14 +1230,23 @@ def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int
             for a in st.args:
                 if type(a) is _Slot and a.n not in made and a.n not in inputs:
                     inputs.append(a.n)
-        if len(outputs) == len(members):  # nothing stays in cache: no gain
+        if len(outputs) == len(members) and shape[0] != "device":  # nothing stays in cache:
+            # no gain on the CPU (a device kernel still saves launches and reads)
             result.extend(members)
             i = j
             continue
-        full = {n for n in inputs if np.shape(arrays[n]) == shape}
-        dtypes = {st.outs[0]: arrays[st.outs[0]].dtype for st in members}
         assert shape is not None  # (a run has members)
-        run = _FusedRun(members, inputs, outputs, shape, dtypes, full)
+        run: Any
+        if shape[0] == "device":
+            run = _device_run(members, inputs, outputs, arrays)
+            if run is None:
+                result.extend(members)
+                i = j
+                continue
+        else:
+            full = {n for n in inputs if np.shape(arrays[n]) == shape}
+            dtypes = {st.outs[0]: arrays[st.outs[0]].dtype for st in members}
+            run = _FusedRun(members, inputs, outputs, shape, dtypes, full)
         result.append(_Step(run, tuple(_Slot(n) for n in inputs), {}, outputs, tuple, False))
         i = j
     return result
