@@ -240,6 +240,28 @@ def test_replay_runs_no_python_of_the_step_and_retraces_on_new_signatures():
     np.testing.assert_allclose(f(x, 3.0).numpy(), np.tanh(1.0) * 3.0, rtol=1e-6)
 
 
+
+def test_flat_positional_calls_tell_signatures_apart():
+    """A call with flat positional arguments finds its program without flattening them; it
+    must tell the same signatures apart as the general path: a Python 1, 1.5 and True are
+    different values, a NumPy array is a tensor argument read at each call."""
+    @gt.function
+    def f(x, s):
+        return x * s
+
+    x = gt.tensor([1.0, 2.0])
+    for s, want in ((1, [1.0, 2.0]), (1.5, [1.5, 3.0]), (True, [1.0, 2.0]), (2, [2.0, 4.0])):
+        for _ in range(3):
+            np.testing.assert_array_equal(f(x, s).numpy(), want)
+    assert f.trace_count == 8  # 4 values, each traced twice
+    np.testing.assert_array_equal(f(x, 1.5).numpy(), [1.5, 3.0])
+    assert f.trace_count == 8
+    arr = np.array([3.0, 4.0], np.float32)
+    for _ in range(4):
+        np.testing.assert_array_equal(f(arr, 2).numpy(), arr * 2)
+        arr = arr + 1  # a new array each call: its values, not a frozen constant
+    np.testing.assert_array_equal(f(np.array([1.0, 1.0], np.float32), 2).numpy(), [2.0, 2.0])
+
 def test_warns_after_five_signatures_and_reduce_retracing():
     f = gt.function(lambda x: x * 2.0)
     with warnings.catch_warnings(record=True) as w:

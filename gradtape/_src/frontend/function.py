@@ -1438,6 +1438,7 @@ class Function(Generic[R]):
         self.trace_count = 0
         self._cache: dict[Any, _Entry] = {}
         self._seen: set[Any] = set()
+        self._flat: dict[Any, _Entry] = {}  # the entries of calls with flat positional arguments
         self._signatures = 0
         self._warned_retrace = False
         self._lock = threading.RLock()
@@ -1488,12 +1489,43 @@ class Function(Generic[R]):
                     key.append(("O", id(x)))
         return tuple(key), leaves, spec
 
+    def _flat_key(self, args: tuple) -> Any:
+        """The signature of positional arguments that are all tensors or plain Python values
+        (the common call: ``step(x, y)``) without flattening them, else None. It names a
+        signature as :meth:`_signature` does, in a key space of its own."""
+        key: list[Any] = [get_backend().name, config.fusion]
+        for x in args:
+            if isinstance(x, Tensor):
+                if x._is_variable:
+                    key.append(("V", id(x)))
+                elif x._level:
+                    return None
+                else:
+                    d = x.data
+                    key.append(("T", d.shape, d.dtype.str, x._backend.name))
+            elif type(x) is np.ndarray:
+                key.append(("T", x.shape, x.dtype.str, "numpy"))
+            elif type(x) is float:
+                key.append(("P", float, repr(x)))
+            elif x is None or type(x) in (bool, int, str):
+                key.append(("P", type(x), x))
+            else:
+                return None
+        return tuple(key)
+
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         st = STATE
         if st.trace is not None or st.recording or st.forward or st.vmap_level or st.watchers:
             # inside another trace (it captures this call), or a tape / transform is active
             # (it must see the ops): the Python function itself
             return self.python_function(*args, **kwargs)
+        flat = None if kwargs else self._flat_key(args)
+        if flat is not None:  # a replay needs no flattening of its arguments
+            entry = self._flat.get(flat)
+            if entry is not None and entry.state == "ready":
+                leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
+                with self._lock:
+                    return self._replay(entry, leaves)
         try:
             key, leaves, spec = self._signature(args, kwargs)
         except _Eager:
@@ -1517,6 +1549,8 @@ class Function(Generic[R]):
                         "Variables passed): each one traces the step again. Pass tensors of "
                         "fixed shapes, pass changing numbers as tensors rather than Python "
                         "values, or use gt.function(f, reduce_retracing=True)", stacklevel=2)
+            if flat is not None:
+                self._flat[flat] = entry
             state = entry.state
             if state == "ready":
                 return self._replay(entry, leaves)
