@@ -1264,13 +1264,47 @@ def _slots_of(x: Any) -> Any:
             yield from _slots_of(v)
 
 
+def _ufunc_into(st: _Step) -> int | None:
+    """The slot a NumPy ufunc step writes in place (``out=`` one program array), else None."""
+    kw = st.kwargs
+    if type(st.fn) is not np.ufunc or len(kw) != 1 or st.out_kind != "one":
+        return None
+    out = kw.get("out")
+    if type(out) is tuple and len(out) == 1 and type(out[0]) is _Slot and out[0].n == st.outs[0]:
+        return out[0].n
+    return None
+
+
 def _dead_code(steps: list[_Step], out_slots: list[int | None]) -> list[_Step]:
-    """Drop pure steps whose results nothing uses (forward values only the tape needed...)."""
+    """Drop pure steps whose results nothing uses (forward values only the tape needed...),
+    and in-place ufunc writes (``out=``) into a buffer nothing reads afterwards when that
+    buffer is private: a fresh ufunc result that only ufunc calls ever touch (no view, method
+    or other call sees it, so no other array shares its memory)."""
+    kept = _live_steps(steps, out_slots, set())
+    fresh: set[int] = set()
+    shared: set[int] = set()  # slots some other call than a ufunc takes (among the kept steps:
+    for st in kept:  # a view made and used later is kept, so its base counts as shared)
+        if type(st.fn) is np.ufunc and (not st.kwargs or _ufunc_into(st) is not None):
+            if not st.kwargs and st.out_kind == "one":
+                fresh.add(st.outs[0])
+            continue
+        _mark(st.args, shared)
+        _mark(st.kwargs, shared)
+    return _live_steps(kept, out_slots, fresh - shared)
+
+
+def _live_steps(steps: list[_Step], out_slots: list[int | None], private: set[int]) -> list[_Step]:
+    """The steps the outputs need: pure steps whose results are used, every impure one but
+    in-place ufunc writes into a ``private`` buffer that nothing reads afterwards."""
     live = {s for s in out_slots if s is not None}
     keep = []
     for st in reversed(steps):
         if st.pure and not any(o in live for o in st.outs):
             continue
+        if private:
+            into = _ufunc_into(st)
+            if into is not None and into in private and into not in live:
+                continue
         keep.append(st)
         _mark(st.args, live)
         _mark(st.kwargs, live)
