@@ -686,10 +686,13 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             if t._is_variable and var is None:
                 var = t
         datas = [t.data for t in args]
+        inputs = datas
+        if var is not None and STATE.trace is not None:
+            inputs = _traced_reads(args, datas)
         if datas[0].size + (datas[-1].size if n > 1 else 0) < pool.MIN_SIZE:
-            data = prim.impl(backend.xp, *datas, **params)
+            data = prim.impl(backend.xp, *inputs, **params)
         else:
-            data = parallel_forward(prim, backend.xp, tuple(datas), params)
+            data = parallel_forward(prim, backend.xp, tuple(inputs), params)
         if var is not None:
             for t, d in zip(args, datas):
                 if t._is_variable:
@@ -707,6 +710,17 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         else:
             record_general(prim, args, out, params)
     return out
+
+
+def _traced_reads(args: tuple[Tensor, ...], datas: list[Any]) -> list[Any]:
+    """gt.function: the arrays an op takes while a step is traced. Next to a traced array, a
+    Variable is read as a program variable, so the impl's own calls on it (an unfold, a cast)
+    are logged rather than frozen as constants; an op on untraced arrays only is logged whole
+    after it ran (``_Trace.after_op``)."""
+    if not any(getattr(d, "_gt_traced", False) for d in datas):
+        return datas
+    tr = STATE.trace
+    return [tr.read(d) if t._is_variable else d for t, d in zip(args, datas)]
 
 
 def bind_batched(prim: Primitive, args: tuple[Tensor, ...], params: dict[str, Any]) -> Tensor:

@@ -17,6 +17,7 @@ vectorized array operation.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -352,31 +353,40 @@ def _padded(xp: Any, x: Any, lay: tuple, padding: tuple, rows: int) -> Any:
     return out
 
 
-# The weight gradient needs the forward's unfolded input again: conv2d keeps its columns here,
-# keyed by the input array's identity and the geometry, for conv2d_weight_grad of the same
-# array to reuse instead of unfolding again (an unfold costs as much as the memory-bound half of
-# a small conv). An entry holds the columns of the array as the last conv2d forward over it saw
-# it; gradtape never writes into an array a tape holds, and the forward always recomputes and
-# replaces, so an entry is never older than the values a recomputation would read. Entries die
-# with their input array (a weak reference), and all together hold at most _MEMO_BYTES: the
-# columns are kh*kw times the input, and past that bound recomputing costs less than the memory.
+# The weight gradient needs the forward's unfolded input again: the public conv2d keeps the
+# columns its forward made (when a tape recorded it, and its input was a tensor: gradtape's
+# own immutable array, or a Variable's buffer, which a live tape's snapshot protects from
+# assign by copy-on-write), keyed by the input array's identity, layout and the geometry, for
+# conv2d_weight_grad of that array to reuse instead of unfolding again (an unfold costs as much
+# as the memory-bound half of a small conv). Convolutions run inside rules, on cotangents that
+# the reverse pass may accumulate into in place, never enter it. An entry dies with its input
+# array (a weak reference), and all together hold at most _MEMO_BYTES: the columns are kh*kw
+# times the input, and past that bound recomputing costs less than the memory.
 _MEMO_BYTES = 64 << 20
 _memo: dict[tuple, tuple[Any, Any]] = {}  # key -> (weakref to x, cols), oldest first
 _memo_bytes = [0]
+_memo_lock = threading.Lock()
+_last = threading.local()  # the columns of this thread's last conv2d forward: (x, geo, cols)
+
+
+def _memo_key(x: Any, geo: tuple) -> tuple:
+    return (id(x), x.shape, x.strides, x.dtype.str) + geo
 
 
 def _memo_drop(key: tuple) -> None:
-    hit = _memo.pop(key, None)
-    if hit is not None:
-        _memo_bytes[0] -= hit[1].nbytes
+    with _memo_lock:
+        hit = _memo.pop(key, None)
+        if hit is not None:
+            _memo_bytes[0] -= hit[1].nbytes
 
 
 def _memo_put(x: Any, geo: tuple, cols: Any) -> None:
-    key = (id(x),) + geo
+    key = _memo_key(x, geo)
     _memo_drop(key)
     nbytes = cols.nbytes
     if nbytes > _MEMO_BYTES:
         return
+
     def dead(_ref: Any, key: tuple = key) -> None:
         _memo_drop(key)
 
@@ -384,14 +394,16 @@ def _memo_put(x: Any, geo: tuple, cols: Any) -> None:
         ref = weakref.ref(x, dead)
     except TypeError:  # an array type without weak references: no memo
         return
-    while _memo and _memo_bytes[0] + nbytes > _MEMO_BYTES:
-        _memo_drop(next(iter(_memo)))
-    _memo[key] = (ref, cols)
-    _memo_bytes[0] += nbytes
+    with _memo_lock:
+        while _memo and _memo_bytes[0] + nbytes > _MEMO_BYTES:
+            old = _memo.pop(next(iter(_memo)))
+            _memo_bytes[0] -= old[1].nbytes
+        _memo[key] = (ref, cols)
+        _memo_bytes[0] += nbytes
 
 
 def _memo_get(x: Any, geo: tuple) -> Any:
-    hit = _memo.get((id(x),) + geo)
+    hit = _memo.get(_memo_key(x, geo))
     if hit is None or hit[0]() is not x:
         return None
     return hit[1]
@@ -456,8 +468,9 @@ def _to_grid(xp: Any, g: Any, lay: tuple) -> Any:
     gt_ = g.transpose(1, 0, 2, 3)
     if not flat:
         return xp.ascontiguousarray(gt_).reshape(Co, N, oh * ow)
-    out = xp.zeros_like(g, shape=(Co, N, oh, Wp))  # one contiguous fill beats the junk columns'
-    out[..., :ow] = gt_  # (a few elements per row) own strided one
+    out = xp.empty_like(g, shape=(Co, N, oh, Wp))
+    out[..., :ow] = gt_
+    out[..., ow:] = 0
     return out.reshape(Co, N, oh * Wp)
 
 
@@ -478,7 +491,8 @@ def _conv_impl(xp: Any, x: Any, w: Any, *, stride: tuple, padding: tuple, dilati
     Co = w.shape[0]
     kernel = w.shape[2:]
     cols = _unfold(xp, x, kernel, stride, padding, dilation)
-    _memo_put(x, (tuple(kernel), stride, padding, dilation), cols)
+    if getattr(_last, "want", False):  # the public conv2d's forward: it may keep them
+        _last.cols = (x, (tuple(kernel), stride, padding, dilation), cols)
     C, kh, kw, _, L = cols.shape
     Kg = C // groups * kh * kw
     if groups == 1:
@@ -998,6 +1012,7 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
         array([2., 4., 6., 8.], dtype=float32)
     """
     what = "conv2d"
+    tensor_in = isinstance(x, Tensor)  # (a caller's NumPy array may change under the tape)
     x, w = pair(x, w)  # an integer operand takes the float one's dtype, as matmul
     _check_image(x, what)
     if w.ndim != 4:
@@ -1018,7 +1033,13 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
     dilation = _pair(dilation, what, "dilation", 1)
     pad = _padding(padding, (kh, kw), dilation, what)
     _check_output(x, (kh, kw), stride, pad, dilation, what)
-    out = bind(P_CONV2D, x, w, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    _last.want, _last.cols = tensor_in, None
+    try:
+        out = bind(P_CONV2D, x, w, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    finally:
+        last, _last.want, _last.cols = _last.cols, False, None
+    if last is not None and out._id and last[0] is x.data:  # recorded: a backward will want them
+        _memo_put(*last)
     if b is not None:
         b = one(b)
         if b.shape != (n_out,):

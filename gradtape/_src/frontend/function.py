@@ -1046,13 +1046,15 @@ class _DeviceRun:
     kernels would, in one thread per element, so results agree within float rounding (a
     float16 run computes in float and rounds once, as the fused backward does)."""
 
-    def __init__(self, graph: Graph, leaves: list[Any], leaf_dtypes: tuple[str, ...],
-                 dtype: str, shape: tuple[int, ...], n_out: int, xp: Any) -> None:
+    def __init__(self, graph: Graph, leaves: list[Any], params: list[Any],
+                 leaf_dtypes: tuple[str, ...], dtype: str, shape: tuple[int, ...], n_out: int,
+                 xp: Any) -> None:
         key = ("gt.function", tuple(graph.nodes), tuple(graph.outputs))
         self.spec, self.kernel = cupy_kernel(key, lambda: graph, leaf_dtypes, dtype,
                                              (False,) * n_out, xp=xp)
         self.__name__ = f"device_fused_{len(graph.nodes)}"
         self.leaves = leaves  # per graph leaf: ("arg", k) an argument, ("const", value) read as is
+        self.params = [params[i] for i in self.spec.params]  # scalar parameters (a -0.0)
         self.shape, self.dtype, self.xp, self.n_out = shape, dtype, xp, n_out
 
     def __call__(self, *arrays: Any) -> Any:
@@ -1060,16 +1062,17 @@ class _DeviceRun:
         outs = [xp.empty(self.shape, self.dtype) for _ in range(self.n_out)]
         ins = [arrays[v] if kind == "arg" else v
                for kind, v in (self.leaves[i] for i in self.spec.leaves)]
-        self.kernel(*ins, *outs)
+        self.kernel(*ins, *self.params, *outs)
         return tuple(outs)
 
 
 # device ufunc name (CuPy's without its "cupy_" prefix) -> how its call is a graph node
 _DEVICE_BINARY = {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
                   "true_divide": "div", "power": "pow"}
+# (not sign: CuPy's float sign gives 0 for NaN, the renderer's NumPy's NaN)
 _DEVICE_UNARY = {"negative": "neg", "absolute": "abs", "fabs": "abs", **{
     n: n for n in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sinh",
-                   "cosh", "arcsin", "arccos", "arctan", "sign", "square")}}
+                   "cosh", "arcsin", "arccos", "arctan", "square")}}
 
 
 # Python operators on device arrays (``a + b`` is logged as operator.add): their ufunc's name
@@ -1081,10 +1084,12 @@ _DEVICE_OPERATORS = {operator.add: "add", operator.sub: "subtract", operator.mul
 def _device_op(fn: Any) -> str | None:
     """The graph operation of a device ufunc (or operator) the forward fusion renders, else
     None."""
-    if callable(fn):
+    try:
         op = _DEVICE_OPERATORS.get(getattr(fn, "_gt_reflects", fn))
-        if op is not None:
-            return op
+    except TypeError:  # an unhashable callable (an opaque step's)
+        return None
+    if op is not None:
+        return op
     if isinstance(fn, np.ufunc) or getattr(fn, "nout", None) != 1:
         return None
     name = getattr(fn, "__name__", "")
@@ -1113,10 +1118,11 @@ def _device_run(members: list[_Step], inputs: list[int], outputs: list[int],
     if len(dtypes) != 1:
         return None
     dt = dtypes.pop()
-    if dt.name not in ("float16", "float32", "float64"):
-        return None
+    if dt.name not in ("float32", "float64"):  # float16: CuPy rounds each op's result to half,
+        return None  # a kernel computing in float would not (overflow, constants)
     leaves: list[Any] = []
     leaf_dtypes: list[str] = []
+    params: list[Any] = []
     env: dict[int, int] = {}
     g = Graph((), 0)
     leaf_of: dict[Any, int] = {}
@@ -1142,9 +1148,18 @@ def _device_run(members: list[_Step], inputs: list[int], outputs: list[int],
                 node = env[a.n] if a.n in env else leaf("arg", position[a.n], arrays[a.n])
             elif t is _Const and not isinstance(a.value, (int, float, np.generic)):
                 node = leaf("const", a.value, a.value)
-            else:  # a number (_fusible let nothing else through); CUDA text has no inf/nan
-                v = float(a.value if t is _Const else a)
-                node = g.const(v) if math.isfinite(v) else None
+            else:  # a number (_fusible let nothing else through), rounded to the run's dtype
+                # as CuPy's weak scalars are; CUDA text has no inf/nan, and the graph's
+                # constants know one zero: -0.0 is passed as a scalar parameter
+                v = float(dt.type(a.value if t is _Const else a))
+                if not math.isfinite(v):
+                    node = None
+                elif v == 0.0 and math.copysign(1.0, v) < 0:
+                    node = g.add(("param", len(params)))
+                    params.append(dt.type(v))
+                    g.n_params = len(params)
+                else:
+                    node = g.const(v)
             if node is None:
                 return None
             ins.append(node)
@@ -1158,7 +1173,8 @@ def _device_run(members: list[_Step], inputs: list[int], outputs: list[int],
         return None
     out = arrays[members[-1].outs[0]]
     xp = _real(backend_of(out).xp)
-    return _DeviceRun(g, leaves, tuple(leaf_dtypes), dt.name, tuple(out.shape), len(outputs), xp)
+    return _DeviceRun(g, leaves, params, tuple(leaf_dtypes), dt.name, tuple(out.shape),
+                      len(outputs), xp)
 
 
 def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
@@ -1170,14 +1186,17 @@ def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
     if st.kwargs or st.out_kind != "one":
         return None
     out = arrays[st.outs[0]]
+    # a fused run writes C-ordered results; a call whose result had another layout (an
+    # operand's order kept, 'K') stays as it is, so views of it alias as in eager mode
+    if not _is_array(out) or getattr(out, "dtype", np.dtype(object)).kind != "f" \
+            or out.ndim == 0 or not out.flags.c_contiguous:
+        return None
     if type(fn) is not np.ufunc:
-        if not device or _device_op(fn) is None or isinstance(out, np.ndarray) \
-                or getattr(out, "dtype", np.dtype(object)).kind != "f" or out.ndim == 0:
+        if not device or isinstance(out, np.ndarray) or _device_op(fn) is None:
             return None
         key: Any = ("device", tuple(out.shape))
     else:
-        if fn.nout != 1 or type(out) is not np.ndarray or out.dtype.kind != "f" \
-                or out.size < 2 * pool.BLOCK or out.ndim == 0:
+        if fn.nout != 1 or type(out) is not np.ndarray or out.size < 2 * pool.BLOCK:
             return None
         key = out.shape
     for a in st.args:
