@@ -387,3 +387,37 @@ def test_every_xp_name_in_the_source_is_in_cupys_namespace():
         if not hasattr(XP, head) or (tail and not hasattr(getattr(XP, head), tail)):
             missing.add(name)
     assert not missing, f"xp names CuPy does not have: {sorted(missing)}"
+
+
+def _positional_out_impl(xp, x):
+    t = xp.exp(x)
+    v = t.reshape(-1)  # a view made before the write
+    xp.multiply(t, 2.0, t)  # the output passed positionally, as CuPy accepts it
+    return v.reshape(x.shape) + (t + 1.0)
+
+
+_P_POSITIONAL_OUT = extend.primitive("_test_strict_positional_out", _positional_out_impl,
+                                     nondiff=True)
+
+
+@needs_compiler
+def test_compiled_steps_see_positional_outputs_and_the_backend_of_array_arguments():
+    """gt.function on a device backend: a ufunc's output passed positionally is a write the
+    replay makes; a NumPy array argument becomes a tensor of the active backend, so its
+    signature is not that of a NumPy-backend tensor of the same shape."""
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    with gt.use_backend("strict"):
+        f = gt.function(lambda t: extend.bind(_P_POSITIONAL_OUT, t))
+        want = extend.bind(_P_POSITIONAL_OUT, gt.tensor(x)).numpy()
+        for _ in range(3):
+            np.testing.assert_allclose(f(gt.tensor(x)).numpy(), want, rtol=1e-6)
+    g = gt.function(lambda t: gt.exp(t) * 2.0)
+    on_numpy = gt.tensor(x)
+    with gt.use_backend("strict"):
+        for _ in range(3):
+            assert g(on_numpy).backend == "numpy"
+        for _ in range(3):
+            r = g(x)
+            assert r.backend == "strict"
+            np.testing.assert_allclose(r.numpy(), np.exp(x) * 2.0, rtol=1e-6)
+        assert g(on_numpy).backend == "numpy"

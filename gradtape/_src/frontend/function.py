@@ -486,6 +486,11 @@ class _TracedUfunc:
         self._uf = uf
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        nin = getattr(self._uf, "nin", None)
+        if nin is not None and len(args) > nin and "out" not in kwargs:
+            # outputs passed positionally (``multiply(a, 2.0, a)``): as ``out=``, as NumPy's
+            # __array_ufunc__ receives them, so the trace sees the write
+            args, kwargs = args[:nin], {**kwargs, "out": tuple(args[nin:])}
         return self._call(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -1528,8 +1533,8 @@ class Function(Generic[R]):
                     raise _Eager("a batched tensor (called inside gt.vmap)")
                 else:
                     key.append(("T", x.data.shape, x.data.dtype.str, x._backend.name))
-            elif type(x) is np.ndarray:
-                key.append(("T", x.shape, x.dtype.str, "numpy"))
+            elif type(x) is np.ndarray:  # made a tensor on the active backend (gt.tensor's rule)
+                key.append(("N", x.shape, x.dtype.str, backend.name))
             elif isinstance(x, (float, complex)):  # by spelling: -0.0 is not 0.0, nan is nan
                 key.append(("P", type(x), repr(x)))
             elif x is None or isinstance(x, (bool, int, str)):
@@ -1556,8 +1561,8 @@ class Function(Generic[R]):
                 else:
                     d = x.data
                     key.append(("T", d.shape, d.dtype.str, x._backend.name))
-            elif type(x) is np.ndarray:
-                key.append(("T", x.shape, x.dtype.str, "numpy"))
+            elif type(x) is np.ndarray:  # made a tensor on the active backend
+                key.append(("N", x.shape, x.dtype.str, key[0]))
             elif type(x) is float:
                 key.append(("P", float, repr(x)))
             elif x is None or type(x) in (bool, int, str):
