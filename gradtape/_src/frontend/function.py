@@ -353,15 +353,32 @@ def _dispatch(fn: Any, args: Any, kwargs: Any) -> Any:
 
 
 def _live_trace(args: Any, kwargs: Any) -> _Trace | None:
-    for x in _leaves(args, kwargs):
-        if type(x) is TracedArray:
-            tr = x._live()
+    for x in args:  # flat positional arguments first, without a generator (once per op)
+        t = type(x)
+        if t is TracedArray:
+            tr = _trace_of(x)
             if tr is not None:
                 return tr
-            if x.tr is not None and not x.tr.done and x.tr.thread != threading.get_ident():
-                raise TracingError("gt.function: a traced array was used from another thread "
-                                   "while its step was being traced")
+        elif t is tuple or t is list:
+            return _live_trace_nested(args, kwargs)
+    return _live_trace_nested((), kwargs) if kwargs else None
+
+
+def _live_trace_nested(args: Any, kwargs: Any) -> _Trace | None:
+    for x in _leaves(args, kwargs):
+        if type(x) is TracedArray:
+            tr = _trace_of(x)
+            if tr is not None:
+                return tr
     return None
+
+
+def _trace_of(x: TracedArray) -> _Trace | None:
+    tr = x._live()
+    if tr is None and x.tr is not None and not x.tr.done and x.tr.thread != threading.get_ident():
+        raise TracingError("gt.function: a traced array was used from another thread while "
+                           "its step was being traced")
+    return tr
 
 
 def _leaves(args: Any, kwargs: Any) -> Any:
@@ -724,10 +741,15 @@ class _Trace:
         # a result that is one of the traced inputs (in-place ufunc, asarray of an array)
         # stays that program variable; anything else is a new one
         if not kwargs:
+            nested = False
             for x in args:
-                if type(x) is TracedArray and x.a is res and x.tr is self:
-                    return x
-            if all(type(x) is not tuple and type(x) is not list for x in args):
+                t = type(x)
+                if t is TracedArray:
+                    if x.a is res and x.tr is self:
+                        return x
+                elif t is tuple or t is list:
+                    nested = True
+            if not nested:
                 return self.new(res)
         for x in _leaves(args, kwargs):
             if type(x) is TracedArray and x.a is res and x.tr is self:
