@@ -412,7 +412,8 @@ def test_compiled_steps_see_positional_outputs_and_the_backend_of_array_argument
         for _ in range(3):
             np.testing.assert_allclose(f(gt.tensor(x)).numpy(), want, rtol=1e-6)
     g = gt.function(lambda t: gt.exp(t) * 2.0)
-    on_numpy = gt.tensor(x)
+    with gt.use_backend("numpy"):
+        on_numpy = gt.tensor(x)
     with gt.use_backend("strict"):
         for _ in range(3):
             assert g(on_numpy).backend == "numpy"
