@@ -558,3 +558,63 @@ def test_a_variable_an_op_reads_is_never_frozen_in_the_program():
         for a, b in zip(got[1], want[1]):
             _assert_replayed(a.numpy(), b.numpy())
     assert f.trace_count == 2
+
+
+def test_values_a_tape_saves_from_variables_are_read_at_each_call():
+    """What the backward computes from a Variable's saved value (``1 / v`` in ``x / v``'s
+    gradient, for first and second order) is recomputed at each replay: assigning the
+    Variable after the traces changes the compiled step's gradients as the eager step's."""
+    v = gt.Variable(np.full(3, 2.0, np.float32), name="v")
+    x = gt.tensor(np.array([1.0, 2.0, 3.0], np.float32))
+
+    def step(x):
+        with gt.GradientTape() as outer:
+            outer.watch(x)
+            with gt.GradientTape() as tape:
+                tape.watch(x)
+                y = gt.sum(gt.sin(x / v))
+            gx, gv = tape.gradient(y, [x, v])
+            z = gt.sum(gx * gx)
+        return gx, gv, outer.gradient(z, x)
+
+    f = gt.function(step)
+    for k in range(5):
+        if k >= 3:
+            v.assign(np.full(3, 1.0 + k, np.float32))
+        for a, b in zip(f(x), step(x)):
+            _assert_replayed(a.numpy(), b.numpy())
+    assert f.trace_count == 2
+
+
+def test_constant_indices_and_views_of_variables_replay_as_eager():
+    """A constant index array (labels made inside the step) feeds an indexed gradient in the
+    replay; an op returning a view of a Variable gives a copy, as in eager mode, so a later
+    assignment in the step does not reach it."""
+    W = gt.Variable(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32), name="W")
+    labels = np.array([[0], [2], [1], [0], [1], [2]])
+
+    def nll():
+        with gt.GradientTape() as tape:
+            logp = gt.log_softmax(W, axis=1)
+            y = -gt.mean(gt.take_along_axis(logp, gt.tensor(labels), axis=1))
+        return tape.gradient(y, W)
+
+    f = gt.function(nll)
+    for _ in range(3):
+        _assert_replayed(f().numpy(), nll().numpy())
+    v = gt.Variable(np.arange(6, dtype=np.float32).reshape(3, 2), name="v", trainable=False)
+
+    def rows(x):
+        y = extend.bind(_P_ROWS_LIKE, v, x)
+        v.assign(v * 0.0 + 100.0)
+        return y * 1.0
+
+    g = gt.function(rows)
+    x = gt.tensor(np.zeros((2, 2), np.float32))
+    for _ in range(3):
+        v.assign(np.arange(6, dtype=np.float32).reshape(3, 2))
+        np.testing.assert_array_equal(g(x).numpy(), [[0.0, 1.0], [2.0, 3.0]])
+
+
+_P_ROWS_LIKE = extend.primitive("_test_fn_rows_like", lambda xp, a, b: a[: b.shape[0]],
+                                nondiff=True)

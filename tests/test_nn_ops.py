@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gradtape as gt
+from gradtape import extend
 from gradtape.testing import check_grads
 
 
@@ -401,3 +402,30 @@ def test_batching_rules_equal_a_loop_over_examples(rng):
     np.testing.assert_allclose(back.numpy(), ref, rtol=1e-12)
     out, _ = REGISTRY["window_max"].batch((gt.tensor(xs),), (1,), axis=1)
     np.testing.assert_array_equal(out.numpy(), np.moveaxis(xs, 1, 0).max(axis=2))
+
+
+def test_conv2d_weight_gradient_after_in_place_changes_of_its_input(rng):
+    """conv2d keeps its forward's unfolded input for the weight gradient. After the input's
+    values change in place (a Variable's assign, a caller's array shared with a tensor), the
+    next recorded convolution's weight gradient is that of the new values, also when a
+    forward-mode tangent runs its own convolution in between."""
+    x0 = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    img = gt.Variable(x0, name="img")
+    w = gt.Variable(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), name="w")
+
+    def wgrad(x):
+        with gt.GradientTape() as tape:
+            y = gt.sum(gt.nn.conv2d(x, w, padding=1) ** 2)
+        return tape.gradient(y, w).numpy()
+
+    wgrad(img)
+    img.assign(x0 * 3.0)  # in place: no tape holds the old value
+    with gt.ForwardAccumulator(img, gt.ones_like(img)):
+        got = wgrad(img)
+    np.testing.assert_allclose(got, wgrad(gt.tensor(x0 * 3.0)), rtol=1e-5)
+    if gt.backend_name() != "numpy":  # (a caller's NumPy array is a NumPy-backend tensor)
+        return
+    arr = x0.copy()
+    wgrad(extend.as_tensor(arr))  # a tensor sharing the caller's array
+    arr *= 3.0  # the caller reuses its buffer
+    np.testing.assert_allclose(wgrad(arr), wgrad(gt.tensor(arr.copy())), rtol=1e-5)

@@ -23,7 +23,7 @@ import numpy as np
 from .autodiff.batched import BatchedTensor
 from .autodiff.record import Record, record, record_general, record_one, record_two
 from .autodiff.state import STATE
-from .backend import NUMPY, Backend
+from .backend import NUMPY, Backend, backend_of
 from .codegen.arrays import array_vjp
 from .codegen.expr import FUNCTIONS, Expr, parse, vjp_function
 from .config import HOOKS
@@ -587,11 +587,13 @@ def own_copy(data: Any, buf: Any) -> Any:
     """``data``, or a copy of it when it is a view of Variable buffer ``buf`` (a reshape, a
     slice, ``stop_gradient``): a Tensor is immutable, and the Variable's buffer changes in
     place at its next ``assign``."""
-    if data is buf:
+    d = data.a if getattr(data, "_gt_traced", False) else data  # (gt.function: a traced
+    if d is buf:  # result's array; its copy is logged)
         return data.copy()
-    base = getattr(data, "base", None)
-    if base is not None and (base is buf or base is getattr(buf, "base", 0)):
-        return data.copy()
+    base = getattr(d, "base", None)
+    if base is not None and (base is buf or base is getattr(buf, "base", 0) or (
+            type(d) is not np.ndarray and backend_of(buf).xp.may_share_memory(d, buf))):
+        return data.copy()  # (a device array type whose base is another wrapper object)
     return data
 
 

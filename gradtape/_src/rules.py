@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from .autodiff.state import STATE
 from .tensor import _wrap
 
 __all__ = ["OnTensors", "OnArrays", "ON_TENSORS", "ON_NUMPY", "on_arrays"]
@@ -80,14 +79,7 @@ class OnArrays(OnTensors):
         self.xp = xp
 
     def val(self, t: Any) -> Any:
-        d = t.data
-        tr = STATE.trace
-        if tr is not None and not getattr(d, "_gt_traced", False):
-            # gt.function: a saved array made outside the step (a Variable's buffer) is read as
-            # a program variable, so what the rule computes from it (an unfold, a cast) is
-            # logged, never frozen as a constant
-            return tr.read(d)
-        return d
+        return t.data
 
     def data(self, x: Any) -> Any:
         return x

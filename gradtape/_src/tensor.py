@@ -379,7 +379,14 @@ class Variable(Tensor):
             t = snaps[-1]()  # forward then costs one snapshot, not n)
             if t is not None and t.data is self.data:
                 return t
-        t = _wrap(self.data, self._backend)
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:
+            # gt.function: the value a tape saves is a program variable reading the buffer,
+            # so every backward computation from it (a quotient, an unfold) is logged, never
+            # frozen as a constant of the program
+            t = _wrap(tr.read(self.data), self._backend)
+        else:
+            t = _wrap(self.data, self._backend)
         t._id = self._id  # the same node for every tape: higher order still reaches the Variable
         if snaps is None:
             snaps = self._snapshots = []

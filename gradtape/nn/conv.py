@@ -382,24 +382,38 @@ def _memo_drop(key: tuple) -> None:
 
 def _memo_put(x: Any, geo: tuple, cols: Any) -> None:
     key = _memo_key(x, geo)
-    _memo_drop(key)
     nbytes = cols.nbytes
-    if nbytes > _MEMO_BYTES:
-        return
 
     def dead(_ref: Any, key: tuple = key) -> None:
         _memo_drop(key)
 
     try:
-        ref = weakref.ref(x, dead)
+        ref = weakref.ref(x, dead) if nbytes <= _MEMO_BYTES else None
     except TypeError:  # an array type without weak references: no memo
-        return
+        ref = None
     with _memo_lock:
+        old = _memo.pop(key, None)
+        if old is not None:
+            _memo_bytes[0] -= old[1].nbytes
+        if ref is None:
+            return
         while _memo and _memo_bytes[0] + nbytes > _MEMO_BYTES:
             old = _memo.pop(next(iter(_memo)))
             _memo_bytes[0] -= old[1].nbytes
         _memo[key] = (ref, cols)
         _memo_bytes[0] += nbytes
+
+
+def _memo_forget(x: Any, geo: tuple) -> None:
+    """A forward over ``x`` whose columns are not kept: an older entry for the array (its
+    values may have changed in place since, a Variable's buffer after ``assign``) goes."""
+    if not _memo:
+        return
+    try:
+        key = _memo_key(x, geo)
+    except (TypeError, AttributeError):  # a batched value (inside vmap) has no entry
+        return
+    _memo_drop(key)
 
 
 def _memo_get(x: Any, geo: tuple) -> Any:
@@ -491,8 +505,9 @@ def _conv_impl(xp: Any, x: Any, w: Any, *, stride: tuple, padding: tuple, dilati
     Co = w.shape[0]
     kernel = w.shape[2:]
     cols = _unfold(xp, x, kernel, stride, padding, dilation)
-    if getattr(_last, "want", False):  # the public conv2d's forward: it may keep them
-        _last.cols = (x, (tuple(kernel), stride, padding, dilation), cols)
+    if getattr(_last, "want", False):  # the public conv2d's forward (its first conv: a
+        _last.cols = (x, (tuple(kernel), stride, padding, dilation), cols)  # tangent's comes
+        _last.want = False  # after it): conv2d may keep them
     C, kh, kw, _, L = cols.shape
     Kg = C // groups * kh * kw
     if groups == 1:
@@ -1040,6 +1055,8 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
         last, _last.want, _last.cols = _last.cols, False, None
     if last is not None and out._id and last[0] is x.data:  # recorded: a backward will want them
         _memo_put(*last)
+    else:
+        _memo_forget(x.data, ((kh, kw), stride, pad, dilation))
     if b is not None:
         b = one(b)
         if b.shape != (n_out,):

@@ -507,7 +507,9 @@ class _TracedUfunc:
         if nin is not None and len(args) > nin and "out" not in kwargs:
             # outputs passed positionally (``multiply(a, 2.0, a)``): as ``out=``, as NumPy's
             # __array_ufunc__ receives them, so the trace sees the write
-            args, kwargs = args[:nin], {**kwargs, "out": tuple(args[nin:])}
+            outs = tuple(args[nin:])
+            nout = getattr(self._uf, "nout", len(outs))
+            args, kwargs = args[:nin], {**kwargs, "out": outs + (None,) * (nout - len(outs))}
         return self._call(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
