@@ -618,3 +618,45 @@ def test_constant_indices_and_views_of_variables_replay_as_eager():
 
 _P_ROWS_LIKE = extend.primitive("_test_fn_rows_like", lambda xp, a, b: a[: b.shape[0]],
                                 nondiff=True)
+
+
+def test_indices_passed_to_the_step_are_checked_at_each_replay():
+    """Integer indices that are step arguments (labels of a hand-written NLL): the range check
+    is a step of the program, run at each call, and negative indices count from the end as in
+    eager mode."""
+    W = gt.Variable(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32), name="W")
+
+    def nll(labels):
+        with gt.GradientTape() as tape:
+            y = -gt.mean(gt.take_along_axis(gt.log_softmax(W, axis=1), labels, axis=1))
+        return y, tape.gradient(y, W)
+
+    f = gt.function(nll)
+    for lab in ([[0], [2], [1], [0], [1], [2]], [[-1], [0], [2], [-3], [1], [1]]) * 2:
+        labels = gt.tensor(np.array(lab))
+        for a, b in zip(f(labels), nll(labels)):
+            _assert_replayed(a.numpy(), b.numpy())
+    assert f.trace_count == 2
+    with pytest.raises(IndexError, match="out of range"):
+        f(gt.tensor(np.array([[0], [3], [1], [0], [1], [2]])))
+
+
+def _dot_into(xp, a, b):
+    t = xp.exp(a)
+    v = t.reshape(-1)  # a view made before the write
+    xp.dot(a, xp.ones_like(a, shape=(a.shape[-1], a.shape[-1])), t)  # output given positionally
+    return v.reshape(a.shape) + xp.clip(b, -0.5, 0.5, xp.empty_like(b))
+
+
+_P_DOT_INTO = extend.primitive("_test_fn_dot_into", _dot_into, nondiff=True)
+
+
+def test_outputs_given_positionally_are_writes_the_replay_makes():
+    """A NumPy function's output passed positionally (``np.dot(a, b, out)``,
+    ``np.clip(a, lo, hi, out)``) is a write of the step: the replay makes it as eager does."""
+    rng = np.random.default_rng(1)
+    f = gt.function(lambda x: extend.bind(_P_DOT_INTO, x, x))
+    for _ in range(4):
+        x = gt.tensor(rng.normal(size=(3, 3)).astype(np.float32))
+        want = extend.bind(_P_DOT_INTO, x, x).numpy()
+        _assert_replayed(f(x).numpy(), want)

@@ -680,6 +680,7 @@ def _function(name: str, fn: Callable) -> Callable:
             return StrictArray(np.asarray(res))
         return _wrap(res)
     call.__name__ = name
+    call.__wrapped__ = fn  # type: ignore[attr-defined]  # its signature is NumPy's, as CuPy's
     return call
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
-from .._src.autodiff.state import STATE, read_for_trace
+from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
@@ -203,6 +203,8 @@ def _index_take_impl(xp: Any, x: Any, idx: Any, *, axis: int) -> Any:
 
 
 def _index_put_impl(xp: Any, g: Any, idx: Any, *, axis: int, shape: tuple) -> Any:
+    # gt.function: NumPy's add.at reads an index on the host unless an operand is traced
+    g = read_for_trace(g, idx)
     z = xp.zeros_like(g, shape=shape)  # *_like: a gt.function trace sees the buffer
     xp.add.at(z, (slice(None),) * axis + (idx,), g)
     return z
@@ -424,10 +426,23 @@ def _int_operand(indices: Any, like: Tensor, what: str, name: str) -> Tensor:
 
 def _index_range(idx: Tensor, n: int, what: str, name: str) -> int:
     """Check that every index (of every example, inside gt.vmap) lies in ``[-n, n)`` and return
-    the smallest one (0 when there is none)."""
+    the smallest one (0 when there is none). While a ``gt.function`` step is traced on indices
+    the trace follows, the check is one step of the program (run at each replay) and -1 is
+    returned: the caller then maps negative indices whatever the values, so the program does
+    not depend on them."""
     data = physical_data(idx)
     if not data.size:
         return 0
+    if getattr(data, "_gt_traced", False):
+        def check(d: Any) -> None:
+            _check_index_range(d, n, what, name)
+
+        opaque(check, data, key=("index range", n, what, name))
+        return -1
+    return _check_index_range(data, n, what, name)
+
+
+def _check_index_range(data: Any, n: int, what: str, name: str) -> int:
     lo, hi = int(data.min()), int(data.max())
     if lo < -n or hi >= n:
         bad = lo if lo < -n else hi

@@ -28,6 +28,7 @@ replaying a stale value.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 import threading
@@ -649,7 +650,8 @@ class _Trace:
             mutating = fn in _MUTATING
         except TypeError:  # an unhashable callable
             mutating = False
-        wr = _written(fn, args, kwargs) if (kwargs or mutating or getattr(fn, "__name__", "") == "at") else ()
+        wr = _written(fn, args, kwargs) if (kwargs or mutating or getattr(fn, "__name__", "") == "at"
+                                            or 0 <= _out_position(fn) < len(args)) else ()
         for buf in wr:
             if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
                     and id(buf) not in self.promoted:
@@ -833,16 +835,48 @@ def _fresh_copy(a: Any) -> Any:
 
 
 def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
-    """The argument templates a call writes into: ``out=``, the target of an in-place method
-    or ``setitem``, the first operand of ``ufunc.at``."""
+    """The argument templates a call writes into: ``out=`` (also given positionally, as
+    ``np.dot(a, b, out)``), the target of an in-place method or ``setitem``, the first
+    operand of ``ufunc.at``."""
     out: list[Any] = []
     o = tkw.get("out") if tkw else None
+    if o is None:
+        pos = _out_position(fn)
+        if 0 <= pos < len(targs):
+            o = targs[pos]
     if o is not None:
         out.extend(o if isinstance(o, tuple) else (o,))
     if fn in _MUTATING or getattr(fn, "__name__", "") == "at":
         if targs:
             out.append(targs[0])
     return out
+
+
+_OUT_POSITION: dict[Any, int] = {}
+
+
+def _out_position(fn: Any) -> int:
+    """Where a function (not a ufunc: NumPy hands those their outputs as ``out=``) takes its
+    ``out`` argument when it is given positionally, else -1; from its signature, once."""
+    try:
+        return _OUT_POSITION[fn]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable
+        return -1
+    pos = -1
+    if not isinstance(fn, np.ufunc):
+        try:
+            for i, p in enumerate(inspect.signature(fn).parameters.values()):
+                if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    break
+                if p.name == "out":
+                    pos = i
+                    break
+        except (TypeError, ValueError):  # no signature to read
+            pass
+    _OUT_POSITION[fn] = pos
+    return pos
 
 
 # --------------------------------------------------------------------------- programs
