@@ -639,6 +639,23 @@ def test_indices_passed_to_the_step_are_checked_at_each_replay():
     assert f.trace_count == 2
     with pytest.raises(IndexError, match="out of range"):
         f(gt.tensor(np.array([[0], [3], [1], [0], [1], [2]])))
+    table = gt.tensor(np.arange(18, dtype=np.float32).reshape(6, 3))  # a constant indexed
+
+    def pick(labels, t):
+        return gt.jvp(lambda a: gt.take_along_axis(a, labels, axis=1) ** 2, (table,), (t,))
+
+    g = gt.function(pick)
+    for lab in ([[0], [2], [1], [0], [1], [2]], [[1], [1], [0], [-1], [2], [0]]) * 2:
+        labels, t = gt.tensor(np.array(lab)), gt.ones((6, 3))
+        for a, b in zip(g(labels, t), pick(labels, t)):
+            _assert_replayed(a.numpy(), b.numpy())
+    values = gt.tensor(np.arange(8, dtype=np.float32).reshape(4, 2))
+    h = gt.function(lambda ids: gt.segment_sum(values, ids, 3))
+    for ids in ([0, 2, 0, 1], [2, -1, 1, 1], [0, 2, 0, 1]):  # a negative id is dropped
+        _assert_replayed(h(gt.tensor(np.array(ids))).numpy(),
+                         gt.segment_sum(values, gt.tensor(np.array(ids)), 3).numpy())
+    with pytest.raises(ValueError, match="num_segments"):
+        h(gt.tensor(np.array([0, 3, 0, 1])))
 
 
 def _dot_into(xp, a, b):

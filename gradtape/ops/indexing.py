@@ -3,6 +3,7 @@ segment_sum. Gradients scatter back and accumulate repeated indices."""
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any
@@ -199,7 +200,8 @@ P_GETITEM = primitive("getitem", _getitem_impl, rule=_getitem_rule,
 # axis and its adjoint, an add-scatter along that axis. Their batching rules offset each
 # example's indices into the flattened batch, so the batch still runs as one take / one add.at.
 def _index_take_impl(xp: Any, x: Any, idx: Any, *, axis: int) -> Any:
-    return xp.take(x, idx, axis=axis)
+    # gt.function: NumPy's take reads an index on the host unless the array is traced
+    return xp.take(read_for_trace(x, idx), idx, axis=axis)
 
 
 def _index_put_impl(xp: Any, g: Any, idx: Any, *, axis: int, shape: tuple) -> Any:
@@ -568,6 +570,16 @@ def index_add(x: Any, axis: int, indices: Any, values: Any) -> Tensor:
     return x + bind(P_INDEX_PUT, v, idx, axis=ax, shape=x.shape)
 
 
+def _check_segments(phys: Any, n: int, result: bool = True) -> int | None:
+    """The smallest segment id (0 when there is none; None unless ``result``), after checking
+    all are below ``n``."""
+    lo = int(phys.min()) if phys.size else 0
+    hi = int(phys.max()) if phys.size else -1
+    if hi >= n:
+        raise ValueError(f"segment_sum: segment_ids holds {hi}, not below num_segments={n}")
+    return lo if result else None
+
+
 def segment_sum(data: Any, segment_ids: Any, num_segments: int) -> Tensor:
     """Sum the entries of ``data`` that share a segment id, as TensorFlow's
     ``unsorted_segment_sum``: ``out[s] = sum of data[i...] over every position i... where
@@ -595,10 +607,11 @@ def segment_sum(data: Any, segment_ids: Any, num_segments: int) -> Tensor:
                          f"data's shape {data.shape}")
     rest = data.shape[ids.ndim:]
     phys = physical_data(ids)
-    lo = int(phys.min()) if phys.size else 0
-    hi = int(phys.max()) if phys.size else -1
-    if hi >= n:
-        raise ValueError(f"segment_sum: segment_ids holds {hi}, not below num_segments={n}")
+    if getattr(phys, "_gt_traced", False):  # gt.function: checked by a step of the program,
+        opaque(functools.partial(_check_segments, n=n, result=False), phys, key=("segment ids", n))
+        lo = -1  # and negative ids dropped whatever the values (a program of its own)
+    else:
+        lo = _check_segments(phys, n) or 0
     if lo >= 0:
         return bind(P_INDEX_PUT, data, ids, axis=0, shape=(n, *rest))
     # negative ids: summed into an extra segment n, cut off again (TF drops them)

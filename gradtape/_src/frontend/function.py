@@ -720,6 +720,9 @@ class _Trace:
         (assignments write into it in place), so a replay reads its current values."""
         if type(buf) is TracedArray:
             return buf
+        w = self.promoted.get(id(buf))
+        if w is not None and self.arrays[w.slot] is buf:  # a buffer the program allocates
+            return w
         w = self.reads.get(id(buf))
         if w is None or self.arrays[w.slot] is not buf:
             w = self.reads[id(buf)] = self.new(buf)
@@ -875,6 +878,8 @@ def _out_position(fn: Any) -> int:
                     break
         except (TypeError, ValueError):  # no signature to read
             pass
+    if len(_OUT_POSITION) >= 4096:  # callables made per call (partials) must not pile up
+        _OUT_POSITION.clear()
     _OUT_POSITION[fn] = pos
     return pos
 
