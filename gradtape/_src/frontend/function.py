@@ -644,6 +644,28 @@ class _Trace:
         return c
 
     def call(self, fn: Any, args: tuple, kwargs: dict) -> Any:
+        if not kwargs and type(fn) is np.ufunc and not self.promoted:
+            # the most frequent call, a ufunc on this trace's arrays and numbers: nothing is
+            # written, the result is a new array (one pass over the arguments)
+            fast_a: list[Any] = []
+            fast_t: list[Any] = []
+            for x in args:
+                t = type(x)
+                if t is TracedArray and x.tr is self:
+                    fast_a.append(x.a)
+                    fast_t.append(_Slot(x.slot))
+                elif t is float or t is int or t is bool:
+                    fast_a.append(x)
+                    fast_t.append(x)
+                else:
+                    break
+            else:
+                res = fn(*fast_a)
+                if type(res) is np.ndarray or isinstance(res, np.generic):
+                    w = self.new(res)
+                    self.steps.append(_Step(fn, tuple(fast_t), {}, [w.slot], "one", True))
+                    return w
+                # (anything else: the general path below, which calls the pure ufunc again)
         ua = _unwrap_flat(args)
         uk = _unwrap(kwargs) if kwargs else kwargs
         try:
