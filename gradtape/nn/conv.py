@@ -416,11 +416,13 @@ def _memo_forget(x: Any, geo: tuple) -> None:
     _memo_drop(key)
 
 
-def _memo_get(x: Any, geo: tuple) -> Any:
+def _forward_cols(xp: Any, x: Any, geo: tuple) -> Any:
+    """``x`` unfolded for geometry ``geo`` (kernel, stride, padding, dilation): the columns its
+    recorded conv2d forward kept, else unfolded now."""
     hit = _memo.get(_memo_key(x, geo))
-    if hit is None or hit[0]() is not x:
-        return None
-    return hit[1]
+    if hit is not None and hit[0]() is x:
+        return hit[1]
+    return _unfold(xp, x, *geo)
 
 
 def _unfold(xp: Any, x: Any, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple
@@ -489,10 +491,7 @@ def _to_grid(xp: Any, g: Any, lay: tuple) -> Any:
 
 
 def _from_grid(xp: Any, out: Any, N: int, lay: tuple) -> Any:
-    """``out[O, N, L]`` on the grid as the output ``[N, O, OH, OW]``: a view, channel-major in
-    memory. Copying it to NCHW order would be one more pass over the output; elementwise ops
-    after it write their results in the same channel-major order, and the next convolution,
-    which reads its input channel-major, copies long rows from them."""
+    """``out[O, N, L]`` on the grid as the output ``[N, O, OH, OW]`` (contiguous)."""
     oh, ow, _, Wp, flat = lay
     Co = out.shape[0]
     out = out.reshape(Co, N, oh, Wp)[..., :ow] if flat else out.reshape(Co, N, oh, ow)
@@ -541,9 +540,7 @@ def _conv_w_impl(xp: Any, x: Any, g: Any, *, kernel: tuple, stride: tuple, paddi
     Co = g.shape[1]
     kh, kw = kernel
     lay = _conv_layout(x.shape[2:], kernel, stride, padding, dilation)
-    cols = _memo_get(x, (tuple(kernel), stride, padding, dilation))
-    if cols is None:
-        cols = _unfold(xp, x, kernel, stride, padding, dilation)
+    cols = _forward_cols(xp, x, (tuple(kernel), stride, padding, dilation))
     gg = _to_grid(xp, g, lay)
     L = gg.shape[-1]
     Kg = C // groups * kh * kw
@@ -567,9 +564,7 @@ def _per_example_conv_w(xp: Any, x: Any, g: Any, w_shape: tuple, p: dict) -> Any
     kernel = tuple(w_shape[2:])
     geo = (kernel, p["stride"], p["padding"], p["dilation"])
     lay = _conv_layout(x.shape[2:], *geo)
-    cols = _memo_get(x, geo)
-    if cols is None:
-        cols = _unfold(xp, x, *geo)
+    cols = _forward_cols(xp, x, geo)
     gg = _to_grid(xp, g, lay)
     L = gg.shape[-1]
     Kg = C // G * kernel[0] * kernel[1]

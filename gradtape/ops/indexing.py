@@ -435,13 +435,22 @@ def _index_range(idx: Tensor, n: int, what: str, name: str) -> int:
     data = physical_data(idx)
     if not data.size:
         return 0
-    if getattr(data, "_gt_traced", False):
-        def check(d: Any) -> None:
-            _check_index_range(d, n, what, name)
+    return _smallest_checked(functools.partial(_check_index_range, n=n, what=what, name=name),
+                             data, ("index range", n, what, name))
 
-        opaque(check, data, key=("index range", n, what, name))
+
+def _smallest_checked(check: Any, data: Any, key: Any) -> int:
+    """``check(data)``: the smallest index, after raising on a bad one. While a ``gt.function``
+    step is traced on ``data``, the check is one step of the program (run at each replay, on
+    that call's indices) and -1 is returned: the caller then maps negative indices whatever
+    the values, so the program does not depend on them."""
+    if getattr(data, "_gt_traced", False):
+        def run(d: Any) -> None:
+            check(d)
+
+        opaque(run, data, key=key)
         return -1
-    return _check_index_range(data, n, what, name)
+    return int(check(data))
 
 
 def _check_index_range(data: Any, n: int, what: str, name: str) -> int:
@@ -570,14 +579,13 @@ def index_add(x: Any, axis: int, indices: Any, values: Any) -> Tensor:
     return x + bind(P_INDEX_PUT, v, idx, axis=ax, shape=x.shape)
 
 
-def _check_segments(phys: Any, n: int, result: bool = True) -> int | None:
-    """The smallest segment id (0 when there is none; None unless ``result``), after checking
-    all are below ``n``."""
+def _check_segments(phys: Any, n: int) -> int:
+    """The smallest segment id (0 when there is none), after checking all are below ``n``."""
     lo = int(phys.min()) if phys.size else 0
     hi = int(phys.max()) if phys.size else -1
     if hi >= n:
         raise ValueError(f"segment_sum: segment_ids holds {hi}, not below num_segments={n}")
-    return lo if result else None
+    return lo
 
 
 def segment_sum(data: Any, segment_ids: Any, num_segments: int) -> Tensor:
@@ -606,12 +614,8 @@ def segment_sum(data: Any, segment_ids: Any, num_segments: int) -> Tensor:
         raise ValueError(f"segment_sum: the shape of segment_ids {ids.shape} must be a prefix of "
                          f"data's shape {data.shape}")
     rest = data.shape[ids.ndim:]
-    phys = physical_data(ids)
-    if getattr(phys, "_gt_traced", False):  # gt.function: checked by a step of the program,
-        opaque(functools.partial(_check_segments, n=n, result=False), phys, key=("segment ids", n))
-        lo = -1  # and negative ids dropped whatever the values (a program of its own)
-    else:
-        lo = _check_segments(phys, n) or 0
+    lo = _smallest_checked(functools.partial(_check_segments, n=n), physical_data(ids),
+                           ("segment ids", n))
     if lo >= 0:
         return bind(P_INDEX_PUT, data, ids, axis=0, shape=(n, *rest))
     # negative ids: summed into an extra segment n, cut off again (TF drops them)

@@ -41,6 +41,7 @@ import numpy as np
 from ..autodiff.state import STATE, hooks_add, opaque, tracing, user_line
 from ..backend import NUMPY, backend_of, get_backend
 from ..codegen.cuda import cupy_kernel
+from ..codegen.expr import FUNCTIONS
 from ..codegen.graph import Graph
 from ..config import config
 from ..cpu import pool
@@ -1133,8 +1134,8 @@ class _DeviceRun:
     arrays the run reads; Python numbers: constants), rendered by the renderer of the fused
     backward (:func:`~gradtape._src.codegen.cuda.cupy_kernel`) and launched once, writing only
     the values used after the run. The kernel computes each value as the separate ufunc
-    kernels would, in one thread per element, so results agree within float rounding (a
-    float16 run computes in float and rounds once, as the fused backward does)."""
+    kernels would, in one thread per element, so results agree within float rounding (float32
+    and float64 runs only: CuPy rounds each float16 result to half, a kernel would not)."""
 
     def __init__(self, graph: Graph, leaves: list[Any], params: list[Any],
                  leaf_dtypes: tuple[str, ...], dtype: str, shape: tuple[int, ...], n_out: int,
@@ -1159,10 +1160,11 @@ class _DeviceRun:
 # device ufunc name (CuPy's without its "cupy_" prefix) -> how its call is a graph node
 _DEVICE_BINARY = {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "div",
                   "true_divide": "div", "power": "pow"}
+# one-argument functions of the renderer's vocabulary that are NumPy (and CuPy) ufuncs, by name
 # (not sign: CuPy's float sign gives 0 for NaN, the renderer's NumPy's NaN)
 _DEVICE_UNARY = {"negative": "neg", "absolute": "abs", "fabs": "abs", **{
-    n: n for n in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sinh",
-                   "cosh", "arcsin", "arccos", "arctan", "square")}}
+    n: n for n, arity in FUNCTIONS.items()
+    if arity == 1 and n != "sign" and isinstance(getattr(np, n, None), np.ufunc)}}
 
 
 # Python operators on device arrays (``a + b`` is logged as operator.add): their ufunc's name
@@ -1540,6 +1542,25 @@ class _Entry:
         self.traces = 0
 
 
+def _plain_key(x: Any, backend: str) -> Any:
+    """The signature entry of one argument that is a tensor (not batched), a NumPy array (made
+    a tensor on the active ``backend``, gt.tensor's rule) or a plain Python value; else None."""
+    if isinstance(x, Tensor):
+        if x._is_variable:
+            return ("V", id(x))
+        if x._level:
+            return None
+        d = x.data
+        return ("T", d.shape, d.dtype.str, x._backend.name)
+    if type(x) is np.ndarray:
+        return ("N", x.shape, x.dtype.str, backend)
+    if isinstance(x, (float, complex)):  # by spelling: -0.0 is not 0.0, nan is nan
+        return ("P", type(x), repr(x))
+    if x is None or isinstance(x, (bool, int, str)):
+        return ("P", type(x), x)
+    return None
+
+
 def _freeze(spec: Any) -> Any:
     if isinstance(spec, (list, tuple)):
         return tuple(_freeze(v) for v in spec)
@@ -1611,19 +1632,11 @@ class Function(Generic[R]):
         backend = get_backend()
         key: list[Any] = [_freeze(spec), backend.name, config.fusion]
         for x in leaves:
-            if isinstance(x, Tensor):
-                if x._is_variable:
-                    key.append(("V", id(x)))
-                elif x._level:
-                    raise _Eager("a batched tensor (called inside gt.vmap)")
-                else:
-                    key.append(("T", x.data.shape, x.data.dtype.str, x._backend.name))
-            elif type(x) is np.ndarray:  # made a tensor on the active backend (gt.tensor's rule)
-                key.append(("N", x.shape, x.dtype.str, backend.name))
-            elif isinstance(x, (float, complex)):  # by spelling: -0.0 is not 0.0, nan is nan
-                key.append(("P", type(x), repr(x)))
-            elif x is None or isinstance(x, (bool, int, str)):
-                key.append(("P", type(x), x))
+            k = _plain_key(x, backend.name)
+            if k is not None:
+                key.append(k)
+            elif isinstance(x, Tensor):  # (_plain_key names every other tensor)
+                raise _Eager("a batched tensor (called inside gt.vmap)")
             else:
                 try:
                     hash(x)
@@ -1636,24 +1649,13 @@ class Function(Generic[R]):
         """The signature of positional arguments that are all tensors or plain Python values
         (the common call: ``step(x, y)``) without flattening them, else None. It names a
         signature as :meth:`_signature` does, in a key space of its own."""
-        key: list[Any] = [get_backend().name, config.fusion]
+        name = get_backend().name
+        key: list[Any] = [name, config.fusion]
         for x in args:
-            if isinstance(x, Tensor):
-                if x._is_variable:
-                    key.append(("V", id(x)))
-                elif x._level:
-                    return None
-                else:
-                    d = x.data
-                    key.append(("T", d.shape, d.dtype.str, x._backend.name))
-            elif type(x) is np.ndarray:  # made a tensor on the active backend
-                key.append(("N", x.shape, x.dtype.str, key[0]))
-            elif type(x) is float:
-                key.append(("P", float, repr(x)))
-            elif x is None or type(x) in (bool, int, str):
-                key.append(("P", type(x), x))
-            else:
+            k = _plain_key(x, name)
+            if k is None:
                 return None
+            key.append(k)
         return tuple(key)
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
