@@ -224,8 +224,11 @@ def test_conv2d_matches_naive_loops(rng, kw):
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kw", [CONV_CASES[2], CONV_CASES[4]])
+@pytest.mark.parametrize("kw", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[3], CONV_CASES[4],
+                                dict(padding=((2, 0), (0, 1)), dilation=(2, 1), groups=2)])
 def test_conv2d_gradients(rng, kw):
+    """Stride-1 cases take the flat grid (the input gradient folds every example's padded
+    image at once), the strided one the general fold."""
     groups = kw.get("groups", 1)
     x = rng.normal(size=(2, 4, 5, 5))
     w = rng.normal(size=(2 * groups, 4 // groups, 3, 2))
@@ -299,6 +302,38 @@ def test_pool_gradients(rng):
     x = rng.permutation(2 * 2 * 6 * 6).reshape(2, 2, 6, 6) * 0.1  # no ties
     check_grads(lambda t: gt.nn.max_pool2d(t, 3, 2, 1), (x,))
     check_grads(lambda t: gt.nn.avg_pool2d(t, 2, 1, 1), (rng.normal(size=(1, 2, 4, 5)),))
+
+
+@pytest.mark.parametrize("k", [(2, 2), (3, 2), (2, 3), (1, 2), (2, 1), (1, 1)])
+def test_max_pool_tiling_windows_match_loops_with_ties_nan_and_inf(rng, k):
+    """Windows that tile the image (stride = kernel, no padding) are pooled rows first, then
+    columns: the same maxima as a loop (NaN propagates), and the gradient still goes to the
+    first maximum of each window in row-major order (ties from a ReLU's zeros, signed zeros),
+    a window holding NaN sending it to its last element."""
+    kh, kw = k
+    x = np.maximum(rng.integers(-2, 3, size=(3, 2, 4 * kh, 3 * kw)), 0).astype(np.float32)
+    x[0, 0, 0, 0] = -0.0
+    x[1, 1, :kh, :kw] = np.nan
+    x[2, 0, -kh:, -kw:] = np.inf
+    ref = np_pool(x.astype(np.float64), 1, 1, 0, "max") if k == (1, 1) else None
+    y = gt.nn.max_pool2d(gt.tensor(x), k)
+    win = x.reshape(3, 2, 4, kh, 3, kw).transpose(0, 1, 2, 4, 3, 5).reshape(3, 2, 4, 3, kh * kw)
+    np.testing.assert_array_equal(y.numpy(), win.max(axis=-1))
+    if ref is not None:
+        np.testing.assert_array_equal(y.numpy(), ref)
+    g = rng.normal(size=y.shape).astype(np.float32)
+    xt = gt.tensor(x)
+    with gt.GradientTape() as tape:
+        tape.watch(xt)
+        y = gt.nn.max_pool2d(xt, k)
+    got = tape.gradient(y, xt, output_gradients=gt.tensor(g)).numpy()
+    want = np.zeros_like(win)
+    top = win.max(axis=-1, keepdims=True)
+    hit = win == top
+    first = np.where(hit.any(axis=-1), hit.argmax(axis=-1), kh * kw - 1)
+    np.put_along_axis(want, first[..., None], g[..., None], axis=-1)
+    want = want.reshape(3, 2, 4, 3, kh, kw).transpose(0, 1, 2, 4, 3, 5).reshape(x.shape)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_max_pool_gradient_goes_to_first_maximum():

@@ -522,6 +522,8 @@ def _conv_t_impl(xp: Any, g: Any, w: Any, *, size: tuple, stride: tuple, padding
     N = g.shape[0]
     Co, Cg, kh, kw = w.shape
     lay = _conv_layout(size, (kh, kw), stride, padding, dilation)
+    if lay[4]:
+        return _conv_t_flat(xp, g, w, size, lay, padding, dilation, groups)
     gg = _to_grid(xp, g, lay)
     L = gg.shape[-1]
     Kg = Cg * kh * kw
@@ -532,6 +534,38 @@ def _conv_t_impl(xp: Any, g: Any, w: Any, *, size: tuple, stride: tuple, padding
                          gg.reshape(groups, Co // groups, N * L))
     cols = cols.reshape(Cg * groups, kh, kw, N, L)
     return _fold(xp, cols, size, (kh, kw), stride, padding, dilation)
+
+
+def _conv_t_flat(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, padding: tuple,
+                 dilation: tuple, groups: int) -> Any:
+    """:func:`_conv_t_impl` on the flat grid (stride 1), with each example's cotangent on a
+    whole padded image ``[Hp, Wp]`` (zero outside ``[OH, OW]``): every kernel offset's product
+    then lands in one contiguous slice of all examples' padded images together, so the fold is
+    ``kh * kw`` adds over long rows (per example, short rows cost more than the extra columns
+    the product computes). No nonzero term crosses into the next example: offset ``(i, j)``
+    moves row ``r < OH`` to ``r + i dh < Hp`` and column ``c < OW`` to ``c + j dw < Wp``."""
+    N, Co = g.shape[:2]
+    _, Cg, kh, kw = w.shape
+    oh, ow, Hp, Wp, _ = lay
+    (dh, dw), ((pt, _), (pl, _)) = dilation, padding
+    H, W = size
+    S = N * Hp * Wp
+    gg = xp.zeros_like(g, shape=(Co, N, Hp, Wp))
+    gg[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
+    Kg = Cg * kh * kw
+    if groups == 1:
+        cols = xp.matmul(w.reshape(Co, Kg).T, gg.reshape(Co, S))
+    else:
+        cols = xp.matmul(w.reshape(groups, Co // groups, Kg).transpose(0, 2, 1),
+                         gg.reshape(groups, Co // groups, S))
+    cols = cols.reshape(Cg * groups, kh * kw, S)
+    out = xp.zeros_like(cols, shape=(Cg * groups, S + (kh - 1) * dh * Wp + (kw - 1) * dw))
+    for i in range(kh):
+        for j in range(kw):
+            o = i * dh * Wp + j * dw
+            out[:, o:o + S] += cols[:, i * kw + j]
+    out = out[:, :S].reshape(Cg * groups, N, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
+    return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
 def _conv_w_impl(xp: Any, x: Any, g: Any, *, kernel: tuple, stride: tuple, padding: tuple,
@@ -805,7 +839,33 @@ def _window_top(xp: Any, views: list) -> Any:
     return top
 
 
+def _tiled(x: Any, kernel: tuple, stride: tuple, padding: tuple) -> bool:
+    """The windows tile ``x`` exactly (stride = kernel, no padding, sizes divisible), and ``x``
+    is C-contiguous: then ``x.reshape(M, kh, W)`` holds each row of windows as ``kh``
+    contiguous image rows (``M``: leading axes times output rows)."""
+    H, W = x.shape[-2:]
+    return (tuple(stride) == tuple(kernel) and padding == ((0, 0), (0, 0))
+            and H % kernel[0] == 0 and W % kernel[1] == 0 and x.flags.c_contiguous)
+
+
 def _max_pool_impl(xp: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tuple) -> Any:
+    if _tiled(x, kernel, stride, padding) and x.size:
+        # rows first (contiguous image rows, long inner loops), then the kw columns of each
+        # window (strided): kh + kw - 2 passes, of which only kw - 1 strided, instead of
+        # kh * kw - 1 strided ones
+        (kh, kw), (H, W) = kernel, x.shape[-2:]
+        rows = x.reshape(-1, kh, W)
+        top = rows[:, 0] if kh == 1 else xp.maximum(rows[:, 0], rows[:, 1])
+        for i in range(2, kh):
+            xp.maximum(top, rows[:, i], out=top)
+        cells = top.reshape(-1, W // kw, kw)
+        if kw > 1:
+            top = xp.maximum(cells[..., 0], cells[..., 1])
+            for j in range(2, kw):
+                xp.maximum(top, cells[..., j], out=top)
+        else:
+            top = cells[..., 0].copy() if kh == 1 else cells[..., 0]
+        return top.reshape(x.shape[:-2] + (H // kh, W // kw))
     return _window_top(xp, _pool_views(xp, x, kernel, stride, padding, -np.inf)[1])
 
 
