@@ -677,3 +677,32 @@ def test_outputs_given_positionally_are_writes_the_replay_makes():
         x = gt.tensor(rng.normal(size=(3, 3)).astype(np.float32))
         want = extend.bind(_P_DOT_INTO, x, x).numpy()
         _assert_replayed(f(x).numpy(), want)
+
+
+@pytest.mark.parametrize("write", ["method", "function"])
+def test_a_scratch_array_a_traced_call_writes_is_read_at_each_call(write):
+    """A NumPy array made inside the step and written by a call on traced values (an array
+    method's positional output, ``a.clip(lo, hi, buf)``, or ``np.clip(..., out=buf)``) holds
+    that call's values at every call: converting it to a tensor reads the program's value,
+    even when the two traces saw equal inputs (nothing then tells a frozen value apart)."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("the scratch array is a host NumPy array: a NumPy-backend step's")
+
+    def body(x):
+        buf = np.zeros(x.shape, np.float32)
+        y = (x * 2.0).data
+        if write == "method":
+            y.clip(0.0, 1.0, buf)
+        else:
+            np.clip(y, 0.0, 1.0, out=buf)
+        return gt.tensor(buf) + x
+
+    f = gt.function(body)
+    first = np.array([0.2, 0.6, 3.0], np.float32)
+    for v in (first, first, [0.1, 0.3, -1.0], [5.0, 0.25, 0.0]):
+        x = np.array(v, np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # replayed, not run eagerly after a warning
+            got = f(gt.tensor(x)).numpy()
+        np.testing.assert_array_equal(got, np.clip(2 * x, 0, 1) + x)
+    assert f.trace_count == 2

@@ -31,6 +31,7 @@ import functools
 import inspect
 import math
 import operator
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -215,16 +216,34 @@ class TracedArray:
 
 
 class _Method:
-    """An array method called on a traced array: rendered ``obj.name(...)`` in the program."""
+    """An array method called on a traced array: rendered ``obj.name(...)`` in the program.
+    ``out_pos``: where its ``out`` argument sits when given positionally, counting the array
+    itself as 0 (``a.clip(lo, hi, out)``: 3), else -1."""
 
-    __slots__ = ("name", "__name__")
+    __slots__ = ("name", "__name__", "out_pos")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.__name__ = f"ndarray.{name}"
+        self.out_pos = _method_out_position(name)
 
     def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
         return getattr(obj, self.name)(*args, **kwargs)
+
+
+def _method_out_position(name: str) -> int:
+    """``out``'s positional index in NumPy's ``ndarray.name`` (the array counting as 0), read
+    from the first line of its docstring (``a.sum(axis=None, dtype=None, out=None, *, ...)``:
+    3; C methods have no signature to inspect); -1 where it takes no ``out``."""
+    doc = getattr(getattr(np.ndarray, name, None), "__doc__", None) or ""
+    m = re.match(r"\s*a\.\w+\((.*)\)", doc)
+    params = [p.strip().split("=")[0].strip() for p in m.group(1).split(",")] if m else []
+    for i, p in enumerate([p for p in params if p != "/"]):  # (after "/": still positional)
+        if p.startswith("*"):
+            break
+        if p == "out":
+            return i + 1
+    return -1
 
 
 class _Attr:
@@ -445,6 +464,14 @@ def _converter(name: str) -> Callable[..., Any]:
     def convert(a: Any, *args: Any, **kwargs: Any) -> Any:
         if type(a) is TracedArray:
             return _dispatch(orig, (a, *args), kwargs)
+        tr = STATE.trace
+        if tr is not None and tr.promoted and not tr.suspended:
+            # a buffer made outside the trace that a traced call wrote (a step's own scratch
+            # array, filled by np.clip(..., out=o)): converting it reads that program
+            # variable, not the value it had while tracing
+            w = tr.promoted.get(id(a))
+            if w is not None and tr.arrays[w.slot] is a:
+                return _dispatch(orig, (w, *args), kwargs)
         return orig(a, *args, **kwargs)
 
     convert.__name__ = name
@@ -567,6 +594,7 @@ class _Step:
         self.pure = pure
 
 
+_BYTESWAP = _METHODS["byteswap"]  # writes its array with inplace=True
 _MUTATING = {operator.setitem, *_IPYOPS.values(), _METHODS["fill"], _METHODS["put"], _METHODS["sort"],
              _METHODS["partition"], _METHODS["setflags"], np.copyto, np.put, np.place,
              np.putmask, np.fill_diagonal}
@@ -674,7 +702,8 @@ class _Trace:
         except TypeError:  # an unhashable callable
             mutating = False
         wr = _written(fn, args, kwargs) if (kwargs or mutating or getattr(fn, "__name__", "") == "at"
-                                            or 0 <= _out_position(fn) < len(args)) else ()
+                                            or 0 <= _out_position(fn) < len(args)
+                                            or fn is _BYTESWAP) else ()
         for buf in wr:
             if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
                     and id(buf) not in self.promoted:
@@ -872,7 +901,8 @@ def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
             o = targs[pos]
     if o is not None:
         out.extend(o if isinstance(o, tuple) else (o,))
-    if fn in _MUTATING or getattr(fn, "__name__", "") == "at":
+    if fn in _MUTATING or getattr(fn, "__name__", "") == "at" or (
+            fn is _BYTESWAP and (tkw.get("inplace") if tkw else len(targs) > 1 and targs[1])):
         if targs:
             out.append(targs[0])
     return out
@@ -891,7 +921,9 @@ def _out_position(fn: Any) -> int:
     except TypeError:  # an unhashable callable
         return -1
     pos = -1
-    if not isinstance(fn, np.ufunc):
+    if type(fn) is _Method:
+        pos = fn.out_pos
+    elif not isinstance(fn, np.ufunc):
         try:
             for i, p in enumerate(inspect.signature(fn).parameters.values()):
                 if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
