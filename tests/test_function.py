@@ -706,3 +706,27 @@ def test_a_scratch_array_a_traced_call_writes_is_read_at_each_call(write):
             got = f(gt.tensor(x)).numpy()
         np.testing.assert_array_equal(got, np.clip(2 * x, 0, 1) + x)
     assert f.trace_count == 2
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_pool_gradient_with_a_constant_cotangent_replays(kernel):
+    """The gradient of a non-scalar target starts from constant ones: max-pool's routing then
+    writes cotangents picked by the traced image into its output, which is made like the image
+    so the replay follows it (it was made like the constant cotangent: the step ran eagerly,
+    with a warning)."""
+    rng = np.random.default_rng(5)
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            z = gt.nn.max_pool2d(x, kernel, stride=2)
+        return tape.gradient(z, x, output_gradients=gt.ones_like(z))
+
+    f = gt.function(step)
+    for _ in range(4):
+        x = gt.tensor(rng.normal(size=(2, 2, 6, 8)).astype(np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = f(x).numpy()
+        np.testing.assert_array_equal(got, step(x).numpy())
+    assert f.trace_count == 2

@@ -236,6 +236,44 @@ def test_conv2d_gradients(rng, kw):
     check_grads(lambda a, c, d: gt.nn.conv2d(a, c, d, **kw), (x, w, b))
 
 
+def np_conv2d_input_grad(g, w, hw, padding, dilation=(1, 1)):
+    """The input gradient of a stride-1 convolution by loops: each output's cotangent times
+    each tap, added at the pixel the tap read (padding cropped)."""
+    N, n_out, OH, OW = g.shape
+    _, C, kh, kw = w.shape
+    (pt, pb), (pl, pr) = padding
+    dx = np.zeros((N, C, hw[0] + pt + pb, hw[1] + pl + pr))
+    for n in range(N):
+        for o in range(n_out):
+            for i in range(OH):
+                for j in range(OW):
+                    for a in range(kh):
+                        for bb in range(kw):
+                            dx[n, :, i + a * dilation[0], j + bb * dilation[1]] += g[n, o, i, j] * w[o, :, a, bb]
+    return dx[:, :, pt:pt + hw[0], pl:pl + hw[1]]
+
+
+@pytest.mark.parametrize("kernel,padding", [((2, 1), ((0, 0), (0, 0))), ((3, 3), ((1, 1), (1, 1))),
+                                            ((2, 3), ((1, 0), (2, 1)))])
+def test_conv2d_input_gradient_with_an_infinite_weight_is_nan_only_where_the_sum_is(rng, kernel, padding):
+    """A weight of inf reaches only the pixels its tap reads: the stride-1 input gradient (which
+    computes on a grid with zero junk between and after the examples' images) must not turn
+    inf * 0 into NaN on other pixels, in its own example or the next."""
+    x = rng.normal(size=(2, 2, 5, 4))
+    w = rng.uniform(0.5, 1.0, size=(3, 2) + kernel)
+    w[1, 0, -1, 0] = np.inf
+    xt = gt.tensor(x)
+    with gt.GradientTape() as tape, np.errstate(invalid="ignore"):  # (the forward's padding
+        tape.watch(xt)  # times inf is NaN, as in the definition)
+        y = gt.nn.conv2d(xt, gt.tensor(w), padding=padding)
+    g = rng.uniform(0.5, 1.0, size=y.shape)
+    got = tape.gradient(y, xt, output_gradients=gt.tensor(g)).numpy()
+    ref = np_conv2d_input_grad(g, w, x.shape[2:], padding)
+    assert np.isnan(ref).sum() == 0 and np.isinf(ref).any()
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-12)  # (no NaN anywhere)
+
+
 def test_conv2d_weight_gradient_uses_the_values_the_forward_saw(rng):
     """The weight gradient reuses the forward's unfolded input: it must be that of the values
     the forward read, whatever happens to the input after (an assigned Variable, a second

@@ -17,6 +17,7 @@ vectorized array operation.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from .. import ops
 from .._src.autodiff.record import Record
+from .._src.autodiff.state import opaque
 from .._src.frontend.per_example import CONV_WEIGHT_GRADS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
@@ -452,14 +454,16 @@ def _unfold(xp: Any, x: Any, kernel: tuple, stride: tuple, padding: tuple, dilat
 
 
 def _fold(xp: Any, cols: Any, hw: tuple, kernel: tuple, stride: tuple, padding: tuple,
-          dilation: tuple) -> Any:
+          dilation: tuple, flat: bool | None = None) -> Any:
     """The adjoint of :func:`_unfold`: ``cols[C, kh, kw, N, L]`` summed back into images
-    ``[N, C, H, W]``."""
+    ``[N, C, H, W]``; ``flat``: whether ``cols`` is on the flat grid (default: the layout's
+    choice)."""
     C, kh, kw, N, L = cols.shape
     H, W = hw
     (sh, sw), (dh, dw) = stride, dilation
     (pt, _), (pl, _) = padding
-    oh, ow, Hp, Wp, flat = _conv_layout(hw, kernel, stride, padding, dilation)
+    oh, ow, Hp, Wp, chosen = _conv_layout(hw, kernel, stride, padding, dilation)
+    flat = chosen if flat is None else flat
     if flat:
         out = xp.zeros_like(cols, shape=(C, N, (Hp + 1) * Wp))
         for i in range(kh):
@@ -519,11 +523,34 @@ def _conv_impl(xp: Any, x: Any, w: Any, *, stride: tuple, padding: tuple, dilati
 
 def _conv_t_impl(xp: Any, g: Any, w: Any, *, size: tuple, stride: tuple, padding: tuple,
                  dilation: tuple, groups: int) -> Any:
+    lay = _conv_layout(size, w.shape[2:], stride, padding, dilation)
+    if lay[4]:
+        if xp is np:  # host arrays: the choice below reads the weights, so inside gt.function
+            # it is one step of the program, made again at each call
+            return opaque(functools.partial(_conv_t_host, size=size, lay=lay, padding=padding,
+                                            dilation=dilation, groups=groups), g, w,
+                          key=("conv_transpose2d", size, lay, padding, dilation, groups))
+        # on a device the weights are not read back: the layout without junk positions (below)
+        lay = lay[:4] + (False,)
+    return _conv_t_grid(xp, g, w, size, lay, stride, padding, dilation, groups)
+
+
+def _conv_t_host(g: Any, w: Any, *, size: tuple, lay: tuple, padding: tuple, dilation: tuple,
+                 groups: int) -> Any:
+    """The stride-1 transposed convolution of host arrays: all examples on one flat grid, or,
+    with an inf or NaN weight (which times the grid's zero junk is NaN, added into real pixels
+    by a flat layout), the layout without junk positions, exact."""
+    if np.isfinite(w).all():
+        return _conv_t_flat(np, g, w, size, lay, padding, dilation, groups)
+    return _conv_t_grid(np, g, w, size, lay[:4] + (False,), (1, 1), padding, dilation, groups)
+
+
+def _conv_t_grid(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple, groups: int) -> Any:
+    """The transposed convolution as one product onto the columns of layout ``lay``, then their
+    fold."""
     N = g.shape[0]
     Co, Cg, kh, kw = w.shape
-    lay = _conv_layout(size, (kh, kw), stride, padding, dilation)
-    if lay[4]:
-        return _conv_t_flat(xp, g, w, size, lay, padding, dilation, groups)
     gg = _to_grid(xp, g, lay)
     L = gg.shape[-1]
     Kg = Cg * kh * kw
@@ -533,7 +560,7 @@ def _conv_t_impl(xp: Any, g: Any, w: Any, *, size: tuple, stride: tuple, padding
         cols = xp.matmul(w.reshape(groups, Co // groups, Kg).transpose(0, 2, 1),
                          gg.reshape(groups, Co // groups, N * L))
     cols = cols.reshape(Cg * groups, kh, kw, N, L)
-    return _fold(xp, cols, size, (kh, kw), stride, padding, dilation)
+    return _fold(xp, cols, size, (kh, kw), stride, padding, dilation, lay[4])
 
 
 def _conv_t_flat(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, padding: tuple,
@@ -542,8 +569,10 @@ def _conv_t_flat(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, padding: tupl
     whole padded image ``[Hp, Wp]`` (zero outside ``[OH, OW]``): every kernel offset's product
     then lands in one contiguous slice of all examples' padded images together, so the fold is
     ``kh * kw`` adds over long rows (per example, short rows cost more than the extra columns
-    the product computes). No nonzero term crosses into the next example: offset ``(i, j)``
-    moves row ``r < OH`` to ``r + i dh < Hp`` and column ``c < OW`` to ``c + j dw < Wp``."""
+    the product computes). With finite weights no nonzero term crosses into the next example:
+    offset ``(i, j)`` moves row ``r < OH`` to ``r + i dh < Hp`` and column ``c < OW`` to
+    ``c + j dw < Wp``, and the zero junk contributes zeros (with an inf weight it would
+    contribute NaN: :func:`_conv_t_host` checks)."""
     N, Co = g.shape[:2]
     _, Cg, kh, kw = w.shape
     oh, ow, Hp, Wp, _ = lay
@@ -879,7 +908,9 @@ def _route_impl(xp: Any, x: Any, top: Any, g: Any, *, kernel: tuple, stride: tup
     oh, ow = top.shape[-2:]
     tiled = (sh, sw) == (kh, kw) and (oh * kh, ow * kw) == xpad.shape[-2:]  # each pixel once
     shape = np.broadcast_shapes(x.shape[:-2], top.shape[:-2], g.shape[:-2]) + xpad.shape[-2:]
-    out = (xp.empty_like if tiled else xp.zeros_like)(g, shape=shape)
+    # made like the image, which picks the routes (inside gt.function a step's cotangent may
+    # be a constant, the ones of a non-scalar target, while the image is traced)
+    out = (xp.empty_like if tiled else xp.zeros_like)(x, dtype=g.dtype, shape=shape)
     _, outs = _pool_views(xp, out, kernel, stride, ((0, 0), (0, 0)), 0.0)
     overlap = sh < kh or sw < kw
     taken = None
