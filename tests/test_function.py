@@ -730,3 +730,175 @@ def test_pool_gradient_with_a_constant_cotangent_replays(kernel):
             got = f(x).numpy()
         np.testing.assert_array_equal(got, step(x).numpy())
     assert f.trace_count == 2
+
+
+# --------------------------------------------------------------------------- found by review:
+# each case below replayed a value that differs from the eager step's, with no warning, when the
+# first two calls (the two traces) saw the same values.
+def _replays(f, step, calls, check=None):
+    """Call compiled ``f`` on each argument tuple of ``calls`` (no warning allowed: a replay,
+    not an eager fallback) and compare with ``step`` run eagerly on the same arguments."""
+    for args in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = f(*args)
+        want = step(*args)
+        (check or _same)(got, want)
+
+
+def _same(got, want):
+    g, w = _np(got), _np(want)
+    if isinstance(g, list):
+        for a, b in zip(g, w):
+            _assert_replayed(a, b)
+    else:
+        _assert_replayed(g, w)
+
+
+def test_dicts_keep_their_key_order_in_and_out():
+    def step(feats):
+        return {"cols": gt.concat(list(feats.values()), axis=1), "first": list(feats)[0] == "price"}
+
+    f = gt.function(step)
+    for i in range(4):
+        feats = {"price": gt.tensor([[10.0 * (i + 1)]]), "age": gt.tensor([[1.0 + i]])}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = f(feats)
+        assert list(out) == ["cols", "first"] and out["first"] is True
+        np.testing.assert_array_equal(out["cols"].numpy(), [[10.0 * (i + 1), 1.0 + i]])
+    g = gt.function(lambda **kw: gt.concat(list(kw.values()), axis=1))
+    np.testing.assert_array_equal(g(price=gt.tensor([[10.0]]), age=gt.tensor([[1.0]])).numpy(),
+                                  [[10.0, 1.0]])
+
+
+def test_a_new_variable_that_takes_a_dead_ones_id_gets_its_own_program():
+    f = gt.function(lambda w, x: w * x)
+    x = gt.tensor([1.0, 2.0])
+    for trial in range(4):
+        w = gt.Variable([float(trial + 1)] * 2)  # a fresh Variable (often at the dead one's id)
+        for _ in range(3):
+            np.testing.assert_array_equal(f(w, x).numpy(), (w * x).numpy())
+        del w
+    assert len(f._cache) == 1  # the dead Variables' programs are dropped
+
+
+def test_a_tensor_passed_for_two_arguments_is_one_input():
+    def step(a, b):
+        with gt.GradientTape() as tape:
+            tape.watch([a, b])
+            loss = gt.sum(a * b)
+        return tape.gradient(loss, [a, b])
+
+    f = gt.function(step)
+    x, y = gt.tensor([1.0, 2.0]), gt.tensor([3.0, 4.0])
+    _replays(f, step, [(x, y), (x, y), (x, x), (x, x), (x, x), (y, x)])
+    np.testing.assert_array_equal(f(x, x)[0].numpy(), [2.0, 4.0])
+
+
+def test_a_tensor_made_from_a_variable_reads_it_at_each_call():
+    scale = gt.Variable(1.0)
+
+    def step(x):
+        return x * gt.tensor(scale) + gt.Tensor(scale)
+
+    f = gt.function(step)
+    x = gt.tensor([1.0, 2.0])
+    f(x), f(x)
+    scale.assign(10.0)
+    _replays(f, step, [(x,)])
+    with pytest.raises(gt.TracingError, match="np.asarray"):
+        gt.function(lambda x: x * gt.tensor(np.asarray(scale)))(x)
+
+
+def test_put_along_axis_into_a_scratch_array_is_a_write():
+    if gt.backend_name() != "numpy":
+        pytest.skip("the scratch array is a host NumPy array: a NumPy-backend step's")
+
+    def step(x):
+        buf = np.zeros((1, 6), np.float32)
+        np.put_along_axis(buf, np.array([[0, 2, 4]]), x.data, axis=1)
+        return gt.tensor(buf) * 2.0
+
+    f = gt.function(step)
+    v = np.float32([[1, 2, 3]])
+    _replays(f, step, [(gt.tensor(v),), (gt.tensor(v),), (gt.tensor(v + 6),), (gt.tensor(-v),)])
+
+
+@pytest.mark.parametrize("body", [lambda x: np.where(x.data > 0), lambda x: np.bincount(x.data),
+                                  lambda x: np.repeat(x.data, x.data)])
+def test_more_results_whose_shape_depends_on_values_raise(body):
+    f = gt.function(lambda x: gt.tensor(body(x)[0] if isinstance(body(x), tuple) else body(x)))
+    with pytest.raises(gt.TracingError, match="shape depends on the values"):
+        f(gt.tensor(np.array([1, 0, 2])))
+
+
+def test_check_numerics_is_part_of_the_signature_and_checks_at_each_call():
+    def step(x):
+        return gt.log(x) * 2.0
+
+    x, bad = gt.tensor([1.0, 2.0]), gt.tensor([-1.0, 2.0])
+    f = gt.function(step)
+    f(x), f(x)
+    gt.config.check_numerics = True
+    try:
+        f(x), f(x)  # traced again, with the checks as steps of the program
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # (a replay, not eager after a warning)
+            np.testing.assert_array_equal(f(x).numpy(), step(x).numpy())
+            with pytest.raises(FloatingPointError, match="'log'"), np.errstate(invalid="ignore"):
+                f(bad)
+    finally:
+        gt.config.check_numerics = False
+    assert f.trace_count == 4
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(f(bad).numpy()[0])  # off again: the first program
+
+
+@pytest.mark.parametrize("make", [lambda x: gt.full((3,), x[0]),
+                                  lambda x: gt.full_like(gt.zeros((3,)), x[0]) * 1.0])
+def test_full_with_a_fill_value_computed_in_the_step(make):
+    f = gt.function(make)
+    v = np.float32([1, 2])
+    _replays(f, make, [(gt.tensor(v),), (gt.tensor(v),), (gt.tensor(v + 4),), (gt.tensor(-v),)])
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_batch_norm_running_statistics_advance_at_each_call(verify):
+    models = [gt.nn.BatchNorm(1) for _ in range(2)]
+    f = gt.function(lambda x: models[0](x), verify=verify)
+    same = np.float32([[-1], [0], [1]])  # batch mean 0, unbiased variance 1: the initial stats
+    for x in (same, same, np.float32([[1], [2], [6]]), np.float32([[5], [5], [8]])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = f(gt.tensor(x)).numpy()
+        _assert_replayed(got, models[1](gt.tensor(x)).numpy())
+        for name in ("running_mean", "running_var"):
+            _assert_replayed(getattr(models[0], name).numpy(), getattr(models[1], name).numpy())
+
+
+def test_a_fortran_ordered_argument_gets_its_own_program():
+    def step(x):
+        return gt.sum(gt.exp(x * 0.1) * 2.0 + 1.0, axis=0)
+
+    a = np.random.default_rng(0).normal(size=(512, 300)).astype(np.float32)
+    f = gt.function(step)
+    f(gt.tensor(a)), f(gt.tensor(a))
+    t = gt.tensor(np.asfortranarray(a))
+    if gt.backend_name() == "numpy":
+        assert not t.data.flags.c_contiguous
+    _replays(f, step, [(t,), (t,), (t,)])
+
+
+def test_from_dlpack_of_a_scratch_array_a_traced_call_wrote():
+    if gt.backend_name() != "numpy":
+        pytest.skip("the scratch array is a host NumPy array: a NumPy-backend step's")
+
+    def step(x):
+        buf = np.zeros(3, np.float32)
+        np.multiply(x.data, 3.0, out=buf)
+        return gt.from_dlpack(buf) + x
+
+    f = gt.function(step)
+    v = np.float32([1, 2, 3])
+    _replays(f, step, [(gt.tensor(v),), (gt.tensor(v),), (gt.tensor(v + 3),), (gt.tensor(-v),)])

@@ -8,14 +8,17 @@ from typing import Any
 __all__ = ["flatten", "unflatten", "Spec"]
 
 #: How :func:`flatten` took a structure apart, for :func:`unflatten`: None for a leaf, else
-#: ``(kind, type, sorted dict keys or None, child specs or the length of a flat list)``.
+#: ``(kind, type, sorted dict keys or None, child specs or the length of a flat list)``, and
+#: for a dict whose keys were not in sorted order a fifth item: its keys in their order.
 Spec = Any
 
 
 def flatten(structure: Any) -> tuple[list[Any], Spec]:
     """Return (leaves in order, a spec to rebuild the structure with :func:`unflatten`).
 
-    Dicts are walked in sorted-key order, as TF does.
+    Dicts are walked in sorted-key order, as TF does; :func:`unflatten` rebuilds them with
+    their keys in the order they had (code iterating a rebuilt dict sees what it would have
+    seen).
 
     Example:
         >>> flatten([1, {"b": 2, "a": 3}])[0]
@@ -42,7 +45,11 @@ def _walk(node: object, leaves: list[Any]) -> Spec:
             kinds = sorted({type(k).__name__ for k in node})
             raise TypeError(f"a dict of tensors needs keys that sort together (all str, or all "
                             f"int), got keys of types {kinds}: {list(node)}") from None
-        return (dict, type(node), keys, [_walk(node[k], leaves) for k in keys])
+        children = [_walk(node[k], leaves) for k in keys]
+        order = list(node)
+        if order != keys:
+            return (dict, type(node), keys, children, order)
+        return (dict, type(node), keys, children)
     if isinstance(node, (list, tuple)):
         return (list, type(node), None, [_walk(v, leaves) for v in node])
     leaves.append(node)
@@ -59,11 +66,14 @@ def unflatten(spec: Spec, leaves: list[Any]) -> Any:
 def _build(node: Spec, it: Iterator[Any]) -> Any:
     if node is None:
         return next(it)
-    kind, typ, keys, children = node
+    kind, typ, keys, children = node[:4]
     if type(children) is int:
         children = [None] * children
     if kind is dict:
-        return typ((k, _build(c, it)) for k, c in zip(keys, children))
+        if len(node) == 4:
+            return typ((k, _build(c, it)) for k, c in zip(keys, children))
+        by_key = {k: _build(c, it) for k, c in zip(keys, children)}  # leaves in sorted order
+        return typ((k, by_key[k]) for k in node[4])
     values = [_build(c, it) for c in children]
     if typ is list:
         return values

@@ -98,6 +98,10 @@ class Tensor:
 
     def __init__(self, data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None) -> None:
         # a copy of user arrays and Variables; another Tensor's buffer is immutable, shared
+        if isinstance(data, Tensor) and data._is_variable and STATE.trace is not None \
+                and not STATE.trace.suspended:  # gt.function: the copy reads the Variable at
+            data = data.value()  # type: ignore[attr-defined]  # each call (a step of the
+            # program), as Variable.value() does
         copy = not isinstance(data, Tensor) or data._is_variable
         arr, backend = _to_array(data, dtype, copy=copy, to_active=True)
         self.data = arr
@@ -151,6 +155,10 @@ class Tensor:
         return _host_view(self)
 
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
+        if self._is_variable:
+            tr = STATE.trace
+            if tr is not None and not tr.suspended:  # gt.function: a host value of the state,
+                tr.host_sync("np.asarray() of a Variable")  # as Variable.numpy()
         if self._backend.name != "numpy":
             raise TypeError(
                 "np.asarray() of a CuPy-backed gradtape tensor would copy from the GPU "

@@ -16,7 +16,7 @@ import numpy as np
 from .. import ops
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
-from .._src.autodiff.state import opaque
+from .._src.autodiff.state import opaque, read_for_trace
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap
@@ -522,7 +522,8 @@ def _update_running(v: Variable, batch: Any, momentum: float) -> None:
     """``v = (1 - momentum) * v + momentum * batch`` in place, on arrays (``batch`` is one):
     never recorded."""
     new = batch.reshape(v.shape).astype(v.dtype, copy=False)
-    v.assign((1.0 - momentum) * v.data + momentum * new)
+    # inside gt.function the statistic is read at each call, not frozen as a constant
+    v.assign((1.0 - momentum) * read_for_trace(v.data, new) + momentum * new)
 
 
 def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma: Any = None,

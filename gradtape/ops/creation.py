@@ -120,6 +120,15 @@ def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
                          f"({exc})") from None
 
 
+def _full(xp: Any, shape: tuple[int, ...], value: Any, dt: np.dtype) -> Any:
+    """``xp.full``; a fill value computed inside ``gt.function`` (a traced 0-d array) is
+    broadcast and copied, so the program makes the array from that call's value (``np.full``
+    would fill a buffer of its own that the trace cannot hand on)."""
+    if getattr(value, "_gt_traced", False):
+        return xp.broadcast_to(value, shape).copy()
+    return xp.full(shape, value, dtype=dt)
+
+
 def _scalar(fill_value: Any, what: str) -> tuple[Any, np.dtype]:
     """A fill value and the dtype it gives by itself (the rules of :func:`gradtape.tensor`:
     a Python float is float32, a complex complex64, an int int64, a bool bool; a NumPy scalar or
@@ -220,7 +229,7 @@ def full(shape: ShapeLike, fill_value: Any, dtype: DTypeLike | None = None) -> T
     dt = _dtype(dtype, "full", own)
     _check_size("full", list(shape), dt.itemsize)
     backend = get_backend()
-    return _wrap(backend.xp.full(shape, _fill(value, dt, "full"), dtype=dt), backend)
+    return _wrap(_full(backend.xp, shape, _fill(value, dt, "full"), dt), backend)
 
 
 def zeros_like(x: TensorLike, dtype: DTypeLike | None = None) -> Tensor:
@@ -261,7 +270,7 @@ def full_like(x: TensorLike, fill_value: Any, dtype: DTypeLike | None = None) ->
     shape, own, backend = _meta(x, "full_like")
     value, _ = _scalar(fill_value, "full_like")
     dt = _dtype(dtype, "full_like", own)
-    return _wrap(backend.xp.full(shape, _fill(value, dt, "full_like"), dtype=dt), backend)
+    return _wrap(_full(backend.xp, shape, _fill(value, dt, "full_like"), dt), backend)
 
 
 # --------------------------------------------------------------------------- ranges

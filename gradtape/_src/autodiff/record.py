@@ -14,6 +14,7 @@ Variables it watches and why a tracked value left it (for the unconnected-gradie
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from ..backend import Array
 from ..config import HOOKS
 from ..tensor import Tensor, Variable, _next_id
-from .state import STATE, user_line
+from .state import STATE, opaque, user_line
 
 if TYPE_CHECKING:  # the layer above, named in annotations only
     from ..primitive import Primitive
@@ -373,13 +374,23 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
 
 def check_finite(prim: Primitive, args: tuple[Tensor, ...], array: Array, phase: str,
                  where: str | None = None) -> None:
-    xp = args[0]._backend.xp if args and isinstance(args[0], Tensor) else np
-    if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
-        if args:
-            shapes = ", ".join(str(getattr(a, "shape", ())) for a in args)
-            what = f"input shapes {shapes}; output shape {array.shape}"
-        else:  # the backward passes one input gradient
-            what = f"an input gradient of shape {array.shape}"
-        raise FloatingPointError(
-            f"check_numerics: the {phase} of '{prim.name}' produced NaN or inf "
-            f"({what}), recorded at {where or user_line()}")
+    if array.dtype.kind not in "fc":
+        return
+    if args:
+        shapes = ", ".join(str(getattr(a, "shape", ())) for a in args)
+        what = f"input shapes {shapes}; output shape {array.shape}"
+    else:  # the backward passes one input gradient
+        what = f"an input gradient of shape {array.shape}"
+    message = (f"check_numerics: the {phase} of '{prim.name}' produced NaN or inf "
+               f"({what}), recorded at {where or user_line()}")
+    if getattr(array, "_gt_traced", False):  # gt.function: the check is a step of the program,
+        # made at each call (its values are not known while tracing)
+        opaque(functools.partial(_raise_unless_finite, message=message), array,
+               key=("check_numerics", message))
+        return
+    _raise_unless_finite(array, message)
+
+
+def _raise_unless_finite(array: Array, message: str) -> None:
+    if not bool(np.isfinite(array).all()):
+        raise FloatingPointError(message)

@@ -271,7 +271,7 @@ def _structure(spec: Any) -> Any:
     """A flatten spec with lists and tuples alike (they match each other)."""
     if spec is None:
         return None
-    kind, _typ, keys, children = spec
+    kind, _typ, keys, children = spec[:4]
     if type(children) is int:
         return (kind, keys, children)
     return (kind, keys, tuple(_structure(c) for c in children))

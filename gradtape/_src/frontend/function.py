@@ -34,6 +34,7 @@ import operator
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
@@ -452,7 +453,7 @@ def _is_array(x: Any) -> bool:
 
 # NumPy's conversion functions do not dispatch on their argument (they call ``__array__``);
 # while any trace runs they are wrapped so that converting a traced array is a logged call.
-_CONVERTERS = ("asarray", "asanyarray", "ascontiguousarray", "asfortranarray", "array")
+_CONVERTERS = ("asarray", "asanyarray", "ascontiguousarray", "asfortranarray", "array", "from_dlpack")
 _ORIGINAL = {name: getattr(np, name) for name in _CONVERTERS}
 _patch_lock = threading.Lock()
 _patch_count = 0
@@ -597,7 +598,7 @@ class _Step:
 _BYTESWAP = _METHODS["byteswap"]  # writes its array with inplace=True
 _MUTATING = {operator.setitem, *_IPYOPS.values(), _METHODS["fill"], _METHODS["put"], _METHODS["sort"],
              _METHODS["partition"], _METHODS["setflags"], np.copyto, np.put, np.place,
-             np.putmask, np.fill_diagonal}
+             np.putmask, np.fill_diagonal, np.put_along_axis}
 
 
 class _Trace:
@@ -711,7 +712,7 @@ class _Trace:
                     self.unsafe = (f"{getattr(fn, '__name__', fn)} wrote into a view of an array "
                                    "made outside the trace")
                 self._promote(buf, _overwrites(fn, tuple(ua), uk, buf))
-        if fn in _DATA_SHAPED or (fn is operator.getitem and _bool_index(args[1])):
+        if _data_shaped(fn, args, kwargs):
             self.host_sync(f"{getattr(fn, '__name__', fn)} (its result's shape depends on the values)")
         res = fn(*ua, **uk)
         targs = self._template_flat(args)
@@ -854,7 +855,29 @@ def _same(a: Any) -> Any:
 
 # Calls whose result's shape depends on the values: a replay could not keep its shapes.
 _DATA_SHAPED = {np.nonzero, np.flatnonzero, np.argwhere, np.unique, np.extract,
-                _METHODS["nonzero"], _METHODS["compress"], np.compress}
+                _METHODS["nonzero"], _METHODS["compress"], np.compress, np.bincount,
+                np.trim_zeros, np.setdiff1d, np.intersect1d, np.union1d, np.setxor1d,
+                *[getattr(np, n) for n in ("unique_values", "unique_counts", "unique_inverse",
+                                           "unique_all") if hasattr(np, n)]}
+
+
+def _data_shaped(fn: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether the result's shape depends on the values of traced operands: a function of
+    :data:`_DATA_SHAPED`, a boolean-mask index, ``np.where(cond)`` with one argument (the
+    indices), ``repeat`` with traced counts."""
+    try:
+        if fn in _DATA_SHAPED:
+            return True
+    except TypeError:  # an unhashable callable
+        return False
+    if fn is operator.getitem:
+        return _bool_index(args[1])
+    if fn is np.where:
+        return len(args) + len(kwargs) == 1
+    if fn is np.repeat or fn is _METHODS["repeat"]:
+        reps = args[1] if len(args) > 1 else kwargs.get("repeats")
+        return type(reps) is TracedArray and reps.ndim > 0
+    return False
 
 
 def _bool_index(idx: Any) -> bool:
@@ -872,7 +895,12 @@ def _fresh_empty(shape: tuple[int, ...], dtype: Any, xp: Any = np) -> Any:
 
 
 def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
-    """Whether ufunc call ``fn(*args, out=buf)`` writes every element of ``buf``."""
+    """Whether ufunc call ``fn(*args, out=buf)`` (or ``np.copyto(buf, src)``) writes every
+    element of ``buf``."""
+    if fn is np.copyto:  # (the source broadcasts to the destination, so all of it, unless
+        src = args[1] if len(args) > 1 else kwargs.get("src")  # a where= mask picks)
+        return args[0] is buf and "where" not in kwargs and len(args) <= 3 and not (
+            isinstance(src, np.ndarray) and np.may_share_memory(src, buf))
     if type(fn) is not np.ufunc or "where" in kwargs:
         return False
     for a in args[:fn.nin]:  # an operand that is the buffer or a view of it is read
@@ -948,7 +976,9 @@ class _Program:
     def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None], name: str) -> None:
         steps = _dead_code(tr.steps, out_slots)
         steps = _fuse_elementwise(steps, tr.arrays, out_slots, device=config.fusion)
-        ns: dict[str, Any] = {}
+        # (a module name of gradtape's: NumPy's RuntimeWarnings from the program are ignored
+        # as the eager ops' are, by the filter of gradtape._src.config)
+        ns: dict[str, Any] = {"__name__": __name__}
         names: dict[int, str] = {}
 
         def const_name(c: _Const) -> str:
@@ -1097,7 +1127,7 @@ class _FusedRun:
         rows = shape[0]
         inner = math.prod(shape[1:])
         step = max(1, pool.BLOCK // max(inner, 1))
-        ns: dict[str, Any] = {"np": np}
+        ns: dict[str, Any] = {"np": np, "__name__": __name__}
         src = []
         names: dict[int, str] = {n: f"i{k}" for k, n in enumerate(inputs)}
         outs = {n: f"o{k}" for k, n in enumerate(outputs)}
@@ -1562,16 +1592,33 @@ def _same_template(x: Any, y: Any) -> str | None:
 class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
-    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces")
+    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "vrefs",
+                 "aliased")
 
-    def __init__(self, keep: list[Any]) -> None:
+    def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
         self.last: _Trace | None = None
         self.program: _Program | None = None
         self.out_spec: Any = None
         self.out_meta: list[Any] = []
-        self.keep = keep  # objects the key names by identity
+        # objects the key names by identity, kept alive so no other object takes their id;
+        # Variables weakly (a cache must not keep a model's weights alive): an entry whose
+        # Variable died is stale, as a new Variable may have its id (see _same_variables)
+        self.keep = [x for x in leaves if not isinstance(x, Tensor)]
+        self.vrefs = [weakref.ref(x) for x in leaves if isinstance(x, Tensor) and x._is_variable]
+        tensors = [id(x) for x in leaves if isinstance(x, Tensor) and not x._is_variable]
+        self.aliased = len(set(tensors)) < len(tensors)  # a tensor passed more than once
         self.traces = 0
+
+
+def _same_variables(entry: _Entry, args: Any) -> bool:
+    """Whether the Variables among ``args`` (leaves, or flat positional arguments) are the
+    very ones ``entry`` was traced with (its key names them by id only)."""
+    refs = entry.vrefs
+    if not refs:
+        return True
+    now = [x for x in args if isinstance(x, Tensor) and x._is_variable]
+    return len(now) == len(refs) and all(r() is x for r, x in zip(refs, now))
 
 
 def _plain_key(x: Any, backend: str) -> Any:
@@ -1582,10 +1629,10 @@ def _plain_key(x: Any, backend: str) -> Any:
             return ("V", id(x))
         if x._level:
             return None
-        d = x.data
-        return ("T", d.shape, d.dtype.str, x._backend.name)
+        d = x.data  # (C order or not: a fused run's results follow the trace's layout)
+        return ("T", d.shape, d.dtype.str, x._backend.name, d.flags.c_contiguous)
     if type(x) is np.ndarray:
-        return ("N", x.shape, x.dtype.str, backend)
+        return ("N", x.shape, x.dtype.str, backend, x.flags.c_contiguous)
     if isinstance(x, (float, complex)):  # by spelling: -0.0 is not 0.0, nan is nan
         return ("P", type(x), repr(x))
     if x is None or isinstance(x, (bool, int, str)):
@@ -1662,8 +1709,14 @@ class Function(Generic[R]):
     def _signature(self, args: tuple, kwargs: dict) -> tuple[Any, list[Any], Any]:
         leaves, spec = flatten((args, kwargs))
         backend = get_backend()
-        key: list[Any] = [_freeze(spec), backend.name, config.fusion]
-        for x in leaves:
+        key: list[Any] = [_freeze(spec), backend.name, config.fusion, config.check_numerics]
+        first: dict[int, int] = {}  # a tensor passed more than once is one input of the step
+        for i, x in enumerate(leaves):
+            if isinstance(x, Tensor) and not x._is_variable:
+                j = first.setdefault(id(x), i)
+                if j != i:
+                    key.append(("A", j))
+                    continue
             k = _plain_key(x, backend.name)
             if k is not None:
                 key.append(k)
@@ -1682,12 +1735,15 @@ class Function(Generic[R]):
         (the common call: ``step(x, y)``) without flattening them, else None. It names a
         signature as :meth:`_signature` does, in a key space of its own."""
         name = get_backend().name
-        key: list[Any] = [name, config.fusion]
+        key: list[Any] = [name, config.fusion, config.check_numerics]
         for x in args:
             k = _plain_key(x, name)
             if k is None:
                 return None
             key.append(k)
+        if len(args) > 1 and len({id(x) for x in args if isinstance(x, Tensor)}) < \
+                sum(1 for x in args if isinstance(x, Tensor)):
+            return None  # a tensor passed twice: the general signature says which
         return tuple(key)
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
@@ -1699,7 +1755,7 @@ class Function(Generic[R]):
         flat = None if kwargs else self._flat_key(args)
         if flat is not None:  # a replay needs no flattening of its arguments
             entry = self._flat.get(flat)
-            if entry is not None and entry.state == "ready":
+            if entry is not None and entry.state == "ready" and _same_variables(entry, args):
                 leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
                 with self._lock:
                     return self._replay(entry, leaves)
@@ -1712,11 +1768,19 @@ class Function(Generic[R]):
             args, kwargs = unflatten(spec, leaves)  # rule: on the active backend)
         with self._lock:
             entry = self._cache.get(key)
+            if entry is not None and not _same_variables(entry, leaves):
+                # a Variable it was traced with died, and a new one took its id: a new
+                # signature (the old program would read the dead one's buffer)
+                del self._cache[key]
+                for k in [k for k, e in self._flat.items() if e is entry]:
+                    del self._flat[k]
+                entry = None
             if entry is None:
                 if self.reduce_retracing and self._signatures >= 1 and key not in self._seen:
                     self._seen.add(key)  # a signature seen once runs eagerly: no trace
                     return self.python_function(*args, **kwargs)
-                entry = self._cache[key] = _Entry([x for x in leaves if not isinstance(x, Tensor)])
+                self._drop_dead()
+                entry = self._cache[key] = _Entry(leaves)
                 self._signatures += 1
                 if self._signatures > _RETRACE_WARN and not self._warned_retrace and not self.reduce_retracing:
                     self._warned_retrace = True
@@ -1735,8 +1799,21 @@ class Function(Generic[R]):
                 return self.python_function(*args, **kwargs)
             return self._trace(entry, args, kwargs, leaves, spec)
 
+    def _drop_dead(self) -> None:
+        """Forget the signatures of Variables that died: their programs hold the dead
+        Variables' buffers, and nothing can call them again."""
+        dead = [k for k, e in self._cache.items() if any(r() is None for r in e.vrefs)]
+        if dead:
+            gone = {id(self._cache.pop(k)) for k in dead}
+            for k in [k for k, e in self._flat.items() if id(e) in gone]:
+                del self._flat[k]
+
     def _replay(self, entry: _Entry, leaves: list[Any]) -> Any:
         arrays = [x.data for x in leaves if isinstance(x, Tensor) and not x._is_variable]
+        if entry.aliased:  # (its key says which leaves repeat an earlier one)
+            firsts = {id(x): x for x in reversed(leaves) if isinstance(x, Tensor)}
+            arrays = [x.data for x in leaves if isinstance(x, Tensor) and not x._is_variable
+                      and firsts.pop(id(x), None) is not None]
         assert entry.program is not None
         outs = entry.program.run(*arrays)
         res: list[Any] = []
@@ -1754,11 +1831,14 @@ class Function(Generic[R]):
         tr = _Trace(self.fallback == "eager")
         new_leaves = []
         n_in = 0
+        inputs: dict[int, Tensor] = {}  # a tensor passed twice is one input (as eagerly)
         for x in leaves:
             if isinstance(x, Tensor) and not x._is_variable:
-                t = _wrap(tr.new(x.data), x._backend)
+                t = inputs.get(id(x))
+                if t is None:
+                    t = inputs[id(x)] = _wrap(tr.new(x.data), x._backend)
+                    n_in += 1
                 new_leaves.append(t)
-                n_in += 1
             else:
                 new_leaves.append(x)
         targs, tkwargs = unflatten(spec, new_leaves)
@@ -1791,7 +1871,14 @@ class Function(Generic[R]):
         out_meta: list[Any] = []  # per output: ("T", backend), None (an array) or ("C", value)
         final = []
         for x in out_leaves:
-            if isinstance(x, Tensor) and type(x.data) is TracedArray and x.data.tr is tr:
+            p = tr.promoted.get(id(x.data if isinstance(x, Tensor) else x)) if tr.promoted else None
+            if p is not None and tr.arrays[p.slot] is (x.data if isinstance(x, Tensor) else x):
+                # a buffer made outside the trace that a traced call filled (np.full's with a
+                # traced fill value): the program's variable
+                out_slots.append(p.slot)
+                out_meta.append(("T", x._backend) if isinstance(x, Tensor) else None)
+                final.append(x)
+            elif isinstance(x, Tensor) and type(x.data) is TracedArray and x.data.tr is tr:
                 out_slots.append(x.data.slot)
                 out_meta.append(("T", x._backend))
                 final.append(_wrap(x.data.a, x._backend))
