@@ -826,7 +826,9 @@ def test_put_along_axis_into_a_scratch_array_is_a_write():
 
 
 @pytest.mark.parametrize("body", [lambda x: np.where(x.data > 0), lambda x: np.bincount(x.data),
-                                  lambda x: np.repeat(x.data, x.data)])
+                                  lambda x: np.repeat(x.data, x.data),
+                                  lambda x: np.repeat(x.data, x.data[0]),
+                                  lambda x: x.data.repeat(x.data[2])])
 def test_more_results_whose_shape_depends_on_values_raise(body):
     f = gt.function(lambda x: gt.tensor(body(x)[0] if isinstance(body(x), tuple) else body(x)))
     with pytest.raises(gt.TracingError, match="shape depends on the values"):
@@ -902,3 +904,59 @@ def test_from_dlpack_of_a_scratch_array_a_traced_call_wrote():
     f = gt.function(step)
     v = np.float32([1, 2, 3])
     _replays(f, step, [(gt.tensor(v),), (gt.tensor(v),), (gt.tensor(v + 3),), (gt.tensor(-v),)])
+
+
+def test_full_with_a_variable_fill_reads_it_at_each_call():
+    v = gt.Variable(1.0)
+    x = gt.tensor([0.0, 0.0])
+    for make in (lambda x: gt.full((2,), v) + x, lambda x: gt.full_like(x, v) + x):
+        f = gt.function(make)
+        v.assign(1.0)
+        f(x), f(x)
+        v.assign(5.0)
+        _replays(f, make, [(x,)])
+
+
+def test_a_view_of_a_scratch_array_a_traced_call_wrote_runs_eagerly():
+    """The replay cannot follow a reshape or slice made of such an array outside the trace:
+    the step runs eagerly, with a warning, instead of replaying a frozen view."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("the scratch array is a host NumPy array: a NumPy-backend step's")
+
+    def step(x):
+        buf = np.zeros(3, np.float32)
+        np.multiply(x.data, 2.0, out=buf)
+        return gt.tensor(buf[:2]) + 1.0
+
+    f = gt.function(step)
+    with pytest.warns(UserWarning, match="view of an array the step made"):
+        for v in (0.5, 0.5, 0.25, 0.75):
+            x = gt.tensor([v] * 3)
+            np.testing.assert_array_equal(f(x).numpy(), step(x).numpy())
+
+
+def test_byteswap_in_place_is_a_write():
+    if gt.backend_name() != "numpy":
+        pytest.skip("byte views are NumPy's")
+
+    def step(x):
+        y = (x * 2.0).data
+        y.byteswap(True)  # in place: its result is not used, but the swap is
+        return gt.tensor(y.view(np.int32) & 255)
+
+    f = gt.function(step)
+    v = np.float32([1.5, 2.25])
+    _replays(f, step, [(gt.tensor(v),), (gt.tensor(v),), (gt.tensor(v * 3),), (gt.tensor(-v),)])
+
+
+def test_dicts_keep_their_key_order_through_tapes_and_transforms():
+    b, a = gt.tensor([2.0]), gt.tensor([3.0])
+    with gt.GradientTape() as tape:
+        tape.watch([a, b])
+        y = gt.sum(a * b)
+    assert list(tape.gradient(y, {"b": b, "a": a})) == ["b", "a"]
+    out = gt.vmap(lambda d: {"z": d["y"] * 2.0, "a": d["x"]})({"y": gt.ones((2, 1)), "x": gt.zeros((2, 1))})
+    assert list(out) == ["z", "a"]
+    _, t = gt.jvp(lambda d: {"z": d["q"], "a": d["p"]}, ({"q": gt.tensor(1.0), "p": gt.tensor(2.0)},),
+                  ({"p": gt.tensor(0.0), "q": gt.tensor(1.0)},))
+    assert list(t) == ["z", "a"] and float(t["z"]) == 1.0 and float(t["a"]) == 0.0

@@ -85,7 +85,9 @@ class Config:
     silently, as in PyTorch and JAX, and ``check_numerics`` finds the op and the line that
     made it. ``import gradtape`` adds one warnings filter for that, ignoring ``RuntimeWarning``
     attributed to gradtape's modules only (:data:`QUIET_MODULES`; your code's and other
-    libraries' warnings are untouched). To see them again::
+    libraries' warnings are untouched, except inside a replayed ``gt.function`` step, whose
+    program is gradtape's: there every NumPy call of the step is, the step's own NumPy code
+    on traced values included). To see them again::
 
         warnings.filterwarnings("default", category=RuntimeWarning, module="gradtape")
 

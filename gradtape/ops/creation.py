@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._src.autodiff.batched import physical_data
-from .._src.autodiff.state import opaque
+from .._src.autodiff.state import opaque, tracing
 from .._src.backend import Backend, get_backend
 from .._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
 from .elementwise import equal
@@ -133,6 +133,8 @@ def _scalar(fill_value: Any, what: str) -> tuple[Any, np.dtype]:
     """A fill value and the dtype it gives by itself (the rules of :func:`gradtape.tensor`:
     a Python float is float32, a complex complex64, an int int64, a bool bool; a NumPy scalar or
     0-d tensor keeps its dtype)."""
+    if isinstance(fill_value, Tensor) and fill_value._is_variable and tracing():
+        fill_value = fill_value.value()  # type: ignore[attr-defined]  # gt.function: read at each call
     if isinstance(fill_value, (np.ndarray, np.generic, Tensor)):  # np.float64 is a float too
         host = (fill_value._backend.to_host(fill_value.data) if isinstance(fill_value, Tensor)
                 else np.asarray(fill_value))

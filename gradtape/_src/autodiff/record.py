@@ -376,19 +376,26 @@ def check_finite(prim: Primitive, args: tuple[Tensor, ...], array: Array, phase:
                  where: str | None = None) -> None:
     if array.dtype.kind not in "fc":
         return
+    if getattr(array, "_gt_traced", False):  # gt.function: the check is a step of the program,
+        # made at each call (its values are not known while tracing)
+        message = _numerics_message(prim, args, array, phase, where)
+        opaque(functools.partial(_raise_unless_finite, message=message), array,
+               key=("check_numerics", message))
+        return
+    xp = args[0]._backend.xp if args and isinstance(args[0], Tensor) else np
+    if not bool(xp.isfinite(array).all()):
+        raise FloatingPointError(_numerics_message(prim, args, array, phase, where))
+
+
+def _numerics_message(prim: Primitive, args: tuple[Tensor, ...], array: Array, phase: str,
+                      where: str | None) -> str:
     if args:
         shapes = ", ".join(str(getattr(a, "shape", ())) for a in args)
         what = f"input shapes {shapes}; output shape {array.shape}"
     else:  # the backward passes one input gradient
         what = f"an input gradient of shape {array.shape}"
-    message = (f"check_numerics: the {phase} of '{prim.name}' produced NaN or inf "
-               f"({what}), recorded at {where or user_line()}")
-    if getattr(array, "_gt_traced", False):  # gt.function: the check is a step of the program,
-        # made at each call (its values are not known while tracing)
-        opaque(functools.partial(_raise_unless_finite, message=message), array,
-               key=("check_numerics", message))
-        return
-    _raise_unless_finite(array, message)
+    return (f"check_numerics: the {phase} of '{prim.name}' produced NaN or inf ({what}), "
+            f"recorded at {where or user_line()}")
 
 
 def _raise_unless_finite(array: Array, message: str) -> None:

@@ -473,6 +473,8 @@ def _converter(name: str) -> Callable[..., Any]:
             w = tr.promoted.get(id(a))
             if w is not None and tr.arrays[w.slot] is a:
                 return _dispatch(orig, (w, *args), kwargs)
+            if type(a) is np.ndarray:
+                tr._check_view(a)
         return orig(a, *args, **kwargs)
 
     convert.__name__ = name
@@ -655,7 +657,23 @@ class _Trace:
             return {k: self._template(v) for k, v in x.items()}
         if t is slice or x is None or x is Ellipsis or t in (int, float, bool, str):
             return x
+        if self.promoted and t is np.ndarray:
+            self._check_view(x)
         return self._const(x)
+
+    def _check_view(self, x: Any) -> None:
+        """``x`` (a plain array) is a view of a scratch buffer a traced call wrote: its values
+        come from that call, but the view was made where the trace cannot see it; the step
+        then runs eagerly (a constant would be stale)."""
+        b = x.base
+        while isinstance(b, np.ndarray):
+            w = self.promoted.get(id(b))
+            if w is not None and self.arrays[w.slot] is b:
+                if self.unsafe is None:
+                    self.unsafe = ("a view of an array the step made and a traced call wrote "
+                                   "(a reshape or slice of a scratch buffer) was read")
+                return
+            b = b.base
 
     def _template_flat(self, args: tuple) -> tuple:
         out = []
@@ -876,7 +894,7 @@ def _data_shaped(fn: Any, args: tuple, kwargs: dict) -> bool:
         return len(args) + len(kwargs) == 1
     if fn is np.repeat or fn is _METHODS["repeat"]:
         reps = args[1] if len(args) > 1 else kwargs.get("repeats")
-        return type(reps) is TracedArray and reps.ndim > 0
+        return type(reps) is TracedArray  # (a 0-d count too: it sets the result's length)
     return False
 
 
@@ -1736,13 +1754,15 @@ class Function(Generic[R]):
         signature as :meth:`_signature` does, in a key space of its own."""
         name = get_backend().name
         key: list[Any] = [name, config.fusion, config.check_numerics]
+        tensors: list[int] = []
         for x in args:
             k = _plain_key(x, name)
             if k is None:
                 return None
+            if k[0] == "T":
+                tensors.append(id(x))
             key.append(k)
-        if len(args) > 1 and len({id(x) for x in args if isinstance(x, Tensor)}) < \
-                sum(1 for x in args if isinstance(x, Tensor)):
+        if len(tensors) > 1 and len(set(tensors)) < len(tensors):
             return None  # a tensor passed twice: the general signature says which
         return tuple(key)
 
