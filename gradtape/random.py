@@ -85,6 +85,11 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def draw(self: Generator, *args: Any, **kwargs: Any) -> Tensor:
         if not tracing():
             return method(self, *args, **kwargs)
+        for a in (*args, *kwargs.values()):  # a shape holding tensors: read now, where a
+            if isinstance(a, (tuple, list)):  # traced one raises (the draw's shape would
+                for e in a:  # depend on its value), before the draw runs unseen by the trace
+                    if isinstance(e, Tensor):
+                        int(e)
         tens = [(i, a) for i, a in enumerate(args) if isinstance(a, Tensor)]
         ktens = [(k, a) for k, a in kwargs.items() if isinstance(a, Tensor)]
         backends = [t._backend for _, t in tens + ktens]
@@ -252,6 +257,10 @@ class Generator:
         return _to_active(self._rng.integers(lo, hi, size=shape, dtype=dt))
 
     @_replayed
+    def _range_permutation(self, n: int) -> Tensor:
+        """A random permutation of ``range(n)``, ``n >= 0`` checked (one replayed draw)."""
+        return _to_active(self._rng.permutation(n))
+
     def permutation(self, n_or_tensor: int | TensorLike) -> Tensor:
         """A random permutation of ``range(n)`` (int64), or ``x`` with its first axis shuffled.
 
@@ -271,7 +280,7 @@ class Generator:
             if n < 0:
                 raise ValueError(f"permutation: n must be >= 0, got {n}")
             _check_size("permutation", [n], 8)
-            return _to_active(self._rng.permutation(n))
+            return self._range_permutation(n)
         if isinstance(n_or_tensor, Tensor):
             x = n_or_tensor
         else:
@@ -284,10 +293,11 @@ class Generator:
         if x.ndim == 0:
             raise ValueError("permutation: a tensor argument must have rank >= 1 (its first axis is "
                              "shuffled), got a 0-d tensor; pass an int n for a permutation of range(n)")
-        perm = self._rng.permutation(x.shape[0])
-        backend = x._backend
-        return take(x, _wrap(perm if backend.name == "numpy" else backend.xp.asarray(perm), backend),
-                    axis=0)
+        perm = self._range_permutation(x.shape[0])  # (inside gt.function the draw alone is a
+        backend = x._backend  # step of the program: the take stays differentiable)
+        if perm._backend is not backend:
+            perm = _wrap(backend.xp.asarray(perm._backend.to_host(perm.data)), backend)
+        return take(x, perm, axis=0)
 
     @_replayed
     def bernoulli(self, p: TensorLike, shape: ShapeLike | None = None) -> Tensor:
@@ -377,7 +387,15 @@ def seed(s: int | None) -> None:
         >>> bool((a == b).numpy().all())
         True
     """
-    _DEFAULT._reseed(_check_seed(s, "gt.random.seed"))
+    s = _check_seed(s, "gt.random.seed")
+    if tracing():  # inside gt.function: a step of the program, reseeding at each call
+        opaque(functools.partial(_reseed_default, s), key=("gt.random.seed", s))
+    else:
+        _DEFAULT._reseed(s)
+
+
+def _reseed_default(s: int | None) -> None:
+    _DEFAULT._reseed(s)
 
 
 def normal(shape: ShapeLike, mean: float = 0.0, std: float = 1.0, dtype: DTypeLike | None = None) -> Tensor:

@@ -960,3 +960,90 @@ def test_dicts_keep_their_key_order_through_tapes_and_transforms():
     _, t = gt.jvp(lambda d: {"z": d["q"], "a": d["p"]}, ({"q": gt.tensor(1.0), "p": gt.tensor(2.0)},),
                   ({"p": gt.tensor(0.0), "q": gt.tensor(1.0)},))
     assert list(t) == ["z", "a"] and float(t["z"]) == 1.0 and float(t["a"]) == 0.0
+
+
+# --------------------------------------------------------------------------- second hunt
+def test_a_scalar_with_three_gradient_contributions():
+    """0-d gradients are NumPy scalars (immutable): a third contribution added ``+=`` in
+    place inside the trace was lost, from the first call on."""
+    temp = gt.Variable(2.0)
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            s = gt.sum(x * x)
+            loss = gt.sum(gt.exp(x / temp)) + 0.5 * temp * temp + s + 0.01 * s * s
+        return loss, tape.gradient(loss, temp)
+
+    f = gt.function(step)
+    _replays(f, step, [(gt.tensor([1.0, 2.0, 3.0]),)] * 2 + [(gt.tensor([0.5, -1.0, 2.0]),)] * 2)
+
+
+@pytest.mark.parametrize("read", [float, int, lambda v: v.item(), bool])
+def test_a_python_number_from_a_variable_raises(read):
+    v = gt.Variable(1.0)
+    f = gt.function(lambda x: x * read(v))
+    with pytest.raises(gt.TracingError, match="of a Variable"):
+        f(gt.tensor([1.0]))
+
+
+def test_a_replaced_variable_attribute_traces_again():
+    class Scorer:
+        def __init__(self):
+            self.w = gt.Variable([1.0, 2.0, 3.0])
+
+        @gt.function
+        def score(self, x):
+            return gt.sum(x * self.w)
+
+    s = Scorer()
+    x = gt.tensor([1.0, 1.0, 1.0])
+    for _ in range(3):
+        assert float(s.score(x)) == 6.0
+    s.w = gt.Variable([10.0, 20.0, 30.0])  # the old Variable dies: its program goes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert float(s.score(x)) == 60.0
+
+
+def test_random_permutation_of_a_tensor_stays_differentiable_and_seed_replays():
+    def make():
+        g = gt.random.Generator(0)
+        w = gt.Variable(np.ones((3, 2), np.float32))
+
+        def step(x):
+            with gt.GradientTape() as tape:
+                h = g.permutation(x @ w)
+                loss = gt.sum(h * gt.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]))
+            return loss, tape.gradient(loss, w)
+
+        return step
+
+    x = gt.tensor(np.arange(12, dtype=np.float32).reshape(4, 3))
+    eager, f = make(), gt.function(make())
+    for _ in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            got = f(x)
+        _same(got, eager(x))
+
+    def seeded(x):
+        gt.random.seed(7)
+        return x + gt.random.normal((3,))
+
+    g = gt.function(seeded)
+    want = seeded(gt.tensor([1.0, 2.0, 3.0])).numpy()
+    for _ in range(4):
+        np.testing.assert_array_equal(g(gt.tensor([1.0, 2.0, 3.0])).numpy(), want)
+    with pytest.raises(gt.TracingError, match="int"):  # a draw's shape from a tensor
+        gt.function(lambda n: gt.random.normal((n, 2)))(gt.tensor(3))
+
+
+def test_square_dense_layers_and_erf_family_replay():
+    """matmul is a NumPy ufunc with core dimensions: never fused as elementwise (a square
+    layer's weight was row-blocked); erf, erfc and gelu pick their ranges without masks."""
+    n = 512
+    model = gt.nn.Sequential([gt.nn.Dense(n, n, activation="tanh", seed=0),
+                              gt.nn.Dense(n, 4, activation="gelu", seed=1)])
+    x = gt.tensor(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
+    f = gt.function(lambda x: (model(x), gt.erf(x[:4] * 3.0), gt.erfc(x[:4] * 3.0)))
+    _replays(f, lambda x: (model(x), gt.erf(x[:4] * 3.0), gt.erfc(x[:4] * 3.0)), [(x,)] * 4)

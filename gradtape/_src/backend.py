@@ -71,53 +71,72 @@ def _cody(x: Array, out: Array | None, complement: bool) -> Array:
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     v = x.astype(np.float64)
     a = np.abs(v)
-    res = np.empty_like(v)
-    small = a <= 0.5
-    mid = (a > 0.5) & (a <= 4.0)
-    big = a > 4.0
-    if small.any():
-        z = v[small]
-        y = z * z
-        num = _ERF_A[4] * y
-        den = y
-        for i in range(3):
-            num = (num + _ERF_A[i]) * y
-            den = (den + _ERF_B[i]) * y
-        e = z * (num + _ERF_A[3]) / (den + _ERF_B[3])
-        res[small] = 1.0 - e if complement else e
-    if mid.any():
-        z = a[mid]
-        num = _ERF_C[8] * z
-        den = z
-        for i in range(7):
-            num = (num + _ERF_C[i]) * z
-            den = (den + _ERF_D[i]) * z
-        erfc = (num + _ERF_C[7]) / (den + _ERF_D[7])
-        zz = np.trunc(z * 16.0) / 16.0
-        erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
-        res[mid] = (np.where(v[mid] > 0, erfc, 2.0 - erfc) if complement
-                    else np.copysign(1.0 - erfc, v[mid]))
-    if big.any():
-        z = a[big]
-        zi = 1.0 / (z * z)
-        num = _ERF_P[5] * zi
-        den = zi
-        for i in range(4):
-            num = (num + _ERF_P[i]) * zi
-            den = (den + _ERF_Q[i]) * zi
-        erfc = zi * (num + _ERF_P[4]) / (den + _ERF_Q[4])
-        erfc = (1.0 / math.sqrt(math.pi) - erfc) / z
-        zz = np.trunc(z * 16.0) / 16.0
-        with np.errstate(invalid="ignore"):  # |x| = inf: inf - inf, then nan_to_num gives 0
-            erfc = np.nan_to_num(np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc)
-        res[big] = (np.where(v[big] > 0, erfc, 2.0 - erfc) if complement
-                    else np.copysign(1.0 - erfc, v[big]))
-    res[np.isnan(v)] = np.nan
+    if getattr(v, "_gt_traced", False):
+        # inside gt.function: every range's formula on every element, picked by np.where
+        # (masks would give value-dependent shapes); per element the same formulas, so the
+        # same values as the masked path below
+        with np.errstate(all="ignore"):
+            res = np.where(a <= 0.5, _erf_small(v, complement),
+                           np.where(a <= 4.0, _erf_mid(v, a, complement), _erf_big(v, a, complement)))
+        res = np.where(np.isnan(v), np.nan, res)
+    else:
+        res = np.empty_like(v)
+        small = a <= 0.5
+        mid = (a > 0.5) & (a <= 4.0)
+        big = a > 4.0
+        if small.any():
+            res[small] = _erf_small(v[small], complement)
+        if mid.any():
+            res[mid] = _erf_mid(v[mid], a[mid], complement)
+        if big.any():
+            res[big] = _erf_big(v[big], a[big], complement)
+        res[np.isnan(v)] = np.nan
     res = res.astype(dtype, copy=False)
     if out is not None:
         out[...] = res
         return out
     return res if res.ndim else res[()]
+
+
+def _erf_small(v: Array, complement: bool) -> Array:
+    """|x| <= 0.5: erf by a rational function of x^2."""
+    y = v * v
+    num = _ERF_A[4] * y
+    den = y
+    for i in range(3):
+        num = (num + _ERF_A[i]) * y
+        den = (den + _ERF_B[i]) * y
+    e = v * (num + _ERF_A[3]) / (den + _ERF_B[3])
+    return 1.0 - e if complement else e
+
+
+def _erf_mid(v: Array, z: Array, complement: bool) -> Array:
+    """0.5 < |x| <= 4: erfc(|x|) by a rational function times exp(-x^2) (``z = |x|``)."""
+    num = _ERF_C[8] * z
+    den = z
+    for i in range(7):
+        num = (num + _ERF_C[i]) * z
+        den = (den + _ERF_D[i]) * z
+    erfc = (num + _ERF_C[7]) / (den + _ERF_D[7])
+    zz = np.trunc(z * 16.0) / 16.0
+    erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
+    return np.where(v > 0, erfc, 2.0 - erfc) if complement else np.copysign(1.0 - erfc, v)
+
+
+def _erf_big(v: Array, z: Array, complement: bool) -> Array:
+    """|x| > 4: the asymptotic rational form in 1/x^2 (``z = |x|``)."""
+    zi = 1.0 / (z * z)
+    num = _ERF_P[5] * zi
+    den = zi
+    for i in range(4):
+        num = (num + _ERF_P[i]) * zi
+        den = (den + _ERF_Q[i]) * zi
+    erfc = zi * (num + _ERF_P[4]) / (den + _ERF_Q[4])
+    erfc = (1.0 / math.sqrt(math.pi) - erfc) / z
+    zz = np.trunc(z * 16.0) / 16.0
+    with np.errstate(invalid="ignore"):  # |x| = inf: inf - inf, then nan_to_num gives 0
+        erfc = np.nan_to_num(np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc)
+    return np.where(v > 0, erfc, 2.0 - erfc) if complement else np.copysign(1.0 - erfc, v)
 
 
 # --------------------------------------------------------------------------- backends

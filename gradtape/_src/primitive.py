@@ -535,10 +535,10 @@ def _two_input_call(prim: Primitive) -> Callable[[Any, Any], Tensor]:
             out.data = parallel_forward(prim, backend.xp, (da, db), _NO_PARAMS)
         out._backend = backend
         out._id = 0
-        if a._is_variable:  # lets an unconnected-gradient error spot `w = w - lr * g`
-            out._origin = ("variable", a.name or "<unnamed>")
-        elif b._is_variable:
-            out._origin = ("variable", b.name or "<unnamed>")
+        if a._is_variable or b._is_variable:  # lets an unconnected-gradient error spot
+            out._origin = ("variable", (a if a._is_variable else b).name or "<unnamed>")  # w = w - lr * g
+            if STATE.trace is not None:  # gt.function: the program reads this Variable
+                STATE.trace.saw((a, b))
         else:
             out._origin = None
         if HOOKS.on:
@@ -690,6 +690,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         datas = [t.data for t in args]
         inputs = datas
         if var is not None and STATE.trace is not None:
+            STATE.trace.saw(args)
             inputs = _traced_reads(args, datas)
         if datas[0].size + (datas[-1].size if n > 1 else 0) < pool.MIN_SIZE:
             data = prim.impl(backend.xp, *inputs, **params)

@@ -203,11 +203,20 @@ class Tensor:
         host = self.numpy()
         return _wrap(target.xp.asarray(host), target)
 
+    def _state_read(self, what: str) -> None:
+        """A Variable's value read on the host while gt.function traces: its value at a later
+        call is not known to the program (``TracingError``, as ``Variable.numpy()``)."""
+        if self._is_variable:
+            tr = STATE.trace
+            if tr is not None and not tr.suspended:
+                tr.host_sync(f"{what} of a Variable")
+
     def item(self) -> Any:
         """The single element as a Python scalar (carries no gradient: a tape following this
         tensor notes that the value left it)."""
         if self._id:
             note_cut(self, "its value left the tape as a Python number (.item())")
+        self._state_read(".item()")
         return self.data.item()
 
     def __float__(self) -> float:
@@ -218,6 +227,7 @@ class Tensor:
             note_cut(self, "its value left the tape as a Python number (float())")
         if getattr(self.data, "_gt_traced", False):  # gt.function: data-dependent
             return float(self.data._host("float()"))
+        self._state_read("float()")
         return float(self.data.item())
 
     def __int__(self) -> int:
@@ -228,12 +238,14 @@ class Tensor:
             note_cut(self, "its value left the tape as a Python number (int())")
         if getattr(self.data, "_gt_traced", False):  # gt.function: data-dependent
             return int(self.data._host("int()"))
+        self._state_read("int()")
         return int(self.data.item())
 
     def __index__(self) -> int:
         if self.dtype.kind not in "iub" or self.ndim != 0:
             raise TypeError(f"only 0-d integer tensors can be used as an index, got dtype "
                             f"{self.dtype} and shape {self.shape}")
+        self._state_read("an index")
         return int(self.data.item())
 
     def __bool__(self) -> bool:
@@ -241,6 +253,7 @@ class Tensor:
             raise ValueError(
                 f"the truth value of a tensor with {self.size} elements is ambiguous; "
                 "use .any() / .all() on the data or reduce first")
+        self._state_read("bool()")
         return bool(self.data)
 
     def __len__(self) -> int:
@@ -392,6 +405,7 @@ class Variable(Tensor):
             # gt.function: the value a tape saves is a program variable reading the buffer,
             # so every backward computation from it (a quotient, an unfold) is logged, never
             # frozen as a constant of the program
+            tr.saw((self,))
             t = _wrap(tr.read(self.data), self._backend)
         else:
             t = _wrap(self.data, self._backend)
@@ -505,6 +519,7 @@ class Variable(Tensor):
         """A Tensor holding a snapshot copy of the current value (not tracked)."""
         tr = STATE.trace
         if tr is not None and not tr.suspended:  # gt.function: the copy is a program step
+            tr.saw((self,))
             return _wrap(tr.call(np.copy, (self.data,), {}), self._backend)
         return _wrap(self.data.copy(), self._backend)
 

@@ -100,6 +100,8 @@ class Accumulator:
                 owned.discard(iid)
         elif iid in owned and type(prev) is type(gi) and prev.shape == gi.shape:
             prev += gi  # owned: an array, allocated by this pass, referenced nowhere else
+            grads[iid] = prev  # (the same array; a new object where ``+=`` cannot write in
+            # place: a NumPy scalar inside gt.function's trace)
         elif fresh and type(prev) is type(gi) and prev.shape == gi.shape:
             gi += prev
             grads[iid] = gi

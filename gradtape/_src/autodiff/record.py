@@ -295,6 +295,7 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
     directly for ops of several inputs (one call less per op)."""
     st = STATE
     if st.trace is not None:  # gt.function: an op on untraced arrays (a Variable's) is logged
+        st.trace.saw(args)
         st.trace.after_op(prim, args, out, params)
     tapes = st.fast
     if tapes is None or HOOKS.numerics:

@@ -333,9 +333,10 @@ def _add_operators() -> None:
         def iop(self: Any, other: Any) -> Any:
             if type(self.a) is np.ndarray:
                 uf(self, other, out=(self,))
-            else:
-                _dispatch(ipyop, (self, other), {})
-            return self
+                return self
+            # a device array is written in place (the result is this program variable); a
+            # NumPy scalar is immutable: ``x += y`` binds x to the new value, as Python does
+            return _dispatch(ipyop, (self, other), {})
 
         return op, rop, iop
 
@@ -618,6 +619,7 @@ class _Trace:
         self.created_variables = False
         self.promoted: dict[int, TracedArray] = {}  # scratch buffers the program allocates
         self.reads: dict[int, TracedArray] = {}  # Variable buffers read by traced ops
+        self.variables: dict[int, Any] = {}  # weak references to the Variables ops read
         self.unsafe: str | None = None  # why this trace cannot be replayed
         self.out_consts: list[Any] = []  # outputs that are not program values, to compare
 
@@ -633,6 +635,14 @@ class _Trace:
             if self.poisoned is None:
                 self.poisoned = f"{what} at {line}"
             return
+        if "Variable" in what:  # a host value of the state: the program reads it at each call
+            raise TracingError(
+                f"gt.function: {what} at {line}: the program that replays this step reads a "
+                "Variable at each call, but a Python number or host array taken from it "
+                "while tracing would stay the value it had then. Use the Variable in gradtape "
+                "ops (read at each call), pass the value as a Python argument (a new value "
+                "traces again), or use gt.function(f, fallback=\"eager\") to run this step "
+                "eagerly")
         raise TracingError(
             f"gt.function: {what} of a traced tensor at {line}: while a step is traced its "
             "values are not known to the program that replays it, so Python control flow "
@@ -786,6 +796,14 @@ class _Trace:
                                 [w.slot], "one", True, key=("op", prim.name)))
         out.data = w
 
+    def saw(self, args: tuple) -> None:
+        """An op read the Variables among ``args``: the program holds their buffers, so it
+        is stale once one of them dies (a layer's ``self.w`` replaced by a new Variable)."""
+        seen = self.variables
+        for t in args:
+            if t._is_variable and id(t) not in seen:
+                seen[id(t)] = weakref.ref(t)
+
     def read(self, buf: Any) -> Any:
         """A Variable's buffer as a program variable: the program holds the buffer itself
         (assignments write into it in place), so a replay reads its current values."""
@@ -919,8 +937,8 @@ def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
         src = args[1] if len(args) > 1 else kwargs.get("src")  # a where= mask picks)
         return args[0] is buf and "where" not in kwargs and len(args) <= 3 and not (
             isinstance(src, np.ndarray) and np.may_share_memory(src, buf))
-    if type(fn) is not np.ufunc or "where" in kwargs:
-        return False
+    if type(fn) is not np.ufunc or fn.signature is not None or "where" in kwargs:
+        return False  # (a generalized ufunc, matmul: its core dimensions do not broadcast)
     for a in args[:fn.nin]:  # an operand that is the buffer or a view of it is read
         if a is buf or (isinstance(a, np.ndarray) and np.may_share_memory(a, buf)):
             return False
@@ -1120,9 +1138,10 @@ def _threaded(st: _Step, arrays: list[Any]) -> Any:
     """``st.fn``, or its chunked form for a large elementwise ufunc step (the size at which
     the eager forward uses the thread pool: ``pool.MIN_SIZE``)."""
     fn = st.fn
-    if type(fn) is not np.ufunc or fn.nout != 1 or st.kwargs or st.out_kind != "one" \
-            or pool.THREADS < 2 or not st.args or not all(type(a) is _Slot for a in st.args):
-        return fn
+    if type(fn) is not np.ufunc or fn.nout != 1 or fn.signature is not None or st.kwargs \
+            or st.out_kind != "one" or pool.THREADS < 2 or not st.args \
+            or not all(type(a) is _Slot for a in st.args):
+        return fn  # (elementwise ufuncs only: matmul is one with core dimensions)
     out = arrays[st.outs[0]]
     if not isinstance(out, np.ndarray) or out.size < pool.MIN_SIZE or out.size <= pool.CHUNK:
         return fn
@@ -1367,8 +1386,9 @@ def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
         if not device or isinstance(out, np.ndarray) or _device_op(fn) is None:
             return None
         key: Any = ("device", tuple(out.shape))
-    else:
-        if fn.nout != 1 or type(out) is not np.ndarray or out.size < 2 * pool.BLOCK:
+    else:  # (elementwise ufuncs: matmul is a ufunc whose core dimensions are not)
+        if fn.nout != 1 or fn.signature is not None or type(out) is not np.ndarray \
+                or out.size < 2 * pool.BLOCK:
             return None
         key = out.shape
     for a in st.args:
@@ -1611,7 +1631,7 @@ class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
     __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "vrefs",
-                 "aliased")
+                 "aliased", "read_vars")
 
     def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
@@ -1626,7 +1646,19 @@ class _Entry:
         self.vrefs = [weakref.ref(x) for x in leaves if isinstance(x, Tensor) and x._is_variable]
         tensors = [id(x) for x in leaves if isinstance(x, Tensor) and not x._is_variable]
         self.aliased = len(set(tensors)) < len(tensors)  # a tensor passed more than once
+        self.read_vars: list[Any] = []  # weak references to the Variables the program reads
         self.traces = 0
+
+    def dead(self) -> bool:
+        """A Variable it was traced with, or one its program reads, has died: the program
+        would read a buffer nothing else can reach (a replaced layer weight)."""
+        for r in self.read_vars:
+            if r() is None:
+                return True
+        for r in self.vrefs:
+            if r() is None:
+                return True
+        return False
 
 
 def _same_variables(entry: _Entry, args: Any) -> bool:
@@ -1775,7 +1807,8 @@ class Function(Generic[R]):
         flat = None if kwargs else self._flat_key(args)
         if flat is not None:  # a replay needs no flattening of its arguments
             entry = self._flat.get(flat)
-            if entry is not None and entry.state == "ready" and _same_variables(entry, args):
+            if entry is not None and entry.state == "ready" and _same_variables(entry, args) \
+                    and not entry.dead():
                 leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
                 with self._lock:
                     return self._replay(entry, leaves)
@@ -1788,9 +1821,9 @@ class Function(Generic[R]):
             args, kwargs = unflatten(spec, leaves)  # rule: on the active backend)
         with self._lock:
             entry = self._cache.get(key)
-            if entry is not None and not _same_variables(entry, leaves):
-                # a Variable it was traced with died, and a new one took its id: a new
-                # signature (the old program would read the dead one's buffer)
+            if entry is not None and (not _same_variables(entry, leaves) or entry.dead()):
+                # a Variable it was traced with died, and a new one took its id, or one its
+                # program reads died: trace again (the old program would read a dead buffer)
                 del self._cache[key]
                 for k in [k for k, e in self._flat.items() if e is entry]:
                     del self._flat[k]
@@ -1822,7 +1855,7 @@ class Function(Generic[R]):
     def _drop_dead(self) -> None:
         """Forget the signatures of Variables that died: their programs hold the dead
         Variables' buffers, and nothing can call them again."""
-        dead = [k for k, e in self._cache.items() if any(r() is None for r in e.vrefs)]
+        dead = [k for k, e in self._cache.items() if e.dead()]
         if dead:
             gone = {id(self._cache.pop(k)) for k in dead}
             for k in [k for k, e in self._flat.items() if id(e) in gone]:
@@ -1922,6 +1955,7 @@ class Function(Generic[R]):
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
+        entry.read_vars = list(tr.variables.values())
         prev = entry.last
         entry.last = tr
         if prev is None and self.verify or tr.created_variables:
