@@ -45,7 +45,7 @@ from ..backend import NUMPY, backend_of, get_backend
 from ..codegen.cuda import cupy_kernel
 from ..codegen.expr import FUNCTIONS
 from ..codegen.graph import Graph
-from ..config import config
+from ..config import HOOKS, config
 from ..cpu import pool
 from ..errors import TracingError
 from ..nest import flatten, unflatten
@@ -1631,7 +1631,7 @@ class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
     __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "vrefs",
-                 "aliased", "read_vars")
+                 "aliased", "read_vars", "stale", "__weakref__")
 
     def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
@@ -1643,22 +1643,35 @@ class _Entry:
         # Variables weakly (a cache must not keep a model's weights alive): an entry whose
         # Variable died is stale, as a new Variable may have its id (see _same_variables)
         self.keep = [x for x in leaves if not isinstance(x, Tensor)]
-        self.vrefs = [weakref.ref(x) for x in leaves if isinstance(x, Tensor) and x._is_variable]
+        self.stale = False  # set when a Variable below dies (a weak reference's callback)
+        self.vrefs = [weakref.ref(x, self._on_death()) for x in leaves
+                      if isinstance(x, Tensor) and x._is_variable]
         tensors = [id(x) for x in leaves if isinstance(x, Tensor) and not x._is_variable]
         self.aliased = len(set(tensors)) < len(tensors)  # a tensor passed more than once
         self.read_vars: list[Any] = []  # weak references to the Variables the program reads
         self.traces = 0
 
+    def _on_death(self) -> Any:
+        """A weak-reference callback that marks this entry stale (it holds the entry weakly:
+        a dropped entry goes with its references)."""
+        me = weakref.ref(self)
+
+        def died(_ref: Any) -> None:
+            entry = me()
+            if entry is not None:
+                entry.stale = True
+
+        return died
+
+    def watch(self, variables: Any) -> None:
+        """The Variables (weak references) the program reads: one dying makes it stale."""
+        self.read_vars = [weakref.ref(v, self._on_death()) for v in (r() for r in variables)
+                          if v is not None]
+
     def dead(self) -> bool:
         """A Variable it was traced with, or one its program reads, has died: the program
         would read a buffer nothing else can reach (a replaced layer weight)."""
-        for r in self.read_vars:
-            if r() is None:
-                return True
-        for r in self.vrefs:
-            if r() is None:
-                return True
-        return False
+        return self.stale
 
 
 def _same_variables(entry: _Entry, args: Any) -> bool:
@@ -1759,7 +1772,7 @@ class Function(Generic[R]):
     def _signature(self, args: tuple, kwargs: dict) -> tuple[Any, list[Any], Any]:
         leaves, spec = flatten((args, kwargs))
         backend = get_backend()
-        key: list[Any] = [_freeze(spec), backend.name, config.fusion, config.check_numerics]
+        key: list[Any] = [_freeze(spec), backend.name, config._fusion, HOOKS.numerics]
         first: dict[int, int] = {}  # a tensor passed more than once is one input of the step
         for i, x in enumerate(leaves):
             if isinstance(x, Tensor) and not x._is_variable:
@@ -1785,7 +1798,8 @@ class Function(Generic[R]):
         (the common call: ``step(x, y)``) without flattening them, else None. It names a
         signature as :meth:`_signature` does, in a key space of its own."""
         name = get_backend().name
-        key: list[Any] = [name, config.fusion, config.check_numerics]
+        key: list[Any] = [name, config._fusion, HOOKS.numerics]  # (the settings' fields:
+        # a call's key is on the hot path)
         tensors: list[int] = []
         for x in args:
             k = _plain_key(x, name)
@@ -1807,8 +1821,8 @@ class Function(Generic[R]):
         flat = None if kwargs else self._flat_key(args)
         if flat is not None:  # a replay needs no flattening of its arguments
             entry = self._flat.get(flat)
-            if entry is not None and entry.state == "ready" and _same_variables(entry, args) \
-                    and not entry.dead():
+            if entry is not None and entry.state == "ready" and not entry.stale \
+                    and (not entry.vrefs or _same_variables(entry, args)):
                 leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
                 with self._lock:
                     return self._replay(entry, leaves)
@@ -1955,7 +1969,7 @@ class Function(Generic[R]):
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
-        entry.read_vars = list(tr.variables.values())
+        entry.watch(tr.variables.values())
         prev = entry.last
         entry.last = tr
         if prev is None and self.verify or tr.created_variables:
