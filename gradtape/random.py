@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 from collections.abc import Callable
@@ -81,15 +82,19 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """A draw that a ``gt.function`` program replays as one step (a new draw at each call,
     advancing the generator as in eager mode) instead of freezing the traced numbers."""
 
+    sig = inspect.signature(method)
+
     @functools.wraps(method)
     def draw(self: Generator, *args: Any, **kwargs: Any) -> Tensor:
         if not tracing():
             return method(self, *args, **kwargs)
-        for a in (*args, *kwargs.values()):  # a shape holding tensors: read now, where a
-            if isinstance(a, (tuple, list)):  # traced one raises (the draw's shape would
-                for e in a:  # depend on its value), before the draw runs unseen by the trace
-                    if isinstance(e, Tensor):
-                        int(e)
+        try:
+            shape = sig.bind(self, *args, **kwargs).arguments.get("shape")
+        except TypeError:  # a call the method itself rejects, with its own message
+            shape = None
+        for e in shape if isinstance(shape, (tuple, list)) else (shape,):  # a shape holding
+            if isinstance(e, Tensor):  # tensors: read now, where a traced one raises (the
+                int(e)  # draw's shape would depend on its value), not inside the draw unseen
         tens = [(i, a) for i, a in enumerate(args) if isinstance(a, Tensor)]
         ktens = [(k, a) for k, a in kwargs.items() if isinstance(a, Tensor)]
         backends = [t._backend for _, t in tens + ktens]

@@ -73,11 +73,13 @@ def _cody(x: Array, out: Array | None, complement: bool) -> Array:
     a = np.abs(v)
     if getattr(v, "_gt_traced", False):
         # inside gt.function: every range's formula on every element, picked by np.where
-        # (masks would give value-dependent shapes); per element the same formulas, so the
-        # same values as the masked path below
+        # (masks would give value-dependent shapes); each range sees its own elements' values
+        # (others a harmless stand-in, no 1/0), so the same values as the masked path below
+        small, big = a <= 0.5, a > 4.0
         with np.errstate(all="ignore"):
-            res = np.where(a <= 0.5, _erf_small(v, complement),
-                           np.where(a <= 4.0, _erf_mid(v, a, complement), _erf_big(v, a, complement)))
+            res = np.where(small, _erf_small(np.where(small, v, 0.0), complement),
+                           np.where(big, _erf_big(v, np.where(big, a, 5.0), complement),
+                                    _erf_mid(v, np.where(small | big, 1.0, a), complement)))
         res = np.where(np.isnan(v), np.nan, res)
     else:
         res = np.empty_like(v)

@@ -433,13 +433,25 @@ class Variable(Tensor):
     def _write(self, fn: Any, arr: Array, what: str) -> Variable:
         """Run ``fn(self.data, arr)``, an in-place write, after copy-on-write; while a
         ``gt.function`` step is traced, as one step of its program (replayed at each call)."""
-        self._before_write()
         tr = STATE.trace
         if tr is None or tr.suspended:
+            self._before_write()
             fn(self.data, arr)
-        else:
-            tr.opaque(lambda a, _v=self, _f=fn: _f(_v.data, a), [arr], key=(what, id(self), fn))
+        else:  # copy-on-write for the tapes alive at that call, and the value's check, too
+            tr.opaque(lambda a, _v=self, _f=fn, _w=what: _v._write_now(_f, a, _w), [arr],
+                      key=(what, id(self), fn))
         return self
+
+    def _write_now(self, fn: Any, arr: Array, what: str) -> None:
+        """:meth:`_write`'s step of a ``gt.function`` program: ``arr`` is that call's value."""
+        self._check_representable(arr, f"Variable.{what}")
+        self._before_write()
+        fn(self.data, arr)
+
+    def _check_representable(self, arr: Array, what: str) -> None:
+        if self.dtype.kind in "iub" and arr.dtype.kind == "f" and not bool(self._backend.xp.isfinite(arr).all()):
+            raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
+                             f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
 
     def _value_for(self, value: TensorLike, what: str) -> Array:
         if isinstance(value, Tensor):
@@ -457,9 +469,8 @@ class Variable(Tensor):
             what_kind = "complex" if kind == "c" else f"non-numeric ({arr.dtype})"
             raise TypeError(f"{what}: value is {what_kind}; the variable {self.name or '<unnamed>'} "
                             f"holds {self.dtype}")
-        if self.dtype.kind in "iub" and kind == "f" and not bool(self._backend.xp.isfinite(arr).all()):
-            raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
-                             f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
+        if not getattr(arr, "_gt_traced", False):  # (inside gt.function: checked at each call)
+            self._check_representable(arr, what)
         if arr.shape != self.shape:
             try:
                 np.broadcast_shapes(arr.shape, self.shape)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..backend import Array, Backend
+import numpy as np
+
+from ..backend import Array, Backend, erf_for
 from .expr import CONSTANTS, FUNCTIONS, Expr, vjp_function
 
 __all__ = ["array_vjp"]
@@ -24,11 +26,16 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
     def rsqrt(v: Array) -> Array:
         return 1 / xp.sqrt(v)
 
+    erf = backend.erf
+    if xp is not np:
+        def erf(v: Array) -> Array:  # a device's erf is no ufunc of its module: looked up per
+            return erf_for(backend.xp)(v)  # call, as a gt.function trace swaps the module
+
     ns = {
         "exp": xp.exp, "log": xp.log, "log1p": xp.log1p, "expm1": xp.expm1, "sqrt": xp.sqrt,
         "rsqrt": rsqrt, "sin": xp.sin, "cos": xp.cos, "tan": xp.tan, "tanh": xp.tanh,
         "sinh": xp.sinh, "cosh": xp.cosh, "arcsin": xp.arcsin, "arccos": xp.arccos,
-        "arctan": xp.arctan, "erf": backend.erf, "abs": xp.abs, "sign": xp.sign,
+        "arctan": xp.arctan, "erf": erf, "abs": xp.abs, "sign": xp.sign,
         "sigmoid": sigmoid, "square": xp.square, "where": xp.where, "__builtins__": {},
     }
     ns.update(CONSTANTS)

@@ -238,11 +238,20 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
     os_ = [outs[k] for k in prog.outputs]
     ps = [params[i] for i in prog.params] if prog.params else []
     if not shape or math.prod(shape) <= BLOCK:  # one call, minimal overhead
-        empty = np.empty
-        for _ in range(prog.n_float):
-            os_.append(empty(shape, dtype))
-        for _ in range(prog.n_bool):
-            os_.append(empty(shape, np.bool_))
+        # scratch made like an operand (*_like): inside gt.function's trace a traced one, so
+        # the trace sees the program's calls on the scratch too (np.empty's buffers would be
+        # plain arrays, and a call on plain arrays only is invisible to it)
+        like = next((a for a in (*os_, *ls) if type(a) is not np.ndarray), None)
+        if like is None:
+            for _ in range(prog.n_float):
+                os_.append(np.empty(shape, dtype))
+            for _ in range(prog.n_bool):
+                os_.append(np.empty(shape, np.bool_))
+        else:
+            for _ in range(prog.n_float):
+                os_.append(np.empty_like(like, dtype, shape=shape))
+            for _ in range(prog.n_bool):
+                os_.append(np.empty_like(like, np.bool_, shape=shape))
         fn(*ls, *ps, *os_)
         return
     n = math.prod(shape)

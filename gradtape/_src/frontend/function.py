@@ -150,8 +150,9 @@ class TracedArray:
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         fn = ufunc if method == "__call__" else getattr(ufunc, method)
-        if not isinstance(self.a, np.ndarray):  # a device array: NumPy handed a Python or NumPy
-            # scalar operand over as a 0-d host array, which a device library refuses
+        if not isinstance(self.a, (np.ndarray, np.generic)):  # a device array: NumPy handed
+            # a Python or NumPy scalar operand over as a 0-d host array, which a device library
+            # refuses (a host one, a Variable's 0-d buffer, is left as it is: read by reference)
             inputs = tuple(x[()] if type(x) is np.ndarray and x.ndim == 0 else x for x in inputs)
         return _dispatch(fn, inputs, kwargs)
 
@@ -484,6 +485,26 @@ def _converter(name: str) -> Callable[..., Any]:
 
 
 _WRAPPED = {name: _converter(name) for name in _CONVERTERS}
+
+
+_serial_lock = threading.Lock()
+_serial_state: list[Any] = [0, None]  # traces running (any thread), the settings they replaced
+
+
+def _serial(on: bool) -> None:
+    """While any trace runs (in any thread), the CPU thread pool takes no work: the first to
+    start saves the pool's settings, the last to end restores them (traces in two threads
+    may end in any order)."""
+    with _serial_lock:
+        if on:
+            if _serial_state[0] == 0:
+                _serial_state[1] = (pool.MIN_SIZE, pool.THREADS)
+                pool.MIN_SIZE, pool.THREADS = 1 << 62, 1
+            _serial_state[0] += 1
+        else:
+            _serial_state[0] -= 1
+            if _serial_state[0] == 0:
+                pool.MIN_SIZE, pool.THREADS = _serial_state[1]
 
 
 def _patch_converters(on: bool) -> None:
@@ -1631,7 +1652,7 @@ class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
     __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "vrefs",
-                 "aliased", "read_vars", "stale", "__weakref__")
+                 "aliased", "read_vars", "stale", "orefs", "__weakref__")
 
     def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
@@ -1639,11 +1660,21 @@ class _Entry:
         self.program: _Program | None = None
         self.out_spec: Any = None
         self.out_meta: list[Any] = []
-        # objects the key names by identity, kept alive so no other object takes their id;
-        # Variables weakly (a cache must not keep a model's weights alive): an entry whose
-        # Variable died is stale, as a new Variable may have its id (see _same_variables)
-        self.keep = [x for x in leaves if not isinstance(x, Tensor)]
-        self.stale = False  # set when a Variable below dies (a weak reference's callback)
+        # objects the key names by identity (an argument that is no tensor, a decorated
+        # method's self, a Variable), weakly where they allow it (a cache must not keep a
+        # model alive): an entry whose object died is stale, as a new object may have its
+        # id; the others kept alive, so that no other object takes their id
+        self.keep: list[Any] = []
+        self.stale = False  # set when a Variable or object below dies (a weak reference's callback)
+        self.orefs: list[Any] = []
+        for x in leaves:
+            if isinstance(x, Tensor) or x is None or isinstance(x, (bool, int, float, complex, str,
+                                                                     bytes, np.generic)):
+                continue
+            try:  # weakly where it can be (a decorated method's self must not be kept alive)
+                self.orefs.append(weakref.ref(x, self._on_death()))
+            except TypeError:
+                self.keep.append(x)
         self.vrefs = [weakref.ref(x, self._on_death()) for x in leaves
                       if isinstance(x, Tensor) and x._is_variable]
         tensors = [id(x) for x in leaves if isinstance(x, Tensor) and not x._is_variable]
@@ -1696,8 +1727,8 @@ def _plain_key(x: Any, backend: str) -> Any:
         return ("T", d.shape, d.dtype.str, x._backend.name, d.flags.c_contiguous)
     if type(x) is np.ndarray:
         return ("N", x.shape, x.dtype.str, backend, x.flags.c_contiguous)
-    if isinstance(x, (float, complex)):  # by spelling: -0.0 is not 0.0, nan is nan
-        return ("P", type(x), repr(x))
+    if isinstance(x, (float, complex, np.generic)):  # by spelling: -0.0 is not 0.0, nan is
+        return ("P", type(x), repr(x))  # nan; a NumPy scalar by its type and value too
     if x is None or isinstance(x, (bool, int, str)):
         return ("P", type(x), x)
     return None
@@ -1839,6 +1870,7 @@ class Function(Generic[R]):
                 # a Variable it was traced with died, and a new one took its id, or one its
                 # program reads died: trace again (the old program would read a dead buffer)
                 del self._cache[key]
+                self._signatures -= 1
                 for k in [k for k, e in self._flat.items() if e is entry]:
                     del self._flat[k]
                 entry = None
@@ -1871,6 +1903,7 @@ class Function(Generic[R]):
         Variables' buffers, and nothing can call them again."""
         dead = [k for k, e in self._cache.items() if e.dead()]
         if dead:
+            self._signatures -= len(dead)  # (the retrace warning counts live signatures)
             gone = {id(self._cache.pop(k)) for k in dead}
             for k in [k for k, e in self._flat.items() if id(e) in gone]:
                 del self._flat[k]
@@ -1910,11 +1943,10 @@ class Function(Generic[R]):
                 new_leaves.append(x)
         targs, tkwargs = unflatten(spec, new_leaves)
         st = STATE
-        saved_min, saved_threads = pool.MIN_SIZE, pool.THREADS
         st.trace = tr
         hooks_add(1)  # every op reaches record_general, which logs ops on untraced arrays
-        pool.MIN_SIZE = 1 << 62  # no threaded forward or fused run while tracing: the trace
-        pool.THREADS = 1  # follows its own thread (the replay threads large steps again)
+        _serial(True)  # no threaded forward or fused run while tracing: the trace follows its
+        # own thread (the replay threads large steps again)
         _patch_converters(True)
         devices = {x._backend for x in leaves if isinstance(x, Tensor) and x._backend is not NUMPY}
         devices.add(get_backend())
@@ -1931,7 +1963,7 @@ class Function(Generic[R]):
             _patch_converters(False)
             st.trace = None
             hooks_add(-1)
-            pool.MIN_SIZE, pool.THREADS = saved_min, saved_threads
+            _serial(False)
             tr.done = True
         out_leaves, out_spec = flatten(result)
         out_slots: list[int | None] = []
@@ -1954,6 +1986,13 @@ class Function(Generic[R]):
                 out_meta.append(None)
                 final.append(x.a)
             else:
+                if not (x is None or isinstance(x, (bool, int, float, complex, str, bytes, np.generic,
+                                                    np.ndarray, Tensor))) and tr.unsafe is None:
+                    # an object the nest does not look into (a dataclass holding tensors): its
+                    # contents cannot be replayed, and == cannot tell a stale one apart
+                    tr.unsafe = (f"the step returned a {type(x).__name__}, which gt.function "
+                                 "does not look into (it returns tensors, arrays, Python values "
+                                 "and lists, tuples, dicts and namedtuples of them)")
                 out_slots.append(None)
                 out_meta.append(("C", x))
                 final.append(x)
