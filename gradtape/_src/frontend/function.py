@@ -27,6 +27,7 @@ replaying a stale value.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -485,6 +486,20 @@ def _converter(name: str) -> Callable[..., Any]:
 
 
 _WRAPPED = {name: _converter(name) for name in _CONVERTERS}
+
+
+def _holds_tensors(x: Any) -> bool:
+    """An output object that the nest does not look into but that holds tensors in its
+    attributes (a dataclass of results): its contents cannot be replayed."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        values: Any = (getattr(x, f.name, None) for f in dataclasses.fields(x))
+    else:
+        try:
+            values = vars(x).values()
+        except TypeError:  # no __dict__: a dtype, a slice, a number type
+            return False
+    return any(isinstance(v, (Tensor, TracedArray)) or type(v) in (list, tuple, dict)
+               and any(isinstance(u, (Tensor, TracedArray)) for u in flatten(v)[0]) for v in values)
 
 
 _serial_lock = threading.Lock()
@@ -1705,6 +1720,20 @@ class _Entry:
         return self.stale
 
 
+def _weak_objects(leaves: list[Any]) -> list[Any]:
+    """Weak references to the arguments a signature names by identity (Variables, objects)."""
+    refs = []
+    for x in leaves:
+        if (isinstance(x, Tensor) and not x._is_variable) or x is None or isinstance(
+                x, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
+            continue
+        try:
+            refs.append(weakref.ref(x))
+        except TypeError:
+            pass
+    return refs
+
+
 def _same_variables(entry: _Entry, args: Any) -> bool:
     """Whether the Variables among ``args`` (leaves, or flat positional arguments) are the
     very ones ``entry`` was traced with (its key names them by id only)."""
@@ -1729,7 +1758,7 @@ def _plain_key(x: Any, backend: str) -> Any:
         return ("N", x.shape, x.dtype.str, backend, x.flags.c_contiguous)
     if isinstance(x, (float, complex, np.generic)):  # by spelling: -0.0 is not 0.0, nan is
         return ("P", type(x), repr(x))  # nan; a NumPy scalar by its type and value too
-    if x is None or isinstance(x, (bool, int, str)):
+    if x is None or isinstance(x, (bool, int, str, bytes)):
         return ("P", type(x), x)
     return None
 
@@ -1774,7 +1803,8 @@ class Function(Generic[R]):
         self.verify = bool(verify)
         self.trace_count = 0
         self._cache: dict[Any, _Entry] = {}
-        self._seen: set[Any] = set()
+        self._seen: dict[Any, list[Any]] = {}  # signatures seen once: weak references to
+        # the objects their keys name by id (a dead one's id may come back for a new object)
         self._flat: dict[Any, _Entry] = {}  # the entries of calls with flat positional arguments
         self._signatures = 0
         self._warned_retrace = False
@@ -1870,13 +1900,15 @@ class Function(Generic[R]):
                 # a Variable it was traced with died, and a new one took its id, or one its
                 # program reads died: trace again (the old program would read a dead buffer)
                 del self._cache[key]
-                self._signatures -= 1
                 for k in [k for k, e in self._flat.items() if e is entry]:
                     del self._flat[k]
                 entry = None
             if entry is None:
-                if self.reduce_retracing and self._signatures >= 1 and key not in self._seen:
-                    self._seen.add(key)  # a signature seen once runs eagerly: no trace
+                seen = self._seen.get(key) if self.reduce_retracing else None
+                if self.reduce_retracing and self._signatures >= 1 and (
+                        seen is None or any(r() is None for r in seen)):
+                    self._seen[key] = _weak_objects(leaves)  # a signature seen once runs
+                    # eagerly: no trace
                     return self.python_function(*args, **kwargs)
                 self._drop_dead()
                 entry = self._cache[key] = _Entry(leaves)
@@ -1903,7 +1935,6 @@ class Function(Generic[R]):
         Variables' buffers, and nothing can call them again."""
         dead = [k for k, e in self._cache.items() if e.dead()]
         if dead:
-            self._signatures -= len(dead)  # (the retrace warning counts live signatures)
             gone = {id(self._cache.pop(k)) for k in dead}
             for k in [k for k, e in self._flat.items() if id(e) in gone]:
                 del self._flat[k]
@@ -1986,8 +2017,7 @@ class Function(Generic[R]):
                 out_meta.append(None)
                 final.append(x.a)
             else:
-                if not (x is None or isinstance(x, (bool, int, float, complex, str, bytes, np.generic,
-                                                    np.ndarray, Tensor))) and tr.unsafe is None:
+                if tr.unsafe is None and _holds_tensors(x):
                     # an object the nest does not look into (a dataclass holding tensors): its
                     # contents cannot be replayed, and == cannot tell a stale one apart
                     tr.unsafe = (f"the step returned a {type(x).__name__}, which gt.function "
