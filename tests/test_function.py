@@ -1241,3 +1241,29 @@ def test_bytes_arguments_key_by_value_and_plain_object_outputs_compile():
         for _ in range(3):
             out = g(gt.tensor([1.0]))
     assert out[3] is Mode.TRAIN and g.trace_count == 2
+
+
+def test_a_fused_backward_kernel_writes_its_outputs_in_the_replay():
+    """On a device the fused backward is one elementwise kernel taking its outputs after its
+    inputs (``kernel(x, y, out)``): the trace must see those as writes, or the replay drops
+    the launch and returns the empty buffers (run on the device-strict backend by the suite's
+    strict run; on NumPy the blocked program)."""
+    rng = np.random.default_rng(0)
+    w = gt.Variable(rng.normal(size=3).astype(np.float32))
+    b = gt.Variable(rng.normal(size=3).astype(np.float32))
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            y = x
+            for _ in range(3):
+                y = gt.tanh(y * w + b) + gt.sigmoid(y) * 0.1 + gt.exp(-y * y) * w
+            loss = gt.sum(y * y)
+        return tape.gradient(loss, [w, b, x])
+
+    f = gt.function(step)
+    x = gt.tensor(rng.normal(size=3).astype(np.float32))
+    for _ in range(4):
+        got, want = f(x), step(x)
+        for g, e in zip(got, want):
+            _assert_replayed(g.numpy(), e.numpy(), terms=30)

@@ -719,6 +719,7 @@ class StrictKernel:
                  preamble: str = "", **kwargs: Any) -> None:
         self._kernel = HostKernel(in_params, out_params, operation, name, preamble, **kwargs)
         self.name = name
+        self.nin = self._kernel.nin  # (as CuPy's kernels: inputs, then outputs, positionally)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         inner: list[Any] = []

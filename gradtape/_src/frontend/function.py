@@ -768,7 +768,7 @@ class _Trace:
             mutating = False
         wr = _written(fn, args, kwargs) if (kwargs or mutating or getattr(fn, "__name__", "") == "at"
                                             or 0 <= _out_position(fn) < len(args)
-                                            or fn is _BYTESWAP) else ()
+                                            or fn is _BYTESWAP or _kernel_outputs(fn, args)) else ()
         for buf in wr:
             if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
                     and id(buf) not in self.promoted:
@@ -999,6 +999,10 @@ def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
         pos = _out_position(fn)
         if 0 <= pos < len(targs):
             o = targs[pos]
+        else:
+            outs = _kernel_outputs(fn, targs)
+            if outs:
+                o = tuple(outs)
     if o is not None:
         out.extend(o if isinstance(o, tuple) else (o,))
     if fn in _MUTATING or getattr(fn, "__name__", "") == "at" or (
@@ -1009,6 +1013,15 @@ def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
 
 
 _OUT_POSITION: dict[Any, int] = {}
+
+
+def _kernel_outputs(fn: Any, args: Any) -> Any:
+    """The output arguments of a device elementwise kernel's call (CuPy's ``ElementwiseKernel``
+    takes its inputs, then its outputs, positionally: ``kernel(x, y, out)``), else ()."""
+    nin = getattr(fn, "nin", None)
+    if type(nin) is not int or isinstance(fn, np.ufunc) or len(args) <= nin:
+        return ()
+    return args[nin:]
 
 
 def _out_position(fn: Any) -> int:
