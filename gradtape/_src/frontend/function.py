@@ -766,9 +766,11 @@ class _Trace:
             mutating = fn in _MUTATING
         except TypeError:  # an unhashable callable
             mutating = False
+        ufunc = type(fn) is np.ufunc  # (NumPy hands a ufunc its outputs as out=)
         wr = _written(fn, args, kwargs) if (kwargs or mutating or getattr(fn, "__name__", "") == "at"
-                                            or 0 <= _out_position(fn) < len(args)
-                                            or fn is _BYTESWAP or _kernel_outputs(fn, args)) else ()
+                                            or not ufunc and (0 <= _out_position(fn) < len(args)
+                                                              or fn is _BYTESWAP
+                                                              or _kernel_outputs(fn, args))) else ()
         for buf in wr:
             if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
                     and id(buf) not in self.promoted:
@@ -776,7 +778,7 @@ class _Trace:
                     self.unsafe = (f"{getattr(fn, '__name__', fn)} wrote into a view of an array "
                                    "made outside the trace")
                 self._promote(buf, _overwrites(fn, tuple(ua), uk, buf))
-        if _data_shaped(fn, args, kwargs):
+        if not ufunc and _data_shaped(fn, args, kwargs):
             self.host_sync(f"{getattr(fn, '__name__', fn)} (its result's shape depends on the values)")
         res = fn(*ua, **uk)
         targs = self._template_flat(args)
