@@ -339,6 +339,10 @@ class Generator:
             pt = _wrap(arr, backend)
         if pt.dtype.kind not in "iuf":
             raise TypeError(f"bernoulli: p must hold real probabilities, got dtype {pt.dtype}")
+        if pt._level:  # a per-example p inside gt.vmap: one draw per example is not modelled
+            raise ValueError("bernoulli: p is batched by gt.vmap; random draws inside vmap are "
+                             "not batched per example (each would reuse the same numbers): draw "
+                             "outside vmap with p of the whole batch, and pass the samples in")
         out_shape = tuple(pt.shape) if shape is None else normalize_shape(shape, "bernoulli")
         _check_size("bernoulli", list(out_shape), 8)
         try:

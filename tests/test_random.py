@@ -287,3 +287,11 @@ def test_old_seed_forms_still_work():
         init.glorot_uniform((2, 2), seed="zero")
     with pytest.raises(TypeError, match="dropout: generator must be a gt.random.Generator"):
         gt.nn.dropout(x, 0.5, generator=object())
+
+
+def test_bernoulli_with_a_vmapped_p_raises_a_clear_error():
+    g = gt.random.Generator(0)
+    p = gt.tensor(np.full((3, 2), 0.5, np.float32))
+    with pytest.raises(ValueError, match="batched by gt.vmap"):
+        gt.vmap(lambda q: g.bernoulli(q))(p)
+    assert g.bernoulli(p).shape == (3, 2)
