@@ -100,45 +100,51 @@ def _cody(x: Array, out: Array | None, complement: bool) -> Array:
     return res if res.ndim else res[()]
 
 
+def _rational(t: Array, num_c: Any, den_c: Any, n: int) -> tuple[Array, Array]:
+    """Cody's rational function of ``t`` as (numerator, denominator): Horner's rule over the
+    first ``n`` coefficients, then the last terms (``num_c[n]``, ``den_c[n]``; the numerator
+    starts from ``num_c[n + 1] * t``, the denominator from ``t``). The caller divides, in the
+    order its formula rounds."""
+    num = num_c[n + 1] * t
+    den = t
+    for i in range(n):
+        num = (num + num_c[i]) * t
+        den = (den + den_c[i]) * t
+    return num + num_c[n], den + den_c[n]
+
+
+def _times_exp_neg_square(z: Array, r: Array) -> Array:
+    """``exp(-z^2) * r`` with z^2 split at a multiple of 1/16 (Cody: no cancellation)."""
+    zz = np.trunc(z * 16.0) / 16.0
+    return np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * r
+
+
+def _erfc_signed(v: Array, erfc: Array, complement: bool) -> Array:
+    """From erfc(|x|) to erfc(x) (``complement``) or erf(x)."""
+    return np.where(v > 0, erfc, 2.0 - erfc) if complement else np.copysign(1.0 - erfc, v)
+
+
 def _erf_small(v: Array, complement: bool) -> Array:
     """|x| <= 0.5: erf by a rational function of x^2."""
-    y = v * v
-    num = _ERF_A[4] * y
-    den = y
-    for i in range(3):
-        num = (num + _ERF_A[i]) * y
-        den = (den + _ERF_B[i]) * y
-    e = v * (num + _ERF_A[3]) / (den + _ERF_B[3])
+    num, den = _rational(v * v, _ERF_A, _ERF_B, 3)
+    e = v * num / den
     return 1.0 - e if complement else e
 
 
 def _erf_mid(v: Array, z: Array, complement: bool) -> Array:
     """0.5 < |x| <= 4: erfc(|x|) by a rational function times exp(-x^2) (``z = |x|``)."""
-    num = _ERF_C[8] * z
-    den = z
-    for i in range(7):
-        num = (num + _ERF_C[i]) * z
-        den = (den + _ERF_D[i]) * z
-    erfc = (num + _ERF_C[7]) / (den + _ERF_D[7])
-    zz = np.trunc(z * 16.0) / 16.0
-    erfc = np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc
-    return np.where(v > 0, erfc, 2.0 - erfc) if complement else np.copysign(1.0 - erfc, v)
+    num, den = _rational(z, _ERF_C, _ERF_D, 7)
+    return _erfc_signed(v, _times_exp_neg_square(z, num / den), complement)
 
 
 def _erf_big(v: Array, z: Array, complement: bool) -> Array:
     """|x| > 4: the asymptotic rational form in 1/x^2 (``z = |x|``)."""
     zi = 1.0 / (z * z)
-    num = _ERF_P[5] * zi
-    den = zi
-    for i in range(4):
-        num = (num + _ERF_P[i]) * zi
-        den = (den + _ERF_Q[i]) * zi
-    erfc = zi * (num + _ERF_P[4]) / (den + _ERF_Q[4])
-    erfc = (1.0 / math.sqrt(math.pi) - erfc) / z
-    zz = np.trunc(z * 16.0) / 16.0
+    num, den = _rational(zi, _ERF_P, _ERF_Q, 4)
+    erfc = (1.0 / math.sqrt(math.pi) - zi * num / den) / z
     with np.errstate(invalid="ignore"):  # |x| = inf: inf - inf, then nan_to_num gives 0
-        erfc = np.nan_to_num(np.exp(-zz * zz) * np.exp(-(z - zz) * (z + zz)) * erfc)
-    return np.where(v > 0, erfc, 2.0 - erfc) if complement else np.copysign(1.0 - erfc, v)
+        erfc = np.nan_to_num(_times_exp_neg_square(z, erfc))
+    return _erfc_signed(v, erfc, complement)
 
 
 # --------------------------------------------------------------------------- backends

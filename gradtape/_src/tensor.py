@@ -155,10 +155,7 @@ class Tensor:
         return _host_view(self)
 
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
-        if self._is_variable:
-            tr = STATE.trace
-            if tr is not None and not tr.suspended:  # gt.function: a host value of the state,
-                tr.host_sync("np.asarray() of a Variable")  # as Variable.numpy()
+        self._state_read("np.asarray()")
         if self._backend.name != "numpy":
             raise TypeError(
                 "np.asarray() of a CuPy-backed gradtape tensor would copy from the GPU "

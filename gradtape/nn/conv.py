@@ -553,14 +553,20 @@ def _conv_t_grid(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, stride: tuple
     Co, Cg, kh, kw = w.shape
     gg = _to_grid(xp, g, lay)
     L = gg.shape[-1]
-    Kg = Cg * kh * kw
-    if groups == 1:
-        cols = xp.matmul(w.reshape(Co, Kg).T, gg.reshape(Co, N * L))
-    else:
-        cols = xp.matmul(w.reshape(groups, Co // groups, Kg).transpose(0, 2, 1),
-                         gg.reshape(groups, Co // groups, N * L))
-    cols = cols.reshape(Cg * groups, kh, kw, N, L)
+    cols = _weights_t_times(xp, w, gg.reshape(Co, N * L), groups).reshape(Cg * groups, kh, kw, N, L)
     return _fold(xp, cols, size, (kh, kw), stride, padding, dilation, lay[4])
+
+
+def _weights_t_times(xp: Any, w: Any, gg: Any, groups: int) -> Any:
+    """``W^T @ gg`` per group: the weights ``[O, C/G, kh, kw]`` transposed onto cotangent
+    columns ``gg[O, n]``, giving ``[C * kh * kw, n]`` (each group's rows together)."""
+    Co, Cg, kh, kw = w.shape
+    Kg = Cg * kh * kw
+    n = gg.shape[-1]
+    if groups == 1:
+        return xp.matmul(w.reshape(Co, Kg).T, gg)
+    return xp.matmul(w.reshape(groups, Co // groups, Kg).transpose(0, 2, 1),
+                     gg.reshape(groups, Co // groups, n)).reshape(groups * Kg, n)
 
 
 def _conv_t_flat(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, padding: tuple,
@@ -581,13 +587,7 @@ def _conv_t_flat(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, padding: tupl
     S = N * Hp * Wp
     gg = xp.zeros_like(g, shape=(Co, N, Hp, Wp))
     gg[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
-    Kg = Cg * kh * kw
-    if groups == 1:
-        cols = xp.matmul(w.reshape(Co, Kg).T, gg.reshape(Co, S))
-    else:
-        cols = xp.matmul(w.reshape(groups, Co // groups, Kg).transpose(0, 2, 1),
-                         gg.reshape(groups, Co // groups, S))
-    cols = cols.reshape(Cg * groups, kh * kw, S)
+    cols = _weights_t_times(xp, w, gg.reshape(Co, S), groups).reshape(Cg * groups, kh * kw, S)
     out = xp.zeros_like(cols, shape=(Cg * groups, S + (kh - 1) * dh * Wp + (kw - 1) * dw))
     for i in range(kh):
         for j in range(kw):

@@ -59,15 +59,10 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
 
 
 def _scatter_impl(xp: Any, g: Any, *, index: Any, shape: tuple, advanced: bool) -> Any:
-    # *_like: a gt.function trace sees the buffer; like a traced index array when the
-    # cotangent is a constant (NumPy's ufunc.at does not hand a traced index to the trace)
-    like = g
-    if not getattr(g, "_gt_traced", False):
-        for it in index if isinstance(index, tuple) else (index,):
-            if getattr(it, "_gt_traced", False):
-                like = it
-                break
-    z = xp.zeros_like(like, dtype=g.dtype, shape=shape)
+    # gt.function: NumPy's add.at reads an index on the host unless an operand is traced (a
+    # constant cotangent beside traced indices); *_like: the trace sees the buffer
+    g = read_for_trace(g, index)
+    z = xp.zeros_like(g, shape=shape)
     if advanced:
         xp.add.at(z, index, g)
     else:

@@ -224,6 +224,14 @@ def _flat_view(a: np.ndarray) -> np.ndarray | None:
         return None
 
 
+def _scratch_like(outs: list[Any], leaves: list[Any]) -> Any:
+    """The operand scratch buffers are made like (``*_like``): inside gt.function's trace a
+    traced one, so the trace sees the program's calls on its scratch too (a call on plain
+    arrays only would be invisible to it); else the first output or leaf."""
+    return next((a for a in (*outs, *leaves) if type(a) is not np.ndarray),
+                outs[0] if outs else leaves[0])
+
+
 def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
               outs: list[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Run ``prog`` over arrays of the full ``shape`` (``leaves`` may broadcast to it;
@@ -238,20 +246,11 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
     os_ = [outs[k] for k in prog.outputs]
     ps = [params[i] for i in prog.params] if prog.params else []
     if not shape or math.prod(shape) <= BLOCK:  # one call, minimal overhead
-        # scratch made like an operand (*_like): inside gt.function's trace a traced one, so
-        # the trace sees the program's calls on the scratch too (np.empty's buffers would be
-        # plain arrays, and a call on plain arrays only is invisible to it)
-        like = next((a for a in (*os_, *ls) if type(a) is not np.ndarray), None)
-        if like is None:
-            for _ in range(prog.n_float):
-                os_.append(np.empty(shape, dtype))
-            for _ in range(prog.n_bool):
-                os_.append(np.empty(shape, np.bool_))
-        else:
-            for _ in range(prog.n_float):
-                os_.append(np.empty_like(like, dtype, shape=shape))
-            for _ in range(prog.n_bool):
-                os_.append(np.empty_like(like, np.bool_, shape=shape))
+        like = _scratch_like(os_, ls)
+        for _ in range(prog.n_float):
+            os_.append(np.empty_like(like, dtype, shape=shape))
+        for _ in range(prog.n_bool):
+            os_.append(np.empty_like(like, np.bool_, shape=shape))
         fn(*ls, *ps, *os_)
         return
     n = math.prod(shape)
@@ -285,14 +284,14 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
         length = shape[0]
         block_shape = (step, *shape[1:])
         if step >= length:
-            like = os_[0] if os_ else ls[0]  # *_like: a gt.function trace sees the buffers
+            like = _scratch_like(os_, ls)
             scratch = [np.empty_like(like, dtype, shape=shape) for _ in range(prog.n_float)]
             scratch += [np.empty_like(like, np.bool_, shape=shape) for _ in range(prog.n_bool)]
             fn(*ls, *ps, *os_, *scratch)
             return
     n_ls = len(ls)
 
-    like = os_[0] if os_ else ls[0]
+    like = _scratch_like(os_, ls)
 
     def work(starts: range) -> None:
         scratch = [np.empty_like(like, dtype, shape=block_shape) for _ in range(prog.n_float)]

@@ -473,8 +473,8 @@ def _converter(name: str) -> Callable[..., Any]:
             # a buffer made outside the trace that a traced call wrote (a step's own scratch
             # array, filled by np.clip(..., out=o)): converting it reads that program
             # variable, not the value it had while tracing
-            w = tr.promoted.get(id(a))
-            if w is not None and tr.arrays[w.slot] is a:
+            w = tr.promoted_of(a)
+            if w is not None:
                 return _dispatch(orig, (w, *args), kwargs)
             if type(a) is np.ndarray:
                 tr._check_view(a)
@@ -572,13 +572,6 @@ class _TracedUfunc:
         self._uf = uf
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        nin = getattr(self._uf, "nin", None)
-        if nin is not None and len(args) > nin and "out" not in kwargs:
-            # outputs passed positionally (``multiply(a, 2.0, a)``): as ``out=``, as NumPy's
-            # __array_ufunc__ receives them, so the trace sees the write
-            outs = tuple(args[nin:])
-            nout = getattr(self._uf, "nout", len(outs))
-            args, kwargs = args[:nin], {**kwargs, "out": outs + (None,) * (nout - len(outs))}
         return self._call(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -689,9 +682,9 @@ class _Trace:
 
     def _template(self, x: Any) -> Any:
         t = type(x)
-        if self.promoted and id(x) in self.promoted:
-            w = self.promoted[id(x)]
-            if self.arrays[w.slot] is x:
+        if self.promoted:
+            w = self.promoted_of(x)
+            if w is not None:
                 return _Slot(w.slot)
         if t is TracedArray:
             if x.tr is not self:  # an escaped array of an earlier trace: its value then
@@ -707,14 +700,19 @@ class _Trace:
             self._check_view(x)
         return self._const(x)
 
+    def promoted_of(self, buf: Any) -> TracedArray | None:
+        """The program variable of ``buf`` when it is a buffer made outside the trace that a
+        traced call wrote (see :meth:`_promote`), else None."""
+        w = self.promoted.get(id(buf))
+        return w if w is not None and self.arrays[w.slot] is buf else None
+
     def _check_view(self, x: Any) -> None:
         """``x`` (a plain array) is a view of a scratch buffer a traced call wrote: its values
         come from that call, but the view was made where the trace cannot see it; the step
         then runs eagerly (a constant would be stale)."""
         b = x.base
         while isinstance(b, np.ndarray):
-            w = self.promoted.get(id(b))
-            if w is not None and self.arrays[w.slot] is b:
+            if self.promoted_of(b) is not None:
                 if self.unsafe is None:
                     self.unsafe = ("a view of an array the step made and a traced call wrote "
                                    "(a reshape or slice of a scratch buffer) was read")
@@ -819,8 +817,8 @@ class _Trace:
         and make its result traced."""
         if self.suspended or out.__class__ is not Tensor or type(out.data) is TracedArray:
             return  # (a batched result: the rule's physical ops came here one by one)
-        w = self.promoted.get(id(out.data))
-        if w is not None and self.arrays[w.slot] is out.data:  # a buffer a traced call wrote:
+        w = self.promoted_of(out.data)
+        if w is not None:  # a buffer a traced call wrote:
             out.data = w  # the program's value (``zeros`` then ``add.at`` of a traced value)
             return
         if not any(a._is_variable for a in args):
@@ -847,8 +845,8 @@ class _Trace:
         (assignments write into it in place), so a replay reads its current values."""
         if type(buf) is TracedArray:
             return buf
-        w = self.promoted.get(id(buf))
-        if w is not None and self.arrays[w.slot] is buf:  # a buffer the program allocates
+        w = self.promoted_of(buf)  # a buffer the program allocates
+        if w is not None:
             return w
         w = self.reads.get(id(buf))
         if w is None or self.arrays[w.slot] is not buf:
@@ -1018,8 +1016,10 @@ _OUT_POSITION: dict[Any, int] = {}
 
 
 def _kernel_outputs(fn: Any, args: Any) -> Any:
-    """The output arguments of a device elementwise kernel's call (CuPy's ``ElementwiseKernel``
-    takes its inputs, then its outputs, positionally: ``kernel(x, y, out)``), else ()."""
+    """The output arguments of a device ufunc's or elementwise kernel's call given
+    positionally after its ``nin`` inputs (``cupy.multiply(a, 2.0, a)``, CuPy's
+    ``ElementwiseKernel``: ``kernel(x, y, out)``), else (). (NumPy's own ufuncs receive their
+    outputs as ``out=``.)"""
     nin = getattr(fn, "nin", None)
     if type(nin) is not int or isinstance(fn, np.ufunc) or len(args) <= nin:
         return ()
@@ -1681,8 +1681,8 @@ def _same_template(x: Any, y: Any) -> str | None:
 class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
-    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "vrefs",
-                 "aliased", "read_vars", "stale", "orefs", "__weakref__")
+    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "refs",
+                 "aliased", "read_vars", "stale", "__weakref__")
 
     def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
@@ -1693,20 +1693,20 @@ class _Entry:
         # objects the key names by identity (an argument that is no tensor, a decorated
         # method's self, a Variable), weakly where they allow it (a cache must not keep a
         # model alive): an entry whose object died is stale, as a new object may have its
-        # id; the others kept alive, so that no other object takes their id
+        # id (the callback runs when it dies, before any new object can take the id); the
+        # others kept alive, so that no other object takes their id
         self.keep: list[Any] = []
-        self.stale = False  # set when a Variable or object below dies (a weak reference's callback)
-        self.orefs: list[Any] = []
+        # set when a Variable or object below, or one the program reads, dies (a weak
+        # reference's callback): the program would read a buffer nothing else can reach
+        self.stale = False
+        self.refs: list[Any] = []  # (alive for their callbacks)
         for x in leaves:
-            if isinstance(x, Tensor) or x is None or isinstance(x, (bool, int, float, complex, str,
-                                                                     bytes, np.generic)):
+            if not _by_identity(x):
                 continue
             try:  # weakly where it can be (a decorated method's self must not be kept alive)
-                self.orefs.append(weakref.ref(x, self._on_death()))
+                self.refs.append(weakref.ref(x, self._on_death()))
             except TypeError:
                 self.keep.append(x)
-        self.vrefs = [weakref.ref(x, self._on_death()) for x in leaves
-                      if isinstance(x, Tensor) and x._is_variable]
         tensors = [id(x) for x in leaves if isinstance(x, Tensor) and not x._is_variable]
         self.aliased = len(set(tensors)) < len(tensors)  # a tensor passed more than once
         self.read_vars: list[Any] = []  # weak references to the Variables the program reads
@@ -1729,34 +1729,27 @@ class _Entry:
         self.read_vars = [weakref.ref(v, self._on_death()) for v in (r() for r in variables)
                           if v is not None]
 
-    def dead(self) -> bool:
-        """A Variable it was traced with, or one its program reads, has died: the program
-        would read a buffer nothing else can reach (a replaced layer weight)."""
-        return self.stale
+
+
+def _by_identity(x: Any) -> bool:
+    """Whether a signature names argument ``x`` by identity: a Variable or an object that is
+    no tensor, array or plain value (a decorated method's self)."""
+    if isinstance(x, Tensor):
+        return x._is_variable
+    return not (x is None or isinstance(x, (bool, int, float, complex, str, bytes, np.generic,
+                                            np.ndarray)))
 
 
 def _weak_objects(leaves: list[Any]) -> list[Any]:
-    """Weak references to the arguments a signature names by identity (Variables, objects)."""
+    """Weak references to the arguments a signature names by identity (where they allow it)."""
     refs = []
     for x in leaves:
-        if (isinstance(x, Tensor) and not x._is_variable) or x is None or isinstance(
-                x, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
-            continue
-        try:
-            refs.append(weakref.ref(x))
-        except TypeError:
-            pass
+        if _by_identity(x):
+            try:
+                refs.append(weakref.ref(x))
+            except TypeError:
+                pass
     return refs
-
-
-def _same_variables(entry: _Entry, args: Any) -> bool:
-    """Whether the Variables among ``args`` (leaves, or flat positional arguments) are the
-    very ones ``entry`` was traced with (its key names them by id only)."""
-    refs = entry.vrefs
-    if not refs:
-        return True
-    now = [x for x in args if isinstance(x, Tensor) and x._is_variable]
-    return len(now) == len(refs) and all(r() is x for r, x in zip(refs, now))
 
 
 def _plain_key(x: Any, backend: str) -> Any:
@@ -1897,8 +1890,7 @@ class Function(Generic[R]):
         flat = None if kwargs else self._flat_key(args)
         if flat is not None:  # a replay needs no flattening of its arguments
             entry = self._flat.get(flat)
-            if entry is not None and entry.state == "ready" and not entry.stale \
-                    and (not entry.vrefs or _same_variables(entry, args)):
+            if entry is not None and entry.state == "ready" and not entry.stale:
                 leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
                 with self._lock:
                     return self._replay(entry, leaves)
@@ -1911,12 +1903,9 @@ class Function(Generic[R]):
             args, kwargs = unflatten(spec, leaves)  # rule: on the active backend)
         with self._lock:
             entry = self._cache.get(key)
-            if entry is not None and (not _same_variables(entry, leaves) or entry.dead()):
-                # a Variable it was traced with died, and a new one took its id, or one its
-                # program reads died: trace again (the old program would read a dead buffer)
-                del self._cache[key]
-                for k in [k for k, e in self._flat.items() if e is entry]:
-                    del self._flat[k]
+            if entry is not None and entry.stale:
+                # an object its key names by id died (a new one may have that id), or a
+                # Variable its program reads died: trace again (_drop_dead forgets it)
                 entry = None
             if entry is None:
                 seen = self._seen.get(key) if self.reduce_retracing else None
@@ -1946,9 +1935,9 @@ class Function(Generic[R]):
             return self._trace(entry, args, kwargs, leaves, spec)
 
     def _drop_dead(self) -> None:
-        """Forget the signatures of Variables that died: their programs hold the dead
-        Variables' buffers, and nothing can call them again."""
-        dead = [k for k, e in self._cache.items() if e.dead()]
+        """Forget the stale signatures: their programs may hold dead Variables' buffers, and
+        nothing can call them again."""
+        dead = [k for k, e in self._cache.items() if e.stale]
         if dead:
             gone = {id(self._cache.pop(k)) for k in dead}
             for k in [k for k, e in self._flat.items() if id(e) in gone]:
@@ -2016,8 +2005,8 @@ class Function(Generic[R]):
         out_meta: list[Any] = []  # per output: ("T", backend), None (an array) or ("C", value)
         final = []
         for x in out_leaves:
-            p = tr.promoted.get(id(x.data if isinstance(x, Tensor) else x)) if tr.promoted else None
-            if p is not None and tr.arrays[p.slot] is (x.data if isinstance(x, Tensor) else x):
+            p = tr.promoted_of(x.data if isinstance(x, Tensor) else x) if tr.promoted else None
+            if p is not None:
                 # a buffer made outside the trace that a traced call filled (np.full's with a
                 # traced fill value): the program's variable
                 out_slots.append(p.slot)
