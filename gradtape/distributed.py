@@ -488,18 +488,28 @@ def _cached_plan(specs: tuple, bucket_bytes: int, reverse: bool) -> _Plan:
     return hit
 
 
+_SHAPE = operator.attrgetter("shape")
+_DTYPE = operator.attrgetter("dtype")
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
 _ARRAY_PLANS: dict[tuple, _Plan] = {}
 
 
 def _array_plan(arrays: Sequence[Array], backend_name: str, bucket_bytes: int, reverse: bool) -> _Plan:
     """:func:`_cached_plan` for ``arrays`` (none None, all of backend ``backend_name``),
-    looked up by their (shape, dtype) pairs: the cheapest key (a few microseconds for a
-    hundred arrays), as a training loop calls this every step."""
-    key = (tuple(map(_SHAPE_DTYPE, arrays)), backend_name, bucket_bytes, reverse)
+    looked up by their shapes and dtypes, as a training loop calls this every step: arrays of
+    one dtype (the common case, checked by identity, without hashing a dtype per array, which
+    costs as much as the rest of the key) are keyed by their shapes and that dtype, others by
+    their (shape, dtype) pairs."""
+    dtypes = list(map(_DTYPE, arrays))
+    first = dtypes[0] if dtypes else None
+    if dtypes.count(first) == len(dtypes):  # (list.count compares by identity first)
+        key: tuple = (tuple(map(_SHAPE, arrays)), first, backend_name, bucket_bytes, reverse)
+    else:
+        key = (tuple(map(_SHAPE_DTYPE, arrays)), None, backend_name, bucket_bytes, reverse)
     hit = _ARRAY_PLANS.get(key)
     if hit is None:
-        specs = tuple([(tuple(shape), dtype, backend_name) for shape, dtype in key[0]])
+        pairs = key[0] if key[1] is None else [(shape, first) for shape in key[0]]
+        specs = tuple([(tuple(shape), dtype, backend_name) for shape, dtype in pairs])
         if len(_ARRAY_PLANS) > 64:
             _ARRAY_PLANS.clear()
         hit = _ARRAY_PLANS[key] = _cached_plan(specs, bucket_bytes, reverse)
