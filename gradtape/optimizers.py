@@ -245,14 +245,23 @@ def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
 
 
 # --------------------------------------------------------------------------- clipping
-def global_norm(grads: Iterable[Tensor | Array | None]) -> float:
-    """The 2-norm of all gradients together (None entries skipped), as a float.
+def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
+    """The 2-norm of all gradients together (None entries skipped), as a float; inside a
+    ``gt.function`` step, where the values are not known while tracing, a 0-d float64 Tensor
+    (the same value, computed at each call).
 
     Example:
         >>> import gradtape as gt
         >>> gt.optimizers.global_norm([gt.tensor([3.0]), None, gt.tensor([4.0])])
         5.0
     """
+    if tracing():
+        present = [g for g in grads if g is not None]
+        if not present:
+            return 0.0
+        arrays = [g.data if isinstance(g, Tensor) else g for g in present]
+        backend = _backend_of_grad(present[0])
+        return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend)
     total = 0.0
     for g in grads:
         if g is None:
@@ -263,11 +272,14 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float:
 
 
 def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
-                        clip_norm: float) -> tuple[list[Tensor | Array | None], float]:
+                        clip_norm: float) -> tuple[list[Tensor | Array | None], float | Tensor]:
     """Scale all gradients by ``clip_norm / max(global_norm, clip_norm)`` (TF semantics).
 
-    Returns ``(clipped, norm)``: a list with None entries kept, and the norm before clipping.
-    Shapes: each gradient keeps its shape.
+    Returns ``(clipped, norm)``: a list with None entries kept, and the norm before clipping
+    (a float; inside a ``gt.function`` step a 0-d float64 Tensor, as :func:`global_norm`).
+    Shapes: each gradient keeps its shape. Inside a ``gt.function`` step every gradient is
+    multiplied by the scale, which is exactly 1.0 when the norm is within ``clip_norm``, so
+    the values equal the eager step's.
 
     Example:
         >>> import gradtape as gt
@@ -279,7 +291,20 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     clip_norm = float(clip_norm)
     if clip_norm <= 0:
         raise ValueError(f"clip_by_global_norm: clip_norm must be > 0, got {clip_norm}")
+    if tracing():  # the norm is a value of the program: no host read, no branch on it
+        present = [g for g in grads if g is not None]
+        if not present:
+            return grads, 0.0
+        backend = _backend_of_grad(present[0])
+        arrays = [g.data if isinstance(g, Tensor) else g for g in present]
+        clipped_arrays, norm = _clip_arrays(arrays, clip_norm, backend.xp)
+        it = iter(clipped_arrays)
+        traced: list[Tensor | Array | None] = [
+            None if g is None else _wrap(next(it), g._backend) if isinstance(g, Tensor) else next(it)
+            for g in grads]
+        return traced, _wrap(norm, backend)
     norm = global_norm(grads)
+    assert isinstance(norm, float)
     scale = clip_norm / max(norm, clip_norm)
     if scale == 1.0:
         return grads, norm
@@ -294,17 +319,28 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     return out, norm
 
 
-def _clip_on_device(grads: list[Array], clip_norm: float, xp: Any) -> list[Array]:
-    """:func:`clip_by_global_norm` for device arrays of module ``xp``, without reading the norm
-    on the host: the sum of squares (in float64), the norm and the scale stay 0-d device arrays
-    and every gradient is multiplied by the scale (by exactly 1.0 when no clipping is needed,
-    so the values equal the host route's)."""
+def _backend_of_grad(g: Tensor | Array) -> Any:
+    return g._backend if isinstance(g, Tensor) else backend_of(g)
+
+
+def _sum_squares(arrays: Sequence[Array]) -> Any:
+    """The sum of the squares of all elements of ``arrays``, as a 0-d float64 array, summed
+    per array and then in order (the host route's order)."""
     total = None
-    for a in grads:
+    for a in arrays:
         sq = (a * a).sum(dtype=np.float64) if a.dtype != np.float64 else (a * a).sum()
         total = sq if total is None else total + sq
-    scale = clip_norm / xp.maximum(xp.sqrt(total), clip_norm)
-    return [g * scale.astype(g.dtype) for g in grads]
+    return total
+
+
+def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[list[Array], Any]:
+    """:func:`clip_by_global_norm` for arrays of module ``xp`` without reading the norm on the
+    host (a device, a traced step): the sum of squares (in float64), the norm and the scale
+    stay 0-d arrays and every gradient is multiplied by the scale (by exactly 1.0 when no
+    clipping is needed, so the values equal the host route's). Returns (clipped, norm)."""
+    norm = xp.sqrt(_sum_squares(grads))
+    scale = clip_norm / xp.maximum(norm, clip_norm)
+    return [g * scale.astype(g.dtype) for g in grads], norm
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -544,7 +580,7 @@ class Optimizer:
             if isinstance(gs[0], np.ndarray):
                 clipped, _ = clip_by_global_norm(gs, self.global_clipnorm)
             else:  # a device: the norm stays on it (no host synchronisation inside the step)
-                clipped = _clip_on_device(gs, self.global_clipnorm, pairs[0][1]._backend.xp)
+                clipped, _ = _clip_arrays(gs, self.global_clipnorm, pairs[0][1]._backend.xp)
             pairs = list(zip(clipped, (v for _, v in pairs)))
         rule = self._rule()
         values = self._rule_scalars(self._scalars())

@@ -90,6 +90,45 @@ def test_sgd_momentum_and_schedule_advance_as_in_eager():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("clip", [0.05, 1e6])  # clipping every step / never
+def test_clip_by_global_norm_inside_a_step_equals_eager(clip):
+    """TF's ``grads, norm = clip_by_global_norm(grads, c)`` inside a compiled step: the norm
+    is a value of the program (a 0-d float64 tensor), the scale is applied at each call (by
+    exactly 1.0 when no clipping is needed), and losses, norms and weights equal eager mode's
+    bit for bit."""
+    rng = np.random.default_rng(3)
+    batches = [gt.tensor(rng.standard_normal((8, 5)).astype(np.float32)) for _ in range(5)]
+
+    def run(compiled):
+        w = gt.Variable(np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3))
+        b = gt.Variable(np.zeros(3, np.float32))
+        opt = gt.optimizers.SGD(0.1)
+
+        def step(x):
+            with gt.GradientTape() as tape:
+                loss = gt.sum(gt.tanh(x @ w + b) ** 2)
+            grads, norm = gt.optimizers.clip_by_global_norm(tape.gradient(loss, [w, b]) + [None], clip)
+            assert grads[2] is None
+            opt.apply_gradients(zip(grads[:2], [w, b]))
+            return loss, norm, gt.optimizers.global_norm(grads)
+
+        f = gt.function(step) if compiled else step
+        out = [f(x) for x in batches]
+        return [(float(np.asarray(loss.numpy())), float(np.asarray(n.numpy() if isinstance(n, gt.Tensor) else n)),
+                 float(np.asarray(c.numpy() if isinstance(c, gt.Tensor) else c))) for loss, n, c in out], \
+            [w.numpy(), b.numpy()], f
+
+    with _fusion(False):
+        want, we, _ = run(False)
+        got, wc, f = run(True)
+    assert f.trace_count == 2  # traced twice (the checking trace), then replayed
+    np.testing.assert_array_equal(got, want)
+    for a, b in zip(wc, we):
+        np.testing.assert_array_equal(a, b)
+    if clip < 1:
+        assert all(c == pytest.approx(clip) for _, _, c in got)  # clipped to the norm asked for
+
+
 def _compare(fn, args_list, **fkw):
     """Run ``fn`` eagerly and compiled on the same argument list; return both result lists."""
     f = gt.function(fn, **fkw)
