@@ -218,6 +218,8 @@ def record_one(prim: Primitive, a: Tensor, out: Tensor, params: dict[str, Any]) 
     target). Anything else falls through to the general path.
     """
     tapes = STATE.fast
+    if tapes is None and a._is_variable is False:
+        tapes = _traced_fast(out)
     if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics:
         tape = tapes[0]
         tracked = tape._tracked
@@ -245,6 +247,17 @@ def record_one(prim: Primitive, a: Tensor, out: Tensor, params: dict[str, Any]) 
     record_general(prim, (a,), out, params)
 
 
+def _traced_fast(out: Tensor) -> list[Recorder] | None:
+    """While a ``gt.function`` step is traced: the tapes for a fast record path when ``out``'s
+    array is traced (its calls were logged, so the trace has nothing to add), else None (the
+    general path logs the op: see ``_Trace.after_op``). Callers check that no input is a
+    Variable (the trace notes the Variables an op reads)."""
+    tapes = STATE.trace_fast
+    if tapes is None or out.__class__ is not Tensor:  # (a batched result: the general path)
+        return None
+    return tapes if getattr(out.data, "_gt_traced", False) else None
+
+
 def record_two(prim: Primitive, a: Tensor, b: Tensor, out: Tensor, params: dict[str, Any]) -> None:
     """:func:`record` of ``out = prim(a, b, **params)``, what the binary ops call: the fast path
     of :func:`record_one` for a two-input elementwise op (``x * 2.0``, ``a + w``) followed by
@@ -252,6 +265,8 @@ def record_two(prim: Primitive, a: Tensor, b: Tensor, out: Tensor, params: dict[
     context is watched, the record's fields are filled in place as Record.__init__'s
     two-input branch fills them. Anything else falls through to the general path."""
     tapes = STATE.fast
+    if tapes is None and a._is_variable is False and b._is_variable is False:
+        tapes = _traced_fast(out)
     if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics \
             and ((d := out.data.dtype) is _F32 or d is _F64 or d.kind == "f"):
         tape = tapes[0]

@@ -42,11 +42,16 @@ class _State(threading.local):
         self.vmap_level = 0  # nested gt.vmap calls active (BatchedTensor._level of the innermost)
         self.trace: Any = None  # the gt.function trace running in this thread, if any
         self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
+        # the recording tapes when a gt.function trace is the only other thing on: the fast
+        # record paths serve ops whose result is traced and that read no Variable (the trace
+        # logged their array calls; the others go to the general path, which logs them)
+        self.trace_fast: list[Recorder] | None = None
 
     def sync(self) -> None:
         """Refresh ``fast`` after a change to the stacks (one attribute read per recorded op)."""
-        self.fast = None if (self.watchers or self.paused or self.forward or self.trace is not None) \
-            else self.recording
+        plain = not (self.watchers or self.paused or self.forward)
+        self.fast = self.recording if plain and self.trace is None else None
+        self.trace_fast = self.recording if plain and self.trace is not None else None
 
 
 STATE = _State()

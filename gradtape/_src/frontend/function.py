@@ -150,6 +150,16 @@ class TracedArray:
         return tr
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if method == "__call__" and not kwargs and type(self.a) is np.ndarray:
+            # the most frequent call: straight to the live trace when every traced operand
+            # is this trace's (else _dispatch finds the trace, or raises for another thread's)
+            tr = self._live()
+            if tr is not None:
+                for x in inputs:
+                    if type(x) is TracedArray and x.tr is not tr:
+                        break
+                else:
+                    return tr.call(ufunc, inputs, kwargs)
         fn = ufunc if method == "__call__" else getattr(ufunc, method)
         if not isinstance(self.a, (np.ndarray, np.generic)):  # a device array: NumPy handed
             # a Python or NumPy scalar operand over as a 0-d host array, which a device library
@@ -273,11 +283,54 @@ _METHODS = {n: _Method(n) for n in _METHOD_NAMES}
 _ATTRS = {n: _Attr(n) for n in ("real", "imag")}
 
 
+#: Methods that write nothing and whose result's shape follows from shapes alone: with
+#: arguments that are Python ints, bools, None or tuples of ints (no ``out``), a call on a
+#: NumPy array of the live trace is logged by :func:`_pure_method` without the general path's
+#: checks (these are most of a trace's non-ufunc calls: reshapes, transposes, sums).
+_PURE_METHODS = frozenset({"reshape", "transpose", "swapaxes", "sum", "mean", "max", "min", "prod",
+                           "any", "all", "argmax", "argmin", "copy", "ravel", "flatten",
+                           "squeeze", "cumsum", "cumprod", "var", "std", "diagonal"})
+
+
+def _plain_arg(v: Any) -> bool:
+    t = type(v)
+    return t is int or t is bool or v is None or (t is tuple and all([type(e) is int for e in v]))
+
+
+def _pure_method(m: _Method, self: TracedArray, args: tuple, kwargs: dict) -> Any:
+    """Log ``self.name(*args, **kwargs)`` (``m`` of :data:`_PURE_METHODS`) as the general path
+    of :meth:`_Trace.call` would, when that is all it would do; else None (take the general
+    path)."""
+    tr = self._live()
+    if tr is None or tr.promoted or type(self.a) is not np.ndarray:
+        return None
+    for v in args:
+        if not _plain_arg(v):
+            return None
+    if kwargs:
+        if "out" in kwargs:
+            return None
+        for v in kwargs.values():
+            if not _plain_arg(v):
+                return None
+    res = getattr(self.a, m.name)(*args, **kwargs)
+    if type(res) is not np.ndarray and not isinstance(res, np.generic):
+        return None  # (the general path calls it again: these methods write nothing)
+    w = self if res is self.a else tr.new(res)
+    tr.steps.append(_Step(m, (_Slot(self.slot), *args), dict(kwargs), [w.slot], "one", True))
+    return w
+
+
 def _add_method(name: str) -> None:
     m = _METHODS[name]
 
-    def method(self: TracedArray, *args: Any, **kwargs: Any) -> Any:
-        return _dispatch(m, (self, *args), kwargs)
+    if name in _PURE_METHODS:
+        def method(self: TracedArray, *args: Any, **kwargs: Any) -> Any:
+            w = _pure_method(m, self, args, kwargs)
+            return w if w is not None else _dispatch(m, (self, *args), kwargs)
+    else:
+        def method(self: TracedArray, *args: Any, **kwargs: Any) -> Any:
+            return _dispatch(m, (self, *args), kwargs)
 
     method.__name__ = name
     setattr(TracedArray, name, method)
