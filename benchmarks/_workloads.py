@@ -403,7 +403,7 @@ def build_overhead_mixed(fw: str, fusion: bool | None = None, device: str = "cpu
     """:func:`_mixed_chain` on float32 (16,), forward under the tape + backward to x (watched)
     and w (a trainable variable / parameter). ``MIXED_OPS`` ops per call."""
     x0, w0 = mixed_inputs()
-    if fw in ("gradtape", "gradtape[compiled]"):
+    if fw in ("gradtape", "gradtape[compiled]", "gradtape[graph]"):
         G = _GT(fusion, device)
         with G as gt:
             x = gt.tensor(x0)
@@ -708,7 +708,7 @@ def build_mlp(fw: str, sizes: tuple[int, ...], batch: int, train: bool = False,
     X0, T0, P0 = mlp_data(sizes, batch)
     if ce:
         T0 = mlp_labels(sizes, batch)
-    if fw in ("gradtape", "gradtape[compiled]"):
+    if fw in ("gradtape", "gradtape[compiled]", "gradtape[graph]"):
         G = _GT(fusion, device)
         gt = G.gt
         if train and not hasattr(getattr(gt, "optimizers", None), "Adam"):
@@ -907,7 +907,7 @@ def build_conv(fw: str, device: str = "cpu") -> Cell:
     relu-maxpool2-dense(784->10), cross-entropy on integer labels, batch 32 of 1x28x28."""
     X0, y0, P0 = conv_data()
     B = CONV["batch"]
-    if fw in ("gradtape", "gradtape[compiled]"):
+    if fw in ("gradtape", "gradtape[compiled]", "gradtape[graph]"):
         G = _GT(None, device)
         gt = G.gt
         _gt_conv_check(gt, adam=True)
@@ -1765,12 +1765,14 @@ def specs(device: str = "cpu") -> list[Spec]:
 
 def _maybe_compiled(gt: Any, fw: str, body: Callable[..., Any]) -> Callable[..., Any]:
     """``body`` itself, or for ``gradtape[compiled]`` under ``gt.function`` (the inputs are
-    arguments, so the replay computes every op; calibration's warm-up calls trace it)."""
-    if fw != "gradtape[compiled]":
+    arguments, so the replay computes every op; calibration's warm-up calls trace it), and for
+    ``gradtape[graph]`` under ``gt.function(..., cuda_graph=True)`` (on a GPU the device work
+    between host steps relaunches as CUDA graphs; on NumPy it is the compiled step)."""
+    if fw not in ("gradtape[compiled]", "gradtape[graph]"):
         return body
     if not hasattr(gt, "function"):
         raise Unavailable("gradtape.function does not exist in this version")
-    return gt.function(body)
+    return gt.function(body, cuda_graph=fw == "gradtape[graph]")
 
 
 def _fw_variant(fw: str, build: Callable[[str, bool | None], Cell]) -> Cell:
@@ -1780,7 +1782,7 @@ def _fw_variant(fw: str, build: Callable[[str, bool | None], Cell]) -> Cell:
         return build("gradtape", True)
     if fw == "gradtape[nofusion]":
         return build("gradtape", False)
-    if fw == "gradtape[compiled]":
+    if fw in ("gradtape[compiled]", "gradtape[graph]"):
         return build(fw, True)
     if fw == "torch[1t]":
         return torch_one_thread(build("torch", None))

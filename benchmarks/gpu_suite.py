@@ -14,8 +14,10 @@ PyTorch, it
      the tape's saved arrays, plus ``dx`` written);
    - ``chain``: forward + backward of the same chain;
    - ``mlp_256``, ``mlp_4096``: a training step (forward, backward, Adam) of the 784-512-512-10
-     tanh MLP at batch 256 and 4096;
-   - ``perop``, ``perop_mixed``: the per-op chains on tiny (16,) arrays, in microseconds per op;
+     tanh MLP at batch 256 and 4096, eager, under ``gt.function`` (``gradtape[compiled]``) and
+     with its device work relaunched as CUDA graphs (``gradtape[graph]``, ``cuda_graph=True``);
+   - ``perop``, ``perop_mixed``: the per-op chains on tiny (16,) arrays, in microseconds per op
+     (``perop_mixed`` also compiled and as CUDA graphs);
    - ``per_example``: per-example gradients of the 64-128-10 MLP, batch 128;
    - ``jacobian``: the 256x256 Jacobian of ``tanh(W @ x)``;
 
@@ -141,14 +143,15 @@ def rows(sz: Sizes) -> list[Row]:
         Row("chain", f"8-op chain, forward + backward, 2^{log2} float32", _chain("fwd+bwd"),
             ("gradtape", "gradtape[nofusion]", "cupy", "torch"), ("gradtape", "torch")),
         Row("mlp_256", f"train step MLP 784-512-512-10 tanh, batch {b0}, Adam", _mlp(0),
-            ("gradtape", "torch"), ("gradtape", "torch")),
+            ("gradtape", "gradtape[compiled]", "gradtape[graph]", "torch"), ("gradtape", "torch")),
         Row("mlp_4096", f"train step MLP 784-512-512-10 tanh, batch {b1}, Adam", _mlp(1),
-            ("gradtape", "torch"), ("gradtape", "torch")),
+            ("gradtape", "gradtape[compiled]", "gradtape[graph]", "torch"), ("gradtape", "torch")),
         Row("perop", f"{W.OVERHEAD_OPS} unary ops on (16,), fwd+bwd", _perop(False),
             ("gradtape", "gradtape[nofusion]", "torch"), ("gradtape", "torch"),
             unit="us/op", per=W.OVERHEAD_OPS),
         Row("perop_mixed", f"{W.MIXED_OPS} mixed ops on (16,), fwd+bwd to x, w", _perop(True),
-            ("gradtape", "torch"), (), unit="us/op", per=W.MIXED_OPS),
+            ("gradtape", "gradtape[compiled]", "gradtape[graph]", "torch"), (), unit="us/op",
+            per=W.MIXED_OPS),
         Row("per_example", "per-example grads, MLP 64-128-10, softmax CE, batch 128",
             lambda col, device, sz: W.build_per_example_mlp(col, device=device),
             ("gradtape", "gradtape[vmap]", "torch"), ("gradtape", "torch")),

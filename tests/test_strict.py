@@ -422,3 +422,30 @@ def test_compiled_steps_see_positional_outputs_and_the_backend_of_array_argument
             assert r.backend == "strict"
             np.testing.assert_allclose(r.numpy(), np.exp(x) * 2.0, rtol=1e-6)
         assert g(on_numpy).backend == "numpy"
+
+
+def test_capture_relaunches_kernels_with_the_arguments_they_had():
+    """The stand-in for CUDA stream capture: a launch runs the recorded operations again on the
+    same buffers (their contents then), keeps the Python values they took (a graph's kernel
+    arguments), refills the results' buffers in place, and keeps views as views; a host
+    synchronisation or a host-to-device copy while capturing raises, as under CUDA."""
+    xp = strict.XP
+    x = xp.arange(4.0)
+    count = [2.0]
+
+    def body(a):
+        y = a * count[0]       # a Python number read while capturing: fixed in the graph
+        z = xp.exp(y[1:])      # a view, then a kernel on it
+        y += 1.0               # in place
+        return y, z
+
+    launch, (y, z) = strict.capture(body, [x])
+    count[0] = 100.0
+    x[...] = xp.asarray([1.0, 1.0, 1.0, 1.0])
+    launch()
+    np.testing.assert_array_equal(y.get(), [3.0, 3.0, 3.0, 3.0])
+    np.testing.assert_allclose(z.get(), np.exp([2.0, 2.0, 2.0]))  # (before the += 1)
+    with pytest.raises(strict.HostSyncError):
+        strict.capture(lambda a: float(a.sum()), [x])
+    with pytest.raises(RuntimeError, match="host-to-device"):
+        strict.capture(lambda a: a + xp.asarray(np.ones(4)), [x])

@@ -156,17 +156,23 @@ class Backend:
         xp: the array module.
         erf: elementwise error function on ``xp`` arrays.
         ndarray: the array type of this backend.
+        capture: for a device backend that can record work as a CUDA graph,
+            ``capture(fn, arrays) -> (launch, result)``: ``fn(*arrays)``'s device work recorded
+            (not run), ``launch()`` runs it on the current stream and fills ``result``'s
+            buffers; None where there is none (NumPy).
     """
 
-    __slots__ = ("name", "xp", "erf", "ndarray", "scalar_types")
+    __slots__ = ("name", "xp", "erf", "ndarray", "scalar_types", "capture")
 
     def __init__(self, name: str, xp: ArrayModule, erf: Callable[..., Array], ndarray: type[Any],
-                 scalar_types: tuple[type, ...]) -> None:
+                 scalar_types: tuple[type, ...],
+                 capture: Callable[..., tuple[Callable[[], None], Any]] | None = None) -> None:
         self.name = name
         self.xp = xp
         self.erf = erf
         self.ndarray = ndarray
         self.scalar_types = scalar_types
+        self.capture = capture
 
     def owns(self, array: object) -> bool:
         """True when ``array`` is an array (or NumPy scalar) of this backend."""
@@ -258,7 +264,34 @@ def _probe_cupy_uncached() -> tuple[Backend | None, str]:
         from cupyx.scipy.special import erf as cupy_erf
     except Exception:  # older CuPy: fall back to an elementwise kernel
         cupy_erf = cupy.ElementwiseKernel("T x", "T y", "y = erf(x)", "gradtape_erf")
-    return Backend("cupy", cupy, cupy_erf, cupy.ndarray, (np.generic,)), ""
+    return Backend("cupy", cupy, cupy_erf, cupy.ndarray, (np.generic,), capture=_cupy_capture), ""
+
+
+def _cupy_capture(fn: Callable[..., Any], arrays: list[Array]) -> tuple[Callable[[], None], Any]:
+    """Record ``fn(*arrays)``'s kernels as a CUDA graph with CuPy's stream capture (relaxed
+    mode, CuPy's default, so its memory pool may grow while capturing); returns ``(launch,
+    result)``. The capture runs on a stream of its own, ordered after the current stream's
+    work so far, and every allocation made while capturing comes from a memory pool of the
+    graph's own: the graph's buffers (its intermediates, ``result``) are never handed to
+    other arrays, so each launch may write them. ``launch()`` runs the graph on the current
+    stream, with no host synchronisation. The graph, its pool and stream live as long as
+    ``launch``."""
+    import cupy
+
+    pool = cupy.cuda.MemoryPool()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.wait_event(cupy.cuda.get_current_stream().record())  # after the inputs' copies
+    with stream, cupy.cuda.using_allocator(pool.malloc):
+        stream.begin_capture()
+        try:
+            result = fn(*arrays)
+        finally:
+            graph = stream.end_capture()
+    held = (pool, stream, graph, arrays)
+
+    def launch() -> None:
+        held[2].launch(stream=cupy.cuda.get_current_stream())
+    return launch, result
 
 
 def _reset_cupy_probe() -> None:

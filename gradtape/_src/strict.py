@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import sys
 import threading
@@ -51,7 +52,7 @@ from .backend import Backend, erf_for, erfc_for, register_backend
 from .codegen.hostcuda import HostKernel
 
 __all__ = ["StrictArray", "XP", "STRICT", "install", "count_syncs", "forbid_syncs", "SyncLog",
-           "HostSyncError", "CUPY_NAMES", "TOTALS"]
+           "HostSyncError", "CUPY_NAMES", "TOTALS", "capture"]
 
 # CuPy's top-level names (cupy/__init__.py of CuPy 15.0.0a1, with the module-level
 # ``__getattr__`` aliases), the ones NumPy shares are offered here.
@@ -229,6 +230,62 @@ def forbid_syncs() -> Iterator[None]:
         _state.forbid -= 1
 
 
+# --------------------------------------------------------------------------- graph capture
+def _log(call: Callable, args: tuple, kwargs: dict, result: Any) -> None:
+    """While :func:`capture` records (this thread): ``call(*args, **kwargs)`` (NumPy arrays
+    and values) is one launch of the graph. At each launch it runs again on the same arrays
+    (their contents then, as a kernel reads its pointers) with the same Python values (as a
+    captured kernel keeps its arguments), and each array of ``result`` (StrictArrays) that
+    is new memory, not a view of an argument, receives the new values."""
+    log = _state.__dict__.get("capture")
+    if log is None:
+        return
+    items = result if isinstance(result, tuple) else (result,)
+    bufs = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+    targets = [(i, r._a) for i, r in enumerate(items) if isinstance(r, StrictArray)
+               and not any(np.may_share_memory(r._a, b) for b in bufs)]
+    log.append((call, args, kwargs, targets))
+
+
+def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None], Any]:
+    """The device-strict stand-in for CuPy's stream capture (``Stream.begin_capture`` /
+    ``end_capture`` / ``Graph.launch``): run ``fn(*args)`` once while recording every
+    operation on strict arrays; returns ``(launch, result)``, where ``launch()`` runs the
+    recorded operations again, in order, on the same arrays. As in a captured CUDA graph: a
+    host synchronisation inside raises (:class:`HostSyncError`), and so does a copy of host
+    data to the device; Python values the operations took keep their values (a number read
+    from a counter while capturing stays that number), random draws keep their numbers (the
+    generator's state is host state), and a result's buffer is the same at every launch.
+    (Unlike CUDA, the operations also run while capturing; :class:`gradtape.function`
+    launches every captured graph before reading it, which is right for both.)
+
+    Example:
+        >>> x = XP.ones(2)
+        >>> launch, y = capture(lambda a: a * 2.0, [x])
+        >>> x[...] = 5.0
+        >>> launch(); float(y.sum())
+        20.0
+    """
+    if _state.__dict__.get("capture") is not None:
+        raise RuntimeError("strict.capture: this thread is capturing already")
+    log: list[tuple] = []
+    _state.capture = log
+    try:
+        with forbid_syncs():
+            result = fn(*args)
+    finally:
+        _state.capture = None
+
+    def launch() -> None:
+        for call, a, kw, targets in log:
+            new = call(*a, **kw)
+            if targets:
+                items = new if isinstance(new, tuple) else (new,)
+                for i, buf in targets:
+                    buf[...] = items[i]
+    return launch, result
+
+
 # --------------------------------------------------------------------------- wrapping
 def _refuse(what: str, value: object) -> TypeError:
     return TypeError(f"{what}: Unsupported type {type(value)} (a host array on the device-strict "
@@ -402,12 +459,16 @@ class StrictArray:
 
             def call(*args: Any, **kwargs: Any) -> Any:
                 out = kwargs.get("out")
-                res = method(*_unwrap(args, f"ndarray.{name}"), **_unwrap(kwargs, f"ndarray.{name}"))
+                uargs, ukwargs = _unwrap(args, f"ndarray.{name}"), _unwrap(kwargs, f"ndarray.{name}")
+                res = method(*uargs, **ukwargs)
                 if res is self._a:  # astype(..., copy=False) and the like: the array itself
-                    return self
-                if out is not None and res is out._a:
-                    return out
-                return _wrap(res)
+                    result = self
+                elif out is not None and res is out._a:
+                    result = out
+                else:
+                    result = _wrap(res)
+                _log(method, uargs, ukwargs, result)
+                return result
             return call
         raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r} (CuPy's "
                              "ndarray has none either, or it reads the device: see strict.py)")
@@ -529,7 +590,10 @@ class StrictArray:
     def __getitem__(self, key: Any) -> StrictArray:
         if _has_bool_array(key):
             _sync("data-dependent shape: boolean mask indexing")
-        return _wrap(self._a[_index(key)])
+        idx = _index(key)
+        result = _wrap(self._a[idx])
+        _log(operator.getitem, (self._a, idx), {}, result)
+        return result
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if _has_bool_array(key):
@@ -539,11 +603,17 @@ class StrictArray:
         elif isinstance(value, (np.ndarray, list, tuple)):
             raise TypeError(f"assignment from a host {type(value).__name__} to a device array is "
                             "refused (CuPy gh-2079): move it with xp.asarray first")
-        self._a[_index(key)] = value
+        idx = _index(key)
+        self._a[idx] = value
+        _log(operator.setitem, (self._a, idx, value), {}, None)
 
     def __divmod__(self, other: Any) -> Any:
         o = _operand(other, "divmod")
-        return NotImplemented if o is NotImplemented else _wrap(np.divmod(self._a, o))
+        if o is NotImplemented:
+            return NotImplemented
+        result = _wrap(np.divmod(self._a, o))
+        _log(np.divmod, (self._a, o), {}, result)
+        return result
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -560,7 +630,10 @@ def _binary(name: str, reflected: bool = False) -> Callable[[StrictArray, Any], 
         o = _operand(other, what)
         if o is NotImplemented:
             return NotImplemented
-        return _wrap(uf(o, self._a) if reflected else uf(self._a, o))
+        args = (o, self._a) if reflected else (self._a, o)
+        result = _wrap(uf(*args))
+        _log(uf, args, {}, result)
+        return result
     return op
 
 
@@ -573,6 +646,7 @@ def _inplace(name: str) -> Callable[[StrictArray, Any], StrictArray]:
         if o is NotImplemented:
             return NotImplemented
         uf(self._a, o, out=self._a)
+        _log(uf, (self._a, o), {"out": self._a}, self)
         return self
     return op
 
@@ -597,9 +671,16 @@ for _name, _uf in (("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("t
 for _name, _uf in (("lt", "less"), ("le", "less_equal"), ("gt", "greater"), ("ge", "greater_equal"),
                    ("eq", "equal"), ("ne", "not_equal")):
     setattr(StrictArray, f"__{_name}__", _binary(_uf))
+def _unary(uf: np.ufunc) -> Callable[[StrictArray], StrictArray]:
+    def op(self: StrictArray) -> StrictArray:
+        result = StrictArray(np.asarray(uf(self._a)))
+        _log(uf, (self._a,), {}, result)
+        return result
+    return op
+
+
 for _name, _uf in (("neg", "negative"), ("pos", "positive"), ("abs", "absolute"), ("invert", "invert")):
-    setattr(StrictArray, f"__{_name}__", (lambda uf: lambda self: StrictArray(np.asarray(uf(self._a))))(
-        getattr(np, _uf)))
+    setattr(StrictArray, f"__{_name}__", _unary(getattr(np, _uf)))
 
 
 
@@ -619,10 +700,11 @@ class _Ufunc:
             if isinstance(a, (np.ndarray, list, tuple)) and not isinstance(a, StrictArray):
                 raise _refuse(what, a)
         out = kwargs.get("out")
-        res = method(*_unwrap(args, what), **_unwrap(kwargs, what))
-        if isinstance(out, StrictArray) and res is out._a:
-            return out
-        return _wrap(res)
+        uargs, ukwargs = _unwrap(args, what), _unwrap(kwargs, what)
+        res = method(*uargs, **ukwargs)
+        result = out if isinstance(out, StrictArray) and res is out._a else _wrap(res)
+        _log(method, uargs, ukwargs, result)
+        return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._run(self._uf, self.__name__, args, kwargs)
@@ -639,10 +721,10 @@ class _Ufunc:
     def at(self, a: Any, indices: Any, b: Any = None) -> None:
         if not isinstance(a, StrictArray):
             raise _refuse(f"{self.__name__}.at", a)
-        if b is None:
-            self._uf.at(a._a, _index(indices))
-        else:
-            self._uf.at(a._a, _index(indices), _unwrap(b, f"{self.__name__}.at"))
+        args = (a._a, _index(indices)) if b is None else (a._a, _index(indices),
+                                                         _unwrap(b, f"{self.__name__}.at"))
+        self._uf.at(*args)
+        _log(self._uf.at, args, {}, None)
 
     def __repr__(self) -> str:
         return f"<strict ufunc '{self.__name__}'>"
@@ -655,11 +737,17 @@ def _function(name: str, fn: Callable) -> Callable:
             if name == "asarray" and args and isinstance(args[0], StrictArray) and len(args) == 1 \
                     and kwargs.get("dtype") in (None, args[0].dtype):
                 return args[0]
-            res = fn(*_unwrap_host(args), **_unwrap_host(kwargs))
+            if _state.__dict__.get("capture") is not None and not (args and isinstance(args[0], StrictArray)):
+                raise RuntimeError(f"xp.{name} of host data while a CUDA graph is captured: a "
+                                   "host-to-device copy cannot be captured (device-strict backend)")
+            uargs, ukwargs = _unwrap_host(args), _unwrap_host(kwargs)
+            res = fn(*uargs, **ukwargs)
             if isinstance(res, np.ndarray) and any(
                     isinstance(a, np.ndarray) and np.shares_memory(res, a) for a in args):
                 res = res.copy()  # host memory never becomes device memory
-            return _wrap(res)
+            result = _wrap(res)
+            _log(fn, uargs, ukwargs, result)
+            return result
         create.__name__ = name
         return create
     sync = f"data-dependent shape: {name}" if name in _DATA_DEPENDENT else None
@@ -673,12 +761,16 @@ def _function(name: str, fn: Callable) -> Callable:
         elif name == "bincount" and kwargs.get("minlength") is None and len(args) < 3:
             _sync("data-dependent shape: bincount without minlength")
         out = kwargs.get("out")
-        res = fn(*_unwrap(args, what), **_unwrap(kwargs, what))
+        uargs, ukwargs = _unwrap(args, what), _unwrap(kwargs, what)
+        res = fn(*uargs, **ukwargs)
         if isinstance(out, StrictArray) and res is out._a:
-            return out
-        if to_bool_array and isinstance(res, bool):
-            return StrictArray(np.asarray(res))
-        return _wrap(res)
+            result = out
+        elif to_bool_array and isinstance(res, bool):
+            result = StrictArray(np.asarray(res))
+        else:
+            result = _wrap(res)
+        _log(fn, uargs, ukwargs, result)
+        return result
     call.__name__ = name
     call.__wrapped__ = fn  # type: ignore[attr-defined]  # its signature is NumPy's, as CuPy's
     return call
@@ -734,9 +826,9 @@ class StrictKernel:
         if outs and not all(isinstance(o, StrictArray) for o in outs):
             raise TypeError("Output arguments type must be cupy.ndarray")
         res = self._kernel(*inner, **kwargs)
-        if outs:
-            return outs[0] if len(outs) == 1 else tuple(outs)
-        return _wrap(res)
+        result = (outs[0] if len(outs) == 1 else tuple(outs)) if outs else _wrap(res)
+        _log(self._kernel, tuple(inner), kwargs, result)
+        return result
 
 
 class _Generator:
@@ -768,11 +860,19 @@ def _erfc(x: Any, out: Any = None) -> Any:
 def _special(fn: Callable, x: Any, out: Any) -> Any:
     if not isinstance(x, StrictArray):
         raise _refuse("erf", x)
-    res = np.asarray(fn(x._a))
+    target = None if out is None else out._a
+    res = _special_into(fn, x._a, target)
+    result = out if out is not None else StrictArray(res)
+    _log(_special_into, (fn, x._a, target), {}, result)
+    return result
+
+
+def _special_into(fn: Callable, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    res = np.asarray(fn(x))
     if out is not None:
-        out._a[...] = res
+        out[...] = res
         return out
-    return StrictArray(res)
+    return res
 
 
 def _namespace() -> types.ModuleType:
@@ -814,7 +914,7 @@ def _namespace() -> types.ModuleType:
 #: The strict namespace (CuPy's names, the strict arrays' functions).
 XP = _namespace()
 #: The strict :class:`~gradtape._src.backend.Backend` (registered by :func:`install`).
-STRICT = Backend("strict", XP, _erf, StrictArray, (np.generic,))
+STRICT = Backend("strict", XP, _erf, StrictArray, (np.generic,), capture=capture)
 
 
 def install() -> Backend:

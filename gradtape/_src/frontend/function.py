@@ -667,11 +667,12 @@ class _Const:
 class _Step:
     """One logged call: ``fn`` on argument templates, defining program variables ``outs``."""
 
-    __slots__ = ("fn", "args", "kwargs", "outs", "out_kind", "pure", "key")
+    __slots__ = ("fn", "args", "kwargs", "outs", "out_kind", "pure", "key", "host")
 
     def __init__(self, fn: Any, args: Any, kwargs: Any, outs: list[int], out_kind: Any,
-                 pure: bool, key: Any = None) -> None:
+                 pure: bool, key: Any = None, host: bool = False) -> None:
         self.key = fn if key is None else key  # what two traces compare
+        self.host = host  # an opaque step: Python run at each call (not a device graph's)
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -951,11 +952,11 @@ class _Trace:
             self.suspended -= 1
         targs = tuple(self._template(a) for a in arrays)
         if res is None:
-            self.steps.append(_Step(fn, targs, {}, [], None, False, key))
+            self.steps.append(_Step(fn, targs, {}, [], None, False, key, host=True))
             return None
         if _is_array(res):
             w = self.new(res)
-            self.steps.append(_Step(fn, targs, {}, [w.slot], "one", False, key))
+            self.steps.append(_Step(fn, targs, {}, [w.slot], "one", False, key, host=True))
             return w
         items = []
         outs = []
@@ -963,7 +964,7 @@ class _Trace:
             w = self.new(r)
             outs.append(w.slot)
             items.append(w)
-        self.steps.append(_Step(fn, targs, {}, outs, type(res), False, key))
+        self.steps.append(_Step(fn, targs, {}, outs, type(res), False, key, host=True))
         return type(res)(items)
 
 
@@ -1162,12 +1163,14 @@ class _Program:
             c = _Const(x)
             return const_name(c)
 
-        lines = []
+        lines: list[str] = []
+        self.step_lines: list[tuple[_Step, list[str]]] = []  # (step, its lines): segments()
         for st in steps:
             fn = _threaded(st, tr.arrays)
             args = ", ".join(r(a) for a in st.args)
             kw = ", ".join(f"{k}={r(v)}" for k, v in st.kwargs.items())
             call_args = args + (", " if args and kw else "") + kw
+            mine: list[str] = []
             if type(fn) is _Method:
                 first, rest = st.args[0], st.args[1:]
                 rargs = ", ".join(r(a) for a in rest)
@@ -1177,19 +1180,23 @@ class _Program:
             elif fn is operator.getitem:
                 expr = f"{r(st.args[0])}[{r(st.args[1])}]"
             elif fn is operator.setitem:
-                lines.append(f"{r(st.args[0])}[{r(st.args[1])}] = {r(st.args[2])}")
-                continue
+                expr = ""
+                mine.append(f"{r(st.args[0])}[{r(st.args[1])}] = {r(st.args[2])}")
             else:
                 expr = f"{fn_name(fn)}({call_args})"
-            if st.out_kind is None:
-                lines.append(expr)
+            if mine:
+                pass
+            elif st.out_kind is None:
+                mine.append(expr)
             elif st.out_kind == "one":
-                lines.append(f"s{st.outs[0]} = {expr}")
+                mine.append(f"s{st.outs[0]} = {expr}")
             else:
-                lines.append(f"_r = {expr}")
+                mine.append(f"_r = {expr}")
                 for i, o in enumerate(st.outs):
                     if o >= 0:
-                        lines.append(f"s{o} = _r[{i}]")
+                        mine.append(f"s{o} = _r[{i}]")
+            lines.extend(mine)
+            self.step_lines.append((st, mine))
         outs = [f"s{slot}" if slot is not None else "None" for slot in out_slots]
         params = ", ".join(f"s{i}" for i in range(n_in))
         body = "\n    ".join(lines) if lines else "pass"
@@ -1200,6 +1207,124 @@ class _Program:
         exec(code, ns)
         self.run: Callable[..., tuple] = ns["replay"]
         self.signature_steps = steps
+        self.ns, self.n_in, self.out_slots, self.name = ns, n_in, list(out_slots), name
+
+    def segments(self) -> list[_Segment]:
+        """The program cut into runs of device steps (a CUDA graph each, see
+        :class:`_GraphRunner`) and single host steps (opaque steps: optimizer updates, random
+        draws, value checks; and steps that write a constant, such as a Variable's buffer),
+        each a generated function of the program variables it reads from earlier segments,
+        returning the ones it defines or writes that later segments or the outputs read."""
+        groups: list[tuple[bool, list[tuple[_Step, list[str]]]]] = []
+        for st, lines in self.step_lines:
+            written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
+            device = not st.host and not any(type(w) is _Const for w in written)
+            if device and groups and groups[-1][0]:
+                groups[-1][1].append((st, lines))
+            else:
+                groups.append((device, [(st, lines)]))
+        reads: list[list[int]] = []  # per group: slots read (or written) that it did not define
+        defs: list[list[int]] = []  # per group: slots defined or written
+        for _, members in groups:
+            mine: set[int] = set()
+            ins: list[int] = []
+            out: list[int] = []
+            for st, _ in members:
+                written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
+                for n in [*_slots_of((st.args, st.kwargs)), *[w.n for w in written if type(w) is _Slot]]:
+                    if n not in mine and n not in ins:
+                        ins.append(n)
+                for n in [o for o in st.outs if o >= 0] + [w.n for w in written if type(w) is _Slot]:
+                    mine.add(n)
+                    if n not in out:
+                        out.append(n)
+            reads.append(ins)
+            defs.append(out)
+        needed = {n for n in self.out_slots if n is not None}
+        segments: list[_Segment] = []
+        for k in range(len(groups) - 1, -1, -1):
+            device, members = groups[k]
+            outs = [n for n in defs[k] if n in needed]
+            needed |= set(reads[k])
+            body = [line for _, lines in members for line in lines] or ["pass"]
+            params = ", ".join(f"s{n}" for n in reads[k])
+            ret = ", ".join(f"s{n}" for n in outs)
+            src = (f"def segment({params}):\n    " + "\n    ".join(body)
+                   + f"\n    return ({ret}{',' if len(outs) == 1 else ''})\n")
+            ns = dict(self.ns)
+            exec(compile(src, f"<gt.function {self.name} segment {k}>", "exec"), ns)
+            segments.append(_Segment(ns["segment"], reads[k], outs, device, src))
+        segments.reverse()
+        return segments
+
+
+class _Segment:
+    """A piece of a program (:meth:`_Program.segments`): ``fn(*arrays of ins)`` returns the
+    arrays of ``outs``; ``device``: only device work (a CUDA graph can hold it)."""
+
+    __slots__ = ("fn", "ins", "outs", "device", "source")
+
+    def __init__(self, fn: Callable[..., tuple], ins: list[int], outs: list[int], device: bool,
+                 source: str) -> None:
+        self.fn, self.ins, self.outs, self.device, self.source = fn, ins, outs, device, source
+
+
+class _GraphRunner:
+    """A device program replayed with its device segments as CUDA graphs
+    (``gt.function(..., cuda_graph=True)``): each run of device steps between two host steps
+    is captured once (the backend's ``capture``: CuPy's stream capture; on the device-strict
+    backend an emulation that records the kernels and relaunches them with the arguments they
+    had), then relaunched at each call. A graph reads fixed buffers: the segment's inputs are
+    copied into buffers of its own before each launch (a device copy; none for the previous
+    graph's outputs, which are fixed already), its outputs are buffers of its own, and the
+    step's results that are such buffers are copied out, so a result never changes under the
+    caller. Host steps run as Python between the launches. A segment whose capture fails runs
+    as plain replay from then on, with one warning."""
+
+    def __init__(self, program: _Program, capture: Callable[..., Any]) -> None:
+        self.capture = capture
+        self.segments = program.segments()
+        self.out_slots = program.out_slots
+        self.graphs: list[Any] = [None] * len(self.segments)  # None: not yet; False: failed
+        self.fixed: set[int] = set()  # ids of the graphs' own buffers
+        self.captured = 0
+        self.name = program.name
+
+    def run(self, *inputs: Any) -> tuple:
+        env: dict[int, Any] = dict(enumerate(inputs))
+        graphs = self.graphs
+        for k, seg in enumerate(self.segments):
+            args = [env[n] for n in seg.ins]
+            g = graphs[k]
+            if seg.device and g is None:
+                g = graphs[k] = self._capture(seg, args)
+            res = g(args) if g else seg.fn(*args)
+            for n, a in zip(seg.outs, res):
+                env[n] = a
+        fixed = self.fixed
+        return tuple(None if n is None else (env[n].copy() if id(env[n]) in fixed else env[n])
+                     for n in self.out_slots)
+
+    def _capture(self, seg: _Segment, args: list[Any]) -> Any:
+        fixed_in = [a.copy() for a in args]
+        try:
+            launch, outs = self.capture(seg.fn, fixed_in)
+        except Exception as exc:
+            warnings.warn(f"gt.function {self.name!r}: a part of the step could not be "
+                          f"captured as a CUDA graph ({type(exc).__name__}: {exc}); it replays "
+                          "without one", stacklevel=5)
+            return False
+        fixed_out = list(outs)
+        self.fixed.update(id(a) for a in fixed_in + fixed_out)
+        self.captured += 1
+
+        def launch_with(arrays: list[Any]) -> list[Any]:
+            for buf, a in zip(fixed_in, arrays):
+                if a is not buf:
+                    buf[...] = a
+            launch()
+            return fixed_out
+        return launch_with
 
 
 class _Chunked:
@@ -1735,12 +1860,15 @@ class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
     __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "refs",
-                 "aliased", "read_vars", "stale", "__weakref__")
+                 "aliased", "read_vars", "stale", "device", "graphs", "replays", "__weakref__")
 
     def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
         self.last: _Trace | None = None
         self.program: _Program | None = None
+        self.device: Any = None  # the device backend the program runs on (None: the host)
+        self.graphs: _GraphRunner | None = None  # cuda_graph=True: the program as graphs
+        self.replays = 0
         self.out_spec: Any = None
         self.out_meta: list[Any] = []
         # objects the key names by identity (an argument that is no tensor, a decorated
@@ -1838,10 +1966,12 @@ class Function(Generic[R]):
         reduce_retracing: trace a signature only when it comes a second time.
         fallback: ``"error"`` or ``"eager"`` on data-dependent control flow while tracing.
         verify: trace twice and compare before replaying.
+        cuda_graph: on a device backend, replay the device work as CUDA graphs.
 
     Attributes:
         python_function: the wrapped Python function.
         trace_count: how many times it was traced (all signatures).
+        graph_count: how many CUDA graphs were captured (all signatures; ``cuda_graph=True``).
 
     Shapes: as ``fn``'s.
 
@@ -1853,7 +1983,7 @@ class Function(Generic[R]):
     """
 
     def __init__(self, fn: Callable[..., R], reduce_retracing: bool = False,
-                 fallback: str = "error", verify: bool = True) -> None:
+                 fallback: str = "error", verify: bool = True, cuda_graph: bool = False) -> None:
         if not callable(fn):
             raise TypeError(f"gt.function: expected a callable, got {type(fn).__name__}")
         if fallback not in ("error", "eager"):
@@ -1862,6 +1992,7 @@ class Function(Generic[R]):
         self.reduce_retracing = bool(reduce_retracing)
         self.fallback = fallback
         self.verify = bool(verify)
+        self.cuda_graph = bool(cuda_graph)
         self.trace_count = 0
         self._cache: dict[Any, _Entry] = {}
         self._seen: dict[Any, list[Any]] = {}  # signatures seen once: weak references to
@@ -1996,14 +2127,27 @@ class Function(Generic[R]):
             for k in [k for k, e in self._flat.items() if id(e) in gone]:
                 del self._flat[k]
 
+    @property
+    def graph_count(self) -> int:
+        """How many CUDA graphs the replays captured (``cuda_graph=True`` on a device backend:
+        one per run of device work between two host steps, per signature)."""
+        return sum(e.graphs.captured for e in self._cache.values() if e.graphs is not None)
+
     def _replay(self, entry: _Entry, leaves: list[Any]) -> Any:
         arrays = [x.data for x in leaves if isinstance(x, Tensor) and not x._is_variable]
         if entry.aliased:  # (its key says which leaves repeat an earlier one)
             firsts = {id(x): x for x in reversed(leaves) if isinstance(x, Tensor)}
             arrays = [x.data for x in leaves if isinstance(x, Tensor) and not x._is_variable
                       and firsts.pop(id(x), None) is not None]
-        assert entry.program is not None
-        outs = entry.program.run(*arrays)
+        program = entry.program
+        assert program is not None
+        graphs = entry.graphs
+        if graphs is None and self.cuda_graph and entry.replays and entry.device is not None \
+                and entry.device.capture is not None:
+            # from the second replay on: the first compiled and loaded every kernel
+            graphs = entry.graphs = _GraphRunner(program, entry.device.capture)
+        entry.replays += 1
+        outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
         res: list[Any] = []
         for arr, meta in zip(outs, entry.out_meta):
             if meta is None:
@@ -2039,6 +2183,7 @@ class Function(Generic[R]):
         devices = {x._backend for x in leaves if isinstance(x, Tensor) and x._backend is not NUMPY}
         devices.add(get_backend())
         devices.discard(NUMPY)
+        entry.device = next(iter(devices)) if len(devices) == 1 else None
         for d in devices:  # device namespaces log calls on traced arrays (see _TracingNamespace)
             d.xp = _TracingNamespace(d.xp)  # type: ignore[assignment]
         self.trace_count += 1
@@ -2131,16 +2276,16 @@ class _Eager(Exception):
 
 @overload
 def function(fn: Callable[..., R], *, reduce_retracing: bool = False, fallback: str = "error",
-             verify: bool = True) -> Function[R]: ...
+             verify: bool = True, cuda_graph: bool = False) -> Function[R]: ...
 
 
 @overload
 def function(fn: None = None, *, reduce_retracing: bool = False, fallback: str = "error",
-             verify: bool = True) -> Callable[[Callable[..., R]], Function[R]]: ...
+             verify: bool = True, cuda_graph: bool = False) -> Callable[[Callable[..., R]], Function[R]]: ...
 
 
 def function(fn: Callable[..., R] | None = None, *, reduce_retracing: bool = False,
-             fallback: str = "error", verify: bool = True) -> Any:
+             fallback: str = "error", verify: bool = True, cuda_graph: bool = False) -> Any:
     """Compile a step: trace it once per input signature, then replay the recorded array
     program (TensorFlow's ``@tf.function``).
 
@@ -2168,6 +2313,11 @@ def function(fn: Callable[..., R] | None = None, *, reduce_retracing: bool = Fal
             tracing; ``"eager"`` then runs that signature eagerly every time, warning once.
         verify: trace a second time before replaying and compare the two programs (default
             True); False replays after the first trace, unless it created Variables.
+        cuda_graph: on a device backend (CuPy), capture the replay's device work as CUDA
+            graphs (from the second replay of a signature on) and relaunch them at each call:
+            one launch per run of kernels between two host steps (optimizer updates, random
+            draws, value checks run as Python between them). Inputs are copied into the
+            graphs' buffers and results out of them. No effect on NumPy. Default False.
 
     Returns:
         A :class:`Function`: call it as ``fn``; ``.trace_count`` counts traces.
@@ -2191,5 +2341,6 @@ def function(fn: Callable[..., R] | None = None, *, reduce_retracing: bool = Fal
     """
     if fn is None:
         return lambda f: Function(f, reduce_retracing=reduce_retracing, fallback=fallback,
-                                  verify=verify)
-    return Function(fn, reduce_retracing=reduce_retracing, fallback=fallback, verify=verify)
+                                  verify=verify, cuda_graph=cuda_graph)
+    return Function(fn, reduce_retracing=reduce_retracing, fallback=fallback, verify=verify,
+                    cuda_graph=cuda_graph)
