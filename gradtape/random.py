@@ -386,8 +386,10 @@ _DEFAULT = Generator()
 
 def seed(s: int | None) -> None:
     """Reseed the default generator that the module-level functions, unseeded initializers
-    and unseeded dropout on the NumPy backend draw from (``torch.manual_seed``); None reseeds
-    from the operating system.
+    and unseeded dropout on the NumPy backend draw from (``torch.manual_seed``), and the
+    device-side generator unseeded dropout draws from on CuPy (from a seed derived from
+    ``s``: reproducible masks, another stream than the host's); None reseeds from the
+    operating system.
 
     Example:
         >>> import gradtape as gt
@@ -400,11 +402,25 @@ def seed(s: int | None) -> None:
     if tracing():  # inside gt.function: a step of the program, reseeding at each call
         opaque(functools.partial(_reseed_default, s), key=("gt.random.seed", s))
     else:
-        _DEFAULT._reseed(s)
+        _reseed_default(s)
+
+
+#: [how many times gt.random.seed ran, the seed the device-side default generators take]
+_DEVICE_SEED: list[Any] = [0, None]
 
 
 def _reseed_default(s: int | None) -> None:
     _DEFAULT._reseed(s)
+    _DEVICE_SEED[0] += 1
+    _DEVICE_SEED[1] = None if s is None else int(
+        np.random.SeedSequence([s, 0x64657669]).generate_state(1, np.uint32)[0])
+
+
+def device_seed() -> tuple[int, int | None]:
+    """``(epoch, seed)`` for a device-side default generator (dropout's on CuPy): make one
+    with ``seed`` (None: from the operating system) when ``epoch`` differs from the one its
+    generator was made at (``gt.random.seed`` ran since)."""
+    return _DEVICE_SEED[0], _DEVICE_SEED[1]
 
 
 def normal(shape: ShapeLike, mean: float = 0.0, std: float = 1.0, dtype: DTypeLike | None = None) -> Tensor:

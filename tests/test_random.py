@@ -295,3 +295,21 @@ def test_bernoulli_with_a_vmapped_p_raises_a_clear_error():
     with pytest.raises(ValueError, match="batched by gt.vmap"):
         gt.vmap(lambda q: g.bernoulli(q))(p)
     assert g.bernoulli(p).shape == (3, 2)
+
+
+def test_seed_makes_unseeded_dropout_reproducible_on_every_backend(backend):
+    """``gt.random.seed`` reseeds the generator unseeded dropout draws from, the host one on
+    NumPy and the device-side one on CuPy (torch.manual_seed's promise): the same masks after
+    the same seed, new ones after none."""
+    def masks():
+        return [gt.nn.dropout(gt.ones((4, 16)), 0.5).numpy() for _ in range(2)]
+
+    gt.random.seed(7)
+    first = masks()
+    gt.random.seed(7)
+    again = masks()
+    later = masks()
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[1])  # the stream advances between calls
+    assert not np.array_equal(again[0], later[0])

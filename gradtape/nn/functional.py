@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from .. import random as _random
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque, read_for_trace
@@ -414,10 +415,11 @@ def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool) -> Any:
         return xp.random.default_rng(seed)
     if on_host:  # gt.random's default generator: gt.random.seed(s) makes the masks reproducible
         return _numpy_generator(None, "dropout")
-    gen = _default_generators.get(id(xp))  # on the device: no host draw and copy per call
-    if gen is None:
-        gen = _default_generators[id(xp)] = xp.random.default_rng()
-    return gen
+    epoch, device_seed = _random.device_seed()  # on the device: no host draw and copy per
+    held = _default_generators.get(id(xp))  # call; gt.random.seed reseeds it
+    if held is None or held[0] != epoch:
+        held = _default_generators[id(xp)] = (epoch, xp.random.default_rng(device_seed))
+    return held[1]
 
 
 def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | None = None,
@@ -435,9 +437,9 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
             ``cupy.random.Generator`` to draw from (shared: each call advances it); takes
             precedence over ``seed``. A ``gt.random.Generator`` draws on the host, so it gives
             the same masks on NumPy and CuPy (at the cost of a host-to-device copy of the mask
-            on CuPy). Without either: on NumPy, ``gt.random``'s default generator
-            (``gt.random.seed`` makes it reproducible); on CuPy, a process-wide CuPy generator
-            drawing on the device.
+            on CuPy). Without either: on NumPy, ``gt.random``'s default generator; on CuPy, a
+            process-wide CuPy generator drawing on the device; ``gt.random.seed`` reseeds both
+            (reproducible masks).
 
     Shapes: same as ``x``.
 
