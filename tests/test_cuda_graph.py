@@ -121,3 +121,80 @@ def test_bad_argument_and_python_function_inside_a_tape(device):
         y = f(gt.tensor([3.0, 4.0]))
     np.testing.assert_allclose(tape.gradient(y, v).numpy(), [3.0, 4.0])
     assert f.graph_count == 0
+
+
+def _both(make, calls, inputs):
+    """Run ``make()``'s step compiled without and with cuda_graph over ``inputs(i)``; returns
+    both lists of host results and the graph Function."""
+    out = {}
+    for cg in (False, True):
+        step = make()
+        f = gt.function(step, cuda_graph=cg)
+        out[cg] = ([[np.asarray(r.numpy()) for r in (f(*inputs(i)),)] for i in range(calls)], f)
+    return out[False][0], out[True][0], out[True][1]
+
+
+def _assert_same(a, b):
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_host_tensors_while_a_device_backend_is_active_are_not_captured(device):
+    """A step on NumPy tensors and Variables called while a device backend is active has no
+    device work: no graph (it would freeze the host results), the values of the plain replay."""
+    with gt.use_backend("numpy"):
+        w = gt.Variable(np.ones(3, np.float32))
+        xs = [gt.tensor(np.full(3, float(i), np.float32)) for i in range(7)]
+    a, b, f = _both(lambda: (lambda x: gt.sum(gt.exp(x) * w)), 7, lambda i: (xs[i],))
+    _assert_same(a, b)
+    assert f.graph_count == 0
+
+
+def test_in_place_writes_across_host_steps_and_into_inputs_replay_without_graphs(device):
+    """A step that writes in place an array made before a host step (a view of it made earlier
+    must see the write), or an input's array (the caller's tensor changes, as eagerly): such a
+    program replays without graphs, with the plain replay's values."""
+    rng = np.random.default_rng(0)
+    xs = [gt.tensor(rng.standard_normal((4, 3)).astype(np.float32)) for _ in range(7)]
+
+    def make_view():
+        v = gt.Variable(np.zeros(3, np.float32))
+
+        def step(x):
+            a = x.data * 2.0
+            b = a.reshape(-1)        # a view made before the host step
+            v.assign(x[0])           # a host step (a Variable write)
+            a += 1.0                 # written in place after it
+            return gt.tensor(b) + 0.0
+        return step
+
+    a, b, f = _both(make_view, 7, lambda i: (xs[i],))
+    _assert_same(a, b)
+    assert f.graph_count == 0
+    seen = {}
+    for cg in (False, True):
+        f = gt.function(lambda x: gt.sum(x) + 0.0 * gt.tensor(x.data.__iadd__(1.0)).sum(),
+                        cuda_graph=cg)
+        ts = [gt.tensor(np.full(3, float(i), np.float32)) for i in range(6)]
+        results = [float(f(t).numpy()) for t in ts]
+        seen[cg] = (results, [float(t.numpy()[0]) for t in ts])
+    assert seen[True] == seen[False]
+    assert seen[True][1] == [float(i + 1) for i in range(6)]  # the caller's tensors changed
+
+
+def test_strided_inputs_keep_their_layout_and_sorts_replay_without_a_graph(device):
+    """A transposed input is copied into the graph's buffer with its strides (a reduction's
+    rounding depends on them): bit-identical results. A sort cannot be captured on CuPy
+    (Thrust synchronises the stream): that part replays without a graph, with one warning."""
+    rng = np.random.default_rng(1)
+    ts = [gt.transpose(gt.tensor(rng.standard_normal((33, 17)).astype(np.float32)))
+          for _ in range(7)]
+    a, b, f = _both(lambda: (lambda x: gt.sum(x * x, axis=1)), 7, lambda i: (ts[i],))
+    _assert_same(a, b)
+    assert f.graph_count == 1
+    with pytest.warns(UserWarning, match="could not be captured"):
+        a, b, f = _both(lambda: (lambda x: gt.sort(x * 2.0, axis=-1)[..., :3]), 7,
+                        lambda i: (ts[i],))
+    _assert_same(a, b)
+    assert f.graph_count == 0

@@ -288,9 +288,20 @@ def _cupy_capture(fn: Callable[..., Any], arrays: list[Array]) -> tuple[Callable
         finally:
             graph = stream.end_capture()
     held = (pool, stream, graph, arrays)
+    origin: list[int | None] = [None]  # the stream of the first launch
 
     def launch() -> None:
-        held[2].launch(stream=cupy.cuda.get_current_stream())
+        current = cupy.cuda.get_current_stream()
+        if origin[0] is None:
+            origin[0] = current.ptr
+        held[2].launch(stream=current)
+
+    def usable() -> bool:
+        """Whether the graph may launch now: on the stream its buffers were last used on
+        (another stream could overwrite them while that one still reads them)."""
+        return origin[0] is None or cupy.cuda.get_current_stream().ptr == origin[0]
+
+    launch.usable = usable  # type: ignore[attr-defined]
     return launch, result
 
 

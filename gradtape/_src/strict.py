@@ -247,6 +247,17 @@ def _log(call: Callable, args: tuple, kwargs: dict, result: Any) -> None:
     log.append((call, args, kwargs, targets))
 
 
+#: CuPy runs these with Thrust's synchronous policy (``thrust::cuda::par``), which waits for the
+#: stream at the end: not capturable.
+_SYNCHRONOUS = frozenset(("sort", "argsort", "lexsort", "sort_complex", "msort"))
+
+
+def _refuse_in_capture(name: str) -> None:
+    if _state.__dict__.get("capture") is not None and name in _SYNCHRONOUS:
+        raise RuntimeError(f"{name} while a CUDA graph is captured: CuPy sorts with Thrust, "
+                           "which synchronises the stream (device-strict backend)")
+
+
 def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None], Any]:
     """The device-strict stand-in for CuPy's stream capture (``Stream.begin_capture`` /
     ``end_capture`` / ``Graph.launch``): run ``fn(*args)`` once while recording every
@@ -255,7 +266,8 @@ def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None]
     host synchronisation inside raises (:class:`HostSyncError`), and so does a copy of host
     data to the device; Python values the operations took keep their values (a number read
     from a counter while capturing stays that number), random draws keep their numbers (the
-    generator's state is host state), and a result's buffer is the same at every launch.
+    generator's state is host state), and a result's buffer is the same at every launch. A
+    sort raises too (CuPy's Thrust sorts synchronise the stream).
     (Unlike CUDA, the operations also run while capturing; :class:`gradtape.function`
     launches every captured graph before reading it, which is right for both.)
 
@@ -458,6 +470,7 @@ class StrictArray:
             method = getattr(self._a, name)
 
             def call(*args: Any, **kwargs: Any) -> Any:
+                _refuse_in_capture(name)
                 out = kwargs.get("out")
                 uargs, ukwargs = _unwrap(args, f"ndarray.{name}"), _unwrap(kwargs, f"ndarray.{name}")
                 res = method(*uargs, **ukwargs)
@@ -754,6 +767,7 @@ def _function(name: str, fn: Callable) -> Callable:
     to_bool_array = name in _BOOL_ARRAY_RESULT
 
     def call(*args: Any, **kwargs: Any) -> Any:
+        _refuse_in_capture(name)
         if sync is not None:
             _sync(sync)
         elif name == "where" and len(args) == 1 and not kwargs:

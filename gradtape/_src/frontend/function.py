@@ -1225,16 +1225,20 @@ class _Program:
                 groups.append((device, [(st, lines)]))
         reads: list[list[int]] = []  # per group: slots read (or written) that it did not define
         defs: list[list[int]] = []  # per group: slots defined or written
-        for _, members in groups:
+        self.writes_across = False  # a device step writes in place an array made outside its run
+        for device, members in groups:
             mine: set[int] = set()
             ins: list[int] = []
             out: list[int] = []
             for st, _ in members:
-                written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
-                for n in [*_slots_of((st.args, st.kwargs)), *[w.n for w in written if type(w) is _Slot]]:
+                written = [w.n for w in (_written(st.fn, st.args, st.kwargs) if not st.pure else [])
+                           if type(w) is _Slot]
+                if device and any(n not in mine for n in written):
+                    self.writes_across = True
+                for n in [*_slots_of((st.args, st.kwargs)), *written]:
                     if n not in mine and n not in ins:
                         ins.append(n)
-                for n in [o for o in st.outs if o >= 0] + [w.n for w in written if type(w) is _Slot]:
+                for n in [o for o in st.outs if o >= 0] + written:
                     mine.add(n)
                     if n not in out:
                         out.append(n)
@@ -1274,23 +1278,34 @@ class _GraphRunner:
     (``gt.function(..., cuda_graph=True)``): each run of device steps between two host steps
     is captured once (the backend's ``capture``: CuPy's stream capture; on the device-strict
     backend an emulation that records the kernels and relaunches them with the arguments they
-    had), then relaunched at each call. A graph reads fixed buffers: the segment's inputs are
-    copied into buffers of its own before each launch (a device copy; none for the previous
-    graph's outputs, which are fixed already), its outputs are buffers of its own, and the
-    step's results that are such buffers are copied out, so a result never changes under the
-    caller. Host steps run as Python between the launches. A segment whose capture fails runs
-    as plain replay from then on, with one warning."""
+    had), then relaunched at each call. A graph reads fixed buffers: an input that an earlier
+    graph made is read where it is (its buffer is fixed already); any other (the call's
+    arrays, a host step's results) is copied into a buffer of the graph's own, of the same
+    layout, before each launch. Every array the step returns is copied out, so a result never
+    changes under the caller. Host steps run as Python between the launches.
+
+    Not captured (plain replay instead, for the reason given): a program in which a device
+    step writes in place an array made outside its own run (the graph would write a copy, and
+    a view made elsewhere would not see it); a segment whose input cannot be copied with its
+    layout (a strided view: a different layout changes a reduction's rounding); a segment
+    whose capture fails (a host synchronisation inside: a sort on CuPy), with one warning; a
+    call on another stream than the one the graphs were first launched on (CuPy)."""
 
     def __init__(self, program: _Program, capture: Callable[..., Any]) -> None:
         self.capture = capture
+        self.program = program
         self.segments = program.segments()
         self.out_slots = program.out_slots
-        self.graphs: list[Any] = [None] * len(self.segments)  # None: not yet; False: failed
+        self.usable = not program.writes_across
+        self.graphs: list[Any] = [None] * len(self.segments)  # None: not yet; False: plain
         self.fixed: set[int] = set()  # ids of the graphs' own buffers
+        self.guards: list[Callable[[], bool]] = []  # per graph: may it launch now?
         self.captured = 0
         self.name = program.name
 
     def run(self, *inputs: Any) -> tuple:
+        if not self.usable or not all([ok() for ok in self.guards]):
+            return self.program.run(*inputs)
         env: dict[int, Any] = dict(enumerate(inputs))
         graphs = self.graphs
         for k, seg in enumerate(self.segments):
@@ -1301,12 +1316,13 @@ class _GraphRunner:
             res = g(args) if g else seg.fn(*args)
             for n, a in zip(seg.outs, res):
                 env[n] = a
-        fixed = self.fixed
-        return tuple(None if n is None else (env[n].copy() if id(env[n]) in fixed else env[n])
-                     for n in self.out_slots)
+        return tuple(None if n is None else _copy_out(env[n]) for n in self.out_slots)
 
     def _capture(self, seg: _Segment, args: list[Any]) -> Any:
-        fixed_in = [a.copy() for a in args]
+        fixed = self.fixed
+        fixed_in = [a if id(a) in fixed else _same_layout_copy(a) for a in args]
+        if any(b is None for b in fixed_in):
+            return False
         try:
             launch, outs = self.capture(seg.fn, fixed_in)
         except Exception as exc:
@@ -1315,7 +1331,8 @@ class _GraphRunner:
                           "without one", stacklevel=5)
             return False
         fixed_out = list(outs)
-        self.fixed.update(id(a) for a in fixed_in + fixed_out)
+        fixed.update(id(a) for a in fixed_in + fixed_out)
+        self.guards.append(getattr(launch, "usable", _always))
         self.captured += 1
 
         def launch_with(arrays: list[Any]) -> list[Any]:
@@ -1325,6 +1342,23 @@ class _GraphRunner:
             launch()
             return fixed_out
         return launch_with
+
+
+def _always() -> bool:
+    return True
+
+
+def _same_layout_copy(a: Any) -> Any:
+    """A copy of device array ``a`` with its strides (None where a copy cannot have them: a
+    view with gaps)."""
+    b = a.copy(order="K")
+    return b if b.strides == a.strides else None
+
+
+def _copy_out(a: Any) -> Any:
+    """A result of a graph-replayed step: arrays are copied (they may be, or view, a graph's
+    buffer, which the next launch overwrites)."""
+    return a.copy() if _is_array(a) else a
 
 
 class _Chunked:
@@ -2183,7 +2217,6 @@ class Function(Generic[R]):
         devices = {x._backend for x in leaves if isinstance(x, Tensor) and x._backend is not NUMPY}
         devices.add(get_backend())
         devices.discard(NUMPY)
-        entry.device = next(iter(devices)) if len(devices) == 1 else None
         for d in devices:  # device namespaces log calls on traced arrays (see _TracingNamespace)
             d.xp = _TracingNamespace(d.xp)  # type: ignore[assignment]
         self.trace_count += 1
@@ -2257,12 +2290,25 @@ class Function(Generic[R]):
                     entry.last = None
                 return unflatten(out_spec, final)
             entry.program = _Program(tr, n_in, out_slots, self._name)
+            entry.device = _device_of(leaves, tr)
             entry.out_spec = out_spec
             entry.out_meta = out_meta
             entry.state = "ready"
             entry.last = None
             tr.arrays = []
         return unflatten(out_spec, final)
+
+
+def _device_of(leaves: list[Any], tr: _Trace) -> Any:
+    """The device backend all of a program's arrays live on, its input tensors and the
+    Variables it reads (a CUDA graph can hold its work), else None (host arrays, a mix, or no
+    array at all)."""
+    backends = {x._backend for x in leaves if isinstance(x, Tensor)}
+    backends.update(v._backend for v in (r() for r in tr.variables.values()) if v is not None)
+    if len(backends) != 1:
+        return None
+    (backend,) = backends
+    return None if backend is NUMPY else backend
 
 
 def _as_input(x: np.ndarray) -> Tensor:
