@@ -268,8 +268,9 @@ def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None]
     from a counter while capturing stays that number), random draws keep their numbers (the
     generator's state is host state), and a result's buffer is the same at every launch. A
     sort raises too (CuPy's Thrust sorts synchronise the stream).
-    (Unlike CUDA, the operations also run while capturing; :class:`gradtape.function`
-    launches every captured graph before reading it, which is right for both.)
+    (Unlike CUDA, the operations also run while capturing, on copies of nothing: the
+    arguments' contents are restored afterwards, so writes into them are not made twice;
+    :class:`gradtape.function` launches every captured graph before reading it.)
 
     Example:
         >>> x = XP.ones(2)
@@ -281,12 +282,17 @@ def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None]
     if _state.__dict__.get("capture") is not None:
         raise RuntimeError("strict.capture: this thread is capturing already")
     log: list[tuple] = []
+    # CUDA runs nothing while capturing: what the recording run writes into the arguments is
+    # undone, so the first launch starts from the same contents as a real graph's
+    saved = [a._a.copy() for a in args if isinstance(a, StrictArray)]
     _state.capture = log
     try:
         with forbid_syncs():
             result = fn(*args)
     finally:
         _state.capture = None
+        for a, before in zip([a for a in args if isinstance(a, StrictArray)], saved):
+            a._a[...] = before
 
     def launch() -> None:
         for call, a, kw, targets in log:

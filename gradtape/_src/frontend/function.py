@@ -685,6 +685,15 @@ _BYTESWAP = _METHODS["byteswap"]  # writes its array with inplace=True
 _MUTATING = {operator.setitem, *_IPYOPS.values(), _METHODS["fill"], _METHODS["put"], _METHODS["sort"],
              _METHODS["partition"], _METHODS["setflags"], np.copyto, np.put, np.place,
              np.putmask, np.fill_diagonal, np.put_along_axis}
+#: The same writers in a device array library (CuPy's, the strict backend's: other objects than
+#: NumPy's), by name, and cupyx's scatters: each writes its first argument.
+_MUTATING_NAMES = frozenset(("copyto", "put", "place", "putmask", "fill_diagonal", "put_along_axis",
+                             "scatter_add", "scatter_max", "scatter_min"))
+
+
+def _device_mutator(fn: Any) -> bool:
+    return getattr(fn, "__name__", None) in _MUTATING_NAMES and str(
+        getattr(fn, "__module__", "")).startswith(("cupy", "cupyx", "gradtape._src.strict"))
 
 
 class _Trace:
@@ -815,7 +824,7 @@ class _Trace:
         ua = _unwrap_flat(args)
         uk = _unwrap(kwargs) if kwargs else kwargs
         try:
-            mutating = fn in _MUTATING
+            mutating = fn in _MUTATING or _device_mutator(fn)
         except TypeError:  # an unhashable callable
             mutating = False
         ufunc = type(fn) is np.ufunc  # (NumPy hands a ufunc its outputs as out=)
@@ -1059,7 +1068,7 @@ def _written(fn: Any, targs: Any, tkw: dict) -> list[Any]:
                 o = tuple(outs)
     if o is not None:
         out.extend(o if isinstance(o, tuple) else (o,))
-    if fn in _MUTATING or getattr(fn, "__name__", "") == "at" or (
+    if fn in _MUTATING or _device_mutator(fn) or getattr(fn, "__name__", "") == "at" or (
             fn is _BYTESWAP and (tkw.get("inplace") if tkw else len(targs) > 1 and targs[1])):
         if targs:
             out.append(targs[0])
@@ -1114,7 +1123,8 @@ def _out_position(fn: Any) -> int:
 class _Program:
     """The replayable straight-line program of one trace."""
 
-    def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None], name: str) -> None:
+    def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None], name: str,
+                 graphs: bool = False) -> None:
         steps = _dead_code(tr.steps, out_slots)
         steps = _fuse_elementwise(steps, tr.arrays, out_slots, device=config.fusion)
         # (a module name of gradtape's: NumPy's RuntimeWarnings from the program are ignored
@@ -1208,13 +1218,19 @@ class _Program:
         self.run: Callable[..., tuple] = ns["replay"]
         self.signature_steps = steps
         self.ns, self.n_in, self.out_slots, self.name = ns, n_in, list(out_slots), name
+        self.writes_across = False
+        # cuda_graph=True: cut now, while the trace's arrays (which the cut inspects) exist
+        self.segment_list = self.segments(tr.arrays) if graphs else None
 
-    def segments(self) -> list[_Segment]:
+    def segments(self, arrays: list[Any]) -> list[_Segment]:
         """The program cut into runs of device steps (a CUDA graph each, see
         :class:`_GraphRunner`) and single host steps (opaque steps: optimizer updates, random
         draws, value checks; and steps that write a constant, such as a Variable's buffer),
         each a generated function of the program variables it reads from earlier segments,
-        returning the ones it defines or writes that later segments or the outputs read."""
+        returning the ones it defines or writes that later segments or the outputs read.
+        Sets ``writes_across`` when a device step writes in place memory its run did not make
+        (a program variable from outside the run, or a view of one or of a constant; checked
+        on ``arrays``, the trace's arrays by slot): a graph would write its copy instead."""
         groups: list[tuple[bool, list[tuple[_Step, list[str]]]]] = []
         for st, lines in self.step_lines:
             written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
@@ -1230,11 +1246,18 @@ class _Program:
             mine: set[int] = set()
             ins: list[int] = []
             out: list[int] = []
+            outside: list[Any] = []  # arrays the run did not make: its inputs, constants
             for st, _ in members:
                 written = [w.n for w in (_written(st.fn, st.args, st.kwargs) if not st.pure else [])
                            if type(w) is _Slot]
-                if device and any(n not in mine for n in written):
-                    self.writes_across = True
+                if device:
+                    outside.extend(arrays[n] for n in _slots_of((st.args, st.kwargs))
+                                   if n not in mine and n < len(arrays))
+                    outside.extend(c.value for c in _consts_of((st.args, st.kwargs))
+                                   if _is_array(c.value))
+                    for n in written:
+                        if n not in mine or _shares_with(arrays[n], outside):
+                            self.writes_across = True
                 for n in [*_slots_of((st.args, st.kwargs)), *written]:
                     if n not in mine and n not in ins:
                         ins.append(n)
@@ -1260,6 +1283,27 @@ class _Program:
             segments.append(_Segment(ns["segment"], reads[k], outs, device, src))
         segments.reverse()
         return segments
+
+
+def _consts_of(x: Any) -> Any:
+    t = type(x)
+    if t is _Const:
+        yield x
+    elif t is tuple or t is list:
+        for v in x:
+            yield from _consts_of(v)
+    elif t is dict:
+        for v in x.values():
+            yield from _consts_of(v)
+
+
+def _shares_with(a: Any, others: list[Any]) -> bool:
+    """Whether device array ``a`` may share memory with one of ``others``."""
+    if not _is_array(a) or isinstance(a, (np.ndarray, np.generic)):
+        return False
+    may = backend_of(a).xp.may_share_memory
+    return any(o is a or (_is_array(o) and not isinstance(o, (np.ndarray, np.generic))
+                          and may(a, o)) for o in others)
 
 
 class _Segment:
@@ -1294,7 +1338,8 @@ class _GraphRunner:
     def __init__(self, program: _Program, capture: Callable[..., Any]) -> None:
         self.capture = capture
         self.program = program
-        self.segments = program.segments()
+        assert program.segment_list is not None
+        self.segments = program.segment_list
         self.out_slots = program.out_slots
         self.usable = not program.writes_across
         self.graphs: list[Any] = [None] * len(self.segments)  # None: not yet; False: plain
@@ -1336,6 +1381,11 @@ class _GraphRunner:
         self.captured += 1
 
         def launch_with(arrays: list[Any]) -> list[Any]:
+            for buf, a in zip(fixed_in, arrays):
+                if a is not buf and a.strides != buf.strides:
+                    # (another layout of the same signature: the graph's reductions would add
+                    # in another order than the plain replay; this call runs the run plainly)
+                    return list(seg.fn(*arrays))
             for buf, a in zip(fixed_in, arrays):
                 if a is not buf:
                     buf[...] = a
@@ -1646,7 +1696,8 @@ def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
             or out.ndim == 0 or not out.flags.c_contiguous:
         return None
     if type(fn) is not np.ufunc:
-        if not device or isinstance(out, np.ndarray) or _device_op(fn) is None:
+        if not device or isinstance(out, np.ndarray) or _device_op(fn) is None \
+                or len(st.args) > getattr(fn, "nin", 2):  # (an output given positionally)
             return None
         key: Any = ("device", tuple(out.shape))
     else:  # (elementwise ufuncs: matmul is a ufunc whose core dimensions are not)
@@ -2176,8 +2227,7 @@ class Function(Generic[R]):
         program = entry.program
         assert program is not None
         graphs = entry.graphs
-        if graphs is None and self.cuda_graph and entry.replays and entry.device is not None \
-                and entry.device.capture is not None:
+        if graphs is None and entry.replays and program.segment_list is not None:
             # from the second replay on: the first compiled and loaded every kernel
             graphs = entry.graphs = _GraphRunner(program, entry.device.capture)
         entry.replays += 1
@@ -2289,8 +2339,9 @@ class Function(Generic[R]):
                         stacklevel=3)
                     entry.last = None
                 return unflatten(out_spec, final)
-            entry.program = _Program(tr, n_in, out_slots, self._name)
             entry.device = _device_of(leaves, tr)
+            entry.program = _Program(tr, n_in, out_slots, self._name, graphs=self.cuda_graph and (
+                entry.device is not None and entry.device.capture is not None))
             entry.out_spec = out_spec
             entry.out_meta = out_meta
             entry.state = "ready"
