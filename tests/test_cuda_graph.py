@@ -244,3 +244,29 @@ def test_layouts_sharing_a_signature_replay_as_the_plain_replay(device):
     a, b, f = _both(lambda: (lambda x: gt.sum(x * x, axis=(0, 2))), 8, lambda i: (ts[i],))
     _assert_same(a, b)
     assert f.trace_count == 2 and f.graph_count == 1  # one signature, one graph
+
+
+def test_results_keep_their_layout_and_broadcast_buffers_are_read_in_place(device):
+    """A transposed result comes back transposed (a caller's reduction on it, or feeding it
+    back as the next call's input, adds in the plain replay's order); a later graph reads an
+    earlier graph's broadcast result (read-only on the strict backend) where it is, with no
+    warning, across a host step (a random draw)."""
+    rng = np.random.default_rng(3)
+    xs = [gt.tensor(rng.standard_normal((300, 64)).astype(np.float32)) for _ in range(8)]
+    sums = {}
+    for cg in (False, True):
+        f = gt.function(lambda x: gt.transpose(x * 2.0), cuda_graph=cg)
+        sums[cg] = [[gt.sum(f(x), axis=0).numpy()] for x in xs]
+    _assert_same(sums[True], sums[False])
+
+    def make(gen):
+        return lambda x: gt.broadcast_to(gt.sum(x, axis=1, keepdims=True), (300, 64)) * gen.normal((300, 64))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outs = {}
+        for cg in (False, True):
+            f = gt.function(make(gt.random.Generator(2)), cuda_graph=cg)
+            outs[cg] = [[f(x).numpy()] for x in xs]
+        _assert_same(outs[True], outs[False])
+    assert f.graph_count == 2

@@ -292,7 +292,8 @@ def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None]
     finally:
         _state.capture = None
         for a, before in zip([a for a in args if isinstance(a, StrictArray)], saved):
-            a._a[...] = before
+            if a._a.flags.writeable:  # (a broadcast view is read-only: nothing wrote it)
+                a._a[...] = before
 
     def launch() -> None:
         for call, a, kw, targets in log:

@@ -1365,7 +1365,8 @@ class _GraphRunner:
 
     def _capture(self, seg: _Segment, args: list[Any]) -> Any:
         fixed = self.fixed
-        fixed_in = [a if id(a) in fixed else _same_layout_copy(a) for a in args]
+        shared = [id(a) in fixed for a in args]  # an earlier graph's buffer, read where it is
+        fixed_in = [a if s else _same_layout_copy(a) for a, s in zip(args, shared)]
         if any(b is None for b in fixed_in):
             return False
         try:
@@ -1381,10 +1382,11 @@ class _GraphRunner:
         self.captured += 1
 
         def launch_with(arrays: list[Any]) -> list[Any]:
-            for buf, a in zip(fixed_in, arrays):
-                if a is not buf and a.strides != buf.strides:
-                    # (another layout of the same signature: the graph's reductions would add
-                    # in another order than the plain replay; this call runs the run plainly)
+            for buf, a, s in zip(fixed_in, arrays, shared):
+                if a is not buf and (s or a.strides != buf.strides):
+                    # another layout of the same signature (the graph's reductions would add
+                    # in another order than the plain replay), or the earlier graph whose
+                    # buffer this one reads ran plainly this call: this run runs plainly too
                     return list(seg.fn(*arrays))
             for buf, a in zip(fixed_in, arrays):
                 if a is not buf:
@@ -1407,8 +1409,10 @@ def _same_layout_copy(a: Any) -> Any:
 
 def _copy_out(a: Any) -> Any:
     """A result of a graph-replayed step: arrays are copied (they may be, or view, a graph's
-    buffer, which the next launch overwrites)."""
-    return a.copy() if _is_array(a) else a
+    buffer, which the next launch overwrites), keeping their layout (a transposed result stays
+    transposed, as the plain replay returns it: a caller's reduction on it adds in the same
+    order)."""
+    return a.copy(order="K") if _is_array(a) else a
 
 
 class _Chunked:
