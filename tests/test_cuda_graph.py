@@ -270,3 +270,20 @@ def test_results_keep_their_layout_and_broadcast_buffers_are_read_in_place(devic
             outs[cg] = [[f(x).numpy()] for x in xs]
         _assert_same(outs[True], outs[False])
     assert f.graph_count == 2
+
+
+def test_an_error_at_the_capturing_call_is_the_calls_and_capture_retries(device):
+    """An out-of-range index at the call that would capture raises that call's IndexError, as
+    the plain replay does, with no capture warning; the next call captures."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f = gt.function(lambda x, i: x[i] * 2.0, cuda_graph=True)
+        x = gt.tensor(np.arange(5, dtype=np.float32))
+        seen = []
+        for k in range(7):
+            try:
+                seen.append(f(x, gt.tensor(np.array([0, 9 if k == 3 else k % 5]))).numpy().tolist())
+            except IndexError:
+                seen.append("IndexError")
+    assert seen[3] == "IndexError" and seen[4] == [0.0, 8.0] and seen[6] == [0.0, 2.0]
+    assert f.graph_count == 1

@@ -243,6 +243,8 @@ def _log(call: Callable, args: tuple, kwargs: dict, result: Any) -> None:
     items = result if isinstance(result, tuple) else (result,)
     bufs = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
     targets = [(i, r._a) for i, r in enumerate(items) if isinstance(r, StrictArray)
+               and r._a.flags.writeable  # (NumPy's read-only fresh results: imag of a real
+               # array, a constant)
                and not any(np.may_share_memory(r._a, b) for b in bufs)]
     log.append((call, args, kwargs, targets))
 

@@ -1346,6 +1346,7 @@ class _GraphRunner:
         self.fixed: set[int] = set()  # ids of the graphs' own buffers
         self.guards: list[Callable[[], bool]] = []  # per graph: may it launch now?
         self.captured = 0
+        self.failure = ""  # why the last capture failed
         self.name = program.name
 
     def run(self, *inputs: Any) -> tuple:
@@ -1358,6 +1359,16 @@ class _GraphRunner:
             g = graphs[k]
             if seg.device and g is None:
                 g = graphs[k] = self._capture(seg, args)
+                if g is None:  # the capture failed: see whether the run itself does
+                    res = seg.fn(*args)  # (a value error raises here and is the call's: the
+                    # next call captures again); it does not: it replays without a graph
+                    graphs[k] = False
+                    warnings.warn(f"gt.function {self.name!r}: a part of the step could not be "
+                                  f"captured as a CUDA graph ({self.failure}); it replays "
+                                  "without one", stacklevel=3)
+                    for n, a in zip(seg.outs, res):
+                        env[n] = a
+                    continue
             res = g(args) if g else seg.fn(*args)
             for n, a in zip(seg.outs, res):
                 env[n] = a
@@ -1372,10 +1383,8 @@ class _GraphRunner:
         try:
             launch, outs = self.capture(seg.fn, fixed_in)
         except Exception as exc:
-            warnings.warn(f"gt.function {self.name!r}: a part of the step could not be "
-                          f"captured as a CUDA graph ({type(exc).__name__}: {exc}); it replays "
-                          "without one", stacklevel=5)
-            return False
+            self.failure = f"{type(exc).__name__}: {exc}"
+            return None
         fixed_out = list(outs)
         fixed.update(id(a) for a in fixed_in + fixed_out)
         self.guards.append(getattr(launch, "usable", _always))
