@@ -256,12 +256,8 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
         5.0
     """
     if tracing():
-        present = [g for g in grads if g is not None]
-        if not present:
-            return 0.0
-        arrays = [g.data if isinstance(g, Tensor) else g for g in present]
-        backend = _backend_of_grad(present[0])
-        return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend)
+        arrays, backend = _present_arrays(grads)
+        return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend) if arrays else 0.0
     total = 0.0
     for g in grads:
         if g is None:
@@ -292,11 +288,9 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     if clip_norm <= 0:
         raise ValueError(f"clip_by_global_norm: clip_norm must be > 0, got {clip_norm}")
     if tracing():  # the norm is a value of the program: no host read, no branch on it
-        present = [g for g in grads if g is not None]
-        if not present:
+        arrays, backend = _present_arrays(grads)
+        if not arrays:
             return grads, 0.0
-        backend = _backend_of_grad(present[0])
-        arrays = [g.data if isinstance(g, Tensor) else g for g in present]
         clipped_arrays, norm = _clip_arrays(arrays, clip_norm, backend.xp)
         it = iter(clipped_arrays)
         traced: list[Tensor | Array | None] = [
@@ -319,8 +313,15 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     return out, norm
 
 
-def _backend_of_grad(g: Tensor | Array) -> Any:
-    return g._backend if isinstance(g, Tensor) else backend_of(g)
+def _present_arrays(grads: Iterable[Tensor | Array | None]) -> tuple[list[Array], Any]:
+    """The arrays of the gradients that are not None, and the backend of the first (None
+    when there is none)."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return [], None
+    g = present[0]
+    backend = g._backend if isinstance(g, Tensor) else backend_of(g)
+    return [g.data if isinstance(g, Tensor) else g for g in present], backend
 
 
 def _sum_squares(arrays: Sequence[Array]) -> Any:

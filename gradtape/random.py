@@ -416,7 +416,7 @@ def _reseed_default(s: int | None) -> None:
         np.random.SeedSequence([s, 0x64657669]).generate_state(1, np.uint32)[0])
 
 
-def device_seed() -> tuple[int, int | None]:
+def _device_seed() -> tuple[int, int | None]:
     """``(epoch, seed)`` for a device-side default generator (dropout's on CuPy): make one
     with ``seed`` (None: from the operating system) when ``epoch`` differs from the one its
     generator was made at (``gt.random.seed`` ran since)."""

@@ -114,8 +114,9 @@ def test_a_graph_per_signature_and_none_on_numpy():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_bad_argument_and_python_function_inside_a_tape(device):
-    """The option is a flag; called under an outer tape, the Python function runs as is."""
+def test_under_an_outer_tape_the_python_function_runs(device):
+    """Called under an outer tape, a cuda_graph function runs as Python (the tape sees its
+    ops) and captures nothing."""
     v = gt.Variable([1.0, 2.0])
     f = gt.function(lambda x: gt.sum(x * v), cuda_graph=True)
     with gt.GradientTape() as tape:

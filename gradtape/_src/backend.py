@@ -274,8 +274,9 @@ def _cupy_capture(fn: Callable[..., Any], arrays: list[Array]) -> tuple[Callable
     work so far, and every allocation made while capturing comes from a memory pool of the
     graph's own: the graph's buffers (its intermediates, ``result``) are never handed to
     other arrays, so each launch may write them. ``launch()`` runs the graph on the current
-    stream, with no host synchronisation. The graph, its pool and stream live as long as
-    ``launch``."""
+    stream, with no host synchronisation; ``launch.usable()`` says whether the current stream
+    is the one of its first launch (the caller replays without the graph otherwise). The
+    graph, its pool and stream live as long as ``launch``."""
     import cupy
 
     pool = cupy.cuda.MemoryPool()

@@ -231,13 +231,18 @@ def forbid_syncs() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- graph capture
+def _capturing() -> list[tuple] | None:
+    """The log of the capture this thread is recording (:func:`capture`), else None."""
+    return _state.__dict__.get("capture")
+
+
 def _log(call: Callable, args: tuple, kwargs: dict, result: Any) -> None:
     """While :func:`capture` records (this thread): ``call(*args, **kwargs)`` (NumPy arrays
     and values) is one launch of the graph. At each launch it runs again on the same arrays
     (their contents then, as a kernel reads its pointers) with the same Python values (as a
     captured kernel keeps its arguments), and each array of ``result`` (StrictArrays) that
     is new memory, not a view of an argument, receives the new values."""
-    log = _state.__dict__.get("capture")
+    log = _capturing()
     if log is None:
         return
     items = result if isinstance(result, tuple) else (result,)
@@ -255,7 +260,7 @@ _SYNCHRONOUS = frozenset(("sort", "argsort", "lexsort", "sort_complex", "msort")
 
 
 def _refuse_in_capture(name: str) -> None:
-    if _state.__dict__.get("capture") is not None and name in _SYNCHRONOUS:
+    if name in _SYNCHRONOUS and _capturing() is not None:
         raise RuntimeError(f"{name} while a CUDA graph is captured: CuPy sorts with Thrust, "
                            "which synchronises the stream (device-strict backend)")
 
@@ -270,8 +275,8 @@ def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None]
     from a counter while capturing stays that number), random draws keep their numbers (the
     generator's state is host state), and a result's buffer is the same at every launch. A
     sort raises too (CuPy's Thrust sorts synchronise the stream).
-    (Unlike CUDA, the operations also run while capturing, on copies of nothing: the
-    arguments' contents are restored afterwards, so writes into them are not made twice;
+    (Unlike CUDA, the operations also run while capturing; the arguments' contents are
+    restored afterwards, so a write into them is not made twice, and
     :class:`gradtape.function` launches every captured graph before reading it.)
 
     Example:
@@ -281,21 +286,22 @@ def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None]
         >>> launch(); float(y.sum())
         20.0
     """
-    if _state.__dict__.get("capture") is not None:
+    if _capturing() is not None:
         raise RuntimeError("strict.capture: this thread is capturing already")
     log: list[tuple] = []
     # CUDA runs nothing while capturing: what the recording run writes into the arguments is
     # undone, so the first launch starts from the same contents as a real graph's
-    saved = [a._a.copy() for a in args if isinstance(a, StrictArray)]
+    held = [a._a for a in args if isinstance(a, StrictArray)]
+    saved = [a.copy() for a in held]
     _state.capture = log
     try:
         with forbid_syncs():
             result = fn(*args)
     finally:
         _state.capture = None
-        for a, before in zip([a for a in args if isinstance(a, StrictArray)], saved):
-            if a._a.flags.writeable:  # (a broadcast view is read-only: nothing wrote it)
-                a._a[...] = before
+        for a, before in zip(held, saved):
+            if a.flags.writeable:  # (a broadcast view is read-only: nothing wrote it)
+                a[...] = before
 
     def launch() -> None:
         for call, a, kw, targets in log:
@@ -759,7 +765,7 @@ def _function(name: str, fn: Callable) -> Callable:
             if name == "asarray" and args and isinstance(args[0], StrictArray) and len(args) == 1 \
                     and kwargs.get("dtype") in (None, args[0].dtype):
                 return args[0]
-            if _state.__dict__.get("capture") is not None and not (args and isinstance(args[0], StrictArray)):
+            if _capturing() is not None and not (args and isinstance(args[0], StrictArray)):
                 raise RuntimeError(f"xp.{name} of host data while a CUDA graph is captured: a "
                                    "host-to-device copy cannot be captured (device-strict backend)")
             uargs, ukwargs = _unwrap_host(args), _unwrap_host(kwargs)

@@ -415,7 +415,7 @@ def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool) -> Any:
         return xp.random.default_rng(seed)
     if on_host:  # gt.random's default generator: gt.random.seed(s) makes the masks reproducible
         return _numpy_generator(None, "dropout")
-    epoch, device_seed = _random.device_seed()  # on the device: no host draw and copy per
+    epoch, device_seed = _random._device_seed()  # on the device: no host draw and copy per
     held = _default_generators.get(id(xp))  # call; gt.random.seed reseeds it
     if held is None or held[0] != epoch:
         held = _default_generators[id(xp)] = (epoch, xp.random.default_rng(device_seed))

@@ -1173,40 +1173,30 @@ class _Program:
             c = _Const(x)
             return const_name(c)
 
-        lines: list[str] = []
-        self.step_lines: list[tuple[_Step, list[str]]] = []  # (step, its lines): segments()
-        for st in steps:
+        def render(st: _Step) -> list[str]:
+            """The step's lines of the generated function."""
             fn = _threaded(st, tr.arrays)
+            if fn is operator.setitem:
+                return [f"{r(st.args[0])}[{r(st.args[1])}] = {r(st.args[2])}"]
             args = ", ".join(r(a) for a in st.args)
             kw = ", ".join(f"{k}={r(v)}" for k, v in st.kwargs.items())
-            call_args = args + (", " if args and kw else "") + kw
-            mine: list[str] = []
             if type(fn) is _Method:
-                first, rest = st.args[0], st.args[1:]
-                rargs = ", ".join(r(a) for a in rest)
-                expr = f"{r(first)}.{fn.name}({rargs}{', ' if rargs and kw else ''}{kw})"
+                rargs = ", ".join(r(a) for a in st.args[1:])
+                expr = f"{r(st.args[0])}.{fn.name}({rargs}{', ' if rargs and kw else ''}{kw})"
             elif type(fn) is _Attr:
                 expr = f"{r(st.args[0])}.{fn.name}"
             elif fn is operator.getitem:
                 expr = f"{r(st.args[0])}[{r(st.args[1])}]"
-            elif fn is operator.setitem:
-                expr = ""
-                mine.append(f"{r(st.args[0])}[{r(st.args[1])}] = {r(st.args[2])}")
             else:
-                expr = f"{fn_name(fn)}({call_args})"
-            if mine:
-                pass
-            elif st.out_kind is None:
-                mine.append(expr)
-            elif st.out_kind == "one":
-                mine.append(f"s{st.outs[0]} = {expr}")
-            else:
-                mine.append(f"_r = {expr}")
-                for i, o in enumerate(st.outs):
-                    if o >= 0:
-                        mine.append(f"s{o} = _r[{i}]")
-            lines.extend(mine)
-            self.step_lines.append((st, mine))
+                expr = f"{fn_name(fn)}({args}{', ' if args and kw else ''}{kw})"
+            if st.out_kind is None:
+                return [expr]
+            if st.out_kind == "one":
+                return [f"s{st.outs[0]} = {expr}"]
+            return [f"_r = {expr}"] + [f"s{o} = _r[{i}]" for i, o in enumerate(st.outs) if o >= 0]
+
+        step_lines = [(st, render(st)) for st in steps]
+        lines = [line for _, mine in step_lines for line in mine]
         outs = [f"s{slot}" if slot is not None else "None" for slot in out_slots]
         params = ", ".join(f"s{i}" for i in range(n_in))
         body = "\n    ".join(lines) if lines else "pass"
@@ -1217,47 +1207,49 @@ class _Program:
         exec(code, ns)
         self.run: Callable[..., tuple] = ns["replay"]
         self.signature_steps = steps
-        self.ns, self.n_in, self.out_slots, self.name = ns, n_in, list(out_slots), name
-        self.writes_across = False
+        self.ns, self.out_slots, self.name = ns, list(out_slots), name
         # cuda_graph=True: cut now, while the trace's arrays (which the cut inspects) exist
-        self.segment_list = self.segments(tr.arrays) if graphs else None
+        self.segment_list: list[_Segment] | None = None
+        self.writes_across = False
+        if graphs:
+            self.segment_list, self.writes_across = self._segments(step_lines, tr.arrays)
 
-    def segments(self, arrays: list[Any]) -> list[_Segment]:
+    def _segments(self, step_lines: list[tuple[_Step, list[str]]], arrays: list[Any]
+                  ) -> tuple[list[_Segment], bool]:
         """The program cut into runs of device steps (a CUDA graph each, see
         :class:`_GraphRunner`) and single host steps (opaque steps: optimizer updates, random
         draws, value checks; and steps that write a constant, such as a Variable's buffer),
         each a generated function of the program variables it reads from earlier segments,
-        returning the ones it defines or writes that later segments or the outputs read.
-        Sets ``writes_across`` when a device step writes in place memory its run did not make
-        (a program variable from outside the run, or a view of one or of a constant; checked
-        on ``arrays``, the trace's arrays by slot): a graph would write its copy instead."""
-        groups: list[tuple[bool, list[tuple[_Step, list[str]]]]] = []
-        for st, lines in self.step_lines:
+        returning the ones it defines or writes that later segments or the outputs read; and
+        whether a device step writes in place memory its run did not make (a program
+        variable from outside the run, or a view of one or of a constant; checked on
+        ``arrays``, the trace's arrays by slot): a graph would write its copy instead."""
+        groups: list[tuple[bool, list[tuple[_Step, list[str], list[Any]]]]] = []
+        for st, lines in step_lines:
             written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
             device = not st.host and not any(type(w) is _Const for w in written)
             if device and groups and groups[-1][0]:
-                groups[-1][1].append((st, lines))
+                groups[-1][1].append((st, lines, written))
             else:
-                groups.append((device, [(st, lines)]))
+                groups.append((device, [(st, lines, written)]))
         reads: list[list[int]] = []  # per group: slots read (or written) that it did not define
         defs: list[list[int]] = []  # per group: slots defined or written
-        self.writes_across = False  # a device step writes in place an array made outside its run
+        across = False
         for device, members in groups:
             mine: set[int] = set()
             ins: list[int] = []
             out: list[int] = []
             outside: list[Any] = []  # arrays the run did not make: its inputs, constants
-            for st, _ in members:
-                written = [w.n for w in (_written(st.fn, st.args, st.kwargs) if not st.pure else [])
-                           if type(w) is _Slot]
+            for st, _, templates in members:
+                written = [w.n for w in templates if type(w) is _Slot]
                 if device:
                     outside.extend(arrays[n] for n in _slots_of((st.args, st.kwargs))
                                    if n not in mine and n < len(arrays))
-                    outside.extend(c.value for c in _consts_of((st.args, st.kwargs))
+                    outside.extend(c.value for c in _parts_of((st.args, st.kwargs), _Const)
                                    if _is_array(c.value))
                     for n in written:
                         if n not in mine or _shares_with(arrays[n], outside):
-                            self.writes_across = True
+                            across = True
                 for n in [*_slots_of((st.args, st.kwargs)), *written]:
                     if n not in mine and n not in ins:
                         ins.append(n)
@@ -1273,28 +1265,16 @@ class _Program:
             device, members = groups[k]
             outs = [n for n in defs[k] if n in needed]
             needed |= set(reads[k])
-            body = [line for _, lines in members for line in lines] or ["pass"]
+            body = [line for _, lines, _ in members for line in lines] or ["pass"]
             params = ", ".join(f"s{n}" for n in reads[k])
             ret = ", ".join(f"s{n}" for n in outs)
             src = (f"def segment({params}):\n    " + "\n    ".join(body)
                    + f"\n    return ({ret}{',' if len(outs) == 1 else ''})\n")
             ns = dict(self.ns)
             exec(compile(src, f"<gt.function {self.name} segment {k}>", "exec"), ns)
-            segments.append(_Segment(ns["segment"], reads[k], outs, device, src))
+            segments.append(_Segment(ns["segment"], reads[k], outs, device))
         segments.reverse()
-        return segments
-
-
-def _consts_of(x: Any) -> Any:
-    t = type(x)
-    if t is _Const:
-        yield x
-    elif t is tuple or t is list:
-        for v in x:
-            yield from _consts_of(v)
-    elif t is dict:
-        for v in x.values():
-            yield from _consts_of(v)
+        return segments, across
 
 
 def _shares_with(a: Any, others: list[Any]) -> bool:
@@ -1307,14 +1287,13 @@ def _shares_with(a: Any, others: list[Any]) -> bool:
 
 
 class _Segment:
-    """A piece of a program (:meth:`_Program.segments`): ``fn(*arrays of ins)`` returns the
+    """A piece of a program (:meth:`_Program._segments`): ``fn(*arrays of ins)`` returns the
     arrays of ``outs``; ``device``: only device work (a CUDA graph can hold it)."""
 
-    __slots__ = ("fn", "ins", "outs", "device", "source")
+    __slots__ = ("fn", "ins", "outs", "device")
 
-    def __init__(self, fn: Callable[..., tuple], ins: list[int], outs: list[int], device: bool,
-                 source: str) -> None:
-        self.fn, self.ins, self.outs, self.device, self.source = fn, ins, outs, device, source
+    def __init__(self, fn: Callable[..., tuple], ins: list[int], outs: list[int], device: bool) -> None:
+        self.fn, self.ins, self.outs, self.device = fn, ins, outs, device
 
 
 class _GraphRunner:
@@ -1790,16 +1769,22 @@ def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int
     return result
 
 
-def _slots_of(x: Any) -> Any:
+def _parts_of(x: Any, kind: type) -> Any:
+    """The parts of argument template ``x`` of type ``kind`` (``_Slot``, ``_Const``), in order."""
     t = type(x)
-    if t is _Slot:
-        yield x.n
+    if t is kind:
+        yield x
     elif t is tuple or t is list:
         for v in x:
-            yield from _slots_of(v)
+            yield from _parts_of(v, kind)
     elif t is dict:
         for v in x.values():
-            yield from _slots_of(v)
+            yield from _parts_of(v, kind)
+
+
+def _slots_of(x: Any) -> Any:
+    """The program variables argument template ``x`` names, in order."""
+    return (s.n for s in _parts_of(x, _Slot))
 
 
 def _ufunc_into(st: _Step) -> int | None:
@@ -2007,7 +1992,6 @@ class _Entry:
         """The Variables (weak references) the program reads: one dying makes it stale."""
         self.read_vars = [weakref.ref(v, self._on_death()) for v in (r() for r in variables)
                           if v is not None]
-
 
 
 def _by_identity(x: Any) -> bool:
