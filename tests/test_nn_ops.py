@@ -303,6 +303,25 @@ def test_conv2d_weight_gradient_uses_the_values_the_forward_saw(rng):
     np.testing.assert_allclose(g2.numpy(), reference(x0, w2, stride=2), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv2d_weight_gradient_of_a_first_layer_over_a_long_batch(rng, dtype):
+    """A first layer's weight gradient (few input channels, so a product with few entries over
+    batch x pixels) is summed from pieces of that long axis on the host, the last one short:
+    the same sum as the windows' products, in float32 as accurate as one product."""
+    x = rng.normal(size=(40, 1, 30, 30)).astype(dtype)
+    w = gt.Variable(rng.normal(size=(8, 1, 3, 3)).astype(dtype))
+    g = rng.normal(size=(40, 8, 30, 30)).astype(dtype)
+    with gt.GradientTape() as tape:
+        y = gt.nn.conv2d(x, w, padding=1)
+    got = tape.gradient(y, w, output_gradients=gt.tensor(g)).numpy()
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xpad, (3, 3), axis=(2, 3))  # n c y x i j
+    ref = np.einsum("noyx,ncyxij->ocij", g.astype(np.float64), win)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, rtol=1e-10 if dtype == np.float64 else 2e-5,
+                               atol=1e-10 if dtype == np.float64 else 1e-3)
+
+
 def test_conv2d_same_padding_and_float32(rng):
     x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)
     w = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)
