@@ -54,6 +54,27 @@ def test_matmul_mixed_dtypes_gradient_dtype(rng):
     assert ga.dtype == np.float32 and gb.dtype == np.float64
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_with_few_entries_over_a_long_inner_axis(dtype, rng):
+    """A product with few entries over a long inner axis (a dense layer's weight gradient with
+    few features over a large batch) is summed from pieces of that axis on the host, the last
+    one short: the same values as one product, forward and as a gradient, float32 as accurate."""
+    x = rng.normal(size=(50001, 3)).astype(dtype)
+    w = gt.Variable(rng.normal(size=(3, 8)).astype(dtype))
+    g = rng.normal(size=(50001, 8)).astype(dtype)
+    with gt.GradientTape() as tape:
+        y = gt.matmul(gt.tensor(x), w)
+    gw = tape.gradient(y, w, output_gradients=gt.tensor(g)).numpy()
+    want = x.astype(np.float64).T @ g.astype(np.float64)
+    tol = dict(rtol=1e-10, atol=1e-9) if dtype == np.float64 else dict(rtol=1e-4, atol=2e-2)
+    assert gw.dtype == dtype
+    np.testing.assert_allclose(gw, want, **tol)
+    direct = gt.matmul(gt.tensor(x.T), gt.tensor(g)).numpy()  # the same product, forward
+    np.testing.assert_allclose(direct, want, **tol)
+    vec = gt.matmul(gt.tensor(x[:, 0]), gt.tensor(g)).numpy()  # a 1-D operand: one product
+    np.testing.assert_allclose(vec, want[0], **tol)
+
+
 def test_matmul_errors():
     with pytest.raises(ValueError, match=r"matmul: contracted dimensions differ: a has shape "
                                          r"\(2, 3\), b has shape \(4, 2\)"):

@@ -33,6 +33,7 @@ from .._src.rules import OnTensors
 from .._src.tensor import Tensor
 from ..ops._util import batch_size, move_axis, one, pair, phys_axis
 from ..ops.elementwise import P_SAFE_MUL
+from ..ops.linalg import matmul_impl
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_RESHAPE
 
@@ -609,35 +610,12 @@ def _conv_w_impl(xp: Any, x: Any, g: Any, *, kernel: tuple, stride: tuple, paddi
     Kg = C // groups * kh * kw
     # cols @ gg.T (then the small transpose) is faster than gg @ cols.T with OpenBLAS
     if groups == 1:
-        gw = _times_t(xp, cols.reshape(Kg, N * L), gg.reshape(Co, N * L)).T
+        gw = matmul_impl(xp, cols.reshape(Kg, N * L), gg.reshape(Co, N * L).T).T
     else:
         gw = xp.matmul(cols.reshape(groups, Kg, N * L),
                        gg.reshape(groups, Co // groups, N * L).transpose(0, 2, 1))
         gw = gw.transpose(0, 2, 1)
     return xp.ascontiguousarray(gw).reshape(Co, C // groups, kh, kw)
-
-
-# OpenBLAS computes a product of M * N * K <= 100**3 with its small-matrix kernels and a larger
-# one with its blocked kernels, which for a small M * N over a long K (a first conv layer's
-# weight gradient: 9 or 27 rows, 8-32 columns, K = batch x pixels) run 2-4x slower than the
-# same product cut along K into pieces under that bound and summed; from M * N = 288 on the
-# pieces gain nothing.
-_SMALL_PRODUCT = 100 ** 3
-_FEW_OUTPUTS = 256
-
-
-def _times_t(xp: Any, a: Any, b: Any) -> Any:
-    """``a @ b.T`` for ``a[M, K]``, ``b[N, K]``; on the host, a product with at most
-    :data:`_FEW_OUTPUTS` entries over a long ``K`` is summed from pieces of ``K`` that
-    OpenBLAS computes with its small-matrix kernels."""
-    (M, K), N = a.shape, b.shape[0]
-    if xp is not np or M * N > _FEW_OUTPUTS or M * N * K <= _SMALL_PRODUCT:
-        return xp.matmul(a, b.T)
-    step = _SMALL_PRODUCT // (M * N)
-    out = xp.matmul(a[:, :step], b[:, :step].T)
-    for k in range(step, K, step):
-        out += xp.matmul(a[:, k:k + step], b[:, k:k + step].T)
-    return out
 
 
 def _per_example_conv_w(xp: Any, x: Any, g: Any, w_shape: tuple, p: dict) -> Any:
