@@ -393,6 +393,44 @@ def test_max_pool_tiling_windows_match_loops_with_ties_nan_and_inf(rng, k):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, None, 0), (2, 3, 0), (2, 2, 1), (3, 2, 1)])
+def test_relu_then_max_pool_gradient_is_the_two_vjps_in_turn(rng, dtype, k, s, p):
+    """The gradient through relu then max_pool2d, asked for the relu's input only, is taken
+    in one route (relu's mask on the pooled maxima): bit for bit what the two VJPs give in
+    turn (asked for the relu's output too, which takes them in turn), with ties from the
+    relu's zeros, signed zeros, windows holding NaN, negative, zero and infinite cotangents,
+    in eager mode and replayed by gt.function; overlapping windows (3, stride 2) take the two
+    VJPs in turn either way."""
+    z0 = rng.integers(-2, 3, size=(2, 3, 9, 8)).astype(dtype)
+    z0[0, 0, 0, 0] = -0.0
+    z0[0, 1, 1:3, 1:3] = np.nan
+    z0[1, 2, 4, 4] = np.inf
+    with np.errstate(invalid="ignore"):
+        shape = gt.nn.max_pool2d(gt.tensor(z0), k, s, p).shape
+    g0 = rng.normal(size=shape).astype(dtype)
+    g0[0, 0, 0, :2] = (0.0, -0.0)
+    g0[1, 1, 1, 1] = -np.inf
+
+    def grads(z, g, both):
+        with gt.GradientTape() as tape:
+            tape.watch(z)
+            h = gt.relu(z)
+            y = gt.nn.max_pool2d(h, k, s, p)
+        return tape.gradient(y, [z, h] if both else z, output_gradients=g)
+
+    z, g = gt.tensor(z0), gt.tensor(g0)
+    with np.errstate(invalid="ignore"):
+        want = grads(z, g, True)[0].numpy()
+        got = grads(z, g, False).numpy()
+        step = gt.function(lambda z, g: grads(z, g, False))
+        replayed = [step(z, g).numpy() for _ in range(3)]
+    for a in (got, *replayed):
+        np.testing.assert_array_equal(a, want)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(want))
+    assert np.isnan(want).any() and (want == 0).any()
+
+
 def test_max_pool_gradient_goes_to_first_maximum():
     x = gt.tensor(np.ones((1, 1, 2, 2)))
     with gt.GradientTape() as tape:

@@ -107,19 +107,27 @@ class Primitive:
         domains: per-input :class:`Domain` for registry-driven tests.
         examples: ``examples(rng) -> [(fn, args, kwargs), ...]``, calls of the public function
             that the registry-driven tests check (gradients to second order, vmap, jvp).
+        folds: ``{producer name: fold(record, producer record, g)}``: a first-order pass
+            reaching a record of this primitive whose first input is the output of a record
+            of that producer, read by nothing else and not asked for (not a source, not a
+            target), may call ``fold`` instead of this VJP and then the producer's: it returns
+            the cotangent array of the producer's first input (exactly what the two VJPs in
+            turn give), or None to take them in turn after all (``max_pool2d`` folds ``relu``:
+            its mask taken on the pooled maxima, a quarter of the image for 2x2 windows).
     """
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",
                  "saves_output", "derivatives", "arg_names", "param_names", "safe", "domains",
                  "out_form", "cheap", "masks", "call1", "call2", "record1", "_saves", "_array_vjps",
                  "_tensor_vjps",
-                 "examples")
+                 "examples", "folds")
 
     def __init__(self, name: str, impl: Callable, *, rule: Callable | None = None,
                  batch: Callable | None = None, jvp: Callable | None = None,
                  nondiff: bool = False, saves_inputs: bool = True, saves_output: bool = False,
                  masks: bool = False, domains: tuple[Domain, ...] = (),
-                 examples: Callable | None = None) -> None:
+                 examples: Callable | None = None,
+                 folds: dict[str, Callable] | None = None) -> None:
         if name in REGISTRY:
             raise ValueError(f"primitive {name!r} is declared twice")
         self.name = name
@@ -140,6 +148,7 @@ class Primitive:
         self.masks = masks
         self.domains = domains
         self.examples = examples
+        self.folds = folds
         self._saves: dict = {}
         self._array_vjps: dict = {}
         self._tensor_vjps: dict = {}

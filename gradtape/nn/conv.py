@@ -27,6 +27,7 @@ import numpy as np
 from .. import ops
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque
+from .._src.backend import NUMPY
 from .._src.frontend.per_example import CONV_WEIGHT_GRADS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
@@ -953,6 +954,35 @@ def _select_impl(xp: Any, x: Any, top: Any, v: Any, *, kernel: tuple, stride: tu
         xp.ascontiguousarray(xp.broadcast_to(out, shape))
 
 
+def _route_masked(x: Any, top: Any, g: Any, *, d: Any, kernel: tuple, stride: tuple,
+                  padding: tuple) -> Any:
+    """``route(x, top, d(g, s, s))``: the cotangent ``g`` masked by relu's derivative ``d`` at
+    each window's routed element ``s`` (the window's maximum; for a window holding NaN, which
+    routes to its last element, that element), then routed."""
+    sel = top
+    if np.isnan(top).any():
+        last = _pool_views(np, x, kernel, stride, padding, -np.inf)[1][-1]
+        sel = np.where(top != top, last, top)
+    return _route_impl(np, x, top, d(g, sel, sel), kernel=kernel, stride=stride, padding=padding)
+
+
+def _max_pool_fold_relu(rec: Record, relu: Record, g: Any) -> Any:
+    """The cotangent of ``z`` through ``max_pool2d(relu(z))`` in one route: relu's mask
+    ``z > 0`` is needed only at each window's routed element, where ``relu(z)`` is the window's
+    maximum, so it is taken on the pooled array (a quarter of the image for 2x2 windows) and
+    the masked cotangent routed: per element the same products as the two VJPs in turn. Host
+    arrays and windows that do not overlap only (an element two windows route to would add
+    the two cotangents before the mask in the other order)."""
+    x, top = rec.inputs[0], rec.output
+    p = rec.params
+    (kh, kw), (sh, sw) = p["kernel"], p["stride"]
+    if x is None or top is None or x._backend is not NUMPY or sh < kh or sw < kw:
+        return None
+    d = relu.prim.array_vjp(0, NUMPY, True)
+    return opaque(functools.partial(_route_masked, d=d, **p), x.data, top.data, g,
+                  key=("max_pool2d through relu", p["kernel"], p["stride"], p["padding"]))
+
+
 def _max_pool_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     x, top = m.val(rec.inputs[0]), m.val(rec.output)
     return (m.apply(P_POOL_ROUTE, x, top, g, **rec.params),)
@@ -1057,7 +1087,7 @@ def _select_examples(rng: np.random.Generator) -> list:
 
 P_MAX_POOL = primitive("max_pool2d", _max_pool_impl, rule=_max_pool_rule, jvp=_max_pool_jvp,
                        saves_output=True, masks=True, examples=_pool_examples,
-                       batch=_max_pool_batch)
+                       batch=_max_pool_batch, folds={"relu": _max_pool_fold_relu})
 P_POOL_ROUTE = primitive("max_pool2d_route", _route_impl, rule=_route_rule, jvp=_route_jvp,
                          masks=True, examples=_route_examples, batch=_route_batch)
 P_POOL_SELECT = primitive("max_pool2d_select", _select_impl, rule=_select_rule, jvp=_select_jvp,

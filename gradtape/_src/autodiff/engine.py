@@ -41,6 +41,50 @@ def forward_reach(records: list[Record], start: set[int]) -> set[int]:
     return reach
 
 
+def fold_pairs(records: list[Record], indices: Iterable[int], reach: set[int], keep: set[int],
+               skip: set[int] | None = None) -> dict[int, int] | None:
+    """``{consumer index: producer index}`` for the records among ``indices`` whose primitive
+    folds its first input's producer (:attr:`Primitive.folds`): that producer's output read by
+    this record only, in ``reach`` and not in ``keep`` (sources, targets), the producer's
+    first input in ``reach``; neither record in ``skip`` (fused runs' members). None when no
+    record folds."""
+    cands = [i for i in indices if isinstance(records[i].prim, Primitive)  # (not a custom-
+             and records[i].prim.folds is not None]  # gradient call's record)
+    if not cands:
+        return None
+    made: dict[int, int] = {}
+    readers: dict[int, int] = {}
+    for idx, rec in enumerate(records):
+        if rec.extra_outs is None:
+            made[rec.out_id] = idx
+        for iid in rec.in_ids:
+            if iid:
+                readers[iid] = readers.get(iid, 0) + 1
+    pairs: dict[int, int] = {}
+    for idx in cands:
+        rec = records[idx]
+        iid = rec.in_ids[0]
+        p = made.get(iid)
+        if p is None or p > idx or iid in keep or iid not in reach or readers.get(iid) != 1:
+            continue
+        prod = records[p]
+        folds = rec.prim.folds
+        assert folds is not None
+        if not isinstance(prod.prim, Primitive) or prod.prim.name not in folds \
+                or not prod.in_ids or not prod.in_ids[0] or prod.in_ids[0] not in reach:
+            continue
+        if skip is not None and (idx in skip or p in skip):
+            continue
+        pairs[idx] = p
+    return pairs or None
+
+
+def fold(rec: Record, prod: Record, g: Array) -> Array | None:
+    """The cotangent of ``prod``'s first input through ``prod`` and ``rec`` (see
+    :func:`fold_pairs`), or None when the fold declines."""
+    return rec.prim.folds[prod.prim.name](rec, prod, g)  # type: ignore[index]
+
+
 def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> Tensor | Array:
     """Sum gradient ``g`` back to an input's ``shape`` (the input was broadcast in the
     forward). Written once for both renderings: backend arrays and Tensors share ``.sum`` and
@@ -223,6 +267,10 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
             fused, order = fplan.runs, fplan.visit
     if ready is not None and not diff:  # the loop below is unchanged: the order announces
         order = _announcing(order, records, fused, source_ids, grads, ready)
+    folds = None
+    if not diff and not numerics:
+        skip = {m for run in fused.values() for m in run.members} if fused else None
+        folds = fold_pairs(records, range(len(records)), reach, source_ids | set(grads), skip)
     for idx in order:
         rec = records[idx]
         out_id = rec.out_id
@@ -256,6 +304,23 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
                         r.output = None
                 continue
         prim = rec.prim
+        if folds is not None and idx in folds:  # this VJP and its input's producer's at once
+            prod = records[folds[idx]]
+            gz = fold(rec, prod, g)
+            if gz is not None:
+                if masked is None:
+                    masked = set()
+                masked.update(rec.in_ids)  # (as the two VJPs in turn would mark them)
+                masked.update(prod.in_ids)
+                zid, shape, dt = prod.in_ids[0], prod.in_shapes[0], prod.in_dtypes[0]
+                if zid not in grads and gz.shape == shape and gz.dtype == dt:
+                    grads[zid] = gz
+                else:
+                    acc.add(zid, gz, shape, dt, prod.prim, False)
+                if release:
+                    rec.release()
+                    prod.release()
+                continue
         if diff:
             in_grads = prim.vjp(rec, g, True) if safe and prim.derivatives is not None else prim.vjp(rec, g)
         else:

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autodiff.engine import Accumulator, _vjp_arrays, backward, forward_reach
+from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, user_line
 from ..backend import Array, backend_of
@@ -493,6 +493,7 @@ def _reverse_pass(plan: _Plan, release: bool
     ghost_g: dict[tuple[int, int], Array] = {}
     masked: set[int] | None = None
     numerics = HOOKS.numerics
+    folds = None if numerics else fold_pairs(records, plan.live, reach, src | {t._id})
     for idx in reversed(plan.live):
         rec = records[idx]
         out_id = rec.out_id
@@ -506,6 +507,20 @@ def _reverse_pass(plan: _Plan, release: bool
             if all(x is None for x in gs):
                 continue
             g = gs
+        if folds is not None and idx in folds and kind[out_id] == _EXAMPLE:
+            prod = records[folds[idx]]  # (its output, read by this record only, is an example's)
+            zid = prod.in_ids[0]
+            gz = fold(rec, prod, g) if kind[zid] == _EXAMPLE else None
+            if gz is not None:  # this VJP and the producer's at once
+                acc.add(zid, gz, prod.in_shapes[0], prod.in_dtypes[0], prod.prim, False)
+                if masked is None:
+                    masked = set()
+                masked.update(rec.in_ids)
+                masked.update(prod.in_ids)
+                if release:
+                    rec.release()
+                    prod.release()
+                continue
         safe = masked is not None and out_id in masked
         n = len(rec.in_ids)
         contrib: list[tuple[Array, bool] | None] = [None] * n
