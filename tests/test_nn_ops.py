@@ -431,6 +431,60 @@ def test_relu_then_max_pool_gradient_is_the_two_vjps_in_turn(rng, dtype, k, s, p
     assert np.isnan(want).any() and (want == 0).any()
 
 
+@pytest.fixture
+def unfolded_pool():
+    """A function running its argument with max_pool2d's folds switched off (through the
+    extension API), so the two VJPs run in turn."""
+    from gradtape.extend import REGISTRY
+    prim = REGISTRY["max_pool2d"]
+    folds = prim.folds
+    assert folds and "relu" in folds
+
+    def run(fn):
+        prim.folds = None
+        try:
+            return fn()
+        finally:
+            prim.folds = folds
+    return run
+
+
+def test_relu_fold_adds_its_cotangent_in_the_order_of_the_two_vjps(rng, unfolded_pool):
+    """The relu's input read by other ops between the relu and the pool (three contributions
+    to its gradient; two NaNs of opposite signs, whose sum's sign is the first operand's):
+    the folded cotangent is added when the pass reaches the relu, so the sums run in the same
+    order as unfolded, bit for bit, in tape.gradient and in per_example_gradients."""
+    X = rng.normal(size=(4, 2, 8, 8)).astype(np.float32)
+    W = gt.Variable((rng.normal(size=(4, 2, 3, 3)) * 0.5).astype(np.float32))
+    c1 = gt.tensor((rng.normal(size=(4, 4, 8, 8)) * 0.37).astype(np.float32))
+    c2 = gt.tensor((rng.normal(size=(4, 4, 8, 8)) * 3.1).astype(np.float32))
+
+    def grads():
+        with gt.GradientTape(persistent=True) as tape:
+            h = gt.nn.conv2d(gt.tensor(X), W, padding=1)
+            r = gt.relu(h)
+            a, b = h * c1, h * c2
+            ls = (gt.sum(gt.nn.max_pool2d(r, 2) * 0.77, axis=(1, 2, 3))
+                  + gt.sum(a, axis=(1, 2, 3)) + gt.sum(b, axis=(1, 2, 3)))
+            total = gt.sum(ls)
+        return [tape.gradient(total, W).numpy(), tape.per_example_gradients(ls, W).numpy()]
+
+    def nan_signs():
+        z = gt.Variable(np.ones((1, 1, 2, 2), np.float32))
+        with gt.GradientTape() as tape:
+            r = gt.relu(z)
+            q = z * gt.tensor(np.full((1, 1, 2, 2), -np.nan, np.float32))
+            y = gt.nn.max_pool2d(r, 2)
+        with np.errstate(invalid="ignore"):
+            return [tape.gradient([y, q], z, output_gradients=[
+                gt.tensor(np.full((1, 1, 1, 1), np.nan, np.float32)),
+                gt.tensor(np.ones((1, 1, 2, 2), np.float32))]).numpy()]
+
+    for got, want in zip(grads() + nan_signs(), unfolded_pool(grads) + unfolded_pool(nan_signs)):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_max_pool_gradient_goes_to_first_maximum():
     x = gt.tensor(np.ones((1, 1, 2, 2)))
     with gt.GradientTape() as tape:

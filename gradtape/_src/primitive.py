@@ -110,10 +110,12 @@ class Primitive:
         folds: ``{producer name: fold(record, producer record, g)}``: a first-order pass
             reaching a record of this primitive whose first input is the output of a record
             of that producer, read by nothing else and not asked for (not a source, not a
-            target), may call ``fold`` instead of this VJP and then the producer's: it returns
-            the cotangent array of the producer's first input (exactly what the two VJPs in
-            turn give), or None to take them in turn after all (``max_pool2d`` folds ``relu``:
-            its mask taken on the pooled maxima, a quarter of the image for 2x2 windows).
+            target), no other input of either needing a gradient, may call ``fold`` instead
+            of this VJP and then the producer's: it returns the cotangent array of the
+            producer's first input (exactly what the two VJPs in turn give), which the pass
+            adds when it reaches the producer, or None to take them in turn after all
+            (``max_pool2d`` folds ``relu``: its mask taken on the pooled maxima, a quarter of
+            the image for 2x2 windows).
     """
 
     __slots__ = ("name", "impl", "vjp", "rule", "batch", "jvp", "nondiff", "saves_inputs",

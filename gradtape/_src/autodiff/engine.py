@@ -10,7 +10,7 @@ that an outer tape or a transform must see runs in recorded gradtape ops (``diff
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,17 +41,19 @@ def forward_reach(records: list[Record], start: set[int]) -> set[int]:
     return reach
 
 
-def fold_pairs(records: list[Record], indices: Iterable[int], reach: set[int], keep: set[int],
+def fold_pairs(records: list[Record], indices: Sequence[int], reach: set[int], keep: set[int],
                skip: set[int] | None = None) -> dict[int, int] | None:
-    """``{consumer index: producer index}`` for the records among ``indices`` whose primitive
-    folds its first input's producer (:attr:`Primitive.folds`): that producer's output read by
-    this record only, in ``reach`` and not in ``keep`` (sources, targets), the producer's
-    first input in ``reach``; neither record in ``skip`` (fused runs' members). None when no
-    record folds."""
+    """``{consumer index: producer index}`` for the records among ``indices`` (those the pass
+    visits) whose primitive folds its first input's producer (:attr:`Primitive.folds`): the
+    producer visited too, its output read by this record only, in ``reach`` and not in
+    ``keep`` (sources, targets), its first input in ``reach`` and no other input of either
+    record in ``reach`` (a fold gives one cotangent); neither record in ``skip`` (fused runs'
+    members). None when no record folds."""
     cands = [i for i in indices if isinstance(records[i].prim, Primitive)  # (not a custom-
              and records[i].prim.folds is not None]  # gradient call's record)
     if not cands:
         return None
+    visited = indices if isinstance(indices, range) else set(indices)
     made: dict[int, int] = {}
     readers: dict[int, int] = {}
     for idx, rec in enumerate(records):
@@ -71,7 +73,10 @@ def fold_pairs(records: list[Record], indices: Iterable[int], reach: set[int], k
         folds = rec.prim.folds
         assert folds is not None
         if not isinstance(prod.prim, Primitive) or prod.prim.name not in folds \
-                or not prod.in_ids or not prod.in_ids[0] or prod.in_ids[0] not in reach:
+                or not prod.in_ids or not prod.in_ids[0] or prod.in_ids[0] not in reach \
+                or p not in visited:
+            continue
+        if any(i and i in reach for i in (*rec.in_ids[1:], *prod.in_ids[1:])):
             continue
         if skip is not None and (idx in skip or p in skip):
             continue
@@ -81,7 +86,9 @@ def fold_pairs(records: list[Record], indices: Iterable[int], reach: set[int], k
 
 def fold(rec: Record, prod: Record, g: Array) -> Array | None:
     """The cotangent of ``prod``'s first input through ``prod`` and ``rec`` (see
-    :func:`fold_pairs`), or None when the fold declines."""
+    :func:`fold_pairs`), or None when the fold declines. The pass adds it to that input's
+    gradient when it reaches ``prod``, as the two VJPs in turn would (other contributions to
+    that gradient are summed in the same order)."""
     return rec.prim.folds[prod.prim.name](rec, prod, g)  # type: ignore[index]
 
 
@@ -261,20 +268,37 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
     fused = None
     masked: set[int] | None = None
     order: Any = range(len(records) - 1, -1, -1)
+    visited: Sequence[int] = range(len(records))
     if not diff and not numerics and config.fusion and len(records) > 1:
         fplan = fusion.plan(records, reach, source_ids | set(grads))
         if fplan is not None:
             fused, order = fplan.runs, fplan.visit
+            visited = fplan.visit
     if ready is not None and not diff:  # the loop below is unchanged: the order announces
         order = _announcing(order, records, fused, source_ids, grads, ready)
     folds = None
+    pending: dict[int, Any] = {}  # folded producer index -> its first input's cotangent
     if not diff and not numerics:
         skip = {m for run in fused.values() for m in run.members} if fused else None
-        folds = fold_pairs(records, range(len(records)), reach, source_ids | set(grads), skip)
+        folds = fold_pairs(records, visited, reach, source_ids | set(grads), skip)
     for idx in order:
         rec = records[idx]
         out_id = rec.out_id
         if out_id not in reach:
+            continue
+        if pending and idx in pending:  # a folded producer: its input's cotangent, added now
+            gz = pending.pop(idx)
+            if (masked is not None and out_id in masked) or rec.prim.masks:
+                if masked is None:
+                    masked = set()
+                masked.update(rec.in_ids)
+            zid, shape, dt = rec.in_ids[0], rec.in_shapes[0], rec.in_dtypes[0]
+            if zid not in grads and gz.shape == shape and gz.dtype == dt:
+                grads[zid] = gz
+            else:
+                acc.add(zid, gz, shape, dt, rec.prim, False)
+            if release:
+                rec.release()
             continue
         if rec.extra_outs is None:
             g = grads.get(out_id) if out_id in source_ids else grads.pop(out_id, None)
@@ -305,21 +329,15 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
                 continue
         prim = rec.prim
         if folds is not None and idx in folds:  # this VJP and its input's producer's at once
-            prod = records[folds[idx]]
-            gz = fold(rec, prod, g)
+            gz = fold(rec, records[folds[idx]], g)
             if gz is not None:
-                if masked is None:
-                    masked = set()
-                masked.update(rec.in_ids)  # (as the two VJPs in turn would mark them)
-                masked.update(prod.in_ids)
-                zid, shape, dt = prod.in_ids[0], prod.in_shapes[0], prod.in_dtypes[0]
-                if zid not in grads and gz.shape == shape and gz.dtype == dt:
-                    grads[zid] = gz
-                else:
-                    acc.add(zid, gz, shape, dt, prod.prim, False)
+                pending[folds[idx]] = gz
+                if safe or prim.masks:
+                    if masked is None:
+                        masked = set()
+                    masked.update(rec.in_ids)
                 if release:
                     rec.release()
-                    prod.release()
                 continue
         if diff:
             in_grads = prim.vjp(rec, g, True) if safe and prim.derivatives is not None else prim.vjp(rec, g)

@@ -494,10 +494,21 @@ def _reverse_pass(plan: _Plan, release: bool
     masked: set[int] | None = None
     numerics = HOOKS.numerics
     folds = None if numerics else fold_pairs(records, plan.live, reach, src | {t._id})
+    pending: dict[int, Array] = {}  # folded producer index -> its first input's cotangent
     for idx in reversed(plan.live):
         rec = records[idx]
         out_id = rec.out_id
         g: Any
+        if pending and idx in pending:  # a folded producer: its input's cotangent, added now
+            acc.add(rec.in_ids[0], pending.pop(idx), rec.in_shapes[0], rec.in_dtypes[0],
+                    rec.prim, False)
+            if (masked is not None and out_id in masked) or rec.prim.masks:
+                if masked is None:
+                    masked = set()
+                masked.update(rec.in_ids)
+            if release:
+                rec.release()
+            continue
         if rec.extra_outs is None:
             g = grads.get(out_id) if out_id in src else grads.pop(out_id, None)
             if g is None:
@@ -507,21 +518,19 @@ def _reverse_pass(plan: _Plan, release: bool
             if all(x is None for x in gs):
                 continue
             g = gs
+        safe = masked is not None and out_id in masked
         if folds is not None and idx in folds and kind[out_id] == _EXAMPLE:
             prod = records[folds[idx]]  # (its output, read by this record only, is an example's)
-            zid = prod.in_ids[0]
-            gz = fold(rec, prod, g) if kind[zid] == _EXAMPLE else None
-            if gz is not None:  # this VJP and the producer's at once
-                acc.add(zid, gz, prod.in_shapes[0], prod.in_dtypes[0], prod.prim, False)
-                if masked is None:
-                    masked = set()
-                masked.update(rec.in_ids)
-                masked.update(prod.in_ids)
+            gz = fold(rec, prod, g) if kind[prod.in_ids[0]] == _EXAMPLE else None
+            if gz is not None:  # this VJP and the producer's at once, added at the producer
+                pending[folds[idx]] = gz
+                if safe or rec.prim.masks:
+                    if masked is None:
+                        masked = set()
+                    masked.update(rec.in_ids)
                 if release:
                     rec.release()
-                    prod.release()
                 continue
-        safe = masked is not None and out_id in masked
         n = len(rec.in_ids)
         contrib: list[tuple[Array, bool] | None] = [None] * n
         keep = False
