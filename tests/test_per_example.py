@@ -498,3 +498,33 @@ def test_per_example_gradients_equal_vmap_of_grad():
     via_vmap = gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))(params, X, Y)
     for k, g in zip(names, one_pass):
         np.testing.assert_allclose(g.numpy(), via_vmap[k].numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_norms_do_not_depend_on_the_tensors_ids():
+    """The per-example norms sum each source's squares in the order the sources are given,
+    not in an order of their ids: the same call gives the same bits (here NaN norms, whose
+    sign is the first NaN term's) whatever tensors were made before it."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    flat = X.reshape(-1)
+    at = np.random.default_rng(1).choice(flat.size, size=flat.size // 5, replace=False)
+    flat[at] = np.random.default_rng(2).choice(
+        np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0], np.float32), size=at.size)
+    W0 = (rng.standard_normal((5, 3, 3, 3)) * 0.5).astype(np.float32)
+    b0 = rng.standard_normal(5).astype(np.float32)
+    D0 = (rng.standard_normal((80, 6)) * 0.3).astype(np.float32)
+
+    def norms(shift):
+        _ = [gt.Variable(np.zeros(1, np.float32)) for _ in range(shift)]
+        W, b, D = gt.Variable(W0), gt.Variable(b0), gt.Variable(D0)
+        with np.errstate(all="ignore"):
+            with gt.GradientTape() as tape:
+                h = gt.nn.conv2d(gt.tensor(X), W, padding=1) + gt.reshape(b, (1, 5, 1, 1))
+                o = gt.reshape(gt.nn.max_pool2d(gt.relu(h), 2), (4, 80)) @ D
+                losses = gt.sum(o * o, axis=1) + gt.sum(h * h, axis=(1, 2, 3)) * 0.01
+            return tape.per_example_gradients(losses, [W, b, D], return_norms=True)[1].numpy()
+
+    first = norms(0)
+    assert np.isnan(first).any()
+    for shift in range(1, 12):
+        np.testing.assert_array_equal(norms(shift).view(np.uint32), first.view(np.uint32))

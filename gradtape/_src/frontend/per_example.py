@@ -661,6 +661,9 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
                 summed[s._id] = xp.zeros(s.shape, s.dtype)
     elif plan.live:
         per, ghost_g, owned = _reverse_pass(plan, release)
+        # in the sources' order (the pass returns them by id, in a set's order): the norms'
+        # sums then do not depend on the tensors' ids
+        per = {s._id: per[s._id] for s in sources if s._id in per}
         ghosts = [(plan.ghosts[k], g) for k, g in ghost_g.items()]
         c = None
         if need_norms:
