@@ -84,6 +84,15 @@ def fold_pairs(records: list[Record], indices: Sequence[int], reach: set[int], k
     return pairs or None
 
 
+def marked(masked: set[int] | None, ids: Iterable[int]) -> set[int]:
+    """``masked`` (a new set when None) with ``ids`` added: the ids whose gradient may hold
+    zeros a selecting VJP made (see :attr:`Primitive.masks`)."""
+    if masked is None:
+        masked = set()
+    masked.update(ids)
+    return masked
+
+
 def fold(rec: Record, prod: Record, g: Array) -> Array | None:
     """The cotangent of ``prod``'s first input through ``prod`` and ``rec`` (see
     :func:`fold_pairs`), or None when the fold declines. The pass adds it to that input's
@@ -289,9 +298,7 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
         if pending and idx in pending:  # a folded producer: its input's cotangent, added now
             gz = pending.pop(idx)
             if (masked is not None and out_id in masked) or rec.prim.masks:
-                if masked is None:
-                    masked = set()
-                masked.update(rec.in_ids)
+                masked = marked(masked, rec.in_ids)
             zid, shape, dt = rec.in_ids[0], rec.in_shapes[0], rec.in_dtypes[0]
             if zid not in grads and gz.shape == shape and gz.dtype == dt:
                 grads[zid] = gz
@@ -333,9 +340,7 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
             if gz is not None:
                 pending[folds[idx]] = gz
                 if safe or prim.masks:
-                    if masked is None:
-                        masked = set()
-                    masked.update(rec.in_ids)
+                    masked = marked(masked, rec.in_ids)
                 if release:
                     rec.release()
                 continue
@@ -344,9 +349,7 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
         else:
             in_grads = _vjp_arrays(rec, g, safe)
         if safe or prim.masks:
-            if masked is None:
-                masked = set()
-            masked.update(rec.in_ids)
+            masked = marked(masked, rec.in_ids)
         if len(in_grads) != len(rec.in_ids):
             raise ValueError(f"internal error: the VJP of '{rec.prim.name}' returned "
                              f"{len(in_grads)} gradients for {len(rec.in_ids)} inputs")

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach
+from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, user_line
 from ..backend import Array, backend_of
@@ -503,9 +503,7 @@ def _reverse_pass(plan: _Plan, release: bool
             acc.add(rec.in_ids[0], pending.pop(idx), rec.in_shapes[0], rec.in_dtypes[0],
                     rec.prim, False)
             if (masked is not None and out_id in masked) or rec.prim.masks:
-                if masked is None:
-                    masked = set()
-                masked.update(rec.in_ids)
+                masked = marked(masked, rec.in_ids)
             if release:
                 rec.release()
             continue
@@ -525,9 +523,7 @@ def _reverse_pass(plan: _Plan, release: bool
             if gz is not None:  # this VJP and the producer's at once, added at the producer
                 pending[folds[idx]] = gz
                 if safe or rec.prim.masks:
-                    if masked is None:
-                        masked = set()
-                    masked.update(rec.in_ids)
+                    masked = marked(masked, rec.in_ids)
                 if release:
                     rec.release()
                 continue
@@ -563,9 +559,7 @@ def _reverse_pass(plan: _Plan, release: bool
                 shape = (B,) + shape
             acc.add(iid, gi, shape, rec.in_dtypes[i], rec.prim, fresh)
         if safe or rec.prim.masks:
-            if masked is None:
-                masked = set()
-            masked.update(rec.in_ids)
+            masked = marked(masked, rec.in_ids)
         if release and not keep:
             rec.release()
     return {i: grads[i] for i in src if i in grads}, ghost_g, acc.owned & src
