@@ -449,6 +449,48 @@ def unfolded_pool():
     return run
 
 
+def test_relu_then_max_pool_takes_the_fold(rng):
+    """The fold is taken where it applies (the equality tests above would pass without it):
+    a gradient of the relu's input through a 2x2 pool, in tape.gradient, per_example_gradients
+    and a gt.function replay; not when the relu's output is asked for too. On a device backend
+    it is asked and declines (host arrays only)."""
+    from gradtape.extend import REGISTRY
+    prim = REGISTRY["max_pool2d"]
+    folds = prim.folds
+    taken: list[bool] = []
+
+    def counting(rec, relu, g):
+        res = folds["relu"](rec, relu, g)
+        taken.append(res is not None)
+        return res
+
+    x = gt.tensor(rng.normal(size=(3, 2, 6, 6)).astype(np.float32))
+    w = gt.Variable(rng.normal(size=(1, 2, 1, 1)).astype(np.float32))
+
+    def grads(both=False):
+        with gt.GradientTape(persistent=True) as tape:
+            h = gt.relu(x * w)
+            losses = gt.sum(gt.nn.max_pool2d(h, 2), axis=(1, 2, 3))
+        if both:
+            return tape.gradient(losses, [w, h])
+        return tape.gradient(losses, w), tape.per_example_gradients(losses, w)
+
+    prim.folds = {"relu": counting}
+    try:
+        host = gt.backend_name() == "numpy"
+        grads()
+        assert taken == [host, host]
+        step = gt.function(grads)
+        for _ in range(4):  # two traces take it; the replays run the program they logged
+            step()
+        assert taken == [host] * 6 if host else not any(taken)
+        taken.clear()
+        grads(both=True)
+        assert taken == []
+    finally:
+        prim.folds = folds
+
+
 def test_relu_fold_adds_its_cotangent_in_the_order_of_the_two_vjps(rng, unfolded_pool):
     """The relu's input read by other ops between the relu and the pool (three contributions
     to its gradient; two NaNs of opposite signs, whose sum's sign is the first operand's):

@@ -182,7 +182,7 @@ def _matmul_batch_a(a: Tensor, da: int, b: Tensor) -> tuple:
     return bind(P_MATMUL, a, b), 0
 
 
-P_MATMUL = primitive("matmul", lambda xp, a, b: matmul_impl(xp, a, b), rule=_matmul_rule, jvp=_matmul_jvp,
+P_MATMUL = primitive("matmul", matmul_impl, rule=_matmul_rule, jvp=_matmul_jvp,
                      examples=_matmul_examples, batch=_matmul_batch)
 
 

@@ -10,7 +10,7 @@ that an outer tape or a transform must see runs in recorded gradtape ops (``diff
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,19 +41,20 @@ def forward_reach(records: list[Record], start: set[int]) -> set[int]:
     return reach
 
 
-def fold_pairs(records: list[Record], indices: Sequence[int], reach: set[int], keep: set[int],
-               skip: set[int] | None = None) -> dict[int, int] | None:
+def fold_pairs(records: list[Record], indices: Sequence[int], reach: set[int],
+               keep: tuple[Container[int], ...], fused: dict[int, Any] | None = None
+               ) -> dict[int, int] | None:
     """``{consumer index: producer index}`` for the records among ``indices`` (those the pass
     visits) whose primitive folds its first input's producer (:attr:`Primitive.folds`): the
-    producer visited too, its output read by this record only, in ``reach`` and not in
+    producer visited too, its output read by this record only, in ``reach`` and in none of
     ``keep`` (sources, targets), its first input in ``reach`` and no other input of either
-    record in ``reach`` (a fold gives one cotangent); neither record in ``skip`` (fused runs'
-    members). None when no record folds."""
-    cands = [i for i in indices if isinstance(records[i].prim, Primitive)  # (not a custom-
-             and records[i].prim.folds is not None]  # gradient call's record)
+    record in ``reach`` (a fold gives one cotangent); neither record a member of a run of
+    ``fused``. None when no record folds."""
+    cands = [i for i in indices if records[i].prim.folds is not None]
     if not cands:
         return None
     visited = indices if isinstance(indices, range) else set(indices)
+    skip = {m for run in fused.values() for m in run.members} if fused else ()
     made: dict[int, int] = {}
     readers: dict[int, int] = {}
     for idx, rec in enumerate(records):
@@ -67,7 +68,8 @@ def fold_pairs(records: list[Record], indices: Sequence[int], reach: set[int], k
         rec = records[idx]
         iid = rec.in_ids[0]
         p = made.get(iid)
-        if p is None or p > idx or iid in keep or iid not in reach or readers.get(iid) != 1:
+        if p is None or p > idx or iid not in reach or readers.get(iid) != 1 \
+                or any(iid in k for k in keep):
             continue
         prod = records[p]
         folds = rec.prim.folds
@@ -78,7 +80,7 @@ def fold_pairs(records: list[Record], indices: Sequence[int], reach: set[int], k
             continue
         if any(i and i in reach for i in (*rec.in_ids[1:], *prod.in_ids[1:])):
             continue
-        if skip is not None and (idx in skip or p in skip):
+        if idx in skip or p in skip:
             continue
         pairs[idx] = p
     return pairs or None
@@ -285,11 +287,9 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
             visited = fplan.visit
     if ready is not None and not diff:  # the loop below is unchanged: the order announces
         order = _announcing(order, records, fused, source_ids, grads, ready)
-    folds = None
+    folds = None if diff or numerics or not tape._folding else fold_pairs(
+        records, visited, reach, (source_ids, grads), fused)
     pending: dict[int, Any] = {}  # folded producer index -> its first input's cotangent
-    if not diff and not numerics:
-        skip = {m for run in fused.values() for m in run.members} if fused else None
-        folds = fold_pairs(records, visited, reach, source_ids | set(grads), skip)
     for idx in order:
         rec = records[idx]
         out_id = rec.out_id

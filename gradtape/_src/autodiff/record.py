@@ -40,9 +40,13 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # identity checks first
 
 class Recorder:
     """What a tape records: ``_records`` in execution order, ``_tracked`` ids, the watched
-    ``_variables`` (id -> Variable) and ``_cuts`` (id -> why its value left the tape)."""
+    ``_variables`` (id -> Variable), ``_cuts`` (id -> why its value left the tape) and
+    ``_folding``: whether a record's primitive may fold its input's producer's VJP
+    (:attr:`Primitive.folds`; set as such a record is made, so a pass over a tape without one
+    looks for none)."""
 
-    __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed", "_vlevel")
+    __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed", "_vlevel",
+                 "_folding")
 
     def __init__(self, watch_accessed_variables: bool) -> None:
         self._watch_accessed = bool(watch_accessed_variables)
@@ -51,6 +55,7 @@ class Recorder:
         self._tracked: set[int] = set()
         self._variables: dict[int, Variable] = {}
         self._cuts: dict[int, str] = {}
+        self._folding = False
 
     def _watch_variable(self, v: Variable) -> None:
         self._tracked.add(v._id)
@@ -373,6 +378,8 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
             rec = Record(prim, args, out, params, needs)
         tape._records.append(rec)
         tracked.add(out._id)
+        if prim.folds is not None:  # (only general primitives fold: the fast paths above
+            tape._folding = True  # take elementwise ones)
     if general:
         for tape in st.paused:
             tracked = tape._tracked

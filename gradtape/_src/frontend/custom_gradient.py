@@ -38,6 +38,7 @@ class _CustomCall:
 
     derivatives = None
     rule = None
+    folds = None
     saves_inputs = False
     saves_output = False
     nondiff = False

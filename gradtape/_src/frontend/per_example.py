@@ -135,6 +135,7 @@ class _Plan:
     records: list[Record]
     reach: set[int]
     source_ids: set[int]
+    folding: bool = False  # the tape holds a record whose primitive folds (Recorder._folding)
     live: list[int] = field(default_factory=list)  # record indices on a path to the target
     kind: dict[int, int] = field(default_factory=dict)  # id -> _EXAMPLE / _PARAM (reached ids)
     ghosts: dict[tuple[int, int], _Ghost] = field(default_factory=dict)
@@ -208,7 +209,7 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
     B = int(target.shape[0])
     src = {s._id for s in sources if s._id and s._id in tracked}
     reach = forward_reach(records, src)
-    plan = _Plan(B, target, records, reach, src)
+    plan = _Plan(B, target, records, reach, src, tape._folding)
     if not target._id or target._id not in reach:
         return plan
     # records on a path from a source to the target (the others get no cotangent)
@@ -493,7 +494,8 @@ def _reverse_pass(plan: _Plan, release: bool
     ghost_g: dict[tuple[int, int], Array] = {}
     masked: set[int] | None = None
     numerics = HOOKS.numerics
-    folds = None if numerics else fold_pairs(records, plan.live, reach, src | {t._id})
+    folds = None if numerics or not plan.folding else fold_pairs(records, plan.live, reach,
+                                                                 (src, (t._id,)))
     pending: dict[int, Array] = {}  # folded producer index -> its first input's cotangent
     for idx in reversed(plan.live):
         rec = records[idx]
