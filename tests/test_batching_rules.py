@@ -166,6 +166,17 @@ for _n in ("logical_and", "logical_or"):
     _add(_n, _bools((), (2, 2)), floats=False)
 _add("logical_not", _bools((2, 3)), floats=False)
 _add("logical_not", _bools(()), floats=False)
+def _specials(shape: tuple) -> Callable:  # normal values with inf, -inf and NaN among them
+    def make(rng: Any, dt: Any) -> list:
+        x = rng.standard_normal(shape).astype(dt)
+        x.flat[rng.integers(0, x.size, max(1, x.size // 3))] = rng.choice([np.inf, -np.inf, np.nan])
+        return [x]
+    return make
+
+
+for _n in ("isfinite", "isnan", "isinf"):
+    _add(_n, _specials((4, 3)))
+    _add(_n, _specials(()))
 
 # indexing
 _add("getitem", _normal((3, 4)), [

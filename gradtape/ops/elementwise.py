@@ -26,6 +26,7 @@ __all__ = [
     "erfc", "floor", "ceil", "round", "trunc", "arctan2", "atan2", "hypot", "floor_divide", "remainder",
     "maximum", "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater",
     "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
+    "isfinite", "isnan", "isinf",
 ]
 
 
@@ -272,6 +273,12 @@ P_LOGICAL_OR = primitive("logical_or", lambda xp, a, b: xp.logical_or(a, b), non
                          batch=_elementwise_batch("logical_or"))
 P_LOGICAL_NOT = primitive("logical_not", lambda xp, x: xp.logical_not(x), nondiff=True,
                           batch=_elementwise_batch("logical_not"))
+P_ISFINITE = primitive("isfinite", lambda xp, x: xp.isfinite(x), nondiff=True,
+                       batch=_elementwise_batch("isfinite"))
+P_ISNAN = primitive("isnan", lambda xp, x: xp.isnan(x), nondiff=True,
+                    batch=_elementwise_batch("isnan"))
+P_ISINF = primitive("isinf", lambda xp, x: xp.isinf(x), nondiff=True,
+                    batch=_elementwise_batch("isinf"))
 
 
 def add(a: Any, b: Any) -> Tensor:
@@ -570,3 +577,40 @@ logical_or = _compare(P_LOGICAL_OR, "|")
 def logical_not(x: Any) -> Tensor:
     """``~x`` for bool tensors; not differentiable. Example: ``gt.logical_not(x > 0)``."""
     return bind(P_LOGICAL_NOT, one(x))
+
+
+def isfinite(x: Any) -> Tensor:
+    """Where ``x`` is finite (not inf, -inf or NaN): a bool tensor of ``x``'s shape, as
+    ``np.isfinite`` (TF's ``tf.math.is_finite``); not differentiable. Integer and bool
+    inputs are finite everywhere.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.isfinite(gt.tensor([1.0, float("inf"), float("nan")])).numpy()
+        array([ True, False, False])
+    """
+    return bind(P_ISFINITE, one(x))
+
+
+def isnan(x: Any) -> Tensor:
+    """Where ``x`` is NaN: a bool tensor of ``x``'s shape, as ``np.isnan``; not
+    differentiable.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.isnan(gt.tensor([1.0, float("nan")])).numpy()
+        array([False,  True])
+    """
+    return bind(P_ISNAN, one(x))
+
+
+def isinf(x: Any) -> Tensor:
+    """Where ``x`` is inf or -inf: a bool tensor of ``x``'s shape, as ``np.isinf``; not
+    differentiable.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.isinf(gt.tensor([-float("inf"), 0.0, float("nan")])).numpy()
+        array([ True, False, False])
+    """
+    return bind(P_ISINF, one(x))
