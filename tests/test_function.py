@@ -1317,3 +1317,74 @@ def test_a_fused_backward_kernel_writes_its_outputs_in_the_replay():
         got, want = f(x), step(x)
         for g, e in zip(got, want):
             _assert_replayed(g.numpy(), e.numpy(), terms=30)
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+def test_a_fused_backward_run_on_0d_values_traces():
+    # a 0-d run's traced leaves wrap NumPy scalars (what a ufunc returns for 0-d operands):
+    # the run must still take the host path, not the device kernel's
+    def step(w):
+        with gt.GradientTape() as tape:
+            tape.watch(w)
+            loss = gt.mean(gt.sigmoid(w) * w)
+        return tape.gradient(loss, w)
+
+    w = gt.tensor(np.float32(0.3))
+    with extend.fusion_thresholds(min_run=2, min_run_by_size=()):
+        want = step(w).numpy()
+        f = gt.function(step)
+        for _ in range(3):
+            np.testing.assert_array_equal(f(w).numpy(), want)
+
+
+def test_replay_matches_eager_bits_when_the_upstream_gradient_is_transposed():
+    # a fused run's outputs take the layout of its upstream gradient (a constant, transposed
+    # cotangent here) eagerly; the trace must too, or the sum over the broadcast operand's
+    # gradient adds in another order
+    def step(x, w):
+        with gt.GradientTape() as tape:
+            tape.watch([w, x])
+            t = gt.arctan2(w, gt.abs(gt.relu(gt.sin(gt.tanh(x) * 1.5))) + 0.5)
+            t = gt.transpose(t, (0, 2, 1))
+            loss = gt.sum(gt.sum(t, axis=(1, 2)) + gt.sum(t, axis=(1, 2)))
+        return tape.gradient(loss, [w, x])
+
+    if gt.backend_name() != "numpy":
+        pytest.skip("bit-identical replays are promised on NumPy (a device's fused kernels "
+                    "round as compiled)")
+    rng = np.random.default_rng(0)
+    f = gt.function(step)
+    for _ in range(6):
+        x = gt.tensor(rng.standard_normal((6, 64, 50)).astype(np.float32))
+        w = gt.tensor(np.float32(rng.standard_normal()))
+        for got, want in zip(f(x, w), step(x, w)):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# (the replay's 0 * inf is silent for users, by the filter import gradtape adds for its own
+# modules; pytest's warning capture replaces that filter)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_matches_eager_bits_for_a_safe_product_of_a_non_c_ordered_operand(dtype):
+    # safe_mul's VJP zeroes 0 * inf where the cotangent is 0: in place, so the product keeps
+    # its operand's (here Fortran) layout traced or not, and the broadcast operand's gradient
+    # sums in the same order; the cotangent is 0 at the inf entries (where), which takes the
+    # zeroing path
+    def step(x, w):
+        with gt.GradientTape() as tape:
+            tape.watch([w, x])
+            xs = x[:, [0, 1, 1]]
+            out = gt.sum(gt.where(gt.isfinite(xs), gt.safe_mul(w, xs), 0.0))
+        return tape.gradient(out, w)
+
+    rng = np.random.default_rng(1)
+    f = gt.function(step)
+    for k in range(5):
+        xa = rng.standard_normal((6, 40)).astype(dtype)
+        if k % 2:
+            xa[2, 1] = np.inf
+        x, w = gt.tensor(xa), gt.tensor(rng.standard_normal((1,)).astype(dtype))
+        want = step(x, w).numpy()
+        np.testing.assert_array_equal(f(x, w).numpy(), want)
+        xs = xa[:, [0, 1, 1]]
+        np.testing.assert_allclose(want, [np.sum(np.where(np.isfinite(xs), xs, 0))], rtol=1e-5)

@@ -397,9 +397,15 @@ class Run:
         grads, owned = acc.grads, acc.owned
         shape, dtype = self.shape, self.dtype
         leaves, out_ids = ga.leaves, ga.out_ids
-        # a traced leaf, if any (gt.function): buffers made *_like it are seen by the trace
-        like = next((a for a in leaves if getattr(a, "_gt_traced", False)), leaves[0])
-        is_numpy = isinstance(like.a if getattr(like, "_gt_traced", False) else like, np.ndarray)
+        # a traced leaf, if any (gt.function): buffers made *_like it are seen by the trace;
+        # the upstream gradient first, as eagerly, so the outputs take its memory layout
+        # (a later sum over an output adds in layout order: another layout, other last bits)
+        like = leaves[0]
+        if not getattr(like, "_gt_traced", False):
+            like = next((a for a in leaves if getattr(a, "_gt_traced", False)), like)
+        # (a 0-d value may be a NumPy scalar, which a ufunc returns for 0-d operands)
+        is_numpy = isinstance(like.a if getattr(like, "_gt_traced", False) else like,
+                              (np.ndarray, np.generic))
         modes = []
         outs: list[Array] = []  # None until allocated, and where the output is an aliased leaf
         for iid in out_ids:
@@ -425,7 +431,7 @@ class Run:
             alias = spec.alias
         for k in range(len(out_ids)):
             if outs[k] is None and alias[k] is None:
-                outs[k] = xp.empty_like(like, dtype, shape=shape)
+                outs[k] = _empty_as(xp, like, leaves[0], dtype, shape)
         if is_numpy:
             run_numpy(prog, leaves, ga.params, outs, shape, dtype)
         else:
@@ -448,6 +454,24 @@ class Run:
             else:
                 acc.add(iid, outs[k], in_shape, in_dtype, prim, True)
         return out_ids if (safe or self.masks) else None
+
+
+def _empty_as(xp: Any, like: Any, layout: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+    """``xp.empty_like(like, dtype, shape=shape)`` in the memory layout that
+    ``empty_like(layout, ...)`` would have: the same buffer as eagerly where ``like`` is a
+    traced leaf standing in for an untraced upstream gradient ``layout`` (a constant
+    cotangent, transposed say), so sums over it add in the same order."""
+    if like is layout or len(shape) < 2 or getattr(layout, "_gt_traced", False) or \
+            isinstance(layout, np.generic) or layout.shape != shape or layout.flags.c_contiguous:
+        return xp.empty_like(like, dtype, shape=shape)
+    real = _xp_of(layout)
+    # the array module's order="K" choice for ``layout`` (trace time only)
+    strides = getattr(real, "_gt_real", real).empty_like(layout, dtype, shape=shape).strides
+    perm = sorted(range(len(shape)), key=lambda i: -strides[i])
+    if perm == list(range(len(shape))):
+        return xp.empty_like(like, dtype, shape=shape)
+    buf = xp.empty_like(like, dtype, shape=tuple(shape[i] for i in perm))
+    return buf.transpose(np.argsort(perm).tolist())
 
 
 class Gathered:

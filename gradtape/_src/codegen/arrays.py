@@ -74,8 +74,13 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
             prod = gy * d
             bad = (gy == 0) & ~xp.isfinite(prod)
             # (while gt.function traces, the select is always recorded: no data-dependent branch)
-            if on_host and not getattr(bad, "_gt_traced", False) and not bad.any():
-                return prod
+            if on_host:
+                if not getattr(bad, "_gt_traced", False) and not bad.any():
+                    return prod
+                if prod.ndim:  # zeroed in place: the product's own memory layout either way
+                    # (a later sum over it adds in layout order), traced or not
+                    np.copyto(prod, 0, where=bad)
+                    return prod
             return xp.where(bad, xp.zeros((), prod.dtype), prod)
 
         ns["_safe"] = _safe
