@@ -528,3 +528,58 @@ def test_norms_do_not_depend_on_the_tensors_ids():
     assert np.isnan(first).any()
     for shift in range(1, 12):
         np.testing.assert_array_equal(norms(shift).view(np.uint32), first.view(np.uint32))
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+def _loop(f, w, X):
+    return np.stack([gt.grad(f)(w, X[b]).numpy() for b in range(X.shape[0])])
+
+
+def test_a_parameter_term_broadcast_to_every_example_adds_to_its_data_term():
+    # sum(w) reaches each example's loss unbroadcast: its cotangent is a view, not the pass's
+    # own array, so the data term's contribution must not be added into it in place
+    rng = np.random.default_rng(0)
+    X = gt.tensor(rng.standard_normal((6, 4, 1)))
+    w = gt.tensor(np.full((1, 1), 0.5))
+    with gt.GradientTape() as tape:
+        tape.watch(w)
+        out = gt.sum(gt.matmul(X, w), axis=(1, 2)) + 0.1 * gt.sum(w)
+    got = tape.per_example_gradients(out, w).numpy()
+    np.testing.assert_allclose(got, _loop(lambda w, x: gt.sum(x @ w) + 0.1 * gt.sum(w), w, X))
+
+
+def test_per_example_gradients_of_a_sliced_parameter_term_compile():
+    # the per-example form of a parameter slice is written into a buffer made like the
+    # cotangent, which the gt.function trace follows
+    def step(x, w1, w2):
+        with gt.GradientTape() as tape:
+            tape.watch([w1, w2])
+            pen = 0.1 * gt.sum(gt.relu((w2 - w1)[:-1]))
+            out = gt.sum(gt.swapaxes(x @ w2, 2, 1), axis=(1, 2)) + pen
+        return tape.per_example_gradients(out, [w1, w2], max_norm=1.0, reduce="sum",
+                                          return_norms=True)
+
+    rng = np.random.default_rng(0)
+    x = gt.tensor(rng.standard_normal((6, 2, 5)))
+    w1, w2 = gt.tensor(np.float64(0.3)), gt.tensor(rng.standard_normal((5, 4)))
+    f = gt.function(step)
+    for _ in range(3):
+        (g1, g2), norms = f(x, w1, w2)
+        (e1, e2), enorms = step(x, w1, w2)
+        for a, b in ((g1, e1), (g2, e2), (norms, enorms)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.5])
+def test_a_scalar_parameter_summed_over_examples_keeps_its_shape(max_norm):
+    rng = np.random.default_rng(0)
+    x = gt.tensor(rng.standard_normal((6, 2)))
+    w = gt.tensor(np.float64(0.3))
+    with gt.GradientTape(persistent=True) as tape:
+        tape.watch(w)
+        out = gt.sum(x * w, axis=1)
+    per = tape.per_example_gradients(out, w).numpy()
+    got = tape.per_example_gradients(out, w, max_norm=max_norm, reduce="sum")
+    assert got.shape == ()
+    scale = 1.0 if max_norm is None else np.minimum(1.0, max_norm / np.abs(per))
+    np.testing.assert_allclose(got.numpy(), np.sum(per * scale))

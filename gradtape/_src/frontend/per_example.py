@@ -454,12 +454,15 @@ def _param_vjp(rec: Record, g: Array, reach: set[int], safe: bool) -> list[tuple
         count = math.prod(shape) if axes is None else math.prod(shape[j] for j in axes)
         if name == "mean" and count:
             res[0] = (gi * (1.0 / count), True)
+        elif kept == shape:  # nothing broadcast: a (read-only) view of g, not this pass's own
+            res[0] = (g.reshape((B,) + shape), False)
         else:
             res[0] = (xp.ascontiguousarray(gi), True)
     elif name == "getitem":
         index = p["index"]
         where = (slice(None),) + (index if isinstance(index, tuple) else (index,))
-        z = xp.zeros((B,) + shape, dtype=g.dtype)
+        # made like g, so that inside gt.function the trace sees the buffer g is written into
+        z = xp.zeros_like(g, shape=(B,) + shape)
         if z[where].shape != g.shape:
             raise _unsupported(rec, f"with index {index!r} applied to a parameter (its per-example "
                                "form does not keep the batch axis first)")
@@ -730,7 +733,9 @@ def per_example_gradients(tape: Recorder, target: Tensor, sources: list[Tensor],
             else:
                 results.append(None)
             continue
-        arr = xp.ascontiguousarray(arr.astype(s.dtype, copy=False))
+        arr = arr.astype(s.dtype, copy=False)
+        # (ascontiguousarray makes a 0-d array 1-d: a scalar source's sum keeps shape ())
+        arr = xp.ascontiguousarray(arr) if arr.ndim else xp.asarray(arr)
         t = _wrap(arr, s._backend)
         t._origin = origin
         results.append(t)
