@@ -402,3 +402,24 @@ def test_jvp_of_grad_inside_vmap_per_example_hvp() -> None:
     for i in range(4):
         H = gt.hessian(loss)(W, X[i]).numpy().reshape(6, 6)
         close(per[i], (H @ V.numpy().reshape(6)).reshape(3, 2), 1e-9)
+
+
+def test_custom_gradient_functions_vmap_and_their_gradient_batches():
+    @gt.custom_gradient
+    def clipped_sin(x):
+        def grad(dy):
+            return gt.clip(dy, -1.0, 1.0) * 3.0
+        return gt.sin(x), grad
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 3))
+    w = gt.tensor(rng.standard_normal(3))
+    np.testing.assert_allclose(gt.vmap(clipped_sin)(X).numpy(), np.sin(X))
+
+    def f(w, x):
+        return gt.sum(clipped_sin(w * x) * 2.0)
+
+    got = gt.vmap(gt.grad(f), in_axes=(None, 0))(w, X).numpy()
+    want = np.stack([gt.grad(f)(w, gt.tensor(x)).numpy() for x in X])
+    np.testing.assert_allclose(got, want)
+    np.testing.assert_allclose(want, np.clip(2.0, -1, 1) * 3.0 * X)  # the user's rule, not cos

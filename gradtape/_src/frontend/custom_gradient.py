@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
+from ..autodiff.batched import BatchedTensor
 from ..autodiff.record import Record, record
 from ..autodiff.state import paused_recording
 from ..config import HOOKS
@@ -207,8 +208,12 @@ def custom_gradient(f: Callable[_P, tuple[_Y, Callable[..., Any]]]) -> Callable[
                 except TypeError:
                     raise TypeError(f"custom_gradient {fname}: output {i} is "
                                     f"{type(leaf).__name__}, expected a Tensor") from None
-            # a fresh Tensor: y may be an input itself, or a Variable
-            outs.append(_wrap(leaf.data, leaf._backend))
+            # a fresh Tensor: y may be an input itself, or a Variable; inside gt.vmap, a
+            # fresh one of the same batch (its data is per-example metadata, not an array)
+            if isinstance(leaf, BatchedTensor):
+                outs.append(BatchedTensor(leaf._value, leaf._bdim, leaf._level))
+            else:
+                outs.append(_wrap(leaf.data, leaf._backend))
         all_in = tuple(inputs) + tuple(variables)
         if all_in and HOOKS.on:  # HOOKS.on: some tape, watcher or numerics check is active
             prim = _CustomCall(fname, grad, arg_names, len(inputs), variables, outs,
