@@ -244,3 +244,16 @@ def test_raise_mode_for_jacobian():
         y = x * 3.0
     with pytest.raises(gt.UnconnectedGradientError, match="does not depend"):
         tape.jacobian(y, [x, z], unconnected_gradients="raise")
+
+
+@pytest.mark.parametrize("take", ["numpy", "asarray", "float"])
+def test_a_variable_whose_value_left_the_tape_is_explained(take):
+    if take == "asarray" and gt.backend_name() != "numpy":
+        pytest.skip("np.asarray of a device tensor raises (no implicit copy)")
+    w = gt.Variable([3.0], name="w")
+    with gt.GradientTape() as tape:
+        value = {"numpy": lambda: w.numpy(), "asarray": lambda: np.asarray(w),
+                 "float": lambda: float(w)}[take]()
+        y = gt.sum(gt.tensor(value) * 2.0)
+    with pytest.raises(gt.UnconnectedGradientError, match="its value left the tape"):
+        tape.gradient(y, w, unconnected_gradients="raise")

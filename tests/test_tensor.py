@@ -351,3 +351,17 @@ def test_tensor_accepts_any_dlpack_producer():
     np.testing.assert_array_equal(x.numpy(), src)
     src[0] = 7.0  # gt.tensor copies (use gt.from_dlpack to share)
     assert x.numpy()[0] == 0.0
+
+
+def test_format_and_round_as_numpy_and_pytorch_scalars():
+    loss = gt.tensor(1.23456)
+    assert f"{loss:.4f}" == "1.2346" and f"{loss:>8.2f}" == "    1.23"
+    assert f"{gt.tensor([1.0])}" == str(gt.tensor([1.0]))
+    with pytest.raises(TypeError, match=r"0-d tensor .* shape \(2,\)"):
+        f"{gt.tensor([1.0, 2.0]):.2f}"
+    r = round(gt.tensor([1.5, 2.5, 3.14159, -0.125]), 2)
+    assert isinstance(r, gt.Tensor) and r.dtype == np.float32
+    np.testing.assert_allclose(r.numpy(), np.round(np.float32([1.5, 2.5, 3.14159, -0.125]) * 100) / 100)
+    np.testing.assert_array_equal(round(gt.tensor([0.5, 1.5, 2.5])).numpy(), [0.0, 2.0, 2.0])
+    with pytest.raises(TypeError, match="ndigits must be an int"):
+        round(gt.tensor(1.0), 1.5)

@@ -272,6 +272,18 @@ class Tensor:
         extra = "" if self.backend == "numpy" else f", backend={self.backend!r}"
         return f"tensor({body}, dtype={self.dtype}{extra})"
 
+    def __format__(self, spec: str) -> str:
+        """``f"{t:.4f}"``: a 0-d tensor formats as its number (as NumPy 0-d arrays and PyTorch
+        tensors do); an empty spec gives ``str(t)``; another spec on a tensor with dimensions
+        is a TypeError naming its shape."""
+        if not spec:
+            return str(self)
+        if self.ndim != 0:
+            raise TypeError(f"format spec {spec!r} applies to a 0-d tensor (one number); this "
+                            f"tensor has shape {self.shape}: format an element (t[0]) or "
+                            "t.numpy() instead")
+        return format(self.item(), spec)
+
     __hash__ = object.__hash__
 
     def __reduce__(self) -> tuple:
@@ -311,6 +323,7 @@ class Tensor:
         def __rmatmul__(self, other: TensorLike) -> Tensor: ...
         def __neg__(self) -> Tensor: ...
         def __pos__(self) -> Tensor: ...
+        def __round__(self, ndigits: int | None = None) -> Tensor: ...
         def __abs__(self) -> Tensor: ...
         def __getitem__(self, index: IndexLike) -> Tensor: ...
         def __lt__(self, other: TensorLike) -> Tensor: ...
@@ -543,6 +556,7 @@ class Variable(Tensor):
         tr = STATE.trace
         if tr is not None and not tr.suspended:  # gt.function: a host value of the state
             tr.host_sync("Variable.numpy()")
+        _note_escape(self)
         if self._backend.name == "numpy":
             return np.array(self.data, copy=True)
         return self._backend.to_host(self.data)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .._src.tensor import Axis, IndexLike, Tensor, TensorLike
 from . import elementwise as _e
 from . import indexing as _i
@@ -116,6 +118,19 @@ def _m_rmatmul(self: Tensor, other: TensorLike) -> Tensor:
 def _m_neg(self: Tensor) -> Tensor:
     """``-self`` (see :func:`gradtape.neg`)."""
     return _e.neg(self)
+
+
+def _m_round(self: Tensor, ndigits: int | None = None) -> Tensor:
+    """``round(self, ndigits)``: each element rounded to ``ndigits`` decimals (halves to even,
+    as NumPy's ``round``), a tensor of the same shape and dtype, as ``round`` of a NumPy array
+    or a PyTorch tensor gives (see :func:`gradtape.round`; its gradient is 0)."""
+    if ndigits is None or ndigits == 0:
+        return _e.round(self)
+    if not isinstance(ndigits, (int, np.integer)) or isinstance(ndigits, bool):
+        raise TypeError(f"round(tensor, ndigits): ndigits must be an int, got "
+                        f"{type(ndigits).__name__}")
+    scale = 10.0 ** int(ndigits)
+    return _e.round(self * scale) / scale
 
 
 def _m_pos(self: Tensor) -> Tensor:
@@ -242,6 +257,7 @@ def install() -> None:
     Tensor.__rmatmul__ = _m_rmatmul  # type: ignore[method-assign]
     Tensor.__neg__ = _m_neg  # type: ignore[method-assign]
     Tensor.__pos__ = _m_pos  # type: ignore[method-assign]
+    Tensor.__round__ = _m_round  # type: ignore[method-assign]
     Tensor.__abs__ = _m_abs  # type: ignore[method-assign]
     Tensor.__getitem__ = _m_getitem  # type: ignore[method-assign]
     Tensor.__lt__ = _m_lt  # type: ignore[method-assign]

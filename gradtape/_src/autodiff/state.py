@@ -113,7 +113,9 @@ def user_line() -> str:
 def note_cut(t: Tensor, reason: str) -> None:
     """Tell every active tape tracking tensor ``t`` that its value left the graph, and why."""
     for tape in (*STATE.recording, *STATE.paused):
-        if t._id in tape._tracked:
+        if t._id in tape._tracked or (t._is_variable and tape._watch_accessed
+                                      and getattr(t, "trainable", False)):
+            # (a trainable Variable is the tape's to follow once read, even by this read)
             tape._cut((t,), (True,), reason)
 
 

@@ -40,8 +40,9 @@ def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
         if s._is_variable:
             if s._id in tape._cuts:  # e.g. read only inside stop_recording()
                 return f"{label} {shape} is not connected to the target: {tape._cuts[s._id]}"
-            return (f"{label} {shape} was never read inside the tape's context, so the "
-                    "target does not depend on it")
+            return (f"{label} {shape} was never read by a gradtape op inside the tape's "
+                    "context, so the target does not depend on it (a value taken out of it "
+                    "with .data or a NumPy function carries no gradient)")
         return (f"{label} {shape} was never watched: call tape.watch(x) inside the tape's "
                 "context before using it, or make it a gt.Variable")
     reach = forward_reach(tape._records, {s._id})
