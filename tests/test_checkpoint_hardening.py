@@ -524,3 +524,15 @@ def test_a_checkpoint_opens_with_numpy_without_pickle(tmp_path):
     assert data["opt/iterations"] == 1
     for n, v in model.named_variables():
         np.testing.assert_array_equal(data[f"var/{n}"], v.numpy())
+
+
+def test_load_takes_the_name_given_to_save(tmp_path):
+    src = gt.nn.Sequential([gt.nn.Dense(4, 2, seed=0)])
+    written = src.save(tmp_path / "ckpt")  # .npz appended, as numpy.savez does
+    assert written.endswith("ckpt.npz")
+    dst = gt.nn.Sequential([gt.nn.Dense(4, 2, seed=1)])
+    dst.load(tmp_path / "ckpt")
+    for a, b in zip(src.trainable_variables, dst.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(FileNotFoundError):  # a name that is neither stays an error
+        dst.load(tmp_path / "other")

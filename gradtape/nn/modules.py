@@ -1034,6 +1034,9 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
     """Restore what :func:`save` wrote into ``module``'s Variables in place (and into
     ``optimizer``'s state when given).
 
+    ``path`` may be the name given to :func:`save`: where it does not exist and ends
+    without ``.npz``, ``path + ".npz"`` is read (what ``save`` wrote).
+
     Everything is checked before anything changes; on any error the module and the
     optimizer are left exactly as they were. Only the entries needed are read (optimizer
     state only when ``optimizer`` is given), and each entry's declared shape, dtype and size
@@ -1061,6 +1064,8 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
         >>> gt.nn.load(p, m)
     """
     path = os.fsdecode(os.fspath(path))
+    if not path.endswith(".npz") and not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"  # the name given to save, which appended .npz as numpy.savez does
     named = _checkpoint_names(module, "load")
     _check_optimizer(optimizer, "load")
     variables = dict(named)
