@@ -162,9 +162,13 @@ class Tensor:
                 "implicitly; call t.numpy() or t.to('numpy') instead")
         if self._id:
             _note_escape(self)
+        data = self.data
+        if getattr(data, "_gt_traced", False):  # gt.function: data-dependent (TracingError,
+            data = data._host("np.asarray()")  # or with fallback="eager" the value now)
         if copy:
-            return np.array(self.data, dtype=dtype, copy=True)
-        arr = _host_view(self)
+            return np.array(data, dtype=dtype, copy=True)
+        arr = np.asarray(data).view()
+        arr.flags.writeable = False
         if dtype is not None and np.dtype(dtype) != arr.dtype:
             if copy is False:
                 raise ValueError(f"np.asarray(tensor, dtype={np.dtype(dtype)}, copy=False): the "
