@@ -423,3 +423,34 @@ def test_custom_gradient_functions_vmap_and_their_gradient_batches():
     want = np.stack([gt.grad(f)(w, gt.tensor(x)).numpy() for x in X])
     np.testing.assert_allclose(got, want)
     np.testing.assert_allclose(want, np.clip(2.0, -1, 1) * 3.0 * X)  # the user's rule, not cos
+
+
+@pytest.mark.parametrize("op", ["sort", "topk", "take_along_axis"])
+def test_vmap_of_grad_through_a_per_example_permutation_with_a_shared_cotangent(op):
+    # the indices differ per example and the cotangent does not (the loss is linear after
+    # the permutation): every example's gradient, not only the first one's
+    rng = np.random.default_rng(0)
+    X = gt.tensor(rng.standard_normal((4, 5)))
+    w = gt.tensor(np.array([1.0, 10.0, 100.0, 1000.0, 10000.0]))
+
+    def perm(x):
+        if op == "sort":
+            return gt.sort(x)
+        if op == "topk":
+            return gt.topk(x, 5)[0]
+        return gt.take_along_axis(x, gt.argsort(x), axis=0)
+
+    def f(x):
+        return gt.sum(perm(x) * w)
+
+    got = gt.vmap(gt.grad(f))(X).numpy()
+    want = np.stack([gt.grad(f)(X[i]).numpy() for i in range(4)])
+    np.testing.assert_array_equal(got, want)
+    assert sorted(want[1].tolist()) == sorted(w.numpy().tolist())
+
+
+def test_softmax_over_an_empty_axis_is_empty():
+    x = gt.tensor(np.zeros((0, 2)))
+    for fn in (gt.softmax, gt.log_softmax):
+        for axis in (0, -1):
+            assert fn(x, axis=axis).shape == (0, 2)

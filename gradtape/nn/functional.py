@@ -63,6 +63,8 @@ def _reduce(loss: Tensor, reduction: str, what: str) -> Tensor:
 
 # --------------------------------------------------------------------------- softmax family
 def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
+    if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
+        return xp.empty_like(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
     return e
@@ -81,6 +83,8 @@ def _softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 
 
 def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
+    if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
+        return xp.empty_like(x)
     s = x - x.max(axis=axis, keepdims=True)
     s -= xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
     return s

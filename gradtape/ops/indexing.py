@@ -211,6 +211,11 @@ def _index_put_impl(xp: Any, g: Any, idx: Any, *, axis: int, shape: tuple) -> An
     # gt.function: NumPy's add.at reads an index on the host unless an operand is traced
     g = read_for_trace(g, idx)
     z = xp.zeros_like(g, shape=shape)  # *_like: a gt.function trace sees the buffer
+    full = len(shape) - 1 + idx.ndim  # the indexed positions' rank
+    if g.ndim < full:  # NumPy 2.4's add.at reads past values of a lower rank than a
+        # multi-dimensional index (vmap(grad) of sort: one cotangent for every example);
+        # leading 1s broadcast the same values correctly
+        g = g.reshape((1,) * (full - g.ndim) + tuple(g.shape))
     xp.add.at(z, (slice(None),) * axis + (idx,), g)
     return z
 
