@@ -1423,3 +1423,21 @@ def test_a_replayed_backward_is_as_quiet_as_the_eager_one_under_user_warning_fil
         want = step(a).numpy()
         for _ in range(4):
             np.testing.assert_array_equal(f(a).numpy(), want)
+
+
+@pytest.mark.parametrize("take", ["tolist", "tobytes", "bytes"])
+def test_host_values_of_a_traced_array_are_tracing_errors_or_run_eagerly(take):
+    def step(x):
+        data = x.data
+        raw = {"tolist": lambda: data.tolist(), "tobytes": lambda: data.tobytes(),
+               "bytes": lambda: bytes(data)}[take]()
+        return x * float(len(raw))
+
+    x = gt.tensor([1.0, -2.0, 3.0])
+    if gt.backend_name() != "numpy":
+        pytest.skip("a device array's host values are the backend's own")
+    with pytest.raises(gt.TracingError, match="of a traced tensor"):
+        gt.function(step)(x)
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        got = gt.function(step, fallback="eager")(x)
+    np.testing.assert_array_equal(got.numpy(), step(x).numpy())

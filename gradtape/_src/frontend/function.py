@@ -76,6 +76,10 @@ class _Slot:
         return f"s{self.n}"
 
 
+#: ndarray methods that return the array's values to Python (see TracedArray.__getattr__).
+_HOST_METHODS = frozenset(("tolist", "tobytes", "tofile", "dump", "dumps"))
+
+
 class TracedArray:
     """A backend array being traced by :func:`function`: computes on its real array and logs
     each operation to the trace. Tensors built during a trace hold these as ``data``.
@@ -190,6 +194,16 @@ class TracedArray:
 
     def __index__(self) -> int:
         return operator.index(self._host("use as an index"))
+
+    def __bytes__(self) -> bytes:
+        return bytes(np.asarray(self._host("bytes()")))
+
+    def __getattr__(self, name: str) -> Any:
+        # the ndarray methods that hand its values to Python (tolist, tobytes, ...): a host
+        # value, which the program that replays the step would not know
+        if name not in _HOST_METHODS:
+            raise AttributeError(f"'TracedArray' object has no attribute {name!r}")
+        return getattr(self._host(f".{name}()"), name)
 
     def __complex__(self) -> complex:
         return complex(self._host("complex()"))
