@@ -259,11 +259,15 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
         arrays, backend = _present_arrays(grads)
         return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend) if arrays else 0.0
     total = 0.0
-    for g in grads:
-        if g is None:
-            continue
-        a = g.data if isinstance(g, Tensor) else g
-        total += float((a * a).sum(dtype=np.float64) if a.dtype != np.float64 else (a * a).sum())
+    with np.errstate(over="ignore"):  # an overflowing square is taken again in float64
+        for g in grads:
+            if g is None:
+                continue
+            a = g.data if isinstance(g, Tensor) else g
+            sq = float(_square_sum(a))
+            if not math.isfinite(sq) and a.dtype.kind == "f" and a.dtype != np.float64:
+                sq = float((a.astype(np.float64) ** 2).sum())
+            total += sq
     return math.sqrt(total)
 
 
@@ -329,9 +333,19 @@ def _sum_squares(arrays: Sequence[Array]) -> Any:
     per array and then in order (the host route's order)."""
     total = None
     for a in arrays:
-        sq = (a * a).sum(dtype=np.float64) if a.dtype != np.float64 else (a * a).sum()
+        sq = _square_sum(a)
         total = sq if total is None else total + sq
     return total
+
+
+def _square_sum(a: Array) -> Any:
+    """``sum(a * a)`` as a 0-d float64 array; the squares of float16 values are formed in
+    float32 (a float16 square overflows from 256 on, which would zero every clipped gradient)."""
+    if a.dtype == np.float64:
+        return (a * a).sum()
+    if a.dtype.kind == "f" and a.dtype.itemsize < 4:
+        a = a.astype(np.float32)
+    return (a * a).sum(dtype=np.float64)
 
 
 def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[list[Array], Any]:

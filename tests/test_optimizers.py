@@ -176,3 +176,17 @@ def test_errors():
         gt.optimizers.Adam(beta1=1.0)
     with pytest.raises(ValueError, match="learning_rate"):
         gt.optimizers.Adam(-1.0)
+
+
+def test_global_norm_and_clipping_of_float16_gradients_do_not_overflow():
+    # a float16 square overflows from 256 on: the norm would be inf and every clipped
+    # gradient 0 (the step silently skipped)
+    g = gt.tensor(np.array([300.0, 400.0], np.float16))
+    assert gt.optimizers.global_norm([g]) == 500.0
+    clipped, norm = gt.optimizers.clip_by_global_norm([g], 1000.0)
+    assert norm == 500.0 and clipped[0].numpy().tolist() == [300.0, 400.0]
+    w = gt.Variable(np.ones(2, np.float16))
+    gt.optimizers.SGD(0.001, global_clipnorm=1000.0).apply_gradients([(g, w)])
+    np.testing.assert_allclose(w.numpy(), [0.7, 0.6], atol=1e-3)
+    big = gt.tensor(np.array([3e19, 4e19], np.float32))  # float32 squares overflow too
+    assert gt.optimizers.global_norm([big]) == pytest.approx(5e19, rel=1e-6)
