@@ -223,7 +223,13 @@ class Generator:
         if (lo, hi) != (0.0, 1.0):
             u *= draw.type(hi - lo)
             u += draw.type(lo)
-        return _to_active(u.astype(dt, copy=False))
+            return _to_active(u.astype(dt, copy=False))
+        out = u.astype(dt, copy=False)
+        if dt != draw:  # a narrower float: round down, so [0, 1) stays [0, 1) (to nearest, a
+            # draw above 1 - 2**-12 would give 1.0 in float16), each value keeping its share
+            up = out > u
+            out[up] = np.nextafter(out[up], dt.type(0))
+        return _to_active(out)
 
     @_replayed
     def integers(self, low: int, high: int | None = None, shape: ShapeLike = (),

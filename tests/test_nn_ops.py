@@ -655,3 +655,53 @@ def test_conv2d_weight_gradient_after_in_place_changes_of_its_input(rng):
     wgrad(extend.as_tensor(arr))  # a tensor sharing the caller's array
     arr *= 3.0  # the caller reuses its buffer
     np.testing.assert_allclose(wgrad(arr), wgrad(gt.tensor(arr.copy())), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,k,s,d", [(8, 3, 2, 1), (7, 3, 2, 1), (9, 4, 3, 1), (10, 3, 2, 2),
+                                     (5, 1, 2, 1), (6, 2, 1, 1)])
+def test_same_padding_is_tensorflows_for_any_stride(n, k, s, d):
+    # TF "SAME": ceil(n / s) outputs, pad_total = max((out - 1) s + d (k - 1) + 1 - n, 0), the
+    # odd extra after; the output centred where TF's is
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 1, n, n))
+    w = rng.standard_normal((1, 1, k, k))
+    out = -(-n // s)
+    total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+    lo = total // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (lo, total - lo), (lo, total - lo)))
+    want = np.zeros((out, out))
+    for i in range(out):
+        for j in range(out):
+            patch = xp[0, 0, i * s:i * s + d * (k - 1) + 1:d, j * s:j * s + d * (k - 1) + 1:d]
+            want[i, j] = np.sum(patch * w[0, 0])
+    got = gt.nn.conv2d(gt.tensor(x), gt.tensor(w), stride=s, padding="same", dilation=d).numpy()
+    np.testing.assert_allclose(got[0, 0], want, rtol=1e-12)
+    got1 = gt.nn.conv1d(gt.tensor(x[:, :, 0]), gt.tensor(w[:, :, 0]), stride=s, padding="same",
+                        dilation=d).numpy()
+    want1 = gt.nn.conv2d(gt.tensor(x[:, :, :1]), gt.tensor(w[:, :, :1]), stride=(1, s),
+                         padding=((0, 0), (lo, total - lo)), dilation=(1, d)).numpy()[:, :, 0]
+    np.testing.assert_allclose(got1, want1, rtol=1e-12)
+
+
+def test_layer_norm_scales_and_shifts_along_the_normalized_axes():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4))
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    y = gt.nn.layer_norm(gt.tensor(x), gt.tensor(gamma), gt.tensor(beta), axis=1).numpy()
+    xn = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, xn * gamma[:, None] + beta[:, None], rtol=1e-10)
+    with pytest.raises(ValueError, match=r"gamma of shape \(4,\) must broadcast against the normalized axes \(1,\)"):
+        gt.nn.layer_norm(gt.tensor(x), gt.tensor(rng.standard_normal(4)), axis=1)
+
+
+def test_conv2d_layer_and_dropout_check_their_arguments():
+    with pytest.raises(ValueError, match="Conv2D: groups must be a positive int, got 0"):
+        gt.nn.Conv2D(3, 6, 3, groups=0)
+    with pytest.raises(ValueError, match=r"Conv2D: kernel_size must be an int or a pair"):
+        gt.nn.Conv2D(3, 6, (3, 3, 3))
+    with pytest.raises(TypeError, match="Conv2D: kernel_size must be a positive int, got 2.5"):
+        gt.nn.Conv2D(3, 6, 2.5)
+    with pytest.raises(ValueError, match="Dropout: seed must be >= 0, got -1"):
+        gt.nn.Dropout(0.5, seed=-1)
+    with pytest.raises(TypeError, match="dropout: seed must be an int >= 0 or None"):
+        gt.nn.dropout(gt.ones((4,)), 0.5, seed=1.5)

@@ -313,3 +313,9 @@ def test_seed_makes_unseeded_dropout_reproducible_on_every_backend(backend):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], first[1])  # the stream advances between calls
     assert not np.array_equal(again[0], later[0])
+
+
+def test_float16_uniform_stays_below_one():
+    u = gt.random.Generator(0).uniform((200_000,), dtype="float16").numpy()
+    assert u.dtype == np.float16 and u.max() < 1.0 and u.min() >= 0.0
+    assert abs(float(u.astype(np.float64).mean()) - 0.5) < 5e-3

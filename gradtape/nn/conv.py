@@ -54,17 +54,25 @@ def _pair(v: Any, what: str, name: str, minimum: int) -> tuple[int, int]:
     return a, b
 
 
-def _padding(padding: Any, kernel: tuple, dilation: tuple, what: str) -> tuple:
-    """Normalize to ``((top, bottom), (left, right))``."""
+def _same(n: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow's ``"SAME"`` padding of one axis of size ``n``: ``ceil(n / s)`` outputs, the
+    extra row or column (an odd total) after the input."""
+    total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+    return (total // 2, total - total // 2)
+
+
+def _padding(padding: Any, kernel: tuple, dilation: tuple, what: str,
+             size: tuple = (), stride: tuple = (1, 1)) -> tuple:
+    """Normalize to ``((top, bottom), (left, right))``; ``"same"`` as TensorFlow's for an input
+    of spatial ``size`` and ``stride`` (with stride 1, ``d (k - 1)`` in all, whatever the
+    size)."""
     if isinstance(padding, str):
         if padding == "valid":
             return ((0, 0), (0, 0))
         if padding == "same":
-            out = []
-            for k, d in zip(kernel, dilation):
-                total = d * (k - 1)
-                out.append((total // 2, total - total // 2))
-            return tuple(out)
+            sizes = tuple(size) or (1,) * len(kernel)  # (stride 1: the size does not matter)
+            return tuple(_same(n, k, s if size else 1, d)
+                         for n, k, s, d in zip(sizes, kernel, stride, dilation))
         raise ValueError(f"{what}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
             isinstance(p, (tuple, list)) for p in padding):
@@ -1130,7 +1138,8 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
         b: optional bias ``[O]``.
         stride: int or ``(sh, sw)``.
         padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``"valid"`` or
-            ``"same"`` (zero padding).
+            ``"same"`` (zero padding as TensorFlow's ``"SAME"``: ``ceil(H / sh)`` output rows,
+            an odd total's extra row at the bottom, column at the right).
         dilation: int or ``(dh, dw)``.
         groups: ``C`` and ``O`` split into this many groups, each convolved separately.
 
@@ -1163,7 +1172,7 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
                          f"(groups={groups}), x of shape {x.shape} has {C}{hint}")
     stride = _pair(stride, what, "stride", 1)
     dilation = _pair(dilation, what, "dilation", 1)
-    pad = _padding(padding, (kh, kw), dilation, what)
+    pad = _padding(padding, (kh, kw), dilation, what, (H, W), stride)
     _check_output(x, (kh, kw), stride, pad, dilation, what)
     _last.want, _last.cols = tensor_in, None
     try:
@@ -1187,7 +1196,7 @@ def _pool_args(x: Any, kernel_size: Any, stride: Any, padding: Any, what: str) -
     _check_image(x, what)
     kernel = _pair(kernel_size, what, "kernel_size", 1)
     stride = kernel if stride is None else _pair(stride, what, "stride", 1)
-    pad = _padding(padding, kernel, (1, 1), what)
+    pad = _padding(padding, kernel, (1, 1), what, tuple(x.shape[-2:]), stride)
     if any(p > k // 2 for p, k in zip((max(pad[0]), max(pad[1])), kernel)):
         raise ValueError(f"{what}: padding {padding!r} must be at most half the kernel size {kernel}")
     return x, kernel, stride, pad
@@ -1242,12 +1251,14 @@ def _single(v: Any, what: str, name: str, minimum: int) -> int:
     return int(v)
 
 
-def _padding1(padding: Any, k: int, d: int, what: str) -> tuple[int, int]:
-    """Normalize a 1-D padding to ``(left, right)``."""
+def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -> tuple[int, int]:
+    """Normalize a 1-D padding to ``(left, right)`` (``"same"``: see :func:`_padding`)."""
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0)
         if padding == "same":
+            if s > 1:
+                return _same(n, k, s, d)
             total = d * (k - 1)
             return (total // 2, total - total // 2)
         raise ValueError(f"{what}: padding must be an int, a pair (left, right), 'valid' or 'same', "
@@ -1275,7 +1286,8 @@ def conv1d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
         w: weights ``[O, C // groups, k]``.
         b: optional bias ``[O]``.
         stride, dilation: ints.
-        padding: an int, ``(left, right)``, ``"valid"`` or ``"same"`` (zero padding).
+        padding: an int, ``(left, right)``, ``"valid"`` or ``"same"`` (zero padding as
+            TensorFlow's ``"SAME"``: ``ceil(L / stride)`` outputs).
         groups: ``C`` and ``O`` split into this many groups, each convolved separately.
 
     Shapes: ``[N, C, L] -> [N, O, OL]`` with ``OL = (L + left + right - d * (k - 1) - 1) // s + 1``.
@@ -1313,7 +1325,7 @@ def conv1d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
             raise ValueError(f"conv1d: bias must have shape ({n_out},), got {b.shape}")
     s = _single(stride, what, "stride", 1)
     d = _single(dilation, what, "dilation", 1)
-    pad = _padding1(padding, k, d, what)
+    pad = _padding1(padding, k, d, what, L, s)
     if _out_size(L, k, s, pad, d) < 1:
         raise ValueError(f"conv1d: the (padded) input of length {L} is shorter than the dilated "
                          f"kernel {k} (dilation {d}, padding {pad})")

@@ -416,7 +416,7 @@ def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool) -> Any:
                             f"{type(generator).__name__}")
         return generator
     if seed is not None:
-        return xp.random.default_rng(seed)
+        return xp.random.default_rng(_random._check_seed(seed, "dropout"))
     if on_host:  # gt.random's default generator: gt.random.seed(s) makes the masks reproducible
         return _numpy_generator(None, "dropout")
     epoch, device_seed = _random._device_seed()  # on the device: no host draw and copy per
@@ -486,8 +486,9 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
     """Normalize over ``axis`` to zero mean and unit variance, then scale by ``gamma`` and
     shift by ``beta``: ``(x - mean) / sqrt(var + eps) * gamma + beta`` (biased variance).
 
-    Shapes: ``x[..., D]``; ``gamma`` and ``beta`` broadcast against the normalized axes
-    (``[D]`` for the default ``axis=-1``); the result has ``x``'s shape.
+    Shapes: ``x[..., D]``; ``gamma`` and ``beta`` broadcast against the normalized axes, in
+    their order (``[D]`` for the default ``axis=-1``; ``[C]`` for ``axis=1`` of ``[N, C, L]``),
+    else ``ValueError``; the result has ``x``'s shape.
 
     Example:
         >>> import gradtape as gt
@@ -509,10 +510,31 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
     var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)
     y = xc * ops.rsqrt(var + float(eps))
     if gamma is not None:
-        y = y * gamma
+        y = y * _over_axes(gamma, "gamma", x, axes)
     if beta is not None:
-        y = y + beta
+        y = y + _over_axes(beta, "beta", x, axes)
     return y
+
+
+def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
+    """``v`` (shaped like, or broadcasting against, the normalized axes of ``x`` in order) in
+    the shape that lines its axes up with those axes of ``x``."""
+    t = one(v)
+    target = tuple(x.shape[a] for a in sorted(axes))
+    try:
+        ok = np.broadcast_shapes(t.shape, target) == target
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against the "
+                         f"normalized axes {tuple(sorted(axes))} of x (shape {target})")
+    if tuple(sorted(axes)) == tuple(range(x.ndim - len(axes), x.ndim)):
+        return t  # trailing axes: plain broadcasting lines them up
+    full = (1,) * (len(target) - t.ndim) + t.shape
+    keep = [1] * x.ndim
+    for a, n in zip(sorted(axes), full):
+        keep[a] = n
+    return ops.reshape(t, tuple(keep))
 
 
 # --------------------------------------------------------------------------- batch norm

@@ -23,7 +23,7 @@ import numpy as np
 from .. import ops
 from .._src.tensor import Tensor, Variable
 from ..optimizers import Optimizer, _checkpoint_dtype_error
-from ..random import Generator
+from ..random import Generator, _check_seed
 from . import init as _init
 from .conv import adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, conv_transpose2d, max_pool2d
 from .functional import batch_norm, dropout, embedding, layer_norm, softmax
@@ -265,14 +265,12 @@ class Conv2D(Module):
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2D: groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
+        kh, kw = _kernel_pair(kernel_size, "Conv2D")
+        n_in, n_out = _size(in_channels, "Conv2D", "in_channels"), _size(out_channels, "Conv2D", "out_channels")
+        groups = _groups(groups, n_in, n_out, "Conv2D")
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _activation(activation)
-        shape = (_size(out_channels, "Conv2D", "out_channels"), _size(in_channels, "Conv2D", "in_channels") // groups,
-                 _size(kh, "Conv2D", "kernel_size"), _size(kw, "Conv2D", "kernel_size"))
+        shape = (n_out, n_in // groups, kh, kw)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((shape[0],), seed=seed, dtype=dtype),
@@ -505,6 +503,8 @@ class Dropout(Module):
 
     def __init__(self, rate: float, seed: Any = None) -> None:
         self.rate = float(rate)
+        if seed is not None and not isinstance(seed, Generator) and not callable(getattr(seed, "random", None)):
+            seed = _check_seed(seed, "Dropout")  # an int (generators draw as they are)
         self.seed = seed
         self._generators: dict = {}
 
