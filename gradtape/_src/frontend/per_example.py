@@ -158,8 +158,10 @@ def _batch_index(rec: Record, B: int) -> Any:
     if rec.prim.name != "getitem" or not rec.params.get("advanced"):
         return None
     idx: Any = rec.params.get("index")
-    if isinstance(idx, tuple):
-        if len(idx) != 1:
+    if isinstance(idx, tuple):  # table[ids], table[ids, :], table[ids, ...]: the same rows
+        rest = idx[1:]
+        if not idx or sum(r is Ellipsis for r in rest) > 1 or not all(
+                r is Ellipsis or (isinstance(r, slice) and r == slice(None)) for r in rest):
             return None
         idx = idx[0]
     dt = getattr(idx, "dtype", None)
@@ -231,6 +233,10 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
     for idx in live:
         rec = records[idx]
         ex = False
+        # an elementwise op lines inputs up from their last axis: one that depends on the
+        # sources and has a lower rank than the output has its axis 0 against another axis
+        # than the batch axis (a constant, even one of B rows, is only read)
+        wide = max(map(len, rec.in_shapes)) if rec.prim.is_elementwise else 0
         for i, iid in enumerate(rec.in_ids):
             shape = rec.in_shapes[i]
             if iid and iid in reach:
@@ -247,6 +253,15 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                 k = _CONST  # a Variable that is not a source: a parameter held fixed
             else:
                 k = _EXAMPLE if shape and shape[0] == B else _CONST
+            if k == _EXAMPLE and len(shape) < wide and iid and iid in reach:
+                raise ValueError(
+                    f"{WHAT}: the op '{rec.prim.name}' (input {i}) broadcasts a tensor of shape "
+                    f"{shape} against a rank-{wide} result, so its axis 0 does not line up with "
+                    f"the batch axis; it was taken as per-example because its axis 0 has the "
+                    f"batch size B = {B} (a table row per position, such as positional "
+                    "embeddings P[arange(T)] with T == B, would mix the examples). Give it the "
+                    "result's rank (expand_dims) so the batch axis is first, or index it with "
+                    "per-example ids")
             if k == _EXAMPLE:
                 ex = True
         if not ex and _batch_index(rec, B) is not None:
@@ -360,7 +375,7 @@ def _per_example_sum(gd: Array, shape: tuple[int, ...], rec: Record, batch_in_ou
         if shape[0] == 1:
             return r.reshape((B, 1) + body)
         xp = backend_of(gd).xp
-        z = xp.zeros((B, B) + body, dtype=r.dtype)
+        z = xp.zeros_like(r, shape=(B, B) + body)  # like r: a gt.function trace sees it
         ar = xp.arange(B)
         z[ar, ar] = r
         return z
@@ -571,11 +586,29 @@ def _reverse_pass(plan: _Plan, release: bool
 
 
 # --------------------------------------------------------------------------- ghost norms
-def _ghost_sq_norms(plan: _Plan, gh: _Ghost, g: Array) -> Array:
-    """``||G_b||^2`` of the per-example gradient at the boundary, without forming ``G_b``."""
+def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any, dt: Any) -> Array:
+    """The per-example squared norms ``[B]`` (float64) over the materialized gradients ``per``
+    and the ghost boundaries; ``dt``: the dtype to form the products in (None: their own)."""
+    B = plan.B
+    sq = xp.zeros(B, dtype=np.float64)
+    for G in per.values():
+        Gf = G.reshape(B, -1)
+        if dt is not None:
+            Gf = Gf.astype(dt)
+        sq += xp.einsum("bi,bi->b", Gf, Gf)
+    for gh, g in ghosts:
+        sq += _ghost_sq_norms(plan, gh, g, dt)
+    return sq
+
+
+def _ghost_sq_norms(plan: _Plan, gh: _Ghost, g: Array, dt: Any = None) -> Array:
+    """``||G_b||^2`` of the per-example gradient at the boundary, without forming ``G_b``
+    (the products in dtype ``dt``; None: the arrays' own)."""
     rec = plan.records[gh.idx]
     B = plan.B
     xp = backend_of(g).xp
+    if dt is not None:
+        g = g.astype(dt)
     if gh.kind == "embedding":
         idx = _batch_index(rec, B)
         L = math.prod(idx.shape[1:])
@@ -588,6 +621,8 @@ def _ghost_sq_norms(plan: _Plan, gh: _Ghost, g: Array) -> Array:
         same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)
         return xp.einsum("bij,bij->b", xp.matmul(G, _swap(G)), same)
     X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]  # matmul saves its inputs
+    if dt is not None:
+        X = X.astype(dt)
     if gh.i == 1:  # x[B, ..., d] @ W[d, p]
         A = X.reshape(B, -1, X.shape[-1])
         Gy = g.reshape(B, -1, g.shape[-1])
@@ -666,12 +701,10 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
         ghosts = [(plan.ghosts[k], g) for k, g in ghost_g.items()]
         c = None
         if need_norms:
-            sq = xp.zeros(B, dtype=np.float64)
-            for G in per.values():
-                Gf = G.reshape(B, -1)
-                sq += xp.einsum("bi,bi->b", Gf, Gf)
-            for gh, g in ghosts:
-                sq += _ghost_sq_norms(plan, gh, g)
+            sq = _sq_norms(plan, per, ghosts, xp, None)
+            if xp is np and not getattr(sq, "_gt_traced", False) and not np.isfinite(sq).all():
+                # squares past the sources' range (float32: a norm over 1.8e19): in float64
+                sq = _sq_norms(plan, per, ghosts, xp, np.float64)
             norms = xp.sqrt(sq)
             if opts.max_norm is not None:
                 C = opts.max_norm
