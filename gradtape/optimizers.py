@@ -263,7 +263,7 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
         for g in grads:
             if g is None:
                 continue
-            a = g.data if isinstance(g, Tensor) else g
+            a = g.data if isinstance(g, Tensor) else g if hasattr(g, "dtype") else np.asarray(g)
             sq = float(_square_sum(a))
             if not math.isfinite(sq) and a.dtype.kind == "f" and a.dtype != np.float64:
                 sq = float((a.astype(np.float64) ** 2).sum())
@@ -289,8 +289,8 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     """
     grads = list(grads)
     clip_norm = float(clip_norm)
-    if clip_norm <= 0:
-        raise ValueError(f"clip_by_global_norm: clip_norm must be > 0, got {clip_norm}")
+    if not clip_norm > 0 or not math.isfinite(clip_norm):
+        raise ValueError(f"clip_by_global_norm: clip_norm must be a finite number > 0, got {clip_norm}")
     if tracing():  # the norm is a value of the program: no host read, no branch on it
         arrays, backend = _present_arrays(grads)
         if not arrays:
@@ -865,7 +865,9 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with bias correction. ``weight_decay`` here is L2 added to the
-    gradient; use :class:`AdamW` for decoupled decay.
+    gradient; use :class:`AdamW` for decoupled decay. The bias correction counts the
+    optimizer's steps (``iterations``), as Keras does: a Variable first updated at a later
+    step is corrected for that step's count (PyTorch counts each parameter's own updates).
 
     Args:
         learning_rate: a float >= 0 or a schedule ``f(step) -> float`` (default 1e-3).

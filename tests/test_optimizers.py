@@ -190,3 +190,9 @@ def test_global_norm_and_clipping_of_float16_gradients_do_not_overflow():
     np.testing.assert_allclose(w.numpy(), [0.7, 0.6], atol=1e-3)
     big = gt.tensor(np.array([3e19, 4e19], np.float32))  # float32 squares overflow too
     assert gt.optimizers.global_norm([big]) == pytest.approx(5e19, rel=1e-6)
+
+
+def test_clipping_refuses_a_nan_bound_and_global_norm_takes_array_likes():
+    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0, got nan"):
+        gt.optimizers.clip_by_global_norm([gt.tensor([1.0])], float("nan"))
+    assert gt.optimizers.global_norm([[3.0, 4.0], None]) == 5.0
