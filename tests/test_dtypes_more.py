@@ -286,3 +286,26 @@ def test_integer_division_of_a_variable_reads_it():
     assert isinstance(v // 2, gt.Tensor) and isinstance(v % 3, gt.Tensor)
     np.testing.assert_array_equal((v // 2).numpy(), [3.0, 4.0])
     np.testing.assert_array_equal((v % 3).numpy(), [1.0, 2.0])
+
+
+def test_integer_edge_cases_follow_numpy():
+    # take reads bool indices as the integers 0 and 1 (as np.take), not as a mask
+    np.testing.assert_array_equal(gt.take(gt.tensor([10.0, 20.0]), np.array([True, False])).numpy(),
+                                  [20.0, 10.0])
+    np.testing.assert_array_equal(gt.gather(gt.tensor([10.0, 20.0]), [True, True]).numpy(), [20.0, 20.0])
+    # clip of integers with one bound: the other unbounded, the dtype kept or promoted by it
+    x = gt.tensor(np.array([-2, 0, 3]))
+    lo_only = gt.clip(x, 0, None)
+    assert lo_only.dtype == np.int64 and lo_only.numpy().tolist() == [0, 0, 3]
+    hi_float = gt.clip(x, None, 0.5)
+    assert hi_float.dtype == (x + 0.5).dtype and hi_float.numpy().tolist() == [-2.0, 0.0, 0.5]
+    # round keeps an integer dtype (as np.round, floor, ceil, trunc)
+    for dt in ("int64", "int32", "uint8"):
+        r = gt.round(gt.tensor(np.array([1, 2, 3], dt)))
+        assert r.dtype == np.dtype(dt) and r.numpy().tolist() == [1, 2, 3]
+    # comparisons with Python ints outside the dtype's range compare by value (NumPy 2)
+    u = gt.tensor(np.array([0, 255], np.uint8))
+    assert (u < -1).numpy().tolist() == [False, False]
+    assert gt.equal(u, 256).numpy().tolist() == [False, False]
+    assert (gt.tensor(np.array([1], np.int32)) == 2**40).numpy().tolist() == [False]
+    assert (u > -1).numpy().tolist() == [True, True]

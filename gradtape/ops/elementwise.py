@@ -169,7 +169,17 @@ P_FLOOR = elementwise("floor", lambda xp, x: xp.floor(x), d="0", domain=_STEPS, 
                       cheap=True, masks=True)
 P_CEIL = elementwise("ceil", lambda xp, x: xp.ceil(x), d="0", domain=_STEPS, out_form=np.ceil,
                      cheap=True, masks=True)
-P_ROUND = elementwise("round", lambda xp, x: xp.rint(x), d="0", out_form=np.rint, cheap=True,
+def _round_impl(xp: Any, x: Any) -> Any:
+    # integers are their own rounding: their dtype kept, as np.round and floor/ceil/trunc do
+    # (rint would return floats)
+    return xp.rint(x) if x.dtype.kind in "fc" else x.copy()
+
+
+def _round_out(x: Any, out: Any) -> Any:
+    return np.rint(x, out=out) if x.dtype.kind in "fc" else np.copyto(out, x)
+
+
+P_ROUND = elementwise("round", _round_impl, d="0", out_form=_round_out, cheap=True,
                       masks=True, domain=Domain(-1.9, 1.9, avoid=(-1.5, -0.5, 0.5, 1.5)))
 P_TRUNC = elementwise("trunc", lambda xp, x: xp.trunc(x), d="0", domain=_STEPS, out_form=np.trunc,
                       cheap=True, masks=True)
@@ -518,11 +528,25 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
     x = one(x)
     if lo is None and hi is None:
         raise ValueError("clip: at least one of lo and hi must be given")
-    lo = x.dtype.type(-float("inf")) if lo is None else lo
-    hi = x.dtype.type(float("inf")) if hi is None else hi
-    x, lo_t = pair(x, lo)
-    x, hi_t = pair(x, hi)
+    # the given bound first (it may promote x, an int tensor by a float bound), then the
+    # missing one in x's dtype: infinite, or for integers and bools the dtype's extremes
+    if lo is None:
+        x, hi_t = pair(x, hi)
+        x, lo_t = pair(x, _unbounded(x.dtype, -1))
+    else:
+        x, lo_t = pair(x, lo)
+        x, hi_t = pair(x, _unbounded(x.dtype, 1) if hi is None else hi)
     return bind(P_CLIP, x, lo_t, hi_t)
+
+
+def _unbounded(dt: np.dtype, sign: int) -> Any:
+    """The bound of ``dt`` that clips nothing on side ``sign`` (-1: below, 1: above)."""
+    if dt.kind == "b":
+        return sign > 0
+    if dt.kind in "iu":  # (a Python int in range keeps the tensor's dtype)
+        info = np.iinfo(dt)
+        return int(info.max if sign > 0 else info.min)
+    return sign * float("inf")  # (Python numbers are weak: x keeps its dtype)
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
@@ -553,9 +577,21 @@ def safe_mul(a: Any, b: Any) -> Tensor:
     return bind(P_SAFE_MUL, *pair(a, b))
 
 
+def _fit_int(t: Any, n: Any) -> Any:
+    """Integer tensor ``t`` compared with Python int ``n`` out of its dtype's range: ``t`` in a
+    dtype that holds ``n`` (NumPy 2 compares such ints by value; a cast of ``n`` would
+    overflow)."""
+    if type(n) is not int or not isinstance(t, Tensor) or t.dtype.kind not in "iu":
+        return t
+    info = np.iinfo(t.dtype)
+    if info.min <= n <= info.max:
+        return t
+    return t.astype(np.int64 if -2**63 <= n < 2**63 else np.float64)
+
+
 def _compare(prim: Any, symbol: str) -> Any:
     def op(a: Any, b: Any) -> Tensor:
-        return bind(prim, *pair(a, b))
+        return bind(prim, *pair(_fit_int(a, b), _fit_int(b, a)))
 
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"``a {symbol} b`` elementwise; a bool tensor, not differentiable.\n\n"

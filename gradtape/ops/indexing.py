@@ -392,13 +392,15 @@ def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
                [4.]], dtype=float32)
     """
     x = one(x)
+    if isinstance(indices, (list, tuple, bool, np.bool_)):
+        indices = np.asarray(indices)
+    if getattr(indices, "dtype", None) == np.bool_:  # as np.take: bools are the indices 0 and 1
+        indices = indices.astype(np.intp)  # (getitem would read a bool array as a mask)
     if axis is None:
-        return getitem(x.reshape((-1,)), indices if not isinstance(indices, list) else np.asarray(indices))
+        return getitem(x.reshape((-1,)), indices)
     if not -x.ndim <= int(axis) < x.ndim:
         raise ValueError(f"take: axis {axis} is out of range for a tensor of rank {x.ndim}")
     axis = int(axis) % x.ndim
-    if isinstance(indices, list):
-        indices = np.asarray(indices)
     return getitem(x, (slice(None),) * axis + (indices,))
 
 
