@@ -80,8 +80,11 @@ _COMPRESSIONS = (None, "float16")
 
 
 class DistributedError(RuntimeError):
-    """The ranks disagree (different tensors to reduce, a gradient None on some ranks only) or a
-    rank failed inside the step; raised on every rank, naming the ranks and what differs."""
+    """The ranks disagree (different tensors to reduce, a gradient None on some ranks only,
+    different calls) or a rank failed inside the step; raised on every rank, naming the ranks
+    and what differs."""
+
+    started: bool = False  # some rank had started reductions of the abandoned call
 
 
 # --------------------------------------------------------------------------- the world
@@ -96,6 +99,7 @@ class _World:
         self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
         self.nccl: _Nccl | None = None
         self.broken: str | None = None  # set when data collectives were left unfinished
+        self.calls = 0  # agreement checks made: a rank that skips a call is told so
         self._f16_op: Any = None
         if comm is None:
             return
@@ -263,8 +267,8 @@ def barrier() -> None:
         >>> gt.distributed.barrier()
     """
     world = _world("barrier()")
-    if world.ctrl is not None:
-        world.ctrl.Barrier()
+    if world.ctrl is not None:  # an agreement check waits for every rank, as a barrier does,
+        _agree(world, "barrier()", ("barrier",))  # and tells a rank in another call
 
 
 def transport(of: Tensor | str) -> str:
@@ -305,38 +309,83 @@ def _hash(signature: object) -> int:
 
 
 def _agree(world: _World, who: str, signature: object, failure: BaseException | None = None,
-           digest: int | None = None) -> None:
+           digest: int | None = None, started: bool = False) -> None:
     """One small collective on the control communicator: every rank learns whether all ranks
     are well (``failure`` None) and about to do the same thing (equal ``signature``, or equal
-    ``digest`` where the caller has the signature's hash already). If not, the ranks exchange
-    details and every rank raises :class:`DistributedError`."""
-    h = _hash(signature) if digest is None else digest
+    ``digest`` where the caller has the signature's hash already), at the same call (the
+    count of checks so far is part of the digest: a rank that skipped a call, or made one more,
+    is told instead of pairing its data with another call's). If not, the ranks exchange
+    details and every rank raises :class:`DistributedError`; its ``started`` says whether any
+    rank had started reductions for the call (``started``: this rank had), which then wait
+    unmatched on the ranks that had."""
+    world.calls += 1
+    h = _hash((world.calls, signature if digest is None else digest))
     mine = np.array([0 if failure is None else 1, h, -h], np.int64)
     out = np.empty_like(mine)
     world.ctrl.Allreduce(mine, out, op=world.mpi.MAX)
     if out[0] == 0 and out[1] == h and -out[2] == h:
         return
     note = None if failure is None else f"{type(failure).__name__}: {failure}"
-    everyone = world.ctrl.allgather((note, _describe(signature)))
+    everyone = world.ctrl.allgather((note, _describe(signature), world.calls, bool(started)))
+    anywhere = any(st for *_, st in everyone)
     if failure is not None:
         raise failure  # this rank's own error; the others raise DistributedError naming it
-    failed = [(r, n) for r, (n, _) in enumerate(everyone) if n is not None]
+    failed = [(r, n) for r, (n, *_) in enumerate(everyone) if n is not None]
     if failed:
         msg = "; ".join(f"rank {r} raised {n}" for r, n in failed)
-        raise DistributedError(f"gt.distributed.{who}: {msg} (the step is abandoned on every rank)")
+        raise _error(f"gt.distributed.{who}: {msg} (the step is abandoned on every rank)", anywhere)
     mine_s = everyone[world.rank][1]
-    diff = [f"rank {r}: {s}" for r, (_, s) in enumerate(everyone) if s != mine_s]
-    raise DistributedError(f"gt.distributed.{who}: the ranks do not agree on what to reduce "
-                           f"(rank {world.rank}: {mine_s}; {'; '.join(diff)})")
+    diff = [f"rank {r}: {s}" for r, (_, s, *_) in enumerate(everyone) if s != mine_s]
+    if not diff:  # the same call, but not at the same count: a rank skipped a call
+        counts = ", ".join(f"rank {r}: {c}" for r, (_, _, c, _) in enumerate(everyone))
+        raise _error(f"gt.distributed.{who}: the ranks are at different collective calls "
+                     f"(checks made so far, {counts}): a rank skipped a call the others made, "
+                     f"or made one more (every rank must make the same calls in the same order)",
+                     anywhere)
+    raise _error(f"gt.distributed.{who}: the ranks do not agree on what to reduce "
+                 f"(rank {world.rank}: {mine_s}; {'; '.join(diff)})", anywhere)
+
+
+def _error(msg: str, started: bool) -> DistributedError:
+    err = DistributedError(msg)
+    err.started = started
+    return err
+
+
+def _shape_of(spec: Any) -> Any:
+    """A nest's structure from :func:`flatten`'s spec, in a form equal on every rank for equal
+    structures: container kinds and dict keys, not the leaves (a dict's insertion order left
+    out: its values pair by key)."""
+    if spec is None:
+        return 0
+    kind, typ, keys, children = spec[:4]
+    if type(children) is int:
+        children = [None] * children
+    return (typ.__name__, None if keys is None else tuple(map(repr, keys)),
+            tuple(_shape_of(c) for c in children))
 
 
 def _describe(signature: object) -> str:
-    if isinstance(signature, tuple) and len(signature) == 2 and isinstance(signature[1], tuple):
-        kind, items = signature
+    if isinstance(signature, tuple) and len(signature) in (2, 3) and isinstance(signature[1], tuple):
+        kind, items = signature[:2]
         parts = [("None" if it is None else f"{np.dtype(it[1]).name}{list(it[0])} on {it[2]}")
                  if isinstance(it, tuple) else repr(it) for it in items]
-        return f"{kind} of {len(items)} [{', '.join(parts)}]"
+        where = f" in {_render(signature[2])}" if len(signature) == 3 else ""
+        return f"{kind} of {len(items)} [{', '.join(parts)}]{where}"
     return repr(signature)
+
+
+def _render(spec: Any) -> str:
+    """A nest's structure, leaves as ``*``: ``{'a': *, 'b': [*, *]}``."""
+    if spec is None:
+        return "*"
+    kind, typ, keys, children = spec[:4]
+    if type(children) is int:
+        children = [None] * children
+    if keys is not None:
+        return "{" + ", ".join(f"{k!r}: {_render(c)}" for k, c in zip(keys, children)) + "}"
+    inner = ", ".join(_render(c) for c in children)
+    return f"({inner}{',' if len(children) == 1 else ''})" if typ is tuple else f"[{inner}]"
 
 
 def _spec(t: Tensor | None) -> tuple | None:
@@ -817,13 +866,16 @@ def _nccl(world: _World) -> _Nccl:
 
 # --------------------------------------------------------------------------- all-reduce
 def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compression: str | None = None,
-                      bucket_bytes: int | None = None, plan: _Plan | None = None) -> list[Array | None]:
+                      bucket_bytes: int | None = None, plan: _Plan | None = None,
+                      agree: tuple | None = None) -> list[Array | None]:
     """The one path by which arrays are reduced across ranks: bucketed, each bucket one
     reduction over MPI or NCCL. ``None`` entries (agreed on by the ranks beforehand) stay
     None; the result arrays are new (views of the buckets' buffers, which are reused only once
     no result refers to them). ``plan``: the caller's plan for these arrays (else looked up
-    from their shapes and dtypes). In a single process without MPI the arrays come back as
-    they are."""
+    from their shapes and dtypes). ``agree``: inside a ``gt.function`` trace, the caller's
+    agreement check ``(who, signature, digest)``, made by the program step at each call (so a
+    rank tracing the step and one replaying it make the same checks). In a single process
+    without MPI the arrays come back as they are."""
     world = _world("allreduce()")
     if world.comm is None:
         return list(arrays)
@@ -831,6 +883,8 @@ def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compress
         # the program, run at each call
         present = [i for i, a in enumerate(arrays) if a is not None]
         def reduce(*arrs: Array) -> tuple:
+            if agree is not None:
+                _agree(world, agree[0], agree[1], None, agree[2])
             full: list[Array | None] = [None] * len(arrays)
             for i, a in zip(present, arrs):
                 full[i] = a
@@ -920,8 +974,13 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
         _agree(world, who, (kind, tuple(_spec(t) if isinstance(t, Tensor) or t is None
                                         else repr(type(t)) for t in leaves)), failure)
         raise failure
-    _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
-    out = _allreduce_arrays(arrays, op, compression, bucket, plan)
+    # (the nest's structure too: two ranks' dicts with other keys must not be summed)
+    check = (who, (kind, plan.specs, spec), _hash((plan.signed(kind), _shape_of(spec))))
+    if tracing() and any(a is not None for a in arrays):  # checked by the program's step
+        out = _allreduce_arrays(arrays, op, compression, bucket, plan, agree=check)
+    else:
+        _agree(world, *check[:2], None, check[2])
+        out = _allreduce_arrays(arrays, op, compression, bucket, plan)
     if backend is not None:  # no None, one backend
         return unflatten(spec, [_wrap(a, backend) for a in out])
     return unflatten(spec, [None if a is None else _wrap(a, t._backend)
@@ -1117,7 +1176,9 @@ class DistributedGradientTape:
             plan = _array_plan([s.data for s in leaves], backends.pop().name, self._bucket_bytes, True)
         else:
             plan = _cached_plan(tuple([_spec(s) for s in leaves]), self._bucket_bytes, True)
-        _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
+        traced = tracing()
+        if not traced:  # (in a gt.function trace the program's step checks, at each call)
+            _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
         red = _Reducer(world, plan, self._op, self._compression)
         hook = None
         if self._overlap and not tracing():  # (a gt.function step reduces after the backward)
@@ -1136,19 +1197,35 @@ class DistributedGradientTape:
         except Exception as exc:
             failure = exc
             flat = [None] * len(leaves)
+        nones = tuple(g is None for g in flat)
+        if traced:  # one check at each call of the compiled step: these sources, these None
+            # gradients (a rank that traces and one that replays make the same checks)
+            check = (who, (kind, plan.specs, nones), _hash((plan.signed(kind), nones)))
+            if failure is None and not all(nones):
+                arrays = [None if g is None else g.data for g in flat]
+                out = _allreduce_arrays(arrays, self._op, self._compression, self._bucket_bytes,
+                                        agree=check)
+                return unflatten(spec, [None if a is None else
+                                        _wrap(a if a.dtype == s.dtype else a.astype(s.dtype), s._backend)
+                                        for a, s in zip(out, leaves)])
+            _agree(world, *check[:2], failure, check[2])  # now: a failure, or nothing to reduce
+            if failure is not None:
+                raise failure
+            return unflatten(spec, [None] * len(leaves))
         try:
-            _agree(world, who, ("gradients (True: None)", tuple(g is None for g in flat)), failure)
-        except DistributedError:
+            _agree(world, who, ("gradients (True: None)", nones), failure,
+                   started=bool(red.started))
+        except DistributedError as err:
+            if err.started:  # on every rank: the started reductions wait unmatched
+                world.broken = "a gradient reduction was started on some ranks only"
+            raise
+        except Exception:
             if red.started:
                 world.broken = "a gradient reduction was started on some ranks only"
             raise
         if failure is not None:
             raise failure
-        arrays = [None if g is None else g.data for g in flat]
-        if tracing():  # inside gt.function: the reduction is one step of the program
-            out = _allreduce_arrays(arrays, self._op, self._compression, self._bucket_bytes)
-        else:
-            out = red.finish(arrays)
+        out = red.finish([None if g is None else g.data for g in flat])
         return unflatten(spec, [None if a is None else _wrap(a if a.dtype == s.dtype else a.astype(s.dtype),
                                                              s._backend)
                                 for a, s in zip(out, leaves)])

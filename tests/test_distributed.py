@@ -368,6 +368,41 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
     e = _expect(none_on_one_rank, D.DistributedError, "do not agree")
     assert "None" in str(e), e
 
+    # the nest's structure is part of what the ranks agree on: other dict keys are not summed
+    e = _expect(lambda: D.allreduce({"w": gt.tensor([1.0]), ("b" if r == 0 else "z"): gt.tensor([2.0])}),
+                D.DistributedError, "do not agree")
+    assert "'b': *" in str(e) and "'z': *" in str(e), e
+    _expect(lambda: D.allreduce([gt.tensor([1.0]), [gt.tensor([2.0])]] if r == 0 else
+                                [[gt.tensor([1.0])], gt.tensor([2.0])]), D.DistributedError, "do not agree")
+    # a barrier against a reduction is an error on both ranks, not a hang
+    _expect(lambda: D.barrier() if r == 0 else D.allreduce([gt.tensor([1.0])]), D.DistributedError,
+            "do not agree")
+
+    # a compiled step whose shapes change on one rank only (an uneven last shard): one rank
+    # traces again while the other replays, and they still pair
+    wc = gt.Variable([0.5, -0.5, 0.25])
+    ref_w = gt.Variable(wc.numpy())
+    sgd, ref_sgd = gt.optimizers.SGD(0.1), gt.optimizers.SGD(0.1)
+
+    @gt.function
+    def cstep(x):
+        with D.DistributedGradientTape(gt.GradientTape(), overlap=False) as tape:
+            loss = gt.sum(gt.tanh(x @ wc))
+        sgd.apply_gradients(zip(tape.gradient(loss, [wc]), [wc]))
+
+    rows = [(4, 3), (4, 3), (4, 3), (3, 3), (4, 3)]
+    for k, (n0, n1) in enumerate(rows):
+        mine = data(r, 50 + k, (n0 if r == 0 else n1, 3), "float32")
+        cstep(gt.tensor(mine))
+        both = [data(q, 50 + k, (n0 if q == 0 else n1, 3), "float32") for q in range(n)]
+        gs = []
+        for xq in both:
+            with gt.GradientTape() as t2:
+                lq = gt.sum(gt.tanh(gt.tensor(xq) @ ref_w))
+            gs.append(t2.gradient(lq, ref_w).numpy())
+        ref_sgd.apply_gradients([(gt.tensor(np.mean(gs, axis=0)), ref_w)])
+        np.testing.assert_allclose(wc.numpy(), ref_w.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"step {k}")
+
     # last: a backward that fails on one rank while the other may have started reducing
     # (the world may be left unusable: the job should end)
     @gt.custom_gradient
