@@ -1256,6 +1256,9 @@ class DistributedOptimizer(Optimizer):
         array([0.5, 1.5], dtype=float32)
     """
 
+    # this wrapper's own settings: a slot, not the shared __dict__ (two wrappers of one
+    # optimizer keep their own op)
+    __slots__ = ("_distributed",)
     _distributed: tuple[str, str | None, int | None]
 
     def __new__(cls, optimizer: Optimizer, op: str = "mean", compression: str | None = None,
@@ -1281,6 +1284,15 @@ class DistributedOptimizer(Optimizer):
                  bucket_bytes: int | None = None) -> None:
         # the state is the wrapped optimizer's (shared in __new__, not re-initialized here)
         self._distributed = (op, compression, bucket_bytes)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Copy and pickle as the wrapped optimizer (its class, sharing this state) wrapped
+        again with these settings."""
+        base = next(c for c in type(self).__mro__
+                    if issubclass(c, Optimizer) and not issubclass(c, DistributedOptimizer))
+        plain = object.__new__(base)
+        plain.__dict__ = self.__dict__
+        return (DistributedOptimizer, (plain, *self._distributed))
 
     def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
                stacklevel: int = 3) -> None:

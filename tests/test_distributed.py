@@ -12,6 +12,7 @@ No timing assertions.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -374,6 +375,14 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
     assert "'b': *" in str(e) and "'z': *" in str(e), e
     _expect(lambda: D.allreduce([gt.tensor([1.0]), [gt.tensor([2.0])]] if r == 0 else
                                 [[gt.tensor([1.0])], gt.tensor([2.0])]), D.DistributedError, "do not agree")
+    # two wrappers of one optimizer keep their own op; a deep copy keeps its wrapper's
+    base = gt.optimizers.SGD(1.0)
+    d_sum = D.DistributedOptimizer(base, op="sum")
+    d_mean = D.DistributedOptimizer(base, op="mean")
+    for opt_, want in ((d_sum, -2.0), (d_mean, -1.0), (copy.deepcopy(d_sum), -2.0)):
+        wv = gt.Variable([0.0])
+        opt_.apply_gradients([(gt.tensor([1.0]), wv)])
+        assert wv.numpy().tolist() == [want], (opt_, wv.numpy())
     # a barrier against a reduction is an error on both ranks, not a hang
     _expect(lambda: D.barrier() if r == 0 else D.allreduce([gt.tensor([1.0])]), D.DistributedError,
             "do not agree")
