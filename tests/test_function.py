@@ -1407,24 +1407,6 @@ def test_np_asarray_of_a_traced_tensor_is_a_tracing_error_or_runs_eagerly():
     np.testing.assert_array_equal(f(gt.tensor([0.5, 1.0, 1.5])).numpy(), [1.0, 2.0, 3.0])
 
 
-def test_a_replayed_backward_is_as_quiet_as_the_eager_one_under_user_warning_filters():
-    # hypot's derivative at 0 is 0/0, cleaned up on purpose: the eager pass runs under
-    # np.errstate, so the replay must too, whatever filters the user installed
-    def step(a):
-        with gt.GradientTape() as tape:
-            tape.watch(a)
-            loss = gt.sum(gt.hypot(a, a))
-        return tape.gradient(loss, a)
-
-    a = gt.tensor([0.0, 1.0])
-    f = gt.function(step)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        want = step(a).numpy()
-        for _ in range(4):
-            np.testing.assert_array_equal(f(a).numpy(), want)
-
-
 @pytest.mark.parametrize("take", ["tolist", "tobytes", "bytes"])
 def test_host_values_of_a_traced_array_are_tracing_errors_or_run_eagerly(take):
     def step(x):

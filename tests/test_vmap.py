@@ -454,3 +454,16 @@ def test_softmax_over_an_empty_axis_is_empty():
     for fn in (gt.softmax, gt.log_softmax):
         for axis in (0, -1):
             assert fn(x, axis=axis).shape == (0, 2)
+
+
+def test_custom_gradient_under_vmap_with_a_tape_outside_is_refused_not_wrong():
+    @gt.custom_gradient
+    def cf(x):
+        def grad(dy):
+            return dy * 3.0
+        return x * x, grad
+
+    X = gt.tensor(np.ones((2, 2)))
+    with pytest.raises(NotImplementedError, match="inside gt.vmap while a tape outside the vmap"):
+        gt.grad(lambda X: gt.sum(gt.vmap(cf)(X)))(X)
+    np.testing.assert_array_equal(gt.vmap(gt.grad(lambda x: gt.sum(cf(x))))(X).numpy(), 3.0)

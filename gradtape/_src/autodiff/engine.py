@@ -23,7 +23,6 @@ from ..rules import ON_NUMPY, on_arrays
 from ..tensor import Tensor, _wrap
 from . import fusion
 from .record import Record, Recorder, check_finite
-from .state import STATE
 
 __all__ = ["backward", "forward_reach", "unbroadcast", "Accumulator"]
 
@@ -245,9 +244,6 @@ def backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
     ``gy * d`` is then cleaned up on purpose, so a warning would only be noise (PyTorch and
     TF are silent too); ``check_numerics`` is the tool that reports NaN and inf.
     """
-    tr = STATE.trace
-    if tr is not None:  # a gt.function trace: its replay runs this pass's steps as quietly
-        tr.quiet = True
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return _backward(tape, targets, seeds, sources, diff, release, ready)
 

@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from ..autodiff.batched import BatchedTensor
 from ..autodiff.record import Record, record
-from ..autodiff.state import paused_recording
+from ..autodiff.state import STATE, paused_recording
 from ..config import HOOKS
 from ..nest import flatten, unflatten
 from ..primitive import Primitive, as_tensor
@@ -172,6 +172,15 @@ def custom_gradient(f: Callable[_P, tuple[_Y, Callable[..., Any]]]) -> Callable[
 
     @functools.wraps(f)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _Y:
+        levels = [a._level for a in args if isinstance(a, BatchedTensor)]
+        if levels and any(t._vlevel < max(levels) for t in STATE.recording):
+            # a tape outside the vmap follows the whole batch: the rule would have to be
+            # batched for it, which a user's grad is not
+            raise NotImplementedError(
+                f"custom_gradient {fname}: called inside gt.vmap while a tape outside the vmap "
+                "records (gt.grad of a function that vmaps it, say): its gradient rule cannot "
+                "be applied to the whole batch. Differentiate inside the vmap instead "
+                "(gt.vmap(gt.grad(f))), or call it on the batch without vmap")
         watcher: dict[int, Variable] = {}
         with paused_recording(watcher):  # f's own ops are not recorded
             result = f(*args, **kwargs)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import math
 import operator
@@ -729,7 +728,6 @@ class _Trace:
         self.variables: dict[int, Any] = {}  # weak references to the Variables ops read
         self.unsafe: str | None = None  # why this trace cannot be replayed
         self.out_consts: list[Any] = []  # outputs that are not program values, to compare
-        self.quiet = False  # a reverse pass ran: the replay silences NumPy's warnings as it does
 
     # slots
     def new(self, a: Any) -> TracedArray:
@@ -1136,34 +1134,11 @@ def _out_position(fn: Any) -> int:
 # --------------------------------------------------------------------------- programs
 
 
-# The reverse pass runs under np.errstate(divide, invalid, over="ignore") (its derivatives are
-# infinite at documented points and cleaned up on purpose); a replay of a step that ran one does
-# the same by setting NumPy's error-state context variable directly, a tenth of what entering
-# np.errstate costs (NumPy 2; else np.errstate itself).
-try:
-    _UFUNC_CONFIG: Any = importlib.import_module("numpy._core._ufunc_config")
-except ImportError:  # another NumPy layout: np.errstate
-    _UFUNC_CONFIG = None
-_EXTOBJ: Any = getattr(_UFUNC_CONFIG, "_extobj_contextvar", None)
-_MAKE_EXTOBJ: Any = getattr(_UFUNC_CONFIG, "_make_extobj", None)
-if _MAKE_EXTOBJ is None:
-    _EXTOBJ = None
-
-
-def _quiet_state() -> Any:
-    """The error state a replay with a reverse pass runs in (the current one, with divide,
-    invalid and overflow ignored), or True where NumPy offers no context variable."""
-    if _EXTOBJ is None:
-        return True
-    return _MAKE_EXTOBJ(divide="ignore", invalid="ignore", over="ignore")
-
-
 class _Program:
     """The replayable straight-line program of one trace."""
 
     def __init__(self, tr: _Trace, n_in: int, out_slots: list[int | None], name: str,
                  graphs: bool = False) -> None:
-        self.quiet = _quiet_state() if tr.quiet else None
         steps = _dead_code(tr.steps, out_slots)
         steps = _fuse_elementwise(steps, tr.arrays, out_slots, device=config.fusion)
         # (a module name of gradtape's: NumPy's RuntimeWarnings from the program are ignored
@@ -2267,20 +2242,7 @@ class Function(Generic[R]):
             # from the second replay on: the first compiled and loaded every kernel
             graphs = entry.graphs = _GraphRunner(program, entry.device.capture)
         entry.replays += 1
-        quiet = program.quiet
-        if quiet is None:
-            outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
-        else:  # NumPy's error state of the eager reverse pass (np.errstate in one call)
-            token = _EXTOBJ.set(quiet) if _EXTOBJ is not None else None
-            try:
-                if token is None:
-                    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                        outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
-                else:
-                    outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
-            finally:
-                if token is not None:
-                    _EXTOBJ.reset(token)
+        outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
         res: list[Any] = []
         for arr, meta in zip(outs, entry.out_meta):
             if meta is None:
