@@ -324,8 +324,9 @@ def _present_arrays(grads: Iterable[Tensor | Array | None]) -> tuple[list[Array]
     if not present:
         return [], None
     g = present[0]
-    backend = g._backend if isinstance(g, Tensor) else backend_of(g)
-    return [g.data if isinstance(g, Tensor) else g for g in present], backend
+    backend = g._backend if isinstance(g, Tensor) else backend_of(g if hasattr(g, "dtype") else np.asarray(g))
+    return [g.data if isinstance(g, Tensor) else g if hasattr(g, "dtype") else np.asarray(g)
+            for g in present], backend
 
 
 def _sum_squares(arrays: Sequence[Array]) -> Any:

@@ -309,3 +309,9 @@ def test_integer_edge_cases_follow_numpy():
     assert gt.equal(u, 256).numpy().tolist() == [False, False]
     assert (gt.tensor(np.array([1], np.int32)) == 2**40).numpy().tolist() == [False]
     assert (u > -1).numpy().tolist() == [True, True]
+    big = gt.tensor(np.array([0, 2**63 + 5, 2**64 - 1], np.uint64))
+    assert (big > -1).numpy().tolist() == [True] * 3 and (big == -1).numpy().tolist() == [False] * 3
+    assert (big < 2**64).numpy().tolist() == [True] * 3 and (-1 < big).numpy().tolist() == [True] * 3
+    edge = gt.tensor(np.array([-2**63, 0, 2**63 - 1], np.int64))
+    assert (edge > -2**63 - 1).numpy().tolist() == [True] * 3
+    assert (edge < 2**63).numpy().tolist() == [True] * 3

@@ -690,6 +690,13 @@ def test_layer_norm_scales_and_shifts_along_the_normalized_axes():
     y = gt.nn.layer_norm(gt.tensor(x), gt.tensor(gamma), gt.tensor(beta), axis=1).numpy()
     xn = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(y, xn * gamma[:, None] + beta[:, None], rtol=1e-10)
+    for g in (gamma[:, None], gamma.reshape(1, 3, 1)):  # keepdims forms broadcast as they are
+        y2 = gt.nn.layer_norm(gt.tensor(x), gt.tensor(g), axis=1).numpy()
+        np.testing.assert_allclose(y2, xn * gamma[:, None], rtol=1e-10)
+    full = rng.standard_normal((2, 3, 4))  # one value per element (x's shape), trailing axis
+    xl = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(gt.nn.layer_norm(gt.tensor(x), gt.tensor(full)).numpy(), xl * full,
+                               rtol=1e-10)
     with pytest.raises(ValueError, match=r"gamma of shape \(4,\) must broadcast against the normalized axes \(1,\)"):
         gt.nn.layer_norm(gt.tensor(x), gt.tensor(rng.standard_normal(4)), axis=1)
 

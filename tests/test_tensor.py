@@ -365,3 +365,7 @@ def test_format_and_round_as_numpy_and_pytorch_scalars():
     np.testing.assert_array_equal(round(gt.tensor([0.5, 1.5, 2.5])).numpy(), [0.0, 2.0, 2.0])
     with pytest.raises(TypeError, match="ndigits must be an int"):
         round(gt.tensor(1.0), 1.5)
+    ints = np.array([15, 25, 149, -35])
+    r = round(gt.tensor(ints), -1)
+    assert r.dtype == np.int64 and r.numpy().tolist() == np.round(ints, -1).tolist()
+    assert round(gt.tensor(ints), 2).dtype == np.int64

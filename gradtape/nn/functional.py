@@ -487,8 +487,9 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
     shift by ``beta``: ``(x - mean) / sqrt(var + eps) * gamma + beta`` (biased variance).
 
     Shapes: ``x[..., D]``; ``gamma`` and ``beta`` broadcast against the normalized axes, in
-    their order (``[D]`` for the default ``axis=-1``; ``[C]`` for ``axis=1`` of ``[N, C, L]``),
-    else ``ValueError``; the result has ``x``'s shape.
+    their order (``[D]`` for the default ``axis=-1``; ``[C]`` for ``axis=1`` of ``[N, C, L]``,
+    else ``ValueError``), or have ``x``'s rank (then plain broadcasting); the result has
+    ``x``'s shape.
 
     Example:
         >>> import gradtape as gt
@@ -517,22 +518,30 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
 
 
 def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
-    """``v`` (shaped like, or broadcasting against, the normalized axes of ``x`` in order) in
-    the shape that lines its axes up with those axes of ``x``."""
+    """``v`` lined up with ``x``: for trailing normalized axes, or ``v`` of ``x``'s rank (a
+    keepdims form, or one value per element), plain broadcasting; otherwise ``v`` holds the
+    normalized axes in order (``[C]`` for axis 1 of ``[N, C, L]``) and gets size-1 axes
+    between them."""
     t = one(v)
-    target = tuple(x.shape[a] for a in sorted(axes))
+    order = tuple(sorted(axes))
+    if order == tuple(range(x.ndim - len(order), x.ndim)) or t.ndim == x.ndim:
+        return t  # plain broadcasting lines the axes up (a mismatch: the op's own error)
+    off = x.ndim - t.ndim
+    if off >= 0 and all(n == 1 or (off + i in order and n == x.shape[off + i])
+                        for i, n in enumerate(t.shape)):
+        return t  # its sizes already sit on normalized axes: [C, 1] for axis 1 of [N, C, L]
+    target = tuple(x.shape[a] for a in order)
     try:
         ok = np.broadcast_shapes(t.shape, target) == target
     except ValueError:
         ok = False
     if not ok:
         raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against the "
-                         f"normalized axes {tuple(sorted(axes))} of x (shape {target})")
-    if tuple(sorted(axes)) == tuple(range(x.ndim - len(axes), x.ndim)):
-        return t  # trailing axes: plain broadcasting lines them up
+                         f"normalized axes {order} of x, whose sizes are {target} (or have x's "
+                         f"rank, shape {x.shape})")
     full = (1,) * (len(target) - t.ndim) + t.shape
     keep = [1] * x.ndim
-    for a, n in zip(sorted(axes), full):
+    for a, n in zip(order, full):
         keep[a] = n
     return ops.reshape(t, tuple(keep))
 

@@ -129,6 +129,11 @@ def _m_round(self: Tensor, ndigits: int | None = None) -> Tensor:
     if not isinstance(ndigits, (int, np.integer)) or isinstance(ndigits, bool):
         raise TypeError(f"round(tensor, ndigits): ndigits must be an int, got "
                         f"{type(ndigits).__name__}")
+    if self.dtype.kind in "iub":  # integers keep their dtype (as np.round): whole already
+        if ndigits > 0:  # for ndigits >= 0, to tens (halves to even) or coarser below it
+            return _e.round(self)
+        f = 10.0 ** -int(ndigits)
+        return (_e.round(self.astype(np.float64) / f) * f).astype(self.dtype)
     scale = 10.0 ** int(ndigits)
     return _e.round(self * scale) / scale
 

@@ -577,21 +577,41 @@ def safe_mul(a: Any, b: Any) -> Tensor:
     return bind(P_SAFE_MUL, *pair(a, b))
 
 
-def _fit_int(t: Any, n: Any) -> Any:
-    """Integer tensor ``t`` compared with Python int ``n`` out of its dtype's range: ``t`` in a
-    dtype that holds ``n`` (NumPy 2 compares such ints by value; a cast of ``n`` would
-    overflow)."""
-    if type(n) is not int or not isinstance(t, Tensor) or t.dtype.kind not in "iu":
-        return t
+# The comparisons, as ``x op n`` with ``n`` above (True) or below (False) every value of x's
+# dtype: the constant result.
+_BEYOND = {"less": lambda above: above, "less_equal": lambda above: above,
+           "greater": lambda above: not above, "greater_equal": lambda above: not above,
+           "equal": lambda above: False, "not_equal": lambda above: True}
+_FLIP = {"less": "greater", "less_equal": "greater_equal", "greater": "less",
+         "greater_equal": "less_equal", "equal": "equal", "not_equal": "not_equal"}
+
+
+def _beyond(prim: Any, a: Any, b: Any) -> Tensor | None:
+    """``a op b`` where one side is a Python int outside the other, an integer tensor's, dtype
+    range (NumPy 2 compares such ints by value; a cast would overflow): the constant result,
+    else None."""
+    name = prim.name
+    if name not in _BEYOND:
+        return None
+    if isinstance(a, Tensor) and type(b) is int:
+        t, n = a, b
+    elif isinstance(b, Tensor) and type(a) is int:
+        t, n, name = b, a, _FLIP[name]
+    else:
+        return None
+    if t.dtype.kind not in "iu":
+        return None
     info = np.iinfo(t.dtype)
     if info.min <= n <= info.max:
-        return t
-    return t.astype(np.int64 if -2**63 <= n < 2**63 else np.float64)
+        return None
+    none = bind(P_NOT_EQUAL, t, t)  # all False (integers), in t's shape and backend
+    return bind(P_LOGICAL_NOT, none) if _BEYOND[name](n > info.max) else none
 
 
 def _compare(prim: Any, symbol: str) -> Any:
     def op(a: Any, b: Any) -> Tensor:
-        return bind(prim, *pair(_fit_int(a, b), _fit_int(b, a)))
+        out = _beyond(prim, a, b)
+        return out if out is not None else bind(prim, *pair(a, b))
 
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"``a {symbol} b`` elementwise; a bool tensor, not differentiable.\n\n"

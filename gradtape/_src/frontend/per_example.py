@@ -236,7 +236,8 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
         # an elementwise op lines inputs up from their last axis: one that depends on the
         # sources and has a lower rank than the output has its axis 0 against another axis
         # than the batch axis (a constant, even one of B rows, is only read)
-        wide = max(map(len, rec.in_shapes)) if rec.prim.is_elementwise else 0
+        wide = (max(map(len, rec.in_shapes)) if rec.prim.is_elementwise else
+                len(rec.params["shape"]) if rec.prim.name == "broadcast_to" else 0)
         for i, iid in enumerate(rec.in_ids):
             shape = rec.in_shapes[i]
             if iid and iid in reach:
@@ -259,9 +260,8 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                     f"{shape} against a rank-{wide} result, so its axis 0 does not line up with "
                     f"the batch axis; it was taken as per-example because its axis 0 has the "
                     f"batch size B = {B} (a table row per position, such as positional "
-                    "embeddings P[arange(T)] with T == B, would mix the examples). Give it the "
-                    "result's rank (expand_dims) so the batch axis is first, or index it with "
-                    "per-example ids")
+                    "embeddings P[arange(T)] with T == B, would mix the examples). Take the "
+                    "rows with a slice (P[:T]) or with per-example ids of shape [B, T]")
             if k == _EXAMPLE:
                 ex = True
         if not ex and _batch_index(rec, B) is not None:
