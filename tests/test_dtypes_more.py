@@ -299,6 +299,13 @@ def test_integer_edge_cases_follow_numpy():
     assert lo_only.dtype == np.int64 and lo_only.numpy().tolist() == [0, 0, 3]
     hi_float = gt.clip(x, None, 0.5)
     assert hi_float.dtype == (x + 0.5).dtype and hi_float.numpy().tolist() == [-2.0, 0.0, 0.5]
+    u8 = gt.tensor(np.array([0, 7, 255], np.uint8))
+    for lo, hi in ((-5, None), (None, 300), (-5, 300), (-5, 3)):
+        got = gt.clip(u8, lo, hi)
+        assert got.dtype == np.uint8, (lo, hi)
+        assert got.numpy().tolist() == np.clip(u8.numpy(), lo, hi).tolist(), (lo, hi)
+    with pytest.raises(ValueError, match=r"clip: bounds lo=300, hi=None put every value outside"):
+        gt.clip(u8, 300, None)
     # round keeps an integer dtype (as np.round, floor, ceil, trunc)
     for dt in ("int64", "int32", "uint8"):
         r = gt.round(gt.tensor(np.array([1, 2, 3], dt)))

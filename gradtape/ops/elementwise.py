@@ -529,7 +529,16 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
     if lo is None and hi is None:
         raise ValueError("clip: at least one of lo and hi must be given")
     # the given bound first (it may promote x, an int tensor by a float bound), then the
-    # missing one in x's dtype: infinite, or for integers and bools the dtype's extremes
+    # missing one in x's dtype: infinite, or for integers and bools the dtype's extremes; a
+    # Python int past an integer dtype's range clips nothing on its side (or everything on
+    # the other): held to the range, as NumPy 2 compares such ints by value
+    if x.dtype.kind in "iu":
+        info = np.iinfo(x.dtype)
+        if (type(lo) is int and lo > info.max) or (type(hi) is int and hi < info.min):
+            raise ValueError(f"clip: bounds lo={lo}, hi={hi} put every value outside x's dtype "
+                             f"{x.dtype} (range [{info.min}, {info.max}])")
+        lo = max(lo, int(info.min)) if type(lo) is int else lo
+        hi = min(hi, int(info.max)) if type(hi) is int else hi
     if lo is None:
         x, hi_t = pair(x, hi)
         x, lo_t = pair(x, _unbounded(x.dtype, -1))
