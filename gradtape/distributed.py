@@ -1181,7 +1181,7 @@ class DistributedGradientTape:
             _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
         red = _Reducer(world, plan, self._op, self._compression)
         hook = None
-        if self._overlap and not tracing():  # (a gt.function step reduces after the backward)
+        if self._overlap and not traced:  # (a gt.function step reduces after the backward)
             red.overlap = True
             positions: dict[int, list[int]] = {}
             for i, s in enumerate(leaves):
@@ -1203,11 +1203,8 @@ class DistributedGradientTape:
             check = (who, (kind, plan.specs, nones), _hash((plan.signed(kind), nones)))
             if failure is None and not all(nones):
                 arrays = [None if g is None else g.data for g in flat]
-                out = _allreduce_arrays(arrays, self._op, self._compression, self._bucket_bytes,
-                                        agree=check)
-                return unflatten(spec, [None if a is None else
-                                        _wrap(a if a.dtype == s.dtype else a.astype(s.dtype), s._backend)
-                                        for a, s in zip(out, leaves)])
+                return _as_sources(spec, leaves, _allreduce_arrays(
+                    arrays, self._op, self._compression, self._bucket_bytes, agree=check))
             _agree(world, *check[:2], failure, check[2])  # now: a failure, or nothing to reduce
             if failure is not None:
                 raise failure
@@ -1225,10 +1222,15 @@ class DistributedGradientTape:
             raise
         if failure is not None:
             raise failure
-        out = red.finish([None if g is None else g.data for g in flat])
-        return unflatten(spec, [None if a is None else _wrap(a if a.dtype == s.dtype else a.astype(s.dtype),
-                                                             s._backend)
-                                for a, s in zip(out, leaves)])
+        return _as_sources(spec, leaves, red.finish([None if g is None else g.data for g in flat]))
+
+
+def _as_sources(spec: Any, leaves: list[Any], out: list[Array | None]) -> Any:
+    """The reduced arrays as Tensors of their sources' dtypes and backends, in ``spec``'s
+    structure (None stays None)."""
+    return unflatten(spec, [None if a is None else _wrap(a if a.dtype == s.dtype else a.astype(s.dtype),
+                                                         s._backend)
+                            for a, s in zip(out, leaves)])
 
 
 class DistributedOptimizer(Optimizer):

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._src.autodiff.state import opaque, tracing
 from ._src.backend import get_backend
-from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
+from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, broadcasts_to, check_dtype
 from .ops.creation import ShapeLike, float_dtype, normalize_shape
 from .ops.indexing import take
 from .ops.shape import _check_size
@@ -351,11 +351,7 @@ class Generator:
                              "outside vmap with p of the whole batch, and pass the samples in")
         out_shape = tuple(pt.shape) if shape is None else normalize_shape(shape, "bernoulli")
         _check_size("bernoulli", list(out_shape), 8)
-        try:
-            ok = np.broadcast_shapes(tuple(pt.shape), out_shape) == out_shape
-        except ValueError:
-            ok = False
-        if not ok:
+        if not broadcasts_to(tuple(pt.shape), out_shape):
             raise ValueError(f"bernoulli: p of shape {tuple(pt.shape)} does not broadcast to shape "
                              f"{out_shape}")
         xp = pt._backend.xp

@@ -167,8 +167,7 @@ class Tensor:
             data = data._host("np.asarray()")  # or with fallback="eager" the value now)
         if copy:
             return np.array(data, dtype=dtype, copy=True)
-        arr = np.asarray(data).view()
-        arr.flags.writeable = False
+        arr = _host_view(self, data)
         if dtype is not None and np.dtype(dtype) != arr.dtype:
             if copy is False:
                 raise ValueError(f"np.asarray(tensor, dtype={np.dtype(dtype)}, copy=False): the "
@@ -486,12 +485,7 @@ class Variable(Tensor):
         if not getattr(arr, "_gt_traced", False):  # (inside gt.function: checked at each call)
             self._check_representable(arr, what)
         if arr.shape != self.shape:
-            try:
-                np.broadcast_shapes(arr.shape, self.shape)
-                ok = np.broadcast_shapes(arr.shape, self.shape) == self.shape
-            except ValueError:
-                ok = False
-            if not ok:
+            if not broadcasts_to(arr.shape, self.shape):
                 raise ValueError(f"{what}: value has shape {arr.shape}, expected the variable's "
                                  f"shape {self.shape}")
         return arr
@@ -646,11 +640,21 @@ _FLOAT_DEFAULT = np.dtype(np.float32)
 _COMPLEX_DEFAULT = np.dtype(np.complex64)
 
 
-def _host_view(t: Tensor) -> np.ndarray:
-    """``t``'s values as a host array: a read-only view on NumPy, a copy from CuPy."""
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to exactly ``target`` (NumPy's rules)."""
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _host_view(t: Tensor, data: Any = None) -> np.ndarray:
+    """``t``'s values (or its array ``data``) as a host array: a read-only view on NumPy, a
+    copy from CuPy."""
+    data = t.data if data is None else data
     if t._backend.name != "numpy":
-        return t._backend.to_host(t.data)
-    view = np.asarray(t.data).view()
+        return t._backend.to_host(data)
+    view = np.asarray(data).view()
     view.flags.writeable = False
     return view
 

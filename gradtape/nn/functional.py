@@ -20,7 +20,7 @@ from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque, read_for_trace
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
-from .._src.tensor import Tensor, Variable, _wrap
+from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
 from ..ops._util import normalize_axis, one
 from ..ops.elementwise import P_EQUAL, P_EXP
 from ..ops.reductions import P_SUM
@@ -531,11 +531,7 @@ def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
                         for i, n in enumerate(t.shape)):
         return t  # its sizes already sit on normalized axes: [C, 1] for axis 1 of [N, C, L]
     target = tuple(x.shape[a] for a in order)
-    try:
-        ok = np.broadcast_shapes(t.shape, target) == target
-    except ValueError:
-        ok = False
-    if not ok:
+    if not broadcasts_to(t.shape, target):
         raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against the "
                          f"normalized axes {order} of x, whose sizes are {target} (or have x's "
                          f"rank, shape {x.shape})")

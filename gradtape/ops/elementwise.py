@@ -619,8 +619,11 @@ def _beyond(prim: Any, a: Any, b: Any) -> Tensor | None:
 
 def _compare(prim: Any, symbol: str) -> Any:
     def op(a: Any, b: Any) -> Tensor:
-        out = _beyond(prim, a, b)
-        return out if out is not None else bind(prim, *pair(a, b))
+        if type(a) is int or type(b) is int:  # (the common operands skip the range check)
+            out = _beyond(prim, a, b)
+            if out is not None:
+                return out
+        return bind(prim, *pair(a, b))
 
     op.__name__ = op.__qualname__ = prim.name
     op.__doc__ = (f"``a {symbol} b`` elementwise; a bool tensor, not differentiable.\n\n"

@@ -16,7 +16,7 @@ from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
-from .._src.tensor import Tensor, _wrap
+from .._src.tensor import Tensor, _wrap, broadcasts_to
 from ._util import move_axis, normalize_axis, one, phys_axis
 from .elementwise import P_LESS, P_WHERE
 
@@ -577,11 +577,7 @@ def index_add(x: Any, axis: int, indices: Any, values: Any) -> Tensor:
     want = x.shape[:ax] + idx.shape + x.shape[ax + 1:]
     v = as_tensor(values, x)
     if v.shape != want:
-        try:
-            ok = np.broadcast_shapes(v.shape, want) == want
-        except ValueError:
-            ok = False
-        if not ok:
+        if not broadcasts_to(v.shape, want):
             raise ValueError(f"index_add: values must have shape {want} (x's shape {x.shape} with "
                              f"the indices' shape {idx.shape} in place of axis {ax}), got "
                              f"{v.shape}")

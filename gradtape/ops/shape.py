@@ -11,7 +11,7 @@ import numpy as np
 from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
-from .._src.tensor import Tensor, check_dtype
+from .._src.tensor import Tensor, broadcasts_to, check_dtype
 from ._util import batch_size, logical_axes, move_axis, normalize_axis, one, phys_axis
 from .indexing import P_SCATTER, getitem
 
@@ -257,11 +257,7 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
     """
     x = one(x)
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-    try:
-        ok = np.broadcast_shapes(x.shape, shape) == shape
-    except ValueError:
-        ok = False
-    if not ok:
+    if not broadcasts_to(x.shape, shape):
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}")
     if shape == x.shape:
         return x
