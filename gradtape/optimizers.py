@@ -259,15 +259,10 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
         arrays, backend = _present_arrays(grads)
         return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend) if arrays else 0.0
     total = 0.0
-    with np.errstate(over="ignore"):  # an overflowing square is taken again in float64
-        for g in grads:
-            if g is None:
-                continue
-            a = g.data if isinstance(g, Tensor) else g if hasattr(g, "dtype") else np.asarray(g)
-            sq = float(_square_sum(a))
-            if not math.isfinite(sq) and a.dtype.kind == "f" and a.dtype != np.float64:
-                sq = float((a.astype(np.float64) ** 2).sum())
-            total += sq
+    for g in grads:
+        if g is not None:
+            total += float(_square_sum(
+                g.data if isinstance(g, Tensor) else g if hasattr(g, "dtype") else np.asarray(g)))
     return math.sqrt(total)
 
 
@@ -334,19 +329,34 @@ def _sum_squares(arrays: Sequence[Array]) -> Any:
     per array and then in order (the host route's order)."""
     total = None
     for a in arrays:
-        sq = _square_sum(a)
+        # one logged call in a traced step, so a replay takes the same overflow branch
+        sq = opaque(_square_sum, a)
         total = sq if total is None else total + sq
     return total
 
 
 def _square_sum(a: Array) -> Any:
-    """``sum(a * a)`` as a 0-d float64 array; the squares of float16 values are formed in
-    float32 (a float16 square overflows from 256 on, which would zero every clipped gradient)."""
-    if a.dtype == np.float64:
-        return (a * a).sum()
-    if a.dtype.kind == "f" and a.dtype.itemsize < 4:
+    """``sum(a * a)`` as a 0-d float64 array. The squares of float16 values are formed in
+    float32 (a float16 square overflows from 256 on, a float32 one from 1.9e19, which would
+    make the norm inf and zero every clipped gradient); a float32 sum that overflows is taken
+    again in float64 (on NumPy when it is not finite; on a device, where reading it would
+    synchronise, always, keeping the float32 sum where that is finite)."""
+    if a.dtype == np.float64 or a.dtype.kind != "f":
+        return (a * a).sum(dtype=np.float64)
+    if a.dtype.itemsize < 4:
         a = a.astype(np.float32)
-    return (a * a).sum(dtype=np.float64)
+    if isinstance(a, np.ndarray):
+        with np.errstate(over="ignore"):
+            sq = (a * a).sum(dtype=np.float64)
+        if not np.isfinite(sq):
+            a64 = a.astype(np.float64)
+            sq = (a64 * a64).sum()
+        return sq
+    xp = backend_of(a).xp
+    a64 = a.astype(np.float64)
+    with np.errstate(over="ignore"):  # (a test backend computing with NumPy would warn)
+        sq = (a * a).sum(dtype=np.float64)
+    return xp.where(xp.isfinite(sq), sq, (a64 * a64).sum())
 
 
 def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[list[Array], Any]:

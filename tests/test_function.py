@@ -90,6 +90,40 @@ def test_sgd_momentum_and_schedule_advance_as_in_eager():
         np.testing.assert_array_equal(a, b)
 
 
+def test_norms_of_float32_gradients_past_the_square_range_inside_a_step_equal_eager():
+    """A float32 square overflows from 1.9e19: the norm would be inf and every clipped
+    gradient 0. The eager route takes such a sum again in float64; a replay must take the
+    same branch at each call (here the first calls are small, the later ones overflow)."""
+    scales = [1.0, 2.0, 1e20, 3.0, 4e19]
+
+    def run(compiled):
+        w = gt.Variable(np.ones(3, np.float32))
+        opt = gt.optimizers.SGD(1.0, global_clipnorm=1.0)
+
+        def step(s):
+            with gt.GradientTape() as tape:
+                loss = gt.sum(w * s)
+            g = tape.gradient(loss, w)
+            norm = gt.optimizers.global_norm([g])
+            clipped, _ = gt.optimizers.clip_by_global_norm([g], 1.0)
+            opt.apply_gradients([(g, w)])
+            return norm, clipped[0]
+
+        f = gt.function(step) if compiled else step
+        out = [f(gt.tensor(np.float32(s))) for s in scales]
+        return [(float(np.asarray(n.numpy() if isinstance(n, gt.Tensor) else n)), c.numpy())
+                for n, c in out], w.numpy()
+
+    want, we = run(False)
+    got, wc = run(True)
+    assert want[2][0] == pytest.approx(1e20 * np.sqrt(3.0), rel=1e-6)
+    for (n1, c1), (n2, c2) in zip(want, got):
+        assert n1 == n2
+        np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(we, wc)
+    assert np.all(np.isfinite(wc)) and not np.allclose(wc, 1.0 - 2 / np.sqrt(3.0))
+
+
 @pytest.mark.parametrize("clip", [0.05, 1e6])  # clipping every step / never
 def test_clip_by_global_norm_inside_a_step_equals_eager(clip):
     """TF's ``grads, norm = clip_by_global_norm(grads, c)`` inside a compiled step: the norm

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ import numpy as np
 
 from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
-from ..autodiff.state import STATE, user_line
+from ..autodiff.state import STATE, opaque, user_line
 from ..backend import Array, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
@@ -586,44 +587,74 @@ def _reverse_pass(plan: _Plan, release: bool
 
 
 # --------------------------------------------------------------------------- ghost norms
-def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any, dt: Any) -> Array:
+def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Array:
     """The per-example squared norms ``[B]`` (float64) over the materialized gradients ``per``
-    and the ghost boundaries; ``dt``: the dtype to form the products in (None: their own)."""
-    B = plan.B
-    sq = xp.zeros(B, dtype=np.float64)
-    for G in per.values():
-        Gf = G.reshape(B, -1)
-        if dt is not None:
-            Gf = Gf.astype(dt)
-        sq += xp.einsum("bi,bi->b", Gf, Gf)
+    and the ghost boundaries, formed in the gradients' dtype and, on NumPy, taken again in
+    float64 when that overflows (float32 squares past 3.4e38: a norm over 1.8e19). Inside a
+    ``gt.function`` step this is one logged call, so each replay takes its own branch."""
+    arrays: list[Any] = list(per.values())
+    spec = []
     for gh, g in ghosts:
-        sq += _ghost_sq_norms(plan, gh, g, dt)
+        rec = plan.records[gh.idx]
+        if gh.kind == "embedding":
+            operand, V = _batch_index(rec, plan.B), rec.in_shapes[0][0]
+        else:
+            operand, V = rec.inputs[1 - gh.i].data, 0  # matmul saves its inputs
+        spec.append((gh.kind, gh.i, V))
+        arrays += [g, operand]
+    if not arrays:
+        return xp.zeros(plan.B, dtype=np.float64)
+    key = ("per_example_sq_norms", plan.B, len(per), tuple(spec))
+    return opaque(functools.partial(_sq_norms_of, key), *arrays, key=key)
+
+
+def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
+    """:func:`_sq_norms` on its arrays: the ``n`` materialized ``[B, ...]`` gradients, then a
+    (cotangent, saved operand) pair per ghost boundary described by ``spec``."""
+    _, B, n, spec = key
+    xp = backend_of(arrays[0]).xp
+    sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, None)
+    if xp is np and not np.isfinite(sq).all():
+        sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float64)
     return sq
 
 
-def _ghost_sq_norms(plan: _Plan, gh: _Ghost, g: Array, dt: Any = None) -> Array:
-    """``||G_b||^2`` of the per-example gradient at the boundary, without forming ``G_b``
-    (the products in dtype ``dt``; None: the arrays' own)."""
-    rec = plan.records[gh.idx]
-    B = plan.B
+def _sq_norms_in(B: int, per: Sequence[Array], spec: Sequence[tuple], pairs: Sequence[Array],
+                 xp: Any, dt: Any) -> Array:
+    """The sum of :func:`_sq_norms_of`, with every product formed in dtype ``dt`` (None: the
+    arrays' own)."""
+    sq = xp.zeros(B, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is taken again in float64
+        for G in per:
+            Gf = G.reshape(B, -1)
+            if dt is not None:
+                Gf = Gf.astype(dt)
+            sq += xp.einsum("bi,bi->b", Gf, Gf)
+        for k, (kind, i, V) in enumerate(spec):
+            sq += _ghost_sq_norms(B, kind, i, V, pairs[2 * k], pairs[2 * k + 1], dt)
+    return sq
+
+
+def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: Any) -> Array:
+    """``||G_b||^2`` of the per-example gradient at a ghost boundary, without forming ``G_b``
+    (the products in dtype ``dt``; None: the arrays' own). ``kind`` "embedding": ``X`` the
+    ``[B, ...]`` ids into a table of ``V`` rows; else a matmul whose input ``i`` is the
+    parameter and ``X`` the other (saved) input."""
     xp = backend_of(g).xp
     if dt is not None:
         g = g.astype(dt)
-    if gh.kind == "embedding":
-        idx = _batch_index(rec, B)
-        L = math.prod(idx.shape[1:])
+    if kind == "embedding":
+        L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
         if L == 1:
             return xp.einsum("bli,bli->b", G, G)
-        V = rec.in_shapes[0][0]
-        ids = idx.reshape(B, L)
+        ids = X.reshape(B, L)
         ids = xp.where(ids < 0, ids + V, ids)
         same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)
         return xp.einsum("bij,bij->b", xp.matmul(G, _swap(G)), same)
-    X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]  # matmul saves its inputs
     if dt is not None:
         X = X.astype(dt)
-    if gh.i == 1:  # x[B, ..., d] @ W[d, p]
+    if i == 1:  # x[B, ..., d] @ W[d, p]
         A = X.reshape(B, -1, X.shape[-1])
         Gy = g.reshape(B, -1, g.shape[-1])
     else:  # W[O, K] @ x[B, ..., K, T']: rows of the Gram matrices are (inner batch, t) pairs
@@ -701,10 +732,7 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
         ghosts = [(plan.ghosts[k], g) for k, g in ghost_g.items()]
         c = None
         if need_norms:
-            sq = _sq_norms(plan, per, ghosts, xp, None)
-            if xp is np and not getattr(sq, "_gt_traced", False) and not np.isfinite(sq).all():
-                # squares past the sources' range (float32: a norm over 1.8e19): in float64
-                sq = _sq_norms(plan, per, ghosts, xp, np.float64)
+            sq = _sq_norms(plan, per, ghosts, xp)
             norms = xp.sqrt(sq)
             if opts.max_norm is not None:
                 C = opts.max_norm
