@@ -418,6 +418,20 @@ def _label(v: Variable, i: int) -> str:
     return v.name if v.name else f"#{i}"
 
 
+def _hyper(who: str, name: str, value: Any, rule: str) -> float:
+    """``value`` as a float, checked: a real number (not a string or bool), finite, and
+    within ``rule`` (">= 0", "> 0", "in [0, 1]" or "in [0, 1)"); else an error naming the
+    optimizer ``who``, the argument and the value."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: {name} must be a number {rule}, got {value!r}")
+    v = float(value)
+    ok = {">= 0": v >= 0, "> 0": v > 0, "in [0, 1]": 0 <= v <= 1, "in [0, 1)": 0 <= v < 1}[rule]
+    if not ok or not math.isfinite(v):
+        raise ValueError(f"{who}: {name} must be a finite number {rule}, got {value!r}")
+    return v
+
+
 class Optimizer:
     """Base class: per-variable state, None gradients skipped with a warning, optional
     global-norm clipping, a learning rate that is a float or a schedule ``f(step) -> float``
@@ -437,18 +451,16 @@ class Optimizer:
 
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
+        who = type(self).__name__
         if not callable(learning_rate):
             if isinstance(learning_rate, (str, bytes, bool)) or not isinstance(
                     learning_rate, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{type(self).__name__}: learning_rate must be a number or a "
+                raise TypeError(f"{who}: learning_rate must be a number or a "
                                 f"callable schedule(step) -> float, got {learning_rate!r}")
-            learning_rate = float(learning_rate)
-            if not learning_rate >= 0:
-                raise ValueError(f"{type(self).__name__}: learning_rate must be >= 0, got {learning_rate}")
-        if global_clipnorm is not None and not float(global_clipnorm) > 0:
-            raise ValueError(f"{type(self).__name__}: global_clipnorm must be > 0, got {global_clipnorm}")
+            learning_rate = _hyper(who, "learning_rate", learning_rate, ">= 0")
         self.learning_rate = learning_rate
-        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
+        self.global_clipnorm = (None if global_clipnorm is None
+                                else _hyper(who, "global_clipnorm", global_clipnorm, "> 0"))
         self.iterations = 0
         self._state: dict[int, tuple] = {}  # Variable._id -> slot arrays (fixed for life)
         # Variable._id -> the Variable (weakly): copying and pickling re-key the state by the
@@ -466,7 +478,17 @@ class Optimizer:
             0.1
         """
         lr = self.learning_rate
-        return float(lr(self.iterations)) if callable(lr) else lr
+        if not callable(lr):
+            return lr
+        value = lr(self.iterations)
+        try:  # a Python or NumPy number, a 0-d array or Tensor
+            v = float(value) if not isinstance(value, (str, bytes, bool)) else math.nan
+        except (TypeError, ValueError):
+            v = math.nan
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{type(self).__name__}: the learning-rate schedule must return a "
+                             f"finite number >= 0, got {value!r} at step {self.iterations}")
+        return v
 
     def _scalars(self) -> dict:
         raise NotImplementedError
@@ -852,13 +874,11 @@ class SGD(Optimizer):
                  nesterov: bool = False, weight_decay: float = 0.0,
                  global_clipnorm: float | None = None) -> None:
         super().__init__(learning_rate, global_clipnorm)
-        if not 0.0 <= momentum < 1.0 + 1e-12:
-            raise ValueError(f"SGD: momentum must be in [0, 1], got {momentum}")
-        if nesterov and momentum == 0:
+        self.momentum = _hyper("SGD", "momentum", momentum, "in [0, 1]")
+        if nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
-        self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _hyper("SGD", "weight_decay", weight_decay, ">= 0")
 
     def _needs_slot(self, name: str) -> bool:
         return self.momentum != 0.0
@@ -899,12 +919,11 @@ class Adam(Optimizer):
                  beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0,
                  global_clipnorm: float | None = None) -> None:
         super().__init__(learning_rate, global_clipnorm)
-        for name, b in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{type(self).__name__}: {name} must be in [0, 1), got {b}")
-        self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.epsilon = float(epsilon)
-        self.weight_decay = float(weight_decay)
+        who = type(self).__name__
+        self.beta1 = _hyper(who, "beta1", beta1, "in [0, 1)")
+        self.beta2 = _hyper(who, "beta2", beta2, "in [0, 1)")
+        self.epsilon = _hyper(who, "epsilon", epsilon, ">= 0")
+        self.weight_decay = _hyper(who, "weight_decay", weight_decay, ">= 0")
 
     def _scalars(self) -> dict:
         return {"lr": self.current_learning_rate, "beta1": self.beta1, "beta2": self.beta2,

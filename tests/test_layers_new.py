@@ -519,3 +519,21 @@ def test_per_example_gradients_of_new_conv_layers_match_a_loop(make, shape):
             loss_i = gt.sum(layer(x[i:i + 1]) ** 2)
         for got, want in zip(per_example, tape.gradient(loss_i, params)):
             np.testing.assert_allclose(got.numpy()[i], want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: gt.nn.Dense(3, 2, dtype=d),
+    lambda d: gt.nn.Conv2D(1, 2, 3, dtype=d),
+    lambda d: gt.nn.Conv1D(1, 2, 3, dtype=d),
+    lambda d: gt.nn.Conv2DTranspose(1, 2, 3, dtype=d),
+    lambda d: gt.nn.LayerNorm(4, dtype=d),
+    lambda d: gt.nn.BatchNorm(4, dtype=d),
+    lambda d: gt.nn.Embedding(5, 2, dtype=d),
+])
+def test_layers_take_floating_parameter_dtypes_only(make):
+    # an int32 Dense kernel came out of glorot_uniform as all zeros and never trained
+    for bad in (np.int32, bool, "uint8", "nope"):
+        with pytest.raises(TypeError, match=r"dtype must be a floating dtype \(float16, float32 or float64\), got"):
+            make(bad)
+    for good, want in ((np.float16, np.float16), ("float64", np.float64), (None, np.float32)):
+        assert all(v.dtype == want for v in make(good).variables)

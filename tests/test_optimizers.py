@@ -196,3 +196,40 @@ def test_clipping_refuses_a_nan_bound_and_global_norm_takes_array_likes():
     with pytest.raises(ValueError, match="clip_norm must be a finite number > 0, got nan"):
         gt.optimizers.clip_by_global_norm([gt.tensor([1.0])], float("nan"))
     assert gt.optimizers.global_norm([[3.0, 4.0], None]) == 5.0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: gt.optimizers.Adam(0.1, beta1="0.9"), r"TypeError:Adam: beta1 must be a number in \[0, 1\), got '0.9'"),
+    (lambda: gt.optimizers.Adam(0.1, epsilon=-1e-8), r"ValueError:Adam: epsilon must be a finite number >= 0"),
+    (lambda: gt.optimizers.AdamW(0.1, weight_decay=float("nan")), r"ValueError:AdamW: weight_decay must be a finite"),
+    (lambda: gt.optimizers.SGD(0.1, momentum=1.5),
+     r"ValueError:SGD: momentum must be a finite number in \[0, 1\], got 1.5$"),
+    (lambda: gt.optimizers.SGD(0.1, momentum="0.9"), r"TypeError:SGD: momentum must be a number"),
+    (lambda: gt.optimizers.SGD(0.1, weight_decay=-0.1), r"ValueError:SGD: weight_decay must be a finite number >= 0"),
+    (lambda: gt.optimizers.SGD(float("inf")), r"ValueError:SGD: learning_rate must be a finite number >= 0, got inf"),
+    (lambda: gt.optimizers.SGD(0.1, global_clipnorm="1"), r"TypeError:SGD: global_clipnorm must be a number > 0"),
+    (lambda: gt.optimizers.SGD(0.1, global_clipnorm=float("inf")), r"ValueError:SGD: global_clipnorm must be a finite"),
+])
+def test_hyperparameters_are_checked_and_named(make, match):
+    # a string hyper-parameter failed deep inside with "'<=' not supported"; a negative
+    # epsilon or weight decay, or an infinite rate, trained silently to NaN
+    with pytest.raises((TypeError, ValueError)) as info:
+        make()
+    import re
+    assert re.search(match, f"{type(info.value).__name__}:{info.value}")
+
+
+def test_a_learning_rate_schedule_value_is_checked_at_the_step_it_is_used():
+    w = gt.Variable([1.0])
+    opt = gt.optimizers.SGD(lambda step: 0.1 if step < 2 else -0.1)
+    for _ in range(2):
+        opt.apply_gradients([(gt.tensor([1.0]), w)])
+    np.testing.assert_allclose(w.numpy(), [0.8])
+    with pytest.raises(ValueError, match="schedule must return a finite number >= 0, got -0.1 at step 2"):
+        opt.apply_gradients([(gt.tensor([1.0]), w)])
+    np.testing.assert_allclose(w.numpy(), [0.8])  # no update
+    assert opt.iterations == 2
+    ok = gt.optimizers.SGD(lambda step: np.array(0.5))  # a 0-d array or Tensor is a number
+    assert ok.current_learning_rate == 0.5
+    with pytest.raises(ValueError, match="got None at step 0"):
+        _ = gt.optimizers.SGD(lambda step: None).current_learning_rate

@@ -55,6 +55,22 @@ def _activation(act: Any) -> Callable | None:
                          "None, or a callable") from None
 
 
+def _float_dtype(who: str, dtype: Any) -> np.dtype:
+    """A layer's parameter ``dtype``, checked: a floating dtype (float16, float32, float64);
+    an integer or bool parameter would take no gradient step (TF and PyTorch refuse them).
+    None means the default, float32."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"{who}: dtype must be a floating dtype (float16, float32 or float64), "
+                        f"got {dtype!r}")
+    return dt
+
+
 class Module:
     """Base class for models and layers: subclasses set Variables and sub-modules as
     attributes (directly or inside lists/tuples/dicts) and define ``forward``.
@@ -218,6 +234,7 @@ class Dense(Module):
     def __init__(self, in_features: int, out_features: int, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
+        dtype = _float_dtype("Dense", dtype)
         self.in_features = _size(in_features, "Dense", "in_features")
         self.out_features = _size(out_features, "Dense", "out_features")
         self.activation = _activation(activation)
@@ -265,6 +282,7 @@ class Conv2D(Module):
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
+        dtype = _float_dtype("Conv2D", dtype)
         kh, kw = _kernel_pair(kernel_size, "Conv2D")
         n_in, n_out = _size(in_channels, "Conv2D", "in_channels"), _size(out_channels, "Conv2D", "out_channels")
         groups = _groups(groups, n_in, n_out, "Conv2D")
@@ -329,6 +347,7 @@ class Conv1D(Module):
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
+        dtype = _float_dtype("Conv1D", dtype)
         n_in = _size(in_channels, "Conv1D", "in_channels")
         n_out = _size(out_channels, "Conv1D", "out_channels")
         if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 1:
@@ -383,6 +402,7 @@ class Conv2DTranspose(Module):
                  activation: Any = None, use_bias: bool = True,
                  kernel_init: Any = "glorot_uniform", bias_init: Any = "zeros", seed: Any = None,
                  dtype: Any = np.float32) -> None:
+        dtype = _float_dtype("Conv2DTranspose", dtype)
         n_in = _size(in_channels, "Conv2DTranspose", "in_channels")
         n_out = _size(out_channels, "Conv2DTranspose", "out_channels")
         kh, kw = _kernel_pair(kernel_size, "Conv2DTranspose")
@@ -623,6 +643,7 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True,
                  dtype: Any = np.float32) -> None:
+        dtype = _float_dtype("LayerNorm", dtype)
         dims = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
         if not dims:
             raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
@@ -688,6 +709,7 @@ class BatchNorm(Module):
 
     def __init__(self, num_features: int, axis: int = 1, momentum: float = 0.1, eps: float = 1e-5,
                  affine: bool = True, dtype: Any = np.float32) -> None:
+        dtype = _float_dtype("BatchNorm", dtype)
         C = _size(num_features, "BatchNorm", "num_features")
         if isinstance(axis, bool) or not hasattr(axis, "__index__"):
             raise TypeError(f"BatchNorm: axis must be an int, got {axis!r}")
@@ -744,6 +766,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, dim: int, seed: Any = None,
                  dtype: Any = np.float32, table_init: Any = "normal") -> None:
+        dtype = _float_dtype("Embedding", dtype)
         shape = (_size(num_embeddings, "Embedding", "num_embeddings"), _size(dim, "Embedding", "dim"))
         self.table = Variable(_init.get(table_init)(shape, seed=seed, dtype=dtype), name="table")
 
