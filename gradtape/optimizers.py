@@ -394,6 +394,32 @@ def _checkpoint_dtype_error(entry: str, expected: Any, found: Any) -> str | None
     return f"{entry}: expected dtype {expected}{also}, the checkpoint holds {found}"
 
 
+def _check_named(who: str, named_variables: Any) -> list[tuple[str, Variable]]:
+    """``named_variables`` as a list of ``(name, Variable)`` pairs, else TypeError naming
+    what came (a list of Variables, a module, the unbound ``model.named_variables``)."""
+    hint = "(name, Variable) pairs, e.g. model.named_variables()"
+    if callable(named_variables) or isinstance(named_variables, (str, bytes, Mapping, Variable)) \
+            or not isinstance(named_variables, Iterable):
+        extra = " (call it)" if callable(named_variables) else ""
+        raise TypeError(f"{who}: named_variables must be {hint}, got "
+                        f"{type(named_variables).__name__}{extra}")
+    out = list(named_variables)
+    for i, pair in enumerate(out):
+        if not (type(pair) in (tuple, list) and len(pair) == 2 and isinstance(pair[0], str)
+                and isinstance(pair[1], Variable)):
+            raise TypeError(f"{who}: named_variables must be {hint}; item {i} is "
+                            f"{_describe(pair)}")
+    return [(n, v) for n, v in out]
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Variable):
+        return f"a Variable ({x.name or 'unnamed'})"
+    if type(x) in (tuple, list):
+        return f"a {type(x).__name__} of {len(x)} ({', '.join(type(e).__name__ for e in x)})"
+    return f"a {type(x).__name__}"
+
+
 def _check_iterations(who: str, value: Any) -> int:
     """``value`` as the step count: a non-negative integer scalar, else TypeError/ValueError."""
     if isinstance(value, Tensor):
@@ -409,6 +435,9 @@ def _check_iterations(who: str, value: Any) -> int:
     n = int(value)
     if n < 0:
         raise ValueError(f"{who}: 'iterations' must be a non-negative integer scalar, got {n}")
+    if n >= 2 ** 63:
+        raise ValueError(f"{who}: 'iterations' must be below 2**63 (it is saved as int64), "
+                         f"got {n}")
     return n
 
 
@@ -705,20 +734,23 @@ class Optimizer:
         return out
 
     # --- checkpoints ------------------------------------------------------------------------
-    def _named(self, named_variables: Iterable[tuple[str, Variable]] | None
+    def _named(self, named_variables: Iterable[tuple[str, Variable]] | None, who: str
                ) -> list[tuple[str, Variable]]:
-        """``named_variables`` as a list; None: the living Variables this optimizer has state
-        for, in creation order, each named by its ``name`` when that is unique among them and
-        by ``"<name or 'variable'>#<k>"`` (``k`` its position in that order) otherwise."""
+        """``named_variables`` as a checked list of ``(str, Variable)`` pairs; None: the living
+        Variables this optimizer has state for, in creation order, each named by its ``name``
+        when that is unique among them and by ``"<name or 'variable'>#<n>"`` otherwise, ``n``
+        a number the Variable keeps for its life (not its position among the variables with
+        state, which changes when another one gains or loses state: a restore would then
+        hand one variable's moments to another)."""
         if named_variables is not None:
-            return list(named_variables)
+            return _check_named(who, named_variables)
         alive = [(key, ref()) for key, ref in sorted(self._variables.items())]
         tracked: list[Variable] = [v for _, v in alive if v is not None]
         counts: dict[str | None, int] = {}
         for v in tracked:
             counts[v.name] = counts.get(v.name, 0) + 1
-        return [(v.name if v.name and counts[v.name] == 1 else f"{v.name or 'variable'}#{k}", v)
-                for k, v in enumerate(tracked)]
+        return [(v.name if v.name and counts[v.name] == 1 else f"{v.name or 'variable'}#{v._id}", v)
+                for v in tracked]
 
     def state_dict(self, named_variables: Iterable[tuple[str, Variable]] | None = None
                    ) -> dict[str, np.ndarray]:
@@ -729,8 +761,11 @@ class Optimizer:
             named_variables: ``(name, variable)`` pairs naming the entries, e.g.
                 ``model.named_variables()`` (what :meth:`gradtape.nn.Module.save` passes). None
                 (the default): every Variable this optimizer has updated and that is still
-                alive, in creation order, under its ``name`` (``"<name>#<k>"``, with ``k`` its
-                position in that order, when it has none or shares it).
+                alive, in creation order, under its ``name``, or ``"<name>#<n>"`` when it has
+                none or shares it (``n`` a number the Variable keeps for its life, so a
+                snapshot restores to the same Variables; a new process needs the pairs).
+
+        Returns copies: later steps do not change them.
 
         Example:
             >>> import gradtape as gt
@@ -741,13 +776,15 @@ class Optimizer:
             ['iterations', 'w/m', 'w/v']
         """
         out = {"iterations": np.asarray(self.iterations, dtype=np.int64)}
-        for name, v in self._named(named_variables):
+        for name, v in self._named(named_variables, f"{type(self).__name__}.state_dict"):
             st = self._state.get(v._id)
             if st is None:
                 continue
             for slot, arr in zip(self.slot_names, st):
                 if arr is not None:
-                    out[f"{name}/{slot}"] = v._backend.to_host(arr)
+                    host = v._backend.to_host(arr)  # a copy: later steps update the state
+                    # in place (a device's asnumpy copies already)
+                    out[f"{name}/{slot}"] = host.copy() if host is arr else host
         return out
 
     def load_state_dict(self, state: Mapping[str, Any],
@@ -783,7 +820,7 @@ class Optimizer:
         if "iterations" not in state:
             raise ValueError(f"{who}: no 'iterations' entry")
         iterations = _check_iterations(who, state["iterations"])
-        named = self._named(named_variables)
+        named = self._named(named_variables, who)
         variables = dict(named)
         kept = [s for s in self.slot_names if self._needs_slot(s)]
         grouped: dict[str, dict[str, Any]] = {}

@@ -536,3 +536,89 @@ def test_load_takes_the_name_given_to_save(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(FileNotFoundError):  # a name that is neither stays an error
         dst.load(tmp_path / "other")
+
+
+def test_state_dict_default_names_survive_a_change_in_which_variables_have_state():
+    # positional names ("kernel#0" = the first variable with state) shifted when a frozen
+    # layer started training: the restore gave layer 0 layer 1's momentum, silently
+    m = gt.nn.Sequential([gt.nn.Dense(4, 4, seed=i) for i in range(3)])
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    x = gt.ones((2, 4))
+
+    def step(vs):
+        with gt.GradientTape() as t:
+            loss = gt.sum(m(x) ** 2)
+        opt.apply_gradients(zip(t.gradient(loss, vs), vs))
+
+    step(m.trainable_variables[2:])  # layer 0 frozen
+    snap = opt.state_dict()
+    before = {id(v): opt.state_dict([("v", v)]).get("v/momentum") for v in m.trainable_variables}
+    step(m.trainable_variables)  # layer 0 trains too
+    opt.load_state_dict(snap)
+    for v in m.trainable_variables:
+        got = opt.state_dict([("v", v)]).get("v/momentum")
+        if before[id(v)] is None:
+            assert got is None  # no state then: reset
+        else:
+            np.testing.assert_array_equal(got, before[id(v)])
+    assert opt.iterations == 1
+
+
+def test_state_dict_returns_copies_not_the_live_state():
+    w = gt.Variable([1.0, -1.0], name="w")
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    g = gt.tensor([1.0, 1.0])
+    opt.apply_gradients([(g, w)])
+    best = opt.state_dict()
+    best["w/momentum"][...] = 1e6  # writing into it changes nothing
+    opt.apply_gradients([(g, w)])
+    np.testing.assert_allclose(opt.state_dict()["w/momentum"], [1.9, 1.9])
+    np.testing.assert_allclose(best["w/momentum"], [1e6, 1e6])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda m: m.trainable_variables, r"item 0 is a Variable \(kernel\)"),
+    (lambda m: m.named_variables, r"got method \(call it\)"),
+    (lambda m: m, r"got Dense \(call it\)"),
+    (lambda m: dict(m.named_variables()), r"got dict"),
+    (lambda m: [("a", np.zeros(2))], r"item 0 is a tuple of 2 \(str, ndarray\)"),
+])
+def test_state_dict_and_load_state_dict_check_named_variables(bad, match):
+    m = gt.nn.Dense(2, 2, seed=0)
+    opt = gt.optimizers.Adam(0.1)
+    opt.apply_gradients([(gt.ones_like(v), v) for v in m.trainable_variables])
+    with pytest.raises(TypeError, match=r"Adam.state_dict: named_variables must be \(name, Variable\) pairs.*" + match):
+        opt.state_dict(bad(m))
+    with pytest.raises(TypeError, match=r"Adam.load_state_dict: named_variables must be"):
+        opt.load_state_dict({"iterations": 1}, bad(m))
+    assert opt.iterations == 1
+
+
+def test_save_takes_a_file_name_up_to_the_limit(tmp_path):
+    # the temporary's name (".<name>.<16 hex>.tmp") passed the 255-byte limit first
+    path = tmp_path / ("run_" + "x" * 247 + ".npz")
+    assert len(path.name) == 255
+    m = gt.nn.Dense(2, 2, seed=0)
+    m.save(path)
+    gt.nn.Dense(2, 2, seed=1).load(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("key", ["en\x00v1", "bad\udc80"])
+def test_save_refuses_a_path_a_zip_entry_cannot_keep(tmp_path, key):
+    class M(gt.nn.Module):
+        def __init__(self):
+            self.heads = {key: gt.Variable([1.0])}
+
+    with pytest.raises(ValueError, match=r"holds a NUL or a character UTF-8 cannot encode"):
+        M().save(tmp_path / "ck")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_state_dict_refuses_a_step_count_that_could_not_be_saved_again():
+    w = gt.Variable([1.0], name="w")
+    opt = gt.optimizers.SGD(0.1)
+    with pytest.raises(ValueError, match=r"below 2\*\*63 \(it is saved as int64\), got 9223372036854775808"):
+        opt.load_state_dict({"iterations": np.uint64(2 ** 63)}, [("w", w)])
+    opt.load_state_dict({"iterations": np.int64(2 ** 63 - 1)}, [("w", w)])
+    assert opt.state_dict()["iterations"] == 2 ** 63 - 1

@@ -831,6 +831,14 @@ def _checkpoint_names(module: Module, who: str) -> list[tuple[str, Variable]]:
     first: dict[str, Variable] = {}
     clashes = []
     for name, v in named:
+        try:  # a zip entry's name: UTF-8, cut at a NUL (the entry could never be read back)
+            bad = "\x00" in name or not name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad = True
+        if bad:
+            raise ValueError(f"{who}: the Variable path {name!r} holds a NUL or a character "
+                             "UTF-8 cannot encode, which a checkpoint entry's name cannot "
+                             "keep; rename the attribute or dict key")
         if name in first:
             clashes.append((name, first[name], v))
         else:
@@ -876,8 +884,12 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
         # what tempfile.mkstemp does (a new random name, O_EXCL, mode 0o600), but with the name
         # known before the file exists: a KeyboardInterrupt right after its creation still
         # finds it in ``pending`` and removes it
+        base = os.path.basename(path)
         while True:
-            pending = os.path.join(folder, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
+            tmp_name = f".{base}.{os.urandom(8).hex()}.tmp"
+            if len(os.fsencode(tmp_name)) > 255:  # (a file name's limit, NAME_MAX)
+                tmp_name = f".{os.urandom(8).hex()}.gradtape.tmp"
+            pending = os.path.join(folder, tmp_name)
             try:
                 fd = os.open(pending, _TMP_FLAGS, 0o600)
                 break
@@ -1029,7 +1041,8 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
 
     Raises:
         ValueError: two Variables would be saved under one name (dict keys ``1`` and ``"1"``
-            both give ``d.1``); the message names both.
+            both give ``d.1``; the message names both), or a Variable's path holds a NUL or
+            a character UTF-8 cannot encode.
 
     Example:
         >>> import gradtape as gt, tempfile, os
