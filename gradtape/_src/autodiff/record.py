@@ -270,7 +270,7 @@ def record_two(prim: Primitive, a: Tensor, b: Tensor, out: Tensor, params: dict[
     context is watched, the record's fields are filled in place as Record.__init__'s
     two-input branch fills them. Anything else falls through to the general path."""
     tapes = STATE.fast
-    if tapes is None and a._is_variable is False and b._is_variable is False:
+    if tapes is None:  # (a Variable input: call2 told the trace, which reads it at each call)
         tapes = _traced_fast(out)
     if tapes is not None and len(tapes) == 1 and prim.record1 and not HOOKS.numerics \
             and ((d := out.data.dtype) is _F32 or d is _F64 or d.kind == "f"):
@@ -318,6 +318,8 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
         st.trace.saw(args)
         st.trace.after_op(prim, args, out, params)
     tapes = st.fast
+    if tapes is None:  # (while tracing, the plain case's tapes: no watcher, paused tape or
+        tapes = st.trace_fast  # forward accumulator, so the general steps below have nothing to do)
     if tapes is None or HOOKS.numerics:
         general = True
         if HOOKS.numerics:

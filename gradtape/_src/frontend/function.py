@@ -231,7 +231,9 @@ class TracedArray:
 
     @property
     def T(self) -> Any:
-        return _dispatch(_METHODS["transpose"], (self,), {})
+        m = _METHODS["transpose"]
+        w = _pure_method(m, self, (), {})
+        return w if w is not None else _dispatch(m, (self,), {})
 
     @property
     def real(self) -> Any:
