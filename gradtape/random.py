@@ -218,11 +218,20 @@ class Generator:
         if hi < lo:
             raise ValueError(f"uniform: low must be <= high, got low={lo}, high={hi}")
         dt = float_dtype(dtype, "uniform")
+        big = float(np.finfo(dt).max)
+        if not (-big <= lo and hi <= big):
+            raise ValueError(f"uniform: low and high must fit {dt} (|x| <= {big:.4g}), got "
+                             f"low={lo}, high={hi}")
         draw = dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
         u = self._rng.random(shape, dtype=draw)
         if (lo, hi) != (0.0, 1.0):
-            u *= draw.type(hi - lo)
-            u += draw.type(lo)
+            with np.errstate(over="ignore"):
+                span = draw.type(hi - lo)
+            if np.isfinite(span):
+                u *= span
+                u += draw.type(lo)
+            else:  # high - low overflows the dtype: (1 - u) * low + u * high stays in range
+                u = (1 - u) * draw.type(lo) + u * draw.type(hi)
             return _to_active(u.astype(dt, copy=False))
         out = u.astype(dt, copy=False)
         if dt != draw:  # a narrower float: round down, so [0, 1) stays [0, 1) (to nearest, a

@@ -302,3 +302,116 @@ def test_an_overflowing_unselected_branch_gives_no_nan_at_second_order():
 def test_a_selected_infinite_derivative_is_still_reported():
     x = gt.tensor(np.array([0.0], np.float32))
     np.testing.assert_array_equal(_grad(lambda v: gt.where(v > -1, gt.sqrt(v), 0.0), x), [np.inf])
+
+
+def test_reflected_and_or_with_an_array_or_bool_on_the_left():
+    t = gt.tensor([True, False])
+    assert (np.array([True, True]) & t).numpy().tolist() == [True, False]
+    assert (True & t).numpy().tolist() == [True, False]
+    assert (np.array([False, True]) | t).numpy().tolist() == [True, True]
+    assert ([False, False] | t).numpy().tolist() == [True, False]
+
+
+@pytest.mark.parametrize("fn", ["var", "std"])
+def test_var_and_std_take_a_fractional_ddof_as_numpy(fn):
+    # int(ddof) truncated 1.5 to 1: a silently wrong value
+    x = np.array([-2.0, 0.5, 3.0, 1.0])
+    for ddof in (0.5, 1.5, 2, np.float64(1.0)):
+        got = getattr(gt, fn)(gt.tensor(x), ddof=ddof)
+        np.testing.assert_allclose(got.numpy(), getattr(np, fn)(x, ddof=ddof), rtol=1e-12)
+    xt = gt.tensor(x)
+    with gt.GradientTape() as tape:
+        tape.watch(xt)
+        y = getattr(gt, fn)(xt, ddof=1.5)
+    eps = 1e-6
+    fd = [(getattr(np, fn)(x + eps * e, ddof=1.5) - getattr(np, fn)(x - eps * e, ddof=1.5)) / (2 * eps)
+          for e in np.eye(4)]
+    np.testing.assert_allclose(tape.gradient(y, xt).numpy(), fd, rtol=1e-6)
+    for bad in ("1", True, None):
+        with pytest.raises(TypeError, match=f"{fn}: ddof must be a number"):
+            getattr(gt, fn)(xt, ddof=bad)
+    with pytest.raises(ValueError, match=f"{fn}: ddof must be finite"):
+        getattr(gt, fn)(xt, ddof=float("inf"))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: gt.pad(x, 1.7), r"pad: pad_width must be ints, got 1.7"),
+    (lambda x: gt.pad(x, ((0.5, 1), (0, 0))), r"pad: pad_width must be ints"),
+    (lambda x: gt.tile(x, (1.5, 2)), r"tile: reps must be an int or a sequence of ints, got \(1.5, 2\)"),
+    (lambda x: gt.tile(x, 2.0), r"tile: reps must be an int or a sequence of ints, got 2.0"),
+    (lambda x: gt.reshape(x, (2.9, 3)), r"reshape: shape must be an int or a sequence of ints"),
+    (lambda x: gt.reshape(x, (True, 6)), r"reshape: shape must be an int or a sequence of ints"),
+    (lambda x: gt.broadcast_to(x, (2.0, 3)), r"broadcast_to: shape must be an int or a sequence"),
+    (lambda x: gt.split(x, [1.5], axis=1), r"split: indices_or_sections must be an int or a sequence"),
+    (lambda x: gt.split(x, 1.5, axis=1), r"split: indices_or_sections must be an int or a sequence"),
+    (lambda x: gt.expand_dims(x, 1.0), r"expand_dims: axis must be an int or a sequence of ints"),
+])
+def test_shape_arguments_refuse_floats_instead_of_truncating(call, match):
+    # each of these truncated a float silently (a wrongly shaped result); NumPy refuses them
+    with pytest.raises(TypeError, match=match):
+        call(gt.tensor(np.arange(6.0).reshape(2, 3)))
+
+
+def test_shape_arguments_still_take_int_arrays_and_numpy_ints():
+    x = gt.ones((2, 3))
+    assert gt.reshape(x, np.array([3, 2])).shape == (3, 2)
+    assert gt.reshape(x, (np.int64(6),)).shape == (6,)
+    assert gt.tile(x, np.array([2, 1])).shape == (4, 3)
+    assert gt.expand_dims(x, (0, 3)).shape == (1, 2, 3, 1)
+    assert [p.shape for p in gt.split(x, np.array([1]), axis=1)] == [(2, 1), (2, 2)]
+    assert gt.pad(x, np.array([[0, 1], [1, 0]])).shape == (3, 4)
+
+
+def test_split_and_repeat_of_an_empty_axis_as_numpy():
+    e = gt.zeros((0,))
+    assert [p.shape for p in gt.split(e, 2)] == [(0,), (0,)]
+    assert gt.repeat(e, []).shape == (0,)
+    with pytest.raises(ValueError, match="does not divide into 4 equal sections"):
+        gt.split(gt.zeros((3,)), 4)
+
+
+def test_norm_refuses_fro_over_one_axis_and_handles_empty_inf():
+    v = gt.tensor([3.0, 4.0])
+    with pytest.raises(ValueError, match="ord='fro' is a matrix norm"):
+        gt.norm(v, "fro")
+    with pytest.raises(ValueError, match="ord='fro' is a matrix norm"):
+        gt.norm(gt.ones((2, 3)), "fro", axis=1)
+    assert float(gt.norm(gt.ones((2, 2)), "fro")) == 2.0
+    assert float(gt.norm(gt.zeros((0,)), np.inf)) == 0.0  # as NumPy
+    assert gt.norm(gt.zeros((2, 0)), np.inf, axis=1).numpy().tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=r"norm: ord=-inf .* over an empty axis"):
+        gt.norm(gt.zeros((0,)), -np.inf)
+    with pytest.raises(NotImplementedError, match="negative and NaN orders are not supported"):
+        gt.norm(v, -2)
+
+
+def test_uniform_over_a_range_wider_than_the_dtype_stays_finite():
+    for dt, lo, hi in ((np.float32, -3e38, 3e38), (np.float64, -1e308, 1e308)):
+        u = gt.random.Generator(0).uniform((2000,), lo, hi, dtype=dt).numpy()
+        assert u.dtype == dt and np.isfinite(u).all() and (u >= lo).all() and (u <= hi).all()
+        assert u.min() < lo / 2 and u.max() > hi / 2
+    with pytest.raises(ValueError, match=r"uniform: low and high must fit float32"):
+        gt.random.Generator(0).uniform((2,), 0.0, 1e39)
+    with pytest.raises(ValueError, match=r"must fit float16"):
+        gt.random.Generator(0).uniform((2,), 0.0, 1e5, dtype=np.float16)
+
+
+def test_broadcast_errors_name_the_op_and_the_shapes():
+    x = gt.ones((2, 3))
+    with pytest.raises(ValueError, match=r"add: the operands' shapes \(2, 3\), \(4,\) do not broadcast"):
+        x + gt.ones((4,))
+    with pytest.raises(ValueError, match=r"where: the operands' shapes \(4,\), \(2, 3\), \(\) do not"):
+        gt.where(gt.tensor([True] * 4), x, 0.0)
+    with pytest.raises(ValueError, match=r"less: the operands' shapes"):
+        _ = x < gt.ones((4,))
+    with pytest.raises(ValueError, match=r"matmul: contracted dimensions differ"):
+        x @ gt.ones((4, 2))
+
+
+def test_safe_mul_keeps_the_product_dtype_and_sign_takes_bools():
+    a = gt.tensor(np.array([1, 0, 2], np.int32))
+    b = gt.tensor(np.array([True, True, False]))
+    assert gt.safe_mul(a, b).dtype == np.int32 == gt.mul(a, b).dtype
+    assert gt.safe_mul(a, b).numpy().tolist() == [1, 0, 0]
+    s = gt.sign(gt.tensor([True, False]))
+    assert s.dtype == np.bool_ and s.numpy().tolist() == [True, False]

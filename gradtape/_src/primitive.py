@@ -313,6 +313,7 @@ def _elementwise_batch(prim: Primitive | str) -> Callable:
                 moved.append(a)
         return bind(p, *moved, **params), 0
 
+    rule._gt_broadcasts = True  # type: ignore[attr-defined]  # (see _broadcast_error)
     return rule
 
 
@@ -540,10 +541,14 @@ def _two_input_call(prim: Primitive) -> Callable[[Any, Any], Tensor]:
         else:
             return bind(prim, *pair(a, b))
         out = _new_tensor(Tensor)
-        if da.size + db.size < pool.MIN_SIZE:
-            out.data = prim.impl(backend.xp, da, db)
-        else:
-            out.data = parallel_forward(prim, backend.xp, (da, db), _NO_PARAMS)
+        try:
+            if da.size + db.size < pool.MIN_SIZE:
+                out.data = prim.impl(backend.xp, da, db)
+            else:
+                out.data = parallel_forward(prim, backend.xp, (da, db), _NO_PARAMS)
+        except ValueError as exc:
+            _broadcast_error(prim, (da, db), exc)
+            raise
         out._backend = backend
         out._id = 0
         if a._is_variable or b._is_variable:  # lets an unconnected-gradient error spot
@@ -686,10 +691,14 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         if b._backend is not backend:
             _backend_mismatch(prim, args)
         da, db = a.data, b.data
-        if da.size + db.size < pool.MIN_SIZE:
-            data = prim.impl(backend.xp, da, db, **params)
-        else:
-            data = parallel_forward(prim, backend.xp, (da, db), params)
+        try:
+            if da.size + db.size < pool.MIN_SIZE:
+                data = prim.impl(backend.xp, da, db, **params)
+            else:
+                data = parallel_forward(prim, backend.xp, (da, db), params)
+        except ValueError as exc:
+            _broadcast_error(prim, (da, db), exc)
+            raise
     else:
         for t in args:
             if t._level:  # inside gt.vmap
@@ -703,10 +712,14 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         if var is not None and STATE.trace is not None:
             STATE.trace.saw(args)
             inputs = _traced_reads(args, datas)
-        if datas[0].size + (datas[-1].size if n > 1 else 0) < pool.MIN_SIZE:
-            data = prim.impl(backend.xp, *inputs, **params)
-        else:
-            data = parallel_forward(prim, backend.xp, tuple(inputs), params)
+        try:
+            if datas[0].size + (datas[-1].size if n > 1 else 0) < pool.MIN_SIZE:
+                data = prim.impl(backend.xp, *inputs, **params)
+            else:
+                data = parallel_forward(prim, backend.xp, tuple(inputs), params)
+        except ValueError as exc:
+            _broadcast_error(prim, datas, exc)
+            raise
         if var is not None:
             for t, d in zip(args, datas):
                 if t._is_variable:
@@ -724,6 +737,20 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
         else:
             record_general(prim, args, out, params)
     return out
+
+
+def _broadcast_error(prim: Primitive, arrays: Any, exc: ValueError) -> None:
+    """Raise a ValueError naming ``prim`` and the shapes when an elementwise primitive's
+    inputs do not broadcast together (NumPy's message names neither the op nor gradtape);
+    return when ``exc`` was something else (the caller re-raises it)."""
+    if not (prim.is_elementwise or getattr(prim.batch, "_gt_broadcasts", False)):
+        return
+    shapes = [tuple(a.shape) for a in arrays]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"{prim.name}: the operands' shapes {', '.join(map(str, shapes))} do not "
+                         "broadcast together (NumPy's rules: trailing axes equal or 1)") from exc
 
 
 def _traced_reads(args: tuple[Tensor, ...], datas: list[Any]) -> list[Any]:

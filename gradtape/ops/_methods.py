@@ -193,6 +193,16 @@ def _m_or(self: Tensor, other: TensorLike) -> Tensor:
     return _e.logical_or(self, other)
 
 
+def _m_rand(self: Tensor, other: TensorLike) -> Tensor:
+    """``other & self`` (a NumPy array, list or Python bool on the left)."""
+    return _e.logical_and(other, self)
+
+
+def _m_ror(self: Tensor, other: TensorLike) -> Tensor:
+    """``other | self`` (a NumPy array, list or Python bool on the left)."""
+    return _e.logical_or(other, self)
+
+
 def _m_invert(self: Tensor) -> Tensor:
     """``~self``: elementwise logical not (see :func:`gradtape.logical_not`)."""
     return _e.logical_not(self)
@@ -273,6 +283,8 @@ def install() -> None:
     Tensor.__ne__ = _m_ne  # type: ignore[method-assign]
     Tensor.__and__ = _m_and  # type: ignore[method-assign]
     Tensor.__or__ = _m_or  # type: ignore[method-assign]
+    Tensor.__rand__ = _m_rand  # type: ignore[method-assign]
+    Tensor.__ror__ = _m_ror  # type: ignore[method-assign]
     Tensor.__invert__ = _m_invert  # type: ignore[method-assign]
     Tensor.sum = _m_sum  # type: ignore[method-assign]
     Tensor.mean = _m_mean  # type: ignore[method-assign]

@@ -112,7 +112,8 @@ P_RSQRT = elementwise("rsqrt", lambda xp, x: 1 / xp.sqrt(x if (d := x.dtype) is 
 P_SQUARE = elementwise("square", lambda xp, x: x * x, d="2 * x", out_form=_square_out, cheap=True)
 P_ABS = elementwise("abs", lambda xp, x: xp.abs(x), d="sign(x)", domain=_KINK, out_form=np.absolute,
                     cheap=True, masks=True)
-P_SIGN = elementwise("sign", lambda xp, x: xp.sign(x), d="0", domain=_KINK, out_form=np.sign, cheap=True, masks=True)
+P_SIGN = elementwise("sign", lambda xp, x: x.copy() if x.dtype == np.bool_ else xp.sign(x),  # (torch's
+                     d="0", domain=_KINK, out_form=np.sign, cheap=True, masks=True)  # bool sign)
 P_SIN = elementwise("sin", lambda xp, x: xp.sin(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
                     d="cos(x)", out_form=np.sin)
 P_COS = elementwise("cos", lambda xp, x: xp.cos(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
@@ -258,7 +259,8 @@ def _safe_mul_impl(xp: Any, a: Any, b: Any) -> Any:
     # b is replaced by 1 where a is 0 before the product, so 0 * inf never runs (no NaN and no
     # RuntimeWarning); the where then puts the 0 there
     zero = a == 0
-    return xp.where(zero, 0, a * xp.where(zero, 1, b))
+    return xp.where(zero, 0, a * xp.where(zero, b.dtype.type(1), b))  # (a typed 1: a bool b
+    # stays bool, so the product keeps a * b's dtype)
 
 
 P_SAFE_MUL = elementwise("safe_mul", _safe_mul_impl, d=("b", "a"),

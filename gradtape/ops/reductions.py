@@ -424,7 +424,7 @@ def _std_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (_rec_kept(m, rec, g) * d,)
 
 
-def _std_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None, dof: int) -> Tensor:
+def _std_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None, dof: float) -> Tensor:
     """``d std / d x = (x - mean) / ((n - ddof) * std)`` (``y``: std in the keepdims shape);
     0 where std == 0 (as norm at 0), not NaN."""
     scale = 1.0 / dof if dof > 0 else float("nan")
@@ -435,7 +435,7 @@ def _std_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None, dof: i
 
 
 def _var_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
-             keepdims: bool, ddof: int) -> Tensor:
+             keepdims: bool, ddof: float) -> Tensor:
     x = primals[0]
     dof = _count(x.shape, axis) - ddof
     centered = x - m.apply(P_MEAN, x, axis=axis, keepdims=True)
@@ -444,7 +444,7 @@ def _var_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis
 
 
 def _std_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
-             keepdims: bool, ddof: int) -> Tensor:
+             keepdims: bool, ddof: float) -> Tensor:
     x = primals[0]
     d = _std_partials(m, x, _kept(m, out, x.shape, axis, keepdims), axis,
                       _count(x.shape, axis) - ddof)
@@ -464,7 +464,7 @@ def _var_examples(name: str) -> Any:
     return examples
 
 
-def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
+def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any:
     if x.dtype.kind not in "fc":  # integers and bools: float32 (see _no_dof)
         return _var_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
@@ -472,7 +472,7 @@ def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
     return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
-def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: int) -> Any:
+def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any:
     if x.dtype.kind not in "fc":
         return _std_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
@@ -486,7 +486,7 @@ P_STD = primitive("std", _std_impl, rule=_std_rule, jvp=_std_jvp, saves_output=T
                   examples=_var_examples("std"), batch=_reduction_batch("std"))
 
 
-def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Tensor:
     """Variance over ``axis``: ``sum((x - mean)**2) / (n - ddof)`` (``ddof=0``: population).
 
     Shapes: as :func:`sum`. Integer and bool inputs give float32; with no degree of freedom
@@ -498,10 +498,21 @@ def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tens
         array(1.25, dtype=float32)
     """
     x = one(x)
-    return bind(P_VAR, x, axis=_axes(x, axis, "var"), keepdims=bool(keepdims), ddof=int(ddof))
+    return bind(P_VAR, x, axis=_axes(x, axis, "var"), keepdims=bool(keepdims), ddof=_ddof(ddof, "var"))
 
 
-def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+def _ddof(ddof: Any, who: str) -> int | float:
+    """``ddof`` as an int, or a float when it has a fractional part (NumPy takes 1.5; it was
+    truncated to 1 before, silently); a finite real number, else TypeError/ValueError."""
+    if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: ddof must be a number, got {ddof!r}")
+    v = float(ddof)
+    if not math.isfinite(v):
+        raise ValueError(f"{who}: ddof must be finite, got {ddof!r}")
+    return int(v) if v.is_integer() else v
+
+
+def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Tensor:
     """Standard deviation ``sqrt(var(x, axis, ddof=ddof))``. Its gradient is 0 (not NaN)
     where the standard deviation is 0.
 
@@ -513,7 +524,7 @@ def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tens
         array(1., dtype=float32)
     """
     x = one(x)
-    return bind(P_STD, x, axis=_axes(x, axis, "std"), keepdims=bool(keepdims), ddof=int(ddof))
+    return bind(P_STD, x, axis=_axes(x, axis, "std"), keepdims=bool(keepdims), ddof=_ddof(ddof, "std"))
 
 
 # --------------------------------------------------------------------------- norm
@@ -654,7 +665,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
     axes = _axes(x, axis, "norm")
     n_axes = x.ndim if axes is None else len(axes)
     is_str = isinstance(ord, str)
-    if ord is None or (is_str and ord == "fro" and n_axes in (1, 2)) or (
+    if ord is None or (is_str and ord == "fro" and n_axes == 2) or (
             not is_str and n_axes == 1 and _is_number(ord) and ord == 2):
         return bind(P_NORM, x, axis=axes, keepdims=keepdims)
     if axis is None and x.ndim not in (1, 2):
@@ -683,15 +694,21 @@ def _vector_norm(x: Tensor, ord: Any, ax: int, keepdims: bool) -> Tensor:  # noq
                          f"{_VECTOR_ORDS}")
     p = float(ord)
     if p == math.inf:
+        if x.shape[ax] == 0:  # the largest of nothing: 0, as NumPy's norm gives
+            return sum(bind(P_ABS, x), axis=ax, keepdims=keepdims)
         return max(bind(P_ABS, x), axis=ax, keepdims=keepdims)
     if p == -math.inf:
+        if x.shape[ax] == 0:
+            raise ValueError(f"norm: ord=-inf (the smallest |x|) over an empty axis {ax} "
+                             f"(shape {x.shape}) has no value")
         return min(bind(P_ABS, x), axis=ax, keepdims=keepdims)
     if p == 1:
         return sum(bind(P_ABS, x), axis=ax, keepdims=keepdims)
     if p > 0 and math.isfinite(p):
         return bind(P_PNORM, x, axis=(ax,), keepdims=keepdims, ord=p)
-    raise NotImplementedError(f"norm: vector ord={ord!r} is not supported (ord=0 counts "
-                              f"nonzeros and has no gradient); ord is {_VECTOR_ORDS}")
+    why = "ord=0 counts nonzeros and has no gradient" if p == 0 else "negative and NaN orders are not supported"
+    raise NotImplementedError(f"norm: vector ord={ord!r} is not supported ({why}); ord is "
+                              f"{_VECTOR_ORDS}")
 
 
 def _matrix_norm(x: Tensor, ord: Any, rows: int, cols: int, keepdims: bool) -> Tensor:  # noqa: A002

@@ -4,6 +4,7 @@ squeeze, split, meshgrid)."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,26 @@ P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape),
                       saves_inputs=False, examples=_reshape_examples, batch=_reshape_batch)
 
 
+def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
+    """An int or a sequence of ints (a tuple, list, 1-D integer array) as a tuple; floats
+    and bools are refused with a TypeError naming ``what`` and ``name`` (NumPy refuses them
+    too: truncating 1.5 to 1 would give a silently wrong shape)."""
+    if _is_int(value):
+        return (operator.index(value),)
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = None
+    if items is None or not all(_is_int(v) for v in items):
+        raise TypeError(f"{what}: {name} must be an int or a sequence of ints, got {value!r}")
+    return tuple(operator.index(v) for v in items)
+
+
+def _is_int(v: Any) -> bool:
+    return (not isinstance(v, (bool, np.bool_)) and hasattr(v, "__index__")
+            and getattr(v, "ndim", 0) == 0 and getattr(v, "dtype", np.dtype(int)).kind in "iu")
+
+
 def reshape(x: Any, shape: Any) -> Tensor:
     """Reshape to ``shape`` (one entry may be -1), as ``np.reshape``.
 
@@ -70,7 +91,7 @@ def reshape(x: Any, shape: Any) -> Tensor:
         (2, 2)
     """
     x = one(x)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    shape = _ints(shape, "reshape", "shape")
     try:
         target = np.empty(x.shape, dtype=np.bool_).reshape(shape).shape if -1 in shape else shape
     except ValueError:
@@ -187,7 +208,7 @@ def expand_dims(x: Any, axis: Any) -> Tensor:
         (2, 1)
     """
     x = one(x)
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = _ints(axis, "expand_dims", "axis")
     out_ndim = x.ndim + len(axes)
     pos = normalize_axis(axes, out_ndim, "expand_dims") or ()
     dims = iter(x.shape)
@@ -256,7 +277,7 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
         (3, 2)
     """
     x = one(x)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    shape = _ints(shape, "broadcast_to", "shape")
     if not broadcasts_to(x.shape, shape):
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}")
     if shape == x.shape:
@@ -464,17 +485,19 @@ def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
         raise ValueError("split: cannot split a 0-d tensor")
     ax = _axis(axis, x.ndim, "split")
     n = x.shape[ax]
-    if isinstance(indices_or_sections, (int, np.integer)):
-        k = int(indices_or_sections)
-        if k <= 0 or k > max(n, 1):
-            raise ValueError(f"split: the number of sections must be between 1 and the axis "
-                             f"length {max(n, 1)} (axis {axis}, shape {x.shape}), got {k}")
+    if _is_int(indices_or_sections):
+        k = operator.index(indices_or_sections)
+        if k <= 0:
+            raise ValueError(f"split: the number of sections must be at least 1, got {k}")
+        if n == 0 and k > 1 << 20:  # (each section is a tensor object: 2**62 would never end)
+            raise ValueError(f"split: {k} sections of an empty axis (shape {x.shape}): too many "
+                             "tensors to return")
         if n % k:
             raise ValueError(f"split: axis {axis} of size {n} (shape {x.shape}) does not divide "
                              f"into {k} equal sections")
         points = [i * (n // k) for i in range(1, k)]
     else:
-        points = [int(p) for p in indices_or_sections]
+        points = list(_ints(indices_or_sections, "split", "indices_or_sections"))
     bounds = [0, *points, n]
     pre = (slice(None),) * ax
     return [getitem(x, pre + (slice(a, b),)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -530,8 +553,11 @@ def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
     """
     x = one(x)
     try:
-        pw = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim, 2))
-    except (ValueError, TypeError):
+        raw = np.asarray(pad_width)
+        if raw.dtype.kind not in "iu" and not (raw.size == 0 and raw.dtype.kind == "f"):
+            raise TypeError(f"pad: pad_width must be ints, got {pad_width!r}")
+        pw = np.broadcast_to(raw.astype(np.int64), (x.ndim, 2))
+    except ValueError:
         raise ValueError(f"pad: pad_width {pad_width!r} does not fit a tensor of shape {x.shape}: "
                          "give an int, a (before, after) pair, or one pair per axis") from None
     if (pw < 0).any():
@@ -619,12 +645,6 @@ P_ROLL = primitive("roll", lambda xp, x, *, shift, axis: xp.roll(x, shift, axis=
                    batch=_roll_batch)
 
 
-def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
-    """An int or a sequence of ints as a tuple (bools refused)."""
-    items = value if isinstance(value, (tuple, list)) else (value,)
-    if any(isinstance(v, (bool, np.bool_)) or not hasattr(v, "__index__") for v in items):
-        raise TypeError(f"{what}: {name} must be an int or a sequence of ints, got {value!r}")
-    return tuple(int(v) for v in items)
 
 
 def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
@@ -723,7 +743,7 @@ def tile(x: Any, reps: Any) -> Tensor:
         (2, 4)
     """
     x = one(x)
-    r = (int(reps),) if isinstance(reps, (int, np.integer)) else tuple(int(v) for v in reps)
+    r = _ints(reps, "tile", "reps")
     if any(v < 0 for v in r):
         raise ValueError(f"tile: reps must be non-negative, got {reps!r}")
     d = max(len(r), x.ndim)
@@ -795,6 +815,8 @@ def repeat(x: Any, repeats: Any, axis: int | None = None) -> Tensor:
         ax = _axis(axis, x.ndim, "repeat")
     n = x.shape[ax]
     r = np.asarray(repeats.numpy() if isinstance(repeats, Tensor) else repeats)
+    if r.ndim == 1 and r.size == 0:  # [] for an empty axis (a float array by NumPy's default)
+        r = r.astype(np.int64)
     if r.dtype.kind not in "iu" or r.ndim > 1:
         raise ValueError(f"repeat: repeats must be an int or a 1-D sequence of ints, got {repeats!r}")
     if (r < 0).any():
