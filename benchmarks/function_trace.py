@@ -44,6 +44,19 @@ def _mlp(sizes: tuple[int, ...], batch: int, adam: bool) -> Callable[[], tuple[C
     return make
 
 
+def _mixed() -> tuple[Callable, tuple]:
+    x0, w0 = W.mixed_inputs()
+    w = gt.Variable(w0)
+
+    def step(x: Any) -> Any:
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            y = W._mixed_chain(gt, x, w)
+        return tape.gradient(y, [x, w])
+
+    return step, (gt.tensor(x0),)
+
+
 def _conv() -> tuple[Callable, tuple]:
     X0, y0, P0 = W.conv_data()
     params = [gt.Variable(p) for p in P0]
@@ -63,6 +76,7 @@ ROWS: dict[str, Callable[[], tuple[Callable, tuple]]] = {
     "adam_small_ce (same + Adam)": _mlp((32, 64, 64, 10), 16, True),
     "mlp_large_ce (784-512-512-10, batch 256, fwd+bwd)": _mlp((784, 512, 512, 10), 256, False),
     "conv (the CNN step, Adam)": _conv,
+    "overhead_mixed (251-op mixed chain on (16,), fwd+bwd)": _mixed,
 }
 
 

@@ -154,12 +154,14 @@ class TracedArray:
         return tr
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        if method == "__call__" and not kwargs and type(self.a) is np.ndarray:
-            # the most frequent call: straight to the live trace when every traced operand
-            # is this trace's (else _dispatch finds the trace, or raises for another thread's)
+        if method == "__call__" and type(self.a) is np.ndarray and (
+                not kwargs or len(kwargs) == 1 and "out" in kwargs):
+            # the most frequent calls: straight to the live trace when every traced operand
+            # (and output) is this trace's (else _dispatch finds the trace, or raises for
+            # another thread's)
             tr = self._live()
             if tr is not None:
-                for x in inputs:
+                for x in (*inputs, *kwargs["out"]) if kwargs else inputs:
                     if type(x) is TracedArray and x.tr is not tr:
                         break
                 else:
@@ -815,9 +817,14 @@ class _Trace:
         return c
 
     def call(self, fn: Any, args: tuple, kwargs: dict) -> Any:
-        if not kwargs and type(fn) is np.ufunc and not self.promoted:
-            # the most frequent call, a ufunc on this trace's arrays and numbers: nothing is
-            # written, the result is a new array (one pass over the arguments)
+        if type(fn) is np.ufunc and not self.promoted and (
+                not kwargs or len(kwargs) == 1 and fn.nout == 1
+                and type(o := kwargs.get("out")) is tuple and len(o) == 1
+                and type(o[0]) is TracedArray and o[0].tr is self):
+            # the most frequent calls: a ufunc on this trace's arrays, numbers and constant
+            # host arrays, with no out (nothing is written, the result is a new array) or
+            # with one of this trace's arrays as out (a fused run's statements: the result is
+            # that array, redefined); the general path's templates in one pass
             fast_a: list[Any] = []
             fast_t: list[Any] = []
             for x in args:
@@ -828,9 +835,18 @@ class _Trace:
                 elif t is float or t is int or t is bool:
                     fast_a.append(x)
                     fast_t.append(x)
+                elif t is np.ndarray:
+                    fast_a.append(x)
+                    fast_t.append(self._const(x))
                 else:
                     break
             else:
+                if kwargs:
+                    out = kwargs["out"][0]
+                    res = fn(*fast_a, out=(out.a,))  # (NumPy returns the out array itself)
+                    self.steps.append(_Step(fn, tuple(fast_t), {"out": (_Slot(out.slot),)},
+                                            [out.slot], "one", False))
+                    return out
                 res = fn(*fast_a)
                 if type(res) is np.ndarray or isinstance(res, np.generic):
                     w = self.new(res)
