@@ -3,6 +3,7 @@ rules hold (retracing, side effects, data-dependent control flow, fallback)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -511,6 +512,37 @@ def test_forward_mode_chain_runs_fused_in_the_replay_with_eager_values():
     if gt.backend_name() == "numpy":  # (the blocked forward runs are NumPy programs)
         src = f.program_source(*args[0])
         assert src.count("\n") < 10  # one fused run instead of ~60 array calls
+
+
+@pytest.mark.parametrize("shape", [(16,), (300, 512)])  # one call, and blocks on the pool
+def test_a_fused_backward_run_is_one_program_step_with_eager_values(shape):
+    """The fused backward of an elementwise chain (binary ops with constants, fan-out, a
+    Variable) is logged as one step, the blocked program eager mode runs, not one step per
+    array call (which made tracing it cost 5x an eager step): the replay gives eager's values
+    bit for bit, and the program stays short."""
+    w = gt.Variable(np.linspace(0.2, -0.2, math.prod(shape), dtype=np.float32).reshape(shape))
+
+    def fn(x):
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            y = x
+            for _ in range(30):
+                a = gt.tanh(y) * 1.25
+                y = (a + w) * a - 0.5
+            loss = gt.sum(y)
+        return loss, tape.gradient(loss, [x, w])
+
+    rng = np.random.default_rng(0)
+    args = [(gt.tensor(rng.uniform(-1, 1, shape).astype(np.float32)),) for _ in range(4)]
+    with _fusion(True):
+        eager, comp, f = _compare(fn, args)
+        for (le, ge), (lc, gc) in zip(eager, comp):
+            np.testing.assert_array_equal(lc.numpy(), le.numpy())
+            for a, b in zip(ge, gc):
+                np.testing.assert_array_equal(b.numpy(), a.numpy())
+        if gt.backend_name() == "numpy":
+            src = f.program_source(*args[0])
+            assert src.count("\n") < 200  # the backward's ~250 array calls are one line
 
 
 def test_data_dependent_shapes_raise_or_run_eagerly():

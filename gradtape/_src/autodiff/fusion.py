@@ -433,7 +433,16 @@ class Run:
             if outs[k] is None and alias[k] is None:
                 outs[k] = _empty_as(xp, like, leaves[0], dtype, shape)
         if is_numpy:
-            run_numpy(prog, leaves, ga.params, outs, shape, dtype)
+            tr = STATE.trace
+            if tr is not None and not tr.suspended and all(
+                    type(outs[k]).__name__ == "TracedArray" and outs[k].tr is tr  # type: ignore[union-attr]
+                    for k in prog.outputs):
+                # gt.function: the run is one step of the program (its statements are not
+                # traced one by one), which the replay runs as eager mode does; its outputs are
+                # this trace's arrays, which it writes in place
+                tr.call(run_numpy, (prog, leaves, ga.params, outs, shape, dtype), {})
+            else:
+                run_numpy(prog, leaves, ga.params, outs, shape, dtype)
         else:
             args = [leaves[i] for i in spec.leaves] + [ga.params[i] for i in spec.params]
             args += [outs[k] for k in spec.outputs]
