@@ -329,34 +329,38 @@ def _sum_squares(arrays: Sequence[Array]) -> Any:
     per array and then in order (the host route's order)."""
     total = None
     for a in arrays:
-        # one logged call in a traced step, so a replay takes the same overflow branch
-        sq = opaque(_square_sum, a)
+        # a host array: one logged call in a traced step, so a replay takes the same overflow
+        # branch (a device array's sum has no branch: a plain step, inside a CUDA graph)
+        sq = opaque(_square_sum, a) if _on_host(a) else _square_sum(a)
         total = sq if total is None else total + sq
     return total
 
 
+def _on_host(a: Any) -> bool:
+    """A NumPy array, or a traced step's value held in one."""
+    return isinstance(getattr(a, "a", a) if getattr(a, "_gt_traced", False) else a,
+                      (np.ndarray, np.generic))
+
+
 def _square_sum(a: Array) -> Any:
-    """``sum(a * a)`` as a 0-d float64 array. The squares of float16 values are formed in
-    float32 (a float16 square overflows from 256 on, a float32 one from 1.9e19, which would
-    make the norm inf and zero every clipped gradient); a float32 sum that overflows is taken
-    again in float64 (on NumPy when it is not finite; on a device, where reading it would
-    synchronise, always, keeping the float32 sum where that is finite)."""
-    if a.dtype == np.float64 or a.dtype.kind != "f":
-        return (a * a).sum(dtype=np.float64)
-    if a.dtype.itemsize < 4:
-        a = a.astype(np.float32)
-    if isinstance(a, np.ndarray):
-        with np.errstate(over="ignore"):
-            sq = (a * a).sum(dtype=np.float64)
+    """``sum(a * a)`` as a 0-d float64 array (inf past float64's range, without a warning).
+    On the host the squares of float16 values are formed in float32 (a float16 square
+    overflows from 256 on, a float32 one from 1.9e19, which would make the norm inf and zero
+    every clipped gradient), and a float32 sum that overflows is taken again in float64. On
+    a device, where reading the sum back would synchronise, the squares are formed in
+    float64 in one pass."""
+    with np.errstate(over="ignore"):
+        if a.dtype == np.float64 or a.dtype.kind != "f":
+            return (a * a).sum(dtype=np.float64)
+        if not isinstance(a, (np.ndarray, np.generic)):
+            return backend_of(a).xp.square(a, dtype=np.float64).sum()
+        if a.dtype.itemsize < 4:
+            a = a.astype(np.float32)
+        sq = (a * a).sum(dtype=np.float64)
         if not np.isfinite(sq):
             a64 = a.astype(np.float64)
             sq = (a64 * a64).sum()
         return sq
-    xp = backend_of(a).xp
-    a64 = a.astype(np.float64)
-    with np.errstate(over="ignore"):  # (a test backend computing with NumPy would warn)
-        sq = (a * a).sum(dtype=np.float64)
-    return xp.where(xp.isfinite(sq), sq, (a64 * a64).sum())
 
 
 def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[list[Array], Any]:
@@ -495,6 +499,11 @@ class Optimizer:
         # Variable._id -> the Variable (weakly): copying and pickling re-key the state by the
         # copied Variables, so ``copy.deepcopy((model, opt))`` updates the copied model
         self._variables: dict[int, weakref.ref] = {}
+        # Variable._id -> the number state_dict names it by when its name is not unique: given
+        # in the order the Variables gained state, kept for life and by copies (a position
+        # among the Variables with state would shift when another one gains state)
+        self._serials: dict[int, int] = {}
+        self._next_serial = 0
 
     @property
     def current_learning_rate(self) -> float:
@@ -538,8 +547,15 @@ class Optimizer:
             st = tuple(xp.zeros_like(v.data) if self._needs_slot(n) else None
                        for n in self.slot_names)
             self._state[v._id] = st
-            self._variables[v._id] = weakref.ref(v)
+            self._track(v)
         return st
+
+    def _track(self, v: Variable) -> None:
+        """Follow ``v`` (weakly) as a Variable with state, numbering it the first time."""
+        self._variables[v._id] = weakref.ref(v)
+        if v._id not in self._serials:
+            self._serials[v._id] = self._next_serial
+            self._next_serial += 1
 
     def __getstate__(self) -> dict:
         """The state to pickle or deep-copy: the hyper-parameters, the step count, and each
@@ -550,12 +566,13 @@ class Optimizer:
         # (ids are never reused, so it can never be used again)
         state = self.__dict__.copy()
         refs = state.pop("_variables", {})
+        serials = state.pop("_serials", {})
         pairs = []
         for key, slots in self._state.items():
             ref = refs.get(key)
             v = ref() if ref is not None else None
             if v is not None:
-                pairs.append((v, slots))
+                pairs.append((v, slots, serials.get(key)))
         state["_state"] = pairs
         return state
 
@@ -565,9 +582,14 @@ class Optimizer:
         self.__dict__.update(state)
         self._state = {}
         self._variables = {}
-        for v, slots in pairs:
+        self._serials = {}
+        self.__dict__.setdefault("_next_serial", 0)
+        for v, slots, *serial in pairs:
             self._state[v._id] = tuple(slots)
-            self._variables[v._id] = weakref.ref(v)
+            if serial and serial[0] is not None:
+                self._serials[v._id] = serial[0]
+                self._next_serial = max(self._next_serial, serial[0] + 1)
+            self._track(v)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None
@@ -739,9 +761,10 @@ class Optimizer:
         """``named_variables`` as a checked list of ``(str, Variable)`` pairs; None: the living
         Variables this optimizer has state for, in creation order, each named by its ``name``
         when that is unique among them and by ``"<name or 'variable'>#<n>"`` otherwise, ``n``
-        a number the Variable keeps for its life (not its position among the variables with
-        state, which changes when another one gains or loses state: a restore would then
-        hand one variable's moments to another)."""
+        the number it was given when it first gained state here (0, 1, ...), which it keeps
+        for life and in copies of the optimizer (not its position among the variables with
+        state, which changes when another one gains state: a restore would then hand one
+        variable's moments to another)."""
         if named_variables is not None:
             return _check_named(who, named_variables)
         alive = [(key, ref()) for key, ref in sorted(self._variables.items())]
@@ -749,8 +772,8 @@ class Optimizer:
         counts: dict[str | None, int] = {}
         for v in tracked:
             counts[v.name] = counts.get(v.name, 0) + 1
-        return [(v.name if v.name and counts[v.name] == 1 else f"{v.name or 'variable'}#{v._id}", v)
-                for v in tracked]
+        return [(v.name if v.name and counts[v.name] == 1
+                 else f"{v.name or 'variable'}#{self._serials[v._id]}", v) for v in tracked]
 
     def state_dict(self, named_variables: Iterable[tuple[str, Variable]] | None = None
                    ) -> dict[str, np.ndarray]:
@@ -762,8 +785,9 @@ class Optimizer:
                 ``model.named_variables()`` (what :meth:`gradtape.nn.Module.save` passes). None
                 (the default): every Variable this optimizer has updated and that is still
                 alive, in creation order, under its ``name``, or ``"<name>#<n>"`` when it has
-                none or shares it (``n`` a number the Variable keeps for its life, so a
-                snapshot restores to the same Variables; a new process needs the pairs).
+                none or shares it (``n`` the order in which it first gained state here, kept
+                for life and by copies of the optimizer, so a snapshot restores to the same
+                Variables after others gain state).
 
         Returns copies: later steps do not change them.
 
@@ -879,7 +903,7 @@ class Optimizer:
                 self._variables.pop(key, None)
             else:
                 self._state[key] = slots
-                self._variables[key] = weakref.ref(v)
+                self._track(v)
         self.iterations = iterations
 
     def __repr__(self) -> str:

@@ -622,3 +622,17 @@ def test_load_state_dict_refuses_a_step_count_that_could_not_be_saved_again():
         opt.load_state_dict({"iterations": np.uint64(2 ** 63)}, [("w", w)])
     opt.load_state_dict({"iterations": np.int64(2 ** 63 - 1)}, [("w", w)])
     assert opt.state_dict()["iterations"] == 2 ** 63 - 1
+
+
+def test_a_copied_optimizer_takes_the_originals_default_named_state():
+    # default names numbered by Variable identity did not carry over to deepcopy's copies
+    import copy
+    m = gt.nn.Sequential([gt.nn.Dense(2, 2, seed=0), gt.nn.Dense(2, 2, seed=1)])  # two "kernel"s
+    opt = gt.optimizers.Adam(0.1)
+    opt.apply_gradients([(gt.ones_like(v), v) for v in m.trainable_variables])
+    mc, oc = copy.deepcopy((m, opt))
+    assert sorted(oc.state_dict()) == sorted(opt.state_dict())
+    opt.apply_gradients([(gt.ones_like(v), v) for v in m.trainable_variables])
+    oc.load_state_dict(opt.state_dict())
+    for k, v in opt.state_dict().items():
+        np.testing.assert_array_equal(oc.state_dict()[k], v)

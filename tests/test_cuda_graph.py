@@ -288,3 +288,35 @@ def test_an_error_at_the_capturing_call_is_the_calls_and_capture_retries(device)
                 seen.append("IndexError")
     assert seen[3] == "IndexError" and seen[4] == [0.0, 8.0] and seen[6] == [0.0, 2.0]
     assert f.graph_count == 1
+
+
+@pytest.mark.parametrize("how", ["clip_by_global_norm", "global_clipnorm", "per_example_norms"])
+def test_gradient_norms_stay_inside_one_graph(device, how):
+    """The norms of clipping (and per-example norms) are device steps without a read-back:
+    one graph for the forward, the backward and the norms, not one cut per gradient (the host
+    route's float64 retry is a host step on NumPy only)."""
+    ws = [gt.Variable(np.full((4, 4), 0.1 * (i + 1), np.float32)) for i in range(6)]
+    opt = gt.optimizers.SGD(0.1, global_clipnorm=0.5)
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            h = x
+            for w in ws:
+                h = gt.tanh(h @ w)
+            per = (h * h).sum(axis=1)
+            loss = per.sum()
+        if how == "per_example_norms":
+            _, norms = tape.per_example_gradients(per, ws, max_norm=1.0, reduce="sum",
+                                                  return_norms=True)
+            return loss, norms
+        grads = tape.gradient(loss, ws)
+        if how == "global_clipnorm":
+            opt.apply_gradients(zip(grads, ws))
+            return loss, grads[0]
+        clipped, norm = gt.optimizers.clip_by_global_norm(grads, 0.5)
+        return loss, norm
+
+    f = gt.function(step, cuda_graph=True)
+    for _ in range(4):
+        f(gt.ones((2, 4)))
+    assert f.graph_count == 1

@@ -415,3 +415,56 @@ def test_safe_mul_keeps_the_product_dtype_and_sign_takes_bools():
     assert gt.safe_mul(a, b).numpy().tolist() == [1, 0, 0]
     s = gt.sign(gt.tensor([True, False]))
     assert s.dtype == np.bool_ and s.numpy().tolist() == [True, False]
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: gt.split(x, 3, axis=1.7),
+    lambda x: gt.transpose(x, (1.7, 0)),
+    lambda x: gt.stack([x, x], axis=1.7),
+    lambda x: gt.concat([x, x], axis=1.0),
+    lambda x: gt.take(x, gt.tensor([0]), axis=1.7),
+    lambda x: gt.repeat(x, 2, axis=1.7),
+    lambda x: gt.nn.softmax(x, axis=1.0),
+    lambda x: gt.nn.BatchNorm(3, axis=True),
+])
+def test_axis_arguments_refuse_floats_and_bools(call):
+    # int(1.7) picked axis 1 silently
+    with pytest.raises(TypeError, match="must be an int"):
+        call(gt.ones((2, 3)))
+
+
+def test_axis_arguments_take_numpy_ints_and_0d_int_tensors():
+    x = gt.ones((2, 3))
+    assert [p.shape for p in gt.split(x, 3, axis=np.int64(1))] == [(2, 1)] * 3
+    assert gt.nn.softmax(x, axis=gt.tensor(1)).shape == (2, 3)
+    assert gt.transpose(x, (np.int32(1), 0)).shape == (3, 2)
+
+
+def test_global_norm_of_a_float64_overflow_is_inf_without_a_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gt.optimizers.global_norm([gt.tensor(np.array([1e200]))]) == np.inf
+
+
+def test_layers_refuse_long_double_and_take_a_byte_swapped_float32_as_native():
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        gt.nn.Dense(2, 2, dtype=np.longdouble)
+    k = gt.nn.Dense(2, 2, dtype=">f4").kernel
+    assert k.dtype == np.float32 and k.dtype.isnative
+
+
+def test_check_numerics_under_a_tape_inside_vmap():
+    # reading the batched result's value for the check raised TypeError
+    w = gt.Variable(np.array([0.5, -1.0, 2.0], np.float32))
+    gt.config.check_numerics = True
+    try:
+        with gt.GradientTape() as tape:
+            y = gt.vmap(lambda r: r * w + 1.0)(gt.ones((2, 3)))
+            s = y.sum()
+        np.testing.assert_allclose(tape.gradient(s, w).numpy(), [2.0, 2.0, 2.0])
+        with pytest.raises(FloatingPointError, match="forward of 'log'"), \
+                np.errstate(invalid="ignore"):  # (pytest shows what gradtape's filter hides)
+            gt.vmap(lambda r: gt.log(r * w))(gt.ones((2, 3)))
+    finally:
+        gt.config.check_numerics = False

@@ -21,7 +21,7 @@ from .._src.autodiff.state import opaque, read_for_trace
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
-from ..ops._util import normalize_axis, one
+from ..ops._util import as_int, normalize_axis, one
 from ..ops.elementwise import P_EQUAL, P_EXP
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_ASTYPE, P_RESHAPE
@@ -37,7 +37,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _axis1(axis: Any, ndim: int, what: str) -> int:
     if ndim == 0:
         raise ValueError(f"{what}: expected a tensor of rank >= 1, got a scalar")
-    a = int(axis)
+    a = as_int(axis, what, "axis")
     if not -ndim <= a < ndim:
         raise ValueError(f"{what}: axis {axis} is out of range for a tensor of rank {ndim}")
     return a % ndim

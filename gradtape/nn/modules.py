@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import ops
 from .._src.tensor import Tensor, Variable
+from ..ops._util import as_int
 from ..optimizers import Optimizer, _checkpoint_dtype_error
 from ..random import Generator, _check_seed
 from . import init as _init
@@ -56,19 +57,18 @@ def _activation(act: Any) -> Callable | None:
 
 
 def _float_dtype(who: str, dtype: Any) -> np.dtype:
-    """A layer's parameter ``dtype``, checked: a floating dtype (float16, float32, float64);
-    an integer or bool parameter would take no gradient step (TF and PyTorch refuse them).
-    None means the default, float32."""
-    if dtype is None:
-        return np.dtype(np.float32)
+    """A layer's parameter ``dtype``, checked: float16, float32 or float64 in native byte
+    order (None: float32); an integer or bool parameter would take no gradient step (TF and
+    PyTorch refuse them), and a long double has no kernels here."""
+    dt = None
     try:
-        dt = np.dtype(dtype)
+        dt = np.dtype(np.float32 if dtype is None else dtype)
     except TypeError:
-        dt = None
-    if dt is None or dt.kind != "f":
+        pass
+    if dt is None or dt.type not in (np.float16, np.float32, np.float64):
         raise TypeError(f"{who}: dtype must be a floating dtype (float16, float32 or float64), "
                         f"got {dtype!r}")
-    return dt
+    return np.dtype(dt.type)
 
 
 class Module:
@@ -716,7 +716,7 @@ class BatchNorm(Module):
         if isinstance(momentum, (str, bytes, bool)) or not isinstance(
                 momentum, (int, float, np.integer, np.floating)) or not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
-        self.num_features, self.axis, self.momentum = C, int(axis), float(momentum)
+        self.num_features, self.axis, self.momentum = C, as_int(axis, "BatchNorm", "axis"), float(momentum)
         self.eps = _positive(eps, "BatchNorm", "eps")
         self.affine = bool(affine)
         self.gamma = Variable(_init.ones((C,), dtype=dtype), name="gamma") if self.affine else None

@@ -5,11 +5,23 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import numpy as np
+
 from .._src.primitive import one, pair
 from .._src.tensor import Tensor
 
-__all__ = ["pair", "one", "normalize_axis", "batch_size", "move_axis", "phys_axis",
+__all__ = ["pair", "one", "as_int", "normalize_axis", "batch_size", "move_axis", "phys_axis",
            "logical_axes"]
+
+
+def as_int(value: Any, what: str, name: str) -> int:
+    """``value`` as a Python int when it is an integer (a Python or NumPy int, a 0-d integer
+    array or Tensor), else TypeError naming ``what`` and ``name``: floats and bools are
+    refused, as NumPy refuses them (``int(1.7)`` would pick axis 1 silently)."""
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__") or \
+            getattr(value, "ndim", 0) != 0 or getattr(value, "dtype", np.dtype(int)).kind not in "iu":
+        raise TypeError(f"{what}: {name} must be an int, got {value!r}")
+    return operator.index(value)
 
 
 def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:

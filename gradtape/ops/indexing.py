@@ -17,7 +17,7 @@ from .._src.backend import is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap, broadcasts_to
-from ._util import move_axis, normalize_axis, one, phys_axis
+from ._util import as_int, move_axis, normalize_axis, one, phys_axis
 from .elementwise import P_LESS, P_WHERE
 
 __all__ = ["getitem", "take", "gather", "take_along_axis", "index_add", "segment_sum"]
@@ -398,7 +398,7 @@ def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
         indices = indices.astype(np.intp)  # (getitem would read a bool array as a mask)
     if axis is None:
         return getitem(x.reshape((-1,)), indices)
-    if not -x.ndim <= int(axis) < x.ndim:
+    if not -x.ndim <= as_int(axis, "take", "axis") < x.ndim:
         raise ValueError(f"take: axis {axis} is out of range for a tensor of rank {x.ndim}")
     axis = int(axis) % x.ndim
     return getitem(x, (slice(None),) * axis + (indices,))

@@ -13,7 +13,7 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, broadcasts_to, check_dtype
-from ._util import batch_size, logical_axes, move_axis, normalize_axis, one, phys_axis
+from ._util import as_int, batch_size, logical_axes, move_axis, normalize_axis, one, phys_axis
 from .indexing import P_SCATTER, getitem
 
 __all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expand_dims",
@@ -23,10 +23,7 @@ __all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expa
 
 def _axis(axis: Any, ndim: int, what: str, name: str = "axis") -> int:
     """One axis in ``[-ndim, ndim)`` as a non-negative int, or a ValueError naming it."""
-    try:
-        a = int(axis)
-    except TypeError:
-        raise TypeError(f"{what}: {name} must be an int, got {type(axis).__name__}") from None
+    a = as_int(axis, what, name)
     if not -ndim <= a < ndim:
         raise ValueError(f"{what}: {name} {a} is out of range for a tensor of rank {ndim}")
     return a % ndim
@@ -78,8 +75,11 @@ def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
 
 
 def _is_int(v: Any) -> bool:
-    return (not isinstance(v, (bool, np.bool_)) and hasattr(v, "__index__")
-            and getattr(v, "ndim", 0) == 0 and getattr(v, "dtype", np.dtype(int)).kind in "iu")
+    try:
+        as_int(v, "", "")
+    except TypeError:
+        return False
+    return True
 
 
 def reshape(x: Any, shape: Any) -> Tensor:
@@ -145,7 +145,7 @@ def transpose(x: Any, axes: Any = None) -> Tensor:
     if axes is None:
         axes = tuple(range(x.ndim - 1, -1, -1))
     else:
-        given = tuple(axes)
+        given = _ints(axes, "transpose", "axes")
         if len(given) != x.ndim or any(not -x.ndim <= int(a) < x.ndim for a in given):
             raise ValueError(f"transpose: axes {given} is not a permutation of the {x.ndim} axes "
                              f"of a tensor of shape {x.shape}")

@@ -324,7 +324,8 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
         general = True
         if HOOKS.numerics:
             for o in (out, *extra_outs):
-                check_finite(prim, args, o.data, "forward")
+                if not o._level:  # (a batched result has no value of its own: the physical
+                    check_finite(prim, args, o.data, "forward")  # ops of its rule were checked)
         for w in st.watchers:
             for a in args:
                 if a._is_variable:

@@ -605,6 +605,8 @@ def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Arra
     if not arrays:
         return xp.zeros(plan.B, dtype=np.float64)
     key = ("per_example_sq_norms", plan.B, len(per), tuple(spec))
+    if xp is not np:  # no retry on a device (it would read the sums back): a plain step
+        return _sq_norms_of(key, *arrays)
     return opaque(functools.partial(_sq_norms_of, key), *arrays, key=key)
 
 
@@ -612,7 +614,7 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
     """:func:`_sq_norms` on its arrays: the ``n`` materialized ``[B, ...]`` gradients, then a
     (cotangent, saved operand) pair per ghost boundary described by ``spec``."""
     _, B, n, spec = key
-    xp = backend_of(arrays[0]).xp
+    xp = backend_of(arrays[0]).xp  # (inside a traced device step: the tracing namespace)
     sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, None)
     if xp is np and not np.isfinite(sq).all():
         sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float64)
