@@ -306,10 +306,12 @@ def test_a_selected_infinite_derivative_is_still_reported():
 
 def test_reflected_and_or_with_an_array_or_bool_on_the_left():
     t = gt.tensor([True, False])
-    assert (np.array([True, True]) & t).numpy().tolist() == [True, False]
     assert (True & t).numpy().tolist() == [True, False]
-    assert (np.array([False, True]) | t).numpy().tolist() == [True, True]
+    assert ([True, True] & t).numpy().tolist() == [True, False]
     assert ([False, False] | t).numpy().tolist() == [True, False]
+    if gt.backend_name() == "numpy":  # (a host array next to a device tensor is refused)
+        assert (np.array([True, True]) & t).numpy().tolist() == [True, False]
+        assert (np.array([False, True]) | t).numpy().tolist() == [True, True]
 
 
 @pytest.mark.parametrize("fn", ["var", "std"])
