@@ -544,6 +544,44 @@ def test_a_fused_backward_run_is_one_program_step_with_eager_values(shape):
             assert src.count("\n") < 200  # the backward's ~250 array calls are one line
 
 
+@pytest.mark.parametrize("fusion", [False, True])
+def test_gradients_through_column_major_values_replay_bit_identically(fusion):
+    """Two layouts the replay used to get wrong, each then summed back to a broadcast input
+    in another order: an elementwise VJP of a large transposed value (eagerly NumPy computed
+    ``gy * cos(x)`` into the temporary, taking its column-major layout; traced, the product
+    was row-major), and a fused backward run seeded by ``sum``'s broadcast cotangent next to
+    a transposed leaf (traced, its outputs took the leaf's layout, eagerly the seed's)."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("bit-identity is NumPy's contract (a device fuses the forward)")
+    R, C = 300, 512  # over NumPy's 256 KiB threshold for computing into a temporary
+    rs = np.random.RandomState(0)
+
+    def elementwise(x0, x1):
+        with gt.GradientTape() as tape:
+            tape.watch(x0)
+            b = gt.transpose(gt.reshape(x1, (C, R)))
+            loss = gt.sum(gt.sin(b + x0[:, 1:2]) * 3.0)
+        return tape.gradient(loss, x0)
+
+    def fused(x, a):
+        with gt.GradientTape() as tape:
+            tape.watch(a)
+            xt = gt.transpose(gt.reshape(x, (C, R)))
+            loss = gt.sum(gt.sin(gt.tanh(gt.exp(xt + a))))
+        return tape.gradient(loss, a)
+
+    cases = [(elementwise, [(gt.tensor(rs.uniform(-1, 1, (R, C))), gt.tensor(rs.uniform(-1, 1, (R, C))))
+                            for _ in range(3)]),
+             (fused, [(gt.tensor(rs.uniform(-1, 1, (R, C)).astype(np.float32)),
+                       gt.tensor(rs.uniform(-1, 1, (R, 1)).astype(np.float32))) for _ in range(3)])]
+    with _fusion(fusion):
+        for fn, args in cases:
+            eager, comp, f = _compare(fn, args)
+            assert f.trace_count == 2
+            for e, c in zip(eager, comp):
+                np.testing.assert_array_equal(c.numpy(), e.numpy())
+
+
 def test_data_dependent_shapes_raise_or_run_eagerly():
     """Boolean-mask indexing (and nonzero/unique) make a result whose shape depends on the
     values: a replay could not follow it, so tracing raises (or falls back to eager)."""

@@ -469,18 +469,16 @@ def _empty_as(xp: Any, like: Any, layout: Any, dtype: np.dtype, shape: tuple[int
     """``xp.empty_like(like, dtype, shape=shape)`` in the memory layout that
     ``empty_like(layout, ...)`` would have: the same buffer as eagerly where ``like`` is a
     traced leaf standing in for an untraced upstream gradient ``layout`` (a constant
-    cotangent, transposed say), so sums over it add in the same order."""
-    if like is layout or len(shape) < 2 or getattr(layout, "_gt_traced", False) or \
-            isinstance(layout, np.generic) or layout.shape != shape or layout.flags.c_contiguous:
+    cotangent, transposed or broadcast, say), so sums over it add in the same order."""
+    if like is layout or getattr(layout, "_gt_traced", False):
         return xp.empty_like(like, dtype, shape=shape)
-    real = _xp_of(layout)
-    # the array module's order="K" choice for ``layout`` (trace time only)
+    real = np if isinstance(layout, np.generic) else _xp_of(layout)
+    # the array module's order="K" choice for ``layout`` (trace time only): a permutation of
+    # C order (C itself for a broadcast or a NumPy scalar), which ``like``'s own would not be
     strides = getattr(real, "_gt_real", real).empty_like(layout, dtype, shape=shape).strides
     perm = sorted(range(len(shape)), key=lambda i: -strides[i])
-    if perm == list(range(len(shape))):
-        return xp.empty_like(like, dtype, shape=shape)
-    buf = xp.empty_like(like, dtype, shape=tuple(shape[i] for i in perm))
-    return buf.transpose(np.argsort(perm).tolist())
+    buf = xp.empty_like(like, dtype, shape=tuple(shape[i] for i in perm), order="C")
+    return buf if perm == list(range(len(shape))) else buf.transpose(np.argsort(perm).tolist())
 
 
 class Gathered:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Array, Backend, erf_for
-from .expr import CONSTANTS, FUNCTIONS, Expr, vjp_function
+from .expr import CONSTANTS, FUNCTIONS, UFUNC_NAMES, Expr, vjp_function
 
 __all__ = ["array_vjp"]
 
@@ -84,6 +84,13 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
             return xp.where(bad, xp.zeros((), prod.dtype), prod)
 
         ns["_safe"] = _safe
-    fn = vjp_function(expr, arg_names, safe, ns)
+    # On NumPy the operators become ufunc calls: ``a * tmp`` on a large temporary would be
+    # computed into it (NumPy's temporary elision), taking its memory layout, where a
+    # gt.function trace (whose arrays are all referenced) gets the ufunc's own: then a later
+    # sum adds in another order, and the replay would not be bit-identical to eager mode
+    ufuncs = backend.xp is np
+    if ufuncs:
+        ns.update({name: getattr(np, name[4:]) for name in UFUNC_NAMES})
+    fn = vjp_function(expr, arg_names, safe, ns, ufuncs)
     _array_cache[key] = fn
     return fn

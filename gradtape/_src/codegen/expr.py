@@ -21,6 +21,7 @@ becomes NaN (see ``where`` in the API reference).
 from __future__ import annotations
 
 import ast
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,7 +134,52 @@ def _finite_everywhere(expr: Expr) -> bool:
     return isinstance(node, ast.Compare)
 
 
-def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[str, Any]) -> Callable:
+#: Operator -> ufunc name, for renderings that call ufuncs instead of operators (see
+#: :func:`vjp_function`).
+_UFUNC_OF: dict[type, str] = {
+    ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "true_divide",
+    ast.Pow: "power", ast.BitAnd: "bitwise_and", ast.BitOr: "bitwise_or",
+    ast.USub: "negative", ast.UAdd: "positive", ast.Invert: "invert",
+    ast.Lt: "less", ast.LtE: "less_equal", ast.Gt: "greater", ast.GtE: "greater_equal",
+    ast.Eq: "equal", ast.NotEq: "not_equal",
+}
+UFUNC_NAMES = tuple(f"_uf_{n}" for n in sorted(set(_UFUNC_OF.values())))
+
+
+def _constant(node: ast.AST) -> bool:
+    return not any(isinstance(n, (ast.Name, ast.Call)) for n in ast.walk(node))
+
+
+class _ToUfuncs(ast.NodeTransformer):
+    """Operators on array values become ufunc calls (``_uf_multiply(a, b)``); operators on
+    constants alone stay Python arithmetic (a NumPy scalar would not be weakly typed), and
+    ``**`` with a constant exponent stays an operator (NumPy computes ``x ** 2`` as
+    ``square(x)``, ``x ** 0.5`` as ``sqrt(x)``: other last bits than ``power``)."""
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if _constant(node.left) and _constant(node.right) or (
+                isinstance(node.op, ast.Pow) and _constant(node.right)):
+            return node
+        return _call(_UFUNC_OF[type(node.op)], [node.left, node.right])
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        return node if _constant(node.operand) else _call(_UFUNC_OF[type(node.op)], [node.operand])
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        if _constant(node):
+            return node
+        return _call(_UFUNC_OF[type(node.ops[0])], [node.left, node.comparators[0]])
+
+
+def _call(name: str, args: list[ast.expr]) -> ast.Call:
+    return ast.Call(func=ast.Name(id=f"_uf_{name}", ctx=ast.Load()), args=args, keywords=[])
+
+
+def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[str, Any],
+                 ufuncs: bool = False) -> Callable:
     """``lambda gy, *arg_names: gy * (expr)`` evaluated in namespace ``ns`` (a rendering's
     functions; ``ns["_safe"]`` its safe product when ``safe``): the one place that turns a
     derivative into a VJP, for every rendering that runs Python (arrays, gradtape ops).
@@ -143,7 +189,8 @@ def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[st
         >>> f(3.0, 5.0, None)
         30.0
     """
-    body = ast.unparse(expr.tree)
+    tree = _ToUfuncs().visit(copy.deepcopy(expr.tree)) if ufuncs else expr.tree
+    body = ast.unparse(ast.fix_missing_locations(tree))
     if expr.constant == 1.0:
         code = "gy"
     elif expr.constant == -1.0:
@@ -151,6 +198,8 @@ def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[st
     elif safe and not _finite_everywhere(expr):
         # (a derivative that is a comparison, 0 or 1, is finite: 0 * it is 0, nothing to guard)
         code = f"_safe(gy, ({body}))"
+    elif ufuncs:
+        code = f"_uf_multiply(gy, ({body}))"
     else:
         code = f"gy * ({body})"
     ns.setdefault("__builtins__", {})
