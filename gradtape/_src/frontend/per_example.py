@@ -687,9 +687,9 @@ def _ghost_sum(plan: _Plan, gh: _Ghost, g: Array, c: Array | None) -> Array:
         xp.add.at(z, idx, g)
         return z
     X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]
-    if gh.i == 1:
-        return xp.tensordot(X.reshape(B, -1, X.shape[-1]), g.reshape(B, -1, g.shape[-1]),
-                            axes=([0, 1], [0, 1]))
+    if gh.i == 1:  # x[B, ..., d] @ W[d, p]: x^T g over all rows (the batch product's form,
+        # a transposed view handed to BLAS: no copy, unlike tensordot's)
+        return xp.matmul(X.reshape(-1, X.shape[-1]).T, g.reshape(-1, g.shape[-1]))
     K, Tp = X.shape[-2:]
     return xp.tensordot(g.reshape(B, -1, g.shape[-2], Tp), X.reshape(B, -1, K, Tp),
                         axes=([0, 1, 3], [0, 1, 3]))
@@ -742,7 +742,8 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
                     c = xp.where(norms > C, C / norms, 1.0)
         if opts.reduce == "sum":
             for sid, G in per.items():
-                summed[sid] = G.sum(axis=0) if c is None else xp.tensordot(c.astype(G.dtype), G, axes=(0, 0))
+                summed[sid] = G.sum(axis=0) if c is None else \
+                    xp.matmul(c.astype(G.dtype), G.reshape(B, -1)).reshape(G.shape[1:])
             per = {}
             for gh, g in ghosts:
                 s = _through_chain(plan, gh, _ghost_sum(plan, gh, g, c))
