@@ -582,6 +582,40 @@ def test_gradients_through_column_major_values_replay_bit_identically(fusion):
                 np.testing.assert_array_equal(c.numpy(), e.numpy())
 
 
+def test_two_non_finite_constants_in_one_program_keep_their_own_values():
+    """The program names constants by object; a temporary constant (a non-finite Python
+    number: erf's NaN, max-pool's -inf padding) freed while naming could hand its id, and so
+    its name, to the next: the padding then replayed as NaN."""
+    def fwd(x):
+        return gt.erf(x), gt.nn.max_pool2d(x, 2, stride=2, padding=1)
+
+    rng = np.random.default_rng(0)
+    args = [(gt.tensor(rng.standard_normal((1, 1, 4, 4))),) for _ in range(4)]
+    eager, comp, f = _compare(fwd, args)
+    for (ea, eb), (ca, cb) in zip(eager, comp):
+        _assert_replayed(ca.numpy(), ea.numpy())
+        _assert_replayed(cb.numpy(), eb.numpy())
+        assert not np.isnan(cb.numpy()).any()
+
+
+def test_a_fused_backward_of_0d_float32_values_traces():
+    """A fused run over 0-d values: a ufunc gives NumPy scalars for 0-d operands, which an
+    in-place accumulate cannot write (it raised inside the traced run)."""
+    def step(w1, w3):
+        with gt.GradientTape() as tape:
+            tape.watch([w1, w3])
+            t6 = gt.mul(w3, gt.tanh(gt.pow(gt.abs(w1) + 0.5, 1.5)))
+            loss = gt.mean(gt.minimum(t6, 0.3)) + gt.maximum(w3, -0.2).sum() + gt.mean(t6)
+        return tape.gradient(loss, [w1, w3])
+
+    args = [(gt.tensor(np.float32(v)), gt.tensor(np.float32(0.2))) for v in (-0.3, 0.4, -0.1)]
+    with extend.fusion_thresholds(min_run=2, min_run_by_size=()):
+        eager, comp, _ = _compare(step, args)
+    for e, c in zip(eager, comp):
+        for a, b in zip(e, c):
+            _assert_replayed(b.numpy(), a.numpy())
+
+
 def test_data_dependent_shapes_raise_or_run_eagerly():
     """Boolean-mask indexing (and nonzero/unique) make a result whose shape depends on the
     values: a replay could not follow it, so tracing raises (or falls back to eager)."""

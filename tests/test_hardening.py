@@ -368,6 +368,11 @@ def test_split_and_repeat_of_an_empty_axis_as_numpy():
     e = gt.zeros((0,))
     assert [p.shape for p in gt.split(e, 2)] == [(0,), (0,)]
     assert gt.repeat(e, []).shape == (0,)
+    for x, axis in ((gt.zeros((0,)), None), (gt.zeros((3, 0, 2)), 1)):
+        with gt.GradientTape() as tape:  # the gradient too (an empty count list cast as floats)
+            tape.watch(x)
+            loss = gt.sum(gt.repeat(x, [], axis=axis))
+        assert tape.gradient(loss, x).shape == x.shape
     with pytest.raises(ValueError, match="does not divide into 4 equal sections"):
         gt.split(gt.zeros((3,)), 4)
 

@@ -766,7 +766,7 @@ def _repeat_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     if isinstance(reps, int):
         parts = m.apply(P_RESHAPE, g, shape=shape[:axis] + (n, reps) + shape[axis + 1:])
         return (parts.sum(axis=axis + 1),)
-    idx = m.xp_of(g).asarray(np.repeat(np.arange(n), np.asarray(reps)))
+    idx = m.xp_of(g).asarray(np.repeat(np.arange(n), np.asarray(reps, dtype=np.intp)))  # (() too)
     index = (slice(None),) * axis + (idx,)
     return (m.apply(P_SCATTER, g, index=index, shape=shape, advanced=True),)
 

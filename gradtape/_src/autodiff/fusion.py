@@ -411,7 +411,9 @@ class Run:
         for iid in out_ids:
             prev = grads.get(iid)
             if prev is not None and iid in owned and prev.shape == shape and prev.dtype == dtype \
-                    and prev.flags.c_contiguous:
+                    and prev.flags.c_contiguous and not isinstance(
+                        prev.a if getattr(prev, "_gt_traced", False) else prev, np.generic):
+                # (a NumPy scalar, what a ufunc gives for 0-d operands, is no buffer to write)
                 modes.append(True)
                 outs.append(prev)
             else:
@@ -443,7 +445,7 @@ class Run:
                 tr.call(run_numpy, (prog, leaves, ga.params, outs, shape, dtype), {})
             else:
                 run_numpy(prog, leaves, ga.params, outs, shape, dtype)
-        else:
+        elif spec.outputs:  # (none when every output is one of the run's leaves as it is)
             args = [leaves[i] for i in spec.leaves] + [ga.params[i] for i in spec.params]
             args += [outs[k] for k in spec.outputs]
             tr = STATE.trace

@@ -196,7 +196,8 @@ def cupy_kernel(key: tuple, build: Callable[[], Graph], leaf_dtypes: tuple[str, 
             raise RuntimeError(f"CUDA kernels need CuPy: {cupy_unavailable_reason()}")
         spec = render_cuda(build(), leaf_dtypes, dtype, acc, inplace)
         kernel = _cupy_by_source.get((spec.name, cp))
-        if kernel is None:
+        if kernel is None and spec.outputs:  # (no outputs: every one is a leaf as it is, no
+            # kernel to build or launch; the caller checks spec.outputs)
             ins, outs = spec.signature()
             kernel = _cupy_by_source[(spec.name, cp)] = cp.ElementwiseKernel(
                 ins, outs, spec.body, spec.name, preamble=cuda_preamble())

@@ -1181,6 +1181,8 @@ class _Program:
                 ns[nm] = f
             return nm
 
+        held: list[_Const] = []
+
         def r(x: Any) -> str:
             t = type(x)
             if t is _Slot:
@@ -1203,7 +1205,8 @@ class _Program:
             if t is float and np.isfinite(x):
                 return repr(x)
             c = _Const(x)
-            return const_name(c)
+            held.append(c)  # (names are cached by id: a freed constant's id could come back for
+            return const_name(c)  # another value, which would then read this one's name)
 
         def render(st: _Step) -> list[str]:
             """The step's lines of the generated function."""
