@@ -240,3 +240,23 @@ def test_safe_primitives_keep_a_zero_upstream_gradient_finite():
                 y = gt.where(xt > 100, getattr(gt, name)(xt), 0.0)
             g = tape.gradient(y, xt)
         np.testing.assert_array_equal(g.numpy(), [0.0], err_msg=name)
+
+
+def test_vjps_keep_float32_with_parameters_and_pi_in_the_derivative():
+    # on NumPy the VJP calls ufuncs (no temporary elision); an operation on parameters or
+    # pi alone must stay Python arithmetic: a NumPy float64 scalar would make it float64
+    from gradtape._src.backend import NUMPY
+    powp = elementwise("_expr_powp_f32", lambda xp, x, *, p: x ** p, d="p * x ** (p - 1)")
+    twopi = elementwise("_expr_2pix_f32", lambda xp, x: xp.sin(2 * np.pi * x),
+                        d="2 * pi * cos(2 * pi * x)")
+    try:
+        x = np.random.default_rng(0).uniform(0.5, 2, 1000).astype(np.float32)
+        g = np.ones_like(x)
+        got = powp.array_vjp(0, NUMPY)(g, x, None, 2.5)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, g * (2.5 * x ** (2.5 - 1)))
+        got = twopi.array_vjp(0, NUMPY)(g, x, None)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, g * (2 * np.pi * np.cos(2 * np.pi * x)))
+    finally:
+        del REGISTRY["_expr_powp_f32"], REGISTRY["_expr_2pix_f32"]

@@ -91,6 +91,8 @@ def array_vjp(expr: Expr, arg_names: tuple[str, ...], backend: Backend, safe: bo
     ufuncs = backend.xp is np
     if ufuncs:
         ns.update({name: getattr(np, name[4:]) for name in UFUNC_NAMES})
-    fn = vjp_function(expr, arg_names, safe, ns, ufuncs)
+    # (the names after "y" are the primitive's parameters: Python numbers)
+    scalars = arg_names[arg_names.index("y") + 1:] if "y" in arg_names else ()
+    fn = vjp_function(expr, arg_names, safe, ns, ufuncs, scalars)
     _array_cache[key] = fn
     return fn

@@ -146,30 +146,34 @@ _UFUNC_OF: dict[type, str] = {
 UFUNC_NAMES = tuple(f"_uf_{n}" for n in sorted(set(_UFUNC_OF.values())))
 
 
-def _constant(node: ast.AST) -> bool:
-    return not any(isinstance(n, (ast.Name, ast.Call)) for n in ast.walk(node))
-
-
 class _ToUfuncs(ast.NodeTransformer):
     """Operators on array values become ufunc calls (``_uf_multiply(a, b)``); operators on
-    constants alone stay Python arithmetic (a NumPy scalar would not be weakly typed), and
-    ``**`` with a constant exponent stays an operator (NumPy computes ``x ** 2`` as
-    ``square(x)``, ``x ** 0.5`` as ``sqrt(x)``: other last bits than ``power``)."""
+    Python numbers alone (literals, the ``scalars`` names: a primitive's parameters, ``pi``)
+    stay Python arithmetic (a NumPy scalar would not be weakly typed), and ``**`` with such an
+    exponent stays an operator (NumPy computes ``x ** 2`` as ``square(x)``, ``x ** 0.5`` as
+    ``sqrt(x)``: other last bits than ``power``)."""
+
+    def __init__(self, scalars: tuple[str, ...]) -> None:
+        self.scalars = frozenset(scalars) | frozenset(CONSTANTS)
+
+    def _constant(self, node: ast.AST) -> bool:
+        return not any(isinstance(n, ast.Call) or isinstance(n, ast.Name) and n.id not in self.scalars
+                       for n in ast.walk(node))
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        if _constant(node.left) and _constant(node.right) or (
-                isinstance(node.op, ast.Pow) and _constant(node.right)):
+        if self._constant(node.left) and self._constant(node.right) or (
+                isinstance(node.op, ast.Pow) and self._constant(node.right)):
             return node
         return _call(_UFUNC_OF[type(node.op)], [node.left, node.right])
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         self.generic_visit(node)
-        return node if _constant(node.operand) else _call(_UFUNC_OF[type(node.op)], [node.operand])
+        return node if self._constant(node.operand) else _call(_UFUNC_OF[type(node.op)], [node.operand])
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
         self.generic_visit(node)
-        if _constant(node):
+        if self._constant(node):
             return node
         return _call(_UFUNC_OF[type(node.ops[0])], [node.left, node.comparators[0]])
 
@@ -179,7 +183,7 @@ def _call(name: str, args: list[ast.expr]) -> ast.Call:
 
 
 def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[str, Any],
-                 ufuncs: bool = False) -> Callable:
+                 ufuncs: bool = False, scalars: tuple[str, ...] = ()) -> Callable:
     """``lambda gy, *arg_names: gy * (expr)`` evaluated in namespace ``ns`` (a rendering's
     functions; ``ns["_safe"]`` its safe product when ``safe``): the one place that turns a
     derivative into a VJP, for every rendering that runs Python (arrays, gradtape ops).
@@ -189,7 +193,7 @@ def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[st
         >>> f(3.0, 5.0, None)
         30.0
     """
-    tree = _ToUfuncs().visit(copy.deepcopy(expr.tree)) if ufuncs else expr.tree
+    tree = _ToUfuncs(scalars).visit(copy.deepcopy(expr.tree)) if ufuncs else expr.tree
     body = ast.unparse(ast.fix_missing_locations(tree))
     if expr.constant == 1.0:
         code = "gy"
