@@ -44,6 +44,7 @@ from ._src.codegen.graph import Graph
 from ._src.codegen.numpy_program import BLOCK, numpy_program, run_numpy
 from ._src.frontend.tape import GradientTape
 from ._src.tensor import Tensor, Variable, _wrap
+from .ops._util import as_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
            "UpdateRule", "sgd_rule", "adam_rule"]
@@ -258,12 +259,7 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
     if tracing():
         arrays, backend = _present_arrays(grads)
         return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend) if arrays else 0.0
-    total = 0.0
-    for g in grads:
-        if g is not None:
-            total += float(_square_sum(
-                g.data if isinstance(g, Tensor) else g if hasattr(g, "dtype") else np.asarray(g)))
-    return math.sqrt(total)
+    return math.sqrt(sum(float(_square_sum(a)) for a in _present_arrays(grads)[0]))
 
 
 def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
@@ -452,16 +448,12 @@ def _label(v: Variable, i: int) -> str:
 
 
 def _hyper(who: str, name: str, value: Any, rule: str) -> float:
-    """``value`` as a float, checked: a real number (not a string or bool), finite, and
+    """``value`` as a float, checked: a finite real number (:func:`~gradtape.ops._util.as_real`)
     within ``rule`` (">= 0", "> 0", "in [0, 1]" or "in [0, 1)"); else an error naming the
     optimizer ``who``, the argument and the value."""
-    if isinstance(value, (str, bytes, bool)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{who}: {name} must be a number {rule}, got {value!r}")
-    v = float(value)
-    ok = {">= 0": v >= 0, "> 0": v > 0, "in [0, 1]": 0 <= v <= 1, "in [0, 1)": 0 <= v < 1}[rule]
-    if not ok or not math.isfinite(v):
-        raise ValueError(f"{who}: {name} must be a finite number {rule}, got {value!r}")
+    v = float(as_real(value, who, name))
+    if not {">= 0": v >= 0, "> 0": v > 0, "in [0, 1]": 0 <= v <= 1, "in [0, 1)": 0 <= v < 1}[rule]:
+        raise ValueError(f"{who}: {name} must be {rule}, got {value!r}")
     return v
 
 

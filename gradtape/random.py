@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ import numpy as np
 from ._src.autodiff.state import opaque, tracing
 from ._src.backend import get_backend
 from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, broadcasts_to, check_dtype
+from .ops._util import as_int, as_real
 from .ops.creation import ShapeLike, float_dtype, normalize_shape
 from .ops.indexing import take
 from .ops.shape import _check_size
@@ -58,18 +58,7 @@ def _check_seed(seed: Any, what: str) -> int | None:
 
 
 def _number(value: Any, what: str, arg: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what}: {arg} must be a real number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{what}: {arg} must be finite, got {v}")
-    return v
-
-
-def _int(value: Any, what: str, arg: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what}: {arg} must be an int, got {value!r} ({type(value).__name__})")
-    return operator.index(value)
+    return float(as_real(value, what, arg))
 
 
 def _to_active(host: np.ndarray) -> Tensor:
@@ -261,11 +250,11 @@ class Generator:
         """
         shape = normalize_shape(shape, "integers")
         _check_size("integers", list(shape), 8)
-        lo = _int(low, "integers", "low")
+        lo = as_int(low, "integers", "low")
         if high is None:
             lo, hi = 0, lo
         else:
-            hi = _int(high, "integers", "high")
+            hi = as_int(high, "integers", "high")
         if lo >= hi:
             raise ValueError(f"integers: the range [low, high) is empty: low={lo}, high={hi}")
         dt = np.dtype(np.int64) if dtype is None else check_dtype(dtype, "integers: dtype")
@@ -384,7 +373,7 @@ class Generator:
             >>> len(workers)
             4
         """
-        count = _int(n, "spawn", "n")
+        count = as_int(n, "spawn", "n")
         if count < 0:
             raise ValueError(f"spawn: n must be >= 0, got {count}")
         _check_size("spawn", [count], 1024)  # each child holds a seed sequence and a PCG64

@@ -23,6 +23,7 @@ import numpy as np
 from .. import ops
 from .._src.tensor import Tensor, Variable
 from ..ops._util import as_int
+from ..ops.creation import float_dtype
 from ..optimizers import Optimizer, _checkpoint_dtype_error
 from ..random import Generator, _check_seed
 from . import init as _init
@@ -54,21 +55,6 @@ def _activation(act: Any) -> Callable | None:
     except KeyError:
         raise ValueError(f"unknown activation {act!r}; expected one of {sorted(_ACTIVATIONS)}, "
                          "None, or a callable") from None
-
-
-def _float_dtype(who: str, dtype: Any) -> np.dtype:
-    """A layer's parameter ``dtype``, checked: float16, float32 or float64 in native byte
-    order (None: float32); an integer or bool parameter would take no gradient step (TF and
-    PyTorch refuse them), and a long double has no kernels here."""
-    dt = None
-    try:
-        dt = np.dtype(np.float32 if dtype is None else dtype)
-    except TypeError:
-        pass
-    if dt is None or dt.type not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"{who}: dtype must be a floating dtype (float16, float32 or float64), "
-                        f"got {dtype!r}")
-    return np.dtype(dt.type)
 
 
 class Module:
@@ -234,7 +220,7 @@ class Dense(Module):
     def __init__(self, in_features: int, out_features: int, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
-        dtype = _float_dtype("Dense", dtype)
+        dtype = float_dtype(dtype, "Dense")
         self.in_features = _size(in_features, "Dense", "in_features")
         self.out_features = _size(out_features, "Dense", "out_features")
         self.activation = _activation(activation)
@@ -282,7 +268,7 @@ class Conv2D(Module):
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
-        dtype = _float_dtype("Conv2D", dtype)
+        dtype = float_dtype(dtype, "Conv2D")
         kh, kw = _kernel_pair(kernel_size, "Conv2D")
         n_in, n_out = _size(in_channels, "Conv2D", "in_channels"), _size(out_channels, "Conv2D", "out_channels")
         groups = _groups(groups, n_in, n_out, "Conv2D")
@@ -347,7 +333,7 @@ class Conv1D(Module):
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, activation: Any = None,
                  use_bias: bool = True, kernel_init: Any = "glorot_uniform",
                  bias_init: Any = "zeros", seed: Any = None, dtype: Any = np.float32) -> None:
-        dtype = _float_dtype("Conv1D", dtype)
+        dtype = float_dtype(dtype, "Conv1D")
         n_in = _size(in_channels, "Conv1D", "in_channels")
         n_out = _size(out_channels, "Conv1D", "out_channels")
         if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 1:
@@ -402,7 +388,7 @@ class Conv2DTranspose(Module):
                  activation: Any = None, use_bias: bool = True,
                  kernel_init: Any = "glorot_uniform", bias_init: Any = "zeros", seed: Any = None,
                  dtype: Any = np.float32) -> None:
-        dtype = _float_dtype("Conv2DTranspose", dtype)
+        dtype = float_dtype(dtype, "Conv2DTranspose")
         n_in = _size(in_channels, "Conv2DTranspose", "in_channels")
         n_out = _size(out_channels, "Conv2DTranspose", "out_channels")
         kh, kw = _kernel_pair(kernel_size, "Conv2DTranspose")
@@ -643,7 +629,7 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True,
                  dtype: Any = np.float32) -> None:
-        dtype = _float_dtype("LayerNorm", dtype)
+        dtype = float_dtype(dtype, "LayerNorm")
         dims = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
         if not dims:
             raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
@@ -709,10 +695,8 @@ class BatchNorm(Module):
 
     def __init__(self, num_features: int, axis: int = 1, momentum: float = 0.1, eps: float = 1e-5,
                  affine: bool = True, dtype: Any = np.float32) -> None:
-        dtype = _float_dtype("BatchNorm", dtype)
+        dtype = float_dtype(dtype, "BatchNorm")
         C = _size(num_features, "BatchNorm", "num_features")
-        if isinstance(axis, bool) or not hasattr(axis, "__index__"):
-            raise TypeError(f"BatchNorm: axis must be an int, got {axis!r}")
         if isinstance(momentum, (str, bytes, bool)) or not isinstance(
                 momentum, (int, float, np.integer, np.floating)) or not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
@@ -766,7 +750,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, dim: int, seed: Any = None,
                  dtype: Any = np.float32, table_init: Any = "normal") -> None:
-        dtype = _float_dtype("Embedding", dtype)
+        dtype = float_dtype(dtype, "Embedding")
         shape = (_size(num_embeddings, "Embedding", "num_embeddings"), _size(dim, "Embedding", "dim"))
         self.table = Variable(_init.get(table_init)(shape, seed=seed, dtype=dtype), name="table")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from .._src.primitive import one, pair
 from .._src.tensor import Tensor
 
-__all__ = ["pair", "one", "as_int", "normalize_axis", "batch_size", "move_axis", "phys_axis",
+__all__ = ["pair", "one", "as_int", "as_real", "normalize_axis", "batch_size", "move_axis", "phys_axis",
            "logical_axes"]
 
 
@@ -22,6 +23,22 @@ def as_int(value: Any, what: str, name: str) -> int:
             getattr(value, "ndim", 0) != 0 or getattr(value, "dtype", np.dtype(int)).kind not in "iu":
         raise TypeError(f"{what}: {name} must be an int, got {value!r}")
     return operator.index(value)
+
+
+def as_real(value: Any, what: str, name: str) -> int | float:
+    """A finite real number (a Python or NumPy int or float, or a 0-d Tensor of one; not a
+    bool or string) as a Python int or float, else TypeError / ValueError naming ``what`` and
+    ``name`` (a string or NaN parameter would give silent NaNs)."""
+    if isinstance(value, Tensor) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: {name} must be a real number (int or float), got {value!r} "
+                        f"({type(value).__name__})")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: {name} must be finite, got {value}")
+    return float(value)
 
 
 def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:

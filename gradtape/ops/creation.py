@@ -22,6 +22,7 @@ from .._src.autodiff.batched import physical_data
 from .._src.autodiff.state import opaque, tracing
 from .._src.backend import Backend, get_backend
 from .._src.tensor import Tensor, TensorLike, _to_array, _wrap, check_dtype
+from ._util import as_real
 from .elementwise import equal
 from .shape import _check_size, astype, reshape
 
@@ -77,7 +78,8 @@ def normalize_shape(shape: ShapeLike, what: str) -> tuple[int, ...]:
 
 
 def float_dtype(dtype: DTypeLike | None, what: str) -> np.dtype:
-    """``dtype`` as a floating-point NumPy dtype (float32 when None); ``TypeError`` otherwise.
+    """``dtype`` as float16, float32 or float64 in native byte order (float32 when None);
+    ``TypeError`` otherwise (layers, random draws, creation ops take it).
 
     Example:
         >>> float_dtype(None, "normal")
@@ -86,28 +88,14 @@ def float_dtype(dtype: DTypeLike | None, what: str) -> np.dtype:
     if dtype is None:
         return _FLOAT32
     dt = check_dtype(dtype, f"{what}: dtype")
-    if dt.kind != "f":
+    if dt.type not in (np.float16, np.float32, np.float64):  # (a long double has no kernels)
         raise TypeError(f"{what}: dtype must be a floating-point dtype (float16, float32, "
                         f"float64), got {dt}")
-    return dt
+    return np.dtype(dt.type)  # (native byte order)
 
 
 def _dtype(dtype: DTypeLike | None, what: str, default: np.dtype) -> np.dtype:
     return default if dtype is None else check_dtype(dtype, f"{what}: dtype")
-
-
-def _real(value: Any, what: str, arg: str) -> int | float:
-    """A finite real number (int or float, not bool) as a Python int or float."""
-    if isinstance(value, Tensor) and value.ndim == 0 and value.dtype.kind in "iuf":
-        value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what}: {arg} must be a real number (int or float), got {value!r} "
-                        f"({type(value).__name__})")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{what}: {arg} must be finite, got {value}")
-    return float(value)
 
 
 def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
@@ -298,9 +286,9 @@ def arange(start: float, stop: float | None = None, step: float = 1,
     """
     if stop is None:
         start, stop = 0, start
-    a = _real(start, "arange", "start")
-    b = _real(stop, "arange", "stop")
-    s = _real(step, "arange", "step")
+    a = as_real(start, "arange", "start")
+    b = as_real(stop, "arange", "stop")
+    s = as_real(step, "arange", "step")
     if s == 0:
         raise ValueError("arange: step must not be 0")
     ints = all(isinstance(v, int) for v in (a, b, s))
@@ -349,8 +337,8 @@ def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True,
         >>> gt.linspace(0, 1, 5).numpy()
         array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
     """
-    a = _real(start, "linspace", "start")
-    b = _real(stop, "linspace", "stop")
+    a = as_real(start, "linspace", "start")
+    b = as_real(stop, "linspace", "stop")
     n = _size(num, "linspace", "num")
     if not isinstance(endpoint, (bool, np.bool_)):
         raise TypeError(f"linspace: endpoint must be a bool, got {endpoint!r}")

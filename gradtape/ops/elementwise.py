@@ -14,6 +14,7 @@ import numpy as np
 from .._src.backend import erf_for, erfc_for
 from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
+from ._util import as_real
 
 if TYPE_CHECKING:
     from .._src.autodiff.record import Record
@@ -380,16 +381,6 @@ round = _unary(P_ROUND, "Nearest integer, halves to even as NumPy (``round(2.5) 
 trunc = _unary(P_TRUNC, "Integer part, rounded toward 0; its gradient is 0")
 
 
-def _real(value: Any, what: str, name: str) -> float:
-    """A scalar parameter: a finite real number (a string or NaN would give silent NaNs)."""
-    if isinstance(value, (str, bytes, bool)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what}: {name} must be a real number, got {value!r}")
-    v = float(value)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{what}: {name} must be finite, got {v}")
-    return v
-
-
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     """``x`` where ``x > 0``, else ``negative_slope * x``.
 
@@ -398,7 +389,7 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
         >>> gt.leaky_relu(gt.tensor([-1.0, 2.0]), 0.1).numpy()
         array([-0.1,  2. ], dtype=float32)
     """
-    return bind(P_LEAKY_RELU, one(x), negative_slope=_real(negative_slope, "leaky_relu", "negative_slope"))
+    return bind(P_LEAKY_RELU, one(x), negative_slope=float(as_real(negative_slope, "leaky_relu", "negative_slope")))
 
 
 def elu(x: Any, alpha: float = 1.0) -> Tensor:
@@ -409,7 +400,7 @@ def elu(x: Any, alpha: float = 1.0) -> Tensor:
         >>> gt.elu(gt.tensor([1.0])).numpy()
         array([1.], dtype=float32)
     """
-    return bind(P_ELU, one(x), alpha=_real(alpha, "elu", "alpha"))
+    return bind(P_ELU, one(x), alpha=float(as_real(alpha, "elu", "alpha")))
 
 
 def gelu(x: Any, approximate: str = "none") -> Tensor:

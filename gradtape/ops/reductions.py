@@ -18,7 +18,7 @@ from .._src.autodiff.record import Record
 from .._src.primitive import REGISTRY, Domain, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ._util import logical_axes, move_axis, normalize_axis, one, phys_axis
+from ._util import as_real, logical_axes, move_axis, normalize_axis, one, phys_axis
 from .elementwise import P_ABS, P_EQUAL, P_EXP, P_LESS, P_SAFE_MUL, P_SIGN, P_WHERE
 from .linalg import singular_values, with_singular_values
 from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_STOP_GRADIENT, moveaxis
@@ -504,12 +504,8 @@ def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Te
 def _ddof(ddof: Any, who: str) -> int | float:
     """``ddof`` as an int, or a float when it has a fractional part (NumPy takes 1.5; it was
     truncated to 1 before, silently); a finite real number, else TypeError/ValueError."""
-    if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{who}: ddof must be a number, got {ddof!r}")
-    v = float(ddof)
-    if not math.isfinite(v):
-        raise ValueError(f"{who}: ddof must be finite, got {ddof!r}")
-    return int(v) if v.is_integer() else v
+    v = as_real(ddof, who, "ddof")
+    return int(v) if float(v).is_integer() else v
 
 
 def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Tensor:

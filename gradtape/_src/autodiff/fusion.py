@@ -437,7 +437,7 @@ class Run:
         if is_numpy:
             tr = STATE.trace
             if tr is not None and not tr.suspended and all(
-                    type(outs[k]).__name__ == "TracedArray" and outs[k].tr is tr
+                    getattr(outs[k], "_gt_traced", False) and outs[k].tr is tr
                     for k in prog.outputs):
                 # gt.function: the run is one step of the program (its statements are not
                 # traced one by one), which the replay runs as eager mode does; its outputs are
