@@ -162,6 +162,18 @@ class Record:
         self.inputs = tuple([None if not keep else (a._snapshot() if a._is_variable else a)  # type: ignore[attr-defined]
                              for a, keep in zip(args, saves)])
 
+    def with_needs(self, needs: tuple[bool, ...]) -> Record:
+        """A shallow copy asking the VJP for the inputs ``needs`` only (field by field: a
+        ``copy.copy`` of a slotted object goes through ``__reduce_ex__``, several times the
+        cost)."""
+        r = _new_record(type(self))
+        r.prim, r.inputs, r.output, r.params = self.prim, self.inputs, self.output, self.params
+        r.in_ids, r.in_shapes, r.in_dtypes = self.in_ids, self.in_shapes, self.in_dtypes
+        r.out_id, r.needs = self.out_id, needs
+        if type(self) is not Record:  # RecordX
+            r.extra_outs, r.where = self.extra_outs, self.where
+        return r
+
     def release(self) -> None:
         """Drop the saved arrays (a non-persistent tape, once the VJP has run)."""
         self.inputs = (None,) * len(self.inputs)
