@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -170,8 +170,9 @@ class Record:
         r.prim, r.inputs, r.output, r.params = self.prim, self.inputs, self.output, self.params
         r.in_ids, r.in_shapes, r.in_dtypes = self.in_ids, self.in_shapes, self.in_dtypes
         r.out_id, r.needs = self.out_id, needs
-        if type(self) is not Record:  # RecordX
-            r.extra_outs, r.where = self.extra_outs, self.where
+        if isinstance(self, RecordX):
+            rx = cast(RecordX, r)
+            rx.extra_outs, rx.where = self.extra_outs, self.where
         return r
 
     def release(self) -> None:
