@@ -673,3 +673,22 @@ def test_float32_norms_past_float32_squares_inside_a_step_equal_eager():
         for a, c in zip(want, got):
             np.testing.assert_array_equal(c.numpy(), a.numpy())
     assert f.trace_count <= 2
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_clipped_sums_under_check_numerics_equal_the_unchecked_ones(name):
+    # check_numerics records carry extra fields; the pass copies them when it asks a VJP
+    # for some inputs only, and the sums must not change
+    make, data, tol = MODELS[name]
+    fn, params = make()
+    batch = data()
+    want = per_example(fn, params, *batch, max_norm=0.5, reduce="sum")
+    gt.config.check_numerics = True
+    try:
+        got = per_example(fn, params, *batch, max_norm=0.5, reduce="sum")
+        per = per_example(fn, params, *batch)
+    finally:
+        gt.config.check_numerics = False
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    assert_close(per, loop_grads(fn, params, *batch), tol)
