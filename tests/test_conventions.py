@@ -213,7 +213,9 @@ def test_output_gradients_dtype_must_match(backend):
 
 # --------------------------------------------------------------------------- broadcasting
 @pytest.mark.parametrize(("sa", "sb"), [((2, 3), (3,)), ((2, 3), (2, 1)), ((2, 1), (1, 3)),
-                                        ((2, 3), ()), ((), (4,)), ((1, 1, 3), (2, 1))])
+                                        ((2, 3), ()), ((), (4,)), ((1, 1, 3), (2, 1)),
+                                        # large enough that the leading axes are summed first
+                                        ((32, 4, 8, 8), (1, 4, 1, 1)), ((2, 16, 8, 20), (8, 1))])
 def test_broadcast_gradients_are_summed_back(backend, sa, sb):
     rng = np.random.default_rng(0)
     a = rng.standard_normal(sa)
