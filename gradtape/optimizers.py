@@ -491,10 +491,11 @@ class Optimizer:
         # Variable._id -> the Variable (weakly): copying and pickling re-key the state by the
         # copied Variables, so ``copy.deepcopy((model, opt))`` updates the copied model
         self._variables: dict[int, weakref.ref] = {}
-        # Variable._id -> the number state_dict names it by when its name is not unique: given
-        # in the order the Variables gained state, kept for life and by copies (a position
-        # among the Variables with state would shift when another one gains state)
-        self._serials: dict[int, int] = {}
+        # Variable._id -> the key state_dict names it by, given when it first gains state
+        # here and kept for life and by copies (names chosen again at each call would shift
+        # when another Variable of the same name gains state); _key_owner is the reverse map
+        self._keys: dict[int, str] = {}
+        self._key_owner: dict[str, int] = {}
         self._next_serial = 0
 
     @property
@@ -542,12 +543,32 @@ class Optimizer:
             self._track(v)
         return st
 
-    def _track(self, v: Variable) -> None:
-        """Follow ``v`` (weakly) as a Variable with state, numbering it the first time."""
+    def _track(self, v: Variable, key: str | None = None) -> None:
+        """Follow ``v`` (weakly) as a Variable with state, giving it its :meth:`state_dict` key
+        the first time (``key``: the one a copy of the optimizer kept, when still free)."""
         self._variables[v._id] = weakref.ref(v)
-        if v._id not in self._serials:
-            self._serials[v._id] = self._next_serial
+        if v._id in self._keys:
+            return
+        if key is None or not self._free(key):
+            key = v.name if v.name and self._free(v.name) else None
+        while key is None:  # "<name>#<n>", n counting the keys made so; past taken ones
+            key = f"{v.name or 'variable'}#{self._next_serial}"
             self._next_serial += 1
+            if not self._free(key):
+                key = None
+        dead = self._key_owner.get(key)
+        if dead is not None:  # a dead Variable's key, taken over
+            self._keys.pop(dead, None)
+        self._keys[v._id] = key
+        self._key_owner[key] = v._id
+
+    def _free(self, key: str) -> bool:
+        """No living Variable with state here has ``key``."""
+        owner = self._key_owner.get(key)
+        if owner is None:
+            return True
+        ref = self._variables.get(owner)
+        return ref is None or ref() is None
 
     def __getstate__(self) -> dict:
         """The state to pickle or deep-copy: the hyper-parameters, the step count, and each
@@ -558,13 +579,14 @@ class Optimizer:
         # (ids are never reused, so it can never be used again)
         state = self.__dict__.copy()
         refs = state.pop("_variables", {})
-        serials = state.pop("_serials", {})
+        keys = state.pop("_keys", {})
+        state.pop("_key_owner", None)
         pairs = []
-        for key, slots in self._state.items():
-            ref = refs.get(key)
+        for vid, slots in self._state.items():
+            ref = refs.get(vid)
             v = ref() if ref is not None else None
             if v is not None:
-                pairs.append((v, slots, serials.get(key)))
+                pairs.append((v, slots, keys.get(vid)))
         state["_state"] = pairs
         return state
 
@@ -574,14 +596,12 @@ class Optimizer:
         self.__dict__.update(state)
         self._state = {}
         self._variables = {}
-        self._serials = {}
+        self._keys = {}
+        self._key_owner = {}
         self.__dict__.setdefault("_next_serial", 0)
-        for v, slots, *serial in pairs:
+        for v, slots, *key in pairs:
             self._state[v._id] = tuple(slots)
-            if serial and serial[0] is not None:
-                self._serials[v._id] = serial[0]
-                self._next_serial = max(self._next_serial, serial[0] + 1)
-            self._track(v)
+            self._track(v, key[0] if key and isinstance(key[0], str) else None)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None
@@ -751,21 +771,17 @@ class Optimizer:
     def _named(self, named_variables: Iterable[tuple[str, Variable]] | None, who: str
                ) -> list[tuple[str, Variable]]:
         """``named_variables`` as a checked list of ``(str, Variable)`` pairs; None: the living
-        Variables this optimizer has state for, in creation order, each named by its ``name``
-        when that is unique among them and by ``"<name or 'variable'>#<n>"`` otherwise, ``n``
-        the number it was given when it first gained state here (0, 1, ...), which it keeps
-        for life and in copies of the optimizer (not its position among the variables with
-        state, which changes when another one gains state: a restore would then hand one
-        variable's moments to another)."""
+        Variables this optimizer has state for, in creation order, each under the key it got
+        when it first gained state here (:meth:`_track`): its ``name`` when no living Variable
+        with state had that key, else ``"<name or 'variable'>#<n>"``. Keys are kept for life
+        and in copies of the optimizer and are unique: names worked out again at each call
+        would change when another Variable of the same name gains state (a snapshot would
+        then not restore), and a generated name could equal another Variable's own name (one
+        entry would overwrite the other)."""
         if named_variables is not None:
             return _check_named(who, named_variables)
-        alive = [(key, ref()) for key, ref in sorted(self._variables.items())]
-        tracked: list[Variable] = [v for _, v in alive if v is not None]
-        counts: dict[str | None, int] = {}
-        for v in tracked:
-            counts[v.name] = counts.get(v.name, 0) + 1
-        return [(v.name if v.name and counts[v.name] == 1
-                 else f"{v.name or 'variable'}#{self._serials[v._id]}", v) for v in tracked]
+        alive = [(vid, ref()) for vid, ref in sorted(self._variables.items())]
+        return [(self._keys[vid], v) for vid, v in alive if v is not None]
 
     def state_dict(self, named_variables: Iterable[tuple[str, Variable]] | None = None
                    ) -> dict[str, np.ndarray]:
@@ -776,10 +792,11 @@ class Optimizer:
             named_variables: ``(name, variable)`` pairs naming the entries, e.g.
                 ``model.named_variables()`` (what :meth:`gradtape.nn.Module.save` passes). None
                 (the default): every Variable this optimizer has updated and that is still
-                alive, in creation order, under its ``name``, or ``"<name>#<n>"`` when it has
-                none or shares it (``n`` the order in which it first gained state here, kept
-                for life and by copies of the optimizer, so a snapshot restores to the same
-                Variables after others gain state).
+                alive, in creation order, under the key it got when it first gained state
+                here: its ``name``, or ``"<name or variable>#<n>"`` when it has none or a
+                living Variable with state already had that key (``n`` counts the keys made
+                so). Keys are unique and kept for life and by copies of the optimizer, so a
+                snapshot restores to the same Variables after others gain state.
 
         Returns copies: later steps do not change them.
 

@@ -4,6 +4,7 @@ colliding names, dtypes, optimizer state, and files that are not checkpoints at 
 
 from __future__ import annotations
 
+import copy
 import os
 import pathlib
 import re
@@ -636,3 +637,34 @@ def test_a_copied_optimizer_takes_the_originals_default_named_state():
     oc.load_state_dict(opt.state_dict())
     for k, v in opt.state_dict().items():
         np.testing.assert_array_equal(oc.state_dict()[k], v)
+
+
+def test_state_dict_default_keys_never_collide_with_a_variable_named_like_a_generated_key():
+    # "w", "w" and "w#0": the second "w" was keyed "w#0", and the third's own name overwrote
+    # that entry, silently (one momentum lost, another restored into the wrong variable)
+    x, y, z = (gt.Variable([v], name=n) for v, n in ((1.0, "w"), (2.0, "w"), (3.0, "w#0")))
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    opt.apply_gradients([(gt.tensor([g]), v) for g, v in ((1.0, x), (2.0, y), (3.0, z))])
+    state = opt.state_dict()
+    assert len(state) == 4
+    assert sorted(float(a[0]) for k, a in state.items() if k != "iterations") == [1.0, 2.0, 3.0]
+    assert state["w/momentum"].tolist() == [1.0]  # x gained state first: its own name
+    opt.load_state_dict(state)
+    for v, m in ((x, 1.0), (y, 2.0), (z, 3.0)):
+        assert opt.state_dict([("v", v)])["v/momentum"].tolist() == [m]
+    # a copy (with its variables) keeps the keys
+    *_, opt2 = copied = copy.deepcopy((x, y, z, opt))
+    assert sorted(opt2.state_dict()) == sorted(state) and len(copied) == 4
+
+
+def test_a_snapshot_restores_after_another_variable_of_the_same_name_gains_state():
+    a, b = gt.Variable([1.0], name="w"), gt.Variable([2.0], name="w")
+    opt = gt.optimizers.Adam(0.1)
+    opt.apply_gradients([(gt.tensor([1.0]), a)])
+    snap = opt.state_dict()
+    assert sorted(snap) == ["iterations", "w/m", "w/v"]
+    opt.apply_gradients([(gt.tensor([5.0]), a), (gt.tensor([7.0]), b)])
+    opt.load_state_dict(snap)  # raised: a was renamed "w#0" once b shared its name
+    after = opt.state_dict([("a", a), ("b", b)])
+    np.testing.assert_array_equal(after["a/m"], snap["w/m"])
+    assert "b/m" not in after and opt.iterations == 1  # b had no state then: reset
