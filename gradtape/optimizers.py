@@ -140,7 +140,15 @@ class UpdateRule:
             scalars: one float per name of ``scalars``.
             cache: optional dict reused across calls of one step to keep the scalars
                 converted to each dtype.
+
+        Raises:
+            TypeError: ``arrays`` or ``scalars`` is a dict (they are sequences, in the order
+                of the names).
         """
+        if isinstance(arrays, dict) or isinstance(scalars, dict):
+            raise TypeError(f"UpdateRule.apply: arrays and scalars are sequences in the order of "
+                            f"the rule's names (arrays {list(self.arrays)}, scalars "
+                            f"{list(self.scalars)}), not dicts")
         outs = [arrays[i] for i in self.inplace]
         out0 = outs[0]
         dtype = out0.dtype

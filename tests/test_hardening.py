@@ -475,3 +475,46 @@ def test_check_numerics_under_a_tape_inside_vmap():
             gt.vmap(lambda r: gt.log(r * w))(gt.ones((2, 3)))
     finally:
         gt.config.check_numerics = False
+
+
+def test_errors_name_the_op_a_new_user_called():
+    with pytest.raises(ValueError, match=r"pow: an integer base to a negative integer exponent"):
+        gt.tensor([1, 2]) ** -1
+    with pytest.raises(ValueError, match=r"pow: an integer base"):
+        gt.pow(gt.tensor([2]), gt.tensor([-1]))
+    a = gt.Variable([[1.0, 2.0], [2.0, 4.0]])  # singular: det 0, its derivative needs a^-1
+    with gt.GradientTape() as tape:
+        d = gt.det(a)
+    with pytest.raises(np.linalg.LinAlgError, match=r"^det: the derivative .* singular"):
+        tape.gradient(d, a)
+    with pytest.raises(ValueError, match=r"layer_norm: gamma of shape \(4,\) must broadcast "
+                                         r"against x of shape \(2, 3\)"):
+        gt.nn.layer_norm(gt.ones((2, 3)), gamma=gt.ones(4))
+    with pytest.raises(ValueError, match=r"layer_norm: beta of shape \(2, 2\)"):
+        gt.nn.layer_norm(gt.ones((2, 3)), beta=gt.ones((2, 2)))
+    with pytest.raises(TypeError, match=r"operand .* must be a number, .* got str 'a'"):
+        gt.ones(2) * "a"
+    with pytest.raises(IndexError, match=r"^take: indices: index arrays must be integer"):
+        gt.take(gt.ones((2, 3)), [1.5])
+    with pytest.raises(IndexError, match=r"^gather: indices: .*index 7 is out of bounds"):
+        gt.gather(gt.ones((3, 2)), [7], axis=0)
+    with pytest.raises(ValueError, match=r"max_pool2d: .* smaller than the window \(5, 5\) "
+                                         r"\(padding"):
+        gt.nn.max_pool2d(gt.ones((1, 1, 3, 3)), 5)
+    rule = gt.optimizers.UpdateRule("sgd2", ("p", "g"), ("lr",), (("p", "p - lr * g"),), ("p",))
+    with pytest.raises(TypeError, match=r"UpdateRule.apply: arrays and scalars are sequences"):
+        rule.apply({"p": np.ones(2), "g": np.ones(2)}, [0.5])
+    p = np.ones(2)
+    rule.apply([p, np.ones(2)], [0.5])
+    np.testing.assert_array_equal(p, [0.5, 0.5])
+
+
+def test_tensorflow_padding_spellings_are_taken():
+    x, k = gt.ones((1, 1, 5, 5)), gt.ones((1, 1, 3, 3))
+    for a, b in (("SAME", "same"), ("VALID", "valid"), ("Same", "same")):
+        np.testing.assert_array_equal(gt.nn.conv2d(x, k, padding=a).numpy(),
+                                      gt.nn.conv2d(x, k, padding=b).numpy())
+    assert gt.nn.max_pool2d(x, 2, padding="SAME").shape == (1, 1, 3, 3)
+    assert gt.nn.Conv1D(1, 2, 3, padding="SAME")(gt.ones((1, 1, 7))).shape == (1, 2, 7)
+    with pytest.raises(ValueError, match="padding must be"):
+        gt.nn.conv2d(x, k, padding="full")

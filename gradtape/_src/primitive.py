@@ -587,7 +587,12 @@ def _pair_general(value: Any, like: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(value, (float, complex)) and like.data.dtype.kind in "biu":
         # P_ASTYPE is declared by the ops layer, above this one: looked up when first needed
         like = bind(REGISTRY["astype"], like, dtype=_F32)
-    v = as_tensor(value, like)
+    try:
+        v = as_tensor(value, like)
+    except TypeError:  # gt.tensor's message would name gt.tensor, which the user did not call
+        raise TypeError(f"an operand of an op with a tensor of shape {like.shape} must be a "
+                        "number, a (nested) list, an array or a Tensor, got "
+                        f"{type(value).__name__} {value!r:.40}") from None
     if v.data.dtype is not like.data.dtype and not isinstance(value, _SCALARS):
         return _promote_mixed(v, like)
     return v, like

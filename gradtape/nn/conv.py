@@ -67,6 +67,7 @@ def _padding(padding: Any, kernel: tuple, dilation: tuple, what: str,
     of spatial ``size`` and ``stride`` (with stride 1, ``d (k - 1)`` in all, whatever the
     size)."""
     if isinstance(padding, str):
+        padding = padding.lower()  # TensorFlow spells them "SAME" and "VALID"
         if padding == "valid":
             return ((0, 0), (0, 0))
         if padding == "same":
@@ -1109,8 +1110,10 @@ def _check_output(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilat
     oh = _out_size(H, kernel[0], stride[0], padding[0], dilation[0])
     ow = _out_size(W, kernel[1], stride[1], padding[1], dilation[1])
     if oh < 1 or ow < 1:
+        dilated = dilation != (1, 1)  # (pooling takes no dilation: the plain window)
         raise ValueError(f"{what}: the (padded) input of spatial size {(H, W)} is smaller than the "
-                         f"dilated kernel {kernel} (dilation {dilation}, padding {padding})")
+                         f"{'dilated kernel' if dilated else 'window'} {kernel} ("
+                         f"{f'dilation {dilation}, ' if dilated else ''}padding {padding})")
 
 
 def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
@@ -1255,6 +1258,7 @@ def _single(v: Any, what: str, name: str, minimum: int) -> int:
 def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -> tuple[int, int]:
     """Normalize a 1-D padding to ``(left, right)`` (``"same"``: see :func:`_padding`)."""
     if isinstance(padding, str):
+        padding = padding.lower()  # TensorFlow spells them "SAME" and "VALID"
         if padding == "valid":
             return (0, 0)
         if padding == "same":

@@ -525,7 +525,11 @@ def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
     t = one(v)
     order = tuple(sorted(axes))
     if order == tuple(range(x.ndim - len(order), x.ndim)) or t.ndim == x.ndim:
-        return t  # plain broadcasting lines the axes up (a mismatch: the op's own error)
+        if not broadcasts_to(t.shape, x.shape):
+            raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against x "
+                             f"of shape {x.shape} (its normalized axes {order} have sizes "
+                             f"{tuple(x.shape[a] for a in order)})")
+        return t  # plain broadcasting lines the axes up
     off = x.ndim - t.ndim
     if off >= 0 and all(n == 1 or (off + i in order and n == x.shape[off + i])
                         for i, n in enumerate(t.shape)):

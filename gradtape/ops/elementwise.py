@@ -91,7 +91,15 @@ P_MUL = elementwise("mul", lambda xp, a, b: a * b, d=("b", "a"), out_form=np.mul
 P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=True,
                     domain=(Domain(-2, 2), Domain(0.5, 3)), out_form=np.true_divide, cheap=True)
 P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap=True)
-P_POW = elementwise("pow", lambda xp, a, b: a ** b,
+def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
+    try:
+        return a ** b
+    except ValueError as e:  # NumPy's "Integers to negative integer powers are not allowed."
+        raise ValueError(f"pow: an integer base to a negative integer exponent ({e}); make the "
+                         "base a float tensor first (x.astype('float32'))") from None
+
+
+P_POW = elementwise("pow", _pow_impl,
                     d=("b * where((a == 0) & (b == 0), 0, a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
                     safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
 # Float functions (exp ... erfc, the smooth activations) take their input through the guard

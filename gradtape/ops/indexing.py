@@ -391,17 +391,25 @@ def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
         array([[2.],
                [4.]], dtype=float32)
     """
+    return _take(x, indices, axis, "take")
+
+
+def _take(x: Any, indices: Any, axis: int | None, who: str) -> Tensor:
     x = one(x)
     if isinstance(indices, (list, tuple, bool, np.bool_)):
         indices = np.asarray(indices)
     if getattr(indices, "dtype", None) == np.bool_:  # as np.take: bools are the indices 0 and 1
         indices = indices.astype(np.intp)  # (getitem would read a bool array as a mask)
-    if axis is None:
-        return getitem(x.reshape((-1,)), indices)
-    if not -x.ndim <= as_int(axis, "take", "axis") < x.ndim:
-        raise ValueError(f"take: axis {axis} is out of range for a tensor of rank {x.ndim}")
-    axis = int(axis) % x.ndim
-    return getitem(x, (slice(None),) * axis + (indices,))
+    if axis is not None:
+        if not -x.ndim <= as_int(axis, who, "axis") < x.ndim:
+            raise ValueError(f"{who}: axis {axis} is out of range for a tensor of rank {x.ndim}")
+        axis = int(axis) % x.ndim
+    try:
+        if axis is None:
+            return getitem(x.reshape((-1,)), indices)
+        return getitem(x, (slice(None),) * axis + (indices,))
+    except (IndexError, TypeError) as e:  # getitem's message, named for this op
+        raise type(e)(f"{who}: indices: {e}") from None
 
 
 def gather(x: Any, indices: Any, axis: int = 0) -> Tensor:
@@ -412,7 +420,7 @@ def gather(x: Any, indices: Any, axis: int = 0) -> Tensor:
         >>> gt.gather(gt.tensor([1.0, 2.0, 3.0]), [2, 0]).numpy()
         array([3., 1.], dtype=float32)
     """
-    return take(x, indices, axis=axis)
+    return _take(x, indices, axis, "gather")
 
 
 # --------------------------------------------------------------------------- along an axis

@@ -807,12 +807,22 @@ def inv(a: Any) -> Tensor:
 def _det_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     """``d = det(a)``: ``ga = g d a^-T`` (needs ``a`` invertible)."""
     a, d = m.val(rec.inputs[0]), m.val(rec.output)
-    return (_scalar_to_matrix(m, g * d) * _swap_last(m, m.apply(P_INV, a)),)
+    return (_scalar_to_matrix(m, g * d) * _swap_last(m, _det_inv(m, a)),)
 
 
 def _det_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
     """``dd = d tr(a^-1 da)``."""
-    return out * _trace_of_product(m, _swap_last(m, m.apply(P_INV, primals[0])), tangents[0])
+    return out * _trace_of_product(m, _swap_last(m, _det_inv(m, primals[0])), tangents[0])
+
+
+def _det_inv(m: OnTensors, a: Any) -> Any:
+    """``a^-1`` for det's derivative, whose singular-matrix error names det."""
+    try:
+        return m.apply(P_INV, a)
+    except np.linalg.LinAlgError as e:
+        raise np.linalg.LinAlgError(
+            f"det: the derivative g * det(a) * a^-T needs an invertible matrix, got a singular one "
+            f"({e}); for a log-determinant use gt.slogdet") from None
 
 
 def _det_examples(rng: Any) -> list:
