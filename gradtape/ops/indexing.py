@@ -409,6 +409,8 @@ def _take(x: Any, indices: Any, axis: int | None, who: str) -> Tensor:
             return getitem(x.reshape((-1,)), indices)
         return getitem(x, (slice(None),) * axis + (indices,))
     except (IndexError, TypeError) as e:  # getitem's message, named for this op
+        if type(e) not in (IndexError, TypeError):
+            raise  # a subclass may take other arguments: as it is
         raise type(e)(f"{who}: indices: {e}") from None
 
 
