@@ -402,6 +402,11 @@ def _checkpoint_dtype_error(entry: str, expected: Any, found: Any) -> str | None
     return f"{entry}: expected dtype {expected}{also}, the checkpoint holds {found}"
 
 
+def _note_dead(dead: list[int], vid: int, _ref: Any) -> None:
+    """A tracked Variable's weak-reference callback: note its id (see Optimizer._purge)."""
+    dead.append(vid)
+
+
 def _check_named(who: str, named_variables: Any) -> list[tuple[str, Variable]]:
     """``named_variables`` as a list of ``(name, Variable)`` pairs, else TypeError naming
     what came (a list of Variables, a module, the unbound ``model.named_variables``)."""
@@ -500,10 +505,13 @@ class Optimizer:
         # copied Variables, so ``copy.deepcopy((model, opt))`` updates the copied model
         self._variables: dict[int, weakref.ref] = {}
         # Variable._id -> the key state_dict names it by, given when it first gains state
-        # here and kept for life and by copies (names chosen again at each call would shift
-        # when another Variable of the same name gains state); _key_owner is the reverse map
+        # here and kept for its life (also while a load_state_dict has reset its state) and
+        # by copies: names chosen again at each call would shift when another Variable of the
+        # same name gains state. _key_owner: key -> (Variable._id, weak reference), whose
+        # callback notes the id in _dead when the Variable dies; _purge() then drops its state
         self._keys: dict[int, str] = {}
-        self._key_owner: dict[str, int] = {}
+        self._key_owner: dict[str, tuple[int, weakref.ref]] = {}
+        self._dead: list[int] = []
         self._next_serial = 0
 
     @property
@@ -554,29 +562,42 @@ class Optimizer:
     def _track(self, v: Variable, key: str | None = None) -> None:
         """Follow ``v`` (weakly) as a Variable with state, giving it its :meth:`state_dict` key
         the first time (``key``: the one a copy of the optimizer kept, when still free)."""
-        self._variables[v._id] = weakref.ref(v)
-        if v._id in self._keys:
+        if self._dead:
+            self._purge()
+        vid = v._id
+        self._variables[vid] = weakref.ref(v)
+        if vid in self._keys:
             return
         if key is None or not self._free(key):
             key = v.name if v.name and self._free(v.name) else None
-        while key is None:  # "<name>#<n>", n counting the keys made so; past taken ones
+        while key is None:  # "<name>#<n>", n counting the keys made so; past held ones
             key = f"{v.name or 'variable'}#{self._next_serial}"
             self._next_serial += 1
             if not self._free(key):
                 key = None
-        dead = self._key_owner.get(key)
-        if dead is not None:  # a dead Variable's key, taken over
-            self._keys.pop(dead, None)
-        self._keys[v._id] = key
-        self._key_owner[key] = v._id
+        held = self._key_owner.get(key)
+        if held is not None:  # a dead Variable's key, taken over
+            self._keys.pop(held[0], None)
+        self._keys[vid] = key
+        # (the callback holds the list, not the optimizer)
+        self._key_owner[key] = (vid, weakref.ref(v, functools.partial(_note_dead, self._dead, vid)))
 
     def _free(self, key: str) -> bool:
-        """No living Variable with state here has ``key``."""
-        owner = self._key_owner.get(key)
-        if owner is None:
-            return True
-        ref = self._variables.get(owner)
-        return ref is None or ref() is None
+        """No living Variable that got state here holds ``key`` (a reset one still does)."""
+        held = self._key_owner.get(key)
+        return held is None or held[1]() is None
+
+    def _purge(self) -> None:
+        """Forget the Variables that died: their slot arrays and keys (a weak reference's
+        callback only notes the id, so that no dict changes size while a method iterates it)."""
+        dead, self._dead[:] = list(self._dead), []
+        for vid in dead:
+            self._state.pop(vid, None)
+            self._variables.pop(vid, None)
+            key = self._keys.pop(vid, None)
+            held = self._key_owner.get(key) if key is not None else None
+            if held is not None and held[0] == vid:
+                del self._key_owner[key]  # type: ignore[arg-type]
 
     def __getstate__(self) -> dict:
         """The state to pickle or deep-copy: the hyper-parameters, the step count, and each
@@ -585,10 +606,13 @@ class Optimizer:
         # the per-variable state travels with its Variables (pickle's and deepcopy's memo then
         # map it onto the copies of the model's Variables); state of dead Variables is dropped
         # (ids are never reused, so it can never be used again)
+        if self._dead:
+            self._purge()
         state = self.__dict__.copy()
         refs = state.pop("_variables", {})
         keys = state.pop("_keys", {})
         state.pop("_key_owner", None)
+        state.pop("_dead", None)
         pairs = []
         for vid, slots in self._state.items():
             ref = refs.get(vid)
@@ -606,6 +630,7 @@ class Optimizer:
         self._variables = {}
         self._keys = {}
         self._key_owner = {}
+        self._dead = []
         self.__dict__.setdefault("_next_serial", 0)
         for v, slots, *key in pairs:
             self._state[v._id] = tuple(slots)
@@ -694,6 +719,8 @@ class Optimizer:
     def _update(self, pairs: list[tuple[Array, Variable]]) -> None:
         """The update of checked ``(gradient array, Variable)`` pairs: clipping, the step
         count, the fused rule on each Variable."""
+        if self._dead:
+            self._purge()
         if self.global_clipnorm is not None:
             gs = [g for g, _ in pairs]
             if isinstance(gs[0], np.ndarray):
@@ -788,6 +815,8 @@ class Optimizer:
         entry would overwrite the other)."""
         if named_variables is not None:
             return _check_named(who, named_variables)
+        if self._dead:
+            self._purge()
         alive = [(vid, ref()) for vid, ref in sorted(self._variables.items())]
         return [(self._keys[vid], v) for vid, v in alive if v is not None]
 

@@ -668,3 +668,35 @@ def test_a_snapshot_restores_after_another_variable_of_the_same_name_gains_state
     after = opt.state_dict([("a", a), ("b", b)])
     np.testing.assert_array_equal(after["a/m"], snap["w/m"])
     assert "b/m" not in after and opt.iterations == 1  # b had no state then: reset
+
+
+def test_a_reset_variable_keeps_its_key_so_a_snapshot_does_not_go_to_another():
+    # a load_state_dict without A's entries resets A; B (same name) then gaining state first
+    # took A's key "w", and the earlier snapshot of A restored into B, silently
+    A, B = gt.Variable([1.0], name="w"), gt.Variable([2.0], name="w")
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    opt.apply_gradients([(gt.tensor([5.0]), A)])
+    snap = opt.state_dict()
+    opt.load_state_dict({"iterations": np.int64(1)})  # A's state reset
+    opt.apply_gradients([(gt.tensor([7.0]), B), (gt.tensor([7.0]), A)])  # B first
+    assert sorted(opt.state_dict()) == ["iterations", "w#0/momentum", "w/momentum"]
+    opt.load_state_dict(snap)
+    after = opt.state_dict([("A", A), ("B", B)])
+    assert after["A/momentum"].tolist() == [5.0] and "B/momentum" not in after
+
+
+def test_an_optimizer_drops_the_state_of_variables_that_died():
+    opt = gt.optimizers.Adam(0.01)
+    tracemalloc.start()
+    try:
+        for i in range(40):  # one model after another, one optimizer: 800 KB of moments each
+            v = gt.Variable(np.ones(100_000, np.float32), name="w")
+            opt.apply_gradients([(gt.ones(100_000), v)])
+            del v
+            if i == 4:
+                base = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 4e6, f"{grown / 1e6:.1f} MB kept for dead Variables"
+    assert sorted(opt.state_dict()) == ["iterations"]

@@ -677,8 +677,8 @@ def test_float32_norms_past_float32_squares_inside_a_step_equal_eager():
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_clipped_sums_under_check_numerics_equal_the_unchecked_ones(name):
-    # check_numerics records carry extra fields; the pass copies them when it asks a VJP
-    # for some inputs only, and the sums must not change
+    # check_numerics makes records of the class with extra fields, which the pass copies
+    # when it asks a VJP for some inputs only: the sums must equal the unchecked ones
     make, data, tol = MODELS[name]
     fn, params = make()
     batch = data()

@@ -589,10 +589,9 @@ def _pair_general(value: Any, like: Tensor) -> tuple[Tensor, Tensor]:
         like = bind(REGISTRY["astype"], like, dtype=_F32)
     try:
         v = as_tensor(value, like)
-    except TypeError:  # gt.tensor's message would name gt.tensor, which the user did not call
-        raise TypeError(f"an operand of an op with a tensor of shape {like.shape} must be a "
-                        "number, a (nested) list, an array or a Tensor, got "
-                        f"{type(value).__name__} {value!r:.40}") from None
+    except TypeError as e:  # gt.tensor's message, without naming gt.tensor (not called here)
+        why = str(e).removeprefix("gt.tensor: ")
+        raise TypeError(f"an operand of an op with a tensor of shape {like.shape}: {why}") from None
     if v.data.dtype is not like.data.dtype and not isinstance(value, _SCALARS):
         return _promote_mixed(v, like)
     return v, like

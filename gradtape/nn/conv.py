@@ -67,10 +67,10 @@ def _padding(padding: Any, kernel: tuple, dilation: tuple, what: str,
     of spatial ``size`` and ``stride`` (with stride 1, ``d (k - 1)`` in all, whatever the
     size)."""
     if isinstance(padding, str):
-        padding = padding.lower()  # TensorFlow spells them "SAME" and "VALID"
-        if padding == "valid":
+        mode = padding.lower()  # TensorFlow spells them "SAME" and "VALID"
+        if mode == "valid":
             return ((0, 0), (0, 0))
-        if padding == "same":
+        if mode == "same":
             sizes = tuple(size) or (1,) * len(kernel)  # (stride 1: the size does not matter)
             return tuple(_same(n, k, s if size else 1, d)
                          for n, k, s, d in zip(sizes, kernel, stride, dilation))
@@ -1110,10 +1110,11 @@ def _check_output(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilat
     oh = _out_size(H, kernel[0], stride[0], padding[0], dilation[0])
     ow = _out_size(W, kernel[1], stride[1], padding[1], dilation[1])
     if oh < 1 or ow < 1:
-        dilated = dilation != (1, 1)  # (pooling takes no dilation: the plain window)
+        dilated = any(d != 1 for d in dilation)  # (pooling takes no dilation)
+        name = "window" if "pool" in what else "dilated kernel" if dilated else "kernel"
         raise ValueError(f"{what}: the (padded) input of spatial size {(H, W)} is smaller than the "
-                         f"{'dilated kernel' if dilated else 'window'} {kernel} ("
-                         f"{f'dilation {dilation}, ' if dilated else ''}padding {padding})")
+                         f"{name} {kernel} ({f'dilation {dilation}, ' if dilated else ''}"
+                         f"padding {padding})")
 
 
 def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
@@ -1258,10 +1259,10 @@ def _single(v: Any, what: str, name: str, minimum: int) -> int:
 def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -> tuple[int, int]:
     """Normalize a 1-D padding to ``(left, right)`` (``"same"``: see :func:`_padding`)."""
     if isinstance(padding, str):
-        padding = padding.lower()  # TensorFlow spells them "SAME" and "VALID"
-        if padding == "valid":
+        mode = padding.lower()  # TensorFlow spells them "SAME" and "VALID"
+        if mode == "valid":
             return (0, 0)
-        if padding == "same":
+        if mode == "same":
             if s > 1:
                 return _same(n, k, s, d)
             total = d * (k - 1)
@@ -1332,8 +1333,9 @@ def conv1d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
     d = _single(dilation, what, "dilation", 1)
     pad = _padding1(padding, k, d, what, L, s)
     if _out_size(L, k, s, pad, d) < 1:
-        raise ValueError(f"conv1d: the (padded) input of length {L} is shorter than the dilated "
-                         f"kernel {k} (dilation {d}, padding {pad})")
+        raise ValueError(f"conv1d: the (padded) input of length {L} is shorter than the "
+                         f"{'dilated kernel' if d != 1 else 'kernel'} {k} ("
+                         f"{f'dilation {d}, ' if d != 1 else ''}padding {pad})")
     y = conv2d(ops.reshape(x, (N, C, 1, L)), ops.reshape(w, (n_out, Cg, 1, k)), b, stride=(1, s),
                padding=((0, 0), pad), dilation=(1, d), groups=groups)
     return ops.reshape(y, (N, n_out, y.shape[-1]))
