@@ -564,8 +564,12 @@ class Optimizer:
         the first time (``key``: the one a copy of the optimizer kept, when still free)."""
         if self._dead:
             self._purge()
+        self._variables[v._id] = weakref.ref(v)
+        self._give_key(v, key)
+
+    def _give_key(self, v: Variable, key: str | None) -> None:
+        """Give ``v`` its :meth:`state_dict` key unless it has one (``key``: preferred)."""
         vid = v._id
-        self._variables[vid] = weakref.ref(v)
         if vid in self._keys:
             return
         if key is None or not self._free(key):
@@ -590,8 +594,9 @@ class Optimizer:
     def _purge(self) -> None:
         """Forget the Variables that died: their slot arrays and keys (a weak reference's
         callback only notes the id, so that no dict changes size while a method iterates it)."""
-        dead, self._dead[:] = list(self._dead), []
-        for vid in dead:
+        dead = self._dead
+        while dead:  # (a callback may append while this runs: pop until none is left)
+            vid = dead.pop()
             self._state.pop(vid, None)
             self._variables.pop(vid, None)
             key = self._keys.pop(vid, None)
@@ -613,12 +618,18 @@ class Optimizer:
         keys = state.pop("_keys", {})
         state.pop("_key_owner", None)
         state.pop("_dead", None)
-        pairs = []
+        pairs: list[tuple] = []
         for vid, slots in self._state.items():
             ref = refs.get(vid)
             v = ref() if ref is not None else None
             if v is not None:
                 pairs.append((v, slots, keys.get(vid)))
+        # living Variables that hold a key without state (reset by a load_state_dict): the
+        # key travels too, or the copy would let another Variable of that name take it
+        for key, (vid, ref) in list(self._key_owner.items()):
+            v = ref()
+            if v is not None and vid not in self._state:
+                pairs.append((v, None, key))
         state["_state"] = pairs
         return state
 
@@ -633,8 +644,12 @@ class Optimizer:
         self._dead = []
         self.__dict__.setdefault("_next_serial", 0)
         for v, slots, *key in pairs:
+            name = key[0] if key and isinstance(key[0], str) else None
+            if slots is None:  # a key without state
+                self._give_key(v, name)
+                continue
             self._state[v._id] = tuple(slots)
-            self._track(v, key[0] if key and isinstance(key[0], str) else None)
+            self._track(v, name)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None

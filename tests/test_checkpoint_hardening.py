@@ -700,3 +700,19 @@ def test_an_optimizer_drops_the_state_of_variables_that_died():
         tracemalloc.stop()
     assert grown < 4e6, f"{grown / 1e6:.1f} MB kept for dead Variables"
     assert sorted(opt.state_dict()) == ["iterations"]
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_a_copy_keeps_the_key_of_a_variable_whose_state_was_reset(copier):
+    import pickle
+    a = gt.Variable([1.0], name="w")
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    opt.apply_gradients([(gt.tensor([1.0]), a)])
+    snap = opt.state_dict()
+    opt.load_state_dict({"iterations": np.int64(1)})  # a's state reset; its key "w" kept
+    a, opt = copy.deepcopy((a, opt)) if copier == "deepcopy" else pickle.loads(pickle.dumps((a, opt)))
+    b = gt.Variable([2.0], name="w")
+    opt.apply_gradients([(gt.tensor([3.0]), b), (gt.tensor([3.0]), a)])  # b first
+    opt.load_state_dict(snap)  # "w" is a's: the snapshot goes to a, b is reset
+    after = opt.state_dict([("a", a), ("b", b)])
+    assert after["a/momentum"].tolist() == [1.0] and "b/momentum" not in after
