@@ -501,14 +501,13 @@ class Optimizer:
                                 else _hyper(who, "global_clipnorm", global_clipnorm, "> 0"))
         self.iterations = 0
         self._state: dict[int, tuple] = {}  # Variable._id -> slot arrays (fixed for life)
-        # Variable._id -> the Variable (weakly): copying and pickling re-key the state by the
-        # copied Variables, so ``copy.deepcopy((model, opt))`` updates the copied model
-        self._variables: dict[int, weakref.ref] = {}
         # Variable._id -> the key state_dict names it by, given when it first gains state
         # here and kept for its life (also while a load_state_dict has reset its state) and
         # by copies: names chosen again at each call would shift when another Variable of the
-        # same name gains state. _key_owner: key -> (Variable._id, weak reference), whose
-        # callback notes the id in _dead when the Variable dies; _purge() then drops its state
+        # same name gains state. _key_owner: key -> (Variable._id, the Variable weakly: copying
+        # and pickling re-key the state by the copied Variables, so ``copy.deepcopy((model,
+        # opt))`` updates the copied model); the weak reference's callback notes the id in
+        # _dead when the Variable dies, and _purge() then drops its state
         self._keys: dict[int, str] = {}
         self._key_owner: dict[str, tuple[int, weakref.ref]] = {}
         self._dead: list[int] = []
@@ -560,15 +559,10 @@ class Optimizer:
         return st
 
     def _track(self, v: Variable, key: str | None = None) -> None:
-        """Follow ``v`` (weakly) as a Variable with state, giving it its :meth:`state_dict` key
-        the first time (``key``: the one a copy of the optimizer kept, when still free)."""
+        """Follow ``v`` (weakly), giving it its :meth:`state_dict` key unless it has one
+        (``key``: the one a copy of the optimizer kept, when still free)."""
         if self._dead:
             self._purge()
-        self._variables[v._id] = weakref.ref(v)
-        self._give_key(v, key)
-
-    def _give_key(self, v: Variable, key: str | None) -> None:
-        """Give ``v`` its :meth:`state_dict` key unless it has one (``key``: preferred)."""
         vid = v._id
         if vid in self._keys:
             return
@@ -598,7 +592,6 @@ class Optimizer:
         while dead:  # (a callback may append while this runs: pop until none is left)
             vid = dead.pop()
             self._state.pop(vid, None)
-            self._variables.pop(vid, None)
             key = self._keys.pop(vid, None)
             held = self._key_owner.get(key) if key is not None else None
             if held is not None and held[0] == vid:
@@ -614,22 +607,16 @@ class Optimizer:
         if self._dead:
             self._purge()
         state = self.__dict__.copy()
-        refs = state.pop("_variables", {})
-        keys = state.pop("_keys", {})
-        state.pop("_key_owner", None)
-        state.pop("_dead", None)
+        for name in ("_keys", "_key_owner", "_dead"):
+            del state[name]
+        # each living Variable with its slot arrays, or None for one that holds a key without
+        # state (reset by a load_state_dict: the key travels too, or the copy would let
+        # another Variable of that name take it)
         pairs: list[tuple] = []
-        for vid, slots in self._state.items():
-            ref = refs.get(vid)
-            v = ref() if ref is not None else None
-            if v is not None:
-                pairs.append((v, slots, keys.get(vid)))
-        # living Variables that hold a key without state (reset by a load_state_dict): the
-        # key travels too, or the copy would let another Variable of that name take it
         for key, (vid, ref) in list(self._key_owner.items()):
             v = ref()
-            if v is not None and vid not in self._state:
-                pairs.append((v, None, key))
+            if v is not None:
+                pairs.append((v, self._state.get(vid), key))
         state["_state"] = pairs
         return state
 
@@ -638,18 +625,14 @@ class Optimizer:
         pairs = state.pop("_state", [])
         self.__dict__.update(state)
         self._state = {}
-        self._variables = {}
         self._keys = {}
         self._key_owner = {}
         self._dead = []
         self.__dict__.setdefault("_next_serial", 0)
         for v, slots, *key in pairs:
-            name = key[0] if key and isinstance(key[0], str) else None
-            if slots is None:  # a key without state
-                self._give_key(v, name)
-                continue
-            self._state[v._id] = tuple(slots)
-            self._track(v, name)
+            if slots is not None:
+                self._state[v._id] = tuple(slots)
+            self._track(v, key[0] if key and isinstance(key[0], str) else None)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None
@@ -832,8 +815,13 @@ class Optimizer:
             return _check_named(who, named_variables)
         if self._dead:
             self._purge()
-        alive = [(vid, ref()) for vid, ref in sorted(self._variables.items())]
-        return [(self._keys[vid], v) for vid, v in alive if v is not None]
+        named: list[tuple[str, Variable]] = []
+        for vid in sorted(self._state):
+            key = self._keys.get(vid)  # (None: died since the purge, its key taken over)
+            v = self._key_owner[key][1]() if key is not None else None
+            if key is not None and v is not None:
+                named.append((key, v))
+        return named
 
     def state_dict(self, named_variables: Iterable[tuple[str, Variable]] | None = None
                    ) -> dict[str, np.ndarray]:
@@ -960,8 +948,7 @@ class Optimizer:
         iterations, new_state = checked
         for key, (v, slots) in new_state.items():
             if slots is None:
-                self._state.pop(key, None)
-                self._variables.pop(key, None)
+                self._state.pop(key, None)  # (the Variable keeps its key)
             else:
                 self._state[key] = slots
                 self._track(v)
