@@ -1395,13 +1395,15 @@ def build_per_example_mlp(fw: str, clip: bool = False, device: str = "cpu") -> C
         _gt_per_example_api(gt)
         kw: dict[str, Any] = dict(max_norm=DP_CLIP, reduce="sum") if clip else {}
 
-        def run() -> Any:
+        def run(X: Any, labels: Any) -> Any:
             with gt.GradientTape() as tape:
                 losses = nn.cross_entropy(_mlp_logits(gt, gt.matmul, params, X), labels,
                                           reduction="none")
             return tape.per_example_gradients(losses, params, **kw)
 
-        return G.cell(run, grads=lambda gs: [_np(g.numpy()) for g in gs])
+        # gradtape[compiled]: the same step under gt.function (inputs passed as arguments)
+        step = _maybe_compiled(gt, fw, run)
+        return G.cell(lambda: step(X, labels), grads=lambda gs: [_np(g.numpy()) for g in gs])
     if base in ("torch", "opacus"):
         torch = load("torch")
         F = importlib.import_module("torch.nn.functional")
@@ -1747,12 +1749,14 @@ def specs(device: str = "cpu") -> list[Spec]:
              ("gradtape", "numpy", "torch", "jax", "tf", "torch[1t]")),
         Spec("per_example_mlp", "per-example grads, MLP 64-128-10 tanh, softmax CE, batch 128",
              lambda fw: _fw_variant(fw, lambda f, _: build_per_example_mlp(f)),
-             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "numpy", "numpy[batch]", "torch",
-              "torch[batch]", "opacus", "jax", "jax[batch]", "torch[1t]")),
+             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "gradtape[compiled]", "numpy",
+              "numpy[batch]", "torch", "torch[batch]", "opacus", "jax", "jax[batch]",
+              "torch[1t]")),
         Spec("dp_sgd", f"DP-SGD clipped sum (C={DP_CLIP:g}, joint norm), same MLP and batch",
              lambda fw: _fw_variant(fw, lambda f, _: build_per_example_mlp(f, clip=True)),
-             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "numpy", "numpy[ghost]",
-              "numpy[batch]", "torch", "opacus", "opacus[ghost]", "jax", "torch[1t]")),
+             ("gradtape", "gradtape[vmap]", "gradtape[batch]", "gradtape[compiled]", "numpy",
+              "numpy[ghost]", "numpy[batch]", "torch", "opacus", "opacus[ghost]", "jax",
+              "torch[1t]")),
         Spec("per_example_cnn", "per-example grads, conv net of `conv`, batch 32 1x28x28",
              lambda fw: _fw_variant(fw, lambda f, _: build_per_example_cnn(f)),
              ("gradtape", "gradtape[vmap]", "gradtape[batch]", "gradtape[compiled]", "numpy",

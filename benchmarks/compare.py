@@ -223,7 +223,8 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
         "torch": "torch.func", "jax": "jax.jit", "opacus[ghost]": "opacus ghost",
         "gradtape[batch]": "gradtape batch grad", "torch[batch]": "torch batch grad",
         "jax[batch]": "jax.jit batch grad", "gradtape[jvp]": "gradtape jvp(grad)",
-        "gradtape[vmap]": "gradtape vmap(grad)", ("hvp", "torch"): "torch double backward",
+        "gradtape[vmap]": "gradtape vmap(grad)", "gradtape[compiled]": "gradtape compiled",
+        ("hvp", "torch"): "torch double backward",
         ("hvp", "gradtape"): "gradtape nested tapes"}
 
     def ratio(row: str, a: str, b: str, goal: str, limit: float | None,
@@ -239,6 +240,8 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     ratio("jacobian", "gradtape", "jax", "<= 1.2 (aim)", 1.2)
     ratio("per_example_mlp", "gradtape", "torch", "<= 0.8", 0.8)
     ratio("per_example_mlp", "gradtape", "jax", "<= 1", 1.0)
+    # compiled against compiled: gt.function of the same per-example call against jax.jit
+    ratio("per_example_mlp", "gradtape[compiled]", "jax", "<= 1", 1.0)
     ratio("per_example_mlp", "gradtape", "gradtape[batch]", "<= 3", 3.0)
     ratio("per_example_mlp", "gradtape[vmap]", "torch", "-", None)
     ratio("per_example_mlp", "torch", "torch[batch]", "-", None)
@@ -246,6 +249,7 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     for peer in ("torch", "opacus", "opacus[ghost]", "jax"):
         ratio("dp_sgd", peer, "gradtape", "> 1", 1.0, faster=True)
     ratio("dp_sgd", "gradtape", "gradtape[batch]", "<= 1.5", 1.5)
+    ratio("dp_sgd", "jax", "gradtape[compiled]", "> 1", 1.0, faster=True)
     ratio("dp_sgd", "numpy[ghost]", "numpy[batch]", "-", None)
     ratio("per_example_cnn", "torch", "gradtape", "> 1", 1.0, faster=True)
     ratio("per_example_cnn", "opacus", "gradtape", "> 1", 1.0, faster=True)
