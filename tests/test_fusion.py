@@ -228,6 +228,24 @@ def test_large_arrays_run_block_by_block(backend, case):
     assert_fused_matches(fn, arrays, [0, 1], arrays[0].dtype.name)
 
 
+@pytest.mark.parametrize("shape", [(301, 517), (3 * 65536 + 77,)])
+def test_programs_with_many_buffers_run_in_smaller_blocks(backend, shape):
+    """A fused backward whose program keeps many values alive at once (the blocks of every
+    buffer must stay in cache, so it runs in blocks smaller than the largest; the last block
+    partial): the same gradients as unfused, rows and flat."""
+    rng = np.random.default_rng(11)
+    arrays = [rng.uniform(-1, 1, shape).astype("float32") for _ in range(4)]
+
+    def fn(a, b, c, d):
+        terms = [gt.tanh(a * b), gt.sin(b * c), gt.exp(c * d * 0.25), gt.cos(d * a), a * c,
+                 b * d, gt.tanh(a + d), gt.sin(b - c)]
+        out = terms[0]
+        for t in terms[1:]:
+            out = out * t + t * 0.5
+        return out * (a + b + c + d)
+    assert_fused_matches(fn, arrays, [0, 1, 2, 3], "float32")
+
+
 def test_fused_run_is_one_kernel_for_the_benchmark_chain():
     x = gt.tensor(np.linspace(-1, 1, 50, dtype=np.float32))
     with gt.GradientTape() as tape:

@@ -270,19 +270,22 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
         else:
             flat = False
             break
-    if flat:
-        block_shape: tuple = (BLOCK,)
-        length, step = n, BLOCK
-    else:
+    if not flat:
         nd = len(shape)
         fl = []
         for a in (*ls, *os_):
             a = a.reshape((1,) * (nd - a.ndim) + a.shape) if a.ndim < nd else a
             fl.append((a, a.shape[0] == shape[0] and shape[0] != 1))
-        inner = math.prod(shape[1:])
-        step = max(1, BLOCK // max(inner, 1))
-        length = shape[0]
-        block_shape = (step, *shape[1:])
+    inner = 1 if flat else math.prod(shape[1:])  # elements per unit of a block
+    length = n if flat else shape[0]
+    step = max(1, BLOCK // max(inner, 1))  # elements (flat) or leading-axis rows per block
+    threads = min(pool.THREADS, -(-length // step) // 2)
+    if threads < 2:  # one thread: blocks whose buffers' slices all stay in cache (pool.block_size)
+        itemsize = dtype.itemsize
+        n_buffers = sum(sliced for _, sliced in fl) + prog.n_float + -(-prog.n_bool // itemsize)
+        step = max(1, pool.block_size(n_buffers, itemsize) // max(inner, 1))
+    block_shape: tuple = (step,) if flat else (step, *shape[1:])
+    if not flat:
         if step >= length:
             like = _scratch_like(os_, ls)
             scratch = [np.empty_like(like, dtype, shape=shape) for _ in range(prog.n_float)]
@@ -303,7 +306,6 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
             fn(*arrays[:n_ls], *ps, *arrays[n_ls:], *sc)
 
     n_blocks = -(-length // step)
-    threads = min(pool.THREADS, n_blocks // 2)
     if threads < 2:
         work(range(0, length, step))
         return

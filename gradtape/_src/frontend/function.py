@@ -1503,14 +1503,22 @@ class _FusedRun:
         self.__name__ = f"fused_{len(members)}"
         rows = shape[0]
         inner = math.prod(shape[1:])
+        outs = {n: f"o{k}" for k, n in enumerate(outputs)}
+        temps = [st.outs[0] for st in members if st.outs[0] not in outs]
+        # as the fused backward runs its programs: blocks of pool.BLOCK elements split over the
+        # pool's threads when there are at least two per thread, else on one thread blocks
+        # whose buffers' slices all stay in cache (pool.block_size)
         step = max(1, pool.BLOCK // max(inner, 1))
+        self.split_blocks = -(-rows // step)
+        if min(pool.THREADS, self.split_blocks // 2) < 2:
+            itemsize = max((np.dtype(dtypes[n]).itemsize for n in (*outputs, *temps)), default=4)
+            block = pool.block_size(len(full) + len(outputs) + len(temps), itemsize)
+            step = max(1, block // max(inner, 1))
         ns: dict[str, Any] = {"np": np, "__name__": __name__}
         src = []
         names: dict[int, str] = {n: f"i{k}" for k, n in enumerate(inputs)}
-        outs = {n: f"o{k}" for k, n in enumerate(outputs)}
         params = ", ".join([names[n] for n in inputs] + list(outs.values()))
         src.append(f"def blocks(lo, hi, {params}):")
-        temps = [st.outs[0] for st in members if st.outs[0] not in outs]
         for n in temps:  # per call of blocks (per thread): its own scratch
             ns[f"dt_t{n}"] = dtypes[n]
             src.append(f"    t{n} = np.empty({(step,) + tuple(shape[1:])!r}, dt_t{n})")
@@ -1551,7 +1559,7 @@ class _FusedRun:
         outs = [np.empty(self.shape, dt) for dt in self.out_dtypes]
         rows, step = self.rows, self.step
         n_blocks = -(-rows // step)
-        threads = min(pool.THREADS, n_blocks // 2)
+        threads = min(pool.THREADS, self.split_blocks // 2)
         if threads < 2:
             self.blocks(0, rows, *arrays, *outs)
             return tuple(outs)
