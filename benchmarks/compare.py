@@ -262,6 +262,8 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     ratio("hvp", "gradtape", "jax", "<= 1.1 (aim)", 1.1)
     ratio("hvp", "gradtape[jvp]", "torch", "-", None)
     ratio("hvp", "gradtape[jvp]", "jax", "-", None)
+    ratio("hvp", "gradtape[compiled]", "torch", "<= 1", 1.0)
+    ratio("hvp", "gradtape[compiled]", "jax", "<= 1.1 (aim)", 1.1)
     if gpu:
         c, b = get("gpu_copy", "cupy"), get("gpu_fused_bwd", "gradtape")
         r = c / b if (c and b) else None
