@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ... import ops
+from ..errors import MissingRuleError
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, _wrap, tensor
 from .forward import jvp
@@ -361,10 +362,24 @@ def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable
 
 
 def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-    """Hessian-vector product of scalar-valued ``f`` at ``primals`` along ``tangents``, forward
-    over reverse: ``jvp(grad(f, all args), primals, tangents)`` (one forward pass carrying
-    tangents through ``f`` and its backward). Returns the products with the structure of
-    ``primals`` (a tuple, one per argument).
+    """Hessian-vector product of scalar-valued ``f`` at ``primals`` along ``tangents``: the
+    gradient of the directional derivative, ``grad(lambda *x: jvp(f, x, tangents)[1])`` at
+    ``primals`` (reverse over forward: one forward pass carrying tangents through ``f``, then
+    one backward pass through both). It does the same products as the hand-written
+    Pearlmutter method; forward over reverse (``jvp(grad(f))``) also computes the gradient
+    itself, which the product does not need (one more matrix product per layer's weight).
+    When ``f`` calls a ``custom_gradient`` function or a primitive without a JVP rule (forward
+    mode cannot go through it), the product is taken by nested tapes instead (the gradient of
+    ``sum(grad(f) * v)``, through the custom gradient), running ``f`` a second time.
+
+    Args:
+        f: returns a scalar float Tensor.
+        primals: a tuple, one entry per positional argument of ``f`` (Tensors, float arrays,
+            or nested tuples/lists/dicts of them).
+        tangents: a tuple of the same structure and shapes (the vector ``v``).
+
+    Returns:
+        A tuple with one product per argument, each of its argument's structure and shapes.
 
     Example:
         >>> import gradtape as gt
@@ -374,8 +389,35 @@ def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ..
     """
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("gt.hvp: primals and tangents must be tuples, one entry per argument of f")
-    nums = tuple(range(len(primals)))
-    return jvp(grad(f, nums), tuple(primals), tuple(tangents))[1]
+    fname = f"gt.hvp({getattr(f, '__name__', 'f')})"
+    xs = tuple(_as_sources(p, fname, i) for i, p in enumerate(primals))
+    try:
+        with GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(list(xs))
+            out, tan = jvp(f, xs, tuple(tangents))
+    except MissingRuleError:  # no forward mode through f (jvp checked the tangents first)
+        return _hvp_nested_tapes(f, xs, tangents, fname)
+    _scalar_value(out, fname, False)
+    return tuple(tape.gradient(tan, list(xs), unconnected_gradients="zero"))
+
+
+def _hvp_nested_tapes(f: Callable[..., Any], xs: tuple[Any, ...], tangents: Sequence[Any],
+                      fname: str) -> tuple[Any, ...]:
+    """``H v`` reverse over reverse: the gradient of ``sum(grad(f) * v)``, through any custom
+    gradient ``f`` calls."""
+    with GradientTape(watch_accessed_variables=False) as outer:
+        outer.watch(list(xs))
+        with GradientTape(watch_accessed_variables=False) as inner:
+            inner.watch(list(xs))
+            out = f(*xs)
+        value, _ = _scalar_value(out, fname, False)
+        g = flatten(inner.gradient(value, list(xs), unconnected_gradients="zero"))[0]
+        vs = flatten(list(tangents))[0]
+        terms = [ops.sum(a * b) for a, b in zip(g, vs)]
+        gv = terms[0]
+        for term in terms[1:]:
+            gv = gv + term
+    return tuple(outer.gradient(gv, list(xs), unconnected_gradients="zero"))
 
 
 def _of_differentiated(f: Callable[..., Any], args: tuple, nums: tuple[int, ...]) -> Callable[..., Any]:
