@@ -1613,7 +1613,8 @@ def build_hvp(fw: str) -> Cell:
     ``0.5 * sum((out - T)^2) / batch``) with respect to W1 (the other parameters constants),
     direction :func:`hvp_direction`. ``gradtape``: nested tapes (reverse over reverse);
     ``gradtape[jvp]``: ``gt.jvp(gt.grad(loss_of_W1), (W1,), (v,))`` (forward over reverse);
-    ``gradtape[compiled]``: ``gt.hvp`` under ``gt.function``; ``torch``: double backward;
+    ``gradtape[hvp]``: ``gt.hvp`` (reverse over forward); ``gradtape[compiled]``: ``gt.hvp``
+    under ``gt.function``; ``torch``: double backward;
     ``jax``: ``jax.jit`` of ``jvp(grad)``."""
     sizes, batch = MLP_LARGE["sizes"], MLP_LARGE["batch"]
     X0, T0, P0 = mlp_data(sizes, batch)
@@ -1627,7 +1628,7 @@ def build_hvp(fw: str) -> Cell:
             rest = [gt.tensor(p) for p in P0[1:]]
             X, T, V = gt.tensor(X0), gt.tensor(T0), gt.tensor(V0)
         grads = lambda hv: [_np(hv.numpy())]  # noqa: E731
-        if var in ("jvp", "compiled"):
+        if var in ("jvp", "hvp", "compiled"):
             _gt_transforms(gt, "jvp", "grad")
             with G:
                 w1 = gt.tensor(P0[0])
@@ -1638,6 +1639,8 @@ def build_hvp(fw: str) -> Cell:
             g_fn = gt.grad(loss_of_w1)
             if var == "jvp":
                 return G.cell(lambda: gt.jvp(g_fn, (w1,), (V,))[1], grads=grads)
+            if var == "hvp":
+                return G.cell(lambda: gt.hvp(loss_of_w1, (w1,), (V,))[0], grads=grads)
             # gradtape[compiled]: gt.hvp (the same forward over reverse) under gt.function
             step = _maybe_compiled(gt, fw, lambda w, v: gt.hvp(loss_of_w1, (w,), (v,))[0])
             return G.cell(lambda: step(w1, V), grads=grads)
@@ -1768,8 +1771,8 @@ def specs(device: str = "cpu") -> list[Spec]:
               "numpy[batch]", "torch", "torch[batch]", "opacus", "jax", "jax[batch]", "torch[1t]")),
         Spec("hvp", "Hessian-vector product w.r.t. W1, MLP 784-512-512-10, batch 256",
              lambda fw: _fw_variant(fw, lambda f, _: build_hvp(f)),
-             ("gradtape", "gradtape[jvp]", "gradtape[compiled]", "numpy", "torch", "jax",
-              "torch[1t]")),
+             ("gradtape", "gradtape[jvp]", "gradtape[hvp]", "gradtape[compiled]", "numpy",
+              "torch", "jax", "torch[1t]")),
     ]
 
 

@@ -224,6 +224,7 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
         "gradtape[batch]": "gradtape batch grad", "torch[batch]": "torch batch grad",
         "jax[batch]": "jax.jit batch grad", "gradtape[jvp]": "gradtape jvp(grad)",
         "gradtape[vmap]": "gradtape vmap(grad)", "gradtape[compiled]": "gradtape compiled",
+        "gradtape[hvp]": "gradtape gt.hvp",
         ("hvp", "torch"): "torch double backward",
         ("hvp", "gradtape"): "gradtape nested tapes"}
 
@@ -262,6 +263,8 @@ def targets(med: dict[str, dict[str, float]], gpu: bool) -> list[dict[str, Any]]
     ratio("hvp", "gradtape", "jax", "<= 1.1 (aim)", 1.1)
     ratio("hvp", "gradtape[jvp]", "torch", "-", None)
     ratio("hvp", "gradtape[jvp]", "jax", "-", None)
+    ratio("hvp", "gradtape[hvp]", "torch", "<= 1", 1.0)
+    ratio("hvp", "gradtape[hvp]", "jax", "<= 1.1 (aim)", 1.1)
     ratio("hvp", "gradtape[compiled]", "torch", "<= 1", 1.0)
     ratio("hvp", "gradtape[compiled]", "jax", "<= 1.1 (aim)", 1.1)
     if gpu:
