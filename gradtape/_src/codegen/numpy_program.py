@@ -279,7 +279,7 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
     inner = 1 if flat else math.prod(shape[1:])  # elements per unit of a block
     length = n if flat else shape[0]
     step = max(1, BLOCK // max(inner, 1))  # elements (flat) or leading-axis rows per block
-    threads = min(pool.THREADS, -(-length // step) // 2)
+    threads = min(pool.THREADS, -(-length // step) // pool.BLOCKS_PER_THREAD)
     if threads < 2:  # one thread: blocks whose buffers' slices all stay in cache (pool.block_size)
         itemsize = dtype.itemsize
         n_buffers = sum(sliced for _, sliced in fl) + prog.n_float + -(-prog.n_bool // itemsize)

@@ -12,7 +12,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["THREADS", "BLOCK", "CHUNK", "MIN_SIZE", "CHEAP_MIN_SIZE", "CACHE_BUDGET", "block_size",
+__all__ = ["THREADS", "BLOCK", "BLOCKS_PER_THREAD", "CHUNK", "MIN_SIZE", "CHEAP_MIN_SIZE", "CACHE_BUDGET", "block_size",
            "thread_pool", "in_worker"]
 
 
@@ -29,6 +29,11 @@ THREADS = max(1, min(_usable_cpus(), 8))
 # Elements per block of a fused backward program at most: its few scratch buffers stay in L2.
 # Programs with more buffers take smaller blocks (block_size below).
 BLOCK = 1 << 16
+# Blocks of BLOCK elements each thread must get before a blocked program is split over threads:
+# waking a pool thread costs tens of microseconds, a block's work about as much. (Requiring 8
+# or 32 moved the 784-512-512-10 step, the CNN step and the 2^22-element fused backward by
+# less than this machine's noise, so the smallest split that pays stays.)
+BLOCKS_PER_THREAD = 2
 # Elements per chunk of the threaded forward: operands, result and the impl's temporaries of a
 # float32 chunk stay in L2, as BLOCK does.
 CHUNK = 1 << 16

@@ -1510,7 +1510,7 @@ class _FusedRun:
         # whose buffers' slices all stay in cache (pool.block_size)
         step = max(1, pool.BLOCK // max(inner, 1))
         self.split_blocks = -(-rows // step)
-        if min(pool.THREADS, self.split_blocks // 2) < 2:
+        if min(pool.THREADS, self.split_blocks // pool.BLOCKS_PER_THREAD) < 2:
             itemsize = max((np.dtype(dtypes[n]).itemsize for n in (*outputs, *temps)), default=4)
             block = pool.block_size(len(full) + len(outputs) + len(temps), itemsize)
             step = max(1, block // max(inner, 1))
@@ -1559,7 +1559,7 @@ class _FusedRun:
         outs = [np.empty(self.shape, dt) for dt in self.out_dtypes]
         rows, step = self.rows, self.step
         n_blocks = -(-rows // step)
-        threads = min(pool.THREADS, self.split_blocks // 2)
+        threads = min(pool.THREADS, self.split_blocks // pool.BLOCKS_PER_THREAD)
         if threads < 2:
             self.blocks(0, rows, *arrays, *outs)
             return tuple(outs)
