@@ -1641,7 +1641,7 @@ def build_hvp(fw: str) -> Cell:
                 return G.cell(lambda: gt.jvp(g_fn, (w1,), (V,))[1], grads=grads)
             if var == "hvp":
                 return G.cell(lambda: gt.hvp(loss_of_w1, (w1,), (V,))[0], grads=grads)
-            # gradtape[compiled]: gt.hvp (the same forward over reverse) under gt.function
+            # gradtape[compiled]: gt.hvp (reverse over forward) under gt.function
             step = _maybe_compiled(gt, fw, lambda w, v: gt.hvp(loss_of_w1, (w,), (v,))[0])
             return G.cell(lambda: step(w1, V), grads=grads)
 

@@ -138,7 +138,9 @@ def cpu_thresholds(*, threads: int | None = None, chunk: int | None = None,
     Yields:
         The values in effect inside the block: ``{"threads", "chunk", "min_size",
         "cheap_min_size"}`` (arguments left at None keep their current value), and ``"block"``,
-        the elements per block of a fused backward kernel (fixed: not set here).
+        the largest block of a fused backward kernel in elements (fixed: not set here; a
+        kernel that runs on one thread takes smaller blocks when its buffers' slices would
+        not fit half the L2 cache).
 
     Raises:
         TypeError: a value is not an int.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradtape as gt
-from gradtape.extend import MissingRuleError, elementwise, primitive
+from gradtape.extend import REGISTRY, MissingRuleError, elementwise, primitive
 
 RNG = np.random.default_rng(0)
 
@@ -402,10 +402,10 @@ def test_hvp_of_a_parameter_tree_and_several_arguments_equals_forward_over_rever
     close(hx, (H @ tang[1].numpy().reshape(15)).reshape(5, 3), 1e-9)
 
 
-def test_hvp_through_a_custom_gradient_takes_forward_over_reverse() -> None:
+def test_hvp_through_a_custom_gradient_takes_nested_tapes() -> None:
     """Forward mode cannot go through a custom_gradient function, so gt.hvp differentiates
-    its custom gradient forward over reverse (as nested tapes would): here the gradient is
-    defined as 3 * x * dy (not cos), so the 'Hessian' is 3 everywhere."""
+    its custom gradient reverse over reverse (nested tapes): here the gradient is defined as
+    3 * x * dy (not cos), so the 'Hessian' is 3 everywhere. Bad calls name gt.hvp."""
     @gt.custom_gradient
     def odd(x):
         def grad(dy):
@@ -417,6 +417,27 @@ def test_hvp_through_a_custom_gradient_takes_forward_over_reverse() -> None:
     close(hv, 3.0 * v.numpy())
     with pytest.raises(TypeError, match=r"gt\.hvp.*scalar"):
         gt.hvp(lambda x: x * x, (x,), (v,))
+    with pytest.raises(TypeError, match=r"gt\.hvp.*integer.*differentiates every argument"):
+        gt.hvp(lambda x: gt.sum(x * 1.0), (np.arange(3),), (np.ones(3),))
+    with pytest.raises(ValueError, match=r"gt\.hvp.*primals is empty"):
+        gt.hvp(lambda: gt.tensor(1.0), (), ())
+
+
+def test_hvp_keeps_the_forward_mode_error_of_a_primitive_without_rules() -> None:
+    """A primitive with neither a JVP nor a VJP rule is not a custom gradient: gt.hvp raises
+    forward mode's error naming it (no second run of f through nested tapes)."""
+    bare = primitive("_test_hvp_bare", lambda xp, x: x * 2.0)
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return gt.sum(bare(x))
+    try:
+        with pytest.raises(MissingRuleError, match="forward mode.*_test_hvp_bare"):
+            gt.hvp(f, (t(3),), (t(3),))
+        assert len(calls) == 1
+    finally:
+        REGISTRY.pop("_test_hvp_bare", None)
 
 
 def test_hvp_composes_with_vmap_and_function() -> None:

@@ -229,11 +229,16 @@ class ForwardAccumulator(ForwardRecorder):
         self._store(out, tangent)
 
 
+class CustomGradientJvpError(MissingRuleError):
+    """Forward mode met a ``custom_gradient`` function (which defines only the reverse pass);
+    ``gt.hvp`` then takes its product by nested tapes."""
+
+
 def _fallback(prim: Primitive, ts: list[Tensor | None], multi: bool) -> Callable[..., Any]:
     """The JVP of an op with no ``jvp`` rule: its VJP rule transposed, or an error naming it."""
     moving = ", ".join(str(i) for i, t in enumerate(ts) if t is not None)
     if isinstance(prim, _CustomCall):
-        raise MissingRuleError(
+        raise CustomGradientJvpError(
             f"forward mode: the custom_gradient function '{prim.name}' has no JVP rule, so a "
             f"ForwardAccumulator cannot push the tangent of its input(s) {moving} through it (a "
             "custom gradient defines only the reverse pass, as in TF); compute it with gradtape "

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from ... import ops
-from ..errors import MissingRuleError
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, _wrap, tensor
-from .forward import jvp
+from .forward import CustomGradientJvpError, jvp
 from .tape import GradientTape
 from .vmap import vmap
 
@@ -41,7 +40,7 @@ def _argnums(argnums: int | Sequence[int], n: int, fname: str) -> tuple[int, ...
     return tuple(out)
 
 
-def _as_sources(arg: Any, fname: str, i: int) -> Any:
+def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of argnums") -> Any:
     """Tensors for the leaves of argument ``i`` (arrays and Python floats are converted)."""
     leaves, spec = flatten(arg)
     conv = []
@@ -53,7 +52,7 @@ def _as_sources(arg: Any, fname: str, i: int) -> Any:
                 isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
             raise TypeError(f"{fname}: argument {i} is differentiated but holds an integer or "
                             f"boolean value ({leaf!r:.60}); pass floats (gradients exist only for "
-                            "floating-point inputs) or leave it out of argnums")
+                            f"floating-point inputs) {advice}")
         try:
             conv.append(tensor(leaf))
         except (TypeError, ValueError) as exc:
@@ -368,9 +367,10 @@ def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ..
     one backward pass through both). It does the same products as the hand-written
     Pearlmutter method; forward over reverse (``jvp(grad(f))``) also computes the gradient
     itself, which the product does not need (one more matrix product per layer's weight).
-    When ``f`` calls a ``custom_gradient`` function or a primitive without a JVP rule (forward
-    mode cannot go through it), the product is taken by nested tapes instead (the gradient of
-    ``sum(grad(f) * v)``, through the custom gradient), running ``f`` a second time.
+    When ``f`` calls a ``custom_gradient`` function (which defines only the reverse pass, so
+    forward mode cannot go through it), the product is taken by nested tapes instead (the
+    gradient of ``sum(grad(f) * v)``, through the custom gradient), running ``f`` a second
+    time, Python side effects included.
 
     Args:
         f: returns a scalar float Tensor.
@@ -390,12 +390,15 @@ def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ..
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("gt.hvp: primals and tangents must be tuples, one entry per argument of f")
     fname = f"gt.hvp({getattr(f, '__name__', 'f')})"
-    xs = tuple(_as_sources(p, fname, i) for i, p in enumerate(primals))
+    if not primals:
+        raise ValueError(f"{fname}: primals is empty; pass one entry per argument of f")
+    xs = tuple(_as_sources(p, fname, i, "(gt.hvp differentiates every argument)")
+               for i, p in enumerate(primals))
     try:
         with GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(list(xs))
             out, tan = jvp(f, xs, tuple(tangents))
-    except MissingRuleError:  # no forward mode through f (jvp checked the tangents first)
+    except CustomGradientJvpError:  # no forward mode through f (jvp checked the tangents first)
         return _hvp_nested_tapes(f, xs, tangents, fname)
     _scalar_value(out, fname, False)
     return tuple(tape.gradient(tan, list(xs), unconnected_gradients="zero"))
