@@ -18,6 +18,7 @@ from .. import random as _random
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque, read_for_trace
+from .._src.backend import acc_sum
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
@@ -66,7 +67,7 @@ def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
+    e /= acc_sum(e, axis, True)
     return e
 
 
@@ -86,7 +87,7 @@ def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
     s = x - x.max(axis=axis, keepdims=True)
-    s -= xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
+    s -= xp.log(acc_sum(xp.exp(s), axis, True))
     return s
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
+from .._src.backend import acc_sum
 from .._src.primitive import REGISTRY, Domain, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -155,7 +156,7 @@ def _sum_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: An
     return m.apply(P_SUM, tangents[0], **p)
 
 
-P_SUM = primitive("sum", lambda xp, x, *, axis, keepdims: x.sum(axis=axis, keepdims=keepdims),
+P_SUM = primitive("sum", lambda xp, x, *, axis, keepdims: acc_sum(x, axis, keepdims),
                   rule=_sum_rule, jvp=_sum_jvp, saves_inputs=False, domains=(Domain(),),
                   examples=_axis_examples("sum", _rand), batch=_reduction_batch("sum"))
 
@@ -358,7 +359,7 @@ def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, xp.zeros((), dtype=m.dtype))
     with np.errstate(divide="ignore"):
-        out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+        out = xp.log(acc_sum(xp.exp(x - m), axis, True)) + m
     return _squeeze_axes(xp, out, axis, keepdims)
 
 
@@ -469,6 +470,8 @@ def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any
         return _var_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
+    if x.dtype == np.float16:  # (NumPy's var adds float16 in float16: see acc_sum)
+        return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof, dtype=np.float32).astype(x.dtype)
     return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
@@ -477,6 +480,8 @@ def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any
         return _std_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
+    if x.dtype == np.float16:
+        return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof, dtype=np.float32).astype(x.dtype)
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
@@ -526,7 +531,7 @@ def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Te
 # --------------------------------------------------------------------------- norm
 def _norm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     x = _float_input(xp, x)
-    return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
+    return xp.sqrt(acc_sum(x * x, axis, keepdims))
 
 
 def _norm_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -574,7 +579,7 @@ P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, jvp=_norm_jvp,
 # --------------------------------------------------------------------------- pnorm
 def _pnorm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ord: float) -> Any:  # noqa: A002
     x = _float_input(xp, x)
-    return xp.sum(xp.abs(x) ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
+    return acc_sum(xp.abs(x) ** ord, axis, keepdims) ** (1.0 / ord)
 
 
 def _pnorm_partials(m: OnTensors, x: Tensor, y: Tensor, p: float) -> Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import NUMPY, Array, backend_of
+from ..backend import NUMPY, Array, acc_sum, backend_of
 from ..config import HOOKS, config
 from ..errors import MissingRuleError
 from ..primitive import Primitive
@@ -111,8 +111,9 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
     gshape = g.shape
     if gshape == shape:
         return g
+    tensor = isinstance(g, Tensor)  # (a Tensor's sum is the recorded op, float16 handled there)
     if len(gshape) == len(shape) + 1 and gshape[1:] == shape:  # a bias: sum the leading axis
-        return g.sum(axis=0)
+        return g.sum(axis=0) if tensor else acc_sum(g, 0)
     lead = g.ndim - len(shape)
     if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, gshape[lead:])):
         raise ValueError(f"internal error: the VJP of '{prim.name}' returned a gradient of shape "
@@ -123,7 +124,7 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
         run = 0  # the leading axes summed, a run from axis 0
         while run < len(axes) and axes[run] == run:
             run += 1
-        if 0 < run < len(axes) and not isinstance(g, Tensor) and backend_of(g) is NUMPY \
+        if 0 < run < len(axes) and not tensor and backend_of(g) is NUMPY \
                 and g.size >= _SPLIT_SUM_SIZE \
                 and math.prod(gshape[:run]) >= _SPLIT_SUM_ROWS:
             # a conv bias's [N, C, H, W] -> [1, C, 1, 1]: the leading axes first (whole rows
@@ -132,8 +133,8 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
             # nearly the input's size and the two passes cost more). Host arrays, traced ones
             # included (a compiled step replays the eager pass's calls); a device's reduction
             # is one kernel either way
-            g = g.sum(axis=tuple(range(run)), keepdims=True)
-        g = g.sum(axis=axes, keepdims=True)
+            g = acc_sum(g, tuple(range(run)), True)
+        g = g.sum(axis=axes, keepdims=True) if tensor else acc_sum(g, axes, True)
     return g.reshape(shape)
 
 

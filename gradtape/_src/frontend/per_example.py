@@ -48,7 +48,7 @@ import numpy as np
 from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, opaque, user_line
-from ..backend import Array, backend_of
+from ..backend import Array, acc_sum, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
 from ..tensor import Tensor, _wrap
@@ -359,7 +359,7 @@ def _reduce_to(gd: Array, shape: tuple[int, ...], rec: Record) -> Array:
     axes = tuple(range(1, 1 + lead)) + tuple(1 + lead + j for j, s in enumerate(shape)
                                              if s == 1 and rest[lead + j] != 1)
     if axes:
-        gd = gd.sum(axis=axes, keepdims=True)
+        gd = acc_sum(gd, axes, True)
     return gd.reshape((gd.shape[0],) + tuple(shape))
 
 
@@ -745,7 +745,7 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
                     c = xp.where(norms > C, C / norms, 1.0)
         if opts.reduce == "sum":
             for sid, G in per.items():
-                summed[sid] = G.sum(axis=0) if c is None else \
+                summed[sid] = acc_sum(G, 0) if c is None else \
                     xp.matmul(c.astype(G.dtype), G.reshape(B, -1)).reshape(G.shape[1:])
             per = {}
             for gh, g in ghosts:

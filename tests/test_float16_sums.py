@@ -1,0 +1,108 @@
+"""float16 reductions accumulate in float32 (PyTorch's and XLA's rule): NumPy adds float16 in
+float16 along a non-contiguous axis, where a running sum stops growing once its spacing
+exceeds the terms (70000 values of 0.01 summed over axis 0 gave 32). Every sum a float16
+program meets, forward or in a gradient, is checked here against float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+ROWS = 40000  # a float16 running sum of 40000 terms near 0.5 stalls at 4096 (spacing 4)
+
+
+def close16(got: gt.Tensor, want: np.ndarray, rtol: float = 4e-3) -> None:
+    """A float16 result within a few of its own spacings of the float64 value."""
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.numpy().astype(np.float64), want, rtol=rtol, atol=1e-3)
+
+
+def data(*shape: int, seed: int = 0, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float16)
+
+
+def test_forward_reductions_over_a_long_leading_axis(backend):
+    x = data(ROWS, 3)
+    x64 = x.astype(np.float64)
+    t = gt.tensor(x)
+    close16(gt.sum(t, axis=0), x64.sum(0))
+    close16(t.sum(axis=0, keepdims=True), x64.sum(0, keepdims=True))
+    close16(gt.mean(t, axis=0), x64.mean(0))
+    close16(gt.var(t, axis=0), x64.var(0))
+    close16(gt.std(t, axis=0, ddof=1), x64.std(0, ddof=1))
+    close16(gt.norm(t, axis=0), np.sqrt((x64 * x64).sum(0)))
+    y = data(ROWS, 3, seed=1, low=-3, high=0)  # exp terms of at most 1, sums in the thousands
+    y64 = y.astype(np.float64)
+    close16(gt.logsumexp(gt.tensor(y), axis=0), np.log(np.exp(y64).sum(0)))
+    z = data(4000, 2, seed=2, low=-1, high=1)
+    z64 = z.astype(np.float64)
+    soft = np.exp(z64) / np.exp(z64).sum(0)
+    close16(gt.nn.softmax(gt.tensor(z), axis=0), soft, rtol=2e-2)  # (each output a float16 quotient)
+    close16(gt.nn.log_softmax(gt.tensor(z), axis=0), np.log(soft), rtol=2e-3)
+
+
+def test_broadcast_operand_gradients_sum_in_float32(backend):
+    """A bias added to every row (and a scale multiplied into every row): their gradients are
+    sums over the rows, fused and unfused, first order and through a tape over the tape."""
+    x = gt.tensor(data(ROWS, 3, low=-1, high=1))
+    x64 = x.numpy().astype(np.float64)
+    b = gt.Variable(data(3, seed=3, low=0.5, high=1.0))
+    s = gt.Variable(data(1, 3, seed=4, low=0.5, high=1.0))
+    b64, s64 = b.numpy().astype(np.float64), s.numpy().astype(np.float64)
+    # loss = sum(tanh(x * s + b)) * 0.25 (the loss itself overflows float16; its gradient does not)
+    z = np.tanh(x64 * s64 + b64)
+    dz = (1 - z * z) * 0.25
+    want_b, want_s = dz.sum(0), (dz * x64).sum(0, keepdims=True)
+    for fusion in (True, False):
+        with _fusion(fusion):
+            with gt.GradientTape() as tape:
+                y = gt.tanh(x * s + b) * 0.25
+            gb, gs = tape.gradient(y, [b, s])  # a non-scalar target: its sum's gradient
+        close16(gb, want_b)
+        close16(gs, want_s)
+
+
+def test_conv_bias_and_per_example_gradients_in_float16(backend):
+    """A float16 conv layer's bias gradient sums batch x pixels; per-example gradients sum each
+    example's pixels, and reduce="sum" sums the examples."""
+    rng = np.random.default_rng(5)
+    n, hw = 4000, 4  # (a sum over many small images: each image's pixels add up pairwise)
+    x = gt.tensor(rng.uniform(0, 1, (n, 1, hw, hw)).astype(np.float16))
+    k = gt.Variable(rng.uniform(-0.3, 0.3, (4, 1, 3, 3)).astype(np.float16))
+    bias = gt.Variable(np.zeros(4, np.float16))
+    with gt.GradientTape() as tape:
+        y = gt.nn.conv2d(x, k, bias, padding="same")
+        losses = gt.sum(gt.reshape(y * 0.1, (n, -1)), axis=1)
+    gb = tape.gradient(losses, bias)  # (a non-scalar target: its sum's gradient)
+    close16(gb, np.full(4, 0.1 * n * hw * hw))
+    with gt.GradientTape() as tape:
+        y = gt.nn.conv2d(x, k, bias, padding="same")
+        losses = gt.sum(gt.reshape(y * 0.1, (n, -1)), axis=1)
+    per = tape.per_example_gradients(losses, [bias])
+    close16(per[0], np.full((n, 4), 0.1 * hw * hw))
+    with gt.GradientTape() as tape:
+        y = gt.nn.conv2d(x, k, bias, padding="same")
+        losses = gt.sum(gt.reshape(y * 0.1, (n, -1)), axis=1)
+    (summed,) = tape.per_example_gradients(losses, [bias], reduce="sum")
+    close16(summed, np.full(4, 0.1 * n * hw * hw))
+
+
+class _fusion:
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.saved = gt.config.fusion
+        gt.config.fusion = self.on
+
+    def __exit__(self, *exc: object) -> None:
+        gt.config.fusion = self.saved
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_other_dtypes_sum_as_before(dtype):
+    """float32 and float64 sums are NumPy's own, bit for bit."""
+    x = np.random.default_rng(6).uniform(0, 1, (5000, 3)).astype(dtype)
+    np.testing.assert_array_equal(gt.sum(gt.tensor(x), axis=0).numpy(), x.sum(axis=0))
