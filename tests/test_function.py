@@ -544,6 +544,31 @@ def test_a_fused_backward_run_is_one_program_step_with_eager_values(shape):
             assert src.count("\n") < 200  # the backward's ~250 array calls are one line
 
 
+@pytest.mark.parametrize("n", [1000, 65537, 300000])
+def test_a_gradient_of_constants_alone_then_a_fused_run_replays(n):
+    """Two sums give an input a gradient made of constants alone (their broadcast ones, an
+    array the trace did not make); a fused backward run over more than one block then adds
+    into it. The run used to write into that array's blocks, which the replay cannot follow,
+    and the step fell back to eager mode at every call with a warning; it now replays, bit for
+    bit as eager mode."""
+    def stepfn(x):
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            r = x / (1.0 + x * x)
+            loss = gt.sum(x) + gt.sum(x) + gt.sum(r)
+        return loss, tape.gradient(loss, x)
+
+    rng = np.random.default_rng(1)
+    args = [(gt.tensor(rng.standard_normal(n)),) for _ in range(4)]
+    with _fusion(True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eager, comp, f = _compare(stepfn, args)
+    assert f.trace_count == 2  # the first call traces, the second traces again to check it
+    for (le, ge), (lc, gc) in zip(eager, comp):
+        _assert_replayed(lc.numpy(), le.numpy(), terms=n)
+        _assert_replayed(gc.numpy(), ge.numpy(), terms=n)
+
+
 @pytest.mark.parametrize("fusion", [False, True])
 def test_gradients_through_column_major_values_replay_bit_identically(fusion):
     """Two layouts the replay used to get wrong, each then summed back to a broadcast input

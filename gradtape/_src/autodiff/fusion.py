@@ -408,12 +408,19 @@ class Run:
                               (np.ndarray, np.generic))
         modes = []
         outs: list[Array] = []  # None until allocated, and where the output is an aliased leaf
+        tr = STATE.trace
+        tracing = tr is not None and not tr.suspended
         for iid in out_ids:
             prev = grads.get(iid)
             if prev is not None and iid in owned and prev.shape == shape and prev.dtype == dtype \
                     and prev.flags.c_contiguous and not isinstance(
-                        prev.a if getattr(prev, "_gt_traced", False) else prev, np.generic):
-                # (a NumPy scalar, what a ufunc gives for 0-d operands, is no buffer to write)
+                        prev.a if getattr(prev, "_gt_traced", False) else prev, np.generic) \
+                    and (not tracing or getattr(prev, "_gt_traced", False)):
+                # (a NumPy scalar, what a ufunc gives for 0-d operands, is no buffer to write;
+                # inside gt.function's trace, neither is a gradient made of constants alone,
+                # such as two sums' broadcast ones: the replay cannot follow writes into an
+                # array made outside the trace, so this run writes a fresh traced buffer and
+                # the accumulator adds the two)
                 modes.append(True)
                 outs.append(prev)
             else:
@@ -435,8 +442,7 @@ class Run:
             if outs[k] is None and alias[k] is None:
                 outs[k] = _empty_as(xp, like, leaves[0], dtype, shape)
         if is_numpy:
-            tr = STATE.trace
-            if tr is not None and not tr.suspended and all(
+            if tracing and all(
                     getattr(outs[k], "_gt_traced", False) and outs[k].tr is tr
                     for k in prog.outputs):
                 # gt.function: the run is one step of the program (its statements are not
@@ -448,8 +454,7 @@ class Run:
         elif spec.outputs:  # (none when every output is one of the run's leaves as it is)
             args = [leaves[i] for i in spec.leaves] + [ga.params[i] for i in spec.params]
             args += [outs[k] for k in spec.outputs]
-            tr = STATE.trace
-            if tr is not None and not tr.suspended:  # gt.function on a device: a program step
+            if tracing:  # gt.function on a device: a program step
                 tr.call(kernel, tuple(args), {})
             else:
                 kernel(*args)
