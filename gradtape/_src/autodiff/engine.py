@@ -179,11 +179,13 @@ class Accumulator:
                 owned.add(iid)
             else:
                 owned.discard(iid)
-        elif iid in owned and type(prev) is type(gi) and prev.shape == gi.shape:
+        elif iid in owned and prev.shape == gi.shape and (
+                type(prev) is type(gi) or _traced_into(prev, gi)):
             prev += gi  # owned: an array, allocated by this pass, referenced nowhere else
             grads[iid] = prev  # (the same array; a new object where ``+=`` cannot write in
             # place: a NumPy scalar inside gt.function's trace)
-        elif fresh and type(prev) is type(gi) and prev.shape == gi.shape:
+        elif fresh and prev.shape == gi.shape and (
+                type(prev) is type(gi) or _traced_into(gi, prev)):
             gi += prev
             grads[iid] = gi
             owned.add(iid)
@@ -194,6 +196,12 @@ class Accumulator:
                 owned.discard(iid)
             else:
                 owned.add(iid)
+
+
+def _traced_into(dst: Array, src: Array) -> bool:
+    """Inside a ``gt.function`` trace: ``dst`` is the trace's array and ``src`` a constant host
+    array, so ``dst += src`` is a step the replay follows (as eager mode's in-place add)."""
+    return getattr(dst, "_gt_traced", False) and type(src) is np.ndarray
 
 
 def _vjp_arrays(rec: Record, g: Any, safe: bool = False) -> tuple:

@@ -2058,6 +2058,18 @@ def _weak_objects(leaves: list[Any]) -> list[Any]:
     return refs
 
 
+def _layout(a: Any) -> Any:
+    """The signature's layout entry of an array that is not C-contiguous: "F" for Fortran
+    order, else the order of its axes by stride (a row-strided view keeps C's order, a
+    transposed one does not). Eager results take their operands' layout (NumPy's order "K"),
+    and sums over them add in layout order, so a replay is bit-identical to eager mode only on
+    inputs laid out as the trace's were."""
+    if a.flags.f_contiguous:
+        return "F"
+    st = a.strides
+    return tuple(sorted(range(a.ndim), key=lambda i: -abs(st[i])))
+
+
 def _plain_key(x: Any, backend: str) -> Any:
     """The signature entry of one argument that is a tensor (not batched), a NumPy array (made
     a tensor on the active ``backend``, gt.tensor's rule) or a plain Python value; else None."""
@@ -2066,10 +2078,12 @@ def _plain_key(x: Any, backend: str) -> Any:
             return ("V", id(x))
         if x._level:
             return None
-        d = x.data  # (C order or not: a fused run's results follow the trace's layout)
-        return ("T", d.shape, d.dtype.str, x._backend.name, d.flags.c_contiguous)
+        d = x.data  # (its layout too: a fused run's results follow the trace's layout)
+        return ("T", d.shape, d.dtype.str, x._backend.name,
+                True if d.flags.c_contiguous else _layout(d))
     if type(x) is np.ndarray:
-        return ("N", x.shape, x.dtype.str, backend, x.flags.c_contiguous)
+        return ("N", x.shape, x.dtype.str, backend,
+                True if x.flags.c_contiguous else _layout(x))
     if isinstance(x, (float, complex, np.generic)):  # by spelling: -0.0 is not 0.0, nan is
         return ("P", type(x), repr(x))  # nan; a NumPy scalar by its type and value too
     if x is None or isinstance(x, (bool, int, str, bytes)):
