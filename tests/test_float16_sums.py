@@ -106,3 +106,34 @@ def test_other_dtypes_sum_as_before(dtype):
     """float32 and float64 sums are NumPy's own, bit for bit."""
     x = np.random.default_rng(6).uniform(0, 1, (5000, 3)).astype(dtype)
     np.testing.assert_array_equal(gt.sum(gt.tensor(x), axis=0).numpy(), x.sum(axis=0))
+
+
+def test_a_sum_past_float16s_range_inside_a_log_root_or_quotient(backend):
+    """The float32 sum is not rounded to float16 before the log, square root, root or division
+    that follows it (it would be inf past 65504), only the result: these fit in float16."""
+    zeros = gt.Variable(np.zeros(100000, np.float16))
+    threes = gt.Variable(np.full(10000, 3.0, np.float16))
+    close16(gt.logsumexp(zeros), np.log(100000.0))
+    close16(gt.nn.log_softmax(zeros)[:3], np.full(3, -np.log(100000.0)))
+    close16(gt.nn.softmax(zeros)[:3] * 1000.0, np.full(3, 0.01))
+    close16(gt.norm(threes), 300.0)
+    close16(gt.norm(threes, ord=3), 10000.0 ** (1 / 3) * 3.0)
+    with gt.GradientTape() as tape:
+        y = gt.logsumexp(zeros)
+    close16(tape.gradient(y, zeros)[:3] * 1000.0, np.full(3, 0.01))
+    with gt.GradientTape() as tape:
+        y = gt.norm(threes) * 100.0
+    close16(tape.gradient(y, threes)[:3], np.full(3, 1.0))
+
+
+def test_cumsum_accumulates_in_float32(backend):
+    """A float16 running sum stops growing once its spacing exceeds the terms (50000 halves
+    summed to 1024): each running sum is accumulated in float32 and rounded once, and so is the
+    gradient (a reversed cumulative sum)."""
+    x = gt.Variable(np.full((50000, 1), 0.25, np.float16))
+    with gt.GradientTape() as tape:
+        c = gt.cumsum(x, axis=0)
+        y = gt.sum(c * 1e-4)  # (31250: within float16's range)
+    close16(c[-1], np.full(1, 12500.0))
+    g = tape.gradient(y, x)  # element i: 1e-4 for each running sum it is in
+    close16(g, np.arange(50000, 0, -1)[:, None] * np.float16(1e-4).astype(np.float64))

@@ -64,6 +64,8 @@ def _reduce(loss: Tensor, reduction: str, what: str) -> Tensor:
 
 # --------------------------------------------------------------------------- softmax family
 def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
+    if x.dtype == np.float16:  # in float32, rounded once (a float16 sum past 65504 is inf)
+        return _softmax_impl(xp, x.astype(np.float32), axis=axis).astype(np.float16)
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
@@ -84,6 +86,8 @@ def _softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 
 
 def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
+    if x.dtype == np.float16:  # in float32, rounded once (as softmax)
+        return _log_softmax_impl(xp, x.astype(np.float32), axis=axis).astype(np.float16)
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
     s = x - x.max(axis=axis, keepdims=True)

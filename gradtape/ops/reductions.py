@@ -351,6 +351,20 @@ def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A0
 
 
 # --------------------------------------------------------------------------- logsumexp
+def _in_float32(impl: Any) -> Any:
+    """``impl`` computing a float16 input wholly in float32 and rounding its result once: a
+    float16 sum rounded before the log, square root or division that follows overflows where
+    the result itself fits (the log-sum-exp of 100000 zeros, 11.5, came out inf)."""
+    def wrapped(xp: Any, x: Any, **params: Any) -> Any:
+        if x.dtype == np.float16:
+            return impl(xp, x.astype(np.float32), **params).astype(np.float16)
+        return impl(xp, x, **params)
+    wrapped.__name__ = wrapped.__qualname__ = impl.__name__
+    wrapped.__doc__ = impl.__doc__
+    return wrapped
+
+
+@_in_float32
 def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     x = _float_input(xp, x)
     if _count(x.shape, axis) == 0:
@@ -373,6 +387,9 @@ def _softmax_over(m: OnTensors, x: Tensor, axes: tuple | None) -> Tensor:
     """``softmax(x)`` over ``axes``: the derivative of ``logsumexp``."""
     if not math.prod(x.shape):
         return x
+    if x.dtype == np.float16:  # in float32, rounded once (a float16 sum past 65504 is inf)
+        p = _softmax_over(m, m.apply(P_ASTYPE, x, dtype=np.dtype(np.float32)), axes)
+        return m.apply(P_ASTYPE, p, dtype=np.dtype(np.float16))
     # the shift: the maximum where finite, else 0 (a constant: no gradient flows through it)
     mx = m.apply(P_STOP_GRADIENT, m.apply(REGISTRY["max"], x, axis=axes, keepdims=True))
     finite = m.apply(P_LESS, m.apply(P_ABS, mx), m.scalar(np.inf, mx))
@@ -529,6 +546,7 @@ def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Te
 
 
 # --------------------------------------------------------------------------- norm
+@_in_float32
 def _norm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     x = _float_input(xp, x)
     return xp.sqrt(acc_sum(x * x, axis, keepdims))
@@ -577,6 +595,7 @@ P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, jvp=_norm_jvp,
 
 
 # --------------------------------------------------------------------------- pnorm
+@_in_float32
 def _pnorm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ord: float) -> Any:  # noqa: A002
     x = _float_input(xp, x)
     return acc_sum(xp.abs(x) ** ord, axis, keepdims) ** (1.0 / ord)
