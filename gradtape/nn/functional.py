@@ -18,7 +18,7 @@ from .. import random as _random
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque, read_for_trace
-from .._src.backend import acc_sum
+from .._src.backend import in_float32
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
@@ -63,13 +63,12 @@ def _reduce(loss: Tensor, reduction: str, what: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------- softmax family
+@in_float32
 def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
-    if x.dtype == np.float16:  # in float32, rounded once (a float16 sum past 65504 is inf)
-        return _softmax_impl(xp, x.astype(np.float32), axis=axis).astype(np.float16)
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    e /= acc_sum(e, axis, True)
+    e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
@@ -85,13 +84,12 @@ def _softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     return (gy - y * m.apply(P_SUM, gy, axis=(rec.params["axis"],), keepdims=True),)
 
 
+@in_float32
 def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
-    if x.dtype == np.float16:  # in float32, rounded once (as softmax)
-        return _log_softmax_impl(xp, x.astype(np.float32), axis=axis).astype(np.float16)
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
     s = x - x.max(axis=axis, keepdims=True)
-    s -= xp.log(acc_sum(xp.exp(s), axis, True))
+    s -= xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
     return s
 
 

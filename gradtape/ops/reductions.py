@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
-from .._src.backend import acc_sum
+from .._src.backend import acc_sum, in_float32
 from .._src.primitive import REGISTRY, Domain, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -351,20 +351,7 @@ def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A0
 
 
 # --------------------------------------------------------------------------- logsumexp
-def _in_float32(impl: Any) -> Any:
-    """``impl`` computing a float16 input wholly in float32 and rounding its result once: a
-    float16 sum rounded before the log, square root or division that follows overflows where
-    the result itself fits (the log-sum-exp of 100000 zeros, 11.5, came out inf)."""
-    def wrapped(xp: Any, x: Any, **params: Any) -> Any:
-        if x.dtype == np.float16:
-            return impl(xp, x.astype(np.float32), **params).astype(np.float16)
-        return impl(xp, x, **params)
-    wrapped.__name__ = wrapped.__qualname__ = impl.__name__
-    wrapped.__doc__ = impl.__doc__
-    return wrapped
-
-
-@_in_float32
+@in_float32
 def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     x = _float_input(xp, x)
     if _count(x.shape, axis) == 0:
@@ -373,7 +360,7 @@ def _logsumexp_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, xp.zeros((), dtype=m.dtype))
     with np.errstate(divide="ignore"):
-        out = xp.log(acc_sum(xp.exp(x - m), axis, True)) + m
+        out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
     return _squeeze_axes(xp, out, axis, keepdims)
 
 
@@ -546,10 +533,10 @@ def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: float = 0) -> Te
 
 
 # --------------------------------------------------------------------------- norm
-@_in_float32
+@in_float32
 def _norm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
     x = _float_input(xp, x)
-    return xp.sqrt(acc_sum(x * x, axis, keepdims))
+    return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
 
 
 def _norm_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -595,10 +582,10 @@ P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, jvp=_norm_jvp,
 
 
 # --------------------------------------------------------------------------- pnorm
-@_in_float32
+@in_float32
 def _pnorm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ord: float) -> Any:  # noqa: A002
     x = _float_input(xp, x)
-    return acc_sum(xp.abs(x) ** ord, axis, keepdims) ** (1.0 / ord)
+    return xp.sum(xp.abs(x) ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
 
 
 def _pnorm_partials(m: OnTensors, x: Tensor, y: Tensor, p: float) -> Tensor:

@@ -46,7 +46,6 @@ MIN_SIZE = 1 << 18
 CHEAP_MIN_SIZE = 1 << 21
 
 
-
 def _l2_bytes() -> int | None:
     """The first CPU's level-2 cache in bytes, from sysfs (Linux); None where it is not known."""
     base = "/sys/devices/system/cpu/cpu0/cache"
