@@ -137,3 +137,23 @@ def test_cumsum_accumulates_in_float32(backend):
     close16(c[-1], np.full(1, 12500.0))
     g = tape.gradient(y, x)  # element i: 1e-4 for each running sum it is in
     close16(g, np.arange(50000, 0, -1)[:, None] * np.float16(1e-4).astype(np.float64))
+
+
+def test_a_bias_gradient_summed_in_two_passes_is_rounded_once(backend):
+    """A conv-shaped bias's gradient ([N, C, H, W] summed to [1, C, 1, 1]) is summed over the
+    batch first, then over the pixels: the partial sums stay in float32 between the passes,
+    so the result is the exact sum rounded once (rounding the partial sums to float16 first
+    was off by one spacing in 5 of these 128 channels)."""
+    g = np.random.default_rng(0).uniform(0.5, 1.0, (20, 128, 5, 5)).astype(np.float16)
+    # values in [0.5, 1) are multiples of 2^-11 and the sums stay below 2^13: float32 adds
+    # them exactly, so the once-rounded result is float16 of the float64 sum, bit for bit
+    want = g.astype(np.float64).sum(axis=(0, 2, 3), keepdims=True).astype(np.float16)
+    x = gt.tensor(np.zeros(g.shape, np.float16))
+    b = gt.Variable(np.zeros((1, 128, 1, 1), np.float16))
+    for fusion in (True, False):
+        with _fusion(fusion):
+            with gt.GradientTape() as tape:
+                y = gt.sum(gt.tensor(g) * (x + b))
+            got = tape.gradient(y, b)
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got.numpy(), want)

@@ -132,8 +132,13 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
             # over (0, 2, 3) runs 2-3x slower from N = 16 (with fewer rows the partial sum is
             # nearly the input's size and the two passes cost more). Host arrays, traced ones
             # included (a compiled step replays the eager pass's calls); a device's reduction
-            # is one kernel either way
-            g = acc_sum(g, tuple(range(run)), True)
+            # is one kernel either way. float16 stays in float32 between the passes and is
+            # rounded once, as the one pass rounds it
+            half = g.dtype == np.float16
+            g = g.sum(axis=tuple(range(run)), keepdims=True,
+                      dtype=np.float32 if half else None)
+            g = g.sum(axis=axes, keepdims=True)
+            return (g.astype(np.float16) if half else g).reshape(shape)
         g = g.sum(axis=axes, keepdims=True) if tensor else acc_sum(g, axes, True)
     return g.reshape(shape)
 
