@@ -675,6 +675,38 @@ def test_float32_norms_past_float32_squares_inside_a_step_equal_eager():
     assert f.trace_count <= 2
 
 
+def test_float16_norms_are_formed_in_float32():
+    """float16 squares underflow below 6e-8: per-example gradient entries of 1e-4 (a dense
+    layer's ghost norm) and 1e-5 (a materialized one) came out norms of 0, and clipping then
+    left those examples unscaled."""
+    x = gt.tensor(np.ones((2, 4), np.float16))
+    W = gt.Variable(np.ones((4, 2), np.float16))
+    with gt.GradientTape() as tape:
+        out = gt.sum(x @ W, axis=1) * np.float16(1e-4)
+    sums, norms = tape.per_example_gradients(out, W, max_norm=1e-5, reduce="sum",
+                                             return_norms=True)
+    g = np.float64(np.float16(1e-4))  # each example's gradient: 8 entries of float16(1e-4)
+    np.testing.assert_allclose(norms.numpy(), [np.sqrt(8) * g] * 2, rtol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(sums.numpy().astype(np.float64)), 2e-5, rtol=1e-2)
+    x = gt.tensor(np.full((3, 100), 1e-5, np.float16))
+    w = gt.Variable(np.ones(100, np.float16))
+    with gt.GradientTape() as tape:
+        out = gt.sum(x * w, axis=1)
+    _, norms = tape.per_example_gradients(out, w, max_norm=1.0, reduce="sum", return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), [10 * np.float64(np.float16(1e-5))] * 3, rtol=1e-3)
+
+
+def test_float32_norms_below_float32_squares_are_not_zero():
+    if gt.backend_name() != "numpy":
+        pytest.skip("formed again in float64 on NumPy only (a device would read the norms back)")
+    x = gt.tensor(np.array([[1e-21] * 100, [0.0] * 100], np.float32))
+    w = gt.Variable(np.ones(100, np.float32))
+    with gt.GradientTape() as tape:
+        out = gt.sum(x * w, axis=1)
+    _, norms = tape.per_example_gradients(out, w, max_norm=1.0, reduce="sum", return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), [1e-20, 0.0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_clipped_sums_under_check_numerics_equal_the_unchecked_ones(name):
     # check_numerics makes records of the class with extra fields, which the pass copies

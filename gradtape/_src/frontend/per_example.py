@@ -581,9 +581,11 @@ def _reverse_pass(plan: _Plan, release: bool
 # --------------------------------------------------------------------------- ghost norms
 def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Array:
     """The per-example squared norms ``[B]`` (float64) over the materialized gradients ``per``
-    and the ghost boundaries, formed in the gradients' dtype and, on NumPy, taken again in
-    float64 when that overflows (float32 squares past 3.4e38: a norm over 1.8e19). Inside a
-    ``gt.function`` step this is one logged call, so each replay takes its own branch."""
+    and the ghost boundaries, formed in the gradients' dtype (float16 ones in float32: their
+    squares underflow below 6e-8, entries below 2.4e-4 counted as 0) and, on NumPy, taken
+    again in float64 where a float32 square may have overflowed or underflowed (a squared
+    norm past 3.4e38, or below :data:`_TINY_SQ`). Inside a ``gt.function`` step this is one
+    logged call, so each replay takes its own branch."""
     arrays: list[Any] = list(per.values())
     spec = []
     for gh, g in ghosts:
@@ -607,23 +609,33 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
     (cotangent, saved operand) pair per ghost boundary described by ``spec``."""
     _, B, n, spec = key
     xp = backend_of(arrays[0]).xp  # (inside a traced device step: the tracing namespace)
-    sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, None)
-    if xp is np and not np.isfinite(sq).all():
+    # the float arrays: every materialized gradient, each boundary's cotangent, and a matmul
+    # boundary's saved operand (an embedding's is its integer ids)
+    floats = [*arrays[:n], *[a for k, (kind, _, _) in enumerate(spec)
+                             for a in (arrays[n + 2 * k], arrays[n + 2 * k + 1])[:1 if kind == "embedding" else 2]]]
+    half = any(a.dtype == np.float16 for a in floats)
+    sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float32 if half else None)
+    if xp is np and any(a.dtype.itemsize < 8 for a in floats) \
+            and not (np.isfinite(sq).all() and (sq >= _TINY_SQ).all()):
         sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float64)
     return sq
 
 
+#: Per-example squared norms below this are taken again in float64: float32 squares of the
+#: entries of a norm under 1e-15 may fall below float32's smallest normal number (1.2e-38),
+#: where they lose digits or vanish. (An example whose gradient is exactly zero costs that
+#: second pass too.)
+_TINY_SQ = 1e-30
+
+
 def _sq_norms_in(B: int, per: Sequence[Array], spec: Sequence[tuple], pairs: Sequence[Array],
                  xp: Any, dt: Any) -> Array:
-    """The sum of :func:`_sq_norms_of`, with every product formed in dtype ``dt`` (None: the
-    arrays' own)."""
+    """The sum of :func:`_sq_norms_of`, with every product formed in dtype ``dt`` or the
+    arrays' own where wider (None: the arrays' own)."""
     sq = xp.zeros(B, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is taken again in float64
         for G in per:
-            Gf = G.reshape(B, -1)
-            if dt is not None:
-                Gf = Gf.astype(dt)
-            sq += _row_sq(xp, Gf)
+            sq += _row_sq(xp, _at_least(G.reshape(B, -1), dt))
         for k, (kind, i, V) in enumerate(spec):
             sq += _ghost_sq_norms(B, kind, i, V, pairs[2 * k], pairs[2 * k + 1], dt)
     return sq
@@ -635,8 +647,7 @@ def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: A
     ``[B, ...]`` ids into a table of ``V`` rows; else a matmul whose input ``i`` is the
     parameter and ``X`` the other (saved) input."""
     xp = backend_of(g).xp
-    if dt is not None:
-        g = g.astype(dt)
+    g = _at_least(g, dt)
     if kind == "embedding":
         L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
@@ -646,8 +657,7 @@ def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: A
         ids = xp.where(ids < 0, ids + V, ids)
         same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)
         return xp.einsum("bij,bij->b", xp.matmul(G, _swap(G)), same)
-    if dt is not None:
-        X = X.astype(dt)
+    X = _at_least(X, dt)
     if i == 1:  # x[B, ..., d] @ W[d, p]
         A = X.reshape(B, -1, X.shape[-1])
         Gy = g.reshape(B, -1, g.shape[-1])
@@ -663,6 +673,13 @@ def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: A
     if A.shape[1] == 1:
         return _row_sq(xp, A[:, 0]) * _row_sq(xp, Gy[:, 0])
     return xp.einsum("bij,bij->b", xp.matmul(A, _swap(A)), xp.matmul(Gy, _swap(Gy)))
+
+
+def _at_least(a: Array, dt: Any) -> Array:
+    """``a`` in dtype ``dt`` where ``a``'s is narrower (None: ``a`` as it is)."""
+    if dt is None or a.dtype.itemsize >= np.dtype(dt).itemsize:
+        return a
+    return a.astype(dt)
 
 
 def _row_sq(xp: Any, a: Array) -> Array:
