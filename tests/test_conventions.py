@@ -166,6 +166,20 @@ def test_clip_bounds_are_inclusive(backend):
     np.testing.assert_array_equal(grad(lambda x: gt.clip(x, None, 0.0), [-1.0, 0.0, 1.0]), [1, 1, 0])
 
 
+def test_clip_with_lo_above_hi_is_hi_and_so_is_its_gradient(backend):
+    """NumPy's and PyTorch's rule: where ``lo > hi`` the result is ``hi``; the gradient went to
+    both bounds there (twice the derivative in all), as it does to one (forward mode too)."""
+    x, lo, hi = [0.0, 3.0, -3.0, 1.0], [1.0, 2.0, 2.0, 1.0], [-1.0, -2.0, -2.0, 1.0]
+    np.testing.assert_array_equal(gt.clip(t(x), t(lo), t(hi)).numpy(), [-1, -2, -2, 1])
+    gx, glo, ghi = grad(gt.clip, x, lo, hi)
+    np.testing.assert_array_equal(gx, [0, 0, 0, 1])
+    np.testing.assert_array_equal(glo, [0, 0, 0, 0])
+    np.testing.assert_array_equal(ghi, [1, 1, 1, 0])
+    _, tangent = gt.jvp(gt.clip, (t(x), t(lo), t(hi)),
+                        (t([1.0] * 4), t([2.0] * 4), t([3.0] * 4)))
+    np.testing.assert_array_equal(tangent.numpy(), [3, 3, 3, 1])
+
+
 # --------------------------------------------------------------------------- dtypes
 def test_python_scalars_are_weak(backend):
     x = t([1.0, 2.0], np.float32)

@@ -260,7 +260,7 @@ P_MINIMUM = elementwise("minimum", lambda xp, a, b: xp.minimum(a, b),
                         d=("where(a < b, 1, where(a == b, 0.5, 0))",
                            "where(b < a, 1, where(a == b, 0.5, 0))"), out_form=_minimum_out, cheap=True, masks=True)
 P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo), hi),
-                     d=("(x >= lo) & (x <= hi)", "x < lo", "x > hi"),
+                     d=("(x >= lo) & (x <= hi)", "(x < lo) & (lo <= hi)", "(x > hi) | (lo > hi)"),
                      domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)), masks=True)
 P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "c", "~c"),
                       domain=(Domain(kind="bool"), Domain(), Domain()), masks=True)
@@ -519,7 +519,8 @@ def minimum(a: Any, b: Any) -> Tensor:
 
 def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
     """Clamp ``x`` to ``[lo, hi]`` (None: unbounded). The gradient passes where
-    ``lo <= x <= hi`` (bounds inclusive).
+    ``lo <= x <= hi`` (bounds inclusive), else to the bound taken; where ``lo > hi`` the
+    result is ``hi`` (NumPy's and PyTorch's rule), and so is the gradient's path.
 
     Example:
         >>> import gradtape as gt
