@@ -12,6 +12,10 @@ generator, seeded from the operating system at import; ``gt.random.seed(s)`` res
 ``torch.manual_seed``). Initializers (``gt.nn.init``), ``gt.nn.dropout`` and the layers that
 take ``seed=`` accept a :class:`Generator`, and draw from the default one when given no seed.
 
+Inside ``gt.vmap`` a draw follows the vmap's ``randomness``: "error" (the default) refuses it,
+"different" draws independent numbers per example (the batch sizes put in front of the
+shape), "same" draws once for all examples.
+
 Example:
     >>> import gradtape as gt
     >>> g = gt.random.Generator(0)
@@ -31,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._src.autodiff.state import opaque, tracing
+from ._src.autodiff.batched import batch_random, random_levels
+from ._src.autodiff.state import STATE, opaque, tracing
 from ._src.backend import get_backend
 from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, broadcasts_to, check_dtype
 from .ops._util import as_int, as_real
@@ -75,6 +80,31 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
     @functools.wraps(method)
     def draw(self: Generator, *args: Any, **kwargs: Any) -> Tensor:
+        if STATE.vmap_random:  # inside gt.vmap: per its randomness
+            levels = random_levels(f"gt.random.Generator.{method.__name__}")
+            if levels:
+                return batch_random(per_example(self, levels, args, kwargs), levels)
+        return now(self, *args, **kwargs)
+
+    def per_example(self: Generator, levels: list, args: tuple, kwargs: dict) -> Tensor:
+        """The draw with the vmap levels' batch sizes in front of its shape."""
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError:  # a call the method itself rejects, with its own message
+            return now(self, *args, **kwargs)
+        bound.apply_defaults()
+        if "shape" not in bound.arguments:  # permutation
+            raise ValueError("gt.random.Generator.permutation: per-example permutations inside "
+                             "gt.vmap(randomness='different') are not drawn; draw them before "
+                             "the vmap and pass them in as a batched argument")
+        shape = bound.arguments["shape"]
+        if shape is None:  # bernoulli: p's shape (a batched p is refused by bernoulli)
+            p = bound.arguments["p"]
+            shape = tuple(p.shape) if isinstance(p, Tensor) else np.shape(p)
+        bound.arguments["shape"] = tuple(n for _, n in levels) + normalize_shape(shape, method.__name__)
+        return now(*bound.args, **bound.kwargs)
+
+    def now(self: Generator, *args: Any, **kwargs: Any) -> Tensor:
         if not tracing():
             return method(self, *args, **kwargs)
         try:

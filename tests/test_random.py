@@ -292,8 +292,11 @@ def test_old_seed_forms_still_work():
 def test_bernoulli_with_a_vmapped_p_raises_a_clear_error():
     g = gt.random.Generator(0)
     p = gt.tensor(np.full((3, 2), 0.5, np.float32))
-    with pytest.raises(ValueError, match="batched by gt.vmap"):
+    with pytest.raises(ValueError, match="randomness="):  # (vmap's default: no draws)
         gt.vmap(lambda q: g.bernoulli(q))(p)
+    for randomness in ("different", "same"):
+        with pytest.raises(ValueError, match="batched by gt.vmap"):
+            gt.vmap(lambda q: g.bernoulli(q), randomness=randomness)(p)
     assert g.bernoulli(p).shape == (3, 2)
 
 

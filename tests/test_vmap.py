@@ -551,3 +551,85 @@ def test_custom_gradient_under_vmap_with_a_tape_outside_is_refused_not_wrong():
     with pytest.raises(NotImplementedError, match="inside gt.vmap while a tape outside the vmap"):
         gt.grad(lambda X: gt.sum(gt.vmap(cf)(X)))(X)
     np.testing.assert_array_equal(gt.vmap(gt.grad(lambda x: gt.sum(cf(x))))(X).numpy(), 3.0)
+
+
+# --------------------------------------------------------------------------- randomness
+def test_random_draws_inside_vmap_are_refused_by_default():
+    """A draw inside vmap would give every example the same numbers (one dropout mask for
+    all examples): refused unless ``randomness`` says which is meant, as torch.func does."""
+    g = gt.random.Generator(0)
+    x = gt.ones((4, 6))
+    for f in (lambda a: gt.nn.dropout(a, 0.5, generator=g), lambda a: a + g.normal((6,)),
+              lambda a: a + gt.random.uniform((6,)), lambda a: a * g.bernoulli(0.5, (6,)),
+              lambda a: a + g.integers(0, 3, shape=(6,)), lambda a: gt.nn.Dropout(0.5)(a)):
+        with pytest.raises(ValueError, match="randomness='different'"):
+            gt.vmap(f)(x)
+    with pytest.raises(ValueError, match="randomness must be one of"):
+        gt.vmap(lambda a: a, randomness="per_example")
+
+
+def test_randomness_different_draws_the_batch_shaped_draw():
+    g1, g2 = gt.random.Generator(5), gt.random.Generator(5)
+    out = gt.vmap(lambda a: a + g1.normal((3,)), randomness="different")(gt.zeros((4, 3)))
+    np.testing.assert_array_equal(out.numpy(), g2.normal((4, 3)).numpy())
+    out = gt.vmap(lambda a: a + g1.integers(0, 9, shape=(3,)), in_axes=1,
+                  randomness="different")(gt.zeros((3, 4)))
+    np.testing.assert_array_equal(out.numpy(), g2.integers(0, 9, shape=(4, 3)).numpy())
+    masks = gt.vmap(lambda a: gt.nn.dropout(a, 0.5, generator=g1),
+                    randomness="different")(gt.ones((8, 16))).numpy()
+    assert len({m.tobytes() for m in masks}) == 8  # a mask per example
+    np.testing.assert_array_equal(masks, gt.nn.dropout(gt.ones((8, 16)), 0.5, generator=g2).numpy())
+    # nested: the sizes in front, outermost first; "same" inside shares along its level
+    out = gt.vmap(gt.vmap(lambda a: a + g1.normal(()), randomness="different"),
+                  randomness="different")(gt.zeros((2, 3)))
+    np.testing.assert_array_equal(out.numpy(), g2.normal((2, 3)).numpy())
+    out = gt.vmap(gt.vmap(lambda a: a + g1.normal(()), randomness="same"),
+                  randomness="different")(gt.zeros((2, 3))).numpy()
+    np.testing.assert_array_equal(out, np.repeat(g2.normal((2,)).numpy()[:, None], 3, axis=1))
+    # chunks draw per piece, in order
+    out = gt.vmap(lambda a: a + g1.uniform((2,)), randomness="different",
+                  chunk_size=3)(gt.zeros((5, 2)))
+    np.testing.assert_array_equal(out.numpy(), np.concatenate(
+        [g2.uniform((3, 2)).numpy(), g2.uniform((2, 2)).numpy()]))
+    with pytest.raises(ValueError, match="permutation"):
+        gt.vmap(lambda a: a + g1.permutation(3), randomness="different")(gt.zeros((2, 3)))
+
+
+def test_randomness_same_draws_once_for_all_examples():
+    g1, g2 = gt.random.Generator(1), gt.random.Generator(1)
+    out = gt.vmap(lambda a: a + g1.normal((3,)), randomness="same")(gt.zeros((4, 3)))
+    np.testing.assert_array_equal(out.numpy(), np.tile(g2.normal((3,)).numpy(), (4, 1)))
+
+
+def test_per_example_gradients_through_dropout_use_each_examples_mask():
+    g1, g2 = gt.random.Generator(2), gt.random.Generator(2)
+    W = gt.tensor(RNG.standard_normal((3, 2)))
+    X = gt.tensor(RNG.standard_normal((5, 3)))
+
+    def loss(w, x, g):
+        return gt.sum(gt.tanh(gt.nn.dropout(x, 0.5, generator=g) @ w))
+
+    got = gt.vmap(gt.grad(loss), in_axes=(None, 0, None), randomness="different")(W, X, g1)
+    dropped = gt.nn.dropout(X, 0.5, generator=g2).numpy()  # the batch-shaped draw
+    for b in range(5):
+        xb = dropped[b]
+        want = np.outer(xb, 1 - np.tanh(xb @ W.numpy()) ** 2)
+        close(got[b], want)
+
+
+def test_randomness_inside_a_compiled_step_draws_anew_at_each_call():
+    g1, g2 = gt.random.Generator(3), gt.random.Generator(3)
+    body = lambda x, g: gt.vmap(lambda a: a + g.normal((4,)), randomness="different")(x)  # noqa: E731
+    f = gt.function(lambda x: body(x, g1))
+    for _ in range(4):
+        np.testing.assert_array_equal(f(gt.zeros((3, 4))).numpy(), body(gt.zeros((3, 4)), g2).numpy())
+    assert f.trace_count == 2  # (a trace, its checking trace, then replays)
+
+
+def test_jacfwd_and_jacrev_of_a_function_that_draws_share_one_draw():
+    g = gt.random.Generator(4)
+    x = gt.ones(5)
+    for jac in (gt.jacfwd, gt.jacrev):
+        J = jac(lambda a: gt.nn.dropout(a, 0.5, generator=g))(x).numpy()
+        assert np.count_nonzero(J - np.diag(np.diag(J))) == 0  # one mask: a diagonal Jacobian
+        assert set(np.diag(J).tolist()) <= {0.0, 2.0}

@@ -15,9 +15,9 @@ import numpy as np
 
 from .. import ops
 from .. import random as _random
-from .._src.autodiff.batched import physical_data
+from .._src.autodiff.batched import batch_random, physical_data, random_levels
 from .._src.autodiff.record import Record
-from .._src.autodiff.state import opaque, read_for_trace
+from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import in_float32
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
@@ -463,7 +463,10 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
     if not training or rate == 0.0:
         return x
     xp = x._backend.xp
-    shape, dtype, on_host = x.shape, x.dtype, x._backend.name == "numpy"
+    # inside gt.vmap: per its randomness (one mask per example, or one for all, or refused)
+    levels = random_levels("gt.nn.dropout") if STATE.vmap_random else []
+    shape = tuple(n for _, n in levels) + tuple(x.shape)
+    dtype, on_host = x.dtype, x._backend.name == "numpy"
 
     def make_mask() -> Any:
         u = _generator_for(xp, seed, generator, on_host).random(shape)
@@ -472,7 +475,7 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
     # inside gt.function the draw is one step of the program: a new mask at each call
     mask = opaque(make_mask, key=("dropout", shape, dtype.str, rate,
                                   seed if isinstance(seed, int) else id(seed), id(generator)))
-    return x * _wrap(mask, x._backend)
+    return x * batch_random(_wrap(mask, x._backend), levels)
 
 
 # --------------------------------------------------------------------------- layer norm

@@ -154,16 +154,49 @@ def physical_data(t: Tensor) -> Any:
     return t.data
 
 
+RANDOMNESS = ("error", "different", "same")
+
+
 @contextmanager
-def batch_level() -> Iterator[int]:
+def batch_level(size: int | None = None, randomness: str = "same") -> Iterator[int]:
     """Enter one more vmap level on this thread (yields its number): batched values made for it
-    carry it, and backward passes inside run in recorded ops (``STATE.transforms``)."""
+    carry it, and backward passes inside run in recorded ops (``STATE.transforms``).
+    ``randomness``: what a random draw inside does (:func:`random_levels`); ``size``: the
+    batch size, needed for "different"."""
     st = STATE
     level = st.vmap_level + 1
     st.vmap_level = level
     st.transforms += 1
+    st.vmap_random.append((level, size, randomness))
     try:
         yield level
     finally:
         st.vmap_level = level - 1
         st.transforms -= 1
+        st.vmap_random.pop()
+
+
+def random_levels(who: str) -> list[tuple[int, int]]:
+    """The ``(level, batch size)`` of the active vmap levels that draw per example
+    (``randomness="different"``), outermost first; empty outside vmap. Raises where a level
+    says "error" (gt.vmap's default: a draw would silently give every example the same
+    numbers)."""
+    out = []
+    for level, size, mode in STATE.vmap_random:
+        if mode == "error":
+            raise ValueError(
+                f"{who}: a random draw inside gt.vmap would give every example the same numbers; "
+                "pass randomness='different' to gt.vmap for independent draws per example, or "
+                "randomness='same' for one draw shared by all")
+        if mode == "different":
+            assert size is not None
+            out.append((level, size))
+    return out
+
+
+def batch_random(t: Tensor, levels: list[tuple[int, int]]) -> Tensor:
+    """``t``, drawn with the sizes of ``levels`` (:func:`random_levels`) in front of its
+    per-example shape, as one example of each of those levels."""
+    for level, _ in levels:
+        t = BatchedTensor(t, 0, level)
+    return t

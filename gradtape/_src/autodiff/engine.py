@@ -134,11 +134,12 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
             # included (a compiled step replays the eager pass's calls); a device's reduction
             # is one kernel either way. float16 stays in float32 between the passes and is
             # rounded once, as the one pass rounds it
-            half = g.dtype == np.float16
-            g = g.sum(axis=tuple(range(run)), keepdims=True,
-                      dtype=np.float32 if half else None)
-            g = g.sum(axis=axes, keepdims=True)
-            return (g.astype(np.float16) if half else g).reshape(shape)
+            arr: Any = g  # (a host array here)
+            half = arr.dtype == np.float16
+            arr = arr.sum(axis=tuple(range(run)), keepdims=True,
+                          dtype=np.float32 if half else None)
+            arr = arr.sum(axis=axes, keepdims=True)
+            return (arr.astype(np.float16) if half else arr).reshape(shape)
         g = g.sum(axis=axes, keepdims=True) if tensor else acc_sum(g, axes, True)
     return g.reshape(shape)
 

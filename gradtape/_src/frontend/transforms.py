@@ -250,7 +250,7 @@ def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
                 cts = [ct if k == j else _zeros(ol) for k, ol in enumerate(out_leaves)]
                 return vjp_fn(unflatten(out_spec, cts))
 
-            rows = vmap(pull)(seeds_j) if n else None
+            rows = vmap(pull, randomness="same")(seeds_j) if n else None
             per_arg = []
             for k, i in enumerate(nums):
                 a_leaves, a_spec = flatten(args[i]) if not isinstance(args[i], Tensor) else ([args[i]], None)
@@ -311,7 +311,7 @@ def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
 
                 if n:
                     seeds = ops.reshape(basis(n, leaf.dtype, leaf), (n,) + leaf.shape)
-                    cols = vmap(push)(seeds)  # output tree of [n, *out.shape]
+                    cols = vmap(push, randomness="same")(seeds)  # output tree of [n, *out.shape]
                 else:
                     cols = None
                 cols_per_leaf.append((leaf, cols))

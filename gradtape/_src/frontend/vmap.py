@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ... import ops
-from ..autodiff.batched import BatchedTensor, batch_level
+from ..autodiff.batched import RANDOMNESS, BatchedTensor, batch_level
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, tensor
 
@@ -81,7 +81,8 @@ def _move_axis(t: Tensor, src: int, dst: int) -> Tensor:
 
 
 def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
-         axis_size: int | None = None, chunk_size: int | None = None) -> Callable[..., Any]:
+         axis_size: int | None = None, chunk_size: int | None = None,
+         randomness: str = "error") -> Callable[..., Any]:
     """Vectorize ``f`` over a batch axis of its arguments: no Python loop, every op runs once on
     the whole batch through its batching rule.
 
@@ -96,13 +97,19 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
         axis_size: the batch size when no argument is batched (every ``in_axes`` is None).
         chunk_size: run the batch in pieces of at most this many examples (bounds the memory
             of intermediate values) and concatenate the results.
+        randomness: what a random draw inside ``f`` (``gt.random``, a ``Generator``,
+            ``gt.nn.dropout``) does, as in ``torch.func.vmap``: "error" (raise: a draw would
+            otherwise give every example the same numbers), "different" (independent numbers
+            per example: dropout masks differ between examples), "same" (one draw shared by
+            all examples).
 
     Returns:
         The vectorized function. For ``x[B, n]`` mapped over axis 0, ``f`` sees ``x`` with
         shape ``[n]``; an output of per-example shape ``s`` comes back as ``[B, *s]``.
 
     Raises:
-        ValueError: batch sizes of the arguments differ, or an axis is out of range.
+        ValueError: batch sizes of the arguments differ, an axis is out of range, or ``f``
+            draws random numbers under ``randomness="error"``.
         MissingRuleError: ``f`` applies a primitive that has no batching rule (named).
         TypeError: ``f`` reads a batched value as a Python value (``if x > 0:``, ``float(x)``).
 
@@ -124,6 +131,9 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
         raise ValueError(f"gt.vmap: axis_size must be a non-negative int, got {axis_size!r}")
     if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"gt.vmap: chunk_size must be a positive int, got {chunk_size!r}")
+    if randomness not in RANDOMNESS:
+        raise ValueError(f"gt.vmap: randomness must be one of {', '.join(map(repr, RANDOMNESS))}, "
+                         f"got {randomness!r}")
 
     @functools.wraps(f)
     def vectorized(*args: Any) -> Any:
@@ -166,7 +176,7 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
         return _run(size, tensors, axes, tree)
 
     def _run(size: int, tensors: list[Any], axes: list[int | None], tree: Any) -> Any:
-        with batch_level() as level:
+        with batch_level(size, randomness) as level:
             wrapped = [t if ax is None else BatchedTensor(t, ax, level)
                        for t, ax in zip(tensors, axes)]
             out = f(*unflatten(tree, wrapped))
