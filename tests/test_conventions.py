@@ -194,6 +194,25 @@ def test_float32_with_float64_promotes_to_float64(backend):
         assert y.dtype == np.float64
 
 
+def test_concat_and_stack_promote_as_the_binary_ops(backend):
+    """An integer tensor joined with a float32 one is float32, as ``int + float32`` is (it was
+    float64, NumPy's promotion); float64 only where a float64 tensor takes part."""
+    i64, i32 = t([1, 2], np.int64), t([1, 2], np.int32)
+    f32, f16, f64 = t([0.5, 1.5], np.float32), t([0.5, 1.5], np.float16), t([0.5, 1.5], F64)
+    for join in (gt.concat, gt.stack):
+        assert join([i64, f32]).dtype == (i64 + f32).dtype == np.float32
+        assert join([f32, i32, t([True, False], np.bool_)]).dtype == np.float32
+        assert join([i32, f16]).dtype == (i32 + f16).dtype == np.float16
+        assert join([i64, f32, f64]).dtype == np.float64
+        assert join([i32, t([1, 2], np.int8)]).dtype == np.int32
+    x = gt.Variable(np.array([0.5, 1.5], np.float32))
+    with gt.GradientTape() as tape:
+        y = gt.sum(gt.concat([x, i64]) ** 2)
+    g = tape.gradient(y, x)
+    assert g.dtype == np.float32
+    np.testing.assert_array_equal(g.numpy(), [1.0, 3.0])
+
+
 def test_gradient_has_the_source_dtype(backend):
     a = t([1.0, 2.0], np.float32)
     b = t([3.0, 4.0], F64)

@@ -93,7 +93,10 @@ P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=T
 P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap=True)
 def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
     try:
-        return a ** b
+        # the ufunc, not ``**``: on NumPy scalars (a 0-d result) ``**`` takes the scalar math,
+        # whose power differs from the ufunc's loop in the last bit, and a compiled step's
+        # replay runs the loop
+        return xp.power(a, b)
     except ValueError as e:  # NumPy's "Integers to negative integer powers are not allowed."
         raise ValueError(f"pow: an integer base to a negative integer exponent ({e}); make the "
                          "base a float tensor first (x.astype('float32'))") from None

@@ -585,7 +585,8 @@ P_NORM = primitive("norm", _norm_impl, rule=_norm_rule, jvp=_norm_jvp,
 @in_float32
 def _pnorm_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ord: float) -> Any:  # noqa: A002
     x = _float_input(xp, x)
-    return xp.sum(xp.abs(x) ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
+    # (ufuncs, not ``**``, which on a NumPy scalar sum differs from the replay's loop)
+    return xp.power(xp.sum(xp.power(xp.abs(x), ord), axis=axis, keepdims=keepdims), 1.0 / ord)
 
 
 def _pnorm_partials(m: OnTensors, x: Tensor, y: Tensor, p: float) -> Tensor:

@@ -321,8 +321,12 @@ def meshgrid(*xs: Any, indexing: str = "xy") -> list[Tensor]:
 
 # --------------------------------------------------------------------------- stack / concat
 def _promote(ts: list) -> list:
-    """Cast tensors to their common NumPy dtype (concatenate/stack promote)."""
-    dt = np.result_type(*[t.dtype for t in ts])
+    """Cast tensors to their common dtype (concatenate/stack), by the binary ops' rule: integer
+    and bool tensors next to float or complex ones take the floats' common dtype (``int64``
+    with ``float32`` is float32, never float64); otherwise NumPy's promotion."""
+    dts = [t.dtype for t in ts]
+    floats = [d for d in dts if d.kind in "fc"]
+    dt = np.result_type(*(floats or dts))
     return [astype(t, dt) for t in ts]
 
 
@@ -382,7 +386,8 @@ P_STACK = primitive("stack", _stack_impl, rule=_stack_rule, jvp=_stack_jvp, save
 
 
 def stack(tensors: Any, axis: int = 0) -> Tensor:
-    """Stack tensors of equal shape along a new axis (dtypes promote as NumPy).
+    """Stack tensors of equal shape along a new axis (dtypes promote as the binary ops'
+    do: an integer tensor with a float32 one gives float32).
 
     Shapes: n tensors of shape ``s`` -> ``s`` with ``n`` inserted at ``axis``.
 
@@ -442,7 +447,8 @@ P_CONCAT = primitive("concat", _concat_impl, rule=_concat_rule, jvp=_concat_jvp,
 
 def concat(tensors: Any, axis: int = 0) -> Tensor:
     """Join tensors along an existing axis (TF's name for ``np.concatenate``); all other
-    dimensions must agree. Dtypes promote as NumPy.
+    dimensions must agree. Dtypes promote as the binary ops' do (an integer tensor with a
+    float32 one gives float32).
 
     Shapes: ``[..., n_i, ...]`` for each input -> ``[..., sum(n_i), ...]``.
 
