@@ -182,6 +182,33 @@ def test_save_gives_the_file_the_usual_permissions(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
 
 
+def test_save_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    """As ``open(path, "wb")`` does: a "latest" link stays a link (the rename used to replace
+    the link itself with a file and leave its target stale)."""
+    target = Path(Net().save(tmp_path / "step1.npz"))
+    link = tmp_path / "latest.npz"
+    link.symlink_to(target.name)
+    new = Net(seed=3)
+    assert new.save(link) == str(link)
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert np.array_equal(Net(seed=4).load(target).l1.kernel.numpy(), new.l1.kernel.numpy())
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "step1.npz"]
+
+
+def test_save_over_a_file_it_may_not_write_raises_and_keeps_it(tmp_path, monkeypatch):
+    """A read-only checkpoint is not replaced (a rename in a writable folder would succeed
+    where ``open()`` refuses). Root may write any file, as ``open()`` lets it, so the refusal is
+    seen through ``os.access``, the check ``save`` makes."""
+    path = Net().save(tmp_path / "ckpt.npz")
+    before = Path(path).read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == path
+                        and mode == os.W_OK else real_access(p, mode, **kw))
+    with pytest.raises(PermissionError, match="not writable"):
+        Net(seed=3).save(path)
+    assert Path(path).read_bytes() == before and others(tmp_path) == []
+
+
 # --------------------------------------------------------------------------- 7: all or nothing
 def test_load_with_a_bad_last_variable_changes_nothing(tmp_path):
     src = Net(seed=1).save(tmp_path / "src.npz")

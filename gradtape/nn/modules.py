@@ -861,8 +861,16 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     or processes) each write their own temporary, so ``path`` always holds one complete
     checkpoint; on any failure, KeyboardInterrupt included, the temporary is removed and the old
     file is left as it was (a process killed outright can leave its temporary,
-    ``.<name>.<random>.tmp``, but never a partial ``path``)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    ``.<name>.<random>.tmp``, but never a partial ``path``).
+
+    As ``open(path, "wb")`` would: a symbolic link is written through (its target replaced,
+    the link kept), and an existing file this process may not write raises
+    ``PermissionError`` (a rename over it would succeed in a writable folder)."""
+    path = os.path.realpath(path)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(f"save: {path!r} exists and is not writable (read-only); the "
+                              "checkpoint was not written")
+    folder = os.path.dirname(path)
     pending: str | None = None
     try:
         # what tempfile.mkstemp does (a new random name, O_EXCL, mode 0o600), but with the name
@@ -1022,11 +1030,14 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     written to a unique temporary file in the same folder, fsynced, then renamed over
     ``path``: concurrent saves to one path (threads or processes) leave one complete
     checkpoint, and an interrupted save leaves the previous file intact and no temporary.
+    As ``open(path, "wb")`` would, a symbolic link is written through (its target replaced,
+    the link kept), and an existing file the process may not write is refused.
 
     Raises:
         ValueError: two Variables would be saved under one name (dict keys ``1`` and ``"1"``
             both give ``d.1``; the message names both), or a Variable's path holds a NUL or
             a character UTF-8 cannot encode.
+        PermissionError: ``path`` exists and this process may not write it (nothing written).
 
     Example:
         >>> import gradtape as gt, tempfile, os
