@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -673,6 +675,35 @@ def test_float32_norms_past_float32_squares_inside_a_step_equal_eager():
         for a, c in zip(want, got):
             np.testing.assert_array_equal(c.numpy(), a.numpy())
     assert f.trace_count <= 2
+
+
+def test_per_example_gradients_of_an_embedding_table_compile():
+    """``reduce=None`` through an embedding lookup: the scatter wrote a flat buffer and the
+    result was a reshape of it, which the replay could not follow, so the step ran eagerly
+    at every call (with a warning)."""
+    rng = np.random.default_rng(0)
+    E = gt.Variable(rng.random((5, 3)))
+
+    def step(ids, w):
+        with gt.GradientTape() as tape:
+            rows = gt.nn.embedding(ids, E) if ids.ndim == 1 else E[ids]
+            out = gt.sum(rows ** 2 * w, axis=tuple(range(1, ids.ndim + 1)))
+        return tape.per_example_gradients(out, E)
+
+    f = gt.function(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shape in [(4,), (4,), (4,), (4, 3), (4, 3), (4, 3)]:
+            ids = gt.tensor(rng.integers(0, 5, shape))
+            w = gt.tensor(rng.random(shape + (3,)))
+            got, want = f(ids, w), step(ids, w)
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+            for b in range(4):
+                with gt.GradientTape() as tape:
+                    one = gt.sum(E[ids[b:b + 1]] ** 2 * w[b:b + 1])
+                np.testing.assert_allclose(want.numpy()[b], tape.gradient(one, E).numpy(),
+                                           rtol=1e-12)
+    assert f.trace_count == 4  # two signatures, each traced and checked once
 
 
 def test_float16_norms_are_formed_in_float32():

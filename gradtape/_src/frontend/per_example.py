@@ -428,10 +428,12 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
         return conv_w(xp, X, g, shape, rec.params), True
     idx = _batch_index(rec, B)  # the embedding lookup (checked by analyse)
     V = shape[0]
-    z = xp.zeros((B * V,) + shape[1:], dtype=g.dtype)
-    rows = idx + xp.arange(B, dtype=idx.dtype).reshape((B,) + (1,) * (idx.ndim - 1)) * V
-    xp.add.at(z, xp.where(idx < 0, rows + V, rows), g)
-    return z.reshape((B,) + shape), True
+    # scattered into [B, V, ...] by (example, row) pairs: the buffer the scatter writes is the
+    # result itself (inside gt.function a view of it made afterwards could not be replayed)
+    z = xp.zeros((B,) + shape, dtype=g.dtype)
+    example = xp.arange(B, dtype=idx.dtype).reshape((B,) + (1,) * (idx.ndim - 1))
+    xp.add.at(z, (example, xp.where(idx < 0, idx + V, idx)), g)
+    return z, True
 
 
 def _param_vjp(rec: Record, g: Array, reach: set[int], safe: bool) -> list[tuple[Array, bool] | None]:
