@@ -4,7 +4,6 @@ reverse pass, against a loop of ordinary tape.gradient calls on one example each
 from __future__ import annotations
 
 import tracemalloc
-
 import warnings
 
 import numpy as np
