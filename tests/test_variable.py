@@ -61,6 +61,21 @@ def test_zero_d_variable_is_a_writable_buffer():
     assert v.data is old and float(v) == 4.0
 
 
+def test_integer_variable_updates_refuse_to_truncate():
+    """``+=``, ``-=``, ``*=`` (and ``assign_add``/``assign_sub``) with a fraction into an
+    integer Variable raise, as ``/=`` does and PyTorch's in-place arithmetic does (they
+    truncated silently); whole-valued floats are fine, and ``assign`` casts (below)."""
+    w = gt.Variable([4, 6])
+    for update in (lambda: w.assign_add(0.5), lambda: w.assign_sub([1.0, 0.25]),
+                   lambda: w.__iadd__(gt.tensor([0.5, 0.5])), lambda: w.__imul__(0.5)):
+        with pytest.raises(TypeError, match="would truncate"):
+            update()
+    np.testing.assert_array_equal(w.numpy(), [4, 6])  # unchanged
+    w += 2.0
+    w *= np.float32(3.0)
+    np.testing.assert_array_equal(w.numpy(), [18, 24])
+
+
 def test_assign_casts_to_the_variable_dtype():
     v = gt.Variable(np.zeros(2, dtype=np.float32))
     v.assign(np.array([1.5, 2.5], dtype=np.float64))

@@ -464,9 +464,17 @@ class Variable(Tensor):
         fn(self.data, arr)
 
     def _check_representable(self, arr: Array, what: str) -> None:
-        if self.dtype.kind in "iub" and arr.dtype.kind == "f" and not bool(self._backend.xp.isfinite(arr).all()):
-            raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
-                             f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
+        if self.dtype.kind in "iub" and arr.dtype.kind == "f":
+            xp = self._backend.xp
+            if not bool(xp.isfinite(arr).all()):
+                raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
+                                 f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
+            # an update (+=, -=, *=) refuses to truncate, as /= does and PyTorch's in-place
+            # arithmetic does; assign casts, as PyTorch's copy_ does (documented)
+            if what != "Variable.assign" and not bool((xp.trunc(arr) == arr).all()):
+                raise TypeError(f"{what}: value holds numbers with a fraction, which the integer "
+                                f"variable {self.name or '<unnamed>'} ({self.dtype}) would "
+                                "truncate; round them first (gt.round) or create a float Variable")
 
     def _value_for(self, value: TensorLike, what: str) -> Array:
         if isinstance(value, Tensor):
