@@ -222,6 +222,9 @@ def test_vjp_and_batched_vjp() -> None:
         close(gWs[i], gi[1])
     with pytest.raises(ValueError, match="shape"):
         vjp_fn(t(3))
+    with pytest.raises(TypeError, match="dtype float32, the output has dtype float64"):
+        vjp_fn(t(4, dtype=np.float32))  # (was cast; tape.gradient and jvp refuse it too)
+    close(vjp_fn(np.eye(4)[1])[0], W.numpy()[:, 1] * d[1] / ct.numpy()[1])  # an array: converted
 
 
 # ------------------------------------------------------------------------------ jacobians

@@ -199,8 +199,11 @@ def vjp(f: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[An
             if c.shape != o.shape:
                 raise ValueError(f"{fname} vjp_fn: cotangent {j} has shape {c.shape}, the output "
                                  f"has shape {o.shape}")
+            if c.dtype != o.dtype:  # (as tape.gradient's output_gradients and jvp's tangents)
+                raise TypeError(f"{fname} vjp_fn: cotangent {j} has dtype {c.dtype}, the output "
+                                f"has dtype {o.dtype}; cast it (c.astype({str(o.dtype)!r}))")
             targets.append(o)
-            seeds.append(c if c.dtype == o.dtype else ops.astype(c, o.dtype))
+            seeds.append(c)
         grads = tape.gradient(targets, list(prims), output_gradients=seeds,
                               unconnected_gradients="zero")
         return tuple(grads)
