@@ -754,3 +754,15 @@ def test_clipped_sums_under_check_numerics_equal_the_unchecked_ones(name):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g.numpy(), w.numpy())
     assert_close(per, loop_grads(fn, params, *batch), tol)
+
+
+def test_a_source_listed_twice_counts_once_in_the_joint_norm():
+    x = gt.tensor(np.ones((2, 3)))
+    W = gt.Variable(np.ones((3, 2)))
+    with gt.GradientTape() as tape:
+        out = gt.sum(x @ W, axis=1)
+    sums, norms = tape.per_example_gradients(out, [W, W], max_norm=100.0, reduce="sum",
+                                             return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), [np.sqrt(6.0)] * 2)  # one W: 6 ones
+    np.testing.assert_array_equal(sums[0].numpy(), sums[1].numpy())
+    np.testing.assert_array_equal(sums[0].numpy(), np.full((3, 2), 2.0))

@@ -369,3 +369,9 @@ def test_format_and_round_as_numpy_and_pytorch_scalars():
     r = round(gt.tensor(ints), -1)
     assert r.dtype == np.int64 and r.numpy().tolist() == np.round(ints, -1).tolist()
     assert round(gt.tensor(ints), 2).dtype == np.int64
+
+
+def test_negating_a_bool_tensor_names_the_op_and_the_fix():
+    with pytest.raises(TypeError, match=r"neg: a bool tensor .* use ~x"):
+        -gt.tensor([True, False])
+    np.testing.assert_array_equal((~gt.tensor([True, False])).numpy(), [False, True])

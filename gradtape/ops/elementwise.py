@@ -337,8 +337,12 @@ def div(a: Any, b: Any) -> Tensor:
 
 
 def neg(x: Any) -> Tensor:
-    """``-x``. Example: ``gt.neg(x)``."""
-    return bind(P_NEG, one(x))
+    """``-x``; a bool tensor raises ``TypeError`` (``~x`` negates it). Example: ``gt.neg(x)``."""
+    x = one(x)
+    if x.dtype.kind == "b":
+        raise TypeError("neg: a bool tensor cannot be negated with -x; use ~x or "
+                        "gt.logical_not(x)")
+    return bind(P_NEG, x)
 
 
 def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - NumPy's name
