@@ -4,6 +4,7 @@ rules hold (retracing, side effects, data-dependent control flow, fallback)."""
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -1635,3 +1636,16 @@ def test_host_values_of_a_traced_array_are_tracing_errors_or_run_eagerly(take):
     with pytest.warns(UserWarning, match="runs eagerly"):
         got = gt.function(step, fallback="eager")(x)
     np.testing.assert_array_equal(got.numpy(), step(x).numpy())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11's")
+def test_an_error_inside_a_replay_notes_the_step_that_raised_it():
+    """A replayed step runs NumPy's call directly: its own error (``Singular matrix``) gets a
+    note naming the function, the program's line and the call, instead of arriving bare."""
+    f = gt.function(lambda a: gt.grad(lambda a: gt.det(a))(a))
+    for _ in range(3):
+        f(gt.tensor(np.eye(2)))
+    with pytest.raises(np.linalg.LinAlgError) as info:
+        f(gt.tensor(np.zeros((2, 2))))
+    note = "\n".join(getattr(info.value, "__notes__", []))
+    assert "gt.function '<lambda>' replayed its step" in note and "numpy.linalg.inv" in note

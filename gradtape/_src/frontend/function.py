@@ -2058,6 +2058,32 @@ def _weak_objects(leaves: list[Any]) -> list[Any]:
     return refs
 
 
+def _note_replay_failure(e: BaseException, program: _Program) -> None:
+    """Add to ``e`` (an error a replayed step raised: NumPy's or CuPy's own, such as
+    ``LinAlgError: Singular matrix``) the step that raised it, as a note in its traceback."""
+    if not hasattr(e, "add_note"):  # (Python 3.10)
+        return
+    lines = program.source.splitlines()
+    tb, line = e.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<gt.function"):
+            src = getattr(tb.tb_frame.f_code, "co_name", "") == "replay" and lines
+            if src and 0 < tb.tb_lineno <= len(src):
+                line = src[tb.tb_lineno - 1].strip()
+        tb = tb.tb_next
+    if line is None:
+        e.add_note(f"(raised while gt.function {program.name!r} replayed its program)")
+        return
+    called = line.split("=", 1)[-1].strip().split("(", 1)[0]
+    fn = program.ns.get(called)
+    what = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or called
+    module = getattr(fn, "__module__", None)
+    if module and not module.startswith("gradtape"):
+        what = f"{module}.{what}"
+    e.add_note(f"(raised while gt.function {program.name!r} replayed its step `{line}`, a call "
+               f"of {what}; called without gt.function, the step names the op that made it)")
+
+
 def _layout(a: Any) -> Any:
     """The signature's layout entry of an array that is not C-contiguous: "F" for Fortran
     order, else the order of its axes by stride (a row-strided view keeps C's order, a
@@ -2285,7 +2311,11 @@ class Function(Generic[R]):
             # from the second replay on: the first compiled and loaded every kernel
             graphs = entry.graphs = _GraphRunner(program, entry.device.capture)
         entry.replays += 1
-        outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
+        try:
+            outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
+        except Exception as e:
+            _note_replay_failure(e, program)
+            raise
         res: list[Any] = []
         for arr, meta in zip(outs, entry.out_meta):
             if meta is None:
