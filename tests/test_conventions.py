@@ -213,6 +213,21 @@ def test_concat_and_stack_promote_as_the_binary_ops(backend):
     np.testing.assert_array_equal(g.numpy(), [1.0, 3.0])
 
 
+def test_numpy_scalars_keep_their_dtype_and_go_to_the_tensors_backend(backend):
+    """``loss * np.float32(0.5)`` on a device: the scalar was made a host tensor, and the op
+    refused two backends."""
+    x = t([1.0, 2.0], np.float32)
+    h = t([1.0, 2.0], np.float16)
+    for y, dt, want in ((x * np.float32(2.0), np.float32, [2, 4]),
+                        (np.float32(2.0) * x, np.float32, [2, 4]),
+                        (h * np.float16(2.0), np.float16, [2, 4]),
+                        (h * np.float32(2.0), np.float32, [2, 4]),
+                        (x + np.int64(1), np.float32, [2, 3]),
+                        (h * np.float64(2.0), np.float16, [2, 4])):
+        assert y.backend == x.backend and y.dtype == dt
+        np.testing.assert_array_equal(y.numpy(), want)
+
+
 def test_gradient_has_the_source_dtype(backend):
     a = t([1.0, 2.0], np.float32)
     b = t([3.0, 4.0], F64)

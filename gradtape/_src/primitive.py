@@ -421,6 +421,10 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
             if dt.kind != "c":
                 dt = np.result_type(dt, _C64) if dt.kind == "f" else _C64
             return _wrap(backend.xp.asarray(value, dtype=dt), backend)
+        if isinstance(value, np.generic) and value.dtype.kind in "biufc":
+            # a NumPy scalar (np.float32(0.5)): its own dtype, as NumPy 2 types it, made on
+            # ``like``'s backend (a device's library takes host scalars as operands too)
+            return _wrap(like._backend.xp.asarray(value), like._backend)
     arr, backend = _to_array(value)
     return _wrap(arr, backend)
 

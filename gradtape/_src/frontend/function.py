@@ -2075,7 +2075,9 @@ def _note_replay_failure(e: BaseException, program: _Program) -> None:
         e.add_note(f"(raised while gt.function {program.name!r} replayed its program)")
         return
     called = line.split("=", 1)[-1].strip().split("(", 1)[0]
-    fn = program.ns.get(called)
+    fn: Any = program.ns.get(called)
+    while str(getattr(fn, "__module__", "")).startswith("gradtape") and hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__  # (a backend's wrapper of the library's function)
     what = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or called
     module = getattr(fn, "__module__", None)
     if module and not module.startswith("gradtape"):

@@ -819,9 +819,15 @@ def per_example_gradients(tape: Recorder, target: Tensor, sources: list[Tensor],
             else:
                 results.append(None)
             continue
-        arr = arr.astype(s.dtype, copy=False)
-        # (ascontiguousarray makes a 0-d array 1-d: a scalar source's sum keeps shape ())
-        arr = xp.ascontiguousarray(arr) if arr.ndim else xp.asarray(arr)
+        # each conversion only where needed: a device library's astype(copy=False) and
+        # ascontiguousarray give a new array object even when they copy nothing, which inside
+        # gt.function is not the buffer the trace followed (the step then ran eagerly)
+        if arr.dtype != s.dtype:
+            arr = arr.astype(s.dtype)
+        if not arr.ndim:  # (ascontiguousarray makes a 0-d array 1-d: a scalar source's sum
+            arr = xp.asarray(arr)  # keeps shape (); a NumPy scalar becomes an array)
+        elif not arr.flags.c_contiguous:
+            arr = xp.ascontiguousarray(arr)
         t = _wrap(arr, s._backend)
         t._origin = origin
         results.append(t)
