@@ -669,7 +669,8 @@ class Optimizer:
             n_seen += 1
             if not isinstance(v, Variable):
                 raise TypeError(f"{who}: expected (gradient, Variable) pairs, got a "
-                                f"{type(v).__name__} as variable #{i}")
+                                f"{type(v).__name__} as variable #{i}; pass "
+                                "zip(grads, variables), gradients first")
             if v.dtype.kind != "f":
                 raise TypeError(f"{who}: variable {_label(v, i)} has dtype {v.dtype}; only "
                                 'floating-point variables can be trained (create it as '

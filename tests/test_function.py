@@ -361,7 +361,7 @@ def test_warns_after_five_signatures_and_reduce_retracing():
     ("float()", lambda x: x * float(gt.sum(x))),
     (".numpy()", lambda x: x * x.numpy()[0]),
     (".item()", lambda x: x * gt.sum(x).item()),
-    ("iterating", lambda x: gt.stack([r * 2.0 for r in x])),
+    ("iteration", lambda x: gt.stack([r * 2.0 for r in x])),
 ])
 def test_data_dependent_control_flow_raises_naming_the_line(what, body):
     f = gt.function(body)

@@ -375,3 +375,16 @@ def test_negating_a_bool_tensor_names_the_op_and_the_fix():
     with pytest.raises(TypeError, match=r"neg: a bool tensor .* use ~x"):
         -gt.tensor([True, False])
     np.testing.assert_array_equal((~gt.tensor([True, False])).numpy(), [False, True])
+
+
+def test_numpy_reductions_call_the_tensor_methods_and_stay_on_the_tape():
+    """``np.sum(t)`` calls ``t.sum(axis=None, out=None)``, which raised an internal
+    ``unexpected keyword argument 'out'``."""
+    x = gt.Variable([[1.0, 2.0], [3.0, 4.0]])
+    with gt.GradientTape() as tape:
+        y = np.sum(x * x) + np.mean(x, axis=0)[0] + np.max(x) + np.min(x, axis=1)[1]
+    assert isinstance(y, gt.Tensor) and float(y) == 30.0 + 2.0 + 4.0 + 3.0
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [[2.5, 4.0], [7.5, 9.0]])
+    assert np.sum(x, dtype=np.float64).dtype == np.float64
+    with pytest.raises(TypeError, match="out= is not supported"):
+        np.sum(x, out=np.zeros((), np.float32))

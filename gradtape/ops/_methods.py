@@ -9,7 +9,7 @@ class. The class declares their signatures for type checkers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -208,23 +208,38 @@ def _m_invert(self: Tensor) -> Tensor:
     return _e.logical_not(self)
 
 
-def _m_sum(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    """Sum over ``axis`` (None: all). See :func:`gradtape.sum`."""
-    return _r.sum(self, axis=axis, keepdims=keepdims)
+def _no_out(out: Any, what: str) -> None:
+    """NumPy's ``np.sum(t)`` calls ``t.sum(axis=None, out=None)``: ``out=None`` is accepted
+    (so ``np.sum``, ``np.mean``, ``np.max``, ``np.min`` of a tensor give a recorded tensor),
+    an output buffer is not (tensors are immutable)."""
+    if out is not None:
+        raise TypeError(f"Tensor.{what}: out= is not supported (a tensor is immutable); use "
+                        f"the result of gt.{what}(t)")
 
 
-def _m_mean(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    """Mean over ``axis`` (None: all). See :func:`gradtape.mean`."""
-    return _r.mean(self, axis=axis, keepdims=keepdims)
+def _m_sum(self: Tensor, axis: Axis = None, keepdims: bool = False, *, dtype: Any = None,
+           out: Any = None) -> Tensor:
+    """Sum over ``axis`` (None: all); ``dtype`` casts first. See :func:`gradtape.sum`."""
+    _no_out(out, "sum")
+    return _r.sum(self if dtype is None else self.astype(dtype), axis=axis, keepdims=keepdims)
 
 
-def _m_max(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+def _m_mean(self: Tensor, axis: Axis = None, keepdims: bool = False, *, dtype: Any = None,
+            out: Any = None) -> Tensor:
+    """Mean over ``axis`` (None: all); ``dtype`` casts first. See :func:`gradtape.mean`."""
+    _no_out(out, "mean")
+    return _r.mean(self if dtype is None else self.astype(dtype), axis=axis, keepdims=keepdims)
+
+
+def _m_max(self: Tensor, axis: Axis = None, keepdims: bool = False, *, out: Any = None) -> Tensor:
     """Maximum over ``axis``; ties share the gradient. See :func:`gradtape.max`."""
+    _no_out(out, "max")
     return _r.max(self, axis=axis, keepdims=keepdims)
 
 
-def _m_min(self: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+def _m_min(self: Tensor, axis: Axis = None, keepdims: bool = False, *, out: Any = None) -> Tensor:
     """Minimum over ``axis``; ties share the gradient. See :func:`gradtape.min`."""
+    _no_out(out, "min")
     return _r.min(self, axis=axis, keepdims=keepdims)
 
 

@@ -56,7 +56,8 @@ def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
                     "tape's gradient() inside the outer tape's `with` block")
     if all(not t._id or t._id not in tape._tracked for t in targets):
         return (f"the target does not depend on any tensor this tape watched, so {label} "
-                f"{shape} is unconnected: either the target was computed outside the tape's "
-                "context, or from a raw backend array taken out of a watched tensor (`.data`), "
-                "which carries no gradient")
+                f"{shape} is unconnected: the target was computed outside the tape's "
+                "context, or before tape.watch() was called on the tensors it uses (watch a "
+                "tensor before computing with it), or from a raw backend array taken out of a "
+                "watched tensor (`.data`), which carries no gradient")
     return f"the target does not depend on {label} {shape}"

@@ -219,7 +219,7 @@ class TracedArray:
         return self._host(".tolist()").tolist()
 
     def __iter__(self) -> Any:
-        a = self._host("iterating over a tensor")
+        a = self._host("iteration")
         return iter(a)
 
     def get(self) -> Any:  # CuPy's device-to-host copy
