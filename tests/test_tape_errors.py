@@ -257,3 +257,15 @@ def test_a_variable_whose_value_left_the_tape_is_explained(take):
         y = gt.sum(gt.tensor(value) * 2.0)
     with pytest.raises(gt.UnconnectedGradientError, match="its value left the tape"):
         tape.gradient(y, w, unconnected_gradients="raise")
+
+
+def test_a_tape_never_entered_raises_instead_of_giving_none():
+    """``tape = gt.GradientTape()`` without ``with`` records nothing: its gradients would all
+    be None (TF's result), which a new user meets as ``float * NoneType`` a line later."""
+    x = gt.Variable([1.0, 2.0])
+    tape = gt.GradientTape()
+    y = gt.sum(x * x)
+    for call in (lambda: tape.gradient(y, x), lambda: tape.jacobian(y, x),
+                 lambda: tape.per_example_gradients(x * x, x)):
+        with pytest.raises(RuntimeError, match="never entered"):
+            call()

@@ -211,6 +211,9 @@ class GradientTape(Recorder):
 
     # --- gradients --------------------------------------------------------------------------
     def _check_usable(self, what: str) -> None:
+        if not self._entered:  # (it recorded nothing: every gradient would be None)
+            raise RuntimeError(f"{what}: this tape was never entered, so it recorded nothing; "
+                               "compute the target inside `with gt.GradientTape() as tape:`")
         if self._used and not self._persistent:
             raise RuntimeError(f"{what}: a non-persistent GradientTape can compute gradients only "
                                "once; use GradientTape(persistent=True) to call it several times")
