@@ -428,9 +428,9 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
         return conv_w(xp, X, g, shape, rec.params), True
     idx = _batch_index(rec, B)  # the embedding lookup (checked by analyse)
     V = shape[0]
-    # scattered into [B, V, ...] by (example, row) pairs: the buffer the scatter writes is the
-    # result itself (inside gt.function a view of it made afterwards could not be replayed)
-    z = xp.zeros((B,) + shape, dtype=g.dtype)
+    # scattered into [B, V, ...] by (example, row) pairs, into a buffer made like g: inside
+    # gt.function the trace follows it, and the views and ops later made of it
+    z = xp.zeros_like(g, shape=(B,) + shape)
     example = xp.arange(B, dtype=idx.dtype).reshape((B,) + (1,) * (idx.ndim - 1))
     xp.add.at(z, (example, xp.where(idx < 0, idx + V, idx)), g)
     return z, True
@@ -705,7 +705,7 @@ def _ghost_sum(plan: _Plan, gh: _Ghost, g: Array, c: Array | None) -> Array:
     if gh.kind == "embedding":
         idx = _batch_index(rec, B)
         shape = rec.in_shapes[0]
-        z = xp.zeros(shape, dtype=g.dtype)
+        z = xp.zeros_like(g, shape=shape)  # (made like g: inside gt.function, traced)
         xp.add.at(z, idx, g)
         return z
     X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]
