@@ -1649,3 +1649,38 @@ def test_an_error_inside_a_replay_notes_the_step_that_raised_it():
         f(gt.tensor(np.zeros((2, 2))))
     note = "\n".join(getattr(info.value, "__notes__", []))
     assert "gt.function '<lambda>' replayed its step" in note and "numpy.linalg.inv" in note
+
+
+def test_overflowing_sums_are_silent_eagerly_traced_and_replayed():
+    """NumPy's overflow warning from a sum came from its Python-level ``_methods`` (outside the
+    filter for gradtape's modules), in eager mode, while tracing and in the replayed backward
+    (which the eager backward's errstate covers)."""
+    from gradtape._src.config import QUIET_MODULES
+    b = gt.Variable(np.zeros(3, np.float32))
+
+    @gt.function
+    def step(x):
+        with gt.GradientTape() as tape:
+            loss = gt.sum((x + b) * 3e38)
+        return tape.gradient(loss, b)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=QUIET_MODULES)
+        for _ in range(4):
+            g = step(gt.tensor(np.ones((4, 3), np.float32)))
+        y = gt.sum(gt.tensor(np.full(4, 3e38, np.float32)))
+    assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
+    assert np.isinf(y.numpy()) and np.array_equal(g.numpy(), np.full(3, np.inf, np.float32))
+
+
+def test_a_numpy_argument_returned_by_the_step_is_a_copy():
+    """A NumPy argument becomes a tensor as ``gt.tensor`` makes one (a copy): the tensor the
+    step returned shared the caller's array and changed when the caller wrote into it."""
+    f = gt.function(lambda x: (x, x * 1.0))
+    a = np.ones(3, np.float32)
+    for _ in range(3):
+        t, u = f(a)
+        a[:] = 7.0
+        np.testing.assert_array_equal(t.numpy(), [1.0, 1.0, 1.0])
+        a[:] = 1.0

@@ -558,6 +558,14 @@ def acc_sum(x: Array, axis: Any = None, keepdims: bool = False) -> Array:
         >>> acc_sum(np.full((70000, 2), 0.01, np.float16), axis=0)   # float16(0.01) = 0.010002
         array([700.5, 700.5], dtype=float16)
     """
+    if backend_of(x) is NUMPY:  # (host arrays, and a gt.function trace's wrappers of them)
+        # the ufunc's reduce itself, which ndarray.sum calls through NumPy's Python-level
+        # _methods: the same sum, and a RuntimeWarning (overflow) is then attributed to
+        # gradtape, whose warnings filter silences it as for every op (config.QUIET_MODULES)
+        add: Any = np.add  # (NumPy's stubs type reduce's keepdims as a literal)
+        if x.dtype == _HALF:
+            return add.reduce(x, axis=axis, keepdims=keepdims, dtype=np.float32).astype(_HALF)
+        return add.reduce(x, axis=axis, keepdims=keepdims)
     if x.dtype == _HALF:
         return x.sum(axis=axis, keepdims=keepdims, dtype=np.float32).astype(_HALF)
     return x.sum(axis=axis, keepdims=keepdims)
