@@ -1655,6 +1655,8 @@ def test_overflowing_sums_are_silent_eagerly_traced_and_replayed():
     """NumPy's overflow warning from a sum came from its Python-level ``_methods`` (outside the
     filter for gradtape's modules), in eager mode, while tracing and in the replayed backward
     (which the eager backward's errstate covers)."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("NumPy's floating-point warnings (a device library such as CuPy gives none)")
     from gradtape._src.config import QUIET_MODULES
     b = gt.Variable(np.zeros(3, np.float32))
 
