@@ -618,6 +618,15 @@ def test_inputs_of_another_layout_are_another_signature():
     for _ in range(3):
         np.testing.assert_array_equal(step(gt.tensor(xf)).numpy(), f(gt.tensor(xf)).numpy())
     assert step.trace_count == traces + 2
+    # a NumPy argument is copied into the step keeping its layout (a C-ordered copy of a
+    # Fortran array replayed another summation order than the eager step's)
+    g = gt.function(lambda x: (gt.sum(x, axis=0), gt.sum(x), gt.exp(x)))
+    for _ in range(4):
+        xf = np.asfortranarray(rng.standard_normal((64, 300)).astype(np.float32))
+        got, want = g(xf), (gt.sum(gt.tensor(xf), axis=0), gt.sum(gt.tensor(xf)), gt.exp(gt.tensor(xf)))
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert got[2].numpy().flags.f_contiguous == want[2].numpy().flags.f_contiguous
 
 
 @pytest.mark.parametrize("fusion", [False, True])
@@ -1653,8 +1662,8 @@ def test_an_error_inside_a_replay_notes_the_step_that_raised_it():
 
 def test_overflowing_sums_are_silent_eagerly_traced_and_replayed():
     """NumPy's overflow warning from a sum came from its Python-level ``_methods`` (outside the
-    filter for gradtape's modules), in eager mode, while tracing and in the replayed backward
-    (which the eager backward's errstate covers)."""
+    filter for gradtape's modules), in eager mode, while tracing, and in a replayed backward
+    (a conv bias's two-pass gradient sum), which the eager backward's errstate covers."""
     if gt.backend_name() != "numpy":
         pytest.skip("NumPy's floating-point warnings (a device library such as CuPy gives none)")
     from gradtape._src.config import QUIET_MODULES
@@ -1666,11 +1675,21 @@ def test_overflowing_sums_are_silent_eagerly_traced_and_replayed():
             loss = gt.sum((x + b) * 3e38)
         return tape.gradient(loss, b)
 
+    c = gt.Variable(np.zeros((1, 8, 1, 1), np.float32))  # a conv bias: the two-pass sum
+
+    @gt.function
+    def conv_step(x):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(gt.sin(x + c) * 3e38)
+        return tape.gradient(loss, c)
+
+    rng = np.random.default_rng(0)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=RuntimeWarning, module=QUIET_MODULES)
         for _ in range(4):
             g = step(gt.tensor(np.ones((4, 3), np.float32)))
+            conv_step(gt.tensor(rng.standard_normal((64, 8, 16, 16)).astype(np.float32)))
         y = gt.sum(gt.tensor(np.full(4, 3e38, np.float32)))
     assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
     assert np.isinf(y.numpy()) and np.array_equal(g.numpy(), np.full(3, np.inf, np.float32))
@@ -1686,3 +1705,25 @@ def test_a_numpy_argument_returned_by_the_step_is_a_copy():
         a[:] = 7.0
         np.testing.assert_array_equal(t.numpy(), [1.0, 1.0, 1.0])
         a[:] = 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pow_and_norm_of_0d_values_replay_bit_for_bit(dtype):
+    """On 0-d values eager mode took NumPy's scalar ``**`` for ``pow`` and ``norm(x, p)``, whose
+    power differs in the last bit from the ufunc's loop that the replay runs."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("bit-identity is NumPy's contract")
+    rng = np.random.default_rng(0)
+
+    def step(x, b):
+        with gt.GradientTape() as tape:
+            tape.watch([x, b])
+            w = gt.pow(x, b) + gt.norm(gt.stack([x, x * 2.0]), 3)
+        return (w, *tape.gradient(w, [x, b]))
+
+    f = gt.function(step)
+    for _ in range(60):
+        x = gt.tensor(np.asarray(rng.uniform(0.1, 3.0), dtype))
+        b = gt.tensor(np.asarray(rng.uniform(-3.0, 3.0), dtype))
+        for got, want in zip(f(x, b), step(x, b)):
+            assert got.numpy().tobytes() == want.numpy().tobytes()

@@ -569,6 +569,14 @@ def test_random_draws_inside_vmap_are_refused_by_default():
             gt.vmap(f)(x)
     with pytest.raises(ValueError, match="randomness must be one of"):
         gt.vmap(lambda a: a, randomness="per_example")
+    # an initializer draws one array: refused by default and per example, shared when "same"
+    init = lambda a: a + gt.tensor(gt.nn.init.normal((6,), seed=g))  # noqa: E731
+    with pytest.raises(ValueError, match="randomness='different'"):
+        gt.vmap(init)(x)
+    with pytest.raises(ValueError, match="not one per example"):
+        gt.vmap(init, randomness="different")(x)
+    rows = gt.vmap(init, randomness="same")(x).numpy()
+    np.testing.assert_array_equal(rows, np.tile(rows[0], (4, 1)))
 
 
 def test_randomness_different_draws_the_batch_shaped_draw():

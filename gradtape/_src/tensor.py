@@ -461,11 +461,13 @@ class Variable(Tensor):
 
     def _write_now(self, fn: Any, arr: Array, what: str) -> None:
         """:meth:`_write`'s step of a ``gt.function`` program: ``arr`` is that call's value."""
-        self._check_representable(arr, f"Variable.{what}")
+        self._check_representable(arr, what, fn is not _copyto)
         self._before_write()
         fn(self.data, arr)
 
-    def _check_representable(self, arr: Array, what: str) -> None:
+    def _check_representable(self, arr: Array, what: str, exact: bool) -> None:
+        """``arr`` fits the variable's dtype: no NaN or inf for an integer variable, and (``exact``:
+        an update, not ``assign``, which casts) no fraction to truncate."""
         if self.dtype.kind in "iub" and arr.dtype.kind == "f":
             xp = self._backend.xp
             if not bool(xp.isfinite(arr).all()):
@@ -473,12 +475,12 @@ class Variable(Tensor):
                                  f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
             # an update (+=, -=, *=) refuses to truncate, as /= does and PyTorch's in-place
             # arithmetic does; assign casts, as PyTorch's copy_ does (documented)
-            if what != "Variable.assign" and not bool((xp.trunc(arr) == arr).all()):
+            if exact and not bool((xp.trunc(arr) == arr).all()):
                 raise TypeError(f"{what}: value holds numbers with a fraction, which the integer "
                                 f"variable {self.name or '<unnamed>'} ({self.dtype}) would "
                                 "truncate; round them first (gt.round) or create a float Variable")
 
-    def _value_for(self, value: TensorLike, what: str) -> Array:
+    def _value_for(self, value: TensorLike, what: str, exact: bool = True) -> Array:
         if isinstance(value, Tensor):
             if value._backend is not self._backend:
                 raise ValueError(f"{what}: value is on backend {value.backend!r}, "
@@ -495,7 +497,7 @@ class Variable(Tensor):
             raise TypeError(f"{what}: value is {what_kind}; the variable {self.name or '<unnamed>'} "
                             f"holds {self.dtype}")
         if not getattr(arr, "_gt_traced", False):  # (inside gt.function: checked at each call)
-            self._check_representable(arr, what)
+            self._check_representable(arr, what, exact)
         if arr.shape != self.shape:
             if not broadcasts_to(arr.shape, self.shape):
                 raise ValueError(f"{what}: value has shape {arr.shape}, expected the variable's "
@@ -504,18 +506,18 @@ class Variable(Tensor):
 
     def assign(self, value: TensorLike) -> Variable:
         """Write ``value`` into the variable in place (same shape; cast to its dtype)."""
-        arr = self._value_for(value, "Variable.assign")
-        return self._write(_copyto, arr, "assign")
+        arr = self._value_for(value, "Variable.assign", exact=False)
+        return self._write(_copyto, arr, "Variable.assign")
 
     def assign_add(self, delta: TensorLike) -> Variable:
         """Add ``delta`` in place: ``v += delta``."""
         arr = self._value_for(delta, "Variable.assign_add")
-        return self._write(_iadd, arr, "assign_add")
+        return self._write(_iadd, arr, "Variable.assign_add")
 
     def assign_sub(self, delta: TensorLike) -> Variable:
         """Subtract ``delta`` in place: ``v -= delta``."""
         arr = self._value_for(delta, "Variable.assign_sub")
-        return self._write(_isub, arr, "assign_sub")
+        return self._write(_isub, arr, "Variable.assign_sub")
 
     # --- augmented assignment: in place, as PyTorch's ``w -= lr * g`` -----------------------
     # A Tensor has no __iadd__ (it is immutable: Python falls back to ``t = t + 1``); on a
@@ -534,7 +536,7 @@ class Variable(Tensor):
         """``v *= other``: multiply in place (cast to ``v``'s dtype, never recorded; returns
         ``v``)."""
         arr = self._value_for(other, "Variable *=")
-        return self._write(_imul, arr, "imul")
+        return self._write(_imul, arr, "Variable *=")
 
     def __itruediv__(self, other: TensorLike) -> Variable:
         """``v /= other``: divide in place (never recorded; returns ``v``). A float Variable
@@ -544,7 +546,7 @@ class Variable(Tensor):
                             f"{self.dtype}, and true division in place would truncate; create it "
                             "as a float Variable (gt.Variable(..., dtype=\"float32\"))")
         arr = self._value_for(other, "Variable /=")
-        return self._write(_idiv, arr, "idiv")
+        return self._write(_idiv, arr, "Variable /=")
 
     def value(self) -> Tensor:
         """A Tensor holding a snapshot copy of the current value (not tracked)."""

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._src.autodiff.batched import random_levels
+from .._src.autodiff.state import STATE
 from .._src.backend import Array, get_backend
 from ..random import Generator, _numpy_generator
 
@@ -54,6 +56,10 @@ def fans(shape: tuple[int, ...], kind: str = "dense") -> tuple[int, int]:
 
 
 def _rng(seed: Seed) -> np.random.Generator:
+    if STATE.vmap_random and random_levels("gt.nn.init"):  # inside gt.vmap: its randomness
+        raise ValueError("gt.nn.init: an initializer draws one array, not one per example; "
+                         "inside gt.vmap(randomness='different') create parameters outside "
+                         "the vmap (or use randomness='same')")
     return _numpy_generator(seed, "initializer")
 
 

@@ -136,9 +136,10 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
             # rounded once, as the one pass rounds it
             arr: Any = g  # (a host array here)
             half = arr.dtype == np.float16
-            arr = arr.sum(axis=tuple(range(run)), keepdims=True,
-                          dtype=np.float32 if half else None)
-            arr = arr.sum(axis=axes, keepdims=True)
+            add: Any = np.add  # (the ufunc's reduce, as acc_sum: see there)
+            arr = add.reduce(arr, axis=tuple(range(run)), keepdims=True,
+                             dtype=np.float32 if half else None)
+            arr = add.reduce(arr, axis=axes, keepdims=True)
             return (arr.astype(np.float16) if half else arr).reshape(shape)
         g = g.sum(axis=axes, keepdims=True) if tensor else acc_sum(g, axes, True)
     return g.reshape(shape)

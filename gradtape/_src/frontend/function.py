@@ -2314,11 +2314,7 @@ class Function(Generic[R]):
             graphs = entry.graphs = _GraphRunner(program, entry.device.capture)
         entry.replays += 1
         try:
-            # NumPy's floating-point warnings off, as around the eager backward (engine.py):
-            # the program's steps run NumPy's Python-level functions too (ndarray.sum's
-            # _methods), whose warnings the filter for gradtape's modules does not catch
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
+            outs = graphs.run(*arrays) if graphs is not None else program.run(*arrays)
         except Exception as e:
             _note_replay_failure(e, program)
             raise
@@ -2457,7 +2453,9 @@ def _as_input(x: np.ndarray) -> Tensor:
     one sharing the caller's array, returned by the step, would change when the caller
     writes into that array)."""
     arr, backend = _to_array(x, to_active=True)
-    return _wrap(arr.copy() if arr is x else arr, backend)
+    # (order="K": the copy keeps the caller's layout, which the signature keys and eager ops
+    # on the array follow)
+    return _wrap(arr.copy(order="K") if arr is x else arr, backend)
 
 
 class _Eager(Exception):

@@ -617,16 +617,19 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
                              for a in (arrays[n + 2 * k], arrays[n + 2 * k + 1])[:1 if kind == "embedding" else 2]]]
     half = any(a.dtype == np.float16 for a in floats)
     sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float32 if half else None)
-    if xp is np and any(a.dtype.itemsize < 8 for a in floats) \
-            and not (np.isfinite(sq).all() and (sq >= _TINY_SQ).all()):
-        sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float64)
+    if xp is np and any(a.dtype.itemsize < 8 for a in floats):
+        redo = ~(np.isfinite(sq) & (sq >= _TINY_SQ))
+        if redo.any():  # those examples' rows only (every array here is [B, ...])
+            rows = np.flatnonzero(redo)
+            sq[rows] = _sq_norms_in(len(rows), [a[rows] for a in arrays[:n]], spec,
+                                    [a[rows] for a in arrays[n:]], xp, np.float64)
     return sq
 
 
 #: Per-example squared norms below this are taken again in float64: float32 squares of the
 #: entries of a norm under 1e-15 may fall below float32's smallest normal number (1.2e-38),
-#: where they lose digits or vanish. (An example whose gradient is exactly zero costs that
-#: second pass too.)
+#: where they lose digits or vanish. (An example whose gradient is exactly zero is taken
+#: again too: its rows only.)
 _TINY_SQ = 1e-30
 
 
