@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._src.autodiff.batched import batch_random, random_levels
+from ._src.autodiff.batched import batch_random, random_levels, shared_draw
 from ._src.autodiff.state import STATE, opaque, tracing
 from ._src.backend import get_backend
 from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, broadcasts_to, check_dtype
@@ -83,7 +83,9 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if STATE.vmap_random:  # inside gt.vmap: per its randomness
             levels = random_levels(f"gt.random.Generator.{method.__name__}")
             if levels:
-                return batch_random(per_example(self, levels, args, kwargs), levels)
+                return batch_random(shared_draw(lambda: per_example(self, levels, args, kwargs)),
+                                    levels)
+            return shared_draw(lambda: now(self, *args, **kwargs))
         return now(self, *args, **kwargs)
 
     def per_example(self: Generator, levels: list, args: tuple, kwargs: dict) -> Tensor:

@@ -74,6 +74,13 @@ def test_integer_variable_updates_refuse_to_truncate():
     w += 2.0
     w *= np.float32(3.0)
     np.testing.assert_array_equal(w.numpy(), [18, 24])
+    # a whole number past the dtype's range: the cast gave garbage (1e30 into int32: INT_MIN)
+    small = gt.Variable(np.array([5, 7], np.int32))
+    for update in (lambda: small.__iadd__(1e30), lambda: small.assign(-1e30),
+                   lambda: gt.Variable(np.array([1], np.uint8)).assign_add(300.0)):
+        with pytest.raises(ValueError, match="outside"):
+            update()
+    np.testing.assert_array_equal(small.numpy(), [5, 7])
 
 
 def test_assign_casts_to_the_variable_dtype():

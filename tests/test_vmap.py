@@ -610,6 +610,17 @@ def test_randomness_same_draws_once_for_all_examples():
     g1, g2 = gt.random.Generator(1), gt.random.Generator(1)
     out = gt.vmap(lambda a: a + g1.normal((3,)), randomness="same")(gt.zeros((4, 3)))
     np.testing.assert_array_equal(out.numpy(), np.tile(g2.normal((3,)).numpy(), (4, 1)))
+    # in pieces too: the later pieces take the first piece's draws (each piece drew anew)
+    out = gt.vmap(lambda a: a + g1.normal((3,)), randomness="same", chunk_size=2)(gt.zeros((5, 3)))
+    np.testing.assert_array_equal(out.numpy(), np.tile(g2.normal((3,)).numpy(), (5, 1)))
+    masks = gt.vmap(lambda a: gt.nn.dropout(a, 0.5, generator=g1), randomness="same",
+                    chunk_size=2)(gt.ones((5, 16))).numpy()
+    np.testing.assert_array_equal(masks, np.tile(masks[0], (5, 1)))
+    # an outer "same" in pieces around an inner "different": rows equal, columns not
+    out = gt.vmap(gt.vmap(lambda a: a + g1.normal(()), randomness="different", chunk_size=2),
+                  randomness="same", chunk_size=2)(gt.zeros((5, 3))).numpy()
+    np.testing.assert_array_equal(out, np.tile(out[0], (5, 1)))
+    assert len(set(out[0].tolist())) == 3
 
 
 def test_per_example_gradients_through_dropout_use_each_examples_mask():

@@ -473,6 +473,12 @@ class Variable(Tensor):
             if not bool(xp.isfinite(arr).all()):
                 raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
                                  f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
+            if self.dtype.kind in "iu" and arr.size:  # a finite float past the range: the
+                info = np.iinfo(self.dtype)  # cast gives garbage (1e30 into int32: INT_MIN)
+                if bool(arr.min() < info.min) or bool(arr.max() > info.max):
+                    raise ValueError(f"{what}: value holds numbers outside [{info.min}, "
+                                     f"{info.max}], which the integer variable "
+                                     f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
             # an update (+=, -=, *=) refuses to truncate, as /= does and PyTorch's in-place
             # arithmetic does; assign casts, as PyTorch's copy_ does (documented)
             if exact and not bool((xp.trunc(arr) == arr).all()):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from .. import random as _random
-from .._src.autodiff.batched import batch_random, physical_data, random_levels
+from .._src.autodiff.batched import batch_random, physical_data, random_levels, shared_draw
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import in_float32
@@ -473,9 +473,13 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
         return xp.asarray(u >= rate).astype(dtype) * dtype.type(1.0 / (1.0 - rate))
 
     # inside gt.function the draw is one step of the program: a new mask at each call
-    mask = opaque(make_mask, key=("dropout", shape, dtype.str, rate,
-                                  seed if isinstance(seed, int) else id(seed), id(generator)))
-    return x * batch_random(_wrap(mask, x._backend), levels)
+    def draw() -> Tensor:
+        return _wrap(opaque(make_mask, key=("dropout", shape, dtype.str, rate,
+                                            seed if isinstance(seed, int) else id(seed),
+                                            id(generator))), x._backend)
+
+    mask = shared_draw(draw) if STATE.vmap_random else draw()
+    return x * batch_random(mask, levels)
 
 
 # --------------------------------------------------------------------------- layer norm

@@ -20,7 +20,7 @@ one example's branch for all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -157,17 +157,56 @@ def physical_data(t: Tensor) -> Any:
 RANDOMNESS = ("error", "different", "same")
 
 
+class SharedDraws:
+    """``gt.vmap(randomness="same", chunk_size=k)``: the draws of the batch's first piece, which
+    the other pieces take again in the same order, so every example sees one draw."""
+
+    __slots__ = ("values", "pos", "replay")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.pos = 0
+        self.replay = False
+
+    def piece(self, first: bool) -> None:
+        """A piece starts: the first records its draws, the others replay them."""
+        self.replay, self.pos = not first, 0
+
+
+def shared_draw(make: Callable[[], Any]) -> Any:
+    """``make()``, a random draw inside ``gt.vmap``, or the value the first piece of a chunked
+    ``randomness="same"`` vmap drew at this point (:class:`SharedDraws`)."""
+    recs = [e[3] for e in STATE.vmap_random if e[3] is not None]
+    if not recs:
+        return make()
+    for r in recs:  # the outermost replaying piece gives the value
+        if r.replay:
+            if r.pos >= len(r.values):
+                raise RuntimeError("gt.vmap(randomness='same', chunk_size=...): a piece of the "
+                                   "batch drew more random values than the first piece did")
+            value = r.values[r.pos]
+            r.pos += 1
+            break
+    else:
+        value = make()
+    for r in recs:
+        if not r.replay:
+            r.values.append(value)
+    return value
+
+
 @contextmanager
-def batch_level(size: int | None = None, randomness: str = "same") -> Iterator[int]:
+def batch_level(size: int | None = None, randomness: str = "same",
+                shared: SharedDraws | None = None) -> Iterator[int]:
     """Enter one more vmap level on this thread (yields its number): batched values made for it
     carry it, and backward passes inside run in recorded ops (``STATE.transforms``).
     ``randomness``: what a random draw inside does (:func:`random_levels`); ``size``: the
-    batch size, needed for "different"."""
+    batch size, needed for "different"; ``shared``: a chunked "same" vmap's draws."""
     st = STATE
     level = st.vmap_level + 1
     st.vmap_level = level
     st.transforms += 1
-    st.vmap_random.append((level, size, randomness))
+    st.vmap_random.append((level, size, randomness, shared))
     try:
         yield level
     finally:
@@ -182,7 +221,7 @@ def random_levels(who: str) -> list[tuple[int, int]]:
     says "error" (gt.vmap's default: a draw would silently give every example the same
     numbers)."""
     out = []
-    for level, size, mode in STATE.vmap_random:
+    for level, size, mode, _ in STATE.vmap_random:
         if mode == "error":
             raise ValueError(
                 f"{who}: a random draw inside gt.vmap would give every example the same numbers; "

@@ -40,8 +40,9 @@ class _State(threading.local):
         self.forward: list[ForwardRecorder] = []
         self.transforms = 0  # vmap / jvp levels active: backward passes must stay differentiable
         self.vmap_level = 0  # nested gt.vmap calls active (BatchedTensor._level of the innermost)
-        # per active vmap level, outermost first: (level, batch size, randomness mode)
-        self.vmap_random: list[tuple[int, int | None, str]] = []
+        # per active vmap level, outermost first: (level, batch size, randomness mode, the
+        # chunked "same" vmap's SharedDraws or None)
+        self.vmap_random: list[tuple[int, int | None, str, Any]] = []
         self.trace: Any = None  # the gt.function trace running in this thread, if any
         self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
         # the recording tapes when a gt.function trace is the only other thing on: the fast

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ... import ops
-from ..autodiff.batched import RANDOMNESS, BatchedTensor, batch_level
+from ..autodiff.batched import RANDOMNESS, BatchedTensor, SharedDraws, batch_level
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, tensor
 
@@ -175,8 +175,9 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
             return _chunked(size, int(chunk_size), tensors, axes, tree)
         return _run(size, tensors, axes, tree)
 
-    def _run(size: int, tensors: list[Any], axes: list[int | None], tree: Any) -> Any:
-        with batch_level(size, randomness) as level:
+    def _run(size: int, tensors: list[Any], axes: list[int | None], tree: Any,
+             shared: SharedDraws | None = None) -> Any:
+        with batch_level(size, randomness, shared) as level:
             wrapped = [t if ax is None else BatchedTensor(t, ax, level)
                        for t, ax in zip(tensors, axes)]
             out = f(*unflatten(tree, wrapped))
@@ -184,10 +185,14 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
 
     def _chunked(size: int, chunk: int, tensors: list[Any], axes: list[int | None], tree: Any) -> Any:
         pieces = []
+        # "same": one draw for the whole batch, so the later pieces take the first one's
+        shared = SharedDraws() if randomness == "same" else None
         for start in range(0, size, chunk):
             stop = min(start + chunk, size)
             part = [t if ax is None else _slice(t, ax, start, stop) for t, ax in zip(tensors, axes)]
-            pieces.append(_run(stop - start, part, axes, tree))
+            if shared is not None:
+                shared.piece(start == 0)
+            pieces.append(_run(stop - start, part, axes, tree, shared))
         flats = [flatten(p) for p in pieces]
         spec = flats[0][1]
         oaxes = broadcast_prefix(out_axes, pieces[0], "out_axes")
