@@ -548,11 +548,13 @@ def erfc_for(xp: ArrayModule) -> Callable[..., Array]:
 _HALF = np.dtype(np.float16)
 
 
-def acc_sum(x: Array, axis: Any = None, keepdims: bool = False) -> Array:
+def acc_sum(x: Array, axis: Any = None, keepdims: bool = False, rounded: bool = True) -> Array:
     """``x.sum(axis, keepdims=keepdims)`` in ``x``'s dtype, a float16 array accumulated in float32
     (as PyTorch and XLA do). NumPy adds float16 in float16 along a non-contiguous axis, where a
     running sum stops growing once its spacing exceeds the terms: 70000 values of 0.01 summed over
     axis 0 gave 32, and a float16 conv bias's gradient over batch x pixels was off by that much.
+    ``rounded=False``: a float16 sum is left in float32 (a partial sum that is summed again,
+    then rounded once).
 
     Example:
         >>> acc_sum(np.full((70000, 2), 0.01, np.float16), axis=0)   # float16(0.01) = 0.010002
@@ -564,10 +566,12 @@ def acc_sum(x: Array, axis: Any = None, keepdims: bool = False) -> Array:
         # gradtape, whose warnings filter silences it as for every op (config.QUIET_MODULES)
         add: Any = np.add  # (NumPy's stubs type reduce's keepdims as a literal)
         if x.dtype == _HALF:
-            return add.reduce(x, axis=axis, keepdims=keepdims, dtype=np.float32).astype(_HALF)
+            s = add.reduce(x, axis=axis, keepdims=keepdims, dtype=np.float32)
+            return s.astype(_HALF) if rounded else s
         return add.reduce(x, axis=axis, keepdims=keepdims)
     if x.dtype == _HALF:
-        return x.sum(axis=axis, keepdims=keepdims, dtype=np.float32).astype(_HALF)
+        s = x.sum(axis=axis, keepdims=keepdims, dtype=np.float32)
+        return s.astype(_HALF) if rounded else s
     return x.sum(axis=axis, keepdims=keepdims)
 
 

@@ -469,23 +469,21 @@ def _var_examples(name: str) -> Any:
     return examples
 
 
+@in_float32  # (NumPy's var adds float16 in float16: see acc_sum)
 def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any:
     if x.dtype.kind not in "fc":  # integers and bools: float32 (see _no_dof)
         return _var_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
-    if x.dtype == np.float16:  # (NumPy's var adds float16 in float16: see acc_sum)
-        return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof, dtype=np.float32).astype(x.dtype)
     return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
+@in_float32
 def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any:
     if x.dtype.kind not in "fc":
         return _std_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
-    if x.dtype == np.float16:
-        return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof, dtype=np.float32).astype(x.dtype)
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 

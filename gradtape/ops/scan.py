@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
+from .._src.backend import in_float32
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -85,11 +86,9 @@ def _cumsum_examples(rng: Any) -> list:
             (cumsum, (_rand(rng),), {"axis": 0})]
 
 
+@in_float32  # (a float16 running sum stops growing once its spacing exceeds the terms: 50000
+# halves summed to 1024; in float32, each running sum is rounded once)
 def _cumsum_impl(xp: Any, x: Any, *, axis: Any) -> Any:
-    if x.dtype == np.float16:  # accumulated in float32, each running sum rounded once (a
-        # float16 running sum stops growing once its spacing exceeds the terms: 50000 halves
-        # summed to 1024)
-        return xp.cumsum(x, axis=axis, dtype=np.float32).astype(np.float16)
     return xp.cumsum(x, axis=axis)
 
 

@@ -134,13 +134,9 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
             # included (a compiled step replays the eager pass's calls); a device's reduction
             # is one kernel either way. float16 stays in float32 between the passes and is
             # rounded once, as the one pass rounds it
-            arr: Any = g  # (a host array here)
-            half = arr.dtype == np.float16
-            add: Any = np.add  # (the ufunc's reduce, as acc_sum: see there)
-            arr = add.reduce(arr, axis=tuple(range(run)), keepdims=True,
-                             dtype=np.float32 if half else None)
-            arr = add.reduce(arr, axis=axes, keepdims=True)
-            return (arr.astype(np.float16) if half else arr).reshape(shape)
+            part = acc_sum(g, tuple(range(run)), True, rounded=False)
+            total = acc_sum(part, axes, True)
+            return (total.astype(np.float16) if g.dtype == np.float16 else total).reshape(shape)
         g = g.sum(axis=axes, keepdims=True) if tensor else acc_sum(g, axes, True)
     return g.reshape(shape)
 

@@ -611,10 +611,7 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
     (cotangent, saved operand) pair per ghost boundary described by ``spec``."""
     _, B, n, spec = key
     xp = backend_of(arrays[0]).xp  # (inside a traced device step: the tracing namespace)
-    # the float arrays: every materialized gradient, each boundary's cotangent, and a matmul
-    # boundary's saved operand (an embedding's is its integer ids)
-    floats = [*arrays[:n], *[a for k, (kind, _, _) in enumerate(spec)
-                             for a in (arrays[n + 2 * k], arrays[n + 2 * k + 1])[:1 if kind == "embedding" else 2]]]
+    floats = [a for a in arrays if a.dtype.kind == "f"]  # (an embedding's ids are integers)
     half = any(a.dtype == np.float16 for a in floats)
     sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float32 if half else None)
     if xp is np and any(a.dtype.itemsize < 8 for a in floats):
