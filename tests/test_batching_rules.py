@@ -301,7 +301,7 @@ def _matrices(*shapes: tuple, spd: bool = False) -> Callable:
 for _sa, _sb in [((3, 3), (3, 2)), ((3, 3), (2, 3, 1)), ((2, 3, 3), (3, 2)), ((2, 3, 3), (2, 3, 1))]:
     _add("solve", _matrices(_sa, _sb))
 for _s in [(3, 3), (2, 3, 3)]:
-    for _n in ("inv", "det", "slogdet"):
+    for _n in ("inv", "det", "slogdet", "det_cofactor"):
         _add(_n, _matrices(_s))
     _add("cholesky", _matrices(_s, spd=True))
 for _s in [(3, 3), (3, 2), (2, 3), (2, 4, 3)]:

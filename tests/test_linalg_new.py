@@ -9,6 +9,8 @@ against independent references, edge cases and messages.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -286,13 +288,14 @@ def test_singular_and_not_positive_definite_raise_linalg_errors():
         gt.inv(gt.tensor(np.stack([np.eye(2), singular])))
     with pytest.raises(np.linalg.LinAlgError, match=r"cholesky: the matrix is not positive definite"):
         gt.cholesky(gt.tensor(np.array([[1.0, 0.0], [0.0, -1.0]])))
-    assert float(gt.det(gt.tensor(singular))) == 0.0  # the forward is fine; the gradient needs a^-1
+    assert float(gt.det(gt.tensor(singular))) == 0.0
     t = gt.tensor(singular)
-    with gt.GradientTape() as tape:
+    with gt.GradientTape() as tape:  # det's gradient exists at a singular matrix (its cofactors)
         tape.watch(t)
         d = gt.det(t)
-    with pytest.raises(np.linalg.LinAlgError, match="inv: the matrix is singular"):
-        tape.gradient(d, t)
+    np.testing.assert_allclose(tape.gradient(d, t).numpy(), [[4.0, -2.0], [-2.0, 1.0]], atol=1e-12)
+    with pytest.raises(np.linalg.LinAlgError, match=r"det: the second derivative .* singular"):
+        gt.hessian(gt.det)(t)
 
 
 def test_solve_argument_errors():
@@ -325,3 +328,69 @@ def test_norm_argument_errors():
         gt.norm(x, 2, axis=(0, 1, 2))
     with pytest.raises(ValueError, match="norm: ord='nuc' of an empty matrix"):
         gt.norm(gt.tensor(np.ones((0, 3))), "nuc")
+
+
+def _cofactors(a: np.ndarray) -> np.ndarray:
+    """The cofactor matrix from its definition: signed minors (float64, any matrix)."""
+    n = a.shape[-1]
+    c = np.empty_like(a)
+    for i in range(n):
+        for j in range(n):
+            minor = np.delete(np.delete(a, i, axis=-2), j, axis=-1)
+            c[..., i, j] = (-1) ** (i + j) * (np.linalg.det(minor) if n > 1 else 1.0)
+    return c
+
+
+def _singular_matrices() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal((5, 3))
+    return [np.array([[1.0, 2.0], [2.0, 4.0]]),  # rank 1 of 2
+            np.arange(1.0, 10.0).reshape(3, 3),  # rank 2 of 3 (not exactly singular in LU)
+            np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 1.0, 1.0]]),  # exactly: LU fails
+            r @ r.T,  # rank 3 of 5
+            np.outer([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]),  # rank 1: every cofactor is zero
+            np.zeros((3, 3)), np.zeros((1, 1)),
+            np.stack([np.eye(3) * 2.0, np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0, 1, 0]])])]
+
+
+@pytest.mark.parametrize("a", _singular_matrices(), ids=lambda a: str(a.shape))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_det_gradient_at_a_singular_matrix_is_the_cofactor_matrix(a, dtype):
+    """d det(a) / da is the cofactor matrix, a polynomial in a that exists where a is singular
+    (JAX gives it; a^-T does not exist there): reverse mode, forward mode, vmap and a replayed
+    gt.function step all give it."""
+    tol = 1e-10 if dtype == np.float64 else 2e-5 * max(1.0, float(np.abs(a).max()) ** (a.shape[-1] - 1))
+    want = _cofactors(a)
+    x = gt.Variable(a.astype(dtype))
+    with gt.GradientTape() as tape:
+        d = gt.sum(gt.det(x))
+    g = tape.gradient(d, x)
+    assert g.dtype == dtype
+    np.testing.assert_allclose(g.numpy(), want, atol=tol)
+    tangent = np.random.default_rng(0).standard_normal(a.shape).astype(dtype)
+    _, dd = gt.jvp(gt.det, (gt.tensor(a.astype(dtype)),), (gt.tensor(tangent),))
+    np.testing.assert_allclose(dd.numpy(), (want * tangent).sum(axis=(-2, -1)), atol=tol * a.size)
+    if a.ndim == 2:
+        stacked = np.stack([a, np.eye(a.shape[0]) + a])
+        gv = gt.vmap(gt.grad(gt.det))(gt.tensor(stacked.astype(dtype)))
+        np.testing.assert_allclose(gv.numpy(), _cofactors(stacked), atol=tol * 4)
+
+
+def test_det_gradient_in_a_compiled_step_takes_each_calls_way():
+    """The cofactor matrix comes from LU for an invertible matrix and from the SVD for a
+    singular one: a replayed step decides per call (traced on invertible matrices)."""
+    @gt.function
+    def grad_det(a):
+        with gt.GradientTape() as tape:
+            tape.watch(a)
+            d = gt.det(a)
+        return tape.gradient(d, a)
+
+    rng = np.random.default_rng(1)
+    mats = [rng.standard_normal((3, 3)) for _ in range(3)] + _singular_matrices()[2:3] + [
+        rng.standard_normal((3, 3))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to eager mode
+        for a in mats:
+            np.testing.assert_allclose(grad_det(gt.tensor(a)).numpy(), _cofactors(a), atol=1e-10)
+    assert grad_det.trace_count == 2  # (the second call verifies the first trace)

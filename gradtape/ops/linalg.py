@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
+from .._src.autodiff.state import opaque
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap
@@ -804,25 +805,99 @@ def inv(a: Any) -> Tensor:
 
 
 # --------------------------------------------------------------------------- det
-def _det_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
-    """``d = det(a)``: ``ga = g d a^-T`` (needs ``a`` invertible)."""
-    a, d = m.val(rec.inputs[0]), m.val(rec.output)
-    return (_scalar_to_matrix(m, g * d) * _swap_last(m, _det_inv(m, a)),)
+# det's derivative is the cofactor matrix ``C = det(a) a^-T`` (the adjugate transposed), a
+# polynomial in the entries of ``a`` that exists for a singular matrix too, as in PyTorch and
+# JAX. It is an (internal) primitive of its own: LU (det times inverse) where ``a`` is
+# invertible, the SVD ``a = U diag(s) V^T`` where it is not, giving
+# ``C = det(U) det(V) U diag(prod_{j != i} s_j) V^T`` with no division by a zero singular value.
+def _cofactor_impl(xp: Any, a: Any) -> Any:
+    if a.size == 0:
+        return xp.zeros_like(a)
+    if xp is not np:  # no LU attempt on a device: checking it would read the result back
+        return _cofactor_svd(xp, a)
+    # which way a matrix goes depends on its values: one logged call, so that each replay of a
+    # gt.function step takes its own
+    return opaque(_cofactor_numpy, a, key="det_cofactor")
 
 
-def _det_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
-    """``dd = d tr(a^-1 da)``."""
-    return out * _trace_of_product(m, _swap_last(m, _det_inv(m, primals[0])), tangents[0])
+def _cofactor_numpy(a: np.ndarray) -> np.ndarray:
+    """LU where every matrix of ``a`` is invertible, else the SVD for the stack."""
+    try:
+        with np.errstate(all="ignore"):
+            c = np.linalg.det(a)[..., None, None] * np.swapaxes(np.linalg.inv(a), -1, -2)
+        if np.isfinite(c).all():
+            return c
+    except np.linalg.LinAlgError:
+        pass
+    return _cofactor_svd(np, a)
 
 
-def _det_inv(m: OnTensors, a: Any) -> Any:
-    """``a^-1`` for det's derivative, whose singular-matrix error names det."""
+def _cofactor_svd(xp: Any, a: Any) -> Any:
+    """``det(U) det(V) U diag(prod_{j != i} s_j) V^T`` from ``a = U diag(s) V^T``."""
+    u, s, vh = _lapack("det", "the SVD of its derivative did not converge", xp.linalg.svd, a,
+                       False)
+    ones = xp.ones_like(s[..., :1])
+    before = xp.cumprod(xp.concatenate([ones, s[..., :-1]], axis=-1), axis=-1)
+    after = xp.flip(xp.cumprod(xp.flip(xp.concatenate([s[..., 1:], ones], axis=-1), axis=-1),
+                               axis=-1), axis=-1)
+    sign = xp.linalg.det(u) * xp.linalg.det(vh)
+    return (sign[..., None, None] * (u * (before * after)[..., None, :])) @ vh
+
+
+def _cofactor_inv(m: OnTensors, a: Any) -> Any:
+    """``a^-1`` for the cofactor's own derivative (det's second derivative)."""
     try:
         return m.apply(P_INV, a)
     except np.linalg.LinAlgError as e:
         raise np.linalg.LinAlgError(
-            f"det: the derivative g * det(a) * a^-T needs an invertible matrix, got a singular one "
-            f"({e}); for a log-determinant use gt.slogdet") from None
+            f"det: the second derivative (of the cofactor matrix det(a) a^-T) needs an invertible "
+            f"matrix, got a singular one ({e}); the first derivative works for any matrix") from None
+
+
+def _cofactor_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``C = det(a) a^-T = d B``: ``dC = tr(a^-1 da) C - C da^T B``, so
+    ``ga = <g, B> C - C g^T B`` (``<g, B>`` per matrix)."""
+    a, c = m.val(rec.inputs[0]), m.val(rec.output)
+    b = _swap_last(m, _cofactor_inv(m, a))
+    n = len(g.shape)
+    inner = (g * b).sum(axis=(n - 2, n - 1))
+    return (_scalar_to_matrix(m, inner) * c - _mm(m, _mm(m, c, _swap_last(m, g)), b),)
+
+
+def _cofactor_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``dC = tr(a^-1 da) C - C da^T a^-T``."""
+    b = _swap_last(m, _cofactor_inv(m, primals[0]))
+    da = tangents[0]
+    return (_scalar_to_matrix(m, _trace_of_product(m, b, da)) * out
+            - _mm(m, _mm(m, out, _swap_last(m, da)), b))
+
+
+def _cofactor_examples(rng: Any) -> list:
+    return [(_cofactor, (_rand_matrix(rng, 3, 3),), {}),
+            (_cofactor, (_rand_matrix(rng, 2, 3, 3, flip=True),), {}),
+            (_cofactor, (_rand_matrix(rng, 1, 1),), {})]
+
+
+P_COFACTOR = primitive("det_cofactor", _cofactor_impl, rule=_cofactor_rule, jvp=_cofactor_jvp,
+                       saves_output=True, examples=_cofactor_examples,
+                       batch=_front_batch("det_cofactor"))
+
+
+def _cofactor(a: Any) -> Tensor:
+    """The cofactor matrix ``det(a) a^-T`` of each matrix of ``a`` [..., n, n] (det's
+    derivative), also for a singular matrix."""
+    return bind(P_COFACTOR, _square(a, "det"))
+
+
+def _det_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
+    """``d = det(a)``: ``ga = g C`` with ``C = det(a) a^-T``, the cofactor matrix (for any
+    ``a``, singular included)."""
+    return (_scalar_to_matrix(m, g) * m.apply(P_COFACTOR, m.val(rec.inputs[0])),)
+
+
+def _det_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
+    """``dd = <C, da>`` per matrix, ``C`` the cofactor matrix."""
+    return _trace_of_product(m, m.apply(P_COFACTOR, primals[0]), tangents[0])
 
 
 def _det_examples(rng: Any) -> list:
@@ -833,15 +908,16 @@ def _det_examples(rng: Any) -> list:
 
 
 P_DET = primitive("det", lambda xp, a: xp.linalg.det(a), rule=_det_rule, jvp=_det_jvp,
-                  saves_output=True, examples=_det_examples, batch=_front_batch("det"))
+                  saves_output=False, examples=_det_examples, batch=_front_batch("det"))
 
 
 def det(a: Any) -> Tensor:
     """The determinant of a square matrix (or of each matrix of a stack), as
     ``np.linalg.det``.
 
-    Shapes: ``[..., n, n] -> [...]``. Gradient: ``g det(a) a^-T``; it needs ``a`` invertible
-    (at an exactly singular matrix the backward raises ``np.linalg.LinAlgError``). For large
+    Shapes: ``[..., n, n] -> [...]``. Gradient: ``g C`` with ``C`` the cofactor matrix
+    (``det(a) a^-T`` for an invertible ``a``), also at a singular matrix, as JAX gives it
+    (``C`` comes from the SVD there); the second derivative needs ``a`` invertible. For large
     or badly scaled matrices prefer :func:`slogdet`.
 
     Example:
