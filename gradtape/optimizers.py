@@ -143,12 +143,24 @@ class UpdateRule:
 
         Raises:
             TypeError: ``arrays`` or ``scalars`` is a dict (they are sequences, in the order
-                of the names).
+                of the names) or has the wrong length; an output is not a floating array of
+                the outputs' one dtype and shape; an array does not hold real numbers.
+            ValueError: an array does not broadcast to the outputs' shape.
         """
         if isinstance(arrays, dict) or isinstance(scalars, dict):
             raise TypeError(f"UpdateRule.apply: arrays and scalars are sequences in the order of "
                             f"the rule's names (arrays {list(self.arrays)}, scalars "
                             f"{list(self.scalars)}), not dicts")
+        if len(arrays) != len(self.arrays) or len(scalars) != len(self.scalars):
+            raise TypeError(f"UpdateRule {self.name!r}.apply: expected {len(self.arrays)} arrays "
+                            f"{list(self.arrays)} and {len(self.scalars)} scalars "
+                            f"{list(self.scalars)}, got {len(arrays)} and {len(scalars)}")
+        self._check(arrays, [arrays[i] for i in self.inplace])
+        self._run(arrays, scalars, cache)
+
+    def _run(self, arrays: Sequence[Array], scalars: Sequence[float], cache: dict | None) -> None:
+        """:meth:`apply` without the checks (the optimizers' own calls, made from checked
+        gradients and their own state)."""
         outs = [arrays[i] for i in self.inplace]
         out0 = outs[0]
         dtype = out0.dtype
@@ -184,6 +196,33 @@ class UpdateRule:
             kernel(*args, *(outs[k] for k in spec.outputs))
         if cache is not None:
             cache[ckey] = params
+
+    def _check(self, arrays: Sequence[Array], outs: list[Array]) -> None:
+        """The outputs: floating arrays of one dtype and shape; the other arrays: numeric,
+        broadcasting to that shape; else an error naming the rule and the array."""
+        out0 = outs[0]
+        for name, a in zip(self.arrays, arrays):
+            if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+                raise TypeError(f"UpdateRule {self.name!r}.apply: array {name!r} must be a "
+                                f"backend array, got {type(a).__name__}")
+        for k, o in zip(self.inplace, outs):
+            if o.dtype.kind != "f" or o.dtype != out0.dtype or o.shape != out0.shape:
+                raise TypeError(f"UpdateRule {self.name!r}.apply: the outputs "
+                                f"{list(self.outputs)} must be floating arrays of one dtype and "
+                                f"shape, got {self.arrays[k]!r} of dtype {o.dtype} and shape "
+                                f"{o.shape}")
+        for name, a in zip(self.arrays, arrays):
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"UpdateRule {self.name!r}.apply: array {name!r} must hold real "
+                                f"numbers, got dtype {a.dtype}")
+            try:
+                ok = np.broadcast_shapes(a.shape, out0.shape) == out0.shape
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"UpdateRule {self.name!r}.apply: array {name!r} of shape "
+                                 f"{a.shape} does not broadcast to the outputs' shape "
+                                 f"{out0.shape}")
 
     def __repr__(self) -> str:
         body = "; ".join(f"{t} = {e}" for t, e in self.statements)
@@ -272,7 +311,9 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
 
 def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
                         clip_norm: float) -> tuple[list[Tensor | Array | None], float | Tensor]:
-    """Scale all gradients by ``clip_norm / max(global_norm, clip_norm)`` (TF semantics).
+    """Scale all gradients by ``clip_norm / max(global_norm, clip_norm)`` (TF semantics: a
+    norm of inf or NaN makes every entry NaN, rather than zeroing every finite gradient).
+    Gradients must be floating point (``TypeError``).
 
     Returns ``(clipped, norm)``: a list with None entries kept, and the norm before clipping
     (a float; inside a ``gt.function`` step a 0-d float64 Tensor, as :func:`global_norm`).
@@ -290,6 +331,12 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     clip_norm = float(clip_norm)
     if not clip_norm > 0 or not math.isfinite(clip_norm):
         raise ValueError(f"clip_by_global_norm: clip_norm must be a finite number > 0, got {clip_norm}")
+    for i, g in enumerate(grads):
+        dt = getattr(g, "dtype", None)
+        if g is not None and (dt is None or np.dtype(dt).kind != "f"):
+            raise TypeError(f"clip_by_global_norm: grads[{i}] must be a floating-point Tensor or "
+                            f"array (a scaled integer gradient would round to zero), got "
+                            f"{'dtype ' + str(dt) if dt is not None else type(g).__name__}")
     if tracing():  # the norm is a value of the program: no host read, no branch on it
         arrays, backend = _present_arrays(grads)
         if not arrays:
@@ -302,7 +349,9 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
         return traced, _wrap(norm, backend)
     norm = global_norm(grads)
     assert isinstance(norm, float)
-    scale = clip_norm / max(norm, clip_norm)
+    # a norm of inf or NaN makes every entry NaN (TF's rule): scaling by clip / inf would zero
+    # every finite gradient, so an update would silently stall on one overflowing entry
+    scale = clip_norm / max(norm, clip_norm) if math.isfinite(norm) else math.nan
     if scale == 1.0:
         return grads, norm
     out: list[Tensor | Array | None] = []
@@ -373,7 +422,8 @@ def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[lis
     stay 0-d arrays and every gradient is multiplied by the scale (by exactly 1.0 when no
     clipping is needed, so the values equal the host route's). Returns (clipped, norm)."""
     norm = xp.sqrt(_sum_squares(grads))
-    scale = clip_norm / xp.maximum(norm, clip_norm)
+    # (norm - norm): 0 for a finite norm (the scale stays exact), NaN for inf or NaN (TF's rule)
+    scale = clip_norm / xp.maximum(norm, clip_norm) + (norm - norm)
     return [g * scale.astype(g.dtype) for g in grads], norm
 
 
@@ -422,6 +472,12 @@ def _check_named(who: str, named_variables: Any) -> list[tuple[str, Variable]]:
                 and isinstance(pair[1], Variable)):
             raise TypeError(f"{who}: named_variables must be {hint}; item {i} is "
                             f"{_describe(pair)}")
+    names: dict[str, int] = {}
+    for i, (n, _) in enumerate(out):
+        first = names.setdefault(n, i)
+        if first != i:  # one entry would hold one of the two Variables' state
+            raise ValueError(f"{who}: the name {n!r} is given twice in named_variables (items "
+                             f"#{first} and #{i}); names must be unique")
     return [(n, v) for n, v in out]
 
 
@@ -644,9 +700,11 @@ class Optimizer:
                 each gradient a Tensor or backend array of the variable's shape.
 
         Raises:
-            TypeError: an entry is not a Variable, or a gradient is on another backend.
+            TypeError: an entry is not a Variable, or a gradient is on another backend or of a
+                dtype that is not real (complex, strings).
             ValueError: a gradient's shape differs from its variable's (naming the variable, or
-                ``#i``, its position, when it has no name), or no pair is given.
+                ``#i``, its position, when it has no name), a Variable is given twice (add its
+                gradients first), or no pair is given.
 
         Example:
             >>> import gradtape as gt
@@ -665,12 +723,17 @@ class Optimizer:
         pairs = []
         n_seen = 0
         no_grad: list[str] = []
+        seen: dict[int, int] = {}
         for i, (g, v) in enumerate(grads_and_vars):
             n_seen += 1
             if not isinstance(v, Variable):
                 raise TypeError(f"{who}: expected (gradient, Variable) pairs, got a "
                                 f"{type(v).__name__} as variable #{i}; pass "
                                 "zip(grads, variables), gradients first")
+            first = seen.setdefault(v._id, i)
+            if first != i:  # two updates of one step (and of its moments) in one call
+                raise ValueError(f"{who}: variable {_label(v, i)} is given twice (pairs #{first} "
+                                 f"and #{i}); add its gradients and pass it once")
             if v.dtype.kind != "f":
                 raise TypeError(f"{who}: variable {_label(v, i)} has dtype {v.dtype}; only "
                                 'floating-point variables can be trained (create it as '
@@ -695,6 +758,11 @@ class Optimizer:
                 raise ValueError(f"{who}: gradient of shape {g.shape} for variable {_label(v, i)} "
                                  f"of shape {v.shape}")
             if g.dtype != v.dtype:
+                if g.dtype.kind not in "biuf":  # complex (its imaginary part would be dropped),
+                    # strings, objects
+                    raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
+                                    f"{g.dtype}; a real-valued gradient is needed for a "
+                                    f"{v.dtype} variable")
                 g = g.astype(v.dtype)
             pairs.append((g, v))
         if no_grad:  # TF's and Keras's warning: usually a variable the loss does not use
@@ -735,7 +803,7 @@ class Optimizer:
         for g, v in pairs:
             slots = [s for s in self._slots(v) if s is not None]
             v._before_write()  # copy-on-write: a live tape keeps the values it read
-            rule.apply([v.data, g, *slots], values_list, cache)
+            rule._run([v.data, g, *slots], values_list, cache)
 
     def minimize(self, loss_fn: Callable[[], Tensor],
                  var_list: Sequence[Variable] | Callable[[], Sequence[Variable]]) -> Tensor:
@@ -985,6 +1053,8 @@ class SGD(Optimizer):
                  global_clipnorm: float | None = None) -> None:
         super().__init__(learning_rate, global_clipnorm)
         self.momentum = _hyper("SGD", "momentum", momentum, "in [0, 1]")
+        if not isinstance(nesterov, (bool, np.bool_)):  # bool("False") is True
+            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)

@@ -9,6 +9,7 @@ dict insertion order); each Variable is reported once under its first path
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import stat
@@ -871,6 +872,9 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
         raise PermissionError(f"save: {path!r} exists and is not writable (read-only); the "
                               "checkpoint was not written")
     folder = os.path.dirname(path)
+    if not os.path.isdir(folder):  # (else the error would name the temporary file)
+        raise FileNotFoundError(errno.ENOENT, f"save: the folder of {path!r} does not exist "
+                                "(create it first); the checkpoint was not written", path)
     pending: str | None = None
     try:
         # what tempfile.mkstemp does (a new random name, O_EXCL, mode 0o600), but with the name
@@ -1023,7 +1027,10 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     """Save ``module``'s Variables (by path, e.g. ``var/layers.0.kernel``) and optionally
     ``optimizer``'s state for them (``opt/...``: moments, step count) to ``path`` (``.npz``).
 
-    Loading both back with :func:`load` makes training resume exactly where it stopped.
+    Loading both back with :func:`load` makes training resume exactly where it stopped,
+    except for random streams: no generator state is saved (as in PyTorch's ``state_dict``),
+    so a ``Dropout(rate, seed=int)`` layer's masks start again from its seed; to resume them
+    bit for bit, give the layer a ``gt.random.Generator`` and pickle it with the checkpoint.
     Returns the path written (``.npz`` appended when missing, as ``numpy.savez`` does).
 
     The file is an uncompressed ``.npz`` (``numpy.load`` opens it; no pickled objects). It is
@@ -1038,6 +1045,7 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
             both give ``d.1``; the message names both), or a Variable's path holds a NUL or
             a character UTF-8 cannot encode.
         PermissionError: ``path`` exists and this process may not write it (nothing written).
+        FileNotFoundError: the folder of ``path`` does not exist (nothing written).
 
     Example:
         >>> import gradtape as gt, tempfile, os

@@ -132,13 +132,16 @@ class NumpyProgram:
                  + [f"b{i}" for i in range(self.n_bool)])
         body = "\n".join(f"    {ln}" for ln in lines) or "    pass"
         self.source = f"def _block({', '.join(names)}):\n{body}\n"
+        # __name__: NumPy's RuntimeWarnings from the program are attributed to this module, so
+        # the warnings filter for gradtape's modules (config.QUIET_MODULES) applies to them
         ns: dict[str, Any] = {f"_{v}": getattr(np, v) for v in set(_NP_UFUNC.values())}
+        ns["__name__"] = __name__
         ns.update(_copyto=np.copyto, _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt,
                   _true_divide=np.true_divide, _tanh=np.tanh, _multiply=np.multiply)
         ns.update({name: np.array(v, dtype) for v, name in consts.items()})
         ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0,
                   _half=np.array(0.5, dtype) if dtype is not None else 0.5)
-        exec(compile(self.source, "<gradtape backward>", "exec"), ns)  # noqa: S102 - generated
+        exec(compile(self.source, "<gradtape fused program>", "exec"), ns)  # noqa: S102 - generated
         self.fn = ns["_block"]
 
 

@@ -1,0 +1,169 @@
+"""Optimizer and checkpoint edge cases found by fuzzing against torch.optim: a Variable given
+twice, non-real gradients, duplicate state names, clipping integer or non-finite gradients,
+UpdateRule's argument checks, NumPy warnings from the fused update programs, a missing
+checkpoint folder, and resuming a seeded Dropout through a pickled generator."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape.optimizers import UpdateRule
+
+
+def test_a_variable_given_twice_in_one_call_raises_and_changes_nothing():
+    v = gt.Variable([1.0, 2.0], name="w")
+    opt = gt.optimizers.Adam(0.1)
+    with pytest.raises(ValueError, match=r"variable w is given twice \(pairs #0 and #1\); add its "
+                                         r"gradients"):
+        opt.apply_gradients([(gt.tensor([1.0, 1.0]), v), (gt.tensor([3.0, 3.0]), v)])
+    np.testing.assert_array_equal(v.numpy(), [1.0, 2.0])
+    assert opt.iterations == 0 and opt.state_dict() == {"iterations": 0}
+
+
+@pytest.mark.parametrize("grad", [np.array([1 + 4j, 1 - 4j], np.complex64), np.array(["a", "b"])],
+                         ids=["complex", "str"])
+def test_a_gradient_that_is_not_real_raises(grad):
+    with gt.use_backend("numpy"):  # (host arrays as gradients: the NumPy backend's)
+        v = gt.Variable([1.0, 1.0], name="w")
+        with pytest.raises(TypeError, match=rf"the gradient for variable w has dtype {grad.dtype}; "
+                                            r"a real-valued gradient"):
+            gt.optimizers.SGD(0.5).apply_gradients([(grad, v)])
+        np.testing.assert_array_equal(v.numpy(), [1.0, 1.0])
+
+
+def test_integer_gradients_are_still_cast():
+    v = gt.Variable([1.0, 1.0])
+    gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor([2, 4]), v)])
+    np.testing.assert_array_equal(v.numpy(), [0.0, -1.0])
+
+
+def test_a_state_name_given_twice_raises():
+    a, b = gt.Variable([1.0]), gt.Variable([2.0])
+    opt = gt.optimizers.Adam(0.1)
+    opt.apply_gradients([(gt.tensor([1.0]), a), (gt.tensor([3.0]), b)])
+    with pytest.raises(ValueError, match=r"state_dict: the name 'x' is given twice .*#0 and #1"):
+        opt.state_dict([("x", a), ("x", b)])
+    sd = opt.state_dict([("x", a), ("y", b)])
+    with pytest.raises(ValueError, match=r"load_state_dict: the name 'x' is given twice"):
+        opt.load_state_dict(sd, [("x", a), ("x", b)])
+
+
+def test_clip_by_global_norm_refuses_integer_gradients():
+    with pytest.raises(TypeError, match=r"grads\[1\] must be a floating-point .* got dtype int64"):
+        gt.optimizers.clip_by_global_norm([None, gt.tensor(np.array([3, 4]))], 1.0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning:gradtape")  # (pytest resets the filter)
+def test_a_non_finite_global_norm_makes_every_entry_nan_as_in_tf():
+    grads = [gt.tensor([np.inf, 1.0]), None, gt.tensor([1.0, 2.0])]
+    clipped, norm = gt.optimizers.clip_by_global_norm(grads, 1.0)
+    assert norm == np.inf and clipped[1] is None
+    assert np.isnan(clipped[0].numpy()).all() and np.isnan(clipped[2].numpy()).all()
+
+    @gt.function
+    def clip(a, b):
+        out, n = gt.optimizers.clip_by_global_norm([a, b], 1.0)
+        return out[0], out[1], n
+
+    finite = (gt.tensor([3.0, 0.0]), gt.tensor([0.0, 4.0]))
+    for args in [finite, finite, (gt.tensor([np.inf, 1.0]), gt.tensor([1.0, 2.0])), finite]:
+        ca, cb, n = clip(*args)
+        eager, en = gt.optimizers.clip_by_global_norm(list(args), 1.0)
+        np.testing.assert_array_equal(ca.numpy(), eager[0].numpy())
+        np.testing.assert_array_equal(cb.numpy(), eager[1].numpy())
+        assert float(n) == en
+    # an optimizer's global_clipnorm: an overflowing gradient shows in every variable
+    v, u = gt.Variable([1.0, 2.0]), gt.Variable([1.0])
+    gt.optimizers.SGD(0.1, global_clipnorm=1.0).apply_gradients(
+        [(gt.tensor([1.0, 2.0]), v), (gt.tensor([np.inf]), u)])
+    assert np.isnan(v.numpy()).all() and np.isnan(u.numpy()).all()
+
+
+def test_update_rule_apply_checks_its_arguments():
+    rule = UpdateRule("sgd", ("p", "g"), ("lr",), (("p", "p - lr * g"),), ("p",))
+    with pytest.raises(TypeError, match=r"'sgd'.apply: the outputs \['p'\] must be floating .* "
+                                        r"dtype int64"):
+        rule.apply([np.full(3, 10), np.full(3, 4)], [0.25])
+    with pytest.raises(TypeError, match=r"expected 2 arrays \['p', 'g'\] and 1 scalars \['lr'\], "
+                                        r"got 2 and 0"):
+        rule.apply([np.ones(3), np.ones(3)], [])
+    with pytest.raises(TypeError, match=r"got 1 and 1"):
+        rule.apply([np.ones(3)], [0.1])
+    with pytest.raises(ValueError, match=r"array 'g' of shape \(4,\) does not broadcast to the "
+                                         r"outputs' shape \(3,\)"):
+        rule.apply([np.ones(3), np.ones(4)], [0.1])
+    with pytest.raises(TypeError, match=r"array 'g' must hold real numbers, got dtype complex128"):
+        rule.apply([np.ones(3), np.ones(3, complex)], [0.1])
+    p = np.ones(3)
+    rule.apply([p, np.float64(2.0)], [0.25])  # a 0-d gradient broadcasts
+    np.testing.assert_array_equal(p, [0.5, 0.5, 0.5])
+
+
+def test_sgd_nesterov_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"SGD: nesterov must be True or False, got 'False'"):
+        gt.optimizers.SGD(0.1, momentum=0.9, nesterov="False")
+    assert gt.optimizers.SGD(0.1, momentum=0.9, nesterov=np.bool_(True)).nesterov is True
+
+
+def test_fused_update_programs_keep_numpy_warnings_quiet():
+    """The update (and fused backward) programs are gradtape's code: NumPy's RuntimeWarnings
+    from them fall under the warnings filter for gradtape's modules."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"gradtape(\.|\Z)")
+        v = gt.Variable(np.full(2, 3e38, np.float32))
+        gt.optimizers.SGD(1.0).apply_gradients([(gt.tensor(np.full(2, -3e38, np.float32)), v)])
+        x = gt.Variable(np.full(2, 3e38, np.float32))
+        with gt.GradientTape() as tape:
+            y = gt.sum(gt.tanh(x) * x * x)
+        tape.gradient(y, x)
+    assert np.isinf(v.numpy()).all()
+    assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_save_into_a_missing_folder_names_the_folder(tmp_path):
+    target = tmp_path / "no_such_dir" / "ckpt.npz"
+    with pytest.raises(FileNotFoundError, match=r"save: the folder of .*no_such_dir/ckpt.npz' "
+                                                r"does not exist"):
+        gt.nn.save(target, gt.nn.Dense(2, 2, seed=0))
+    assert not (tmp_path / "no_such_dir").exists()
+
+
+def test_a_dropout_stream_resumes_through_a_pickled_generator(tmp_path):
+    """The documented way to resume a seeded Dropout exactly: its generator, pickled with the
+    checkpoint (a checkpoint holds no generator state)."""
+    rng = np.random.default_rng(0)
+    X = gt.tensor(rng.standard_normal((8, 4)).astype(np.float32))
+    Y = gt.tensor(rng.standard_normal((8, 2)).astype(np.float32))
+
+    def model(gen):
+        return gt.nn.Sequential([gt.nn.Dense(4, 16, seed=1), gt.nn.Dropout(0.5, seed=gen),
+                                 gt.nn.Dense(16, 2, seed=2)])
+
+    def step(m, o):
+        with gt.GradientTape() as t:
+            loss = gt.nn.mse(m(X), Y)
+        o.apply_gradients(zip(t.gradient(loss, m.trainable_variables), m.trainable_variables))
+
+    a, oa = model(gt.random.Generator(5)), gt.optimizers.Adam(0.01)
+    for _ in range(6):
+        step(a, oa)
+    gen = gt.random.Generator(5)
+    b, ob = model(gen), gt.optimizers.Adam(0.01)
+    for _ in range(3):
+        step(b, ob)
+    path = gt.nn.save(tmp_path / "ck", b, ob)
+    (tmp_path / "gen.pkl").write_bytes(pickle.dumps(gen))
+    c, oc = model(pickle.loads((tmp_path / "gen.pkl").read_bytes())), gt.optimizers.Adam(0.01)
+    gt.nn.load(path, c, oc)
+    for _ in range(3):
+        step(c, oc)
+    for x, y in zip(a.variables, c.variables):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    assert os.path.exists(path)
