@@ -1651,7 +1651,7 @@ def test_host_values_of_a_traced_array_are_tracing_errors_or_run_eagerly(take):
 def test_an_error_inside_a_replay_notes_the_step_that_raised_it():
     """A replayed step runs NumPy's call directly: its own error (``Singular matrix``) gets a
     note naming the function, the program's line and the call, instead of arriving bare."""
-    f = gt.function(lambda a: gt.grad(lambda a: gt.det(a))(a))
+    f = gt.function(lambda a: gt.grad(lambda a: gt.sum(gt.inv(a)))(a))
     for _ in range(3):
         f(gt.tensor(np.eye(2)))
     with pytest.raises(np.linalg.LinAlgError) as info:

@@ -425,7 +425,11 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
             # a NumPy scalar (np.float32(0.5)): its own dtype, as NumPy 2 types it, made on
             # ``like``'s backend (a device's library takes host scalars as operands too)
             return _wrap(like._backend.xp.asarray(value), like._backend)
-    arr, backend = _to_array(value)
+    # an array is copied, as gt.tensor copies it: a tape may keep the operand for the backward,
+    # and the caller may write into its array after the op (a reused batch buffer)
+    # (a gt.function trace's array is a value of the program: not copied)
+    arr, backend = _to_array(value, copy=not getattr(value, "_gt_traced", False) and (
+        isinstance(value, np.ndarray) or hasattr(value, "__array_namespace__")))
     return _wrap(arr, backend)
 
 

@@ -54,6 +54,34 @@ def _pair(v: Any, what: str, name: str, minimum: int) -> tuple[int, int]:
     return a, b
 
 
+def check_settings(layer: str, kernel: tuple, stride: Any, padding: Any, dilation: Any = 1,
+                   output_padding: Any = None, pool: bool = False) -> None:
+    """A layer's geometry checked when the layer is made, with the messages its op gives at
+    the first call (a ``Conv2D(stride=0)`` fails at once, not inside a training step):
+    ``kernel`` a 1- or 2-tuple; ``output_padding`` (transposed convolutions) below the
+    stride; ``pool``: a None stride is the kernel, padding at most half the kernel."""
+    if len(kernel) == 1:
+        d1 = _single(dilation, layer, "dilation", 1)
+        s1 = _single(stride, layer, "stride", 1)
+        _padding1(padding, kernel[0], d1, layer, 1, 1 if isinstance(padding, str) else s1)
+        return
+    st = kernel if pool and stride is None else _pair(stride, layer, "stride", 1)
+    dil = _pair(dilation, layer, "dilation", 1)
+    if output_padding is not None and isinstance(padding, str):
+        raise ValueError(f"{layer}: padding must be an int, a pair or ((top, bottom), "
+                         f"(left, right)), got {padding!r}")
+    pad = _padding(padding, kernel, dil, layer)
+    if output_padding is not None:
+        op = _pair(output_padding, layer, "output_padding", 0)
+        if op[0] >= st[0] or op[1] >= st[1]:
+            raise ValueError(f"{layer}: output_padding {op} must be smaller than the stride "
+                             f"{st} in each dimension")
+    if pool and not isinstance(padding, str) and any(
+            p > k // 2 for p, k in zip((max(pad[0]), max(pad[1])), kernel)):
+        raise ValueError(f"{layer}: padding {padding!r} must be at most half the kernel size "
+                         f"{kernel}")
+
+
 def _same(n: int, k: int, s: int, d: int) -> tuple[int, int]:
     """TensorFlow's ``"SAME"`` padding of one axis of size ``n``: ``ceil(n / s)`` outputs, the
     extra row or column (an odd total) after the input."""
@@ -1111,10 +1139,12 @@ def _check_output(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilat
     ow = _out_size(W, kernel[1], stride[1], padding[1], dilation[1])
     if oh < 1 or ow < 1:
         dilated = any(d != 1 for d in dilation)  # (pooling takes no dilation)
-        name = "window" if "pool" in what else "dilated kernel" if dilated else "kernel"
+        name = "window" if "pool" in what else "kernel"
+        span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        spans = f"dilated kernel {span} (kernel {kernel}, dilation {dilation}, " if dilated else \
+            f"{name} {kernel} ("
         raise ValueError(f"{what}: the (padded) input of spatial size {(H, W)} is smaller than the "
-                         f"{name} {kernel} ({f'dilation {dilation}, ' if dilated else ''}"
-                         f"padding {padding})")
+                         f"{spans}padding {padding})")
 
 
 def _im2col(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
@@ -1241,6 +1271,8 @@ def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -
     what = "avg_pool2d"
     x, kernel, stride, pad = _pool_args(x, kernel_size, stride, padding, what)
     cols = _im2col(x, kernel, stride, pad, (1, 1), 0.0, what)
+    if x.dtype == np.float16:  # (a float16 window sum overflows from 65504 where the mean fits)
+        return ops.mean(cols, axis=(2, 3))
     return ops.sum(cols, axis=(2, 3)) * (1.0 / (kernel[0] * kernel[1]))
 
 
@@ -1333,9 +1365,10 @@ def conv1d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
     d = _single(dilation, what, "dilation", 1)
     pad = _padding1(padding, k, d, what, L, s)
     if _out_size(L, k, s, pad, d) < 1:
+        spans = f"dilated kernel {d * (k - 1) + 1} (kernel {k}, dilation {d}, " if d != 1 else \
+            f"kernel {k} ("
         raise ValueError(f"conv1d: the (padded) input of length {L} is shorter than the "
-                         f"{'dilated kernel' if d != 1 else 'kernel'} {k} ("
-                         f"{f'dilation {d}, ' if d != 1 else ''}padding {pad})")
+                         f"{spans}padding {pad})")
     y = conv2d(ops.reshape(x, (N, C, 1, L)), ops.reshape(w, (n_out, Cg, 1, k)), b, stride=(1, s),
                padding=((0, 0), pad), dilation=(1, d), groups=groups)
     return ops.reshape(y, (N, n_out, y.shape[-1]))

@@ -9,6 +9,7 @@ order and in gradtape ops, so higher orders compose); the rest are compositions 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -54,11 +55,14 @@ def _float_input(x: Any, what: str, name: str = "x") -> Tensor:
 def _reduce(loss: Tensor, reduction: str, what: str) -> Tensor:
     if reduction == "none":
         return loss
-    total = ops.sum(loss)
     if reduction == "sum":
-        return total
+        return ops.sum(loss)
     if reduction == "mean":
-        return total * (1.0 / max(loss.size, 1))
+        if not loss.size:  # the mean of nothing: NaN (as PyTorch's losses and gt.mean)
+            return ops.sum(loss) * math.nan
+        if loss.dtype == np.float16:  # the float16 sum overflows from 65504 where the mean fits
+            return ops.mean(loss)
+        return ops.sum(loss) * (1.0 / loss.size)
     raise ValueError(f"{what}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
@@ -385,10 +389,12 @@ def binary_cross_entropy(probs: Any, targets: Any, reduction: str = "mean") -> T
 
 
 def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str = "mean") -> Tensor:
-    """Binary cross-entropy from logits: ``softplus(x) - x * t``, the stable form of
+    """Binary cross-entropy from logits: ``softplus(x) - x * t`` for ``x < 0`` and the equal
+    ``softplus(-x) + (1 - t) x`` for ``x >= 0``, the stable forms of
     ``-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))`` (PyTorch's
     ``binary_cross_entropy_with_logits``, Keras's ``from_logits=True``): no overflow for logits
-    of any magnitude, and the gradient is ``sigmoid(x) - t``.
+    of any magnitude, no cancellation for confident predictions (``x = 40, t = 1`` gives
+    ``4.2e-18``), and the gradient is ``sigmoid(x) - t`` (also at ``x = 0``).
 
     Shapes: ``logits`` and ``targets`` (probabilities in [0, 1]; integer 0/1 labels are cast)
     have the same shape (``ValueError`` naming both otherwise; a Python number as target is
@@ -400,7 +406,9 @@ def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str =
         0.6931
     """
     x, t = _bce_operands(logits, targets, "binary_cross_entropy_with_logits", "logits")
-    return _reduce(ops.softplus(x) - x * t, reduction, "binary_cross_entropy_with_logits")
+    # one form per sign: the other would subtract two nearly equal terms (softplus(x) ~ x t)
+    loss = ops.where(x >= 0, ops.softplus(-x) + (1.0 - t) * x, ops.softplus(x) - x * t)
+    return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
 # --------------------------------------------------------------------------- dropout
@@ -508,6 +516,9 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
         [-1.0, 1.0]
     """
     x = _float_input(x, "layer_norm")
+    if x.ndim == 0:
+        raise ValueError("layer_norm: x must have at least one axis to normalize over, got a "
+                         "0-d tensor")
     eps = _check_eps(eps, "layer_norm")
     axes = normalize_axis(axis, x.ndim, "layer_norm")
     if axes is None:  # all axes, as the reductions
@@ -516,15 +527,18 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
     if n == 0:
         raise ValueError(f"layer_norm: the normalized axes {axes} of shape {x.shape} hold no "
                          "element (mean and variance are undefined)")
-    mu = ops.sum(x, axis=axes, keepdims=True) * (1.0 / n)
-    xc = x - mu
+    # float16 is normalized in float32 (as PyTorch does): its sums and squares overflow from
+    # 65504 where the mean and variance fit
+    xs = ops.astype(x, np.float32) if x.dtype == np.float16 else x
+    mu = ops.sum(xs, axis=axes, keepdims=True) * (1.0 / n)
+    xc = xs - mu
     var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)
     y = xc * ops.rsqrt(var + float(eps))
     if gamma is not None:
         y = y * _over_axes(gamma, "gamma", x, axes)
     if beta is not None:
         y = y + _over_axes(beta, "beta", x, axes)
-    return y
+    return ops.astype(y, x.dtype) if y.dtype != x.dtype else y
 
 
 def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
@@ -535,10 +549,13 @@ def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
     t = one(v)
     order = tuple(sorted(axes))
     if order == tuple(range(x.ndim - len(order), x.ndim)) or t.ndim == x.ndim:
-        if not broadcasts_to(t.shape, x.shape):
-            raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against x "
-                             f"of shape {x.shape} (its normalized axes {order} have sizes "
-                             f"{tuple(x.shape[a] for a in order)})")
+        # trailing axes: v broadcasts against them (not against leading axes too: a [T, D]
+        # gamma for x [B, T, D] and axis -1 is a mistake, as in PyTorch), or has x's rank
+        within = x.shape if t.ndim == x.ndim else tuple(x.shape[a] for a in order)
+        if not broadcasts_to(t.shape, within):
+            raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against the "
+                             f"normalized axes {order} of x of shape {x.shape}, sizes "
+                             f"{tuple(x.shape[a] for a in order)} (or have x's rank)")
         return t  # plain broadcasting lines the axes up
     off = x.ndim - t.ndim
     if off >= 0 and all(n == 1 or (off + i in order and n == x.shape[off + i])
@@ -632,8 +649,11 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
         if n < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel to "
                              f"estimate a variance, x of shape {x.shape} has {n} (channel axis {a})")
-        mu = ops.sum(x, axis=axes, keepdims=True) * (1.0 / n)
-        xc = x - mu
+        # float16 is normalized in float32 (as PyTorch does): its sums and squares overflow
+        # from 65504 where the batch mean and variance fit
+        xs = ops.astype(x, np.float32) if x.dtype == np.float16 else x
+        mu = ops.sum(xs, axis=axes, keepdims=True) * (1.0 / n)
+        xc = xs - mu
         var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)
         running = [(name, v) for name, v in (("running_mean", running_mean),
                                              ("running_var", running_var)) if v is not None]
@@ -662,7 +682,7 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
     y = xc * (inv if g is None else inv * ops.reshape(g, bshape))
     if b is not None:
         y = y + ops.reshape(b, bshape)
-    return y
+    return ops.astype(y, x.dtype) if y.dtype != x.dtype else y
 
 
 # --------------------------------------------------------------------------- embedding

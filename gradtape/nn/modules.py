@@ -28,7 +28,7 @@ from ..ops.creation import float_dtype
 from ..optimizers import Optimizer, _checkpoint_dtype_error
 from ..random import Generator, _check_seed
 from . import init as _init
-from .conv import adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, conv_transpose2d, max_pool2d
+from .conv import _pair, adaptive_avg_pool2d, avg_pool2d, check_settings, conv1d, conv2d, conv_transpose2d, max_pool2d
 from .functional import batch_norm, dropout, embedding, layer_norm, softmax
 
 __all__ = ["Module", "Dense", "Linear", "Conv1D", "Conv2D", "Conv2DTranspose", "Sequential", "Flatten",
@@ -273,6 +273,7 @@ class Conv2D(Module):
         kh, kw = _kernel_pair(kernel_size, "Conv2D")
         n_in, n_out = _size(in_channels, "Conv2D", "in_channels"), _size(out_channels, "Conv2D", "out_channels")
         groups = _groups(groups, n_in, n_out, "Conv2D")
+        check_settings("Conv2D", (kh, kw), stride, padding, dilation)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _activation(activation)
         shape = (n_out, n_in // groups, kh, kw)
@@ -341,6 +342,7 @@ class Conv1D(Module):
             kernel_size = kernel_size[0]
         k = _size(kernel_size, "Conv1D", "kernel_size")
         self.groups = _groups(groups, n_in, n_out, "Conv1D")
+        check_settings("Conv1D", (k,), stride, padding, dilation)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.activation = _activation(activation)
         shape = (n_out, n_in // self.groups, k)
@@ -394,6 +396,7 @@ class Conv2DTranspose(Module):
         n_out = _size(out_channels, "Conv2DTranspose", "out_channels")
         kh, kw = _kernel_pair(kernel_size, "Conv2DTranspose")
         self.groups = _groups(groups, n_in, n_out, "Conv2DTranspose")
+        check_settings("Conv2DTranspose", (kh, kw), stride, padding, dilation, output_padding)
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation = dilation
         self.activation = _activation(activation)
@@ -510,6 +513,8 @@ class Dropout(Module):
 
     def __init__(self, rate: float, seed: Any = None) -> None:
         self.rate = float(rate)
+        if not 0.0 <= self.rate < 1.0:  # (checked again by dropout(): the attribute may change)
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
         if seed is not None and not isinstance(seed, Generator) and not callable(getattr(seed, "random", None)):
             seed = _check_seed(seed, "Dropout")  # an int (generators draw as they are)
         self.seed = seed
@@ -545,6 +550,8 @@ class MaxPool2D(Module):
     """
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        check_settings("MaxPool2D", _pair(kernel_size, "MaxPool2D", "kernel_size", 1), stride,
+                       padding, pool=True)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: Any) -> Tensor:
@@ -568,6 +575,8 @@ class AvgPool2D(Module):
     """
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        check_settings("AvgPool2D", _pair(kernel_size, "AvgPool2D", "kernel_size", 1), stride,
+                       padding, pool=True)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: Any) -> Tensor:
