@@ -35,6 +35,7 @@ from ._src.frontend.transforms import jacrev as jacrev
 from ._src.frontend.transforms import value_and_grad as value_and_grad
 from ._src.frontend.transforms import vjp as vjp
 from ._src.frontend.vmap import vmap as vmap
+from ._src.primitive import seal_builtins as _seal_builtins
 from ._src.tensor import Tensor as Tensor
 from ._src.tensor import TensorLike as TensorLike  # for annotations (a type alias: not in __all__)
 from ._src.tensor import Variable as Variable
@@ -184,6 +185,8 @@ from .ops.shape import (
     tile,
     transpose,
 )
+
+_seal_builtins()  # every primitive declared above is gradtape's own (extensions come later)
 
 __version__ = "0.1.0"
 

@@ -84,7 +84,9 @@ class DistributedError(RuntimeError):
     different calls) or a rank failed inside the step; raised on every rank, naming the ranks
     and what differs."""
 
-    started: bool = False  # some rank had started reductions of the abandoned call
+    # the ranks had started reductions for the abandoned call (every rank then starts the
+    # same ones and completes them, so the job can go on)
+    started: bool = False
 
 
 # --------------------------------------------------------------------------- the world
@@ -98,7 +100,9 @@ class _World:
         self.mpi: Any = None
         self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
         self.nccl: _Nccl | None = None
-        self.broken: str | None = None  # set when data collectives were left unfinished
+        # set by a failed agreement check: the most reductions any rank had started for the
+        # abandoned call (a rank re-raising its own error learns it from here)
+        self.started_max = 0
         self.calls = 0  # agreement checks made: a rank that skips a call is told so
         self._f16_op: Any = None
         if comm is None:
@@ -203,9 +207,6 @@ def is_initialized() -> bool:
 def _world(who: str) -> _World:
     if _WORLD is None:
         raise RuntimeError(f"gt.distributed.{who}: call gt.distributed.init() first")
-    if _WORLD.broken is not None:
-        raise DistributedError(f"gt.distributed.{who}: an earlier failure left the ranks out of "
-                               f"step ({_WORLD.broken}); restart the job")
     return _WORLD
 
 
@@ -309,16 +310,19 @@ def _hash(signature: object) -> int:
 
 
 def _agree(world: _World, who: str, signature: object, failure: BaseException | None = None,
-           digest: int | None = None, started: bool = False) -> None:
+           digest: int | None = None, started: int = 0) -> None:
     """One small collective on the control communicator: every rank learns whether all ranks
     are well (``failure`` None) and about to do the same thing (equal ``signature``, or equal
     ``digest`` where the caller has the signature's hash already), at the same call (the
     count of checks so far is part of the digest: a rank that skipped a call, or made one more,
     is told instead of pairing its data with another call's). If not, the ranks exchange
-    details and every rank raises :class:`DistributedError`; its ``started`` says whether any
-    rank had started reductions for the call (``started``: this rank had), which then wait
-    unmatched on the ranks that had."""
+    details and every rank raises :class:`DistributedError` (a rank whose ``failure`` it is
+    re-raises that). ``started``: how many reductions this rank had started for the call (in
+    plan order, so equal counts are the same reductions); ``world.started_max`` is then the
+    most any rank had, which the caller brings every rank to (:meth:`_Reducer.abandon`), so
+    the started reductions complete and the job goes on."""
     world.calls += 1
+    world.started_max = 0
     h = _hash((world.calls, signature if digest is None else digest))
     mine = np.array([0 if failure is None else 1, h, -h], np.int64)
     out = np.empty_like(mine)
@@ -326,8 +330,9 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
     if out[0] == 0 and out[1] == h and -out[2] == h:
         return
     note = None if failure is None else f"{type(failure).__name__}: {failure}"
-    everyone = world.ctrl.allgather((note, _describe(signature), world.calls, bool(started)))
-    anywhere = any(st for *_, st in everyone)
+    everyone = world.ctrl.allgather((note, _describe(signature), world.calls, int(started)))
+    world.started_max = max(st for *_, st in everyone)
+    anywhere = world.started_max > 0
     if failure is not None:
         raise failure  # this rank's own error; the others raise DistributedError naming it
     failed = [(r, n) for r, (n, *_) in enumerate(everyone) if n is not None]
@@ -370,7 +375,14 @@ def _describe(signature: object) -> str:
         kind, items = signature[:2]
         parts = [("None" if it is None else f"{np.dtype(it[1]).name}{list(it[0])} on {it[2]}")
                  if isinstance(it, tuple) else repr(it) for it in items]
-        where = f" in {_render(signature[2])}" if len(signature) == 3 else ""
+        where = ""
+        if len(signature) == 3:
+            extra = signature[2]
+            if type(extra) is tuple and all(type(x) is bool for x in extra):  # None gradients
+                nones = [i for i, x in enumerate(extra) if x]
+                where = f", None gradients at {nones}" if nones else ", no None gradient"
+            else:  # a nest's structure
+                where = f" in {_render(extra)}"
         return f"{kind} of {len(items)} [{', '.join(parts)}]{where}"
     return repr(signature)
 
@@ -687,6 +699,20 @@ class _Reducer:
         elif self.started:  # MPI progresses non-blocking collectives inside MPI calls only
             self.world.mpi.Request.Testall(self.started)
 
+    def abandon(self, upto: int) -> None:
+        """An abandoned call whose first ``upto`` buckets (plan order) some rank had started
+        during its backward: start the ones this rank had not, on zeros (non-blocking, as
+        there: MPI pairs collectives by order and kind), complete them all and drop the
+        results, so every rank leaves the call with nothing in flight."""
+        for k in range(self.next, upto):
+            b = self.buckets[k]
+            xp = b.backend.xp
+            self._start(k, [xp.zeros(shape, b.dtype) for shape in b.shapes], None, True)
+        self.next = max(self.next, upto)
+        if self.started:
+            self.world.mpi.Request.Waitall(self.started)
+            self.started = []
+
     def finish(self, arrays: Sequence[Array | None], complete: bool = False) -> list[Array | None]:
         """Start every bucket not started yet (members whose array is None are left out: the
         ranks agreed they are None everywhere; ``complete``: the caller knows none is), wait
@@ -919,7 +945,8 @@ def _check_op(op: str, compression: str | None, who: str) -> None:
 
 
 def _check_bucket(bucket_bytes: int | None, who: str) -> None:
-    if bucket_bytes is not None and (not isinstance(bucket_bytes, int) or bucket_bytes < 1):
+    if bucket_bytes is not None and (not isinstance(bucket_bytes, int) or isinstance(
+            bucket_bytes, bool) or bucket_bytes < 1):
         raise ValueError(f"gt.distributed.{who}: bucket_bytes must be a positive int, got "
                          f"{bucket_bytes!r}")
 
@@ -955,12 +982,13 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
     """
     who = "allreduce()"
     world = _world(who)
-    _check_op(op, compression, who)
-    _check_bucket(bucket_bytes, who)
     leaves, spec = flatten(tensors)
-    bucket = bucket_bytes or BUCKET_BYTES
+    bucket = BUCKET_BYTES
     failure: BaseException | None = None
-    try:
+    try:  # (a bad argument on one rank is told to the others, which would wait or mis-sum)
+        _check_op(op, compression, who)
+        _check_bucket(bucket_bytes, who)
+        bucket = bucket_bytes or BUCKET_BYTES
         plan, arrays, backend = _tensor_plan(leaves, op, who, bucket,
                                              len(leaves) > 1 or isinstance(tensors, (list, tuple, dict)))
     except Exception as exc:
@@ -968,12 +996,14 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
     if world.comm is None:
         if failure is not None:
             raise failure
-        return unflatten(spec, list(leaves))
+        # one process: the tensors as they are; a Variable as a Tensor of its value (as more
+        # ranks give: the result never changes with the Variable)
+        return unflatten(spec, [t.value() if isinstance(t, Variable) else t for t in leaves])
     kind = _kind("allreduce", op, compression, bucket)
     if failure is not None:
         _agree(world, who, (kind, tuple(_spec(t) if isinstance(t, Tensor) or t is None
                                         else repr(type(t)) for t in leaves)), failure)
-        raise failure
+        raise failure  # (_agree raised it already: for the type checker)
     # (the nest's structure too: two ranks' dicts with other keys must not be summed)
     check = (who, (kind, plan.specs, spec), _hash((plan.signed(kind), _shape_of(spec))))
     if tracing() and any(a is not None for a in arrays):  # checked by the program's step
@@ -1040,25 +1070,30 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
     """
     who = "broadcast_variables()"
     world = _world(who)
+    failure: BaseException | None = None  # (told to the other ranks, which would wait)
+    if isinstance(root, np.integer):
+        root = int(root)
     if not isinstance(root, int) or isinstance(root, bool) or not 0 <= root < world.size:
-        raise ValueError(f"gt.distributed.{who}: root must be a rank in [0, {world.size}), got {root!r}")
-    if optimizer is not None and not isinstance(optimizer, Optimizer):
-        raise TypeError(f"gt.distributed.{who}: optimizer must be a gradtape optimizer or None, "
-                        f"got {type(optimizer).__name__}")
+        failure = ValueError(f"gt.distributed.{who}: root must be a rank in [0, {world.size}), "
+                             f"got {root!r}")
+    elif optimizer is not None and not isinstance(optimizer, Optimizer):
+        failure = TypeError(f"gt.distributed.{who}: optimizer must be a gradtape optimizer or "
+                            f"None, got {type(optimizer).__name__}")
     if hasattr(variables, "variables") and not isinstance(variables, (Tensor, list, tuple, dict)):
         variables = list(variables.variables)
     leaves, _ = flatten(variables)
-    failure: BaseException | None = None
     for i, v in enumerate(leaves):
-        if not isinstance(v, Variable):
+        if failure is None and not isinstance(v, Variable):
             failure = TypeError(f"gt.distributed.{who}: variables[{i}] must be a gt.Variable, got "
                                 f"{type(v).__name__}")
-            break
     if world.comm is None:
         if failure is not None:
             raise failure
         return
-    signature = (f"broadcast_variables(root={root}, optimizer={optimizer is not None})",
+    # the optimizer's class and slots too: other ranks load root's state into theirs
+    opt = None if optimizer is None else (type(optimizer).__name__,
+                                          tuple(getattr(optimizer, "slot_names", ())))
+    signature = (f"broadcast_variables(root={root!r}, optimizer={opt})",
                  tuple(_spec(v) if isinstance(v, Variable) else None for v in leaves))
     _agree(world, who, signature, failure)
     mpi = world.mpi
@@ -1136,7 +1171,7 @@ class DistributedGradientTape:
         :class:`DistributedError` in their ``gradient()``) before the exception goes on."""
         self._tape.__exit__(kind, exc, tb)
         if exc is not None and isinstance(exc, Exception) and _WORLD is not None \
-                and _WORLD.comm is not None and _WORLD.broken is None:
+                and _WORLD.comm is not None:
             try:
                 _agree(_WORLD, "DistributedGradientTape.gradient()", None, exc)
             except Exception:  # noqa: S110 - _agree re-raises exc: it goes on as it is
@@ -1210,15 +1245,9 @@ class DistributedGradientTape:
                 raise failure
             return unflatten(spec, [None] * len(leaves))
         try:
-            _agree(world, who, ("gradients (True: None)", nones), failure,
-                   started=bool(red.started))
-        except DistributedError as err:
-            if err.started:  # on every rank: the started reductions wait unmatched
-                world.broken = "a gradient reduction was started on some ranks only"
-            raise
-        except Exception:
-            if red.started:
-                world.broken = "a gradient reduction was started on some ranks only"
+            _agree(world, who, ("gradients (True: None)", nones), failure, started=red.next)
+        except Exception:  # (every rank raises: a DistributedError, or its own error)
+            red.abandon(world.started_max)  # the reductions any rank started, on every rank
             raise
         if failure is not None:
             raise failure

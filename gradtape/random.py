@@ -220,9 +220,10 @@ class Generator:
         Args:
             shape: an int or a sequence of ints.
             low, high: finite numbers, ``low <= high``.
-            dtype: a float dtype, float32 by default. With the default bounds the values are
-                in ``[0, 1)`` exactly; other bounds scale them in that precision, so rounding
-                can, rarely, give ``high`` itself (as ``numpy.random.uniform`` notes).
+            dtype: a float dtype, float32 by default. The values are in ``[low, high)``
+                exactly: the draws are scaled in float32 or float64, a narrower float rounds
+                them down, and one that rounding takes to ``high`` becomes the float just
+                below it (``numpy.random.uniform`` can return ``high``).
 
         Shapes: ``shape``.
 
@@ -253,7 +254,15 @@ class Generator:
                 u += draw.type(lo)
             else:  # high - low overflows the dtype: (1 - u) * low + u * high stays in range
                 u = (1 - u) * draw.type(lo) + u * draw.type(hi)
-            return _to_active(u.astype(dt, copy=False))
+            out = u.astype(dt, copy=False)
+            if dt != draw:  # a narrower float: round down (as below)
+                up = out > u
+                out[up] = np.nextafter(out[up], dt.type(-np.inf))
+            if lo < hi:  # rounding in the scaling can reach high itself: [low, high) holds
+                top = out >= dt.type(hi)
+                if top.any():
+                    out[top] = np.nextafter(dt.type(hi), dt.type(-np.inf))
+            return _to_active(out)
         out = u.astype(dt, copy=False)
         if dt != draw:  # a narrower float: round down, so [0, 1) stays [0, 1) (to nearest, a
             # draw above 1 - 2**-12 would give 1.0 in float16), each value keeping its share

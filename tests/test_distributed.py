@@ -83,6 +83,11 @@ def test_size_one_calls_are_identities():
     x = gt.tensor([1.0, 2.0])
     assert gt.distributed.allreduce(x) is x
     assert gt.distributed.allreduce({"a": [x, None]}, op="sum")["a"][1] is None
+    v = gt.Variable([1.0, 2.0])  # a Variable comes back as a Tensor of its value
+    out = gt.distributed.allreduce(v)
+    assert type(out) is gt.Tensor
+    v.assign([5.0, 6.0])
+    np.testing.assert_array_equal(out.numpy(), [1.0, 2.0])
     w = gt.Variable([[1.0, 2.0]])
     with gt.GradientTape() as tape:
         loss = gt.sum(w * w)
@@ -115,6 +120,8 @@ def test_argument_errors_name_the_argument():
         D.DistributedOptimizer(D.DistributedOptimizer(gt.optimizers.SGD(0.1)))
     with pytest.raises(ValueError, match="bucket_bytes must be a positive int"):
         D.allreduce([gt.tensor([1.0])], bucket_bytes=0)
+    with pytest.raises(ValueError, match="bucket_bytes must be a positive int"):
+        D.allreduce([gt.tensor([1.0])], bucket_bytes=True)
     with pytest.raises(ValueError, match="root must be a rank"):
         D.broadcast_variables([gt.Variable([1.0])], root=1)
     with pytest.raises(TypeError, match="must be a gt.Variable"):
@@ -429,6 +436,42 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
 
     _expect(raise_in_backward, FloatingPointError if r == 0 else D.DistributedError,
             "rank 0's backward fails")
+    # ... and the job goes on: rank 1 had started a bucket during its backward (one bucket
+    # per source), rank 0 none; rank 0 starts it on zeros and both complete it
+    got = D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy()
+    assert got.tolist() == [3.0], got
+
+    def fail_with_overlap():  # the same, with several buckets started on one rank
+        ws = [gt.Variable(np.full(3, 1.0 + k, np.float32)) for k in range(4)]
+        with gt.GradientTape() as tape:
+            loss = gt.sum(fragile(ws[0])) + sum(gt.sum(w * w) for w in ws[1:])
+        D.DistributedGradientTape(tape, bucket_bytes=1).gradient(loss, ws)
+
+    _expect(fail_with_overlap, FloatingPointError if r == 0 else D.DistributedError,
+            "rank 0's backward fails")
+    ok = D.allreduce([gt.tensor([2.0 * r])])[0].numpy()
+    assert ok.tolist() == [1.0], ok
+    # an argument refused on one rank only: every rank raises, none waits or mis-sums
+    _expect(lambda: D.allreduce([gt.tensor([1.0])], op="avg" if r else "sum"),
+            ValueError if r else D.DistributedError, "op must be 'mean' or 'sum'")
+    _expect(lambda: D.broadcast_variables([gt.Variable([1.0])], root=5 if r else 0),
+            ValueError if r else D.DistributedError, "root must be a rank")
+    _expect(lambda: D.broadcast_variables([gt.Variable([1.0])], optimizer=(
+        gt.optimizers.SGD(0.1) if r else gt.optimizers.Adam(0.1))), D.DistributedError,
+        "do not agree")
+    assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
+    D.broadcast_variables([gt.Variable([1.0])], root=np.int64(1))  # a NumPy integer rank
+    # a compiled step whose sources differ across ranks: a DistributedError naming both
+    wd = gt.Variable(np.ones(3 + r, np.float32))
+
+    @gt.function
+    def mismatched():
+        with D.DistributedGradientTape(gt.GradientTape(), overlap=False) as tape:
+            loss = gt.sum(wd * wd)
+        return tape.gradient(loss, [wd])
+
+    _expect(mismatched, D.DistributedError, "do not agree")
+    assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
     print(f"rank {r}: all checks passed", flush=True)
 
 

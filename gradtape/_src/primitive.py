@@ -62,6 +62,15 @@ class Domain:
 
 
 REGISTRY: dict[str, Primitive] = {}
+#: The names of gradtape's own primitives (filled when ``import gradtape`` ends, by
+#: :func:`seal_builtins`): an extension that reuses one is told so.
+BUILTIN: set[str] = set()
+
+
+def seal_builtins() -> None:
+    """Record every primitive declared so far as built in (called once by ``gradtape``'s
+    ``__init__``, after its modules have declared theirs)."""
+    BUILTIN.update(REGISTRY)
 
 
 class Primitive:
@@ -131,7 +140,12 @@ class Primitive:
                  examples: Callable | None = None,
                  folds: dict[str, Callable] | None = None) -> None:
         if name in REGISTRY:
-            raise ValueError(f"primitive {name!r} is declared twice")
+            if name in BUILTIN:
+                raise ValueError(f"primitive {name!r}: the name is taken by one of gradtape's "
+                                 "built-in primitives; choose another name")
+            raise ValueError(f"primitive {name!r} is declared twice (a name stands for one "
+                             "primitive for the life of the process; re-running a declaration, "
+                             "as in a notebook, needs a new name or a restart)")
         self.name = name
         self.impl = impl
         self.vjp: Callable = _missing_rule if rule is None else _tensor_vjp_of(rule)
@@ -806,7 +820,13 @@ def bind_batched(prim: Primitive, args: tuple[Tensor, ...], params: dict[str, An
         st.recording = [t for t in recording if t._vlevel < level]
         st.sync()
     try:
-        out, out_dim = rule(tuple(values), tuple(dims), **params)
+        res = rule(tuple(values), tuple(dims), **params)
+        if not (type(res) is tuple and len(res) == 2 and isinstance(res[0], Tensor)
+                and (res[1] is None or isinstance(res[1], (int, np.integer)))):
+            raise TypeError(f"gt.vmap: the batching rule of primitive '{prim.name}' returned "
+                            f"{type(res).__name__}; a batching rule returns (out, out_dim): the "
+                            "result Tensor and its batch axis (None: not batched)")
+        out, out_dim = res
     finally:
         if inner:
             st.recording = recording

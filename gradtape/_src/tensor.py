@@ -97,13 +97,15 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None) -> None:
-        # a copy of user arrays and Variables; another Tensor's buffer is immutable, shared
+        # always a copy, of a Tensor too: one made by from_dlpack shares a buffer that its
+        # producer may write (torch_x[0] = 1)
         if isinstance(data, Tensor) and data._is_variable and STATE.trace is not None \
                 and not STATE.trace.suspended:  # gt.function: the copy reads the Variable at
             data = data.value()  # type: ignore[attr-defined]  # each call (a step of the
-            # program), as Variable.value() does
-        copy = not isinstance(data, Tensor) or data._is_variable
-        arr, backend = _to_array(data, dtype, copy=copy, to_active=True)
+            # program), as Variable.value() does; that is the copy
+            arr, backend = _to_array(data, dtype, copy=False, to_active=True)
+        else:
+            arr, backend = _to_array(data, dtype, copy=True, to_active=True)
         self.data = arr
         self._backend = backend
         self._id = 0
@@ -179,6 +181,11 @@ class Tensor:
         data = self.data
         if isinstance(data, np.generic):
             data = np.asarray(data)
+        elif any(st < 0 for st in data.strides):
+            # a reversed view (a flip, t[::-1], a gradient through them) goes out as a
+            # contiguous copy: PyTorch's importer cannot take negative strides and aborts the
+            # process (a C++ error, no Python exception)
+            data = data.copy()
         return data.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -467,7 +474,15 @@ class Variable(Tensor):
 
     def _check_representable(self, arr: Array, what: str, exact: bool) -> None:
         """``arr`` fits the variable's dtype: no NaN or inf for an integer variable, and (``exact``:
-        an update, not ``assign``, which casts) no fraction to truncate."""
+        an update, not ``assign``, which casts) no fraction to truncate; integers within the
+        integer variable's range (300 into int8 would wrap to 44; PyTorch's ``fill_`` refuses)."""
+        if self.dtype.kind in "iu" and arr.dtype.kind in "iu" and arr.size \
+                and not np.can_cast(arr.dtype, self.dtype):
+            info = np.iinfo(self.dtype)
+            if bool(arr.min() < info.min) or bool(arr.max() > info.max):
+                raise ValueError(f"{what}: value holds integers outside [{info.min}, {info.max}], "
+                                 f"which the integer variable {self.name or '<unnamed>'} "
+                                 f"({self.dtype}) cannot hold")
         if self.dtype.kind in "iub" and arr.dtype.kind == "f":
             xp = self._backend.xp
             if not bool(xp.isfinite(arr).all()):
@@ -498,6 +513,9 @@ class Variable(Tensor):
             raise TypeError(f"{what}: value must be numeric, array-like of the variable's shape "
                             f"{self.shape}, got {type(value).__name__} ({exc})") from None
         kind = arr.dtype.kind
+        if kind == "O" and isinstance(value, int):  # a Python int past 64 bits
+            raise ValueError(f"{what}: value {value} does not fit the variable "
+                             f"{self.name or '<unnamed>'} ({self.dtype})")
         if kind not in "biuf":
             what_kind = "complex" if kind == "c" else f"non-numeric ({arr.dtype})"
             raise TypeError(f"{what}: value is {what_kind}; the variable {self.name or '<unnamed>'} "
@@ -738,9 +756,10 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
                 arr = backend.xp.from_dlpack(producer)
             else:  # host memory for the device: through NumPy, then one copy to the device
                 arr = backend.xp.asarray(np.from_dlpack(producer))
-        except BufferError as exc:  # e.g. a PyTorch tensor that requires grad
+        except (BufferError, RuntimeError) as exc:  # e.g. a PyTorch tensor that requires
+            # grad (BufferError); a dtype NumPy lacks, bfloat16 (RuntimeError)
             raise TypeError(f"gt.tensor: {type(data).__name__} cannot be read through DLPack "
-                            f"({exc}); expected a numeric array") from None
+                            f"({exc}){_DLPACK_HINT}") from None
         if dtype is not None:
             arr = arr.astype(dtype, copy=copy and shared)
         elif copy and shared:  # the producer's memory: a constructor never keeps it
@@ -751,14 +770,20 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
         host = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"gt.tensor: cannot convert {type(data).__name__} to an array: {exc}") from None
-    if host.dtype.kind == "O":
+    python_data = isinstance(data, (list, tuple, int, float, bool, complex))
+    if dtype is None and python_data and (host.dtype.kind in "uO" or (
+            host.dtype.kind == "f" and host.size and not _has_float(data))):
+        # Python ints give int64: one past its range made NumPy pick uint64 (2**63), float64
+        # ([2**63, 1]) or objects (2**70)
         if _only_ints(data):
             raise OverflowError("gt.tensor: an integer in data does not fit in int64; pass floats "
                                 "(e.g. 2.0 ** 70) or dtype='float64'")
+        if host.dtype.kind == "O" and _only_reals(data):  # floats next to a huge int: floats
+            host = np.asarray(data, dtype=np.float64)
+    if host.dtype.kind == "O":
         raise TypeError("gt.tensor: data is ragged or holds non-numeric objects; expected a "
                         "number or a rectangular nested list of numbers")
     _check_numeric(host, data)
-    python_data = isinstance(data, (list, tuple, int, float, bool, complex))
     if dtype is None and host.dtype.kind in "fc" and python_data:
         # Python floats become float32, Python complex numbers complex64; an array keeps its dtype
         host = host.astype(_FLOAT_DEFAULT if host.dtype.kind == "f" else _COMPLEX_DEFAULT)
@@ -768,10 +793,29 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
     return arr, backend
 
 
+_DLPACK_HINT = ("; expected a numeric array of a dtype NumPy has (bool, int, uint, float16/32/64, "
+                "complex): convert a bfloat16 one first, e.g. x.float()")
+
+
 def _only_ints(data: object) -> bool:
+    """Python ints only (bools included), in nested lists and tuples."""
     if isinstance(data, (list, tuple)):
         return all(_only_ints(d) for d in data)
-    return isinstance(data, int) and not isinstance(data, bool)
+    return isinstance(data, int)
+
+
+def _has_float(data: object) -> bool:
+    """A Python float (or complex) anywhere in nested lists and tuples."""
+    if isinstance(data, (list, tuple)):
+        return any(_has_float(d) for d in data)
+    return isinstance(data, (float, complex))
+
+
+def _only_reals(data: object) -> bool:
+    """Python ints, floats and bools only, in nested lists and tuples."""
+    if isinstance(data, (list, tuple)):
+        return all(_only_reals(d) for d in data)
+    return isinstance(data, (int, float))
 
 
 def check_dtype(dtype: DTypeLike, what: str) -> np.dtype:
@@ -863,9 +907,10 @@ def from_dlpack(obj: SupportsDLPack) -> Tensor:
     backend = NUMPY if device in (1, 3) else backend_by_name("cupy")  # 1: CPU, 3: pinned host
     try:
         arr = backend.xp.from_dlpack(obj)
-    except BufferError as exc:  # e.g. a string array: DLPack carries numbers only
+    except (BufferError, RuntimeError) as exc:  # e.g. a string array: DLPack carries
+        # numbers only; a dtype NumPy lacks, bfloat16 (RuntimeError)
         raise TypeError(f"from_dlpack: {type(obj).__name__} cannot be shared through DLPack "
-                        f"({exc}); expected a numeric array") from None
+                        f"({exc}){_DLPACK_HINT}") from None
     _check_numeric(arr, obj)
     return _wrap(arr, backend)
 

@@ -139,8 +139,8 @@ def _m_round(self: Tensor, ndigits: int | None = None) -> Tensor:
 
 
 def _m_pos(self: Tensor) -> Tensor:
-    """``+self``: the tensor itself."""
-    return self
+    """``+self``: the tensor itself (for a Variable, a Tensor of its current value)."""
+    return _s.reshape(self, self.shape) if self._is_variable else self
 
 
 def _m_abs(self: Tensor) -> Tensor:

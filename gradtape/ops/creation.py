@@ -59,6 +59,14 @@ def normalize_shape(shape: ShapeLike, what: str) -> tuple[int, ...]:
         >>> normalize_shape([2, 3], "zeros")
         (2, 3)
     """
+    if isinstance(shape, (np.ndarray, Tensor)) and shape.ndim == 1:  # np.array([2, 3]): its ints
+        host = shape.numpy() if isinstance(shape, Tensor) else shape
+        if host.dtype.kind not in "iu":
+            raise TypeError(f"{what}: shape must hold ints, got an array of dtype {host.dtype}")
+        shape = [int(n) for n in host.tolist()]
+    elif isinstance(shape, (np.ndarray, Tensor)) and shape.ndim > 1:
+        raise TypeError(f"{what}: shape must be an int or a sequence of ints, got an array of "
+                        f"shape {shape.shape}")
     if isinstance(shape, (str, bytes)) or not (hasattr(shape, "__index__") or isinstance(shape, Sequence)):
         raise TypeError(f"{what}: shape must be an int or a sequence of ints, got {shape!r} "
                         f"({type(shape).__name__})")
@@ -101,8 +109,24 @@ def _dtype(dtype: DTypeLike | None, what: str, default: np.dtype) -> np.dtype:
 def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
     """``value`` (a scalar) converted to ``dtype`` on the host (a NumPy scalar), with a clear
     error."""
+    v = value.item() if isinstance(value, np.generic) else value  # (NumPy casts its own
+    # scalars unsafely: np.int64(300) as uint8 gave 44, NaN as int32 gave INT_MIN)
+    problem = None
+    if dtype.kind in "iu" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if v != v or v in (math.inf, -math.inf):
+            problem = "not a finite number"
+        else:
+            info = np.iinfo(dtype)
+            if not info.min <= int(v) <= info.max:
+                problem = f"outside [{info.min}, {info.max}]"
+    elif dtype.kind == "f" and isinstance(v, (int, float)) and not isinstance(v, bool) \
+            and math.isfinite(v) and abs(v) > float(np.finfo(dtype).max):
+        problem = f"past the largest {dtype} ({np.finfo(dtype).max})"
+    if problem is not None:
+        raise ValueError(f"{what}: fill_value {value!r} cannot be represented as {dtype} "
+                         f"({problem})")
     try:
-        return np.array(value, dtype=dtype)[()]
+        return np.array(v, dtype=dtype)[()]
     except (OverflowError, ValueError, TypeError) as exc:
         raise ValueError(f"{what}: fill_value {value!r} cannot be represented as {dtype} "
                          f"({exc})") from None

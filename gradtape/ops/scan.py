@@ -24,7 +24,7 @@ from .._src.tensor import Tensor
 from ._util import normalize_axis, one, phys_axis
 from .elementwise import P_EQUAL, P_LOGICAL_AND, P_WHERE
 from .indexing import P_INDEX_PUT, P_INDEX_TAKE, _flat_positions, _take_along, getitem
-from .shape import P_ASTYPE, P_FLIP, P_RESHAPE, reshape
+from .shape import P_ASTYPE, P_FLIP, P_RESHAPE, _unchanged, reshape
 
 __all__ = ["cumsum", "cumprod", "argsort", "sort", "topk"]
 
@@ -297,7 +297,7 @@ def sort(x: Any, axis: int | None = -1, descending: bool = False) -> Tensor:
     """
     t, ax = _sort_axis(one(x), axis, "sort")
     if ax is None:  # 0-d: already sorted
-        return t
+        return _unchanged(t)
     return bind(P_SORT, t, axis=ax, descending=bool(descending))
 
 

@@ -59,6 +59,14 @@ P_RESHAPE = primitive("reshape", lambda xp, x, *, shape: x.reshape(shape),
                       saves_inputs=False, examples=_reshape_examples, batch=_reshape_batch)
 
 
+def _unchanged(x: Tensor) -> Tensor:
+    """The result of an op that changes nothing (a reshape to the same shape, an ``astype`` to
+    the same dtype): ``x`` itself, immutable; for a Variable, a Tensor of its current value,
+    recorded (an identity reshape), never the Variable (``h = reshape(v, v.shape); h -= 1``
+    would write into it, and it would change at the Variable's next ``assign``)."""
+    return bind(P_RESHAPE, x, shape=x.shape) if x._is_variable else x
+
+
 def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
     """An int or a sequence of ints (a tuple, list, 1-D integer array) as a tuple; floats
     and bools are refused with a TypeError naming ``what`` and ``name`` (NumPy refuses them
@@ -101,7 +109,7 @@ def reshape(x: Any, shape: Any) -> Tensor:
         raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
                          f"into shape {shape}")
     if tuple(target) == x.shape:
-        return x
+        return _unchanged(x)
     return bind(P_RESHAPE, x, shape=tuple(target))
 
 
@@ -154,7 +162,7 @@ def transpose(x: Any, axes: Any = None) -> Tensor:
             raise ValueError(f"transpose: axes {given} is not a permutation of the {x.ndim} axes "
                              f"of a tensor of shape {x.shape}")
     if axes == tuple(range(x.ndim)):
-        return x
+        return _unchanged(x)
     return bind(P_TRANSPOSE, x, axes=axes)
 
 
@@ -281,7 +289,7 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
     if not broadcasts_to(x.shape, shape):
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}")
     if shape == x.shape:
-        return x
+        return _unchanged(x)
     return bind(P_BROADCAST_TO, x, shape=shape)
 
 
@@ -472,7 +480,7 @@ def concat(tensors: Any, axis: int = 0) -> Tensor:
             raise ValueError(f"concat: tensors[{i}] has shape {t.shape} and tensors[0] has shape "
                              f"{ts[0].shape}; they must agree except along axis {axis}")
     if len(ts) == 1:
-        return ts[0]
+        return _unchanged(ts[0])
     return bind(P_CONCAT, *_promote(ts), axis=ax)
 
 
@@ -573,7 +581,7 @@ def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
     cv = constant_values.item() if hasattr(constant_values, "item") else constant_values
     pw_t = tuple((int(a), int(b)) for a, b in pw)
     if not any(a or b for a, b in pw_t):
-        return x
+        return _unchanged(x)
     return bind(P_PAD, x, pad_width=pw_t, constant_values=cv)
 
 
@@ -618,7 +626,7 @@ def flip(x: Any, axis: Any = None) -> Tensor:
     if axes is None:
         axes = tuple(range(x.ndim))
     if x.ndim == 0 or not axes:
-        return x
+        return _unchanged(x)
     return bind(P_FLIP, x, axis=axes)
 
 
@@ -669,7 +677,7 @@ def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
     shifts = _ints(shift, "roll", "shift")
     if axis is None:
         if not x.size or sum(shifts) % x.size == 0:
-            return x
+            return _unchanged(x)
         flat = bind(P_ROLL, reshape(x, (-1,)), shift=(sum(shifts) % x.size,), axis=(0,))
         return reshape(flat, x.shape)
     axes = [_axis(a, max(x.ndim, 1), "roll") for a in _ints(axis, "roll", "axis")]
@@ -677,14 +685,14 @@ def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
         raise ValueError(f"roll: {len(shifts)} shifts for {len(axes)} axes; give one shift per "
                          "axis, or one for all")
     if x.ndim == 0:  # a 0-d tensor (axis 0 or -1) has nothing to roll
-        return x
+        return _unchanged(x)
     total = dict.fromkeys(axes, 0)
     for s, a in zip(shifts * (len(axes) if len(shifts) == 1 else 1),
                     axes * (len(shifts) if len(axes) == 1 else 1)):
         total[a] += s
     moved = {a: s % x.shape[a] for a, s in total.items() if x.shape[a] and s % x.shape[a]}
     if not moved:
-        return x
+        return _unchanged(x)
     return bind(P_ROLL, x, shift=tuple(moved.values()), axis=tuple(moved))
 
 
@@ -876,7 +884,7 @@ def astype(x: Any, dtype: Any) -> Tensor:
     x = one(x)
     dtype = check_dtype(dtype, "astype: dtype")
     if dtype == x.dtype:
-        return x
+        return _unchanged(x)
     return bind(P_ASTYPE, x, dtype=dtype)
 
 

@@ -116,8 +116,9 @@ def unbroadcast(g: Tensor | Array, shape: tuple[int, ...], prim: Primitive) -> T
         return g.sum(axis=0) if tensor else acc_sum(g, 0)
     lead = g.ndim - len(shape)
     if lead < 0 or any(s != 1 and s != gs for s, gs in zip(shape, gshape[lead:])):
-        raise ValueError(f"internal error: the VJP of '{prim.name}' returned a gradient of shape "
-                         f"{gshape} for an input of shape {shape}")
+        raise ValueError(f"the VJP rule of primitive '{prim.name}' returned a gradient of shape "
+                         f"{gshape} for an input of shape {shape} (each gradient has its "
+                         "input's shape, or one that sums back to it)")
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
                                       if s == 1 and gshape[lead + i] != 1)
     if axes:
@@ -381,8 +382,9 @@ def _backward(tape: Recorder, targets: list[Tensor], seeds: list[Tensor | None],
         if safe or prim.masks:
             masked = marked(masked, rec.in_ids)
         if len(in_grads) != len(rec.in_ids):
-            raise ValueError(f"internal error: the VJP of '{rec.prim.name}' returned "
-                             f"{len(in_grads)} gradients for {len(rec.in_ids)} inputs")
+            raise ValueError(f"the VJP rule of primitive '{rec.prim.name}' returned "
+                             f"{len(in_grads)} gradients for {len(rec.in_ids)} inputs (one per "
+                             "input, None for an input without one)")
         for i, gi in enumerate(in_grads):
             iid = rec.in_ids[i]
             if gi is None or not iid or iid not in reach:

@@ -27,7 +27,7 @@ from ..autodiff.record import ForwardRecorder, RecordX
 from ..autodiff.state import STATE, hooks_add
 from ..errors import MissingRuleError
 from ..nest import flatten, unflatten
-from ..primitive import Primitive
+from ..primitive import BUILTIN, Primitive
 from ..rules import ON_TENSORS
 from ..tensor import Tensor, TensorTree, _next_id, _wrap, tensor
 from .custom_gradient import _CustomCall
@@ -223,6 +223,10 @@ class ForwardAccumulator(ForwardRecorder):
             st.forward = stack
             st.sync()
         if tangent is None:
+            if rule is prim.jvp and prim.name not in BUILTIN:  # an extension's own rule
+                raise TypeError(f"forward mode: the JVP rule of primitive '{prim.name}' returned "
+                                "None; it returns the output's tangent, a Tensor of the output's "
+                                "shape (zeros where the output does not move)")
             return
         if not out._id:
             out._id = _next_id()

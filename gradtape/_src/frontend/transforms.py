@@ -237,10 +237,10 @@ def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     fname = f"gt.jacrev({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
-    def jac(*args: Any) -> Any:
+    def jac(*args: Any, **kwargs: Any) -> Any:
         nums = _argnums(argnums, len(args), fname)
 
-        partial = _of_differentiated(f, args, nums)
+        partial = _of_differentiated(f, args, nums, kwargs)
 
         out, vjp_fn = vjp(partial, *[args[i] for i in nums])
         out_leaves, out_spec = flatten(out)
@@ -291,11 +291,11 @@ def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     fname = f"gt.jacfwd({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
-    def jac(*args: Any) -> Any:
+    def jac(*args: Any, **kwargs: Any) -> Any:
         nums = _argnums(argnums, len(args), fname)
         primals = [_as_sources(args[i], fname, i) for i in nums]
 
-        partial = _of_differentiated(f, args, nums)
+        partial = _of_differentiated(f, args, nums, kwargs)
 
         per_arg = []  # for each differentiated argument: the output tree of Jacobians
         out_spec = None
@@ -426,13 +426,17 @@ def _hvp_nested_tapes(f: Callable[..., Any], xs: tuple[Any, ...], tangents: Sequ
     return tuple(outer.gradient(gv, list(xs), unconnected_gradients="zero"))
 
 
-def _of_differentiated(f: Callable[..., Any], args: tuple, nums: tuple[int, ...]) -> Callable[..., Any]:
-    """``f`` as a function of the arguments ``nums`` only, the others fixed to ``args``."""
+def _of_differentiated(f: Callable[..., Any], args: tuple, nums: tuple[int, ...],
+                       kwargs: dict | None = None) -> Callable[..., Any]:
+    """``f`` as a function of the arguments ``nums`` only, the others fixed to ``args`` (and
+    the keyword arguments ``kwargs``, never differentiated)."""
+    kw = kwargs or {}
+
     def partial(*diff_args: Any) -> Any:
         full = list(args)
         for i, a in zip(nums, diff_args):
             full[i] = a
-        return f(*full)
+        return f(*full, **kw)
 
     return partial
 

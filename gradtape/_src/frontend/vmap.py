@@ -136,7 +136,7 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
                          f"got {randomness!r}")
 
     @functools.wraps(f)
-    def vectorized(*args: Any) -> Any:
+    def vectorized(*args: Any, **kwargs: Any) -> Any:
         if isinstance(in_axes, (list, tuple)) and len(in_axes) != len(args):
             raise ValueError(f"gt.vmap: in_axes has {len(in_axes)} entries but the function was "
                              f"called with {len(args)} positional arguments")
@@ -172,18 +172,19 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
             raise ValueError(f"gt.vmap: axis_size={axis_size} but the batched arguments have "
                              f"{size} examples")
         if chunk_size is not None and size > chunk_size:
-            return _chunked(size, int(chunk_size), tensors, axes, tree)
-        return _run(size, tensors, axes, tree)
+            return _chunked(size, int(chunk_size), tensors, axes, tree, kwargs)
+        return _run(size, tensors, axes, tree, kwargs)
 
-    def _run(size: int, tensors: list[Any], axes: list[int | None], tree: Any,
+    def _run(size: int, tensors: list[Any], axes: list[int | None], tree: Any, kwargs: dict,
              shared: SharedDraws | None = None) -> Any:
         with batch_level(size, randomness, shared) as level:
             wrapped = [t if ax is None else BatchedTensor(t, ax, level)
                        for t, ax in zip(tensors, axes)]
-            out = f(*unflatten(tree, wrapped))
+            out = f(*unflatten(tree, wrapped), **kwargs)  # keywords: passed as they are
         return _unwrap(out, level, size)
 
-    def _chunked(size: int, chunk: int, tensors: list[Any], axes: list[int | None], tree: Any) -> Any:
+    def _chunked(size: int, chunk: int, tensors: list[Any], axes: list[int | None], tree: Any,
+                 kwargs: dict) -> Any:
         pieces = []
         # "same": one draw for the whole batch, so the later pieces take the first one's
         shared = SharedDraws() if randomness == "same" else None
@@ -192,7 +193,7 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
             part = [t if ax is None else _slice(t, ax, start, stop) for t, ax in zip(tensors, axes)]
             if shared is not None:
                 shared.piece(start == 0)
-            pieces.append(_run(stop - start, part, axes, tree, shared))
+            pieces.append(_run(stop - start, part, axes, tree, kwargs, shared))
         flats = [flatten(p) for p in pieces]
         spec = flats[0][1]
         oaxes = broadcast_prefix(out_axes, pieces[0], "out_axes")
