@@ -229,13 +229,25 @@ def _prod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 
 
 def _prod_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None) -> Tensor:
-    """``d prod / d x_i`` (``y``: the product in the keepdims shape), exact with zeros."""
+    """``d prod / d x_i`` (``y``: the product in the keepdims shape), exact with zeros, and
+    written so that its own derivative (prod's second) is exact with any number of zeros.
+
+    At a zero ``x_i`` the partial is the product of the others: the product ``P`` of the
+    non-zeros when ``x_i`` is the only zero; with exactly two zeros it is 0, written
+    ``P * (z - x_i)`` with ``z`` the sum of the zero entries (0 too), whose derivative with
+    respect to the other zero is ``P``, as the second derivative is; with three or more, every
+    second derivative is 0 as well, and so is the constant."""
     is_zero = _zero_mask(m, x)
     x_safe = m.apply(P_WHERE, is_zero, m.scalar(1, x), x)
     nonzero_prod = m.apply(P_PROD, x_safe, axis=axes, keepdims=True)
     n_zero = m.apply(P_SUM, m.apply(P_ASTYPE, is_zero, dtype=x.dtype), axis=axes, keepdims=True)
     one_zero = m.apply(P_EQUAL, n_zero, m.scalar(1, n_zero))
-    at_zero = m.apply(P_WHERE, one_zero, nonzero_prod, m.scalar(0, nonzero_prod))
+    two_zeros = m.apply(P_EQUAL, n_zero, m.scalar(2, n_zero))
+    zeros_sum = m.apply(P_SUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axes,
+                        keepdims=True)
+    the_other = nonzero_prod * (zeros_sum - x)  # (0 in value where two_zeros selects it)
+    at_zero = m.apply(P_WHERE, one_zero, nonzero_prod,
+                      m.apply(P_WHERE, two_zeros, the_other, m.scalar(0, nonzero_prod)))
     return m.apply(P_WHERE, is_zero, at_zero, y / x_safe)
 
 
@@ -266,7 +278,8 @@ P_PROD = primitive("prod", lambda xp, x, *, axis, keepdims: xp.prod(x, axis=axis
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     """Product over ``axis``. The gradient is exact with zeros in the input (the product of
-    the other elements, never ``y / 0``).
+    the other elements, never ``y / 0``), and so is the second derivative (the Hessian, an
+    HVP), with any number of zeros.
 
     Shapes: as :func:`sum`.
 

@@ -178,8 +178,8 @@ P_CUMPROD = primitive("cumprod", lambda xp, x, *, axis: xp.cumprod(x, axis=axis)
 def cumprod(x: Any, axis: int | None = None) -> Tensor:
     """Cumulative product along ``axis`` (None: of the flattened tensor), as ``np.cumprod``.
     The gradient is exact when ``x`` holds zeros (products of the other factors, never a
-    division by zero); the second derivative is exact with up to one zero per slice (as
-    :func:`prod`).
+    division by zero); the second derivative is exact with up to one zero per slice (with two
+    or more it is 0 where the product of the other factors is not; :func:`prod`'s is exact).
 
     Shapes: ``x`` -> ``x.shape`` (``[x.size]`` when ``axis`` is None).
 

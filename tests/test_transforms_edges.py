@@ -1,0 +1,90 @@
+"""Transforms and the extension API: keyword arguments through vmap, jacrev, jacfwd and
+hessian; the extension rules' messages; prod's second derivative with several zeros."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape import extend
+
+
+def _scaled(a, scale=1.0):
+    return gt.sum(a * a) * scale
+
+
+def test_keyword_arguments_pass_through_the_transforms():
+    x = gt.tensor([1.0, 2.0])
+    np.testing.assert_array_equal(gt.vmap(lambda a, scale=1.0: a * scale)(
+        gt.tensor([[1.0, 2.0], [3.0, 4.0]]), scale=2.0).numpy(), [[2.0, 4.0], [6.0, 8.0]])
+    np.testing.assert_array_equal(gt.jacrev(_scaled)(x, scale=2.0).numpy(), [4.0, 8.0])
+    np.testing.assert_array_equal(gt.jacfwd(_scaled)(x, scale=2.0).numpy(), [4.0, 8.0])
+    np.testing.assert_array_equal(gt.hessian(_scaled)(x, scale=2.0).numpy(), [[4.0, 0.0], [0.0, 4.0]])
+    np.testing.assert_array_equal(gt.grad(_scaled)(x, scale=2.0).numpy(), [4.0, 8.0])
+    # under vmap a keyword is the same for every example (not mapped), also in pieces
+    xs = gt.tensor(np.arange(6.0).reshape(3, 2))
+    got = gt.vmap(gt.grad(_scaled), chunk_size=2)(xs, scale=3.0)
+    np.testing.assert_array_equal(got.numpy(), 6.0 * np.arange(6.0).reshape(3, 2))
+
+
+def test_an_extension_jvp_rule_returning_none_raises():
+    p = extend.primitive("edge_jvp_none", lambda xp, a: a * 2, rule=lambda m, rec, g: (g * 2,),
+                         saves_inputs=False, jvp=lambda m, primals, tangents, out: None)
+    x = gt.tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"JVP rule of primitive 'edge_jvp_none' returned None"):
+        gt.jvp(lambda a: extend.bind(p, a), (x,), (x,))
+
+
+def test_an_extension_batching_rule_must_return_a_pair():
+    p = extend.primitive("edge_batch_bare", lambda xp, a: a * 2, rule=lambda m, rec, g: (g * 2,),
+                         saves_inputs=False, batch=lambda args, dims: args[0])
+    with pytest.raises(TypeError, match=r"batching rule of primitive 'edge_batch_bare' returned "
+                                        r"Tensor; a batching rule returns \(out, out_dim\)"):
+        gt.vmap(lambda a: extend.bind(p, a))(gt.tensor([[1.0], [2.0]]))
+
+
+def test_an_extension_vjp_of_the_wrong_shape_names_the_rule():
+    p = extend.primitive("edge_vjp_shape", lambda xp, a: a * 2, rule=lambda m, rec, g: (g[:2],),
+                         saves_inputs=False)
+    x = gt.Variable([1.0, 2.0, 3.0])
+    with gt.GradientTape() as tape:
+        y = gt.sum(extend.bind(p, x))
+    with pytest.raises(ValueError, match=r"the VJP rule of primitive 'edge_vjp_shape' returned a "
+                                         r"gradient of shape \(2,\) for an input of shape \(3,\)"):
+        tape.gradient(y, x)
+
+
+def test_a_builtin_name_is_refused_as_taken():
+    with pytest.raises(ValueError, match=r"primitive 'tanh': the name is taken by one of "
+                                         r"gradtape's built-in primitives"):
+        extend.elementwise("tanh", lambda xp, x: x, "1")
+    extend.elementwise("edge_twice", lambda xp, x: x, "1")
+    with pytest.raises(ValueError, match=r"primitive 'edge_twice' is declared twice"):
+        extend.elementwise("edge_twice", lambda xp, x: x, "1")
+
+
+def _prod_hessian(x: np.ndarray) -> np.ndarray:
+    """d2 prod / dx_i dx_j: the product of the entries other than i and j (0 on the diagonal)."""
+    n = x.size
+    h = np.zeros((n, n))
+    for i, j in itertools.product(range(n), range(n)):
+        if i != j:
+            h[i, j] = np.prod(np.delete(x, [i, j]))
+    return h
+
+
+@pytest.mark.parametrize("x", [[0.0, 0.0, 2.0, 3.0], [0.0, 1.5, 0.0, -2.0, 0.5], [0.0, 0.0, 0.0, 2.0],
+                               [0.0, 2.0, 3.0], [1.5, 2.0, -3.0], [0.0, 0.0]])
+def test_prod_second_derivative_is_exact_with_zeros(x):
+    x = np.array(x)
+    want = _prod_hessian(x)
+    t = gt.tensor(x)
+    np.testing.assert_allclose(gt.hessian(gt.prod)(t).numpy(), want, atol=1e-12)  # fwd over rev
+    np.testing.assert_allclose(gt.jacrev(gt.jacrev(gt.prod))(t).numpy(), want, atol=1e-12)
+    v = gt.tensor(np.linspace(0.5, 1.5, x.size))
+    np.testing.assert_allclose(gt.hvp(gt.prod, (t,), (v,))[0].numpy(), want @ v.numpy(), atol=1e-12)
+    rows = gt.hessian(lambda a: gt.sum(gt.prod(gt.reshape(a, (1, -1)), axis=1)))(t)
+    np.testing.assert_allclose(rows.numpy(), want, atol=1e-12)
