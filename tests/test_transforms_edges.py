@@ -88,3 +88,29 @@ def test_prod_second_derivative_is_exact_with_zeros(x):
     np.testing.assert_allclose(gt.hvp(gt.prod, (t,), (v,))[0].numpy(), want @ v.numpy(), atol=1e-12)
     rows = gt.hessian(lambda a: gt.sum(gt.prod(gt.reshape(a, (1, -1)), axis=1)))(t)
     np.testing.assert_allclose(rows.numpy(), want, atol=1e-12)
+
+
+def test_messages_name_the_transform_called():
+    for transform, name in [(gt.grad, "gt.grad"), (gt.hessian, "gt.hessian"),
+                            (gt.value_and_grad, "gt.value_and_grad")]:
+        with pytest.raises(TypeError, match=rf"^{name}\(<lambda>\): the function must return a "
+                                            r"scalar"):
+            transform(lambda x: x * 2)(gt.tensor([1.0, 2.0]))
+
+
+def test_a_host_read_in_jacobians_vectorized_backward_suggests_the_loop():
+    @gt.custom_gradient
+    def doubled(x):
+        def grad(dy):
+            return gt.tensor(dy.numpy() * 2)  # a host read: one value per row, not batched
+        return x * 2, grad
+
+    x = gt.tensor([1.0, 2.0])
+    with gt.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = doubled(x)
+    with pytest.raises(TypeError, match=r"numpy\(\) of a batched tensor inside tape.jacobian's "
+                                        r"vectorized backward .* experimental_use_pfor=False"):
+        tape.jacobian(y, x)
+    np.testing.assert_array_equal(tape.jacobian(y, x, experimental_use_pfor=False).numpy(),
+                                  [[2.0, 0.0], [0.0, 2.0]])

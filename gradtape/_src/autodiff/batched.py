@@ -33,6 +33,13 @@ __all__ = ["BatchedTensor", "Abstract", "value_error", "physical_data", "batch_l
 
 
 def value_error(what: str) -> NoReturn:
+    label = STATE.batch_labels[-1] if STATE.batch_labels else None
+    if label is not None:  # a vmap level the user did not write: say which call made it
+        raise TypeError(
+            f"{what} of a batched tensor inside {label}: its value differs per row, so it "
+            "cannot be a single Python value or array (a custom gradient's grad function that "
+            "calls .numpy(), say). Keep the computation in gradtape ops, or pass "
+            "experimental_use_pfor=False (one backward pass per row, on a persistent tape)")
     raise TypeError(
         f"{what} of a batched tensor inside gt.vmap: its value differs per example, so it cannot "
         "be a single Python value or array. Keep the computation in gradtape ops (use gt.where "
@@ -197,22 +204,25 @@ def shared_draw(make: Callable[[], Any]) -> Any:
 
 @contextmanager
 def batch_level(size: int | None = None, randomness: str = "same",
-                shared: SharedDraws | None = None) -> Iterator[int]:
+                shared: SharedDraws | None = None, label: str | None = None) -> Iterator[int]:
     """Enter one more vmap level on this thread (yields its number): batched values made for it
     carry it, and backward passes inside run in recorded ops (``STATE.transforms``).
     ``randomness``: what a random draw inside does (:func:`random_levels`); ``size``: the
-    batch size, needed for "different"; ``shared``: a chunked "same" vmap's draws."""
+    batch size, needed for "different"; ``shared``: a chunked "same" vmap's draws;
+    ``label``: the call that made the level, for messages (None: ``gt.vmap``)."""
     st = STATE
     level = st.vmap_level + 1
     st.vmap_level = level
     st.transforms += 1
     st.vmap_random.append((level, size, randomness, shared))
+    st.batch_labels.append(label)
     try:
         yield level
     finally:
         st.vmap_level = level - 1
         st.transforms -= 1
         st.vmap_random.pop()
+        st.batch_labels.pop()
 
 
 def random_levels(who: str) -> list[tuple[int, int]]:

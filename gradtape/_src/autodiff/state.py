@@ -43,6 +43,9 @@ class _State(threading.local):
         # per active vmap level, outermost first: (level, batch size, randomness mode, the
         # chunked "same" vmap's SharedDraws or None)
         self.vmap_random: list[tuple[int, int | None, str, Any]] = []
+        # per active vmap level, outermost first: what the user called (None: gt.vmap), for
+        # messages (tape.jacobian's vectorized backward is a vmap level too)
+        self.batch_labels: list[str | None] = []
         self.trace: Any = None  # the gt.function trace running in this thread, if any
         self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
         # the recording tapes when a gt.function trace is the only other thing on: the fast

@@ -551,7 +551,9 @@ def _jacobian_vectorized(tape: GradientTape, target: Tensor, sources: list[Tenso
     else:
         m = int(np.prod(tshape, dtype=np.int64))
         seed_arr = xp.eye(m, dtype=target.dtype).reshape((m,) + tshape)
-    with batch_level() as level:
+    label = ("tape.batch_jacobian" if batch else "tape.jacobian") + \
+        "'s vectorized backward (experimental_use_pfor=True)"
+    with batch_level(label=label) as level:
         seed = BatchedTensor(_wrap(seed_arr, target._backend), 0, level)
         grads = backward(tape, [target], [seed], sources, True, release=False)
     out: list[Tensor | None] = []

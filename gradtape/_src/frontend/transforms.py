@@ -103,9 +103,15 @@ def value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0,
         >>> float(v), g.numpy()
         (5.0, array([2., 4.], dtype=float32))
     """
+    return _value_and_grad(f, argnums, has_aux, "gt.value_and_grad")
+
+
+def _value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int], has_aux: bool,
+                    who: str) -> Callable[..., Any]:
+    """:func:`value_and_grad`, its messages naming ``who``, the transform the user called."""
     if not callable(f):
-        raise TypeError(f"gt.value_and_grad: f must be callable, got {type(f).__name__}")
-    fname = f"gt.value_and_grad({getattr(f, '__name__', 'f')})"
+        raise TypeError(f"{who}: f must be callable, got {type(f).__name__}")
+    fname = f"{who}({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -142,7 +148,13 @@ def grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0,
         >>> gt.grad(gt.grad(lambda x: x ** 3))(gt.tensor(2.0)).numpy()   # second derivative
         array(12., dtype=float32)
     """
-    vg = value_and_grad(f, argnums, has_aux)
+    return _grad(f, argnums, has_aux, "gt.grad")
+
+
+def _grad(f: Callable[..., Any], argnums: int | Sequence[int], has_aux: bool,
+          who: str) -> Callable[..., Any]:
+    """:func:`grad`, its messages naming ``who``."""
+    vg = _value_and_grad(f, argnums, has_aux, who)
 
     @functools.wraps(f)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -360,7 +372,7 @@ def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable
         array([[ 6.,  0.],
                [ 0., 12.]], dtype=float32)
     """
-    return jacfwd(grad(f, argnums), argnums)
+    return jacfwd(_grad(f, argnums, False, "gt.hessian"), argnums)
 
 
 def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
