@@ -114,3 +114,33 @@ def test_a_host_read_in_jacobians_vectorized_backward_suggests_the_loop():
         tape.jacobian(y, x)
     np.testing.assert_array_equal(tape.jacobian(y, x, experimental_use_pfor=False).numpy(),
                                   [[2.0, 0.0], [0.0, 2.0]])
+
+
+def _cumprod_hessian(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """d2/dx_a dx_b of sum_j w_j cumprod(x)_j: sum over j >= a, b of w_j times the product of
+    x_k, k <= j, other than a and b."""
+    n = x.size
+    h = np.zeros((n, n))
+    for j in range(n):
+        for a, b in itertools.product(range(j + 1), range(j + 1)):
+            if a != b:
+                h[a, b] += weights[j] * np.prod(np.delete(x[:j + 1], [a, b]))
+    return h
+
+
+@pytest.mark.parametrize("x", [[0.0, 0.0, 2.0, 3.0], [1.5, 0.0, 2.0, 0.0, 3.0], [0.0, 0.0, 0.0, 2.0],
+                               [1.0, 0.0, 0.0, 0.0, 2.0], [2.0, 3.0, 0.5], [0.0, 1.0, 2.0]])
+def test_cumprod_second_derivative_is_exact_with_zeros(x):
+    x = np.array(x)
+    w = np.linspace(0.5, 1.5, x.size)
+    want = _cumprod_hessian(x, w)
+
+    def f(a):
+        return gt.sum(gt.cumprod(a) * gt.tensor(w))
+
+    t = gt.tensor(x)
+    np.testing.assert_allclose(gt.hessian(f)(t).numpy(), want, atol=1e-12)
+    np.testing.assert_allclose(gt.jacrev(gt.jacrev(f))(t).numpy(), want, atol=1e-12)
+    first = [sum(w[j] * np.prod(np.delete(x[:j + 1], [i])) for j in range(i, x.size))
+             for i in range(x.size)]
+    np.testing.assert_allclose(gt.grad(f)(t).numpy(), first, atol=1e-12)

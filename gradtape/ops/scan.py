@@ -116,13 +116,14 @@ def cumsum(x: Any, axis: int | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- cumprod
-def _zero_parts(m: OnTensors, x: Tensor, axis: int) -> tuple[Tensor, Tensor, Tensor]:
+def _zero_parts(m: OnTensors, x: Tensor, axis: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(``x == 0``, ``x`` with its zeros replaced by 1, whether exactly one zero occurred up to
-    each position along ``axis``): the masks of cumprod's derivative, made with primitives."""
+    each position along ``axis``, the count of zeros up to each position): the masks of
+    cumprod's derivative, made with primitives."""
     is_zero = m.apply(P_EQUAL, x, m.scalar(0, x))
     safe = m.apply(P_WHERE, is_zero, m.scalar(1, x), x)
     count = m.apply(P_CUMSUM, m.apply(P_ASTYPE, is_zero, dtype=np.dtype(np.int64)), axis=axis)
-    return is_zero, safe, m.apply(P_EQUAL, count, m.scalar(1, count))
+    return is_zero, safe, m.apply(P_EQUAL, count, m.scalar(1, count)), count
 
 
 def _cumprod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -132,15 +133,24 @@ def _cumprod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     #   x_i the first zero:    sum_{j >= i} g_j * (product of the non-zeros up to j) while no
     #                          second zero has come
     #   a later zero:          0 (every product holds the first zero)
-    # Exact with any zeros; the second derivative is exact with up to one zero per slice.
+    # Exact with any zeros, and written so that its own derivative (cumprod's second) is exact
+    # too: where exactly two zeros a, b have come up to j, d y_j / d x_a is the product of the
+    # non-zeros times x_b (0 in value; its derivative with respect to x_b is that product), so
+    # each zero i adds sum_j g_j * partial_j * (z_j - x_i) over those j, z_j the sum of the
+    # zero entries up to j (0 in value, and the term's derivative with respect to x_i is 0).
     axis = rec.params["axis"]
     x, y = m.val(rec.inputs[0]), m.val(rec.output)
-    is_zero, safe, one_zero = _zero_parts(m, x, axis)
+    is_zero, safe, one_zero, count = _zero_parts(m, x, axis)
     nonzero_part = _reverse_cumsum(m, g * y, axis) / safe
     partial = m.apply(P_CUMPROD, safe, axis=axis)  # the product of the non-zeros so far
-    at_zero = _reverse_cumsum(m, g * m.apply(P_WHERE, one_zero, partial, m.scalar(0, partial)), axis)
+    zero = m.scalar(0, partial)
+    at_zero = _reverse_cumsum(m, g * m.apply(P_WHERE, one_zero, partial, zero), axis)
     first_zero = m.apply(P_LOGICAL_AND, is_zero, one_zero)
-    zero_part = m.apply(P_WHERE, first_zero, at_zero, m.scalar(0, at_zero))
+    two_zeros = m.apply(P_EQUAL, count, m.scalar(2, count))
+    zeros_sum = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axis)
+    gp2 = g * m.apply(P_WHERE, two_zeros, partial, zero)
+    second = _reverse_cumsum(m, gp2 * zeros_sum, axis) - x * _reverse_cumsum(m, gp2, axis)
+    zero_part = m.apply(P_WHERE, first_zero, at_zero, zero) + second
     return (m.apply(P_WHERE, is_zero, zero_part, nonzero_part),)
 
 
@@ -148,7 +158,7 @@ def _cumprod_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, 
     # y'_j = y_j * sum_{i <= j, x_i != 0} x'_i / x_i  +  [one zero so far] * (product of the
     # non-zeros up to j) * x'_(that zero): the same cases as the rule
     x, t = primals[0], tangents[0]
-    is_zero, safe, one_zero = _zero_parts(m, x, axis)
+    is_zero, safe, one_zero, _ = _zero_parts(m, x, axis)
     ratio = m.apply(P_WHERE, is_zero, m.scalar(0, t), t / safe)
     total = out * m.apply(P_CUMSUM, ratio, axis=axis)
     at_zero = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, t, m.scalar(0, t)), axis=axis)
@@ -178,8 +188,8 @@ P_CUMPROD = primitive("cumprod", lambda xp, x, *, axis: xp.cumprod(x, axis=axis)
 def cumprod(x: Any, axis: int | None = None) -> Tensor:
     """Cumulative product along ``axis`` (None: of the flattened tensor), as ``np.cumprod``.
     The gradient is exact when ``x`` holds zeros (products of the other factors, never a
-    division by zero); the second derivative is exact with up to one zero per slice (with two
-    or more it is 0 where the product of the other factors is not; :func:`prod`'s is exact).
+    division by zero), and so is the second derivative, with any number of zeros (as
+    :func:`prod`).
 
     Shapes: ``x`` -> ``x.shape`` (``[x.size]`` when ``axis`` is None).
 
