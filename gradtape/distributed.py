@@ -1170,8 +1170,10 @@ class DistributedGradientTape:
         """Leave the wrapped tape; if the block raised, tell the other ranks (they raise
         :class:`DistributedError` in their ``gradient()``) before the exception goes on."""
         self._tape.__exit__(kind, exc, tb)
-        if exc is not None and isinstance(exc, Exception) and _WORLD is not None \
-                and _WORLD.comm is not None:
+        # (a DistributedError came from a check every rank made and raised from: telling the
+        # others again would be one check more than a rank that failed made)
+        if exc is not None and isinstance(exc, Exception) and not isinstance(exc, DistributedError) \
+                and _WORLD is not None and _WORLD.comm is not None:
             try:
                 _agree(_WORLD, "DistributedGradientTape.gradient()", None, exc)
             except Exception:  # noqa: S110 - _agree re-raises exc: it goes on as it is

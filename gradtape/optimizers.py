@@ -350,8 +350,12 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
     norm = global_norm(grads)
     assert isinstance(norm, float)
     # a norm of inf or NaN makes every entry NaN (TF's rule): scaling by clip / inf would zero
-    # every finite gradient, so an update would silently stall on one overflowing entry
-    scale = clip_norm / max(norm, clip_norm) if math.isfinite(norm) else math.nan
+    # every finite gradient, so an update would silently stall on one overflowing entry. The
+    # NaN is made as _clip_arrays makes it (norm - norm), so a compiled step's is the same,
+    # to its sign bit
+    n64 = np.float64(norm)
+    with np.errstate(invalid="ignore"):
+        scale = float(np.float64(clip_norm) / np.maximum(n64, clip_norm) + (n64 - n64))
     if scale == 1.0:
         return grads, norm
     out: list[Tensor | Array | None] = []

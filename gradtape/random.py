@@ -221,9 +221,10 @@ class Generator:
             shape: an int or a sequence of ints.
             low, high: finite numbers, ``low <= high``.
             dtype: a float dtype, float32 by default. The values are in ``[low, high)``
-                exactly: the draws are scaled in float32 or float64, a narrower float rounds
-                them down, and one that rounding takes to ``high`` becomes the float just
-                below it (``numpy.random.uniform`` can return ``high``).
+                with ``low`` and ``high`` as the dtype holds them (float16's 0.1 is 0.09998):
+                the draws are scaled in float32 or float64, a narrower float rounds them down,
+                and one that rounding takes to ``high`` becomes the float just below it
+                (``numpy.random.uniform`` can return ``high``).
 
         Shapes: ``shape``.
 

@@ -363,6 +363,17 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
                 raise ValueError("rank 1 fails inside the step")
         tape.gradient(loss, [v])
 
+    def raise_inside_gradient_inside():  # the others call gradient() inside the block
+        with D.DistributedGradientTape(gt.GradientTape()) as tape:
+            loss = gt.sum(v * v)
+            if r == 1:
+                raise ValueError("rank 1 fails inside the step")
+            tape.gradient(loss, [v])
+
+    _expect(raise_inside_gradient_inside, ValueError if r == 1 else D.DistributedError,
+            "rank 1 fails inside the step")
+    assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
+
     _expect(raise_inside, ValueError if r == 1 else D.DistributedError,
             "rank 1 fails inside the step")
 

@@ -439,11 +439,14 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
             # a NumPy scalar (np.float32(0.5)): its own dtype, as NumPy 2 types it, made on
             # ``like``'s backend (a device's library takes host scalars as operands too)
             return _wrap(like._backend.xp.asarray(value), like._backend)
-    # an array is copied, as gt.tensor copies it: a tape may keep the operand for the backward,
-    # and the caller may write into its array after the op (a reused batch buffer)
-    # (a gt.function trace's array is a value of the program: not copied)
-    arr, backend = _to_array(value, copy=not getattr(value, "_gt_traced", False) and (
-        isinstance(value, np.ndarray) or hasattr(value, "__array_namespace__")))
+    # array data is copied, as gt.tensor copies it: a tape may keep the operand for the
+    # backward, and the caller may write into its array after the op (a reused batch buffer).
+    # Not while gt.function traces: the program holds such an array by reference and reads
+    # it at each call (a copy would be a constant of the program, frozen at the trace)
+    tr = STATE.trace
+    copy = (tr is None or tr.suspended) and not getattr(value, "_gt_traced", False) \
+        and not isinstance(value, (list, tuple))  # (nested lists become a new array anyway)
+    arr, backend = _to_array(value, copy=copy)
     return _wrap(arr, backend)
 
 

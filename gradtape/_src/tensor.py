@@ -99,6 +99,10 @@ class Tensor:
     def __init__(self, data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None) -> None:
         # always a copy, of a Tensor too: one made by from_dlpack shares a buffer that its
         # producer may write (torch_x[0] = 1)
+        if isinstance(data, Tensor) and data._level:
+            raise TypeError("gt.tensor() of a batched tensor inside gt.vmap: its value differs "
+                            "per example; use the tensor itself (tensors are immutable), or "
+                            "gt.stop_gradient(t) for a copy that carries no gradient")
         if isinstance(data, Tensor) and data._is_variable and STATE.trace is not None \
                 and not STATE.trace.suspended:  # gt.function: the copy reads the Variable at
             data = data.value()  # type: ignore[attr-defined]  # each call (a step of the
@@ -359,6 +363,11 @@ class Tensor:
         def astype(self, dtype: DTypeLike) -> Tensor: ...
 
 
+#: A live Variable by the id of its buffer (``data``, written in place for the Variable's
+#: life): a ``gt.function`` trace refuses a NumPy call that writes into one directly.
+VARIABLE_BUFFERS: weakref.WeakValueDictionary[int, Variable] = weakref.WeakValueDictionary()
+
+
 class Variable(Tensor):
     """Mutable, trainable state (TF's ``tf.Variable``).
 
@@ -414,6 +423,7 @@ class Variable(Tensor):
         self.name = name
         self.trainable = bool(trainable)
         self._snapshots = None
+        VARIABLE_BUFFERS[id(arr)] = self
 
     def _snapshot(self) -> Tensor:
         """A Tensor sharing the current buffer, for a tape to save: the next ``assign*`` first
@@ -757,7 +767,10 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
             else:  # host memory for the device: through NumPy, then one copy to the device
                 arr = backend.xp.asarray(np.from_dlpack(producer))
         except (BufferError, RuntimeError) as exc:  # e.g. a PyTorch tensor that requires
-            # grad (BufferError); a dtype NumPy lacks, bfloat16 (RuntimeError)
+            # grad (BufferError); a dtype NumPy lacks, bfloat16 (RuntimeError; another
+            # RuntimeError, a device's, goes on as it is)
+            if not isinstance(exc, BufferError) and "dtype" not in str(exc).lower():
+                raise
             raise TypeError(f"gt.tensor: {type(data).__name__} cannot be read through DLPack "
                             f"({exc}){_DLPACK_HINT}") from None
         if dtype is not None:
@@ -908,7 +921,9 @@ def from_dlpack(obj: SupportsDLPack) -> Tensor:
     try:
         arr = backend.xp.from_dlpack(obj)
     except (BufferError, RuntimeError) as exc:  # e.g. a string array: DLPack carries
-        # numbers only; a dtype NumPy lacks, bfloat16 (RuntimeError)
+        # numbers only; a dtype NumPy lacks, bfloat16 (RuntimeError; another goes on)
+        if not isinstance(exc, BufferError) and "dtype" not in str(exc).lower():
+            raise
         raise TypeError(f"from_dlpack: {type(obj).__name__} cannot be shared through DLPack "
                         f"({exc}){_DLPACK_HINT}") from None
     _check_numeric(arr, obj)

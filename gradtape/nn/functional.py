@@ -538,7 +538,20 @@ def layer_norm(x: Any, gamma: Any = None, beta: Any = None, axis: Any = -1,
         y = y * _over_axes(gamma, "gamma", x, axes)
     if beta is not None:
         y = y + _over_axes(beta, "beta", x, axes)
-    return ops.astype(y, x.dtype) if y.dtype != x.dtype else y
+    return _from_float32(y, x, gamma, beta)
+
+
+def _from_float32(y: Tensor, x: Tensor, *params: Any) -> Tensor:
+    """A float16 ``x``'s normalization, computed in float32, rounded once to the dtype it
+    would have had in float16: ``x``'s promoted with those of ``params`` (``gamma``, ``beta``:
+    a float32 one gives float32)."""
+    if x.dtype != np.float16:
+        return y
+    target = x.dtype
+    for p in params:
+        if p is not None:
+            target = np.promote_types(target, one(p).dtype)
+    return ops.astype(y, target) if y.dtype != target else y
 
 
 def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
@@ -552,7 +565,10 @@ def _over_axes(v: Any, name: str, x: Tensor, axes: tuple[int, ...]) -> Tensor:
         # trailing axes: v broadcasts against them (not against leading axes too: a [T, D]
         # gamma for x [B, T, D] and axis -1 is a mistake, as in PyTorch), or has x's rank
         within = x.shape if t.ndim == x.ndim else tuple(x.shape[a] for a in order)
-        if not broadcasts_to(t.shape, within):
+        vs = t.shape
+        while len(vs) > len(within) and vs[0] == 1:  # (leading size-1 axes: a keepdims form)
+            vs = vs[1:]
+        if not broadcasts_to(vs, within):
             raise ValueError(f"layer_norm: {name} of shape {t.shape} must broadcast against the "
                              f"normalized axes {order} of x of shape {x.shape}, sizes "
                              f"{tuple(x.shape[a] for a in order)} (or have x's rank)")
@@ -682,7 +698,7 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
     y = xc * (inv if g is None else inv * ops.reshape(g, bshape))
     if b is not None:
         y = y + ops.reshape(b, bshape)
-    return ops.astype(y, x.dtype) if y.dtype != x.dtype else y
+    return _from_float32(y, x, g, b)
 
 
 # --------------------------------------------------------------------------- embedding

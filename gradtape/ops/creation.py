@@ -119,9 +119,15 @@ def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
             info = np.iinfo(dtype)
             if not info.min <= int(v) <= info.max:
                 problem = f"outside [{info.min}, {info.max}]"
-    elif dtype.kind == "f" and isinstance(v, (int, float)) and not isinstance(v, bool) \
-            and math.isfinite(v) and abs(v) > float(np.finfo(dtype).max):
-        problem = f"past the largest {dtype} ({np.finfo(dtype).max})"
+    elif dtype.kind == "f" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        try:  # a finite number that rounds to inf (65510.0 rounds to float16's 65504: kept)
+            finite = math.isfinite(v)
+            with np.errstate(over="ignore"):
+                rounds_to_inf = finite and not np.isfinite(np.array(float(v), dtype=dtype))
+        except OverflowError:  # a Python int past float64 (10**400)
+            rounds_to_inf = True
+        if rounds_to_inf:
+            problem = f"past the largest {dtype} ({np.finfo(dtype).max})"
     if problem is not None:
         raise ValueError(f"{what}: fill_value {value!r} cannot be represented as {dtype} "
                          f"({problem})")

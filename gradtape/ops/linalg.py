@@ -813,23 +813,32 @@ def inv(a: Any) -> Tensor:
 def _cofactor_impl(xp: Any, a: Any) -> Any:
     if a.size == 0:
         return xp.zeros_like(a)
-    if xp is not np:  # no LU attempt on a device: checking it would read the result back
-        return _cofactor_svd(xp, a)
+    if xp is not np:  # no LU attempt on a device: checking it would read the result back;
+        # a matrix holding NaN or inf gives NaN (masked on the device, no read-back)
+        bad = ~xp.isfinite(a).all(axis=(-2, -1))[..., None, None]
+        c = _cofactor_svd(xp, xp.where(bad, xp.eye(a.shape[-1], dtype=a.dtype), a))
+        return xp.where(bad, xp.asarray(np.nan, dtype=a.dtype), c)
     # which way a matrix goes depends on its values: one logged call, so that each replay of a
     # gt.function step takes its own
     return opaque(_cofactor_numpy, a, key="det_cofactor")
 
 
 def _cofactor_numpy(a: np.ndarray) -> np.ndarray:
-    """LU where every matrix of ``a`` is invertible, else the SVD for the stack."""
+    """LU where every matrix of ``a`` is invertible, else the SVD for the stack; NaN for a
+    matrix holding NaN or inf (as the LU route gives, where the SVD would not converge)."""
+    bad = ~np.isfinite(a).all(axis=(-2, -1))
+    if bad.any():
+        a = np.where(bad[..., None, None], np.eye(a.shape[-1], dtype=a.dtype), a)
     try:
         with np.errstate(all="ignore"):
             c = np.linalg.det(a)[..., None, None] * np.swapaxes(np.linalg.inv(a), -1, -2)
-        if np.isfinite(c).all():
-            return c
+        if not np.isfinite(c).all():
+            c = _cofactor_svd(np, a)
     except np.linalg.LinAlgError:
-        pass
-    return _cofactor_svd(np, a)
+        c = _cofactor_svd(np, a)
+    if bad.any():
+        c = np.where(bad[..., None, None], np.asarray(np.nan, a.dtype), c)
+    return c
 
 
 def _cofactor_svd(xp: Any, a: Any) -> Any:

@@ -51,7 +51,7 @@ from ..cpu import pool
 from ..errors import TracingError
 from ..nest import flatten, unflatten
 from ..primitive import own_copy
-from ..tensor import Tensor, _to_array, _wrap
+from ..tensor import VARIABLE_BUFFERS, Tensor, _to_array, _wrap
 
 __all__ = ["function", "Function", "TracedArray", "opaque", "tracing"]
 
@@ -867,6 +867,12 @@ class _Trace:
         for buf in wr:
             if type(buf) is not TracedArray and _is_array(buf) and not isinstance(buf, np.generic) \
                     and id(buf) not in self.promoted:
+                refused = _variable_write(fn, buf)
+                if refused is not None:
+                    if not self.fallback:
+                        raise TracingError(refused)
+                    if self.poisoned is None:  # fallback="eager": the step runs eagerly
+                        self.poisoned = refused
                 if buf.base is not None and self.unsafe is None:  # a view: its base is read
                     self.unsafe = (f"{getattr(fn, '__name__', fn)} wrote into a view of an array "
                                    "made outside the trace")
@@ -1007,6 +1013,22 @@ class _Trace:
             items.append(w)
         self.steps.append(_Step(fn, targs, {}, outs, type(res), False, key, host=True))
         return type(res)(items)
+
+
+def _variable_write(fn: Any, buf: Any) -> str | None:
+    """Why a traced call that writes into ``buf`` is refused, or None: ``buf`` is a Variable's
+    buffer, or a view of one (``np.copyto(v.data, x)``, ``out=v.data``), and the program
+    would write a fresh buffer of its own at each replay, so the Variable would stop
+    changing (``v.assign`` is a step of the program, replayed at each call)."""
+    for b in (buf, getattr(buf, "base", None)):
+        owner = VARIABLE_BUFFERS.get(id(b)) if b is not None else None
+        if owner is not None and owner.data is b:
+            return (f"gt.function: {getattr(fn, '__name__', fn)} at {user_line()} writes into "
+                    f"the buffer of Variable {owner.name or '<unnamed>'} (its .data) directly; "
+                    "the program that replays this step would write a buffer of its own "
+                    "instead, and the Variable would stop changing. Use v.assign(value) (or "
+                    "assign_add, assign_sub), which the program replays at each call")
+    return None
 
 
 def _owned(impl: Any, xp: Any, variables: tuple[int, ...], *arrays: Any, **params: Any) -> Any:

@@ -9,7 +9,9 @@ first-order array route of the engine (:func:`~gradtape._src.autodiff.engine._vj
   param-only and whose other inputs are constants) or *per-example* (batch axis first, size
   ``B`` = ``target.shape[0]``). An input that is not differentiated (untracked, or tracked but
   not reached from the sources) counts as per-example data when its shape is ``[B, ...]`` and
-  as a constant otherwise; a Variable that is not a source is always a constant. A ``getitem``
+  as a constant otherwise; a watched Variable that is not a source is always a constant, and
+  so is a tensor made from such Variables alone (``gt.astype(W0, W0.dtype)``, ``W0.T``); an
+  unwatched one (``trainable=False``, never ``tape.watch``-ed) is an untracked input. A ``getitem``
   of a param-only table with an integer index array ``[B, ...]`` (an embedding lookup) is
   per-example too.
 * **One reverse pass** from the target, seeded with ones. A record whose output is
@@ -230,6 +232,17 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
     for i in src:
         kind[i] = _PARAM
     variables = tape._variables
+    # constants made from Variables that are not sources (gt.astype(W0, W0.dtype), W0.T,
+    # W0 * 2.0): outputs of records outside the reach whose inputs are such Variables, such
+    # constants, or untracked values that cannot be per-example data (no batch axis first)
+    fixed = set(variables)
+    for rec in records:
+        if rec.out_id in reach or rec.extra_outs:
+            continue
+        ins = rec.in_ids
+        if any(ins) and all((iid in fixed) if iid else not (shape and shape[0] == B)
+                            for iid, shape in zip(ins, rec.in_shapes)):
+            fixed.add(rec.out_id)
     for idx in live:
         rec = records[idx]
         ex = False
@@ -250,8 +263,8 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         "examples (a batch mean or sum, batch statistics, a transpose of the "
                         "batch axis). Per-example gradients need examples that do not interact, "
                         "the batch axis first in every per-example tensor")
-            elif iid and iid in variables:
-                k = _CONST  # a Variable that is not a source: a parameter held fixed
+            elif iid and iid in fixed:
+                k = _CONST  # a Variable that is not a source (or made from one): held fixed
             else:
                 k = _EXAMPLE if shape and shape[0] == B else _CONST
             if k == _EXAMPLE and len(shape) < wide and iid and iid in reach:
