@@ -403,7 +403,8 @@ def _square_sum(a: Array) -> Any:
     """``sum(a * a)`` as a 0-d float64 array (inf past float64's range, without a warning).
     On the host the squares of float16 values are formed in float32 (a float16 square
     overflows from 256 on, a float32 one from 1.9e19, which would make the norm inf and zero
-    every clipped gradient), and a float32 sum that overflows is taken again in float64. On
+    every clipped gradient), and a float32 sum that overflows, or that is below 1e-30 for
+    entries that are not all zero (underflowed squares), is taken again in float64. On
     a device, where reading the sum back would synchronise, the squares are formed in
     float64 in one pass."""
     with np.errstate(over="ignore"):
@@ -413,8 +414,11 @@ def _square_sum(a: Array) -> Any:
             return backend_of(a).xp.square(a, dtype=np.float64).sum()
         if a.dtype.itemsize < 4:
             a = a.astype(np.float32)
-        sq = (a * a).sum(dtype=np.float64)
-        if not np.isfinite(sq):
+        with np.errstate(under="ignore"):
+            sq = (a * a).sum(dtype=np.float64)
+        # past float32's range, or so small that squares may have underflowed (entries below
+        # 1e-19 square to float32 subnormals or 0: a norm of 3e-25 came out 0): in float64
+        if not np.isfinite(sq) or (sq < 1e-30 and a.size and np.abs(a).max() > 0):
             a64 = a.astype(np.float64)
             sq = (a64 * a64).sum()
         return sq

@@ -111,3 +111,12 @@ def test_gt_tensor_of_a_batched_tensor_says_what_to_do():
     with pytest.raises(TypeError, match=r"gt.tensor\(\) of a batched tensor inside gt.vmap: .* "
                                         r"gt.stop_gradient"):
         gt.vmap(lambda a: gt.tensor(a) * 2)(gt.tensor([[1.0, 2.0]]))
+
+
+def test_global_norm_of_tiny_float32_gradients_does_not_underflow():
+    g = np.full(4, 1e-25, np.float32)
+    assert gt.optimizers.global_norm([gt.tensor(g)]) == pytest.approx(2e-25, rel=1e-6)
+    f = gt.function(lambda t: gt.optimizers.global_norm([t]))
+    for k in (1.0, 2.0, 3.0):
+        assert float(f(gt.tensor(g * k))) == pytest.approx(2e-25 * k, rel=1e-6)
+    assert gt.optimizers.global_norm([gt.zeros(3)]) == 0.0
