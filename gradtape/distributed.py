@@ -103,6 +103,10 @@ class _World:
         # set by a failed agreement check: the most reductions any rank had started for the
         # abandoned call (a rank re-raising its own error learns it from here)
         self.started_max = 0
+        # the last exception an agreement check raised (a rank's own, or DistributedError):
+        # every rank has been told of it, so DistributedGradientTape.__exit__ does not tell
+        # them again (that would be one check more than the other ranks make)
+        self.announced: BaseException | None = None
         self.calls = 0  # agreement checks made: a rank that skips a call is told so
         self._f16_op: Any = None
         if comm is None:
@@ -334,26 +338,29 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
     world.started_max = max(st for *_, st in everyone)
     anywhere = world.started_max > 0
     if failure is not None:
+        world.announced = failure
         raise failure  # this rank's own error; the others raise DistributedError naming it
     failed = [(r, n) for r, (n, *_) in enumerate(everyone) if n is not None]
     if failed:
         msg = "; ".join(f"rank {r} raised {n}" for r, n in failed)
-        raise _error(f"gt.distributed.{who}: {msg} (the step is abandoned on every rank)", anywhere)
+        raise _error(world, f"gt.distributed.{who}: {msg} (the step is abandoned on every rank)",
+                     anywhere)
     mine_s = everyone[world.rank][1]
     diff = [f"rank {r}: {s}" for r, (_, s, *_) in enumerate(everyone) if s != mine_s]
     if not diff:  # the same call, but not at the same count: a rank skipped a call
         counts = ", ".join(f"rank {r}: {c}" for r, (_, _, c, _) in enumerate(everyone))
-        raise _error(f"gt.distributed.{who}: the ranks are at different collective calls "
-                     f"(checks made so far, {counts}): a rank skipped a call the others made, "
-                     f"or made one more (every rank must make the same calls in the same order)",
-                     anywhere)
-    raise _error(f"gt.distributed.{who}: the ranks do not agree on what to reduce "
+        raise _error(world, f"gt.distributed.{who}: the ranks are at different collective "
+                     f"calls (checks made so far, {counts}): a rank skipped a call the others "
+                     f"made, or made one more (every rank must make the same calls in the same "
+                     f"order)", anywhere)
+    raise _error(world, f"gt.distributed.{who}: the ranks do not agree on what to reduce "
                  f"(rank {world.rank}: {mine_s}; {'; '.join(diff)})", anywhere)
 
 
-def _error(msg: str, started: bool) -> DistributedError:
+def _error(world: _World, msg: str, started: bool) -> DistributedError:
     err = DistributedError(msg)
     err.started = started
+    world.announced = err
     return err
 
 
@@ -980,11 +987,17 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
         >>> g[0].numpy()
         array([1., 3.], dtype=float32)
     """
+    return _allreduce(tensors, op, compression, bucket_bytes)
+
+
+def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int | None,
+               failure: BaseException | None = None) -> Any:
+    """:func:`allreduce`; ``failure``: an error the caller found on this rank (raised here
+    after the other ranks are told, so they raise too instead of waiting)."""
     who = "allreduce()"
     world = _world(who)
     leaves, spec = flatten(tensors)
     bucket = BUCKET_BYTES
-    failure: BaseException | None = None
     try:  # (a bad argument on one rank is told to the others, which would wait or mis-sum)
         _check_op(op, compression, who)
         _check_bucket(bucket_bytes, who)
@@ -992,7 +1005,7 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
         plan, arrays, backend = _tensor_plan(leaves, op, who, bucket,
                                              len(leaves) > 1 or isinstance(tensors, (list, tuple, dict)))
     except Exception as exc:
-        failure = exc
+        failure = failure or exc
     if world.comm is None:
         if failure is not None:
             raise failure
@@ -1170,10 +1183,10 @@ class DistributedGradientTape:
         """Leave the wrapped tape; if the block raised, tell the other ranks (they raise
         :class:`DistributedError` in their ``gradient()``) before the exception goes on."""
         self._tape.__exit__(kind, exc, tb)
-        # (a DistributedError came from a check every rank made and raised from: telling the
-        # others again would be one check more than a rank that failed made)
-        if exc is not None and isinstance(exc, Exception) and not isinstance(exc, DistributedError) \
-                and _WORLD is not None and _WORLD.comm is not None:
+        # (an exception a check already raised, on every rank: telling the others again would
+        # be one check more than they make)
+        if exc is not None and isinstance(exc, Exception) and _WORLD is not None \
+                and _WORLD.comm is not None and exc is not _WORLD.announced:
             try:
                 _agree(_WORLD, "DistributedGradientTape.gradient()", None, exc)
             except Exception:  # noqa: S110 - _agree re-raises exc: it goes on as it is
@@ -1333,7 +1346,16 @@ class DistributedOptimizer(Optimizer):
         pairs = list(grads_and_vars)
         grads = [g if g is None or isinstance(g, Tensor) else _wrap(g, backend_of(g))
                  for g, _ in pairs]
-        reduced = allreduce(grads, op=op, compression=compression, bucket_bytes=bucket_bytes)
+        failure = None
+        seen: dict[int, int] = {}  # (found before the reduction: told to the other ranks)
+        for i, (_, v) in enumerate(pairs):
+            first = seen.setdefault(id(v), i)
+            if first != i and isinstance(v, Variable):
+                failure = ValueError(f"{type(self).__name__}.{what}: variable "
+                                     f"{v.name or f'#{i}'} is given twice (pairs #{first} and "
+                                     f"#{i}); add its gradients and pass it once")
+                break
+        reduced = _allreduce(grads, op, compression, bucket_bytes, failure)
         super()._apply(zip(reduced, [v for _, v in pairs]), what, stacklevel + 1)
 
 

@@ -303,10 +303,14 @@ def global_norm(grads: Iterable[Tensor | Array | None]) -> float | Tensor:
         >>> gt.optimizers.global_norm([gt.tensor([3.0]), None, gt.tensor([4.0])])
         5.0
     """
+    arrays, backend = _present_arrays(grads)
+    for i, a in enumerate(arrays):
+        if a.dtype.kind not in "biuf":  # (a complex square would drop the imaginary part)
+            raise TypeError(f"global_norm: gradients must hold real numbers; gradient #{i} "
+                            f"(of those not None) has dtype {a.dtype}")
     if tracing():
-        arrays, backend = _present_arrays(grads)
         return _wrap(backend.xp.sqrt(_sum_squares(arrays)), backend) if arrays else 0.0
-    return math.sqrt(sum(float(_square_sum(a)) for a in _present_arrays(grads)[0]))
+    return math.sqrt(sum(float(_square_sum(a)) for a in arrays))
 
 
 def clip_by_global_norm(grads: Iterable[Tensor | Array | None],

@@ -374,6 +374,23 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
             "rank 1 fails inside the step")
     assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
 
+    def refused_inside():  # rank 1's own argument refused inside the block: told once
+        with D.DistributedGradientTape(gt.GradientTape()) as tape:
+            loss = gt.sum(v * v)
+            D.allreduce([gt.tensor([1.0])], op="avg" if r == 1 else "sum")
+            tape.gradient(loss, [v])
+
+    _expect(refused_inside, ValueError if r == 1 else D.DistributedError, "op must be")
+    assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
+    # a Variable given twice to a DistributedOptimizer on one rank only: every rank raises
+    dv = gt.Variable([1.0, 1.0])
+    dopt = D.DistributedOptimizer(gt.optimizers.SGD(0.5))
+    g = gt.tensor([1.0, 1.0])
+    _expect(lambda: dopt.apply_gradients([(g, dv), (g, dv)] if r == 1 else [(g, dv), (g, v)]),
+            ValueError if r == 1 else D.DistributedError, "given twice")
+    assert dv.numpy().tolist() == [1.0, 1.0]
+    assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
+
     _expect(raise_inside, ValueError if r == 1 else D.DistributedError,
             "rank 1 fails inside the step")
 

@@ -120,3 +120,53 @@ def test_global_norm_of_tiny_float32_gradients_does_not_underflow():
     for k in (1.0, 2.0, 3.0):
         assert float(f(gt.tensor(g * k))) == pytest.approx(2e-25 * k, rel=1e-6)
     assert gt.optimizers.global_norm([gt.zeros(3)]) == 0.0
+
+
+def test_index_and_label_arrays_are_copied_as_operands_are():
+    """A caller's index or label buffer written after the forward does not change the
+    gradient (getitem, take, segment_sum, cross_entropy)."""
+    with gt.use_backend("numpy"):
+        w = gt.Variable([[1.0, 2.0], [3.0, 4.0]])
+        idx = np.array([0, 0])
+        with gt.GradientTape() as tape:
+            loss = gt.sum(w[idx] ** 2) + gt.sum(gt.take(w, idx, axis=0))
+        idx[:] = 1
+        np.testing.assert_array_equal(tape.gradient(loss, w).numpy(), [[6.0, 10.0], [0.0, 0.0]])
+        seg = np.array([0, 0])
+        with gt.GradientTape() as tape:
+            loss = gt.sum(gt.segment_sum(w, seg, 2)[0] ** 2)
+        seg[:] = 1
+        np.testing.assert_array_equal(tape.gradient(loss, w).numpy(), [[8.0, 12.0], [8.0, 12.0]])
+        labels = np.array([0, 1])
+        logits = gt.Variable([[2.0, 0.0], [0.0, 2.0]])
+        with gt.GradientTape() as tape:
+            ce = gt.nn.cross_entropy(logits, labels)
+        labels[:] = 0
+        g = tape.gradient(ce, logits).numpy()
+        assert g[0, 0] < 0 < g[1, 0]  # each row's own label kept
+
+
+def test_copied_and_unpickled_variables_refuse_buffer_writes_in_a_trace():
+    import copy
+    import pickle
+
+    for W in (copy.copy(gt.Variable(np.zeros(3))), copy.deepcopy(gt.Variable(np.zeros(3))),
+              pickle.loads(pickle.dumps(gt.Variable(np.zeros(3))))):
+        def step(x, W=W):
+            np.copyto(W.data, x.data)
+            return gt.sum(W * 1.0)
+
+        with pytest.raises(gt.TracingError, match=r"writes into the buffer of Variable"):
+            gt.function(step)(gt.tensor(np.ones(3)))
+
+
+def test_global_norm_refuses_complex_gradients():
+    with pytest.raises(TypeError, match=r"global_norm: gradients must hold real numbers"):
+        gt.optimizers.global_norm([gt.tensor([1 + 1j])])
+
+
+def test_a_complex_fill_value_past_the_dtype_is_refused():
+    with pytest.raises(ValueError, match=r"cannot be represented as complex64"):
+        gt.full(2, 1e40 + 0j, dtype="complex64")
+    with pytest.raises(ValueError, match=r"\(401 characters\)"):
+        gt.full(2, 10**400, dtype="float64")

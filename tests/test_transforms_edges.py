@@ -82,8 +82,9 @@ def test_prod_second_derivative_is_exact_with_zeros(x):
     x = np.array(x)
     want = _prod_hessian(x)
     t = gt.tensor(x)
-    np.testing.assert_allclose(gt.hessian(gt.prod)(t).numpy(), want, atol=1e-12)  # fwd over rev
-    np.testing.assert_allclose(gt.jacrev(gt.jacrev(gt.prod))(t).numpy(), want, atol=1e-12)
+    for second in (gt.hessian(gt.prod), gt.jacrev(gt.jacrev(gt.prod)),
+                   gt.jacrev(gt.jacfwd(gt.prod)), gt.jacfwd(gt.jacfwd(gt.prod))):
+        np.testing.assert_allclose(second(t).numpy(), want, atol=1e-12)
     v = gt.tensor(np.linspace(0.5, 1.5, x.size))
     np.testing.assert_allclose(gt.hvp(gt.prod, (t,), (v,))[0].numpy(), want @ v.numpy(), atol=1e-12)
     rows = gt.hessian(lambda a: gt.sum(gt.prod(gt.reshape(a, (1, -1)), axis=1)))(t)
@@ -139,8 +140,9 @@ def test_cumprod_second_derivative_is_exact_with_zeros(x):
         return gt.sum(gt.cumprod(a) * gt.tensor(w))
 
     t = gt.tensor(x)
-    np.testing.assert_allclose(gt.hessian(f)(t).numpy(), want, atol=1e-12)
-    np.testing.assert_allclose(gt.jacrev(gt.jacrev(f))(t).numpy(), want, atol=1e-12)
+    for second in (gt.hessian(f), gt.jacrev(gt.jacrev(f)), gt.jacrev(gt.jacfwd(f)),
+                   gt.jacfwd(gt.jacfwd(f))):  # every order of reverse and forward mode
+        np.testing.assert_allclose(second(t).numpy(), want, atol=1e-12)
     first = [sum(w[j] * np.prod(np.delete(x[:j + 1], [i])) for j in range(i, x.size))
              for i in range(x.size)]
     np.testing.assert_allclose(gt.grad(f)(t).numpy(), first, atol=1e-12)

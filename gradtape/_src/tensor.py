@@ -405,6 +405,9 @@ class Variable(Tensor):
 
     def __init__(self, initial: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None,
                  name: str | None = None, trainable: bool = True) -> None:
+        if isinstance(initial, Tensor) and initial._level:
+            raise TypeError("gt.Variable() of a batched tensor inside gt.vmap: its value differs "
+                            "per example; make Variables outside the vmapped function")
         arr, backend = _to_array(initial, dtype, copy=True, to_active=True)
         tr = STATE.trace
         if tr is not None:  # made while gt.function traces: the trace runs again to check
@@ -651,6 +654,7 @@ def _rebuild_variable(cls: type[Variable], array: Array, backend: str, name: str
     v.name = name
     v.trainable = bool(trainable)
     v._snapshots = None
+    VARIABLE_BUFFERS[id(array)] = v
     return v
 
 

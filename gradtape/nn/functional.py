@@ -23,7 +23,7 @@ from .._src.backend import in_float32
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
-from ..ops._util import as_int, normalize_axis, one
+from ..ops._util import as_int, normalize_axis, one, own_array
 from ..ops.elementwise import P_EQUAL, P_EXP
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_ASTYPE, P_RESHAPE
@@ -235,8 +235,7 @@ def _as_labels(labels: Any, like: Tensor) -> Tensor:
             raise ValueError(f"cross_entropy: labels are on backend {labels.backend!r}, logits on "
                              f"{like.backend!r}; move one with .to()")
         return labels
-    arr = like._backend.xp.asarray(labels)
-    return _wrap(arr, like._backend)
+    return _wrap(own_array(like._backend.xp, labels), like._backend)
 
 
 def _check_labels(lab: Any, C: int) -> None:

@@ -8,11 +8,29 @@ from typing import Any
 
 import numpy as np
 
+from .._src.autodiff.state import STATE
 from .._src.primitive import one, pair
 from .._src.tensor import Tensor
 
 __all__ = ["pair", "one", "as_int", "as_real", "normalize_axis", "batch_size", "move_axis", "phys_axis",
            "logical_axes"]
+
+
+def own_array(xp: Any, value: Any) -> Any:
+    """``value`` (an index or label array, a list) as an array of module ``xp`` that later
+    writes into the caller's array do not reach: a copy, as op operands are copied (a tape may
+    keep it for the backward, and a reused index buffer would change the gradient); while a
+    ``gt.function`` step traces, the array itself, which the program reads at each call.
+
+    Example:
+        >>> a = np.array([0, 1]); b = own_array(np, a); a[0] = 5; int(b[0])
+        0
+    """
+    tr = STATE.trace
+    if (tr is None or tr.suspended) and not getattr(value, "_gt_traced", False) and (
+            isinstance(value, np.ndarray) or hasattr(value, "__array_namespace__")):
+        return xp.array(value, copy=True)
+    return xp.asarray(value)
 
 
 def as_int(value: Any, what: str, name: str) -> int:

@@ -128,8 +128,18 @@ def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
             rounds_to_inf = True
         if rounds_to_inf:
             problem = f"past the largest {dtype} ({np.finfo(dtype).max})"
+    elif dtype.kind == "c" and isinstance(v, (int, float, complex)) and not isinstance(v, bool):
+        try:
+            parts = (complex(v).real, complex(v).imag)
+            with np.errstate(over="ignore"):
+                held = np.array(complex(v), dtype=dtype)
+            if all(math.isfinite(p) for p in parts) and not np.isfinite(held):
+                problem = f"past the largest {dtype}"
+        except OverflowError:
+            problem = f"past the largest {dtype}"
     if problem is not None:
-        raise ValueError(f"{what}: fill_value {value!r} cannot be represented as {dtype} "
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}...({len(repr(value))} characters)"
+        raise ValueError(f"{what}: fill_value {shown} cannot be represented as {dtype} "
                          f"({problem})")
     try:
         return np.array(v, dtype=dtype)[()]

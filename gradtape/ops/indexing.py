@@ -17,7 +17,7 @@ from .._src.backend import is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap, broadcasts_to
-from ._util import as_int, move_axis, normalize_axis, one, phys_axis
+from ._util import as_int, move_axis, normalize_axis, one, own_array, phys_axis
 from .elementwise import P_LESS, P_WHERE
 
 __all__ = ["getitem", "take", "gather", "take_along_axis", "index_add", "segment_sum"]
@@ -42,7 +42,7 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
             advanced = True
         elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy") \
                 or is_extra_array(it):
-            it = xp.asarray(it)
+            it = own_array(xp, it)
             if it.dtype.kind not in "iub":
                 if it.size == 0:
                     it = it.astype(np.intp)
@@ -300,7 +300,7 @@ def _index_put_batch(args: tuple, dims: tuple, *, axis: int, shape: tuple) -> tu
 
 
 def _index_operand(idx: Any, like: Tensor) -> Tensor:
-    return idx if isinstance(idx, Tensor) else _wrap(like._backend.xp.asarray(idx), like._backend)
+    return idx if isinstance(idx, Tensor) else _wrap(own_array(like._backend.xp, idx), like._backend)
 
 
 def _index_examples(rng: Any) -> list:
@@ -437,7 +437,7 @@ def _int_operand(indices: Any, like: Tensor, what: str, name: str) -> Tensor:
             raise ValueError(f"{what}: {name} is on {t.backend!r} but the tensor is on "
                              f"{like.backend!r}; move it with .to()")
     else:
-        arr = like._backend.xp.asarray(indices)
+        arr = own_array(like._backend.xp, indices)
         if arr.size == 0 and arr.dtype.kind not in "iu":  # [] is float64 to NumPy
             arr = arr.astype(np.intp)
         t = _wrap(arr, like._backend)

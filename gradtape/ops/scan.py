@@ -157,14 +157,24 @@ def _cumprod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 def _cumprod_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: int) -> Tensor:
     # y'_j = y_j * sum_{i <= j, x_i != 0} x'_i / x_i  +  [one zero so far] * (product of the
     # non-zeros up to j) * x'_(that zero): the same cases as the rule
+    # With exactly two zeros a, b up to j, d y_j / d x_a = partial_j * x_b (0 in value): the
+    # term partial_j * (z_j * T_j - S_j), T_j the sum of the zeros' tangents up to j, S_j that
+    # of x_i t_i over them, z_j the sum of the zero entries (so that the tangent's own
+    # derivative, cumprod's second, is exact there, as the rule's)
     x, t = primals[0], tangents[0]
-    is_zero, safe, one_zero, _ = _zero_parts(m, x, axis)
-    ratio = m.apply(P_WHERE, is_zero, m.scalar(0, t), t / safe)
+    is_zero, safe, one_zero, count = _zero_parts(m, x, axis)
+    zero = m.scalar(0, t)
+    ratio = m.apply(P_WHERE, is_zero, zero, t / safe)
     total = out * m.apply(P_CUMSUM, ratio, axis=axis)
-    at_zero = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, t, m.scalar(0, t)), axis=axis)
+    at_zero = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, t, zero), axis=axis)
     partial = m.apply(P_CUMPROD, safe, axis=axis)
     zero_term = m.apply(P_WHERE, one_zero, partial * at_zero, m.scalar(0, total))
-    return total + zero_term
+    two_zeros = m.apply(P_EQUAL, count, m.scalar(2, count))
+    zeros_sum = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axis)
+    xt = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x * t, zero), axis=axis)
+    second = m.apply(P_WHERE, two_zeros, partial * (zeros_sum * at_zero - xt),
+                     m.scalar(0, total))
+    return total + zero_term + second
 
 
 def _cumprod_examples(rng: Any) -> list:
