@@ -170,3 +170,25 @@ def test_a_complex_fill_value_past_the_dtype_is_refused():
         gt.full(2, 1e40 + 0j, dtype="complex64")
     with pytest.raises(ValueError, match=r"\(401 characters\)"):
         gt.full(2, 10**400, dtype="float64")
+
+
+def test_per_example_takes_an_unwatched_variable_for_a_constant():
+    """A trainable=False Variable with B rows (not watched, so untracked) is a constant, as
+    every Variable that is not a source is."""
+    rng = np.random.default_rng(1)
+    B = 4
+    W0 = gt.Variable(rng.standard_normal((B, 3)).astype(np.float32), trainable=False)
+    A = gt.Variable(rng.standard_normal((B, 3)).astype(np.float32))
+    x = rng.standard_normal((B, B)).astype(np.float32)
+
+    def losses(xb):
+        y = gt.tensor(xb) @ (W0 * A)
+        return gt.sum(y * y, axis=1)
+
+    with gt.GradientTape() as tape:
+        lv = losses(x)
+    got = tape.per_example_gradients(lv, [A])[0].numpy()
+    for b in range(B):
+        with gt.GradientTape() as t1:
+            lb = gt.sum(losses(x[b:b + 1]))
+        np.testing.assert_allclose(got[b], t1.gradient(lb, A).numpy(), rtol=1e-5, atol=1e-5)

@@ -9,9 +9,9 @@ first-order array route of the engine (:func:`~gradtape._src.autodiff.engine._vj
   param-only and whose other inputs are constants) or *per-example* (batch axis first, size
   ``B`` = ``target.shape[0]``). An input that is not differentiated (untracked, or tracked but
   not reached from the sources) counts as per-example data when its shape is ``[B, ...]`` and
-  as a constant otherwise; a watched Variable that is not a source is always a constant, and
-  so is a tensor made from such Variables alone (``gt.astype(W0, W0.dtype)``, ``W0.T``); an
-  unwatched one (``trainable=False``, never ``tape.watch``-ed) is an untracked input. A ``getitem``
+  as a constant otherwise; a Variable that is not a source is always a constant (an
+  unwatched one, ``trainable=False``, recognized by its saved buffer), and so is a tensor made
+  from such Variables alone (``gt.astype(W0, W0.dtype)``, ``W0.T``). A ``getitem``
   of a param-only table with an integer index array ``[B, ...]`` (an embedding lookup) is
   per-example too.
 * **One reverse pass** from the target, seeded with ones. A record whose output is
@@ -53,7 +53,7 @@ from ..autodiff.state import STATE, opaque, user_line
 from ..backend import Array, acc_sum, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
-from ..tensor import Tensor, _wrap
+from ..tensor import VARIABLE_BUFFERS, Tensor, _wrap
 from .diagnostics import explain
 
 __all__ = ["check_options", "per_example_gradients"]
@@ -203,6 +203,19 @@ def _ghost_kind(rec: Record, i: int, B: int) -> str | None:
     return None
 
 
+def _variable_buffer(rec: Any, i: int) -> bool:
+    """Whether input ``i`` of ``rec``, untracked by the tape, was a Variable's value: its
+    saved array is a live Variable's buffer (an unwatched Variable, ``trainable=False``, read
+    in the step; a Variable written since then is not recognized, and counts by its shape)."""
+    inputs = rec.inputs
+    t = inputs[i] if inputs is not None and i < len(inputs) else None
+    if t is None:
+        return False
+    data = t.data
+    owner = VARIABLE_BUFFERS.get(id(data))
+    return owner is not None and owner.data is data
+
+
 def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
             ghost: bool) -> _Plan:
     """Classify the tensors between the sources and the target, check that every record on
@@ -241,7 +254,8 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
             continue
         ins = rec.in_ids
         if any(ins) and all((iid in fixed) if iid else not (shape and shape[0] == B)
-                            for iid, shape in zip(ins, rec.in_shapes)):
+                            or _variable_buffer(rec, i)
+                            for i, (iid, shape) in enumerate(zip(ins, rec.in_shapes))):
             fixed.add(rec.out_id)
     for idx in live:
         rec = records[idx]
@@ -265,8 +279,8 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         "the batch axis first in every per-example tensor")
             elif iid and iid in fixed:
                 k = _CONST  # a Variable that is not a source (or made from one): held fixed
-            else:
-                k = _EXAMPLE if shape and shape[0] == B else _CONST
+            else:  # (an unwatched Variable, trainable=False, is a constant too)
+                k = _EXAMPLE if shape and shape[0] == B and not _variable_buffer(rec, i) else _CONST
             if k == _EXAMPLE and len(shape) < wide and iid and iid in reach:
                 raise ValueError(
                     f"{WHAT}: the op '{rec.prim.name}' (input {i}) broadcasts a tensor of shape "
