@@ -84,10 +84,6 @@ class DistributedError(RuntimeError):
     different calls) or a rank failed inside the step; raised on every rank, naming the ranks
     and what differs."""
 
-    # the ranks had started reductions for the abandoned call (every rank then starts the
-    # same ones and completes them, so the job can go on)
-    started: bool = False
-
 
 # --------------------------------------------------------------------------- the world
 class _World:
@@ -336,15 +332,13 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
     note = None if failure is None else f"{type(failure).__name__}: {failure}"
     everyone = world.ctrl.allgather((note, _describe(signature), world.calls, int(started)))
     world.started_max = max(st for *_, st in everyone)
-    anywhere = world.started_max > 0
     if failure is not None:
         world.announced = failure
         raise failure  # this rank's own error; the others raise DistributedError naming it
     failed = [(r, n) for r, (n, *_) in enumerate(everyone) if n is not None]
     if failed:
         msg = "; ".join(f"rank {r} raised {n}" for r, n in failed)
-        raise _error(world, f"gt.distributed.{who}: {msg} (the step is abandoned on every rank)",
-                     anywhere)
+        raise _error(world, f"gt.distributed.{who}: {msg} (the step is abandoned on every rank)")
     mine_s = everyone[world.rank][1]
     diff = [f"rank {r}: {s}" for r, (_, s, *_) in enumerate(everyone) if s != mine_s]
     if not diff:  # the same call, but not at the same count: a rank skipped a call
@@ -352,14 +346,13 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
         raise _error(world, f"gt.distributed.{who}: the ranks are at different collective "
                      f"calls (checks made so far, {counts}): a rank skipped a call the others "
                      f"made, or made one more (every rank must make the same calls in the same "
-                     f"order)", anywhere)
+                     f"order)")
     raise _error(world, f"gt.distributed.{who}: the ranks do not agree on what to reduce "
-                 f"(rank {world.rank}: {mine_s}; {'; '.join(diff)})", anywhere)
+                 f"(rank {world.rank}: {mine_s}; {'; '.join(diff)})")
 
 
-def _error(world: _World, msg: str, started: bool) -> DistributedError:
+def _error(world: _World, msg: str) -> DistributedError:
     err = DistributedError(msg)
-    err.started = started
     world.announced = err
     return err
 

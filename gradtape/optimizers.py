@@ -353,13 +353,8 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
         return traced, _wrap(norm, backend)
     norm = global_norm(grads)
     assert isinstance(norm, float)
-    # a norm of inf or NaN makes every entry NaN (TF's rule): scaling by clip / inf would zero
-    # every finite gradient, so an update would silently stall on one overflowing entry. The
-    # NaN is made as _clip_arrays makes it (norm - norm), so a compiled step's is the same,
-    # to its sign bit
-    n64 = np.float64(norm)
-    with np.errstate(invalid="ignore"):
-        scale = float(np.float64(clip_norm) / np.maximum(n64, clip_norm) + (n64 - n64))
+    with np.errstate(invalid="ignore"):  # (the host route of _clip_scale: its NaN, bit for bit)
+        scale = float(_clip_scale(np, np.float64(norm), clip_norm))
     if scale == 1.0:
         return grads, norm
     out: list[Tensor | Array | None] = []
@@ -434,9 +429,16 @@ def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[lis
     stay 0-d arrays and every gradient is multiplied by the scale (by exactly 1.0 when no
     clipping is needed, so the values equal the host route's). Returns (clipped, norm)."""
     norm = xp.sqrt(_sum_squares(grads))
-    # (norm - norm): 0 for a finite norm (the scale stays exact), NaN for inf or NaN (TF's rule)
-    scale = clip_norm / xp.maximum(norm, clip_norm) + (norm - norm)
+    scale = _clip_scale(xp, norm, clip_norm)
     return [g * scale.astype(g.dtype) for g in grads], norm
+
+
+def _clip_scale(xp: Any, norm: Any, clip_norm: float) -> Any:
+    """``clip_norm / max(norm, clip_norm)`` for a 0-d float64 ``norm``, plus ``norm - norm``:
+    0 for a finite norm (the scale stays exact), NaN for inf or NaN, so every entry becomes
+    NaN (TF's rule; a scale of clip / inf would zero every finite gradient, and an update
+    would silently stall on one overflowing entry)."""
+    return clip_norm / xp.maximum(norm, clip_norm) + (norm - norm)
 
 
 # --------------------------------------------------------------------------- checkpoints

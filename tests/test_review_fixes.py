@@ -31,6 +31,17 @@ def test_a_compiled_step_reads_an_outside_array_at_each_call():
             assert float(a) == float(b) == 6.0 * (k + 1)
 
 
+def _matches_a_loop(losses, x: np.ndarray, source: gt.Variable) -> None:
+    """``per_example_gradients`` of ``losses(x)`` equal the gradients of each example alone."""
+    with gt.GradientTape() as tape:
+        lv = losses(x)
+    got = tape.per_example_gradients(lv, [source])[0].numpy()
+    for b in range(x.shape[0]):
+        with gt.GradientTape() as t1:
+            lb = gt.sum(losses(x[b:b + 1]))
+        np.testing.assert_allclose(got[b], t1.gradient(lb, source).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_per_example_constants_made_from_a_variable_that_is_not_a_source():
     """gt.astype(W0, W0.dtype) of a watched Variable with B rows is a constant, not
     per-example data (a no-op op now gives a Tensor, not the Variable)."""
@@ -44,13 +55,7 @@ def test_per_example_constants_made_from_a_variable_that_is_not_a_source():
         y = gt.tensor(xb) @ (gt.astype(W0, np.float32) * A + gt.transpose(gt.transpose(W0)))
         return gt.sum(y * y, axis=1)
 
-    with gt.GradientTape() as tape:
-        lv = losses(x)
-    got = tape.per_example_gradients(lv, [A])[0].numpy()
-    for b in range(B):
-        with gt.GradientTape() as t1:
-            lb = gt.sum(losses(x[b:b + 1]))
-        np.testing.assert_allclose(got[b], t1.gradient(lb, A).numpy(), rtol=1e-5, atol=1e-5)
+    _matches_a_loop(losses, x, A)
 
 
 def test_a_numpy_write_into_a_variable_buffer_while_tracing_is_refused():
@@ -185,10 +190,4 @@ def test_per_example_takes_an_unwatched_variable_for_a_constant():
         y = gt.tensor(xb) @ (W0 * A)
         return gt.sum(y * y, axis=1)
 
-    with gt.GradientTape() as tape:
-        lv = losses(x)
-    got = tape.per_example_gradients(lv, [A])[0].numpy()
-    for b in range(B):
-        with gt.GradientTape() as t1:
-            lb = gt.sum(losses(x[b:b + 1]))
-        np.testing.assert_allclose(got[b], t1.gradient(lb, A).numpy(), rtol=1e-5, atol=1e-5)
+    _matches_a_loop(losses, x, A)

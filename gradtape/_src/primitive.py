@@ -439,15 +439,19 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
             # a NumPy scalar (np.float32(0.5)): its own dtype, as NumPy 2 types it, made on
             # ``like``'s backend (a device's library takes host scalars as operands too)
             return _wrap(like._backend.xp.asarray(value), like._backend)
-    # array data is copied, as gt.tensor copies it: a tape may keep the operand for the
-    # backward, and the caller may write into its array after the op (a reused batch buffer).
-    # Not while gt.function traces: the program holds such an array by reference and reads
-    # it at each call (a copy would be a constant of the program, frozen at the trace)
-    tr = STATE.trace
-    copy = (tr is None or tr.suspended) and not getattr(value, "_gt_traced", False) \
-        and not isinstance(value, (list, tuple))  # (nested lists become a new array anyway)
-    arr, backend = _to_array(value, copy=copy)
+    # (nested lists become a new array anyway)
+    arr, backend = _to_array(value, copy=not isinstance(value, (list, tuple)) and copies_operand(value))
     return _wrap(arr, backend)
+
+
+def copies_operand(value: Any) -> bool:
+    """Whether an op copies the array data ``value`` it is given (an operand, an index, a
+    label array), as ``gt.tensor`` copies: a tape may keep it for the backward, and the caller
+    may write into its array after the op (a reused batch buffer). Not while ``gt.function``
+    traces: the program holds such an array by reference and reads it at each call (a copy
+    would be a constant of the program, frozen at the trace); never a traced array."""
+    tr = STATE.trace
+    return (tr is None or tr.suspended) and not getattr(value, "_gt_traced", False)
 
 
 _F32 = np.dtype(np.float32)

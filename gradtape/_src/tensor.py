@@ -368,6 +368,12 @@ class Tensor:
 VARIABLE_BUFFERS: weakref.WeakValueDictionary[int, Variable] = weakref.WeakValueDictionary()
 
 
+def variable_of_buffer(array: Any) -> Variable | None:
+    """The live Variable whose buffer (``data``) ``array`` is, or None."""
+    owner = VARIABLE_BUFFERS.get(id(array))
+    return owner if owner is not None and owner.data is array else None
+
+
 class Variable(Tensor):
     """Mutable, trainable state (TF's ``tf.Variable``).
 
@@ -814,25 +820,28 @@ _DLPACK_HINT = ("; expected a numeric array of a dtype NumPy has (bool, int, uin
                 "complex): convert a bfloat16 one first, e.g. x.float()")
 
 
+def _python_leaves(data: object) -> Iterator[object]:
+    """The scalars of nested Python lists and tuples."""
+    if isinstance(data, (list, tuple)):
+        for d in data:
+            yield from _python_leaves(d)
+    else:
+        yield data
+
+
 def _only_ints(data: object) -> bool:
     """Python ints only (bools included), in nested lists and tuples."""
-    if isinstance(data, (list, tuple)):
-        return all(_only_ints(d) for d in data)
-    return isinstance(data, int)
+    return all(isinstance(d, int) for d in _python_leaves(data))
 
 
 def _has_float(data: object) -> bool:
     """A Python float (or complex) anywhere in nested lists and tuples."""
-    if isinstance(data, (list, tuple)):
-        return any(_has_float(d) for d in data)
-    return isinstance(data, (float, complex))
+    return any(isinstance(d, (float, complex)) for d in _python_leaves(data))
 
 
 def _only_reals(data: object) -> bool:
     """Python ints, floats and bools only, in nested lists and tuples."""
-    if isinstance(data, (list, tuple)):
-        return all(_only_reals(d) for d in data)
-    return isinstance(data, (int, float))
+    return all(isinstance(d, (int, float)) for d in _python_leaves(data))
 
 
 def check_dtype(dtype: DTypeLike, what: str) -> np.dtype:

@@ -61,25 +61,45 @@ def check_settings(layer: str, kernel: tuple, stride: Any, padding: Any, dilatio
     ``kernel`` a 1- or 2-tuple; ``output_padding`` (transposed convolutions) below the
     stride; ``pool``: a None stride is the kernel, padding at most half the kernel."""
     if len(kernel) == 1:
-        d1 = _single(dilation, layer, "dilation", 1)
-        s1 = _single(stride, layer, "stride", 1)
-        _padding1(padding, kernel[0], d1, layer, 1, 1 if isinstance(padding, str) else s1)
+        _single(stride, layer, "stride", 1)
+        _padding1(padding, kernel[0], _single(dilation, layer, "dilation", 1), layer)
         return
-    st = kernel if pool and stride is None else _pair(stride, layer, "stride", 1)
-    dil = _pair(dilation, layer, "dilation", 1)
-    if output_padding is not None and isinstance(padding, str):
-        raise ValueError(f"{layer}: padding must be an int, a pair or ((top, bottom), "
+    if pool:
+        _pool_geometry(kernel, stride, padding, layer)
+    elif output_padding is not None:
+        _transpose_geometry(kernel, stride, padding, output_padding, dilation, layer)
+    else:
+        _padding(padding, kernel, _pair(dilation, layer, "dilation", 1), layer)
+        _pair(stride, layer, "stride", 1)
+
+
+def _pool_geometry(kernel: tuple, stride: Any, padding: Any, what: str, size: tuple = ()
+                   ) -> tuple[tuple, tuple, tuple]:
+    """A pooling window's ``(stride, padding)`` checked (a None stride is the kernel; padding
+    at most half the kernel), for an input of spatial ``size`` (``()``: not known yet; a
+    ``"same"`` padding is then taken at stride 1, its largest)."""
+    stride = kernel if stride is None else _pair(stride, what, "stride", 1)
+    pad = _padding(padding, kernel, (1, 1), what, size, stride)
+    if any(p > k // 2 for p, k in zip((max(pad[0]), max(pad[1])), kernel)):
+        raise ValueError(f"{what}: padding {padding!r} must be at most half the kernel size {kernel}")
+    return kernel, stride, pad
+
+
+def _transpose_geometry(kernel: tuple, stride: Any, padding: Any, output_padding: Any,
+                        dilation: Any, what: str) -> tuple[tuple, tuple, tuple, tuple]:
+    """A transposed convolution's ``(stride, dilation, padding, output_padding)`` checked: no
+    padding string, ``output_padding`` below the stride."""
+    stride = _pair(stride, what, "stride", 1)
+    dilation = _pair(dilation, what, "dilation", 1)
+    if isinstance(padding, str):
+        raise ValueError(f"{what}: padding must be an int, a pair or ((top, bottom), "
                          f"(left, right)), got {padding!r}")
-    pad = _padding(padding, kernel, dil, layer)
-    if output_padding is not None:
-        op = _pair(output_padding, layer, "output_padding", 0)
-        if op[0] >= st[0] or op[1] >= st[1]:
-            raise ValueError(f"{layer}: output_padding {op} must be smaller than the stride "
-                             f"{st} in each dimension")
-    if pool and not isinstance(padding, str) and any(
-            p > k // 2 for p, k in zip((max(pad[0]), max(pad[1])), kernel)):
-        raise ValueError(f"{layer}: padding {padding!r} must be at most half the kernel size "
-                         f"{kernel}")
+    pad = _padding(padding, kernel, dilation, what)
+    op = _pair(output_padding, what, "output_padding", 0)
+    if op[0] >= stride[0] or op[1] >= stride[1]:
+        raise ValueError(f"{what}: output_padding {op} must be smaller than the stride "
+                         f"{stride} in each dimension")
+    return stride, dilation, pad, op
 
 
 def _same(n: int, k: int, s: int, d: int) -> tuple[int, int]:
@@ -1230,11 +1250,7 @@ def _pool_args(x: Any, kernel_size: Any, stride: Any, padding: Any, what: str) -
     x = one(x)
     _check_image(x, what)
     kernel = _pair(kernel_size, what, "kernel_size", 1)
-    stride = kernel if stride is None else _pair(stride, what, "stride", 1)
-    pad = _padding(padding, kernel, (1, 1), what, tuple(x.shape[-2:]), stride)
-    if any(p > k // 2 for p, k in zip((max(pad[0]), max(pad[1])), kernel)):
-        raise ValueError(f"{what}: padding {padding!r} must be at most half the kernel size {kernel}")
-    return x, kernel, stride, pad
+    return (x, *_pool_geometry(kernel, stride, padding, what, tuple(x.shape[-2:])))
 
 
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
@@ -1427,16 +1443,8 @@ def conv_transpose2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: An
         b = one(b)
         if b.shape != (n_out,):
             raise ValueError(f"conv_transpose2d: bias must have shape ({n_out},), got {b.shape}")
-    stride = _pair(stride, what, "stride", 1)
-    dilation = _pair(dilation, what, "dilation", 1)
-    if isinstance(padding, str):
-        raise ValueError(f"conv_transpose2d: padding must be an int, a pair or ((top, bottom), "
-                         f"(left, right)), got {padding!r}")
-    pad = _padding(padding, (kh, kw), dilation, what)
-    op = _pair(output_padding, what, "output_padding", 0)
-    if op[0] >= stride[0] or op[1] >= stride[1]:
-        raise ValueError(f"conv_transpose2d: output_padding {op} must be smaller than the stride "
-                         f"{stride} in each dimension")
+    stride, dilation, pad, op = _transpose_geometry((kh, kw), stride, padding, output_padding,
+                                                    dilation, what)
     oh = (H - 1) * stride[0] - sum(pad[0]) + dilation[0] * (kh - 1) + op[0] + 1
     ow = (W - 1) * stride[1] - sum(pad[1]) + dilation[1] * (kw - 1) + op[1] + 1
     if oh < 1 or ow < 1:

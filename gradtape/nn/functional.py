@@ -52,17 +52,20 @@ def _float_input(x: Any, what: str, name: str = "x") -> Tensor:
     return x
 
 
+_F16 = np.dtype(np.float16)
+
+
 def _reduce(loss: Tensor, reduction: str, what: str) -> Tensor:
     if reduction == "none":
         return loss
     if reduction == "sum":
         return ops.sum(loss)
     if reduction == "mean":
-        if not loss.size:  # the mean of nothing: NaN (as PyTorch's losses and gt.mean)
-            return ops.sum(loss) * math.nan
-        if loss.dtype == np.float16:  # the float16 sum overflows from 65504 where the mean fits
-            return ops.mean(loss)
-        return ops.sum(loss) * (1.0 / loss.size)
+        n = loss.size
+        if loss.data.dtype is _F16:  # the float16 sum overflows from 65504 where the mean fits
+            return ops.mean(loss) if n else ops.sum(loss) * math.nan
+        # (the mean of nothing is NaN, as PyTorch's losses and gt.mean give)
+        return ops.sum(loss) * (1.0 / n if n else math.nan)
     raise ValueError(f"{what}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._src.autodiff.state import STATE
-from .._src.primitive import one, pair
+from .._src.primitive import copies_operand, one, pair
 from .._src.tensor import Tensor
 
 __all__ = ["pair", "one", "as_int", "as_real", "normalize_axis", "batch_size", "move_axis", "phys_axis",
@@ -26,9 +25,7 @@ def own_array(xp: Any, value: Any) -> Any:
         >>> a = np.array([0, 1]); b = own_array(np, a); a[0] = 5; int(b[0])
         0
     """
-    tr = STATE.trace
-    if (tr is None or tr.suspended) and not getattr(value, "_gt_traced", False) and (
-            isinstance(value, np.ndarray) or hasattr(value, "__array_namespace__")):
+    if copies_operand(value) and (isinstance(value, np.ndarray) or hasattr(value, "__array_namespace__")):
         return xp.array(value, copy=True)
     return xp.asarray(value)
 

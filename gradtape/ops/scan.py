@@ -116,14 +116,17 @@ def cumsum(x: Any, axis: int | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- cumprod
-def _zero_parts(m: OnTensors, x: Tensor, axis: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(``x == 0``, ``x`` with its zeros replaced by 1, whether exactly one zero occurred up to
-    each position along ``axis``, the count of zeros up to each position): the masks of
-    cumprod's derivative, made with primitives."""
+def _zero_parts(m: OnTensors, x: Tensor, axis: int) -> tuple[Tensor, ...]:
+    """(``x == 0``, ``x`` with its zeros replaced by 1, whether exactly one zero and whether
+    exactly two zeros occurred up to each position along ``axis``, and the sum of the zero
+    entries up to each position, 0 in value but not in derivative): the parts of cumprod's
+    derivative, made with primitives."""
     is_zero = m.apply(P_EQUAL, x, m.scalar(0, x))
     safe = m.apply(P_WHERE, is_zero, m.scalar(1, x), x)
     count = m.apply(P_CUMSUM, m.apply(P_ASTYPE, is_zero, dtype=np.dtype(np.int64)), axis=axis)
-    return is_zero, safe, m.apply(P_EQUAL, count, m.scalar(1, count)), count
+    zeros_sum = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axis)
+    return (is_zero, safe, m.apply(P_EQUAL, count, m.scalar(1, count)),
+            m.apply(P_EQUAL, count, m.scalar(2, count)), zeros_sum)
 
 
 def _cumprod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -140,14 +143,12 @@ def _cumprod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     # zero entries up to j (0 in value, and the term's derivative with respect to x_i is 0).
     axis = rec.params["axis"]
     x, y = m.val(rec.inputs[0]), m.val(rec.output)
-    is_zero, safe, one_zero, count = _zero_parts(m, x, axis)
+    is_zero, safe, one_zero, two_zeros, zeros_sum = _zero_parts(m, x, axis)
     nonzero_part = _reverse_cumsum(m, g * y, axis) / safe
     partial = m.apply(P_CUMPROD, safe, axis=axis)  # the product of the non-zeros so far
     zero = m.scalar(0, partial)
     at_zero = _reverse_cumsum(m, g * m.apply(P_WHERE, one_zero, partial, zero), axis)
     first_zero = m.apply(P_LOGICAL_AND, is_zero, one_zero)
-    two_zeros = m.apply(P_EQUAL, count, m.scalar(2, count))
-    zeros_sum = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axis)
     gp2 = g * m.apply(P_WHERE, two_zeros, partial, zero)
     second = _reverse_cumsum(m, gp2 * zeros_sum, axis) - x * _reverse_cumsum(m, gp2, axis)
     zero_part = m.apply(P_WHERE, first_zero, at_zero, zero) + second
@@ -162,15 +163,13 @@ def _cumprod_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, 
     # of x_i t_i over them, z_j the sum of the zero entries (so that the tangent's own
     # derivative, cumprod's second, is exact there, as the rule's)
     x, t = primals[0], tangents[0]
-    is_zero, safe, one_zero, count = _zero_parts(m, x, axis)
+    is_zero, safe, one_zero, two_zeros, zeros_sum = _zero_parts(m, x, axis)
     zero = m.scalar(0, t)
     ratio = m.apply(P_WHERE, is_zero, zero, t / safe)
     total = out * m.apply(P_CUMSUM, ratio, axis=axis)
     at_zero = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, t, zero), axis=axis)
     partial = m.apply(P_CUMPROD, safe, axis=axis)
     zero_term = m.apply(P_WHERE, one_zero, partial * at_zero, m.scalar(0, total))
-    two_zeros = m.apply(P_EQUAL, count, m.scalar(2, count))
-    zeros_sum = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axis)
     xt = m.apply(P_CUMSUM, m.apply(P_WHERE, is_zero, x * t, zero), axis=axis)
     second = m.apply(P_WHERE, two_zeros, partial * (zeros_sum * at_zero - xt),
                      m.scalar(0, total))

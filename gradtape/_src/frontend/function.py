@@ -51,7 +51,7 @@ from ..cpu import pool
 from ..errors import TracingError
 from ..nest import flatten, unflatten
 from ..primitive import own_copy
-from ..tensor import VARIABLE_BUFFERS, Tensor, _to_array, _wrap
+from ..tensor import Tensor, _to_array, _wrap, variable_of_buffer
 
 __all__ = ["function", "Function", "TracedArray", "opaque", "tracing"]
 
@@ -1021,8 +1021,8 @@ def _variable_write(fn: Any, buf: Any) -> str | None:
     would write a fresh buffer of its own at each replay, so the Variable would stop
     changing (``v.assign`` is a step of the program, replayed at each call)."""
     for b in (buf, getattr(buf, "base", None)):
-        owner = VARIABLE_BUFFERS.get(id(b)) if b is not None else None
-        if owner is not None and owner.data is b:
+        owner = variable_of_buffer(b) if b is not None else None
+        if owner is not None:
             return (f"gt.function: {getattr(fn, '__name__', fn)} at {user_line()} writes into "
                     f"the buffer of Variable {owner.name or '<unnamed>'} (its .data) directly; "
                     "the program that replays this step would write a buffer of its own "

@@ -53,7 +53,7 @@ from ..autodiff.state import STATE, opaque, user_line
 from ..backend import Array, acc_sum, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
-from ..tensor import VARIABLE_BUFFERS, Tensor, _wrap
+from ..tensor import Tensor, _wrap, variable_of_buffer
 from .diagnostics import explain
 
 __all__ = ["check_options", "per_example_gradients"]
@@ -209,11 +209,7 @@ def _variable_buffer(rec: Any, i: int) -> bool:
     in the step; a Variable written since then is not recognized, and counts by its shape)."""
     inputs = rec.inputs
     t = inputs[i] if inputs is not None and i < len(inputs) else None
-    if t is None:
-        return False
-    data = t.data
-    owner = VARIABLE_BUFFERS.get(id(data))
-    return owner is not None and owner.data is data
+    return t is not None and variable_of_buffer(t.data) is not None
 
 
 def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
