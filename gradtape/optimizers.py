@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ._src.autodiff.state import opaque, tracing
+from ._src.autodiff.state import opaque, tracing, watch_variables
 from ._src.backend import Array, backend_of
 from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
@@ -788,9 +788,16 @@ class Optimizer:
             raise ValueError(f"{who}: no (gradient, variable) pairs given")
         if tracing():  # inside gt.function: the update is one step, replayed with its state
             variables = [v for _, v in pairs]
+            # held weakly and watched by the trace: a Variable replaced after tracing (a
+            # layer's new kernel) dies and the step traces again, where a strong reference
+            # would keep the program training the old one
+            watch_variables(variables)
+            refs = [weakref.ref(v) for v in variables]
 
             def update(*gs: Array) -> None:
-                self._update(list(zip(gs, variables)))
+                live = [(g, v) for g, v in zip(gs, (r() for r in refs)) if v is not None]
+                if live:
+                    self._update(live)
 
             opaque(update, *[g for g, _ in pairs],
                    key=("apply_gradients", id(self), tuple(id(v) for v in variables)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -1273,6 +1274,116 @@ def test_a_replaced_variable_attribute_traces_again():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert float(s.score(x)) == 60.0
+
+
+@pytest.mark.parametrize("update", ["assign", "optimizer"])
+def test_a_replaced_variable_the_step_writes_traces_again(update):
+    # the program's write steps (assign, an optimizer's update) hold the Variable weakly: the
+    # old one dies and the step traces again, training the new one as the eager step does
+    def run(compile_):
+        model = gt.nn.Sequential(gt.nn.Dense(3, 4, seed=0, dtype=np.float64, activation="tanh"),
+                                 gt.nn.Dense(4, 2, seed=1, dtype=np.float64))
+        opt = gt.optimizers.Adam(0.01)
+
+        def step(x, y):
+            with gt.GradientTape() as tape:
+                loss = gt.nn.cross_entropy(model(x), y)
+            grads = tape.gradient(loss, model.trainable_variables)
+            if update == "assign":
+                for v, g in zip(model.trainable_variables, grads):
+                    v.assign_sub(0.1 * g)
+            else:
+                opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        f = gt.function(step) if compile_ else step
+        rng = np.random.default_rng(0)
+        x, y = gt.tensor(rng.standard_normal((4, 3))), gt.tensor(rng.integers(0, 2, 4))
+        for _ in range(3):
+            f(x, y)
+        old = weakref.ref(model.layers[1].kernel)
+        model.layers[1] = gt.nn.Dense(4, 2, seed=7, dtype=np.float64)  # a new head
+        import gc
+
+        gc.collect()
+        assert old() is None  # nothing, the compiled program included, keeps the old head
+        losses = [float(f(x, y)) for _ in range(3)]
+        return losses, [v.numpy() for v in model.variables]
+
+    (le, ve), (lc, vc) = run(False), run(True)
+    assert lc == le
+    for a, b in zip(vc, ve):
+        np.testing.assert_array_equal(a, b)
+
+
+def _bn_model_and_step(count):
+    model = gt.nn.Sequential(gt.nn.Dense(3, 4, seed=0, dtype=np.float64),
+                             gt.nn.BatchNorm(4, dtype=np.float64), gt.nn.Dropout(0.5, seed=3),
+                             gt.nn.Dense(4, 2, seed=1, dtype=np.float64))
+    opt = gt.optimizers.SGD(0.1)
+
+    def step(x, y):
+        count.append(1)  # a Python side effect: runs while tracing only
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(model(x), y)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return model, step
+
+
+@pytest.mark.parametrize("change", ["freeze", "eval", "freeze then unfreeze"])
+def test_a_flag_changed_after_tracing_traces_again(change):
+    # a Variable's trainable and a module's training are flags the program holds for: a frozen
+    # layer is not trained, eval() uses the running statistics and no dropout, as eagerly
+    rng = np.random.default_rng(0)
+    x, y = gt.tensor(rng.standard_normal((6, 3))), gt.tensor(rng.integers(0, 2, 6))
+    runs = {}
+    for compiled in (False, True):
+        count: list = []
+        model, step = _bn_model_and_step(count)
+        f = gt.function(step) if compiled else step
+        for _ in range(3):
+            f(x, y)
+        traced = len(count)
+        if change == "eval":
+            model.eval()
+        else:
+            model.layers[0].kernel.trainable = False
+        losses = [float(f(x, y)) for _ in range(2)]
+        if change == "freeze then unfreeze":
+            model.layers[0].kernel.trainable = True
+            losses += [float(f(x, y)) for _ in range(2)]
+        runs[compiled] = (losses, [v.numpy() for v in model.variables], len(count) - traced)
+    assert runs[True][0] == runs[False][0]
+    for a, b in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_array_equal(a, b)
+    assert runs[True][2] >= 1  # it traced again
+
+
+def test_a_step_per_mode_does_not_trace_again_when_the_mode_flips():
+    # a compiled train step and a compiled predict step, with train()/eval() between them:
+    # each program holds for the mode it read, so flipping back and forth traces nothing new
+    count: list = []
+    model, step = _bn_model_and_step(count)
+    train_step = gt.function(step)
+    predict = gt.function(lambda x: model(x))
+    rng = np.random.default_rng(0)
+    x, y = gt.tensor(rng.standard_normal((6, 3))), gt.tensor(rng.integers(0, 2, 6))
+    for _ in range(2):
+        model.train()
+        train_step(x, y)
+        model.eval()
+        predict(x)
+    traced = len(count)
+    for _ in range(3):
+        model.train()
+        train_step(x, y)
+        model.eval()
+        out = predict(x)
+    assert len(count) == traced
+    np.testing.assert_array_equal(out.numpy(), model(x).numpy())
 
 
 def test_random_permutation_of_a_tensor_stays_differentiable_and_seed_replays():

@@ -7,6 +7,7 @@ and declared here for type checkers only.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, cast
 
 import numpy as np
 
-from .autodiff.state import STATE, note_cut
+from .autodiff.state import STATE, flag_changed, note_cut
 from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, get_backend, is_extra_array
 
 if TYPE_CHECKING:
@@ -403,9 +404,9 @@ class Variable(Tensor):
         Variable([0., 1.], dtype=float32, name='w', trainable=True)
     """
 
-    __slots__ = ("name", "trainable", "_snapshots")
+    __slots__ = ("name", "_trainable", "_snapshots")
     name: str | None
-    trainable: bool
+    _trainable: bool
     _snapshots: list[weakref.ref[Tensor]] | None
     _is_variable = True
 
@@ -430,9 +431,22 @@ class Variable(Tensor):
         self._id = _next_id()  # fixed for life: also the creation order
         self._origin = None
         self.name = name
-        self.trainable = bool(trainable)
+        self._trainable = bool(trainable)
         self._snapshots = None
         VARIABLE_BUFFERS[id(arr)] = self
+
+    @property
+    def trainable(self) -> bool:
+        """Whether tapes watch this Variable automatically (and ``trainable_variables`` lists
+        it). Setting it after a ``gt.function`` step traced makes the step trace again."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        value = bool(value)
+        if value is not self._trainable:
+            self._trainable = value
+            flag_changed()
 
     def _snapshot(self) -> Tensor:
         """A Tensor sharing the current buffer, for a tape to save: the next ``assign*`` first
@@ -481,7 +495,11 @@ class Variable(Tensor):
             self._before_write()
             fn(self.data, arr)
         else:  # copy-on-write for the tapes alive at that call, and the value's check, too
-            tr.opaque(lambda a, _v=self, _f=fn, _w=what: _v._write_now(_f, a, _w), [arr],
+            # The step holds the Variable weakly and the trace watches it, so a Variable
+            # replaced after tracing (a layer's new kernel) dies and the step traces again:
+            # a strong reference would keep the program updating the old one.
+            tr.saw((self,))
+            tr.opaque(functools.partial(_write_weak, weakref.ref(self), fn, what), [arr],
                       key=(what, id(self), fn))
         return self
 
@@ -658,10 +676,18 @@ def _rebuild_variable(cls: type[Variable], array: Array, backend: str, name: str
     v._id = _next_id()
     v._origin = None
     v.name = name
-    v.trainable = bool(trainable)
+    v._trainable = bool(trainable)
     v._snapshots = None
     VARIABLE_BUFFERS[id(array)] = v
     return v
+
+
+def _write_weak(ref: weakref.ref[Variable], fn: Any, what: str, arr: Array) -> None:
+    """A ``gt.function`` program's write into the Variable ``ref`` names (see
+    ``Variable._write``); a Variable that died has no reader left, and its program is stale."""
+    v = ref()
+    if v is not None:
+        v._write_now(fn, arr, what)
 
 
 def _copyto(buf: Any, arr: Any) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from .._src.autodiff.state import STATE, flag_changed
 from .._src.tensor import Tensor, Variable
 from ..ops._util import as_int
 from ..ops.creation import float_dtype
@@ -81,7 +82,22 @@ class Module:
         (array([7.], dtype=float32), ['w', 'b'])
     """
 
-    training: bool = True
+    @property
+    def training(self) -> bool:
+        """Whether the module is in training mode (:meth:`train`, :meth:`eval`). A
+        ``gt.function`` step that read it traces again when it changes."""
+        value = self.__dict__.get("_training", True)
+        tr = STATE.trace
+        if tr is not None:
+            tr.flag(self, "training", value)
+        return value
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        mode = bool(mode)
+        if mode is not self.__dict__.get("_training", True):
+            flag_changed()
+        self.__dict__["_training"] = mode
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Apply the module to its input(s): ``module(x)`` calls this. Each layer overrides
@@ -98,7 +114,7 @@ class Module:
         seen_modules.add(id(self))
         yield prefix, self
         for key, value in vars(self).items():
-            if key == "training":
+            if key == "_training":
                 continue
             yield from _walk_value(value, f"{prefix}{key}", seen_modules)
 
@@ -797,7 +813,7 @@ def _display_paths(module: Module) -> dict[int, str]:
                 return
             seen.add(id(value))
             for key, item in vars(value).items():
-                if key != "training":
+                if key != "_training":
                     visit(item, f"{where}.{key}" if where else key)
         elif isinstance(value, (list, tuple)):
             for i, item in enumerate(value):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the layer above, named in annotations only
 
 # On the recording path ``t._is_variable`` stands for ``isinstance(t, Variable)`` (one attribute
 # read per operand). A type checker cannot narrow on it, so the lines that then use a Variable's
-# fields (``trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
+# fields (``_trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
 
 __all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "record_one", "record_two",
            "record_general", "check_finite"]
@@ -290,9 +290,9 @@ def record_two(prim: Primitive, a: Tensor, b: Tensor, out: Tensor, params: dict[
         tape = tapes[0]
         tracked = tape._tracked
         if tape._watch_accessed:
-            if a._is_variable and a.trainable and a._id not in tracked:  # type: ignore[attr-defined]
+            if a._is_variable and a._trainable and a._id not in tracked:  # type: ignore[attr-defined]
                 tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
-            if b._is_variable and b.trainable and b._id not in tracked:  # type: ignore[attr-defined]
+            if b._is_variable and b._trainable and b._id not in tracked:  # type: ignore[attr-defined]
                 tape._watch_variable(b)  # type: ignore[arg-type]
         ia, ib = a._id, b._id
         if ia in tracked:
@@ -354,16 +354,16 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
         if n_args == 1:
             a = args[0]
             if a._id not in tracked:
-                if not (a._is_variable and watch and a.trainable):  # type: ignore[attr-defined]
+                if not (a._is_variable and watch and a._trainable):  # type: ignore[attr-defined]
                     continue
                 tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
             needs = _TRUE1
         elif n_args == 2:
             a, b = args
             if watch:
-                if a._is_variable and a.trainable and a._id not in tracked:  # type: ignore[attr-defined]
+                if a._is_variable and a._trainable and a._id not in tracked:  # type: ignore[attr-defined]
                     tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
-                if b._is_variable and b.trainable and b._id not in tracked:  # type: ignore[attr-defined]
+                if b._is_variable and b._trainable and b._id not in tracked:  # type: ignore[attr-defined]
                     tape._watch_variable(b)  # type: ignore[arg-type]
             needs = (a._id in tracked, b._id in tracked)
             if needs == _FF:
@@ -371,7 +371,7 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
         else:
             if watch:
                 for a in args:
-                    if a._is_variable and a.trainable and a._id not in tracked:  # type: ignore[attr-defined]
+                    if a._is_variable and a._trainable and a._id not in tracked:  # type: ignore[attr-defined]
                         tape._watch_variable(a)  # type: ignore[arg-type]  # _is_variable: a Variable
             needs = tuple([a._id in tracked for a in args])
             if True not in needs:
@@ -399,7 +399,7 @@ def record_general(prim: Primitive, args: tuple[Tensor, ...], out: Tensor,
     if general:
         for tape in st.paused:
             tracked = tape._tracked
-            needs = tuple(a._id in tracked or (a._is_variable and a.trainable and tape._watch_accessed  # type: ignore[attr-defined]
+            needs = tuple(a._id in tracked or (a._is_variable and a._trainable and tape._watch_accessed  # type: ignore[attr-defined]
                                                and a._id not in tape._variables) for a in args)
             if True in needs:
                 tape._cut(args, needs, "it was used inside tape.stop_recording(), so the op "

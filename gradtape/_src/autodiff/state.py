@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the layers above, named in annotations only
     from .record import ForwardRecorder, Recorder
 
 __all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "tracing",
-           "read_for_trace"]
+           "read_for_trace", "watch_variables", "FLAGS", "flag_changed"]
 
 _HOOK_LOCK = threading.Lock()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gradtape/
@@ -149,6 +149,35 @@ def opaque(fn: Callable[..., Any], *arrays: Any, key: Any = None) -> Any:
     if tr is None or tr.suspended:
         return fn(*arrays)
     return tr.opaque(fn, list(arrays), fn if key is None else key)
+
+
+#: ``FLAGS[0]`` counts changes of the Python flags a ``gt.function`` program depends on
+#: (``Variable.trainable``, ``Module.training``): a replay rechecks its program's flags only
+#: when the count moved since it last did (one comparison per call otherwise).
+FLAGS = [0]
+
+
+def flag_changed() -> None:
+    """A flag a ``gt.function`` program may depend on changed value (see :data:`FLAGS`).
+
+    Example:
+        >>> before = FLAGS[0]; flag_changed(); FLAGS[0] == before + 1
+        True
+    """
+    FLAGS[0] += 1
+
+
+def watch_variables(variables: Any) -> None:
+    """While a ``gt.function`` step is traced: the program depends on these Variables (a
+    library step writes them), so it is stale once one of them dies and the step traces
+    again. Nothing otherwise.
+
+    Example:
+        >>> watch_variables([])  # not tracing: no effect
+    """
+    tr = STATE.trace
+    if tr is not None and not tr.suspended:
+        tr.saw(tuple(variables))
 
 
 def read_for_trace(x: Any, *others: Any) -> Any:

@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
-from ..autodiff.state import STATE, hooks_add, opaque, tracing, user_line
+from ..autodiff.state import FLAGS, STATE, hooks_add, opaque, tracing, user_line
 from ..backend import NUMPY, backend_of, get_backend
 from ..codegen.cuda import cupy_kernel
 from ..codegen.expr import FUNCTIONS
@@ -730,6 +730,8 @@ class _Trace:
         self.promoted: dict[int, TracedArray] = {}  # scratch buffers the program allocates
         self.reads: dict[int, TracedArray] = {}  # Variable buffers read by traced ops
         self.variables: dict[int, Any] = {}  # weak references to the Variables ops read
+        # Python flags the program depends on: (id, name) -> (weak ref, name, value read)
+        self.flags: dict[tuple[int, str], tuple[Any, str, Any]] = {}
         self.unsafe: str | None = None  # why this trace cannot be replayed
         self.out_consts: list[Any] = []  # outputs that are not program values, to compare
 
@@ -940,6 +942,13 @@ class _Trace:
         for t in args:
             if t._is_variable and id(t) not in seen:
                 seen[id(t)] = weakref.ref(t)
+
+    def flag(self, obj: Any, name: str, value: Any) -> None:
+        """The step read Python flag ``obj.name`` (``Module.training``): the program holds
+        for this value only, and a call that finds another traces again."""
+        key = (id(obj), name)
+        if key not in self.flags:
+            self.flags[key] = (weakref.ref(obj), name, value)
 
     def read(self, buf: Any) -> Any:
         """A Variable's buffer as a program variable: the program holds the buffer itself
@@ -2008,7 +2017,8 @@ class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
     __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "refs",
-                 "aliased", "read_vars", "stale", "device", "graphs", "replays", "__weakref__")
+                 "aliased", "read_vars", "stale", "device", "graphs", "replays", "flags", "epoch",
+                 "__weakref__")
 
     def __init__(self, leaves: list[Any]) -> None:
         self.state = "new"  # "new" -> "verify" -> "ready" | "eager"
@@ -2039,6 +2049,10 @@ class _Entry:
         tensors = [id(x) for x in leaves if isinstance(x, Tensor) and not x._is_variable]
         self.aliased = len(set(tensors)) < len(tensors)  # a tensor passed more than once
         self.read_vars: list[Any] = []  # weak references to the Variables the program reads
+        # the Python flags the program holds for, (weak ref, name, value), checked again when
+        # state.FLAGS moved since ``epoch``
+        self.flags: list[tuple[Any, str, Any]] = []
+        self.epoch = FLAGS[0]
         self.traces = 0
 
     def _on_death(self) -> Any:
@@ -2053,10 +2067,26 @@ class _Entry:
 
         return died
 
-    def watch(self, variables: Any) -> None:
-        """The Variables (weak references) the program reads: one dying makes it stale."""
-        self.read_vars = [weakref.ref(v, self._on_death()) for v in (r() for r in variables)
-                          if v is not None]
+    def watch(self, variables: Any, flags: Any) -> None:
+        """The Variables (weak references) the program reads: one dying makes it stale; and
+        the Python flags it holds for, each Variable's ``trainable`` among them (a tape
+        watches trainable Variables by itself)."""
+        live = [v for v in (r() for r in variables) if v is not None]
+        self.read_vars = [weakref.ref(v, self._on_death()) for v in live]
+        self.flags = [*flags, *((weakref.ref(v), "trainable", v.trainable) for v in live)]
+        self.epoch = FLAGS[0]
+
+    def current(self) -> bool:
+        """Whether the flags the program holds for still have their values (a frozen layer, a
+        module switched to ``eval()`` since the trace make it out of date)."""
+        if self.epoch == FLAGS[0]:
+            return True
+        for ref, name, value in self.flags:
+            obj = ref()
+            if obj is None or getattr(obj, name) != value:
+                return False
+        self.epoch = FLAGS[0]
+        return True
 
 
 def _by_identity(x: Any) -> bool:
@@ -2263,7 +2293,8 @@ class Function(Generic[R]):
         flat = None if kwargs else self._flat_key(args)
         if flat is not None:  # a replay needs no flattening of its arguments
             entry = self._flat.get(flat)
-            if entry is not None and entry.state == "ready" and not entry.stale:
+            if entry is not None and entry.state == "ready" and not entry.stale \
+                    and entry.epoch == FLAGS[0]:
                 leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
                 with self._lock:
                     return self._replay(entry, leaves)
@@ -2276,6 +2307,12 @@ class Function(Generic[R]):
             args, kwargs = unflatten(spec, leaves)  # rule: on the active backend)
         with self._lock:
             entry = self._cache.get(key)
+            if entry is not None and not entry.current():
+                # a flag its program holds for changed (a Variable's trainable, a module's
+                # training): trace again, in place of that program (not a new signature)
+                del self._cache[key]
+                self._flat = {k: e for k, e in self._flat.items() if e is not entry}
+                entry = self._cache[key] = _Entry(leaves)
             if entry is not None and entry.stale:
                 # an object its key names by id died (a new one may have that id), or a
                 # Variable its program reads died: trace again (_drop_dead forgets it)
@@ -2431,7 +2468,7 @@ class Function(Generic[R]):
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
-        entry.watch(tr.variables.values())
+        entry.watch(tr.variables.values(), tr.flags.values())
         prev = entry.last
         entry.last = tr
         if prev is None and self.verify or tr.created_variables:
