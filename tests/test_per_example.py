@@ -799,3 +799,47 @@ def test_a_source_listed_twice_counts_once_in_the_joint_norm():
     np.testing.assert_allclose(norms.numpy(), [np.sqrt(6.0)] * 2)  # one W: 6 ones
     np.testing.assert_array_equal(sums[0].numpy(), sums[1].numpy())
     np.testing.assert_array_equal(sums[0].numpy(), np.full((3, 2), 2.0))
+
+
+@pytest.mark.parametrize("mix", ["cumsum", "softmax", "flip", "permutation", "step slice", "roll",
+                                 "sort", "transpose", "pad", "tile", "einsum", "matmul right",
+                                 "take"])
+def test_an_op_along_the_batch_axis_that_keeps_its_shape_raises(mix):
+    # such ops keep [B, ...] but mix the examples: each example's gradient would take in the
+    # others' (cumsum over the batch gave per-example gradients off by 1.9 against a loop)
+    rng = np.random.default_rng(0)
+    X = gt.tensor(rng.standard_normal((4, 4)).astype(np.float32))
+    W = gt.Variable(rng.standard_normal((4, 4)).astype(np.float32))
+    C = gt.tensor(rng.standard_normal((4, 4)).astype(np.float32))
+    ops = {"cumsum": lambda h: gt.cumsum(h, axis=0), "softmax": lambda h: gt.nn.softmax(h, axis=0),
+           "flip": lambda h: gt.flip(h, 0) * h, "permutation": lambda h: h[gt.tensor([1, 0, 3, 2])] * h,
+           "step slice": lambda h: h[::-1] * h, "roll": lambda h: gt.roll(h, 1, axis=0),
+           "sort": lambda h: gt.sort(h, axis=0), "transpose": lambda h: gt.transpose(h) * h,
+           "pad": lambda h: gt.pad(h, ((1, 0), (0, 0)))[1:], "tile": lambda h: gt.tile(h, (2, 1))[:4],
+           "einsum": lambda h: gt.einsum("ij,ik->jk", h, C), "matmul right": lambda h: C @ h,
+           "take": lambda h: gt.take(h, gt.tensor([3, 2, 1, 0]), axis=0)}
+    with gt.GradientTape() as tape:
+        losses = gt.sum(ops[mix](X @ W) ** 2, axis=1)
+    with pytest.raises(ValueError, match="mixes the examples"):
+        tape.per_example_gradients(losses, W)
+
+
+def test_ops_along_the_other_axes_keep_per_example_gradients():
+    # the same ops along axis 1 (and row-preserving indexing) are per example: equal to a loop
+    rng = np.random.default_rng(1)
+    X = gt.tensor(rng.standard_normal((4, 3)).astype(np.float64))
+    W = gt.Variable(rng.standard_normal((3, 3)).astype(np.float64))
+    C = gt.tensor(rng.standard_normal((3, 3)).astype(np.float64))
+
+    def f(h):
+        h = gt.cumsum(h, axis=1) + gt.nn.softmax(h, axis=-1) + gt.flip(h, 1) + h[:, ::-1]
+        h = gt.einsum("bi,ij->bj", h, C) + gt.roll(h, 1, axis=1) + h[:4] + h[..., [2, 0, 1]]
+        return gt.sum(gt.pad(h, ((0, 0), (1, 1))) ** 2, axis=1)
+
+    with gt.GradientTape() as tape:
+        losses = f(X @ W)
+    got = tape.per_example_gradients(losses, W).numpy()
+    for b in range(4):
+        with gt.GradientTape() as t:
+            lb = f(X[b:b + 1] @ W)[0]
+        np.testing.assert_allclose(got[b], t.gradient(lb, W).numpy(), rtol=1e-10)

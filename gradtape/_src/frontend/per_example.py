@@ -212,6 +212,64 @@ def _variable_buffer(rec: Any, i: int) -> bool:
     return t is not None and variable_of_buffer(t.data) is not None
 
 
+def _axes_of(axis: Any, ndim: int) -> tuple[int, ...]:
+    """An op's ``axis`` parameter (None: every axis) as non-negative axes of a rank-``ndim``
+    input."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    return tuple(int(a) % ndim if ndim else 0 for a in axes)
+
+
+#: Primitives acting on the last two axes (matrices): a per-example input needs a batch axis
+#: of its own in front of them.
+_MATRIX_OPS = frozenset({"inv", "det", "det_cofactor", "slogdet", "solve", "cholesky", "svd"})
+
+
+def _along_batch(rec: Record, i: int) -> str | None:
+    """How op ``rec`` mixes the examples of its per-example input ``i`` (shape ``[B, ...]``)
+    while its result may keep the batch axis first (a scan, a softmax, a flip or a
+    permutation along axis 0, a product contracting it), else None. Ops whose result loses
+    the batch axis are caught by their shapes."""
+    name, params, ndim = rec.prim.name, rec.params or {}, len(rec.in_shapes[i])
+    if rec.prim.is_elementwise or name in ("reshape", "broadcast_to", "stack"):
+        return None  # (lined up or checked by shape)
+    if name == "getitem":
+        index = params.get("index")
+        first = index[0] if isinstance(index, tuple) and index else index
+        if first is Ellipsis or first is None or (isinstance(first, slice)
+                                                  and first.indices(rec.in_shapes[i][0]) == (0, rec.in_shapes[i][0], 1)):
+            if not (first is Ellipsis and isinstance(index, tuple)
+                    and sum(c is not None for c in index[1:]) >= ndim):
+                return None
+        return "indexes the batch axis (a permutation, a flip, a selection of examples)"
+    if name == "transpose":
+        axes = params.get("axes")
+        return None if axes is not None and axes[0] == 0 else "moves the batch axis"
+    if name == "pad":
+        return None if tuple(params["pad_width"][0]) == (0, 0) else "pads the batch axis"
+    if name == "tile":
+        reps = tuple(params["reps"])
+        return None if len(reps) < ndim or reps[len(reps) - ndim] == 1 else "tiles the batch axis"
+    if name == "einsum":
+        out = params["output"]
+        return None if out and params["inputs"][i][:1] == out[:1] else "contracts or moves the batch axis"
+    if name in ("matmul", "dot"):
+        # [B, k] @ [k, n] keeps the rows; a per-example right operand needs a batch axis of
+        # its own ([m, k] @ [B, k, n])
+        return None if (ndim >= 2 if i == 0 else ndim >= 3) else "contracts the batch axis"
+    if name == "outer":
+        return None if i == 0 else "puts the batch axis second"
+    if name in ("conv2d", "conv_transpose2d"):
+        return None if i == 0 else "takes per-example weights"
+    if name in _MATRIX_OPS:
+        return None if ndim >= 3 else "treats the batch axis as a matrix axis"
+    if "axis" in params:
+        if 0 in _axes_of(params["axis"], ndim):
+            return "works along the batch axis (axis 0)"
+    return None
+
+
 def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
             ghost: bool) -> _Plan:
     """Classify the tensors between the sources and the target, check that every record on
@@ -287,6 +345,14 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                     "rows with a slice (P[:T]) or with per-example ids of shape [B, T]")
             if k == _EXAMPLE:
                 ex = True
+                how = _along_batch(rec, i) if iid and iid in reach else None
+                if how is not None and B > 1:
+                    raise ValueError(
+                        f"{WHAT}: the op '{rec.prim.name}' (input {i}, shape {shape}) {how}: it "
+                        f"mixes the examples (B = {B}, from target.shape {target.shape}), and "
+                        "each example's gradient would take in the others'. Per-example "
+                        "gradients need examples that do not interact: apply such ops along "
+                        "the other axes")
         if not ex and _batch_index(rec, B) is not None:
             ex = True  # an embedding lookup: per-example rows of a param-only table
         k_out = _EXAMPLE if ex else _PARAM
