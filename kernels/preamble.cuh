@@ -36,8 +36,9 @@ GT_UNARY(square, x * x, x * x)
 // sign: -1, 0 or 1 (NaN stays NaN, as NumPy's sign)
 GT_UNARY(sign, (x > 0.0f) ? 1.0f : ((x < 0.0f) ? -1.0f : ((x == 0.0f) ? 0.0f : x)),
          (x > 0.0) ? 1.0 : ((x < 0.0) ? -1.0 : ((x == 0.0) ? 0.0 : x)))
-// logistic without overflow for large |x|: (tanh(x / 2) + 1) / 2, as the CPU route
-GT_UNARY(sigmoid, 0.5f * tanhf(0.5f * x) + 0.5f, 0.5 * tanh(0.5 * x) + 0.5)
+// logistic 1 / (1 + exp(-x)), as the CPU route: precise in the negative tail (the form
+// (tanh(x / 2) + 1) / 2 cancels to 0 there); exp(-x) overflowing to inf gives the limit 0
+GT_UNARY(sigmoid, 1.0f / (1.0f + expf(-x)), 1.0 / (1.0 + exp(-x)))
 #undef GT_UNARY
 
 GT_DEVICE float gt_pow(float a, float b) { return powf(a, b); }

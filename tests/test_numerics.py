@@ -119,3 +119,35 @@ def test_environment_variable(value, expected):
     out = subprocess.run([sys.executable, "-c", "import gradtape as gt; print(gt.config.check_numerics)"],
                          env=env, capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == str(expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["softplus", "silu", "elu", "sigmoid"])
+def test_derivatives_keep_their_precision_in_the_negative_tail(name, dtype):
+    # the logistic in derivative expressions was (tanh(x / 2) + 1) / 2 and elu's y + alpha:
+    # both cancel to 0 in the tail (softplus'(-20) was 0 in float32, the true 2.06e-9), in
+    # the one-op route, in fused runs and in forward mode
+    x = np.array([-5.0, -10.0, -17.0, -20.0, -30.0, -80.0, -200.0, 3.0], dtype)
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    want = {"softplus": s, "silu": s * (1 + x * (1 - s)), "elu": np.where(x > 0, 1, np.exp(x.astype(np.float64))),
+            "sigmoid": s * (1 - s)}[name]
+    f = getattr(gt, name)
+    xt = gt.tensor(x)
+    with gt.GradientTape() as tape:  # one op: the unfused route
+        tape.watch(xt)
+        y = gt.sum(f(xt))
+    fused = []
+    for _ in range(1):  # a long chain of the op on a large array: the fused route
+        big = gt.tensor(np.repeat(x, 4096))
+        with gt.GradientTape() as tape2:
+            tape2.watch(big)
+            z = f(big)
+            for _ in range(40):
+                z = z + 0.0
+            total = gt.sum(z)
+        fused = tape2.gradient(total, big).numpy().reshape(len(x), 4096)[:, 0]
+    _, jv = gt.jvp(f, (xt,), (gt.ones_like(xt),))
+    tiny = np.finfo(dtype).tiny
+    for got in (tape.gradient(y, xt).numpy(), fused, jv.numpy()):
+        ok = np.abs(got - want) <= 1e-5 * np.abs(want) + (tiny if dtype is np.float32 else 1e-300)
+        assert ok.all(), (got, want)

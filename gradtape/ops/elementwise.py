@@ -155,7 +155,7 @@ P_LEAKY_RELU = elementwise(
     d="where(x > 0, 1, negative_slope)", domain=_KINK)
 P_ELU = elementwise(
     "elu", lambda xp, x, *, alpha: xp.where((x := _guard(x)) > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
-    d="where(x > 0, 1, y + alpha)", domain=_KINK)
+    d="where(x > 0, 1, alpha * exp(x))", domain=_KINK)  # (y + alpha cancels in the tail)
 P_GELU = elementwise(
     "gelu", lambda xp, x: 0.5 * (x := _guard(x)) * (1 + erf_for(xp)(x * 0.7071067811865476)),
     d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327")

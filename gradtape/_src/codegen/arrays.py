@@ -21,7 +21,10 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
     xp = backend.xp
 
     def sigmoid(v: Array) -> Array:
-        return 0.5 * (xp.tanh(0.5 * v) + 1)  # overflow-free logistic
+        # 1 / (1 + exp(-v)) keeps its relative precision in the negative tail, where the
+        # tanh form (tanh(v / 2) + 1) / 2 cancels to 0 from v = -17 in float32; exp(-v)
+        # overflowing to inf gives the right limit, 0
+        return 1 / (1 + xp.exp(-v))
 
     def rsqrt(v: Array) -> Array:
         return 1 / xp.sqrt(v)
