@@ -224,7 +224,9 @@ class Generator:
                 with ``low`` and ``high`` as the dtype holds them (float16's 0.1 is 0.09998):
                 the draws are scaled in float32 or float64, a narrower float rounds them down,
                 and one that rounding takes to ``high`` becomes the float just below it
-                (``numpy.random.uniform`` can return ``high``).
+                (``numpy.random.uniform`` can return ``high``). Bounds that the dtype holds as
+                one value (``100`` and ``100.01`` in float16) give that value, as ``low ==
+                high`` does.
 
         Shapes: ``shape``.
 
@@ -263,6 +265,9 @@ class Generator:
                 top = out >= dt.type(hi)
                 if top.any():
                     out[top] = np.nextafter(dt.type(hi), dt.type(-np.inf))
+            # rounding down can pass below low as the dtype holds it (a low that rounds up),
+            # and bounds the dtype holds as one value leave no float below high: low then
+            np.maximum(out, dt.type(lo), out=out)
             return _to_active(out)
         out = u.astype(dt, copy=False)
         if dt != draw:  # a narrower float: round down, so [0, 1) stays [0, 1) (to nearest, a

@@ -322,3 +322,17 @@ def test_float16_uniform_stays_below_one():
     u = gt.random.Generator(0).uniform((200_000,), dtype="float16").numpy()
     assert u.dtype == np.float16 and u.max() < 1.0 and u.min() >= 0.0
     assert abs(float(u.astype(np.float64).mean()) - 0.5) < 5e-3
+
+
+@pytest.mark.parametrize("low, high, dtype", [(100.0, 100.01, "float16"), (1.0, 1.0001, "float16"),
+                                              (1.0, 1.00000001, "float32"), (-100.01, -100.0, "float16"),
+                                              (0.10015, 0.2, "float16"), (0.10015, 0.1002, "float16")])
+def test_uniform_stays_within_the_bounds_the_dtype_holds(low, high, dtype):
+    # bounds that round to one value gave every draw one step below low (100 -> 99.94 in
+    # float16); a low that rounds up could be undercut by the round-down of the draws
+    u = gt.random.Generator(0).uniform((20000,), low, high, dtype=dtype).numpy()
+    lo, hi = np.array(low, dtype), np.array(high, dtype)
+    assert (u >= lo).all()
+    assert ((u < hi) | (u == lo)).all()
+    if lo == hi:
+        assert (u == lo).all()
