@@ -538,3 +538,17 @@ def test_layers_take_floating_parameter_dtypes_only(make):
             make(bad)
     for good, want in ((np.float16, np.float16), ("float64", np.float64), (None, np.float32)):
         assert all(v.dtype == want for v in make(good).variables)
+
+
+@pytest.mark.parametrize("make", [lambda **k: gt.nn.Dense(5, 4, **k), lambda **k: gt.nn.Conv2D(2, 3, 3, **k)])
+def test_an_int_seed_draws_a_random_bias_after_the_kernel(make):
+    # an int seed is one stream for the layer: the kernel as before, then the bias (two
+    # generators seeded alike made the bias a scaled copy of the kernel's first values)
+    a = make(seed=4, bias_init="glorot_uniform", dtype=np.float64)
+    plain = make(seed=4, dtype=np.float64)
+    shared = make(seed=np.random.default_rng(4), bias_init="glorot_uniform", dtype=np.float64)
+    np.testing.assert_array_equal(a.kernel.numpy(), plain.kernel.numpy())
+    np.testing.assert_array_equal(a.bias.numpy(), shared.bias.numpy())
+    k = a.kernel.numpy().ravel()[:a.bias.shape[0]]
+    ratio = a.bias.numpy() / k
+    assert np.ptp(ratio) > 1e-3  # not one scale factor

@@ -27,7 +27,7 @@ from .._src.tensor import Tensor, Variable
 from ..ops._util import as_int
 from ..ops.creation import float_dtype
 from ..optimizers import Optimizer, _checkpoint_dtype_error
-from ..random import Generator, _check_seed
+from ..random import Generator, _check_seed, _numpy_generator
 from . import init as _init
 from .conv import _pair, adaptive_avg_pool2d, avg_pool2d, check_settings, conv1d, conv2d, conv_transpose2d, max_pool2d
 from .functional import batch_norm, dropout, embedding, layer_norm, softmax
@@ -57,6 +57,16 @@ def _activation(act: Any) -> Callable | None:
     except KeyError:
         raise ValueError(f"unknown activation {act!r}; expected one of {sorted(_ACTIVATIONS)}, "
                          "None, or a callable") from None
+
+
+def _one_stream(seed: Any, layer: str) -> Any:
+    """A layer's ``seed`` as one stream for all its initializers: an int stands for one fresh
+    ``numpy.random.default_rng(seed)``, from which the kernel is drawn first (the values the
+    int alone gives) and a random bias after it (two generators seeded alike made the bias
+    repeat the kernel's first draws, scaled); generators and None pass through."""
+    if seed is None or isinstance(seed, (Generator, np.random.Generator)):
+        return seed
+    return _numpy_generator(seed, layer)
 
 
 class Module:
@@ -221,9 +231,9 @@ class Dense(Module):
         activation: None, a name (``"relu"``, ``"tanh"``, ...) or a callable.
         use_bias: add a bias.
         kernel_init / bias_init: initializer name or callable ``(shape, seed, dtype)``.
-        seed: for the initializers: an int, a ``gt.random.Generator`` or a
-            ``numpy.random.Generator`` (shared, advancing), or None (``gt.random``'s default
-            generator).
+        seed: for the initializers: an int (one stream: the kernel, then the bias), a
+            ``gt.random.Generator`` or a ``numpy.random.Generator`` (shared, advancing), or
+            None (``gt.random``'s default generator).
         dtype: Variable dtype (float32 by default).
 
     Shapes: ``[..., in_features] -> [..., out_features]``; ``kernel[in, out]``, ``bias[out]``.
@@ -241,6 +251,7 @@ class Dense(Module):
         self.in_features = _size(in_features, "Dense", "in_features")
         self.out_features = _size(out_features, "Dense", "out_features")
         self.activation = _activation(activation)
+        seed = _one_stream(seed, type(self).__name__)
         self.kernel = Variable(_init.get(kernel_init)((self.in_features, self.out_features),
                                                       seed=seed, dtype=dtype), name="kernel")
         self.bias = (Variable(_init.get(bias_init)((self.out_features,), seed=seed, dtype=dtype),
@@ -293,6 +304,7 @@ class Conv2D(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _activation(activation)
         shape = (n_out, n_in // groups, kh, kw)
+        seed = _one_stream(seed, type(self).__name__)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((shape[0],), seed=seed, dtype=dtype),
@@ -362,6 +374,7 @@ class Conv1D(Module):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.activation = _activation(activation)
         shape = (n_out, n_in // self.groups, k)
+        seed = _one_stream(seed, type(self).__name__)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
@@ -417,6 +430,7 @@ class Conv2DTranspose(Module):
         self.dilation = dilation
         self.activation = _activation(activation)
         shape = (n_in, n_out // self.groups, kh, kw)
+        seed = _one_stream(seed, type(self).__name__)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
