@@ -166,6 +166,17 @@ for _n in ("logical_and", "logical_or"):
     _add(_n, _bools((), (2, 2)), floats=False)
 _add("logical_not", _bools((2, 3)), floats=False)
 _add("logical_not", _bools(()), floats=False)
+
+
+def _int_operands(*shapes: tuple) -> Callable:  # int64 values for the bitwise ops
+    return lambda rng, dt: [rng.integers(-8, 8, s) for s in shapes]
+
+
+for _n in ("bitwise_and", "bitwise_or", "bitwise_xor"):
+    _add(_n, _int_operands((2, 3), (3,)), floats=False)
+    _add(_n, _bools((), (2, 2)), floats=False)
+_add("bitwise_not", _int_operands((2, 3)), floats=False)
+_add("bitwise_not", _bools(()), floats=False)
 def _specials(shape: tuple) -> Callable:  # normal values with inf, -inf and NaN among them
     def make(rng: Any, dt: Any) -> list:
         x = rng.standard_normal(shape).astype(dt)

@@ -388,3 +388,26 @@ def test_numpy_reductions_call_the_tensor_methods_and_stay_on_the_tape():
     assert np.sum(x, dtype=np.float64).dtype == np.float64
     with pytest.raises(TypeError, match="out= is not supported"):
         np.sum(x, out=np.zeros((), np.float32))
+
+
+def test_bitwise_operators_follow_numpy():
+    # & | ^ ~ were logical on integer tensors (t & 1 all True, ~t all False): bitwise now, as
+    # NumPy's and PyTorch's; logical on bool tensors; a float operand raises
+    a = np.array([1, 2, 3, 6, -5], np.int64)
+    t = gt.tensor(a)
+    np.testing.assert_array_equal((t & 1).numpy(), a & 1)
+    np.testing.assert_array_equal((t | 4).numpy(), a | 4)
+    np.testing.assert_array_equal((t ^ 3).numpy(), a ^ 3)
+    np.testing.assert_array_equal((~t).numpy(), ~a)
+    np.testing.assert_array_equal((6 & t).numpy(), 6 & a)
+    np.testing.assert_array_equal((np.int64(5) ^ t).numpy(), 5 ^ a)
+    assert (gt.tensor(np.int8([1, 2])) & 1).dtype == np.int8
+    b = gt.tensor([True, False, True])
+    np.testing.assert_array_equal((~b).numpy(), [False, True, False])
+    np.testing.assert_array_equal((b ^ True).numpy(), [False, True, False])
+    assert (b & b).dtype == np.bool_
+    x = gt.tensor([0.5, -1.0])
+    np.testing.assert_array_equal(((x > 0) & (x < 1)).numpy(), [True, False])
+    for bad in (lambda: x & x, lambda: ~x, lambda: x | 1, lambda: x ^ b):
+        with pytest.raises(TypeError, match="bitwise"):
+            bad()

@@ -184,28 +184,40 @@ def _m_ne(self: Tensor, other: TensorLike) -> Tensor:
 
 
 def _m_and(self: Tensor, other: TensorLike) -> Tensor:
-    """``self & other``: elementwise logical and (see :func:`gradtape.logical_and`)."""
-    return _e.logical_and(self, other)
+    """``self & other``: bitwise and of integer tensors, logical and of bool ones (see
+    :func:`gradtape.bitwise_and`)."""
+    return _e.bitwise_and(self, other)
 
 
 def _m_or(self: Tensor, other: TensorLike) -> Tensor:
-    """``self | other``: elementwise logical or (see :func:`gradtape.logical_or`)."""
-    return _e.logical_or(self, other)
+    """``self | other`` (see :func:`gradtape.bitwise_or`)."""
+    return _e.bitwise_or(self, other)
+
+
+def _m_xor(self: Tensor, other: TensorLike) -> Tensor:
+    """``self ^ other`` (see :func:`gradtape.bitwise_xor`)."""
+    return _e.bitwise_xor(self, other)
 
 
 def _m_rand(self: Tensor, other: TensorLike) -> Tensor:
     """``other & self`` (a NumPy array, list or Python bool on the left)."""
-    return _e.logical_and(other, self)
+    return _e.bitwise_and(other, self)
 
 
 def _m_ror(self: Tensor, other: TensorLike) -> Tensor:
     """``other | self`` (a NumPy array, list or Python bool on the left)."""
-    return _e.logical_or(other, self)
+    return _e.bitwise_or(other, self)
+
+
+def _m_rxor(self: Tensor, other: TensorLike) -> Tensor:
+    """``other ^ self`` (a NumPy array, list or Python bool on the left)."""
+    return _e.bitwise_xor(other, self)
 
 
 def _m_invert(self: Tensor) -> Tensor:
-    """``~self``: elementwise logical not (see :func:`gradtape.logical_not`)."""
-    return _e.logical_not(self)
+    """``~self``: bitwise not of an integer tensor, logical not of a bool one (see
+    :func:`gradtape.bitwise_not`)."""
+    return _e.bitwise_not(self)
 
 
 def _no_out(out: Any, what: str) -> None:
@@ -300,6 +312,8 @@ def install() -> None:
     Tensor.__or__ = _m_or  # type: ignore[method-assign]
     Tensor.__rand__ = _m_rand  # type: ignore[method-assign]
     Tensor.__ror__ = _m_ror  # type: ignore[method-assign]
+    Tensor.__xor__ = _m_xor  # type: ignore[method-assign]
+    Tensor.__rxor__ = _m_rxor  # type: ignore[method-assign]
     Tensor.__invert__ = _m_invert  # type: ignore[method-assign]
     Tensor.sum = _m_sum  # type: ignore[method-assign]
     Tensor.mean = _m_mean  # type: ignore[method-assign]

@@ -26,7 +26,8 @@ __all__ = [
     "arctan", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "erf",
     "erfc", "floor", "ceil", "round", "trunc", "arctan2", "atan2", "hypot", "floor_divide", "remainder",
     "maximum", "minimum", "clip", "where", "safe_mul", "less", "less_equal", "greater",
-    "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not",
+    "greater_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not", "bitwise_and", "bitwise_or",
+    "bitwise_xor", "bitwise_not",
     "isfinite", "isnan", "isinf",
 ]
 
@@ -297,6 +298,14 @@ P_LOGICAL_OR = primitive("logical_or", lambda xp, a, b: xp.logical_or(a, b), non
                          batch=_elementwise_batch("logical_or"))
 P_LOGICAL_NOT = primitive("logical_not", lambda xp, x: xp.logical_not(x), nondiff=True,
                           batch=_elementwise_batch("logical_not"))
+P_BITWISE_AND = primitive("bitwise_and", lambda xp, a, b: xp.bitwise_and(a, b), nondiff=True,
+                          batch=_elementwise_batch("bitwise_and"))
+P_BITWISE_OR = primitive("bitwise_or", lambda xp, a, b: xp.bitwise_or(a, b), nondiff=True,
+                         batch=_elementwise_batch("bitwise_or"))
+P_BITWISE_XOR = primitive("bitwise_xor", lambda xp, a, b: xp.bitwise_xor(a, b), nondiff=True,
+                          batch=_elementwise_batch("bitwise_xor"))
+P_BITWISE_NOT = primitive("bitwise_not", lambda xp, x: xp.invert(x), nondiff=True,
+                          batch=_elementwise_batch("bitwise_not"))
 P_ISFINITE = primitive("isfinite", lambda xp, x: xp.isfinite(x), nondiff=True,
                        batch=_elementwise_batch("isfinite"))
 P_ISNAN = primitive("isnan", lambda xp, x: xp.isnan(x), nondiff=True,
@@ -649,6 +658,51 @@ equal = _compare(P_EQUAL, "==")
 not_equal = _compare(P_NOT_EQUAL, "!=")
 logical_and = _compare(P_LOGICAL_AND, "&")
 logical_or = _compare(P_LOGICAL_OR, "|")
+
+
+def _integer_operand(t: Tensor, fname: str, arg: str, symbol: str) -> None:
+    if t.dtype.kind not in "biu":
+        raise TypeError(f"gt.{fname}: {arg} must be an integer or bool tensor ({symbol} is bitwise, "
+                        f"as NumPy's), got dtype {t.dtype}; for conditions on floats combine "
+                        "comparisons, ((x > 0) & (y < 1)), or use gt.logical_and / logical_or")
+
+
+def _bitwise(prim: Any, symbol: str) -> Any:
+    def op(a: Any, b: Any) -> Tensor:
+        a, b = pair(a, b)
+        _integer_operand(a, prim.name, "a", symbol)
+        _integer_operand(b, prim.name, "b", symbol)
+        return bind(prim, a, b)
+
+    op.__name__ = op.__qualname__ = prim.name
+    op.__doc__ = (f"``a {symbol} b`` elementwise, bitwise on integer tensors and logical on bool "
+                  "ones, as NumPy's; not differentiable. A float operand raises ``TypeError``.\n\n"
+                  "    Shapes: broadcast, as NumPy's.\n\n"
+                  f"    Example:\n        >>> import gradtape as gt\n"
+                  f"        >>> gt.{prim.name}(gt.tensor([1, 2, 3, 6]), 1).numpy().tolist()\n"
+                  f"        {[int(getattr(np, prim.name)(v, 1)) for v in (1, 2, 3, 6)]}\n")
+    return op
+
+
+bitwise_and = _bitwise(P_BITWISE_AND, "&")
+bitwise_or = _bitwise(P_BITWISE_OR, "|")
+bitwise_xor = _bitwise(P_BITWISE_XOR, "^")
+
+
+def bitwise_not(x: Any) -> Tensor:
+    """``~x``: bitwise not of an integer tensor (``~1 == -2``), logical not of a bool one, as
+    NumPy's ``invert``; not differentiable. A float tensor raises ``TypeError``.
+
+    Shapes: ``x``'s.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.bitwise_not(gt.tensor([1, 2])).numpy().tolist(), gt.bitwise_not(gt.tensor([True])).numpy().tolist()
+        ([-2, -3], [False])
+    """
+    t = one(x)
+    _integer_operand(t, "bitwise_not", "x", "~")
+    return bind(P_BITWISE_NOT, t)
 
 
 def logical_not(x: Any) -> Tensor:

@@ -237,8 +237,9 @@ def _along_batch(rec: Record, i: int) -> str | None:
     if name == "getitem":
         index = params.get("index")
         first = index[0] if isinstance(index, tuple) and index else index
+        rows = rec.in_shapes[i][0]
         if first is Ellipsis or first is None or (isinstance(first, slice)
-                                                  and first.indices(rec.in_shapes[i][0]) == (0, rec.in_shapes[i][0], 1)):
+                                                  and first.indices(rows) == (0, rows, 1)):
             if not (first is Ellipsis and isinstance(index, tuple)
                     and sum(c is not None for c in index[1:]) >= ndim):
                 return None
