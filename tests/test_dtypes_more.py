@@ -322,3 +322,11 @@ def test_integer_edge_cases_follow_numpy():
     edge = gt.tensor(np.array([-2**63, 0, 2**63 - 1], np.int64))
     assert (edge > -2**63 - 1).numpy().tolist() == [True] * 3
     assert (edge < 2**63).numpy().tolist() == [True] * 3
+
+
+def test_an_elementwise_op_numpy_has_no_loop_for_names_the_op_and_dtypes():
+    # bool - bool raised NumPy's own TypeError, naming neither the op nor the operands
+    a, b = gt.tensor([True, False]), gt.tensor([True, True])
+    for f in (lambda: a - b, lambda: gt.sub(a, b), lambda: gt.nn.mse(a, b)):
+        with pytest.raises(TypeError, match=r"^sub: not defined for operands of dtype bool, bool"):
+            f()

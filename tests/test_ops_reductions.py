@@ -248,3 +248,27 @@ def test_axis_errors_name_the_op():
         gt.mean(x, axis=-3)
     with pytest.raises(ValueError, match="var: repeated axis"):
         gt.var(x, axis=(1, -1))
+
+
+def test_matrix_norms_of_float16_and_of_empty_matrices():
+    # the SVD norms of float16 raised NumPy's "array type float16 is unsupported"; ord=1 / inf
+    # of a matrix with no columns / rows raised from an internal max (NumPy gives 0)
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    x16 = gt.tensor(a.astype(np.float16))
+    for o in ("nuc", 2, -2):
+        with gt.GradientTape() as tape:
+            tape.watch(x16)
+            n = gt.norm(x16, ord=o)
+        assert n.dtype == np.float16
+        np.testing.assert_allclose(float(n), np.linalg.norm(a, o), rtol=1e-3)
+        g = tape.gradient(n, x16)
+        assert g.dtype == np.float16 and np.isfinite(g.numpy()).all()
+    for o, shape in ((1, (3, 0)), (np.inf, (0, 3)), (1, (0, 3)), (np.inf, (3, 0))):
+        z = gt.tensor(np.zeros(shape))
+        with gt.GradientTape() as tape:
+            tape.watch(z)
+            n = gt.norm(z, ord=o)
+        assert float(n) == np.linalg.norm(np.zeros(shape), o) == 0.0
+        assert tape.gradient(n, z, unconnected_gradients="zero").shape == shape
+    with pytest.raises(ValueError, match="smallest sum"):
+        gt.norm(gt.tensor(np.zeros((3, 0))), ord=-1)

@@ -655,3 +655,24 @@ def test_jacfwd_and_jacrev_of_a_function_that_draws_share_one_draw():
         J = jac(lambda a: gt.nn.dropout(a, 0.5, generator=g))(x).numpy()
         assert np.count_nonzero(J - np.diag(np.diag(J))) == 0  # one mask: a diagonal Jacobian
         assert set(np.diag(J).tolist()) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize("which", ["x", "w", "both"])
+def test_vmap_of_a_convolution_over_no_examples(which):
+    # a batch of 0 with mapped weights raised ZeroDivisionError (the rules fold the batch into
+    # channels or groups); now an empty result of the per-example shape, also for the
+    # transposed convolution and the weight gradient
+    x = gt.tensor(np.zeros((0, 1, 2, 5, 5)) if which != "w" else np.zeros((1, 2, 5, 5)))
+    w = gt.tensor(np.ones((0, 3, 2, 3, 3)) if which != "x" else np.ones((3, 2, 3, 3)))
+    axes = (0 if which != "w" else None, 0 if which != "x" else None)
+    y = gt.vmap(lambda a, b: gt.nn.conv2d(a, b), in_axes=axes)(x, w)
+    assert y.shape == (0, 1, 3, 3, 3)
+    wt = gt.tensor(np.ones((0, 2, 3, 3, 3)) if which != "x" else np.ones((2, 3, 3, 3)))
+    yt = gt.vmap(lambda a, b: gt.nn.conv_transpose2d(a, b), in_axes=axes)(x, wt)
+    assert yt.shape == (0, 1, 3, 7, 7)
+
+    def loss(b, a):
+        return gt.sum(gt.nn.conv2d(a, b) ** 2)
+
+    g = gt.vmap(gt.grad(loss), in_axes=(axes[1], axes[0]))(w, x)
+    assert g.shape == (0, 3, 2, 3, 3)

@@ -575,7 +575,7 @@ def _two_input_call(prim: Primitive) -> Callable[[Any, Any], Tensor]:
                 out.data = prim.impl(backend.xp, da, db)
             else:
                 out.data = parallel_forward(prim, backend.xp, (da, db), _NO_PARAMS)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             _broadcast_error(prim, (da, db), exc)
             raise
         out._backend = backend
@@ -729,7 +729,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
                 data = prim.impl(backend.xp, da, db, **params)
             else:
                 data = parallel_forward(prim, backend.xp, (da, db), params)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             _broadcast_error(prim, (da, db), exc)
             raise
     else:
@@ -750,7 +750,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
                 data = prim.impl(backend.xp, *inputs, **params)
             else:
                 data = parallel_forward(prim, backend.xp, tuple(inputs), params)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             _broadcast_error(prim, datas, exc)
             raise
         if var is not None:
@@ -772,12 +772,17 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     return out
 
 
-def _broadcast_error(prim: Primitive, arrays: Any, exc: ValueError) -> None:
+def _broadcast_error(prim: Primitive, arrays: Any, exc: ValueError | TypeError) -> None:
     """Raise a ValueError naming ``prim`` and the shapes when an elementwise primitive's
-    inputs do not broadcast together (NumPy's message names neither the op nor gradtape);
-    return when ``exc`` was something else (the caller re-raises it)."""
+    inputs do not broadcast together, or a TypeError naming it and the dtypes when NumPy has
+    no loop for them (``bool - bool``): NumPy's messages name neither the op nor gradtape.
+    Return when ``exc`` was something else (the caller re-raises it)."""
     if not (prim.is_elementwise or getattr(prim.batch, "_gt_broadcasts", False)):
         return
+    if isinstance(exc, TypeError):
+        dtypes = ", ".join(str(a.dtype) for a in arrays)
+        raise TypeError(f"{prim.name}: not defined for operands of dtype {dtypes} (NumPy: "
+                        f"{exc}); cast with gt.astype first") from exc
     shapes = [tuple(a.shape) for a in arrays]
     try:
         np.broadcast_shapes(*shapes)

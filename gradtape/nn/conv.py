@@ -799,9 +799,21 @@ def _unstack_weights(w: Tensor, B: int, groups: int) -> Tensor:
     return ops.reshape(w, (B, Co) + w.shape[-3:])
 
 
+def _empty_batch(prim: Any, args: tuple, dims: tuple, p: dict) -> tuple:
+    """A batching rule's result for a batch of no examples: one example's result (from
+    operands without their empty batch axis, sums over it: zeros of the right shape, on
+    their backend) with an empty batch axis in front. The rules below fold the batch into
+    channels or groups, which a batch of 0 cannot give."""
+    one_ex = [a if d is None else ops.sum(a, axis=d % a.ndim) for a, d in zip(args, dims)]
+    y = bind(prim, *one_ex, **p)
+    return ops.broadcast_to(ops.expand_dims(y, 0), (0, *y.shape)), 0
+
+
 def _conv_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
     (x, w), (dx, dw) = args, dims
     G = p["groups"]
+    if dw is not None and batch_size(args, dims) == 0:
+        return _empty_batch(P_CONV2D, args, dims, p)
     if dw is None:
         x = _front(x, dx % x.ndim)
         B, N = x.shape[:2]
@@ -819,6 +831,8 @@ def _conv_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
 def _conv_t_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
     (y, w), (dy, dw) = args, dims
     G = p["groups"]
+    if dw is not None and batch_size(args, dims) == 0:
+        return _empty_batch(P_CONV_T, args, dims, p)
     if dw is None:
         y = _front(y, dy % y.ndim)
         B, N = y.shape[:2]
@@ -840,6 +854,8 @@ def _conv_w_batch(args: tuple, dims: tuple, **p: Any) -> tuple:
     (x, y), (dx, dy) = args, dims
     G = p["groups"]
     B = batch_size(args, dims)
+    if B == 0:
+        return _empty_batch(P_CONV_W, args, dims, p)
     if dx is None:  # the examples' cotangents stacked as output channels
         gw = bind(P_CONV_W, x, _stack_channels(y, dy % y.ndim, G), **p)
         return _unstack_weights(gw, B, G), 0

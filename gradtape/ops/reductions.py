@@ -735,16 +735,26 @@ def _matrix_norm(x: Tensor, ord: Any, rows: int, cols: int, keepdims: bool) -> T
     if (isinstance(ord, str) and ord == "nuc") or (not isinstance(ord, str) and ord in (2, -2)):
         if not x.shape[rows] or not x.shape[cols]:
             raise ValueError(f"norm: ord={ord!r} of an empty matrix: shape {x.shape}")
-        s = singular_values(moveaxis(x, (rows, cols), (-2, -1)))
+        half = x.dtype == np.float16  # the SVD in float32, rounded once (as det, solve ...)
+        s = singular_values(moveaxis(bind(P_ASTYPE, x, dtype=np.dtype(np.float32)) if half else x,
+                                     (rows, cols), (-2, -1)))
         out = (sum(s, axis=-1) if ord == "nuc" else
                max(s, axis=-1) if ord == 2 else min(s, axis=-1))
+        if half:
+            out = bind(P_ASTYPE, out, dtype=x.dtype)
         return bind(P_RESHAPE, out, shape=kept) if keepdims else out
     if isinstance(ord, str) or ord not in (1, -1, math.inf, -math.inf):
         raise ValueError(f"norm: ord={ord!r} is not a matrix norm; over two axes ord is "
                          f"{_MATRIX_ORDS}")
     inner, outer = (rows, cols) if ord in (1, -1) else (cols, rows)  # 1: sums over the rows
     t = sum(bind(P_ABS, x), axis=inner, keepdims=True)
-    out = max(t, axis=outer, keepdims=True) if ord > 0 else min(t, axis=outer, keepdims=True)
+    if x.shape[outer] == 0:  # no column (row) sums: the largest of nothing is 0, as NumPy's
+        if ord < 0:
+            raise ValueError(f"norm: ord={ord!r} (the smallest sum) of a matrix with no "
+                             f"{'columns' if ord == -1 else 'rows'} (shape {x.shape}) has no value")
+        out = sum(t, axis=outer, keepdims=True)
+    else:
+        out = max(t, axis=outer, keepdims=True) if ord > 0 else min(t, axis=outer, keepdims=True)
     if keepdims:
         return out
     return bind(P_RESHAPE, out, shape=tuple(n for i, n in enumerate(kept) if i not in (rows, cols)))
