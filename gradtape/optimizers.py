@@ -560,6 +560,13 @@ class Optimizer:
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
         who = type(self).__name__
+        if hasattr(learning_rate, "trainable_variables") or isinstance(learning_rate, (Variable, Tensor)):
+            # PyTorch's habit, Adam(model.parameters()): a model is callable, so it would pass
+            # for a schedule and fail at the first step with the model's own error
+            raise TypeError(f"{who}: the first argument is the learning rate (a number or a "
+                            f"schedule), got a {type(learning_rate).__name__}; the variables go "
+                            "to apply_gradients(zip(grads, variables)) or minimize(loss_fn, "
+                            "var_list) (Keras's convention)")
         if not callable(learning_rate):
             if isinstance(learning_rate, (str, bytes, bool)) or not isinstance(
                     learning_rate, (int, float, np.integer, np.floating)):

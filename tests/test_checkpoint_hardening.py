@@ -743,3 +743,29 @@ def test_a_copy_keeps_the_key_of_a_variable_whose_state_was_reset(copier):
     opt.load_state_dict(snap)  # "w" is a's: the snapshot goes to a, b is reset
     after = opt.state_dict([("a", a), ("b", b)])
     assert after["a/momentum"].tolist() == [1.0] and "b/momentum" not in after
+
+
+def test_saving_into_a_folder_that_cannot_be_written_names_the_folder(tmp_path):
+    # the error named the hidden temporary file (.ck.npz.<random>.tmp); the old file stays
+    import shutil
+
+    p = tmp_path / "ck.npz"
+    gt.nn.Dense(2, 2, seed=0).save(str(p))
+    before = p.read_bytes()
+    root = os.geteuid() == 0
+    if root:  # root writes into a 0o555 folder: make it immutable instead, where possible
+        if shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", str(tmp_path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i on this filesystem")
+    else:
+        os.chmod(tmp_path, 0o555)
+    try:
+        with pytest.raises(PermissionError, match="cannot create a file in the folder") as info:
+            gt.nn.Dense(2, 2, seed=1).save(str(p))
+        assert ".tmp" not in str(info.value)
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(tmp_path)])
+        else:
+            os.chmod(tmp_path, 0o755)
+    assert p.read_bytes() == before and os.listdir(tmp_path) == ["ck.npz"]

@@ -227,3 +227,15 @@ def test_created_on_the_active_backend_like_on_x(backend):
     for t in (gt.zeros(1), gt.ones(1), gt.full(1, 2.0), gt.arange(2), gt.linspace(0, 1, 2),
               gt.eye(2), gt.one_hot([1], 2)):
         assert t.backend == backend
+
+
+def test_linspace_bool_and_values_the_dtype_cannot_hold():
+    # bool took the floor (0.5 -> False; NumPy: True); float16 overflowed to inf and integers
+    # wrapped silently, where gt.full refuses the same values
+    np.testing.assert_array_equal(gt.linspace(0, 1, 3, dtype=bool).numpy(), [False, True, True])
+    np.testing.assert_array_equal(gt.linspace(-2.5, 2.5, 5, dtype="int8").numpy(),
+                                  np.linspace(-2.5, 2.5, 5, dtype=np.int8))
+    for args in ((0, 70000, 3, "float16"), (0, 1000, 3, "int8"), (-1, 3, 3, "uint8")):
+        with pytest.raises(ValueError, match="do not fit"):
+            gt.linspace(*args[:3], dtype=args[3])
+    assert gt.linspace(0, 98256, 2, endpoint=False, dtype="float16").numpy()[1] == 49128

@@ -134,3 +134,37 @@ def test_save_load_round_trip_and_mismatches(tmp_path):
         wrong.load(path)
     with pytest.raises(ValueError, match="no optimizer state"):
         m2.load(path, optimizer=gt.optimizers.Adam())
+
+
+def test_traversal_of_a_self_holding_list_and_of_slots(tmp_path):
+    # a list attribute holding itself raised RecursionError in variables/save/train; a
+    # Variable in a __slots__ attribute was never found (not trained, not saved)
+    class Logged(gt.nn.Module):
+        def __init__(self):
+            self.d = gt.nn.Dense(2, 2, seed=0)
+            self.log: list = []
+            self.log.append(self.log)
+
+        def forward(self, x):
+            return self.d(x)
+
+    class Slotted(gt.nn.Module):
+        __slots__ = ("w",)
+
+        def __init__(self):
+            self.w = gt.Variable([1.0, 2.0])
+
+        def forward(self, x):
+            return x * self.w
+
+    m = Logged()
+    assert [n for n, _ in m.named_variables()] == ["d.kernel", "d.bias"]
+    m.eval()
+    m.save(str(tmp_path / "a.npz"))
+    s = Slotted()
+    assert s.variables == [s.w] and s.num_parameters() == 2
+    s.save(str(tmp_path / "s.npz"))
+    t = Slotted()
+    t.w.assign([0.0, 0.0])
+    t.load(str(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(t.w.numpy(), [1.0, 2.0])

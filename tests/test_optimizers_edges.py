@@ -167,3 +167,12 @@ def test_a_dropout_stream_resumes_through_a_pickled_generator(tmp_path):
     for x, y in zip(a.variables, c.variables):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
     assert os.path.exists(path)
+
+
+def test_a_model_given_as_the_learning_rate_is_refused_at_once():
+    # Adam(model) (PyTorch's habit) passed for a callable schedule and failed at the first
+    # step with the model's own shape error
+    m = gt.nn.Dense(2, 2)
+    for bad in (m, m.kernel):
+        with pytest.raises(TypeError, match="first argument is the learning rate"):
+            gt.optimizers.Adam(bad)

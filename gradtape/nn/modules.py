@@ -24,7 +24,7 @@ import numpy as np
 from .. import ops
 from .._src.autodiff.state import STATE, flag_changed
 from .._src.tensor import Tensor, Variable
-from ..ops._util import as_int
+from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
 from ..optimizers import Optimizer, _checkpoint_dtype_error
 from ..random import Generator, _check_seed, _numpy_generator
@@ -123,9 +123,7 @@ class Module:
             return
         seen_modules.add(id(self))
         yield prefix, self
-        for key, value in vars(self).items():
-            if key == "_training":
-                continue
+        for key, value in _attributes(self):
             yield from _walk_value(value, f"{prefix}{key}", seen_modules)
 
     def named_variables(self) -> list[tuple[str, Variable]]:
@@ -194,16 +192,30 @@ class Module:
         return f"{type(self).__name__}({self.num_parameters()} parameters)"
 
 
+def _attributes(module: Module) -> Iterator[tuple[str, Any]]:
+    """A module's attributes as the traversals see them: its ``__dict__`` (but the training
+    flag) and the ``__slots__`` its classes declare."""
+    for key, value in vars(module).items():
+        if key != "_training":
+            yield key, value
+    for cls in type(module).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for key in (slots,) if isinstance(slots, str) else slots:
+            if key not in ("__dict__", "__weakref__") and hasattr(module, key):
+                yield key, getattr(module, key)
+
+
 def _walk_value(value: Any, path: str, seen_modules: set) -> Iterator[tuple[str, Any]]:
     if isinstance(value, Variable):
         yield path, value
     elif isinstance(value, Module):
         yield from value._walk(path + ".", seen_modules)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _walk_value(v, f"{path}.{i}", seen_modules)
-    elif isinstance(value, dict):
-        for k, v in value.items():
+    elif isinstance(value, (list, tuple, dict)):
+        if id(value) in seen_modules:  # a container met again (one that holds itself)
+            return
+        seen_modules.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
             yield from _walk_value(v, f"{path}.{k}", seen_modules)
 
 
@@ -542,7 +554,7 @@ class Dropout(Module):
     """
 
     def __init__(self, rate: float, seed: Any = None) -> None:
-        self.rate = float(rate)
+        self.rate = float(as_real(rate, "Dropout", "rate"))
         if not 0.0 <= self.rate < 1.0:  # (checked again by dropout(): the attribute may change)
             raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
         if seed is not None and not isinstance(seed, Generator) and not callable(getattr(seed, "random", None)):
@@ -822,19 +834,19 @@ def _display_paths(module: Module) -> dict[int, str]:
     def visit(value: Any, where: str) -> None:
         if isinstance(value, Variable):
             out.setdefault(id(value), where)
-        elif isinstance(value, Module):
+        elif isinstance(value, (Module, list, tuple, dict)):
             if id(value) in seen:
                 return
             seen.add(id(value))
-            for key, item in vars(value).items():
-                if key != "_training":
+            if isinstance(value, Module):
+                for key, item in _attributes(value):
                     visit(item, f"{where}.{key}" if where else key)
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                visit(item, f"{where}[{i}]")
-        elif isinstance(value, dict):
-            for k, item in value.items():
-                visit(item, f"{where}[{k!r}]")
+            elif isinstance(value, dict):
+                for k, item in value.items():
+                    visit(item, f"{where}[{k!r}]")
+            else:
+                for i, item in enumerate(value):
+                    visit(item, f"{where}[{i}]")
 
     visit(module, "")
     return out
@@ -930,6 +942,11 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
                 break
             except FileExistsError:
                 pending = None  # another writer's file: never ours to remove
+            except OSError as e:  # (its message would name the hidden temporary file)
+                pending = None
+                raise type(e)(e.errno, f"save: cannot create a file in the folder {folder!r} "
+                              f"({e.strerror}); the checkpoint was not written and {path!r} "
+                              "is as it was", path) from None
         tmp = pending
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:

@@ -368,7 +368,8 @@ def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True,
         num: how many values (an int >= 0).
         endpoint: include ``stop`` as the last value.
         dtype: float32 by default; computed in float64 and cast (an integer dtype takes the
-            floor).
+            floor, bool is ``value != 0``, as NumPy's); values the dtype cannot hold raise
+            ``ValueError``.
 
     Shapes: ``[num]``.
 
@@ -387,9 +388,15 @@ def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True,
     backend = get_backend()
     xp = backend.xp
     arr = xp.linspace(a, b, n, endpoint=bool(endpoint), dtype=np.float64)
-    if dt.kind in "iub":
+    if dt.kind in "iu":
         arr = xp.floor(arr)
-    return _wrap(arr.astype(dt), backend)
+    if dt.kind in "iuf" and n:  # the values must fit the dtype (a cast would wrap or give inf)
+        info = np.iinfo(dt) if dt.kind in "iu" else np.finfo(dt)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < float(info.min) or hi > float(info.max):
+            raise ValueError(f"linspace: values from {a} to {b} do not fit {dt} (its range is "
+                             f"{info.min} to {info.max})")
+    return _wrap(arr.astype(dt), backend)  # (bool: nonzero is True, as NumPy's)
 
 
 def eye(n: int, m: int | None = None, k: int = 0, dtype: DTypeLike | None = None) -> Tensor:
