@@ -603,3 +603,21 @@ def test_integer_tensor_in_products_takes_the_float_dtype():
         assert out.dtype == np.float32
     assert gt.einsum("ij,jk->ik", i, i).dtype == np.int64
     np.testing.assert_allclose((i @ f).numpy(), np.arange(4).reshape(2, 2) @ np.ones((2, 2)))
+
+
+def test_messages_for_values_that_do_not_fit_and_swapped_arguments(tmp_path):
+    # NumPy's and Python's own messages came through, naming neither gradtape's call nor the
+    # argument
+    with pytest.raises(OverflowError, match=r"Python int 1000 does not fit the dtype int8 \(range -128 to 127\)"):
+        gt.tensor(np.int8([1, 2])) + 1000
+    with pytest.raises(OverflowError, match="does not fit the dtype uint8"):
+        gt.minimum(gt.tensor(np.uint8([1])), -1)
+    with pytest.raises(OverflowError, match="'float64'"):
+        gt.tensor(np.int64([1])) + 2 ** 63
+    with pytest.raises(OverflowError, match="gt.tensor: a value in data does not fit dtype uint8"):
+        gt.tensor([300], dtype="uint8")
+    m = gt.nn.Dense(2, 2)
+    with pytest.raises(TypeError, match="arguments look swapped"):
+        gt.nn.load(m, str(tmp_path / "x.npz"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="permutation: n must be an int, got 5.0"):
+        gt.random.Generator(0).permutation(5.0)

@@ -426,9 +426,17 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
         if isinstance(value, (int, float, bool)):
             backend = like._backend
             dt = like.data.dtype
-            if dt.kind not in "fc":  # the integer path: float32 for a float, NumPy's rule for an int
-                dt = _F32 if isinstance(value, float) else np.result_type(dt, value)
-            return _wrap(backend.xp.asarray(value, dtype=dt), backend)
+            try:
+                if dt.kind not in "fc":  # the integer path: float32 for a float, NumPy's rule for an int
+                    dt = _F32 if isinstance(value, float) else np.result_type(dt, value)
+                return _wrap(backend.xp.asarray(value, dtype=dt), backend)
+            except OverflowError:  # (NumPy 2, JAX: a weak int past the tensor's range raises)
+                info = np.iinfo(like.data.dtype) if like.data.dtype.kind in "iu" else None
+                span = f" (range {info.min} to {info.max})" if info is not None else ""
+                wider = "float64" if like.data.dtype.itemsize >= 8 else "int64"
+                raise OverflowError(f"the Python int {value} does not fit the dtype {like.data.dtype}"
+                                    f"{span} of the tensor it meets; cast the tensor first, e.g. "
+                                    f"gt.astype(t, {wider!r})") from None
         if isinstance(value, complex):
             backend = like._backend
             dt = like.data.dtype

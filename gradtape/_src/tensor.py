@@ -821,6 +821,9 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
         host = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"gt.tensor: cannot convert {type(data).__name__} to an array: {exc}") from None
+    except OverflowError as exc:  # a Python int past the dtype's range (300 as uint8)
+        raise OverflowError(f"gt.tensor: a value in data does not fit dtype {dtype} ({exc}); "
+                            "pass a wider dtype") from None
     python_data = isinstance(data, (list, tuple, int, float, bool, complex))
     if dtype is None and python_data and (host.dtype.kind in "uO" or (
             host.dtype.kind == "f" and host.size and not _has_float(data))):

@@ -1079,6 +1079,16 @@ class _CheckpointReader:
         return arr.reshape(h.shape[::-1]).transpose() if h.fortran else arr.reshape(h.shape)
 
 
+def _checkpoint_path(path: Any, who: str) -> str:
+    """``path`` of :func:`save` / :func:`load` as a str, or a TypeError naming it."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        swapped = " (the arguments look swapped)" if isinstance(path, Module) else ""
+        raise TypeError(f"{who}: path must be a str or os.PathLike, got {type(path).__name__}"
+                        f"{swapped}; call gt.nn.{who}(path, module, optimizer=None) or "
+                        f"module.{who}(path, optimizer=None)")
+    return os.fsdecode(os.fspath(path))
+
+
 def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     """Save ``module``'s Variables (by path, e.g. ``var/layers.0.kernel``) and optionally
     ``optimizer``'s state for them (``opt/...``: moments, step count) to ``path`` (``.npz``).
@@ -1118,7 +1128,7 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     if optimizer is not None:
         for key, arr in optimizer.state_dict(named).items():
             arrays[_OPT + key] = np.asarray(arr)
-    path = os.fsdecode(os.fspath(path))
+    path = _checkpoint_path(path, "save")
     if not path.endswith(".npz"):
         path += ".npz"
     _write_atomically(path, arrays)
@@ -1158,7 +1168,7 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
         >>> p = m.save(os.path.join(tempfile.mkdtemp(), "ckpt"))
         >>> gt.nn.load(p, m)
     """
-    path = os.fsdecode(os.fspath(path))
+    path = _checkpoint_path(path, "load")
     if not path.endswith(".npz") and not os.path.exists(path) and os.path.exists(path + ".npz"):
         path += ".npz"  # the name given to save, which appended .npz as numpy.savez does
     named = _checkpoint_names(module, "load")
