@@ -269,3 +269,15 @@ def test_a_tape_never_entered_raises_instead_of_giving_none():
                  lambda: tape.per_example_gradients(x * x, x)):
         with pytest.raises(RuntimeError, match="never entered"):
             call()
+
+
+def test_a_value_that_left_through_a_numpy_function_names_the_users_line():
+    # np.clip converts through the tensor's __array__ inside NumPy's fromnumeric.py, which the
+    # message named instead of the caller
+    x = gt.tensor([0.5, 2.0])
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        z = gt.sum(gt.tensor(np.clip(x, 0, 1)))  # the clipped values leave the tape
+    with pytest.raises(gt.UnconnectedGradientError) as info:
+        tape.gradient(z, x, unconnected_gradients="raise")
+    assert "test_tape_errors.py" in str(info.value) and "fromnumeric" not in str(info.value)

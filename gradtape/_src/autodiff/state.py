@@ -106,10 +106,26 @@ def _internal_frame(frame: FrameType) -> bool:
     return inside
 
 
+def _library_frame(frame: FrameType) -> bool:
+    """A frame of NumPy's or CuPy's own Python code (``np.clip`` calls the tensor's method
+    from ``fromnumeric.py``): the user's line is the caller's."""
+    name = frame.f_code.co_filename
+    inside = _LIBRARY_FILES.get(name)
+    if inside is None:
+        dirs = [os.path.dirname(m.__file__) + os.sep for m in
+                (sys.modules.get("numpy"), sys.modules.get("cupy")) if m is not None and m.__file__]
+        inside = _LIBRARY_FILES[name] = os.path.abspath(name).startswith(tuple(dirs))
+    return inside
+
+
+_LIBRARY_FILES: dict[str, bool] = {}
+
+
 def user_line() -> str:
-    """``file:line`` of the innermost stack frame outside the gradtape package."""
+    """``file:line`` of the innermost stack frame outside the gradtape package (and outside
+    NumPy's and CuPy's Python code, through which a user's call may reach gradtape)."""
     frame: FrameType | None = sys._getframe(1)
-    while frame is not None and _internal_frame(frame):
+    while frame is not None and (_internal_frame(frame) or _library_frame(frame)):
         frame = frame.f_back
     if frame is None:
         return "<unknown>"
