@@ -411,3 +411,19 @@ def test_bitwise_operators_follow_numpy():
     for bad in (lambda: x & x, lambda: ~x, lambda: x | 1, lambda: x ^ b):
         with pytest.raises(TypeError, match="bitwise"):
             bad()
+
+
+def test_flatten_tolist_and_sequential_slices():
+    t = gt.tensor(np.arange(6.0).reshape(2, 3))
+    with gt.GradientTape() as tape:
+        tape.watch(t)
+        f = t.flatten()
+        y = gt.sum(f * gt.tensor(np.arange(6.0)))
+    assert f.shape == (6,) and t.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    np.testing.assert_array_equal(tape.gradient(y, t).numpy(), np.arange(6.0).reshape(2, 3))
+    assert isinstance(gt.tensor(3).tolist(), int)
+    m = gt.nn.Sequential(gt.nn.Dense(2, 3, seed=0), gt.relu, gt.nn.Dense(3, 1, seed=1))
+    head = m[:2]
+    assert isinstance(head, gt.nn.Sequential) and len(head) == 2 and head[0] is m[0]
+    x = gt.tensor([[1.0, -2.0]])
+    np.testing.assert_array_equal(m[2](head(x)).numpy(), m(x).numpy())

@@ -226,3 +226,11 @@ def test_repr():
     r = repr(gt.Variable([1.0, 2.0], name="w"))
     assert r == "Variable([1., 2.], dtype=float32, name='w', trainable=True)"
     assert repr(gt.Variable(3.0, trainable=False)) == "Variable(3., dtype=float32, trainable=False)"
+
+
+def test_item_assignment_explains_what_to_do_instead():
+    v, t = gt.Variable([1.0, 2.0]), gt.tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"v.assign\(gt.where"):
+        v[0] = 5.0
+    with pytest.raises(TypeError, match="tensors are immutable"):
+        t[0] = 5.0

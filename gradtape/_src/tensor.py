@@ -273,6 +273,15 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if self._is_variable:
+            raise TypeError("Variable does not support item assignment (v[i] = x); assign the "
+                            "whole new value, e.g. v.assign(gt.where(mask, x, v)), or update "
+                            "a copy: a = v.numpy(); a[i] = x; v.assign(a)")
+        raise TypeError("Tensor does not support item assignment (tensors are immutable); "
+                        "build a new one, e.g. gt.where(mask, x, t), or keep the state in a "
+                        "gt.Variable and assign to it")
+
     def __iter__(self) -> Iterator[Tensor]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
@@ -364,6 +373,8 @@ class Tensor:
         def reshape(self, *shape: int | Sequence[int]) -> Tensor: ...
         def transpose(self, *axes: int | Sequence[int] | None) -> Tensor: ...
         def astype(self, dtype: DTypeLike) -> Tensor: ...
+        def flatten(self) -> Tensor: ...
+        def tolist(self) -> Any: ...
 
 
 #: A live Variable by the id of its buffer (``data``, written in place for the Variable's

@@ -482,7 +482,11 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, i: int | slice) -> Any:
+        """A layer; a slice gives a ``Sequential`` of those layers (the same layer objects,
+        sharing their Variables), as PyTorch's."""
+        if isinstance(i, slice):
+            return Sequential(self.layers[i])
         return self.layers[i]
 
     def __len__(self) -> int:

@@ -274,6 +274,18 @@ def _m_astype(self: Tensor, dtype: DTypeLike) -> Tensor:
     return _s.astype(self, dtype)
 
 
+def _m_flatten(self: Tensor) -> Tensor:
+    """The values as one axis, ``[size]`` (NumPy's and PyTorch's ``flatten``); recorded, as
+    ``reshape(-1)``."""
+    return _s.reshape(self, (-1,))
+
+
+def _m_tolist(self: Tensor) -> Any:
+    """The values as nested Python lists of Python numbers (``t.numpy().tolist()``), as
+    NumPy's and PyTorch's ``tolist``; a host value: not inside a ``gt.function`` trace."""
+    return self.numpy().tolist()
+
+
 def install() -> None:
     """Set the operators and methods on Tensor (Variable inherits them).
 
@@ -281,6 +293,8 @@ def install() -> None:
     a method to a class is what mypy's ``method-assign`` code flags, deliberately done here.
     """
     Tensor.T = property(_T)  # type: ignore[method-assign,assignment]
+    Tensor.flatten = _m_flatten  # type: ignore[method-assign]
+    Tensor.tolist = _m_tolist  # type: ignore[method-assign]
     Tensor.__add__ = _m_add  # type: ignore[method-assign]
     Tensor.__radd__ = _m_radd  # type: ignore[method-assign]
     Tensor.__sub__ = _m_sub  # type: ignore[method-assign]
