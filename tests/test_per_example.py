@@ -803,7 +803,8 @@ def test_a_source_listed_twice_counts_once_in_the_joint_norm():
 
 @pytest.mark.parametrize("mix", ["cumsum", "softmax", "flip", "permutation", "step slice", "roll",
                                  "sort", "transpose", "pad", "tile", "einsum", "matmul right",
-                                 "take"])
+                                 "take", "matmul broadcast", "dot", "stack", "tile front",
+                                 "advanced apart", "full mask"])
 def test_an_op_along_the_batch_axis_that_keeps_its_shape_raises(mix):
     # such ops keep [B, ...] but mix the examples: each example's gradient would take in the
     # others' (cumsum over the batch gave per-example gradients off by 1.9 against a loop)
@@ -817,7 +818,14 @@ def test_an_op_along_the_batch_axis_that_keeps_its_shape_raises(mix):
            "sort": lambda h: gt.sort(h, axis=0), "transpose": lambda h: gt.transpose(h) * h,
            "pad": lambda h: gt.pad(h, ((1, 0), (0, 0)))[1:], "tile": lambda h: gt.tile(h, (2, 1))[:4],
            "einsum": lambda h: gt.einsum("ij,ik->jk", h, C), "matmul right": lambda h: C @ h,
-           "take": lambda h: gt.take(h, gt.tensor([3, 2, 1, 0]), axis=0)}
+           "take": lambda h: gt.take(h, gt.tensor([3, 2, 1, 0]), axis=0),
+           # the batch axis moved behind others with B rows in front (B = 4 here)
+           "matmul broadcast": lambda h: gt.sum(h @ gt.reshape(C, (4, 4, 1)) * 1.0, axis=-1),
+           "dot": lambda h: gt.dot(C, gt.reshape(h, (4, 4, 1)))[:, :, 0],
+           "stack": lambda h: gt.stack([h, 2 * h, h, h], axis=0)[:, 0, :],
+           "tile front": lambda h: gt.tile(h, (4, 1, 1))[:, 0, :],
+           "advanced apart": lambda h: gt.reshape(h, (4, 2, 1, 2))[:, [0, 1, 1, 0], :, [1, 0, 0, 1]][:, 0],
+           "full mask": lambda h: h[..., np.eye(4, dtype=bool)][:, None] * h}
     with gt.GradientTape() as tape:
         losses = gt.sum(ops[mix](X @ W) ** 2, axis=1)
     with pytest.raises(ValueError, match="mixes the examples"):
@@ -842,4 +850,28 @@ def test_ops_along_the_other_axes_keep_per_example_gradients():
     for b in range(4):
         with gt.GradientTape() as t:
             lb = f(X[b:b + 1] @ W)[0]
+        np.testing.assert_allclose(got[b], t.gradient(lb, W).numpy(), rtol=1e-10)
+
+
+def test_row_for_row_indexing_keeps_per_example_gradients():
+    # logp[arange(B), y] (a negative log-likelihood), last-token pooling h[arange(B), t] and
+    # h[arange(B)] read example b in row b: per example (they were refused as mixing)
+    rng = np.random.default_rng(2)
+    B = 5
+    X = gt.tensor(rng.standard_normal((B, 3)))
+    W = gt.Variable(rng.standard_normal((3, 4)))
+    y = rng.integers(0, 4, B)
+
+    def f(x, yy):
+        logp = gt.nn.log_softmax(x @ W, axis=-1)
+        n = x.shape[0]
+        return -logp[np.arange(n), yy] + gt.sum(logp[np.arange(n)] ** 2, axis=1) \
+            + (x @ W)[np.arange(n)[:, None], np.array([[0, 2]])][:, 1]
+
+    with gt.GradientTape() as tape:
+        losses = f(X, y)
+    got = tape.per_example_gradients(losses, W).numpy()
+    for b in range(B):
+        with gt.GradientTape() as t:
+            lb = f(X[b:b + 1], y[b:b + 1])[0]
         np.testing.assert_allclose(got[b], t.gradient(lb, W).numpy(), rtol=1e-10)

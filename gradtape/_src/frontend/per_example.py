@@ -226,24 +226,76 @@ def _axes_of(axis: Any, ndim: int) -> tuple[int, ...]:
 _MATRIX_OPS = frozenset({"inv", "det", "det_cofactor", "slogdet", "solve", "cholesky", "svd"})
 
 
+def _is_array_index(c: Any) -> bool:
+    return hasattr(c, "shape") and hasattr(c, "dtype") and not isinstance(c, np.generic)
+
+
+def _index_along_batch(index: Any, shape: tuple[int, ...]) -> str | None:
+    """How a ``getitem`` index mixes the examples of an input of ``shape`` (``[B, ...]``):
+    it selects or reorders along axis 0 (a slice other than ``:``, a mask, an integer array
+    other than ``arange(B)`` row for row, as ``logp[arange(B), y]`` has), or NumPy moves the
+    batch axis (advanced indices apart from each other go first); else None."""
+    comps = list(index) if isinstance(index, tuple) else [index]
+    ndim, B = len(shape), shape[0]
+    advanced = [j for j, c in enumerate(comps) if _is_array_index(c)]
+    if advanced:  # NumPy counts integers among the advanced indices once an array is there
+        advanced = [j for j, c in enumerate(comps)
+                    if _is_array_index(c) or (isinstance(c, (int, np.integer)) and not isinstance(c, bool))]
+        if advanced != list(range(advanced[0], advanced[-1] + 1)):
+            return "has advanced indices apart from each other, which NumPy moves in front"
+    used = sum(c.ndim if _is_array_index(c) and c.dtype == bool else 0 if c is None or c is Ellipsis
+               else 1 for c in comps)
+    for c in comps:  # the component that meets axis 0
+        if c is None:
+            continue
+        if c is Ellipsis:
+            if ndim - used > 0:
+                return None  # axis 0 left as it is
+            continue
+        if isinstance(c, slice):
+            return None if c.indices(B) == (0, B, 1) else "selects or reorders examples"
+        if _is_array_index(c) and c.dtype != bool and advanced:
+            arrays = [comps[k] for k in advanced if _is_array_index(comps[k])]
+            try:
+                bshape = np.broadcast_shapes(*(a.shape for a in arrays))
+            except ValueError:
+                return None  # (NumPy refuses the index itself)
+            rows = np.arange(B).reshape((B,) + (1,) * (len(bshape) - 1)) if bshape else None
+            # (inside gt.function a traced index is checked by its value at the trace)
+            host = c.a if getattr(c, "_gt_traced", False) else c
+            host = backend_of(host).to_host(host)
+            if bshape and bshape[0] == B and rows is not None and bool(
+                    np.all(np.broadcast_to(host, bshape) == rows)):
+                return None  # row b reads example b only: logp[arange(B), y]
+        return "indexes the batch axis (a permutation, a flip, a selection of examples)"
+    return None
+
+
+def _product_along_batch(name: str, i: int, nd0: int, nd1: int) -> str | None:
+    """Whether ``matmul``/``dot`` of operands of ranks ``nd0``, ``nd1`` keeps operand ``i``'s
+    axis 0 as the result's axis 0."""
+    if name == "dot":  # NumPy's dot: a's axes but the last, then b's but the second to last
+        ok = nd0 >= 2 if i == 0 else (nd0 == 1 and nd1 >= 3)
+    else:  # matmul broadcasts the leading axes: a rank-2 operand's rows sit at axis -2
+        out = max(nd0, nd1)
+        nd = nd0 if i == 0 else nd1
+        ok = (nd == 2 and out == 2 and i == 0) or (nd >= 3 and nd == out)
+    return None if ok else "contracts the batch axis or puts it behind other axes"
+
+
 def _along_batch(rec: Record, i: int) -> str | None:
     """How op ``rec`` mixes the examples of its per-example input ``i`` (shape ``[B, ...]``)
     while its result may keep the batch axis first (a scan, a softmax, a flip or a
     permutation along axis 0, a product contracting it), else None. Ops whose result loses
     the batch axis are caught by their shapes."""
-    name, params, ndim = rec.prim.name, rec.params or {}, len(rec.in_shapes[i])
-    if rec.prim.is_elementwise or name in ("reshape", "broadcast_to", "stack"):
+    name, params, shape = rec.prim.name, rec.params or {}, rec.in_shapes[i]
+    ndim = len(shape)
+    if rec.prim.is_elementwise or name in ("reshape", "broadcast_to"):
         return None  # (lined up or checked by shape)
     if name == "getitem":
-        index = params.get("index")
-        first = index[0] if isinstance(index, tuple) and index else index
-        rows = rec.in_shapes[i][0]
-        if first is Ellipsis or first is None or (isinstance(first, slice)
-                                                  and first.indices(rows) == (0, rows, 1)):
-            if not (first is Ellipsis and isinstance(index, tuple)
-                    and sum(c is not None for c in index[1:]) >= ndim):
-                return None
-        return "indexes the batch axis (a permutation, a flip, a selection of examples)"
+        return _index_along_batch(params.get("index"), shape)
+    if name == "stack":
+        return None if int(params["axis"]) % (ndim + 1) != 0 else "stacks along the batch axis"
     if name == "transpose":
         axes = params.get("axes")
         return None if axes is not None and axes[0] == 0 else "moves the batch axis"
@@ -251,14 +303,15 @@ def _along_batch(rec: Record, i: int) -> str | None:
         return None if tuple(params["pad_width"][0]) == (0, 0) else "pads the batch axis"
     if name == "tile":
         reps = tuple(params["reps"])
-        return None if len(reps) < ndim or reps[len(reps) - ndim] == 1 else "tiles the batch axis"
+        lead = len(reps) - ndim
+        if lead > 0 and any(r != 1 for r in reps[:lead]):
+            return "tiles in front of the batch axis"
+        return None if lead < 0 or reps[lead] == 1 else "tiles the batch axis"
     if name == "einsum":
         out = params["output"]
         return None if out and params["inputs"][i][:1] == out[:1] else "contracts or moves the batch axis"
     if name in ("matmul", "dot"):
-        # [B, k] @ [k, n] keeps the rows; a per-example right operand needs a batch axis of
-        # its own ([m, k] @ [B, k, n])
-        return None if (ndim >= 2 if i == 0 else ndim >= 3) else "contracts the batch axis"
+        return _product_along_batch(name, i, len(rec.in_shapes[0]), len(rec.in_shapes[1]))
     if name == "outer":
         return None if i == 0 else "puts the batch axis second"
     if name in ("conv2d", "conv_transpose2d"):
