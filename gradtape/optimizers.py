@@ -560,7 +560,7 @@ class Optimizer:
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
         who = type(self).__name__
-        if hasattr(learning_rate, "trainable_variables") or isinstance(learning_rate, (Variable, Tensor)):
+        if hasattr(type(learning_rate), "trainable_variables") or isinstance(learning_rate, Tensor):
             # PyTorch's habit, Adam(model.parameters()): a model is callable, so it would pass
             # for a schedule and fail at the first step with the model's own error
             raise TypeError(f"{who}: the first argument is the learning rate (a number or a "

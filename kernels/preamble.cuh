@@ -36,9 +36,10 @@ GT_UNARY(square, x * x, x * x)
 // sign: -1, 0 or 1 (NaN stays NaN, as NumPy's sign)
 GT_UNARY(sign, (x > 0.0f) ? 1.0f : ((x < 0.0f) ? -1.0f : ((x == 0.0f) ? 0.0f : x)),
          (x > 0.0) ? 1.0 : ((x < 0.0) ? -1.0 : ((x == 0.0) ? 0.0 : x)))
-// logistic 1 / (1 + exp(-x)), as the CPU route: precise in the negative tail (the form
-// (tanh(x / 2) + 1) / 2 cancels to 0 there); exp(-x) overflowing to inf gives the limit 0
-GT_UNARY(sigmoid, 1.0f / (1.0f + expf(-x)), 1.0 / (1.0 + exp(-x)))
+// logistic exp(-log(1 + exp(-x))), as the CPU route: no overflow, precise in the negative
+// tail (the form (tanh(x / 2) + 1) / 2 cancels to 0 there)
+GT_UNARY(sigmoid, expf(-(fmaxf(-x, 0.0f) + log1pf(expf(-fabsf(x))))),
+         exp(-(fmax(-x, 0.0) + log1p(exp(-fabs(x))))))
 #undef GT_UNARY
 
 GT_DEVICE float gt_pow(float a, float b) { return powf(a, b); }

@@ -1386,6 +1386,37 @@ def test_a_step_per_mode_does_not_trace_again_when_the_mode_flips():
     np.testing.assert_array_equal(out.numpy(), model(x).numpy())
 
 
+def test_steps_that_set_the_mode_themselves_and_modules_made_inside_do_not_retrace():
+    # a step calling model.train() / model.eval() itself traced again at every alternation;
+    # a module made inside a step left a dead guard that retraced it after any mode change
+    count: list = []
+    model, step = _bn_model_and_step(count)
+
+    def train_step(x, y):
+        model.train()
+        return step(x, y)
+
+    def eval_step(x):
+        model.eval()
+        count.append(1)
+        return model(x) * gt.nn.Dropout(0.5)(x[:, :1])  # (made per trace, dead after it)
+
+    t, e = gt.function(train_step), gt.function(eval_step)
+    other = gt.nn.Dense(2, 2)
+    rng = np.random.default_rng(0)
+    x, y = gt.tensor(rng.standard_normal((6, 3))), gt.tensor(rng.integers(0, 2, 6))
+    for _ in range(3):
+        t(x, y)
+        e(x)
+    traced = len(count)
+    for _ in range(4):
+        t(x, y)
+        e(x)
+        other.eval()
+        other.train()
+    assert len(count) == traced
+
+
 def test_random_permutation_of_a_tensor_stays_differentiable_and_seed_replays():
     def make():
         g = gt.random.Generator(0)

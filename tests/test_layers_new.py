@@ -552,3 +552,14 @@ def test_an_int_seed_draws_a_random_bias_after_the_kernel(make):
     k = a.kernel.numpy().ravel()[:a.bias.shape[0]]
     ratio = a.bias.numpy() / k
     assert np.ptp(ratio) > 1e-3  # not one scale factor
+
+
+def test_a_custom_initializer_gets_the_int_seed_as_given():
+    seen = []
+
+    def init(shape, seed=None, dtype=np.float32, kind="dense"):
+        seen.append(seed)
+        return np.full(shape, float(seed + 1), dtype)  # arithmetic on the seed
+
+    d = gt.nn.Dense(2, 3, kernel_init=init, bias_init=init, seed=4)
+    assert seen == [4, 4] and float(d.kernel.numpy()[0, 0]) == 5.0

@@ -149,10 +149,11 @@ def test_traversal_of_a_self_holding_list_and_of_slots(tmp_path):
             return self.d(x)
 
     class Slotted(gt.nn.Module):
-        __slots__ = ("w",)
+        __slots__ = ("w", "__v")
 
         def __init__(self):
             self.w = gt.Variable([1.0, 2.0])
+            self.__v = gt.Variable([3.0])  # a private name: mangled
 
         def forward(self, x):
             return x * self.w
@@ -162,7 +163,7 @@ def test_traversal_of_a_self_holding_list_and_of_slots(tmp_path):
     m.eval()
     m.save(str(tmp_path / "a.npz"))
     s = Slotted()
-    assert s.variables == [s.w] and s.num_parameters() == 2
+    assert s.variables == [s.w, s._Slotted__v] and s.num_parameters() == 3
     s.save(str(tmp_path / "s.npz"))
     t = Slotted()
     t.w.assign([0.0, 0.0])

@@ -788,6 +788,8 @@ def _broadcast_error(prim: Primitive, arrays: Any, exc: ValueError | TypeError) 
     if not (prim.is_elementwise or getattr(prim.batch, "_gt_broadcasts", False)):
         return
     if isinstance(exc, TypeError):
+        if "not supported" not in str(exc) and "ufunc" not in str(exc):
+            return  # (not NumPy's refusal of the dtypes)
         dtypes = ", ".join(str(a.dtype) for a in arrays)
         raise TypeError(f"{prim.name}: not defined for operands of dtype {dtypes} (NumPy: "
                         f"{exc}); cast with gt.astype first") from exc

@@ -59,12 +59,14 @@ def _activation(act: Any) -> Callable | None:
                          "None, or a callable") from None
 
 
-def _one_stream(seed: Any, layer: str) -> Any:
-    """A layer's ``seed`` as one stream for all its initializers: an int stands for one fresh
-    ``numpy.random.default_rng(seed)``, from which the kernel is drawn first (the values the
-    int alone gives) and a random bias after it (two generators seeded alike made the bias
-    repeat the kernel's first draws, scaled); generators and None pass through."""
-    if seed is None or isinstance(seed, (Generator, np.random.Generator)):
+def _one_stream(seed: Any, layer: str, *inits: Any) -> Any:
+    """A layer's ``seed`` as one stream for its built-in initializers ``inits``: an int stands
+    for one fresh ``numpy.random.default_rng(seed)``, from which the kernel is drawn first (the
+    values the int alone gives) and a random bias after it (two generators seeded alike made
+    the bias repeat the kernel's first draws, scaled). Generators and None pass through, and
+    so does an int given to a custom initializer (a callable may do arithmetic on it)."""
+    if seed is None or isinstance(seed, (Generator, np.random.Generator)) or not all(
+            isinstance(f, str) for f in inits):
         return seed
     return _numpy_generator(seed, layer)
 
@@ -96,7 +98,7 @@ class Module:
     def training(self) -> bool:
         """Whether the module is in training mode (:meth:`train`, :meth:`eval`). A
         ``gt.function`` step that read it traces again when it changes."""
-        value = self.__dict__.get("_training", True)
+        value = self.__dict__.get("_gt_training", True)
         tr = STATE.trace
         if tr is not None:
             tr.flag(self, "training", value)
@@ -105,9 +107,13 @@ class Module:
     @training.setter
     def training(self, mode: bool) -> None:
         mode = bool(mode)
-        if mode is not self.__dict__.get("_training", True):
+        changed = mode is not self.__dict__.get("_gt_training", True)
+        self.__dict__["_gt_training"] = mode
+        tr = STATE.trace
+        if tr is not None:  # a step that sets the mode itself (model.train() in train_step)
+            tr.flag_set(self, "training")  # does not depend on the mode it was called in
+        if changed:
             flag_changed()
-        self.__dict__["_training"] = mode
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Apply the module to its input(s): ``module(x)`` calls this. Each layer overrides
@@ -196,12 +202,16 @@ def _attributes(module: Module) -> Iterator[tuple[str, Any]]:
     """A module's attributes as the traversals see them: its ``__dict__`` (but the training
     flag) and the ``__slots__`` its classes declare."""
     for key, value in vars(module).items():
-        if key != "_training":
+        if key != "_gt_training":
             yield key, value
     for cls in type(module).__mro__:
         slots = cls.__dict__.get("__slots__", ())
         for key in (slots,) if isinstance(slots, str) else slots:
-            if key not in ("__dict__", "__weakref__") and hasattr(module, key):
+            if key in ("__dict__", "__weakref__"):
+                continue
+            if key.startswith("__") and not key.endswith("__"):  # a private name, mangled
+                key = f"_{cls.__name__.lstrip('_')}{key}"
+            if hasattr(module, key):
                 yield key, getattr(module, key)
 
 
@@ -263,7 +273,7 @@ class Dense(Module):
         self.in_features = _size(in_features, "Dense", "in_features")
         self.out_features = _size(out_features, "Dense", "out_features")
         self.activation = _activation(activation)
-        seed = _one_stream(seed, type(self).__name__)
+        seed = _one_stream(seed, type(self).__name__, kernel_init, bias_init)
         self.kernel = Variable(_init.get(kernel_init)((self.in_features, self.out_features),
                                                       seed=seed, dtype=dtype), name="kernel")
         self.bias = (Variable(_init.get(bias_init)((self.out_features,), seed=seed, dtype=dtype),
@@ -316,7 +326,7 @@ class Conv2D(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _activation(activation)
         shape = (n_out, n_in // groups, kh, kw)
-        seed = _one_stream(seed, type(self).__name__)
+        seed = _one_stream(seed, type(self).__name__, kernel_init, bias_init)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((shape[0],), seed=seed, dtype=dtype),
@@ -386,7 +396,7 @@ class Conv1D(Module):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.activation = _activation(activation)
         shape = (n_out, n_in // self.groups, k)
-        seed = _one_stream(seed, type(self).__name__)
+        seed = _one_stream(seed, type(self).__name__, kernel_init, bias_init)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
@@ -442,7 +452,7 @@ class Conv2DTranspose(Module):
         self.dilation = dilation
         self.activation = _activation(activation)
         shape = (n_in, n_out // self.groups, kh, kw)
-        seed = _one_stream(seed, type(self).__name__)
+        seed = _one_stream(seed, type(self).__name__, kernel_init, bias_init)
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")

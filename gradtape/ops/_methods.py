@@ -275,8 +275,8 @@ def _m_astype(self: Tensor, dtype: DTypeLike) -> Tensor:
 
 
 def _m_flatten(self: Tensor) -> Tensor:
-    """The values as one axis, ``[size]`` (NumPy's and PyTorch's ``flatten``); recorded, as
-    ``reshape(-1)``."""
+    """The values as one axis, ``[size]`` (NumPy's ``flatten``; for some axes only, use
+    :func:`gradtape.reshape` or ``gt.nn.Flatten``); recorded, as ``reshape(-1)``."""
     return _s.reshape(self, (-1,))
 
 

@@ -156,7 +156,9 @@ P_LEAKY_RELU = elementwise(
     d="where(x > 0, 1, negative_slope)", domain=_KINK)
 P_ELU = elementwise(
     "elu", lambda xp, x, *, alpha: xp.where((x := _guard(x)) > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
-    d="where(x > 0, 1, alpha * exp(x))", domain=_KINK)  # (y + alpha cancels in the tail)
+    # (y + alpha cancels in the tail; exp(-|x|) is exp(x) where it is selected, and no
+    # overflow where it is not)
+    d="where(x > 0, 1, alpha * exp(-abs(x)))", domain=_KINK)
 def _rounded_once(f: Any) -> Any:
     """An impl of several NumPy calls that computes a float16 input in float32 and rounds the
     result once (each call rounding to float16 put exact gelu 5% off at -3.5)."""
@@ -671,6 +673,13 @@ equal = _compare(P_EQUAL, "==")
 not_equal = _compare(P_NOT_EQUAL, "!=")
 logical_and = _compare(P_LOGICAL_AND, "&")
 logical_or = _compare(P_LOGICAL_OR, "|")
+for _f, _word in ((logical_and, "and"), (logical_or, "or")):
+    _f.__doc__ = (f"Elementwise logical {_word} of any dtypes (nonzero is true), as NumPy's "
+                  f"``logical_{_word}``; a bool tensor, not differentiable. (The operator "
+                  f"``{'&' if _word == 'and' else '|'}`` is this for bool tensors and bitwise for "
+                  f"integer ones.)\n\n    Example:\n        >>> import gradtape as gt\n"
+                  f"        >>> gt.logical_{_word}(gt.tensor([0.0, 2.0]), 1.0).numpy()\n"
+                  f"        array([{'False' if _word == 'and' else ' True'},  True])\n")
 
 
 def _integer_operand(t: Tensor, fname: str, arg: str, symbol: str) -> None:

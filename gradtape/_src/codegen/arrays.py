@@ -21,10 +21,10 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
     xp = backend.xp
 
     def sigmoid(v: Array) -> Array:
-        # 1 / (1 + exp(-v)) keeps its relative precision in the negative tail, where the
-        # tanh form (tanh(v / 2) + 1) / 2 cancels to 0 from v = -17 in float32; exp(-v)
-        # overflowing to inf gives the right limit, 0
-        return 1 / (1 + xp.exp(-v))
+        # exp(-log(1 + exp(-v))): no overflow, and its relative precision holds in the
+        # negative tail, where the tanh form (tanh(v / 2) + 1) / 2 cancels to 0 from v = -17
+        # in float32 (the forward's formula, too)
+        return xp.exp(-xp.logaddexp(0, -v))
 
     def rsqrt(v: Array) -> Array:
         return 1 / xp.sqrt(v)

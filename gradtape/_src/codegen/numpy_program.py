@@ -137,10 +137,10 @@ class NumpyProgram:
         ns: dict[str, Any] = {f"_{v}": getattr(np, v) for v in set(_NP_UFUNC.values())}
         ns["__name__"] = __name__
         ns.update(_copyto=np.copyto, _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt,
-                  _true_divide=np.true_divide, _tanh=np.tanh, _multiply=np.multiply,
-                  _negative=np.negative, _exp=np.exp)
+                  _true_divide=np.true_divide, _logaddexp=np.logaddexp)
         ns.update({name: np.array(v, dtype) for v, name in consts.items()})
-        ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0)
+        ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0,
+                  _zero=np.array(0.0, dtype) if dtype is not None else 0.0)
         exec(compile(self.source, "<gradtape fused program>", "exec"), ns)  # noqa: S102 - generated
         self.fn = ns["_block"]
 
@@ -193,9 +193,9 @@ def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
     # ufuncs take ``out`` positionally: the keyword form costs more per call on small blocks
     if op == "rsqrt":
         return [f"_sqrt({ins[0]}, {dest})", f"_true_divide(_one, {dest}, {dest})"]
-    if op == "sigmoid":  # 1 / (1 + exp(-v)): precise in the negative tail (see arrays.py)
-        return [f"_negative({ins[0]}, {dest})", f"_exp({dest}, {dest})",
-                f"_add({dest}, _one, {dest})", f"_true_divide(_one, {dest}, {dest})"]
+    if op == "sigmoid":  # exp(-log(1 + exp(-v))): no overflow, precise in the tail (arrays.py)
+        return [f"_negative({ins[0]}, {dest})", f"_logaddexp(_zero, {dest}, {dest})",
+                f"_negative({dest}, {dest})", f"_exp({dest}, {dest})"]
     if op == "erf":  # a Python function on NumPy (Cody's rational approximations)
         return [f"_erf({ins[0]}, out={dest})"]
     return [f"_{_NP_UFUNC[op]}({', '.join(ins)}, {dest})"]

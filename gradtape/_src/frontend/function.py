@@ -732,6 +732,7 @@ class _Trace:
         self.variables: dict[int, Any] = {}  # weak references to the Variables ops read
         # Python flags the program depends on: (id, name) -> (weak ref, name, value read)
         self.flags: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+        self.flags_set: set[tuple[int, str]] = set()  # flags the step itself set
         self.unsafe: str | None = None  # why this trace cannot be replayed
         self.out_consts: list[Any] = []  # outputs that are not program values, to compare
 
@@ -945,10 +946,16 @@ class _Trace:
 
     def flag(self, obj: Any, name: str, value: Any) -> None:
         """The step read Python flag ``obj.name`` (``Module.training``): the program holds
-        for this value only, and a call that finds another traces again."""
+        for this value only, and a call that finds another traces again (unless the step set
+        the flag itself before reading it)."""
         key = (id(obj), name)
-        if key not in self.flags:
+        if key not in self.flags and key not in self.flags_set:
             self.flags[key] = (weakref.ref(obj), name, value)
+
+    def flag_set(self, obj: Any, name: str) -> None:
+        """The step set Python flag ``obj.name`` itself: what it reads from then on does not
+        depend on the value the call found."""
+        self.flags_set.add((id(obj), name))
 
     def read(self, buf: Any) -> Any:
         """A Variable's buffer as a program variable: the program holds the buffer itself
@@ -2082,8 +2089,8 @@ class _Entry:
         if self.epoch == FLAGS[0]:
             return True
         for ref, name, value in self.flags:
-            obj = ref()
-            if obj is None or getattr(obj, name) != value:
+            obj = ref()  # (a module made inside the step dies with it: nothing to check)
+            if obj is not None and getattr(obj, name) != value:
                 return False
         self.epoch = FLAGS[0]
         return True
