@@ -1311,9 +1311,10 @@ def test_a_replaced_variable_the_step_writes_traces_again(update):
         return losses, [v.numpy() for v in model.variables]
 
     (le, ve), (lc, vc) = run(False), run(True)
-    assert lc == le
+    # (equal on NumPy; a device backend's fused forward kernels round differently)
+    np.testing.assert_allclose(lc, le, rtol=1e-12)
     for a, b in zip(vc, ve):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
 def _bn_model_and_step(count):
