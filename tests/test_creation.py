@@ -239,3 +239,6 @@ def test_linspace_bool_and_values_the_dtype_cannot_hold():
         with pytest.raises(ValueError, match="do not fit"):
             gt.linspace(*args[:3], dtype=args[3])
     assert gt.linspace(0, 98256, 2, endpoint=False, dtype="float16").numpy()[1] == 49128
+    # a bound that rounds to the largest float16 fits (65519 -> 65504, as NumPy)
+    np.testing.assert_array_equal(gt.linspace(0, 65519, 3, dtype="float16").numpy(),
+                                  np.linspace(0, 65519, 3, dtype=np.float16))

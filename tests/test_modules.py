@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,18 @@ def test_traversal_of_a_self_holding_list_and_of_slots(tmp_path):
     t.w.assign([0.0, 0.0])
     t.load(str(tmp_path / "s.npz"))
     np.testing.assert_array_equal(t.w.numpy(), [1.0, 2.0])
+
+
+def test_a_module_pickled_when_training_was_an_attribute_keeps_its_mode():
+    # pickles made before ``training`` became a property hold a plain 'training' entry; such a
+    # module pickled in eval mode loaded in training mode (dropout active)
+    d = gt.nn.Dropout(0.5, seed=1)
+    state = {k: v for k, v in vars(d).items() if k != "_gt_training"}
+    state["training"] = False
+    old = gt.nn.Dropout.__new__(gt.nn.Dropout)
+    old.__setstate__(state)
+    assert old.training is False and "training" not in vars(old)
+    x = gt.ones((4, 4))
+    np.testing.assert_array_equal(old(x).numpy(), x.numpy())
+    m = pickle.loads(pickle.dumps(gt.nn.Sequential(gt.nn.Dense(2, 2), gt.nn.Dropout(0.5)).eval()))
+    assert m.training is False and m[1].training is False

@@ -115,6 +115,17 @@ class Module:
         if changed:
             flag_changed()
 
+    def __setstate__(self, state: Any) -> None:
+        # (a module pickled when ``training`` was a plain attribute keeps its mode)
+        d, slots = state if isinstance(state, tuple) else (state, None)
+        if d:
+            d = dict(d)
+            if "training" in d:
+                d.setdefault("_gt_training", bool(d.pop("training")))
+            self.__dict__.update(d)
+        for key, value in (slots or {}).items():
+            object.__setattr__(self, key, value)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Apply the module to its input(s): ``module(x)`` calls this. Each layer overrides
         it; its class docstring gives the shapes."""
@@ -129,8 +140,12 @@ class Module:
             return
         seen_modules.add(id(self))
         yield prefix, self
-        for key, value in _attributes(self):
-            yield from _walk_value(value, f"{prefix}{key}", seen_modules)
+        for key, value in vars(self).items():  # (train() walks every step: no generator layer)
+            if key != "_gt_training":
+                yield from _walk_value(value, f"{prefix}{key}", seen_modules)
+        for key in _slot_names(type(self)):
+            if hasattr(self, key):
+                yield from _walk_value(getattr(self, key), f"{prefix}{key}", seen_modules)
 
     def named_variables(self) -> list[tuple[str, Variable]]:
         """``[(path, variable), ...]`` in deterministic order, each Variable once."""
@@ -198,24 +213,42 @@ class Module:
         return f"{type(self).__name__}({self.num_parameters()} parameters)"
 
 
+def _slot_names(cls: type) -> tuple[str, ...]:
+    """The attribute names the ``__slots__`` of ``cls`` and its bases declare (private ones
+    mangled), once per class."""
+    names = _SLOT_NAMES.get(cls)
+    if names is None:
+        found = []
+        for c in cls.__mro__:
+            slots = c.__dict__.get("__slots__", ())
+            for key in (slots,) if isinstance(slots, str) else slots:
+                if key in ("__dict__", "__weakref__"):
+                    continue
+                if key.startswith("__") and not key.endswith("__"):  # a private name, mangled
+                    key = f"_{c.__name__.lstrip('_')}{key}"
+                found.append(key)
+        names = _SLOT_NAMES[cls] = tuple(found)
+    return names
+
+
+_SLOT_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _attributes(module: Module) -> Iterator[tuple[str, Any]]:
     """A module's attributes as the traversals see them: its ``__dict__`` (but the training
     flag) and the ``__slots__`` its classes declare."""
     for key, value in vars(module).items():
         if key != "_gt_training":
             yield key, value
-    for cls in type(module).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        for key in (slots,) if isinstance(slots, str) else slots:
-            if key in ("__dict__", "__weakref__"):
-                continue
-            if key.startswith("__") and not key.endswith("__"):  # a private name, mangled
-                key = f"_{cls.__name__.lstrip('_')}{key}"
-            if hasattr(module, key):
-                yield key, getattr(module, key)
+    for key in _slot_names(type(module)):
+        if hasattr(module, key):
+            yield key, getattr(module, key)
 
 
 def _walk_value(value: Any, path: str, seen_modules: set) -> Iterator[tuple[str, Any]]:
+    cls = value.__class__
+    if cls is int or cls is float or cls is str or cls is bool or value is None:
+        return  # (most attributes: sizes, rates, names)
     if isinstance(value, Variable):
         yield path, value
     elif isinstance(value, Module):

@@ -390,13 +390,21 @@ def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True,
     arr = xp.linspace(a, b, n, endpoint=bool(endpoint), dtype=np.float64)
     if dt.kind in "iu":
         arr = xp.floor(arr)
-    if dt.kind in "iuf" and n:  # the values must fit the dtype (a cast would wrap or give inf)
-        info = np.iinfo(dt) if dt.kind in "iu" else np.finfo(dt)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < float(info.min) or hi > float(info.max):
-            raise ValueError(f"linspace: values from {a} to {b} do not fit {dt} (its range is "
-                             f"{info.min} to {info.max})")
-    return _wrap(arr.astype(dt), backend)  # (bool: nonzero is True, as NumPy's)
+    # the values must fit the dtype: a cast would wrap integers and give inf for floats (a
+    # value that rounds to the largest float, 65519 in float16, fits)
+    if dt.kind in "iu" and n and (float(arr.min()) < np.iinfo(dt).min or float(arr.max()) > np.iinfo(dt).max):
+        _linspace_range_error(a, b, dt)
+    with np.errstate(over="ignore"):
+        out = arr.astype(dt)  # (bool: nonzero is True, as NumPy's)
+    if dt.kind == "f" and n and not bool(xp.isfinite(out).all()):
+        _linspace_range_error(a, b, dt)
+    return _wrap(out, backend)
+
+
+def _linspace_range_error(a: float, b: float, dt: np.dtype) -> None:
+    lim = np.iinfo(dt) if dt.kind in "iu" else np.finfo(dt)
+    raise ValueError(f"linspace: values from {a} to {b} do not fit {dt} (its range is "
+                     f"{lim.min} to {lim.max})")
 
 
 def eye(n: int, m: int | None = None, k: int = 0, dtype: DTypeLike | None = None) -> Tensor:
