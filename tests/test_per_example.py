@@ -875,3 +875,20 @@ def test_row_for_row_indexing_keeps_per_example_gradients():
         with gt.GradientTape() as t:
             lb = f(X[b:b + 1], y[b:b + 1])[0]
         np.testing.assert_allclose(got[b], t.gradient(lb, W).numpy(), rtol=1e-10)
+
+
+def test_take_along_axis_is_refused_with_the_row_pick_to_use_instead():
+    rng = np.random.default_rng(3)
+    X = gt.tensor(rng.standard_normal((3, 4)))
+    W = gt.Variable(rng.standard_normal((4, 5)))
+    y = rng.integers(0, 5, 3)
+    with gt.GradientTape() as tape:
+        logp = gt.nn.log_softmax(X @ W, axis=-1)
+        losses = -gt.take_along_axis(logp, y[:, None], axis=1)[:, 0]
+    with pytest.raises(ValueError, match=r"logp\[gt.arange\(B\), idx\]"):
+        tape.per_example_gradients(losses, W)
+    with gt.GradientTape() as tape:
+        logp = gt.nn.log_softmax(X @ W, axis=-1)
+        losses = -logp[gt.arange(3), y]
+    g = tape.per_example_gradients(losses, W)
+    assert g.shape == (3, 4, 5)

@@ -384,7 +384,10 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         f"target.shape {target.shape}): somewhere on the way an op mixes the "
                         "examples (a batch mean or sum, batch statistics, a transpose of the "
                         "batch axis). Per-example gradients need examples that do not interact, "
-                        "the batch axis first in every per-example tensor")
+                        "the batch axis first in every per-example tensor"
+                        + (". (take_along_axis and topk index a flattened copy of their input: "
+                           "pick with logp[gt.arange(B), idx] instead)"
+                           if rec.prim.name == "index_take" and len(shape) == 1 else ""))
             elif iid and iid in fixed:
                 k = _CONST  # a Variable that is not a source (or made from one): held fixed
             else:  # (an unwatched Variable, trainable=False, is a constant too)
