@@ -1418,6 +1418,68 @@ def test_steps_that_set_the_mode_themselves_and_modules_made_inside_do_not_retra
     assert len(count) == traced
 
 
+def test_a_step_that_sets_flags_sets_them_at_every_call():
+    # a replay ran no Python, so a step calling model.train() left the model as the last
+    # trace had (eval), and a GAN step freezing the other network traced at every call
+    def run(compile_):
+        count: list = []
+        gen = gt.nn.Dense(2, 2, seed=0, dtype=np.float64)
+        disc = gt.nn.Sequential(gt.nn.Dense(2, 1, seed=1, dtype=np.float64), gt.nn.Dropout(0.5, seed=2))
+        opt = gt.optimizers.SGD(0.1)
+
+        def g_step(z):
+            count.append(1)
+            disc.train()
+            for v in disc.variables:
+                v.trainable = False
+            with gt.GradientTape() as tape:
+                loss = gt.sum(disc(gen(z)))
+            vs = gen.trainable_variables + disc.trainable_variables
+            opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+            return loss
+
+        def d_step(x):
+            count.append(1)
+            disc.eval()
+            for v in disc.variables:
+                v.trainable = True
+            with gt.GradientTape() as tape:
+                loss = gt.sum(disc(x) ** 2)
+            vs = disc.trainable_variables
+            opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+            return loss
+
+        g, d = (gt.function(g_step), gt.function(d_step)) if compile_ else (g_step, d_step)
+        z = gt.tensor(np.ones((3, 2)))
+        out, modes = [], []
+        for _ in range(6):
+            out += [float(g(z)), float(d(z))]
+            modes.append((disc.training, disc[1].training, disc.variables[0].trainable))
+        return out, modes, [v.numpy() for v in gen.variables + disc.variables], len(count)
+
+    eager, compiled = run(False), run(True)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-12)
+    assert compiled[1] == eager[1]
+    for a, b in zip(compiled[2], eager[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert compiled[3] <= 4  # each step traced twice (trace and check), then replayed
+
+
+def test_replacing_a_module_without_variables_traces_again():
+    # a Dropout replaced after eval() (the new one in training mode) kept the old program
+    model = gt.nn.Sequential(gt.nn.Dense(4, 4, seed=0), gt.nn.Dropout(0.5, seed=1))
+    f = gt.function(lambda x: model(x))
+    x = gt.ones((8, 4))
+    model.eval()
+    for _ in range(3):
+        f(x)
+    model.layers[1] = gt.nn.Dropout(0.5, seed=2)  # in training mode
+    out, dense = f(x).numpy(), model[0](x).numpy()
+    kept = out != 0
+    assert not kept.all()  # dropping, as the eager step does
+    np.testing.assert_allclose(out[kept], 2 * dense[kept], rtol=1e-6)
+
+
 def test_random_permutation_of_a_tensor_stays_differentiable_and_seed_replays():
     def make():
         g = gt.random.Generator(0)

@@ -460,6 +460,9 @@ class Variable(Tensor):
         if value is not self._trainable:
             self._trainable = value
             flag_changed()
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:  # set inside a gt.function step (a GAN's
+            tr.flag_set(self, "trainable", value)  # generator step freezing D): at each call
 
     def _snapshot(self) -> Tensor:
         """A Tensor sharing the current buffer, for a tape to save: the next ``assign*`` first

@@ -100,7 +100,7 @@ class Module:
         ``gt.function`` step that read it traces again when it changes."""
         value = self.__dict__.get("_gt_training", True)
         tr = STATE.trace
-        if tr is not None:
+        if tr is not None and not tr.suspended:
             tr.flag(self, "training", value)
         return value
 
@@ -109,11 +109,11 @@ class Module:
         mode = bool(mode)
         changed = mode is not self.__dict__.get("_gt_training", True)
         self.__dict__["_gt_training"] = mode
-        tr = STATE.trace
-        if tr is not None:  # a step that sets the mode itself (model.train() in train_step)
-            tr.flag_set(self, "training")  # does not depend on the mode it was called in
         if changed:
             flag_changed()
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:  # a step that sets the mode itself
+            tr.flag_set(self, "training", mode)  # (model.train() in train_step): set at each call
 
     def __setstate__(self, state: Any) -> None:
         # (a module pickled when ``training`` was a plain attribute keeps its mode)

@@ -952,10 +952,14 @@ class _Trace:
         if key not in self.flags and key not in self.flags_set:
             self.flags[key] = (weakref.ref(obj), name, value)
 
-    def flag_set(self, obj: Any, name: str) -> None:
-        """The step set Python flag ``obj.name`` itself: what it reads from then on does not
-        depend on the value the call found."""
+    def flag_set(self, obj: Any, name: str, value: Any) -> None:
+        """The step set Python flag ``obj.name`` to ``value`` itself (``model.train()`` in a
+        train step, ``d.trainable = False`` in a GAN's generator step): a step of the program
+        sets it again at each call, as the eager step would, and what the step reads from then
+        on does not depend on the value the call found."""
         self.flags_set.add((id(obj), name))
+        self.opaque(functools.partial(_set_flag, weakref.ref(obj), name, value), [],
+                    key=("set flag", id(obj), name, value))
 
     def read(self, buf: Any) -> Any:
         """A Variable's buffer as a program variable: the program holds the buffer itself
@@ -2074,13 +2078,20 @@ class _Entry:
 
         return died
 
-    def watch(self, variables: Any, flags: Any) -> None:
+    def watch(self, variables: Any, flags: Any, set_by_step: set) -> None:
         """The Variables (weak references) the program reads: one dying makes it stale; and
         the Python flags it holds for, each Variable's ``trainable`` among them (a tape
-        watches trainable Variables by itself)."""
+        watches trainable Variables by itself), but those the step sets itself (its program
+        sets them again at each call). A flag's owner that outlived the trace and dies later
+        (a layer replaced) makes the program stale too; one made inside the step, dead by
+        now, is nothing to check."""
         live = [v for v in (r() for r in variables) if v is not None]
         self.read_vars = [weakref.ref(v, self._on_death()) for v in live]
-        self.flags = [*flags, *((weakref.ref(v), "trainable", v.trainable) for v in live)]
+        owners = [(o, name, value) for o, name, value in ((r(), n, val) for r, n, val in flags)
+                  if o is not None]
+        owners += [(v, "trainable", v.trainable) for v in live
+                   if (id(v), "trainable") not in set_by_step]
+        self.flags = [(weakref.ref(o, self._on_death()), name, value) for o, name, value in owners]
         self.epoch = FLAGS[0]
 
     def current(self) -> bool:
@@ -2089,11 +2100,19 @@ class _Entry:
         if self.epoch == FLAGS[0]:
             return True
         for ref, name, value in self.flags:
-            obj = ref()  # (a module made inside the step dies with it: nothing to check)
-            if obj is not None and getattr(obj, name) != value:
+            obj = ref()
+            if obj is None or getattr(obj, name) != value:
                 return False
         self.epoch = FLAGS[0]
         return True
+
+
+def _set_flag(ref: Any, name: str, value: Any) -> None:
+    """A program step: set Python flag ``name`` of the object ``ref`` names (through its
+    property, which counts the change), if it still exists."""
+    obj = ref()
+    if obj is not None:
+        setattr(obj, name, value)
 
 
 def _by_identity(x: Any) -> bool:
@@ -2475,7 +2494,7 @@ class Function(Generic[R]):
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
-        entry.watch(tr.variables.values(), tr.flags.values())
+        entry.watch(tr.variables.values(), tr.flags.values(), tr.flags_set)
         prev = entry.last
         entry.last = tr
         if prev is None and self.verify or tr.created_variables:

@@ -241,32 +241,35 @@ def _index_along_batch(index: Any, shape: tuple[int, ...]) -> str | None:
     if advanced:  # NumPy counts integers among the advanced indices once an array is there
         advanced = [j for j, c in enumerate(comps)
                     if _is_array_index(c) or (isinstance(c, (int, np.integer)) and not isinstance(c, bool))]
-        if advanced != list(range(advanced[0], advanced[-1] + 1)):
-            return "has advanced indices apart from each other, which NumPy moves in front"
     used = sum(c.ndim if _is_array_index(c) and c.dtype == bool else 0 if c is None or c is Ellipsis
                else 1 for c in comps)
     for c in comps:  # the component that meets axis 0
         if c is None:
             continue
-        if c is Ellipsis:
-            if ndim - used > 0:
-                return None  # axis 0 left as it is
-            continue
+        if c is Ellipsis and ndim - used <= 0:
+            continue  # (it covers no axis)
+        if c is Ellipsis or (isinstance(c, slice) and c.indices(B) == (0, B, 1)):
+            # axis 0 kept where it is, unless NumPy moves advanced indices apart in front
+            if advanced and advanced != list(range(advanced[0], advanced[-1] + 1)):
+                return "has advanced indices apart from each other, which NumPy moves in front"
+            return None
         if isinstance(c, slice):
-            return None if c.indices(B) == (0, B, 1) else "selects or reorders examples"
-        if _is_array_index(c) and c.dtype != bool and advanced:
+            return "selects or reorders examples"
+        if _is_array_index(c) and c.dtype != bool:
+            if getattr(c, "_gt_traced", False):  # read at each call: its rows cannot be checked once
+                return ("indexes the batch axis with an index array the compiled step takes at "
+                        "each call; make the row index inside the step (np.arange(B))")
             arrays = [comps[k] for k in advanced if _is_array_index(comps[k])]
             try:
                 bshape = np.broadcast_shapes(*(a.shape for a in arrays))
             except ValueError:
                 return None  # (NumPy refuses the index itself)
-            rows = np.arange(B).reshape((B,) + (1,) * (len(bshape) - 1)) if bshape else None
-            # (inside gt.function a traced index is checked by its value at the trace)
-            host = c.a if getattr(c, "_gt_traced", False) else c
-            host = backend_of(host).to_host(host)
-            if bshape and bshape[0] == B and rows is not None and bool(
-                    np.all(np.broadcast_to(host, bshape) == rows)):
-                return None  # row b reads example b only: logp[arange(B), y]
+            # the advanced indices' broadcast shape goes first (also when NumPy moves them):
+            # row b of it must read example b, negative indices counted from the end
+            if bshape and bshape[0] == B:
+                rows = np.arange(B).reshape((B,) + (1,) * (len(bshape) - 1))
+                if bool(np.all(np.broadcast_to(backend_of(c).to_host(c) % B, bshape) == rows)):
+                    return None  # logp[arange(B), y]
         return "indexes the batch axis (a permutation, a flip, a selection of examples)"
     return None
 
