@@ -1480,6 +1480,63 @@ def test_replacing_a_module_without_variables_traces_again():
     np.testing.assert_allclose(out[kept], 2 * dense[kept], rtol=1e-6)
 
 
+def test_flags_a_step_reads_then_sets_and_modules_whose_mode_it_sets():
+    # a Variable read, then frozen by the step, lost its guard (a caller unfreezing it saw no
+    # update); a layer whose mode the step set was not watched for being replaced; a module
+    # the step makes and sets traced at every call
+    def run(compile_):
+        v = gt.Variable(np.array([1.0, 2.0]))
+        opt = gt.optimizers.SGD(0.1)
+
+        def step(x):
+            with gt.GradientTape() as tape:
+                loss = gt.sum(v * x)
+            vs = [u for u in [v] if u.trainable]
+            if vs:
+                opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+            v.trainable = False
+            return loss
+
+        f = gt.function(step) if compile_ else step
+        x = gt.tensor(np.array([1.0, 1.0]))
+        for i in range(6):
+            if i >= 3:
+                v.trainable = True
+            f(x)
+        return v.numpy()
+
+    np.testing.assert_array_equal(run(True), run(False))
+
+    model = gt.nn.Sequential(gt.nn.Dense(4, 4, seed=0), gt.nn.Dropout(0.9, seed=1))
+
+    def train_step(x):
+        model.train()
+        return model(x)
+
+    f = gt.function(train_step)
+    x = gt.ones((16, 4))
+    for _ in range(3):
+        f(x)
+    model.layers[1] = gt.nn.Dropout(0.0)  # nothing dropped from now on
+    np.testing.assert_array_equal(f(x).numpy(), model[0](x).numpy())
+
+    count: list = []
+    dense = gt.nn.Dense(4, 4, seed=0)
+
+    def inside(x):
+        count.append(1)
+        d = gt.nn.Dropout(0.5, seed=3)
+        d.eval()
+        return d(dense(x))
+
+    g = gt.function(inside)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for _ in range(6):
+            np.testing.assert_array_equal(g(x).numpy(), dense(x).numpy())
+    assert len(count) == 2
+
+
 def test_random_permutation_of_a_tensor_stays_differentiable_and_seed_replays():
     def make():
         g = gt.random.Generator(0)

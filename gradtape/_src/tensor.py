@@ -457,10 +457,14 @@ class Variable(Tensor):
     @trainable.setter
     def trainable(self, value: bool) -> None:
         value = bool(value)
+        tr = STATE.trace
+        if tr is not None and not tr.suspended and id(self) in tr.variables:
+            # set inside a gt.function step after an op read it: the program depends on the
+            # value the call found (a tape watched the Variable, or not, by it)
+            tr.flag(self, "trainable", self._trainable)
         if value is not self._trainable:
             self._trainable = value
             flag_changed()
-        tr = STATE.trace
         if tr is not None and not tr.suspended:  # set inside a gt.function step (a GAN's
             tr.flag_set(self, "trainable", value)  # generator step freezing D): at each call
 

@@ -733,6 +733,7 @@ class _Trace:
         # Python flags the program depends on: (id, name) -> (weak ref, name, value read)
         self.flags: dict[tuple[int, str], tuple[Any, str, Any]] = {}
         self.flags_set: set[tuple[int, str]] = set()  # flags the step itself set
+        self.owners: dict[int, Any] = {}  # weak references to the objects whose flags it set
         self.unsafe: str | None = None  # why this trace cannot be replayed
         self.out_consts: list[Any] = []  # outputs that are not program values, to compare
 
@@ -958,8 +959,11 @@ class _Trace:
         sets it again at each call, as the eager step would, and what the step reads from then
         on does not depend on the value the call found."""
         self.flags_set.add((id(obj), name))
+        self.owners[id(obj)] = weakref.ref(obj)  # (replaced later: the step traces again)
+        # the key names the object's type, not its identity: a module the step makes itself
+        # is another object at every trace (and dead at a replay, when the step does nothing)
         self.opaque(functools.partial(_set_flag, weakref.ref(obj), name, value), [],
-                    key=("set flag", id(obj), name, value))
+                    key=("set flag", type(obj).__qualname__, name, value))
 
     def read(self, buf: Any) -> Any:
         """A Variable's buffer as a program variable: the program holds the buffer itself
@@ -2078,7 +2082,7 @@ class _Entry:
 
         return died
 
-    def watch(self, variables: Any, flags: Any, set_by_step: set) -> None:
+    def watch(self, variables: Any, flags: Any, set_by_step: set, set_owners: Any = ()) -> None:
         """The Variables (weak references) the program reads: one dying makes it stale; and
         the Python flags it holds for, each Variable's ``trainable`` among them (a tape
         watches trainable Variables by itself), but those the step sets itself (its program
@@ -2092,6 +2096,10 @@ class _Entry:
         owners += [(v, "trainable", v.trainable) for v in live
                    if (id(v), "trainable") not in set_by_step]
         self.flags = [(weakref.ref(o, self._on_death()), name, value) for o, name, value in owners]
+        # the objects whose flags the step sets, alive after the trace: one dying (a layer
+        # replaced) makes the program stale
+        self.refs += [weakref.ref(o, self._on_death()) for o in (r() for r in set_owners)
+                      if o is not None]
         self.epoch = FLAGS[0]
 
     def current(self) -> bool:
@@ -2494,7 +2502,7 @@ class Function(Generic[R]):
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
-        entry.watch(tr.variables.values(), tr.flags.values(), tr.flags_set)
+        entry.watch(tr.variables.values(), tr.flags.values(), tr.flags_set, tr.owners.values())
         prev = entry.last
         entry.last = tr
         if prev is None and self.verify or tr.created_variables:
