@@ -3,7 +3,9 @@ rules hold (retracing, side effects, data-dependent control flow, fallback)."""
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import sys
 import warnings
 import weakref
@@ -1989,3 +1991,27 @@ def test_pow_and_norm_of_0d_values_replay_bit_for_bit(dtype):
         b = gt.tensor(np.asarray(rng.uniform(-3.0, 3.0), dtype))
         for got, want in zip(f(x, b), step(x, b)):
             assert got.numpy().tobytes() == want.numpy().tobytes()
+
+
+def test_copying_and_pickling_a_compiled_function():
+    # deepcopy of a module holding a compiled step raised TypeError (its lock could not be
+    # copied); the copy compiles the copied module's method afresh
+    class Net(gt.nn.Module):
+        def __init__(self):
+            self.layer = gt.nn.Dense(3, 2, seed=0)
+            self.step = gt.function(self.forward)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    n = Net()
+    x = gt.ones((2, 3))
+    for _ in range(3):
+        n.step(x)
+    c = copy.deepcopy(n)
+    c.layer.kernel.assign(c.layer.kernel.numpy() * 2)
+    np.testing.assert_allclose(c.step(x).numpy(), c(x).numpy())
+    np.testing.assert_allclose(n.step(x).numpy(), n(x).numpy())  # the original untouched
+    assert not np.allclose(c.step(x).numpy(), n.step(x).numpy())
+    f = pickle.loads(pickle.dumps(gt.function(math.factorial)))
+    assert f(5) == 120 and copy.copy(f)(4) == 24

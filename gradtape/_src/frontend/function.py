@@ -27,6 +27,7 @@ replaying a stale value.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -2115,6 +2116,11 @@ class _Entry:
         return True
 
 
+def _rebuild_function(fn: Callable[..., Any], settings: dict[str, Any]) -> Function[Any]:
+    """Unpickle a :class:`Function` (see ``Function.__reduce__``)."""
+    return Function(fn, **settings)
+
+
 def _set_flag(ref: Any, name: str, value: Any) -> None:
     """A program step: set Python flag ``name`` of the object ``ref`` names (through its
     property, which counts the change), if it still exists."""
@@ -2259,6 +2265,24 @@ class Function(Generic[R]):
 
     def __repr__(self) -> str:
         return f"<gt.function {getattr(self.python_function, '__qualname__', self.python_function)!r}>"
+
+    def _settings(self) -> dict[str, Any]:
+        return {"reduce_retracing": self.reduce_retracing, "fallback": self.fallback,
+                "verify": self.verify, "cuda_graph": self.cuda_graph}
+
+    def __copy__(self) -> Function[R]:
+        """The same Python function, compiled afresh (no traces: a program holds the arrays
+        of the objects it was traced on)."""
+        return Function(self.python_function, **self._settings())
+
+    def __deepcopy__(self, memo: dict) -> Function[R]:
+        """A compiled copy of a deep copy of the Python function (a bound method of a module
+        being copied is bound to the copy), with no traces yet."""
+        return Function(copy.deepcopy(self.python_function, memo), **self._settings())
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its Python function and settings; the traces are made again."""
+        return (_rebuild_function, (self.python_function, self._settings()))
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
