@@ -327,7 +327,7 @@ def _elementwise_batch(prim: Primitive | str) -> Callable:
                 moved.append(a)
         return bind(p, *moved, **params), 0
 
-    rule._gt_broadcasts = True  # type: ignore[attr-defined]  # (see _broadcast_error)
+    rule._gt_broadcasts = True  # type: ignore[attr-defined]  # (see _operand_error)
     return rule
 
 
@@ -584,7 +584,7 @@ def _two_input_call(prim: Primitive) -> Callable[[Any, Any], Tensor]:
             else:
                 out.data = parallel_forward(prim, backend.xp, (da, db), _NO_PARAMS)
         except (ValueError, TypeError) as exc:
-            _broadcast_error(prim, (da, db), exc)
+            _operand_error(prim, (da, db), exc)
             raise
         out._backend = backend
         out._id = 0
@@ -738,7 +738,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             else:
                 data = parallel_forward(prim, backend.xp, (da, db), params)
         except (ValueError, TypeError) as exc:
-            _broadcast_error(prim, (da, db), exc)
+            _operand_error(prim, (da, db), exc)
             raise
     else:
         for t in args:
@@ -759,7 +759,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
             else:
                 data = parallel_forward(prim, backend.xp, tuple(inputs), params)
         except (ValueError, TypeError) as exc:
-            _broadcast_error(prim, datas, exc)
+            _operand_error(prim, datas, exc)
             raise
         if var is not None:
             for t, d in zip(args, datas):
@@ -780,7 +780,7 @@ def bind(prim: Primitive, *args: Tensor, **params: Any) -> Tensor:
     return out
 
 
-def _broadcast_error(prim: Primitive, arrays: Any, exc: ValueError | TypeError) -> None:
+def _operand_error(prim: Primitive, arrays: Any, exc: ValueError | TypeError) -> None:
     """Raise a ValueError naming ``prim`` and the shapes when an elementwise primitive's
     inputs do not broadcast together, or a TypeError naming it and the dtypes when NumPy has
     no loop for them (``bool - bool``): NumPy's messages name neither the op nor gradtape.

@@ -16,7 +16,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -140,12 +140,8 @@ class Module:
             return
         seen_modules.add(id(self))
         yield prefix, self
-        for key, value in vars(self).items():  # (train() walks every step: no generator layer)
-            if key != "_gt_training":
-                yield from _walk_value(value, f"{prefix}{key}", seen_modules)
-        for key in _slot_names(type(self)):
-            if hasattr(self, key):
-                yield from _walk_value(getattr(self, key), f"{prefix}{key}", seen_modules)
+        for key, value in _attributes(self):
+            yield from _walk_value(value, f"{prefix}{key}", seen_modules)
 
     def named_variables(self) -> list[tuple[str, Variable]]:
         """``[(path, variable), ...]`` in deterministic order, each Variable once."""
@@ -234,15 +230,14 @@ def _slot_names(cls: type) -> tuple[str, ...]:
 _SLOT_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _attributes(module: Module) -> Iterator[tuple[str, Any]]:
-    """A module's attributes as the traversals see them: its ``__dict__`` (but the training
-    flag) and the ``__slots__`` its classes declare."""
-    for key, value in vars(module).items():
-        if key != "_gt_training":
-            yield key, value
-    for key in _slot_names(type(module)):
-        if hasattr(module, key):
-            yield key, getattr(module, key)
+def _attributes(module: Module) -> Iterable[tuple[str, Any]]:
+    """A module's attributes as the traversals see them: its ``__dict__`` (the training flag
+    among them, a bool the traversals pass over) and the ``__slots__`` its classes declare.
+    (``train()`` walks the modules at every step: no copy where there are no slots.)"""
+    slots = _slot_names(type(module))
+    if not slots:
+        return vars(module).items()
+    return [*vars(module).items(), *((key, getattr(module, key)) for key in slots if hasattr(module, key))]
 
 
 def _walk_value(value: Any, path: str, seen_modules: set) -> Iterator[tuple[str, Any]]:

@@ -2083,7 +2083,7 @@ class _Entry:
 
         return died
 
-    def watch(self, variables: Any, flags: Any, set_by_step: set, set_owners: Any = ()) -> None:
+    def watch(self, variables: Any, flags: Any, set_by_step: set, set_owners: Any) -> None:
         """The Variables (weak references) the program reads: one dying makes it stale; and
         the Python flags it holds for, each Variable's ``trainable`` among them (a tape
         watches trainable Variables by itself), but those the step sets itself (its program
