@@ -545,6 +545,9 @@ class Optimizer:
     global-norm clipping, a learning rate that is a float or a schedule ``f(step) -> float``
     (step counts from 0).
 
+    Hyper-parameters are attributes of their argument's name; one set later
+    (``opt.learning_rate = 1e-4``) is checked as at construction and used from the next step.
+
     Subclasses set ``slot_names``, return their hyper-parameters from ``_scalars``, their
     :class:`UpdateRule` from ``_rule`` and its per-step scalar values from ``_rule_scalars``.
 
@@ -556,6 +559,33 @@ class Optimizer:
     """
 
     slot_names: tuple[str, ...] = ()
+    # hyper-parameter -> its rule (_hyper's), checked when set, also after construction
+    # (``opt.learning_rate = 0.01``, Keras's habit): a value set later reaches the next step
+    _checked: dict[str, str] = {"learning_rate": "rate", "global_clipnorm": "> 0 or None"}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        rule = self._checked.get(name)
+        if rule is not None:
+            value = self._check_hyper(name, value, rule)
+        object.__setattr__(self, name, value)
+
+    def _check_hyper(self, name: str, value: Any, rule: str) -> Any:
+        who = type(self).__name__
+        if rule == "rate":
+            if callable(value):
+                return value
+            if isinstance(value, (str, bytes, bool)) or not isinstance(
+                    value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{who}: {name} must be a number or a "
+                                f"callable schedule(step) -> float, got {value!r}")
+            return _hyper(who, name, value, ">= 0")
+        if rule == "bool":
+            if not isinstance(value, (bool, np.bool_)):  # bool("False") is True
+                raise TypeError(f"{who}: {name} must be True or False, got {value!r}")
+            return bool(value)
+        if rule == "> 0 or None":
+            return None if value is None else _hyper(who, name, value, "> 0")
+        return _hyper(who, name, value, rule)
 
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
@@ -567,15 +597,8 @@ class Optimizer:
                             f"schedule), got a {type(learning_rate).__name__}; the variables go "
                             "to apply_gradients(zip(grads, variables)) or minimize(loss_fn, "
                             "var_list) (Keras's convention)")
-        if not callable(learning_rate):
-            if isinstance(learning_rate, (str, bytes, bool)) or not isinstance(
-                    learning_rate, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{who}: learning_rate must be a number or a "
-                                f"callable schedule(step) -> float, got {learning_rate!r}")
-            learning_rate = _hyper(who, "learning_rate", learning_rate, ">= 0")
-        self.learning_rate = learning_rate
-        self.global_clipnorm = (None if global_clipnorm is None
-                                else _hyper(who, "global_clipnorm", global_clipnorm, "> 0"))
+        self.learning_rate = learning_rate  # (checked by __setattr__, as every hyper-parameter)
+        self.global_clipnorm = global_clipnorm
         self.iterations = 0
         self._state: dict[int, tuple] = {}  # Variable._id -> slot arrays (fixed for life)
         # Variable._id -> the key state_dict names it by, given when it first gains state
@@ -828,8 +851,17 @@ class Optimizer:
         values_list = [float(values[n]) for n in rule.scalars]
         self.iterations += 1
         cache: dict = {}
+        # the slots this rule reads: a hyper-parameter set after the first step (SGD's
+        # momentum from 0) can make a slot needed that was not, or one unneeded
+        need = [self._needs_slot(n) for n in self.slot_names]
         for g, v in pairs:
-            slots = [s for s in self._slots(v) if s is not None]
+            st = self._slots(v)
+            slots = [s for s, k in zip(st, need) if k]
+            if any(s is None for s in slots):
+                st = self._state[v._id] = tuple(
+                    v._backend.xp.zeros_like(v.data) if s is None and k else s
+                    for s, k in zip(st, need))
+                slots = [s for s, k in zip(st, need) if k]
             v._before_write()  # copy-on-write: a live tape keeps the values it read
             rule._run([v.data, g, *slots], values_list, cache)
 
@@ -1075,18 +1107,18 @@ class SGD(Optimizer):
     """
 
     slot_names = ("momentum",)
+    _checked = {**Optimizer._checked, "momentum": "in [0, 1]", "nesterov": "bool",
+                "weight_decay": ">= 0"}
 
     def __init__(self, learning_rate: float | Callable[[int], float] = 0.01, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0,
                  global_clipnorm: float | None = None) -> None:
         super().__init__(learning_rate, global_clipnorm)
-        self.momentum = _hyper("SGD", "momentum", momentum, "in [0, 1]")
-        if not isinstance(nesterov, (bool, np.bool_)):  # bool("False") is True
-            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
-        if nesterov and self.momentum == 0:
+        self.momentum = momentum
+        self.nesterov = nesterov
+        if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
-        self.weight_decay = _hyper("SGD", "weight_decay", weight_decay, ">= 0")
+        self.weight_decay = weight_decay
 
     def _needs_slot(self, name: str) -> bool:
         return self.momentum != 0.0
@@ -1121,17 +1153,18 @@ class Adam(Optimizer):
     """
 
     slot_names = ("m", "v")
+    _checked = {**Optimizer._checked, "beta1": "in [0, 1)", "beta2": "in [0, 1)",
+                "epsilon": ">= 0", "weight_decay": ">= 0"}
     _decoupled = False
 
     def __init__(self, learning_rate: float | Callable[[int], float] = 1e-3, beta1: float = 0.9,
                  beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0,
                  global_clipnorm: float | None = None) -> None:
         super().__init__(learning_rate, global_clipnorm)
-        who = type(self).__name__
-        self.beta1 = _hyper(who, "beta1", beta1, "in [0, 1)")
-        self.beta2 = _hyper(who, "beta2", beta2, "in [0, 1)")
-        self.epsilon = _hyper(who, "epsilon", epsilon, ">= 0")
-        self.weight_decay = _hyper(who, "weight_decay", weight_decay, ">= 0")
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weight_decay = weight_decay
 
     def _scalars(self) -> dict:
         return {"lr": self.current_learning_rate, "beta1": self.beta1, "beta2": self.beta2,

@@ -176,3 +176,91 @@ def test_a_model_given_as_the_learning_rate_is_refused_at_once():
     for bad in (m, m.kernel):
         with pytest.raises(TypeError, match="first argument is the learning rate"):
             gt.optimizers.Adam(bad)
+
+
+def _sgd_run(change_at, change, compiled):
+    w = gt.Variable(np.zeros(2))
+    opt = gt.optimizers.SGD(0.1)
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(w * x)
+        opt.apply_gradients([(tape.gradient(loss, w), w)])
+
+    f = gt.function(step) if compiled else step
+    for i in range(6):
+        if i == change_at:
+            change(opt)
+        f(gt.tensor([1.0 + i, 2.0 - i]))
+    return w.numpy()
+
+
+def _sgd_reference(momentum_at_step):
+    """PyTorch's SGD, a momentum buffer started (as ``g``) at the first step that uses one."""
+    w, buf = np.zeros(2), None
+    for i in range(6):
+        g = np.array([1.0 + i, 2.0 - i])
+        m = momentum_at_step(i)
+        if m:
+            buf = g.copy() if buf is None else m * buf + g
+            g = buf
+        w = w - 0.1 * g
+    return w
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_momentum_set_after_the_first_step_takes_effect(compiled):
+    # setting SGD's momentum from 0 after steps raised IndexError inside the fused program;
+    # from a nonzero value to 0, TypeError: the update now reads the slots the rule needs
+    got = _sgd_run(2, lambda o: setattr(o, "momentum", 0.9), compiled)
+    np.testing.assert_allclose(got, _sgd_reference(lambda i: 0.9 if i >= 2 else 0.0), rtol=1e-12)
+    got = _sgd_run(4, lambda o: setattr(o, "momentum", 0.5), compiled)
+    np.testing.assert_allclose(got, _sgd_reference(lambda i: 0.5 if i >= 4 else 0.0), rtol=1e-12)
+
+
+def test_momentum_set_to_zero_after_steps_stops_using_the_buffer():
+    w = gt.Variable(np.zeros(2))
+    opt = gt.optimizers.SGD(0.1, momentum=0.5)
+    for i in range(4):
+        if i == 2:
+            opt.momentum = 0.0
+        opt.apply_gradients([(gt.tensor([1.0 + i, 2.0 - i]), w)])
+    ref, buf = np.zeros(2), None
+    for i in range(4):
+        g = np.array([1.0 + i, 2.0 - i])
+        if i < 2:
+            buf = g.copy() if buf is None else 0.5 * buf + g
+            g = buf
+        ref = ref - 0.1 * g
+    np.testing.assert_allclose(w.numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("learning_rate", "0.1", TypeError), ("learning_rate", -1.0, ValueError),
+    ("learning_rate", float("nan"), ValueError), ("momentum", 1.5, ValueError),
+    ("nesterov", "False", TypeError), ("weight_decay", -0.1, ValueError),
+    ("global_clipnorm", 0.0, ValueError)])
+def test_hyper_parameters_set_after_construction_are_checked(name, value, error):
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    with pytest.raises(error, match=f"SGD: {name} must be"):
+        setattr(opt, name, value)
+    assert getattr(opt, name) == {"learning_rate": 0.1, "momentum": 0.9, "nesterov": False,
+                                  "weight_decay": 0.0, "global_clipnorm": None}[name]
+
+
+@pytest.mark.parametrize("name, value", [("beta1", 1.0), ("beta2", -0.5), ("epsilon", -1e-8),
+                                         ("weight_decay", float("inf"))])
+def test_adam_hyper_parameters_set_after_construction_are_checked(name, value):
+    opt = gt.optimizers.AdamW()
+    with pytest.raises(ValueError, match=f"AdamW: {name} must be"):
+        setattr(opt, name, value)
+
+
+def test_a_learning_rate_set_after_construction_is_used():
+    w = gt.Variable([1.0])
+    opt = gt.optimizers.SGD(0.1)
+    opt.learning_rate = np.float32(0.5)
+    opt.apply_gradients([(gt.tensor([1.0]), w)])
+    opt.learning_rate = lambda step: 0.25
+    opt.apply_gradients([(gt.tensor([1.0]), w)])
+    np.testing.assert_allclose(w.numpy(), [0.25])
