@@ -55,8 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from ._src.autodiff.state import opaque, tracing
+from ._src.autodiff.state import STATE, opaque, tracing
 from ._src.backend import NUMPY, Array, Backend, backend_by_name, backend_of, nccl_module
+from ._src.frontend.custom_gradient import custom_gradient
 from ._src.frontend.tape import GradientTape
 from ._src.nest import flatten, unflatten
 from ._src.tensor import Tensor, Variable, _wrap
@@ -166,6 +167,7 @@ def init(comm: Any = None) -> None:
 
     Raises:
         RuntimeError: launched by MPI but mpi4py is not installed.
+        TypeError: ``comm`` is not an mpi4py communicator.
 
     Example:
         >>> import gradtape as gt
@@ -188,6 +190,9 @@ def init(comm: Any = None) -> None:
                     f"set) but mpi4py cannot be imported ({exc}); install it with "
                     "pip install 'gradtape[distributed]'") from None
             comm = MPI.COMM_WORLD
+    elif not all(hasattr(comm, m) for m in ("Dup", "Get_rank", "Get_size", "Allreduce")):
+        raise TypeError(f"gt.distributed.init(): comm must be an mpi4py communicator (such as "
+                        f"MPI.COMM_WORLD or one made by its Split), got {type(comm).__name__}")
     _WORLD = _World(comm)
     _abort_on_uncaught(_WORLD)
 
@@ -776,6 +781,9 @@ class _Reducer:
         than its non-blocking one when nothing is left to overlap)."""
         b = self.buckets[k]
         wire = b.dtype
+        if not wire.isnative:  # ('>f4': MPI's types are the host's byte order; the result is
+            # cast back to the tensors' dtype in finish)
+            wire = wire.newbyteorder("=")
         if self.compression == "float16" and wire.kind == "f" and wire.itemsize > 2:
             wire = np.dtype(np.float16)
         total = b.total if present is None else sum(b.sizes[j] for j in present)
@@ -936,6 +944,35 @@ def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compress
     return _Reducer(world, plan, op, compression).finish(arrays, complete=plan.full)
 
 
+def _linked(inputs: list[Any], outputs: list[Any], op: str, compression: str | None,
+            bucket_bytes: int | None) -> list[Any]:
+    """``outputs`` (the reduced ``inputs``, None where an input is None) made differentiable
+    for the tapes recording now (a gradient penalty on all-reduced gradients, a tape around
+    :func:`allreduce`): one record linking the inputs to fresh outputs, whose VJP is the same
+    all-reduce of the cotangents (Horovod's rule: the gradient of the ranks' summed objective;
+    one process without MPI returns the inputs themselves, and the two agree at size 1). The
+    backward then reduces across ranks too, so every rank must run it, as every rank runs the
+    forward. Without a recording tape (the usual step) the outputs come back unchanged."""
+    if not STATE.recording:
+        return outputs
+    at = [i for i, (x, y) in enumerate(zip(inputs, outputs)) if x is not None and y is not None]
+    if not at:
+        return outputs
+    ys = [outputs[i] for i in at]
+
+    @custom_gradient
+    def allreduce_(*xs: Tensor) -> tuple[list[Tensor], Any]:
+        def grad(*dys: Tensor) -> Any:
+            out = _allreduce(list(dys), op, compression, bucket_bytes)
+            return out[0] if len(out) == 1 else out
+        return ys, grad
+
+    linked = list(outputs)
+    for i, y in zip(at, allreduce_(*[inputs[i] for i in at])):
+        linked[i] = y
+    return linked
+
+
 def _check_op(op: str, compression: str | None, who: str) -> None:
     if op not in _OPS:
         raise ValueError(f"gt.distributed.{who}: op must be 'mean' or 'sum', got {op!r}")
@@ -1018,9 +1055,10 @@ def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int
         _agree(world, *check[:2], None, check[2])
         out = _allreduce_arrays(arrays, op, compression, bucket, plan)
     if backend is not None:  # no None, one backend
-        return unflatten(spec, [_wrap(a, backend) for a in out])
-    return unflatten(spec, [None if a is None else _wrap(a, t._backend)
-                            for a, t in zip(out, leaves)])
+        results = [_wrap(a, backend) for a in out]
+    else:
+        results = [None if a is None else _wrap(a, t._backend) for a, t in zip(out, leaves)]
+    return unflatten(spec, _linked(leaves, results, op, compression, bucket_bytes))
 
 
 def _tensor_plan(leaves: list[Any], op: str, who: str, bucket_bytes: int, indexed: bool
@@ -1246,7 +1284,7 @@ class DistributedGradientTape:
             check = (who, (kind, plan.specs, nones), _hash((plan.signed(kind), nones)))
             if failure is None and not all(nones):
                 arrays = [None if g is None else g.data for g in flat]
-                return _as_sources(spec, leaves, _allreduce_arrays(
+                return self._linked(spec, leaves, flat, _allreduce_arrays(
                     arrays, self._op, self._compression, self._bucket_bytes, agree=check))
             _agree(world, *check[:2], failure, check[2])  # now: a failure, or nothing to reduce
             if failure is not None:
@@ -1259,15 +1297,18 @@ class DistributedGradientTape:
             raise
         if failure is not None:
             raise failure
-        return _as_sources(spec, leaves, red.finish([None if g is None else g.data for g in flat]))
+        return self._linked(spec, leaves, flat,
+                            red.finish([None if g is None else g.data for g in flat]))
 
-
-def _as_sources(spec: Any, leaves: list[Any], out: list[Array | None]) -> Any:
-    """The reduced arrays as Tensors of their sources' dtypes and backends, in ``spec``'s
-    structure (None stays None)."""
-    return unflatten(spec, [None if a is None else _wrap(a if a.dtype == s.dtype else a.astype(s.dtype),
-                                                         s._backend)
-                            for a, s in zip(out, leaves)])
+    def _linked(self, spec: Any, leaves: list[Any], grads: list[Any], out: list[Array | None]) -> Any:
+        """The reduced arrays as Tensors of their sources' dtypes and backends, in ``spec``'s
+        structure (None stays None), differentiable where a tape records the gradients
+        (:func:`_linked`)."""
+        results = [None if a is None else _wrap(a if a.dtype == s.dtype else a.astype(s.dtype),
+                                                s._backend)
+                   for a, s in zip(out, leaves)]
+        return unflatten(spec, _linked(grads, results, self._op, self._compression,
+                                       self._bucket_bytes))
 
 
 class DistributedOptimizer(Optimizer):

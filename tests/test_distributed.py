@@ -130,6 +130,11 @@ def test_argument_errors_name_the_argument():
         D.transport("tpu")
 
 
+def test_init_refuses_what_is_not_a_communicator():
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator.*got str"):
+        gt.distributed.init(comm="COMM_WORLD")
+
+
 def test_distributed_optimizer_shares_the_wrapped_state():
     w = gt.Variable([1.0, 2.0], name="w")
     inner = gt.optimizers.Adam(0.1)
@@ -500,6 +505,46 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
 
     _expect(mismatched, D.DistributedError, "do not agree")
     assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
+
+    # byte-swapped dtypes travel in the host's order (MPI's types are native; the bytes were
+    # summed as native floats: 4.25e37 for 1 + 1) and come back in their own dtype
+    swapped = np.dtype(np.float32).newbyteorder("S")
+    for op in ("sum", "mean"):
+        out = D.allreduce([gt.tensor((np.arange(4) * (r + 1)).astype(swapped))], op=op)[0]
+        assert out.dtype == swapped, out.dtype
+        assert out.numpy().tolist() == [k * (3.0 if op == "sum" else 1.5) for k in range(4)], out
+    ws = gt.Variable(np.ones(3, swapped))
+    with gt.GradientTape() as tape:
+        loss = gt.sum(ws * (1.0 + r))
+    assert D.DistributedGradientTape(tape).gradient(loss, [ws])[0].numpy().tolist() == [1.5] * 3
+
+    # the reduced values are differentiable (Horovod's rule: the gradient of an all-reduce is
+    # the same all-reduce of the incoming gradients); they were silently unconnected (None)
+    # under MPI while one process differentiated them: a gradient penalty on the averaged
+    # gradient, averaged again, equals one process's on the whole batch, eager and compiled
+    wp = gt.Variable(np.array([1.0, 2.0]))
+    xs = [np.array([1.0 + q, 1.0]) for q in range(n)]
+
+    def penalty_grad(x, overlap):
+        with D.DistributedGradientTape(gt.GradientTape(), overlap=overlap) as outer:
+            with D.DistributedGradientTape(gt.GradientTape(), overlap=overlap) as inner:
+                loss = gt.sum(wp * wp * x)
+            g = inner.gradient(loss, [wp])[0]  # mean over ranks of 2 w x_r
+            penalty = gt.sum(g * g)
+        return outer.gradient(penalty, [wp])[0]
+
+    compiled = gt.function(penalty_grad)
+    for call in range(3):
+        xm = sum(xs) / n * (call + 1)
+        want = 8 * wp.numpy() * xm ** 2  # d/dw sum((2 w xm)^2)
+        for overlap in (True, False):
+            for f in (penalty_grad, compiled):
+                got = f(gt.tensor(xs[r] * (call + 1)), overlap)
+                np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    v = gt.Variable(np.array([1.0, 2.0]))
+    with gt.GradientTape() as tape:
+        s = gt.sum(D.allreduce(v * 3.0, op="sum")) + gt.sum(D.allreduce([None, v])[1])
+    assert tape.gradient(s, v).numpy().tolist() == [3.0 * n + 1.0] * 2
     print(f"rank {r}: all checks passed", flush=True)
 
 
