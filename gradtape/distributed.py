@@ -1054,6 +1054,7 @@ def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int
     else:
         _agree(world, *check[:2], None, check[2])
         out = _allreduce_arrays(arrays, op, compression, bucket, plan)
+    results: list[Tensor | None]
     if backend is not None:  # no None, one backend
         results = [_wrap(a, backend) for a in out]
     else:
