@@ -676,3 +676,34 @@ def test_vmap_of_a_convolution_over_no_examples(which):
 
     g = gt.vmap(gt.grad(loss), in_axes=(axes[1], axes[0]))(w, x)
     assert g.shape == (0, 3, 2, 3, 3)
+
+
+@pytest.mark.parametrize("fn, index", [
+    (lambda a, i: a[i], [[0], [-4]]),
+    (lambda a, i: a[i], [[-4], [0]]),
+    (lambda a, i: a[i], [[3], [0]]),
+    (lambda a, i: a[:, i], [[0], [-5]]),
+    (lambda a, i: gt.take(a, i), [[0], [-13]]),
+    (lambda a, i: gt.take(a, i, axis=0), [[5], [0]]),
+    (lambda a, i: gt.sum(gt.grad(lambda b: gt.sum(b[i]))(a)), [[0], [-4]]),
+])
+def test_a_per_example_index_out_of_range_raises_instead_of_reading_another_example(fn, index):
+    # indices per example are flattened onto the batch: -4 on 3 rows read the row before,
+    # another example's, silently (eagerly the same index raises IndexError)
+    xb = gt.tensor(np.arange(24.0).reshape(2, 3, 4))
+    with pytest.raises(IndexError, match="inside gt.vmap: an example's index holds the index"):
+        gt.vmap(fn)(xb, gt.tensor(index))
+
+
+def test_per_example_indices_in_range_still_count_negatives_from_each_end():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    idx = np.array([[0, -1], [-3, 2]])
+    got = gt.vmap(lambda a, i: a[i])(gt.tensor(x), gt.tensor(idx)).numpy()
+    np.testing.assert_array_equal(got, np.stack([x[b][idx[b]] for b in range(2)]))
+    step = gt.function(lambda a, i: gt.vmap(lambda b, j: b[j])(a, i))
+    np.testing.assert_array_equal(step(gt.tensor(x), gt.tensor(idx)).numpy(), got)
+    idx2 = np.array([[2, 1], [-1, 0]])
+    np.testing.assert_array_equal(step(gt.tensor(x), gt.tensor(idx2)).numpy(),
+                                  np.stack([x[b][idx2[b]] for b in range(2)]))
+    with pytest.raises(IndexError, match="holds the index -4"):  # checked at each replay
+        step(gt.tensor(x), gt.tensor(np.array([[0, 1], [-4, 0]])))

@@ -242,9 +242,15 @@ def _index_put_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *
 
 def _flat_batch_index(idx: Tensor, n: int) -> Tensor:
     """Per-example indices ``idx[B, ...]`` into axes of length ``n`` as indices into the batch
-    flattened to ``B * n`` rows (negative indices count from each example's end)."""
+    flattened to ``B * n`` rows (negative indices count from each example's end). Each index
+    is checked against ``n`` first: one out of range would land in another example's rows."""
     size = idx.shape[0]
-    idx = bind(P_WHERE, bind(P_LESS, idx, _int_const(0, idx)), idx + n, idx)
+    data = physical_data(idx)
+    lo = 0 if not data.size else _smallest_checked(
+        functools.partial(_check_index_range, n=n, what="indexing inside gt.vmap",
+                          name="an example's index"), data, ("batch index range", n))
+    if lo < 0:
+        idx = bind(P_WHERE, bind(P_LESS, idx, _int_const(0, idx)), idx + n, idx)
     offsets = idx._backend.xp.arange(size, dtype=idx.dtype).reshape((size,) + (1,) * (idx.ndim - 1)) * n
     return idx + _int_const(offsets, idx)
 
