@@ -520,3 +520,85 @@ def test_tensorflow_padding_spellings_are_taken():
     assert gt.nn.Conv1D(1, 2, 3, padding="SAME")(gt.ones((1, 1, 7))).shape == (1, 2, 7)
     with pytest.raises(ValueError, match="padding must be"):
         gt.nn.conv2d(x, k, padding="full")
+
+
+# --------------------------------------------------------------------------- selecting VJPs
+_SELECTS = [
+    ("where", lambda x: gt.where(gt.tensor([True, False, True]), x, 0.0), [1.0, 0.0, 1.0]),
+    ("where_b", lambda x: gt.where(gt.tensor([True, False, True]), 0.0, x), [0.0, 1.0, 0.0]),
+    ("maximum", lambda x: gt.maximum(x, gt.tensor([0.0, 5.0, 1.0])), [1.0, 0.0, 0.5]),
+    ("minimum", lambda x: gt.minimum(x, gt.tensor([5.0, 0.0, 1.0])), [1.0, 0.0, 0.5]),
+]
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+@pytest.mark.parametrize("name, fn, d", _SELECTS, ids=[s[0] for s in _SELECTS])
+def test_a_nan_upstream_gradient_stays_out_of_the_branch_not_selected(name, fn, d, fusion):
+    # the VJP multiplied by the 0/1 mask: 0 * nan = nan reached the unselected input, where
+    # PyTorch, TF and JAX select (0 there)
+    x = gt.Variable([1.0, 2.0, 1.0], dtype=np.float64)
+    up = gt.tensor([np.nan, np.nan, 3.0], dtype=np.float64)
+    want = np.where(np.array(d) == 0, 0.0, np.array(d) * up.numpy())
+    old = gt.config.fusion
+    gt.config.fusion = fusion
+    try:
+        with gt.GradientTape() as tape:
+            y = fn(x)
+            loss = gt.sum(gt.exp(y * 0.0) * y * up)  # a fusable run around the select
+        got = tape.gradient(loss, x).numpy()
+        with gt.GradientTape() as tape:
+            y = fn(x)
+        got2 = tape.gradient(y, x, output_gradients=up).numpy()
+    finally:
+        gt.config.fusion = old
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)])
+    np.testing.assert_allclose(got2[~np.isnan(want)], want[~np.isnan(want)])
+    assert not np.isnan(got2[np.array(d) == 0]).any()
+
+
+def test_masking_rows_a_softmax_made_nan_keeps_the_gradients_finite():
+    # attention over a fully padded sequence: every score of its rows is -inf, the softmax is
+    # NaN there and a where zeroes those rows (the PyTorch idiom); the gradients were NaN
+    rng = np.random.default_rng(0)
+    x = gt.tensor(rng.standard_normal((2, 3, 4)))
+    wq = gt.Variable(rng.standard_normal((4, 4)))
+    wk = gt.Variable(rng.standard_normal((4, 4)))
+    keep = np.ones((2, 1, 3), bool)
+    keep[1] = False  # the second sequence is all padding
+
+    def loss_fn():
+        s = (x @ wq) @ gt.transpose(x @ wk, (0, 2, 1))
+        s = gt.where(gt.tensor(keep), s, -np.inf)
+        p = gt.nn.softmax(s, axis=-1)
+        p = gt.where(gt.tensor(keep.any(-1, keepdims=True)), p, 0.0)
+        return gt.sum(p @ x)
+
+    with np.errstate(invalid="ignore"):
+        with gt.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, [wq, wk])
+
+        @gt.function
+        def step():
+            with gt.GradientTape() as t:
+                v = loss_fn()
+            return t.gradient(v, [wq, wk])
+
+        for _ in range(3):
+            cg = step()
+    assert np.isfinite(float(loss))
+    for g, c in zip(grads, cg):
+        assert np.isfinite(g.numpy()).all()
+        np.testing.assert_array_equal(c.numpy(), g.numpy())
+
+
+def test_sqrt_of_a_select_has_gradient_zero_where_it_is_flat():
+    x = gt.Variable([-1.0, 4.0], dtype=np.float64)
+    for f in (lambda v: gt.where(v > 0, v, 0.0), lambda v: gt.maximum(v, 0.0)):
+        with gt.GradientTape() as tape:
+            y = gt.sum(gt.sqrt(f(x)))
+        np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0.0, 0.25])
+        _, tangent = gt.jvp(lambda v, f=f: gt.sqrt(f(v)), (x.value(),),
+                            (gt.tensor([1.0, 1.0], dtype=np.float64),))
+        np.testing.assert_array_equal(tangent.numpy(), [0.0, 0.25])

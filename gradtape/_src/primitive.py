@@ -342,7 +342,9 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
         impl: ``lambda xp, x: ...`` (or ``a, b`` ...); keyword-only arguments are scalar
             parameters (``lambda xp, x, *, negative_slope: ...``).
         d: the local derivative of the output with respect to each input, as an expression
-            string reading the inputs, ``y`` (the output) and the parameters.
+            string reading the inputs, ``y`` (the output) and the parameters. The VJP is
+            ``gy * d``; a ``d`` written as ``where(c, a, b)`` selects instead (``gy`` goes into
+            the branches: the one not taken gives exactly 0, also for a NaN ``gy``).
         safe: the derivative can be infinite: treat ``0 * inf`` as 0 (see ``where``).
         domain: input domain(s) for generated tests.
         out_form: ``f(*arrays, out)`` making impl's one NumPy ufunc call into ``out`` (speed:

@@ -281,7 +281,7 @@ P_MINIMUM = elementwise("minimum", lambda xp, a, b: xp.minimum(a, b),
 P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo), hi),
                      d=("(x >= lo) & (x <= hi)", "(x < lo) & (lo <= hi)", "(x > hi) | (lo > hi)"),
                      domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)), masks=True)
-P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "c", "~c"),
+P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "where(c, 1, 0)", "where(c, 0, 1)"),
                       domain=(Domain(kind="bool"), Domain(), Domain()), masks=True)
 def _safe_mul_impl(xp: Any, a: Any, b: Any) -> Any:
     # b is replaced by 1 where a is 0 before the product, so 0 * inf never runs (no NaN and no

@@ -30,16 +30,20 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
         return 1 / xp.sqrt(v)
 
     erf = backend.erf
+    where = xp.where
     if xp is not np:
         def erf(v: Array) -> Array:  # a device's erf is no ufunc of its module: looked up per
             return erf_for(backend.xp)(v)  # call, as a gt.function trace swaps the module
+
+        def where(c: Array, a: Any, b: Any) -> Array:  # (no ufunc either)
+            return backend.xp.where(c, a, b)
 
     ns = {
         "exp": xp.exp, "log": xp.log, "log1p": xp.log1p, "expm1": xp.expm1, "sqrt": xp.sqrt,
         "rsqrt": rsqrt, "sin": xp.sin, "cos": xp.cos, "tan": xp.tan, "tanh": xp.tanh,
         "sinh": xp.sinh, "cosh": xp.cosh, "arcsin": xp.arcsin, "arccos": xp.arccos,
         "arctan": xp.arctan, "erf": erf, "abs": xp.abs, "sign": xp.sign,
-        "sigmoid": sigmoid, "square": xp.square, "where": xp.where, "__builtins__": {},
+        "sigmoid": sigmoid, "square": xp.square, "where": where, "__builtins__": {},
     }
     ns.update(CONSTANTS)
     assert set(FUNCTIONS) <= set(ns)

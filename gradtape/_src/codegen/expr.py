@@ -29,7 +29,8 @@ from typing import Any
 
 from ..errors import ExpressionError
 
-__all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError", "vjp_function"]
+__all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError", "vjp_function", "is_select",
+           "plain_number"]
 
 
 
@@ -125,10 +126,25 @@ def parse(source: str, allowed: tuple[str, ...]) -> Expr:
     return Expr(source, tree, tuple(sorted(names)), constant)
 
 
-def _finite_everywhere(expr: Expr) -> bool:
-    """Whether derivative ``expr`` is a comparison (or a boolean combination of them): 0 or 1
+def is_select(node: ast.AST) -> bool:
+    """Whether a derivative (sub)expression is a ``where(c, a, b)`` call: its VJP selects
+    (``gy`` goes into the branches, see :func:`vjp_function`)."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "where"
+
+
+def plain_number(node: ast.AST) -> float | None:
+    """The value of a plain number (``1``, ``-1``), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float))):
+        return -float(node.operand.value)
+    return None
+
+
+def _finite_everywhere(node: ast.AST) -> bool:
+    """Whether derivative ``node`` is a comparison (or a boolean combination of them): 0 or 1
     for every input, so ``gy * d`` is never ``0 * inf``."""
-    node = expr.tree.body
     if isinstance(node, ast.BoolOp):
         return all(isinstance(v, ast.Compare) for v in node.values)
     return isinstance(node, ast.Compare)
@@ -194,18 +210,29 @@ def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[st
         30.0
     """
     tree = _ToUfuncs(scalars).visit(copy.deepcopy(expr.tree)) if ufuncs else expr.tree
-    body = ast.unparse(ast.fix_missing_locations(tree))
-    if expr.constant == 1.0:
-        code = "gy"
-    elif expr.constant == -1.0:
-        code = "-gy"
-    elif safe and not _finite_everywhere(expr):
-        # (a derivative that is a comparison, 0 or 1, is finite: 0 * it is 0, nothing to guard)
-        code = f"_safe(gy, ({body}))"
-    elif ufuncs:
-        code = f"_uf_multiply(gy, ({body}))"
-    else:
-        code = f"gy * ({body})"
+    tree = ast.fix_missing_locations(tree)
+
+    def product(node: ast.expr) -> str:
+        """``gy`` times the derivative ``node``; a ``where`` selects: ``gy`` goes into its
+        branches, so the branch not taken gives exactly 0 (also for an upstream gradient that
+        is NaN or inf there: ``0 * nan`` would be NaN), as PyTorch's, TF's and JAX's selects."""
+        if is_select(node):
+            cond, a, b = node.args  # type: ignore[attr-defined]
+            return f"where(({ast.unparse(cond)}), {product(a)}, {product(b)})"
+        value = plain_number(node)
+        if value == 0.0 and node is not tree.body:
+            return "0"
+        if value == 1.0:
+            return "gy"
+        if value == -1.0:
+            return "-gy"
+        body = ast.unparse(node)
+        if safe and not _finite_everywhere(node):
+            # (a derivative that is a comparison, 0 or 1, is finite: 0 * it is 0, nothing to guard)
+            return f"_safe(gy, ({body}))"
+        return f"_uf_multiply(gy, ({body}))" if ufuncs else f"gy * ({body})"
+
+    code = product(tree.body)
     ns.setdefault("__builtins__", {})
     ns.update(CONSTANTS)
     fn: Callable = eval(f"lambda gy, {', '.join(arg_names)}: {code}", ns)  # noqa: S307 - whitelisted AST

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 
-from .expr import CONSTANTS, Expr
+from .expr import CONSTANTS, Expr, is_select, plain_number
 
 __all__ = ["Graph", "backward_graph", "used_operands", "alias_outputs", "schedule"]
 
@@ -142,12 +142,23 @@ class Graph:
         return self.add((node.func.id, *(self.num(a) for a in args)))
 
     def contribution(self, gy: int, expr: Expr, env: dict[str, int], safe: bool) -> int:
-        """The node for ``gy * d`` (0 where gy is 0 when ``safe``)."""
-        if expr.constant == 1.0:
+        """The node for ``gy * d`` (0 where gy is 0 when ``safe``); a ``where`` in ``d``
+        selects, ``gy`` going into its branches (:func:`~.expr.vjp_function`'s rule)."""
+        return self._product(gy, expr.tree.body, env, safe, True)
+
+    def _product(self, gy: int, node: ast.AST, env: dict[str, int], safe: bool, top: bool) -> int:
+        if is_select(node):
+            cond, a, b = node.args  # type: ignore[attr-defined]
+            return self.add(("where", self._lower(cond, env), self._product(gy, a, env, safe, False),
+                             self._product(gy, b, env, safe, False)))
+        value = plain_number(node)
+        if value == 0.0 and not top:
+            return self.const(0.0)
+        if value == 1.0:
             return gy
-        if expr.constant == -1.0:
+        if value == -1.0:
             return self.add(("neg", gy))
-        prod = self.add(("mul", gy, self.lower(expr, env)))
+        prod = self.add(("mul", gy, self._lower(node, env)))
         if not safe:
             return prod
         zero = self.const(0.0)
