@@ -712,3 +712,52 @@ def test_conv2d_layer_and_dropout_check_their_arguments():
         gt.nn.Dropout(0.5, seed=-1)
     with pytest.raises(TypeError, match="dropout: seed must be an int >= 0 or None"):
         gt.nn.dropout(gt.ones((4,)), 0.5, seed=1.5)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_ignore_index_drops_those_examples(reduction):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 4))
+    y = np.array([1, -100, 3, -100, 0, 2])
+    keep = y != -100
+    lsm = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    per = np.where(keep, -lsm[np.arange(6), np.where(keep, y, 0)], 0.0)
+    want = {"mean": per.sum() / keep.sum(), "sum": per.sum(), "none": per}[reduction]
+    xv = gt.Variable(x)
+    with gt.GradientTape() as tape:
+        loss = gt.nn.cross_entropy(xv, y, reduction=reduction, ignore_index=-100)
+        total = gt.sum(loss)
+    np.testing.assert_allclose(loss.numpy(), want, rtol=1e-12)
+    soft = np.exp(lsm)
+    g = (soft - np.eye(4)[np.where(keep, y, 0)]) * keep[:, None]
+    if reduction == "mean":
+        g = g / keep.sum()
+    np.testing.assert_allclose(tape.gradient(total, xv).numpy(), g, rtol=1e-12, atol=1e-15)
+
+
+def test_cross_entropy_ignore_index_edges():
+    z = gt.tensor(np.zeros((2, 3)))
+    assert np.isnan(float(gt.nn.cross_entropy(z, [-1, -1], ignore_index=-1)))  # as PyTorch
+    with gt.use_backend("numpy"), pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        # the other labels are still checked (on the host; a device gives their loss NaN)
+        gt.nn.cross_entropy(gt.tensor(np.zeros((2, 3))), [5, -1], ignore_index=-1)
+    with pytest.raises(ValueError, match="ignore_index applies to integer class labels"):
+        gt.nn.cross_entropy(z, np.full((2, 3), 1 / 3), ignore_index=-1)
+    with pytest.raises(TypeError, match="ignore_index must be an int or None, got 1.5"):
+        gt.nn.cross_entropy(z, [0, 1], ignore_index=1.5)
+    w = gt.Variable(np.ones((3, 3)))
+
+    @gt.function
+    def step(x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(x @ w, y, ignore_index=-1)
+        return loss, tape.gradient(loss, w)
+
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x, y = rng.standard_normal((5, 3)), rng.integers(-1, 3, 5)
+        loss, g = step(gt.tensor(x), gt.tensor(y))
+        with gt.GradientTape() as tape:
+            eager = gt.nn.cross_entropy(gt.tensor(x) @ w, y, ignore_index=-1)
+        assert float(loss) == float(eager) or np.isnan(float(eager))
+        np.testing.assert_array_equal(g.numpy(), tape.gradient(eager, w).numpy())

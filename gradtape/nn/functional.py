@@ -267,7 +267,8 @@ def _check_ids(idx: Any, V: int) -> None:
                          f"[{int(idx.min())}, {int(idx.max())}]")
 
 
-def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
+def cross_entropy(logits: Any, labels: Any, reduction: str = "mean",
+                  ignore_index: int | None = None) -> Tensor:
     """Softmax cross-entropy between ``logits`` and integer class labels or target
     probabilities, stable for logits of any magnitude.
 
@@ -284,6 +285,10 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
     checked (reading the check back would make the host wait for the device at every step):
     such an example's loss is NaN, as TensorFlow does on GPUs.
 
+    ``ignore_index`` (integer labels only; PyTorch's, e.g. ``-100`` for padding): examples
+    with that label get loss 0 and no gradient, and ``"mean"`` averages over the others only
+    (NaN when every example is ignored, as PyTorch).
+
     Example:
         >>> import gradtape as gt
         >>> logits = gt.tensor([[2.0, 0.0], [0.0, 2.0]])
@@ -297,16 +302,36 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Tensor:
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     labels = _as_labels(labels, logits)
     C = logits.shape[-1]
+    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
+            ignore_index, (int, np.integer))):
+        raise TypeError(f"cross_entropy: ignore_index must be an int or None, got {ignore_index!r}")
+    if ignore_index is not None and labels.dtype.kind not in "iu":
+        raise ValueError("cross_entropy: ignore_index applies to integer class labels; with "
+                         f"probability targets (dtype {labels.dtype}) give ignored examples "
+                         "all-zero rows, or weight the reduction='none' losses")
+    keep = None
     if labels.dtype.kind in "iu":
         if labels.shape != logits.shape[:-1]:
             raise ValueError(f"cross_entropy: integer labels must have shape logits.shape[:-1] = "
                              f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})")
+        if ignore_index is not None:
+            keep = ops.not_equal(labels, int(ignore_index))
+            labels = ops.where(keep, labels, 0)  # (a class the check accepts; its loss is dropped)
         # every example's labels, also inside gt.vmap; a step of gt.function. On the host only:
         # on a device, reading the check's answer would wait for it (_sce_impl gives NaN there)
         if labels.size and labels._backend.name == "numpy":
             opaque(functools.partial(_check_labels, C=C), physical_data(labels),
                    key=("cross_entropy labels", C))
         loss = bind(P_SOFTMAX_CROSS_ENTROPY, logits, labels)
+        if keep is not None:
+            loss = ops.where(keep, loss, 0.0)
+            if reduction == "mean":  # over the examples kept
+                wide = np.float32 if loss.dtype == np.float16 else loss.dtype
+                count = ops.sum(keep.astype(wide))
+                # (none kept: NaN, as PyTorch, without NumPy's 0 / 0 warning)
+                total = ops.where(count > 0, ops.sum(loss.astype(wide)) / ops.maximum(count, 1.0),
+                                  math.nan)
+                return total.astype(loss.dtype)
     elif labels.dtype.kind == "f":
         if labels.shape != logits.shape:
             raise ValueError(f"cross_entropy: probability targets must have the logits' shape "
