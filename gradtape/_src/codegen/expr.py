@@ -116,14 +116,7 @@ def parse(source: str, allowed: tuple[str, ...]) -> Expr:
             raise ExpressionError(f"{source!r}: {type(node).__name__} is not allowed in a derivative expression")
 
     check(tree)
-    constant = None
-    body = tree.body  # its constants are numbers: check() let nothing else through
-    if isinstance(body, ast.Constant) and isinstance(body.value, (int, float)):
-        constant = float(body.value)
-    elif (isinstance(body, ast.UnaryOp) and isinstance(body.op, ast.USub)
-          and isinstance(body.operand, ast.Constant) and isinstance(body.operand.value, (int, float))):
-        constant = -float(body.operand.value)
-    return Expr(source, tree, tuple(sorted(names)), constant)
+    return Expr(source, tree, tuple(sorted(names)), plain_number(tree.body))
 
 
 def is_select(node: ast.AST) -> bool:
