@@ -557,6 +557,76 @@ def test_a_nan_upstream_gradient_stays_out_of_the_branch_not_selected(name, fn, 
     assert not np.isnan(got2[np.array(d) == 0]).any()
 
 
+def _bits(a):
+    a = np.asarray(a)
+    return a.view({2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize])
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+@pytest.mark.parametrize("n", [6000, 200_000])  # above the size where selects run from bits;
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])  # several blocks
+def test_large_selects_pass_the_exact_upstream_gradient_to_the_branch_taken(dtype, n, fusion):
+    # large selects against zero run from the operands' bits: the result must be np.where's
+    # (NaN, inf and -0.0 where selected, +0.0 elsewhere), single op and in a fused run, and a
+    # gt.function replay's bit for bit, on a random mask and on one of long runs
+    rng = np.random.default_rng(n)
+    up = rng.standard_normal(n).astype(dtype)
+    up[::7], up[1::11], up[2::13] = np.nan, np.inf, -0.0
+    xv, yv = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    yv[::5] = xv[::5]  # ties for maximum
+    x, y, u = gt.Variable(xv), gt.Variable(yv), gt.tensor(up)
+
+    def grads(c):
+        with gt.GradientTape(persistent=True) as tape:
+            s = gt.where(c, x, y)
+            f = gt.where(c, x * 2.0, y * 3.0)  # a fusable run around the select
+            m = gt.maximum(x, y)
+            z = gt.where(c, x, 0.0)
+        out = [*tape.gradient(s, [x, y], output_gradients=u),
+               *tape.gradient(f, [x, y], output_gradients=u),
+               *tape.gradient(m, [x, y], output_gradients=u), z]
+        del tape
+        return out
+
+    old = gt.config.fusion
+    gt.config.fusion = fusion
+    try:
+        for c in (rng.random(n) < 0.5, np.arange(n) < n // 3):
+            ct = gt.tensor(c)
+            with np.errstate(invalid="ignore"):
+                got = grads(ct)
+                replayed = gt.function(grads)(ct)
+                replayed = gt.function(grads)(ct)
+                half = np.where(xv == yv, up * dtype(0.5), 0).astype(dtype)
+            want = [np.where(c, up, 0), np.where(c, 0, up),
+                    np.where(c, up, 0) * dtype(2), np.where(c, 0, up) * dtype(3),
+                    np.where(xv > yv, up, half), np.where(yv > xv, up, half),
+                    np.where(c, xv, 0)]
+            for i, (g, r, w) in enumerate(zip(got, replayed, want)):
+                assert g.dtype == r.dtype == dtype
+                np.testing.assert_array_equal(g.numpy(), w.astype(dtype))  # (NaN where NaN)
+                np.testing.assert_array_equal(_bits(r.numpy()), _bits(g.numpy()))
+                if i in (0, 1, 6):  # a select alone: bit for bit (a fused run adding its
+                    # blocks' results into zeros may turn a -0.0 into +0.0)
+                    np.testing.assert_array_equal(_bits(g.numpy()), _bits(w.astype(dtype)))
+    finally:
+        gt.config.fusion = old
+
+
+def test_a_large_select_against_zero_broadcasts_as_numpy_does():
+    rng = np.random.default_rng(1)
+    c = rng.random((1, 3000)) < 0.5
+    x = gt.Variable(rng.standard_normal((4, 3000)).astype(np.float32))
+    with gt.GradientTape() as tape:
+        z = gt.where(gt.tensor(c), x, 0.0)
+        w = gt.where(gt.tensor(c), 0.0, x)
+        loss = gt.sum(z * 2.0) + gt.sum(w * 3.0)
+    np.testing.assert_array_equal(z.numpy(), np.where(c, x.numpy(), 0))
+    np.testing.assert_array_equal(w.numpy(), np.where(c, 0, x.numpy()))
+    np.testing.assert_array_equal(tape.gradient(loss, x).numpy(),
+                                  np.broadcast_to(np.where(c, 2.0, 3.0), (4, 3000)))
+
+
 def test_masking_rows_a_softmax_made_nan_keeps_the_gradients_finite():
     # attention over a fully padded sequence: every score of its rows is -inf, the softmax is
     # NaN there and a where zeroes those rows (the PyTorch idiom); the gradients were NaN

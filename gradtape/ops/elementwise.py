@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._src.backend import erf_for, erfc_for
+from .._src.cpu.select import where as select_where
 from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
 from ._util import as_real
@@ -281,7 +282,8 @@ P_MINIMUM = elementwise("minimum", lambda xp, a, b: xp.minimum(a, b),
 P_CLIP = elementwise("clip", lambda xp, x, lo, hi: xp.minimum(xp.maximum(x, lo), hi),
                      d=("(x >= lo) & (x <= hi)", "(x < lo) & (lo <= hi)", "(x > hi) | (lo > hi)"),
                      domain=(Domain(-2, 2, avoid=(-1.0, 1.0)), Domain(-1, -1), Domain(1, 1)), masks=True)
-P_WHERE = elementwise("where", lambda xp, c, a, b: xp.where(c, a, b), d=("0", "where(c, 1, 0)", "where(c, 0, 1)"),
+P_WHERE = elementwise("where", lambda xp, c, a, b: select_where(c, a, b) if xp is np else xp.where(c, a, b),
+                      d=("0", "where(c, 1, 0)", "where(c, 0, 1)"),
                       domain=(Domain(kind="bool"), Domain(), Domain()), masks=True)
 def _safe_mul_impl(xp: Any, a: Any, b: Any) -> Any:
     # b is replaced by 1 where a is 0 before the product, so 0 * inf never runs (no NaN and no

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Array, Backend, erf_for
+from ..cpu.select import where as select_where
 from .expr import CONSTANTS, FUNCTIONS, UFUNC_NAMES, Expr, vjp_function
 
 __all__ = ["array_vjp"]
@@ -30,7 +31,7 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
         return 1 / xp.sqrt(v)
 
     erf = backend.erf
-    where = xp.where
+    where = select_where if xp is np else xp.where  # (a select against zero from bits)
     if xp is not np:
         def erf(v: Array) -> Array:  # a device's erf is no ufunc of its module: looked up per
             return erf_for(backend.xp)(v)  # call, as a gt.function trace swaps the module

@@ -15,6 +15,7 @@ import numpy as np
 from ..backend import NUMPY
 from ..cpu import pool
 from ..cpu.pool import BLOCK
+from ..cpu.select import select_into
 from .graph import Graph, alias_outputs, schedule, used_operands
 
 __all__ = ["NumpyProgram", "numpy_program", "run_numpy", "BLOCK"]
@@ -107,11 +108,17 @@ class NumpyProgram:
                 if remaining[a] == 0 and a in where and where[a][0] in "rb":
                     dying.append(a)
             kind = graph.kinds[n]
+            zero_branch = _zero_branch(graph, node) if op == "where" else None
             if n in direct:
                 dest = f"o{direct[n]}"
             elif op == "where":  # only b's buffer may be reused: a and c are read last
                 b = args[2]
-                dest = where[b] if (b in dying and graph.kinds[b] == kind) else alloc(kind)
+                if b in dying and graph.kinds[b] == kind:
+                    # (zeroed in place by a masked copy, one pass: the safe product's
+                    # where(gy == 0, 0, prod), whose mask is rarely true)
+                    dest, zero_branch = where[b], None
+                else:
+                    dest = alloc(kind)
             else:
                 reuse = [a for a in dying if graph.kinds[a] == kind]
                 dest = where[reuse[0]] if reuse else alloc(kind)
@@ -119,7 +126,12 @@ class NumpyProgram:
                 if where[a] != dest:
                     free[graph.kinds[a]].append(where[a])
             where[n] = dest
-            lines.extend(_numpy_lines(op, ins, dest))
+            if zero_branch is not None:  # where(c, x, 0) or where(c, 0, x): from bits
+                c, a, b = ins
+                keep = zero_branch == 2
+                lines.append(f"_select_into({c}, {a if keep else b}, {keep}, {dest})")
+            else:
+                lines.extend(_numpy_lines(op, ins, dest))
         for k in self.outputs:
             root = graph.outputs[k]
             if root in direct and direct[root] == k:
@@ -136,7 +148,7 @@ class NumpyProgram:
         # the warnings filter for gradtape's modules (config.QUIET_MODULES) applies to them
         ns: dict[str, Any] = {f"_{v}": getattr(np, v) for v in set(_NP_UFUNC.values())}
         ns["__name__"] = __name__
-        ns.update(_copyto=np.copyto, _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt,
+        ns.update(_copyto=np.copyto, _select_into=select_into, _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt,
                   _true_divide=np.true_divide, _logaddexp=np.logaddexp)
         ns.update({name: np.array(v, dtype) for v, name in consts.items()})
         ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0,
@@ -181,6 +193,18 @@ def _inplace_direct(graph: Graph, order: list[int], uses: dict[int, int], acc: t
             continue  # the leaf is still needed after the write: scratch, copied at the end
         direct[root] = k
     return direct
+
+
+def _zero_branch(graph: Graph, node: tuple) -> int | None:
+    """For a ``where`` node: 2 when its b branch is the constant +0 (``where(c, x, 0)``, a
+    select-shaped derivative's branch not taken), 1 when its a branch is (the safe product's
+    ``where(gy == 0, 0, prod)``), else None. Such selects run by the bits of the other branch
+    (:func:`~gradtape._src.cpu.select.select_into`: no branch per element)."""
+    for branch in (2, 1):  # (node = ("where", c, a, b))
+        n = graph.nodes[node[branch + 1]]
+        if n[0] == "const" and n[1] == 0 and math.copysign(1.0, n[1]) > 0:
+            return branch
+    return None
 
 
 def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:

@@ -1,0 +1,113 @@
+"""Selects against zero on NumPy computed from the operands' bits, without branches.
+
+``np.where(c, x, 0)`` is what the VJP of every select-shaped derivative runs (``gt.where``,
+``maximum``, ``leaky_relu``, ``elu``, masked losses: the branch not taken must get exactly 0,
+even where the incoming gradient is NaN or inf, so it cannot be ``x * c``). NumPy computes it
+with a branch per element: on a mask with no long runs (``x > 0`` on data, a random mask) the
+branch mispredicts about every other element, and ``np.where`` or a masked ``np.copyto`` takes
+4-20x the time of a multiply. Here the mask is widened to an integer of the float's width (all
+ones where ``x`` is kept) and ANDed with ``x``'s bits: three branch-free passes, about a
+multiply's cost whatever the mask, and bit for bit ``np.where``'s result (NaN payloads and
+``-0.0`` kept where selected, ``+0.0`` elsewhere).
+
+Below :data:`MIN_SIZE` elements the fixed cost of three ufunc calls is more than the branches
+cost, so NumPy's select runs there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MIN_SIZE", "select_into", "where"]
+
+#: Elements from which the bit route runs: below it NumPy's select (one or two calls) is as
+#: fast on any mask, above it the bit route's three calls win on masks without long runs.
+MIN_SIZE = 1 << 12
+
+_INT_OF_WIDTH: dict[int, np.dtype] = {2: np.dtype(np.int16), 4: np.dtype(np.int32), 8: np.dtype(np.int64)}
+_BOOL = np.dtype(np.bool_)
+
+
+def _is_zero(v: Any, dtype: np.dtype | None) -> bool:
+    """Whether ``v`` is a plus zero that ``np.where`` would give ``dtype`` to: a Python 0 or
+    0.0 (weak), or a host 0-d array of ``dtype`` holding +0.0."""
+    t = type(v)
+    if t is int:
+        return v == 0
+    if t is float:
+        return v == 0.0 and math.copysign(1.0, v) > 0
+    if t is np.ndarray and v.ndim == 0 and dtype is not None and v.dtype == dtype \
+            and dtype.kind == "f" and dtype.itemsize in _INT_OF_WIDTH:
+        return bool(v.view(_INT_OF_WIDTH[dtype.itemsize]) == 0)
+    return False
+
+
+def _bit_route(c: Any, x: Any) -> np.dtype | None:
+    """The integer dtype for the bit route of a select between ``x`` and a zero under mask
+    ``c``, or None where NumPy's select runs (a non-bool mask, a non-float ``x``, few
+    elements)."""
+    dt = getattr(x, "dtype", None)
+    if dt is None or dt.kind != "f" or dt.itemsize not in _INT_OF_WIDTH \
+            or getattr(c, "dtype", None) != _BOOL:
+        return None
+    return _INT_OF_WIDTH[dt.itemsize]
+
+
+def where(c: Any, a: Any, b: Any) -> Any:
+    """``np.where(c, a, b)`` with the same result bit for bit; computed from bits when one
+    branch is a plus zero (a Python ``0``/``0.0`` or a 0-d array of the other's dtype), the
+    other a float array, ``c`` a bool array and the result has at least :data:`MIN_SIZE`
+    elements. Shapes broadcast as in ``np.where``. Works on arrays traced by ``gt.function``
+    (every call is one its trace records).
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.arange(8192) % 3 == 0
+        >>> g = np.full(8192, np.nan, np.float32)
+        >>> r = where(c, g, 0)
+        >>> bool(np.isnan(r[0])), float(r[1]), r.dtype
+        (True, 0.0, dtype('float32'))
+    """
+    if _is_zero(b, getattr(a, "dtype", None)):
+        x, keep = a, True
+    elif _is_zero(a, getattr(b, "dtype", None)):
+        x, keep = b, False
+    else:
+        return np.where(c, a, b)
+    it = _bit_route(c, x)
+    shape = np.broadcast_shapes(c.shape, x.shape) if it is not None else ()
+    if it is None or math.prod(shape) < MIN_SIZE:
+        return np.where(c, a, b)
+    m = (c if c.shape == shape else np.broadcast_to(c, shape)).astype(it)
+    if keep:
+        np.negative(m, out=m)  # True (1) -> all ones
+    else:
+        np.subtract(m, 1, out=m)  # False (0) -> all ones
+    np.bitwise_and(m, x.view(it), out=m)
+    return m.view(x.dtype)
+
+
+def select_into(c: Any, x: Any, keep: bool, out: Any) -> None:
+    """``out[...] = where(c, x, 0)`` (``keep``) or ``where(c, 0, x)``: the fused programs'
+    select against their zero constant, by :func:`where`'s bit route when ``out`` has at least
+    :data:`MIN_SIZE` elements (``x`` and ``c`` broadcast to ``out``; ``x`` never is ``out``).
+    """
+    it = _bit_route(c, x)
+    if it is None or out.size < MIN_SIZE or out.dtype != x.dtype:
+        if keep:
+            np.copyto(out, 0)
+            np.copyto(out, x, where=c)
+        else:
+            np.copyto(out, x)
+            np.copyto(out, 0, where=c)
+        return
+    ov = out.view(it)
+    np.copyto(ov, c)
+    if keep:
+        np.negative(ov, out=ov)
+    else:
+        np.subtract(ov, 1, out=ov)
+    np.bitwise_and(ov, x.view(it), out=ov)
