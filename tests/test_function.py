@@ -408,6 +408,18 @@ def test_a_value_computed_outside_the_trace_is_never_replayed_stale():
     assert any("two traces of the step differ" in str(m.message) for m in w)
 
 
+def test_a_value_that_changes_once_then_holds_is_not_frozen_by_a_third_trace():
+    # traces 1 and 2 differed (5, then 6); a third trace repeating the second's value was
+    # compiled with 6 frozen in, and later calls gave 6 where eager mode gives 9
+    values = iter([5.0, 6.0, 6.0, 9.0, 9.0])
+    f = gt.function(lambda x: x * gt.tensor(next(values)))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [float(f(gt.tensor(1.0))) for _ in range(5)]
+    assert outs == [5.0, 6.0, 6.0, 9.0, 9.0]
+    assert sum("two traces of the step differ" in str(m.message) for m in w) == 1
+
+
 def test_under_an_outer_tape_the_function_runs_as_python():
     f = gt.function(lambda x: gt.sum(gt.tanh(x) ** 2))
     x = gt.tensor([0.5, -1.0])
