@@ -525,6 +525,12 @@ def _check_iterations(who: str, value: Any) -> int:
 
 
 # --------------------------------------------------------------------------- optimizers
+def _brief(x: Any) -> str:
+    """How messages describe a bad entry: its type, and its length for a sequence."""
+    n = len(x) if isinstance(x, (tuple, list)) else None
+    return f"a {type(x).__name__} of {n} items" if n is not None else f"a {type(x).__name__}"
+
+
 def _label(v: Variable, i: int) -> str:
     """How messages name the ``i``-th variable of a call: its name, or ``#i`` unnamed."""
     return v.name if v.name else f"#{i}"
@@ -538,6 +544,12 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
     if not {">= 0": v >= 0, "> 0": v > 0, "in [0, 1]": 0 <= v <= 1, "in [0, 1)": 0 <= v < 1}[rule]:
         raise ValueError(f"{who}: {name} must be {rule}, got {value!r}")
     return v
+
+
+#: Hyper-parameter names of PyTorch and Keras -> gradtape's: setting one on an optimizer raises
+#: (it would be a new attribute that no step reads)
+_PEER_NAMES = {"lr": "learning_rate", "eps": "epsilon", "beta_1": "beta1", "beta_2": "beta2",
+               "betas": "beta1", "clipnorm": "global_clipnorm"}
 
 
 class Optimizer:
@@ -567,6 +579,14 @@ class Optimizer:
         rule = self._checked.get(name)
         if rule is not None:
             value = self._check_hyper(name, value, rule)
+        elif name in _PEER_NAMES and type(self).__module__ == __name__:
+            # opt.lr = 0.5 would be a new attribute no step reads (a subclass defined elsewhere
+            # may use these names for its own attributes)
+            ours = _PEER_NAMES[name]
+            who = type(self).__name__
+            hint = f"set {ours}" if ours in self._checked else f"{who} has no {ours}"
+            raise AttributeError(f"{who}: {name!r} is not one of its hyper-parameters ({hint}; "
+                                 f"they are {', '.join(self._checked)})")
         object.__setattr__(self, name, value)
 
     def _check_hyper(self, name: str, value: Any, rule: str) -> Any:
@@ -640,10 +660,12 @@ class Optimizer:
         raise NotImplementedError
 
     def _rule(self) -> UpdateRule:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no update rule (_rule): use "
+                                  "SGD, Adam or AdamW, or subclass Optimizer with _rule, "
+                                  "_rule_scalars and slot_names")
 
     def _rule_scalars(self, scalars: dict) -> dict[str, float]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no _rule_scalars")
 
     def _needs_slot(self, name: str) -> bool:
         return True
@@ -768,7 +790,17 @@ class Optimizer:
         n_seen = 0
         no_grad: list[str] = []
         seen: dict[int, int] = {}
-        for i, (g, v) in enumerate(grads_and_vars):
+        if grads_and_vars is None or isinstance(grads_and_vars, (str, bytes, Tensor)) \
+                or not hasattr(grads_and_vars, "__iter__"):
+            raise TypeError(f"{who}: expected (gradient, Variable) pairs, e.g. "
+                            f"zip(grads, variables), got {type(grads_and_vars).__name__}")
+        for i, pair in enumerate(grads_and_vars):
+            try:
+                g, v = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"{who}: expected (gradient, Variable) pairs, got {_brief(pair)} "
+                                f"as entry #{i}; pass "
+                                "zip(grads, variables), gradients first") from None
             n_seen += 1
             if not isinstance(v, Variable):
                 raise TypeError(f"{who}: expected (gradient, Variable) pairs, got a "

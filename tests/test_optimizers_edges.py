@@ -264,3 +264,31 @@ def test_a_learning_rate_set_after_construction_is_used():
     opt.learning_rate = lambda step: 0.25
     opt.apply_gradients([(gt.tensor([1.0]), w)])
     np.testing.assert_allclose(w.numpy(), [0.25])
+
+
+@pytest.mark.parametrize("make, name, hint", [
+    (lambda: gt.optimizers.SGD(0.1), "lr", "set learning_rate"),
+    (lambda: gt.optimizers.Adam(0.1), "eps", "set epsilon"),
+    (lambda: gt.optimizers.AdamW(0.1), "beta_1", "set beta1"),
+    (lambda: gt.optimizers.SGD(0.1), "eps", "SGD has no epsilon"),
+])
+def test_a_peer_frameworks_hyper_parameter_name_is_refused_not_ignored(make, name, hint):
+    # opt.lr = 0.5 (PyTorch's and old Keras's name) made a new attribute no step read
+    opt = make()
+    with pytest.raises(AttributeError, match=f"{name!r} is not one of its hyper-parameters "
+                                             rf"\({hint}; they are learning_rate"):
+        setattr(opt, name, 0.5)
+
+
+def test_malformed_gradient_pairs_get_the_pairs_message():
+    w = gt.Variable([1.0, 2.0])
+    opt = gt.optimizers.SGD(0.1)
+    with pytest.raises(TypeError, match=r"SGD.apply_gradients: expected \(gradient, Variable\) "
+                                        r"pairs, got a tuple of 3 items as entry #0"):
+        opt.apply_gradients([(gt.ones(2), w, 1)])
+    for bad, name in (("ab", "str"), (None, "NoneType"), (gt.ones(2), "Tensor")):
+        with pytest.raises(TypeError, match=f"pairs, e.g. zip\\(grads, variables\\), got {name}"):
+            opt.apply_gradients(bad)
+    np.testing.assert_array_equal(w.numpy(), [1.0, 2.0])
+    with pytest.raises(NotImplementedError, match="Optimizer defines no update rule"):
+        gt.optimizers.Optimizer(0.1).apply_gradients([(gt.ones(2), w)])

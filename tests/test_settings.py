@@ -148,3 +148,11 @@ def test_host_memory_cache_accepts_a_string_and_stores_a_bool():
                          timeout=120, cwd=str(ROOT))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False True"
+
+
+def test_a_misspelt_setting_raises_instead_of_being_ignored():
+    # gt.config.check_numeric = True (no "s") made a new attribute and left checking off
+    with pytest.raises(AttributeError, match="gt.config has no setting 'check_numeric'; its "
+                                             "settings are fusion, check_numerics"):
+        gt.config.check_numeric = True
+    assert gt.config.check_numerics is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,9 @@ def _setting(attr: str, value: object) -> bool:
                      f"got {value!r}")
 
 
+_SWITCHES = ("fusion", "check_numerics", "host_memory_cache")
+
+
 class Config:
     """Process-wide switches.
 
@@ -106,6 +110,14 @@ class Config:
         >>> gt.config.fusion in (True, False)
         True
     """
+
+    __slots__ = ("_fusion", "_host_memory_cache")  # a misspelt switch raises AttributeError
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _SWITCHES and name not in Config.__slots__:
+            raise AttributeError(f"gt.config has no setting {name!r}; its settings are "
+                                 f"{', '.join(_SWITCHES)}")
+        object.__setattr__(self, name, value)
 
     def __init__(self) -> None:
         self.fusion = _env_flag("GRADTAPE_FUSION", True)
