@@ -2537,7 +2537,7 @@ class Function(Generic[R]):
                 # a trace that created Variables (a first step's layers and optimizer slots)
                 # may differ from the next; any other difference is a value read from Python
                 # that changes between calls, even if a later trace happens to repeat it
-                if not prev.created_variables:
+                if prev is not None and not prev.created_variables:
                     entry.state = "eager"
                     warnings.warn(
                         f"gt.function {self._name!r}: two traces of the step differ ({why}); "
