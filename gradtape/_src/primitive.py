@@ -612,6 +612,15 @@ def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a = bind(REGISTRY["astype"], a, dtype=b.data.dtype)
     elif kb in "biu" and ka in "fc":
         b = bind(REGISTRY["astype"], b, dtype=a.data.dtype)
+    elif ka == "f" and kb == "f":
+        # two float dtypes: the narrower is cast (recorded) to the result's dtype first, so
+        # the op's derivatives are computed in that dtype (d/dx x / c = 1 / c in float16
+        # for a float16 c lost float64's digits: 0.33325 for 1/3)
+        dt = np.result_type(a.data.dtype, b.data.dtype)
+        if a.data.dtype != dt:
+            a = bind(REGISTRY["astype"], a, dtype=dt)
+        if b.data.dtype != dt:
+            b = bind(REGISTRY["astype"], b, dtype=dt)
     return a, b
 
 
