@@ -266,7 +266,7 @@ def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
 
         g = g + weight_decay * p          # Adam with L2   (or p = p * decay: AdamW)
         m = beta1 * m + one_minus_beta1 * g
-        v = beta2 * v + g * g * one_minus_beta2
+        v = beta2 * v + one_minus_beta2 * g * g
         p = p - m / (sqrt(v) * inv_sqrt_bc2 + eps) * step_size
 
     Arrays ``(p, g, m, v)`` of the parameter's shape.
@@ -286,7 +286,8 @@ def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
             scalars.append("weight_decay")
             stmts.append(("g", "g + weight_decay * p"))
     stmts += [("m", "beta1 * m + one_minus_beta1 * g"),
-              ("v", "beta2 * v + g * g * one_minus_beta2"),
+              # (the factor first, as PyTorch's addcmul: g * g overflows float16 from 256)
+              ("v", "beta2 * v + one_minus_beta2 * g * g"),
               ("p", "p - m / (sqrt(v) * inv_sqrt_bc2 + eps) * step_size")]
     name = "adam" + (("w" if decoupled else "_l2") if weight_decay else "")
     return UpdateRule(name, ("p", "g", "m", "v"), scalars, stmts, ("m", "v", "p"))

@@ -327,6 +327,69 @@ def test_integer_edge_cases_follow_numpy():
 def test_an_elementwise_op_numpy_has_no_loop_for_names_the_op_and_dtypes():
     # bool - bool raised NumPy's own TypeError, naming neither the op nor the operands
     a, b = gt.tensor([True, False]), gt.tensor([True, True])
-    for f in (lambda: a - b, lambda: gt.sub(a, b), lambda: gt.nn.mse(a, b)):
+    for f in (lambda: a - b, lambda: gt.sub(a, b)):
         with pytest.raises(TypeError, match=r"^sub: not defined for operands of dtype bool, bool"):
             f()
+    with pytest.raises(TypeError, match=r"^mse: predictions must be a float tensor, got dtype bool"):
+        gt.nn.mse(a, b)
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_mixed_float_op_differentiates_in_the_result_dtype(fusion):
+    # d/dx (x / c) = 1 / c was computed in c's float16 (0.33325 for 1/3) and d/dx c ** x's
+    # log(c) too; the narrower operand is now cast (recorded) to the result's dtype first
+    old = gt.config.fusion
+    gt.config.fusion = fusion
+    try:
+        x = gt.Variable(np.array([2.0]))
+        c = gt.tensor(np.array([3.0], np.float16))
+        with gt.GradientTape(persistent=True) as tape:
+            tape.watch(c)
+            y = x / c
+            z = gt.arctan2(gt.astype(x, "float32"), gt.tensor(np.array([300.0], np.float16)))
+        assert y.dtype == np.float64
+        np.testing.assert_allclose(tape.gradient(y, x).numpy(), [1 / 3], rtol=1e-15)
+        gc = tape.gradient(y, c)
+        assert gc.dtype == np.float16  # a gradient has its source's dtype
+        np.testing.assert_allclose(gc.numpy(), [-2 / 9], rtol=1e-3)
+        np.testing.assert_allclose(tape.gradient(z, x).numpy(), [300 / 90004], rtol=1e-6)
+        _, t = gt.jvp(lambda v: v / gt.tensor(np.array([3.0], np.float16)),
+                      (gt.tensor(np.array([2.0])),), (gt.tensor(np.array([1.0])),))
+        np.testing.assert_allclose(t.numpy(), [1 / 3], rtol=1e-15)
+        e = gt.Variable(np.array([2.0], np.float32))
+        with gt.GradientTape() as tape:
+            p = gt.tensor(np.array([3.0], np.float16)) ** e
+        np.testing.assert_allclose(tape.gradient(p, e).numpy(), [9 * np.log(3)], rtol=1e-6)
+    finally:
+        gt.config.fusion = old
+
+
+def test_mse_refuses_integer_predictions_instead_of_wrapping():
+    # 50000 ** 2 in int32 wrapped to a negative "mean squared error"
+    with pytest.raises(TypeError, match="mse: predictions must be a float tensor, got dtype int32"):
+        gt.nn.mse(gt.tensor(np.array([50000], np.int32)), gt.tensor(np.array([0], np.int32)))
+    loss = gt.nn.mse(gt.tensor(np.array([50000.0])), gt.tensor(np.array([0], np.int32)))
+    assert float(loss) == 2.5e9
+
+
+def test_adam_on_float16_survives_a_gradient_whose_square_overflows():
+    # v = beta2 * v + g * g * (1 - beta2): 300 * 300 overflowed float16 to inf and froze the
+    # parameter for good; PyTorch applies the factor first (addcmul)
+    v = gt.Variable(np.array([1.0], np.float16))
+    opt = gt.optimizers.Adam(1e-2, epsilon=1e-4)
+    for g in (300.0, 0.5, 0.5, 0.5):
+        opt.apply_gradients([(gt.tensor(np.array([g], np.float16)), v)])
+    assert np.isfinite(opt.state_dict()["variable#0/v"]).all()
+    np.testing.assert_allclose(v.numpy(), [0.9736], atol=1e-3)  # PyTorch's
+
+
+def test_a_list_of_float64_arrays_or_tensors_stays_float64():
+    # the float32 default for Python floats was applied to any list: float64 data silently lost
+    # its digits (PyTorch and JAX keep float64)
+    t = gt.tensor([gt.tensor(np.array(1.1)), gt.tensor(np.array(2.2))])
+    assert t.dtype == np.float64 and t.numpy()[0] == 1.1
+    assert gt.tensor([np.array([1.1]), np.array([2.2])]).dtype == np.float64
+    assert gt.tensor([np.float16(1), np.float16(2)]).dtype == np.float16
+    assert gt.tensor([np.float32(1.5), 2.5]).dtype == np.float32  # the Python float is weak
+    assert gt.tensor([np.int64(1), 2.5]).dtype == np.float32  # as int_tensor * 2.5
+    assert gt.tensor([1.5, 2.5]).dtype == np.float32

@@ -87,8 +87,8 @@ def adam_update(xp: Any, p: Any, g: Any, m: Any, v: Any, *, lr: float, beta1: fl
     m *= beta1
     m += (1.0 - beta1) * g
     v *= beta2
-    gg = g * g
-    gg *= 1.0 - beta2
+    gg = (1.0 - beta2) * g  # the factor first, as PyTorch's addcmul
+    gg *= g
     v += gg
     bc1 = 1.0 - beta1 ** step
     bc2 = 1.0 - beta2 ** step

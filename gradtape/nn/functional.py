@@ -20,6 +20,7 @@ from .._src.autodiff.batched import batch_random, physical_data, random_levels, 
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import in_float32
+from .._src.errors import as_flag
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
@@ -358,14 +359,16 @@ def mse(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
 
     Shapes: ``predictions`` and ``targets`` have the same shape (``ValueError`` naming both
     otherwise; a Python number as target is allowed); ``reduction="none"`` returns the
-    elementwise squared error.
+    elementwise squared error. ``predictions`` must be a float tensor (``TypeError``
+    otherwise, as PyTorch's ``mse_loss``); integer targets take its dtype.
 
     Example:
         >>> import gradtape as gt
         >>> float(gt.nn.mse(gt.tensor([1.0, 3.0]), gt.tensor([0.0, 0.0])))
         5.0
     """
-    p, t = ops._util.pair(predictions, targets)
+    # (integer predictions would square in their own dtype and wrap: 50000 ** 2 in int32)
+    p, t = ops._util.pair(_float_input(predictions, "mse", "predictions"), targets)
     _same_shape(p, t, targets, "mse", "predictions")
     return _reduce(ops.square(p - t), reduction, "mse")
 
@@ -684,6 +687,7 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
     bshape = tuple(C if i == a else 1 for i in range(x.ndim))
     axes = tuple(i for i in range(x.ndim) if i != a)
     n = int(np.prod([x.shape[i] for i in axes]))
+    training = as_flag(training, what, "training")
     vectors = {}
     for name, v in (("running_mean", running_mean), ("running_var", running_var),
                     ("gamma", gamma), ("beta", beta)):
@@ -707,6 +711,9 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
             if v._backend is not x._backend:
                 raise ValueError(f"batch_norm: {name} is on backend {v.backend!r}, x on "
                                  f"{x.backend!r}; move one with .to()")
+            if v.dtype.kind != "f":  # the update would truncate to the integers: never moves
+                raise TypeError(f"batch_norm: {name} must be a float Variable to be updated in "
+                                f"training, got dtype {v.dtype}")
         if running and x._level:
             raise ValueError("batch_norm: running statistics cannot be updated inside gt.vmap "
                              "(each example would be its own batch); pass None for them")
