@@ -672,3 +672,34 @@ def test_sqrt_of_a_select_has_gradient_zero_where_it_is_flat():
         _, tangent = gt.jvp(lambda v, f=f: gt.sqrt(f(v)), (x.value(),),
                             (gt.tensor([1.0, 1.0], dtype=np.float64),))
         np.testing.assert_array_equal(tangent.numpy(), [0.0, 0.25])
+
+
+@pytest.mark.parametrize("call, what", [
+    (lambda: gt.GradientTape(persistent="no"), "GradientTape: persistent"),
+    (lambda: gt.GradientTape(watch_accessed_variables="False"), "GradientTape: watch_accessed_variables"),
+    (lambda: gt.nn.Dense(2, 3, use_bias="False"), "Dense: use_bias"),
+    (lambda: gt.nn.Conv2D(1, 2, 3, use_bias="False"), "Conv2D: use_bias"),
+    (lambda: gt.sort(gt.tensor([2.0, 1.0]), descending="False"), "sort: descending"),
+    (lambda: gt.argsort(gt.tensor([2.0, 1.0]), descending="no"), "argsort: descending"),
+    (lambda: gt.Variable([1.0], trainable="no"), "Variable: trainable"),
+    (lambda: gt.nn.batch_norm(gt.ones((4, 2)), training="no"), "batch_norm: training"),
+    (lambda: gt.nn.Dense(2, 3).train("False"), "Dense.train: mode"),
+    (lambda: gt.function(lambda x: x, verify="no"), "gt.function: verify"),
+    (lambda: gt.function(lambda x: x, reduce_retracing="x"), "gt.function: reduce_retracing"),
+    (lambda: gt.norm(gt.ones(2), keepdims="False"), "norm: keepdims"),
+])
+def test_an_on_off_argument_given_as_a_string_is_refused(call, what):
+    # bool("False") is True: a flag read from a config file or the command line was silently on
+    with pytest.raises(TypeError, match=f"^{what} must be True or False, got '"):
+        call()
+
+
+def test_on_off_arguments_still_take_bools_and_zero_or_one():
+    assert gt.nn.Dense(2, 3, use_bias=0, seed=0).bias is None
+    assert gt.nn.Dense(2, 3, use_bias=np.bool_(True), seed=0).bias is not None
+    assert gt.sort(gt.tensor([1.0, 2.0]), descending=1).numpy().tolist() == [2.0, 1.0]
+    with gt.GradientTape(persistent=1) as tape:
+        x = gt.Variable([1.0])
+        y = x * x
+    tape.gradient(y, x)
+    tape.gradient(y, x)  # persistent

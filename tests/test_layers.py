@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "gradtape._src.frontend")),
     ("config", ("gradtape._src.config",)),
     ("backend", ("gradtape._src.backend",)),
-    ("cpu", ("gradtape._src.cpu.pool", "gradtape._src.cpu.parallel")),
+    ("cpu", ("gradtape._src.cpu.pool", "gradtape._src.cpu.parallel", "gradtape._src.cpu.select")),
     ("codegen", ("gradtape._src.codegen.*",)),
     ("strict", ("gradtape._src.strict",)),
     ("tape state", ("gradtape._src.autodiff.state",)),

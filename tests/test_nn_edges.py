@@ -142,3 +142,14 @@ def test_an_array_operand_is_copied_as_gt_tensor_copies():
             loss = gt.sum(gt.matmul(x, w)) + gt.sum(gt.tensor([1.0, 1.0]) * x[0])
         x[...] = 0.0
         np.testing.assert_array_equal(tape.gradient(loss, w).numpy().ravel(), [4.0, 6.0])
+
+
+def test_batch_norm_refuses_integer_running_statistics_in_training():
+    # int64 running statistics were updated by truncation: they never moved
+    x = gt.tensor(np.arange(12.0).reshape(4, 3))
+    rm = gt.Variable(np.zeros(3, np.int64))
+    rv = gt.Variable(np.ones(3, np.int64))
+    with pytest.raises(TypeError, match="batch_norm: running_mean must be a float Variable to be "
+                                        "updated in training, got dtype int64"):
+        gt.nn.batch_norm(x, rm, rv, training=True)
+    np.testing.assert_array_equal(rm.numpy(), [0, 0, 0])

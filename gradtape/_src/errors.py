@@ -1,9 +1,10 @@
-"""The exceptions gradtape defines (the bottom layer: every other module may raise them)."""
+"""The exceptions gradtape defines, and :func:`as_flag`, the check of on/off arguments (the
+bottom layer: every other module may use them)."""
 
 from __future__ import annotations
 
 __all__ = ["BackendUnavailableError", "UnconnectedGradientError", "MissingRuleError", "ExpressionError",
-           "TracingError"]
+           "TracingError", "as_flag"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -35,3 +36,21 @@ class TracingError(RuntimeError):
     ``float(t)``, ``.numpy()``, ``.item()``, iterating a tensor): the replayed program could not
     follow it. The message names the line and the ways out (``gt.where``, a Python argument,
     ``fallback="eager"``)."""
+
+
+def as_flag(value: object, what: str, name: str) -> bool:
+    """``value`` as a bool for an on/off argument: a bool, a NumPy bool, the ints 0 and 1 or
+    None (off); a string raises ``TypeError`` naming ``what`` and ``name`` (``bool("False")`` is
+    True: a flag read from a config file or the command line would silently be on), and so
+    does any other number.
+
+    Example:
+        >>> as_flag(1, "Dense", "use_bias"), as_flag(None, "dropout", "training")
+        (True, False)
+    """
+    if value is None:
+        return False
+    if isinstance(value, (str, bytes)) or (isinstance(value, (int, float, complex))
+                                            and not isinstance(value, bool) and value not in (0, 1)):
+        raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
+    return bool(value)

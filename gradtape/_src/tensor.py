@@ -18,6 +18,7 @@ import numpy as np
 
 from .autodiff.state import STATE, flag_changed, note_cut
 from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, get_backend, is_extra_array
+from .errors import as_flag
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
@@ -444,7 +445,7 @@ class Variable(Tensor):
         self._id = _next_id()  # fixed for life: also the creation order
         self._origin = None
         self.name = name
-        self._trainable = bool(trainable)
+        self._trainable = as_flag(trainable, "Variable", "trainable")
         self._snapshots = None
         VARIABLE_BUFFERS[id(arr)] = self
 
@@ -456,7 +457,7 @@ class Variable(Tensor):
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        value = bool(value)
+        value = as_flag(value, "Variable", "trainable")
         tr = STATE.trace
         if tr is not None and not tr.suspended and id(self) in tr.variables:
             # set inside a gt.function step after an op read it: the program depends on the
@@ -857,8 +858,14 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
                         "number or a rectangular nested list of numbers")
     _check_numeric(host, data)
     if dtype is None and host.dtype.kind in "fc" and python_data:
-        # Python floats become float32, Python complex numbers complex64; an array keeps its dtype
-        host = host.astype(_FLOAT_DEFAULT if host.dtype.kind == "f" else _COMPLEX_DEFAULT)
+        # Python floats become float32, Python complex numbers complex64; an array keeps its
+        # dtype, also inside a list (float64 arrays or tensors in a list give float64, as in
+        # PyTorch and JAX; Python floats next to them are weak)
+        arrays = _array_dtype(data)
+        if arrays is None or arrays.kind not in "fc":
+            arrays = _FLOAT_DEFAULT if host.dtype.kind == "f" else _COMPLEX_DEFAULT
+        host = host.astype(np.promote_types(arrays, _COMPLEX_DEFAULT)
+                           if host.dtype.kind == "c" and arrays.kind == "f" else arrays)
     elif copy and not python_data and backend.name == "numpy":  # an __array__ object may
         host = host.copy()                                       # hand out its own buffer
     arr = host if backend.name == "numpy" else backend.xp.asarray(host)
@@ -876,6 +883,17 @@ def _python_leaves(data: object) -> Iterator[object]:
             yield from _python_leaves(d)
     else:
         yield data
+
+
+def _array_dtype(data: object) -> np.dtype | None:
+    """The promoted dtype of the arrays, NumPy scalars and tensors (anything with a dtype) in
+    nested lists and tuples; None when there are only Python numbers."""
+    dt = None
+    for d in _python_leaves(data):
+        t = getattr(d, "dtype", None)
+        if t is not None:
+            dt = np.dtype(t) if dt is None else np.promote_types(dt, t)
+    return dt
 
 
 def _only_ints(data: object) -> bool:

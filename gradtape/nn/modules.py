@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import ops
 from .._src.autodiff.state import STATE, flag_changed
+from .._src.errors import as_flag
 from .._src.tensor import Tensor, Variable
 from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
@@ -106,7 +107,7 @@ class Module:
 
     @training.setter
     def training(self, mode: bool) -> None:
-        mode = bool(mode)
+        mode = as_flag(mode, type(self).__name__, "training")
         changed = mode is not self.__dict__.get("_gt_training", True)
         self.__dict__["_gt_training"] = mode
         if changed:
@@ -182,8 +183,9 @@ class Module:
             >>> m.eval()[0][0].training, m.train()[0][0].training
             (False, True)
         """
+        mode = as_flag(mode, f"{type(self).__name__}.train", "mode")
         for m in [self, *self.submodules()]:
-            m.training = bool(mode)
+            m.training = mode
         return self
 
     def eval(self) -> Module:
@@ -305,7 +307,7 @@ class Dense(Module):
         self.kernel = Variable(_init.get(kernel_init)((self.in_features, self.out_features),
                                                       seed=seed, dtype=dtype), name="kernel")
         self.bias = (Variable(_init.get(bias_init)((self.out_features,), seed=seed, dtype=dtype),
-                              name="bias") if use_bias else None)
+                              name="bias") if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
         if not isinstance(x, Tensor):
@@ -358,7 +360,7 @@ class Conv2D(Module):
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((shape[0],), seed=seed, dtype=dtype),
-                              name="bias") if use_bias else None)
+                              name="bias") if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
         y = conv2d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
@@ -428,7 +430,7 @@ class Conv1D(Module):
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
-                     if use_bias else None)
+                     if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
         y = conv1d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
@@ -484,7 +486,7 @@ class Conv2DTranspose(Module):
         self.kernel = Variable(_init.get(kernel_init)(shape, seed=seed, dtype=dtype, kind="conv"),
                                name="kernel")
         self.bias = (Variable(_init.get(bias_init)((n_out,), seed=seed, dtype=dtype), name="bias")
-                     if use_bias else None)
+                     if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
         y = conv_transpose2d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
@@ -683,7 +685,7 @@ class GlobalAveragePooling2D(Module):
     """
 
     def __init__(self, keepdims: bool = False) -> None:
-        self.keepdims = bool(keepdims)
+        self.keepdims = as_flag(keepdims, type(self).__name__, "keepdims")
 
     def forward(self, x: Any) -> Tensor:
         y = adaptive_avg_pool2d(x, 1)
@@ -729,7 +731,7 @@ class LayerNorm(Module):
             raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
         self.normalized_shape = tuple(_size(d, "LayerNorm", "normalized_shape") for d in dims)
         self.eps = _positive(eps, "LayerNorm", "eps")
-        self.elementwise_affine = bool(elementwise_affine)
+        self.elementwise_affine = as_flag(elementwise_affine, type(self).__name__, "elementwise_affine")
         self.gamma = (Variable(_init.ones(self.normalized_shape, dtype=dtype), name="gamma")
                       if self.elementwise_affine else None)
         self.beta = (Variable(_init.zeros(self.normalized_shape, dtype=dtype), name="beta")
@@ -796,7 +798,7 @@ class BatchNorm(Module):
             raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
         self.num_features, self.axis, self.momentum = C, as_int(axis, "BatchNorm", "axis"), float(momentum)
         self.eps = _positive(eps, "BatchNorm", "eps")
-        self.affine = bool(affine)
+        self.affine = as_flag(affine, type(self).__name__, "affine")
         self.gamma = Variable(_init.ones((C,), dtype=dtype), name="gamma") if self.affine else None
         self.beta = Variable(_init.zeros((C,), dtype=dtype), name="beta") if self.affine else None
         self.running_mean = Variable(_init.zeros((C,), dtype=dtype), name="running_mean",

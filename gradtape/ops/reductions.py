@@ -16,6 +16,7 @@ import numpy as np
 
 from .._src.autodiff.record import Record
 from .._src.backend import acc_sum, in_float32
+from .._src.errors import as_flag
 from .._src.primitive import REGISTRY, Domain, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -680,7 +681,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
         3.0
     """
     x = one(x)
-    keepdims = bool(keepdims)
+    keepdims = as_flag(keepdims, "norm", "keepdims")
     axes = _axes(x, axis, "norm")
     n_axes = x.ndim if axes is None else len(axes)
     is_str = isinstance(ord, str)

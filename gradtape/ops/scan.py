@@ -18,6 +18,7 @@ import numpy as np
 
 from .._src.autodiff.record import Record
 from .._src.backend import in_float32
+from .._src.errors import as_flag
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -296,10 +297,11 @@ def argsort(x: Any, axis: int | None = -1, descending: bool = False) -> Tensor:
         >>> gt.argsort(gt.tensor([3.0, 1.0, 2.0, 1.0]), descending=True).numpy()
         array([0, 2, 1, 3])
     """
+    down = as_flag(descending, "argsort", "descending")
     t, ax = _sort_axis(one(x), axis, "argsort")
     if ax is None:  # 0-d: one element, index 0
-        return reshape(bind(P_ARGSORT, reshape(t, (1,)), axis=0, descending=bool(descending)), ())
-    return bind(P_ARGSORT, t, axis=ax, descending=bool(descending))
+        return reshape(bind(P_ARGSORT, reshape(t, (1,)), axis=0, descending=down), ())
+    return bind(P_ARGSORT, t, axis=ax, descending=down)
 
 
 def sort(x: Any, axis: int | None = -1, descending: bool = False) -> Tensor:
@@ -314,10 +316,11 @@ def sort(x: Any, axis: int | None = -1, descending: bool = False) -> Tensor:
         >>> gt.sort(gt.tensor([[3.0, 1.0, 2.0]]), descending=True).numpy()
         array([[3., 2., 1.]], dtype=float32)
     """
+    down = as_flag(descending, "sort", "descending")
     t, ax = _sort_axis(one(x), axis, "sort")
     if ax is None:  # 0-d: already sorted
         return _unchanged(t)
-    return bind(P_SORT, t, axis=ax, descending=bool(descending))
+    return bind(P_SORT, t, axis=ax, descending=down)
 
 
 def topk(x: Any, k: int, axis: int = -1) -> tuple[Tensor, Tensor]:

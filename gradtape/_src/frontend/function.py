@@ -49,7 +49,7 @@ from ..codegen.expr import FUNCTIONS
 from ..codegen.graph import Graph
 from ..config import HOOKS, config
 from ..cpu import pool
-from ..errors import TracingError
+from ..errors import TracingError, as_flag
 from ..nest import flatten, unflatten
 from ..primitive import own_copy
 from ..tensor import Tensor, _to_array, _wrap, variable_of_buffer
@@ -2248,10 +2248,10 @@ class Function(Generic[R]):
         if fallback not in ("error", "eager"):
             raise ValueError(f"gt.function: fallback must be 'error' or 'eager', got {fallback!r}")
         self.python_function = fn
-        self.reduce_retracing = bool(reduce_retracing)
+        self.reduce_retracing = as_flag(reduce_retracing, "gt.function", "reduce_retracing")
         self.fallback = fallback
-        self.verify = bool(verify)
-        self.cuda_graph = bool(cuda_graph)
+        self.verify = as_flag(verify, "gt.function", "verify")
+        self.cuda_graph = as_flag(cuda_graph, "gt.function", "cuda_graph")
         self.trace_count = 0
         self._cache: dict[Any, _Entry] = {}
         self._seen: dict[Any, list[Any]] = {}  # signatures seen once: weak references to

@@ -20,7 +20,7 @@ from ..autodiff.engine import backward
 from ..autodiff.record import Recorder
 from ..autodiff.state import STATE, hooks_add, user_line
 from ..backend import Array
-from ..errors import UnconnectedGradientError
+from ..errors import UnconnectedGradientError, as_flag
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, TensorLike, TensorTree, Variable, _wrap
 from . import per_example
@@ -55,8 +55,8 @@ class GradientTape(Recorder):
                  "__weakref__")
 
     def __init__(self, persistent: bool = False, watch_accessed_variables: bool = True) -> None:
-        super().__init__(watch_accessed_variables)
-        self._persistent = bool(persistent)
+        super().__init__(as_flag(watch_accessed_variables, "GradientTape", "watch_accessed_variables"))
+        self._persistent = as_flag(persistent, "GradientTape", "persistent")
         self._recording = False
         self._stack: list[Recorder] | None = None  # the recording stack of the thread that entered it
         self._exited = False
