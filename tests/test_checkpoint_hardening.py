@@ -769,3 +769,16 @@ def test_saving_into_a_folder_that_cannot_be_written_names_the_folder(tmp_path):
         else:
             os.chmod(tmp_path, 0o755)
     assert p.read_bytes() == before and os.listdir(tmp_path) == ["ck.npz"]
+
+
+def test_save_refuses_a_path_that_names_a_folder(tmp_path, monkeypatch):
+    # save("") wrote a hidden ".npz" in the working directory; save("runs/exp1") with exp1 an
+    # existing folder wrote "runs/exp1.npz" beside it
+    monkeypatch.chdir(tmp_path)
+    m = gt.nn.Dense(2, 2, seed=0)
+    (tmp_path / "exp1").mkdir()
+    for bad in ("", str(tmp_path / "exp1"), str(tmp_path / "exp1") + os.sep, "runs/"):
+        with pytest.raises(IsADirectoryError, match="save: path must name a file"):
+            gt.nn.save(bad, m)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp1"]  # nothing written
+    assert gt.nn.save(str(tmp_path / "exp1" / "m"), m).endswith("m.npz")
