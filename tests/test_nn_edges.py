@@ -153,3 +153,13 @@ def test_batch_norm_refuses_integer_running_statistics_in_training():
                                         "updated in training, got dtype int64"):
         gt.nn.batch_norm(x, rm, rv, training=True)
     np.testing.assert_array_equal(rm.numpy(), [0, 0, 0])
+
+
+def test_binary_cross_entropy_refuses_targets_outside_zero_one():
+    # -1/+1 labels gave a finite (here positive, possibly negative) loss and a wrong gradient
+    p = gt.Variable([0.9, 0.2])
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: targets must be in \[0, 1\], got "
+                                         r"values in \[-1, 1\]"):
+        gt.nn.binary_cross_entropy(p, gt.tensor([-1.0, 1.0]))
+    for t in ([0.0, 1.0], [0.25, 1.0], [0, 1]):
+        gt.nn.binary_cross_entropy(p, gt.tensor(t) if isinstance(t[0], float) else t)

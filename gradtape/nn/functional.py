@@ -250,8 +250,9 @@ def _check_labels(lab: Any, C: int) -> None:
                          f"in [{lo}, {hi}]")
 
 
-def _check_probs(values: Any) -> None:
-    """Probabilities in ``[0, 1]``, no NaN (a host check; one step of a ``gt.function``)."""
+def _check_probs(values: Any, targets: Any = None) -> None:
+    """Probabilities in ``[0, 1]``, no NaN, and ``targets`` (when given) in ``[0, 1]`` (a host
+    check; one step of a ``gt.function``)."""
     if not bool(((values >= 0) & (values <= 1)).all()):
         if bool((values != values).any()):
             raise ValueError("binary_cross_entropy: probs hold NaN (gt.config.check_numerics = "
@@ -259,6 +260,11 @@ def _check_probs(values: Any) -> None:
         raise ValueError(f"binary_cross_entropy: probs must be probabilities in [0, 1], got values "
                          f"in [{float(values.min()):g}, {float(values.max()):g}]; for logits (raw "
                          "scores) use gt.nn.binary_cross_entropy_with_logits")
+    if targets is not None and not bool(((targets >= 0) & (targets <= 1)).all()):
+        # (-1/+1 labels give a finite loss that can be negative, and a wrong gradient)
+        raise ValueError(f"binary_cross_entropy: targets must be in [0, 1], got values in "
+                         f"[{float(targets.min()):g}, {float(targets.max()):g}] (for -1/+1 "
+                         "labels pass (labels + 1) / 2)")
 
 
 def _check_ids(idx: Any, V: int) -> None:
@@ -401,7 +407,8 @@ def binary_cross_entropy(probs: Any, targets: Any, reduction: str = "mean") -> T
     the elementwise loss.
 
     Raises:
-        ValueError: a probability lies outside [0, 1] or is NaN (logits passed by mistake).
+        ValueError: a probability lies outside [0, 1] or is NaN (logits passed by mistake), or
+            a target outside [0, 1] (or NaN).
         TypeError: ``probs`` is not a float tensor.
 
     Example:
@@ -411,7 +418,7 @@ def binary_cross_entropy(probs: Any, targets: Any, reduction: str = "mean") -> T
     """
     p, t = _bce_operands(probs, targets, "binary_cross_entropy", "probs")
     if p.size:  # every example's values, also inside gt.vmap; a step of gt.function
-        opaque(_check_probs, physical_data(p))
+        opaque(_check_probs, physical_data(p), physical_data(t))
     eps = float(np.finfo(p.dtype).eps)
     pc = ops.clip(p, eps, 1.0 - eps)
     loss = -(t * ops.log(pc) + (1.0 - t) * ops.log1p(-pc))
