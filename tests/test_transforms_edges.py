@@ -4,6 +4,7 @@ hessian; the extension rules' messages; prod's second derivative with several ze
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,15 @@ def test_messages_name_the_transform_called():
         with pytest.raises(TypeError, match=rf"^{name}\(<lambda>\): the function must return a "
                                             r"scalar"):
             transform(lambda x: x * 2)(gt.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("transform", ["grad", "value_and_grad", "jacrev", "jacfwd", "hessian"])
+@pytest.mark.parametrize("argnums", [0.0, "0", None, (0, 1.0)])
+def test_argnums_must_be_an_int_or_a_tuple_of_ints(transform, argnums):
+    # refused when the transform is made (a float was "'float' object is not iterable" at the call)
+    with pytest.raises(TypeError, match=rf"^gt.{transform}: argnums must be an int or a tuple of "
+                                        rf"ints, got {re.escape(repr(argnums))}"):
+        getattr(gt, transform)(_scaled, argnums=argnums)
 
 
 def test_a_host_read_in_jacobians_vectorized_backward_suggests_the_loop():
