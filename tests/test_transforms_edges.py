@@ -109,6 +109,18 @@ def test_argnums_must_be_an_int_or_a_tuple_of_ints(transform, argnums):
         getattr(gt, transform)(_scaled, argnums=argnums)
 
 
+def test_a_none_cotangent_is_refused_not_read_as_nan():
+    _, f_scalar = gt.vjp(lambda x: gt.sum(x * x), gt.tensor([1.0, 3.0]))  # (was a NaN gradient)
+    _, f_vector = gt.vjp(lambda x: x * x, gt.tensor([1.0, 3.0]))  # (was a shape mismatch)
+    for vjp_fn in (f_scalar, f_vector):
+        with pytest.raises(TypeError, match=r"vjp_fn: cotangent 0 must be a Tensor \(or array\), "
+                                            r"got None"):
+            vjp_fn(None)
+    with pytest.raises(TypeError, match=r"cotangent 0 must be a Tensor \(or array\), got 'a'"):
+        f_scalar("a")
+    np.testing.assert_array_equal(f_scalar(2.0)[0].numpy(), [4.0, 12.0])
+
+
 def test_a_host_read_in_jacobians_vectorized_backward_suggests_the_loop():
     @gt.custom_gradient
     def doubled(x):

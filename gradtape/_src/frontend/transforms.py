@@ -223,7 +223,11 @@ def vjp(f: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[An
         targets, seeds = [], []
         for j, (o, c) in enumerate(zip(out_leaves, cts)):
             if not isinstance(c, Tensor):
-                c = tensor(np.asarray(c, dtype=o.dtype))
+                host = np.asarray(c) if c is not None else None
+                if host is None or host.dtype.kind not in "biufc":  # (None read as a NaN scalar)
+                    raise TypeError(f"{fname} vjp_fn: cotangent {j} must be a Tensor (or array), "
+                                    f"got {c!r} ({type(c).__name__})")
+                c = tensor(host.astype(o.dtype, copy=False))
             if c.shape != o.shape:
                 raise ValueError(f"{fname} vjp_fn: cotangent {j} has shape {c.shape}, the output "
                                  f"has shape {o.shape}")
