@@ -137,6 +137,16 @@ def test_initializers_of_an_empty_shape_are_empty():
     assert np.array_equal(init.normal(3, stddev=0, seed=0), np.zeros(3, np.float32))
 
 
+def test_sequential_index_errors_name_the_sequential_and_its_length():
+    m = gt.nn.Sequential([gt.nn.Dense(2, 3, seed=0), gt.relu, gt.nn.Dense(3, 1, seed=1)])
+    with pytest.raises(IndexError, match=r"Sequential: index 5 is out of range for a Sequential "
+                                         r"of 3 layers"):
+        m[5]
+    with pytest.raises(TypeError, match=r"Sequential: index must be an int or a slice, got 'a'"):
+        m["a"]
+    assert m[-1] is m.layers[2] and len(list(m)) == 3  # (iteration still stops at the end)
+
+
 def test_save_load_round_trip_and_mismatches(tmp_path):
     m1 = Block()
     for seed, v in enumerate(m1.variables):
