@@ -58,7 +58,7 @@ from ._src.primitive import REGISTRY as REGISTRY
 from ._src.primitive import Domain as Domain
 from ._src.primitive import Primitive as Primitive
 from ._src.primitive import as_tensor as as_tensor
-from ._src.primitive import bind as bind
+from ._src.primitive import bind as _bind
 from ._src.primitive import elementwise as elementwise
 from ._src.primitive import primitive as primitive
 from ._src.rules import ON_NUMPY as ON_NUMPY
@@ -66,6 +66,7 @@ from ._src.rules import ON_TENSORS as ON_TENSORS
 from ._src.rules import OnArrays as OnArrays
 from ._src.rules import OnTensors as OnTensors
 from ._src.rules import on_arrays as on_arrays
+from ._src.tensor import Tensor as _Tensor
 
 __all__ = [
     "REGISTRY", "Domain", "Expr", "ExpressionError", "FUNCTIONS", "MissingRuleError", "ON_NUMPY",
@@ -86,6 +87,30 @@ def get(name: str) -> Primitive:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"no primitive named {name!r}; registered: {sorted(REGISTRY)}") from None
+
+
+def bind(prim: Primitive | str, *args: Any, **params: Any) -> _Tensor:
+    """Run primitive ``prim`` (a :class:`Primitive` or the name of a registered one) on
+    ``args`` and record it on the active tapes. Pass Tensors; other array data is converted as
+    ``gt.tensor`` converts it (:func:`as_tensor` converts an argument next to another with the
+    weak-scalar rule).
+
+    Example:
+        >>> import gradtape as gt
+        >>> from gradtape import extend
+        >>> extend.bind("mul", gt.tensor([2.0]), gt.tensor([3.0])).numpy()
+        array([6.], dtype=float32)
+    """
+    if not isinstance(prim, Primitive):
+        if not isinstance(prim, str):
+            raise TypeError(f"extend.bind: prim must be a Primitive or the name of a registered "
+                            f"one, got {prim!r} ({type(prim).__name__})")
+        prim = get(prim)
+    if not args:
+        raise TypeError(f"extend.bind: primitive {prim.name!r} needs at least one Tensor argument")
+    if not all(isinstance(a, _Tensor) for a in args):
+        args = tuple(a if isinstance(a, _Tensor) else as_tensor(a) for a in args)
+    return _bind(prim, *args, **params)
 
 
 def fusion_stats(reset: bool = False) -> dict[str, Any]:

@@ -13,6 +13,8 @@ the outer tape records the inner gradient computation. All of it runs in float64
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +33,31 @@ _EPS_MACH = float(np.finfo(np.float64).eps)
 # A function of the differentiated inputs (a list of float64 Tensors) returning a flat list of
 # float Tensors; what each level of the check differentiates.
 _Flat = Callable[[list[Tensor]], list[Tensor]]
+
+
+def _check_call_args(what: str, fn: object, args: object, kwargs: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what}: fn must be callable, got {type(fn).__name__}")
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"{what}: args must be a tuple or list of the positional arguments (one "
+                        f"array: (x,)), got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"{what}: kwargs must be a dict or None, got {type(kwargs).__name__}")
+
+
+def _check_tol(what: str, name: str, value: float | None, default: float, positive: bool) -> float:
+    """``value`` (None: ``default``) as a float, checked finite and > 0 (``positive``) or >= 0:
+    a NaN step or tolerance gives a NaN bound, and every comparison fails."""
+    if value is None:
+        return default
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: {name} must be a finite number {bound} (or None), got {value!r} "
+                        f"({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{what}: {name} must be a finite number {bound} (or None), got {v}")
+    return v
 
 
 def _is_float_value(a: object) -> bool:
@@ -186,7 +213,7 @@ def _check_level(f: _Flat, x0: list[np.ndarray], labels: list[str], order: int, 
 
 def check_grads(fn: Callable[..., TensorTree], args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 order: int = 2, eps: float | None = None, rtol: float | None = None,
-                atol: float | None = None, seed: int = 0) -> None:
+                atol: float | None = None, seed: int | None = 0) -> None:
     """Check the gradients of ``fn`` against central differences (float64, NumPy backend).
 
     ``fn(*args, **kwargs)`` takes and returns gradtape Tensors. It is differentiated with
@@ -204,30 +231,46 @@ def check_grads(fn: Callable[..., TensorTree], args: Sequence[Any], kwargs: Mapp
     Args:
         fn: the function under test; it may return a Tensor or a list/tuple/dict of Tensors
             (non-float outputs are ignored).
-        args: positional arguments; shapes are whatever ``fn`` accepts.
-        kwargs: keyword arguments, passed through unchanged.
-        order: highest derivative order checked (1 or 2 usually).
-        eps: finite-difference step (default ``1e-6``; each element moves by at most ``eps``).
-        rtol: relative tolerance (default ``1e-5``), against the larger of the two numbers and
-            ``|J v| |u|`` (the size a random dot product can cancel down from).
-        atol: absolute tolerance (default ``1e-10``), added to an estimate of the rounding
-            error of the central difference.
-        seed: seed of the random directions.
+        args: the positional arguments, a tuple or list (one array: ``(x,)``); shapes are
+            whatever ``fn`` accepts.
+        kwargs: keyword arguments (a dict or None), passed through unchanged.
+        order: highest derivative order checked, an int >= 1 (1 or 2 usually; each order
+            adds a nested tape).
+        eps: finite-difference step, finite and > 0 (default ``1e-6``; each element moves by at
+            most ``eps``).
+        rtol: relative tolerance, finite and >= 0 (default ``1e-5``), against the larger of the
+            two numbers and ``|J v| |u|`` (the size a random dot product can cancel down from).
+        atol: absolute tolerance, finite and >= 0 (default ``1e-10``), added to an estimate of
+            the rounding error of the central difference.
+        seed: seed of the random directions, an int >= 0 or None (fresh entropy).
 
     Raises:
         AssertionError: naming the argument, the order, both numbers and the relative error.
+        TypeError, ValueError: for arguments outside the rules above (``fn`` not callable,
+            ``args`` not a tuple or list, a NaN, zero or negative ``eps``, ...).
 
     Example:
         >>> import numpy as np, gradtape as gt
         >>> from gradtape.testing import check_grads
         >>> check_grads(lambda x, w: gt.tanh(x @ w), (np.ones((2, 3)), np.full((3, 4), 0.1)))
     """
+    _check_call_args("check_grads", fn, args, kwargs)
+    if isinstance(order, (bool, np.bool_)) or not hasattr(order, "__index__"):
+        raise TypeError(f"check_grads: order must be a positive int, got {order!r} "
+                        f"({type(order).__name__})")
+    order = operator.index(order)
     if order < 1:
         raise ValueError(f"check_grads: order must be >= 1, got {order}")
+    if seed is not None:
+        if isinstance(seed, (bool, np.bool_)) or not hasattr(seed, "__index__"):
+            raise TypeError(f"check_grads: seed must be an int >= 0 or None, got {seed!r} "
+                            f"({type(seed).__name__})")
+        if operator.index(seed) < 0:
+            raise ValueError(f"check_grads: seed must be >= 0, got {seed}")
     kwargs = {} if kwargs is None else dict(kwargs)
-    eps = 1e-6 if eps is None else float(eps)
-    rtol = 1e-5 if rtol is None else float(rtol)
-    atol = 1e-10 if atol is None else float(atol)
+    eps = _check_tol("check_grads", "eps", eps, 1e-6, positive=True)
+    rtol = _check_tol("check_grads", "rtol", rtol, 1e-5, positive=False)
+    atol = _check_tol("check_grads", "atol", atol, 1e-10, positive=False)
     name = getattr(fn, "__name__", repr(fn))
     rng = np.random.default_rng(seed)
     with use_backend("numpy"):
@@ -251,9 +294,10 @@ def numerical_jacobian(fn: Callable[..., TensorTree], args: Sequence[Any],
                        eps: float = 1e-6) -> list[np.ndarray]:
     """Central-difference Jacobian of ``fn(*args, **kwargs)`` (one Tensor output) in float64.
 
-    Returns one array per differentiated argument (float arrays in ``args``, as in
-    :func:`check_grads`), of shape ``output.shape + arg.shape``. Costs two calls per input
-    element: for small tests only.
+    Returns one array per differentiated argument (float arrays in ``args``, a tuple or list,
+    as in :func:`check_grads`), of shape ``output.shape + arg.shape``. ``eps``, the step, must
+    be finite and > 0 (TypeError / ValueError otherwise). Costs two calls per input element:
+    for small tests only.
 
     Example:
         >>> import numpy as np, gradtape as gt
@@ -263,6 +307,8 @@ def numerical_jacobian(fn: Callable[..., TensorTree], args: Sequence[Any],
         array([[2., 0.],
                [0., 4.]])
     """
+    _check_call_args("numerical_jacobian", fn, args, kwargs)
+    eps = _check_tol("numerical_jacobian", "eps", eps, 1e-6, positive=True)
     kwargs = {} if kwargs is None else dict(kwargs)
     name = getattr(fn, "__name__", repr(fn))
     with use_backend("numpy"):

@@ -129,6 +129,36 @@ def test_errors_for_bad_use():
         check_grads(lambda x: np.asarray(x), (np.ones(2),))
 
 
+@pytest.mark.parametrize("kw, exc, msg", [
+    ({"eps": 0}, ValueError, r"check_grads: eps must be a finite number > 0 \(or None\), got 0.0"),
+    ({"eps": float("nan")}, ValueError, r"eps must be a finite number > 0 .*got nan"),
+    ({"eps": -1e-3}, ValueError, r"eps must be a finite number > 0 .*got -0.001"),
+    ({"rtol": float("nan")}, ValueError, r"rtol must be a finite number >= 0 .*got nan"),
+    ({"atol": -1.0}, ValueError, r"atol must be a finite number >= 0 .*got -1.0"),
+    ({"order": "2"}, TypeError, r"check_grads: order must be a positive int, got '2' \(str\)"),
+    ({"kwargs": [1]}, TypeError, r"check_grads: kwargs must be a dict or None, got list"),
+    ({"seed": "a"}, TypeError, r"check_grads: seed must be an int >= 0 or None, got 'a'"),
+])
+def test_bad_settings_are_named(kw, exc, msg):
+    with pytest.raises(exc, match=msg):
+        check_grads(lambda a: gt.sum(a * a), (np.ones(2),), **kw)
+
+
+@pytest.mark.parametrize("args", [np.ones(2), gt.ones(2)])
+def test_args_must_be_a_tuple_or_list(args):
+    with pytest.raises(TypeError, match=r"check_grads: args must be a tuple or list .*got "
+                                        rf"{type(args).__name__}"):
+        check_grads(lambda a: gt.sum(a), args)
+    with pytest.raises(TypeError, match=r"numerical_jacobian: args must be a tuple or list"):
+        numerical_jacobian(lambda a: a * 2, args)
+
+
+def test_numerical_jacobian_step_is_checked():
+    with pytest.raises(ValueError, match=r"numerical_jacobian: eps must be a finite number > 0 "
+                                         r".*got 0.0"):
+        numerical_jacobian(lambda a: a * 2, (np.ones(2),), eps=0)
+
+
 def test_non_finite_output_is_reported():
     with np.errstate(invalid="ignore"), pytest.raises(AssertionError, match="not finite"):
         check_grads(gt.log, (np.array([-1.0, 1.0]),))

@@ -162,6 +162,12 @@ def test_argument_errors():
         gt.full(2, 300, dtype="uint8")
     with pytest.raises(ValueError, match="full_like: fill_value nan cannot be represented as int64"):
         gt.full_like(gt.tensor([1, 2]), float("nan"))
+    with pytest.raises(ValueError, match=r"full: fill_value 1.5 cannot be represented as int64 "
+                                         r"\(not a whole number: it would be truncated to 1\)"):
+        gt.full(2, 1.5, dtype="int64")  # (was [1, 1], as NumPy and PyTorch give)
+    with pytest.raises(ValueError, match="full_like: fill_value 0.5 cannot be represented as int64"):
+        gt.full_like(gt.tensor([1, 2]), 0.5)
+    assert gt.full(2, 2.0, dtype="int32").numpy().tolist() == [2, 2]  # a whole float is taken
     with pytest.raises(ValueError, match="full: fill_value must be a scalar"):
         gt.full(2, np.ones(2))
     with pytest.raises(TypeError, match="full: fill_value must be a number"):

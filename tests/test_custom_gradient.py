@@ -78,6 +78,13 @@ def test_tapes_restored_after_forward_even_on_error():
     assert float(tape.gradient(y, x)) == 2.0
 
 
+@pytest.mark.parametrize("f", [5, None, "f"])
+def test_decorating_a_non_callable_is_refused_at_decoration(f):
+    with pytest.raises(TypeError, match=r"custom_gradient: f must be callable \(the decorated "
+                                        rf"function\), got {f!r}"):
+        gt.custom_gradient(f)
+
+
 def test_no_tape_just_runs_forward():
     y = log1pexp(gt.tensor(0.0))
     np.testing.assert_allclose(float(y), np.log(2.0), rtol=1e-6)

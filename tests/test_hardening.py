@@ -354,6 +354,13 @@ def test_shape_arguments_refuse_floats_instead_of_truncating(call, match):
         call(gt.tensor(np.arange(6.0).reshape(2, 3)))
 
 
+@pytest.mark.parametrize("value", ["a", None])
+def test_pad_constant_values_must_be_a_number(value):
+    with pytest.raises(TypeError, match=rf"pad: constant_values must be a number, got {value!r}"):
+        gt.pad(gt.ones(2), 1, constant_values=value)
+    assert gt.pad(gt.ones(2), 1, constant_values=np.float32(2)).numpy().tolist() == [2, 1, 1, 2]
+
+
 def test_shape_arguments_still_take_int_arrays_and_numpy_ints():
     x = gt.ones((2, 3))
     assert gt.reshape(x, np.array([3, 2])).shape == (3, 2)

@@ -113,6 +113,40 @@ def test_initializers_are_seeded_and_scaled():
     np.testing.assert_array_equal(d1.kernel.numpy(), d2.kernel.numpy())
 
 
+@pytest.mark.parametrize("call, exc, msg", [
+    (lambda: init.normal((3, 3), stddev=float("nan")), ValueError,
+     r"init.normal: stddev must be finite, got nan"),
+    (lambda: init.normal((3, 3), stddev=-1), ValueError, r"init.normal: stddev must be >= 0, got -1"),
+    (lambda: init.normal((3, 3), dtype="int32"), TypeError,
+     r"init.normal: dtype must be a floating-point dtype .*got int32"),
+    (lambda: init.zeros((3, 3), dtype="foo"), TypeError, r"init.zeros: dtype must be a NumPy dtype"),
+    (lambda: init.he_normal((3, 3), kind="foo"), ValueError,
+     r"init.he_normal: kind must be one of \('dense', 'conv'\), got 'foo'"),
+    (lambda: init.fans((3, 3), kind="foo"), ValueError, r"init.fans: kind must be one of"),
+    (lambda: init.glorot_uniform((-1, 3)), ValueError,
+     r"init.glorot_uniform: shape entries must be >= 0, got -1 at position 0"),
+])
+def test_initializer_arguments_are_checked(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+def test_initializers_of_an_empty_shape_are_empty():
+    assert init.he_uniform((0, 3)).shape == (0, 3)  # (fan_in 0: was a ZeroDivisionError)
+    assert init.glorot_normal((0, 0), seed=0).shape == (0, 0)
+    assert np.array_equal(init.normal(3, stddev=0, seed=0), np.zeros(3, np.float32))
+
+
+def test_sequential_index_errors_name_the_sequential_and_its_length():
+    m = gt.nn.Sequential([gt.nn.Dense(2, 3, seed=0), gt.relu, gt.nn.Dense(3, 1, seed=1)])
+    with pytest.raises(IndexError, match=r"Sequential: index 5 is out of range for a Sequential "
+                                         r"of 3 layers"):
+        m[5]
+    with pytest.raises(TypeError, match=r"Sequential: index must be an int or a slice, got 'a'"):
+        m["a"]
+    assert m[-1] is m.layers[2] and len(list(m)) == 3  # (iteration still stops at the end)
+
+
 def test_save_load_round_trip_and_mismatches(tmp_path):
     m1 = Block()
     for seed, v in enumerate(m1.variables):

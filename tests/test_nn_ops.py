@@ -714,6 +714,14 @@ def test_conv2d_layer_and_dropout_check_their_arguments():
         gt.nn.dropout(gt.ones((4,)), 0.5, seed=1.5)
 
 
+@pytest.mark.parametrize("rate", ["a", None, "0.5", True])
+def test_dropout_rate_is_checked_as_the_layer_checks_it(rate):
+    with pytest.raises(TypeError, match=r"dropout: rate must be a real number \(int or float\), got "):
+        gt.nn.dropout(gt.ones((4,)), rate)
+    with pytest.raises(TypeError, match=r"Dropout: rate must be a real number"):
+        gt.nn.Dropout(rate)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_ignore_index_drops_those_examples(reduction):
     rng = np.random.default_rng(3)

@@ -272,3 +272,12 @@ def test_matrix_norms_of_float16_and_of_empty_matrices():
         assert tape.gradient(n, z, unconnected_gradients="zero").shape == shape
     with pytest.raises(ValueError, match="smallest sum"):
         gt.norm(gt.tensor(np.zeros((3, 0))), ord=-1)
+
+
+@pytest.mark.parametrize("method", ["sum", "mean"])
+def test_a_reduction_method_names_its_own_dtype_argument(method):
+    # (was "astype: dtype must be ...": an argument the caller never passed)
+    with pytest.raises(TypeError, match=rf"^Tensor.{method}: dtype must be a NumPy dtype "
+                                        r"\(e.g. 'float32'\), got 'foo'"):
+        getattr(gt.ones(3), method)(dtype="foo")
+    assert getattr(gt.ones(3), method)(dtype="float64").dtype == np.float64

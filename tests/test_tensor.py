@@ -283,6 +283,11 @@ def test_float_int_index_item():
         int(gt.tensor([1, 2]))
     with pytest.raises(TypeError, match="integer"):
         [1, 2][gt.tensor(1.0)]
+    with pytest.raises(ValueError, match=r"^\.item\(\): only a tensor with one element converts to a "
+                                         r"Python scalar, got shape \(2,\)"):
+        gt.ones(2).item()
+    with pytest.raises(ValueError, match=r"\.item\(\): .*got shape \(0, 3\)"):
+        gt.ones((0, 3)).item()
 
 
 def test_repr():

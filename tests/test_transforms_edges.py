@@ -4,6 +4,7 @@ hessian; the extension rules' messages; prod's second derivative with several ze
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -57,6 +58,66 @@ def test_an_extension_vjp_of_the_wrong_shape_names_the_rule():
         tape.gradient(y, x)
 
 
+def test_an_extension_batching_rule_must_keep_the_batch_size_and_a_valid_axis():
+    short = extend.primitive("edge_batch_short", lambda xp, a: a * 2, rule=lambda m, rec, g: (g * 2,),
+                             saves_inputs=False, batch=lambda args, dims: (args[0][:2] * 2, dims[0]))
+    with pytest.raises(ValueError, match=r"batching rule of primitive 'edge_batch_short' returned a "
+                                         r"result of shape \(2, 2\) whose batch axis 0 has size 2; "
+                                         r"the batch has 3 examples"):
+        gt.vmap(lambda a: extend.bind(short, a))(gt.ones((3, 2)))  # (was 2 rows, silently)
+    far = extend.primitive("edge_batch_far", lambda xp, a: a * 2, rule=lambda m, rec, g: (g * 2,),
+                           saves_inputs=False, batch=lambda args, dims: (args[0] * 2, 5))
+    with pytest.raises(ValueError, match=r"batching rule of primitive 'edge_batch_far' returned "
+                                         r"out_dim 5, out of range for its result of shape \(3, 2\)"):
+        gt.vmap(lambda a: extend.bind(far, a))(gt.ones((3, 2)))
+
+
+@pytest.mark.parametrize("result", [[1.0, 2.0], "abc"])
+def test_an_extension_impl_must_return_an_array(result):
+    p = extend.elementwise(f"edge_impl_{type(result).__name__}", lambda xp, x: result, d="1")
+    with pytest.raises(TypeError, match=rf"primitive 'edge_impl_{type(result).__name__}': impl "
+                                        rf"returned {type(result).__name__}; it must return an "
+                                        r"array of the backend \(numpy.ndarray"):
+        extend.bind(p, gt.ones(2))
+
+
+def test_an_extension_vjp_rule_returning_none_names_the_primitive():
+    p = extend.primitive("edge_rule_none", lambda xp, a: a * 2, rule=lambda m, rec, g: None,
+                         saves_inputs=False)
+    x = gt.Variable([1.0, 2.0])
+    with gt.GradientTape() as tape:
+        y = gt.sum(extend.bind(p, x))
+    with pytest.raises(TypeError, match=r"the VJP rule of primitive 'edge_rule_none' returned "
+                                        r"NoneType; it must return a tuple with one gradient"):
+        tape.gradient(y, x)
+
+
+def test_extension_declarations_are_checked_at_registration():
+    with pytest.raises(TypeError, match=r"^elementwise: name must be a non-empty str, got 5 \(int\)"):
+        extend.elementwise(5, lambda xp, x: x, d="1")
+    with pytest.raises(TypeError, match=r"^primitive: name must be a non-empty str, got None"):
+        extend.primitive(None, lambda xp, x: x)
+    with pytest.raises(KeyError, match="no primitive named 'edge_typo'"):
+        extend.get("edge_typo")  # (an int name had broken this listing with a TypeError)
+    with pytest.raises(TypeError, match=r"elementwise 'edge_d_int': d must be a derivative "
+                                        r"expression string, or a tuple of them \(one per input\), "
+                                        r"got 2 \(int\)"):
+        extend.elementwise("edge_d_int", lambda xp, x: x, d=2)
+    with pytest.raises(TypeError, match=r"elementwise 'edge_impl_5': impl must be callable"):
+        extend.elementwise("edge_impl_5", 5, d="1")
+
+
+def test_extend_bind_takes_a_primitive_or_a_registered_name():
+    np.testing.assert_array_equal(extend.bind("mul", gt.tensor([2.0]), gt.tensor([3.0])).numpy(), [6.0])
+    with pytest.raises(KeyError, match="no primitive named 'edge_unknown'"):
+        extend.bind("edge_unknown", gt.ones(2))
+    with pytest.raises(TypeError, match=r"extend.bind: prim must be a Primitive or the name of a "
+                                        r"registered one, got 5 \(int\)"):
+        extend.bind(5, gt.ones(2))
+    p = extend.elementwise("edge_add_arrays", lambda xp, a, b: a + b, d=("1", "1"))
+    np.testing.assert_array_equal(extend.bind(p, np.ones(2), np.ones(2)).numpy(), [2.0, 2.0])
+
+
 def test_a_builtin_name_is_refused_as_taken():
     with pytest.raises(ValueError, match=r"primitive 'tanh': the name is taken by one of "
                                          r"gradtape's built-in primitives"):
@@ -97,6 +158,27 @@ def test_messages_name_the_transform_called():
         with pytest.raises(TypeError, match=rf"^{name}\(<lambda>\): the function must return a "
                                             r"scalar"):
             transform(lambda x: x * 2)(gt.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("transform", ["grad", "value_and_grad", "jacrev", "jacfwd", "hessian"])
+@pytest.mark.parametrize("argnums", [0.0, "0", None, (0, 1.0)])
+def test_argnums_must_be_an_int_or_a_tuple_of_ints(transform, argnums):
+    # refused when the transform is made (a float was "'float' object is not iterable" at the call)
+    with pytest.raises(TypeError, match=rf"^gt.{transform}: argnums must be an int or a tuple of "
+                                        rf"ints, got {re.escape(repr(argnums))}"):
+        getattr(gt, transform)(_scaled, argnums=argnums)
+
+
+def test_a_none_cotangent_is_refused_not_read_as_nan():
+    _, f_scalar = gt.vjp(lambda x: gt.sum(x * x), gt.tensor([1.0, 3.0]))  # (was a NaN gradient)
+    _, f_vector = gt.vjp(lambda x: x * x, gt.tensor([1.0, 3.0]))  # (was a shape mismatch)
+    for vjp_fn in (f_scalar, f_vector):
+        with pytest.raises(TypeError, match=r"vjp_fn: cotangent 0 must be a Tensor \(or array\), "
+                                            r"got None"):
+            vjp_fn(None)
+    with pytest.raises(TypeError, match=r"cotangent 0 must be a Tensor \(or array\), got 'a'"):
+        f_scalar("a")
+    np.testing.assert_array_equal(f_scalar(2.0)[0].numpy(), [4.0, 12.0])
 
 
 def test_a_host_read_in_jacobians_vectorized_backward_suggests_the_loop():

@@ -13,6 +13,7 @@ skipping inputs that need no gradient, accumulating fan-out, dtype of the gradie
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,78 @@ def seal_builtins() -> None:
     """Record every primitive declared so far as built in (called once by ``gradtape``'s
     ``__init__``, after its modules have declared theirs)."""
     BUILTIN.update(REGISTRY)
+
+
+# --------------------------------------------------------------------------- extensions' checks
+# A primitive declared after gradtape's own (an extension: BUILTIN is sealed) gets its impl,
+# VJP rule and batching rule wrapped in the checks below, so a wrong result is reported naming
+# the primitive at once. Built-in primitives are declared before the seal and never wrapped:
+# their per-op path is unchanged.
+def _check_declaration(name: Any, impl: Any, what: str) -> None:
+    """At registration: ``name`` a non-empty str (an int name broke ``extend.get``'s listing of
+    the names), ``impl`` callable."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what}: name must be a non-empty str, got {name!r} ({type(name).__name__})")
+    if not name:
+        raise ValueError(f"{what}: name must be a non-empty str, got ''")
+    if not callable(impl):
+        raise TypeError(f"{what} {name!r}: impl must be callable, impl(xp, *arrays, **params) -> "
+                        f"array, got {impl!r} ({type(impl).__name__})")
+
+
+def _checked_impl(name: str, impl: Callable) -> Callable:
+    """An extension's ``impl``, checked to return an array of the backend (a list, a string or
+    a Tensor made a Tensor that broke later, far from the primitive)."""
+    @functools.wraps(impl)
+    def checked(xp: Any, *arrays: Any, **params: Any) -> Any:
+        out = impl(xp, *arrays, **params)
+        if out.__class__ is not np.ndarray and (isinstance(out, Tensor) or not (
+                hasattr(out, "shape") and hasattr(out, "dtype"))):
+            raise TypeError(f"primitive {name!r}: impl returned {type(out).__name__}; it must "
+                            f"return an array of the backend ({getattr(xp, '__name__', 'xp')}"
+                            ".ndarray, computed with xp from the input arrays)")
+        return out
+
+    return checked
+
+
+def _checked_rule(name: str, rule: Callable) -> Callable:
+    """An extension's VJP ``rule``, checked to return a tuple or list (one gradient or None per
+    input); the count and shapes are checked by the engine."""
+    @functools.wraps(rule)
+    def checked(m: Any, rec: Any, g: Any) -> Any:
+        res = rule(m, rec, g)
+        if not isinstance(res, (tuple, list)):
+            raise TypeError(f"the VJP rule of primitive {name!r} returned {type(res).__name__}; "
+                            "it must return a tuple with one gradient (or None) per input, "
+                            "e.g. (g * 2,) for one input")
+        return res
+
+    return checked
+
+
+def _checked_batch(name: str, batch: Callable) -> Callable:
+    """An extension's batching rule, checked to return a batch axis within its result's rank
+    and holding the batch's size (a wrong size gave a silently wrong vmap result); the pair's
+    form is checked by :func:`bind_batched`."""
+    @functools.wraps(batch)
+    def checked(args: tuple, dims: tuple, **params: Any) -> Any:
+        res = batch(args, dims, **params)
+        if type(res) is tuple and len(res) == 2 and isinstance(res[0], Tensor) and \
+                isinstance(res[1], (int, np.integer)) and not isinstance(res[1], bool):
+            out, d = res
+            if not -out.ndim <= d < out.ndim:
+                raise ValueError(f"gt.vmap: the batching rule of primitive {name!r} returned "
+                                 f"out_dim {d}, out of range for its result of shape {out.shape}; "
+                                 "out_dim is the result's batch axis (None: not batched)")
+            n = next((int(a.shape[k]) for a, k in zip(args, dims) if k is not None), None)
+            if n is not None and out.shape[d] != n:
+                raise ValueError(f"gt.vmap: the batching rule of primitive {name!r} returned a "
+                                 f"result of shape {out.shape} whose batch axis {d} has size "
+                                 f"{out.shape[d]}; the batch has {n} examples")
+        return res
+
+    return checked
 
 
 class Primitive:
@@ -139,6 +212,7 @@ class Primitive:
                  masks: bool = False, domains: tuple[Domain, ...] = (),
                  examples: Callable | None = None,
                  folds: dict[str, Callable] | None = None) -> None:
+        _check_declaration(name, impl, "primitive")
         if name in REGISTRY:
             if name in BUILTIN:
                 raise ValueError(f"primitive {name!r}: the name is taken by one of gradtape's "
@@ -146,6 +220,10 @@ class Primitive:
             raise ValueError(f"primitive {name!r} is declared twice (a name stands for one "
                              "primitive for the life of the process; re-running a declaration, "
                              "as in a notebook, needs a new name or a restart)")
+        if BUILTIN:  # an extension (see _checked_impl): its results are checked per call
+            impl = _checked_impl(name, impl)
+            rule = None if rule is None else _checked_rule(name, rule)
+            batch = None if batch is None else _checked_batch(name, batch)
         self.name = name
         self.impl = impl
         self.vjp: Callable = _missing_rule if rule is None else _tensor_vjp_of(rule)
@@ -359,10 +437,14 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
     Example:
         >>> tanh = elementwise("my_tanh", lambda xp, x: xp.tanh(x), d="1 - y * y")  # doctest: +SKIP
     """
+    _check_declaration(name, impl, "elementwise")
     sig = inspect.signature(impl)
     params = list(sig.parameters.values())[1:]
     arg_names = tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
     param_names = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+    if not (isinstance(d, str) or (isinstance(d, (tuple, list)) and all(isinstance(e, str) for e in d))):
+        raise TypeError(f"elementwise {name!r}: d must be a derivative expression string, or a "
+                        f"tuple of them (one per input), got {d!r} ({type(d).__name__})")
     ds = (d,) if isinstance(d, str) else tuple(d)
     if len(ds) != len(arg_names):
         raise ValueError(f"elementwise {name!r}: {len(arg_names)} inputs {arg_names} but "

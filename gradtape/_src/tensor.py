@@ -226,7 +226,11 @@ class Tensor:
 
     def item(self) -> Any:
         """The single element as a Python scalar (carries no gradient: a tape following this
-        tensor notes that the value left it)."""
+        tensor notes that the value left it). ValueError (as NumPy's) for a tensor of more or
+        fewer than one element."""
+        if self.size != 1:
+            raise ValueError(f".item(): only a tensor with one element converts to a Python "
+                             f"scalar, got shape {self.shape}")
         if self._id:
             note_cut(self, "its value left the tape as a Python number (.item())")
         self._state_read(".item()")

@@ -24,7 +24,7 @@ from .._src.errors import as_flag
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
-from ..ops._util import as_int, normalize_axis, one, own_array
+from ..ops._util import as_int, as_real, normalize_axis, one, own_array
 from ..ops.elementwise import P_EQUAL, P_EXP
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_ASTYPE, P_RESHAPE
@@ -502,7 +502,8 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
         True
     """
     x = _float_input(x, "dropout")
-    rate = float(rate)
+    if type(rate) is not float:  # (a float, the common case, costs one type test)
+        rate = as_real(rate, "dropout", "rate")  # as the Dropout layer: no string, bool, None
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
     if not training or rate == 0.0:

@@ -26,6 +26,8 @@ import numpy as np
 from .._src.autodiff.batched import random_levels
 from .._src.autodiff.state import STATE
 from .._src.backend import Array, get_backend
+from ..ops._util import as_real
+from ..ops.creation import float_dtype, normalize_shape
 from ..random import Generator, _numpy_generator
 
 if TYPE_CHECKING:
@@ -41,10 +43,26 @@ Seed = int | Generator | np.random.Generator | None
 Initializer = Callable[..., Array]
 
 
+_KINDS = ("dense", "conv")
+
+
+def _args(shape: tuple[int, ...], dtype: DTypeLike, kind: str, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """An initializer's ``shape`` (non-negative ints), ``dtype`` (a float dtype) and ``kind``,
+    checked (TypeError / ValueError naming ``init.<what>``); once per parameter, not per op."""
+    _check_kind(kind, f"init.{what}")
+    return normalize_shape(shape, f"init.{what}"), float_dtype(dtype, f"init.{what}")
+
+
+def _check_kind(kind: str, what: str) -> None:
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"{what}: kind must be one of {_KINDS}, got {kind!r}")
+
+
 def fans(shape: tuple[int, ...], kind: str = "dense") -> tuple[int, int]:
     """``(fan_in, fan_out)`` of a kernel: ``kind="dense"`` for ``[in, out]`` (any leading
-    dims), ``"conv"`` for OIHW ``[O, I, kh, kw]``."""
-    shape = tuple(int(s) for s in shape)
+    dims), ``"conv"`` for OIHW ``[O, I, kh, kw]``; another ``kind`` raises ValueError."""
+    _check_kind(kind, "init.fans")
+    shape = normalize_shape(shape, "init.fans")
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -79,8 +97,9 @@ def glorot_uniform(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike =
         >>> float(abs(init.glorot_uniform((2, 2), seed=0)).max()) <= 6 ** 0.5 / 2
         True
     """
+    shape, dtype = _args(shape, dtype, kind, "glorot_uniform")
     fi, fo = fans(shape, kind)
-    a = math.sqrt(6.0 / (fi + fo))
+    a = math.sqrt(6.0 / max(fi + fo, 1))  # (a fan of 0: an empty array)
     return _on_backend(_rng(seed).uniform(-a, a, size=shape), dtype)
 
 
@@ -93,8 +112,9 @@ def glorot_normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = 
         >>> init.glorot_normal((4, 4), seed=0).dtype
         dtype('float32')
     """
+    shape, dtype = _args(shape, dtype, kind, "glorot_normal")
     fi, fo = fans(shape, kind)
-    return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / (fi + fo)), size=shape), dtype)
+    return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / max(fi + fo, 1)), size=shape), dtype)
 
 
 def he_uniform(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
@@ -106,8 +126,9 @@ def he_uniform(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.
         >>> init.he_uniform((3, 2), seed=1).shape
         (3, 2)
     """
+    shape, dtype = _args(shape, dtype, kind, "he_uniform")
     fi, _ = fans(shape, kind)
-    a = math.sqrt(6.0 / fi)
+    a = math.sqrt(6.0 / max(fi, 1))
     return _on_backend(_rng(seed).uniform(-a, a, size=shape), dtype)
 
 
@@ -120,31 +141,39 @@ def he_normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.f
         >>> init.he_normal((3, 2), seed=1).shape
         (3, 2)
     """
+    shape, dtype = _args(shape, dtype, kind, "he_normal")
     fi, _ = fans(shape, kind)
-    return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / fi), size=shape), dtype)
+    return _on_backend(_rng(seed).normal(0.0, math.sqrt(2.0 / max(fi, 1)), size=shape), dtype)
 
 
 def normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
            kind: str = "dense", stddev: float = 1.0) -> Array:
-    """Normal with mean 0 and std ``stddev`` (1 by default: PyTorch's ``Embedding`` init).
+    """Normal with mean 0 and std ``stddev`` (1 by default: PyTorch's ``Embedding`` init),
+    finite and >= 0 (0 gives zeros, as ``gt.random.normal(std=0)``).
 
     Example:
         >>> from gradtape.nn import init
         >>> init.normal((2, 3), seed=0).shape
         (2, 3)
     """
-    return _on_backend(_rng(seed).normal(0.0, float(stddev), size=shape), dtype)
+    shape, dtype = _args(shape, dtype, kind, "normal")
+    std = as_real(stddev, "init.normal", "stddev")
+    if std < 0:
+        raise ValueError(f"init.normal: stddev must be >= 0, got {std}")
+    return _on_backend(_rng(seed).normal(0.0, std, size=shape), dtype)
 
 
 def zeros(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
           kind: str = "dense") -> Array:
     """Zeros (``seed`` ignored). Example: ``init.zeros((3,))``."""
+    shape, dtype = _args(shape, dtype, kind, "zeros")
     return get_backend().xp.zeros(shape, dtype=dtype)
 
 
 def ones(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.float32,
          kind: str = "dense") -> Array:
     """Ones (``seed`` ignored). Example: ``init.ones((3,))``."""
+    shape, dtype = _args(shape, dtype, kind, "ones")
     return get_backend().xp.ones(shape, dtype=dtype)
 
 

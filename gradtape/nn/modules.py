@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import operator
 import os
 import stat
 import struct
@@ -527,6 +528,13 @@ class Sequential(Module):
         sharing their Variables), as PyTorch's."""
         if isinstance(i, slice):
             return Sequential(self.layers[i])
+        n = len(self.layers)
+        if isinstance(i, (bool, np.bool_)) or not hasattr(i, "__index__"):
+            raise TypeError(f"Sequential: index must be an int or a slice, got {i!r} "
+                            f"({type(i).__name__})")
+        if not -n <= operator.index(i) < n:  # (IndexError: iteration stops on it)
+            raise IndexError(f"Sequential: index {i} is out of range for a Sequential of {n} "
+                             f"layer{'s' if n != 1 else ''}")
         return self.layers[i]
 
     def __len__(self) -> int:

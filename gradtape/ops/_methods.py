@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._src.tensor import Axis, IndexLike, Tensor, TensorLike
+from .._src.tensor import Axis, IndexLike, Tensor, TensorLike, check_dtype
 from . import elementwise as _e
 from . import indexing as _i
 from . import linalg as _l
@@ -233,14 +233,18 @@ def _m_sum(self: Tensor, axis: Axis = None, keepdims: bool = False, *, dtype: An
            out: Any = None) -> Tensor:
     """Sum over ``axis`` (None: all); ``dtype`` casts first. See :func:`gradtape.sum`."""
     _no_out(out, "sum")
-    return _r.sum(self if dtype is None else self.astype(dtype), axis=axis, keepdims=keepdims)
+    if dtype is not None:  # (named as sum's argument, not astype's)
+        self = self.astype(check_dtype(dtype, "Tensor.sum: dtype"))
+    return _r.sum(self, axis=axis, keepdims=keepdims)
 
 
 def _m_mean(self: Tensor, axis: Axis = None, keepdims: bool = False, *, dtype: Any = None,
             out: Any = None) -> Tensor:
     """Mean over ``axis`` (None: all); ``dtype`` casts first. See :func:`gradtape.mean`."""
     _no_out(out, "mean")
-    return _r.mean(self if dtype is None else self.astype(dtype), axis=axis, keepdims=keepdims)
+    if dtype is not None:  # (named as sum's argument, not astype's)
+        self = self.astype(check_dtype(dtype, "Tensor.mean: dtype"))
+    return _r.mean(self, axis=axis, keepdims=keepdims)
 
 
 def _m_max(self: Tensor, axis: Axis = None, keepdims: bool = False, *, out: Any = None) -> Tensor:

@@ -115,6 +115,8 @@ def _fill(value: Any, dtype: np.dtype, what: str) -> Any:
     if dtype.kind in "iu" and isinstance(v, (int, float)) and not isinstance(v, bool):
         if v != v or v in (math.inf, -math.inf):
             problem = "not a finite number"
+        elif isinstance(v, float) and not v.is_integer():  # (NumPy and PyTorch truncate it)
+            problem = f"not a whole number: it would be truncated to {int(v)}"
         else:
             info = np.iinfo(dtype)
             if not info.min <= int(v) <= info.max:
@@ -246,8 +248,8 @@ def full(shape: ShapeLike, fill_value: Any, dtype: DTypeLike | None = None) -> T
             float is float32, an int int64, a bool bool; a NumPy scalar keeps its dtype.
 
     Raises:
-        ValueError: ``fill_value`` cannot be represented in ``dtype`` (300 as uint8, NaN as an
-            integer).
+        ValueError: ``fill_value`` cannot be represented in ``dtype`` (300 as uint8, NaN or
+            1.5 as an integer: NumPy and PyTorch would truncate the fraction silently).
 
     Example:
         >>> import gradtape as gt

@@ -555,8 +555,8 @@ P_PAD = primitive("pad", _pad_impl, rule=_pad_rule, jvp=_pad_jvp,
 
 def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
     """Pad with a constant, as ``np.pad(x, pad_width, mode="constant")``: ``pad_width`` is an
-    int, a ``(before, after)`` pair, or one pair per axis. ``constant_values`` is a scalar
-    (not differentiated).
+    int, a ``(before, after)`` pair, or one pair per axis. ``constant_values`` is a number
+    (a Python or NumPy scalar, or a 0-d array or Tensor; not differentiated).
 
     Shapes: each axis grows by ``before + after``.
 
@@ -579,6 +579,9 @@ def pad(x: Any, pad_width: Any, constant_values: Any = 0) -> Tensor:
     if not np.isscalar(constant_values) and np.ndim(constant_values) != 0:
         raise ValueError(f"pad: constant_values must be a scalar, got {constant_values!r}")
     cv = constant_values.item() if hasattr(constant_values, "item") else constant_values
+    if not isinstance(cv, (bool, int, float, complex)):
+        raise TypeError(f"pad: constant_values must be a number, got {constant_values!r} "
+                        f"({type(constant_values).__name__})")
     pw_t = tuple((int(a), int(b)) for a, b in pw)
     if not any(a or b for a, b in pw_t):
         return _unchanged(x)

@@ -164,6 +164,9 @@ def custom_gradient(f: Callable[_P, tuple[_Y, Callable[..., Any]]]) -> Callable[
         >>> float(tape.gradient(y, x))
         1.0
     """
+    if not callable(f):
+        raise TypeError(f"custom_gradient: f must be callable (the decorated function), got "
+                        f"{f!r} ({type(f).__name__})")
     try:
         sig_params = list(inspect.signature(f).parameters.values())
     except (TypeError, ValueError):

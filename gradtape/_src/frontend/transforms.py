@@ -25,6 +25,21 @@ from .vmap import vmap
 __all__ = ["grad", "value_and_grad", "vjp", "jacrev", "jacfwd", "hessian", "hvp", "basis"]
 
 
+def _check_argnums(argnums: Any, who: str) -> None:
+    """At transform creation: ``argnums`` is an int or a non-empty tuple/list of ints (not a
+    float, a string or None), else TypeError / ValueError naming ``who``; the range is checked
+    at each call (:func:`_argnums`), when the number of arguments is known."""
+    def is_int(a: Any) -> bool:
+        return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+    if is_int(argnums):
+        return
+    if not isinstance(argnums, (tuple, list)) or not all(is_int(a) for a in argnums):
+        raise TypeError(f"{who}: argnums must be an int or a tuple of ints, got {argnums!r} "
+                        f"({type(argnums).__name__})")
+    if not argnums:
+        raise ValueError(f"{who}: argnums is empty; name at least one argument to differentiate")
+
+
 def _argnums(argnums: int | Sequence[int], n: int, fname: str) -> tuple[int, ...]:
     nums = (argnums,) if isinstance(argnums, (int, np.integer)) else tuple(argnums)
     if not nums:
@@ -111,6 +126,7 @@ def _value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int], has_aux
     """:func:`value_and_grad`, its messages naming ``who``, the transform the user called."""
     if not callable(f):
         raise TypeError(f"{who}: f must be callable, got {type(f).__name__}")
+    _check_argnums(argnums, who)
     fname = f"{who}({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
@@ -207,7 +223,11 @@ def vjp(f: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[An
         targets, seeds = [], []
         for j, (o, c) in enumerate(zip(out_leaves, cts)):
             if not isinstance(c, Tensor):
-                c = tensor(np.asarray(c, dtype=o.dtype))
+                host = np.asarray(c) if c is not None else None
+                if host is None or host.dtype.kind not in "biufc":  # (None read as a NaN scalar)
+                    raise TypeError(f"{fname} vjp_fn: cotangent {j} must be a Tensor (or array), "
+                                    f"got {c!r} ({type(c).__name__})")
+                c = tensor(host.astype(o.dtype, copy=False))
             if c.shape != o.shape:
                 raise ValueError(f"{fname} vjp_fn: cotangent {j} has shape {c.shape}, the output "
                                  f"has shape {o.shape}")
@@ -246,6 +266,7 @@ def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     """
     if not callable(f):
         raise TypeError(f"gt.jacrev: f must be callable, got {type(f).__name__}")
+    _check_argnums(argnums, "gt.jacrev")
     fname = f"gt.jacrev({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
@@ -300,6 +321,7 @@ def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     """
     if not callable(f):
         raise TypeError(f"gt.jacfwd: f must be callable, got {type(f).__name__}")
+    _check_argnums(argnums, "gt.jacfwd")
     fname = f"gt.jacfwd({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
