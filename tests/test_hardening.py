@@ -690,6 +690,7 @@ def test_sqrt_of_a_select_has_gradient_zero_where_it_is_flat():
     (lambda: gt.argsort(gt.tensor([2.0, 1.0]), descending="no"), "argsort: descending"),
     (lambda: gt.Variable([1.0], trainable="no"), "Variable: trainable"),
     (lambda: gt.nn.batch_norm(gt.ones((4, 2)), training="no"), "batch_norm: training"),
+    (lambda: gt.nn.dropout(gt.ones(4), 0.5, training="False"), "dropout: training"),
     (lambda: gt.nn.Dense(2, 3).train("False"), "Dense.train: mode"),
     (lambda: gt.function(lambda x: x, verify="no"), "gt.function: verify"),
     (lambda: gt.function(lambda x: x, reduce_retracing="x"), "gt.function: reduce_retracing"),

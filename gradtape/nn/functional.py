@@ -506,7 +506,7 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
         rate = as_real(rate, "dropout", "rate")  # as the Dropout layer: no string, bool, None
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
-    if not training or rate == 0.0:
+    if not as_flag(training, "dropout", "training") or rate == 0.0:
         return x
     xp = x._backend.xp
     # inside gt.vmap: per its randomness (one mask per example, or one for all, or refused)
