@@ -270,3 +270,40 @@ def test_non_persistent_tape_frees_without_gc():
         ref_tape = weakref.ref(tape)
         del tape
         assert ref_tape() is None
+
+
+def test_a_compiled_steps_traces_free_their_arrays_when_done():
+    # every array a step makes stays alive while it is traced; the first trace (kept to
+    # compare with the second) held them until a full garbage collection, so the second call
+    # peaked at twice the first and the memory outlived the calls
+    rng = np.random.default_rng(0)
+    m = gt.nn.Sequential([gt.nn.Dense(32, 256, activation="gelu", seed=0), gt.nn.Dense(256, 10, seed=1)])
+    opt = gt.optimizers.SGD(0.1)
+    x = gt.tensor(rng.standard_normal((64, 32)).astype(np.float32))
+    y = gt.tensor(rng.integers(0, 10, 64))
+
+    @gt.function
+    def step(x, y):
+        with gt.GradientTape() as t:
+            loss = gt.nn.cross_entropy(m(x), y)
+        opt.apply_gradients(zip(t.gradient(loss, m.trainable_variables), m.trainable_variables))
+        return loss
+
+    enabled = gc.isenabled()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        peaks, after = [], []
+        for _ in range(3):
+            tracemalloc.reset_peak()
+            step(x, y)
+            cur, peak = tracemalloc.get_traced_memory()
+            peaks.append(peak)
+            after.append(cur)
+    finally:
+        tracemalloc.stop()
+        if enabled:
+            gc.enable()
+    assert step.trace_count == 2
+    assert peaks[1] < 1.5 * peaks[0], peaks
+    assert max(after) < 0.25 * peaks[0], (after, peaks)

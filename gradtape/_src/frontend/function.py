@@ -2531,9 +2531,14 @@ class Function(Generic[R]):
         entry.last = tr
         if prev is None and self.verify or tr.created_variables:
             entry.state = "verify"
+            tr.arrays = []  # (a trace kept to compare with the next needs its steps only:
+            # every array the step made stays alive while it traces, freed here)
         else:
             why = _same_program(prev, tr) if prev is not None else None
+            if prev is not None:
+                prev.arrays = []
             if why is not None:
+                tr.arrays = []
                 # a trace that created Variables (a first step's layers and optimizer slots)
                 # may differ from the next; any other difference is a value read from Python
                 # that changes between calls, even if a later trace happens to repeat it
