@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -547,6 +548,11 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
     return v
 
 
+#: Held while a step reads and advances an optimizer's step count (``self.iterations += 1``
+#: is no atomic operation: threads sharing one optimizer lost steps, and Adam's bias
+#: correction and schedules then ran at wrong steps). Module-wide: optimizers stay picklable.
+_STEP_LOCK = threading.Lock()
+
 #: Hyper-parameter names of PyTorch and Keras -> gradtape's: setting one on an optimizer raises
 #: (it would be a new attribute that no step reads)
 _PEER_NAMES = {"lr": "learning_rate", "eps": "epsilon", "beta_1": "beta1", "beta_2": "beta2",
@@ -880,9 +886,10 @@ class Optimizer:
                 clipped, _ = _clip_arrays(gs, self.global_clipnorm, pairs[0][1]._backend.xp)
             pairs = list(zip(clipped, (v for _, v in pairs)))
         rule = self._rule()
-        values = self._rule_scalars(self._scalars())
-        values_list = [float(values[n]) for n in rule.scalars]
-        self.iterations += 1
+        with _STEP_LOCK:  # threads sharing an optimizer: each step reads its own count
+            values = self._rule_scalars(self._scalars())
+            values_list = [float(values[n]) for n in rule.scalars]
+            self.iterations += 1
         cache: dict = {}
         # the slots this rule reads: a hyper-parameter set after the first step (SGD's
         # momentum from 0) can make a slot needed that was not, or one unneeded

@@ -292,3 +292,27 @@ def test_malformed_gradient_pairs_get_the_pairs_message():
     np.testing.assert_array_equal(w.numpy(), [1.0, 2.0])
     with pytest.raises(NotImplementedError, match="Optimizer defines no update rule"):
         gt.optimizers.Optimizer(0.1).apply_gradients([(gt.ones(2), w)])
+
+
+def test_threads_sharing_an_optimizer_count_every_step():
+    # self.iterations += 1 is no atomic operation: 4 threads x 500 steps counted ~1900
+    import sys
+    import threading
+    opt = gt.optimizers.Adam(0.01)
+    vs = [gt.Variable(np.ones(4, np.float32)) for _ in range(4)]
+
+    def work(v):
+        for _ in range(500):
+            opt.apply_gradients([(gt.ones((4,)), v)])
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a busy program would
+    try:
+        ts = [threading.Thread(target=work, args=(v,)) for v in vs]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert opt.iterations == 2000
