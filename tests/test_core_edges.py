@@ -94,7 +94,10 @@ def test_full_of_a_0d_tensor_is_checked_too():
     with pytest.raises(ValueError, match=r"full_like: .* cannot be represented as uint8"):
         gt.full_like(gt.tensor(np.uint8([1, 2])), np.int16(300))
     assert gt.full(2, np.int64(255), dtype="uint8").numpy().tolist() == [255, 255]
-    assert gt.full(2, 2.5, dtype="int32").numpy().tolist() == [2, 2]  # (truncates, as NumPy)
+    with pytest.raises(ValueError, match=r"full: fill_value 2.5 cannot be represented as int32 "
+                                         r"\(not a whole number"):  # (TF refuses too; NumPy
+        gt.full(2, 2.5, dtype="int32")  # and PyTorch truncate, silently)
+    assert gt.full(2, 2.0, dtype="int32").numpy().tolist() == [2, 2]
 
 
 @pytest.mark.parametrize("low, high", [(1.0, 2.0), (-1.0, 1.0), (0.0, 1000.0), (0.0, 2.0)])
