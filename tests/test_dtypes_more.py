@@ -386,10 +386,13 @@ def test_adam_on_float16_survives_a_gradient_whose_square_overflows():
 def test_a_list_of_float64_arrays_or_tensors_stays_float64():
     # the float32 default for Python floats was applied to any list: float64 data silently lost
     # its digits (PyTorch and JAX keep float64)
-    t = gt.tensor([gt.tensor(np.array(1.1)), gt.tensor(np.array(2.2))])
+    with gt.use_backend("numpy"):  # (a list of device tensors is refused: an implicit copy)
+        t = gt.tensor([gt.tensor(np.array(1.1)), gt.tensor(np.array(2.2))])
     assert t.dtype == np.float64 and t.numpy()[0] == 1.1
     assert gt.tensor([np.array([1.1]), np.array([2.2])]).dtype == np.float64
     assert gt.tensor([np.float16(1), np.float16(2)]).dtype == np.float16
-    assert gt.tensor([np.float32(1.5), 2.5]).dtype == np.float32  # the Python float is weak
+    assert gt.tensor([np.float32(1.5), 2.5]).dtype == np.float32
+    big = gt.tensor([np.float16(1), 1e5])  # a Python float counts as float32 (PyTorch's rule)
+    assert big.dtype == np.float32 and big.numpy()[1] == 1e5
     assert gt.tensor([np.int64(1), 2.5]).dtype == np.float32  # as int_tensor * 2.5
     assert gt.tensor([1.5, 2.5]).dtype == np.float32

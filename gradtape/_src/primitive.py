@@ -694,10 +694,11 @@ def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a = bind(REGISTRY["astype"], a, dtype=b.data.dtype)
     elif kb in "biu" and ka in "fc":
         b = bind(REGISTRY["astype"], b, dtype=a.data.dtype)
-    elif ka == "f" and kb == "f":
-        # two float dtypes: the narrower is cast (recorded) to the result's dtype first, so
-        # the op's derivatives are computed in that dtype (d/dx x / c = 1 / c in float16
-        # for a float16 c lost float64's digits: 0.33325 for 1/3)
+    elif ka == "f" and kb == "f" and HOOKS.on:
+        # two float dtypes under a tape, accumulator or trace: the narrower is cast
+        # (recorded) to the result's dtype first, so the op's derivatives are computed in
+        # that dtype (d/dx x / c = 1 / c in float16 for a float16 c lost float64's digits:
+        # 0.33325 for 1/3); unrecorded, NumPy's promotion gives the same values
         dt = np.result_type(a.data.dtype, b.data.dtype)
         if a.data.dtype != dt:
             a = bind(REGISTRY["astype"], a, dtype=dt)

@@ -864,12 +864,15 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
     if dtype is None and host.dtype.kind in "fc" and python_data:
         # Python floats become float32, Python complex numbers complex64; an array keeps its
         # dtype, also inside a list (float64 arrays or tensors in a list give float64, as in
-        # PyTorch and JAX; Python floats next to them are weak)
-        arrays = _array_dtype(data)
+        # PyTorch; a Python float next to them counts as the default float32, as there)
+        arrays, numbers = _array_dtype(data)
         if arrays is None or arrays.kind not in "fc":
-            arrays = _FLOAT_DEFAULT if host.dtype.kind == "f" else _COMPLEX_DEFAULT
-        host = host.astype(np.promote_types(arrays, _COMPLEX_DEFAULT)
-                           if host.dtype.kind == "c" and arrays.kind == "f" else arrays)
+            target = _FLOAT_DEFAULT if host.dtype.kind == "f" else _COMPLEX_DEFAULT
+        else:
+            target = np.promote_types(arrays, _FLOAT_DEFAULT) if numbers else arrays
+            if host.dtype.kind == "c":
+                target = np.promote_types(target, _COMPLEX_DEFAULT)
+        host = host.astype(target)
     elif copy and not python_data and backend.name == "numpy":  # an __array__ object may
         host = host.copy()                                       # hand out its own buffer
     arr = host if backend.name == "numpy" else backend.xp.asarray(host)
@@ -889,15 +892,32 @@ def _python_leaves(data: object) -> Iterator[object]:
         yield data
 
 
-def _array_dtype(data: object) -> np.dtype | None:
+_PY_NUMBERS = frozenset({float, int, bool, complex})
+
+
+def _array_dtype(data: object) -> tuple[np.dtype | None, bool]:
     """The promoted dtype of the arrays, NumPy scalars and tensors (anything with a dtype) in
-    nested lists and tuples; None when there are only Python numbers."""
+    nested lists and tuples (None when there are only Python numbers), and whether Python
+    floats or complex numbers are among them. A list of Python numbers only is passed over by
+    one C-level scan of its types (a list of a million floats: about 10 ms)."""
     dt = None
-    for d in _python_leaves(data):
-        t = getattr(d, "dtype", None)
-        if t is not None:
-            dt = np.dtype(t) if dt is None else np.promote_types(dt, t)
-    return dt
+    numbers = False
+    stack = [data]
+    while stack:
+        d = stack.pop()
+        if not isinstance(d, (list, tuple)):
+            t = getattr(d, "dtype", None)
+            if t is not None:
+                dt = np.dtype(t) if dt is None else np.promote_types(dt, t)
+            elif isinstance(d, (float, complex)):
+                numbers = True
+            continue
+        types = set(map(type, d))
+        if types <= _PY_NUMBERS:
+            numbers = numbers or float in types or complex in types
+            continue
+        stack.extend(d)
+    return dt, numbers
 
 
 def _only_ints(data: object) -> bool:

@@ -1164,8 +1164,8 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
             a character UTF-8 cannot encode.
         PermissionError: ``path`` exists and this process may not write it (nothing written).
         FileNotFoundError: the folder of ``path`` does not exist (nothing written).
-        IsADirectoryError: ``path`` is empty, ends with a separator or is an existing folder
-            (nothing written).
+        IsADirectoryError: ``path`` is empty, ends with a separator, or (with ``.npz``
+            appended) is an existing folder (nothing written).
 
     Example:
         >>> import gradtape as gt, tempfile, os
@@ -1183,13 +1183,13 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
         for key, arr in optimizer.state_dict(named).items():
             arrays[_OPT + key] = np.asarray(arr)
     path = _checkpoint_path(path, "save")
-    if not os.path.basename(path) or os.path.isdir(path):
-        # "" would write a hidden ".npz" here, "runs/" or an existing folder "runs/exp1" a
-        # file beside it named like the folder
+    if not os.path.basename(path):  # "" would write a hidden ".npz" here, "runs/" "runs/.npz"
         raise IsADirectoryError(f"save: path must name a file, got {path!r} (a folder); "
                                 "pass e.g. os.path.join(folder, 'model.npz')")
     if not path.endswith(".npz"):
         path += ".npz"
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save: {path!r} is a folder; pass the path of a file in it")
     _write_atomically(path, arrays)
     return path
 

@@ -27,7 +27,7 @@ from ..autodiff.record import ForwardRecorder, RecordX
 from ..autodiff.state import STATE, hooks_add
 from ..errors import MissingRuleError
 from ..nest import flatten, unflatten
-from ..primitive import BUILTIN, Primitive
+from ..primitive import BUILTIN, Primitive, bind
 from ..rules import ON_TENSORS
 from ..tensor import Tensor, TensorTree, _next_id, _wrap, tensor
 from .custom_gradient import _CustomCall
@@ -311,9 +311,18 @@ def _checked_pairs(primals: Any, tangents: Any, what: str) -> list[tuple[Tensor,
     return pairs
 
 
+def fresh_input(t: Tensor) -> Tensor:
+    """A new Tensor of ``t``'s value for a function transform to differentiate (JAX's rule:
+    each argument is an input of its own): another reference to ``t`` inside the function (a
+    closure, a second argument, another leaf of the same nest, the tangent) is a constant, not
+    the input. Recorded as an identity on the tapes already active, so an outer transform
+    still differentiates through it."""
+    return bind(ops.shape.P_RESHAPE, t, shape=t.shape)
+
+
 def _as_primal(leaf: Any, i: int) -> Tensor:
     if isinstance(leaf, Tensor):
-        return leaf
+        return fresh_input(leaf)
     if isinstance(leaf, (bool, int, np.integer, str, bytes)) or leaf is None or (
             isinstance(leaf, np.ndarray) and leaf.dtype.kind != "f"):
         raise TypeError(f"jvp(): primals[{i}] holds {type(leaf).__name__} ({leaf!r:.60}); "

@@ -18,7 +18,7 @@ import numpy as np
 from ... import ops
 from ..nest import flatten, unflatten
 from ..tensor import Tensor, _wrap, tensor
-from .forward import CustomGradientJvpError, jvp
+from .forward import CustomGradientJvpError, fresh_input, jvp
 from .tape import GradientTape
 from .vmap import vmap
 
@@ -61,7 +61,7 @@ def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of 
     conv = []
     for leaf in leaves:
         if isinstance(leaf, Tensor):
-            conv.append(leaf)
+            conv.append(fresh_input(leaf))  # (each argument an input of its own, as JAX's)
             continue
         if isinstance(leaf, (bool, int, np.integer)) or (
                 isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
