@@ -2027,3 +2027,13 @@ def test_copying_and_pickling_a_compiled_function():
     assert not np.allclose(c.step(x).numpy(), n.step(x).numpy())
     f = pickle.loads(pickle.dumps(gt.function(math.factorial)))
     assert f(5) == 120 and copy.copy(f)(4) == 24
+
+
+def test_a_step_that_creates_variables_at_every_call_is_told_it_never_replays():
+    # it traced at every call, silently (TF raises at the second trace)
+    f = gt.function(lambda x: gt.sum(gt.Variable([1.0, 2.0]) * x))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [float(f(gt.ones(2))) for _ in range(5)]
+    assert outs == [3.0] * 5 and f.trace_count == 5
+    assert sum("created Variables in each of its last 3 traces" in str(m.message) for m in w) == 1

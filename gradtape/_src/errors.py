@@ -48,9 +48,14 @@ def as_flag(value: object, what: str, name: str) -> bool:
         >>> as_flag(1, "Dense", "use_bias"), as_flag(None, "dropout", "training")
         (True, False)
     """
-    if value is None:
-        return False
-    if isinstance(value, (str, bytes)) or (isinstance(value, (int, float, complex))
-                                            and not isinstance(value, bool) and value not in (0, 1)):
+    if value is None or value is False or value is True:
+        return bool(value)
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and \
+            getattr(value, "dtype", None) is not None and value.dtype.kind in "biufc":
+        value = value.item()  # a NumPy scalar or 0-d array: its number
+    if isinstance(value, (int, float, complex)) and not isinstance(value, bool) \
+            and value not in (0, 1):
         raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
     return bool(value)

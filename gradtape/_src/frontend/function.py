@@ -59,6 +59,9 @@ __all__ = ["function", "Function", "TracedArray", "opaque", "tracing"]
 R = TypeVar("R")
 
 _RETRACE_WARN = 5  # TF warns when one function retraces this often
+# A step that creates Variables at every call (TF raises at its second trace) is told so at
+# this many traces in a row that created some: a lazily built model creates them once.
+_CREATING_WARN = 3
 
 
 # --------------------------------------------------------------------------- traced arrays
@@ -2032,7 +2035,7 @@ def _same_template(x: Any, y: Any) -> str | None:
 class _Entry:
     """What one input signature has: its traces so far, then a program or eager mode."""
 
-    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "traces", "refs",
+    __slots__ = ("state", "last", "program", "out_spec", "out_meta", "keep", "creating", "refs",
                  "aliased", "read_vars", "stale", "device", "graphs", "replays", "flags", "epoch",
                  "__weakref__")
 
@@ -2069,7 +2072,7 @@ class _Entry:
         # state.FLAGS moved since ``epoch``
         self.flags: list[tuple[Any, str, Any]] = []
         self.epoch = FLAGS[0]
-        self.traces = 0
+        self.creating = 0  # consecutive traces that created Variables
 
     def _on_death(self) -> Any:
         """A weak-reference callback that marks this entry stale (it holds the entry weakly:
@@ -2473,7 +2476,6 @@ class Function(Generic[R]):
         for d in devices:  # device namespaces log calls on traced arrays (see _TracingNamespace)
             d.xp = _TracingNamespace(d.xp)  # type: ignore[assignment]
         self.trace_count += 1
-        entry.traces += 1
         try:
             result = self.python_function(*targs, **tkwargs)
         finally:
@@ -2529,6 +2531,14 @@ class Function(Generic[R]):
         entry.watch(tr.variables.values(), tr.flags.values(), tr.flags_set, tr.owners.values())
         prev = entry.last
         entry.last = tr
+        entry.creating = entry.creating + 1 if tr.created_variables else 0
+        if entry.creating == _CREATING_WARN:
+            warnings.warn(
+                f"gt.function {self._name!r}: the step created Variables in each of its last "
+                f"{_CREATING_WARN} traces, so it traces at every call and never replays (an "
+                "optimizer, a layer or a Variable made inside the step starts afresh each "
+                "time); create them outside the step, or once (on its first call)",
+                stacklevel=3)
         if prev is None and self.verify or tr.created_variables:
             entry.state = "verify"
             tr.arrays = []  # (a trace kept to compare with the next needs its steps only:
