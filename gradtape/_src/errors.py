@@ -52,9 +52,9 @@ def as_flag(value: object, what: str, name: str) -> bool:
         return bool(value)
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and \
-            getattr(value, "dtype", None) is not None and value.dtype.kind in "biufc":
-        value = value.item()  # a NumPy scalar or 0-d array: its number
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if getattr(value, "ndim", None) == 0 and kind is not None and kind in "biufc":
+        value = value.item()  # type: ignore[attr-defined]  # a NumPy scalar or 0-d array
     if isinstance(value, (int, float, complex)) and not isinstance(value, bool) \
             and value not in (0, 1):
         raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
