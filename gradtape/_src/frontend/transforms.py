@@ -198,7 +198,8 @@ def vjp(f: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[An
     if not callable(f):
         raise TypeError(f"gt.vjp: f must be callable, got {type(f).__name__}")
     fname = f"gt.vjp({getattr(f, '__name__', 'f')})"
-    prims = [_as_sources(p, fname, i) for i, p in enumerate(primals)]
+    prims = [_as_sources(p, fname, i, "(gt.vjp differentiates every argument: bind the others "
+                         "with a closure or functools.partial)") for i, p in enumerate(primals)]
     with GradientTape(persistent=True) as tape:
         for p in prims:
             tape.watch(p)
