@@ -321,8 +321,8 @@ def fresh_input(t: Tensor) -> Tensor:
 
 
 def _as_primal(leaf: Any, i: int) -> Tensor:
-    if isinstance(leaf, Tensor):
-        return fresh_input(leaf)
+    if isinstance(leaf, Tensor):  # (an integer one is refused later, its message naming it)
+        return fresh_input(leaf) if leaf.dtype.kind in "fc" else leaf
     if isinstance(leaf, (bool, int, np.integer, str, bytes)) or leaf is None or (
             isinstance(leaf, np.ndarray) and leaf.dtype.kind != "f"):
         raise TypeError(f"jvp(): primals[{i}] holds {type(leaf).__name__} ({leaf!r:.60}); "

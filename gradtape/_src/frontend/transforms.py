@@ -58,8 +58,9 @@ def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of 
     leaves, spec = flatten(arg)
     conv = []
     for leaf in leaves:
-        if isinstance(leaf, Tensor):
-            conv.append(fresh_input(leaf))  # (each argument an input of its own, as JAX's)
+        if isinstance(leaf, Tensor):  # each argument an input of its own, as JAX's (an
+            # integer one is refused later, its message naming it)
+            conv.append(fresh_input(leaf) if leaf.dtype.kind in "fc" else leaf)
             continue
         if isinstance(leaf, (bool, int, np.integer)) or (
                 isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
