@@ -336,3 +336,11 @@ def test_uniform_stays_within_the_bounds_the_dtype_holds(low, high, dtype):
     assert ((u < hi) | (u == lo)).all()
     if lo == hi:
         assert (u == lo).all()
+
+
+def test_a_seed_array_gets_the_seed_message():
+    # an integer array (JAX's key habit) failed inside NumPy ("only integer scalar arrays ...")
+    with pytest.raises(TypeError, match=r"gt.random.Generator: seed must be an int >= 0 or None, "
+                                        r"got array\(\[0, 1\]"):
+        gt.random.Generator(np.array([0, 1], np.uint32))
+    assert gt.random.Generator(np.array(3)).normal((2,)).shape == (2,)  # a 0-d one is an int
