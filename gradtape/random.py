@@ -53,7 +53,7 @@ __all__ = ["Generator", "seed", "normal", "uniform", "integers", "permutation", 
 def _check_seed(seed: Any, what: str) -> int | None:
     if seed is None:
         return None
-    if isinstance(seed, bool) or not hasattr(seed, "__index__") or getattr(seed, "ndim", 0):
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or len(getattr(seed, "shape", ())):
         # (an integer array has __index__ too: NumPy's error would not name the seed)
         raise TypeError(f"{what}: seed must be an int >= 0 or None, got {seed!r} "
                         f"({type(seed).__name__})")
