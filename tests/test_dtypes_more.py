@@ -396,3 +396,21 @@ def test_a_list_of_float64_arrays_or_tensors_stays_float64():
     assert big.dtype == np.float32 and big.numpy()[1] == 1e5
     assert gt.tensor([np.int64(1), 2.5]).dtype == np.float32  # as int_tensor * 2.5
     assert gt.tensor([1.5, 2.5]).dtype == np.float32
+
+
+def test_mixed_dtype_losses_are_the_same_with_and_without_a_tape():
+    # the operands of a mixed-dtype op were promoted only under a tape: binary_cross_entropy
+    # (whose eps is its dtype's) gave 6.93 eagerly and 15.94 under a tape
+    p = gt.tensor(np.array([1.0, 0.3], np.float16))
+    t = gt.tensor(np.array([0.0, 1.0], np.float32))
+    x = gt.tensor(np.array([2.0, -3.0], np.float16))
+    plain = [gt.nn.binary_cross_entropy(p, t, reduction="none").numpy(),
+             gt.nn.binary_cross_entropy_with_logits(x, t, reduction="none").numpy()]
+    with gt.GradientTape() as tape:
+        tape.watch([p, x])
+        taped = [gt.nn.binary_cross_entropy(p, t, reduction="none").numpy(),
+                 gt.nn.binary_cross_entropy_with_logits(x, t, reduction="none").numpy()]
+    for u, v in zip(plain, taped):
+        assert u.dtype == v.dtype == np.float32
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_allclose(plain[0][0], 15.942385, rtol=1e-6)  # PyTorch's, in float32

@@ -256,3 +256,7 @@ def test_each_argument_of_a_transform_is_an_input_of_its_own():
     np.testing.assert_allclose(gt.vjp(lambda y: x * y, x)[1](ones)[0].numpy(), a)
     np.testing.assert_allclose(gt.jacrev(lambda y: y * x)(x).numpy(), np.diag(a))
     np.testing.assert_allclose(gt.jacfwd(lambda y: y * x)(x).numpy(), np.diag(a))
+    # a Variable is passed as itself: a model reading its own Variables is differentiated
+    w = gt.Variable(a)
+    np.testing.assert_allclose(gt.grad(lambda v: gt.sum(w * x))(w).numpy(), a)
+    np.testing.assert_allclose(gt.jvp(lambda v: gt.sum(w * x), (w,), (ones,))[1].numpy(), a.sum())

@@ -694,16 +694,16 @@ def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a = bind(REGISTRY["astype"], a, dtype=b.data.dtype)
     elif kb in "biu" and ka in "fc":
         b = bind(REGISTRY["astype"], b, dtype=a.data.dtype)
-    elif ka == "f" and kb == "f" and HOOKS.on:
-        # two float dtypes under a tape, accumulator or trace: the narrower is cast
-        # (recorded) to the result's dtype first, so the op's derivatives are computed in
-        # that dtype (d/dx x / c = 1 / c in float16 for a float16 c lost float64's digits:
-        # 0.33325 for 1/3); unrecorded, NumPy's promotion gives the same values
+    elif ka == "f" and kb == "f":
+        # two float dtypes: the narrower is cast to the result's dtype first (recorded under a
+        # tape, accumulator or trace), so the op's derivatives are computed in that dtype (d/dx
+        # x / c = 1 / c in float16 for a float16 c lost float64's digits: 0.33325 for 1/3), and
+        # callers get one dtype either way (a loss reading the pair's dtype: its eps)
         dt = np.result_type(a.data.dtype, b.data.dtype)
         if a.data.dtype != dt:
-            a = bind(REGISTRY["astype"], a, dtype=dt)
+            a = bind(REGISTRY["astype"], a, dtype=dt) if HOOKS.on else _wrap(a.data.astype(dt), a._backend)
         if b.data.dtype != dt:
-            b = bind(REGISTRY["astype"], b, dtype=dt)
+            b = bind(REGISTRY["astype"], b, dtype=dt) if HOOKS.on else _wrap(b.data.astype(dt), b._backend)
     return a, b
 
 
