@@ -2037,3 +2037,26 @@ def test_a_step_that_creates_variables_at_every_call_is_told_it_never_replays():
         outs = [float(f(gt.ones(2))) for _ in range(5)]
     assert outs == [3.0] * 5 and f.trace_count == 5
     assert sum("created Variables in each of its last 3 traces" in str(m.message) for m in w) == 1
+
+
+def test_a_step_that_sets_a_flag_on_its_first_call_still_compiles():
+    # its first two traces differ (the first read the flag before setting it); the third
+    # agrees with the second, and the step replays instead of running eagerly
+    v = gt.Variable(np.array([1.0, 2.0]))
+    opt = gt.optimizers.SGD(0.1)
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(v * x)
+        if v.trainable:
+            opt.apply_gradients([(tape.gradient(loss, v), v)])
+        v.trainable = False
+        return loss
+
+    f = gt.function(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(5):
+            f(gt.tensor(np.array([1.0, 1.0])))
+    assert f.trace_count == 3
+    np.testing.assert_allclose(v.numpy(), [0.9, 1.9])

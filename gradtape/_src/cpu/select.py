@@ -47,11 +47,13 @@ def _is_zero(v: Any, dtype: np.dtype | None) -> bool:
 
 def _bit_route(c: Any, x: Any) -> np.dtype | None:
     """The integer dtype for the bit route of a select between ``x`` and a zero under mask
-    ``c``, or None where NumPy's select runs (a non-bool mask, a non-float ``x``, few
-    elements)."""
+    ``c``, or None where NumPy's select runs: a non-bool mask, a non-float ``x``, or arrays a
+    ``gt.function`` trace is recording (its program cannot follow the integer views of the
+    buffers it allocates, and would run the step eagerly)."""
     dt = getattr(x, "dtype", None)
     if dt is None or dt.kind != "f" or dt.itemsize not in _INT_OF_WIDTH \
-            or getattr(c, "dtype", None) != _BOOL:
+            or getattr(c, "dtype", None) != _BOOL or getattr(x, "_gt_traced", False) \
+            or getattr(c, "_gt_traced", False):
         return None
     return _INT_OF_WIDTH[dt.itemsize]
 
@@ -60,8 +62,8 @@ def where(c: Any, a: Any, b: Any) -> Any:
     """``np.where(c, a, b)`` with the same result bit for bit; computed from bits when one
     branch is a plus zero (a Python ``0``/``0.0`` or a 0-d array of the other's dtype), the
     other a float array, ``c`` a bool array and the result has at least :data:`MIN_SIZE`
-    elements. Shapes broadcast as in ``np.where``. Works on arrays traced by ``gt.function``
-    (every call is one its trace records).
+    elements. Shapes broadcast as in ``np.where``. Arrays traced by ``gt.function`` take
+    NumPy's select (see :func:`_bit_route`).
 
     Example:
         >>> import numpy as np
@@ -109,7 +111,7 @@ def select_into(c: Any, x: Any, keep: bool, out: Any) -> None:
     :data:`MIN_SIZE` elements (``x`` and ``c`` broadcast to ``out``; ``x`` never is ``out``).
     """
     it = _bit_route(c, x)
-    if it is None or out.size < MIN_SIZE or out.dtype != x.dtype:
+    if it is None or out.size < MIN_SIZE or out.dtype != x.dtype or getattr(out, "_gt_traced", False):
         if keep:
             np.copyto(out, 0)
             np.copyto(out, x, where=c)

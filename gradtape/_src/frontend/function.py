@@ -2550,9 +2550,11 @@ class Function(Generic[R]):
             if why is not None:
                 tr.arrays = []
                 # a trace that created Variables (a first step's layers and optimizer slots)
-                # may differ from the next; any other difference is a value read from Python
-                # that changes between calls, even if a later trace happens to repeat it
-                if prev is not None and not prev.created_variables:
+                # or set flags the program reads (a step freezing a Variable, setting a
+                # module's mode) may differ from the next; any other difference is a value
+                # read from Python that changes between calls, even if a later trace happens
+                # to repeat it
+                if prev is not None and not prev.created_variables and not prev.flags_set:
                     entry.state = "eager"
                     warnings.warn(
                         f"gt.function {self._name!r}: two traces of the step differ ({why}); "
