@@ -432,3 +432,14 @@ def test_flatten_tolist_and_sequential_slices():
     assert isinstance(head, gt.nn.Sequential) and len(head) == 2 and head[0] is m[0]
     x = gt.tensor([[1.0, -2.0]])
     np.testing.assert_array_equal(m[2](head(x)).numpy(), m(x).numpy())
+
+
+def test_sum_with_a_dtype_returns_that_dtype():
+    # the integer sum came back int64 whatever dtype= asked for (NumPy and PyTorch keep it)
+    assert gt.tensor([1.5, 2.5]).sum(dtype=np.int32).dtype == np.int32
+    assert int(gt.tensor([1.5, 2.5]).sum(dtype=np.int32)) == 3
+    assert gt.tensor([True, False]).sum(dtype=bool).dtype == np.bool_
+    x = gt.Variable([1.0, 2.0], dtype="float32")
+    with gt.GradientTape() as tape:
+        y = x.sum(dtype="float64")
+    assert y.dtype == np.float64 and tape.gradient(y, x).dtype == np.float32

@@ -231,11 +231,14 @@ def _no_out(out: Any, what: str) -> None:
 
 def _m_sum(self: Tensor, axis: Axis = None, keepdims: bool = False, *, dtype: Any = None,
            out: Any = None) -> Tensor:
-    """Sum over ``axis`` (None: all); ``dtype`` casts first. See :func:`gradtape.sum`."""
+    """Sum over ``axis`` (None: all); ``dtype`` casts first, and is the result's (as NumPy's and
+    PyTorch's: an integer or bool sum is otherwise int64). See :func:`gradtape.sum`."""
     _no_out(out, "sum")
-    if dtype is not None:  # (named as sum's argument, not astype's)
-        self = self.astype(check_dtype(dtype, "Tensor.sum: dtype"))
-    return _r.sum(self, axis=axis, keepdims=keepdims)
+    if dtype is None:
+        return _r.sum(self, axis=axis, keepdims=keepdims)
+    dt = check_dtype(dtype, "Tensor.sum: dtype")  # (named as sum's argument, not astype's)
+    total = _r.sum(self.astype(dt), axis=axis, keepdims=keepdims)
+    return total if total.dtype == dt else total.astype(dt)
 
 
 def _m_mean(self: Tensor, axis: Axis = None, keepdims: bool = False, *, dtype: Any = None,
