@@ -777,7 +777,9 @@ class Optimizer:
                 dtype that is not real (complex, strings).
             ValueError: a gradient's shape differs from its variable's (naming the variable, or
                 ``#i``, its position, when it has no name), a Variable is given twice (add its
-                gradients first), or no pair is given.
+                gradients first), no pair is given, or a gradient of a wider dtype holds finite
+                values past the variable's range (``1e6`` for a float16 variable: the cast
+                would make them inf before the learning rate scales them).
 
         Example:
             >>> import gradtape as gt
@@ -846,7 +848,15 @@ class Optimizer:
                     raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
                                     f"{g.dtype}; a real-valued gradient is needed for a "
                                     f"{v.dtype} variable")
-                g = g.astype(v.dtype)
+                narrow = g.astype(v.dtype)
+                if type(g) is np.ndarray and g.dtype.kind == "f" and np.isfinite(g).all() and \
+                        not np.isfinite(narrow).all():  # (eager host arrays: no sync, no trace)
+                    raise ValueError(f"{who}: the {g.dtype} gradient for {v.dtype} variable "
+                                     f"{_label(v, i)} holds values up to "
+                                     f"{float(np.abs(g).max()):g}, past {v.dtype}'s range (they "
+                                     "would become inf before the learning rate scales them); "
+                                     f"pass a gradient of the variable's dtype, or scale it")
+                g = narrow
             pairs.append((g, v))
         if no_grad:  # TF's and Keras's warning: usually a variable the loss does not use
             warnings.warn(f"{who}: no gradient for variable(s) {', '.join(no_grad)}; they are left "

@@ -316,3 +316,15 @@ def test_threads_sharing_an_optimizer_count_every_step():
     finally:
         sys.setswitchinterval(old)
     assert opt.iterations == 2000
+
+
+def test_a_wide_gradient_past_a_narrow_variables_range_is_refused():
+    # a float64 gradient of 1e6 for a float16 Variable was cast to inf before lr = 1e-6 scaled
+    # it: the Variable became -inf
+    v = gt.Variable(np.array([1.0], np.float16))
+    with pytest.raises(ValueError, match=r"the float64 gradient for float16 variable #0 holds "
+                                         r"values up to 1e\+06, past float16's range"):
+        gt.optimizers.SGD(1e-6).apply_gradients([(gt.tensor(np.array([1e6])), v)])
+    assert v.numpy().tolist() == [1.0]
+    gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor(np.array([1.0])), v)])  # fits: cast
+    assert v.numpy().tolist() == [0.5]
