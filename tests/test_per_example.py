@@ -907,3 +907,24 @@ def test_a_row_index_a_compiled_step_takes_as_input_is_refused():
 
     with pytest.raises(ValueError, match="make the row index inside the step"):
         gt.function(step)(gt.tensor(np.ones((3, 4))), gt.tensor(np.arange(3)))
+
+
+def test_batch_statistics_of_a_frozen_backbone_are_refused():
+    # BatchNorm in training on features that do not depend on the sources (only the head is
+    # trained) was accepted: each example's gradient took in the others' data
+    rng = np.random.default_rng(0)
+    x = gt.tensor(rng.standard_normal((8, 3)))
+    y = gt.tensor(rng.integers(0, 2, 8))
+    backbone = gt.nn.Dense(3, 3, seed=0, dtype="float64")
+    bn = gt.nn.BatchNorm(3, dtype="float64")
+    head = gt.nn.Dense(3, 2, seed=1, dtype="float64")
+    with gt.GradientTape() as tape:
+        losses = gt.nn.cross_entropy(head(bn(backbone(x))), y, reduction="none")
+    with pytest.raises(ValueError, match=r"computed by 'sum', which works along the batch axis .*"
+                                         r"BatchNorm in training"):
+        tape.per_example_gradients(losses, head.trainable_variables)
+    bn.eval()  # running statistics: the examples do not interact
+    with gt.GradientTape() as tape:
+        losses = gt.nn.cross_entropy(head(bn(backbone(x))), y, reduction="none")
+    grads = tape.per_example_gradients(losses, head.trainable_variables)
+    assert [g.shape for g in grads] == [(8, 3, 2), (8, 2)]

@@ -327,6 +327,45 @@ def _along_batch(rec: Record, i: int) -> str | None:
     return None
 
 
+def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int], B: int) -> None:
+    """Raise when per-example data entering the live records (a tensor ``[B, ...]`` that does
+    not depend on the sources) was computed on the tape by an op that mixes the examples:
+    batch statistics of a frozen backbone's features (``BatchNorm`` in training), a mean over
+    the batch. Each example's gradient would then take in the others' data (and DP-SGD's
+    clipping would no longer bound one example's influence)."""
+    if B < 2:
+        return
+    producer = {rec.out_id: rec for rec in records if rec.out_id not in reach}
+    seen: set[int] = set()
+    todo = [iid for idx in live for iid, shape in zip(records[idx].in_ids, records[idx].in_shapes)
+            if iid and iid not in reach and shape and shape[0] == B]
+    while todo:
+        oid = todo.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        rec = producer.get(oid)
+        if rec is None:
+            continue
+        for i, (iid, shape) in enumerate(zip(rec.in_ids, rec.in_shapes)):
+            if not (shape and shape[0] == B):
+                if iid:  # (a value computed from the batch, e.g. its mean: look further back)
+                    todo.append(iid)
+                continue
+            how = _along_batch(rec, i)
+            if how is not None:
+                raise ValueError(
+                    f"{WHAT}: per-example data reaching the sources' ops was computed by "
+                    f"'{rec.prim.name}', which {how} (input {i}, shape {shape}, B = {B}): the "
+                    "examples interact before the parameters are met (batch statistics, e.g. "
+                    "a BatchNorm in training on a frozen part of the model), so each example's "
+                    "gradient would take in the others' data and clipping would not bound one "
+                    "example's influence. Use BatchNorm in eval mode (model.eval()), or a "
+                    "normalization within each example (layer_norm, group norm)")
+            if iid:
+                todo.append(iid)
+
+
 def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
             ghost: bool) -> _Plan:
     """Classify the tensors between the sources and the target, check that every record on
@@ -412,7 +451,8 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         f"mixes the examples (B = {B}, from target.shape {target.shape}), and "
                         "each example's gradient would take in the others'. Per-example "
                         "gradients need examples that do not interact: apply such ops along "
-                        "the other axes")
+                        "the other axes (batch statistics: a BatchNorm in training; use eval "
+                        "mode, or layer_norm)")
         if not ex and _batch_index(rec, B) is not None:
             ex = True  # an embedding lookup: per-example rows of a param-only table
         k_out = _EXAMPLE if ex else _PARAM
@@ -427,6 +467,7 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         "to per-example inputs use tape.gradient: its rows are already per example")
                 continue
             kind[o] = k_out
+    _check_data_unmixed(records, live, reach, B)
     if kind.get(target._id) != _EXAMPLE:
         raise ValueError(
             f"{WHAT}: the target (shape {target.shape}) is computed from the sources alone: no "
