@@ -928,3 +928,16 @@ def test_batch_statistics_of_a_frozen_backbone_are_refused():
         losses = gt.nn.cross_entropy(head(bn(backbone(x))), y, reduction="none")
     grads = tape.per_example_gradients(losses, head.trainable_variables)
     assert [g.shape for g in grads] == [(8, 3, 2), (8, 2)]
+
+
+def test_data_held_in_a_variable_is_named_as_the_reason():
+    # the error named matmul only; the cause is the data's form (a Variable is a constant)
+    rng = np.random.default_rng(0)
+    x = gt.Variable(rng.standard_normal((4, 5)), trainable=False)
+    w = gt.Variable(rng.standard_normal((5, 2)))
+    with gt.GradientTape() as tape:
+        losses = gt.sum((x @ w) ** 2, axis=1)
+    with pytest.raises(NotImplementedError, match=r"its other input, of shape \(4, 5\), was taken "
+                                                  r"as a constant: per-example data has the batch "
+                                                  r"axis first, shape \[4, \.\.\.\], and is a Tensor"):
+        tape.per_example_gradients(losses, [w])

@@ -487,7 +487,13 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                 for i in par:
                     _check_boundary(rec, i, B)
             elif rec.extra_outs or (rec.prim.derivatives is None and rec.prim.name not in _PARAM_RULES):
-                raise _unsupported(rec, "applied to a parameter before it meets per-example data")
+                others = [s for i, s in enumerate(rec.in_shapes) if i not in par]
+                hint = (f" (its other input, of shape {others[0]}, was taken as a constant: "
+                        f"per-example data has the batch axis first, shape [{B}, ...], and is a "
+                        "Tensor, not a Variable; flattening the examples into the rows, [B*T, "
+                        "D], or a time-major [T, B, D] hides it)") if others else ""
+                raise _unsupported(rec, "applied to a parameter before it meets per-example "
+                                   f"data{hint}")
     if ghost:
         consumers: dict[int, list[tuple[int, int]]] = {}
         for idx in live:
