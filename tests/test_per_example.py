@@ -935,8 +935,9 @@ def test_data_held_in_a_variable_is_named_as_the_reason():
     rng = np.random.default_rng(0)
     x = gt.Variable(rng.standard_normal((4, 5)), trainable=False)
     w = gt.Variable(rng.standard_normal((5, 2)))
+    y = gt.tensor(rng.standard_normal((4, 2)))  # (per-example targets)
     with gt.GradientTape() as tape:
-        losses = gt.sum((x @ w) ** 2, axis=1)
+        losses = gt.sum((x @ w - y) ** 2, axis=1)
     with pytest.raises(NotImplementedError, match=r"its other input, of shape \(4, 5\), was taken "
                                                   r"as a constant: per-example data has the batch "
                                                   r"axis first, shape \[4, \.\.\.\], and is a Tensor"):
