@@ -327,7 +327,8 @@ def _along_batch(rec: Record, i: int) -> str | None:
     return None
 
 
-def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int], B: int) -> None:
+def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int], fixed: set[int],
+                        B: int) -> None:
     """Raise when per-example data entering the live records (a tensor ``[B, ...]`` that does
     not depend on the sources) was computed on the tape by an op that mixes the examples:
     batch statistics of a frozen backbone's features (``BatchNorm`` in training), a mean over
@@ -337,8 +338,11 @@ def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int],
         return
     producer = {rec.out_id: rec for rec in records if rec.out_id not in reach}
     seen: set[int] = set()
-    todo = [iid for idx in live for iid, shape in zip(records[idx].in_ids, records[idx].in_shapes)
-            if iid and iid not in reach and shape and shape[0] == B]
+    # (values made from Variables that are not sources are constants, whatever their rows)
+    todo = [iid for idx in live for i, (iid, shape) in enumerate(zip(records[idx].in_ids,
+                                                                     records[idx].in_shapes))
+            if iid and iid not in reach and iid not in fixed and shape and shape[0] == B
+            and not _variable_buffer(records[idx], i)]
     while todo:
         oid = todo.pop()
         if oid in seen:
@@ -348,6 +352,8 @@ def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int],
         if rec is None:
             continue
         for i, (iid, shape) in enumerate(zip(rec.in_ids, rec.in_shapes)):
+            if (iid and iid in fixed) or _variable_buffer(rec, i):
+                continue
             if not (shape and shape[0] == B):
                 if iid:  # (a value computed from the batch, e.g. its mean: look further back)
                     todo.append(iid)
@@ -467,7 +473,7 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         "to per-example inputs use tape.gradient: its rows are already per example")
                 continue
             kind[o] = k_out
-    _check_data_unmixed(records, live, reach, B)
+    _check_data_unmixed(records, live, reach, fixed, B)
     if kind.get(target._id) != _EXAMPLE:
         raise ValueError(
             f"{WHAT}: the target (shape {target.shape}) is computed from the sources alone: no "
