@@ -848,12 +848,17 @@ class Optimizer:
                     raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
                                     f"{g.dtype}; a real-valued gradient is needed for a "
                                     f"{v.dtype} variable")
-                narrow = g.astype(v.dtype)
-                if type(g) is np.ndarray and g.dtype.kind == "f" and np.isfinite(g).all() and \
-                        not np.isfinite(narrow).all():  # (eager host arrays: no sync, no trace)
+                with np.errstate(over="ignore"):
+                    narrow = g.astype(v.dtype)
+                xp = v._backend.xp
+                # (eagerly only: a gt.function trace cannot branch on values; a device reads
+                # back one flag, on this path of mismatched dtypes only)
+                if g.dtype.kind == "f" and g.dtype.itemsize > v.dtype.itemsize and \
+                        not getattr(g, "_gt_traced", False) and \
+                        bool(xp.isfinite(g).all()) and not bool(xp.isfinite(narrow).all()):
                     raise ValueError(f"{who}: the {g.dtype} gradient for {v.dtype} variable "
                                      f"{_label(v, i)} holds values up to "
-                                     f"{float(np.abs(g).max()):g}, past {v.dtype}'s range (they "
+                                     f"{float(xp.abs(g).max()):g}, past {v.dtype}'s range (they "
                                      "would become inf before the learning rate scales them); "
                                      f"pass a gradient of the variable's dtype, or scale it")
                 g = narrow
