@@ -779,7 +779,8 @@ class Optimizer:
                 ``#i``, its position, when it has no name), a Variable is given twice (add its
                 gradients first), no pair is given, or a gradient of a wider dtype holds finite
                 values past the variable's range (``1e6`` for a float16 variable: the cast
-                would make them inf before the learning rate scales them).
+                would make them inf before the learning rate scales them; checked eagerly, not
+                in a ``gt.function`` replay, which casts).
 
         Example:
             >>> import gradtape as gt

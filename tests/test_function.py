@@ -2060,3 +2060,23 @@ def test_a_step_that_sets_a_flag_on_its_first_call_still_compiles():
             f(gt.tensor(np.array([1.0, 1.0])))
     assert f.trace_count == 3
     np.testing.assert_allclose(v.numpy(), [0.9, 1.9])
+
+
+def test_a_step_setting_a_flag_at_every_call_still_never_replays_a_stale_value():
+    # model.train() at every call excused any difference between two traces, so a Python
+    # value that changed once then held (1, 2, 2, 2, 3) was compiled frozen at 2
+    m = gt.nn.Dense(2, 1, seed=0)
+    sched = iter([1.0, 2.0, 2.0, 2.0, 3.0, 3.0])
+
+    def step(x):
+        m.train()
+        return gt.sum(m(x)) * next(sched)
+
+    f = gt.function(step)
+    x = gt.ones((3, 2))
+    base = float(gt.sum(m(x)))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [float(f(x)) / base for _ in range(6)]
+    np.testing.assert_allclose(outs, [1.0, 2.0, 2.0, 2.0, 3.0, 3.0], rtol=1e-6)
+    assert any("two traces of the step differ" in str(m_.message) for m_ in w)

@@ -938,7 +938,8 @@ def test_data_held_in_a_variable_is_named_as_the_reason():
     y = gt.tensor(rng.standard_normal((4, 2)))  # (per-example targets)
     with gt.GradientTape() as tape:
         losses = gt.sum((x @ w - y) ** 2, axis=1)
-    with pytest.raises(NotImplementedError, match=r"its other input, of shape \(4, 5\), was taken "
-                                                  r"as a constant: per-example data has the batch "
-                                                  r"axis first, shape \[4, \.\.\.\], and is a Tensor"):
+    with pytest.raises(NotImplementedError, match=r"its other input, of shape \(4, 5\), counts as "
+                                                  r"a constant here: per-example data is a Tensor, "
+                                                  r"not a Variable, that reaches this op with the "
+                                                  r"batch axis first, shape \[4, \.\.\.\]"):
         tape.per_example_gradients(losses, [w])

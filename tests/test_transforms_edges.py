@@ -260,3 +260,8 @@ def test_each_argument_of_a_transform_is_an_input_of_its_own():
     w = gt.Variable(a)
     np.testing.assert_allclose(gt.grad(lambda v: gt.sum(w * x))(w).numpy(), a)
     np.testing.assert_allclose(gt.jvp(lambda v: gt.sum(w * x), (w,), (ones,))[1].numpy(), a.sum())
+    # hvp's tangents are constants, also a Variable given as its own tangent (H v at v)
+    cube = lambda u: gt.sum(u ** 3)  # noqa: E731
+    hv = gt.hvp(cube, (w,), (w,))
+    hv = hv[0] if isinstance(hv, tuple) else hv
+    np.testing.assert_allclose(hv.numpy(), 6 * a * a)

@@ -707,3 +707,12 @@ def test_per_example_indices_in_range_still_count_negatives_from_each_end():
                                   np.stack([x[b][idx2[b]] for b in range(2)]))
     with pytest.raises(IndexError, match="holds the index -4"):  # checked at each replay
         step(gt.tensor(x), gt.tensor(np.array([[0, 1], [-4, 0]])))
+
+
+def test_vmap_over_mixed_float_dtypes_without_a_tape():
+    # the unrecorded promotion read .astype of a batched tensor and raised inside vmap
+    xs = gt.tensor(np.arange(6.0).reshape(2, 3).astype(np.float16))
+    c = gt.tensor(np.array([1.0, 2.0, 3.0], np.float32))
+    out = gt.vmap(lambda r: r * c)(xs)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.numpy(), np.arange(6.0).reshape(2, 3) * [1, 2, 3])

@@ -700,10 +700,13 @@ def _promote_mixed(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         # x / c = 1 / c in float16 for a float16 c lost float64's digits: 0.33325 for 1/3), and
         # callers get one dtype either way (a loss reading the pair's dtype: its eps)
         dt = np.result_type(a.data.dtype, b.data.dtype)
+        # (a batched tensor inside gt.vmap always takes the op: its data is not one array)
         if a.data.dtype != dt:
-            a = bind(REGISTRY["astype"], a, dtype=dt) if HOOKS.on else _wrap(a.data.astype(dt), a._backend)
+            a = bind(REGISTRY["astype"], a, dtype=dt) if HOOKS.on or type(a) is not Tensor \
+                else _wrap(a.data.astype(dt), a._backend)
         if b.data.dtype != dt:
-            b = bind(REGISTRY["astype"], b, dtype=dt) if HOOKS.on else _wrap(b.data.astype(dt), b._backend)
+            b = bind(REGISTRY["astype"], b, dtype=dt) if HOOKS.on or type(b) is not Tensor \
+                else _wrap(b.data.astype(dt), b._backend)
     return a, b
 
 

@@ -1944,6 +1944,14 @@ def _mark(x: Any, live: set[int]) -> None:
         _mark(x.step, live)
 
 
+def _flags_set_after_reading(tr: _Trace) -> dict:
+    """The values a trace read of the flags its step then set (``v.trainable`` read True,
+    then set False): two traces of a step that sets a flag on its first call differ in them,
+    which excuses their programs' difference; a step setting a flag at every call reads the
+    same value each time (``model.train()``), which excuses nothing."""
+    return {k: v[2] for k, v in tr.flags.items() if k in tr.flags_set}
+
+
 def _same_program(a: _Trace, b: _Trace) -> str | None:
     """None when traces ``a`` and ``b`` logged the same program: the same calls on the same
     program variables, with constants that are the same object, or (for a constant not
@@ -2554,7 +2562,8 @@ class Function(Generic[R]):
                 # module's mode) may differ from the next; any other difference is a value
                 # read from Python that changes between calls, even if a later trace happens
                 # to repeat it
-                if prev is not None and not prev.created_variables and not prev.flags_set:
+                if prev is not None and not prev.created_variables and \
+                        _flags_set_after_reading(prev) == _flags_set_after_reading(tr):
                     entry.state = "eager"
                     warnings.warn(
                         f"gt.function {self._name!r}: two traces of the step differ ({why}); "

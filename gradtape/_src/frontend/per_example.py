@@ -327,13 +327,22 @@ def _along_batch(rec: Record, i: int) -> str | None:
     return None
 
 
+#: Ops that combine the values along an axis (reductions, scans, normalizations, sorts): along
+#: the batch axis of data they make the examples interact.
+_COMBINING = frozenset({"sum", "mean", "max", "min", "prod", "cumsum", "cumprod", "logsumexp",
+                        "var", "std", "norm", "pnorm", "softmax", "log_softmax", "sort", "argsort",
+                        "argmax", "argmin"})
+
+
 def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int], fixed: set[int],
                         B: int) -> None:
     """Raise when per-example data entering the live records (a tensor ``[B, ...]`` that does
-    not depend on the sources) was computed on the tape by an op that mixes the examples:
-    batch statistics of a frozen backbone's features (``BatchNorm`` in training), a mean over
-    the batch. Each example's gradient would then take in the others' data (and DP-SGD's
-    clipping would no longer bound one example's influence)."""
+    not depend on the sources) was computed on the tape by an op that combines values along
+    its batch axis (:data:`_COMBINING`): batch statistics of a frozen backbone's features
+    (``BatchNorm`` in training), a mean over the batch. Each example's gradient would then take
+    in the others' data (and DP-SGD's clipping would no longer bound one example's influence).
+    A reduction over the batch after a reshape that merges the examples into another axis is
+    not seen."""
     if B < 2:
         return
     producer = {rec.out_id: rec for rec in records if rec.out_id not in reach}
@@ -358,7 +367,10 @@ def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int],
                 if iid:  # (a value computed from the batch, e.g. its mean: look further back)
                     todo.append(iid)
                 continue
-            how = _along_batch(rec, i)
+            # only ops that combine values along the batch axis count: in a part of the model
+            # that does not depend on the sources, layout ops may move the batch axis and put it
+            # back (a time-major round trip, a stack of two views averaged per example)
+            how = _along_batch(rec, i) if rec.prim.name in _COMBINING else None
             if how is not None:
                 raise ValueError(
                     f"{WHAT}: per-example data reaching the sources' ops was computed by "
@@ -494,10 +506,11 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                     _check_boundary(rec, i, B)
             elif rec.extra_outs or (rec.prim.derivatives is None and rec.prim.name not in _PARAM_RULES):
                 others = [s for i, s in enumerate(rec.in_shapes) if i not in par]
-                hint = (f" (its other input, of shape {others[0]}, was taken as a constant: "
-                        f"per-example data has the batch axis first, shape [{B}, ...], and is a "
-                        "Tensor, not a Variable; flattening the examples into the rows, [B*T, "
-                        "D], or a time-major [T, B, D] hides it)") if others else ""
+                hint = (f" (its other input, of shape {others[0]}, counts as a constant here: "
+                        "per-example data is a Tensor, not a Variable, that reaches this op with "
+                        f"the batch axis first, shape [{B}, ...]; examples flattened into the "
+                        "rows, [B*T, D], a time-major [T, B, D] or a transposed batch are not "
+                        "recognised)") if others else ""
                 raise _unsupported(rec, "applied to a parameter before it meets per-example "
                                    f"data{hint}")
     if ghost:

@@ -432,6 +432,11 @@ def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ..
         raise ValueError(f"{fname}: primals is empty; pass one entry per argument of f")
     xs = tuple(_as_sources(p, fname, i, "(gt.hvp differentiates every argument)")
                for i, p in enumerate(primals))
+    # the tangents are constants: a Variable passed as a primal and as its own tangent (H v at
+    # v) would otherwise be differentiated through the tangent too (H v + grad f)
+    tangents = tuple(unflatten(spec, [ops.stop_gradient(t) if isinstance(t, Tensor) and t._is_variable
+                                      else t for t in leaves])
+                     for leaves, spec in (flatten(t) for t in tangents))
     try:
         with GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(list(xs))
