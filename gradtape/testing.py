@@ -14,7 +14,6 @@ the outer tape records the inner gradient computation. All of it runs in float64
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,8 @@ from ._src.backend import use_backend
 from ._src.frontend.tape import GradientTape
 from ._src.nest import flatten
 from ._src.tensor import Tensor, TensorTree, tensor
+from .ops._util import as_int
+from .random import _check_seed
 
 __all__ = ["check_grads", "numerical_jacobian"]
 
@@ -255,18 +256,10 @@ def check_grads(fn: Callable[..., TensorTree], args: Sequence[Any], kwargs: Mapp
         >>> check_grads(lambda x, w: gt.tanh(x @ w), (np.ones((2, 3)), np.full((3, 4), 0.1)))
     """
     _check_call_args("check_grads", fn, args, kwargs)
-    if isinstance(order, (bool, np.bool_)) or not hasattr(order, "__index__"):
-        raise TypeError(f"check_grads: order must be a positive int, got {order!r} "
-                        f"({type(order).__name__})")
-    order = operator.index(order)
+    order = as_int(order, "check_grads", "order")
     if order < 1:
         raise ValueError(f"check_grads: order must be >= 1, got {order}")
-    if seed is not None:
-        if isinstance(seed, (bool, np.bool_)) or not hasattr(seed, "__index__"):
-            raise TypeError(f"check_grads: seed must be an int >= 0 or None, got {seed!r} "
-                            f"({type(seed).__name__})")
-        if operator.index(seed) < 0:
-            raise ValueError(f"check_grads: seed must be >= 0, got {seed}")
+    seed = _check_seed(seed, "check_grads")
     kwargs = {} if kwargs is None else dict(kwargs)
     eps = _check_tol("check_grads", "eps", eps, 1e-6, positive=True)
     rtol = _check_tol("check_grads", "rtol", rtol, 1e-5, positive=False)

@@ -135,7 +135,7 @@ def test_errors_for_bad_use():
     ({"eps": -1e-3}, ValueError, r"eps must be a finite number > 0 .*got -0.001"),
     ({"rtol": float("nan")}, ValueError, r"rtol must be a finite number >= 0 .*got nan"),
     ({"atol": -1.0}, ValueError, r"atol must be a finite number >= 0 .*got -1.0"),
-    ({"order": "2"}, TypeError, r"check_grads: order must be a positive int, got '2' \(str\)"),
+    ({"order": "2"}, TypeError, r"check_grads: order must be an int, got '2'"),
     ({"kwargs": [1]}, TypeError, r"check_grads: kwargs must be a dict or None, got list"),
     ({"seed": "a"}, TypeError, r"check_grads: seed must be an int >= 0 or None, got 'a'"),
 ])

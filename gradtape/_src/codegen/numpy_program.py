@@ -196,9 +196,10 @@ def _inplace_direct(graph: Graph, order: list[int], uses: dict[int, int], acc: t
 
 
 def _zero_branch(graph: Graph, node: tuple) -> int | None:
-    """For a ``where`` node: 2 when its b branch is the constant +0 (``where(c, x, 0)``, a
-    select-shaped derivative's branch not taken), 1 when its a branch is (the safe product's
-    ``where(gy == 0, 0, prod)``), else None. Such selects run by the bits of the other branch
+    """For a ``where`` node: 2 when its b branch is the constant +0 (``where(c, gy, 0)``: the
+    VJP of a derivative ``where(c, 1, 0)``), 1 when its a branch is (``where(c, 0, gy)``, and
+    the safe product's ``where(gy == 0, 0, prod)``, which keeps its one masked copy in place
+    when ``prod``'s buffer is free), else None. Such selects run by the bits of the other branch
     (:func:`~gradtape._src.cpu.select.select_into`: no branch per element)."""
     for branch in (2, 1):  # (node = ("where", c, a, b))
         n = graph.nodes[node[branch + 1]]

@@ -1,8 +1,9 @@
 """Selects against zero on NumPy computed from the operands' bits, without branches.
 
-``np.where(c, x, 0)`` is what the VJP of every select-shaped derivative runs (``gt.where``,
-``maximum``, ``leaky_relu``, ``elu``, masked losses: the branch not taken must get exactly 0,
-even where the incoming gradient is NaN or inf, so it cannot be ``x * c``). NumPy computes it
+``np.where(c, x, 0)`` is what the VJP of a derivative written ``where(c, 1, 0)`` runs
+(``gt.where``'s, the inner select of ``maximum``'s and ``minimum``'s, a masked loss's: the
+branch not taken must get exactly 0, even where the incoming gradient is NaN or inf, so it
+cannot be ``x * c``). NumPy computes it
 with a branch per element: on a mask with no long runs (``x > 0`` on data, a random mask) the
 branch mispredicts about every other element, and ``np.where`` or a masked ``np.copyto`` takes
 4-20x the time of a multiply. Here the mask is widened to an integer of the float's width (all
@@ -88,8 +89,7 @@ def where(c: Any, a: Any, b: Any) -> Any:
     shape = np.broadcast_shapes(c.shape, x.shape)
     if math.prod(shape) < MIN_SIZE:
         return np.where(c, a, b)
-    # (C order, as np.where's result; made like x, so a gt.function trace records it)
-    m = np.empty_like(x, dtype=it, order="C", shape=shape)
+    m = np.empty(shape, it)
     _mask_bits(c, x, keep, m, it)
     return m.view(x.dtype)
 

@@ -316,14 +316,17 @@ def fresh_input(t: Tensor) -> Tensor:
     each argument is an input of its own): another reference to ``t`` inside the function (a
     closure, a second argument, another leaf of the same nest, the tangent) is a constant, not
     the input. Recorded as an identity on the tapes already active, so an outer transform
-    still differentiates through it. (Variables are passed as themselves: a model reads its
-    own, so every read of a Variable counts, as on a tape.)"""
+    still differentiates through it. A Variable is passed as itself (a model reads its own,
+    so every read of a Variable counts, as on a tape), and so is an integer tensor (refused
+    later, by a message that names it)."""
+    if t._is_variable or t.dtype.kind not in "fc":
+        return t
     return bind(ops.shape.P_RESHAPE, t, shape=t.shape)
 
 
 def _as_primal(leaf: Any, i: int) -> Tensor:
-    if isinstance(leaf, Tensor):  # (an integer one is refused later, its message naming it)
-        return leaf if leaf._is_variable or leaf.dtype.kind not in "fc" else fresh_input(leaf)
+    if isinstance(leaf, Tensor):
+        return fresh_input(leaf)
     if isinstance(leaf, (bool, int, np.integer, str, bytes)) or leaf is None or (
             isinstance(leaf, np.ndarray) and leaf.dtype.kind != "f"):
         raise TypeError(f"jvp(): primals[{i}] holds {type(leaf).__name__} ({leaf!r:.60}); "

@@ -58,10 +58,8 @@ def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of 
     leaves, spec = flatten(arg)
     conv = []
     for leaf in leaves:
-        if isinstance(leaf, Tensor):  # each argument an input of its own, as JAX's; a Variable
-            # as itself (a model reads its own); an integer one is refused later, by name
-            conv.append(leaf if leaf._is_variable or leaf.dtype.kind not in "fc"
-                        else fresh_input(leaf))
+        if isinstance(leaf, Tensor):  # each argument an input of its own, as JAX's
+            conv.append(fresh_input(leaf))
             continue
         if isinstance(leaf, (bool, int, np.integer)) or (
                 isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
