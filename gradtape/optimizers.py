@@ -553,6 +553,23 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
 #: correction and schedules then ran at wrong steps). Module-wide: optimizers stay picklable.
 _STEP_LOCK = threading.Lock()
 
+
+def _narrowed(g: Array, dtype: np.dtype, who: str, label: str, xp: Any) -> Array:
+    """The real gradient array ``g`` cast to its variable's ``dtype``. Raises ValueError where
+    ``g`` is wider and finite but the cast makes some value inf (``1e6`` for a float16
+    variable): the learning rate would scale inf. On a device this reads back one flag, on
+    this path of mismatched dtypes only."""
+    with np.errstate(over="ignore"):
+        narrow = g.astype(dtype)
+    if g.dtype.kind == "f" and g.dtype.itemsize > dtype.itemsize:
+        if bool(xp.isfinite(g).all()) and not bool(xp.isfinite(narrow).all()):
+            raise ValueError(f"{who}: the {g.dtype} gradient for {dtype} variable {label} holds "
+                             f"values up to {float(xp.abs(g).max()):g}, past {dtype}'s range "
+                             "(they would become inf before the learning rate scales them); "
+                             "pass a gradient of the variable's dtype, or scale it")
+    return narrow
+
+
 #: Hyper-parameter names of PyTorch and Keras -> gradtape's: setting one on an optimizer raises
 #: (it would be a new attribute that no step reads)
 _PEER_NAMES = {"lr": "learning_rate", "eps": "epsilon", "beta_1": "beta1", "beta_2": "beta2",
@@ -779,8 +796,8 @@ class Optimizer:
                 ``#i``, its position, when it has no name), a Variable is given twice (add its
                 gradients first), no pair is given, or a gradient of a wider dtype holds finite
                 values past the variable's range (``1e6`` for a float16 variable: the cast
-                would make them inf before the learning rate scales them; checked eagerly, not
-                in a ``gt.function`` replay, which casts).
+                would make them inf before the learning rate scales them; a ``gt.function``
+                replay checks at each call).
 
         Example:
             >>> import gradtape as gt
@@ -849,20 +866,12 @@ class Optimizer:
                     raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
                                     f"{g.dtype}; a real-valued gradient is needed for a "
                                     f"{v.dtype} variable")
-                with np.errstate(over="ignore"):
-                    narrow = g.astype(v.dtype)
-                xp = v._backend.xp
-                # (eagerly only: a gt.function trace cannot branch on values; a device reads
-                # back one flag, on this path of mismatched dtypes only)
-                if g.dtype.kind == "f" and g.dtype.itemsize > v.dtype.itemsize and \
-                        not getattr(g, "_gt_traced", False) and \
-                        bool(xp.isfinite(g).all()) and not bool(xp.isfinite(narrow).all()):
-                    raise ValueError(f"{who}: the {g.dtype} gradient for {v.dtype} variable "
-                                     f"{_label(v, i)} holds values up to "
-                                     f"{float(xp.abs(g).max()):g}, past {v.dtype}'s range (they "
-                                     "would become inf before the learning rate scales them); "
-                                     f"pass a gradient of the variable's dtype, or scale it")
-                g = narrow
+                if getattr(g, "_gt_traced", False):  # gt.function: checked at each replay
+                    g = opaque(functools.partial(_narrowed, dtype=v.dtype, who=who,
+                                                 label=_label(v, i), xp=v._backend.xp), g,
+                               key=("narrow gradient", v.dtype.str, _label(v, i)))
+                else:
+                    g = _narrowed(g, v.dtype, who, _label(v, i), v._backend.xp)
             pairs.append((g, v))
         if no_grad:  # TF's and Keras's warning: usually a variable the loss does not use
             warnings.warn(f"{who}: no gradient for variable(s) {', '.join(no_grad)}; they are left "

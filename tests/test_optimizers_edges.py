@@ -328,3 +328,26 @@ def test_a_wide_gradient_past_a_narrow_variables_range_is_refused():
     assert v.numpy().tolist() == [1.0]
     gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor(np.array([1.0])), v)])  # fits: cast
     assert v.numpy().tolist() == [0.5]
+
+
+def test_a_compiled_step_checks_a_wide_gradient_at_each_call():
+    # the check ran eagerly only: a replay of the traced step cast 1e6 to inf and the float16
+    # Variable became -inf, where the eager step raised
+    v = gt.Variable(np.array([1.0], np.float16))
+    opt = gt.optimizers.SGD(1e-6)
+
+    @gt.function
+    def step(g):
+        opt.apply_gradients([(g, v)])
+
+    for g in (1.0, 2.0, 3.0):  # traced twice (the checking trace), then replayed
+        step(gt.tensor(np.array([g])))
+    assert step.trace_count == 2
+    before = v.numpy().copy()
+    with pytest.raises(ValueError, match=r"the float64 gradient for float16 variable #0 holds "
+                                         r"values up to 1e\+06, past float16's range"):
+        step(gt.tensor(np.array([1e6])))
+    assert v.numpy().tolist() == before.tolist()
+    step(gt.tensor(np.array([1.0])))  # a value in range still trains, replayed
+    assert step.trace_count == 2
+    assert np.isfinite(v.numpy()).all()
