@@ -718,13 +718,28 @@ def _device_mutator(fn: Any) -> bool:
         getattr(fn, "__module__", "")).startswith(("cupy", "cupyx", "gradtape._src.strict"))
 
 
+class _Shadow:
+    """What a trace keeps of a host array it made: shape, dtype and layout (all the program's
+    compilation reads), not the array, so the step's temporaries are freed while it traces
+    as they are eagerly. The array itself stays with its :class:`TracedArray` for as long as
+    the step uses it."""
+
+    __slots__ = ("shape", "dtype", "ndim", "size", "c_contiguous")
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.shape, self.dtype, self.ndim, self.size = a.shape, a.dtype, a.ndim, a.size
+        self.c_contiguous = a.flags.c_contiguous
+
+
 class _Trace:
     """One tracing run: the steps logged, the program's arrays (slots), the constants."""
 
     def __init__(self, fallback: bool) -> None:
         self.thread = threading.get_ident()
         self.steps: list[_Step] = []
-        self.arrays: list[Any] = []  # slot -> real array at trace time (kept alive)
+        # slot -> its array's _Shadow (host arrays), else the value itself (device arrays,
+        # which the cut into CUDA graphs inspects, and NumPy scalars)
+        self.arrays: list[Any] = []
         self.consts: dict[int, _Const] = {}
         self.fallback = fallback
         self.poisoned: str | None = None
@@ -744,7 +759,7 @@ class _Trace:
     # slots
     def new(self, a: Any) -> TracedArray:
         n = len(self.arrays)
-        self.arrays.append(a)
+        self.arrays.append(_Shadow(a) if type(a) is np.ndarray else a)
         return TracedArray(self, a, n)
 
     def host_sync(self, what: str) -> None:
@@ -793,7 +808,7 @@ class _Trace:
         """The program variable of ``buf`` when it is a buffer made outside the trace that a
         traced call wrote (see :meth:`_promote`), else None."""
         w = self.promoted.get(id(buf))
-        return w if w is not None and self.arrays[w.slot] is buf else None
+        return w if w is not None and w.a is buf else None
 
     def _check_view(self, x: Any) -> None:
         """``x`` (a plain array) is a view of a scratch buffer a traced call wrote: its values
@@ -978,7 +993,7 @@ class _Trace:
         if w is not None:
             return w
         w = self.reads.get(id(buf))
-        if w is None or self.arrays[w.slot] is not buf:
+        if w is None or w.a is not buf:
             w = self.reads[id(buf)] = self.new(buf)
             self.steps.append(_Step(_same, (self._const(buf),), {}, [w.slot], "one", True))
         return w
@@ -1281,7 +1296,27 @@ class _Program:
             return [f"_r = {expr}"] + [f"s{o} = _r[{i}]" for i, o in enumerate(st.outs) if o >= 0]
 
         step_lines = [(st, render(st)) for st in steps]
-        lines = [line for _, mine in step_lines for line in mine]
+        # each program variable is deleted after its last use (as eagerly, where a temporary
+        # dies with its last reference): the step's arrays do not all stay alive until it
+        # returns, and a buffer freed is the next one allocated, still in cache
+        last: dict[int, int] = {}
+        for i, st in enumerate(steps):
+            for n in (*_slots_of((st.args, st.kwargs)), *st.outs):
+                if n >= 0:
+                    last[n] = i
+        returned = {slot for slot in out_slots if slot is not None}
+        dead_after: dict[int, list[int]] = {}
+        for n, i in last.items():
+            if n not in returned:
+                dead_after.setdefault(i, []).append(n)
+        lines = []
+        for i, (st, mine) in enumerate(step_lines):
+            lines.extend(mine)
+            dead = [f"s{n}" for n in sorted(dead_after.get(i, ()))]
+            if st.out_kind not in (None, "one"):
+                dead.append("_r")
+            if dead:
+                lines.append(f"del {', '.join(dead)}")
         outs = [f"s{slot}" if slot is not None else "None" for slot in out_slots]
         params = ", ".join(f"s{i}" for i in range(n_in))
         body = "\n    ".join(lines) if lines else "pass"
@@ -1533,7 +1568,7 @@ def _threaded(st: _Step, arrays: list[Any]) -> Any:
             or not all(type(a) is _Slot for a in st.args):
         return fn  # (elementwise ufuncs only: matmul is one with core dimensions)
     out = arrays[st.outs[0]]
-    if not isinstance(out, np.ndarray) or out.size < pool.MIN_SIZE or out.size <= pool.CHUNK:
+    if not (type(out) is _Shadow or isinstance(out, np.ndarray)) or out.size < pool.MIN_SIZE or out.size <= pool.CHUNK:
         return fn
     if any(arrays[a.n].shape != out.shape for a in st.args):
         return fn
@@ -1775,19 +1810,19 @@ def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
     if st.kwargs or st.out_kind != "one":
         return None
     out = arrays[st.outs[0]]
+    host = type(out) is _Shadow
     # a fused run writes C-ordered results; a call whose result had another layout (an
     # operand's order kept, 'K') stays as it is, so views of it alias as in eager mode
-    if not _is_array(out) or getattr(out, "dtype", np.dtype(object)).kind != "f" \
-            or out.ndim == 0 or not out.flags.c_contiguous:
+    if not (host or _is_array(out)) or getattr(out, "dtype", np.dtype(object)).kind != "f" \
+            or out.ndim == 0 or not (out.c_contiguous if host else out.flags.c_contiguous):
         return None
     if type(fn) is not np.ufunc:
-        if not device or isinstance(out, np.ndarray) or _device_op(fn) is None \
+        if not device or host or isinstance(out, np.ndarray) or _device_op(fn) is None \
                 or len(st.args) > getattr(fn, "nin", 2):  # (an output given positionally)
             return None
         key: Any = ("device", tuple(out.shape))
     else:  # (elementwise ufuncs: matmul is a ufunc whose core dimensions are not)
-        if fn.nout != 1 or fn.signature is not None or type(out) is not np.ndarray \
-                or out.size < 2 * pool.BLOCK:
+        if fn.nout != 1 or fn.signature is not None or not host or out.size < 2 * pool.BLOCK:
             return None
         key = out.shape
     for a in st.args:
@@ -2549,8 +2584,7 @@ class Function(Generic[R]):
                 stacklevel=3)
         if prev is None and self.verify or tr.created_variables:
             entry.state = "verify"
-            tr.arrays = []  # (a trace kept to compare with the next needs its steps only:
-            # every array the step made stays alive while it traces, freed here)
+            tr.arrays = []  # (a trace kept to compare with the next needs its steps only)
         else:
             why = _same_program(prev, tr) if prev is not None else None
             if prev is not None:
