@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import math
 import operator
 import os
@@ -73,6 +74,23 @@ def _one_stream(seed: Any, layer: str, *inits: Any) -> Any:
     return _numpy_generator(seed, layer)
 
 
+_TAKES_TRAINING: dict[Any, bool] = {}
+
+
+def _takes_training(forward: Any) -> bool:
+    """Whether a ``forward`` function has a ``training`` parameter that can be passed by
+    keyword (a Keras-style ``call(self, x, training=False)``)."""
+    known = _TAKES_TRAINING.get(forward)
+    if known is None:
+        try:
+            param = inspect.signature(forward).parameters.get("training")
+        except (TypeError, ValueError):  # a builtin or an object without a signature
+            param = None
+        known = _TAKES_TRAINING[forward] = param is not None and param.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return known
+
+
 class Module:
     """Base class for models and layers: subclasses set Variables and sub-modules as
     attributes (directly or inside lists/tuples/dicts) and define ``forward``.
@@ -98,8 +116,12 @@ class Module:
 
     @property
     def training(self) -> bool:
-        """Whether the module is in training mode (:meth:`train`, :meth:`eval`). A
-        ``gt.function`` step that read it traces again when it changes."""
+        """Whether the module is in training mode (:meth:`train`, :meth:`eval`); while a call
+        ``module(x, training=...)`` runs, that argument (in the calling thread). A
+        ``gt.function`` step that read the flag traces again when it changes."""
+        mode = STATE.call_mode
+        if mode is not None:  # (a value of the step's own code, or of its signature)
+            return mode
         value = self.__dict__.get("_gt_training", True)
         tr = STATE.trace
         if tr is not None and not tr.suspended:
@@ -134,7 +156,45 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``forward(*args, **kwargs)``. Keras's ``training=True``/``False`` runs this call in
+        that mode: every module's :attr:`training` reads it while the call runs (in this
+        thread; sub-modules and any other module called from it, as in a Keras call
+        context), and the modules' own flags are left as they are. ``training=None`` keeps
+        the modes as they are. A ``forward`` with a ``training`` parameter receives the mode
+        (also from an enclosing call when not given).
+
+        Raises:
+            TypeError: ``training`` is not a bool or None.
+
+        Example:
+            >>> import gradtape as gt
+            >>> drop = gt.nn.Dropout(0.5, seed=0)
+            >>> x = gt.ones((1, 4))
+            >>> drop(x, training=False).numpy(), drop.training
+            (array([[1., 1., 1., 1.]], dtype=float32), True)
+        """
+        if "training" in kwargs:
+            return self._call_in_mode(args, kwargs)
+        if STATE.call_mode is not None and _takes_training(type(self).forward):
+            kwargs["training"] = STATE.call_mode
         return self.forward(*args, **kwargs)
+
+    def _call_in_mode(self, args: tuple, kwargs: dict) -> Any:
+        training = kwargs.pop("training")
+        takes = _takes_training(type(self).forward)
+        if training is None:
+            if takes:
+                kwargs["training"] = STATE.call_mode
+            return self.forward(*args, **kwargs)
+        mode = as_flag(training, f"{type(self).__name__}.__call__", "training")
+        outer = STATE.call_mode
+        STATE.call_mode = mode
+        try:
+            if takes:
+                kwargs["training"] = mode
+            return self.forward(*args, **kwargs)
+        finally:
+            STATE.call_mode = outer
 
     # --- traversal ------------------------------------------------------------------------
     def _walk(self, prefix: str, seen_modules: set) -> Iterator[tuple[str, Any]]:

@@ -47,6 +47,9 @@ class _State(threading.local):
         # messages (tape.jacobian's vectorized backward is a vmap level too)
         self.batch_labels: list[str | None] = []
         self.trace: Any = None  # the gt.function trace running in this thread, if any
+        # a module call's training=True/False (Keras's call context): every Module.training
+        # read in this thread while the call runs gives it; None: each module's own flag
+        self.call_mode: bool | None = None
         self.fast: list[Recorder] | None = self.recording  # the recording tapes when nothing else is on
         # the recording tapes when a gt.function trace is the only other thing on: the fast
         # record paths serve ops whose result is traced and that read no Variable (the trace

@@ -2348,7 +2348,9 @@ class Function(Generic[R]):
     def _signature(self, args: tuple, kwargs: dict) -> tuple[Any, list[Any], Any]:
         leaves, spec = flatten((args, kwargs))
         backend = get_backend()
-        key: list[Any] = [_freeze(spec), backend.name, config._fusion, HOOKS.numerics]
+        # (a module call's training=... around this call: the modes the step reads)
+        key: list[Any] = [_freeze(spec), backend.name, config._fusion, HOOKS.numerics,
+                          STATE.call_mode]
         first: dict[int, int] = {}  # a tensor passed more than once is one input of the step
         for i, x in enumerate(leaves):
             if isinstance(x, Tensor) and not x._is_variable:
@@ -2374,8 +2376,8 @@ class Function(Generic[R]):
         (the common call: ``step(x, y)``) without flattening them, else None. It names a
         signature as :meth:`_signature` does, in a key space of its own."""
         name = get_backend().name
-        key: list[Any] = [name, config._fusion, HOOKS.numerics]  # (the settings' fields:
-        # a call's key is on the hot path)
+        key: list[Any] = [name, config._fusion, HOOKS.numerics, STATE.call_mode]  # (the
+        # settings' fields: a call's key is on the hot path)
         tensors: list[int] = []
         for x in args:
             k = _plain_key(x, name)

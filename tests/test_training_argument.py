@@ -1,0 +1,160 @@
+"""Keras's ``model(x, training=...)``: a call run in a mode without changing the modules'
+flags, passed on to the modules it calls and to a ``forward`` that takes ``training``."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+
+
+def _net():
+    return gt.nn.Sequential([gt.nn.Dense(4, 6, seed=0), gt.nn.BatchNorm(6),
+                             gt.nn.Dropout(0.5, seed=1), gt.nn.Dense(6, 3, seed=2)])
+
+
+def _x(seed=0):
+    return gt.tensor(np.random.default_rng(seed).standard_normal((8, 4)).astype(np.float32))
+
+
+def test_training_false_runs_one_call_in_eval_mode_and_leaves_the_flags():
+    net, ref = _net(), _net()
+    x = _x()
+    got = net(x, training=False)
+    np.testing.assert_array_equal(got.numpy(), ref.eval()(x).numpy())
+    assert all(m.training for m in [net, *net.submodules()])  # still in training mode
+    bn = net[1]  # eval mode: the running statistics were read, not updated
+    np.testing.assert_array_equal(bn.running_mean.numpy(), np.zeros(6, np.float32))
+    np.testing.assert_array_equal(bn.running_var.numpy(), np.ones(6, np.float32))
+
+
+def test_training_true_runs_one_call_in_training_mode():
+    net, ref = _net().eval(), _net()
+    x = _x()
+    np.testing.assert_array_equal(net(x, training=True).numpy(), ref(x).numpy())
+    assert not any(m.training for m in [net, *net.submodules()])
+    np.testing.assert_array_equal(net[1].running_mean.numpy(), ref[1].running_mean.numpy())
+    assert np.abs(net[1].running_mean.numpy()).max() > 0  # updated from the batch
+    # the next call without the argument is back in the module's own mode
+    np.testing.assert_array_equal(net(x).numpy(), ref.eval()(x).numpy())
+
+
+def test_training_none_keeps_the_modes():
+    net, ref = _net().eval(), _net().eval()
+    x = _x()
+    np.testing.assert_array_equal(net(x, training=None).numpy(), ref(x).numpy())
+
+
+class _KerasStyle(gt.nn.Module):
+    def __init__(self):
+        self.dense = gt.nn.Dense(4, 2, seed=0)
+        self.seen = []
+
+    def forward(self, x, training=False):
+        self.seen.append(training)
+        return self.dense(x)
+
+
+def test_a_forward_taking_training_receives_it_also_from_an_enclosing_call():
+    inner = _KerasStyle()
+    outer = gt.nn.Sequential([inner])
+    x = _x()
+    inner(x)  # its own default
+    inner(x, training=True)
+    outer(x, training=True)  # Sequential passes nothing: the enclosing call's mode
+    outer(x, training=False)
+    outer(x)
+    assert inner.seen == [False, True, True, False, False]
+
+
+def test_an_inner_call_with_its_own_argument_wins():
+    class Outer(gt.nn.Module):
+        def __init__(self):
+            self.drop = gt.nn.Dropout(0.5, seed=0)
+
+        def forward(self, x):
+            return self.drop(x, training=False), self.drop.training
+
+    m = Outer()
+    y, inner_mode = m(gt.ones((2, 8)), training=True)
+    np.testing.assert_array_equal(y.numpy(), np.ones((2, 8), np.float32))
+    assert inner_mode is True  # read after the inner call: the outer call's mode again
+
+
+def test_the_mode_of_a_call_is_the_calling_threads_only():
+    drop = gt.nn.Dropout(0.5, seed=0)
+    inside, release = threading.Event(), threading.Event()
+    seen = []
+
+    class Wait(gt.nn.Module):
+        def forward(self, x):
+            inside.set()
+            release.wait(10)
+            return x
+
+    def other():
+        inside.wait(10)
+        seen.append(drop.training)  # the flag itself, not the other thread's call mode
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    gt.nn.Sequential([Wait(), drop])(gt.ones((1, 2)), training=False)
+    t.join()
+    assert seen == [True]
+
+
+def test_a_bad_training_argument_is_refused():
+    net = _net()
+    with pytest.raises(TypeError, match=r"Sequential.__call__: training must be True or False, "
+                                        r"got 'yes'"):
+        net(_x(), training="yes")
+
+
+def test_compiled_steps_follow_the_training_argument():
+    rng = np.random.default_rng(0)
+    net, ref = _net(), _net()
+    opt, ref_opt = gt.optimizers.SGD(0.1), gt.optimizers.SGD(0.1)
+    ys = [gt.tensor(rng.integers(0, 3, 8)) for _ in range(5)]
+    xs = [_x(i) for i in range(5)]
+
+    def step(model, opt, x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(model(x, training=True), y)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, model(x, training=False)
+
+    compiled = gt.function(lambda x, y: step(net, opt, x, y))
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if i == 3:  # the modules' own mode changes: the step names its modes itself
+            net.eval()
+            ref.eval()
+        got, want = compiled(x, y), step(ref, ref_opt, x, y)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert compiled.trace_count == 2  # replayed from the third call, also after eval()
+    # a compiled model called with either mode: one signature per mode
+    f = gt.function(net)
+    for training in (True, False, True, False):
+        np.testing.assert_allclose(f(xs[0], training=training).numpy(),
+                                   ref(xs[0], training=training).numpy(), rtol=1e-5, atol=1e-6)
+    assert f.trace_count == 4  # two traces per mode, then replays
+
+
+def test_a_compiled_function_called_inside_a_call_with_a_mode_reads_that_mode():
+    drop = gt.nn.Dropout(0.5, seed=0)
+    f = gt.function(lambda x: drop(x))
+
+    class Outer(gt.nn.Module):
+        def forward(self, x):
+            return f(x)
+
+    x = gt.ones((4, 8))
+    outer = Outer()
+    for _ in range(3):
+        f(x)  # traced and replayed in training mode
+        np.testing.assert_array_equal(outer(x, training=False).numpy(), x.numpy())
