@@ -4,6 +4,8 @@ with a Python loop over examples or with the loop path (experimental_use_pfor=Fa
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -716,3 +718,21 @@ def test_vmap_over_mixed_float_dtypes_without_a_tape():
     out = gt.vmap(lambda r: r * c)(xs)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out.numpy(), np.arange(6.0).reshape(2, 3) * [1, 2, 3])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_an_error_inside_vmap_names_the_per_example_shapes():
+    # a batching rule runs on whole batches: NumPy's message showed the batch axis ((5, 3)
+    # against (4,)) or counted axes from it ("axis 1" of a (3,) example)
+    x = gt.ones((5, 3))
+    with pytest.raises(ValueError, match=r"add: the operands' shapes") as info:
+        gt.vmap(lambda r: r + gt.ones(4))(x)
+    assert ("inside gt.vmap: add's operands have per-example shapes (3,), (4,), batch size 5"
+            in "".join(info.value.__notes__))
+    with pytest.raises(IndexError, match=r"indexing a tensor of shape \(3,\)") as info:
+        gt.vmap(lambda r: r[7])(x)
+    assert "per-example shapes (3,), batch size 5" in "".join(info.value.__notes__)
+    with pytest.raises(ValueError) as info:  # nested: one note, the innermost level's
+        gt.vmap(gt.vmap(lambda r: r + gt.ones(4)))(gt.ones((2, 5, 3)))
+    assert len(info.value.__notes__) == 1 and "per-example shapes (3,), (4,), batch size 5" \
+        in info.value.__notes__[0]

@@ -909,6 +909,25 @@ def _traced_reads(args: tuple[Tensor, ...], datas: list[Any]) -> list[Any]:
     return [tr.read(d) if t._is_variable else d for t, d in zip(args, datas)]
 
 
+def _note_per_example(e: BaseException, prim: Primitive, args: tuple[Tensor, ...]) -> None:
+    """Add to ``e`` (raised by ``prim``'s batching rule inside ``gt.vmap``) the operands'
+    per-example shapes: the rule runs on whole batches, so its message may show them with the
+    batch axis and count axes from it. Nested vmaps: the innermost level's note, which is
+    added last, replaces the outer ones' (Python 3.11+ notes)."""
+    if not hasattr(e, "add_note"):
+        return
+    shapes = ", ".join(str(tuple(a.shape)) for a in args)
+    sizes = sorted({a.batch_size for a in args if isinstance(a, BatchedTensor)})
+    notes = getattr(e, "__notes__", [])
+    notes[:] = [n for n in notes if not n.startswith(_VMAP_NOTE)]
+    e.add_note(f"{_VMAP_NOTE}{prim.name}'s operands have per-example shapes {shapes}, batch "
+               f"size {', '.join(map(str, sizes))}; the message above may show them with the "
+               "batch axis, and count axes from it)")
+
+
+_VMAP_NOTE = "(inside gt.vmap: "
+
+
 def bind_batched(prim: Primitive, args: tuple[Tensor, ...], params: dict[str, Any]) -> Tensor:
     """``bind`` when an argument is a :class:`BatchedTensor` (inside ``gt.vmap``): run the
     primitive's batching rule once on the physical tensors of the innermost level, wrap the
@@ -939,7 +958,11 @@ def bind_batched(prim: Primitive, args: tuple[Tensor, ...], params: dict[str, An
         st.recording = [t for t in recording if t._vlevel < level]
         st.sync()
     try:
-        res = rule(tuple(values), tuple(dims), **params)
+        try:
+            res = rule(tuple(values), tuple(dims), **params)
+        except (ValueError, IndexError, TypeError) as e:
+            _note_per_example(e, prim, args)
+            raise
         if not (type(res) is tuple and len(res) == 2 and isinstance(res[0], Tensor)
                 and (res[1] is None or isinstance(res[1], (int, np.integer)))):
             raise TypeError(f"gt.vmap: the batching rule of primitive '{prim.name}' returned "

@@ -383,7 +383,11 @@ def getitem(x: Any, index: Any) -> Tensor:
     try:
         return bind(P_GETITEM, x, index=idx, advanced=advanced)
     except IndexError as exc:
-        raise IndexError(f"indexing a tensor of shape {x.shape}: {exc}") from None
+        err = IndexError(f"indexing a tensor of shape {x.shape}: {exc}")
+        notes = getattr(exc, "__notes__", None)  # (inside gt.vmap: the per-example shapes;
+        if notes:  # Python 3.11+)
+            err.__notes__ = list(notes)  # type: ignore[attr-defined]
+        raise err from None
 
 
 def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
