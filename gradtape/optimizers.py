@@ -556,12 +556,13 @@ _STEP_LOCK = threading.Lock()
 
 def _narrowed(g: Array, dtype: np.dtype, who: str, label: str, xp: Any) -> Array:
     """The real gradient array ``g`` cast to its variable's ``dtype``. Raises ValueError where
-    ``g`` is wider and finite but the cast makes some value inf (``1e6`` for a float16
-    variable): the learning rate would scale inf. On a device this reads back one flag, on
+    ``g`` is wider (or integer) and finite but the cast makes some value inf (``1e6`` for a
+    float16 variable): the learning rate would scale inf. On a device this reads back one flag, on
     this path of mismatched dtypes only."""
     with np.errstate(over="ignore"):
         narrow = g.astype(dtype)
-    if g.dtype.kind == "f" and g.dtype.itemsize > dtype.itemsize:
+    if g.dtype.kind == "f" and g.dtype.itemsize > dtype.itemsize or \
+            g.dtype.kind in "iu" and float(np.iinfo(g.dtype).max) > float(np.finfo(dtype).max):
         if bool(xp.isfinite(g).all()) and not bool(xp.isfinite(narrow).all()):
             raise ValueError(f"{who}: the {g.dtype} gradient for {dtype} variable {label} holds "
                              f"values up to {float(xp.abs(g).max()):g}, past {dtype}'s range "
@@ -794,8 +795,8 @@ class Optimizer:
                 dtype that is not real (complex, strings).
             ValueError: a gradient's shape differs from its variable's (naming the variable, or
                 ``#i``, its position, when it has no name), a Variable is given twice (add its
-                gradients first), no pair is given, or a gradient of a wider dtype holds finite
-                values past the variable's range (``1e6`` for a float16 variable: the cast
+                gradients first), no pair is given, or a gradient of a wider (or an integer)
+                dtype holds finite values past the variable's range (``1e6`` for a float16 variable: the cast
                 would make them inf before the learning rate scales them; a ``gt.function``
                 replay checks at each call).
 

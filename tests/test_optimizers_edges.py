@@ -351,3 +351,15 @@ def test_a_compiled_step_checks_a_wide_gradient_at_each_call():
     step(gt.tensor(np.array([1.0])))  # a value in range still trains, replayed
     assert step.trace_count == 2
     assert np.isfinite(v.numpy()).all()
+
+
+def test_an_integer_gradient_past_a_float16_variables_range_is_refused():
+    # int64 100000 became inf in the cast to float16, unchecked (only wider floats were)
+    v = gt.Variable(np.array([1.0], np.float16))
+    with pytest.raises(ValueError, match=r"the int64 gradient for float16 variable #0 holds "
+                                         r"values up to 100000, past float16's range"):
+        gt.optimizers.SGD(1e-6).apply_gradients([(gt.tensor(np.array([100000])), v)])
+    assert v.numpy().tolist() == [1.0]
+    w = gt.Variable(np.array([1.0], np.float32))  # an integer gradient in range: cast
+    gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor(np.array([1])), w)])
+    assert w.numpy().tolist() == [0.5]

@@ -158,3 +158,53 @@ def test_a_compiled_function_called_inside_a_call_with_a_mode_reads_that_mode():
     for _ in range(3):
         f(x)  # traced and replayed in training mode
         np.testing.assert_array_equal(outer(x, training=False).numpy(), x.numpy())
+
+
+class _Block(gt.nn.Module):
+    def __init__(self):
+        self.drop = gt.nn.Dropout(0.5, seed=0)
+        self.seen = []
+
+    def forward(self, x, training=False):
+        self.seen.append(training)
+        return self.drop(x)
+
+
+class _Passes(gt.nn.Module):
+    def __init__(self):
+        self.block = _Block()
+
+    def forward(self, x, training=False):
+        return self.block(x, training)  # Keras code passes it on by position
+
+
+def test_a_training_argument_passed_by_position_is_that_calls_mode():
+    # the enclosing call's mode was added by keyword next to the positional one: "got
+    # multiple values for argument 'training'"
+    m = _Passes()
+    x = gt.ones((2, 8))
+    np.testing.assert_array_equal(m(x, training=False).numpy(), x.numpy())
+    assert float(gt.sum(m(x, training=True)).numpy()) != 16.0  # dropped and scaled
+    np.testing.assert_array_equal(m.block(x, False).numpy(), x.numpy())  # by position, alone
+    assert m.block.seen == [False, True, False]
+    with pytest.raises(TypeError, match=r"_Block.__call__: training given both by position "
+                                        r"and by keyword"):
+        m.block(x, True, training=False)
+
+
+def test_training_none_is_as_if_not_given():
+    k = _KerasStyle()
+    x = _x()
+    k(x)
+    k(x, training=None)  # the forward's own default, as when left out
+    gt.nn.Sequential([k])(x, training=True)
+    k(x, None)
+    assert k.seen == [False, False, True, None]  # (by position, None is passed as it is)
+
+
+@pytest.mark.parametrize("bad, shown", [([], "list"), (object(), "object"), (2, "2"),
+                                        (np.ones(3), r"ndarray of shape \(3,\)")])
+def test_a_training_argument_that_is_not_a_flag_is_refused(bad, shown):
+    with pytest.raises(TypeError, match=rf"Sequential.__call__: training must be True or False, "
+                                        rf"got {shown}"):
+        _net()(_x(), training=bad)

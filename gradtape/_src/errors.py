@@ -42,7 +42,7 @@ def as_flag(value: object, what: str, name: str) -> bool:
     """``value`` as a bool for an on/off argument: a bool, a NumPy bool, the ints 0 and 1 or
     None (off); a string raises ``TypeError`` naming ``what`` and ``name`` (``bool("False")`` is
     True: a flag read from a config file or the command line would silently be on), and so
-    does any other number.
+    does any other number, and any other object (a list, an array of several elements).
 
     Example:
         >>> as_flag(1, "Dense", "use_bias"), as_flag(None, "dropout", "training")
@@ -55,7 +55,9 @@ def as_flag(value: object, what: str, name: str) -> bool:
     kind = getattr(getattr(value, "dtype", None), "kind", None)
     if getattr(value, "ndim", None) == 0 and kind is not None and kind in "biufc":
         value = value.item()  # type: ignore[attr-defined]  # a NumPy scalar or 0-d array
-    if isinstance(value, (int, float, complex)) and not isinstance(value, bool) \
-            and value not in (0, 1):
-        raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
-    return bool(value)
+    if isinstance(value, (int, float, complex)) and (isinstance(value, bool) or value in (0, 1)):
+        return bool(value)
+    shown = repr(value) if isinstance(value, (int, float, complex)) else \
+        type(value).__name__ + (f" of shape {value.shape}"  # type: ignore[attr-defined]
+                                if getattr(value, "shape", None) else "")
+    raise TypeError(f"{what}: {name} must be True or False, got {shown}")

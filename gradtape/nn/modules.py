@@ -74,21 +74,28 @@ def _one_stream(seed: Any, layer: str, *inits: Any) -> Any:
     return _numpy_generator(seed, layer)
 
 
-_TAKES_TRAINING: dict[Any, bool] = {}
-
-
-def _takes_training(forward: Any) -> bool:
-    """Whether a ``forward`` function has a ``training`` parameter that can be passed by
-    keyword (a Keras-style ``call(self, x, training=False)``)."""
-    known = _TAKES_TRAINING.get(forward)
-    if known is None:
-        try:
-            param = inspect.signature(forward).parameters.get("training")
-        except (TypeError, ValueError):  # a builtin or an object without a signature
-            param = None
-        known = _TAKES_TRAINING[forward] = param is not None and param.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return known
+def _training_at(forward: Any) -> int | None:
+    """Where a ``forward`` function takes ``training`` (a Keras-style ``call(self, x,
+    training=False)``): its position among the arguments after ``self`` (-1: keyword only),
+    or None when it has no such parameter. Kept on the function (``_gt_training_at``)."""
+    at = getattr(forward, "_gt_training_at", -2)
+    if at != -2:
+        return at
+    try:
+        params = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin or an object without a signature
+        params = []
+    at = None
+    for i, p in enumerate(params):
+        if p.name == "training" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            at = i - 1  # (after self)
+        elif p.name == "training" and p.kind is inspect.Parameter.KEYWORD_ONLY:
+            at = -1
+    try:
+        forward._gt_training_at = at
+    except (AttributeError, TypeError):  # (a method of a builtin type)
+        pass
+    return at
 
 
 class Module:
@@ -159,12 +166,14 @@ class Module:
         """``forward(*args, **kwargs)``. Keras's ``training=True``/``False`` runs this call in
         that mode: every module's :attr:`training` reads it while the call runs (in this
         thread; sub-modules and any other module called from it, as in a Keras call
-        context), and the modules' own flags are left as they are. ``training=None`` keeps
-        the modes as they are. A ``forward`` with a ``training`` parameter receives the mode
-        (also from an enclosing call when not given).
+        context), and the modules' own flags are left as they are. ``training=None`` is as
+        if it were not given. A ``forward`` with a ``training`` parameter (by keyword or by
+        position) receives the mode, also from an enclosing call when not given; with neither,
+        its own default (as in Keras), whatever the module's :attr:`training`.
 
         Raises:
-            TypeError: ``training`` is not a bool or None.
+            TypeError: ``training`` is not a flag (a string, a number other than 0 and 1, a
+                list), or is given both by position and by keyword.
 
         Example:
             >>> import gradtape as gt
@@ -173,25 +182,36 @@ class Module:
             >>> drop(x, training=False).numpy(), drop.training
             (array([[1., 1., 1., 1.]], dtype=float32), True)
         """
-        if "training" in kwargs:
-            return self._call_in_mode(args, kwargs)
-        if STATE.call_mode is not None and _takes_training(type(self).forward):
-            kwargs["training"] = STATE.call_mode
-        return self.forward(*args, **kwargs)
+        if not kwargs and STATE.call_mode is None and len(args) < 2:  # (the common call)
+            return self.forward(*args, **kwargs)
+        return self._call_in_mode(args, kwargs)
 
     def _call_in_mode(self, args: tuple, kwargs: dict) -> Any:
-        training = kwargs.pop("training")
-        takes = _takes_training(type(self).forward)
-        if training is None:
-            if takes:
-                kwargs["training"] = STATE.call_mode
+        at = _training_at(type(self).forward)
+        pos = at if at is not None and 0 <= at < len(args) else -1  # training's position
+        if "training" in kwargs:
+            if pos >= 0:
+                raise TypeError(f"{type(self).__name__}.__call__: training given both by "
+                                "position and by keyword")
+            mode = kwargs.pop("training")
+        else:
+            mode = args[pos] if pos >= 0 else None
+        if mode is None:  # as if not given: the enclosing call's mode, if any
+            outer = STATE.call_mode
+            if at is not None and outer is not None:
+                if pos >= 0:
+                    args = args[:pos] + (outer,) + args[pos + 1:]
+                else:
+                    kwargs["training"] = outer
             return self.forward(*args, **kwargs)
-        mode = as_flag(training, f"{type(self).__name__}.__call__", "training")
+        mode = as_flag(mode, f"{type(self).__name__}.__call__", "training")
+        if pos >= 0:
+            args = args[:pos] + (mode,) + args[pos + 1:]
+        elif at is not None:
+            kwargs["training"] = mode
         outer = STATE.call_mode
         STATE.call_mode = mode
         try:
-            if takes:
-                kwargs["training"] = mode
             return self.forward(*args, **kwargs)
         finally:
             STATE.call_mode = outer

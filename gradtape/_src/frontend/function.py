@@ -2214,8 +2214,10 @@ def _note_replay_failure(e: BaseException, program: _Program) -> None:
         return
     called = line.split("=", 1)[-1].strip().split("(", 1)[0]
     fn: Any = program.ns.get(called)
-    while str(getattr(fn, "__module__", "")).startswith("gradtape") and hasattr(fn, "__wrapped__"):
-        fn = fn.__wrapped__  # (a backend's wrapper of the library's function)
+    while isinstance(fn, functools.partial) or str(getattr(fn, "__module__", "")).startswith(
+            "gradtape") and hasattr(fn, "__wrapped__"):
+        # (a library step bound to its settings; a backend's wrapper of the library's function)
+        fn = fn.func if isinstance(fn, functools.partial) else fn.__wrapped__
     what = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or called
     module = getattr(fn, "__module__", None)
     if module and not module.startswith("gradtape"):

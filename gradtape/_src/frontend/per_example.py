@@ -378,8 +378,9 @@ def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int],
                     "examples interact before the parameters are met (batch statistics, e.g. "
                     "a BatchNorm in training on a frozen part of the model), so each example's "
                     "gradient would take in the others' data and clipping would not bound one "
-                    "example's influence. Use BatchNorm in eval mode (model.eval()), or a "
-                    "normalization within each example (layer_norm, group norm)")
+                    "example's influence. Use BatchNorm in eval mode (model.eval(), or "
+                    "model(x, training=False) for one call), or a normalization within each "
+                    "example (layer_norm, group norm)")
             if iid:
                 todo.append(iid)
 
