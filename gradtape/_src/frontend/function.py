@@ -1590,6 +1590,31 @@ class _FusedRun:
         inner = math.prod(shape[1:])
         outs = {n: f"o{k}" for k, n in enumerate(outputs)}
         temps = [st.outs[0] for st in members if st.outs[0] not in outs]
+        # intermediates share scratch buffers as registers do: a buffer whose value was read
+        # for the last time takes the next intermediate of its dtype (a 120-step chain needs
+        # two or three, not 120 block-sized buffers per thread)
+        temp_set = set(temps)
+        last: dict[int, int] = {}
+        for k, st in enumerate(members):
+            for a in st.args:
+                if type(a) is _Slot and a.n in temp_set:
+                    last[a.n] = k
+        reg: dict[int, int] = {}  # intermediate -> its scratch buffer
+        reg_dtypes: list[Any] = []
+        free: dict[Any, list[int]] = {}
+        for k, st in enumerate(members):
+            o = st.outs[0]
+            if o in temp_set:
+                dt = np.dtype(dtypes[o])
+                spare = free.get(dt)
+                reg[o] = spare.pop() if spare else len(reg_dtypes)
+                if reg[o] == len(reg_dtypes):
+                    reg_dtypes.append(dt)
+            done = {a.n for a in st.args if type(a) is _Slot and a.n in temp_set and last[a.n] == k}
+            if o in temp_set and o not in last:  # (never read: free at once)
+                done.add(o)
+            for n in sorted(done):
+                free.setdefault(np.dtype(dtypes[n]), []).append(reg[n])
         # as the fused backward runs its programs: blocks of pool.BLOCK elements split over the
         # pool's threads when there are at least two per thread, else on one thread blocks
         # whose buffers' slices all stay in cache (pool.block_size)
@@ -1597,16 +1622,16 @@ class _FusedRun:
         self.split_blocks = -(-rows // step)
         if min(pool.THREADS, self.split_blocks // pool.BLOCKS_PER_THREAD) < 2:
             itemsize = max((np.dtype(dtypes[n]).itemsize for n in (*outputs, *temps)), default=4)
-            block = pool.block_size(len(full) + len(outputs) + len(temps), itemsize)
+            block = pool.block_size(len(full) + len(outputs) + len(reg_dtypes), itemsize)
             step = max(1, block // max(inner, 1))
         ns: dict[str, Any] = {"np": np, "__name__": __name__}
         src = []
         names: dict[int, str] = {n: f"i{k}" for k, n in enumerate(inputs)}
         params = ", ".join([names[n] for n in inputs] + list(outs.values()))
         src.append(f"def blocks(lo, hi, {params}):")
-        for n in temps:  # per call of blocks (per thread): its own scratch
-            ns[f"dt_t{n}"] = dtypes[n]
-            src.append(f"    t{n} = np.empty({(step,) + tuple(shape[1:])!r}, dt_t{n})")
+        for b, dt in enumerate(reg_dtypes):  # per call of blocks (per thread): its own scratch
+            ns[f"dt_t{b}"] = dt
+            src.append(f"    t{b} = np.empty({(step,) + tuple(shape[1:])!r}, dt_t{b})")
         src.append(f"    for r in range(lo, hi, {step}):")
         src.append(f"        e = r + {step}")
         src.append(f"        m = {step} if e <= {rows} else {rows} - r")
@@ -1621,7 +1646,7 @@ class _FusedRun:
                     if a.n in names:
                         args.append(f"b{a.n}" if a.n in full else names[a.n])
                     else:  # made by an earlier member
-                        args.append(f"{outs[a.n]}[r:e]" if a.n in outs else f"t{a.n}[:m]")
+                        args.append(f"{outs[a.n]}[r:e]" if a.n in outs else f"t{reg[a.n]}[:m]")
                 else:
                     value = a.value if type(a) is _Const else a
                     ns[f"k{consts}"] = value
@@ -1630,7 +1655,7 @@ class _FusedRun:
                     consts += 1
             ns[f"u{k}"] = st.fn
             o = st.outs[0]
-            target = f"{outs[o]}[r:e]" if o in outs else f"t{o}[:m]"
+            target = f"{outs[o]}[r:e]" if o in outs else f"t{reg[o]}[:m]"
             src.append(f"        u{k}({', '.join(args)}, out={target})")
         exec(compile("\n".join(src), f"<gt.function fused run of {len(members)}>", "exec"), ns)
         self.blocks = ns["blocks"]
