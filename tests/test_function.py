@@ -991,6 +991,34 @@ def test_a_scratch_array_a_traced_call_writes_is_read_at_each_call(write):
     assert f.trace_count == 2
 
 
+@pytest.mark.parametrize("write", ["clip", "multiply"])
+def test_a_scratch_array_kept_between_calls_and_overwritten_replays(write):
+    # a buffer made outside the step and filled by np.clip(..., out=buf): the program copied
+    # its contents at each call as if the call wrote part of it, so the second trace saw the
+    # first trace's values, the traces differed and the step ran eagerly (with a warning)
+    if gt.backend_name() != "numpy":
+        pytest.skip("the scratch array is a host NumPy array: a NumPy-backend step's")
+    buf = np.empty((4, 3), np.float32)
+
+    def body(x):
+        y = gt.tanh(x).data
+        if write == "clip":
+            np.clip(y, -0.5, 0.5, out=buf)
+        else:
+            np.multiply(y, 0.5, out=buf)
+        return gt.tensor(buf) * 2.0
+
+    f = gt.function(body)
+    for k in range(4):
+        x = np.random.default_rng(k).standard_normal((4, 3)).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # replayed, not run eagerly after a warning
+            got = f(gt.tensor(x)).numpy()
+        want = np.clip(np.tanh(x), -0.5, 0.5) if write == "clip" else np.tanh(x) * np.float32(0.5)
+        np.testing.assert_array_equal(got, want * np.float32(2.0))
+    assert f.trace_count == 2
+
+
 @pytest.mark.parametrize("kernel", [2, 3])
 def test_pool_gradient_with_a_constant_cotangent_replays(kernel):
     """The gradient of a non-scalar target starts from constant ones: max-pool's routing then

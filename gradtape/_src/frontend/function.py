@@ -1127,19 +1127,23 @@ def _fresh_empty(shape: tuple[int, ...], dtype: Any, xp: Any = np) -> Any:
 
 
 def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
-    """Whether ufunc call ``fn(*args, out=buf)`` (or ``np.copyto(buf, src)``) writes every
-    element of ``buf``."""
+    """Whether ufunc call ``fn(*args, out=buf)`` (or ``np.copyto(buf, src)``, ``np.clip(a, lo,
+    hi, out=buf)``) writes every element of ``buf``."""
     if fn is np.copyto:  # (the source broadcasts to the destination, so all of it, unless
         src = args[1] if len(args) > 1 else kwargs.get("src")  # a where= mask picks)
         return args[0] is buf and "where" not in kwargs and len(args) <= 3 and not (
             isinstance(src, np.ndarray) and np.may_share_memory(src, buf))
-    if type(fn) is not np.ufunc or fn.signature is not None or "where" in kwargs:
+    if fn is np.clip and "where" not in kwargs:  # elementwise over its three operands
+        operands = [*args[:3], *(kwargs[k] for k in ("a_min", "a_max", "min", "max") if k in kwargs)]
+    elif type(fn) is not np.ufunc or fn.signature is not None or "where" in kwargs:
         return False  # (a generalized ufunc, matmul: its core dimensions do not broadcast)
-    for a in args[:fn.nin]:  # an operand that is the buffer or a view of it is read
+    else:
+        operands = list(args[:fn.nin])
+    for a in operands:  # an operand that is the buffer or a view of it is read
         if a is buf or (isinstance(a, np.ndarray) and np.may_share_memory(a, buf)):
             return False
     try:
-        shape = np.broadcast_shapes(*(getattr(a, "shape", ()) for a in args[:fn.nin]))
+        shape = np.broadcast_shapes(*(getattr(a, "shape", ()) for a in operands))
     except ValueError:
         return False
     return shape == buf.shape
