@@ -318,15 +318,16 @@ def test_threads_sharing_an_optimizer_count_every_step():
     assert opt.iterations == 2000
 
 
-def test_a_wide_gradient_past_a_narrow_variables_range_is_refused():
+@pytest.mark.parametrize("big, shown", [(np.array([1e6]), r"float64 gradient .* values up to 1e\+06"),
+                                        (np.array([100000]), r"int64 gradient .* values up to 100000")])
+def test_a_wide_gradient_past_a_narrow_variables_range_is_refused(big, shown):
     # a float64 gradient of 1e6 for a float16 Variable was cast to inf before lr = 1e-6 scaled
-    # it: the Variable became -inf
+    # it: the Variable became -inf (an integer one of 100000 too, unchecked)
     v = gt.Variable(np.array([1.0], np.float16))
-    with pytest.raises(ValueError, match=r"the float64 gradient for float16 variable #0 holds "
-                                         r"values up to 1e\+06, past float16's range"):
-        gt.optimizers.SGD(1e-6).apply_gradients([(gt.tensor(np.array([1e6])), v)])
+    with pytest.raises(ValueError, match=rf"the {shown}, past float16's range"):
+        gt.optimizers.SGD(1e-6).apply_gradients([(gt.tensor(big), v)])
     assert v.numpy().tolist() == [1.0]
-    gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor(np.array([1.0])), v)])  # fits: cast
+    gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor(big // big), v)])  # fits: cast
     assert v.numpy().tolist() == [0.5]
 
 
@@ -351,15 +352,3 @@ def test_a_compiled_step_checks_a_wide_gradient_at_each_call():
     step(gt.tensor(np.array([1.0])))  # a value in range still trains, replayed
     assert step.trace_count == 2
     assert np.isfinite(v.numpy()).all()
-
-
-def test_an_integer_gradient_past_a_float16_variables_range_is_refused():
-    # int64 100000 became inf in the cast to float16, unchecked (only wider floats were)
-    v = gt.Variable(np.array([1.0], np.float16))
-    with pytest.raises(ValueError, match=r"the int64 gradient for float16 variable #0 holds "
-                                         r"values up to 100000, past float16's range"):
-        gt.optimizers.SGD(1e-6).apply_gradients([(gt.tensor(np.array([100000])), v)])
-    assert v.numpy().tolist() == [1.0]
-    w = gt.Variable(np.array([1.0], np.float32))  # an integer gradient in range: cast
-    gt.optimizers.SGD(0.5).apply_gradients([(gt.tensor(np.array([1])), w)])
-    assert w.numpy().tolist() == [0.5]
