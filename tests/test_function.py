@@ -1019,6 +1019,34 @@ def test_a_scratch_array_kept_between_calls_and_overwritten_replays(write):
     assert f.trace_count == 2
 
 
+@pytest.mark.parametrize("by", ["position", "keyword"])
+def test_a_clip_reading_a_kept_buffer_is_not_taken_for_an_overwrite(by):
+    # np.clip(a=buf, ..., out=buf) reads the buffer's values of the last call (a running
+    # maximum): with ``a`` by keyword the call was taken for a full overwrite, the program
+    # started the buffer empty at each call and replayed garbage, silently
+    if gt.backend_name() != "numpy":
+        pytest.skip("the scratch array is a host NumPy array: a NumPy-backend step's")
+
+    def make():
+        buf = np.full((4, 3), -1.0, np.float32)
+
+        def body(x):
+            y = gt.tanh(x).data
+            if by == "keyword":
+                np.clip(a=buf, a_min=y, a_max=0.5, out=buf)
+            else:
+                np.clip(buf, y, 0.5, out=buf)
+            return gt.tensor(buf) * 1.0
+        return body
+
+    f, eager = gt.function(make()), make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the step may run eagerly: its buffer carries state)
+        for k in range(5):
+            x = gt.tensor(np.random.default_rng(k).standard_normal((4, 3)).astype(np.float32))
+            np.testing.assert_array_equal(f(x).numpy(), eager(x).numpy())
+
+
 @pytest.mark.parametrize("kernel", [2, 3])
 def test_pool_gradient_with_a_constant_cotangent_replays(kernel):
     """The gradient of a non-scalar target starts from constant ones: max-pool's routing then

@@ -208,3 +208,29 @@ def test_a_training_argument_that_is_not_a_flag_is_refused(bad, shown):
     with pytest.raises(TypeError, match=rf"Sequential.__call__: training must be True or False, "
                                         rf"got {shown}"):
         _net()(_x(), training=bad)
+
+
+def test_the_forward_that_runs_says_where_training_is():
+    # the position was read from the class's forward: a forward replaced on the instance had
+    # its second argument taken for training (0.5 refused, 1 made True), and a staticmethod's
+    # position was one off (it has no self)
+    class Keras(gt.nn.Module):
+        def forward(self, x, training=False):
+            return x
+
+    m = Keras()
+    m.forward = lambda x, scale: x * scale
+    x = gt.ones((2, 3))
+    np.testing.assert_array_equal(m(x, 0.5).numpy(), np.full((2, 3), 0.5, np.float32))
+    np.testing.assert_array_equal(m(x, 3).numpy(), np.full((2, 3), 3.0, np.float32))
+
+    class Static(gt.nn.Module):
+        @staticmethod
+        def forward(x, training=False):
+            return x * (2.0 if training else 1.0)
+
+    s = Static()
+    for call in (lambda: s(x, training=True), lambda: s(x, True), lambda: gt.nn.Sequential([s])(
+            x, training=True)):
+        np.testing.assert_array_equal(call().numpy(), np.full((2, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(s(x).numpy(), x.numpy())

@@ -75,27 +75,30 @@ def _one_stream(seed: Any, layer: str, *inits: Any) -> Any:
 
 
 def _training_at(forward: Any) -> int | None:
-    """Where a ``forward`` function takes ``training`` (a Keras-style ``call(self, x,
-    training=False)``): its position among the arguments after ``self`` (-1: keyword only),
-    or None when it has no such parameter. Kept on the function (``_gt_training_at``)."""
-    at = getattr(forward, "_gt_training_at", -2)
-    if at != -2:
+    """Where the callable ``forward`` (a module's bound ``forward``, or whatever replaced it)
+    takes ``training`` (a Keras-style ``call(self, x, training=False)``): its position among
+    the call's arguments (-1: keyword only), or None when it has no such parameter. Kept on
+    the function (``_gt_training_at``, its position in the function's own parameters)."""
+    fn = getattr(forward, "__func__", forward)  # a bound method: its function takes self first
+    at = getattr(fn, "_gt_training_at", -2)
+    if at == -2:
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # a builtin or an object without a signature
+            params = []
+        at = None
+        for i, p in enumerate(params):
+            if p.name == "training" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                at = i
+            elif p.name == "training" and p.kind is inspect.Parameter.KEYWORD_ONLY:
+                at = -1
+        try:
+            fn._gt_training_at = at
+        except (AttributeError, TypeError):  # (a method of a builtin type)
+            pass
+    if at is None or at < 0 or fn is forward:
         return at
-    try:
-        params = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):  # a builtin or an object without a signature
-        params = []
-    at = None
-    for i, p in enumerate(params):
-        if p.name == "training" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-            at = i - 1  # (after self)
-        elif p.name == "training" and p.kind is inspect.Parameter.KEYWORD_ONLY:
-            at = -1
-    try:
-        forward._gt_training_at = at
-    except (AttributeError, TypeError):  # (a method of a builtin type)
-        pass
-    return at
+    return at - 1 if at >= 1 else None  # (a parameter named training in self's place)
 
 
 class Module:
@@ -187,7 +190,7 @@ class Module:
         return self._call_in_mode(args, kwargs)
 
     def _call_in_mode(self, args: tuple, kwargs: dict) -> Any:
-        at = _training_at(type(self).forward)
+        at = _training_at(self.forward)
         pos = at if at is not None and 0 <= at < len(args) else -1  # training's position
         if "training" in kwargs:
             if pos >= 0:

@@ -1134,7 +1134,8 @@ def _overwrites(fn: Any, args: tuple, kwargs: dict, buf: Any) -> bool:
         return args[0] is buf and "where" not in kwargs and len(args) <= 3 and not (
             isinstance(src, np.ndarray) and np.may_share_memory(src, buf))
     if fn is np.clip and "where" not in kwargs:  # elementwise over its three operands
-        operands = [*args[:3], *(kwargs[k] for k in ("a_min", "a_max", "min", "max") if k in kwargs)]
+        operands = [*args[:3], *(kwargs[k] for k in ("a", "a_min", "a_max", "min", "max")
+                                 if k in kwargs)]
     elif type(fn) is not np.ufunc or fn.signature is not None or "where" in kwargs:
         return False  # (a generalized ufunc, matmul: its core dimensions do not broadcast)
     else:
