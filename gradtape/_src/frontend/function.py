@@ -719,16 +719,22 @@ def _device_mutator(fn: Any) -> bool:
 
 
 class _Shadow:
-    """What a trace keeps of a host array it made: shape, dtype and layout (all the program's
-    compilation reads), not the array, so the step's temporaries are freed while it traces
-    as they are eagerly. The array itself stays with its :class:`TracedArray` for as long as
-    the step uses it."""
+    """What a trace keeps of a host array it made (of at least ``_SHADOW_MIN`` elements):
+    shape, dtype and layout (all the program's compilation reads), not the array, so the
+    step's temporaries are freed while it traces as they are eagerly. The array itself stays
+    with its :class:`TracedArray` for as long as the step uses it."""
 
     __slots__ = ("shape", "dtype", "ndim", "size", "c_contiguous")
 
     def __init__(self, a: np.ndarray) -> None:
         self.shape, self.dtype, self.ndim, self.size = a.shape, a.dtype, a.ndim, a.size
         self.c_contiguous = a.flags.c_contiguous
+
+
+#: Host arrays of at least this many elements are kept by a trace as a :class:`_Shadow`;
+#: smaller ones as they are (a few KiB each, and a shadow costs as much as a small op's
+#: logging).
+_SHADOW_MIN = 1 << 12
 
 
 class _Trace:
@@ -759,7 +765,7 @@ class _Trace:
     # slots
     def new(self, a: Any) -> TracedArray:
         n = len(self.arrays)
-        self.arrays.append(_Shadow(a) if type(a) is np.ndarray else a)
+        self.arrays.append(_Shadow(a) if type(a) is np.ndarray and a.size >= _SHADOW_MIN else a)
         return TracedArray(self, a, n)
 
     def host_sync(self, what: str) -> None:
@@ -1840,14 +1846,15 @@ def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
     if st.kwargs or st.out_kind != "one":
         return None
     out = arrays[st.outs[0]]
-    host = type(out) is _Shadow
+    shadow = type(out) is _Shadow
+    host = shadow or type(out) is np.ndarray
     # a fused run writes C-ordered results; a call whose result had another layout (an
     # operand's order kept, 'K') stays as it is, so views of it alias as in eager mode
-    if not (host or _is_array(out)) or getattr(out, "dtype", np.dtype(object)).kind != "f" \
-            or out.ndim == 0 or not (out.c_contiguous if host else out.flags.c_contiguous):
+    if not (shadow or _is_array(out)) or getattr(out, "dtype", np.dtype(object)).kind != "f" \
+            or out.ndim == 0 or not (out.c_contiguous if shadow else out.flags.c_contiguous):
         return None
     if type(fn) is not np.ufunc:
-        if not device or host or isinstance(out, np.ndarray) or _device_op(fn) is None \
+        if not device or shadow or isinstance(out, np.ndarray) or _device_op(fn) is None \
                 or len(st.args) > getattr(fn, "nin", 2):  # (an output given positionally)
             return None
         key: Any = ("device", tuple(out.shape))
