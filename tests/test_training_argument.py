@@ -234,3 +234,19 @@ def test_the_forward_that_runs_says_where_training_is():
             x, training=True)):
         np.testing.assert_array_equal(call().numpy(), np.full((2, 3), 2.0, np.float32))
     np.testing.assert_array_equal(s(x).numpy(), x.numpy())
+
+
+def test_program_source_names_a_program_traced_inside_a_call_with_a_mode():
+    drop = gt.nn.Dropout(0.5, seed=0)
+    f = gt.function(lambda x: drop(x) * 2.0)
+
+    class Outer(gt.nn.Module):
+        def forward(self, x):
+            return f(x)
+
+    x = gt.ones((4, 8))
+    for _ in range(3):
+        Outer()(x, training=False)
+    with pytest.raises(ValueError, match=r"no program for this signature yet .*; it has one "
+                                         r"traced inside a module call with training=False"):
+        f.program_source(x)

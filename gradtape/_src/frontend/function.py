@@ -2380,8 +2380,21 @@ class Function(Generic[R]):
         key, _, _ = self._signature(args, kwargs)
         entry = self._cache.get(key)
         if entry is None or entry.program is None:
+            here, others = STATE.call_mode, []
+            try:  # the same arguments traced inside a module call with training=...
+                for mode in (True, False, None):
+                    STATE.call_mode = mode
+                    other = self._cache.get(self._signature(args, kwargs)[0])
+                    if mode is not here and other is not None and other.program is not None:
+                        others.append(mode)
+            finally:
+                STATE.call_mode = here
+            where = "".join(f"; it has one traced inside a module call with training={m}, "
+                            "shown by program_source called inside such a call" if m is not None
+                            else "; it has one traced outside any module call with training="
+                            for m in others[:1])
             raise ValueError("gt.function.program_source: no program for this signature yet "
-                             "(call the function with these arguments first, twice)")
+                             f"(call the function with these arguments first, twice){where}")
         return entry.program.source
 
     def _signature(self, args: tuple, kwargs: dict) -> tuple[Any, list[Any], Any]:
