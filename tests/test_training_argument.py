@@ -188,7 +188,7 @@ def test_a_training_argument_passed_by_position_is_that_calls_mode():
     np.testing.assert_array_equal(m.block(x, False).numpy(), x.numpy())  # by position, alone
     assert m.block.seen == [False, True, False]
     with pytest.raises(TypeError, match=r"_Block.__call__: training given both by position "
-                                        r"and by keyword"):
+                                        r"\(True\) and by keyword \(False\)"):
         m.block(x, True, training=False)
 
 
@@ -198,8 +198,42 @@ def test_training_none_is_as_if_not_given():
     k(x)
     k(x, training=None)  # the forward's own default, as when left out
     gt.nn.Sequential([k])(x, training=True)
-    k(x, None)
-    assert k.seen == [False, False, True, None]  # (by position, None is passed as it is)
+    k(x, None)  # by position too
+    assert k.seen == [False, False, True, False]
+
+
+class _DefaultsOff(gt.nn.Module):
+    def __init__(self):
+        self.drop = gt.nn.Dropout(0.5, seed=0)
+
+    def forward(self, x, training=False):
+        return self.drop(x)
+
+
+def test_a_forwards_default_is_the_mode_of_the_modules_it_calls():
+    # as in Keras, the default of call's training becomes the call's mode: model(x) of a
+    # forward(self, x, training=False) ran its Dropout in the module's own training mode
+    m = _DefaultsOff()
+    x = gt.ones((2, 16))
+    np.testing.assert_array_equal(m(x).numpy(), x.numpy())
+    assert m.drop.training  # the flag itself is untouched
+    assert float(gt.sum(gt.nn.Sequential([m])(x, training=True)).numpy()) != 32.0
+
+
+def test_a_compiled_forward_receives_training_by_keyword():
+    # a forward decorated with gt.function looks like (*args, **kwargs) to a signature: its
+    # training parameter was not found, so training=True never reached it
+    class M(gt.nn.Module):
+        @gt.function
+        def forward(self, x, training=False):
+            return x + (100.0 if training else 0.0)
+
+    m = M()
+    x = gt.ones((2, 2))
+    for _ in range(3):
+        np.testing.assert_array_equal(m(x, training=True).numpy(), np.full((2, 2), 101.0))
+        np.testing.assert_array_equal(m(x, True).numpy(), np.full((2, 2), 101.0))
+        np.testing.assert_array_equal(m(x).numpy(), x.numpy())
 
 
 @pytest.mark.parametrize("bad, shown", [([], "list"), (object(), "object"), (2, "2"),
@@ -250,3 +284,42 @@ def test_program_source_names_a_program_traced_inside_a_call_with_a_mode():
     with pytest.raises(ValueError, match=r"no program for this signature yet .*; it has one "
                                          r"traced inside a module call with training=False"):
         f.program_source(x)
+
+
+def test_module_trainable_freezes_and_unfreezes_its_variables():
+    # Keras's layer.trainable = False was stored as a plain attribute: nothing froze
+    net = _net()
+    n_train = len(net.trainable_variables)
+    net[0].trainable = False
+    assert not net[0].trainable and net.trainable
+    assert len(net.trainable_variables) == n_train - 2
+    net.trainable = False
+    assert net.trainable_variables == [] and not net.trainable
+    net.trainable = True  # the running statistics stay non-trainable
+    assert len(net.trainable_variables) == n_train
+    assert not net[1].running_mean.trainable
+    with pytest.raises(TypeError, match=r"Sequential: trainable must be True or False, got 'no'"):
+        net.trainable = "no"
+
+
+def test_keras_habits_get_errors_that_name_them():
+    x = gt.ones((2, 4))
+    with pytest.raises(TypeError, match=r"Dropout.__call__: got True as positional argument #1, "
+                                        r"which Dropout.forward does not take; pass the mode by "
+                                        r"keyword: training=True"):
+        gt.nn.Dropout(0.5)(x, True)
+
+    class K(gt.nn.Module):
+        def call(self, x):
+            return x
+
+    with pytest.raises(NotImplementedError, match=r"K must define forward\(\) \(Keras's call\(\) "
+                                                  r"is named forward\(\) here\)"):
+        K()(x)
+    with pytest.raises(TypeError, match=r"training must be True or False, got a Tensor holding "
+                                        r"0.69"):
+        _net()(_x(), training=gt.tensor(0.7))
+    f = gt.function(lambda x, t: _net()(x, training=t))
+    with pytest.raises(gt.TracingError, match=r"training must be a Python bool inside "
+                                              r"gt.function"):
+        f(_x(), gt.tensor(True))

@@ -52,12 +52,14 @@ def as_flag(value: object, what: str, name: str) -> bool:
         return bool(value)
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{what}: {name} must be True or False, got {value!r}")
+    given = value
     kind = getattr(getattr(value, "dtype", None), "kind", None)
     if getattr(value, "ndim", None) == 0 and kind is not None and kind in "biufc":
         value = value.item()  # type: ignore[attr-defined]  # a NumPy scalar or 0-d array
     if isinstance(value, (int, float, complex)) and (isinstance(value, bool) or value in (0, 1)):
         return bool(value)
-    shown = repr(value) if isinstance(value, (int, float, complex)) else \
+    shown = (repr(value) if given is value else f"a {type(given).__name__} holding {value!r}") \
+        if isinstance(value, (int, float, complex)) else \
         type(value).__name__ + (f" of shape {value.shape}"  # type: ignore[attr-defined]
                                 if getattr(value, "shape", None) else "")
     raise TypeError(f"{what}: {name} must be True or False, got {shown}")

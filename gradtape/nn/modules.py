@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import inspect
 import math
 import operator
 import os
 import stat
 import struct
+import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -24,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from .._src.autodiff.state import STATE, flag_changed
-from .._src.errors import as_flag
+from .._src.autodiff.state import STATE, flag_changed, tracing
+from .._src.errors import TracingError, as_flag
 from .._src.tensor import Tensor, Variable
 from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
@@ -74,31 +76,69 @@ def _one_stream(seed: Any, layer: str, *inits: Any) -> Any:
     return _numpy_generator(seed, layer)
 
 
-def _training_at(forward: Any) -> int | None:
-    """Where the callable ``forward`` (a module's bound ``forward``, or whatever replaced it)
-    takes ``training`` (a Keras-style ``call(self, x, training=False)``): its position among
-    the call's arguments (-1: keyword only), or None when it has no such parameter. Kept on
-    the function (``_gt_training_at``, its position in the function's own parameters)."""
-    fn = getattr(forward, "__func__", forward)  # a bound method: its function takes self first
-    at = getattr(fn, "_gt_training_at", -2)
-    if at == -2:
+def _training_param(forward: Any) -> tuple[int | None, Any]:
+    """Where the callable ``forward`` (a module's bound ``forward``, or whatever replaced it:
+    a ``gt.function`` of it, a partial) takes ``training`` (Keras's ``call(self, x,
+    training=False)``) and its default: ``(position among the call's arguments, default)``,
+    -1 for a keyword-only parameter, ``(None, None)`` without one. Kept on the function
+    (``_gt_training``, with the position among the function's own parameters)."""
+    skip = 0
+    for _ in range(8):  # unwrap: partials (their arguments come first), gt.function (its
+        # Python function), bound methods (self comes first)
+        if isinstance(forward, functools.partial):
+            skip += len(forward.args)
+            forward = forward.func
+        elif getattr(forward, "__name__", "") == "__call__" and \
+                hasattr(getattr(forward, "__self__", None), "python_function"):
+            forward = forward.__self__.python_function
+        elif hasattr(forward, "python_function"):
+            forward = forward.python_function
+        elif hasattr(forward, "__func__"):
+            skip += 1
+            forward = forward.__func__
+        else:
+            break
+    known = getattr(forward, "_gt_training", None)
+    if known is None:
         try:
-            params = list(inspect.signature(fn).parameters.values())
+            params = list(inspect.signature(forward).parameters.values())
         except (TypeError, ValueError):  # a builtin or an object without a signature
             params = []
-        at = None
+        known = (None, None)
         for i, p in enumerate(params):
-            if p.name == "training" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-                at = i
-            elif p.name == "training" and p.kind is inspect.Parameter.KEYWORD_ONLY:
-                at = -1
+            if p.name == "training" and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                   inspect.Parameter.KEYWORD_ONLY):
+                default = p.default if isinstance(p.default, (bool, np.bool_)) else None
+                known = (i if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else -1,
+                         None if default is None else bool(default))
         try:
-            fn._gt_training_at = at
+            forward._gt_training = known
         except (AttributeError, TypeError):  # (a method of a builtin type)
             pass
-    if at is None or at < 0 or fn is forward:
-        return at
-    return at - 1 if at >= 1 else None  # (a parameter named training in self's place)
+    at, default = known
+    if at is None or at < 0:
+        return at, default
+    return (at - skip, default) if at >= skip else (None, None)  # (training bound already)
+
+
+#: Variables that a ``Module.trainable = False`` froze (this process): ``trainable = True`` on
+#: any module holding them trains them again, and only them.
+_FROZEN: weakref.WeakValueDictionary[int, Variable] = weakref.WeakValueDictionary()
+
+
+def _refuse_positional_mode(module: Any, args: tuple) -> None:
+    """Raise a TypeError naming ``training`` when ``module``'s forward, which has no
+    ``training`` parameter, cannot take ``args`` whose last is a bool (``Dropout(0.5)(x,
+    True)``: Keras's positional mode); return when it can (a bool argument of its own)."""
+    try:
+        inspect.signature(module.forward).bind(*args)
+    except TypeError:
+        name = type(module).__name__
+        raise TypeError(f"{name}.__call__: got {args[-1]!r} as positional argument "
+                        f"#{len(args) - 1}, which {name}.forward does not take; pass the mode "
+                        f"by keyword: training={args[-1]!r}") from None
+    except ValueError:  # (no signature to bind to)
+        pass
 
 
 class Module:
@@ -149,6 +189,37 @@ class Module:
         if tr is not None and not tr.suspended:  # a step that sets the mode itself
             tr.flag_set(self, "training", mode)  # (model.train() in train_step): set at each call
 
+    @property
+    def trainable(self) -> bool:
+        """Whether any Variable of the module (and its sub-modules) is trainable (True for a
+        module without Variables). Setting it False freezes every trainable one, as Keras's
+        ``layer.trainable = False`` does; setting it True trains again the ones such a setting
+        froze, on this module or any inside it (running statistics and other Variables made
+        non-trainable stay so; in this process: not across pickling). Unlike Keras it
+        leaves a :class:`BatchNorm`'s mode as it is (use :meth:`eval` or ``training=False``
+        for its running statistics).
+
+        Example:
+            >>> import gradtape as gt
+            >>> m = gt.nn.Dense(2, 3, seed=0)
+            >>> m.trainable = False
+            >>> len(m.trainable_variables), m.trainable
+            (0, False)
+        """
+        variables = self.variables
+        return not variables or any(v.trainable for v in variables)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        flag = as_flag(value, type(self).__name__, "trainable")
+        for v in self.variables:
+            if not flag and v.trainable:
+                _FROZEN[v._id] = v
+                v.trainable = False
+            elif flag and _FROZEN.get(v._id) is v:
+                del _FROZEN[v._id]
+                v.trainable = True
+
     def __setstate__(self, state: Any) -> None:
         # (a module pickled when ``training`` was a plain attribute keeps its mode)
         d, slots = state if isinstance(state, tuple) else (state, None)
@@ -163,7 +234,8 @@ class Module:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Apply the module to its input(s): ``module(x)`` calls this. Each layer overrides
         it; its class docstring gives the shapes."""
-        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+        hint = " (Keras's call() is named forward() here)" if hasattr(self, "call") else ""
+        raise NotImplementedError(f"{type(self).__name__} must define forward(){hint}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``forward(*args, **kwargs)``. Keras's ``training=True``/``False`` runs this call in
@@ -185,29 +257,43 @@ class Module:
             >>> drop(x, training=False).numpy(), drop.training
             (array([[1., 1., 1., 1.]], dtype=float32), True)
         """
-        if not kwargs and STATE.call_mode is None and len(args) < 2:  # (the common call)
-            return self.forward(*args, **kwargs)
+        if not kwargs and STATE.call_mode is None and len(args) < 2 and not self._gt_keras:
+            return self.forward(*args, **kwargs)  # (the common call)
         return self._call_in_mode(args, kwargs)
 
+    #: The class's ``forward`` takes ``training`` (set for each subclass as it is defined).
+    _gt_keras = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._gt_keras = _training_param(cls.forward)[0] is not None
+
     def _call_in_mode(self, args: tuple, kwargs: dict) -> Any:
-        at = _training_at(self.forward)
+        at, default = _training_param(self.forward)
         pos = at if at is not None and 0 <= at < len(args) else -1  # training's position
         if "training" in kwargs:
             if pos >= 0:
                 raise TypeError(f"{type(self).__name__}.__call__: training given both by "
-                                "position and by keyword")
+                                f"position ({args[pos]!r}) and by keyword "
+                                f"({kwargs['training']!r})")
             mode = kwargs.pop("training")
         else:
             mode = args[pos] if pos >= 0 else None
-        if mode is None:  # as if not given: the enclosing call's mode, if any
-            outer = STATE.call_mode
-            if at is not None and outer is not None:
-                if pos >= 0:
-                    args = args[:pos] + (outer,) + args[pos + 1:]
-                else:
-                    kwargs["training"] = outer
+            if at is None and len(args) >= 2 and isinstance(args[-1], (bool, np.bool_)):
+                _refuse_positional_mode(self, args)
+        if isinstance(mode, Tensor) and tracing():
+            raise TracingError(f"{type(self).__name__}.__call__: training must be a Python bool "
+                               "inside gt.function (a tensor's value is not known while the "
+                               "step is traced), got a Tensor; pass True or False, or a Python "
+                               "argument of the step")
+        if mode is None:  # as if not given: the enclosing call's mode, else (Keras) the
+            mode = STATE.call_mode  # forward's own default, which its sub-modules then see
+            if mode is None:
+                mode = default
+        else:
+            mode = as_flag(mode, f"{type(self).__name__}.__call__", "training")
+        if mode is None:
             return self.forward(*args, **kwargs)
-        mode = as_flag(mode, f"{type(self).__name__}.__call__", "training")
         if pos >= 0:
             args = args[:pos] + (mode,) + args[pos + 1:]
         elif at is not None:
