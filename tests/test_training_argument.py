@@ -3,6 +3,7 @@ flags, passed on to the modules it calls and to a ``forward`` that takes ``train
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -304,9 +305,9 @@ def test_module_trainable_freezes_and_unfreezes_its_variables():
 
 def test_keras_habits_get_errors_that_name_them():
     x = gt.ones((2, 4))
-    with pytest.raises(TypeError, match=r"Dropout.__call__: got True as positional argument #1, "
-                                        r"which Dropout.forward does not take; pass the mode by "
-                                        r"keyword: training=True"):
+    with pytest.raises(TypeError, match=r"Dropout.__call__: got True as positional argument 2 "
+                                        r"\(counting from 1\), which Dropout.forward does not "
+                                        r"take; pass the mode by keyword: training=True"):
         gt.nn.Dropout(0.5)(x, True)
 
     class K(gt.nn.Module):
@@ -323,3 +324,51 @@ def test_keras_habits_get_errors_that_name_them():
     with pytest.raises(gt.TracingError, match=r"training must be a Python bool inside "
                                               r"gt.function"):
         f(_x(), gt.tensor(True))
+
+
+def test_forwards_from_elsewhere_get_the_keras_rules_too():
+    # the rules were fixed when the class was made: a forward assigned to the class later or
+    # to the instance skipped its default's mode; a module used as another's forward had its
+    # training flag overwritten by the signature cache; a partial's training= was ignored
+    class Block(gt.nn.Module):
+        def __init__(self):
+            self.drop = gt.nn.Dropout(0.5, seed=0)
+
+    def forward(self, x, training=False):
+        return self.drop(x)
+
+    x = gt.ones((4, 64))
+    later = Block()
+    Block.forward = forward
+    np.testing.assert_array_equal(later(x).numpy(), x.numpy())
+    inst = Block()
+    inst.forward = functools.partial(forward, inst)
+    np.testing.assert_array_equal(inst(x).numpy(), x.numpy())
+    bound = Block()
+    bound.forward = functools.partial(forward, bound, training=True)
+    assert float(gt.sum(bound(x)).numpy()) != 256.0  # the partial's mode: dropped
+    inner = gt.nn.Dropout(0.5, seed=0)
+    outer = gt.nn.Sequential([])
+    outer.forward = inner
+    np.testing.assert_array_equal(outer(x, training=False).numpy(), x.numpy())
+    assert inner.training is True
+
+
+def test_a_bool_argument_of_a_forwards_own_is_not_taken_for_a_mode():
+    class Gate(gt.nn.Module):
+        def forward(self, x, use_mask, *, scale):
+            return x * scale if use_mask else x
+
+    np.testing.assert_array_equal(Gate()(gt.ones(2), True, scale=2.0).numpy(), [2.0, 2.0])
+
+
+def test_module_trainable_refuses_none_and_leaves_a_hand_freeze():
+    net = _net()
+    with pytest.raises(TypeError, match=r"Sequential: trainable must be True or False, got None"):
+        net.trainable = None
+    net.trainable = False
+    kernel = net[0].kernel
+    kernel.trainable = True  # by hand: no longer the module's freeze
+    kernel.trainable = False
+    net.trainable = True
+    assert not kernel.trainable and net[3].kernel.trainable

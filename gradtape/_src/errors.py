@@ -58,7 +58,9 @@ def as_flag(value: object, what: str, name: str) -> bool:
         value = value.item()  # type: ignore[attr-defined]  # a NumPy scalar or 0-d array
     if isinstance(value, (int, float, complex)) and (isinstance(value, bool) or value in (0, 1)):
         return bool(value)
-    shown = (repr(value) if given is value else f"a {type(given).__name__} holding {value!r}") \
+    kind_name = type(given).__name__
+    article = "an" if kind_name[:1].lower() in "aeiou" else "a"
+    shown = (repr(value) if given is value else f"{article} {kind_name} holding {value!r}") \
         if isinstance(value, (int, float, complex)) else \
         type(value).__name__ + (f" of shape {value.shape}"  # type: ignore[attr-defined]
                                 if getattr(value, "shape", None) else "")

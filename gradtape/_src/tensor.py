@@ -393,6 +393,11 @@ def variable_of_buffer(array: Any) -> Variable | None:
     return owner if owner is not None and owner.data is array else None
 
 
+#: Variables that ``Module.trainable = False`` froze, by ``_id`` (this process): a module's
+#: ``trainable = True`` trains again these only, unless set by hand since.
+FROZEN_BY_MODULE: weakref.WeakValueDictionary[int, Variable] = weakref.WeakValueDictionary()
+
+
 class Variable(Tensor):
     """Mutable, trainable state (TF's ``tf.Variable``).
 
@@ -462,6 +467,7 @@ class Variable(Tensor):
     @trainable.setter
     def trainable(self, value: bool) -> None:
         value = as_flag(value, "Variable", "trainable")
+        FROZEN_BY_MODULE.pop(self._id, None)  # (set by hand: a module's True leaves it)
         tr = STATE.trace
         if tr is not None and not tr.suspended and id(self) in tr.variables:
             # set inside a gt.function step after an op read it: the program depends on the

@@ -17,7 +17,7 @@ import operator
 import os
 import stat
 import struct
-import weakref
+import types
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +28,7 @@ import numpy as np
 from .. import ops
 from .._src.autodiff.state import STATE, flag_changed, tracing
 from .._src.errors import TracingError, as_flag
-from .._src.tensor import Tensor, Variable
+from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
 from ..optimizers import Optimizer, _checkpoint_dtype_error
@@ -80,13 +80,17 @@ def _training_param(forward: Any) -> tuple[int | None, Any]:
     """Where the callable ``forward`` (a module's bound ``forward``, or whatever replaced it:
     a ``gt.function`` of it, a partial) takes ``training`` (Keras's ``call(self, x,
     training=False)``) and its default: ``(position among the call's arguments, default)``,
-    -1 for a keyword-only parameter, ``(None, None)`` without one. Kept on the function
-    (``_gt_training``, with the position among the function's own parameters)."""
+    -1 for a keyword-only parameter (or one a partial binds by keyword, its value the
+    default), ``(None, None)`` without one. Kept on plain functions
+    (``_gt_training_param``, with the position among the function's own parameters)."""
     skip = 0
+    bound: list[Any] = []  # a partial's training= keyword
     for _ in range(8):  # unwrap: partials (their arguments come first), gt.function (its
         # Python function), bound methods (self comes first)
         if isinstance(forward, functools.partial):
             skip += len(forward.args)
+            if "training" in forward.keywords and not bound:
+                bound.append(forward.keywords["training"])
             forward = forward.func
         elif getattr(forward, "__name__", "") == "__call__" and \
                 hasattr(getattr(forward, "__self__", None), "python_function"):
@@ -98,7 +102,8 @@ def _training_param(forward: Any) -> tuple[int | None, Any]:
             forward = forward.__func__
         else:
             break
-    known = getattr(forward, "_gt_training", None)
+    plain = isinstance(forward, types.FunctionType)
+    known = getattr(forward, "_gt_training_param", None) if plain else None
     if known is None:
         try:
             params = list(inspect.signature(forward).parameters.values())
@@ -108,37 +113,47 @@ def _training_param(forward: Any) -> tuple[int | None, Any]:
         for i, p in enumerate(params):
             if p.name == "training" and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                    inspect.Parameter.KEYWORD_ONLY):
-                default = p.default if isinstance(p.default, (bool, np.bool_)) else None
                 known = (i if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else -1,
-                         None if default is None else bool(default))
-        try:
-            forward._gt_training = known
-        except (AttributeError, TypeError):  # (a method of a builtin type)
-            pass
+                         _flag_default(p.default))
+        if plain:
+            forward._gt_training_param = known
     at, default = known
-    if at is None or at < 0:
+    if at is None:
+        return None, None
+    if bound:  # passed by keyword by the partial (a call's own keyword replaces it)
+        return -1, _flag_default(bound[0])
+    if at < 0:
         return at, default
     return (at - skip, default) if at >= skip else (None, None)  # (training bound already)
 
 
-#: Variables that a ``Module.trainable = False`` froze (this process): ``trainable = True`` on
-#: any module holding them trains them again, and only them.
-_FROZEN: weakref.WeakValueDictionary[int, Variable] = weakref.WeakValueDictionary()
+def _flag_default(value: Any) -> bool | None:
+    """A ``training`` default as a mode: a bool, else None (no mode)."""
+    return bool(value) if isinstance(value, (bool, np.bool_)) else None
 
 
-def _refuse_positional_mode(module: Any, args: tuple) -> None:
+def _refuse_positional_mode(module: Any, args: tuple, kwargs: dict) -> None:
     """Raise a TypeError naming ``training`` when ``module``'s forward, which has no
-    ``training`` parameter, cannot take ``args`` whose last is a bool (``Dropout(0.5)(x,
-    True)``: Keras's positional mode); return when it can (a bool argument of its own)."""
+    ``training`` parameter, takes the call without its last positional argument, a bool, but
+    not with it (``Dropout(0.5)(x, True)``: Keras's positional mode); else return (the
+    forward's own bool argument, or another mismatch that Python's own error describes)."""
     try:
-        inspect.signature(module.forward).bind(*args)
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):  # (no signature to bind to)
+        return
+    try:
+        sig.bind(*args, **kwargs)
+        return
     except TypeError:
-        name = type(module).__name__
-        raise TypeError(f"{name}.__call__: got {args[-1]!r} as positional argument "
-                        f"#{len(args) - 1}, which {name}.forward does not take; pass the mode "
-                        f"by keyword: training={args[-1]!r}") from None
-    except ValueError:  # (no signature to bind to)
         pass
+    try:
+        sig.bind(*args[:-1], **kwargs)
+    except TypeError:
+        return
+    name = type(module).__name__
+    raise TypeError(f"{name}.__call__: got {args[-1]!r} as positional argument {len(args)} "
+                    f"(counting from 1), which {name}.forward does not take; pass the mode by "
+                    f"keyword: training={args[-1]!r}")
 
 
 class Module:
@@ -194,8 +209,9 @@ class Module:
         """Whether any Variable of the module (and its sub-modules) is trainable (True for a
         module without Variables). Setting it False freezes every trainable one, as Keras's
         ``layer.trainable = False`` does; setting it True trains again the ones such a setting
-        froze, on this module or any inside it (running statistics and other Variables made
-        non-trainable stay so; in this process: not across pickling). Unlike Keras it
+        froze, on this module or any inside it, unless set by hand since (running statistics
+        and other Variables made non-trainable stay so; in this process: not across pickling or
+        copies). Set it after the Variables exist: made later, they are trainable. Unlike Keras it
         leaves a :class:`BatchNorm`'s mode as it is (use :meth:`eval` or ``training=False``
         for its running statistics).
 
@@ -211,14 +227,15 @@ class Module:
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
+        if value is None:  # (as_flag takes None for off: here it would freeze silently)
+            raise TypeError(f"{type(self).__name__}: trainable must be True or False, got None")
         flag = as_flag(value, type(self).__name__, "trainable")
         for v in self.variables:
             if not flag and v.trainable:
-                _FROZEN[v._id] = v
                 v.trainable = False
-            elif flag and _FROZEN.get(v._id) is v:
-                del _FROZEN[v._id]
-                v.trainable = True
+                FROZEN_BY_MODULE[v._id] = v
+            elif flag and FROZEN_BY_MODULE.get(v._id) is v:
+                v.trainable = True  # (which forgets the mark)
 
     def __setstate__(self, state: Any) -> None:
         # (a module pickled when ``training`` was a plain attribute keeps its mode)
@@ -257,16 +274,19 @@ class Module:
             >>> drop(x, training=False).numpy(), drop.training
             (array([[1., 1., 1., 1.]], dtype=float32), True)
         """
-        if not kwargs and STATE.call_mode is None and len(args) < 2 and not self._gt_keras:
-            return self.forward(*args, **kwargs)  # (the common call)
+        if not kwargs and STATE.call_mode is None and len(args) < 2:  # (the common call)
+            cls = type(self)
+            forward = cls.forward
+            if forward is not cls._gt_forward:  # (first call of this class, or a forward
+                cls._gt_forward = forward  # assigned to it since)
+                cls._gt_keras = _training_param(forward)[0] is not None
+            if not cls._gt_keras and "forward" not in self.__dict__:
+                return self.forward(*args)
         return self._call_in_mode(args, kwargs)
 
-    #: The class's ``forward`` takes ``training`` (set for each subclass as it is defined).
+    #: The class's ``forward`` (as last seen by a call) and whether it takes ``training``.
+    _gt_forward: Any = None
     _gt_keras = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._gt_keras = _training_param(cls.forward)[0] is not None
 
     def _call_in_mode(self, args: tuple, kwargs: dict) -> Any:
         at, default = _training_param(self.forward)
@@ -280,7 +300,7 @@ class Module:
         else:
             mode = args[pos] if pos >= 0 else None
             if at is None and len(args) >= 2 and isinstance(args[-1], (bool, np.bool_)):
-                _refuse_positional_mode(self, args)
+                _refuse_positional_mode(self, args, kwargs)
         if isinstance(mode, Tensor) and tracing():
             raise TracingError(f"{type(self).__name__}.__call__: training must be a Python bool "
                                "inside gt.function (a tensor's value is not known while the "
