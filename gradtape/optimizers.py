@@ -557,8 +557,8 @@ _STEP_LOCK = threading.Lock()
 def _narrowed(g: Array, dtype: np.dtype, who: str, label: str, xp: Any) -> Array:
     """The real gradient array ``g`` cast to its variable's ``dtype``. Raises ValueError where
     ``g`` is wider (or integer) and finite but the cast makes some value inf (``1e6`` for a
-    float16 variable): the learning rate would scale inf. On a device this reads back one flag, on
-    this path of mismatched dtypes only."""
+    float16 variable): the learning rate would scale inf. On a device this reads back one
+    flag, on this path of mismatched dtypes only."""
     with np.errstate(over="ignore"):
         narrow = g.astype(dtype)
     if g.dtype.kind == "f" and g.dtype.itemsize > dtype.itemsize or \
@@ -796,9 +796,9 @@ class Optimizer:
             ValueError: a gradient's shape differs from its variable's (naming the variable, or
                 ``#i``, its position, when it has no name), a Variable is given twice (add its
                 gradients first), no pair is given, or a gradient of a wider (or an integer)
-                dtype holds finite values past the variable's range (``1e6`` for a float16 variable: the cast
-                would make them inf before the learning rate scales them; a ``gt.function``
-                replay checks at each call).
+                dtype holds finite values past the variable's range (``1e6`` for a float16
+                variable: the cast would make them inf before the learning rate scales them; a
+                ``gt.function`` replay checks at each call).
 
         Example:
             >>> import gradtape as gt
@@ -867,12 +867,10 @@ class Optimizer:
                     raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
                                     f"{g.dtype}; a real-valued gradient is needed for a "
                                     f"{v.dtype} variable")
-                if getattr(g, "_gt_traced", False):  # gt.function: checked at each replay
-                    g = opaque(functools.partial(_narrowed, dtype=v.dtype, who=who,
-                                                 label=_label(v, i), xp=v._backend.xp), g,
-                               key=("narrow gradient", v.dtype.str, _label(v, i)))
-                else:
-                    g = _narrowed(g, v.dtype, who, _label(v, i), v._backend.xp)
+                # (inside gt.function one step of the program: checked at each replay)
+                g = opaque(functools.partial(_narrowed, dtype=v.dtype, who=who,
+                                             label=_label(v, i), xp=v._backend.xp), g,
+                           key=("narrow gradient", v.dtype.str, _label(v, i)))
             pairs.append((g, v))
         if no_grad:  # TF's and Keras's warning: usually a variable the loss does not use
             warnings.warn(f"{who}: no gradient for variable(s) {', '.join(no_grad)}; they are left "

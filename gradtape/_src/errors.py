@@ -58,10 +58,12 @@ def as_flag(value: object, what: str, name: str) -> bool:
         value = value.item()  # type: ignore[attr-defined]  # a NumPy scalar or 0-d array
     if isinstance(value, (int, float, complex)) and (isinstance(value, bool) or value in (0, 1)):
         return bool(value)
-    kind_name = type(given).__name__
-    article = "an" if kind_name[:1].lower() in "aeiou" else "a"
-    shown = (repr(value) if given is value else f"{article} {kind_name} holding {value!r}") \
-        if isinstance(value, (int, float, complex)) else \
-        type(value).__name__ + (f" of shape {value.shape}"  # type: ignore[attr-defined]
-                                if getattr(value, "shape", None) else "")
+    kind = type(given).__name__
+    if not isinstance(value, (int, float, complex)):  # a list, an object, an array
+        shape = getattr(value, "shape", None)
+        shown = kind + (f" of shape {shape}" if shape else "")
+    elif given is value:
+        shown = repr(value)
+    else:  # a NumPy scalar or a 0-d array or tensor holding another number
+        shown = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} holding {value!r}"
     raise TypeError(f"{what}: {name} must be True or False, got {shown}")

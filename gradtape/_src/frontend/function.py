@@ -1579,7 +1579,8 @@ def _threaded(st: _Step, arrays: list[Any]) -> Any:
             or not all(type(a) is _Slot for a in st.args):
         return fn  # (elementwise ufuncs only: matmul is one with core dimensions)
     out = arrays[st.outs[0]]
-    if not (type(out) is _Shadow or isinstance(out, np.ndarray)) or out.size < pool.MIN_SIZE or out.size <= pool.CHUNK:
+    if not (type(out) is _Shadow or isinstance(out, np.ndarray)) or out.size < pool.MIN_SIZE \
+            or out.size <= pool.CHUNK:
         return fn
     if any(arrays[a.n].shape != out.shape for a in st.args):
         return fn
@@ -2380,19 +2381,19 @@ class Function(Generic[R]):
         key, _, _ = self._signature(args, kwargs)
         entry = self._cache.get(key)
         if entry is None or entry.program is None:
-            here, others = STATE.call_mode, []
-            try:  # the same arguments traced inside a module call with training=...
-                for mode in (True, False, None):
+            where = ""
+            here = STATE.call_mode
+            try:  # the same arguments traced inside a module call with training=... (or not)
+                for mode in {True, False, None} - {here}:
                     STATE.call_mode = mode
                     other = self._cache.get(self._signature(args, kwargs)[0])
-                    if mode is not here and other is not None and other.program is not None:
-                        others.append(mode)
+                    if other is not None and other.program is not None:
+                        where = (f"; it has one traced inside a module call with training={mode}"
+                                 ", shown by program_source called inside such a call"
+                                 if mode is not None else "; it has one traced outside any "
+                                 "module call with training=")
             finally:
                 STATE.call_mode = here
-            where = "".join(f"; it has one traced inside a module call with training={m}, "
-                            "shown by program_source called inside such a call" if m is not None
-                            else "; it has one traced outside any module call with training="
-                            for m in others[:1])
             raise ValueError("gt.function.program_source: no program for this signature yet "
                              f"(call the function with these arguments first, twice){where}")
         return entry.program.source
