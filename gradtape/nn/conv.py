@@ -645,15 +645,22 @@ def _conv_t_flat(xp: Any, g: Any, w: Any, size: tuple, lay: tuple, padding: tupl
     (dh, dw), ((pt, _), (pl, _)) = dilation, padding
     H, W = size
     S = N * Hp * Wp
-    gg = xp.zeros_like(g, shape=(Co, N, Hp, Wp))
-    gg[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
-    cols = _weights_t_times(xp, w, gg.reshape(Co, S), groups).reshape(Cg * groups, kh * kw, S)
-    out = xp.zeros_like(cols, shape=(Cg * groups, S + (kh - 1) * dh * Wp + (kw - 1) * dw))
-    for i in range(kh):
-        for j in range(kw):
-            o = i * dh * Wp + j * dw
-            out[:, o:o + S] += cols[:, i * kw + j]
-    out = out[:, :S].reshape(Cg * groups, N, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
+    # each output position t gathers offset k's column t - o_k; the grid starts with P zero
+    # columns (P: the largest offset), so every term is one slice and the sum starts from the
+    # first two terms: no zeroed output and no pass adding onto zeros
+    offsets = [i * dh * Wp + j * dw for i in range(kh) for j in range(kw)]
+    P = offsets[-1]
+    gg = xp.zeros_like(g, shape=(Co, P + S))
+    gg[:, P:].reshape(Co, N, Hp, Wp)[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
+    cols = _weights_t_times(xp, w, gg, groups).reshape(Cg * groups, kh * kw, P + S)
+    terms = [cols[:, k, P - o:P - o + S] for k, o in enumerate(offsets)]
+    if len(terms) == 1:
+        out = terms[0]
+    else:
+        out = xp.add(terms[0], terms[1])
+        for t in terms[2:]:
+            out += t
+    out = out.reshape(Cg * groups, N, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
     return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
