@@ -943,3 +943,74 @@ def test_data_held_in_a_variable_is_named_as_the_reason():
                                                   r"not a Variable, that reaches this op with the "
                                                   r"batch axis first, shape \[4, \.\.\.\]"):
         tape.per_example_gradients(losses, [w])
+
+
+def _cancelling_sequence(dt, near):
+    """x[B, T, d] and cotangent weights v[B, T, p] whose example 0's gradient x_0^T v_0 is
+    exactly zero and example 1's a ``near`` fraction of its terms (positions that cancel)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 16)).astype(dt)
+    v = rng.standard_normal((4, 3, 8)).astype(dt)
+    for b, f in ((0, 0.0), (1, near)):
+        x[b, 1] = x[b, 0]
+        v[b, 1] = -v[b, 0] * (1 + f)
+        v[b, 2] = 0
+    ref = [np.linalg.norm(x[b].astype(np.float64).T @ v[b].astype(np.float64)) for b in range(4)]
+    return x, v, np.array(ref)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("form", ["x@W", "W@x"])
+def test_ghost_norms_of_a_sequence_whose_gradient_cancels(dt, form):
+    """A sequence layer's ghost norm is a sum of signed Gram products: where an example's
+    gradient cancels across positions it rounded below zero (a NaN norm, NaN clipped sums)
+    or kept only rounding (float32: 3.5x the true norm)."""
+    x, v, ref = _cancelling_sequence(dt, 1e-4)
+    if form == "x@W":
+        W = gt.Variable(np.random.default_rng(4).standard_normal((16, 8)).astype(dt))
+        X, Vt = gt.tensor(x), gt.tensor(v)
+    else:  # W[p, d] @ x[B, d, T]: the gradient is v^T x
+        W = gt.Variable(np.random.default_rng(4).standard_normal((8, 16)).astype(dt))
+        X, Vt = gt.tensor(x.transpose(0, 2, 1).copy()), gt.tensor(v.transpose(0, 2, 1).copy())
+    with gt.GradientTape() as tape:
+        y = X @ W if form == "x@W" else W @ X
+        out = gt.sum(y * Vt, axis=(1, 2))
+    sums, norms = tape.per_example_gradients(out, W, max_norm=1.0, reduce="sum",
+                                             return_norms=True)
+    n = norms.numpy()
+    assert np.all(np.isfinite(n)) and np.all(n >= 0)
+    assert np.all(np.isfinite(sums.numpy()))
+    if gt.backend_name() != "numpy":
+        return  # taken again on NumPy only (a device would read the norms back)
+    np.testing.assert_allclose(n, ref, rtol=1e-5 if dt == np.float32 else 1e-10, atol=1e-12)
+    want = sum(min(1.0, 1.0 / max(r, 1e-300)) * (x[b].astype(np.float64).T
+                                                  @ v[b].astype(np.float64)) for b, r in
+               enumerate(ref))
+    got = sums.numpy().astype(np.float64)
+    np.testing.assert_allclose(got if form == "x@W" else got.T, want, rtol=1e-4, atol=1e-6)
+
+
+def test_ghost_norms_of_an_embedding_whose_gradient_cancels():
+    """Repeated ids in one example add their rows' gradients: rows that cancel made the
+    Gram form's sum round below zero."""
+    rng = np.random.default_rng(5)
+    table = gt.Variable(rng.standard_normal((50, 12)))
+    ids = np.array([[3, 3, 7, 9], [1, 2, 4, 6], [8, 8, 8, 0]])
+    w = rng.standard_normal((3, 4, 12))
+    w[0, 1] = -w[0, 0] * (1 + 1e-9)  # id 3 twice: its gradient row is ~1e-9 of its terms
+    w[0, 2:] = 0
+    w[2, 1] = -w[2, 0] - w[2, 2] * (1 - 1e-9)  # id 8 three times
+    w[2, 3] = 0
+    with gt.GradientTape() as tape:
+        out = gt.sum(gt.take(table, gt.tensor(ids), axis=0) * gt.tensor(w), axis=(1, 2))
+    _, norms = tape.per_example_gradients(out, table, max_norm=1.0, reduce="sum",
+                                          return_norms=True)
+    ref = []
+    for b in range(3):
+        G = np.zeros((50, 12))
+        np.add.at(G, ids[b], w[b])
+        ref.append(np.linalg.norm(G))
+    n = norms.numpy()
+    assert np.all(np.isfinite(n)) and np.all(n >= 0)
+    if gt.backend_name() == "numpy":
+        np.testing.assert_allclose(n, ref, rtol=1e-6)

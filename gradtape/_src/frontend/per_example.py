@@ -829,14 +829,20 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
     xp = backend_of(arrays[0]).xp  # (inside a traced device step: the tracing namespace)
     floats = [a for a in arrays if a.dtype.kind == "f"]  # (an embedding's ids are integers)
     half = any(a.dtype == np.float16 for a in floats)
-    sq = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp, np.float32 if half else None)
-    if xp is np and any(a.dtype.itemsize < 8 for a in floats):
-        redo = ~(np.isfinite(sq) & (sq >= _TINY_SQ))
+    host = xp is np
+    sq, rough = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp,
+                             np.float32 if half else None, check=host)
+    if host:
+        redo = rough
+        if any(a.dtype.itemsize < 8 for a in floats):
+            redo |= ~(np.isfinite(sq) & (sq >= _TINY_SQ))
         if redo.any():  # those examples' rows only (every array here is [B, ...])
             rows = np.flatnonzero(redo)
-            sq[rows] = _sq_norms_in(len(rows), [a[rows] for a in arrays[:n]], spec,
-                                    [a[rows] for a in arrays[n:]], xp, np.float64)
-    return sq
+            sq[rows], _ = _sq_norms_in(len(rows), [a[rows] for a in arrays[:n]], spec,
+                                       [a[rows] for a in arrays[n:]], xp, np.float64,
+                                       exact=True)
+    # a Gram form's sum of signed products may round below zero where the norm is ~0
+    return xp.maximum(sq, 0.0)
 
 
 #: Per-example squared norms below this are taken again in float64: float32 squares of the
@@ -847,50 +853,114 @@ _TINY_SQ = 1e-30
 
 
 def _sq_norms_in(B: int, per: Sequence[Array], spec: Sequence[tuple], pairs: Sequence[Array],
-                 xp: Any, dt: Any) -> Array:
+                 xp: Any, dt: Any, check: bool = False, exact: bool = False
+                 ) -> tuple[Array, Array]:
     """The sum of :func:`_sq_norms_of`, with every product formed in dtype ``dt`` or the
-    arrays' own where wider (None: the arrays' own)."""
+    arrays' own where wider (None: the arrays' own), and the rows whose Gram-form sums
+    cancelled past the rule of :func:`_ghost_sq_norms` (``check``; else all False).
+    ``exact``: each ghost boundary's gradient formed, an example at a time (rows to take
+    again)."""
     sq = xp.zeros(B, dtype=np.float64)
+    rough = xp.zeros(B, dtype=bool)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is taken again in float64
         for G in per:
             sq += _row_sq(xp, _at_least(G.reshape(B, -1), dt))
         for k, (kind, i, V) in enumerate(spec):
-            sq += _ghost_sq_norms(B, kind, i, V, pairs[2 * k], pairs[2 * k + 1], dt)
-    return sq
+            g, X = pairs[2 * k], pairs[2 * k + 1]
+            if exact:
+                sq += _ghost_sq_norms_exact(B, kind, i, V, g, X)
+                continue
+            part, flagged = _ghost_sq_norms(B, kind, i, V, g, X, dt, check)
+            sq += part
+            if flagged is not None:
+                rough |= flagged
+    return sq, rough
 
 
-def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: Any) -> Array:
+def _gram_operands(B: int, kind: str, i: int, g: Array, X: Array) -> tuple[Array, Array]:
+    """A matmul boundary's per-example gradient as ``A_b^T Gy_b``: ``A`` ``[B, R, K]`` rows of
+    the saved operand, ``Gy`` ``[B, R, P]`` the matching rows of the cotangent."""
+    if i == 1:  # x[B, ..., d] @ W[d, p]
+        return X.reshape(B, -1, X.shape[-1]), g.reshape(B, -1, g.shape[-1])
+    # W[O, K] @ x[B, ..., K, T']: rows of the Gram matrices are (inner batch, t) pairs
+    K, Tp = X.shape[-2:]
+    X4 = X.reshape(B, -1, K, Tp)
+    G4 = g.reshape(B, -1, g.shape[-2], Tp)
+    if X4.shape[1] == 1:
+        return _swap(X4[:, 0]), _swap(G4[:, 0])
+    return (X4.transpose(0, 1, 3, 2).reshape(B, -1, K),
+            G4.transpose(0, 1, 3, 2).reshape(B, -1, G4.shape[2]))
+
+
+def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: Any,
+                    check: bool = False) -> tuple[Array, Array | None]:
     """``||G_b||^2`` of the per-example gradient at a ghost boundary, without forming ``G_b``
     (the products in dtype ``dt``; None: the arrays' own). ``kind`` "embedding": ``X`` the
     ``[B, ...]`` ids into a table of ``V`` rows; else a matmul whose input ``i`` is the
-    parameter and ``X`` the other (saved) input."""
+    parameter and ``X`` the other (saved) input.
+
+    With ``check``, also the examples whose Gram form ``sum_ij (A A^T)_ij (G G^T)_ij`` lost
+    digits to cancellation: its rounding error is about eps times the same sum over absolute
+    values, so a result under sqrt(eps) of that sum may be off in its leading digits (a
+    gradient that nearly cancels across a sequence's positions); those are taken again by
+    forming the gradient (None: no Gram form here, nothing to cancel)."""
     xp = backend_of(g).xp
     g = _at_least(g, dt)
     if kind == "embedding":
         L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
         if L == 1:
-            return xp.einsum("bli,bli->b", G, G)
+            return xp.einsum("bli,bli->b", G, G), None
         ids = X.reshape(B, L)
         ids = xp.where(ids < 0, ids + V, ids)
         same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)
-        return xp.einsum("bij,bij->b", xp.matmul(G, _swap(G)), same)
-    X = _at_least(X, dt)
-    if i == 1:  # x[B, ..., d] @ W[d, p]
-        A = X.reshape(B, -1, X.shape[-1])
-        Gy = g.reshape(B, -1, g.shape[-1])
-    else:  # W[O, K] @ x[B, ..., K, T']: rows of the Gram matrices are (inner batch, t) pairs
-        K, Tp = X.shape[-2:]
-        X4 = X.reshape(B, -1, K, Tp)
-        G4 = g.reshape(B, -1, g.shape[-2], Tp)
-        if X4.shape[1] == 1:
-            A, Gy = _swap(X4[:, 0]), _swap(G4[:, 0])
-        else:
-            A = X4.transpose(0, 1, 3, 2).reshape(B, -1, K)
-            Gy = G4.transpose(0, 1, 3, 2).reshape(B, -1, G4.shape[2])
+        P = xp.matmul(G, _swap(G))
+        sq = xp.einsum("bij,bij->b", P, same)
+        return sq, (_cancelled(xp, sq, xp.einsum("bij,bij->b", xp.abs(P), same), P.dtype)
+                    if check else None)
+    A, Gy = _gram_operands(B, kind, i, g, _at_least(X, dt))
     if A.shape[1] == 1:
-        return _row_sq(xp, A[:, 0]) * _row_sq(xp, Gy[:, 0])
-    return xp.einsum("bij,bij->b", xp.matmul(A, _swap(A)), xp.matmul(Gy, _swap(Gy)))
+        return _row_sq(xp, A[:, 0]) * _row_sq(xp, Gy[:, 0]), None
+    PA, PG = xp.matmul(A, _swap(A)), xp.matmul(Gy, _swap(Gy))
+    sq = xp.einsum("bij,bij->b", PA, PG)
+    return sq, (_cancelled(xp, sq, xp.einsum("bij,bij->b", xp.abs(PA), xp.abs(PG)), PA.dtype)
+                if check else None)
+
+
+def _cancelled(xp: Any, sq: Array, bound: Array, dt: Any) -> Array:
+    """Rows whose signed sum ``sq`` is under sqrt(eps) of its absolute ``bound`` (see
+    :func:`_ghost_sq_norms`); an all-zero row (``bound`` 0) is exact."""
+    return sq < bound * math.sqrt(float(np.finfo(dt).eps))
+
+
+#: Elements of one chunk of per-example gradients formed by :func:`_ghost_sq_norms_exact`:
+#: 4 Mi float64 entries (32 MiB) bound the memory of the rows taken again.
+_EXACT_CHUNK = 1 << 22
+
+
+def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: int, g: Array, X: Array) -> Array:
+    """``||G_b||^2`` at a ghost boundary with ``G_b`` formed (float64, NumPy), for the rows
+    whose Gram form cancelled: a chunk of examples at a time within :data:`_EXACT_CHUNK`."""
+    g = g.astype(np.float64)
+    if kind == "embedding":
+        L = math.prod(X.shape[1:])
+        G = g.reshape(B, L, -1)
+        ids = X.reshape(B, L)
+        ids = np.where(ids < 0, ids + V, ids)
+        out = np.empty(B)
+        for b in range(B):  # a row of the table per distinct id of the example
+            _, inv = np.unique(ids[b], return_inverse=True)
+            Z = np.zeros((int(inv.max()) + 1 if L else 0, G.shape[2]))
+            np.add.at(Z, inv, G[b])
+            out[b] = np.sum(Z * Z)
+        return out
+    A, Gy = _gram_operands(B, kind, i, g, X.astype(np.float64))
+    step = max(1, _EXACT_CHUNK // max(1, A.shape[2] * Gy.shape[2]))
+    out = np.empty(B)
+    for s in range(0, B, step):
+        M = np.matmul(_swap(A[s:s + step]), Gy[s:s + step])
+        out[s:s + step] = _row_sq(np, M.reshape(M.shape[0], -1))
+    return out
 
 
 def _at_least(a: Array, dt: Any) -> Array:
