@@ -157,3 +157,51 @@ def test_a_bias_gradient_summed_in_two_passes_is_rounded_once(backend):
             got = tape.gradient(y, b)
         assert got.dtype == np.float16
         np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("spell", ["embedding", "take", "getitem", "gather"])
+def test_a_row_gathered_many_times_sums_its_gradient_in_float32(backend, spell):
+    """Repeated ids scatter-add their gradients: in float16 a row taken 5000 times stopped at
+    2048, where the spacing (2) exceeds each term (1)."""
+    table = gt.Variable(np.zeros((3, 2), np.float16))
+    ids = gt.tensor(np.zeros(5000, np.int64))
+    look = {"embedding": lambda: gt.nn.embedding(ids, table),
+            "take": lambda: gt.take(table, ids, axis=0),
+            "getitem": lambda: table[ids],
+            "gather": lambda: gt.gather(table, ids)}[spell]
+    with gt.GradientTape() as tape:
+        loss = gt.sum(look())
+    close16(tape.gradient(loss, table), np.array([[5000.0] * 2, [0.0] * 2, [0.0] * 2]))
+
+
+def test_segment_sum_and_index_add_of_many_terms_in_float16(backend):
+    d = gt.tensor(np.ones(5000, np.float16))
+    ids = np.zeros(5000, np.int64)
+    close16(gt.segment_sum(d, ids, 2), np.array([5000.0, 0.0]))
+    close16(gt.index_add(gt.zeros(2, dtype="float16"), 0, ids, d), np.array([5000.0, 0.0]))
+
+
+@pytest.mark.parametrize("opts", [{}, {"reduce": "sum", "max_norm": 1e9}])
+def test_per_example_embedding_gradients_of_a_repeated_id_in_float16(backend, opts):
+    table = gt.Variable(np.zeros((3, 2), np.float16))
+    ids = gt.tensor(np.zeros((2, 3000), np.int64))
+    with gt.GradientTape() as tape:
+        loss = gt.sum(gt.nn.embedding(ids, table), axis=(1, 2))
+    got = tape.per_example_gradients(loss, table, **opts)
+    want = np.zeros((2, 3, 2))
+    want[:, 0] = 3000.0
+    close16(got, want.sum(0) if opts else want)
+
+
+def test_a_compiled_step_gathering_a_row_many_times_in_float16():
+    table = gt.Variable(np.zeros((3, 2), np.float16))
+
+    @gt.function
+    def step(ids):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(gt.nn.embedding(ids, table))
+        return tape.gradient(loss, table)
+
+    for _ in range(3):  # trace, then replays
+        got = step(gt.tensor(np.zeros(5000, np.int64)))
+        close16(got, np.array([[5000.0] * 2, [0.0] * 2, [0.0] * 2]))

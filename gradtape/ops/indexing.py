@@ -13,7 +13,7 @@ import numpy as np
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import STATE, opaque, read_for_trace
-from .._src.backend import is_extra_array
+from .._src.backend import acc_add_at, is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap, broadcasts_to
@@ -62,11 +62,10 @@ def _scatter_impl(xp: Any, g: Any, *, index: Any, shape: tuple, advanced: bool) 
     # gt.function: NumPy's add.at reads an index on the host unless an operand is traced (a
     # constant cotangent beside traced indices); *_like: the trace sees the buffer
     g = read_for_trace(g, index)
+    if advanced:  # repeated positions accumulate (float16 in float32)
+        return acc_add_at(xp, shape, index, g)
     z = xp.zeros_like(g, shape=shape)
-    if advanced:
-        xp.add.at(z, index, g)
-    else:
-        z[index] = g
+    z[index] = g
     return z
 
 
@@ -210,14 +209,13 @@ def _index_take_impl(xp: Any, x: Any, idx: Any, *, axis: int) -> Any:
 def _index_put_impl(xp: Any, g: Any, idx: Any, *, axis: int, shape: tuple) -> Any:
     # gt.function: NumPy's add.at reads an index on the host unless an operand is traced
     g = read_for_trace(g, idx)
-    z = xp.zeros_like(g, shape=shape)  # *_like: a gt.function trace sees the buffer
     full = len(shape) - 1 + idx.ndim  # the indexed positions' rank
     if g.ndim < full:  # NumPy 2.4's add.at reads past values of a lower rank than a
         # multi-dimensional index (vmap(grad) of sort: one cotangent for every example);
         # leading 1s broadcast the same values correctly
         g = g.reshape((1,) * (full - g.ndim) + tuple(g.shape))
-    xp.add.at(z, (slice(None),) * axis + (idx,), g)
-    return z
+    # (float16 accumulated in float32; made like g: a gt.function trace sees the buffer)
+    return acc_add_at(xp, shape, (slice(None),) * axis + (idx,), g)
 
 
 def _index_take_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:

@@ -50,7 +50,7 @@ import numpy as np
 from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, opaque, user_line
-from ..backend import Array, acc_sum, backend_of
+from ..backend import Array, acc_add_at, acc_sum, backend_of
 from ..config import HOOKS
 from ..errors import UnconnectedGradientError
 from ..tensor import Tensor, _wrap, variable_of_buffer
@@ -646,10 +646,8 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
     V = shape[0]
     # scattered into [B, V, ...] by (example, row) pairs, into a buffer made like g: inside
     # gt.function the trace follows it, and the views and ops later made of it
-    z = xp.zeros_like(g, shape=(B,) + shape)
     example = xp.arange(B, dtype=idx.dtype).reshape((B,) + (1,) * (idx.ndim - 1))
-    xp.add.at(z, (example, xp.where(idx < 0, idx + V, idx)), g)
-    return z, True
+    return acc_add_at(xp, (B,) + shape, (example, xp.where(idx < 0, idx + V, idx)), g), True
 
 
 def _param_vjp(rec: Record, g: Array, reach: set[int], safe: bool) -> list[tuple[Array, bool] | None]:
@@ -700,7 +698,7 @@ def _param_vjp(rec: Record, g: Array, reach: set[int], safe: bool) -> list[tuple
             raise _unsupported(rec, f"with index {index!r} applied to a parameter (its per-example "
                                "form does not keep the batch axis first)")
         if p["advanced"]:
-            xp.add.at(z, where, g)
+            z = acc_add_at(xp, (B,) + shape, where, g)
         else:
             z[where] = g
         res[0] = (z, True)
@@ -991,9 +989,7 @@ def _ghost_sum(plan: _Plan, gh: _Ghost, g: Array, c: Array | None) -> Array:
     if gh.kind == "embedding":
         idx = _batch_index(rec, B)
         shape = rec.in_shapes[0]
-        z = xp.zeros_like(g, shape=shape)  # (made like g: inside gt.function, traced)
-        xp.add.at(z, idx, g)
-        return z
+        return acc_add_at(xp, shape, idx, g)  # (made like g: inside gt.function, traced)
     X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]
     if gh.i == 1:  # x[B, ..., d] @ W[d, p]: x^T g over all rows (the batch product's form,
         # a transposed view handed to BLAS: no copy, unlike tensordot's)
