@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import threading
 import warnings
@@ -577,6 +578,31 @@ _PEER_NAMES = {"lr": "learning_rate", "eps": "epsilon", "beta_1": "beta1", "beta
                "betas": "beta1", "clipnorm": "global_clipnorm"}
 
 
+#: PyTorch's and Keras's constructor arguments that gradtape spells otherwise -> what to write
+_PEER_ARGS = {"lr": "learning_rate=... (PyTorch's lr)",
+              "betas": "beta1=..., beta2=... (PyTorch's betas=(beta1, beta2))",
+              "eps": "epsilon=... (PyTorch's eps)", "beta_1": "beta1=... (Keras's beta_1)",
+              "beta_2": "beta2=... (Keras's beta_2)",
+              "params": "no variables: they go to apply_gradients(zip(grads, variables)) or "
+                        "minimize(loss_fn, var_list)",
+              "clipnorm": "global_clipnorm=... (it clips all gradients of a step jointly; Keras's "
+                          "clipnorm clips each alone)"}
+
+
+def _check_keywords(cls: type, kwargs: dict) -> None:
+    """A clear TypeError for a keyword ``cls``'s constructor does not take, naming gradtape's
+    spelling of PyTorch's and Keras's names and the arguments it takes."""
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key, value in kwargs.items():
+        if key not in params:
+            hint = _PEER_ARGS.get(key)
+            takes = ", ".join(n for n in params if n != "self")
+            raise TypeError(f"{cls.__name__}: unknown argument {key}={value!r}"
+                            + (f"; write {hint}" if hint else "") + f" (it takes {takes})")
+
+
 class Optimizer:
     """Base class: per-variable state, None gradients skipped with a warning, optional
     global-norm clipping, a learning rate that is a float or a schedule ``f(step) -> float``
@@ -632,16 +658,26 @@ class Optimizer:
             return None if value is None else _hyper(who, name, value, "> 0")
         return _hyper(who, name, value, rule)
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # PyTorch's and Keras's spellings (Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8))
+        # would fail in Python's words ("unexpected keyword argument 'lr'"): name ours
+        if kwargs:
+            _check_keywords(cls, kwargs)
+        return super().__new__(cls)
+
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:
         who = type(self).__name__
-        if hasattr(type(learning_rate), "trainable_variables") or isinstance(learning_rate, Tensor):
+        if (hasattr(type(learning_rate), "trainable_variables") or isinstance(learning_rate, Tensor)
+                or isinstance(learning_rate, (list, tuple, dict, set))
+                or hasattr(learning_rate, "__next__")):
             # PyTorch's habit, Adam(model.parameters()): a model is callable, so it would pass
             # for a schedule and fail at the first step with the model's own error
             raise TypeError(f"{who}: the first argument is the learning rate (a number or a "
                             f"schedule), got a {type(learning_rate).__name__}; the variables go "
                             "to apply_gradients(zip(grads, variables)) or minimize(loss_fn, "
-                            "var_list) (Keras's convention)")
+                            f"var_list) (Keras's convention): PyTorch's {who}(model.parameters(), "
+                            f"lr=1e-3) is {who}(1e-3) here")
         self.learning_rate = learning_rate  # (checked by __setattr__, as every hyper-parameter)
         self.global_clipnorm = global_clipnorm
         self.iterations = 0
@@ -1148,6 +1184,13 @@ class Optimizer:
         self.iterations = iterations
 
     def __repr__(self) -> str:
+        # the constructor's own arguments where each is an attribute of its name (a subclass
+        # defined elsewhere may keep them otherwise: its scalars then)
+        names = [n for n, p in inspect.signature(type(self).__init__).parameters.items()
+                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if names and all(n in self.__dict__ for n in names):
+            args = ", ".join(f"{n}={self.__dict__[n]!r}" for n in names)
+            return f"{type(self).__name__}({args})"
         return f"{type(self).__name__}(learning_rate={self.learning_rate!r}, {self._scalars_repr()})"
 
     def _scalars_repr(self) -> str:

@@ -352,3 +352,34 @@ def test_a_compiled_step_checks_a_wide_gradient_at_each_call():
     step(gt.tensor(np.array([1.0])))  # a value in range still trains, replayed
     assert step.trace_count == 2
     assert np.isfinite(v.numpy()).all()
+
+
+@pytest.mark.parametrize("kwargs, ours", [
+    ({"lr": 1e-3}, "learning_rate="), ({"betas": (0.9, 0.99)}, "beta1=..., beta2="),
+    ({"eps": 1e-6}, "epsilon="), ({"beta_1": 0.9}, "beta1="), ({"clipnorm": 1.0}, "global_clipnorm="),
+    ({"amsgrad": True}, "it takes learning_rate, beta1, beta2, epsilon")])
+def test_pytorch_and_keras_constructor_arguments_name_ours(kwargs, ours):
+    with pytest.raises(TypeError, match="Adam: unknown argument") as e:
+        gt.optimizers.Adam(**kwargs)
+    assert ours in str(e.value)
+
+
+@pytest.mark.parametrize("first", ["list", "tuple", "generator", "dict"])
+def test_the_variables_as_first_argument_are_refused_without_listing_them(first):
+    model = gt.nn.Dense(3, 2)
+    vs = model.trainable_variables
+    arg = {"list": list(vs), "tuple": tuple(vs), "generator": (v for v in vs),
+           "dict": {"params": list(vs)}}[first]
+    with pytest.raises(TypeError, match="the first argument is the learning rate") as e:
+        gt.optimizers.Adam(arg)
+    assert "Variable(" not in str(e.value) and "Adam(1e-3) here" in str(e.value)
+
+
+@pytest.mark.parametrize("opt", [gt.optimizers.SGD(0.1, momentum=0.5), gt.optimizers.Adam(),
+                                 gt.optimizers.AdamW(2e-3, epsilon=1e-6)])
+def test_an_optimizers_repr_is_its_constructor_call(opt):
+    """The repr showed eps= and decoupled=, which the constructor refuses."""
+    again = eval(repr(opt), {"SGD": gt.optimizers.SGD, "Adam": gt.optimizers.Adam,
+                             "AdamW": gt.optimizers.AdamW})
+    assert type(again) is type(opt) and repr(again) == repr(opt)
+    assert "eps=" not in repr(opt) and "decoupled" not in repr(opt)
