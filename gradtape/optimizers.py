@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ._src.autodiff.state import opaque, tracing, watch_variables
-from ._src.backend import Array, backend_of
+from ._src.backend import Array, backend_of, cast_lost
 from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
 from ._src.codegen.graph import Graph
@@ -555,21 +555,29 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
 _STEP_LOCK = threading.Lock()
 
 
+def _cast_entry(who: str, key: str, arr: Array, dtype: Any) -> Array:
+    """A checkpoint or state entry cast to its variable's ``dtype``; ValueError naming the
+    entry where a finite value would become inf (a float32 1e6 into a float16 model)."""
+    lost = cast_lost(backend_of(arr).xp, arr, dtype)
+    if lost is not None:
+        raise ValueError(f"{who}: {key} holds {lost:g}, past the largest {np.dtype(dtype)} "
+                         f"({float(np.finfo(dtype).max):g}) of its variable: loaded, it would "
+                         "be inf (load it into a model of the checkpoint's dtype)")
+    return arr.astype(dtype, copy=False)
+
+
 def _narrowed(g: Array, dtype: np.dtype, who: str, label: str, xp: Any) -> Array:
     """The real gradient array ``g`` cast to its variable's ``dtype``. Raises ValueError where
     ``g`` is wider (or integer) and finite but the cast makes some value inf (``1e6`` for a
     float16 variable): the learning rate would scale inf. On a device this reads back one
     flag, on this path of mismatched dtypes only."""
+    if bool(xp.isfinite(g).all()) and cast_lost(xp, g, dtype) is not None:
+        raise ValueError(f"{who}: the {g.dtype} gradient for {dtype} variable {label} holds "
+                         f"values up to {float(xp.abs(g).max()):g}, past {dtype}'s range "
+                         "(they would become inf before the learning rate scales them); "
+                         "pass a gradient of the variable's dtype, or scale it")
     with np.errstate(over="ignore"):
-        narrow = g.astype(dtype)
-    if g.dtype.kind == "f" and g.dtype.itemsize > dtype.itemsize or \
-            g.dtype.kind in "iu" and float(np.iinfo(g.dtype).max) > float(np.finfo(dtype).max):
-        if bool(xp.isfinite(g).all()) and not bool(xp.isfinite(narrow).all()):
-            raise ValueError(f"{who}: the {g.dtype} gradient for {dtype} variable {label} holds "
-                             f"values up to {float(xp.abs(g).max()):g}, past {dtype}'s range "
-                             "(they would become inf before the learning rate scales them); "
-                             "pass a gradient of the variable's dtype, or scale it")
-    return narrow
+        return g.astype(dtype)
 
 
 #: Hyper-parameter names of PyTorch and Keras -> gradtape's: setting one on an optimizer raises
@@ -1168,7 +1176,7 @@ class Optimizer:
                 problem = _checkpoint_dtype_error(key, v.dtype, arr.dtype)
                 if problem:
                     raise TypeError(f"{who}: {problem}")
-                arrays.append(v._backend.xp.array(arr, dtype=v.dtype, copy=True))
+                arrays.append(_cast_entry(who, key, v._backend.xp.array(arr, copy=True), v.dtype))
             new_state[v._id] = (v, tuple(arrays))
         return iterations, new_state
 

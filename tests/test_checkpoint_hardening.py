@@ -401,6 +401,44 @@ def test_a_float_checkpoint_loads_into_another_float_dtype(tmp_path):
     assert m.w.numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
+
+@pytest.mark.parametrize("value, shown", [(1e300, "1e+300"), (-4e38, "4e+38")])
+def test_a_float_entry_past_the_narrower_variables_range_is_refused(tmp_path, value, shown):
+    """A float64 value past float32's range was cast to inf: the model loaded with inf in it."""
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"var/w": np.array([[1.0, value], [3.0, 4.0]], np.float64)})
+    m = Small()
+    before = m.w.numpy()
+    with pytest.raises(ValueError, match=rf"var/w holds {re.escape(shown)}, past the largest float32"):
+        m.load(path)
+    np.testing.assert_array_equal(m.w.numpy(), before)
+    # what rounds to the largest float32, and an inf stored as such, load as they are
+    np.savez(path, **{"var/w": np.array([[3.4028235e38, np.inf], [3.0, 4.0]], np.float64)})
+    m.load(path)
+    assert m.w.numpy()[0, 0] == np.finfo(np.float32).max and m.w.numpy()[0, 1] == np.inf
+
+
+def test_optimizer_state_past_the_narrower_variables_range_is_refused(tmp_path):
+    m = gt.nn.Dense(2, 2, dtype=np.float64)
+    opt = gt.optimizers.Adam()
+    with gt.GradientTape() as t:
+        loss = gt.sum(m(gt.ones((3, 2), dtype="float64")))
+    opt.apply_gradients(zip(t.gradient(loss, m.trainable_variables), m.trainable_variables))
+    state = opt.state_dict(m.named_variables())
+    state["kernel/v"] = np.full((2, 2), 1e6)
+    m16, o16 = gt.nn.Dense(2, 2, dtype=np.float16), gt.optimizers.Adam()
+    with pytest.raises(ValueError, match="kernel/v holds 1e\\+06, past the largest float16"):
+        o16.load_state_dict(state, m16.named_variables())
+    assert o16.state_dict(m16.named_variables()) == {"iterations": 0}
+    path = m.save(str(tmp_path / "c"), optimizer=opt)
+    m.kernel.assign(np.full((2, 2), 7e4))
+    m.save(path, optimizer=opt)
+    k16 = m16.kernel.numpy()
+    with pytest.raises(ValueError, match="var/kernel holds 70000, past the largest float16"):
+        gt.nn.load(path, m16, o16)
+    np.testing.assert_array_equal(m16.kernel.numpy(), k16)
+
+
 class Counter(gt.nn.Module):
     def __init__(self) -> None:
         self.n = gt.Variable(np.array(3, np.int64), trainable=False)

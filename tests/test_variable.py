@@ -234,3 +234,34 @@ def test_item_assignment_explains_what_to_do_instead():
         v[0] = 5.0
     with pytest.raises(TypeError, match="tensors are immutable"):
         t[0] = 5.0
+
+
+@pytest.mark.parametrize("method", ["assign", "assign_add", "iadd"])
+def test_a_wider_value_past_the_variables_float_range_is_refused(backend, method):
+    """1e6 into a float16 Variable was cast to inf (and a float64 1e300 into float32)."""
+    for dtype, big in ((np.float16, 1e6), (np.float32, 1e300), (np.float16, 70000)):
+        v = gt.Variable(np.ones(2, dtype))
+        value = np.array([1, big])
+        with pytest.raises(ValueError, match=f"past the largest {np.dtype(dtype)}"):
+            if method == "iadd":
+                v += value
+            else:
+                getattr(v, method)(value)
+        assert v.numpy().tolist() == [1.0, 1.0]
+    v = gt.Variable(np.ones(2, np.float16))
+    v.assign(np.array([65519.0, np.inf]))  # rounds to the largest float16; an inf is an inf
+    assert v.numpy().tolist() == [65504.0, np.inf]
+
+
+def test_a_compiled_assign_checks_the_range_at_each_call():
+    v = gt.Variable(np.ones(2, np.float16))
+
+    @gt.function
+    def put(x):
+        v.assign(x)
+
+    for x in (1.0, 2.0, 3.0):  # traced, then replayed
+        put(gt.tensor(np.array([x, x])))
+    with pytest.raises(ValueError, match="past the largest float16"):
+        put(gt.tensor(np.array([1e6, 1.0])))
+    assert v.numpy().tolist() == [3.0, 3.0]

@@ -575,6 +575,29 @@ def acc_sum(x: Array, axis: Any = None, keepdims: bool = False, rounded: bool = 
     return x.sum(axis=axis, keepdims=keepdims)
 
 
+def cast_lost(xp: Any, arr: Array, dtype: Any) -> float | None:
+    """The largest magnitude among ``arr``'s finite values that a cast to the float ``dtype``
+    makes inf (None: none does; only a wider float or an integer ``arr`` can lose one, and only
+    then is the cast tried). Loading, assigning and applying a gradient refuse such a cast:
+    the value would be lost (PyTorch's ``copy_`` gives inf).
+
+    Example:
+        >>> cast_lost(np, np.array([1e6, 1.0]), np.float16)
+        1000000.0
+    """
+    dtype = np.dtype(dtype)
+    k = arr.dtype.kind
+    if dtype.kind != "f" or not arr.size or not (
+            k == "f" and arr.dtype.itemsize > dtype.itemsize
+            or k in "iu" and float(np.iinfo(arr.dtype).max) > float(np.finfo(dtype).max)):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        past = ~xp.isfinite(arr.astype(dtype)) & xp.isfinite(arr)
+    if not bool(past.any()):
+        return None
+    return float(xp.abs(arr[past].astype(np.float64)).max())
+
+
 def acc_add_at(xp: Any, shape: tuple, index: Any, g: Array) -> Array:
     """Zeros of ``shape`` made like ``g`` with ``g`` added at ``index`` (``np.add.at``: repeated
     positions accumulate), a float16 ``g`` accumulated in float32 and rounded once: in float16

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, cast
 import numpy as np
 
 from .autodiff.state import STATE, flag_changed, note_cut
-from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, get_backend, is_extra_array
+from .backend import NUMPY, Array, Backend, backend_by_name, backend_of, cast_lost, get_backend, is_extra_array
 from .errors import as_flag
 
 if TYPE_CHECKING:
@@ -551,6 +551,15 @@ class Variable(Tensor):
                 raise ValueError(f"{what}: value holds integers outside [{info.min}, {info.max}], "
                                  f"which the integer variable {self.name or '<unnamed>'} "
                                  f"({self.dtype}) cannot hold")
+        if self.dtype.kind == "f":
+            # a finite value past the variable's float range would be cast to inf (a float32
+            # checkpoint's 1e6 into a float16 model; PyTorch's copy_ gives inf): data lost
+            lost = cast_lost(self._backend.xp, arr, self.dtype)
+            if lost is not None:
+                raise ValueError(f"{what}: value holds {lost:g}, past the largest {self.dtype} "
+                                 f"({float(np.finfo(self.dtype).max):g}) the variable "
+                                 f"{self.name or '<unnamed>'} holds; it would become inf (scale "
+                                 "it, or create the variable in a wider dtype)")
         if self.dtype.kind in "iub" and arr.dtype.kind == "f":
             xp = self._backend.xp
             if not bool(xp.isfinite(arr).all()):

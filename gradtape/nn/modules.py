@@ -31,7 +31,7 @@ from .._src.errors import TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
-from ..optimizers import Optimizer, _checkpoint_dtype_error
+from ..optimizers import Optimizer, _cast_entry, _checkpoint_dtype_error
 from ..random import Generator, _check_seed, _numpy_generator
 from . import init as _init
 from .conv import _pair, adaptive_avg_pool2d, avg_pool2d, check_settings, conv1d, conv2d, conv_transpose2d, max_pool2d
@@ -1397,7 +1397,8 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
     whatever the file claims. Nothing is ever unpickled.
 
     Dtypes: an entry must have its Variable's dtype, except that a float entry loads into a
-    Variable of another float dtype (cast, rounding when narrowing: float64 -> float32 works).
+    Variable of another float dtype (cast, rounding when narrowing: float64 -> float32 works;
+    a finite value the cast would make inf raises ``ValueError`` naming the entry).
     Strings, bytes, objects, records, complex into real, ints and bools are refused.
 
     Raises:
@@ -1487,7 +1488,8 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
         values = [(variables[name], ckpt.read(h)) for name, h in headers]
         opt_state = {key: ckpt.read(h) for key, h in opt_headers}
     # 4. on the variables' backends; the optimizer's state checked and staged
-    staged = [(v, v._backend.xp.asarray(arr, dtype=v.dtype)) for v, arr in values]
+    staged = [(v, _cast_entry(where, _VAR + name, v._backend.xp.asarray(arr), v.dtype))
+              for (name, _), (v, arr) in zip(headers, values)]
     check = getattr(optimizer, "_check_state", None)
     checked = None
     if optimizer is not None:
