@@ -139,6 +139,11 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return draw
 
 
+#: Standard deviations from the mean that normal()'s samples must keep within the dtype: a
+#: standard normal draw beyond 10 has probability 1.5e-23 (none in any run).
+_TAIL = 10.0
+
+
 class Generator:
     """A seeded random-number generator: NumPy's PCG64 drawn on the host, results on the
     active backend (the same numbers on NumPy and CuPy; see the module docstring).
@@ -187,7 +192,9 @@ class Generator:
 
         Args:
             shape: an int or a sequence of ints.
-            mean, std: finite numbers, ``std >= 0``.
+            mean, std: finite numbers, ``std >= 0``, with ``|mean| + 10 std`` within the
+                dtype's largest value (``ValueError`` otherwise: samples past it would be
+                inf; a draw beyond 10 standard deviations has probability 1.5e-23).
             dtype: a float dtype, float32 by default (float32 and float64 are drawn directly
                 in that precision; float16 is drawn as float32 and rounded).
 
@@ -205,6 +212,11 @@ class Generator:
         if s < 0:
             raise ValueError(f"normal: std must be >= 0, got {s}")
         dt = float_dtype(dtype, "normal")
+        big = float(np.finfo(dt).max)
+        if not abs(m) + _TAIL * s <= big:
+            raise ValueError(f"normal: mean and std must keep the samples within {dt} (|mean| + "
+                             f"{_TAIL:g} std <= {big:.4g}), got mean={m}, std={s}; they would "
+                             "be inf")
         draw = dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
         z = self._rng.standard_normal(shape, dtype=draw)
         if s != 1.0:

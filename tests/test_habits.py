@@ -621,3 +621,20 @@ def test_messages_for_values_that_do_not_fit_and_swapped_arguments(tmp_path):
         gt.nn.load(m, str(tmp_path / "x.npz"))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="permutation: n must be an int, got 5.0"):
         gt.random.Generator(0).permutation(5.0)
+
+
+def test_cross_entropy_with_pytorchs_class_axis_says_where_the_class_axis_is():
+    rng = np.random.default_rng(0)
+    logits = gt.tensor(rng.standard_normal((2, 3, 5, 6)))  # PyTorch's [N, C, H, W]
+    labels = rng.integers(0, 3, (2, 5, 6))
+    with pytest.raises(ValueError, match=r"class axis is the last here, PyTorch's is 1: pass "
+                                         r"gt.moveaxis\(logits, 1, -1\)"):
+        gt.nn.cross_entropy(logits, labels)
+    loss = gt.nn.cross_entropy(gt.moveaxis(logits, 1, -1), labels)
+    lg = np.moveaxis(logits.numpy(), 1, -1)
+    lse = np.log(np.exp(lg).sum(-1))
+    want = np.mean(lse - np.take_along_axis(lg, labels[..., None], -1)[..., 0])
+    np.testing.assert_allclose(float(loss), want, rtol=1e-12)
+    with pytest.raises(ValueError) as e:  # another mismatch: no hint
+        gt.nn.cross_entropy(logits, labels[:, :4])
+    assert "PyTorch" not in str(e.value)

@@ -344,3 +344,20 @@ def test_a_seed_array_gets_the_seed_message():
                                         r"got array\(\[0, 1\]"):
         gt.random.Generator(np.array([0, 1], np.uint32))
     assert gt.random.Generator(np.array(3)).normal((2,)).shape == (2,)  # a 0-d one is an int
+
+
+@pytest.mark.parametrize("kwargs, dtype", [({"mean": 1e39}, "float32"), ({"std": 1e6}, "float16"),
+                                           ({"mean": 6e4, "std": 1e3}, "float16"),
+                                           ({"mean": -1e308, "std": 1e307}, "float64")])
+def test_normal_parameters_that_would_give_inf_are_refused(kwargs, dtype):
+    """normal(mean=1e39) in float32 returned inf where uniform and full refuse such values."""
+    with pytest.raises(ValueError, match=rf"normal: mean and std must keep the samples within "
+                                         rf"{dtype} \(\|mean\| \+ 10 std"):
+        gt.random.Generator(0).normal((3,), dtype=dtype, **kwargs)
+    out = gt.random.Generator(0).normal((1000,), mean=6e4, std=500.0, dtype="float16").numpy()
+    assert np.isfinite(out).all()  # within the rule: 65000 <= 65504
+
+
+def test_init_normal_refuses_a_stddev_that_would_give_inf():
+    with pytest.raises(ValueError, match="init.normal: stddev must keep the samples within float16"):
+        gt.nn.init.normal((3,), seed=0, dtype=np.float16, stddev=1e4)

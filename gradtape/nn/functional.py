@@ -281,7 +281,8 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean",
 
     Shapes:
         ``logits[..., C]``; ``labels`` either integers ``[...]`` in ``[0, C)`` (class indices)
-        or floats ``[..., C]`` (a distribution per example, e.g. one-hot or smoothed). The
+        or floats ``[..., C]`` (a distribution per example, e.g. one-hot or smoothed); the
+        class axis is the last (PyTorch's ``[N, C, H, W]``: ``gt.moveaxis(logits, 1, -1)``). The
         per-example loss has shape ``[...]``; ``reduction="mean"`` averages it over the
         examples, ``"sum"`` adds it up, ``"none"`` returns it.
 
@@ -319,8 +320,12 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean",
     keep = None
     if labels.dtype.kind in "iu":
         if labels.shape != logits.shape[:-1]:
+            torch_layout = logits.ndim >= 3 and labels.shape == logits.shape[:1] + logits.shape[2:]
+            hint = ("; the class axis is the last here, PyTorch's is 1: pass "
+                    "gt.moveaxis(logits, 1, -1)" if torch_layout else "")
             raise ValueError(f"cross_entropy: integer labels must have shape logits.shape[:-1] = "
-                             f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})")
+                             f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})"
+                             + hint)
         if ignore_index is not None:
             keep = ops.not_equal(labels, int(ignore_index))
             labels = ops.where(keep, labels, 0)  # (a class the check accepts; its loss is dropped)

@@ -160,6 +160,10 @@ def normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.floa
     std = as_real(stddev, "init.normal", "stddev")
     if std < 0:
         raise ValueError(f"init.normal: stddev must be >= 0, got {std}")
+    big = float(np.finfo(dtype).max)
+    if not 10 * std <= big:  # (gt.random.normal's rule: no draw passes 10 std)
+        raise ValueError(f"init.normal: stddev must keep the samples within {np.dtype(dtype)} "
+                         f"(10 stddev <= {big:.4g}), got {std}; they would be inf")
     return _on_backend(_rng(seed).normal(0.0, std, size=shape), dtype)
 
 
