@@ -736,3 +736,59 @@ def test_an_error_inside_vmap_names_the_per_example_shapes():
         gt.vmap(gt.vmap(lambda r: r + gt.ones(4)))(gt.ones((2, 5, 3)))
     assert len(info.value.__notes__) == 1 and "per-example shapes (3,), (4,), batch size 5" \
         in info.value.__notes__[0]
+
+
+_MIXED_INDICES = {
+    "x[i, :]": lambda x, i, j: x[i, :],
+    "x[..., i]": lambda x, i, j: x[..., i],
+    "x[i, 0]": lambda x, i, j: x[i, 0],
+    "x[0, j]": lambda x, i, j: x[0, j],
+    "x[i, i]": lambda x, i, j: x[i, i],
+    "x[i, j]": lambda x, i, j: x[i, j],
+    "x[:, j, 1:3]": lambda x, i, j: x[:, j, 1:3],
+    "x[i, :, 2]": lambda x, i, j: x[i, :, 2],  # separated: the index's axes go first
+    "x[1, ::-1, j]": lambda x, i, j: x[1, ::-1, j],
+    "x[i, j, ::2]": lambda x, i, j: x[i, j, ::2],
+    "x[i, :, [0, 1]]": lambda x, i, j: x[i, :, [0, 1]],
+    "x[i[0], j]": lambda x, i, j: x[i[0], j],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MIXED_INDICES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_per_example_index_mixed_with_other_items_is_numpys_indexing(name, dtype):
+    """x[i, :], x[..., i], x[i, 0], x[0, i], x[i, i] raised NotImplementedError inside vmap
+    while x[i] worked."""
+    f = _MIXED_INDICES[name]
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((5, 3, 4, 6)).astype(dtype)
+    Ii, Jj = rng.integers(-3, 3, (5, 2)), rng.integers(-4, 4, (5, 2))
+    args = gt.tensor(X), gt.tensor(Ii), gt.tensor(Jj)
+    got = gt.vmap(f)(*args)
+    want = np.stack([f(X[b], Ii[b], Jj[b]) for b in range(5)])
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), want)
+    g = gt.vmap(gt.grad(lambda x, i, j: gt.sum(f(x, i, j) ** 2)))(*args).numpy()
+    for b in range(5):  # the gradient scatters 2 x[pos] back to each position read
+        pos = f(np.arange(X[b].size).reshape(X[b].shape), Ii[b], Jj[b]).reshape(-1)
+        want_g = np.zeros(X[b].size)
+        np.add.at(want_g, pos, 2 * X[b].reshape(-1)[pos].astype(np.float64))
+        np.testing.assert_allclose(g[b].reshape(-1), want_g, rtol=1e-6)
+    shared = gt.vmap(f, in_axes=(None, 0, 0))(gt.tensor(X[0]), *args[1:])  # one x, indices per example
+    np.testing.assert_array_equal(shared.numpy(), np.stack([f(X[0], Ii[b], Jj[b]) for b in range(5)]))
+
+
+def test_a_mixed_per_example_index_out_of_range_or_unsupported_raises():
+    x = gt.tensor(np.zeros((2, 3, 4)))
+    with pytest.raises(IndexError, match="holds the index 4"):
+        gt.vmap(lambda a, i: a[0, i])(x, gt.tensor([[0], [4]]))
+    with pytest.raises(IndexError, match="index 5 is out of bounds for axis 1"):
+        gt.vmap(lambda a, i: a[i, 5])(x, gt.tensor([[0], [1]]))
+    with pytest.raises(NotImplementedError, match="holds None"):
+        gt.vmap(lambda a, i: a[i, None])(x, gt.tensor([[0], [1]]))
+    with pytest.raises(IndexError, match="too many indices"):
+        gt.vmap(lambda a, i: a[i, 0, 0])(x, gt.tensor([[0], [1]]))
+    step = gt.function(lambda a, i: gt.vmap(lambda b, j: b[j, 1:])(a, i))
+    for idx in ([[0], [2]], [[1], [-1]]):  # traced, then replayed with other indices
+        want = np.stack([x.numpy()[b][np.array(idx[b]), 1:] for b in range(2)])
+        np.testing.assert_array_equal(step(x, gt.tensor(idx)).numpy(), want)

@@ -34,10 +34,11 @@ def _convert_index(index: Any, xp: Any) -> tuple[Any, bool]:
                 raise IndexError(f"index tensors must be integer or bool, got dtype {it.dtype}")
             if it._level:  # a batched index inside gt.vmap: the index is a constant parameter
                 raise NotImplementedError(
-                    "inside gt.vmap, an index that differs per example is supported as full "
-                    "slices followed by one integer index tensor (x[idx], x[:, idx], gt.take, "
-                    "gt.gather, embedding lookups); this index mixes it with other items or is a "
-                    "bool mask: pass it unbatched (in_axes=None) or select with gt.where")
+                    "inside gt.vmap, an index that differs per example is supported as integer "
+                    "index tensors with ints, slices and an Ellipsis (x[idx], x[idx, :], "
+                    "x[..., idx], x[idx, 0], x[i, j], gt.take, gt.gather, embedding lookups); "
+                    "this index holds None (a new axis: add it after indexing) or a bool mask or "
+                    "item: pass it unbatched (in_axes=None) or select with gt.where")
             it = it.data
             advanced = True
         elif isinstance(it, (list, np.ndarray)) or type(it).__module__.startswith("cupy") \
@@ -363,6 +364,71 @@ def _batched_take(x: Tensor, index: Any) -> Tensor | None:
     return bind(P_INDEX_TAKE, x, idx, axis=axis)
 
 
+_ALL = slice(None)
+
+
+def _batched_index(x: Tensor, index: Any) -> Tensor | None:
+    """``x[index]`` inside gt.vmap where ``index`` holds an integer index tensor that differs
+    per example alongside other items (``x[i, :]``, ``x[..., i]``, ``x[i, 0]``, ``x[i, j]``),
+    with NumPy's meaning: the indexed axes (each integer index tensor, array or int) gathered
+    through one :data:`P_INDEX_TAKE` on those axes merged into one, their shape placed where
+    the first was when they are adjacent, else first. None where the index holds no such
+    tensor, or ``None`` (a new axis), a bool item or mask (:func:`_convert_index` then says
+    what is supported)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if not any(isinstance(it, Tensor) and it._level for it in items):
+        return None
+    if sum(it is Ellipsis for it in items) > 1:
+        return None
+    for it in items:
+        if it is None or isinstance(it, (bool, np.bool_)):
+            return None
+        if not (it is Ellipsis or isinstance(it, (slice, int, np.integer, Tensor, list, np.ndarray))):
+            return None
+    consumed = sum(it is not Ellipsis for it in items)
+    if consumed > x.ndim:
+        raise IndexError(f"too many indices: the tensor has {x.ndim} axes (in each example), "
+                         f"{consumed} were indexed")
+    at = next((k for k, it in enumerate(items) if it is Ellipsis), len(items))
+    items[at:at + 1] = [slice(None)] * (x.ndim - consumed)
+    adv = [k for k, it in enumerate(items) if not isinstance(it, slice)]
+    backend = x._backend
+    ints: dict[int, Any] = {}
+    for k in adv:
+        it = items[k]
+        if isinstance(it, (int, np.integer)):
+            n = x.shape[k]
+            if not -n <= int(it) < n:
+                raise IndexError(f"index {int(it)} is out of bounds for axis {k} with size {n}")
+            ints[k] = int(it) % n
+            continue
+        t = it if isinstance(it, Tensor) else _wrap(own_array(backend.xp, np.asarray(it)), backend)
+        if t.dtype.kind not in "iu":
+            return None  # (a bool mask, or a float index: refused by _convert_index)
+        lo = _index_range(t, x.shape[k], "indexing inside gt.vmap", "index")
+        ints[k] = bind(P_WHERE, bind(P_LESS, t, _int_const(0, t)), t + x.shape[k], t) \
+            if lo < 0 else t
+    basic = tuple(it if isinstance(it, slice) else slice(None) for it in items)
+    y = getitem(x, basic) if any(b != _ALL for b in basic) else x
+    rest = [k for k in range(x.ndim) if k not in adv]
+    if adv + rest != list(range(x.ndim)):
+        y = y.transpose(adv + rest)
+    sizes = [y.shape[j] for j in range(len(adv))]
+    y = y.reshape((math.prod(sizes),) + tuple(y.shape[len(adv):]))
+    flat: Any = 0
+    stride = 1
+    for k, n in reversed(list(zip(adv, sizes))):
+        flat = ints[k] * stride + flat if stride != 1 else ints[k] + flat
+        stride *= n
+    if not isinstance(flat, Tensor):  # (only ints: not reached, a batched tensor is here)
+        return None
+    out = bind(P_INDEX_TAKE, y, flat, axis=0)  # [*index shape, *the other axes]
+    if adv == list(range(adv[0], adv[-1] + 1)) and adv[0] > 0:  # adjacent: where they were
+        nb = flat.ndim
+        out = out.transpose((*range(nb, nb + adv[0]), *range(nb), *range(nb + adv[0], out.ndim)))
+    return out
+
+
 def getitem(x: Any, index: Any) -> Tensor:
     """``x[index]`` with NumPy's basic and advanced indexing. The gradient scatters back into
     the indexed positions; repeated indices accumulate.
@@ -375,6 +441,8 @@ def getitem(x: Any, index: Any) -> Tensor:
     """
     x = one(x)
     per_example = _batched_take(x, index)
+    if per_example is None:
+        per_example = _batched_index(x, index)
     if per_example is not None:
         return per_example
     idx, advanced = _convert_index(index, x._backend.xp)
