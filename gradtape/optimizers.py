@@ -586,29 +586,34 @@ _PEER_NAMES = {"lr": "learning_rate", "eps": "epsilon", "beta_1": "beta1", "beta
                "betas": "beta1", "clipnorm": "global_clipnorm"}
 
 
-#: PyTorch's and Keras's constructor arguments that gradtape spells otherwise -> what to write
-_PEER_ARGS = {"lr": "learning_rate=... (PyTorch's lr)",
-              "betas": "beta1=..., beta2=... (PyTorch's betas=(beta1, beta2))",
-              "eps": "epsilon=... (PyTorch's eps)", "beta_1": "beta1=... (Keras's beta_1)",
-              "beta_2": "beta2=... (Keras's beta_2)",
-              "params": "no variables: they go to apply_gradients(zip(grads, variables)) or "
-                        "minimize(loss_fn, var_list)",
-              "clipnorm": "global_clipnorm=... (it clips all gradients of a step jointly; Keras's "
-                          "clipnorm clips each alone)"}
+#: PyTorch's and Keras's constructor arguments that gradtape spells otherwise -> (its name, what
+#: to write)
+_PEER_ARGS = {"lr": ("learning_rate", "write learning_rate=... (PyTorch's lr)"),
+              "betas": ("beta1", "write beta1=..., beta2=... (PyTorch's betas=(beta1, beta2))"),
+              "eps": ("epsilon", "write epsilon=... (PyTorch's eps)"),
+              "beta_1": ("beta1", "write beta1=... (Keras's beta_1)"),
+              "beta_2": ("beta2", "write beta2=... (Keras's beta_2)"),
+              "params": ("", "the variables go to apply_gradients(zip(grads, variables)) or "
+                             "minimize(loss_fn, var_list), not to the constructor"),
+              "clipnorm": ("global_clipnorm", "write global_clipnorm=... (it clips all gradients "
+                                              "of a step jointly; Keras's clipnorm clips each "
+                                              "alone)")}
 
 
-def _check_keywords(cls: type, kwargs: dict) -> None:
-    """A clear TypeError for a keyword ``cls``'s constructor does not take, naming gradtape's
-    spelling of PyTorch's and Keras's names and the arguments it takes."""
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+def _check_keywords(who: str, init: Callable[..., None], kwargs: dict) -> None:
+    """A clear TypeError for a keyword the constructor ``init`` does not take, naming
+    gradtape's spelling of PyTorch's and Keras's names and the arguments it takes."""
+    params = inspect.signature(init).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     for key, value in kwargs.items():
         if key not in params:
-            hint = _PEER_ARGS.get(key)
+            ours, hint = _PEER_ARGS.get(key, ("", ""))
+            if ours and ours not in params:
+                hint = ""  # (a subclass of its own arguments: the list says what it takes)
             takes = ", ".join(n for n in params if n != "self")
-            raise TypeError(f"{cls.__name__}: unknown argument {key}={value!r}"
-                            + (f"; write {hint}" if hint else "") + f" (it takes {takes})")
+            raise TypeError(f"{who}: unknown argument {key}={value!r}"
+                            + (f"; {hint}" if hint else "") + f" (it takes {takes})")
 
 
 class Optimizer:
@@ -666,12 +671,23 @@ class Optimizer:
             return None if value is None else _hyper(who, name, value, "> 0")
         return _hyper(who, name, value, rule)
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         # PyTorch's and Keras's spellings (Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8))
-        # would fail in Python's words ("unexpected keyword argument 'lr'"): name ours
-        if kwargs:
-            _check_keywords(cls, kwargs)
-        return super().__new__(cls)
+        # would fail in Python's words ("unexpected keyword argument 'lr'"): each subclass's
+        # constructor names ours (wrapped: help() and inspect show its own signature)
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_gt_names_keywords", False):
+            return
+
+        @functools.wraps(init)
+        def checked(self: Any, *args: Any, **kw: Any) -> None:
+            if kw:
+                _check_keywords(type(self).__name__, init, kw)
+            init(self, *args, **kw)
+
+        checked._gt_names_keywords = True  # type: ignore[attr-defined]
+        cls.__init__ = checked  # type: ignore[method-assign]
 
     def __init__(self, learning_rate: float | Callable[[int], float],
                  global_clipnorm: float | None = None) -> None:

@@ -605,8 +605,8 @@ def acc_add_at(xp: Any, shape: tuple, index: Any, g: Array) -> Array:
     Made like ``g``: inside ``gt.function`` the trace follows the buffer.
 
     Example:
-        >>> acc_add_at(np, (2,), np.zeros(5000, np.intp), np.ones(5000, np.float16))
-        array([5000.,    0.], dtype=float16)
+        >>> acc_add_at(np, (2,), np.zeros(5000, np.intp), np.ones(5000, np.float16)).tolist()
+        [5000.0, 0.0]
     """
     if g.dtype == _HALF:
         z = xp.zeros_like(g, shape=shape, dtype=np.float32)
