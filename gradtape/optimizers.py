@@ -571,7 +571,7 @@ def _narrowed(g: Array, dtype: np.dtype, who: str, label: str, xp: Any) -> Array
     ``g`` is wider (or integer) and finite but the cast makes some value inf (``1e6`` for a
     float16 variable): the learning rate would scale inf. On a device this reads back one
     flag, on this path of mismatched dtypes only."""
-    if bool(xp.isfinite(g).all()) and cast_lost(xp, g, dtype) is not None:
+    if cast_lost(xp, g, dtype) is not None and bool(xp.isfinite(g).all()):
         raise ValueError(f"{who}: the {g.dtype} gradient for {dtype} variable {label} holds "
                          f"values up to {float(xp.abs(g).max()):g}, past {dtype}'s range "
                          "(they would become inf before the learning rate scales them); "
@@ -683,7 +683,10 @@ class Optimizer:
         @functools.wraps(init)
         def checked(self: Any, *args: Any, **kw: Any) -> None:
             if kw:
-                _check_keywords(type(self).__name__, init, kw)
+                who = type(self).__name__
+                if type(self) is not cls:  # reached through a subclass's constructor
+                    who += f" (in {cls.__name__}.__init__)"
+                _check_keywords(who, init, kw)
             init(self, *args, **kw)
 
         checked._gt_names_keywords = True  # type: ignore[attr-defined]
@@ -1210,15 +1213,15 @@ class Optimizer:
     def __repr__(self) -> str:
         # the constructor's own arguments where each is an attribute of its name (a subclass
         # defined elsewhere may keep them otherwise: its scalars then)
-        names = [n for n, p in inspect.signature(type(self).__init__).parameters.items()
+        params = inspect.signature(type(self).__init__).parameters
+        names = [n for n, p in params.items()
                  if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if names and all(n in self.__dict__ for n in names):
+        passes_on = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
+        if names and not passes_on and all(n in self.__dict__ for n in names):
             args = ", ".join(f"{n}={self.__dict__[n]!r}" for n in names)
             return f"{type(self).__name__}({args})"
-        return f"{type(self).__name__}(learning_rate={self.learning_rate!r}, {self._scalars_repr()})"
-
-    def _scalars_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._scalars().items() if k not in ("lr", "step"))
+        args = ", ".join(f"{n}={self.__dict__[n]!r}" for n in self._checked if n in self.__dict__)
+        return f"{type(self).__name__}({args})"
 
 
 class SGD(Optimizer):

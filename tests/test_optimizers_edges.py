@@ -383,3 +383,17 @@ def test_an_optimizers_repr_is_its_constructor_call(opt):
                              "AdamW": gt.optimizers.AdamW})
     assert type(again) is type(opt) and repr(again) == repr(opt)
     assert "eps=" not in repr(opt) and "decoupled" not in repr(opt)
+
+
+def test_a_subclass_passing_keywords_on_shows_the_hyper_parameters_and_names_itself():
+    class Warm(gt.optimizers.Adam):
+        def __init__(self, warmup=100, **kw):
+            super().__init__(**kw)
+            self.warmup = warmup
+
+    opt = Warm(learning_rate=0.1, beta1=0.5)
+    assert repr(opt) == ("Warm(learning_rate=0.1, global_clipnorm=None, beta1=0.5, beta2=0.999, "
+                         "epsilon=1e-08, weight_decay=0.0)")
+    with pytest.raises(TypeError, match=r"Warm \(in Adam.__init__\): unknown argument lr=0.1; "
+                                        r"write learning_rate="):
+        Warm(lr=0.1)

@@ -1014,3 +1014,28 @@ def test_ghost_norms_of_an_embedding_whose_gradient_cancels():
     assert np.all(np.isfinite(n)) and np.all(n >= 0)
     if gt.backend_name() == "numpy":
         np.testing.assert_allclose(n, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opts", [{}, {"max_norm": 1.0, "reduce": "sum", "return_norms": True}])
+def test_per_example_embedding_gradients_of_int8_ids_on_a_large_batch(opts):
+    """The (example, row) pairs were formed in the ids' dtype: int8 ids on 200 examples wrapped
+    around and 128 examples' gradients went to other examples."""
+    B, V = 200, 6
+    rng = np.random.default_rng(7)
+    table = gt.Variable(rng.standard_normal((V, 3)))
+    ids = rng.integers(-V, V, (B, 2)).astype(np.int8)
+    w = rng.standard_normal((B, 2, 3))
+    with gt.GradientTape() as tape:
+        out = gt.sum(table[gt.tensor(ids)] * gt.tensor(w), axis=(1, 2))
+    got = tape.per_example_gradients(out, table, **opts)
+    want = np.zeros((B, V, 3))
+    for b in range(B):
+        np.add.at(want[b], ids[b].astype(np.intp), w[b])
+    if not opts:
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+        return
+    sums, norms = got
+    n = np.linalg.norm(want.reshape(B, -1), axis=1)
+    np.testing.assert_allclose(norms.numpy(), n, rtol=1e-10)
+    np.testing.assert_allclose(sums.numpy(), (want * np.minimum(1, 1 / n)[:, None, None]).sum(0),
+                               rtol=1e-10)

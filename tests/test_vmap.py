@@ -792,3 +792,35 @@ def test_a_mixed_per_example_index_out_of_range_or_unsupported_raises():
     for idx in ([[0], [2]], [[1], [-1]]):  # traced, then replayed with other indices
         want = np.stack([x.numpy()[b][np.array(idx[b]), 1:] for b in range(2)])
         np.testing.assert_array_equal(step(x, gt.tensor(idx)).numpy(), want)
+
+
+@pytest.mark.parametrize("dt", [np.int8, np.uint8, np.int16, np.uint16, np.int32])
+@pytest.mark.parametrize("name", ["x[i]", "x[i, :]", "x[i, 1]", "take_along_axis"])
+def test_narrow_per_example_indices_read_their_own_examples_rows(dt, name):
+    """The batch offsets (b * n) were formed in the index's dtype and wrapped around: int16
+    indices on 100 examples of 400 rows read other examples' rows for 19 of them."""
+    f = {"x[i]": lambda x, i: x[i], "x[i, :]": lambda x, i: x[i, :],
+         "x[i, 1]": lambda x, i: x[i, 1],
+         "take_along_axis": lambda x, i: gt.take_along_axis(x, i[:, None], axis=0)}[name]
+    ref = {"take_along_axis": lambda x, i: np.take_along_axis(x, i[:, None], axis=0)}.get(name, f)
+    B, n = (100, 400) if np.iinfo(dt).max > 400 else (3, 100)
+    X = np.arange(B * n * 2, dtype=np.float64).reshape(B, n, 2)
+    idx = np.full((B, 1), n - 1, dtype=dt)
+    if np.iinfo(dt).min < 0:
+        idx[::2] = -1  # negative: counted from each example's end
+    got = gt.vmap(f)(gt.tensor(X), gt.tensor(idx)).numpy()
+    np.testing.assert_array_equal(got, np.stack([ref(X[b], idx[b].astype(np.intp)) for b in range(B)]))
+
+
+@pytest.mark.parametrize("dt", [np.int8, np.uint8])
+def test_narrow_indices_on_a_long_axis_outside_vmap(dt):
+    x = np.arange(400.0).reshape(2, 200)
+    i = np.array([[1], [199 if dt == np.uint8 else -1]], dt)
+    np.testing.assert_array_equal(gt.take_along_axis(gt.tensor(x), i, axis=1).numpy(),
+                                  np.take_along_axis(x, i.astype(np.intp), axis=1))
+    ids = np.array([0, 1, 2, 100, 3], dt)
+    if dt == np.int8:
+        ids[2] = -1  # dropped
+    want = np.zeros(200)
+    np.add.at(want, ids[ids >= 0].astype(np.intp), 1.0)
+    np.testing.assert_array_equal(gt.segment_sum(gt.tensor(np.ones(5)), ids, 200).numpy(), want)

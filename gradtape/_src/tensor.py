@@ -551,9 +551,10 @@ class Variable(Tensor):
                 raise ValueError(f"{what}: value holds integers outside [{info.min}, {info.max}], "
                                  f"which the integer variable {self.name or '<unnamed>'} "
                                  f"({self.dtype}) cannot hold")
-        if self.dtype.kind == "f":
-            # a finite value past the variable's float range would be cast to inf (a float32
-            # checkpoint's 1e6 into a float16 model; PyTorch's copy_ gives inf): data lost
+        if self.dtype.kind == "f" and not exact:
+            # assign: a finite value past the variable's float range would be cast to inf (a
+            # float32 checkpoint's 1e6 into a float16 model; PyTorch's copy_ gives inf), data
+            # lost. (An update computes in the wider type: v /= 1e5 is v / 1e5 rounded.)
             lost = cast_lost(self._backend.xp, arr, self.dtype)
             if lost is not None:
                 raise ValueError(f"{what}: value holds {lost:g}, past the largest {self.dtype} "

@@ -244,6 +244,8 @@ def _flat_batch_index(idx: Tensor, n: int) -> Tensor:
     flattened to ``B * n`` rows (negative indices count from each example's end). Each index
     is checked against ``n`` first: one out of range would land in another example's rows."""
     size = idx.shape[0]
+    if idx.dtype != np.intp:  # (offsets of B * n in a narrow index dtype would wrap around)
+        idx = idx.astype(np.intp)
     data = physical_data(idx)
     lo = 0 if not data.size else _smallest_checked(
         functools.partial(_check_index_range, n=n, what="indexing inside gt.vmap",
@@ -405,6 +407,8 @@ def _batched_index(x: Tensor, index: Any) -> Tensor | None:
         t = it if isinstance(it, Tensor) else _wrap(own_array(backend.xp, np.asarray(it)), backend)
         if t.dtype.kind not in "iu":
             return None  # (a bool mask, or a float index: refused by _convert_index)
+        if t.dtype != np.intp:  # (its strides and offsets in a narrow dtype would wrap around)
+            t = t.astype(np.intp)
         lo = _index_range(t, x.shape[k], "indexing inside gt.vmap", "index")
         ints[k] = bind(P_WHERE, bind(P_LESS, t, _int_const(0, t)), t + x.shape[k], t) \
             if lo < 0 else t
@@ -519,6 +523,8 @@ def _int_operand(indices: Any, like: Tensor, what: str, name: str) -> Tensor:
         t = _wrap(arr, like._backend)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{what}: {name} must hold integers, got dtype {t.dtype}")
+    if t.dtype != np.intp:  # (a narrow dtype cannot hold the axis length added to a negative
+        t = t.astype(np.intp)  # index, nor the offsets of a batch inside gt.vmap)
     return t
 
 

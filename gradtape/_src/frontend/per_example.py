@@ -646,7 +646,9 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
     V = shape[0]
     # scattered into [B, V, ...] by (example, row) pairs, into a buffer made like g: inside
     # gt.function the trace follows it, and the views and ops later made of it
-    example = xp.arange(B, dtype=idx.dtype).reshape((B,) + (1,) * (idx.ndim - 1))
+    if idx.dtype != np.intp:  # (idx + V in a narrow index dtype would wrap around)
+        idx = idx.astype(np.intp)
+    example = xp.arange(B, dtype=np.intp).reshape((B,) + (1,) * (idx.ndim - 1))
     return acc_add_at(xp, (B,) + shape, (example, xp.where(idx < 0, idx + V, idx)), g), True
 
 
@@ -910,6 +912,8 @@ def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: A
         if L == 1:
             return xp.einsum("bli,bli->b", G, G), None
         ids = X.reshape(B, L)
+        if ids.dtype != np.intp:  # (ids + V in a narrow index dtype would wrap around)
+            ids = ids.astype(np.intp)
         ids = xp.where(ids < 0, ids + V, ids)
         same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)
         P = xp.matmul(G, _swap(G))
@@ -943,7 +947,7 @@ def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: int, g: Array, X: Array)
     if kind == "embedding":
         L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
-        ids = X.reshape(B, L)
+        ids = X.reshape(B, L).astype(np.intp)
         ids = np.where(ids < 0, ids + V, ids)
         out = np.empty(B)
         for b in range(B):  # a row of the table per distinct id of the example
