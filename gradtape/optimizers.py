@@ -696,11 +696,12 @@ class Optimizer:
                  global_clipnorm: float | None = None) -> None:
         who = type(self).__name__
         if (hasattr(type(learning_rate), "trainable_variables") or isinstance(learning_rate, Tensor)
-                or isinstance(learning_rate, (list, tuple, dict, set))
-                or hasattr(learning_rate, "__next__")):
+                or isinstance(learning_rate, dict) or hasattr(learning_rate, "__next__")
+                or isinstance(learning_rate, (list, tuple, set))
+                and any(isinstance(v, (Tensor, dict)) for v in learning_rate)):
             # PyTorch's habit, Adam(model.parameters()): a model is callable, so it would pass
             # for a schedule and fail at the first step with the model's own error
-            raise TypeError(f"{who}: the first argument is the learning rate (a number or a "
+            raise TypeError(f"{who}: the first argument is learning_rate (a number or a "
                             f"schedule), got a {type(learning_rate).__name__}; the variables go "
                             "to apply_gradients(zip(grads, variables)) or minimize(loss_fn, "
                             f"var_list) (Keras's convention): PyTorch's {who}(model.parameters(), "

@@ -174,7 +174,7 @@ def test_a_model_given_as_the_learning_rate_is_refused_at_once():
     # step with the model's own shape error
     m = gt.nn.Dense(2, 2)
     for bad in (m, m.kernel):
-        with pytest.raises(TypeError, match="first argument is the learning rate"):
+        with pytest.raises(TypeError, match="first argument is learning_rate"):
             gt.optimizers.Adam(bad)
 
 
@@ -370,7 +370,7 @@ def test_the_variables_as_first_argument_are_refused_without_listing_them(first)
     vs = model.trainable_variables
     arg = {"list": list(vs), "tuple": tuple(vs), "generator": (v for v in vs),
            "dict": {"params": list(vs)}}[first]
-    with pytest.raises(TypeError, match="the first argument is the learning rate") as e:
+    with pytest.raises(TypeError, match="the first argument is learning_rate") as e:
         gt.optimizers.Adam(arg)
     assert "Variable(" not in str(e.value) and "Adam(1e-3) here" in str(e.value)
 
