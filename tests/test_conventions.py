@@ -314,3 +314,23 @@ def test_backward_at_singular_points_emits_no_numpy_warnings():
             tape.watch(small)
             y = gt.sum(gt.where(small > 0, gt.log(gt.maximum(small, 1e-300)), 0.0) + small ** 0.5)
         assert np.isinf(tape.gradient(y, small).numpy()[0])
+
+
+@pytest.mark.parametrize("dtype, x", [(np.float16, 1e-5), (np.float16, 6e-8), (np.float32, 1e-39),
+                                      (np.float32, 1.4e-45), (np.float64, 5e-324)])
+def test_power_zero_derivative_is_zero_at_tiny_bases(backend, dtype, x):
+    """0 * x**-1 overflowed to 0 * inf: NaN at tiny and subnormal bases."""
+    v = gt.tensor(np.array([x, 1.0], dtype))
+    assert grad(lambda a: a ** 0, v).tolist() == [0.0, 0.0]
+    assert grad(lambda a: gt.pow(a, 0), v).tolist() == [0.0, 0.0]
+    h = gt.hessian(lambda a: gt.sum(a ** 1))(v).numpy()
+    assert np.array_equal(h, np.zeros((2, 2)))
+    h2 = gt.hessian(lambda a: gt.sum(a ** 2))(v).numpy()
+    np.testing.assert_array_equal(h2, 2 * np.eye(2))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_elu_second_derivative_at_zero_is_alpha(backend, alpha):
+    """elu'(0) takes the side x <= 0 (alpha); its second derivative there was -0."""
+    h = gt.hessian(lambda a: gt.sum(gt.nn.elu(a, alpha)))(t([0.0, -1e-12, 1e-12])).numpy()
+    np.testing.assert_allclose(np.diag(h), [alpha, alpha, 0.0])

@@ -105,7 +105,8 @@ def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
 
 
 P_POW = elementwise("pow", _pow_impl,
-                    d=("b * where((a == 0) & (b == 0), 0, a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
+                    # (0 where b == 0 before a ** -1 can overflow: tiny a gave 0 * inf)
+                    d=("where(b == 0, 0, b * a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
                     safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
 # Float functions (exp ... erfc, the smooth activations) take their input through the guard
 # ``x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)``: integer and bool arrays compute in
@@ -157,9 +158,10 @@ P_LEAKY_RELU = elementwise(
     d="where(x > 0, 1, negative_slope)", domain=_KINK)
 P_ELU = elementwise(
     "elu", lambda xp, x, *, alpha: xp.where((x := _guard(x)) > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
-    # (y + alpha cancels in the tail; exp(-|x|) is exp(x) where it is selected, and no
-    # overflow where it is not)
-    d="where(x > 0, 1, alpha * exp(-abs(x)))", domain=_KINK)
+    # (y + alpha cancels in the tail; exp(x) where it is selected, exp(0) where not: no
+    # overflow; the inner where also gives the second derivative alpha at 0, the side whose
+    # first derivative is taken there)
+    d="where(x > 0, 1, alpha * exp(where(x > 0, 0, x)))", domain=_KINK)
 def _rounded_once(f: Any) -> Any:
     """An impl of several NumPy calls that computes a float16 input in float32 and rounds the
     result once (each call rounding to float16 put exact gelu 5% off at -3.5)."""
@@ -173,7 +175,8 @@ def _rounded_once(f: Any) -> Any:
 
 P_GELU = elementwise(
     "gelu", _rounded_once(lambda xp, x: 0.5 * x * (1 + erf_for(xp)(x * 0.7071067811865476))),
-    d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327")
+    d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327",
+    half_in_float32=True)
 P_GELU_TANH = elementwise(
     "gelu_tanh",
     _rounded_once(lambda xp, x: 0.5 * x * (1 + xp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))),
@@ -181,16 +184,16 @@ P_GELU_TANH = elementwise(
     # cube and square of x overflow float16 (inf times tanh's 0 would give NaN there)
     d="where(abs(x) < 10, 0.5 * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) + 0.5 * x * "
       "(1 - tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)) ** 2) * "
-      "0.7978845608028654 * (1 + 0.134145 * x * x), x > 0)")
+      "0.7978845608028654 * (1 + 0.134145 * x * x), x > 0)", half_in_float32=True)
 P_SOFTPLUS = elementwise(
     "softplus", lambda xp, x: xp.logaddexp(0, x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
     d="sigmoid(x)", out_form=_softplus_out)
 P_SILU = elementwise("silu", lambda xp, x: (x := _guard(x)) * xp.exp(-xp.logaddexp(0, -x)),
-                     d="sigmoid(x) * (1 + x * (1 - sigmoid(x)))")
+                     d="sigmoid(x) * (1 + x * (1 - sigmoid(x)))", half_in_float32=True)
 P_ERF = elementwise("erf", lambda xp, x: erf_for(xp)(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
-                    d="1.1283791670955126 * exp(-x * x)")
+                    d="1.1283791670955126 * exp(-x * x)", half_in_float32=True)
 P_ERFC = elementwise("erfc", lambda xp, x: erfc_for(xp)(x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
-                     d="-1.1283791670955126 * exp(-x * x)")
+                     d="-1.1283791670955126 * exp(-x * x)", half_in_float32=True)
 # Rounding: piecewise constant, so the derivative is 0 everywhere (PyTorch's choice, not "no
 # gradient": a loss through floor(x) is connected to x, its gradient is zeros). Tests sample
 # away from the jumps (integers; half-integers for round).
