@@ -289,6 +289,10 @@ gt.exp(gt.tensor([1e4]))
 gt.log(gt.tensor(-np.ones(1 << 19, np.float32)))   # the threaded forward, too
 gt.mean(gt.tensor(np.zeros(0, np.float32)))
 gt.var(gt.tensor([1.0]), ddof=1)
+big = gt.tensor(np.array([3e38, -3e38], np.float32))   # overflowing reductions and scans
+for f in (gt.mean, gt.cumsum, gt.cumprod, gt.prod, gt.var, gt.std, gt.sum):
+    f(big)
+gt.mean(gt.tensor(np.array([[3e38, 3e38]], np.float32)), axis=1)
 with gt.GradientTape() as tape:
     x = gt.tensor([0.0, -1.0])
     tape.watch(x)

@@ -281,3 +281,50 @@ def test_a_reduction_method_names_its_own_dtype_argument(method):
                                         r"\(e.g. 'float32'\), got 'foo'"):
         getattr(gt.ones(3), method)(dtype="foo")
     assert getattr(gt.ones(3), method)(dtype="float64").dtype == np.float64
+
+
+@pytest.mark.parametrize("values, dtype, want", [
+    ([np.inf, 2.0, 3.0], np.float64, [6.0, np.inf, np.inf]),
+    ([np.inf, 0.0, 2.0], np.float64, [0.0, np.inf, np.nan]),
+    ([np.nan, 0.0, 1.0], np.float64, [0.0, np.nan, np.nan]),
+    ([1e30, 1e30, 0.0], np.float32, [0.0, 0.0, np.inf]),
+    ([300.0, 300.0, 0.0], np.float16, [0.0, 0.0, np.inf]),
+    ([1e-30, 1e-30, 1e30], np.float32, [1.0, 1.0, 0.0]),
+])
+def test_prod_partials_are_the_others_product_where_the_whole_overflows(values, dtype, want):
+    """The partials were y / x_i: a product that overflowed or held inf/NaN made the other
+    entries' partials NaN (prod([1e30, 1e30, 0]) in float32: [nan, nan, inf])."""
+    x = gt.tensor(np.array(values, dtype))
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = gt.prod(x)
+    with np.errstate(all="ignore"):
+        g = tape.gradient(y, x).numpy()
+    np.testing.assert_array_equal(g, np.array(want, dtype))
+
+
+def test_prod_partials_over_several_axes_and_hessian_with_zeros():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.5, 1.5, (3, 2, 4))
+    x[0, 1, 2] = 0.0
+    x[2, 0, 1] = 0.0
+    x[2, 1, 3] = 0.0
+    for axis in [None, (0, 2), 1, (2, 0)]:
+        with gt.GradientTape() as tape:
+            xt = gt.tensor(x)
+            tape.watch(xt)
+            y = gt.sum(gt.prod(xt, axis=axis) * 1.5)
+        g = tape.gradient(y, xt).numpy()
+        ax = tuple(range(3)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+        want = np.zeros_like(x)
+        for idx in np.ndindex(*x.shape):  # product of the others in idx's slice
+            sl = tuple(slice(None) if d in ax else idx[d] for d in range(3))
+            mask = np.ones(x.shape, bool)
+            mask[idx] = False
+            want[idx] = 1.5 * np.prod(x[sl][mask[sl]])
+        np.testing.assert_allclose(g, want, rtol=1e-12, atol=0)
+    v = np.array([0.0, 2.0, 0.0, 3.0])  # two zeros: d2/da db is the product of the rest
+    h = gt.hessian(gt.prod)(gt.tensor(v)).numpy()
+    want_h = np.zeros((4, 4))
+    want_h[0, 2] = want_h[2, 0] = 6.0
+    np.testing.assert_allclose(h, want_h)

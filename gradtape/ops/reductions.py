@@ -23,7 +23,7 @@ from .._src.tensor import Tensor
 from ._util import as_real, logical_axes, move_axis, normalize_axis, one, phys_axis
 from .elementwise import P_ABS, P_EQUAL, P_EXP, P_LESS, P_SAFE_MUL, P_SIGN, P_WHERE
 from .linalg import singular_values, with_singular_values
-from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_STOP_GRADIENT, moveaxis
+from .shape import P_ASTYPE, P_BROADCAST_TO, P_RESHAPE, P_STOP_GRADIENT, P_TRANSPOSE, moveaxis
 
 __all__ = ["sum", "mean", "prod", "max", "min", "logsumexp", "var", "std", "norm", "argmax",
            "argmin"]
@@ -192,6 +192,14 @@ def _mean_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
         return _mean_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims).astype(np.float32)
     if not x.size and not _count(x.shape, axis):
         return _no_dof(xp, x, axis, keepdims)
+    if xp is np and x.dtype.kind == "f":  # np.mean's own steps as ufunc calls: a RuntimeWarning
+        # (overflow) is then gradtape's, silenced as for every op (np.mean's came from NumPy's
+        # Python-level _methods and reached the user)
+        half = x.dtype == np.float16
+        add: Any = np.add
+        total = add.reduce(x, axis=axis, keepdims=keepdims, dtype=np.float32 if half else None)
+        out = np.true_divide(total, _count(x.shape, axis))
+        return out.astype(np.float16) if half else out
     return xp.mean(x, axis=axis, keepdims=keepdims)
 
 
@@ -218,44 +226,49 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 # --------------------------------------------------------------------------- prod
 def _prod_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
-    # d prod / d x_i = product of the others, without dividing by zero:
-    #   no zero in the slice:   y / x_i
-    #   exactly one zero:       at the zero, the product of the non-zeros; elsewhere y / x_i = 0
-    #   two or more zeros:      0 everywhere (every "product of the others" holds a zero)
-    # y / x_i keeps the dependence on the zero entry, so the second derivative is exact with
-    # up to one zero per slice too.
+    # d prod / d x_i = the product of the others (see _prod_partials)
     x = m.val(rec.inputs[0])
-    y = _rec_kept(m, rec, m.val(rec.output))
-    return (_rec_kept(m, rec, g) * _prod_partials(m, x, y, rec.params["axis"]),)
+    return (_rec_kept(m, rec, g) * _prod_partials(m, x, rec.params["axis"]),)
 
 
-def _prod_partials(m: OnTensors, x: Tensor, y: Tensor, axes: tuple | None) -> Tensor:
-    """``d prod / d x_i`` (``y``: the product in the keepdims shape), exact with zeros, and
-    written so that its own derivative (prod's second) is exact with any number of zeros.
-
-    At a zero ``x_i`` the partial is the product of the others: the product ``P`` of the
-    non-zeros when ``x_i`` is the only zero; with exactly two zeros it is 0, written
-    ``P * (z - x_i)`` with ``z`` the sum of the zero entries (0 too), whose derivative with
-    respect to the other zero is ``P``, as the second derivative is; with three or more, every
-    second derivative is 0 as well, and so is the constant."""
-    is_zero = _zero_mask(m, x)
-    x_safe = m.apply(P_WHERE, is_zero, m.scalar(1, x), x)
-    nonzero_prod = m.apply(P_PROD, x_safe, axis=axes, keepdims=True)
-    n_zero = m.apply(P_SUM, m.apply(P_ASTYPE, is_zero, dtype=x.dtype), axis=axes, keepdims=True)
-    one_zero = m.apply(P_EQUAL, n_zero, m.scalar(1, n_zero))
-    two_zeros = m.apply(P_EQUAL, n_zero, m.scalar(2, n_zero))
-    zeros_sum = m.apply(P_SUM, m.apply(P_WHERE, is_zero, x, m.scalar(0, x)), axis=axes,
-                        keepdims=True)
-    the_other = nonzero_prod * (zeros_sum - x)  # (0 in value where two_zeros selects it)
-    at_zero = m.apply(P_WHERE, one_zero, nonzero_prod,
-                      m.apply(P_WHERE, two_zeros, the_other, m.scalar(0, nonzero_prod)))
-    return m.apply(P_WHERE, is_zero, at_zero, y / x_safe)
+def _prod_partials(m: OnTensors, x: Tensor, axes: tuple | None) -> Tensor:
+    """``d prod / d x_i``: the product of the other entries, as the product of those before
+    ``i`` times those after (two exclusive running products along the reduced entries), never
+    a quotient ``y / x_i``: exact with zeros, and where the whole product overflows,
+    underflows or holds an inf or NaN factor that the others' product does not
+    (``prod([1e30, 1e30, 0])`` in float32, ``prod([inf, 2, 3])``). Its own derivative (prod's
+    second) goes through cumprod's rule, exact with any number of zeros."""
+    nd = len(x.shape)
+    red = tuple(range(nd)) if axes is None else tuple(sorted(axes))
+    keep = tuple(a for a in range(nd) if a not in red)
+    n = math.prod(x.shape[a] for a in red)
+    if n <= 1:  # one entry (or none): the product of no others is 1
+        return m.apply(P_WHERE, m.apply(P_EQUAL, x, x), m.scalar(1, x), m.scalar(1, x))
+    perm = keep + red
+    xt = x if perm == tuple(range(nd)) else m.apply(P_TRANSPOSE, x, axes=perm)
+    kshape = tuple(x.shape[a] for a in keep)
+    flat = m.apply(P_RESHAPE, xt, shape=kshape + (n,))
+    k = len(kshape)
+    head = (slice(None),) * k
+    ones = ((0, 0),) * k + ((1, 0),)
+    cumprod, flip, pad = REGISTRY["cumprod"], REGISTRY["flip"], REGISTRY["pad"]
+    # before[i] = x_0 ... x_(i-1) (1 for i = 0); after[i] = x_(i+1) ... x_(n-1) (1 for the last)
+    before = m.apply(cumprod, m.apply(pad, flat[head + (slice(0, n - 1),)], pad_width=ones,
+                                      constant_values=1), axis=k)
+    rev = m.apply(flip, flat, axis=(k,))
+    after = m.apply(flip, m.apply(cumprod, m.apply(pad, rev[head + (slice(0, n - 1),)],
+                                                   pad_width=ones, constant_values=1), axis=k),
+                    axis=(k,))
+    others = m.apply(P_RESHAPE, before * after, shape=tuple(xt.shape))
+    if perm == tuple(range(nd)):
+        return others
+    return m.apply(P_TRANSPOSE, others, axes=tuple(int(i) for i in np.argsort(perm)))
 
 
 def _prod_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, axis: Any,
               keepdims: bool) -> Tensor:
     x = primals[0]
-    d = _prod_partials(m, x, _kept(m, out, x.shape, axis, keepdims), axis)
+    d = _prod_partials(m, x, axis)
     return m.apply(P_SUM, tangents[0] * d, axis=axis, keepdims=keepdims)
 
 
@@ -272,15 +285,25 @@ def _prod_examples(rng: Any) -> list:
     ]
 
 
-P_PROD = primitive("prod", lambda xp, x, *, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
-                   rule=_prod_rule, jvp=_prod_jvp, saves_output=True, examples=_prod_examples,
+def _prod_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
+    if xp is np:  # the ufunc's reduce itself: a RuntimeWarning (overflow) is then gradtape's,
+        # which its warnings filter silences as for every op (np.prod's comes from NumPy's
+        # Python-level fromnumeric, and reached the user)
+        mul: Any = np.multiply
+        return mul.reduce(x, axis=axis, keepdims=keepdims)
+    return xp.prod(x, axis=axis, keepdims=keepdims)
+
+
+P_PROD = primitive("prod", _prod_impl,
+                   rule=_prod_rule, jvp=_prod_jvp, examples=_prod_examples,
                    batch=_reduction_batch("prod"))
 
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Product over ``axis``. The gradient is exact with zeros in the input (the product of
-    the other elements, never ``y / 0``), and so is the second derivative (the Hessian, an
-    HVP), with any number of zeros.
+    """Product over ``axis``. The gradient is the product of the other elements (those before
+    times those after, never ``y / x_i``): exact with zeros, and where the whole product
+    overflows or holds an inf; so is the second derivative (the Hessian, an HVP), with any
+    number of zeros.
 
     Shapes: as :func:`sum`.
 
@@ -489,6 +512,9 @@ def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any
         return _var_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
+    if xp is np:  # (NumPy's Python-level _methods would warn the user: forward ops are quiet)
+        with np.errstate(all="ignore"):
+            return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
     return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 
@@ -498,6 +524,9 @@ def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any
         return _std_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
+    if xp is np:  # (as var)
+        with np.errstate(all="ignore"):
+            return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 

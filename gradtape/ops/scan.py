@@ -90,6 +90,11 @@ def _cumsum_examples(rng: Any) -> list:
 @in_float32  # (a float16 running sum stops growing once its spacing exceeds the terms: 50000
 # halves summed to 1024; in float32, each running sum is rounded once)
 def _cumsum_impl(xp: Any, x: Any, *, axis: Any) -> Any:
+    if xp is np and x.dtype.kind == "f" and axis is not None:
+        # the ufunc's accumulate itself: a RuntimeWarning (overflow) is then gradtape's, which
+        # its warnings filter silences as for every op (np.cumsum's reached the user)
+        add: Any = np.add
+        return add.accumulate(x, axis=axis)
     return xp.cumsum(x, axis=axis)
 
 
@@ -190,7 +195,14 @@ def _cumprod_examples(rng: Any) -> list:
             (cumprod, (make(),), {"axis": -1})]
 
 
-P_CUMPROD = primitive("cumprod", lambda xp, x, *, axis: xp.cumprod(x, axis=axis),
+def _cumprod_impl(xp: Any, x: Any, *, axis: Any) -> Any:
+    if xp is np and x.dtype.kind == "f" and axis is not None:  # (as cumsum's)
+        mul: Any = np.multiply
+        return mul.accumulate(x, axis=axis)
+    return xp.cumprod(x, axis=axis)
+
+
+P_CUMPROD = primitive("cumprod", _cumprod_impl,
                       rule=_cumprod_rule, jvp=_cumprod_jvp, saves_output=True,
                       examples=_cumprod_examples, batch=_axis_batch("cumprod"))
 
