@@ -105,8 +105,11 @@ def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
 
 
 P_POW = elementwise("pow", _pow_impl,
-                    # (0 where b == 0 before a ** -1 can overflow: tiny a gave 0 * inf)
-                    d=("where(b == 0, 0, b * a ** (b - 1))", "where(a == 0, 0, y * log(a))"),
+                    # at b == 0 the factor a ** -1 only where finite (a * 0 == 0): 0 * inf was
+                    # NaN at a == 0 and at tiny a where it overflows; elsewhere it stays, so
+                    # d2/(da db) at b == 0 is a ** -1 (0 where that overflows)
+                    d=("b * where(b == 0, where(a ** -1 * 0 == 0, a ** -1, 0), a ** (b - 1))",
+                       "where(a == 0, 0, y * log(a))"),
                     safe=True, domain=(Domain(0.5, 2), Domain(-2, 2)))
 # Float functions (exp ... erfc, the smooth activations) take their input through the guard
 # ``x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)``: integer and bool arrays compute in
