@@ -226,3 +226,33 @@ def test_float16_activation_gradients_are_evaluated_in_float32(backend, name, f)
     g64 = tape.gradient(y, x64).numpy()
     assert g16.dtype == np.float16
     np.testing.assert_allclose(g16.numpy().astype(np.float64), g64, rtol=2e-3, atol=1e-7)
+
+
+def test_float16_activation_derivatives_in_float32_on_every_path():
+    """jvp, vmap(grad), jacrev and jacfwd rendered the derivative in gradtape ops, in float16:
+    gelu_tanh'(-4) came out 0 there."""
+    xs = np.array([-4.0, -3.5])
+    f = lambda x: gt.nn.gelu(x, approximate="tanh")  # noqa: E731
+    with gt.GradientTape() as tape:
+        x64 = gt.tensor(xs)
+        tape.watch(x64)
+        y = gt.sum(f(x64))
+    want = tape.gradient(y, x64).numpy()
+    x16 = gt.tensor(xs.astype(np.float16))
+    _, t = gt.jvp(f, (x16,), (gt.tensor(np.ones(2, np.float16)),))
+    vg = gt.vmap(gt.grad(f))(x16)
+    jr = np.diag(gt.jacrev(f)(x16).numpy())
+    jf = np.diag(gt.jacfwd(f)(x16).numpy())
+    for got in (t.numpy(), vg.numpy(), jr, jf):
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-3)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the float16 loss overflows: unused)
+def test_a_large_float16_gelu_backward_is_not_fused_in_float16():
+    """A fused host run computes in its dtype: 200k float16 gelu_tanh at -4 gave 0."""
+    x = gt.tensor(np.full(200_000, -4.0, np.float16))
+    with gt.GradientTape() as tape:
+        tape.watch(x)
+        y = gt.sum(gt.nn.gelu(x, approximate="tanh") * 2.0 + 1.0)
+    g = tape.gradient(y, x).numpy()
+    np.testing.assert_allclose(g.astype(np.float64), -6.702e-4, rtol=2e-3)

@@ -283,6 +283,7 @@ def test_a_reduction_method_names_its_own_dtype_argument(method):
     assert getattr(gt.ones(3), method)(dtype="float64").dtype == np.float64
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (the forward overflows, by design)
 @pytest.mark.parametrize("values, dtype, want", [
     ([np.inf, 2.0, 3.0], np.float64, [6.0, np.inf, np.inf]),
     ([np.inf, 0.0, 2.0], np.float64, [0.0, np.inf, np.nan]),
@@ -328,3 +329,34 @@ def test_prod_partials_over_several_axes_and_hessian_with_zeros():
     want_h = np.zeros((4, 4))
     want_h[0, 2] = want_h[2, 0] = 6.0
     np.testing.assert_allclose(h, want_h)
+
+
+def test_mean_var_std_equal_numpys_bit_for_bit():
+    rng = np.random.default_rng(2)
+    for dt in (np.float32, np.float64):
+        for shape, axis in [((7,), None), ((3, 5), 0), ((2, 3, 4), (0, 2)), ((513, 3), 0)]:
+            x = (rng.standard_normal(shape) * 10 + 3).astype(dt)
+            t = gt.tensor(x)
+            np.testing.assert_array_equal(gt.mean(t, axis=axis).numpy(), np.mean(x, axis=axis))
+            for ddof in (0, 1):
+                for f, ref in ((gt.var, np.var), (gt.std, np.std)):
+                    got, want = f(t, axis=axis, ddof=ddof).numpy(), ref(x, axis=axis, ddof=ddof)
+                    assert got.dtype == want.dtype
+                    np.testing.assert_array_equal(got, want)
+    x = np.full(2 ** 24 + 1, 1.7, np.float32)  # the count past float32's integers
+    assert gt.mean(gt.tensor(x)).numpy() == np.mean(x)
+
+
+def test_var_and_std_are_quiet_in_a_replayed_step():
+    import warnings
+
+    if gt.backend_name() != "numpy":
+        pytest.skip("NumPy's RuntimeWarnings: a device backend raises none")
+
+    step = gt.function(lambda x: gt.var(x) + gt.std(x) + gt.mean(x))
+    x = gt.tensor(np.array([3e38, -3e38], np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"gradtape(\.|\Z)")
+        for _ in range(3):  # traced, then replayed
+            assert np.isinf(step(x).numpy())

@@ -302,6 +302,8 @@ class Primitive:
             assert self.derivatives is not None  # elementwise only
             fn = _tensor_vjp(self.derivatives[i], self.arg_names + ("y",) + self.param_names,
                              self.safe or safe)
+            if self.half_in_float32:  # (also forward mode, vmap and higher order: they use it)
+                fn = _half_in_float32_tensors(fn)
             self._tensor_vjps[key] = fn
         return fn
 
@@ -315,6 +317,22 @@ def _half_in_float32(fn: Callable) -> Callable:
             return fn(gy, *args)
         return fn(gy.astype(np.float32), *[a.astype(np.float32) if getattr(a, "dtype", None) == _HALF
                                            else a for a in args]).astype(_HALF)
+    return wide
+
+
+def _half_in_float32_tensors(fn: Callable) -> Callable:
+    """:func:`_half_in_float32` for the rendering in gradtape ops (recorded casts, so an outer
+    tape differentiates through them)."""
+    def wide(gy: Any, *args: Any) -> Any:
+        if getattr(gy, "dtype", None) != _HALF:
+            return fn(gy, *args)
+        astype = REGISTRY["astype"]
+
+        def up(a: Any) -> Any:
+            return bind(astype, a, dtype=np.dtype(np.float32)) \
+                if isinstance(a, Tensor) and a.dtype == _HALF else a
+
+        return bind(astype, fn(up(gy), *[up(a) for a in args]), dtype=_HALF)
     return wide
 
 
@@ -450,8 +468,9 @@ def elementwise(name: str, impl: Callable, d: str | tuple[str, ...], *, safe: bo
         cheap: impl is one memory-bound ufunc, threaded only from a larger size.
         masks: a derivative can be 0 where the op still passes values (``relu``'s ``x > 0``,
             ``where``'s ``c``): records upstream then use safe products (see :class:`Primitive`).
-        half_in_float32: the first-order VJP of float16 operands evaluates ``d`` in float32 and
-            rounds once (a fused run always does): for a derivative of many steps.
+        half_in_float32: with float16 operands ``d`` is evaluated in float32 and rounded once
+            (reverse and forward mode, vmap, higher order; left out of host fused runs, which
+            compute in their dtype): for a derivative of many steps.
 
     Returns:
         The registered :class:`Primitive`.

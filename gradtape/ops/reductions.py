@@ -198,7 +198,9 @@ def _mean_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
         half = x.dtype == np.float16
         add: Any = np.add
         total = add.reduce(x, axis=axis, keepdims=keepdims, dtype=np.float32 if half else None)
-        out = np.true_divide(total, _count(x.shape, axis))
+        # by the count as np.mean divides (an intp: a float64 division rounded once; a count
+        # past 2**24 would round in float32)
+        out = np.true_divide(total, np.intp(_count(x.shape, axis))).astype(total.dtype)
         return out.astype(np.float16) if half else out
     return xp.mean(x, axis=axis, keepdims=keepdims)
 
@@ -302,8 +304,9 @@ P_PROD = primitive("prod", _prod_impl,
 def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     """Product over ``axis``. The gradient is the product of the other elements (those before
     times those after, never ``y / x_i``): exact with zeros, and where the whole product
-    overflows or holds an inf; so is the second derivative (the Hessian, an HVP), with any
-    number of zeros.
+    overflows or holds an inf while the running products before and after each element stay
+    finite. The second derivative (the Hessian, an HVP) goes through ``cumprod``'s: exact with
+    any number of zeros.
 
     Shapes: as :func:`sum`.
 
@@ -512,10 +515,23 @@ def _var_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any
         return _var_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
-    if xp is np:  # (NumPy's Python-level _methods would warn the user: forward ops are quiet)
-        with np.errstate(all="ignore"):
-            return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
+    if xp is np and x.dtype.kind == "f":
+        return _host_var(x, axis, keepdims, ddof)
     return xp.var(x, axis=axis, keepdims=keepdims, ddof=ddof)
+
+
+def _host_var(x: Any, axis: Any, keepdims: bool, ddof: float) -> Any:
+    """np.var's own steps as ufunc calls (the same values bit for bit): a RuntimeWarning
+    (overflow in the square) is then gradtape's, which its warnings filter silences as for
+    every op, also in a replayed step (np.var's came from NumPy's Python-level _methods and
+    reached the user)."""
+    add: Any = np.add
+    n = np.intp(_count(x.shape, axis))
+    mean = np.true_divide(add.reduce(x, axis=axis, keepdims=True), n).astype(x.dtype)
+    d = np.subtract(x, mean)
+    d = np.multiply(d, d)
+    total = add.reduce(d, axis=axis, keepdims=keepdims)
+    return np.true_divide(total, np.maximum(n - ddof, 0)).astype(x.dtype)
 
 
 @in_float32
@@ -524,9 +540,8 @@ def _std_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool, ddof: float) -> Any
         return _std_impl(xp, x.astype(np.float64), axis=axis, keepdims=keepdims, ddof=ddof).astype(np.float32)
     if _count(x.shape, axis) <= ddof:
         return _no_dof(xp, x, axis, keepdims)
-    if xp is np:  # (as var)
-        with np.errstate(all="ignore"):
-            return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
+    if xp is np and x.dtype.kind == "f":  # (as var)
+        return np.sqrt(_host_var(x, axis, keepdims, ddof))
     return xp.std(x, axis=axis, keepdims=keepdims, ddof=ddof)
 
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # the engine imports this module
 
 __all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN", "MIN_RUN_BY_SIZE"]
 
+_HALF = np.dtype(np.float16)
+
 MAX_RUN = 256  # members per run: bounds the generated program and its compile time
 # Fewest members worth a kernel, by the run's element count: a kernel has a fixed Python cost
 # (plan, gather, program call) of about the per-record cost of a few dozen small records, so
@@ -129,7 +131,10 @@ def plan(records: list[Record], reach: set[int], keep: set[int]) -> Plan | None:
             continue
         in_ids = rec.in_ids
         prim = rec.prim
-        if prim.derivatives is None or rec.extra_outs is not None:
+        if prim.derivatives is None or rec.extra_outs is not None or (
+                prim.half_in_float32 and rec.in_dtypes[0] == _HALF):
+            # (a float16 member evaluated in float32 takes its own VJP: a host run computes in
+            # the run's dtype)
             visit.append(idx)
             for iid in in_ids:
                 if iid:
