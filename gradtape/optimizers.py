@@ -549,6 +549,9 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
     return v
 
 
+#: The prefix of a hyper-parameter's entry in ``state_dict`` (no ``/``: never a variable's)
+_HYPER = "hyper."
+
 #: Held while a step reads and advances an optimizer's step count (``self.iterations += 1``
 #: is no atomic operation: threads sharing one optimizer lost steps, and Adam's bias
 #: correction and schedules then ran at wrong steps). Module-wide: optimizers stay picklable.
@@ -1083,7 +1086,9 @@ class Optimizer:
     def state_dict(self, named_variables: Iterable[tuple[str, Variable]] | None = None
                    ) -> dict[str, np.ndarray]:
         """Host arrays of the state: ``"<variable name>/<slot>"`` for each variable that has
-        state, plus ``"iterations"``.
+        state, plus ``"iterations"`` and a ``"hyper.<name>"`` 0-d array per hyper-parameter
+        (``learning_rate`` unless it is a schedule; None as NaN), as PyTorch's carries ``lr``:
+        a value set by hand survives a save and load.
 
         Args:
             named_variables: ``(name, variable)`` pairs naming the entries, e.g.
@@ -1102,10 +1107,14 @@ class Optimizer:
             >>> w = gt.Variable([1.0], name="w")
             >>> opt = gt.optimizers.Adam(0.1)
             >>> opt.apply_gradients([(gt.tensor([1.0]), w)])
-            >>> sorted(opt.state_dict())
-            ['iterations', 'w/m', 'w/v']
+            >>> sorted(k for k in opt.state_dict() if "/" in k)
+            ['w/m', 'w/v']
+            >>> float(opt.state_dict()["hyper.learning_rate"])
+            0.1
         """
         out = {"iterations": np.asarray(self.iterations, dtype=np.int64)}
+        for key, value in self._hyper_entries().items():
+            out[key] = value
         for name, v in self._named(named_variables, f"{type(self).__name__}.state_dict"):
             st = self._state.get(v._id)
             if st is None:
@@ -1115,6 +1124,48 @@ class Optimizer:
                     host = v._backend.to_host(arr)  # a copy: later steps update the state
                     # in place (a device's asnumpy copies already)
                     out[f"{name}/{slot}"] = host.copy() if host is arr else host
+        return out
+
+    def _hyper_entries(self) -> dict[str, np.ndarray]:
+        """The hyper-parameters as ``"hyper.<name>"`` 0-d arrays (a schedule is code: not
+        saved; None as NaN; a bool as a bool). As PyTorch's ``state_dict`` carries ``lr`` and
+        Keras's checkpoints the optimizer's config: a value set by hand
+        (``opt.learning_rate = 1e-4``) survives a save and load."""
+        out = {}
+        for name, rule in self._checked.items():
+            value = self.__dict__.get(name)
+            if callable(value):
+                continue
+            if rule == "bool":
+                out[_HYPER + name] = np.asarray(bool(value))
+            else:
+                out[_HYPER + name] = np.asarray(np.nan if value is None else float(value))
+        return out
+
+    def _check_hypers(self, state: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """The ``"hyper.<name>"`` entries of ``state``, decoded and checked as at construction
+        (a name this optimizer does not have raises). A learning-rate schedule of this
+        optimizer is kept: a saved constant does not replace it."""
+        out: dict[str, Any] = {}
+        for key, arr in state.items():
+            if not str(key).startswith(_HYPER):
+                continue
+            name = str(key)[len(_HYPER):]
+            rule = self._checked.get(name)
+            if rule is None:
+                raise ValueError(f"{who}: {key!r} names no hyper-parameter of {type(self).__name__} "
+                                 f"(they are {', '.join(self._checked)})")
+            a = np.asarray(arr.data if isinstance(arr, Tensor) else arr)
+            if a.shape != () or a.dtype.kind not in ("b" if rule == "bool" else "fiu"):
+                raise TypeError(f"{who}: {key!r} must be a "
+                                f"{'bool' if rule == 'bool' else 'real number'} scalar, got "
+                                f"{a.dtype} of shape {a.shape}")
+            if name == "learning_rate" and callable(self.learning_rate):
+                continue
+            value: Any = bool(a) if rule == "bool" else a.item()
+            if rule == "> 0 or None" and value != value:  # NaN: saved None
+                value = None
+            out[name] = self._check_hyper(name, value, rule)
         return out
 
     def load_state_dict(self, state: Mapping[str, Any],
@@ -1150,13 +1201,22 @@ class Optimizer:
         if "iterations" not in state:
             raise ValueError(f"{who}: no 'iterations' entry")
         iterations = _check_iterations(who, state["iterations"])
+        hypers = self._check_hypers(state, who)
         named = self._named(named_variables, who)
         variables = dict(named)
-        kept = [s for s in self.slot_names if self._needs_slot(s)]
+        # the slots kept with the loaded hyper-parameters (SGD keeps momentum for momentum > 0)
+        before = {k: self.__dict__.get(k) for k in hypers}
+        try:
+            for k, value in hypers.items():
+                object.__setattr__(self, k, value)
+            kept = [s for s in self.slot_names if self._needs_slot(s)]
+        finally:
+            for k, value in before.items():
+                object.__setattr__(self, k, value)
         grouped: dict[str, dict[str, Any]] = {}
         unexpected = []
         for key, arr in state.items():
-            if key == "iterations":
+            if key == "iterations" or str(key).startswith(_HYPER):
                 continue
             name, sep, slot = str(key).rpartition("/")
             if not sep or name not in variables or slot not in kept:
@@ -1198,11 +1258,13 @@ class Optimizer:
                     raise TypeError(f"{who}: {problem}")
                 arrays.append(_cast_entry(who, key, v._backend.xp.array(arr, copy=True), v.dtype))
             new_state[v._id] = (v, tuple(arrays))
-        return iterations, new_state
+        return iterations, new_state, hypers
 
     def _commit_state(self, checked: tuple) -> None:
         """Install what :meth:`_check_state` returned (cannot fail)."""
-        iterations, new_state = checked
+        iterations, new_state, hypers = checked
+        for k, value in hypers.items():
+            object.__setattr__(self, k, value)  # (checked by _check_hypers)
         for key, (v, slots) in new_state.items():
             if slots is None:
                 self._state.pop(key, None)  # (the Variable keeps its key)

@@ -429,7 +429,8 @@ def test_optimizer_state_past_the_narrower_variables_range_is_refused(tmp_path):
     m16, o16 = gt.nn.Dense(2, 2, dtype=np.float16), gt.optimizers.Adam()
     with pytest.raises(ValueError, match="kernel/v holds 1e\\+06, past the largest float16"):
         o16.load_state_dict(state, m16.named_variables())
-    assert o16.state_dict(m16.named_variables()) == {"iterations": 0}
+    assert o16.iterations == 0 and not [k for k in o16.state_dict(m16.named_variables()) if "/" in k]
+    assert o16.learning_rate == 1e-3  # (the hyper-parameters were not taken either)
     path = m.save(str(tmp_path / "c"), optimizer=opt)
     m.kernel.assign(np.full((2, 2), 7e4))
     m.save(path, optimizer=opt)
@@ -524,9 +525,14 @@ def test_load_state_dict_validates_before_changing_anything(trained):
 def test_an_sgd_without_momentum_refuses_momentum_state(tmp_path):
     model, opt = Net(seed=1), gt.optimizers.SGD(0.1, momentum=0.9)
     train(model, opt, steps=1)
-    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    state = {k: a for k, a in opt.state_dict(model.named_variables()).items()
+             if not k.startswith("hyper.")}  # (a state without its momentum: none to keep)
     with pytest.raises(ValueError, match="unexpected entries"):
-        Net().load(path, optimizer=gt.optimizers.SGD(0.1))
+        gt.optimizers.SGD(0.1).load_state_dict(state, Net().named_variables())
+    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    fresh = gt.optimizers.SGD(0.1)
+    Net().load(path, optimizer=fresh)  # the checkpoint's momentum comes with its state
+    assert fresh.momentum == 0.9
 
 
 # --------------------------------------------------------------------------- 12: the format
@@ -710,7 +716,7 @@ def test_state_dict_default_keys_never_collide_with_a_variable_named_like_a_gene
     x, y, z = (gt.Variable([v], name=n) for v, n in ((1.0, "w"), (2.0, "w"), (3.0, "w#0")))
     opt = gt.optimizers.SGD(0.1, momentum=0.9)
     opt.apply_gradients([(gt.tensor([g]), v) for g, v in ((1.0, x), (2.0, y), (3.0, z))])
-    state = opt.state_dict()
+    state = {k: a for k, a in opt.state_dict().items() if not k.startswith("hyper.")}
     assert len(state) == 4
     assert sorted(float(a[0]) for k, a in state.items() if k != "iterations") == [1.0, 2.0, 3.0]
     assert state["w/momentum"].tolist() == [1.0]  # x gained state first: its own name
@@ -719,7 +725,8 @@ def test_state_dict_default_keys_never_collide_with_a_variable_named_like_a_gene
         assert opt.state_dict([("v", v)])["v/momentum"].tolist() == [m]
     # a copy (with its variables) keeps the keys
     *_, opt2 = copied = copy.deepcopy((x, y, z, opt))
-    assert sorted(opt2.state_dict()) == sorted(state) and len(copied) == 4
+    assert sorted(k for k in opt2.state_dict() if "/" in k) == sorted(k for k in state if "/" in k)
+    assert len(copied) == 4
 
 
 def test_a_snapshot_restores_after_another_variable_of_the_same_name_gains_state():
@@ -727,7 +734,7 @@ def test_a_snapshot_restores_after_another_variable_of_the_same_name_gains_state
     opt = gt.optimizers.Adam(0.1)
     opt.apply_gradients([(gt.tensor([1.0]), a)])
     snap = opt.state_dict()
-    assert sorted(snap) == ["iterations", "w/m", "w/v"]
+    assert sorted(k for k in snap if not k.startswith("hyper.")) == ["iterations", "w/m", "w/v"]
     opt.apply_gradients([(gt.tensor([5.0]), a), (gt.tensor([7.0]), b)])
     opt.load_state_dict(snap)  # raised: a was renamed "w#0" once b shared its name
     after = opt.state_dict([("a", a), ("b", b)])
@@ -744,7 +751,8 @@ def test_a_reset_variable_keeps_its_key_so_a_snapshot_does_not_go_to_another():
     snap = opt.state_dict()
     opt.load_state_dict({"iterations": np.int64(1)})  # A's state reset
     opt.apply_gradients([(gt.tensor([7.0]), B), (gt.tensor([7.0]), A)])  # B first
-    assert sorted(opt.state_dict()) == ["iterations", "w#0/momentum", "w/momentum"]
+    assert sorted(k for k in opt.state_dict() if not k.startswith("hyper.")) == ["iterations", "w#0/momentum",
+                                                                        "w/momentum"]
     opt.load_state_dict(snap)
     after = opt.state_dict([("A", A), ("B", B)])
     assert after["A/momentum"].tolist() == [5.0] and "B/momentum" not in after
@@ -764,7 +772,7 @@ def test_an_optimizer_drops_the_state_of_variables_that_died():
     finally:
         tracemalloc.stop()
     assert grown < 4e6, f"{grown / 1e6:.1f} MB kept for dead Variables"
-    assert sorted(opt.state_dict()) == ["iterations"]
+    assert sorted(k for k in opt.state_dict() if not k.startswith("hyper.")) == ["iterations"]
 
 
 @pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
@@ -823,3 +831,48 @@ def test_save_refuses_a_path_that_names_a_folder(tmp_path, monkeypatch):
     assert gt.nn.save(str(tmp_path / "exp1" / "m"), m).endswith("m.npz")
     assert gt.nn.save(str(tmp_path / "exp1"), m).endswith("exp1.npz")  # beside the folder, as
     # numpy.savez writes it
+
+
+def test_hyper_parameters_set_by_hand_survive_a_save_and_load(tmp_path):
+    """A checkpoint carried the state and step count only: a run resumed after
+    `opt.learning_rate = 1e-3` continued at the constructor's 0.1 (PyTorch's state_dict
+    carries lr, Keras's checkpoints the optimizer's config)."""
+    model, opt = Net(seed=1), gt.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
+    train(model, opt, steps=2)
+    opt.learning_rate, opt.momentum, opt.global_clipnorm = 1e-3, 0.5, 2.0
+    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    twin, fresh = Net(seed=5), gt.optimizers.SGD(0.1)
+    twin.load(path, optimizer=fresh)
+    assert (fresh.learning_rate, fresh.momentum, fresh.nesterov, fresh.global_clipnorm) == \
+        (1e-3, 0.5, True, 2.0)
+    train(model, opt, steps=2)
+    train(twin, fresh, steps=2)
+    for (_, a), (_, b) in zip(model.named_variables(), twin.named_variables()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # None round-trips; a schedule of the loading optimizer is kept
+    opt.global_clipnorm = None
+    sched = gt.optimizers.SGD(lambda step: 0.5, momentum=0.9, global_clipnorm=3.0)
+    sched.load_state_dict(opt.state_dict(model.named_variables()), model.named_variables())
+    assert sched.global_clipnorm is None and sched.current_learning_rate == 0.5
+
+
+@pytest.mark.parametrize("entry, value, error, words", [
+    ("hyper.betas", 0.9, ValueError, "names no hyper-parameter of SGD"),
+    ("hyper.learning_rate", -1.0, ValueError, "learning_rate"),
+    ("hyper.learning_rate", np.ones(2), TypeError, "real number scalar"),
+    ("hyper.nesterov", 1.0, TypeError, "bool scalar"),
+])
+def test_bad_hyper_parameter_entries_change_nothing(entry, value, error, words):
+    v = gt.Variable([1.0], name="w")
+    opt = gt.optimizers.SGD(0.1, momentum=0.9)
+    opt.apply_gradients([(gt.tensor([1.0]), v)])
+    state = opt.state_dict()
+    state[entry] = np.asarray(value)
+    state["w/momentum"] = np.asarray([7.0])
+    with pytest.raises(error, match=words):
+        opt.load_state_dict(state)
+    assert opt.learning_rate == 0.1 and opt.state_dict()["w/momentum"].tolist() == [1.0]
+    old = {k: a for k, a in opt.state_dict().items() if not k.startswith("hyper.")}
+    opt.learning_rate = 0.2
+    opt.load_state_dict(old)  # a state without hyper-parameters keeps the present ones
+    assert opt.learning_rate == 0.2

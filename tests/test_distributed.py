@@ -142,7 +142,7 @@ def test_distributed_optimizer_shares_the_wrapped_state():
     assert isinstance(opt, gt.optimizers.Adam) and isinstance(opt, gt.distributed.DistributedOptimizer)
     opt.minimize(lambda: gt.sum(w * w), [w])
     assert inner.iterations == opt.iterations == 1
-    assert sorted(inner.state_dict()) == ["iterations", "w/m", "w/v"]
+    assert sorted(k for k in inner.state_dict() if not k.startswith("hyper.")) == ["iterations", "w/m", "w/v"]
 
 
 def _ready_calls(fusion: bool, width: int):

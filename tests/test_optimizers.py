@@ -99,7 +99,7 @@ def test_none_gradients_are_skipped_with_a_warning_naming_the_variable():
     np.testing.assert_array_equal(a.numpy(), [1.0, 2.0])
     assert b.numpy()[0] != 3.0
     state = opt.state_dict([("a", a), ("b", b)])  # slots exist for b only
-    assert {key.split("/")[0] for key in state if key != "iterations"} == {"b"}
+    assert {key.split("/")[0] for key in state if "/" in key} == {"b"}
     with pytest.warns(UserWarning, match="a, b"):
         opt.apply_gradients(zip([None, None], [a, b]))  # nothing to do: no step counted
     assert opt.iterations == 1
@@ -151,7 +151,7 @@ def test_state_dict_round_trip_continues_identically():
     for g in gs[:3]:
         opt1.apply_gradients([(g, v1)])
     state = opt1.state_dict([("w", v1)])
-    assert set(state) == {"iterations", "w/m", "w/v"}
+    assert {k for k in state if not k.startswith("hyper.")} == {"iterations", "w/m", "w/v"}
     v2 = gt.Variable(v1.numpy())
     opt2 = gt.optimizers.Adam(0.05)
     opt2.load_state_dict(state, [("w", v2)])

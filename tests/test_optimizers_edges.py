@@ -23,7 +23,7 @@ def test_a_variable_given_twice_in_one_call_raises_and_changes_nothing():
                                          r"gradients"):
         opt.apply_gradients([(gt.tensor([1.0, 1.0]), v), (gt.tensor([3.0, 3.0]), v)])
     np.testing.assert_array_equal(v.numpy(), [1.0, 2.0])
-    assert opt.iterations == 0 and opt.state_dict() == {"iterations": 0}
+    assert opt.iterations == 0 and not [k for k in opt.state_dict() if "/" in k]
 
 
 @pytest.mark.parametrize("grad", [np.array([1 + 4j, 1 - 4j], np.complex64), np.array(["a", "b"])],

@@ -31,7 +31,7 @@ from .._src.errors import TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
-from ..optimizers import Optimizer, _cast_entry, _checkpoint_dtype_error
+from ..optimizers import _HYPER, Optimizer, _cast_entry, _checkpoint_dtype_error
 from ..random import Generator, _check_seed, _numpy_generator
 from . import init as _init
 from .conv import _pair, adaptive_avg_pool2d, avg_pool2d, check_settings, conv1d, conv2d, conv_transpose2d, max_pool2d
@@ -1332,7 +1332,8 @@ def _checkpoint_path(path: Any, who: str) -> str:
 
 def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     """Save ``module``'s Variables (by path, e.g. ``var/layers.0.kernel``) and optionally
-    ``optimizer``'s state for them (``opt/...``: moments, step count) to ``path`` (``.npz``).
+    ``optimizer``'s state for them (``opt/...``: moments, step count, hyper-parameters) to
+    ``path`` (``.npz``).
 
     Loading both back with :func:`load` makes training resume exactly where it stopped,
     except for random streams: no generator state is saved (as in PyTorch's ``state_dict``),
@@ -1445,8 +1446,9 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
             for k in opt_keys:
                 key = k[len(_OPT):]
                 name, sep, slot = key.rpartition("/")
-                if key != "iterations" and (not sep or name not in variables or
-                                            (slot_names is not None and slot not in slot_names)):
+                if key != "iterations" and not key.startswith(_HYPER) and (
+                        not sep or name not in variables
+                        or (slot_names is not None and slot not in slot_names)):
                     odd.append(key)
             if odd:
                 raise ValueError(f"{where}: unexpected optimizer entries {sorted(odd)} for "
@@ -1468,7 +1470,11 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
             for k in opt_keys:
                 key = k[len(_OPT):]
                 h = ckpt.header(k)
-                if key == "iterations":  # the value itself is checked by the optimizer
+                if key.startswith(_HYPER):  # a scalar hyper-parameter (checked by the optimizer)
+                    if h.shape != () or h.dtype.kind not in "biuf":
+                        raise TypeError(f"{where}: {k} must be a real or bool scalar, got "
+                                        f"{h.dtype} of shape {h.shape}")
+                elif key == "iterations":  # the value itself is checked by the optimizer
                     if h.shape != ():
                         raise ValueError(f"{where}: 'iterations' must be a non-negative integer "
                                          f"scalar, got an array of shape {h.shape}")
