@@ -1100,7 +1100,8 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
             ``variables``); the same structure, shapes and dtypes on every rank.
         root: the rank whose values everyone takes.
         optimizer: also send ``root``'s state of this optimizer for these variables (step
-            count, moments); the other ranks load it (``Optimizer.load_state_dict``).
+            count, moments, hyper-parameters); the other ranks load it
+            (``Optimizer.load_state_dict``).
 
     Raises:
         DistributedError: the ranks pass different variables (count, shapes, dtypes).

@@ -549,8 +549,15 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
     return v
 
 
-#: The prefix of a hyper-parameter's entry in ``state_dict`` (no ``/``: never a variable's)
+#: The prefix of a hyper-parameter's entry in ``state_dict``: ``"hyper.<name>"`` with no ``/``
+#: (a variable's entries have one: ``"hyper.kernel/m"`` is a submodule ``hyper``'s)
 _HYPER = "hyper."
+
+
+def is_hyper_key(key: Any) -> bool:
+    """Whether a ``state_dict`` key is a hyper-parameter's entry (see :data:`_HYPER`)."""
+    k = str(key)
+    return k.startswith(_HYPER) and "/" not in k
 
 #: Held while a step reads and advances an optimizer's step count (``self.iterations += 1``
 #: is no atomic operation: threads sharing one optimizer lost steps, and Adam's bias
@@ -1148,7 +1155,7 @@ class Optimizer:
         optimizer is kept: a saved constant does not replace it."""
         out: dict[str, Any] = {}
         for key, arr in state.items():
-            if not str(key).startswith(_HYPER):
+            if not is_hyper_key(key):
                 continue
             name = str(key)[len(_HYPER):]
             rule = self._checked.get(name)
@@ -1165,7 +1172,10 @@ class Optimizer:
             value: Any = bool(a) if rule == "bool" else a.item()
             if rule == "> 0 or None" and value != value:  # NaN: saved None
                 value = None
-            out[name] = self._check_hyper(name, value, rule)
+            try:
+                out[name] = self._check_hyper(name, value, rule)
+            except (TypeError, ValueError) as e:  # the entry named, as for the slots
+                raise type(e)(f"{who}: entry {key!r}: {e}") from None
         return out
 
     def load_state_dict(self, state: Mapping[str, Any],
@@ -1176,8 +1186,11 @@ class Optimizer:
         ``model.named_variables()``).
 
         Everything is checked before anything changes (on an error the optimizer is as it
-        was): ``"iterations"`` is a non-negative integer scalar; every other key is
-        ``"<name>/<slot>"`` for one of the names and one of the slots this optimizer keeps
+        was): ``"iterations"`` is a non-negative integer scalar; a ``"hyper.<name>"`` key (no
+        ``/``) is one of this optimizer's hyper-parameters, a scalar checked as when set (a
+        learning-rate schedule of this optimizer is kept; a state without these keys leaves
+        them as they are); every other key is ``"<name>/<slot>"`` for one of the names and
+        one of the slots this optimizer keeps with the loaded hyper-parameters
         (``slot_names``; none for ``SGD`` without momentum); a variable has all of its slots or
         none (then its state is reset, as for a variable never updated); each slot array has
         the variable's shape and dtype (or another float dtype, cast, rounding when narrowing;
@@ -1204,19 +1217,15 @@ class Optimizer:
         hypers = self._check_hypers(state, who)
         named = self._named(named_variables, who)
         variables = dict(named)
-        # the slots kept with the loaded hyper-parameters (SGD keeps momentum for momentum > 0)
-        before = {k: self.__dict__.get(k) for k in hypers}
-        try:
-            for k, value in hypers.items():
-                object.__setattr__(self, k, value)
-            kept = [s for s in self.slot_names if self._needs_slot(s)]
-        finally:
-            for k, value in before.items():
-                object.__setattr__(self, k, value)
+        # the slots kept with the loaded hyper-parameters (SGD keeps momentum for momentum > 0),
+        # asked of a probe: this optimizer changes only at the commit
+        probe = object.__new__(type(self))
+        probe.__dict__.update({**self.__dict__, **hypers})
+        kept = [s for s in self.slot_names if probe._needs_slot(s)]
         grouped: dict[str, dict[str, Any]] = {}
         unexpected = []
         for key, arr in state.items():
-            if key == "iterations" or str(key).startswith(_HYPER):
+            if key == "iterations" or is_hyper_key(key):
                 continue
             name, sep, slot = str(key).rpartition("/")
             if not sep or name not in variables or slot not in kept:

@@ -876,3 +876,52 @@ def test_bad_hyper_parameter_entries_change_nothing(entry, value, error, words):
     opt.learning_rate = 0.2
     opt.load_state_dict(old)  # a state without hyper-parameters keeps the present ones
     assert opt.learning_rate == 0.2
+
+
+class _Hyper(gt.nn.Module):
+    def __init__(self) -> None:
+        self.hyper = gt.nn.Dense(2, 2, seed=0)  # (a hypernetwork's: its entries start "hyper.")
+
+
+def test_a_submodule_named_hyper_loads_with_its_optimizer(tmp_path):
+    """Its entries "hyper.kernel/m" were taken for hyper-parameters and refused."""
+    model, opt = _Hyper(), gt.optimizers.Adam(0.1)
+    x = gt.tensor(np.ones((3, 2), np.float32))
+    with gt.GradientTape() as tape:
+        loss = gt.sum(model.hyper(x) ** 2)
+    opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+    state = opt.state_dict(model.named_variables())
+    assert "hyper.kernel/m" in state and "hyper.learning_rate" in state
+    twin, fresh = _Hyper(), gt.optimizers.Adam(0.5)
+    fresh.load_state_dict(state, twin.named_variables())
+    np.testing.assert_array_equal(fresh.state_dict(twin.named_variables())["hyper.kernel/m"],
+                                  state["hyper.kernel/m"])
+    path = model.save(tmp_path / "h.npz", optimizer=opt)
+    twin2, fresh2 = _Hyper(), gt.optimizers.Adam(0.5)
+    twin2.load(path, optimizer=fresh2)
+    assert fresh2.learning_rate == 0.1 and fresh2.iterations == 1
+
+
+def test_a_refused_hyper_parameter_names_its_entry_and_is_never_visible():
+    v = gt.Variable([1.0], name="w")
+    opt = gt.optimizers.SGD(0.1)
+    state = opt.state_dict()
+    state["hyper.learning_rate"] = np.asarray(-0.5)
+    seen = []
+    real = gt.optimizers.SGD._needs_slot
+
+    def spy(self, name):  # what the optimizer itself holds while the load is checked
+        seen.append(opt.learning_rate)
+        return real(self, name)
+
+    gt.optimizers.SGD._needs_slot = spy
+    try:
+        with pytest.raises(ValueError, match=r"entry 'hyper.learning_rate': SGD: learning_rate"):
+            opt.load_state_dict(state, [("w", v)])
+        state["hyper.learning_rate"] = np.asarray(100.0)
+        state["w/momentum"] = np.asarray([1.0, 2.0])  # refused: the wrong shape
+        with pytest.raises(ValueError, match="shape"):
+            opt.load_state_dict({**state, "hyper.momentum": np.asarray(0.9)}, [("w", v)])
+    finally:
+        gt.optimizers.SGD._needs_slot = real
+    assert set(seen) <= {0.1} and opt.learning_rate == 0.1 and opt.momentum == 0.0

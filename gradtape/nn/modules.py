@@ -31,7 +31,7 @@ from .._src.errors import TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real
 from ..ops.creation import float_dtype
-from ..optimizers import _HYPER, Optimizer, _cast_entry, _checkpoint_dtype_error
+from ..optimizers import Optimizer, _cast_entry, _checkpoint_dtype_error, is_hyper_key
 from ..random import Generator, _check_seed, _numpy_generator
 from . import init as _init
 from .conv import _pair, adaptive_avg_pool2d, avg_pool2d, check_settings, conv1d, conv2d, conv_transpose2d, max_pool2d
@@ -1446,7 +1446,7 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
             for k in opt_keys:
                 key = k[len(_OPT):]
                 name, sep, slot = key.rpartition("/")
-                if key != "iterations" and not key.startswith(_HYPER) and (
+                if key != "iterations" and not is_hyper_key(key) and (
                         not sep or name not in variables
                         or (slot_names is not None and slot not in slot_names)):
                     odd.append(key)
@@ -1470,7 +1470,7 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
             for k in opt_keys:
                 key = k[len(_OPT):]
                 h = ckpt.header(k)
-                if key.startswith(_HYPER):  # a scalar hyper-parameter (checked by the optimizer)
+                if is_hyper_key(key):  # a scalar hyper-parameter (checked by the optimizer)
                     if h.shape != () or h.dtype.kind not in "biuf":
                         raise TypeError(f"{where}: {k} must be a real or bool scalar, got "
                                         f"{h.dtype} of shape {h.shape}")
