@@ -559,6 +559,7 @@ def is_hyper_key(key: Any) -> bool:
     k = str(key)
     return k.startswith(_HYPER) and "/" not in k
 
+
 #: Held while a step reads and advances an optimizer's step count (``self.iterations += 1``
 #: is no atomic operation: threads sharing one optimizer lost steps, and Adam's bias
 #: correction and schedules then ran at wrong steps). Module-wide: optimizers stay picklable.
@@ -1119,9 +1120,7 @@ class Optimizer:
             >>> float(opt.state_dict()["hyper.learning_rate"])
             0.1
         """
-        out = {"iterations": np.asarray(self.iterations, dtype=np.int64)}
-        for key, value in self._hyper_entries().items():
-            out[key] = value
+        out = {"iterations": np.asarray(self.iterations, dtype=np.int64), **self._hyper_entries()}
         for name, v in self._named(named_variables, f"{type(self).__name__}.state_dict"):
             st = self._state.get(v._id)
             if st is None:

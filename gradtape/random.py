@@ -144,6 +144,16 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
 _TAIL = 10.0
 
 
+def _check_normal_range(who: str, mean: float, std: float, dtype: np.dtype) -> None:
+    """ValueError unless N(``mean``, ``std``) keeps its samples within ``dtype``'s range
+    (``|mean| + 10 std``, see :data:`_TAIL`): past it they would be inf."""
+    big = float(np.finfo(dtype).max)
+    if not abs(mean) + _TAIL * std <= big:
+        raise ValueError(f"{who}: mean and std must keep the samples within {np.dtype(dtype)} "
+                         f"(|mean| + {_TAIL:g} std <= {big:.4g}), got mean={mean}, std={std}; "
+                         "they would be inf")
+
+
 class Generator:
     """A seeded random-number generator: NumPy's PCG64 drawn on the host, results on the
     active backend (the same numbers on NumPy and CuPy; see the module docstring).
@@ -212,11 +222,7 @@ class Generator:
         if s < 0:
             raise ValueError(f"normal: std must be >= 0, got {s}")
         dt = float_dtype(dtype, "normal")
-        big = float(np.finfo(dt).max)
-        if not abs(m) + _TAIL * s <= big:
-            raise ValueError(f"normal: mean and std must keep the samples within {dt} (|mean| + "
-                             f"{_TAIL:g} std <= {big:.4g}), got mean={m}, std={s}; they would "
-                             "be inf")
+        _check_normal_range("normal", m, s, dt)
         draw = dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
         z = self._rng.standard_normal(shape, dtype=draw)
         if s != 1.0:

@@ -902,26 +902,15 @@ def test_a_submodule_named_hyper_loads_with_its_optimizer(tmp_path):
     assert fresh2.learning_rate == 0.1 and fresh2.iterations == 1
 
 
-def test_a_refused_hyper_parameter_names_its_entry_and_is_never_visible():
+def test_a_refused_hyper_parameter_names_its_entry_and_changes_nothing():
     v = gt.Variable([1.0], name="w")
     opt = gt.optimizers.SGD(0.1)
     state = opt.state_dict()
     state["hyper.learning_rate"] = np.asarray(-0.5)
-    seen = []
-    real = gt.optimizers.SGD._needs_slot
-
-    def spy(self, name):  # what the optimizer itself holds while the load is checked
-        seen.append(opt.learning_rate)
-        return real(self, name)
-
-    gt.optimizers.SGD._needs_slot = spy
-    try:
-        with pytest.raises(ValueError, match=r"entry 'hyper.learning_rate': SGD: learning_rate"):
-            opt.load_state_dict(state, [("w", v)])
-        state["hyper.learning_rate"] = np.asarray(100.0)
-        state["w/momentum"] = np.asarray([1.0, 2.0])  # refused: the wrong shape
-        with pytest.raises(ValueError, match="shape"):
-            opt.load_state_dict({**state, "hyper.momentum": np.asarray(0.9)}, [("w", v)])
-    finally:
-        gt.optimizers.SGD._needs_slot = real
-    assert set(seen) <= {0.1} and opt.learning_rate == 0.1 and opt.momentum == 0.0
+    with pytest.raises(ValueError, match=r"entry 'hyper.learning_rate': SGD: learning_rate"):
+        opt.load_state_dict(state, [("w", v)])
+    state["hyper.learning_rate"] = np.asarray(100.0)
+    state["w/momentum"] = np.asarray([1.0, 2.0])  # refused: the wrong shape
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict({**state, "hyper.momentum": np.asarray(0.9)}, [("w", v)])
+    assert opt.learning_rate == 0.1 and opt.momentum == 0.0 and opt.iterations == 0

@@ -359,5 +359,5 @@ def test_normal_parameters_that_would_give_inf_are_refused(kwargs, dtype):
 
 
 def test_init_normal_refuses_a_stddev_that_would_give_inf():
-    with pytest.raises(ValueError, match="init.normal: stddev must keep the samples within float16"):
+    with pytest.raises(ValueError, match="init.normal: mean and std must keep the samples within float16"):
         gt.nn.init.normal((3,), seed=0, dtype=np.float16, stddev=1e4)

@@ -24,7 +24,7 @@ import numpy as np
 from .autodiff.batched import BatchedTensor
 from .autodiff.record import Record, record, record_general, record_one, record_two
 from .autodiff.state import STATE
-from .backend import NUMPY, Backend, backend_of
+from .backend import _HALF, NUMPY, Backend, backend_of
 from .codegen.arrays import array_vjp
 from .codegen.expr import FUNCTIONS, Expr, parse, vjp_function
 from .config import HOOKS
@@ -335,8 +335,6 @@ def _half_in_float32_tensors(fn: Callable) -> Callable:
         return bind(astype, fn(up(gy), *[up(a) for a in args]), dtype=_HALF)
     return wide
 
-
-_HALF = np.dtype(np.float16)
 
 
 # --------------------------------------------------------------------------- differentiable rendering

@@ -28,7 +28,7 @@ from .._src.autodiff.state import STATE
 from .._src.backend import Array, get_backend
 from ..ops._util import as_real
 from ..ops.creation import float_dtype, normalize_shape
-from ..random import Generator, _numpy_generator
+from ..random import Generator, _check_normal_range, _numpy_generator
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
@@ -160,10 +160,7 @@ def normal(shape: tuple[int, ...], seed: Seed = None, dtype: DTypeLike = np.floa
     std = as_real(stddev, "init.normal", "stddev")
     if std < 0:
         raise ValueError(f"init.normal: stddev must be >= 0, got {std}")
-    big = float(np.finfo(dtype).max)
-    if not 10 * std <= big:  # (gt.random.normal's rule: no draw passes 10 std)
-        raise ValueError(f"init.normal: stddev must keep the samples within {np.dtype(dtype)} "
-                         f"(10 stddev <= {big:.4g}), got {std}; they would be inf")
+    _check_normal_range("init.normal", 0.0, std, dtype)
     return _on_backend(_rng(seed).normal(0.0, std, size=shape), dtype)
 
 

@@ -352,34 +352,28 @@ P_INDEX_PUT = primitive("index_put_add", _index_put_impl, rule=_index_put_rule,
                         batch=_index_put_batch)
 
 
-def _batched_take(x: Tensor, index: Any) -> Tensor | None:
-    """``x[index]`` through :data:`P_INDEX_TAKE` when ``index`` is full slices followed by one
-    integer index tensor that differs per example (inside gt.vmap); None otherwise."""
-    items = index if isinstance(index, tuple) else (index,)
-    if not items or not isinstance(items[-1], Tensor) or not items[-1]._level:
-        return None
-    idx = items[-1]
-    axis = len(items) - 1
-    if idx.dtype.kind not in "iu" or axis >= x.ndim or \
-            any(not (isinstance(it, slice) and it == slice(None)) for it in items[:-1]):
-        return None
-    return bind(P_INDEX_TAKE, x, idx, axis=axis)
-
-
 _ALL = slice(None)
 
 
 def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     """``x[index]`` inside gt.vmap where ``index`` holds an integer index tensor that differs
-    per example alongside other items (``x[i, :]``, ``x[..., i]``, ``x[i, 0]``, ``x[i, j]``),
-    with NumPy's meaning: the indexed axes (each integer index tensor, array or int) gathered
-    through one :data:`P_INDEX_TAKE` on those axes merged into one, their shape placed where
-    the first was when they are adjacent, else first. None where the index holds no such
+    per example, alone or beside other items (``x[i]``, ``x[:, i]``, ``x[i, :]``, ``x[..., i]``,
+    ``x[i, 0]``, ``x[i, j]``), with NumPy's meaning: after the slices, one
+    :data:`P_INDEX_TAKE` along the indexed axis when it is the only one, else along the
+    indexed axes (each integer index tensor, array or int) merged into one, their shape placed
+    where the first was when they are adjacent, else first. None where the index holds no such
     tensor, or ``None`` (a new axis), a bool item or mask (:func:`_convert_index` then says
     what is supported)."""
+    if type(index) is not tuple:  # (outside gt.vmap every index: a cheap exit)
+        if not (isinstance(index, Tensor) and index._level):
+            return None
+    else:
+        for it in index:
+            if isinstance(it, Tensor) and it._level:
+                break
+        else:
+            return None
     items = list(index) if isinstance(index, tuple) else [index]
-    if not any(isinstance(it, Tensor) and it._level for it in items):
-        return None
     if sum(it is Ellipsis for it in items) > 1:
         return None
     for it in items:
@@ -395,25 +389,31 @@ def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     items[at:at + 1] = [slice(None)] * (x.ndim - consumed)
     adv = [k for k, it in enumerate(items) if not isinstance(it, slice)]
     backend = x._backend
-    ints: dict[int, Any] = {}
+    what = "indexing inside gt.vmap"
+    tensors: dict[int, Tensor] = {}
     for k in adv:
         it = items[k]
-        if isinstance(it, (int, np.integer)):
-            n = x.shape[k]
-            if not -n <= int(it) < n:
-                raise IndexError(f"index {int(it)} is out of bounds for axis {k} with size {n}")
-            ints[k] = int(it) % n
-            continue
-        t = it if isinstance(it, Tensor) else _wrap(own_array(backend.xp, np.asarray(it)), backend)
-        if t.dtype.kind not in "iu":
-            return None  # (a bool mask, or a float index: refused by _convert_index)
-        if t.dtype != np.intp:  # (its strides and offsets in a narrow dtype would wrap around)
-            t = t.astype(np.intp)
-        lo = _index_range(t, x.shape[k], "indexing inside gt.vmap", "index")
-        ints[k] = bind(P_WHERE, bind(P_LESS, t, _int_const(0, t)), t + x.shape[k], t) \
-            if lo < 0 else t
+        if not isinstance(it, (int, np.integer)):
+            t = it if isinstance(it, Tensor) else _wrap(own_array(backend.xp, np.asarray(it)), backend)
+            if t.dtype.kind not in "iu":
+                return None  # (a bool mask, or a float index: refused by _convert_index)
+            tensors[k] = _int_operand(t, x, what, "index")  # (intp: strides cannot wrap)
     basic = tuple(it if isinstance(it, slice) else slice(None) for it in items)
     y = getitem(x, basic) if any(b != _ALL for b in basic) else x
+    if len(adv) == 1:  # one index tensor: a take along its axis (the rule checks the range)
+        return bind(P_INDEX_TAKE, y, tensors[adv[0]], axis=adv[0])
+    ints: dict[int, Any] = {}
+    for k in adv:
+        n = x.shape[k]
+        if k not in tensors:
+            if not -n <= int(items[k]) < n:
+                raise IndexError(f"index {int(items[k])} is out of bounds for axis {k} with "
+                                 f"size {n}")
+            ints[k] = int(items[k]) % n
+            continue
+        t = tensors[k]  # (merged, an index past its axis would read another's: checked here)
+        ints[k] = bind(P_WHERE, bind(P_LESS, t, _int_const(0, t)), t + n, t) \
+            if _index_range(t, n, what, "index") < 0 else t
     rest = [k for k in range(x.ndim) if k not in adv]
     if adv + rest != list(range(x.ndim)):
         y = y.transpose(adv + rest)
@@ -444,9 +444,7 @@ def getitem(x: Any, index: Any) -> Tensor:
         array([1., 1., 3.], dtype=float32)
     """
     x = one(x)
-    per_example = _batched_take(x, index)
-    if per_example is None:
-        per_example = _batched_index(x, index)
+    per_example = _batched_index(x, index)
     if per_example is not None:
         return per_example
     idx, advanced = _convert_index(index, x._backend.xp)

@@ -245,7 +245,7 @@ def _prod_partials(m: OnTensors, x: Tensor, axes: tuple | None) -> Tensor:
     keep = tuple(a for a in range(nd) if a not in red)
     n = math.prod(x.shape[a] for a in red)
     if n <= 1:  # one entry (or none): the product of no others is 1
-        return m.apply(P_WHERE, m.apply(P_EQUAL, x, x), m.scalar(1, x), m.scalar(1, x))
+        return m.apply(P_BROADCAST_TO, m.scalar(1, x), shape=tuple(x.shape))
     perm = keep + red
     xt = x if perm == tuple(range(nd)) else m.apply(P_TRANSPOSE, x, axes=perm)
     kshape = tuple(x.shape[a] for a in keep)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backend import Array, ArrayModule, backend_of
+from ..backend import _HALF, Array, ArrayModule, backend_of
 from ..codegen.cuda import cupy_kernel
 from ..codegen.graph import Graph, backward_graph
 from ..codegen.numpy_program import numpy_program, run_numpy
@@ -40,8 +40,6 @@ if TYPE_CHECKING:  # the engine imports this module
     from .engine import Accumulator
 
 __all__ = ["plan", "Plan", "Run", "Gathered", "STATS", "MAX_RUN", "MIN_SMALL_RUN", "MIN_RUN_BY_SIZE"]
-
-_HALF = np.dtype(np.float16)
 
 MAX_RUN = 256  # members per run: bounds the generated program and its compile time
 # Fewest members worth a kernel, by the run's element count: a kernel has a fixed Python cost
