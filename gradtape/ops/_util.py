@@ -34,6 +34,8 @@ def as_int(value: Any, what: str, name: str) -> int:
     """``value`` as a Python int when it is an integer (a Python or NumPy int, a 0-d integer
     array or Tensor), else TypeError naming ``what`` and ``name``: floats and bools are
     refused, as NumPy refuses them (``int(1.7)`` would pick axis 1 silently)."""
+    if type(value) is int:  # (not a bool: its type is bool)
+        return value
     if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__") or \
             getattr(value, "ndim", 0) != 0 or getattr(value, "dtype", np.dtype(int)).kind not in "iu":
         raise TypeError(f"{what}: {name} must be an int, got {value!r}")

@@ -4,6 +4,7 @@ squeeze, split, meshgrid)."""
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -71,6 +72,12 @@ def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
     """An int or a sequence of ints (a tuple, list, 1-D integer array) as a tuple; floats
     and bools are refused with a TypeError naming ``what`` and ``name`` (NumPy refuses them
     too: truncating 1.5 to 1 would give a silently wrong shape)."""
+    if type(value) is tuple:  # the common case, checked without a call per item
+        for v in value:
+            if type(v) is not int:
+                break
+        else:
+            return value
     if _is_int(value):
         return (operator.index(value),)
     try:
@@ -105,7 +112,7 @@ def reshape(x: Any, shape: Any) -> Tensor:
     except ValueError:
         target = None
     if (target is None or any(s < 0 for s in target)
-            or int(np.prod(target, dtype=np.int64)) != x.size):
+            or math.prod(target) != x.size):
         raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
                          f"into shape {shape}")
     if tuple(target) == x.shape:
@@ -154,12 +161,12 @@ def transpose(x: Any, axes: Any = None) -> Tensor:
         axes = tuple(range(x.ndim - 1, -1, -1))
     else:
         given = _ints(axes, "transpose", "axes")
-        if len(given) != x.ndim or any(not -x.ndim <= int(a) < x.ndim for a in given):
-            raise ValueError(f"transpose: axes {given} is not a permutation of the {x.ndim} axes "
-                             f"of a tensor of shape {x.shape}")
-        axes = tuple(int(a) % x.ndim for a in given)
-        if sorted(axes) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {given} is not a permutation of the {x.ndim} axes "
+        nd = x.ndim
+        # (an axis below -nd stays negative and one from nd on stays too large: neither
+        # matches the range)
+        axes = tuple([a + nd if a < 0 else a for a in given])
+        if len(axes) != nd or sorted(axes) != list(range(nd)):
+            raise ValueError(f"transpose: axes {given} is not a permutation of the {nd} axes "
                              f"of a tensor of shape {x.shape}")
     if axes == tuple(range(x.ndim)):
         return _unchanged(x)
@@ -806,7 +813,7 @@ def _repeat_batch(args: tuple, dims: tuple, *, repeats: Any, axis: int | None) -
     d = dims[0] % x.ndim
     if axis is None:
         x = move_axis(x, d, 0)
-        x = reshape(x, (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))))
+        x = reshape(x, (x.shape[0], math.prod(x.shape[1:])))
         return bind(P_REPEAT, x, repeats=repeats, axis=1), 0
     return bind(P_REPEAT, x, repeats=repeats, axis=phys_axis(axis % (x.ndim - 1), d)), d
 

@@ -20,6 +20,7 @@ one example's branch for all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -85,7 +86,7 @@ class Abstract(_NoValue):
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):

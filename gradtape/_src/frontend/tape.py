@@ -9,6 +9,7 @@ the jacobians (which stack rows with gradtape ops, hence its place above the ops
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -545,11 +546,11 @@ def _jacobian_vectorized(tape: GradientTape, target: Tensor, sources: list[Tenso
     xp = target._backend.xp
     tshape = target.shape
     if batch:
-        m = int(np.prod(tshape[1:], dtype=np.int64))
+        m = math.prod(tshape[1:])
         eye = xp.eye(m, dtype=target.dtype).reshape((m, 1) + tshape[1:])
         seed_arr = xp.ascontiguousarray(xp.broadcast_to(eye, (m,) + tshape))
     else:
-        m = int(np.prod(tshape, dtype=np.int64))
+        m = math.prod(tshape)
         seed_arr = xp.eye(m, dtype=target.dtype).reshape((m,) + tshape)
     label = ("tape.batch_jacobian" if batch else "tape.jacobian") + \
         "'s vectorized backward (experimental_use_pfor=True)"
@@ -581,7 +582,7 @@ def _jacobian_rows(tape: GradientTape, target: Tensor, sources: list[Tensor], di
                    batch: bool) -> list[Tensor | None]:
     """Loop over target elements (per example when ``batch``), one reverse pass each."""
     xp = target._backend.xp
-    n_rows = int(np.prod(target.shape[1:] if batch else target.shape, dtype=np.int64))
+    n_rows = math.prod(target.shape[1:] if batch else target.shape)
     per_source: list[list[Tensor | Array | None]] = [[] for _ in sources]
     connected = [False] * len(sources)
     for j in range(n_rows):
