@@ -62,6 +62,8 @@ def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
     """Return ``axis`` as a sorted tuple of non-negative ints (None stays None)."""
     if axis is None:
         return None
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case: one axis in range
+        return (axis % ndim,)
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in axes:
