@@ -163,3 +163,40 @@ def test_binary_cross_entropy_refuses_targets_outside_zero_one():
         gt.nn.binary_cross_entropy(p, gt.tensor([-1.0, 1.0]))
     for t in ([0.0, 1.0], [0.25, 1.0], [0, 1]):
         gt.nn.binary_cross_entropy(p, gt.tensor(t) if isinstance(t[0], float) else t)
+
+
+_IMG = np.random.default_rng(0).random((1, 4, 6, 6))
+_K = np.random.default_rng(1).random((4, 4, 3, 3))
+_KG = np.random.default_rng(2).random((4, 2, 3, 3))
+_SIG = np.random.default_rng(3).random((1, 4, 6))
+_K1 = np.random.default_rng(4).random((4, 4, 3))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: gt.nn.conv2d(_IMG, _K, stride=(1.5, 2)), "conv2d: stride"),
+    (lambda: gt.nn.conv2d(_IMG, _K, padding=(1.7, 0)), "conv2d: padding"),
+    (lambda: gt.nn.conv2d(_IMG, _K, padding=((0.9, 1), (0, 0))), "conv2d: padding"),
+    (lambda: gt.nn.conv2d(_IMG, _K, dilation=(2.5, 1)), "conv2d: dilation"),
+    (lambda: gt.nn.conv2d(_IMG, _KG, groups=2.9), "conv2d: groups"),
+    (lambda: gt.nn.conv2d(_IMG, _K, stride=(True, 1)), "conv2d: stride"),
+    (lambda: gt.nn.conv1d(_SIG, _K1, padding=(1.5, 0)), "conv1d: padding"),
+    (lambda: gt.nn.conv1d(_SIG, _K1, padding=1.5), "conv1d: padding"),
+    (lambda: gt.nn.max_pool2d(_IMG, (2.5, 2)), "max_pool2d: kernel_size"),
+    (lambda: gt.nn.avg_pool2d(_IMG, 2, stride=(1.0, 2)), "avg_pool2d: stride"),
+    (lambda: gt.nn.adaptive_avg_pool2d(_IMG, (1.9, 1)), "adaptive_avg_pool2d: output_size"),
+    (lambda: gt.nn.conv_transpose2d(_IMG, _K, stride=(2.0, 1)), "conv_transpose2d: stride"),
+])
+def test_geometry_arguments_refuse_floats_and_bools_inside_pairs(call, message):
+    # a float inside a pair used to be truncated (stride (1.5, 2) ran as (1, 2), groups 2.9 as
+    # 2) while a scalar float was refused: the geometry changed silently
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        call()
+
+
+def test_geometry_arguments_take_numpy_integers_and_lists():
+    x = gt.tensor(_IMG)
+    out = gt.nn.conv2d(x, _K, stride=(np.int64(1), 2), padding=((0, 1), (np.int32(1), 0)))
+    assert out.shape == (1, 4, 5, 3)
+    assert gt.nn.conv1d(_SIG, _K1, padding=[1, 0]).shape == (1, 4, 5)
+    assert gt.nn.conv2d(x, _KG, groups=np.int64(2)).shape == (1, 4, 4, 4)
+    assert gt.nn.max_pool2d(x, [2, 2]).shape == (1, 4, 3, 3)

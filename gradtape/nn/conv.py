@@ -42,13 +42,26 @@ __all__ = ["conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "
 
 
 # --------------------------------------------------------------------------- arguments
+def _is_int(v: Any) -> bool:
+    """A Python or NumPy integer, not a bool: geometry arguments take nothing else (a float
+    truncated to an int would give a silently different geometry)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _ints2(v: Any) -> tuple[int, int] | None:
+    """``v`` as a pair of ints when it is a sequence of two integers, else None."""
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(_is_int(t) for t in v):
+        return None
+    return int(v[0]), int(v[1])
+
+
 def _pair(v: Any, what: str, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
+    if _is_int(v):
         v = (int(v), int(v))
-    try:
-        a, b = (int(t) for t in v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: {name} must be an int or a pair of ints, got {v!r}") from None
+    ab = _ints2(v)
+    if ab is None:
+        raise ValueError(f"{what}: {name} must be an int or a pair of ints, got {v!r}")
+    a, b = ab
     if a < minimum or b < minimum:
         raise ValueError(f"{what}: {name} must be >= {minimum}, got {v!r}")
     return a, b
@@ -125,7 +138,11 @@ def _padding(padding: Any, kernel: tuple, dilation: tuple, what: str,
         raise ValueError(f"{what}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
             isinstance(p, (tuple, list)) for p in padding):
-        (pt, pb), (pl, pr) = ((int(a), int(b)) for a, b in padding)
+        rows, cols = _ints2(padding[0]), _ints2(padding[1])
+        if rows is None or cols is None:
+            raise ValueError(f"{what}: padding must be an int, a pair, a pair of (before, after) "
+                             f"pairs of ints, 'valid' or 'same', got {padding!r}")
+        (pt, pb), (pl, pr) = rows, cols
     else:
         ph, pw = _pair(padding, what, "padding", 0)
         pt, pb, pl, pr = ph, ph, pw, pw
@@ -1237,6 +1254,8 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
     if w.ndim != 4:
         raise ValueError(f"conv2d: w must be 4-D [out_channels, in_channels // groups, kh, kw], "
                          f"got shape {w.shape}")
+    if not _is_int(groups):
+        raise ValueError(f"conv2d: groups must be an int, got {groups!r}")
     groups = int(groups)
     N, C, H, W = x.shape
     n_out, Cg, kh, kw = w.shape
@@ -1320,7 +1339,7 @@ def _single(v: Any, what: str, name: str, minimum: int) -> int:
     """An int argument of a 1-D op (a 1-tuple is accepted, as PyTorch does)."""
     if isinstance(v, (tuple, list)) and len(v) == 1:
         v = v[0]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+    if not _is_int(v):
         raise ValueError(f"{what}: {name} must be an int, got {v!r}")
     if int(v) < minimum:
         raise ValueError(f"{what}: {name} must be >= {minimum}, got {v!r}")
@@ -1341,12 +1360,15 @@ def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -
         raise ValueError(f"{what}: padding must be an int, a pair (left, right), 'valid' or 'same', "
                          f"got {padding!r}")
     if isinstance(padding, (tuple, list)) and len(padding) == 2:
-        try:
-            left, right = (int(p) for p in padding)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}: padding must be an int, a pair (left, right), 'valid' or "
-                             f"'same', got {padding!r}") from None
+        lr = _ints2(padding)
+        if lr is None:
+            raise ValueError(f"{what}: padding must be an int, a pair (left, right) of ints, "
+                             f"'valid' or 'same', got {padding!r}")
+        left, right = lr
     else:
+        if not isinstance(padding, (tuple, list)) and not _is_int(padding):
+            raise ValueError(f"{what}: padding must be an int, a pair (left, right) of ints, "
+                             f"'valid' or 'same', got {padding!r}")
         left = right = _single(padding, what, "padding", 0)
     if min(left, right) < 0:
         raise ValueError(f"{what}: padding must be >= 0, got {padding!r}")
