@@ -100,9 +100,9 @@ class _World:
         # set by a failed agreement check: the most reductions any rank had started for the
         # abandoned call (a rank re-raising its own error learns it from here)
         self.started_max = 0
-        # the last exception an agreement check raised (a rank's own, or DistributedError):
-        # every rank has been told of it, so DistributedGradientTape.__exit__ does not tell
-        # them again (that would be one check more than the other ranks make)
+        # an exception an agreement check raised whose type takes no attributes (see
+        # _announce); others carry the mark themselves, so no reference keeps them (and the
+        # frames of their traceback, a step's tapes among them) alive
         self.announced: BaseException | None = None
         self.calls = 0  # agreement checks made: a rank that skips a call is told so
         self._f16_op: Any = None
@@ -338,7 +338,7 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
     everyone = world.ctrl.allgather((note, _describe(signature), world.calls, int(started)))
     world.started_max = max(st for *_, st in everyone)
     if failure is not None:
-        world.announced = failure
+        _announce(world, failure)
         raise failure  # this rank's own error; the others raise DistributedError naming it
     failed = [(r, n) for r, (n, *_) in enumerate(everyone) if n is not None]
     if failed:
@@ -358,8 +358,31 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
 
 def _error(world: _World, msg: str) -> DistributedError:
     err = DistributedError(msg)
-    world.announced = err
+    _announce(world, err)
     return err
+
+
+_ANNOUNCED = "_gt_announced_at"
+
+
+def _announce(world: _World, exc: BaseException) -> None:
+    """Mark ``exc`` as told to every rank by the latest agreement check, so that
+    DistributedGradientTape.__exit__ does not tell them again (one check more than the other
+    ranks make). The mark is the check's count, kept on the exception itself: a reference
+    held here would keep its traceback's frames alive, and with them a failed step's tape,
+    whose saved values then cost a copy-on-write copy at the next update (a gt.function step
+    traced then logs one copy more than the trace after it, and runs eagerly on that rank
+    only)."""
+    try:
+        setattr(exc, _ANNOUNCED, world.calls)
+        world.announced = None
+    except (AttributeError, TypeError):  # a type that takes no attributes (__slots__)
+        world.announced = exc
+
+
+def _was_announced(world: _World, exc: BaseException) -> bool:
+    """Whether the latest agreement check raised ``exc`` (see :func:`_announce`)."""
+    return exc is world.announced or getattr(exc, _ANNOUNCED, None) == world.calls
 
 
 def _shape_of(spec: Any) -> Any:
@@ -1026,9 +1049,11 @@ def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int
     after the other ranks are told, so they raise too instead of waiting)."""
     who = "allreduce()"
     world = _world(who)
-    leaves, spec = flatten(tensors)
+    leaves: list[Any] = []
+    spec: Any = None
     bucket = BUCKET_BYTES
     try:  # (a bad argument on one rank is told to the others, which would wait or mis-sum)
+        leaves, spec = flatten(tensors)  # (a dict whose keys do not sort raises)
         _check_op(op, compression, who)
         _check_bucket(bucket_bytes, who)
         bucket = bucket_bytes or BUCKET_BYTES
@@ -1197,8 +1222,17 @@ class DistributedGradientTape:
         if not isinstance(tape, GradientTape):
             raise TypeError(f"gt.distributed.{who}: tape must be a gt.GradientTape, got "
                             f"{type(tape).__name__}")
-        _check_op(op, compression, who)
-        _check_bucket(bucket_bytes, who)
+        # a setting refused on one rank of several is raised by gradient(), where the other
+        # ranks learn of it and raise too (raised here, the others would wait in gradient())
+        self._invalid: Exception | None = None
+        try:
+            _check_op(op, compression, who)
+            _check_bucket(bucket_bytes, who)
+        except ValueError as exc:
+            if _WORLD is None or _WORLD.comm is None:
+                raise
+            self._invalid = exc
+            op, compression, bucket_bytes = "mean", None, None
         self._tape = tape
         self._op, self._compression = op, compression
         self._bucket_bytes = bucket_bytes or BUCKET_BYTES
@@ -1219,11 +1253,14 @@ class DistributedGradientTape:
         # (an exception a check already raised, on every rank: telling the others again would
         # be one check more than they make)
         if exc is not None and isinstance(exc, Exception) and _WORLD is not None \
-                and _WORLD.comm is not None and exc is not _WORLD.announced:
+                and _WORLD.comm is not None and not _was_announced(_WORLD, exc):
             try:
                 _agree(_WORLD, "DistributedGradientTape.gradient()", None, exc)
             except Exception:  # noqa: S110 - _agree re-raises exc: it goes on as it is
                 pass
+            # the re-raise added this frame and _agree's to its traceback; this frame holds
+            # exc, a cycle that would keep the step's tape alive until a garbage collection
+            exc.__traceback__ = tb
 
     def gradient(self, target: Any, sources: Any, output_gradients: Any = None,
                  unconnected_gradients: str = "none") -> Any:
@@ -1249,7 +1286,14 @@ class DistributedGradientTape:
                                     f"or Variable, got {type(s).__name__}")
         except Exception as exc:
             failure = exc
-        kind = _kind("gradient", self._op, self._compression, self._bucket_bytes)
+        traced = tracing()
+        # (overlap too: a rank reducing during its backward, with MPI's non-blocking call,
+        # and one reducing after it, with the blocking one, would never match; a compiled
+        # step always reduces after its backward)
+        kind = _kind("gradient" if traced or not self._overlap else "gradient with overlap",
+                     self._op, self._compression, self._bucket_bytes)
+        if failure is None:
+            failure = self._invalid
         if failure is not None:
             _agree(world, who, (kind, tuple([_spec(s) if isinstance(s, Tensor) else None
                                              for s in leaves])), failure)
@@ -1259,7 +1303,6 @@ class DistributedGradientTape:
             plan = _array_plan([s.data for s in leaves], backends.pop().name, self._bucket_bytes, True)
         else:
             plan = _cached_plan(tuple([_spec(s) for s in leaves]), self._bucket_bytes, True)
-        traced = tracing()
         if not traced:  # (in a gt.function trace the program's step checks, at each call)
             _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
         red = _Reducer(world, plan, self._op, self._compression)
@@ -1379,18 +1422,18 @@ class DistributedOptimizer(Optimizer):
     def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
                stacklevel: int = 3) -> None:
         op, compression, bucket_bytes = self._distributed
-        pairs = list(grads_and_vars)
+        failure: Exception | None = None
+        pairs: list[tuple[Any, Any]] = []
+        try:  # the update's own checks, before the reduction: a pair refused on one rank
+            # is told to the others (which would otherwise update with gradients reduced
+            # without it, or pair this reduction with the refusing rank's next one)
+            given = list(grads_and_vars)
+            self._check_pairs(given, f"{type(self).__name__}.{what}")
+            pairs = [(g, v) for g, v in given]
+        except Exception as exc:
+            failure = exc
         grads = [g if g is None or isinstance(g, Tensor) else _wrap(g, backend_of(g))
                  for g, _ in pairs]
-        failure = None
-        seen: dict[int, int] = {}  # (found before the reduction: told to the other ranks)
-        for i, (_, v) in enumerate(pairs):
-            first = seen.setdefault(id(v), i)
-            if first != i and isinstance(v, Variable):
-                failure = ValueError(f"{type(self).__name__}.{what}: variable "
-                                     f"{v.name or f'#{i}'} is given twice (pairs #{first} and "
-                                     f"#{i}); add its gradients and pass it once")
-                break
         reduced = _allreduce(grads, op, compression, bucket_bytes, failure)
         super()._apply(zip(reduced, [v for _, v in pairs]), what, stacklevel + 1)
 

@@ -884,12 +884,12 @@ class Optimizer:
         """
         self._apply(grads_and_vars, "apply_gradients")
 
-    def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
-               stacklevel: int = 3) -> None:
-        """:meth:`apply_gradients`; ``what`` names the public method in messages and
-        ``stacklevel`` points the None-gradient warning at the user's line."""
-        who = f"{type(self).__name__}.{what}"
-        pairs = []
+    def _check_pairs(self, grads_and_vars: Any, who: str) -> tuple[list[tuple[Array, Variable, int]],
+                                                             list[str], int]:
+        """The checks of :meth:`apply_gradients`, changing nothing: the pairs with a gradient
+        as ``(array, Variable, position)``, the labels of the Variables without one, and the
+        number of pairs; TypeError / ValueError naming the pair that is wrong."""
+        checked: list[tuple[Array, Variable, int]] = []
         n_seen = 0
         no_grad: list[str] = []
         seen: dict[int, int] = {}
@@ -936,12 +936,23 @@ class Optimizer:
             if g.shape != v.shape:
                 raise ValueError(f"{who}: gradient of shape {g.shape} for variable {_label(v, i)} "
                                  f"of shape {v.shape}")
-            if g.dtype != v.dtype:
-                if g.dtype.kind not in "biuf":  # complex (its imaginary part would be dropped),
-                    # strings, objects
-                    raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
-                                    f"{g.dtype}; a real-valued gradient is needed for a "
-                                    f"{v.dtype} variable")
+            if g.dtype != v.dtype and g.dtype.kind not in "biuf":  # complex (its imaginary
+                # part would be dropped), strings, objects
+                raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
+                                f"{g.dtype}; a real-valued gradient is needed for a "
+                                f"{v.dtype} variable")
+            checked.append((g, v, i))
+        return checked, no_grad, n_seen
+
+    def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
+               stacklevel: int = 3) -> None:
+        """:meth:`apply_gradients`; ``what`` names the public method in messages and
+        ``stacklevel`` points the None-gradient warning at the user's line."""
+        who = f"{type(self).__name__}.{what}"
+        checked, no_grad, n_seen = self._check_pairs(grads_and_vars, who)
+        pairs = []
+        for g, v, i in checked:
+            if g.dtype != v.dtype:  # (a real dtype: _check_pairs refused the others)
                 # (inside gt.function one step of the program: checked at each replay)
                 g = opaque(functools.partial(_narrowed, dtype=v.dtype, who=who,
                                              label=_label(v, i), xp=v._backend.xp), g,

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -545,6 +546,61 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
     with gt.GradientTape() as tape:
         s = gt.sum(D.allreduce(v * 3.0, op="sum")) + gt.sum(D.allreduce([None, v])[1])
     assert tape.gradient(s, v).numpy().tolist() == [3.0 * n + 1.0] * 2
+
+    # a compiled step whose first call fails on one rank only, caught and skipped: the later
+    # calls compile and train on both ranks. The failed step's tape was kept alive by the
+    # error (a reference to it, and a cycle through the tape's __exit__), so the next trace
+    # on that rank copied its saved kernel before the update, the trace after it did not,
+    # and that rank alone ran the step eagerly: every later step raised DistributedError
+    kd = gt.Variable(np.zeros((4, 3), np.float32))
+    sgd = gt.optimizers.SGD(0.1)
+
+    @gt.function
+    def ce_step(x, y):
+        with D.DistributedGradientTape(gt.GradientTape()) as tape:
+            loss = gt.nn.cross_entropy(gt.matmul(x, kd), y)
+        sgd.apply_gradients(zip(tape.gradient(loss, [kd]), [kd]))
+        return loss
+
+    rs = np.random.default_rng(r)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(5):
+            x, labels = rs.normal(size=(8, 4)).astype(np.float32), rs.integers(0, 3, 8)
+            if step == 0:
+                labels[0] = 7 if r else labels[0]
+                _expect(lambda x=x, labels=labels: ce_step(gt.tensor(x), gt.tensor(labels)),
+                        ValueError if r else D.DistributedError, "labels must be class indices")
+            else:
+                ce_step(gt.tensor(x), gt.tensor(labels))
+    assert not [w for w in caught if "eagerly" in str(w.message)], [str(w.message) for w in caught]
+    assert ce_step.trace_count == 3, ce_step.trace_count  # the failed call, trace, check; replays
+    np.testing.assert_array_equal(D.allreduce(kd.value(), op="sum").numpy(), 2 * kd.numpy())
+
+    # settings and arguments refused on one rank only are told to the other, which raises
+    # too instead of waiting or pairing this call with the refusing rank's next one
+    wo = gt.Variable(np.ones(3, np.float32))
+
+    def grad_with(**settings):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(wo * wo)
+        return D.DistributedGradientTape(tape, **settings).gradient(loss, [wo])
+
+    _expect(lambda: grad_with(overlap=r == 0), D.DistributedError, "do not agree")  # (it hung)
+    _expect(lambda: grad_with(op="max" if r else "mean"), ValueError if r else D.DistributedError,
+            "op must be 'mean' or 'sum'")  # (the constructor raised on rank 1 alone)
+    t1 = gt.tensor([1.0])
+    _expect(lambda: D.allreduce({"a": t1, 1: t1} if r else {"a": t1, "b": t1}),
+            TypeError if r else D.DistributedError, "keys that sort")
+    dopt = D.DistributedOptimizer(gt.optimizers.SGD(1.0), op="sum")
+    _expect(lambda: dopt.apply_gradients([([1.0, 1.0, 1.0] if r else gt.tensor(np.ones(3, np.float32)),
+                                            wo)]),
+            TypeError if r else D.DistributedError, "must be a Tensor or a backend array")
+    wi = gt.Variable(np.ones(3, np.int32 if r else np.float32))
+    _expect(lambda: dopt.apply_gradients([(gt.tensor(np.ones(3, np.float32)), wi)]),
+            TypeError if r else D.DistributedError, "only floating-point variables")
+    assert wo.numpy().tolist() == [1.0] * 3 and wi.numpy().tolist() == [1] * 3  # no update
+    assert grad_with()[0].numpy().tolist() == [2.0] * 3
     print(f"rank {r}: all checks passed", flush=True)
 
 
