@@ -100,9 +100,9 @@ class _World:
         # set by a failed agreement check: the most reductions any rank had started for the
         # abandoned call (a rank re-raising its own error learns it from here)
         self.started_max = 0
-        # an exception an agreement check raised whose type takes no attributes (see
-        # _announce); others carry the mark themselves, so no reference keeps them (and the
-        # frames of their traceback, a step's tapes among them) alive
+        # an exception an agreement check raised whose type refuses new attributes (its
+        # __setattr__; see _announce); others carry the mark themselves, so no reference
+        # keeps them (and the frames of their traceback, a step's tapes among them) alive
         self.announced: BaseException | None = None
         self.calls = 0  # agreement checks made: a rank that skips a call is told so
         self._f16_op: Any = None
@@ -376,7 +376,7 @@ def _announce(world: _World, exc: BaseException) -> None:
     try:
         setattr(exc, _ANNOUNCED, world.calls)
         world.announced = None
-    except (AttributeError, TypeError):  # a type that takes no attributes (__slots__)
+    except (AttributeError, TypeError):  # a type whose __setattr__ refuses
         world.announced = exc
 
 
@@ -1229,7 +1229,7 @@ class DistributedGradientTape:
             _check_op(op, compression, who)
             _check_bucket(bucket_bytes, who)
         except ValueError as exc:
-            if _WORLD is None or _WORLD.comm is None:
+            if _WORLD is None or _WORLD.size < 2:
                 raise
             self._invalid = exc
             op, compression, bucket_bytes = "mean", None, None
@@ -1427,7 +1427,10 @@ class DistributedOptimizer(Optimizer):
         try:  # the update's own checks, before the reduction: a pair refused on one rank
             # is told to the others (which would otherwise update with gradients reduced
             # without it, or pair this reduction with the refusing rank's next one)
-            given = list(grads_and_vars)
+            given: Any = grads_and_vars
+            if given is not None and hasattr(given, "__iter__") and not isinstance(
+                    given, (str, bytes, Tensor)):
+                given = list(given)  # (anything else: the checks name what came)
             self._check_pairs(given, f"{type(self).__name__}.{what}")
             pairs = [(g, v) for g, v in given]
         except Exception as exc:

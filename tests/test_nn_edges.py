@@ -194,9 +194,16 @@ def test_geometry_arguments_refuse_floats_and_bools_inside_pairs(call, message):
 
 
 def test_geometry_arguments_take_numpy_integers_and_lists():
-    x = gt.tensor(_IMG)
-    out = gt.nn.conv2d(x, _K, stride=(np.int64(1), 2), padding=((0, 1), (np.int32(1), 0)))
+    x, k, kg = gt.tensor(_IMG), gt.tensor(_K), gt.tensor(_KG)
+    out = gt.nn.conv2d(x, k, stride=(np.int64(1), 2), padding=((0, 1), (np.int32(1), 0)))
     assert out.shape == (1, 4, 5, 3)
-    assert gt.nn.conv1d(_SIG, _K1, padding=[1, 0]).shape == (1, 4, 5)
-    assert gt.nn.conv2d(x, _KG, groups=np.int64(2)).shape == (1, 4, 4, 4)
+    assert gt.nn.conv1d(gt.tensor(_SIG), gt.tensor(_K1), padding=[1, 0]).shape == (1, 4, 5)
+    assert gt.nn.conv2d(x, kg, groups=np.int64(2)).shape == (1, 4, 4, 4)
     assert gt.nn.max_pool2d(x, [2, 2]).shape == (1, 4, 3, 3)
+    # integer arrays and 0-d integer tensors, as before (only floats and bools are refused)
+    assert gt.nn.conv2d(x, k, stride=np.array([1, 2])).shape == (1, 4, 4, 2)
+    assert gt.nn.conv2d(x, k, stride=(np.array(1), gt.tensor(2))).shape == (1, 4, 4, 2)
+    assert gt.nn.conv2d(x, kg, groups=gt.tensor(2)).shape == (1, 4, 4, 4)
+    assert gt.nn.adaptive_avg_pool2d(x, np.array([2, 3])).shape == (1, 4, 2, 3)
+    with pytest.raises(ValueError, match="stride"):
+        gt.nn.conv2d(x, k, stride=np.array([1.5, 2.0]))

@@ -32,7 +32,7 @@ from .._src.frontend.per_example import CONV_WEIGHT_GRADS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ..ops._util import batch_size, move_axis, one, pair, phys_axis
+from ..ops._util import as_int, batch_size, move_axis, one, pair, phys_axis
 from ..ops.elementwise import P_SAFE_MUL
 from ..ops.linalg import matmul_impl
 from ..ops.reductions import P_SUM
@@ -43,22 +43,29 @@ __all__ = ["conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "
 
 # --------------------------------------------------------------------------- arguments
 def _is_int(v: Any) -> bool:
-    """A Python or NumPy integer, not a bool: geometry arguments take nothing else (a float
-    truncated to an int would give a silently different geometry)."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    """An integer (Python or NumPy, a 0-d integer array or Tensor), not a bool or a float:
+    geometry arguments take nothing else (a float truncated to an int would give a silently
+    different geometry)."""
+    try:
+        as_int(v, "", "")
+    except TypeError:
+        return False
+    return True
 
 
 def _ints2(v: Any) -> tuple[int, int] | None:
-    """``v`` as a pair of ints when it is a sequence of two integers, else None."""
-    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(_is_int(t) for t in v):
+    """``v`` as a pair of ints when it holds two integers (a tuple, list or 1-D integer
+    array), else None."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") or getattr(v, "ndim", 1) != 1:
         return None
-    return int(v[0]), int(v[1])
+    items = list(v)
+    if len(items) != 2 or not all(_is_int(t) for t in items):
+        return None
+    return as_int(items[0], "", ""), as_int(items[1], "", "")
 
 
 def _pair(v: Any, what: str, name: str, minimum: int) -> tuple[int, int]:
-    if _is_int(v):
-        v = (int(v), int(v))
-    ab = _ints2(v)
+    ab = (as_int(v, "", ""),) * 2 if _is_int(v) else _ints2(v)
     if ab is None:
         raise ValueError(f"{what}: {name} must be an int or a pair of ints, got {v!r}")
     a, b = ab
@@ -1256,7 +1263,7 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
                          f"got shape {w.shape}")
     if not _is_int(groups):
         raise ValueError(f"conv2d: groups must be an int, got {groups!r}")
-    groups = int(groups)
+    groups = as_int(groups, "", "")
     N, C, H, W = x.shape
     n_out, Cg, kh, kw = w.shape
     if groups < 1 or C % groups or n_out % groups:
@@ -1341,9 +1348,9 @@ def _single(v: Any, what: str, name: str, minimum: int) -> int:
         v = v[0]
     if not _is_int(v):
         raise ValueError(f"{what}: {name} must be an int, got {v!r}")
-    if int(v) < minimum:
+    if as_int(v, "", "") < minimum:
         raise ValueError(f"{what}: {name} must be >= {minimum}, got {v!r}")
-    return int(v)
+    return as_int(v, "", "")
 
 
 def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -> tuple[int, int]:
