@@ -2143,3 +2143,44 @@ def test_a_step_setting_a_flag_at_every_call_still_never_replays_a_stale_value()
         outs = [float(f(x)) / base for _ in range(6)]
     np.testing.assert_allclose(outs, [1.0, 2.0, 2.0, 2.0, 3.0, 3.0], rtol=1e-6)
     assert any("two traces of the step differ" in str(m_.message) for m_ in w)
+
+
+def test_a_kept_exception_of_a_failed_trace_does_not_stop_compiling():
+    # the first call raises inside the tape after the forward read the kernel; the caller keeps
+    # the exception, whose traceback keeps the failed trace's tape (and the kernel's value it
+    # saved) alive. The next trace copied that value before the update as a step of its
+    # program, the one after did not, and the step ran eagerly for good
+    k = gt.Variable(np.zeros((4, 3), np.float32))
+    opt = gt.optimizers.SGD(0.1)
+
+    def step(x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(gt.matmul(x, k), y)
+        opt.apply_gradients(zip(tape.gradient(loss, [k]), [k]))
+        return loss
+
+    f = gt.function(step)
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(5)]
+    bad = batches[0][1].copy()
+    bad[0] = 7
+    kept = []
+    try:
+        f(gt.tensor(batches[0][0]), gt.tensor(bad))
+    except ValueError as e:
+        kept.append(e)
+    assert kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "runs eagerly"
+        losses = [float(f(gt.tensor(x), gt.tensor(y)).numpy()) for x, y in batches[1:]]
+    assert f.trace_count == 3  # the failed call, a trace, its check; then replays
+    k2 = gt.Variable(np.zeros((4, 3), np.float32))
+    opt2 = gt.optimizers.SGD(0.1)
+    eager = []
+    for x, y in batches[1:]:
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(gt.matmul(gt.tensor(x), k2), gt.tensor(y))
+        opt2.apply_gradients(zip(tape.gradient(loss, [k2]), [k2]))
+        eager.append(float(loss.numpy()))
+    assert losses == eager
+    np.testing.assert_array_equal(k.numpy(), k2.numpy())

@@ -509,13 +509,21 @@ class Variable(Tensor):
         snaps = self._snapshots
         if snaps:
             old = None
+            tr = STATE.trace  # gt.function: the copy is a step of the program
             for ref in snaps:
                 t = ref()
-                if t is not None:
-                    if old is None:
-                        tr = STATE.trace  # gt.function: the copy is a step of the program
-                        old = self.data.copy() if tr is None else tr.call(np.copy, (self.data,), {})
-                    t.data = old
+                if t is None:
+                    continue
+                d = t.data
+                if tr is not None and getattr(d, "_gt_traced", False) and d.tr is not tr:
+                    # a tape of an earlier trace, alive past it (a failed step's, kept by its
+                    # exception): its value copied now, not as a step of this program, whose
+                    # next trace would then log one copy less and differ from this one
+                    t.data = d.a.copy()
+                    continue
+                if old is None:
+                    old = self.data.copy() if tr is None else tr.call(np.copy, (self.data,), {})
+                t.data = old
             snaps.clear()
 
     def _write(self, fn: Any, arr: Array, what: str) -> Variable:
