@@ -207,3 +207,8 @@ def test_geometry_arguments_take_numpy_integers_and_lists():
     assert gt.nn.adaptive_avg_pool2d(x, np.array([2, 3])).shape == (1, 4, 2, 3)
     with pytest.raises(ValueError, match="stride"):
         gt.nn.conv2d(x, k, stride=np.array([1.5, 2.0]))
+
+
+def test_conv1d_padding_of_three_entries_names_every_accepted_form():
+    with pytest.raises(ValueError, match=r"a pair \(left, right\) of ints, 'valid' or 'same'"):
+        gt.nn.conv1d(gt.tensor(_SIG), gt.tensor(_K1), padding=(1, 2, 3))

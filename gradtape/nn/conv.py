@@ -1373,7 +1373,7 @@ def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -
                              f"'valid' or 'same', got {padding!r}")
         left, right = lr
     else:
-        if not isinstance(padding, (tuple, list)) and not _is_int(padding):
+        if not (isinstance(padding, (tuple, list)) and len(padding) == 1) and not _is_int(padding):
             raise ValueError(f"{what}: padding must be an int, a pair (left, right) of ints, "
                              f"'valid' or 'same', got {padding!r}")
         left = right = _single(padding, what, "padding", 0)

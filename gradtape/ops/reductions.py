@@ -350,10 +350,20 @@ def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
                          f"{axes} (the result has no identity)")
 
 
-P_MAX = primitive("max", lambda xp, x, *, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
+def _extreme_impl(uf: np.ufunc, name: str) -> Any:
+    """max / min: on the host the ufunc's reduce, which ``np.max`` / ``np.min`` call (the
+    same result) after 1-2 us of Python-level argument handling; a device's own function."""
+    def impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
+        if xp is np:
+            return uf.reduce(x, axis=axis, keepdims=keepdims)
+        return getattr(xp, name)(x, axis=axis, keepdims=keepdims)
+    return impl
+
+
+P_MAX = primitive("max", _extreme_impl(np.maximum, "max"),
                   rule=_extreme_rule, jvp=_extreme_jvp, saves_output=True, masks=True,
                   examples=_axis_examples("max", _distinct), batch=_reduction_batch("max"))
-P_MIN = primitive("min", lambda xp, x, *, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
+P_MIN = primitive("min", _extreme_impl(np.minimum, "min"),
                   rule=_extreme_rule, jvp=_extreme_jvp, saves_output=True, masks=True,
                   examples=_axis_examples("min", _distinct), batch=_reduction_batch("min"))
 
