@@ -369,10 +369,8 @@ def _announce(world: _World, exc: BaseException) -> None:
     """Mark ``exc`` as told to every rank by the latest agreement check, so that
     DistributedGradientTape.__exit__ does not tell them again (one check more than the other
     ranks make). The mark is the check's count, kept on the exception itself: a reference
-    held here would keep its traceback's frames alive, and with them a failed step's tape,
-    whose saved values then cost a copy-on-write copy at the next update (a gt.function step
-    traced then logs one copy more than the trace after it, and runs eagerly on that rank
-    only)."""
+    held here would keep its traceback's frames alive until the next failure, and with them
+    a failed step's tape and every array it saved."""
     try:
         setattr(exc, _ANNOUNCED, world.calls)
         world.announced = None
@@ -1259,7 +1257,8 @@ class DistributedGradientTape:
             except Exception:  # noqa: S110 - _agree re-raises exc: it goes on as it is
                 pass
             # the re-raise added this frame and _agree's to its traceback; this frame holds
-            # exc, a cycle that would keep the step's tape alive until a garbage collection
+            # exc, a cycle that would keep the step's tape and its arrays alive until a
+            # garbage collection
             exc.__traceback__ = tb
 
     def gradient(self, target: Any, sources: Any, output_gradients: Any = None,

@@ -32,7 +32,7 @@ from .._src.frontend.per_example import CONV_WEIGHT_GRADS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
-from ..ops._util import as_int, batch_size, move_axis, one, pair, phys_axis
+from ..ops._util import as_int, batch_size, is_int, move_axis, one, pair, phys_axis
 from ..ops.elementwise import P_SAFE_MUL
 from ..ops.linalg import matmul_impl
 from ..ops.reductions import P_SUM
@@ -42,30 +42,20 @@ __all__ = ["conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "
 
 
 # --------------------------------------------------------------------------- arguments
-def _is_int(v: Any) -> bool:
-    """An integer (Python or NumPy, a 0-d integer array or Tensor), not a bool or a float:
-    geometry arguments take nothing else (a float truncated to an int would give a silently
-    different geometry)."""
-    try:
-        as_int(v, "", "")
-    except TypeError:
-        return False
-    return True
-
-
 def _ints2(v: Any) -> tuple[int, int] | None:
     """``v`` as a pair of ints when it holds two integers (a tuple, list or 1-D integer
-    array), else None."""
+    array), else None: geometry arguments take nothing else (a float truncated to an int
+    would give a silently different geometry)."""
     if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") or getattr(v, "ndim", 1) != 1:
         return None
     items = list(v)
-    if len(items) != 2 or not all(_is_int(t) for t in items):
+    if len(items) != 2 or not all(is_int(t) for t in items):
         return None
     return as_int(items[0], "", ""), as_int(items[1], "", "")
 
 
 def _pair(v: Any, what: str, name: str, minimum: int) -> tuple[int, int]:
-    ab = (as_int(v, "", ""),) * 2 if _is_int(v) else _ints2(v)
+    ab = (as_int(v, "", ""),) * 2 if is_int(v) else _ints2(v)
     if ab is None:
         raise ValueError(f"{what}: {name} must be an int or a pair of ints, got {v!r}")
     a, b = ab
@@ -1261,7 +1251,7 @@ def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dil
     if w.ndim != 4:
         raise ValueError(f"conv2d: w must be 4-D [out_channels, in_channels // groups, kh, kw], "
                          f"got shape {w.shape}")
-    if not _is_int(groups):
+    if not is_int(groups):
         raise ValueError(f"conv2d: groups must be an int, got {groups!r}")
     groups = as_int(groups, "", "")
     N, C, H, W = x.shape
@@ -1346,11 +1336,12 @@ def _single(v: Any, what: str, name: str, minimum: int) -> int:
     """An int argument of a 1-D op (a 1-tuple is accepted, as PyTorch does)."""
     if isinstance(v, (tuple, list)) and len(v) == 1:
         v = v[0]
-    if not _is_int(v):
+    if not is_int(v):  # (a float or a bool: never truncated)
         raise ValueError(f"{what}: {name} must be an int, got {v!r}")
-    if as_int(v, "", "") < minimum:
+    n = as_int(v, "", "")
+    if n < minimum:
         raise ValueError(f"{what}: {name} must be >= {minimum}, got {v!r}")
-    return as_int(v, "", "")
+    return n
 
 
 def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -> tuple[int, int]:
@@ -1373,7 +1364,7 @@ def _padding1(padding: Any, k: int, d: int, what: str, n: int = 0, s: int = 1) -
                              f"'valid' or 'same', got {padding!r}")
         left, right = lr
     else:
-        if not (isinstance(padding, (tuple, list)) and len(padding) == 1) and not _is_int(padding):
+        if not (isinstance(padding, (tuple, list)) and len(padding) == 1) and not is_int(padding):
             raise ValueError(f"{what}: padding must be an int, a pair (left, right) of ints, "
                              f"'valid' or 'same', got {padding!r}")
         left = right = _single(padding, what, "padding", 0)

@@ -42,6 +42,15 @@ def as_int(value: Any, what: str, name: str) -> int:
     return operator.index(value)
 
 
+def is_int(value: Any) -> bool:
+    """Whether :func:`as_int` takes ``value`` (an integer, not a bool or a float)."""
+    try:
+        as_int(value, "", "")
+    except TypeError:
+        return False
+    return True
+
+
 def as_real(value: Any, what: str, name: str) -> int | float:
     """A finite real number (a Python or NumPy int or float, or a 0-d Tensor of one; not a
     bool or string) as a Python int or float, else TypeError / ValueError naming ``what`` and

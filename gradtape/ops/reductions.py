@@ -287,16 +287,20 @@ def _prod_examples(rng: Any) -> list:
     ]
 
 
-def _prod_impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
-    if xp is np:  # the ufunc's reduce itself: a RuntimeWarning (overflow) is then gradtape's,
-        # which its warnings filter silences as for every op (np.prod's comes from NumPy's
-        # Python-level fromnumeric, and reached the user)
-        mul: Any = np.multiply
-        return mul.reduce(x, axis=axis, keepdims=keepdims)
-    return xp.prod(x, axis=axis, keepdims=keepdims)
+def _reduce_impl(uf: np.ufunc, name: str) -> Any:
+    """prod / max / min: on the host the ufunc's reduce itself, which ``np.prod`` /
+    ``np.max`` / ``np.min`` call after 1-2 us of NumPy's Python-level argument handling (the
+    same result; and a RuntimeWarning, prod's overflow, is then gradtape's, which its warnings
+    filter silences as for every op, where np.prod's reached the user); a device's own
+    function."""
+    def impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
+        if xp is np:
+            return uf.reduce(x, axis=axis, keepdims=keepdims)
+        return getattr(xp, name)(x, axis=axis, keepdims=keepdims)
+    return impl
 
 
-P_PROD = primitive("prod", _prod_impl,
+P_PROD = primitive("prod", _reduce_impl(np.multiply, "prod"),
                    rule=_prod_rule, jvp=_prod_jvp, examples=_prod_examples,
                    batch=_reduction_batch("prod"))
 
@@ -350,20 +354,10 @@ def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:
                          f"{axes} (the result has no identity)")
 
 
-def _extreme_impl(uf: np.ufunc, name: str) -> Any:
-    """max / min: on the host the ufunc's reduce, which ``np.max`` / ``np.min`` call (the
-    same result) after 1-2 us of Python-level argument handling; a device's own function."""
-    def impl(xp: Any, x: Any, *, axis: Any, keepdims: bool) -> Any:
-        if xp is np:
-            return uf.reduce(x, axis=axis, keepdims=keepdims)
-        return getattr(xp, name)(x, axis=axis, keepdims=keepdims)
-    return impl
-
-
-P_MAX = primitive("max", _extreme_impl(np.maximum, "max"),
+P_MAX = primitive("max", _reduce_impl(np.maximum, "max"),
                   rule=_extreme_rule, jvp=_extreme_jvp, saves_output=True, masks=True,
                   examples=_axis_examples("max", _distinct), batch=_reduction_batch("max"))
-P_MIN = primitive("min", _extreme_impl(np.minimum, "min"),
+P_MIN = primitive("min", _reduce_impl(np.minimum, "min"),
                   rule=_extreme_rule, jvp=_extreme_jvp, saves_output=True, masks=True,
                   examples=_axis_examples("min", _distinct), batch=_reduction_batch("min"))
 

@@ -14,7 +14,7 @@ from .._src.autodiff.record import Record
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, broadcasts_to, check_dtype
-from ._util import as_int, batch_size, logical_axes, move_axis, normalize_axis, one, phys_axis
+from ._util import as_int, batch_size, is_int, logical_axes, move_axis, normalize_axis, one, phys_axis
 from .indexing import P_SCATTER, getitem
 
 __all__ = ["reshape", "transpose", "broadcast_to", "moveaxis", "swapaxes", "expand_dims",
@@ -78,23 +78,15 @@ def _ints(value: Any, what: str, name: str) -> tuple[int, ...]:
                 break
         else:
             return value
-    if _is_int(value):
+    if is_int(value):
         return (operator.index(value),)
     try:
         items = tuple(value)
     except TypeError:
         items = None
-    if items is None or not all(_is_int(v) for v in items):
+    if items is None or not all(is_int(v) for v in items):
         raise TypeError(f"{what}: {name} must be an int or a sequence of ints, got {value!r}")
     return tuple(operator.index(v) for v in items)
-
-
-def _is_int(v: Any) -> bool:
-    try:
-        as_int(v, "", "")
-    except TypeError:
-        return False
-    return True
 
 
 def reshape(x: Any, shape: Any) -> Tensor:
@@ -506,7 +498,7 @@ def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
         raise ValueError("split: cannot split a 0-d tensor")
     ax = _axis(axis, x.ndim, "split")
     n = x.shape[ax]
-    if _is_int(indices_or_sections):
+    if is_int(indices_or_sections):
         k = operator.index(indices_or_sections)
         if k <= 0:
             raise ValueError(f"split: the number of sections must be at least 1, got {k}")
