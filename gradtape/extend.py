@@ -131,13 +131,13 @@ def fusion_stats(reset: bool = False) -> dict[str, Any]:
 
 # keyword of cpu_thresholds -> the attribute of the CPU pool module that holds it
 _THRESHOLDS = {"threads": "THREADS", "chunk": "CHUNK", "min_size": "MIN_SIZE",
-               "cheap_min_size": "CHEAP_MIN_SIZE"}
+               "cheap_min_size": "CHEAP_MIN_SIZE", "cache_budget": "CACHE_BUDGET"}
 
 
 @contextlib.contextmanager
 def cpu_thresholds(*, threads: int | None = None, chunk: int | None = None,
-                   min_size: int | None = None, cheap_min_size: int | None = None
-                   ) -> Iterator[dict[str, int]]:
+                   min_size: int | None = None, cheap_min_size: int | None = None,
+                   cache_budget: int | None = None) -> Iterator[dict[str, int]]:
     """Set the sizes that decide when NumPy work is split over the CPU thread pool, for the
     ``with`` block; the previous values come back on exit (also on an error).
 
@@ -146,7 +146,12 @@ def cpu_thresholds(*, threads: int | None = None, chunk: int | None = None,
     memory-bound ufuncs such as ``add``) and more than one ``chunk`` is computed in chunks of
     ``chunk`` elements on up to ``threads`` threads (the calling thread is one of them), with
     a result bit-identical to the single call. ``threads`` also bounds the threads of a fused
-    backward kernel. ``threads=1`` turns threading off. The defaults suit the machine (see
+    backward kernel. ``threads=1`` turns threading off. A fused kernel (the fused backward, a
+    ``gt.function``'s fused elementwise runs) on one thread runs in blocks whose slices of all
+    its buffers fit ``cache_budget`` bytes; by default that budget is measured once per process
+    at first use (half the L2 cache, or 4 MiB where that runs a test chain faster), or read
+    from ``GRADTAPE_CACHE_BUDGET``. A ``gt.function`` fixes its blocks when it traces. The
+    values are the same for every setting; only the time changes. The defaults suit the machine (see
     ``benchmarks/RESULTS.md``); lower them to exercise the threaded path on small arrays (an
     extension's tests), raise ``min_size`` to keep a forward on one thread.
 
@@ -159,13 +164,14 @@ def cpu_thresholds(*, threads: int | None = None, chunk: int | None = None,
         chunk: elements per chunk of the threaded forward, >= 1.
         min_size: output elements from which an elementwise forward is threaded, >= 1.
         cheap_min_size: the same, for primitives declared ``cheap``, >= 1.
+        cache_budget: bytes one block of a fused kernel on one thread may touch, >= 1.
 
     Yields:
         The values in effect inside the block: ``{"threads", "chunk", "min_size",
-        "cheap_min_size"}`` (arguments left at None keep their current value), and ``"block"``,
-        the largest block of a fused backward kernel in elements (fixed: not set here; a
-        kernel that runs on one thread takes smaller blocks when its buffers' slices would
-        not fit half the L2 cache).
+        "cheap_min_size", "cache_budget"}`` (arguments left at None keep their current
+        value), and ``"block"``, the largest block of a fused kernel in elements (fixed: not
+        set here; a kernel on one thread takes smaller blocks when its buffers' slices would
+        not fit ``cache_budget``).
 
     Raises:
         TypeError: a value is not an int.
@@ -181,10 +187,11 @@ def cpu_thresholds(*, threads: int | None = None, chunk: int | None = None,
         4096
     """
     given = {"threads": threads, "chunk": chunk, "min_size": min_size,
-             "cheap_min_size": cheap_min_size}
+             "cheap_min_size": cheap_min_size, "cache_budget": cache_budget}
     for key, value in given.items():
         if value is not None:
             _check_count(f"cpu_thresholds: {key}", value, 1)
+    _pool.cache_budget()  # (measured now if not yet: the value saved and yielded is the real one)
     saved = {key: getattr(_pool, attr) for key, attr in _THRESHOLDS.items()}
     try:
         for key, value in given.items():

@@ -490,3 +490,52 @@ def test_fusion_thresholds_reject_bad_values(kwargs, error, match):
         pytest.fail("the block must not run")  # pragma: no cover
     with extend.fusion_thresholds() as now:
         assert now == before  # nothing was changed
+
+
+def test_cache_budget_sizes_blocks_and_never_changes_values(backend):
+    """``extend.cpu_thresholds(cache_budget=...)``: a fused kernel on one thread runs in blocks
+    whose slices fit the budget (from 8192 elements up to ``block``); the smallest and the
+    largest budget give bit-identical gradients, eagerly and from a ``gt.function``'s fused
+    runs, and the previous budget comes back on exit."""
+    rng = np.random.default_rng(11)
+    x0 = rng.uniform(-1, 1, (300, 700)).astype("float32")
+    b0 = rng.uniform(0.5, 1, (700,)).astype("float32")
+
+    def step(x, b):
+        with gt.GradientTape() as tape:
+            tape.watch([x, b])
+            h = gt.tanh(x * b + 1.0)
+            y = gt.sum(h * h * x - gt.exp(-h) * b)
+        return tape.gradient(y, [x, b])
+
+    with extend.cpu_thresholds() as before:
+        pass
+    results = {}
+    for budget in (1, 1 << 30):
+        with extend.cpu_thresholds(threads=1, cache_budget=budget) as t:
+            assert t["cache_budget"] == budget and t["block"] >= 8192
+            x, b = gt.tensor(x0), gt.tensor(b0)
+            eager = [g.numpy() for g in step(x, b)]
+            f = gt.function(step)
+            f(x, b)
+            compiled = [g.numpy() for g in f(x, b)]
+        results[budget] = eager + compiled
+    with extend.cpu_thresholds() as after:
+        assert after["cache_budget"] == before["cache_budget"]
+    for small, large in zip(results[1], results[1 << 30]):
+        assert small.dtype == large.dtype and np.array_equal(small, large)
+    ref = step(gt.tensor(x0.astype("float64")), gt.tensor(b0.astype("float64")))
+    for got, want in zip(results[1][:2], ref):
+        np.testing.assert_allclose(got, want.numpy(), rtol=2e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                          ("4096", TypeError)])
+def test_cache_budget_rejects_non_positive_and_non_int_values(value, error):
+    with extend.cpu_thresholds() as before:
+        pass
+    with pytest.raises(error, match="cache_budget"):
+        with extend.cpu_thresholds(cache_budget=value):
+            pass
+    with extend.cpu_thresholds() as after:
+        assert after["cache_budget"] == before["cache_budget"]

@@ -156,3 +156,28 @@ def test_a_misspelt_setting_raises_instead_of_being_ignored():
                                              "settings are fusion, check_numerics"):
         gt.config.check_numeric = True
     assert gt.config.check_numerics is False
+
+
+def _cache_budget_under(value: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in VARS}
+    env.update(PYTHONPATH=str(ROOT), GRADTAPE_CACHE_BUDGET=value)
+    probe = ("from gradtape import extend\n"
+             "with extend.cpu_thresholds() as t:\n    print(t['cache_budget'])")
+    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=str(ROOT))
+
+
+def test_cache_budget_environment_fixes_the_fused_kernels_budget():
+    res = _cache_budget_under(" 65536 ")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "65536"
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-4", "1.5"])
+def test_invalid_cache_budget_environment_fails_import_naming_the_variable(value):
+    res = _cache_budget_under(value)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ValueError: environment variable GRADTAPE_CACHE_BUDGET={value!r}"), \
+        res.stderr
+    assert "number of bytes >= 1" in last

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["THREADS", "BLOCK", "BLOCKS_PER_THREAD", "CHUNK", "MIN_SIZE", "CHEAP_MIN_SIZE", "CACHE_BUDGET", "block_size",
-           "thread_pool", "in_worker"]
+__all__ = ["THREADS", "BLOCK", "BLOCKS_PER_THREAD", "CHUNK", "MIN_SIZE", "CHEAP_MIN_SIZE", "CACHE_BUDGET",
+           "L2_BUDGET", "LARGE_BUDGET", "cache_budget", "block_size", "thread_pool", "in_worker"]
 
 
 def _usable_cpus() -> int:
@@ -67,31 +68,124 @@ def _l2_bytes() -> int | None:
     return None
 
 
-# Bytes one block of a blocked program may touch (all its inputs', outputs' and scratch
-# buffers' slices together): half the L2 cache, so a block's buffers stay in it from one ufunc
-# call to the next (1 MB where the L2 size is unknown). A chain of 10 ufuncs over 14 float32
-# buffers of 131K elements ran 1.5-1.8x faster in blocks of 16K elements (0.9 MB) than of 64K
-# (3.6 MB, past a 2 MB L2); with 4 buffers 64K blocks (1 MB) stayed the fastest.
-CACHE_BUDGET = min(max((_l2_bytes() or 2 << 20) // 2, 256 << 10), 4 << 20)
+# Bytes one block of a blocked program may touch (all its inputs', outputs' and scratch buffers'
+# slices together), one of two: half the L2 cache (1 MB where its size is unknown), or
+# LARGE_BUDGET. Which one runs faster is a property of the CPU, not of the program, so it is
+# measured once per process (:func:`cache_budget`). A chain of 10 ufuncs over 14 float32
+# buffers of 2^17 elements (a compiled HVP step's fused runs): on a Xeon with 2 MB L2 per core
+# and a slow shared L3, blocks sized to half the L2 (16K elements) ran 1.4x faster than 64K;
+# on an AMD EPYC with 1 MB L2 and a fast L3, 64K blocks ran 1.4x faster than 8K (its half-L2
+# size: each of its 160 ufunc calls then costs more than its cache misses would).
+L2_BUDGET = min(max((_l2_bytes() or 2 << 20) // 2, 256 << 10), 4 << 20)
+LARGE_BUDGET = 4 << 20
 # Fewest elements per block: below this a ufunc call's fixed cost (about 1.5 us) outweighs
 # what the cache saves (blocks of 4K elements were slower than 16K for every program tried).
 MIN_BLOCK = 1 << 13
+# The larger budget is taken when its blocks run the calibration chain in at most this share
+# of the time the L2-sized blocks take (a tie keeps the L2 rule).
+_CALIBRATION_MARGIN = 0.92
+
+
+def _env_budget() -> int:
+    """``GRADTAPE_CACHE_BUDGET`` in bytes, 0 when unset or empty; anything but an int >= 1
+    raises ValueError naming the variable (at ``import gradtape``)."""
+    text = os.environ.get("GRADTAPE_CACHE_BUDGET", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"environment variable GRADTAPE_CACHE_BUDGET={text!r}: expected a "
+                         "number of bytes >= 1, or empty for the budget measured at first use")
+    return value
+
+
+# The budget in effect: 0 until :func:`cache_budget` measures it, or as set by
+# ``GRADTAPE_CACHE_BUDGET`` (bytes) or ``extend.cpu_thresholds(cache_budget=...)``.
+CACHE_BUDGET = _env_budget()
+
+
+def _blocks_for(budget: int, n_buffers: int, itemsize: int) -> int:
+    fit = budget // max(1, n_buffers * itemsize)
+    size = BLOCK
+    while size > MIN_BLOCK and size > fit:
+        size >>= 1
+    return size
+
+
+def _calibrate() -> int:
+    """The faster of :data:`L2_BUDGET` and :data:`LARGE_BUDGET` on this CPU: a 10-ufunc chain
+    over 14 float32 buffers of 2^17 elements run in each budget's blocks, alternating, the best
+    of 5 runs each (about 5 ms in all). Blocking never changes a value (each element goes
+    through the same ufunc calls), only the time."""
+    import numpy as np  # (pool is imported before the backends; NumPy is loaded by then)
+
+    n, n_buffers = 1 << 17, 14
+    small = _blocks_for(L2_BUDGET, n_buffers, 4)
+    large = _blocks_for(LARGE_BUDGET, n_buffers, 4)
+    if small >= large:
+        return L2_BUDGET
+    one = np.float32(1.0)
+    ins = [np.linspace(-1.0, 1.0, n, dtype=np.float32) + np.float32(k) for k in range(4)]
+    out = np.empty(n, np.float32)
+
+    def run(step: int, t: list) -> None:
+        for r in range(0, n, step):
+            e = r + step
+            a, b, c, d = (x[r:e] for x in ins)
+            np.multiply(a, b, out=t[0])
+            np.add(t[0], c, out=t[1])
+            np.tanh(t[1], out=t[2])
+            np.multiply(t[2], t[2], out=t[3])
+            np.subtract(one, t[3], out=t[4])
+            np.multiply(t[4], d, out=t[5])
+            np.multiply(t[5], a, out=t[6])
+            np.add(t[6], t[0], out=t[7])
+            np.multiply(t[7], b, out=t[8])
+            np.add(t[8], c, out=out[r:e])
+
+    temps = {s: [np.empty(s, np.float32) for _ in range(9)] for s in (small, large)}
+    best = {small: float("inf"), large: float("inf")}
+    for _ in range(5):
+        for s in (small, large):
+            t0 = time.perf_counter()
+            run(s, temps[s])
+            best[s] = min(best[s], time.perf_counter() - t0)
+    return LARGE_BUDGET if best[large] <= _CALIBRATION_MARGIN * best[small] else L2_BUDGET
+
+
+def cache_budget() -> int:
+    """The bytes one block of a blocked program may touch: ``GRADTAPE_CACHE_BUDGET`` when set,
+    else measured at the first call (:func:`_calibrate`) and kept for the process.
+
+    Example:
+        >>> cache_budget() >= MIN_BLOCK
+        True
+    """
+    global CACHE_BUDGET
+    if CACHE_BUDGET:
+        return CACHE_BUDGET
+    with _calibration_lock:
+        if not CACHE_BUDGET:
+            CACHE_BUDGET = _calibrate()
+    return CACHE_BUDGET
 
 
 def block_size(n_buffers: int, itemsize: int) -> int:
     """Elements per block for a blocked program whose blocks touch ``n_buffers`` buffers of
     ``itemsize`` bytes per element: the largest power of two from :data:`MIN_BLOCK` to
-    :data:`BLOCK` whose slices of all buffers fit :data:`CACHE_BUDGET`.
+    :data:`BLOCK` whose slices of all buffers fit :func:`cache_budget`.
 
     Example:
         >>> block_size(4, 4) <= BLOCK and block_size(40, 8) >= MIN_BLOCK
         True
     """
-    fit = CACHE_BUDGET // max(1, n_buffers * itemsize)
-    size = BLOCK
-    while size > MIN_BLOCK and size > fit:
-        size >>= 1
-    return size
+    return _blocks_for(cache_budget(), n_buffers, itemsize)
+
+
+_calibration_lock = threading.Lock()
 
 
 _pool: ThreadPoolExecutor | None = None
