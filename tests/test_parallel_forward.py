@@ -316,8 +316,10 @@ def test_one_chunk_stays_plain(rng, calls):
 def test_cpu_thresholds_set_and_restore(thresholds):
     block = thresholds["block"]  # read-only: the block of a fused backward kernel
     assert isinstance(block, int) and block >= 1
+    budget = thresholds["cache_budget"]  # measured once per process unless set
+    assert isinstance(budget, int) and budget >= 1
     assert thresholds == {"threads": 2, "chunk": CHUNK, "min_size": LOW, "cheap_min_size": LOW,
-                          "block": block}
+                          "cache_budget": budget, "block": block}
     with extend.cpu_thresholds(min_size=1000) as inner:
         assert inner == {**thresholds, "min_size": 1000}
         with extend.cpu_thresholds() as same:
@@ -333,6 +335,7 @@ def test_cpu_thresholds_set_and_restore(thresholds):
     ({"chunk": -5}, ValueError, "chunk must be >= 1"),
     ({"min_size": 2.5}, TypeError, "min_size must be an int"),
     ({"cheap_min_size": True}, TypeError, "cheap_min_size must be an int"),
+    ({"cache_budget": 0}, ValueError, "cache_budget must be >= 1"),
 ])
 def test_cpu_thresholds_reject_bad_values(thresholds, kwargs, error, match):
     with pytest.raises(error, match=match), extend.cpu_thresholds(**kwargs):
