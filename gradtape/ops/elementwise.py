@@ -184,12 +184,17 @@ P_GELU = elementwise(
     half_in_float32=True)
 P_GELU_TANH = elementwise(
     "gelu_tanh",
-    _rounded_once(lambda xp, x: 0.5 * x * (1 + xp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))),
-    # beyond |x| = 10 the derivative is the step (x > 0) to every float's precision, and the
-    # cube and square of x overflow float16 (inf times tanh's 0 would give NaN there)
-    d="where(abs(x) < 10, 0.5 * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) + 0.5 * x * "
-      "(1 - tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)) ** 2) * "
-      "0.7978845608028654 * (1 + 0.134145 * x * x), x > 0)", half_in_float32=True)
+    # 0.5 * x * (1 + tanh(u)) is x * sigmoid(2u): in that form no 1 + tanh(u) cancels for
+    # x < 0 (float32 put gelu_tanh(-5) 30% off and gave 0 at -6). exp(-2u) overflowing to inf
+    # (x below about -10.4 in float32) gives the limit -0, silently as every op's overflow
+    # (gt.config); u = inf (x**3 past the dtype's range) gives x
+    _rounded_once(lambda xp, x: x / (1 + xp.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))),
+    # d/dx x * s(2u) = s * (1 + x * (1 - s) * 2u'), s = sigmoid(2u): no cancelling terms either.
+    # Beyond |x| = 10 the derivative is the step (x > 0) to every float's precision, and the
+    # cube and square of x overflow float16 (inf times sigmoid's 0 would give NaN there)
+    d="where(abs(x) < 10, sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x)) * (1 + x * "
+      "(1 - sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))) * 1.5957691216057308 * "
+      "(1 + 0.134145 * x * x)), x > 0)", half_in_float32=True)
 P_SOFTPLUS = elementwise(
     "softplus", lambda xp, x: xp.logaddexp(0, x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
     d="sigmoid(x)", out_form=_softplus_out)
