@@ -182,19 +182,30 @@ P_GELU = elementwise(
     "gelu", _rounded_once(lambda xp, x: 0.5 * x * (1 + erf_for(xp)(x * 0.7071067811865476))),
     d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327",
     half_in_float32=True)
+def _gelu_tanh(xp: Any, x: Any) -> Any:
+    # 0.5 * x * (1 + tanh(u)) is x * sigmoid(2u): in that form no 1 + tanh(u) cancels for x < 0
+    # (float32 put gelu_tanh(-5) 30% off and gave 0 at -6). exp(-2u) reaches inf for x below
+    # about -10.07 in float32 (-27 in float64), which gives the limit -0: NumPy's overflow
+    # warning is expected there, so it is not raised (tanh never overflowed). u = inf (x**3
+    # past the dtype's range) gives x.
+    t = -1.5957691216057308 * (x + 0.044715 * x * x * x)
+    if xp is np:
+        with np.errstate(over="ignore"):
+            e = np.exp(t)
+    else:
+        e = xp.exp(t)
+    return x / (1 + e)
+
+
 P_GELU_TANH = elementwise(
-    "gelu_tanh",
-    # 0.5 * x * (1 + tanh(u)) is x * sigmoid(2u): in that form no 1 + tanh(u) cancels for
-    # x < 0 (float32 put gelu_tanh(-5) 30% off and gave 0 at -6). exp(-2u) overflowing to inf
-    # (x below about -10.4 in float32) gives the limit -0, silently as every op's overflow
-    # (gt.config); u = inf (x**3 past the dtype's range) gives x
-    _rounded_once(lambda xp, x: x / (1 + xp.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))),
-    # d/dx x * s(2u) = s * (1 + x * (1 - s) * 2u'), s = sigmoid(2u): no cancelling terms either.
-    # Beyond |x| = 10 the derivative is the step (x > 0) to every float's precision, and the
-    # cube and square of x overflow float16 (inf times sigmoid's 0 would give NaN there)
-    d="where(abs(x) < 10, sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x)) * (1 + x * "
-      "(1 - sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))) * 1.5957691216057308 * "
-      "(1 + 0.134145 * x * x)), x > 0)", half_in_float32=True)
+    "gelu_tanh", _rounded_once(_gelu_tanh),
+    # d/dx x * s(2u) = s(2u) * (1 + x * s(-2u) * 2u'), s = sigmoid: no term cancels in either
+    # tail (1 - s(2u) would for x > 0, in the second derivative). Where |x| >= 10 the
+    # derivative is the step (x > 0) to every float's precision, and the cube and square of x
+    # overflow float16 (inf times sigmoid's 0 would give NaN there); NaN stays NaN.
+    d="where(abs(x) >= 10, x > 0, sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x)) * "
+      "(1 + x * sigmoid(-1.5957691216057308 * (x + 0.044715 * x * x * x)) * 1.5957691216057308 "
+      "* (1 + 0.134145 * x * x)))", half_in_float32=True)
 P_SOFTPLUS = elementwise(
     "softplus", lambda xp, x: xp.logaddexp(0, x if (d := x.dtype) is _F32 or d is _F64 else _fp(x)),
     d="sigmoid(x)", out_form=_softplus_out)

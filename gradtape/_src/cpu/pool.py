@@ -161,7 +161,7 @@ def cache_budget() -> int:
     else measured at the first call (:func:`_calibrate`) and kept for the process.
 
     Example:
-        >>> cache_budget() >= MIN_BLOCK
+        >>> cache_budget() in (L2_BUDGET, LARGE_BUDGET) or bool(_env_budget())
         True
     """
     global CACHE_BUDGET
