@@ -729,7 +729,8 @@ class _Ufunc:
                 raise _refuse(what, a)
         out = kwargs.get("out")
         uargs, ukwargs = _unwrap(args, what), _unwrap(kwargs, what)
-        res = method(*uargs, **ukwargs)
+        with np.errstate(all="ignore"):  # (a device's ufuncs raise no floating-point warnings)
+            res = method(*uargs, **ukwargs)
         result = out if isinstance(out, StrictArray) and res is out._a else _wrap(res)
         _log(method, uargs, ukwargs, result)
         return result
