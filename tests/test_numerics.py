@@ -123,6 +123,26 @@ def test_environment_variable(value, expected):
     assert out.stdout.strip() == str(expected)
 
 
+def _three_routes(f, x: np.ndarray) -> tuple:
+    """``f(x)`` and its derivative at each entry of ``x`` by the one-op route, by a fused run
+    (a long chain of the op on a large array) and by forward mode."""
+    xt = gt.tensor(x)
+    with gt.GradientTape() as tape:  # one op: the unfused route
+        tape.watch(xt)
+        y = f(xt)
+        total = gt.sum(y)
+    big = gt.tensor(np.repeat(x, 4096))
+    with gt.GradientTape() as tape2:
+        tape2.watch(big)
+        z = f(big)
+        for _ in range(40):
+            z = z + 0.0
+        total2 = gt.sum(z)
+    fused = tape2.gradient(total2, big).numpy().reshape(len(x), 4096)[:, 0]
+    _, jv = gt.jvp(f, (xt,), (gt.ones_like(xt),))
+    return y.numpy(), tape.gradient(total, xt).numpy(), fused, jv.numpy()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["softplus", "silu", "elu", "sigmoid"])
 def test_derivatives_keep_their_precision_in_the_negative_tail(name, dtype):
@@ -133,24 +153,8 @@ def test_derivatives_keep_their_precision_in_the_negative_tail(name, dtype):
     s = 1 / (1 + np.exp(-x.astype(np.float64)))
     want = {"softplus": s, "silu": s * (1 + x * (1 - s)), "elu": np.where(x > 0, 1, np.exp(x.astype(np.float64))),
             "sigmoid": s * (1 - s)}[name]
-    f = getattr(gt, name)
-    xt = gt.tensor(x)
-    with gt.GradientTape() as tape:  # one op: the unfused route
-        tape.watch(xt)
-        y = gt.sum(f(xt))
-    fused = []
-    for _ in range(1):  # a long chain of the op on a large array: the fused route
-        big = gt.tensor(np.repeat(x, 4096))
-        with gt.GradientTape() as tape2:
-            tape2.watch(big)
-            z = f(big)
-            for _ in range(40):
-                z = z + 0.0
-            total = gt.sum(z)
-        fused = tape2.gradient(total, big).numpy().reshape(len(x), 4096)[:, 0]
-    _, jv = gt.jvp(f, (xt,), (gt.ones_like(xt),))
     tiny = np.finfo(dtype).tiny
-    for got in (tape.gradient(y, xt).numpy(), fused, jv.numpy()):
+    for got in _three_routes(getattr(gt, name), x)[1:]:
         ok = np.abs(got - want) <= 1e-5 * np.abs(want) + (tiny if dtype is np.float32 else 1e-300)
         assert ok.all(), (got, want)
 
@@ -166,24 +170,9 @@ def test_gelu_tanh_keeps_its_precision_in_the_negative_tail(dtype):
     s = 1 / (1 + np.exp(-u2))
     want_y = x64 * s
     want_d = s * (1 + x64 * (1 - s) * 1.5957691216057308 * (1 + 0.134145 * x64 * x64))
-    f = lambda v: gt.gelu(v, approximate="tanh")  # noqa: E731
-    xt = gt.tensor(x)
-    with gt.GradientTape() as tape:
-        tape.watch(xt)
-        y = f(xt)
-        total = gt.sum(y)
-    big = gt.tensor(np.repeat(x, 4096))
-    with gt.GradientTape() as tape2:  # a chain on a large array: the fused route
-        tape2.watch(big)
-        z = f(big)
-        for _ in range(40):
-            z = z + 0.0
-        total2 = gt.sum(z)
-    fused = tape2.gradient(total2, big).numpy().reshape(len(x), 4096)[:, 0]
-    _, jv = gt.jvp(f, (xt,), (gt.ones_like(xt),))
+    y, *grads = _three_routes(lambda v: gt.gelu(v, approximate="tanh"), x)
     tiny = np.finfo(dtype).tiny
-    for got, want in ((y.numpy(), want_y), (tape.gradient(total, xt).numpy(), want_d),
-                      (fused, want_d), (jv.numpy(), want_d)):
+    for got, want in ((y, want_y), *((g, want_d) for g in grads)):
         assert got.dtype == dtype
         ok = np.abs(got - want) <= 1e-5 * np.abs(want) + tiny
         assert ok.all(), (got, want)
