@@ -2145,6 +2145,52 @@ def test_a_step_setting_a_flag_at_every_call_still_never_replays_a_stale_value()
     assert any("two traces of the step differ" in str(m_.message) for m_ in w)
 
 
+def test_an_eager_tape_alive_at_the_first_call_does_not_stop_compiling():
+    # a persistent tape recorded before training saved the kernel's buffer; the first call's
+    # update copied it for that tape as a step of the program, the check trace (the tape gone
+    # by then) did not, the traces differed and the step ran eagerly for good. The tape keeps
+    # the value it read; later tapes alive at a replay do too
+    k = gt.Variable(np.full((4, 3), 0.5, np.float32))
+    k0 = k.numpy().copy()
+    opt = gt.optimizers.SGD(0.1)
+
+    def step(x, y):
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(gt.matmul(x, k), y)
+        opt.apply_gradients(zip(tape.gradient(loss, [k]), [k]))
+        return loss
+
+    f = gt.function(step)
+    rng = np.random.default_rng(1)
+    batches = [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(5)]
+    before = gt.GradientTape(persistent=True)
+    with before:
+        z = gt.sum(k * k)  # saves k's buffer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "runs eagerly"
+        losses = [float(f(gt.tensor(batches[0][0]), gt.tensor(batches[0][1])).numpy())]
+        np.testing.assert_array_equal(before.gradient(z, k).numpy(), 2 * k0)
+        del before, z
+        losses += [float(f(gt.tensor(x), gt.tensor(y)).numpy()) for x, y in batches[1:3]]
+        during = gt.GradientTape(persistent=True)
+        with during:
+            z = gt.sum(k * k)
+        k_then = k.numpy().copy()
+        losses += [float(f(gt.tensor(x), gt.tensor(y)).numpy()) for x, y in batches[3:]]
+    assert f.trace_count == 2  # a trace and its check; then replays
+    np.testing.assert_array_equal(during.gradient(z, k).numpy(), 2 * k_then)
+    k2 = gt.Variable(k0)
+    opt2 = gt.optimizers.SGD(0.1)
+    eager = []
+    for x, y in batches:
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(gt.matmul(gt.tensor(x), k2), gt.tensor(y))
+        opt2.apply_gradients(zip(tape.gradient(loss, [k2]), [k2]))
+        eager.append(float(loss.numpy()))
+    assert losses == eager
+    np.testing.assert_array_equal(k.numpy(), k2.numpy())
+
+
 def test_a_kept_exception_of_a_failed_trace_does_not_stop_compiling():
     # the first call raises inside the tape after the forward read the kernel; the caller keeps
     # the exception, whose traceback keeps the failed trace's tape (and the kernel's value it

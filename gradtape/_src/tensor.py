@@ -508,18 +508,23 @@ class Variable(Tensor):
     def _before_write(self) -> None:
         snaps = self._snapshots
         if snaps:
-            old = None
+            old = outside = None
             tr = STATE.trace  # gt.function: the copy is a step of the program
             for ref in snaps:
                 t = ref()
                 if t is None:
                     continue
                 d = t.data
-                if tr is not None and getattr(d, "_gt_traced", False) and d.tr is not tr:
-                    # a tape of an earlier trace, alive past it (a failed step's, kept by its
-                    # exception): its value copied now, not as a step of this program, whose
-                    # next trace would then log one copy less and differ from this one
-                    t.data = d.a.copy()
+                if tr is not None and not (getattr(d, "_gt_traced", False) and d.tr is tr):
+                    # a tape outside this trace: an eager one (a persistent tape alive at the
+                    # first call) or one of an earlier trace (a failed step's, kept by its
+                    # exception). Its value is copied now, not as a step of this program:
+                    # the next trace, with that tape gone, would log one copy less and differ
+                    # from this one. (At a replay the write's own step copies for the tapes
+                    # alive then.)
+                    if outside is None:
+                        outside = d.a.copy() if getattr(d, "_gt_traced", False) else d.copy()
+                    t.data = outside
                     continue
                 if old is None:
                     old = self.data.copy() if tr is None else tr.call(np.copy, (self.data,), {})
