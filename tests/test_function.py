@@ -2145,6 +2145,21 @@ def test_a_step_setting_a_flag_at_every_call_still_never_replays_a_stale_value()
     assert any("two traces of the step differ" in str(m_.message) for m_ in w)
 
 
+def _assert_eager_sgd_steps(k0, batches, losses, k):
+    """The compiled steps' ``losses`` and final kernel ``k`` equal eager SGD steps (lr 0.1) of
+    ``cross_entropy(x @ k, y)`` from ``k0`` over ``batches``, bit for bit."""
+    k2 = gt.Variable(k0)
+    opt2 = gt.optimizers.SGD(0.1)
+    eager = []
+    for x, y in batches:
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(gt.matmul(gt.tensor(x), k2), gt.tensor(y))
+        opt2.apply_gradients(zip(tape.gradient(loss, [k2]), [k2]))
+        eager.append(float(loss.numpy()))
+    assert losses == eager
+    np.testing.assert_array_equal(k.numpy(), k2.numpy())
+
+
 def test_an_eager_tape_alive_at_the_first_call_does_not_stop_compiling():
     # a persistent tape recorded before training saved the kernel's buffer; the first call's
     # update copied it for that tape as a step of the program, the check trace (the tape gone
@@ -2179,16 +2194,7 @@ def test_an_eager_tape_alive_at_the_first_call_does_not_stop_compiling():
         losses += [float(f(gt.tensor(x), gt.tensor(y)).numpy()) for x, y in batches[3:]]
     assert f.trace_count == 2  # a trace and its check; then replays
     np.testing.assert_array_equal(during.gradient(z, k).numpy(), 2 * k_then)
-    k2 = gt.Variable(k0)
-    opt2 = gt.optimizers.SGD(0.1)
-    eager = []
-    for x, y in batches:
-        with gt.GradientTape() as tape:
-            loss = gt.nn.cross_entropy(gt.matmul(gt.tensor(x), k2), gt.tensor(y))
-        opt2.apply_gradients(zip(tape.gradient(loss, [k2]), [k2]))
-        eager.append(float(loss.numpy()))
-    assert losses == eager
-    np.testing.assert_array_equal(k.numpy(), k2.numpy())
+    _assert_eager_sgd_steps(k0, batches, losses, k)
 
 
 def test_a_kept_exception_of_a_failed_trace_does_not_stop_compiling():
@@ -2222,13 +2228,4 @@ def test_a_kept_exception_of_a_failed_trace_does_not_stop_compiling():
         warnings.simplefilter("error")  # no "runs eagerly"
         losses = [float(f(gt.tensor(x), gt.tensor(y)).numpy()) for x, y in batches[1:]]
     assert f.trace_count == 3  # the failed call, a trace, its check; then replays
-    k2 = gt.Variable(np.zeros((4, 3), np.float32))
-    opt2 = gt.optimizers.SGD(0.1)
-    eager = []
-    for x, y in batches[1:]:
-        with gt.GradientTape() as tape:
-            loss = gt.nn.cross_entropy(gt.matmul(gt.tensor(x), k2), gt.tensor(y))
-        opt2.apply_gradients(zip(tape.gradient(loss, [k2]), [k2]))
-        eager.append(float(loss.numpy()))
-    assert losses == eager
-    np.testing.assert_array_equal(k.numpy(), k2.numpy())
+    _assert_eager_sgd_steps(np.zeros((4, 3), np.float32), batches[1:], losses, k)
