@@ -2197,6 +2197,47 @@ def test_an_eager_tape_alive_at_the_first_call_does_not_stop_compiling():
     _assert_eager_sgd_steps(k0, batches, losses, k)
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_step_tape_never_shares_an_eager_tape_snapshot(verify):
+    # an eager tape had saved w and k; the step's own tape then reused that snapshot (the
+    # Variables' raw buffers) instead of reading them as program variables: the step's
+    # backward was frozen into constants of the program (k1's regularizer stale after one
+    # step), the traces differed with the eager tape alive at one of them, and the step's
+    # gradient of a Variable written before it took the gradient came out stale
+    w = gt.Variable(np.ones(3, np.float32))
+    k = gt.Variable(np.full(3, 0.5, np.float32))
+
+    def step(x):
+        with gt.GradientTape(persistent=True) as tape:
+            loss = gt.sum(w * k * x) + 0.01 * gt.sum(k * k)
+        w.assign_sub(0.5 * w)  # a write before the gradient: the tape keeps the value it read
+        g = tape.gradient(loss, k)
+        k.assign_sub(0.1 * g)
+        return g
+
+    f = gt.function(step, verify=verify)
+    x0 = np.array([1.0, 2.0, 3.0], np.float32)
+    x = gt.tensor(x0)
+    before = gt.GradientTape(persistent=True)
+    with before:
+        z = gt.sum(w * w) + gt.sum(k * k)
+    w_ref, k_ref = w.numpy().copy(), k.numpy().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "runs eagerly"
+        for i in range(5):
+            got = f(x).numpy()
+            want = w_ref * x0 + np.float32(0.02) * k_ref
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+            w_ref = w_ref - np.float32(0.5) * w_ref
+            k_ref = k_ref - np.float32(0.1) * want
+            if i == 0:
+                np.testing.assert_array_equal(before.gradient(z, [w])[0].numpy(), 2 * np.ones(3))
+                del before, z
+    np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-6)
+    np.testing.assert_allclose(k.numpy(), k_ref, rtol=1e-6)
+    assert f.trace_count == (2 if verify else 1)
+
+
 def test_a_kept_exception_of_a_failed_trace_does_not_stop_compiling():
     # the first call raises inside the tape after the forward read the kernel; the caller keeps
     # the exception, whose traceback keeps the failed trace's tape (and the kernel's value it

@@ -484,11 +484,11 @@ class Variable(Tensor):
         copies the old values into every live snapshot (copy-on-write), so a VJP sees the value
         its op read. No copy at all when no saved snapshot is alive at the write."""
         snaps = self._snapshots
-        if snaps:  # unchanged since the last snapshot: share it (a weight used n times in a
-            t = snaps[-1]()  # forward then costs one snapshot, not n)
-            if t is not None and t.data is self.data:
-                return t
         tr = STATE.trace
+        if snaps and (tr is None or tr.suspended):  # unchanged since the last snapshot: share
+            t = snaps[-1]()  # it (a weight used n times in a forward then costs one, not n).
+            if t is not None and t.data is self.data:  # (Not while tracing: a tape of the
+                return t  # step saves a program variable, never an eager tape's buffer)
         if tr is not None and not tr.suspended:
             # gt.function: the value a tape saves is a program variable reading the buffer,
             # so every backward computation from it (a quotient, an unfold) is logged, never
