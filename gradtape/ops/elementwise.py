@@ -167,6 +167,8 @@ P_ELU = elementwise(
     # overflow; the inner where also gives the second derivative alpha at 0, the side whose
     # first derivative is taken there)
     d="where(x > 0, 1, alpha * exp(where(x > 0, 0, x)))", domain=_KINK)
+
+
 def _rounded_once(f: Any) -> Any:
     """An impl of several NumPy calls that computes a float16 input in float32 and rounds the
     result once (each call rounding to float16 put exact gelu 5% off at -3.5)."""
@@ -182,6 +184,8 @@ P_GELU = elementwise(
     "gelu", _rounded_once(lambda xp, x: 0.5 * x * (1 + erf_for(xp)(x * 0.7071067811865476))),
     d="0.5 * (1 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327",
     half_in_float32=True)
+
+
 def _gelu_tanh(xp: Any, x: Any) -> Any:
     # 0.5 * x * (1 + tanh(u)) is x * sigmoid(2u): in that form no 1 + tanh(u) cancels for x < 0
     # (float32 put gelu_tanh(-5) 30% off and gave 0 at -6). exp(-2u) reaches inf for x below
