@@ -265,3 +265,42 @@ def test_each_argument_of_a_transform_is_an_input_of_its_own():
     hv = gt.hvp(cube, (w,), (w,))
     hv = hv[0] if isinstance(hv, tuple) else hv
     np.testing.assert_allclose(hv.numpy(), 6 * a * a)
+
+
+def _int_tensor_cases():
+    f = lambda a, x: gt.sum(a * x)  # noqa: E731
+    fl = gt.tensor([1.0, 2.0, 3.0])
+    ints = gt.tensor([1, 2, 3])
+    return [
+        (lambda: gt.grad(f, argnums=1)(fl, ints), r"gt\.grad\(<lambda>\): argument 1 is "
+         r"differentiated but is a Tensor of dtype int64 \(shape \(3,\)\).*leave it out of argnums"),
+        (lambda: gt.value_and_grad(lambda p: gt.sum(p["w"] * 1.0))({"w": gt.tensor([1, 2])}),
+         r"gt\.value_and_grad\(<lambda>\): argument 0\['w'\] is differentiated but is a Tensor "
+         r"of dtype int64"),
+        (lambda: gt.grad(lambda v: gt.sum(v * 1.0))(gt.Variable(np.array([1, 2]))),
+         r"argument 0 is differentiated but is a Variable of dtype int64.*gt\.Variable\(\.\.\., "
+         r"dtype=\"float32\"\)"),
+        (lambda: gt.jacrev(lambda x: x * 1.5)(gt.tensor([1, 2])),
+         r"gt\.jacrev\(<lambda>\): argument 0 is differentiated but is a Tensor of dtype int64"),
+        (lambda: gt.vjp(lambda a, i: a * i, fl, ints),  # refused at the call, not in vjp_fn
+         r"gt\.vjp\(<lambda>\): argument 1 is differentiated but is a Tensor of dtype int64"),
+        (lambda: gt.hvp(lambda x: gt.sum(x * 1.0), (ints,), (fl,)),
+         r"gt\.hvp\(<lambda>\): argument 0 is differentiated but is a Tensor of dtype int64"),
+        (lambda: gt.jacrev(lambda x: x * 1.0)(np.array([1, 2])),
+         r"^gt\.jacrev\(<lambda>\): argument 0 is differentiated but holds an integer.*leave it "
+         r"out of argnums$"),
+        (lambda: gt.hessian(lambda x: gt.sum(x * 1.0))(np.array([1, 2])),
+         r"^gt\.hessian\(<lambda>\): argument 0 is differentiated but holds an integer"),
+        (lambda: gt.grad(lambda p: gt.sum(p[1]["b"] * 1.0))([gt.tensor(1.0), {"b": np.array([1])}]),
+         r"gt\.grad\(<lambda>\): argument 0\[1\]\['b'\] is differentiated but holds an integer"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_int_tensor_cases())))
+def test_an_integer_argument_is_refused_naming_the_transform_and_the_argument(case):
+    # an integer Tensor got tape.gradient's "sources[0] has dtype int64" (the index of the
+    # flattened sources, whatever argnums was), and gt.vjp took it until vjp_fn was called;
+    # gt.jacrev and gt.hessian named gt.vjp and gt.jacfwd
+    call, message = _int_tensor_cases()[case]
+    with pytest.raises(TypeError, match=message):
+        call()

@@ -824,3 +824,46 @@ def test_narrow_indices_on_a_long_axis_outside_vmap(dt):
     want = np.zeros(200)
     np.add.at(want, ids[ids >= 0].astype(np.intp), 1.0)
     np.testing.assert_array_equal(gt.segment_sum(gt.tensor(np.ones(5)), ids, 200).numpy(), want)
+
+
+def test_batch_size_errors_name_the_arguments_as_written() -> None:
+    # the message named "argument leaf 2", an index into all arguments' leaves (dict keys
+    # sorted), and "an earlier argument" without saying which
+    params = {"a": t(3, 2), "b": t(3, 4)}
+    with pytest.raises(ValueError, match=r"batch sizes differ: argument 1 has 5 along axis 0 "
+                                         r"\(shape \(5, 2\)\), but argument 0\['a'\] has 3 along "
+                                         r"axis 0 \(shape \(3, 2\)\)"):
+        gt.vmap(lambda p, x: x)(params, t(5, 2))
+    with pytest.raises(ValueError, match=r"argument 0\['b'\] has 4 along axis 1 \(shape \(2, 4\)\)"
+                                         r", but argument 0\['a'\] has 3 along axis 0"):
+        gt.vmap(lambda p: p["a"], in_axes=({"a": 0, "b": 1},))({"a": t(3, 2), "b": t(2, 4)})
+    with pytest.raises(ValueError, match=r"in_axes 3 is out of range for argument 1\[0\] of "
+                                         r"shape \(3, 2\)"):
+        gt.vmap(lambda a, b: a, in_axes=(0, 3))(t(3), [t(3, 2)])
+    with pytest.raises(TypeError, match=r"argument 1 is mapped over an axis, so it must be a "
+                                        r"Tensor or an array, got str"):
+        gt.vmap(lambda a, b: a)(t(3), "abc")
+    with pytest.raises(ValueError, match=r"out_axes is None for the output\['y'\], but it "
+                                         r"depends on the batched arguments"):
+        gt.vmap(lambda a: {"x": a * 0.0 + 1.0, "y": a}, out_axes={"x": 0, "y": None})(t(3))
+
+
+def test_a_vmapped_variable_is_not_watched_and_the_message_says_why() -> None:
+    Ws = gt.Variable(np.ones((3, 4, 2)), name="ensemble")
+    x = t(5, 4)
+
+    def member(w: gt.Tensor, xx: gt.Tensor, watch: bool) -> gt.Tensor:
+        with gt.GradientTape() as tape:
+            if watch:
+                tape.watch(w)
+            loss = gt.sum(gt.tanh(xx @ w))
+        return tape.gradient(loss, w, unconnected_gradients="raise")
+
+    with pytest.raises(gt.UnconnectedGradientError,
+                       match=r"one example of Variable 'ensemble' \(shape \(3, 4, 2\)\), mapped "
+                             r"by gt.vmap.*tape.watch\(x\).*in_axes=None"):
+        gt.vmap(lambda w, xx: member(w, xx, False), in_axes=(0, None))(Ws, x)
+    got = gt.vmap(lambda w, xx: member(w, xx, True), in_axes=(0, None))(Ws, x)
+    for k in range(3):
+        want = x.numpy().T @ (1 - np.tanh(x.numpy() @ Ws.numpy()[k]) ** 2)
+        close(got[k], want)

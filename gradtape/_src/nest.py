@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["flatten", "unflatten", "Spec"]
+__all__ = ["flatten", "unflatten", "leaf_paths", "Spec"]
 
 #: How :func:`flatten` took a structure apart, for :func:`unflatten`: None for a leaf, else
 #: ``(kind, type, sorted dict keys or None, child specs or the length of a flat list)``, and
@@ -80,3 +80,28 @@ def _build(node: Spec, it: Iterator[Any]) -> Any:
     if hasattr(typ, "_fields"):  # namedtuple
         return typ(*values)
     return typ(values)
+
+
+def leaf_paths(spec: Spec) -> list[str]:
+    """Where each leaf of :func:`flatten`'s ``spec`` sits, in the leaves' order, as Python
+    indexing (``"[1]['b']"``; ``""`` for a structure that is a leaf itself): for messages
+    that name one leaf of a user's arguments.
+
+    Example:
+        >>> leaf_paths(flatten([1, {"b": 2, "a": 3}])[1])
+        ['[0]', "[1]['a']", "[1]['b']"]
+    """
+    out: list[str] = []
+    _paths(spec, "", out)
+    return out
+
+
+def _paths(node: Spec, prefix: str, out: list[str]) -> None:
+    if node is None:
+        out.append(prefix)
+        return
+    kind, _typ, keys, children = node[:4]
+    if type(children) is int:
+        children = [None] * children
+    for j, child in enumerate(children):
+        _paths(child, f"{prefix}[{keys[j]!r}]" if kind is dict else f"{prefix}[{j}]", out)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..autodiff.batched import BatchedTensor
 from ..autodiff.engine import forward_reach
 from ..autodiff.record import Recorder
 from ..tensor import Tensor, Variable
@@ -18,6 +19,14 @@ def float_hint(t: Tensor) -> str:
         return ('create the Variable as a float one: gt.Variable(..., dtype="float32"); '
                 "v.astype('float32') returns a plain Tensor, not a trainable Variable")
     return "cast it first: x = x.astype('float32'), or create it with gt.tensor(..., dtype=\"float32\")"
+
+
+def _mapped_variable(s: Tensor) -> Variable | None:
+    """The Variable ``s`` is one example of inside ``gt.vmap`` (through nested vmaps), else
+    None."""
+    while isinstance(s, BatchedTensor):
+        s = s._value
+    return s if isinstance(s, Variable) and s is not None else None
 
 
 def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
@@ -43,6 +52,14 @@ def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
             return (f"{label} {shape} was never read by a gradtape op inside the tape's "
                     "context, so the target does not depend on it (a value taken out of it "
                     "with .data or a NumPy function carries no gradient)")
+        mapped = _mapped_variable(s)
+        if mapped is not None:
+            name = f" {mapped.name!r}" if mapped.name else ""
+            return (f"{label} {shape} is one example of Variable{name} (shape {mapped.shape}), "
+                    "mapped by gt.vmap: inside the vmapped function it is a per-example slice, "
+                    "not the Variable, so a tape does not watch it automatically (nor w[0] "
+                    "eagerly). Call tape.watch(x) on it inside the tape's context, or map the "
+                    "Variable with in_axes=None to share it between the examples")
         return (f"{label} {shape} was never watched: call tape.watch(x) inside the tape's "
                 "context before using it, or make it a gt.Variable")
     reach = forward_reach(tape._records, {s._id})

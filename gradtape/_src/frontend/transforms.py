@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ... import ops
-from ..nest import flatten, unflatten
+from ..nest import flatten, leaf_paths, unflatten
 from ..tensor import Tensor, _wrap, tensor
+from .diagnostics import float_hint
 from .forward import CustomGradientJvpError, fresh_input, jvp
 from .tape import GradientTape
 from .vmap import vmap
@@ -54,24 +55,38 @@ def _argnums(argnums: int | Sequence[int], n: int, fname: str) -> tuple[int, ...
 
 
 def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of argnums") -> Any:
-    """Tensors for the leaves of argument ``i`` (arrays and Python floats are converted)."""
+    """Tensors for the leaves of argument ``i`` (arrays and Python floats are converted); a
+    leaf that cannot carry a gradient (an integer or bool Tensor, array or number) is refused
+    here, the message naming the argument and the leaf's place in it (``argument 0['w']``)."""
     leaves, spec = flatten(arg)
     conv = []
-    for leaf in leaves:
+    for k, leaf in enumerate(leaves):
         if isinstance(leaf, Tensor):  # each argument an input of its own, as JAX's
+            if leaf.dtype.kind not in "fc":
+                kind = "Variable" if leaf._is_variable else "Tensor"
+                raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated but is a "
+                                f"{kind} of dtype {leaf.dtype} (shape {leaf.shape}); pass floats "
+                                f"(gradients exist only for floating-point inputs: "
+                                f"{float_hint(leaf)}) {advice}")
             conv.append(fresh_input(leaf))
             continue
         if isinstance(leaf, (bool, int, np.integer)) or (
                 isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
-            raise TypeError(f"{fname}: argument {i} is differentiated but holds an integer or "
-                            f"boolean value ({leaf!r:.60}); pass floats (gradients exist only for "
-                            f"floating-point inputs) {advice}")
+            raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated but holds an "
+                            f"integer or boolean value ({leaf!r:.60}); pass floats (gradients "
+                            f"exist only for floating-point inputs) {advice}")
         try:
             conv.append(tensor(leaf))
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{fname}: argument {i} is differentiated, so its leaves must be "
-                            f"Tensors or float arrays, got {type(leaf).__name__} ({exc})") from None
+            raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated, so its leaves "
+                            f"must be Tensors or float arrays, got {type(leaf).__name__} "
+                            f"({exc})") from None
     return unflatten(spec, conv)
+
+
+def _argument(i: int, spec: Any, k: int) -> str:
+    """``argument i`` and, for a nested argument, where its leaf ``k`` sits in it."""
+    return f"argument {i}{leaf_paths(spec)[k]}"
 
 
 def _scalar_value(out: Any, fname: str, has_aux: bool) -> tuple[Tensor, Any]:
@@ -272,9 +287,11 @@ def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     def jac(*args: Any, **kwargs: Any) -> Any:
         nums = _argnums(argnums, len(args), fname)
 
+        # checked here, so a refusal names gt.jacrev and the argument (vjp would name itself)
+        diff = [_as_sources(args[i], fname, i) for i in nums]
         partial = _of_differentiated(f, args, nums, kwargs)
 
-        out, vjp_fn = vjp(partial, *[args[i] for i in nums])
+        out, vjp_fn = vjp(partial, *diff)
         out_leaves, out_spec = flatten(out)
         results = []  # per output leaf: one Jacobian per differentiated argument
         for j, o in enumerate(out_leaves):
@@ -318,10 +335,15 @@ def jacfwd(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
         array([[2., 0.],
                [0., 4.]], dtype=float32)
     """
+    return _jacfwd(f, argnums, "gt.jacfwd")
+
+
+def _jacfwd(f: Callable[..., Any], argnums: int | Sequence[int], who: str) -> Callable[..., Any]:
+    """:func:`jacfwd`, its messages naming ``who``, the transform the user called."""
     if not callable(f):
-        raise TypeError(f"gt.jacfwd: f must be callable, got {type(f).__name__}")
-    _check_argnums(argnums, "gt.jacfwd")
-    fname = f"gt.jacfwd({getattr(f, '__name__', 'f')})"
+        raise TypeError(f"{who}: f must be callable, got {type(f).__name__}")
+    _check_argnums(argnums, who)
+    fname = f"{who}({getattr(f, '__name__', 'f')})"
 
     @functools.wraps(f)
     def jac(*args: Any, **kwargs: Any) -> Any:
@@ -393,7 +415,7 @@ def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable
         array([[ 6.,  0.],
                [ 0., 12.]], dtype=float32)
     """
-    return jacfwd(_grad(f, argnums, False, "gt.hessian"), argnums)
+    return _jacfwd(_grad(f, argnums, False, "gt.hessian"), argnums, "gt.hessian")
 
 
 def hvp(f: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:

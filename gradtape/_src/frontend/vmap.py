@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import ops
 from ..autodiff.batched import RANDOMNESS, BatchedTensor, SharedDraws, batch_level
-from ..nest import flatten, unflatten
+from ..nest import flatten, leaf_paths, unflatten
 from ..tensor import Tensor, tensor
 
 __all__ = ["vmap", "broadcast_prefix"]
@@ -65,13 +65,27 @@ def _describe(tree: Any) -> str:
     return f"a {type(tree).__name__}"
 
 
-def _as_leaf_tensor(x: Any, where: str) -> Tensor:
+def _argument(tree: Any, i: int) -> str:
+    """Leaf ``i`` of the positional arguments (flattened as one list, ``tree`` its spec) as the
+    user wrote it: ``argument 1``, ``argument 0['b']``."""
+    path = leaf_paths(tree)[i]  # "[j]..." : the j-th positional argument, then inside it
+    j, rest = path[1:].split("]", 1)
+    return f"argument {j}{rest}"
+
+
+def _output(spec: Any, j: int) -> str:
+    """Leaf ``j`` of the function's output (``spec``: its :func:`flatten` spec) as indexing:
+    ``the output``, ``the output[1]``, ``the output['loss']``."""
+    return f"the output{leaf_paths(spec)[j]}"
+
+
+def _as_leaf_tensor(x: Any, where: Callable[[], str]) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, (np.ndarray, np.generic, int, float, bool, list)) or hasattr(x, "__array__"):
         return tensor(x)
-    raise TypeError(f"gt.vmap: {where} is mapped over an axis, so it must be a Tensor or an array, "
-                    f"got {type(x).__name__}")
+    raise TypeError(f"gt.vmap: {where()} is mapped over an axis, so it must be a Tensor or an "
+                    f"array, got {type(x).__name__}")
 
 
 def _move_axis(t: Tensor, src: int, dst: int) -> Tensor:
@@ -144,24 +158,28 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
         leaves, tree = flatten(list(args))
         axes = broadcast_prefix(list(spec_axes), list(args), "in_axes")
         size = None
+        first = 0  # the leaf that set the batch size
         tensors: list[Any] = []
         for i, (leaf, ax) in enumerate(zip(leaves, axes)):
             if ax is None:
                 tensors.append(leaf)
                 continue
-            where = f"argument leaf {i}" if len(leaves) > 1 else "the argument"
-            t = _as_leaf_tensor(leaf, where)
+            t = _as_leaf_tensor(leaf, functools.partial(_argument, tree, i))
             if not -t.ndim <= ax < t.ndim:
-                raise ValueError(f"gt.vmap: in_axes {ax} is out of range for {where} of shape "
-                                 f"{t.shape}")
+                raise ValueError(f"gt.vmap: in_axes {ax} is out of range for "
+                                 f"{_argument(tree, i)} of shape {t.shape}")
             ax = ax % t.ndim
             axes[i] = ax
             n = t.shape[ax]
             if size is None:
-                size = n
+                size, first = n, i
             elif n != size:
-                raise ValueError(f"gt.vmap: batch sizes differ: {where} has {n} along axis {ax} "
-                                 f"(shape {t.shape}), an earlier argument has {size}")
+                t0 = tensors[first]
+                raise ValueError(f"gt.vmap: batch sizes differ: {_argument(tree, i)} has {n} "
+                                 f"along axis {ax} (shape {t.shape}), but {_argument(tree, first)} "
+                                 f"has {size} along axis {axes[first]} (shape {t0.shape}); every "
+                                 "mapped argument needs the same number of examples (in_axes=None "
+                                 "for an argument shared by all examples)")
             tensors.append(t)
         if size is None:
             if axis_size is None:
@@ -212,30 +230,30 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
         oaxes = broadcast_prefix(out_axes, out, "out_axes")
         res = []
         for j, (leaf, ax) in enumerate(zip(leaves, oaxes)):
-            where = f"output leaf {j}" if len(leaves) > 1 else "the output"
             batched = isinstance(leaf, BatchedTensor) and leaf._level == level
             if ax is None:
                 if batched:
-                    raise ValueError(f"gt.vmap: out_axes is None for {where}, but it depends on "
-                                     "the batched arguments (it differs per example)")
+                    raise ValueError(f"gt.vmap: out_axes is None for {_output(spec, j)}, but it "
+                                     "depends on the batched arguments (it differs per example)")
                 res.append(leaf)
                 continue
             if batched:
                 phys = leaf._value
                 nd = phys.ndim
                 if not -nd <= ax < nd:
-                    raise ValueError(f"gt.vmap: out_axes {ax} is out of range for {where} of "
-                                     f"per-example shape {leaf.shape}")
+                    raise ValueError(f"gt.vmap: out_axes {ax} is out of range for "
+                                     f"{_output(spec, j)} of per-example shape {leaf.shape}")
                 res.append(_move_axis(phys, leaf._bdim, ax % nd))
                 continue
             if leaf is None:
-                raise TypeError(f"gt.vmap: {where} is None; return tensors (or set its out_axes "
-                                "to None)")
-            t = leaf if isinstance(leaf, Tensor) else _as_leaf_tensor(leaf, where)
+                raise TypeError(f"gt.vmap: {_output(spec, j)} is None; return tensors (or set "
+                                "its out_axes to None)")
+            t = leaf if isinstance(leaf, Tensor) else _as_leaf_tensor(
+                leaf, functools.partial(_output, spec, j))
             nd = t.ndim + 1
             if not -nd <= ax < nd:
-                raise ValueError(f"gt.vmap: out_axes {ax} is out of range for {where} of "
-                                 f"per-example shape {t.shape}")
+                raise ValueError(f"gt.vmap: out_axes {ax} is out of range for "
+                                 f"{_output(spec, j)} of per-example shape {t.shape}")
             ax = ax % nd
             expanded = ops.expand_dims(t, ax)
             shape = list(expanded.shape)
