@@ -50,7 +50,7 @@ import operator
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -1042,10 +1042,10 @@ def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
 
 
 def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int | None,
-               failure: BaseException | None = None) -> Any:
+               failure: BaseException | None = None, who: str = "allreduce()") -> Any:
     """:func:`allreduce`; ``failure``: an error the caller found on this rank (raised here
-    after the other ranks are told, so they raise too instead of waiting)."""
-    who = "allreduce()"
+    after the other ranks are told, so they raise too instead of waiting); ``who``: the call
+    the messages name."""
     world = _world(who)
     leaves: list[Any] = []
     spec: Any = None
@@ -1119,8 +1119,9 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
     the model, or after rank ``root`` restored a checkpoint), so all ranks start equal.
 
     Args:
-        variables: a Variable, a nested list/tuple/dict of Variables, or a Module (its
-            ``variables``); the same structure, shapes and dtypes on every rank.
+        variables: a Variable, a Module (its ``variables``), or a nested list/tuple/dict of
+            them (``[generator, discriminator]``); the same structure, shapes and dtypes on
+            every rank.
         root: the rank whose values everyone takes.
         optimizer: also send ``root``'s state of this optimizer for these variables (step
             count, moments, hyper-parameters); the other ranks load it
@@ -1148,9 +1149,9 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
     elif optimizer is not None and not isinstance(optimizer, Optimizer):
         failure = TypeError(f"gt.distributed.{who}: optimizer must be a gradtape optimizer or "
                             f"None, got {type(optimizer).__name__}")
-    if hasattr(variables, "variables") and not isinstance(variables, (Tensor, list, tuple, dict)):
-        variables = list(variables.variables)
-    leaves, _ = flatten(variables)
+    # a Module stands for its variables, alone or in a nest ([generator, discriminator])
+    leaves = [u for v in flatten(variables)[0] for u in (
+        v.variables if hasattr(v, "variables") and not isinstance(v, Tensor) else (v,))]
     for i, v in enumerate(leaves):
         if failure is None and not isinstance(v, Variable):
             failure = TypeError(f"gt.distributed.{who}: variables[{i}] must be a gt.Variable, got "
@@ -1418,6 +1419,29 @@ class DistributedOptimizer(Optimizer):
         plain.__dict__ = self.__dict__
         return (DistributedOptimizer, (plain, *self._distributed))
 
+    def minimize(self, loss_fn: Callable[[], Tensor],
+                 var_list: Sequence[Variable] | Callable[[], Sequence[Variable]]) -> Tensor:
+        """The wrapped optimizer's ``minimize`` with the gradients averaged over all ranks. An
+        exception on one rank before the reduction (in ``loss_fn``, the gradient, the checks)
+        is told to the others, which raise :class:`DistributedError` naming it instead of
+        pairing this step's reduction with the failed rank's next one."""
+        try:
+            loss, grads, variables = self._loss_and_grads(loss_fn, var_list)
+        except Exception as exc:
+            world = _WORLD
+            if world is not None and world.comm is not None and not _was_announced(world, exc):
+                op, compression, bucket_bytes = self._distributed
+                tb = exc.__traceback__
+                try:  # the others are in this step's reduction: they learn of it there
+                    _allreduce([], op, compression, bucket_bytes, exc,
+                               f"{type(self).__name__}.minimize()")
+                except Exception:  # noqa: S110 - _allreduce re-raises exc: it goes on as it is
+                    pass
+                exc.__traceback__ = tb  # (without the frames of the re-raise)
+            raise
+        self._apply(zip(grads, variables), "minimize")
+        return loss
+
     def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
                stacklevel: int = 3) -> None:
         op, compression, bucket_bytes = self._distributed
@@ -1436,7 +1460,8 @@ class DistributedOptimizer(Optimizer):
             failure = exc
         grads = [g if g is None or isinstance(g, Tensor) else _wrap(g, backend_of(g))
                  for g, _ in pairs]
-        reduced = _allreduce(grads, op, compression, bucket_bytes, failure)
+        reduced = _allreduce(grads, op, compression, bucket_bytes, failure,
+                             f"{type(self).__name__}.{what}()")
         super()._apply(zip(reduced, [v for _, v in pairs]), what, stacklevel + 1)
 
 

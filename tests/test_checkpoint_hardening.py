@@ -9,6 +9,7 @@ import os
 import pathlib
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -193,6 +194,32 @@ def test_save_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp
     assert link.is_symlink() and os.readlink(link) == target.name
     assert np.array_equal(Net(seed=4).load(target).l1.kernel.numpy(), new.l1.kernel.numpy())
     assert sorted(os.listdir(tmp_path)) == ["latest.npz", "step1.npz"]
+
+
+def test_save_to_a_pipe_or_a_device_writes_through_and_keeps_the_node(tmp_path):
+    """A path that is not a regular file is written to as ``open(path, "wb")`` would: the
+    rename over it used to replace a named pipe, and a device node (``/dev/null`` itself, for
+    root), with a regular file."""
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    net = Net(seed=5)
+    assert gt.nn.save(fifo, net) == str(fifo)
+    reader.join(10)
+    assert fifo.is_fifo() and got and got[0][:2] == b"PK"  # a zip came through the pipe
+    copy_path = tmp_path / "copy.npz"
+    copy_path.write_bytes(got[0])
+    assert np.array_equal(Net().load(copy_path).l1.kernel.numpy(), net.l1.kernel.numpy())
+    node = tmp_path / "null.npz"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's device numbers
+    except (PermissionError, AttributeError):  # not root: the pipe showed the rule
+        return
+    net.save(node)
+    assert node.is_char_device() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "copy.npz", "null.npz", "pipe.npz"]
 
 
 def test_save_over_a_file_it_may_not_write_raises_and_keeps_it(tmp_path, monkeypatch):

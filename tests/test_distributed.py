@@ -127,6 +127,9 @@ def test_argument_errors_name_the_argument():
         D.broadcast_variables([gt.Variable([1.0])], root=1)
     with pytest.raises(TypeError, match="must be a gt.Variable"):
         D.broadcast_variables([gt.tensor([1.0])])
+    D.broadcast_variables([gt.nn.Dense(2, 1), {"m": gt.nn.Dense(1, 1)}])  # Modules in a nest
+    with pytest.raises(TypeError, match=r"variables\[2\] must be a gt.Variable, got Tensor"):
+        D.broadcast_variables([gt.nn.Dense(2, 1), gt.tensor([1.0])])
     with pytest.raises(TypeError, match="backend name"):
         D.transport("tpu")
 
@@ -313,6 +316,14 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
     assert np.all(w.numpy() == w.numpy()[0, 0]) and opt.iterations == 1
     assert h.numpy().tolist() == [2.0] * 4
     np.testing.assert_array_equal(opt.state_dict([("w", w)])["w/m"], np.full((3, 2), 0.1, np.float32))
+    # Modules inside a nest stand for their variables ([generator, discriminator]; a list of
+    # them was refused: "variables[0] must be a gt.Variable, got Dense")
+    gen, disc = gt.nn.Dense(3, 2, seed=10 + r), gt.nn.Dense(2, 1, seed=20 + r)
+    D.broadcast_variables([gen, {"d": disc}], root=0)
+    mine = [v.numpy() for v in gen.variables + disc.variables]
+    root_vals = [gt.nn.Dense(3, 2, seed=10), gt.nn.Dense(2, 1, seed=20)]
+    for got, want in zip(mine, [v.numpy() for m in root_vals for v in m.variables]):
+        np.testing.assert_array_equal(got, want)
 
     # training: 2 ranks on half batches == 1 process on the whole batch, several steps
     def model(seed=0):
@@ -395,6 +406,23 @@ def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
     _expect(lambda: dopt.apply_gradients([(g, dv), (g, dv)] if r == 1 else [(g, dv), (g, v)]),
             ValueError if r == 1 else D.DistributedError, "given twice")
     assert dv.numpy().tolist() == [1.0, 1.0]
+    assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
+    # an exception in minimize's loss_fn on one rank: the others raise instead of pairing this
+    # step's reduction with that rank's next one (they mixed gradients of two steps, then hung)
+    mopt = D.DistributedOptimizer(gt.optimizers.SGD(0.5))
+
+    def failing_loss():
+        if r == 1:
+            raise RuntimeError("bad batch on rank 1")
+        return gt.sum(dv * dv)
+
+    e = _expect(lambda: mopt.minimize(failing_loss, [dv]),
+                RuntimeError if r == 1 else D.DistributedError, "bad batch on rank 1")
+    if r == 0:
+        assert "DistributedSGD.minimize()" in str(e), e
+    assert dv.numpy().tolist() == [1.0, 1.0] and mopt.iterations == 0
+    mopt.minimize(lambda: gt.sum(dv * float(r + 1)), [dv])  # the next step pairs with itself
+    assert dv.numpy().tolist() == [0.25, 0.25], dv.numpy()  # 1 - 0.5 * mean(1, 2)
     assert D.allreduce([gt.tensor([1.0 + r])], op="sum")[0].numpy().tolist() == [3.0]
 
     _expect(raise_inside, ValueError if r == 1 else D.DistributedError,

@@ -1148,6 +1148,14 @@ def _new_file_mode(path: str) -> int:
     return 0o666 & ~umask
 
 
+def _write_npz(f: Any, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an uncompressed ``.npz`` (a zip of ``.npy`` entries) into open file ``f``."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            with zf.open(key + _NPY, "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asanyarray(arr), allow_pickle=False)
+
+
 def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` at ``path``: a unique temporary in the same folder,
     flushed and fsynced, then ``os.replace``d over ``path``. Concurrent saves to one path (threads
@@ -1157,12 +1165,24 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     ``.<name>.<random>.tmp``, but never a partial ``path``).
 
     As ``open(path, "wb")`` would: a symbolic link is written through (its target replaced,
-    the link kept), and an existing file this process may not write raises
-    ``PermissionError`` (a rename over it would succeed in a writable folder)."""
+    the link kept), an existing file this process may not write raises ``PermissionError`` (a
+    rename over it would succeed in a writable folder), and a path that is not a regular file
+    (a device such as ``/dev/null``, a named pipe) is written to as it is, not replaced by a
+    file (nothing to keep whole there). A file with other hard links gets a new inode: its
+    other names keep the previous checkpoint."""
     path = os.path.realpath(path)
-    if os.path.exists(path) and not os.access(path, os.W_OK):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not os.access(path, os.W_OK):
         raise PermissionError(f"save: {path!r} exists and is not writable (read-only); the "
                               "checkpoint was not written")
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        # a device or a named pipe: written through (a folder was refused by the caller)
+        with open(path, "wb") as f:
+            _write_npz(f, arrays)
+        return
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):  # (else the error would name the temporary file)
         raise FileNotFoundError(errno.ENOENT, f"save: the folder of {path!r} does not exist "
@@ -1190,10 +1210,7 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
                               "is as it was", path) from None
         tmp = pending
         with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for key, arr in arrays.items():
-                    with zf.open(key + _NPY, "w", force_zip64=True) as entry:
-                        np.lib.format.write_array(entry, np.asanyarray(arr), allow_pickle=False)
+            _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode(path))
