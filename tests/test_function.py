@@ -2270,3 +2270,82 @@ def test_a_kept_exception_of_a_failed_trace_does_not_stop_compiling():
         losses = [float(f(gt.tensor(x), gt.tensor(y)).numpy()) for x, y in batches[1:]]
     assert f.trace_count == 3  # the failed call, a trace, its check; then replays
     _assert_eager_sgd_steps(np.zeros((4, 3), np.float32), batches[1:], losses, k)
+
+
+def test_a_numpy_scalar_result_that_is_an_operand_object_is_a_new_value():
+    # np.True_ & np.False_ returns the np.False_ it was given: the trace took the result for
+    # that operand's program variable, and the replay overwrote b with a & b (found by a
+    # helper's fuzz; the library's own backward of a safe multiply meets such scalars)
+    def step(x):
+        buf = np.zeros(x.shape, x.dtype)
+        np.multiply(x.data, 2.0, out=buf)  # a scratch buffer a traced call writes
+        s = gt.sum(gt.tensor(buf))  # a 0-d result: NumPy scalars from here on
+        a, b = s > 0.0, s < 1.0
+        return a, b, a & b
+
+    f = gt.function(step)
+    for v in [2.0, 2.0, 2.0, -1.0, 0.25, 3.0]:  # traced with a True, b False; then replayed
+        x = gt.tensor(np.array([v]))
+        assert [bool(t.numpy()) for t in f(x)] == [bool(t.numpy()) for t in step(x)], v
+    assert f.trace_count == 2  # (it compiled: the replays above were checked)
+
+
+def test_a_nan_constant_in_the_program_still_compiles():
+    # the two traces compared constants with ==, so a NaN constant (the backward of an
+    # unbiased variance over one example holds float("nan")) made them "differ" and the step
+    # ran eagerly for good, warning about the user's step
+    W = gt.Variable(np.ones((3, 2)))
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(gt.var(x @ W, axis=0, ddof=1)) + gt.sum(W * float("nan")) * 0.0
+        return loss, tape.gradient(loss, W)
+
+    f = gt.function(step)
+    x = gt.tensor(np.array([[1.0, 2.0, 3.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "two traces of the step differ"
+        for _ in range(4):
+            got, want = f(x), step(x)
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert f.trace_count == 2 and "def replay" in f.program_source(x)  # compiled
+
+
+def test_a_tensor_of_a_traced_array_keeps_its_layout_as_eagerly():
+    # gt.tensor(array made by NumPy code in the step) copied a traced array in C order where
+    # the eager step keeps the layout (np.array's order "K"): an F-ordered array then summed
+    # along its rows in another order, last-bit differences from the eager step
+    rng = np.random.default_rng(0)
+    x = gt.tensor(np.asfortranarray(rng.normal(size=(64, 33)).astype(np.float32)))
+
+    def step(x):
+        return gt.sum(gt.tensor(np.tanh(x.data)), axis=1)
+
+    f = gt.function(step)
+    want = step(x).numpy()
+    for _ in range(3):
+        np.testing.assert_array_equal(f(x).numpy(), want)
+
+
+@pytest.mark.parametrize("read", ["tensor_of_data", "from_dlpack", "from_dlpack_of_data"])
+def test_a_variable_read_through_its_buffer_is_read_at_each_call(read):
+    # gt.tensor(W.data) and gt.from_dlpack(W) made a constant of W's value at the trace (the
+    # two traces agreed, W changing only after them), and the replay kept it (a helper's fuzz)
+    W = gt.Variable(np.array([1.0, 2.0]), name="W")
+    x = gt.tensor(np.array([10.0, 10.0]))
+    reads = {"tensor_of_data": lambda: gt.tensor(W.data),
+             "from_dlpack": lambda: gt.from_dlpack(W),
+             "from_dlpack_of_data": lambda: gt.from_dlpack(W.data)}
+
+    def step(x):
+        return reads[read]() * 2.0 + x
+
+    f = gt.function(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (it compiles: no "two traces of the step differ")
+        for call in range(5):
+            np.testing.assert_array_equal(f(x).numpy(), step(x).numpy(), err_msg=f"call {call}")
+            if call >= 1:  # W changes after the two traces, outside the step
+                W.assign(W * 3.0)
+    assert f.trace_count == 2 and "def replay" in f.program_source(x)

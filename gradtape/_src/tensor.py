@@ -105,6 +105,12 @@ class Tensor:
             raise TypeError("gt.tensor() of a batched tensor inside gt.vmap: its value differs "
                             "per example; use the tensor itself (tensors are immutable), or "
                             "gt.stop_gradient(t) for a copy that carries no gradient")
+        if STATE.trace is not None and not STATE.trace.suspended and type(data) is np.ndarray:
+            # gt.tensor(v.data): a Variable's buffer, read like the Variable (below), not
+            # copied once into a constant that a replay would keep after v changes
+            owner = variable_of_buffer(data)
+            if owner is not None:
+                data = owner
         if isinstance(data, Tensor) and data._is_variable and STATE.trace is not None \
                 and not STATE.trace.suspended:  # gt.function: the copy reads the Variable at
             data = data.value()  # type: ignore[attr-defined]  # each call (a step of the
@@ -828,7 +834,10 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
     if getattr(data, "_gt_traced", False):  # an array of a gt.function trace: its own backend
         backend = backend_of(data)
         traced: Any = data
-        arr = traced.astype(dtype, copy=copy) if dtype is not None else (traced.copy() if copy else traced)
+        # (order "K" as np.array's copy of a host array: an F-ordered array stays F-ordered,
+        # so later reductions add in the eager step's order)
+        arr = traced.astype(dtype, copy=copy) if dtype is not None else (
+            traced.copy(order="K") if copy else traced)
         return arr, backend
     if isinstance(data, (np.ndarray, np.generic)):
         backend = get_backend() if to_active else NUMPY
@@ -1049,6 +1058,12 @@ def from_dlpack(obj: SupportsDLPack) -> Tensor:
     """
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: expected an object with __dlpack__, got {type(obj).__name__}")
+    tr = STATE.trace
+    if tr is not None and not tr.suspended:  # gt.function: a Variable (or its buffer) shared
+        owner = obj if isinstance(obj, Variable) else (
+            variable_of_buffer(obj) if type(obj) is np.ndarray else None)
+        if owner is not None:  # is its buffer as the program reads it at each call
+            return _wrap(tr.read(owner.data), owner._backend)
     device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
     backend = NUMPY if device in (1, 3) else backend_by_name("cupy")  # 1: CPU, 3: pinned host
     try:

@@ -1021,7 +1021,11 @@ class _Trace:
 
     def _result(self, res: Any, args: tuple, kwargs: dict) -> TracedArray:
         # a result that is one of the traced inputs (in-place ufunc, asarray of an array)
-        # stays that program variable; anything else is a new one
+        # stays that program variable; anything else is a new one. A NumPy scalar is
+        # immutable and may be a shared object (np.True_ & np.False_ returns the np.False_ it
+        # was given): being the same object says nothing of where its value came from
+        if isinstance(res, np.generic):
+            return self.new(res)
         if not kwargs:
             nested = False
             for x in args:
@@ -2079,10 +2083,7 @@ def _same_template(x: Any, y: Any) -> str | None:
             return None if same else ("a constant array whose values changed between calls: "
                                       "it was computed from the inputs where the trace "
                                       "cannot see it")
-        try:
-            same = type(u) is type(v) and bool(u == v)
-        except Exception:
-            same = False
+        same = type(u) is type(v) and _equal_values(u, v)
         return None if same else f"the constant {u!r} became {v!r}"
     if tx is tuple or tx is list:
         if len(x) != len(y):
@@ -2104,10 +2105,19 @@ def _same_template(x: Any, y: Any) -> str | None:
         return _same_template((x.start, x.stop, x.step), (y.start, y.stop, y.step))
     if x is y:
         return None
+    return None if _equal_values(x, y) else f"{x!r} became {y!r}"
+
+
+def _equal_values(x: Any, y: Any) -> bool:
+    """``x == y`` for two traces' constants, a NaN equal to a NaN (a float's NaN constant,
+    such as the one the backward of an unbiased variance over one example holds, is the same
+    constant at every trace; with ``==`` alone such a step never compiled)."""
     try:
-        return None if bool(x == y) else f"{x!r} became {y!r}"
+        if bool(x == y):
+            return True
+        return bool(x != x) and bool(y != y)
     except Exception:
-        return f"{x!r} became {y!r}"
+        return False
 
 
 # --------------------------------------------------------------------------- gt.function
