@@ -2349,3 +2349,36 @@ def test_a_variable_read_through_its_buffer_is_read_at_each_call(read):
             if call >= 1:  # W changes after the two traces, outside the step
                 W.assign(W * 3.0)
     assert f.trace_count == 2 and "def replay" in f.program_source(x)
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_flag_the_step_reads_then_sets_is_checked_at_the_next_call(verify):
+    # the step reads b.trainable (its tape watches b by it), then sets it itself; the caller
+    # freezes b before one call, which traces for False. The program's flag epoch was taken
+    # after that trace, past the step's own sets, so the next call (b trainable again) skipped
+    # the check and replayed the program traced for a frozen b: no gradient (a helper's fuzz)
+    def make():
+        W, b = gt.Variable(np.array([1.0, 2.0])), gt.Variable(np.array([0.5]))
+
+        def step(x):
+            with gt.GradientTape() as tape:
+                loss = gt.sum(x @ W) + gt.sum(b * b)
+            gb = tape.gradient(loss, [W, b])[1]
+            b.trainable = False  # a sub-step with b frozen...
+            b.trainable = True  # ... and b trainable again before returning
+            return gb
+        return step, b
+
+    def run(fn, b):
+        out = []
+        for call in range(7):
+            if call == 3:
+                b.trainable = False  # the caller freezes b once
+            g = fn(gt.tensor(np.ones((2, 2))))
+            out.append(None if g is None else g.numpy().tolist())
+        return out
+
+    want = run(*make())
+    step, b = make()
+    assert run(gt.function(step, verify=verify), b) == want
+    assert want[3] is None and want[4] == [1.0]

@@ -761,6 +761,10 @@ class _Trace:
         self.owners: dict[int, Any] = {}  # weak references to the objects whose flags it set
         self.unsafe: str | None = None  # why this trace cannot be replayed
         self.out_consts: list[Any] = []  # outputs that are not program values, to compare
+        # the flags' epoch when the step began: a flag the step read, then set itself (a
+        # Variable's trainable a tape watched it by), makes the next call check the values
+        # read against the flags then
+        self.epoch = FLAGS[0]
 
     # slots
     def new(self, a: Any) -> TracedArray:
@@ -2177,7 +2181,8 @@ class _Entry:
 
         return died
 
-    def watch(self, variables: Any, flags: Any, set_by_step: set, set_owners: Any) -> None:
+    def watch(self, variables: Any, flags: Any, set_by_step: set, set_owners: Any,
+              epoch: int) -> None:
         """The Variables (weak references) the program reads: one dying makes it stale; and
         the Python flags it holds for, each Variable's ``trainable`` among them (a tape
         watches trainable Variables by itself), but those the step sets itself (its program
@@ -2195,7 +2200,9 @@ class _Entry:
         # replaced) makes the program stale
         self.refs += [weakref.ref(o, self._on_death()) for o in (r() for r in set_owners)
                       if o is not None]
-        self.epoch = FLAGS[0]
+        # (the epoch the trace began at, not now: after a flag the step read and then set
+        # itself, now would hold for the value it set, and the next call would skip the check)
+        self.epoch = epoch
 
     def current(self) -> bool:
         """Whether the flags the program holds for still have their values (a frozen layer, a
@@ -2636,7 +2643,8 @@ class Function(Generic[R]):
             warnings.warn(f"gt.function {self._name!r}: {tr.poisoned} depends on a traced "
                           "value, so this step runs eagerly (fallback='eager')", stacklevel=3)
             return unflatten(out_spec, final)
-        entry.watch(tr.variables.values(), tr.flags.values(), tr.flags_set, tr.owners.values())
+        entry.watch(tr.variables.values(), tr.flags.values(), tr.flags_set, tr.owners.values(),
+                    tr.epoch)
         prev = entry.last
         entry.last = tr
         entry.creating = entry.creating + 1 if tr.created_variables else 0
