@@ -2382,3 +2382,21 @@ def test_a_flag_the_step_reads_then_sets_is_checked_at_the_next_call(verify):
     step, b = make()
     assert run(gt.function(step, verify=verify), b) == want
     assert want[3] is None and want[4] == [1.0]
+
+
+def test_a_constant_boolean_mask_is_refused_with_how_to_index_instead():
+    # a plain mask got "its result's shape depends on the values ... use gt.where", which
+    # fits a traced mask; the message now says what holds for a plain one (a helper's fuzz)
+    mask = np.array([True, False, True])
+    x = gt.tensor(np.arange(3.0))
+    f = gt.function(lambda x: gt.sum(x[mask] * 2.0))
+    with pytest.raises(gt.TracingError, match=r"boolean mask at .*a plain array \(not a traced "
+                                              r"value\).*x\[np\.flatnonzero\(mask\)\]"):
+        f(x)
+    g = gt.function(lambda x: gt.sum(x[np.flatnonzero(mask)] * 2.0))  # the way the message gives
+    for v in (np.arange(3.0), np.ones(3), np.arange(3.0) * 5):
+        assert float(g(gt.tensor(v))) == float(np.sum(v[mask] * 2.0))
+    assert "def replay" in g.program_source(x)
+    with pytest.raises(gt.TracingError, match=r"getitem \(its result's shape depends on the "
+                                              r"values\).*gt\.where"):
+        gt.function(lambda x: gt.sum(x[x > 1.0]))(x)  # a traced mask: as before

@@ -772,6 +772,21 @@ class _Trace:
         self.arrays.append(_Shadow(a) if type(a) is np.ndarray and a.size >= _SHADOW_MIN else a)
         return TracedArray(self, a, n)
 
+    def _constant_mask(self) -> None:
+        """A traced tensor indexed by a boolean mask that is a plain array, not a traced
+        value: the result's length is the mask's count of True, which the program's fixed
+        shapes cannot follow if the array changes; the message says how to index instead."""
+        why = (f"gt.function: a traced tensor indexed by a boolean mask at {user_line()}, a plain "
+               "array (not a traced value): the replayed program has fixed shapes, and the "
+               "result's length is the mask's count of True. Index with the mask's positions "
+               "instead (x[np.flatnonzero(mask)] for a 1-d mask, x[np.nonzero(mask)] in "
+               "general: fixed integer indices), select with gt.where, or use "
+               "gt.function(f, fallback=\"eager\") to run this step eagerly")
+        if not self.fallback:
+            raise TracingError(why)
+        if self.poisoned is None:
+            self.poisoned = "indexing a traced tensor by a boolean mask"
+
     def host_sync(self, what: str) -> None:
         line = user_line()
         if self.fallback:
@@ -911,6 +926,8 @@ class _Trace:
                                    "made outside the trace")
                 self._promote(buf, _overwrites(fn, tuple(ua), uk, buf))
         if not ufunc and _data_shaped(fn, args, kwargs):
+            if fn is operator.getitem and not _bool_index(args[1], traced_only=True):
+                self._constant_mask()
             self.host_sync(f"{getattr(fn, '__name__', fn)} (its result's shape depends on the values)")
         res = fn(*ua, **uk)
         targs = self._template_flat(args)
@@ -1126,10 +1143,13 @@ def _data_shaped(fn: Any, args: tuple, kwargs: dict) -> bool:
     return False
 
 
-def _bool_index(idx: Any) -> bool:
-    """Whether an index holds a boolean array (a mask: the result's shape depends on it)."""
+def _bool_index(idx: Any, traced_only: bool = False) -> bool:
+    """Whether an index holds a boolean array (a mask: the result's shape depends on it);
+    ``traced_only``: a mask that is a traced value."""
     items = idx if type(idx) is tuple else (idx,)
     for it in items:
+        if traced_only and type(it) is not TracedArray:
+            continue
         a = it.a if type(it) is TracedArray else it
         if getattr(a, "dtype", None) is not None and a.dtype == np.bool_ and getattr(a, "ndim", 0) > 0:
             return True
