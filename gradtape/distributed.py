@@ -59,7 +59,7 @@ from ._src.autodiff.state import STATE, opaque, tracing
 from ._src.backend import NUMPY, Array, Backend, backend_by_name, backend_of, nccl_module
 from ._src.frontend.custom_gradient import custom_gradient
 from ._src.frontend.tape import GradientTape
-from ._src.nest import flatten, unflatten
+from ._src.nest import flatten, leaf_paths, unflatten
 from ._src.tensor import Tensor, Variable, _wrap
 from .optimizers import Optimizer
 
@@ -1150,12 +1150,14 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
         failure = TypeError(f"gt.distributed.{who}: optimizer must be a gradtape optimizer or "
                             f"None, got {type(optimizer).__name__}")
     # a Module stands for its variables, alone or in a nest ([generator, discriminator])
-    leaves = [u for v in flatten(variables)[0] for u in (
-        v.variables if hasattr(v, "variables") and not isinstance(v, Tensor) else (v,))]
-    for i, v in enumerate(leaves):
-        if failure is None and not isinstance(v, Variable):
-            failure = TypeError(f"gt.distributed.{who}: variables[{i}] must be a gt.Variable, got "
-                                f"{type(v).__name__}")
+    given, spec = flatten(variables)
+    leaves: list[Any] = []
+    for k, v in enumerate(given):
+        module = hasattr(v, "variables") and not isinstance(v, Tensor)
+        if failure is None and not module and not isinstance(v, Variable):
+            failure = TypeError(f"gt.distributed.{who}: variables{leaf_paths(spec)[k]} must be a "
+                                f"gt.Variable or a Module, got {type(v).__name__}")
+        leaves.extend(v.variables if module else (v,))
     if world.comm is None:
         if failure is not None:
             raise failure
@@ -1383,8 +1385,9 @@ class DistributedOptimizer(Optimizer):
 
     # this wrapper's own settings: a slot, not the shared __dict__ (two wrappers of one
     # optimizer keep their own op)
-    __slots__ = ("_distributed",)
+    __slots__ = ("_distributed", "_reduced")
     _distributed: tuple[str, str | None, int | None]
+    _reduced: bool  # minimize reached the reduction (which tells the other ranks itself)
 
     def __new__(cls, optimizer: Optimizer, op: str = "mean", compression: str | None = None,
                 bucket_bytes: int | None = None) -> DistributedOptimizer:
@@ -1421,15 +1424,18 @@ class DistributedOptimizer(Optimizer):
 
     def minimize(self, loss_fn: Callable[[], Tensor],
                  var_list: Sequence[Variable] | Callable[[], Sequence[Variable]]) -> Tensor:
-        """The wrapped optimizer's ``minimize`` with the gradients averaged over all ranks. An
-        exception on one rank before the reduction (in ``loss_fn``, the gradient, the checks)
-        is told to the others, which raise :class:`DistributedError` naming it instead of
-        pairing this step's reduction with the failed rank's next one."""
+        """The wrapped optimizer's ``minimize`` (its class's own, when it overrides it) with the
+        gradients averaged over all ranks. An exception on one rank before the reduction (in
+        ``loss_fn``, the gradient, the checks) is told to the others, which raise
+        :class:`DistributedError` naming it instead of pairing this step's reduction with the
+        failed rank's next one."""
+        self._reduced = False  # set by _apply, which reduces (and tells a failure) itself
         try:
-            loss, grads, variables = self._loss_and_grads(loss_fn, var_list)
+            return super().minimize(loss_fn, var_list)
         except Exception as exc:
             world = _WORLD
-            if world is not None and world.comm is not None and not _was_announced(world, exc):
+            if not self._reduced and world is not None and world.comm is not None \
+                    and not _was_announced(world, exc):
                 op, compression, bucket_bytes = self._distributed
                 tb = exc.__traceback__
                 try:  # the others are in this step's reduction: they learn of it there
@@ -1439,11 +1445,10 @@ class DistributedOptimizer(Optimizer):
                     pass
                 exc.__traceback__ = tb  # (without the frames of the re-raise)
             raise
-        self._apply(zip(grads, variables), "minimize")
-        return loss
 
     def _apply(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]], what: str,
                stacklevel: int = 3) -> None:
+        self._reduced = True
         op, compression, bucket_bytes = self._distributed
         failure: Exception | None = None
         pairs: list[tuple[Any, Any]] = []

@@ -1045,14 +1045,6 @@ class Optimizer:
             >>> w.numpy(), float(loss)
             (array([0.75], dtype=float32), 2.25)
         """
-        loss, grads, variables = self._loss_and_grads(loss_fn, var_list)
-        self._apply(zip(grads, variables), "minimize")
-        return loss
-
-    def _loss_and_grads(self, loss_fn: Callable[[], Tensor],
-                        var_list: Sequence[Variable] | Callable[[], Sequence[Variable]]
-                        ) -> tuple[Tensor, list[Any], list[Variable]]:
-        """:meth:`minimize` up to the update: the loss, its gradients and the Variables."""
         who = f"{type(self).__name__}.minimize"
         if not callable(loss_fn):
             raise TypeError(f"{who}: loss_fn must be a callable of no arguments that computes the "
@@ -1072,7 +1064,9 @@ class Optimizer:
                             f"{type(loss).__name__}")
         if variables is None:
             variables = self._var_list(var_list(), who)  # type: ignore[operator]
-        return loss, tape.gradient(loss, variables), variables
+        grads = tape.gradient(loss, variables)
+        self._apply(zip(grads, variables), "minimize")
+        return loss
 
     @staticmethod
     def _var_list(var_list: Any, who: str) -> list[Variable]:

@@ -212,6 +212,16 @@ def test_save_to_a_pipe_or_a_device_writes_through_and_keeps_the_node(tmp_path):
     copy_path = tmp_path / "copy.npz"
     copy_path.write_bytes(got[0])
     assert np.array_equal(Net().load(copy_path).l1.kernel.numpy(), net.l1.kernel.numpy())
+    # a pipe or device named without .npz is written as named ("/dev/null"), not beside it
+    (tmp_path / "plain").mkdir()
+    stream = tmp_path / "plain" / "stream"
+    os.mkfifo(stream)
+    got.clear()
+    reader = threading.Thread(target=lambda: got.append(stream.read_bytes()), daemon=True)
+    reader.start()
+    assert net.save(stream) == str(stream)
+    reader.join(10)
+    assert got and got[0][:2] == b"PK" and os.listdir(tmp_path / "plain") == ["stream"]
     node = tmp_path / "null.npz"
     try:
         os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's device numbers
@@ -219,7 +229,7 @@ def test_save_to_a_pipe_or_a_device_writes_through_and_keeps_the_node(tmp_path):
         return
     net.save(node)
     assert node.is_char_device() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "copy.npz", "null.npz", "pipe.npz"]
+        "copy.npz", "null.npz", "pipe.npz", "plain"]
 
 
 def test_save_over_a_file_it_may_not_write_raises_and_keeps_it(tmp_path, monkeypatch):

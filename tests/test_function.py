@@ -2400,3 +2400,6 @@ def test_a_constant_boolean_mask_is_refused_with_how_to_index_instead():
     with pytest.raises(gt.TracingError, match=r"getitem \(its result's shape depends on the "
                                               r"values\).*gt\.where"):
         gt.function(lambda x: gt.sum(x[x > 1.0]))(x)  # a traced mask: as before
+    h = gt.function(lambda x: gt.sum(x[mask]), fallback="eager")
+    with pytest.warns(UserWarning, match=r"plain boolean mask at .*test_function\.py:\d+"):
+        assert float(h(x)) == 2.0

@@ -293,11 +293,17 @@ def _int_tensor_cases():
          r"^gt\.hessian\(<lambda>\): argument 0 is differentiated but holds an integer"),
         (lambda: gt.grad(lambda p: gt.sum(p[1]["b"] * 1.0))([gt.tensor(1.0), {"b": np.array([1])}]),
          r"gt\.grad\(<lambda>\): argument 0\[1\]\['b'\] is differentiated but holds an integer"),
+        (lambda: gt.jacrev(lambda a, x: x * a, argnums=1)(1.5, ints),  # named as the call's
+         r"^gt\.jacrev\(<lambda>\): argument 1 is differentiated but is a Tensor of dtype int64"),
+        (lambda: gt.grad(lambda z: gt.sum(gt.real(z * z)))(gt.tensor(np.array([1 + 1j]))),
+         r"argument 0 is differentiated but is a Tensor of dtype complex128.*real and imaginary"),
+        (lambda: gt.jacrev(lambda x: [x, 1.0])(fl), r"^gt\.jacrev\(<lambda>\): output leaf 1 is "
+         r"a float, not a Tensor"),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_int_tensor_cases())))
-def test_an_integer_argument_is_refused_naming_the_transform_and_the_argument(case):
+def test_a_bad_argument_is_refused_naming_the_transform_and_the_argument(case):
     # an integer Tensor got tape.gradient's "sources[0] has dtype int64" (the index of the
     # flattened sources, whatever argnums was), and gt.vjp took it until vjp_fn was called;
     # gt.jacrev and gt.hessian named gt.vjp and gt.jacfwd

@@ -105,11 +105,12 @@ class Tensor:
             raise TypeError("gt.tensor() of a batched tensor inside gt.vmap: its value differs "
                             "per example; use the tensor itself (tensors are immutable), or "
                             "gt.stop_gradient(t) for a copy that carries no gradient")
-        if STATE.trace is not None and not STATE.trace.suspended and type(data) is np.ndarray:
+        if STATE.trace is not None and not STATE.trace.suspended and not isinstance(data, Tensor):
             # gt.tensor(v.data): a Variable's buffer, read like the Variable (below), not
-            # copied once into a constant that a replay would keep after v changes
+            # copied once into a constant that a replay would keep after v changes (when it
+            # is on the active backend, where the eager copy of its buffer lands too)
             owner = variable_of_buffer(data)
-            if owner is not None:
+            if owner is not None and owner._backend is get_backend():
                 data = owner
         if isinstance(data, Tensor) and data._is_variable and STATE.trace is not None \
                 and not STATE.trace.suspended:  # gt.function: the copy reads the Variable at
@@ -1058,14 +1059,13 @@ def from_dlpack(obj: SupportsDLPack) -> Tensor:
     """
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: expected an object with __dlpack__, got {type(obj).__name__}")
-    tr = STATE.trace
-    if tr is not None and not tr.suspended:  # gt.function: a Variable (or its buffer) shared
-        owner = obj if isinstance(obj, Variable) else (
-            variable_of_buffer(obj) if type(obj) is np.ndarray else None)
-        if owner is not None:  # is its buffer as the program reads it at each call
-            return _wrap(tr.read(owner.data), owner._backend)
     device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
     backend = NUMPY if device in (1, 3) else backend_by_name("cupy")  # 1: CPU, 3: pinned host
+    tr = STATE.trace
+    if tr is not None and not tr.suspended:  # gt.function: a Variable (or its buffer) shared
+        owner = obj if isinstance(obj, Variable) else variable_of_buffer(obj)
+        if owner is not None and owner._backend is backend:  # is its buffer as the program
+            return _wrap(tr.read(owner.data), backend)  # reads it at each call
     try:
         arr = backend.xp.from_dlpack(obj)
     except (BufferError, RuntimeError) as exc:  # e.g. a string array: DLPack carries

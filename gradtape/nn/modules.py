@@ -1148,6 +1148,16 @@ def _new_file_mode(path: str) -> int:
     return 0o666 & ~umask
 
 
+def _special_file(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a folder (a device such as
+    ``/dev/null``, a named pipe), through symbolic links."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def _write_npz(f: Any, arrays: dict[str, np.ndarray]) -> None:
     """``arrays`` as an uncompressed ``.npz`` (a zip of ``.npy`` entries) into open file ``f``."""
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -1171,15 +1181,10 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     file (nothing to keep whole there). A file with other hard links gets a new inode: its
     other names keep the previous checkpoint."""
     path = os.path.realpath(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        mode = None
-    if mode is not None and not os.access(path, os.W_OK):
+    if os.path.exists(path) and not os.access(path, os.W_OK):
         raise PermissionError(f"save: {path!r} exists and is not writable (read-only); the "
                               "checkpoint was not written")
-    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        # a device or a named pipe: written through (a folder was refused by the caller)
+    if _special_file(path):  # a device or a named pipe: written through
         with open(path, "wb") as f:
             _write_npz(f, arrays)
         return
@@ -1356,14 +1361,16 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     except for random streams: no generator state is saved (as in PyTorch's ``state_dict``),
     so a ``Dropout(rate, seed=int)`` layer's masks start again from its seed; to resume them
     bit for bit, give the layer a ``gt.random.Generator`` and pickle it with the checkpoint.
-    Returns the path written (``.npz`` appended when missing, as ``numpy.savez`` does).
+    Returns the path written (``.npz`` appended when missing, as ``numpy.savez`` does, except
+    to a device or a named pipe that exists, such as ``/dev/null``: written to as given).
 
     The file is an uncompressed ``.npz`` (``numpy.load`` opens it; no pickled objects). It is
     written to a unique temporary file in the same folder, fsynced, then renamed over
     ``path``: concurrent saves to one path (threads or processes) leave one complete
     checkpoint, and an interrupted save leaves the previous file intact and no temporary.
     As ``open(path, "wb")`` would, a symbolic link is written through (its target replaced,
-    the link kept), and an existing file the process may not write is refused.
+    the link kept), an existing file the process may not write is refused, and a device or a
+    named pipe is written to, never replaced by a file.
 
     Raises:
         ValueError: two Variables would be saved under one name (dict keys ``1`` and ``"1"``
@@ -1393,8 +1400,8 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
     if not os.path.basename(path):  # "" would write a hidden ".npz" here, "runs/" "runs/.npz"
         raise IsADirectoryError(f"save: path must name a file, got {path!r} (a folder); "
                                 "pass e.g. os.path.join(folder, 'model.npz')")
-    if not path.endswith(".npz"):
-        path += ".npz"
+    if not path.endswith(".npz") and not _special_file(path):  # (a device, a named pipe: as
+        path += ".npz"  # given, written through)
     if os.path.isdir(path):
         raise IsADirectoryError(f"save: {path!r} is a folder; pass the path of a file in it")
     _write_atomically(path, arrays)

@@ -58,8 +58,8 @@ def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:
             return (f"{label} {shape} is one example of Variable{name} (shape {mapped.shape}), "
                     "mapped by gt.vmap: inside the vmapped function it is a per-example slice, "
                     "not the Variable, so a tape does not watch it automatically (nor w[0] "
-                    "eagerly). Call tape.watch(x) on it inside the tape's context, or map the "
-                    "Variable with in_axes=None to share it between the examples")
+                    "eagerly). Call tape.watch(x) on it inside the tape's context (or, if every "
+                    "example should use the whole Variable, map it with in_axes=None)")
         return (f"{label} {shape} was never watched: call tape.watch(x) inside the tape's "
                 "context before using it, or make it a gt.Variable")
     reach = forward_reach(tape._records, {s._id})

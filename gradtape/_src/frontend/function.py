@@ -776,7 +776,8 @@ class _Trace:
         """A traced tensor indexed by a boolean mask that is a plain array, not a traced
         value: the result's length is the mask's count of True, which the program's fixed
         shapes cannot follow if the array changes; the message says how to index instead."""
-        why = (f"gt.function: a traced tensor indexed by a boolean mask at {user_line()}, a plain "
+        line = user_line()
+        why = (f"gt.function: a traced tensor indexed by a boolean mask at {line}, a plain "
                "array (not a traced value): the replayed program has fixed shapes, and the "
                "result's length is the mask's count of True. Index with the mask's positions "
                "instead (x[np.flatnonzero(mask)] for a 1-d mask, x[np.nonzero(mask)] in "
@@ -785,7 +786,7 @@ class _Trace:
         if not self.fallback:
             raise TracingError(why)
         if self.poisoned is None:
-            self.poisoned = "indexing a traced tensor by a boolean mask"
+            self.poisoned = f"indexing a traced tensor by a plain boolean mask at {line}"
 
     def host_sync(self, what: str) -> None:
         line = user_line()
@@ -2133,15 +2134,16 @@ def _same_template(x: Any, y: Any) -> str | None:
 
 
 def _equal_values(x: Any, y: Any) -> bool:
-    """``x == y`` for two traces' constants, a NaN equal to a NaN (a float's NaN constant,
+    """``x == y`` for two traces' constants, a float NaN equal to a float NaN (a NaN constant,
     such as the one the backward of an unbiased variance over one example holds, is the same
     constant at every trace; with ``==`` alone such a step never compiled)."""
     try:
         if bool(x == y):
             return True
-        return bool(x != x) and bool(y != y)
     except Exception:
         return False
+    floats = (float, complex, np.floating, np.complexfloating)
+    return isinstance(x, floats) and isinstance(y, floats) and bool(x != x) and bool(y != y)
 
 
 # --------------------------------------------------------------------------- gt.function

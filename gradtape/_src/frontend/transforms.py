@@ -62,14 +62,22 @@ def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of 
     conv = []
     for k, leaf in enumerate(leaves):
         if isinstance(leaf, Tensor):  # each argument an input of its own, as JAX's
-            if leaf.dtype.kind not in "fc":
+            if leaf.dtype.kind != "f":
                 kind = "Variable" if leaf._is_variable else "Tensor"
+                hint = (float_hint(leaf) if leaf.dtype.kind != "c" else "complex values: "
+                        "differentiate the real and imaginary parts as separate float tensors")
                 raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated but is a "
                                 f"{kind} of dtype {leaf.dtype} (shape {leaf.shape}); pass floats "
-                                f"(gradients exist only for floating-point inputs: "
-                                f"{float_hint(leaf)}) {advice}")
+                                f"(gradients exist only for real floating-point inputs: "
+                                f"{hint}) {advice}")
             conv.append(fresh_input(leaf))
             continue
+        if isinstance(leaf, (complex, np.complexfloating)) or (
+                isinstance(leaf, np.ndarray) and leaf.dtype.kind == "c"):
+            raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated but holds a "
+                            f"complex value ({leaf!r:.60}); gradients exist only for real "
+                            "floating-point inputs (differentiate the real and imaginary parts "
+                            f"as separate float tensors) {advice}")
         if isinstance(leaf, (bool, int, np.integer)) or (
                 isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
             raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated but holds an "
@@ -212,9 +220,16 @@ def vjp(f: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[An
     """
     if not callable(f):
         raise TypeError(f"gt.vjp: f must be callable, got {type(f).__name__}")
-    fname = f"gt.vjp({getattr(f, '__name__', 'f')})"
-    prims = [_as_sources(p, fname, i, "(gt.vjp differentiates every argument: bind the others "
-                         "with a closure or functools.partial)") for i, p in enumerate(primals)]
+    return _vjp(f, primals, has_aux, f"gt.vjp({getattr(f, '__name__', 'f')})",
+                "(gt.vjp differentiates every argument: bind the others with a closure or "
+                "functools.partial)", range(len(primals)))
+
+
+def _vjp(f: Callable[..., Any], primals: Sequence[Any], has_aux: bool, fname: str, advice: str,
+         numbers: Sequence[int]) -> tuple[Any, ...]:
+    """:func:`vjp`, its messages naming ``fname`` (the transform the user called) and primal
+    ``k`` as that call's argument ``numbers[k]``."""
+    prims = [_as_sources(p, fname, numbers[k], advice) for k, p in enumerate(primals)]
     with GradientTape(persistent=True) as tape:
         for p in prims:
             tape.watch(p)
@@ -287,11 +302,10 @@ def jacrev(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[
     def jac(*args: Any, **kwargs: Any) -> Any:
         nums = _argnums(argnums, len(args), fname)
 
-        # checked here, so a refusal names gt.jacrev and the argument (vjp would name itself)
-        diff = [_as_sources(args[i], fname, i) for i in nums]
         partial = _of_differentiated(f, args, nums, kwargs)
 
-        out, vjp_fn = vjp(partial, *diff)
+        out, vjp_fn = _vjp(partial, [args[i] for i in nums], False, fname,
+                           "or leave it out of argnums", nums)
         out_leaves, out_spec = flatten(out)
         results = []  # per output leaf: one Jacobian per differentiated argument
         for j, o in enumerate(out_leaves):
