@@ -1039,3 +1039,29 @@ def test_per_example_embedding_gradients_of_int8_ids_on_a_large_batch(opts):
     np.testing.assert_allclose(norms.numpy(), n, rtol=1e-10)
     np.testing.assert_allclose(sums.numpy(), (want * np.minimum(1, 1 / n)[:, None, None]).sum(0),
                                rtol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [{}, {"max_norm": 1.0}, {"return_norms": True}])
+def test_embedding_rows_compiled_with_a_constant_cotangent(kw):
+    # a loss linear in the looked-up rows sends a constant cotangent to the lookup; the rows'
+    # scatter into [B, V, ...] was made like that constant, so inside gt.function the traced
+    # ids met a plain buffer: TracingError (".numpy() of a traced tensor"). Found by a fuzz
+    rng = np.random.default_rng(0)
+    table = gt.Variable(rng.normal(size=(8, 2)))
+
+    def step(ids):
+        with gt.GradientTape() as tape:
+            losses = gt.sum(gt.nn.embedding(ids, table) * 2.0, axis=(1, 2))
+        return tape.per_example_gradients(losses, [table], **kw)
+
+    f = gt.function(step)
+    for _ in range(4):  # new ids at every call: the replay scatters by them
+        ids = gt.tensor(rng.integers(0, 8, size=(3, 4)))
+        got, want = _leaves(f(ids)), _leaves(step(ids))
+        assert len(got) == len(want) >= 1
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _leaves(x):
+    return [t for v in x for t in _leaves(v)] if isinstance(x, (list, tuple)) else [x]

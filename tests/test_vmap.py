@@ -867,3 +867,20 @@ def test_a_vmapped_variable_is_not_watched_and_the_message_says_why() -> None:
     for k in range(3):
         want = x.numpy().T @ (1 - np.tanh(x.numpy() @ Ws.numpy()[k]) ** 2)
         close(got[k], want)
+
+
+def test_nested_vmap_of_grad_through_per_example_indices() -> None:
+    # index_put's batching rule took g with the indexed dims spelled out: a 0-d g (the
+    # cotangent of a sum) broadcasting over an inner vmap's flat index failed in transpose
+    rng = np.random.default_rng(0)
+    W = gt.tensor(rng.normal(size=(3, 4)))
+    X, Y = rng.normal(size=(2, 3, 3)), rng.integers(0, 4, size=(2, 3))
+    losses = [lambda W, x, y: gt.sum((x @ W)[y]),
+              lambda W, x, y: gt.sum((gt.expand_dims(x, 0) @ W)[0, y]),
+              lambda W, x, y: gt.sum((gt.expand_dims(x, 0) @ W)[np.arange(1), gt.expand_dims(y, 0)])]
+    for loss in losses:
+        want = np.stack([[gt.grad(loss)(W, gt.tensor(X[a, b]), gt.tensor(Y[a, b])).numpy()
+                          for b in range(3)] for a in range(2)])
+        inner = gt.vmap(gt.grad(loss), in_axes=(None, 0, 0))
+        got = gt.vmap(inner, in_axes=(None, 0, 0))(W, gt.tensor(X), gt.tensor(Y))
+        close(got, want)

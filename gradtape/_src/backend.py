@@ -608,11 +608,17 @@ def acc_add_at(xp: Any, shape: tuple, index: Any, g: Array) -> Array:
         >>> acc_add_at(np, (2,), np.zeros(5000, np.intp), np.ones(5000, np.float16)).tolist()
         [5000.0, 0.0]
     """
+    like = g  # inside gt.function: a traced g, else a traced index (a constant cotangent
+    if not getattr(g, "_gt_traced", False):  # scattered by traced ids), so the trace follows
+        for part in index if isinstance(index, tuple) else (index,):  # the buffer either way
+            if getattr(part, "_gt_traced", False):
+                like = part
+                break
     if g.dtype == _HALF:
-        z = xp.zeros_like(g, shape=shape, dtype=np.float32)
+        z = xp.zeros_like(like, shape=shape, dtype=np.float32)
         xp.add.at(z, index, g)
         return z.astype(_HALF)
-    z = xp.zeros_like(g, shape=shape)
+    z = xp.zeros_like(like, shape=shape, dtype=g.dtype)
     xp.add.at(z, index, g)
     return z
 

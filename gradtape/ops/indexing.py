@@ -292,10 +292,17 @@ def _index_put_batch(args: tuple, dims: tuple, *, axis: int, shape: tuple) -> tu
     idx = move_axis(idx, di, 0)
     size = idx.shape[0]
     ni = idx.ndim - 1
+    # g may broadcast against the indexed shape [*pre, *is, *post] (add.at's rule: a 0-d g of
+    # a sum, or the flat index of an inner vmap with this level's g): its full shape first
+    full = tuple(shape[:axis]) + tuple(idx.shape[1:]) + tuple(shape[axis + 1:])
     if dg is None:  # the same g for every example: add.at broadcasts it over the batch
+        if g.shape != full:
+            g = bind(REGISTRY["broadcast_to"], g, shape=full)
         g = g.transpose((*range(axis, axis + ni), *range(axis), *range(axis + ni, g.ndim)))
     else:
         g = move_axis(g, dg, 0)
+        if g.shape[1:] != full:
+            g = bind(REGISTRY["broadcast_to"], g, shape=(g.shape[0],) + full)
         order = (0, *range(1 + axis, 1 + axis + ni), *range(1, 1 + axis),
                  *range(1 + axis + ni, g.ndim))
         g = g.transpose(order)  # [B, *is, *pre, *post]
