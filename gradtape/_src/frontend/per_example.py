@@ -148,7 +148,8 @@ def _unsupported(rec: Record, where: str) -> NotImplementedError:
     ``gt.vmap`` of a gradient over the examples, would be called from here)."""
     return NotImplementedError(
         f"{WHAT}: no per-example rule for primitive '{rec.prim.name}' {where}. Per-example "
-        "rules exist for elementwise ops, matmul (dense layers), the weights of convolutions and "
+        "rules exist for elementwise ops, matmul, dot and einsum (dense layers), the weights of "
+        "convolutions and "
         "embedding lookups (getitem of a table with per-example ids); for other layers compute "
         "the gradients per "
         "example with gt.vmap(gt.grad(...)) over the batch, or a loop of tape.gradient calls on "
@@ -554,6 +555,14 @@ def _check_boundary(rec: Record, i: int, B: int) -> None:
         return
     if prim.name == "getitem" and _batch_index(rec, B) is not None:
         return
+    if prim.name in ("einsum", "dot"):
+        why = _contraction_boundary(rec, i)
+        if why is not None:
+            raise _unsupported(rec, f"with a parameter of shape {rec.in_shapes[i]}: {why} "
+                               "(supported: the output's first label the batch axis of the "
+                               "per-example operands, first in each, absent from the "
+                               "parameter's labels)")
+        return
     if prim.name in CONV_WEIGHT_GRADS:
         if i != 1:
             raise _unsupported(rec, f"with parameter images of shape {rec.in_shapes[0]} and "
@@ -561,6 +570,42 @@ def _check_boundary(rec: Record, i: int, B: int) -> None:
                                "per-example images x[B, C, H, W], parameter weights)")
         return
     raise _unsupported(rec, "where a parameter meets per-example data")
+
+
+def _contraction_boundary(rec: Record, i: int) -> str | None:
+    """Why parameter input ``i`` of an einsum (or dot, stored as one) has no per-example rule
+    here, else None: the output's first label must be the batch label, first in the other
+    operands that carry it (per-example data) and absent from the parameter's labels."""
+    subs, out = rec.params["inputs"], rec.params["output"]
+    if any("." in sub for sub in (*subs, out)):
+        return "an ellipsis in the subscripts"
+    if not out:
+        return "a scalar output"
+    b = out[0]
+    if b in subs[i]:
+        return f"the parameter carries the batch label {b!r}"
+    for j, sub in enumerate(subs):
+        if j != i and b in sub and (sub[0] != b or sub.count(b) != 1):
+            return f"operand {j} ({sub!r}) does not carry the batch label {b!r} first, once"
+    return None
+
+
+def _contraction_examples(rec: Record, i: int, g: Array) -> Array:
+    """Per-example gradient ``[B, *shape]`` of parameter ``i`` of an einsum (or dot): the
+    einsum VJP (the cotangent contracted with the other operands onto the parameter's labels)
+    with the batch label kept in front (checked by :func:`_contraction_boundary`)."""
+    subs, out = rec.params["inputs"], rec.params["output"]
+    shape = rec.in_shapes[i]
+    others = [j for j in range(len(subs)) if j != i]
+    avail = set(out).union(*(subs[j] for j in others))
+    target = "".join(c for c in subs[i] if c in avail)
+    xp = backend_of(g).xp
+    spec = ",".join((out, *(subs[j] for j in others))) + "->" + out[0] + target
+    gk = xp.einsum(spec, g, *(rec.inputs[j].data for j in others))  # type: ignore[union-attr]
+    B = g.shape[0]
+    kept = (B,) + tuple(s if c in avail else 1 for c, s in zip(subs[i], shape))
+    gk = gk.reshape(kept)
+    return gk if kept[1:] == tuple(shape) else xp.broadcast_to(gk, (B,) + tuple(shape)).copy()
 
 
 # --------------------------------------------------------------------------- per-example rules
@@ -638,6 +683,8 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
         else:
             gi = _per_example_sum(xp.matmul(g2, _swap(X)), pshape, rec, True)
         return gi.reshape((B,) + shape), True
+    if prim.name in ("einsum", "dot"):  # (checked by analyse)
+        return _contraction_examples(rec, i, g), True
     conv_w = CONV_WEIGHT_GRADS.get(prim.name)
     if conv_w is not None:  # the weights (checked by analyse)
         X = rec.inputs[0].data  # type: ignore[union-attr]  # convolutions save their inputs
