@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,22 @@ def _dot_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: An
     return _product_jvp(m, P_DOT, primals, tangents, p)
 
 
+def einsum_vjp_labels(subs: Sequence[str], out: str, k: int, shape: tuple[int, ...]
+                      ) -> tuple[list[int], str, tuple[int, ...]]:
+    """For operand ``k`` (of ``shape``) of ``einsum(subs -> out)``: the other operands, the
+    labels of ``k`` that contracting the cotangent with them yields, and ``shape`` with 1 for
+    the labels only ``k`` has (summed away in the forward, broadcast back in the VJP).
+
+    Example:
+        >>> einsum_vjp_labels(("ij", "jk"), "ik", 0, (2, 3))
+        ([1], 'ij', (2, 3))
+    """
+    others = [j for j in range(len(subs)) if j != k]
+    avail = set(out).union(*(subs[j] for j in others))
+    target = "".join(c for c in subs[k] if c in avail)
+    return others, target, tuple(s if c in avail else 1 for c, s in zip(subs[k], shape))
+
+
 def _einsum_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     """Gradient of operand k: the output gradient contracted with the other operands, onto
     the labels of k; labels only k has (summed away in the forward) are broadcast back."""
@@ -248,14 +265,11 @@ def _einsum_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
         if not need:
             grads.append(None)
             continue
-        others = [j for j in range(len(subs)) if j != k]
-        avail = set(out).union(*(subs[j] for j in others))
-        target = "".join(c for c in subs[k] if c in avail)
+        others, target, kept = einsum_vjp_labels(subs, out, k, rec.in_shapes[k])
         gk = m.apply(P_EINSUM, g, *(m.val(ops[j]) for j in others),
                      inputs=(out, *(subs[j] for j in others)), output=target)
         if target != subs[k]:
             shape = rec.in_shapes[k]
-            kept = tuple(s if c in avail else 1 for c, s in zip(subs[k], shape))
             if gk.shape != kept:
                 gk = m.apply(P_RESHAPE, gk, shape=kept)
             if kept != shape:

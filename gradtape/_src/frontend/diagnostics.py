@@ -26,7 +26,7 @@ def _mapped_variable(s: Tensor) -> Variable | None:
     None."""
     while isinstance(s, BatchedTensor):
         s = s._value
-    return s if isinstance(s, Variable) and s is not None else None
+    return s if isinstance(s, Variable) else None
 
 
 def explain(tape: Recorder, s: Tensor, targets: list[Tensor]) -> str:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ...ops.linalg import einsum_vjp_labels
 from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, opaque, user_line
@@ -595,17 +596,14 @@ def _contraction_examples(rec: Record, i: int, g: Array) -> Array:
     einsum VJP (the cotangent contracted with the other operands onto the parameter's labels)
     with the batch label kept in front (checked by :func:`_contraction_boundary`)."""
     subs, out = rec.params["inputs"], rec.params["output"]
-    shape = rec.in_shapes[i]
-    others = [j for j in range(len(subs)) if j != i]
-    avail = set(out).union(*(subs[j] for j in others))
-    target = "".join(c for c in subs[i] if c in avail)
+    shape = tuple(rec.in_shapes[i])
+    others, target, kept = einsum_vjp_labels(subs, out, i, shape)
     xp = backend_of(g).xp
     spec = ",".join((out, *(subs[j] for j in others))) + "->" + out[0] + target
     gk = xp.einsum(spec, g, *(rec.inputs[j].data for j in others))  # type: ignore[union-attr]
     B = g.shape[0]
-    kept = (B,) + tuple(s if c in avail else 1 for c, s in zip(subs[i], shape))
-    gk = gk.reshape(kept)
-    return gk if kept[1:] == tuple(shape) else xp.broadcast_to(gk, (B,) + tuple(shape)).copy()
+    gk = gk.reshape((B,) + kept)
+    return gk if kept == shape else xp.broadcast_to(gk, (B,) + shape).copy()
 
 
 # --------------------------------------------------------------------------- per-example rules

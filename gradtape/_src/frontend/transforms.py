@@ -79,7 +79,7 @@ def _as_sources(arg: Any, fname: str, i: int, advice: str = "or leave it out of 
                             "floating-point inputs (differentiate the real and imaginary parts "
                             f"as separate float tensors) {advice}")
         if isinstance(leaf, (bool, int, np.integer)) or (
-                isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "fc"):
+                isinstance(leaf, np.ndarray) and leaf.dtype.kind != "f"):
             raise TypeError(f"{fname}: {_argument(i, spec, k)} is differentiated but holds an "
                             f"integer or boolean value ({leaf!r:.60}); pass floats (gradients "
                             f"exist only for floating-point inputs) {advice}")
