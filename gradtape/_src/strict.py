@@ -655,6 +655,7 @@ def _binary(name: str, reflected: bool = False) -> Callable[[StrictArray, Any], 
     what = f"operator ({name})"
 
     def op(self: StrictArray, other: Any) -> Any:
+        _caller_import(1)
         o = _operand(other, what)
         if o is NotImplemented:
             return NotImplemented
@@ -670,6 +671,7 @@ def _inplace(name: str) -> Callable[[StrictArray, Any], StrictArray]:
     what = f"operator ({name}, in place)"
 
     def op(self: StrictArray, other: Any) -> StrictArray:
+        _caller_import(1)
         o = _operand(other, what)
         if o is NotImplemented:
             return NotImplemented
@@ -677,6 +679,14 @@ def _inplace(name: str) -> Callable[[StrictArray, Any], StrictArray]:
         _log(uf, (self._a, o), {"out": self._a}, self)
         return self
     return op
+
+
+def _caller_import(depth: int) -> None:
+    """CuPy's ufuncs and operators are Cython (no frame of their own) and may import a module on
+    a call (their kernel cache): CPython's ``PyImport_Import`` then looks ``__import__`` up in
+    the builtins of the calling Python frame, ``depth`` frames above this one. Code run with
+    builtins that lack it fails there with ``KeyError: '__import__'``, as it does on CuPy."""
+    sys._getframe(depth + 1).f_builtins["__import__"]  # noqa: B018 - the lookup is the check
 
 
 def _operand(x: Any, what: str) -> Any:
@@ -701,6 +711,7 @@ for _name, _uf in (("lt", "less"), ("le", "less_equal"), ("gt", "greater"), ("ge
     setattr(StrictArray, f"__{_name}__", _binary(_uf))
 def _unary(uf: np.ufunc) -> Callable[[StrictArray], StrictArray]:
     def op(self: StrictArray) -> StrictArray:
+        _caller_import(1)
         result = StrictArray(np.asarray(uf(self._a)))
         _log(uf, (self._a,), {}, result)
         return result
@@ -736,6 +747,7 @@ class _Ufunc:
         return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _caller_import(1)
         return self._run(self._uf, self.__name__, args, kwargs)
 
     def reduce(self, *args: Any, **kwargs: Any) -> Any:

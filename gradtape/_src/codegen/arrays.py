@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import Array, Backend, erf_for
 from ..cpu.select import where as select_where
-from .expr import CONSTANTS, FUNCTIONS, UFUNC_NAMES, Expr, vjp_function
+from .expr import CONSTANTS, FUNCTIONS, GENERATED_BUILTINS, UFUNC_NAMES, Expr, vjp_function
 
 __all__ = ["array_vjp"]
 
@@ -44,7 +44,7 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
         "rsqrt": rsqrt, "sin": xp.sin, "cos": xp.cos, "tan": xp.tan, "tanh": xp.tanh,
         "sinh": xp.sinh, "cosh": xp.cosh, "arcsin": xp.arcsin, "arccos": xp.arccos,
         "arctan": xp.arctan, "erf": erf, "abs": xp.abs, "sign": xp.sign,
-        "sigmoid": sigmoid, "square": xp.square, "where": where, "__builtins__": {},
+        "sigmoid": sigmoid, "square": xp.square, "where": where, "__builtins__": GENERATED_BUILTINS,
     }
     ns.update(CONSTANTS)
     assert set(FUNCTIONS) <= set(ns)

@@ -21,6 +21,7 @@ becomes NaN (see ``where`` in the API reference).
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import math
 from collections.abc import Callable
@@ -28,6 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ExpressionError
+
+# The builtins that generated derivative code runs with: none of Python's names (the AST it
+# comes from is whitelisted) but ``__import__``. A device library's ufunc is compiled code with
+# no frame of its own and may import a module on a call (CuPy's do, for their kernel cache);
+# CPython's ``PyImport_Import`` looks ``__import__`` up in the calling frame's builtins, so
+# without it every such call from generated code raises ``KeyError: '__import__'``.
+GENERATED_BUILTINS: dict[str, Any] = {"__import__": builtins.__import__}
 
 __all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError", "vjp_function", "is_select",
            "plain_number"]
@@ -226,7 +234,7 @@ def vjp_function(expr: Expr, arg_names: tuple[str, ...], safe: bool, ns: dict[st
         return f"_uf_multiply(gy, ({body}))" if ufuncs else f"gy * ({body})"
 
     code = product(tree.body)
-    ns.setdefault("__builtins__", {})
+    ns.setdefault("__builtins__", GENERATED_BUILTINS)
     ns.update(CONSTANTS)
     fn: Callable = eval(f"lambda gy, {', '.join(arg_names)}: {code}", ns)  # noqa: S307 - whitelisted AST
     return fn
