@@ -63,13 +63,15 @@ def test_training_steps_as_graphs_equal_the_plain_replay(device, image):
     """The digits MLP and CNN trained with Adam (a learning-rate schedule: host state) under
     cuda_graph=True: losses, gradients returned at every call (kept across calls: no result
     aliases a graph's buffer) and final weights equal the plain replay's bit for bit, and the
-    forward and backward ran as a graph (the update, a host step, between launches)."""
+    forward and backward ran as graphs: the device runs between the matmuls (CuPy refuses
+    cuBLAS calls in a capture: they run between the launches, as the update's host steps do;
+    the strict stand-in refuses them too, so a matmul inside a graph would warn here)."""
     build = (lambda: digits.build_cnn(seed=2)) if image else (lambda: digits.build_mlp(seed=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         want, w_want, _ = _train(build, False, image)
         got, w_got, f = _train(build, True, image)
-    assert f.graph_count == 1
+    assert f.graph_count >= 1
     for (la, ga), (lb, gb) in zip(got, want):
         assert la == lb
         np.testing.assert_array_equal(ga, gb)
@@ -101,11 +103,11 @@ def test_a_graph_per_signature_and_none_on_numpy():
     results = {}
     for name in ("strict", "numpy"):
         with gt.use_backend(name):
-            w[name] = gt.Variable(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3))
+            w[name] = gt.Variable(np.linspace(-1, 1, 4, dtype=np.float32))
 
             @gt.function(cuda_graph=True)
             def f(x, _w=w[name]):
-                return gt.tanh(x @ _w) * 2.0
+                return gt.tanh(x * _w) * 2.0
 
             outs = [f(gt.ones((n, 4))).numpy() for n in (2, 2, 2, 2, 3, 3, 3, 3, 2)]
             results[name] = (outs, f.graph_count)
@@ -296,15 +298,16 @@ def test_an_error_at_the_capturing_call_is_the_calls_and_capture_retries(device)
 def test_gradient_norms_stay_inside_one_graph(device, how):
     """The norms of clipping (and per-example norms) are device steps without a read-back:
     one graph for the forward, the backward and the norms, not one cut per gradient (the host
-    route's float64 retry is a host step on NumPy only)."""
-    ws = [gt.Variable(np.full((4, 4), 0.1 * (i + 1), np.float32)) for i in range(6)]
+    route's float64 retry is a host step on NumPy only). (Elementwise layers: a matmul is a
+    cuBLAS call, which runs between graphs.)"""
+    ws = [gt.Variable(np.full(4, 0.1 * (i + 1), np.float32)) for i in range(6)]
     opt = gt.optimizers.SGD(0.1, global_clipnorm=0.5)
 
     def step(x):
         with gt.GradientTape() as tape:
             h = x
             for w in ws:
-                h = gt.tanh(h @ w)
+                h = gt.tanh(h * w)
             per = (h * h).sum(axis=1)
             loss = per.sum()
         if how == "per_example_norms":
@@ -319,6 +322,9 @@ def test_gradient_norms_stay_inside_one_graph(device, how):
         return loss, norm
 
     f = gt.function(step, cuda_graph=True)
-    for _ in range(4):
-        f(gt.ones((2, 4)))
-    assert f.graph_count == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a read-back inside would fail the capture: it warns
+        for _ in range(4):
+            f(gt.ones((2, 4)))
+    # (per-example norms sum rows with einsum, a cuBLAS call on CuPy: graphs around it)
+    assert f.graph_count == 1 if how != "per_example_norms" else f.graph_count >= 1

@@ -108,3 +108,56 @@ def test_indexing_errors():
         x["a"]
     with pytest.raises(ValueError, match="take: axis 2 is out of range for a tensor of rank 2"):
         gt.take(x, [0], axis=2)
+
+
+# --------------------------------------------------------------------------- range on a device
+@pytest.fixture(params=["numpy", "strict", pytest.param("cupy", marks=pytest.mark.gpu)])
+def any_backend(request):
+    """NumPy, the device-strict stand-in (its integer-array indexing wraps an index out of
+    range around, as CuPy's does) and CuPy where present."""
+    if request.param == "strict":
+        from gradtape._src import strict
+
+        strict.install()
+    try:
+        with gt.use_backend(request.param):
+            yield request.param
+    except gt.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("make", [
+    lambda t: t[t.new([0, 3])],
+    lambda t: t[t.new([-4])],
+    lambda t: t[..., t.new([4])],
+    lambda t: t[:, t.new([[0], [5]])],
+    lambda t: t[t.new([1]), t.new([9])],
+    lambda t: gt.take(t.x, t.new([0, 12])),
+    lambda t: gt.gather(t.x, t.new([2, 3]), axis=0),
+], ids=["rows", "negative", "ellipsis", "columns", "pair", "take", "gather"])
+def test_an_index_array_out_of_range_raises_on_every_backend(any_backend, make):
+    """A device library's integer-array indexing wraps an index out of range around (CuPy's
+    does): gradtape checks the range, so every backend raises IndexError, never another
+    element."""
+    class On:
+        x = gt.tensor(np.arange(12.0).reshape(3, 4))
+
+        def __getitem__(self, index):
+            return self.x[index]
+
+        @staticmethod
+        def new(values):
+            return gt.tensor(np.array(values))
+
+    with pytest.raises(IndexError):
+        make(On())
+
+
+def test_an_index_out_of_range_raises_inside_a_compiled_step_on_every_backend(any_backend):
+    f = gt.function(lambda x, i: x[i] * 2.0)
+    x = gt.tensor(np.arange(5, dtype=np.float32))
+    for k in range(3):  # traced, then replayed
+        np.testing.assert_array_equal(f(x, gt.tensor(np.array([0, k]))).numpy(), [0.0, 2.0 * k])
+    with pytest.raises(IndexError, match="out of"):
+        f(x, gt.tensor(np.array([0, 9])))
+    np.testing.assert_array_equal(f(x, gt.tensor(np.array([4]))).numpy(), [8.0])

@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import sys
 import threading
@@ -259,10 +258,20 @@ def _log(call: Callable, args: tuple, kwargs: dict, result: Any) -> None:
 _SYNCHRONOUS = frozenset(("sort", "argsort", "lexsort", "sort_complex", "msort"))
 
 
+#: CuPy runs these through cuBLAS (cuSOLVER for linalg), and its cuBLAS wrapper refuses any
+#: call while the stream is captured (NotImplementedError), up to CuPy 14 at least.
+_CUBLAS = frozenset(("matmul", "dot", "vdot", "inner", "tensordot", "einsum"))
+
+
 def _refuse_in_capture(name: str) -> None:
-    if name in _SYNCHRONOUS and _capturing() is not None:
+    if _capturing() is None:
+        return
+    if name in _SYNCHRONOUS:
         raise RuntimeError(f"{name} while a CUDA graph is captured: CuPy sorts with Thrust, "
                            "which synchronises the stream (device-strict backend)")
+    if name in _CUBLAS or name.startswith("linalg."):
+        raise NotImplementedError(f"calling cuBLAS API during stream capture is currently "
+                                  f"unsupported ({name}; CuPy's refusal, device-strict backend)")
 
 
 def capture(fn: Callable[..., Any], args: list[Any]) -> tuple[Callable[[], None], Any]:
@@ -378,6 +387,35 @@ def _index(key: Any) -> Any:
     if t is tuple:
         return tuple(_index(k) for k in key)
     return key
+
+
+def _wrapped(shape: tuple, idx: Any) -> Any:
+    """``idx`` with each integer-array item taken modulo its axis's size: CuPy's integer-array
+    indexing wraps an out-of-range index around where NumPy raises."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if not any(isinstance(it, np.ndarray) and it.dtype.kind in "iu" for it in items):
+        return idx
+    spans = [0 if it is None else (it.ndim if isinstance(it, np.ndarray) and it.dtype.kind == "b"
+                                   else 1) for it in items]
+    rest = len(shape) - sum(n for it, n in zip(items, spans) if it is not Ellipsis)
+    out, axis = [], 0
+    for it, n in zip(items, spans):
+        if it is Ellipsis:
+            axis += max(rest, 0)
+        elif isinstance(it, np.ndarray) and it.dtype.kind in "iu" and axis < len(shape) \
+                and shape[axis]:
+            it = np.mod(it, shape[axis])
+        out.append(it)
+        axis += 0 if it is Ellipsis else n
+    return tuple(out) if isinstance(idx, tuple) else out[0]
+
+
+def _get_wrapped(a: np.ndarray, idx: Any) -> Any:
+    return a[_wrapped(a.shape, idx)]
+
+
+def _set_wrapped(a: np.ndarray, idx: Any, value: Any) -> None:
+    a[_wrapped(a.shape, idx)] = value
 
 
 class _Flags:
@@ -619,8 +657,8 @@ class StrictArray:
         if _has_bool_array(key):
             _sync("data-dependent shape: boolean mask indexing")
         idx = _index(key)
-        result = _wrap(self._a[idx])
-        _log(operator.getitem, (self._a, idx), {}, result)
+        result = _wrap(_get_wrapped(self._a, idx))
+        _log(_get_wrapped, (self._a, idx), {}, result)  # (a launch wraps that call's index)
         return result
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -632,8 +670,8 @@ class StrictArray:
             raise TypeError(f"assignment from a host {type(value).__name__} to a device array is "
                             "refused (CuPy gh-2079): move it with xp.asarray first")
         idx = _index(key)
-        self._a[idx] = value
-        _log(operator.setitem, (self._a, idx, value), {}, None)
+        _set_wrapped(self._a, idx, value)
+        _log(_set_wrapped, (self._a, idx, value), {}, None)
 
     def __divmod__(self, other: Any) -> Any:
         o = _operand(other, "divmod")
@@ -656,6 +694,7 @@ def _binary(name: str, reflected: bool = False) -> Callable[[StrictArray, Any], 
 
     def op(self: StrictArray, other: Any) -> Any:
         _caller_import(1)
+        _refuse_in_capture(name)
         o = _operand(other, what)
         if o is NotImplemented:
             return NotImplemented
@@ -672,9 +711,12 @@ def _inplace(name: str) -> Callable[[StrictArray, Any], StrictArray]:
 
     def op(self: StrictArray, other: Any) -> StrictArray:
         _caller_import(1)
+        _refuse_in_capture(name)
         o = _operand(other, what)
-        if o is NotImplemented:
-            return NotImplemented
+        if o is NotImplemented:  # CuPy's in-place operators convert the operand themselves
+            # (no reflected retry): another array type is refused, whatever its priority
+            raise TypeError(f"Unsupported type {type(other)} (device-strict backend: "
+                            f"{what} takes device arrays and scalars, as CuPy's)")
         uf(self._a, o, out=self._a)
         _log(uf, (self._a, o), {"out": self._a}, self)
         return self
@@ -748,6 +790,7 @@ class _Ufunc:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _caller_import(1)
+        _refuse_in_capture(self.__name__)
         return self._run(self._uf, self.__name__, args, kwargs)
 
     def reduce(self, *args: Any, **kwargs: Any) -> Any:

@@ -456,6 +456,8 @@ def getitem(x: Any, index: Any) -> Tensor:
         return per_example
     idx, advanced = _convert_index(index, x._backend.xp)
     try:
+        if advanced and x._backend.xp is not np:
+            _check_device_index(x.shape, idx)
         return bind(P_GETITEM, x, index=idx, advanced=advanced)
     except IndexError as exc:
         err = IndexError(f"indexing a tensor of shape {x.shape}: {exc}")
@@ -463,6 +465,29 @@ def getitem(x: Any, index: Any) -> Tensor:
         if notes:  # Python 3.11+)
             err.__notes__ = list(notes)  # type: ignore[attr-defined]
         raise err from None
+
+
+def _check_device_index(shape: tuple, index: Any) -> None:
+    """Raise IndexError for an integer index array holding an index out of range for its
+    axis. A device library's integer-array indexing wraps such an index around (CuPy's does,
+    where NumPy raises): without this check the result would hold another element, silently.
+    One read-back per integer array (inside a ``gt.function`` step: a step of the program)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    spans = [0 if it is None else (int(it.ndim) if getattr(it, "dtype", None) is not None
+                                   and it.dtype.kind == "b" else 1) for it in items]
+    rest = len(shape) - sum(n for it, n in zip(items, spans) if it is not Ellipsis)
+    axis = 0
+    for it, n in zip(items, spans):
+        if it is Ellipsis:
+            axis += max(rest, 0)
+            continue
+        if getattr(it, "dtype", None) is not None and it.dtype.kind in "iu" and axis < len(shape):
+            if it.size:
+                size = shape[axis]
+                _smallest_checked(functools.partial(_check_index_range, n=size, what="index",
+                                                    name=f"the array for axis {axis}"),
+                                  it, ("index range", size, "getitem", axis))
+        axis += n
 
 
 def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:

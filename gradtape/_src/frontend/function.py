@@ -1387,7 +1387,8 @@ class _Program:
         groups: list[tuple[bool, list[tuple[_Step, list[str], list[Any]]]]] = []
         for st, lines in step_lines:
             written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
-            device = not st.host and not any(type(w) is _Const for w in written)
+            device = not st.host and not any(type(w) is _Const for w in written) \
+                and not _calls_blas(st.fn)
             if device and groups and groups[-1][0]:
                 groups[-1][1].append((st, lines, written))
             else:
@@ -1435,6 +1436,25 @@ class _Program:
             segments.append(_Segment(ns["segment"], reads[k], outs, device))
         segments.reverse()
         return segments, across
+
+
+#: Device functions that run on cuBLAS (or cuSOLVER: every ``linalg`` one). CuPy refuses
+#: cuBLAS calls while a stream is captured, so these steps run between the graphs, as host
+#: steps do (their launches are not relaunched from a graph).
+_BLAS_NAMES = frozenset(("matmul", "imatmul", "dot", "vdot", "inner", "tensordot", "einsum"))
+
+
+def _calls_blas(fn: Any) -> bool:
+    """Whether a logged step's function is one of :data:`_BLAS_NAMES` (an operator, its
+    reflected form, or a device module's function) or a ``linalg`` function."""
+    fn = getattr(fn, "_gt_reflects", fn)
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str):
+        name = getattr(fn, "name", None)
+    if not isinstance(name, str):
+        return False
+    return name in _BLAS_NAMES or name.startswith("linalg.") or ".linalg" in str(
+        getattr(fn, "__module__", "") or "")
 
 
 def _shares_with(a: Any, others: list[Any]) -> bool:

@@ -905,20 +905,22 @@ def _sq_norms_in(B: int, per: Sequence[Array], spec: Sequence[tuple], pairs: Seq
     cancelled past the rule of :func:`_ghost_sq_norms` (``check``; else all False).
     ``exact``: each ghost boundary's gradient formed, an example at a time (rows to take
     again)."""
+    # (sums out of place: inside a traced step the zeros are a constant of the program and the
+    # parts traced arrays, which a device array's in-place operator refuses)
     sq = xp.zeros(B, dtype=np.float64)
     rough = xp.zeros(B, dtype=bool)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is taken again in float64
         for G in per:
-            sq += _row_sq(xp, _at_least(G.reshape(B, -1), dt))
+            sq = sq + _row_sq(xp, _at_least(G.reshape(B, -1), dt))
         for k, (kind, i, V) in enumerate(spec):
             g, X = pairs[2 * k], pairs[2 * k + 1]
             if exact:
-                sq += _ghost_sq_norms_exact(B, kind, i, V, g, X)
+                sq = sq + _ghost_sq_norms_exact(B, kind, i, V, g, X)
                 continue
             part, flagged = _ghost_sq_norms(B, kind, i, V, g, X, dt, check)
-            sq += part
+            sq = sq + part
             if flagged is not None:
-                rough |= flagged
+                rough = rough | flagged
     return sq, rough
 
 
