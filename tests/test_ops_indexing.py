@@ -134,7 +134,9 @@ def any_backend(request):
     lambda t: t[t.new([1]), t.new([9])],
     lambda t: gt.take(t.x, t.new([0, 12])),
     lambda t: gt.gather(t.x, t.new([2, 3]), axis=0),
-], ids=["rows", "negative", "ellipsis", "columns", "pair", "take", "gather"])
+    lambda t: t[[0, 3]],
+    lambda t: t[:, np.array([[0], [5]])],
+], ids=["rows", "negative", "ellipsis", "columns", "pair", "take", "gather", "host_list", "host_array"])
 def test_an_index_array_out_of_range_raises_on_every_backend(any_backend, make):
     """A device library's integer-array indexing wraps an index out of range around (CuPy's
     does): gradtape checks the range, so every backend raises IndexError, never another

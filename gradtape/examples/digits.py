@@ -198,7 +198,7 @@ def train(model: gt.nn.Module, optimizer: gt.optimizers.Optimizer, data: tuple[n
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         bar = _Progress(label, epoch, epochs, steps, stream)
-        perm = xp.asarray(rng.permutation(n))
+        perm = rng.permutation(n)  # host indices: their range is checked on the host
         loss_sum = xp.zeros((), dtype=np.float64)
         correct = xp.zeros((), dtype=np.int64)
         seen = 0

@@ -13,7 +13,7 @@ import numpy as np
 from .._src.autodiff.batched import physical_data
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import STATE, opaque, read_for_trace
-from .._src.backend import acc_add_at, is_extra_array
+from .._src.backend import acc_add_at, backend_of, is_extra_array
 from .._src.primitive import REGISTRY, as_tensor, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap, broadcasts_to
@@ -457,7 +457,7 @@ def getitem(x: Any, index: Any) -> Tensor:
     idx, advanced = _convert_index(index, x._backend.xp)
     try:
         if advanced and x._backend.xp is not np:
-            _check_device_index(x.shape, idx)
+            _check_device_index(x.shape, index)
         return bind(P_GETITEM, x, index=idx, advanced=advanced)
     except IndexError as exc:
         err = IndexError(f"indexing a tensor of shape {x.shape}: {exc}")
@@ -468,26 +468,39 @@ def getitem(x: Any, index: Any) -> Tensor:
 
 
 def _check_device_index(shape: tuple, index: Any) -> None:
-    """Raise IndexError for an integer index array holding an index out of range for its
-    axis. A device library's integer-array indexing wraps such an index around (CuPy's does,
-    where NumPy raises): without this check the result would hold another element, silently.
-    One read-back per integer array (inside a ``gt.function`` step: a step of the program)."""
+    """Raise IndexError for an integer index array (of the index as the user gave it) holding
+    an index out of range for its axis. A device library's integer-array indexing wraps such an
+    index around (CuPy's does, where NumPy raises): without this check the result would hold
+    another element, silently. A host array or list is checked on the host (no read-back); a
+    device one costs one read-back (inside a ``gt.function`` step: a step of the program)."""
     items = list(index) if isinstance(index, tuple) else [index]
-    spans = [0 if it is None else (int(it.ndim) if getattr(it, "dtype", None) is not None
-                                   and it.dtype.kind == "b" else 1) for it in items]
+    arrays = [np.asarray(it) if isinstance(it, list) else (it.data if isinstance(it, Tensor) else it)
+              for it in items]
+    spans = [0 if it is None else (int(a.ndim) if getattr(a, "dtype", None) is not None
+                                   and a.dtype.kind == "b" else 1) for it, a in zip(items, arrays)]
     rest = len(shape) - sum(n for it, n in zip(items, spans) if it is not Ellipsis)
     axis = 0
-    for it, n in zip(items, spans):
+    for it, a, n in zip(items, arrays, spans):
         if it is Ellipsis:
             axis += max(rest, 0)
             continue
-        if getattr(it, "dtype", None) is not None and it.dtype.kind in "iu" and axis < len(shape):
-            if it.size:
-                size = shape[axis]
-                _smallest_checked(functools.partial(_check_index_range, n=size, what="index",
-                                                    name=f"the array for axis {axis}"),
-                                  it, ("index range", size, "getitem", axis))
+        if getattr(a, "dtype", None) is not None and a.dtype.kind in "iu" and a.size \
+                and axis < len(shape):
+            check = functools.partial(_check_axis_range, n=shape[axis], axis=axis)
+            if isinstance(a, np.ndarray):
+                check(a)
+            else:
+                _smallest_checked(check, a, ("index range", shape[axis], "getitem", axis))
         axis += n
+
+
+def _check_axis_range(data: Any, n: int, axis: int) -> int:
+    """:func:`_check_index_range` in NumPy's words (the same message on every backend)."""
+    lo, hi = _ends(data)
+    if lo < -n or hi >= n:
+        raise IndexError(f"index {lo if lo < -n else hi} is out of bounds for axis {axis} "
+                         f"with size {n}")
+    return lo
 
 
 def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
@@ -585,8 +598,16 @@ def _smallest_checked(check: Any, data: Any, key: Any) -> int:
     return int(check(data))
 
 
+def _ends(data: Any) -> tuple[int, int]:
+    """The smallest and the largest entry of an integer array (on a device: one read-back)."""
+    if isinstance(data, np.ndarray):
+        return int(data.min()), int(data.max())
+    lo, hi = backend_of(data).xp.stack((data.min(), data.max())).tolist()
+    return int(lo), int(hi)
+
+
 def _check_index_range(data: Any, n: int, what: str, name: str) -> int:
-    lo, hi = int(data.min()), int(data.max())
+    lo, hi = _ends(data)
     if lo < -n or hi >= n:
         bad = lo if lo < -n else hi
         raise IndexError(f"{what}: {name} holds the index {bad}, out of range for an axis of size "
