@@ -331,15 +331,25 @@ def bench(table: list[Row], cols_of: Callable[[Row], tuple[str, ...]], device: s
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
 
-def run_tests(paths: list[str], quick: bool, collect_only: bool, timeout: float) -> dict[str, Any]:
+def run_tests(paths: list[str], quick: bool, collect_only: bool, timeout: float,
+              workers: int = 0, log: Path | None = None) -> dict[str, Any]:
     """``pytest -m gpu`` over ``paths`` in a subprocess (the repository root as working
     directory); stopped with SIGINT at ``timeout`` seconds (pytest then reports what ran).
-    Returns the counts, return code, duration and the tail of the output."""
+    ``workers`` > 0 spreads the tests over that many pytest-xdist processes sharing the device
+    (where pytest-xdist imports; CuPy's first call of each kernel compiles it on the host, so
+    the CPUs set the pace). ``log``: the whole output is written there. Returns the counts,
+    return code, duration and the tail of the output."""
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-           "-o", "addopts=", "-rfE"]
+           "-o", "addopts=", "-rfE", "--tb=short"]
     if collect_only:
         cmd.append("--collect-only")
     else:
+        if workers > 0:
+            try:
+                import xdist  # noqa: F401  (pytest-xdist; present on the GPU image)
+                cmd += ["-n", str(workers)]
+            except ImportError:
+                pass
         try:
             import pytest_timeout  # noqa: F401  (present on the GPU image): one hung test
             cmd.append("--timeout=120")  # must not eat the budget
@@ -379,6 +389,8 @@ def run_tests(paths: list[str], quick: bool, collect_only: bool, timeout: float)
         counts["collected"] = int(m.group(1))
     summary["counts"] = counts
     summary["tail"] = "\n".join(lines[-40:])
+    if log is not None:
+        log.write_text(out)
     return summary
 
 
@@ -551,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bench", action="store_true", help="skip the benchmarks")
     p.add_argument("--tests", nargs="+", default=["tests"], metavar="PATH",
                    help="what pytest -m gpu runs (default: tests)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) // 2,
+                   help="pytest-xdist processes for the tests, where it imports (0: one process; "
+                        "default: half the CPUs, at most 4)")
+    p.add_argument("--test-log", type=Path, help="write the whole pytest output here")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
     args = p.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # progress (stderr) and the table in their order
@@ -620,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         left = args.budget - (time.perf_counter() - t0) - 10.0
         print(f"  pytest -m gpu ({'collect only, ' if dry else ''}{max(left, 1):.0f} s left)",
               file=sys.stderr)
-        tests = run_tests(args.tests, q, dry, left)
+        tests = run_tests(args.tests, q, dry, left, args.workers, args.test_log)
     return report(table, res, tests, info, bwd_bytes, sz, args)
 
 

@@ -37,9 +37,17 @@ def dry_run(tmp_path_factory):
     """One dry run (the gpu tests collected from one small file only, to stay fast)."""
     out = tmp_path_factory.mktemp("gpu_suite") / "dry.json"
     proc = subprocess.run([sys.executable, str(SUITE), "--dry-run", "--tests", "tests/test_copy.py",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--json", str(out), "--test-log", str(out.with_suffix(".log"))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_the_test_log_holds_the_whole_pytest_output(dry_run, tmp_path_factory):
+    """``--test-log``: every collected test id is in the log, not only the summary's tail."""
+    logs = list(Path(tmp_path_factory.getbasetemp()).glob("gpu_suite*/dry.log"))
+    assert len(logs) == 1, logs
+    text = logs[0].read_text()
+    assert "tests/test_copy.py::" in text and "collected" in text
 
 
 def test_the_dry_run_passes_and_claims_no_figure(dry_run):
