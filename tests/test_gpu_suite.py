@@ -39,14 +39,13 @@ def dry_run(tmp_path_factory):
     proc = subprocess.run([sys.executable, str(SUITE), "--dry-run", "--tests", "tests/test_copy.py",
                            "--json", str(out), "--test-log", str(out.with_suffix(".log"))],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc.test_log = out.with_suffix(".log")  # (read by the --test-log test)
     return proc, json.loads(out.read_text()) if out.exists() else None
 
 
-def test_the_test_log_holds_the_whole_pytest_output(dry_run, tmp_path_factory):
+def test_the_test_log_holds_the_whole_pytest_output(dry_run):
     """``--test-log``: every collected test id is in the log, not only the summary's tail."""
-    logs = list(Path(tmp_path_factory.getbasetemp()).glob("gpu_suite*/dry.log"))
-    assert len(logs) == 1, logs
-    text = logs[0].read_text()
+    text = dry_run[0].test_log.read_text()
     assert "tests/test_copy.py::" in text and "collected" in text
 
 
