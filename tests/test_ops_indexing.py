@@ -136,7 +136,10 @@ def any_backend(request):
     lambda t: gt.gather(t.x, t.new([2, 3]), axis=0),
     lambda t: t[[0, 3]],
     lambda t: t[:, np.array([[0], [5]])],
-], ids=["rows", "negative", "ellipsis", "columns", "pair", "take", "gather", "host_list", "host_array"])
+    lambda t: t[True, t.new([-4])],
+    lambda t: t[None, ..., np.array([-5])],
+], ids=["rows", "negative", "ellipsis", "columns", "pair", "take", "gather", "host_list", "host_array",
+        "bool_scalar", "new_axis"])
 def test_an_index_array_out_of_range_raises_on_every_backend(any_backend, make):
     """A device library's integer-array indexing wraps an index out of range around (CuPy's
     does): gradtape checks the range, so every backend raises IndexError, never another
@@ -163,3 +166,25 @@ def test_an_index_out_of_range_raises_inside_a_compiled_step_on_every_backend(an
     with pytest.raises(IndexError, match="out of"):
         f(x, gt.tensor(np.array([0, 9])))
     np.testing.assert_array_equal(f(x, gt.tensor(np.array([4]))).numpy(), [8.0])
+
+
+@pytest.mark.parametrize("index", [
+    (True, [2]), (np.True_, np.array([2, -3])), (None, Ellipsis, [1, -1]), ([[0], [2]], [1, 3]),
+    (np.array([[1], [5]]), np.array([], int)), (np.array([2, -1], np.int8),), (slice(1, None), [0]),
+    (np.array([[True, False, True, False]] * 3),), (1, [3, -4]),
+], ids=lambda i: repr(i)[:40])
+def test_valid_index_arrays_select_as_numpy_on_every_backend(any_backend, index):
+    """The range check reads each index array against its own axis (new axes from None and
+    a scalar bool, an Ellipsis, masks spanning several axes), checks nothing where the result
+    is empty, as NumPy, and takes a narrow index dtype."""
+    a = np.arange(12.0).reshape(3, 4)
+    as_t = tuple(gt.tensor(np.asarray(i)) if isinstance(i, np.ndarray) and i.dtype != bool else i
+                 for i in index)
+    np.testing.assert_array_equal(gt.tensor(a)[as_t].numpy(), a[index])
+
+
+def test_a_narrow_index_dtype_reaches_past_its_range_on_every_backend(any_backend):
+    a = np.arange(300.0)
+    idx = np.array([1, -2], np.int8)  # -2 is the element 298
+    np.testing.assert_array_equal(gt.tensor(a)[gt.tensor(idx)].numpy(), a[idx])
+    np.testing.assert_array_equal(gt.take(gt.tensor(a), idx).numpy(), a[idx])

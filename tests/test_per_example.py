@@ -1113,3 +1113,27 @@ def test_dense_layers_written_as_einsum_or_dot(spec):
     for k in range(len(params)):
         want = sum(scale[b] * loop[b][k] for b in range(B))
         np.testing.assert_allclose(clipped[k].numpy(), want, atol=1e-12)
+
+
+def test_clipping_a_gradient_from_the_seed_alone_inside_a_device_compiled_step():
+    """A per-example gradient made only from the constant seed (``b.sum()``'s) is clipped out
+    of place inside a compiled step on a device backend (a device array's in-place operator
+    refuses a traced factor), and equals the eager result."""
+    from gradtape._src import strict
+
+    strict.install()
+    with gt.use_backend("strict"):
+        w = gt.Variable(np.ones(3, np.float32))
+        b = gt.Variable(np.ones(3, np.float32))
+
+        def step(x):
+            with gt.GradientTape() as tape:
+                loss = (x * w).sum(axis=1) + b.sum()
+            return tape.per_example_gradients(loss, [w, b], max_norm=1.0)
+
+        x = gt.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+        want = [g.numpy() for g in step(x)]
+        f = gt.function(step)
+        for _ in range(3):
+            for got, exp in zip(f(x), want):
+                np.testing.assert_allclose(got.numpy(), exp, rtol=1e-6)

@@ -395,8 +395,8 @@ def _wrapped(shape: tuple, idx: Any) -> Any:
     items = list(idx) if isinstance(idx, tuple) else [idx]
     if not any(isinstance(it, np.ndarray) and it.dtype.kind in "iu" for it in items):
         return idx
-    spans = [0 if it is None else (it.ndim if isinstance(it, np.ndarray) and it.dtype.kind == "b"
-                                   else 1) for it in items]
+    spans = [0 if it is None or isinstance(it, (bool, np.bool_)) else (
+        it.ndim if isinstance(it, np.ndarray) and it.dtype.kind == "b" else 1) for it in items]
     rest = len(shape) - sum(n for it, n in zip(items, spans) if it is not Ellipsis)
     out, axis = [], 0
     for it, n in zip(items, spans):
@@ -404,7 +404,7 @@ def _wrapped(shape: tuple, idx: Any) -> Any:
             axis += max(rest, 0)
         elif isinstance(it, np.ndarray) and it.dtype.kind in "iu" and axis < len(shape) \
                 and shape[axis]:
-            it = np.mod(it, shape[axis])
+            it = np.mod(it.astype(np.intp), shape[axis])  # (an int8 index of a longer axis)
         out.append(it)
         axis += 0 if it is Ellipsis else n
     return tuple(out) if isinstance(idx, tuple) else out[0]

@@ -476,9 +476,17 @@ def _check_device_index(shape: tuple, index: Any) -> None:
     items = list(index) if isinstance(index, tuple) else [index]
     arrays = [np.asarray(it) if isinstance(it, list) else (it.data if isinstance(it, Tensor) else it)
               for it in items]
-    spans = [0 if it is None else (int(a.ndim) if getattr(a, "dtype", None) is not None
-                                   and a.dtype.kind == "b" else 1) for it, a in zip(items, arrays)]
+    # axes each item spans: None and a scalar bool (a new axis) none, a bool mask its rank
+    spans = [0 if it is None or isinstance(it, (bool, np.bool_)) else (
+        int(a.ndim) if getattr(a, "dtype", None) is not None and a.dtype.kind == "b" else 1)
+        for it, a in zip(items, arrays)]
     rest = len(shape) - sum(n for it, n in zip(items, spans) if it is not Ellipsis)
+    ints = [a.shape for a in arrays if getattr(a, "dtype", None) is not None and a.dtype.kind in "iu"]
+    try:
+        if ints and 0 in np.broadcast_shapes(*ints):  # selects nothing: NumPy checks nothing
+            return
+    except ValueError:  # shapes that do not broadcast: the indexing itself says so
+        return
     axis = 0
     for it, a, n in zip(items, arrays, spans):
         if it is Ellipsis:

@@ -1442,6 +1442,8 @@ class _Program:
 #: cuBLAS calls while a stream is captured, so these steps run between the graphs, as host
 #: steps do (their launches are not relaunched from a graph).
 _BLAS_NAMES = frozenset(("matmul", "imatmul", "dot", "vdot", "inner", "tensordot", "einsum"))
+#: Products in CuPy's ``linalg`` modules that are elementwise kernels (no cuBLAS call).
+_NOT_BLAS = frozenset(("outer", "kron", "cross"))
 
 
 def _calls_blas(fn: Any) -> bool:
@@ -1451,7 +1453,7 @@ def _calls_blas(fn: Any) -> bool:
     name = getattr(fn, "__name__", None)
     if not isinstance(name, str):
         name = getattr(fn, "name", None)
-    if not isinstance(name, str):
+    if not isinstance(name, str) or name in _NOT_BLAS:
         return False
     return name in _BLAS_NAMES or name.startswith("linalg.") or ".linalg" in str(
         getattr(fn, "__module__", "") or "")

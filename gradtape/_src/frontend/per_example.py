@@ -1107,9 +1107,9 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
         elif c is not None:
             for sid, G in per.items():
                 cb = c.astype(G.dtype).reshape((B,) + (1,) * (G.ndim - 1))
-                if sid in owned:  # allocated by the pass, referenced nowhere else
-                    G *= cb
-                else:
+                if sid in owned and type(G) is type(cb):  # allocated by the pass, referenced
+                    G *= cb  # nowhere else (inside a traced step, an untraced G, made from a
+                else:  # constant seed, cannot take a traced factor in place on a device)
                     per[sid] = G * cb
     if need_norms and norms is None:
         norms = xp.zeros(B, dtype=np.float64)
