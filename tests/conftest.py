@@ -61,6 +61,32 @@ def backend(request):
         yield name
 
 
+def in_backend(name):
+    """A generator for a fixture: the named backend active (``"strict"`` installed first),
+    or the test skipped with the reason it is unavailable."""
+    if name == "strict":
+        from gradtape._src import strict  # test support
+
+        strict.install()
+    try:
+        with gt.use_backend(name):
+            yield name
+    except gt.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["numpy", "strict", pytest.param("cupy", marks=pytest.mark.gpu)])
+def any_backend(request):
+    """NumPy, the device-strict stand-in (CuPy's rules on the CPU) and CuPy where present."""
+    yield from in_backend(request.param)
+
+
+@pytest.fixture(params=["strict", pytest.param("cupy", marks=pytest.mark.gpu)])
+def device(request):
+    """A device backend: the strict stand-in, or CuPy (skipped with the reason without it)."""
+    yield from in_backend(request.param)
+
+
 @pytest.fixture
 def rng():
     """A seeded NumPy generator."""

@@ -15,18 +15,6 @@ from gradtape._src.backend import get_backend
 from gradtape.examples import digits
 
 
-@pytest.fixture(params=["strict", pytest.param("cupy", marks=pytest.mark.gpu)])
-def device(request):
-    """A device backend: the strict stand-in, or CuPy (skipped with the reason without it)."""
-    if request.param == "strict":
-        strict.install()
-    try:
-        with gt.use_backend(request.param):
-            yield request.param
-    except gt.BackendUnavailableError as exc:
-        pytest.skip(str(exc))
-
-
 def _train(build, cuda_graph, image, steps=6, dropout=False, outside=None):
     """Train ``build()`` with Adam under ``gt.function``; returns losses, the results of every
     call (kept: a later call must not change them), the final weights and the Function."""

@@ -111,21 +111,6 @@ def test_indexing_errors():
 
 
 # --------------------------------------------------------------------------- range on a device
-@pytest.fixture(params=["numpy", "strict", pytest.param("cupy", marks=pytest.mark.gpu)])
-def any_backend(request):
-    """NumPy, the device-strict stand-in (its integer-array indexing wraps an index out of
-    range around, as CuPy's does) and CuPy where present."""
-    if request.param == "strict":
-        from gradtape._src import strict
-
-        strict.install()
-    try:
-        with gt.use_backend(request.param):
-            yield request.param
-    except gt.BackendUnavailableError as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.mark.parametrize("make", [
     lambda t: t[t.new([0, 3])],
     lambda t: t[t.new([-4])],
