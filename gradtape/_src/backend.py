@@ -618,9 +618,25 @@ def acc_add_at(xp: Any, shape: tuple, index: Any, g: Array) -> Array:
         z = xp.zeros_like(like, shape=shape, dtype=np.float32)
         xp.add.at(z, index, g)
         return z.astype(_HALF)
+    if xp is not np and g.dtype.name not in _SCATTER_ADD_DTYPES:
+        # a device's add.at takes 32- and 64-bit integers and floats only: narrower integers
+        # and bools add in 32 bits and come back (the same wrap-around; a bool's sum is its
+        # OR), complex numbers add their real and imaginary parts
+        if g.dtype.kind == "c":
+            real = acc_add_at(xp, shape, index, xp.real(g))
+            imag = acc_add_at(xp, shape, index, xp.imag(g))
+            return (real + imag * g.dtype.type(1j)).astype(g.dtype)
+        wide = np.uint32 if g.dtype.kind == "u" else np.int32
+        z = acc_add_at(xp, shape, index, g.astype(wide))
+        return (z != 0) if g.dtype.kind == "b" else z.astype(g.dtype)
     z = xp.zeros_like(like, shape=shape, dtype=g.dtype)
     xp.add.at(z, index, g)
     return z
+
+
+#: The dtypes CuPy's ``add.at`` (``cupyx.scatter_add``) takes.
+_SCATTER_ADD_DTYPES = frozenset(("int32", "int64", "uint32", "uint64", "float16", "float32",
+                                 "float64"))
 
 
 def in_float32(impl: Callable[..., Array]) -> Callable[..., Array]:

@@ -688,8 +688,20 @@ def _from_host(a: np.ndarray) -> StrictArray:
     return StrictArray(np.array(a, copy=True))
 
 
+def _cupy_power(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+    """CuPy's ``power`` of integers: a negative integer exponent gives ``1 // a**-b`` (0 but
+    for a base of 1 or -1) where NumPy raises."""
+    a_, b_ = np.asarray(a), np.asarray(b)
+    if a_.dtype.kind in "iu" and b_.dtype.kind == "i" and (b_ < 0).any():
+        ok = np.power(a_, np.abs(b_), *args, **kwargs)
+        neg = np.broadcast_to(b_ < 0, np.shape(ok))
+        inv = np.where(np.abs(ok) == 1, ok, 0).astype(ok.dtype)
+        return np.where(neg, inv, ok)
+    return np.power(a, b, *args, **kwargs)
+
+
 def _binary(name: str, reflected: bool = False) -> Callable[[StrictArray, Any], Any]:
-    uf = getattr(np, name)
+    uf: Callable = _cupy_power if name == "power" else getattr(np, name)
     what = f"operator ({name})"
 
     def op(self: StrictArray, other: Any) -> Any:
@@ -766,6 +778,11 @@ for _name, _uf in (("neg", "negative"), ("pos", "positive"), ("abs", "absolute")
 
 
 # --------------------------------------------------------------------------- the namespace
+#: The dtypes CuPy's ``add.at`` (``cupyx.scatter_add``) takes; others raise TypeError.
+_SCATTER_ADD_DTYPES = frozenset(("int32", "int64", "uint32", "uint64", "float16", "float32",
+                                 "float64"))
+
+
 class _Ufunc:
     """A CuPy ufunc: NumPy's, with host arrays and lists refused and results on the device."""
 
@@ -791,7 +808,8 @@ class _Ufunc:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _caller_import(1)
         _refuse_in_capture(self.__name__)
-        return self._run(self._uf, self.__name__, args, kwargs)
+        return self._run(_cupy_power if self.__name__ == "power" else self._uf, self.__name__,
+                         args, kwargs)
 
     def reduce(self, *args: Any, **kwargs: Any) -> Any:
         return self._run(self._uf.reduce, f"{self.__name__}.reduce", args, kwargs)
@@ -805,6 +823,9 @@ class _Ufunc:
     def at(self, a: Any, indices: Any, b: Any = None) -> None:
         if not isinstance(a, StrictArray):
             raise _refuse(f"{self.__name__}.at", a)
+        if self.__name__ == "add" and a.dtype.name not in _SCATTER_ADD_DTYPES:
+            raise TypeError(f"cupy.add.at (scatter_add) does not support dtype {a.dtype} "
+                            "(device-strict backend, as CuPy)")
         args = (a._a, _index(indices)) if b is None else (a._a, _index(indices),
                                                          _unwrap(b, f"{self.__name__}.at"))
         self._uf.at(*args)
@@ -960,10 +981,42 @@ def _special_into(fn: Callable, x: np.ndarray, out: np.ndarray | None) -> np.nda
     return res
 
 
+def _cupy_take(a: np.ndarray, indices: Any, axis: Any = None, out: Any = None) -> np.ndarray:
+    """CuPy's ``take``: an index out of range wraps around (its kernel takes it modulo the
+    axis's length), where NumPy's raises."""
+    n = a.size if axis is None else a.shape[axis]
+    idx = np.asarray(indices)
+    if n and idx.dtype.kind in "iu":
+        idx = np.mod(idx.astype(np.intp), n)
+    return np.take(a, idx, axis=axis, out=out)
+
+
+def _cupy_cholesky(a: np.ndarray) -> np.ndarray:
+    """A Cholesky factor as a LAPACK-style ``potrf`` leaves it when the matrix is not positive
+    definite (CuPy checks the solver's status only under ``cupyx.errstate(linalg='raise')``):
+    the columns before the failing pivot factored, that pivot's non-positive value on the
+    diagonal, the rest of the lower triangle as it was, no error."""
+    out = np.array(a, dtype=np.result_type(a.dtype, np.float32), copy=True)
+    for m in out.reshape((-1,) + a.shape[-2:]):
+        n = m.shape[0]
+        for j in range(n):
+            ajj = m[j, j] - m[j, :j] @ m[j, :j]
+            if not ajj > 0:  # (NaN too)
+                m[j, j] = ajj
+                break
+            m[j, j] = np.sqrt(ajj)
+            m[j + 1:, j] = (m[j + 1:, j] - m[j + 1:, :j] @ m[j, :j]) / m[j, j]
+    return np.tril(out)
+
+
+#: NumPy functions replaced by CuPy's behaviour where the two differ (see the functions).
+_CUPY_BEHAVIOUR: dict[str, Callable] = {"take": _cupy_take, "linalg.cholesky": _cupy_cholesky}
+
+
 def _namespace() -> types.ModuleType:
     xp = types.ModuleType("gradtape_strict", "CuPy's namespace on the device-strict backend")
     for name in sorted(CUPY_NAMES):
-        obj = getattr(np, name, None)
+        obj = _CUPY_BEHAVIOUR.get(name, getattr(np, name, None))
         if obj is None:
             continue
         if isinstance(obj, np.ufunc):
@@ -976,7 +1029,8 @@ def _namespace() -> types.ModuleType:
     linalg = types.ModuleType("gradtape_strict.linalg")
     for name in sorted(CUPY_LINALG):
         if hasattr(np.linalg, name):
-            setattr(linalg, name, _function(f"linalg.{name}", getattr(np.linalg, name)))
+            setattr(linalg, name, _function(f"linalg.{name}", _CUPY_BEHAVIOUR.get(
+                f"linalg.{name}", getattr(np.linalg, name))))
     xp.linalg = linalg  # type: ignore[attr-defined]
     lib = types.ModuleType("gradtape_strict.lib")
     tricks = types.ModuleType("gradtape_strict.lib.stride_tricks")

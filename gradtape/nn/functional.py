@@ -25,7 +25,7 @@ from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
 from ..ops._util import as_int, as_real, normalize_axis, one, own_array
-from ..ops.elementwise import P_EQUAL, P_EXP
+from ..ops.elementwise import P_EQUAL, P_EXP, P_GREATER_EQUAL, P_LESS, P_LOGICAL_OR, P_WHERE
 from ..ops.reductions import P_SUM
 from ..ops.shape import P_ASTYPE, P_RESHAPE
 from ..random import Generator, _numpy_generator
@@ -195,14 +195,30 @@ def _sce_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: An
     logits, labels = primals
     t = tangents[0]
     d = m.apply(P_SOFTMAX, logits, axis=logits.ndim - 1) - _onehot(m, labels, logits)
-    return m.apply(P_SUM, d * t, axis=(logits.ndim - 1,), keepdims=False)
+    return m.apply(P_SUM, _nan_where_bad_label(m, labels, logits, d * t),
+                   axis=(logits.ndim - 1,), keepdims=False)
 
 
 def _sce_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
-    logits = m.val(rec.inputs[0])
-    onehot = _onehot(m, m.val(rec.inputs[1]), logits)
+    logits, labels = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    onehot = _onehot(m, labels, logits)
     p = m.apply(P_SOFTMAX, logits, axis=len(logits.shape) - 1)
-    return ((p - onehot) * m.apply(P_RESHAPE, g, shape=g.shape + (1,)), None)
+    grad = (p - onehot) * m.apply(P_RESHAPE, g, shape=g.shape + (1,))
+    return (_nan_where_bad_label(m, labels, logits, grad), None)
+
+
+def _nan_where_bad_label(m: OnTensors, labels: Any, logits: Any, d: Any) -> Any:
+    """``d`` (``[..., C]``) with NaN rows where the label is outside ``[0, C)``: on a device,
+    whose forward gives such an example a NaN loss instead of reading the labels back, so its
+    derivatives are NaN too (a one-hot of no class would make them finite, silently). On NumPy
+    the forward refused such a label, and ``d`` comes back as it is."""
+    if m.xp_of(logits) is np:
+        return d
+    C = logits.shape[-1]
+    bad = m.apply(P_LOGICAL_OR, m.apply(P_LESS, labels, m.scalar(0, labels)),
+                  m.apply(P_GREATER_EQUAL, labels, m.scalar(C, labels)))
+    bad = m.apply(P_RESHAPE, bad, shape=tuple(bad.shape) + (1,))
+    return m.apply(P_WHERE, bad, m.scalar(np.nan, d), d)
 
 
 def _onehot(m: OnTensors, labels: Any, like: Any) -> Any:

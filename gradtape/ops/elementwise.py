@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._src.autodiff.state import opaque
 from .._src.backend import erf_for, erfc_for
 from .._src.cpu.select import where as select_where
 from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
@@ -93,7 +94,21 @@ P_MUL = elementwise("mul", lambda xp, a, b: a * b, d=("b", "a"), out_form=np.mul
 P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=True,
                     domain=(Domain(-2, 2), Domain(0.5, 3)), out_form=np.true_divide, cheap=True)
 P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap=True)
+def _negative_int_exponent(b: Any) -> None:
+    if bool((b < 0).any()):
+        raise ValueError("pow: an integer base to a negative integer exponent (Integers to "
+                         "negative integer powers are not allowed.); make the base a float "
+                         "tensor first (x.astype('float32'))")
+
+
 def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
+    if xp is not np and a.dtype.kind in "iu" and b.dtype.kind == "i":
+        # a device's integer power gives 0 (1 // a**-b) where NumPy raises: checked here, one
+        # read-back (inside gt.function a step of the program, run at each call)
+        if getattr(b, "_gt_traced", False):
+            opaque(_negative_int_exponent, b, key=("pow: negative integer exponent",))
+        else:
+            _negative_int_exponent(b)
     try:
         # the ufunc, not ``**``: on NumPy scalars (a 0-d result) ``**`` takes the scalar math,
         # whose power differs from the ufunc's loop in the last bit, and a compiled step's

@@ -271,6 +271,8 @@ def _index_take_batch(args: tuple, dims: tuple, *, axis: int) -> tuple:
         return out, (dx if dx < ap else dx + idx.ndim - 1)
     idx = move_axis(idx, di, 0)
     if dx is None:  # one table, indices per example: the batch lands where the indices go
+        if x._backend.xp is not np:  # (a device's take wraps an index out of range around)
+            _index_range(idx, x.shape[axis], "indexing inside gt.vmap", "index")
         return bind(P_INDEX_TAKE, x, idx, axis=axis), axis
     size = idx.shape[0]
     x = move_axis(move_axis(x, dx, 0), axis + 1, 1)  # [B, n, *pre, *post]

@@ -1005,7 +1005,13 @@ def slogdet(a: Any) -> tuple[Tensor, Tensor]:
 def _cholesky_impl(xp: Any, a: Any) -> Any:
     # the symmetric part (as JAX): the result and its derivative depend on (a + a^T) / 2 only
     sym = (a + xp.swapaxes(a, -1, -2)) * a.dtype.type(0.5)
-    return _lapack("cholesky", "the matrix is not positive definite", xp.linalg.cholesky, sym)
+    L = _lapack("cholesky", "the matrix is not positive definite", xp.linalg.cholesky, sym)
+    if xp is not np:  # a device's solver raises nothing: a matrix that is not positive
+        # definite leaves a partial factor with a pivot that is not positive (or NaN); it
+        # becomes NaN, as the docs say, read back nowhere
+        ok = xp.all(xp.diagonal(L, axis1=-2, axis2=-1) > 0, axis=-1)[..., None, None]
+        L = xp.where(ok, L, L.dtype.type(np.nan))
+    return L
 
 
 def _phi(m: OnTensors, t: Tensor) -> Tensor:
