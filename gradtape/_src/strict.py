@@ -996,7 +996,7 @@ def _cupy_cholesky(a: np.ndarray) -> np.ndarray:
     definite (CuPy checks the solver's status only under ``cupyx.errstate(linalg='raise')``):
     the columns before the failing pivot factored, that pivot's non-positive value on the
     diagonal, the rest of the lower triangle as it was, no error."""
-    out = np.array(a, dtype=np.result_type(a.dtype, np.float32), copy=True)
+    out = np.array(a, dtype=np.result_type(a.dtype, np.float32), order="C", copy=True)
     for m in out.reshape((-1,) + a.shape[-2:]):
         n = m.shape[0]
         for j in range(n):
