@@ -87,3 +87,21 @@ def test_index_add_and_segment_sum_of_every_dtype(any_backend, dtype):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
     seg = gt.segment_sum(gt.tensor(values), gt.tensor(ids), 3)
     np.testing.assert_allclose(seg.numpy(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_float_floor_division_and_remainder_are_numpys_bit_for_bit(any_backend, dtype):
+    """A device's float ``//`` and ``%`` are ``floor(a / b)``; gradtape gives NumPy's (and
+    Python's) answers there too: ``1.0 // 0.1`` is 9, ``5.0 % inf`` is 5, signed zeros kept."""
+    special = np.array([0.0, -0.0, 1.0, -1.0, 0.1, -0.1, 3.0, 1e-30, np.inf, -np.inf, np.nan, 0.3])
+    rng = np.random.default_rng(1)
+    a = np.concatenate([np.repeat(special, 12), rng.normal(size=300) * 10,
+                        rng.integers(-20, 20, 300) * 0.1]).astype(dtype)
+    b = np.concatenate([np.tile(special, 12), rng.normal(size=300),
+                        rng.choice([0.1, -0.1, 0.3, 2.0], 300)]).astype(dtype)
+    with np.errstate(all="ignore"):
+        want = np.floor_divide(a, b), np.remainder(a, b)
+        got = (gt.tensor(a) // gt.tensor(b)).numpy(), (gt.tensor(a) % gt.tensor(b)).numpy()
+    for g, w in zip(got, want):
+        same = ((g == w) & (np.signbit(g) == np.signbit(w))) | (np.isnan(g) & np.isnan(w))
+        assert same.all(), (a[~same][:4], b[~same][:4], g[~same][:4], w[~same][:4])

@@ -700,8 +700,30 @@ def _cupy_power(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
     return np.power(a, b, *args, **kwargs)
 
 
+def _cupy_floor_divide(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+    """CuPy's float floor division, ``floor(a / b)`` (NumPy's goes through ``fmod``: the two
+    differ where ``a / b`` rounds onto an integer, ``1.0 // 0.1``); integers as NumPy's."""
+    if np.result_type(a, b).kind != "f":
+        return np.floor_divide(a, b, *args, **kwargs)
+    with np.errstate(all="ignore"):
+        return np.floor(np.true_divide(a, b), *args, **kwargs)
+
+
+def _cupy_remainder(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+    """CuPy's float remainder, ``a - floor(a / b) * b``; integers as NumPy's."""
+    if np.result_type(a, b).kind != "f":
+        return np.remainder(a, b, *args, **kwargs)
+    with np.errstate(all="ignore"):
+        return np.subtract(a, np.floor(np.true_divide(a, b)) * b, *args, **kwargs)
+
+
+#: The ufuncs whose CuPy results differ from NumPy's (see the functions).
+_CUPY_UFUNCS: dict[str, Callable] = {"floor_divide": _cupy_floor_divide,
+                                     "remainder": _cupy_remainder}
+
+
 def _binary(name: str, reflected: bool = False) -> Callable[[StrictArray, Any], Any]:
-    uf: Callable = _cupy_power if name == "power" else getattr(np, name)
+    uf: Callable = _cupy_power if name == "power" else _CUPY_UFUNCS.get(name, getattr(np, name))
     what = f"operator ({name})"
 
     def op(self: StrictArray, other: Any) -> Any:
@@ -808,8 +830,8 @@ class _Ufunc:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _caller_import(1)
         _refuse_in_capture(self.__name__)
-        return self._run(_cupy_power if self.__name__ == "power" else self._uf, self.__name__,
-                         args, kwargs)
+        fn = _cupy_power if self.__name__ == "power" else _CUPY_UFUNCS.get(self.__name__, self._uf)
+        return self._run(fn, self.__name__, args, kwargs)
 
     def reduce(self, *args: Any, **kwargs: Any) -> Any:
         return self._run(self._uf.reduce, f"{self.__name__}.reduce", args, kwargs)

@@ -273,7 +273,46 @@ P_HYPOT = elementwise("hypot", lambda xp, a, b: xp.hypot(*_fp2(a, b)),
 # (PyTorch's rule), exact (its rule binds floor_divide; no derivative expression has floor).
 # Tests keep a / b away from the integers, where both jump: floor_divide's domain keeps a off
 # the integers and b within 2% above 1; remainder's examples build a from b.
-P_FLOOR_DIVIDE = elementwise("floor_divide", lambda xp, a, b: xp.floor_divide(a, b), d=("0", "0"),
+def _float_divmod(xp: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    """NumPy's float ``divmod`` (through ``fmod``, as Python's) from a device's ufuncs, whose
+    own ``floor_divide`` and ``remainder`` are ``floor(a / b)``: the two differ where ``a / b``
+    rounds onto an integer (``1.0 // 0.1`` is 9 with ``fmod``, 10 with ``floor``) and for an
+    infinite ``b``. float16 is divided in float32 and rounded once, as NumPy does."""
+    half = a.dtype == np.float16
+    if half:
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    zero = a.dtype.type(0)
+    q = a / b
+    mod = xp.fmod(a, b)
+    div = (a - mod) / b
+    adj = (mod != 0) & ((b < 0) != (mod < 0))  # the remainder takes the divisor's sign
+    mod = xp.where(adj, mod + b, mod)
+    div = xp.where(adj, div - 1, div)
+    mod = xp.where(mod == 0, xp.copysign(zero, b), mod)
+    fl = xp.floor(div)
+    fl = xp.where(div - fl > 0.5, fl + 1, fl)
+    fl = xp.where(div == 0, xp.copysign(zero, q), fl)
+    fl = xp.where(b == 0, q, fl)  # (and the remainder is fmod's NaN)
+    if half:
+        return fl.astype(np.float16), mod.astype(np.float16)
+    return fl, mod
+
+
+def _floor_divide_impl(xp: Any, a: Any, b: Any) -> Any:
+    if xp is np or a.dtype.kind != "f":
+        return xp.floor_divide(a, b)
+    with np.errstate(all="ignore"):
+        return _float_divmod(xp, a, b)[0]
+
+
+def _remainder_impl(xp: Any, a: Any, b: Any) -> Any:
+    if xp is np or a.dtype.kind != "f":
+        return xp.remainder(a, b)
+    with np.errstate(all="ignore"):
+        return _float_divmod(xp, a, b)[1]
+
+
+P_FLOOR_DIVIDE = elementwise("floor_divide", _floor_divide_impl, d=("0", "0"),
                              domain=(_STEPS, Domain(1.0, 1.02)), out_form=np.floor_divide,
                              masks=True)
 
@@ -313,7 +352,7 @@ def _remainder_examples(rng: Any) -> list:
             (remainder, (rng.uniform(0.75, 0.8, (3,)), rng.uniform(0.3, 0.33, (2, 3))), {})]
 
 
-P_REMAINDER = primitive("remainder", lambda xp, a, b: xp.remainder(a, b), rule=_remainder_rule,
+P_REMAINDER = primitive("remainder", _remainder_impl, rule=_remainder_rule,
                         jvp=_remainder_jvp, masks=True, examples=_remainder_examples,
                         batch=_elementwise_batch("remainder"))
 P_MAXIMUM = elementwise("maximum", lambda xp, a, b: xp.maximum(a, b),
