@@ -105,3 +105,22 @@ def test_float_floor_division_and_remainder_are_numpys_bit_for_bit(any_backend, 
     for g, w in zip(got, want):
         same = ((g == w) & (np.signbit(g) == np.signbit(w))) | (np.isnan(g) & np.isnan(w))
         assert same.all(), (a[~same][:4], b[~same][:4], g[~same][:4], w[~same][:4])
+
+
+def test_a_seeded_dropout_that_has_drawn_copies_and_pickles_on_a_device(device):
+    """A device library's generator cannot be copied (CuPy's holds a lock): the layer and its
+    copy go on with the same new generator, so they still draw the same masks."""
+    import copy
+    import pickle
+
+    d = gt.nn.Dropout(0.5, seed=3)
+    x = gt.ones(256)
+    first = d(x).numpy()
+    twin = copy.deepcopy(d)
+    back = pickle.loads(pickle.dumps(d))
+    masks = [m(x).numpy() for m in (d, twin, back)]
+    np.testing.assert_array_equal(masks[1], masks[0])
+    np.testing.assert_array_equal(masks[2], masks[0])
+    assert not np.array_equal(masks[0], first)  # (a new draw, not the first again)
+    again = [m(x).numpy() for m in (d, twin)]
+    np.testing.assert_array_equal(again[0], again[1])

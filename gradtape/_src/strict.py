@@ -964,6 +964,7 @@ class _Generator:
 
     def __init__(self, seed: Any = None) -> None:
         self._g = np.random.default_rng(seed)
+        self._lock = threading.Lock()  # as CuPy's bit generator: no copy, no pickle
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -9,6 +9,7 @@ dict insertion order); each Variable is reported once under its first path
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import inspect
@@ -812,8 +813,30 @@ class Dropout(Module):
         # continues its random stream
         gen = self._generators.get(xp.__name__)
         if gen is None:
-            gen = self._generators[xp.__name__] = xp.random.default_rng(self.seed)
+            reseeds = getattr(self, "_reseeds", {}).get(xp.__name__, 0)
+            seed = self.seed if not reseeds else int(
+                np.random.SeedSequence([self.seed, reseeds]).generate_state(1)[0])
+            gen = self._generators[xp.__name__] = xp.random.default_rng(seed)
         return dropout(x, self.rate, training=self.training, generator=gen)
+
+    def __getstate__(self) -> dict:
+        # (copy.deepcopy and pickle) a generator that cannot be copied, a device library's
+        # (CuPy's holds a lock), is dropped here and in the copy alike: both draw on from a new
+        # generator seeded with the seed and the count of such copies, so they stay equal (the
+        # layer's stream after the copy is not the one it would have drawn without it)
+        state = self.__dict__.copy()
+        gens = state.get("_generators")
+        if gens:
+            reseeds = dict(getattr(self, "_reseeds", {}))
+            for name, gen in list(gens.items()):
+                try:
+                    copy.deepcopy(gen)
+                except TypeError:
+                    del self._generators[name]
+                    reseeds[name] = reseeds.get(name, 0) + 1
+            self._reseeds = reseeds
+            state["_generators"], state["_reseeds"] = dict(self._generators), dict(reseeds)
+        return state
 
 
 class MaxPool2D(Module):
