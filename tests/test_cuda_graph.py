@@ -316,3 +316,28 @@ def test_gradient_norms_stay_inside_one_graph(device, how):
             f(gt.ones((2, 4)))
     # (per-example norms sum rows with einsum, a cuBLAS call on CuPy: graphs around it)
     assert f.graph_count == 1 if how != "per_example_norms" else f.graph_count >= 1
+
+
+@pytest.mark.parametrize("op", ["matmul", "solve", "conv2d"])
+def test_a_matrix_op_on_variables_alone_runs_between_graphs(device, op):
+    """A cuBLAS op whose operands are all Variables is logged as one whole-op step: it runs
+    between the graphs too (CuPy refuses cuBLAS in a capture), with no capture warning."""
+    rng = np.random.default_rng(0)
+    a = gt.Variable(rng.normal(size=(3, 3)).astype(np.float32) + 3 * np.eye(3, dtype=np.float32))
+    b = gt.Variable(rng.normal(size=(3, 3)).astype(np.float32))
+    k = gt.Variable(rng.normal(size=(2, 1, 2, 2)).astype(np.float32))
+    img = gt.Variable(rng.normal(size=(1, 1, 4, 4)).astype(np.float32))
+    param = {"matmul": lambda: a @ b, "solve": lambda: gt.solve(a, b),
+             "conv2d": lambda: gt.nn.conv2d(img, k).reshape((2, 9))[:, :3]}[op]
+
+    def step(x):
+        return gt.sum(param() * gt.tanh(x) * 2.0) + 1.0
+
+    x = gt.tensor(np.ones((3, 3) if op != "conv2d" else (2, 3), np.float32))
+    want = float(step(x).numpy())
+    f = gt.function(step, cuda_graph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            np.testing.assert_allclose(float(f(x).numpy()), want, rtol=1e-6)
+    assert f.graph_count >= 1

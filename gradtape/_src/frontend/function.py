@@ -1388,7 +1388,7 @@ class _Program:
         for st, lines in step_lines:
             written = _written(st.fn, st.args, st.kwargs) if not st.pure else []
             device = not st.host and not any(type(w) is _Const for w in written) \
-                and not _calls_blas(st.fn)
+                and not _blas_step(st)
             if device and groups and groups[-1][0]:
                 groups[-1][1].append((st, lines, written))
             else:
@@ -1444,6 +1444,22 @@ class _Program:
 _BLAS_NAMES = frozenset(("matmul", "imatmul", "dot", "vdot", "inner", "tensordot", "einsum"))
 #: Products in CuPy's ``linalg`` modules that are elementwise kernels (no cuBLAS call).
 _NOT_BLAS = frozenset(("outer", "kron", "cross"))
+
+
+#: Primitives whose impl calls cuBLAS or cuSOLVER on a device: logged as one step when no
+#: operand is traced (Variables and constants alone, ``W1 @ W2``).
+_BLAS_PRIMITIVES = frozenset(("matmul", "dot", "einsum", "inv", "solve", "det", "det_cofactor",
+                              "slogdet", "cholesky", "svd", "norm", "conv2d",
+                              "conv2d_weight_grad", "conv_transpose2d"))
+
+
+def _blas_step(st: _Step) -> bool:
+    """Whether a logged step runs cuBLAS (see :data:`_BLAS_NAMES`): a device function, or a
+    whole primitive logged for untraced operands (its key ``("op", name)``)."""
+    key = st.key
+    if type(key) is tuple and len(key) == 2 and key[0] == "op":
+        return key[1] in _BLAS_PRIMITIVES
+    return _calls_blas(st.fn)
 
 
 def _calls_blas(fn: Any) -> bool:
