@@ -14,7 +14,8 @@ PyTorch, it
      the tape's saved arrays, plus ``dx`` written);
    - ``chain``: forward + backward of the same chain;
    - ``mlp_256``, ``mlp_4096``: a training step (forward, backward, Adam) of the 784-512-512-10
-     tanh MLP at batch 256 and 4096, eager, under ``gt.function`` (``gradtape[compiled]``) and
+     tanh MLP with softmax cross-entropy on integer labels at batch 256 and 4096, eager, under
+     ``gt.function`` (``gradtape[compiled]``) and
      with its device work relaunched as CUDA graphs (``gradtape[graph]``, ``cuda_graph=True``);
    - ``perop``, ``perop_mixed``: the per-op chains on tiny (16,) arrays, in microseconds per op
      (``perop_mixed`` also compiled and as CUDA graphs);
@@ -119,7 +120,7 @@ def _copy(col: str, device: str, sz: Sizes) -> W.Cell:
 def _mlp(i: int) -> Callable[[str, str, Sizes], W.Cell]:
     def build(col: str, device: str, sz: Sizes) -> W.Cell:
         return W.build_mlp(col, W.MLP_LARGE["sizes"], sz.mlp_batches[i], train=True,
-                           device=device)
+                           device=device, loss="ce")
     return build
 
 
@@ -142,9 +143,9 @@ def rows(sz: Sizes) -> list[Row]:
             ("gradtape", "gradtape[nofusion]", "cupy", "torch"), ("gradtape", "torch")),
         Row("chain", f"8-op chain, forward + backward, 2^{log2} float32", _chain("fwd+bwd"),
             ("gradtape", "gradtape[nofusion]", "cupy", "torch"), ("gradtape", "torch")),
-        Row("mlp_256", f"train step MLP 784-512-512-10 tanh, batch {b0}, Adam", _mlp(0),
+        Row("mlp_256", f"train step MLP 784-512-512-10 tanh, softmax CE, batch {b0}, Adam", _mlp(0),
             ("gradtape", "gradtape[compiled]", "gradtape[graph]", "torch"), ("gradtape", "torch")),
-        Row("mlp_4096", f"train step MLP 784-512-512-10 tanh, batch {b1}, Adam", _mlp(1),
+        Row("mlp_4096", f"train step MLP 784-512-512-10 tanh, softmax CE, batch {b1}, Adam", _mlp(1),
             ("gradtape", "gradtape[compiled]", "gradtape[graph]", "torch"), ("gradtape", "torch")),
         Row("perop", f"{W.OVERHEAD_OPS} unary ops on (16,), fwd+bwd", _perop(False),
             ("gradtape", "gradtape[nofusion]", "torch"), ("gradtape", "torch"),

@@ -618,7 +618,7 @@ def acc_add_at(xp: Any, shape: tuple, index: Any, g: Array) -> Array:
         z = xp.zeros_like(like, shape=shape, dtype=np.float32)
         xp.add.at(z, index, g)
         return z.astype(_HALF)
-    if xp is not np and g.dtype.name not in _SCATTER_ADD_DTYPES:
+    if xp is not np and g.dtype.name not in SCATTER_ADD_DTYPES:
         # a device's add.at takes 32- and 64-bit integers and floats only: narrower integers
         # and bools add in 32 bits and come back (the same wrap-around; a bool's sum is its
         # OR), complex numbers add their real and imaginary parts
@@ -634,8 +634,8 @@ def acc_add_at(xp: Any, shape: tuple, index: Any, g: Array) -> Array:
     return z
 
 
-#: The dtypes CuPy's ``add.at`` (``cupyx.scatter_add``) takes.
-_SCATTER_ADD_DTYPES = frozenset(("int32", "int64", "uint32", "uint64", "float16", "float32",
+#: The dtypes CuPy's ``add.at`` (``cupyx.scatter_add``) takes (others raise TypeError there).
+SCATTER_ADD_DTYPES = frozenset(("int32", "int64", "uint32", "uint64", "float16", "float32",
                                  "float64"))
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, erf_for, erfc_for, register_backend
+from .backend import SCATTER_ADD_DTYPES, Backend, erf_for, erfc_for, register_backend
 from .codegen.hostcuda import HostKernel
 
 __all__ = ["StrictArray", "XP", "STRICT", "install", "count_syncs", "forbid_syncs", "SyncLog",
@@ -718,12 +718,12 @@ def _cupy_remainder(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 #: The ufuncs whose CuPy results differ from NumPy's (see the functions).
-_CUPY_UFUNCS: dict[str, Callable] = {"floor_divide": _cupy_floor_divide,
+_CUPY_UFUNCS: dict[str, Callable] = {"power": _cupy_power, "floor_divide": _cupy_floor_divide,
                                      "remainder": _cupy_remainder}
 
 
 def _binary(name: str, reflected: bool = False) -> Callable[[StrictArray, Any], Any]:
-    uf: Callable = _cupy_power if name == "power" else _CUPY_UFUNCS.get(name, getattr(np, name))
+    uf: Callable = _CUPY_UFUNCS.get(name, getattr(np, name))
     what = f"operator ({name})"
 
     def op(self: StrictArray, other: Any) -> Any:
@@ -800,11 +800,6 @@ for _name, _uf in (("neg", "negative"), ("pos", "positive"), ("abs", "absolute")
 
 
 # --------------------------------------------------------------------------- the namespace
-#: The dtypes CuPy's ``add.at`` (``cupyx.scatter_add``) takes; others raise TypeError.
-_SCATTER_ADD_DTYPES = frozenset(("int32", "int64", "uint32", "uint64", "float16", "float32",
-                                 "float64"))
-
-
 class _Ufunc:
     """A CuPy ufunc: NumPy's, with host arrays and lists refused and results on the device."""
 
@@ -830,8 +825,7 @@ class _Ufunc:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _caller_import(1)
         _refuse_in_capture(self.__name__)
-        fn = _cupy_power if self.__name__ == "power" else _CUPY_UFUNCS.get(self.__name__, self._uf)
-        return self._run(fn, self.__name__, args, kwargs)
+        return self._run(_CUPY_UFUNCS.get(self.__name__, self._uf), self.__name__, args, kwargs)
 
     def reduce(self, *args: Any, **kwargs: Any) -> Any:
         return self._run(self._uf.reduce, f"{self.__name__}.reduce", args, kwargs)
@@ -845,7 +839,7 @@ class _Ufunc:
     def at(self, a: Any, indices: Any, b: Any = None) -> None:
         if not isinstance(a, StrictArray):
             raise _refuse(f"{self.__name__}.at", a)
-        if self.__name__ == "add" and a.dtype.name not in _SCATTER_ADD_DTYPES:
+        if self.__name__ == "add" and a.dtype.name not in SCATTER_ADD_DTYPES:
             raise TypeError(f"cupy.add.at (scatter_add) does not support dtype {a.dtype} "
                             "(device-strict backend, as CuPy)")
         args = (a._a, _index(indices)) if b is None else (a._a, _index(indices),

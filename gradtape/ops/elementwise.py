@@ -96,9 +96,12 @@ P_DIV = elementwise("div", lambda xp, a, b: a / b, d=("1 / b", "-y / b"), safe=T
 P_NEG = elementwise("neg", lambda xp, x: -x, d="-1", out_form=np.negative, cheap=True)
 def _negative_int_exponent(b: Any) -> None:
     if bool((b < 0).any()):
-        raise ValueError("pow: an integer base to a negative integer exponent (Integers to "
-                         "negative integer powers are not allowed.); make the base a float "
-                         "tensor first (x.astype('float32'))")
+        raise ValueError(_NEGATIVE_INT_POW.format("Integers to negative integer powers are not "
+                                                  "allowed."))
+
+
+_NEGATIVE_INT_POW = ("pow: an integer base to a negative integer exponent ({}); make the base a "
+                     "float tensor first (x.astype('float32'))")
 
 
 def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
@@ -115,8 +118,7 @@ def _pow_impl(xp: Any, a: Any, b: Any) -> Any:
         # replay runs the loop
         return xp.power(a, b)
     except ValueError as e:  # NumPy's "Integers to negative integer powers are not allowed."
-        raise ValueError(f"pow: an integer base to a negative integer exponent ({e}); make the "
-                         "base a float tensor first (x.astype('float32'))") from None
+        raise ValueError(_NEGATIVE_INT_POW.format(e)) from None
 
 
 P_POW = elementwise("pow", _pow_impl,

@@ -496,21 +496,13 @@ def _check_device_index(shape: tuple, index: Any) -> None:
             continue
         if getattr(a, "dtype", None) is not None and a.dtype.kind in "iu" and a.size \
                 and axis < len(shape):
-            check = functools.partial(_check_axis_range, n=shape[axis], axis=axis)
+            check = functools.partial(_check_index_range, n=shape[axis], what="", name="",
+                                      axis=axis)
             if isinstance(a, np.ndarray):
                 check(a)
             else:
                 _smallest_checked(check, a, ("index range", shape[axis], "getitem", axis))
         axis += n
-
-
-def _check_axis_range(data: Any, n: int, axis: int) -> int:
-    """:func:`_check_index_range` in NumPy's words (the same message on every backend)."""
-    lo, hi = _ends(data)
-    if lo < -n or hi >= n:
-        raise IndexError(f"index {lo if lo < -n else hi} is out of bounds for axis {axis} "
-                         f"with size {n}")
-    return lo
 
 
 def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
@@ -616,10 +608,14 @@ def _ends(data: Any) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def _check_index_range(data: Any, n: int, what: str, name: str) -> int:
+def _check_index_range(data: Any, n: int, what: str, name: str, axis: int | None = None) -> int:
+    """The smallest index of ``data``, after raising IndexError for one out of ``[-n, n)``
+    (given ``axis``: in NumPy's words, so indexing says the same on every backend)."""
     lo, hi = _ends(data)
     if lo < -n or hi >= n:
         bad = lo if lo < -n else hi
+        if axis is not None:
+            raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {n}")
         raise IndexError(f"{what}: {name} holds the index {bad}, out of range for an axis of size "
                          f"{n} (valid: {-n} to {n - 1})")
     return lo
