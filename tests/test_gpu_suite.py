@@ -73,7 +73,8 @@ def test_the_dry_run_builds_and_checks_every_gradtape_cell(dry_run, suite):
 def test_every_row_of_the_issue_is_in_the_table(suite):
     keys = [r.key for r in suite.rows(suite.FULL)]
     assert keys[:2] == ["copy", "chain_bwd"]  # the floor first, then the fraction of it
-    for key in ("chain", "mlp_256", "mlp_4096", "perop", "per_example", "jacobian"):
+    for key in ("chain_bwd_dev", "chain", "mlp_256", "mlp_4096", "perop", "per_example",
+                "jacobian"):
         assert key in keys
     full = {r.key: r for r in suite.rows(suite.FULL)}
     assert suite.FULL.chain_n == 1 << 24 and suite.FULL.mlp_batches == (256, 4096)
@@ -131,13 +132,70 @@ def test_device_timing_uses_the_event_apis(suite, monkeypatch, kind):
     assert len(synced) == 2
 
 
+def _fake_device_modules(suite, monkeypatch):
+    """Stand-ins of CuPy and PyTorch for the timing code: events that tick on each record, and
+    spin launches (CuPy's RawKernel, torch.cuda._sleep) that log their cycles."""
+    spins = []
+
+    class RawKernel:
+        def __init__(self, source, name):
+            assert "clock64" in source and name in source
+
+        def __call__(self, grid, block, args):
+            _Event.log.append("spin")
+            spins.append(int(args[0]))
+
+    def sleep(cycles):
+        _Event.log.append("spin")
+        spins.append(int(cycles))
+
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(
+        Event=_Event, get_elapsed_time=lambda a, b: 1.0 * (b.t - a.t)), RawKernel=RawKernel)
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(Event=_Event, _sleep=sleep))
+    monkeypatch.setitem(suite.W._MODULES, "cupy", fake_cupy)
+    monkeypatch.setitem(suite.W._MODULES, "torch", fake_torch)
+    return spins
+
+
+@pytest.mark.parametrize("kind", ["cupy", "torch"])
+def test_device_only_timing_hides_the_host_dispatch_behind_a_spin(suite, monkeypatch, kind):
+    """``device_only``: each call is enqueued behind a spin kernel launched before the start
+    event, so the events bracket the device work alone; the spin's cycles come from one
+    calibration launch timed with the events."""
+    spins = _fake_device_modules(suite, monkeypatch)
+    timer = suite.timer_for("torch" if kind == "torch" else "gradtape", dry=False)
+    cell = suite.W.Cell(lambda s: _Event.log.append("run"), prepare=lambda: "state")
+    _Event.log = []
+    per_call = timer.block(cell, 2, device_only=True)
+    calib = ["record", "spin", "record", "sync"]  # 10^7 cycles took 2 ticks ("ms")
+    call = ["spin", "record", "run", "record", "sync"]
+    assert _Event.log == calib + call * 2
+    assert per_call == pytest.approx(2 / 1e3)  # start record, run, end record: 2 ticks
+    assert spins[0] == 10_000_000
+    assert spins[1:] == [int(suite.SPIN_MS * 10_000_000 / 2)] * 2  # SPIN_MS at 5e6 cycles/ms
+
+
+def test_device_only_timing_refuses_a_call_that_waits_for_the_device(suite, monkeypatch):
+    """A call whose host part outlasts every spin (it synchronises with the device inside,
+    so it waits for the spin) raises instead of giving a figure; the spin grew 4x each try."""
+    spins = _fake_device_modules(suite, monkeypatch)
+    monkeypatch.setattr(suite, "SPIN_MS", 1.0)
+    monkeypatch.setattr(suite, "SPIN_MAX_MS", 16.0)
+    timer = suite.timer_for("gradtape", dry=False)
+    cell = suite.W.Cell(lambda: time.sleep(0.02))  # 20 ms on the host, longer than any spin
+    with pytest.raises(suite.HostSyncError, match="waits for the device"):
+        timer.block(cell, 1, device_only=True)
+    assert [s // 5_000_000 for s in spins[1:]] == [1, 4, 16]  # ms of spin per try
+
+
 def test_the_timed_path_end_to_end_on_host_clocks(suite, monkeypatch, tmp_path, capsys):
     """The repeats, medians, targets and table of a real run, with host clocks standing in for
     the device events and NumPy for CuPy (figures of this machine, asserted on nothing)."""
     monkeypatch.setattr(suite, "timer_for", lambda col, dry: suite.Timer("host"))
     args = argparse.Namespace(dry_run=False, quick=True, repeats=2, block=0.002, warmup=1,
                               budget=60.0, json=tmp_path / "run.json")
-    table = [r for r in suite.rows(suite.DRY) if r.key in ("copy", "chain_bwd", "perop")]
+    table = [r for r in suite.rows(suite.DRY) if r.key in ("copy", "chain_bwd", "chain_bwd_dev",
+                                                            "perop")]
     res = suite.bench(table, lambda r: tuple(c for c in r.columns if c != "torch"), "cpu",
                       suite.DRY, args, time.perf_counter() + 60)
     nbytes = suite.chain_bwd_bytes("cpu", suite.DRY.chain_n)
@@ -146,11 +204,13 @@ def test_the_timed_path_end_to_end_on_host_clocks(suite, monkeypatch, tmp_path, 
     rc = suite.report(table, res, None, {"versions": {}}, nbytes, suite.DRY, args)
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "chain bwd bandwidth / copy bandwidth" in out and "SUITE OK" in out
+    assert "chain bwd (device work) bandwidth / copy bandwidth" in out and "SUITE OK" in out
     saved = json.loads(args.json.read_text())
     assert all(len(ts) == 2 for by in saved["repeats_s"].values() for ts in by.values())
     assert saved["median"]["chain_bwd"]["gradtape"] > 0
-    assert [t for t in saved["targets"] if t["goal"] == ">= 0.7"]
+    assert saved["median"]["chain_bwd_dev"]["gradtape"] > 0
+    goal = [t for t in saved["targets"] if t["goal"] == ">= 0.7"]
+    assert len(goal) == 1 and "device work" in goal[0]["target"]
 
 
 def test_without_a_gpu_the_suite_says_so(suite, capsys):
