@@ -224,6 +224,93 @@ def test_digits_training_step_never_synchronises(build, make):
             assert log.count == 1 and np.isfinite(value)
 
 
+def _batched_calls() -> dict:
+    """The batched-gradient calls, each a thunk on strict-backend tensors (built inside the
+    backend): Jacobians, forward mode, vmap, per-example gradients (plain, clipped with norms,
+    a conv net's), and the fused chain backward the GPU suite times."""
+    rng = np.random.default_rng(3)
+
+    def a(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    W = gt.Variable(a(16, 16))
+    v = gt.tensor(a(16))
+    P = [gt.Variable(a(8, 12, scale=0.3)), gt.Variable(a(12)), gt.Variable(a(12, 5, scale=0.3)),
+         gt.Variable(a(5))]
+    X, Y = gt.tensor(a(6, 8)), gt.tensor(rng.integers(0, 5, 6))
+    K1, K2 = gt.Variable(a(4, 1, 3, 3, scale=0.3)), gt.Variable(a(6, 4, 3, 3, scale=0.2))
+    WD, XI = gt.Variable(a(24, 5, scale=0.1)), gt.tensor(a(3, 1, 12, 12))
+    YI = gt.tensor(rng.integers(0, 5, 3))
+
+    def mlp(ps, x):
+        return gt.tanh(x @ ps[0] + ps[1]) @ ps[2] + ps[3]
+
+    def loss1(ps, x, y):
+        return gt.nn.cross_entropy(mlp(ps, x), y)
+
+    def f(w):
+        return gt.sum(gt.tanh(w @ v) ** 2)
+
+    def per_example(**kw):
+        with gt.GradientTape() as tape:
+            losses = gt.nn.cross_entropy(mlp(P, X), Y, reduction="none")
+        return tape.per_example_gradients(losses, P, **kw)
+
+    def cnn(**kw):
+        with gt.GradientTape() as tape:
+            h = gt.nn.max_pool2d(gt.nn.relu(gt.nn.conv2d(XI, K1, padding=1)), 2)
+            h = gt.nn.max_pool2d(gt.nn.relu(gt.nn.conv2d(h, K2)), 2)
+            losses = gt.nn.cross_entropy(gt.reshape(h, (3, 24)) @ WD, YI, reduction="none")
+        return tape.per_example_gradients(losses, [K1, K2, WD], **kw)
+
+    def jacobian():
+        with gt.GradientTape() as tape:
+            y = gt.tanh(W @ v)
+        return tape.jacobian(y, W)
+
+    def batch_jacobian():
+        with gt.GradientTape() as tape:
+            tape.watch(X)
+            y = gt.tanh(X @ P[0])
+        return tape.batch_jacobian(y, X)
+
+    def chain():
+        with gt.GradientTape() as tape:
+            tape.watch(v)
+            y = gt.sum(gt.square(gt.tanh(gt.cos(gt.exp(gt.sin(v) * 0.5) + 1.0) * 2.0)))
+        return tape.gradient(y, v)
+
+    return {"jacobian": jacobian, "batch_jacobian": batch_jacobian,
+            "jacrev": lambda: gt.jacrev(lambda w: gt.tanh(w @ v))(W),
+            "jacfwd": lambda: gt.jacfwd(lambda w: gt.tanh(w @ v))(W),
+            "jvp": lambda: gt.jvp(f, (W,), (W,)), "hvp": lambda: gt.hvp(f, (W,), (W,)),
+            "hessian": lambda: gt.hessian(lambda u: gt.sum(gt.tanh(W @ u) ** 2))(v),
+            "vmap_grad": lambda: gt.vmap(gt.grad(loss1), in_axes=(None, 0, 0))(P, X, Y),
+            "per_example": per_example,
+            "per_example_clipped": lambda: per_example(max_norm=1.0, reduce="sum",
+                                                       return_norms=True),
+            "per_example_cnn_clipped": lambda: cnn(max_norm=0.5, reduce="sum", return_norms=True),
+            "per_example_cnn": cnn, "chain_backward": chain}
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["jacobian", "batch_jacobian", "jacrev", "jacfwd", "jvp", "hvp",
+                                  "hessian", "vmap_grad", "per_example", "per_example_clipped",
+                                  "per_example_cnn", "per_example_cnn_clipped", "chain_backward"])
+@pytest.mark.parametrize("fusion", [True, False], ids=["fused", "unfused"])
+def test_batched_gradients_never_synchronise(name, fusion, monkeypatch):
+    """Jacobians, forward mode, vmap and per-example gradients (clipped, with norms, of a conv
+    net) enqueue their device work without waiting for the device: no host synchronisation,
+    as the GPU suite's device timing needs (it refuses a call that waits)."""
+    monkeypatch.setattr(gt.config, "fusion", fusion)
+    with gt.use_backend("strict"):
+        call = _batched_calls()[name]
+        call()  # the first call may build kernels
+        with strict.forbid_syncs():
+            out = call()
+        assert out is not None
+
+
 @needs_compiler
 @pytest.mark.parametrize("build", [digits.build_mlp, digits.build_cnn], ids=["mlp", "cnn"])
 def test_compiled_step_replays_without_synchronising_and_matches_eager(build):
