@@ -1137,3 +1137,108 @@ def test_clipping_a_gradient_from_the_seed_alone_inside_a_device_compiled_step()
         for _ in range(3):
             for got, exp in zip(f(x), want):
                 np.testing.assert_allclose(got.numpy(), exp, rtol=1e-6)
+
+
+@pytest.mark.parametrize("index", ["idx_slice_idx", "int_slice_idx"])
+def test_a_parameter_indexed_by_advanced_indices_apart_is_refused(index):
+    """``W[idx, :, idx]`` (or ``W[0, :, idx]``) on a parameter: NumPy puts the advanced indices'
+    axes first, so the pass's batch axis in front of the index landed behind them; with as
+    many index positions as examples the shapes matched and each example's cotangent was
+    scattered along the wrong axis, silently (error 1.2 against a loop of single-example
+    gradients). It raises now, naming the index; side-by-side indices still work."""
+    rng = np.random.default_rng(0)
+    B = 2
+    W = gt.Variable(rng.normal(size=(2, 3, 2)))
+    X = gt.tensor(rng.normal(size=(B, 2, 3)))
+    idx = np.array([0, 1])
+    pick = {"idx_slice_idx": lambda w: w[idx, :, idx], "int_slice_idx": lambda w: w[0, :, idx]}
+    with gt.GradientTape() as tape:
+        S = pick[index](W)  # (2, 3): the advanced axis first, not where the pass expects B
+        losses = gt.sum(gt.sin(X * S), axis=(1, 2))
+    with pytest.raises(NotImplementedError, match=r"advanced indices are apart from each other"):
+        tape.per_example_gradients(losses, [W])
+    # the same values with the advanced indices side by side: per-example gradients right
+    with gt.GradientTape() as tape:
+        Wt = gt.transpose(W, (0, 2, 1))
+        S = Wt[idx, idx] if index == "idx_slice_idx" else Wt[0, idx]  # the same (2, 3) values
+        losses = gt.sum(gt.sin(X * S), axis=(1, 2))
+    (got,) = tape.per_example_gradients(losses, [W])
+    for b in range(B):
+        with gt.GradientTape() as t:
+            S = pick[index](W)
+            loss = gt.sum(gt.sin(X[b] * S))
+        np.testing.assert_allclose(got.numpy()[b], t.gradient(loss, W).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("frozen", ["backbone", "backbone_and_batchnorm"])
+def test_batch_statistics_of_a_backbone_frozen_with_trainable_false_are_refused(frozen):
+    """A backbone frozen the Keras way (``trainable = False``) with a BatchNorm in training:
+    its ops were not recorded, so the batch statistics went unseen and example 0's gradient
+    changed when only the other examples changed. The tape now notes batch statistics
+    computed on values it did not record, and per-example gradients refuse them."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3))
+    y = gt.tensor(rng.integers(0, 2, 8))
+    backbone = gt.nn.Dense(3, 3, seed=0, dtype="float64")
+    bn = gt.nn.BatchNorm(3, dtype="float64")
+    head = gt.nn.Dense(3, 2, seed=1, dtype="float64")
+    backbone.trainable = False
+    if frozen == "backbone_and_batchnorm":
+        bn.trainable = False
+
+    def per_example(xb):
+        with gt.GradientTape() as tape:
+            losses = gt.nn.cross_entropy(head(bn(backbone(gt.tensor(xb)))), y, reduction="none")
+        return tape.per_example_gradients(losses, head.trainable_variables)
+
+    with pytest.raises(ValueError, match=r"batch_norm in training at .*test_per_example.py:\d+ "
+                                         r"computed batch statistics over 8 examples"):
+        per_example(x)
+    with pytest.raises(ValueError, match="batch statistics over 8 examples"):
+        gt.function(per_example)(x)
+    bn.eval()  # running statistics: example 0's gradient is its own
+    x2 = x.copy()
+    x2[1:] *= 5.0
+    g0, g1 = per_example(x)[0].numpy()[0], per_example(x2)[0].numpy()[0]
+    np.testing.assert_array_equal(g0, g1)
+    bn.train()  # outside any tape, or with the backbone's ops recorded, as before
+    bn(backbone(gt.tensor(x)))
+    backbone.trainable = True
+    with pytest.raises(ValueError, match=r"computed by 'sum', which works along the batch axis"):
+        per_example(x)
+
+
+@pytest.mark.parametrize("reduce", [None, "sum"])
+@pytest.mark.parametrize("ghost", [True, False])
+def test_float16_clipping_scales_in_float32(reduce, ghost):
+    """The clipping scale ``C / ||g_b||`` was cast to float16 before it multiplied: a scale under
+    6e-8 became 0 and the clipped gradients all zero, though the clipped entries (3.5e-5) are
+    float16 numbers. The scale now multiplies in float32, the result rounded once."""
+    W = gt.Variable(np.ones((4, 2), dtype=np.float16))
+    x = gt.tensor(np.full((2, 4), 3000.0, dtype=np.float16))
+    with gt.GradientTape() as tape:  # each example's gradient: 3000 everywhere, norm 8485
+        losses = gt.sum(x @ W, axis=1) if ghost else gt.sum(gt.sum(x[:, :, None] * W, axis=1), axis=1)
+    (g,), norms = tape.per_example_gradients(losses, [W], max_norm=1e-4, reduce=reduce,
+                                             return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), [3000 * np.sqrt(8)] * 2, rtol=1e-3)
+    assert g.dtype == np.float16
+    each = np.float16(3000.0 * (1e-4 / (3000 * np.sqrt(8))))  # 3.5e-5
+    want = np.full((2, 4, 2), each) if reduce is None else np.full((4, 2), 2 * np.float64(each))
+    np.testing.assert_allclose(g.numpy().astype(np.float64), want, rtol=2e-3)
+
+
+@pytest.mark.parametrize("make", ["slice", "reshape"])
+def test_a_target_without_the_inputs_batch_axis_is_named_as_such(make):
+    """A target sliced or reshaped so that its axis 0 is not the inputs' batch axis was said
+    to be "computed from the sources alone"; the error now names B's origin and the data's
+    shapes."""
+    rng = np.random.default_rng(0)
+    W = gt.Variable(rng.normal(size=(3, 2)))
+    X = gt.tensor(rng.normal(size=(4, 3)))
+    with gt.GradientTape() as tape:
+        losses = gt.sum(X @ W, axis=1)
+        target = losses[:2] if make == "slice" else gt.reshape(losses, (2, 2))
+    with pytest.raises(ValueError, match=r"no per-example input with the batch axis first "
+                                         r"reaches the target .*B = 2 is read from its axis 0.*"
+                                         r"of shapes \(4, 3\)"):
+        tape.per_example_gradients(target, [W])

@@ -17,7 +17,7 @@ import numpy as np
 from .. import ops
 from .. import random as _random
 from .._src.autodiff.batched import batch_random, physical_data, random_levels, shared_draw
-from .._src.autodiff.record import Record
+from .._src.autodiff.record import Record, note_batch_statistics
 from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import in_float32
 from .._src.errors import as_flag
@@ -729,6 +729,8 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
         # from 65504 where the batch mean and variance fit
         xs = ops.astype(x, np.float32) if x.dtype == np.float16 else x
         mu = ops.sum(xs, axis=axes, keepdims=True) * (1.0 / n)
+        if STATE.recording and a != 0 and not x._level:  # (inside gt.vmap: one example each)
+            note_batch_statistics(mu, x.shape[0], "batch_norm in training")
         xc = xs - mu
         var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)
         running = [(name, v) for name, v in (("running_mean", running_mean),

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the layer above, named in annotations only
 # fields (``_trainable``, ``_snapshot``) carry ``# type: ignore[attr-defined]`` / ``[arg-type]``.
 
 __all__ = ["Recorder", "ForwardRecorder", "Record", "RecordX", "record", "record_one", "record_two",
-           "record_general", "check_finite"]
+           "record_general", "check_finite", "note_batch_statistics"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # identity checks first (per-op cost)
 
@@ -43,10 +43,11 @@ class Recorder:
     ``_variables`` (id -> Variable), ``_cuts`` (id -> why its value left the tape) and
     ``_folding``: whether a record's primitive may fold its input's producer's VJP
     (:attr:`Primitive.folds`; set as such a record is made, so a pass over a tape without one
-    looks for none)."""
+    looks for none), and ``_mixed``: batch statistics computed while it recorded on values it
+    did not record (:func:`note_batch_statistics`), ``(batch size, what and where)`` each."""
 
     __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed", "_vlevel",
-                 "_folding")
+                 "_folding", "_mixed")
 
     def __init__(self, watch_accessed_variables: bool) -> None:
         self._watch_accessed = bool(watch_accessed_variables)
@@ -56,6 +57,7 @@ class Recorder:
         self._variables: dict[int, Variable] = {}
         self._cuts: dict[int, str] = {}
         self._folding = False
+        self._mixed: list[tuple[int, str]] = []
 
     def _watch_variable(self, v: Variable) -> None:
         self._tracked.add(v._id)
@@ -79,6 +81,23 @@ class Recorder:
         self._records = []
         self._tracked = set()
         self._cuts = {}
+        self._mixed = []
+
+
+#: Untracked batch statistics kept per tape at most (a persistent tape in a loop keeps the
+#: first ones: one is enough to refuse per-example gradients).
+_MIXED_KEPT = 8
+
+
+def note_batch_statistics(stat: Tensor, batch: int, what: str) -> None:
+    """``stat`` (a statistic over the batch axis of ``batch`` examples, e.g. a BatchNorm's
+    batch mean in training) was just computed: every recording tape that did not record it
+    (its input untracked: a frozen backbone, ``trainable=False``) notes it, so that
+    per-example gradients on that tape can refuse data whose examples were mixed before the
+    tape saw them."""
+    for tape in STATE.recording:
+        if not (stat._id and stat._id in tape._tracked) and len(tape._mixed) < _MIXED_KEPT:
+            tape._mixed.append((batch, f"{what} at {user_line()}"))
 
 
 class ForwardRecorder:

@@ -232,6 +232,22 @@ def _is_array_index(c: Any) -> bool:
     return hasattr(c, "shape") and hasattr(c, "dtype") and not isinstance(c, np.generic)
 
 
+def _advanced_positions(comps: list) -> list[int]:
+    """The positions of an index's advanced components: its arrays, and once there is one its
+    integers too (NumPy indexes with them together)."""
+    if not any(_is_array_index(c) for c in comps):
+        return []
+    return [j for j, c in enumerate(comps)
+            if _is_array_index(c) or (isinstance(c, (int, np.integer)) and not isinstance(c, bool))]
+
+
+def _advanced_apart(index: Any) -> bool:
+    """Whether an index's advanced components are apart from each other (a slice, ``None`` or
+    ``...`` between them): NumPy then puts their axes first."""
+    adv = _advanced_positions(list(index) if isinstance(index, tuple) else [index])
+    return bool(adv) and adv != list(range(adv[0], adv[-1] + 1))
+
+
 def _index_along_batch(index: Any, shape: tuple[int, ...]) -> str | None:
     """How a ``getitem`` index mixes the examples of an input of ``shape`` (``[B, ...]``):
     it selects or reorders along axis 0 (a slice other than ``:``, a mask, an integer array
@@ -239,10 +255,7 @@ def _index_along_batch(index: Any, shape: tuple[int, ...]) -> str | None:
     batch axis (advanced indices apart from each other go first); else None."""
     comps = list(index) if isinstance(index, tuple) else [index]
     ndim, B = len(shape), shape[0]
-    advanced = [j for j, c in enumerate(comps) if _is_array_index(c)]
-    if advanced:  # NumPy counts integers among the advanced indices once an array is there
-        advanced = [j for j, c in enumerate(comps)
-                    if _is_array_index(c) or (isinstance(c, (int, np.integer)) and not isinstance(c, bool))]
+    advanced = _advanced_positions(comps)
     used = sum(c.ndim if _is_array_index(c) and c.dtype == bool else 0 if c is None or c is Ellipsis
                else 1 for c in comps)
     for c in comps:  # the component that meets axis 0
@@ -489,7 +502,32 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                 continue
             kind[o] = k_out
     _check_data_unmixed(records, live, reach, fixed, B)
+    for batch, what in getattr(tape, "_mixed", ()):
+        if batch == B and B > 1:
+            raise ValueError(
+                f"{WHAT}: {what} computed batch statistics over {B} examples while the tape "
+                "recorded, on values it did not record (a frozen part of the model: its "
+                "Variables trainable=False, or not watched), so the data reaching the sources "
+                "may mix the examples: each example's gradient would take in the others' data "
+                "and clipping would not bound one example's influence. Use BatchNorm in eval "
+                "mode there (model.eval(), or model(x, training=False) for one call), or a "
+                "normalization within each example (layer_norm, group norm)")
     if kind.get(target._id) != _EXAMPLE:
+        # the data that did reach the target, by shape (B is read from the target's axis 0: a
+        # target sliced, reshaped or given a new leading axis no longer has the inputs' B)
+        data = sorted({tuple(shape) for idx in live
+                       for i, (iid, shape) in enumerate(zip(records[idx].in_ids,
+                                                            records[idx].in_shapes))
+                       if len(shape) >= 1 and not (iid and (iid in reach or iid in fixed))
+                       and not _variable_buffer(records[idx], i)})
+        if data:
+            raise ValueError(
+                f"{WHAT}: no per-example input with the batch axis first reaches the target "
+                f"(shape {target.shape}; B = {B} is read from its axis 0). Inputs that are not "
+                f"parameters do reach it, of shapes {', '.join(map(str, data[:4]))}"
+                f"{' ...' if len(data) > 4 else ''}: the target must keep their batch axis "
+                "first (one loss per example, shape [B] or [B, ...]), not a slice, a reshape or "
+                "a new leading axis of it")
         raise ValueError(
             f"{WHAT}: the target (shape {target.shape}) is computed from the sources alone: no "
             f"per-example input with the batch axis first (size B = {B}) was found on the way. "
@@ -516,6 +554,15 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         "recognised)") if others else ""
                 raise _unsupported(rec, "applied to a parameter before it meets per-example "
                                    f"data{hint}")
+            elif rec.prim.name == "getitem" and _advanced_apart(rec.params["index"]):
+                # (a batch axis put in front of such an index lands behind the advanced
+                # indices' axes, which NumPy moves first: the pass would scatter each example's
+                # cotangent along another axis, silently, when those axes happen to have B rows)
+                raise _unsupported(rec, f"with index {rec.params['index']!r} applied to a "
+                                   "parameter: its advanced indices are apart from each other "
+                                   "(NumPy moves their axes in front, where the per-example "
+                                   "form keeps the batch axis); index with the advanced indices "
+                                   "side by side, or take the axes in two steps")
     if ghost:
         consumers: dict[int, list[tuple[int, int]]] = {}
         for idx in live:
@@ -1030,13 +1077,22 @@ def _row_sq(xp: Any, a: Array) -> Array:
 _VECDOT = getattr(np, "vecdot", None)
 
 
+def _scaling_dtype(dt: np.dtype) -> np.dtype:
+    """The dtype clipping scales a gradient of dtype ``dt`` in: float16 in float32 (a scale
+    ``C / ||g||`` under float16's 6e-8 would round to 0, below 6e-5 lose digits, where the
+    scaled entries may still be float16 numbers), the others in their own."""
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
 def _ghost_sum(plan: _Plan, gh: _Ghost, g: Array, c: Array | None) -> Array:
     """``sum_b c_b G_b`` at the boundary input (``c`` None: all ones), one contraction."""
     rec = plan.records[gh.idx]
     B = plan.B
     xp = backend_of(g).xp
     if c is not None:
-        g = g * c.astype(g.dtype, copy=False).reshape((B,) + (1,) * (g.ndim - 1))
+        wd = _scaling_dtype(g.dtype)
+        g = (g if g.dtype == wd else g.astype(wd)) * c.astype(wd, copy=False).reshape(
+            (B,) + (1,) * (g.ndim - 1))
     if gh.kind == "embedding":
         idx = _batch_index(rec, B)
         shape = rec.in_shapes[0]
@@ -1097,8 +1153,13 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
                     c = xp.where(norms > C, C / norms, 1.0)
         if opts.reduce == "sum":
             for sid, G in per.items():
-                summed[sid] = acc_sum(G, 0) if c is None else \
-                    xp.matmul(c.astype(G.dtype), G.reshape(B, -1)).reshape(G.shape[1:])
+                if c is None:
+                    summed[sid] = acc_sum(G, 0)
+                    continue
+                wd = _scaling_dtype(G.dtype)
+                G2 = G.reshape(B, -1)
+                sm = xp.matmul(c.astype(wd), G2 if G2.dtype == wd else G2.astype(wd))
+                summed[sid] = sm.reshape(G.shape[1:])  # (cast to the source's dtype at the end)
             per = {}
             for gh, g in ghosts:
                 s = _through_chain(plan, gh, _ghost_sum(plan, gh, g, c))
@@ -1106,8 +1167,11 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
                 summed[gh.source] = s if prev is None else prev + s
         elif c is not None:
             for sid, G in per.items():
-                cb = c.astype(G.dtype).reshape((B,) + (1,) * (G.ndim - 1))
-                if sid in owned and type(G) is type(cb):  # allocated by the pass, referenced
+                wd = _scaling_dtype(G.dtype)
+                cb = c.astype(wd).reshape((B,) + (1,) * (G.ndim - 1))
+                if wd != G.dtype:  # scaled in the wider dtype, rounded once
+                    per[sid] = (G.astype(wd) * cb).astype(G.dtype)
+                elif sid in owned and type(G) is type(cb):  # allocated by the pass, referenced
                     G *= cb  # nowhere else (inside a traced step, an untraced G, made from a
                 else:  # constant seed, cannot take a traced factor in place on a device)
                     per[sid] = G * cb

@@ -143,6 +143,7 @@ class GradientTape(Recorder):
         self._tracked = set()
         self._variables = {}
         self._cuts = {}
+        self._mixed = []
         self._used = False
 
     # --- watching ---------------------------------------------------------------------------
