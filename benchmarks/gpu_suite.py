@@ -196,9 +196,14 @@ extern "C" __global__ void gt_suite_spin(long long cycles) {
     while (clock64() - t0 < cycles) { }
 }
 """
-#: Milliseconds of spin first put before a ``device_only`` call; grown 4x (up to
-#: SPIN_MAX_MS) while the host takes more than SPIN_MARGIN of it to dispatch the call.
-SPIN_MS, SPIN_MAX_MS, SPIN_MARGIN = 2.0, 40.0, 0.8
+#: Milliseconds of spin first put before a ``device_only`` call, grown 4x (to SPIN_MAX_MS at
+#: most) while the device finishes it before the host has enqueued the call; SPIN_TRIES calls
+#: in a row that outlast the longest spin raise :class:`HostSyncError`.
+SPIN_MS, SPIN_MAX_MS, SPIN_TRIES = 2.0, 32.0, 3
+#: float32 elements written before each ``device_only`` call (128 MiB, more than an H100's or
+#: H200's 50-60 MB L2): the call reads its inputs from memory, as a cold call does, not from
+#: what its untimed ``prepare`` left in the cache.
+L2_FLUSH_ELEMENTS = 1 << 25
 
 
 class HostSyncError(RuntimeError):
@@ -216,14 +221,19 @@ class Timer:
     kernel, the device idle: a call that is host-bound then reads as slow kernels. So a spin
     kernel (``SPIN_SOURCE``; PyTorch's ``torch.cuda._sleep``) is launched just before the
     start event, long enough for the host to enqueue the whole call behind it; the device
-    then runs the call's kernels back to back between the events. The host's time from the
-    spin's launch to the end event is checked against the spin: a call that takes longer (a
-    host synchronisation inside it waits for the spin) is tried with a 4x longer spin, and
-    raises :class:`HostSyncError` past ``SPIN_MAX_MS``."""
+    then runs the call's kernels back to back between the events. Whether it did is asked of
+    the device: once the end event is enqueued, the start event must not have completed yet
+    (the spin still running). A call it has (the host slower than the spin: a host
+    synchronisation inside the call waits for the spin, or the host stalled) is run again
+    behind a 4x longer spin, and after ``SPIN_TRIES`` such calls at ``SPIN_MAX_MS`` raises
+    :class:`HostSyncError`. Before each call a 128 MiB buffer is written, so the call does
+    not find its inputs in the L2 cache where its ``prepare`` left them."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._spin: Callable[[float], None] | None = None
+        self._flush: Callable[[], Any] = lambda: None
+        self._done: Callable[[Any], bool] = lambda ev: False
         self.spin_ms = SPIN_MS
         if kind == "cupy":
             cp = W.load("cupy")
@@ -242,20 +252,32 @@ class Timer:
 
     def _spinner(self, cell: W.Cell) -> Callable[[float], None]:
         """``spin(ms)``: a kernel on the current stream that keeps the device busy ``ms``
-        milliseconds (its clock calibrated once with the events); a no-op on host clocks."""
+        milliseconds (its clock calibrated once with the events, after a first launch that
+        loads it); a no-op on host clocks. Sets up the L2 flush and the start-event query."""
         if self._spin is not None:
             return self._spin
         if self.kind == "host":
             self._spin = lambda ms: None
             return self._spin
+        import numpy as np
         if self.kind == "cupy":
-            import numpy as np
-            kernel = W.load("cupy").RawKernel(SPIN_SOURCE, "gt_suite_spin")
+            cp = W.load("cupy")
+            kernel = cp.RawKernel(SPIN_SOURCE, "gt_suite_spin")
             launch: Callable[[int], None] = lambda c: kernel((1,), (1,), (np.int64(c),))  # noqa: E731
+            scratch = cp.empty((L2_FLUSH_ELEMENTS,), dtype=np.float32)
+            self._flush = lambda: scratch.fill(0)
+            self._done = lambda ev: bool(ev.done)
         else:
-            launch = W.load("torch").cuda._sleep
+            torch = W.load("torch")
+            launch = torch.cuda._sleep
+            scratch = torch.empty(L2_FLUSH_ELEMENTS, device="cuda")
+            self._flush = scratch.zero_
+            self._done = lambda ev: bool(ev.query())
         cycles = 10_000_000
         start, end = self._new(cell)
+        launch(1)  # compiled and loaded here, outside the calibration's events
+        end.record()
+        end.synchronize()
         start.record()
         launch(cycles)
         end.record()
@@ -272,8 +294,10 @@ class Timer:
                 spin = self._spinner(cell)
                 total = 0.0
                 for _ in range(n):
+                    over = 0  # calls in a row that outlasted the longest spin
                     while True:
                         state = cell.prepare() if cell.prepare is not None else None
+                        self._flush()
                         cell.sync()
                         h0 = time.perf_counter()
                         spin(self.spin_ms)
@@ -283,18 +307,22 @@ class Timer:
                         else:
                             cell.run()
                         end.record()
+                        covered = not self._done(start)  # the spin still running: no gap
                         host_ms = (time.perf_counter() - h0) * 1e3
                         end.synchronize()
                         del state
-                        if host_ms <= SPIN_MARGIN * self.spin_ms:
+                        if covered:
                             break
-                        if self.spin_ms * 4 > SPIN_MAX_MS:
+                        if self.spin_ms < SPIN_MAX_MS:
+                            self.spin_ms = min(4 * self.spin_ms, SPIN_MAX_MS)
+                            continue
+                        over += 1
+                        if over >= SPIN_TRIES:
                             raise HostSyncError(
-                                f"the host took {host_ms:.1f} ms to dispatch one call behind a "
-                                f"{self.spin_ms:.1f} ms spin: the call waits for the device (a "
-                                "host synchronisation inside it), so its device work cannot be "
-                                "timed apart from the host")
-                        self.spin_ms *= 4
+                                f"{over} calls in a row outlasted a {self.spin_ms:.0f} ms spin "
+                                f"(the last took {host_ms:.1f} ms on the host): the call waits "
+                                "for the device inside (a host synchronisation), or the host "
+                                "stalls; its device work cannot be timed apart from the host")
                     total += self._ms(start, end) / 1e3
                 return total / n
             if cell.prepare is None:

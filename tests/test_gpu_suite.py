@@ -84,10 +84,12 @@ def test_every_row_of_the_issue_is_in_the_table(suite):
 
 
 class _Event:
-    """A stand-in for ``cupy.cuda.Event`` and ``torch.cuda.Event``: a record is a tick."""
+    """A stand-in for ``cupy.cuda.Event`` and ``torch.cuda.Event``: a record is a tick;
+    ``done`` / ``query()`` (has the device passed it?) read ``_Event.passed``."""
 
     log: list = []
     made: list = []
+    passed = False
 
     def __init__(self, **kw):
         _Event.made.append(kw)
@@ -102,6 +104,13 @@ class _Event:
 
     def elapsed_time(self, end):  # torch's spelling: milliseconds from self to end
         return 1.0 * (end.t - self.t)
+
+    @property
+    def done(self):  # CuPy's spelling
+        return _Event.passed() if callable(_Event.passed) else _Event.passed
+
+    def query(self):  # torch's spelling
+        return self.done
 
 
 @pytest.mark.parametrize("kind", ["cupy", "torch"])
@@ -132,16 +141,22 @@ def test_device_timing_uses_the_event_apis(suite, monkeypatch, kind):
     assert len(synced) == 2
 
 
-def _fake_device_modules(suite, monkeypatch):
-    """Stand-ins of CuPy and PyTorch for the timing code: events that tick on each record, and
-    spin launches (CuPy's RawKernel, torch.cuda._sleep) that log their cycles."""
+def _fake_device_modules(suite, monkeypatch, compile_ticks=0):
+    """Stand-ins of CuPy and PyTorch for the timing code: events that tick on each record,
+    spin launches (CuPy's RawKernel, whose first call compiles for ``compile_ticks`` ticks,
+    and torch.cuda._sleep) that log their cycles, and the L2 flush's scratch buffer."""
     spins = []
+    _Event.passed = False
 
     class RawKernel:
         def __init__(self, source, name):
             assert "clock64" in source and name in source
+            self.compiled = False
 
         def __call__(self, grid, block, args):
+            if not self.compiled:  # CuPy compiles and loads at the first launch
+                _Event.log.extend(["compile"] * compile_ticks)
+                self.compiled = True
             _Event.log.append("spin")
             spins.append(int(args[0]))
 
@@ -149,9 +164,13 @@ def _fake_device_modules(suite, monkeypatch):
         _Event.log.append("spin")
         spins.append(int(cycles))
 
+    scratch = SimpleNamespace(fill=lambda v: _Event.log.append("flush"),
+                              zero_=lambda: _Event.log.append("flush"))
     fake_cupy = SimpleNamespace(cuda=SimpleNamespace(
-        Event=_Event, get_elapsed_time=lambda a, b: 1.0 * (b.t - a.t)), RawKernel=RawKernel)
-    fake_torch = SimpleNamespace(cuda=SimpleNamespace(Event=_Event, _sleep=sleep))
+        Event=_Event, get_elapsed_time=lambda a, b: 1.0 * (b.t - a.t)), RawKernel=RawKernel,
+        empty=lambda shape, dtype: scratch)
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(Event=_Event, _sleep=sleep),
+                                 empty=lambda n, device: scratch)
     monkeypatch.setitem(suite.W._MODULES, "cupy", fake_cupy)
     monkeypatch.setitem(suite.W._MODULES, "torch", fake_torch)
     return spins
@@ -160,32 +179,52 @@ def _fake_device_modules(suite, monkeypatch):
 @pytest.mark.parametrize("kind", ["cupy", "torch"])
 def test_device_only_timing_hides_the_host_dispatch_behind_a_spin(suite, monkeypatch, kind):
     """``device_only``: each call is enqueued behind a spin kernel launched before the start
-    event, so the events bracket the device work alone; the spin's cycles come from one
-    calibration launch timed with the events."""
-    spins = _fake_device_modules(suite, monkeypatch)
+    event (after the L2 flush), so the events bracket the device work alone; the spin's
+    cycles come from one calibration launch timed with the events, after a first launch that
+    compiles the kernel (a compile inside the calibration would shorten every spin)."""
+    spins = _fake_device_modules(suite, monkeypatch, compile_ticks=50)
     timer = suite.timer_for("torch" if kind == "torch" else "gradtape", dry=False)
     cell = suite.W.Cell(lambda s: _Event.log.append("run"), prepare=lambda: "state")
     _Event.log = []
     per_call = timer.block(cell, 2, device_only=True)
-    calib = ["record", "spin", "record", "sync"]  # 10^7 cycles took 2 ticks ("ms")
-    call = ["spin", "record", "run", "record", "sync"]
-    assert _Event.log == calib + call * 2
+    log = [e for e in _Event.log if e != "compile"]
+    # a first launch loads the kernel, then 10^7 cycles take 2 ticks ("ms")
+    calib = ["spin", "record", "sync", "record", "spin", "record", "sync"]
+    call = ["flush", "spin", "record", "run", "record", "sync"]
+    assert log == calib + call * 2
     assert per_call == pytest.approx(2 / 1e3)  # start record, run, end record: 2 ticks
-    assert spins[0] == 10_000_000
-    assert spins[1:] == [int(suite.SPIN_MS * 10_000_000 / 2)] * 2  # SPIN_MS at 5e6 cycles/ms
+    assert spins[:2] == [1, 10_000_000]
+    assert spins[2:] == [int(suite.SPIN_MS * 10_000_000 / 2)] * 2  # SPIN_MS at 5e6 cycles/ms
+
+
+def test_device_only_timing_grows_the_spin_a_call_outlasted(suite, monkeypatch):
+    """A call the device caught up with (the start event passed before the end event was
+    enqueued: the host slower than the spin) is run again behind a 4x longer spin; the
+    figure is the covered call's."""
+    spins = _fake_device_modules(suite, monkeypatch)
+    timer = suite.timer_for("gradtape", dry=False)
+    calls = []
+    answers = iter([True, False])  # the first call outlasted its spin, the second did not
+    _Event.passed = lambda: next(answers)
+    cell = suite.W.Cell(lambda: calls.append(1))
+    assert timer.block(cell, 1, device_only=True) == pytest.approx(1 / 1e3)  # 1 tick apart
+    assert len(calls) == 2 and timer.spin_ms == 4 * suite.SPIN_MS
+    assert [s // 5_000_000 for s in spins[2:]] == [suite.SPIN_MS, 4 * suite.SPIN_MS]
 
 
 def test_device_only_timing_refuses_a_call_that_waits_for_the_device(suite, monkeypatch):
-    """A call whose host part outlasts every spin (it synchronises with the device inside,
-    so it waits for the spin) raises instead of giving a figure; the spin grew 4x each try."""
+    """A call that always outlasts its spin (it synchronises with the device inside, so it
+    waits for the spin) raises after ``SPIN_TRIES`` calls at the longest spin, instead of
+    giving a figure; the spin grew 4x each try up to ``SPIN_MAX_MS``."""
     spins = _fake_device_modules(suite, monkeypatch)
     monkeypatch.setattr(suite, "SPIN_MS", 1.0)
     monkeypatch.setattr(suite, "SPIN_MAX_MS", 16.0)
     timer = suite.timer_for("gradtape", dry=False)
-    cell = suite.W.Cell(lambda: time.sleep(0.02))  # 20 ms on the host, longer than any spin
-    with pytest.raises(suite.HostSyncError, match="waits for the device"):
+    _Event.passed = True
+    cell = suite.W.Cell(lambda: None)
+    with pytest.raises(suite.HostSyncError, match="3 calls in a row outlasted a 16 ms spin"):
         timer.block(cell, 1, device_only=True)
-    assert [s // 5_000_000 for s in spins[1:]] == [1, 4, 16]  # ms of spin per try
+    assert [s // 5_000_000 for s in spins[2:]] == [1, 4, 16, 16, 16]  # ms of spin per try
 
 
 def test_the_timed_path_end_to_end_on_host_clocks(suite, monkeypatch, tmp_path, capsys):

@@ -1203,9 +1203,33 @@ def test_batch_statistics_of_a_backbone_frozen_with_trainable_false_are_refused(
     np.testing.assert_array_equal(g0, g1)
     bn.train()  # outside any tape, or with the backbone's ops recorded, as before
     bn(backbone(gt.tensor(x)))
+    with gt.GradientTape() as tape:  # the batch gradient (no clipping, no norms): accepted
+        losses = gt.nn.cross_entropy(head(bn(backbone(gt.tensor(x)))), y, reduction="none")
+    sums = tape.per_example_gradients(losses, head.trainable_variables, reduce="sum")
+    assert [g.shape for g in sums] == [(3, 2), (2,)]
+    other = gt.nn.BatchNorm(3, dtype="float64")  # a BatchNorm that does not feed the target
+    other.trainable = False
+    with gt.GradientTape() as tape:
+        with tape.stop_recording():  # (not noted while the tape is paused)
+            other(gt.tensor(x))
+        losses = gt.nn.cross_entropy(head(gt.tensor(x)), y, reduction="none")
+    assert tape.per_example_gradients(losses, head.trainable_variables)[0].shape == (8, 3, 2)
+    with gt.GradientTape(persistent=True) as tape:  # the first of each batch size is kept
+        for _ in range(20):
+            other(gt.tensor(x[:5]))
+        other(gt.tensor(x))
+        losses = gt.nn.cross_entropy(head(gt.tensor(x)), y, reduction="none")
+    with pytest.raises(ValueError, match="batch statistics over 8 examples"):
+        tape.per_example_gradients(losses, head.trainable_variables)
     backbone.trainable = True
     with pytest.raises(ValueError, match=r"computed by 'sum', which works along the batch axis"):
         per_example(x)
+    with gt.GradientTape(persistent=True) as tape:  # recorded: its sum is the batch gradient
+        losses = gt.nn.cross_entropy(head(bn(backbone(gt.tensor(x)))), y, reduction="none")
+        total = gt.sum(losses)
+    sums = tape.per_example_gradients(losses, head.trainable_variables, reduce="sum")
+    for got, want in zip(sums, tape.gradient(total, head.trainable_variables)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("reduce", [None, "sum"])
@@ -1241,4 +1265,11 @@ def test_a_target_without_the_inputs_batch_axis_is_named_as_such(make):
     with pytest.raises(ValueError, match=r"no per-example input with the batch axis first "
                                          r"reaches the target .*B = 2 is read from its axis 0.*"
                                          r"of shapes \(4, 3\)"):
+        tape.per_example_gradients(target, [W])
+    T = gt.tensor(rng.normal(size=2))  # no examples at all: a constant of the parameter's shape
+    with gt.GradientTape() as tape:
+        target = gt.sum((W - T) ** 2, axis=1)
+    with pytest.raises(ValueError, match=r"of shapes \(2,\): if one of them holds the examples.*"
+                                         r"if not, the target is computed from the sources and "
+                                         r"constants alone"):
         tape.per_example_gradients(target, [W])

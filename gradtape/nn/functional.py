@@ -729,8 +729,6 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
         # from 65504 where the batch mean and variance fit
         xs = ops.astype(x, np.float32) if x.dtype == np.float16 else x
         mu = ops.sum(xs, axis=axes, keepdims=True) * (1.0 / n)
-        if STATE.recording and a != 0 and not x._level:  # (inside gt.vmap: one example each)
-            note_batch_statistics(mu, x.shape[0], "batch_norm in training")
         xc = xs - mu
         var = ops.sum(xc * xc, axis=axes, keepdims=True) * (1.0 / n)
         running = [(name, v) for name, v in (("running_mean", running_mean),
@@ -748,6 +746,8 @@ def batch_norm(x: Any, running_mean: Any = None, running_var: Any = None, gamma:
         if running and x._level:
             raise ValueError("batch_norm: running statistics cannot be updated inside gt.vmap "
                              "(each example would be its own batch); pass None for them")
+        if STATE.recording and a != 0 and not x._level:  # (inside gt.vmap: one example each)
+            note_batch_statistics(mu, x.shape[0], "batch_norm in training")
         for name, v in running:  # the running variance takes the unbiased one, as PyTorch
             _update_running(v, mu.data if name == "running_mean" else var.data * (n / (n - 1.0)),
                             momentum)

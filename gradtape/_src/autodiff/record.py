@@ -44,7 +44,8 @@ class Recorder:
     ``_folding``: whether a record's primitive may fold its input's producer's VJP
     (:attr:`Primitive.folds`; set as such a record is made, so a pass over a tape without one
     looks for none), and ``_mixed``: batch statistics computed while it recorded on values it
-    did not record (:func:`note_batch_statistics`), ``(batch size, what and where)`` each."""
+    did not record (:func:`note_batch_statistics`), the first one's op and line per batch
+    size."""
 
     __slots__ = ("_records", "_tracked", "_variables", "_cuts", "_watch_accessed", "_vlevel",
                  "_folding", "_mixed")
@@ -57,7 +58,7 @@ class Recorder:
         self._variables: dict[int, Variable] = {}
         self._cuts: dict[int, str] = {}
         self._folding = False
-        self._mixed: list[tuple[int, str]] = []
+        self._mixed: dict[int, str] = {}
 
     def _watch_variable(self, v: Variable) -> None:
         self._tracked.add(v._id)
@@ -81,12 +82,12 @@ class Recorder:
         self._records = []
         self._tracked = set()
         self._cuts = {}
-        self._mixed = []
+        self._mixed = {}
 
 
-#: Untracked batch statistics kept per tape at most (a persistent tape in a loop keeps the
-#: first ones: one is enough to refuse per-example gradients).
-_MIXED_KEPT = 8
+#: Batch sizes whose untracked batch statistics a tape keeps at most (the first of each: one
+#: is enough to refuse per-example gradients over that many examples).
+_MIXED_KEPT = 16
 
 
 def note_batch_statistics(stat: Tensor, batch: int, what: str) -> None:
@@ -95,9 +96,14 @@ def note_batch_statistics(stat: Tensor, batch: int, what: str) -> None:
     (its input untracked: a frozen backbone, ``trainable=False``) notes it, so that
     per-example gradients on that tape can refuse data whose examples were mixed before the
     tape saw them."""
+    where = None
     for tape in STATE.recording:
-        if not (stat._id and stat._id in tape._tracked) and len(tape._mixed) < _MIXED_KEPT:
-            tape._mixed.append((batch, f"{what} at {user_line()}"))
+        if stat._id and stat._id in tape._tracked:
+            continue
+        mixed = tape._mixed
+        if batch not in mixed and len(mixed) < _MIXED_KEPT:
+            where = where or f"{what} at {user_line()}"
+            mixed[batch] = where
 
 
 class ForwardRecorder:

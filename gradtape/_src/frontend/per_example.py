@@ -501,17 +501,21 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                         "to per-example inputs use tape.gradient: its rows are already per example")
                 continue
             kind[o] = k_out
-    _check_data_unmixed(records, live, reach, fixed, B)
-    for batch, what in getattr(tape, "_mixed", ()):
-        if batch == B and B > 1:
+    if rules:  # (reduce="sum" without clipping or norms is the batch gradient: the examples
+        # may interact there, it needs no gradient of one example alone)
+        _check_data_unmixed(records, live, reach, fixed, B)
+        what = tape._mixed.get(B) if B > 1 else None
+        if what is not None:
             raise ValueError(
                 f"{WHAT}: {what} computed batch statistics over {B} examples while the tape "
-                "recorded, on values it did not record (a frozen part of the model: its "
-                "Variables trainable=False, or not watched), so the data reaching the sources "
-                "may mix the examples: each example's gradient would take in the others' data "
-                "and clipping would not bound one example's influence. Use BatchNorm in eval "
-                "mode there (model.eval(), or model(x, training=False) for one call), or a "
-                "normalization within each example (layer_norm, group norm)")
+                "recorded, on values the tape did not record (its input came from outside the "
+                "tape's records: the raw data, or a frozen part of the model whose Variables are "
+                "trainable=False), so the data reaching the sources may mix the examples: each "
+                "example's gradient would take in the others' data and clipping would not bound "
+                "one example's influence. Use BatchNorm in eval mode there (model.eval(), or "
+                "model(x, training=False) for one call), or a normalization within each example "
+                "(layer_norm, group norm); a batch_norm that does not feed the target can run "
+                "outside the tape or under tape.stop_recording()")
     if kind.get(target._id) != _EXAMPLE:
         # the data that did reach the target, by shape (B is read from the target's axis 0: a
         # target sliced, reshaped or given a new leading axis no longer has the inputs' B)
@@ -525,9 +529,11 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                 f"{WHAT}: no per-example input with the batch axis first reaches the target "
                 f"(shape {target.shape}; B = {B} is read from its axis 0). Inputs that are not "
                 f"parameters do reach it, of shapes {', '.join(map(str, data[:4]))}"
-                f"{' ...' if len(data) > 4 else ''}: the target must keep their batch axis "
-                "first (one loss per example, shape [B] or [B, ...]), not a slice, a reshape or "
-                "a new leading axis of it")
+                f"{' ...' if len(data) > 4 else ''}: if one of them holds the examples, the "
+                "target must keep its batch axis first (one loss per example, shape [B] or "
+                "[B, ...]), not a slice, a reshape or a new leading axis of it; if not, the "
+                "target is computed from the sources and constants alone. Pass the shared "
+                "parameters as sources and a target of one loss per example")
         raise ValueError(
             f"{WHAT}: the target (shape {target.shape}) is computed from the sources alone: no "
             f"per-example input with the batch axis first (size B = {B}) was found on the way. "

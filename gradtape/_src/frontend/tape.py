@@ -139,11 +139,8 @@ class GradientTape(Recorder):
         if not self._recording:
             raise ValueError("reset(): the tape is not recording; reset() is only valid inside "
                              "the tape's `with` block")
-        self._records = []
-        self._tracked = set()
+        self._clear()
         self._variables = {}
-        self._cuts = {}
-        self._mixed = []
         self._used = False
 
     # --- watching ---------------------------------------------------------------------------
