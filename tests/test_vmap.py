@@ -751,6 +751,9 @@ _MIXED_INDICES = {
     "x[i, j, ::2]": lambda x, i, j: x[i, j, ::2],
     "x[i, :, [0, 1]]": lambda x, i, j: x[i, :, [0, 1]],
     "x[i[0], j]": lambda x, i, j: x[i[0], j],
+    # an Ellipsis for no axis still parts them, as NumPy counts it: their axes go first
+    "x[0:1, 1, ..., j]": lambda x, i, j: x[0:1, 1, ..., j],
+    "x[i, ..., 0, j]": lambda x, i, j: x[i, ..., 0, j],
 }
 
 
@@ -776,6 +779,21 @@ def test_a_per_example_index_mixed_with_other_items_is_numpys_indexing(name, dty
         np.testing.assert_allclose(g[b].reshape(-1), want_g, rtol=1e-6)
     shared = gt.vmap(f, in_axes=(None, 0, 0))(gt.tensor(X[0]), *args[1:])  # one x, indices per example
     np.testing.assert_array_equal(shared.numpy(), np.stack([f(X[0], Ii[b], Jj[b]) for b in range(5)]))
+
+
+@pytest.mark.parametrize("name,index", [
+    ("x[3]", lambda x: x[3]), ("x[np.array([3])]", lambda x: x[np.array([3])]),
+    ("x[:, 5]", lambda x: x[:, 5]), ("x[0, 0, 0]", lambda x: x[0, 0, 0]),
+    ("mask", lambda x: x[np.array([True, False])])])
+def test_a_bad_constant_index_inside_vmap_is_reported_as_for_one_example(name, index):
+    """The error of a constant index out of range inside gt.vmap counted axes from the batch
+    axis and read their sizes there ("index 3 is out of bounds for axis 1 with size 3" for
+    axis 0 of a (3, 4) example); it now says what NumPy says of one example."""
+    with pytest.raises(IndexError) as eager:
+        index(gt.tensor(np.zeros((3, 4))))
+    with pytest.raises(IndexError) as batched:
+        gt.vmap(index)(gt.tensor(np.zeros((2, 3, 4))))
+    assert str(batched.value) == str(eager.value)
 
 
 def test_a_mixed_per_example_index_out_of_range_or_unsupported_raises():

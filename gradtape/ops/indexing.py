@@ -394,6 +394,10 @@ def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     if consumed > x.ndim:
         raise IndexError(f"too many indices: the tensor has {x.ndim} axes (in each example), "
                          f"{consumed} were indexed")
+    # adjacent as written: NumPy counts an Ellipsis between two advanced items as apart even
+    # where it stands for no axis (x[0:1, 1, ..., i] of a rank-3 x puts their axes first)
+    written = [k for k, it in enumerate(items) if not (isinstance(it, slice) or it is Ellipsis)]
+    adjacent = written == list(range(written[0], written[-1] + 1))
     at = next((k for k, it in enumerate(items) if it is Ellipsis), len(items))
     items[at:at + 1] = [slice(None)] * (x.ndim - consumed)
     adv = [k for k, it in enumerate(items) if not isinstance(it, slice)]
@@ -436,7 +440,7 @@ def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     if not isinstance(flat, Tensor):  # (only ints: not reached, a batched tensor is here)
         return None
     out = bind(P_INDEX_TAKE, y, flat, axis=0)  # [*index shape, *the other axes]
-    if adv == list(range(adv[0], adv[-1] + 1)) and adv[0] > 0:  # adjacent: where they were
+    if adjacent and adv[0] > 0:  # adjacent: where they were
         nb = flat.ndim
         out = out.transpose((*range(nb, nb + adv[0]), *range(nb), *range(nb + adv[0], out.ndim)))
     return out
@@ -462,9 +466,18 @@ def getitem(x: Any, index: Any) -> Tensor:
             _check_device_index(x.shape, index)
         return bind(P_GETITEM, x, index=idx, advanced=advanced)
     except IndexError as exc:
-        err = IndexError(f"indexing a tensor of shape {x.shape}: {exc}")
-        notes = getattr(exc, "__notes__", None)  # (inside gt.vmap: the per-example shapes;
-        if notes:  # Python 3.11+)
+        msg, notes = str(exc), getattr(exc, "__notes__", None)
+        if x._level:  # inside gt.vmap: NumPy's words for one example (the batched index
+            # counts axes from the batch axis), from a stride-0 host stand-in indexed by the
+            # index as given (one holding device arrays or tensors keeps the batched message)
+            try:
+                np.broadcast_to(np.zeros((), np.int8), x.shape)[index]
+            except IndexError as single:
+                msg = str(single)
+            except Exception:  # noqa: BLE001 - the batched message stays
+                pass
+        err = IndexError(f"indexing a tensor of shape {x.shape}: {msg}")
+        if notes:  # (inside gt.vmap: the per-example shapes; Python 3.11+)
             err.__notes__ = list(notes)  # type: ignore[attr-defined]
         raise err from None
 
