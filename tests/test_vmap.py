@@ -796,6 +796,18 @@ def test_a_bad_constant_index_inside_vmap_is_reported_as_for_one_example(name, i
     assert str(batched.value) == str(eager.value)
 
 
+def test_a_list_of_per_example_tensors_as_an_index_names_the_stacked_form():
+    """x[[a, b]] with per-example a, b raised np.asarray()'s message about Python values; it
+    now names the index and the form that works, x[gt.stack([a, b])]."""
+    x = gt.tensor(np.arange(12.0).reshape(4, 3))
+    a, b = gt.tensor(np.array([0, 1])), gt.tensor(np.array([2, 3]))
+    with pytest.raises(TypeError, match=r"indexing inside gt.vmap: a list holding per-example "
+                                        r"tensors .* x\[gt.stack\(\[a, b\]\)\]"):
+        gt.vmap(lambda a, b: x[[a, b]])(a, b)
+    got = gt.vmap(lambda a, b: x[gt.stack([a, b])])(a, b).numpy()
+    np.testing.assert_array_equal(got, np.stack([x.numpy()[[0, 2]], x.numpy()[[1, 3]]]))
+
+
 def test_a_mixed_per_example_index_out_of_range_or_unsupported_raises():
     x = gt.tensor(np.zeros((2, 3, 4)))
     with pytest.raises(IndexError, match="holds the index 4"):

@@ -364,6 +364,13 @@ P_INDEX_PUT = primitive("index_put_add", _index_put_impl, rule=_index_put_rule,
 _ALL = slice(None)
 
 
+def _holds_batched(item: Any) -> bool:
+    """Whether an index item (a tensor, or a list of them) differs per example."""
+    if isinstance(item, Tensor):
+        return bool(item._level)
+    return type(item) is list and any(_holds_batched(it) for it in item)
+
+
 def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     """``x[index]`` inside gt.vmap where ``index`` holds an integer index tensor that differs
     per example, alone or beside other items (``x[i]``, ``x[:, i]``, ``x[i, :]``, ``x[..., i]``,
@@ -374,6 +381,10 @@ def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     tensor, or ``None`` (a new axis), a bool item or mask (:func:`_convert_index` then says
     what is supported)."""
     if type(index) is not tuple:  # (outside gt.vmap every index: a cheap exit)
+        if type(index) is list and any(_holds_batched(it) for it in index):
+            raise TypeError("indexing inside gt.vmap: a list holding per-example tensors "
+                            "(x[[a, b]]) is not an index; stack them into one index tensor, "
+                            "x[gt.stack([a, b])], which NumPy's x[[a, b]] means")
         if not (isinstance(index, Tensor) and index._level):
             return None
     else:
