@@ -682,9 +682,10 @@ def _take_along(x: Tensor, idx: Tensor, axis: int) -> Tensor:
 
 
 def take_along_axis(x: Any, indices: Any, axis: int | None) -> Tensor:
-    """Pick values along ``axis`` at ``indices``, as ``np.take_along_axis``: ``out[..., j, ...] =
-    x[..., indices[..., j, ...], ...]``. ``indices`` holds integers (negative ones count from
-    the end) and has the rank of ``x``; its other axes broadcast against those of ``x``.
+    """Pick values along ``axis`` at ``indices``, as ``np.take_along_axis``:
+    ``out[..., j, ...] = x[..., indices[..., j, ...], ...]``. ``indices`` holds integers
+    (negative ones count from the end) and has the rank of ``x``; its other axes broadcast
+    against those of ``x``.
     ``axis=None`` works on the flattened ``x`` (then ``indices`` is 1-D). The gradient
     scatter-adds back into ``x``: repeated indices accumulate. An index out of range raises
     ``IndexError``.
@@ -725,8 +726,8 @@ def take_along_axis(x: Any, indices: Any, axis: int | None) -> Tensor:
 
 
 def index_add(x: Any, axis: int, indices: Any, values: Any) -> Tensor:
-    """``x`` with ``values`` added at ``indices`` along ``axis`` (PyTorch's ``index_add(dim,
-    index, source)`` with NumPy's names; out of place): for each position ``j`` of ``indices``,
+    """``x`` with ``values`` added at ``indices`` along ``axis``, out of place (PyTorch's
+    ``index_add(dim, index, source)`` with NumPy's names): for each position ``j`` of ``indices``,
     ``out[..., indices[j], ...] += values[..., j, ...]``, repeated indices accumulating (as
     ``np.add.at``). Negative indices count from the end; one out of range raises
     ``IndexError``. ``values`` broadcasts to its expected shape; the result has the promoted
