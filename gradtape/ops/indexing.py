@@ -381,7 +381,7 @@ def _batched_index(x: Tensor, index: Any) -> Tensor | None:
     tensor, or ``None`` (a new axis), a bool item or mask (:func:`_convert_index` then says
     what is supported)."""
     if type(index) is not tuple:  # (outside gt.vmap every index: a cheap exit)
-        if type(index) is list and any(_holds_batched(it) for it in index):
+        if type(index) is list and STATE.vmap_level and any(map(_holds_batched, index)):
             raise TypeError("indexing inside gt.vmap: a list holding per-example tensors "
                             "(x[[a, b]]) is not an index; stack them into one index tensor, "
                             "x[gt.stack([a, b])], which NumPy's x[[a, b]] means")

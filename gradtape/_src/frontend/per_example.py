@@ -60,6 +60,12 @@ from .diagnostics import explain
 __all__ = ["check_options", "per_example_gradients"]
 
 WHAT = "per_example_gradients()"
+#: What both refusals of data whose examples were mixed before the sources (batch statistics
+#: on the tape, or noted by it) advise.
+_MIXED_ADVICE = ("each example's gradient would take in the others' data and clipping would not "
+                 "bound one example's influence. Use BatchNorm in eval mode (model.eval(), or "
+                 "model(x, training=False) for one call), or a normalization within each "
+                 "example (layer_norm, group norm)")
 
 _CONST, _EXAMPLE, _PARAM = 0, 1, 2
 
@@ -391,11 +397,7 @@ def _check_data_unmixed(records: list[Record], live: list[int], reach: set[int],
                     f"{WHAT}: per-example data reaching the sources' ops was computed by "
                     f"'{rec.prim.name}', which {how} (input {i}, shape {shape}, B = {B}): the "
                     "examples interact before the parameters are met (batch statistics, e.g. "
-                    "a BatchNorm in training on a frozen part of the model), so each example's "
-                    "gradient would take in the others' data and clipping would not bound one "
-                    "example's influence. Use BatchNorm in eval mode (model.eval(), or "
-                    "model(x, training=False) for one call), or a normalization within each "
-                    "example (layer_norm, group norm)")
+                    f"a BatchNorm in training on a frozen part of the model), so {_MIXED_ADVICE}")
             if iid:
                 todo.append(iid)
 
@@ -510,12 +512,9 @@ def analyse(tape: Recorder, target: Tensor, sources: list[Tensor], rules: bool,
                 f"{WHAT}: {what} computed batch statistics over {B} examples while the tape "
                 "recorded, on values the tape did not record (its input came from outside the "
                 "tape's records: the raw data, or a frozen part of the model whose Variables are "
-                "trainable=False), so the data reaching the sources may mix the examples: each "
-                "example's gradient would take in the others' data and clipping would not bound "
-                "one example's influence. Use BatchNorm in eval mode there (model.eval(), or "
-                "model(x, training=False) for one call), or a normalization within each example "
-                "(layer_norm, group norm); a batch_norm that does not feed the target can run "
-                "outside the tape or under tape.stop_recording()")
+                f"trainable=False), so the data reaching the sources may mix the examples: "
+                f"{_MIXED_ADVICE}; a batch_norm that does not feed the target can run outside "
+                "the tape or under tape.stop_recording()")
     if kind.get(target._id) != _EXAMPLE:
         # the data that did reach the target, by shape (B is read from the target's axis 0: a
         # target sliced, reshaped or given a new leading axis no longer has the inputs' B)
