@@ -200,10 +200,22 @@ def test_ready_hook_announces_each_final_gradient_once_in_reverse_order(fusion):
 
 # --------------------------------------------------------------------------- two ranks
 @needs_mpi
-def test_two_ranks_reduce_broadcast_train_and_fail_cleanly():
-    res = _launch([str(HERE), "main"])
+@pytest.mark.parametrize("scenario", ["main", "main-mpi-allreduce"])
+def test_two_ranks_reduce_broadcast_train_and_fail_cleanly(scenario):
+    """The same checks with host buckets through the shared-memory window (the default on one
+    machine) and through MPI_Allreduce (init(..., shared_memory=False))."""
+    res = _launch([str(HERE), scenario])
     assert res.returncode == 0, _show(res)
     for r in (0, 1):
+        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    assert "OSC UCX" not in res.stderr, "the window's allocation noise is dropped"
+
+
+@needs_mpi
+def test_three_ranks_shared_memory_sums_in_rank_order():
+    res = _launch([str(HERE), "three"], np_=3)
+    assert res.returncode == 0, _show(res)
+    for r in (0, 1, 2):
         assert f"rank {r}: all checks passed" in res.stdout, _show(res)
 
 
@@ -251,11 +263,17 @@ def _expect(fn, exc, match):
     raise AssertionError(f"expected {exc.__name__} ({match!r})")
 
 
-def _scenario_main() -> None:  # noqa: C901 - one launch, many checks
+def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one launch, many checks
     D = gt.distributed
-    D.init()
+    if shared_memory:
+        D.init()
+    else:
+        from mpi4py import MPI
+
+        D.init(MPI.COMM_WORLD, shared_memory=False)
     r, n = D.rank(), D.size()
     assert n == 2 and D.local_size() == 2 and D.local_rank() == r
+    assert D.shared_memory() is shared_memory
     # routing: NumPy tensors over MPI, CuPy tensors over NCCL
     assert D.transport(gt.tensor([1.0])) == "mpi" and D.transport("numpy") == "mpi"
     assert D.transport("cupy") == "nccl"
@@ -664,5 +682,82 @@ def _scenario_die() -> None:
     print("still waiting", flush=True)
 
 
+def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
+    """Three ranks (slices of unequal length, one of them empty for the smallest buckets)
+    through the shared-memory window: sums exactly ((x0 + x1) + x2) in the tensors' dtype,
+    bit-identical on every rank; buckets past the window's size over MPI; results kept across
+    calls (the window's two segments alternate) untouched; MPI_Allreduce agrees."""
+    from mpi4py import MPI
+
+    D = gt.distributed
+    D.init()
+    comm = MPI.COMM_WORLD
+    r, n = D.rank(), D.size()
+    assert n == 3 and D.shared_memory()
+
+    def data(q, seed, shape, dtype):
+        g = np.random.default_rng(1000 * seed + q)
+        if np.dtype(dtype).kind in "iu":
+            return g.integers(-50, 50, size=shape).astype(dtype)
+        if np.dtype(dtype).kind == "c":
+            return (g.normal(size=shape) + 1j * g.normal(size=shape)).astype(dtype)
+        return g.normal(size=shape).astype(dtype)
+
+    window = D.BUCKET_BYTES
+    got = {}
+    for dtype in ("float32", "float64", "float16", "int64", "complex64"):
+        item = np.dtype(dtype).itemsize
+        shapes = [(1,), (2,), (7, 3), (1001,), (window // item,), (window // item + 1,)]
+        for k, shape in enumerate(shapes):
+            xs = [data(q, k, shape, dtype) for q in range(n)]
+            out = D.allreduce([gt.tensor(xs[r])], op="sum")[0].numpy()
+            got[dtype, k] = out
+            assert out.dtype == np.dtype(dtype) and out.shape == shape
+            if k < len(shapes) - 1:  # fits the window: summed in rank order, in the dtype
+                np.testing.assert_array_equal(out, (xs[0] + xs[1]) + xs[2], err_msg=f"{dtype} {shape}")
+            else:  # one element more than a segment: MPI_Allreduce
+                tol = 2e-2 if dtype == "float16" else 1e-5
+                wide = sum(x.astype(np.complex128 if dtype == "complex64" else np.float64) for x in xs)
+                np.testing.assert_allclose(out, wide, rtol=tol, atol=tol, err_msg=f"{dtype} {shape}")
+            everyone = comm.allgather(out.tobytes())
+            assert everyone.count(everyone[0]) == n, f"{dtype} {shape}: ranks differ"
+    # several tensors in one bucket, op="mean" (scaled as packed), float16 compression
+    xs = [[data(q, 50 + k, s, "float32") for k, s in enumerate([(3, 4), (5,), (100, 30)])] for q in range(n)]
+    out = D.allreduce([gt.tensor(a) for a in xs[r]], op="mean")
+    for k, o in enumerate(out):
+        np.testing.assert_allclose(o.numpy(), sum(x[k] for x in xs) / 3, rtol=1e-6, atol=1e-6)
+    out = D.allreduce([gt.tensor(a) for a in xs[r]], compression="float16")
+    for k, o in enumerate(out):
+        assert o.dtype == np.float32
+        np.testing.assert_allclose(o.numpy(), sum(x[k] for x in xs) / 3, rtol=1e-2, atol=1e-2)
+    # results kept across calls are never overwritten (the segments alternate; the results
+    # live in buffers of their own)
+    kept = [D.allreduce([gt.tensor(np.full(10, float(step + r)))], op="sum")[0] for step in range(5)]
+    for step, t in enumerate(kept):
+        assert t.numpy().tolist() == [3.0 * step + 3.0] * 10, step
+    # a step's averaged gradients: the same with overlap (non-blocking MPI during the backward)
+    # and without (the window at the end)
+    w = gt.Variable(data(0, 99, (40, 30), "float32"))
+    x = gt.tensor(data(r, 98, (8, 40), "float32"))
+    grads = {}
+    for overlap in (False, True):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(gt.tanh(x @ w) ** 2)
+        tape = D.DistributedGradientTape(tape, overlap=overlap)
+        grads[overlap] = tape.gradient(loss, w).numpy()
+    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-6, atol=1e-6)
+    # the same sums through MPI_Allreduce
+    D.init(comm, shared_memory=False)
+    assert not D.shared_memory()
+    for dtype in ("float32", "int64"):
+        item = np.dtype(dtype).itemsize
+        for k, shape in enumerate([(1,), (2,), (7, 3), (1001,), (window // item,)]):
+            xs = [data(q, k, shape, dtype) for q in range(n)]
+            out = D.allreduce([gt.tensor(xs[r])], op="sum")[0].numpy()
+            np.testing.assert_allclose(out, got[dtype, k], rtol=1e-6, atol=1e-6)
+    print(f"rank {r}: all checks passed", flush=True)
+
+
 if __name__ == "__main__":
-    {"main": _scenario_main, "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()
+    {"main": _scenario_main, "main-mpi-allreduce": lambda: _scenario_main(False),
+     "three": _scenario_three, "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()
