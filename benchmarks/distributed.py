@@ -12,14 +12,15 @@ Parts (each also runnable alone under mpirun: ``mpirun -np 2 python benchmarks/d
 * ``allreduce`` (2 ranks): gradient sets of 1 MB to 256 MB (float32), shaped as a model's (8
   layers of a square weight and a bias: a few large tensors) and as 256 equal small tensors;
   gradtape's bucketed path (``_allreduce_arrays``, op sum, as the job runs it: on one machine
-  through the shared-memory window, see ``gt.distributed.shared_memory``; the same path with
+  through shared memory, see ``gt.distributed.shared_memory``; the same path with
   ``MPI_Allreduce`` instead; and the public ``allreduce``, op mean) against
   ``MPI.COMM_WORLD.Allreduce`` of one NumPy buffer of the same total size, in the same run,
   interleaved. Bandwidth = set bytes / seconds (the minimum over repetitions).
 * ``step`` (1 or 2 ranks): one training step (forward, backward, all-reduce, Adam) of the
   784-512-512-10 ReLU MLP on a global batch of 256 (each of 2 ranks takes 128), eager, with
-  ``DistributedGradientTape`` (overlap on and off, 1 MiB buckets so the ~2.7 MB of gradients
-  form several); the median over steps after warm-up.
+  ``DistributedGradientTape`` (1 MiB buckets so the ~2.7 MB of gradients form several): as the
+  job runs it on one machine (through shared memory, after the backward), and over MPI with
+  overlap on and off; the median over steps after warm-up.
 * ``nccl`` (1 rank, only with a working CuPy): the NCCL path with one rank, checked.
 """
 
@@ -57,7 +58,7 @@ def _small_set(total_bytes: int) -> list[np.ndarray]:
 
 def _over_mpi(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` with the job's host buckets reduced by ``MPI_Allreduce`` even where the
-    shared-memory window serves them (as after ``init(comm, shared_memory=False)``; toggled
+    shared memory serves them (as after ``init(comm, shared_memory=False)``; toggled
     per call so both paths are timed interleaved in one job)."""
     world = gt.distributed._world("benchmark")
     shm, world.shm = world.shm, None
@@ -118,16 +119,21 @@ def part_step(quick: bool) -> dict:
     xb, yb = gt.tensor(x), gt.tensor(y)
     steps = 20 if quick else 60
     out = {}
-    modes = ("local",) if n == 1 else ("local", "overlap", "no overlap")
+    modes = ("local",) if n == 1 else ("local", "shared memory", "MPI, overlap", "MPI, no overlap")
     for mode in modes:
+        def reduced(tape: gt.GradientTape, loss: gt.Tensor, overlap: bool) -> Any:
+            return gt.distributed.DistributedGradientTape(
+                tape, bucket_bytes=1 << 20, overlap=overlap).gradient(loss, params)
+
         def step(mode: str = mode) -> None:
             with gt.GradientTape() as tape:
                 loss = gt.nn.cross_entropy(model(xb), yb)
             if mode == "local":
                 grads = tape.gradient(loss, params)
+            elif mode == "shared memory":  # (where the ranks share a machine: the default)
+                grads = reduced(tape, loss, True)
             else:
-                grads = gt.distributed.DistributedGradientTape(
-                    tape, bucket_bytes=1 << 20, overlap=(mode == "overlap")).gradient(loss, params)
+                grads = _over_mpi(reduced, tape, loss, mode == "MPI, overlap")
             opt.apply_gradients(zip(grads, params))
 
         for _ in range(5):
@@ -192,7 +198,7 @@ def main() -> None:
           "medians (steps)")
     ar = _launch("allreduce", 2, args.quick)["allreduce"]
     print("\nall-reduce, 2 ranks, float32 (GB/s = set bytes / seconds)")
-    print("(bucketed: gradtape's path, through the shared-memory window where the ranks share a "
+    print("(bucketed: gradtape's path, through shared memory where the ranks share a "
           "machine; over MPI: the same with MPI_Allreduce)")
     print(f"{'MB':>5} {'set':>10} {'MPI one buffer':>15} {'bucketed sum':>13} {'over MPI':>9} "
           f"{'allreduce mean':>15} {'bucketed/MPI':>13} {'over MPI/MPI':>13} {'allreduce/MPI':>14}")

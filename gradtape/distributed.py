@@ -26,8 +26,8 @@ The canonical loop::
 What crosses the wire: :func:`allreduce` packs many small gradients into a few large buffers
 (*buckets*, at most ``bucket_bytes`` each; a tensor at least that large goes alone) and reduces
 each with one MPI all-reduce (or one NCCL ``allReduce``); where every rank runs on one machine,
-a host bucket is summed through an MPI shared-memory window instead (:class:`_Shm`,
-:func:`shared_memory`). On the host, the buffers are reused
+a host bucket is summed through shared memory instead (:class:`_Shm`, :func:`shared_memory`).
+On the host, the buffers are reused
 from call to call (a buffer is reused once no result still refers to it) and reduced in place;
 ``op="mean"`` scales by ``1 / size`` while packing, so no pass over the result follows.
 :class:`DistributedGradientTape` starts a bucket's reduction during the reverse pass, as soon
@@ -66,8 +66,8 @@ from ._src.tensor import Tensor, Variable, _wrap, _wrap_all
 from .optimizers import Optimizer
 
 __all__ = ["init", "is_initialized", "rank", "size", "local_rank", "local_size", "barrier",
-           "allreduce", "broadcast_variables", "transport", "shared_memory", "DistributedGradientTape",
-           "DistributedOptimizer", "DistributedError", "BUCKET_BYTES"]
+           "allreduce", "broadcast_variables", "transport", "shared_memory",
+           "DistributedGradientTape", "DistributedOptimizer", "DistributedError", "BUCKET_BYTES"]
 
 #: Default bucket size in bytes: gradients are packed into buffers of at most this size (a
 #: tensor at least this large is reduced alone, in a buffer of its own). Large enough that a bucket
@@ -141,49 +141,98 @@ class _World:
 
 
 class _Shm:
-    """Host buckets reduced through one MPI-3 shared-memory window (``MPI_Win_allocate_shared``)
-    where every rank of the job runs on one machine, in place of ``MPI_Allreduce``: each rank
-    packs its bucket into its own segment of the window; after a barrier, rank ``r`` sums slice
-    ``r`` of every rank's segment (in rank order) into its result buffer and copies the sum
-    back into its own segment; after a second barrier, every rank copies the other ranks'
-    summed slices into its result buffer. Each byte is then read from a
-    peer once, where MPI's shared-memory all-reduce copies it through a queue and back, so a
-    1 MB bucket takes about half of ``MPI_Allreduce``'s time on 2 ranks (``benchmarks/``), and
-    every rank gets bit-identical results (each slice is summed once, in a fixed order).
+    """Host buckets reduced through shared memory where every rank of the job runs on one
+    machine, in place of ``MPI_Allreduce``: each rank packs its bucket into its own segment of
+    one shared file; after a barrier, rank ``r`` sums slice ``r`` of every rank's segment (in
+    rank order) into its result buffer and copies the sum back into its own segment; after a
+    second barrier, every rank copies the other ranks' summed slices into its result buffer.
+    Each byte is then read from a peer once, where MPI's shared-memory all-reduce copies it
+    through a queue and back, so a 1 MB bucket takes about half of ``MPI_Allreduce``'s time on
+    2 ranks (``benchmarks/``), and every rank gets bit-identical results (each slice is summed
+    once, in a fixed order).
 
     Each rank writes only its own segment. Two segments per rank alternate between calls: a
     rank packing call ``k + 1`` into one segment has passed call ``k``'s first barrier, which no
     rank reaches before it has finished copying out of call ``k - 1``'s, the other one. Buckets
-    larger than a segment (:data:`_SHM_BYTES`) and non-blocking reductions (overlap during a
-    backward) keep to MPI. Memory visibility follows MPI's rule for a passive-target epoch
-    (``MPI_Win_sync``, barrier, ``MPI_Win_sync``)."""
+    of more than :data:`_SHM_BYTES` on the wire and non-blocking reductions (overlap during a
+    backward) keep to MPI. The barriers are ``MPI_Barrier`` on the machine's communicator,
+    whose shared-memory implementations (Open MPI, MPICH) order each rank's stores before it
+    before the other ranks' loads after it.
 
-    __slots__ = ("win", "node", "segments", "rank", "size", "parity")
+    The file is created by the machine's first rank in ``/dev/shm`` (else ``/tmp``; the
+    environment variable ``GRADTAPE_SHM_DIR`` chooses another directory) with
+    ``posix_fallocate`` (a full file system is an error there, not a crash later), mapped by
+    every rank and unlinked once all have mapped it (nothing is left behind, whatever happens to the job later). Every
+    step that can fail is local and followed by an agreement, so a rank that cannot take part
+    makes all of them use ``MPI_Allreduce`` instead of waiting for each other."""
 
-    def __init__(self, win: Any, node: Any) -> None:
-        self.win, self.node = win, node
+    __slots__ = ("mem", "node", "segments", "rank", "size", "parity")
+
+    def __init__(self, mem: Any, node: Any) -> None:
+        self.mem, self.node = mem, node
         self.rank, self.size = node.Get_rank(), node.Get_size()
-        self.segments = [np.frombuffer(win.Shared_query(j)[0], np.uint8) for j in range(self.size)]
+        whole = np.frombuffer(mem, np.uint8)
+        self.segments = [whole[j * 2 * _SHM_BYTES:(j + 1) * 2 * _SHM_BYTES] for j in range(self.size)]
         self.parity = 0
-        win.Lock_all()
 
     @staticmethod
     def open(node: Any, ctrl: Any) -> _Shm | None:
-        """The window over the ranks of ``node`` (collective; None on every rank where some
-        rank could not allocate it: MPI's all-reduce then serves)."""
+        """The shared file over the ranks of ``node`` (collective over ``ctrl``, whose ranks are
+        ``node``'s; None on every rank where some rank could not create or map it, with a
+        warning from that rank)."""
+        import mmap
+        import tempfile
+        import warnings
+
         from mpi4py import MPI
 
-        win = None
-        with _quiet_osc():
+        nbytes = 2 * _SHM_BYTES * node.Get_size()
+        path, why, mem = None, None, None
+        if node.Get_rank() == 0:
+            directory = os.environ.get("GRADTAPE_SHM_DIR", _SHM_DIR)
             try:
-                win = MPI.Win.Allocate_shared(2 * _SHM_BYTES, 1, comm=node)
-            except MPI.Exception:
-                pass
-        if not ctrl.allreduce(int(win is not None), op=MPI.MIN):
-            if win is not None:
-                win.Free()
+                fd, path = tempfile.mkstemp(prefix="gradtape-allreduce-", dir=directory)
+                try:
+                    os.posix_fallocate(fd, 0, nbytes)
+                finally:
+                    os.close(fd)
+            except (OSError, AttributeError) as exc:  # (no posix_fallocate: not Linux)
+                why = f"cannot create {nbytes >> 20} MiB in {directory!r} ({exc})"
+                if path is not None:
+                    os.unlink(path)
+                path = None
+        path = node.bcast(path, root=0)
+        if path is not None:
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    mem = mmap.mmap(fd, nbytes)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                why = f"cannot map {path!r} ({exc})"
+        ok = ctrl.allreduce(int(mem is not None), op=MPI.MIN)  # (every rank has tried to map)
+        if path is not None and node.Get_rank() == 0:
+            os.unlink(path)
+        if why is not None:
+            warnings.warn(f"gt.distributed.init(): rank {ctrl.Get_rank()} {why}; host buckets go "
+                          "through MPI_Allreduce (set GRADTAPE_SHM_DIR to a directory with room, "
+                          "or init(..., shared_memory=False) to choose that)", RuntimeWarning,
+                          stacklevel=4)
+        if not ok:
+            if mem is not None:
+                mem.close()
             return None
-        return _Shm(win, node)
+        return _Shm(mem, node)
+
+    def close(self) -> None:
+        """Unmap the file and free the machine's communicator (a world replaced by ``init``)."""
+        self.segments = []
+        try:
+            self.mem.close()
+        except BufferError:  # a view still alive (a traceback's frame): unmapped when collected
+            pass
+        self.node.Free()
 
     def fits(self, total: int, dtype: np.dtype) -> bool:
         return 0 < total * dtype.itemsize <= _SHM_BYTES
@@ -194,9 +243,7 @@ class _Shm:
         return self.segments[self.rank][start:start + total * dtype.itemsize].view(dtype)
 
     def _sync(self) -> None:
-        self.win.Sync()
         self.node.Barrier()
-        self.win.Sync()
 
     def reduce(self, total: int, dtype: np.dtype, out: np.ndarray) -> None:
         """Sum every rank's packed segment (:meth:`segment`) into ``out`` (``total`` elements)."""
@@ -218,36 +265,14 @@ class _Shm:
                 out[lo:hi] = view[lo:hi]
 
 
-#: Bytes of one segment of the shared-memory window (:class:`_Shm`; each rank has two): the
-#: default bucket size, so the default buckets all go through it.
+#: Bytes of one segment of the shared file (:class:`_Shm`; each rank has two): the default
+#: bucket size, so the default buckets all go through it.
 _SHM_BYTES = BUCKET_BYTES
 
-
-class _quiet_osc:
-    """Around the window's allocation: Open MPI's PyPI build, which has no UCX, prints an
-    "OSC UCX component priority set inside component query failed" error to the process's
-    standard error (file descriptor 2) while it picks the shared-memory component it then uses
-    without fault; that line is dropped, anything else it writes is passed on."""
-
-    _NOISE = "OSC UCX component priority"
-
-    def __enter__(self) -> None:
-        import tempfile
-
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        self.file = tempfile.TemporaryFile()
-        os.dup2(self.file.fileno(), 2)
-
-    def __exit__(self, *exc: Any) -> None:
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.file.seek(0)
-        text = self.file.read().decode(errors="replace")
-        self.file.close()
-        kept = [line for line in text.splitlines() if line.strip() and self._NOISE not in line]
-        if kept:
-            sys.stderr.write("\n".join(kept) + "\n")
+#: Where the machine's first rank creates the shared file (:class:`_Shm`; it is unlinked as soon
+#: as every rank has mapped it). The environment variable ``GRADTAPE_SHM_DIR`` overrides it, for
+#: example where ``/dev/shm`` is small (a container's default 64 MB: ``docker run --shm-size``).
+_SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
 
 
 _WORLD: _World | None = None
@@ -284,11 +309,13 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
         comm: an ``mpi4py`` communicator to run on (default ``MPI.COMM_WORLD`` when launched by
             MPI); gradtape duplicates it, so its own messages never mix with yours.
         shared_memory: where every rank runs on one machine, reduce host buckets of up to
-            :data:`BUCKET_BYTES` through an MPI shared-memory window (each rank sums a slice of
-            every rank's bucket; about twice as fast as ``MPI_Allreduce`` for a 1 MB bucket on
-            2 ranks) rather than with ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The
-            ranks agree on it (if any rank says False, or cannot allocate the window, none
-            uses it). To change it after a first ``init()``, pass ``comm`` again.
+            :data:`BUCKET_BYTES` through a shared file (each rank sums a slice of every rank's
+            bucket; about twice as fast as ``MPI_Allreduce`` for a 1 MB bucket on 2 ranks;
+            2 x :data:`BUCKET_BYTES` per rank in ``/dev/shm``, or ``$GRADTAPE_SHM_DIR``)
+            rather than with ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The ranks
+            agree on it: if any rank says False, or cannot create or map the file (a
+            ``RuntimeWarning`` says why), none uses it. To change it after a first ``init()``,
+            pass ``comm`` again.
 
     Raises:
         RuntimeError: launched by MPI but mpi4py is not installed.
@@ -318,6 +345,9 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
     elif not all(hasattr(comm, m) for m in ("Dup", "Get_rank", "Get_size", "Allreduce")):
         raise TypeError(f"gt.distributed.init(): comm must be an mpi4py communicator (such as "
                         f"MPI.COMM_WORLD or one made by its Split), got {type(comm).__name__}")
+    if _WORLD is not None and _WORLD.shm is not None:  # (every rank calls init)
+        _WORLD.shm.close()
+        _WORLD.shm = None
     _WORLD = _World(comm, shared_memory)
     _abort_on_uncaught(_WORLD)
 
@@ -429,11 +459,11 @@ def transport(of: Tensor | str) -> str:
 
 
 def shared_memory() -> bool:
-    """Whether this job reduces host (NumPy) buckets through an MPI shared-memory window
-    rather than ``MPI_Allreduce``: every rank runs on one machine, :func:`init` was not told
-    ``shared_memory=False``, and every rank could allocate the window. Buckets larger than
-    :data:`BUCKET_BYTES`, and reductions started during a backward to overlap it, use
-    ``MPI_Allreduce`` either way. False in a single process.
+    """Whether this job reduces host (NumPy) buckets through shared memory rather than
+    ``MPI_Allreduce``: every rank runs on one machine, :func:`init` was not told
+    ``shared_memory=False``, and every rank could map the shared file. Buckets of more than
+    :data:`BUCKET_BYTES` on the wire, and reductions started during a backward to overlap it,
+    use MPI either way. False in a single process.
 
     Example:
         >>> import gradtape as gt
@@ -965,7 +995,9 @@ class _Reducer:
             nth = self.taken[key] = self.taken.get(key, 0) + 1
             buf = _POOL.take(total, wire, nth)
             dst = buf if shm is None else shm.segment(total, wire)
-            if scale is not None and (b.fused or wire != b.dtype):
+            # (into shared memory, a copy then a scaling pass: a scaled copy per member into
+            # the shared pages took twice as long on the 2-vCPU VM)
+            if scale is not None and ((b.fused and shm is None) or wire != b.dtype):
                 # scaled as copied (float16 on the wire: scaled before the cast, no overflow)
                 off = 0
                 for a in srcs:
@@ -1348,7 +1380,12 @@ class DistributedGradientTape:
     With ``overlap`` (the default), a bucket's reduction starts during the reverse pass as soon
     as the last gradient in it is final, so communication hides behind the rest of the
     backward; buckets fill from the last sources first (the order in which a model's gradients
-    become final). Everything else (``watch``, ``jacobian``, ...) is the wrapped tape's.
+    become final). Where the job reduces through shared memory (every rank on one machine, see
+    :func:`shared_memory`) every bucket is reduced after the backward instead: that reduction
+    is memory traffic done by the ranks' own cores, and MPI's non-blocking one progresses only
+    inside MPI calls, so there is nothing to overlap (on 2 ranks of the 2-vCPU VM the step was
+    faster without overlap either way). Everything else (``watch``, ``jacobian``, ...) is the
+    wrapped tape's.
 
     Args:
         tape: the GradientTape that recorded the step (wrap it after its ``with`` block, or use
@@ -1357,7 +1394,8 @@ class DistributedGradientTape:
         op: ``"mean"`` (default) or ``"sum"`` across ranks.
         compression: None or ``"float16"`` (see :func:`allreduce`).
         bucket_bytes: bucket size in bytes (default :data:`BUCKET_BYTES`).
-        overlap: start reductions during the backward (False: all after it).
+        overlap: start reductions during the backward (False: all after it; also what a job
+            reducing through shared memory does).
 
     Example:
         >>> import gradtape as gt
@@ -1462,7 +1500,10 @@ class DistributedGradientTape:
             _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
         red = _Reducer(world, plan, self._op, self._compression)
         hook = None
-        if self._overlap and not traced:  # (a gt.function step reduces after the backward)
+        # (a gt.function step reduces after the backward; so does a job on one machine, whose
+        # reductions through shared memory are work for the same cores, which nothing would
+        # progress beside the backward: the ranks agree on shared memory at init)
+        if self._overlap and not traced and world.shm is None:
             red.overlap = True
             positions: dict[int, list[int]] = {}
             for i, s in enumerate(leaves):

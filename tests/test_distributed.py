@@ -47,9 +47,11 @@ def _skip_reason() -> str | None:
 needs_mpi = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 
 
-def _launch(args: list[str], np_: int = 2, timeout: float = 120, cwd: Path | None = None
-            ) -> subprocess.CompletedProcess:
-    """``mpirun -np np_ python args...`` (Open MPI: as root too, more ranks than cores)."""
+def _launch(args: list[str], np_: int = 2, timeout: float = 120, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``mpirun -np np_ python args...`` (Open MPI: as root too, more ranks than cores;
+    ``env``: more environment variables)."""
+    extra = env or {}
     mpirun = _mpirun()
     assert mpirun is not None
     version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
@@ -58,6 +60,7 @@ def _launch(args: list[str], np_: int = 2, timeout: float = 120, cwd: Path | Non
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.update(extra)
     return subprocess.run([mpirun, *flags, "-np", str(np_), sys.executable, *args], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=cwd or ROOT)
 
@@ -202,13 +205,23 @@ def test_ready_hook_announces_each_final_gradient_once_in_reverse_order(fusion):
 @needs_mpi
 @pytest.mark.parametrize("scenario", ["main", "main-mpi-allreduce"])
 def test_two_ranks_reduce_broadcast_train_and_fail_cleanly(scenario):
-    """The same checks with host buckets through the shared-memory window (the default on one
+    """The same checks with host buckets through shared memory (the default on one
     machine) and through MPI_Allreduce (init(..., shared_memory=False))."""
     res = _launch([str(HERE), scenario])
     assert res.returncode == 0, _show(res)
     for r in (0, 1):
         assert f"rank {r}: all checks passed" in res.stdout, _show(res)
-    assert "OSC UCX" not in res.stderr, "the window's allocation noise is dropped"
+
+
+@needs_mpi
+def test_shared_memory_that_cannot_be_created_falls_back_to_mpi_on_every_rank(tmp_path):
+    res = _launch([str(HERE), "no-shared-memory"], timeout=60,
+                  env={"GRADTAPE_SHM_DIR": str(tmp_path / "missing")})
+    assert res.returncode == 0, _show(res)
+    for r in (0, 1):
+        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    assert res.stderr.count("RuntimeWarning") == 1, _show(res)  # from the rank that failed
+    assert "cannot create 16 MiB in" in res.stderr and "GRADTAPE_SHM_DIR" in res.stderr, _show(res)
 
 
 @needs_mpi
@@ -684,9 +697,9 @@ def _scenario_die() -> None:
 
 def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     """Three ranks (slices of unequal length, one of them empty for the smallest buckets)
-    through the shared-memory window: sums exactly ((x0 + x1) + x2) in the tensors' dtype,
-    bit-identical on every rank; buckets past the window's size over MPI; results kept across
-    calls (the window's two segments alternate) untouched; MPI_Allreduce agrees."""
+    through shared memory: sums exactly ((x0 + x1) + x2) in the tensors' dtype,
+    bit-identical on every rank; buckets past a segment's size over MPI; results kept across
+    calls (each rank's two segments alternate) untouched; MPI_Allreduce agrees."""
     from mpi4py import MPI
 
     D = gt.distributed
@@ -735,29 +748,65 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     kept = [D.allreduce([gt.tensor(np.full(10, float(step + r)))], op="sum")[0] for step in range(5)]
     for step, t in enumerate(kept):
         assert t.numpy().tolist() == [3.0 * step + 3.0] * 10, step
-    # a step's averaged gradients: the same with overlap (non-blocking MPI during the backward)
-    # and without (the window at the end)
+    # a step's averaged gradients, a None among them (a bucket with a member missing)
     w = gt.Variable(data(0, 99, (40, 30), "float32"))
+    v = gt.Variable(data(0, 97, (30,), "float32"))
     x = gt.tensor(data(r, 98, (8, 40), "float32"))
-    grads = {}
-    for overlap in (False, True):
+
+    def step_grads():
         with gt.GradientTape() as tape:
             loss = gt.sum(gt.tanh(x @ w) ** 2)
-        tape = D.DistributedGradientTape(tape, overlap=overlap)
-        grads[overlap] = tape.gradient(loss, w).numpy()
-    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-6, atol=1e-6)
-    # the same sums through MPI_Allreduce
+        tape = D.DistributedGradientTape(tape)  # (overlap: on one machine, after the backward)
+        g, none = tape.gradient(loss, [w, v])
+        assert none is None
+        return g.numpy()
+
+    by_shm = step_grads()
+    everyone = comm.allgather(by_shm.tobytes())
+    assert everyone.count(everyone[0]) == n
+    # a new world (init with comm) releases the old one's mapping
+    def mapped():
+        with open("/proc/self/maps") as f:
+            return sum("gradtape-allreduce-" in line for line in f)
+
+    assert mapped() == 1
+    for _ in range(3):
+        D.init(comm)
+    assert D.shared_memory() and mapped() == 1, mapped()
+    # the same sums, and the same step with overlap (non-blocking MPI during the backward),
+    # through MPI
     D.init(comm, shared_memory=False)
-    assert not D.shared_memory()
+    assert not D.shared_memory() and mapped() == 0
     for dtype in ("float32", "int64"):
         item = np.dtype(dtype).itemsize
         for k, shape in enumerate([(1,), (2,), (7, 3), (1001,), (window // item,)]):
             xs = [data(q, k, shape, dtype) for q in range(n)]
             out = D.allreduce([gt.tensor(xs[r])], op="sum")[0].numpy()
             np.testing.assert_allclose(out, got[dtype, k], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(step_grads(), by_shm, rtol=1e-6, atol=1e-6)
+    print(f"rank {r}: all checks passed", flush=True)
+
+
+def _scenario_no_shared_memory() -> None:
+    """GRADTAPE_SHM_DIR names a directory that does not exist: the first rank cannot create
+    the shared file, says why, and every rank reduces over MPI instead of waiting."""
+    import warnings
+
+    D = gt.distributed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        D.init()
+    r = D.rank()
+    for w in caught:
+        print(f"{w.category.__name__}: {w.message}", file=sys.stderr, flush=True)
+    assert len(caught) == (1 if r == 0 else 0), [str(w.message) for w in caught]
+    assert not D.shared_memory()
+    out = D.allreduce([gt.tensor(np.full(1000, 1.0 + r, np.float32))], op="sum")[0]
+    assert out.numpy().tolist() == [3.0] * 1000
     print(f"rank {r}: all checks passed", flush=True)
 
 
 if __name__ == "__main__":
     {"main": _scenario_main, "main-mpi-allreduce": lambda: _scenario_main(False),
-     "three": _scenario_three, "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()
+     "three": _scenario_three, "no-shared-memory": _scenario_no_shared_memory,
+     "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()
