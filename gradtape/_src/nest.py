@@ -26,9 +26,16 @@ def flatten(structure: Any) -> tuple[list[Any], Spec]:
     """
     typ = type(structure)
     if typ is list or typ is tuple:  # the common flat list of tensors, without recursion
-        # (the leaves' types, collected in one C-level pass, then each type checked once)
-        if not any(issubclass(k, _CONTAINERS) for k in set(map(type, structure))):
-            return list(structure), (list, typ, None, len(structure))
+        if len(structure) > 8:  # (the leaves' types, collected in one C-level pass, then each
+            # type checked once: cheaper than a check per leaf from about 8 leaves)
+            if not any(issubclass(k, _CONTAINERS) for k in set(map(type, structure))):
+                return list(structure), (list, typ, None, len(structure))
+        else:
+            for v in structure:
+                if isinstance(v, _CONTAINERS):
+                    break
+            else:
+                return list(structure), (list, typ, None, len(structure))
     leaves: list[Any] = []
     return leaves, _walk(structure, leaves)
 
