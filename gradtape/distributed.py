@@ -109,6 +109,7 @@ class _World:
         self.calls = 0  # agreement checks made: a rank that skips a call is told so
         self._f16_op: Any = None
         self.shm: _Shm | None = None  # set when every rank runs on this machine
+        self.shm_failure: str | None = None  # why this rank could not map the shared file
         if comm is None:
             return
         # mpi4py is an optional dependency (the "distributed" extra): imported only when this
@@ -125,7 +126,7 @@ class _World:
         # ranks agree on it, as they must all take the same path for every bucket
         single_node = self.local_size == self.size > 1
         if self.ctrl.allreduce(int(shared_memory and single_node), op=MPI.MIN):
-            self.shm = _Shm.open(local, self.ctrl)
+            self.shm, self.shm_failure = _Shm.open(local, self.ctrl)
         if self.shm is None:
             local.Free()
 
@@ -176,30 +177,30 @@ class _Shm:
         self.parity = 0
 
     @staticmethod
-    def open(node: Any, ctrl: Any) -> _Shm | None:
+    def open(node: Any, ctrl: Any) -> tuple[_Shm | None, str | None]:
         """The shared file over the ranks of ``node`` (collective over ``ctrl``, whose ranks are
-        ``node``'s; None on every rank where some rank could not create or map it, with a
-        warning from that rank)."""
+        ``node``'s; None on every rank where some rank could not create or map it), and why
+        this rank could not (None if it could). Nothing here raises between the collective
+        calls: a rank leaving early would leave the others waiting in the next one."""
         import mmap
         import tempfile
-        import warnings
 
         from mpi4py import MPI
 
         nbytes = 2 * _SHM_BYTES * node.Get_size()
         path, why, mem = None, None, None
         if node.Get_rank() == 0:
-            directory = os.environ.get("GRADTAPE_SHM_DIR", _SHM_DIR)
+            directory = os.environ.get("GRADTAPE_SHM_DIR") or _SHM_DIR
             try:
                 fd, path = tempfile.mkstemp(prefix="gradtape-allreduce-", dir=directory)
                 try:
-                    os.posix_fallocate(fd, 0, nbytes)
+                    os.posix_fallocate(fd, 0, nbytes)  # (AttributeError where there is none)
                 finally:
                     os.close(fd)
-            except (OSError, AttributeError) as exc:  # (no posix_fallocate: not Linux)
-                why = f"cannot create {nbytes >> 20} MiB in {directory!r} ({exc})"
-                if path is not None:
-                    os.unlink(path)
+            except Exception as exc:
+                why = (f"cannot create {nbytes >> 20} MiB in {directory!r} ({exc}); set "
+                       f"GRADTAPE_SHM_DIR to a directory with room")
+                _unlink(path)
                 path = None
         path = node.bcast(path, root=0)
         if path is not None:
@@ -209,21 +210,19 @@ class _Shm:
                     mem = mmap.mmap(fd, nbytes)
                 finally:
                     os.close(fd)
-            except OSError as exc:
+            except Exception as exc:
                 why = f"cannot map {path!r} ({exc})"
         ok = ctrl.allreduce(int(mem is not None), op=MPI.MIN)  # (every rank has tried to map)
-        if path is not None and node.Get_rank() == 0:
-            os.unlink(path)
+        if node.Get_rank() == 0:
+            _unlink(path)
         if why is not None:
-            warnings.warn(f"gt.distributed.init(): rank {ctrl.Get_rank()} {why}; host buckets go "
-                          "through MPI_Allreduce (set GRADTAPE_SHM_DIR to a directory with room, "
-                          "or init(..., shared_memory=False) to choose that)", RuntimeWarning,
-                          stacklevel=4)
+            why = (f"gt.distributed.init(): rank {ctrl.Get_rank()} {why}; host buckets go "
+                   "through MPI_Allreduce (init(..., shared_memory=False) chooses that)")
         if not ok:
             if mem is not None:
                 mem.close()
-            return None
-        return _Shm(mem, node)
+            return None, why
+        return _Shm(mem, node), why
 
     def close(self) -> None:
         """Unmap the file and free the machine's communicator (a world replaced by ``init``)."""
@@ -263,6 +262,14 @@ class _Shm:
             if j != r:
                 lo, hi = total * j // n, total * (j + 1) // n
                 out[lo:hi] = view[lo:hi]
+
+
+def _unlink(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:  # (removed by someone else already: nothing is left either way)
+            pass
 
 
 #: Bytes of one segment of the shared file (:class:`_Shm`; each rank has two): the default
@@ -350,6 +357,11 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
         _WORLD.shm = None
     _WORLD = _World(comm, shared_memory)
     _abort_on_uncaught(_WORLD)
+    if _WORLD.shm_failure is not None:  # (after the world is whole on every rank: a warning
+        # filter that raises then ends this rank's init only, or the job, never in a collective)
+        import warnings
+
+        warnings.warn(_WORLD.shm_failure, RuntimeWarning, stacklevel=2)
 
 
 def is_initialized() -> bool:

@@ -225,6 +225,15 @@ def test_shared_memory_that_cannot_be_created_falls_back_to_mpi_on_every_rank(tm
 
 
 @needs_mpi
+def test_a_shared_memory_warning_raised_as_an_error_leaves_no_rank_waiting(tmp_path):
+    res = _launch([str(HERE), "no-shared-memory-warnings-raise"], timeout=60,
+                  env={"GRADTAPE_SHM_DIR": str(tmp_path / "missing")})
+    assert res.returncode == 0, _show(res)
+    for r in (0, 1):
+        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+
+
+@needs_mpi
 def test_three_ranks_shared_memory_sums_in_rank_order():
     res = _launch([str(HERE), "three"], np_=3)
     assert res.returncode == 0, _show(res)
@@ -734,11 +743,13 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
                 np.testing.assert_allclose(out, wide, rtol=tol, atol=tol, err_msg=f"{dtype} {shape}")
             everyone = comm.allgather(out.tobytes())
             assert everyone.count(everyone[0]) == n, f"{dtype} {shape}: ranks differ"
-    # several tensors in one bucket, op="mean" (scaled as packed), float16 compression
+    # several tensors in one bucket, op="mean" (each rank's share scaled as packed, then summed
+    # in rank order, in float32), float16 compression
     xs = [[data(q, 50 + k, s, "float32") for k, s in enumerate([(3, 4), (5,), (100, 30)])] for q in range(n)]
     out = D.allreduce([gt.tensor(a) for a in xs[r]], op="mean")
+    third = np.float32(1 / 3)
     for k, o in enumerate(out):
-        np.testing.assert_allclose(o.numpy(), sum(x[k] for x in xs) / 3, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(o.numpy(), (xs[0][k] * third + xs[1][k] * third) + xs[2][k] * third)
     out = D.allreduce([gt.tensor(a) for a in xs[r]], compression="float16")
     for k, o in enumerate(out):
         assert o.dtype == np.float32
@@ -787,6 +798,26 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     print(f"rank {r}: all checks passed", flush=True)
 
 
+def _scenario_no_shared_memory_warnings_raise() -> None:
+    """As below, with warnings raised as errors: rank 0's init raises the RuntimeWarning once
+    the world is set up on every rank, so after catching it both ranks reduce."""
+    import warnings
+
+    D = gt.distributed
+    warnings.simplefilter("error")
+    try:
+        D.init()
+    except RuntimeWarning as exc:
+        assert D.rank() == 0 and "cannot create" in str(exc)
+    else:
+        assert D.rank() == 1
+    r = D.rank()
+    assert not D.shared_memory()
+    out = D.allreduce([gt.tensor(np.full(10, 1.0 + r, np.float32))], op="sum")[0]
+    assert out.numpy().tolist() == [3.0] * 10
+    print(f"rank {r}: all checks passed", flush=True)
+
+
 def _scenario_no_shared_memory() -> None:
     """GRADTAPE_SHM_DIR names a directory that does not exist: the first rank cannot create
     the shared file, says why, and every rank reduces over MPI instead of waiting."""
@@ -809,4 +840,5 @@ def _scenario_no_shared_memory() -> None:
 if __name__ == "__main__":
     {"main": _scenario_main, "main-mpi-allreduce": lambda: _scenario_main(False),
      "three": _scenario_three, "no-shared-memory": _scenario_no_shared_memory,
+     "no-shared-memory-warnings-raise": _scenario_no_shared_memory_warnings_raise,
      "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()
