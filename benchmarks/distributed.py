@@ -79,7 +79,10 @@ def part_allreduce(quick: bool) -> dict:
         total = mb << 20
         # small sets take a few hundred microseconds, where a minimum over 10 calls still
         # moves by 10%: they get more calls (the large ones cost seconds)
-        reps = 3 if mb >= 64 else (5 if quick else (60 if mb <= 4 else 10))
+        if mb >= 64:
+            reps = 3 if mb > 64 else 5
+        else:
+            reps = 5 if quick else (60 if mb <= 4 else 10)
         for shape, arrays in (("model", _model_set(total)), ("256 small", _small_set(total))):
             nbytes = sum(a.nbytes for a in arrays)
             buf = np.ones(nbytes // 4, np.float32)

@@ -707,7 +707,7 @@ def _scenario_die() -> None:
 def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     """Three ranks (slices of unequal length, one of them empty for the smallest buckets)
     through shared memory: sums exactly ((x0 + x1) + x2) in the tensors' dtype,
-    bit-identical on every rank; buckets past a segment's size over MPI; results kept across
+    bit-identical on every rank, also for buckets past a segment's size; results kept across
     calls (each rank's two segments alternate) untouched; MPI_Allreduce agrees."""
     from mpi4py import MPI
 
@@ -735,12 +735,9 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
             out = D.allreduce([gt.tensor(xs[r])], op="sum")[0].numpy()
             got[dtype, k] = out
             assert out.dtype == np.dtype(dtype) and out.shape == shape
-            if k < len(shapes) - 1:  # fits the window: summed in rank order, in the dtype
-                np.testing.assert_array_equal(out, (xs[0] + xs[1]) + xs[2], err_msg=f"{dtype} {shape}")
-            else:  # one element more than a segment: MPI_Allreduce
-                tol = 2e-2 if dtype == "float16" else 1e-5
-                wide = sum(x.astype(np.complex128 if dtype == "complex64" else np.float64) for x in xs)
-                np.testing.assert_allclose(out, wide, rtol=tol, atol=tol, err_msg=f"{dtype} {shape}")
+            # summed in rank order, in the dtype (one element more than a segment: a segment
+            # at a time)
+            np.testing.assert_array_equal(out, (xs[0] + xs[1]) + xs[2], err_msg=f"{dtype} {shape}")
             everyone = comm.allgather(out.tobytes())
             assert everyone.count(everyone[0]) == n, f"{dtype} {shape}: ranks differ"
     # several tensors in one bucket, op="mean" (each rank's share scaled as packed, then summed
@@ -754,6 +751,19 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     for k, o in enumerate(out):
         assert o.dtype == np.float32
         np.testing.assert_allclose(o.numpy(), sum(x[k] for x in xs) / 3, rtol=1e-2, atol=1e-2)
+    # larger than a segment: one tensor (mean: scaled piece by piece; not contiguous: a
+    # transpose), and a bucket of two tensors packed first (bucket_bytes above a segment)
+    big = window // 4 + 5
+    xs = [data(q, 60, (big,), "float32") for q in range(n)]
+    out = D.allreduce([gt.tensor(xs[r])], op="mean")[0].numpy()
+    np.testing.assert_array_equal(out, (xs[0] * third + xs[1] * third) + xs[2] * third)
+    xs = [data(q, 61, (1030, 1025), "float32") for q in range(n)]
+    out = D.allreduce([gt.tensor(xs[r].T)], op="sum")[0].numpy()
+    np.testing.assert_array_equal(out, ((xs[0] + xs[1]) + xs[2]).T)
+    pair = [[data(q, 62 + k, (3 * window // 16,), "float32") for k in range(2)] for q in range(n)]
+    out = D.allreduce([gt.tensor(a) for a in pair[r]], op="sum", bucket_bytes=2 * window)
+    for k, o in enumerate(out):
+        np.testing.assert_array_equal(o.numpy(), (pair[0][k] + pair[1][k]) + pair[2][k])
     # results kept across calls are never overwritten (the segments alternate; the results
     # live in buffers of their own)
     kept = [D.allreduce([gt.tensor(np.full(10, float(step + r)))], op="sum")[0] for step in range(5)]
