@@ -202,43 +202,39 @@ def test_ready_hook_announces_each_final_gradient_once_in_reverse_order(fusion):
 
 
 # --------------------------------------------------------------------------- two ranks
+def _passes(scenario: str, np_: int = 2, **kw) -> subprocess.CompletedProcess:
+    """Launch ``scenario`` on ``np_`` ranks and check that every rank passed its checks."""
+    res = _launch([str(HERE), scenario], np_=np_, **kw)
+    assert res.returncode == 0, _show(res)
+    for r in range(np_):
+        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    return res
+
+
 @needs_mpi
 @pytest.mark.parametrize("scenario", ["main", "main-mpi-allreduce"])
 def test_two_ranks_reduce_broadcast_train_and_fail_cleanly(scenario):
     """The same checks with host buckets through shared memory (the default on one
     machine) and through MPI_Allreduce (init(..., shared_memory=False))."""
-    res = _launch([str(HERE), scenario])
-    assert res.returncode == 0, _show(res)
-    for r in (0, 1):
-        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    _passes(scenario)
 
 
 @needs_mpi
 def test_shared_memory_that_cannot_be_created_falls_back_to_mpi_on_every_rank(tmp_path):
-    res = _launch([str(HERE), "no-shared-memory"], timeout=60,
-                  env={"GRADTAPE_SHM_DIR": str(tmp_path / "missing")})
-    assert res.returncode == 0, _show(res)
-    for r in (0, 1):
-        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    res = _passes("no-shared-memory", timeout=60, env={"GRADTAPE_SHM_DIR": str(tmp_path / "missing")})
     assert res.stderr.count("RuntimeWarning") == 1, _show(res)  # from the rank that failed
     assert "cannot create 16 MiB in" in res.stderr and "GRADTAPE_SHM_DIR" in res.stderr, _show(res)
 
 
 @needs_mpi
 def test_a_shared_memory_warning_raised_as_an_error_leaves_no_rank_waiting(tmp_path):
-    res = _launch([str(HERE), "no-shared-memory-warnings-raise"], timeout=60,
-                  env={"GRADTAPE_SHM_DIR": str(tmp_path / "missing")})
-    assert res.returncode == 0, _show(res)
-    for r in (0, 1):
-        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    _passes("no-shared-memory-warnings-raise", timeout=60,
+            env={"GRADTAPE_SHM_DIR": str(tmp_path / "missing")})
 
 
 @needs_mpi
 def test_three_ranks_shared_memory_sums_in_rank_order():
-    res = _launch([str(HERE), "three"], np_=3)
-    assert res.returncode == 0, _show(res)
-    for r in (0, 1, 2):
-        assert f"rank {r}: all checks passed" in res.stdout, _show(res)
+    _passes("three", np_=3)
 
 
 @needs_mpi
@@ -285,6 +281,16 @@ def _expect(fn, exc, match):
     raise AssertionError(f"expected {exc.__name__} ({match!r})")
 
 
+def _data(rank: int, seed: int, shape: tuple, dtype: str) -> np.ndarray:
+    """Rank ``rank``'s values for check ``seed`` (integers, complex or normal floats)."""
+    g = np.random.default_rng(1000 * seed + rank)
+    if np.dtype(dtype).kind in "iu":
+        return g.integers(-50, 50, size=shape).astype(dtype)
+    if np.dtype(dtype).kind == "c":
+        return (g.normal(size=shape) + 1j * g.normal(size=shape)).astype(dtype)
+    return g.normal(size=shape).astype(dtype)
+
+
 def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one launch, many checks
     D = gt.distributed
     if shared_memory:
@@ -300,13 +306,7 @@ def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one laun
     assert D.transport(gt.tensor([1.0])) == "mpi" and D.transport("numpy") == "mpi"
     assert D.transport("cupy") == "nccl"
 
-    def data(rank, seed, shape, dtype):
-        g = np.random.default_rng(1000 * seed + rank)
-        if np.dtype(dtype).kind in "iu":
-            return g.integers(-50, 50, size=shape).astype(dtype)
-        if np.dtype(dtype).kind == "c":
-            return (g.normal(size=shape) + 1j * g.normal(size=shape)).astype(dtype)
-        return g.normal(size=shape).astype(dtype)
+    data = _data
 
     # allreduce: dtypes, empty and odd sizes, nested structures, both ops, several bucket sizes
     shapes = [(0,), (1,), (7,), (3, 5), (), (1001,), (64, 257), (2, 0, 3)]
@@ -717,13 +717,7 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     r, n = D.rank(), D.size()
     assert n == 3 and D.shared_memory()
 
-    def data(q, seed, shape, dtype):
-        g = np.random.default_rng(1000 * seed + q)
-        if np.dtype(dtype).kind in "iu":
-            return g.integers(-50, 50, size=shape).astype(dtype)
-        if np.dtype(dtype).kind == "c":
-            return (g.normal(size=shape) + 1j * g.normal(size=shape)).astype(dtype)
-        return g.normal(size=shape).astype(dtype)
+    data = _data
 
     window = D.BUCKET_BYTES
     got = {}
