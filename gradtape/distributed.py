@@ -30,8 +30,9 @@ a host bucket is summed through shared memory instead (:class:`_Shm`, :func:`sha
 On the host, the buffers are reused
 from call to call (a buffer is reused once no result still refers to it) and reduced in place;
 ``op="mean"`` scales by ``1 / size`` while packing, so no pass over the result follows.
-:class:`DistributedGradientTape` starts a bucket's reduction during the reverse pass, as soon
-as the last gradient in it is final, so communication overlaps the rest of the backward.
+:class:`DistributedGradientTape` over MPI starts a bucket's reduction during the reverse pass, as
+soon as the last gradient in it is final, so communication overlaps the rest of the backward
+(through shared memory it reduces after the backward).
 
 Failures: before any data moves, the ranks compare a hash of what each is about to reduce
 (count, shapes, dtypes, backends; and which gradients are None) in one small collective on a
@@ -135,7 +136,8 @@ class _World:
         if self._f16_op is None:
             def f16_sum(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
                 acc = np.frombuffer(inoutbuf, np.float16)
-                np.add(acc, np.frombuffer(inbuf, np.float16), out=acc)
+                with np.errstate(over="ignore", invalid="ignore"):  # (inf: see _Reducer._start)
+                    np.add(acc, np.frombuffer(inbuf, np.float16), out=acc)
 
             self._f16_op = self.mpi.Op.Create(f16_sum, commute=True)
         return self._f16_op
@@ -148,17 +150,19 @@ class _Shm:
     rank order) into its result buffer and copies the sum back into its own segment; after a
     second barrier, every rank copies the other ranks' summed slices into its result buffer.
     Each byte is then read from a peer once, where MPI's shared-memory all-reduce copies it
-    through a queue and back, so a 1 MB bucket takes about half of ``MPI_Allreduce``'s time on
-    2 ranks (``benchmarks/``), and every rank gets bit-identical results (each slice is summed
+    through a queue and back, so a 1 MB bucket took 0.6 to 0.7 of ``MPI_Allreduce``'s time on
+    2 ranks of the test VM (``benchmarks/``), and every rank gets bit-identical results (each slice is summed
     once, in a fixed order).
 
     Each rank writes only its own segment. Two segments per rank alternate between calls: a
     rank packing call ``k + 1`` into one segment has passed call ``k``'s first barrier, which no
     rank reaches before it has finished copying out of call ``k - 1``'s, the other one. A bucket
     of more than :data:`_SHM_BYTES` on the wire goes through :data:`_PIECE_BYTES` at a time (a
-    single tensor copied from where it is, without packing); non-blocking reductions (overlap during a
-    backward) keep to MPI. The barriers are ``MPI_Barrier`` on the machine's communicator,
-    whose shared-memory implementations (Open MPI, MPICH) order each rank's stores before it
+    bucket of one tensor sent in its own dtype is copied from where it is, others are packed
+    first); a job on shared memory starts no non-blocking reduction (those stay on MPI). The
+    sums run with NumPy's floating-point errors ignored (see :meth:`_Reducer._start`). The
+    barriers are ``MPI_Barrier`` on the machine's communicator, whose shared-memory
+    implementations (Open MPI, MPICH) order each rank's stores before it
     before the other ranks' loads after it.
 
     The file is created by the machine's first rank in ``/dev/shm`` (else ``/tmp``; the
@@ -292,8 +296,9 @@ def _unlink(path: str | None) -> None:
 _SHM_BYTES = BUCKET_BYTES
 
 #: A bucket larger than a segment goes through it this many bytes at a time: a piece copied in
-#: is still in the core's cache (1 MiB of L2 on the test VM's cores) when it is summed (a 64 MB
-#: set on 2 ranks: 1.9 times raw MPI's speed with these pieces, 1.5 with 4 MiB ones).
+#: is still in the core's cache (1 MiB of L2 on the test VM's cores) when it is summed (the 64 MB
+#: model-shaped set on 2 ranks, one run: 2.0 times raw MPI's speed with these pieces, 1.6 with
+#: 4 MiB ones).
 _PIECE_BYTES = 1 << 20
 
 #: Where the machine's first rank creates the shared file (:class:`_Shm`; it is unlinked as soon
@@ -336,13 +341,14 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
         comm: an ``mpi4py`` communicator to run on (default ``MPI.COMM_WORLD`` when launched by
             MPI); gradtape duplicates it, so its own messages never mix with yours.
         shared_memory: where every rank runs on one machine, reduce host buckets through a
-            shared file, :data:`BUCKET_BYTES` at a time (each rank sums a slice of every rank's
-            bucket; 1.4 to 1.7 times as fast as ``MPI_Allreduce`` for 1 MB on 2 ranks;
-            2 x :data:`BUCKET_BYTES` per rank in ``/dev/shm``, or ``$GRADTAPE_SHM_DIR``)
-            rather than with ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The ranks
-            agree on it: if any rank says False, or cannot create or map the file (a
-            ``RuntimeWarning`` says why), none uses it. To change it after a first ``init()``,
-            pass ``comm`` again.
+            shared file (2 x :data:`BUCKET_BYTES` per rank in ``/dev/shm``, or
+            ``$GRADTAPE_SHM_DIR``), whole up to :data:`BUCKET_BYTES` on the wire and 1 MiB at a
+            time beyond (each rank sums a slice of every rank's bucket; 1.4 to 1.7 times
+            ``MPI_Allreduce``'s speed for 1 MB on 2 ranks of the test VM), rather than with
+            ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The ranks agree on it: if any
+            rank says False, or cannot create or map the file (a ``RuntimeWarning`` says why),
+            none uses it. A second ``init()`` without ``comm`` keeps the first world (and its
+            ``shared_memory``): pass ``comm`` to make a new one.
 
     Raises:
         RuntimeError: launched by MPI but mpi4py is not installed.
@@ -494,8 +500,8 @@ def shared_memory() -> bool:
     """Whether this job reduces host (NumPy) buckets through shared memory rather than
     ``MPI_Allreduce``: every rank runs on one machine, :func:`init` was not told
     ``shared_memory=False``, and every rank could map the shared file (buckets of more than
-    :data:`BUCKET_BYTES` then pass through it a piece at a time; a job on shared memory starts
-    no reduction during a backward). False in a single process.
+    :data:`BUCKET_BYTES` on the wire then pass through it 1 MiB at a time; a job on shared
+    memory starts no reduction during a backward). False in a single process.
 
     Example:
         >>> import gradtape as gt
@@ -1002,6 +1008,15 @@ class _Reducer:
         return out
 
     def _start(self, k: int, srcs: list[Array], present: list[int] | None, nonblocking: bool) -> None:
+        """:meth:`_pack_and_reduce`, NumPy's floating-point errors ignored: an overflow (a
+        float16 cast or sum past 65504, a sum past the dtype's range) gives ``inf`` as
+        documented, where a warnings filter that raises would end this rank's part of a
+        collective the other ranks are in, and leave them waiting."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._pack_and_reduce(k, srcs, present, nonblocking)
+
+    def _pack_and_reduce(self, k: int, srcs: list[Array], present: list[int] | None,
+                         nonblocking: bool) -> None:
         """Pack bucket ``k`` (its members' arrays ``srcs``; ``present``: their positions in it
         where some are missing, else None) and reduce it: start the reduction
         (``nonblocking``, during a backward), or run it (MPI's blocking ``Allreduce`` is faster
@@ -1425,8 +1440,9 @@ class DistributedGradientTape:
     become final). Where the job reduces through shared memory (every rank on one machine, see
     :func:`shared_memory`) every bucket is reduced after the backward instead: that reduction
     is memory traffic done by the ranks' own cores, and MPI's non-blocking one progresses only
-    inside MPI calls, so there is nothing to overlap (on 2 ranks of the 2-vCPU VM the step was
-    faster without overlap either way). Everything else (``watch``, ``jacobian``, ...) is the
+    inside MPI calls, so there is nothing to overlap (on 2 ranks of the 2-vCPU VM overlap gained
+    nothing reliable: the 784-512-512-10 step took 6.3-7.0 ms over MPI with overlap, 6.5
+    without, 5.9-6.7 through shared memory after the backward). Everything else (``watch``, ``jacobian``, ...) is the
     wrapped tape's.
 
     Args:

@@ -332,6 +332,14 @@ def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one laun
         want = (data(0, 7 + k, s, "float64") + data(1, 7 + k, s, "float64")) / 2
         assert o.dtype == xs[k].dtype
         np.testing.assert_allclose(o.numpy(), want, rtol=5e-3, atol=5e-3)
+    # an overflow comes back inf, also where warnings raise (a rank raising inside a reduction
+    # would leave the other waiting)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x, compression in ((60000.0, "float16"), (3e38, None)):
+            out = D.allreduce([gt.tensor(np.full(4, x, np.float32))], op="sum", compression=compression)
+            assert np.all(np.isposinf(out[0].numpy())), (x, out[0].numpy())
     # None entries agreed on by both ranks stay None
     out = D.allreduce([None, gt.tensor([1.0 + r])], op="sum")
     assert out[0] is None and out[1].numpy().tolist() == [3.0]
@@ -734,8 +742,8 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
             np.testing.assert_array_equal(out, (xs[0] + xs[1]) + xs[2], err_msg=f"{dtype} {shape}")
             everyone = comm.allgather(out.tobytes())
             assert everyone.count(everyone[0]) == n, f"{dtype} {shape}: ranks differ"
-    # several tensors in one bucket, op="mean" (each rank's share scaled as packed, then summed
-    # in rank order, in float32), float16 compression
+    # several tensors in one bucket, op="mean" (each rank's share scaled after packing, then
+    # summed in rank order, in float32), float16 compression
     xs = [[data(q, 50 + k, s, "float32") for k, s in enumerate([(3, 4), (5,), (100, 30)])] for q in range(n)]
     out = D.allreduce([gt.tensor(a) for a in xs[r]], op="mean")
     third = np.float32(1 / 3)
@@ -805,7 +813,6 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
 def _scenario_no_shared_memory_warnings_raise() -> None:
     """As below, with warnings raised as errors: rank 0's init raises the RuntimeWarning once
     the world is set up on every rank, so after catching it both ranks reduce."""
-    import warnings
 
     D = gt.distributed
     warnings.simplefilter("error")
@@ -825,7 +832,6 @@ def _scenario_no_shared_memory_warnings_raise() -> None:
 def _scenario_no_shared_memory() -> None:
     """GRADTAPE_SHM_DIR names a directory that does not exist: the first rank cannot create
     the shared file, says why, and every rank reduces over MPI instead of waiting."""
-    import warnings
 
     D = gt.distributed
     with warnings.catch_warnings(record=True) as caught:
