@@ -63,7 +63,7 @@ from ._src.backend import NUMPY, Array, Backend, backend_by_name, backend_of, nc
 from ._src.frontend.custom_gradient import custom_gradient
 from ._src.frontend.tape import GradientTape
 from ._src.nest import flatten, leaf_paths, unflatten
-from ._src.tensor import Tensor, Variable, _wrap, _wrap_all
+from ._src.tensor import Tensor, Variable, _wrap
 from .optimizers import Optimizer
 
 __all__ = ["init", "is_initialized", "rank", "size", "local_rank", "local_size", "barrier",
@@ -151,8 +151,8 @@ class _Shm:
     second barrier, every rank copies the other ranks' summed slices into its result buffer.
     Each byte is then read from a peer once, where MPI's shared-memory all-reduce copies it
     through a queue and back, so a 1 MB bucket took 0.6 to 0.7 of ``MPI_Allreduce``'s time on
-    2 ranks of the test VM (``benchmarks/``), and every rank gets bit-identical results (each slice is summed
-    once, in a fixed order).
+    2 ranks of the test VM (``benchmarks/``), and every rank gets bit-identical results (each
+    slice is summed once, in a fixed order).
 
     Each rank writes only its own segment. Two segments per rank alternate between calls: a
     rank packing call ``k + 1`` into one segment has passed call ``k``'s first barrier, which no
@@ -168,9 +168,10 @@ class _Shm:
     The file is created by the machine's first rank in ``/dev/shm`` (else ``/tmp``; the
     environment variable ``GRADTAPE_SHM_DIR`` chooses another directory) with
     ``posix_fallocate`` (a full file system is an error there, not a crash later), mapped by
-    every rank and unlinked once all have mapped it (nothing is left behind, whatever happens to the job later). Every
-    step that can fail is local and followed by an agreement, so a rank that cannot take part
-    makes all of them use ``MPI_Allreduce`` instead of waiting for each other."""
+    every rank and unlinked once all have mapped it (nothing is left behind, whatever happens
+    to the job later). Every step that can fail is local and followed by an agreement, so a
+    rank that cannot take part makes all of them use ``MPI_Allreduce`` instead of waiting for
+    each other."""
 
     __slots__ = ("mem", "node", "segments", "rank", "size", "parity")
 
@@ -239,7 +240,8 @@ class _Shm:
         self.node.Free()
 
     def fits(self, total: int, dtype: np.dtype) -> bool:
-        return 0 < total * dtype.itemsize <= _SHM_BYTES
+        """Whether ``total`` elements of ``dtype`` fit one segment (packed into it directly)."""
+        return total * dtype.itemsize <= _SHM_BYTES
 
     def segment(self, total: int, dtype: np.dtype) -> np.ndarray:
         """This rank's segment of this call, as ``total`` elements of ``dtype`` (to pack into)."""
@@ -1357,7 +1359,7 @@ def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int
         out = _allreduce_arrays(arrays, op, compression, bucket, plan)
     results: list[Any]  # (Tensor or None)
     if backend is not None:  # no None, one backend
-        results = _wrap_all(out, backend)
+        results = [_wrap(a, backend) for a in out]
     else:
         results = [None if a is None else _wrap(a, t._backend) for a, t in zip(out, leaves)]
     return unflatten(spec, _linked(leaves, results, op, compression, bucket_bytes))
@@ -1477,9 +1479,9 @@ class DistributedGradientTape:
     :func:`shared_memory`) every bucket is reduced after the backward instead: that reduction
     is memory traffic done by the ranks' own cores, and MPI's non-blocking one progresses only
     inside MPI calls, so there is nothing to overlap (on 2 ranks of the 2-vCPU VM overlap gained
-    nothing reliable: the 784-512-512-10 step took 6.3-7.0 ms over MPI with overlap, 6.5
-    without, 5.9-6.7 through shared memory after the backward). Everything else (``watch``, ``jacobian``, ...) is the
-    wrapped tape's.
+    nothing reliable: the 784-512-512-10 step took 6.3-7.0 ms over MPI with overlap, 6.0-6.5
+    without, 5.9-6.7 through shared memory after the backward). Everything else (``watch``,
+    ``jacobian``, ...) is the wrapped tape's.
 
     Args:
         tape: the GradientTape that recorded the step (wrap it after its ``with`` block, or use

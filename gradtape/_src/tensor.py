@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, cast
 
@@ -779,20 +779,6 @@ def _wrap(array: Array, backend: Backend) -> Tensor:
     t._id = 0
     t._origin = None
     return t
-
-
-def _wrap_all(arrays: Iterable[Array], backend: Backend) -> list[Tensor]:
-    """:func:`_wrap` of each array (all of ``backend``), without a call per array."""
-    new = Tensor.__new__
-    out = []
-    for array in arrays:
-        t = new(Tensor)
-        t.data = array
-        t._backend = backend
-        t._id = 0
-        t._origin = None
-        out.append(t)
-    return out
 
 
 _FLOAT_DEFAULT = np.dtype(np.float32)
