@@ -248,6 +248,22 @@ class _Shm:
         start = self.parity * _SHM_BYTES
         return self.segments[self.rank][start:start + total * dtype.itemsize].view(dtype)
 
+    def pack(self, srcs: list[Array]) -> bool:
+        """Copy ``srcs`` (host arrays of the dtype on the wire, together no larger than a
+        segment) one after the other into this rank's segment of this call, as bytes; False
+        (the segment's contents undefined) where one is not C-contiguous, for the caller to
+        pack them with NumPy instead. The mapping's ``write`` copies an array for about half
+        of what ``np.concatenate`` spends per array (256 arrays of 4 KB: 32 against 44 us on
+        the 2-vCPU VM), which is most of a 1 MB bucket of small tensors' packing."""
+        mem = self.mem
+        mem.seek((2 * self.rank + self.parity) * _SHM_BYTES)
+        try:
+            for _ in map(mem.write, srcs):
+                pass
+        except (ValueError, BufferError, TypeError):
+            return False
+        return True
+
     def _sync(self) -> None:
         self.node.Barrier()
 
@@ -1097,7 +1113,8 @@ class _Reducer:
                     np.multiply(a, scale, out=dst[off:off + n].reshape(a.shape))
                     off += n
             else:
-                np.concatenate(srcs, axis=None, out=dst, casting="unsafe")
+                if not (direct and shm is not None and wire == b.dtype and shm.pack(srcs)):
+                    np.concatenate(srcs, axis=None, out=dst, casting="unsafe")
                 if scale is not None:
                     np.multiply(dst, scale, out=dst)
             if shm is not None:
@@ -1234,7 +1251,7 @@ def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compress
             out[i] = a
         return out
     if plan is None:
-        kinds = {type(a) for a in arrays}
+        kinds = set(map(type, arrays))
         if len(kinds) == 1 and kinds.pop() is np.ndarray:  # the common case
             plan = _array_plan(arrays, NUMPY.name, bucket_bytes or BUCKET_BYTES, False)
         else:

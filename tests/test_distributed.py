@@ -358,14 +358,16 @@ def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one laun
     assert kept[0].numpy().tolist() == [3.0] * 5 and np.all(kept[1].numpy() == 2.0)
     assert row.tolist() == [4.0] * 3
     # non-contiguous tensors, packed by one concatenation (small) or one scaled copy each
-    # (large members, op="mean")
+    # (large members, op="mean"), also after contiguous ones (shared memory: those are
+    # copied first, then the whole bucket again with NumPy)
     for rows in (3, 300):
         a = np.arange(rows * 100, dtype=np.float32).reshape(rows, 100) * (r + 1)
         for op in ("sum", "mean"):
-            out = D.allreduce([gt.tensor(a.T), gt.tensor(a[:, ::2])], op=op)
-            k = (3.0 if op == "sum" else 1.5) / (r + 1)  # the ranks hold a0 and 2 a0
-            np.testing.assert_allclose(out[0].numpy(), a.T * k, err_msg=f"{rows} {op}")
-            np.testing.assert_allclose(out[1].numpy(), a[:, ::2] * k, err_msg=f"{rows} {op}")
+            for lead in ([], [a[0]]):
+                out = D.allreduce([gt.tensor(x) for x in lead + [a.T, a[:, ::2]]], op=op)[len(lead):]
+                k = (3.0 if op == "sum" else 1.5) / (r + 1)  # the ranks hold a0 and 2 a0
+                np.testing.assert_allclose(out[0].numpy(), a.T * k, err_msg=f"{rows} {op}")
+                np.testing.assert_allclose(out[1].numpy(), a[:, ::2] * k, err_msg=f"{rows} {op}")
 
     # broadcast: values and optimizer state from the root
     w = gt.Variable(np.full((3, 2), float(r), np.float32), name="w")
