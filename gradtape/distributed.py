@@ -397,8 +397,9 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
         shared_memory: where every rank runs on one machine, reduce host buckets through a
             shared file (2 x :data:`BUCKET_BYTES` per rank in ``/dev/shm``, or
             ``$GRADTAPE_SHM_DIR``), whole up to :data:`BUCKET_BYTES` on the wire and 1 MiB at a
-            time beyond (each rank sums a slice of every rank's bucket; 1.4 to 1.7 times
-            ``MPI_Allreduce``'s speed for 1 MB on 2 ranks of the test VM), rather than with
+            time beyond (each rank sums a slice of every rank's bucket; 1.4 to 1.7 times an
+            out-of-place ``MPI_Allreduce``'s speed for 1 MB on 2 ranks of the test VM, 1.15
+            times an in-place one's), rather than with
             ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The ranks agree on it: if any
             rank says False, or cannot create or map the file (a ``RuntimeWarning`` says why),
             none uses it. A second ``init()`` without ``comm`` keeps the first world (and its
