@@ -47,7 +47,9 @@ hang).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 import operator
 import os
@@ -156,11 +158,13 @@ class _Shm:
 
     Each rank writes only its own segment. Two segments per rank alternate between calls: a
     rank packing call ``k + 1`` into one segment has passed call ``k``'s first barrier, which no
-    rank reaches before it has finished copying out of call ``k - 1``'s, the other one. A bucket
-    of more than :data:`_SHM_BYTES` on the wire goes through :data:`_PIECE_BYTES` at a time (a
-    bucket of one tensor sent in its own dtype is copied from where it is, others are packed
-    first; each rank's own slice of a piece is summed from where it is); a job on shared
-    memory starts no non-blocking reduction (those stay on MPI). The sums run with NumPy's
+    rank reaches before it has finished copying out of call ``k - 1``'s, the other one (a
+    piece counts as a call). A bucket of more than :data:`_WHOLE_BYTES` in the tensors' dtype
+    goes through :data:`_PIECE_BYTES` at a time, copied from where the tensors are (each rank's
+    own slice of a piece inside one tensor is summed from there; a piece across tensors is
+    packed into the segment); one cast on the wire (``compression="float16"``) larger than a
+    segment is packed first. A job on shared memory starts no non-blocking reduction (those
+    stay on MPI). The sums run with NumPy's
     floating-point errors ignored (see :meth:`_Reducer._start`). The barriers are
     ``MPI_Barrier`` on the machine's communicator, whose shared-memory implementations (Open
     MPI, MPICH) order each rank's stores before it before the other ranks' loads after it.
@@ -267,32 +271,67 @@ class _Shm:
     def _sync(self) -> None:
         self.node.Barrier()
 
-    def reduce_pieces(self, src: np.ndarray, out: np.ndarray, scale: Any = None) -> None:
-        """Sum every rank's ``src`` (1-D, ``out``'s dtype and length; each rank's share times
-        ``scale`` unless None) into ``out``, :data:`_PIECE_BYTES` at a time, in rank order as
-        :meth:`reduce`. Only the slices the other ranks sum go through this rank's segment:
-        its own slice is read from ``src`` where it is (on 2 ranks a 64 MB set took 0.6 of the
-        time of copying the whole piece in)."""
+    def reduce_pieces(self, members: list[np.ndarray], out: np.ndarray, scale: Any = None) -> None:
+        """Sum every rank's bucket of ``members`` (arrays of ``out``'s dtype, together ``out``'s
+        size, taken flat in C order; each rank's share times ``scale`` unless None) into
+        ``out``, :data:`_PIECE_BYTES` at a time, in rank order as :meth:`reduce`. A piece inside
+        one member is read where it is: only the slices the other ranks sum go through this
+        rank's segment, its own slice is summed from the member (on 2 ranks a 64 MB set took 0.6
+        of the time of copying the whole piece in). A piece across several members is packed
+        into the segment whole, as :meth:`reduce` takes a bucket. A piece at a time, the phases
+        find their bytes still in the core's cache (2 ranks, a 16 MB model-shaped set of 4 MiB
+        buckets: 1.9-2.1 ms against 2.6-2.9 a bucket at a time). ``members`` may be ``[out]``:
+        a bucket packed into ``out``, reduced in place."""
         dtype = out.dtype
         n, r = self.size, self.rank
         step = _PIECE_BYTES // dtype.itemsize
+        inplace = members[0] is out
+        ends = list(itertools.accumulate(map(_SIZE, members)))
+        flat: dict[int, np.ndarray] = {}  # members taken flat (a copy where not contiguous)
+
+        def member(i: int) -> np.ndarray:
+            f = flat.get(i)
+            if f is None:
+                flat.clear()  # (the pieces go forward: an earlier member is done)
+                f = flat[i] = np.ravel(members[i])
+            return f
+
+        j = 0  # the first member that ends after this piece's start
         for lo in range(0, out.size, step):
             m = min(out.size - lo, step)
+            hi = lo + m
+            while ends[j] <= lo:
+                j += 1
             views = self._views(m, dtype)
             mine = views[r]
             a, b = m * r // n, m * (r + 1) // n
-            for x, y in ((0, a), (b, m)):  # the other ranks' slices of this piece
-                if y > x:
-                    mine[x:y] = src[lo + x:lo + y]
-                    if scale is not None:
-                        np.multiply(mine[x:y], scale, out=mine[x:y])
-            own, acc = src[lo + a:lo + b], out[lo + a:lo + b]
-            if r >= 2 and src is out:  # (a packed bucket reduced in place: the first sum
-                # would overwrite this rank's operand before its turn)
-                own = own.copy()
+            first = ends[j] - members[j].size
+            piece_scale = scale
+            if ends[j] >= hi:  # inside one member: the other ranks' slices into the segment
+                src = member(j)[lo - first:hi - first]
+                for x, y in ((0, a), (b, m)):
+                    if y > x:
+                        mine[x:y] = src[x:y]
+                        if scale is not None:
+                            np.multiply(mine[x:y], scale, out=mine[x:y])
+                own = src[a:b]
+                if r >= 2 and inplace:  # (a packed bucket reduced in place: the first sum
+                    # would overwrite this rank's operand before its turn)
+                    own = own.copy()
+            else:  # across members: the whole piece into the segment, scaled there
+                k = bisect.bisect_left(ends, hi, j)  # the last member it reaches
+                parts = members[j:k + 1]
+                parts[0] = member(j)[lo - first:]
+                parts[-1] = member(k)[:hi - (ends[k] - members[k].size)]
+                np.concatenate(parts, axis=None, out=mine)
+                if scale is not None:
+                    np.multiply(mine, scale, out=mine)
+                    piece_scale = None
+                own = mine[a:b]
+            acc = out[lo + a:lo + b]
             self._sync()
-            if scale is None:
-                ops = [own if j == r else view[a:b] for j, view in enumerate(views)]
+            if piece_scale is None:
+                ops = [own if q == r else view[a:b] for q, view in enumerate(views)]
                 np.add(ops[0], ops[1], out=acc)
                 rest = ops[2:]
             elif r < 2:  # (a sum of two is the same in either order)
@@ -301,14 +340,14 @@ class _Shm:
                 rest = [view[a:b] for view in views[2:]]
             else:
                 np.add(views[0][a:b], views[1][a:b], out=acc)
-                rest = [own * scale if j == r else views[j][a:b] for j in range(2, n)]
+                rest = [own * scale if q == r else views[q][a:b] for q in range(2, n)]
             for op in rest:
                 np.add(acc, op, out=acc)
             mine[a:b] = acc  # for the others to copy
             self._sync()
-            for j, view in enumerate(views):
-                if j != r:
-                    x, y = m * j // n, m * (j + 1) // n
+            for q, view in enumerate(views):
+                if q != r:
+                    x, y = m * q // n, m * (q + 1) // n
                     out[lo + x:lo + y] = view[x:y]
 
     def _views(self, total: int, dtype: np.dtype) -> list[np.ndarray]:
@@ -355,6 +394,12 @@ _SHM_BYTES = BUCKET_BYTES
 #: 4 MiB ones).
 _PIECE_BYTES = 1 << 20
 
+#: Host buckets of at most this many bytes (on the wire, in the tensors' dtype) are packed into
+#: the shared segment whole and reduced in one go (:meth:`_Shm.reduce`); larger ones a piece at
+#: a time (:meth:`_Shm.reduce_pieces`). Two ranks of the 2-vCPU VM: at 4 and 16 MB the pieces
+#: took 0.65-0.75 of the whole bucket's time, at 2 MB 1.0 (model-shaped) to 1.1 (256 tensors).
+_WHOLE_BYTES = 2 << 20
+
 #: Where the machine's first rank creates the shared file (:class:`_Shm`; it is unlinked as soon
 #: as every rank has mapped it). The environment variable ``GRADTAPE_SHM_DIR`` overrides it, for
 #: example where ``/dev/shm`` is small (a container's default 64 MB: ``docker run --shm-size``).
@@ -396,8 +441,8 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
             MPI); gradtape duplicates it, so its own messages never mix with yours.
         shared_memory: where every rank runs on one machine, reduce host buckets through a
             shared file (2 x :data:`BUCKET_BYTES` per rank in ``/dev/shm``, or
-            ``$GRADTAPE_SHM_DIR``), whole up to :data:`BUCKET_BYTES` on the wire and 1 MiB at a
-            time beyond (each rank sums a slice of every rank's bucket; 1.4 to 1.7 times an
+            ``$GRADTAPE_SHM_DIR``), whole up to 2 MiB and 1 MiB at a time beyond (each rank
+            sums a slice of every rank's bucket; 1.4 to 1.7 times an
             out-of-place ``MPI_Allreduce``'s speed for 1 MB on 2 ranks of the test VM, 1.15
             times an in-place one's), rather than with
             ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The ranks agree on it: if any
@@ -555,8 +600,8 @@ def shared_memory() -> bool:
     """Whether this job reduces host (NumPy) buckets through shared memory rather than
     ``MPI_Allreduce``: every rank runs on one machine, :func:`init` was not told
     ``shared_memory=False``, and every rank could map the shared file (buckets of more than
-    :data:`BUCKET_BYTES` on the wire then pass through it 1 MiB at a time; a job on shared
-    memory starts no reduction during a backward). False in a single process.
+    2 MiB then pass through it 1 MiB at a time; a job on shared memory starts no reduction
+    during a backward). False in a single process.
 
     Example:
         >>> import gradtape as gt
@@ -843,6 +888,7 @@ def _cached_plan(specs: tuple, bucket_bytes: int, reverse: bool) -> _Plan:
 _BACKEND = operator.attrgetter("_backend")
 _DATA = operator.attrgetter("data")
 _SHAPE = operator.attrgetter("shape")
+_SIZE = operator.attrgetter("size")
 _DTYPE = operator.attrgetter("dtype")
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
 _ARRAY_PLANS: dict[tuple, _Plan] = {}
@@ -1097,11 +1143,11 @@ class _Reducer:
             key = (total, wire)
             nth = self.taken[key] = self.taken.get(key, 0) + 1
             buf = _POOL.take(total, wire, nth)
-            if shm is not None and not direct and len(srcs) == 1 and wire == b.dtype:
-                # one tensor larger than a segment: copied from where it is, a piece at a time
-                # (packing it first would be one more pass over all its bytes)
+            if shm is not None and wire == b.dtype and total * wire.itemsize > _WHOLE_BYTES:
+                # a piece at a time, each copied from where the tensors are (packing the whole
+                # bucket first would be one more pass over its bytes)
                 self.buffers[k] = (None, buf, present)
-                shm.reduce_pieces(np.ravel(srcs[0]), buf, scale)
+                shm.reduce_pieces(srcs, buf, scale)
                 return
             dst = shm.segment(total, wire) if shm is not None and direct else buf
             # (into shared memory, a copy then a scaling pass: a scaled copy per member into
@@ -1123,7 +1169,7 @@ class _Reducer:
                 if direct:
                     shm.reduce(total, wire, buf)
                 else:  # larger than a segment: through it a piece at a time
-                    shm.reduce_pieces(buf, buf)
+                    shm.reduce_pieces([buf], buf)
                 return
         else:
             xp = b.backend.xp

@@ -768,6 +768,21 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
     out = D.allreduce([gt.tensor(a) for a in pair[r]], op="sum", bucket_bytes=2 * window)
     for k, o in enumerate(out):
         np.testing.assert_array_equal(o.numpy(), (pair[0][k] + pair[1][k]) + pair[2][k])
+    # a bucket of many tensors over several pieces: pieces inside one tensor, pieces across
+    # several (empty ones, one not contiguous, a piece ending inside a tensor), op sum and mean
+    sizes = [0, 300_000, 5, 0, 70_000, 400_000, 1, 0, 3]
+    many = [[data(q, 70 + k, (m,), "float32") for k, m in enumerate(sizes)] for q in range(n)]
+    for q in range(n):  # one of them a transpose (not contiguous)
+        many[q][4] = many[q][4].reshape(350, 200).T
+    for op in ("sum", "mean"):
+        out = D.allreduce([gt.tensor(a) for a in many[r]], op=op)
+        for k, o in enumerate(out):
+            xs = [many[q][k] for q in range(n)]
+            if op == "mean":
+                xs = [x * third for x in xs]
+            np.testing.assert_array_equal(o.numpy(), (xs[0] + xs[1]) + xs[2], err_msg=f"{op} #{k}")
+        everyone = comm.allgather(b"".join(o.numpy().tobytes() for o in out))
+        assert everyone.count(everyone[0]) == n, f"{op}: ranks differ"
     # results kept across calls are never overwritten (the segments alternate; the results
     # live in buffers of their own)
     kept = [D.allreduce([gt.tensor(np.full(10, float(step + r)))], op="sum")[0] for step in range(5)]
