@@ -96,7 +96,8 @@ def part_allreduce(quick: bool) -> dict:
                     "allreduce": 1e9}
             # raw MPI both ways: out of place is the contract gradtape keeps (the inputs stay,
             # the results are new arrays); in place (the result over the operand) is faster on
-            # Open MPI 5 on one machine (1 MB to 256 MB on the 2-vCPU VM: 15-45% less time)
+            # Open MPI 5 on one machine (1 MB to 256 MB on the 2-vCPU VM: 13-47% less time in
+            # most runs)
             fns = (("mpi_oop", lambda b=buf, o=out: comm.Allreduce(b, o)),
                    ("mpi_inplace", lambda b=inplace: comm.Allreduce(MPI.IN_PLACE, b)),
                    ("bucketed", lambda a=arrays: _allreduce_arrays(a, "sum")),

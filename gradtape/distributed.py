@@ -162,9 +162,9 @@ class _Shm:
     piece counts as a call). A bucket of more than :data:`_WHOLE_BYTES` in the tensors' dtype
     goes through :data:`_PIECE_BYTES` at a time, copied from where the tensors are (each rank's
     own slice of a piece inside one tensor is summed from there; a piece across tensors is
-    packed into the segment); one cast on the wire (``compression="float16"``) larger than a
-    segment is packed first. A job on shared memory starts no non-blocking reduction (those
-    stay on MPI). The sums run with NumPy's
+    packed into the segment); one cast on the wire (``compression="float16"``, a non-native
+    byte order) goes whole up to a segment and is packed first beyond. A job on shared memory
+    starts no non-blocking reduction (those stay on MPI). The sums run with NumPy's
     floating-point errors ignored (see :meth:`_Reducer._start`). The barriers are
     ``MPI_Barrier`` on the machine's communicator, whose shared-memory implementations (Open
     MPI, MPICH) order each rank's stores before it before the other ranks' loads after it.
@@ -280,7 +280,7 @@ class _Shm:
         of the time of copying the whole piece in). A piece across several members is packed
         into the segment whole, as :meth:`reduce` takes a bucket. A piece at a time, the phases
         find their bytes still in the core's cache (2 ranks, a 16 MB model-shaped set of 4 MiB
-        buckets: 1.9-2.1 ms against 2.6-2.9 a bucket at a time). ``members`` may be ``[out]``:
+        buckets: 1.85-2.40 ms against 2.61-3.08 a bucket at a time). ``members`` may be ``[out]``:
         a bucket packed into ``out``, reduced in place."""
         dtype = out.dtype
         n, r = self.size, self.rank
@@ -340,7 +340,10 @@ class _Shm:
                 rest = [view[a:b] for view in views[2:]]
             else:
                 np.add(views[0][a:b], views[1][a:b], out=acc)
-                rest = [own * scale if q == r else views[q][a:b] for q in range(2, n)]
+                # (each share rounded to the dtype, as the others are: float16 times a
+                # float32 scale is float32)
+                rest = [np.multiply(own, scale, out=np.empty_like(own)) if q == r else views[q][a:b]
+                        for q in range(2, n)]
             for op in rest:
                 np.add(acc, op, out=acc)
             mine[a:b] = acc  # for the others to copy
@@ -394,10 +397,11 @@ _SHM_BYTES = BUCKET_BYTES
 #: 4 MiB ones).
 _PIECE_BYTES = 1 << 20
 
-#: Host buckets of at most this many bytes (on the wire, in the tensors' dtype) are packed into
-#: the shared segment whole and reduced in one go (:meth:`_Shm.reduce`); larger ones a piece at
-#: a time (:meth:`_Shm.reduce_pieces`). Two ranks of the 2-vCPU VM: at 4 and 16 MB the pieces
-#: took 0.65-0.75 of the whole bucket's time, at 2 MB 1.0 (model-shaped) to 1.1 (256 tensors).
+#: Host buckets sent in the tensors' own dtype of at most this many bytes are packed into the
+#: shared segment whole and reduced in one go (:meth:`_Shm.reduce`); larger ones a piece at a
+#: time (:meth:`_Shm.reduce_pieces`). Two ranks of the 2-vCPU VM, alternating jobs: the pieces
+#: took 0.63-1.1 of the whole bucket's time at 4 MB (0.7 in most jobs) and 0.67-0.87 at 16 MB
+#: model-shaped, but 1.0 (model-shaped) to 1.1 (256 tensors) at 2 MB.
 _WHOLE_BYTES = 2 << 20
 
 #: Where the machine's first rank creates the shared file (:class:`_Shm`; it is unlinked as soon
@@ -441,10 +445,10 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
             MPI); gradtape duplicates it, so its own messages never mix with yours.
         shared_memory: where every rank runs on one machine, reduce host buckets through a
             shared file (2 x :data:`BUCKET_BYTES` per rank in ``/dev/shm``, or
-            ``$GRADTAPE_SHM_DIR``), whole up to 2 MiB and 1 MiB at a time beyond (each rank
-            sums a slice of every rank's bucket; 1.4 to 1.7 times an
-            out-of-place ``MPI_Allreduce``'s speed for 1 MB on 2 ranks of the test VM, 1.15
-            times an in-place one's), rather than with
+            ``$GRADTAPE_SHM_DIR``), whole up to 2 MiB (sent in the tensors' dtype; 4 MiB cast
+            on the wire) and 1 MiB at a time beyond (each rank sums a slice of every rank's
+            bucket; 1.4 to 1.7 times an out-of-place ``MPI_Allreduce``'s speed for 1 MB on 2
+            ranks of the test VM, 1.15 to 1.96 times an in-place one's), rather than with
             ``MPI_Allreduce``; False: always ``MPI_Allreduce``. The ranks agree on it: if any
             rank says False, or cannot create or map the file (a ``RuntimeWarning`` says why),
             none uses it. A second ``init()`` without ``comm`` keeps the first world (and its
@@ -600,8 +604,9 @@ def shared_memory() -> bool:
     """Whether this job reduces host (NumPy) buckets through shared memory rather than
     ``MPI_Allreduce``: every rank runs on one machine, :func:`init` was not told
     ``shared_memory=False``, and every rank could map the shared file (buckets of more than
-    2 MiB then pass through it 1 MiB at a time; a job on shared memory starts no reduction
-    during a backward). False in a single process.
+    2 MiB in the tensors' dtype, or 4 MiB cast on the wire, then pass through it 1 MiB at a
+    time; a job on shared memory starts no reduction during a backward). False in a single
+    process.
 
     Example:
         >>> import gradtape as gt

@@ -783,6 +783,19 @@ def _scenario_three() -> None:  # noqa: C901 - one launch, many checks
             np.testing.assert_array_equal(o.numpy(), (xs[0] + xs[1]) + xs[2], err_msg=f"{op} #{k}")
         everyone = comm.allgather(b"".join(o.numpy().tobytes() for o in out))
         assert everyone.count(everyone[0]) == n, f"{op}: ranks differ"
+    # op="mean" in float16 and complex64 over pieces: each rank's share scaled (the scale is
+    # float32 and float64) and rounded to the dtype before the sums, as in a bucket reduced
+    # whole and over MPI
+    for dtype, wide in (("float16", np.float32), ("complex64", np.float64)):
+        item = np.dtype(dtype).itemsize
+        sizes = [(1 << 20) // item, 5, (1 << 20) // item, (1 << 20) // item + 3]
+        xs = [[data(q, 80 + k, (m,), dtype) for k, m in enumerate(sizes)] for q in range(n)]
+        out = D.allreduce([gt.tensor(a) for a in xs[r]], op="mean", bucket_bytes=64 << 20)
+        s = wide(1 / n)
+        for k, o in enumerate(out):
+            shares = [np.multiply(x[k], s, out=np.empty_like(x[k])) for x in xs]
+            np.testing.assert_array_equal(o.numpy(), (shares[0] + shares[1]) + shares[2],
+                                          err_msg=f"{dtype} mean #{k}")
     # results kept across calls are never overwritten (the segments alternate; the results
     # live in buffers of their own)
     kept = [D.allreduce([gt.tensor(np.full(10, float(step + r)))], op="sum")[0] for step in range(5)]
