@@ -369,6 +369,34 @@ def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one laun
                 np.testing.assert_allclose(out[0].numpy(), a.T * k, err_msg=f"{rows} {op}")
                 np.testing.assert_allclose(out[1].numpy(), a[:, ::2] * k, err_msg=f"{rows} {op}")
 
+    # buckets above 2 MiB (on one machine: through the segment a piece at a time, copied from
+    # where the tensors are): pieces inside one tensor and across several (empty ones, one not
+    # contiguous, a piece ending inside a tensor), one large tensor alone (also not
+    # contiguous), sum and mean, float32 and float16, exact; the inputs unchanged
+    sizes = [0, 300_000, 5, 0, 70_000, 2_500_000, 1, 0, 3]
+    for dtype in ("float32", "float16"):
+        many = [[data(q, 90 + k, (m,), dtype) for k, m in enumerate(sizes)] for q in range(n)]
+        for q in range(n):
+            many[q][4] = many[q][4].reshape(350, 200).T
+        half = (np.float32 if dtype == "float16" else np.dtype(dtype).type)(0.5)
+
+        def shares(xs, op):
+            return [np.multiply(x, half, out=np.empty_like(x)) for x in xs] if op == "mean" else xs
+
+        for op in ("sum", "mean"):
+            ts = [gt.tensor(a) for a in many[r]]
+            out = D.allreduce(ts, op=op, bucket_bytes=64 << 20)
+            for k, o in enumerate(out):
+                xs = shares([many[q][k] for q in range(n)], op)
+                np.testing.assert_array_equal(o.numpy(), xs[0] + xs[1], err_msg=f"{dtype} {op} #{k}")
+            for t, a in zip(ts, many[r]):
+                np.testing.assert_array_equal(t.numpy(), a, err_msg=f"{dtype} {op}: input changed")
+            for alone in ([x[5] for x in many], [x[5].reshape(1000, 2500).T for x in many]):
+                t = gt.tensor(alone[r])
+                got = D.allreduce([t], op=op)[0].numpy()
+                xs = shares(alone, op)
+                np.testing.assert_array_equal(got, xs[0] + xs[1], err_msg=f"{dtype} {op} alone")
+                np.testing.assert_array_equal(t.numpy(), alone[r], err_msg=f"{dtype} {op}: input changed")
     # broadcast: values and optimizer state from the root
     w = gt.Variable(np.full((3, 2), float(r), np.float32), name="w")
     h = gt.Variable(np.full((4,), r + 1, np.float16), name="h")
