@@ -380,7 +380,7 @@ def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one laun
             many[q][4] = many[q][4].reshape(350, 200).T
         half = (np.float32 if dtype == "float16" else np.dtype(dtype).type)(0.5)
 
-        def shares(xs, op):
+        def shares(xs, op, half=half):
             return [np.multiply(x, half, out=np.empty_like(x)) for x in xs] if op == "mean" else xs
 
         for op in ("sum", "mean"):
