@@ -328,30 +328,41 @@ class _Shm:
                     np.multiply(mine, scale, out=mine)
                     piece_scale = None
                 own = mine[a:b]
-            acc = out[lo + a:lo + b]
-            self._sync()
-            if piece_scale is None:
-                ops = [own if q == r else view[a:b] for q, view in enumerate(views)]
-                np.add(ops[0], ops[1], out=acc)
-                rest = ops[2:]
-            elif r < 2:  # (a sum of two is the same in either order)
-                np.multiply(own, scale, out=acc)
-                np.add(acc, views[1 - r][a:b], out=acc)
-                rest = [view[a:b] for view in views[2:]]
-            else:
-                np.add(views[0][a:b], views[1][a:b], out=acc)
-                # (each share rounded to the dtype, as the others are: float16 times a
-                # float32 scale is float32)
-                rest = [np.multiply(own, scale, out=np.empty_like(own)) if q == r else views[q][a:b]
-                        for q in range(2, n)]
-            for op in rest:
-                np.add(acc, op, out=acc)
-            mine[a:b] = acc  # for the others to copy
-            self._sync()
-            for q, view in enumerate(views):
-                if q != r:
-                    x, y = m * q // n, m * (q + 1) // n
-                    out[lo + x:lo + y] = view[x:y]
+            self._exchange(views, own, out[lo:lo + m], piece_scale)
+
+    def _exchange(self, views: list[np.ndarray], own: np.ndarray, out: np.ndarray,
+                  scale: Any = None) -> None:
+        """The rest of a call once this rank has written into its segment (``views[rank]``, of
+        ``out``'s length) the slices the other ranks sum: after a barrier, sum this rank's
+        slice in rank order into ``out`` (its own share ``own``, scaled by ``scale`` unless
+        None: the others' were scaled as written), publish it in its segment, and after a
+        second barrier copy the other ranks' sums into ``out``."""
+        n, r, m = self.size, self.rank, out.size
+        a, b = m * r // n, m * (r + 1) // n
+        acc = out[a:b]  # (summed here, not in this rank's segment, which may be an operand)
+        self._sync()
+        if scale is None:
+            ops = [own if q == r else view[a:b] for q, view in enumerate(views)]
+            np.add(ops[0], ops[1], out=acc)
+            rest = ops[2:]
+        elif r < 2:  # (a sum of two is the same in either order)
+            np.multiply(own, scale, out=acc)
+            np.add(acc, views[1 - r][a:b], out=acc)
+            rest = [view[a:b] for view in views[2:]]
+        else:
+            np.add(views[0][a:b], views[1][a:b], out=acc)
+            # (each share rounded to the dtype, as the others are: float16 times a float32
+            # scale is float32)
+            rest = [np.multiply(own, scale, out=np.empty_like(own)) if q == r else views[q][a:b]
+                    for q in range(2, n)]
+        for op in rest:
+            np.add(acc, op, out=acc)
+        views[r][a:b] = acc  # for the others to copy
+        self._sync()
+        for q, view in enumerate(views):
+            if q != r:
+                x, y = m * q // n, m * (q + 1) // n
+                out[x:y] = view[x:y]
 
     def _views(self, total: int, dtype: np.dtype) -> list[np.ndarray]:
         """Every rank's segment of this call as ``total`` elements of ``dtype`` (the next call
@@ -362,21 +373,9 @@ class _Shm:
 
     def reduce(self, total: int, dtype: np.dtype, out: np.ndarray) -> None:
         """Sum every rank's packed segment (:meth:`segment`) into ``out`` (``total`` elements)."""
-        n = self.size
         views = self._views(total, dtype)
-        self._sync()
-        r = self.rank
-        lo, hi = total * r // n, total * (r + 1) // n
-        acc = out[lo:hi]  # (summed here, not in this rank's segment, which is an operand)
-        np.add(views[0][lo:hi], views[1][lo:hi], out=acc)
-        for view in views[2:]:
-            np.add(acc, view[lo:hi], out=acc)
-        views[r][lo:hi] = acc  # for the others to copy
-        self._sync()
-        for j, view in enumerate(views):
-            if j != r:
-                lo, hi = total * j // n, total * (j + 1) // n
-                out[lo:hi] = view[lo:hi]
+        n, r = self.size, self.rank
+        self._exchange(views, views[r][total * r // n:total * (r + 1) // n], out)
 
 
 def _unlink(path: str | None) -> None:
