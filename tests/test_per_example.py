@@ -1273,3 +1273,68 @@ def test_a_target_without_the_inputs_batch_axis_is_named_as_such(make):
                                          r"if not, the target is computed from the sources and "
                                          r"constants alone"):
         tape.per_example_gradients(target, [W])
+
+
+# --------------------------------------------------------------------------- large dense layers
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [2, 33, 34])
+def test_large_dense_layer_per_example_weights_are_the_outer_products(B, dtype):
+    # x @ W with a loss linear in the output: each example's cotangent is its row of y, so its
+    # weight gradient is exactly the outer product x_b y_b^T; the layer is large enough
+    # (B * d * p >= 16384 entries at B = 33) for the host's products of examples in pairs
+    rng = np.random.default_rng(7)
+    d, p = 40, 24 if B > 2 else 256
+    x = rng.normal(size=(B, d)).astype(dtype)
+    y = rng.normal(size=(B, p)).astype(dtype)
+    W = gt.Variable(rng.normal(size=(d, p)).astype(dtype))
+
+    def losses(x, y):
+        return gt.sum(gt.matmul(x, W) * y, axis=1)
+
+    def step(x, y):
+        with gt.GradientTape() as tape:
+            out = losses(x, y)
+        return tape.per_example_gradients(out, [W])[0]
+
+    want = np.einsum("bi,bj->bij", x, y)
+    got = step(gt.tensor(x), gt.tensor(y))
+    assert got.shape == (B, d, p) and got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), want)
+    compiled = gt.function(step)
+    for k in range(3):  # trace, checking trace, replay on new values
+        xk, yk = x * (k + 1), y - k
+        np.testing.assert_array_equal(compiled(gt.tensor(xk), gt.tensor(yk)).numpy(),
+                                      np.einsum("bi,bj->bij", xk, yk))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_cotangent_stays_in_its_own_example(bad):
+    # one example's infinite or nan cotangent makes its own weight gradient non-finite and
+    # leaves every other example's (its neighbour's too) what it is alone, eagerly and in a
+    # replayed step
+    rng = np.random.default_rng(8)
+    B, d, p = 34, 40, 24
+    x = rng.normal(size=(B, d)).astype(np.float32)
+    W = gt.Variable(rng.normal(size=(d, p)).astype(np.float32))
+
+    def step(x, y):
+        with gt.GradientTape() as tape:
+            out = gt.sum(gt.matmul(x, W) * y, axis=1)
+        return tape.per_example_gradients(out, [W])[0]
+
+    compiled = gt.function(step)
+    finite = rng.normal(size=(B, p)).astype(np.float32)
+    for _ in range(2):
+        compiled(gt.tensor(x), gt.tensor(finite))  # traced on finite values, then replayed
+    for b in (0, 1, B - 1):
+        y = finite.copy()
+        y[b, 3] = bad
+        with np.errstate(invalid="ignore"):
+            want = np.einsum("bi,bj->bij", x, y)
+        for got in (step(gt.tensor(x), gt.tensor(y)), compiled(gt.tensor(x), gt.tensor(y))):
+            g = got.numpy()
+            others = np.arange(B) != b
+            np.testing.assert_array_equal(g[others], want[others])
+            assert np.isfinite(g[others]).all()
+            assert not np.isfinite(g[b][:, 3]).any()
