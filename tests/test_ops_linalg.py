@@ -188,3 +188,30 @@ def test_second_derivative_of_quadratic_form_is_matrix_sym():
         g = inner.gradient(y, x)
     h = outer.jacobian(g, x).numpy()
     np.testing.assert_allclose(h, A + A.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [2, 33, 34])
+def test_stacked_outer_products_equal_numpy_and_keep_non_finite_rows_apart(B, dtype, rng):
+    # a[B, M, 1] @ b[B, 1, N]: one outer product per row (gt.vmap of a dense layer's weight
+    # gradient), large enough for the host's products of rows in pairs; an inf or nan in one
+    # row of b leaves the others as NumPy computes them, eagerly and in a replayed step
+    M, N = 40, 24 if B > 2 else 256
+    a = rng.standard_normal((B, M, 1)).astype(dtype)
+    b = rng.standard_normal((B, 1, N)).astype(dtype)
+    f = gt.function(lambda x, y: gt.matmul(x, y))
+    for _ in range(3):
+        np.testing.assert_array_equal(gt.matmul(gt.tensor(a), gt.tensor(b)).numpy(), a @ b)
+        np.testing.assert_array_equal(f(gt.tensor(a), gt.tensor(b)).numpy(), a @ b)
+        a = a * 2
+    for bad in (np.inf, np.nan):
+        bb = b.copy()
+        bb[B // 2, 0, 5] = bad
+        with np.errstate(invalid="ignore"):
+            want = a @ bb
+        others = np.arange(B) != B // 2
+        for got in (gt.matmul(gt.tensor(a), gt.tensor(bb)), f(gt.tensor(a), gt.tensor(bb))):
+            np.testing.assert_array_equal(got.numpy()[others], want[others])
+            assert np.isfinite(got.numpy()[others]).all()
+    # and its gradients are matmul's
+    check_grads(gt.matmul, (a[:3, :9].astype(np.float64), b[:3, :, :8].astype(np.float64)), order=2)

@@ -914,3 +914,22 @@ def test_nested_vmap_of_grad_through_per_example_indices() -> None:
         inner = gt.vmap(gt.grad(loss), in_axes=(None, 0, 0))
         got = gt.vmap(inner, in_axes=(None, 0, 0))(W, gt.tensor(X), gt.tensor(Y))
         close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vmap_grad_of_a_large_dense_layer_is_each_examples_outer_product(dtype: type) -> None:
+    # the weight gradient of one example's x @ W under a loss linear in the output is the outer
+    # product of x and the output's weights; vmapped over 33 examples (an odd count) of a
+    # layer large enough for the host's products of examples in pairs, each is NumPy's exactly
+    rng = np.random.default_rng(9)
+    B, d, p = 33, 40, 24
+    x = rng.standard_normal((B, d)).astype(dtype)
+    y = rng.standard_normal((B, p)).astype(dtype)
+    W = gt.tensor(rng.standard_normal((d, p)).astype(dtype))
+
+    def loss(W: gt.Tensor, x: gt.Tensor, y: gt.Tensor) -> gt.Tensor:
+        return gt.sum(gt.matmul(x[None, :], W)[0] * y)
+
+    got = gt.vmap(gt.grad(loss), in_axes=(None, 0, 0))(W, gt.tensor(x), gt.tensor(y))
+    assert got.shape == (B, d, p) and got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), np.einsum("bi,bj->bij", x, y))

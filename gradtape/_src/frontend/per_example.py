@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ...ops.linalg import einsum_vjp_labels
+from ...ops.linalg import einsum_vjp_labels, row_outer
 from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, opaque, user_line
@@ -727,7 +727,7 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
         else:
             g2, pshape = g, shape
         if X.ndim == 2:  # x[B, d] @ W[d, p]: one outer product per example
-            gi = _row_outer(xp, X, g2)
+            gi = row_outer(xp, X, g2)
         elif i == 1:
             gi = _per_example_sum(xp.matmul(_swap(X), g2), pshape, rec, True)
         else:
@@ -747,54 +747,6 @@ def _boundary(rec: Record, i: int, g: Array, B: int, safe: bool) -> tuple[Array,
         idx = idx.astype(np.intp)
     example = xp.arange(B, dtype=np.intp).reshape((B,) + (1,) * (idx.ndim - 1))
     return acc_add_at(xp, (B,) + shape, (example, xp.where(idx < 0, idx + V, idx)), g), True
-
-
-#: Host per-example outer products of at least this many entries (``B * d * p``) go through
-#: BLAS (:func:`_host_row_outer`); below it NumPy's loop costs no more than the BLAS calls'
-#: overhead (16 x 64 x 10 floats: 6.2 against 5.8 us on the 2-vCPU test VM, both ways).
-_OUTER_BLAS_MIN = 1 << 14
-_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _row_outer(xp: Any, a: Array, b: Array) -> Array:
-    """Per-example outer products ``[B, d, p]`` of ``a[B, d]`` and ``b[B, p]``: the weight
-    gradients of a dense layer, ``einsum("bi,bj->bij", a, b)``. On NumPy, float32 and float64
-    sets of at least :data:`_OUTER_BLAS_MIN` entries take :func:`_host_row_outer` (one logged
-    call inside ``gt.function``, so each replay checks its own cotangents)."""
-    B, d = a.shape
-    p = b.shape[1]
-    if xp is np and B >= 2 and min(d, p) >= 8 and B * d * p >= _OUTER_BLAS_MIN \
-            and a.dtype == b.dtype and a.dtype in _BLAS_FLOATS:
-        return opaque(_host_row_outer, a, b, key="per_example_row_outer")
-    return xp.einsum("bi,bj->bij", a, b)
-
-
-def _host_row_outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``einsum("bi,bj->bij", a, b)`` as products of two examples at a time: example pair
-    ``k`` is ``[[a_2k, 0], [0, a_2k+1]] @ [b_2k; b_2k+1]``, a ``[2d, 2] @ [2, p]`` matrix product,
-    all pairs in one batched ``matmul``. Each entry is its one product plus a product by zero,
-    so the values are einsum's (a zero's sign aside); einsum's loop runs ``B * d`` inner loops
-    of ``p`` elements, and these products took 0.55-0.6 of its time on the 2-vCPU test VM
-    (128 x 64 x 128 float32: 115 against 192 us; 128 x 128 x 10: 42 against 72). An inf or nan
-    in ``b`` would reach the other example of its pair through ``0 * inf``: such a ``b`` (or
-    one whose sum overflows) takes einsum's loop."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = bool(np.isfinite(b.sum()))
-    if not finite:
-        return np.einsum("bi,bj->bij", a, b)
-    B, d = a.shape
-    p = b.shape[1]
-    K = B // 2
-    blocks = np.zeros((K, 2, d, 2), a.dtype)
-    pairs = a[:2 * K].reshape(K, 2, d)
-    blocks[:, 0, :, 0] = pairs[:, 0]
-    blocks[:, 1, :, 1] = pairs[:, 1]
-    out = np.empty((B, d, p), a.dtype)
-    np.matmul(blocks.reshape(K, 2 * d, 2), b[:2 * K].reshape(K, 2, p),
-              out=out[:2 * K].reshape(K, 2 * d, p))
-    if B % 2:
-        np.multiply(a[-1, :, None], b[-1, None, :], out=out[-1])
-    return out
 
 
 def _param_vjp(rec: Record, g: Array, reach: set[int], safe: bool) -> list[tuple[Array, bool] | None]:
