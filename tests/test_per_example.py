@@ -1277,9 +1277,18 @@ def test_a_target_without_the_inputs_batch_axis_is_named_as_such(make):
 
 # --------------------------------------------------------------------------- large dense layers
 
+LARGE_DENSE = {
+    "x @ W": (lambda x, W: gt.matmul(x, W), False),
+    "einsum bd,dp->bp": (lambda x, W: gt.einsum("bd,dp->bp", x, W), False),
+    "einsum pd,bd->bp": (lambda x, W: gt.einsum("pd,bd->bp", W, x), True),
+    "dot(x, W)": (lambda x, W: gt.dot(x, W), False),
+}
+
+
+@pytest.mark.parametrize("spell", sorted(LARGE_DENSE))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [2, 33, 34])
-def test_large_dense_layer_per_example_weights_are_the_outer_products(B, dtype):
+def test_large_dense_layer_per_example_weights_are_the_outer_products(B, dtype, spell):
     # x @ W with a loss linear in the output: each example's cotangent is its row of y, so its
     # weight gradient is exactly the outer product x_b y_b^T; the layer is large enough
     # (B * d * p >= 16384 entries at B = 33) for the host's products of examples in pairs
@@ -1287,25 +1296,27 @@ def test_large_dense_layer_per_example_weights_are_the_outer_products(B, dtype):
     d, p = 40, 24 if B > 2 else 256
     x = rng.normal(size=(B, d)).astype(dtype)
     y = rng.normal(size=(B, p)).astype(dtype)
-    W = gt.Variable(rng.normal(size=(d, p)).astype(dtype))
+    layer, transposed = LARGE_DENSE[spell]
+    W = gt.Variable(rng.normal(size=(p, d) if transposed else (d, p)).astype(dtype))
 
     def losses(x, y):
-        return gt.sum(gt.matmul(x, W) * y, axis=1)
+        return gt.sum(layer(x, W) * y, axis=1)
 
     def step(x, y):
         with gt.GradientTape() as tape:
             out = losses(x, y)
         return tape.per_example_gradients(out, [W])[0]
 
-    want = np.einsum("bi,bj->bij", x, y)
+    spec = "bi,bj->bji" if transposed else "bi,bj->bij"
+    want = np.einsum(spec, x, y)
     got = step(gt.tensor(x), gt.tensor(y))
-    assert got.shape == (B, d, p) and got.dtype == dtype
+    assert got.shape == (B,) + W.shape and got.dtype == dtype
     np.testing.assert_array_equal(got.numpy(), want)
     compiled = gt.function(step)
     for k in range(3):  # trace, checking trace, replay on new values
         xk, yk = x * (k + 1), y - k
         np.testing.assert_array_equal(compiled(gt.tensor(xk), gt.tensor(yk)).numpy(),
-                                      np.einsum("bi,bj->bij", xk, yk))
+                                      np.einsum(spec, xk, yk))
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])

@@ -651,9 +651,18 @@ def _contraction_examples(rec: Record, i: int, g: Array) -> Array:
     shape = tuple(rec.in_shapes[i])
     others, target, kept = einsum_vjp_labels(subs, out, i, shape)
     xp = backend_of(g).xp
+    B = g.shape[0]
+    if len(others) == 1 and len(out) == 2 and target == subs[i]:
+        # a dense layer, x[b, d] with W[d, p] or W[p, d] (d != p): one outer product per example
+        xs = subs[others[0]]
+        if len(xs) == 2 and xs[0] == out[0] and xs[1] != out[1]:
+            x = rec.inputs[others[0]].data  # type: ignore[union-attr]
+            if target == xs[1] + out[1]:
+                return row_outer(xp, x, g)
+            if target == out[1] + xs[1]:
+                return row_outer(xp, g, x)
     spec = ",".join((out, *(subs[j] for j in others))) + "->" + out[0] + target
     gk = xp.einsum(spec, g, *(rec.inputs[j].data for j in others))  # type: ignore[union-attr]
-    B = g.shape[0]
     gk = gk.reshape((B,) + kept)
     return gk if kept == shape else xp.broadcast_to(gk, (B,) + shape).copy()
 
