@@ -213,5 +213,9 @@ def test_stacked_outer_products_equal_numpy_and_keep_non_finite_rows_apart(B, dt
         for got in (gt.matmul(gt.tensor(a), gt.tensor(bb)), f(gt.tensor(a), gt.tensor(bb))):
             np.testing.assert_array_equal(got.numpy()[others], want[others])
             assert np.isfinite(got.numpy()[others]).all()
+    # a zero product has NumPy's sign (+0: matmul sums from zero), in every row
+    neg, zero = -np.abs(a), np.zeros_like(b)
+    for got in (gt.matmul(gt.tensor(neg), gt.tensor(zero)), f(gt.tensor(neg), gt.tensor(zero))):
+        np.testing.assert_array_equal(np.signbit(got.numpy()), np.signbit(neg @ zero))
     # and its gradients are matmul's
     check_grads(gt.matmul, (a[:3, :9].astype(np.float64), b[:3, :, :8].astype(np.float64)), order=2)

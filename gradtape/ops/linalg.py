@@ -133,8 +133,9 @@ def row_outer(xp: Any, a: Any, b: Any) -> Any:
 def _host_row_outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``einsum("bi,bj->bij", a, b)`` as products of two rows at a time: pair ``k`` is
     ``[[a_2k, 0], [0, a_2k+1]] @ [b_2k; b_2k+1]``, a ``[2d, 2] @ [2, p]`` matrix product, all
-    pairs in one batched ``matmul``. Each entry is its one product plus a product by zero, so
-    the values are einsum's (a zero's sign aside); einsum runs ``B * d`` inner loops of ``p``
+    pairs in one batched ``matmul``. Each entry is its one product plus a product by zero,
+    accumulated from zero as einsum's sum is, so the values are einsum's (with OpenBLAS, the
+    sign of a zero too); einsum runs ``B * d`` inner loops of ``p``
     elements, and these products took 0.55-0.6 of its time on the 2-vCPU test VM (128 x 64 x
     128 float32: 115 against 192 us; 128 x 128 x 10: 42 against 72; a stacked matmul over an
     inner size of 1: 998). An inf or nan in ``b`` would reach the other row of its pair
@@ -153,8 +154,10 @@ def _host_row_outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((B, d, p), a.dtype)
     np.matmul(blocks.reshape(K, 2 * d, 2), b[:2 * K].reshape(K, 2, p),
               out=out[:2 * K].reshape(K, 2 * d, p))
-    if B % 2:
-        np.multiply(a[-1, :, None], b[-1, None, :], out=out[-1])
+    if B % 2:  # the last row alone, plus zero: a zero product is +0 as in the sums above
+        last = out[-1]
+        np.multiply(a[-1, :, None], b[-1, None, :], out=last)
+        np.add(last, a.dtype.type(0), out=last)
     return out
 
 
