@@ -286,6 +286,24 @@ def test_random_draws_and_dropout_advance_the_generator_as_eager():
     assert not np.array_equal(comp[3][0].numpy(), comp[4][0].numpy())  # new numbers per call
 
 
+def test_default_dropout_on_a_device_draws_the_eager_stream(device):
+    # dropout with neither seed nor generator draws from the device's default generator: a
+    # compiled step's masks are eager's, call for call (each trace used to start a generator
+    # of its own, so the second call repeated the first mask and the stream lagged by one)
+    def masks(compiled, n=5):
+        gt.random.seed(5)
+        steps = [lambda x: gt.nn.dropout(x, 0.5), lambda x: gt.nn.dropout(x * 1.0, 0.5)]
+        if compiled:
+            steps = [gt.function(f) for f in steps]
+        x = gt.ones((4, 8))
+        return [np.asarray(f(x).numpy()) for _ in range(n) for f in steps]  # interleaved
+
+    eager, compiled = masks(False), masks(True)
+    for e, c in zip(eager, compiled):
+        np.testing.assert_array_equal(e, c)
+    assert not np.array_equal(compiled[0], compiled[1])
+
+
 def test_variable_assignments_inside_the_step():
     counter = gt.Variable(0.0, name="counter")
     acc = gt.Variable(np.zeros(3, np.float32), name="acc")

@@ -473,7 +473,7 @@ def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str =
 _default_generators: dict = {}
 
 
-def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool) -> Any:
+def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool, backend: str) -> Any:
     if generator is None and isinstance(seed, Generator):  # a gt.random.Generator as seed=
         generator = seed
     if isinstance(generator, Generator):  # drawn on the host: the same masks on every backend
@@ -488,10 +488,13 @@ def _generator_for(xp: Any, seed: Any, generator: Any, on_host: bool) -> Any:
         return xp.random.default_rng(_random._check_seed(seed, "dropout"))
     if on_host:  # gt.random's default generator: gt.random.seed(s) makes the masks reproducible
         return _numpy_generator(None, "dropout")
-    epoch, device_seed = _random._device_seed()  # on the device: no host draw and copy per
-    held = _default_generators.get(id(xp))  # call; gt.random.seed reseeds it
+    # on the device: no host draw and copy per call; gt.random.seed reseeds it. One per
+    # backend, by name: inside gt.function ``xp`` is a trace's namespace (a new object per
+    # trace), and a generator per namespace would start the stream again at each trace
+    epoch, device_seed = _random._device_seed()
+    held = _default_generators.get(backend)
     if held is None or held[0] != epoch:
-        held = _default_generators[id(xp)] = (epoch, xp.random.default_rng(device_seed))
+        held = _default_generators[backend] = (epoch, xp.random.default_rng(device_seed))
     return held[1]
 
 
@@ -533,10 +536,11 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
     # inside gt.vmap: per its randomness (one mask per example, or one for all, or refused)
     levels = random_levels("gt.nn.dropout") if STATE.vmap_random else []
     shape = tuple(n for _, n in levels) + tuple(x.shape)
-    dtype, on_host = x.dtype, x._backend.name == "numpy"
+    backend = x._backend.name
+    dtype, on_host = x.dtype, backend == "numpy"
 
     def make_mask() -> Any:
-        u = _generator_for(xp, seed, generator, on_host).random(shape)
+        u = _generator_for(xp, seed, generator, on_host, backend).random(shape)
         return xp.asarray(u >= rate).astype(dtype) * dtype.type(1.0 / (1.0 - rate))
 
     # inside gt.function the draw is one step of the program: a new mask at each call
