@@ -300,6 +300,58 @@ def test_ghost_clipping_keeps_memory_O_of_batch_plus_parameters():
     np.testing.assert_allclose(got, clip_reference(ref, 1.0)[0][0].sum(0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", ["conv2d", "conv_transpose2d"])
+def test_ghost_clipping_of_convolution_weights_keeps_memory_O_of_batch_plus_parameters(layer):
+    """A convolution with many weights over small images: per-example weight gradients
+    [B, O, C, 3, 3] dominate the materialized path's memory; the clipped sum forms them a
+    chunk of examples at a time for the norms only (several chunks here) and sums the scaled
+    cotangent with one weight-gradient product, in O(B + P) beyond the activations."""
+    B, C, Co = 48, 64, 64
+    rng = np.random.default_rng(11)
+    shape = (Co, C, 3, 3) if layer == "conv2d" else (C, Co, 3, 3)
+    w = gt.Variable((rng.normal(size=shape) / 24).astype(np.float32))
+    x = rng.normal(size=(B, C, 3, 3)).astype(np.float32)
+    y = rng.integers(0, 10, size=B)
+    head = gt.tensor((rng.normal(size=(Co * (3 if layer == "conv2d" else 5) ** 2, 10)) / 30)
+                     .astype(np.float32))
+
+    def losses(xb, yb):
+        if layer == "conv2d":
+            h = gt.nn.conv2d(gt.tensor(xb), w, padding=1)
+        else:
+            h = gt.nn.conv_transpose2d(gt.tensor(xb), w)
+        return gt.nn.cross_entropy(gt.tanh(gt.reshape(h, (h.shape[0], -1))) @ head, yb,
+                                   reduction="none")
+
+    ref = loop_grads(losses, [w], x, y)
+    C = float(np.median(clip_reference(ref, 1.0)[1]))  # about half the examples clipped
+
+    def run(reduce):
+        with gt.GradientTape() as tape:
+            loss = losses(x, y)
+        return tape.per_example_gradients(loss, w, max_norm=C, reduce=reduce,
+                                          return_norms=True)
+
+    ghost = _peak(lambda: run("sum"))
+    materialized = _peak(lambda: run(None))
+    per_example_bytes = B * w.numpy().size * 4
+    assert materialized >= per_example_bytes
+    # (both keep the forward's unfolded images, 1.7 MB here: the activations)
+    assert ghost < materialized - 0.6 * per_example_bytes, (ghost, materialized)
+    # same sums and norms as the loop formula (several examples clipped, several not)
+    got, norms = run("sum")
+    clipped, want_norms, factors = clip_reference(ref, C)
+    assert 0 < (factors < 1).sum() < B
+    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+    np.testing.assert_allclose(got.numpy(), clipped[0].sum(0), rtol=1e-4, atol=1e-6)
+    # and a compiled step gives the eager results
+    step = gt.function(lambda: run("sum"))
+    for _ in range(3):
+        c_got, c_norms = step()
+    np.testing.assert_array_equal(c_got.numpy(), got.numpy())
+    np.testing.assert_array_equal(c_norms.numpy(), norms.numpy())
+
+
 # --------------------------------------------------------------------------- unconnected, tape use
 
 

@@ -28,7 +28,7 @@ from .. import ops
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque
 from .._src.backend import NUMPY
-from .._src.frontend.per_example import CONV_WEIGHT_GRADS
+from .._src.frontend.per_example import CONV_WEIGHT_GRADS, CONV_WEIGHT_SUMS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -926,6 +926,21 @@ P_CONV_W = primitive("conv2d_weight_grad", _conv_w_impl, rule=_conv_w_rule, jvp=
                      examples=_conv_w_examples, batch=_conv_w_batch)
 CONV_WEIGHT_GRADS["conv2d"] = _per_example_conv_w
 CONV_WEIGHT_GRADS["conv_transpose2d"] = _per_example_conv_t_w
+
+
+def _conv_w_sum(xp: Any, x: Any, g: Any, w_shape: tuple, p: dict) -> Any:
+    """The batch weight gradient of ``conv2d(x, w)`` for the cotangent ``g`` (the sum over
+    examples of :func:`_per_example_conv_w`'s), as conv2d's VJP computes it."""
+    return _conv_w_impl(xp, x, g, kernel=tuple(w_shape[2:]), **_conv_params(p))
+
+
+def _conv_t_w_sum(xp: Any, y: Any, g: Any, w_shape: tuple, p: dict) -> Any:
+    """The batch weight gradient of ``conv_transpose2d(y, w)``: conv2d's, roles swapped."""
+    return _conv_w_impl(xp, g, y, kernel=tuple(w_shape[2:]), **_conv_params(p))
+
+
+CONV_WEIGHT_SUMS["conv2d"] = _conv_w_sum
+CONV_WEIGHT_SUMS["conv_transpose2d"] = _conv_t_w_sum
 
 
 # --------------------------------------------------------------------------- max pooling

@@ -28,7 +28,10 @@ first-order array route of the engine (:func:`~gradtape._src.autodiff.engine._vj
   ``<a_b a_b^T, g_b g_b^T>_F`` otherwise (the per-example gradient is materialized instead
   when ``T^2 > d p``); the clipped sum ``sum_b c_b a_b^T g_b`` is one contraction with the
   cotangents scaled per example, mapped back through the param-only records with their
-  ordinary (linear) VJPs. Memory stays ``O(B + P)`` beyond the activations the tape keeps.
+  ordinary (linear) VJPs. A convolution's weights take the same route with their norms from
+  per-example gradients formed a chunk of examples at a time (:func:`_conv_sq_norms`) and their
+  clipped sum from one weight-gradient product (:data:`CONV_WEIGHT_SUMS`). Memory stays
+  ``O(B + P)`` beyond the activations the tape keeps.
 
 Primitives without a per-example rule where a parameter meets per-example data raise
 :class:`NotImplementedError` from :func:`_unsupported`, the one place where a general
@@ -77,6 +80,10 @@ _NORM_PRESERVING = frozenset({"reshape", "transpose", "astype"})
 # for its cotangent g. Declared with the convolutions (gradtape.nn.conv, a layer above this one,
 # fills it when it is imported).
 CONV_WEIGHT_GRADS: dict[str, Callable[..., Array]] = {}
+# the same convolutions' weight gradient summed over the batch, fn(xp, x, g, w_shape, params) ->
+# w_shape (the batch weight gradient, one product): a clipped sum of per-example weight gradients
+# is this of the cotangent scaled per example, so the ghost route never forms [B, *w_shape]
+CONV_WEIGHT_SUMS: dict[str, Callable[..., Array]] = {}
 # param-only records with a batched VJP rule here (besides every elementwise primitive)
 _PARAM_RULES = frozenset({"reshape", "transpose", "astype", "broadcast_to", "sum", "mean", "getitem"})
 
@@ -134,7 +141,7 @@ class _Ghost:
     idx: int
     i: int
     chain: list[int]
-    kind: str  # "matmul" or "embedding"
+    kind: str  # "matmul", "embedding" or "conv"
 
 
 @dataclass
@@ -208,6 +215,8 @@ def _ghost_kind(rec: Record, i: int, B: int) -> str | None:
             return None
         L = math.prod(idx.shape[1:])
         return "embedding" if L == 1 or L * L <= math.prod(rec.in_shapes[0]) else None
+    if i == 1 and name in CONV_WEIGHT_GRADS and name in CONV_WEIGHT_SUMS:
+        return "conv"  # a convolution's weights (per-example images x, input 0)
     return None
 
 
@@ -916,6 +925,8 @@ def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Arra
         rec = plan.records[gh.idx]
         if gh.kind == "embedding":
             operand, V = _batch_index(rec, plan.B), rec.in_shapes[0][0]
+        elif gh.kind == "conv":  # (convolutions save their inputs)
+            operand, V = rec.inputs[0].data, _conv_spec(rec)
         else:
             operand, V = rec.inputs[1 - gh.i].data, 0  # matmul saves its inputs
         spec.append((gh.kind, gh.i, V))
@@ -1000,12 +1011,13 @@ def _gram_operands(B: int, kind: str, i: int, g: Array, X: Array) -> tuple[Array
             G4.transpose(0, 1, 3, 2).reshape(B, -1, G4.shape[2]))
 
 
-def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: Any,
+def _ghost_sq_norms(B: int, kind: str, i: int, V: Any, g: Array, X: Array, dt: Any,
                     check: bool = False) -> tuple[Array, Array | None]:
     """``||G_b||^2`` of the per-example gradient at a ghost boundary, without forming ``G_b``
     (the products in dtype ``dt``; None: the arrays' own). ``kind`` "embedding": ``X`` the
-    ``[B, ...]`` ids into a table of ``V`` rows; else a matmul whose input ``i`` is the
-    parameter and ``X`` the other (saved) input.
+    ``[B, ...]`` ids into a table of ``V`` rows; "conv": ``X`` a convolution's input images and
+    ``V`` its :func:`_conv_spec` (the gradients formed a chunk at a time, exact); else a matmul
+    whose input ``i`` is the parameter and ``X`` the other (saved) input.
 
     With ``check``, also the examples whose Gram form ``sum_ij (A A^T)_ij (G G^T)_ij`` lost
     digits to cancellation: its rounding error is about eps times the same sum over absolute
@@ -1014,6 +1026,8 @@ def _ghost_sq_norms(B: int, kind: str, i: int, V: int, g: Array, X: Array, dt: A
     forming the gradient (None: no Gram form here, nothing to cancel)."""
     xp = backend_of(g).xp
     g = _at_least(g, dt)
+    if kind == "conv":  # formed a chunk of examples at a time: exact, nothing to cancel
+        return _conv_sq_norms(B, V, g, _at_least(X, dt)), None
     if kind == "embedding":
         L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
@@ -1048,10 +1062,12 @@ def _cancelled(xp: Any, sq: Array, bound: Array, dt: Any) -> Array:
 _EXACT_CHUNK = 1 << 22
 
 
-def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: int, g: Array, X: Array) -> Array:
+def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: Any, g: Array, X: Array) -> Array:
     """``||G_b||^2`` at a ghost boundary with ``G_b`` formed (float64, NumPy), for the rows
     whose Gram form cancelled: a chunk of examples at a time within :data:`_EXACT_CHUNK`."""
     g = g.astype(np.float64)
+    if kind == "conv":
+        return _conv_sq_norms(B, V, g, X.astype(np.float64))
     if kind == "embedding":
         L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
@@ -1071,6 +1087,42 @@ def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: int, g: Array, X: Array)
         M = np.matmul(_swap(A[s:s + step]), Gy[s:s + step])
         out[s:s + step] = _row_sq(np, M.reshape(M.shape[0], -1))
     return out
+
+
+#: Entries of one chunk of a convolution's per-example weight gradients formed for their norms
+#: (:func:`_conv_sq_norms`): 1 MiB of float32, so a layer's norms take at most that beyond the
+#: activations and weights, while a small network's layers (the CNN of ``benchmarks/``: 72 and
+#: 1152 weights, batch 32) still go in one chunk of one batched product.
+_CONV_CHUNK = 1 << 18
+
+
+def _conv_spec(rec: Record) -> tuple:
+    """What :func:`_conv_sq_norms` needs of a convolution record, hashable (it names a logged
+    step inside ``gt.function``): the primitive's name, the weights' shape, its parameters."""
+    return (rec.prim.name, tuple(rec.in_shapes[1]),
+            tuple(sorted((k, v) for k, v in rec.params.items())))
+
+
+def _conv_sq_norms(B: int, spec: tuple, g: Array, X: Array) -> Array:
+    """``||W_b||^2`` of a convolution's per-example weight gradients ``W_b`` (``spec`` from
+    :func:`_conv_spec`; ``X`` its input images, ``g`` its output cotangent), each formed with
+    the layer's per-example rule a chunk of examples at a time within :data:`_CONV_CHUNK`
+    entries and dropped: the memory of one chunk, never ``[B, *w_shape]`` (a convolution's
+    per-example gradient costs ``L * Kg * O`` per example where the Gram form over its ``L``
+    positions costs ``L^2 (Kg + O)``, more for every layer whose image is larger than its
+    channels)."""
+    name, w_shape, params = spec
+    fn, p = CONV_WEIGHT_GRADS[name], dict(params)
+    xp = backend_of(g).xp
+    step = max(1, _CONV_CHUNK // max(1, math.prod(w_shape)))
+    if step >= B:  # all at once, on the arrays themselves (a forward's kept columns are found)
+        W = fn(xp, X, g, w_shape, p)
+        return _row_sq(xp, W.reshape(B, -1))
+    parts = []
+    for s in range(0, B, step):
+        W = fn(xp, X[s:s + step], g[s:s + step], w_shape, p)
+        parts.append(_row_sq(xp, W.reshape(W.shape[0], -1)))
+    return xp.concatenate(parts)
 
 
 def _at_least(a: Array, dt: Any) -> Array:
@@ -1112,6 +1164,8 @@ def _ghost_sum(plan: _Plan, gh: _Ghost, g: Array, c: Array | None) -> Array:
         shape = rec.in_shapes[0]
         return acc_add_at(xp, shape, idx, g)  # (made like g: inside gt.function, traced)
     X = rec.inputs[1 - gh.i].data  # type: ignore[union-attr]
+    if gh.kind == "conv":  # the batch weight gradient of the scaled cotangent
+        return CONV_WEIGHT_SUMS[rec.prim.name](xp, X, g, tuple(rec.in_shapes[1]), rec.params)
     if gh.i == 1:  # x[B, ..., d] @ W[d, p]: x^T g over all rows (the batch product's form,
         # a transposed view handed to BLAS: no copy, unlike tensordot's)
         return xp.matmul(X.reshape(-1, X.shape[-1]).T, g.reshape(-1, g.shape[-1]))

@@ -282,8 +282,10 @@ class GradientTape(Recorder):
                 ``min(1, C / ||g_b||)``, the norm taken over all sources jointly (a zero norm
                 gives scale 1).
             reduce: None for per-example gradients ``[B, *source.shape]``; ``"sum"`` for their
-                sum over the batch, ``source.shape``, formed without per-example gradients where
-                the layer allows (dense and conv matmuls, embeddings: "ghost" norms).
+                sum over the batch, ``source.shape``, formed without all of the per-example
+                gradients where the layer allows (dense layers and embeddings: "ghost" norms;
+                convolution weights: their per-example gradients a chunk of examples at a time,
+                for the norms only).
             return_norms: also return the unclipped per-example norms ``[B]``.
             unconnected_gradients: ``"none"``, ``"zero"`` (zeros of the result's shape) or
                 ``"raise"``, as :meth:`gradient`.
