@@ -22,6 +22,6 @@ def bench_overhead_chain(measure, fw):
 @pytest.mark.benchmark(group="overhead_mixed: 50 x (tanh, *c, +w, *, -c) + sum on (16,), fwd+bwd")
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def bench_overhead_mixed(measure, fw):
-    """Binary ops, Python-scalar constants, fan-out and a second trainable input w: 251 ops."""
+    """tanh, exp, a Python-scalar constant, fan-out and a second trainable input w: 201 ops."""
     cell = cell_or_skip(lambda: W._fw_variant(fw, lambda f, fu: W.build_overhead_mixed(f, fu)))
     measure(cell, per=W.MIXED_OPS, unit="us/op")

@@ -76,7 +76,7 @@ ROWS: dict[str, Callable[[], tuple[Callable, tuple]]] = {
     "adam_small_ce (same + Adam)": _mlp((32, 64, 64, 10), 16, True),
     "mlp_large_ce (784-512-512-10, batch 256, fwd+bwd)": _mlp((784, 512, 512, 10), 256, False),
     "conv (the CNN step, Adam)": _conv,
-    "overhead_mixed (251-op mixed chain on (16,), fwd+bwd)": _mixed,
+    "overhead_mixed (201-op mixed chain on (16,), fwd+bwd)": _mixed,
 }
 
 
