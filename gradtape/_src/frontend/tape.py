@@ -411,7 +411,10 @@ class GradientTape(Recorder):
     def jacobian(self, target: Tensor, sources: TensorTree, unconnected_gradients: str = "none",
                  parallel_iterations: int | None = None, experimental_use_pfor: bool = True) -> Any:
         """Jacobian of ``target`` with respect to each source: shape
-        ``target.shape + source.shape``.
+        ``target.shape + source.shape``, from one vectorized reverse pass over the basis
+        cotangents (``experimental_use_pfor=False``: one pass per entry of ``target``, which
+        needs a persistent tape). ``parallel_iterations`` (a positive int, TensorFlow's memory
+        knob): at most that many entries per vectorized pass, the passes' rows joined.
 
         Example:
             >>> import gradtape as gt
@@ -424,6 +427,7 @@ class GradientTape(Recorder):
                    [0., 4.]], dtype=float32)
         """
         _check_unconnected(unconnected_gradients)
+        _check_parallel(parallel_iterations, "jacobian()")
         if target is None:
             raise TypeError("jacobian(): target is None")
         if not isinstance(target, Tensor):
@@ -436,7 +440,8 @@ class GradientTape(Recorder):
         self._start_call("jacobian()")
         diff = bool(STATE.recording) or STATE.transforms > 0
         if experimental_use_pfor and target.size and all(s.size for s in flat_sources):
-            rows = _jacobian_vectorized(self, target, flat_sources, batch=False)
+            rows = _jacobian_vectorized(self, target, flat_sources, batch=False,
+                                        chunk=parallel_iterations)
         else:
             rows = _jacobian_rows(self, target, flat_sources, diff, batch=False)
         results = []
@@ -473,6 +478,7 @@ class GradientTape(Recorder):
             (2, 2, 2)
         """
         _check_unconnected(unconnected_gradients)
+        _check_parallel(parallel_iterations, "batch_jacobian()")
         if not isinstance(target, Tensor):
             raise TypeError(f"batch_jacobian(): target must be a gradtape Tensor, got {type(target).__name__}")
         if not isinstance(source, Tensor):
@@ -493,7 +499,7 @@ class GradientTape(Recorder):
         if target.size == 0 or source.size == 0:  # an empty Jacobian is all zeros
             r = None
         elif experimental_use_pfor:
-            r = _jacobian_vectorized(self, target, flat, batch=True)[0]
+            r = _jacobian_vectorized(self, target, flat, batch=True, chunk=parallel_iterations)[0]
         else:
             r = _jacobian_rows(self, target, flat, diff, batch=True)[0]
         if r is None:
@@ -533,25 +539,69 @@ def value_like(value: Any, like: Tensor, what: str, name: str, owner: str) -> Te
     return value
 
 
+def _check_parallel(value: Any, who: str) -> None:
+    """``parallel_iterations``: None or a positive int (TensorFlow's knob for the memory of the
+    vectorized Jacobian: the rows computed together)."""
+    if value is None:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{who}: parallel_iterations must be a positive int (rows of the "
+                        f"Jacobian computed together) or None (all at once), got "
+                        f"{type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{who}: parallel_iterations must be a positive int (rows of the "
+                         f"Jacobian computed together) or None (all at once), got {value!r}")
+
+
 def _check_unconnected(value: str) -> None:
     if value not in _UNCONNECTED:
         raise ValueError(f"unconnected_gradients must be 'none', 'zero' or 'raise', got {value!r}")
 
 
 def _jacobian_vectorized(tape: GradientTape, target: Tensor, sources: list[Tensor],
-                         batch: bool) -> list[Tensor | None]:
+                         batch: bool, chunk: int | None = None) -> list[Tensor | None]:
     """One reverse pass over a batch of basis cotangents (TF's pfor path): the seed is a
     BatchedTensor holding ``eye(n)`` reshaped to ``[n, *target.shape]`` (per example when
-    ``batch``), so every VJP on the way runs batched (vmap of the VJP; see batched.py)."""
+    ``batch``), so every VJP on the way runs batched (vmap of the VJP; see batched.py).
+    ``chunk`` (``parallel_iterations``): at most that many rows per pass, the passes' results
+    joined (the memory of ``chunk`` rows, not of all)."""
+    m = math.prod(target.shape[1:] if batch else target.shape)
+    if chunk is not None and chunk < m:
+        parts = [_jacobian_vectorized_rows(tape, target, sources, batch, (lo, min(lo + chunk, m)))
+                 for lo in range(0, m, chunk)]
+        axis = 1 if batch else 0
+        out: list[Tensor | None] = []
+        for k, s in enumerate(sources):
+            pieces = [p[k] for p in parts]
+            if all(p is None for p in pieces):
+                out.append(None)
+                continue
+            tshape = target.shape
+            flat = [ops.reshape(p, ((tshape[0], -1) if batch else (-1,)) + tuple(
+                s.shape[1:] if batch else s.shape)) for p in pieces if p is not None]
+            joined = ops.concat(flat, axis=axis)
+            out.append(ops.reshape(joined, tshape + (s.shape[1:] if batch else s.shape)))
+        return out
+    return _jacobian_vectorized_rows(tape, target, sources, batch, None)
+
+
+def _jacobian_vectorized_rows(tape: GradientTape, target: Tensor, sources: list[Tensor],
+                              batch: bool, rows: tuple[int, int] | None) -> list[Tensor | None]:
+    """:func:`_jacobian_vectorized` for the basis cotangents ``rows`` (start, stop; None: all);
+    each result ``[rows, ...]`` flat over the target's (per-example) entries when ``rows`` is
+    given, else shaped as the Jacobian."""
     xp = target._backend.xp
     tshape = target.shape
     if batch:
         m = math.prod(tshape[1:])
-        eye = xp.eye(m, dtype=target.dtype).reshape((m, 1) + tshape[1:])
-        seed_arr = xp.ascontiguousarray(xp.broadcast_to(eye, (m,) + tshape))
+        lo, hi = rows if rows is not None else (0, m)
+        eye = xp.eye(m, dtype=target.dtype)[lo:hi].reshape((hi - lo, 1) + tshape[1:])
+        seed_arr = xp.ascontiguousarray(xp.broadcast_to(eye, (hi - lo,) + tshape))
     else:
         m = math.prod(tshape)
-        seed_arr = xp.eye(m, dtype=target.dtype).reshape((m,) + tshape)
+        lo, hi = rows if rows is not None else (0, m)
+        seed_arr = xp.ascontiguousarray(xp.eye(m, dtype=target.dtype)[lo:hi]).reshape((hi - lo,) + tshape)
+    m = hi - lo
     label = ("tape.batch_jacobian" if batch else "tape.jacobian") + \
         "'s vectorized backward (experimental_use_pfor=True)"
     with batch_level(label=label) as level:
@@ -572,9 +622,9 @@ def _jacobian_vectorized(tape: GradientTape, target: Tensor, sources: list[Tenso
             phys = ops.astype(phys, s.dtype)
         if batch:  # [m, B, *s1] -> [B, m, *s1] -> [B, *t1, *s1]
             phys = ops.moveaxis(phys, 0, 1)
-            out.append(ops.reshape(phys, tshape + s.shape[1:]))
+            out.append(phys if rows is not None else ops.reshape(phys, tshape + s.shape[1:]))
         else:
-            out.append(ops.reshape(phys, tshape + s.shape))
+            out.append(phys if rows is not None else ops.reshape(phys, tshape + s.shape))
     return out
 
 
