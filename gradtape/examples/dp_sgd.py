@@ -46,7 +46,8 @@ def train_dp(epochs: int = 30, batch_size: int = 64, max_norm: float = 1.0,
     model = build_mlp(seed)
     params = model.trainable_variables
     opt = gt.optimizers.Adam(lr)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the batch order
+    noise_gen = gt.random.Generator(seed)  # the noise: gradtape's seeded generator
     n = x_tr.shape[0]
     acc = 0.0
     for epoch in range(1, epochs + 1):
@@ -63,8 +64,8 @@ def train_dp(epochs: int = 30, batch_size: int = 64, max_norm: float = 1.0,
             clipped_frac.append(float((norms.numpy() > max_norm).mean()))
             noisy = []
             for g in sums:
-                noise = rng.normal(0.0, noise_multiplier * max_norm, size=g.shape)
-                noisy.append((g + gt.tensor(noise.astype(np.float32))) / batch_size)
+                noise = noise_gen.normal(g.shape, std=noise_multiplier * max_norm, dtype=g.dtype)
+                noisy.append((g + noise) / batch_size)
             opt.apply_gradients(zip(noisy, params))
         logits = model(x_te)
         acc = float((logits.numpy().argmax(-1) == y_te.numpy()).mean())
