@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 
 import numpy as np
 import pytest
@@ -92,3 +93,22 @@ def test_missing_dependency_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(SystemExit, match=r"pip install gradtape\[examples\]"):
         digits.load_data()
+
+
+def test_digits_command_compiles_prints_the_speed_up_and_no_compile_trains_eagerly(tmp_path, capsys):
+    # the main job trains under gt.function and prints the step's speed-up; --no-compile
+    # trains eagerly, with the same history (a replayed step equals the eager one on NumPy)
+    args = ["--epochs", "2", "--model", "mlp", "--backend", "numpy", "--no-plot",
+            "--batch-size", "64", "--out", str(tmp_path)]
+    assert digits.main(args) == 0
+    compiled = capsys.readouterr().out
+    assert re.search(r"mlp: step under gt\.function [\d.]+ ms, eager [\d.]+ ms: speed-up "
+                     r"[\d.]+x \(--no-compile trains eagerly\)", compiled), compiled
+    assert digits.main(args + ["--no-compile"]) == 0
+    eager = capsys.readouterr().out
+    assert "speed-up" not in eager
+
+    def accuracy(out):
+        return re.search(r"mlp: test accuracy ([\d.]+)%", out).group(1)
+
+    assert accuracy(eager) == accuracy(compiled)

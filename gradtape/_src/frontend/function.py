@@ -2421,7 +2421,9 @@ class Function(Generic[R]):
         # the objects their keys name by id (a dead one's id may come back for a new object)
         self._flat: dict[Any, _Entry] = {}  # the entries of calls with flat positional arguments
         self._signatures = 0
+        self._flag_retraces = 0  # programs replaced because a flag they hold for changed
         self._warned_retrace = False
+        self._warned_flags = False
         self._lock = threading.RLock()
         self._name = getattr(fn, "__name__", type(fn).__name__)
         functools.update_wrapper(self, fn)
@@ -2549,6 +2551,18 @@ class Function(Generic[R]):
                 del self._cache[key]
                 self._flat = {k: e for k, e in self._flat.items() if e is not entry}
                 entry = self._cache[key] = _Entry(leaves)
+                self._flag_retraces += 1
+                if self._flag_retraces > _RETRACE_WARN and not self._warned_flags:
+                    # (TF warns on frequent retracing whatever its cause: a step switched
+                    # between modes at every call would otherwise trace forever, silently)
+                    self._warned_flags = True
+                    warnings.warn(
+                        f"gt.function {self._name!r} was traced again {self._flag_retraces} "
+                        "times because a Python flag its program holds for changed (a module's "
+                        "training mode, a Variable's trainable): each switch traces the step "
+                        "again and none replays. Compile one function per mode (one for "
+                        "training, one for evaluation), or pass the mode as an argument "
+                        "(model(x, training=...)) so each mode keeps its program", stacklevel=2)
             if entry is not None and entry.stale:
                 # an object its key names by id died (a new one may have that id), or a
                 # Variable its program reads died: trace again (_drop_dead forgets it)
