@@ -352,6 +352,50 @@ def test_ghost_clipping_of_convolution_weights_keeps_memory_O_of_batch_plus_para
     np.testing.assert_array_equal(c_norms.numpy(), norms.numpy())
 
 
+@pytest.mark.parametrize("kind", ["embedding", "sequence"])
+def test_ghost_clipping_of_embeddings_and_sequences_keeps_memory_O_of_batch_plus_parameters(kind):
+    """An embedding table and a dense layer over a sequence (their Gram-matrix norms): the
+    clipped sum never forms [B, *table.shape] or [B, d, p], unlike the materialized path."""
+    rng = np.random.default_rng(12)
+    B = 32
+    if kind == "embedding":
+        V, D, L = 2000, 32, 6  # L * L <= V * D: the ghost route
+        w = gt.Variable((rng.normal(size=(V, D)) / 8).astype(np.float32))
+        data = rng.integers(0, V, size=(B, L))
+        head = gt.tensor((rng.normal(size=(D, 5)) / 8).astype(np.float32))
+
+        def losses(ids, yb):
+            h = gt.mean(gt.tanh(w[ids]), axis=1)                       # [B, D]
+            return gt.nn.cross_entropy(h @ head, yb, reduction="none")
+    else:
+        d, p, T = 256, 256, 8  # T * T <= d * p: the Gram route
+        w = gt.Variable((rng.normal(size=(d, p)) / 16).astype(np.float32))
+        data = rng.normal(size=(B, T, d)).astype(np.float32)
+        head = gt.tensor((rng.normal(size=(p, 5)) / 16).astype(np.float32))
+
+        def losses(x, yb):
+            h = gt.mean(gt.tanh(gt.tensor(x) @ w), axis=1)            # [B, p]
+            return gt.nn.cross_entropy(h @ head, yb, reduction="none")
+    y = rng.integers(0, 5, size=B)
+    ref = loop_grads(losses, [w], data, y)
+    C = float(np.median(clip_reference(ref, 1.0)[1]))
+
+    def run(reduce):
+        with gt.GradientTape() as tape:
+            loss = losses(data, y)
+        return tape.per_example_gradients(loss, w, max_norm=C, reduce=reduce, return_norms=True)
+
+    ghost = _peak(lambda: run("sum"))
+    materialized = _peak(lambda: run(None))
+    per_example_bytes = B * w.numpy().size * 4
+    assert materialized >= per_example_bytes
+    assert ghost < materialized - 0.8 * per_example_bytes, (ghost, materialized)
+    got, norms = run("sum")
+    clipped, want_norms, _ = clip_reference(ref, C)
+    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+    np.testing.assert_allclose(got.numpy(), clipped[0].sum(0), rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- unconnected, tape use
 
 

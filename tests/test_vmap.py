@@ -90,6 +90,33 @@ def test_axis_size_and_chunk_size() -> None:
     close(full, (X.numpy() ** 2).sum(1))
 
 
+def test_chunk_size_bounds_the_memory_of_the_batch() -> None:
+    # chunk_size runs the batch in pieces: the intermediates of one piece at a time (the
+    # [64, 256, 256] outer products here), the same result as all at once
+    import tracemalloc
+
+    X = t(64, 256)
+
+    def f(x: gt.Tensor) -> gt.Tensor:
+        return gt.sum(gt.tanh(gt.outer(x, x)), axis=0)  # a [256, 256] intermediate per example
+
+    def peak(fn: object) -> tuple:
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            out = fn()  # type: ignore[operator]
+            return tracemalloc.get_traced_memory()[1] - base, out
+        finally:
+            tracemalloc.stop()
+
+    full_peak, full = peak(lambda: gt.vmap(f)(X))
+    chunk_peak, chunked = peak(lambda: gt.vmap(f, chunk_size=8)(X))
+    close(full, chunked)
+    assert full_peak > 64 * 256 * 256 * 8  # the whole batch's intermediates at once
+    assert chunk_peak < full_peak / 3, (chunk_peak, full_peak)
+
+
 def test_vmap_errors() -> None:
     with pytest.raises(ValueError, match="batch sizes differ"):
         gt.vmap(lambda a, b: a + b)(t(3), t(4))
