@@ -19,7 +19,7 @@ def bench_overhead_chain(measure, fw):
     measure(cell, per=W.OVERHEAD_OPS, unit="us/op")
 
 
-@pytest.mark.benchmark(group="overhead_mixed: 50 x (tanh, *c, +w, *, -c) + sum on (16,), fwd+bwd")
+@pytest.mark.benchmark(group="overhead_mixed: 40 x (t=tanh(y+w), e=exp(t)*0.05, y=t+e) + sum on (16,), fwd+bwd")
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def bench_overhead_mixed(measure, fw):
     """tanh, exp, a Python-scalar constant, fan-out and a second trainable input w: 201 ops."""

@@ -272,6 +272,20 @@ def test_parallel_iterations_keeps_the_jacobian_differentiable_and_bounds_memory
     # the passes' intermediates are [16, 256] instead of [256, 256] (the result itself stays)
     assert _peak_bytes(lambda: plain(16)) < 0.7 * _peak_bytes(lambda: plain(None))
 
+    # a long target over a small source: the seeds themselves are [rows, 3000], not the
+    # identity of 3000 (72 MB), so 16 rows at a time take a fraction of the memory
+    v = gt.tensor(rng.normal(size=(4,)))
+    A = gt.tensor(rng.normal(size=(3000, 4)))
+
+    def tall(pi):
+        with gt.GradientTape() as tape:
+            tape.watch(v)
+            y = gt.tanh(A @ v)
+        return tape.jacobian(y, v, parallel_iterations=pi)
+
+    np.testing.assert_allclose(tall(16).numpy(), tall(None).numpy(), rtol=1e-12, atol=1e-15)
+    assert _peak_bytes(lambda: tall(16)) < 0.1 * _peak_bytes(lambda: tall(None))
+
 
 @pytest.mark.parametrize("bad, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
                                       ("4", TypeError), (True, TypeError)])

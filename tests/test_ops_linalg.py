@@ -217,5 +217,10 @@ def test_stacked_outer_products_equal_numpy_and_keep_non_finite_rows_apart(B, dt
     neg, zero = -np.abs(a), np.zeros_like(b)
     for got in (gt.matmul(gt.tensor(neg), gt.tensor(zero)), f(gt.tensor(neg), gt.tensor(zero))):
         np.testing.assert_array_equal(np.signbit(got.numpy()), np.signbit(neg @ zero))
-    # and its gradients are matmul's
+    # forward mode through the pairs (a stacked product of tangents) is matmul's
+    ta, tb = a[::-1].copy(), b * 0.5
+    _, tangent = gt.jvp(gt.matmul, (gt.tensor(a), gt.tensor(b)), (gt.tensor(ta), gt.tensor(tb)))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(tangent.numpy(), ta @ b + a @ tb, rtol=tol, atol=tol)
+    # and its gradients (at a small size) are matmul's
     check_grads(gt.matmul, (a[:3, :9].astype(np.float64), b[:3, :, :8].astype(np.float64)), order=2)

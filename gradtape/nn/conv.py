@@ -28,7 +28,7 @@ from .. import ops
 from .._src.autodiff.record import Record
 from .._src.autodiff.state import opaque
 from .._src.backend import NUMPY
-from .._src.frontend.per_example import CONV_WEIGHT_GRADS, CONV_WEIGHT_SUMS
+from .._src.frontend.per_example import CONV_OUTPUT_SIZES, CONV_WEIGHT_GRADS, CONV_WEIGHT_SUMS
 from .._src.primitive import bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor
@@ -941,6 +941,23 @@ def _conv_t_w_sum(xp: Any, y: Any, g: Any, w_shape: tuple, p: dict) -> Any:
 
 CONV_WEIGHT_SUMS["conv2d"] = _conv_w_sum
 CONV_WEIGHT_SUMS["conv_transpose2d"] = _conv_t_w_sum
+
+
+def _conv_out_size(x_shape: tuple, w_shape: tuple, p: dict) -> int:
+    """Elements of one example's ``conv2d`` output: ``O * OH * OW``."""
+    oh, ow = _conv_layout(tuple(x_shape[2:]), tuple(w_shape[2:]), p["stride"], p["padding"],
+                          p["dilation"])[:2]
+    return int(w_shape[0]) * oh * ow
+
+
+def _conv_t_out_size(y_shape: tuple, w_shape: tuple, p: dict) -> int:
+    """Elements of one example's ``conv_transpose2d`` output: ``C * H * W``."""
+    H, W = p["size"]
+    return int(w_shape[1]) * int(p["groups"]) * int(H) * int(W)
+
+
+CONV_OUTPUT_SIZES["conv2d"] = _conv_out_size
+CONV_OUTPUT_SIZES["conv_transpose2d"] = _conv_t_out_size
 
 
 # --------------------------------------------------------------------------- max pooling

@@ -595,12 +595,12 @@ def _jacobian_vectorized_rows(tape: GradientTape, target: Tensor, sources: list[
     if batch:
         m = math.prod(tshape[1:])
         lo, hi = rows if rows is not None else (0, m)
-        eye = xp.eye(m, dtype=target.dtype)[lo:hi].reshape((hi - lo, 1) + tshape[1:])
+        eye = xp.eye(hi - lo, m, k=lo, dtype=target.dtype).reshape((hi - lo, 1) + tshape[1:])
         seed_arr = xp.ascontiguousarray(xp.broadcast_to(eye, (hi - lo,) + tshape))
     else:
         m = math.prod(tshape)
         lo, hi = rows if rows is not None else (0, m)
-        seed_arr = xp.ascontiguousarray(xp.eye(m, dtype=target.dtype)[lo:hi]).reshape((hi - lo,) + tshape)
+        seed_arr = xp.eye(hi - lo, m, k=lo, dtype=target.dtype).reshape((hi - lo,) + tshape)
     m = hi - lo
     label = ("tape.batch_jacobian" if batch else "tape.jacobian") + \
         "'s vectorized backward (experimental_use_pfor=True)"
