@@ -170,6 +170,14 @@ class TracedArray:
                         break
                 else:
                     return tr.call(ufunc, inputs, kwargs)
+        if method == "reduce" and "out" not in kwargs and len(inputs) == 1 and inputs[0] is self \
+                and type(self.a) is np.ndarray and all([_plain_kw(v) for v in kwargs.values()]):
+            # a reduction (a sum, a max along an axis) of this array alone into a new array:
+            # nothing is written, no operand but the array itself; logged as the general path
+            # would, without its checks (a trace's sums are many)
+            tr = self._live()
+            if tr is not None and not tr.promoted:
+                return tr.pure(ufunc.reduce, self, (), kwargs)
         fn = ufunc if method == "__call__" else getattr(ufunc, method)
         if not isinstance(self.a, (np.ndarray, np.generic)):  # a device array: NumPy handed
             # a Python or NumPy scalar operand over as a 0-d host array, which a device library
@@ -230,6 +238,12 @@ class TracedArray:
         return self._host(".get()").get()
 
     def __getitem__(self, idx: Any) -> Any:
+        if type(self.a) is np.ndarray and _basic_index(idx):
+            # ints, slices, None and Ellipsis: a view whose shape follows from the shapes alone,
+            # logged as the general path would, without its checks (masks, index arrays)
+            tr = self._live()
+            if tr is not None and not tr.promoted:
+                return tr.pure(operator.getitem, self, (idx,), {})
         return _dispatch(operator.getitem, (self, idx), {})
 
     def __setitem__(self, idx: Any, value: Any) -> None:
@@ -312,6 +326,29 @@ _ATTRS = {n: _Attr(n) for n in ("real", "imag")}
 _PURE_METHODS = frozenset({"reshape", "transpose", "swapaxes", "sum", "mean", "max", "min", "prod",
                            "any", "all", "argmax", "argmin", "copy", "ravel", "flatten",
                            "squeeze", "cumsum", "cumprod", "var", "std", "diagonal"})
+
+
+def _basic_index(idx: Any) -> bool:
+    """Whether ``idx`` is a basic index: an int, a slice of ints, None or Ellipsis, or a tuple
+    of them (no array, no bool, nothing traced)."""
+    if type(idx) is tuple:
+        return all([_basic_index_part(c) for c in idx])
+    return _basic_index_part(idx)
+
+
+def _basic_index_part(c: Any) -> bool:
+    t = type(c)
+    if t is int or c is None or c is Ellipsis:
+        return True
+    return t is slice and all([v is None or type(v) is int for v in (c.start, c.stop, c.step)])
+
+
+def _plain_kw(v: Any) -> bool:
+    """A keyword value a reduction's fast path takes as it is: a Python int, bool or None, a
+    tuple of ints, or a dtype."""
+    t = type(v)
+    return t is int or t is bool or v is None or isinstance(v, np.dtype) or (
+        t is tuple and all([type(e) is int for e in v]))
 
 
 def _plain_arg(v: Any) -> bool:
@@ -765,6 +802,16 @@ class _Trace:
         # Variable's trainable a tape watched it by), makes the next call check the values
         # read against the flags then
         self.epoch = FLAGS[0]
+
+    def pure(self, fn: Any, x: TracedArray, rest: tuple, kwargs: dict) -> TracedArray:
+        """Log ``fn(x, *rest, **kwargs)``, which writes nothing and returns a new array (or
+        NumPy scalar) made from ``x`` alone (``rest`` and ``kwargs`` plain Python values), as
+        :meth:`call` would (a pure step)."""
+        res = fn(x.a, *rest, **kwargs)
+        w = self.new(res)
+        self.steps.append(_Step(fn, (_Slot(x.slot), *[self._template(v) for v in rest]),
+                                self._template(kwargs) if kwargs else {}, [w.slot], "one", True))
+        return w
 
     # slots
     def new(self, a: Any) -> TracedArray:
