@@ -325,7 +325,7 @@ _ATTRS = {n: _Attr(n) for n in ("real", "imag")}
 #: checks (these are most of a trace's non-ufunc calls: reshapes, transposes, sums).
 _PURE_METHODS = frozenset({"reshape", "transpose", "swapaxes", "sum", "mean", "max", "min", "prod",
                            "any", "all", "argmax", "argmin", "copy", "ravel", "flatten",
-                           "squeeze", "cumsum", "cumprod", "var", "std", "diagonal"})
+                           "squeeze", "cumsum", "cumprod", "var", "std", "diagonal", "astype"})
 
 
 def _basic_index(idx: Any) -> bool:
@@ -363,19 +363,19 @@ def _pure_method(m: _Method, self: TracedArray, args: tuple, kwargs: dict) -> An
     tr = self._live()
     if tr is None or tr.promoted or type(self.a) is not np.ndarray:
         return None
-    for v in args:
-        if not _plain_arg(v):
+    for v in args:  # (a dtype, astype's or a sum's, is rendered as a constant of the program)
+        if not _plain_arg(v) and not isinstance(v, np.dtype):
             return None
     if kwargs:
         if "out" in kwargs:
             return None
         for v in kwargs.values():
-            if not _plain_arg(v):
+            if not _plain_arg(v) and not isinstance(v, np.dtype):
                 return None
     res = getattr(self.a, m.name)(*args, **kwargs)
     if type(res) is not np.ndarray and not isinstance(res, np.generic):
         return None  # (the general path calls it again: these methods write nothing)
-    w = self if res is self.a else tr.new(res)
+    w = self if res is self.a else tr.new(res)  # (astype(copy=False) of its own dtype: itself)
     tr.steps.append(_Step(m, (_Slot(self.slot), *args), dict(kwargs), [w.slot], "one", True))
     return w
 
