@@ -91,3 +91,22 @@ def device(request):
 def rng():
     """A seeded NumPy generator."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def peak_bytes():
+    """A function ``peak(fn)``: the peak bytes Python allocated while ``fn()`` ran, above what
+    was allocated before (tracemalloc)."""
+    import tracemalloc
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            fn()
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    return peak

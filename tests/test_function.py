@@ -2427,28 +2427,25 @@ def test_a_step_retraced_at_every_mode_switch_warns_once():
     # a flag the program holds for (a module's training mode) changing at every call traces
     # the step again each time: TF warns on frequent retracing whatever its cause, so does this
     m = gt.nn.Sequential([gt.nn.Dense(4, 4, seed=0), gt.nn.Dropout(0.5, seed=1)])
-    f = gt.function(lambda x: m(x))
     x = gt.tensor(np.ones((2, 4), np.float32))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(10):
-            m.train()
-            f(x)
-            m.eval()
-            f(x)
-    msgs = [str(w.message) for w in caught if "traced again" in str(w.message)]
+
+    def alternate(train_f, eval_f):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(10):
+                m.train()
+                train_f(x)
+                m.eval()
+                eval_f(x)
+        return [str(w.message) for w in caught if "traced" in str(w.message)]
+
+    f = gt.function(lambda x: m(x))
+    msgs = alternate(f, f)
     assert len(msgs) == 1 and "training mode" in msgs[0] and "one function per mode" in msgs[0]
     assert f.trace_count == 20
     # one function per mode keeps each program: no warning, the later calls replay
     train_f, eval_f = gt.function(lambda x: m(x)), gt.function(lambda x: m(x))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(10):
-            m.train()
-            train_f(x)
-            m.eval()
-            eval_f(x)
-    assert not [w for w in caught if "traced" in str(w.message)]
+    assert not alternate(train_f, eval_f)
     assert train_f.trace_count == 2 and eval_f.trace_count == 2
 
 

@@ -203,19 +203,6 @@ def test_batch_jacobian_non_persistent_single_call():
         tape.batch_jacobian(y, x, experimental_use_pfor=False)
 
 
-def _peak_bytes(fn):
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize("pi", [1, 7, 64, 1000])
 def test_parallel_iterations_bounds_the_rows_computed_together(pi):
     # TF's knob: the vectorized Jacobian in passes of at most parallel_iterations rows, the
@@ -244,7 +231,7 @@ def test_parallel_iterations_bounds_the_rows_computed_together(pi):
     np.testing.assert_allclose(gb.numpy(), wb.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_parallel_iterations_keeps_the_jacobian_differentiable_and_bounds_memory():
+def test_parallel_iterations_keeps_the_jacobian_differentiable_and_bounds_memory(peak_bytes):
     rng = np.random.default_rng(5)
     W = gt.tensor(rng.normal(size=(256, 256)) / 16)
     x = gt.tensor(rng.normal(size=(256,)))
@@ -270,7 +257,7 @@ def test_parallel_iterations_keeps_the_jacobian_differentiable_and_bounds_memory
         return tape.jacobian(y, x, parallel_iterations=pi)
 
     # the passes' intermediates are [16, 256] instead of [256, 256] (the result itself stays)
-    assert _peak_bytes(lambda: plain(16)) < 0.7 * _peak_bytes(lambda: plain(None))
+    assert peak_bytes(lambda: plain(16)) < 0.7 * peak_bytes(lambda: plain(None))
 
     # a long target over a small source: the seeds themselves are [rows, 3000], not the
     # identity of 3000 (72 MB), so 16 rows at a time take a fraction of the memory
@@ -284,7 +271,7 @@ def test_parallel_iterations_keeps_the_jacobian_differentiable_and_bounds_memory
         return tape.jacobian(y, v, parallel_iterations=pi)
 
     np.testing.assert_allclose(tall(16).numpy(), tall(None).numpy(), rtol=1e-12, atol=1e-15)
-    assert _peak_bytes(lambda: tall(16)) < 0.1 * _peak_bytes(lambda: tall(None))
+    assert peak_bytes(lambda: tall(16)) < 0.1 * peak_bytes(lambda: tall(None))
 
 
 @pytest.mark.parametrize("bad, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),

@@ -3,7 +3,6 @@ reverse pass, against a loop of ordinary tape.gradient calls on one example each
 
 from __future__ import annotations
 
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -262,20 +261,31 @@ def test_embedding_materialized_when_positions_outnumber_the_table():
 # --------------------------------------------------------------------------- memory
 
 
-def _peak(fn):
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+def _ghost_saves_memory(peak, losses, w, data, y, ref, C, share):
+    """The clipped sum of ``losses`` over ``w`` (max_norm ``C``, with norms) peaks lower than
+    the materialized per-example gradients by at least ``share`` of their bytes, and equals
+    the loop formula on ``ref`` (the per-example gradients of a loop)."""
+    def run(reduce):
+        with gt.GradientTape() as tape:
+            loss = losses(data, y)
+        return tape.per_example_gradients(loss, w, max_norm=C, reduce=reduce, return_norms=True)
+
+    ghost = peak(lambda: run("sum"))
+    materialized = peak(lambda: run(None))
+    per_example_bytes = len(y) * w.numpy().size * 4
+    assert materialized >= per_example_bytes
+    assert ghost < materialized - share * per_example_bytes, (ghost, materialized)
+    got, norms = run("sum")
+    clipped, want_norms, factors = clip_reference(ref, C)
+    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+    np.testing.assert_allclose(got.numpy(), clipped[0].sum(0), rtol=1e-4, atol=1e-6)
+    return run, factors
 
 
-def test_ghost_clipping_keeps_memory_O_of_batch_plus_parameters():
+def test_ghost_clipping_keeps_memory_O_of_batch_plus_parameters(peak_bytes):
     """d * p >> B: per-example gradients [B, d, p] dominate the materialized path's memory;
     the ghost path keeps O(B + d * p) beyond the activations."""
+    peak = peak_bytes
     B, d, p = 16, 384, 384
     rng = np.random.default_rng(6)
     w = gt.Variable((rng.normal(size=(d, p)) / np.sqrt(d)).astype(np.float32))
@@ -288,8 +298,8 @@ def test_ghost_clipping_keeps_memory_O_of_batch_plus_parameters():
         out = tape.per_example_gradients(loss, w, max_norm=1.0, reduce=reduce)
         return out
 
-    ghost = _peak(lambda: run("sum"))
-    materialized = _peak(lambda: run(None))
+    ghost = peak(lambda: run("sum"))
+    materialized = peak(lambda: run(None))
     per_example_bytes = B * d * p * 4
     assert materialized >= per_example_bytes
     assert ghost < materialized / 6, (ghost, materialized)
@@ -301,7 +311,7 @@ def test_ghost_clipping_keeps_memory_O_of_batch_plus_parameters():
 
 
 @pytest.mark.parametrize("layer", ["conv2d", "conv_transpose2d"])
-def test_ghost_clipping_of_convolution_weights_keeps_memory_O_of_batch_plus_parameters(layer):
+def test_ghost_clipping_of_convolution_weights_keeps_memory_O_of_batch_plus_parameters(layer, peak_bytes):
     """A convolution with many weights over small images: per-example weight gradients
     [B, O, C, 3, 3] dominate the materialized path's memory; the clipped sum forms them a
     chunk of examples at a time for the norms only (several chunks here) and sums the scaled
@@ -325,25 +335,10 @@ def test_ghost_clipping_of_convolution_weights_keeps_memory_O_of_batch_plus_para
 
     ref = loop_grads(losses, [w], x, y)
     C = float(np.median(clip_reference(ref, 1.0)[1]))  # about half the examples clipped
-
-    def run(reduce):
-        with gt.GradientTape() as tape:
-            loss = losses(x, y)
-        return tape.per_example_gradients(loss, w, max_norm=C, reduce=reduce,
-                                          return_norms=True)
-
-    ghost = _peak(lambda: run("sum"))
-    materialized = _peak(lambda: run(None))
-    per_example_bytes = B * w.numpy().size * 4
-    assert materialized >= per_example_bytes
-    # (both keep the forward's unfolded images, 1.7 MB here: the activations)
-    assert ghost < materialized - 0.6 * per_example_bytes, (ghost, materialized)
-    # same sums and norms as the loop formula (several examples clipped, several not)
-    got, norms = run("sum")
-    clipped, want_norms, factors = clip_reference(ref, C)
+    # (both routes keep the forward's unfolded images, 1.7 MB here: the activations)
+    run, factors = _ghost_saves_memory(peak_bytes, losses, w, x, y, ref, C, 0.6)
     assert 0 < (factors < 1).sum() < B
-    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
-    np.testing.assert_allclose(got.numpy(), clipped[0].sum(0), rtol=1e-4, atol=1e-6)
+    got, norms = run("sum")
     # and a compiled step gives the eager results
     step = gt.function(lambda: run("sum"))
     for _ in range(3):
@@ -353,7 +348,7 @@ def test_ghost_clipping_of_convolution_weights_keeps_memory_O_of_batch_plus_para
 
 
 @pytest.mark.parametrize("kind", ["embedding", "sequence"])
-def test_ghost_clipping_of_embeddings_and_sequences_keeps_memory_O_of_batch_plus_parameters(kind):
+def test_ghost_clipping_of_embeddings_and_sequences_keeps_memory_O_of_batch_plus_parameters(kind, peak_bytes):
     """An embedding table and a dense layer over a sequence (their Gram-matrix norms): the
     clipped sum never forms [B, *table.shape] or [B, d, p], unlike the materialized path."""
     rng = np.random.default_rng(12)
@@ -379,21 +374,7 @@ def test_ghost_clipping_of_embeddings_and_sequences_keeps_memory_O_of_batch_plus
     y = rng.integers(0, 5, size=B)
     ref = loop_grads(losses, [w], data, y)
     C = float(np.median(clip_reference(ref, 1.0)[1]))
-
-    def run(reduce):
-        with gt.GradientTape() as tape:
-            loss = losses(data, y)
-        return tape.per_example_gradients(loss, w, max_norm=C, reduce=reduce, return_norms=True)
-
-    ghost = _peak(lambda: run("sum"))
-    materialized = _peak(lambda: run(None))
-    per_example_bytes = B * w.numpy().size * 4
-    assert materialized >= per_example_bytes
-    assert ghost < materialized - 0.8 * per_example_bytes, (ghost, materialized)
-    got, norms = run("sum")
-    clipped, want_norms, _ = clip_reference(ref, C)
-    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
-    np.testing.assert_allclose(got.numpy(), clipped[0].sum(0), rtol=1e-4, atol=1e-6)
+    _ghost_saves_memory(peak_bytes, losses, w, data, y, ref, C, 0.8)
 
 
 # --------------------------------------------------------------------------- unconnected, tape use

@@ -90,29 +90,17 @@ def test_axis_size_and_chunk_size() -> None:
     close(full, (X.numpy() ** 2).sum(1))
 
 
-def test_chunk_size_bounds_the_memory_of_the_batch() -> None:
+def test_chunk_size_bounds_the_memory_of_the_batch(peak_bytes) -> None:  # type: ignore[no-untyped-def]
     # chunk_size runs the batch in pieces: the intermediates of one piece at a time (the
     # [64, 256, 256] outer products here), the same result as all at once
-    import tracemalloc
-
     X = t(64, 256)
 
     def f(x: gt.Tensor) -> gt.Tensor:
         return gt.sum(gt.tanh(gt.outer(x, x)), axis=0)  # a [256, 256] intermediate per example
 
-    def peak(fn: object) -> tuple:
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            out = fn()  # type: ignore[operator]
-            return tracemalloc.get_traced_memory()[1] - base, out
-        finally:
-            tracemalloc.stop()
-
-    full_peak, full = peak(lambda: gt.vmap(f)(X))
-    chunk_peak, chunked = peak(lambda: gt.vmap(f, chunk_size=8)(X))
-    close(full, chunked)
+    full_peak = peak_bytes(lambda: gt.vmap(f)(X))
+    chunk_peak = peak_bytes(lambda: gt.vmap(f, chunk_size=8)(X))
+    close(gt.vmap(f)(X), gt.vmap(f, chunk_size=8)(X))
     assert full_peak > 64 * 256 * 256 * 8  # the whole batch's intermediates at once
     assert chunk_peak < full_peak / 3, (chunk_peak, full_peak)
 
