@@ -2469,3 +2469,37 @@ def test_reductions_and_basic_indexing_replay_as_eager():
             np.testing.assert_array_equal(got.numpy(), want.numpy())
             assert got.dtype == want.dtype and got.shape == want.shape
     assert f.trace_count == 2
+
+
+def test_arguments_are_bound_to_the_parameters_as_in_tf():
+    # f(x), f(x, 2.0) with 2.0 the default, f(x=x), f(x, scale=2.0) and f(scale=2.0, x=x) are
+    # one signature (TF binds the arguments and fills in defaults): traced twice, then replayed
+    def step(x, scale=2.0, *, shift=0.5):
+        return x * scale + shift
+
+    f = gt.function(step)
+    x = gt.tensor(np.arange(4, dtype=np.float32))
+    want = step(x).numpy()
+    for call in (lambda: f(x), lambda: f(x, 2.0), lambda: f(x=x), lambda: f(x, scale=2.0),
+                 lambda: f(scale=2.0, x=x), lambda: f(x, shift=0.5), lambda: f(x)):
+        np.testing.assert_array_equal(call().numpy(), want)
+    assert f.trace_count == 2
+    np.testing.assert_array_equal(f(x, 3.0).numpy(), step(x, 3.0).numpy())  # another value
+    assert f.trace_count == 3  # (its first trace)
+    # a tensor default is an input of the program: the replay reads the tensor passed, or
+    # the default itself
+    b0 = gt.tensor(np.ones(4, np.float32))
+
+    def add(x, b=b0):
+        return x + b
+
+    g = gt.function(add)
+    for _ in range(3):
+        np.testing.assert_array_equal(g(x).numpy(), (x + b0).numpy())
+    b1 = gt.tensor(np.full(4, 5.0, np.float32))
+    np.testing.assert_array_equal(g(x, b1).numpy(), (x + b1).numpy())
+    np.testing.assert_array_equal(g(x=x, b=b1).numpy(), (x + b1).numpy())
+    assert g.trace_count == 2
+    # a call that does not bind raises the function's own error
+    with pytest.raises(TypeError):
+        f(x, 1.0, 2.0)

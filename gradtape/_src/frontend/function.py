@@ -328,6 +328,15 @@ _PURE_METHODS = frozenset({"reshape", "transpose", "swapaxes", "sum", "mean", "m
                            "squeeze", "cumsum", "cumprod", "var", "std", "diagonal", "astype"})
 
 
+def _plain_default(v: Any) -> bool:
+    """A default value the flat replay's key leaves out safely: a Python number, bool, string,
+    None or a tuple of them (part of the signature, not an input of the program)."""
+    t = type(v)
+    if t is tuple:
+        return all([_plain_default(e) for e in v])
+    return v is None or t in (int, float, bool, str, complex)
+
+
 def _basic_index(idx: Any) -> bool:
     """Whether ``idx`` is a basic index: an int, a slice of ints, None or Ellipsis, or a tuple
     of them (no array, no bool, nothing traced)."""
@@ -2473,6 +2482,10 @@ class Function(Generic[R]):
         self._warned_flags = False
         self._lock = threading.RLock()
         self._name = getattr(fn, "__name__", type(fn).__name__)
+        try:  # arguments are bound to the parameters (and defaults filled in), as TF binds them
+            self._params: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # a callable without a signature: keyed as passed
+            self._params = None
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -2501,9 +2514,25 @@ class Function(Generic[R]):
             return self
         return functools.partial(self.__call__, obj)
 
+    def _bound(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``args`` and ``kwargs`` bound to the function's parameters, defaults filled in: the
+        arguments by position where the parameters allow, so ``f(x)``, ``f(x=x)`` and
+        ``f(x, 2.0)`` (2.0 the default) are one signature, as in TF. As passed where they do
+        not bind (the call itself then raises the function's own error)."""
+        params = self._params
+        if params is None:
+            return args, kwargs
+        try:
+            bound = params.bind(*args, **kwargs)
+        except TypeError:
+            return args, kwargs
+        bound.apply_defaults()
+        return bound.args, bound.kwargs
+
     def program_source(self, *args: Any, **kwargs: Any) -> str:
         """The generated replay function for this call's signature (after two traces), as
         Python source, for inspection."""
+        args, kwargs = self._bound(args, kwargs)
         key, _, _ = self._signature(args, kwargs)
         entry = self._cache.get(key)
         if entry is None or entry.program is None:
@@ -2512,7 +2541,7 @@ class Function(Generic[R]):
             try:  # the same arguments traced inside a module call with training=... (or not)
                 for mode in {True, False, None} - {here}:
                     STATE.call_mode = mode
-                    other = self._cache.get(self._signature(args, kwargs)[0])
+                    other = self._cache.get(self._signature(args, kwargs)[0])  # (bound above)
                     if other is not None and other.program is not None:
                         where = (f"; it has one traced inside a module call with training={mode}"
                                  ", shown by program_source called inside such a call"
@@ -2583,6 +2612,13 @@ class Function(Generic[R]):
                 leaves = [_as_input(x) if type(x) is np.ndarray else x for x in args]
                 with self._lock:
                     return self._replay(entry, leaves)
+        n_given = len(args)
+        args, kwargs = self._bound(args, kwargs)
+        if flat is not None and (kwargs or args[n_given:] and any(
+                isinstance(v, (Tensor, np.ndarray)) or not _plain_default(v) for v in args[n_given:])):
+            # defaults filled in that the flat replay would not see (a tensor, an array, an
+            # object keyed by identity): such calls take this path at each call
+            flat = None
         try:
             key, leaves, spec = self._signature(args, kwargs)
         except _Eager:
