@@ -2503,3 +2503,46 @@ def test_arguments_are_bound_to_the_parameters_as_in_tf():
     # a call that does not bind raises the function's own error
     with pytest.raises(TypeError):
         f(x, 1.0, 2.0)
+
+
+def test_binding_leaves_array_container_defaults_and_wrappers_as_eagerly():
+    # only plain, NumPy-scalar and tensor defaults are filled in: a NumPy array default stays
+    # the host array a closure's would be, a dict default is the function's own object (its
+    # side effects while tracing reach it), and a functools.wraps wrapper is called with its
+    # own parameters, not the wrapped function's
+    import functools
+
+    x = gt.tensor(np.arange(4, dtype=np.float32))
+
+    weights = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+
+    def step(x, w=weights):
+        return x * float(w.sum()), w
+
+    f = gt.function(step)
+    for _ in range(3):
+        out, w = f(x)
+        np.testing.assert_array_equal(out.numpy(), step(x)[0].numpy())
+        assert type(w) is np.ndarray
+
+    stats = {"traces": 0}
+
+    def counted(x, stats=stats):
+        stats["traces"] += 1
+        return x * 2.0
+
+    g = gt.function(counted)
+    for _ in range(4):
+        g(x)
+    assert stats["traces"] == 2 == g.trace_count
+
+    def inner(x, scale=1.0):
+        return x * scale
+
+    @functools.wraps(inner)
+    def wrapper(x):
+        return inner(x, scale=3.0)
+
+    h = gt.function(wrapper)
+    for _ in range(3):
+        np.testing.assert_array_equal(h(x).numpy(), wrapper(x).numpy())

@@ -2484,8 +2484,16 @@ class Function(Generic[R]):
         self._name = getattr(fn, "__name__", type(fn).__name__)
         try:  # arguments are bound to the parameters (and defaults filled in), as TF binds them
             self._params: inspect.Signature | None = inspect.signature(fn)
+            own = inspect.signature(fn, follow_wrapped=False) if getattr(
+                fn, "__wrapped__", None) is not None else None
+            if own is not None and any(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                                           for p in own.parameters.values()):
+                self._params = own  # a wrapper that does not just forward: its own parameters
         except (TypeError, ValueError):  # a callable without a signature: keyed as passed
             self._params = None
+        self._trivial = self._params is not None and all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+            for p in self._params.parameters.values())
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -2520,13 +2528,23 @@ class Function(Generic[R]):
         ``f(x, 2.0)`` (2.0 the default) are one signature, as in TF. As passed where they do
         not bind (the call itself then raises the function's own error)."""
         params = self._params
-        if params is None:
+        if params is None or self._trivial and not kwargs:
             return args, kwargs
         try:
             bound = params.bind(*args, **kwargs)
         except TypeError:
             return args, kwargs
-        bound.apply_defaults()
+        given = bound.arguments
+        filled = {}  # in the parameters' order (a keyword's place is part of the key)
+        for name, p in params.parameters.items():  # plain, NumPy-scalar and tensor defaults
+            # only: others (arrays, containers, objects) stay the function's own, as a closure's
+            d = p.default
+            if name in given:
+                filled[name] = given[name]
+            elif d is not p.empty and (_plain_default(d) or isinstance(d, np.generic)
+                                       or isinstance(d, Tensor) and not d._is_variable):
+                filled[name] = d
+        bound.arguments = filled
         return bound.args, bound.kwargs
 
     def program_source(self, *args: Any, **kwargs: Any) -> str:
@@ -2614,8 +2632,8 @@ class Function(Generic[R]):
                     return self._replay(entry, leaves)
         n_given = len(args)
         args, kwargs = self._bound(args, kwargs)
-        if flat is not None and (kwargs or args[n_given:] and any(
-                isinstance(v, (Tensor, np.ndarray)) or not _plain_default(v) for v in args[n_given:])):
+        if flat is not None and any(not _plain_default(v) and not isinstance(v, np.generic)
+                                    for v in (*args[n_given:], *kwargs.values())):
             # defaults filled in that the flat replay would not see (a tensor, an array, an
             # object keyed by identity): such calls take this path at each call
             flat = None
