@@ -171,7 +171,7 @@ class TracedArray:
                 else:
                     return tr.call(ufunc, inputs, kwargs)
         if method == "reduce" and "out" not in kwargs and len(inputs) == 1 and inputs[0] is self \
-                and type(self.a) is np.ndarray and all([_plain_kw(v) for v in kwargs.values()]):
+                and type(self.a) is np.ndarray and all([_plain_value(v) for v in kwargs.values()]):
             # a reduction (a sum, a max along an axis) of this array alone into a new array:
             # nothing is written, no operand but the array itself; logged as the general path
             # would, without its checks (a trace's sums are many)
@@ -328,15 +328,6 @@ _PURE_METHODS = frozenset({"reshape", "transpose", "swapaxes", "sum", "mean", "m
                            "squeeze", "cumsum", "cumprod", "var", "std", "diagonal", "astype"})
 
 
-def _plain_default(v: Any) -> bool:
-    """A default value the flat replay's key leaves out safely: a Python number, bool, string,
-    None or a tuple of them (part of the signature, not an input of the program)."""
-    t = type(v)
-    if t is tuple:
-        return all([_plain_default(e) for e in v])
-    return v is None or t in (int, float, bool, str, complex)
-
-
 def _basic_index(idx: Any) -> bool:
     """Whether ``idx`` is a basic index: an int, a slice of ints, None or Ellipsis, or a tuple
     of them (no array, no bool, nothing traced)."""
@@ -352,17 +343,15 @@ def _basic_index_part(c: Any) -> bool:
     return t is slice and all([v is None or type(v) is int for v in (c.start, c.stop, c.step)])
 
 
-def _plain_kw(v: Any) -> bool:
-    """A keyword value a reduction's fast path takes as it is: a Python int, bool or None, a
-    tuple of ints, or a dtype."""
-    t = type(v)
-    return t is int or t is bool or v is None or isinstance(v, np.dtype) or (
-        t is tuple and all([type(e) is int for e in v]))
-
-
 def _plain_arg(v: Any) -> bool:
     t = type(v)
     return t is int or t is bool or v is None or (t is tuple and all([type(e) is int for e in v]))
+
+
+def _plain_value(v: Any) -> bool:
+    """An argument a pure step takes as it is: :func:`_plain_arg`'s, or a dtype (an astype's, a
+    sum's; rendered as a constant of the program)."""
+    return _plain_arg(v) or isinstance(v, np.dtype)
 
 
 def _pure_method(m: _Method, self: TracedArray, args: tuple, kwargs: dict) -> Any:
@@ -372,21 +361,19 @@ def _pure_method(m: _Method, self: TracedArray, args: tuple, kwargs: dict) -> An
     tr = self._live()
     if tr is None or tr.promoted or type(self.a) is not np.ndarray:
         return None
-    for v in args:  # (a dtype, astype's or a sum's, is rendered as a constant of the program)
-        if not _plain_arg(v) and not isinstance(v, np.dtype):
+    for v in args:
+        if not _plain_value(v):
             return None
     if kwargs:
         if "out" in kwargs:
             return None
         for v in kwargs.values():
-            if not _plain_arg(v) and not isinstance(v, np.dtype):
+            if not _plain_value(v):
                 return None
     res = getattr(self.a, m.name)(*args, **kwargs)
     if type(res) is not np.ndarray and not isinstance(res, np.generic):
         return None  # (the general path calls it again: these methods write nothing)
-    w = self if res is self.a else tr.new(res)  # (astype(copy=False) of its own dtype: itself)
-    tr.steps.append(_Step(m, (_Slot(self.slot), *args), dict(kwargs), [w.slot], "one", True))
-    return w
+    return tr.log_pure(m, self, args, kwargs, res)
 
 
 def _add_method(name: str) -> None:
@@ -813,13 +800,17 @@ class _Trace:
         self.epoch = FLAGS[0]
 
     def pure(self, fn: Any, x: TracedArray, rest: tuple, kwargs: dict) -> TracedArray:
-        """Log ``fn(x, *rest, **kwargs)``, which writes nothing and returns a new array (or
-        NumPy scalar) made from ``x`` alone (``rest`` and ``kwargs`` plain Python values), as
-        :meth:`call` would (a pure step)."""
-        res = fn(x.a, *rest, **kwargs)
-        w = self.new(res)
-        self.steps.append(_Step(fn, (_Slot(x.slot), *[self._template(v) for v in rest]),
-                                self._template(kwargs) if kwargs else {}, [w.slot], "one", True))
+        """Run and log ``fn(x, *rest, **kwargs)``, which writes nothing and makes its result
+        from ``x`` alone (``rest`` and ``kwargs`` plain values: see :meth:`log_pure`)."""
+        return self.log_pure(fn, x, rest, kwargs, fn(x.a, *rest, **kwargs))
+
+    def log_pure(self, fn: Any, x: TracedArray, rest: tuple, kwargs: dict, res: Any) -> TracedArray:
+        """Log the pure step ``res = fn(x, *rest, **kwargs)`` as :meth:`call` would, its
+        arguments as they are (plain values: ints, bools, None, tuples of ints, slices, dtypes;
+        the program renders a dtype as a constant). The result is ``x`` itself where ``res`` is
+        its array (``astype(copy=False)`` of its own dtype), else a new program variable."""
+        w = x if res is x.a else self.new(res)
+        self.steps.append(_Step(fn, (_Slot(x.slot), *rest), dict(kwargs), [w.slot], "one", True))
         return w
 
     # slots
@@ -2430,6 +2421,15 @@ def _plain_key(x: Any, backend: str) -> Any:
     return None
 
 
+def _by_value(v: Any) -> bool:
+    """Whether the signature keys ``v`` by its value (:func:`_plain_key`'s Python and NumPy
+    scalars, strings, None, and tuples of them): part of the key, not an input of the program."""
+    if type(v) is tuple:
+        return all([_by_value(e) for e in v])
+    k = _plain_key(v, "")
+    return k is not None and k[0] == "P"
+
+
 def _freeze(spec: Any) -> Any:
     if isinstance(spec, (list, tuple)):
         return tuple(_freeze(v) for v in spec)
@@ -2541,8 +2541,7 @@ class Function(Generic[R]):
             d = p.default
             if name in given:
                 filled[name] = given[name]
-            elif d is not p.empty and (_plain_default(d) or isinstance(d, np.generic)
-                                       or isinstance(d, Tensor) and not d._is_variable):
+            elif d is not p.empty and (_by_value(d) or isinstance(d, Tensor) and not d._is_variable):
                 filled[name] = d
         bound.arguments = filled
         return bound.args, bound.kwargs
@@ -2632,8 +2631,7 @@ class Function(Generic[R]):
                     return self._replay(entry, leaves)
         n_given = len(args)
         args, kwargs = self._bound(args, kwargs)
-        if flat is not None and any(not _plain_default(v) and not isinstance(v, np.generic)
-                                    for v in (*args[n_given:], *kwargs.values())):
+        if flat is not None and not all([_by_value(v) for v in (*args[n_given:], *kwargs.values())]):
             # defaults filled in that the flat replay would not see (a tensor, an array, an
             # object keyed by identity): such calls take this path at each call
             flat = None
