@@ -404,7 +404,7 @@ class Run:
         # the upstream gradient first, as eagerly, so the outputs take its memory layout
         # (a later sum over an output adds in layout order: another layout, other last bits)
         like = leaves[0]
-        if not getattr(like, "_gt_traced", False):
+        if not getattr(like, "_gt_traced", False) and not _PLAIN_TYPES.issuperset(map(type, leaves)):
             like = next((a for a in leaves if getattr(a, "_gt_traced", False)), like)
         # (a 0-d value may be a NumPy scalar, which a ufunc returns for 0-d operands)
         is_numpy = isinstance(like.a if getattr(like, "_gt_traced", False) else like,
@@ -525,6 +525,7 @@ class Gathered:
 
 
 _NONE1 = (None,)
+_PLAIN_TYPES = frozenset((np.ndarray,))  # leaf types that are never traced (a quick test first)
 _INTERIOR = tuple(("m", j) for j in range(MAX_RUN))  # shared target tuples
 
 
