@@ -76,6 +76,44 @@ def test_softmax_gradients(rng, axis):
     check_grads(lambda t: gt.nn.log_softmax(t, axis=axis), (x,))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_family_over_short_axes_of_many_rows(rng, dtype):
+    # rows of few entries over many rows (a classifier's logits) take their maximum another
+    # way on the host; every axis, a transposed input and a NaN row must give NumPy's values
+    x = rng.normal(size=(40, 6, 3)).astype(dtype) * 3
+    x[5, 2, :] = np.nan
+    for arr in (x, np.asfortranarray(x), x.transpose(1, 0, 2)):
+        for axis in range(-3, 3):
+            ref = np_log_softmax(arr, axis)
+            np.testing.assert_allclose(gt.nn.log_softmax(arr, axis=axis).numpy(), ref,
+                                       rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+            np.testing.assert_allclose(gt.nn.softmax(arr, axis=axis).numpy(), np.exp(ref),
+                                       rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_gradient_over_many_rows(rng, reduction):
+    # 128 examples of 10 classes, float32 and float64, labels of several integer dtypes:
+    # the gradient is (softmax - onehot) * g on every route
+    for dtype in (np.float32, np.float64):
+        logits = rng.normal(size=(128, 10)).astype(dtype) * 4
+        for labels in (rng.integers(0, 10, size=128), rng.integers(0, 10, size=128).astype(np.uint8)):
+            x = gt.tensor(logits)
+            w = rng.uniform(0.5, 2.0, size=128).astype(dtype)
+            with gt.GradientTape() as tape:
+                tape.watch(x)
+                loss = gt.nn.cross_entropy(x, labels, reduction=reduction)
+                if reduction == "none":
+                    loss = gt.sum(loss * w)
+            p = np.exp(np_log_softmax(logits.astype(np.float64)))
+            g = w if reduction == "none" else np.full(128, 1 / 128)
+            ref = (p - np.eye(10)[labels]) * g[:, None]
+            got = tape.gradient(loss, x).numpy()
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, ref, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                       atol=1e-6 if dtype == np.float32 else 1e-13)
+
+
 def test_softmax_large_logits_are_stable():
     x = gt.tensor([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4]])
     y = gt.nn.softmax(x).numpy()

@@ -22,7 +22,7 @@ from .._src.autodiff.state import STATE, opaque, read_for_trace
 from .._src.backend import in_float32
 from .._src.errors import as_flag
 from .._src.primitive import REGISTRY, bind, primitive
-from .._src.rules import OnTensors
+from .._src.rules import ON_NUMPY, OnTensors
 from .._src.tensor import Tensor, Variable, _wrap, broadcasts_to
 from ..ops._util import as_int, as_real, normalize_axis, one, own_array
 from ..ops.elementwise import P_EQUAL, P_EXP, P_GREATER_EQUAL, P_LESS, P_LOGICAL_OR, P_WHERE
@@ -71,11 +71,35 @@ def _reduce(loss: Tensor, reduction: str, what: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------- softmax family
+#: Host rows of at most this many entries take their maximum from a transposed copy
+#: (:func:`_max_along`): NumPy's maximum along a short last axis costs about 40 ns a row
+#: (4096 x 10 float32: 155 us) where the copy and a maximum over the first axis take 13 us;
+#: at 100 entries the two are even, at 1000 the copy costs 5x.
+_SHORT_ROWS = 64
+
+
+def _max_along(xp: Any, x: Any, axis: int) -> Any:
+    """``x.max(axis=axis, keepdims=True)``, for the stable softmax family. A maximum is exact
+    whatever the order, so every route gives the same values (NaN propagates either way; a
+    maximum of +0 and -0 is subtracted from entries that then become zeros whose sign the
+    following log-sum or exponential cannot see)."""
+    n = x.shape[axis] if x.ndim else 1
+    if xp is np and type(x) is np.ndarray and x.ndim >= 2 and 1 < n <= _SHORT_ROWS \
+            and x.size >= 32 * n:
+        axis %= x.ndim  # the axis first, the others in order: their maximum is C-ordered
+        perm = (axis, *range(axis), *range(axis + 1, x.ndim))
+        shape = list(x.shape)
+        shape[axis] = 1
+        # (transpose and reshape are methods: moveaxis and expand_dims cost 3 us more)
+        return x.transpose(perm).copy().max(axis=0).reshape(shape)
+    return x.max(axis=axis, keepdims=True)
+
+
 @in_float32
 def _softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e = xp.exp(x - _max_along(xp, x, axis))
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
@@ -96,7 +120,7 @@ def _softmax_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
 def _log_softmax_impl(xp: Any, x: Any, *, axis: int) -> Any:
     if x.shape[axis] == 0:  # an empty axis: an empty result (no maximum to subtract)
         return xp.empty_like(x)
-    s = x - x.max(axis=axis, keepdims=True)
+    s = x - _max_along(xp, x, axis)
     s -= xp.log(xp.exp(s).sum(axis=axis, keepdims=True))
     return s
 
@@ -201,6 +225,17 @@ def _sce_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: An
 
 def _sce_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     logits, labels = m.val(rec.inputs[0]), m.val(rec.inputs[1])
+    if m is ON_NUMPY and type(logits) is np.ndarray and logits.ndim == 2 \
+            and type(labels) is np.ndarray and labels.dtype.kind in "iu" \
+            and type(g) is np.ndarray and g.dtype == logits.dtype:
+        # the same operations on host arrays without the vocabulary's seven calls: the
+        # softmax, 1 taken from each row's label entry (p - 0 is p exactly elsewhere), the
+        # product with g, in place on the fresh softmax (a third of the rule's time for
+        # 128 x 10 logits)
+        p = P_SOFTMAX.impl(np, logits, axis=1)
+        p[np.arange(p.shape[0]), labels] -= 1
+        p *= g.reshape(g.shape + (1,))
+        return (p, None)
     onehot = _onehot(m, labels, logits)
     p = m.apply(P_SOFTMAX, logits, axis=len(logits.shape) - 1)
     grad = (p - onehot) * m.apply(P_RESHAPE, g, shape=g.shape + (1,))
