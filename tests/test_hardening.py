@@ -624,6 +624,77 @@ def test_large_selects_pass_the_exact_upstream_gradient_to_the_branch_taken(dtyp
         gt.config.fusion = old
 
 
+@pytest.mark.parametrize("fusion", [False, True])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_large_selects_between_two_values_are_numpys_bit_for_bit(dtype, fusion):
+    # a select between two nonzero values runs from bits above a size: gt.where's forward
+    # with arrays, numbers and a broadcast mask, leaky_relu's and elu's forward, and their
+    # VJPs (a derivative where(x > 0, 1, slope): alone and in a fused run), eager and replayed
+    n = 9000
+    rng = np.random.default_rng(7)
+    av = rng.standard_normal(n).astype(dtype)
+    bv = rng.standard_normal(n).astype(dtype)
+    av[::7], av[1::11], av[2::13] = np.nan, -np.inf, -0.0
+    bv[::5], bv[3::17] = -0.0, -np.nan
+    c = rng.random(n) < 0.5
+    row = rng.random((3, 3000)) < 0.5
+    a, b, ct = gt.tensor(av), gt.tensor(bv), gt.tensor(c)
+    for got, want in ((gt.where(ct, a, b), np.where(c, av, bv)),
+                      (gt.where(ct, a, 0.3), np.where(c, av, 0.3)),
+                      (gt.where(ct, -2, b), np.where(c, -2, bv)),
+                      (gt.where(gt.tensor(row), gt.reshape(a[:3000], (1, 3000)), 1.5),
+                       np.where(row, av[:3000], 1.5)),
+                      (gt.leaky_relu(a, 0.2), np.where(av > 0, av, av * dtype(0.2)))):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(_bits(got.numpy()), _bits(want))
+    x = gt.Variable(rng.standard_normal(n).astype(dtype))
+    up = gt.tensor(bv)
+
+    def grads():
+        with gt.GradientTape(persistent=True) as tape:
+            y1 = gt.leaky_relu(x, 0.2)
+            y2 = gt.tanh(gt.leaky_relu(x * 1.5 + 0.25, 0.2) * 2.0)  # a fusable run
+            y3 = gt.nn.elu(x) if hasattr(gt.nn, "elu") else gt.elu(x)
+        out = [tape.gradient(y, x, output_gradients=up) for y in (y1, y2, y3)]
+        del tape
+        return out
+
+    old = gt.config.fusion
+    gt.config.fusion = fusion
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            got = grads()
+            step = gt.function(grads)
+            for _ in range(3):
+                replayed = step()
+    finally:
+        gt.config.fusion = old
+    xv = x.numpy()
+    want = np.where(xv > 0, bv, bv * dtype(0.2))
+    np.testing.assert_array_equal(_bits(got[0].numpy()), _bits(want))
+    for g, r in zip(got, replayed):
+        np.testing.assert_array_equal(_bits(r.numpy()), _bits(g.numpy()))
+    z = xv.astype(np.float64) * 1.5 + 0.25
+    t = np.tanh(np.where(z > 0, z, 0.2 * z) * 2.0)
+    ref2 = bv * (1 - t * t) * 2.0 * np.where(z > 0, 1.0, 0.2) * 1.5
+    ok = np.isfinite(bv)
+    tol = 2e-2 if dtype == np.float16 else 1e-5
+    np.testing.assert_allclose(got[1].numpy()[ok], ref2[ok], rtol=tol, atol=tol)
+    ref3 = bv * np.where(xv > 0, 1.0, np.exp(np.minimum(xv, 0).astype(np.float64)))
+    np.testing.assert_allclose(got[2].numpy()[ok], ref3[ok], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_of_large_arrays_is_numpys_maximum_bit_for_bit(dtype):
+    rng = np.random.default_rng(3)
+    for n in (8192, 8193 + 1024, 200_704, (1 << 21) + 7):  # rows, a tail, threaded chunks
+        xv = rng.standard_normal(n).astype(dtype)
+        xv[::7], xv[1::11], xv[2::13], xv[3::17] = -0.0, np.nan, -np.nan, -np.inf
+        for v in (xv, xv[::2], xv[: n // 2 * 2].reshape(2, -1)):
+            np.testing.assert_array_equal(_bits(gt.relu(gt.tensor(v)).numpy()),
+                                          _bits(np.maximum(v, 0)))
+
+
 def test_a_large_select_against_zero_broadcasts_as_numpy_does():
     rng = np.random.default_rng(1)
     c = rng.random((1, 3000)) < 0.5

@@ -15,7 +15,7 @@ import numpy as np
 from ..backend import NUMPY
 from ..cpu import pool
 from ..cpu.pool import BLOCK
-from ..cpu.select import select_into
+from ..cpu.select import select2_into, select_into
 from .graph import Graph, alias_outputs, schedule, used_operands
 
 __all__ = ["NumpyProgram", "numpy_program", "run_numpy", "BLOCK"]
@@ -130,6 +130,10 @@ class NumpyProgram:
                 c, a, b = ins
                 keep = zero_branch == 2
                 lines.append(f"_select_into({c}, {a if keep else b}, {keep}, {dest})")
+            elif op == "where" and kind == "f" and _zero_branch(graph, node) is None:
+                # two computed branches (a zero one taken in place above: one masked copy)
+                c, a, b = ins
+                lines.append(f"_select2_into({c}, {a}, {b}, {dest})")
             else:
                 lines.extend(_numpy_lines(op, ins, dest))
         for k in self.outputs:
@@ -148,8 +152,9 @@ class NumpyProgram:
         # the warnings filter for gradtape's modules (config.QUIET_MODULES) applies to them
         ns: dict[str, Any] = {f"_{v}": getattr(np, v) for v in set(_NP_UFUNC.values())}
         ns["__name__"] = __name__
-        ns.update(_copyto=np.copyto, _select_into=select_into, _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt,
-                  _true_divide=np.true_divide, _logaddexp=np.logaddexp)
+        ns.update(_copyto=np.copyto, _select_into=select_into, _select2_into=select2_into,
+                  _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt, _true_divide=np.true_divide,
+                  _logaddexp=np.logaddexp)
         ns.update({name: np.array(v, dtype) for v, name in consts.items()})
         ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0,
                   _zero=np.array(0.0, dtype) if dtype is not None else 0.0)

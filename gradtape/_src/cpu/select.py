@@ -11,6 +11,11 @@ ones where ``x`` is kept) and ANDed with ``x``'s bits: three branch-free passes,
 multiply's cost whatever the mask, and bit for bit ``np.where``'s result (NaN payloads and
 ``-0.0`` kept where selected, ``+0.0`` elsewhere).
 
+A select between two float values (``leaky_relu``'s ``where(x > 0, x, x * slope)``, the VJP of
+a derivative ``where(c, 1, slope)``) takes the same route with a second operand: the result's
+bits are ``b ^ ((a ^ b) * c)``, three branch-free passes where ``np.where`` took 11x a
+multiply's time on a 200704-element mask from data (2-vCPU test VM).
+
 Below :data:`MIN_SIZE` elements the fixed cost of three ufunc calls is more than the branches
 cost, so NumPy's select runs there, after one size test (a few tenths of a microsecond).
 """
@@ -22,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_SIZE", "select_into", "where"]
+__all__ = ["MIN_SIZE", "select_into", "select2_into", "where"]
 
 #: Elements from which the bit route runs: below it NumPy's select (one or two calls) is as
 #: fast on any mask, above it the bit route's three calls win on masks without long runs.
@@ -82,7 +87,7 @@ def where(c: Any, a: Any, b: Any) -> Any:
     elif _is_zero(a, getattr(b, "dtype", None)):
         x, keep = b, False
     else:
-        return np.where(c, a, b)
+        return _where_two(c, a, b)
     it = _bit_route(c, x)
     if it is None:
         return np.where(c, a, b)
@@ -120,3 +125,68 @@ def select_into(c: Any, x: Any, keep: bool, out: Any) -> None:
             np.copyto(out, 0, where=c)
         return
     _mask_bits(c, x, keep, out.view(it), it)
+
+
+def _same_float(v: Any, dt: np.dtype) -> Any:
+    """``v`` as the host array of float dtype ``dt`` whose bits ``np.where`` selects next to
+    an array of ``dt``: such an array as it is, a Python number converted as NumPy converts a
+    weak scalar (the same rounding, the same overflow warning); None for anything else
+    (another dtype, a device or traced array)."""
+    t = type(v)
+    if t is np.ndarray:
+        return v if v.dtype == dt else None
+    if t is float or t is int or t is bool:
+        return np.asarray(v, dtype=dt)
+    return None
+
+
+def _where_two(c: Any, a: Any, b: Any) -> Any:
+    """``np.where(c, a, b)`` where neither branch is a zero: from bits when ``c`` is a host
+    bool array, ``a`` and ``b`` are host float arrays of one dtype (or numbers that dtype holds
+    exactly), the result has at least :data:`MIN_SIZE` elements and neither is traced."""
+    dt = getattr(a, "dtype", None) if type(a) is np.ndarray else getattr(b, "dtype", None)
+    if type(c) is not np.ndarray or c.dtype != _BOOL or dt is None or dt.kind != "f" \
+            or dt.itemsize not in _INT_OF_WIDTH:
+        return np.where(c, a, b)
+    av, bv = _same_float(a, dt), _same_float(b, dt)
+    if av is None or bv is None or (av.ndim == 0 and bv.ndim == 0):
+        return np.where(c, a, b)
+    shape = np.broadcast_shapes(c.shape, av.shape, bv.shape)
+    if math.prod(shape) < MIN_SIZE:
+        return np.where(c, a, b)
+    it = _INT_OF_WIDTH[dt.itemsize]
+    out = np.empty(shape, it)
+    _select_bits(c, av.view(it), bv.view(it), out)
+    return out.view(dt)
+
+
+def _select_bits(c: Any, a: Any, b: Any, out: Any) -> None:
+    """``out`` (integers) = ``a`` where ``c`` else ``b``, from the operands' bits: ``b ^ ((a ^
+    b) * c)`` (``c`` a bool array, ``a`` and ``b`` integer views of one width; ``out`` may be
+    ``b``'s buffer, never ``a``'s or ``c``'s)."""
+    if np.may_share_memory(out, b):
+        d = np.bitwise_xor(a, b)
+        np.multiply(d, c, out=d)
+        np.bitwise_xor(out, d, out=out)
+        return
+    np.bitwise_xor(a, b, out=out)
+    np.multiply(out, c, out=out)
+    np.bitwise_xor(out, b, out=out)
+
+
+def select2_into(c: Any, a: Any, b: Any, out: Any) -> None:
+    """``out[...] = where(c, a, b)``: the fused programs' select between two computed values,
+    by :func:`_where_two`'s bit route when ``out`` has at least :data:`MIN_SIZE` elements (``a``,
+    ``b`` and ``c`` broadcast to ``out``; ``out`` may be ``b``'s buffer, never ``a``'s or
+    ``c``'s); else NumPy's two copies, the second masked."""
+    dt = out.dtype
+    if out.size >= MIN_SIZE and type(out) is np.ndarray and type(c) is np.ndarray \
+            and c.dtype == _BOOL and dt.kind == "f" and dt.itemsize in _INT_OF_WIDTH:
+        av, bv = _same_float(a, dt), _same_float(b, dt)
+        if av is not None and bv is not None:
+            it = _INT_OF_WIDTH[dt.itemsize]
+            _select_bits(c, av.view(it), bv.view(it), out.view(it))
+            return
+    if b is not out:
+        np.copyto(out, b)
+    np.copyto(out, a, where=c)
