@@ -13,6 +13,7 @@ import numpy as np
 
 from .._src.autodiff.state import opaque
 from .._src.backend import erf_for, erfc_for
+from .._src.cpu.select import host_relu
 from .._src.cpu.select import where as select_where
 from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
 from .._src.tensor import Tensor, TensorLike
@@ -43,41 +44,11 @@ def _square_out(x: Any, out: Any) -> Any:
 
 
 def _relu_out(x: Any, out: Any) -> Any:
-    if type(x) is np.ndarray and x.size >= _ROW_MIN and x.dtype in _ZERO_ROWS \
-            and x.flags.c_contiguous and out.flags.c_contiguous:
-        return _relu_rows(x, out)
-    return np.maximum(x, 0, out=out)
-
-
-#: Host ``maximum(x, 0)`` of at least this many elements runs against a row of zeros
-#: (:func:`_relu_rows`): NumPy's maximum with a scalar operand takes the loop without SIMD,
-#: 2.4x the time of two arrays' (200704 float32 of a conv layer's output: 60 against 25 us on
-#: the 2-vCPU test VM), and below this size its fixed cost is the larger part.
-_ROW_MIN = 1 << 13
-_ROW = 1 << 10
-_ZERO_ROWS = {np.dtype(t): np.zeros(_ROW, t) for t in (np.float16, np.float32, np.float64)}
-for _z in _ZERO_ROWS.values():
-    _z.flags.writeable = False
-
-
-def _relu_rows(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``np.maximum(x, 0, out=out)`` for C-contiguous host float arrays, bit for bit (NaN
-    payloads kept, -0.0 to +0.0 as the scalar loop gives), as rows of :data:`_ROW` against a
-    shared row of zeros; the tail shorter than a row against the scalar."""
-    flat, of = x.reshape(-1), out.reshape(-1)
-    n = flat.size
-    m = n - n % _ROW
-    np.maximum(flat[:m].reshape(-1, _ROW), _ZERO_ROWS[x.dtype], out=of[:m].reshape(-1, _ROW))
-    if m < n:
-        np.maximum(flat[m:], 0, out=of[m:])
-    return out
+    return host_relu(x, out)
 
 
 def _relu_impl(xp: Any, x: Any) -> Any:
-    if xp is np and type(x) is np.ndarray and x.size >= _ROW_MIN and x.dtype in _ZERO_ROWS \
-            and x.flags.c_contiguous:
-        return _relu_rows(x, np.empty_like(x))
-    return xp.maximum(x, 0)
+    return host_relu(x) if xp is np else xp.maximum(x, 0)
 
 
 def _maximum_out(a: Any, b: Any, out: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_SIZE", "select_into", "select2_into", "where"]
+__all__ = ["MIN_SIZE", "ROW_MIN", "host_relu", "select_into", "select2_into", "where"]
 
 #: Elements from which the bit route runs: below it NumPy's select (one or two calls) is as
 #: fast on any mask, above it the bit route's three calls win on masks without long runs.
@@ -190,3 +190,44 @@ def select2_into(c: Any, a: Any, b: Any, out: Any) -> None:
     if b is not out:
         np.copyto(out, b)
     np.copyto(out, a, where=c)
+
+
+#: Host ``maximum(x, 0)`` of at least this many elements runs against a row of zeros
+#: (:func:`host_relu`): NumPy's maximum with a scalar operand takes its loop without SIMD,
+#: 2.4x the time of two arrays' (200704 float32 of a conv layer's output: 60 against 25 us on
+#: the 2-vCPU test VM); below this size the fixed cost of the rows is the larger part.
+ROW_MIN = 1 << 13
+_ROW = 1 << 10
+_ZERO_ROWS = {np.dtype(t): np.zeros(_ROW, t) for t in (np.float16, np.float32, np.float64)}
+for _z in _ZERO_ROWS.values():
+    _z.flags.writeable = False
+
+
+def host_relu(x: Any, out: Any = None) -> Any:
+    """``np.maximum(x, 0)`` (into ``out`` when given), bit for bit: NaN payloads kept, -0.0 to
+    +0.0 as NumPy's scalar loop gives. A C-contiguous host float array of at least
+    :data:`ROW_MIN` elements (and a C-contiguous ``out``) is taken as rows of 1024 against a
+    shared row of zeros, the tail shorter than a row against the scalar; anything else is
+    NumPy's call as it is.
+
+    Shapes: ``x[...]`` -> the same shape.
+
+    Example:
+        >>> import numpy as np
+        >>> host_relu(np.array([-1.0, 0.5, np.nan])).tolist()
+        [0.0, 0.5, nan]
+    """
+    if type(x) is np.ndarray and x.size >= ROW_MIN and x.dtype in _ZERO_ROWS \
+            and x.flags.c_contiguous and (out is None or type(out) is np.ndarray
+                                          and out.flags.c_contiguous and out.dtype == x.dtype
+                                          and out.shape == x.shape):
+        if out is None:
+            out = np.empty_like(x)
+        flat, of = x.reshape(-1), out.reshape(-1)
+        n = flat.size
+        m = n - n % _ROW
+        np.maximum(flat[:m].reshape(-1, _ROW), _ZERO_ROWS[x.dtype], out=of[:m].reshape(-1, _ROW))
+        if m < n:
+            np.maximum(flat[m:], 0, out=of[m:])
+        return out
+    return np.maximum(x, 0) if out is None else np.maximum(x, 0, out=out)

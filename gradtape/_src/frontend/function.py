@@ -49,6 +49,7 @@ from ..codegen.expr import FUNCTIONS
 from ..codegen.graph import Graph
 from ..config import HOOKS, config
 from ..cpu import pool
+from ..cpu.select import ROW_MIN, host_relu
 from ..errors import TracingError, as_flag
 from ..nest import flatten, unflatten
 from ..primitive import own_copy
@@ -1311,6 +1312,7 @@ class _Program:
                  graphs: bool = False) -> None:
         steps = _dead_code(tr.steps, out_slots)
         steps = _fuse_elementwise(steps, tr.arrays, out_slots, device=config.fusion)
+        steps = _host_rewrites(steps, tr.arrays)
         # (a module name of gradtape's: NumPy's RuntimeWarnings from the program are ignored
         # as the eager ops' are, by the filter of gradtape._src.config)
         ns: dict[str, Any] = {"__name__": __name__}
@@ -1990,6 +1992,27 @@ def _fusible(st: _Step, arrays: list[Any], device: bool = False) -> Any:
         elif type(a) not in (float, int, bool):
             return None
     return key
+
+
+def _host_rewrites(steps: list[_Step], arrays: list[Any]) -> list[_Step]:
+    """``steps`` with each ``np.maximum(x, 0)`` of a host float array ``x`` of at least
+    :data:`~gradtape._src.cpu.select.ROW_MIN` elements (a relu the trace logged as NumPy's
+    call) replaced by :func:`~gradtape._src.cpu.select.host_relu`, which gives the same bits
+    in less time (NumPy's maximum with a scalar runs without SIMD); the eager relu takes it
+    too, so a replay stays bit for bit the eager step."""
+    out = steps
+    for i, st in enumerate(steps):
+        if st.fn is np.maximum and not st.kwargs and len(st.args) == 2 \
+                and type(st.args[0]) is _Slot and type(st.args[1]) in (int, float) \
+                and st.args[1] == 0 and math.copysign(1.0, st.args[1]) > 0:
+            a = arrays[st.args[0].n]
+            if type(a) in (np.ndarray, _Shadow) and a.dtype.kind == "f" \
+                    and a.dtype.itemsize in (2, 4, 8) and a.size >= ROW_MIN:
+                if out is steps:
+                    out = list(steps)
+                out[i] = _Step(host_relu, (st.args[0],), {}, st.outs, st.out_kind, st.pure,
+                               st.key, st.host)
+    return out
 
 
 def _fuse_elementwise(steps: list[_Step], arrays: list[Any], out_slots: list[int | None],
