@@ -133,6 +133,26 @@ class _World:
         if self.shm is None:
             local.Free()
 
+    def close(self) -> None:
+        """Free what this world made (a world replaced by :func:`init`, on every rank): its two
+        duplicated communicators, the float16 sum, the NCCL communicator and the shared file.
+        MPI completes any operation still pending on a communicator before freeing it."""
+        if self.shm is not None:
+            self.shm.close()
+            self.shm = None
+        if self.nccl is not None:
+            destroy = getattr(self.nccl.comm, "destroy", None)
+            if destroy is not None:
+                destroy()
+            self.nccl = None
+        if self._f16_op is not None:
+            self._f16_op.Free()
+            self._f16_op = None
+        for c in (self.comm, self.ctrl):
+            if c is not None:
+                c.Free()
+        self.comm = self.ctrl = None
+
     def f16_sum(self) -> Any:
         """MPI has no float16 type: a user-defined sum over 2-byte elements (as Horovod does)."""
         if self._f16_op is None:
@@ -422,13 +442,14 @@ def _abort_on_uncaught(world: _World) -> None:
         return
     _HOOKED = True
     previous = sys.excepthook
-    comm = world.comm
+    mpi = world.mpi
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         previous(kind, value, tb)
         sys.stderr.flush()
         time.sleep(0.5)  # the other ranks may be raising too: let their messages out first
-        comm.Abort(1)
+        now = _WORLD  # (the world of the latest init: an earlier one's communicators are freed)
+        (now.comm if now is not None and now.comm is not None else mpi.COMM_WORLD).Abort(1)
 
     sys.excepthook = hook
 
@@ -437,7 +458,8 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
     """Join the job: under an MPI launcher (``mpirun``/``mpiexec``/``srun``) every rank calls
     this first; in a plain process without MPI the world has size 1 and mpi4py is not imported.
 
-    Calling it again is harmless (the first world stays, unless ``comm`` is given).
+    Calling it again is harmless (the first world stays, unless ``comm`` is given: then
+    every rank calls it, and the previous world's communicators and shared file are freed).
 
     Args:
         comm: an ``mpi4py`` communicator to run on (default ``MPI.COMM_WORLD`` when launched by
@@ -481,9 +503,9 @@ def init(comm: Any = None, *, shared_memory: bool = True) -> None:
     elif not all(hasattr(comm, m) for m in ("Dup", "Get_rank", "Get_size", "Allreduce")):
         raise TypeError(f"gt.distributed.init(): comm must be an mpi4py communicator (such as "
                         f"MPI.COMM_WORLD or one made by its Split), got {type(comm).__name__}")
-    if _WORLD is not None and _WORLD.shm is not None:  # (every rank calls init)
-        _WORLD.shm.close()
-        _WORLD.shm = None
+    if _WORLD is not None:  # (every rank calls init: the old world's collectives free)
+        old, _WORLD = _WORLD, None
+        old.close()
     _WORLD = _World(comm, shared_memory)
     _abort_on_uncaught(_WORLD)
     if _WORLD.shm_failure is not None:  # (after the world is whole on every rank: a warning

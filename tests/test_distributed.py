@@ -238,8 +238,9 @@ def test_three_ranks_shared_memory_sums_in_rank_order():
 
 
 @needs_mpi
-def test_uncaught_exception_on_one_rank_ends_the_job():
-    res = _launch([str(HERE), "uncaught"], timeout=60)
+@pytest.mark.parametrize("scenario", ["uncaught", "uncaught-after-reinit"])
+def test_uncaught_exception_on_one_rank_ends_the_job(scenario):
+    res = _launch([str(HERE), scenario], timeout=60)
     assert res.returncode != 0, _show(res)
     assert "ValueError: rank 1 fails on purpose" in res.stderr, _show(res)
     assert "still waiting" not in res.stdout
@@ -723,10 +724,17 @@ def _scenario_main(shared_memory: bool = True) -> None:  # noqa: C901 - one laun
     print(f"rank {r}: all checks passed", flush=True)
 
 
-def _scenario_uncaught() -> None:
+def _scenario_uncaught(reinit: bool = False) -> None:
     import time
 
     gt.distributed.init()
+    if reinit:  # new worlds free the old ones' communicators: the abort must use a live one
+        from mpi4py import MPI
+
+        for shm in (True, False, True):
+            gt.distributed.init(MPI.COMM_WORLD, shared_memory=shm)
+            x = gt.distributed.allreduce(gt.tensor(np.ones(3, np.float32)), op="sum")
+            assert x.numpy().tolist() == [2.0] * 3
     if gt.distributed.rank() == 1:
         raise ValueError("rank 1 fails on purpose")
     gt.distributed.barrier()
@@ -909,4 +917,5 @@ if __name__ == "__main__":
     {"main": _scenario_main, "main-mpi-allreduce": lambda: _scenario_main(False),
      "three": _scenario_three, "no-shared-memory": _scenario_no_shared_memory,
      "no-shared-memory-warnings-raise": _scenario_no_shared_memory_warnings_raise,
-     "uncaught": _scenario_uncaught, "die": _scenario_die}[sys.argv[1]]()
+     "uncaught": _scenario_uncaught, "uncaught-after-reinit": lambda: _scenario_uncaught(True),
+     "die": _scenario_die}[sys.argv[1]]()
