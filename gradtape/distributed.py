@@ -1308,8 +1308,9 @@ def _allreduce_arrays(arrays: Sequence[Array | None], op: str = "mean", compress
         # the program, run at each call
         present = [i for i, a in enumerate(arrays) if a is not None]
         def reduce(*arrs: Array) -> tuple:
-            if agree is not None:
-                _agree(world, agree[0], agree[1], None, agree[2])
+            if agree is not None:  # (the world of this call: a later init(comm) replaces
+                # and frees the one the step was traced in)
+                _agree(_world(agree[0]), agree[0], agree[1], None, agree[2])
             full: list[Array | None] = [None] * len(arrays)
             for i, a in zip(present, arrs):
                 full[i] = a

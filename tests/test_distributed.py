@@ -728,13 +728,18 @@ def _scenario_uncaught(reinit: bool = False) -> None:
     import time
 
     gt.distributed.init()
-    if reinit:  # new worlds free the old ones' communicators: the abort must use a live one
+    if reinit:  # new worlds free the old ones' communicators: a compiled step traced in the
+        # first one and the abort must use a live one
         from mpi4py import MPI
 
+        step = gt.function(lambda v: gt.distributed.allreduce(v * 2.0, op="sum"))
+        for _ in range(3):
+            assert step(gt.tensor(np.ones(3, np.float32))).numpy().tolist() == [4.0] * 3
         for shm in (True, False, True):
             gt.distributed.init(MPI.COMM_WORLD, shared_memory=shm)
             x = gt.distributed.allreduce(gt.tensor(np.ones(3, np.float32)), op="sum")
             assert x.numpy().tolist() == [2.0] * 3
+            assert step(gt.tensor(np.ones(3, np.float32))).numpy().tolist() == [4.0] * 3
     if gt.distributed.rank() == 1:
         raise ValueError("rank 1 fails on purpose")
     gt.distributed.barrier()

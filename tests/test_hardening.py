@@ -689,6 +689,27 @@ def test_large_selects_between_two_values_are_numpys_bit_for_bit(dtype, fusion):
     np.testing.assert_allclose(got[2].numpy()[ok], ref3[ok], rtol=tol, atol=tol)
 
 
+def test_large_selects_keep_numpys_memory_layout():
+    # np.where gives a transposed (F-ordered) operand's layout to its result, and a later sum
+    # adds in memory order: a select from bits must not hand back C order there (the sum's
+    # last bits, and a compiled step's against the eager one, would differ)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 64)).astype(np.float32)
+    xt = gt.transpose(gt.tensor(x))
+    ref = np.where(x.T > 0, x.T, x.T * np.float32(0.01))
+    zref = np.where(x.T > 0, x.T, 0)
+    for y, want in ((gt.leaky_relu(xt, 0.01), ref), (gt.where(xt > 0, xt, xt * 0.01), ref),
+                    (gt.where(xt > 0, xt, 0.0), zref)):
+        got = y.numpy()
+        assert got.flags.f_contiguous == want.flags.f_contiguous
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+        np.testing.assert_array_equal(_bits(gt.sum(y).numpy()), _bits(want.sum()))
+    step = gt.function(lambda t: gt.sum(gt.leaky_relu(gt.transpose(t), 0.01)))
+    eager = gt.sum(gt.leaky_relu(xt, 0.01)).numpy()
+    for _ in range(3):
+        np.testing.assert_array_equal(_bits(step(gt.tensor(x)).numpy()), _bits(eager))
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_relu_of_large_arrays_is_numpys_maximum_bit_for_bit(dtype):
     rng = np.random.default_rng(3)

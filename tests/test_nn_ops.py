@@ -91,6 +91,28 @@ def test_softmax_family_over_short_axes_of_many_rows(rng, dtype):
                                        rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-7)
 
 
+def test_softmax_family_keeps_numpys_bits_on_transposed_and_nan_input(rng):
+    # the short-axis maximum's copy is taken for C-ordered input only (a C-ordered maximum
+    # next to a transposed x changed the layout of x - max, and the sums' last bits), and
+    # rows whose maximum is NaN take NumPy's own reduction (which does not keep every NaN
+    # payload); both must give the bits of NumPy's formula
+    def ref(v, axis):
+        m = v.max(axis=axis, keepdims=True)
+        e = np.exp(v - m)
+        return e / e.sum(axis=axis, keepdims=True), v - m - np.log(np.exp(v - m).sum(axis=axis, keepdims=True))
+
+    x = rng.normal(size=(5, 7, 64)).astype(np.float32).transpose(0, 2, 1)  # (5, 64, 7)
+    for axis in (1, 2, -1):
+        sm, lsm = ref(x, axis)
+        np.testing.assert_array_equal(gt.nn.softmax(x, axis=axis).numpy(), sm)
+        np.testing.assert_array_equal(gt.nn.log_softmax(x, axis=axis).numpy(), lsm)
+    y = rng.normal(size=(64, 10))
+    y.view(np.int64)[:, 3] = np.array([np.nan]).view(np.int64)[0] | 5  # a NaN with a payload
+    sm, lsm = ref(y, 1)
+    np.testing.assert_array_equal(gt.nn.softmax(y).numpy().view(np.int64), sm.view(np.int64))
+    np.testing.assert_array_equal(gt.nn.log_softmax(y).numpy().view(np.int64), lsm.view(np.int64))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_cross_entropy_gradient_over_many_rows(rng, reduction):
     # 128 examples of 10 classes, float32 and float64, labels of several integer dtypes:

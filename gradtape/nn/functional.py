@@ -79,19 +79,22 @@ _SHORT_ROWS = 64
 
 
 def _max_along(xp: Any, x: Any, axis: int) -> Any:
-    """``x.max(axis=axis, keepdims=True)``, for the stable softmax family. A maximum is exact
-    whatever the order, so every route gives the same values (NaN propagates either way; a
-    maximum of +0 and -0 is subtracted from entries that then become zeros whose sign the
-    following log-sum or exponential cannot see)."""
+    """``x.max(axis=axis, keepdims=True)``, for the stable softmax family, bit for bit: a
+    maximum is exact whatever the order, and the copy's route is taken only for C-contiguous
+    ``x`` (its result then has the layout NumPy's has, so later sums add in the same order);
+    where a row's maximum is NaN, NumPy's own reduction gives it (NumPy's loop does not always
+    keep a NaN's payload; the copy's does)."""
     n = x.shape[axis] if x.ndim else 1
     if xp is np and type(x) is np.ndarray and x.ndim >= 2 and 1 < n <= _SHORT_ROWS \
-            and x.size >= 32 * n:
+            and x.size >= 32 * n and x.flags.c_contiguous:
         axis %= x.ndim  # the axis first, the others in order: their maximum is C-ordered
         perm = (axis, *range(axis), *range(axis + 1, x.ndim))
         shape = list(x.shape)
         shape[axis] = 1
         # (transpose and reshape are methods: moveaxis and expand_dims cost 3 us more)
-        return x.transpose(perm).copy().max(axis=0).reshape(shape)
+        m = x.transpose(perm).copy().max(axis=0)
+        if not np.isnan(m).any():
+            return m.reshape(shape)
     return x.max(axis=axis, keepdims=True)
 
 

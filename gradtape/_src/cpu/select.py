@@ -57,19 +57,28 @@ def _bit_route(c: Any, x: Any) -> np.dtype | None:
     ``gt.function`` trace is recording (its program cannot follow the integer views of the
     buffers it allocates, and would run the step eagerly)."""
     dt = getattr(x, "dtype", None)
-    if dt is None or dt.kind != "f" or dt.itemsize not in _INT_OF_WIDTH \
+    if dt is None or dt.kind != "f" or dt.itemsize not in _INT_OF_WIDTH or not dt.isnative \
             or getattr(c, "dtype", None) != _BOOL or getattr(x, "_gt_traced", False) \
-            or getattr(c, "_gt_traced", False):
+            or getattr(c, "_gt_traced", False) or not _c_ordered(c, x):
         return None
     return _INT_OF_WIDTH[dt.itemsize]
 
 
+def _c_ordered(*arrays: Any) -> bool:
+    """Whether every operand of two or more axes is C-contiguous: then ``np.where`` gives a
+    C-ordered result, as the bit routes do (a result in another layout would be summed in
+    another order later, so the last bits of a sum would change)."""
+    return all(getattr(a, "ndim", 0) < 2 or a.flags.c_contiguous for a in arrays)
+
+
 def where(c: Any, a: Any, b: Any) -> Any:
-    """``np.where(c, a, b)`` with the same result bit for bit; computed from bits when one
-    branch is a plus zero (a Python ``0``/``0.0`` or a 0-d array of the other's dtype), the
-    other a float array, ``c`` a bool array and the result has at least :data:`MIN_SIZE`
-    elements. Shapes broadcast as in ``np.where``. Arrays traced by ``gt.function`` take
-    NumPy's select (see :func:`_bit_route`).
+    """``np.where(c, a, b)`` with the same result bit for bit (values, dtype, layout); computed
+    from bits when ``c`` is a bool array, the result has at least :data:`MIN_SIZE` elements,
+    every operand of two or more axes is C-contiguous, and either one branch is a plus zero (a
+    Python ``0``/``0.0`` or a 0-d array of the other's dtype) and the other a float array, or
+    both branches are float arrays of one native dtype or Python numbers next to one
+    (:func:`_where_two`). Shapes broadcast as in ``np.where``. Arrays traced by
+    ``gt.function`` take NumPy's select (see :func:`_bit_route`).
 
     Example:
         >>> import numpy as np
@@ -142,14 +151,16 @@ def _same_float(v: Any, dt: np.dtype) -> Any:
 
 def _where_two(c: Any, a: Any, b: Any) -> Any:
     """``np.where(c, a, b)`` where neither branch is a zero: from bits when ``c`` is a host
-    bool array, ``a`` and ``b`` are host float arrays of one dtype (or numbers that dtype holds
-    exactly), the result has at least :data:`MIN_SIZE` elements and neither is traced."""
+    bool array, ``a`` and ``b`` are host float arrays of one native dtype (or Python numbers
+    next to one, converted as NumPy converts a weak scalar), the result has at least
+    :data:`MIN_SIZE` elements, every operand of two or more axes is C-contiguous and none is
+    traced."""
     dt = getattr(a, "dtype", None) if type(a) is np.ndarray else getattr(b, "dtype", None)
     if type(c) is not np.ndarray or c.dtype != _BOOL or dt is None or dt.kind != "f" \
-            or dt.itemsize not in _INT_OF_WIDTH:
+            or dt.itemsize not in _INT_OF_WIDTH or not dt.isnative:
         return np.where(c, a, b)
     av, bv = _same_float(a, dt), _same_float(b, dt)
-    if av is None or bv is None or (av.ndim == 0 and bv.ndim == 0):
+    if av is None or bv is None or (av.ndim == 0 and bv.ndim == 0) or not _c_ordered(c, av, bv):
         return np.where(c, a, b)
     shape = np.broadcast_shapes(c.shape, av.shape, bv.shape)
     if math.prod(shape) < MIN_SIZE:
@@ -163,7 +174,8 @@ def _where_two(c: Any, a: Any, b: Any) -> Any:
 def _select_bits(c: Any, a: Any, b: Any, out: Any) -> None:
     """``out`` (integers) = ``a`` where ``c`` else ``b``, from the operands' bits: ``b ^ ((a ^
     b) * c)`` (``c`` a bool array, ``a`` and ``b`` integer views of one width; ``out`` may be
-    ``b``'s buffer, never ``a``'s or ``c``'s)."""
+    ``b``'s memory as the same view, or ``a``'s, but overlaps neither otherwise, nor
+    ``c``)."""
     if np.may_share_memory(out, b):
         d = np.bitwise_xor(a, b)
         np.multiply(d, c, out=d)
@@ -177,13 +189,13 @@ def _select_bits(c: Any, a: Any, b: Any, out: Any) -> None:
 def select2_into(c: Any, a: Any, b: Any, out: Any) -> None:
     """``out[...] = where(c, a, b)``: the fused programs' select between two computed values,
     by :func:`_where_two`'s bit route when ``out`` has at least :data:`MIN_SIZE` elements (``a``,
-    ``b`` and ``c`` broadcast to ``out``; ``out`` may be ``b``'s buffer, never ``a``'s or
-    ``c``'s); else NumPy's two copies, the second masked."""
+    ``b`` and ``c`` broadcast to ``out``; ``out`` may be ``b`` itself or ``a``'s buffer, and
+    overlaps ``b`` in no other way, nor ``c``); else NumPy's two copies, the second masked."""
     dt = out.dtype
     if out.size >= MIN_SIZE and type(out) is np.ndarray and type(c) is np.ndarray \
-            and c.dtype == _BOOL and dt.kind == "f" and dt.itemsize in _INT_OF_WIDTH:
+            and c.dtype == _BOOL and dt.kind == "f" and dt.itemsize in _INT_OF_WIDTH and dt.isnative:
         av, bv = _same_float(a, dt), _same_float(b, dt)
-        if av is not None and bv is not None:
+        if av is not None and bv is not None and (b is out or not np.may_share_memory(out, b)):
             it = _INT_OF_WIDTH[dt.itemsize]
             _select_bits(c, av.view(it), bv.view(it), out.view(it))
             return
