@@ -215,12 +215,35 @@ for _z in _ZERO_ROWS.values():
     _z.flags.writeable = False
 
 
+def _rows_agree(dt: np.dtype) -> bool:
+    """Whether NumPy's maximum of two arrays gives, on this CPU, the bits its maximum with the
+    scalar 0 gives (two loops, vectorized differently per instruction set): checked once per
+    dtype on the values whose bits could differ (signed zeros, NaN payloads of both signs,
+    infinities, subnormals), else :func:`host_relu` keeps NumPy's scalar call."""
+    it = _INT_OF_WIDTH[dt.itemsize]
+    info = np.finfo(dt)
+    vals = np.array([-0.0, 0.0, np.inf, -np.inf, 1.0, -1.0, float(info.tiny) / 2,
+                     -float(info.tiny) / 2], dt)
+    nans = np.full(4, np.nan, dt)
+    nans.view(it)[1] |= 5  # a payload
+    nans.view(it)[2:] |= np.array(-1, it) << (8 * dt.itemsize - 1)  # negative NaNs
+    probe = np.resize(np.concatenate([vals, nans]), 2 * _ROW)
+    with np.errstate(all="ignore"):
+        rows = np.maximum(probe.reshape(2, _ROW), _ZERO_ROWS[dt]).reshape(-1)
+        ref = np.maximum(probe, 0)
+    return bool(np.array_equal(rows.view(it), ref.view(it)))
+
+
+_ROWS_OK = {dt: _rows_agree(dt) for dt in _ZERO_ROWS}
+
+
 def host_relu(x: Any, out: Any = None) -> Any:
     """``np.maximum(x, 0)`` (into ``out`` when given), bit for bit: NaN payloads kept, -0.0 to
     +0.0 as NumPy's scalar loop gives. A C-contiguous host float array of at least
     :data:`ROW_MIN` elements (and a C-contiguous ``out``) is taken as rows of 1024 against a
-    shared row of zeros, the tail shorter than a row against the scalar; anything else is
-    NumPy's call as it is.
+    shared row of zeros, the tail shorter than a row against the scalar, where this CPU's two
+    loops agree on the bits (checked once per dtype at import); anything else is NumPy's call
+    as it is.
 
     Shapes: ``x[...]`` -> the same shape.
 
@@ -229,7 +252,7 @@ def host_relu(x: Any, out: Any = None) -> Any:
         >>> host_relu(np.array([-1.0, 0.5, np.nan])).tolist()
         [0.0, 0.5, nan]
     """
-    if type(x) is np.ndarray and x.size >= ROW_MIN and x.dtype in _ZERO_ROWS \
+    if type(x) is np.ndarray and x.size >= ROW_MIN and _ROWS_OK.get(x.dtype, False) \
             and x.flags.c_contiguous and (out is None or type(out) is np.ndarray
                                           and out.flags.c_contiguous and out.dtype == x.dtype
                                           and out.shape == x.shape):
