@@ -207,6 +207,9 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
 # --------------------------------------------------------------------------- cross-entropy
 def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     lsm = _log_softmax_impl(xp, logits, axis=-1)
+    if xp is np and lsm.ndim == 2 and labels.ndim == 1 and type(lsm) is np.ndarray:
+        # (take_along_axis's index building costs 4 us of Python; the same entries)
+        return -lsm[np.arange(lsm.shape[0]), labels.astype(np.intp, copy=False)]
     idx = labels[..., None].astype(np.intp, copy=False)
     if xp is np:
         return -xp.take_along_axis(lsm, idx, axis=-1)[..., 0]
