@@ -113,6 +113,26 @@ def test_softmax_family_keeps_numpys_bits_on_transposed_and_nan_input(rng):
     np.testing.assert_array_equal(gt.nn.log_softmax(y).numpy().view(np.int64), lsm.view(np.int64))
 
 
+def test_cross_entropy_gradient_of_transposed_logits_replays_bit_for_bit(rng):
+    # the host route of cross_entropy's VJP kept a transposed softmax's layout where the rule
+    # (what a gt.function replay runs) gives C order: a sum over the gradient inside the step
+    # then added in another order than eagerly
+    x = gt.Variable(rng.normal(size=(7, 4000)).astype(np.float32).T)  # F-ordered logits
+    labels = rng.integers(0, 7, size=4000)
+
+    def step():
+        with gt.GradientTape() as tape:
+            loss = gt.nn.cross_entropy(x, labels, reduction="sum")
+        g = tape.gradient(loss, x)
+        return g, gt.sum(g * g, axis=0)
+
+    eager = [t.numpy() for t in step()]
+    f = gt.function(step)
+    for _ in range(3):
+        for a, b in zip(f(), eager):
+            np.testing.assert_array_equal(a.numpy(), b)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_cross_entropy_gradient_over_many_rows(rng, reduction):
     # 128 examples of 10 classes, float32 and float64, labels of several integer dtypes:
