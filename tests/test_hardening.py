@@ -693,6 +693,8 @@ def test_large_selects_keep_numpys_memory_layout():
     # np.where gives a transposed (F-ordered) operand's layout to its result, and a later sum
     # adds in memory order: a select from bits must not hand back C order there (the sum's
     # last bits, and a compiled step's against the eager one, would differ)
+    if gt.backend_name() != "numpy":
+        pytest.skip("host arrays' layout (a device array comes back to the host C-ordered)")
     rng = np.random.default_rng(1)
     x = rng.standard_normal((256, 64)).astype(np.float32)
     xt = gt.transpose(gt.tensor(x))
