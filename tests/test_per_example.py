@@ -847,6 +847,130 @@ def test_float32_norms_below_float32_squares_are_not_zero():
     np.testing.assert_allclose(norms.numpy(), [1e-20, 0.0], rtol=1e-6)
 
 
+def _f64_dense(x, tanh=False, scale=None):
+    W = gt.Variable(np.array([[0.5, -0.3], [0.2, 0.1]]))
+    xt = gt.tensor(np.array(x))
+
+    def run(**kw):
+        with gt.GradientTape() as tape:
+            h = xt @ W
+            out = gt.sum(gt.tanh(h) if tanh else h, axis=1)
+            if scale is not None:
+                out = out * gt.tensor(np.array(scale))
+        return tape.per_example_gradients(out, [W], **kw)
+    return run
+
+
+def _clipped_sum(per, norms, C):
+    scale = np.where(norms > C, C / np.where(norms > 0, norms, 1.0), 1.0)
+    return (per * scale.reshape((-1,) + (1,) * (per.ndim - 1))).sum(0)
+
+
+@pytest.mark.parametrize("reduce", [None, "sum"])
+def test_float64_norms_past_float64_squares_are_finite(reduce):
+    """An example whose gradient entries are 1e160 has the norm 2e160, finite, where its
+    square is not: the norm came back inf, and clipping scaled the example by 0 (dropped from
+    the sum) instead of by ``C / ||g||``; both the materialized path and the ghost one."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("taken again on NumPy only (a device would read the norms back)")
+    run = _f64_dense([[1e160, 1e160], [1.0, 2.0]])
+    per = np.array([[[1e160, 1e160], [1e160, 1e160]], [[1.0, 1.0], [2.0, 2.0]]])
+    want = np.array([2e160, np.sqrt(10.0)])
+    (got,), norms = run(max_norm=1.0, reduce=reduce, return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), want, rtol=1e-14)
+    if reduce is None:
+        np.testing.assert_allclose(got.numpy(), per / want[:, None, None], rtol=1e-14)
+    else:
+        np.testing.assert_allclose(got.numpy(), _clipped_sum(per, want, 1.0), rtol=1e-14)
+
+
+def test_float64_ghost_norms_of_huge_inputs_times_tiny_cotangents():
+    """A dense layer's ghost norm ``||x_b|| ||delta_b||`` was formed from the two squared
+    norms: with ``x`` at 1e160 and ``delta`` at 1e-150 the first square overflowed and the
+    norm of a gradient of 1e10 came back inf (and the example dropped from the clipped sum);
+    with ``delta`` exactly 0 (a saturated tanh) it came back NaN, where the norm is 0."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("taken again on NumPy only (a device would read the norms back)")
+    run = _f64_dense([[1e160, 1e160], [1.0, 2.0]], scale=[1e-150, 1.0])
+    (per,), pn = run(return_norms=True)  # materialized: the reference
+    np.testing.assert_allclose(pn.numpy(), [2e10, np.sqrt(10.0)], rtol=1e-14)
+    (got,), norms = run(max_norm=1.0, reduce="sum", return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), pn.numpy(), rtol=1e-14)
+    np.testing.assert_allclose(got.numpy(), _clipped_sum(per.numpy(), pn.numpy(), 1.0), rtol=1e-14)
+    run = _f64_dense([[1e160, 1e160], [1.0, 2.0]], tanh=True)
+    (per,), pn = run(return_norms=True)
+    assert pn.numpy()[0] == 0.0
+    (got,), norms = run(max_norm=1.0, reduce="sum", return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), pn.numpy(), rtol=1e-14)
+    np.testing.assert_allclose(got.numpy(), _clipped_sum(per.numpy(), pn.numpy(), 1.0), rtol=1e-14)
+
+
+@pytest.mark.parametrize("reduce", [None, "sum"])
+def test_float64_norms_below_float64_squares_are_not_zero(reduce):
+    """Entries of 1e-160 square to 0 in float64: the norm came back 0 instead of 2e-160."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("taken again on NumPy only (a device would read the norms back)")
+    run = _f64_dense([[1e-160, 1e-160], [1.0, 2.0]])
+    _, norms = run(max_norm=1.0, reduce=reduce, return_norms=True)
+    np.testing.assert_allclose(norms.numpy(), [2e-160, np.sqrt(10.0)], rtol=1e-14)
+
+
+def test_float64_norms_past_float64_squares_inside_a_step_equal_eager():
+    """Each replay of a ``gt.function`` step takes the scaled norms where its own squares
+    leave float64's range, with the eager step's results."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("taken again on NumPy only (a device would read the norms back)")
+    W = gt.Variable(np.array([[0.5, -0.3], [0.2, 0.1]]))
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            out = gt.sum(x @ W, axis=1)
+        return tape.per_example_gradients(out, W, max_norm=1.0, reduce="sum", return_norms=True)
+
+    f = gt.function(step)
+    for big in (1.0, 1e160, 3.0, 1e-170, 1e200, 2.0):
+        x = gt.tensor(np.array([[big, big], [1.0, 2.0]]))
+        (want, wn), (got, gn) = step(x), f(x)
+        np.testing.assert_allclose(wn.numpy(), [2 * abs(big), np.sqrt(10.0)], rtol=1e-14)
+        np.testing.assert_array_equal(gn.numpy(), wn.numpy())
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert f.trace_count <= 2
+
+
+def test_float64_norms_past_float64_squares_over_several_sources_and_a_conv():
+    """The joint norm over sources, each past float64's squares (a bias, a dense weight and a
+    convolution's weight), formed without squaring the whole: the same as the norm of the
+    per-example gradients scaled down first."""
+    if gt.backend_name() != "numpy":
+        pytest.skip("taken again on NumPy only (a device would read the norms back)")
+    rng = np.random.default_rng(0)
+    k = gt.Variable(rng.standard_normal((2, 1, 3, 3)))
+    W = gt.Variable(rng.standard_normal((2 * 4 * 4, 3)))
+    b = gt.Variable(np.zeros(3))
+    x0 = rng.standard_normal((3, 1, 6, 6))
+    x0[1] *= 1e220
+    x = gt.tensor(x0)
+
+    def run(**kw):
+        with gt.GradientTape() as tape:
+            h = gt.nn.conv2d(x, k)
+            out = gt.sum((gt.reshape(h, (3, -1)) @ W + b) * 1e-60, axis=1)
+        return tape.per_example_gradients(out, [k, W, b], **kw)
+
+    per = [g.numpy() for g in run()]
+    flat = np.concatenate([g.reshape(3, -1) for g in per], axis=1)
+    m = np.abs(flat).max(axis=1)  # the reference: each example's gradient scaled first
+    want = m * np.sqrt(((flat / m[:, None]) ** 2).sum(1))
+    assert np.isfinite(want).all() and want[1] > 1e155
+    for reduce in (None, "sum"):
+        got, norms = run(max_norm=1.0, reduce=reduce, return_norms=True)
+        np.testing.assert_allclose(norms.numpy(), want, rtol=1e-12)
+        for g, p in zip(got, per):
+            ref = p / np.maximum(want, 1.0).reshape((3,) + (1,) * (p.ndim - 1))
+            np.testing.assert_allclose(g.numpy(), ref if reduce is None else ref.sum(0),
+                                       rtol=1e-10, atol=1e-300)
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_clipped_sums_under_check_numerics_equal_the_unchecked_ones(name):
     # check_numerics makes records of the class with extra fields, which the pass copies

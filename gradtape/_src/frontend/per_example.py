@@ -921,13 +921,13 @@ def _reverse_pass(plan: _Plan, release: bool
 
 
 # --------------------------------------------------------------------------- ghost norms
-def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Array:
-    """The per-example squared norms ``[B]`` (float64) over the materialized gradients ``per``
-    and the ghost boundaries, formed in the gradients' dtype (float16 ones in float32: their
-    squares underflow below 6e-8, entries below 2.4e-4 counted as 0) and, on NumPy, taken
-    again in float64 where a float32 square may have overflowed or underflowed (a squared
-    norm past 3.4e38, or below :data:`_TINY_SQ`). Inside a ``gt.function`` step this is one
-    logged call, so each replay takes its own branch."""
+def _norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Array:
+    """The per-example norms ``[B]`` (float64) over the materialized gradients ``per`` and the
+    ghost boundaries: the square root of their squares' sum, formed in the gradients' dtype
+    (float16 ones in float32: their squares underflow below 6e-8, entries below 2.4e-4 counted
+    as 0). On NumPy, the rows whose sum a square may have spoilt are taken again
+    (:func:`_norms_of`). Inside a ``gt.function`` step this is one logged call, so each replay
+    takes its own branch."""
     arrays: list[Any] = list(per.values())
     spec = []
     for gh, g in ghosts:
@@ -942,15 +942,22 @@ def _sq_norms(plan: _Plan, per: dict[int, Array], ghosts: list, xp: Any) -> Arra
         arrays += [g, operand]
     if not arrays:
         return xp.zeros(plan.B, dtype=np.float64)
-    key = ("per_example_sq_norms", plan.B, len(per), tuple(spec))
+    key = ("per_example_norms", plan.B, len(per), tuple(spec))
     if xp is not np:  # no retry on a device (it would read the sums back): a plain step
-        return _sq_norms_of(key, *arrays)
-    return opaque(functools.partial(_sq_norms_of, key), *arrays, key=key)
+        return _norms_of(key, *arrays)
+    return opaque(functools.partial(_norms_of, key), *arrays, key=key)
 
 
-def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
-    """:func:`_sq_norms` on its arrays: the ``n`` materialized ``[B, ...]`` gradients, then a
-    (cotangent, saved operand) pair per ghost boundary described by ``spec``."""
+def _norms_of(key: tuple, *arrays: Array) -> Array:
+    """:func:`_norms` on its arrays: the ``n`` materialized ``[B, ...]`` gradients, then a
+    (cotangent, saved operand) pair per ghost boundary described by ``spec``. On the host,
+    rows are taken again where the sum of squares may be spoilt: a float32 one past 3.4e38
+    or below :data:`_TINY_SQ` (in float64, each ghost boundary's gradient formed), a Gram
+    form that cancelled (see :func:`_ghost_sq_norms`; likewise), and where a float64 array
+    takes part, a sum past float64's range, NaN (a ghost norm's ``inf * 0``) or below
+    :data:`_TINY_SQ64`: those rows' norms are formed from gradients scaled by their largest
+    entry (:func:`_scaled_norms`), so a norm of 2e160, whose square is not a float64 number,
+    comes out as it is."""
     _, B, n, spec = key
     xp = backend_of(arrays[0]).xp  # (inside a traced device step: the tracing namespace)
     floats = [a for a in arrays if a.dtype.kind == "f"]  # (an embedding's ids are integers)
@@ -958,17 +965,29 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
     host = xp is np
     sq, rough = _sq_norms_in(B, arrays[:n], spec, arrays[n:], xp,
                              np.float32 if half else None, check=host)
-    if host:
-        redo = rough
-        if any(a.dtype.itemsize < 8 for a in floats):
-            redo |= ~(np.isfinite(sq) & (sq >= _TINY_SQ))
-        if redo.any():  # those examples' rows only (every array here is [B, ...])
-            rows = np.flatnonzero(redo)
-            sq[rows], _ = _sq_norms_in(len(rows), [a[rows] for a in arrays[:n]], spec,
-                                       [a[rows] for a in arrays[n:]], xp, np.float64,
-                                       exact=True)
-    # a Gram form's sum of signed products may round below zero where the norm is ~0
-    return xp.maximum(sq, 0.0)
+    if not host:
+        # a Gram form's sum of signed products may round below zero where the norm is ~0
+        return xp.sqrt(xp.maximum(sq, 0.0))
+    far = None
+    if any(a.dtype.itemsize >= 8 for a in floats):
+        far = ~(np.isfinite(sq) & (sq >= _TINY_SQ64))
+    redo = rough
+    if any(a.dtype.itemsize < 8 for a in floats):
+        redo |= ~(np.isfinite(sq) & (sq >= _TINY_SQ))
+    if far is not None:
+        redo &= ~far
+    if redo.any():  # those examples' rows only (every array here is [B, ...])
+        rows = np.flatnonzero(redo)
+        sq[rows], _ = _sq_norms_in(len(rows), [a[rows] for a in arrays[:n]], spec,
+                                   [a[rows] for a in arrays[n:]], xp, np.float64,
+                                   exact=True)
+    with np.errstate(invalid="ignore"):
+        norms = np.sqrt(np.maximum(sq, 0.0))
+    if far is not None and far.any():
+        rows = np.flatnonzero(far)
+        norms[rows] = _scaled_norms(len(rows), [a[rows] for a in arrays[:n]], spec,
+                                    [a[rows] for a in arrays[n:]])
+    return norms
 
 
 #: Per-example squared norms below this are taken again in float64: float32 squares of the
@@ -977,11 +996,42 @@ def _sq_norms_of(key: tuple, *arrays: Array) -> Array:
 #: again too: its rows only.)
 _TINY_SQ = 1e-30
 
+#: Per-example squared norms below this, where a float64 array takes part, are formed again
+#: from scaled gradients (:func:`_scaled_norms`): a square below float64's smallest normal
+#: number (2.2e-308) keeps at most an absolute 5e-324, so a sum of at least 1e-290 over up to
+#: 4e17 entries is still exact to float64's eps (2.2e-16), and a smaller one may not be.
+_TINY_SQ64 = 1e-290
+
+
+def _scaled_norms(B: int, per: Sequence[Array], spec: Sequence[tuple], pairs: Sequence[Array]
+                  ) -> Array:
+    """The per-example norms of :func:`_norms_of` without a square outside float64's range:
+    each materialized gradient's and each ghost boundary's (formed, as
+    :func:`_ghost_sq_norms_exact`) norm per row from the row divided by its largest entry,
+    then the joint norm of those parts the same way (NumPy; the rows to take again)."""
+    parts = [_row_norm(np, G.reshape(B, -1).astype(np.float64)) for G in per]
+    for k, (kind, i, V) in enumerate(spec):
+        parts.append(_ghost_sq_norms_exact(B, kind, i, V, pairs[2 * k], pairs[2 * k + 1],
+                                           row=_row_norm))
+    return _row_norm(np, np.stack(parts, axis=1))
+
+
+def _row_norm(xp: Any, a: Array) -> Array:
+    """``sqrt(sum_i a[b, i]^2)`` per row of the 2-D float64 ``a``, from the row divided by its
+    largest magnitude: no square overflows or underflows where the norm itself is a float64
+    number (an inf entry gives inf, a NaN one NaN)."""
+    if a.shape[1] == 0:
+        return np.zeros(a.shape[0])
+    m = np.max(np.abs(a), axis=1)
+    s = np.where((m > 0) & np.isfinite(m), m, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return s * np.sqrt(_row_sq(np, a / s[:, None]))
+
 
 def _sq_norms_in(B: int, per: Sequence[Array], spec: Sequence[tuple], pairs: Sequence[Array],
                  xp: Any, dt: Any, check: bool = False, exact: bool = False
                  ) -> tuple[Array, Array]:
-    """The sum of :func:`_sq_norms_of`, with every product formed in dtype ``dt`` or the
+    """The squared norms of :func:`_norms_of`, with every product formed in dtype ``dt`` or the
     arrays' own where wider (None: the arrays' own), and the rows whose Gram-form sums
     cancelled past the rule of :func:`_ghost_sq_norms` (``check``; else all False).
     ``exact``: each ghost boundary's gradient formed, an example at a time (rows to take
@@ -1071,12 +1121,16 @@ def _cancelled(xp: Any, sq: Array, bound: Array, dt: Any) -> Array:
 _EXACT_CHUNK = 1 << 22
 
 
-def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: Any, g: Array, X: Array) -> Array:
+def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: Any, g: Array, X: Array,
+                          row: Callable[[Any, Array], Array] | None = None) -> Array:
     """``||G_b||^2`` at a ghost boundary with ``G_b`` formed (float64, NumPy), for the rows
-    whose Gram form cancelled: a chunk of examples at a time within :data:`_EXACT_CHUNK`."""
+    whose Gram form cancelled: a chunk of examples at a time within :data:`_EXACT_CHUNK`.
+    ``row``: what each row of ``G_b`` is reduced to (default :func:`_row_sq`, the squared
+    norm; :func:`_row_norm` gives the norm)."""
+    row = _row_sq if row is None else row
     g = g.astype(np.float64)
     if kind == "conv":
-        return _conv_sq_norms(B, V, g, X.astype(np.float64))
+        return _conv_sq_norms(B, V, g, X.astype(np.float64), row)
     if kind == "embedding":
         L = math.prod(X.shape[1:])
         G = g.reshape(B, L, -1)
@@ -1087,14 +1141,14 @@ def _ghost_sq_norms_exact(B: int, kind: str, i: int, V: Any, g: Array, X: Array)
             _, inv = np.unique(ids[b], return_inverse=True)
             Z = np.zeros((int(inv.max()) + 1 if L else 0, G.shape[2]))
             np.add.at(Z, inv, G[b])
-            out[b] = np.sum(Z * Z)
+            out[b] = row(np, Z.reshape(1, -1))[0]
         return out
     A, Gy = _gram_operands(B, kind, i, g, X.astype(np.float64))
     step = max(1, _EXACT_CHUNK // max(1, A.shape[2] * Gy.shape[2]))
     out = np.empty(B)
     for s in range(0, B, step):
         M = np.matmul(_swap(A[s:s + step]), Gy[s:s + step])
-        out[s:s + step] = _row_sq(np, M.reshape(M.shape[0], -1))
+        out[s:s + step] = row(np, M.reshape(M.shape[0], -1))
     return out
 
 
@@ -1112,7 +1166,8 @@ def _conv_spec(rec: Record) -> tuple:
             tuple(sorted((k, v) for k, v in rec.params.items())))
 
 
-def _conv_sq_norms(B: int, spec: tuple, g: Array, X: Array) -> Array:
+def _conv_sq_norms(B: int, spec: tuple, g: Array, X: Array,
+                   row: Callable[[Any, Array], Array] | None = None) -> Array:
     """``||W_b||^2`` of a convolution's per-example weight gradients ``W_b`` (``spec`` from
     :func:`_conv_spec`; ``X`` its input images, ``g`` its output cotangent), each formed with
     the layer's per-example rule a chunk of examples at a time within :data:`_CONV_CHUNK`
@@ -1121,17 +1176,18 @@ def _conv_sq_norms(B: int, spec: tuple, g: Array, X: Array) -> Array:
     per-example gradient costs ``L * Kg * O`` per example where the Gram form over its ``L``
     positions costs ``L^2 (Kg + O)``, more for every layer whose image is larger than its
     channels)."""
+    row = _row_sq if row is None else row  # (or :func:`_row_norm`: the norms)
     name, w_shape, params = spec
     fn, p = CONV_WEIGHT_GRADS[name], dict(params)
     xp = backend_of(g).xp
     step = max(1, _CONV_CHUNK // max(1, math.prod(w_shape)))
     if step >= B:  # all at once, on the arrays themselves (a forward's kept columns are found)
         W = fn(xp, X, g, w_shape, p)
-        return _row_sq(xp, W.reshape(B, -1))
+        return row(xp, W.reshape(B, -1))
     parts = []
     for s in range(0, B, step):
         W = fn(xp, X[s:s + step], g[s:s + step], w_shape, p)
-        parts.append(_row_sq(xp, W.reshape(W.shape[0], -1)))
+        parts.append(row(xp, W.reshape(W.shape[0], -1)))
     return xp.concatenate(parts)
 
 
@@ -1223,8 +1279,7 @@ def _compute(tape: Recorder, target: Tensor, sources: list[Tensor], plan: _Plan,
         ghosts = [(plan.ghosts[k], g) for k, g in ghost_g.items()]
         c = None
         if need_norms:
-            sq = _sq_norms(plan, per, ghosts, xp)
-            norms = xp.sqrt(sq)
+            norms = _norms(plan, per, ghosts, xp)
             if opts.max_norm is not None:
                 C = opts.max_norm
                 with np.errstate(divide="ignore", invalid="ignore"):
