@@ -31,6 +31,7 @@ GT_UNARY(arcsin, asinf(x), asin(x))
 GT_UNARY(arccos, acosf(x), acos(x))
 GT_UNARY(arctan, atanf(x), atan(x))
 GT_UNARY(erf, erff(x), erf(x))
+GT_UNARY(erfc, erfcf(x), erfc(x))
 GT_UNARY(abs, fabsf(x), fabs(x))
 GT_UNARY(square, x * x, x * x)
 // sign: -1, 0 or 1 (NaN stays NaN, as NumPy's sign)
@@ -55,7 +56,7 @@ GT_DEVICE T gt_where(bool c, T a, T b) { return c ? a : b; }
 GT_HALF_UNARY(exp) GT_HALF_UNARY(log) GT_HALF_UNARY(log1p) GT_HALF_UNARY(expm1)
 GT_HALF_UNARY(sqrt) GT_HALF_UNARY(rsqrt) GT_HALF_UNARY(sin) GT_HALF_UNARY(cos)
 GT_HALF_UNARY(tan) GT_HALF_UNARY(tanh) GT_HALF_UNARY(sinh) GT_HALF_UNARY(cosh)
-GT_HALF_UNARY(arcsin) GT_HALF_UNARY(arccos) GT_HALF_UNARY(arctan) GT_HALF_UNARY(erf)
+GT_HALF_UNARY(arcsin) GT_HALF_UNARY(arccos) GT_HALF_UNARY(arctan) GT_HALF_UNARY(erf) GT_HALF_UNARY(erfc)
 GT_HALF_UNARY(abs) GT_HALF_UNARY(square) GT_HALF_UNARY(sign) GT_HALF_UNARY(sigmoid)
 #undef GT_HALF_UNARY
 GT_DEVICE __half gt_pow(__half a, __half b) {

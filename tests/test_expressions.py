@@ -30,6 +30,7 @@ with gt.use_backend("numpy") as NUMPY:  # the NumPy Backend object that array_vj
     pass
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 # An independent NumPy meaning of every function of the expression language.
 REFERENCE = {
@@ -37,7 +38,8 @@ REFERENCE = {
     "rsqrt": lambda v: 1.0 / np.sqrt(v), "sin": np.sin, "cos": np.cos, "tan": np.tan,
     "tanh": np.tanh, "sinh": np.sinh, "cosh": np.cosh, "arcsin": np.arcsin,
     "arccos": np.arccos, "arctan": np.arctan, "erf": lambda v: _erf(np.asarray(v)),
-    "abs": np.abs, "sign": np.sign, "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "erfc": lambda v: _erfc(np.asarray(v)), "abs": np.abs, "sign": np.sign,
+    "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
     "square": np.square, "where": np.where,
 }
 

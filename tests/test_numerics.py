@@ -178,6 +178,38 @@ def test_gelu_tanh_keeps_its_precision_in_the_negative_tail(dtype):
         assert ok.all(), (got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_gelu_keeps_its_precision_in_the_negative_tail(dtype):
+    # 0.5 * x * (1 + erf(x / sqrt(2))) cancels for x < 0 (found by a fuzzing helper): float64
+    # put gelu(-8) 1.8% off and gave -0.0 from -9 (true -1.0e-18), float32 was 4% off at -5
+    # and -0.0 from -6, and the derivative 2.8% off at -6 in float32. Phi = erfc(-x/sqrt(2)) / 2
+    # now, in the value, the one-op gradient, the fused route's, forward mode's and the second
+    # derivative's
+    x = np.array([-20.0, -10.0, -9.0, -8.0, -6.0, -5.0, -3.0, -1.0, -0.3, 0.0, 0.5, 2.0, 5.0, 9.0],
+                 dtype)
+    x64 = x.astype(np.float64)
+    Phi = 0.5 * np.array([math.erfc(-v / math.sqrt(2)) for v in x64])
+    phi = np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    want_y, want_d, want_d2 = x64 * Phi, Phi + x64 * phi, phi * (2 - x64 * x64)
+    y, *grads = _three_routes(gt.gelu, x)
+    tiny = np.finfo(dtype).tiny
+    rtol = 1e-5 if dtype is np.float32 else 1e-12
+    for got, want in ((y, want_y), *((g, want_d) for g in grads)):
+        assert got.dtype == dtype
+        ok = np.abs(got - want) <= rtol * np.abs(want) + tiny
+        assert ok.all(), (got, want)
+    xt = gt.tensor(x)
+    with gt.GradientTape() as outer:
+        outer.watch(xt)
+        with gt.GradientTape() as inner:
+            inner.watch(xt)
+            total = gt.sum(gt.gelu(xt))
+        dsum = gt.sum(inner.gradient(total, xt))
+    d2 = outer.gradient(dsum, xt).numpy()
+    ok = np.abs(d2 - want_d2) <= 10 * rtol * np.abs(want_d2) + tiny
+    assert ok.all(), (d2, want_d2)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_gelu_tanh_tails_warn_nothing_keep_nan_and_second_derivative(dtype):
     # exp(-2u) overflows to inf far in the negative tail (the limit -0 is right, and no

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Array, Backend, erf_for
+from ..backend import Array, Backend, erf_for, erfc_for
 from ..cpu.select import where as select_where
 from .expr import CONSTANTS, FUNCTIONS, GENERATED_BUILTINS, UFUNC_NAMES, Expr, vjp_function
 
@@ -31,10 +31,14 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
         return 1 / xp.sqrt(v)
 
     erf = backend.erf
+    erfc = erfc_for(xp)
     where = select_where if xp is np else xp.where  # (a select against zero from bits)
     if xp is not np:
         def erf(v: Array) -> Array:  # a device's erf is no ufunc of its module: looked up per
             return erf_for(backend.xp)(v)  # call, as a gt.function trace swaps the module
+
+        def erfc(v: Array) -> Array:  # (likewise)
+            return erfc_for(backend.xp)(v)
 
         def where(c: Array, a: Any, b: Any) -> Array:  # (no ufunc either)
             return backend.xp.where(c, a, b)
@@ -43,7 +47,7 @@ def _array_namespace(backend: Backend) -> dict[str, Any]:
         "exp": xp.exp, "log": xp.log, "log1p": xp.log1p, "expm1": xp.expm1, "sqrt": xp.sqrt,
         "rsqrt": rsqrt, "sin": xp.sin, "cos": xp.cos, "tan": xp.tan, "tanh": xp.tanh,
         "sinh": xp.sinh, "cosh": xp.cosh, "arcsin": xp.arcsin, "arccos": xp.arccos,
-        "arctan": xp.arctan, "erf": erf, "abs": xp.abs, "sign": xp.sign,
+        "arctan": xp.arctan, "erf": erf, "erfc": erfc, "abs": xp.abs, "sign": xp.sign,
         "sigmoid": sigmoid, "square": xp.square, "where": where, "__builtins__": GENERATED_BUILTINS,
     }
     ns.update(CONSTANTS)

@@ -46,7 +46,7 @@ __all__ = ["Expr", "parse", "FUNCTIONS", "CONSTANTS", "ExpressionError", "vjp_fu
 FUNCTIONS: dict[str, int] = {
     "exp": 1, "log": 1, "log1p": 1, "expm1": 1, "sqrt": 1, "rsqrt": 1, "sin": 1, "cos": 1,
     "tan": 1, "tanh": 1, "sinh": 1, "cosh": 1, "arcsin": 1, "arccos": 1, "arctan": 1,
-    "erf": 1, "abs": 1, "sign": 1, "sigmoid": 1, "square": 1, "where": 3,
+    "erf": 1, "erfc": 1, "abs": 1, "sign": 1, "sigmoid": 1, "square": 1, "where": 3,
 }
 CONSTANTS = {"pi": math.pi}
 

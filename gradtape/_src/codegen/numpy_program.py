@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import NUMPY
+from ..backend import NUMPY, erfc_for
 from ..cpu import pool
 from ..cpu.pool import BLOCK
 from ..cpu.select import select2_into, select_into
@@ -153,7 +153,7 @@ class NumpyProgram:
         ns: dict[str, Any] = {f"_{v}": getattr(np, v) for v in set(_NP_UFUNC.values())}
         ns["__name__"] = __name__
         ns.update(_copyto=np.copyto, _select_into=select_into, _select2_into=select2_into,
-                  _erf=NUMPY.erf, _add=np.add, _sqrt=np.sqrt, _true_divide=np.true_divide,
+                  _erf=NUMPY.erf, _erfc=erfc_for(np), _add=np.add, _sqrt=np.sqrt, _true_divide=np.true_divide,
                   _logaddexp=np.logaddexp)
         ns.update({name: np.array(v, dtype) for v, name in consts.items()})
         ns.update(_one=np.array(1.0, dtype) if dtype is not None else 1.0,
@@ -194,7 +194,7 @@ def _inplace_direct(graph: Graph, order: list[int], uses: dict[int, int], acc: t
                 direct[root] = k
             continue
         reads_leaf = any(graph.nodes[a] == ("leaf", leaf) for a in node[1:])
-        if last_read.get(leaf, -1) > pos[root] or (reads_leaf and node[0] in ("where", "erf")):
+        if last_read.get(leaf, -1) > pos[root] or (reads_leaf and node[0] in ("where", "erf", "erfc")):
             continue  # the leaf is still needed after the write: scratch, copied at the end
         direct[root] = k
     return direct
@@ -226,8 +226,8 @@ def _numpy_lines(op: str, ins: list[str], dest: str) -> list[str]:
     if op == "sigmoid":  # exp(-log(1 + exp(-v))): no overflow, precise in the tail (arrays.py)
         return [f"_negative({ins[0]}, {dest})", f"_logaddexp(_zero, {dest}, {dest})",
                 f"_negative({dest}, {dest})", f"_exp({dest}, {dest})"]
-    if op == "erf":  # a Python function on NumPy (Cody's rational approximations)
-        return [f"_erf({ins[0]}, out={dest})"]
+    if op in ("erf", "erfc"):  # Python functions on NumPy (Cody's rational approximations)
+        return [f"_{op}({ins[0]}, out={dest})"]
     return [f"_{_NP_UFUNC[op]}({', '.join(ins)}, {dest})"]
 
 
