@@ -18,7 +18,8 @@ Parts (each also runnable alone under mpirun: ``mpirun -np 2 python benchmarks/d
   interleaved, both out of place (the contract gradtape's all-reduce keeps: inputs unchanged,
   results in new arrays; the ratios are to it) and in place (``MPI.IN_PLACE``, faster on Open
   MPI 5 on one machine, shown beside it). Bandwidth = set bytes / seconds (the minimum over
-  repetitions).
+  repetitions). Two passes: warm (the calls in turn, their order rotated each round) and cold
+  (every rank writes 64 MiB before each call, so nothing starts in a cache).
 * ``step`` (1 or 2 ranks): one training step (forward, backward, all-reduce, Adam) of the
   784-512-512-10 ReLU MLP on a global batch of 256 (each of 2 ranks takes 128), eager, with
   ``DistributedGradientTape`` (1 MiB buckets so the ~2.7 MB of gradients form several): as the
@@ -71,11 +72,17 @@ def _over_mpi(fn: Callable[..., Any], *args: Any) -> Any:
         world.shm = shm
 
 
+#: Bytes every rank writes before each timed call of the cold pass: twice the test VM's 32 MiB
+#: L3, so no operand, segment or MPI buffer is still in a cache when the call starts.
+_FLUSH_BYTES = 64 << 20
+
+
 def part_allreduce(quick: bool) -> dict:
     from mpi4py import MPI
 
     gt.distributed.init()
     comm = MPI.COMM_WORLD
+    flush = np.ones(_FLUSH_BYTES // 4, np.float32)
     rows = []
     sizes = [1, 16, 256] if quick else [1, 4, 16, 64, 256]
     for mb in sizes:
@@ -92,29 +99,38 @@ def part_allreduce(quick: bool) -> dict:
             out = np.empty_like(buf)
             inplace = np.ones(nbytes // 4, np.float32)
             tensors = [gt.tensor(a) for a in arrays]
-            best = {"mpi_oop": 1e9, "mpi_inplace": 1e9, "bucketed": 1e9, "bucketed_mpi": 1e9,
-                    "allreduce": 1e9}
             # raw MPI both ways: out of place is the contract gradtape keeps (the inputs stay,
             # the results are new arrays); in place (the result over the operand) is faster on
             # Open MPI 5 on one machine (1 MB to 256 MB on the 2-vCPU VM: 13-47% less time in
             # most runs)
-            fns = (("mpi_oop", lambda b=buf, o=out: comm.Allreduce(b, o)),
+            fns = [("mpi_oop", lambda b=buf, o=out: comm.Allreduce(b, o)),
                    ("mpi_inplace", lambda b=inplace: comm.Allreduce(MPI.IN_PLACE, b)),
                    ("bucketed", lambda a=arrays: _allreduce_arrays(a, "sum")),
                    ("bucketed_mpi", lambda a=arrays: _over_mpi(_allreduce_arrays, a, "sum")),
-                   ("allreduce", lambda t=tensors: gt.distributed.allreduce(t, op="mean")))
-            for _ in range(reps):
-                for name, fn in fns:
-                    comm.Barrier()
-                    t0 = time.perf_counter()
-                    fn()
-                    best[name] = min(best[name], time.perf_counter() - t0)
-            rows.append({"MB": mb, "set": shape, "tensors": len(arrays), "bytes": nbytes,
-                         **{f"{k}_GBps": nbytes / v / 1e9 for k, v in best.items()},
-                         "bucketed/mpi": best["mpi_oop"] / best["bucketed"],
-                         "bucketed/mpi_inplace": best["mpi_inplace"] / best["bucketed"],
-                         "bucketed_mpi/mpi": best["mpi_oop"] / best["bucketed_mpi"],
-                         "allreduce/mpi": best["mpi_oop"] / best["allreduce"]})
+                   ("allreduce", lambda t=tensors: gt.distributed.allreduce(t, op="mean"))]
+            row: dict[str, Any] = {"MB": mb, "set": shape, "tensors": len(arrays), "bytes": nbytes}
+            # warm: the calls in turn, the order rotated each round, so each follows each other
+            # equally often (a call leaves the caches to the next: after the MPI-path bucket, a
+            # shared-memory one of 1 MB took 140 us where it took 85 after itself); cold: every
+            # call after each rank has written _FLUSH_BYTES (as after a backward pass that
+            # touched more than the caches hold)
+            for mode in ("warm", "cold"):
+                best = {name: 1e9 for name, _ in fns}
+                for k in range(reps):
+                    for name, fn in fns[k % len(fns):] + fns[:k % len(fns)]:
+                        if mode == "cold":
+                            flush.fill(k)
+                        comm.Barrier()
+                        t0 = time.perf_counter()
+                        fn()
+                        best[name] = min(best[name], time.perf_counter() - t0)
+                sfx = "" if mode == "warm" else "_cold"
+                row.update({f"{k}_GBps{sfx}": nbytes / v / 1e9 for k, v in best.items()})
+                row.update({f"bucketed/mpi{sfx}": best["mpi_oop"] / best["bucketed"],
+                            f"bucketed/mpi_inplace{sfx}": best["mpi_inplace"] / best["bucketed"],
+                            f"bucketed_mpi/mpi{sfx}": best["mpi_oop"] / best["bucketed_mpi"],
+                            f"allreduce/mpi{sfx}": best["mpi_oop"] / best["allreduce"]})
+            rows.append(row)
     return {"allreduce": rows}
 
 
@@ -219,11 +235,15 @@ def main() -> None:
     print(f"{'MB':>5} {'set':>10} {'MPI oop':>8} {'in place':>9} {'bucketed sum':>13} {'over MPI':>9} "
           f"{'allreduce mean':>15} {'bucketed/MPI':>13} {'/in place':>10} {'over MPI/MPI':>13} "
           f"{'allreduce/MPI':>14}")
-    for row in ar:
-        print(f"{row['MB']:>5} {row['set']:>10} {row['mpi_oop_GBps']:>8.2f} {row['mpi_inplace_GBps']:>9.2f} "
-              f"{row['bucketed_GBps']:>13.2f} {row['bucketed_mpi_GBps']:>9.2f} {row['allreduce_GBps']:>15.2f} "
-              f"{row['bucketed/mpi']:>13.0%} {row['bucketed/mpi_inplace']:>10.0%} "
-              f"{row['bucketed_mpi/mpi']:>13.0%} {row['allreduce/mpi']:>14.0%}")
+    for sfx, title in (("", "warm (the calls in turn, order rotated each round)"),
+                       ("_cold", f"cold (each call after every rank wrote {_FLUSH_BYTES >> 20} MiB)")):
+        print(f"  {title}")
+        for row in ar:
+            print(f"{row['MB']:>5} {row['set']:>10} {row['mpi_oop_GBps' + sfx]:>8.2f} "
+                  f"{row['mpi_inplace_GBps' + sfx]:>9.2f} {row['bucketed_GBps' + sfx]:>13.2f} "
+                  f"{row['bucketed_mpi_GBps' + sfx]:>9.2f} {row['allreduce_GBps' + sfx]:>15.2f} "
+                  f"{row['bucketed/mpi' + sfx]:>13.0%} {row['bucketed/mpi_inplace' + sfx]:>10.0%} "
+                  f"{row['bucketed_mpi/mpi' + sfx]:>13.0%} {row['allreduce/mpi' + sfx]:>14.0%}")
     steps = {**_launch("step", 1, args.quick)["step"], **_launch("step", 2, args.quick)["step"]}
     print("\n784-512-512-10 MLP step, global batch 256 (median ms)")
     for k, v in steps.items():
