@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._src.autodiff.state import opaque, tracing, watch_variables
+from ._src.autodiff.state import opaque, refuse_in_trace, tracing, watch_variables
 from ._src.backend import Array, backend_of, cast_lost
 from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
@@ -1131,6 +1131,8 @@ class Optimizer:
             >>> float(opt.state_dict()["hyper.learning_rate"])
             0.1
         """
+        refuse_in_trace(f"{type(self).__name__}.state_dict()", "host copies of the state taken "
+                        "while tracing would keep the values of the traces, not of later calls")
         out = {"iterations": np.asarray(self.iterations, dtype=np.int64), **self._hyper_entries()}
         for name, v in self._named(named_variables, f"{type(self).__name__}.state_dict"):
             st = self._state.get(v._id)
@@ -1211,6 +1213,8 @@ class Optimizer:
                 missing key; a shape mismatch.
             TypeError: ``state`` is not a mapping; an entry's dtype is refused.
         """
+        refuse_in_trace(f"{type(self).__name__}.load_state_dict()", "the state loaded while "
+                        "tracing would be constants of the program, not read again at later calls")
         self._commit_state(self._check_state(state, named_variables))
 
     def _check_state(self, state: Mapping[str, Any],
@@ -1232,13 +1236,18 @@ class Optimizer:
         probe = object.__new__(type(self))
         probe.__dict__.update({**self.__dict__, **hypers})
         kept = [s for s in self.slot_names if probe._needs_slot(s)]
+        # a slot not needed with the state's own hyper-parameters may still be in it: SGD keeps
+        # its momentum buffer while momentum is set to 0, for when it returns, and state_dict
+        # writes it with momentum 0; loaded as it is. A state without hyper-parameters gets the
+        # slots this optimizer needs as it is set (an SGD without momentum refuses momentum).
+        allowed = list(self.slot_names) if hypers else kept
         grouped: dict[str, dict[str, Any]] = {}
         unexpected = []
         for key, arr in state.items():
             if key == "iterations" or is_hyper_key(key):
                 continue
             name, sep, slot = str(key).rpartition("/")
-            if not sep or name not in variables or slot not in kept:
+            if not sep or name not in variables or slot not in allowed:
                 unexpected.append(str(key))
                 continue
             grouped.setdefault(name, {})[slot] = arr
@@ -1246,7 +1255,7 @@ class Optimizer:
             hint = ("; without named_variables only the variables this optimizer has updated are "
                     "known: pass them, e.g. model.named_variables()" if named_variables is None else "")
             raise ValueError(f"{who}: unexpected entries {sorted(unexpected)}: expected "
-                             f"'<variable name>/<slot>' with a slot of {kept} (what this "
+                             f"'<variable name>/<slot>' with a slot of {allowed} (what this "
                              f"{self!r} keeps) for one of the variables {sorted(variables)}{hint}")
         new_state: dict[int, tuple] = {}
         for name, v in named:
@@ -1260,7 +1269,7 @@ class Optimizer:
                                  f"{kept} or none")
             arrays: list[Any] = []
             for slot in self.slot_names:
-                if slot not in kept:
+                if slot not in slots:  # (a slot not needed now and not in the state)
                     arrays.append(None)
                     continue
                 key = f"{name}/{slot}"

@@ -951,3 +951,91 @@ def test_a_refused_hyper_parameter_names_its_entry_and_changes_nothing():
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict({**state, "hyper.momentum": np.asarray(0.9)}, [("w", v)])
     assert opt.learning_rate == 0.1 and opt.momentum == 0.0 and opt.iterations == 0
+
+
+# --------------------------------------------------------------------------- found by a fuzzing helper
+def test_a_checkpoint_taken_while_sgd_momentum_is_zero_loads_and_resumes(tmp_path):
+    """SGD keeps its momentum buffer while ``momentum`` is set to 0 (for when it returns), and
+    ``state_dict`` writes it: such a checkpoint could not be loaded back, not even into the
+    optimizer that wrote it ("unexpected entries [...momentum]"). Resuming from it now equals
+    the run that was not interrupted."""
+    model, opt = Net(seed=1), gt.optimizers.SGD(0.1, momentum=0.9)
+    train(model, opt, steps=2, seed=1)
+    opt.momentum = 0.0
+    train(model, opt, steps=1, seed=2)
+    path = model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    opt.load_state_dict(opt.state_dict(model.named_variables()), model.named_variables())
+    fresh_model, fresh = Net(seed=9), gt.optimizers.SGD(0.5, momentum=0.5)
+    fresh_model.load(path, optimizer=fresh)
+    assert fresh.momentum == 0.0 and fresh.learning_rate == 0.1
+    for m, o in ((model, opt), (fresh_model, fresh)):
+        o.momentum = 0.9  # the kept buffer is used again
+        train(m, o, steps=2, seed=3)
+    for (_, a), (_, b) in zip(model.named_variables(), fresh_model.named_variables()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("call", ["save", "load", "state_dict", "load_state_dict"])
+def test_checkpoints_inside_a_compiled_step_raise(tmp_path, call):
+    """Inside ``gt.function`` a save wrote the file at the two traces only (the file then
+    stayed at the second step while the model moved on), and a load read it at the traces
+    only (a file rewritten later was never read again): silently stale either way. They raise
+    ``TracingError`` now, as ``Variable.numpy()`` does; ``fallback="eager"`` runs the step
+    eagerly, where they work at every call."""
+    model, opt = Net(seed=1), gt.optimizers.SGD(0.1, momentum=0.9)
+    path = str(tmp_path / "ckpt.npz")
+    model.save(path, optimizer=opt)
+    state = opt.state_dict(model.named_variables())
+    actions = {"save": lambda: model.save(path, optimizer=opt),
+               "load": lambda: model.load(path, optimizer=opt),
+               "state_dict": lambda: opt.state_dict(model.named_variables()),
+               "load_state_dict": lambda: opt.load_state_dict(state, model.named_variables())}
+
+    def step(x):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(model(x) ** 2)
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                model.trainable_variables))
+        actions[call]()
+        return loss
+
+    x = gt.tensor(np.ones((5, 3), np.float32))
+    with pytest.raises(gt.TracingError, match=rf"{call}\(\) at .*test_checkpoint_hardening.py"):
+        gt.function(step)(x)
+    if call != "save":
+        return
+    f = gt.function(step, fallback="eager")
+    with pytest.warns(UserWarning):
+        f(x)
+    for _ in range(3):
+        f(x)
+        np.testing.assert_array_equal(entries(path)["var/l1.kernel"], model.l1.kernel.numpy())
+
+
+def test_save_to_dev_null_writes_any_module():
+    """``gt.nn.save("/dev/null", m)`` (the documented example) failed for small modules with
+    ``struct.error``: a zip file seeks back to write its directory, and /dev/null tells 0."""
+    if not os.path.exists("/dev/null") or not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+        pytest.skip("no /dev/null device here")
+    for m in (gt.nn.Dense(2, 2, seed=0), Small(), Net(seed=1)):
+        assert gt.nn.save("/dev/null", m) == "/dev/null"
+
+
+def test_a_truncated_checkpoint_says_so(tmp_path):
+    path = Net(seed=1).save(tmp_path / "ckpt.npz")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:-1])
+    with pytest.raises(ValueError, match=r"is a truncated or damaged checkpoint: it starts as a "
+                                         r"zip archive but cannot be read as one"):
+        Net().load(path)
+
+
+def test_load_finds_the_saved_file_beside_a_folder_of_the_same_name(tmp_path):
+    """``save(p)`` writes ``p.npz``; with a folder ``p`` beside it, ``load(p)`` raised a bare
+    ``IsADirectoryError`` about the folder."""
+    (tmp_path / "runs").mkdir()
+    net = Net(seed=3)
+    path = net.save(tmp_path / "runs")
+    assert path == str(tmp_path / "runs.npz")
+    got = Net().load(tmp_path / "runs")
+    np.testing.assert_array_equal(got.l1.kernel.numpy(), net.l1.kernel.numpy())

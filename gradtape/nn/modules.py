@@ -13,6 +13,7 @@ import copy
 import errno
 import functools
 import inspect
+import io
 import math
 import operator
 import os
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from .._src.autodiff.state import STATE, flag_changed, tracing
+from .._src.autodiff.state import STATE, flag_changed, refuse_in_trace, tracing
 from .._src.errors import TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real
@@ -1207,9 +1208,13 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise PermissionError(f"save: {path!r} exists and is not writable (read-only); the "
                               "checkpoint was not written")
-    if _special_file(path):  # a device or a named pipe: written through
+    if _special_file(path):  # a device or a named pipe: written through, from memory (a zip
+        # file seeks back to write its directory; /dev/null "seeks" but tells 0, and zipfile's
+        # end record then fails to pack)
+        buf = io.BytesIO()
+        _write_npz(buf, arrays)
         with open(path, "wb") as f:
-            _write_npz(f, arrays)
+            f.write(buf.getbuffer())
         return
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):  # (else the error would name the temporary file)
@@ -1283,8 +1288,13 @@ class _CheckpointReader:
             self.zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OverflowError,
                 struct.error, NotImplementedError) as exc:
-            what = ("a single .npy array" if magic == b"\x93NUMPY" else f"not a zip archive ({exc})")
-            raise ValueError(f"load: {path!r} is not a gradtape checkpoint: it is {what}; a "
+            if magic[:4] == b"PK" + bytes([3, 4]):
+                what = ("a truncated or damaged checkpoint: it starts as a zip archive but cannot "
+                        f"be read as one ({exc})")
+            else:
+                what = "not a gradtape checkpoint: it is " + (
+                    "a single .npy array" if magic == b"\x93NUMPY" else f"not a zip archive ({exc})")
+            raise ValueError(f"load: {path!r} is {what}; a "
                              "checkpoint is the .npz file that gt.nn.save writes") from None
         try:
             self.entries: dict[str, zipfile.ZipInfo] = {}
@@ -1411,6 +1421,8 @@ def save(path: str | os.PathLike, module: Module, optimizer: Any = None) -> str:
         >>> gt.nn.Dense(2, 2, seed=1).load(p).kernel.numpy().tolist() == m.kernel.numpy().tolist()
         True
     """
+    refuse_in_trace("gt.nn.save()", "the file would be written at the traces only, with their "
+                    "values, and not at later calls")
     named = _checkpoint_names(module, "save")
     _check_optimizer(optimizer, "save")
     arrays: dict[str, np.ndarray] = {}
@@ -1435,8 +1447,9 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
     """Restore what :func:`save` wrote into ``module``'s Variables in place (and into
     ``optimizer``'s state when given).
 
-    ``path`` may be the name given to :func:`save`: where it does not exist and ends
-    without ``.npz``, ``path + ".npz"`` is read (what ``save`` wrote).
+    ``path`` may be the name given to :func:`save`: where it does not exist or is a folder,
+    ends without ``.npz``, and ``path + ".npz"`` is a file, that file is read (what ``save``
+    wrote).
 
     Everything is checked before anything changes; on any error the module and the
     optimizer are left exactly as they were. Only the entries needed are read (optimizer
@@ -1465,8 +1478,11 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
         >>> p = m.save(os.path.join(tempfile.mkdtemp(), "ckpt"))
         >>> gt.nn.load(p, m)
     """
+    refuse_in_trace("gt.nn.load()", "the file would be read at the traces only, its values "
+                    "constants of the program, not read again at later calls")
     path = _checkpoint_path(path, "load")
-    if not path.endswith(".npz") and not os.path.exists(path) and os.path.exists(path + ".npz"):
+    if not path.endswith(".npz") and (not os.path.exists(path) or os.path.isdir(path)) \
+            and os.path.isfile(path + ".npz"):
         path += ".npz"  # the name given to save, which appended .npz as numpy.savez does
     named = _checkpoint_names(module, "load")
     _check_optimizer(optimizer, "load")

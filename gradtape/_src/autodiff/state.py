@@ -151,6 +151,20 @@ def tracing() -> bool:
     return tr is not None and not tr.suspended
 
 
+def refuse_in_trace(what: str, why: str) -> None:
+    """Inside a ``gt.function`` trace: a call that reads or writes host state outside the
+    program (a checkpoint file, an optimizer's state as host arrays), which would run at the
+    traces only; ``TracingError`` naming ``what`` and the user's line and saying ``why`` (with
+    ``fallback="eager"``: the step runs eagerly). Outside a trace: nothing.
+
+    Example:
+        >>> refuse_in_trace("gt.nn.save()", "it would write at the traces only")  # not tracing
+    """
+    tr = STATE.trace
+    if tr is not None and not tr.suspended:
+        tr.refuse(what, why)
+
+
 def opaque(fn: Callable[..., Any], *arrays: Any, key: Any = None) -> Any:
     """Run ``fn(*arrays)`` and, while a ``gt.function`` step is traced, log it as one step of
     the program (replayed as this call on that replay's arrays). For stateful library calls

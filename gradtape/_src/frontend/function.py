@@ -836,6 +836,21 @@ class _Trace:
         if self.poisoned is None:
             self.poisoned = f"indexing a traced tensor by a plain boolean mask at {line}"
 
+    def refuse(self, what: str, why: str) -> None:
+        """A library call that reads or writes host state outside the program (a checkpoint
+        file, an optimizer's state as host arrays) met while tracing: it would run at the
+        traces only, not at the replays; ``TracingError`` saying ``why``, or with
+        ``fallback="eager"`` the step runs eagerly."""
+        line = user_line()
+        if self.fallback:
+            if self.poisoned is None:
+                self.poisoned = f"{what} at {line}"
+            return
+        raise TracingError(
+            f"gt.function: {what} at {line}: {why}. Call it outside the compiled step (before "
+            "or after the call), or use gt.function(f, fallback=\"eager\") to run this step "
+            "eagerly")
+
     def host_sync(self, what: str) -> None:
         line = user_line()
         if self.fallback:
