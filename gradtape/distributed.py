@@ -51,6 +51,7 @@ import bisect
 import hashlib
 import itertools
 import math
+import numbers
 import operator
 import os
 import sys
@@ -158,7 +159,7 @@ class _World:
         if self._f16_op is None:
             def f16_sum(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
                 acc = np.frombuffer(inoutbuf, np.float16)
-                with np.errstate(over="ignore", invalid="ignore"):  # (inf: see _Reducer._start)
+                with np.errstate(all="ignore"):  # (inf: see _Reducer._start)
                     np.add(acc, np.frombuffer(inbuf, np.float16), out=acc)
 
             self._f16_op = self.mpi.Op.Create(f16_sum, commute=True)
@@ -653,9 +654,11 @@ def _agree(world: _World, who: str, signature: object, failure: BaseException | 
            digest: int | None = None, started: int = 0) -> None:
     """One small collective on the control communicator: every rank learns whether all ranks
     are well (``failure`` None) and about to do the same thing (equal ``signature``, or equal
-    ``digest`` where the caller has the signature's hash already), at the same call (the
-    count of checks so far is part of the digest: a rank that skipped a call, or made one more,
-    is told instead of pairing its data with another call's). If not, the ranks exchange
+    ``digest`` where the caller has the signature's hash already), the count of checks made
+    so far part of the digest. (The ranks' checks pair in the order they are made, so that
+    count agrees whenever the checks pair: a rank that skipped a call pairs its next call with
+    the others' skipped one, and is told only where the two differ in what they reduce, as in
+    MPI.) If not, the ranks exchange
     details and every rank raises :class:`DistributedError` (a rank whose ``failure`` it is
     re-raises that). ``started``: how many reductions this rank had started for the call (in
     plan order, so equal counts are the same reductions); ``world.started_max`` is then the
@@ -1135,11 +1138,13 @@ class _Reducer:
         return out
 
     def _start(self, k: int, srcs: list[Array], present: list[int] | None, nonblocking: bool) -> None:
-        """:meth:`_pack_and_reduce`, NumPy's floating-point errors ignored: an overflow (a
+        """:meth:`_pack_and_reduce`, NumPy's floating-point errors all ignored: an overflow (a
         float16 cast or sum past 65504, a sum past the dtype's range) gives ``inf`` as
-        documented, where a warnings filter that raises would end this rank's part of a
-        collective the other ranks are in, and leave them waiting."""
-        with np.errstate(over="ignore", invalid="ignore"):
+        documented and an underflow (a mean's ``1 / size`` scale, a float16 cast of a tiny
+        value) 0 or a subnormal, where ``np.seterr(..., "raise")`` or a warnings filter that
+        raises would end this rank's part of a collective the other ranks are in, and leave
+        them waiting."""
+        with np.errstate(all="ignore"):
             self._pack_and_reduce(k, srcs, present, nonblocking)
 
     def _pack_and_reduce(self, k: int, srcs: list[Array], present: list[int] | None,
@@ -1373,11 +1378,13 @@ def _check_op(op: str, compression: str | None, who: str) -> None:
                          f"{compression!r}")
 
 
-def _check_bucket(bucket_bytes: int | None, who: str) -> None:
-    if bucket_bytes is not None and (not isinstance(bucket_bytes, int) or isinstance(
-            bucket_bytes, bool) or bucket_bytes < 1):
+def _check_bucket(bucket_bytes: int | None, who: str) -> int | None:
+    """``bucket_bytes`` checked (None, or an integer >= 1: a NumPy integer too) and as an int."""
+    if bucket_bytes is not None and (not isinstance(bucket_bytes, numbers.Integral) or isinstance(
+            bucket_bytes, (bool, np.bool_)) or bucket_bytes < 1):
         raise ValueError(f"gt.distributed.{who}: bucket_bytes must be a positive int, got "
                          f"{bucket_bytes!r}")
+    return None if bucket_bytes is None else int(bucket_bytes)
 
 
 def allreduce(tensors: Any, op: str = "mean", compression: str | None = None,
@@ -1424,7 +1431,7 @@ def _allreduce(tensors: Any, op: str, compression: str | None, bucket_bytes: int
     try:  # (a bad argument on one rank is told to the others, which would wait or mis-sum)
         leaves, spec = flatten(tensors)  # (a dict whose keys do not sort raises)
         _check_op(op, compression, who)
-        _check_bucket(bucket_bytes, who)
+        bucket_bytes = _check_bucket(bucket_bytes, who)
         bucket = bucket_bytes or BUCKET_BYTES
         plan, arrays, backend = _tensor_plan(leaves, op, who, bucket,
                                              len(leaves) > 1 or isinstance(tensors, (list, tuple, dict)))
@@ -1606,7 +1613,7 @@ class DistributedGradientTape:
         self._invalid: Exception | None = None
         try:
             _check_op(op, compression, who)
-            _check_bucket(bucket_bytes, who)
+            bucket_bytes = _check_bucket(bucket_bytes, who)
         except ValueError as exc:
             if _WORLD is None or _WORLD.size < 2:
                 raise
@@ -1631,12 +1638,15 @@ class DistributedGradientTape:
         self._tape.__exit__(kind, exc, tb)
         # (an exception a check already raised, on every rank: telling the others again would
         # be one check more than they make)
-        if exc is not None and isinstance(exc, Exception) and _WORLD is not None \
+        # (any BaseException: a KeyboardInterrupt or a custom BaseException the rank catches
+        # would leave the others waiting in gradient() as surely as an Exception)
+        if exc is not None and _WORLD is not None \
                 and _WORLD.comm is not None and not _was_announced(_WORLD, exc):
             try:
                 _agree(_WORLD, "DistributedGradientTape.gradient()", None, exc)
-            except Exception:  # noqa: S110 - _agree re-raises exc: it goes on as it is
-                pass
+            except BaseException as again:  # _agree re-raises exc: it goes on as it is
+                if again is not exc:
+                    raise
             # the re-raise added this frame and _agree's to its traceback; this frame holds
             # exc, a cycle that would keep the step's tape and its arrays alive until a
             # garbage collection
@@ -1779,7 +1789,7 @@ class DistributedOptimizer(Optimizer):
         if isinstance(optimizer, DistributedOptimizer):
             raise TypeError(f"gt.distributed.{who}: the optimizer is already distributed")
         _check_op(op, compression, who)
-        _check_bucket(bucket_bytes, who)
+        bucket_bytes = _check_bucket(bucket_bytes, who)
         base = type(optimizer)
         sub = _SUBCLASSES.get(base)
         if sub is None:

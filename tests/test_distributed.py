@@ -233,6 +233,12 @@ def test_a_shared_memory_warning_raised_as_an_error_leaves_no_rank_waiting(tmp_p
 
 
 @needs_mpi
+@pytest.mark.parametrize("scenario", ["fuzz-fixes", "fuzz-fixes-mpi"])
+def test_underflow_errors_and_caught_base_exceptions_leave_no_rank_waiting(scenario):
+    _passes(scenario, timeout=90)
+
+
+@needs_mpi
 def test_three_ranks_shared_memory_sums_in_rank_order():
     _passes("three", np_=3)
 
@@ -900,6 +906,56 @@ def _scenario_no_shared_memory_warnings_raise() -> None:
     print(f"rank {r}: all checks passed", flush=True)
 
 
+def _scenario_fuzz_fixes(shared: bool) -> None:
+    """Found by a fuzzing helper: (1) ``np.seterr(under="raise")`` on one rank raised
+    ``FloatingPointError`` inside the mean's packing (its ``1 / size`` scale, a float16 cast)
+    while the other rank waited in the collective; (2) a ``BaseException`` caught on one rank
+    inside ``with DistributedGradientTape`` was not told to the others, which waited in
+    ``gradient()``; (3) a NumPy integer ``bucket_bytes`` was refused."""
+
+    from mpi4py import MPI
+
+    D = gt.distributed
+    D.init(MPI.COMM_WORLD, shared_memory=shared)
+    r = D.rank()
+    tiny = np.full(1000, 1e-45, np.float32)  # (the mean's share underflows to 0)
+    old = np.seterr(under="raise" if r == 1 else "ignore")
+    try:
+        for compression in (None, "float16"):
+            out = D.allreduce([gt.tensor(tiny), gt.tensor(np.ones(3, np.float32))],
+                              compression=compression)
+            assert out[1].numpy().tolist() == [1.0] * 3
+            assert (np.abs(out[0].numpy()) <= 2e-45).all()
+        w = gt.Variable(np.ones(3, np.float32))
+        c = gt.tensor(tiny[:3])  # (the gradient, exact: its mean's share underflows)
+        for overlap in (True, False):
+            with D.DistributedGradientTape(gt.GradientTape(), overlap=overlap) as tape:
+                loss = gt.sum(w * c)
+            assert (np.abs(tape.gradient(loss, w).numpy()) <= 2e-45).all()
+    finally:
+        np.seterr(**old)
+
+    class Stop(BaseException):
+        pass
+
+    w = gt.Variable(np.ones(3, np.float32))
+    try:
+        with D.DistributedGradientTape(gt.GradientTape()) as tape:
+            loss = gt.sum(w * w)
+            if r == 1:
+                raise Stop()
+        tape.gradient(loss, w)
+        raise AssertionError("rank 0's gradient() should have raised")
+    except Stop:
+        assert r == 1
+    except D.DistributedError as exc:
+        assert r == 0 and "rank 1 raised Stop" in str(exc), str(exc)
+    out = D.allreduce([gt.tensor(np.full(5, 1.0 + r, np.float32))], op="sum",
+                      bucket_bytes=np.int64(64))[0]  # the job goes on
+    assert out.numpy().tolist() == [3.0] * 5
+    print(f"rank {r}: all checks passed", flush=True)
+
+
 def _scenario_no_shared_memory() -> None:
     """GRADTAPE_SHM_DIR names a directory that does not exist: the first rank cannot create
     the shared file, says why, and every rank reduces over MPI instead of waiting."""
@@ -923,4 +979,5 @@ if __name__ == "__main__":
      "three": _scenario_three, "no-shared-memory": _scenario_no_shared_memory,
      "no-shared-memory-warnings-raise": _scenario_no_shared_memory_warnings_raise,
      "uncaught": _scenario_uncaught, "uncaught-after-reinit": lambda: _scenario_uncaught(True),
-     "die": _scenario_die}[sys.argv[1]]()
+     "die": _scenario_die, "fuzz-fixes": lambda: _scenario_fuzz_fixes(True),
+     "fuzz-fixes-mpi": lambda: _scenario_fuzz_fixes(False)}[sys.argv[1]]()
