@@ -981,8 +981,7 @@ def _norms_of(key: tuple, *arrays: Array) -> Array:
         sq[rows], _ = _sq_norms_in(len(rows), [a[rows] for a in arrays[:n]], spec,
                                    [a[rows] for a in arrays[n:]], xp, np.float64,
                                    exact=True)
-    with np.errstate(invalid="ignore"):
-        norms = np.sqrt(np.maximum(sq, 0.0))
+    norms = np.sqrt(np.maximum(sq, 0.0))  # (NaN stays NaN, quietly)
     if far is not None and far.any():
         rows = np.flatnonzero(far)
         norms[rows] = _scaled_norms(len(rows), [a[rows] for a in arrays[:n]], spec,
