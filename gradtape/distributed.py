@@ -1679,8 +1679,11 @@ class DistributedGradientTape:
         traced = tracing()
         # (overlap too: a rank reducing during its backward, with MPI's non-blocking call,
         # and one reducing after it, with the blocking one, would never match; a compiled
-        # step always reduces after its backward)
-        kind = _kind("gradient" if traced or not self._overlap else "gradient with overlap",
+        # step always reduces after its backward, and so does a job on one machine, whose
+        # reductions through shared memory are work for the same cores, which nothing would
+        # progress beside the backward: the ranks agree on shared memory at init)
+        overlapping = self._overlap and not traced and world.shm is None
+        kind = _kind("gradient with overlap" if overlapping else "gradient",
                      self._op, self._compression, self._bucket_bytes)
         if failure is None:
             failure = self._invalid
@@ -1693,14 +1696,17 @@ class DistributedGradientTape:
             plan = _array_plan([s.data for s in leaves], backends.pop().name, self._bucket_bytes, True)
         else:
             plan = _cached_plan(tuple([_spec(s) for s in leaves]), self._bucket_bytes, True)
-        if not traced:  # (in a gt.function trace the program's step checks, at each call)
+        # Reducing during the backward, the ranks agree before it (a bucket starts as soon as
+        # its gradients are final). Reducing after it (a compiled step, shared memory,
+        # overlap=False), they agree once, after it, on the sources and the None gradients
+        # together: the same calls eagerly as in a compiled step (in a gt.function trace the
+        # program's step checks, at each call), so a rank that runs the step eagerly (its
+        # gt.function fell back) pairs with ranks that replay it.
+        if overlapping:
             _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
         red = _Reducer(world, plan, self._op, self._compression)
         hook = None
-        # (a gt.function step reduces after the backward; so does a job on one machine, whose
-        # reductions through shared memory are work for the same cores, which nothing would
-        # progress beside the backward: the ranks agree on shared memory at init)
-        if self._overlap and not traced and world.shm is None:
+        if overlapping:
             red.overlap = True
             positions: dict[int, list[int]] = {}
             for i, s in enumerate(leaves):
@@ -1717,11 +1723,13 @@ class DistributedGradientTape:
             failure = exc
             flat = [None] * len(leaves)
         nones = tuple(g is None for g in flat)
-        if traced:  # one check at each call of the compiled step: these sources, these None
-            # gradients (a rank that traces and one that replays make the same checks)
+        if not overlapping:  # one check at each call: these sources, these None gradients (a
+            # rank that traces, one that replays and one that runs eagerly make the same checks)
             check = (who, (kind, plan.specs, nones), _hash((plan.signed(kind), nones)))
             if failure is None and not all(nones):
                 arrays = [None if g is None else g.data for g in flat]
+                if not traced:  # (traced, the program's reduction step checks first)
+                    _agree(world, *check[:2], None, check[2])
                 return self._linked(spec, leaves, flat, _allreduce_arrays(
                     arrays, self._op, self._compression, self._bucket_bytes, agree=check))
             _agree(world, *check[:2], failure, check[2])  # now: a failure, or nothing to reduce
