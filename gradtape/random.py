@@ -356,9 +356,11 @@ class Generator:
                 raise ValueError(f"permutation: n must be >= 0, got {n}")
             _check_size("permutation", [n], 8)
             return self._range_permutation(n)
-        if isinstance(n_or_tensor, (float, np.floating)):  # a float where the int n goes
-            raise TypeError(f"permutation: n must be an int, got {n_or_tensor!r} (float); "
-                            "pass int(n), or a tensor of rank >= 1 to shuffle its first axis")
+        if isinstance(n_or_tensor, (float, np.floating, bool, np.bool_)):  # a float or a bool
+            # where the int n goes
+            raise TypeError(f"permutation: n must be an int, got {n_or_tensor!r} "
+                            f"({type(n_or_tensor).__name__}); pass int(n), or a tensor of rank "
+                            ">= 1 to shuffle its first axis")
         if isinstance(n_or_tensor, Tensor):
             x = n_or_tensor
         else:

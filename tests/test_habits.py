@@ -623,8 +623,11 @@ def test_messages_for_values_that_do_not_fit_and_swapped_arguments(tmp_path):
     m = gt.nn.Dense(2, 2)
     with pytest.raises(TypeError, match="arguments look swapped"):
         gt.nn.load(m, str(tmp_path / "x.npz"))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="permutation: n must be an int, got 5.0"):
+    with pytest.raises(TypeError, match=r"permutation: n must be an int, got 5.0 \(float\)"):
         gt.random.Generator(0).permutation(5.0)
+    # a bool where n goes (found by a fuzzing helper: the message spoke of a 0-d tensor)
+    with pytest.raises(TypeError, match=r"permutation: n must be an int, got True \(bool\)"):
+        gt.random.Generator(0).permutation(True)
 
 
 def test_cross_entropy_with_pytorchs_class_axis_says_where_the_class_axis_is():
