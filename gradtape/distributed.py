@@ -1704,9 +1704,10 @@ class DistributedGradientTape:
         # gt.function fell back) pairs with ranks that replay it.
         if overlapping:
             _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
-        red = _Reducer(world, plan, self._op, self._compression)
+        red: _Reducer | None = None
         hook = None
         if overlapping:
+            red = _Reducer(world, plan, self._op, self._compression)
             red.overlap = True
             positions: dict[int, list[int]] = {}
             for i, s in enumerate(leaves):
@@ -1736,6 +1737,7 @@ class DistributedGradientTape:
             if failure is not None:
                 raise failure
             return unflatten(spec, [None] * len(leaves))
+        assert red is not None  # (overlapping)
         try:
             _agree(world, who, ("gradients (True: None)", nones), failure, started=red.next)
         except Exception:  # (every rank raises: a DistributedError, or its own error)
