@@ -1702,11 +1702,10 @@ class DistributedGradientTape:
         # together: the same calls eagerly as in a compiled step (in a gt.function trace the
         # program's step checks, at each call), so a rank that runs the step eagerly (its
         # gt.function fell back) pairs with ranks that replay it.
-        if overlapping:
-            _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
         red: _Reducer | None = None
         hook = None
         if overlapping:
+            _agree(world, who, (kind, plan.specs), None, plan.signed(kind))
             red = _Reducer(world, plan, self._op, self._compression)
             red.overlap = True
             positions: dict[int, list[int]] = {}

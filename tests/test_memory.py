@@ -381,7 +381,7 @@ def test_a_fused_runs_intermediates_share_scratch_buffers():
     assert peak < 3 * one, peak / one
 
 
-def test_a_fused_backward_sums_a_shared_inputs_gradient_as_it_goes(peak_bytes):
+def test_a_fused_backward_sums_a_shared_inputs_gradient_as_it_goes(peak_bytes, monkeypatch):
     # a weight read at every step of a fused run (``tanh(y + w)`` 40 times) gets 40
     # contributions; the run's program kept each in a scratch buffer of its own until one sum
     # at the end (41 arrays alive), where adding each as it comes needs three
@@ -393,20 +393,16 @@ def test_a_fused_backward_sums_a_shared_inputs_gradient_as_it_goes(peak_bytes):
     w = gt.Variable(rng.standard_normal(n).astype(np.float32) * 0.1)
 
     def grads(fusion):
-        old = gt.config.fusion
-        gt.config.fusion = fusion
-        try:
-            with gt.GradientTape() as tape:
-                tape.watch(x)
-                y = x
-                for _ in range(40):
-                    t = gt.tanh(y + w)
-                    y = t + gt.exp(t) * 0.05
-                loss = gt.sum(y)
-            out: list = []
-            used = peak_bytes(lambda: out.extend(tape.gradient(loss, [x, w])))
-        finally:
-            gt.config.fusion = old
+        monkeypatch.setattr(gt.config, "fusion", fusion)
+        with gt.GradientTape() as tape:
+            tape.watch(x)
+            y = x
+            for _ in range(40):
+                t = gt.tanh(y + w)
+                y = t + gt.exp(t) * 0.05
+            loss = gt.sum(y)
+        out: list = []
+        used = peak_bytes(lambda: out.extend(tape.gradient(loss, [x, w])))
         return used, [g.numpy() for g in out]
 
     fused_peak, fused = grads(True)

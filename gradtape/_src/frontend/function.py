@@ -831,10 +831,17 @@ class _Trace:
                "instead (x[np.flatnonzero(mask)] for a 1-d mask, x[np.nonzero(mask)] in "
                "general: fixed integer indices), select with gt.where, or use "
                "gt.function(f, fallback=\"eager\") to run this step eagerly")
-        if not self.fallback:
+        if not self._falls_back(f"indexing a traced tensor by a plain boolean mask at {line}"):
             raise TracingError(why)
+
+    def _falls_back(self, reason: str) -> bool:
+        """With ``fallback="eager"``: note ``reason`` (the first one met) as why the step runs
+        eagerly, and say True; else False (the caller raises ``TracingError``)."""
+        if not self.fallback:
+            return False
         if self.poisoned is None:
-            self.poisoned = f"indexing a traced tensor by a plain boolean mask at {line}"
+            self.poisoned = reason
+        return True
 
     def refuse(self, what: str, why: str) -> None:
         """A library call that reads or writes host state outside the program (a checkpoint
@@ -842,9 +849,7 @@ class _Trace:
         traces only, not at the replays; ``TracingError`` saying ``why``, or with
         ``fallback="eager"`` the step runs eagerly."""
         line = user_line()
-        if self.fallback:
-            if self.poisoned is None:
-                self.poisoned = f"{what} at {line}"
+        if self._falls_back(f"{what} at {line}"):
             return
         raise TracingError(
             f"gt.function: {what} at {line}: {why}. Call it outside the compiled step (before "
@@ -853,9 +858,7 @@ class _Trace:
 
     def host_sync(self, what: str) -> None:
         line = user_line()
-        if self.fallback:
-            if self.poisoned is None:
-                self.poisoned = f"{what} at {line}"
+        if self._falls_back(f"{what} at {line}"):
             return
         if "Variable" in what:  # a host value of the state: the program reads it at each call
             raise TracingError(
