@@ -554,6 +554,10 @@ def _hyper(who: str, name: str, value: Any, rule: str) -> float:
 _HYPER = "hyper."
 
 
+#: Adam's and AdamW's entry saying whether ``weight_decay`` is decoupled (AdamW) or L2 (Adam)
+_DECOUPLED = _HYPER + "decoupled_weight_decay"
+
+
 def is_hyper_key(key: Any) -> bool:
     """Whether a ``state_dict`` key is a hyper-parameter's entry (see :data:`_HYPER`)."""
     k = str(key)
@@ -732,6 +736,11 @@ class Optimizer:
         self._key_owner: dict[str, tuple[int, weakref.ref]] = {}
         self._dead: list[int] = []
         self._next_serial = 0
+        # a copied or unpickled optimizer until its first step: Variable._id -> (position,
+        # name) of the Variables that came with it, and the state of those that died since
+        # (position, name, slots): see _settle_restored
+        self._restored: dict[int, tuple[int, str | None]] | None = None
+        self._orphans: list[tuple[int, str | None, tuple]] = []
 
     @property
     def current_learning_rate(self) -> float:
@@ -811,9 +820,13 @@ class Optimizer:
         """Forget the Variables that died: their slot arrays and keys (a weak reference's
         callback only notes the id, so that no dict changes size while a method iterates it)."""
         dead = self._dead
+        restored = self.__dict__.get("_restored")
         while dead:  # (a callback may append while this runs: pop until none is left)
             vid = dead.pop()
-            self._state.pop(vid, None)
+            slots = self._state.pop(vid, None)
+            came = restored.pop(vid, None) if restored else None
+            if came is not None and slots is not None:  # (see _settle_restored)
+                self._orphans.append((*came, slots))
             key = self._keys.pop(vid, None)
             held = self._key_owner.get(key) if key is not None else None
             if held is not None and held[0] == vid:
@@ -829,8 +842,8 @@ class Optimizer:
         if self._dead:
             self._purge()
         state = self.__dict__.copy()
-        for name in ("_keys", "_key_owner", "_dead"):
-            del state[name]
+        for name in ("_keys", "_key_owner", "_dead", "_restored"):
+            state.pop(name, None)
         # each living Variable with its slot arrays, or None for one that holds a key without
         # state (reset by a load_state_dict: the key travels too, or the copy would let
         # another Variable of that name take it)
@@ -851,10 +864,51 @@ class Optimizer:
         self._key_owner = {}
         self._dead = []
         self.__dict__.setdefault("_next_serial", 0)
+        # the state of Variables that die before the first step (copied or unpickled apart
+        # from their model) is kept for that step to claim (_settle_restored)
+        orphans = list(self.__dict__.get("_orphans") or ())
+        self._orphans = orphans
+        self._restored = {}
         for v, slots, *key in pairs:
             if slots is not None:
                 self._state[v._id] = tuple(slots)
+                self._restored[v._id] = (len(orphans) + len(self._restored), v.name)
             self._track(v, key[0] if key and isinstance(key[0], str) else None)
+
+    def _settle_restored(self, variables: list[Variable]) -> None:
+        """The first step of a copied or unpickled optimizer: state whose Variables did not
+        come with it (``pickle.dumps(opt)`` alone, the model saved apart) goes to the step's
+        Variables without state when they match it one to one, in order, by name, shape,
+        dtype and backend (the order of ``model.trainable_variables`` is the order in which
+        they first gained state, as Keras matches an optimizer's variables); otherwise it is
+        dropped with a warning (never silently: the step would start those moments from zero
+        at a later step count)."""
+        orphans = sorted(self._orphans, key=lambda o: o[0])
+        self._orphans, self._restored = [], None
+        if not orphans:
+            return
+        fresh = [v for v in variables if v._id not in self._state]
+
+        def fits(v: Variable, name: str | None, slots: tuple) -> bool:
+            arr = next((s for s in slots if s is not None), None)
+            return v.name == name and (arr is None or (
+                tuple(arr.shape) == v.shape and arr.dtype == v.dtype
+                and type(arr) is type(v.data)))
+
+        if len(fresh) == len(orphans) and all(
+                fits(v, name, slots) for v, (_, name, slots) in zip(fresh, orphans)):
+            for v, (_, _, slots) in zip(fresh, orphans):
+                self._state[v._id] = slots
+                self._track(v)
+            return
+        names = ", ".join(repr(name or "variable") for _, name, _ in orphans)
+        warnings.warn(
+            f"{type(self).__name__}: this optimizer was copied or unpickled apart from the "
+            f"{len(orphans)} Variable(s) it had state for ({names}), and this step's Variables "
+            f"without state ({len(fresh)}) do not match them in order, name, shape and dtype: "
+            f"that state is dropped and their moments start from zero at step "
+            f"{self.iterations}. Pickle or copy the model and the optimizer together "
+            "(pickle.dumps((model, opt))) or use gt.nn.save(path, model, opt)", stacklevel=4)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None
@@ -988,6 +1042,8 @@ class Optimizer:
         count, the fused rule on each Variable."""
         if self._dead:
             self._purge()
+        if self.__dict__.get("_restored") is not None:
+            self._settle_restored([v for _, v in pairs])
         if self.global_clipnorm is not None:
             gs = [g for g, _ in pairs]
             if isinstance(gs[0], np.ndarray):
@@ -1398,6 +1454,30 @@ class Adam(Optimizer):
 
     def _rule(self) -> UpdateRule:
         return adam_rule(self.weight_decay != 0.0, self._decoupled)
+
+    def _hyper_entries(self) -> dict[str, np.ndarray]:
+        # what weight_decay means (PyTorch's Adam carries decoupled_weight_decay in its
+        # state too): an AdamW state loaded into Adam would turn decoupled decay into L2
+        return {**super()._hyper_entries(), _DECOUPLED: np.asarray(self._decoupled)}
+
+    def _check_hypers(self, state: Mapping[str, Any], who: str) -> dict[str, Any]:
+        out = super()._check_hypers({k: a for k, a in state.items() if k != _DECOUPLED}, who)
+        if _DECOUPLED not in state:  # (a state written before it was recorded)
+            return out
+        arr = state[_DECOUPLED]
+        a = np.asarray(arr.data if isinstance(arr, Tensor) else arr)
+        if a.shape != () or a.dtype.kind != "b":
+            raise TypeError(f"{who}: {_DECOUPLED!r} must be a bool scalar, got {a.dtype} of "
+                            f"shape {a.shape}")
+        decay = out.get("weight_decay", self.weight_decay)
+        if bool(a) != self._decoupled and decay != 0:
+            wrote, ours = ("AdamW", "Adam") if bool(a) else ("Adam", "AdamW")
+            raise ValueError(
+                f"{who}: this state was written by {wrote} (weight_decay={decay} as "
+                f"{'decoupled decay' if bool(a) else 'L2 added to the gradient'}); {ours} would "
+                f"read it as {'L2 added to the gradient' if bool(a) else 'decoupled decay'}: "
+                f"load it into gt.optimizers.{wrote}")
+        return out
 
     def _rule_scalars(self, scalars: dict) -> dict[str, float]:
         lr, b1, b2, t = scalars["lr"], scalars["beta1"], scalars["beta2"], scalars["step"]
