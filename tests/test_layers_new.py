@@ -274,8 +274,11 @@ def test_global_average_pooling(rng):
     assert y.shape == (2, 3) and y.dtype == np.float32
     np.testing.assert_allclose(y.numpy(), x.mean(axis=(2, 3)), rtol=1e-5)
     assert gt.nn.GlobalAveragePooling2D(keepdims=True)(x).shape == (2, 3, 1, 1)
-    with pytest.raises(ValueError, match=r"4-D NCHW"):
+    with pytest.raises(ValueError, match=r"^GlobalAveragePooling2D: x must be a 4-D NCHW"):
         gt.nn.GlobalAveragePooling2D()(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"^GlobalAveragePooling2D: x must be a float tensor, got "
+                                        r"dtype int32"):
+        gt.nn.GlobalAveragePooling2D()(np.zeros((2, 3, 4, 4), np.int32))
 
 
 # --------------------------------------------------------------------------- flatten

@@ -31,12 +31,22 @@ from .. import ops
 from .._src.autodiff.state import STATE, flag_changed, refuse_in_trace, tracing
 from .._src.errors import TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
-from ..ops._util import as_int, as_real
+from ..ops._util import as_int, as_real, one
 from ..ops.creation import float_dtype
 from ..optimizers import Optimizer, _cast_entry, _checkpoint_dtype_error, is_hyper_key
 from ..random import Generator, _check_seed, _numpy_generator
 from . import init as _init
-from .conv import _pair, adaptive_avg_pool2d, avg_pool2d, check_settings, conv1d, conv2d, conv_transpose2d, max_pool2d
+from .conv import (
+    _check_image,
+    _pair,
+    adaptive_avg_pool2d,
+    avg_pool2d,
+    check_settings,
+    conv1d,
+    conv2d,
+    conv_transpose2d,
+    max_pool2d,
+)
 from .functional import batch_norm, dropout, embedding, layer_norm, softmax
 
 __all__ = ["Module", "Dense", "Linear", "Conv1D", "Conv2D", "Conv2DTranspose", "Sequential", "Flatten",
@@ -909,6 +919,8 @@ class GlobalAveragePooling2D(Module):
         self.keepdims = as_flag(keepdims, type(self).__name__, "keepdims")
 
     def forward(self, x: Any) -> Tensor:
+        x = one(x)
+        _check_image(x, type(self).__name__)  # (its errors name this layer, not the function)
         y = adaptive_avg_pool2d(x, 1)
         return y if self.keepdims else ops.reshape(y, y.shape[:2])
 
