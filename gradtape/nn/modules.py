@@ -476,6 +476,23 @@ def _size(value: Any, layer: str, name: str) -> int:
     return n
 
 
+def _autocast(x: Any, like: Variable | None) -> Tensor:
+    """A layer's input as a Tensor; a floating one of another dtype than the layer's Variable
+    ``like`` cast to its dtype, as Keras layers autocast their inputs: a float64 NumPy batch
+    (NumPy's default) into a float32 model would otherwise run the whole step in float64, at
+    several times the cost, with float64 activations. The cast is recorded, so a gradient with
+    respect to the input comes back in the input's own dtype. Other inputs (integers, a layer
+    without Variables) as they are."""
+    if not isinstance(x, Tensor):
+        if (like is not None and type(x) is np.ndarray and x.dtype.kind == "f"
+                and x.dtype != like.dtype):
+            x = x.astype(like.dtype)  # (a host batch: cast before it becomes a Tensor)
+        x = one(x)
+    if like is not None and x.dtype.kind == "f" and x.dtype != like.dtype:
+        x = ops.astype(x, like.dtype)
+    return x
+
+
 class Dense(Module):
     """Fully connected layer ``activation(x @ kernel + bias)`` (Keras layout).
 
@@ -512,8 +529,7 @@ class Dense(Module):
                               name="bias") if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
-        if not isinstance(x, Tensor):
-            x = ops._util.one(x)
+        x = _autocast(x, self.kernel)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Dense: expected input [..., {self.in_features}], got shape {x.shape}")
         y = ops.matmul(x, self.kernel)
@@ -565,6 +581,7 @@ class Conv2D(Module):
                               name="bias") if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
+        x = _autocast(x, self.kernel)
         y = conv2d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
                    dilation=self.dilation, groups=self.groups)
         return self.activation(y) if self.activation is not None else y
@@ -635,6 +652,7 @@ class Conv1D(Module):
                      if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
+        x = _autocast(x, self.kernel)
         y = conv1d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
                    dilation=self.dilation, groups=self.groups)
         return self.activation(y) if self.activation is not None else y
@@ -691,6 +709,7 @@ class Conv2DTranspose(Module):
                      if as_flag(use_bias, type(self).__name__, "use_bias") else None)
 
     def forward(self, x: Any) -> Tensor:
+        x = _autocast(x, self.kernel)
         y = conv_transpose2d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding,
                              output_padding=self.output_padding, groups=self.groups,
                              dilation=self.dilation)
@@ -971,7 +990,7 @@ class LayerNorm(Module):
                      if self.elementwise_affine else None)
 
     def forward(self, x: Any) -> Tensor:
-        x = ops._util.one(x)
+        x = _autocast(x, self.gamma)
         k = len(self.normalized_shape)
         if x.ndim < k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
             raise ValueError(f"LayerNorm: expected input [..., {', '.join(map(str, self.normalized_shape))}] "
@@ -1040,7 +1059,7 @@ class BatchNorm(Module):
                                     trainable=False)
 
     def forward(self, x: Any) -> Tensor:
-        x = ops._util.one(x)
+        x = _autocast(x, self.running_mean)
         C = self.num_features
         if x.ndim < 2:
             raise ValueError(f"BatchNorm: expected input [N, {C}, ...] (rank >= 2), got shape {x.shape}")
