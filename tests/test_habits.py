@@ -532,6 +532,7 @@ def test_class_docstrings_list_their_constructor_arguments():
     (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
     (["--lr", "fast"], "--lr"), (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
     (["--blas-threads", "-1"], "--blas-threads"), (["--model", "rnn"], "--model"),
+    (["--seed", "-1"], "--seed"), (["--seed", str(2**32)], "--seed"), (["--seed", "x"], "--seed"),
 ])
 def test_demo_rejects_bad_values_with_a_one_line_error(argv, flag, capsys):
     with pytest.raises(SystemExit) as info:
@@ -645,3 +646,17 @@ def test_cross_entropy_with_pytorchs_class_axis_says_where_the_class_axis_is():
     with pytest.raises(ValueError) as e:  # another mismatch: no hint
         gt.nn.cross_entropy(logits, labels[:, :4])
     assert "PyTorch" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--seed", "-1"], "--seed"), (["--epochs", "0"], "--epochs"), (["--batch-size", "-3"], "--batch-size"),
+    (["--max-norm", "0"], "--max-norm"), (["--noise", "-1"], "--noise"), (["--lr", "nan"], "--lr"),
+])
+def test_the_dp_sgd_example_rejects_bad_values_with_a_one_line_error(argv, flag, capsys):
+    from gradtape.examples import dp_sgd
+    with pytest.raises(SystemExit) as info:
+        dp_sgd.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"error: argument {flag}" in err[-1]
+    assert not any("Traceback" in line for line in err)

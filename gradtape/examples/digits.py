@@ -296,6 +296,28 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed NumPy's generators and scikit-learn's split both take: an integer in
+    ``[0, 2**32 - 1]`` (scikit-learn refuses others deep inside the data split)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32 - 1], got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _learning_rate(text: str) -> float:
     try:
         value = float(text)
@@ -341,7 +363,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which model(s) to train")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="array backend; auto picks CuPy when a CUDA device works")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the data split, the initial weights and the batch order")
     p.add_argument("--lr", type=_learning_rate, default=2e-3,
                    help="Adam learning rate, a positive finite number")

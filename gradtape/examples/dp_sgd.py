@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import gradtape as gt
-from gradtape.examples.digits import build_mlp, load_data
+from gradtape.examples.digits import _learning_rate, _non_negative_float, _positive_int, _seed, build_mlp, load_data
 
 __all__ = ["main", "train_dp"]
 
@@ -80,12 +80,13 @@ def main(argv: list[str] | None = None) -> float:
     """Command line: ``--epochs``, ``--batch-size``, ``--max-norm``, ``--noise``, ``--lr``,
     ``--seed``. Returns the final test accuracy."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-norm", type=float, default=1.0)
-    p.add_argument("--noise", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--seed", type=int, default=0)
+    # (the digits demo's argument types: a bad value is a one-line usage error naming the flag)
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--max-norm", type=_learning_rate, default=1.0)
+    p.add_argument("--noise", type=_non_negative_float, default=1.0)
+    p.add_argument("--lr", type=_learning_rate, default=5e-3)
+    p.add_argument("--seed", type=_seed, default=0)
     a = p.parse_args(argv)
     acc = train_dp(a.epochs, a.batch_size, a.max_norm, a.noise, a.lr, a.seed)
     print(f"DP-SGD digits MLP: test accuracy {acc:.2%} (C={a.max_norm}, sigma={a.noise}, "
