@@ -5,7 +5,6 @@ over :mod:`gradtape._src.cpu.pool`'s threads).
 
 from __future__ import annotations
 
-import contextvars
 import math
 from collections.abc import Callable
 from typing import Any
@@ -342,11 +341,10 @@ def run_numpy(prog: NumpyProgram, leaves: list[np.ndarray], params: list[Any],
     if threads < 2:
         work(range(0, length, step))
         return
-    workers = pool.thread_pool()
     per = -(-n_blocks // threads) * step
     # each worker runs in a copy of the caller's context: np.errstate (a context variable)
     # set around the backward pass holds in the pool's threads too
-    futures = [workers.submit(contextvars.copy_context().run, work, range(lo, min(lo + per, length), step))
+    futures = [pool.submit(work, range(lo, min(lo + per, length), step), in_context=True)
                for lo in range(per, length, per)]
     try:
         work(range(0, min(per, length), step))

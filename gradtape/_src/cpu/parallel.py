@@ -36,7 +36,6 @@ small arrays pay one comparison per op.
 
 from __future__ import annotations
 
-import contextvars
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -133,10 +132,8 @@ def _run(prim: Primitive, arrays: tuple[np.ndarray, ...], params: dict[str, Any]
                 out_flat[a:b] = impl(np, *[v[a:b] if sliced else v for v, sliced in ops],
                                      **params)
 
-    workers = pool.thread_pool()
     # np.errstate lives in a context variable: workers run in a copy of the caller's context
-    futures = [workers.submit(contextvars.copy_context().run, work)
-               for _ in range(min(pool.THREADS, -(-n // chunk)) - 1)]
+    futures = [pool.submit(work, in_context=True) for _ in range(min(pool.THREADS, -(-n // chunk)) - 1)]
     error: BaseException | None = None
     try:
         work()

@@ -8,13 +8,16 @@ in parallel. The thresholds below are read from here only; the measurements behi
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 __all__ = ["THREADS", "BLOCK", "BLOCKS_PER_THREAD", "CHUNK", "MIN_SIZE", "CHEAP_MIN_SIZE", "CACHE_BUDGET",
-           "L2_BUDGET", "LARGE_BUDGET", "cache_budget", "block_size", "thread_pool", "in_worker"]
+           "L2_BUDGET", "LARGE_BUDGET", "cache_budget", "block_size", "thread_pool", "in_worker", "submit"]
 
 
 def _usable_cpus() -> int:
@@ -205,6 +208,44 @@ def thread_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=max(1, THREADS - 1), thread_name_prefix=_WORKER_PREFIX)
         return _pool
+
+
+class _Job:
+    """``fn(*args)`` for the pool, dropping ``fn`` and ``args`` as it returns, or when its
+    future is cancelled. The pool keeps its work item (this object) until a worker next runs:
+    after the caller's ``result()`` has woken, or, for a job cancelled because the caller did
+    all the work itself, in the queue. A closure over a program's arrays held there kept them
+    alive past the caller's use of them for as long as a busy machine left the worker
+    unscheduled (a chunked vmap's peak memory grew with the load)."""
+
+    __slots__ = ("ctx", "fn", "args")
+
+    def __init__(self, ctx: contextvars.Context | None, fn: Callable[..., Any], args: tuple) -> None:
+        self.ctx, self.fn, self.args = ctx, fn, args
+
+    def __call__(self) -> Any:
+        ctx, fn, args = self.ctx, self.fn, self.args
+        self.ctx = self.fn = self.args = None  # type: ignore[assignment]
+        return fn(*args) if ctx is None else ctx.run(fn, *args)
+
+    def drop(self, _future: Future) -> None:
+        self.ctx = self.fn = self.args = None  # type: ignore[assignment]
+
+
+def submit(fn: Callable[..., Any], *args: Any, in_context: bool = False) -> Future:
+    """Run ``fn(*args)`` on the pool (in a copy of the caller's context with ``in_context``:
+    ``np.errstate``, a context variable, then holds there too); the pool drops ``fn`` and
+    ``args`` as the call returns, before the caller's ``result()`` wakes, or as the future is
+    cancelled.
+
+    Example:
+        >>> submit(sum, (1, 2)).result()
+        3
+    """
+    job = _Job(contextvars.copy_context() if in_context else None, fn, args)
+    future = thread_pool().submit(job)
+    future.add_done_callback(job.drop)  # (run at once by a cancel())
+    return future
 
 
 def in_worker() -> bool:

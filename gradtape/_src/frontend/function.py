@@ -1696,7 +1696,7 @@ class _Chunked:
             for a in starts:
                 uf(*[f[a:a + chunk] for f in flat], out=out_flat[a:a + chunk])
 
-        futures = [pool.thread_pool().submit(work) for _ in range(min(pool.THREADS, -(-n // chunk)) - 1)]
+        futures = [pool.submit(work) for _ in range(min(pool.THREADS, -(-n // chunk)) - 1)]
         work()
         for f in futures:
             if not f.cancel():
@@ -1821,7 +1821,7 @@ class _FusedRun:
             return tuple(outs)
         # row ranges of whole blocks on the thread pool, as the fused backward runs them
         per = -(-n_blocks // threads) * step
-        futures = [pool.thread_pool().submit(self.blocks, lo, min(lo + per, rows), *arrays, *outs)
+        futures = [pool.submit(self.blocks, lo, min(lo + per, rows), *arrays, *outs)
                    for lo in range(per, rows, per)]
         try:
             self.blocks(0, min(per, rows), *arrays, *outs)
