@@ -615,15 +615,26 @@ _PEER_ARGS = {"lr": ("learning_rate", "write learning_rate=... (PyTorch's lr)"),
                                               "alone)")}
 
 
-def _check_keywords(who: str, init: Callable[..., None], kwargs: dict) -> None:
+#: PyTorch's ``torch.optim.Optimizer`` names an optimizer lacks, and what does it here
+_TORCH_OPTIMIZER_NAMES = {
+    "zero_grad": "none is needed: tape.gradient returns fresh gradients, nothing accumulates",
+    "step": "opt.apply_gradients(zip(grads, variables)) or opt.minimize(loss_fn, var_list)",
+    "param_groups": "hyper-parameters are attributes: opt.learning_rate = 1e-4",
+}
+
+
+def _check_keywords(who: str, init: Callable[..., None], kwargs: dict,
+                    peers: dict[str, tuple[str, str]] | None = None) -> None:
     """A clear TypeError for a keyword the constructor ``init`` does not take, naming
-    gradtape's spelling of PyTorch's and Keras's names and the arguments it takes."""
+    gradtape's spelling of PyTorch's and Keras's names (``peers``: ``{their name: (ours,
+    hint)}``, the optimizers' by default) and the arguments it takes."""
+    peers = _PEER_ARGS if peers is None else peers
     params = inspect.signature(init).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     for key, value in kwargs.items():
         if key not in params:
-            ours, hint = _PEER_ARGS.get(key, ("", ""))
+            ours, hint = peers.get(key, ("", ""))
             if ours and ours not in params:
                 hint = ""  # (a subclass of its own arguments: the list says what it takes)
             takes = ", ".join(n for n in params if n != "self")
@@ -667,6 +678,12 @@ class Optimizer:
             raise AttributeError(f"{who}: {name!r} is not one of its hyper-parameters ({hint}; "
                                  f"they are {', '.join(self._checked)})")
         object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # (called only for a missing attribute) PyTorch's optimizer names get gradtape's way
+        hint = _TORCH_OPTIMIZER_NAMES.get(name)
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=self)
 
     def _check_hyper(self, name: str, value: Any, rule: str) -> Any:
         who = type(self).__name__
@@ -965,8 +982,9 @@ class Optimizer:
                                 "zip(grads, variables), gradients first")
             first = seen.setdefault(v._id, i)
             if first != i:  # two updates of one step (and of its moments) in one call
-                raise ValueError(f"{who}: variable {_label(v, i)} is given twice (pairs #{first} "
-                                 f"and #{i}); add its gradients and pass it once")
+                named = f"variable {v.name}" if v.name else "an unnamed variable"
+                raise ValueError(f"{who}: {named} is given twice (pairs #{first} and #{i}); add "
+                                 "its gradients and pass it once")
             if v.dtype.kind != "f":
                 raise TypeError(f"{who}: variable {_label(v, i)} has dtype {v.dtype}; only "
                                 'floating-point variables can be trained (create it as '

@@ -381,6 +381,9 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean",
             torch_layout = logits.ndim >= 3 and labels.shape == logits.shape[:1] + logits.shape[2:]
             hint = ("; the class axis is the last here, PyTorch's is 1: pass "
                     "gt.moveaxis(logits, 1, -1)" if torch_layout else "")
+            if not hint and labels.shape == logits.shape:
+                hint = ("; one-hot labels? pass the class indices (gt.argmax(labels, axis=-1)) or "
+                        "the one-hot rows as floats (probability targets)")
             raise ValueError(f"cross_entropy: integer labels must have shape logits.shape[:-1] = "
                              f"{logits.shape[:-1]}, got {labels.shape} (logits {logits.shape})"
                              + hint)

@@ -33,7 +33,7 @@ from .._src.errors import TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real, one
 from ..ops.creation import float_dtype
-from ..optimizers import Optimizer, _cast_entry, _checkpoint_dtype_error, is_hyper_key
+from ..optimizers import Optimizer, _cast_entry, _check_keywords, _checkpoint_dtype_error, is_hyper_key
 from ..random import Generator, _check_seed, _numpy_generator
 from . import init as _init
 from .conv import (
@@ -168,6 +168,38 @@ def _refuse_positional_mode(module: Any, args: tuple, kwargs: dict) -> None:
                     f"keyword: training={args[-1]!r}")
 
 
+#: Keras's and PyTorch's keywords for the built-in layers: (gradtape's argument, the hint);
+#: the hint is dropped where the layer has no such argument
+_LAYER_PEER_ARGS = {
+    "units": ("out_features", "Keras's units is out_features, after the input size: "
+                              "Dense(in_features, out_features)"),
+    "filters": ("out_channels", "Keras's filters is out_channels, after the input channels: "
+                                "Conv2D(in_channels, out_channels, kernel_size)"),
+    "kernel_initializer": ("kernel_init", "write kernel_init=... (Keras's kernel_initializer)"),
+    "bias_initializer": ("bias_init", "write bias_init=... (Keras's bias_initializer)"),
+    "bias": ("use_bias", "write use_bias=... (PyTorch's bias)"),
+    "epsilon": ("eps", "write eps=... (Keras's epsilon)"),
+    "p": ("rate", "write rate=... (PyTorch's p)"),
+    "strides": ("stride", "write stride=... (Keras's strides)"),
+    "dilation_rate": ("dilation", "write dilation=... (Keras's dilation_rate)"),
+    "pool_size": ("kernel_size", "write kernel_size=... (Keras's pool_size)"),
+    "input_dim": ("num_embeddings", "write num_embeddings=... (Keras's input_dim)"),
+    "output_dim": ("dim", "write dim=... (Keras's output_dim)"),
+    "embedding_dim": ("dim", "write dim=... (PyTorch's embedding_dim)"),
+}
+
+#: PyTorch's ``nn.Module`` names a module lacks, and what does it here
+_TORCH_MODULE_NAMES = {
+    "parameters": "m.trainable_variables (m.variables also lists the non-trainable ones)",
+    "named_parameters": "m.named_variables()",
+    "state_dict": "gt.nn.save(path, m) or m.save(path) writes a checkpoint; "
+                  "dict(m.named_variables()) maps names to Variables",
+    "load_state_dict": "gt.nn.load(path, m) or m.load(path)",
+    "zero_grad": "none is needed: tape.gradient returns fresh gradients, nothing accumulates",
+    "cuda": "build the model under gt.use_backend(\"cupy\") (a Variable lives on a backend)",
+}
+
+
 class Module:
     """Base class for models and layers: subclasses set Variables and sub-modules as
     attributes (directly or inside lists/tuples/dicts) and define ``forward``.
@@ -190,6 +222,30 @@ class Module:
         >>> m(gt.tensor([3.0])).numpy(), [n for n, _ in m.named_variables()]
         (array([7.], dtype=float32), ['w', 'b'])
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # the built-in layers' constructors name gradtape's spelling of a Keras or PyTorch
+        # keyword (Dense(units=3), Conv2D(filters=8)), where Python would only say "unexpected
+        # keyword argument"; a user's own module keeps its constructor as written
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if cls.__module__ != __name__ or init is None or getattr(init, "_gt_names_keywords", False):
+            return
+
+        @functools.wraps(init)
+        def checked(self: Any, *args: Any, **kw: Any) -> None:
+            if kw:
+                _check_keywords(type(self).__name__, init, kw, _LAYER_PEER_ARGS)
+            init(self, *args, **kw)
+
+        checked._gt_names_keywords = True  # type: ignore[attr-defined]
+        cls.__init__ = checked  # type: ignore[method-assign]
+
+    def __getattr__(self, name: str) -> Any:
+        # (called only for a missing attribute) PyTorch's names get gradtape's way of doing it
+        hint = _TORCH_MODULE_NAMES.get(name)
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=self)
 
     @property
     def training(self) -> bool:

@@ -340,8 +340,12 @@ class GradientTape(Recorder):
                 where = f"sources[{i}]" if len(leaves) > 1 or isinstance(sources, (list, tuple, dict)) \
                     else "sources"
                 if not isinstance(s, Tensor):
-                    raise TypeError(f"{what}: {where} must be a gradtape Tensor or Variable, got "
-                                    f"{type(s).__name__}")
+                    hint = ""
+                    if where == "sources" and hasattr(s, "__iter__") and not hasattr(s, "shape"):
+                        # (dict.values(), a generator, a set: not a nest of tensors)
+                        hint = "; pass list(...) of it"
+                    raise TypeError(f"{what}: {where} must be a gradtape Tensor or Variable, or a "
+                                    f"list, tuple or dict of them, got {type(s).__name__}{hint}")
                 if s.data.dtype.kind == "c":
                     raise TypeError(f"{what}: {where} has dtype {s.dtype}; complex gradients are "
                                     "not supported (differentiate the real and imaginary parts as "
