@@ -636,8 +636,14 @@ def pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
             return _const(a, dt, b._backend), b
         a, b = _pair_general(a, b)
     elif isinstance(a, _SCALARS) and isinstance(b, _SCALARS):
-        # two Python numbers: NumPy's promotion between them (a derivative expression's
-        # ``where(c, 1, slope)`` keeps the slope's float64 digits for a float64 computation)
+        # two Python numbers, both weak: in either order, a float with an int or bool gives
+        # the float's default dtype, as one Python float does (gt.where(mask, 0, -inf) is
+        # float32, as in PyTorch and JAX: float64 would then promote the scores it masks);
+        # two ints, two floats or two bools as NumPy promotes them
+        if (type(a) is float) is not (type(b) is float):
+            f = as_tensor(a if type(a) is float else b)
+            xp, dt = f._backend.xp, f.data.dtype
+            return _wrap(xp.asarray(a, dtype=dt), f._backend), _wrap(xp.asarray(b, dtype=dt), f._backend)
         a = as_tensor(a)
         b = _wrap(a._backend.xp.asarray(b, dtype=np.result_type(a.data.dtype, b)), a._backend)
     elif isinstance(a, _SCALARS):  # a number next to data (a list, an array): weak

@@ -266,7 +266,9 @@ class Tensor:
         return int(self.data.item())
 
     def __index__(self) -> int:
-        if self.dtype.kind not in "iub" or self.ndim != 0:
+        # (not a bool: NumPy refuses np.True_ as an index, and an axis, k or size of True
+        # would be taken as 1 silently)
+        if self.dtype.kind not in "iu" or self.ndim != 0:
             raise TypeError(f"only 0-d integer tensors can be used as an index, got dtype "
                             f"{self.dtype} and shape {self.shape}")
         self._state_read("an index")
@@ -813,6 +815,23 @@ def _check_numeric(arr: Array, what: object) -> None:
                         f"{type(what).__name__} of dtype {arr.dtype}")
 
 
+def _check_int_cast(src: Any, dtype: np.dtype, xp: Any) -> None:
+    """``gt.tensor(array, dtype=<an integer dtype>)``: every value of ``src`` fits ``dtype``.
+    The cast would wrap an integer (300 into int8 gives 44) and give an undefined value for NaN,
+    inf or a float past the range (NumPy gives INT_MIN, CuPy may differ), as ``Variable.assign``
+    refuses too; a fraction truncates, as NumPy's and PyTorch's casts do."""
+    sd = src.dtype
+    if dtype.kind not in "iu" or not src.size or sd.kind not in "fiu" or np.can_cast(sd, dtype):
+        return
+    if sd.kind == "f" and not bool(xp.isfinite(src).all()):
+        raise ValueError(f"gt.tensor: data holds NaN or inf, which dtype {dtype} cannot represent")
+    info = np.iinfo(dtype)
+    if bool(src.min() < info.min) or bool(src.max() > info.max):
+        raise ValueError(f"gt.tensor: data holds numbers outside [{info.min}, {info.max}], which "
+                         f"dtype {dtype} cannot hold (the cast would wrap or give an undefined "
+                         "value); pass a wider dtype")
+
+
 def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLike | None = None, copy: bool = False,
               to_active: bool = False) -> tuple[Array, Backend]:
     """Convert user data to a backend array, following the dtype rules of docs/api.md.
@@ -828,6 +847,7 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
         backend = data._backend
         arr = data.data
         if dtype is not None:
+            _check_int_cast(arr, dtype, backend.xp)
             arr = arr.astype(dtype, copy=copy)
         elif copy:
             arr = arr.copy()
@@ -842,6 +862,8 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
         return arr, backend
     if isinstance(data, (np.ndarray, np.generic)):
         backend = get_backend() if to_active else NUMPY
+        if dtype is not None:
+            _check_int_cast(data, dtype, np)
         if backend is NUMPY:
             arr = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype=dtype)
         else:  # host data for the device: one copy, made by the device library
@@ -851,6 +873,8 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
     mod = type(data).__module__
     if mod.startswith("cupy") or is_extra_array(data):  # a device array keeps its backend
         backend = backend_of(data)
+        if dtype is not None:
+            _check_int_cast(data, dtype, backend.xp)
         arr = backend.xp.array(data, dtype=dtype, copy=True) if copy else backend.xp.asarray(data, dtype=dtype)
         return arr, backend
     if isinstance(data, (str, bytes)) or data is None:
@@ -874,6 +898,7 @@ def _to_array(data: TensorLike | SupportsDLPack | SupportsArray, dtype: DTypeLik
             raise TypeError(f"gt.tensor: {type(data).__name__} cannot be read through DLPack "
                             f"({exc}){_DLPACK_HINT}") from None
         if dtype is not None:
+            _check_int_cast(arr, dtype, backend.xp)
             arr = arr.astype(dtype, copy=copy and shared)
         elif copy and shared:  # the producer's memory: a constructor never keeps it
             arr = arr.copy()

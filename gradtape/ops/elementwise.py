@@ -16,7 +16,7 @@ from .._src.backend import erf_for, erfc_for
 from .._src.cpu.select import ROW_MIN, host_relu
 from .._src.cpu.select import where as select_where
 from .._src.primitive import REGISTRY, Domain, Primitive, _elementwise_batch, bind, elementwise, one, pair, primitive
-from .._src.tensor import Tensor, TensorLike
+from .._src.tensor import Tensor, TensorLike, _wrap
 from ._util import as_real
 
 if TYPE_CHECKING:
@@ -673,12 +673,24 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
                              f"{x.dtype} (range [{info.min}, {info.max}])")
         lo = max(lo, int(info.min)) if type(lo) is int else lo
         hi = min(hi, int(info.max)) if type(hi) is int else hi
-    if lo is None:
-        x, hi_t = pair(x, hi)
-        x, lo_t = pair(x, _unbounded(x.dtype, -1))
-    else:
-        x, lo_t = pair(x, lo)
-        x, hi_t = pair(x, _unbounded(x.dtype, 1) if hi is None else hi)
+    given = []
+    for bound in (lo, hi):
+        if bound is not None:
+            x, t = pair(x, bound)
+            given.append(t)
+    given = [x, *given]
+    kinds = {t.dtype.kind for t in given}
+    if kinds & set("fc") and kinds - set("fc"):  # an int or bool x or bound next to a float
+        # tensor takes the float's dtype (as in every binary op), not NumPy's three-way
+        # promotion (int32 with float16 gave float64); unrecorded: integers carry no gradient
+        dt = np.result_type(*[t.dtype for t in given if t.dtype.kind in "fc"])
+        given = [t if t.dtype.kind in "fc" else _wrap(t.data.astype(dt), t._backend) for t in given]
+    x = given[0]
+    # the missing bound in the result's dtype (an int8 x with an int16 bound of 300: int16's
+    # extremes, not int8's, which would put hi under lo)
+    dt = np.result_type(*[t.dtype for t in given])
+    missing = _wrap(x._backend.xp.asarray(_unbounded(dt, 1 if hi is None else -1), dtype=dt), x._backend)
+    lo_t, hi_t = (given[1], missing) if hi is None else (missing, given[1]) if lo is None else given[1:]
     return bind(P_CLIP, x, lo_t, hi_t)
 
 

@@ -20,7 +20,7 @@ from .._src.autodiff.state import opaque
 from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import ON_TENSORS, OnTensors
 from .._src.tensor import Tensor, _wrap
-from ._util import move_axis, one, pair
+from ._util import as_int, move_axis, one, pair
 from .elementwise import P_EQUAL, P_MUL, P_SAFE_MUL, P_WHERE, mul
 from .indexing import P_SCATTER, getitem
 from .shape import P_ASTYPE, P_BROADCAST_TO, P_CONCAT, P_RESHAPE, P_TRANSPOSE, reshape, stop_gradient
@@ -1268,9 +1268,8 @@ def singular_values(a: Tensor) -> Tensor:
 # scatters back; building a diagonal matrix is that scatter), triu and tril select with a
 # constant mask (where). So they batch, differentiate to any order and have forward mode.
 def _int_param(value: Any, what: str, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what}: {name} must be an int, got {value!r}")
-    return int(value)
+    # (as_int: a 0-d bool or float Tensor has __index__ too, and int() took True as 1)
+    return as_int(value, what, name)
 
 
 def _diagonal_index(xp: Any, rows: int, cols: int, k: int) -> tuple[Any, Any]:

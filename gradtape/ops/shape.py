@@ -190,8 +190,11 @@ def moveaxis(x: Any, source: Any, destination: Any) -> Tensor:
         (2, 3, 1)
     """
     x = one(x)
-    src: list[Any] = [source] if isinstance(source, (int, np.integer)) else list(source)
-    dst: list[Any] = [destination] if isinstance(destination, (int, np.integer)) else list(destination)
+    # (one axis: an int, or a 0-d integer array or Tensor)
+    src: list[Any] = [source] if isinstance(source, (int, np.integer)) or getattr(
+        source, "ndim", None) == 0 else list(source)
+    dst: list[Any] = [destination] if isinstance(destination, (int, np.integer)) or getattr(
+        destination, "ndim", None) == 0 else list(destination)
     if len(src) != len(dst):
         raise ValueError(f"moveaxis: source {source} and destination {destination} must have "
                          "the same number of elements")
