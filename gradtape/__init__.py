@@ -9,6 +9,8 @@ Example:
     array([2., 4.], dtype=float32)
 """
 
+import numpy as _np
+
 from . import distributed as distributed
 from . import nn as nn
 from . import ops as ops
@@ -192,6 +194,20 @@ from .ops.shape import (
 
 _seal_builtins()  # every primitive declared above is gradtape's own (extensions come later)
 
+# dtype names, as TensorFlow's tf.float32 and PyTorch's torch.float32 (NumPy dtypes: every
+# dtype= argument takes them, and a tensor's .dtype compares equal to them)
+float16 = _np.dtype("float16")
+float32 = _np.dtype("float32")
+float64 = _np.dtype("float64")
+int8 = _np.dtype("int8")
+int16 = _np.dtype("int16")
+int32 = _np.dtype("int32")
+int64 = _np.dtype("int64")
+uint8 = _np.dtype("uint8")
+bool_ = _np.dtype("bool")
+complex64 = _np.dtype("complex64")
+complex128 = _np.dtype("complex128")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -218,4 +234,6 @@ __all__ = [
     "take_along_axis", "index_add",
     "segment_sum", "roll", "meshgrid", "diag", "trace", "triu", "tril", "cumsum", "cumprod",
     "argsort", "sort", "topk", "softmax", "log_softmax",
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
+    "complex64", "complex128",
 ]

@@ -89,3 +89,12 @@ def test_integer_arrays_and_0d_tensors_name_axes():
     assert gt.sum(x, axis=gt.tensor(np.array([1]))).shape == (2,)
     assert gt.moveaxis(x, gt.tensor(0), gt.tensor(1)).shape == (3, 2)
     assert gt.triu(x, gt.tensor(np.int64(1))).numpy().tolist() == [[0, 1, 2], [0, 0, 5]]
+
+
+def test_dtype_names_are_numpys_dtypes():
+    assert gt.ones(2).dtype == gt.float32 and gt.zeros(2, dtype=gt.float64).dtype == np.float64
+    assert gt.tensor([1, 2], dtype=gt.int8).dtype == np.int8
+    assert gt.tensor([True]).dtype == gt.bool_
+    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+                 "complex64", "complex128"):
+        assert getattr(gt, name) == np.dtype(name)

@@ -30,8 +30,8 @@ from ..ops.reductions import P_SUM
 from ..ops.shape import P_ASTYPE, P_RESHAPE
 from ..random import Generator, _numpy_generator
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "mse", "binary_cross_entropy",
-           "binary_cross_entropy_with_logits", "dropout",
+__all__ = ["softmax", "log_softmax", "cross_entropy", "mse", "l1_loss", "huber_loss", "nll_loss",
+           "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits", "dropout",
            "layer_norm", "batch_norm", "embedding"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -300,11 +300,11 @@ def _as_labels(labels: Any, like: Tensor) -> Tensor:
     return _wrap(own_array(like._backend.xp, labels), like._backend)
 
 
-def _check_labels(lab: Any, C: int) -> None:
+def _check_labels(lab: Any, C: int, who: str = "cross_entropy") -> None:
     """Class labels in ``[0, C)`` (a host check; one step of a ``gt.function`` program)."""
     if bool(((lab < 0) | (lab >= C)).any()):
         lo, hi = int(lab.min()), int(lab.max())
-        raise ValueError(f"cross_entropy: labels must be class indices in [0, {C}), got values "
+        raise ValueError(f"{who}: labels must be class indices in [0, {C}), got values "
                          f"in [{lo}, {hi}]")
 
 
@@ -443,6 +443,112 @@ def mse(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
     p, t = ops._util.pair(_float_input(predictions, "mse", "predictions"), targets)
     _same_shape(p, t, targets, "mse", "predictions")
     return _reduce(ops.square(p - t), reduction, "mse")
+
+
+def _regression_operands(predictions: Any, targets: Any, what: str) -> tuple[Tensor, Tensor]:
+    p, t = ops._util.pair(_float_input(predictions, what, "predictions"), targets)
+    _same_shape(p, t, targets, what, "predictions")
+    return p, t
+
+
+def l1_loss(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
+    """Mean absolute error ``|predictions - targets|`` (PyTorch's ``l1_loss``, Keras's
+    ``MeanAbsoluteError``), reduced over all elements; the gradient at a zero difference is 0.
+
+    Shapes: as :func:`mse`: ``predictions`` and ``targets`` of one shape (a Python number as
+    target is allowed); ``reduction="none"`` gives the elementwise loss.
+
+    Example:
+        >>> import gradtape as gt
+        >>> float(gt.nn.l1_loss(gt.tensor([1.0, -3.0]), gt.tensor([0.0, 0.0])))
+        2.0
+    """
+    p, t = _regression_operands(predictions, targets, "l1_loss")
+    return _reduce(ops.abs(p - t), reduction, "l1_loss")
+
+
+def huber_loss(predictions: Any, targets: Any, delta: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Huber loss (PyTorch's ``huber_loss``, Keras's ``Huber``), for the difference
+    ``d = predictions - targets``: ``0.5 d**2`` where ``|d| <= delta``, else ``delta (|d| - 0.5 delta)``; squared
+    near 0, linear in the tails (a gradient bounded by ``delta``). With ``delta=1`` it equals
+    PyTorch's ``smooth_l1_loss``.
+
+    Shapes: as :func:`mse`. ``delta`` must be a finite number > 0.
+
+    Example:
+        >>> import gradtape as gt
+        >>> gt.nn.huber_loss(gt.tensor([0.5, 3.0]), 0.0, reduction="none").numpy()
+        array([0.125, 2.5  ], dtype=float32)
+    """
+    d_ = ops._util.as_real(delta, "huber_loss", "delta")
+    if not d_ > 0:
+        raise ValueError(f"huber_loss: delta must be > 0, got {delta!r}")
+    p, t = _regression_operands(predictions, targets, "huber_loss")
+    a = ops.abs(p - t)
+    small = ops.minimum(a, d_)  # (|d| up to delta; the rest, a - small, is the linear tail)
+    return _reduce(small * (0.5 * small) + (a - small) * d_, reduction, "huber_loss")
+
+
+def nll_loss(log_probs: Any, labels: Any, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of integer class labels given log-probabilities (PyTorch's
+    ``nll_loss``): ``-log_probs[..., label]`` per example. ``nll_loss(log_softmax(z), y)`` is
+    ``cross_entropy(z, y)``, which is the stabler and faster of the two.
+
+    Shapes: ``log_probs[..., C]`` (the class axis last, as :func:`cross_entropy`'s; PyTorch's
+    is 1), ``labels[...]`` integers in ``[0, C)`` (``ValueError`` otherwise) -> ``[...]``
+    with ``reduction="none"``, else a scalar (mean or sum over the examples).
+
+    Example:
+        >>> import gradtape as gt
+        >>> lp = gt.nn.log_softmax(gt.tensor([[2.0, 0.0], [0.0, 2.0]]))
+        >>> round(float(gt.nn.nll_loss(lp, [0, 1])), 4)
+        0.1269
+    """
+    lp = _float_input(log_probs, "nll_loss", "log_probs")
+    if lp.ndim == 0:
+        raise ValueError("nll_loss: log_probs must have a class axis (the last), got a 0-d tensor")
+    y = ops._util.one(labels)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"nll_loss: labels must be integer class indices, got dtype {y.dtype}")
+    if y.shape != lp.shape[:-1]:
+        raise ValueError(f"nll_loss: labels must have shape log_probs.shape[:-1] = "
+                         f"{lp.shape[:-1]}, got {y.shape} (log_probs {lp.shape})")
+    C = lp.shape[-1]
+    if y.size and y._backend.name == "numpy":  # (as cross_entropy's: a step of gt.function)
+        opaque(functools.partial(_check_labels, C=C, who="nll_loss"), physical_data(y),
+               key=("nll_loss labels", C))
+    picked = ops.take_along_axis(lp, ops.expand_dims(y, -1), axis=-1)
+    return _reduce(-ops.reshape(picked, y.shape), reduction, "nll_loss")
+
+
+def kl_div(log_q: Any, p: Any, reduction: str = "batchmean") -> Tensor:
+    """Kullback-Leibler divergence ``KL(p || q) = sum p (log p - log q)`` of target
+    probabilities ``p`` from predicted log-probabilities ``log_q`` (PyTorch's ``kl_div`` with
+    its argument order; Keras's ``KLDivergence(p, q)``). Where ``p`` is 0 the term is 0.
+
+    Args:
+        log_q: predicted log-probabilities (e.g. ``log_softmax`` of logits).
+        p: target probabilities, the same shape (a Python number allowed).
+        reduction: ``"batchmean"`` (the default: the sum over all elements divided by the size
+            of the first axis, the divergence per example, which PyTorch recommends; its own
+            default ``"mean"`` divides by the number of elements), ``"sum"``, ``"mean"`` or
+            ``"none"`` (elementwise terms).
+
+    Example:
+        >>> import gradtape as gt
+        >>> p = gt.tensor([[0.5, 0.5]])
+        >>> round(float(gt.nn.kl_div(gt.log(gt.tensor([[0.25, 0.75]])), p)), 4)
+        0.1438
+    """
+    lq, t = _regression_operands(log_q, p, "kl_div")
+    if t.dtype.kind != "f":
+        t = ops.astype(t, lq.dtype)
+    safe = ops.where(t > 0, t, 1.0)  # (log 1 = 0 where p is 0: the term is 0, no NaN)
+    terms = ops.where(t > 0, t * (ops.log(safe) - lq), 0.0)
+    if reduction == "batchmean":
+        n = terms.shape[0] if terms.ndim else 1
+        return ops.sum(terms) * (1.0 / n if n else math.nan)
+    return _reduce(terms, reduction, "kl_div")
 
 
 def _bce_operands(x: Any, targets: Any, what: str, name: str) -> tuple[Tensor, Tensor]:

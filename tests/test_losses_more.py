@@ -1,0 +1,87 @@
+"""l1_loss, huber_loss, nll_loss and kl_div: values against NumPy references (the formulas
+PyTorch documents), gradients by central differences, argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradtape as gt
+from gradtape.testing import check_grads
+
+RNG = np.random.default_rng(0)
+
+
+def _ref_reduce(v: np.ndarray, reduction: str) -> np.ndarray:
+    return {"mean": v.mean(), "sum": v.sum(), "none": v}[reduction]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_l1_and_huber_match_their_formulas(reduction):
+    p, t = RNG.normal(size=(4, 3)) * 3, RNG.normal(size=(4, 3))
+    d = p - t
+    np.testing.assert_allclose(gt.nn.l1_loss(p, t, reduction=reduction).numpy(),
+                               _ref_reduce(np.abs(d), reduction), rtol=1e-12)
+    for delta in (0.5, 1.0, 2.5):
+        ref = np.where(np.abs(d) <= delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+        np.testing.assert_allclose(gt.nn.huber_loss(p, t, delta=delta, reduction=reduction).numpy(),
+                                   _ref_reduce(ref, reduction), rtol=1e-12)
+
+
+def test_l1_and_huber_gradients():
+    p, t = RNG.normal(size=(3, 4)) * 3, RNG.normal(size=(3, 4))
+    check_grads(lambda a: gt.nn.l1_loss(a, t), (p,), order=1)
+    check_grads(lambda a: gt.nn.huber_loss(a, t, delta=0.7), (p,), order=1)
+    with gt.GradientTape() as tape:  # bounded by delta in the tails, d itself near 0
+        a = gt.tensor(np.array([-10.0, -0.2, 0.0, 0.3, 10.0]))
+        tape.watch(a)
+        loss = gt.nn.huber_loss(a, 0.0, delta=1.0, reduction="sum")
+    np.testing.assert_allclose(tape.gradient(loss, a).numpy(), [-1.0, -0.2, 0.0, 0.3, 1.0])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_picks_the_labels_log_probability(reduction):
+    z = RNG.normal(size=(5, 4))
+    lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    y = np.array([0, 3, 1, 1, 2])
+    np.testing.assert_allclose(gt.nn.nll_loss(lp, y, reduction=reduction).numpy(),
+                               _ref_reduce(-lp[np.arange(5), y], reduction), rtol=1e-12)
+    np.testing.assert_allclose(gt.nn.nll_loss(gt.nn.log_softmax(gt.tensor(z)), y).numpy(),
+                               gt.nn.cross_entropy(gt.tensor(z), y).numpy(), rtol=1e-12)
+    check_grads(lambda a: gt.nn.nll_loss(a, y, reduction=reduction), (lp,), order=1)
+
+
+def test_nll_loss_checks_its_labels():
+    lp = np.log(np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"nll_loss: labels must be class indices in \[0, 3\), got "
+                                         r"values in \[0, 3\]"):
+        gt.nn.nll_loss(lp, [0, 3])
+    with pytest.raises(TypeError, match=r"nll_loss: labels must be integer class indices, got dtype "
+                                        r"float32"):
+        gt.nn.nll_loss(lp, [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"nll_loss: labels must have shape log_probs.shape\[:-1\]"):
+        gt.nn.nll_loss(lp, [0, 1, 2])
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "mean", "sum", "none"])
+def test_kl_div_matches_its_formula_with_zero_targets(reduction):
+    q = RNG.random((3, 4)) + 0.1
+    q /= q.sum(-1, keepdims=True)
+    p = RNG.random((3, 4))
+    p[0, 1] = 0.0
+    p /= p.sum(-1, keepdims=True)
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q)), 0.0)
+    ref = terms.sum() / 3 if reduction == "batchmean" else _ref_reduce(terms, reduction)
+    got = gt.nn.kl_div(np.log(q), p, reduction=reduction)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12)
+    assert np.isfinite(got.numpy()).all()
+    check_grads(lambda a: gt.nn.kl_div(a, p, reduction=reduction), (np.log(q),), order=1)
+
+
+def test_loss_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"huber_loss: delta must be > 0, got 0"):
+        gt.nn.huber_loss([1.0], [0.0], delta=0)
+    with pytest.raises(ValueError, match=r"l1_loss: reduction must be one of"):
+        gt.nn.l1_loss([1.0], [0.0], reduction="avg")
+    with pytest.raises(ValueError, match=r"kl_div"):
+        gt.nn.kl_div(gt.tensor([[0.0, 0.0]]), gt.tensor([[0.5, 0.5, 0.0]]))
