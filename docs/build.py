@@ -19,8 +19,8 @@ import sys
 import warnings
 from pathlib import Path
 
-MODULES = ("gradtape", "gradtape.nn", "gradtape.optimizers", "gradtape.random", "gradtape.testing",
-           "gradtape.extend", "gradtape.distributed")
+MODULES = ("gradtape", "gradtape.nn", "gradtape.optimizers", "gradtape.schedules", "gradtape.random",
+           "gradtape.testing", "gradtape.extend", "gradtape.distributed")
 DEFAULT_OUT = Path(__file__).resolve().parent / "reference"
 
 # gradtape's __all__ names nn, optimizers and random, so pdoc reaches them from gradtape as well as from

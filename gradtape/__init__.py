@@ -195,7 +195,8 @@ from .ops.shape import (
 _seal_builtins()  # every primitive declared above is gradtape's own (extensions come later)
 
 # dtype names, as TensorFlow's tf.float32 and PyTorch's torch.float32 (NumPy dtypes: every
-# dtype= argument takes them, and a tensor's .dtype compares equal to them)
+# dtype= argument takes them, and a tensor's .dtype compares equal to them); not in __all__:
+# ``from gradtape import *`` leaves NumPy's own names alone
 float16 = _np.dtype("float16")
 float32 = _np.dtype("float32")
 float64 = _np.dtype("float64")
@@ -234,6 +235,4 @@ __all__ = [
     "take_along_axis", "index_add",
     "segment_sum", "roll", "meshgrid", "diag", "trace", "triu", "tril", "cumsum", "cumprod",
     "argsort", "sort", "topk", "softmax", "log_softmax",
-    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
-    "complex64", "complex128",
 ]

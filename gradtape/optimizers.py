@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from . import schedules as schedules
 from ._src.autodiff.state import opaque, refuse_in_trace, tracing, watch_variables
 from ._src.backend import Array, backend_of, cast_lost
 from ._src.codegen.cuda import cupy_kernel
@@ -49,7 +50,7 @@ from ._src.tensor import Tensor, Variable, _wrap
 from .ops._util import as_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
-           "UpdateRule", "sgd_rule", "adam_rule"]
+           "UpdateRule", "sgd_rule", "adam_rule", "schedules"]
 
 
 # --------------------------------------------------------------------------- update rules

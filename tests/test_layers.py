@@ -32,8 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("gradtape._src.autodiff.fusion", "gradtape._src.autodiff.engine")),
     ("ops", ("gradtape.ops", "gradtape.ops.*")),
     ("frontend", ("gradtape._src.frontend.*",)),
-    ("library", ("gradtape.nn", "gradtape.nn.*", "gradtape.optimizers", "gradtape.testing",
-                 "gradtape.extend", "gradtape.random", "gradtape.distributed")),
+    ("library", ("gradtape.nn", "gradtape.nn.*", "gradtape.optimizers", "gradtape.schedules",
+                 "gradtape.testing", "gradtape.extend", "gradtape.random", "gradtape.distributed")),
     ("top", ("gradtape", "gradtape.examples", "gradtape.examples.*")),
 ]
 
