@@ -49,8 +49,9 @@ from ._src.frontend.tape import GradientTape
 from ._src.tensor import Tensor, Variable, _wrap
 from .ops._util import as_real
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_by_global_norm", "global_norm",
-           "UpdateRule", "sgd_rule", "adam_rule", "schedules"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_by_global_norm",
+           "global_norm", "UpdateRule", "sgd_rule", "adam_rule", "rmsprop_rule", "adagrad_rule",
+           "schedules"]
 
 
 # --------------------------------------------------------------------------- update rules
@@ -294,6 +295,68 @@ def adam_rule(weight_decay: bool, decoupled: bool) -> UpdateRule:
               ("p", "p - m / (sqrt(v) * inv_sqrt_bc2 + eps) * step_size")]
     name = "adam" + (("w" if decoupled else "_l2") if weight_decay else "")
     return UpdateRule(name, ("p", "g", "m", "v"), scalars, stmts, ("m", "v", "p"))
+
+
+@functools.cache
+def rmsprop_rule(centered: bool, momentum: bool, weight_decay: bool) -> UpdateRule:
+    """The RMSprop update (PyTorch's formulation), as run by :class:`RMSprop`::
+
+        g = g + weight_decay * p
+        v = rho * v + one_minus_rho * g * g
+        g_avg = rho * g_avg + one_minus_rho * g                  # centered
+        avg = sqrt(v - g_avg * g_avg) + eps                      # (sqrt(v) + eps uncentered)
+        buf = momentum * buf + g / avg;  p = p - lr * buf        # (p = p - lr * g / avg)
+
+    The centered variance is taken as 0 where rounding makes it negative (PyTorch's gives NaN
+    there). Arrays ``(p, g, v[, g_avg][, buf])`` of the parameter's shape.
+
+    Example:
+        >>> rmsprop_rule(True, False, False).arrays
+        ('p', 'g', 'v', 'g_avg')
+    """
+    arrays, scalars, stmts = ["p", "g", "v"], ["lr", "rho", "one_minus_rho", "eps"], []
+    if weight_decay:
+        scalars.append("weight_decay")
+        stmts.append(("g", "g + weight_decay * p"))
+    stmts.append(("v", "rho * v + one_minus_rho * g * g"))
+    if centered:
+        arrays.append("g_avg")
+        stmts += [("g_avg", "rho * g_avg + one_minus_rho * g"),
+                  ("var", "v - g_avg * g_avg"),
+                  ("avg", "sqrt(where(var > 0, var, 0)) + eps")]
+    else:
+        stmts.append(("avg", "sqrt(v) + eps"))
+    if momentum:
+        arrays.append("buf")
+        scalars.append("momentum")
+        stmts += [("buf", "momentum * buf + g / avg"), ("p", "p - lr * buf")]
+    else:
+        stmts.append(("p", "p - lr * g / avg"))
+    outputs = ["v"] + (["g_avg"] if centered else []) + (["buf"] if momentum else []) + ["p"]
+    name = "rmsprop" + ("_centered" if centered else "") + ("_momentum" if momentum else "") \
+        + ("_wd" if weight_decay else "")
+    return UpdateRule(name, arrays, scalars, stmts, outputs)
+
+
+@functools.cache
+def adagrad_rule(weight_decay: bool) -> UpdateRule:
+    """The Adagrad update (PyTorch's formulation), as run by :class:`Adagrad`::
+
+        g = g + weight_decay * p
+        sum = sum + g * g
+        p = p - lr * g / (sqrt(sum) + eps)
+
+    Example:
+        >>> adagrad_rule(False).outputs
+        ('sum', 'p')
+    """
+    scalars, stmts = ["lr", "eps"], []
+    if weight_decay:
+        scalars.append("weight_decay")
+        stmts.append(("g", "g + weight_decay * p"))
+    stmts += [("sum", "sum + g * g"), ("p", "p - lr * g / (sqrt(sum) + eps)")]
+    return UpdateRule("adagrad" + ("_wd" if weight_decay else ""), ("p", "g", "sum"), scalars, stmts,
+                      ("sum", "p"))
 
 
 # --------------------------------------------------------------------------- clipping
@@ -605,6 +668,7 @@ _PEER_NAMES = {"lr": "learning_rate", "eps": "epsilon", "beta_1": "beta1", "beta
 #: PyTorch's and Keras's constructor arguments that gradtape spells otherwise -> (its name, what
 #: to write)
 _PEER_ARGS = {"lr": ("learning_rate", "write learning_rate=... (PyTorch's lr)"),
+              "alpha": ("rho", "write rho=... (PyTorch's alpha)"),
               "betas": ("beta1", "write beta1=..., beta2=... (PyTorch's betas=(beta1, beta2))"),
               "eps": ("epsilon", "write epsilon=... (PyTorch's eps)"),
               "beta_1": ("beta1", "write beta1=... (Keras's beta_1)"),
@@ -797,11 +861,15 @@ class Optimizer:
     def _needs_slot(self, name: str) -> bool:
         return True
 
+    def _new_slot(self, name: str, v: Variable, xp: Any) -> Array:
+        """A fresh slot array of ``v``'s shape and dtype (zeros unless a subclass says)."""
+        return xp.zeros_like(v.data)
+
     def _slots(self, v: Variable) -> tuple:
         st = self._state.get(v._id)
         if st is None:
             xp = v._backend.xp
-            st = tuple(xp.zeros_like(v.data) if self._needs_slot(n) else None
+            st = tuple(self._new_slot(n, v, xp) if self._needs_slot(n) else None
                        for n in self.slot_names)
             self._state[v._id] = st
             self._track(v)
@@ -1084,8 +1152,8 @@ class Optimizer:
             slots = [s for s, k in zip(st, need) if k]
             if any(s is None for s in slots):
                 st = self._state[v._id] = tuple(
-                    v._backend.xp.zeros_like(v.data) if s is None and k else s
-                    for s, k in zip(st, need))
+                    self._new_slot(n, v, v._backend.xp) if s is None and k else s
+                    for n, s, k in zip(self.slot_names, st, need))
                 slots = [s for s, k in zip(st, need) if k]
             v._before_write()  # copy-on-write: a live tape keeps the values it read
             rule._run([v.data, g, *slots], values_list, cache)
@@ -1505,6 +1573,100 @@ class Adam(Optimizer):
                 "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - b2 ** t), "eps": scalars["eps"],
                 "weight_decay": scalars["weight_decay"],
                 "decay": 1.0 - lr * scalars["weight_decay"]}
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton), PyTorch's formulation and defaults: a running average of squared
+    gradients ``v`` scales each step, ``p -= lr * g / (sqrt(v) + eps)``; ``centered``
+    subtracts the squared running mean of the gradients from ``v``; ``momentum`` keeps a
+    buffer of the scaled steps. (Keras's ``RMSprop`` defaults to ``learning_rate=1e-3``,
+    ``rho=0.9``, ``epsilon=1e-7``, and adds ``epsilon`` inside the square root.)
+
+    Args:
+        learning_rate: a float >= 0 or a schedule ``f(step) -> float`` (default 0.01).
+        rho: decay of the running averages, in ``[0, 1)`` (PyTorch's ``alpha``; default 0.99).
+        momentum: in ``[0, 1]``; 0 (the default) keeps no buffer.
+        epsilon: added to the denominator ``sqrt(v)`` (default 1e-8).
+        centered: normalize by the variance estimate ``v - mean(g)^2``.
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``).
+        global_clipnorm: clip all gradients of a step to this joint 2-norm (None: no clipping).
+
+    Example:
+        >>> import gradtape as gt
+        >>> opt = gt.optimizers.RMSprop(1e-3, momentum=0.9, centered=True)
+    """
+
+    slot_names = ("v", "g_avg", "momentum")
+    _checked = {**Optimizer._checked, "rho": "in [0, 1)", "momentum": "in [0, 1]",
+                "epsilon": ">= 0", "centered": "bool", "weight_decay": ">= 0"}
+
+    def __init__(self, learning_rate: float | Callable[[int], float] = 0.01, rho: float = 0.99,
+                 momentum: float = 0.0, epsilon: float = 1e-8, centered: bool = False,
+                 weight_decay: float = 0.0, global_clipnorm: float | None = None) -> None:
+        super().__init__(learning_rate, global_clipnorm)
+        self.rho = rho
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.centered = centered
+        self.weight_decay = weight_decay
+
+    def _needs_slot(self, name: str) -> bool:
+        return name == "v" or (name == "g_avg" and self.centered) or (
+            name == "momentum" and self.momentum != 0.0)
+
+    def _scalars(self) -> dict:
+        return {"lr": self.current_learning_rate, "rho": self.rho, "momentum": self.momentum,
+                "eps": self.epsilon, "weight_decay": self.weight_decay}
+
+    def _rule(self) -> UpdateRule:
+        return rmsprop_rule(self.centered, self.momentum != 0.0, self.weight_decay != 0.0)
+
+    def _rule_scalars(self, scalars: dict) -> dict[str, float]:
+        return {**scalars, "one_minus_rho": 1.0 - scalars["rho"]}
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al.), PyTorch's formulation: the sum of squared gradients scales each
+    step, ``p -= lr * g / (sqrt(sum) + eps)``. (Keras's ``Adagrad`` defaults to
+    ``learning_rate=1e-3``, ``initial_accumulator_value=0.1``, ``epsilon=1e-7``.) PyTorch's
+    ``lr_decay`` is a schedule here: ``learning_rate=lambda t: lr / (1 + t * lr_decay)``.
+
+    Args:
+        learning_rate: a float >= 0 or a schedule ``f(step) -> float`` (default 0.01).
+        initial_accumulator_value: the sum's starting value, >= 0 (default 0).
+        epsilon: added to the denominator ``sqrt(sum)`` (default 1e-10).
+        weight_decay: L2 penalty added to the gradient (``g + weight_decay * p``).
+        global_clipnorm: clip all gradients of a step to this joint 2-norm (None: no clipping).
+
+    Example:
+        >>> import gradtape as gt
+        >>> opt = gt.optimizers.Adagrad(0.1, initial_accumulator_value=0.1)
+    """
+
+    slot_names = ("sum",)
+    _checked = {**Optimizer._checked, "initial_accumulator_value": ">= 0", "epsilon": ">= 0",
+                "weight_decay": ">= 0"}
+
+    def __init__(self, learning_rate: float | Callable[[int], float] = 0.01,
+                 initial_accumulator_value: float = 0.0, epsilon: float = 1e-10,
+                 weight_decay: float = 0.0, global_clipnorm: float | None = None) -> None:
+        super().__init__(learning_rate, global_clipnorm)
+        self.initial_accumulator_value = initial_accumulator_value
+        self.epsilon = epsilon
+        self.weight_decay = weight_decay
+
+    def _new_slot(self, name: str, v: Variable, xp: Any) -> Array:
+        return xp.full_like(v.data, self.initial_accumulator_value)
+
+    def _scalars(self) -> dict:
+        return {"lr": self.current_learning_rate, "eps": self.epsilon,
+                "weight_decay": self.weight_decay}
+
+    def _rule(self) -> UpdateRule:
+        return adagrad_rule(self.weight_decay != 0.0)
+
+    def _rule_scalars(self, scalars: dict) -> dict[str, float]:
+        return scalars
 
 
 class AdamW(Adam):
