@@ -429,10 +429,21 @@ def clip_by_global_norm(grads: Iterable[Tensor | Array | None],
         if g is None:
             out.append(None)
         elif isinstance(g, Tensor):
-            out.append(_wrap(g.data * g.dtype.type(scale), g._backend))
+            out.append(_wrap(_scaled(g.data, scale), g._backend))
         else:
-            out.append(g * g.dtype.type(scale))
+            out.append(_scaled(g, scale))
     return out, norm
+
+
+def _scaled(g: Array, scale: Any) -> Array:
+    """``g * scale`` (a Python float, or a 0-d float64 array on a device or in a trace) in
+    ``g``'s dtype; a float16 gradient is scaled in float32 and rounded once: the scale itself
+    rounded to float16 is subnormal below 6e-5 (1e-4 came out 1.19e-4) and 0 below 3e-8,
+    which zeroed every clipped gradient whose clipped values float16 holds."""
+    if g.dtype.itemsize < 4:
+        s = np.float32(scale) if isinstance(scale, float) else scale.astype(np.float32)
+        return (g.astype(np.float32) * s).astype(g.dtype)
+    return g * (g.dtype.type(scale) if isinstance(scale, float) else scale.astype(g.dtype))
 
 
 def _present_arrays(grads: Iterable[Tensor | Array | None]) -> tuple[list[Array], Any]:
@@ -474,7 +485,9 @@ def _square_sum(a: Array) -> Any:
     a device, where reading the sum back would synchronise, the squares are formed in
     float64 in one pass."""
     with np.errstate(over="ignore"):
-        if a.dtype == np.float64 or a.dtype.kind != "f":
+        if a.dtype.kind != "f":  # (an integer square wraps in its own dtype: int8 16 -> 0)
+            a = a.astype(np.float64)
+        if a.dtype == np.float64:
             return (a * a).sum(dtype=np.float64)
         if not isinstance(a, (np.ndarray, np.generic)):
             return backend_of(a).xp.square(a, dtype=np.float64).sum()
@@ -497,7 +510,7 @@ def _clip_arrays(grads: Sequence[Array], clip_norm: float, xp: Any) -> tuple[lis
     clipping is needed, so the values equal the host route's). Returns (clipped, norm)."""
     norm = xp.sqrt(_sum_squares(grads))
     scale = _clip_scale(xp, norm, clip_norm)
-    return [g * scale.astype(g.dtype) for g in grads], norm
+    return [_scaled(g, scale) for g in grads], norm
 
 
 def _clip_scale(xp: Any, norm: Any, clip_norm: float) -> Any:
@@ -680,6 +693,15 @@ _PEER_ARGS = {"lr": ("learning_rate", "write learning_rate=... (PyTorch's lr)"),
                                               "alone)")}
 
 
+#: Hyper-parameters of some optimizer (gradtape's, PyTorch's, Keras's): set on one that does
+#: not have it, a plain attribute that no step reads, refused (see Optimizer.__setattr__);
+#: completed below with every gradtape optimizer's own
+_OTHER_HYPERS = {"amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable",
+                 "dampening", "clipvalue", "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                 "loss_scale_factor", "gradient_accumulation_steps", "lr_decay", "decoupled_weight_decay",
+                 "initial_accumulator_value", "rho", "momentum", "nesterov", "centered", "beta1",
+                 "beta2", "epsilon", "weight_decay", "global_clipnorm"}
+
 #: PyTorch's ``torch.optim.Optimizer`` names an optimizer lacks, and what does it here
 _TORCH_OPTIMIZER_NAMES = {
     "zero_grad": "none is needed: tape.gradient returns fresh gradients, nothing accumulates",
@@ -742,6 +764,12 @@ class Optimizer:
             hint = f"set {ours}" if ours in self._checked else f"{who} has no {ours}"
             raise AttributeError(f"{who}: {name!r} is not one of its hyper-parameters ({hint}; "
                                  f"they are {', '.join(self._checked)})")
+        elif name in _OTHER_HYPERS and type(self).__module__ == __name__:
+            # a hyper-parameter of another optimizer, here or in PyTorch or Keras (amsgrad,
+            # dampening, clipvalue, Adam's momentum): a new attribute no step reads
+            who = type(self).__name__
+            raise AttributeError(f"{who}: {name!r} is not one of its hyper-parameters (they are "
+                                 f"{', '.join(self._checked)}); setting it would change nothing")
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
@@ -961,6 +989,19 @@ class Optimizer:
                 self._restored[v._id] = (len(orphans) + len(self._restored), v.name)
             self._track(v, key[0] if key and isinstance(key[0], str) else None)
 
+    def __copy__(self) -> Optimizer:
+        """``copy.copy(opt)``: an optimizer of the same settings and step count updating the
+        same Variables, with copies of their slot arrays (sharing them, a step of the copy
+        moved the original's moments while its step count stayed)."""
+        state = self.__getstate__()
+        state["_state"] = [(v, None if slots is None else tuple(None if a is None else a.copy()
+                                                                 for a in slots), key)
+                           for v, slots, key in state["_state"]]
+        new = object.__new__(type(self))
+        new.__setstate__(state)
+        new._restored = None  # (the same Variables: nothing to settle at its first step)
+        return new
+
     def _settle_restored(self, variables: list[Variable]) -> None:
         """The first step of a copied or unpickled optimizer: state whose Variables did not
         come with it (``pickle.dumps(opt)`` alone, the model saved apart) goes to the step's
@@ -1074,9 +1115,16 @@ class Optimizer:
                 raise TypeError(f"{who}: the gradient for variable {_label(v, i)} is a "
                                 f"{type(g).__module__}.{type(g).__name__}, not an array of the "
                                 f"variable's backend {v.backend!r}; pass a Tensor on it")
+            if isinstance(g, np.ma.MaskedArray):  # (its mask would be ignored: the hidden
+                # values applied)
+                raise TypeError(f"{who}: the gradient for variable {_label(v, i)} is a masked "
+                                "array, whose mask the update would ignore; pass g.filled(0)")
             if g.shape != v.shape:
                 raise ValueError(f"{who}: gradient of shape {g.shape} for variable {_label(v, i)} "
                                  f"of shape {v.shape}")
+            if g.dtype.kind == "b":  # (True would step as 1.0: a mask passed by mistake)
+                raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype bool; "
+                                "a real-valued gradient is needed")
             if g.dtype != v.dtype and g.dtype.kind not in "biuf":  # complex (its imaginary
                 # part would be dropped), strings, objects
                 raise TypeError(f"{who}: the gradient for variable {_label(v, i)} has dtype "
@@ -1419,8 +1467,12 @@ class Optimizer:
                 arr = slots[slot]
                 if isinstance(arr, Tensor):
                     arr = arr.data
-                if not (hasattr(arr, "dtype") and hasattr(arr, "shape")):
-                    arr = np.asarray(arr)
+                if not isinstance(arr, np.ndarray) and not v._backend.owns(arr):
+                    try:  # (a list, a PyTorch tensor: through NumPy)
+                        arr = np.asarray(arr)
+                    except (TypeError, ValueError, RuntimeError) as exc:
+                        raise TypeError(f"{who}: entry {key!r} cannot be read as an array "
+                                        f"({type(arr).__name__}: {exc})") from None
                 if tuple(arr.shape) != v.shape:
                     raise ValueError(f"{who}: {key} has shape {tuple(arr.shape)}, the variable "
                                      f"{v.shape}")

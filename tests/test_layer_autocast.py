@@ -22,12 +22,14 @@ LAYERS = {
 @pytest.mark.parametrize("name", sorted(LAYERS))
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tensor"])
 def test_a_float64_input_runs_a_float32_layer_in_float32(name, as_tensor):
+    if not as_tensor and gt.backend_name() != "numpy":
+        pytest.skip("a host array into a device layer is refused (move it with gt.tensor)")
     make, shape = LAYERS[name]
     x64 = np.random.default_rng(0).normal(size=shape)
     layer = make(np.float32)
     y = layer(gt.tensor(x64) if as_tensor else x64)
     assert y.dtype == np.float32
-    ref = make(np.float32)(x64.astype(np.float32))
+    ref = make(np.float32)(gt.tensor(x64.astype(np.float32)))
     np.testing.assert_array_equal(y.numpy(), ref.numpy())
 
 
@@ -50,10 +52,10 @@ def test_the_gradient_to_a_cast_input_comes_back_in_its_dtype(name):
 
 
 def test_a_float16_layer_takes_a_float32_input_in_float16():
-    y = gt.nn.Dense(4, 3, seed=0, dtype=np.float16)(np.ones((2, 4), np.float32))
+    y = gt.nn.Dense(4, 3, seed=0, dtype=np.float16)(gt.tensor(np.ones((2, 4), np.float32)))
     assert y.dtype == np.float16
 
 
 def test_integer_inputs_run_in_the_layers_dtype():
-    assert gt.nn.Conv2D(1, 1, 3, seed=0)(np.ones((1, 1, 4, 4), np.int32)).dtype == np.float32
-    assert gt.nn.Dense(4, 3, seed=0)(np.ones((2, 4), np.int64)).dtype == np.float32
+    assert gt.nn.Conv2D(1, 1, 3, seed=0)(gt.tensor(np.ones((1, 1, 4, 4), np.int32))).dtype == np.float32
+    assert gt.nn.Dense(4, 3, seed=0)(gt.tensor(np.ones((2, 4), np.int64))).dtype == np.float32

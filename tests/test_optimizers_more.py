@@ -76,7 +76,7 @@ def test_adagrad_is_pytorchs_formula(init, wd):
 ], ids=["rmsprop", "adagrad"])
 def test_a_checkpoint_resumes_exactly_and_a_compiled_step_equals_eager(make, tmp_path):
     rng = np.random.default_rng(3)
-    X = rng.normal(size=(16, 4)).astype(np.float32)
+    X = gt.tensor(rng.normal(size=(16, 4)).astype(np.float32))
 
     def model_and_step(opt):
         m = gt.nn.Dense(4, 2, seed=0)

@@ -332,7 +332,7 @@ class Tensor:
         return (_rebuild_tensor, (type(self), self._backend.to_host(self.data), self._backend.name))
 
     def __copy__(self) -> Tensor:
-        return _rebuild_tensor(type(self), self.data.copy(), self._backend.name)
+        return _rebuild_tensor(type(self), self.data.copy(order="K"), self._backend.name)
 
     def __deepcopy__(self, memo: dict) -> Tensor:
         return self.__copy__()
@@ -709,7 +709,9 @@ class Variable(Tensor):
                                     self.name, self.trainable))
 
     def __copy__(self) -> Variable:
-        return _rebuild_variable(type(self), self.data.copy(), self._backend.name, self.name,
+        # (in the buffer's own layout, as pickle keeps it: a Fortran-ordered copy would sum
+        # in another order and a copied model drift from the original in the last bits)
+        return _rebuild_variable(type(self), self.data.copy(order="K"), self._backend.name, self.name,
                                  self.trainable)
 
     def __deepcopy__(self, memo: dict) -> Variable:

@@ -291,10 +291,10 @@ P_SOFTMAX_CROSS_ENTROPY = primitive("softmax_cross_entropy", _sce_impl, rule=_sc
                                     examples=_sce_examples, batch=_sce_batch)
 
 
-def _as_labels(labels: Any, like: Tensor) -> Tensor:
+def _as_labels(labels: Any, like: Tensor, who: str = "cross_entropy", of: str = "logits") -> Tensor:
     if isinstance(labels, Tensor):
         if labels._backend is not like._backend:
-            raise ValueError(f"cross_entropy: labels are on backend {labels.backend!r}, logits on "
+            raise ValueError(f"{who}: labels are on backend {labels.backend!r}, {of} on "
                              f"{like.backend!r}; move one with .to()")
         return labels
     return _wrap(own_array(like._backend.xp, labels), like._backend)
@@ -507,18 +507,25 @@ def nll_loss(log_probs: Any, labels: Any, reduction: str = "mean") -> Tensor:
     lp = _float_input(log_probs, "nll_loss", "log_probs")
     if lp.ndim == 0:
         raise ValueError("nll_loss: log_probs must have a class axis (the last), got a 0-d tensor")
-    y = ops._util.one(labels)
+    y = _as_labels(labels, lp, "nll_loss", "log_probs")  # (host labels go to log_probs' backend)
     if y.dtype.kind not in "iu":
         raise TypeError(f"nll_loss: labels must be integer class indices, got dtype {y.dtype}")
     if y.shape != lp.shape[:-1]:
         raise ValueError(f"nll_loss: labels must have shape log_probs.shape[:-1] = "
                          f"{lp.shape[:-1]}, got {y.shape} (log_probs {lp.shape})")
     C = lp.shape[-1]
+    valid = None
     if y.size and y._backend.name == "numpy":  # (as cross_entropy's: a step of gt.function)
         opaque(functools.partial(_check_labels, C=C, who="nll_loss"), physical_data(y),
                key=("nll_loss labels", C))
-    picked = ops.take_along_axis(lp, ops.expand_dims(y, -1), axis=-1)
-    return _reduce(-ops.reshape(picked, y.shape), reduction, "nll_loss")
+    elif y.size:  # a device: reading a check back would wait for it; an example whose label
+        # is out of range gets a NaN loss instead, as cross_entropy's does there
+        valid = ops.logical_and(y >= 0, y < C)
+        y = ops.where(valid, y, 0)
+    picked = -ops.reshape(ops.take_along_axis(lp, ops.expand_dims(y, -1), axis=-1), y.shape)
+    if valid is not None:
+        picked = ops.where(valid, picked, math.nan)
+    return _reduce(picked, reduction, "nll_loss")
 
 
 def kl_div(log_q: Any, p: Any, reduction: str = "batchmean") -> Tensor:
