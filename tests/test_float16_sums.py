@@ -256,3 +256,20 @@ def test_a_large_float16_gelu_backward_is_not_fused_in_float16():
         y = gt.sum(gt.nn.gelu(x, approximate="tanh") * 2.0 + 1.0)
     g = tape.gradient(y, x).numpy()
     np.testing.assert_allclose(g.astype(np.float64), -6.702e-4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("spell", ["tile", "tile_inner", "repeat", "repeat_inner"])
+def test_tile_and_repeat_gradients_sum_the_copies_in_float32(backend, spell):
+    """The gradient of a tiled or repeated tensor sums its copies: in float16 a (1, 2) tensor
+    tiled 40000 times stalled at a few thousand (spacing 4 past 4096)."""
+    up = data(ROWS, 2, seed=7)
+    up64 = up.astype(np.float64)
+    f = {"tile": lambda s: gt.tile(s, (ROWS, 1)),
+         "tile_inner": lambda s: gt.transpose(gt.tile(gt.transpose(s), (1, ROWS))),
+         "repeat": lambda s: gt.repeat(s, ROWS, axis=0),
+         "repeat_inner": lambda s: gt.transpose(gt.repeat(gt.transpose(s), ROWS, axis=1))}[spell]
+    s = gt.Variable(np.ones((1, 2), np.float16))
+    with gt.GradientTape() as tape:
+        loss = gt.sum(f(s) * gt.tensor(up))
+    close16(tape.gradient(loss, s), up64.sum(0, keepdims=True))
+
