@@ -273,3 +273,34 @@ def test_tile_and_repeat_gradients_sum_the_copies_in_float32(backend, spell):
         loss = gt.sum(f(s) * gt.tensor(up))
     close16(tape.gradient(loss, s), up64.sum(0, keepdims=True))
 
+
+def test_einsum_and_dot_accumulate_in_float32(backend):
+    """float16 einsum (forward, every subscript) and the gradients of einsum and dot are
+    accumulated in float32 and rounded once, as matmul is: 'ji,jk->ik' over 40000 rows and a
+    trace of 5000 entries stalled in float16."""
+    x = data(ROWS, 2, seed=8)
+    x64 = x.astype(np.float64)
+    X = gt.tensor(x)
+    ones = gt.tensor(np.ones((ROWS, 1), np.float16))
+    close16(gt.transpose(X) @ ones, x64.sum(0)[:, None])  # (matmul: already so)
+    close16(gt.einsum("ji,jk->ik", X, ones), x64.sum(0)[:, None])
+    close16(gt.einsum("ij->j", X), x64.sum(0))
+    d = np.diag(data(5000, seed=9)).astype(np.float16)
+    close16(gt.einsum("ii", gt.tensor(d)), np.trace(d.astype(np.float64)))
+    close16(gt.einsum("ii->i", gt.tensor(d)), np.diag(d.astype(np.float64)))
+    W = gt.Variable(np.ones((2, 1), np.float16))
+    for f in (lambda w: X @ w, lambda w: gt.einsum("ij,jk->ik", X, w), lambda w: gt.dot(X, w)):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(f(W))
+        close16(tape.gradient(loss, W), x64.sum(0)[:, None])
+
+
+def test_per_example_einsum_gradients_over_a_long_axis_in_float16(backend):
+    """A per-example weight gradient of einsum contracts each example's positions."""
+    x = data(2, 20000, 3, seed=10)
+    W = gt.Variable(np.ones((3, 2), np.float16))
+    with gt.GradientTape() as tape:
+        losses = gt.sum(gt.einsum("bld,dp->blp", gt.tensor(x), W), axis=(1, 2))
+    got = tape.per_example_gradients(losses, [W])[0]
+    close16(got, np.repeat(x.astype(np.float64).sum(1)[:, :, None], 2, axis=2))
+
