@@ -304,3 +304,20 @@ def test_per_example_einsum_gradients_over_a_long_axis_in_float16(backend):
     got = tape.per_example_gradients(losses, [W])[0]
     close16(got, np.repeat(x.astype(np.float64).sum(1)[:, :, None], 2, axis=2))
 
+
+@pytest.mark.parametrize("spell", ["max", "min", "norm_inf", "max_axis"])
+def test_max_and_min_share_the_gradient_among_more_ties_than_float16_counts(backend, spell):
+    """70000 tied maxima each get 1/70000 of the gradient: counted in float16, 70000 was inf
+    and every share 0."""
+    n = 70000
+    f = {"max": gt.max, "min": gt.min, "norm_inf": lambda t: gt.norm(t + 1.0, ord=np.inf),
+         "max_axis": lambda t: gt.max(gt.reshape(t, (n, 1)), axis=0)}[spell]
+    x = gt.Variable(np.zeros(n, np.float16))
+    with gt.GradientTape() as tape:
+        y = gt.sum(f(x))
+    g = tape.gradient(y, x)
+    assert g.dtype == np.float16
+    np.testing.assert_array_equal(g.numpy(), np.full(n, np.float16(1 / n)))
+    _, t = gt.jvp(lambda v: gt.sum(f(v)), (x,), (gt.tensor(np.ones(n, np.float16)),))
+    assert t.dtype == np.float16
+    assert float(t) == 1.0
