@@ -256,3 +256,68 @@ def test_a_large_float16_gelu_backward_is_not_fused_in_float16():
         y = gt.sum(gt.nn.gelu(x, approximate="tanh") * 2.0 + 1.0)
     g = tape.gradient(y, x).numpy()
     np.testing.assert_allclose(g.astype(np.float64), -6.702e-4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("spell", ["tile", "tile_inner", "repeat", "repeat_inner"])
+def test_tile_and_repeat_gradients_sum_the_copies_in_float32(backend, spell):
+    """The gradient of a tiled or repeated tensor sums its copies: in float16 a (1, 2) tensor
+    tiled 40000 times stalled at a few thousand (spacing 4 past 4096)."""
+    up = data(ROWS, 2, seed=7)
+    up64 = up.astype(np.float64)
+    f = {"tile": lambda s: gt.tile(s, (ROWS, 1)),
+         "tile_inner": lambda s: gt.transpose(gt.tile(gt.transpose(s), (1, ROWS))),
+         "repeat": lambda s: gt.repeat(s, ROWS, axis=0),
+         "repeat_inner": lambda s: gt.transpose(gt.repeat(gt.transpose(s), ROWS, axis=1))}[spell]
+    s = gt.Variable(np.ones((1, 2), np.float16))
+    with gt.GradientTape() as tape:
+        loss = gt.sum(f(s) * gt.tensor(up))
+    close16(tape.gradient(loss, s), up64.sum(0, keepdims=True))
+
+
+def test_einsum_and_dot_accumulate_in_float32(backend):
+    """float16 einsum (forward, every subscript) and the gradients of einsum and dot are
+    accumulated in float32 and rounded once, as matmul is: 'ji,jk->ik' over 40000 rows and a
+    trace of 5000 entries stalled in float16."""
+    x = data(ROWS, 2, seed=8)
+    x64 = x.astype(np.float64)
+    X = gt.tensor(x)
+    ones = gt.tensor(np.ones((ROWS, 1), np.float16))
+    close16(gt.transpose(X) @ ones, x64.sum(0)[:, None])  # (matmul: already so)
+    close16(gt.einsum("ji,jk->ik", X, ones), x64.sum(0)[:, None])
+    close16(gt.einsum("ij->j", X), x64.sum(0))
+    d = np.diag(data(5000, seed=9)).astype(np.float16)
+    close16(gt.einsum("ii", gt.tensor(d)), np.trace(d.astype(np.float64)))
+    close16(gt.einsum("ii->i", gt.tensor(d)), np.diag(d.astype(np.float64)))
+    W = gt.Variable(np.ones((2, 1), np.float16))
+    for f in (lambda w: X @ w, lambda w: gt.einsum("ij,jk->ik", X, w), lambda w: gt.dot(X, w)):
+        with gt.GradientTape() as tape:
+            loss = gt.sum(f(W))
+        close16(tape.gradient(loss, W), x64.sum(0)[:, None])
+
+
+def test_per_example_einsum_gradients_over_a_long_axis_in_float16(backend):
+    """A per-example weight gradient of einsum contracts each example's positions."""
+    x = data(2, 20000, 3, seed=10)
+    W = gt.Variable(np.ones((3, 2), np.float16))
+    with gt.GradientTape() as tape:
+        losses = gt.sum(gt.einsum("bld,dp->blp", gt.tensor(x), W), axis=(1, 2))
+    got = tape.per_example_gradients(losses, [W])[0]
+    close16(got, np.repeat(x.astype(np.float64).sum(1)[:, :, None], 2, axis=2))
+
+
+@pytest.mark.parametrize("spell", ["max", "min", "norm_inf", "max_axis"])
+def test_max_and_min_share_the_gradient_among_more_ties_than_float16_counts(backend, spell):
+    """70000 tied maxima each get 1/70000 of the gradient: counted in float16, 70000 was inf
+    and every share 0."""
+    n = 70000
+    f = {"max": gt.max, "min": gt.min, "norm_inf": lambda t: gt.norm(t + 1.0, ord=np.inf),
+         "max_axis": lambda t: gt.max(gt.reshape(t, (n, 1)), axis=0)}[spell]
+    x = gt.Variable(np.zeros(n, np.float16))
+    with gt.GradientTape() as tape:
+        y = gt.sum(f(x))
+    g = tape.gradient(y, x)
+    assert g.dtype == np.float16
+    np.testing.assert_array_equal(g.numpy(), np.full(n, np.float16(1 / n)))
+    _, t = gt.jvp(lambda v: gt.sum(f(v)), (x,), (gt.tensor(np.ones(n, np.float16)),))
+    assert t.dtype == np.float16
+    assert float(t) == 1.0

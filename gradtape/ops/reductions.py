@@ -324,12 +324,22 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 # --------------------------------------------------------------------------- max / min
+_F32 = np.dtype(np.float32)
+_HALF = np.dtype(np.float16)
+
+
 def _extreme_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
-    # The gradient is split evenly among the elements equal to the extreme value.
+    # The gradient is split evenly among the elements equal to the extreme value. float16:
+    # the ties counted and the shares computed in float32, rounded once (a float16 count of
+    # more than 65504 ties is inf, and every share was 0).
     axis = rec.params["axis"]
+    half = g.dtype == _HALF
+    if half:
+        g = m.apply(P_ASTYPE, g, dtype=_F32)
     mask = _extreme_mask(m, m.val(rec.inputs[0]), m.val(rec.output), axis, g.dtype)
     count = m.apply(P_SUM, mask, axis=axis, keepdims=True)
-    return (_rec_kept(m, rec, g) * mask / count,)
+    gx = _rec_kept(m, rec, g) * mask / count
+    return (m.apply(P_ASTYPE, gx, dtype=_HALF) if half else gx,)
 
 
 def _extreme_mask(m: OnTensors, x: Tensor, y: Tensor, axis: Any, dtype: Any) -> Tensor:
@@ -342,10 +352,15 @@ def _extreme_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, *, 
                  keepdims: bool) -> Tensor:
     # the mean of the tangents at the elements equal to the extreme value (the VJP's split);
     # a safe product: an inf or NaN tangent elsewhere does not leak in
+    # (float16: in float32, rounded once, as the VJP)
     t = tangents[0]
+    half = t.dtype == _HALF
+    if half:
+        t = m.apply(P_ASTYPE, t, dtype=_F32)
     mask = _extreme_mask(m, primals[0], out, axis, t.dtype)
     weights = mask / m.apply(P_SUM, mask, axis=axis, keepdims=True)
-    return m.apply(P_SUM, m.apply(P_SAFE_MUL, weights, t), axis=axis, keepdims=keepdims)
+    mean = m.apply(P_SUM, m.apply(P_SAFE_MUL, weights, t), axis=axis, keepdims=keepdims)
+    return m.apply(P_ASTYPE, mean, dtype=_HALF) if half else mean
 
 
 def _check_nonempty(x: Tensor, axes: tuple | None, what: str) -> None:

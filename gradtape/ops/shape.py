@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._src.autodiff.record import Record
-from .._src.primitive import bind, primitive
+from .._src.primitive import REGISTRY, bind, primitive
 from .._src.rules import OnTensors
 from .._src.tensor import Tensor, broadcasts_to, check_dtype
 from ._util import as_int, batch_size, is_int, logical_axes, move_axis, normalize_axis, one, phys_axis
@@ -702,6 +702,19 @@ def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- tile
+_HALF = np.dtype(np.float16)
+
+
+def _sum_copies(m: OnTensors, g: Tensor, axis: tuple) -> Tensor:
+    """``g`` summed over the ``axis`` of its copies (tile's and repeat's VJP); float16 with the
+    sum primitive on both renderings, accumulated in float32 (a backend array's own ``.sum``
+    adds float16 in float16, where 70000 copies of 0.01 gave 32)."""
+    if g.dtype != _HALF:
+        return g.sum(axis=axis)
+    return m.apply(REGISTRY["sum"], g, axis=axis, keepdims=False)  # (reductions imports this
+    # module: the primitive by its name)
+
+
 def _tile_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor, **p: Any) -> Tensor:
     return m.apply(P_TILE, tangents[0], **p)
 
@@ -712,7 +725,7 @@ def _tile_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     d = len(reps)
     shape_d = (1,) * (d - len(shape)) + tuple(shape)
     interleaved = tuple(v for r, s in zip(reps, shape_d) for v in (r, s))
-    gi = m.apply(P_RESHAPE, g, shape=interleaved).sum(axis=tuple(range(0, 2 * d, 2)))
+    gi = _sum_copies(m, m.apply(P_RESHAPE, g, shape=interleaved), tuple(range(0, 2 * d, 2)))
     return (gi if gi.shape == shape else m.apply(P_RESHAPE, gi, shape=shape),)
 
 
@@ -784,7 +797,7 @@ def _repeat_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     n = shape[axis]
     if isinstance(reps, int):
         parts = m.apply(P_RESHAPE, g, shape=shape[:axis] + (n, reps) + shape[axis + 1:])
-        return (parts.sum(axis=axis + 1),)
+        return (_sum_copies(m, parts, (axis + 1,)),)
     idx = m.xp_of(g).asarray(np.repeat(np.arange(n), np.asarray(reps, dtype=np.intp)))  # (() too)
     index = (slice(None),) * axis + (idx,)
     return (m.apply(P_SCATTER, g, index=index, shape=shape, advanced=True),)

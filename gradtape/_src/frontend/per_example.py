@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ...ops.linalg import einsum_vjp_labels, row_outer
+from ...ops.linalg import acc_einsum, einsum_vjp_labels, row_outer
 from ..autodiff.engine import Accumulator, _vjp_arrays, backward, fold, fold_pairs, forward_reach, marked
 from ..autodiff.record import Record, Recorder, check_finite
 from ..autodiff.state import STATE, opaque, user_line
@@ -680,7 +680,7 @@ def _contraction_examples(rec: Record, i: int, g: Array) -> Array:
             if target == out[1] + xs[1]:
                 return row_outer(xp, g, x)
     spec = ",".join((out, *(subs[j] for j in others))) + "->" + out[0] + target
-    gk = xp.einsum(spec, g, *(rec.inputs[j].data for j in others))  # type: ignore[union-attr]
+    gk = acc_einsum(xp, spec, g, *(rec.inputs[j].data for j in others))  # type: ignore[union-attr]
     gk = gk.reshape((B,) + kept)
     return gk if kept == shape else xp.broadcast_to(gk, (B,) + shape).copy()
 
