@@ -989,19 +989,6 @@ class Optimizer:
                 self._restored[v._id] = (len(orphans) + len(self._restored), v.name)
             self._track(v, key[0] if key and isinstance(key[0], str) else None)
 
-    def __copy__(self) -> Optimizer:
-        """``copy.copy(opt)``: an optimizer of the same settings and step count updating the
-        same Variables, with copies of their slot arrays (sharing them, a step of the copy
-        moved the original's moments while its step count stayed)."""
-        state = self.__getstate__()
-        state["_state"] = [(v, None if slots is None else tuple(None if a is None else a.copy()
-                                                                 for a in slots), key)
-                           for v, slots, key in state["_state"]]
-        new = object.__new__(type(self))
-        new.__setstate__(state)
-        new._restored = None  # (the same Variables: nothing to settle at its first step)
-        return new
-
     def _settle_restored(self, variables: list[Variable]) -> None:
         """The first step of a copied or unpickled optimizer: state whose Variables did not
         come with it (``pickle.dumps(opt)`` alone, the model saved apart) goes to the step's
