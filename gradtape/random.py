@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._src.autodiff.batched import batch_random, random_levels, shared_draw
-from ._src.autodiff.state import STATE, opaque, tracing
+from ._src.autodiff.state import STATE, Identity, opaque, tracing
 from ._src.backend import get_backend
 from ._src.tensor import Tensor, TensorLike, _to_array, _wrap, broadcasts_to, check_dtype
 from .ops._util import as_int, as_real
@@ -119,6 +119,10 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
                 int(e)  # draw's shape would depend on its value), not inside the draw unseen
         tens = [(i, a) for i, a in enumerate(args) if isinstance(a, Tensor)]
         ktens = [(k, a) for k, a in kwargs.items() if isinstance(a, Tensor)]
+        if any(t._level for _, t in tens + ktens):  # a tensor batched by gt.vmap: the method
+            # refuses it with its own message (rewrapped for the program it would be a plain
+            # tensor of the batch's placeholder)
+            return method(self, *args, **kwargs)
         backends = [t._backend for _, t in tens + ktens]
 
         def run(*arrays: Any) -> Any:
@@ -133,7 +137,8 @@ def _replayed(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
         static = (tuple(a for a in args if not isinstance(a, Tensor)),
                   tuple((k, v) for k, v in sorted(kwargs.items()) if not isinstance(v, Tensor)))
         out = opaque(run, *[t.data for _, t in tens + ktens],
-                     key=(method.__name__, id(self), static))
+                     key=(method.__name__, Identity(self, "the gt.random.Generator drawn from"),
+                          static))
         return _wrap(out, backends[0] if backends else get_backend())
 
     return draw

@@ -470,7 +470,11 @@ class Variable(Tensor):
     @property
     def trainable(self) -> bool:
         """Whether tapes watch this Variable automatically (and ``trainable_variables`` lists
-        it). Setting it after a ``gt.function`` step traced makes the step trace again."""
+        it). Setting it after a ``gt.function`` step traced makes the step trace again, and so
+        does a change of a flag the step read (``if aux.trainable: ...``)."""
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:  # the program holds for this value
+            tr.flag(self, "trainable", self._trainable)
         return self._trainable
 
     @trainable.setter

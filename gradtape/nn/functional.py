@@ -18,7 +18,7 @@ from .. import ops
 from .. import random as _random
 from .._src.autodiff.batched import batch_random, physical_data, random_levels, shared_draw
 from .._src.autodiff.record import Record, note_batch_statistics
-from .._src.autodiff.state import STATE, opaque, read_for_trace
+from .._src.autodiff.state import STATE, Identity, opaque, read_for_trace
 from .._src.backend import in_float32
 from .._src.errors import as_flag
 from .._src.primitive import REGISTRY, bind, primitive
@@ -207,8 +207,11 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
 # --------------------------------------------------------------------------- cross-entropy
 def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     lsm = _log_softmax_impl(xp, logits, axis=-1)
-    if xp is np and lsm.ndim == 2 and labels.ndim == 1 and type(lsm) is np.ndarray:
-        # (take_along_axis's index building costs 4 us of Python; the same entries)
+    if xp is np and lsm.ndim == 2 and labels.ndim == 1 and type(lsm) is np.ndarray \
+            and type(labels) is np.ndarray:  # (traced labels of a gt.function step next to
+        # constant logits: take_along_axis, which the trace logs; indexing a plain array by
+        # them would read them on the host) (take_along_axis's index building costs 4 us of
+        # Python; the same entries)
         return -lsm[np.arange(lsm.shape[0]), labels.astype(np.intp, copy=False)]
     idx = labels[..., None].astype(np.intp, copy=False)
     if xp is np:
@@ -704,8 +707,10 @@ def dropout(x: Any, rate: float, training: bool = True, seed: int | Generator | 
     # inside gt.function the draw is one step of the program: a new mask at each call
     def draw() -> Tensor:
         return _wrap(opaque(make_mask, key=("dropout", shape, dtype.str, rate,
-                                            seed if isinstance(seed, int) else id(seed),
-                                            id(generator))), x._backend)
+                                            seed if isinstance(seed, int) else
+                                            Identity(seed, "the dropout's generator"),
+                                            Identity(generator, "the dropout's generator"))),
+                     x._backend)
 
     mask = shared_draw(draw) if STATE.vmap_random else draw()
     return x * batch_random(mask, levels)

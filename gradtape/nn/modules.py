@@ -298,7 +298,26 @@ class Module:
         if value is None:  # (as_flag takes None for off: here it would freeze silently)
             raise TypeError(f"{type(self).__name__}: trainable must be True or False, got None")
         flag = as_flag(value, type(self).__name__, "trainable")
-        for v in self.variables:
+        tr = STATE.trace
+        if tr is not None and not tr.suspended:
+            # set inside a gt.function step: the program sets the module's flag again at each
+            # call (its marks included, which a later trainable = True reads), not each
+            # Variable's alone (a replay then left no mark, and D.trainable = True in a GAN's
+            # other step trained nothing); each Variable still counts as set by the step
+            variables = self.variables
+            for v in variables:
+                tr.set_by_step(v, "trainable", v._trainable)
+            tr.suspended += 1
+            try:
+                self._set_trainable(flag, variables)
+            finally:
+                tr.suspended -= 1
+            tr.flag_set(self, "trainable", flag)
+            return
+        self._set_trainable(flag, self.variables)
+
+    def _set_trainable(self, flag: bool, variables: list[Variable]) -> None:
+        for v in variables:
             if not flag and v.trainable:
                 v.trainable = False
                 FROZEN_BY_MODULE[v._id] = v

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the layers above, named in annotations only
     from ..tensor import Tensor, Variable
     from .record import ForwardRecorder, Recorder
 
-__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "tracing",
+__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "Identity", "tracing",
            "read_for_trace", "watch_variables", "FLAGS", "flag_changed"]
 
 _HOOK_LOCK = threading.Lock()
@@ -163,6 +163,32 @@ def refuse_in_trace(what: str, why: str) -> None:
     tr = STATE.trace
     if tr is not None and not tr.suspended:
         tr.refuse(what, why)
+
+
+class Identity:
+    """Part of an :func:`opaque` step's key naming an object by identity (the generator a draw
+    advances): two traces that meet different objects say which kind, where a bare ``id``
+    showed two numbers.
+
+    Example:
+        >>> g = object()
+        >>> Identity(g, "a generator") == Identity(g, "a generator")
+        True
+    """
+
+    __slots__ = ("id", "what")
+
+    def __init__(self, obj: Any, what: str) -> None:
+        self.id, self.what = id(obj), what
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Identity and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return self.what
 
 
 def opaque(fn: Callable[..., Any], *arrays: Any, key: Any = None) -> Any:

@@ -42,7 +42,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
-from ..autodiff.state import FLAGS, STATE, hooks_add, opaque, tracing, user_line
+from ..autodiff.state import FLAGS, STATE, Identity, hooks_add, opaque, tracing, user_line
 from ..backend import NUMPY, backend_of, get_backend
 from ..codegen.cuda import cupy_kernel
 from ..codegen.expr import FUNCTIONS
@@ -1065,6 +1065,16 @@ class _Trace:
         key = (id(obj), name)
         if key not in self.flags and key not in self.flags_set:
             self.flags[key] = (weakref.ref(obj), name, value)
+
+    def set_by_step(self, obj: Any, name: str, old: Any) -> None:
+        """Python flag ``obj.name`` (now ``old``) is set by a step of the program that sets
+        another object's flag (a module's ``trainable``, each of its Variables'): read before
+        by an op, the program holds for ``old``; from now on it does not depend on the value
+        the call found."""
+        if name == "trainable" and id(obj) in self.variables:
+            self.flag(obj, name, old)
+        self.flags_set.add((id(obj), name))
+        self.owners[id(obj)] = weakref.ref(obj)
 
     def flag_set(self, obj: Any, name: str, value: Any) -> None:
         """The step set Python flag ``obj.name`` to ``value`` itself (``model.train()`` in a
@@ -2256,6 +2266,9 @@ def _same_template(x: Any, y: Any) -> str | None:
         return _same_template((x.start, x.stop, x.step), (y.start, y.stop, y.step))
     if x is y:
         return None
+    if tx is Identity and x != y:
+        return (f"{x!r} is another object in each trace (one made inside the step?): make it "
+                "once, outside the step")
     return None if _equal_values(x, y) else f"{x!r} became {y!r}"
 
 
@@ -2341,7 +2354,7 @@ class _Entry:
         self.read_vars = [weakref.ref(v, self._on_death()) for v in live]
         owners = [(o, name, value) for o, name, value in ((r(), n, val) for r, n, val in flags)
                   if o is not None]
-        owners += [(v, "trainable", v.trainable) for v in live
+        owners += [(v, "trainable", v._trainable) for v in live
                    if (id(v), "trainable") not in set_by_step]
         self.flags = [(weakref.ref(o, self._on_death()), name, value) for o, name, value in owners]
         # the objects whose flags the step sets, alive after the trace: one dying (a layer
