@@ -693,6 +693,11 @@ _PEER_ARGS = {"lr": ("learning_rate", "write learning_rate=... (PyTorch's lr)"),
                                               "alone)")}
 
 
+#: The modules of gradtape's own optimizer classes (and the DistributedOptimizer classes made
+#: from them, which share the wrapped optimizer's attributes): a subclass defined elsewhere
+#: may use the names below for attributes of its own
+_OWN_MODULES = (__name__, "gradtape.distributed")
+
 #: Hyper-parameters of some optimizer (gradtape's, PyTorch's, Keras's): set on one that does
 #: not have it, a plain attribute that no step reads, refused (see Optimizer.__setattr__);
 #: completed below with every gradtape optimizer's own
@@ -756,7 +761,7 @@ class Optimizer:
         rule = self._checked.get(name)
         if rule is not None:
             value = self._check_hyper(name, value, rule)
-        elif name in _PEER_NAMES and type(self).__module__ == __name__:
+        elif name in _PEER_NAMES and type(self).__module__ in _OWN_MODULES:
             # opt.lr = 0.5 would be a new attribute no step reads (a subclass defined elsewhere
             # may use these names for its own attributes)
             ours = _PEER_NAMES[name]
@@ -764,7 +769,7 @@ class Optimizer:
             hint = f"set {ours}" if ours in self._checked else f"{who} has no {ours}"
             raise AttributeError(f"{who}: {name!r} is not one of its hyper-parameters ({hint}; "
                                  f"they are {', '.join(self._checked)})")
-        elif name in _OTHER_HYPERS and type(self).__module__ == __name__:
+        elif name in _OTHER_HYPERS and type(self).__module__ in _OWN_MODULES:
             # a hyper-parameter of another optimizer, here or in PyTorch or Keras (amsgrad,
             # dampening, clipvalue, Adam's momentum): a new attribute no step reads
             who = type(self).__name__
@@ -774,6 +779,10 @@ class Optimizer:
 
     def __getattr__(self, name: str) -> Any:
         # (called only for a missing attribute) PyTorch's optimizer names get gradtape's way
+        if any(name in klass.__dict__ for klass in type(self).__mro__):
+            # a property of the class whose getter raised AttributeError (a schedule's or a
+            # user property's own bug): that error again, not one saying the name is missing
+            return object.__getattribute__(self, name)
         hint = _TORCH_OPTIMIZER_NAMES.get(name)
         msg = f"{type(self).__name__!r} object has no attribute {name!r}"
         raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=self)
@@ -846,11 +855,11 @@ class Optimizer:
         self._key_owner: dict[str, tuple[int, weakref.ref]] = {}
         self._dead: list[int] = []
         self._next_serial = 0
-        # a copied or unpickled optimizer until its first step: Variable._id -> (position,
-        # name) of the Variables that came with it, and the state of those that died since
-        # (position, name, slots): see _settle_restored
-        self._restored: dict[int, tuple[int, str | None]] | None = None
-        self._orphans: list[tuple[int, str | None, tuple]] = []
+        # a copied or unpickled optimizer until its first step (or state_dict): Variable._id
+        # -> name of the Variables with state that came with it, and the names of those that
+        # died since: see _settle_restored
+        self._restored: dict[int, str | None] | None = None
+        self._lost: list[str | None] = []
 
     @property
     def current_learning_rate(self) -> float:
@@ -937,10 +946,9 @@ class Optimizer:
         restored = self.__dict__.get("_restored")
         while dead:  # (a callback may append while this runs: pop until none is left)
             vid = dead.pop()
-            slots = self._state.pop(vid, None)
-            came = restored.pop(vid, None) if restored else None
-            if came is not None and slots is not None:  # (see _settle_restored)
-                self._orphans.append((*came, slots))
+            self._state.pop(vid, None)
+            if restored and vid in restored:  # (see _settle_restored)
+                self._lost.append(restored.pop(vid))
             key = self._keys.pop(vid, None)
             held = self._key_owner.get(key) if key is not None else None
             if held is not None and held[0] == vid:
@@ -958,6 +966,11 @@ class Optimizer:
         state = self.__dict__.copy()
         for name in ("_keys", "_key_owner", "_dead", "_restored"):
             state.pop(name, None)
+        if self.__dict__.get("_restored") is not None:  # (copied again before its first
+            # step: the Variables that died are lost to the new copy too)
+            if self._dead:
+                self._purge()
+            state["_lost"] = list(self._lost)
         # each living Variable with its slot arrays, or None for one that holds a key without
         # state (reset by a load_state_dict: the key travels too, or the copy would let
         # another Variable of that name take it)
@@ -978,51 +991,37 @@ class Optimizer:
         self._key_owner = {}
         self._dead = []
         self.__dict__.setdefault("_next_serial", 0)
-        # the state of Variables that die before the first step (copied or unpickled apart
-        # from their model) is kept for that step to claim (_settle_restored)
-        orphans = list(self.__dict__.get("_orphans") or ())
-        self._orphans = orphans
+        # the Variables with state that came with it: every one dead before the first step
+        # (the optimizer copied or unpickled apart from its model) is said (_settle_restored)
+        self._lost = list(self.__dict__.get("_lost") or ())
         self._restored = {}
         for v, slots, *key in pairs:
             if slots is not None:
                 self._state[v._id] = tuple(slots)
-                self._restored[v._id] = (len(orphans) + len(self._restored), v.name)
+                self._restored[v._id] = v.name
             self._track(v, key[0] if key and isinstance(key[0], str) else None)
 
-    def _settle_restored(self, variables: list[Variable]) -> None:
-        """The first step of a copied or unpickled optimizer: state whose Variables did not
-        come with it (``pickle.dumps(opt)`` alone, the model saved apart) goes to the step's
-        Variables without state when they match it one to one, in order, by name, shape,
-        dtype and backend (the order of ``model.trainable_variables`` is the order in which
-        they first gained state, as Keras matches an optimizer's variables); otherwise it is
-        dropped with a warning (never silently: the step would start those moments from zero
-        at a later step count)."""
-        orphans = sorted(self._orphans, key=lambda o: o[0])
-        self._orphans, self._restored = [], None
-        if not orphans:
-            return
-        fresh = [v for v in variables if v._id not in self._state]
-
-        def fits(v: Variable, name: str | None, slots: tuple) -> bool:
-            arr = next((s for s in slots if s is not None), None)
-            return v.name == name and (arr is None or (
-                tuple(arr.shape) == v.shape and arr.dtype == v.dtype
-                and type(arr) is type(v.data)))
-
-        if len(fresh) == len(orphans) and all(
-                fits(v, name, slots) for v, (_, name, slots) in zip(fresh, orphans)):
-            for v, (_, _, slots) in zip(fresh, orphans):
-                self._state[v._id] = slots
-                self._track(v)
-            return
-        names = ", ".join(repr(name or "variable") for _, name, _ in orphans)
-        warnings.warn(
-            f"{type(self).__name__}: this optimizer was copied or unpickled apart from the "
-            f"{len(orphans)} Variable(s) it had state for ({names}), and this step's Variables "
-            f"without state ({len(fresh)}) do not match them in order, name, shape and dtype: "
-            f"that state is dropped and their moments start from zero at step "
-            f"{self.iterations}. Pickle or copy the model and the optimizer together "
-            "(pickle.dumps((model, opt))) or use gt.nn.save(path, model, opt)", stacklevel=4)
+    def _settle_restored(self, what: str) -> None:
+        """At the first step (or ``state_dict``) of a copied or unpickled optimizer: when every
+        Variable it had state for came with it and died since (``pickle.dumps(opt)`` alone, the
+        model saved apart), warn that their moments are lost, as ``what`` would otherwise
+        start them from zero at a later step count without a word. (Some dying, as a layer
+        replaced after loading, is model surgery: their state goes with them, as always.)
+        Nothing is matched up: bare names (``kernel``) and the order of first updates cannot
+        tell one layer's moments from another's."""
+        if self._dead:
+            self._purge()
+        restored, lost = self._restored, self._lost
+        self._restored, self._lost = None, []
+        if lost and not restored:
+            names = ", ".join(repr(name or "variable") for name in lost[:6]) + (
+                ", ..." if len(lost) > 6 else "")
+            warnings.warn(
+                f"{type(self).__name__}: this optimizer was copied or unpickled apart from the "
+                f"{len(lost)} Variable(s) it had state for ({names}): their moments are lost "
+                f"(it keeps its step count, {self.iterations}), and {what}. Pickle or copy the "
+                "model and the optimizer together (pickle.dumps((model, opt))), or save and load "
+                "both with gt.nn.save(path, model, opt) and gt.nn.load", stacklevel=4)
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None
@@ -1165,7 +1164,7 @@ class Optimizer:
         if self._dead:
             self._purge()
         if self.__dict__.get("_restored") is not None:
-            self._settle_restored([v for _, v in pairs])
+            self._settle_restored("this step starts them from zero")
         if self.global_clipnorm is not None:
             gs = [g for g, _ in pairs]
             if isinstance(gs[0], np.ndarray):
@@ -1311,6 +1310,8 @@ class Optimizer:
         """
         refuse_in_trace(f"{type(self).__name__}.state_dict()", "host copies of the state taken "
                         "while tracing would keep the values of the traces, not of later calls")
+        if self.__dict__.get("_restored") is not None:
+            self._settle_restored("this state holds none of them")
         out = {"iterations": np.asarray(self.iterations, dtype=np.int64), **self._hyper_entries()}
         for name, v in self._named(named_variables, f"{type(self).__name__}.state_dict"):
             st = self._state.get(v._id)
@@ -1473,6 +1474,7 @@ class Optimizer:
     def _commit_state(self, checked: tuple) -> None:
         """Install what :meth:`_check_state` returned (cannot fail)."""
         iterations, new_state, hypers = checked
+        self._restored, self._lost = None, []  # (state given explicitly: nothing to warn of)
         for k, value in hypers.items():
             object.__setattr__(self, k, value)  # (checked by _check_hypers)
         for key, (v, slots) in new_state.items():

@@ -98,3 +98,13 @@ def test_dtype_names_are_numpys_dtypes():
     for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
                  "complex64", "complex128"):
         assert getattr(gt, name) == np.dtype(name)
+
+
+@pytest.mark.parametrize("value, src, dtype", [(2.0**31, np.float32, "int32"), (2.0**63, np.float64, "int64"),
+                                               (2.0**63, np.float32, "int64"), (2.0**64, np.float64, "uint64")])
+def test_a_float_at_the_integer_dtypes_bound_is_refused(value, src, dtype):
+    # (the dtype's largest integer rounds up to exactly this power of two in the float dtype)
+    with pytest.raises(ValueError, match=r"numbers outside"):
+        gt.tensor(np.array([value], src), dtype=dtype)
+    below = np.nextafter(src(value), src(0))
+    assert gt.tensor(np.array([below], src), dtype=dtype).numpy()[0] == int(below)

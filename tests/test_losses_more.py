@@ -88,3 +88,14 @@ def test_loss_arguments_are_checked():
         gt.nn.l1_loss([1.0], [0.0], reduction="avg")
     with pytest.raises(ValueError, match=r"kl_div"):
         gt.nn.kl_div(gt.tensor([[0.0, 0.0]]), gt.tensor([[0.5, 0.5, 0.0]]))
+
+
+def test_a_huber_delta_past_the_dtype_range_is_the_squared_loss():
+    got = gt.nn.huber_loss(gt.tensor([0.5, 3.0]), 0.0, delta=1e39, reduction="none")
+    np.testing.assert_array_equal(got.numpy(), np.array([0.125, 4.5], np.float32))
+
+
+def test_kl_divs_reduction_error_names_its_own_default():
+    with pytest.raises(ValueError, match=r"kl_div: reduction must be one of \('batchmean', 'mean', "
+                                         r"'sum', 'none'\), got 'avg'"):
+        gt.nn.kl_div(gt.tensor([[0.0]]), gt.tensor([[1.0]]), reduction="avg")

@@ -98,3 +98,12 @@ def test_a_state_entry_that_is_array_like_is_read_through_numpy():
     other = gt.optimizers.Adam(0.1)
     other.load_state_dict(state, [("w", w)])
     np.testing.assert_array_equal(other.state_dict()["w/m"], np.full(3, 2.0))
+
+
+def test_a_distributed_optimizer_refuses_the_same_attributes():
+    gt.distributed.init()
+    opt = gt.distributed.DistributedOptimizer(gt.optimizers.Adam(0.1))
+    for name in ("amsgrad", "momentum", "lr"):
+        with pytest.raises(AttributeError, match=rf"DistributedAdam: {name!r} is not one of its "
+                                                 r"hyper-parameters"):
+            setattr(opt, name, 0.5)

@@ -83,3 +83,26 @@ def test_an_unnamed_variable_given_twice_is_not_called_by_its_position():
     v = gt.Variable([1.0])
     with pytest.raises(ValueError, match=r"an unnamed variable is given twice \(pairs #0 and #1\)"):
         gt.optimizers.SGD(0.1).apply_gradients([(gt.tensor([1.0]), v), (gt.tensor([1.0]), v)])
+
+
+def test_an_attribute_error_inside_a_property_is_not_hidden_by_the_hints():
+    class Net(gt.nn.Module):
+        def __init__(self) -> None:
+            self.d = gt.nn.Dense(2, 2, seed=0)
+
+        @property
+        def width(self) -> int:
+            return self.d.units_typo  # (a bug inside the property)
+
+    with pytest.raises(AttributeError, match=r"'Dense' object has no attribute 'units_typo'"):
+        Net().width  # noqa: B018
+
+    class Sched:
+        base = None
+
+        def __call__(self, step: int) -> float:
+            return self.base.base_lr  # (a bug inside the schedule)
+
+    w = gt.Variable([1.0])
+    with pytest.raises(AttributeError, match=r"'NoneType' object has no attribute 'base_lr'"):
+        gt.optimizers.SGD(Sched()).apply_gradients([(gt.tensor([1.0]), w)])

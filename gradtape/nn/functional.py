@@ -487,6 +487,9 @@ def huber_loss(predictions: Any, targets: Any, delta: float = 1.0, reduction: st
     if not d_ > 0:
         raise ValueError(f"huber_loss: delta must be > 0, got {delta!r}")
     p, t = _regression_operands(predictions, targets, "huber_loss")
+    # (a delta past the dtype's range: every finite |d| is under it, the loss 0.5 d**2; as a
+    # float32 inf it made 0 * inf = NaN in the tail term)
+    d_ = min(d_, float(np.finfo(p.dtype).max))
     a = ops.abs(p - t)
     small = ops.minimum(a, d_)  # (|d| up to delta; the rest, a - small, is the linear tail)
     return _reduce(small * (0.5 * small) + (a - small) * d_, reduction, "huber_loss")
@@ -550,6 +553,9 @@ def kl_div(log_q: Any, p: Any, reduction: str = "batchmean") -> Tensor:
         >>> round(float(gt.nn.kl_div(gt.log(gt.tensor([[0.25, 0.75]])), p)), 4)
         0.1438
     """
+    if reduction not in ("batchmean", *_REDUCTIONS):
+        raise ValueError(f"kl_div: reduction must be one of {('batchmean', *_REDUCTIONS)}, got "
+                         f"{reduction!r}")
     lq, t = _regression_operands(log_q, p, "kl_div")
     if t.dtype.kind != "f":
         t = ops.astype(t, lq.dtype)

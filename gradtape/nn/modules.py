@@ -243,6 +243,10 @@ class Module:
 
     def __getattr__(self, name: str) -> Any:
         # (called only for a missing attribute) PyTorch's names get gradtape's way of doing it
+        if any(name in klass.__dict__ for klass in type(self).__mro__):
+            # a property of the class whose getter raised AttributeError (a schedule's or a
+            # user property's own bug): that error again, not one saying the name is missing
+            return object.__getattribute__(self, name)
         hint = _TORCH_MODULE_NAMES.get(name)
         msg = f"{type(self).__name__!r} object has no attribute {name!r}"
         raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=self)

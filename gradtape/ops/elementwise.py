@@ -673,25 +673,37 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
                              f"{x.dtype} (range [{info.min}, {info.max}])")
         lo = max(lo, int(info.min)) if type(lo) is int else lo
         hi = min(hi, int(info.max)) if type(hi) is int else hi
-    given = []
-    for bound in (lo, hi):
-        if bound is not None:
-            x, t = pair(x, bound)
-            given.append(t)
-    given = [x, *given]
-    kinds = {t.dtype.kind for t in given}
-    if kinds & set("fc") and kinds - set("fc"):  # an int or bool x or bound next to a float
-        # tensor takes the float's dtype (as in every binary op), not NumPy's three-way
-        # promotion (int32 with float16 gave float64); unrecorded: integers carry no gradient
-        dt = np.result_type(*[t.dtype for t in given if t.dtype.kind in "fc"])
-        given = [t if t.dtype.kind in "fc" else _wrap(t.data.astype(dt), t._backend) for t in given]
-    x = given[0]
-    # the missing bound in the result's dtype (an int8 x with an int16 bound of 300: int16's
-    # extremes, not int8's, which would put hi under lo)
-    dt = np.result_type(*[t.dtype for t in given])
-    missing = _wrap(x._backend.xp.asarray(_unbounded(dt, 1 if hi is None else -1), dtype=dt), x._backend)
-    lo_t, hi_t = (given[1], missing) if hi is None else (missing, given[1]) if lo is None else given[1:]
+    if lo is not None and hi is not None:
+        x, lo_t = pair(x, lo)
+        x, hi_t = pair(x, hi)
+        xd = x.data.dtype  # (dtypes compared by identity first: clip is a per-op cost)
+        if (lo_t.data.dtype is not xd or hi_t.data.dtype is not xd) and not (
+                xd == lo_t.data.dtype == hi_t.data.dtype):
+            x, lo_t, hi_t = _float_joint(x, lo_t, hi_t)
+        return bind(P_CLIP, x, lo_t, hi_t)
+    x, b = pair(x, hi if lo is None else lo)
+    dt = x.data.dtype
+    if b.data.dtype is not dt and b.data.dtype != dt:
+        x, b = _float_joint(x, b)
+        # the missing bound in the result's dtype (an int8 x with an int16 bound of 300:
+        # int16's extremes, not int8's, which would put hi under lo)
+        dt = np.result_type(x.data.dtype, b.data.dtype)
+    sign = 1 if hi is None else -1
+    missing = pair(x, _unbounded(dt, sign))[1] if dt == x.data.dtype else \
+        _wrap(x._backend.xp.asarray(_unbounded(dt, sign), dtype=dt), x._backend)
+    lo_t, hi_t = (b, missing) if hi is None else (missing, b)
     return bind(P_CLIP, x, lo_t, hi_t)
+
+
+def _float_joint(*ts: Tensor) -> list[Tensor]:
+    """``clip``'s operands where an int or bool one meets a float one: all in the floats'
+    dtype (as in every binary op), not NumPy's three-way promotion (int32 with float16 gave
+    float64); unrecorded: integers carry no gradient."""
+    kinds = {t.dtype.kind for t in ts}
+    if not (kinds & set("fc") and kinds - set("fc")):
+        return list(ts)
+    dt = np.result_type(*[t.dtype for t in ts if t.dtype.kind in "fc"])
+    return [t if t.dtype.kind in "fc" else _wrap(t.data.astype(dt), t._backend) for t in ts]
 
 
 def _unbounded(dt: np.dtype, sign: int) -> Any:
