@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -339,7 +340,9 @@ def arange(start: float, stop: float | None = None, step: float = 1,
         n = max(0, -int((a - b) // s))  # ceil((b - a) / s), exact for ints of any size
     else:
         q = (b - a) / s  # may overflow to +-inf: a range too long, or an empty one
-        n = 0 if not q > 0 else math.ceil(q) if q < 2.0 ** 62 else 2 ** 62
+        # (the count itself in the error for a range too long: a Python int of any size;
+        # an infinite quotient, past float64's range, as its largest float)
+        n = 0 if not q > 0 else math.ceil(q) if math.isfinite(q) else math.ceil(sys.float_info.max)
     _check_size("arange", [n], max(dt.itemsize, 8))
     if ints and dt.kind in "iu" and n:
         info, last = np.iinfo(dt), a + (n - 1) * s

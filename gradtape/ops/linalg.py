@@ -1050,15 +1050,26 @@ def _slogdet_impl(xp: Any, a: Any) -> Any:
     return xp.stack([sign, logabs], axis=-1)
 
 
+def _slogdet_inv(m: OnTensors, a: Any) -> Any:
+    """``a^-1`` for slogdet's derivative, an error naming slogdet (not ``inv``) at a singular
+    ``a``, where ``log|det a|`` is ``-inf`` and has no derivative."""
+    try:
+        return m.apply(P_INV, a)
+    except np.linalg.LinAlgError as e:
+        raise np.linalg.LinAlgError(
+            f"slogdet: the derivative of log|det a| (a^-T) needs an invertible matrix, got a "
+            f"singular one, where log|det a| is -inf ({e})") from None
+
+
 def _slogdet_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
     """``log|det a|``: ``ga = g a^-T``."""
     a = m.val(rec.inputs[0])
-    return (_scalar_to_matrix(m, g[..., 1]) * _swap_last(m, m.apply(P_INV, a)),)
+    return (_scalar_to_matrix(m, g[..., 1]) * _swap_last(m, _slogdet_inv(m, a)),)
 
 
 def _slogdet_jvp(m: OnTensors, primals: tuple, tangents: tuple, out: Tensor) -> Tensor:
     """``(0, tr(a^-1 da))``, packed as the output."""
-    t = _trace_of_product(m, _swap_last(m, m.apply(P_INV, primals[0])), tangents[0])
+    t = _trace_of_product(m, _swap_last(m, _slogdet_inv(m, primals[0])), tangents[0])
     unit = m.const(m.xp_of(out).asarray([0.0, 1.0], dtype=out.dtype), out)
     return m.apply(P_RESHAPE, t, shape=t.shape + (1,)) * unit
 

@@ -748,6 +748,12 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
     axes = _axes(x, axis, "norm")
     n_axes = x.ndim if axes is None else len(axes)
     is_str = isinstance(ord, str)
+    if x.dtype.kind == "c":  # (x * x summed gave a complex "norm"; a cast dropped the
+        # imaginary parts) every norm but the spectral ones is a norm of |x|, as NumPy's
+        if n_axes == 2 and (ord == "nuc" or (not is_str and _is_number(ord) and abs(ord) == 2)):
+            raise TypeError(f"norm: ord={ord!r} of a complex matrix (its singular values) is not "
+                            f"supported, got dtype {x.dtype}")
+        x = bind(P_ABS, x)
     if ord is None or (is_str and ord == "fro" and n_axes == 2) or (
             not is_str and n_axes == 1 and _is_number(ord) and ord == 2):
         return bind(P_NORM, x, axis=axes, keepdims=keepdims)
@@ -798,7 +804,10 @@ def _matrix_norm(x: Tensor, ord: Any, rows: int, cols: int, keepdims: bool) -> T
     kept = tuple(1 if i in (rows, cols) else n for i, n in enumerate(x.shape))
     if (isinstance(ord, str) and ord == "nuc") or (not isinstance(ord, str) and ord in (2, -2)):
         if not x.shape[rows] or not x.shape[cols]:
-            raise ValueError(f"norm: ord={ord!r} of an empty matrix: shape {x.shape}")
+            if ord == -2:  # (the smallest of no singular value)
+                raise ValueError(f"norm: ord=-2 of an empty matrix (shape {x.shape}) has no value")
+            # no singular value: their sum and their largest are 0, as NumPy's
+            return sum(bind(P_ABS, x), axis=(rows, cols), keepdims=keepdims)
         half = x.dtype == np.float16  # the SVD in float32, rounded once (as det, solve ...)
         s = singular_values(moveaxis(bind(P_ASTYPE, x, dtype=np.dtype(np.float32)) if half else x,
                                      (rows, cols), (-2, -1)))

@@ -10,6 +10,7 @@ levels; tapes and ``gt.grad`` inside the function differentiate per example.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ from ..nest import flatten, leaf_paths, unflatten
 from ..tensor import Tensor, tensor
 
 __all__ = ["vmap", "broadcast_prefix"]
+
+_FORWARDING = inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                                 inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
 
 AxisSpec = Any  # int | None | a tuple/list/dict of them matching the arguments' structure
 
@@ -261,6 +265,10 @@ def vmap(f: Callable[..., Any], in_axes: AxisSpec = 0, out_axes: AxisSpec = 0,
             res.append(ops.broadcast_to(expanded, tuple(shape)))
         return unflatten(spec, res)
 
+    # the vectorized function takes its arguments as passed, each positional one mapped by
+    # in_axes: its signature is (*args, **kwargs), not f's (gt.function binds a wrapper by the
+    # signature it reports, and would pass f's defaults positionally, mapping them too)
+    vectorized.__signature__ = _FORWARDING  # type: ignore[attr-defined]
     return vectorized
 
 
