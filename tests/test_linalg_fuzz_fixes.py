@@ -10,30 +10,30 @@ import pytest
 import gradtape as gt
 
 
-@pytest.mark.parametrize("ord", [None, 1, 2, np.inf, -np.inf, 3])
-def test_vector_norms_of_complex_tensors_are_norms_of_the_magnitudes(ord):
+@pytest.mark.parametrize("order", [None, 1, 2, np.inf, -np.inf, 3])
+def test_vector_norms_of_complex_tensors_are_norms_of_the_magnitudes(order):
     z = np.array([3 + 4j, 1 - 2j, -0.5j])
-    got = gt.norm(gt.tensor(z), ord=ord)
+    got = gt.norm(gt.tensor(z), ord=order)
     assert got.dtype.kind == "f"
-    np.testing.assert_allclose(got.numpy(), np.linalg.norm(z, ord=ord), rtol=1e-12)
+    np.testing.assert_allclose(got.numpy(), np.linalg.norm(z, ord=order), rtol=1e-12)
 
 
 def test_matrix_norms_of_complex_tensors():
     z = np.array([[1 + 1j, 2], [3, 4 - 2j]])
-    for ord in (None, "fro", 1, -1, np.inf, -np.inf):
-        np.testing.assert_allclose(gt.norm(gt.tensor(z), ord=ord).numpy(),
-                                   np.linalg.norm(z, ord=ord), rtol=1e-12)
-    for ord in ("nuc", 2, -2):
-        with pytest.raises(TypeError, match=rf"norm: ord={ord!r} of a complex matrix"):
-            gt.norm(gt.tensor(z), ord=ord)
+    for order in (None, "fro", 1, -1, np.inf, -np.inf):
+        np.testing.assert_allclose(gt.norm(gt.tensor(z), ord=order).numpy(),
+                                   np.linalg.norm(z, ord=order), rtol=1e-12)
+    for order in ("nuc", 2, -2):
+        with pytest.raises(TypeError, match=rf"norm: ord={order!r} of a complex matrix"):
+            gt.norm(gt.tensor(z), ord=order)
 
 
-@pytest.mark.parametrize("ord", ["nuc", 2])
-def test_spectral_norms_of_an_empty_matrix_are_zero(ord):
+@pytest.mark.parametrize("order", ["nuc", 2])
+def test_spectral_norms_of_an_empty_matrix_are_zero(order):
     x = gt.tensor(np.zeros((0, 3)))
     with gt.GradientTape() as tape:
         tape.watch(x)
-        n = gt.norm(x, ord=ord)
+        n = gt.norm(x, ord=order)
     assert float(n) == 0.0 and tape.gradient(n, x).shape == (0, 3)
     with pytest.raises(ValueError, match=r"norm: ord=-2 of an empty matrix"):
         gt.norm(x, ord=-2)
