@@ -45,6 +45,7 @@ from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
 from ._src.codegen.graph import Graph
 from ._src.codegen.numpy_program import BLOCK, numpy_program, run_numpy
+from ._src.errors import missing_attribute
 from ._src.frontend.tape import GradientTape
 from ._src.tensor import Tensor, Variable, _wrap
 from .ops._util import as_real
@@ -778,14 +779,8 @@ class Optimizer:
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
-        # (called only for a missing attribute) PyTorch's optimizer names get gradtape's way
-        if any(name in klass.__dict__ for klass in type(self).__mro__):
-            # a property of the class whose getter raised AttributeError (a schedule's or a
-            # user property's own bug): that error again, not one saying the name is missing
-            return object.__getattribute__(self, name)
-        hint = _TORCH_OPTIMIZER_NAMES.get(name)
-        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
-        raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=self)
+        # (called only for a missing attribute) PyTorch's names get gradtape's way of doing it
+        return missing_attribute(self, name, _TORCH_OPTIMIZER_NAMES)
 
     def _check_hyper(self, name: str, value: Any, rule: str) -> Any:
         who = type(self).__name__

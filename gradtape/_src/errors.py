@@ -3,8 +3,10 @@ bottom layer: every other module may use them)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["BackendUnavailableError", "UnconnectedGradientError", "MissingRuleError", "ExpressionError",
-           "TracingError", "as_flag"]
+           "TracingError", "as_flag", "missing_attribute"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -67,3 +69,23 @@ def as_flag(value: object, what: str, name: str) -> bool:
     else:  # a NumPy scalar or a 0-d array or tensor holding another number
         shown = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} holding {value!r}"
     raise TypeError(f"{what}: {name} must be True or False, got {shown}")
+
+
+def missing_attribute(obj: object, name: str, hints: dict[str, str]) -> Any:
+    """What a class's ``__getattr__`` (called only when ``name`` was not found) does to name
+    PyTorch's spelling: for a property of the class whose getter raised ``AttributeError``
+    (a schedule's or a user property's own bug), that error again; otherwise Python's
+    ``AttributeError``, with ``hints[name]`` (what does it here) appended when there is one.
+
+    Example:
+        >>> try:
+        ...     missing_attribute(object(), "zero_grad", {"zero_grad": "nothing to zero"})
+        ... except AttributeError as e:
+        ...     print(e)
+        'object' object has no attribute 'zero_grad' (PyTorch's; here nothing to zero)
+    """
+    if any(name in klass.__dict__ for klass in type(obj).__mro__):
+        return object.__getattribute__(obj, name)
+    hint = hints.get(name)
+    msg = f"{type(obj).__name__!r} object has no attribute {name!r}"
+    raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=obj)

@@ -276,56 +276,30 @@ def _blas_limits(threads: int) -> Any:
 
 
 # argparse types: a bad value becomes argparse's one-line usage error naming the flag
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
-    return value
+def _argument(parse: Callable[[str], Any], ok: Callable[[Any], bool], kind: str,
+              expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse(text)`` (a ``kind`` of value), checked by ``ok`` (else
+    "expected ``expected``")."""
+    def checked(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    return checked
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    """A seed NumPy's generators and scikit-learn's split both take: an integer in
-    ``[0, 2**32 - 1]`` (scikit-learn refuses others deep inside the data split)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32 - 1], got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
+_positive_int = _argument(int, lambda v: v >= 1, "a positive integer", "a positive integer (>= 1)")
+_non_negative_int = _argument(int, lambda v: v >= 0, "an integer >= 0", "an integer >= 0")
+# a seed NumPy's generators and scikit-learn's split both take (scikit-learn refuses others
+# deep inside the data split)
+_seed = _argument(int, lambda v: 0 <= v < 2**32, "an integer seed", "a seed in [0, 2**32 - 1]")
+_non_negative_float = _argument(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0",
+                                "a finite number >= 0")
+_learning_rate = _argument(float, lambda v: math.isfinite(v) and v > 0, "a positive number",
+                           "a positive finite number")
 
 
 def _output_dir_problem(path: str) -> str | None:

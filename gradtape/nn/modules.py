@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import ops
 from .._src.autodiff.state import STATE, flag_changed, refuse_in_trace, tracing
-from .._src.errors import TracingError, as_flag
+from .._src.errors import TracingError, as_flag, missing_attribute
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real, one
 from ..ops.creation import float_dtype
@@ -243,13 +243,7 @@ class Module:
 
     def __getattr__(self, name: str) -> Any:
         # (called only for a missing attribute) PyTorch's names get gradtape's way of doing it
-        if any(name in klass.__dict__ for klass in type(self).__mro__):
-            # a property of the class whose getter raised AttributeError (a schedule's or a
-            # user property's own bug): that error again, not one saying the name is missing
-            return object.__getattribute__(self, name)
-        hint = _TORCH_MODULE_NAMES.get(name)
-        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
-        raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=self)
+        return missing_attribute(self, name, _TORCH_MODULE_NAMES)
 
     @property
     def training(self) -> bool:

@@ -957,14 +957,21 @@ def _cofactor_svd(xp: Any, a: Any) -> Any:
     return (sign[..., None, None] * (u * (before * after)[..., None, :])) @ vh
 
 
-def _cofactor_inv(m: OnTensors, a: Any) -> Any:
-    """``a^-1`` for the cofactor's own derivative (det's second derivative)."""
+def _inverse_for(m: OnTensors, a: Any, why: str) -> Any:
+    """``a^-1`` inside a derivative, a singular ``a`` reported as ``why`` (the op and the
+    derivative that needs the inverse) with LAPACK's reason, not as an ``inv`` the user never
+    called."""
     try:
         return m.apply(P_INV, a)
     except np.linalg.LinAlgError as e:
-        raise np.linalg.LinAlgError(
-            f"det: the second derivative (of the cofactor matrix det(a) a^-T) needs an invertible "
-            f"matrix, got a singular one ({e}); the first derivative works for any matrix") from None
+        raise np.linalg.LinAlgError(why.format(e)) from None
+
+
+def _cofactor_inv(m: OnTensors, a: Any) -> Any:
+    """``a^-1`` for the cofactor's own derivative (det's second derivative)."""
+    return _inverse_for(m, a, "det: the second derivative (of the cofactor matrix det(a) a^-T) "
+                              "needs an invertible matrix, got a singular one ({}); the first "
+                              "derivative works for any matrix")
 
 
 def _cofactor_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
@@ -1051,14 +1058,9 @@ def _slogdet_impl(xp: Any, a: Any) -> Any:
 
 
 def _slogdet_inv(m: OnTensors, a: Any) -> Any:
-    """``a^-1`` for slogdet's derivative, an error naming slogdet (not ``inv``) at a singular
-    ``a``, where ``log|det a|`` is ``-inf`` and has no derivative."""
-    try:
-        return m.apply(P_INV, a)
-    except np.linalg.LinAlgError as e:
-        raise np.linalg.LinAlgError(
-            f"slogdet: the derivative of log|det a| (a^-T) needs an invertible matrix, got a "
-            f"singular one, where log|det a| is -inf ({e})") from None
+    """``a^-1`` for slogdet's derivative (a singular ``a``: ``log|det a|`` is ``-inf``)."""
+    return _inverse_for(m, a, "slogdet: the derivative of log|det a| (a^-T) needs an invertible "
+                              "matrix, got a singular one, where log|det a| is -inf ({})")
 
 
 def _slogdet_rule(m: OnTensors, rec: Record, g: Tensor) -> tuple:
