@@ -309,7 +309,7 @@ def rmsprop_rule(centered: bool, momentum: bool, weight_decay: bool) -> UpdateRu
         buf = momentum * buf + g / avg;  p = p - lr * buf        # (p = p - lr * g / avg)
 
     The centered variance is taken as 0 where rounding makes it negative (PyTorch's gives NaN
-    there). Arrays ``(p, g, v[, g_avg][, buf])`` of the parameter's shape.
+    there); NaN (both terms overflowed) stays NaN. Arrays ``(p, g, v[, g_avg][, buf])`` of the parameter's shape.
 
     Example:
         >>> rmsprop_rule(True, False, False).arrays
@@ -324,7 +324,9 @@ def rmsprop_rule(centered: bool, momentum: bool, weight_decay: bool) -> UpdateRu
         arrays.append("g_avg")
         stmts += [("g_avg", "rho * g_avg + one_minus_rho * g"),
                   ("var", "v - g_avg * g_avg"),
-                  ("avg", "sqrt(where(var > 0, var, 0)) + eps")]
+                  # (negative only by rounding: 0; NaN, where v and g_avg^2 both overflowed,
+                  # stays NaN: a clamp to 0 made that a step of lr * g / eps)
+                  ("avg", "sqrt(where(var < 0, 0, var)) + eps")]
     else:
         stmts.append(("avg", "sqrt(v) + eps"))
     if momentum:
@@ -754,6 +756,7 @@ class Optimizer:
     """
 
     slot_names: tuple[str, ...] = ()
+    _dropped_when_unneeded: tuple[str, ...] = ()
     # hyper-parameter -> its rule (_hyper's), checked when set, also after construction
     # (``opt.learning_rate = 0.01``, Keras's habit): a value set later reaches the next step
     _checked: dict[str, str] = {"learning_rate": "rate", "global_clipnorm": "> 0 or None"}
@@ -1176,8 +1179,11 @@ class Optimizer:
         # the slots this rule reads: a hyper-parameter set after the first step (SGD's
         # momentum from 0) can make a slot needed that was not, or one unneeded
         need = [self._needs_slot(n) for n in self.slot_names]
+        drop = [not k and n in self._dropped_when_unneeded for n, k in zip(self.slot_names, need)]
         for g, v in pairs:
             st = self._slots(v)
+            if any(d and s is not None for d, s in zip(drop, st)):
+                st = self._state[v._id] = tuple(None if d else s for d, s in zip(drop, st))
             slots = [s for s, k in zip(st, need) if k]
             if any(s is None for s in slots):
                 st = self._state[v._id] = tuple(
@@ -1649,6 +1655,11 @@ class RMSprop(Optimizer):
     def _needs_slot(self, name: str) -> bool:
         return name == "v" or (name == "g_avg" and self.centered) or (
             name == "momentum" and self.momentum != 0.0)
+
+    #: a slot dropped (not kept, as SGD's momentum buffer is) while not needed: a mean of the
+    #: gradients not updated while ``centered`` was off would be stale when it returns (its
+    #: square past ``v`` made the variance 0 and the step lr * g / eps)
+    _dropped_when_unneeded = ("g_avg",)
 
     def _scalars(self) -> dict:
         return {"lr": self.current_learning_rate, "rho": self.rho, "momentum": self.momentum,

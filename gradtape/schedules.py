@@ -6,8 +6,10 @@ optimizer, and show their settings in ``repr``.
 
 PyTorch's ``StepLR(step_size, gamma)`` is ``ExponentialDecay(lr, step_size, gamma,
 staircase=True)``; ``CosineAnnealingLR(T_max, eta_min)`` is ``CosineDecay(lr, T_max,
-alpha=eta_min / lr)`` (stepped per optimizer step, not per epoch); ``MultiStepLR`` is a
-``PiecewiseConstantDecay``.
+alpha=eta_min / lr)`` up to step ``T_max`` (stepped per optimizer step, not per epoch; after it
+this one stays at its end, PyTorch's rises again); ``MultiStepLR(milestones, gamma)`` is
+``PiecewiseConstantDecay([m - 1 for m in milestones], [lr, lr * gamma, ...])`` (a boundary is
+the last step at the earlier rate).
 
 Example:
     >>> import gradtape as gt
@@ -80,7 +82,10 @@ class ExponentialDecay:
         p = _step("ExponentialDecay", step) / self.decay_steps
         if self.staircase:
             p = math.floor(p)
-        return self.initial_learning_rate * self.decay_rate ** p
+        try:
+            return self.initial_learning_rate * self.decay_rate ** p
+        except OverflowError:  # (a decay_rate above 1 grows past float64: inf, as Keras's,
+            return math.inf  # which the optimizer refuses, naming the step)
 
     def __repr__(self) -> str:
         return (f"ExponentialDecay(initial_learning_rate={self.initial_learning_rate!r}, "

@@ -99,3 +99,43 @@ def test_kl_divs_reduction_error_names_its_own_default():
     with pytest.raises(ValueError, match=r"kl_div: reduction must be one of \('batchmean', 'mean', "
                                          r"'sum', 'none'\), got 'avg'"):
         gt.nn.kl_div(gt.tensor([[0.0]]), gt.tensor([[1.0]]), reduction="avg")
+
+
+@pytest.mark.parametrize("dtype, tiny", [(np.float32, [3e-5, 1e-8, 1e-30]), (np.float64, [1e-8, 1e-30])])
+def test_huber_gradient_is_d_to_the_last_digit(dtype, tiny):
+    d = gt.tensor(np.array(tiny + [7e4], dtype))
+    with gt.GradientTape() as tape:
+        tape.watch(d)
+        loss = gt.nn.huber_loss(d, 0.0, delta=1e10, reduction="sum")
+    np.testing.assert_array_equal(tape.gradient(loss, d).numpy(), d.numpy())
+
+
+def test_huber_second_derivative_is_one_inside_delta_and_zero_outside():
+    x = gt.tensor(np.array([0.0, 0.3, -0.7, 2.0]))
+    h = gt.hessian(lambda v: gt.nn.huber_loss(v, 0.0, delta=1.0, reduction="sum"))(x)
+    np.testing.assert_array_equal(np.diag(h.numpy()), [1.0, 1.0, 1.0, 0.0])
+
+
+def test_kl_div_gives_nan_for_a_nan_or_negative_target_and_averages_float16_in_float32():
+    lq = gt.tensor(np.log(np.full((2, 2), 0.5)))
+    for bad in (np.nan, -0.5):
+        p = gt.tensor(np.array([[0.5, 0.5], [bad, 1.0]]))
+        assert np.isnan(float(gt.nn.kl_div(lq, p)))
+    lq16 = gt.tensor(np.log(np.full((70_000, 2), 0.25, np.float16)))
+    p16 = gt.tensor(np.full((70_000, 2), 0.5, np.float16))
+    assert float(gt.nn.kl_div(lq16, p16)) == pytest.approx(np.log(2.0), rel=2e-3)  # (2 x 0.5 log 2)
+
+
+def test_nll_loss_per_example_gradients_equal_cross_entropys():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(5, 3)), np.array([0, 2, 1, 1, 0])
+    W = gt.Variable(rng.normal(size=(3, 4)), name="W")
+    out = []
+    for loss_fn in (lambda z: gt.nn.cross_entropy(z, y, reduction="none"),
+                    lambda z: gt.nn.nll_loss(gt.nn.log_softmax(z), y, reduction="none")):
+        with gt.GradientTape() as tape:
+            losses = loss_fn(gt.tensor(x) @ W)
+        g, norms = tape.per_example_gradients(losses, W, max_norm=1.0, reduce="sum", return_norms=True)
+        out.append((g.numpy(), norms.numpy()))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-12)

@@ -125,3 +125,25 @@ def test_rmsprop_slots_follow_its_settings():
     opt = gt.optimizers.RMSprop(0.1, momentum=0.5, centered=True)
     opt.apply_gradients([(gt.tensor([1.0, 1.0]), v)])
     assert sorted(k for k in opt.state_dict() if "/" in k) == ["w/g_avg", "w/momentum", "w/v"]
+
+
+def test_centered_rmsprop_turned_off_and_on_starts_its_mean_afresh():
+    w = gt.Variable([1.0], name="w")
+    opt = gt.optimizers.RMSprop(0.01, centered=True)
+    for _ in range(5):
+        opt.apply_gradients([(gt.tensor([10.0]), w)])
+    opt.centered = False
+    for _ in range(50):
+        opt.apply_gradients([(gt.tensor([0.01]), w)])
+    assert "w/g_avg" not in opt.state_dict()
+    opt.centered = True
+    before = w.numpy().copy()
+    opt.apply_gradients([(gt.tensor([0.01]), w)])
+    assert abs(float(w.numpy()[0] - before[0])) < 1e-3  # (a stale mean made it 1e4)
+
+
+def test_centered_rmsprop_with_overflowing_moments_gives_nan_not_a_huge_step():
+    w = gt.Variable(np.array([1.0], np.float32), name="w")
+    gt.optimizers.RMSprop(0.01, centered=True).apply_gradients(
+        [(gt.tensor(np.array([1e30], np.float32)), w)])
+    assert np.isnan(w.numpy()[0])

@@ -76,3 +76,21 @@ def test_a_schedule_drives_an_optimizer_eagerly_compiled_and_after_pickling():
     for compiled in (False, True):
         for pickled in (False, True):
             np.testing.assert_allclose(run(compiled, pickled), expected, rtol=1e-6)
+
+
+def test_a_growing_exponential_schedule_past_float64_is_refused_by_the_optimizer():
+    s = S.ExponentialDecay(1.0, decay_steps=1, decay_rate=2.0)
+    assert s(2000) == math.inf
+    opt = gt.optimizers.SGD(s)
+    opt.iterations = 2000
+    w = gt.Variable([1.0])
+    with pytest.raises(ValueError, match=r"schedule must return a finite number >= 0, got inf at "
+                                         r"step 2000"):
+        opt.apply_gradients([(gt.tensor([1.0]), w)])
+
+
+def test_multistep_milestones_are_boundaries_one_step_earlier():
+    milestones, lr, gamma = [3, 7], 1.0, 0.1
+    s = S.PiecewiseConstantDecay([m - 1 for m in milestones], [lr, lr * gamma, lr * gamma ** 2])
+    torch_like = [lr * gamma ** sum(t >= m for m in milestones) for t in range(10)]
+    assert [s(t) for t in range(10)] == pytest.approx(torch_like)

@@ -490,9 +490,12 @@ def huber_loss(predictions: Any, targets: Any, delta: float = 1.0, reduction: st
     # (a delta past the dtype's range: every finite |d| is under it, the loss 0.5 d**2; as a
     # float32 inf it made 0 * inf = NaN in the tail term)
     d_ = min(d_, float(np.finfo(p.dtype).max))
-    a = ops.abs(p - t)
-    small = ops.minimum(a, d_)  # (|d| up to delta; the rest, a - small, is the linear tail)
-    return _reduce(small * (0.5 * small) + (a - small) * d_, reduction, "huber_loss")
+    d = p - t
+    a = ops.abs(d)
+    # the two branches selected, each with its own exact gradient: d near 0 (and curvature 1
+    # there), delta sign(d) in the tails. (A form through min(|d|, delta) gave the gradient
+    # as delta + (min - delta), which lost every digit below delta's: 1e-8 came out 0.)
+    return _reduce(ops.where(a <= d_, 0.5 * (d * d), (a - 0.5 * d_) * d_), reduction, "huber_loss")
 
 
 def nll_loss(log_probs: Any, labels: Any, reduction: str = "mean") -> Tensor:
@@ -528,7 +531,12 @@ def nll_loss(log_probs: Any, labels: Any, reduction: str = "mean") -> Tensor:
         # is out of range gets a NaN loss instead, as cross_entropy's does there
         valid = ops.logical_and(y >= 0, y < C)
         y = ops.where(valid, y, 0)
-    picked = -ops.reshape(ops.take_along_axis(lp, ops.expand_dims(y, -1), axis=-1), y.shape)
+    # each example's entry selected by a one-hot mask and summed over the classes: ops that
+    # keep the examples apart, so per_example_gradients and DP-SGD take nll_loss as they take
+    # cross_entropy (take_along_axis mixes the rows, which they refuse); a select, not a
+    # product, so a -inf log-probability of another class stays out
+    hot = ops.equal(ops.expand_dims(y, -1), _wrap(y._backend.xp.arange(C), y._backend))
+    picked = -ops.sum(ops.where(hot, lp, 0.0), axis=-1)
     if valid is not None:
         picked = ops.where(valid, picked, math.nan)
     return _reduce(picked, reduction, "nll_loss")
@@ -559,10 +567,14 @@ def kl_div(log_q: Any, p: Any, reduction: str = "batchmean") -> Tensor:
     lq, t = _regression_operands(log_q, p, "kl_div")
     if t.dtype.kind != "f":
         t = ops.astype(t, lq.dtype)
-    safe = ops.where(t > 0, t, 1.0)  # (log 1 = 0 where p is 0: the term is 0, no NaN)
-    terms = ops.where(t > 0, t * (ops.log(safe) - lq), 0.0)
+    # a term with p exactly 0 is 0 (log 1 where p is 0: no NaN); a NaN or negative p gives
+    # NaN, as PyTorch's (a select on p > 0 dropped them silently)
+    zero = t == 0
+    terms = ops.where(zero, 0.0, t * (ops.log(ops.where(zero, 1.0, t)) - lq))
     if reduction == "batchmean":
         n = terms.shape[0] if terms.ndim else 1
+        if terms.data.dtype is _F16 and n:  # (the float16 sum overflows from 65504 where the
+            return ops.mean(terms) * (terms.size / n)  # result fits; the mean is taken in float32)
         return ops.sum(terms) * (1.0 / n if n else math.nan)
     return _reduce(terms, reduction, "kl_div")
 
