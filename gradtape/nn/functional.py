@@ -487,10 +487,12 @@ def huber_loss(predictions: Any, targets: Any, delta: float = 1.0, reduction: st
     if not d_ > 0:
         raise ValueError(f"huber_loss: delta must be > 0, got {delta!r}")
     p, t = _regression_operands(predictions, targets, "huber_loss")
-    # (a delta past the dtype's range: every finite |d| is under it, the loss 0.5 d**2; as a
-    # float32 inf it made 0 * inf = NaN in the tail term)
-    d_ = min(d_, float(np.finfo(p.dtype).max))
     d = p - t
+    if 0.5 * d_ * d_ >= float(np.finfo(p.dtype).max):  # (a delta whose 0.5 delta**2 is past
+        # the dtype's range: past delta the loss overflows in either form, and below it is the
+        # squared loss: that one, with no tail term to overflow; as a float32 inf delta made
+        # 0 * inf = NaN there)
+        return _reduce(0.5 * (d * d), reduction, "huber_loss")
     a = ops.abs(d)
     # the two branches selected, each with its own exact gradient: d near 0 (and curvature 1
     # there), delta sign(d) in the tails. (A form through min(|d|, delta) gave the gradient
