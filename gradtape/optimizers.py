@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from . import schedules as schedules
-from ._src.autodiff.state import opaque, refuse_in_trace, tracing, watch_variables
+from ._src.autodiff.state import opaque, refuse_in_trace, tracing, user_stacklevel, watch_variables
 from ._src.backend import Array, backend_of, cast_lost
 from ._src.codegen.cuda import cupy_kernel
 from ._src.codegen.expr import parse
 from ._src.codegen.graph import Graph
 from ._src.codegen.numpy_program import BLOCK, numpy_program, run_numpy
-from ._src.errors import missing_attribute
+from ._src.errors import PeerName
 from ._src.frontend.tape import GradientTape
 from ._src.tensor import Tensor, Variable, _wrap
 from .ops._util import as_real
@@ -696,10 +696,12 @@ _PEER_ARGS = {"lr": ("learning_rate", "write learning_rate=... (PyTorch's lr)"),
                                               "alone)")}
 
 
-#: The modules of gradtape's own optimizer classes (and the DistributedOptimizer classes made
-#: from them, which share the wrapped optimizer's attributes): a subclass defined elsewhere
-#: may use the names below for attributes of its own
-_OWN_MODULES = (__name__, "gradtape.distributed")
+def _builtin(cls: type) -> bool:
+    """Whether ``cls`` is one of gradtape's optimizer classes, or a DistributedOptimizer class
+    made from one (which shares the wrapped optimizer's attributes): a subclass defined
+    elsewhere, wrapped or not, may use the names below for attributes of its own."""
+    base = next((c for c in cls.__mro__ if c.__module__ != "gradtape.distributed"), cls)
+    return base.__module__ == __name__
 
 #: Hyper-parameters of some optimizer (gradtape's, PyTorch's, Keras's): set on one that does
 #: not have it, a plain attribute that no step reads, refused (see Optimizer.__setattr__);
@@ -710,12 +712,6 @@ _OTHER_HYPERS = {"amsgrad", "maximize", "foreach", "fused", "capturable", "diffe
                  "initial_accumulator_value", "rho", "momentum", "nesterov", "centered", "beta1",
                  "beta2", "epsilon", "weight_decay", "global_clipnorm"}
 
-#: PyTorch's ``torch.optim.Optimizer`` names an optimizer lacks, and what does it here
-_TORCH_OPTIMIZER_NAMES = {
-    "zero_grad": "none is needed: tape.gradient returns fresh gradients, nothing accumulates",
-    "step": "opt.apply_gradients(zip(grads, variables)) or opt.minimize(loss_fn, var_list)",
-    "param_groups": "hyper-parameters are attributes: opt.learning_rate = 1e-4",
-}
 
 
 def _check_keywords(who: str, init: Callable[..., None], kwargs: dict,
@@ -756,7 +752,6 @@ class Optimizer:
     """
 
     slot_names: tuple[str, ...] = ()
-    _dropped_when_unneeded: tuple[str, ...] = ()
     # hyper-parameter -> its rule (_hyper's), checked when set, also after construction
     # (``opt.learning_rate = 0.01``, Keras's habit): a value set later reaches the next step
     _checked: dict[str, str] = {"learning_rate": "rate", "global_clipnorm": "> 0 or None"}
@@ -765,7 +760,7 @@ class Optimizer:
         rule = self._checked.get(name)
         if rule is not None:
             value = self._check_hyper(name, value, rule)
-        elif name in _PEER_NAMES and type(self).__module__ in _OWN_MODULES:
+        elif name in _PEER_NAMES and _builtin(type(self)):
             # opt.lr = 0.5 would be a new attribute no step reads (a subclass defined elsewhere
             # may use these names for its own attributes)
             ours = _PEER_NAMES[name]
@@ -773,7 +768,7 @@ class Optimizer:
             hint = f"set {ours}" if ours in self._checked else f"{who} has no {ours}"
             raise AttributeError(f"{who}: {name!r} is not one of its hyper-parameters ({hint}; "
                                  f"they are {', '.join(self._checked)})")
-        elif name in _OTHER_HYPERS and type(self).__module__ in _OWN_MODULES:
+        elif name in _OTHER_HYPERS and _builtin(type(self)):
             # a hyper-parameter of another optimizer, here or in PyTorch or Keras (amsgrad,
             # dampening, clipvalue, Adam's momentum): a new attribute no step reads
             who = type(self).__name__
@@ -781,9 +776,10 @@ class Optimizer:
                                  f"{', '.join(self._checked)}); setting it would change nothing")
         object.__setattr__(self, name, value)
 
-    def __getattr__(self, name: str) -> Any:
-        # (called only for a missing attribute) PyTorch's names get gradtape's way of doing it
-        return missing_attribute(self, name, _TORCH_OPTIMIZER_NAMES)
+    # PyTorch's torch.optim names, each saying what does it here (see PeerName)
+    zero_grad = PeerName("none is needed: tape.gradient returns fresh gradients, nothing accumulates")
+    step = PeerName("opt.apply_gradients(zip(grads, variables)) or opt.minimize(loss_fn, var_list)")
+    param_groups = PeerName("hyper-parameters are attributes: opt.learning_rate = 1e-4")
 
     def _check_hyper(self, name: str, value: Any, rule: str) -> Any:
         who = type(self).__name__
@@ -1019,7 +1015,7 @@ class Optimizer:
                 f"{len(lost)} Variable(s) it had state for ({names}): their moments are lost "
                 f"(it keeps its step count, {self.iterations}), and {what}. Pickle or copy the "
                 "model and the optimizer together (pickle.dumps((model, opt))), or save and load "
-                "both with gt.nn.save(path, model, opt) and gt.nn.load", stacklevel=4)
+                "both with gt.nn.save(path, model, opt) and gt.nn.load", stacklevel=user_stacklevel())
 
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Tensor | Array | None, Variable]]) -> None:
         """Update each Variable in place from its gradient (Keras's convention). A None
@@ -1179,11 +1175,8 @@ class Optimizer:
         # the slots this rule reads: a hyper-parameter set after the first step (SGD's
         # momentum from 0) can make a slot needed that was not, or one unneeded
         need = [self._needs_slot(n) for n in self.slot_names]
-        drop = [not k and n in self._dropped_when_unneeded for n, k in zip(self.slot_names, need)]
         for g, v in pairs:
             st = self._slots(v)
-            if any(d and s is not None for d, s in zip(drop, st)):
-                st = self._state[v._id] = tuple(None if d else s for d, s in zip(drop, st))
             slots = [s for s, k in zip(st, need) if k]
             if any(s is None for s in slots):
                 st = self._state[v._id] = tuple(
@@ -1656,10 +1649,16 @@ class RMSprop(Optimizer):
         return name == "v" or (name == "g_avg" and self.centered) or (
             name == "momentum" and self.momentum != 0.0)
 
-    #: a slot dropped (not kept, as SGD's momentum buffer is) while not needed: a mean of the
-    #: gradients not updated while ``centered`` was off would be stale when it returns (its
-    #: square past ``v`` made the variance 0 and the step lr * g / eps)
-    _dropped_when_unneeded = ("g_avg",)
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "centered" and not self.centered and "_state" in self.__dict__:
+            # the mean of the gradients is dropped (not kept, as SGD's momentum buffer is):
+            # not updated while centered is off, it would be stale when it returns (its
+            # square past v made the variance 0 and the step lr * g / eps)
+            i = self.slot_names.index("g_avg")
+            for vid, st in list(self._state.items()):
+                if st[i] is not None:
+                    self._state[vid] = (*st[:i], None, *st[i + 1:])
 
     def _scalars(self) -> dict:
         return {"lr": self.current_learning_rate, "rho": self.rho, "momentum": self.momentum,

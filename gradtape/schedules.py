@@ -85,7 +85,8 @@ class ExponentialDecay:
         try:
             return self.initial_learning_rate * self.decay_rate ** p
         except OverflowError:  # (a decay_rate above 1 grows past float64: inf, as Keras's,
-            return math.inf  # which the optimizer refuses, naming the step)
+            # which the optimizer refuses, naming the step; a rate of 0 stays 0)
+            return math.inf if self.initial_learning_rate else 0.0
 
     def __repr__(self) -> str:
         return (f"ExponentialDecay(initial_learning_rate={self.initial_learning_rate!r}, "

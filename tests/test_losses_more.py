@@ -126,16 +126,20 @@ def test_kl_div_gives_nan_for_a_nan_or_negative_target_and_averages_float16_in_f
     assert float(gt.nn.kl_div(lq16, p16)) == pytest.approx(np.log(2.0), rel=2e-3)  # (2 x 0.5 log 2)
 
 
-def test_nll_loss_per_example_gradients_equal_cross_entropys():
+def test_nll_loss_is_refused_by_per_example_gradients_with_a_hint():
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(5, 3)), np.array([0, 2, 1, 1, 0])
     W = gt.Variable(rng.normal(size=(3, 4)), name="W")
-    out = []
-    for loss_fn in (lambda z: gt.nn.cross_entropy(z, y, reduction="none"),
-                    lambda z: gt.nn.nll_loss(gt.nn.log_softmax(z), y, reduction="none")):
+    with gt.GradientTape() as tape:
+        losses = gt.nn.nll_loss(gt.nn.log_softmax(gt.tensor(x) @ W), y, reduction="none")
+    with pytest.raises(ValueError, match=r"take_along_axis"):
+        tape.per_example_gradients(losses, W, max_norm=1.0, reduce="sum")
+
+
+def test_huber_gradient_is_clipped_at_delta_for_any_delta():
+    for dtype, delta, r in ((np.float16, 400.0, 1000.0), (np.float32, 1e20, 1e25)):
+        d = gt.tensor(np.array([r, 1.0, -r], dtype))
         with gt.GradientTape() as tape:
-            losses = loss_fn(gt.tensor(x) @ W)
-        g, norms = tape.per_example_gradients(losses, W, max_norm=1.0, reduce="sum", return_norms=True)
-        out.append((g.numpy(), norms.numpy()))
-    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12)
-    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-12)
+            tape.watch(d)
+            loss = gt.nn.huber_loss(d, 0.0, delta=delta, reduction="sum")
+        np.testing.assert_array_equal(tape.gradient(loss, d).numpy(), np.array([delta, 1.0, -delta], dtype))

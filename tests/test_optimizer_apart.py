@@ -140,3 +140,12 @@ def test_adam_and_adamw_states_load_into_each_other_without_weight_decay():
     with pytest.raises(TypeError, match=r"'hyper.decoupled_weight_decay' must be a bool scalar"):
         gt.optimizers.Adam(0.05).load_state_dict(
             {**old, "hyper.decoupled_weight_decay": np.asarray(1.0)}, m.named_variables())
+
+
+def test_the_warning_points_at_the_users_line():
+    x, m, opt = _x(), _model(), gt.optimizers.Adam(0.05)
+    _step(m, opt, x)
+    opt_apart = _pickled(opt)
+    with pytest.warns(UserWarning, match="their moments are lost") as record:
+        opt_apart.state_dict()
+    assert record[0].filename == __file__

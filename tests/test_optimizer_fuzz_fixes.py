@@ -107,3 +107,15 @@ def test_a_distributed_optimizer_refuses_the_same_attributes():
         with pytest.raises(AttributeError, match=rf"DistributedAdam: {name!r} is not one of its "
                                                  r"hyper-parameters"):
             setattr(opt, name, 0.5)
+
+
+def test_a_users_optimizer_subclass_keeps_its_attributes_when_distributed():
+    class MySGD(gt.optimizers.SGD):
+        pass
+
+    gt.distributed.init()
+    plain = MySGD(0.1)
+    plain.rho = 0.7  # (its own attribute: the names are refused on gradtape's classes only)
+    wrapped = gt.distributed.DistributedOptimizer(MySGD(0.1))
+    wrapped.rho = 0.3
+    assert plain.rho == 0.7 and wrapped.rho == 0.3

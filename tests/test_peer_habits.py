@@ -106,3 +106,22 @@ def test_an_attribute_error_inside_a_property_is_not_hidden_by_the_hints():
     w = gt.Variable([1.0])
     with pytest.raises(AttributeError, match=r"'NoneType' object has no attribute 'base_lr'"):
         gt.optimizers.SGD(Sched()).apply_gradients([(gt.tensor([1.0]), w)])
+
+
+def test_a_chain_of_properties_runs_each_getter_once():
+    calls = []
+
+    class Net(gt.nn.Module):
+        @property
+        def a(self):
+            calls.append("a")
+            return self.b
+
+        @property
+        def b(self):
+            calls.append("b")
+            return self._missing
+
+    with pytest.raises(AttributeError, match=r"'Net' object has no attribute '_missing'"):
+        Net().a  # noqa: B018
+    assert calls == ["a", "b"]

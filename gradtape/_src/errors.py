@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["BackendUnavailableError", "UnconnectedGradientError", "MissingRuleError", "ExpressionError",
-           "TracingError", "as_flag", "missing_attribute"]
+           "TracingError", "as_flag", "PeerName"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -71,21 +71,30 @@ def as_flag(value: object, what: str, name: str) -> bool:
     raise TypeError(f"{what}: {name} must be True or False, got {shown}")
 
 
-def missing_attribute(obj: object, name: str, hints: dict[str, str]) -> Any:
-    """What a class's ``__getattr__`` (called only when ``name`` was not found) does to name
-    PyTorch's spelling: for a property of the class whose getter raised ``AttributeError``
-    (a schedule's or a user property's own bug), that error again; otherwise Python's
-    ``AttributeError``, with ``hints[name]`` (what does it here) appended when there is one.
+class PeerName:
+    """A name a class does not have but a peer library's users reach for (PyTorch's
+    ``model.parameters()``): reading it raises ``AttributeError`` saying what does it here, so
+    ``hasattr`` is False, as for any missing name. A descriptor, not a ``__getattr__``: that
+    would also run when a property's own getter raised ``AttributeError`` (and to show that
+    error, run the getter again, once more for each property in a chain). A subclass or an
+    instance attribute of that name takes precedence.
 
     Example:
-        >>> try:
-        ...     missing_attribute(object(), "zero_grad", {"zero_grad": "nothing to zero"})
-        ... except AttributeError as e:
-        ...     print(e)
-        'object' object has no attribute 'zero_grad' (PyTorch's; here nothing to zero)
+        >>> class M:
+        ...     zero_grad = PeerName("nothing to zero")
+        >>> hasattr(M(), "zero_grad")
+        False
     """
-    if any(name in klass.__dict__ for klass in type(obj).__mro__):
-        return object.__getattribute__(obj, name)
-    hint = hints.get(name)
-    msg = f"{type(obj).__name__!r} object has no attribute {name!r}"
-    raise AttributeError(msg + (f" (PyTorch's; here {hint})" if hint else ""), name=name, obj=obj)
+
+    __slots__ = ("hint", "name")
+
+    def __init__(self, hint: str) -> None:
+        self.hint, self.name = hint, ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        who = type(obj).__name__ if obj is not None else getattr(owner, "__name__", "?")
+        raise AttributeError(f"{who!r} object has no attribute {self.name!r} (PyTorch's; here "
+                             f"{self.hint})", name=self.name, obj=obj)

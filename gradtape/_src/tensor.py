@@ -832,11 +832,15 @@ def _check_int_cast(src: Any, dtype: np.dtype, xp: Any) -> None:
     if sd.kind == "f" and not bool(xp.isfinite(src).all()):
         raise ValueError(f"gt.tensor: data holds NaN or inf, which dtype {dtype} cannot represent")
     info = np.iinfo(dtype)
-    # (a float compared with info.max rounds it: 2**31 - 1 is 2**31 in float32, 2**63 - 1 is
-    # 2**63 in float64, so 2**31 passed a ``> max`` test; ``>= max + 1``, a power of two, is
-    # exact in any float dtype)
-    over = src.max() >= info.max + 1 if sd.kind == "f" else src.max() > info.max
-    if bool(src.min() < info.min) or bool(over):
+    lo, hi = src.min(), src.max()
+    # compared as Python numbers (no array library's promotion of a bound past the dtype's
+    # range): a float against max + 1, a power of two, exact in float64 (``> max`` rounded
+    # 2**31 - 1 up to 2**31 in float32, and 2**31 passed)
+    if sd.kind == "f":
+        out = float(lo) < float(info.min) or float(hi) >= float(info.max + 1)
+    else:
+        out = int(lo) < info.min or int(hi) > info.max
+    if out:
         raise ValueError(f"gt.tensor: data holds numbers outside [{info.min}, {info.max}], which "
                          f"dtype {dtype} cannot hold (the cast would wrap or give an undefined "
                          "value); pass a wider dtype")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import ops
 from .._src.autodiff.state import STATE, flag_changed, refuse_in_trace, tracing
-from .._src.errors import TracingError, as_flag, missing_attribute
+from .._src.errors import PeerName, TracingError, as_flag
 from .._src.tensor import FROZEN_BY_MODULE, Tensor, Variable
 from ..ops._util import as_int, as_real, one
 from ..ops.creation import float_dtype
@@ -188,16 +188,6 @@ _LAYER_PEER_ARGS = {
     "embedding_dim": ("dim", "write dim=... (PyTorch's embedding_dim)"),
 }
 
-#: PyTorch's ``nn.Module`` names a module lacks, and what does it here
-_TORCH_MODULE_NAMES = {
-    "parameters": "m.trainable_variables (m.variables also lists the non-trainable ones)",
-    "named_parameters": "m.named_variables()",
-    "state_dict": "gt.nn.save(path, m) or m.save(path) writes a checkpoint; "
-                  "dict(m.named_variables()) maps names to Variables",
-    "load_state_dict": "gt.nn.load(path, m) or m.load(path)",
-    "zero_grad": "none is needed: tape.gradient returns fresh gradients, nothing accumulates",
-    "cuda": "build the model under gt.use_backend(\"cupy\") (a Variable lives on a backend)",
-}
 
 
 class Module:
@@ -241,9 +231,14 @@ class Module:
         checked._gt_names_keywords = True  # type: ignore[attr-defined]
         cls.__init__ = checked  # type: ignore[method-assign]
 
-    def __getattr__(self, name: str) -> Any:
-        # (called only for a missing attribute) PyTorch's names get gradtape's way of doing it
-        return missing_attribute(self, name, _TORCH_MODULE_NAMES)
+    # PyTorch's nn.Module names, each saying what does it here (see PeerName)
+    parameters = PeerName("m.trainable_variables (m.variables also lists the non-trainable ones)")
+    named_parameters = PeerName("m.named_variables()")
+    state_dict = PeerName("gt.nn.save(path, m) or m.save(path) writes a checkpoint; "
+                          "dict(m.named_variables()) maps names to Variables")
+    load_state_dict = PeerName("gt.nn.load(path, m) or m.load(path)")
+    zero_grad = PeerName("none is needed: tape.gradient returns fresh gradients, nothing accumulates")
+    cuda = PeerName("build the model under gt.use_backend(\"cupy\") (a Variable lives on a backend)")
 
     @property
     def training(self) -> bool:

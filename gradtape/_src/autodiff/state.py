@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # the layers above, named in annotations only
     from ..tensor import Tensor, Variable
     from .record import ForwardRecorder, Recorder
 
-__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "paused_recording", "opaque", "Identity", "tracing",
-           "read_for_trace", "watch_variables", "FLAGS", "flag_changed"]
+__all__ = ["STATE", "hooks_add", "note_cut", "user_line", "user_stacklevel", "paused_recording", "opaque",
+           "Identity", "tracing", "read_for_trace", "watch_variables", "FLAGS", "flag_changed"]
 
 _HOOK_LOCK = threading.Lock()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gradtape/
@@ -133,6 +133,18 @@ def user_line() -> str:
     if frame is None:
         return "<unknown>"
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called in the caller of this function that
+    points at the innermost frame outside the gradtape package (the user's line, however deep
+    the library's own calls are)."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and _internal_frame(frame):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def note_cut(t: Tensor, reason: str) -> None:
