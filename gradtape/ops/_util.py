@@ -73,14 +73,17 @@ def normalize_axis(axis: Any, ndim: int, what: str) -> tuple[int, ...] | None:
         return None
     if type(axis) is int and -ndim <= axis < ndim:  # the common case: one axis in range
         return (axis % ndim,)
-    if getattr(axis, "ndim", 0) == 1 and getattr(axis, "dtype", None) is not None \
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(axis)
+    elif getattr(axis, "ndim", 0) == 1 and getattr(axis, "dtype", None) is not None \
             and axis.dtype.kind in "iu":  # a 1-d integer array or Tensor of axes
-        axis = tuple(int(a) for a in (axis.numpy() if isinstance(axis, Tensor) else axis).tolist())
-    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        axes = tuple(int(a) for a in (axis.numpy() if isinstance(axis, Tensor) else axis).tolist())
+    else:
+        axes = (axis,)
     out = []
     for a in axes:
-        if isinstance(a, bool) or not hasattr(a, "__index__") or getattr(
-                getattr(a, "dtype", None), "kind", "i") not in "iu":  # (a 0-d bool Tensor)
+        if type(a) is not int and (isinstance(a, bool) or not hasattr(a, "__index__") or getattr(
+                getattr(a, "dtype", None), "kind", "i") not in "iu"):  # (a 0-d bool Tensor)
             raise TypeError(f"{what}: axis must be None, an int or a tuple of ints, got {axis!r}")
         a = operator.index(a)
         if not -max(ndim, 1) <= a < max(ndim, 1):  # a 0-d tensor takes axis 0 or -1
