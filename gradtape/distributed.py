@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ._src.autodiff.state import STATE, opaque, tracing
+from ._src.autodiff.state import STATE, opaque, refuse_in_trace, tracing
 from ._src.backend import NUMPY, Array, Backend, backend_by_name, backend_of, nccl_module
 from ._src.frontend.custom_gradient import custom_gradient
 from ._src.frontend.tape import GradientTape
@@ -1503,10 +1503,14 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
         root: the rank whose values everyone takes.
         optimizer: also send ``root``'s state of this optimizer for these variables (step
             count, moments, hyper-parameters); the other ranks load it
-            (``Optimizer.load_state_dict``).
+            (``Optimizer.load_state_dict``). A learning-rate schedule is code and is not
+            sent: each rank keeps its own (give every rank the same one).
 
     Raises:
         DistributedError: the ranks pass different variables (count, shapes, dtypes).
+        TracingError: called inside a ``gt.function`` step, on every rank before any
+            collective (a broadcast recorded there would run at the traces only; the root's
+            optimizer state cannot be read while tracing): call it before the training loop.
 
     Example:
         >>> import gradtape as gt
@@ -1517,6 +1521,11 @@ def broadcast_variables(variables: Any, root: int = 0, optimizer: Optimizer | No
         array([1., 2.], dtype=float32)
     """
     who = "broadcast_variables()"
+    # (every rank traces its step alike, so every rank refuses here, before any collective;
+    # with fallback="eager" the step runs eagerly and the broadcast runs at each call)
+    refuse_in_trace(f"gt.distributed.{who}", "a broadcast recorded in the program would run at "
+                    "the traces only, not at later calls, and only the root reads its optimizer's "
+                    "state")
     world = _world(who)
     failure: BaseException | None = None  # (told to the other ranks, which would wait)
     if isinstance(root, np.integer):

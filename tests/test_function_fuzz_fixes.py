@@ -45,3 +45,20 @@ def test_a_generator_made_inside_the_step_is_named_in_the_warning():
                                          r"outside the step"):
         for _ in range(3):
             f(gt.ones((2,)))
+
+
+def test_broadcast_variables_inside_a_compiled_step_is_refused_before_any_collective():
+    gt.distributed.init()
+    w = gt.Variable([1.0, 2.0], name="w")
+    opt = gt.optimizers.Adam(0.1)
+
+    def step(x):
+        gt.distributed.broadcast_variables([w], optimizer=opt)
+        return x * 2.0
+
+    with pytest.raises(gt.TracingError, match=r"gt.distributed.broadcast_variables\(\) at .*: a "
+                                              r"broadcast recorded in the program would run at "
+                                              r"the traces only"):
+        gt.function(step)(gt.tensor(1.0))
+    with pytest.warns(UserWarning, match=r"runs eagerly"):
+        assert float(gt.function(step, fallback="eager")(gt.tensor(1.0))) == 2.0
