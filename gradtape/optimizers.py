@@ -309,7 +309,8 @@ def rmsprop_rule(centered: bool, momentum: bool, weight_decay: bool) -> UpdateRu
         buf = momentum * buf + g / avg;  p = p - lr * buf        # (p = p - lr * g / avg)
 
     The centered variance is taken as 0 where rounding makes it negative (PyTorch's gives NaN
-    there); NaN (both terms overflowed) stays NaN. Arrays ``(p, g, v[, g_avg][, buf])`` of the parameter's shape.
+    there); NaN (both terms overflowed) stays NaN. Arrays ``(p, g, v[, g_avg][, buf])`` of
+    the parameter's shape.
 
     Example:
         >>> rmsprop_rule(True, False, False).arrays
@@ -703,15 +704,15 @@ def _builtin(cls: type) -> bool:
     base = next((c for c in cls.__mro__ if c.__module__ != "gradtape.distributed"), cls)
     return base.__module__ == __name__
 
+
 #: Hyper-parameters of some optimizer (gradtape's, PyTorch's, Keras's): set on one that does
-#: not have it, a plain attribute that no step reads, refused (see Optimizer.__setattr__);
-#: completed below with every gradtape optimizer's own
+#: not have it (not in its ``_checked``), a plain attribute that no step reads, refused (see
+#: Optimizer.__setattr__)
 _OTHER_HYPERS = {"amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable",
                  "dampening", "clipvalue", "use_ema", "ema_momentum", "ema_overwrite_frequency",
                  "loss_scale_factor", "gradient_accumulation_steps", "lr_decay", "decoupled_weight_decay",
                  "initial_accumulator_value", "rho", "momentum", "nesterov", "centered", "beta1",
                  "beta2", "epsilon", "weight_decay", "global_clipnorm"}
-
 
 
 def _check_keywords(who: str, init: Callable[..., None], kwargs: dict,
@@ -959,12 +960,8 @@ class Optimizer:
             self._purge()
         state = self.__dict__.copy()
         for name in ("_keys", "_key_owner", "_dead", "_restored"):
-            state.pop(name, None)
-        if self.__dict__.get("_restored") is not None:  # (copied again before its first
-            # step: the Variables that died are lost to the new copy too)
-            if self._dead:
-                self._purge()
-            state["_lost"] = list(self._lost)
+            state.pop(name, None)  # (``_lost`` travels: copied again before its first step,
+            # the Variables that died are lost to the new copy too)
         # each living Variable with its slot arrays, or None for one that holds a key without
         # state (reset by a load_state_dict: the key travels too, or the copy would let
         # another Variable of that name take it)

@@ -108,3 +108,11 @@ def test_a_float_at_the_integer_dtypes_bound_is_refused(value, src, dtype):
         gt.tensor(np.array([value], src), dtype=dtype)
     below = np.nextafter(src(value), src(0))
     assert gt.tensor(np.array([below], src), dtype=dtype).numpy()[0] == int(below)
+
+
+def test_assign_refuses_a_float_at_the_integer_dtypes_bound_as_the_cast_does():
+    v = gt.Variable(np.zeros(1, np.int32), name="n")
+    with pytest.raises(ValueError, match=r"value holds numbers outside \[-2147483648, 2147483647\]"):
+        v.assign(gt.tensor(np.array([2.0**31], np.float32)))
+    v.assign(gt.tensor(np.array([2147483520.0], np.float32)))  # (the float32 just below)
+    assert v.numpy().tolist() == [2147483520]

@@ -572,8 +572,8 @@ class Variable(Tensor):
         integer variable's range (300 into int8 would wrap to 44; PyTorch's ``fill_`` refuses)."""
         if self.dtype.kind in "iu" and arr.dtype.kind in "iu" and arr.size \
                 and not np.can_cast(arr.dtype, self.dtype):
-            info = np.iinfo(self.dtype)
-            if bool(arr.min() < info.min) or bool(arr.max() > info.max):
+            if _outside_int_range(arr, self.dtype):
+                info = np.iinfo(self.dtype)
                 raise ValueError(f"{what}: value holds integers outside [{info.min}, {info.max}], "
                                  f"which the integer variable {self.name or '<unnamed>'} "
                                  f"({self.dtype}) cannot hold")
@@ -592,12 +592,12 @@ class Variable(Tensor):
             if not bool(xp.isfinite(arr).all()):
                 raise ValueError(f"{what}: value holds NaN or inf, which the integer variable "
                                  f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
-            if self.dtype.kind in "iu" and arr.size:  # a finite float past the range: the
-                info = np.iinfo(self.dtype)  # cast gives garbage (1e30 into int32: INT_MIN)
-                if bool(arr.min() < info.min) or bool(arr.max() > info.max):
-                    raise ValueError(f"{what}: value holds numbers outside [{info.min}, "
-                                     f"{info.max}], which the integer variable "
-                                     f"{self.name or '<unnamed>'} ({self.dtype}) cannot represent")
+            # a finite float past the range: the cast gives garbage (1e30 into int32: INT_MIN)
+            if self.dtype.kind in "iu" and arr.size and _outside_int_range(arr, self.dtype):
+                info = np.iinfo(self.dtype)
+                raise ValueError(f"{what}: value holds numbers outside [{info.min}, {info.max}], "
+                                 f"which the integer variable {self.name or '<unnamed>'} "
+                                 f"({self.dtype}) cannot represent")
             # an update (+=, -=, *=) refuses to truncate, as /= does and PyTorch's in-place
             # arithmetic does; assign casts, as PyTorch's copy_ does (documented)
             if exact and not bool((xp.trunc(arr) == arr).all()):
@@ -821,6 +821,18 @@ def _check_numeric(arr: Array, what: object) -> None:
                         f"{type(what).__name__} of dtype {arr.dtype}")
 
 
+def _outside_int_range(src: Any, dtype: np.dtype) -> bool:
+    """Whether a non-empty array of finite numbers ``src`` holds values integer ``dtype`` cannot
+    (the cast and assign checks'). Compared as Python numbers, with no array library's promotion
+    of a bound past the dtype's range: a float against ``max + 1``, a power of two, exact in
+    float64 (``> max`` rounded 2**31 - 1 up to 2**31 in float32, and 2**31 passed)."""
+    info = np.iinfo(dtype)
+    lo, hi = src.min(), src.max()
+    if src.dtype.kind == "f":
+        return float(lo) < float(info.min) or float(hi) >= float(info.max + 1)
+    return int(lo) < info.min or int(hi) > info.max
+
+
 def _check_int_cast(src: Any, dtype: np.dtype, xp: Any) -> None:
     """``gt.tensor(array, dtype=<an integer dtype>)``: every value of ``src`` fits ``dtype``.
     The cast would wrap an integer (300 into int8 gives 44) and give an undefined value for NaN,
@@ -831,16 +843,8 @@ def _check_int_cast(src: Any, dtype: np.dtype, xp: Any) -> None:
         return
     if sd.kind == "f" and not bool(xp.isfinite(src).all()):
         raise ValueError(f"gt.tensor: data holds NaN or inf, which dtype {dtype} cannot represent")
-    info = np.iinfo(dtype)
-    lo, hi = src.min(), src.max()
-    # compared as Python numbers (no array library's promotion of a bound past the dtype's
-    # range): a float against max + 1, a power of two, exact in float64 (``> max`` rounded
-    # 2**31 - 1 up to 2**31 in float32, and 2**31 passed)
-    if sd.kind == "f":
-        out = float(lo) < float(info.min) or float(hi) >= float(info.max + 1)
-    else:
-        out = int(lo) < info.min or int(hi) > info.max
-    if out:
+    if _outside_int_range(src, dtype):
+        info = np.iinfo(dtype)
         raise ValueError(f"gt.tensor: data holds numbers outside [{info.min}, {info.max}], which "
                          f"dtype {dtype} cannot hold (the cast would wrap or give an undefined "
                          "value); pass a wider dtype")

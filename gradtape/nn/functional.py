@@ -208,10 +208,10 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
 def _sce_impl(xp: Any, logits: Any, labels: Any) -> Any:
     lsm = _log_softmax_impl(xp, logits, axis=-1)
     if xp is np and lsm.ndim == 2 and labels.ndim == 1 and type(lsm) is np.ndarray \
-            and type(labels) is np.ndarray:  # (traced labels of a gt.function step next to
-        # constant logits: take_along_axis, which the trace logs; indexing a plain array by
-        # them would read them on the host) (take_along_axis's index building costs 4 us of
-        # Python; the same entries)
+            and type(labels) is np.ndarray:
+        # (take_along_axis's index building costs 4 us of Python; the same entries. Traced
+        # labels of a gt.function step next to constant logits take take_along_axis, which
+        # the trace logs: indexing a plain array by them would read them on the host)
         return -lsm[np.arange(lsm.shape[0]), labels.astype(np.intp, copy=False)]
     idx = labels[..., None].astype(np.intp, copy=False)
     if xp is np:
@@ -443,8 +443,7 @@ def mse(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
         5.0
     """
     # (integer predictions would square in their own dtype and wrap: 50000 ** 2 in int32)
-    p, t = ops._util.pair(_float_input(predictions, "mse", "predictions"), targets)
-    _same_shape(p, t, targets, "mse", "predictions")
+    p, t = _regression_operands(predictions, targets, "mse")
     return _reduce(ops.square(p - t), reduction, "mse")
 
 
@@ -472,9 +471,9 @@ def l1_loss(predictions: Any, targets: Any, reduction: str = "mean") -> Tensor:
 
 def huber_loss(predictions: Any, targets: Any, delta: float = 1.0, reduction: str = "mean") -> Tensor:
     """Huber loss (PyTorch's ``huber_loss``, Keras's ``Huber``), for the difference
-    ``d = predictions - targets``: ``0.5 d**2`` where ``|d| <= delta``, else ``delta (|d| - 0.5 delta)``; squared
-    near 0, linear in the tails (a gradient bounded by ``delta``). With ``delta=1`` it equals
-    PyTorch's ``smooth_l1_loss``.
+    ``d = predictions - targets``: ``0.5 d**2`` where ``|d| <= delta``, else
+    ``delta (|d| - 0.5 delta)``; squared near 0, linear in the tails (a gradient bounded by
+    ``delta``). With ``delta=1`` it equals PyTorch's ``smooth_l1_loss``.
 
     Shapes: as :func:`mse`. ``delta`` must be a finite number > 0.
 

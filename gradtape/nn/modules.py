@@ -189,7 +189,6 @@ _LAYER_PEER_ARGS = {
 }
 
 
-
 class Module:
     """Base class for models and layers: subclasses set Variables and sub-modules as
     attributes (directly or inside lists/tuples/dicts) and define ``forward``.
